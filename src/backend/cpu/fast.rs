@@ -1,0 +1,399 @@
+//! The CPU backend users run: convolutions and linear layers as GEMMs (im2col, or the input
+//! itself for 1×1 stride-1 convolutions) on the `gemm` crate; the rest parallel over planes
+//! with rayon. Tested against `naive`.
+
+use rayon::prelude::*;
+
+use super::gemm::{sgemm, Mat, Parallelism};
+use super::naive::adaptive_bin;
+use crate::backend::{Conv2dParams, Pool2dParams};
+use crate::Tensor;
+
+/// With at least as many images as threads, one image per task and single-threaded GEMMs;
+/// otherwise images in turn, each GEMM using every thread.
+fn per_image<F>(n: usize, out: &mut [f32], per: usize, f: F)
+where
+    F: Fn(usize, &mut [f32], Parallelism) + Sync,
+{
+    let threads = rayon::current_num_threads();
+    if n >= threads && threads > 1 {
+        out.par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o, Parallelism::None));
+    } else {
+        let par = if threads > 1 {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        };
+        out.chunks_mut(per).enumerate().for_each(|(i, o)| f(i, o, par));
+    }
+}
+
+/// Range of output positions o in 0..out whose tap `o*stride + off - pad` lands inside 0..len.
+fn valid_range(out: usize, off: usize, stride: usize, pad: usize, len: usize) -> (usize, usize) {
+    // o*stride + off >= pad  and  o*stride + off < pad + len
+    let lo = pad.saturating_sub(off).div_ceil(stride);
+    let hi = if pad + len > off {
+        (pad + len - off).div_ceil(stride)
+    } else {
+        0
+    };
+    (lo.min(out), hi.min(out).max(lo.min(out)))
+}
+
+struct Geom {
+    c: usize,
+    h: usize,
+    w: usize,
+    r: usize,
+    s: usize,
+    oh: usize,
+    ow: usize,
+    p: Conv2dParams,
+}
+
+impl Geom {
+    /// Whether the im2col matrix is the input itself (1×1, stride 1, no padding).
+    fn direct(&self) -> bool {
+        self.r == 1 && self.s == 1 && self.p.stride == (1, 1) && self.p.padding == (0, 0)
+    }
+
+    /// Unfolds channels of one image into `col` [c·r·s, oh·ow]; padding taps become 0.
+    fn im2col(&self, img: &[f32], col: &mut [f32]) {
+        let (oh, ow, p) = (self.oh, self.ow, &self.p);
+        let mut row = 0;
+        for ci in 0..self.c {
+            let plane = &img[ci * self.h * self.w..(ci + 1) * self.h * self.w];
+            for ry in 0..self.r {
+                let (y0, y1) = valid_range(oh, ry * p.dilation.0, p.stride.0, p.padding.0, self.h);
+                for sx in 0..self.s {
+                    let (x0, x1) =
+                        valid_range(ow, sx * p.dilation.1, p.stride.1, p.padding.1, self.w);
+                    let dst = &mut col[row * oh * ow..(row + 1) * oh * ow];
+                    row += 1;
+                    dst[..y0 * ow].fill(0.0);
+                    dst[y1 * ow..].fill(0.0);
+                    for oy in y0..y1 {
+                        let iy = oy * p.stride.0 + ry * p.dilation.0 - p.padding.0;
+                        let d = &mut dst[oy * ow..(oy + 1) * ow];
+                        d[..x0].fill(0.0);
+                        d[x1..].fill(0.0);
+                        let src = &plane[iy * self.w..(iy + 1) * self.w];
+                        let base = sx * p.dilation.1;
+                        if p.stride.1 == 1 {
+                            let start = x0 + base - p.padding.1;
+                            d[x0..x1].copy_from_slice(&src[start..start + (x1 - x0)]);
+                        } else {
+                            for (ox, v) in d[x0..x1].iter_mut().enumerate() {
+                                *v = src[(x0 + ox) * p.stride.1 + base - p.padding.1];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of `im2col`: adds each column entry back to its input position.
+    fn col2im(&self, col: &[f32], img: &mut [f32]) {
+        let (oh, ow, p) = (self.oh, self.ow, &self.p);
+        let mut row = 0;
+        for ci in 0..self.c {
+            let plane = &mut img[ci * self.h * self.w..(ci + 1) * self.h * self.w];
+            for ry in 0..self.r {
+                let (y0, y1) = valid_range(oh, ry * p.dilation.0, p.stride.0, p.padding.0, self.h);
+                for sx in 0..self.s {
+                    let (x0, x1) =
+                        valid_range(ow, sx * p.dilation.1, p.stride.1, p.padding.1, self.w);
+                    let src = &col[row * oh * ow..(row + 1) * oh * ow];
+                    row += 1;
+                    for oy in y0..y1 {
+                        let iy = oy * p.stride.0 + ry * p.dilation.0 - p.padding.0;
+                        let dst = &mut plane[iy * self.w..(iy + 1) * self.w];
+                        let base = sx * p.dilation.1;
+                        for ox in x0..x1 {
+                            dst[ox * p.stride.1 + base - p.padding.1] += src[oy * ow + ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn conv2d_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) -> Tensor {
+    let (n, c, h, wd) = x.dims4();
+    let (k, cg, r, s) = w.dims4();
+    let (oh, ow) = p.out_hw((h, wd), (r, s)).expect("kernel larger than input");
+    let g = Geom { c: cg, h, w: wd, r, s, oh, ow, p: *p };
+    let (kg, kk, ohw) = (k / p.groups, cg * r * s, oh * ow);
+    let mut y = Tensor::zeros([n, k, oh, ow]);
+    per_image(n, y.data_mut(), k * ohw, |ni, yi, par| {
+        let img = &x.data()[ni * c * h * wd..(ni + 1) * c * h * wd];
+        let mut col = if g.direct() { Vec::new() } else { vec![0.0; kk * ohw] };
+        for gi in 0..p.groups {
+            let xin = &img[gi * cg * h * wd..(gi + 1) * cg * h * wd];
+            let rhs = if g.direct() {
+                xin
+            } else {
+                g.im2col(xin, &mut col);
+                &col
+            };
+            sgemm(
+                kg,
+                ohw,
+                kk,
+                Mat::row_major(&w.data()[gi * kg * kk..(gi + 1) * kg * kk], kk),
+                Mat::row_major(rhs, ohw),
+                &mut yi[gi * kg * ohw..(gi + 1) * kg * ohw],
+                false,
+                par,
+            );
+        }
+        if let Some(b) = b {
+            for (plane, &bv) in yi.chunks_mut(ohw).zip(b.data()) {
+                plane.iter_mut().for_each(|v| *v += bv);
+            }
+        }
+    });
+    y
+}
+
+pub fn conv2d_bwd_data(
+    dy: &Tensor,
+    w: &Tensor,
+    in_hw: (usize, usize),
+    p: &Conv2dParams,
+) -> Tensor {
+    let (n, k, oh, ow) = dy.dims4();
+    let (_, cg, r, s) = w.dims4();
+    let (h, wd) = in_hw;
+    let c = cg * p.groups;
+    let g = Geom { c: cg, h, w: wd, r, s, oh, ow, p: *p };
+    let (kg, kk, ohw) = (k / p.groups, cg * r * s, oh * ow);
+    let mut dx = Tensor::zeros([n, c, h, wd]);
+    per_image(n, dx.data_mut(), c * h * wd, |ni, dxi, par| {
+        let dyi = &dy.data()[ni * k * ohw..(ni + 1) * k * ohw];
+        let mut col = if g.direct() { Vec::new() } else { vec![0.0; kk * ohw] };
+        for gi in 0..p.groups {
+            let wg = Mat::transposed(&w.data()[gi * kg * kk..(gi + 1) * kg * kk], kk);
+            let dyg = Mat::row_major(&dyi[gi * kg * ohw..(gi + 1) * kg * ohw], ohw);
+            let dxg = &mut dxi[gi * cg * h * wd..(gi + 1) * cg * h * wd];
+            if g.direct() {
+                sgemm(kk, ohw, kg, wg, dyg, dxg, false, par);
+            } else {
+                sgemm(kk, ohw, kg, wg, dyg, &mut col, false, par);
+                g.col2im(&col, dxg);
+            }
+        }
+    });
+    dx
+}
+
+pub fn relu_fwd(mut x: Tensor) -> Tensor {
+    x.data_mut()
+        .par_chunks_mut(1 << 14)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
+    x
+}
+
+pub fn relu_bwd(y: &Tensor, mut dy: Tensor, guided: bool) -> Tensor {
+    dy.data_mut()
+        .par_chunks_mut(1 << 14)
+        .zip(y.data().par_chunks(1 << 14))
+        .for_each(|(g, y)| {
+            for (g, &y) in g.iter_mut().zip(y) {
+                if y <= 0.0 || (guided && *g < 0.0) {
+                    *g = 0.0;
+                }
+            }
+        });
+    dy
+}
+
+/// Clamped window [lo, hi) of pool output index o along one axis (dilation 1).
+fn pool_window(o: usize, k: usize, stride: usize, pad: usize, len: usize) -> (usize, usize) {
+    let start = (o * stride) as isize - pad as isize;
+    let lo = start.max(0) as usize;
+    let hi = ((start + k as isize).max(0) as usize).min(len);
+    (lo, hi)
+}
+
+/// First maximum of a window in row-major order, as a plane index.
+fn argmax_window(plane: &[f32], w: usize, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> usize {
+    let mut arg = y0 * w + x0;
+    let mut best = plane[arg];
+    for iy in y0..y1 {
+        for (ix, &v) in plane[iy * w + x0..iy * w + x1].iter().enumerate() {
+            if v > best || (v.is_nan() && !best.is_nan()) {
+                best = v;
+                arg = iy * w + x0 + ix;
+            }
+        }
+    }
+    arg
+}
+
+pub fn max_pool2d_fwd(x: &Tensor, p: &Pool2dParams) -> Option<Tensor> {
+    if p.dilation != (1, 1) {
+        return None;
+    }
+    let (n, c, h, w) = x.dims4();
+    let (oh, ow) = p.out_hw((h, w))?;
+    let mut y = Tensor::zeros([n, c, oh, ow]);
+    y.data_mut()
+        .par_chunks_mut(oh * ow)
+        .zip(x.data().par_chunks(h * w))
+        .for_each(|(out, src)| {
+            for oy in 0..oh {
+                let wy = pool_window(oy, p.kernel.0, p.stride.0, p.padding.0, h);
+                for ox in 0..ow {
+                    let wx = pool_window(ox, p.kernel.1, p.stride.1, p.padding.1, w);
+                    out[oy * ow + ox] = src[argmax_window(src, w, wy, wx)];
+                }
+            }
+        });
+    Some(y)
+}
+
+pub fn max_pool2d_bwd(x: &Tensor, dy: &Tensor, p: &Pool2dParams) -> Option<Tensor> {
+    if p.dilation != (1, 1) {
+        return None;
+    }
+    let (_, _, h, w) = x.dims4();
+    let (_, _, oh, ow) = dy.dims4();
+    let mut dx = Tensor::zeros(x.shape());
+    dx.data_mut()
+        .par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(plane, out)| {
+            let src = &x.data()[plane * h * w..(plane + 1) * h * w];
+            let g = &dy.data()[plane * oh * ow..(plane + 1) * oh * ow];
+            for oy in 0..oh {
+                let wy = pool_window(oy, p.kernel.0, p.stride.0, p.padding.0, h);
+                for ox in 0..ow {
+                    let wx = pool_window(ox, p.kernel.1, p.stride.1, p.padding.1, w);
+                    out[argmax_window(src, w, wy, wx)] += g[oy * ow + ox];
+                }
+            }
+        });
+    Some(dx)
+}
+
+pub fn adaptive_avg_pool2d_fwd(x: &Tensor, (oh, ow): (usize, usize)) -> Tensor {
+    let (n, c, h, w) = x.dims4();
+    let mut y = Tensor::zeros([n, c, oh, ow]);
+    y.data_mut()
+        .par_chunks_mut(oh * ow)
+        .zip(x.data().par_chunks(h * w))
+        .for_each(|(out, src)| {
+            for oy in 0..oh {
+                let (y0, y1) = adaptive_bin(oy, h, oh);
+                for ox in 0..ow {
+                    let (x0, x1) = adaptive_bin(ox, w, ow);
+                    let sum: f32 = (y0..y1)
+                        .map(|iy| src[iy * w + x0..iy * w + x1].iter().sum::<f32>())
+                        .sum();
+                    out[oy * ow + ox] = sum / ((y1 - y0) * (x1 - x0)) as f32;
+                }
+            }
+        });
+    y
+}
+
+pub fn adaptive_avg_pool2d_bwd(dy: &Tensor, (h, w): (usize, usize)) -> Tensor {
+    let (n, c, oh, ow) = dy.dims4();
+    let mut dx = Tensor::zeros([n, c, h, w]);
+    dx.data_mut()
+        .par_chunks_mut(h * w)
+        .zip(dy.data().par_chunks(oh * ow))
+        .for_each(|(out, g)| {
+            for oy in 0..oh {
+                let (y0, y1) = adaptive_bin(oy, h, oh);
+                for ox in 0..ow {
+                    let (x0, x1) = adaptive_bin(ox, w, ow);
+                    let v = g[oy * ow + ox] / ((y1 - y0) * (x1 - x0)) as f32;
+                    for iy in y0..y1 {
+                        out[iy * w + x0..iy * w + x1].iter_mut().for_each(|d| *d += v);
+                    }
+                }
+            }
+        });
+    dx
+}
+
+fn par_all() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        t => Parallelism::Rayon(t),
+    }
+}
+
+pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    let (n, fin) = (x.shape()[0], x.shape()[1]);
+    let fout = w.shape()[0];
+    let mut y = Tensor::zeros([n, fout]);
+    let x_mat = Mat::row_major(x.data(), fin);
+    sgemm(n, fout, fin, x_mat, Mat::transposed(w.data(), fin), y.data_mut(), false, par_all());
+    if let Some(b) = b {
+        for row in y.data_mut().chunks_mut(fout) {
+            row.iter_mut().zip(b.data()).for_each(|(v, b)| *v += b);
+        }
+    }
+    y
+}
+
+pub fn linear_bwd_data(dy: &Tensor, w: &Tensor) -> Tensor {
+    let (n, fout) = (dy.shape()[0], dy.shape()[1]);
+    let fin = w.shape()[1];
+    let mut dx = Tensor::zeros([n, fin]);
+    let dy_mat = Mat::row_major(dy.data(), fout);
+    sgemm(n, fin, fout, dy_mat, Mat::row_major(w.data(), fin), dx.data_mut(), false, par_all());
+    dx
+}
+
+pub fn add(mut a: Tensor, b: &Tensor) -> Tensor {
+    a.data_mut()
+        .par_chunks_mut(1 << 14)
+        .zip(b.data().par_chunks(1 << 14))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+    a
+}
+
+pub fn channel_affine(mut x: Tensor, scale: &[f32], shift: &[f32]) -> Tensor {
+    let (_, c, h, w) = x.dims4();
+    x.data_mut()
+        .par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(i, plane)| {
+            let (s, t) = (scale[i % c], shift[i % c]);
+            plane.iter_mut().for_each(|v| *v = *v * s + t);
+        });
+    x
+}
+
+pub fn grad_pool(g: &Tensor) -> Tensor {
+    let (n, k, h, w) = g.dims4();
+    let data = g
+        .data()
+        .par_chunks(h * w)
+        .map(|p| p.iter().sum::<f32>() / (h * w) as f32)
+        .collect();
+    Tensor::new([n, k], data)
+}
+
+pub fn weighted_sum_relu(a: &Tensor, alpha: &Tensor) -> Tensor {
+    let (n, k, h, w) = a.dims4();
+    let mut m = Tensor::zeros([n, h, w]);
+    m.data_mut()
+        .par_chunks_mut(h * w)
+        .enumerate()
+        .for_each(|(ni, out)| {
+            let al = Mat::row_major(&alpha.data()[ni * k..(ni + 1) * k], k);
+            let act = Mat::row_major(&a.data()[ni * k * h * w..(ni + 1) * k * h * w], h * w);
+            sgemm(1, h * w, k, al, act, out, false, Parallelism::None);
+            out.iter_mut().for_each(|v| *v = v.max(0.0));
+        });
+    m
+}

@@ -1,0 +1,157 @@
+//! The CPU backend: `naive` (the oracle) and `fast` (what users run), behind one type.
+//! Shapes are checked by the caller (the network's shape pass) before any op runs.
+
+mod fast;
+mod gemm;
+pub mod naive;
+
+use super::{Backend, Conv2dParams, Pool2dParams};
+use crate::{Result, Tensor};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend {
+    /// Run the naive reference ops instead of the fast ones (tests, `selftest`).
+    pub reference: bool,
+}
+
+impl CpuBackend {
+    pub fn fast() -> Self {
+        CpuBackend { reference: false }
+    }
+    pub fn reference() -> Self {
+        CpuBackend { reference: true }
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = Tensor;
+
+    fn name(&self) -> String {
+        let kind = if self.reference { "reference" } else { "fast" };
+        format!("cpu ({kind}, {} threads)", rayon::current_num_threads())
+    }
+
+    fn upload(&self, t: Tensor) -> Result<Tensor> {
+        Ok(t)
+    }
+    fn download(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.clone())
+    }
+    fn shape<'a>(&self, t: &'a Tensor) -> &'a [usize] {
+        t.shape()
+    }
+    fn duplicate(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.clone())
+    }
+    fn reshape(&self, t: Tensor, shape: &[usize]) -> Result<Tensor> {
+        Ok(t.reshape(shape))
+    }
+
+    fn conv2d_fwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        p: &Conv2dParams,
+    ) -> Result<Tensor> {
+        Ok(if self.reference {
+            naive::conv2d_fwd(x, w, b, p)
+        } else {
+            fast::conv2d_fwd(x, w, b, p)
+        })
+    }
+    fn conv2d_bwd_data(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        in_hw: (usize, usize),
+        p: &Conv2dParams,
+    ) -> Result<Tensor> {
+        Ok(if self.reference {
+            naive::conv2d_bwd_data(dy, w, in_hw, p)
+        } else {
+            fast::conv2d_bwd_data(dy, w, in_hw, p)
+        })
+    }
+    fn relu_fwd(&self, x: Tensor) -> Result<Tensor> {
+        Ok(if self.reference {
+            naive::relu_fwd(&x)
+        } else {
+            fast::relu_fwd(x)
+        })
+    }
+    fn relu_bwd(&self, y: &Tensor, dy: Tensor, guided: bool) -> Result<Tensor> {
+        Ok(if self.reference {
+            naive::relu_bwd(y, &dy, guided)
+        } else {
+            fast::relu_bwd(y, dy, guided)
+        })
+    }
+    fn max_pool2d_fwd(&self, x: &Tensor, p: &Pool2dParams) -> Result<Tensor> {
+        // The fast pool handles dilation 1 (every torchvision model); others use the oracle.
+        let fast = (!self.reference).then(|| fast::max_pool2d_fwd(x, p)).flatten();
+        Ok(fast.unwrap_or_else(|| naive::max_pool2d_fwd(x, p)))
+    }
+    fn max_pool2d_bwd(&self, x: &Tensor, dy: &Tensor, p: &Pool2dParams) -> Result<Tensor> {
+        let fast = (!self.reference)
+            .then(|| fast::max_pool2d_bwd(x, dy, p))
+            .flatten();
+        Ok(fast.unwrap_or_else(|| naive::max_pool2d_bwd(x, dy, p)))
+    }
+    fn adaptive_avg_pool2d_fwd(&self, x: &Tensor, out_hw: (usize, usize)) -> Result<Tensor> {
+        Ok(if self.reference {
+            naive::adaptive_avg_pool2d_fwd(x, out_hw)
+        } else {
+            fast::adaptive_avg_pool2d_fwd(x, out_hw)
+        })
+    }
+    fn adaptive_avg_pool2d_bwd(&self, dy: &Tensor, in_hw: (usize, usize)) -> Result<Tensor> {
+        Ok(if self.reference {
+            naive::adaptive_avg_pool2d_bwd(dy, in_hw)
+        } else {
+            fast::adaptive_avg_pool2d_bwd(dy, in_hw)
+        })
+    }
+    fn linear_fwd(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        Ok(if self.reference {
+            naive::linear_fwd(x, w, b)
+        } else {
+            fast::linear_fwd(x, w, b)
+        })
+    }
+    fn linear_bwd_data(&self, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+        Ok(if self.reference {
+            naive::linear_bwd_data(dy, w)
+        } else {
+            fast::linear_bwd_data(dy, w)
+        })
+    }
+    fn add(&self, a: Tensor, b: &Tensor) -> Result<Tensor> {
+        Ok(if self.reference {
+            naive::add(&a, b)
+        } else {
+            fast::add(a, b)
+        })
+    }
+    fn channel_affine(&self, x: Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor> {
+        Ok(if self.reference {
+            naive::channel_affine(&x, scale, shift)
+        } else {
+            fast::channel_affine(x, scale, shift)
+        })
+    }
+    fn grad_pool(&self, g: &Tensor) -> Result<Tensor> {
+        Ok(if self.reference {
+            naive::grad_pool(g)
+        } else {
+            fast::grad_pool(g)
+        })
+    }
+    fn weighted_sum_relu(&self, a: &Tensor, alpha: &Tensor) -> Result<Tensor> {
+        Ok(if self.reference {
+            naive::weighted_sum_relu(a, alpha)
+        } else {
+            fast::weighted_sum_relu(a, alpha)
+        })
+    }
+}

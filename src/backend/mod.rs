@@ -1,0 +1,88 @@
+//! The op interface. The model and CAM code are written once against [`Backend`]; the CPU
+//! backend (naive oracle and fast im2col + GEMM) lives in `cpu/`, the CUDA backend slots in
+//! beside it with its own tensor type.
+//!
+//! Ops that produce a new value from an input that is no longer needed take it by value, so a
+//! backend can work in place (ReLU, residual add) and the forward pass frees what it can.
+
+pub mod cpu;
+mod params;
+
+pub use cpu::CpuBackend;
+pub use params::{Conv2dParams, Pool2dParams};
+
+use crate::{Result, Tensor};
+
+pub trait Backend: Send + Sync {
+    /// A tensor living wherever this backend computes (host memory, device memory).
+    type Tensor: Send + Sync;
+
+    fn name(&self) -> String;
+
+    /// Moves a host tensor to the backend (for the CPU a move, no copy).
+    fn upload(&self, t: Tensor) -> Result<Self::Tensor>;
+    fn download(&self, t: &Self::Tensor) -> Result<Tensor>;
+    fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
+    fn duplicate(&self, t: &Self::Tensor) -> Result<Self::Tensor>;
+    fn reshape(&self, t: Self::Tensor, shape: &[usize]) -> Result<Self::Tensor>;
+
+    /// `F.conv2d(x, w, b, stride, padding, dilation, groups)`; x [N,C,H,W], w [K,C/g,R,S].
+    fn conv2d_fwd(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+        p: &Conv2dParams,
+    ) -> Result<Self::Tensor>;
+    /// ∂L/∂x of conv2d given ∂L/∂y (`torch.nn.grad.conv2d_input`); `in_hw` is x's H×W.
+    fn conv2d_bwd_data(
+        &self,
+        dy: &Self::Tensor,
+        w: &Self::Tensor,
+        in_hw: (usize, usize),
+        p: &Conv2dParams,
+    ) -> Result<Self::Tensor>;
+    /// `F.relu(x)`, in place where possible.
+    fn relu_fwd(&self, x: Self::Tensor) -> Result<Self::Tensor>;
+    /// `dy * (y > 0)` from the ReLU's output y; `guided` also zeroes negative dy
+    /// (guided backpropagation).
+    fn relu_bwd(&self, y: &Self::Tensor, dy: Self::Tensor, guided: bool) -> Result<Self::Tensor>;
+    /// `F.max_pool2d(x, k, stride, padding, dilation)` (floor mode).
+    fn max_pool2d_fwd(&self, x: &Self::Tensor, p: &Pool2dParams) -> Result<Self::Tensor>;
+    /// Routes each output gradient to the first maximum of its window (PyTorch's tie rule).
+    fn max_pool2d_bwd(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        p: &Pool2dParams,
+    ) -> Result<Self::Tensor>;
+    /// `F.adaptive_avg_pool2d(x, out_hw)`, bins [floor(i·H/o), ceil((i+1)·H/o)).
+    fn adaptive_avg_pool2d_fwd(
+        &self,
+        x: &Self::Tensor,
+        out_hw: (usize, usize),
+    ) -> Result<Self::Tensor>;
+    fn adaptive_avg_pool2d_bwd(
+        &self,
+        dy: &Self::Tensor,
+        in_hw: (usize, usize),
+    ) -> Result<Self::Tensor>;
+    /// `F.linear(x, w, b)`; x [N,in], w [out,in].
+    fn linear_fwd(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+    /// `dy @ w`.
+    fn linear_bwd_data(&self, dy: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `a + b`, reusing a.
+    fn add(&self, a: Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `x * scale[None,:,None,None] + shift[None,:,None,None]` (host-side per-channel vectors).
+    fn channel_affine(&self, x: Self::Tensor, scale: &[f32], shift: &[f32])
+        -> Result<Self::Tensor>;
+    /// α[n,k] = `dA.mean(dim=(2,3))`: Grad-CAM's neuron importance weights, [N,K].
+    fn grad_pool(&self, grad: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `F.relu((alpha[:,:,None,None] * a).sum(1))`: the raw class activation map, [N,h,w].
+    fn weighted_sum_relu(&self, a: &Self::Tensor, alpha: &Self::Tensor) -> Result<Self::Tensor>;
+}

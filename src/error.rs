@@ -1,0 +1,60 @@
+//! One error type for the library: every failure a user can cause names what went wrong and
+//! where (the file, the tensor, the expected and found shapes, the valid choices).
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file: {reason}")]
+    BadSafetensors { path: PathBuf, reason: String },
+    #[error("{path}: tensor `{name}` is missing{hint}")]
+    MissingTensor {
+        path: PathBuf,
+        name: String,
+        hint: String,
+    },
+    #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    BadShape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("{path}: tensor `{name}` has dtype {dtype}; only F32, F16 and BF16 are supported")]
+    BadDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+    #[error("cannot recognise the architecture: {0}")]
+    UnknownArch(String),
+    #[error("unknown layer `{name}`; valid layers: {valid}")]
+    UnknownLayer { name: String, valid: String },
+    #[error("layer `{name}` cannot be a Grad-CAM target: {reason}")]
+    BadTarget { name: String, reason: String },
+    #[error("class {class} is out of range: the model has {num_classes} classes (0..={max})", max = num_classes.saturating_sub(1))]
+    ClassOutOfRange { class: usize, num_classes: usize },
+    #[error("{path}: cannot decode image: {reason}")]
+    BadImage { path: PathBuf, reason: String },
+    #[error("input shape {found:?} does not fit: {reason}")]
+    BadInput { found: Vec<usize>, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Image decoding, bilinear resizing and the ImageNet preprocessing.
+//!
+//! Resizing follows `cv2.resize(..., INTER_LINEAR)` on float data, which is also
+//! `F.interpolate(mode="bilinear", align_corners=False)` without antialiasing: half-pixel
+//! centres, source coordinates clamped to the edges. The same function upsamples CAM maps.
+
+use std::path::Path;
+
+pub use image::RgbImage;
+
+use crate::{Error, Result, Tensor};
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Decodes any format the `image` crate reads (sniffed from the bytes, not the extension) to
+/// 8-bit RGB: grayscale is replicated, alpha dropped, 16-bit and float scaled to 8 bits.
+pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_rgb8(&bytes).map_err(|reason| Error::BadImage {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    if reader.format().is_none() {
+        return Err("not a recognised image format".into());
+    }
+    let img = reader.decode().map_err(|e| e.to_string())?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err("the image is empty (0 pixels)".into());
+    }
+    Ok(img.to_rgb8())
+}
+
+/// Per-axis sampling table: for each output index, (i0, i1, weight of i1).
+fn axis_table(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
+    let scale = src as f64 / dst as f64;
+    (0..dst)
+        .map(|d| {
+            let s = ((d as f64 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (s.floor() as usize).min(src - 1);
+            let i1 = (i0 + 1).min(src - 1);
+            let f = if i0 == src - 1 { 0.0 } else { (s - i0 as f64) as f32 };
+            (i0, i1, f)
+        })
+        .collect()
+}
+
+/// Bilinear resize of an interleaved (H, W, C) f32 image to (oh, ow).
+pub fn resize_bilinear(src: &[f32], h: usize, w: usize, c: usize, oh: usize, ow: usize) -> Vec<f32> {
+    assert_eq!(src.len(), h * w * c);
+    if (h, w) == (oh, ow) {
+        return src.to_vec();
+    }
+    let ty = axis_table(h, oh);
+    let tx = axis_table(w, ow);
+    let mut out = vec![0f32; oh * ow * c];
+    for (oy, &(y0, y1, fy)) in ty.iter().enumerate() {
+        let (r0, r1) = (&src[y0 * w * c..(y0 + 1) * w * c], &src[y1 * w * c..(y1 + 1) * w * c]);
+        let row = &mut out[oy * ow * c..(oy + 1) * ow * c];
+        for (ox, &(x0, x1, fx)) in tx.iter().enumerate() {
+            for ch in 0..c {
+                let top = r0[x0 * c + ch] * (1.0 - fx) + r0[x1 * c + ch] * fx;
+                let bot = r1[x0 * c + ch] * (1.0 - fx) + r1[x1 * c + ch] * fx;
+                row[ox * c + ch] = top * (1.0 - fy) + bot * fy;
+            }
+        }
+    }
+    out
+}
+
+/// Target input size of the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputSize {
+    /// Resize every image to S×S (224 is torchvision's).
+    Square(usize),
+    /// Keep each image's own size.
+    Native,
+}
+
+impl InputSize {
+    pub fn for_image(&self, img: &RgbImage) -> (usize, usize) {
+        match *self {
+            InputSize::Square(s) => (s, s),
+            InputSize::Native => (img.height() as usize, img.width() as usize),
+        }
+    }
+}
+
+/// RGB8 → [0,1] → resize to (h, w) → ImageNet normalisation, written as CHW into `out`.
+pub fn preprocess_into(img: &RgbImage, (h, w): (usize, usize), out: &mut [f32]) {
+    let (ih, iw) = (img.height() as usize, img.width() as usize);
+    let unit: Vec<f32> = img.as_raw().iter().map(|&v| v as f32 / 255.0).collect();
+    let hwc = resize_bilinear(&unit, ih, iw, 3, h, w);
+    for c in 0..3 {
+        let plane = &mut out[c * h * w..(c + 1) * h * w];
+        for (i, v) in plane.iter_mut().enumerate() {
+            *v = (hwc[i * 3 + c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
+}
+
+/// A batch of images, all brought to the same (h, w), as an NCHW tensor.
+pub fn preprocess(images: &[&RgbImage], hw: (usize, usize)) -> Tensor {
+    use rayon::prelude::*;
+    let per = 3 * hw.0 * hw.1;
+    let mut data = vec![0f32; images.len() * per];
+    data.par_chunks_mut(per)
+        .zip(images.par_iter())
+        .for_each(|(out, img)| preprocess_into(img, hw, out));
+    Tensor::new([images.len(), 3, hw.0, hw.1], data)
+}

@@ -1,0 +1,398 @@
+//! The network as a list of nodes in execution order (an SSA program): each node names its
+//! inputs by index. Builders (vgg.rs, resnet.rs) emit it; network.rs runs it on a backend.
+
+use crate::backend::{Conv2dParams, Pool2dParams};
+use crate::{Error, Result, Tensor};
+
+/// Eval-mode BatchNorm folded into the conv before it: bn(conv(x)) = scale·conv(x) + shift.
+/// Kept so the conv's own (pre-BN) output can still be a target layer.
+#[derive(Clone, Debug)]
+pub struct BnAffine {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Input,
+    Conv {
+        w: usize,
+        b: Option<usize>,
+        p: Conv2dParams,
+        bn: Option<BnAffine>,
+    },
+    Relu,
+    MaxPool(Pool2dParams),
+    AdaptiveAvgPool((usize, usize)),
+    Flatten,
+    Linear {
+        w: usize,
+        b: Option<usize>,
+    },
+    Add,
+}
+
+impl Op {
+    pub fn describe(&self, params: &[Vec<usize>]) -> String {
+        match self {
+            Op::Input => "input".into(),
+            Op::Conv { w, p, bn, .. } => {
+                let s = &params[*w];
+                format!(
+                    "conv {}x{} {}->{} stride {}{}{}",
+                    s[2],
+                    s[3],
+                    s[1] * p.groups,
+                    s[0],
+                    p.stride.0,
+                    if p.groups > 1 {
+                        format!(" groups {}", p.groups)
+                    } else {
+                        String::new()
+                    },
+                    if bn.is_some() { " +bn" } else { "" }
+                )
+            }
+            Op::Relu => "relu".into(),
+            Op::MaxPool(p) => format!("max pool {}x{} stride {}", p.kernel.0, p.kernel.1, p.stride.0),
+            Op::AdaptiveAvgPool((h, w)) => format!("adaptive avg pool to {h}x{w}"),
+            Op::Flatten => "flatten".into(),
+            Op::Linear { w, .. } => {
+                let s = &params[*w];
+                format!("linear {}->{}", s[1], s[0])
+            }
+            Op::Add => "residual add".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub op: Op,
+    pub inputs: Vec<usize>,
+}
+
+/// Which value of a node a layer name refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// The node's output.
+    Output,
+    /// A conv with folded BN, seen before its BN (torchvision's `convN` module).
+    PreBn,
+}
+
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// torchvision module path, e.g. `layer4.2.conv3`, `features.29`.
+    pub name: String,
+    pub node: usize,
+    pub view: View,
+    /// What the module is (conv, bn, relu, block, ...), for `gradcam layers`.
+    pub kind: String,
+}
+
+/// A built network before its parameters go to a backend.
+pub struct Graph {
+    pub arch: String,
+    pub nodes: Vec<Node>,
+    pub layers: Vec<Layer>,
+    pub params: Vec<Tensor>,
+    pub param_shapes: Vec<Vec<usize>>,
+    pub num_classes: usize,
+    pub default_layer: String,
+    /// Channels of the input image (3 for every torchvision classifier).
+    pub in_channels: usize,
+}
+
+impl Graph {
+    pub fn layer(&self, name: &str) -> Result<&Layer> {
+        self.layers
+            .iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| Error::UnknownLayer {
+                name: name.to_string(),
+                valid: self.layer_names_summary(),
+            })
+    }
+
+    fn layer_names_summary(&self) -> String {
+        let names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
+        // Long ResNets have hundreds of layers; show the module-level ones in full and say
+        // where to find the rest.
+        if names.len() <= 40 {
+            names.join(", ")
+        } else {
+            let top: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|n| n.matches('.').count() <= 1)
+                .collect();
+            format!(
+                "{} ... ({} in all; `gradcam layers MODEL` lists every one)",
+                top.join(", "),
+                names.len()
+            )
+        }
+    }
+
+    /// Output shape of every node for an input of `input` = [N, C, H, W], or an error naming
+    /// the first layer the input is too small for.
+    pub fn shapes(&self, input: &[usize]) -> Result<Vec<Vec<usize>>> {
+        if input.len() != 4 || input[1] != self.in_channels {
+            return Err(Error::BadInput {
+                found: input.to_vec(),
+                reason: format!("expected [N, {}, H, W]", self.in_channels),
+            });
+        }
+        let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(self.nodes.len());
+        for (i, node) in self.nodes.iter().enumerate() {
+            let ins: Vec<&Vec<usize>> = node.inputs.iter().map(|&j| &shapes[j]).collect();
+            let too_small = || Error::BadInput {
+                found: input.to_vec(),
+                reason: format!(
+                    "the image is too small for {} ({}), which gets {:?}",
+                    self.node_name(i),
+                    node.op.describe(&self.param_shapes),
+                    ins[0]
+                ),
+            };
+            let s = match &node.op {
+                Op::Input => input.to_vec(),
+                Op::Conv { w, p, .. } => {
+                    let ws = &self.param_shapes[*w];
+                    let (oh, ow) = p
+                        .out_hw((ins[0][2], ins[0][3]), (ws[2], ws[3]))
+                        .ok_or_else(too_small)?;
+                    vec![ins[0][0], ws[0], oh, ow]
+                }
+                Op::Relu => ins[0].clone(),
+                Op::Add => {
+                    if ins[0] != ins[1] {
+                        return Err(Error::BadInput {
+                            found: input.to_vec(),
+                            reason: format!(
+                                "the residual add of {} gets {:?} and {:?} (a strided block \
+                                 without a downsample?)",
+                                self.node_name(i),
+                                ins[0],
+                                ins[1]
+                            ),
+                        });
+                    }
+                    ins[0].clone()
+                }
+                Op::MaxPool(p) => {
+                    let (oh, ow) = p.out_hw((ins[0][2], ins[0][3])).ok_or_else(too_small)?;
+                    vec![ins[0][0], ins[0][1], oh, ow]
+                }
+                Op::AdaptiveAvgPool((h, w)) => vec![ins[0][0], ins[0][1], *h, *w],
+                Op::Flatten => vec![ins[0][0], ins[0][1..].iter().product()],
+                Op::Linear { w, .. } => vec![ins[0][0], self.param_shapes[*w][0]],
+            };
+            shapes.push(s);
+        }
+        Ok(shapes)
+    }
+
+    /// The most specific layer name of a node (for messages).
+    pub fn node_name(&self, node: usize) -> String {
+        self.layers
+            .iter()
+            .filter(|l| l.node == node)
+            .max_by_key(|l| l.name.len())
+            .map_or_else(|| format!("node {node}"), |l| l.name.clone())
+    }
+}
+
+/// Emits nodes, layers and parameters while reading tensors from the weights file.
+pub(crate) struct Builder<'w> {
+    pub weights: &'w super::Weights,
+    pub nodes: Vec<Node>,
+    pub layers: Vec<Layer>,
+    pub params: Vec<Tensor>,
+    /// Channel count of each node's output.
+    pub channels: Vec<usize>,
+}
+
+/// torchvision's BatchNorm2d default.
+const BN_EPS: f32 = 1e-5;
+
+impl<'w> Builder<'w> {
+    pub fn new(weights: &'w super::Weights, in_channels: usize) -> Self {
+        Builder {
+            weights,
+            nodes: vec![Node {
+                op: Op::Input,
+                inputs: vec![],
+            }],
+            layers: vec![],
+            params: vec![],
+            channels: vec![in_channels],
+        }
+    }
+
+    fn push(&mut self, op: Op, inputs: Vec<usize>, channels: usize) -> usize {
+        self.nodes.push(Node { op, inputs });
+        self.channels.push(channels);
+        self.nodes.len() - 1
+    }
+
+    fn param(&mut self, t: Tensor) -> usize {
+        self.params.push(t);
+        self.params.len() - 1
+    }
+
+    pub fn name(&mut self, name: impl Into<String>, node: usize, view: View, kind: &str) {
+        self.layers.push(Layer {
+            name: name.into(),
+            node,
+            view,
+            kind: kind.to_string(),
+        });
+    }
+
+    /// A conv module `name` (weight, optional bias) with padding (k-1)/2, optionally followed
+    /// by the BatchNorm module `bn`, which is folded in.
+    pub fn conv(&mut self, input: usize, name: &str, stride: usize, bn: Option<&str>) -> Result<usize> {
+        let cin = self.channels[input];
+        let wname = format!("{name}.weight");
+        let mut w = self.weights.get(&wname, &[None, None, None, None])?;
+        let (k, cg, r, s) = w.dims4();
+        if cg == 0 || cin % cg != 0 || k % (cin / cg) != 0 {
+            return Err(Error::BadShape {
+                path: self.weights.path().to_path_buf(),
+                name: wname,
+                expected: vec![k, cin, r, s],
+                found: w.shape().to_vec(),
+            });
+        }
+        let groups = cin / cg;
+        let mut b = match self.weights.contains(&format!("{name}.bias")) {
+            true => Some(self.weights.get(&format!("{name}.bias"), &[Some(k)])?),
+            false => None,
+        };
+        let p = Conv2dParams {
+            stride: (stride, stride),
+            padding: ((r - 1) / 2, (s - 1) / 2),
+            dilation: (1, 1),
+            groups,
+        };
+        let affine = match bn {
+            Some(bn) => {
+                let get = |t: &str| self.weights.get(&format!("{bn}.{t}"), &[Some(k)]);
+                let (gamma, beta, mean, var) =
+                    (get("weight")?, get("bias")?, get("running_mean")?, get("running_var")?);
+                let scale: Vec<f32> = gamma
+                    .data()
+                    .iter()
+                    .zip(var.data())
+                    .map(|(g, v)| g / (v + BN_EPS).sqrt())
+                    .collect();
+                let shift: Vec<f32> = beta
+                    .data()
+                    .iter()
+                    .zip(mean.data())
+                    .zip(&scale)
+                    .map(|((b, m), s)| b - m * s)
+                    .collect();
+                let per = cg * r * s;
+                for (ki, chunk) in w.data_mut().chunks_mut(per).enumerate() {
+                    chunk.iter_mut().for_each(|v| *v *= scale[ki]);
+                }
+                let mut folded = Tensor::new([k], shift.clone());
+                if let Some(b) = &b {
+                    for ((f, bv), s) in folded.data_mut().iter_mut().zip(b.data()).zip(&scale) {
+                        *f += bv * s;
+                    }
+                }
+                b = Some(folded);
+                Some(BnAffine { scale, shift })
+            }
+            None => None,
+        };
+        let w = self.param(w);
+        let b = b.map(|b| self.param(b));
+        let has_bn = affine.is_some();
+        let node = self.push(Op::Conv { w, b, p, bn: affine }, vec![input], k);
+        if let Some(bn) = bn {
+            self.name(name, node, View::PreBn, "conv");
+            self.name(bn, node, View::Output, "batchnorm (folded)");
+        } else {
+            self.name(name, node, View::Output, "conv");
+        }
+        debug_assert_eq!(has_bn, bn.is_some());
+        Ok(node)
+    }
+
+    pub fn relu(&mut self, input: usize, name: Option<&str>) -> usize {
+        let c = self.channels[input];
+        let node = self.push(Op::Relu, vec![input], c);
+        if let Some(n) = name {
+            self.name(n, node, View::Output, "relu");
+        }
+        node
+    }
+
+    pub fn max_pool(&mut self, input: usize, p: Pool2dParams, name: &str) -> usize {
+        let c = self.channels[input];
+        let node = self.push(Op::MaxPool(p), vec![input], c);
+        self.name(name, node, View::Output, "max pool");
+        node
+    }
+
+    pub fn adaptive_avg_pool(&mut self, input: usize, out: (usize, usize), name: &str) -> usize {
+        let c = self.channels[input];
+        let node = self.push(Op::AdaptiveAvgPool(out), vec![input], c);
+        self.name(name, node, View::Output, "adaptive avg pool");
+        node
+    }
+
+    /// `torch.flatten(x, 1)` after a pool to `hw`: the channel count becomes C·h·w.
+    pub fn flatten(&mut self, input: usize, hw: (usize, usize)) -> usize {
+        let c = self.channels[input] * hw.0 * hw.1;
+        self.push(Op::Flatten, vec![input], c)
+    }
+
+    pub fn linear(&mut self, input: usize, name: &str) -> Result<usize> {
+        let fin = self.channels[input];
+        let w = self.weights.get(&format!("{name}.weight"), &[None, Some(fin)])?;
+        let fout = w.shape()[0];
+        let b = match self.weights.contains(&format!("{name}.bias")) {
+            true => Some(self.weights.get(&format!("{name}.bias"), &[Some(fout)])?),
+            false => None,
+        };
+        let w = self.param(w);
+        let b = b.map(|b| self.param(b));
+        let node = self.push(Op::Linear { w, b }, vec![input], fout);
+        self.name(name, node, View::Output, "linear");
+        Ok(node)
+    }
+
+    pub fn add(&mut self, a: usize, b: usize) -> Result<usize> {
+        if self.channels[a] != self.channels[b] {
+            return Err(Error::Invalid(format!(
+                "{}: residual add of {} and {} channels (a block's conv widths do not match its shortcut)",
+                self.weights.path().display(),
+                self.channels[a],
+                self.channels[b]
+            )));
+        }
+        let c = self.channels[a];
+        Ok(self.push(Op::Add, vec![a, b], c))
+    }
+
+    pub fn finish(self, arch: String, default_layer: String) -> Graph {
+        let num_classes = *self.channels.last().expect("a graph has nodes");
+        let param_shapes = self.params.iter().map(|p| p.shape().to_vec()).collect();
+        Graph {
+            arch,
+            nodes: self.nodes,
+            layers: self.layers,
+            params: self.params,
+            param_shapes,
+            num_classes,
+            default_layer,
+            in_channels: self.channels[0],
+        }
+    }
+}

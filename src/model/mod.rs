@@ -1,0 +1,95 @@
+//! Models from safetensors in torchvision's state_dict naming: architecture detection, the
+//! VGG and ResNet builders (BatchNorm folded at load time) and the network that runs them.
+
+mod graph;
+mod network;
+pub mod resnet;
+pub mod synth;
+pub mod vgg;
+mod weights;
+
+pub use graph::{BnAffine, Graph, Layer, Node, Op, View};
+pub use network::{Network, Pass};
+pub use weights::Weights;
+
+use std::path::Path;
+
+use crate::{Error, Result};
+
+/// Every architecture name `--arch` accepts.
+pub const ARCHS: &[&str] = &[
+    "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+];
+
+/// Loads a model, detecting its architecture from tensor names and shapes unless `arch`
+/// forces one of [`ARCHS`] (then the standard layout of that architecture is read).
+pub fn load(path: impl AsRef<Path>, arch: Option<&str>) -> Result<Graph> {
+    let w = Weights::open(path)?;
+    build(&w, arch)
+}
+
+pub fn build(w: &Weights, arch: Option<&str>) -> Result<Graph> {
+    match arch {
+        Some(a) => build_forced(w, a),
+        None => build_detected(w),
+    }
+}
+
+fn build_forced(w: &Weights, arch: &str) -> Result<Graph> {
+    let unknown = || {
+        Error::UnknownArch(format!(
+            "`{arch}` is not one of {}",
+            ARCHS.join(", ")
+        ))
+    };
+    if let Some(rest) = arch.strip_prefix("vgg") {
+        let (depth, bn) = match rest.strip_suffix("_bn") {
+            Some(d) => (d, true),
+            None => (rest, false),
+        };
+        let items = depth
+            .parse()
+            .ok()
+            .and_then(vgg::standard)
+            .ok_or_else(unknown)?;
+        vgg::build(w, &items, bn, arch.to_string())
+    } else if let Some(depth) = arch.strip_prefix("resnet") {
+        let spec = depth
+            .parse()
+            .ok()
+            .and_then(resnet::Spec::standard)
+            .ok_or_else(unknown)?;
+        resnet::build(w, &spec, arch.to_string())
+    } else {
+        Err(unknown())
+    }
+}
+
+fn build_detected(w: &Weights) -> Result<Graph> {
+    if w.contains("features.0.weight") && w.names().any(|n| n.starts_with("classifier.")) {
+        let bn = w.contains("features.1.running_var");
+        let items = vgg::detect(w, bn)?;
+        let name = [11, 13, 16, 19]
+            .into_iter()
+            .find(|&d| vgg::standard(d).as_deref() == Some(&items[..]))
+            .map_or_else(
+                || format!("vgg (custom, {} convs)", items.iter().filter(|i| **i == vgg::Item::Conv).count()),
+                |d| format!("vgg{d}"),
+            );
+        let name = if bn { format!("{name}_bn") } else { name };
+        vgg::build(w, &items, bn, name)
+    } else if w.contains("conv1.weight") || w.contains("conv1.0.weight") || w.contains("layer1.0.conv1.weight") {
+        let spec = resnet::detect(w)?;
+        resnet::build(w, &spec, spec.name())
+    } else {
+        let some: Vec<&str> = w.names().take(8).collect();
+        Err(Error::UnknownArch(format!(
+            "{}: neither a torchvision VGG (features.N / classifier.N) nor a ResNet \
+             (conv1, layer1..4, fc); its tensors include {}; use --arch to force one of {}",
+            w.path().display(),
+            some.join(", "),
+            ARCHS.join(", ")
+        )))
+    }
+}

@@ -1,0 +1,248 @@
+//! Runs a [`Graph`] on a backend: the forward pass, keeping only what the backward pass will
+//! read, and the backward-data pass from the logits down to the target layer and no further.
+//! No weight gradients are ever formed.
+
+use super::graph::{Graph, Op, View};
+use crate::backend::Backend;
+use crate::{Error, Result, Tensor};
+
+pub struct Network<B: Backend> {
+    graph: Graph,
+    params: Vec<B::Tensor>,
+    backend: B,
+}
+
+/// What one forward + backward pass yields for the target layer.
+pub struct Pass<T> {
+    /// [N, classes], on the host.
+    pub logits: Tensor,
+    /// The target layer's activation A, [N, K, h, w].
+    pub activation: T,
+    /// ∂(seeded score)/∂A, same shape.
+    pub grad: T,
+}
+
+impl<B: Backend> Network<B> {
+    /// Moves the parameters to the backend.
+    pub fn new(mut graph: Graph, backend: B) -> Result<Self> {
+        let params = std::mem::take(&mut graph.params)
+            .into_iter()
+            .map(|p| backend.upload(p))
+            .collect::<Result<_>>()?;
+        Ok(Network {
+            graph,
+            params,
+            backend,
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.graph.num_classes
+    }
+
+    /// Logits only; every activation is freed as soon as its last consumer has run.
+    pub fn forward(&self, x: B::Tensor) -> Result<Tensor> {
+        self.graph.shapes(self.backend.shape(&x))?;
+        let keep = vec![false; self.graph.nodes.len()];
+        let mut vals = self.run_forward(x, &keep)?;
+        let out = vals.pop().flatten().expect("the last node is the output");
+        self.backend.download(&out)
+    }
+
+    /// Forward, then backward-data from `seed(logits)` (∂score/∂logits, [N, classes]) down to
+    /// the layer named `layer`.
+    pub fn forward_backward(
+        &self,
+        x: B::Tensor,
+        layer: &str,
+        seed: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Pass<B::Tensor>> {
+        let be = &self.backend;
+        let shapes = self.graph.shapes(be.shape(&x))?;
+        let target = self.graph.layer(layer)?.clone();
+        let t = target.node;
+        if shapes[t].len() != 4 {
+            return Err(Error::BadTarget {
+                name: layer.into(),
+                reason: format!(
+                    "Grad-CAM needs a spatial activation [N, C, H, W]; this layer gives {:?}",
+                    shapes[t]
+                ),
+            });
+        }
+        let nodes = &self.graph.nodes;
+        let n = nodes.len();
+        // Nodes downstream of the target: the only ones the backward pass visits.
+        let mut down = vec![false; n];
+        down[t] = true;
+        for i in t + 1..n {
+            down[i] = nodes[i].inputs.iter().any(|&j| down[j]);
+        }
+        // What the backward pass reads: ReLU outputs (their masks) and max-pool inputs.
+        // Convolutions and linear layers need only their weights for backward-data.
+        let mut keep = vec![false; n];
+        keep[t] = true;
+        for i in t + 1..n {
+            if down[i] {
+                match nodes[i].op {
+                    Op::Relu => keep[i] = true,
+                    Op::MaxPool(_) => nodes[i].inputs.iter().for_each(|&j| keep[j] = true),
+                    _ => {}
+                }
+            }
+        }
+        let mut vals = self.run_forward(x, &keep)?;
+        let logits = be.download(vals[n - 1].as_ref().expect("output"))?;
+        vals[n - 1] = None;
+        let seed = seed(&logits)?;
+        if seed.shape() != logits.shape() {
+            return Err(Error::Invalid(format!(
+                "gradient seed has shape {:?}, logits {:?}",
+                seed.shape(),
+                logits.shape()
+            )));
+        }
+
+        let mut grads: Vec<Option<B::Tensor>> = (0..n).map(|_| None).collect();
+        grads[n - 1] = Some(be.upload(seed)?);
+        for i in (t + 1..n).rev() {
+            if !down[i] {
+                continue;
+            }
+            let Some(g) = grads[i].take() else { continue };
+            let node = &nodes[i];
+            let inp = node.inputs[0];
+            let hw = |j: usize| (shapes[j][2], shapes[j][3]);
+            let dx = match &node.op {
+                Op::Conv { w, p, .. } => be.conv2d_bwd_data(&g, &self.params[*w], hw(inp), p)?,
+                Op::Relu => be.relu_bwd(vals[i].as_ref().expect("kept"), g, false)?,
+                Op::MaxPool(p) => be.max_pool2d_bwd(vals[inp].as_ref().expect("kept"), &g, p)?,
+                Op::AdaptiveAvgPool(_) => be.adaptive_avg_pool2d_bwd(&g, hw(inp))?,
+                Op::Flatten => be.reshape(g, &shapes[inp])?,
+                Op::Linear { w, .. } => be.linear_bwd_data(&g, &self.params[*w])?,
+                Op::Add => {
+                    let other = node.inputs[1];
+                    if down[other] {
+                        let copy = be.duplicate(&g)?;
+                        accumulate(be, &mut grads[other], copy)?;
+                    }
+                    g
+                }
+                Op::Input => unreachable!("the input is never downstream of a layer"),
+            };
+            if down[inp] {
+                accumulate(be, &mut grads[inp], dx)?;
+            }
+            // Node i's own value was read only by its own backward step and by consumers
+            // after it, which have all run.
+            if i != t {
+                vals[i] = None;
+            }
+        }
+        let mut activation = vals[t].take().expect("target kept");
+        let mut grad = grads[t].take().ok_or_else(|| Error::BadTarget {
+            name: layer.into(),
+            reason: "the logits do not depend on it".into(),
+        })?;
+        if target.view == View::PreBn {
+            // torchvision's conv module output, before its (folded) BatchNorm:
+            // A_conv = (A_bn - shift) / scale and ∂/∂A_conv = scale · ∂/∂A_bn.
+            let Op::Conv { bn: Some(bn), .. } = &nodes[t].op else {
+                unreachable!("PreBn views are made only for convs with folded BN")
+            };
+            if let Some(k) = bn.scale.iter().position(|&s| s == 0.0) {
+                return Err(Error::BadTarget {
+                    name: layer.into(),
+                    reason: format!(
+                        "its BatchNorm scales channel {k} by zero, so the conv output cannot be \
+                         recovered; target the BatchNorm layer instead"
+                    ),
+                });
+            }
+            let inv: Vec<f32> = bn.scale.iter().map(|s| 1.0 / s).collect();
+            let shift: Vec<f32> = bn.shift.iter().zip(&bn.scale).map(|(t, s)| -t / s).collect();
+            activation = be.channel_affine(activation, &inv, &shift)?;
+            grad = be.channel_affine(grad, &bn.scale, &vec![0.0; bn.scale.len()])?;
+        }
+        Ok(Pass {
+            logits,
+            activation,
+            grad,
+        })
+    }
+
+    /// Runs every node; a value is dropped after its last consumer unless `keep` says so.
+    fn run_forward(&self, x: B::Tensor, keep: &[bool]) -> Result<Vec<Option<B::Tensor>>> {
+        let be = &self.backend;
+        let nodes = &self.graph.nodes;
+        let n = nodes.len();
+        let mut last_use = vec![0; n];
+        for (i, node) in nodes.iter().enumerate() {
+            node.inputs.iter().for_each(|&j| last_use[j] = i);
+        }
+        last_use[n - 1] = n;
+        let mut vals: Vec<Option<B::Tensor>> = (0..n).map(|_| None).collect();
+        vals[0] = Some(x);
+        for i in 1..n {
+            let node = &nodes[i];
+            let inp = node.inputs[0];
+            // Ops that can work in place take their first input when nobody else needs it.
+            let owned = |vals: &mut Vec<Option<B::Tensor>>| -> Result<B::Tensor> {
+                if last_use[inp] == i && !keep[inp] {
+                    Ok(vals[inp].take().expect("value alive"))
+                } else {
+                    be.duplicate(vals[inp].as_ref().expect("value alive"))
+                }
+            };
+            let param = |j: &usize| &self.params[*j];
+            let y = match &node.op {
+                Op::Input => unreachable!("only node 0 is the input"),
+                Op::Conv { w, b, p, .. } => be.conv2d_fwd(alive(&vals, inp), param(w), b.as_ref().map(param), p)?,
+                Op::Relu => {
+                    let x = owned(&mut vals)?;
+                    be.relu_fwd(x)?
+                }
+                Op::MaxPool(p) => be.max_pool2d_fwd(alive(&vals, inp), p)?,
+                Op::AdaptiveAvgPool(hw) => be.adaptive_avg_pool2d_fwd(alive(&vals, inp), *hw)?,
+                Op::Flatten => {
+                    let x = owned(&mut vals)?;
+                    let s = be.shape(&x);
+                    let flat = [s[0], s[1..].iter().product()];
+                    be.reshape(x, &flat)?
+                }
+                Op::Linear { w, b } => be.linear_fwd(alive(&vals, inp), param(w), b.as_ref().map(param))?,
+                Op::Add => {
+                    let a = owned(&mut vals)?;
+                    be.add(a, alive(&vals, node.inputs[1]))?
+                }
+            };
+            vals[i] = Some(y);
+            for &j in &node.inputs {
+                if last_use[j] == i && !keep[j] {
+                    vals[j] = None;
+                }
+            }
+        }
+        Ok(vals)
+    }
+}
+
+fn accumulate<B: Backend>(be: &B, slot: &mut Option<B::Tensor>, g: B::Tensor) -> Result<()> {
+    *slot = Some(match slot.take() {
+        Some(prev) => be.add(prev, &g)?,
+        None => g,
+    });
+    Ok(())
+}
+
+fn alive<T>(vals: &[Option<T>], j: usize) -> &T {
+    vals[j].as_ref().expect("value alive")
+}

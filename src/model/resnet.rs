@@ -1,0 +1,100 @@
+//! torchvision ResNet (BasicBlock and Bottleneck, v1.5 with the stride on the 3×3 conv),
+//! which timm's classic ResNets share names with. Widths come from the tensors, so narrowed,
+//! wide and grouped (ResNeXt) variants load too.
+
+use super::graph::{Builder, Graph, View};
+use super::Weights;
+use crate::backend::Pool2dParams;
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub bottleneck: bool,
+    pub blocks: [usize; 4],
+}
+
+impl Spec {
+    pub fn standard(depth: usize) -> Option<Spec> {
+        let (bottleneck, blocks) = match depth {
+            18 => (false, [2, 2, 2, 2]),
+            34 => (false, [3, 4, 6, 3]),
+            50 => (true, [3, 4, 6, 3]),
+            101 => (true, [3, 4, 23, 3]),
+            152 => (true, [3, 8, 36, 3]),
+            _ => return None,
+        };
+        Some(Spec { bottleneck, blocks })
+    }
+
+    /// The torchvision name of this layout, when it is one.
+    pub fn name(&self) -> String {
+        for d in [18, 34, 50, 101, 152] {
+            if Spec::standard(d).as_ref() == Some(self) {
+                return format!("resnet{d}");
+            }
+        }
+        let kind = if self.bottleneck { "bottleneck" } else { "basic" };
+        format!("resnet ({kind} blocks {:?})", self.blocks)
+    }
+}
+
+pub fn detect(w: &Weights) -> Result<Spec> {
+    if w.contains("conv1.0.weight") {
+        return Err(Error::UnknownArch(format!(
+            "{}: a deep-stem ResNet (timm resnet*d / resnet*c, `conv1.0.weight`); only the \
+             classic 7x7-stem ResNet is supported",
+            w.path().display()
+        )));
+    }
+    let bottleneck = w.contains("layer1.0.conv3.weight");
+    let mut blocks = [0; 4];
+    for (l, n) in blocks.iter_mut().enumerate() {
+        while w.contains(&format!("layer{}.{}.conv1.weight", l + 1, *n)) {
+            *n += 1;
+        }
+        if *n == 0 {
+            return Err(Error::UnknownArch(format!(
+                "{}: no layer{}.0.conv1.weight; a ResNet has layer1..layer4",
+                w.path().display(),
+                l + 1
+            )));
+        }
+    }
+    Ok(Spec { bottleneck, blocks })
+}
+
+pub fn build(w: &Weights, spec: &Spec, arch: String) -> Result<Graph> {
+    let mut b = Builder::new(w, 3);
+    let mut x = b.conv(0, "conv1", 2, Some("bn1"))?;
+    x = b.relu(x, Some("relu"));
+    x = b.max_pool(x, Pool2dParams::new(3, 2, 1), "maxpool");
+    for (l, &n) in spec.blocks.iter().enumerate() {
+        for i in 0..n {
+            let stride = if l > 0 && i == 0 { 2 } else { 1 };
+            let p = format!("layer{}.{i}", l + 1);
+            let input = x;
+            let mut y = b.conv(input, &format!("{p}.conv1"), if spec.bottleneck { 1 } else { stride }, Some(&format!("{p}.bn1")))?;
+            y = b.relu(y, None);
+            y = b.conv(y, &format!("{p}.conv2"), if spec.bottleneck { stride } else { 1 }, Some(&format!("{p}.bn2")))?;
+            if spec.bottleneck {
+                y = b.relu(y, None);
+                y = b.conv(y, &format!("{p}.conv3"), 1, Some(&format!("{p}.bn3")))?;
+            }
+            let shortcut = if w.contains(&format!("{p}.downsample.0.weight")) {
+                let s = b.conv(input, &format!("{p}.downsample.0"), stride, Some(&format!("{p}.downsample.1")))?;
+                b.name(format!("{p}.downsample"), s, View::Output, "sequential");
+                s
+            } else {
+                input
+            };
+            y = b.add(y, shortcut)?;
+            x = b.relu(y, None);
+            b.name(p, x, View::Output, "block");
+        }
+        b.name(format!("layer{}", l + 1), x, View::Output, "sequential");
+    }
+    x = b.adaptive_avg_pool(x, (1, 1), "avgpool");
+    x = b.flatten(x, (1, 1));
+    b.linear(x, "fc")?;
+    Ok(b.finish(arch, "layer4".into()))
+}

@@ -1,0 +1,143 @@
+//! torchvision VGG (`features.N`, `avgpool`, `classifier.N`), with or without BatchNorm.
+//! Channel counts come from the tensors, so narrowed variants load too.
+
+use super::graph::{Builder, Graph, View};
+use super::Weights;
+use crate::backend::Pool2dParams;
+use crate::{Error, Result};
+
+/// One entry of a torchvision VGG config: a 3×3 conv or a 2×2 max pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Item {
+    Conv,
+    Pool,
+}
+
+/// torchvision's configs A, B, D, E as conv/pool patterns: convs per stage, a pool after each.
+pub fn standard(depth: usize) -> Option<Vec<Item>> {
+    let stages: &[usize] = match depth {
+        11 => &[1, 1, 2, 2, 2],
+        13 => &[2, 2, 2, 2, 2],
+        16 => &[2, 2, 3, 3, 3],
+        19 => &[2, 2, 4, 4, 4],
+        _ => return None,
+    };
+    Some(
+        stages
+            .iter()
+            .flat_map(|&n| std::iter::repeat_n(Item::Conv, n).chain([Item::Pool]))
+            .collect(),
+    )
+}
+
+/// Reads the conv/pool pattern off the `features.N.weight` indices: a conv takes 2 module
+/// slots (conv, ReLU) or 3 with BatchNorm; a 1-slot gap between convs is a max pool. The
+/// trailing pool that every torchvision config ends with cannot be seen in the weights and is
+/// assumed.
+pub fn detect(w: &Weights, bn: bool) -> Result<Vec<Item>> {
+    let mut convs: Vec<usize> = w
+        .names()
+        .filter_map(|n| n.strip_prefix("features.")?.strip_suffix(".weight"))
+        .filter_map(|i| i.parse().ok())
+        .filter(|i| w.shape_of(&format!("features.{i}.weight")).map(|s| s.len()) == Some(4))
+        .collect();
+    convs.sort_unstable();
+    if convs.first() != Some(&0) {
+        return Err(Error::UnknownArch(format!(
+            "{}: VGG weights must start with features.0.weight (a conv)",
+            w.path().display()
+        )));
+    }
+    let per = if bn { 3 } else { 2 };
+    let mut items = Vec::new();
+    for (i, &c) in convs.iter().enumerate() {
+        items.push(Item::Conv);
+        match convs.get(i + 1).map(|&next| next - c) {
+            None => items.push(Item::Pool),
+            Some(d) if d == per => {}
+            Some(d) if d == per + 1 => items.push(Item::Pool),
+            Some(d) => {
+                return Err(Error::UnknownArch(format!(
+                    "{}: features.{c} and features.{} are {d} modules apart; a VGG has convs {per} \
+                     apart, or {} with a max pool between",
+                    w.path().display(),
+                    convs[i + 1],
+                    per + 1
+                )))
+            }
+        }
+    }
+    Ok(items)
+}
+
+pub fn build(w: &Weights, items: &[Item], bn: bool, arch: String) -> Result<Graph> {
+    let mut b = Builder::new(w, 3);
+    let mut x = 0;
+    let mut idx = 0;
+    let mut last_relu = None;
+    for item in items {
+        match item {
+            Item::Conv => {
+                let name = format!("features.{idx}");
+                if bn {
+                    let bn_name = format!("features.{}", idx + 1);
+                    x = b.conv(x, &name, 1, Some(&bn_name))?;
+                    idx += 2;
+                } else {
+                    x = b.conv(x, &name, 1, None)?;
+                    idx += 1;
+                }
+                let relu = format!("features.{idx}");
+                x = b.relu(x, Some(&relu));
+                last_relu = Some(relu);
+                idx += 1;
+            }
+            Item::Pool => {
+                x = b.max_pool(x, Pool2dParams::new(2, 2, 0), &format!("features.{idx}"));
+                idx += 1;
+            }
+        }
+    }
+    b.name("features", x, View::Output, "sequential");
+
+    // The classifier: Linear, ReLU, Dropout, ..., Linear. Its first in-features fix the
+    // adaptive pool size (7×7 in torchvision).
+    let mut linears: Vec<usize> = w
+        .names()
+        .filter_map(|n| n.strip_prefix("classifier.")?.strip_suffix(".weight"))
+        .filter_map(|i| i.parse().ok())
+        .collect();
+    linears.sort_unstable();
+    let first = *linears.first().ok_or_else(|| Error::MissingTensor {
+        path: w.path().to_path_buf(),
+        name: "classifier.0.weight".into(),
+        hint: " (a VGG needs its classifier)".into(),
+    })?;
+    let fin = w.shape_of(&format!("classifier.{first}.weight")).unwrap_or(&[0, 0])[1];
+    let c = b.channels[x];
+    let side = (1..=64).find(|s| c * s * s == fin).ok_or_else(|| Error::BadShape {
+        path: w.path().to_path_buf(),
+        name: format!("classifier.{first}.weight"),
+        expected: vec![w.shape_of(&format!("classifier.{first}.weight")).unwrap_or(&[0])[0], c * 49],
+        found: w.shape_of(&format!("classifier.{first}.weight")).unwrap_or(&[]).to_vec(),
+    })?;
+    x = b.adaptive_avg_pool(x, (side, side), "avgpool");
+    x = b.flatten(x, (side, side));
+    for (i, &li) in linears.iter().enumerate() {
+        x = b.linear(x, &format!("classifier.{li}"))?;
+        if let Some(&next) = linears.get(i + 1) {
+            if next != li + 3 {
+                return Err(Error::UnknownArch(format!(
+                    "{}: classifier.{li} and classifier.{next} should be 3 modules apart \
+                     (Linear, ReLU, Dropout)",
+                    w.path().display()
+                )));
+            }
+            x = b.relu(x, Some(&format!("classifier.{}", li + 1)));
+            b.name(format!("classifier.{}", li + 2), x, View::Output, "dropout (identity)");
+        }
+    }
+    b.name("classifier", x, View::Output, "sequential");
+    let default = last_relu.expect("a VGG has convs");
+    Ok(b.finish(arch, default))
+}
