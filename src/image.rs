@@ -45,14 +45,25 @@ fn axis_table(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
             let s = ((d as f64 + 0.5) * scale - 0.5).max(0.0);
             let i0 = (s.floor() as usize).min(src - 1);
             let i1 = (i0 + 1).min(src - 1);
-            let f = if i0 == src - 1 { 0.0 } else { (s - i0 as f64) as f32 };
+            let f = if i0 == src - 1 {
+                0.0
+            } else {
+                (s - i0 as f64) as f32
+            };
             (i0, i1, f)
         })
         .collect()
 }
 
 /// Bilinear resize of an interleaved (H, W, C) f32 image to (oh, ow).
-pub fn resize_bilinear(src: &[f32], h: usize, w: usize, c: usize, oh: usize, ow: usize) -> Vec<f32> {
+pub fn resize_bilinear(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    c: usize,
+    oh: usize,
+    ow: usize,
+) -> Vec<f32> {
     assert_eq!(src.len(), h * w * c);
     if (h, w) == (oh, ow) {
         return src.to_vec();
@@ -61,7 +72,10 @@ pub fn resize_bilinear(src: &[f32], h: usize, w: usize, c: usize, oh: usize, ow:
     let tx = axis_table(w, ow);
     let mut out = vec![0f32; oh * ow * c];
     for (oy, &(y0, y1, fy)) in ty.iter().enumerate() {
-        let (r0, r1) = (&src[y0 * w * c..(y0 + 1) * w * c], &src[y1 * w * c..(y1 + 1) * w * c]);
+        let (r0, r1) = (
+            &src[y0 * w * c..(y0 + 1) * w * c],
+            &src[y1 * w * c..(y1 + 1) * w * c],
+        );
         let row = &mut out[oy * ow * c..(oy + 1) * ow * c];
         for (ox, &(x0, x1, fx)) in tx.iter().enumerate() {
             for ch in 0..c {

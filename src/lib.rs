@@ -9,8 +9,10 @@
 pub mod backend;
 pub mod cam;
 mod error;
+pub mod explain;
 pub mod image;
 pub mod model;
+pub mod npy;
 mod tensor;
 
 pub use error::{Error, Result};

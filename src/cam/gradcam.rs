@@ -40,7 +40,10 @@ pub fn grad_cam<B: Backend>(
     let num_classes = net.num_classes();
     if let ClassSel::PerImage(c) = classes {
         if c.len() != n {
-            return Err(Error::Invalid(format!("{} classes given for {n} images", c.len())));
+            return Err(Error::Invalid(format!(
+                "{} classes given for {n} images",
+                c.len()
+            )));
         }
     }
     let mut chosen = Vec::with_capacity(n);
@@ -53,7 +56,10 @@ pub fn grad_cam<B: Backend>(
                 ClassSel::PerImage(cs) => cs[i],
             };
             if c >= num_classes {
-                return Err(Error::ClassOutOfRange { class: c, num_classes });
+                return Err(Error::ClassOutOfRange {
+                    class: c,
+                    num_classes,
+                });
             }
             chosen.push(c);
         }

@@ -9,13 +9,19 @@ use crate::image::{resize_bilinear, RgbImage};
 pub fn normalise_minmax(m: &mut [f32]) {
     let (lo, hi) = m
         .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
     let range = hi - lo + 1e-7;
     m.iter_mut().for_each(|v| *v = (*v - lo) / range);
 }
 
 /// Upsamples an (h, w) map to (oh, ow) and min-max normalises it to [0, 1).
-pub fn upsample_normalised(map: &[f32], (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
+pub fn upsample_normalised(
+    map: &[f32],
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+) -> Vec<f32> {
     let mut m = resize_bilinear(map, h, w, 1, oh, ow);
     normalise_minmax(&mut m);
     m

@@ -54,7 +54,10 @@ impl Op {
                 )
             }
             Op::Relu => "relu".into(),
-            Op::MaxPool(p) => format!("max pool {}x{} stride {}", p.kernel.0, p.kernel.1, p.stride.0),
+            Op::MaxPool(p) => format!(
+                "max pool {}x{} stride {}",
+                p.kernel.0, p.kernel.1, p.stride.0
+            ),
             Op::AdaptiveAvgPool((h, w)) => format!("adaptive avg pool to {h}x{w}"),
             Op::Flatten => "flatten".into(),
             Op::Linear { w, .. } => {
@@ -253,7 +256,13 @@ impl<'w> Builder<'w> {
 
     /// A conv module `name` (weight, optional bias) with padding (k-1)/2, optionally followed
     /// by the BatchNorm module `bn`, which is folded in.
-    pub fn conv(&mut self, input: usize, name: &str, stride: usize, bn: Option<&str>) -> Result<usize> {
+    pub fn conv(
+        &mut self,
+        input: usize,
+        name: &str,
+        stride: usize,
+        bn: Option<&str>,
+    ) -> Result<usize> {
         let cin = self.channels[input];
         let wname = format!("{name}.weight");
         let mut w = self.weights.get(&wname, &[None, None, None, None])?;
@@ -280,8 +289,12 @@ impl<'w> Builder<'w> {
         let affine = match bn {
             Some(bn) => {
                 let get = |t: &str| self.weights.get(&format!("{bn}.{t}"), &[Some(k)]);
-                let (gamma, beta, mean, var) =
-                    (get("weight")?, get("bias")?, get("running_mean")?, get("running_var")?);
+                let (gamma, beta, mean, var) = (
+                    get("weight")?,
+                    get("bias")?,
+                    get("running_mean")?,
+                    get("running_var")?,
+                );
                 let scale: Vec<f32> = gamma
                     .data()
                     .iter()
@@ -313,7 +326,16 @@ impl<'w> Builder<'w> {
         let w = self.param(w);
         let b = b.map(|b| self.param(b));
         let has_bn = affine.is_some();
-        let node = self.push(Op::Conv { w, b, p, bn: affine }, vec![input], k);
+        let node = self.push(
+            Op::Conv {
+                w,
+                b,
+                p,
+                bn: affine,
+            },
+            vec![input],
+            k,
+        );
         if let Some(bn) = bn {
             self.name(name, node, View::PreBn, "conv");
             self.name(bn, node, View::Output, "batchnorm (folded)");
@@ -355,7 +377,9 @@ impl<'w> Builder<'w> {
 
     pub fn linear(&mut self, input: usize, name: &str) -> Result<usize> {
         let fin = self.channels[input];
-        let w = self.weights.get(&format!("{name}.weight"), &[None, Some(fin)])?;
+        let w = self
+            .weights
+            .get(&format!("{name}.weight"), &[None, Some(fin)])?;
         let fout = w.shape()[0];
         let b = match self.weights.contains(&format!("{name}.bias")) {
             true => Some(self.weights.get(&format!("{name}.bias"), &[Some(fout)])?),

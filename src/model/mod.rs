@@ -18,8 +18,19 @@ use crate::{Error, Result};
 
 /// Every architecture name `--arch` accepts.
 pub const ARCHS: &[&str] = &[
-    "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "vgg11_bn",
+    "vgg13_bn",
+    "vgg16_bn",
+    "vgg19_bn",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
 ];
 
 /// Loads a model, detecting its architecture from tensor names and shapes unless `arch`
@@ -37,12 +48,7 @@ pub fn build(w: &Weights, arch: Option<&str>) -> Result<Graph> {
 }
 
 fn build_forced(w: &Weights, arch: &str) -> Result<Graph> {
-    let unknown = || {
-        Error::UnknownArch(format!(
-            "`{arch}` is not one of {}",
-            ARCHS.join(", ")
-        ))
-    };
+    let unknown = || Error::UnknownArch(format!("`{arch}` is not one of {}", ARCHS.join(", ")));
     if let Some(rest) = arch.strip_prefix("vgg") {
         let (depth, bn) = match rest.strip_suffix("_bn") {
             Some(d) => (d, true),
@@ -74,12 +80,20 @@ fn build_detected(w: &Weights) -> Result<Graph> {
             .into_iter()
             .find(|&d| vgg::standard(d).as_deref() == Some(&items[..]))
             .map_or_else(
-                || format!("vgg (custom, {} convs)", items.iter().filter(|i| **i == vgg::Item::Conv).count()),
+                || {
+                    format!(
+                        "vgg (custom, {} convs)",
+                        items.iter().filter(|i| **i == vgg::Item::Conv).count()
+                    )
+                },
                 |d| format!("vgg{d}"),
             );
         let name = if bn { format!("{name}_bn") } else { name };
         vgg::build(w, &items, bn, name)
-    } else if w.contains("conv1.weight") || w.contains("conv1.0.weight") || w.contains("layer1.0.conv1.weight") {
+    } else if w.contains("conv1.weight")
+        || w.contains("conv1.0.weight")
+        || w.contains("layer1.0.conv1.weight")
+    {
         let spec = resnet::detect(w)?;
         resnet::build(w, &spec, spec.name())
     } else {

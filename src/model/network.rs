@@ -168,7 +168,12 @@ impl<B: Backend> Network<B> {
                 });
             }
             let inv: Vec<f32> = bn.scale.iter().map(|s| 1.0 / s).collect();
-            let shift: Vec<f32> = bn.shift.iter().zip(&bn.scale).map(|(t, s)| -t / s).collect();
+            let shift: Vec<f32> = bn
+                .shift
+                .iter()
+                .zip(&bn.scale)
+                .map(|(t, s)| -t / s)
+                .collect();
             activation = be.channel_affine(activation, &inv, &shift)?;
             grad = be.channel_affine(grad, &bn.scale, &vec![0.0; bn.scale.len()])?;
         }
@@ -205,7 +210,9 @@ impl<B: Backend> Network<B> {
             let param = |j: &usize| &self.params[*j];
             let y = match &node.op {
                 Op::Input => unreachable!("only node 0 is the input"),
-                Op::Conv { w, b, p, .. } => be.conv2d_fwd(alive(&vals, inp), param(w), b.as_ref().map(param), p)?,
+                Op::Conv { w, b, p, .. } => {
+                    be.conv2d_fwd(alive(&vals, inp), param(w), b.as_ref().map(param), p)?
+                }
                 Op::Relu => {
                     let x = owned(&mut vals)?;
                     be.relu_fwd(x)?
@@ -218,7 +225,9 @@ impl<B: Backend> Network<B> {
                     let flat = [s[0], s[1..].iter().product()];
                     be.reshape(x, &flat)?
                 }
-                Op::Linear { w, b } => be.linear_fwd(alive(&vals, inp), param(w), b.as_ref().map(param))?,
+                Op::Linear { w, b } => {
+                    be.linear_fwd(alive(&vals, inp), param(w), b.as_ref().map(param))?
+                }
                 Op::Add => {
                     let a = owned(&mut vals)?;
                     be.add(a, alive(&vals, node.inputs[1]))?

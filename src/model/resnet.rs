@@ -33,7 +33,11 @@ impl Spec {
                 return format!("resnet{d}");
             }
         }
-        let kind = if self.bottleneck { "bottleneck" } else { "basic" };
+        let kind = if self.bottleneck {
+            "bottleneck"
+        } else {
+            "basic"
+        };
         format!("resnet ({kind} blocks {:?})", self.blocks)
     }
 }
@@ -73,15 +77,30 @@ pub fn build(w: &Weights, spec: &Spec, arch: String) -> Result<Graph> {
             let stride = if l > 0 && i == 0 { 2 } else { 1 };
             let p = format!("layer{}.{i}", l + 1);
             let input = x;
-            let mut y = b.conv(input, &format!("{p}.conv1"), if spec.bottleneck { 1 } else { stride }, Some(&format!("{p}.bn1")))?;
+            let mut y = b.conv(
+                input,
+                &format!("{p}.conv1"),
+                if spec.bottleneck { 1 } else { stride },
+                Some(&format!("{p}.bn1")),
+            )?;
             y = b.relu(y, None);
-            y = b.conv(y, &format!("{p}.conv2"), if spec.bottleneck { stride } else { 1 }, Some(&format!("{p}.bn2")))?;
+            y = b.conv(
+                y,
+                &format!("{p}.conv2"),
+                if spec.bottleneck { stride } else { 1 },
+                Some(&format!("{p}.bn2")),
+            )?;
             if spec.bottleneck {
                 y = b.relu(y, None);
                 y = b.conv(y, &format!("{p}.conv3"), 1, Some(&format!("{p}.bn3")))?;
             }
             let shortcut = if w.contains(&format!("{p}.downsample.0.weight")) {
-                let s = b.conv(input, &format!("{p}.downsample.0"), stride, Some(&format!("{p}.downsample.1")))?;
+                let s = b.conv(
+                    input,
+                    &format!("{p}.downsample.0"),
+                    stride,
+                    Some(&format!("{p}.downsample.1")),
+                )?;
                 b.name(format!("{p}.downsample"), s, View::Output, "sequential");
                 s
             } else {

@@ -70,16 +70,32 @@ impl Dict {
 }
 
 /// A state dict for `arch` (one of [`super::ARCHS`]) with every width divided by `div`.
-pub fn state_dict(arch: &str, div: usize, num_classes: usize, seed: u64) -> Result<Vec<(String, Tensor)>> {
-    let unknown = || Error::UnknownArch(format!("`{arch}` is not one of {}", super::ARCHS.join(", ")));
+pub fn state_dict(
+    arch: &str,
+    div: usize,
+    num_classes: usize,
+    seed: u64,
+) -> Result<Vec<(String, Tensor)>> {
+    let unknown = || {
+        Error::UnknownArch(format!(
+            "`{arch}` is not one of {}",
+            super::ARCHS.join(", ")
+        ))
+    };
     let div = div.max(1);
     let mut d = Dict {
         rng: Rng::new(seed),
         out: Vec::new(),
     };
     if let Some(rest) = arch.strip_prefix("vgg") {
-        let (depth, bn) = rest.strip_suffix("_bn").map_or((rest, false), |d| (d, true));
-        let items = depth.parse().ok().and_then(vgg::standard).ok_or_else(unknown)?;
+        let (depth, bn) = rest
+            .strip_suffix("_bn")
+            .map_or((rest, false), |d| (d, true));
+        let items = depth
+            .parse()
+            .ok()
+            .and_then(vgg::standard)
+            .ok_or_else(unknown)?;
         let widths = [64, 128, 256, 512, 512].map(|c| (c / div).max(1));
         let (mut idx, mut stage, mut cin) = (0, 0, 3);
         for it in items {
@@ -105,7 +121,11 @@ pub fn state_dict(arch: &str, div: usize, num_classes: usize, seed: u64) -> Resu
         d.linear("classifier.3", hidden, hidden);
         d.linear("classifier.6", num_classes, hidden);
     } else if let Some(depth) = arch.strip_prefix("resnet") {
-        let spec = depth.parse().ok().and_then(resnet::Spec::standard).ok_or_else(unknown)?;
+        let spec = depth
+            .parse()
+            .ok()
+            .and_then(resnet::Spec::standard)
+            .ok_or_else(unknown)?;
         let exp = if spec.bottleneck { 4 } else { 1 };
         let stem = (64 / div).max(1);
         d.conv("conv1", stem, 3, 7, false);
@@ -149,8 +169,16 @@ pub fn to_safetensors(tensors: &[(String, Tensor)], dtype: Dtype) -> Result<Vec<
         .iter()
         .map(|(n, t)| {
             let b: Vec<u8> = match dtype {
-                Dtype::F16 => t.data().iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-                Dtype::BF16 => t.data().iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+                Dtype::F16 => t
+                    .data()
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                Dtype::BF16 => t
+                    .data()
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
                 _ => t.data().iter().flat_map(|v| v.to_le_bytes()).collect(),
             };
             (n.clone(), b, t.shape().to_vec())
@@ -163,7 +191,8 @@ pub fn to_safetensors(tensors: &[(String, Tensor)], dtype: Dtype) -> Result<Vec<
     let views: Vec<(String, TensorView)> = bytes
         .iter()
         .map(|(n, b, s)| {
-            let v = TensorView::new(dtype, s.clone(), b).map_err(|e| Error::Invalid(format!("{n}: {e:?}")))?;
+            let v = TensorView::new(dtype, s.clone(), b)
+                .map_err(|e| Error::Invalid(format!("{n}: {e:?}")))?;
             Ok((n.clone(), v))
         })
         .collect::<Result<_>>()?;

@@ -113,14 +113,25 @@ pub fn build(w: &Weights, items: &[Item], bn: bool, arch: String) -> Result<Grap
         name: "classifier.0.weight".into(),
         hint: " (a VGG needs its classifier)".into(),
     })?;
-    let fin = w.shape_of(&format!("classifier.{first}.weight")).unwrap_or(&[0, 0])[1];
+    let fin = w
+        .shape_of(&format!("classifier.{first}.weight"))
+        .unwrap_or(&[0, 0])[1];
     let c = b.channels[x];
-    let side = (1..=64).find(|s| c * s * s == fin).ok_or_else(|| Error::BadShape {
-        path: w.path().to_path_buf(),
-        name: format!("classifier.{first}.weight"),
-        expected: vec![w.shape_of(&format!("classifier.{first}.weight")).unwrap_or(&[0])[0], c * 49],
-        found: w.shape_of(&format!("classifier.{first}.weight")).unwrap_or(&[]).to_vec(),
-    })?;
+    let side = (1..=64)
+        .find(|s| c * s * s == fin)
+        .ok_or_else(|| Error::BadShape {
+            path: w.path().to_path_buf(),
+            name: format!("classifier.{first}.weight"),
+            expected: vec![
+                w.shape_of(&format!("classifier.{first}.weight"))
+                    .unwrap_or(&[0])[0],
+                c * 49,
+            ],
+            found: w
+                .shape_of(&format!("classifier.{first}.weight"))
+                .unwrap_or(&[])
+                .to_vec(),
+        })?;
     x = b.adaptive_avg_pool(x, (side, side), "avgpool");
     x = b.flatten(x, (side, side));
     for (i, &li) in linears.iter().enumerate() {
@@ -134,7 +145,12 @@ pub fn build(w: &Weights, items: &[Item], bn: bool, arch: String) -> Result<Grap
                 )));
             }
             x = b.relu(x, Some(&format!("classifier.{}", li + 1)));
-            b.name(format!("classifier.{}", li + 2), x, View::Output, "dropout (identity)");
+            b.name(
+                format!("classifier.{}", li + 2),
+                x,
+                View::Output,
+                "dropout (identity)",
+            );
         }
     }
     b.name("classifier", x, View::Output, "sequential");

@@ -94,12 +94,19 @@ impl Weights {
             return Err(self.missing(name));
         };
         let fits = shape.len() == expected.len()
-            && shape.iter().zip(expected).all(|(s, e)| e.is_none_or(|e| e == *s));
+            && shape
+                .iter()
+                .zip(expected)
+                .all(|(s, e)| e.is_none_or(|e| e == *s));
         if !fits {
             return Err(Error::BadShape {
                 path: self.path.clone(),
                 name: name.to_string(),
-                expected: expected.iter().zip(shape.iter().chain(std::iter::repeat(&0))).map(|(e, s)| e.unwrap_or(*s)).collect(),
+                expected: expected
+                    .iter()
+                    .zip(shape.iter().chain(std::iter::repeat(&0)))
+                    .map(|(e, s)| e.unwrap_or(*s))
+                    .collect(),
                 found: shape.clone(),
             });
         }

@@ -26,7 +26,9 @@ where
         } else {
             Parallelism::None
         };
-        out.chunks_mut(per).enumerate().for_each(|(i, o)| f(i, o, par));
+        out.chunks_mut(per)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o, par));
     }
 }
 
@@ -126,12 +128,25 @@ pub fn conv2d_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) 
     let (n, c, h, wd) = x.dims4();
     let (k, cg, r, s) = w.dims4();
     let (oh, ow) = p.out_hw((h, wd), (r, s)).expect("kernel larger than input");
-    let g = Geom { c: cg, h, w: wd, r, s, oh, ow, p: *p };
+    let g = Geom {
+        c: cg,
+        h,
+        w: wd,
+        r,
+        s,
+        oh,
+        ow,
+        p: *p,
+    };
     let (kg, kk, ohw) = (k / p.groups, cg * r * s, oh * ow);
     let mut y = Tensor::zeros([n, k, oh, ow]);
     per_image(n, y.data_mut(), k * ohw, |ni, yi, par| {
         let img = &x.data()[ni * c * h * wd..(ni + 1) * c * h * wd];
-        let mut col = if g.direct() { Vec::new() } else { vec![0.0; kk * ohw] };
+        let mut col = if g.direct() {
+            Vec::new()
+        } else {
+            vec![0.0; kk * ohw]
+        };
         for gi in 0..p.groups {
             let xin = &img[gi * cg * h * wd..(gi + 1) * cg * h * wd];
             let rhs = if g.direct() {
@@ -160,22 +175,30 @@ pub fn conv2d_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) 
     y
 }
 
-pub fn conv2d_bwd_data(
-    dy: &Tensor,
-    w: &Tensor,
-    in_hw: (usize, usize),
-    p: &Conv2dParams,
-) -> Tensor {
+pub fn conv2d_bwd_data(dy: &Tensor, w: &Tensor, in_hw: (usize, usize), p: &Conv2dParams) -> Tensor {
     let (n, k, oh, ow) = dy.dims4();
     let (_, cg, r, s) = w.dims4();
     let (h, wd) = in_hw;
     let c = cg * p.groups;
-    let g = Geom { c: cg, h, w: wd, r, s, oh, ow, p: *p };
+    let g = Geom {
+        c: cg,
+        h,
+        w: wd,
+        r,
+        s,
+        oh,
+        ow,
+        p: *p,
+    };
     let (kg, kk, ohw) = (k / p.groups, cg * r * s, oh * ow);
     let mut dx = Tensor::zeros([n, c, h, wd]);
     per_image(n, dx.data_mut(), c * h * wd, |ni, dxi, par| {
         let dyi = &dy.data()[ni * k * ohw..(ni + 1) * k * ohw];
-        let mut col = if g.direct() { Vec::new() } else { vec![0.0; kk * ohw] };
+        let mut col = if g.direct() {
+            Vec::new()
+        } else {
+            vec![0.0; kk * ohw]
+        };
         for gi in 0..p.groups {
             let wg = Mat::transposed(&w.data()[gi * kg * kk..(gi + 1) * kg * kk], kk);
             let dyg = Mat::row_major(&dyi[gi * kg * ohw..(gi + 1) * kg * ohw], ohw);
@@ -221,7 +244,12 @@ fn pool_window(o: usize, k: usize, stride: usize, pad: usize, len: usize) -> (us
 }
 
 /// First maximum of a window in row-major order, as a plane index.
-fn argmax_window(plane: &[f32], w: usize, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> usize {
+fn argmax_window(
+    plane: &[f32],
+    w: usize,
+    (y0, y1): (usize, usize),
+    (x0, x1): (usize, usize),
+) -> usize {
     let mut arg = y0 * w + x0;
     let mut best = plane[arg];
     for iy in y0..y1 {
@@ -315,7 +343,9 @@ pub fn adaptive_avg_pool2d_bwd(dy: &Tensor, (h, w): (usize, usize)) -> Tensor {
                     let (x0, x1) = adaptive_bin(ox, w, ow);
                     let v = g[oy * ow + ox] / ((y1 - y0) * (x1 - x0)) as f32;
                     for iy in y0..y1 {
-                        out[iy * w + x0..iy * w + x1].iter_mut().for_each(|d| *d += v);
+                        out[iy * w + x0..iy * w + x1]
+                            .iter_mut()
+                            .for_each(|d| *d += v);
                     }
                 }
             }
@@ -335,7 +365,16 @@ pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
     let fout = w.shape()[0];
     let mut y = Tensor::zeros([n, fout]);
     let x_mat = Mat::row_major(x.data(), fin);
-    sgemm(n, fout, fin, x_mat, Mat::transposed(w.data(), fin), y.data_mut(), false, par_all());
+    sgemm(
+        n,
+        fout,
+        fin,
+        x_mat,
+        Mat::transposed(w.data(), fin),
+        y.data_mut(),
+        false,
+        par_all(),
+    );
     if let Some(b) = b {
         for row in y.data_mut().chunks_mut(fout) {
             row.iter_mut().zip(b.data()).for_each(|(v, b)| *v += b);
@@ -349,7 +388,16 @@ pub fn linear_bwd_data(dy: &Tensor, w: &Tensor) -> Tensor {
     let fin = w.shape()[1];
     let mut dx = Tensor::zeros([n, fin]);
     let dy_mat = Mat::row_major(dy.data(), fout);
-    sgemm(n, fin, fout, dy_mat, Mat::row_major(w.data(), fin), dx.data_mut(), false, par_all());
+    sgemm(
+        n,
+        fin,
+        fout,
+        dy_mat,
+        Mat::row_major(w.data(), fin),
+        dx.data_mut(),
+        false,
+        par_all(),
+    );
     dx
 }
 

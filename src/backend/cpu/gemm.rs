@@ -12,11 +12,19 @@ pub struct Mat<'a> {
 
 impl<'a> Mat<'a> {
     pub fn row_major(data: &'a [f32], cols: usize) -> Self {
-        Mat { data, rs: cols, cs: 1 }
+        Mat {
+            data,
+            rs: cols,
+            cs: 1,
+        }
     }
     /// The transpose of a row-major matrix with `cols` columns.
     pub fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Mat { data, rs: 1, cs: cols }
+        Mat {
+            data,
+            rs: 1,
+            cs: cols,
+        }
     }
     fn fits(&self, rows: usize, cols: usize) -> bool {
         rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
@@ -34,7 +42,10 @@ pub fn sgemm(
     accumulate: bool,
     par: Parallelism,
 ) {
-    assert!(a.fits(m, k) && b.fits(k, n) && c.len() >= m * n, "gemm operands too small");
+    assert!(
+        a.fits(m, k) && b.fits(k, n) && c.len() >= m * n,
+        "gemm operands too small"
+    );
     if m == 0 || n == 0 {
         return;
     }

@@ -89,7 +89,9 @@ impl Backend for CpuBackend {
     }
     fn max_pool2d_fwd(&self, x: &Tensor, p: &Pool2dParams) -> Result<Tensor> {
         // The fast pool handles dilation 1 (every torchvision model); others use the oracle.
-        let fast = (!self.reference).then(|| fast::max_pool2d_fwd(x, p)).flatten();
+        let fast = (!self.reference)
+            .then(|| fast::max_pool2d_fwd(x, p))
+            .flatten();
         Ok(fast.unwrap_or_else(|| naive::max_pool2d_fwd(x, p)))
     }
     fn max_pool2d_bwd(&self, x: &Tensor, dy: &Tensor, p: &Pool2dParams) -> Result<Tensor> {

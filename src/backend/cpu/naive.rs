@@ -53,12 +53,7 @@ pub fn conv2d_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) 
 }
 
 /// The adjoint of [`conv2d_fwd`]: every output gradient is scattered back through each tap.
-pub fn conv2d_bwd_data(
-    dy: &Tensor,
-    w: &Tensor,
-    in_hw: (usize, usize),
-    p: &Conv2dParams,
-) -> Tensor {
+pub fn conv2d_bwd_data(dy: &Tensor, w: &Tensor, in_hw: (usize, usize), p: &Conv2dParams) -> Tensor {
     let (n, k, oh, ow) = dy.dims4();
     let (_, cg, r, s) = w.dims4();
     let (h, wd) = in_hw;
@@ -120,7 +115,14 @@ pub fn relu_bwd(y: &Tensor, dy: &Tensor, guided: bool) -> Tensor {
 
 /// Index (within the plane) of the first maximum of output cell (oy, ox): scanning the window
 /// row by row, a later element wins only when strictly greater, as in PyTorch.
-fn window_argmax(plane: &[f32], h: usize, w: usize, oy: usize, ox: usize, p: &Pool2dParams) -> usize {
+fn window_argmax(
+    plane: &[f32],
+    h: usize,
+    w: usize,
+    oy: usize,
+    ox: usize,
+    p: &Pool2dParams,
+) -> usize {
     let mut best = f32::NEG_INFINITY;
     let mut arg = usize::MAX;
     for ky in 0..p.kernel.0 {
@@ -152,7 +154,8 @@ pub fn max_pool2d_fwd(x: &Tensor, p: &Pool2dParams) -> Tensor {
         let src = &x.data()[plane * h * w..(plane + 1) * h * w];
         for oy in 0..oh {
             for ox in 0..ow {
-                y.data_mut()[(plane * oh + oy) * ow + ox] = src[window_argmax(src, h, w, oy, ox, p)];
+                y.data_mut()[(plane * oh + oy) * ow + ox] =
+                    src[window_argmax(src, h, w, oy, ox, p)];
             }
         }
     }
@@ -295,7 +298,8 @@ pub fn weighted_sum_relu(a: &Tensor, alpha: &Tensor) -> Tensor {
         for i in 0..h * w {
             let mut acc = 0f64;
             for ki in 0..k {
-                acc += alpha.data()[ni * k + ki] as f64 * a.data()[(ni * k + ki) * h * w + i] as f64;
+                acc +=
+                    alpha.data()[ni * k + ki] as f64 * a.data()[(ni * k + ki) * h * w + i] as f64;
             }
             m.data_mut()[ni * h * w + i] = (acc as f32).max(0.0);
         }

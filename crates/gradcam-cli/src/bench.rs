@@ -1,0 +1,151 @@
+//! `gradcam bench`: images/s of the whole pipeline and the time of each stage, on synthetic
+//! images (deterministic) or a folder, without writing files (PNG encoding is still timed).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use gradcam::explain::{explain_batch, ExplainConfig, Timings};
+use gradcam::image::{load_rgb8, InputSize, RgbImage};
+use gradcam::model::synth::Rng;
+use rayon::prelude::*;
+
+use crate::{inputs, load_network, parse_size, ModelArgs};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    batch: u32,
+    /// Number of synthetic images (ignored with --images-dir).
+    #[arg(long, default_value_t = 64)]
+    images: usize,
+    /// Benchmark on these image files instead (decoding is then timed too).
+    #[arg(long)]
+    images_dir: Option<PathBuf>,
+    #[arg(long, default_value = "224", value_parser = parse_size)]
+    size: InputSize,
+    #[arg(long)]
+    layer: Option<String>,
+    /// Untimed warm-up batches.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+}
+
+fn synthetic(n: usize, side: u32) -> Vec<RgbImage> {
+    (0..n)
+        .map(|i| {
+            let mut rng = Rng::new(i as u64 + 1);
+            let (cx, cy) = (rng.uniform(0.2, 0.8), rng.uniform(0.2, 0.8));
+            RgbImage::from_fn(side, side, |x, y| {
+                let (u, v) = (x as f32 / side as f32 - cx, y as f32 / side as f32 - cy);
+                let d = (u * u + v * v).sqrt();
+                let n = (rng.next_u64() & 31) as f32;
+                image::Rgb([
+                    (255.0 * (1.0 - d)).clamp(0.0, 220.0) as u8 + n as u8,
+                    (128.0 + 100.0 * (8.0 * u).sin()) as u8,
+                    (n * 4.0) as u8,
+                ])
+            })
+        })
+        .collect()
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    let t_load = Instant::now();
+    let net = load_network(&a.model)?;
+    let load = t_load.elapsed();
+    let mut decode = Duration::ZERO;
+    let images = match &a.images_dir {
+        Some(dir) => {
+            let (files, errs) = inputs::collect(std::slice::from_ref(dir));
+            if let Some((p, why)) = errs.first() {
+                anyhow::bail!("{}: {why}", p.display());
+            }
+            let t = Instant::now();
+            let imgs = files
+                .par_iter()
+                .map(|f| load_rgb8(f))
+                .collect::<Result<Vec<_>, _>>()?;
+            decode = t.elapsed();
+            imgs
+        }
+        None => synthetic(a.images, 224),
+    };
+    if a.size == InputSize::Native {
+        anyhow::bail!("bench needs a numeric --size (batches share one input size)");
+    }
+    let cfg = ExplainConfig {
+        layer: a.layer.clone(),
+        size: a.size,
+        ..Default::default()
+    };
+    let batch = a.batch as usize;
+    let refs: Vec<&RgbImage> = images.iter().collect();
+    let mut scratch = Timings::default();
+    for c in refs.chunks(batch).take(a.warmup) {
+        explain_batch(&net, c, &cfg, &mut scratch)?;
+    }
+    let mut t = Timings::default();
+    let mut encode = Duration::ZERO;
+    let start = Instant::now();
+    for c in refs.chunks(batch) {
+        let out = explain_batch(&net, c, &cfg, &mut t)?;
+        let te = Instant::now();
+        out.par_iter().try_for_each(|e| {
+            let mut buf = std::io::Cursor::new(Vec::new());
+            e.overlay.write_to(&mut buf, image::ImageFormat::Png)
+        })?;
+        encode += te.elapsed();
+    }
+    let total = start.elapsed();
+    let n = images.len() as f64;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3 / n;
+    println!(
+        "model {} | layer {} | {} | batch {batch} | {} images {}x{}",
+        net.graph().arch,
+        cfg.layer.as_deref().unwrap_or(&net.graph().default_layer),
+        gradcam::backend::Backend::name(net.backend()),
+        images.len(),
+        match a.size {
+            InputSize::Square(s) => s,
+            InputSize::Native => 0,
+        },
+        match a.size {
+            InputSize::Square(s) => s,
+            InputSize::Native => 0,
+        },
+    );
+    println!("images/s      {:.2}", n / total.as_secs_f64());
+    println!("per image     {:.2} ms", ms(total));
+    println!("  preprocess  {:.2} ms", ms(t.preprocess));
+    println!(
+        "  grad-cam    {:.2} ms (forward + backward-data to the layer + map)",
+        ms(t.cam)
+    );
+    println!(
+        "  postprocess {:.2} ms (upsample, normalise, overlay)",
+        ms(t.postprocess)
+    );
+    println!("  png encode  {:.2} ms", ms(encode));
+    if a.images_dir.is_some() {
+        println!(
+            "decode        {:.2} ms per image (before the timed loop)",
+            ms(decode)
+        );
+    }
+    println!("model load    {:.0} ms", load.as_secs_f64() * 1e3);
+    if let Some(kb) = peak_rss_kb() {
+        println!("peak RSS      {:.0} MB", kb as f64 / 1024.0);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// VmHWM from /proc (Linux); None elsewhere.
+pub fn peak_rss_kb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,254 @@
+//! `gradcam explain`: decode → batch → Grad-CAM → overlay / npy / JSON, one bad image never
+//! stopping the others.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use gradcam::backend::CpuBackend;
+use gradcam::cam::ClassSel;
+use gradcam::explain::{explain_batch, ExplainConfig, Explanation, Timings};
+use gradcam::image::{load_rgb8, InputSize, RgbImage};
+use gradcam::model::Network;
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde_json::json;
+
+use crate::{inputs, load_network, parse_size, Device, ModelArgs};
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// Image files and/or folders (searched recursively for image files).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Target layer as a torchvision module path (`layer4`, `features.29`, ...);
+    /// default: ResNet `layer4`, VGG the last ReLU of `features`.
+    #[arg(long)]
+    layer: Option<String>,
+    /// Explain this class for every image (default: each image's top-1 class).
+    #[arg(long = "class")]
+    class: Option<usize>,
+    /// The paper's counterfactual map: regions that lower the class score.
+    #[arg(long)]
+    counterfactual: bool,
+    /// Model input size: an integer S resizes to S×S; `native` keeps each image's size.
+    #[arg(long, default_value = "224", value_parser = parse_size)]
+    size: InputSize,
+    /// Images per forward/backward pass.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    batch: u32,
+    /// Output folder (created if missing).
+    #[arg(long, short, default_value = "gradcam-out")]
+    out: PathBuf,
+}
+
+struct Job {
+    index: usize,
+    path: PathBuf,
+    image: RgbImage,
+}
+
+pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let (files, mut failures) = inputs::collect(&a.inputs);
+    for (p, why) in &failures {
+        eprintln!("error: {}: {why}", p.display());
+    }
+    if files.is_empty() {
+        anyhow::bail!("no images to explain");
+    }
+    if a.model.device == Device::Auto {
+        // The CUDA backend is not part of this build yet; say so once so nobody is surprised.
+        eprintln!(
+            "note: running on the CPU ({} threads)",
+            rayon::current_num_threads()
+        );
+    }
+    let net = load_network(&a.model)?;
+    let graph = net.graph();
+    let layer = a
+        .layer
+        .clone()
+        .unwrap_or_else(|| graph.default_layer.clone());
+    graph.layer(&layer)?;
+    if let Some(c) = a.class {
+        if c >= graph.num_classes {
+            return Err(gradcam::Error::ClassOutOfRange {
+                class: c,
+                num_classes: graph.num_classes,
+            }
+            .into());
+        }
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let cfg = ExplainConfig {
+        layer: Some(layer.clone()),
+        classes: a.class.map_or(ClassSel::Predicted, ClassSel::All),
+        counterfactual: a.counterfactual,
+        size: a.size,
+        overlay_full_res: true,
+    };
+    let stems = inputs::stems(&files);
+    let bar = if files.len() > 1 {
+        let b = ProgressBar::new(files.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
+                .expect("valid template"),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut timings = Timings::default();
+    let mut done = 0usize;
+    for chunk in (0..files.len())
+        .collect::<Vec<_>>()
+        .chunks(a.batch as usize)
+    {
+        // Decode in parallel; undecodable files are reported and dropped from the batch.
+        let decoded: Vec<Result<Job, (PathBuf, String)>> = chunk
+            .par_iter()
+            .map(|&i| match load_rgb8(&files[i]) {
+                Ok(image) => Ok(Job {
+                    index: i,
+                    path: files[i].clone(),
+                    image,
+                }),
+                Err(e) => Err((files[i].clone(), strip_path(&e.to_string(), &files[i]))),
+            })
+            .collect();
+        let mut jobs = Vec::new();
+        for d in decoded {
+            match d {
+                Ok(j) => jobs.push(j),
+                Err(f) => {
+                    bar.suspend(|| eprintln!("error: {}: {}", f.0.display(), f.1));
+                    failures.push(f);
+                }
+            }
+        }
+        // Images of one batch must share an input size: group by it (native mode).
+        let mut groups: Vec<((usize, usize), Vec<Job>)> = Vec::new();
+        for j in jobs {
+            let hw = a.size.for_image(&j.image);
+            match groups.iter_mut().find(|(k, _)| *k == hw) {
+                Some((_, g)) => g.push(j),
+                None => groups.push((hw, vec![j])),
+            }
+        }
+        for (_, group) in groups {
+            for (job, result) in explain_group(&net, &group, &cfg, &mut timings) {
+                let written = result.and_then(|e| {
+                    write_outputs(
+                        &a.out,
+                        &stems[job.index],
+                        &job.path,
+                        &e,
+                        &layer,
+                        graph.arch.as_str(),
+                        a.counterfactual,
+                    )
+                    .map_err(|e| format!("{e:#}"))
+                });
+                match written {
+                    Ok(()) => done += 1,
+                    Err(why) => {
+                        bar.suspend(|| eprintln!("error: {}: {why}", job.path.display()));
+                        failures.push((job.path.clone(), why));
+                    }
+                }
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "explained {done} of {} images in {secs:.2}s ({:.2} images/s; Grad-CAM {:.2}s, \
+         preprocess {:.2}s, post-processing {:.2}s) → {}",
+        files.len() + failures.iter().filter(|f| !files.contains(&f.0)).count(),
+        done as f64 / secs,
+        timings.cam.as_secs_f64(),
+        timings.preprocess.as_secs_f64(),
+        timings.postprocess.as_secs_f64(),
+        a.out.display()
+    );
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{} input(s) failed (listed above)", failures.len());
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// One batch; if it fails as a whole (say one image is too small for the network), each
+/// image is retried alone so only the culprit fails.
+fn explain_group<'j>(
+    net: &Network<CpuBackend>,
+    group: &'j [Job],
+    cfg: &ExplainConfig,
+    timings: &mut Timings,
+) -> Vec<(&'j Job, Result<Explanation, String>)> {
+    let images: Vec<&RgbImage> = group.iter().map(|j| &j.image).collect();
+    match explain_batch(net, &images, cfg, timings) {
+        Ok(out) => group.iter().zip(out.into_iter().map(Ok)).collect(),
+        Err(_) if group.len() > 1 => group
+            .iter()
+            .map(|j| {
+                let r = explain_batch(net, &[&j.image], cfg, timings)
+                    .map(|mut v| v.remove(0))
+                    .map_err(|e| e.to_string());
+                (j, r)
+            })
+            .collect(),
+        Err(e) => vec![(&group[0], Err(e.to_string()))],
+    }
+}
+
+fn strip_path(msg: &str, path: &Path) -> String {
+    let prefix = format!("{}: ", path.display());
+    msg.strip_prefix(&prefix).unwrap_or(msg).to_string()
+}
+
+fn write_outputs(
+    out: &Path,
+    stem: &str,
+    src: &Path,
+    e: &Explanation,
+    layer: &str,
+    arch: &str,
+    counterfactual: bool,
+) -> anyhow::Result<()> {
+    let png = out.join(format!("{stem}.overlay.png"));
+    e.overlay
+        .save(&png)
+        .with_context(|| format!("writing {}", png.display()))?;
+    let npy = out.join(format!("{stem}.cam.npy"));
+    gradcam::npy::write_f32(&npy, &[e.input_hw.0, e.input_hw.1], &e.cam)?;
+    let mut channels: Vec<(usize, f32)> = e.alpha.iter().copied().enumerate().collect();
+    channels.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let report = json!({
+        "image": src.display().to_string(),
+        "model": arch,
+        "class": e.class,
+        "logit": e.logit,
+        "probability": e.probability,
+        "top5": e.top5.iter().map(|(c, l)| json!({"class": c, "logit": l})).collect::<Vec<_>>(),
+        "layer": layer,
+        "counterfactual": counterfactual,
+        "map_size": [e.map_hw.0, e.map_hw.1],
+        "input_size": [e.input_hw.0, e.input_hw.1],
+        "image_size": [e.overlay.height(), e.overlay.width()],
+        "top_channels": channels.iter().take(10).map(|(k, a)| json!({"channel": k, "alpha": a})).collect::<Vec<_>>(),
+        "outputs": {"overlay": png.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    "cam": npy.file_name().map(|n| n.to_string_lossy().into_owned())},
+    });
+    let js = out.join(format!("{stem}.json"));
+    std::fs::write(&js, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", js.display()))?;
+    Ok(())
+}

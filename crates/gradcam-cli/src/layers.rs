@@ -1,0 +1,51 @@
+//! `gradcam layers MODEL`: every target-able module path with its output shape.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use gradcam::image::InputSize;
+
+use crate::{parse_size, ModelArgs};
+
+#[derive(Args)]
+pub struct LayersArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Input size the shapes are computed for.
+    #[arg(long, default_value = "224", value_parser = parse_size)]
+    size: InputSize,
+}
+
+pub fn run(a: LayersArgs) -> anyhow::Result<ExitCode> {
+    let g = gradcam::model::load(&a.model.model, a.model.arch.as_deref())?;
+    let hw = match a.size {
+        InputSize::Square(s) => s,
+        InputSize::Native => anyhow::bail!("`layers` needs a numeric --size"),
+    };
+    let shapes = g.shapes(&[1, g.in_channels, hw, hw])?;
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    writeln!(
+        text,
+        "{} ({} classes); default Grad-CAM layer: {}; shapes for a {hw}x{hw} input",
+        g.arch, g.num_classes, g.default_layer
+    )?;
+    let width = g.layers.iter().map(|l| l.name.len()).max().unwrap_or(0);
+    for l in &g.layers {
+        let s = &shapes[l.node];
+        let what = if l.kind == "conv" || l.kind == "linear" {
+            g.nodes[l.node].op.describe(&g.param_shapes)
+        } else {
+            l.kind.clone()
+        };
+        writeln!(
+            text,
+            "{:width$}  {:<20}  {what}",
+            l.name,
+            format!("{:?}", &s[1..])
+        )?;
+    }
+    // A closed pipe (`gradcam layers M | head`) is not an error worth a message.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+    Ok(ExitCode::SUCCESS)
+}

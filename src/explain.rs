@@ -1,0 +1,166 @@
+//! One batch of images through the whole pipeline: preprocess, Grad-CAM, post-processing.
+//! What the CLI and `gradcam bench` run, and the entry point for programs linking the library.
+
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use crate::backend::Backend;
+use crate::cam::{grad_cam, overlay, upsample_normalised, ClassSel};
+use crate::image::{preprocess, InputSize, RgbImage};
+use crate::model::Network;
+use crate::{Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct ExplainConfig {
+    /// Target layer (torchvision module path); None = the model's default.
+    pub layer: Option<String>,
+    pub classes: ClassSel,
+    pub counterfactual: bool,
+    pub size: InputSize,
+    /// Draw overlays on the original image at its own resolution (else at the input size).
+    pub overlay_full_res: bool,
+}
+
+impl Default for ExplainConfig {
+    fn default() -> Self {
+        ExplainConfig {
+            layer: None,
+            classes: ClassSel::Predicted,
+            counterfactual: false,
+            size: InputSize::Square(224),
+            overlay_full_res: true,
+        }
+    }
+}
+
+/// Everything we report for one image.
+pub struct Explanation {
+    pub class: usize,
+    pub logit: f32,
+    pub probability: f32,
+    /// (class, logit), best first.
+    pub top5: Vec<(usize, f32)>,
+    /// α for every channel of the target layer.
+    pub alpha: Vec<f32>,
+    /// Resolution of the target layer's map (h, w).
+    pub map_hw: (usize, usize),
+    /// The normalised map at the model-input size, row-major, values in [0, 1].
+    pub cam: Vec<f32>,
+    pub input_hw: (usize, usize),
+    pub overlay: RgbImage,
+}
+
+/// Wall time per stage, summed over batches.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    pub preprocess: Duration,
+    pub cam: Duration,
+    pub postprocess: Duration,
+}
+
+impl Timings {
+    pub fn add(&mut self, o: &Timings) {
+        self.preprocess += o.preprocess;
+        self.cam += o.cam;
+        self.postprocess += o.postprocess;
+    }
+}
+
+/// Explains a batch of images that share one input size under `cfg.size`.
+pub fn explain_batch<B: Backend>(
+    net: &Network<B>,
+    images: &[&RgbImage],
+    cfg: &ExplainConfig,
+    timings: &mut Timings,
+) -> Result<Vec<Explanation>> {
+    let Some(first) = images.first() else {
+        return Ok(Vec::new());
+    };
+    let hw = cfg.size.for_image(first);
+    if images.iter().any(|im| cfg.size.for_image(im) != hw) {
+        return Err(Error::Invalid(
+            "images of one batch must share their input size".into(),
+        ));
+    }
+    let layer = cfg
+        .layer
+        .clone()
+        .unwrap_or_else(|| net.graph().default_layer.clone());
+
+    let t0 = Instant::now();
+    let x = preprocess(images, hw);
+    let x = net.backend().upload(x)?;
+    let t1 = Instant::now();
+    let batch = grad_cam(net, x, &layer, &cfg.classes, cfg.counterfactual)?;
+    let t2 = Instant::now();
+
+    let (h, w) = (batch.maps.shape()[1], batch.maps.shape()[2]);
+    let nc = batch.logits.shape()[1];
+    let k = batch.alpha.shape()[1];
+    let out = images
+        .par_iter()
+        .enumerate()
+        .map(|(i, img)| {
+            let logits = &batch.logits.data()[i * nc..(i + 1) * nc];
+            let map = &batch.maps.data()[i * h * w..(i + 1) * h * w];
+            let class = batch.classes[i];
+            let cam = upsample_normalised(map, (h, w), hw);
+            let overlay_img = if cfg.overlay_full_res {
+                let full = (img.height() as usize, img.width() as usize);
+                let m = if full == hw {
+                    cam.clone()
+                } else {
+                    upsample_normalised(map, (h, w), full)
+                };
+                overlay(img, &m)
+            } else {
+                let small = resize_rgb(img, hw);
+                overlay(&small, &cam)
+            };
+            Explanation {
+                class,
+                logit: logits[class],
+                probability: softmax_at(logits, class),
+                top5: top_k(logits, 5),
+                alpha: batch.alpha.data()[i * k..(i + 1) * k].to_vec(),
+                map_hw: (h, w),
+                cam,
+                input_hw: hw,
+                overlay: overlay_img,
+            }
+        })
+        .collect();
+    let t3 = Instant::now();
+    timings.add(&Timings {
+        preprocess: t1 - t0,
+        cam: t2 - t1,
+        postprocess: t3 - t2,
+    });
+    Ok(out)
+}
+
+fn resize_rgb(img: &RgbImage, (h, w): (usize, usize)) -> RgbImage {
+    let unit: Vec<f32> = img.as_raw().iter().map(|&v| v as f32).collect();
+    let r =
+        crate::image::resize_bilinear(&unit, img.height() as usize, img.width() as usize, 3, h, w);
+    let px = r
+        .iter()
+        .map(|v| v.round().clamp(0.0, 255.0) as u8)
+        .collect();
+    RgbImage::from_raw(w as u32, h as u32, px).expect("sized above")
+}
+
+/// softmax(logits)[c], computed stably.
+pub fn softmax_at(logits: &[f32], c: usize) -> f32 {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let z: f64 = logits.iter().map(|&v| ((v - m) as f64).exp()).sum();
+    (((logits[c] - m) as f64).exp() / z) as f32
+}
+
+/// The k largest (index, value) pairs, largest first; lower index first on ties.
+pub fn top_k(v: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (i, v[i])).collect()
+}

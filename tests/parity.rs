@@ -1,0 +1,195 @@
+//! End-to-end parity with pytorch-grad-cam 1.5.7 on the committed fixtures
+//! (tests/fixtures, made by tools/make_fixtures.py; no Python needed here).
+//!
+//! Tolerances, as the foundation issue sets them:
+//! - preprocessed input: max abs < 1e-5 (same float ops, different summation order)
+//! - logits: max |ours - theirs| / max(1, max |theirs|) < 1e-4
+//! - α: max abs < 1e-4 · max(1, max |α|)
+//! - cam (normalised, at the input size): max abs < 1e-3
+//! - overlay bytes (native size, show_cam_on_image): within ±2
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use gradcam::backend::CpuBackend;
+use gradcam::cam::{grad_cam, overlay, upsample_normalised, ClassSel};
+use gradcam::image::{load_rgb8, preprocess, InputSize};
+use gradcam::model::{self, Network};
+use gradcam::Tensor;
+use safetensors::SafeTensors;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+struct Expected {
+    tensors: HashMap<String, (Vec<usize>, Vec<u8>, safetensors::Dtype)>,
+}
+
+impl Expected {
+    fn load(path: &Path) -> Self {
+        let bytes = std::fs::read(path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, (v.shape().to_vec(), v.data().to_vec(), v.dtype())))
+            .collect();
+        Expected { tensors }
+    }
+    fn f32(&self, name: &str) -> Tensor {
+        let (shape, data, dtype) = &self.tensors[name];
+        assert_eq!(*dtype, safetensors::Dtype::F32, "{name}");
+        let v = data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Tensor::new(shape.clone(), v)
+    }
+    fn bytes(&self, name: &str) -> Option<&[u8]> {
+        self.tensors.get(name).map(|(_, d, _)| d.as_slice())
+    }
+    fn class(&self) -> usize {
+        let (_, d, _) = &self.tensors["class"];
+        i64::from_le_bytes(d[..8].try_into().unwrap()) as usize
+    }
+}
+
+struct Case {
+    id: String,
+    model: String,
+    layer: String,
+    image: PathBuf,
+    size: InputSize,
+    class: Option<usize>,
+    counterfactual: bool,
+    expected: Expected,
+}
+
+fn cases() -> (Value, Vec<Case>) {
+    let dir = fixtures();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let cases = manifest["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            id: c["id"].as_str().unwrap().into(),
+            model: c["model"].as_str().unwrap().into(),
+            layer: c["layer"].as_str().unwrap().into(),
+            image: dir.join(c["image"].as_str().unwrap()),
+            size: match &c["size"] {
+                Value::String(s) if s == "native" => InputSize::Native,
+                v => InputSize::Square(v.as_u64().unwrap() as usize),
+            },
+            class: c["class"].as_u64().map(|v| v as usize),
+            counterfactual: c["counterfactual"].as_bool().unwrap(),
+            expected: Expected::load(&dir.join(c["expected"].as_str().unwrap())),
+        })
+        .collect();
+    (manifest, cases)
+}
+
+fn networks(manifest: &Value) -> HashMap<String, Network<CpuBackend>> {
+    manifest["models"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, m)| {
+            let path = fixtures().join(m["file"].as_str().unwrap());
+            let g = model::load(&path, None).unwrap();
+            (name.clone(), Network::new(g, CpuBackend::fast()).unwrap())
+        })
+        .collect()
+}
+
+fn check_logits(id: &str, ours: &Tensor, theirs: &Tensor) {
+    let scale = theirs.data().iter().fold(1f32, |m, v| m.max(v.abs()));
+    let err = ours.max_abs_diff(theirs) / scale;
+    assert!(err < 1e-4, "{id}: logits relative error {err}");
+}
+
+#[test]
+fn single_images_match_pytorch_grad_cam() {
+    let (manifest, cases) = cases();
+    assert!(cases.len() >= 20, "fixture manifest lost cases");
+    let nets = networks(&manifest);
+    for c in &cases {
+        let net = &nets[&c.model];
+        let img = load_rgb8(&c.image).unwrap();
+        let hw = c.size.for_image(&img);
+        let x = preprocess(&[&img], hw);
+        let err = x.max_abs_diff(&c.expected.f32("input"));
+        assert!(err < 1e-5, "{}: preprocessed input differs by {err}", c.id);
+
+        let sel = c.class.map_or(ClassSel::Predicted, ClassSel::All);
+        let out = grad_cam(net, x, &c.layer, &sel, c.counterfactual).unwrap();
+        check_logits(&c.id, &out.logits, &c.expected.f32("logits"));
+        assert_eq!(out.classes[0], c.expected.class(), "{}: class", c.id);
+
+        let alpha = c.expected.f32("alpha");
+        let scale = alpha.data().iter().fold(1f32, |m, v| m.max(v.abs()));
+        let err = out.alpha.max_abs_diff(&alpha);
+        assert!(err < 1e-4 * scale, "{}: alpha differs by {err}", c.id);
+
+        let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);
+        let cam = upsample_normalised(out.maps.data(), (h, w), hw);
+        let expected = c.expected.f32("cam");
+        let err = Tensor::new([1, hw.0, hw.1], cam.clone()).max_abs_diff(&expected);
+        assert!(err < 1e-3, "{}: cam differs by {err}", c.id);
+
+        if let Some(theirs) = c.expected.bytes("overlay") {
+            let ours = overlay(&img, &cam);
+            let worst = ours
+                .as_raw()
+                .iter()
+                .zip(theirs)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            assert_eq!(ours.as_raw().len(), theirs.len(), "{}: overlay size", c.id);
+            assert!(worst <= 2, "{}: overlay bytes differ by {worst}", c.id);
+        }
+    }
+}
+
+/// Resized cases of one model and layer in a single batch, each image with its own class:
+/// batching must not change any image's result.
+#[test]
+fn batched_images_match_pytorch_grad_cam() {
+    let (manifest, cases) = cases();
+    let nets = networks(&manifest);
+    let mut groups: HashMap<(String, String, bool), Vec<&Case>> = HashMap::new();
+    for c in cases
+        .iter()
+        .filter(|c| matches!(c.size, InputSize::Square(_)))
+    {
+        groups
+            .entry((c.model.clone(), c.layer.clone(), c.counterfactual))
+            .or_default()
+            .push(c);
+    }
+    assert!(groups.values().any(|g| g.len() > 1), "no batchable cases");
+    for ((model, layer, cf), group) in groups {
+        let imgs: Vec<_> = group.iter().map(|c| load_rgb8(&c.image).unwrap()).collect();
+        let refs: Vec<_> = imgs.iter().collect();
+        let hw = group[0].size.for_image(&imgs[0]);
+        let x = preprocess(&refs, hw);
+        let classes = group.iter().map(|c| c.expected.class()).collect();
+        let out = grad_cam(&nets[&model], x, &layer, &ClassSel::PerImage(classes), cf).unwrap();
+        let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);
+        for (i, c) in group.iter().enumerate() {
+            check_logits(
+                &c.id,
+                &out.logits.slice_batch(i, i + 1),
+                &c.expected.f32("logits"),
+            );
+            let map = &out.maps.data()[i * h * w..(i + 1) * h * w];
+            let cam = upsample_normalised(map, (h, w), hw);
+            let err = Tensor::new([1, hw.0, hw.1], cam).max_abs_diff(&c.expected.f32("cam"));
+            assert!(err < 1e-3, "{} (batched): cam differs by {err}", c.id);
+        }
+    }
+}
