@@ -4,6 +4,7 @@ mod bench;
 mod explain;
 mod inputs;
 mod layers;
+mod synth;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Cmd {
     Layers(layers::LayersArgs),
     /// Measure images/s and time per stage of the whole pipeline.
     Bench(bench::BenchArgs),
+    /// Write a checkpoint with random weights (torchvision names) for benchmarks and tests.
+    RandomWeights(synth::SynthArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Cmd::Explain(a) => explain::run(a),
         Cmd::Layers(a) => layers::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::RandomWeights(a) => synth::run(a),
     };
     match result {
         Ok(code) => code,

@@ -55,30 +55,59 @@ struct Geom {
     p: Conv2dParams,
 }
 
+/// Bytes of im2col buffer worked on at once: small enough to stay in cache between being
+/// written and being packed by the GEMM.
+const COL_CHUNK_BYTES: usize = 2 << 20;
+
+thread_local! {
+    /// Each worker's im2col buffer, reused across calls (no page faults per conv).
+    static COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_col<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COL.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() < len {
+            c.resize(len, 0.0);
+        }
+        f(&mut c[..len])
+    })
+}
+
 impl Geom {
     /// Whether the im2col matrix is the input itself (1×1, stride 1, no padding).
     fn direct(&self) -> bool {
         self.r == 1 && self.s == 1 && self.p.stride == (1, 1) && self.p.padding == (0, 0)
     }
 
-    /// Unfolds channels of one image into `col` [c·r·s, oh·ow]; padding taps become 0.
-    fn im2col(&self, img: &[f32], col: &mut [f32]) {
-        let (oh, ow, p) = (self.oh, self.ow, &self.p);
+    /// Output rows per im2col chunk.
+    fn rows_per_chunk(&self) -> usize {
+        let kk = self.c * self.r * self.s;
+        let cols = (COL_CHUNK_BYTES / 4 / kk.max(1)).max(256);
+        cols.div_ceil(self.ow).clamp(1, self.oh)
+    }
+
+    /// Unfolds output rows oy0..oy1 of one image into `col` [c·r·s, (oy1-oy0)·ow];
+    /// padding taps become 0.
+    fn im2col(&self, img: &[f32], (oy0, oy1): (usize, usize), col: &mut [f32]) {
+        let (ow, p) = (self.ow, &self.p);
+        let n = (oy1 - oy0) * ow;
         let mut row = 0;
         for ci in 0..self.c {
             let plane = &img[ci * self.h * self.w..(ci + 1) * self.h * self.w];
             for ry in 0..self.r {
-                let (y0, y1) = valid_range(oh, ry * p.dilation.0, p.stride.0, p.padding.0, self.h);
+                let (y0, y1) = valid_range(self.oh, ry * p.dilation.0, p.stride.0, p.padding.0, self.h);
+                let (y0, y1) = (y0.clamp(oy0, oy1), y1.clamp(oy0, oy1));
                 for sx in 0..self.s {
                     let (x0, x1) =
                         valid_range(ow, sx * p.dilation.1, p.stride.1, p.padding.1, self.w);
-                    let dst = &mut col[row * oh * ow..(row + 1) * oh * ow];
+                    let dst = &mut col[row * n..(row + 1) * n];
                     row += 1;
-                    dst[..y0 * ow].fill(0.0);
-                    dst[y1 * ow..].fill(0.0);
+                    dst[..(y0 - oy0) * ow].fill(0.0);
+                    dst[(y1 - oy0) * ow..].fill(0.0);
                     for oy in y0..y1 {
                         let iy = oy * p.stride.0 + ry * p.dilation.0 - p.padding.0;
-                        let d = &mut dst[oy * ow..(oy + 1) * ow];
+                        let d = &mut dst[(oy - oy0) * ow..(oy - oy0 + 1) * ow];
                         d[..x0].fill(0.0);
                         d[x1..].fill(0.0);
                         let src = &plane[iy * self.w..(iy + 1) * self.w];
@@ -97,25 +126,35 @@ impl Geom {
         }
     }
 
-    /// The adjoint of `im2col`: adds each column entry back to its input position.
-    fn col2im(&self, col: &[f32], img: &mut [f32]) {
-        let (oh, ow, p) = (self.oh, self.ow, &self.p);
+    /// The adjoint of `im2col` for the same rows: adds each column entry back to its input
+    /// position.
+    fn col2im(&self, col: &[f32], (oy0, oy1): (usize, usize), img: &mut [f32]) {
+        let (ow, p) = (self.ow, &self.p);
+        let n = (oy1 - oy0) * ow;
         let mut row = 0;
         for ci in 0..self.c {
             let plane = &mut img[ci * self.h * self.w..(ci + 1) * self.h * self.w];
             for ry in 0..self.r {
-                let (y0, y1) = valid_range(oh, ry * p.dilation.0, p.stride.0, p.padding.0, self.h);
+                let (y0, y1) = valid_range(self.oh, ry * p.dilation.0, p.stride.0, p.padding.0, self.h);
+                let (y0, y1) = (y0.clamp(oy0, oy1), y1.clamp(oy0, oy1));
                 for sx in 0..self.s {
                     let (x0, x1) =
                         valid_range(ow, sx * p.dilation.1, p.stride.1, p.padding.1, self.w);
-                    let src = &col[row * oh * ow..(row + 1) * oh * ow];
+                    let src = &col[row * n..(row + 1) * n];
                     row += 1;
                     for oy in y0..y1 {
                         let iy = oy * p.stride.0 + ry * p.dilation.0 - p.padding.0;
                         let dst = &mut plane[iy * self.w..(iy + 1) * self.w];
                         let base = sx * p.dilation.1;
-                        for ox in x0..x1 {
-                            dst[ox * p.stride.1 + base - p.padding.1] += src[oy * ow + ox];
+                        let s = &src[(oy - oy0) * ow..(oy - oy0 + 1) * ow];
+                        if p.stride.1 == 1 {
+                            let start = x0 + base - p.padding.1;
+                            let d = &mut dst[start..start + (x1 - x0)];
+                            d.iter_mut().zip(&s[x0..x1]).for_each(|(d, v)| *d += v);
+                        } else {
+                            for ox in x0..x1 {
+                                dst[ox * p.stride.1 + base - p.padding.1] += s[ox];
+                            }
                         }
                     }
                 }
@@ -128,86 +167,72 @@ pub fn conv2d_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) 
     let (n, c, h, wd) = x.dims4();
     let (k, cg, r, s) = w.dims4();
     let (oh, ow) = p.out_hw((h, wd), (r, s)).expect("kernel larger than input");
-    let g = Geom {
-        c: cg,
-        h,
-        w: wd,
-        r,
-        s,
-        oh,
-        ow,
-        p: *p,
-    };
+    let g = Geom { c: cg, h, w: wd, r, s, oh, ow, p: *p };
     let (kg, kk, ohw) = (k / p.groups, cg * r * s, oh * ow);
+    let rows = g.rows_per_chunk();
     let mut y = Tensor::zeros([n, k, oh, ow]);
     per_image(n, y.data_mut(), k * ohw, |ni, yi, par| {
-        let img = &x.data()[ni * c * h * wd..(ni + 1) * c * h * wd];
-        let mut col = if g.direct() {
-            Vec::new()
-        } else {
-            vec![0.0; kk * ohw]
-        };
-        for gi in 0..p.groups {
-            let xin = &img[gi * cg * h * wd..(gi + 1) * cg * h * wd];
-            let rhs = if g.direct() {
-                xin
-            } else {
-                g.im2col(xin, &mut col);
-                &col
-            };
-            sgemm(
-                kg,
-                ohw,
-                kk,
-                Mat::row_major(&w.data()[gi * kg * kk..(gi + 1) * kg * kk], kk),
-                Mat::row_major(rhs, ohw),
-                &mut yi[gi * kg * ohw..(gi + 1) * kg * ohw],
-                false,
-                par,
-            );
-        }
+        // The bias goes in first and the GEMM accumulates onto it: no extra pass.
         if let Some(b) = b {
             for (plane, &bv) in yi.chunks_mut(ohw).zip(b.data()) {
-                plane.iter_mut().for_each(|v| *v += bv);
+                plane.fill(bv);
+            }
+        }
+        let img = &x.data()[ni * c * h * wd..(ni + 1) * c * h * wd];
+        for gi in 0..p.groups {
+            let xin = &img[gi * cg * h * wd..(gi + 1) * cg * h * wd];
+            let wg = Mat::row_major(&w.data()[gi * kg * kk..(gi + 1) * kg * kk], kk);
+            let yg = &mut yi[gi * kg * ohw..(gi + 1) * kg * ohw];
+            if g.direct() {
+                sgemm(kg, ohw, kk, wg, Mat::row_major(xin, ohw), yg, ohw, b.is_some(), par);
+                continue;
+            }
+            for oy0 in (0..oh).step_by(rows) {
+                let oy1 = (oy0 + rows).min(oh);
+                let cols = (oy1 - oy0) * ow;
+                with_col(kk * cols, |col| {
+                    g.im2col(xin, (oy0, oy1), col);
+                    let out = &mut yg[oy0 * ow..];
+                    sgemm(kg, cols, kk, wg, Mat::row_major(col, cols), out, ohw, b.is_some(), par);
+                });
             }
         }
     });
     y
 }
 
-pub fn conv2d_bwd_data(dy: &Tensor, w: &Tensor, in_hw: (usize, usize), p: &Conv2dParams) -> Tensor {
+pub fn conv2d_bwd_data(
+    dy: &Tensor,
+    w: &Tensor,
+    in_hw: (usize, usize),
+    p: &Conv2dParams,
+) -> Tensor {
     let (n, k, oh, ow) = dy.dims4();
     let (_, cg, r, s) = w.dims4();
     let (h, wd) = in_hw;
     let c = cg * p.groups;
-    let g = Geom {
-        c: cg,
-        h,
-        w: wd,
-        r,
-        s,
-        oh,
-        ow,
-        p: *p,
-    };
+    let g = Geom { c: cg, h, w: wd, r, s, oh, ow, p: *p };
     let (kg, kk, ohw) = (k / p.groups, cg * r * s, oh * ow);
+    let rows = g.rows_per_chunk();
     let mut dx = Tensor::zeros([n, c, h, wd]);
     per_image(n, dx.data_mut(), c * h * wd, |ni, dxi, par| {
         let dyi = &dy.data()[ni * k * ohw..(ni + 1) * k * ohw];
-        let mut col = if g.direct() {
-            Vec::new()
-        } else {
-            vec![0.0; kk * ohw]
-        };
         for gi in 0..p.groups {
             let wg = Mat::transposed(&w.data()[gi * kg * kk..(gi + 1) * kg * kk], kk);
-            let dyg = Mat::row_major(&dyi[gi * kg * ohw..(gi + 1) * kg * ohw], ohw);
+            let dyg = &dyi[gi * kg * ohw..(gi + 1) * kg * ohw];
             let dxg = &mut dxi[gi * cg * h * wd..(gi + 1) * cg * h * wd];
             if g.direct() {
-                sgemm(kk, ohw, kg, wg, dyg, dxg, false, par);
-            } else {
-                sgemm(kk, ohw, kg, wg, dyg, &mut col, false, par);
-                g.col2im(&col, dxg);
+                sgemm(kk, ohw, kg, wg, Mat::row_major(dyg, ohw), dxg, ohw, false, par);
+                continue;
+            }
+            for oy0 in (0..oh).step_by(rows) {
+                let oy1 = (oy0 + rows).min(oh);
+                let cols = (oy1 - oy0) * ow;
+                with_col(kk * cols, |col| {
+                    let dy_rows = Mat { data: &dyg[oy0 * ow..], rs: ohw, cs: 1 };
+                    sgemm(kk, cols, kg, wg, dy_rows, col, cols, false, par);
+                    g.col2im(col, (oy0, oy1), dxg);
+                });
             }
         }
     });
@@ -372,6 +397,7 @@ pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
         x_mat,
         Mat::transposed(w.data(), fin),
         y.data_mut(),
+        fout,
         false,
         par_all(),
     );
@@ -395,6 +421,7 @@ pub fn linear_bwd_data(dy: &Tensor, w: &Tensor) -> Tensor {
         dy_mat,
         Mat::row_major(w.data(), fin),
         dx.data_mut(),
+        fin,
         false,
         par_all(),
     );
@@ -440,7 +467,7 @@ pub fn weighted_sum_relu(a: &Tensor, alpha: &Tensor) -> Tensor {
         .for_each(|(ni, out)| {
             let al = Mat::row_major(&alpha.data()[ni * k..(ni + 1) * k], k);
             let act = Mat::row_major(&a.data()[ni * k * h * w..(ni + 1) * k * h * w], h * w);
-            sgemm(1, h * w, k, al, act, out, false, Parallelism::None);
+            sgemm(1, h * w, k, al, act, out, h * w, false, Parallelism::None);
             out.iter_mut().for_each(|v| *v = v.max(0.0));
         });
     m

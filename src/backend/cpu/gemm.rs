@@ -31,7 +31,8 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// c (m×n, row-major) = a (m×k) · b (k×n), or c += a·b when `accumulate`.
+/// c (m×n, rows `c_rs` apart) = a (m×k) · b (k×n), or c += a·b when `accumulate`.
+#[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     m: usize,
     n: usize,
@@ -39,11 +40,12 @@ pub fn sgemm(
     a: Mat,
     b: Mat,
     c: &mut [f32],
+    c_rs: usize,
     accumulate: bool,
     par: Parallelism,
 ) {
     assert!(
-        a.fits(m, k) && b.fits(k, n) && c.len() >= m * n,
+        a.fits(m, k) && b.fits(k, n) && c_rs >= n && (m == 0 || c.len() >= (m - 1) * c_rs + n),
         "gemm operands too small"
     );
     if m == 0 || n == 0 {
@@ -51,7 +53,7 @@ pub fn sgemm(
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            c.chunks_mut(c_rs).take(m).for_each(|r| r[..n].fill(0.0));
         }
         return;
     }
@@ -64,7 +66,7 @@ pub fn sgemm(
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            c_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,
