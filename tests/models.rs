@@ -1,0 +1,124 @@
+//! Model loading: every supported torchvision layout (narrowed random weights made in Rust)
+//! is detected, named and shaped like torchvision's; the fast backend matches the naive one
+//! end to end; torchvision's pre-BN conv outputs are recovered exactly from the folded conv.
+
+use gradcam::backend::{Backend, CpuBackend};
+use gradcam::cam::{grad_cam, ClassSel};
+use gradcam::model::{self, synth, Network, Weights};
+use gradcam::Tensor;
+use safetensors::Dtype;
+
+fn write_synth(dir: &tempfile::TempDir, arch: &str, div: usize, dtype: Dtype) -> std::path::PathBuf {
+    let path = dir.path().join(format!("{arch}.safetensors"));
+    synth::write(&path, &synth::state_dict(arch, div, 10, 7).unwrap(), dtype).unwrap();
+    path
+}
+
+#[test]
+fn every_architecture_is_detected_with_torchvision_names_and_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    // (arch, default layer, its [C, H, W] for a 224 input at width / 16)
+    let expect: &[(&str, &str, [usize; 3])] = &[
+        ("vgg11", "features.19", [32, 14, 14]),
+        ("vgg13", "features.23", [32, 14, 14]),
+        ("vgg16", "features.29", [32, 14, 14]),
+        ("vgg19", "features.35", [32, 14, 14]),
+        ("vgg11_bn", "features.27", [32, 14, 14]),
+        ("vgg13_bn", "features.33", [32, 14, 14]),
+        ("vgg16_bn", "features.42", [32, 14, 14]),
+        ("vgg19_bn", "features.51", [32, 14, 14]),
+        ("resnet18", "layer4", [32, 7, 7]),
+        ("resnet34", "layer4", [32, 7, 7]),
+        ("resnet50", "layer4", [128, 7, 7]),
+        ("resnet101", "layer4", [128, 7, 7]),
+        ("resnet152", "layer4", [128, 7, 7]),
+    ];
+    assert_eq!(expect.len(), model::ARCHS.len());
+    for &(arch, default, chw) in expect {
+        let path = write_synth(&dir, arch, 16, Dtype::F16);
+        let g = model::load(&path, None).unwrap();
+        assert_eq!(g.arch, arch, "detected architecture");
+        assert_eq!(g.default_layer, default, "{arch}: default layer");
+        assert_eq!(g.num_classes, 10);
+        let shapes = g.shapes(&[2, 3, 224, 224]).unwrap();
+        let l = g.layer(default).unwrap();
+        assert_eq!(shapes[l.node], vec![2, chw[0], chw[1], chw[2]], "{arch}: {default}");
+        // The forced architecture reads the same layout.
+        let forced = model::load(&path, Some(arch)).unwrap();
+        assert_eq!(forced.layers.len(), g.layers.len(), "{arch}: forced");
+        // torchvision module paths a user would type.
+        let names: Vec<&str> = g.layers.iter().map(|l| l.name.as_str()).collect();
+        let wanted: &[&str] = if arch.starts_with("vgg") {
+            &["features.0", "features", "avgpool", "classifier.0", "classifier.6"]
+        } else if arch == "resnet50" {
+            &["conv1", "bn1", "relu", "maxpool", "layer1.0.downsample.0", "layer3.5", "layer4.2.conv3", "layer4.2.bn3", "layer4", "avgpool", "fc"]
+        } else {
+            &["conv1", "layer1.0.conv2", "layer4.1", "layer4", "fc"]
+        };
+        for w in wanted {
+            assert!(names.contains(w), "{arch}: no layer {w}");
+        }
+    }
+}
+
+#[test]
+fn vgg16_pool5_and_relu5_3_have_the_papers_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = model::load(write_synth(&dir, "vgg16", 16, Dtype::F32), None).unwrap();
+    let shapes = g.shapes(&[1, 3, 224, 224]).unwrap();
+    assert_eq!(shapes[g.layer("features.29").unwrap().node][2..], [14, 14]);
+    assert_eq!(shapes[g.layer("features.30").unwrap().node][2..], [7, 7]);
+    // Any input size works thanks to the adaptive pool: 100x150 still gives 10 logits.
+    let out = g.shapes(&[1, 3, 100, 150]).unwrap();
+    assert_eq!(out.last().unwrap(), &vec![1, 10]);
+}
+
+#[test]
+fn fast_backend_matches_reference_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = synth::Rng::new(5);
+    for (arch, layer) in [("resnet18", "layer4"), ("resnet50", "layer3"), ("vgg11_bn", "features.27"), ("vgg11", "features.20")] {
+        let path = write_synth(&dir, arch, 16, Dtype::F32);
+        let x = rng.tensor(&[2, 3, 48, 40], -2.0, 2.0);
+        let run = |be: CpuBackend| {
+            let net = Network::new(model::load(&path, None).unwrap(), be).unwrap();
+            grad_cam(&net, x.clone(), layer, &ClassSel::PerImage(vec![3, 7]), false).unwrap()
+        };
+        let (fast, reference) = (run(CpuBackend::fast()), run(CpuBackend::reference()));
+        let scale = |t: &Tensor| 1.0 + t.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (name, a, b) in [("logits", &fast.logits, &reference.logits), ("alpha", &fast.alpha, &reference.alpha), ("maps", &fast.maps, &reference.maps)] {
+            let err = a.max_abs_diff(b);
+            assert!(err <= 1e-3 * scale(b), "{arch} {name}: {err}");
+        }
+        assert!(reference.maps.data().iter().any(|&v| v > 0.0), "{arch}: degenerate map");
+    }
+}
+
+#[test]
+fn pre_bn_conv_layers_give_the_raw_conv_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_synth(&dir, "resnet18", 16, Dtype::F32);
+    let net = Network::new(model::load(&path, None).unwrap(), CpuBackend::reference()).unwrap();
+    let x = synth::Rng::new(9).tensor(&[1, 3, 64, 64], -1.0, 1.0);
+    let seed = |l: &Tensor| Ok(Tensor::full(l.shape(), 1.0));
+    let below = net.forward_backward(x.clone(), "maxpool", seed).unwrap();
+    let conv = net.forward_backward(x, "layer1.0.conv1", seed).unwrap();
+    // torch: model.layer1[0].conv1(model.maxpool(...)): the unfolded weights straight from the file.
+    let w = Weights::open(&path).unwrap().get("layer1.0.conv1.weight", &[None, None, None, None]).unwrap();
+    let raw = net.backend().conv2d_fwd(&below.activation, &w, None, &gradcam::backend::Conv2dParams::new(1, 1)).unwrap();
+    let err = conv.activation.max_abs_diff(&raw);
+    assert!(err < 1e-4, "pre-BN activation differs by {err}");
+}
+
+#[test]
+fn wrapper_prefixes_are_stripped() {
+    let dir = tempfile::tempdir().unwrap();
+    let dict: Vec<(String, Tensor)> = synth::state_dict("resnet18", 16, 10, 1)
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (format!("module.{n}"), t))
+        .collect();
+    let path = dir.path().join("dp.safetensors");
+    synth::write(&path, &dict, Dtype::BF16).unwrap();
+    assert_eq!(model::load(&path, None).unwrap().arch, "resnet18");
+}
