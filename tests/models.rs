@@ -8,7 +8,12 @@ use gradcam::model::{self, synth, Network, Weights};
 use gradcam::Tensor;
 use safetensors::Dtype;
 
-fn write_synth(dir: &tempfile::TempDir, arch: &str, div: usize, dtype: Dtype) -> std::path::PathBuf {
+fn write_synth(
+    dir: &tempfile::TempDir,
+    arch: &str,
+    div: usize,
+    dtype: Dtype,
+) -> std::path::PathBuf {
     let path = dir.path().join(format!("{arch}.safetensors"));
     synth::write(&path, &synth::state_dict(arch, div, 10, 7).unwrap(), dtype).unwrap();
     path
@@ -42,16 +47,38 @@ fn every_architecture_is_detected_with_torchvision_names_and_shapes() {
         assert_eq!(g.num_classes, 10);
         let shapes = g.shapes(&[2, 3, 224, 224]).unwrap();
         let l = g.layer(default).unwrap();
-        assert_eq!(shapes[l.node], vec![2, chw[0], chw[1], chw[2]], "{arch}: {default}");
+        assert_eq!(
+            shapes[l.node],
+            vec![2, chw[0], chw[1], chw[2]],
+            "{arch}: {default}"
+        );
         // The forced architecture reads the same layout.
         let forced = model::load(&path, Some(arch)).unwrap();
         assert_eq!(forced.layers.len(), g.layers.len(), "{arch}: forced");
         // torchvision module paths a user would type.
         let names: Vec<&str> = g.layers.iter().map(|l| l.name.as_str()).collect();
         let wanted: &[&str] = if arch.starts_with("vgg") {
-            &["features.0", "features", "avgpool", "classifier.0", "classifier.6"]
+            &[
+                "features.0",
+                "features",
+                "avgpool",
+                "classifier.0",
+                "classifier.6",
+            ]
         } else if arch == "resnet50" {
-            &["conv1", "bn1", "relu", "maxpool", "layer1.0.downsample.0", "layer3.5", "layer4.2.conv3", "layer4.2.bn3", "layer4", "avgpool", "fc"]
+            &[
+                "conv1",
+                "bn1",
+                "relu",
+                "maxpool",
+                "layer1.0.downsample.0",
+                "layer3.5",
+                "layer4.2.conv3",
+                "layer4.2.bn3",
+                "layer4",
+                "avgpool",
+                "fc",
+            ]
         } else {
             &["conv1", "layer1.0.conv2", "layer4.1", "layer4", "fc"]
         };
@@ -77,20 +104,39 @@ fn vgg16_pool5_and_relu5_3_have_the_papers_shapes() {
 fn fast_backend_matches_reference_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = synth::Rng::new(5);
-    for (arch, layer) in [("resnet18", "layer4"), ("resnet50", "layer3"), ("vgg11_bn", "features.27"), ("vgg11", "features.20")] {
+    for (arch, layer) in [
+        ("resnet18", "layer4"),
+        ("resnet50", "layer3"),
+        ("vgg11_bn", "features.27"),
+        ("vgg11", "features.20"),
+    ] {
         let path = write_synth(&dir, arch, 16, Dtype::F32);
         let x = rng.tensor(&[2, 3, 48, 40], -2.0, 2.0);
         let run = |be: CpuBackend| {
             let net = Network::new(model::load(&path, None).unwrap(), be).unwrap();
-            grad_cam(&net, x.clone(), layer, &ClassSel::PerImage(vec![3, 7]), false).unwrap()
+            grad_cam(
+                &net,
+                x.clone(),
+                layer,
+                &ClassSel::PerImage(vec![3, 7]),
+                false,
+            )
+            .unwrap()
         };
         let (fast, reference) = (run(CpuBackend::fast()), run(CpuBackend::reference()));
         let scale = |t: &Tensor| 1.0 + t.data().iter().fold(0f32, |m, v| m.max(v.abs()));
-        for (name, a, b) in [("logits", &fast.logits, &reference.logits), ("alpha", &fast.alpha, &reference.alpha), ("maps", &fast.maps, &reference.maps)] {
+        for (name, a, b) in [
+            ("logits", &fast.logits, &reference.logits),
+            ("alpha", &fast.alpha, &reference.alpha),
+            ("maps", &fast.maps, &reference.maps),
+        ] {
             let err = a.max_abs_diff(b);
             assert!(err <= 1e-3 * scale(b), "{arch} {name}: {err}");
         }
-        assert!(reference.maps.data().iter().any(|&v| v > 0.0), "{arch}: degenerate map");
+        assert!(
+            reference.maps.data().iter().any(|&v| v > 0.0),
+            "{arch}: degenerate map"
+        );
     }
 }
 
@@ -104,8 +150,19 @@ fn pre_bn_conv_layers_give_the_raw_conv_output() {
     let below = net.forward_backward(x.clone(), "maxpool", seed).unwrap();
     let conv = net.forward_backward(x, "layer1.0.conv1", seed).unwrap();
     // torch: model.layer1[0].conv1(model.maxpool(...)): the unfolded weights straight from the file.
-    let w = Weights::open(&path).unwrap().get("layer1.0.conv1.weight", &[None, None, None, None]).unwrap();
-    let raw = net.backend().conv2d_fwd(&below.activation, &w, None, &gradcam::backend::Conv2dParams::new(1, 1)).unwrap();
+    let w = Weights::open(&path)
+        .unwrap()
+        .get("layer1.0.conv1.weight", &[None, None, None, None])
+        .unwrap();
+    let raw = net
+        .backend()
+        .conv2d_fwd(
+            &below.activation,
+            &w,
+            None,
+            &gradcam::backend::Conv2dParams::new(1, 1),
+        )
+        .unwrap();
     let err = conv.activation.max_abs_diff(&raw);
     assert!(err < 1e-4, "pre-BN activation differs by {err}");
 }

@@ -16,11 +16,18 @@ fn close(name: &str, fast: &Tensor, reference: &Tensor) {
     assert_eq!(fast.shape(), reference.shape(), "{name}: shapes");
     let scale = 1.0 + reference.data().iter().fold(0f32, |m, v| m.max(v.abs()));
     let err = fast.max_abs_diff(reference);
-    assert!(err <= 1e-4 * scale, "{name}: max abs diff {err} (scale {scale})");
+    assert!(
+        err <= 1e-4 * scale,
+        "{name}: max abs diff {err} (scale {scale})"
+    );
 }
 
 fn dot(a: &Tensor, b: &Tensor) -> f64 {
-    a.data().iter().zip(b.data()).map(|(x, y)| *x as f64 * *y as f64).sum()
+    a.data()
+        .iter()
+        .zip(b.data())
+        .map(|(x, y)| *x as f64 * *y as f64)
+        .sum()
 }
 
 struct ConvCase {
@@ -42,14 +49,91 @@ fn conv_cases() -> Vec<ConvCase> {
         groups,
     };
     vec![
-        ConvCase { n: 2, c: 3, h: 17, w: 13, k: 8, r: 7, s: 7, p: p(2, 3, 1, 1) },  // ResNet stem
-        ConvCase { n: 3, c: 5, h: 9, w: 11, k: 6, r: 3, s: 3, p: p(1, 1, 1, 1) },   // VGG 3x3
-        ConvCase { n: 1, c: 16, h: 8, w: 8, k: 32, r: 1, s: 1, p: p(1, 0, 1, 1) },  // 1x1 (direct GEMM)
-        ConvCase { n: 2, c: 16, h: 9, w: 7, k: 32, r: 1, s: 1, p: p(2, 0, 1, 1) },  // downsample
-        ConvCase { n: 2, c: 8, h: 10, w: 9, k: 8, r: 3, s: 3, p: p(2, 1, 1, 4) },   // groups (ResNeXt)
-        ConvCase { n: 1, c: 4, h: 12, w: 12, k: 4, r: 3, s: 3, p: p(1, 2, 2, 4) },  // depthwise, dilated
-        ConvCase { n: 2, c: 3, h: 5, w: 6, k: 2, r: 3, s: 2, p: Conv2dParams { stride: (1, 2), padding: (0, 1), dilation: (1, 1), groups: 1 } },
-        ConvCase { n: 4, c: 7, h: 31, w: 29, k: 5, r: 3, s: 3, p: p(1, 1, 1, 1) },  // batch > threads
+        ConvCase {
+            n: 2,
+            c: 3,
+            h: 17,
+            w: 13,
+            k: 8,
+            r: 7,
+            s: 7,
+            p: p(2, 3, 1, 1),
+        }, // ResNet stem
+        ConvCase {
+            n: 3,
+            c: 5,
+            h: 9,
+            w: 11,
+            k: 6,
+            r: 3,
+            s: 3,
+            p: p(1, 1, 1, 1),
+        }, // VGG 3x3
+        ConvCase {
+            n: 1,
+            c: 16,
+            h: 8,
+            w: 8,
+            k: 32,
+            r: 1,
+            s: 1,
+            p: p(1, 0, 1, 1),
+        }, // 1x1 (direct GEMM)
+        ConvCase {
+            n: 2,
+            c: 16,
+            h: 9,
+            w: 7,
+            k: 32,
+            r: 1,
+            s: 1,
+            p: p(2, 0, 1, 1),
+        }, // downsample
+        ConvCase {
+            n: 2,
+            c: 8,
+            h: 10,
+            w: 9,
+            k: 8,
+            r: 3,
+            s: 3,
+            p: p(2, 1, 1, 4),
+        }, // groups (ResNeXt)
+        ConvCase {
+            n: 1,
+            c: 4,
+            h: 12,
+            w: 12,
+            k: 4,
+            r: 3,
+            s: 3,
+            p: p(1, 2, 2, 4),
+        }, // depthwise, dilated
+        ConvCase {
+            n: 2,
+            c: 3,
+            h: 5,
+            w: 6,
+            k: 2,
+            r: 3,
+            s: 2,
+            p: Conv2dParams {
+                stride: (1, 2),
+                padding: (0, 1),
+                dilation: (1, 1),
+                groups: 1,
+            },
+        },
+        ConvCase {
+            n: 4,
+            c: 7,
+            h: 31,
+            w: 29,
+            k: 5,
+            r: 3,
+            s: 3,
+            p: p(1, 1, 1, 1),
+        }, // batch > threads
     ]
 }
 
@@ -68,13 +152,18 @@ fn conv2d_fwd_and_bwd_data_fast_match_naive() {
         }
         let (oh, ow) = cc.p.out_hw((cc.h, cc.w), (cc.r, cc.s)).unwrap();
         let dy = rng.tensor(&[cc.n, cc.k, oh, ow], -1.0, 1.0);
-        let dx_ref = reference.conv2d_bwd_data(&dy, &w, (cc.h, cc.w), &cc.p).unwrap();
+        let dx_ref = reference
+            .conv2d_bwd_data(&dy, &w, (cc.h, cc.w), &cc.p)
+            .unwrap();
         let dx = fast.conv2d_bwd_data(&dy, &w, (cc.h, cc.w), &cc.p).unwrap();
         close(&format!("conv2d_bwd_data case {i}"), &dx, &dx_ref);
         // Adjoint: <conv(x), dy> = <x, conv_bwd(dy)>.
         let y = naive::conv2d_fwd(&x, &w, None, &cc.p);
         let (l, r) = (dot(&y, &dy), dot(&x, &dx_ref));
-        assert!((l - r).abs() <= 1e-4 * (1.0 + l.abs()), "conv adjoint case {i}: {l} vs {r}");
+        assert!(
+            (l - r).abs() <= 1e-4 * (1.0 + l.abs()),
+            "conv adjoint case {i}: {l} vs {r}"
+        );
     }
 }
 
@@ -82,36 +171,69 @@ fn conv2d_fwd_and_bwd_data_fast_match_naive() {
 fn pools_fast_match_naive_and_are_adjoint() {
     let (fast, reference) = (CpuBackend::fast(), CpuBackend::reference());
     let mut rng = Rng::new(2);
-    let pools = [Pool2dParams::new(2, 2, 0), Pool2dParams::new(3, 2, 1), Pool2dParams::new(3, 1, 1)];
-    for (i, (shape, p)) in [([2, 3, 9, 7], pools[0]), ([1, 4, 13, 12], pools[1]), ([3, 2, 5, 6], pools[2]), ([2, 2, 112, 112], pools[1])]
-        .into_iter()
-        .enumerate()
+    let pools = [
+        Pool2dParams::new(2, 2, 0),
+        Pool2dParams::new(3, 2, 1),
+        Pool2dParams::new(3, 1, 1),
+    ];
+    for (i, (shape, p)) in [
+        ([2, 3, 9, 7], pools[0]),
+        ([1, 4, 13, 12], pools[1]),
+        ([3, 2, 5, 6], pools[2]),
+        ([2, 2, 112, 112], pools[1]),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut x = rng.tensor(&shape, -1.0, 1.0);
         // ReLU-like zeros make ties: both implementations must route to the first maximum.
         x.data_mut().iter_mut().step_by(3).for_each(|v| *v = 0.0);
         let y_ref = reference.max_pool2d_fwd(&x, &p).unwrap();
-        close(&format!("max_pool2d_fwd {i}"), &fast.max_pool2d_fwd(&x, &p).unwrap(), &y_ref);
+        close(
+            &format!("max_pool2d_fwd {i}"),
+            &fast.max_pool2d_fwd(&x, &p).unwrap(),
+            &y_ref,
+        );
         let dy = rng.tensor(y_ref.shape(), -1.0, 1.0);
         let dx_ref = reference.max_pool2d_bwd(&x, &dy, &p).unwrap();
-        close(&format!("max_pool2d_bwd {i}"), &fast.max_pool2d_bwd(&x, &dy, &p).unwrap(), &dx_ref);
+        close(
+            &format!("max_pool2d_bwd {i}"),
+            &fast.max_pool2d_bwd(&x, &dy, &p).unwrap(),
+            &dx_ref,
+        );
         // Max-pool is linear in x for a fixed argmax pattern, so the adjoint identity holds.
         let (l, r) = (dot(&y_ref, &dy), dot(&x, &dx_ref));
         assert!((l - r).abs() < 1e-4, "max pool adjoint {i}: {l} vs {r}");
     }
-    for (i, (shape, out)) in [([2, 3, 14, 14], (7, 7)), ([1, 2, 13, 9], (7, 7)), ([2, 4, 5, 7], (1, 1)), ([1, 1, 3, 2], (7, 7))]
-        .into_iter()
-        .enumerate()
+    for (i, (shape, out)) in [
+        ([2, 3, 14, 14], (7, 7)),
+        ([1, 2, 13, 9], (7, 7)),
+        ([2, 4, 5, 7], (1, 1)),
+        ([1, 1, 3, 2], (7, 7)),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let x = rng.tensor(&shape, -1.0, 1.0);
         let y_ref = reference.adaptive_avg_pool2d_fwd(&x, out).unwrap();
-        close(&format!("adaptive_avg_pool2d_fwd {i}"), &fast.adaptive_avg_pool2d_fwd(&x, out).unwrap(), &y_ref);
+        close(
+            &format!("adaptive_avg_pool2d_fwd {i}"),
+            &fast.adaptive_avg_pool2d_fwd(&x, out).unwrap(),
+            &y_ref,
+        );
         let dy = rng.tensor(y_ref.shape(), -1.0, 1.0);
         let hw = (shape[2], shape[3]);
         let dx_ref = reference.adaptive_avg_pool2d_bwd(&dy, hw).unwrap();
-        close(&format!("adaptive_avg_pool2d_bwd {i}"), &fast.adaptive_avg_pool2d_bwd(&dy, hw).unwrap(), &dx_ref);
+        close(
+            &format!("adaptive_avg_pool2d_bwd {i}"),
+            &fast.adaptive_avg_pool2d_bwd(&dy, hw).unwrap(),
+            &dx_ref,
+        );
         let (l, r) = (dot(&y_ref, &dy), dot(&x, &dx_ref));
-        assert!((l - r).abs() < 1e-4, "adaptive pool adjoint {i}: {l} vs {r}");
+        assert!(
+            (l - r).abs() < 1e-4,
+            "adaptive pool adjoint {i}: {l} vs {r}"
+        );
     }
 }
 
@@ -119,7 +241,10 @@ fn pools_fast_match_naive_and_are_adjoint() {
 fn adaptive_bins_follow_pytorch() {
     // torch: AdaptiveAvgPool2d(7) on 13 rows uses [0,2),[1,4),[3,6),[5,8),[7,10),[9,12),[11,13)
     let bins: Vec<_> = (0..7).map(|i| naive::adaptive_bin(i, 13, 7)).collect();
-    assert_eq!(bins, vec![(0, 2), (1, 4), (3, 6), (5, 8), (7, 10), (9, 12), (11, 13)]);
+    assert_eq!(
+        bins,
+        vec![(0, 2), (1, 4), (3, 6), (5, 8), (7, 10), (9, 12), (11, 13)]
+    );
     // Upsampling 3 → 7 repeats: [0,1),[0,1),[0,2)...
     assert_eq!(naive::adaptive_bin(2, 3, 7), (0, 2));
 }
@@ -134,10 +259,18 @@ fn pointwise_linear_and_cam_ops_fast_match_naive() {
     let dy = rng.tensor(x.shape(), -1.0, 1.0);
     for guided in [false, true] {
         let r = reference.relu_bwd(&y_ref, dy.clone(), guided).unwrap();
-        close("relu_bwd", &fast.relu_bwd(&y_ref, dy.clone(), guided).unwrap(), &r);
+        close(
+            "relu_bwd",
+            &fast.relu_bwd(&y_ref, dy.clone(), guided).unwrap(),
+            &r,
+        );
     }
     let b = rng.tensor(x.shape(), -1.0, 1.0);
-    close("add", &fast.add(x.clone(), &b).unwrap(), &reference.add(x.clone(), &b).unwrap());
+    close(
+        "add",
+        &fast.add(x.clone(), &b).unwrap(),
+        &reference.add(x.clone(), &b).unwrap(),
+    );
     let (s, t): (Vec<f32>, Vec<f32>) = (0..5).map(|i| (i as f32 - 2.0, 0.5 * i as f32)).unzip();
     close(
         "channel_affine",
@@ -149,10 +282,18 @@ fn pointwise_linear_and_cam_ops_fast_match_naive() {
     let w = rng.tensor(&[11, 37], -1.0, 1.0);
     let bias = rng.tensor(&[11], -1.0, 1.0);
     let y_ref = reference.linear_fwd(&xin, &w, Some(&bias)).unwrap();
-    close("linear_fwd", &fast.linear_fwd(&xin, &w, Some(&bias)).unwrap(), &y_ref);
+    close(
+        "linear_fwd",
+        &fast.linear_fwd(&xin, &w, Some(&bias)).unwrap(),
+        &y_ref,
+    );
     let dy = rng.tensor(&[4, 11], -1.0, 1.0);
     let dx_ref = reference.linear_bwd_data(&dy, &w).unwrap();
-    close("linear_bwd_data", &fast.linear_bwd_data(&dy, &w).unwrap(), &dx_ref);
+    close(
+        "linear_bwd_data",
+        &fast.linear_bwd_data(&dy, &w).unwrap(),
+        &dx_ref,
+    );
     let y0 = reference.linear_fwd(&xin, &w, None).unwrap();
     let (l, r) = (dot(&y0, &dy), dot(&xin, &dx_ref));
     assert!((l - r).abs() < 1e-4, "linear adjoint: {l} vs {r}");
@@ -162,7 +303,11 @@ fn pointwise_linear_and_cam_ops_fast_match_naive() {
     close("grad_pool", &fast.grad_pool(&g).unwrap(), &a_ref);
     let act = rng.tensor(&[2, 6, 5, 3], 0.0, 1.0);
     let m_ref = reference.weighted_sum_relu(&act, &a_ref).unwrap();
-    close("weighted_sum_relu", &fast.weighted_sum_relu(&act, &a_ref).unwrap(), &m_ref);
+    close(
+        "weighted_sum_relu",
+        &fast.weighted_sum_relu(&act, &a_ref).unwrap(),
+        &m_ref,
+    );
     assert!(m_ref.data().iter().all(|&v| v >= 0.0));
 }
 
@@ -177,6 +322,11 @@ fn naive_ops_match_hand_computed_values() {
     let m = naive::max_pool2d_fwd(&x, &Pool2dParams::new(2, 1, 0));
     assert_eq!(m.data(), &[4.0, 5.0, 7.0, 8.0]);
     // torch.nn.grad.conv2d_input((1,1,3,3), ones(1,1,2,2), ones(1,1,2,2)) counts taps
-    let dx = naive::conv2d_bwd_data(&Tensor::full([1, 1, 2, 2], 1.0), &w, (3, 3), &Conv2dParams::default());
+    let dx = naive::conv2d_bwd_data(
+        &Tensor::full([1, 1, 2, 2], 1.0),
+        &w,
+        (3, 3),
+        &Conv2dParams::default(),
+    );
     assert_eq!(dx.data(), &[1.0, 2.0, 1.0, 2.0, 4.0, 2.0, 1.0, 2.0, 1.0]);
 }

@@ -5,19 +5,22 @@ use std::process::ExitCode;
 use clap::Args;
 use gradcam::image::InputSize;
 
-use crate::{parse_size, ModelArgs};
+use crate::parse_size;
 
 #[derive(Args)]
 pub struct LayersArgs {
-    #[command(flatten)]
-    model: ModelArgs,
+    /// Weights in safetensors with torchvision's state_dict names.
+    model: std::path::PathBuf,
+    /// Force the architecture instead of detecting it.
+    #[arg(long)]
+    arch: Option<String>,
     /// Input size the shapes are computed for.
     #[arg(long, default_value = "224", value_parser = parse_size)]
     size: InputSize,
 }
 
 pub fn run(a: LayersArgs) -> anyhow::Result<ExitCode> {
-    let g = gradcam::model::load(&a.model.model, a.model.arch.as_deref())?;
+    let g = gradcam::model::load(&a.model, a.arch.as_deref())?;
     let hw = match a.size {
         InputSize::Square(s) => s,
         InputSize::Native => anyhow::bail!("`layers` needs a numeric --size"),

@@ -96,7 +96,8 @@ impl Geom {
         for ci in 0..self.c {
             let plane = &img[ci * self.h * self.w..(ci + 1) * self.h * self.w];
             for ry in 0..self.r {
-                let (y0, y1) = valid_range(self.oh, ry * p.dilation.0, p.stride.0, p.padding.0, self.h);
+                let (y0, y1) =
+                    valid_range(self.oh, ry * p.dilation.0, p.stride.0, p.padding.0, self.h);
                 let (y0, y1) = (y0.clamp(oy0, oy1), y1.clamp(oy0, oy1));
                 for sx in 0..self.s {
                     let (x0, x1) =
@@ -135,7 +136,8 @@ impl Geom {
         for ci in 0..self.c {
             let plane = &mut img[ci * self.h * self.w..(ci + 1) * self.h * self.w];
             for ry in 0..self.r {
-                let (y0, y1) = valid_range(self.oh, ry * p.dilation.0, p.stride.0, p.padding.0, self.h);
+                let (y0, y1) =
+                    valid_range(self.oh, ry * p.dilation.0, p.stride.0, p.padding.0, self.h);
                 let (y0, y1) = (y0.clamp(oy0, oy1), y1.clamp(oy0, oy1));
                 for sx in 0..self.s {
                     let (x0, x1) =
@@ -167,7 +169,16 @@ pub fn conv2d_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) 
     let (n, c, h, wd) = x.dims4();
     let (k, cg, r, s) = w.dims4();
     let (oh, ow) = p.out_hw((h, wd), (r, s)).expect("kernel larger than input");
-    let g = Geom { c: cg, h, w: wd, r, s, oh, ow, p: *p };
+    let g = Geom {
+        c: cg,
+        h,
+        w: wd,
+        r,
+        s,
+        oh,
+        ow,
+        p: *p,
+    };
     let (kg, kk, ohw) = (k / p.groups, cg * r * s, oh * ow);
     let rows = g.rows_per_chunk();
     let mut y = Tensor::zeros([n, k, oh, ow]);
@@ -184,7 +195,17 @@ pub fn conv2d_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) 
             let wg = Mat::row_major(&w.data()[gi * kg * kk..(gi + 1) * kg * kk], kk);
             let yg = &mut yi[gi * kg * ohw..(gi + 1) * kg * ohw];
             if g.direct() {
-                sgemm(kg, ohw, kk, wg, Mat::row_major(xin, ohw), yg, ohw, b.is_some(), par);
+                sgemm(
+                    kg,
+                    ohw,
+                    kk,
+                    wg,
+                    Mat::row_major(xin, ohw),
+                    yg,
+                    ohw,
+                    b.is_some(),
+                    par,
+                );
                 continue;
             }
             for oy0 in (0..oh).step_by(rows) {
@@ -193,7 +214,17 @@ pub fn conv2d_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) 
                 with_col(kk * cols, |col| {
                     g.im2col(xin, (oy0, oy1), col);
                     let out = &mut yg[oy0 * ow..];
-                    sgemm(kg, cols, kk, wg, Mat::row_major(col, cols), out, ohw, b.is_some(), par);
+                    sgemm(
+                        kg,
+                        cols,
+                        kk,
+                        wg,
+                        Mat::row_major(col, cols),
+                        out,
+                        ohw,
+                        b.is_some(),
+                        par,
+                    );
                 });
             }
         }
@@ -201,17 +232,21 @@ pub fn conv2d_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) 
     y
 }
 
-pub fn conv2d_bwd_data(
-    dy: &Tensor,
-    w: &Tensor,
-    in_hw: (usize, usize),
-    p: &Conv2dParams,
-) -> Tensor {
+pub fn conv2d_bwd_data(dy: &Tensor, w: &Tensor, in_hw: (usize, usize), p: &Conv2dParams) -> Tensor {
     let (n, k, oh, ow) = dy.dims4();
     let (_, cg, r, s) = w.dims4();
     let (h, wd) = in_hw;
     let c = cg * p.groups;
-    let g = Geom { c: cg, h, w: wd, r, s, oh, ow, p: *p };
+    let g = Geom {
+        c: cg,
+        h,
+        w: wd,
+        r,
+        s,
+        oh,
+        ow,
+        p: *p,
+    };
     let (kg, kk, ohw) = (k / p.groups, cg * r * s, oh * ow);
     let rows = g.rows_per_chunk();
     let mut dx = Tensor::zeros([n, c, h, wd]);
@@ -222,14 +257,28 @@ pub fn conv2d_bwd_data(
             let dyg = &dyi[gi * kg * ohw..(gi + 1) * kg * ohw];
             let dxg = &mut dxi[gi * cg * h * wd..(gi + 1) * cg * h * wd];
             if g.direct() {
-                sgemm(kk, ohw, kg, wg, Mat::row_major(dyg, ohw), dxg, ohw, false, par);
+                sgemm(
+                    kk,
+                    ohw,
+                    kg,
+                    wg,
+                    Mat::row_major(dyg, ohw),
+                    dxg,
+                    ohw,
+                    false,
+                    par,
+                );
                 continue;
             }
             for oy0 in (0..oh).step_by(rows) {
                 let oy1 = (oy0 + rows).min(oh);
                 let cols = (oy1 - oy0) * ow;
                 with_col(kk * cols, |col| {
-                    let dy_rows = Mat { data: &dyg[oy0 * ow..], rs: ohw, cs: 1 };
+                    let dy_rows = Mat {
+                        data: &dyg[oy0 * ow..],
+                        rs: ohw,
+                        cs: 1,
+                    };
                     sgemm(kk, cols, kg, wg, dy_rows, col, cols, false, par);
                     g.col2im(col, (oy0, oy1), dxg);
                 });

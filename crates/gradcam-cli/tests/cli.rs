@@ -1,0 +1,175 @@
+//! The `gradcam` binary end to end: outputs per image, exit codes, and that one bad input
+//! never costs the others their outputs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn gradcam(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gradcam"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn model() -> String {
+    fixtures()
+        .join("resnet_tiny.safetensors")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn explain_writes_overlay_npy_and_json_per_image_and_survives_bad_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    for f in ["a.png", "b.png", "c.png", "d.png"] {
+        std::fs::copy(fixtures().join("images").join(f), imgs.join(f)).unwrap();
+    }
+    std::fs::write(imgs.join("broken.png"), b"definitely not a png").unwrap();
+    let out = dir.path().join("out");
+    let missing = dir.path().join("missing.jpg");
+    let o = gradcam(&[
+        "explain",
+        imgs.to_str().unwrap(),
+        missing.to_str().unwrap(),
+        "--model",
+        &model(),
+        "--batch",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "some inputs failed: {err}");
+    assert!(
+        err.contains("broken.png") && err.contains("missing.jpg"),
+        "{err}"
+    );
+    for stem in ["a", "b", "c", "d"] {
+        let overlay = image::open(out.join(format!("{stem}.overlay.png"))).unwrap();
+        let original = image::open(imgs.join(format!("{stem}.png"))).unwrap();
+        assert_eq!(
+            overlay.width(),
+            original.width(),
+            "overlay at full resolution"
+        );
+        assert_eq!(overlay.height(), original.height());
+        let (shape, cam) = gradcam::npy::read_f32(&out.join(format!("{stem}.cam.npy"))).unwrap();
+        assert_eq!(shape, vec![224, 224]);
+        assert!(cam.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!(cam.iter().any(|&v| v > 0.99), "normalised to a max of ~1");
+        let js: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("{stem}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(js["layer"], "layer4");
+        assert_eq!(js["map_size"], serde_json::json!([7, 7]));
+        assert_eq!(js["top5"].as_array().unwrap().len(), 5);
+        assert_eq!(js["top_channels"].as_array().unwrap().len(), 10);
+        assert_eq!(
+            js["class"], js["top5"][0]["class"],
+            "default class is the top-1"
+        );
+        let p = js["probability"].as_f64().unwrap();
+        assert!(p > 0.0 && p <= 1.0);
+    }
+    assert!(!out.join("broken.overlay.png").exists());
+}
+
+#[test]
+fn native_size_class_and_counterfactual() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    let a = fixtures().join("images/a.png");
+    let o = gradcam(&[
+        "explain",
+        a.to_str().unwrap(),
+        "-m",
+        &model(),
+        "--size",
+        "native",
+        "--class",
+        "3",
+        "--counterfactual",
+        "--layer",
+        "layer3",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let js: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("a.json")).unwrap()).unwrap();
+    assert_eq!(js["class"], 3);
+    assert_eq!(js["counterfactual"], true);
+    assert_eq!(js["input_size"], serde_json::json!([75, 97]));
+    let (shape, _) = gradcam::npy::read_f32(&out.join("a.cam.npy")).unwrap();
+    assert_eq!(shape, vec![75, 97]);
+}
+
+#[test]
+fn fatal_errors_exit_2_with_a_clear_message() {
+    let a = fixtures().join("images/a.png");
+    let a = a.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["explain", a, "-m", "/no/such/model.safetensors"],
+            "/no/such/model.safetensors",
+        ),
+        (
+            &["explain", a, "-m", &model(), "--layer", "layer9"],
+            "unknown layer `layer9`",
+        ),
+        (
+            &["explain", a, "-m", &model(), "--class", "10"],
+            "class 10 is out of range",
+        ),
+        (
+            &["explain", a, "-m", &model(), "--arch", "vgg16"],
+            "features.0.weight",
+        ),
+        (&["explain", a, "-m", a], "not a valid safetensors file"),
+    ];
+    for (args, needle) in cases {
+        let o = gradcam(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let o = gradcam(&["explain", a, "-m", &model(), "--size", "huge"]);
+    assert!(!o.status.success() && stderr(&o).contains("native"));
+}
+
+#[test]
+fn layers_lists_module_paths_with_shapes() {
+    let o = gradcam(&[
+        "layers",
+        fixtures().join("vgg_bn_tiny.safetensors").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("default Grad-CAM layer: features.27"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("features.27 ") && l.contains("[32, 14, 14]")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("features.28 ") && l.contains("[32, 7, 7]")),
+        "{text}"
+    );
+}

@@ -1,0 +1,251 @@
+//! Bad input gets a typed error that names the problem, never a panic.
+
+use gradcam::backend::CpuBackend;
+use gradcam::cam::{grad_cam, ClassSel};
+use gradcam::image::load_rgb8;
+use gradcam::model::{self, synth, Network};
+use gradcam::{Error, Tensor};
+use safetensors::Dtype;
+
+fn dict() -> Vec<(String, Tensor)> {
+    synth::state_dict("resnet18", 16, 10, 3).unwrap()
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, d: &[(String, Tensor)]) -> std::path::PathBuf {
+    let p = dir.path().join(name);
+    synth::write(&p, d, Dtype::F32).unwrap();
+    p
+}
+
+fn msg<T>(r: gradcam::Result<T>) -> (Error, String) {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => {
+            let s = e.to_string();
+            (e, s)
+        }
+    }
+}
+
+#[test]
+fn missing_and_corrupt_model_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (e, s) = msg(model::load(dir.path().join("nope.safetensors"), None));
+    assert!(
+        matches!(e, Error::Io { .. }) && s.contains("nope.safetensors"),
+        "{s}"
+    );
+
+    let good = std::fs::read(write(&dir, "good.safetensors", &dict())).unwrap();
+    for (name, bytes) in [
+        ("truncated.safetensors", good[..good.len() - 100].to_vec()),
+        ("header-cut.safetensors", good[..20].to_vec()),
+        ("tiny.safetensors", vec![1, 2, 3]),
+        (
+            "png.safetensors",
+            std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/images/a.png"
+            ))
+            .unwrap(),
+        ),
+        ("json.safetensors", {
+            let mut b = 8u64.to_le_bytes().to_vec();
+            b.extend_from_slice(b"not json");
+            b
+        }),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let (e, s) = msg(model::load(&p, None));
+        assert!(matches!(e, Error::BadSafetensors { .. }), "{name}: {s}");
+        assert!(
+            s.contains(name),
+            "{name}: message should name the file: {s}"
+        );
+    }
+}
+
+#[test]
+fn missing_or_misshaped_tensors_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let without: Vec<_> = dict()
+        .into_iter()
+        .filter(|(n, _)| n != "layer3.1.bn2.running_var")
+        .collect();
+    let (e, s) = msg(model::load(
+        write(&dir, "missing.safetensors", &without),
+        None,
+    ));
+    assert!(
+        matches!(e, Error::MissingTensor { .. }) && s.contains("layer3.1.bn2.running_var"),
+        "{s}"
+    );
+
+    let mut bad = dict();
+    let fc = bad.iter_mut().find(|(n, _)| n == "fc.weight").unwrap();
+    fc.1 = Tensor::zeros([10, 31]);
+    let (e, s) = msg(model::load(write(&dir, "shape.safetensors", &bad), None));
+    assert!(matches!(e, Error::BadShape { .. }), "{s}");
+    assert!(
+        s.contains("fc.weight") && s.contains("[10, 31]") && s.contains("[10, 32]"),
+        "{s}"
+    );
+
+    let mut bad = dict();
+    let bn = bad.iter_mut().find(|(n, _)| n == "bn1.weight").unwrap();
+    bn.1 = Tensor::zeros([5]);
+    let (_, s) = msg(model::load(write(&dir, "bn.safetensors", &bad), None));
+    assert!(
+        s.contains("bn1.weight") && s.contains("expected [4]"),
+        "{s}"
+    );
+}
+
+#[test]
+fn unknown_architectures() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = vec![(
+        "encoder.block.0.weight".to_string(),
+        Tensor::zeros([4, 3, 3, 3]),
+    )];
+    let (e, s) = msg(model::load(write(&dir, "other.safetensors", &other), None));
+    assert!(
+        matches!(e, Error::UnknownArch(_)) && s.contains("encoder.block.0.weight"),
+        "{s}"
+    );
+    let p = write(&dir, "r18.safetensors", &dict());
+    let (_, s) = msg(model::load(&p, Some("alexnet")));
+    assert!(s.contains("alexnet") && s.contains("resnet50"), "{s}");
+    // Forcing the wrong depth reports the first tensor that is not there.
+    let (e, s) = msg(model::load(&p, Some("resnet34")));
+    assert!(
+        matches!(e, Error::MissingTensor { .. }) && s.contains("layer1.2.conv1.weight"),
+        "{s}"
+    );
+}
+
+#[test]
+fn bad_layer_class_and_input_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = Network::new(
+        model::load(write(&dir, "m.safetensors", &dict()), None).unwrap(),
+        CpuBackend::fast(),
+    )
+    .unwrap();
+    let x = Tensor::zeros([1, 3, 64, 64]);
+    let (e, s) = msg(grad_cam(
+        &net,
+        x.clone(),
+        "layer5",
+        &ClassSel::Predicted,
+        false,
+    ));
+    assert!(
+        matches!(e, Error::UnknownLayer { .. }) && s.contains("layer4") && s.contains("layer5"),
+        "{s}"
+    );
+    let (e, s) = msg(grad_cam(&net, x.clone(), "fc", &ClassSel::Predicted, false));
+    assert!(matches!(e, Error::BadTarget { .. }), "{s}");
+    let (e, s) = msg(grad_cam(
+        &net,
+        x.clone(),
+        "layer4",
+        &ClassSel::All(10),
+        false,
+    ));
+    assert!(
+        matches!(
+            e,
+            Error::ClassOutOfRange {
+                class: 10,
+                num_classes: 10
+            }
+        ),
+        "{s}"
+    );
+    // Like torchvision, a padded ResNet runs even on 2x2; VGG's unpadded pools need 32x32.
+    assert!(grad_cam(
+        &net,
+        Tensor::zeros([1, 3, 2, 2]),
+        "layer4",
+        &ClassSel::Predicted,
+        false
+    )
+    .is_ok());
+    let vgg = synth::state_dict("vgg11", 16, 10, 3).unwrap();
+    let vgg = Network::new(
+        model::load(write(&dir, "v.safetensors", &vgg), None).unwrap(),
+        CpuBackend::fast(),
+    )
+    .unwrap();
+    let (e, s) = msg(grad_cam(
+        &vgg,
+        Tensor::zeros([1, 3, 16, 16]),
+        "features.19",
+        &ClassSel::Predicted,
+        false,
+    ));
+    assert!(
+        matches!(e, Error::BadInput { .. }) && s.contains("too small") && s.contains("features.20"),
+        "{s}"
+    );
+    let (e, _) = msg(grad_cam(
+        &net,
+        Tensor::zeros([1, 4, 64, 64]),
+        "layer4",
+        &ClassSel::Predicted,
+        false,
+    ));
+    assert!(matches!(e, Error::BadInput { .. }));
+}
+
+#[test]
+fn non_images_are_rejected_with_the_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [
+        ("text.png", b"hello, not an image".to_vec()),
+        ("empty.jpg", vec![]),
+        ("cut.png", {
+            let b = std::fs::read(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/images/a.png"
+            ))
+            .unwrap();
+            b[..b.len() / 2].to_vec()
+        }),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let (e, s) = msg(load_rgb8(&p));
+        assert!(
+            matches!(e, Error::BadImage { .. }) && s.contains(name),
+            "{s}"
+        );
+    }
+    let (e, _) = msg(load_rgb8(&dir.path().join("absent.png")));
+    assert!(matches!(e, Error::Io { .. }));
+}
+
+#[test]
+fn grayscale_alpha_and_16_bit_images_become_rgb8() {
+    let dir = tempfile::tempdir().unwrap();
+    let p16 = dir.path().join("deep.png");
+    let img16 = image::ImageBuffer::<image::Rgba<u16>, _>::from_fn(5, 4, |x, y| {
+        image::Rgba([x as u16 * 10000, y as u16 * 20000, 65535, 0])
+    });
+    img16.save(&p16).unwrap();
+    let rgb = load_rgb8(&p16).unwrap();
+    assert_eq!(rgb.dimensions(), (5, 4));
+    // 16 → 8 bits: 65535 → 255, 20000 → 78 (round(20000/257)); alpha dropped.
+    assert_eq!(rgb.get_pixel(0, 1).0, [0, 78, 255]);
+    let g = load_rgb8(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/images/c.png"
+    )))
+    .unwrap();
+    assert!(
+        g.pixels().all(|p| p[0] == p[1] && p[1] == p[2]),
+        "grayscale replicated"
+    );
+}
