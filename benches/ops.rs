@@ -1,1 +1,93 @@
-fn main() {}
+//! Criterion benches of the heavy CPU ops on the shapes that dominate ResNet-50 and VGG16
+//! at 224×224, batch 8: `cargo bench --bench ops`. Throughput is in multiply-adds.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gradcam::backend::{Backend, Conv2dParams, CpuBackend};
+use gradcam::model::synth::Rng;
+
+struct Shape {
+    name: &'static str,
+    c: usize,
+    hw: usize,
+    k: usize,
+    r: usize,
+    stride: usize,
+}
+
+const SHAPES: &[Shape] = &[
+    Shape {
+        name: "resnet50_stem_7x7s2",
+        c: 3,
+        hw: 224,
+        k: 64,
+        r: 7,
+        stride: 2,
+    },
+    Shape {
+        name: "resnet50_layer1_3x3",
+        c: 64,
+        hw: 56,
+        k: 64,
+        r: 3,
+        stride: 1,
+    },
+    Shape {
+        name: "resnet50_layer1_1x1",
+        c: 64,
+        hw: 56,
+        k: 256,
+        r: 1,
+        stride: 1,
+    },
+    Shape {
+        name: "resnet50_layer4_3x3",
+        c: 512,
+        hw: 7,
+        k: 512,
+        r: 3,
+        stride: 1,
+    },
+    Shape {
+        name: "vgg16_conv1_2",
+        c: 64,
+        hw: 224,
+        k: 64,
+        r: 3,
+        stride: 1,
+    },
+    Shape {
+        name: "vgg16_conv5_3",
+        c: 512,
+        hw: 14,
+        k: 512,
+        r: 3,
+        stride: 1,
+    },
+];
+
+fn conv(c: &mut Criterion) {
+    let be = CpuBackend::fast();
+    let n = 8;
+    let mut rng = Rng::new(0);
+    let mut group = c.benchmark_group("conv2d");
+    group.sample_size(10);
+    for s in SHAPES {
+        let p = Conv2dParams::new(s.stride, (s.r - 1) / 2);
+        let x = rng.tensor(&[n, s.c, s.hw, s.hw], -1.0, 1.0);
+        let w = rng.tensor(&[s.k, s.c, s.r, s.r], -0.1, 0.1);
+        let (oh, ow) = p.out_hw((s.hw, s.hw), (s.r, s.r)).unwrap();
+        let dy = rng.tensor(&[n, s.k, oh, ow], -1.0, 1.0);
+        let macs = (n * s.k * oh * ow * s.c * s.r * s.r) as u64;
+        group.throughput(Throughput::Elements(macs));
+        group.bench_function(BenchmarkId::new("conv2d_fwd", s.name), |b| {
+            b.iter(|| be.conv2d_fwd(&x, &w, None, &p).unwrap())
+        });
+        group.bench_function(BenchmarkId::new("conv2d_bwd_data", s.name), |b| {
+            b.iter(|| be.conv2d_bwd_data(&dy, &w, (s.hw, s.hw), &p).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, conv);
+criterion_main!(benches);

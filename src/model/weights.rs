@@ -9,12 +9,15 @@ use safetensors::SafeTensors;
 
 use crate::{Error, Result, Tensor};
 
+/// Where a tensor sits: dtype, shape, byte range in the data part.
+type Entry = (Dtype, Vec<usize>, (usize, usize));
+
 pub struct Weights {
     path: PathBuf,
     mmap: memmap2::Mmap,
     header_len: usize,
     /// name (without any `module.` style prefix) → (dtype, shape, byte range in the data part)
-    index: BTreeMap<String, (Dtype, Vec<usize>, (usize, usize))>,
+    index: BTreeMap<String, Entry>,
     metadata: BTreeMap<String, String>,
 }
 
