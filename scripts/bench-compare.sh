@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Side-by-side CPU benchmark: `gradcam explain` against pytorch-grad-cam 1.5.7, TorchCAM 0.5
+# and torch's bare forward pass, same images, same weights, same thread count, one run.
+# Whole process timed from outside (start-up and model load included): 64 image files in,
+# 64 overlay PNGs out, batch 8. Needs the tools venv (python -m venv .venv-tools &&
+# .venv-tools/bin/pip install -r tools/requirements.txt) and a release build.
+#
+#   scripts/bench-compare.sh [N_IMAGES] [THREADS]    → bench-out/results.txt
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-64}
+threads=${2:-$(nproc)}
+py=.venv-tools/bin/python
+bin=target/release/gradcam
+work=bench-out
+mkdir -p "$work"
+[ -x "$bin" ] || cargo build --release
+[ -d "$work/images" ] || $py tools/make_bench_images.py "$work/images" "$n" >/dev/null
+export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads RAYON_NUM_THREADS=$threads
+results=$work/results.txt
+{
+  echo "# $(date -u +%F) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $threads threads, $n images 224x224, batch 8"
+  echo "# tool arch seconds images_per_s peak_rss_mb"
+} >"$results"
+
+timed() { # label arch command...
+  local label=$1 arch=$2; shift 2
+  local t
+  t=$( { /usr/bin/time -f "%e %M" "$@" >/dev/null 2>"$work/last.err"; } 2>&1 | tail -1) || true
+  t=$(tail -1 "$work/last.err")
+  local secs=${t% *} kb=${t#* }
+  printf '%-16s %-9s %7.2f %7.2f %7.0f\n' "$label" "$arch" "$secs" "$(echo "$n / $secs" | bc -l)" "$(echo "$kb / 1024" | bc -l)" | tee -a "$results"
+}
+
+for spec in resnet50:layer4 vgg16:features.29; do
+  arch=${spec%%:*} layer=${spec#*:}
+  model=$work/$arch.safetensors
+  [ -f "$model" ] || $py tools/export_torchvision.py "$arch" "$model" --weights NONE --seed 0 >/dev/null
+  rm -rf "$work/out-"*
+  timed gradcam-rs "$arch" $bin --threads "$threads" explain "$work/images" -m "$model" --layer "$layer" --batch 8 -o "$work/out-rs"
+  for tool in gradcam torchcam forward; do
+    timed "py-$tool" "$arch" $py tools/bench_peers.py --arch "$arch" --images "$work/images" --batch 8 --out "$work/out-$tool" --tool "$tool" --threads "$threads"
+  done
+done
