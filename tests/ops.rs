@@ -134,6 +134,58 @@ fn conv_cases() -> Vec<ConvCase> {
             s: 3,
             p: p(1, 1, 1, 1),
         }, // batch > threads
+        // Winograd F(2x2,3x3) path: 3x3 stride 1 with >= 16 input channels; odd sizes leave
+        // partial tiles, padding 0 and 2 shift the tile grid.
+        ConvCase {
+            n: 1,
+            c: 32,
+            h: 17,
+            w: 13,
+            k: 24,
+            r: 3,
+            s: 3,
+            p: p(1, 1, 1, 1),
+        },
+        ConvCase {
+            n: 3,
+            c: 64,
+            h: 14,
+            w: 14,
+            k: 40,
+            r: 3,
+            s: 3,
+            p: p(1, 1, 1, 1),
+        },
+        ConvCase {
+            n: 2,
+            c: 16,
+            h: 9,
+            w: 7,
+            k: 8,
+            r: 3,
+            s: 3,
+            p: p(1, 0, 1, 1),
+        },
+        ConvCase {
+            n: 1,
+            c: 20,
+            h: 5,
+            w: 6,
+            k: 3,
+            r: 3,
+            s: 3,
+            p: p(1, 2, 1, 1),
+        },
+        ConvCase {
+            n: 2,
+            c: 16,
+            h: 3,
+            w: 3,
+            k: 4,
+            r: 3,
+            s: 3,
+            p: p(1, 1, 1, 1),
+        },
     ]
 }
 

@@ -6,7 +6,8 @@
 //! - logits: max |ours - theirs| / max(1, max |theirs|) < 1e-4
 //! - α: max abs < 1e-4 · max(1, max |α|)
 //! - cam (normalised, at the input size): max abs < 1e-3
-//! - overlay bytes (native size, show_cam_on_image): within ±2
+//! - overlay bytes (native size, show_cam_on_image): within ±2, or ±4 at pixels where the
+//!   reference 255·cam is within 1e-2 of a truncation boundary (neighbouring JET entry)
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -142,15 +143,19 @@ fn single_images_match_pytorch_grad_cam() {
 
         if let Some(theirs) = c.expected.bytes("overlay") {
             let ours = overlay(&img, &cam);
-            let worst = ours
-                .as_raw()
-                .iter()
-                .zip(theirs)
-                .map(|(a, b)| a.abs_diff(*b))
-                .max()
-                .unwrap();
             assert_eq!(ours.as_raw().len(), theirs.len(), "{}: overlay size", c.id);
-            assert!(worst <= 2, "{}: overlay bytes differ by {worst}", c.id);
+            for (i, (a, b)) in ours.as_raw().iter().zip(theirs).enumerate() {
+                // uint8(255·m) truncates: where the reference sits within 1e-2 of an integer,
+                // rounding noise far below the map tolerance may pick the neighbouring JET
+                // entry (up to 4 levels apart, halved by the blend, then rescaled).
+                let v = 255.0 * expected.data()[i / 3];
+                let tol = if (v - v.round()).abs() < 1e-2 { 4 } else { 2 };
+                assert!(
+                    a.abs_diff(*b) <= tol,
+                    "{}: overlay byte {i}: {a} vs {b}",
+                    c.id
+                );
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::gemm::{sgemm, Mat, Parallelism};
 use super::naive::adaptive_bin;
+use super::winograd;
 use crate::backend::{Conv2dParams, Pool2dParams};
 use crate::Tensor;
 
@@ -182,6 +183,24 @@ pub fn conv2d_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) 
     let (kg, kk, ohw) = (k / p.groups, cg * r * s, oh * ow);
     let rows = g.rows_per_chunk();
     let mut y = Tensor::zeros([n, k, oh, ow]);
+    if winograd::applies(w, p) {
+        let u = winograd::transform_weights(w);
+        let plan = winograd::Plan {
+            c,
+            h,
+            w: wd,
+            k,
+            pad: p.padding,
+            oh,
+            ow,
+            u: &u,
+            bias: b.map(|b| b.data()),
+        };
+        per_image(n, y.data_mut(), k * ohw, |ni, yi, par| {
+            plan.run(&x.data()[ni * c * h * wd..(ni + 1) * c * h * wd], yi, par)
+        });
+        return y;
+    }
     per_image(n, y.data_mut(), k * ohw, |ni, yi, par| {
         // The bias goes in first and the GEMM accumulates onto it: no extra pass.
         if let Some(b) = b {

@@ -4,6 +4,7 @@
 mod fast;
 mod gemm;
 pub mod naive;
+mod winograd;
 
 use super::{Backend, Conv2dParams, Pool2dParams};
 use crate::{Result, Tensor};
