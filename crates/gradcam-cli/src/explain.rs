@@ -141,20 +141,28 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
             }
         }
         for (_, group) in groups {
-            for (job, result) in explain_group(&net, &group, &cfg, &mut timings) {
-                let written = result.and_then(|e| {
-                    write_outputs(
-                        &a.out,
-                        &stems[job.index],
-                        &job.path,
-                        &e,
-                        &layer,
-                        graph.arch.as_str(),
-                        a.counterfactual,
-                    )
-                    .map_err(|e| format!("{e:#}"))
-                });
-                match written {
+            // PNG encoding and file writes run in parallel; reports stay in input order.
+            let results = explain_group(&net, &group, &cfg, &mut timings);
+            let written: Vec<(&Job, Result<(), String>)> = results
+                .into_par_iter()
+                .map(|(job, result)| {
+                    let w = result.and_then(|e| {
+                        write_outputs(
+                            &a.out,
+                            &stems[job.index],
+                            &job.path,
+                            &e,
+                            &layer,
+                            graph.arch.as_str(),
+                            a.counterfactual,
+                        )
+                        .map_err(|e| format!("{e:#}"))
+                    });
+                    (job, w)
+                })
+                .collect();
+            for (job, w) in written {
+                match w {
                     Ok(()) => done += 1,
                     Err(why) => {
                         bar.suspend(|| eprintln!("error: {}: {why}", job.path.display()));
