@@ -12,6 +12,29 @@ pub struct Network<B: Backend> {
     backend: B,
 }
 
+/// Which backward passes [`Network::run`] makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backward {
+    /// None: logits and the target activation only (Score-CAM).
+    None,
+    /// Down to the target layer (the gradient CAM methods).
+    ToLayer,
+    /// Also a guided-backprop pass down to the input (Guided Grad-CAM).
+    ToLayerAndGuidedInput,
+}
+
+/// What [`Network::run`] yields.
+pub struct RunOutput<T> {
+    /// [N, classes], on the host.
+    pub logits: Tensor,
+    /// The target layer's activation A, [N, K, h, w].
+    pub activation: T,
+    /// ∂(seeded score)/∂A, when asked for.
+    pub grad: Option<T>,
+    /// The guided-backprop gradient at the input, [N, 3, H, W], when asked for.
+    pub input_grad: Option<T>,
+}
+
 /// What one forward + backward pass yields for the target layer.
 pub struct Pass<T> {
     /// [N, classes], on the host.
@@ -65,6 +88,23 @@ impl<B: Backend> Network<B> {
         layer: &str,
         seed: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<Pass<B::Tensor>> {
+        let out = self.run(x, layer, Backward::ToLayer, seed)?;
+        Ok(Pass {
+            logits: out.logits,
+            activation: out.activation,
+            grad: out.grad.expect("requested"),
+        })
+    }
+
+    /// The general pass: the forward pass, the target layer's activation, and the backward
+    /// passes `what` asks for, all from one forward pass.
+    pub fn run(
+        &self,
+        x: B::Tensor,
+        layer: &str,
+        what: Backward,
+        seed: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<RunOutput<B::Tensor>> {
         let be = &self.backend;
         let shapes = self.graph.shapes(be.shape(&x))?;
         let target = self.graph.layer(layer)?.clone();
@@ -73,85 +113,67 @@ impl<B: Backend> Network<B> {
             return Err(Error::BadTarget {
                 name: layer.into(),
                 reason: format!(
-                    "Grad-CAM needs a spatial activation [N, C, H, W]; this layer gives {:?}",
+                    "CAM methods need a spatial activation [N, C, H, W]; this layer gives {:?}",
                     shapes[t]
                 ),
             });
         }
         let nodes = &self.graph.nodes;
         let n = nodes.len();
-        // Nodes downstream of the target: the only ones the backward pass visits.
-        let mut down = vec![false; n];
-        down[t] = true;
-        for i in t + 1..n {
-            down[i] = nodes[i].inputs.iter().any(|&j| down[j]);
-        }
-        // What the backward pass reads: ReLU outputs (their masks) and max-pool inputs.
-        // Convolutions and linear layers need only their weights for backward-data.
+        let to_layer = matches!(what, Backward::ToLayer | Backward::ToLayerAndGuidedInput);
+        let guided = matches!(what, Backward::ToLayerAndGuidedInput);
+        // What a backward pass from the logits down to `from` reads: ReLU outputs (their
+        // masks) and max-pool inputs. Convolutions and linear layers need only their weights.
+        let down_of = |from: usize| {
+            let mut down = vec![false; n];
+            down[from] = true;
+            for i in from + 1..n {
+                down[i] = nodes[i].inputs.iter().any(|&j| down[j]);
+            }
+            down
+        };
         let mut keep = vec![false; n];
         keep[t] = true;
-        for i in t + 1..n {
-            if down[i] {
-                match nodes[i].op {
-                    Op::Relu => keep[i] = true,
-                    Op::MaxPool(_) => nodes[i].inputs.iter().for_each(|&j| keep[j] = true),
-                    _ => {}
+        let mut mark = |down: &[bool]| {
+            for i in 0..n {
+                if down[i] && i > 0 {
+                    match nodes[i].op {
+                        Op::Relu => keep[i] = true,
+                        Op::MaxPool(_) => nodes[i].inputs.iter().for_each(|&j| keep[j] = true),
+                        _ => {}
+                    }
                 }
             }
+        };
+        let down_t = down_of(t);
+        if to_layer {
+            mark(&down_t);
+        }
+        let down_0 = guided.then(|| down_of(0));
+        if let Some(d) = &down_0 {
+            mark(d);
         }
         let mut vals = self.run_forward(x, &keep)?;
         let logits = be.download(vals[n - 1].as_ref().expect("output"))?;
         vals[n - 1] = None;
-        let seed = seed(&logits)?;
-        if seed.shape() != logits.shape() {
-            return Err(Error::Invalid(format!(
-                "gradient seed has shape {:?}, logits {:?}",
-                seed.shape(),
-                logits.shape()
-            )));
-        }
-
-        let mut grads: Vec<Option<B::Tensor>> = (0..n).map(|_| None).collect();
-        grads[n - 1] = Some(be.upload(seed)?);
-        for i in (t + 1..n).rev() {
-            if !down[i] {
-                continue;
+        let (mut grad, mut input_grad) = (None, None);
+        if to_layer || guided {
+            let seed = seed(&logits)?;
+            if seed.shape() != logits.shape() {
+                return Err(Error::Invalid(format!(
+                    "gradient seed has shape {:?}, logits {:?}",
+                    seed.shape(),
+                    logits.shape()
+                )));
             }
-            let Some(g) = grads[i].take() else { continue };
-            let node = &nodes[i];
-            let inp = node.inputs[0];
-            let hw = |j: usize| (shapes[j][2], shapes[j][3]);
-            let dx = match &node.op {
-                Op::Conv { w, p, .. } => be.conv2d_bwd_data(&g, &self.params[*w], hw(inp), p)?,
-                Op::Relu => be.relu_bwd(vals[i].as_ref().expect("kept"), g, false)?,
-                Op::MaxPool(p) => be.max_pool2d_bwd(vals[inp].as_ref().expect("kept"), &g, p)?,
-                Op::AdaptiveAvgPool(_) => be.adaptive_avg_pool2d_bwd(&g, hw(inp))?,
-                Op::Flatten => be.reshape(g, &shapes[inp])?,
-                Op::Linear { w, .. } => be.linear_bwd_data(&g, &self.params[*w])?,
-                Op::Add => {
-                    let other = node.inputs[1];
-                    if down[other] {
-                        let copy = be.duplicate(&g)?;
-                        accumulate(be, &mut grads[other], copy)?;
-                    }
-                    g
-                }
-                Op::Input => unreachable!("the input is never downstream of a layer"),
-            };
-            if down[inp] {
-                accumulate(be, &mut grads[inp], dx)?;
+            if let Some(d) = &down_0 {
+                input_grad = Some(self.backward(&vals, &shapes, d, 0, be.upload(seed.clone())?, true)?);
             }
-            // Node i's own value was read only by its own backward step and by consumers
-            // after it, which have all run.
-            if i != t {
-                vals[i] = None;
+            if to_layer {
+                grad = Some(self.backward(&vals, &shapes, &down_t, t, be.upload(seed)?, false)?);
             }
         }
         let mut activation = vals[t].take().expect("target kept");
-        let mut grad = grads[t].take().ok_or_else(|| Error::BadTarget {
-            name: layer.into(),
-            reason: "the logits do not depend on it".into(),
-        })?;
         if target.view == View::PreBn {
             // torchvision's conv module output, before its (folded) BatchNorm:
             // A_conv = (A_bn - shift) / scale and ∂/∂A_conv = scale · ∂/∂A_bn.
@@ -168,20 +190,70 @@ impl<B: Backend> Network<B> {
                 });
             }
             let inv: Vec<f32> = bn.scale.iter().map(|s| 1.0 / s).collect();
-            let shift: Vec<f32> = bn
-                .shift
-                .iter()
-                .zip(&bn.scale)
-                .map(|(t, s)| -t / s)
-                .collect();
+            let shift: Vec<f32> = bn.shift.iter().zip(&bn.scale).map(|(t, s)| -t / s).collect();
             activation = be.channel_affine(activation, &inv, &shift)?;
-            grad = be.channel_affine(grad, &bn.scale, &vec![0.0; bn.scale.len()])?;
+            if let Some(g) = grad.take() {
+                grad = Some(be.channel_affine(g, &bn.scale, &vec![0.0; bn.scale.len()])?);
+            }
         }
-        Ok(Pass {
+        Ok(RunOutput {
             logits,
             activation,
             grad,
+            input_grad,
         })
+    }
+
+    /// Backward-data from the logits (gradient `seed`) down to node `to`, visiting only the
+    /// nodes in `down` (those that depend on `to`). `guided` applies the guided-backprop ReLU
+    /// rule (only positive gradients pass).
+    fn backward(
+        &self,
+        vals: &[Option<B::Tensor>],
+        shapes: &[Vec<usize>],
+        down: &[bool],
+        to: usize,
+        seed: B::Tensor,
+        guided: bool,
+    ) -> Result<B::Tensor> {
+        let be = &self.backend;
+        let nodes = &self.graph.nodes;
+        let n = nodes.len();
+        let mut grads: Vec<Option<B::Tensor>> = (0..n).map(|_| None).collect();
+        grads[n - 1] = Some(seed);
+        for i in (to + 1..n).rev() {
+            if !down[i] {
+                continue;
+            }
+            let Some(g) = grads[i].take() else { continue };
+            let node = &nodes[i];
+            let inp = node.inputs[0];
+            let hw = |j: usize| (shapes[j][2], shapes[j][3]);
+            let dx = match &node.op {
+                Op::Conv { w, p, .. } => be.conv2d_bwd_data(&g, &self.params[*w], hw(inp), p)?,
+                Op::Relu => be.relu_bwd(alive(vals, i), g, guided)?,
+                Op::MaxPool(p) => be.max_pool2d_bwd(alive(vals, inp), &g, p)?,
+                Op::AdaptiveAvgPool(_) => be.adaptive_avg_pool2d_bwd(&g, hw(inp))?,
+                Op::Flatten => be.reshape(g, &shapes[inp])?,
+                Op::Linear { w, .. } => be.linear_bwd_data(&g, &self.params[*w])?,
+                Op::Add => {
+                    let other = node.inputs[1];
+                    if down[other] {
+                        let copy = be.duplicate(&g)?;
+                        accumulate(be, &mut grads[other], copy)?;
+                    }
+                    g
+                }
+                Op::Input => unreachable!("the input is never downstream of a layer"),
+            };
+            if down[inp] {
+                accumulate(be, &mut grads[inp], dx)?;
+            }
+        }
+        grads[to].take().ok_or_else(|| Error::Invalid(format!(
+            "{} does not influence the logits",
+            self.graph.node_name(to)
+        )))
     }
 
     /// Runs every node; a value is dropped after its last consumer unless `keep` says so.

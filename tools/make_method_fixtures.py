@@ -1,0 +1,440 @@
+#!/usr/bin/env python3
+"""Add parity fixtures for the rest of the CAM family and guided backprop.
+
+Reference: pytorch-grad-cam 1.5.7 (GradCAMPlusPlus, XGradCAM, HiResCAM,
+LayerCAM, ScoreCAM, GuidedBackpropReLUModel, and Guided Grad-CAM as the
+library's README builds it).
+
+This script only ADDS files under tests/fixtures/; it never touches what
+tools/make_fixtures.py owns (manifest.json, the models, the images and the
+existing expected/*.safetensors). The models and images are read back from
+the committed fixture files, so the expectations are computed from exactly
+the values the Rust tests load.
+
+Written (relative to tests/fixtures/):
+
+    methods.json                      manifest of the cases below
+    expected/<id>.safetensors         one file per (case, method)
+
+CAM-method files (float32 unless noted):
+
+    logits      [1,10]
+    class       int64 [1]      argmax class (negated score for counterfactual)
+    activation  [1,K,h,w]      target-layer output
+    gradient    [1,K,h,w]      d(target)/d(activation), sign as used (i.e. of
+                               the negated score for counterfactual cases);
+                               absent for ScoreCAM (no backward pass)
+    weights     [1,K]          GradCAMPlusPlus / XGradCAM / ScoreCAM only: the
+                               array get_cam_weights returned inside the call
+    cam         [1,H,W]        what the method object returned
+    overlay     uint8 [H,W,3]  show_cam_on_image(rgb, cam[0], use_rgb=True),
+                               native-size cases only
+    input       [1,3,H,W]      only with --embed-inputs (see "input_from")
+
+The preprocessed input depends only on (image, size), and every such pair
+already has a committed file in manifest.json holding it; each methods.json
+case names that file in "input_from" (checked bit-for-bit here) instead of
+duplicating ~87 kB per file, which keeps the addition under 3 MB. Pass
+--embed-inputs to store `input` in every CAM-method file as well.
+
+Guided files (<model>__<image>__<size>__guided):
+
+    input              [1,3,H,W]
+    logits             [1,10]
+    class              int64 [1]   argmax
+    guided             [H,W,3]     GuidedBackpropReLUModel(model)(input), HWC
+    guided_png         uint8 [H,W,3]  deprocess_image(guided)
+    cam                [1,H,W]     GradCAM(model, [layer])(input) (argmax class)
+    guided_gradcam_png uint8 [H,W,3]  deprocess_image(stack([cam[0]]*3, -1) * guided)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # ScoreCAM wraps its batches in tqdm
+
+import cv2
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from pytorch_grad_cam import (GradCAM, GradCAMPlusPlus, GuidedBackpropReLUModel,
+                              HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
+from pytorch_grad_cam.utils.image import deprocess_image, show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_fixtures as mf  # noqa: E402  (model classes, preprocessing, targets)
+
+DEFAULT_OUT = mf.DEFAULT_OUT
+
+METHODS = {
+    # tag: (class, has weights, uses gradients)
+    "gradcampp": (GradCAMPlusPlus, True, True),
+    "xgradcam": (XGradCAM, True, True),
+    "hirescam": (HiResCAM, False, True),
+    "layercam": (LayerCAM, False, True),
+    "scorecam": (ScoreCAM, True, False),
+}
+GRADIENT_METHODS = [m for m, (_, _, g) in METHODS.items() if g]
+
+# (model, layer, image, size, counterfactual)
+CAM_CASES = [
+    ("vgg_bn_tiny", "features.27", "a", "native", False),
+    ("vgg_bn_tiny", "features.27", "d", "native", False),
+    ("vgg_bn_tiny", "features.27", "b", 64, False),
+    ("resnet_tiny", "layer4", "a", "native", False),
+    ("resnet_tiny", "layer4", "c", "native", False),
+    ("resnet_tiny", "layer3", "b", "native", False),
+    ("resnet_basic_tiny", "layer4", "a", "native", False),
+    ("vgg_bn_tiny", "features.27", "c", "native", True),
+    ("resnet_tiny", "layer4", "a", 64, True),
+]
+
+# (model, image, size); the Grad-CAM layer is the model's default one.
+GUIDED_CASES = [
+    ("vgg_bn_tiny", "a", "native"),
+    ("vgg_bn_tiny", "b", 64),
+    ("resnet_tiny", "a", "native"),
+    ("resnet_tiny", "d", "native"),
+    ("resnet_basic_tiny", "c", "native"),
+]
+DEFAULT_LAYER = {"vgg_bn_tiny": "features.27", "resnet_tiny": "layer4",
+                 "resnet_basic_tiny": "layer4"}
+
+
+# --------------------------------------------------------------------------
+# Loading what make_fixtures.py committed
+# --------------------------------------------------------------------------
+
+def load_model(fixtures: Path, name: str) -> torch.nn.Module:
+    """Fresh f32 model holding exactly the committed (possibly F16/BF16) weights."""
+    model = mf.MODEL_SPECS[name]["build"]()
+    stored = load_file(str(fixtures / f"{name}.safetensors"))
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in stored.items()}
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model
+
+
+def input_sources(fixtures: Path) -> dict[tuple, str]:
+    """(image, size) -> an existing manifest.json expected file holding that input."""
+    manifest = json.loads((fixtures / "manifest.json").read_text())
+    out: dict[tuple, str] = {}
+    for case in manifest["cases"]:
+        key = (Path(case["image"]).stem, case["size"])
+        out.setdefault(key, case["expected"])
+    return out
+
+
+# --------------------------------------------------------------------------
+# Independent re-computations (checks only; nothing here is stored)
+# --------------------------------------------------------------------------
+
+def min_max_resize(cam: np.ndarray, width: int, height: int) -> np.ndarray:
+    cam = np.maximum(cam, 0)
+    cam = cam - cam.min()
+    cam = cam / (1e-7 + cam.max())
+    cam = cv2.resize(cam.astype(np.float32), (width, height))
+    cam = cam - cam.min()
+    cam = cam / (1e-7 + cam.max())
+    return cam
+
+
+def check_weights(method: str, act: np.ndarray, grad: np.ndarray, weights: np.ndarray):
+    """Re-derive the gradient-based weights in float64 and compare."""
+    a, g = act.astype(np.float64), grad.astype(np.float64)
+    s = a.sum(axis=(2, 3), keepdims=True)
+    if method == "gradcampp":
+        g2, g3 = g * g, g * g * g
+        aij = np.where(g != 0, g2 / (2 * g2 + s * g3 + 1e-6), 0.0)
+        ref = (np.maximum(g, 0) * aij).sum(axis=(2, 3))
+    elif method == "xgradcam":
+        ref = (g * a / (s + 1e-7)).sum(axis=(2, 3))
+    else:
+        return
+    scale = max(float(np.abs(ref).max()), 1e-12)
+    err = float(np.abs(ref - weights).max()) / scale
+    assert err < 1e-4, f"{method}: weights differ from float64 recomputation ({err})"
+
+
+def check_scorecam_weights(model, x, act: np.ndarray, cls: int, weights: np.ndarray):
+    """ScoreCAM from scratch: align_corners=True bilinear, per-channel min-max,
+    one masked forward per channel, softmax over the channel scores."""
+    with torch.no_grad():
+        up = torch.nn.functional.interpolate(torch.from_numpy(act), size=x.shape[-2:],
+                                             mode="bilinear", align_corners=True)[0]
+        flat = up.reshape(up.shape[0], -1)
+        lo, hi = flat.min(dim=1)[0], flat.max(dim=1)[0]
+        masks = (up - lo[:, None, None]) / (hi - lo + 1e-8)[:, None, None]
+        scores = torch.stack([model(x * m[None, None])[0, cls] for m in masks])
+        ref = torch.softmax(scores, dim=0).numpy()[None]
+    err = float(np.abs(ref - weights).max())
+    assert err < 1e-5, f"scorecam: weights differ from recomputation ({err})"
+
+
+# --------------------------------------------------------------------------
+# Cases
+# --------------------------------------------------------------------------
+
+def run_method(method: str, model, layer_name: str, x: torch.Tensor, targets):
+    cls_, has_weights, uses_grads = METHODS[method]
+    layer = model.get_submodule(layer_name)
+    seen = {}
+    with cls_(model=model, target_layers=[layer]) as obj:
+        if has_weights:
+            original = obj.get_cam_weights
+
+            def recording(input_tensor, target_layer, targets_, activations, grads):
+                w = original(input_tensor, target_layer, targets_, activations, grads)
+                seen["weights"] = np.array(w, copy=True)
+                return w
+
+            obj.get_cam_weights = recording
+        cam = obj(input_tensor=x, targets=targets)
+        logits = obj.outputs.detach().clone()
+        # ScoreCAM's masked forwards append more activations; [0] is the real one.
+        activation = obj.activations_and_grads.activations[0].detach().clone()
+        gradient = None
+        if uses_grads:
+            assert len(obj.activations_and_grads.gradients) == 1
+            gradient = obj.activations_and_grads.gradients[0].detach().clone()
+    return np.asarray(cam), logits, activation, gradient, seen.get("weights")
+
+
+def cam_case(entry, method, model, rgb, src_file, fixtures, embed_inputs):
+    model_name, layer, img, size, cf = entry
+    x = mf.preprocess(rgb, size)
+    with torch.no_grad():
+        cls = int(model(x).argmax(dim=1).item())
+    targets = [mf.NegatedClassTarget(cls)] if cf else [ClassifierOutputTarget(cls)]
+    cam, logits, activation, gradient, weights = run_method(method, model, layer, x, targets)
+
+    case_id = f"{model_name}__{layer}__{img}__{size}" + ("__counterfactual" if cf else "") \
+        + f"__{method}"
+    h, w = x.shape[2], x.shape[3]
+
+    # ---- checks ---------------------------------------------------------
+    stored_input = load_file(str(fixtures / src_file))["input"]
+    assert torch.equal(stored_input, x), f"{case_id}: input differs from {src_file}"
+    assert cam.dtype == np.float32 and cam.shape == (1, h, w), (case_id, cam.dtype, cam.shape)
+    assert int(logits.argmax()) == cls
+    act = activation.numpy()
+    if weights is not None:
+        assert weights.dtype == np.float32 and weights.shape == act.shape[:2], \
+            (case_id, weights.dtype, weights.shape)
+    if method in ("gradcampp", "xgradcam"):
+        check_weights(method, act, gradient.numpy(), weights)
+    if method == "scorecam":
+        check_scorecam_weights(model, x, act, cls, weights)
+    if method in ("gradcampp", "xgradcam", "scorecam"):
+        raw = (weights[:, :, None, None] * act).sum(axis=1)[0]
+    elif method == "hirescam":
+        raw = (gradient.numpy() * act).sum(axis=1)[0]
+    else:
+        raw = (np.maximum(gradient.numpy(), 0) * act).sum(axis=1)[0]
+    degenerate = None
+    if not np.isfinite(cam).all():
+        degenerate = "non-finite cam"
+    elif raw.max() <= 0:
+        degenerate = "layer map has no positive value (all-zero cam)"
+    elif abs(float(cam.max()) - 1.0) > 1e-3 or (cam > 1e-3).mean() <= 0.01:
+        degenerate = f"cam max {cam.max():.4f}, {(cam > 1e-3).mean():.4f} above 1e-3"
+    if degenerate:
+        return case_id, None, degenerate
+    err = float(np.abs(min_max_resize(raw, w, h) - cam[0]).max())
+    assert err < 1e-4, f"{case_id}: stored tensors do not reproduce cam ({err})"
+    if cf:
+        _, _, _, plain, _ = run_method(method, model, layer, x, [ClassifierOutputTarget(cls)])
+        assert torch.equal(gradient, -plain), f"{case_id}: gradient is not the negation"
+
+    tensors = {
+        "logits": logits.float().contiguous(),
+        "class": torch.tensor([cls], dtype=torch.int64),
+        "activation": activation.float().contiguous(),
+        "cam": torch.from_numpy(np.ascontiguousarray(cam)),
+    }
+    if embed_inputs:
+        tensors["input"] = x.contiguous()
+    if gradient is not None:
+        tensors["gradient"] = gradient.float().contiguous()
+    if weights is not None:
+        tensors["weights"] = torch.from_numpy(np.ascontiguousarray(weights))
+    if size == "native":
+        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
+        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    return case_id, tensors, None
+
+
+def guided_case(entry, fixtures, rgb):
+    model_name, img, size = entry
+    layer = DEFAULT_LAYER[model_name]
+    model = load_model(fixtures, model_name)
+    x = mf.preprocess(rgb, size)
+    case_id = f"{model_name}__{img}__{size}__guided"
+
+    # Grad-CAM first, on the untouched model (GuidedBackpropReLUModel swaps the
+    # ReLU modules, and puts back fresh non-inplace nn.ReLU objects).
+    with GradCAM(model=model, target_layers=[model.get_submodule(layer)]) as gc:
+        grayscale_cam = gc(input_tensor=x, targets=None)[0, :]
+        logits = gc.outputs.detach().clone()
+    cls = int(logits.argmax())
+
+    gb_model = GuidedBackpropReLUModel(model=model, device=None)
+    gb = gb_model(x.clone(), target_category=None)  # clone: it sets requires_grad in place
+    cam_mask = np.stack([grayscale_cam] * 3, axis=-1)  # == cv2.merge([g, g, g])
+    assert np.array_equal(cam_mask, cv2.merge([grayscale_cam] * 3))
+    cam_gb = deprocess_image(cam_mask * gb)
+    gb_png = deprocess_image(gb)
+
+    h, w = x.shape[2], x.shape[3]
+    assert gb.dtype == np.float32 and gb.shape == (h, w, 3), (case_id, gb.dtype, gb.shape)
+    assert np.isfinite(gb).all() and float(np.abs(gb).max()) > 0, f"{case_id}: zero guided"
+    nz = float((gb != 0).mean())
+    assert nz > 0.05, f"{case_id}: guided gradient only {nz:.3f} non-zero"
+    assert grayscale_cam.dtype == np.float32 and grayscale_cam.shape == (h, w)
+    assert abs(float(grayscale_cam.max()) - 1.0) < 1e-3
+    # The model must be back to plain ReLUs and give the same logits.
+    assert not any(type(m).__name__ == "GuidedBackpropReLUasModule" for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(x), logits), f"{case_id}: model changed by guided backprop"
+    # Independent guided backprop: ReLU backward that also drops negative
+    # incoming gradients, via full backward hooks on a fresh model.
+    ref_model = load_model(fixtures, model_name)
+    for m in ref_model.modules():
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False
+            m.register_full_backward_hook(lambda mod, gi, go: (gi[0].clamp(min=0),))
+    xi = x.clone().requires_grad_(True)
+    ref_model(xi)[0, cls].backward()
+    ref = xi.grad[0].permute(1, 2, 0).numpy()
+    err = float(np.abs(ref - gb).max()) / float(np.abs(gb).max())
+    assert err < 1e-5, f"{case_id}: guided gradient differs from hook recomputation ({err})"
+
+    tensors = {
+        "input": x.contiguous(),
+        "logits": logits.float().contiguous(),
+        "class": torch.tensor([cls], dtype=torch.int64),
+        "guided": torch.from_numpy(np.ascontiguousarray(gb)),
+        "guided_png": torch.from_numpy(np.ascontiguousarray(gb_png, dtype=np.uint8)),
+        "cam": torch.from_numpy(np.ascontiguousarray(grayscale_cam[None])),
+        "guided_gradcam_png": torch.from_numpy(np.ascontiguousarray(cam_gb, dtype=np.uint8)),
+    }
+    return case_id, layer, tensors, nz
+
+
+# --------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="fixture directory holding make_fixtures.py's output "
+                             "(default: tests/fixtures)")
+    parser.add_argument("--embed-inputs", action="store_true",
+                        help="also store `input` in every CAM-method file (~+2.8 MB)")
+    args = parser.parse_args()
+    out: Path = args.out
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    owned_by_manifest = {c["expected"] for c in manifest["cases"]}
+    sources = input_sources(out)
+
+    # Remove what a previous run of this script wrote (and only that).
+    old = out / "methods.json"
+    if old.exists():
+        for case in json.loads(old.read_text())["cases"]:
+            assert case["expected"] not in owned_by_manifest
+            (out / case["expected"]).unlink(missing_ok=True)
+
+    rgbs = {name: mf.load_rgb(out / "images" / f"{name}.png") for name in mf.IMAGE_SPECS}
+    models = {name: load_model(out, name) for name in mf.MODEL_SPECS}
+
+    cases, dropped, written = [], [], []
+    print(f"{'case':66s} {'cls':>3s} {'act':>10s} cam>0.5")
+    for entry in CAM_CASES:
+        model_name, layer, img, size, cf = entry
+        methods = GRADIENT_METHODS if cf else list(METHODS)
+        src = sources[(img, size)]
+        for method in methods:
+            case_id, tensors, why = cam_case(entry, method, models[model_name], rgbs[img],
+                                             src, out, args.embed_inputs)
+            if tensors is None:
+                dropped.append((case_id, why))
+                print(f"{case_id:66s} DROPPED: {why}")
+                continue
+            rel = f"expected/{case_id}.safetensors"
+            assert rel not in owned_by_manifest
+            save_file(tensors, str(out / rel))
+            written.append(rel)
+            cases.append({"id": case_id, "model": model_name, "layer": layer,
+                          "image": f"images/{img}.png", "size": size, "class": None,
+                          "counterfactual": cf, "method": method, "expected": rel,
+                          "input_from": src})
+            act = "x".join(str(s) for s in tensors["activation"].shape[1:])
+            print(f"{case_id:66s} {int(tensors['class'][0]):3d} {act:>10s} "
+                  f"{float((tensors['cam'] > 0.5).float().mean()):.3f}")
+
+    for entry in GUIDED_CASES:
+        model_name, img, size = entry
+        case_id, layer, tensors, nz = guided_case(entry, out, rgbs[img])
+        src = sources[(img, size)]
+        assert torch.equal(load_file(str(out / src))["input"], tensors["input"])
+        rel = f"expected/{case_id}.safetensors"
+        assert rel not in owned_by_manifest
+        save_file(tensors, str(out / rel))
+        written.append(rel)
+        cases.append({"id": case_id, "model": model_name, "layer": layer,
+                      "image": f"images/{img}.png", "size": size, "class": None,
+                      "counterfactual": False, "method": "guided", "expected": rel,
+                      "input_from": src})
+        print(f"{case_id:66s} {int(tensors['class'][0]):3d} guided non-zero {nz:.3f}")
+
+    methods_manifest = {
+        "generator": {
+            "script": "tools/make_method_fixtures.py",
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "grad_cam": mf.GRAD_CAM_VERSION,
+            "numpy": np.__version__,
+            "opencv": cv2.__version__,
+            "pillow": Image.__version__,
+        },
+        "notes": {
+            "models_images_preprocess": "as in manifest.json",
+            "input_from": "committed manifest.json expected file whose `input` tensor is "
+                          "bit-identical to this case's preprocessed input",
+            "target": "ClassifierOutputTarget(argmax); counterfactual: -logits[argmax]",
+            "guided": "GuidedBackpropReLUModel(model)(input, target_category=None); "
+                      "cam = GradCAM(model, [layer])(input, targets=None)[0]",
+        },
+        "dropped": [{"id": i, "reason": r} for i, r in dropped],
+        "cases": cases,
+    }
+    (out / "methods.json").write_text(json.dumps(methods_manifest, indent=2) + "\n")
+
+    total = sum((out / p).stat().st_size for p in written) + (out / "methods.json").stat().st_size
+    digest = hashlib.sha256()
+    for rel in sorted(written + ["methods.json"]):
+        digest.update(rel.encode() + b"\0" + (out / rel).read_bytes())
+    print(f"\n{len(cases)} cases ({len(dropped)} dropped), added {total / 1e6:.2f} MB, "
+          f"sha256 {digest.hexdigest()[:16]}")
+    if not args.embed_inputs:
+        assert total < 3_000_000, "method fixtures grew past the 3 MB budget"
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
