@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use crate::backend::Backend;
-use crate::cam::{grad_cam, overlay, upsample_normalised, ClassSel};
+use crate::cam::postprocess::guided_images;
+use crate::cam::{explain, overlay, upsample_normalised, CamRequest, ClassSel, Method};
 use crate::image::{preprocess, InputSize, RgbImage};
 use crate::model::Network;
 use crate::{Error, Result};
@@ -17,6 +18,11 @@ pub struct ExplainConfig {
     pub layer: Option<String>,
     pub classes: ClassSel,
     pub counterfactual: bool,
+    pub method: Method,
+    /// Also produce guided backpropagation and Guided Grad-CAM images.
+    pub guided: bool,
+    /// Masked images per forward pass for Score-CAM.
+    pub score_batch: usize,
     pub size: InputSize,
     /// Draw overlays on the original image at its own resolution (else at the input size).
     pub overlay_full_res: bool,
@@ -28,6 +34,9 @@ impl Default for ExplainConfig {
             layer: None,
             classes: ClassSel::Predicted,
             counterfactual: false,
+            method: Method::GradCam,
+            guided: false,
+            score_batch: 32,
             size: InputSize::Square(224),
             overlay_full_res: true,
         }
@@ -41,14 +50,16 @@ pub struct Explanation {
     pub probability: f32,
     /// (class, logit), best first.
     pub top5: Vec<(usize, f32)>,
-    /// α for every channel of the target layer.
-    pub alpha: Vec<f32>,
+    /// The method's weight for every channel of the target layer (α for Grad-CAM).
+    pub weights: Vec<f32>,
     /// Resolution of the target layer's map (h, w).
     pub map_hw: (usize, usize),
     /// The normalised map at the model-input size, row-major, values in [0, 1].
     pub cam: Vec<f32>,
     pub input_hw: (usize, usize),
     pub overlay: RgbImage,
+    /// Guided backpropagation and Guided Grad-CAM at the input size, when asked for.
+    pub guided: Option<(RgbImage, RgbImage)>,
 }
 
 /// Wall time per stage, summed over batches.
@@ -92,12 +103,20 @@ pub fn explain_batch<B: Backend>(
     let x = preprocess(images, hw);
     let x = net.backend().upload(x)?;
     let t1 = Instant::now();
-    let batch = grad_cam(net, x, &layer, &cfg.classes, cfg.counterfactual)?;
+    let req = CamRequest {
+        layer: &layer,
+        classes: &cfg.classes,
+        method: cfg.method,
+        counterfactual: cfg.counterfactual,
+        guided: cfg.guided,
+        score_batch: cfg.score_batch,
+    };
+    let batch = explain(net, x, &req)?;
     let t2 = Instant::now();
 
     let (h, w) = (batch.maps.shape()[1], batch.maps.shape()[2]);
     let nc = batch.logits.shape()[1];
-    let k = batch.alpha.shape()[1];
+    let k = batch.weights.shape()[1];
     let out = images
         .par_iter()
         .enumerate()
@@ -118,15 +137,20 @@ pub fn explain_batch<B: Backend>(
                 let small = resize_rgb(img, hw);
                 overlay(&small, &cam)
             };
+            let guided = batch.guided.as_ref().map(|g| {
+                let per = 3 * hw.0 * hw.1;
+                guided_images(&g.data()[i * per..(i + 1) * per], &cam, hw)
+            });
             Explanation {
                 class,
                 logit: logits[class],
                 probability: softmax_at(logits, class),
                 top5: top_k(logits, 5),
-                alpha: batch.alpha.data()[i * k..(i + 1) * k].to_vec(),
+                weights: batch.weights.data()[i * k..(i + 1) * k].to_vec(),
                 map_hw: (h, w),
                 cam,
                 input_hw: hw,
+                guided,
                 overlay: overlay_img,
             }
         })

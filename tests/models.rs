@@ -127,7 +127,7 @@ fn fast_backend_matches_reference_end_to_end() {
         let scale = |t: &Tensor| 1.0 + t.data().iter().fold(0f32, |m, v| m.max(v.abs()));
         for (name, a, b) in [
             ("logits", &fast.logits, &reference.logits),
-            ("alpha", &fast.alpha, &reference.alpha),
+            ("alpha", &fast.weights, &reference.weights),
             ("maps", &fast.maps, &reference.maps),
         ] {
             let err = a.max_abs_diff(b);

@@ -13,6 +13,25 @@ pub use params::{Conv2dParams, Pool2dParams};
 
 use crate::{Result, Tensor};
 
+/// Channel weights of the weight-based CAM methods beyond Grad-CAM (whose weights are
+/// [`Backend::grad_pool`]), as pytorch-grad-cam 1.5.7 computes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightRule {
+    /// Grad-CAM++: Σ_ij relu(g)·g²/(2g² + ΣA·g³ + 1e-6), 0 where g = 0.
+    GradCamPlusPlus,
+    /// XGrad-CAM: Σ_ij g·A / (ΣA + 1e-7).
+    XGradCam,
+}
+
+/// Element-wise CAM methods: map = ReLU(Σ_k w_k ⊙ A_k) with a weight per position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElementRule {
+    /// HiResCAM: w = g.
+    HiResCam,
+    /// LayerCAM: w = relu(g).
+    LayerCam,
+}
+
 pub trait Backend: Send + Sync {
     /// A tensor living wherever this backend computes (host memory, device memory).
     type Tensor: Send + Sync;
@@ -85,4 +104,27 @@ pub trait Backend: Send + Sync {
     fn grad_pool(&self, grad: &Self::Tensor) -> Result<Self::Tensor>;
     /// `F.relu((alpha[:,:,None,None] * a).sum(1))`: the raw class activation map, [N,h,w].
     fn weighted_sum_relu(&self, a: &Self::Tensor, alpha: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Channel weights [N,K] of a weight-based CAM method from A and ∂y/∂A.
+    fn cam_weights(
+        &self,
+        rule: WeightRule,
+        a: &Self::Tensor,
+        g: &Self::Tensor,
+    ) -> Result<Self::Tensor>;
+    /// ReLU(Σ_k w(g)_k ⊙ A_k), [N,h,w], for the element-wise CAM methods.
+    fn elementwise_cam_relu(
+        &self,
+        rule: ElementRule,
+        a: &Self::Tensor,
+        g: &Self::Tensor,
+    ) -> Result<Self::Tensor>;
+    /// Score-CAM's masked inputs for channels k0..k1 of A: each channel upsampled to x's
+    /// size (bilinear, `align_corners=True`, as `nn.UpsamplingBilinear2d`), min-max normalised
+    /// `(u - min) / (max - min + 1e-8)`, times x. [N·(k1-k0), C, H, W], image-major.
+    fn score_cam_inputs(
+        &self,
+        x: &Self::Tensor,
+        a: &Self::Tensor,
+        k: (usize, usize),
+    ) -> Result<Self::Tensor>;
 }

@@ -1,8 +1,8 @@
-//! Grad-CAM and its post-processing.
+//! The CAM methods and their post-processing.
 
-mod gradcam;
 pub mod jet;
+mod methods;
 pub mod postprocess;
 
-pub use gradcam::{grad_cam, CamBatch, ClassSel};
-pub use postprocess::{normalise_minmax, overlay, upsample_normalised};
+pub use methods::{argmax, explain, grad_cam, CamBatch, CamRequest, ClassSel, Method};
+pub use postprocess::{deprocess, normalise_minmax, overlay, upsample_normalised};

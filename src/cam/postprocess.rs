@@ -46,3 +46,37 @@ pub fn overlay(img: &RgbImage, m: &[f32]) -> RgbImage {
     let out = c.iter().map(|&x| (255.0 * (x / max)) as u8).collect();
     RgbImage::from_raw(img.width(), img.height(), out).expect("same size as the input")
 }
+
+/// pytorch-grad-cam's `deprocess_image` for a gradient image (HWC): standardise over all
+/// values (population std), ×0.1, +0.5, clip to [0, 1], uint8(255·x) (truncation).
+pub fn deprocess(hwc: &[f32]) -> Vec<u8> {
+    let n = hwc.len().max(1) as f64;
+    let mean = hwc.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = hwc.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let denom = var.sqrt() + 1e-5;
+    hwc.iter()
+        .map(|&v| {
+            let x = ((v as f64 - mean) / denom * 0.1 + 0.5).clamp(0.0, 1.0);
+            (x * 255.0) as u8
+        })
+        .collect()
+}
+
+/// The guided-backprop picture and Guided Grad-CAM (guided ⊙ map) for one image whose
+/// gradient is CHW [3, h, w] and whose normalised map `cam` is [h, w].
+pub fn guided_images(chw: &[f32], cam: &[f32], (h, w): (usize, usize)) -> (RgbImage, RgbImage) {
+    let hw = h * w;
+    let mut hwc = vec![0f32; 3 * hw];
+    for c in 0..3 {
+        for i in 0..hw {
+            hwc[i * 3 + c] = chw[c * hw + i];
+        }
+    }
+    let masked: Vec<f32> = hwc
+        .iter()
+        .enumerate()
+        .map(|(i, &g)| g * cam[i / 3])
+        .collect();
+    let img = |px: Vec<u8>| RgbImage::from_raw(w as u32, h as u32, px).expect("sized above");
+    (img(deprocess(&hwc)), img(deprocess(&masked)))
+}

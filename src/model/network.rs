@@ -167,7 +167,8 @@ impl<B: Backend> Network<B> {
                 )));
             }
             if let Some(d) = &down_0 {
-                input_grad = Some(self.backward(&vals, &shapes, d, 0, be.upload(seed.clone())?, true)?);
+                input_grad =
+                    Some(self.backward(&vals, &shapes, d, 0, be.upload(seed.clone())?, true)?);
             }
             if to_layer {
                 grad = Some(self.backward(&vals, &shapes, &down_t, t, be.upload(seed)?, false)?);
@@ -190,7 +191,12 @@ impl<B: Backend> Network<B> {
                 });
             }
             let inv: Vec<f32> = bn.scale.iter().map(|s| 1.0 / s).collect();
-            let shift: Vec<f32> = bn.shift.iter().zip(&bn.scale).map(|(t, s)| -t / s).collect();
+            let shift: Vec<f32> = bn
+                .shift
+                .iter()
+                .zip(&bn.scale)
+                .map(|(t, s)| -t / s)
+                .collect();
             activation = be.channel_affine(activation, &inv, &shift)?;
             if let Some(g) = grad.take() {
                 grad = Some(be.channel_affine(g, &bn.scale, &vec![0.0; bn.scale.len()])?);
@@ -250,10 +256,12 @@ impl<B: Backend> Network<B> {
                 accumulate(be, &mut grads[inp], dx)?;
             }
         }
-        grads[to].take().ok_or_else(|| Error::Invalid(format!(
-            "{} does not influence the logits",
-            self.graph.node_name(to)
-        )))
+        grads[to].take().ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} does not influence the logits",
+                self.graph.node_name(to)
+            ))
+        })
     }
 
     /// Runs every node; a value is dropped after its last consumer unless `keep` says so.

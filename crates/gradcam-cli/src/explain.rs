@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use gradcam::backend::CpuBackend;
-use gradcam::cam::ClassSel;
+use gradcam::cam::{ClassSel, Method};
 use gradcam::explain::{explain_batch, ExplainConfig, Explanation, Timings};
 use gradcam::image::{load_rgb8, InputSize, RgbImage};
 use gradcam::model::Network;
@@ -35,6 +35,16 @@ pub struct ExplainArgs {
     /// The paper's counterfactual map: regions that lower the class score.
     #[arg(long)]
     counterfactual: bool,
+    /// CAM method: gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam.
+    #[arg(long, default_value = "gradcam", value_parser = parse_method)]
+    method: Method,
+    /// Also write guided backpropagation (<stem>.guided.png) and Guided Grad-CAM
+    /// (<stem>.guided_gradcam.png), the paper's high-resolution visualisation.
+    #[arg(long)]
+    guided: bool,
+    /// Score-CAM: masked images per forward pass.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    score_batch: u32,
     /// Model input size: an integer S resizes to S×S; `native` keeps each image's size.
     #[arg(long, default_value = "224", value_parser = parse_size)]
     size: InputSize,
@@ -75,6 +85,12 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| graph.default_layer.clone());
     graph.layer(&layer)?;
+    if a.counterfactual && !a.method.uses_gradients() {
+        anyhow::bail!(
+            "--counterfactual negates gradients; {} uses none",
+            a.method.name()
+        );
+    }
     if let Some(c) = a.class {
         if c >= graph.num_classes {
             return Err(gradcam::Error::ClassOutOfRange {
@@ -89,6 +105,9 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         layer: Some(layer.clone()),
         classes: a.class.map_or(ClassSel::Predicted, ClassSel::All),
         counterfactual: a.counterfactual,
+        method: a.method,
+        guided: a.guided,
+        score_batch: a.score_batch as usize,
         size: a.size,
         overlay_full_res: true,
     };
@@ -152,9 +171,12 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
                             &stems[job.index],
                             &job.path,
                             &e,
-                            &layer,
-                            graph.arch.as_str(),
-                            a.counterfactual,
+                            &Meta {
+                                layer: &layer,
+                                arch: graph.arch.as_str(),
+                                method: a.method,
+                                counterfactual: a.counterfactual,
+                            },
                         )
                         .map_err(|e| format!("{e:#}"))
                     });
@@ -217,9 +239,21 @@ fn explain_group<'j>(
     }
 }
 
+fn parse_method(s: &str) -> Result<Method, String> {
+    Method::parse(s).map_err(|e| e.to_string())
+}
+
 fn strip_path(msg: &str, path: &Path) -> String {
     let prefix = format!("{}: ", path.display());
     msg.strip_prefix(&prefix).unwrap_or(msg).to_string()
+}
+
+/// What every JSON report repeats.
+struct Meta<'a> {
+    layer: &'a str,
+    arch: &'a str,
+    method: Method,
+    counterfactual: bool,
 }
 
 fn write_outputs(
@@ -227,9 +261,7 @@ fn write_outputs(
     stem: &str,
     src: &Path,
     e: &Explanation,
-    layer: &str,
-    arch: &str,
-    counterfactual: bool,
+    m: &Meta,
 ) -> anyhow::Result<()> {
     let png = out.join(format!("{stem}.overlay.png"));
     e.overlay
@@ -237,24 +269,32 @@ fn write_outputs(
         .with_context(|| format!("writing {}", png.display()))?;
     let npy = out.join(format!("{stem}.cam.npy"));
     gradcam::npy::write_f32(&npy, &[e.input_hw.0, e.input_hw.1], &e.cam)?;
-    let mut channels: Vec<(usize, f32)> = e.alpha.iter().copied().enumerate().collect();
+    let mut channels: Vec<(usize, f32)> = e.weights.iter().copied().enumerate().collect();
     channels.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let report = json!({
         "image": src.display().to_string(),
-        "model": arch,
+        "model": m.arch,
+        "method": m.method.name(),
         "class": e.class,
         "logit": e.logit,
         "probability": e.probability,
         "top5": e.top5.iter().map(|(c, l)| json!({"class": c, "logit": l})).collect::<Vec<_>>(),
-        "layer": layer,
-        "counterfactual": counterfactual,
+        "layer": m.layer,
+        "counterfactual": m.counterfactual,
         "map_size": [e.map_hw.0, e.map_hw.1],
         "input_size": [e.input_hw.0, e.input_hw.1],
         "image_size": [e.overlay.height(), e.overlay.width()],
-        "top_channels": channels.iter().take(10).map(|(k, a)| json!({"channel": k, "alpha": a})).collect::<Vec<_>>(),
+        "top_channels": channels.iter().take(10).map(|(k, a)| json!({"channel": k, "weight": a})).collect::<Vec<_>>(),
         "outputs": {"overlay": png.file_name().map(|n| n.to_string_lossy().into_owned()),
                     "cam": npy.file_name().map(|n| n.to_string_lossy().into_owned())},
     });
+    if let Some((gb, ggc)) = &e.guided {
+        for (img, name) in [(gb, "guided"), (ggc, "guided_gradcam")] {
+            let p = out.join(format!("{stem}.{name}.png"));
+            img.save(&p)
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+    }
     let js = out.join(format!("{stem}.json"));
     std::fs::write(&js, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", js.display()))?;

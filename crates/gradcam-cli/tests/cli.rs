@@ -173,3 +173,57 @@ fn layers_lists_module_paths_with_shapes() {
         "{text}"
     );
 }
+
+#[test]
+fn methods_and_guided_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fixtures().join("images/b.png");
+    for m in ["gradcam++", "xgradcam", "hirescam", "layercam", "scorecam"] {
+        let out = dir.path().join(m);
+        let o = gradcam(&[
+            "explain",
+            a.to_str().unwrap(),
+            "-m",
+            &model(),
+            "--method",
+            m,
+            "--guided",
+            "--size",
+            "64",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{m}: {}", stderr(&o));
+        let js: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("b.json")).unwrap()).unwrap();
+        assert_eq!(js["method"], m);
+        for f in ["b.guided.png", "b.guided_gradcam.png"] {
+            let img = image::open(out.join(f)).unwrap();
+            assert_eq!(
+                (img.width(), img.height()),
+                (64, 64),
+                "{m}: {f} at the input size"
+            );
+        }
+    }
+    let o = gradcam(&[
+        "explain",
+        a.to_str().unwrap(),
+        "-m",
+        &model(),
+        "--method",
+        "scorecam",
+        "--counterfactual",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("counterfactual"));
+    let o = gradcam(&[
+        "explain",
+        a.to_str().unwrap(),
+        "-m",
+        &model(),
+        "--method",
+        "nonsense",
+    ]);
+    assert!(!o.status.success() && stderr(&o).contains("gradcam++"));
+}

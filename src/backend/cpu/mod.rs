@@ -1,12 +1,13 @@
 //! The CPU backend: `naive` (the oracle) and `fast` (what users run), behind one type.
 //! Shapes are checked by the caller (the network's shape pass) before any op runs.
 
+mod cam_ops;
 mod fast;
 mod gemm;
 pub mod naive;
 mod winograd;
 
-use super::{Backend, Conv2dParams, Pool2dParams};
+use super::{Backend, Conv2dParams, ElementRule, Pool2dParams, WeightRule};
 use crate::{Result, Tensor};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -156,5 +157,14 @@ impl Backend for CpuBackend {
         } else {
             fast::weighted_sum_relu(a, alpha)
         })
+    }
+    fn cam_weights(&self, rule: WeightRule, a: &Tensor, g: &Tensor) -> Result<Tensor> {
+        Ok(cam_ops::cam_weights(rule, a, g))
+    }
+    fn elementwise_cam_relu(&self, rule: ElementRule, a: &Tensor, g: &Tensor) -> Result<Tensor> {
+        Ok(cam_ops::elementwise_cam_relu(rule, a, g))
+    }
+    fn score_cam_inputs(&self, x: &Tensor, a: &Tensor, k: (usize, usize)) -> Result<Tensor> {
+        Ok(cam_ops::score_cam_inputs(x, a, k))
     }
 }

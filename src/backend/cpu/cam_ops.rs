@@ -1,0 +1,132 @@
+//! The CAM-family ops beyond Grad-CAM's two (grad_pool, weighted_sum_relu). They are cheap
+//! next to the network, so the CPU has one implementation, parallel over images, written
+//! straight from pytorch-grad-cam 1.5.7's formulas; it is the oracle for the CUDA kernels.
+
+use rayon::prelude::*;
+
+use crate::backend::{ElementRule, WeightRule};
+use crate::Tensor;
+
+pub fn cam_weights(rule: WeightRule, a: &Tensor, g: &Tensor) -> Tensor {
+    let (n, k, h, w) = a.dims4();
+    let hw = h * w;
+    let data = a
+        .data()
+        .par_chunks(hw)
+        .zip(g.data().par_chunks(hw))
+        .map(|(a, g)| {
+            // Σ_ij A, in f32 as numpy sums a float32 array.
+            let sum_a: f32 = a.iter().sum();
+            match rule {
+                WeightRule::GradCamPlusPlus => g
+                    .iter()
+                    .map(|&g| {
+                        if g == 0.0 {
+                            return 0.0;
+                        }
+                        let g2 = g * g;
+                        let aij = g2 / (2.0 * g2 + sum_a * (g2 * g) + 1e-6);
+                        g.max(0.0) * aij
+                    })
+                    .sum::<f32>(),
+                WeightRule::XGradCam => {
+                    let denom = sum_a + 1e-7;
+                    a.iter().zip(g).map(|(&a, &g)| g * a / denom).sum::<f32>()
+                }
+            }
+        })
+        .collect();
+    Tensor::new([n, k], data)
+}
+
+pub fn elementwise_cam_relu(rule: ElementRule, a: &Tensor, g: &Tensor) -> Tensor {
+    let (n, k, h, w) = a.dims4();
+    let hw = h * w;
+    let mut m = Tensor::zeros([n, h, w]);
+    m.data_mut()
+        .par_chunks_mut(hw)
+        .enumerate()
+        .for_each(|(ni, out)| {
+            for ki in 0..k {
+                let off = (ni * k + ki) * hw;
+                let (a, g) = (&a.data()[off..off + hw], &g.data()[off..off + hw]);
+                for ((o, &a), &g) in out.iter_mut().zip(a).zip(g) {
+                    let wgt = match rule {
+                        ElementRule::HiResCam => g,
+                        ElementRule::LayerCam => g.max(0.0),
+                    };
+                    *o += wgt * a;
+                }
+            }
+            out.iter_mut().for_each(|v| *v = v.max(0.0));
+        });
+    m
+}
+
+/// Bilinear resize with `align_corners=True`: output index d samples d·(in-1)/(out-1).
+fn upsample_align_corners(
+    src: &[f32],
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+) -> Vec<f32> {
+    let axis = |n: usize, o: usize| -> Vec<(usize, usize, f32)> {
+        let scale = if o > 1 {
+            (n - 1) as f32 / (o - 1) as f32
+        } else {
+            0.0
+        };
+        (0..o)
+            .map(|d| {
+                let s = d as f32 * scale;
+                let i0 = (s.floor() as usize).min(n - 1);
+                let i1 = (i0 + 1).min(n - 1);
+                (i0, i1, s - i0 as f32)
+            })
+            .collect()
+    };
+    let (ty, tx) = (axis(h, oh), axis(w, ow));
+    let mut out = Vec::with_capacity(oh * ow);
+    for &(y0, y1, fy) in &ty {
+        for &(x0, x1, fx) in &tx {
+            let top = src[y0 * w + x0] * (1.0 - fx) + src[y0 * w + x1] * fx;
+            let bot = src[y1 * w + x0] * (1.0 - fx) + src[y1 * w + x1] * fx;
+            out.push(top * (1.0 - fy) + bot * fy);
+        }
+    }
+    out
+}
+
+pub fn score_cam_inputs(x: &Tensor, a: &Tensor, (k0, k1): (usize, usize)) -> Tensor {
+    let (n, c, hh, ww) = x.dims4();
+    let (_, k, h, w) = a.dims4();
+    let kc = k1 - k0;
+    let per = c * hh * ww;
+    let mut out = Tensor::zeros([n * kc, c, hh, ww]);
+    out.data_mut()
+        .par_chunks_mut(per)
+        .enumerate()
+        .for_each(|(i, dst)| {
+            let (ni, ki) = (i / kc, k0 + i % kc);
+            let plane = &a.data()[(ni * k + ki) * h * w..(ni * k + ki + 1) * h * w];
+            let mut u = upsample_align_corners(plane, (h, w), (hh, ww));
+            let (lo, hi) = u
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                    (l.min(v), h.max(v))
+                });
+            let range = hi - lo + 1e-8;
+            u.iter_mut().for_each(|v| *v = (*v - lo) / range);
+            let img = &x.data()[ni * per..(ni + 1) * per];
+            for ci in 0..c {
+                let (d, s) = (
+                    &mut dst[ci * hh * ww..(ci + 1) * hh * ww],
+                    &img[ci * hh * ww..(ci + 1) * hh * ww],
+                );
+                d.iter_mut()
+                    .zip(s)
+                    .zip(&u)
+                    .for_each(|((d, s), u)| *d = s * u);
+            }
+        });
+    out
+}

@@ -1,0 +1,291 @@
+//! Grad-CAM (Selvaraju et al., arXiv 1610.02391, §3) and its relatives on one pipeline:
+//! a forward pass, a backward-data pass down to the target layer only, then per-method
+//! channel weights or element-wise weights. The target score is the pre-softmax logit y^c;
+//! the counterfactual map (§3, "Counterfactual Explanations") negates the gradients.
+//! Guided Backpropagation (a second, guided backward pass to the input, sharing the forward
+//! pass) gives the paper's Guided Grad-CAM.
+
+use crate::backend::{Backend, ElementRule, WeightRule};
+use crate::model::{Backward, Network};
+use crate::{Error, Result, Tensor};
+
+/// Which class each image is explained for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClassSel {
+    /// Each image's own top-1 class (pytorch-grad-cam's default).
+    Predicted,
+    /// The same class for every image.
+    All(usize),
+    /// One class per image.
+    PerImage(Vec<usize>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// α = mean ∂y/∂A; map = ReLU(Σ α A).
+    GradCam,
+    /// Chattopadhyay et al. 2018: higher-order weights.
+    GradCamPlusPlus,
+    /// Fu et al. 2020: axiom-based weights.
+    XGradCam,
+    /// Draelos & Carin 2020: element-wise g ⊙ A.
+    HiResCam,
+    /// Jiang et al. 2021: element-wise relu(g) ⊙ A.
+    LayerCam,
+    /// Wang et al. 2020: softmax of the class scores of the input masked by each channel.
+    ScoreCam,
+}
+
+impl Method {
+    pub const ALL: [Method; 6] = [
+        Method::GradCam,
+        Method::GradCamPlusPlus,
+        Method::XGradCam,
+        Method::HiResCam,
+        Method::LayerCam,
+        Method::ScoreCam,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::GradCam => "gradcam",
+            Method::GradCamPlusPlus => "gradcam++",
+            Method::XGradCam => "xgradcam",
+            Method::HiResCam => "hirescam",
+            Method::LayerCam => "layercam",
+            Method::ScoreCam => "scorecam",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Method> {
+        let key = s.to_ascii_lowercase().replace(['-', '_'], "");
+        let key = if key == "gradcampp" || key == "gradcamplusplus" {
+            "gradcam++".to_string()
+        } else {
+            key
+        };
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == key)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+                Error::Invalid(format!(
+                    "unknown method `{s}`; choose one of {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    pub fn uses_gradients(self) -> bool {
+        self != Method::ScoreCam
+    }
+}
+
+/// What to compute for a batch.
+#[derive(Clone, Debug)]
+pub struct CamRequest<'a> {
+    pub layer: &'a str,
+    pub classes: &'a ClassSel,
+    pub method: Method,
+    pub counterfactual: bool,
+    /// Also run guided backpropagation to the input.
+    pub guided: bool,
+    /// Masked images per forward pass for Score-CAM.
+    pub score_batch: usize,
+}
+
+impl<'a> CamRequest<'a> {
+    pub fn grad_cam(layer: &'a str, classes: &'a ClassSel) -> Self {
+        CamRequest {
+            layer,
+            classes,
+            method: Method::GradCam,
+            counterfactual: false,
+            guided: false,
+            score_batch: 32,
+        }
+    }
+}
+
+/// The result for one batch, on the host.
+pub struct CamBatch {
+    /// [N, classes]
+    pub logits: Tensor,
+    pub classes: Vec<usize>,
+    /// [N, K]: the method's channel weights (Grad-CAM's α, the paper's neuron importance;
+    /// for the element-wise methods, α as well).
+    pub weights: Tensor,
+    /// The map at the target layer's resolution, after ReLU, before normalisation: [N, h, w].
+    pub maps: Tensor,
+    /// Guided-backprop gradient at the input, [N, C, H, W], when requested.
+    pub guided: Option<Tensor>,
+}
+
+/// Grad-CAM for a batch: the common case of [`explain`].
+pub fn grad_cam<B: Backend>(
+    net: &Network<B>,
+    x: B::Tensor,
+    layer: &str,
+    classes: &ClassSel,
+    counterfactual: bool,
+) -> Result<CamBatch> {
+    let req = CamRequest {
+        counterfactual,
+        ..CamRequest::grad_cam(layer, classes)
+    };
+    explain(net, x, &req)
+}
+
+pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> Result<CamBatch> {
+    let be = net.backend();
+    let n = be.shape(&x)[0];
+    if let ClassSel::PerImage(c) = req.classes {
+        if c.len() != n {
+            return Err(Error::Invalid(format!(
+                "{} classes given for {n} images",
+                c.len()
+            )));
+        }
+    }
+    if req.counterfactual && !req.method.uses_gradients() {
+        return Err(Error::Invalid(format!(
+            "--counterfactual negates gradients; {} uses none",
+            req.method.name()
+        )));
+    }
+    let what = match (req.method.uses_gradients(), req.guided) {
+        (_, true) => Backward::ToLayerAndGuidedInput,
+        (true, false) => Backward::ToLayer,
+        (false, false) => Backward::None,
+    };
+    // Score-CAM masks the input again after the pass.
+    let x_again = (!req.method.uses_gradients())
+        .then(|| be.duplicate(&x))
+        .transpose()?;
+    let num_classes = net.num_classes();
+    let mut chosen = Vec::new();
+    let out = net.run(x, req.layer, what, |logits| {
+        chosen = choose_classes(logits, req.classes, num_classes)?;
+        Ok(seed(&chosen, num_classes, req.counterfactual))
+    })?;
+    if chosen.is_empty() {
+        chosen = choose_classes(&out.logits, req.classes, num_classes)?;
+    }
+    let a = &out.activation;
+    let (weights, maps) = match req.method {
+        Method::GradCam => {
+            let alpha = be.grad_pool(out.grad.as_ref().expect("requested"))?;
+            let maps = be.weighted_sum_relu(a, &alpha)?;
+            (alpha, maps)
+        }
+        Method::GradCamPlusPlus | Method::XGradCam => {
+            let rule = if req.method == Method::XGradCam {
+                WeightRule::XGradCam
+            } else {
+                WeightRule::GradCamPlusPlus
+            };
+            let w = be.cam_weights(rule, a, out.grad.as_ref().expect("requested"))?;
+            let maps = be.weighted_sum_relu(a, &w)?;
+            (w, maps)
+        }
+        Method::HiResCam | Method::LayerCam => {
+            let g = out.grad.as_ref().expect("requested");
+            let rule = if req.method == Method::HiResCam {
+                ElementRule::HiResCam
+            } else {
+                ElementRule::LayerCam
+            };
+            (be.grad_pool(g)?, be.elementwise_cam_relu(rule, a, g)?)
+        }
+        Method::ScoreCam => {
+            let x = x_again.expect("kept for Score-CAM");
+            let w = score_cam_weights(net, &x, a, &chosen, req.score_batch)?;
+            let w = be.upload(w)?;
+            let maps = be.weighted_sum_relu(a, &w)?;
+            (w, maps)
+        }
+    };
+    Ok(CamBatch {
+        logits: out.logits,
+        classes: chosen,
+        weights: be.download(&weights)?,
+        maps: be.download(&maps)?,
+        guided: out.input_grad.map(|g| be.download(&g)).transpose()?,
+    })
+}
+
+fn choose_classes(logits: &Tensor, sel: &ClassSel, num_classes: usize) -> Result<Vec<usize>> {
+    let n = logits.shape()[0];
+    (0..n)
+        .map(|i| {
+            let c = match sel {
+                ClassSel::Predicted => {
+                    argmax(&logits.data()[i * num_classes..(i + 1) * num_classes])
+                }
+                ClassSel::All(c) => *c,
+                ClassSel::PerImage(cs) => cs[i],
+            };
+            if c >= num_classes {
+                return Err(Error::ClassOutOfRange {
+                    class: c,
+                    num_classes,
+                });
+            }
+            Ok(c)
+        })
+        .collect()
+}
+
+/// ∂(Σ_i ±y_i^{c_i})/∂logits: one-hot rows. Each image's score depends only on its own
+/// logits, so one backward pass serves the whole batch.
+fn seed(classes: &[usize], num_classes: usize, counterfactual: bool) -> Tensor {
+    let mut s = Tensor::zeros([classes.len(), num_classes]);
+    let sign = if counterfactual { -1.0 } else { 1.0 };
+    for (i, &c) in classes.iter().enumerate() {
+        s.data_mut()[i * num_classes + c] = sign;
+    }
+    s
+}
+
+/// softmax over channels of y^c(x ⊙ mask_k), masked inputs run `per_pass` at a time.
+fn score_cam_weights<B: Backend>(
+    net: &Network<B>,
+    x: &B::Tensor,
+    a: &B::Tensor,
+    classes: &[usize],
+    per_pass: usize,
+) -> Result<Tensor> {
+    let be = net.backend();
+    let (n, k) = (be.shape(a)[0], be.shape(a)[1]);
+    let nc = net.num_classes();
+    let chunk = (per_pass / n).max(1);
+    let mut scores = vec![0f32; n * k];
+    for k0 in (0..k).step_by(chunk) {
+        let k1 = (k0 + chunk).min(k);
+        let masked = be.score_cam_inputs(x, a, (k0, k1))?;
+        let logits = net.forward(masked)?;
+        for ni in 0..n {
+            for j in 0..k1 - k0 {
+                scores[ni * k + k0 + j] = logits.data()[(ni * (k1 - k0) + j) * nc + classes[ni]];
+            }
+        }
+    }
+    for row in scores.chunks_mut(k) {
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        row.iter_mut().for_each(|v| *v = (*v - m).exp());
+        let z: f32 = row.iter().sum();
+        row.iter_mut().for_each(|v| *v /= z);
+    }
+    Ok(Tensor::new([n, k], scores))
+}
+
+/// Index of the largest value; the first one on ties (as `torch.argmax` on CPU).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}

@@ -1,0 +1,156 @@
+//! Parity of the CAM family and guided backpropagation with pytorch-grad-cam 1.5.7
+//! (tests/fixtures/methods.json, made by tools/make_method_fixtures.py).
+//!
+//! Tolerances:
+//! - logits: relative error < 1e-4 (as tests/parity.rs)
+//! - channel weights (Grad-CAM++, XGrad-CAM, Score-CAM): relative error < 1e-3 (these divide by
+//!   sums and, for Score-CAM, go through a softmax of logits: rounding grows a little)
+//! - maps (normalised, input size): max abs < 1e-3; overlays as tests/parity.rs
+//! - guided gradient: relative error < 1e-4; its deprocessed PNGs: bytes within ±2 (uint8
+//!   truncation after standardising)
+
+mod common;
+
+use common::{check_overlay, fixtures, manifest, networks, rel_err, Expected};
+use gradcam::cam::postprocess::guided_images;
+use gradcam::cam::{explain, overlay, upsample_normalised, CamRequest, ClassSel, Method};
+use gradcam::image::{load_rgb8, preprocess, InputSize};
+use gradcam::Tensor;
+use serde_json::Value;
+
+fn method(name: &str) -> Option<Method> {
+    Some(match name {
+        "gradcampp" => Method::GradCamPlusPlus,
+        "xgradcam" => Method::XGradCam,
+        "hirescam" => Method::HiResCam,
+        "layercam" => Method::LayerCam,
+        "scorecam" => Method::ScoreCam,
+        _ => return None,
+    })
+}
+
+fn bytes_close(id: &str, what: &str, ours: &[u8], theirs: &[u8], tol: u8) {
+    assert_eq!(ours.len(), theirs.len(), "{id}: {what} size");
+    let worst = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0);
+    assert!(worst <= tol, "{id}: {what} bytes differ by {worst}");
+}
+
+#[test]
+fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
+    let nets = networks();
+    let cases = manifest("methods.json")["cases"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &cases {
+        let id = c["id"].as_str().unwrap();
+        let net = &nets[c["model"].as_str().unwrap()];
+        let exp = Expected::load(&fixtures().join(c["expected"].as_str().unwrap()));
+        let input =
+            Expected::load(&fixtures().join(c["input_from"].as_str().unwrap())).f32("input");
+        let img = load_rgb8(&fixtures().join(c["image"].as_str().unwrap())).unwrap();
+        let size = match &c["size"] {
+            Value::String(s) if s == "native" => InputSize::Native,
+            v => InputSize::Square(v.as_u64().unwrap() as usize),
+        };
+        let hw = size.for_image(&img);
+        let x = preprocess(&[&img], hw);
+        assert!(x.max_abs_diff(&input) < 1e-5, "{id}: preprocessing");
+
+        let name = c["method"].as_str().unwrap();
+        seen.insert(name.to_string());
+        let guided = name == "guided";
+        let req = CamRequest {
+            layer: c["layer"].as_str().unwrap(),
+            classes: &ClassSel::Predicted,
+            method: method(name).unwrap_or(Method::GradCam),
+            counterfactual: c["counterfactual"].as_bool().unwrap(),
+            guided,
+            score_batch: 16,
+        };
+        let out = explain(net, x, &req).unwrap();
+        let err = rel_err(&out.logits, &exp.f32("logits"));
+        assert!(err < 1e-4, "{id}: logits {err}");
+        assert_eq!(out.classes[0], exp.class(), "{id}: class");
+        let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);
+        let cam = upsample_normalised(out.maps.data(), (h, w), hw);
+        let theirs_cam = exp.f32("cam");
+        let err = Tensor::new([1, hw.0, hw.1], cam.clone()).max_abs_diff(&theirs_cam);
+        assert!(err < 1e-3, "{id}: cam differs by {err}");
+
+        if guided {
+            let g = out.guided.as_ref().expect("guided requested");
+            // theirs is HWC
+            let theirs = exp.f32("guided");
+            let mut ours_hwc = vec![0f32; g.len()];
+            let n = hw.0 * hw.1;
+            for ch in 0..3 {
+                for i in 0..n {
+                    ours_hwc[i * 3 + ch] = g.data()[ch * n + i];
+                }
+            }
+            let err = rel_err(&Tensor::new(theirs.shape(), ours_hwc), &theirs);
+            assert!(err < 1e-4, "{id}: guided gradient {err}");
+            let (gb, ggc) = guided_images(g.data(), &cam, hw);
+            bytes_close(
+                id,
+                "guided png",
+                gb.as_raw(),
+                exp.bytes("guided_png").unwrap(),
+                2,
+            );
+            bytes_close(
+                id,
+                "guided grad-cam png",
+                ggc.as_raw(),
+                exp.bytes("guided_gradcam_png").unwrap(),
+                2,
+            );
+            continue;
+        }
+        if let Some(theirs) = exp.tensors.get("weights").map(|_| exp.f32("weights")) {
+            let err = rel_err(&out.weights, &theirs);
+            assert!(err < 1e-3, "{id}: weights {err}");
+        }
+        if let Some(theirs) = exp.bytes("overlay") {
+            check_overlay(id, overlay(&img, &cam).as_raw(), theirs, theirs_cam.data());
+        }
+    }
+    let want = [
+        "gradcampp",
+        "xgradcam",
+        "hirescam",
+        "layercam",
+        "scorecam",
+        "guided",
+    ];
+    assert!(
+        want.iter().all(|m| seen.contains(*m)),
+        "methods covered: {seen:?}"
+    );
+}
+
+#[test]
+fn method_names_parse_and_scorecam_rejects_counterfactual() {
+    assert_eq!(Method::parse("GradCAM++").unwrap(), Method::GradCamPlusPlus);
+    assert_eq!(Method::parse("gradcampp").unwrap(), Method::GradCamPlusPlus);
+    assert_eq!(Method::parse("score-cam").unwrap(), Method::ScoreCam);
+    let e = Method::parse("eigencam").unwrap_err().to_string();
+    assert!(e.contains("eigencam") && e.contains("layercam"), "{e}");
+    let nets = networks();
+    let req = CamRequest {
+        method: Method::ScoreCam,
+        counterfactual: true,
+        ..CamRequest::grad_cam("layer4", &ClassSel::Predicted)
+    };
+    let e = explain(&nets["resnet_tiny"], Tensor::zeros([1, 3, 64, 64]), &req)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("counterfactual"));
+}
