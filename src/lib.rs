@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod cam;
 mod error;
+pub mod eval;
 pub mod explain;
 pub mod image;
 pub mod model;

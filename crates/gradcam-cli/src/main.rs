@@ -1,6 +1,7 @@
 //! `gradcam`: Grad-CAM explanations for whole folders of images.
 
 mod bench;
+mod eval;
 mod explain;
 mod inputs;
 mod layers;
@@ -32,6 +33,9 @@ enum Cmd {
     Explain(explain::ExplainArgs),
     /// List every layer of a model (torchvision module paths) with its output shape.
     Layers(layers::LayersArgs),
+    /// The paper's evaluations over a labelled manifest: localisation error, pointing game,
+    /// faithfulness, deletion / insertion, each method against a centre-prior baseline.
+    Eval(eval::EvalArgs),
     /// Measure images/s and time per stage of the whole pipeline.
     Bench(bench::BenchArgs),
     /// Write a checkpoint with random weights (torchvision names) for benchmarks and tests.
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Cmd::Explain(a) => explain::run(a),
         Cmd::Layers(a) => layers::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Eval(a) => eval::run(a),
         Cmd::RandomWeights(a) => synth::run(a),
     };
     match result {

@@ -1,0 +1,175 @@
+//! The evaluation measures as pure functions of a map, so each is tested on hand-made maps.
+
+/// Inclusive pixel box [x0, y0, x1, y1].
+pub type BoxPx = [f32; 4];
+
+/// The paper's §4.1 box: threshold the map at `frac` of its max, take the largest
+/// 8-connected segment above it, and return that segment's bounding box. None for an
+/// all-zero map.
+pub fn threshold_box(map: &[f32], (h, w): (usize, usize), frac: f32) -> Option<BoxPx> {
+    let max = map.iter().copied().fold(0f32, f32::max);
+    if max <= 0.0 {
+        return None;
+    }
+    let thr = frac * max;
+    let mut label = vec![0u32; h * w];
+    let mut best: Option<(usize, BoxPx)> = None;
+    let mut next = 0u32;
+    let mut stack = Vec::new();
+    for start in 0..h * w {
+        if map[start] < thr || label[start] != 0 {
+            continue;
+        }
+        next += 1;
+        label[start] = next;
+        stack.push(start);
+        let (mut count, mut bx) = (0usize, [f32::MAX, f32::MAX, 0f32, 0f32]);
+        while let Some(p) = stack.pop() {
+            let (y, x) = (p / w, p % w);
+            count += 1;
+            bx = [
+                bx[0].min(x as f32),
+                bx[1].min(y as f32),
+                bx[2].max(x as f32),
+                bx[3].max(y as f32),
+            ];
+            for dy in -1i32..=1 {
+                for dx in -1i32..=1 {
+                    let (ny, nx) = (y as i32 + dy, x as i32 + dx);
+                    if ny < 0 || nx < 0 || ny >= h as i32 || nx >= w as i32 {
+                        continue;
+                    }
+                    let q = ny as usize * w + nx as usize;
+                    if label[q] == 0 && map[q] >= thr {
+                        label[q] = next;
+                        stack.push(q);
+                    }
+                }
+            }
+        }
+        if best.is_none_or(|(c, _)| count > c) {
+            best = Some((count, bx));
+        }
+    }
+    best.map(|(_, b)| b)
+}
+
+/// Intersection over union of inclusive pixel boxes.
+pub fn iou(a: &BoxPx, b: &BoxPx) -> f32 {
+    let ix = (a[2].min(b[2]) - a[0].max(b[0]) + 1.0).max(0.0);
+    let iy = (a[3].min(b[3]) - a[1].max(b[1]) + 1.0).max(0.0);
+    let inter = ix * iy;
+    let area = |b: &BoxPx| (b[2] - b[0] + 1.0) * (b[3] - b[1] + 1.0);
+    inter / (area(a) + area(b) - inter)
+}
+
+/// Which pixels belong to the object: the mask where given, else the union of the boxes.
+pub fn object_mask(boxes: &[BoxPx], mask: Option<&[bool]>, (h, w): (usize, usize)) -> Vec<bool> {
+    if let Some(m) = mask {
+        return m.to_vec();
+    }
+    let mut m = vec![false; h * w];
+    for b in boxes {
+        for y in (b[1].max(0.0) as usize)..=(b[3] as usize).min(h.saturating_sub(1)) {
+            for x in (b[0].max(0.0) as usize)..=(b[2] as usize).min(w.saturating_sub(1)) {
+                m[y * w + x] = true;
+            }
+        }
+    }
+    m
+}
+
+/// Pointing game (Zhang et al. 2016): a hit when the map's maximum lies on the object or
+/// within `tolerance` pixels of it.
+pub fn pointing_hit(
+    map: &[f32],
+    object: &[bool],
+    (h, w): (usize, usize),
+    tolerance: usize,
+) -> bool {
+    let arg = map
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > map[best] { i } else { best });
+    let (py, px) = ((arg / w) as i64, (arg % w) as i64);
+    let t = tolerance as i64;
+    for y in (py - t).max(0)..=(py + t).min(h as i64 - 1) {
+        for x in (px - t).max(0)..=(px + t).min(w as i64 - 1) {
+            if (y - py).pow(2) + (x - px).pow(2) <= t * t && object[y as usize * w + x as usize] {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Share of the map's mass on the object (the energy-based pointing game); 0 for an
+/// all-zero map.
+pub fn mass_inside(map: &[f32], object: &[bool]) -> f32 {
+    let total: f64 = map.iter().map(|&v| v.max(0.0) as f64).sum();
+    if total == 0.0 {
+        return 0.0;
+    }
+    let inside: f64 = map
+        .iter()
+        .zip(object)
+        .filter(|(_, &o)| o)
+        .map(|(&v, _)| v.max(0.0) as f64)
+        .sum();
+    (inside / total) as f32
+}
+
+/// Ranks with ties sharing their mean rank.
+fn ranks(v: &[f32]) -> Vec<f64> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut r = vec![0f64; v.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+            j += 1;
+        }
+        let mean = (i + j) as f64 / 2.0;
+        for k in i..=j {
+            r[idx[k]] = mean;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+/// Spearman's rank correlation; 0 when either side is constant.
+pub fn spearman(a: &[f32], b: &[f32]) -> f32 {
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = ra.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    if va == 0.0 || vb == 0.0 {
+        return 0.0;
+    }
+    (cov / (va * vb).sqrt()) as f32
+}
+
+/// Area under a curve sampled at equal steps over [0, 1] (trapezoid rule).
+pub fn auc(curve: &[f32]) -> f32 {
+    if curve.len() < 2 {
+        return curve.first().copied().unwrap_or(0.0);
+    }
+    let steps = (curve.len() - 1) as f32;
+    curve.windows(2).map(|p| (p[0] + p[1]) / 2.0).sum::<f32>() / steps
+}
+
+/// The centre-prior baseline map: a Gaussian centred on the image, σ = a quarter of each side.
+pub fn centre_prior((h, w): (usize, usize)) -> Vec<f32> {
+    let (sy, sx) = (h as f32 / 4.0, w as f32 / 4.0);
+    let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
+    (0..h * w)
+        .map(|i| {
+            let (y, x) = ((i / w) as f32, (i % w) as f32);
+            (-((y - cy) / sy).powi(2) / 2.0 - ((x - cx) / sx).powi(2) / 2.0).exp()
+        })
+        .collect()
+}

@@ -1,0 +1,328 @@
+//! The paper's evaluations over a manifest of labelled images (`gradcam eval`):
+//! weakly-supervised localisation (§4.1), the pointing game and the map's mass on the object,
+//! faithfulness to an occlusion map (§4.3), and deletion / insertion curves; every method is
+//! compared with a centre-prior baseline map on the same images.
+
+pub mod manifest;
+pub mod metrics;
+
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::cam::{argmax, explain, upsample_normalised, CamRequest, ClassSel, Method};
+use crate::image::{load_rgb8, preprocess, InputSize};
+use crate::model::Network;
+use crate::{Error, Result, Tensor};
+pub use manifest::Entry;
+use metrics::{
+    auc, centre_prior, iou, mass_inside, object_mask, pointing_hit, spearman, threshold_box,
+};
+
+#[derive(Clone, Debug)]
+pub struct EvalConfig {
+    pub layer: Option<String>,
+    pub size: InputSize,
+    pub methods: Vec<Method>,
+    /// §4.1: the map is thresholded at this fraction of its max (0.15 in the paper).
+    pub loc_threshold: f32,
+    /// Pointing game tolerance in pixels (15 in Zhang et al.).
+    pub pointing_tolerance: usize,
+    /// Occlusion patch and stride at the model-input size; None skips faithfulness.
+    pub occlusion: Option<(usize, usize)>,
+    /// Steps of the deletion / insertion curves; None skips them.
+    pub curve_steps: Option<usize>,
+    /// Images per forward pass for occlusion and curves (and Score-CAM).
+    pub forward_batch: usize,
+}
+
+/// The scores of one map of one image.
+#[derive(Clone, Debug, Serialize)]
+pub struct Scores {
+    pub method: String,
+    pub iou: f32,
+    /// IoU ≥ 0.5 with a ground-truth box (GT-known localisation).
+    pub localised: bool,
+    /// localised and the top-1 prediction is the ground-truth class.
+    pub top1_localised: bool,
+    pub pointing_hit: bool,
+    pub mass_inside: f32,
+    pub faithfulness: Option<f32>,
+    pub deletion_auc: Option<f32>,
+    pub insertion_auc: Option<f32>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageReport {
+    pub image: String,
+    pub class: usize,
+    pub predicted: usize,
+    pub scores: Vec<Scores>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Aggregate {
+    pub method: String,
+    pub images: usize,
+    pub top1_loc_error: f32,
+    pub gt_known_loc_error: f32,
+    pub pointing_accuracy: f32,
+    pub mean_mass_inside: f32,
+    pub mean_faithfulness: Option<f32>,
+    pub mean_deletion_auc: Option<f32>,
+    pub mean_insertion_auc: Option<f32>,
+}
+
+/// The centre-prior baseline's name in reports.
+pub const CENTRE: &str = "centre-prior";
+
+/// Evaluates one image; the caller loops (and reports failures per image).
+pub fn evaluate_image<B: Backend>(
+    net: &Network<B>,
+    e: &Entry,
+    cfg: &EvalConfig,
+) -> Result<ImageReport> {
+    let be = net.backend();
+    let img = load_rgb8(&e.image)?;
+    let full = (img.height() as usize, img.width() as usize);
+    if e.class >= net.num_classes() {
+        return Err(Error::ClassOutOfRange {
+            class: e.class,
+            num_classes: net.num_classes(),
+        });
+    }
+    let mask = e.mask.as_ref().map(|m| load_mask(m, full)).transpose()?;
+    let object = object_mask(&e.boxes, mask.as_deref(), full);
+    let hw = cfg.size.for_image(&img);
+    let x = preprocess(&[&img], hw);
+    let layer = cfg
+        .layer
+        .clone()
+        .unwrap_or_else(|| net.graph().default_layer.clone());
+
+    let logits = net.forward(be.upload(x.clone())?)?;
+    let predicted = argmax(logits.data());
+    let occlusion = match cfg.occlusion {
+        Some((patch, stride)) => Some(occlusion_map(
+            net,
+            &x,
+            e.class,
+            patch,
+            stride,
+            cfg.forward_batch,
+        )?),
+        None => None,
+    };
+
+    let classes = ClassSel::PerImage(vec![e.class]);
+    let mut maps: Vec<(String, Vec<f32>, Vec<f32>)> = Vec::new(); // (name, at full size, at input size)
+    for &m in &cfg.methods {
+        let req = CamRequest {
+            layer: &layer,
+            classes: &classes,
+            method: m,
+            counterfactual: false,
+            guided: false,
+            score_batch: cfg.forward_batch,
+        };
+        let out = explain(net, be.upload(x.clone())?, &req)?;
+        let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);
+        maps.push((
+            m.name().to_string(),
+            upsample_normalised(out.maps.data(), (h, w), full),
+            upsample_normalised(out.maps.data(), (h, w), hw),
+        ));
+    }
+    maps.push((CENTRE.to_string(), centre_prior(full), centre_prior(hw)));
+
+    let mut scores = Vec::new();
+    for (name, at_full, at_input) in &maps {
+        let iou_best = threshold_box(at_full, full, cfg.loc_threshold).map_or(0.0, |b| {
+            e.boxes.iter().map(|g| iou(&b, g)).fold(0.0, f32::max)
+        });
+        let faithfulness = occlusion.as_ref().map(|(grid, cells)| {
+            let pooled: Vec<f32> = cells
+                .iter()
+                .map(|&(y0, x0, p)| patch_mean(at_input, hw, y0, x0, p))
+                .collect();
+            spearman(&pooled, grid)
+        });
+        let (deletion_auc, insertion_auc) = match cfg.curve_steps {
+            Some(steps) => {
+                let (d, i) = curves(net, &x, at_input, e.class, steps, cfg.forward_batch)?;
+                (Some(auc(&d)), Some(auc(&i)))
+            }
+            None => (None, None),
+        };
+        scores.push(Scores {
+            method: name.clone(),
+            iou: iou_best,
+            localised: iou_best >= 0.5,
+            top1_localised: iou_best >= 0.5 && predicted == e.class,
+            pointing_hit: pointing_hit(at_full, &object, full, cfg.pointing_tolerance),
+            mass_inside: mass_inside(at_full, &object),
+            faithfulness,
+            deletion_auc,
+            insertion_auc,
+        });
+    }
+    Ok(ImageReport {
+        image: e.image.display().to_string(),
+        class: e.class,
+        predicted,
+        scores,
+    })
+}
+
+/// Per-method means over the images that were evaluated.
+pub fn aggregate(reports: &[ImageReport]) -> Vec<Aggregate> {
+    let Some(first) = reports.first() else {
+        return Vec::new();
+    };
+    first
+        .scores
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let all: Vec<&Scores> = reports.iter().map(|r| &r.scores[k]).collect();
+            let n = all.len() as f32;
+            let frac = |f: &dyn Fn(&Scores) -> bool| all.iter().filter(|s| f(s)).count() as f32 / n;
+            let mean_opt = |f: &dyn Fn(&Scores) -> Option<f32>| {
+                let v: Vec<f32> = all.iter().filter_map(|s| f(s)).collect();
+                (!v.is_empty()).then(|| v.iter().sum::<f32>() / v.len() as f32)
+            };
+            Aggregate {
+                method: s.method.clone(),
+                images: all.len(),
+                top1_loc_error: 1.0 - frac(&|s| s.top1_localised),
+                gt_known_loc_error: 1.0 - frac(&|s| s.localised),
+                pointing_accuracy: frac(&|s| s.pointing_hit),
+                mean_mass_inside: all.iter().map(|s| s.mass_inside).sum::<f32>() / n,
+                mean_faithfulness: mean_opt(&|s| s.faithfulness),
+                mean_deletion_auc: mean_opt(&|s| s.deletion_auc),
+                mean_insertion_auc: mean_opt(&|s| s.insertion_auc),
+            }
+        })
+        .collect()
+}
+
+fn load_mask(path: &std::path::Path, (h, w): (usize, usize)) -> Result<Vec<bool>> {
+    let m = load_rgb8(path)?;
+    if (m.height() as usize, m.width() as usize) != (h, w) {
+        return Err(Error::Invalid(format!(
+            "{}: mask is {}x{}, the image {w}x{h}",
+            path.display(),
+            m.width(),
+            m.height()
+        )));
+    }
+    Ok(m.pixels().map(|p| p.0.iter().any(|&v| v > 0)).collect())
+}
+
+fn patch_mean(map: &[f32], (_, w): (usize, usize), y0: usize, x0: usize, p: usize) -> f32 {
+    let mut s = 0f32;
+    for y in y0..y0 + p {
+        s += map[y * w + x0..y * w + x0 + p].iter().sum::<f32>();
+    }
+    s / (p * p) as f32
+}
+
+/// Patch positions covering [0, n): every `stride`, plus the last one flush with the edge.
+fn positions(n: usize, p: usize, stride: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..=n - p).step_by(stride).collect();
+    if *v.last().unwrap_or(&0) != n - p {
+        v.push(n - p);
+    }
+    v
+}
+
+/// Occlusion sensitivity (Zeiler & Fergus): the drop in the class logit when a patch of the
+/// input is set to the data mean (0 after normalisation). Returns the drops and the cells.
+#[allow(clippy::type_complexity)]
+fn occlusion_map<B: Backend>(
+    net: &Network<B>,
+    x: &Tensor,
+    class: usize,
+    patch: usize,
+    stride: usize,
+    batch: usize,
+) -> Result<(Vec<f32>, Vec<(usize, usize, usize)>)> {
+    let (_, c, h, w) = x.dims4();
+    let p = patch.min(h).min(w).max(1);
+    let cells: Vec<(usize, usize, usize)> = positions(h, p, stride.max(1))
+        .into_iter()
+        .flat_map(|y| {
+            positions(w, p, stride.max(1))
+                .into_iter()
+                .map(move |xx| (y, xx, p))
+        })
+        .collect();
+    let base = net.forward(net.backend().upload(x.clone())?)?.data()[class];
+    let mut drops = Vec::with_capacity(cells.len());
+    for chunk in cells.chunks(batch.max(1)) {
+        let mut data = Vec::with_capacity(chunk.len() * x.len());
+        for &(y0, x0, p) in chunk {
+            let mut v = x.data().to_vec();
+            for ch in 0..c {
+                for y in y0..y0 + p {
+                    v[(ch * h + y) * w + x0..(ch * h + y) * w + x0 + p].fill(0.0);
+                }
+            }
+            data.extend(v);
+        }
+        let t = Tensor::new([chunk.len(), c, h, w], data);
+        let logits = net.forward(net.backend().upload(t)?)?;
+        let nc = net.num_classes();
+        drops.extend((0..chunk.len()).map(|i| base - logits.data()[i * nc + class]));
+    }
+    Ok((drops, cells))
+}
+
+/// Deletion and insertion curves (Petsiuk et al., RISE): the class probability as the most
+/// important pixels (by the map) are removed from the image / added to a blank (data-mean)
+/// image, in `steps` equal steps.
+fn curves<B: Backend>(
+    net: &Network<B>,
+    x: &Tensor,
+    map: &[f32],
+    class: usize,
+    steps: usize,
+    batch: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (_, c, h, w) = x.dims4();
+    let hw = h * w;
+    let mut order: Vec<usize> = (0..hw).collect();
+    order.sort_by(|&a, &b| map[b].total_cmp(&map[a]).then(a.cmp(&b)));
+    let steps = steps.max(1);
+    let run =
+        |insert: bool| -> Result<Vec<f32>> {
+            let mut probs = Vec::with_capacity(steps + 1);
+            let variants: Vec<usize> = (0..=steps).collect();
+            for chunk in variants.chunks(batch.max(1)) {
+                let mut data = Vec::with_capacity(chunk.len() * x.len());
+                for &s in chunk {
+                    let k = s * hw / steps;
+                    let mut keep = vec![!insert; hw];
+                    for &p in &order[..k] {
+                        keep[p] = insert;
+                    }
+                    for ch in 0..c {
+                        let plane = &x.data()[ch * hw..(ch + 1) * hw];
+                        data.extend(
+                            plane
+                                .iter()
+                                .zip(&keep)
+                                .map(|(&v, &k)| if k { v } else { 0.0 }),
+                        );
+                    }
+                }
+                let t = Tensor::new([chunk.len(), c, h, w], data);
+                let logits = net.forward(net.backend().upload(t)?)?;
+                let nc = net.num_classes();
+                probs.extend((0..chunk.len()).map(|i| {
+                    crate::explain::softmax_at(&logits.data()[i * nc..(i + 1) * nc], class)
+                }));
+            }
+            Ok(probs)
+        };
+    Ok((run(false)?, run(true)?))
+}

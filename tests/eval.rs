@@ -1,0 +1,157 @@
+//! The evaluation measures on hand-made maps (values worked out by hand), the manifest
+//! parsers, and `evaluate_image` end to end on the fixture model.
+
+use gradcam::backend::CpuBackend;
+use gradcam::cam::Method;
+use gradcam::eval::metrics::{
+    auc, centre_prior, iou, mass_inside, object_mask, pointing_hit, spearman, threshold_box,
+};
+use gradcam::eval::{aggregate, evaluate_image, manifest, EvalConfig, CENTRE};
+use gradcam::image::InputSize;
+use gradcam::model::{self, Network};
+
+#[test]
+fn threshold_box_takes_the_largest_segment_above_15_percent() {
+    // 6x8 map: a 2x3 blob (values 1.0) and a single bright pixel (2.0) elsewhere; at 15% of
+    // the max (0.3) both pass, the blob is larger, so its box wins even though the max is not in it.
+    let (h, w) = (6, 8);
+    let mut m = vec![0.1f32; h * w];
+    for y in 1..3 {
+        for x in 2..5 {
+            m[y * w + x] = 1.0;
+        }
+    }
+    m[5 * w + 7] = 2.0;
+    assert_eq!(threshold_box(&m, (h, w), 0.15), Some([2.0, 1.0, 4.0, 2.0]));
+    // Diagonal neighbours join a segment (8-connectivity).
+    let mut d = vec![0f32; 9];
+    d[0] = 1.0;
+    d[4] = 1.0;
+    d[8] = 1.0;
+    assert_eq!(threshold_box(&d, (3, 3), 0.15), Some([0.0, 0.0, 2.0, 2.0]));
+    assert_eq!(threshold_box(&[0.0; 4], (2, 2), 0.15), None);
+}
+
+#[test]
+fn iou_pointing_mass_spearman_auc() {
+    // Inclusive boxes: [0,0,1,1] has 4 px, [1,1,2,2] has 4 px, overlap 1 px: IoU = 1/7.
+    assert!((iou(&[0.0, 0.0, 1.0, 1.0], &[1.0, 1.0, 2.0, 2.0]) - 1.0 / 7.0).abs() < 1e-6);
+    assert_eq!(iou(&[0.0, 0.0, 3.0, 3.0], &[0.0, 0.0, 3.0, 3.0]), 1.0);
+
+    let (h, w) = (5, 5);
+    let obj = object_mask(&[[0.0, 0.0, 1.0, 1.0]], None, (h, w));
+    assert_eq!(obj.iter().filter(|&&o| o).count(), 4);
+    let mut m = vec![0f32; 25];
+    m[4 * w + 4] = 1.0; // max at (4,4), 3 px (diagonally) from the box corner (1,1)
+    assert!(!pointing_hit(&m, &obj, (h, w), 0));
+    assert!(!pointing_hit(&m, &obj, (h, w), 4)); // distance sqrt(18) ≈ 4.24 > 4
+    assert!(pointing_hit(&m, &obj, (h, w), 5));
+    m[0] = 3.0;
+    assert!(pointing_hit(&m, &obj, (h, w), 0));
+    // mass: 3 inside of 4 in total
+    assert!((mass_inside(&m, &obj) - 0.75).abs() < 1e-6);
+
+    assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[10.0, 20.0, 30.0, 40.0]) - 1.0).abs() < 1e-6);
+    assert!((spearman(&[1.0, 2.0, 3.0, 4.0], &[4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-6);
+    // scipy.stats.spearmanr([1,2,3,4,5],[2,1,4,3,5]).correlation == 0.8
+    assert!((spearman(&[1.0, 2.0, 3.0, 4.0, 5.0], &[2.0, 1.0, 4.0, 3.0, 5.0]) - 0.8).abs() < 1e-6);
+    assert_eq!(spearman(&[1.0, 1.0], &[1.0, 2.0]), 0.0);
+
+    // trapezoid over [0,1] in 2 steps: (1+0.5)/2·0.5 + (0.5+0)/2·0.5 = 0.5
+    assert!((auc(&[1.0, 0.5, 0.0]) - 0.5).abs() < 1e-6);
+    let c = centre_prior((5, 5));
+    assert_eq!(c.iter().copied().fold(0f32, f32::max), c[12]);
+}
+
+#[test]
+fn manifests_parse_and_bad_rows_name_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("m.csv");
+    std::fs::write(&csv, "image,class,x0,y0,x1,y1\na.png,3,1,2,10,20\na.png,3,30,30,40,40\nb.png,1,0,0,5,5,b_mask.png\n").unwrap();
+    let e = manifest::load(&csv).unwrap();
+    assert_eq!(e.len(), 2);
+    assert_eq!(
+        e[0].boxes,
+        vec![[1.0, 2.0, 10.0, 20.0], [30.0, 30.0, 40.0, 40.0]]
+    );
+    assert_eq!(e[1].mask.as_ref().unwrap(), &dir.path().join("b_mask.png"));
+    let jl = dir.path().join("m.jsonl");
+    std::fs::write(
+        &jl,
+        "{\"image\": \"a.png\", \"class\": 2, \"boxes\": [[0, 0, 3, 3]]}\n",
+    )
+    .unwrap();
+    assert_eq!(manifest::load(&jl).unwrap()[0].class, 2);
+    for (name, text, needle) in [
+        ("bad.csv", "a.png,x,0,0,1,1\n", ":1: class `x`"),
+        ("box.csv", "a.png,1,5,0,1,1\n", ":1: bad box"),
+        (
+            "short.csv",
+            "image,class\na.png,1\n",
+            ":2: want image,class",
+        ),
+        ("bad.jsonl", "{\"image\": \"a.png\"}\n", ":1:"),
+        ("empty.csv", "image,class,x0,y0,x1,y1\n", "no images"),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let msg = manifest::load(&p).unwrap_err().to_string();
+        assert!(msg.contains(needle), "{name}: {msg}");
+    }
+}
+
+#[test]
+fn evaluate_image_scores_every_method_and_the_centre_baseline() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let net = Network::new(
+        model::load(fixtures.join("resnet_tiny.safetensors"), None).unwrap(),
+        CpuBackend::fast(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("m.csv");
+    let img = fixtures.join("images/a.png");
+    std::fs::write(&csv, format!("{},4,10,10,60,50\n", img.display())).unwrap();
+    let entries = manifest::load(&csv).unwrap();
+    let cfg = EvalConfig {
+        layer: None,
+        size: InputSize::Native,
+        methods: vec![Method::GradCam, Method::LayerCam],
+        loc_threshold: 0.15,
+        pointing_tolerance: 0,
+        occlusion: Some((16, 8)),
+        curve_steps: Some(4),
+        forward_batch: 8,
+    };
+    let r = evaluate_image(&net, &entries[0], &cfg).unwrap();
+    let names: Vec<&str> = r.scores.iter().map(|s| s.method.as_str()).collect();
+    assert_eq!(names, vec!["gradcam", "layercam", CENTRE]);
+    for s in &r.scores {
+        assert!(
+            (0.0..=1.0).contains(&s.iou) && (0.0..=1.0).contains(&s.mass_inside),
+            "{s:?}"
+        );
+        assert!(s.faithfulness.unwrap().abs() <= 1.0);
+        assert!(
+            (0.0..=1.0).contains(&s.deletion_auc.unwrap())
+                && (0.0..=1.0).contains(&s.insertion_auc.unwrap())
+        );
+        assert_eq!(s.top1_localised, s.localised && r.predicted == 4);
+    }
+    let agg = aggregate(std::slice::from_ref(&r));
+    assert_eq!(agg.len(), 3);
+    assert_eq!(
+        agg[0].gt_known_loc_error,
+        if r.scores[0].localised { 0.0 } else { 1.0 }
+    );
+
+    // A class the model does not have is an error for that image, not a panic.
+    let bad = manifest::Entry {
+        class: 99,
+        ..entries[0].clone()
+    };
+    assert!(evaluate_image(&net, &bad, &cfg)
+        .unwrap_err()
+        .to_string()
+        .contains("out of range"));
+}
