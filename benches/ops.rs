@@ -79,8 +79,9 @@ fn conv(c: &mut Criterion) {
         let dy = rng.tensor(&[n, s.k, oh, ow], -1.0, 1.0);
         let macs = (n * s.k * oh * ow * s.c * s.r * s.r) as u64;
         group.throughput(Throughput::Elements(macs));
+        let prepared = be.conv2d_prepare(&w, &p).unwrap();
         group.bench_function(BenchmarkId::new("conv2d_fwd", s.name), |b| {
-            b.iter(|| be.conv2d_fwd(&x, &w, None, &p).unwrap())
+            b.iter(|| be.conv2d_fwd(&x, &w, prepared.as_ref(), None, &p).unwrap())
         });
         group.bench_function(BenchmarkId::new("conv2d_bwd_data", s.name), |b| {
             b.iter(|| be.conv2d_bwd_data(&dy, &w, (s.hw, s.hw), &p).unwrap())

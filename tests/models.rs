@@ -160,6 +160,7 @@ fn pre_bn_conv_layers_give_the_raw_conv_output() {
             &below.activation,
             &w,
             None,
+            None,
             &gradcam::backend::Conv2dParams::new(1, 1),
         )
         .unwrap();

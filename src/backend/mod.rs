@@ -45,11 +45,16 @@ pub trait Backend: Send + Sync {
     fn duplicate(&self, t: &Self::Tensor) -> Result<Self::Tensor>;
     fn reshape(&self, t: Self::Tensor, shape: &[usize]) -> Result<Self::Tensor>;
 
-    /// `F.conv2d(x, w, b, stride, padding, dilation, groups)`; x [N,C,H,W], w [K,C/g,R,S].
+    /// Weights of a conv in a backend-specific form made once at load time (the CPU's
+    /// Winograd-transformed filters); None when the backend has no use for one.
+    fn conv2d_prepare(&self, w: &Self::Tensor, p: &Conv2dParams) -> Result<Option<Self::Tensor>>;
+    /// `F.conv2d(x, w, b, stride, padding, dilation, groups)`; x [N,C,H,W], w [K,C/g,R,S];
+    /// `prepared` is what [`Backend::conv2d_prepare`] made of w, if anything.
     fn conv2d_fwd(
         &self,
         x: &Self::Tensor,
         w: &Self::Tensor,
+        prepared: Option<&Self::Tensor>,
         b: Option<&Self::Tensor>,
         p: &Conv2dParams,
     ) -> Result<Self::Tensor>;

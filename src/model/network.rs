@@ -9,6 +9,8 @@ use crate::{Error, Result, Tensor};
 pub struct Network<B: Backend> {
     graph: Graph,
     params: Vec<B::Tensor>,
+    /// Per node: the backend's prepared conv weights, if it made any.
+    prepared: Vec<Option<B::Tensor>>,
     backend: B,
 }
 
@@ -51,10 +53,19 @@ impl<B: Backend> Network<B> {
         let params = std::mem::take(&mut graph.params)
             .into_iter()
             .map(|p| backend.upload(p))
+            .collect::<Result<Vec<_>>>()?;
+        let prepared = graph
+            .nodes
+            .iter()
+            .map(|node| match &node.op {
+                Op::Conv { w, p, .. } => backend.conv2d_prepare(&params[*w], p),
+                _ => Ok(None),
+            })
             .collect::<Result<_>>()?;
         Ok(Network {
             graph,
             params,
+            prepared,
             backend,
         })
     }
@@ -291,7 +302,7 @@ impl<B: Backend> Network<B> {
             let y = match &node.op {
                 Op::Input => unreachable!("only node 0 is the input"),
                 Op::Conv { w, b, p, .. } => {
-                    be.conv2d_fwd(alive(&vals, inp), param(w), b.as_ref().map(param), p)?
+                    be.conv2d_fwd(alive(&vals, inp), param(w), self.prepared[i].as_ref(), b.as_ref().map(param), p)?
                 }
                 Op::Relu => {
                     let x = owned(&mut vals)?;

@@ -166,7 +166,14 @@ impl Geom {
     }
 }
 
-pub fn conv2d_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) -> Tensor {
+/// `prepared`: the Winograd-transformed filters when the conv qualifies (made at load time).
+pub fn conv2d_fwd(
+    x: &Tensor,
+    w: &Tensor,
+    prepared: Option<&Tensor>,
+    b: Option<&Tensor>,
+    p: &Conv2dParams,
+) -> Tensor {
     let (n, c, h, wd) = x.dims4();
     let (k, cg, r, s) = w.dims4();
     let (oh, ow) = p.out_hw((h, wd), (r, s)).expect("kernel larger than input");
@@ -184,7 +191,14 @@ pub fn conv2d_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) 
     let rows = g.rows_per_chunk();
     let mut y = Tensor::zeros([n, k, oh, ow]);
     if winograd::applies(w, p) {
-        let u = winograd::transform_weights(w);
+        let computed;
+        let u = match prepared {
+            Some(u) => u,
+            None => {
+                computed = winograd::transform_weights(w);
+                &computed
+            }
+        };
         let plan = winograd::Plan {
             c,
             h,
@@ -193,7 +207,7 @@ pub fn conv2d_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) 
             pad: p.padding,
             oh,
             ow,
-            u: &u,
+            u: u.data(),
             bias: b.map(|b| b.data()),
         };
         per_image(n, y.data_mut(), k * ohw, |ni, yi, par| {

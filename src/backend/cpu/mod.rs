@@ -49,17 +49,21 @@ impl Backend for CpuBackend {
         Ok(t.reshape(shape))
     }
 
+    fn conv2d_prepare(&self, w: &Tensor, p: &Conv2dParams) -> Result<Option<Tensor>> {
+        Ok((!self.reference && winograd::applies(w, p)).then(|| winograd::transform_weights(w)))
+    }
     fn conv2d_fwd(
         &self,
         x: &Tensor,
         w: &Tensor,
+        prepared: Option<&Tensor>,
         b: Option<&Tensor>,
         p: &Conv2dParams,
     ) -> Result<Tensor> {
         Ok(if self.reference {
             naive::conv2d_fwd(x, w, b, p)
         } else {
-            fast::conv2d_fwd(x, w, b, p)
+            fast::conv2d_fwd(x, w, prepared, b, p)
         })
     }
     fn conv2d_bwd_data(

@@ -17,31 +17,43 @@ pub fn applies(w: &Tensor, p: &Conv2dParams) -> bool {
     r == 3 && s == 3 && p.stride == (1, 1) && p.dilation == (1, 1) && p.groups == 1 && c >= 16
 }
 
-/// U[ξ][k][c] = (G g Gᵀ)[ξ] for every filter.
-pub fn transform_weights(w: &Tensor) -> Vec<f32> {
+/// U[ξ][k][c] = (G g Gᵀ)[ξ] for every filter, as a [16, K, C] tensor.
+pub fn transform_weights(w: &Tensor) -> Tensor {
+    use rayon::prelude::*;
     let (k, c, _, _) = w.dims4();
+    // Transformed per filter (k-major, parallel), then laid out ξ-major for the GEMMs.
+    let per_k: Vec<Vec<[f32; 16]>> = (0..k)
+        .into_par_iter()
+        .map(|ki| (0..c).map(|ci| transform_filter(&w.data()[(ki * c + ci) * 9..(ki * c + ci + 1) * 9])).collect())
+        .collect();
     let mut u = vec![0f32; 16 * k * c];
-    for ki in 0..k {
-        for ci in 0..c {
-            let g = &w.data()[(ki * c + ci) * 9..(ki * c + ci + 1) * 9];
-            // G g: 4×3
-            let mut gg = [[0f32; 3]; 4];
-            for j in 0..3 {
-                let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
-                gg[0][j] = g0;
-                gg[1][j] = 0.5 * (g0 + g1 + g2);
-                gg[2][j] = 0.5 * (g0 - g1 + g2);
-                gg[3][j] = g2;
-            }
-            // (G g) Gᵀ: 4×4
-            for (i, row) in gg.iter().enumerate() {
-                let (a, b, d) = (row[0], row[1], row[2]);
-                let out = [a, 0.5 * (a + b + d), 0.5 * (a - b + d), d];
-                for (j, v) in out.into_iter().enumerate() {
-                    u[((i * 4 + j) * k + ki) * c + ci] = v;
-                }
+    for (ki, filters) in per_k.iter().enumerate() {
+        for (ci, f) in filters.iter().enumerate() {
+            for (xi, &v) in f.iter().enumerate() {
+                u[(xi * k + ki) * c + ci] = v;
             }
         }
+    }
+    Tensor::new([16, k, c], u)
+}
+
+/// G g Gᵀ for one 3×3 filter, row-major 4×4.
+fn transform_filter(g: &[f32]) -> [f32; 16] {
+    let mut u = [0f32; 16];
+    // G g: 4×3
+    let mut gg = [[0f32; 3]; 4];
+    for j in 0..3 {
+        let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
+        gg[0][j] = g0;
+        gg[1][j] = 0.5 * (g0 + g1 + g2);
+        gg[2][j] = 0.5 * (g0 - g1 + g2);
+        gg[3][j] = g2;
+    }
+    // (G g) Gᵀ: 4×4
+    for (i, row) in gg.iter().enumerate() {
+        let (a, b, d) = (row[0], row[1], row[2]);
+        let out = [a, 0.5 * (a + b + d), 0.5 * (a - b + d), d];
+        u[i * 4..i * 4 + 4].copy_from_slice(&out);
     }
     u
 }
