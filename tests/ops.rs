@@ -199,7 +199,15 @@ fn conv2d_fwd_and_bwd_data_fast_match_naive() {
         let b = rng.tensor(&[cc.k], -1.0, 1.0);
         for bias in [None, Some(&b)] {
             let y_ref = reference.conv2d_fwd(&x, &w, None, bias, &cc.p).unwrap();
-            let y = fast.conv2d_fwd(&x, &w, fast.conv2d_prepare(&w, &cc.p).unwrap().as_ref(), bias, &cc.p).unwrap();
+            let y = fast
+                .conv2d_fwd(
+                    &x,
+                    &w,
+                    fast.conv2d_prepare(&w, &cc.p).unwrap().as_ref(),
+                    bias,
+                    &cc.p,
+                )
+                .unwrap();
             close(&format!("conv2d_fwd case {i}"), &y, &y_ref);
         }
         let (oh, ow) = cc.p.out_hw((cc.h, cc.w), (cc.r, cc.s)).unwrap();

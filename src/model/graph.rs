@@ -105,6 +105,11 @@ pub struct Graph {
     pub default_layer: String,
     /// Channels of the input image (3 for every torchvision classifier).
     pub in_channels: usize,
+    /// Class names, from the file's metadata key `labels` (a JSON list), when present.
+    pub labels: Option<Vec<String>>,
+    /// The model's own input size, from the metadata key `input_size` (`native` or an
+    /// integer), when present.
+    pub input_size: Option<crate::image::InputSize>,
 }
 
 impl Graph {
@@ -417,6 +422,8 @@ impl<'w> Builder<'w> {
             num_classes,
             default_layer,
             in_channels: self.channels[0],
+            labels: None,
+            input_size: None,
         }
     }
 }

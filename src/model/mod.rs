@@ -41,10 +41,42 @@ pub fn load(path: impl AsRef<Path>, arch: Option<&str>) -> Result<Graph> {
 }
 
 pub fn build(w: &Weights, arch: Option<&str>) -> Result<Graph> {
-    match arch {
-        Some(a) => build_forced(w, a),
-        None => build_detected(w),
+    let mut g = match arch {
+        Some(a) => build_forced(w, a)?,
+        None => build_detected(w)?,
+    };
+    let meta = w.metadata();
+    if let Some(l) = meta.get("labels") {
+        let labels: Vec<String> = serde_json::from_str(l).map_err(|e| {
+            Error::Invalid(format!(
+                "{}: metadata `labels` is not a JSON list of strings: {e}",
+                w.path().display()
+            ))
+        })?;
+        if labels.len() != g.num_classes {
+            return Err(Error::Invalid(format!(
+                "{}: metadata lists {} labels for {} classes",
+                w.path().display(),
+                labels.len(),
+                g.num_classes
+            )));
+        }
+        g.labels = Some(labels);
     }
+    if let Some(s) = meta.get("input_size") {
+        g.input_size = Some(match s.trim() {
+            "native" => crate::image::InputSize::Native,
+            n => crate::image::InputSize::Square(n.parse().ok().filter(|&v| v > 0).ok_or_else(
+                || {
+                    Error::Invalid(format!(
+                        "{}: metadata `input_size` is `{s}`, not `native` or a size",
+                        w.path().display()
+                    ))
+                },
+            )?),
+        });
+    }
+    Ok(g)
 }
 
 fn build_forced(w: &Weights, arch: &str) -> Result<Graph> {

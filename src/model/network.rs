@@ -301,9 +301,13 @@ impl<B: Backend> Network<B> {
             let param = |j: &usize| &self.params[*j];
             let y = match &node.op {
                 Op::Input => unreachable!("only node 0 is the input"),
-                Op::Conv { w, b, p, .. } => {
-                    be.conv2d_fwd(alive(&vals, inp), param(w), self.prepared[i].as_ref(), b.as_ref().map(param), p)?
-                }
+                Op::Conv { w, b, p, .. } => be.conv2d_fwd(
+                    alive(&vals, inp),
+                    param(w),
+                    self.prepared[i].as_ref(),
+                    b.as_ref().map(param),
+                    p,
+                )?,
                 Op::Relu => {
                     let x = owned(&mut vals)?;
                     be.relu_fwd(x)?

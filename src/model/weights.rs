@@ -12,9 +12,26 @@ use crate::{Error, Result, Tensor};
 /// Where a tensor sits: dtype, shape, byte range in the data part.
 type Entry = (Dtype, Vec<usize>, (usize, usize));
 
+/// Where the file's bytes live: a read-only map of a file, or bytes compiled into the
+/// program (the bundled demo model).
+enum Bytes {
+    Mapped(memmap2::Mmap),
+    Static(&'static [u8]),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Static(s) => s,
+        }
+    }
+}
+
 pub struct Weights {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    mmap: Bytes,
     header_len: usize,
     /// name (without any `module.` style prefix) → (dtype, shape, byte range in the data part)
     index: BTreeMap<String, Entry>,
@@ -28,6 +45,15 @@ impl Weights {
         // SAFETY: the map is read-only; a file truncated underneath us would be the user's
         // doing, as with any reader of a memory-mapped file.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        Self::parse(path, Bytes::Mapped(mmap))
+    }
+
+    /// Weights compiled into the program; `name` stands for the path in messages.
+    pub fn from_static(name: impl Into<PathBuf>, bytes: &'static [u8]) -> Result<Self> {
+        Self::parse(name.into(), Bytes::Static(bytes))
+    }
+
+    fn parse(path: PathBuf, mmap: Bytes) -> Result<Self> {
         let bad = |reason: String| Error::BadSafetensors {
             path: path.clone(),
             reason,

@@ -11,7 +11,7 @@ use gradcam::image::{load_rgb8, InputSize, RgbImage};
 use gradcam::model::synth::Rng;
 use rayon::prelude::*;
 
-use crate::{inputs, load_network, parse_size, ModelArgs};
+use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -25,8 +25,10 @@ pub struct BenchArgs {
     /// Benchmark on these image files instead (decoding is then timed too).
     #[arg(long)]
     images_dir: Option<PathBuf>,
-    #[arg(long, default_value = "224", value_parser = parse_size)]
-    size: InputSize,
+    /// Model input size: an integer S resizes to S×S, `native` keeps each image's size
+    /// (default: the model's own input size if its file says, else 224).
+    #[arg(long, value_parser = parse_size)]
+    size: Option<InputSize>,
     #[arg(long)]
     layer: Option<String>,
     /// Untimed warm-up batches.
@@ -57,6 +59,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let t_load = Instant::now();
     let net = load_network(&a.model)?;
     let load = t_load.elapsed();
+    let size = input_size(a.size, net.graph());
+    let side = match size {
+        InputSize::Square(s) => s,
+        InputSize::Native => {
+            anyhow::bail!("bench needs a numeric --size (batches share one input size)")
+        }
+    };
     let mut decode = Duration::ZERO;
     let images = match &a.images_dir {
         Some(dir) => {
@@ -72,14 +81,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             decode = t.elapsed();
             imgs
         }
-        None => synthetic(a.images, 224),
+        None => synthetic(a.images, side as u32),
     };
-    if a.size == InputSize::Native {
-        anyhow::bail!("bench needs a numeric --size (batches share one input size)");
-    }
     let cfg = ExplainConfig {
         layer: a.layer.clone(),
-        size: a.size,
+        size,
         ..Default::default()
     };
     let batch = a.batch as usize;
@@ -109,14 +115,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         cfg.layer.as_deref().unwrap_or(&net.graph().default_layer),
         gradcam::backend::Backend::name(net.backend()),
         images.len(),
-        match a.size {
-            InputSize::Square(s) => s,
-            InputSize::Native => 0,
-        },
-        match a.size {
-            InputSize::Square(s) => s,
-            InputSize::Native => 0,
-        },
+        side,
+        side,
     );
     println!("images/s      {:.2}", n / total.as_secs_f64());
     println!("per image     {:.2} ms", ms(total));

@@ -12,7 +12,7 @@ use gradcam::image::InputSize;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::{load_network, parse_size, ModelArgs};
+use crate::{input_size, load_network, parse_size, ModelArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -26,8 +26,10 @@ pub struct EvalArgs {
     /// Comma-separated methods (default: all).
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
-    #[arg(long, default_value = "224", value_parser = parse_size)]
-    size: InputSize,
+    /// Model input size: an integer S resizes to S×S, `native` keeps each image's size
+    /// (default: the model's own input size if its file says, else 224).
+    #[arg(long, value_parser = parse_size)]
+    size: Option<InputSize>,
     /// §4.1 threshold, as a fraction of the map's max.
     #[arg(long, default_value_t = 0.15)]
     loc_threshold: f32,
@@ -51,6 +53,7 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let entries = manifest::load(&a.manifest)?;
     let net = load_network(&a.model)?;
+    let size = input_size(a.size, net.graph());
     let methods = if a.methods.is_empty() {
         Method::ALL.to_vec()
     } else {
@@ -64,7 +67,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     }
     let cfg = EvalConfig {
         layer: a.layer.clone(),
-        size: a.size,
+        size,
         methods,
         loc_threshold: a.loc_threshold,
         pointing_tolerance: a.pointing_tolerance,

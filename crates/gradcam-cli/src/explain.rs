@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::json;
 
-use crate::{inputs, load_network, parse_size, Device, ModelArgs};
+use crate::{input_size, inputs, load_network, parse_size, Device, ModelArgs};
 
 #[derive(Args)]
 pub struct ExplainArgs {
@@ -45,9 +45,10 @@ pub struct ExplainArgs {
     /// Score-CAM: masked images per forward pass.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     score_batch: u32,
-    /// Model input size: an integer S resizes to S×S; `native` keeps each image's size.
-    #[arg(long, default_value = "224", value_parser = parse_size)]
-    size: InputSize,
+    /// Model input size: an integer S resizes to S×S, `native` keeps each image's size
+    /// (default: the model's own input size if its file says, else 224).
+    #[arg(long, value_parser = parse_size)]
+    size: Option<InputSize>,
     /// Images per forward/backward pass.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
     batch: u32,
@@ -80,6 +81,7 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     }
     let net = load_network(&a.model)?;
     let graph = net.graph();
+    let size = input_size(a.size, graph);
     let layer = a
         .layer
         .clone()
@@ -108,7 +110,7 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         method: a.method,
         guided: a.guided,
         score_batch: a.score_batch as usize,
-        size: a.size,
+        size,
         overlay_full_res: true,
     };
     let stems = inputs::stems(&files);
@@ -153,7 +155,7 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         // Images of one batch must share an input size: group by it (native mode).
         let mut groups: Vec<((usize, usize), Vec<Job>)> = Vec::new();
         for j in jobs {
-            let hw = a.size.for_image(&j.image);
+            let hw = size.for_image(&j.image);
             match groups.iter_mut().find(|(k, _)| *k == hw) {
                 Some((_, g)) => g.push(j),
                 None => groups.push((hw, vec![j])),
@@ -176,6 +178,7 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
                                 arch: graph.arch.as_str(),
                                 method: a.method,
                                 counterfactual: a.counterfactual,
+                                labels: graph.labels.as_deref(),
                             },
                         )
                         .map_err(|e| format!("{e:#}"))
@@ -254,6 +257,7 @@ struct Meta<'a> {
     arch: &'a str,
     method: Method,
     counterfactual: bool,
+    labels: Option<&'a [String]>,
 }
 
 fn write_outputs(
@@ -271,6 +275,7 @@ fn write_outputs(
     gradcam::npy::write_f32(&npy, &[e.input_hw.0, e.input_hw.1], &e.cam)?;
     let mut channels: Vec<(usize, f32)> = e.weights.iter().copied().enumerate().collect();
     channels.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let label = |c: usize| m.labels.and_then(|l| l.get(c)).cloned();
     let report = json!({
         "image": src.display().to_string(),
         "model": m.arch,
@@ -278,7 +283,8 @@ fn write_outputs(
         "class": e.class,
         "logit": e.logit,
         "probability": e.probability,
-        "top5": e.top5.iter().map(|(c, l)| json!({"class": c, "logit": l})).collect::<Vec<_>>(),
+        "label": label(e.class),
+        "top5": e.top5.iter().map(|(c, l)| json!({"class": c, "label": label(*c), "logit": l})).collect::<Vec<_>>(),
         "layer": m.layer,
         "counterfactual": m.counterfactual,
         "map_size": [e.map_hw.0, e.map_hw.1],

@@ -5,23 +5,23 @@ use std::process::ExitCode;
 use clap::Args;
 use gradcam::image::InputSize;
 
-use crate::parse_size;
+use crate::{input_size, load_graph, parse_size};
 
 #[derive(Args)]
 pub struct LayersArgs {
-    /// Weights in safetensors with torchvision's state_dict names.
-    model: std::path::PathBuf,
+    /// Weights in safetensors with torchvision's state_dict names (default: the demo model).
+    model: Option<std::path::PathBuf>,
     /// Force the architecture instead of detecting it.
     #[arg(long)]
     arch: Option<String>,
-    /// Input size the shapes are computed for.
-    #[arg(long, default_value = "224", value_parser = parse_size)]
-    size: InputSize,
+    /// Input size the shapes are computed for (default: the model's own, else 224).
+    #[arg(long, value_parser = parse_size)]
+    size: Option<InputSize>,
 }
 
 pub fn run(a: LayersArgs) -> anyhow::Result<ExitCode> {
-    let g = gradcam::model::load(&a.model, a.arch.as_deref())?;
-    let hw = match a.size {
+    let g = load_graph(a.model.as_deref(), a.arch.as_deref())?;
+    let hw = match input_size(a.size, &g) {
         InputSize::Square(s) => s,
         InputSize::Native => anyhow::bail!("`layers` needs a numeric --size"),
     };

@@ -45,9 +45,10 @@ enum Cmd {
 /// Options shared by every command that loads a model.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Weights in safetensors with torchvision's state_dict names.
+    /// Weights in safetensors with torchvision's state_dict names (default: the bundled demo
+    /// model, a small ResNet trained on synthetic shapes; see assets/demo).
     #[arg(long, short)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Force the architecture instead of detecting it (vgg11..vgg19[_bn], resnet18..resnet152).
     #[arg(long)]
     arch: Option<String>,
@@ -100,10 +101,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// The demo model, compiled into the binary so the first run needs no files.
+static DEMO_MODEL: &[u8] = include_bytes!("../../../assets/demo/model.safetensors");
+
+/// The model named on the command line, or the bundled demo model.
+pub fn load_graph(
+    model: Option<&std::path::Path>,
+    arch: Option<&str>,
+) -> anyhow::Result<gradcam::model::Graph> {
+    let weights = match model {
+        Some(p) => gradcam::model::Weights::open(p)?,
+        None => gradcam::model::Weights::from_static("<bundled demo model>", DEMO_MODEL)?,
+    };
+    Ok(gradcam::model::build(&weights, arch)?)
+}
+
+/// `--size` if given, else the model's own input size (metadata), else 224.
+pub fn input_size(given: Option<InputSize>, g: &gradcam::model::Graph) -> InputSize {
+    given.or(g.input_size).unwrap_or(InputSize::Square(224))
+}
+
 pub fn load_network(
     m: &ModelArgs,
 ) -> anyhow::Result<gradcam::model::Network<gradcam::backend::CpuBackend>> {
-    let graph = gradcam::model::load(&m.model, m.arch.as_deref())?;
+    if m.model.is_none() {
+        eprintln!("note: no --model given: using the bundled demo model (8 synthetic shapes)");
+    }
+    let graph = load_graph(m.model.as_deref(), m.arch.as_deref())?;
     let backend = gradcam::backend::CpuBackend::fast();
     Ok(gradcam::model::Network::new(graph, backend)?)
 }

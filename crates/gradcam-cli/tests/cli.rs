@@ -227,3 +227,80 @@ fn methods_and_guided_outputs() {
     ]);
     assert!(!o.status.success() && stderr(&o).contains("gradcam++"));
 }
+
+#[test]
+fn the_bundled_demo_model_is_the_default_and_names_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/images");
+    let out = dir.path().join("o");
+    let o = gradcam(&[
+        "explain",
+        demo.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bundled demo model"));
+    for shape in [
+        "circle", "square", "triangle", "star", "cross", "ring", "diamond", "hexagon",
+    ] {
+        let js: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("{shape}.json"))).unwrap(),
+        )
+        .unwrap();
+        // The model's metadata gives its input size (128) and class names; it is right on its demos.
+        assert_eq!(js["input_size"], serde_json::json!([128, 128]));
+        assert_eq!(js["label"], shape, "{shape}: predicted {}", js["label"]);
+    }
+}
+
+#[test]
+fn eval_prints_a_table_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let heldout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/heldout");
+    // The first 8 rows keep the test quick.
+    let rows: Vec<String> = std::fs::read_to_string(heldout.join("manifest.csv"))
+        .unwrap()
+        .lines()
+        .take(9)
+        .map(String::from)
+        .collect();
+    let manifest = dir.path().join("m.csv");
+    let rows: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                l.clone()
+            } else {
+                format!("{}/{l}", heldout.display())
+            }
+        })
+        .collect();
+    std::fs::write(&manifest, rows.join("\n") + "\n").unwrap();
+    let report = dir.path().join("r.json");
+    let o = gradcam(&[
+        "eval",
+        manifest.to_str().unwrap(),
+        "--methods",
+        "gradcam,layercam",
+        "--curve-steps",
+        "4",
+        "--occlusion-patch",
+        "32",
+        "-o",
+        report.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("gradcam") && table.contains("layercam") && table.contains("centre-prior"),
+        "{table}"
+    );
+    let js: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(js["images"].as_array().unwrap().len(), 8);
+    assert_eq!(js["aggregate"].as_array().unwrap().len(), 3);
+    let o = gradcam(&["eval", "/no/such/manifest.csv"]);
+    assert_eq!(o.status.code(), Some(2));
+}

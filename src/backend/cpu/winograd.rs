@@ -24,7 +24,11 @@ pub fn transform_weights(w: &Tensor) -> Tensor {
     // Transformed per filter (k-major, parallel), then laid out ξ-major for the GEMMs.
     let per_k: Vec<Vec<[f32; 16]>> = (0..k)
         .into_par_iter()
-        .map(|ki| (0..c).map(|ci| transform_filter(&w.data()[(ki * c + ci) * 9..(ki * c + ci + 1) * 9])).collect())
+        .map(|ki| {
+            (0..c)
+                .map(|ci| transform_filter(&w.data()[(ki * c + ci) * 9..(ki * c + ci + 1) * 9]))
+                .collect()
+        })
         .collect();
     let mut u = vec![0f32; 16 * k * c];
     for (ki, filters) in per_k.iter().enumerate() {
