@@ -5,11 +5,14 @@
 # 64 overlay PNGs out, batch 8. Needs the tools venv (python -m venv .venv-tools &&
 # .venv-tools/bin/pip install -r tools/requirements.txt) and a release build.
 #
-#   scripts/bench-compare.sh [N_IMAGES] [THREADS]    → bench-out/results.txt
+#   scripts/bench-compare.sh [N_IMAGES] [THREADS] [REPEATS]    → bench-out/results.txt
+# Each command runs REPEATS times (default 3) in turn with the others; the median time and the
+# largest peak RSS are reported (this shared machine's speed drifts by ±10 % between runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-64}
 threads=${2:-$(nproc)}
+repeats=${3:-3}
 py=.venv-tools/bin/python
 bin=target/release/gradcam
 work=bench-out
@@ -20,15 +23,19 @@ export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads RAYON_NUM_THREADS=$thre
 results=$work/results.txt
 {
   echo "# $(date -u +%F) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $threads threads, $n images 224x224, batch 8"
-  echo "# tool arch seconds images_per_s peak_rss_mb"
+  echo "# median of $repeats runs; tool arch seconds images_per_s peak_rss_mb"
 } >"$results"
 
 timed() { # label arch command...
   local label=$1 arch=$2; shift 2
-  local t
-  t=$( { /usr/bin/time -f "%e %M" "$@" >/dev/null 2>"$work/last.err"; } 2>&1 | tail -1) || true
-  t=$(tail -1 "$work/last.err")
-  local secs=${t% *} kb=${t#* }
+  local times=() kb=0
+  for _ in $(seq "$repeats"); do
+    /usr/bin/time -f "%e %M" "$@" >/dev/null 2>"$work/last.err" || { tail -5 "$work/last.err"; return 1; }
+    local t; t=$(tail -1 "$work/last.err")
+    times+=("${t% *}")
+    [ "${t#* }" -gt "$kb" ] && kb=${t#* }
+  done
+  local secs; secs=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (repeats + 1) / 2 ))p")
   printf '%-16s %-9s %7.2f %7.2f %7.0f\n' "$label" "$arch" "$secs" "$(echo "$n / $secs" | bc -l)" "$(echo "$kb / 1024" | bc -l)" | tee -a "$results"
 }
 

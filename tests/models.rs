@@ -162,6 +162,7 @@ fn pre_bn_conv_layers_give_the_raw_conv_output() {
             None,
             None,
             &gradcam::backend::Conv2dParams::new(1, 1),
+            false,
         )
         .unwrap();
     let err = conv.activation.max_abs_diff(&raw);

@@ -197,18 +197,14 @@ fn conv2d_fwd_and_bwd_data_fast_match_naive() {
         let x = rng.tensor(&[cc.n, cc.c, cc.h, cc.w], -1.0, 1.0);
         let w = rng.tensor(&[cc.k, cc.c / cc.p.groups, cc.r, cc.s], -1.0, 1.0);
         let b = rng.tensor(&[cc.k], -1.0, 1.0);
-        for bias in [None, Some(&b)] {
-            let y_ref = reference.conv2d_fwd(&x, &w, None, bias, &cc.p).unwrap();
-            let y = fast
-                .conv2d_fwd(
-                    &x,
-                    &w,
-                    fast.conv2d_prepare(&w, &cc.p).unwrap().as_ref(),
-                    bias,
-                    &cc.p,
-                )
-                .unwrap();
-            close(&format!("conv2d_fwd case {i}"), &y, &y_ref);
+        let prepared = fast.conv2d_prepare(&w, &cc.p).unwrap();
+        for (bias, relu) in [(None, false), (Some(&b), false), (Some(&b), true)] {
+            let y_ref = reference.conv2d_fwd(&x, &w, None, bias, &cc.p, relu).unwrap();
+            // With the filters prepared at load time, and transformed on the fly.
+            for prep in [prepared.as_ref(), None] {
+                let y = fast.conv2d_fwd(&x, &w, prep, bias, &cc.p, relu).unwrap();
+                close(&format!("conv2d_fwd case {i} relu {relu}"), &y, &y_ref);
+            }
         }
         let (oh, ow) = cc.p.out_hw((cc.h, cc.w), (cc.r, cc.s)).unwrap();
         let dy = rng.tensor(&[cc.n, cc.k, oh, ow], -1.0, 1.0);

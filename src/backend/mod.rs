@@ -49,7 +49,9 @@ pub trait Backend: Send + Sync {
     /// Winograd-transformed filters); None when the backend has no use for one.
     fn conv2d_prepare(&self, w: &Self::Tensor, p: &Conv2dParams) -> Result<Option<Self::Tensor>>;
     /// `F.conv2d(x, w, b, stride, padding, dilation, groups)`; x [N,C,H,W], w [K,C/g,R,S];
-    /// `prepared` is what [`Backend::conv2d_prepare`] made of w, if anything.
+    /// `prepared` is what [`Backend::conv2d_prepare`] made of w, if anything; `relu` applies
+    /// a ReLU to the output in the same pass (for a conv whose output only feeds a ReLU).
+    #[allow(clippy::too_many_arguments)]
     fn conv2d_fwd(
         &self,
         x: &Self::Tensor,
@@ -57,6 +59,7 @@ pub trait Backend: Send + Sync {
         prepared: Option<&Self::Tensor>,
         b: Option<&Self::Tensor>,
         p: &Conv2dParams,
+        relu: bool,
     ) -> Result<Self::Tensor>;
     /// ∂L/∂x of conv2d given ∂L/∂y (`torch.nn.grad.conv2d_input`); `in_hw` is x's H×W.
     fn conv2d_bwd_data(

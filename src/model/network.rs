@@ -281,10 +281,26 @@ impl<B: Backend> Network<B> {
         let nodes = &self.graph.nodes;
         let n = nodes.len();
         let mut last_use = vec![0; n];
+        let mut uses = vec![0usize; n];
         for (i, node) in nodes.iter().enumerate() {
-            node.inputs.iter().for_each(|&j| last_use[j] = i);
+            node.inputs.iter().for_each(|&j| {
+                last_use[j] = i;
+                uses[j] += 1;
+            });
         }
         last_use[n - 1] = n;
+        // A conv whose output only feeds the next node, a ReLU, and is not kept: the conv
+        // applies the ReLU itself and the ReLU node takes the value over.
+        let fused: Vec<bool> = (0..n)
+            .map(|i| {
+                matches!(nodes[i].op, Op::Conv { .. })
+                    && i + 1 < n
+                    && matches!(nodes[i + 1].op, Op::Relu)
+                    && nodes[i + 1].inputs == [i]
+                    && uses[i] == 1
+                    && !keep[i]
+            })
+            .collect();
         let mut vals: Vec<Option<B::Tensor>> = (0..n).map(|_| None).collect();
         vals[0] = Some(x);
         for i in 1..n {
@@ -307,7 +323,9 @@ impl<B: Backend> Network<B> {
                     self.prepared[i].as_ref(),
                     b.as_ref().map(param),
                     p,
+                    fused[i],
                 )?,
+                Op::Relu if fused[inp] => vals[inp].take().expect("value alive"),
                 Op::Relu => {
                     let x = owned(&mut vals)?;
                     be.relu_fwd(x)?

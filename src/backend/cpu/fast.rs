@@ -166,14 +166,21 @@ impl Geom {
     }
 }
 
-/// `prepared`: the Winograd-transformed filters when the conv qualifies (made at load time).
+/// `prepared`: the Winograd-transformed filters when the conv qualifies (made at load time);
+/// `relu`: applied to each image's output while it is still in cache.
 pub fn conv2d_fwd(
     x: &Tensor,
     w: &Tensor,
     prepared: Option<&Tensor>,
     b: Option<&Tensor>,
     p: &Conv2dParams,
+    relu: bool,
 ) -> Tensor {
+    let epilogue = |yi: &mut [f32]| {
+        if relu {
+            yi.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    };
     let (n, c, h, wd) = x.dims4();
     let (k, cg, r, s) = w.dims4();
     let (oh, ow) = p.out_hw((h, wd), (r, s)).expect("kernel larger than input");
@@ -211,7 +218,8 @@ pub fn conv2d_fwd(
             bias: b.map(|b| b.data()),
         };
         per_image(n, y.data_mut(), k * ohw, |ni, yi, par| {
-            plan.run(&x.data()[ni * c * h * wd..(ni + 1) * c * h * wd], yi, par)
+            plan.run(&x.data()[ni * c * h * wd..(ni + 1) * c * h * wd], yi, par);
+            epilogue(yi);
         });
         return y;
     }
@@ -261,6 +269,7 @@ pub fn conv2d_fwd(
                 });
             }
         }
+        epilogue(yi);
     });
     y
 }

@@ -59,11 +59,17 @@ impl Backend for CpuBackend {
         prepared: Option<&Tensor>,
         b: Option<&Tensor>,
         p: &Conv2dParams,
+        relu: bool,
     ) -> Result<Tensor> {
         Ok(if self.reference {
-            naive::conv2d_fwd(x, w, b, p)
+            let y = naive::conv2d_fwd(x, w, b, p);
+            if relu {
+                naive::relu_fwd(&y)
+            } else {
+                y
+            }
         } else {
-            fast::conv2d_fwd(x, w, prepared, b, p)
+            fast::conv2d_fwd(x, w, prepared, b, p, relu)
         })
     }
     fn conv2d_bwd_data(
