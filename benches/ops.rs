@@ -81,7 +81,10 @@ fn conv(c: &mut Criterion) {
         group.throughput(Throughput::Elements(macs));
         let prepared = be.conv2d_prepare(&w, &p).unwrap();
         group.bench_function(BenchmarkId::new("conv2d_fwd", s.name), |b| {
-            b.iter(|| be.conv2d_fwd(&x, &w, prepared.as_ref(), None, &p, false).unwrap())
+            b.iter(|| {
+                be.conv2d_fwd(&x, &w, prepared.as_ref(), None, &p, false)
+                    .unwrap()
+            })
         });
         group.bench_function(BenchmarkId::new("conv2d_bwd_data", s.name), |b| {
             b.iter(|| be.conv2d_bwd_data(&dy, &w, (s.hw, s.hw), &p).unwrap())

@@ -199,7 +199,9 @@ fn conv2d_fwd_and_bwd_data_fast_match_naive() {
         let b = rng.tensor(&[cc.k], -1.0, 1.0);
         let prepared = fast.conv2d_prepare(&w, &cc.p).unwrap();
         for (bias, relu) in [(None, false), (Some(&b), false), (Some(&b), true)] {
-            let y_ref = reference.conv2d_fwd(&x, &w, None, bias, &cc.p, relu).unwrap();
+            let y_ref = reference
+                .conv2d_fwd(&x, &w, None, bias, &cc.p, relu)
+                .unwrap();
             // With the filters prepared at load time, and transformed on the fly.
             for prep in [prepared.as_ref(), None] {
                 let y = fast.conv2d_fwd(&x, &w, prep, bias, &cc.p, relu).unwrap();

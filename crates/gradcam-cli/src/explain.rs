@@ -251,6 +251,21 @@ fn strip_path(msg: &str, path: &Path) -> String {
     msg.strip_prefix(&prefix).unwrap_or(msg).to_string()
 }
 
+/// PNG with fast compression (OpenCV's `imwrite` default is level 1 too): the overlay of a
+/// large photograph otherwise costs more to compress than to explain.
+fn save_png(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let enc = PngEncoder::new_with_quality(
+        std::io::BufWriter::new(file),
+        CompressionType::Fast,
+        FilterType::Adaptive,
+    );
+    img.write_with_encoder(enc)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// What every JSON report repeats.
 struct Meta<'a> {
     layer: &'a str,
@@ -268,9 +283,7 @@ fn write_outputs(
     m: &Meta,
 ) -> anyhow::Result<()> {
     let png = out.join(format!("{stem}.overlay.png"));
-    e.overlay
-        .save(&png)
-        .with_context(|| format!("writing {}", png.display()))?;
+    save_png(&e.overlay, &png)?;
     let npy = out.join(format!("{stem}.cam.npy"));
     gradcam::npy::write_f32(&npy, &[e.input_hw.0, e.input_hw.1], &e.cam)?;
     let mut channels: Vec<(usize, f32)> = e.weights.iter().copied().enumerate().collect();
@@ -297,8 +310,7 @@ fn write_outputs(
     if let Some((gb, ggc)) = &e.guided {
         for (img, name) in [(gb, "guided"), (ggc, "guided_gradcam")] {
             let p = out.join(format!("{stem}.{name}.png"));
-            img.save(&p)
-                .with_context(|| format!("writing {}", p.display()))?;
+            save_png(img, &p)?;
         }
     }
     let js = out.join(format!("{stem}.json"));
