@@ -79,28 +79,42 @@ pub fn build(w: &Weights, arch: Option<&str>) -> Result<Graph> {
     Ok(g)
 }
 
-fn build_forced(w: &Weights, arch: &str) -> Result<Graph> {
+/// A standard torchvision layout named by one of [`ARCHS`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standard {
+    Vgg { items: Vec<vgg::Item>, bn: bool },
+    ResNet(resnet::Spec),
+}
+
+/// Parses one of [`ARCHS`].
+pub fn standard(arch: &str) -> Result<Standard> {
     let unknown = || Error::UnknownArch(format!("`{arch}` is not one of {}", ARCHS.join(", ")));
     if let Some(rest) = arch.strip_prefix("vgg") {
-        let (depth, bn) = match rest.strip_suffix("_bn") {
-            Some(d) => (d, true),
-            None => (rest, false),
-        };
+        let (depth, bn) = rest
+            .strip_suffix("_bn")
+            .map_or((rest, false), |d| (d, true));
         let items = depth
             .parse()
             .ok()
             .and_then(vgg::standard)
             .ok_or_else(unknown)?;
-        vgg::build(w, &items, bn, arch.to_string())
+        Ok(Standard::Vgg { items, bn })
     } else if let Some(depth) = arch.strip_prefix("resnet") {
         let spec = depth
             .parse()
             .ok()
             .and_then(resnet::Spec::standard)
             .ok_or_else(unknown)?;
-        resnet::build(w, &spec, arch.to_string())
+        Ok(Standard::ResNet(spec))
     } else {
         Err(unknown())
+    }
+}
+
+fn build_forced(w: &Weights, arch: &str) -> Result<Graph> {
+    match standard(arch)? {
+        Standard::Vgg { items, bn } => vgg::build(w, &items, bn, arch.to_string()),
+        Standard::ResNet(spec) => resnet::build(w, &spec, arch.to_string()),
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 
-use super::{resnet, vgg};
+use super::vgg;
 use crate::{Error, Result, Tensor};
 
 /// splitmix64: tiny, deterministic, good enough for weights.
@@ -76,89 +76,71 @@ pub fn state_dict(
     num_classes: usize,
     seed: u64,
 ) -> Result<Vec<(String, Tensor)>> {
-    let unknown = || {
-        Error::UnknownArch(format!(
-            "`{arch}` is not one of {}",
-            super::ARCHS.join(", ")
-        ))
-    };
     let div = div.max(1);
     let mut d = Dict {
         rng: Rng::new(seed),
         out: Vec::new(),
     };
-    if let Some(rest) = arch.strip_prefix("vgg") {
-        let (depth, bn) = rest
-            .strip_suffix("_bn")
-            .map_or((rest, false), |d| (d, true));
-        let items = depth
-            .parse()
-            .ok()
-            .and_then(vgg::standard)
-            .ok_or_else(unknown)?;
-        let widths = [64, 128, 256, 512, 512].map(|c| (c / div).max(1));
-        let (mut idx, mut stage, mut cin) = (0, 0, 3);
-        for it in items {
-            match it {
-                vgg::Item::Conv => {
-                    let c = widths[stage];
-                    d.conv(&format!("features.{idx}"), c, cin, 3, true);
-                    if bn {
-                        d.bn(&format!("features.{}", idx + 1), c);
-                        idx += 1;
+    match super::standard(arch)? {
+        super::Standard::Vgg { items, bn } => {
+            let widths = [64, 128, 256, 512, 512].map(|c| (c / div).max(1));
+            let (mut idx, mut stage, mut cin) = (0, 0, 3);
+            for it in items {
+                match it {
+                    vgg::Item::Conv => {
+                        let c = widths[stage];
+                        d.conv(&format!("features.{idx}"), c, cin, 3, true);
+                        if bn {
+                            d.bn(&format!("features.{}", idx + 1), c);
+                            idx += 1;
+                        }
+                        idx += 2;
+                        cin = c;
                     }
-                    idx += 2;
-                    cin = c;
-                }
-                vgg::Item::Pool => {
-                    idx += 1;
-                    stage += 1;
+                    vgg::Item::Pool => {
+                        idx += 1;
+                        stage += 1;
+                    }
                 }
             }
+            let hidden = (4096 / div).max(1);
+            d.linear("classifier.0", hidden, cin * 49);
+            d.linear("classifier.3", hidden, hidden);
+            d.linear("classifier.6", num_classes, hidden);
         }
-        let hidden = (4096 / div).max(1);
-        d.linear("classifier.0", hidden, cin * 49);
-        d.linear("classifier.3", hidden, hidden);
-        d.linear("classifier.6", num_classes, hidden);
-    } else if let Some(depth) = arch.strip_prefix("resnet") {
-        let spec = depth
-            .parse()
-            .ok()
-            .and_then(resnet::Spec::standard)
-            .ok_or_else(unknown)?;
-        let exp = if spec.bottleneck { 4 } else { 1 };
-        let stem = (64 / div).max(1);
-        d.conv("conv1", stem, 3, 7, false);
-        d.bn("bn1", stem);
-        let mut cin = stem;
-        for (l, &n) in spec.blocks.iter().enumerate() {
-            let planes = ((64 << l) / div).max(1);
-            for i in 0..n {
-                let p = format!("layer{}.{i}", l + 1);
-                if spec.bottleneck {
-                    d.conv(&format!("{p}.conv1"), planes, cin, 1, false);
-                    d.bn(&format!("{p}.bn1"), planes);
-                    d.conv(&format!("{p}.conv2"), planes, planes, 3, false);
-                    d.bn(&format!("{p}.bn2"), planes);
-                    d.conv(&format!("{p}.conv3"), planes * exp, planes, 1, false);
-                    d.bn(&format!("{p}.bn3"), planes * exp);
-                } else {
-                    d.conv(&format!("{p}.conv1"), planes, cin, 3, false);
-                    d.bn(&format!("{p}.bn1"), planes);
-                    d.conv(&format!("{p}.conv2"), planes, planes, 3, false);
-                    d.bn(&format!("{p}.bn2"), planes);
+        super::Standard::ResNet(spec) => {
+            let exp = if spec.bottleneck { 4 } else { 1 };
+            let stem = (64 / div).max(1);
+            d.conv("conv1", stem, 3, 7, false);
+            d.bn("bn1", stem);
+            let mut cin = stem;
+            for (l, &n) in spec.blocks.iter().enumerate() {
+                let planes = ((64 << l) / div).max(1);
+                for i in 0..n {
+                    let p = format!("layer{}.{i}", l + 1);
+                    if spec.bottleneck {
+                        d.conv(&format!("{p}.conv1"), planes, cin, 1, false);
+                        d.bn(&format!("{p}.bn1"), planes);
+                        d.conv(&format!("{p}.conv2"), planes, planes, 3, false);
+                        d.bn(&format!("{p}.bn2"), planes);
+                        d.conv(&format!("{p}.conv3"), planes * exp, planes, 1, false);
+                        d.bn(&format!("{p}.bn3"), planes * exp);
+                    } else {
+                        d.conv(&format!("{p}.conv1"), planes, cin, 3, false);
+                        d.bn(&format!("{p}.bn1"), planes);
+                        d.conv(&format!("{p}.conv2"), planes, planes, 3, false);
+                        d.bn(&format!("{p}.bn2"), planes);
+                    }
+                    let stride = if l > 0 && i == 0 { 2 } else { 1 };
+                    if stride != 1 || cin != planes * exp {
+                        d.conv(&format!("{p}.downsample.0"), planes * exp, cin, 1, false);
+                        d.bn(&format!("{p}.downsample.1"), planes * exp);
+                    }
+                    cin = planes * exp;
                 }
-                let stride = if l > 0 && i == 0 { 2 } else { 1 };
-                if stride != 1 || cin != planes * exp {
-                    d.conv(&format!("{p}.downsample.0"), planes * exp, cin, 1, false);
-                    d.bn(&format!("{p}.downsample.1"), planes * exp);
-                }
-                cin = planes * exp;
             }
+            d.linear("fc", num_classes, cin);
         }
-        d.linear("fc", num_classes, cin);
-    } else {
-        return Err(unknown());
     }
     Ok(d.out)
 }
