@@ -165,9 +165,9 @@ pub fn explain_batch<B: Backend>(
 }
 
 fn resize_rgb(img: &RgbImage, (h, w): (usize, usize)) -> RgbImage {
-    let unit: Vec<f32> = img.as_raw().iter().map(|&v| v as f32).collect();
-    let r =
-        crate::image::resize_bilinear(&unit, img.height() as usize, img.width() as usize, 3, h, w);
+    let src = img.as_raw();
+    let dims = (img.height() as usize, img.width() as usize, 3);
+    let r = crate::image::resize_with(|i| src[i] as f32, dims, (h, w));
     let px = r
         .iter()
         .map(|v| v.round().clamp(0.0, 255.0) as u8)

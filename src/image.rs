@@ -65,22 +65,29 @@ pub fn resize_bilinear(
     ow: usize,
 ) -> Vec<f32> {
     assert_eq!(src.len(), h * w * c);
+    resize_with(|i| src[i], (h, w, c), (oh, ow))
+}
+
+/// The same resize reading the source through `at(flat index)`, so 8-bit images are converted
+/// on the fly instead of being copied whole to f32 first.
+pub fn resize_with(
+    at: impl Fn(usize) -> f32,
+    (h, w, c): (usize, usize, usize),
+    (oh, ow): (usize, usize),
+) -> Vec<f32> {
     if (h, w) == (oh, ow) {
-        return src.to_vec();
+        return (0..h * w * c).map(at).collect();
     }
     let ty = axis_table(h, oh);
     let tx = axis_table(w, ow);
     let mut out = vec![0f32; oh * ow * c];
     for (oy, &(y0, y1, fy)) in ty.iter().enumerate() {
-        let (r0, r1) = (
-            &src[y0 * w * c..(y0 + 1) * w * c],
-            &src[y1 * w * c..(y1 + 1) * w * c],
-        );
+        let (r0, r1) = (y0 * w * c, y1 * w * c);
         let row = &mut out[oy * ow * c..(oy + 1) * ow * c];
         for (ox, &(x0, x1, fx)) in tx.iter().enumerate() {
             for ch in 0..c {
-                let top = r0[x0 * c + ch] * (1.0 - fx) + r0[x1 * c + ch] * fx;
-                let bot = r1[x0 * c + ch] * (1.0 - fx) + r1[x1 * c + ch] * fx;
+                let top = at(r0 + x0 * c + ch) * (1.0 - fx) + at(r0 + x1 * c + ch) * fx;
+                let bot = at(r1 + x0 * c + ch) * (1.0 - fx) + at(r1 + x1 * c + ch) * fx;
                 row[ox * c + ch] = top * (1.0 - fy) + bot * fy;
             }
         }
@@ -109,8 +116,8 @@ impl InputSize {
 /// RGB8 → [0,1] → resize to (h, w) → ImageNet normalisation, written as CHW into `out`.
 pub fn preprocess_into(img: &RgbImage, (h, w): (usize, usize), out: &mut [f32]) {
     let (ih, iw) = (img.height() as usize, img.width() as usize);
-    let unit: Vec<f32> = img.as_raw().iter().map(|&v| v as f32 / 255.0).collect();
-    let hwc = resize_bilinear(&unit, ih, iw, 3, h, w);
+    let px = img.as_raw();
+    let hwc = resize_with(|i| px[i] as f32 / 255.0, (ih, iw, 3), (h, w));
     for c in 0..3 {
         let plane = &mut out[c * h * w..(c + 1) * h * w];
         for (i, v) in plane.iter_mut().enumerate() {

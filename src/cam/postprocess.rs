@@ -33,17 +33,15 @@ pub fn overlay(img: &RgbImage, m: &[f32]) -> RgbImage {
     const W: f32 = 0.5;
     let px = img.as_raw();
     assert_eq!(px.len(), m.len() * 3, "map and image sizes differ");
-    let mut c = vec![0f32; px.len()];
-    let mut max = 0f32;
-    for (i, &v) in m.iter().enumerate() {
-        let heat = JET[(255.0 * v) as u8 as usize];
-        for ch in 0..3 {
-            let x = (1.0 - W) * (heat[ch] as f32 / 255.0) + W * (px[i * 3 + ch] as f32 / 255.0);
-            c[i * 3 + ch] = x;
-            max = max.max(x);
-        }
-    }
-    let out = c.iter().map(|&x| (255.0 * (x / max)) as u8).collect();
+    let blend = |i: usize, ch: usize| {
+        let heat = JET[(255.0 * m[i]) as u8 as usize];
+        (1.0 - W) * (heat[ch] as f32 / 255.0) + W * (px[i * 3 + ch] as f32 / 255.0)
+    };
+    // Two passes (max, then bytes) instead of a full-size f32 buffer: photographs are large.
+    let max = (0..px.len()).fold(0f32, |mx, j| mx.max(blend(j / 3, j % 3)));
+    let out = (0..px.len())
+        .map(|j| (255.0 * (blend(j / 3, j % 3) / max)) as u8)
+        .collect();
     RgbImage::from_raw(img.width(), img.height(), out).expect("same size as the input")
 }
 
