@@ -66,6 +66,8 @@ struct Job {
 pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let (files, mut failures) = inputs::collect(&a.inputs);
+    // Inputs that never became files (missing paths, empty folders) count in the total too.
+    let unreadable = failures.len();
     for (p, why) in &failures {
         eprintln!("error: {}: {why}", p.display());
     }
@@ -203,7 +205,7 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "explained {done} of {} images in {secs:.2}s ({:.2} images/s; Grad-CAM {:.2}s, \
          preprocess {:.2}s, post-processing {:.2}s) → {}",
-        files.len() + failures.iter().filter(|f| !files.contains(&f.0)).count(),
+        files.len() + unreadable,
         done as f64 / secs,
         timings.cam.as_secs_f64(),
         timings.preprocess.as_secs_f64(),
