@@ -6,6 +6,7 @@
 //! backend can work in place (ReLU, residual add) and the forward pass frees what it can.
 
 pub mod cpu;
+pub mod emu;
 mod params;
 
 pub use cpu::CpuBackend;
