@@ -71,4 +71,36 @@ fn main() {
     std::fs::write(&table_path, table).unwrap();
     build.file(table_path).file(kernels.join("emu/launch.cpp"));
     build.compile("gradcam_emu");
+
+    // The same sources embedded for NVRTC (run-time compilation on a real GPU).
+    let mut embed = String::from("/// Kernel files (name, source), embedded by build.rs.\npub const SOURCES: &[(&str, &str)] = &[\n");
+    for f in &files {
+        let name = f.file_name().unwrap().to_string_lossy();
+        writeln!(
+            embed,
+            "    (\"{name}\", include_str!({:?})),",
+            f.display().to_string()
+        )
+        .unwrap();
+    }
+    embed.push_str(
+        "];\n/// Headers the kernel files include.\npub const HEADERS: &[(&str, &str)] = &[\n",
+    );
+    let mut headers: Vec<PathBuf> = std::fs::read_dir(&kernels)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "cuh"))
+        .collect();
+    headers.sort();
+    for h in &headers {
+        let name = h.file_name().unwrap().to_string_lossy();
+        writeln!(
+            embed,
+            "    (\"{name}\", include_str!({:?})),",
+            h.display().to_string()
+        )
+        .unwrap();
+    }
+    embed.push_str("];\n");
+    std::fs::write(out.join("kernel_sources.rs"), embed).unwrap();
 }

@@ -7,6 +7,8 @@
 
 pub mod cpu;
 pub mod emu;
+pub mod kernels;
+pub mod nvrtc;
 mod params;
 
 pub use cpu::CpuBackend;

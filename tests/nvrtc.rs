@@ -1,0 +1,61 @@
+//! Every kernel file compiles with NVRTC for sm_80 and sm_90 (CUBIN) and to PTX. Needs
+//! libnvrtc (no GPU): skipped when it cannot be found, unless GRADCAM_REQUIRE_NVRTC is set
+//! (.ci/run sets it and installs nvidia-cuda-nvrtc from PyPI).
+
+use gradcam::backend::kernels::SOURCES;
+use gradcam::backend::nvrtc::{Nvrtc, Target};
+
+fn nvrtc() -> Option<Nvrtc> {
+    match Nvrtc::find() {
+        Ok(n) => Some(n),
+        Err(e) if std::env::var_os("GRADCAM_REQUIRE_NVRTC").is_some() => panic!("{e}"),
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90() {
+    let Some(n) = nvrtc() else { return };
+    eprintln!(
+        "NVRTC {}.{} from {}",
+        n.version.0,
+        n.version.1,
+        n.path().display()
+    );
+    assert!(!SOURCES.is_empty());
+    for (file, _) in SOURCES {
+        for arch in ["sm_80", "sm_90"] {
+            let cubin = n.compile(file, arch, Target::Cubin).unwrap();
+            assert_eq!(
+                &cubin[..4],
+                b"\x7fELF",
+                "{file} {arch}: a CUBIN is an ELF file"
+            );
+        }
+        let ptx = String::from_utf8(n.compile(file, "sm_80", Target::Ptx).unwrap()).unwrap();
+        // Each extern "C" entry point keeps its name (no C++ mangling).
+        for line in SOURCES.iter().find(|(f, _)| f == file).unwrap().1.lines() {
+            if let Some(rest) = line.strip_prefix("extern \"C\" __global__ void ") {
+                let name = rest.split('(').next().unwrap();
+                assert!(
+                    ptx.contains(&format!(".entry {name}(")),
+                    "{file}: {name} missing from PTX"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn compiler_errors_name_the_file_and_show_the_log() {
+    let Some(n) = nvrtc() else { return };
+    let e = n
+        .compile("cam.cu", "sm_1", Target::Cubin)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cam.cu") || e.contains("status"), "{e}");
+    assert!(n.compile("nope.cu", "sm_90", Target::Cubin).is_err());
+}
