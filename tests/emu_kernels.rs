@@ -105,3 +105,145 @@ fn bad_launches_are_errors() {
     };
     assert!(e.unwrap_err().to_string().contains("geometry"));
 }
+
+/// 1-D launch covering `total` elements with 256-thread blocks, at most 64 blocks so the
+/// grid-stride loops are exercised too.
+fn run1d(name: &str, total: usize, args: &mut [Arg]) {
+    let blocks = total.div_ceil(256).clamp(1, 64) as u32;
+    unsafe { emu::launch(name, [blocks, 1, 1], [256, 1, 1], 0, args) }.unwrap();
+}
+
+#[test]
+fn pointwise_kernels_match_the_cpu_oracle() {
+    let mut rng = Rng::new(12);
+    for shape in [[1, 1, 1, 1], [2, 3, 5, 7], [3, 16, 37, 41]] {
+        let x = rng.tensor(&shape, -1.0, 1.0);
+        let n = x.len() as i32;
+        let mut y = x.data().to_vec();
+        run1d(
+            "relu_fwd_f32",
+            x.len(),
+            &mut [Arg::Out(&mut y), Arg::I32(n)],
+        );
+        let want = naive::relu_fwd(&x);
+        close("relu_fwd_f32", &y, &want);
+        let dy = rng.tensor(&shape, -1.0, 1.0);
+        for guided in [false, true] {
+            let mut g = dy.data().to_vec();
+            run1d(
+                "relu_bwd_f32",
+                x.len(),
+                &mut [
+                    Arg::In(want.data()),
+                    Arg::Out(&mut g),
+                    Arg::I32(n),
+                    Arg::I32(guided as i32),
+                ],
+            );
+            close("relu_bwd_f32", &g, &naive::relu_bwd(&want, &dy, guided));
+        }
+        let mut a = x.data().to_vec();
+        run1d(
+            "add_f32",
+            x.len(),
+            &mut [Arg::Out(&mut a), Arg::In(dy.data()), Arg::I32(n)],
+        );
+        close("add_f32", &a, &naive::add(&x, &dy));
+        let c = shape[1];
+        let (s, t): (Vec<f32>, Vec<f32>) = (0..c).map(|i| (0.5 + i as f32, -(i as f32))).unzip();
+        let mut v = x.data().to_vec();
+        let hw = (shape[2] * shape[3]) as i32;
+        run1d(
+            "channel_affine_f32",
+            x.len(),
+            &mut [
+                Arg::Out(&mut v),
+                Arg::In(&s),
+                Arg::In(&t),
+                Arg::I32(c as i32),
+                Arg::I32(hw),
+                Arg::I32(n),
+            ],
+        );
+        close("channel_affine_f32", &v, &naive::channel_affine(&x, &s, &t));
+    }
+}
+
+#[test]
+fn pool_kernels_match_the_cpu_oracle() {
+    use gradcam::backend::Pool2dParams;
+    let mut rng = Rng::new(13);
+    for (shape, p) in [
+        ([2, 3, 9, 7], Pool2dParams::new(2, 2, 0)),
+        ([1, 4, 13, 12], Pool2dParams::new(3, 2, 1)),
+        ([2, 2, 56, 56], Pool2dParams::new(3, 2, 1)),
+    ] {
+        let mut x = rng.tensor(&shape, -1.0, 1.0);
+        x.data_mut().iter_mut().step_by(3).for_each(|v| *v = 0.0); // ties, as after a ReLU
+        let (planes, h, w) = (shape[0] * shape[1], shape[2], shape[3]);
+        let (oh, ow) = p.out_hw((h, w)).unwrap();
+        let geom = |a: &mut Vec<Arg>| {
+            for v in [
+                planes,
+                h,
+                w,
+                oh,
+                ow,
+                p.kernel.0,
+                p.kernel.1,
+                p.stride.0,
+                p.stride.1,
+                p.padding.0,
+                p.padding.1,
+            ] {
+                a.push(Arg::I32(v as i32));
+            }
+        };
+        let mut y = vec![f32::NAN; planes * oh * ow];
+        let mut args = vec![Arg::In(x.data()), Arg::Out(&mut y)];
+        geom(&mut args);
+        run1d("max_pool2d_fwd_f32", planes * oh * ow, &mut args);
+        let want = naive::max_pool2d_fwd(&x, &p);
+        close("max_pool2d_fwd_f32", &y, &want);
+        let dy = rng.tensor(want.shape(), -1.0, 1.0);
+        let mut dx = vec![0f32; x.len()];
+        let mut args = vec![Arg::In(x.data()), Arg::In(dy.data()), Arg::Out(&mut dx)];
+        geom(&mut args);
+        run1d("max_pool2d_bwd_f32", planes * oh * ow, &mut args);
+        close(
+            "max_pool2d_bwd_f32",
+            &dx,
+            &naive::max_pool2d_bwd(&x, &dy, &p),
+        );
+    }
+    for (shape, out) in [
+        ([2, 3, 14, 14], (7, 7)),
+        ([1, 2, 13, 9], (7, 7)),
+        ([2, 4, 5, 7], (1, 1)),
+        ([1, 1, 3, 2], (7, 7)),
+    ] {
+        let x = rng.tensor(&shape, -1.0, 1.0);
+        let (planes, h, w) = (shape[0] * shape[1], shape[2], shape[3]);
+        let mut y = vec![f32::NAN; planes * out.0 * out.1];
+        let dims = [planes, h, w, out.0, out.1].map(|v| Arg::I32(v as i32));
+        let mut args = vec![Arg::In(x.data()), Arg::Out(&mut y)];
+        args.extend(dims);
+        run1d(
+            "adaptive_avg_pool2d_fwd_f32",
+            planes * out.0 * out.1,
+            &mut args,
+        );
+        let want = naive::adaptive_avg_pool2d_fwd(&x, out);
+        close("adaptive_avg_pool2d_fwd_f32", &y, &want);
+        let dy = rng.tensor(want.shape(), -1.0, 1.0);
+        let mut dx = vec![f32::NAN; x.len()];
+        let mut args = vec![Arg::In(dy.data()), Arg::Out(&mut dx)];
+        args.extend([planes, h, w, out.0, out.1].map(|v| Arg::I32(v as i32)));
+        run1d("adaptive_avg_pool2d_bwd_f32", x.len(), &mut args);
+        close(
+            "adaptive_avg_pool2d_bwd_f32",
+            &dx,
+            &naive::adaptive_avg_pool2d_bwd(&dy, (h, w)),
+        );
+    }
+}
