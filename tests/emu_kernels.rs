@@ -247,3 +247,117 @@ fn pool_kernels_match_the_cpu_oracle() {
         );
     }
 }
+
+#[test]
+fn conv_kernels_match_the_cpu_oracle() {
+    use gradcam::backend::Conv2dParams;
+    let mut rng = Rng::new(14);
+    let p = |stride, pad, dil, groups| Conv2dParams {
+        stride: (stride, stride),
+        padding: (pad, pad),
+        dilation: (dil, dil),
+        groups,
+    };
+    // (n, c, h, w, k, r, s, params): stem-like, 3x3, 1x1 (direct), strided downsample, groups,
+    // dilation, rectangular stride, and a size spanning several 64-wide tiles.
+    let cases = [
+        (2, 3, 11, 9, 8, 7, 7, p(2, 3, 1, 1)),
+        (2, 5, 9, 11, 6, 3, 3, p(1, 1, 1, 1)),
+        (1, 16, 8, 8, 70, 1, 1, p(1, 0, 1, 1)),
+        (2, 16, 9, 7, 32, 1, 1, p(2, 0, 1, 1)),
+        (2, 8, 10, 9, 8, 3, 3, p(2, 1, 1, 4)),
+        (1, 4, 12, 12, 4, 3, 3, p(1, 2, 2, 4)),
+        (
+            2,
+            3,
+            5,
+            6,
+            2,
+            3,
+            2,
+            Conv2dParams {
+                stride: (1, 2),
+                padding: (0, 1),
+                dilation: (1, 1),
+                groups: 1,
+            },
+        ),
+        (1, 20, 17, 13, 24, 3, 3, p(1, 1, 1, 1)),
+    ];
+    for (i, (n, c, h, w, k, r, s, cp)) in cases.into_iter().enumerate() {
+        let x = rng.tensor(&[n, c, h, w], -1.0, 1.0);
+        let wt = rng.tensor(&[k, c / cp.groups, r, s], -1.0, 1.0);
+        let b = rng.tensor(&[k], -1.0, 1.0);
+        let (oh, ow) = cp.out_hw((h, w), (r, s)).unwrap();
+        let dims = [
+            n,
+            c,
+            h,
+            w,
+            k,
+            r,
+            s,
+            oh,
+            ow,
+            cp.stride.0,
+            cp.stride.1,
+            cp.padding.0,
+            cp.padding.1,
+            cp.dilation.0,
+            cp.dilation.1,
+            cp.groups,
+        ];
+        let grid = |rows: usize, cols: usize| {
+            [
+                cols.div_ceil(64) as u32,
+                rows.div_ceil(64) as u32,
+                cp.groups as u32,
+            ]
+        };
+        for (bias, relu) in [(false, false), (true, true)] {
+            let mut y = vec![f32::NAN; n * k * oh * ow];
+            let mut args = vec![
+                Arg::In(x.data()),
+                Arg::In(wt.data()),
+                if bias { Arg::In(b.data()) } else { Arg::Null },
+                Arg::Out(&mut y),
+            ];
+            args.extend(dims.map(|v| Arg::I32(v as i32)));
+            args.push(Arg::I32(relu as i32));
+            unsafe {
+                emu::launch(
+                    "conv2d_fwd_f32",
+                    grid(k / cp.groups, n * oh * ow),
+                    [256, 1, 1],
+                    0,
+                    &mut args,
+                )
+            }
+            .unwrap();
+            let mut want = naive::conv2d_fwd(&x, &wt, bias.then_some(&b), &cp);
+            if relu {
+                want = naive::relu_fwd(&want);
+            }
+            close(&format!("conv2d_fwd_f32 case {i}"), &y, &want);
+        }
+        let dy = rng.tensor(&[n, k, oh, ow], -1.0, 1.0);
+        let mut dx = vec![f32::NAN; n * c * h * w];
+        let mut args = vec![Arg::In(dy.data()), Arg::In(wt.data()), Arg::Out(&mut dx)];
+        args.extend(dims.map(|v| Arg::I32(v as i32)));
+        unsafe {
+            emu::launch(
+                "conv2d_bwd_data_f32",
+                grid(c / cp.groups, n * h * w),
+                [256, 1, 1],
+                0,
+                &mut args,
+            )
+        }
+        .unwrap();
+        close(
+            &format!("conv2d_bwd_data_f32 case {i}"),
+            &dx,
+            &naive::conv2d_bwd_data(&dy, &wt, (h, w), &cp),
+        );
+    }
+}

@@ -49,6 +49,8 @@ pub enum Arg<'a> {
     Out(&'a mut [f32]),
     I32(i32),
     F32(f32),
+    /// A null pointer (an absent optional buffer).
+    Null,
 }
 
 /// Launches kernel `name` on a grid of blocks.
@@ -80,6 +82,7 @@ pub unsafe fn launch(
             Arg::Out(b) => b.as_mut_ptr() as u64,
             Arg::I32(v) => *v as u32 as u64,
             Arg::F32(v) => v.to_bits() as u64,
+            Arg::Null => 0,
         })
         .collect();
     let mut ptrs: Vec<*mut c_void> = slots

@@ -1,0 +1,93 @@
+// Convolutions as implicit GEMMs: the im2col matrix is never formed; each tile gathers its
+// patch elements straight from the input (zero in the padding).
+//   conv2d_fwd_f32:      y = F.conv2d(x, w, b, stride, padding, dilation, groups) [+ ReLU]
+//                        GEMM per group: [K/g] x [N·OH·OW], depth C/g·R·S
+//   conv2d_bwd_data_f32: dx = torch.nn.grad.conv2d_input(x.shape, w, dy, ...)
+//                        GEMM per group: [C/g] x [N·H·W], depth K/g·R·S
+// Launch: grid (ceil(cols / 64), ceil(rows / 64), groups), block 256; each thread owns a 4x4
+// piece of a 64x64 output tile; 16-deep slices of both operands are staged in shared memory.
+#include "common.cuh"
+
+#define TILE 64
+#define DEPTH 16
+
+template <class FA, class FB, class FS>
+__device__ __forceinline__ void gemm_tile(int rows, int cols, int depth, FA a_at, FB b_at,
+                                          FS store) {
+    __shared__ float as[DEPTH][TILE + 1];
+    __shared__ float bs[DEPTH][TILE + 1];
+    const int tid = threadIdx.x;
+    const int r0 = blockIdx.y * TILE, c0 = blockIdx.x * TILE;
+    const int tr = (tid / 16) * 4, tc = (tid % 16) * 4;
+    float acc[4][4];
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    for (int d0 = 0; d0 < depth; d0 += DEPTH) {
+        for (int i = tid; i < DEPTH * TILE; i += blockDim.x) {
+            const int d = i / TILE, t = i % TILE;
+            as[d][t] = (r0 + t < rows && d0 + d < depth) ? a_at(r0 + t, d0 + d) : 0.0f;
+            bs[d][t] = (c0 + t < cols && d0 + d < depth) ? b_at(d0 + d, c0 + t) : 0.0f;
+        }
+        __syncthreads();
+        for (int d = 0; d < DEPTH; ++d) {
+            float a[4], b[4];
+            for (int i = 0; i < 4; ++i) a[i] = as[d][tr + i];
+            for (int j = 0; j < 4; ++j) b[j] = bs[d][tc + j];
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j)
+            if (r0 + tr + i < rows && c0 + tc + j < cols) store(r0 + tr + i, c0 + tc + j, acc[i][j]);
+}
+
+extern "C" __global__ void conv2d_fwd_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                          const float* __restrict__ bias, float* __restrict__ y,
+                                          int n, int c, int h, int wd, int k, int r, int s, int oh,
+                                          int ow, int sh, int sw, int ph, int pw, int dh, int dw,
+                                          int groups, int relu) {
+    const int g = blockIdx.z, cg = c / groups, kg = k / groups, rs = r * s, ohw = oh * ow;
+    const int depth = cg * rs;
+    auto a_at = [&](int m, int d) { return w[(size_t)(g * kg + m) * depth + d]; };
+    auto b_at = [&](int d, int col) {
+        const int ci = d / rs, ry = (d % rs) / s, sx = d % s;
+        const int ni = col / ohw, oy = (col % ohw) / ow, ox = col % ow;
+        const int iy = oy * sh - ph + ry * dh, ix = ox * sw - pw + sx * dw;
+        if (iy < 0 || iy >= h || ix < 0 || ix >= wd) return 0.0f;
+        return x[(((size_t)ni * c + g * cg + ci) * h + iy) * wd + ix];
+    };
+    auto store = [&](int m, int col, float v) {
+        const int ko = g * kg + m, ni = col / ohw;
+        if (bias) v += bias[ko];
+        if (relu) v = fmaxf(v, 0.0f);
+        y[((size_t)ni * k + ko) * ohw + col % ohw] = v;
+    };
+    gemm_tile(kg, n * ohw, depth, a_at, b_at, store);
+}
+
+extern "C" __global__ void conv2d_bwd_data_f32(const float* __restrict__ dy,
+                                               const float* __restrict__ w, float* __restrict__ dx,
+                                               int n, int c, int h, int wd, int k, int r, int s,
+                                               int oh, int ow, int sh, int sw, int ph, int pw, int dh,
+                                               int dw, int groups) {
+    const int g = blockIdx.z, cg = c / groups, kg = k / groups, rs = r * s, hw = h * wd;
+    auto a_at = [&](int ci, int d) {
+        const int ko = d / rs;
+        return w[((size_t)(g * kg + ko) * cg + ci) * rs + d % rs];
+    };
+    auto b_at = [&](int d, int col) {
+        const int ko = d / rs, ry = (d % rs) / s, sx = d % s;
+        const int ni = col / hw, iy = (col % hw) / wd, ix = col % wd;
+        const int ty = iy + ph - ry * dh, tx = ix + pw - sx * dw;
+        if (ty < 0 || tx < 0 || ty % sh || tx % sw) return 0.0f;
+        const int oy = ty / sh, ox = tx / sw;
+        if (oy >= oh || ox >= ow) return 0.0f;
+        return dy[(((size_t)ni * k + g * kg + ko) * oh + oy) * ow + ox];
+    };
+    auto store = [&](int ci, int col, float v) {
+        dx[((size_t)(col / hw) * c + g * cg + ci) * hw + col % hw] = v;
+    };
+    gemm_tile(cg, n * hw, kg * rs, a_at, b_at, store);
+}
