@@ -361,3 +361,67 @@ fn conv_kernels_match_the_cpu_oracle() {
         );
     }
 }
+
+#[test]
+fn linear_and_preprocess_kernels_match_the_cpu_oracle() {
+    let mut rng = Rng::new(15);
+    for (n, fin, fout) in [(1, 1, 1), (3, 37, 11), (8, 200, 70)] {
+        let x = rng.tensor(&[n, fin], -1.0, 1.0);
+        let w = rng.tensor(&[fout, fin], -1.0, 1.0);
+        let b = rng.tensor(&[fout], -1.0, 1.0);
+        let mut y = vec![f32::NAN; n * fout];
+        let dims = [n, fin, fout].map(|v| Arg::I32(v as i32));
+        let mut args = vec![
+            Arg::In(x.data()),
+            Arg::In(w.data()),
+            Arg::In(b.data()),
+            Arg::Out(&mut y),
+        ];
+        args.extend(dims);
+        let grid = |rows: usize| [n.div_ceil(64) as u32, rows.div_ceil(64) as u32, 1];
+        unsafe { emu::launch("linear_fwd_f32", grid(fout), [256, 1, 1], 0, &mut args) }.unwrap();
+        close("linear_fwd_f32", &y, &naive::linear_fwd(&x, &w, Some(&b)));
+        let dy = rng.tensor(&[n, fout], -1.0, 1.0);
+        let mut dx = vec![f32::NAN; n * fin];
+        let mut args = vec![Arg::In(dy.data()), Arg::In(w.data()), Arg::Out(&mut dx)];
+        args.extend([n, fin, fout].map(|v| Arg::I32(v as i32)));
+        unsafe { emu::launch("linear_bwd_data_f32", grid(fin), [256, 1, 1], 0, &mut args) }
+            .unwrap();
+        close("linear_bwd_data_f32", &dx, &naive::linear_bwd_data(&dy, &w));
+    }
+    // Same arithmetic as gradcam::image::preprocess (and so cv2.resize on float data).
+    for ((h, w), (oh, ow)) in [
+        ((75u32, 97u32), (224u32, 224u32)),
+        ((50, 40), (50, 40)),
+        ((300, 200), (64, 48)),
+    ] {
+        let img = gradcam::image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 5 % 256) as u8,
+                ((x + y) % 256) as u8,
+            ])
+        });
+        let want = gradcam::image::preprocess(&[&img], (oh as usize, ow as usize));
+        let mut out = vec![f32::NAN; 3 * (oh * ow) as usize];
+        let mut args = [
+            Arg::Bytes(img.as_raw()),
+            Arg::Out(&mut out),
+            Arg::I32(h as i32),
+            Arg::I32(w as i32),
+            Arg::I32(oh as i32),
+            Arg::I32(ow as i32),
+        ];
+        unsafe {
+            emu::launch(
+                "preprocess_rgb8_f32",
+                [(oh * ow).div_ceil(256u32), 1, 1],
+                [256, 1, 1],
+                0,
+                &mut args,
+            )
+        }
+        .unwrap();
+        close("preprocess_rgb8_f32", &out, &want);
+    }
+}

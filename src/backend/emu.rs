@@ -46,6 +46,7 @@ pub fn kernel_names() -> Vec<&'static str> {
 /// A kernel argument, as `cuLaunchKernel` takes them: device pointers are host buffers here.
 pub enum Arg<'a> {
     In(&'a [f32]),
+    Bytes(&'a [u8]),
     Out(&'a mut [f32]),
     I32(i32),
     F32(f32),
@@ -79,6 +80,7 @@ pub unsafe fn launch(
         .iter_mut()
         .map(|a| match a {
             Arg::In(b) => b.as_ptr() as u64,
+            Arg::Bytes(b) => b.as_ptr() as u64,
             Arg::Out(b) => b.as_mut_ptr() as u64,
             Arg::I32(v) => *v as u32 as u64,
             Arg::F32(v) => v.to_bits() as u64,
