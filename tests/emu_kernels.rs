@@ -425,3 +425,103 @@ fn linear_and_preprocess_kernels_match_the_cpu_oracle() {
         close("preprocess_rgb8_f32", &out, &want);
     }
 }
+
+#[test]
+fn overlay_kernels_match_the_cpu_post_processing() {
+    use gradcam::cam::{jet::JET, overlay, upsample_normalised};
+    let mut rng = Rng::new(16);
+    let jet: Vec<u8> = JET.iter().flatten().copied().collect();
+    for ((h, w), (oh, ow), n) in [
+        ((7usize, 7usize), (224usize, 224usize), 2usize),
+        ((3, 4), (75, 97), 1),
+        ((14, 14), (33, 517), 2),
+    ] {
+        let maps = rng.tensor(&[n, h, w], 0.0, 3.0);
+        let imgs: Vec<gradcam::image::RgbImage> = (0..n)
+            .map(|i| {
+                gradcam::image::RgbImage::from_fn(ow as u32, oh as u32, |x, y| {
+                    image::Rgb([(x * 3 + i as u32) as u8, (y * 7) as u8, ((x ^ y) * 5) as u8])
+                })
+            })
+            .collect();
+        let pixels: Vec<u8> = imgs
+            .iter()
+            .flat_map(|im| im.as_raw().iter().copied())
+            .collect();
+        let dims = [h, w, oh, ow].map(|v| Arg::I32(v as i32));
+        let mut mm = vec![f32::NAN; 2 * n];
+        let mut args = vec![Arg::In(maps.data()), Arg::Out(&mut mm)];
+        args.extend(dims);
+        unsafe {
+            emu::launch(
+                "overlay_minmax_f32",
+                [n as u32, 1, 1],
+                [256, 1, 1],
+                0,
+                &mut args,
+            )
+        }
+        .unwrap();
+        let mut cmax = vec![f32::NAN; n];
+        let mut args = vec![
+            Arg::In(maps.data()),
+            Arg::In(&mm),
+            Arg::Bytes(&pixels),
+            Arg::Bytes(&jet),
+            Arg::Out(&mut cmax),
+        ];
+        args.extend([h, w, oh, ow].map(|v| Arg::I32(v as i32)));
+        unsafe {
+            emu::launch(
+                "overlay_max_f32",
+                [n as u32, 1, 1],
+                [256, 1, 1],
+                0,
+                &mut args,
+            )
+        }
+        .unwrap();
+        let mut out = vec![0u8; pixels.len()];
+        let mut args = vec![
+            Arg::In(maps.data()),
+            Arg::In(&mm),
+            Arg::Bytes(&pixels),
+            Arg::Bytes(&jet),
+            Arg::In(&cmax),
+            Arg::BytesOut(&mut out),
+        ];
+        args.extend([h, w, oh, ow].map(|v| Arg::I32(v as i32)));
+        unsafe {
+            emu::launch(
+                "overlay_rgb8",
+                [(oh * ow).div_ceil(256) as u32, n as u32, 1],
+                [256, 1, 1],
+                0,
+                &mut args,
+            )
+        }
+        .unwrap();
+        for (i, img) in imgs.iter().enumerate() {
+            let m = upsample_normalised(&maps.data()[i * h * w..(i + 1) * h * w], (h, w), (oh, ow));
+            let want = overlay(img, &m);
+            let got = &out[i * oh * ow * 3..(i + 1) * oh * ow * 3];
+            // Same float operations in the same order: identical bytes but for the rare pixel on
+            // a truncation boundary (a neighbouring JET entry), as in tests/parity.rs.
+            let worst = got
+                .iter()
+                .zip(want.as_raw())
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            let differing = got
+                .iter()
+                .zip(want.as_raw())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert!(
+                worst <= 4 && differing * 1000 <= got.len(),
+                "overlay {i}: worst {worst}, {differing} bytes differ"
+            );
+        }
+    }
+}

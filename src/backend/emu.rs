@@ -47,6 +47,7 @@ pub fn kernel_names() -> Vec<&'static str> {
 pub enum Arg<'a> {
     In(&'a [f32]),
     Bytes(&'a [u8]),
+    BytesOut(&'a mut [u8]),
     Out(&'a mut [f32]),
     I32(i32),
     F32(f32),
@@ -81,6 +82,7 @@ pub unsafe fn launch(
         .map(|a| match a {
             Arg::In(b) => b.as_ptr() as u64,
             Arg::Bytes(b) => b.as_ptr() as u64,
+            Arg::BytesOut(b) => b.as_mut_ptr() as u64,
             Arg::Out(b) => b.as_mut_ptr() as u64,
             Arg::I32(v) => *v as u32 as u64,
             Arg::F32(v) => v.to_bits() as u64,

@@ -1,0 +1,112 @@
+// From the CAM map straight to the overlay picture at the original image size, without
+// materialising the upsampled map: pytorch-grad-cam's normalise, JET and show_cam_on_image.
+// Its c /= max(c) needs the blended maximum before any byte is written, and min-max needs the
+// upsampled map's extremes first, so three light passes recompute the same bilinear sample:
+//   overlay_minmax_f32: per image [min, max] of the map upsampled to (oh, ow)
+//                       grid (N), block 256
+//   overlay_max_f32:    per image max over pixels and channels of
+//                       c = 0.5·JET[uint8(255·m)]/255 + 0.5·img/255
+//                       grid (N), block 256
+//   overlay_rgb8:       out = uint8(255 · c / max(c))     grid (ceil(oh·ow / 256), N), block 256
+// map [N, h, w] f32; img [N, oh, ow, 3] u8; jet [256·3] u8 (RGB); out like img.
+#include "common.cuh"
+
+__device__ __forceinline__ void axis_at(int d, int src, int dst, int* i0, int* i1, float* f) {
+    double s = ((double)d + 0.5) * ((double)src / (double)dst) - 0.5;
+    if (s < 0.0) s = 0.0;
+    int a = (int)s;
+    if (a > src - 1) a = src - 1;
+    *i0 = a;
+    *i1 = a + 1 < src ? a + 1 : src - 1;
+    *f = a == src - 1 ? 0.0f : (float)(s - (double)a);
+}
+
+// The map sampled bilinearly at output pixel p (half-pixel centres, edges clamped).
+__device__ __forceinline__ float sample(const float* m, int h, int w, int oh, int ow, int p) {
+    int y0, y1, x0, x1;
+    float fy, fx;
+    axis_at(p / ow, h, oh, &y0, &y1, &fy);
+    axis_at(p % ow, w, ow, &x0, &x1, &fx);
+    const float top = m[y0 * w + x0] * (1.0f - fx) + m[y0 * w + x1] * fx;
+    const float bot = m[y1 * w + x0] * (1.0f - fx) + m[y1 * w + x1] * fx;
+    return top * (1.0f - fy) + bot * fy;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Max over a block (blockDim.x a multiple of 32); every thread gets it.
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    v = warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = threadIdx.x < blockDim.x / 32 ? scratch[threadIdx.x] : -3.0e38f;
+    if (warp == 0) v = warp_max(v);
+    if (threadIdx.x == 0) scratch[0] = v;
+    __syncthreads();
+    v = scratch[0];
+    __syncthreads();
+    return v;
+}
+
+__device__ __forceinline__ float blend(const float* m, int h, int w, int oh, int ow, int p, int ch,
+                                       float lo, float range, const unsigned char* img,
+                                       const unsigned char* jet) {
+    const float v = (sample(m, h, w, oh, ow, p) - lo) / range;
+    const int idx = (int)(unsigned char)(int)(255.0f * v);
+    return 0.5f * ((float)jet[idx * 3 + ch] / 255.0f) + 0.5f * ((float)img[p * 3 + ch] / 255.0f);
+}
+
+extern "C" __global__ void overlay_minmax_f32(const float* __restrict__ map, float* __restrict__ mm,
+                                              int h, int w, int oh, int ow) {
+    __shared__ float scratch[32];
+    const float* m = map + (size_t)blockIdx.x * h * w;
+    float lo = 3.0e38f, hi = -3.0e38f;
+    for (int p = threadIdx.x; p < oh * ow; p += blockDim.x) {
+        const float v = sample(m, h, w, oh, ow, p);
+        lo = fminf(lo, v);
+        hi = fmaxf(hi, v);
+    }
+    hi = block_max(hi, scratch);
+    lo = -block_max(-lo, scratch);
+    if (threadIdx.x == 0) {
+        mm[blockIdx.x * 2] = lo;
+        mm[blockIdx.x * 2 + 1] = hi;
+    }
+}
+
+extern "C" __global__ void overlay_max_f32(const float* __restrict__ map, const float* __restrict__ mm,
+                                           const unsigned char* __restrict__ img,
+                                           const unsigned char* __restrict__ jet,
+                                           float* __restrict__ cmax, int h, int w, int oh, int ow) {
+    __shared__ float scratch[32];
+    const int n = blockIdx.x;
+    const float* m = map + (size_t)n * h * w;
+    const unsigned char* im = img + (size_t)n * oh * ow * 3;
+    const float lo = mm[n * 2], range = mm[n * 2 + 1] - lo + 1e-7f;
+    float best = 0.0f;
+    for (int p = threadIdx.x; p < oh * ow; p += blockDim.x)
+        for (int ch = 0; ch < 3; ++ch) best = fmaxf(best, blend(m, h, w, oh, ow, p, ch, lo, range, im, jet));
+    best = block_max(best, scratch);
+    if (threadIdx.x == 0) cmax[n] = best;
+}
+
+extern "C" __global__ void overlay_rgb8(const float* __restrict__ map, const float* __restrict__ mm,
+                                        const unsigned char* __restrict__ img,
+                                        const unsigned char* __restrict__ jet,
+                                        const float* __restrict__ cmax, unsigned char* __restrict__ out,
+                                        int h, int w, int oh, int ow) {
+    const int n = blockIdx.y;
+    const int p = blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= oh * ow) return;
+    const float* m = map + (size_t)n * h * w;
+    const unsigned char* im = img + (size_t)n * oh * ow * 3;
+    const float lo = mm[n * 2], range = mm[n * 2 + 1] - lo + 1e-7f;
+    for (int ch = 0; ch < 3; ++ch) {
+        const float c = blend(m, h, w, oh, ow, p, ch, lo, range, im, jet);
+        out[((size_t)n * oh * ow + p) * 3 + ch] = (unsigned char)(int)(255.0f * (c / cmax[n]));
+    }
+}
