@@ -26,3 +26,54 @@ extern "C" __global__ void weighted_sum_relu_f32(const float* __restrict__ a,
     for (int c = 0; c < k; ++c) s += alpha[n * k + c] * an[(size_t)c * hw + p];
     map[(size_t)n * hw + p] = fmaxf(s, 0.0f);
 }
+
+// The rest of the CAM family (pytorch-grad-cam 1.5.7 formulas; see src/backend/cpu/cam_ops.rs).
+//   cam_weights_f32: rule 0 Grad-CAM++: w = Σ relu(g)·g²/(2g² + ΣA·g³ + 1e-6) (0 where g = 0)
+//                    rule 1 XGrad-CAM:  w = Σ g·A / (ΣA + 1e-7)
+//     grid (N·K), block 256: one block per plane; ΣA first, then the weighted sum.
+//   elementwise_cam_relu_f32: map = relu(Σ_k f(g)·A), rule 0 HiResCAM f(g) = g,
+//                             rule 1 LayerCAM f(g) = relu(g)
+//     grid (ceil(H·W / 256), N), block 256.
+extern "C" __global__ void cam_weights_f32(const float* __restrict__ a, const float* __restrict__ g,
+                                           float* __restrict__ weights, int hw, int rule) {
+    __shared__ float scratch[32];
+    __shared__ float total;
+    const float* ap = a + (size_t)blockIdx.x * hw;
+    const float* gp = g + (size_t)blockIdx.x * hw;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < hw; i += blockDim.x) s += ap[i];
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) total = s;
+    __syncthreads();
+    const float sum_a = total;
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < hw; i += blockDim.x) {
+        const float gv = gp[i];
+        if (rule == 0) {
+            if (gv != 0.0f) {
+                const float g2 = gv * gv;
+                acc += fmaxf(gv, 0.0f) * (g2 / (2.0f * g2 + sum_a * (g2 * gv) + 1e-6f));
+            }
+        } else {
+            acc += gv * ap[i] / (sum_a + 1e-7f);
+        }
+    }
+    acc = block_sum(acc, scratch);
+    if (threadIdx.x == 0) weights[blockIdx.x] = acc;
+}
+
+extern "C" __global__ void elementwise_cam_relu_f32(const float* __restrict__ a,
+                                                    const float* __restrict__ g,
+                                                    float* __restrict__ map, int k, int hw,
+                                                    int rule) {
+    const int n = blockIdx.y;
+    const int p = blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= hw) return;
+    float s = 0.0f;
+    for (int c = 0; c < k; ++c) {
+        const size_t i = ((size_t)n * k + c) * hw + p;
+        const float wgt = rule == 0 ? g[i] : fmaxf(g[i], 0.0f);
+        s += wgt * a[i];
+    }
+    map[(size_t)n * hw + p] = fmaxf(s, 0.0f);
+}

@@ -525,3 +525,66 @@ fn overlay_kernels_match_the_cpu_post_processing() {
         }
     }
 }
+
+#[test]
+fn cam_family_kernels_match_the_cpu_backend() {
+    use gradcam::backend::{Backend, CpuBackend, ElementRule, WeightRule};
+    let be = CpuBackend::fast();
+    let mut rng = Rng::new(17);
+    for (n, k, h, w) in [(1, 1, 1, 1), (2, 5, 7, 7), (1, 3, 23, 29)] {
+        let a = rng.tensor(&[n, k, h, w], 0.0, 2.0);
+        let mut g = rng.tensor(&[n, k, h, w], -1.0, 1.0);
+        g.data_mut().iter_mut().step_by(5).for_each(|v| *v = 0.0);
+        for (rule, r) in [(WeightRule::GradCamPlusPlus, 0), (WeightRule::XGradCam, 1)] {
+            let mut wts = vec![f32::NAN; n * k];
+            let mut args = [
+                Arg::In(a.data()),
+                Arg::In(g.data()),
+                Arg::Out(&mut wts),
+                Arg::I32((h * w) as i32),
+                Arg::I32(r),
+            ];
+            unsafe {
+                emu::launch(
+                    "cam_weights_f32",
+                    [(n * k) as u32, 1, 1],
+                    [256, 1, 1],
+                    0,
+                    &mut args,
+                )
+            }
+            .unwrap();
+            close(
+                &format!("cam_weights_f32 {rule:?}"),
+                &wts,
+                &be.cam_weights(rule, &a, &g).unwrap(),
+            );
+        }
+        for (rule, r) in [(ElementRule::HiResCam, 0), (ElementRule::LayerCam, 1)] {
+            let mut map = vec![f32::NAN; n * h * w];
+            let mut args = [
+                Arg::In(a.data()),
+                Arg::In(g.data()),
+                Arg::Out(&mut map),
+                Arg::I32(k as i32),
+                Arg::I32((h * w) as i32),
+                Arg::I32(r),
+            ];
+            unsafe {
+                emu::launch(
+                    "elementwise_cam_relu_f32",
+                    [(h * w).div_ceil(256) as u32, n as u32, 1],
+                    [256, 1, 1],
+                    0,
+                    &mut args,
+                )
+            }
+            .unwrap();
+            close(
+                &format!("elementwise_cam_relu_f32 {rule:?}"),
+                &map,
+                &be.elementwise_cam_relu(rule, &a, &g).unwrap(),
+            );
+        }
+    }
+}
