@@ -59,3 +59,24 @@ fn compiler_errors_name_the_file_and_show_the_log() {
     assert!(e.contains("cam.cu") || e.contains("status"), "{e}");
     assert!(n.compile("nope.cu", "sm_90", Target::Cubin).is_err());
 }
+
+/// Prints ptxas's registers / spills / shared memory per kernel for sm_90 (run with
+/// `--nocapture`); fails if any kernel spills.
+#[test]
+fn ptxas_resource_report_has_no_spills() {
+    let Some(n) = nvrtc() else { return };
+    for (file, _) in SOURCES {
+        let report = n.resource_report(file, "sm_90").unwrap();
+        eprintln!("== {file}\n{report}");
+        assert!(
+            report.contains("registers"),
+            "{file}: no ptxas report in the log:\n{report}"
+        );
+        for line in report.lines().filter(|l| l.contains("spill")) {
+            assert!(
+                line.contains("0 bytes spill stores, 0 bytes spill loads"),
+                "{file}: {line}"
+            );
+        }
+    }
+}

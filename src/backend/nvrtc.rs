@@ -168,6 +168,24 @@ impl Nvrtc {
 
     /// Compiles the embedded kernel file `file` (e.g. `cam.cu`) for `arch` (e.g. `sm_90`).
     pub fn compile(&self, file: &str, arch: &str, target: Target) -> Result<Vec<u8>> {
+        self.compile_with(file, arch, target, &[])
+            .map(|(out, _)| out)
+    }
+
+    /// Registers, spills and shared memory of every kernel in `file` for `arch`, as ptxas
+    /// reports them (`--ptxas-options=-v`).
+    pub fn resource_report(&self, file: &str, arch: &str) -> Result<String> {
+        let (_, log) = self.compile_with(file, arch, Target::Cubin, &["--ptxas-options=-v"])?;
+        Ok(log)
+    }
+
+    fn compile_with(
+        &self,
+        file: &str,
+        arch: &str,
+        target: Target,
+        extra: &[&str],
+    ) -> Result<(Vec<u8>, String)> {
         let src = SOURCES
             .iter()
             .find(|(n, _)| *n == file)
@@ -185,6 +203,7 @@ impl Nvrtc {
         };
         let opts: Vec<CString> = [arch_opt.as_str(), "--std=c++17", "-default-device"]
             .iter()
+            .chain(extra)
             .map(|o| cstr(o))
             .collect();
         let opts_p: Vec<*const c_char> = opts.iter().map(|s| s.as_ptr()).collect();
@@ -217,14 +236,15 @@ impl Nvrtc {
                 "nvrtcCreateProgram",
             )?;
             let rc = compile(prog, opts_p.len() as c_int, opts_p.as_ptr());
+            // The log holds the errors on failure and ptxas's report when asked for.
+            let mut n = 0usize;
+            log_size(prog, &mut n);
+            let mut log = vec![0u8; n.max(1)];
+            get_log(prog, log.as_mut_ptr() as *mut c_char);
+            let text = CStr::from_bytes_until_nul(&log)
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let result = if rc != 0 {
-                let mut n = 0usize;
-                log_size(prog, &mut n);
-                let mut log = vec![0u8; n.max(1)];
-                get_log(prog, log.as_mut_ptr() as *mut c_char);
-                let text = CStr::from_bytes_until_nul(&log)
-                    .map(|c| c.to_string_lossy().into_owned())
-                    .unwrap_or_default();
                 Err(Error::Invalid(format!(
                     "NVRTC could not compile kernels/{file} for {arch}:\n{text}"
                 )))
@@ -236,7 +256,7 @@ impl Nvrtc {
                     get_out(prog, out.as_mut_ptr() as *mut c_char),
                     "output copy",
                 )?;
-                Ok(out)
+                Ok((out, text))
             };
             destroy(&mut prog);
             result
