@@ -77,3 +77,67 @@ extern "C" __global__ void elementwise_cam_relu_f32(const float* __restrict__ a,
     }
     map[(size_t)n * hw + p] = fmaxf(s, 0.0f);
 }
+
+// Score-CAM's masked inputs (see Backend::score_cam_inputs): each channel k0..k1 of A
+// upsampled to the input size with align_corners=True, min-max normalised, times x.
+//   score_cam_minmax_f32: grid (N·(k1-k0)), block 256 → mm[2·i] = min, mm[2·i+1] = max
+//   score_cam_inputs_f32: grid (ceil(H·W / 256), N·(k1-k0)), block 256
+//                         → out [N·(k1-k0), C, H, W], image-major
+__device__ __forceinline__ float sample_ac(const float* m, int h, int w, int oh, int ow, int p) {
+    const float sy = oh > 1 ? (float)(h - 1) / (float)(oh - 1) : 0.0f;
+    const float sx = ow > 1 ? (float)(w - 1) / (float)(ow - 1) : 0.0f;
+    const float fy_ = (float)(p / ow) * sy, fx_ = (float)(p % ow) * sx;
+    int y0 = (int)fy_, x0 = (int)fx_;
+    if (y0 > h - 1) y0 = h - 1;
+    if (x0 > w - 1) x0 = w - 1;
+    const int y1 = y0 + 1 < h ? y0 + 1 : h - 1, x1 = x0 + 1 < w ? x0 + 1 : w - 1;
+    const float fy = fy_ - (float)y0, fx = fx_ - (float)x0;
+    const float top = m[y0 * w + x0] * (1.0f - fx) + m[y0 * w + x1] * fx;
+    const float bot = m[y1 * w + x0] * (1.0f - fx) + m[y1 * w + x1] * fx;
+    return top * (1.0f - fy) + bot * fy;
+}
+
+extern "C" __global__ void score_cam_minmax_f32(const float* __restrict__ a, float* __restrict__ mm,
+                                                int k, int k0, int kc, int h, int w, int oh, int ow) {
+    __shared__ float scratch[32];
+    const int n = blockIdx.x / kc, c = k0 + blockIdx.x % kc;
+    const float* m = a + ((size_t)n * k + c) * h * w;
+    float lo = 3.0e38f, hi = -3.0e38f;
+    for (int p = threadIdx.x; p < oh * ow; p += blockDim.x) {
+        const float v = sample_ac(m, h, w, oh, ow, p);
+        lo = fminf(lo, v);
+        hi = fmaxf(hi, v);
+    }
+    // Warp then block reduction of both extremes.
+    for (int o = 16; o > 0; o >>= 1) {
+        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+    }
+    __shared__ float los[32];
+    if (threadIdx.x % 32 == 0) {
+        scratch[threadIdx.x / 32] = hi;
+        los[threadIdx.x / 32] = lo;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int i = 1; i < (int)blockDim.x / 32; ++i) {
+            hi = fmaxf(hi, scratch[i]);
+            lo = fminf(lo, los[i]);
+        }
+        mm[blockIdx.x * 2] = lo;
+        mm[blockIdx.x * 2 + 1] = hi;
+    }
+}
+
+extern "C" __global__ void score_cam_inputs_f32(const float* __restrict__ x, const float* __restrict__ a,
+                                                const float* __restrict__ mm, float* __restrict__ out,
+                                                int c, int k, int k0, int kc, int h, int w, int oh,
+                                                int ow) {
+    const int i = blockIdx.y, n = i / kc, ch = k0 + i % kc;
+    const int p = blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= oh * ow) return;
+    const float* m = a + ((size_t)n * k + ch) * h * w;
+    const float u = (sample_ac(m, h, w, oh, ow, p) - mm[i * 2]) / (mm[i * 2 + 1] - mm[i * 2] + 1e-8f);
+    for (int cc = 0; cc < c; ++cc)
+        out[((size_t)i * c + cc) * oh * ow + p] = x[((size_t)n * c + cc) * oh * ow + p] * u;
+}

@@ -588,3 +588,55 @@ fn cam_family_kernels_match_the_cpu_backend() {
         }
     }
 }
+
+#[test]
+fn score_cam_kernels_match_the_cpu_backend() {
+    use gradcam::backend::{Backend, CpuBackend};
+    let be = CpuBackend::fast();
+    let mut rng = Rng::new(18);
+    for (n, c, hh, ww, k, h, w, k0, k1) in [
+        (1, 3, 32, 32, 4, 4, 4, 0, 4),
+        (2, 3, 29, 37, 6, 3, 5, 2, 5),
+        (1, 3, 8, 8, 2, 1, 1, 0, 2),
+    ] {
+        let x = rng.tensor(&[n, c, hh, ww], -2.0, 2.0);
+        let a = rng.tensor(&[n, k, h, w], 0.0, 1.0);
+        let kc = k1 - k0;
+        let mut mm = vec![f32::NAN; 2 * n * kc];
+        let mut args = vec![Arg::In(a.data()), Arg::Out(&mut mm)];
+        args.extend([k, k0, kc, h, w, hh, ww].map(|v| Arg::I32(v as i32)));
+        unsafe {
+            emu::launch(
+                "score_cam_minmax_f32",
+                [(n * kc) as u32, 1, 1],
+                [256, 1, 1],
+                0,
+                &mut args,
+            )
+        }
+        .unwrap();
+        let mut out = vec![f32::NAN; n * kc * c * hh * ww];
+        let mut args = vec![
+            Arg::In(x.data()),
+            Arg::In(a.data()),
+            Arg::In(&mm),
+            Arg::Out(&mut out),
+        ];
+        args.extend([c, k, k0, kc, h, w, hh, ww].map(|v| Arg::I32(v as i32)));
+        unsafe {
+            emu::launch(
+                "score_cam_inputs_f32",
+                [(hh * ww).div_ceil(256) as u32, (n * kc) as u32, 1],
+                [256, 1, 1],
+                0,
+                &mut args,
+            )
+        }
+        .unwrap();
+        close(
+            "score_cam_inputs_f32",
+            &out,
+            &be.score_cam_inputs(&x, &a, (k0, k1)).unwrap(),
+        );
+    }
+}
