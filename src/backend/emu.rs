@@ -67,15 +67,6 @@ pub unsafe fn launch(
     shmem: u32,
     args: &mut [Arg],
 ) -> Result<()> {
-    let k = kernels()
-        .iter()
-        .find(|k| unsafe { CStr::from_ptr(k.name) }.to_str() == Ok(name))
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "no kernel `{name}`; have {}",
-                kernel_names().join(", ")
-            ))
-        })?;
     // One 8-byte slot per argument; the kernel reads each through its own type.
     let mut slots: Vec<u64> = args
         .iter_mut()
@@ -89,6 +80,29 @@ pub unsafe fn launch(
             Arg::Null => 0,
         })
         .collect();
+    unsafe { launch_raw(name, grid, block, shmem, &mut slots) }
+}
+
+/// [`launch`] with the arguments already as 8-byte slots (pointers as addresses).
+///
+/// # Safety
+/// As for [`launch`].
+pub unsafe fn launch_raw(
+    name: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shmem: u32,
+    slots: &mut [u64],
+) -> Result<()> {
+    let k = kernels()
+        .iter()
+        .find(|k| unsafe { CStr::from_ptr(k.name) }.to_str() == Ok(name))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "no kernel `{name}`; have {}",
+                kernel_names().join(", ")
+            ))
+        })?;
     let mut ptrs: Vec<*mut c_void> = slots
         .iter_mut()
         .map(|s| s as *mut u64 as *mut c_void)

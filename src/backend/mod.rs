@@ -7,6 +7,7 @@
 
 pub mod cpu;
 pub mod emu;
+pub mod gpu;
 pub mod kernels;
 pub mod nvrtc;
 mod params;

@@ -1,0 +1,489 @@
+//! The host side of the CUDA kernels, written once over a [`Launcher`]: real CUDA (next), or
+//! the CPU emulator ([`EmuLauncher`]) so every line of it runs in tests without a GPU.
+//! Tensors stay on the device between ops; only the inputs go up and results come down.
+
+mod emu_launcher;
+
+pub use emu_launcher::EmuLauncher;
+
+use super::{Backend, Conv2dParams, ElementRule, Pool2dParams, WeightRule};
+use crate::{Result, Tensor};
+
+/// A kernel argument.
+pub enum KArg<'a, B> {
+    Buf(&'a B),
+    Null,
+    I32(i32),
+}
+
+/// What the GPU host code needs from a device: f32 buffers, copies and kernel launches.
+pub trait Launcher: Send + Sync {
+    type Buf: Send + Sync;
+    fn name(&self) -> String;
+    /// A zero-filled buffer of `n` floats.
+    fn alloc(&self, n: usize) -> Result<Self::Buf>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    fn download(&self, b: &Self::Buf) -> Result<Vec<f32>>;
+    fn copy(&self, b: &Self::Buf) -> Result<Self::Buf>;
+    /// # Safety
+    /// The arguments must match the kernel's signature and cover what this grid indexes.
+    unsafe fn launch(
+        &self,
+        kernel: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        args: &[KArg<Self::Buf>],
+    ) -> Result<()>;
+}
+
+pub struct GpuTensor<B> {
+    shape: Vec<usize>,
+    buf: B,
+}
+
+pub struct GpuBackend<L: Launcher> {
+    l: L,
+}
+
+impl<L: Launcher> GpuBackend<L> {
+    pub fn new(launcher: L) -> Self {
+        GpuBackend { l: launcher }
+    }
+
+    fn tensor(&self, shape: Vec<usize>) -> Result<GpuTensor<L::Buf>> {
+        let n = shape.iter().product();
+        Ok(GpuTensor {
+            buf: self.l.alloc(n)?,
+            shape,
+        })
+    }
+
+    /// 1-D launch over `total` elements (the kernels loop with a grid stride).
+    fn run1d(&self, kernel: &str, total: usize, args: &[KArg<L::Buf>]) -> Result<()> {
+        let blocks = total.div_ceil(256).clamp(1, 65535) as u32;
+        // SAFETY: every caller passes the kernel's own argument list for `total` elements.
+        unsafe { self.l.launch(kernel, [blocks, 1, 1], [256, 1, 1], args) }
+    }
+}
+
+/// Integer kernel arguments.
+fn ints<'a, B>(v: &[usize]) -> Vec<KArg<'a, B>> {
+    v.iter().map(|&x| KArg::I32(x as i32)).collect()
+}
+
+fn dims4(s: &[usize]) -> (usize, usize, usize, usize) {
+    (s[0], s[1], s[2], s[3])
+}
+
+impl<L: Launcher> Backend for GpuBackend<L> {
+    type Tensor = GpuTensor<L::Buf>;
+
+    fn name(&self) -> String {
+        self.l.name()
+    }
+    fn upload(&self, t: Tensor) -> Result<Self::Tensor> {
+        Ok(GpuTensor {
+            buf: self.l.upload(t.data())?,
+            shape: t.shape().to_vec(),
+        })
+    }
+    fn download(&self, t: &Self::Tensor) -> Result<Tensor> {
+        Ok(Tensor::new(t.shape.clone(), self.l.download(&t.buf)?))
+    }
+    fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize] {
+        &t.shape
+    }
+    fn duplicate(&self, t: &Self::Tensor) -> Result<Self::Tensor> {
+        Ok(GpuTensor {
+            buf: self.l.copy(&t.buf)?,
+            shape: t.shape.clone(),
+        })
+    }
+    fn reshape(&self, mut t: Self::Tensor, shape: &[usize]) -> Result<Self::Tensor> {
+        t.shape = shape.to_vec();
+        Ok(t)
+    }
+    fn conv2d_prepare(&self, _w: &Self::Tensor, _p: &Conv2dParams) -> Result<Option<Self::Tensor>> {
+        Ok(None)
+    }
+    fn conv2d_fwd(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        _prepared: Option<&Self::Tensor>,
+        b: Option<&Self::Tensor>,
+        p: &Conv2dParams,
+        relu: bool,
+    ) -> Result<Self::Tensor> {
+        let (n, c, h, wd) = dims4(&x.shape);
+        let (k, _, r, s) = dims4(&w.shape);
+        let (oh, ow) = p
+            .out_hw((h, wd), (r, s))
+            .expect("shapes checked by the network");
+        let y = self.tensor(vec![n, k, oh, ow])?;
+        let mut args = vec![
+            KArg::Buf(&x.buf),
+            KArg::Buf(&w.buf),
+            b.map_or(KArg::Null, |b| KArg::Buf(&b.buf)),
+            KArg::Buf(&y.buf),
+        ];
+        args.extend(ints(&[
+            n,
+            c,
+            h,
+            wd,
+            k,
+            r,
+            s,
+            oh,
+            ow,
+            p.stride.0,
+            p.stride.1,
+            p.padding.0,
+            p.padding.1,
+            p.dilation.0,
+            p.dilation.1,
+            p.groups,
+            relu as usize,
+        ]));
+        let grid = [
+            (n * oh * ow).div_ceil(64) as u32,
+            (k / p.groups).div_ceil(64) as u32,
+            p.groups as u32,
+        ];
+        // SAFETY: the argument list is conv2d_fwd_f32's, sized for this grid.
+        unsafe { self.l.launch("conv2d_fwd_f32", grid, [256, 1, 1], &args)? };
+        Ok(y)
+    }
+    fn conv2d_bwd_data(
+        &self,
+        dy: &Self::Tensor,
+        w: &Self::Tensor,
+        (h, wd): (usize, usize),
+        p: &Conv2dParams,
+    ) -> Result<Self::Tensor> {
+        let (n, k, oh, ow) = dims4(&dy.shape);
+        let (_, cg, r, s) = dims4(&w.shape);
+        let c = cg * p.groups;
+        let dx = self.tensor(vec![n, c, h, wd])?;
+        let mut args = vec![KArg::Buf(&dy.buf), KArg::Buf(&w.buf), KArg::Buf(&dx.buf)];
+        args.extend(ints(&[
+            n,
+            c,
+            h,
+            wd,
+            k,
+            r,
+            s,
+            oh,
+            ow,
+            p.stride.0,
+            p.stride.1,
+            p.padding.0,
+            p.padding.1,
+            p.dilation.0,
+            p.dilation.1,
+            p.groups,
+        ]));
+        let grid = [
+            (n * h * wd).div_ceil(64) as u32,
+            cg.div_ceil(64) as u32,
+            p.groups as u32,
+        ];
+        // SAFETY: conv2d_bwd_data_f32's argument list, sized for this grid.
+        unsafe {
+            self.l
+                .launch("conv2d_bwd_data_f32", grid, [256, 1, 1], &args)?
+        };
+        Ok(dx)
+    }
+    fn relu_fwd(&self, x: Self::Tensor) -> Result<Self::Tensor> {
+        let n = x.shape.iter().product();
+        self.run1d("relu_fwd_f32", n, &[KArg::Buf(&x.buf), KArg::I32(n as i32)])?;
+        Ok(x)
+    }
+    fn relu_bwd(&self, y: &Self::Tensor, dy: Self::Tensor, guided: bool) -> Result<Self::Tensor> {
+        let n = dy.shape.iter().product();
+        self.run1d(
+            "relu_bwd_f32",
+            n,
+            &[
+                KArg::Buf(&y.buf),
+                KArg::Buf(&dy.buf),
+                KArg::I32(n as i32),
+                KArg::I32(guided as i32),
+            ],
+        )?;
+        Ok(dy)
+    }
+    fn max_pool2d_fwd(&self, x: &Self::Tensor, p: &Pool2dParams) -> Result<Self::Tensor> {
+        let (n, c, h, w) = dims4(&x.shape);
+        let (oh, ow) = p.out_hw((h, w)).expect("shapes checked by the network");
+        let y = self.tensor(vec![n, c, oh, ow])?;
+        let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&y.buf)];
+        args.extend(ints(&[
+            n * c,
+            h,
+            w,
+            oh,
+            ow,
+            p.kernel.0,
+            p.kernel.1,
+            p.stride.0,
+            p.stride.1,
+            p.padding.0,
+            p.padding.1,
+        ]));
+        self.run1d("max_pool2d_fwd_f32", n * c * oh * ow, &args)?;
+        Ok(y)
+    }
+    fn max_pool2d_bwd(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        p: &Pool2dParams,
+    ) -> Result<Self::Tensor> {
+        let (n, c, h, w) = dims4(&x.shape);
+        let (_, _, oh, ow) = dims4(&dy.shape);
+        let dx = self.tensor(x.shape.clone())?;
+        let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&dy.buf), KArg::Buf(&dx.buf)];
+        args.extend(ints(&[
+            n * c,
+            h,
+            w,
+            oh,
+            ow,
+            p.kernel.0,
+            p.kernel.1,
+            p.stride.0,
+            p.stride.1,
+            p.padding.0,
+            p.padding.1,
+        ]));
+        self.run1d("max_pool2d_bwd_f32", n * c * oh * ow, &args)?;
+        Ok(dx)
+    }
+    fn adaptive_avg_pool2d_fwd(
+        &self,
+        x: &Self::Tensor,
+        (oh, ow): (usize, usize),
+    ) -> Result<Self::Tensor> {
+        let (n, c, h, w) = dims4(&x.shape);
+        let y = self.tensor(vec![n, c, oh, ow])?;
+        let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&y.buf)];
+        args.extend(ints(&[n * c, h, w, oh, ow]));
+        self.run1d("adaptive_avg_pool2d_fwd_f32", n * c * oh * ow, &args)?;
+        Ok(y)
+    }
+    fn adaptive_avg_pool2d_bwd(
+        &self,
+        dy: &Self::Tensor,
+        (h, w): (usize, usize),
+    ) -> Result<Self::Tensor> {
+        let (n, c, oh, ow) = dims4(&dy.shape);
+        let dx = self.tensor(vec![n, c, h, w])?;
+        let mut args = vec![KArg::Buf(&dy.buf), KArg::Buf(&dx.buf)];
+        args.extend(ints(&[n * c, h, w, oh, ow]));
+        self.run1d("adaptive_avg_pool2d_bwd_f32", n * c * h * w, &args)?;
+        Ok(dx)
+    }
+    fn linear_fwd(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let (n, fin, fout) = (x.shape[0], x.shape[1], w.shape[0]);
+        let y = self.tensor(vec![n, fout])?;
+        let mut args = vec![
+            KArg::Buf(&x.buf),
+            KArg::Buf(&w.buf),
+            b.map_or(KArg::Null, |b| KArg::Buf(&b.buf)),
+            KArg::Buf(&y.buf),
+        ];
+        args.extend(ints(&[n, fin, fout]));
+        // SAFETY: linear_fwd_f32's argument list, sized for this grid.
+        unsafe {
+            self.l.launch(
+                "linear_fwd_f32",
+                [n.div_ceil(64) as u32, fout.div_ceil(64) as u32, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(y)
+    }
+    fn linear_bwd_data(&self, dy: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor> {
+        let (n, fout, fin) = (dy.shape[0], dy.shape[1], w.shape[1]);
+        let dx = self.tensor(vec![n, fin])?;
+        let mut args = vec![KArg::Buf(&dy.buf), KArg::Buf(&w.buf), KArg::Buf(&dx.buf)];
+        args.extend(ints(&[n, fin, fout]));
+        // SAFETY: linear_bwd_data_f32's argument list, sized for this grid.
+        unsafe {
+            self.l.launch(
+                "linear_bwd_data_f32",
+                [n.div_ceil(64) as u32, fin.div_ceil(64) as u32, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(dx)
+    }
+    fn add(&self, a: Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
+        let n = a.shape.iter().product();
+        self.run1d(
+            "add_f32",
+            n,
+            &[KArg::Buf(&a.buf), KArg::Buf(&b.buf), KArg::I32(n as i32)],
+        )?;
+        Ok(a)
+    }
+    fn channel_affine(
+        &self,
+        x: Self::Tensor,
+        scale: &[f32],
+        shift: &[f32],
+    ) -> Result<Self::Tensor> {
+        let (_, c, h, w) = dims4(&x.shape);
+        let n = x.shape.iter().product();
+        let (s, t) = (self.l.upload(scale)?, self.l.upload(shift)?);
+        let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&s), KArg::Buf(&t)];
+        args.extend(ints(&[c, h * w, n]));
+        self.run1d("channel_affine_f32", n, &args)?;
+        Ok(x)
+    }
+    fn grad_pool(&self, g: &Self::Tensor) -> Result<Self::Tensor> {
+        let (n, k, h, w) = dims4(&g.shape);
+        let a = self.tensor(vec![n, k])?;
+        // SAFETY: grad_pool_f32: one block per plane.
+        unsafe {
+            self.l.launch(
+                "grad_pool_f32",
+                [(n * k) as u32, 1, 1],
+                [256, 1, 1],
+                &[
+                    KArg::Buf(&g.buf),
+                    KArg::Buf(&a.buf),
+                    KArg::I32((h * w) as i32),
+                ],
+            )?
+        };
+        Ok(a)
+    }
+    fn weighted_sum_relu(&self, a: &Self::Tensor, alpha: &Self::Tensor) -> Result<Self::Tensor> {
+        let (n, k, h, w) = dims4(&a.shape);
+        let m = self.tensor(vec![n, h, w])?;
+        let args = [
+            KArg::Buf(&a.buf),
+            KArg::Buf(&alpha.buf),
+            KArg::Buf(&m.buf),
+            KArg::I32(k as i32),
+            KArg::I32((h * w) as i32),
+        ];
+        // SAFETY: weighted_sum_relu_f32: one thread per (pixel, image).
+        unsafe {
+            self.l.launch(
+                "weighted_sum_relu_f32",
+                [(h * w).div_ceil(256) as u32, n as u32, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(m)
+    }
+    fn cam_weights(
+        &self,
+        rule: WeightRule,
+        a: &Self::Tensor,
+        g: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let (n, k, h, w) = dims4(&a.shape);
+        let out = self.tensor(vec![n, k])?;
+        let r = (rule == WeightRule::XGradCam) as i32;
+        let args = [
+            KArg::Buf(&a.buf),
+            KArg::Buf(&g.buf),
+            KArg::Buf(&out.buf),
+            KArg::I32((h * w) as i32),
+            KArg::I32(r),
+        ];
+        // SAFETY: cam_weights_f32: one block per plane.
+        unsafe {
+            self.l.launch(
+                "cam_weights_f32",
+                [(n * k) as u32, 1, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(out)
+    }
+    fn elementwise_cam_relu(
+        &self,
+        rule: ElementRule,
+        a: &Self::Tensor,
+        g: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let (n, k, h, w) = dims4(&a.shape);
+        let m = self.tensor(vec![n, h, w])?;
+        let r = (rule == ElementRule::LayerCam) as i32;
+        let args = [
+            KArg::Buf(&a.buf),
+            KArg::Buf(&g.buf),
+            KArg::Buf(&m.buf),
+            KArg::I32(k as i32),
+            KArg::I32((h * w) as i32),
+            KArg::I32(r),
+        ];
+        // SAFETY: elementwise_cam_relu_f32: one thread per (pixel, image).
+        unsafe {
+            self.l.launch(
+                "elementwise_cam_relu_f32",
+                [(h * w).div_ceil(256) as u32, n as u32, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(m)
+    }
+    fn score_cam_inputs(
+        &self,
+        x: &Self::Tensor,
+        a: &Self::Tensor,
+        (k0, k1): (usize, usize),
+    ) -> Result<Self::Tensor> {
+        let (n, c, hh, ww) = dims4(&x.shape);
+        let (_, k, h, w) = dims4(&a.shape);
+        let kc = k1 - k0;
+        let mm = self.tensor(vec![n * kc, 2])?;
+        let mut args = vec![KArg::Buf(&a.buf), KArg::Buf(&mm.buf)];
+        args.extend(ints(&[k, k0, kc, h, w, hh, ww]));
+        // SAFETY: score_cam_minmax_f32: one block per (image, channel).
+        unsafe {
+            self.l.launch(
+                "score_cam_minmax_f32",
+                [(n * kc) as u32, 1, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        let out = self.tensor(vec![n * kc, c, hh, ww])?;
+        let mut args = vec![
+            KArg::Buf(&x.buf),
+            KArg::Buf(&a.buf),
+            KArg::Buf(&mm.buf),
+            KArg::Buf(&out.buf),
+        ];
+        args.extend(ints(&[c, k, k0, kc, h, w, hh, ww]));
+        // SAFETY: score_cam_inputs_f32: one thread per (pixel, image·channel).
+        unsafe {
+            self.l.launch(
+                "score_cam_inputs_f32",
+                [(hh * ww).div_ceil(256) as u32, (n * kc) as u32, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(out)
+    }
+}
