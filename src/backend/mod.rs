@@ -11,6 +11,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod nvrtc;
 mod params;
+pub mod selftest;
 
 pub use cpu::CpuBackend;
 pub use params::{Conv2dParams, Pool2dParams};

@@ -5,6 +5,7 @@ mod eval;
 mod explain;
 mod inputs;
 mod layers;
+mod selftest;
 mod synth;
 
 use std::path::PathBuf;
@@ -38,6 +39,9 @@ enum Cmd {
     Eval(eval::EvalArgs),
     /// Measure images/s and time per stage of the whole pipeline.
     Bench(bench::BenchArgs),
+    /// Check every op of a backend against the naive CPU ops (`--device emu`: the CUDA kernels
+    /// on the CPU emulator).
+    Selftest(selftest::SelftestArgs),
     /// Write a checkpoint with random weights (torchvision names) for benchmarks and tests.
     RandomWeights(synth::SynthArgs),
 }
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Eval(a) => eval::run(a),
         Cmd::RandomWeights(a) => synth::run(a),
+        Cmd::Selftest(a) => selftest::run(a),
     };
     match result {
         Ok(code) => code,

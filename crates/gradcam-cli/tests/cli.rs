@@ -304,3 +304,17 @@ fn eval_prints_a_table_and_writes_json() {
     let o = gradcam(&["eval", "/no/such/manifest.csv"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn selftest_passes_on_the_cpu_and_on_the_emulated_kernels() {
+    for device in ["cpu", "emu"] {
+        let o = gradcam(&["selftest", "--device", device]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{device}: {out}{}", stderr(&o));
+        assert!(
+            out.contains("conv2d_bwd_data") && out.contains("score_cam_inputs"),
+            "{out}"
+        );
+        assert!(!out.contains("MISMATCH"));
+    }
+}

@@ -1,0 +1,238 @@
+//! Every op of a backend against the naive CPU oracle on random inputs (odd sizes, strides,
+//! padding, groups, batch > 1), then a whole Grad-CAM pass on a random narrowed ResNet: what
+//! `gradcam selftest` runs on the CPU, on the emulated kernels, and (next) on a real GPU.
+//! Tolerance: max abs diff ≤ 1e-3 · (1 + max |reference|).
+
+use super::{Backend, Conv2dParams, CpuBackend, ElementRule, Pool2dParams, WeightRule};
+use crate::model::synth::Rng;
+use crate::{Result, Tensor};
+
+pub struct Check {
+    pub op: String,
+    pub shape: String,
+    pub max_err: f32,
+    pub tolerance: f32,
+}
+
+impl Check {
+    pub fn passed(&self) -> bool {
+        self.max_err <= self.tolerance
+    }
+}
+
+fn check<B: Backend>(
+    be: &B,
+    op: &str,
+    shape: &str,
+    got: &B::Tensor,
+    want: &Tensor,
+) -> Result<Check> {
+    let got = be.download(got)?;
+    let tolerance = 1e-3 * (1.0 + want.data().iter().fold(0f32, |m, v| m.max(v.abs())));
+    let max_err = if got.shape() == want.shape() {
+        got.max_abs_diff(want)
+    } else {
+        f32::INFINITY
+    };
+    Ok(Check {
+        op: op.into(),
+        shape: shape.into(),
+        max_err,
+        tolerance,
+    })
+}
+
+pub fn run<B: Backend>(be: &B) -> Result<Vec<Check>> {
+    let oracle = CpuBackend::reference();
+    let mut rng = Rng::new(2024);
+    let mut out = Vec::new();
+    let up = |t: &Tensor| be.upload(t.clone());
+    let convs = [
+        ([2, 3, 17, 13], [8, 3, 7, 7], Conv2dParams::new(2, 3)),
+        ([2, 16, 9, 11], [24, 16, 3, 3], Conv2dParams::new(1, 1)),
+        ([3, 32, 7, 7], [64, 32, 1, 1], Conv2dParams::new(1, 0)),
+        ([2, 16, 9, 7], [32, 16, 1, 1], Conv2dParams::new(2, 0)),
+        (
+            [2, 8, 10, 9],
+            [8, 2, 3, 3],
+            Conv2dParams {
+                groups: 4,
+                ..Conv2dParams::new(2, 1)
+            },
+        ),
+    ];
+    for (xs, ws, p) in convs {
+        let x = rng.tensor(&xs, -1.0, 1.0);
+        let w = rng.tensor(&ws, -1.0, 1.0);
+        let b = rng.tensor(&ws[..1], -1.0, 1.0);
+        let shape = format!(
+            "{xs:?} * {ws:?} s{} p{} g{}",
+            p.stride.0, p.padding.0, p.groups
+        );
+        let (xd, wd, bd) = (up(&x)?, up(&w)?, up(&b)?);
+        let prep = be.conv2d_prepare(&wd, &p)?;
+        let y = be.conv2d_fwd(&xd, &wd, prep.as_ref(), Some(&bd), &p, true)?;
+        let want = oracle.conv2d_fwd(&x, &w, None, Some(&b), &p, true)?;
+        out.push(check(be, "conv2d_fwd (+bias, relu)", &shape, &y, &want)?);
+        let dy = rng.tensor(want.shape(), -1.0, 1.0);
+        let dx = be.conv2d_bwd_data(&up(&dy)?, &wd, (xs[2], xs[3]), &p)?;
+        out.push(check(
+            be,
+            "conv2d_bwd_data",
+            &shape,
+            &dx,
+            &oracle.conv2d_bwd_data(&dy, &w, (xs[2], xs[3]), &p)?,
+        )?);
+    }
+    let x = rng.tensor(&[2, 5, 13, 11], -1.0, 1.0);
+    let shape = "[2, 5, 13, 11]";
+    let xr = oracle.relu_fwd(x.clone())?;
+    out.push(check(be, "relu_fwd", shape, &be.relu_fwd(up(&x)?)?, &xr)?);
+    let dy = rng.tensor(x.shape(), -1.0, 1.0);
+    for guided in [false, true] {
+        let got = be.relu_bwd(&up(&xr)?, up(&dy)?, guided)?;
+        let name = if guided {
+            "relu_bwd (guided)"
+        } else {
+            "relu_bwd"
+        };
+        out.push(check(
+            be,
+            name,
+            shape,
+            &got,
+            &oracle.relu_bwd(&xr, dy.clone(), guided)?,
+        )?);
+    }
+    out.push(check(
+        be,
+        "add",
+        shape,
+        &be.add(up(&x)?, &up(&dy)?)?,
+        &oracle.add(x.clone(), &dy)?,
+    )?);
+    let (s, t): (Vec<f32>, Vec<f32>) = (0..5).map(|i| (0.5 + i as f32, 0.1 * i as f32)).unzip();
+    out.push(check(
+        be,
+        "channel_affine",
+        shape,
+        &be.channel_affine(up(&x)?, &s, &t)?,
+        &oracle.channel_affine(x.clone(), &s, &t)?,
+    )?);
+    for p in [Pool2dParams::new(2, 2, 0), Pool2dParams::new(3, 2, 1)] {
+        let name = format!("{shape} k{} s{} p{}", p.kernel.0, p.stride.0, p.padding.0);
+        let y = oracle.max_pool2d_fwd(&xr, &p)?;
+        out.push(check(
+            be,
+            "max_pool2d_fwd",
+            &name,
+            &be.max_pool2d_fwd(&up(&xr)?, &p)?,
+            &y,
+        )?);
+        let g = rng.tensor(y.shape(), -1.0, 1.0);
+        out.push(check(
+            be,
+            "max_pool2d_bwd",
+            &name,
+            &be.max_pool2d_bwd(&up(&xr)?, &up(&g)?, &p)?,
+            &oracle.max_pool2d_bwd(&xr, &g, &p)?,
+        )?);
+    }
+    let y = oracle.adaptive_avg_pool2d_fwd(&x, (7, 7))?;
+    out.push(check(
+        be,
+        "adaptive_avg_pool2d_fwd",
+        "[2, 5, 13, 11] → 7x7",
+        &be.adaptive_avg_pool2d_fwd(&up(&x)?, (7, 7))?,
+        &y,
+    )?);
+    let g = rng.tensor(y.shape(), -1.0, 1.0);
+    out.push(check(
+        be,
+        "adaptive_avg_pool2d_bwd",
+        "7x7 → [13, 11]",
+        &be.adaptive_avg_pool2d_bwd(&up(&g)?, (13, 11))?,
+        &oracle.adaptive_avg_pool2d_bwd(&g, (13, 11))?,
+    )?);
+    let (xl, wl, bl) = (
+        rng.tensor(&[3, 70], -1.0, 1.0),
+        rng.tensor(&[19, 70], -1.0, 1.0),
+        rng.tensor(&[19], -1.0, 1.0),
+    );
+    out.push(check(
+        be,
+        "linear_fwd",
+        "[3, 70] x [19, 70]",
+        &be.linear_fwd(&up(&xl)?, &up(&wl)?, Some(&up(&bl)?))?,
+        &oracle.linear_fwd(&xl, &wl, Some(&bl))?,
+    )?);
+    let dyl = rng.tensor(&[3, 19], -1.0, 1.0);
+    out.push(check(
+        be,
+        "linear_bwd_data",
+        "[3, 19] x [19, 70]",
+        &be.linear_bwd_data(&up(&dyl)?, &up(&wl)?)?,
+        &oracle.linear_bwd_data(&dyl, &wl)?,
+    )?);
+    let a = rng.tensor(&[2, 6, 7, 9], 0.0, 2.0);
+    let g = rng.tensor(&[2, 6, 7, 9], -1.0, 1.0);
+    let shape = "[2, 6, 7, 9]";
+    let alpha = oracle.grad_pool(&g)?;
+    out.push(check(
+        be,
+        "grad_pool",
+        shape,
+        &be.grad_pool(&up(&g)?)?,
+        &alpha,
+    )?);
+    out.push(check(
+        be,
+        "weighted_sum_relu",
+        shape,
+        &be.weighted_sum_relu(&up(&a)?, &up(&alpha)?)?,
+        &oracle.weighted_sum_relu(&a, &alpha)?,
+    )?);
+    for rule in [WeightRule::GradCamPlusPlus, WeightRule::XGradCam] {
+        out.push(check(
+            be,
+            &format!("cam_weights {rule:?}"),
+            shape,
+            &be.cam_weights(rule, &up(&a)?, &up(&g)?)?,
+            &oracle.cam_weights(rule, &a, &g)?,
+        )?);
+    }
+    for rule in [ElementRule::HiResCam, ElementRule::LayerCam] {
+        out.push(check(
+            be,
+            &format!("elementwise_cam_relu {rule:?}"),
+            shape,
+            &be.elementwise_cam_relu(rule, &up(&a)?, &up(&g)?)?,
+            &oracle.elementwise_cam_relu(rule, &a, &g)?,
+        )?);
+    }
+    let xi = rng.tensor(&[2, 3, 21, 19], -1.0, 1.0);
+    out.push(check(
+        be,
+        "score_cam_inputs",
+        "[2, 3, 21, 19], channels 1..4",
+        &be.score_cam_inputs(&up(&xi)?, &up(&a)?, (1, 4))?,
+        &oracle.score_cam_inputs(&xi, &a, (1, 4))?,
+    )?);
+    Ok(out)
+}
+
+/// The checks as a table.
+pub fn table(checks: &[Check]) -> String {
+    let mut s = format!(
+        "{:<34} {:<40} {:>11} {:>11}  result\n",
+        "op", "shape", "max err", "tolerance"
+    );
+    for c in checks {
+        let verdict = if c.passed() { "ok" } else { "MISMATCH" };
+        s += &format!(
+            "{:<34} {:<40} {:>11.3e} {:>11.3e}  {verdict}\n",
+            c.op, c.shape, c.max_err, c.tolerance
+        );
+    }
+    s
+}
