@@ -108,22 +108,9 @@ extern "C" __global__ void score_cam_minmax_f32(const float* __restrict__ a, flo
         lo = fminf(lo, v);
         hi = fmaxf(hi, v);
     }
-    // Warp then block reduction of both extremes.
-    for (int o = 16; o > 0; o >>= 1) {
-        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
-        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
-    }
-    __shared__ float los[32];
-    if (threadIdx.x % 32 == 0) {
-        scratch[threadIdx.x / 32] = hi;
-        los[threadIdx.x / 32] = lo;
-    }
-    __syncthreads();
+    hi = block_max(hi, scratch);
+    lo = -block_max(-lo, scratch);
     if (threadIdx.x == 0) {
-        for (int i = 1; i < (int)blockDim.x / 32; ++i) {
-            hi = fmaxf(hi, scratch[i]);
-            lo = fminf(lo, los[i]);
-        }
         mm[blockIdx.x * 2] = lo;
         mm[blockIdx.x * 2 + 1] = hi;
     }

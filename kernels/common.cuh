@@ -27,3 +27,37 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     __syncthreads();
     return v;
 }
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Max over a block (blockDim.x a multiple of 32); every thread gets it. `scratch`: 32 floats.
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    v = warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = threadIdx.x < blockDim.x / 32 ? scratch[threadIdx.x] : -3.0e38f;
+    if (warp == 0) v = warp_max(v);
+    if (threadIdx.x == 0) scratch[0] = v;
+    __syncthreads();
+    v = scratch[0];
+    __syncthreads();
+    return v;
+}
+
+// Bilinear sampling along one axis with half-pixel centres and clamped edges (cv2.resize
+// INTER_LINEAR, F.interpolate align_corners=False): output index d of dst samples source
+// indices i0, i1 with weight f on i1. In double, as the CPU path: a 4000-pixel axis needs more
+// than f32's 24 bits for the same sub-pixel weight; once per pixel, so cheap.
+__device__ __forceinline__ void bilinear_axis(int d, int src, int dst, int* i0, int* i1, float* f) {
+    double s = ((double)d + 0.5) * ((double)src / (double)dst) - 0.5;
+    if (s < 0.0) s = 0.0;
+    int a = (int)s;
+    if (a > src - 1) a = src - 1;
+    *i0 = a;
+    *i1 = a + 1 < src ? a + 1 : src - 1;
+    *f = a == src - 1 ? 0.0f : (float)(s - (double)a);
+}

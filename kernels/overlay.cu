@@ -11,45 +11,15 @@
 // map [N, h, w] f32; img [N, oh, ow, 3] u8; jet [256·3] u8 (RGB); out like img.
 #include "common.cuh"
 
-__device__ __forceinline__ void axis_at(int d, int src, int dst, int* i0, int* i1, float* f) {
-    double s = ((double)d + 0.5) * ((double)src / (double)dst) - 0.5;
-    if (s < 0.0) s = 0.0;
-    int a = (int)s;
-    if (a > src - 1) a = src - 1;
-    *i0 = a;
-    *i1 = a + 1 < src ? a + 1 : src - 1;
-    *f = a == src - 1 ? 0.0f : (float)(s - (double)a);
-}
-
 // The map sampled bilinearly at output pixel p (half-pixel centres, edges clamped).
 __device__ __forceinline__ float sample(const float* m, int h, int w, int oh, int ow, int p) {
     int y0, y1, x0, x1;
     float fy, fx;
-    axis_at(p / ow, h, oh, &y0, &y1, &fy);
-    axis_at(p % ow, w, ow, &x0, &x1, &fx);
+    bilinear_axis(p / ow, h, oh, &y0, &y1, &fy);
+    bilinear_axis(p % ow, w, ow, &x0, &x1, &fx);
     const float top = m[y0 * w + x0] * (1.0f - fx) + m[y0 * w + x1] * fx;
     const float bot = m[y1 * w + x0] * (1.0f - fx) + m[y1 * w + x1] * fx;
     return top * (1.0f - fy) + bot * fy;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-// Max over a block (blockDim.x a multiple of 32); every thread gets it.
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    v = warp_max(v);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = threadIdx.x < blockDim.x / 32 ? scratch[threadIdx.x] : -3.0e38f;
-    if (warp == 0) v = warp_max(v);
-    if (threadIdx.x == 0) scratch[0] = v;
-    __syncthreads();
-    v = scratch[0];
-    __syncthreads();
-    return v;
 }
 
 __device__ __forceinline__ float blend(const float* m, int h, int w, int oh, int ow, int p, int ch,
