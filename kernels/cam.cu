@@ -99,21 +99,9 @@ __device__ __forceinline__ float sample_ac(const float* m, int h, int w, int oh,
 
 extern "C" __global__ void score_cam_minmax_f32(const float* __restrict__ a, float* __restrict__ mm,
                                                 int k, int k0, int kc, int h, int w, int oh, int ow) {
-    __shared__ float scratch[32];
     const int n = blockIdx.x / kc, c = k0 + blockIdx.x % kc;
     const float* m = a + ((size_t)n * k + c) * h * w;
-    float lo = 3.0e38f, hi = -3.0e38f;
-    for (int p = threadIdx.x; p < oh * ow; p += blockDim.x) {
-        const float v = sample_ac(m, h, w, oh, ow, p);
-        lo = fminf(lo, v);
-        hi = fmaxf(hi, v);
-    }
-    hi = block_max(hi, scratch);
-    lo = -block_max(-lo, scratch);
-    if (threadIdx.x == 0) {
-        mm[blockIdx.x * 2] = lo;
-        mm[blockIdx.x * 2 + 1] = hi;
-    }
+    block_minmax([&](int p) { return sample_ac(m, h, w, oh, ow, p); }, oh * ow, mm + blockIdx.x * 2);
 }
 
 extern "C" __global__ void score_cam_inputs_f32(const float* __restrict__ x, const float* __restrict__ a,

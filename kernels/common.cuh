@@ -61,3 +61,22 @@ __device__ __forceinline__ void bilinear_axis(int d, int src, int dst, int* i0, 
     *i1 = a + 1 < src ? a + 1 : src - 1;
     *f = a == src - 1 ? 0.0f : (float)(s - (double)a);
 }
+
+// [min, max] of sample(p) over p in 0..count, written to out[0], out[1] by thread 0: the
+// extremes a min-max normalisation needs, without storing the samples.
+template <class F>
+__device__ __forceinline__ void block_minmax(F sample, int count, float* out) {
+    __shared__ float scratch[32];
+    float lo = 3.0e38f, hi = -3.0e38f;
+    for (int p = threadIdx.x; p < count; p += blockDim.x) {
+        const float v = sample(p);
+        lo = fminf(lo, v);
+        hi = fmaxf(hi, v);
+    }
+    hi = block_max(hi, scratch);
+    lo = -block_max(-lo, scratch);
+    if (threadIdx.x == 0) {
+        out[0] = lo;
+        out[1] = hi;
+    }
+}

@@ -32,20 +32,8 @@ __device__ __forceinline__ float blend(const float* m, int h, int w, int oh, int
 
 extern "C" __global__ void overlay_minmax_f32(const float* __restrict__ map, float* __restrict__ mm,
                                               int h, int w, int oh, int ow) {
-    __shared__ float scratch[32];
     const float* m = map + (size_t)blockIdx.x * h * w;
-    float lo = 3.0e38f, hi = -3.0e38f;
-    for (int p = threadIdx.x; p < oh * ow; p += blockDim.x) {
-        const float v = sample(m, h, w, oh, ow, p);
-        lo = fminf(lo, v);
-        hi = fmaxf(hi, v);
-    }
-    hi = block_max(hi, scratch);
-    lo = -block_max(-lo, scratch);
-    if (threadIdx.x == 0) {
-        mm[blockIdx.x * 2] = lo;
-        mm[blockIdx.x * 2 + 1] = hi;
-    }
+    block_minmax([&](int p) { return sample(m, h, w, oh, ow, p); }, oh * ow, mm + blockIdx.x * 2);
 }
 
 extern "C" __global__ void overlay_max_f32(const float* __restrict__ map, const float* __restrict__ mm,
