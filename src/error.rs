@@ -44,6 +44,14 @@ pub enum Error {
     BadImage { path: PathBuf, reason: String },
     #[error("input shape {found:?} does not fit: {reason}")]
     BadInput { found: Vec<usize>, reason: String },
+    /// The device ran out of memory; a batch that hits this is split and retried.
+    #[error("out of device memory: {0}")]
+    OutOfMemory(String),
+    /// No usable GPU: what is missing and where we looked.
+    #[error("{0}")]
+    NoDevice(String),
+    #[error("CUDA: {0}")]
+    Cuda(String),
     #[error("{0}")]
     Invalid(String),
 }

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use crate::backend::Backend;
 use crate::cam::postprocess::guided_images;
 use crate::cam::{explain, overlay, upsample_normalised, CamRequest, ClassSel, Method};
-use crate::image::{preprocess, InputSize, RgbImage};
+use crate::image::{InputSize, RgbImage};
 use crate::model::Network;
 use crate::{Error, Result};
 
@@ -79,7 +79,33 @@ impl Timings {
 }
 
 /// Explains a batch of images that share one input size under `cfg.size`.
+///
+/// A batch that does not fit in device memory is split in halves until it does, and the
+/// network remembers the largest batch that fitted so later batches start there.
 pub fn explain_batch<B: Backend>(
+    net: &Network<B>,
+    images: &[&RgbImage],
+    cfg: &ExplainConfig,
+    timings: &mut Timings,
+) -> Result<Vec<Explanation>> {
+    let cap = net.batch_cap().max(1);
+    if images.len() > cap {
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(cap) {
+            out.extend(explain_batch(net, chunk, cfg, timings)?);
+        }
+        return Ok(out);
+    }
+    match explain_fitting(net, images, cfg, timings) {
+        Err(Error::OutOfMemory(_)) if images.len() > 1 => {
+            net.lower_batch_cap(images.len() / 2);
+            explain_batch(net, images, cfg, timings)
+        }
+        r => r,
+    }
+}
+
+fn explain_fitting<B: Backend>(
     net: &Network<B>,
     images: &[&RgbImage],
     cfg: &ExplainConfig,
@@ -98,10 +124,12 @@ pub fn explain_batch<B: Backend>(
         .layer
         .clone()
         .unwrap_or_else(|| net.graph().default_layer.clone());
+    let be = net.backend();
 
     let t0 = Instant::now();
-    let x = preprocess(images, hw);
-    let x = net.backend().upload(x)?;
+    // Bytes go up once; the resize and normalisation run where the network runs.
+    let staged = be.upload_images(images)?;
+    let x = be.preprocess(&staged, hw)?;
     let t1 = Instant::now();
     let req = CamRequest {
         layer: &layer,
@@ -114,29 +142,27 @@ pub fn explain_batch<B: Backend>(
     let batch = explain(net, x, &req)?;
     let t2 = Instant::now();
 
+    let overlays = if cfg.overlay_full_res {
+        be.overlays(&staged, &batch.maps)?
+    } else {
+        Vec::new()
+    };
+    drop(staged);
     let (h, w) = (batch.maps.shape()[1], batch.maps.shape()[2]);
     let nc = batch.logits.shape()[1];
     let k = batch.weights.shape()[1];
+    let mut overlays = overlays.into_iter().map(Some).collect::<Vec<_>>();
+    overlays.resize_with(images.len(), || None);
     let out = images
         .par_iter()
+        .zip(overlays.into_par_iter())
         .enumerate()
-        .map(|(i, img)| {
+        .map(|(i, (img, overlay_img))| {
             let logits = &batch.logits.data()[i * nc..(i + 1) * nc];
             let map = &batch.maps.data()[i * h * w..(i + 1) * h * w];
             let class = batch.classes[i];
             let cam = upsample_normalised(map, (h, w), hw);
-            let overlay_img = if cfg.overlay_full_res {
-                let full = (img.height() as usize, img.width() as usize);
-                let m = if full == hw {
-                    cam.clone()
-                } else {
-                    upsample_normalised(map, (h, w), full)
-                };
-                overlay(img, &m)
-            } else {
-                let small = resize_rgb(img, hw);
-                overlay(&small, &cam)
-            };
+            let overlay_img = overlay_img.unwrap_or_else(|| overlay(&resize_rgb(img, hw), &cam));
             let guided = batch.guided.as_ref().map(|g| {
                 let per = 3 * hw.0 * hw.1;
                 guided_images(&g.data()[i * per..(i + 1) * per], &cam, hw)

@@ -80,3 +80,39 @@ fn ptxas_resource_report_has_no_spills() {
         }
     }
 }
+
+/// Cache entries are keyed by file, architecture and NVRTC version; a stored module comes back
+/// byte for byte, and a cache folder that cannot be written only costs a recompile.
+#[test]
+fn module_cache_keys_and_round_trip() {
+    use gradcam::backend::module_cache::ModuleCache;
+    let dir = tempfile::tempdir().unwrap();
+    let a = ModuleCache::in_dir(dir.path(), "sm_90", (13, 0));
+    let paths = [
+        a.path("conv.cu").unwrap(),
+        a.path("cam.cu").unwrap(),
+        ModuleCache::in_dir(dir.path(), "sm_80", (13, 0))
+            .path("conv.cu")
+            .unwrap(),
+        ModuleCache::in_dir(dir.path(), "sm_90", (12, 9))
+            .path("conv.cu")
+            .unwrap(),
+    ];
+    for (i, p) in paths.iter().enumerate() {
+        for q in &paths[i + 1..] {
+            assert_ne!(p, q, "two cache entries share a key");
+        }
+    }
+    assert_eq!(a.path("conv.cu"), a.path("conv.cu"), "the key is stable");
+    assert!(a.path("nope.cu").is_none());
+    assert!(a.get("conv.cu").is_none());
+    a.put("conv.cu", b"\x7fELF module bytes");
+    assert_eq!(a.get("conv.cu").unwrap(), b"\x7fELF module bytes");
+    assert!(a.get("cam.cu").is_none());
+
+    let blocked = dir.path().join("a-file");
+    std::fs::write(&blocked, b"").unwrap();
+    let c = ModuleCache::in_dir(&blocked.join("sub"), "sm_90", (13, 0));
+    c.put("conv.cu", b"x");
+    assert!(c.get("conv.cu").is_none());
+}

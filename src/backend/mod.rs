@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod emu;
 pub mod gpu;
 pub mod kernels;
+pub mod module_cache;
 pub mod nvrtc;
 mod params;
 pub mod selftest;
@@ -16,6 +17,7 @@ pub mod selftest;
 pub use cpu::CpuBackend;
 pub use params::{Conv2dParams, Pool2dParams};
 
+use crate::image::RgbImage;
 use crate::{Result, Tensor};
 
 /// Channel weights of the weight-based CAM methods beyond Grad-CAM (whose weights are
@@ -41,7 +43,28 @@ pub trait Backend: Send + Sync {
     /// A tensor living wherever this backend computes (host memory, device memory).
     type Tensor: Send + Sync;
 
+    /// A batch of RGB8 images as the backend keeps them for preprocessing and overlays
+    /// (borrowed on the CPU, one packed byte buffer on a GPU).
+    type Images<'a>: Send + Sync
+    where
+        Self: 'a;
+
     fn name(&self) -> String;
+
+    /// Hands a batch of images (any sizes) to the backend: one host→device copy on a GPU.
+    fn upload_images<'a>(&'a self, images: &[&'a RgbImage]) -> Result<Self::Images<'a>>;
+    /// RGB8 → bilinear resize to `hw` (half-pixel centres, as cv2.resize) → ImageNet
+    /// normalisation: [N, 3, h, w].
+    fn preprocess(&self, images: &Self::Images<'_>, hw: (usize, usize)) -> Result<Self::Tensor>;
+    /// Each image's overlay at its own size from its raw map (maps [N, h, w], host-side):
+    /// bilinear upsample, min-max, JET, `show_cam_on_image`'s blend (see cam::postprocess).
+    fn overlays(&self, images: &Self::Images<'_>, maps: &Tensor) -> Result<Vec<RgbImage>>;
+
+    /// Peak bytes of device memory held by tensors since the last reset (None on the CPU).
+    fn device_memory_peak(&self) -> Option<usize> {
+        None
+    }
+    fn reset_device_memory_peak(&self) {}
 
     /// Moves a host tensor to the backend (for the CPU a move, no copy).
     fn upload(&self, t: Tensor) -> Result<Self::Tensor>;

@@ -23,6 +23,9 @@ type GetFn = unsafe extern "C" fn(Prog, *mut c_char) -> c_int;
 type DestroyFn = unsafe extern "C" fn(*mut Prog) -> c_int;
 type VersionFn = unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int;
 
+/// Options of every compilation besides the architecture (part of the module cache's key).
+pub const COMPILE_OPTIONS: &[&str] = &["--std=c++17", "-default-device"];
+
 pub struct Nvrtc {
     lib: libloading::Library,
     /// libnvrtc-builtins from the same folder, loaded first: NVRTC opens it by soname, which
@@ -122,8 +125,8 @@ impl Nvrtc {
             looked.push(format!("{soname} (dynamic loader path)"));
         }
         Err(Error::Invalid(format!(
-            "libnvrtc not found; install the CUDA toolkit or `pip install nvidia-cuda-nvrtc`, or \
-             set GRADCAM_NVRTC to the library file. Looked in: {}",
+            "libnvrtc not found (install the CUDA toolkit or `pip install nvidia-cuda-nvrtc`, or \
+             set GRADCAM_NVRTC to the library file); looked in: {}",
             looked.join(", ")
         )))
     }
@@ -201,8 +204,9 @@ impl Nvrtc {
             Target::Cubin => format!("--gpu-architecture={arch}"),
             Target::Ptx => format!("--gpu-architecture={}", arch.replace("sm_", "compute_")),
         };
-        let opts: Vec<CString> = [arch_opt.as_str(), "--std=c++17", "-default-device"]
+        let opts: Vec<CString> = [arch_opt.as_str()]
             .iter()
+            .chain(COMPILE_OPTIONS)
             .chain(extra)
             .map(|o| cstr(o))
             .collect();

@@ -2,6 +2,8 @@
 //! read, and the backward-data pass from the logits down to the target layer and no further.
 //! No weight gradients are ever formed.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use super::graph::{Graph, Op, View};
 use crate::backend::Backend;
 use crate::{Error, Result, Tensor};
@@ -12,6 +14,8 @@ pub struct Network<B: Backend> {
     /// Per node: the backend's prepared conv weights, if it made any.
     prepared: Vec<Option<B::Tensor>>,
     backend: B,
+    /// The largest batch known to fit in device memory (usize::MAX until one did not).
+    batch_cap: AtomicUsize,
 }
 
 /// Which backward passes [`Network::run`] makes.
@@ -67,6 +71,7 @@ impl<B: Backend> Network<B> {
             params,
             prepared,
             backend,
+            batch_cap: AtomicUsize::new(usize::MAX),
         })
     }
 
@@ -76,6 +81,16 @@ impl<B: Backend> Network<B> {
 
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// The largest batch that fits on the device, as learned from out-of-memory errors.
+    pub fn batch_cap(&self) -> usize {
+        self.batch_cap.load(Ordering::Relaxed)
+    }
+
+    /// Records that batches above `n` images do not fit.
+    pub fn lower_batch_cap(&self, n: usize) {
+        self.batch_cap.fetch_min(n.max(1), Ordering::Relaxed);
     }
 
     pub fn num_classes(&self) -> usize {

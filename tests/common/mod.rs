@@ -82,3 +82,58 @@ pub fn check_overlay(id: &str, ours: &[u8], theirs: &[u8], reference_cam: &[f32]
         assert!(a.abs_diff(*b) <= tol, "{id}: overlay byte {i}: {a} vs {b}");
     }
 }
+
+/// Every case of manifest.json through [`explain_batch`] on any backend: preprocessing,
+/// Grad-CAM and the overlay where the backend does them (on the device for a GPU), against
+/// pytorch-grad-cam with tests/parity.rs's tolerances. Returns the number of cases checked.
+pub fn parity_end_to_end<B: gradcam::backend::Backend>(
+    open: impl Fn(gradcam::model::Graph) -> Network<B>,
+) -> usize {
+    use gradcam::cam::ClassSel;
+    use gradcam::explain::{explain_batch, ExplainConfig, Timings};
+    use gradcam::image::{load_rgb8, InputSize};
+    let m = manifest("manifest.json");
+    let mut nets = HashMap::new();
+    let mut count = 0;
+    for c in m["cases"].as_array().unwrap() {
+        let model = c["model"].as_str().unwrap();
+        let net = nets.entry(model.to_string()).or_insert_with(|| {
+            let file = m["models"][model]["file"].as_str().unwrap();
+            open(model::load(fixtures().join(file), None).unwrap())
+        });
+        let id = c["id"].as_str().unwrap();
+        let exp = Expected::load(&fixtures().join(c["expected"].as_str().unwrap()));
+        let img = load_rgb8(&fixtures().join(c["image"].as_str().unwrap())).unwrap();
+        let cfg = ExplainConfig {
+            layer: Some(c["layer"].as_str().unwrap().into()),
+            classes: c["class"]
+                .as_u64()
+                .map_or(ClassSel::Predicted, |k| ClassSel::All(k as usize)),
+            counterfactual: c["counterfactual"].as_bool().unwrap(),
+            size: match &c["size"] {
+                Value::String(_) => InputSize::Native,
+                v => InputSize::Square(v.as_u64().unwrap() as usize),
+            },
+            ..Default::default()
+        };
+        let e = explain_batch(net, &[&img], &cfg, &mut Timings::default())
+            .unwrap()
+            .remove(0);
+        // An Explanation carries the top-5 logits: each within parity.rs's 1e-4 relative.
+        let logits = exp.f32("logits");
+        let scale = logits.data().iter().fold(1f32, |m, v| m.max(v.abs()));
+        for &(k, l) in &e.top5 {
+            let err = (l - logits.data()[k]).abs() / scale;
+            assert!(err < 1e-4, "{id}: logit {k} relative error {err}");
+        }
+        assert_eq!(e.class, exp.class(), "{id}: class");
+        let cam_ref = exp.f32("cam");
+        let err = Tensor::new(cam_ref.shape().to_vec(), e.cam.clone()).max_abs_diff(&cam_ref);
+        assert!(err < 1e-3, "{id}: cam differs by {err}");
+        if let Some(theirs) = exp.bytes("overlay") {
+            check_overlay(id, e.overlay.as_raw(), theirs, cam_ref.data());
+        }
+        count += 1;
+    }
+    count
+}

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use gradcam::backend::Backend;
 use gradcam::explain::{explain_batch, ExplainConfig, Timings};
 use gradcam::image::{load_rgb8, InputSize, RgbImage};
 use gradcam::model::synth::Rng;
+use gradcam::model::Network;
 use rayon::prelude::*;
 
 use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
@@ -59,6 +61,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let t_load = Instant::now();
     let net = load_network(&a.model)?;
     let load = t_load.elapsed();
+    with_network!(net, net => bench_on(a, &net, load))
+}
+
+fn bench_on<B: Backend>(
+    a: BenchArgs,
+    net: &Network<B>,
+    load: Duration,
+) -> anyhow::Result<ExitCode> {
     let size = input_size(a.size, net.graph());
     let side = match size {
         InputSize::Square(s) => s,
@@ -92,13 +102,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let refs: Vec<&RgbImage> = images.iter().collect();
     let mut scratch = Timings::default();
     for c in refs.chunks(batch).take(a.warmup) {
-        explain_batch(&net, c, &cfg, &mut scratch)?;
+        explain_batch(net, c, &cfg, &mut scratch)?;
     }
+    net.backend().reset_device_memory_peak();
     let mut t = Timings::default();
     let mut encode = Duration::ZERO;
     let start = Instant::now();
     for c in refs.chunks(batch) {
-        let out = explain_batch(&net, c, &cfg, &mut t)?;
+        let out = explain_batch(net, c, &cfg, &mut t)?;
         let te = Instant::now();
         out.par_iter().try_for_each(|e| {
             let mut buf = std::io::Cursor::new(Vec::new());
@@ -137,6 +148,18 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!("model load    {:.0} ms", load.as_secs_f64() * 1e3);
+    if let Some(bytes) = net.backend().device_memory_peak() {
+        println!(
+            "peak device   {:.0} MB (tensors held at once, weights included)",
+            bytes as f64 / 1e6
+        );
+    }
+    if net.batch_cap() < batch {
+        println!(
+            "note: batches were split to {} images to fit in device memory",
+            net.batch_cap()
+        );
+    }
     if let Some(kb) = peak_rss_kb() {
         println!("peak RSS      {:.0} MB", kb as f64 / 1024.0);
     }

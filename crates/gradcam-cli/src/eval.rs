@@ -6,9 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use gradcam::backend::Backend;
 use gradcam::cam::Method;
+use gradcam::eval::manifest::Entry;
 use gradcam::eval::{aggregate, evaluate_image, manifest, Aggregate, EvalConfig};
 use gradcam::image::InputSize;
+use gradcam::model::Network;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -53,6 +56,14 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let entries = manifest::load(&a.manifest)?;
     let net = load_network(&a.model)?;
+    with_network!(net, net => eval_on(a, &net, &entries))
+}
+
+fn eval_on<B: Backend>(
+    a: EvalArgs,
+    net: &Network<B>,
+    entries: &[Entry],
+) -> anyhow::Result<ExitCode> {
     let size = input_size(a.size, net.graph());
     let methods = if a.methods.is_empty() {
         Method::ALL.to_vec()
@@ -83,8 +94,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     );
     let mut reports = Vec::new();
     let mut failed = 0;
-    for e in &entries {
-        match evaluate_image(&net, e, &cfg) {
+    for e in entries {
+        match evaluate_image(net, e, &cfg) {
             Ok(r) => reports.push(r),
             Err(err) => {
                 failed += 1;

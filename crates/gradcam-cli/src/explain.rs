@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use gradcam::backend::CpuBackend;
+use gradcam::backend::Backend;
 use gradcam::cam::{ClassSel, Method};
 use gradcam::explain::{explain_batch, ExplainConfig, Explanation, Timings};
 use gradcam::image::{load_rgb8, InputSize, RgbImage};
@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::json;
 
-use crate::{input_size, inputs, load_network, parse_size, Device, ModelArgs};
+use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
 
 #[derive(Args)]
 pub struct ExplainArgs {
@@ -65,7 +65,7 @@ struct Job {
 
 pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let (files, mut failures) = inputs::collect(&a.inputs);
+    let (files, failures) = inputs::collect(&a.inputs);
     // Inputs that never became files (missing paths, empty folders) count in the total too.
     let unreadable = failures.len();
     for (p, why) in &failures {
@@ -74,14 +74,19 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     if files.is_empty() {
         anyhow::bail!("no images to explain");
     }
-    if a.model.device == Device::Auto {
-        // The CUDA backend is not part of this build yet; say so once so nobody is surprised.
-        eprintln!(
-            "note: running on the CPU ({} threads)",
-            rayon::current_num_threads()
-        );
-    }
     let net = load_network(&a.model)?;
+    with_network!(net, net => explain_all(a, &net, files, failures, unreadable, started))
+}
+
+/// Everything after the network is loaded, for any backend.
+fn explain_all<B: Backend>(
+    a: ExplainArgs,
+    net: &Network<B>,
+    files: Vec<PathBuf>,
+    mut failures: Vec<(PathBuf, String)>,
+    unreadable: usize,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
     let graph = net.graph();
     let size = input_size(a.size, graph);
     let layer = a
@@ -165,7 +170,7 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
         for (_, group) in groups {
             // PNG encoding and file writes run in parallel; reports stay in input order.
-            let results = explain_group(&net, &group, &cfg, &mut timings);
+            let results = explain_group(net, &group, &cfg, &mut timings);
             let written: Vec<(&Job, Result<(), String>)> = results
                 .into_par_iter()
                 .map(|(job, result)| {
@@ -222,8 +227,8 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
 
 /// One batch; if it fails as a whole (say one image is too small for the network), each
 /// image is retried alone so only the culprit fails.
-fn explain_group<'j>(
-    net: &Network<CpuBackend>,
+fn explain_group<'j, B: Backend>(
+    net: &Network<B>,
     group: &'j [Job],
     cfg: &ExplainConfig,
     timings: &mut Timings,

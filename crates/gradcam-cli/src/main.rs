@@ -1,5 +1,17 @@
 //! `gradcam`: Grad-CAM explanations for whole folders of images.
 
+/// Runs `$body` with `$net` bound to the concrete network inside an [`AnyNetwork`]: the
+/// commands are written once, generic over the backend.
+macro_rules! with_network {
+    ($any:expr, $net:ident => $body:expr) => {
+        match $any {
+            $crate::AnyNetwork::Cpu($net) => $body,
+            $crate::AnyNetwork::Cuda($net) => $body,
+            $crate::AnyNetwork::Emu($net) => $body,
+        }
+    };
+}
+
 mod bench;
 mod eval;
 mod explain;
@@ -11,8 +23,12 @@ mod synth;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use gradcam::backend::gpu::{CudaLauncher, EmuLauncher, GpuBackend, Launcher};
+use gradcam::backend::CpuBackend;
 use gradcam::image::InputSize;
+use gradcam::model::Network;
 
 #[derive(Parser)]
 #[command(
@@ -56,15 +72,20 @@ pub struct ModelArgs {
     /// Force the architecture instead of detecting it (vgg11..vgg19[_bn], resnet18..resnet152).
     #[arg(long)]
     arch: Option<String>,
-    /// Where to compute: `auto` picks the best available backend (today: the CPU).
+    /// Where to compute: `auto` uses the GPU when there is a usable one, else the CPU.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Device {
+    /// The GPU if one is usable (driver, device, NVRTC), else the CPU with a notice.
     Auto,
     Cpu,
+    /// The first NVIDIA GPU; an error naming what is missing when there is none.
+    Cuda,
+    /// The CUDA kernels on the CPU emulator (very slow; for testing the GPU code path).
+    Emu,
 }
 
 /// `224` (any integer S: resize to S×S) or `native` (keep each image's size).
@@ -126,13 +147,55 @@ pub fn input_size(given: Option<InputSize>, g: &gradcam::model::Graph) -> InputS
     given.or(g.input_size).unwrap_or(InputSize::Square(224))
 }
 
-pub fn load_network(
-    m: &ModelArgs,
-) -> anyhow::Result<gradcam::model::Network<gradcam::backend::CpuBackend>> {
+/// A network on whichever backend `--device` chose (made once per run, so size is no matter).
+#[allow(clippy::large_enum_variant)]
+pub enum AnyNetwork {
+    Cpu(Network<CpuBackend>),
+    Cuda(Network<GpuBackend<CudaLauncher>>),
+    Emu(Network<GpuBackend<EmuLauncher>>),
+}
+
+/// Opens the GPU with every kernel compiled (or loaded from the cache).
+fn open_cuda() -> gradcam::Result<CudaLauncher> {
+    let l = CudaLauncher::new(0)?;
+    l.preload()?;
+    Ok(l)
+}
+
+pub fn load_network(m: &ModelArgs) -> anyhow::Result<AnyNetwork> {
     if m.model.is_none() {
         eprintln!("note: no --model given: using the bundled demo model (8 synthetic shapes)");
     }
     let graph = load_graph(m.model.as_deref(), m.arch.as_deref())?;
-    let backend = gradcam::backend::CpuBackend::fast();
-    Ok(gradcam::model::Network::new(graph, backend)?)
+    let cpu_note = || {
+        format!(
+            "running on the CPU ({} threads)",
+            rayon::current_num_threads()
+        )
+    };
+    Ok(match m.device {
+        Device::Cpu => AnyNetwork::Cpu(Network::new(graph, CpuBackend::fast())?),
+        Device::Emu => {
+            eprintln!("note: running the CUDA kernels on the CPU emulator (slow)");
+            AnyNetwork::Emu(Network::new(graph, GpuBackend::new(EmuLauncher::new()))?)
+        }
+        Device::Cuda => {
+            let l = open_cuda().context("--device cuda")?;
+            eprintln!("note: running on {}", l.name());
+            AnyNetwork::Cuda(Network::new(graph, GpuBackend::new(l))?)
+        }
+        Device::Auto => match open_cuda() {
+            Ok(l) => {
+                eprintln!("note: running on {}", l.name());
+                AnyNetwork::Cuda(Network::new(graph, GpuBackend::new(l))?)
+            }
+            Err(e) => {
+                // One line: the reason without the list of places looked in.
+                let why = e.to_string();
+                let why = why.split("; looked").next().unwrap_or_default();
+                eprintln!("note: {} (no GPU: {why})", cpu_note());
+                AnyNetwork::Cpu(Network::new(graph, CpuBackend::fast())?)
+            }
+        },
+    })
 }

@@ -3,8 +3,9 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
-use gradcam::backend::gpu::{EmuLauncher, GpuBackend};
+use gradcam::backend::gpu::{CudaLauncher, EmuLauncher, GpuBackend, Launcher};
 use gradcam::backend::{selftest, CpuBackend};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -13,6 +14,8 @@ pub enum SelftestDevice {
     Cpu,
     /// The CUDA kernels and GPU host code on the CPU emulator (slow; no GPU needed).
     Emu,
+    /// The CUDA kernels on the first NVIDIA GPU.
+    Cuda,
 }
 
 #[derive(Args)]
@@ -23,11 +26,16 @@ pub struct SelftestArgs {
 
 pub fn run(a: SelftestArgs) -> anyhow::Result<ExitCode> {
     let (name, checks) = match a.device {
-        SelftestDevice::Cpu => ("cpu (fast)", selftest::run(&CpuBackend::fast())?),
+        SelftestDevice::Cpu => ("cpu (fast)".into(), selftest::run(&CpuBackend::fast())?),
         SelftestDevice::Emu => (
-            "cuda kernels on the CPU emulator",
-            selftest::run(&GpuBackend::new(EmuLauncher))?,
+            "cuda kernels on the CPU emulator".into(),
+            selftest::run(&GpuBackend::new(EmuLauncher::new()))?,
         ),
+        SelftestDevice::Cuda => {
+            let l = CudaLauncher::new(0).context("--device cuda")?;
+            let name = l.name();
+            (name, selftest::run(&GpuBackend::new(l))?)
+        }
     };
     println!("selftest: {name} against the naive CPU ops\n");
     print!("{}", selftest::table(&checks));

@@ -318,3 +318,62 @@ fn selftest_passes_on_the_cpu_and_on_the_emulated_kernels() {
         assert!(!out.contains("MISMATCH"));
     }
 }
+
+/// `--device`: auto falls back to the CPU with a one-line notice where there is no GPU;
+/// cuda then fails with exit 2 naming what is missing; emu (the CUDA kernels and the device
+/// preprocess/overlay path on the CPU emulator) agrees with the CPU.
+#[test]
+fn device_choice_and_fallback() {
+    let gpu = gradcam::backend::gpu::probe(0).is_ok();
+    let dir = tempfile::tempdir().unwrap();
+    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/images/star.png");
+    let img = img.to_str().unwrap();
+    let run = |device: &str| {
+        let out = dir.path().join(device);
+        let o = gradcam(&[
+            "explain",
+            img,
+            "--device",
+            device,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        (o, out)
+    };
+    let (o, _) = run("auto");
+    assert!(o.status.success(), "{}", stderr(&o));
+    if !gpu {
+        let notes: Vec<_> = stderr(&o)
+            .lines()
+            .filter(|l| l.contains("running on the CPU"))
+            .map(String::from)
+            .collect();
+        assert_eq!(notes.len(), 1, "{}", stderr(&o));
+        assert!(notes[0].contains("no GPU"), "{}", notes[0]);
+    }
+    let (o, _) = run("cuda");
+    if gpu {
+        assert!(o.status.success(), "{}", stderr(&o));
+    } else {
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains("--device cuda") && e.contains("libcuda") && e.contains("looked for"),
+            "{e}"
+        );
+    }
+    let (o, cpu) = run("cpu");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (o, emu) = run("emu");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("star.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (json(&cpu), json(&emu));
+    assert_eq!(a["class"], b["class"]);
+    let (pa, pb) = (
+        a["probability"].as_f64().unwrap(),
+        b["probability"].as_f64().unwrap(),
+    );
+    assert!((pa - pb).abs() < 1e-4, "{pa} vs {pb}");
+}

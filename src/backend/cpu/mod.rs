@@ -8,6 +8,7 @@ pub mod naive;
 mod winograd;
 
 use super::{Backend, Conv2dParams, ElementRule, Pool2dParams, WeightRule};
+use crate::image::RgbImage;
 use crate::{Result, Tensor};
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -27,6 +28,28 @@ impl CpuBackend {
 
 impl Backend for CpuBackend {
     type Tensor = Tensor;
+    type Images<'a> = Vec<&'a RgbImage>;
+
+    fn upload_images<'a>(&'a self, images: &[&'a RgbImage]) -> Result<Vec<&'a RgbImage>> {
+        Ok(images.to_vec())
+    }
+    fn preprocess(&self, images: &Vec<&RgbImage>, hw: (usize, usize)) -> Result<Tensor> {
+        Ok(crate::image::preprocess(images, hw))
+    }
+    fn overlays(&self, images: &Vec<&RgbImage>, maps: &Tensor) -> Result<Vec<RgbImage>> {
+        use crate::cam::{overlay, upsample_normalised};
+        use rayon::prelude::*;
+        let (h, w) = (maps.shape()[1], maps.shape()[2]);
+        Ok(images
+            .par_iter()
+            .enumerate()
+            .map(|(i, img)| {
+                let full = (img.height() as usize, img.width() as usize);
+                let m = upsample_normalised(&maps.data()[i * h * w..(i + 1) * h * w], (h, w), full);
+                overlay(img, &m)
+            })
+            .collect())
+    }
 
     fn name(&self) -> String {
         let kind = if self.reference { "reference" } else { "fast" };

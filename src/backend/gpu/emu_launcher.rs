@@ -1,12 +1,18 @@
-//! The [`Launcher`] over the CPU emulator: device buffers are host vectors.
+//! The [`Launcher`] over the CPU emulator: device buffers are host memory.
 
 use std::cell::UnsafeCell;
+use std::sync::Arc;
 
+use super::mem::{Held, MemCounter};
 use super::{KArg, Launcher};
 use crate::backend::emu;
 use crate::Result;
 
-pub struct EmuBuf(UnsafeCell<Vec<f32>>);
+pub struct EmuBuf {
+    // u64 words: 8-byte alignment for any element type the kernels read.
+    data: UnsafeCell<Vec<u64>>,
+    _held: Held,
+}
 
 // SAFETY: the emulator runs one launch at a time on the calling thread, and the GPU host code
 // (like CUDA's) orders every write to a buffer before the launches that read it.
@@ -15,12 +21,35 @@ unsafe impl Sync for EmuBuf {}
 impl EmuBuf {
     fn addr(&self) -> u64 {
         // SAFETY: only the address is taken; kernels write through it during a launch.
-        unsafe { (*self.0.get()).as_mut_ptr() as u64 }
+        unsafe { (*self.data.get()).as_mut_ptr() as u64 }
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct EmuLauncher;
+/// The emulated device; `with_memory_limit` makes it run out of memory like a small GPU.
+#[derive(Debug)]
+pub struct EmuLauncher {
+    mem: Arc<MemCounter>,
+}
+
+impl Default for EmuLauncher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EmuLauncher {
+    pub fn new() -> Self {
+        EmuLauncher {
+            mem: MemCounter::with_limit(None),
+        }
+    }
+    /// Allocations past `bytes` in total fail with [`crate::Error::OutOfMemory`].
+    pub fn with_memory_limit(bytes: usize) -> Self {
+        EmuLauncher {
+            mem: MemCounter::with_limit(Some(bytes)),
+        }
+    }
+}
 
 impl Launcher for EmuLauncher {
     type Buf = EmuBuf;
@@ -28,18 +57,39 @@ impl Launcher for EmuLauncher {
     fn name(&self) -> String {
         "cuda kernels on the CPU emulator".into()
     }
-    fn alloc(&self, n: usize) -> Result<EmuBuf> {
-        Ok(EmuBuf(UnsafeCell::new(vec![0.0; n])))
+    fn alloc(&self, bytes: usize) -> Result<EmuBuf> {
+        Ok(EmuBuf {
+            _held: self.mem.reserve(bytes)?,
+            data: UnsafeCell::new(vec![0; bytes.div_ceil(8)]),
+        })
     }
-    fn upload(&self, data: &[f32]) -> Result<EmuBuf> {
-        Ok(EmuBuf(UnsafeCell::new(data.to_vec())))
+    fn upload(&self, data: &[u8]) -> Result<EmuBuf> {
+        let b = self.alloc(data.len())?;
+        // SAFETY: the buffer was just made with room for `data`; nothing else sees it yet.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), b.addr() as *mut u8, data.len());
+        }
+        Ok(b)
     }
-    fn download(&self, b: &EmuBuf) -> Result<Vec<f32>> {
-        // SAFETY: no launch is running (launches are synchronous here).
-        Ok(unsafe { (*b.0.get()).clone() })
+    fn download(&self, b: &EmuBuf, out: &mut [u8]) -> Result<()> {
+        // SAFETY: no launch is running (launches are synchronous here); the GPU host code asks
+        // for at most the bytes it allocated.
+        unsafe {
+            assert!(
+                out.len() <= (*b.data.get()).len() * 8,
+                "download past the buffer"
+            );
+            std::ptr::copy_nonoverlapping(b.addr() as *const u8, out.as_mut_ptr(), out.len());
+        }
+        Ok(())
     }
-    fn copy(&self, b: &EmuBuf) -> Result<EmuBuf> {
-        self.download(b).and_then(|v| self.upload(&v))
+    fn copy(&self, b: &EmuBuf, bytes: usize) -> Result<EmuBuf> {
+        let mut v = vec![0u8; bytes];
+        self.download(b, &mut v)?;
+        self.upload(&v)
+    }
+    fn memory(&self) -> &MemCounter {
+        &self.mem
     }
     unsafe fn launch(
         &self,
@@ -52,6 +102,7 @@ impl Launcher for EmuLauncher {
             .iter()
             .map(|a| match a {
                 KArg::Buf(b) => b.addr(),
+                KArg::BufAt(b, off) => b.addr() + *off as u64,
                 KArg::Null => 0,
                 KArg::I32(v) => *v as u32 as u64,
             })

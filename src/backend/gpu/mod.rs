@@ -1,30 +1,55 @@
-//! The host side of the CUDA kernels, written once over a [`Launcher`]: real CUDA (next), or
-//! the CPU emulator ([`EmuLauncher`]) so every line of it runs in tests without a GPU.
-//! Tensors stay on the device between ops; only the inputs go up and results come down.
+//! The host side of the CUDA kernels, written once over a [`Launcher`]: real CUDA
+//! ([`CudaLauncher`]), or the CPU emulator ([`EmuLauncher`]) so every line of it runs in tests
+//! without a GPU. Tensors stay on the device between ops; only the inputs go up and results
+//! come down.
 
+mod cuda_launcher;
 mod emu_launcher;
+pub mod mem;
+mod probe;
 
+pub use cuda_launcher::CudaLauncher;
 pub use emu_launcher::EmuLauncher;
+pub use probe::{probe, DeviceInfo};
+
+use mem::{f32_bytes, f32_bytes_mut, MemCounter};
+
+use std::sync::OnceLock;
 
 use super::{Backend, Conv2dParams, ElementRule, Pool2dParams, WeightRule};
+use crate::image::RgbImage;
 use crate::{Result, Tensor};
 
 /// A kernel argument.
 pub enum KArg<'a, B> {
     Buf(&'a B),
+    /// A pointer `offset` bytes into a buffer (one image of a packed batch).
+    BufAt(&'a B, usize),
     Null,
     I32(i32),
 }
 
-/// What the GPU host code needs from a device: f32 buffers, copies and kernel launches.
+// Manual: derive would ask for B: Copy, but only references are copied.
+impl<B> Clone for KArg<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B> Copy for KArg<'_, B> {}
+
+/// What the GPU host code needs from a device: byte buffers, copies and kernel launches.
+/// Launches and copies are ordered (one stream); downloads wait for the work before them.
 pub trait Launcher: Send + Sync {
     type Buf: Send + Sync;
     fn name(&self) -> String;
-    /// A zero-filled buffer of `n` floats.
-    fn alloc(&self, n: usize) -> Result<Self::Buf>;
-    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
-    fn download(&self, b: &Self::Buf) -> Result<Vec<f32>>;
-    fn copy(&self, b: &Self::Buf) -> Result<Self::Buf>;
+    /// A zero-filled buffer of `bytes` bytes.
+    fn alloc(&self, bytes: usize) -> Result<Self::Buf>;
+    fn upload(&self, data: &[u8]) -> Result<Self::Buf>;
+    /// Copies the first `out.len()` bytes of `b` to the host.
+    fn download(&self, b: &Self::Buf, out: &mut [u8]) -> Result<()>;
+    fn copy(&self, b: &Self::Buf, bytes: usize) -> Result<Self::Buf>;
+    /// Device memory held by this launcher's buffers (now, peak).
+    fn memory(&self) -> &MemCounter;
     /// # Safety
     /// The arguments must match the kernel's signature and cover what this grid indexes.
     unsafe fn launch(
@@ -43,19 +68,49 @@ pub struct GpuTensor<B> {
 
 pub struct GpuBackend<L: Launcher> {
     l: L,
+    /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
+    jet: OnceLock<L::Buf>,
+}
+
+/// A batch of RGB8 images packed in one device buffer.
+pub struct GpuImages<B> {
+    buf: B,
+    /// Per image: byte offset into `buf` and (height, width).
+    layout: Vec<(usize, (usize, usize))>,
+    bytes: usize,
 }
 
 impl<L: Launcher> GpuBackend<L> {
     pub fn new(launcher: L) -> Self {
-        GpuBackend { l: launcher }
+        GpuBackend {
+            l: launcher,
+            jet: OnceLock::new(),
+        }
+    }
+
+    pub fn launcher(&self) -> &L {
+        &self.l
     }
 
     fn tensor(&self, shape: Vec<usize>) -> Result<GpuTensor<L::Buf>> {
-        let n = shape.iter().product();
+        let n: usize = shape.iter().product();
         Ok(GpuTensor {
-            buf: self.l.alloc(n)?,
+            buf: self.l.alloc(n * 4)?,
             shape,
         })
+    }
+
+    fn upload_f32(&self, v: &[f32]) -> Result<L::Buf> {
+        self.l.upload(f32_bytes(v))
+    }
+
+    fn jet(&self) -> Result<&L::Buf> {
+        if let Some(j) = self.jet.get() {
+            return Ok(j);
+        }
+        let table: Vec<u8> = crate::cam::jet::JET.iter().flatten().copied().collect();
+        let buf = self.l.upload(&table)?;
+        Ok(self.jet.get_or_init(|| buf))
     }
 
     /// 1-D launch over `total` elements (the kernels loop with a grid stride).
@@ -77,25 +132,131 @@ fn dims4(s: &[usize]) -> (usize, usize, usize, usize) {
 
 impl<L: Launcher> Backend for GpuBackend<L> {
     type Tensor = GpuTensor<L::Buf>;
+    type Images<'a>
+        = GpuImages<L::Buf>
+    where
+        L: 'a;
+
+    fn device_memory_peak(&self) -> Option<usize> {
+        Some(self.l.memory().peak())
+    }
+    fn reset_device_memory_peak(&self) {
+        self.l.memory().reset_peak()
+    }
+
+    fn upload_images<'a>(&'a self, images: &[&'a RgbImage]) -> Result<GpuImages<L::Buf>> {
+        let bytes = images.iter().map(|im| im.as_raw().len()).sum();
+        let mut packed = Vec::with_capacity(bytes);
+        let mut layout = Vec::with_capacity(images.len());
+        for im in images {
+            layout.push((packed.len(), (im.height() as usize, im.width() as usize)));
+            packed.extend_from_slice(im.as_raw());
+        }
+        Ok(GpuImages {
+            buf: self.l.upload(&packed)?,
+            layout,
+            bytes,
+        })
+    }
+    fn preprocess(
+        &self,
+        images: &GpuImages<L::Buf>,
+        (oh, ow): (usize, usize),
+    ) -> Result<Self::Tensor> {
+        let out = self.tensor(vec![images.layout.len(), 3, oh, ow])?;
+        for (i, &(off, (h, w))) in images.layout.iter().enumerate() {
+            let mut args = vec![
+                KArg::BufAt(&images.buf, off),
+                KArg::BufAt(&out.buf, i * 3 * oh * ow * 4),
+            ];
+            args.extend(ints(&[h, w, oh, ow]));
+            // SAFETY: preprocess_rgb8_f32 on image i (h·w·3 bytes at `off`) into slot i.
+            unsafe {
+                self.l.launch(
+                    "preprocess_rgb8_f32",
+                    [(oh * ow).div_ceil(256) as u32, 1, 1],
+                    [256, 1, 1],
+                    &args,
+                )?
+            };
+        }
+        Ok(out)
+    }
+    fn overlays(&self, images: &GpuImages<L::Buf>, maps: &Tensor) -> Result<Vec<RgbImage>> {
+        let (n, h, w) = (maps.shape()[0], maps.shape()[1], maps.shape()[2]);
+        let lay = &images.layout;
+        assert_eq!(n, lay.len(), "one map per image");
+        let m = self.upload_f32(maps.data())?;
+        let jet = self.jet()?;
+        let mm = self.l.alloc(n * 2 * 4)?;
+        let cmax = self.l.alloc(n * 4)?;
+        let out = self.l.alloc(images.bytes)?;
+        // Consecutive images of one size are contiguous: one launch per run of them.
+        let mut i = 0;
+        while i < n {
+            let (off, (oh, ow)) = lay[i];
+            let mut j = i + 1;
+            while j < n && lay[j].1 == (oh, ow) && j - i < 65535 {
+                j += 1;
+            }
+            let dims = ints(&[h, w, oh, ow]);
+            let map_i = KArg::BufAt(&m, i * h * w * 4);
+            let mm_i = KArg::BufAt(&mm, i * 8);
+            let img_i = KArg::BufAt(&images.buf, off);
+            let cmax_i = KArg::BufAt(&cmax, i * 4);
+            let jet = KArg::Buf(jet);
+            let a1 = [&[map_i, mm_i][..], &dims].concat();
+            let a2 = [&[map_i, mm_i, img_i, jet, cmax_i][..], &dims].concat();
+            let out_i = KArg::BufAt(&out, off);
+            let a3 = [&[map_i, mm_i, img_i, jet, cmax_i, out_i][..], &dims].concat();
+            let runs = (j - i) as u32;
+            // SAFETY: the overlay kernels' argument lists over images i..j, which share
+            // (oh, ow) and lie back to back from `off`; maps, mm and cmax slots from i.
+            unsafe {
+                self.l
+                    .launch("overlay_minmax_f32", [runs, 1, 1], [256, 1, 1], &a1)?;
+                self.l
+                    .launch("overlay_max_f32", [runs, 1, 1], [256, 1, 1], &a2)?;
+                self.l.launch(
+                    "overlay_rgb8",
+                    [(oh * ow).div_ceil(256) as u32, runs, 1],
+                    [256, 1, 1],
+                    &a3,
+                )?;
+            }
+            i = j;
+        }
+        let mut bytes = vec![0u8; images.bytes];
+        self.l.download(&out, &mut bytes)?;
+        Ok(lay
+            .iter()
+            .map(|&(off, (oh, ow))| {
+                RgbImage::from_raw(ow as u32, oh as u32, bytes[off..off + oh * ow * 3].to_vec())
+                    .expect("sized from the layout")
+            })
+            .collect())
+    }
 
     fn name(&self) -> String {
         self.l.name()
     }
     fn upload(&self, t: Tensor) -> Result<Self::Tensor> {
         Ok(GpuTensor {
-            buf: self.l.upload(t.data())?,
+            buf: self.upload_f32(t.data())?,
             shape: t.shape().to_vec(),
         })
     }
     fn download(&self, t: &Self::Tensor) -> Result<Tensor> {
-        Ok(Tensor::new(t.shape.clone(), self.l.download(&t.buf)?))
+        let mut v = vec![0f32; t.shape.iter().product()];
+        self.l.download(&t.buf, f32_bytes_mut(&mut v))?;
+        Ok(Tensor::new(t.shape.clone(), v))
     }
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize] {
         &t.shape
     }
     fn duplicate(&self, t: &Self::Tensor) -> Result<Self::Tensor> {
         Ok(GpuTensor {
-            buf: self.l.copy(&t.buf)?,
+            buf: self.l.copy(&t.buf, 4 * t.shape.iter().product::<usize>())?,
             shape: t.shape.clone(),
         })
     }
@@ -346,7 +507,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     ) -> Result<Self::Tensor> {
         let (_, c, h, w) = dims4(&x.shape);
         let n = x.shape.iter().product();
-        let (s, t) = (self.l.upload(scale)?, self.l.upload(shift)?);
+        let (s, t) = (self.upload_f32(scale)?, self.upload_f32(shift)?);
         let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&s), KArg::Buf(&t)];
         args.extend(ints(&[c, h * w, n]));
         self.run1d("channel_affine_f32", n, &args)?;

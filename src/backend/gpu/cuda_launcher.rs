@@ -1,0 +1,265 @@
+//! The [`Launcher`] over a real GPU through cudarc: buffers are `CudaSlice<u8>` on one stream,
+//! kernels are our NVRTC's CUBIN for the device's own architecture (so an NVRTC newer than the
+//! driver still works), loaded per kernel file on first use and cached on disk.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    result::DriverError, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream,
+    DevicePtr, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::mem::{Held, MemCounter};
+use super::probe::{driver_error_text, probe, DeviceInfo};
+use super::{KArg, Launcher};
+use crate::backend::kernels::SOURCES;
+use crate::backend::module_cache::ModuleCache;
+use crate::backend::nvrtc::{Nvrtc, Target};
+use crate::{Error, Result};
+
+pub struct CudaBuf {
+    slice: CudaSlice<u8>,
+    _held: Held,
+}
+
+pub struct CudaLauncher {
+    info: DeviceInfo,
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    nvrtc: Nvrtc,
+    cache: ModuleCache,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    mem: Arc<MemCounter>,
+}
+
+fn cuda_err(what: &str) -> impl Fn(DriverError) -> Error + '_ {
+    move |e| {
+        if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            Error::OutOfMemory(what.to_string())
+        } else {
+            Error::Cuda(format!("{what}: {}", driver_error_text(e)))
+        }
+    }
+}
+
+impl CudaLauncher {
+    /// Opens GPU `ordinal`. Fails with [`Error::NoDevice`] (never a panic) when the driver,
+    /// the GPU or NVRTC is missing, naming what and where it looked.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let info = probe(ordinal)?;
+        let nvrtc = Nvrtc::find().map_err(|e| {
+            Error::NoDevice(format!(
+                "{} is present but NVRTC (which compiles our kernels) is not: {e}",
+                info.name
+            ))
+        })?;
+        let ctx = CudaContext::new(ordinal).map_err(cuda_err("cannot open the GPU"))?;
+        // One stream orders everything, so cudarc's per-buffer events are not needed.
+        // SAFETY: no buffer exists yet.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        keep_freed_memory(&ctx);
+        Ok(CudaLauncher {
+            cache: ModuleCache::new(&info.arch(), nvrtc.version),
+            info,
+            ctx,
+            stream,
+            nvrtc,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            mem: MemCounter::with_limit(None),
+        })
+    }
+
+    /// Compiles (or loads from the cache) every kernel file now, so a device whose kernels
+    /// cannot be built is found out before any work starts.
+    pub fn preload(&self) -> Result<()> {
+        for (file, _) in SOURCES {
+            self.module(file)?;
+        }
+        Ok(())
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// Free and total device memory as the driver sees it.
+    pub fn device_memory(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(cuda_err("cuMemGetInfo"))
+    }
+
+    /// Waits for all queued work (for timing).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(cuda_err("synchronize"))
+    }
+
+    /// Where compiled modules are cached (None: caching is off).
+    pub fn cache_dir(&self) -> Option<&PathBuf> {
+        self.cache.dir()
+    }
+
+    fn module(&self, file: &'static str) -> Result<Arc<CudaModule>> {
+        let mut modules = self.modules.lock().expect("module table");
+        if let Some(m) = modules.get(file) {
+            return Ok(m.clone());
+        }
+        let arch = self.info.arch();
+        let load = |cubin: Vec<u8>| self.ctx.load_module(Ptx::from_binary(cubin));
+        let module = match self.cache.get(file).map(load) {
+            Some(Ok(m)) => m,
+            // Not cached, or a stale/corrupt entry: compile (and overwrite it).
+            _ => {
+                let cubin = self.nvrtc.compile(file, &arch, Target::Cubin)?;
+                self.cache.put(file, &cubin);
+                load(cubin).map_err(|e| {
+                    Error::Cuda(format!(
+                        "loading kernels/{file} compiled for {arch} on {}: {}",
+                        self.info.name,
+                        driver_error_text(e)
+                    ))
+                })?
+            }
+        };
+        modules.insert(file, module.clone());
+        Ok(module)
+    }
+
+    fn function(&self, kernel: &str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().expect("function table").get(kernel) {
+            return Ok(f.clone());
+        }
+        let file = kernel_file(kernel)
+            .ok_or_else(|| Error::Invalid(format!("no kernel `{kernel}` in kernels/*.cu")))?;
+        let f = self
+            .module(file)?
+            .load_function(kernel)
+            .map_err(cuda_err(kernel))?;
+        self.functions
+            .lock()
+            .expect("function table")
+            .insert(kernel.to_string(), f.clone());
+        Ok(f)
+    }
+
+    fn ptr(&self, b: &CudaBuf) -> u64 {
+        b.slice.device_ptr(&self.stream).0
+    }
+}
+
+/// The kernel file that defines `extern "C" __global__ void <kernel>(`.
+fn kernel_file(kernel: &str) -> Option<&'static str> {
+    let decl = format!("void {kernel}(");
+    SOURCES
+        .iter()
+        .find(|(_, src)| src.contains(&decl))
+        .map(|(f, _)| *f)
+}
+
+/// Freed buffers stay in the stream-ordered pool instead of going back to the driver at every
+/// synchronisation, as PyTorch's caching allocator does (best effort: older drivers lack pools).
+fn keep_freed_memory(ctx: &CudaContext) {
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: plain driver calls on the context's own device; the value is a u64 as the
+    // attribute requires.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS
+        {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            );
+        }
+    }
+}
+
+impl Launcher for CudaLauncher {
+    type Buf = CudaBuf;
+
+    fn name(&self) -> String {
+        format!(
+            "cuda: {} ({}, {} MiB)",
+            self.info.name,
+            self.info.arch(),
+            self.info.total_memory >> 20
+        )
+    }
+    fn alloc(&self, bytes: usize) -> Result<CudaBuf> {
+        let held = self.mem.reserve(bytes)?;
+        let slice = self
+            .stream
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(cuda_err("alloc"))?;
+        Ok(CudaBuf { slice, _held: held })
+    }
+    fn upload(&self, data: &[u8]) -> Result<CudaBuf> {
+        if data.is_empty() {
+            return self.alloc(0);
+        }
+        let held = self.mem.reserve(data.len())?;
+        let slice = self
+            .stream
+            .clone_htod(data)
+            .map_err(cuda_err("host to device copy"))?;
+        Ok(CudaBuf { slice, _held: held })
+    }
+    fn download(&self, b: &CudaBuf, out: &mut [u8]) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .memcpy_dtoh(&b.slice.slice(..out.len()), out)
+            .map_err(cuda_err("device to host copy"))?;
+        self.synchronize()
+    }
+    fn copy(&self, b: &CudaBuf, bytes: usize) -> Result<CudaBuf> {
+        let held = self.mem.reserve(bytes)?;
+        let slice = self
+            .stream
+            .clone_dtod(&b.slice)
+            .map_err(cuda_err("device copy"))?;
+        Ok(CudaBuf { slice, _held: held })
+    }
+    fn memory(&self) -> &MemCounter {
+        &self.mem
+    }
+    unsafe fn launch(
+        &self,
+        kernel: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        args: &[KArg<CudaBuf>],
+    ) -> Result<()> {
+        let f = self.function(kernel)?;
+        // One 8-byte slot per argument: cuLaunchKernel reads each parameter's own size from
+        // its slot (little-endian, so an int is the slot's low half).
+        let slots: Vec<u64> = args
+            .iter()
+            .map(|a| match a {
+                KArg::Buf(b) => self.ptr(b),
+                KArg::BufAt(b, off) => self.ptr(b) + *off as u64,
+                KArg::Null => 0,
+                KArg::I32(v) => *v as u32 as u64,
+            })
+            .collect();
+        let mut builder = self.stream.launch_builder(&f);
+        for s in &slots {
+            builder.arg(s);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (grid[0], grid[1], grid[2]),
+            block_dim: (block[0], block[1], block[2]),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: forwarded from the caller (arguments match the kernel and its grid).
+        unsafe { builder.launch(cfg) }
+            .map(|_| ())
+            .map_err(cuda_err(kernel))
+    }
+}
