@@ -1,8 +1,13 @@
-// A shared-memory tiled f32 GEMM whose operands are gathered by functors, so convolutions
-// (implicit im2col) and linear layers share one inner loop. C[rows, cols] = A[rows, depth] ·
-// B[depth, cols]; block 256 threads, grid (ceil(cols / 64), ceil(rows / 64)); each thread owns a
-// 4x4 piece of a 64x64 tile; 16-deep slices of A and B are staged in shared memory.
+// Shared-memory tiled GEMMs whose operands are gathered by functors, so convolutions (implicit
+// im2col) and linear layers share one inner loop. C[rows, cols] = A[rows, depth] ·
+// B[depth, cols]; block 256 threads, grid (ceil(cols / 64), ceil(rows / 64)); 16-deep slices of
+// A and B are staged in shared memory.
+//   gemm_tile:      f32 FMAs; each thread owns a 4x4 piece of the 64x64 tile.
+//   gemm_tile_tf32: tensor cores (mma.cuh); operands rounded to TF32 as they are staged, f32
+//                   accumulation; each of the 8 warps owns a 16x32 piece (4 m16n8 tiles).
 #pragma once
+
+#include "mma.cuh"
 
 #define TILE 64
 #define DEPTH 16
@@ -39,3 +44,39 @@ __device__ __forceinline__ void gemm_tile(int rows, int cols, int depth, FA a_at
             if (r0 + tr + i < rows && c0 + tc + j < cols) store(r0 + tr + i, c0 + tc + j, acc[i][j]);
 }
 
+
+template <class FA, class FB, class FS>
+__device__ __forceinline__ void gemm_tile_tf32(int rows, int cols, int depth, FA a_at, FB b_at,
+                                               FS store) {
+    // Rows padded to 72 words: a fragment load reads (k0 + t)·72 + g, 32 distinct banks.
+    __shared__ unsigned as[DEPTH][TILE + 8];
+    __shared__ unsigned bs[DEPTH][TILE + 8];
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
+    const int r0 = blockIdx.y * TILE, c0 = blockIdx.x * TILE;
+    const int wr = (warp / 2) * 16, wc = (warp % 2) * 32;
+    float acc[4][4];
+    for (int j = 0; j < 4; ++j)
+        for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
+    for (int d0 = 0; d0 < depth; d0 += DEPTH) {
+        for (int i = tid; i < DEPTH * TILE; i += blockDim.x) {
+            const int d = i / TILE, x = i % TILE;
+            as[d][x] = tf32_bits((r0 + x < rows && d0 + d < depth) ? a_at(r0 + x, d0 + d) : 0.0f);
+            bs[d][x] = tf32_bits((c0 + x < cols && d0 + d < depth) ? b_at(d0 + d, c0 + x) : 0.0f);
+        }
+        __syncthreads();
+        for (int k0 = 0; k0 < DEPTH; k0 += 8) {
+            const unsigned a[4] = {as[k0 + t][wr + g], as[k0 + t][wr + g + 8], as[k0 + t + 4][wr + g],
+                                   as[k0 + t + 4][wr + g + 8]};
+            for (int j = 0; j < 4; ++j) {
+                const unsigned b[2] = {bs[k0 + t][wc + j * 8 + g], bs[k0 + t + 4][wc + j * 8 + g]};
+                mma_tf32_m16n8k8(acc[j], a, b);
+            }
+        }
+        __syncthreads();
+    }
+    for (int j = 0; j < 4; ++j)
+        for (int i = 0; i < 4; ++i) {
+            const int row = r0 + wr + g + (i / 2) * 8, col = c0 + wc + j * 8 + 2 * t + i % 2;
+            if (row < rows && col < cols) store(row, col, acc[j][i]);
+        }
+}

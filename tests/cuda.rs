@@ -5,7 +5,7 @@
 
 mod common;
 
-use gradcam::backend::gpu::{CudaLauncher, GpuBackend};
+use gradcam::backend::gpu::{CudaLauncher, GpuBackend, Precision};
 use gradcam::backend::selftest;
 use gradcam::model::Network;
 
@@ -22,11 +22,15 @@ fn launcher() -> Option<CudaLauncher> {
 
 #[test]
 fn selftest_passes_on_the_gpu() {
-    let Some(l) = launcher() else { return };
-    let checks = selftest::run(&GpuBackend::new(l)).unwrap();
-    let table = selftest::table(&checks);
-    eprintln!("{table}");
-    assert!(checks.iter().all(|c| c.passed()), "{table}");
+    for precision in [Precision::F32, Precision::Tf32] {
+        let Some(l) = launcher() else { return };
+        let be = GpuBackend::with_precision(l, precision);
+        let mut checks = selftest::run(&be).unwrap();
+        checks.extend(selftest::mma_checks(&be).unwrap());
+        let table = selftest::table(&checks);
+        eprintln!("{precision:?}\n{table}");
+        assert!(checks.iter().all(|c| c.passed()), "{table}");
+    }
 }
 
 #[test]
@@ -34,8 +38,25 @@ fn parity_fixtures_on_the_gpu() {
     if launcher().is_none() {
         return;
     }
-    let n = common::parity_end_to_end(|g| {
-        Network::new(g, GpuBackend::new(CudaLauncher::new(0).unwrap())).unwrap()
-    });
+    let (n, _) = common::parity_end_to_end(
+        |g| Network::new(g, GpuBackend::new(CudaLauncher::new(0).unwrap())).unwrap(),
+        common::F32_TOL,
+        |_| true,
+    );
     assert!(n >= 20);
+    // The tensor-core path, with tests/gpu_emulated.rs's TF32 tolerances.
+    let tol = common::ParityTol {
+        logits: 1e-2,
+        cam: 2e-2,
+        overlay: false,
+    };
+    let (_, worst) = common::parity_end_to_end(
+        |g| {
+            let l = CudaLauncher::new(0).unwrap();
+            Network::new(g, GpuBackend::with_precision(l, Precision::Tf32)).unwrap()
+        },
+        tol,
+        |_| true,
+    );
+    eprintln!("tf32: largest cam error {worst:.2e}");
 }

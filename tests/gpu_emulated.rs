@@ -5,7 +5,7 @@
 mod common;
 
 use common::{fixtures, rel_err};
-use gradcam::backend::gpu::{EmuLauncher, GpuBackend, Launcher};
+use gradcam::backend::gpu::{EmuLauncher, GpuBackend, Launcher, Precision};
 use gradcam::backend::{Backend, CpuBackend};
 use gradcam::cam::{explain, CamRequest, ClassSel, Method};
 use gradcam::explain::{explain_batch, ExplainConfig, Timings};
@@ -22,10 +22,47 @@ fn emulated(model_file: &str) -> Network<GpuBackend<EmuLauncher>> {
 #[test]
 fn parity_fixtures_through_the_emulated_kernels() {
     // Device-side preprocessing and overlay included (explain_batch on the GPU backend).
-    let n = common::parity_end_to_end(|g| {
-        Network::new(g, GpuBackend::new(EmuLauncher::new())).unwrap()
-    });
+    let (n, _) = common::parity_end_to_end(
+        |g| Network::new(g, GpuBackend::new(EmuLauncher::new())).unwrap(),
+        common::F32_TOL,
+        |_| true,
+    );
     assert!(n >= 20, "fixture manifest lost cases");
+}
+
+/// The tensor-core (TF32) path end to end against pytorch-grad-cam's f32 results, on the 64×64
+/// cases of every model (the emulated shuffles are slow; tests/cuda.rs runs them all on a GPU).
+/// Tolerances (TF32 keeps 10 of f32's 23 mantissa bits): logits 1e-2 relative, cam 2e-2 (observed 4.9e-3).
+#[test]
+fn parity_fixtures_through_the_emulated_tensor_core_path() {
+    let tol = common::ParityTol {
+        logits: 1e-2,
+        cam: 2e-2,
+        overlay: false,
+    };
+    let (n, worst) = common::parity_end_to_end(
+        |g| {
+            Network::new(
+                g,
+                GpuBackend::with_precision(EmuLauncher::new(), Precision::Tf32),
+            )
+            .unwrap()
+        },
+        tol,
+        |id| id.contains("__64"),
+    );
+    eprintln!("tf32: {n} cases, largest cam error {worst:.2e}");
+    assert!(n >= 6);
+}
+
+/// Every op and the fragment checks of the TF32 tensor-core path, through the emulator.
+#[test]
+fn tf32_selftest_passes_through_the_emulator() {
+    let be = GpuBackend::with_precision(EmuLauncher::new(), Precision::Tf32);
+    let mut checks = gradcam::backend::selftest::run(&be).unwrap();
+    checks.extend(gradcam::backend::selftest::mma_checks(&be).unwrap());
+    let table = gradcam::backend::selftest::table(&checks);
+    assert!(checks.iter().all(|c| c.passed()), "{table}");
 }
 
 /// Images of several sizes in one batch (runs of equal sizes share an overlay launch).

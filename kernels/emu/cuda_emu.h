@@ -195,6 +195,17 @@ inline T __shfl_sync(unsigned, T v, int src, int width = 32) {
     return emu::warp_exchange(v, lane - lane % width + (unsigned)src % width, true);
 }
 
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    memcpy(&u, &x, 4);
+    return u;
+}
+inline float __uint_as_float(unsigned u) {
+    float x;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
 inline float atomicAdd(float* p, float v) {
     float old = *p;
     *p = old + v;

@@ -60,6 +60,12 @@ pub trait Backend: Send + Sync {
     /// bilinear upsample, min-max, JET, `show_cam_on_image`'s blend (see cam::postprocess).
     fn overlays(&self, images: &Self::Images<'_>, maps: &Tensor) -> Result<Vec<RgbImage>>;
 
+    /// How far `gradcam selftest` lets this backend's results lie from the naive f32 ops,
+    /// relative to (1 + max |reference|).
+    fn selftest_tolerance(&self) -> f32 {
+        1e-3
+    }
+
     /// Peak bytes of device memory held by tensors since the last reset (None on the CPU).
     fn device_memory_peak(&self) -> Option<usize> {
         None

@@ -1,7 +1,8 @@
 //! Every op of a backend against the naive CPU oracle on random inputs (odd sizes, strides,
 //! padding, groups, batch > 1), then a whole Grad-CAM pass on a random narrowed ResNet: what
 //! `gradcam selftest` runs on the CPU, on the emulated kernels, and (next) on a real GPU.
-//! Tolerance: max abs diff ≤ 1e-3 · (1 + max |reference|).
+//! Tolerance: max abs diff ≤ tol · (1 + max |reference|), tol = the backend's
+//! [`Backend::selftest_tolerance`] (1e-3 for f32 arithmetic, 2e-3 for TF32 tensor cores).
 
 use super::{Backend, Conv2dParams, CpuBackend, ElementRule, Pool2dParams, WeightRule};
 use crate::model::synth::Rng;
@@ -28,7 +29,8 @@ fn check<B: Backend>(
     want: &Tensor,
 ) -> Result<Check> {
     let got = be.download(got)?;
-    let tolerance = 1e-3 * (1.0 + want.data().iter().fold(0f32, |m, v| m.max(v.abs())));
+    let tolerance =
+        be.selftest_tolerance() * (1.0 + want.data().iter().fold(0f32, |m, v| m.max(v.abs())));
     let max_err = if got.shape() == want.shape() {
         got.max_abs_diff(want)
     } else {
@@ -51,6 +53,8 @@ pub fn run<B: Backend>(be: &B) -> Result<Vec<Check>> {
         ([2, 3, 17, 13], [8, 3, 7, 7], Conv2dParams::new(2, 3)),
         ([2, 16, 9, 11], [24, 16, 3, 3], Conv2dParams::new(1, 1)),
         ([3, 32, 7, 7], [64, 32, 1, 1], Conv2dParams::new(1, 0)),
+        // Several tiles each way and 36 depth slices, as in a ResNet stage.
+        ([2, 64, 15, 13], [72, 64, 3, 3], Conv2dParams::new(1, 1)),
         ([2, 16, 9, 7], [32, 16, 1, 1], Conv2dParams::new(2, 0)),
         (
             [2, 8, 10, 9],
@@ -235,4 +239,51 @@ pub fn table(checks: &[Check]) -> String {
         );
     }
     s
+}
+
+/// The tensor-core fragment layouts (kernels/mma.cuh): the mma instruction against its shuffle
+/// twin (identical on the emulator, where the twin stands in), and the twin against a CPU
+/// product of the TF32-rounded inputs.
+pub fn mma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Result<Vec<Check>> {
+    let mut rng = Rng::new(77);
+    let a = rng.tensor(&[16, 8], -2.0, 2.0);
+    let b = rng.tensor(&[8, 8], -2.0, 2.0);
+    let (d_mma, d_twin) = be.mma_check_tf32(a.data(), b.data())?;
+    let tf32 = |v: f32| {
+        let u = v.to_bits();
+        f32::from_bits((u + 0x1000) & 0xffff_e000)
+    };
+    let mut want = vec![0f32; 16 * 8];
+    for i in 0..16 {
+        for j in 0..8 {
+            want[i * 8 + j] = (0..8)
+                .map(|k| tf32(a.data()[i * 8 + k]) * tf32(b.data()[k * 8 + j]))
+                .sum();
+        }
+    }
+    let err = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(
+                0f32,
+                |m, v| if v.is_nan() { f32::INFINITY } else { m.max(v) },
+            )
+    };
+    // Products of TF32 values are exact in f32; only the order of the 8 additions may differ.
+    let tolerance = 1e-5;
+    Ok(vec![
+        Check {
+            op: "mma tf32 m16n8k8: instruction".into(),
+            shape: "vs its shuffle twin".into(),
+            max_err: err(&d_mma, &d_twin),
+            tolerance,
+        },
+        Check {
+            op: "mma tf32 m16n8k8: shuffle twin".into(),
+            shape: "vs CPU on TF32-rounded inputs".into(),
+            max_err: err(&d_twin, &want),
+            tolerance,
+        },
+    ])
 }

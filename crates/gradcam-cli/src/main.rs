@@ -25,7 +25,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gradcam::backend::gpu::{CudaLauncher, EmuLauncher, GpuBackend, Launcher};
+use gradcam::backend::gpu::{CudaLauncher, EmuLauncher, GpuBackend, Precision};
+use gradcam::backend::Backend;
 use gradcam::backend::CpuBackend;
 use gradcam::image::InputSize;
 use gradcam::model::Network;
@@ -75,6 +76,25 @@ pub struct ModelArgs {
     /// Where to compute: `auto` uses the GPU when there is a usable one, else the CPU.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
+    /// Convolution arithmetic on a GPU: `tf32` (tensor cores, PyTorch's default for cuDNN
+    /// convolutions) or `f32` (exact, as on the CPU).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Tf32)]
+    precision: PrecisionArg,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum PrecisionArg {
+    F32,
+    Tf32,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Self {
+        match p {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Tf32 => Precision::Tf32,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -173,22 +193,21 @@ pub fn load_network(m: &ModelArgs) -> anyhow::Result<AnyNetwork> {
             rayon::current_num_threads()
         )
     };
+    let cuda = |l: CudaLauncher, graph| -> anyhow::Result<AnyNetwork> {
+        let be = GpuBackend::with_precision(l, m.precision.into());
+        eprintln!("note: running on {}", be.name());
+        Ok(AnyNetwork::Cuda(Network::new(graph, be)?))
+    };
     Ok(match m.device {
         Device::Cpu => AnyNetwork::Cpu(Network::new(graph, CpuBackend::fast())?),
         Device::Emu => {
             eprintln!("note: running the CUDA kernels on the CPU emulator (slow)");
-            AnyNetwork::Emu(Network::new(graph, GpuBackend::new(EmuLauncher::new()))?)
+            let be = GpuBackend::with_precision(EmuLauncher::new(), m.precision.into());
+            AnyNetwork::Emu(Network::new(graph, be)?)
         }
-        Device::Cuda => {
-            let l = open_cuda().context("--device cuda")?;
-            eprintln!("note: running on {}", l.name());
-            AnyNetwork::Cuda(Network::new(graph, GpuBackend::new(l))?)
-        }
+        Device::Cuda => cuda(open_cuda().context("--device cuda")?, graph)?,
         Device::Auto => match open_cuda() {
-            Ok(l) => {
-                eprintln!("note: running on {}", l.name());
-                AnyNetwork::Cuda(Network::new(graph, GpuBackend::new(l))?)
-            }
+            Ok(l) => cuda(l, graph)?,
             Err(e) => {
                 // One line: the reason without the list of places looked in.
                 let why = e.to_string();

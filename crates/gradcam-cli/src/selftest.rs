@@ -6,7 +6,16 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use gradcam::backend::gpu::{CudaLauncher, EmuLauncher, GpuBackend, Launcher};
-use gradcam::backend::{selftest, CpuBackend};
+use gradcam::backend::{selftest, Backend, CpuBackend};
+
+use crate::PrecisionArg;
+
+/// Every op, then the tensor-core fragment checks.
+fn gpu_checks<L: Launcher>(be: GpuBackend<L>) -> anyhow::Result<(String, Vec<selftest::Check>)> {
+    let mut checks = selftest::run(&be)?;
+    checks.extend(selftest::mma_checks(&be)?);
+    Ok((be.name(), checks))
+}
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum SelftestDevice {
@@ -22,20 +31,22 @@ pub enum SelftestDevice {
 pub struct SelftestArgs {
     #[arg(long, value_enum, default_value_t = SelftestDevice::Cpu)]
     device: SelftestDevice,
+    /// Convolution arithmetic of the GPU kernels (emu, cuda).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Tf32)]
+    precision: PrecisionArg,
 }
 
 pub fn run(a: SelftestArgs) -> anyhow::Result<ExitCode> {
     let (name, checks) = match a.device {
         SelftestDevice::Cpu => ("cpu (fast)".into(), selftest::run(&CpuBackend::fast())?),
-        SelftestDevice::Emu => (
-            "cuda kernels on the CPU emulator".into(),
-            selftest::run(&GpuBackend::new(EmuLauncher::new()))?,
-        ),
-        SelftestDevice::Cuda => {
-            let l = CudaLauncher::new(0).context("--device cuda")?;
-            let name = l.name();
-            (name, selftest::run(&GpuBackend::new(l))?)
-        }
+        SelftestDevice::Emu => gpu_checks(GpuBackend::with_precision(
+            EmuLauncher::new(),
+            a.precision.into(),
+        ))?,
+        SelftestDevice::Cuda => gpu_checks(GpuBackend::with_precision(
+            CudaLauncher::new(0).context("--device cuda")?,
+            a.precision.into(),
+        ))?,
     };
     println!("selftest: {name} against the naive CPU ops\n");
     print!("{}", selftest::table(&checks));

@@ -66,8 +66,29 @@ pub struct GpuTensor<B> {
     buf: B,
 }
 
+/// Arithmetic of the convolutions (the bulk of the work); everything else is f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 FMAs: the same numbers as the CPU backend and pytorch-grad-cam on the CPU.
+    F32,
+    /// Tensor cores with operands rounded to TF32 (10 mantissa bits), f32 accumulation: what
+    /// PyTorch's cuDNN convolutions do by default (`torch.backends.cudnn.allow_tf32`).
+    #[default]
+    Tf32,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+        }
+    }
+}
+
 pub struct GpuBackend<L: Launcher> {
     l: L,
+    precision: Precision,
     /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
     jet: OnceLock<L::Buf>,
 }
@@ -81,11 +102,49 @@ pub struct GpuImages<B> {
 }
 
 impl<L: Launcher> GpuBackend<L> {
+    /// Exact f32 arithmetic (see [`Precision`]).
     pub fn new(launcher: L) -> Self {
+        Self::with_precision(launcher, Precision::F32)
+    }
+
+    pub fn with_precision(launcher: L, precision: Precision) -> Self {
         GpuBackend {
             l: launcher,
+            precision,
             jet: OnceLock::new(),
         }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Runs kernels/mma.cu's check: A [16, 8] · B [8, 8] (row-major) by the mma instruction
+    /// and by its shuffle twin, as (instruction, twin).
+    pub fn mma_check_tf32(&self, a: &[f32], b: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        assert!(a.len() == 128 && b.len() == 64, "A is 16x8, B 8x8");
+        let (da, db) = (self.upload_f32(a)?, self.upload_f32(b)?);
+        let (dm, dt) = (self.tensor(vec![16, 8])?, self.tensor(vec![16, 8])?);
+        let args = [
+            KArg::Buf(&da),
+            KArg::Buf(&db),
+            KArg::Buf(&dm.buf),
+            KArg::Buf(&dt.buf),
+        ];
+        // SAFETY: mma_check_tf32 reads 128 + 64 floats and writes 128 + 128, one warp.
+        unsafe {
+            self.l
+                .launch("mma_check_tf32", [1, 1, 1], [32, 1, 1], &args)?
+        };
+        Ok((
+            self.download(&dm)?.data().to_vec(),
+            self.download(&dt)?.data().to_vec(),
+        ))
+    }
+
+    /// A kernel's entry for this backend's convolution arithmetic, e.g. `conv2d_fwd_tf32`.
+    fn conv_kernel(&self, op: &str) -> String {
+        format!("{op}_{}", self.precision.name())
     }
 
     pub fn launcher(&self) -> &L {
@@ -238,7 +297,15 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     }
 
     fn name(&self) -> String {
-        self.l.name()
+        format!("{}, {} convolutions", self.l.name(), self.precision.name())
+    }
+    fn selftest_tolerance(&self) -> f32 {
+        match self.precision {
+            Precision::F32 => 1e-3,
+            // Each operand rounded to 10 mantissa bits (relative 2^-11); the rounding errors of
+            // a sum of products mostly cancel: observed ≤ 3e-4 of (1 + max |reference|).
+            Precision::Tf32 => 2e-3,
+        }
     }
     fn upload(&self, t: Tensor) -> Result<Self::Tensor> {
         Ok(GpuTensor {
@@ -312,8 +379,11 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             (k / p.groups).div_ceil(64) as u32,
             p.groups as u32,
         ];
-        // SAFETY: the argument list is conv2d_fwd_f32's, sized for this grid.
-        unsafe { self.l.launch("conv2d_fwd_f32", grid, [256, 1, 1], &args)? };
+        // SAFETY: the argument list is conv2d_fwd_<t>'s, sized for this grid.
+        unsafe {
+            self.l
+                .launch(&self.conv_kernel("conv2d_fwd"), grid, [256, 1, 1], &args)?
+        };
         Ok(y)
     }
     fn conv2d_bwd_data(
@@ -351,10 +421,14 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             cg.div_ceil(64) as u32,
             p.groups as u32,
         ];
-        // SAFETY: conv2d_bwd_data_f32's argument list, sized for this grid.
+        // SAFETY: conv2d_bwd_data_<t>'s argument list, sized for this grid.
         unsafe {
-            self.l
-                .launch("conv2d_bwd_data_f32", grid, [256, 1, 1], &args)?
+            self.l.launch(
+                &self.conv_kernel("conv2d_bwd_data"),
+                grid,
+                [256, 1, 1],
+                &args,
+            )?
         };
         Ok(dx)
     }

@@ -1,0 +1,65 @@
+// Tensor-core multiply-accumulate (mma.sync, sm_80 and later) and its twin written with warp
+// shuffles: the CPU emulator runs the twin, and on a GPU the mma_check_tf32 kernel (mma.cu)
+// compares the instruction with it, so the fragment layouts below are tested everywhere.
+//
+// TF32 m16n8k8, A 16x8 row-major, B 8x8 column-major, f32 accumulators; per PTX ISA
+// "Matrix Fragments for mma.m16n8k8" (.tf32), with g = lane / 4 and t = lane % 4:
+//   a[0] = A(g, t)     a[1] = A(g+8, t)     a[2] = A(g, t+4)     a[3] = A(g+8, t+4)
+//   b[0] = B(t, g)     b[1] = B(t+4, g)
+//   d[0] = D(g, 2t)    d[1] = D(g, 2t+1)    d[2] = D(g+8, 2t)    d[3] = D(g+8, 2t+1)
+#pragma once
+
+// f32 → tf32 (10 mantissa bits, kept in an f32 bit pattern with the low 13 bits zero), rounding
+// to nearest with ties away from zero, as cvt.rna.tf32.f32.
+__device__ __forceinline__ unsigned tf32_bits(float x) {
+#ifdef GRADCAM_EMU
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;  // inf and NaN stay as they are
+    return u & 0xffffe000u;
+#else
+    unsigned u;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(u) : "f"(x));
+    return u;
+#endif
+}
+
+// d += A·B by warp shuffles: every lane gathers its two rows of A and two columns of B from
+// the lanes that hold them, then sums over k in order. All 32 lanes must call it together.
+__device__ __forceinline__ void mma_tf32_m16n8k8_shfl(float d[4], const unsigned a[4],
+                                                      const unsigned b[2]) {
+    const unsigned full = 0xffffffffu;
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    float row0[8], row1[8], col0[8], col1[8];
+    for (int s = 0; s < 4; ++s) {
+        // Row g of A sits in lanes 4g..4g+3 (k = s in a[0], k = s+4 in a[2]); row g+8 likewise.
+        row0[s] = __uint_as_float(__shfl_sync(full, a[0], g * 4 + s));
+        row1[s] = __uint_as_float(__shfl_sync(full, a[1], g * 4 + s));
+        row0[s + 4] = __uint_as_float(__shfl_sync(full, a[2], g * 4 + s));
+        row1[s + 4] = __uint_as_float(__shfl_sync(full, a[3], g * 4 + s));
+        // Column n of B sits in lanes 4n..4n+3 (k = s in b[0], k = s+4 in b[1]).
+        col0[s] = __uint_as_float(__shfl_sync(full, b[0], 2 * t * 4 + s));
+        col0[s + 4] = __uint_as_float(__shfl_sync(full, b[1], 2 * t * 4 + s));
+        col1[s] = __uint_as_float(__shfl_sync(full, b[0], (2 * t + 1) * 4 + s));
+        col1[s + 4] = __uint_as_float(__shfl_sync(full, b[1], (2 * t + 1) * 4 + s));
+    }
+    for (int k = 0; k < 8; ++k) {
+        d[0] += row0[k] * col0[k];
+        d[1] += row0[k] * col1[k];
+        d[2] += row1[k] * col0[k];
+        d[3] += row1[k] * col1[k];
+    }
+}
+
+// d += A·B on the tensor cores (the shuffle twin in the emulator).
+__device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const unsigned a[4],
+                                                 const unsigned b[2]) {
+#ifdef GRADCAM_EMU
+    mma_tf32_m16n8k8_shfl(d, a, b);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
