@@ -30,8 +30,7 @@ fn parity_fixtures_through_the_emulated_kernels() {
     assert!(n >= 20, "fixture manifest lost cases");
 }
 
-/// The tensor-core (TF32) path end to end against pytorch-grad-cam's f32 results, on the 64×64
-/// cases of every model (the emulated shuffles are slow; tests/cuda.rs runs them all on a GPU).
+/// The tensor-core (TF32) path end to end against pytorch-grad-cam's f32 results.
 /// Tolerances (TF32 keeps 10 of f32's 23 mantissa bits): logits 1e-2 relative, cam 2e-2 (observed 4.9e-3).
 #[test]
 fn parity_fixtures_through_the_emulated_tensor_core_path() {
@@ -49,10 +48,10 @@ fn parity_fixtures_through_the_emulated_tensor_core_path() {
             .unwrap()
         },
         tol,
-        |id| id.contains("__64"),
+        |_| true,
     );
     eprintln!("tf32: {n} cases, largest cam error {worst:.2e}");
-    assert!(n >= 6);
+    assert!(n >= 20);
 }
 
 /// Every op and the fragment checks of the TF32 tensor-core path, through the emulator.

@@ -26,19 +26,35 @@ struct dim3 {
     dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
+// Switching between thread fibers: on x86-64 a few instructions (emu/launch.cpp) that save the
+// callee-saved registers and the stack pointer; elsewhere ucontext, whose swapcontext costs two
+// system calls a switch (warp shuffles switch often: the tensor-core twins shuffle 32 times).
+#if defined(__x86_64__) && !defined(GRADCAM_EMU_UCONTEXT)
+#define GRADCAM_EMU_FAST_SWITCH 1
+extern "C" void gradcam_emu_switch(void** save_sp, void* load_sp);
+#endif
+
 namespace emu {
 
 enum State { RUN, AT_BARRIER, AT_WARP, DONE };
 
 struct Fiber {
+#ifdef GRADCAM_EMU_FAST_SWITCH
+    void* sp;
+#else
     ucontext_t ctx;
+#endif
     std::vector<char> stack;
     uint3 tid;
     State state;
 };
 
 struct Sched {
+#ifdef GRADCAM_EMU_FAST_SWITCH
+    void* main_sp;
+#else
     ucontext_t main;
+#endif
     std::vector<Fiber> fibers;
     size_t current = 0;
     void (*entry)(void**) = nullptr;
@@ -60,17 +76,63 @@ inline unsigned linear_tid() {
     return g_threadIdx.x + g_blockDim.x * (g_threadIdx.y + g_blockDim.y * g_threadIdx.z);
 }
 
+// From the running fiber back to the scheduler, and from the scheduler into fiber f.
+inline void to_scheduler(Fiber& f) {
+#ifdef GRADCAM_EMU_FAST_SWITCH
+    gradcam_emu_switch(&f.sp, sched().main_sp);
+#else
+    swapcontext(&f.ctx, &sched().main);
+#endif
+}
+inline void to_fiber(Fiber& f) {
+#ifdef GRADCAM_EMU_FAST_SWITCH
+    gradcam_emu_switch(&sched().main_sp, f.sp);
+#else
+    swapcontext(&sched().main, &f.ctx);
+#endif
+}
+
 inline void yield_as(State s) {
     Sched& sc = sched();
     Fiber& f = sc.fibers[sc.current];
     f.state = s;
-    swapcontext(&f.ctx, &sc.main);
+    to_scheduler(f);
 }
 
 inline void trampoline() {
     Sched& sc = sched();
     sc.entry(sc.args);
-    sc.fibers[sc.current].state = DONE;
+    Fiber& f = sc.fibers[sc.current];
+    f.state = DONE;
+#ifdef GRADCAM_EMU_FAST_SWITCH
+    to_scheduler(f);  // a finished fiber is never resumed
+    abort();
+#endif
+}
+
+// A fresh fiber that starts in trampoline() on its own stack.
+inline void start_fiber(Fiber& f) {
+#ifdef GRADCAM_EMU_FAST_SWITCH
+    // The frame gradcam_emu_switch pops: MXCSR and x87 control word (defaults), six callee-saved
+    // registers, then trampoline's address for its `ret`, 16-byte aligned so that trampoline
+    // starts with the stack a called function expects.
+    uintptr_t ret_at = ((uintptr_t)(f.stack.data() + f.stack.size()) - 64) & ~(uintptr_t)15;
+    uint64_t* frame = (uint64_t*)(ret_at - 56);
+    memset(frame, 0, 64);
+    const uint32_t mxcsr = 0x1f80;
+    const uint16_t fpu_cw = 0x037f;
+    memcpy(frame, &mxcsr, 4);
+    memcpy((char*)frame + 4, &fpu_cw, 2);
+    void (*entry)() = trampoline;
+    memcpy((void*)ret_at, &entry, 8);
+    f.sp = frame;
+#else
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack.data();
+    f.ctx.uc_stack.ss_size = f.stack.size();
+    f.ctx.uc_link = &sched().main;
+    makecontext(&f.ctx, trampoline, 0);
+#endif
 }
 
 // Runs one block to completion; returns false on a deadlock (threads waiting at barriers
@@ -89,11 +151,7 @@ inline bool run_block(unsigned shmem) {
         f.tid = uint3{i % g_blockDim.x, (i / g_blockDim.x) % g_blockDim.y,
                       i / (g_blockDim.x * g_blockDim.y)};
         f.state = RUN;
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = f.stack.data();
-        f.ctx.uc_stack.ss_size = f.stack.size();
-        f.ctx.uc_link = &sc.main;
-        makecontext(&f.ctx, trampoline, 0);
+        start_fiber(f);
     }
     for (;;) {
         bool ran = false;
@@ -102,7 +160,7 @@ inline bool run_block(unsigned shmem) {
             ran = true;
             sc.current = i;
             g_threadIdx = sc.fibers[i].tid;
-            swapcontext(&sc.main, &sc.fibers[i].ctx);
+            to_fiber(sc.fibers[i]);
         }
         bool done = true, all_barrier = true, released = false;
         for (auto& f : sc.fibers) {

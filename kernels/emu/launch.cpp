@@ -18,3 +18,38 @@ extern "C" int gradcam_emu_launch(void (*entry)(void**), unsigned gx, unsigned g
             }
     return 0;
 }
+
+#ifdef GRADCAM_EMU_FAST_SWITCH
+// gradcam_emu_switch(save_sp, load_sp): pushes the callee-saved registers, MXCSR and the x87
+// control word (what the SysV ABI says a call preserves), stores the stack pointer in *save_sp,
+// then loads load_sp and pops the same frame from there (see start_fiber for a new fiber's).
+asm(R"(
+    .text
+    .globl gradcam_emu_switch
+    .type gradcam_emu_switch, @function
+gradcam_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size gradcam_emu_switch, .-gradcam_emu_switch
+    .section .note.GNU-stack, "", @progbits
+)");
+#endif

@@ -66,6 +66,14 @@ pub trait Backend: Send + Sync {
         1e-3
     }
 
+    /// Times every kernel (synchronising around each launch) while on; `gradcam bench
+    /// --profile`. Turning it on keeps earlier times; no-op where there are no kernels.
+    fn set_kernel_profiling(&self, _on: bool) {}
+    /// (kernel, launches, total time), slowest first.
+    fn kernel_times(&self) -> Vec<(String, usize, std::time::Duration)> {
+        Vec::new()
+    }
+
     /// Peak bytes of device memory held by tensors since the last reset (None on the CPU).
     fn device_memory_peak(&self) -> Option<usize> {
         None

@@ -10,8 +10,12 @@ use gradcam::Tensor;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
+/// tests/fixtures, or GRADCAM_FIXTURES (a test binary run on another machine, see
+/// scripts/gpu-check.sh).
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    std::env::var_os("GRADCAM_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
 }
 
 pub struct Expected {

@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Untimed warm-up batches.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+    /// Then one more pass timing every kernel on its own (GPU backends; synchronises after
+    /// each launch, so it is not part of the images/s above).
+    #[arg(long)]
+    profile: bool,
 }
 
 fn synthetic(n: usize, side: u32) -> Vec<RgbImage> {
@@ -160,6 +164,9 @@ fn bench_on<B: Backend>(
             net.batch_cap()
         );
     }
+    if a.profile {
+        print_kernel_profile(net, &refs, batch, &cfg)?;
+    }
     if let Some(kb) = peak_rss_kb() {
         println!("peak RSS      {:.0} MB", kb as f64 / 1024.0);
     }
@@ -171,4 +178,37 @@ pub fn peak_rss_kb() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Per-kernel time over one more pass through the images, as a table with each kernel's share.
+fn print_kernel_profile<B: Backend>(
+    net: &Network<B>,
+    refs: &[&RgbImage],
+    batch: usize,
+    cfg: &ExplainConfig,
+) -> anyhow::Result<()> {
+    let be = net.backend();
+    be.set_kernel_profiling(true);
+    let mut scratch = Timings::default();
+    for c in refs.chunks(batch) {
+        explain_batch(net, c, cfg, &mut scratch)?;
+    }
+    let times = be.kernel_times();
+    be.set_kernel_profiling(false);
+    if times.is_empty() {
+        println!("profile: this backend has no kernels to time");
+        return Ok(());
+    }
+    let total: f64 = times.iter().map(|t| t.2.as_secs_f64()).sum();
+    let n = refs.len() as f64;
+    println!("\nkernel                       launches   ms/image   share");
+    for (name, launches, t) in &times {
+        println!(
+            "{name:<28} {launches:>8} {:>10.3} {:>6.1}%",
+            t.as_secs_f64() * 1e3 / n,
+            100.0 * t.as_secs_f64() / total
+        );
+    }
+    println!("{:<28} {:>8} {:>10.3}", "all kernels", "", total * 1e3 / n);
+    Ok(())
 }

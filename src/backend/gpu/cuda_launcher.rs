@@ -93,11 +93,6 @@ impl CudaLauncher {
         self.ctx.mem_get_info().map_err(cuda_err("cuMemGetInfo"))
     }
 
-    /// Waits for all queued work (for timing).
-    pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize().map_err(cuda_err("synchronize"))
-    }
-
     /// Where compiled modules are cached (None: caching is off).
     pub fn cache_dir(&self) -> Option<&PathBuf> {
         self.cache.dir()
@@ -228,6 +223,12 @@ impl Launcher for CudaLauncher {
     }
     fn memory(&self) -> &MemCounter {
         &self.mem
+    }
+    fn synchronize(&self) -> Result<()> {
+        // Also where errors of earlier asynchronous launches surface.
+        self.stream
+            .synchronize()
+            .map_err(cuda_err("kernel execution"))
     }
     unsafe fn launch(
         &self,

@@ -91,6 +91,9 @@ impl Launcher for EmuLauncher {
     fn memory(&self) -> &MemCounter {
         &self.mem
     }
+    fn synchronize(&self) -> Result<()> {
+        Ok(()) // launches run to completion before they return
+    }
     unsafe fn launch(
         &self,
         kernel: &str,

@@ -14,7 +14,9 @@ pub use probe::{probe, DeviceInfo};
 
 use mem::{f32_bytes, f32_bytes_mut, MemCounter};
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use super::{Backend, Conv2dParams, ElementRule, Pool2dParams, WeightRule};
 use crate::image::RgbImage;
@@ -50,6 +52,8 @@ pub trait Launcher: Send + Sync {
     fn copy(&self, b: &Self::Buf, bytes: usize) -> Result<Self::Buf>;
     /// Device memory held by this launcher's buffers (now, peak).
     fn memory(&self) -> &MemCounter;
+    /// Waits until every queued launch and copy has finished.
+    fn synchronize(&self) -> Result<()>;
     /// # Safety
     /// The arguments must match the kernel's signature and cover what this grid indexes.
     unsafe fn launch(
@@ -91,6 +95,8 @@ pub struct GpuBackend<L: Launcher> {
     precision: Precision,
     /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
     jet: OnceLock<L::Buf>,
+    /// Per kernel: launches and time, while profiling is on.
+    profile: Mutex<Option<BTreeMap<String, (usize, Duration)>>>,
 }
 
 /// A batch of RGB8 images packed in one device buffer.
@@ -112,7 +118,37 @@ impl<L: Launcher> GpuBackend<L> {
             l: launcher,
             precision,
             jet: OnceLock::new(),
+            profile: Mutex::new(None),
         }
+    }
+
+    /// Every kernel launch goes through here (and is timed while profiling is on).
+    ///
+    /// # Safety
+    /// As [`Launcher::launch`].
+    unsafe fn launch(
+        &self,
+        kernel: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        args: &[KArg<L::Buf>],
+    ) -> Result<()> {
+        let mut profile = self.profile.lock().expect("profile table");
+        let Some(table) = profile.as_mut() else {
+            drop(profile);
+            // SAFETY: forwarded from the caller.
+            return unsafe { self.l.launch(kernel, grid, block, args) };
+        };
+        // Synchronous launches: the wall time between the two waits is the kernel's.
+        self.l.synchronize()?;
+        let t = Instant::now();
+        // SAFETY: forwarded from the caller.
+        unsafe { self.l.launch(kernel, grid, block, args)? };
+        self.l.synchronize()?;
+        let e = table.entry(kernel.to_string()).or_default();
+        e.0 += 1;
+        e.1 += t.elapsed();
+        Ok(())
     }
 
     pub fn precision(&self) -> Precision {
@@ -132,10 +168,7 @@ impl<L: Launcher> GpuBackend<L> {
             KArg::Buf(&dt.buf),
         ];
         // SAFETY: mma_check_tf32 reads 128 + 64 floats and writes 128 + 128, one warp.
-        unsafe {
-            self.l
-                .launch("mma_check_tf32", [1, 1, 1], [32, 1, 1], &args)?
-        };
+        unsafe { self.launch("mma_check_tf32", [1, 1, 1], [32, 1, 1], &args)? };
         Ok((
             self.download(&dm)?.data().to_vec(),
             self.download(&dt)?.data().to_vec(),
@@ -176,7 +209,7 @@ impl<L: Launcher> GpuBackend<L> {
     fn run1d(&self, kernel: &str, total: usize, args: &[KArg<L::Buf>]) -> Result<()> {
         let blocks = total.div_ceil(256).clamp(1, 65535) as u32;
         // SAFETY: every caller passes the kernel's own argument list for `total` elements.
-        unsafe { self.l.launch(kernel, [blocks, 1, 1], [256, 1, 1], args) }
+        unsafe { self.launch(kernel, [blocks, 1, 1], [256, 1, 1], args) }
     }
 }
 
@@ -196,6 +229,20 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     where
         L: 'a;
 
+    fn set_kernel_profiling(&self, on: bool) {
+        let mut p = self.profile.lock().expect("profile table");
+        *p = on.then(|| p.take().unwrap_or_default());
+    }
+    fn kernel_times(&self) -> Vec<(String, usize, Duration)> {
+        let p = self.profile.lock().expect("profile table");
+        let mut v: Vec<_> = p
+            .iter()
+            .flatten()
+            .map(|(k, &(n, t))| (k.clone(), n, t))
+            .collect();
+        v.sort_by_key(|t| std::cmp::Reverse(t.2));
+        v
+    }
     fn device_memory_peak(&self) -> Option<usize> {
         Some(self.l.memory().peak())
     }
@@ -231,7 +278,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             args.extend(ints(&[h, w, oh, ow]));
             // SAFETY: preprocess_rgb8_f32 on image i (h·w·3 bytes at `off`) into slot i.
             unsafe {
-                self.l.launch(
+                self.launch(
                     "preprocess_rgb8_f32",
                     [(oh * ow).div_ceil(256) as u32, 1, 1],
                     [256, 1, 1],
@@ -272,11 +319,9 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             // SAFETY: the overlay kernels' argument lists over images i..j, which share
             // (oh, ow) and lie back to back from `off`; maps, mm and cmax slots from i.
             unsafe {
-                self.l
-                    .launch("overlay_minmax_f32", [runs, 1, 1], [256, 1, 1], &a1)?;
-                self.l
-                    .launch("overlay_max_f32", [runs, 1, 1], [256, 1, 1], &a2)?;
-                self.l.launch(
+                self.launch("overlay_minmax_f32", [runs, 1, 1], [256, 1, 1], &a1)?;
+                self.launch("overlay_max_f32", [runs, 1, 1], [256, 1, 1], &a2)?;
+                self.launch(
                     "overlay_rgb8",
                     [(oh * ow).div_ceil(256) as u32, runs, 1],
                     [256, 1, 1],
@@ -380,10 +425,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             p.groups as u32,
         ];
         // SAFETY: the argument list is conv2d_fwd_<t>'s, sized for this grid.
-        unsafe {
-            self.l
-                .launch(&self.conv_kernel("conv2d_fwd"), grid, [256, 1, 1], &args)?
-        };
+        unsafe { self.launch(&self.conv_kernel("conv2d_fwd"), grid, [256, 1, 1], &args)? };
         Ok(y)
     }
     fn conv2d_bwd_data(
@@ -423,7 +465,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         ];
         // SAFETY: conv2d_bwd_data_<t>'s argument list, sized for this grid.
         unsafe {
-            self.l.launch(
+            self.launch(
                 &self.conv_kernel("conv2d_bwd_data"),
                 grid,
                 [256, 1, 1],
@@ -539,7 +581,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         args.extend(ints(&[n, fin, fout]));
         // SAFETY: linear_fwd_f32's argument list, sized for this grid.
         unsafe {
-            self.l.launch(
+            self.launch(
                 "linear_fwd_f32",
                 [n.div_ceil(64) as u32, fout.div_ceil(64) as u32, 1],
                 [256, 1, 1],
@@ -555,7 +597,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         args.extend(ints(&[n, fin, fout]));
         // SAFETY: linear_bwd_data_f32's argument list, sized for this grid.
         unsafe {
-            self.l.launch(
+            self.launch(
                 "linear_bwd_data_f32",
                 [n.div_ceil(64) as u32, fin.div_ceil(64) as u32, 1],
                 [256, 1, 1],
@@ -592,7 +634,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let a = self.tensor(vec![n, k])?;
         // SAFETY: grad_pool_f32: one block per plane.
         unsafe {
-            self.l.launch(
+            self.launch(
                 "grad_pool_f32",
                 [(n * k) as u32, 1, 1],
                 [256, 1, 1],
@@ -617,7 +659,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         ];
         // SAFETY: weighted_sum_relu_f32: one thread per (pixel, image).
         unsafe {
-            self.l.launch(
+            self.launch(
                 "weighted_sum_relu_f32",
                 [(h * w).div_ceil(256) as u32, n as u32, 1],
                 [256, 1, 1],
@@ -644,7 +686,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         ];
         // SAFETY: cam_weights_f32: one block per plane.
         unsafe {
-            self.l.launch(
+            self.launch(
                 "cam_weights_f32",
                 [(n * k) as u32, 1, 1],
                 [256, 1, 1],
@@ -672,7 +714,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         ];
         // SAFETY: elementwise_cam_relu_f32: one thread per (pixel, image).
         unsafe {
-            self.l.launch(
+            self.launch(
                 "elementwise_cam_relu_f32",
                 [(h * w).div_ceil(256) as u32, n as u32, 1],
                 [256, 1, 1],
@@ -695,7 +737,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         args.extend(ints(&[k, k0, kc, h, w, hh, ww]));
         // SAFETY: score_cam_minmax_f32: one block per (image, channel).
         unsafe {
-            self.l.launch(
+            self.launch(
                 "score_cam_minmax_f32",
                 [(n * kc) as u32, 1, 1],
                 [256, 1, 1],
@@ -712,7 +754,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         args.extend(ints(&[c, k, k0, kc, h, w, hh, ww]));
         // SAFETY: score_cam_inputs_f32: one thread per (pixel, image·channel).
         unsafe {
-            self.l.launch(
+            self.launch(
                 "score_cam_inputs_f32",
                 [(hh * ww).div_ceil(256) as u32, (n * kc) as u32, 1],
                 [256, 1, 1],
