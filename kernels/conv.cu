@@ -9,6 +9,50 @@
 #include "common.cuh"
 #include "gemm_tile.cuh"
 
+// The im2col column of output pixel `col` (conv2d_fwd): its image's channel group and the
+// input position under the kernel's top-left tap, computed once per column a thread stages.
+struct FwdGather {
+    const float* x;
+    int c, h, wd, s, rs, ohw, ow, sh, sw, ph, pw, dh, dw, c0;
+    struct Col {
+        const float* img;
+        int iy0, ix0;
+    };
+    __device__ Col prep(int col) const {
+        const int ni = col / ohw, p = col - ni * ohw, oy = p / ow, ox = p - oy * ow;
+        return Col{x + ((size_t)ni * c + c0) * h * wd, oy * sh - ph, ox * sw - pw};
+    }
+    // Element d = (channel, tap row, tap column) of the column; zero in the padding.
+    __device__ float load(const Col& cl, int d) const {
+        const int ci = d / rs, t = d - ci * rs, ry = t / s, sx = t - ry * s;
+        const int iy = cl.iy0 + ry * dh, ix = cl.ix0 + sx * dw;
+        if (iy < 0 || iy >= h || ix < 0 || ix >= wd) return 0.0f;
+        return cl.img[((size_t)ci * h + iy) * wd + ix];
+    }
+};
+
+// The same for input pixel `col` of conv2d_bwd_data: the output gradients its taps reach.
+struct BwdGather {
+    const float* dy;
+    int k, oh, ow, s, rs, hw, wd, sh, sw, ph, pw, dh, dw, k0;
+    struct Col {
+        const float* img;
+        int ty0, tx0;
+    };
+    __device__ Col prep(int col) const {
+        const int ni = col / hw, p = col - ni * hw, iy = p / wd, ix = p - iy * wd;
+        return Col{dy + ((size_t)ni * k + k0) * oh * ow, iy + ph, ix + pw};
+    }
+    __device__ float load(const Col& cl, int d) const {
+        const int ko = d / rs, t = d - ko * rs, ry = t / s, sx = t - ry * s;
+        const int ty = cl.ty0 - ry * dh, tx = cl.tx0 - sx * dw;
+        if (ty < 0 || tx < 0 || ty % sh || tx % sw) return 0.0f;
+        const int oy = ty / sh, ox = tx / sw;
+        if (oy >= oh || ox >= ow) return 0.0f;
+        return cl.img[((size_t)ko * oh + oy) * ow + ox];
+    }
+};
+
 template <bool TC>
 __device__ __forceinline__ void conv2d_fwd(const float* __restrict__ x, const float* __restrict__ w,
                                            const float* __restrict__ bias, float* __restrict__ y,
@@ -17,24 +61,20 @@ __device__ __forceinline__ void conv2d_fwd(const float* __restrict__ x, const fl
                                            int groups, int relu) {
     const int g = blockIdx.z, cg = c / groups, kg = k / groups, rs = r * s, ohw = oh * ow;
     const int depth = cg * rs;
+    const FwdGather gb{x, c, h, wd, s, rs, ohw, ow, sh, sw, ph, pw, dh, dw, g * cg};
     auto a_at = [&](int m, int d) { return w[(size_t)(g * kg + m) * depth + d]; };
-    auto b_at = [&](int d, int col) {
-        const int ci = d / rs, ry = (d % rs) / s, sx = d % s;
-        const int ni = col / ohw, oy = (col % ohw) / ow, ox = col % ow;
-        const int iy = oy * sh - ph + ry * dh, ix = ox * sw - pw + sx * dw;
-        if (iy < 0 || iy >= h || ix < 0 || ix >= wd) return 0.0f;
-        return x[(((size_t)ni * c + g * cg + ci) * h + iy) * wd + ix];
-    };
     auto store = [&](int m, int col, float v) {
         const int ko = g * kg + m, ni = col / ohw;
         if (bias) v += bias[ko];
         if (relu) v = fmaxf(v, 0.0f);
         y[((size_t)ni * k + ko) * ohw + col % ohw] = v;
     };
-    if (TC)
-        gemm_tile_tf32(kg, n * ohw, depth, a_at, b_at, store);
-    else
+    if (TC) {
+        gemm_tile_tf32(kg, n * ohw, depth, a_at, gb, store);
+    } else {
+        auto b_at = [&](int d, int col) { return gb.load(gb.prep(col), d); };
         gemm_tile(kg, n * ohw, depth, a_at, b_at, store);
+    }
 }
 
 template <bool TC>
@@ -44,26 +84,20 @@ __device__ __forceinline__ void conv2d_bwd_data(const float* __restrict__ dy,
                                                 int oh, int ow, int sh, int sw, int ph, int pw,
                                                 int dh, int dw, int groups) {
     const int g = blockIdx.z, cg = c / groups, kg = k / groups, rs = r * s, hw = h * wd;
+    const BwdGather gb{dy, k, oh, ow, s, rs, hw, wd, sh, sw, ph, pw, dh, dw, g * kg};
     auto a_at = [&](int ci, int d) {
         const int ko = d / rs;
         return w[((size_t)(g * kg + ko) * cg + ci) * rs + d % rs];
     };
-    auto b_at = [&](int d, int col) {
-        const int ko = d / rs, ry = (d % rs) / s, sx = d % s;
-        const int ni = col / hw, iy = (col % hw) / wd, ix = col % wd;
-        const int ty = iy + ph - ry * dh, tx = ix + pw - sx * dw;
-        if (ty < 0 || tx < 0 || ty % sh || tx % sw) return 0.0f;
-        const int oy = ty / sh, ox = tx / sw;
-        if (oy >= oh || ox >= ow) return 0.0f;
-        return dy[(((size_t)ni * k + g * kg + ko) * oh + oy) * ow + ox];
-    };
     auto store = [&](int ci, int col, float v) {
         dx[((size_t)(col / hw) * c + g * cg + ci) * hw + col % hw] = v;
     };
-    if (TC)
-        gemm_tile_tf32(cg, n * hw, kg * rs, a_at, b_at, store);
-    else
+    if (TC) {
+        gemm_tile_tf32(cg, n * hw, kg * rs, a_at, gb, store);
+    } else {
+        auto b_at = [&](int d, int col) { return gb.load(gb.prep(col), d); };
         gemm_tile(cg, n * hw, kg * rs, a_at, b_at, store);
+    }
 }
 
 // The entry points: one per op and type (the emulator's table and the launcher find them by

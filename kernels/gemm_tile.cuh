@@ -4,7 +4,8 @@
 // A and B are staged in shared memory.
 //   gemm_tile:      f32 FMAs; each thread owns a 4x4 piece of the 64x64 tile.
 //   gemm_tile_tf32: tensor cores (mma.cuh); operands rounded to TF32 as they are staged, f32
-//                   accumulation; each of the 8 warps owns a 16x32 piece (4 m16n8 tiles).
+//                   accumulation; each of the 8 warps owns a 16x32 piece (4 m16n8 tiles);
+//                   requires blockDim.x == 256 (the staging map below).
 #pragma once
 
 #include "mma.cuh"
@@ -45,25 +46,43 @@ __device__ __forceinline__ void gemm_tile(int rows, int cols, int depth, FA a_at
 }
 
 
-template <class FA, class FB, class FS>
-__device__ __forceinline__ void gemm_tile_tf32(int rows, int cols, int depth, FA a_at, FB b_at,
-                                               FS store) {
+// B comes from a gatherer with `prep(col)`, run once for the column a thread stages (the same
+// in every depth slice), and `load(prepared, d)` per element; A from `a_at(row, d)`. Staging
+// runs A's depth and B's columns fastest across threads (contiguous in memory for weights and
+// neighbouring output pixels), and the next slice's loads are issued before the tensor cores
+// work on the current one.
+template <class FA, class GB, class FS>
+__device__ __forceinline__ void gemm_tile_tf32(int rows, int cols, int depth, FA a_at,
+                                               const GB& gb, FS store) {
     // Rows padded to 72 words: a fragment load reads (k0 + t)·72 + g, 32 distinct banks.
     __shared__ unsigned as[DEPTH][TILE + 8];
     __shared__ unsigned bs[DEPTH][TILE + 8];
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
     const int r0 = blockIdx.y * TILE, c0 = blockIdx.x * TILE;
     const int wr = (warp / 2) * 16, wc = (warp % 2) * 32;
+    const int a_d = tid % DEPTH, a_x = tid / DEPTH;  // A rows a_x + 16j
+    const int b_x = tid % TILE, b_d = tid / TILE;    // B depths b_d + 4j
+    const bool b_in = c0 + b_x < cols;
+    const auto bc = gb.prep(b_in ? c0 + b_x : c0);
+    float ra[4], rb[4];
+    auto fetch = [&](int d0) {
+        for (int j = 0; j < 4; ++j) {
+            const int row = r0 + a_x + 16 * j, da = d0 + a_d, db = d0 + b_d + 4 * j;
+            ra[j] = (row < rows && da < depth) ? a_at(row, da) : 0.0f;
+            rb[j] = (b_in && db < depth) ? gb.load(bc, db) : 0.0f;
+        }
+    };
     float acc[4][4];
     for (int j = 0; j < 4; ++j)
         for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
+    fetch(0);
     for (int d0 = 0; d0 < depth; d0 += DEPTH) {
-        for (int i = tid; i < DEPTH * TILE; i += blockDim.x) {
-            const int d = i / TILE, x = i % TILE;
-            as[d][x] = tf32_bits((r0 + x < rows && d0 + d < depth) ? a_at(r0 + x, d0 + d) : 0.0f);
-            bs[d][x] = tf32_bits((c0 + x < cols && d0 + d < depth) ? b_at(d0 + d, c0 + x) : 0.0f);
+        for (int j = 0; j < 4; ++j) {
+            as[a_d][a_x + 16 * j] = tf32_bits(ra[j]);
+            bs[b_d + 4 * j][b_x] = tf32_bits(rb[j]);
         }
         __syncthreads();
+        if (d0 + DEPTH < depth) fetch(d0 + DEPTH);
         for (int k0 = 0; k0 < DEPTH; k0 += 8) {
             const unsigned a[4] = {as[k0 + t][wr + g], as[k0 + t][wr + g + 8], as[k0 + t + 4][wr + g],
                                    as[k0 + t + 4][wr + g + 8]};

@@ -116,3 +116,27 @@ fn module_cache_keys_and_round_trip() {
     c.put("conv.cu", b"x");
     assert!(c.get("conv.cu").is_none());
 }
+
+/// The TF32 convolutions really use the tensor cores: their PTX holds the mma.sync and the
+/// TF32 rounding (the emulator runs the shuffle twin instead, so only this shows it).
+#[test]
+fn tf32_convolutions_compile_to_mma_sync() {
+    let Some(n) = nvrtc() else { return };
+    let ptx = String::from_utf8(n.compile("conv.cu", "sm_80", Target::Ptx).unwrap()).unwrap();
+    let body = |entry: &str| {
+        let start = ptx.find(&format!(".entry {entry}(")).unwrap();
+        let end = ptx[start + 1..]
+            .find(".entry ")
+            .map_or(ptx.len(), |e| start + 1 + e);
+        ptx[start..end].to_string()
+    };
+    for entry in ["conv2d_fwd_tf32", "conv2d_bwd_data_tf32"] {
+        let b = body(entry);
+        assert!(
+            b.contains("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"),
+            "{entry}: no mma.sync"
+        );
+        assert!(b.contains("cvt.rna.tf32.f32"), "{entry}: no TF32 rounding");
+    }
+    assert!(!body("conv2d_fwd_f32").contains("mma.sync"));
+}
