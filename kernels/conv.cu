@@ -4,7 +4,8 @@
 //                        GEMM per group: [K/g] x [N·OH·OW], depth C/g·R·S
 //   conv2d_bwd_data_<t>: dx = torch.nn.grad.conv2d_input(x.shape, w, dy, ...)
 //                        GEMM per group: [C/g] x [N·H·W], depth K/g·R·S
-// <t> = f32 (FMAs) or tf32 (tensor cores, f32 in and out; torch's allow_tf32 convolutions).
+// <t> = f32 (FMAs), tf32 (tensor cores, f32 in and out; torch's allow_tf32 convolutions) or
+// bf16 (tensor cores on operands rounded to bf16, f32 accumulation, f32 in and out).
 // Launch: grid (ceil(cols / 64), ceil(rows / 64), groups), block 256 (see gemm_tile.cuh).
 #include "common.cuh"
 #include "gemm_tile.cuh"
@@ -53,7 +54,8 @@ struct BwdGather {
     }
 };
 
-template <bool TC>
+// T: 0 = f32 FMAs, 1 = TF32 tensor cores, 2 = BF16 tensor cores.
+template <int T>
 __device__ __forceinline__ void conv2d_fwd(const float* __restrict__ x, const float* __restrict__ w,
                                            const float* __restrict__ bias, float* __restrict__ y,
                                            int n, int c, int h, int wd, int k, int r, int s, int oh,
@@ -69,15 +71,17 @@ __device__ __forceinline__ void conv2d_fwd(const float* __restrict__ x, const fl
         if (relu) v = fmaxf(v, 0.0f);
         y[((size_t)ni * k + ko) * ohw + col % ohw] = v;
     };
-    if (TC) {
-        gemm_tile_tf32(kg, n * ohw, depth, a_at, gb, store);
+    if (T == 1) {
+        gemm_tile_mma<Mma::Tf32>(kg, n * ohw, depth, a_at, gb, store);
+    } else if (T == 2) {
+        gemm_tile_mma<Mma::Bf16>(kg, n * ohw, depth, a_at, gb, store);
     } else {
         auto b_at = [&](int d, int col) { return gb.load(gb.prep(col), d); };
         gemm_tile(kg, n * ohw, depth, a_at, b_at, store);
     }
 }
 
-template <bool TC>
+template <int T>
 __device__ __forceinline__ void conv2d_bwd_data(const float* __restrict__ dy,
                                                 const float* __restrict__ w, float* __restrict__ dx,
                                                 int n, int c, int h, int wd, int k, int r, int s,
@@ -92,8 +96,10 @@ __device__ __forceinline__ void conv2d_bwd_data(const float* __restrict__ dy,
     auto store = [&](int ci, int col, float v) {
         dx[((size_t)(col / hw) * c + g * cg + ci) * hw + col % hw] = v;
     };
-    if (TC) {
-        gemm_tile_tf32(cg, n * hw, kg * rs, a_at, gb, store);
+    if (T == 1) {
+        gemm_tile_mma<Mma::Tf32>(cg, n * hw, kg * rs, a_at, gb, store);
+    } else if (T == 2) {
+        gemm_tile_mma<Mma::Bf16>(cg, n * hw, kg * rs, a_at, gb, store);
     } else {
         auto b_at = [&](int d, int col) { return gb.load(gb.prep(col), d); };
         gemm_tile(cg, n * hw, kg * rs, a_at, b_at, store);
@@ -113,11 +119,9 @@ __device__ __forceinline__ void conv2d_bwd_data(const float* __restrict__ dy,
         int dw, int groups
 #define CONV2D_BWD_ARGS dy, w, dx, n, c, h, wd, k, r, s, oh, ow, sh, sw, ph, pw, dh, dw, groups
 
-extern "C" __global__ void conv2d_fwd_f32(CONV2D_FWD_PARAMS) { conv2d_fwd<false>(CONV2D_FWD_ARGS); }
-extern "C" __global__ void conv2d_fwd_tf32(CONV2D_FWD_PARAMS) { conv2d_fwd<true>(CONV2D_FWD_ARGS); }
-extern "C" __global__ void conv2d_bwd_data_f32(CONV2D_BWD_PARAMS) {
-    conv2d_bwd_data<false>(CONV2D_BWD_ARGS);
-}
-extern "C" __global__ void conv2d_bwd_data_tf32(CONV2D_BWD_PARAMS) {
-    conv2d_bwd_data<true>(CONV2D_BWD_ARGS);
-}
+extern "C" __global__ void conv2d_fwd_f32(CONV2D_FWD_PARAMS) { conv2d_fwd<0>(CONV2D_FWD_ARGS); }
+extern "C" __global__ void conv2d_fwd_tf32(CONV2D_FWD_PARAMS) { conv2d_fwd<1>(CONV2D_FWD_ARGS); }
+extern "C" __global__ void conv2d_fwd_bf16(CONV2D_FWD_PARAMS) { conv2d_fwd<2>(CONV2D_FWD_ARGS); }
+extern "C" __global__ void conv2d_bwd_data_f32(CONV2D_BWD_PARAMS) { conv2d_bwd_data<0>(CONV2D_BWD_ARGS); }
+extern "C" __global__ void conv2d_bwd_data_tf32(CONV2D_BWD_PARAMS) { conv2d_bwd_data<1>(CONV2D_BWD_ARGS); }
+extern "C" __global__ void conv2d_bwd_data_bf16(CONV2D_BWD_PARAMS) { conv2d_bwd_data<2>(CONV2D_BWD_ARGS); }

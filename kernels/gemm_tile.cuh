@@ -3,9 +3,9 @@
 // B[depth, cols]; block 256 threads, grid (ceil(cols / 64), ceil(rows / 64)); 16-deep slices of
 // A and B are staged in shared memory.
 //   gemm_tile:      f32 FMAs; each thread owns a 4x4 piece of the 64x64 tile.
-//   gemm_tile_tf32: tensor cores (mma.cuh); operands rounded to TF32 as they are staged, f32
-//                   accumulation; each of the 8 warps owns a 16x32 piece (4 m16n8 tiles);
-//                   requires blockDim.x == 256 (the staging map below).
+//   gemm_tile_mma:  tensor cores (mma.cuh); operands rounded to TF32 or BF16 as they are
+//                   staged, f32 accumulation; each of the 8 warps owns a 16x32 piece (4 m16n8
+//                   tiles); requires blockDim.x == 256 (the staging map below).
 #pragma once
 
 #include "mma.cuh"
@@ -46,30 +46,45 @@ __device__ __forceinline__ void gemm_tile(int rows, int cols, int depth, FA a_at
 }
 
 
+// Operand types of the tensor-core tile.
+enum class Mma { Tf32, Bf16 };
+
 // B comes from a gatherer with `prep(col)`, run once for the column a thread stages (the same
 // in every depth slice), and `load(prepared, d)` per element; A from `a_at(row, d)`. Staging
 // runs A's depth and B's columns fastest across threads (contiguous in memory for weights and
 // neighbouring output pixels), and the next slice's loads are issued before the tensor cores
-// work on the current one.
-template <class FA, class GB, class FS>
-__device__ __forceinline__ void gemm_tile_tf32(int rows, int cols, int depth, FA a_at,
-                                               const GB& gb, FS store) {
-    // Rows padded to 72 words: a fragment load reads (k0 + t)·72 + g, 32 distinct banks.
-    __shared__ unsigned as[DEPTH][TILE + 8];
-    __shared__ unsigned bs[DEPTH][TILE + 8];
+// work on the current one. Shared memory holds one 32-bit word per TF32 element, or one per
+// pair of BF16 elements along the depth (the m16n8k16 fragments take pairs), so both read
+// their fragments with the same (k·72 + row) pattern: 32 distinct banks.
+template <Mma M, class FA, class GB, class FS>
+__device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, FA a_at, const GB& gb,
+                                              FS store) {
+    constexpr int WORDS = M == Mma::Tf32 ? DEPTH : DEPTH / 2;  // depth words per slice
+    __shared__ unsigned as[WORDS][TILE + 8];
+    __shared__ unsigned bs[WORDS][TILE + 8];
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
     const int r0 = blockIdx.y * TILE, c0 = blockIdx.x * TILE;
     const int wr = (warp / 2) * 16, wc = (warp % 2) * 32;
-    const int a_d = tid % DEPTH, a_x = tid / DEPTH;  // A rows a_x + 16j
-    const int b_x = tid % TILE, b_d = tid / TILE;    // B depths b_d + 4j
+    // Each thread stages 4 elements of A and 4 of B per slice: TF32 one word each (A rows
+    // a_x + 16j at depth a_w; B depths b_w + 4j), BF16 two words of two (A rows a_x + 32j at
+    // depths 2a_w, 2a_w+1; B depths 2(b_w + 4j), +1).
+    constexpr int A_W = WORDS, A_STEP = 256 / WORDS;
+    const int a_w = tid % A_W, a_x = tid / A_W;
+    const int b_x = tid % TILE, b_w = tid / TILE;
     const bool b_in = c0 + b_x < cols;
     const auto bc = gb.prep(b_in ? c0 + b_x : c0);
     float ra[4], rb[4];
     auto fetch = [&](int d0) {
-        for (int j = 0; j < 4; ++j) {
-            const int row = r0 + a_x + 16 * j, da = d0 + a_d, db = d0 + b_d + 4 * j;
-            ra[j] = (row < rows && da < depth) ? a_at(row, da) : 0.0f;
-            rb[j] = (b_in && db < depth) ? gb.load(bc, db) : 0.0f;
+        for (int i = 0; i < 4; ++i) {
+            int row, da, db;
+            if (M == Mma::Tf32) {
+                row = r0 + a_x + A_STEP * i, da = d0 + a_w, db = d0 + b_w + 4 * i;
+            } else {
+                row = r0 + a_x + A_STEP * (i / 2), da = d0 + 2 * a_w + i % 2;
+                db = d0 + 2 * (b_w + 4 * (i / 2)) + i % 2;
+            }
+            ra[i] = (row < rows && da < depth) ? a_at(row, da) : 0.0f;
+            rb[i] = (b_in && db < depth) ? gb.load(bc, db) : 0.0f;
         }
     };
     float acc[4][4];
@@ -77,18 +92,28 @@ __device__ __forceinline__ void gemm_tile_tf32(int rows, int cols, int depth, FA
         for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
     fetch(0);
     for (int d0 = 0; d0 < depth; d0 += DEPTH) {
-        for (int j = 0; j < 4; ++j) {
-            as[a_d][a_x + 16 * j] = tf32_bits(ra[j]);
-            bs[b_d + 4 * j][b_x] = tf32_bits(rb[j]);
+        if (M == Mma::Tf32) {
+            for (int i = 0; i < 4; ++i) {
+                as[a_w][a_x + A_STEP * i] = tf32_bits(ra[i]);
+                bs[b_w + 4 * i][b_x] = tf32_bits(rb[i]);
+            }
+        } else {
+            for (int j = 0; j < 2; ++j) {
+                as[a_w][a_x + A_STEP * j] = bf16x2(ra[2 * j], ra[2 * j + 1]);
+                bs[b_w + 4 * j][b_x] = bf16x2(rb[2 * j], rb[2 * j + 1]);
+            }
         }
         __syncthreads();
         if (d0 + DEPTH < depth) fetch(d0 + DEPTH);
-        for (int k0 = 0; k0 < DEPTH; k0 += 8) {
+        for (int k0 = 0; k0 < WORDS; k0 += 8) {
             const unsigned a[4] = {as[k0 + t][wr + g], as[k0 + t][wr + g + 8], as[k0 + t + 4][wr + g],
                                    as[k0 + t + 4][wr + g + 8]};
             for (int j = 0; j < 4; ++j) {
                 const unsigned b[2] = {bs[k0 + t][wc + j * 8 + g], bs[k0 + t + 4][wc + j * 8 + g]};
-                mma_tf32_m16n8k8(acc[j], a, b);
+                if (M == Mma::Tf32)
+                    mma_tf32_m16n8k8(acc[j], a, b);
+                else
+                    mma_bf16_m16n8k16(acc[j], a, b);
             }
         }
         __syncthreads();

@@ -2,11 +2,15 @@
 // shuffles: the CPU emulator runs the twin, and on a GPU the mma_check_tf32 kernel (mma.cu)
 // compares the instruction with it, so the fragment layouts below are tested everywhere.
 //
-// TF32 m16n8k8, A 16x8 row-major, B 8x8 column-major, f32 accumulators; per PTX ISA
-// "Matrix Fragments for mma.m16n8k8" (.tf32), with g = lane / 4 and t = lane % 4:
+// Fragments per PTX ISA "Matrix Fragments for mma.m16n8k8 / m16n8k16", with g = lane / 4 and
+// t = lane % 4; A row-major, B column-major, f32 accumulators in both shapes:
+//   d[0] = D(g, 2t)    d[1] = D(g, 2t+1)    d[2] = D(g+8, 2t)    d[3] = D(g+8, 2t+1)
+// TF32 m16n8k8 (one element per register):
 //   a[0] = A(g, t)     a[1] = A(g+8, t)     a[2] = A(g, t+4)     a[3] = A(g+8, t+4)
 //   b[0] = B(t, g)     b[1] = B(t+4, g)
-//   d[0] = D(g, 2t)    d[1] = D(g, 2t+1)    d[2] = D(g+8, 2t)    d[3] = D(g+8, 2t+1)
+// BF16 m16n8k16 (two elements per register, the lower k in the low half):
+//   a[0] = A(g, 2t..2t+1)    a[1] = A(g+8, 2t..2t+1)  a[2] = A(g, 2t+8..2t+9)  a[3] = A(g+8, 2t+8..)
+//   b[0] = B(2t..2t+1, g)    b[1] = B(2t+8..2t+9, g)
 #pragma once
 
 // f32 → tf32 (10 mantissa bits, kept in an f32 bit pattern with the low 13 bits zero), rounding
@@ -58,6 +62,69 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const unsigned a[4]
 #else
     asm volatile(
         "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// f32 → bf16 bits, rounding to nearest even (as cvt.rn.bf16.f32), in software on both sides so
+// the GPU and the emulator round identically.
+__device__ __forceinline__ unsigned bf16_bits(float x) {
+    const unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;  // NaN
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+// Two bf16 in one register: `lo` (the lower k) in bits 0..15.
+__device__ __forceinline__ unsigned bf16x2(float lo, float hi) {
+    return bf16_bits(lo) | (bf16_bits(hi) << 16);
+}
+
+__device__ __forceinline__ float bf16_lo(unsigned v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float bf16_hi(unsigned v) { return __uint_as_float(v & 0xffff0000u); }
+
+// d += A·B (BF16 m16n8k16) by warp shuffles, summing over k in order.
+__device__ __forceinline__ void mma_bf16_m16n8k16_shfl(float d[4], const unsigned a[4],
+                                                       const unsigned b[2]) {
+    const unsigned full = 0xffffffffu;
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    float row0[16], row1[16], col0[16], col1[16];
+    for (int s = 0; s < 4; ++s) {
+        // Row g of A: lane 4g+s holds k = 2s, 2s+1 (a[0]) and 2s+8, 2s+9 (a[2]); row g+8 in
+        // a[1] and a[3]. Column n of B: lane 4n+s holds k = 2s, 2s+1 (b[0]), 2s+8, 2s+9 (b[1]).
+        const unsigned r0a = __shfl_sync(full, a[0], g * 4 + s);
+        const unsigned r1a = __shfl_sync(full, a[1], g * 4 + s);
+        const unsigned r0b = __shfl_sync(full, a[2], g * 4 + s);
+        const unsigned r1b = __shfl_sync(full, a[3], g * 4 + s);
+        const unsigned c0a = __shfl_sync(full, b[0], 2 * t * 4 + s);
+        const unsigned c0b = __shfl_sync(full, b[1], 2 * t * 4 + s);
+        const unsigned c1a = __shfl_sync(full, b[0], (2 * t + 1) * 4 + s);
+        const unsigned c1b = __shfl_sync(full, b[1], (2 * t + 1) * 4 + s);
+        row0[2 * s] = bf16_lo(r0a), row0[2 * s + 1] = bf16_hi(r0a);
+        row0[2 * s + 8] = bf16_lo(r0b), row0[2 * s + 9] = bf16_hi(r0b);
+        row1[2 * s] = bf16_lo(r1a), row1[2 * s + 1] = bf16_hi(r1a);
+        row1[2 * s + 8] = bf16_lo(r1b), row1[2 * s + 9] = bf16_hi(r1b);
+        col0[2 * s] = bf16_lo(c0a), col0[2 * s + 1] = bf16_hi(c0a);
+        col0[2 * s + 8] = bf16_lo(c0b), col0[2 * s + 9] = bf16_hi(c0b);
+        col1[2 * s] = bf16_lo(c1a), col1[2 * s + 1] = bf16_hi(c1a);
+        col1[2 * s + 8] = bf16_lo(c1b), col1[2 * s + 9] = bf16_hi(c1b);
+    }
+    for (int k = 0; k < 16; ++k) {
+        d[0] += row0[k] * col0[k];
+        d[1] += row0[k] * col1[k];
+        d[2] += row1[k] * col0[k];
+        d[3] += row1[k] * col1[k];
+    }
+}
+
+__device__ __forceinline__ void mma_bf16_m16n8k16(float d[4], const unsigned a[4],
+                                                  const unsigned b[2]) {
+#ifdef GRADCAM_EMU
+    mma_bf16_m16n8k16_shfl(d, a, b);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
         "{%8, %9}, {%0, %1, %2, %3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));

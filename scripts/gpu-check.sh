@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the CUDA backend must show on a real GPU, in one go (for the lent H100; see the
-# developers' guide): the selftest at both precisions, the parity fixtures end to end
+# developers' guide): the selftest at each precision, the parity fixtures end to end
 # (tests/cuda.rs), `gradcam bench --device cuda` on ResNet-50 and VGG16 (batch 64, with a
 # per-kernel profile) and the PyTorch peers on the same card. Needs gpu-kit/ from
 # scripts/make-gpu-kit.sh; no Rust, no network. Logs go to $OUT (else gpu-check-out/).
@@ -29,14 +29,15 @@ nvrtc=$(ls /usr/local/cuda/lib64/libnvrtc.so.1[0-9] 2>/dev/null | head -1)
 export GRADCAM_NVRTC=$nvrtc GRADCAM_CACHE_DIR=/tmp/gradcam-kernels RAYON_NUM_THREADS=16
 echo "nvrtc $nvrtc" | tee -a "$sum"
 
-step selftest-f32 120 $kit/gradcam selftest --device cuda --precision f32
-step selftest-tf32 120 $kit/gradcam selftest --device cuda --precision tf32
+for p in f32 tf32 bf16; do
+  step selftest-$p 120 $kit/gradcam selftest --device cuda --precision $p
+done
 step parity 180 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
   $kit/cuda-tests --nocapture --test-threads 1
 
 for arch in resnet50 vgg16; do
   $kit/gradcam random-weights --arch $arch -o /tmp/$arch.safetensors >/dev/null
-  for p in tf32 f32; do
+  for p in tf32 bf16 f32; do
     step bench-$arch-$p 240 $kit/gradcam bench --device cuda --precision $p \
       -m /tmp/$arch.safetensors --batch 64 --images "$n" --size 224 --profile
   done

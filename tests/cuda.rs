@@ -22,7 +22,7 @@ fn launcher() -> Option<CudaLauncher> {
 
 #[test]
 fn selftest_passes_on_the_gpu() {
-    for precision in [Precision::F32, Precision::Tf32] {
+    for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
         let Some(l) = launcher() else { return };
         let be = GpuBackend::with_precision(l, precision);
         let mut checks = selftest::run(&be).unwrap();
@@ -44,19 +44,16 @@ fn parity_fixtures_on_the_gpu() {
         |_| true,
     );
     assert!(n >= 20);
-    // The tensor-core path, with tests/gpu_emulated.rs's TF32 tolerances.
-    let tol = common::ParityTol {
-        logits: 1e-2,
-        cam: 2e-2,
-        overlay: false,
-    };
-    let (_, worst) = common::parity_end_to_end(
-        |g| {
-            let l = CudaLauncher::new(0).unwrap();
-            Network::new(g, GpuBackend::with_precision(l, Precision::Tf32)).unwrap()
-        },
-        tol,
-        |_| true,
-    );
-    eprintln!("tf32: largest cam error {worst:.2e}");
+    // The tensor-core paths, with tests/gpu_emulated.rs's tolerances.
+    for (precision, tol) in common::TENSOR_CORE_TOL {
+        let (_, worst) = common::parity_end_to_end(
+            |g| {
+                let l = CudaLauncher::new(0).unwrap();
+                Network::new(g, GpuBackend::with_precision(l, precision)).unwrap()
+            },
+            tol,
+            |_| true,
+        );
+        eprintln!("{precision:?}: largest cam error {worst:.2e}");
+    }
 }

@@ -117,10 +117,10 @@ fn module_cache_keys_and_round_trip() {
     assert!(c.get("conv.cu").is_none());
 }
 
-/// The TF32 convolutions really use the tensor cores: their PTX holds the mma.sync and the
-/// TF32 rounding (the emulator runs the shuffle twin instead, so only this shows it).
+/// The TF32 and BF16 convolutions really use the tensor cores: their PTX holds the mma.sync
+/// (the emulator runs the shuffle twins instead, so only this shows it).
 #[test]
-fn tf32_convolutions_compile_to_mma_sync() {
+fn tensor_core_convolutions_compile_to_mma_sync() {
     let Some(n) = nvrtc() else { return };
     let ptx = String::from_utf8(n.compile("conv.cu", "sm_80", Target::Ptx).unwrap()).unwrap();
     let body = |entry: &str| {
@@ -137,6 +137,12 @@ fn tf32_convolutions_compile_to_mma_sync() {
             "{entry}: no mma.sync"
         );
         assert!(b.contains("cvt.rna.tf32.f32"), "{entry}: no TF32 rounding");
+    }
+    for entry in ["conv2d_fwd_bf16", "conv2d_bwd_data_bf16"] {
+        assert!(
+            body(entry).contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
+            "{entry}: no mma.sync"
+        );
     }
     assert!(!body("conv2d_fwd_f32").contains("mma.sync"));
 }

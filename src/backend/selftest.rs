@@ -2,7 +2,8 @@
 //! padding, groups, batch > 1), then a whole Grad-CAM pass on a random narrowed ResNet: what
 //! `gradcam selftest` runs on the CPU, on the emulated kernels, and (next) on a real GPU.
 //! Tolerance: max abs diff ≤ tol · (1 + max |reference|), tol = the backend's
-//! [`Backend::selftest_tolerance`] (1e-3 for f32 arithmetic, 2e-3 for TF32 tensor cores).
+//! [`Backend::selftest_tolerance`] (1e-3 for f32 arithmetic, 2e-3 for TF32 tensor cores, 1e-2
+//! for BF16).
 
 use super::{Backend, Conv2dParams, CpuBackend, ElementRule, Pool2dParams, WeightRule};
 use crate::model::synth::Rng;
@@ -241,26 +242,14 @@ pub fn table(checks: &[Check]) -> String {
     s
 }
 
-/// The tensor-core fragment layouts (kernels/mma.cuh): the mma instruction against its shuffle
-/// twin (identical on the emulator, where the twin stands in), and the twin against a CPU
-/// product of the TF32-rounded inputs.
+/// The tensor-core fragment layouts (kernels/mma.cuh), TF32 and BF16: each mma instruction
+/// against its shuffle twin (identical on the emulator, where the twin stands in), and the twin
+/// against a CPU product of the rounded inputs.
 pub fn mma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Result<Vec<Check>> {
     let mut rng = Rng::new(77);
-    let a = rng.tensor(&[16, 8], -2.0, 2.0);
-    let b = rng.tensor(&[8, 8], -2.0, 2.0);
-    let (d_mma, d_twin) = be.mma_check_tf32(a.data(), b.data())?;
-    let tf32 = |v: f32| {
-        let u = v.to_bits();
-        f32::from_bits((u + 0x1000) & 0xffff_e000)
-    };
-    let mut want = vec![0f32; 16 * 8];
-    for i in 0..16 {
-        for j in 0..8 {
-            want[i * 8 + j] = (0..8)
-                .map(|k| tf32(a.data()[i * 8 + k]) * tf32(b.data()[k * 8 + j]))
-                .sum();
-        }
-    }
+    // f32 → TF32 (nearest, ties away) and → BF16 (nearest even), as the kernels round.
+    let tf32 = |v: f32| f32::from_bits((v.to_bits() + 0x1000) & 0xffff_e000);
+    let bf16 = |v: f32| half::bf16::from_f32(v).to_f32();
     let err = |x: &[f32], y: &[f32]| {
         x.iter()
             .zip(y)
@@ -270,20 +259,36 @@ pub fn mma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Re
                 |m, v| if v.is_nan() { f32::INFINITY } else { m.max(v) },
             )
     };
-    // Products of TF32 values are exact in f32; only the order of the 8 additions may differ.
-    let tolerance = 1e-5;
-    Ok(vec![
-        Check {
-            op: "mma tf32 m16n8k8: instruction".into(),
+    let mut out = Vec::new();
+    for (kind, depth) in [("tf32", 8), ("bf16", 16)] {
+        let round = |v: f32| if kind == "tf32" { tf32(v) } else { bf16(v) };
+        let a = rng.tensor(&[16, depth], -2.0, 2.0);
+        let b = rng.tensor(&[depth, 8], -2.0, 2.0);
+        let (d_mma, d_twin) = be.mma_check(kind, a.data(), b.data())?;
+        let mut want = vec![0f32; 16 * 8];
+        for i in 0..16 {
+            for j in 0..8 {
+                want[i * 8 + j] = (0..depth)
+                    .map(|k| round(a.data()[i * depth + k]) * round(b.data()[k * 8 + j]))
+                    .sum();
+            }
+        }
+        // Products of rounded values are exact in f32; only the order of the additions may
+        // differ.
+        let tolerance = 1e-5;
+        let name = format!("mma {kind} m16n8k{depth}");
+        out.push(Check {
+            op: format!("{name}: instruction"),
             shape: "vs its shuffle twin".into(),
             max_err: err(&d_mma, &d_twin),
             tolerance,
-        },
-        Check {
-            op: "mma tf32 m16n8k8: shuffle twin".into(),
-            shape: "vs CPU on TF32-rounded inputs".into(),
+        });
+        out.push(Check {
+            op: format!("{name}: shuffle twin"),
+            shape: "vs CPU on rounded inputs".into(),
             max_err: err(&d_twin, &want),
             tolerance,
-        },
-    ])
+        });
+    }
+    Ok(out)
 }

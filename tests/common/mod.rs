@@ -105,6 +105,26 @@ pub const F32_TOL: ParityTol = ParityTol {
     overlay: true,
 };
 
+/// The tensor-core precisions with their parity tolerances (see tests/gpu_emulated.rs).
+pub const TENSOR_CORE_TOL: [(gradcam::backend::gpu::Precision, ParityTol); 2] = [
+    (
+        gradcam::backend::gpu::Precision::Tf32,
+        ParityTol {
+            logits: 1e-2,
+            cam: 2e-2,
+            overlay: false,
+        },
+    ),
+    (
+        gradcam::backend::gpu::Precision::Bf16,
+        ParityTol {
+            logits: 5e-2,
+            cam: 1e-1,
+            overlay: false,
+        },
+    ),
+];
+
 /// Every case of manifest.json through [`explain_batch`] on any backend: preprocessing,
 /// Grad-CAM and the overlay where the backend does them (on the device for a GPU), against
 /// pytorch-grad-cam. `only` picks cases by id. Returns the number of cases checked and the

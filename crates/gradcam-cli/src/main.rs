@@ -77,7 +77,8 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
     /// Convolution arithmetic on a GPU: `tf32` (tensor cores, PyTorch's default for cuDNN
-    /// convolutions) or `f32` (exact, as on the CPU).
+    /// convolutions), `f32` (exact, as on the CPU) or `bf16` (tensor cores on bf16-rounded
+    /// operands, f32 accumulation).
     #[arg(long, value_enum, default_value_t = PrecisionArg::Tf32)]
     precision: PrecisionArg,
 }
@@ -86,6 +87,7 @@ pub struct ModelArgs {
 pub enum PrecisionArg {
     F32,
     Tf32,
+    Bf16,
 }
 
 impl From<PrecisionArg> for Precision {
@@ -93,6 +95,7 @@ impl From<PrecisionArg> for Precision {
         match p {
             PrecisionArg::F32 => Precision::F32,
             PrecisionArg::Tf32 => Precision::Tf32,
+            PrecisionArg::Bf16 => Precision::Bf16,
         }
     }
 }

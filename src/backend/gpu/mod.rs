@@ -79,6 +79,9 @@ pub enum Precision {
     /// PyTorch's cuDNN convolutions do by default (`torch.backends.cudnn.allow_tf32`).
     #[default]
     Tf32,
+    /// Tensor cores with operands rounded to bf16 (8 mantissa bits), f32 accumulation; tensors
+    /// stay f32 in memory. Twice TF32's tensor-core rate, about 8× its rounding error.
+    Bf16,
 }
 
 impl Precision {
@@ -86,6 +89,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
         }
     }
 }
@@ -155,10 +159,15 @@ impl<L: Launcher> GpuBackend<L> {
         self.precision
     }
 
-    /// Runs kernels/mma.cu's check: A [16, 8] · B [8, 8] (row-major) by the mma instruction
-    /// and by its shuffle twin, as (instruction, twin).
-    pub fn mma_check_tf32(&self, a: &[f32], b: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
-        assert!(a.len() == 128 && b.len() == 64, "A is 16x8, B 8x8");
+    /// Runs kernels/mma.cu's check `mma_check_<kind>` (tf32: A [16, 8] · B [8, 8]; bf16:
+    /// A [16, 16] · B [16, 8], row-major) by the mma instruction and by its shuffle twin, as
+    /// (instruction, twin), each [16, 8].
+    pub fn mma_check(&self, kind: &str, a: &[f32], b: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let depth = a.len() / 16;
+        assert!(
+            matches!((kind, depth), ("tf32", 8) | ("bf16", 16)) && b.len() == depth * 8,
+            "mma_check_{kind}: A is 16x{depth}"
+        );
         let (da, db) = (self.upload_f32(a)?, self.upload_f32(b)?);
         let (dm, dt) = (self.tensor(vec![16, 8])?, self.tensor(vec![16, 8])?);
         let args = [
@@ -167,8 +176,8 @@ impl<L: Launcher> GpuBackend<L> {
             KArg::Buf(&dm.buf),
             KArg::Buf(&dt.buf),
         ];
-        // SAFETY: mma_check_tf32 reads 128 + 64 floats and writes 128 + 128, one warp.
-        unsafe { self.launch("mma_check_tf32", [1, 1, 1], [32, 1, 1], &args)? };
+        // SAFETY: mma_check_<kind> reads A and B as sized above, writes 128 + 128; one warp.
+        unsafe { self.launch(&format!("mma_check_{kind}"), [1, 1, 1], [32, 1, 1], &args)? };
         Ok((
             self.download(&dm)?.data().to_vec(),
             self.download(&dt)?.data().to_vec(),
@@ -350,6 +359,8 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             // Each operand rounded to 10 mantissa bits (relative 2^-11); the rounding errors of
             // a sum of products mostly cancel: observed ≤ 3e-4 of (1 + max |reference|).
             Precision::Tf32 => 2e-3,
+            // 2^-9 per operand; observed ≤ 2.2e-3 of (1 + max |reference|).
+            Precision::Bf16 => 1e-2,
         }
     }
     fn upload(&self, t: Tensor) -> Result<Self::Tensor> {
