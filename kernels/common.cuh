@@ -80,3 +80,21 @@ __device__ __forceinline__ void block_minmax(F sample, int count, float* out) {
         out[1] = hi;
     }
 }
+
+// Division by a divisor fixed for the whole kernel (a conv's R·S, S, stride, ...) with a
+// multiply-high and a shift instead of the ~20-instruction integer division: with
+// l = ceil(log2 d) and m = 2^32·(2^l - d)/d + 1, n / d = (umulhi(n, m) + n) >> l for
+// 0 <= n < 2^31 (Granlund & Montgomery, "Division by invariant integers using multiplication").
+struct FastDiv {
+    int d;
+    unsigned m, l;
+    __device__ explicit FastDiv(int divisor) : d(divisor), m(0), l(0) {
+        while ((1u << l) < (unsigned)d) ++l;
+        m = (unsigned)(((1ull << 32) * ((1ull << l) - (unsigned)d)) / (unsigned)d + 1);
+    }
+    __device__ __forceinline__ int div(int n) const {
+        return (int)((__umulhi((unsigned)n, m) + (unsigned)n) >> l);
+    }
+    // n mod d, given q = n / d.
+    __device__ __forceinline__ int mod(int n, int q) const { return n - q * d; }
+};

@@ -14,7 +14,8 @@
 // input position under the kernel's top-left tap, computed once per column a thread stages.
 struct FwdGather {
     const float* x;
-    int c, h, wd, s, rs, ohw, ow, sh, sw, ph, pw, dh, dw, c0;
+    int c, h, wd, ohw, ow, sh, sw, ph, pw, dh, dw, c0;
+    FastDiv rs, s;
     struct Col {
         const float* img;
         int iy0, ix0;
@@ -25,7 +26,7 @@ struct FwdGather {
     }
     // Element d = (channel, tap row, tap column) of the column; zero in the padding.
     __device__ float load(const Col& cl, int d) const {
-        const int ci = d / rs, t = d - ci * rs, ry = t / s, sx = t - ry * s;
+        const int ci = rs.div(d), t = rs.mod(d, ci), ry = s.div(t), sx = s.mod(t, ry);
         const int iy = cl.iy0 + ry * dh, ix = cl.ix0 + sx * dw;
         if (iy < 0 || iy >= h || ix < 0 || ix >= wd) return 0.0f;
         return cl.img[((size_t)ci * h + iy) * wd + ix];
@@ -35,7 +36,8 @@ struct FwdGather {
 // The same for input pixel `col` of conv2d_bwd_data: the output gradients its taps reach.
 struct BwdGather {
     const float* dy;
-    int k, oh, ow, s, rs, hw, wd, sh, sw, ph, pw, dh, dw, k0;
+    int k, oh, ow, hw, wd, ph, pw, dh, dw, k0;
+    FastDiv rs, s, sh, sw;
     struct Col {
         const float* img;
         int ty0, tx0;
@@ -45,11 +47,11 @@ struct BwdGather {
         return Col{dy + ((size_t)ni * k + k0) * oh * ow, iy + ph, ix + pw};
     }
     __device__ float load(const Col& cl, int d) const {
-        const int ko = d / rs, t = d - ko * rs, ry = t / s, sx = t - ry * s;
+        const int ko = rs.div(d), t = rs.mod(d, ko), ry = s.div(t), sx = s.mod(t, ry);
         const int ty = cl.ty0 - ry * dh, tx = cl.tx0 - sx * dw;
-        if (ty < 0 || tx < 0 || ty % sh || tx % sw) return 0.0f;
-        const int oy = ty / sh, ox = tx / sw;
-        if (oy >= oh || ox >= ow) return 0.0f;
+        if (ty < 0 || tx < 0) return 0.0f;
+        const int oy = sh.div(ty), ox = sw.div(tx);
+        if (sh.mod(ty, oy) || sw.mod(tx, ox) || oy >= oh || ox >= ow) return 0.0f;
         return cl.img[((size_t)ko * oh + oy) * ow + ox];
     }
 };
@@ -63,7 +65,7 @@ __device__ __forceinline__ void conv2d_fwd(const float* __restrict__ x, const fl
                                            int groups, int relu) {
     const int g = blockIdx.z, cg = c / groups, kg = k / groups, rs = r * s, ohw = oh * ow;
     const int depth = cg * rs;
-    const FwdGather gb{x, c, h, wd, s, rs, ohw, ow, sh, sw, ph, pw, dh, dw, g * cg};
+    const FwdGather gb{x, c, h, wd, ohw, ow, sh, sw, ph, pw, dh, dw, g * cg, FastDiv(rs), FastDiv(s)};
     auto a_at = [&](int m, int d) { return w[(size_t)(g * kg + m) * depth + d]; };
     auto store = [&](int m, int col, float v) {
         const int ko = g * kg + m, ni = col / ohw;
@@ -88,10 +90,11 @@ __device__ __forceinline__ void conv2d_bwd_data(const float* __restrict__ dy,
                                                 int oh, int ow, int sh, int sw, int ph, int pw,
                                                 int dh, int dw, int groups) {
     const int g = blockIdx.z, cg = c / groups, kg = k / groups, rs = r * s, hw = h * wd;
-    const BwdGather gb{dy, k, oh, ow, s, rs, hw, wd, sh, sw, ph, pw, dh, dw, g * kg};
+    const BwdGather gb{dy,         k,          oh,          ow,          hw, wd, ph, pw, dh, dw,
+                       g * kg,     FastDiv(rs), FastDiv(s), FastDiv(sh), FastDiv(sw)};
     auto a_at = [&](int ci, int d) {
-        const int ko = d / rs;
-        return w[((size_t)(g * kg + ko) * cg + ci) * rs + d % rs];
+        const int ko = gb.rs.div(d);
+        return w[((size_t)(g * kg + ko) * cg + ci) * rs + gb.rs.mod(d, ko)];
     };
     auto store = [&](int ci, int col, float v) {
         dx[((size_t)(col / hw) * c + g * cg + ci) * hw + col % hw] = v;

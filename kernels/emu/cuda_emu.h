@@ -253,6 +253,10 @@ inline T __shfl_sync(unsigned, T v, int src, int width = 32) {
     return emu::warp_exchange(v, lane - lane % width + (unsigned)src % width, true);
 }
 
+inline unsigned __umulhi(unsigned a, unsigned b) {
+    return (unsigned)(((unsigned long long)a * b) >> 32);
+}
+
 inline unsigned __float_as_uint(float x) {
     unsigned u;
     memcpy(&u, &x, 4);
