@@ -98,3 +98,26 @@ struct FastDiv {
     // n mod d, given q = n / d.
     __device__ __forceinline__ int mod(int n, int q) const { return n - q * d; }
 };
+
+// Storage types. Tensors are f32 or bf16 in memory; arithmetic is always f32. bf16 is kept as
+// raw bits (no cuda_bf16.h: users' NVRTC has no include path); ld/st convert.
+struct bf16 {
+    unsigned short bits;
+};
+
+// f32 → bf16 bits, rounding to nearest even (as cvt.rn.bf16.f32 and torch), in software so the
+// GPU and the emulator round identically.
+__device__ __forceinline__ unsigned bf16_bits(float x) {
+    const unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;  // NaN
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+
+__device__ __forceinline__ float ld(const float* p, size_t i) { return p[i]; }
+__device__ __forceinline__ float ld(const bf16* p, size_t i) {
+    return __uint_as_float((unsigned)p[i].bits << 16);
+}
+__device__ __forceinline__ void st(float* p, size_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(bf16* p, size_t i, float v) {
+    p[i].bits = (unsigned short)bf16_bits(v);
+}

@@ -4,20 +4,21 @@
 //                        GEMM per group: [K/g] x [N·OH·OW], depth C/g·R·S
 //   conv2d_bwd_data_<t>: dx = torch.nn.grad.conv2d_input(x.shape, w, dy, ...)
 //                        GEMM per group: [C/g] x [N·H·W], depth K/g·R·S
-// <t> = f32 (FMAs), tf32 (tensor cores, f32 in and out; torch's allow_tf32 convolutions) or
-// bf16 (tensor cores on operands rounded to bf16, f32 accumulation, f32 in and out).
+// <t> = f32 (f32 tensors, FMAs), tf32 (f32 tensors, TF32 tensor cores: torch's allow_tf32
+// convolutions) or bf16 (bf16 tensors, BF16 tensor cores); f32 accumulation in all three.
 // Launch: grid (ceil(cols / 64), ceil(rows / 64), groups), block 256 (see gemm_tile.cuh).
 #include "common.cuh"
 #include "gemm_tile.cuh"
 
 // The im2col column of output pixel `col` (conv2d_fwd): its image's channel group and the
 // input position under the kernel's top-left tap, computed once per column a thread stages.
+template <class S>
 struct FwdGather {
-    const float* x;
+    const S* x;
     int c, h, wd, ohw, ow, sh, sw, ph, pw, dh, dw, c0;
     FastDiv rs, s;
     struct Col {
-        const float* img;
+        const S* img;
         int iy0, ix0;
     };
     __device__ Col prep(int col) const {
@@ -29,17 +30,18 @@ struct FwdGather {
         const int ci = rs.div(d), t = rs.mod(d, ci), ry = s.div(t), sx = s.mod(t, ry);
         const int iy = cl.iy0 + ry * dh, ix = cl.ix0 + sx * dw;
         if (iy < 0 || iy >= h || ix < 0 || ix >= wd) return 0.0f;
-        return cl.img[((size_t)ci * h + iy) * wd + ix];
+        return ld(cl.img, ((size_t)ci * h + iy) * wd + ix);
     }
 };
 
 // The same for input pixel `col` of conv2d_bwd_data: the output gradients its taps reach.
+template <class S>
 struct BwdGather {
-    const float* dy;
+    const S* dy;
     int k, oh, ow, hw, wd, ph, pw, dh, dw, k0;
     FastDiv rs, s, sh, sw;
     struct Col {
-        const float* img;
+        const S* img;
         int ty0, tx0;
     };
     __device__ Col prep(int col) const {
@@ -52,26 +54,27 @@ struct BwdGather {
         if (ty < 0 || tx < 0) return 0.0f;
         const int oy = sh.div(ty), ox = sw.div(tx);
         if (sh.mod(ty, oy) || sw.mod(tx, ox) || oy >= oh || ox >= ow) return 0.0f;
-        return cl.img[((size_t)ko * oh + oy) * ow + ox];
+        return ld(cl.img, ((size_t)ko * oh + oy) * ow + ox);
     }
 };
 
-// T: 0 = f32 FMAs, 1 = TF32 tensor cores, 2 = BF16 tensor cores.
-template <int T>
-__device__ __forceinline__ void conv2d_fwd(const float* __restrict__ x, const float* __restrict__ w,
-                                           const float* __restrict__ bias, float* __restrict__ y,
+// S: storage type; T: 0 = f32 FMAs, 1 = TF32 tensor cores, 2 = BF16 tensor cores.
+template <class S, int T>
+__device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __restrict__ w,
+                                           const S* __restrict__ bias, S* __restrict__ y,
                                            int n, int c, int h, int wd, int k, int r, int s, int oh,
                                            int ow, int sh, int sw, int ph, int pw, int dh, int dw,
                                            int groups, int relu) {
     const int g = blockIdx.z, cg = c / groups, kg = k / groups, rs = r * s, ohw = oh * ow;
     const int depth = cg * rs;
-    const FwdGather gb{x, c, h, wd, ohw, ow, sh, sw, ph, pw, dh, dw, g * cg, FastDiv(rs), FastDiv(s)};
-    auto a_at = [&](int m, int d) { return w[(size_t)(g * kg + m) * depth + d]; };
+    const FwdGather<S> gb{x,  c,  h,  wd, ohw,    ow,          sh,         sw,
+                          ph, pw, dh, dw, g * cg, FastDiv(rs), FastDiv(s)};
+    auto a_at = [&](int m, int d) { return ld(w, (size_t)(g * kg + m) * depth + d); };
     auto store = [&](int m, int col, float v) {
         const int ko = g * kg + m, ni = col / ohw;
-        if (bias) v += bias[ko];
+        if (bias) v += ld(bias, ko);
         if (relu) v = fmaxf(v, 0.0f);
-        y[((size_t)ni * k + ko) * ohw + col % ohw] = v;
+        st(y, ((size_t)ni * k + ko) * ohw + col % ohw, v);
     };
     if (T == 1) {
         gemm_tile_mma<Mma::Tf32>(kg, n * ohw, depth, a_at, gb, store);
@@ -83,21 +86,21 @@ __device__ __forceinline__ void conv2d_fwd(const float* __restrict__ x, const fl
     }
 }
 
-template <int T>
-__device__ __forceinline__ void conv2d_bwd_data(const float* __restrict__ dy,
-                                                const float* __restrict__ w, float* __restrict__ dx,
+template <class S, int T>
+__device__ __forceinline__ void conv2d_bwd_data(const S* __restrict__ dy, const S* __restrict__ w,
+                                                S* __restrict__ dx,
                                                 int n, int c, int h, int wd, int k, int r, int s,
                                                 int oh, int ow, int sh, int sw, int ph, int pw,
                                                 int dh, int dw, int groups) {
     const int g = blockIdx.z, cg = c / groups, kg = k / groups, rs = r * s, hw = h * wd;
-    const BwdGather gb{dy,         k,          oh,          ow,          hw, wd, ph, pw, dh, dw,
-                       g * kg,     FastDiv(rs), FastDiv(s), FastDiv(sh), FastDiv(sw)};
+    const BwdGather<S> gb{dy,     k,           oh,         ow,          hw, wd, ph, pw, dh, dw,
+                          g * kg, FastDiv(rs), FastDiv(s), FastDiv(sh), FastDiv(sw)};
     auto a_at = [&](int ci, int d) {
         const int ko = gb.rs.div(d);
-        return w[((size_t)(g * kg + ko) * cg + ci) * rs + gb.rs.mod(d, ko)];
+        return ld(w, ((size_t)(g * kg + ko) * cg + ci) * rs + gb.rs.mod(d, ko));
     };
     auto store = [&](int ci, int col, float v) {
-        dx[((size_t)(col / hw) * c + g * cg + ci) * hw + col % hw] = v;
+        st(dx, ((size_t)(col / hw) * c + g * cg + ci) * hw + col % hw, v);
     };
     if (T == 1) {
         gemm_tile_mma<Mma::Tf32>(cg, n * hw, kg * rs, a_at, gb, store);
@@ -110,21 +113,33 @@ __device__ __forceinline__ void conv2d_bwd_data(const float* __restrict__ dy,
 }
 
 // The entry points: one per op and type (the emulator's table and the launcher find them by
-// name, so no macros here).
-#define CONV2D_FWD_PARAMS                                                                      \
-    const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ bias,  \
-        float *__restrict__ y, int n, int c, int h, int wd, int k, int r, int s, int oh, int ow, \
-        int sh, int sw, int ph, int pw, int dh, int dw, int groups, int relu
+// name, so no macros for the names).
+#define CONV2D_FWD_PARAMS(S)                                                                   \
+    const S *__restrict__ x, const S *__restrict__ w, const S *__restrict__ bias, S *__restrict__ y, \
+        int n, int c, int h, int wd, int k, int r, int s, int oh, int ow, int sh, int sw, int ph,  \
+        int pw, int dh, int dw, int groups, int relu
 #define CONV2D_FWD_ARGS x, w, bias, y, n, c, h, wd, k, r, s, oh, ow, sh, sw, ph, pw, dh, dw, groups, relu
-#define CONV2D_BWD_PARAMS                                                                       \
-    const float *__restrict__ dy, const float *__restrict__ w, float *__restrict__ dx, int n, int c, \
-        int h, int wd, int k, int r, int s, int oh, int ow, int sh, int sw, int ph, int pw, int dh,  \
-        int dw, int groups
+#define CONV2D_BWD_PARAMS(S)                                                                   \
+    const S *__restrict__ dy, const S *__restrict__ w, S *__restrict__ dx, int n, int c, int h,     \
+        int wd, int k, int r, int s, int oh, int ow, int sh, int sw, int ph, int pw, int dh, int dw, \
+        int groups
 #define CONV2D_BWD_ARGS dy, w, dx, n, c, h, wd, k, r, s, oh, ow, sh, sw, ph, pw, dh, dw, groups
 
-extern "C" __global__ void conv2d_fwd_f32(CONV2D_FWD_PARAMS) { conv2d_fwd<0>(CONV2D_FWD_ARGS); }
-extern "C" __global__ void conv2d_fwd_tf32(CONV2D_FWD_PARAMS) { conv2d_fwd<1>(CONV2D_FWD_ARGS); }
-extern "C" __global__ void conv2d_fwd_bf16(CONV2D_FWD_PARAMS) { conv2d_fwd<2>(CONV2D_FWD_ARGS); }
-extern "C" __global__ void conv2d_bwd_data_f32(CONV2D_BWD_PARAMS) { conv2d_bwd_data<0>(CONV2D_BWD_ARGS); }
-extern "C" __global__ void conv2d_bwd_data_tf32(CONV2D_BWD_PARAMS) { conv2d_bwd_data<1>(CONV2D_BWD_ARGS); }
-extern "C" __global__ void conv2d_bwd_data_bf16(CONV2D_BWD_PARAMS) { conv2d_bwd_data<2>(CONV2D_BWD_ARGS); }
+extern "C" __global__ void conv2d_fwd_f32(CONV2D_FWD_PARAMS(float)) {
+    conv2d_fwd<float, 0>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_tf32(CONV2D_FWD_PARAMS(float)) {
+    conv2d_fwd<float, 1>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_bf16(CONV2D_FWD_PARAMS(bf16)) {
+    conv2d_fwd<bf16, 2>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_bwd_data_f32(CONV2D_BWD_PARAMS(float)) {
+    conv2d_bwd_data<float, 0>(CONV2D_BWD_ARGS);
+}
+extern "C" __global__ void conv2d_bwd_data_tf32(CONV2D_BWD_PARAMS(float)) {
+    conv2d_bwd_data<float, 1>(CONV2D_BWD_ARGS);
+}
+extern "C" __global__ void conv2d_bwd_data_bf16(CONV2D_BWD_PARAMS(bf16)) {
+    conv2d_bwd_data<bf16, 2>(CONV2D_BWD_ARGS);
+}

@@ -13,6 +13,8 @@
 //   b[0] = B(2t..2t+1, g)    b[1] = B(2t+8..2t+9, g)
 #pragma once
 
+#include "common.cuh"
+
 // f32 → tf32 (10 mantissa bits, kept in an f32 bit pattern with the low 13 bits zero), rounding
 // to nearest with ties away from zero, as cvt.rna.tf32.f32.
 __device__ __forceinline__ unsigned tf32_bits(float x) {
@@ -66,14 +68,6 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const unsigned a[4]
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #endif
-}
-
-// f32 → bf16 bits, rounding to nearest even (as cvt.rn.bf16.f32), in software on both sides so
-// the GPU and the emulator round identically.
-__device__ __forceinline__ unsigned bf16_bits(float x) {
-    const unsigned u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;  // NaN
-    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
 // Two bf16 in one register: `lo` (the lower k) in bits 0..15.

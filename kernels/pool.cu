@@ -1,13 +1,15 @@
-// Pooling, forward and backward. One thread per output element (forward, max-pool backward)
-// or per input element (adaptive backward); grid (ceil(total / 256)), block 256.
-//   max_pool2d_fwd_f32:  y = F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw))   planes = N·C
-//   max_pool2d_bwd_f32:  dx[argmax] += dy, the first maximum in row-major order wins (PyTorch's
-//                        rule); windows overlap, so the scatter is an atomicAdd; dx zeroed first
-//   adaptive_avg_pool2d_fwd_f32 / _bwd_f32: bins [floor(i·H/o), ceil((i+1)·H/o))
+// Pooling, forward and backward, f32 or bf16 storage (<t>). One thread per output element
+// (forward) or per input element (backward: gathers, no atomics, deterministic);
+// grid (ceil(total / 256)), block 256.
+//   max_pool2d_fwd_<t>:  y = F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw))   planes = N·C
+//   max_pool2d_bwd_<t>:  dx[i] = Σ dy over the windows whose first maximum (row-major order,
+//                        PyTorch's rule) is element i
+//   adaptive_avg_pool2d_fwd_<t> / _bwd_<t>: bins [floor(i·H/o), ceil((i+1)·H/o))
 #include "common.cuh"
 
-__device__ __forceinline__ int window_argmax(const float* plane, int h, int w, int oy, int ox,
-                                             int kh, int kw, int sh, int sw, int ph, int pw) {
+template <class T>
+__device__ __forceinline__ int window_argmax(const T* plane, int h, int w, int oy, int ox, int kh,
+                                             int kw, int sh, int sw, int ph, int pw) {
     int best = -1;
     float bv = 0.0f;
     for (int ky = 0; ky < kh; ++ky) {
@@ -16,7 +18,7 @@ __device__ __forceinline__ int window_argmax(const float* plane, int h, int w, i
         for (int kx = 0; kx < kw; ++kx) {
             const int ix = ox * sw - pw + kx;
             if (ix < 0 || ix >= w) continue;
-            const float v = plane[iy * w + ix];
+            const float v = ld(plane, iy * w + ix);
             if (best < 0 || v > bv || (v != v && bv == bv)) {
                 best = iy * w + ix;
                 bv = v;
@@ -26,50 +28,67 @@ __device__ __forceinline__ int window_argmax(const float* plane, int h, int w, i
     return best;
 }
 
-extern "C" __global__ void max_pool2d_fwd_f32(const float* __restrict__ x, float* __restrict__ y,
-                                              int planes, int h, int w, int oh, int ow, int kh,
-                                              int kw, int sh, int sw, int ph, int pw) {
+#define POOL_PARAMS int planes, int h, int w, int oh, int ow, int kh, int kw, int sh, int sw, int ph, int pw
+
+template <class T>
+__device__ __forceinline__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
+                                               POOL_PARAMS) {
     const int total = planes * oh * ow;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         const int p = i / (oh * ow), oy = (i / ow) % oh, ox = i % ow;
-        const float* plane = x + (size_t)p * h * w;
-        y[i] = plane[window_argmax(plane, h, w, oy, ox, kh, kw, sh, sw, ph, pw)];
+        const T* plane = x + (size_t)p * h * w;
+        st(y, i, ld(plane, window_argmax(plane, h, w, oy, ox, kh, kw, sh, sw, ph, pw)));
     }
 }
 
-extern "C" __global__ void max_pool2d_bwd_f32(const float* __restrict__ x,
-                                              const float* __restrict__ dy, float* __restrict__ dx,
-                                              int planes, int h, int w, int oh, int ow, int kh,
-                                              int kw, int sh, int sw, int ph, int pw) {
-    const int total = planes * oh * ow;
+// Windows containing input row iy: oy*sh - ph <= iy <= oy*sh - ph + kh - 1.
+__device__ __forceinline__ void windows_over(int i, int k, int s, int p, int o, int* lo, int* hi) {
+    const int a = i + p - k + 1;
+    *lo = a <= 0 ? 0 : (a + s - 1) / s;
+    const int b = (i + p) / s;
+    *hi = b < o - 1 ? b : o - 1;
+}
+
+template <class T>
+__device__ __forceinline__ void max_pool2d_bwd(const T* __restrict__ x, const T* __restrict__ dy,
+                                               T* __restrict__ dx, POOL_PARAMS) {
+    const int total = planes * h * w;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int p = i / (oh * ow), oy = (i / ow) % oh, ox = i % ow;
-        const float* plane = x + (size_t)p * h * w;
-        const int a = window_argmax(plane, h, w, oy, ox, kh, kw, sh, sw, ph, pw);
-        atomicAdd(dx + (size_t)p * h * w + a, dy[i]);
+        const int p = i / (h * w), iy = (i / w) % h, ix = i % w;
+        const T* plane = x + (size_t)p * h * w;
+        int y0, y1, x0, x1;
+        windows_over(iy, kh, sh, ph, oh, &y0, &y1);
+        windows_over(ix, kw, sw, pw, ow, &x0, &x1);
+        float s = 0.0f;
+        for (int oy = y0; oy <= y1; ++oy)
+            for (int ox = x0; ox <= x1; ++ox)
+                if (window_argmax(plane, h, w, oy, ox, kh, kw, sh, sw, ph, pw) == iy * w + ix)
+                    s += ld(dy, ((size_t)p * oh + oy) * ow + ox);
+        st(dx, i, s);
     }
 }
 
-extern "C" __global__ void adaptive_avg_pool2d_fwd_f32(const float* __restrict__ x,
-                                                       float* __restrict__ y, int planes, int h,
-                                                       int w, int oh, int ow) {
+template <class T>
+__device__ __forceinline__ void adaptive_avg_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
+                                                        int planes, int h, int w, int oh, int ow) {
     const int total = planes * oh * ow;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         const int p = i / (oh * ow), oy = (i / ow) % oh, ox = i % ow;
         const int y0 = oy * h / oh, y1 = ((oy + 1) * h + oh - 1) / oh;
         const int x0 = ox * w / ow, x1 = ((ox + 1) * w + ow - 1) / ow;
-        const float* plane = x + (size_t)p * h * w;
+        const T* plane = x + (size_t)p * h * w;
         float s = 0.0f;
         for (int iy = y0; iy < y1; ++iy)
-            for (int ix = x0; ix < x1; ++ix) s += plane[iy * w + ix];
-        y[i] = s / (float)((y1 - y0) * (x1 - x0));
+            for (int ix = x0; ix < x1; ++ix) s += ld(plane, iy * w + ix);
+        st(y, i, s / (float)((y1 - y0) * (x1 - x0)));
     }
 }
 
 // Gathers instead of scattering: each input element sums the bins that contain it.
-extern "C" __global__ void adaptive_avg_pool2d_bwd_f32(const float* __restrict__ dy,
-                                                       float* __restrict__ dx, int planes, int h,
-                                                       int w, int oh, int ow) {
+template <class T>
+__device__ __forceinline__ void adaptive_avg_pool2d_bwd(const T* __restrict__ dy,
+                                                        T* __restrict__ dx, int planes, int h,
+                                                        int w, int oh, int ow) {
     const int total = planes * h * w;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         const int p = i / (h * w), iy = (i / w) % h, ix = i % w;
@@ -80,9 +99,47 @@ extern "C" __global__ void adaptive_avg_pool2d_bwd_f32(const float* __restrict__
             for (int ox = 0; ox < ow; ++ox) {
                 const int x0 = ox * w / ow, x1 = ((ox + 1) * w + ow - 1) / ow;
                 if (ix < x0 || ix >= x1) continue;
-                s += dy[((size_t)p * oh + oy) * ow + ox] / (float)((y1 - y0) * (x1 - x0));
+                s += ld(dy, ((size_t)p * oh + oy) * ow + ox) / (float)((y1 - y0) * (x1 - x0));
             }
         }
-        dx[i] = s;
+        st(dx, i, s);
     }
+}
+
+#define POOL_ARGS planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw
+extern "C" __global__ void max_pool2d_fwd_f32(const float* __restrict__ x, float* __restrict__ y,
+                                              POOL_PARAMS) {
+    max_pool2d_fwd(x, y, POOL_ARGS);
+}
+extern "C" __global__ void max_pool2d_fwd_bf16(const bf16* __restrict__ x, bf16* __restrict__ y,
+                                               POOL_PARAMS) {
+    max_pool2d_fwd(x, y, POOL_ARGS);
+}
+extern "C" __global__ void max_pool2d_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy,
+                                              float* __restrict__ dx, POOL_PARAMS) {
+    max_pool2d_bwd(x, dy, dx, POOL_ARGS);
+}
+extern "C" __global__ void max_pool2d_bwd_bf16(const bf16* __restrict__ x, const bf16* __restrict__ dy,
+                                               bf16* __restrict__ dx, POOL_PARAMS) {
+    max_pool2d_bwd(x, dy, dx, POOL_ARGS);
+}
+extern "C" __global__ void adaptive_avg_pool2d_fwd_f32(const float* __restrict__ x,
+                                                       float* __restrict__ y, int planes, int h,
+                                                       int w, int oh, int ow) {
+    adaptive_avg_pool2d_fwd(x, y, planes, h, w, oh, ow);
+}
+extern "C" __global__ void adaptive_avg_pool2d_fwd_bf16(const bf16* __restrict__ x,
+                                                        bf16* __restrict__ y, int planes, int h,
+                                                        int w, int oh, int ow) {
+    adaptive_avg_pool2d_fwd(x, y, planes, h, w, oh, ow);
+}
+extern "C" __global__ void adaptive_avg_pool2d_bwd_f32(const float* __restrict__ dy,
+                                                       float* __restrict__ dx, int planes, int h,
+                                                       int w, int oh, int ow) {
+    adaptive_avg_pool2d_bwd(dy, dx, planes, h, w, oh, ow);
+}
+extern "C" __global__ void adaptive_avg_pool2d_bwd_bf16(const bf16* __restrict__ dy,
+                                                        bf16* __restrict__ dx, int planes, int h,
+                                                        int w, int oh, int ow) {
+    adaptive_avg_pool2d_bwd(dy, dx, planes, h, w, oh, ow);
 }

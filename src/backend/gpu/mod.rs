@@ -65,9 +65,58 @@ pub trait Launcher: Send + Sync {
     ) -> Result<()>;
 }
 
+/// How a tensor is stored on the device (arithmetic is f32 either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    Bf16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::Bf16 => 2,
+        }
+    }
+    /// The `<t>` of kernel entry names.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::Bf16 => "bf16",
+        }
+    }
+}
+
 pub struct GpuTensor<B> {
     shape: Vec<usize>,
     buf: B,
+    dtype: DType,
+}
+
+impl<B> GpuTensor<B> {
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A tensor as given, or a converted copy.
+enum Converted<'a, T> {
+    Given(&'a T),
+    Made(T),
+}
+
+impl<T> std::ops::Deref for Converted<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Converted::Given(t) => t,
+            Converted::Made(t) => t,
+        }
+    }
 }
 
 /// Arithmetic of the convolutions (the bulk of the work); everything else is f32.
@@ -79,12 +128,21 @@ pub enum Precision {
     /// PyTorch's cuDNN convolutions do by default (`torch.backends.cudnn.allow_tf32`).
     #[default]
     Tf32,
-    /// Tensor cores with operands rounded to bf16 (8 mantissa bits), f32 accumulation; tensors
-    /// stay f32 in memory. Twice TF32's tensor-core rate, about 8× its rounding error.
+    /// bf16 tensors in memory (activations, gradients, weights: half the traffic) and BF16
+    /// tensor-core convolutions (8 mantissa bits), f32 accumulation; the CAM weights and maps
+    /// are computed and kept in f32. As `torch.autocast(dtype=torch.bfloat16)`.
     Bf16,
 }
 
 impl Precision {
+    /// How network tensors are stored under this precision.
+    pub fn storage(self) -> DType {
+        match self {
+            Precision::Bf16 => DType::Bf16,
+            Precision::F32 | Precision::Tf32 => DType::F32,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
@@ -169,7 +227,10 @@ impl<L: Launcher> GpuBackend<L> {
             "mma_check_{kind}: A is 16x{depth}"
         );
         let (da, db) = (self.upload_f32(a)?, self.upload_f32(b)?);
-        let (dm, dt) = (self.tensor(vec![16, 8])?, self.tensor(vec![16, 8])?);
+        let (dm, dt) = (
+            self.tensor(vec![16, 8], DType::F32)?,
+            self.tensor(vec![16, 8], DType::F32)?,
+        );
         let args = [
             KArg::Buf(&da),
             KArg::Buf(&db),
@@ -184,21 +245,56 @@ impl<L: Launcher> GpuBackend<L> {
         ))
     }
 
-    /// A kernel's entry for this backend's convolution arithmetic, e.g. `conv2d_fwd_tf32`.
-    fn conv_kernel(&self, op: &str) -> String {
-        format!("{op}_{}", self.precision.name())
+    /// The convolution entry for tensors of `dtype` under this backend's arithmetic, e.g.
+    /// `conv2d_fwd_tf32` (f32 tensors, TF32 tensor cores) or `conv2d_fwd_bf16`.
+    fn conv_kernel(&self, op: &str, dtype: DType) -> String {
+        match (dtype, self.precision) {
+            (DType::Bf16, _) => format!("{op}_bf16"),
+            (DType::F32, Precision::Tf32) => format!("{op}_tf32"),
+            (DType::F32, _) => format!("{op}_f32"),
+        }
+    }
+
+    /// An element-wise or reduction op's entry for its input's storage, e.g. `relu_fwd_bf16`.
+    fn kernel(op: &str, t: &GpuTensor<L::Buf>) -> String {
+        format!("{op}_{}", t.dtype.name())
+    }
+
+    /// `t` stored as `to`, converting on the device when it is not.
+    fn as_dtype<'a>(
+        &self,
+        t: &'a GpuTensor<L::Buf>,
+        to: DType,
+    ) -> Result<Converted<'a, GpuTensor<L::Buf>>> {
+        if t.dtype == to {
+            return Ok(Converted::Given(t));
+        }
+        let out = self.tensor(t.shape.clone(), to)?;
+        let n = t.numel();
+        self.run1d(
+            &format!("cast_{}_{}", t.dtype.name(), to.name()),
+            n,
+            &[KArg::Buf(&t.buf), KArg::Buf(&out.buf), KArg::I32(n as i32)],
+        )?;
+        Ok(Converted::Made(out))
     }
 
     pub fn launcher(&self) -> &L {
         &self.l
     }
 
-    fn tensor(&self, shape: Vec<usize>) -> Result<GpuTensor<L::Buf>> {
+    fn tensor(&self, shape: Vec<usize>, dtype: DType) -> Result<GpuTensor<L::Buf>> {
         let n: usize = shape.iter().product();
         Ok(GpuTensor {
-            buf: self.l.alloc(n * 4)?,
+            buf: self.l.alloc(n * dtype.size())?,
             shape,
+            dtype,
         })
+    }
+
+    /// A new tensor stored like `like` (an op's output).
+    fn like(&self, shape: Vec<usize>, like: &GpuTensor<L::Buf>) -> Result<GpuTensor<L::Buf>> {
+        self.tensor(shape, like.dtype)
     }
 
     fn upload_f32(&self, v: &[f32]) -> Result<L::Buf> {
@@ -278,17 +374,19 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         images: &GpuImages<L::Buf>,
         (oh, ow): (usize, usize),
     ) -> Result<Self::Tensor> {
-        let out = self.tensor(vec![images.layout.len(), 3, oh, ow])?;
+        let dtype = self.precision.storage();
+        let out = self.tensor(vec![images.layout.len(), 3, oh, ow], dtype)?;
+        let kernel = format!("preprocess_rgb8_{}", dtype.name());
         for (i, &(off, (h, w))) in images.layout.iter().enumerate() {
             let mut args = vec![
                 KArg::BufAt(&images.buf, off),
-                KArg::BufAt(&out.buf, i * 3 * oh * ow * 4),
+                KArg::BufAt(&out.buf, i * 3 * oh * ow * dtype.size()),
             ];
             args.extend(ints(&[h, w, oh, ow]));
-            // SAFETY: preprocess_rgb8_f32 on image i (h·w·3 bytes at `off`) into slot i.
+            // SAFETY: preprocess_rgb8_<t> on image i (h·w·3 bytes at `off`) into slot i.
             unsafe {
                 self.launch(
-                    "preprocess_rgb8_f32",
+                    &kernel,
                     [(oh * ow).div_ceil(256) as u32, 1, 1],
                     [256, 1, 1],
                     &args,
@@ -357,21 +455,49 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         match self.precision {
             Precision::F32 => 1e-3,
             // Each operand rounded to 10 mantissa bits (relative 2^-11); the rounding errors of
-            // a sum of products mostly cancel: observed ≤ 3e-4 of (1 + max |reference|).
+            // a sum of products mostly cancel: ≤ 3e-4 of (1 + max |reference|) on arbitrary f32
+            // inputs (the selftest's inputs are bf16-exact, which TF32 holds exactly: ~1e-6).
             Precision::Tf32 => 2e-3,
-            // 2^-9 per operand; observed ≤ 2.2e-3 of (1 + max |reference|).
+            // Outputs stored in bf16 (relative 2^-9) on top of f32 accumulation: observed
+            // ≤ 1.8e-3 of (1 + max |reference|).
             Precision::Bf16 => 1e-2,
         }
     }
     fn upload(&self, t: Tensor) -> Result<Self::Tensor> {
+        let dtype = self.precision.storage();
+        let buf = match dtype {
+            DType::F32 => self.upload_f32(t.data())?,
+            // Rounded to nearest even on the host (half), as the kernels round.
+            DType::Bf16 => {
+                let bytes: Vec<u8> = t
+                    .data()
+                    .iter()
+                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                    .collect();
+                self.l.upload(&bytes)?
+            }
+        };
         Ok(GpuTensor {
-            buf: self.upload_f32(t.data())?,
+            buf,
             shape: t.shape().to_vec(),
+            dtype,
         })
     }
     fn download(&self, t: &Self::Tensor) -> Result<Tensor> {
-        let mut v = vec![0f32; t.shape.iter().product()];
-        self.l.download(&t.buf, f32_bytes_mut(&mut v))?;
+        let v = match t.dtype {
+            DType::F32 => {
+                let mut v = vec![0f32; t.numel()];
+                self.l.download(&t.buf, f32_bytes_mut(&mut v))?;
+                v
+            }
+            DType::Bf16 => {
+                let mut b = vec![0u8; t.numel() * 2];
+                self.l.download(&t.buf, &mut b)?;
+                b.chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect()
+            }
+        };
         Ok(Tensor::new(t.shape.clone(), v))
     }
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize] {
@@ -379,8 +505,9 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     }
     fn duplicate(&self, t: &Self::Tensor) -> Result<Self::Tensor> {
         Ok(GpuTensor {
-            buf: self.l.copy(&t.buf, 4 * t.shape.iter().product::<usize>())?,
+            buf: self.l.copy(&t.buf, t.numel() * t.dtype.size())?,
             shape: t.shape.clone(),
+            dtype: t.dtype,
         })
     }
     fn reshape(&self, mut t: Self::Tensor, shape: &[usize]) -> Result<Self::Tensor> {
@@ -404,7 +531,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let (oh, ow) = p
             .out_hw((h, wd), (r, s))
             .expect("shapes checked by the network");
-        let y = self.tensor(vec![n, k, oh, ow])?;
+        let y = self.like(vec![n, k, oh, ow], x)?;
         let mut args = vec![
             KArg::Buf(&x.buf),
             KArg::Buf(&w.buf),
@@ -436,7 +563,14 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             p.groups as u32,
         ];
         // SAFETY: the argument list is conv2d_fwd_<t>'s, sized for this grid.
-        unsafe { self.launch(&self.conv_kernel("conv2d_fwd"), grid, [256, 1, 1], &args)? };
+        unsafe {
+            self.launch(
+                &self.conv_kernel("conv2d_fwd", x.dtype),
+                grid,
+                [256, 1, 1],
+                &args,
+            )?
+        };
         Ok(y)
     }
     fn conv2d_bwd_data(
@@ -449,7 +583,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let (n, k, oh, ow) = dims4(&dy.shape);
         let (_, cg, r, s) = dims4(&w.shape);
         let c = cg * p.groups;
-        let dx = self.tensor(vec![n, c, h, wd])?;
+        let dx = self.like(vec![n, c, h, wd], dy)?;
         let mut args = vec![KArg::Buf(&dy.buf), KArg::Buf(&w.buf), KArg::Buf(&dx.buf)];
         args.extend(ints(&[
             n,
@@ -477,7 +611,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         // SAFETY: conv2d_bwd_data_<t>'s argument list, sized for this grid.
         unsafe {
             self.launch(
-                &self.conv_kernel("conv2d_bwd_data"),
+                &self.conv_kernel("conv2d_bwd_data", dy.dtype),
                 grid,
                 [256, 1, 1],
                 &args,
@@ -487,13 +621,17 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     }
     fn relu_fwd(&self, x: Self::Tensor) -> Result<Self::Tensor> {
         let n = x.shape.iter().product();
-        self.run1d("relu_fwd_f32", n, &[KArg::Buf(&x.buf), KArg::I32(n as i32)])?;
+        self.run1d(
+            &Self::kernel("relu_fwd", &x),
+            n,
+            &[KArg::Buf(&x.buf), KArg::I32(n as i32)],
+        )?;
         Ok(x)
     }
     fn relu_bwd(&self, y: &Self::Tensor, dy: Self::Tensor, guided: bool) -> Result<Self::Tensor> {
         let n = dy.shape.iter().product();
         self.run1d(
-            "relu_bwd_f32",
+            &Self::kernel("relu_bwd", &dy),
             n,
             &[
                 KArg::Buf(&y.buf),
@@ -507,7 +645,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     fn max_pool2d_fwd(&self, x: &Self::Tensor, p: &Pool2dParams) -> Result<Self::Tensor> {
         let (n, c, h, w) = dims4(&x.shape);
         let (oh, ow) = p.out_hw((h, w)).expect("shapes checked by the network");
-        let y = self.tensor(vec![n, c, oh, ow])?;
+        let y = self.like(vec![n, c, oh, ow], x)?;
         let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&y.buf)];
         args.extend(ints(&[
             n * c,
@@ -522,7 +660,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             p.padding.0,
             p.padding.1,
         ]));
-        self.run1d("max_pool2d_fwd_f32", n * c * oh * ow, &args)?;
+        self.run1d(&Self::kernel("max_pool2d_fwd", x), n * c * oh * ow, &args)?;
         Ok(y)
     }
     fn max_pool2d_bwd(
@@ -533,7 +671,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     ) -> Result<Self::Tensor> {
         let (n, c, h, w) = dims4(&x.shape);
         let (_, _, oh, ow) = dims4(&dy.shape);
-        let dx = self.tensor(x.shape.clone())?;
+        let dx = self.like(x.shape.clone(), dy)?;
         let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&dy.buf), KArg::Buf(&dx.buf)];
         args.extend(ints(&[
             n * c,
@@ -548,7 +686,8 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             p.padding.0,
             p.padding.1,
         ]));
-        self.run1d("max_pool2d_bwd_f32", n * c * oh * ow, &args)?;
+        // One thread per input element (a gather over the windows that contain it).
+        self.run1d(&Self::kernel("max_pool2d_bwd", dy), n * c * h * w, &args)?;
         Ok(dx)
     }
     fn adaptive_avg_pool2d_fwd(
@@ -557,10 +696,14 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         (oh, ow): (usize, usize),
     ) -> Result<Self::Tensor> {
         let (n, c, h, w) = dims4(&x.shape);
-        let y = self.tensor(vec![n, c, oh, ow])?;
+        let y = self.like(vec![n, c, oh, ow], x)?;
         let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&y.buf)];
         args.extend(ints(&[n * c, h, w, oh, ow]));
-        self.run1d("adaptive_avg_pool2d_fwd_f32", n * c * oh * ow, &args)?;
+        self.run1d(
+            &Self::kernel("adaptive_avg_pool2d_fwd", x),
+            n * c * oh * ow,
+            &args,
+        )?;
         Ok(y)
     }
     fn adaptive_avg_pool2d_bwd(
@@ -569,10 +712,14 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         (h, w): (usize, usize),
     ) -> Result<Self::Tensor> {
         let (n, c, oh, ow) = dims4(&dy.shape);
-        let dx = self.tensor(vec![n, c, h, w])?;
+        let dx = self.like(vec![n, c, h, w], dy)?;
         let mut args = vec![KArg::Buf(&dy.buf), KArg::Buf(&dx.buf)];
         args.extend(ints(&[n * c, h, w, oh, ow]));
-        self.run1d("adaptive_avg_pool2d_bwd_f32", n * c * h * w, &args)?;
+        self.run1d(
+            &Self::kernel("adaptive_avg_pool2d_bwd", dy),
+            n * c * h * w,
+            &args,
+        )?;
         Ok(dx)
     }
     fn linear_fwd(
@@ -582,7 +729,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         b: Option<&Self::Tensor>,
     ) -> Result<Self::Tensor> {
         let (n, fin, fout) = (x.shape[0], x.shape[1], w.shape[0]);
-        let y = self.tensor(vec![n, fout])?;
+        let y = self.like(vec![n, fout], x)?;
         let mut args = vec![
             KArg::Buf(&x.buf),
             KArg::Buf(&w.buf),
@@ -593,7 +740,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         // SAFETY: linear_fwd_f32's argument list, sized for this grid.
         unsafe {
             self.launch(
-                "linear_fwd_f32",
+                &Self::kernel("linear_fwd", x),
                 [n.div_ceil(64) as u32, fout.div_ceil(64) as u32, 1],
                 [256, 1, 1],
                 &args,
@@ -603,13 +750,13 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     }
     fn linear_bwd_data(&self, dy: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor> {
         let (n, fout, fin) = (dy.shape[0], dy.shape[1], w.shape[1]);
-        let dx = self.tensor(vec![n, fin])?;
+        let dx = self.like(vec![n, fin], dy)?;
         let mut args = vec![KArg::Buf(&dy.buf), KArg::Buf(&w.buf), KArg::Buf(&dx.buf)];
         args.extend(ints(&[n, fin, fout]));
         // SAFETY: linear_bwd_data_f32's argument list, sized for this grid.
         unsafe {
             self.launch(
-                "linear_bwd_data_f32",
+                &Self::kernel("linear_bwd_data", dy),
                 [n.div_ceil(64) as u32, fin.div_ceil(64) as u32, 1],
                 [256, 1, 1],
                 &args,
@@ -620,7 +767,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     fn add(&self, a: Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
         let n = a.shape.iter().product();
         self.run1d(
-            "add_f32",
+            &Self::kernel("add", &a),
             n,
             &[KArg::Buf(&a.buf), KArg::Buf(&b.buf), KArg::I32(n as i32)],
         )?;
@@ -637,16 +784,16 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let (s, t) = (self.upload_f32(scale)?, self.upload_f32(shift)?);
         let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&s), KArg::Buf(&t)];
         args.extend(ints(&[c, h * w, n]));
-        self.run1d("channel_affine_f32", n, &args)?;
+        self.run1d(&Self::kernel("channel_affine", &x), n, &args)?;
         Ok(x)
     }
     fn grad_pool(&self, g: &Self::Tensor) -> Result<Self::Tensor> {
         let (n, k, h, w) = dims4(&g.shape);
-        let a = self.tensor(vec![n, k])?;
-        // SAFETY: grad_pool_f32: one block per plane.
+        let a = self.tensor(vec![n, k], DType::F32)?;
+        // SAFETY: grad_pool_<t>: one block per plane.
         unsafe {
             self.launch(
-                "grad_pool_f32",
+                &Self::kernel("grad_pool", g),
                 [(n * k) as u32, 1, 1],
                 [256, 1, 1],
                 &[
@@ -660,7 +807,8 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     }
     fn weighted_sum_relu(&self, a: &Self::Tensor, alpha: &Self::Tensor) -> Result<Self::Tensor> {
         let (n, k, h, w) = dims4(&a.shape);
-        let m = self.tensor(vec![n, h, w])?;
+        let m = self.tensor(vec![n, h, w], DType::F32)?;
+        let alpha = self.as_dtype(alpha, DType::F32)?;
         let args = [
             KArg::Buf(&a.buf),
             KArg::Buf(&alpha.buf),
@@ -668,10 +816,10 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             KArg::I32(k as i32),
             KArg::I32((h * w) as i32),
         ];
-        // SAFETY: weighted_sum_relu_f32: one thread per (pixel, image).
+        // SAFETY: weighted_sum_relu_<t>: one thread per (pixel, image).
         unsafe {
             self.launch(
-                "weighted_sum_relu_f32",
+                &Self::kernel("weighted_sum_relu", a),
                 [(h * w).div_ceil(256) as u32, n as u32, 1],
                 [256, 1, 1],
                 &args,
@@ -686,7 +834,8 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         g: &Self::Tensor,
     ) -> Result<Self::Tensor> {
         let (n, k, h, w) = dims4(&a.shape);
-        let out = self.tensor(vec![n, k])?;
+        let out = self.tensor(vec![n, k], DType::F32)?;
+        let g = self.as_dtype(g, a.dtype)?;
         let r = (rule == WeightRule::XGradCam) as i32;
         let args = [
             KArg::Buf(&a.buf),
@@ -695,10 +844,10 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             KArg::I32((h * w) as i32),
             KArg::I32(r),
         ];
-        // SAFETY: cam_weights_f32: one block per plane.
+        // SAFETY: cam_weights_<t>: one block per plane.
         unsafe {
             self.launch(
-                "cam_weights_f32",
+                &Self::kernel("cam_weights", a),
                 [(n * k) as u32, 1, 1],
                 [256, 1, 1],
                 &args,
@@ -713,7 +862,8 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         g: &Self::Tensor,
     ) -> Result<Self::Tensor> {
         let (n, k, h, w) = dims4(&a.shape);
-        let m = self.tensor(vec![n, h, w])?;
+        let m = self.tensor(vec![n, h, w], DType::F32)?;
+        let g = self.as_dtype(g, a.dtype)?;
         let r = (rule == ElementRule::LayerCam) as i32;
         let args = [
             KArg::Buf(&a.buf),
@@ -723,10 +873,10 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             KArg::I32((h * w) as i32),
             KArg::I32(r),
         ];
-        // SAFETY: elementwise_cam_relu_f32: one thread per (pixel, image).
+        // SAFETY: elementwise_cam_relu_<t>: one thread per (pixel, image).
         unsafe {
             self.launch(
-                "elementwise_cam_relu_f32",
+                &Self::kernel("elementwise_cam_relu", a),
                 [(h * w).div_ceil(256) as u32, n as u32, 1],
                 [256, 1, 1],
                 &args,
@@ -743,19 +893,20 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let (n, c, hh, ww) = dims4(&x.shape);
         let (_, k, h, w) = dims4(&a.shape);
         let kc = k1 - k0;
-        let mm = self.tensor(vec![n * kc, 2])?;
+        let mm = self.tensor(vec![n * kc, 2], DType::F32)?;
+        let a = &*self.as_dtype(a, x.dtype)?;
         let mut args = vec![KArg::Buf(&a.buf), KArg::Buf(&mm.buf)];
         args.extend(ints(&[k, k0, kc, h, w, hh, ww]));
-        // SAFETY: score_cam_minmax_f32: one block per (image, channel).
+        // SAFETY: score_cam_minmax_<t>: one block per (image, channel).
         unsafe {
             self.launch(
-                "score_cam_minmax_f32",
+                &Self::kernel("score_cam_minmax", a),
                 [(n * kc) as u32, 1, 1],
                 [256, 1, 1],
                 &args,
             )?
         };
-        let out = self.tensor(vec![n * kc, c, hh, ww])?;
+        let out = self.like(vec![n * kc, c, hh, ww], x)?;
         let mut args = vec![
             KArg::Buf(&x.buf),
             KArg::Buf(&a.buf),
@@ -763,10 +914,10 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             KArg::Buf(&out.buf),
         ];
         args.extend(ints(&[c, k, k0, kc, h, w, hh, ww]));
-        // SAFETY: score_cam_inputs_f32: one thread per (pixel, image·channel).
+        // SAFETY: score_cam_inputs_<t>: one thread per (pixel, image·channel).
         unsafe {
             self.launch(
-                "score_cam_inputs_f32",
+                &Self::kernel("score_cam_inputs", x),
                 [(hh * ww).div_ceil(256) as u32, (n * kc) as u32, 1],
                 [256, 1, 1],
                 &args,
