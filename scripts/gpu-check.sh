@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
-# Everything the CUDA backend must show on a real GPU, in one go (for the lent H100; see the
-# developers' guide): the selftest at each precision, the parity fixtures end to end
-# (tests/cuda.rs), `gradcam bench --device cuda` on ResNet-50 and VGG16 (batch 64, with a
-# per-kernel profile) and the PyTorch peers on the same card. Needs gpu-kit/ from
-# scripts/make-gpu-kit.sh; no Rust, no network. Logs go to $OUT (else gpu-check-out/).
+# Everything the CUDA backend must show on a real GPU, in one go (for the lent H100; see GPU.md):
+# the selftest at each precision, the parity fixtures end to end (tests/cuda.rs),
+# `gradcam bench --device cuda` on ResNet-50 and VGG16 (batch 64, with the per-kernel profile)
+# and the PyTorch peers on the same card. Needs gpu-kit/ from scripts/make-gpu-kit.sh; no Rust,
+# no network. Results go to $OUT (else gpu-check-out/) as three files (the device tool returns
+# at most 8): summary.txt, all.log (every step's output, appended as it finishes) and logs.tgz
+# (one file per step). Steps run most important first and share a time budget (BUDGET seconds,
+# default 520), so one call always returns its logs.
 #   device run: bash scripts/gpu-check.sh [N_IMAGES]     carry: ["gpu-kit"]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-check-out}
 n=${1:-256}
-mkdir -p "$out"
+budget=${BUDGET:-520}
+work=/tmp/gpu-check
+mkdir -p "$out" "$work"
 kit=gpu-kit
 sum=$out/summary.txt
-step() { # name timeout command... : runs, logs to $out/name.txt, records the exit status
+step() { # name limit command... : runs within the budget, logs to $out/name.txt
   local name=$1 limit=$2; shift 2
+  local left=$((budget - SECONDS))
+  if [ "$left" -lt 15 ]; then echo "$name: skipped (budget spent)" | tee -a "$sum"; return; fi
+  [ "$limit" -gt "$left" ] && limit=$left
   local t0=$SECONDS
-  timeout "$limit" "$@" >"$out/$name.txt" 2>&1
+  timeout "$limit" "$@" >"$work/$name.txt" 2>&1
   local rc=$?
   echo "$name: exit $rc, $((SECONDS - t0)) s" | tee -a "$sum"
+  { echo "=== $name (exit $rc) ==="; cat "$work/$name.txt"; } >>"$out/all.log"
 }
 
 { echo "commit $(cat $kit/commit 2>/dev/null)  $(date -u +%FT%TZ)"
@@ -29,23 +38,28 @@ nvrtc=$(ls /usr/local/cuda/lib64/libnvrtc.so.1[0-9] 2>/dev/null | head -1)
 export GRADCAM_NVRTC=$nvrtc GRADCAM_CACHE_DIR=/tmp/gradcam-kernels RAYON_NUM_THREADS=16
 echo "nvrtc $nvrtc" | tee -a "$sum"
 
-for p in f32 tf32 bf16; do
-  step selftest-$p 120 $kit/gradcam selftest --device cuda --precision $p
-done
-step parity 180 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
-  $kit/cuda-tests --nocapture --test-threads 1
-
-for arch in resnet50 vgg16; do
-  $kit/gradcam random-weights --arch $arch -o /tmp/$arch.safetensors >/dev/null
-  for p in tf32 bf16 f32; do
-    step bench-$arch-$p 240 $kit/gradcam bench --device cuda --precision $p \
-      -m /tmp/$arch.safetensors --batch 64 --images "$n" --size 224 --profile
-  done
-done
-
 python3 -m pip install -q --no-index --no-deps --target /tmp/site $kit/whl/*.whl &&
   export PYTHONPATH=/tmp/site
 for arch in resnet50 vgg16; do
-  step peers-$arch 300 python3 tools/bench_gpu_peers.py --arch $arch --batch 64 --images "$n"
+  $kit/gradcam random-weights --arch $arch -o /tmp/$arch.safetensors >/dev/null 2>&1
 done
-grep -h "images/s\|peak device\|tool=" "$out"/bench-*.txt "$out"/peers-*.txt | tee -a "$sum"
+bench() { # arch precision
+  step bench-$1-$2 120 $kit/gradcam bench --device cuda --precision $2 \
+    -m /tmp/$1.safetensors --batch 64 --images "$n" --size 224 --profile
+}
+
+step selftest-tf32 90 $kit/gradcam selftest --device cuda --precision tf32
+step selftest-f32 45 $kit/gradcam selftest --device cuda --precision f32
+step selftest-bf16 45 $kit/gradcam selftest --device cuda --precision bf16
+step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
+  $kit/cuda-tests --nocapture --test-threads 1
+bench resnet50 tf32
+step peers-resnet50 150 python3 tools/bench_gpu_peers.py --arch resnet50 --batch 64 --images "$n"
+bench resnet50 bf16
+bench vgg16 tf32
+step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --images "$n"
+bench vgg16 bf16
+bench resnet50 f32
+bench vgg16 f32
+grep -h "images/s\|peak device\|tool=" "$work"/bench-*.txt "$work"/peers-*.txt 2>/dev/null | tee -a "$sum"
+tar czf "$out/logs.tgz" -C "$work" .
