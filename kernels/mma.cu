@@ -6,6 +6,17 @@
 #include "common.cuh"
 #include "mma.cuh"
 
+// Both results' accumulator fragments (the same layout for both shapes) to 16x8 row-major.
+__device__ __forceinline__ void store_d(const float d[4], const float e[4], float* d_mma,
+                                        float* d_twin) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int idx[4] = {g * 8 + 2 * t, g * 8 + 2 * t + 1, (g + 8) * 8 + 2 * t, (g + 8) * 8 + 2 * t + 1};
+    for (int i = 0; i < 4; ++i) {
+        d_mma[idx[i]] = d[i];
+        d_twin[idx[i]] = e[i];
+    }
+}
+
 extern "C" __global__ void mma_check_tf32(const float* __restrict__ a, const float* __restrict__ b,
                                           float* __restrict__ d_mma, float* __restrict__ d_twin) {
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -15,11 +26,7 @@ extern "C" __global__ void mma_check_tf32(const float* __restrict__ a, const flo
     float d[4] = {0.0f, 0.0f, 0.0f, 0.0f}, e[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     mma_tf32_m16n8k8(d, fa, fb);
     mma_tf32_m16n8k8_shfl(e, fa, fb);
-    const int idx[4] = {g * 8 + 2 * t, g * 8 + 2 * t + 1, (g + 8) * 8 + 2 * t, (g + 8) * 8 + 2 * t + 1};
-    for (int i = 0; i < 4; ++i) {
-        d_mma[idx[i]] = d[i];
-        d_twin[idx[i]] = e[i];
-    }
+    store_d(d, e, d_mma, d_twin);
 }
 
 extern "C" __global__ void mma_check_bf16(const float* __restrict__ a, const float* __restrict__ b,
@@ -34,9 +41,5 @@ extern "C" __global__ void mma_check_bf16(const float* __restrict__ a, const flo
     float d[4] = {0.0f, 0.0f, 0.0f, 0.0f}, e[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     mma_bf16_m16n8k16(d, fa, fb);
     mma_bf16_m16n8k16_shfl(e, fa, fb);
-    const int idx[4] = {g * 8 + 2 * t, g * 8 + 2 * t + 1, (g + 8) * 8 + 2 * t, (g + 8) * 8 + 2 * t + 1};
-    for (int i = 0; i < 4; ++i) {
-        d_mma[idx[i]] = d[i];
-        d_twin[idx[i]] = e[i];
-    }
+    store_d(d, e, d_mma, d_twin);
 }
