@@ -6,7 +6,8 @@
 //                        GEMM per group: [C/g] x [N·H·W], depth K/g·R·S
 // <t> = f32 (f32 tensors, FMAs), tf32 (f32 tensors, TF32 tensor cores: torch's allow_tf32
 // convolutions) or bf16 (bf16 tensors, BF16 tensor cores); f32 accumulation in all three.
-// Launch: grid (ceil(cols / 64), ceil(rows / 64), groups), block 256 (see gemm_tile.cuh).
+// Launch: grid (ceil(cols / 64), ceil(rows / 64), groups), block 256 (see gemm_tile.cuh);
+// the _t128 tensor-core entries take 128x128 tiles (grid by 128).
 #include "common.cuh"
 #include "gemm_tile.cuh"
 
@@ -58,8 +59,9 @@ struct BwdGather {
     }
 };
 
-// S: storage type; T: 0 = f32 FMAs, 1 = TF32 tensor cores, 2 = BF16 tensor cores.
-template <class S, int T>
+// S: storage type; T: 0 = f32 FMAs, 1 = TF32 tensor cores, 2 = BF16 tensor cores; TS: the
+// tensor-core tile's side (64 or 128).
+template <class S, int T, int TS = 64>
 __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __restrict__ w,
                                            const S* __restrict__ bias, S* __restrict__ y,
                                            int n, int c, int h, int wd, int k, int r, int s, int oh,
@@ -77,16 +79,16 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
         st(y, ((size_t)ni * k + ko) * ohw + col % ohw, v);
     };
     if (T == 1) {
-        gemm_tile_mma<Mma::Tf32>(kg, n * ohw, depth, a_at, gb, store);
+        gemm_tile_mma<Mma::Tf32, TS, TS>(kg, n * ohw, depth, a_at, gb, store);
     } else if (T == 2) {
-        gemm_tile_mma<Mma::Bf16>(kg, n * ohw, depth, a_at, gb, store);
+        gemm_tile_mma<Mma::Bf16, TS, TS>(kg, n * ohw, depth, a_at, gb, store);
     } else {
         auto b_at = [&](int d, int col) { return gb.load(gb.prep(col), d); };
         gemm_tile(kg, n * ohw, depth, a_at, b_at, store);
     }
 }
 
-template <class S, int T>
+template <class S, int T, int TS = 64>
 __device__ __forceinline__ void conv2d_bwd_data(const S* __restrict__ dy, const S* __restrict__ w,
                                                 S* __restrict__ dx,
                                                 int n, int c, int h, int wd, int k, int r, int s,
@@ -103,9 +105,9 @@ __device__ __forceinline__ void conv2d_bwd_data(const S* __restrict__ dy, const 
         st(dx, ((size_t)(col / hw) * c + g * cg + ci) * hw + col % hw, v);
     };
     if (T == 1) {
-        gemm_tile_mma<Mma::Tf32>(cg, n * hw, kg * rs, a_at, gb, store);
+        gemm_tile_mma<Mma::Tf32, TS, TS>(cg, n * hw, kg * rs, a_at, gb, store);
     } else if (T == 2) {
-        gemm_tile_mma<Mma::Bf16>(cg, n * hw, kg * rs, a_at, gb, store);
+        gemm_tile_mma<Mma::Bf16, TS, TS>(cg, n * hw, kg * rs, a_at, gb, store);
     } else {
         auto b_at = [&](int d, int col) { return gb.load(gb.prep(col), d); };
         gemm_tile(cg, n * hw, kg * rs, a_at, b_at, store);
@@ -134,6 +136,13 @@ extern "C" __global__ void conv2d_fwd_tf32(CONV2D_FWD_PARAMS(float)) {
 extern "C" __global__ void conv2d_fwd_bf16(CONV2D_FWD_PARAMS(bf16)) {
     conv2d_fwd<bf16, 2>(CONV2D_FWD_ARGS);
 }
+// 128x128 tiles for the tensor-core paths: grid (ceil(cols / 128), ceil(rows / 128), groups).
+extern "C" __global__ void conv2d_fwd_tf32_t128(CONV2D_FWD_PARAMS(float)) {
+    conv2d_fwd<float, 1, 128>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_bf16_t128(CONV2D_FWD_PARAMS(bf16)) {
+    conv2d_fwd<bf16, 2, 128>(CONV2D_FWD_ARGS);
+}
 extern "C" __global__ void conv2d_bwd_data_f32(CONV2D_BWD_PARAMS(float)) {
     conv2d_bwd_data<float, 0>(CONV2D_BWD_ARGS);
 }
@@ -142,4 +151,10 @@ extern "C" __global__ void conv2d_bwd_data_tf32(CONV2D_BWD_PARAMS(float)) {
 }
 extern "C" __global__ void conv2d_bwd_data_bf16(CONV2D_BWD_PARAMS(bf16)) {
     conv2d_bwd_data<bf16, 2>(CONV2D_BWD_ARGS);
+}
+extern "C" __global__ void conv2d_bwd_data_tf32_t128(CONV2D_BWD_PARAMS(float)) {
+    conv2d_bwd_data<float, 1, 128>(CONV2D_BWD_ARGS);
+}
+extern "C" __global__ void conv2d_bwd_data_bf16_t128(CONV2D_BWD_PARAMS(bf16)) {
+    conv2d_bwd_data<bf16, 2, 128>(CONV2D_BWD_ARGS);
 }

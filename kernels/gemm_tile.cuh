@@ -4,8 +4,9 @@
 // A and B are staged in shared memory.
 //   gemm_tile:      f32 FMAs; each thread owns a 4x4 piece of the 64x64 tile.
 //   gemm_tile_mma:  tensor cores (mma.cuh); operands rounded to TF32 or BF16 as they are
-//                   staged, f32 accumulation; each of the 8 warps owns a 16x32 piece (4 m16n8
-//                   tiles); requires blockDim.x == 256 (the staging map below).
+//                   staged, f32 accumulation; 64x64 tiles (each of the 8 warps owns 16x32: 4
+//                   m16n8 tiles) or 128x128 (64x32: 16 tiles, twice the tensor-core work per
+//                   staged element); requires blockDim.x == 256 (the staging map below).
 #pragma once
 
 #include "mma.cuh"
@@ -55,72 +56,103 @@ enum class Mma { Tf32, Bf16 };
 // neighbouring output pixels), and the next slice's loads are issued before the tensor cores
 // work on the current one. Shared memory holds one 32-bit word per TF32 element, or one per
 // pair of BF16 elements along the depth (the m16n8k16 fragments take pairs), so both read
-// their fragments with the same (k·72 + row) pattern: 32 distinct banks.
-template <Mma M, class FA, class GB, class FS>
+// their fragments with the same (k·(T+8) + row) pattern, T + 8 ≡ 8 (mod 32): 32 distinct banks.
+//
+// Tile TM x TN (64x64 or 128x128), grid (ceil(cols / TN), ceil(rows / TM)); each warp owns
+// MT m16 x NT n8 accumulator tiles.
+template <Mma M, int TM, int TN, class FA, class GB, class FS>
 __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, FA a_at, const GB& gb,
                                               FS store) {
     constexpr int WORDS = M == Mma::Tf32 ? DEPTH : DEPTH / 2;  // depth words per slice
-    __shared__ unsigned as[WORDS][TILE + 8];
-    __shared__ unsigned bs[WORDS][TILE + 8];
+    constexpr int PER = M == Mma::Tf32 ? 1 : 2;                // elements per word
+    // Warps: 64x64 → 4 x 2 warps of 16x32; 128x128 → 2 x 4 warps of 64x32.
+    constexpr int WARPS_M = TM == 64 ? 4 : 2, WARPS_N = 8 / WARPS_M;
+    constexpr int MT = TM / WARPS_M / 16, NT = TN / WARPS_N / 8;
+    // Staging: A words a_w of rows a_x + A_STEP·i; B words b_w + B_STEP·j of column b_x.
+    constexpr int A_STEP = 256 / WORDS, A_ROWS = TM / A_STEP;  // rows per thread
+    constexpr int B_STEP = 256 / TN, B_WORDS = WORDS / B_STEP;  // words per thread
+    constexpr int NA = A_ROWS * PER, NB = B_WORDS * PER;        // elements per thread
+    __shared__ unsigned as[WORDS][TM + 8];
+    __shared__ unsigned bs[WORDS][TN + 8];
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
-    const int r0 = blockIdx.y * TILE, c0 = blockIdx.x * TILE;
-    const int wr = (warp / 2) * 16, wc = (warp % 2) * 32;
-    // Each thread stages 4 elements of A and 4 of B per slice: TF32 one word each (A rows
-    // a_x + 16j at depth a_w; B depths b_w + 4j), BF16 two words of two (A rows a_x + 32j at
-    // depths 2a_w, 2a_w+1; B depths 2(b_w + 4j), +1).
-    constexpr int A_W = WORDS, A_STEP = 256 / WORDS;
-    const int a_w = tid % A_W, a_x = tid / A_W;
-    const int b_x = tid % TILE, b_w = tid / TILE;
+    const int r0 = blockIdx.y * TM, c0 = blockIdx.x * TN;
+    const int wr = (warp / WARPS_N) * (TM / WARPS_M), wc = (warp % WARPS_N) * (TN / WARPS_N);
+    const int a_w = tid % WORDS, a_x = tid / WORDS;
+    const int b_x = tid % TN, b_w = tid / TN;
     const bool b_in = c0 + b_x < cols;
     const auto bc = gb.prep(b_in ? c0 + b_x : c0);
-    float ra[4], rb[4];
+    float ra[NA], rb[NB];
     auto fetch = [&](int d0) {
-        for (int i = 0; i < 4; ++i) {
-            int row, da, db;
-            if (M == Mma::Tf32) {
-                row = r0 + a_x + A_STEP * i, da = d0 + a_w, db = d0 + b_w + 4 * i;
-            } else {
-                row = r0 + a_x + A_STEP * (i / 2), da = d0 + 2 * a_w + i % 2;
-                db = d0 + 2 * (b_w + 4 * (i / 2)) + i % 2;
+        #pragma unroll
+        for (int i = 0; i < A_ROWS; ++i)
+            #pragma unroll
+            for (int e = 0; e < PER; ++e) {
+                const int row = r0 + a_x + A_STEP * i, da = d0 + PER * a_w + e;
+                ra[i * PER + e] = (row < rows && da < depth) ? a_at(row, da) : 0.0f;
             }
-            ra[i] = (row < rows && da < depth) ? a_at(row, da) : 0.0f;
-            rb[i] = (b_in && db < depth) ? gb.load(bc, db) : 0.0f;
-        }
+        #pragma unroll
+        for (int j = 0; j < B_WORDS; ++j)
+            #pragma unroll
+            for (int e = 0; e < PER; ++e) {
+                const int db = d0 + PER * (b_w + B_STEP * j) + e;
+                rb[j * PER + e] = (b_in && db < depth) ? gb.load(bc, db) : 0.0f;
+            }
     };
-    float acc[4][4];
-    for (int j = 0; j < 4; ++j)
-        for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
+    float acc[MT][NT][4];
+    #pragma unroll
+    for (int i = 0; i < MT; ++i)
+        #pragma unroll
+        for (int j = 0; j < NT; ++j)
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
     fetch(0);
     for (int d0 = 0; d0 < depth; d0 += DEPTH) {
-        if (M == Mma::Tf32) {
-            for (int i = 0; i < 4; ++i) {
-                as[a_w][a_x + A_STEP * i] = tf32_bits(ra[i]);
-                bs[b_w + 4 * i][b_x] = tf32_bits(rb[i]);
-            }
-        } else {
-            for (int j = 0; j < 2; ++j) {
-                as[a_w][a_x + A_STEP * j] = bf16x2(ra[2 * j], ra[2 * j + 1]);
-                bs[b_w + 4 * j][b_x] = bf16x2(rb[2 * j], rb[2 * j + 1]);
-            }
-        }
+        #pragma unroll
+        for (int i = 0; i < A_ROWS; ++i)
+            as[a_w][a_x + A_STEP * i] =
+                M == Mma::Tf32 ? tf32_bits(ra[i]) : bf16x2(ra[i * PER], ra[i * PER + PER - 1]);
+        #pragma unroll
+        for (int j = 0; j < B_WORDS; ++j)
+            bs[b_w + B_STEP * j][b_x] =
+                M == Mma::Tf32 ? tf32_bits(rb[j]) : bf16x2(rb[j * PER], rb[j * PER + PER - 1]);
         __syncthreads();
         if (d0 + DEPTH < depth) fetch(d0 + DEPTH);
+        #pragma unroll
         for (int k0 = 0; k0 < WORDS; k0 += 8) {
-            const unsigned a[4] = {as[k0 + t][wr + g], as[k0 + t][wr + g + 8], as[k0 + t + 4][wr + g],
-                                   as[k0 + t + 4][wr + g + 8]};
-            for (int j = 0; j < 4; ++j) {
-                const unsigned b[2] = {bs[k0 + t][wc + j * 8 + g], bs[k0 + t + 4][wc + j * 8 + g]};
-                if (M == Mma::Tf32)
-                    mma_tf32_m16n8k8(acc[j], a, b);
-                else
-                    mma_bf16_m16n8k16(acc[j], a, b);
+            unsigned a[MT][4], b[NT][2];
+            #pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                const int r = wr + i * 16 + g;
+                a[i][0] = as[k0 + t][r];
+                a[i][1] = as[k0 + t][r + 8];
+                a[i][2] = as[k0 + t + 4][r];
+                a[i][3] = as[k0 + t + 4][r + 8];
             }
+            #pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                b[j][0] = bs[k0 + t][wc + j * 8 + g];
+                b[j][1] = bs[k0 + t + 4][wc + j * 8 + g];
+            }
+            #pragma unroll
+            for (int i = 0; i < MT; ++i)
+                #pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    if (M == Mma::Tf32)
+                        mma_tf32_m16n8k8(acc[i][j], a[i], b[j]);
+                    else
+                        mma_bf16_m16n8k16(acc[i][j], a[i], b[j]);
+                }
         }
         __syncthreads();
     }
-    for (int j = 0; j < 4; ++j)
-        for (int i = 0; i < 4; ++i) {
-            const int row = r0 + wr + g + (i / 2) * 8, col = c0 + wc + j * 8 + 2 * t + i % 2;
-            if (row < rows && col < cols) store(row, col, acc[j][i]);
-        }
+    #pragma unroll
+    for (int i = 0; i < MT; ++i)
+        #pragma unroll
+        for (int j = 0; j < NT; ++j)
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const int row = r0 + wr + i * 16 + g + (q / 2) * 8;
+                const int col = c0 + wc + j * 8 + 2 * t + q % 2;
+                if (row < rows && col < cols) store(row, col, acc[i][j][q]);
+            }
 }

@@ -43,9 +43,10 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site $kit/whl/*.whl
 for arch in resnet50 vgg16; do
   $kit/gradcam random-weights --arch $arch -o /tmp/$arch.safetensors >/dev/null 2>&1
 done
-bench() { # arch precision
-  step bench-$1-$2 120 $kit/gradcam bench --device cuda --precision $2 \
-    -m /tmp/$1.safetensors --batch 64 --images "$n" --size 224 --profile
+bench() { # arch precision [tile: 64|128, else chosen per layer]
+  step bench-$1-$2${3:+-t$3} 120 env GRADCAM_CONV_TILE=${3:-auto} $kit/gradcam bench \
+    --device cuda --precision $2 -m /tmp/$1.safetensors --batch 64 --images "$n" --size 224 \
+    --profile
 }
 
 step selftest-tf32 90 $kit/gradcam selftest --device cuda --precision tf32
@@ -56,6 +57,8 @@ step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1
 bench resnet50 tf32
 step peers-resnet50 150 python3 tools/bench_gpu_peers.py --arch resnet50 --batch 64 --images "$n"
 bench resnet50 bf16
+bench resnet50 tf32 64
+bench resnet50 tf32 128
 bench vgg16 tf32
 step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --images "$n"
 bench vgg16 bf16

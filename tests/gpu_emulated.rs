@@ -5,7 +5,7 @@
 mod common;
 
 use common::{fixtures, rel_err};
-use gradcam::backend::gpu::{EmuLauncher, GpuBackend, Launcher, Precision};
+use gradcam::backend::gpu::{ConvTile, EmuLauncher, GpuBackend, Launcher, Precision};
 use gradcam::backend::{Backend, CpuBackend};
 use gradcam::cam::{explain, CamRequest, ClassSel, Method};
 use gradcam::explain::{explain_batch, ExplainConfig, Timings};
@@ -43,15 +43,24 @@ fn parity_fixtures_through_the_emulated_tensor_core_paths() {
     }
 }
 
-/// Every op and the fragment checks of the tensor-core paths, through the emulator.
+/// Every op and the fragment checks of the tensor-core paths, through the emulator, with each
+/// convolution tile size.
 #[test]
 fn tensor_core_selftests_pass_through_the_emulator() {
-    for precision in [Precision::Tf32, Precision::Bf16] {
-        let be = GpuBackend::with_precision(EmuLauncher::new(), precision);
+    for (precision, tile) in [
+        (Precision::Tf32, ConvTile::T64),
+        (Precision::Tf32, ConvTile::T128),
+        (Precision::Bf16, ConvTile::T64),
+        (Precision::Bf16, ConvTile::T128),
+    ] {
+        let be = GpuBackend::with_precision(EmuLauncher::new(), precision).with_conv_tile(tile);
         let mut checks = gradcam::backend::selftest::run(&be).unwrap();
         checks.extend(gradcam::backend::selftest::mma_checks(&be).unwrap());
         let table = gradcam::backend::selftest::table(&checks);
-        assert!(checks.iter().all(|c| c.passed()), "{precision:?}\n{table}");
+        assert!(
+            checks.iter().all(|c| c.passed()),
+            "{precision:?} {tile:?}\n{table}"
+        );
     }
 }
 

@@ -67,6 +67,8 @@ pub fn run<B: Backend>(be: &B) -> Result<Vec<Check>> {
         ([3, 32, 7, 7], [64, 32, 1, 1], Conv2dParams::new(1, 0)),
         // Several tiles each way and 36 depth slices, as in a ResNet stage.
         ([2, 64, 15, 13], [72, 64, 3, 3], Conv2dParams::new(1, 1)),
+        // Several 128x128 tensor-core tiles each way, the last ones partial.
+        ([2, 32, 12, 12], [136, 32, 3, 3], Conv2dParams::new(1, 1)),
         ([2, 16, 9, 7], [32, 16, 1, 1], Conv2dParams::new(2, 0)),
         (
             [2, 8, 10, 9],

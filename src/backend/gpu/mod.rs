@@ -152,9 +152,29 @@ impl Precision {
     }
 }
 
+/// Tile side of the tensor-core convolutions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvTile {
+    /// 128x128 for large GEMMs (≥ 128 output channels, ≥ 8192 output pixels), else 64x64.
+    Auto,
+    T64,
+    T128,
+}
+
+impl ConvTile {
+    fn from_env() -> Self {
+        match std::env::var("GRADCAM_CONV_TILE").as_deref() {
+            Ok("64") => ConvTile::T64,
+            Ok("128") => ConvTile::T128,
+            _ => ConvTile::Auto,
+        }
+    }
+}
+
 pub struct GpuBackend<L: Launcher> {
     l: L,
     precision: Precision,
+    conv_tile: ConvTile,
     /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
     jet: OnceLock<L::Buf>,
     /// Per kernel: launches and time, while profiling is on.
@@ -179,6 +199,7 @@ impl<L: Launcher> GpuBackend<L> {
         GpuBackend {
             l: launcher,
             precision,
+            conv_tile: ConvTile::from_env(),
             jet: OnceLock::new(),
             profile: Mutex::new(None),
         }
@@ -245,14 +266,34 @@ impl<L: Launcher> GpuBackend<L> {
         ))
     }
 
-    /// The convolution entry for tensors of `dtype` under this backend's arithmetic, e.g.
-    /// `conv2d_fwd_tf32` (f32 tensors, TF32 tensor cores) or `conv2d_fwd_bf16`.
-    fn conv_kernel(&self, op: &str, dtype: DType) -> String {
-        match (dtype, self.precision) {
+    /// The convolution entry for tensors of `dtype` under this backend's arithmetic and the
+    /// tile side its grid is cut by, for a GEMM of `rows` x `cols` per group: e.g.
+    /// (`conv2d_fwd_tf32`, 64) or (`conv2d_fwd_bf16_t128`, 128).
+    fn conv_kernel(&self, op: &str, dtype: DType, rows: usize, cols: usize) -> (String, usize) {
+        let base = match (dtype, self.precision) {
             (DType::Bf16, _) => format!("{op}_bf16"),
             (DType::F32, Precision::Tf32) => format!("{op}_tf32"),
-            (DType::F32, _) => format!("{op}_f32"),
+            (DType::F32, _) => return (format!("{op}_f32"), 64),
+        };
+        let big = match self.conv_tile {
+            ConvTile::T64 => false,
+            ConvTile::T128 => true,
+            // Large GEMMs only: a 128x128 tile does twice the tensor-core work per staged
+            // element but leaves SMs idle on small layers (to be tuned on a GPU profile).
+            ConvTile::Auto => rows >= 128 && cols >= 8192,
+        };
+        if big {
+            (format!("{base}_t128"), 128)
+        } else {
+            (base, 64)
         }
+    }
+
+    /// Forces the tensor-core convolutions' tile side (default: `GRADCAM_CONV_TILE` = 64 or
+    /// 128, else chosen per layer).
+    pub fn with_conv_tile(mut self, tile: ConvTile) -> Self {
+        self.conv_tile = tile;
+        self
     }
 
     /// An element-wise or reduction op's entry for its input's storage, e.g. `relu_fwd_bf16`.
@@ -557,20 +598,15 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             p.groups,
             relu as usize,
         ]));
+        let (rows, cols) = (k / p.groups, n * oh * ow);
+        let (kernel, tile) = self.conv_kernel("conv2d_fwd", x.dtype, rows, cols);
         let grid = [
-            (n * oh * ow).div_ceil(64) as u32,
-            (k / p.groups).div_ceil(64) as u32,
+            cols.div_ceil(tile) as u32,
+            rows.div_ceil(tile) as u32,
             p.groups as u32,
         ];
         // SAFETY: the argument list is conv2d_fwd_<t>'s, sized for this grid.
-        unsafe {
-            self.launch(
-                &self.conv_kernel("conv2d_fwd", x.dtype),
-                grid,
-                [256, 1, 1],
-                &args,
-            )?
-        };
+        unsafe { self.launch(&kernel, grid, [256, 1, 1], &args)? };
         Ok(y)
     }
     fn conv2d_bwd_data(
@@ -603,20 +639,15 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             p.dilation.1,
             p.groups,
         ]));
+        let (rows, cols) = (cg, n * h * wd);
+        let (kernel, tile) = self.conv_kernel("conv2d_bwd_data", dy.dtype, rows, cols);
         let grid = [
-            (n * h * wd).div_ceil(64) as u32,
-            cg.div_ceil(64) as u32,
+            cols.div_ceil(tile) as u32,
+            rows.div_ceil(tile) as u32,
             p.groups as u32,
         ];
         // SAFETY: conv2d_bwd_data_<t>'s argument list, sized for this grid.
-        unsafe {
-            self.launch(
-                &self.conv_kernel("conv2d_bwd_data", dy.dtype),
-                grid,
-                [256, 1, 1],
-                &args,
-            )?
-        };
+        unsafe { self.launch(&kernel, grid, [256, 1, 1], &args)? };
         Ok(dx)
     }
     fn relu_fwd(&self, x: Self::Tensor) -> Result<Self::Tensor> {
