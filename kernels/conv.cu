@@ -1,6 +1,8 @@
 // Convolutions as implicit GEMMs: the im2col matrix is never formed; each tile gathers its
 // patch elements straight from the input (zero in the padding).
-//   conv2d_fwd_<t>:      y = F.conv2d(x, w, b, stride, padding, dilation, groups) [+ ReLU]
+//   conv2d_fwd_<t>:      y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+//                        [+ residual] [then ReLU]: a ResNet block's last conv, its skip add
+//                        and the ReLU after it in one pass (residual and bias may be null)
 //                        GEMM per group: [K/g] x [N·OH·OW], depth C/g·R·S
 //   conv2d_bwd_data_<t>: dx = torch.nn.grad.conv2d_input(x.shape, w, dy, ...)
 //                        GEMM per group: [C/g] x [N·H·W], depth K/g·R·S
@@ -63,7 +65,8 @@ struct BwdGather {
 // tensor-core tile's side (64 or 128).
 template <class S, int T, int TS = 64>
 __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __restrict__ w,
-                                           const S* __restrict__ bias, S* __restrict__ y,
+                                           const S* __restrict__ bias,
+                                           const S* __restrict__ residual, S* __restrict__ y,
                                            int n, int c, int h, int wd, int k, int r, int s, int oh,
                                            int ow, int sh, int sw, int ph, int pw, int dh, int dw,
                                            int groups, int relu) {
@@ -74,9 +77,11 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
     auto a_at = [&](int m, int d) { return ld(w, (size_t)(g * kg + m) * depth + d); };
     auto store = [&](int m, int col, float v) {
         const int ko = g * kg + m, ni = col / ohw;
+        const size_t at = ((size_t)ni * k + ko) * ohw + col % ohw;
         if (bias) v += ld(bias, ko);
+        if (residual) v += ld(residual, at);
         if (relu) v = fmaxf(v, 0.0f);
-        st(y, ((size_t)ni * k + ko) * ohw + col % ohw, v);
+        st(y, at, v);
     };
     if (T == 1) {
         gemm_tile_mma<Mma::Tf32, TS, TS>(kg, n * ohw, depth, a_at, gb, store);
@@ -116,11 +121,13 @@ __device__ __forceinline__ void conv2d_bwd_data(const S* __restrict__ dy, const 
 
 // The entry points: one per op and type (the emulator's table and the launcher find them by
 // name, so no macros for the names).
-#define CONV2D_FWD_PARAMS(S)                                                                   \
-    const S *__restrict__ x, const S *__restrict__ w, const S *__restrict__ bias, S *__restrict__ y, \
-        int n, int c, int h, int wd, int k, int r, int s, int oh, int ow, int sh, int sw, int ph,  \
-        int pw, int dh, int dw, int groups, int relu
-#define CONV2D_FWD_ARGS x, w, bias, y, n, c, h, wd, k, r, s, oh, ow, sh, sw, ph, pw, dh, dw, groups, relu
+#define CONV2D_FWD_PARAMS(S)                                                                    \
+    const S *__restrict__ x, const S *__restrict__ w, const S *__restrict__ bias,              \
+        const S *__restrict__ residual, S *__restrict__ y, int n, int c, int h, int wd, int k, \
+        int r, int s, int oh, int ow, int sh, int sw, int ph, int pw, int dh, int dw,          \
+        int groups, int relu
+#define CONV2D_FWD_ARGS \
+    x, w, bias, residual, y, n, c, h, wd, k, r, s, oh, ow, sh, sw, ph, pw, dh, dw, groups, relu
 #define CONV2D_BWD_PARAMS(S)                                                                   \
     const S *__restrict__ dy, const S *__restrict__ w, S *__restrict__ dx, int n, int c, int h,     \
         int wd, int k, int r, int s, int oh, int ow, int sh, int sw, int ph, int pw, int dh, int dw, \

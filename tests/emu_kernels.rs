@@ -314,12 +314,22 @@ fn conv_kernels_match_the_cpu_oracle() {
                 cp.groups as u32,
             ]
         };
-        for (bias, relu) in [(false, false), (true, true)] {
+        let res = rng.tensor(&[n, k, oh, ow], -1.0, 1.0);
+        for (bias, residual, relu) in [
+            (false, false, false),
+            (true, false, true),
+            (true, true, true),
+        ] {
             let mut y = vec![f32::NAN; n * k * oh * ow];
             let mut args = vec![
                 Arg::In(x.data()),
                 Arg::In(wt.data()),
                 if bias { Arg::In(b.data()) } else { Arg::Null },
+                if residual {
+                    Arg::In(res.data())
+                } else {
+                    Arg::Null
+                },
                 Arg::Out(&mut y),
             ];
             args.extend(dims.map(|v| Arg::I32(v as i32)));
@@ -335,6 +345,9 @@ fn conv_kernels_match_the_cpu_oracle() {
             }
             .unwrap();
             let mut want = naive::conv2d_fwd(&x, &wt, bias.then_some(&b), &cp);
+            if residual {
+                want = naive::add(&want, &res);
+            }
             if relu {
                 want = naive::relu_fwd(&want);
             }

@@ -103,6 +103,23 @@ pub trait Backend: Send + Sync {
         p: &Conv2dParams,
         relu: bool,
     ) -> Result<Self::Tensor>;
+    /// `F.relu(F.conv2d(x, w, b, ...) + residual)`: a ResNet block's last conv, its skip
+    /// connection and the ReLU after them. A backend may fuse them into one pass; this one
+    /// runs the three ops.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_fwd_add_relu(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        prepared: Option<&Self::Tensor>,
+        b: Option<&Self::Tensor>,
+        p: &Conv2dParams,
+        residual: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let y = self.conv2d_fwd(x, w, prepared, b, p, false)?;
+        let y = self.add(y, residual)?;
+        self.relu_fwd(y)
+    }
     /// ∂L/∂x of conv2d given ∂L/∂y (`torch.nn.grad.conv2d_input`); `in_hw` is x's H×W.
     fn conv2d_bwd_data(
         &self,

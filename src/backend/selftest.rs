@@ -92,6 +92,11 @@ pub fn run<B: Backend>(be: &B) -> Result<Vec<Check>> {
         let y = be.conv2d_fwd(&xd, &wd, prep.as_ref(), Some(&bd), &p, true)?;
         let want = oracle.conv2d_fwd(&x, &w, None, Some(&b), &p, true)?;
         out.push(check(be, "conv2d_fwd (+bias, relu)", &shape, &y, &want)?);
+        let res = bf16_exact(rng.tensor(want.shape(), -1.0, 1.0));
+        let y = be.conv2d_fwd_add_relu(&xd, &wd, prep.as_ref(), Some(&bd), &p, &up(&res)?)?;
+        let plain = oracle.conv2d_fwd(&x, &w, None, Some(&b), &p, false)?;
+        let want_res = oracle.relu_fwd(oracle.add(plain, &res)?)?;
+        out.push(check(be, "conv2d_fwd_add_relu", &shape, &y, &want_res)?);
         let dy = bf16_exact(rng.tensor(want.shape(), -1.0, 1.0));
         let dx = be.conv2d_bwd_data(&up(&dy)?, &wd, (xs[2], xs[3]), &p)?;
         out.push(check(

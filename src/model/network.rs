@@ -316,6 +316,30 @@ impl<B: Backend> Network<B> {
                     && !keep[i]
             })
             .collect();
+        // A ResNet block's end — conv, then the residual add, then a ReLU, each feeding only the
+        // next and none kept — runs as one conv2d_fwd_add_relu (one pass on a GPU); the add
+        // and ReLU nodes take the value over. Holds the add's other input.
+        let with_residual: Vec<Option<usize>> = (0..n)
+            .map(|i| {
+                if !matches!(nodes[i].op, Op::Conv { .. }) || i + 2 >= n || uses[i] != 1 || keep[i]
+                {
+                    return None;
+                }
+                let (add, relu) = (&nodes[i + 1], &nodes[i + 2]);
+                let other = match add.inputs[..] {
+                    [a, b] if a == i => b,
+                    [a, b] if b == i => a,
+                    _ => return None,
+                };
+                (matches!(add.op, Op::Add)
+                    && other != i
+                    && matches!(relu.op, Op::Relu)
+                    && relu.inputs == [i + 1]
+                    && uses[i + 1] == 1
+                    && !keep[i + 1])
+                    .then_some(other)
+            })
+            .collect();
         let mut vals: Vec<Option<B::Tensor>> = (0..n).map(|_| None).collect();
         vals[0] = Some(x);
         for i in 1..n {
@@ -332,6 +356,18 @@ impl<B: Backend> Network<B> {
             let param = |j: &usize| &self.params[*j];
             let y = match &node.op {
                 Op::Input => unreachable!("only node 0 is the input"),
+                Op::Conv { w, b, p, .. } if with_residual[i].is_some() => be.conv2d_fwd_add_relu(
+                    alive(&vals, inp),
+                    param(w),
+                    self.prepared[i].as_ref(),
+                    b.as_ref().map(param),
+                    p,
+                    alive(&vals, with_residual[i].expect("checked")),
+                )?,
+                Op::Add if with_residual[i - 1].is_some() => vals[i - 1].take().expect("fused"),
+                Op::Relu if i >= 2 && with_residual[i - 2].is_some() => {
+                    vals[inp].take().expect("fused")
+                }
                 Op::Conv { w, b, p, .. } => be.conv2d_fwd(
                     alive(&vals, inp),
                     param(w),

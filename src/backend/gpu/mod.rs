@@ -289,6 +289,60 @@ impl<L: Launcher> GpuBackend<L> {
         }
     }
 
+    /// conv2d_fwd_<t> [+ residual] [then ReLU], one launch.
+    fn conv_fwd(
+        &self,
+        x: &GpuTensor<L::Buf>,
+        w: &GpuTensor<L::Buf>,
+        b: Option<&GpuTensor<L::Buf>>,
+        residual: Option<&GpuTensor<L::Buf>>,
+        p: &Conv2dParams,
+        relu: bool,
+    ) -> Result<GpuTensor<L::Buf>> {
+        let (n, c, h, wd) = dims4(&x.shape);
+        let (k, _, r, s) = dims4(&w.shape);
+        let (oh, ow) = p
+            .out_hw((h, wd), (r, s))
+            .expect("shapes checked by the network");
+        let y = self.like(vec![n, k, oh, ow], x)?;
+        let mut args = vec![
+            KArg::Buf(&x.buf),
+            KArg::Buf(&w.buf),
+            b.map_or(KArg::Null, |b| KArg::Buf(&b.buf)),
+            residual.map_or(KArg::Null, |r| KArg::Buf(&r.buf)),
+            KArg::Buf(&y.buf),
+        ];
+        args.extend(ints(&[
+            n,
+            c,
+            h,
+            wd,
+            k,
+            r,
+            s,
+            oh,
+            ow,
+            p.stride.0,
+            p.stride.1,
+            p.padding.0,
+            p.padding.1,
+            p.dilation.0,
+            p.dilation.1,
+            p.groups,
+            relu as usize,
+        ]));
+        let (rows, cols) = (k / p.groups, n * oh * ow);
+        let (kernel, tile) = self.conv_kernel("conv2d_fwd", x.dtype, rows, cols);
+        let grid = [
+            cols.div_ceil(tile) as u32,
+            rows.div_ceil(tile) as u32,
+            p.groups as u32,
+        ];
+        // SAFETY: the argument list is conv2d_fwd_<t>'s, sized for this grid.
+        unsafe { self.launch(&kernel, grid, [256, 1, 1], &args)? };
+        Ok(y)
+    }
+
     /// Forces the tensor-core convolutions' tile side (default: `GRADCAM_CONV_TILE` = 64 or
     /// 128, else chosen per layer).
     pub fn with_conv_tile(mut self, tile: ConvTile) -> Self {
@@ -567,47 +621,19 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         p: &Conv2dParams,
         relu: bool,
     ) -> Result<Self::Tensor> {
-        let (n, c, h, wd) = dims4(&x.shape);
-        let (k, _, r, s) = dims4(&w.shape);
-        let (oh, ow) = p
-            .out_hw((h, wd), (r, s))
-            .expect("shapes checked by the network");
-        let y = self.like(vec![n, k, oh, ow], x)?;
-        let mut args = vec![
-            KArg::Buf(&x.buf),
-            KArg::Buf(&w.buf),
-            b.map_or(KArg::Null, |b| KArg::Buf(&b.buf)),
-            KArg::Buf(&y.buf),
-        ];
-        args.extend(ints(&[
-            n,
-            c,
-            h,
-            wd,
-            k,
-            r,
-            s,
-            oh,
-            ow,
-            p.stride.0,
-            p.stride.1,
-            p.padding.0,
-            p.padding.1,
-            p.dilation.0,
-            p.dilation.1,
-            p.groups,
-            relu as usize,
-        ]));
-        let (rows, cols) = (k / p.groups, n * oh * ow);
-        let (kernel, tile) = self.conv_kernel("conv2d_fwd", x.dtype, rows, cols);
-        let grid = [
-            cols.div_ceil(tile) as u32,
-            rows.div_ceil(tile) as u32,
-            p.groups as u32,
-        ];
-        // SAFETY: the argument list is conv2d_fwd_<t>'s, sized for this grid.
-        unsafe { self.launch(&kernel, grid, [256, 1, 1], &args)? };
-        Ok(y)
+        self.conv_fwd(x, w, b, None, p, relu)
+    }
+    fn conv2d_fwd_add_relu(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        _prepared: Option<&Self::Tensor>,
+        b: Option<&Self::Tensor>,
+        p: &Conv2dParams,
+        residual: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let residual = self.as_dtype(residual, x.dtype)?;
+        self.conv_fwd(x, w, b, Some(&residual), p, true)
     }
     fn conv2d_bwd_data(
         &self,
