@@ -14,6 +14,7 @@ pub mod explain;
 pub mod image;
 pub mod model;
 pub mod npy;
+pub mod parity;
 mod tensor;
 
 pub use error::{Error, Result};

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{check_overlay, fixtures, manifest, networks, rel_err, Expected};
+use common::{check_overlay, expected, fixtures, manifest, networks, rel_err};
 use gradcam::cam::postprocess::guided_images;
 use gradcam::cam::{explain, overlay, upsample_normalised, CamRequest, ClassSel, Method};
 use gradcam::image::{load_rgb8, preprocess, InputSize};
@@ -51,9 +51,8 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
     for c in &cases {
         let id = c["id"].as_str().unwrap();
         let net = &nets[c["model"].as_str().unwrap()];
-        let exp = Expected::load(&fixtures().join(c["expected"].as_str().unwrap()));
-        let input =
-            Expected::load(&fixtures().join(c["input_from"].as_str().unwrap())).f32("input");
+        let exp = expected(&fixtures().join(c["expected"].as_str().unwrap()));
+        let input = expected(&fixtures().join(c["input_from"].as_str().unwrap())).f32("input");
         let img = load_rgb8(&fixtures().join(c["image"].as_str().unwrap())).unwrap();
         let size = match &c["size"] {
             Value::String(s) if s == "native" => InputSize::Native,

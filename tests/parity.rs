@@ -14,7 +14,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use common::{check_overlay, fixtures, manifest, networks, rel_err, Expected};
+use common::{check_overlay, expected, fixtures, manifest, networks, rel_err, Expected};
 use gradcam::cam::{grad_cam, overlay, upsample_normalised, ClassSel};
 use gradcam::image::{load_rgb8, preprocess, InputSize};
 use gradcam::Tensor;
@@ -48,7 +48,7 @@ fn cases() -> Vec<Case> {
             },
             class: c["class"].as_u64().map(|v| v as usize),
             counterfactual: c["counterfactual"].as_bool().unwrap(),
-            expected: Expected::load(&dir.join(c["expected"].as_str().unwrap())),
+            expected: expected(&dir.join(c["expected"].as_str().unwrap())),
         })
         .collect()
 }

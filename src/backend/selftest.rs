@@ -244,16 +244,28 @@ pub fn run<B: Backend>(be: &B) -> Result<Vec<Check>> {
     Ok(out)
 }
 
-/// The checks as a table.
+/// The checks as a table (columns as wide as their longest entry).
 pub fn table(checks: &[Check]) -> String {
+    let w_op = checks
+        .iter()
+        .map(|c| c.op.chars().count())
+        .max()
+        .unwrap_or(2)
+        .max(2);
+    let w_shape = checks
+        .iter()
+        .map(|c| c.shape.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     let mut s = format!(
-        "{:<34} {:<40} {:>11} {:>11}  result\n",
+        "{:<w_op$}  {:<w_shape$} {:>11} {:>11}  result\n",
         "op", "shape", "max err", "tolerance"
     );
     for c in checks {
         let verdict = if c.passed() { "ok" } else { "MISMATCH" };
         s += &format!(
-            "{:<34} {:<40} {:>11.3e} {:>11.3e}  {verdict}\n",
+            "{:<w_op$}  {:<w_shape$} {:>11.3e} {:>11.3e}  {verdict}\n",
             c.op, c.shape, c.max_err, c.tolerance
         );
     }

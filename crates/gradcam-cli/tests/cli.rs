@@ -307,16 +307,31 @@ fn eval_prints_a_table_and_writes_json() {
 
 #[test]
 fn selftest_passes_on_the_cpu_and_on_the_emulated_kernels() {
+    let fx = fixtures();
     for device in ["cpu", "emu"] {
-        let o = gradcam(&["selftest", "--device", device]);
+        let o = gradcam(&[
+            "selftest",
+            "--device",
+            device,
+            "--fixtures",
+            fx.to_str().unwrap(),
+        ]);
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(o.status.success(), "{device}: {out}{}", stderr(&o));
         assert!(
             out.contains("conv2d_bwd_data") && out.contains("score_cam_inputs"),
             "{out}"
         );
+        // The 21 pytorch-grad-cam cases end to end, one row each.
+        assert!(
+            out.lines().filter(|l| l.starts_with("parity ")).count() >= 20,
+            "{out}"
+        );
         assert!(!out.contains("MISMATCH"));
     }
+    let o = gradcam(&["selftest", "--fixtures", "/no/such/dir"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no manifest.json"), "{}", stderr(&o));
 }
 
 /// `--device`: auto falls back to the CPU with a one-line notice where there is no GPU;
