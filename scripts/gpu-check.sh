@@ -54,6 +54,19 @@ step selftest-f32 45 $kit/gradcam selftest --device cuda --precision f32
 step selftest-bf16 45 $kit/gradcam selftest --device cuda --precision bf16
 step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
   $kit/cuda-tests --nocapture --test-threads 1
+# The CLI end to end: `--device auto` must pick the GPU; f32 outputs must match the CPU's.
+step explain-demo 60 bash -c "set -o pipefail
+  $kit/gradcam explain assets/demo/images -o /tmp/demo-gpu --precision f32 2>&1 | tee /tmp/demo.log &&
+  grep -q 'running on cuda' /tmp/demo.log &&
+  $kit/gradcam explain assets/demo/images -o /tmp/demo-cpu --device cpu &&
+  python3 - <<'PY'
+import json, pathlib
+for f in sorted(pathlib.Path('/tmp/demo-cpu').glob('*.json')):
+    a, b = json.loads(f.read_text()), json.loads((pathlib.Path('/tmp/demo-gpu') / f.name).read_text())
+    ok = a['class'] == b['class'] and abs(a['probability'] - b['probability']) < 1e-4
+    print(f.name, a['class'], b['class'], a['probability'], b['probability'], 'ok' if ok else 'DIFFERS')
+    assert ok
+PY"
 bench resnet50 tf32
 step peers-resnet50 150 python3 tools/bench_gpu_peers.py --arch resnet50 --batch 64 --images "$n"
 bench resnet50 bf16
