@@ -1,0 +1,572 @@
+//! [`Backend`] for [`GpuBackend`]: each op as its kernel launch (see kernels/*.cu for what
+//! each computes and its launch geometry).
+
+use std::time::Duration;
+
+use super::mem::f32_bytes_mut;
+use super::{dims4, ints, DType, GpuBackend, GpuImages, GpuTensor, KArg, Launcher, Precision};
+use crate::backend::{Backend, Conv2dParams, ElementRule, Pool2dParams, WeightRule};
+use crate::image::RgbImage;
+use crate::{Result, Tensor};
+
+impl<L: Launcher> Backend for GpuBackend<L> {
+    type Tensor = GpuTensor<L::Buf>;
+    type Images<'a>
+        = GpuImages<L::Buf>
+    where
+        L: 'a;
+
+    fn set_kernel_profiling(&self, on: bool) {
+        let mut p = self.profile.lock().expect("profile table");
+        *p = on.then(|| p.take().unwrap_or_default());
+    }
+    fn kernel_times(&self) -> Vec<(String, usize, Duration)> {
+        let p = self.profile.lock().expect("profile table");
+        let mut v: Vec<_> = p
+            .iter()
+            .flatten()
+            .map(|(k, &(n, t))| (k.clone(), n, t))
+            .collect();
+        v.sort_by_key(|t| std::cmp::Reverse(t.2));
+        v
+    }
+    fn device_memory_peak(&self) -> Option<usize> {
+        Some(self.l.memory().peak())
+    }
+    fn reset_device_memory_peak(&self) {
+        self.l.memory().reset_peak()
+    }
+
+    fn upload_images<'a>(&'a self, images: &[&'a RgbImage]) -> Result<GpuImages<L::Buf>> {
+        let bytes = images.iter().map(|im| im.as_raw().len()).sum();
+        let mut packed = Vec::with_capacity(bytes);
+        let mut layout = Vec::with_capacity(images.len());
+        for im in images {
+            layout.push((packed.len(), (im.height() as usize, im.width() as usize)));
+            packed.extend_from_slice(im.as_raw());
+        }
+        Ok(GpuImages {
+            buf: self.l.upload(&packed)?,
+            layout,
+            bytes,
+        })
+    }
+    fn preprocess(
+        &self,
+        images: &GpuImages<L::Buf>,
+        (oh, ow): (usize, usize),
+    ) -> Result<Self::Tensor> {
+        let dtype = self.precision.storage();
+        let out = self.tensor(vec![images.layout.len(), 3, oh, ow], dtype)?;
+        let kernel = format!("preprocess_rgb8_{}", dtype.name());
+        for (i, &(off, (h, w))) in images.layout.iter().enumerate() {
+            let mut args = vec![
+                KArg::BufAt(&images.buf, off),
+                KArg::BufAt(&out.buf, i * 3 * oh * ow * dtype.size()),
+            ];
+            args.extend(ints(&[h, w, oh, ow]));
+            // SAFETY: preprocess_rgb8_<t> on image i (h·w·3 bytes at `off`) into slot i.
+            unsafe {
+                self.launch(
+                    &kernel,
+                    [(oh * ow).div_ceil(256) as u32, 1, 1],
+                    [256, 1, 1],
+                    &args,
+                )?
+            };
+        }
+        Ok(out)
+    }
+    fn overlays(&self, images: &GpuImages<L::Buf>, maps: &Tensor) -> Result<Vec<RgbImage>> {
+        let (n, h, w) = (maps.shape()[0], maps.shape()[1], maps.shape()[2]);
+        let lay = &images.layout;
+        assert_eq!(n, lay.len(), "one map per image");
+        let m = self.upload_f32(maps.data())?;
+        let jet = self.jet()?;
+        let mm = self.l.alloc(n * 2 * 4)?;
+        let cmax = self.l.alloc(n * 4)?;
+        let out = self.l.alloc(images.bytes)?;
+        // Consecutive images of one size are contiguous: one launch per run of them.
+        let mut i = 0;
+        while i < n {
+            let (off, (oh, ow)) = lay[i];
+            let mut j = i + 1;
+            while j < n && lay[j].1 == (oh, ow) && j - i < 65535 {
+                j += 1;
+            }
+            let dims = ints(&[h, w, oh, ow]);
+            let map_i = KArg::BufAt(&m, i * h * w * 4);
+            let mm_i = KArg::BufAt(&mm, i * 8);
+            let img_i = KArg::BufAt(&images.buf, off);
+            let cmax_i = KArg::BufAt(&cmax, i * 4);
+            let jet = KArg::Buf(jet);
+            let a1 = [&[map_i, mm_i][..], &dims].concat();
+            let a2 = [&[map_i, mm_i, img_i, jet, cmax_i][..], &dims].concat();
+            let out_i = KArg::BufAt(&out, off);
+            let a3 = [&[map_i, mm_i, img_i, jet, cmax_i, out_i][..], &dims].concat();
+            let runs = (j - i) as u32;
+            // SAFETY: the overlay kernels' argument lists over images i..j, which share
+            // (oh, ow) and lie back to back from `off`; maps, mm and cmax slots from i.
+            unsafe {
+                self.launch("overlay_minmax_f32", [runs, 1, 1], [256, 1, 1], &a1)?;
+                self.launch("overlay_max_f32", [runs, 1, 1], [256, 1, 1], &a2)?;
+                self.launch(
+                    "overlay_rgb8",
+                    [(oh * ow).div_ceil(256) as u32, runs, 1],
+                    [256, 1, 1],
+                    &a3,
+                )?;
+            }
+            i = j;
+        }
+        let mut bytes = vec![0u8; images.bytes];
+        self.l.download(&out, &mut bytes)?;
+        Ok(lay
+            .iter()
+            .map(|&(off, (oh, ow))| {
+                RgbImage::from_raw(ow as u32, oh as u32, bytes[off..off + oh * ow * 3].to_vec())
+                    .expect("sized from the layout")
+            })
+            .collect())
+    }
+
+    fn name(&self) -> String {
+        format!("{}, {} convolutions", self.l.name(), self.precision.name())
+    }
+    fn selftest_tolerance(&self) -> f32 {
+        match self.precision {
+            Precision::F32 => 1e-3,
+            // Each operand rounded to 10 mantissa bits (relative 2^-11); the rounding errors of
+            // a sum of products mostly cancel: ≤ 3e-4 of (1 + max |reference|) on arbitrary f32
+            // inputs (the selftest's inputs are bf16-exact, which TF32 holds exactly: ~1e-6).
+            Precision::Tf32 => 2e-3,
+            // Outputs stored in bf16 (relative 2^-9) on top of f32 accumulation: observed
+            // ≤ 1.8e-3 of (1 + max |reference|).
+            Precision::Bf16 => 1e-2,
+        }
+    }
+    fn upload(&self, t: Tensor) -> Result<Self::Tensor> {
+        let dtype = self.precision.storage();
+        let buf = match dtype {
+            DType::F32 => self.upload_f32(t.data())?,
+            // Rounded to nearest even on the host (half), as the kernels round.
+            DType::Bf16 => {
+                let bytes: Vec<u8> = t
+                    .data()
+                    .iter()
+                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                    .collect();
+                self.l.upload(&bytes)?
+            }
+        };
+        Ok(GpuTensor {
+            buf,
+            shape: t.shape().to_vec(),
+            dtype,
+        })
+    }
+    fn download(&self, t: &Self::Tensor) -> Result<Tensor> {
+        let v = match t.dtype {
+            DType::F32 => {
+                let mut v = vec![0f32; t.numel()];
+                self.l.download(&t.buf, f32_bytes_mut(&mut v))?;
+                v
+            }
+            DType::Bf16 => {
+                let mut b = vec![0u8; t.numel() * 2];
+                self.l.download(&t.buf, &mut b)?;
+                b.chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect()
+            }
+        };
+        Ok(Tensor::new(t.shape.clone(), v))
+    }
+    fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize] {
+        &t.shape
+    }
+    fn duplicate(&self, t: &Self::Tensor) -> Result<Self::Tensor> {
+        Ok(GpuTensor {
+            buf: self.l.copy(&t.buf, t.numel() * t.dtype.size())?,
+            shape: t.shape.clone(),
+            dtype: t.dtype,
+        })
+    }
+    fn reshape(&self, mut t: Self::Tensor, shape: &[usize]) -> Result<Self::Tensor> {
+        t.shape = shape.to_vec();
+        Ok(t)
+    }
+    fn conv2d_prepare(&self, _w: &Self::Tensor, _p: &Conv2dParams) -> Result<Option<Self::Tensor>> {
+        Ok(None)
+    }
+    fn conv2d_fwd(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        _prepared: Option<&Self::Tensor>,
+        b: Option<&Self::Tensor>,
+        p: &Conv2dParams,
+        relu: bool,
+    ) -> Result<Self::Tensor> {
+        self.conv_fwd(x, w, b, None, p, relu)
+    }
+    fn conv2d_fwd_add_relu(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        _prepared: Option<&Self::Tensor>,
+        b: Option<&Self::Tensor>,
+        p: &Conv2dParams,
+        residual: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let residual = self.as_dtype(residual, x.dtype)?;
+        self.conv_fwd(x, w, b, Some(&residual), p, true)
+    }
+    fn conv2d_bwd_data(
+        &self,
+        dy: &Self::Tensor,
+        w: &Self::Tensor,
+        (h, wd): (usize, usize),
+        p: &Conv2dParams,
+    ) -> Result<Self::Tensor> {
+        let (n, k, oh, ow) = dims4(&dy.shape);
+        let (_, cg, r, s) = dims4(&w.shape);
+        let c = cg * p.groups;
+        let dx = self.like(vec![n, c, h, wd], dy)?;
+        let mut args = vec![KArg::Buf(&dy.buf), KArg::Buf(&w.buf), KArg::Buf(&dx.buf)];
+        args.extend(ints(&[
+            n,
+            c,
+            h,
+            wd,
+            k,
+            r,
+            s,
+            oh,
+            ow,
+            p.stride.0,
+            p.stride.1,
+            p.padding.0,
+            p.padding.1,
+            p.dilation.0,
+            p.dilation.1,
+            p.groups,
+        ]));
+        let (rows, cols) = (cg, n * h * wd);
+        let (kernel, tile) = self.conv_kernel("conv2d_bwd_data", dy.dtype, rows, cols);
+        let grid = [
+            cols.div_ceil(tile) as u32,
+            rows.div_ceil(tile) as u32,
+            p.groups as u32,
+        ];
+        // SAFETY: conv2d_bwd_data_<t>'s argument list, sized for this grid.
+        unsafe { self.launch(&kernel, grid, [256, 1, 1], &args)? };
+        Ok(dx)
+    }
+    fn relu_fwd(&self, x: Self::Tensor) -> Result<Self::Tensor> {
+        let n = x.shape.iter().product();
+        self.run1d(
+            &Self::kernel("relu_fwd", &x),
+            n,
+            &[KArg::Buf(&x.buf), KArg::I32(n as i32)],
+        )?;
+        Ok(x)
+    }
+    fn relu_bwd(&self, y: &Self::Tensor, dy: Self::Tensor, guided: bool) -> Result<Self::Tensor> {
+        let n = dy.shape.iter().product();
+        self.run1d(
+            &Self::kernel("relu_bwd", &dy),
+            n,
+            &[
+                KArg::Buf(&y.buf),
+                KArg::Buf(&dy.buf),
+                KArg::I32(n as i32),
+                KArg::I32(guided as i32),
+            ],
+        )?;
+        Ok(dy)
+    }
+    fn max_pool2d_fwd(&self, x: &Self::Tensor, p: &Pool2dParams) -> Result<Self::Tensor> {
+        let (n, c, h, w) = dims4(&x.shape);
+        let (oh, ow) = p.out_hw((h, w)).expect("shapes checked by the network");
+        let y = self.like(vec![n, c, oh, ow], x)?;
+        let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&y.buf)];
+        args.extend(ints(&[
+            n * c,
+            h,
+            w,
+            oh,
+            ow,
+            p.kernel.0,
+            p.kernel.1,
+            p.stride.0,
+            p.stride.1,
+            p.padding.0,
+            p.padding.1,
+        ]));
+        self.run1d(&Self::kernel("max_pool2d_fwd", x), n * c * oh * ow, &args)?;
+        Ok(y)
+    }
+    fn max_pool2d_bwd(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        p: &Pool2dParams,
+    ) -> Result<Self::Tensor> {
+        let (n, c, h, w) = dims4(&x.shape);
+        let (_, _, oh, ow) = dims4(&dy.shape);
+        let dx = self.like(x.shape.clone(), dy)?;
+        let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&dy.buf), KArg::Buf(&dx.buf)];
+        args.extend(ints(&[
+            n * c,
+            h,
+            w,
+            oh,
+            ow,
+            p.kernel.0,
+            p.kernel.1,
+            p.stride.0,
+            p.stride.1,
+            p.padding.0,
+            p.padding.1,
+        ]));
+        // One thread per input element (a gather over the windows that contain it).
+        self.run1d(&Self::kernel("max_pool2d_bwd", dy), n * c * h * w, &args)?;
+        Ok(dx)
+    }
+    fn adaptive_avg_pool2d_fwd(
+        &self,
+        x: &Self::Tensor,
+        (oh, ow): (usize, usize),
+    ) -> Result<Self::Tensor> {
+        let (n, c, h, w) = dims4(&x.shape);
+        let y = self.like(vec![n, c, oh, ow], x)?;
+        let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&y.buf)];
+        args.extend(ints(&[n * c, h, w, oh, ow]));
+        self.run1d(
+            &Self::kernel("adaptive_avg_pool2d_fwd", x),
+            n * c * oh * ow,
+            &args,
+        )?;
+        Ok(y)
+    }
+    fn adaptive_avg_pool2d_bwd(
+        &self,
+        dy: &Self::Tensor,
+        (h, w): (usize, usize),
+    ) -> Result<Self::Tensor> {
+        let (n, c, oh, ow) = dims4(&dy.shape);
+        let dx = self.like(vec![n, c, h, w], dy)?;
+        let mut args = vec![KArg::Buf(&dy.buf), KArg::Buf(&dx.buf)];
+        args.extend(ints(&[n * c, h, w, oh, ow]));
+        self.run1d(
+            &Self::kernel("adaptive_avg_pool2d_bwd", dy),
+            n * c * h * w,
+            &args,
+        )?;
+        Ok(dx)
+    }
+    fn linear_fwd(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        b: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let (n, fin, fout) = (x.shape[0], x.shape[1], w.shape[0]);
+        let y = self.like(vec![n, fout], x)?;
+        let mut args = vec![
+            KArg::Buf(&x.buf),
+            KArg::Buf(&w.buf),
+            b.map_or(KArg::Null, |b| KArg::Buf(&b.buf)),
+            KArg::Buf(&y.buf),
+        ];
+        args.extend(ints(&[n, fin, fout]));
+        // SAFETY: linear_fwd_f32's argument list, sized for this grid.
+        unsafe {
+            self.launch(
+                &Self::kernel("linear_fwd", x),
+                [n.div_ceil(64) as u32, fout.div_ceil(64) as u32, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(y)
+    }
+    fn linear_bwd_data(&self, dy: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor> {
+        let (n, fout, fin) = (dy.shape[0], dy.shape[1], w.shape[1]);
+        let dx = self.like(vec![n, fin], dy)?;
+        let mut args = vec![KArg::Buf(&dy.buf), KArg::Buf(&w.buf), KArg::Buf(&dx.buf)];
+        args.extend(ints(&[n, fin, fout]));
+        // SAFETY: linear_bwd_data_f32's argument list, sized for this grid.
+        unsafe {
+            self.launch(
+                &Self::kernel("linear_bwd_data", dy),
+                [n.div_ceil(64) as u32, fin.div_ceil(64) as u32, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(dx)
+    }
+    fn add(&self, a: Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
+        let n = a.shape.iter().product();
+        self.run1d(
+            &Self::kernel("add", &a),
+            n,
+            &[KArg::Buf(&a.buf), KArg::Buf(&b.buf), KArg::I32(n as i32)],
+        )?;
+        Ok(a)
+    }
+    fn channel_affine(
+        &self,
+        x: Self::Tensor,
+        scale: &[f32],
+        shift: &[f32],
+    ) -> Result<Self::Tensor> {
+        let (_, c, h, w) = dims4(&x.shape);
+        let n = x.shape.iter().product();
+        let (s, t) = (self.upload_f32(scale)?, self.upload_f32(shift)?);
+        let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&s), KArg::Buf(&t)];
+        args.extend(ints(&[c, h * w, n]));
+        self.run1d(&Self::kernel("channel_affine", &x), n, &args)?;
+        Ok(x)
+    }
+    fn grad_pool(&self, g: &Self::Tensor) -> Result<Self::Tensor> {
+        let (n, k, h, w) = dims4(&g.shape);
+        let a = self.tensor(vec![n, k], DType::F32)?;
+        // SAFETY: grad_pool_<t>: one block per plane.
+        unsafe {
+            self.launch(
+                &Self::kernel("grad_pool", g),
+                [(n * k) as u32, 1, 1],
+                [256, 1, 1],
+                &[
+                    KArg::Buf(&g.buf),
+                    KArg::Buf(&a.buf),
+                    KArg::I32((h * w) as i32),
+                ],
+            )?
+        };
+        Ok(a)
+    }
+    fn weighted_sum_relu(&self, a: &Self::Tensor, alpha: &Self::Tensor) -> Result<Self::Tensor> {
+        let (n, k, h, w) = dims4(&a.shape);
+        let m = self.tensor(vec![n, h, w], DType::F32)?;
+        let alpha = self.as_dtype(alpha, DType::F32)?;
+        let args = [
+            KArg::Buf(&a.buf),
+            KArg::Buf(&alpha.buf),
+            KArg::Buf(&m.buf),
+            KArg::I32(k as i32),
+            KArg::I32((h * w) as i32),
+        ];
+        // SAFETY: weighted_sum_relu_<t>: one thread per (pixel, image).
+        unsafe {
+            self.launch(
+                &Self::kernel("weighted_sum_relu", a),
+                [(h * w).div_ceil(256) as u32, n as u32, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(m)
+    }
+    fn cam_weights(
+        &self,
+        rule: WeightRule,
+        a: &Self::Tensor,
+        g: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let (n, k, h, w) = dims4(&a.shape);
+        let out = self.tensor(vec![n, k], DType::F32)?;
+        let g = self.as_dtype(g, a.dtype)?;
+        let r = (rule == WeightRule::XGradCam) as i32;
+        let args = [
+            KArg::Buf(&a.buf),
+            KArg::Buf(&g.buf),
+            KArg::Buf(&out.buf),
+            KArg::I32((h * w) as i32),
+            KArg::I32(r),
+        ];
+        // SAFETY: cam_weights_<t>: one block per plane.
+        unsafe {
+            self.launch(
+                &Self::kernel("cam_weights", a),
+                [(n * k) as u32, 1, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(out)
+    }
+    fn elementwise_cam_relu(
+        &self,
+        rule: ElementRule,
+        a: &Self::Tensor,
+        g: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let (n, k, h, w) = dims4(&a.shape);
+        let m = self.tensor(vec![n, h, w], DType::F32)?;
+        let g = self.as_dtype(g, a.dtype)?;
+        let r = (rule == ElementRule::LayerCam) as i32;
+        let args = [
+            KArg::Buf(&a.buf),
+            KArg::Buf(&g.buf),
+            KArg::Buf(&m.buf),
+            KArg::I32(k as i32),
+            KArg::I32((h * w) as i32),
+            KArg::I32(r),
+        ];
+        // SAFETY: elementwise_cam_relu_<t>: one thread per (pixel, image).
+        unsafe {
+            self.launch(
+                &Self::kernel("elementwise_cam_relu", a),
+                [(h * w).div_ceil(256) as u32, n as u32, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(m)
+    }
+    fn score_cam_inputs(
+        &self,
+        x: &Self::Tensor,
+        a: &Self::Tensor,
+        (k0, k1): (usize, usize),
+    ) -> Result<Self::Tensor> {
+        let (n, c, hh, ww) = dims4(&x.shape);
+        let (_, k, h, w) = dims4(&a.shape);
+        let kc = k1 - k0;
+        let mm = self.tensor(vec![n * kc, 2], DType::F32)?;
+        let a = &*self.as_dtype(a, x.dtype)?;
+        let mut args = vec![KArg::Buf(&a.buf), KArg::Buf(&mm.buf)];
+        args.extend(ints(&[k, k0, kc, h, w, hh, ww]));
+        // SAFETY: score_cam_minmax_<t>: one block per (image, channel).
+        unsafe {
+            self.launch(
+                &Self::kernel("score_cam_minmax", a),
+                [(n * kc) as u32, 1, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        let out = self.like(vec![n * kc, c, hh, ww], x)?;
+        let mut args = vec![
+            KArg::Buf(&x.buf),
+            KArg::Buf(&a.buf),
+            KArg::Buf(&mm.buf),
+            KArg::Buf(&out.buf),
+        ];
+        args.extend(ints(&[c, k, k0, kc, h, w, hh, ww]));
+        // SAFETY: score_cam_inputs_<t>: one thread per (pixel, image·channel).
+        unsafe {
+            self.launch(
+                &Self::kernel("score_cam_inputs", x),
+                [(hh * ww).div_ceil(256) as u32, (n * kc) as u32, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(out)
+    }
+}

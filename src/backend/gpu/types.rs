@@ -1,0 +1,108 @@
+//! What the GPU backend's tensors and options are: storage types, the convolution arithmetic,
+//! the tensor-core tile, and the device tensor itself.
+
+/// How a tensor is stored on the device (arithmetic is f32 either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    Bf16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::Bf16 => 2,
+        }
+    }
+    /// The `<t>` of kernel entry names.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::Bf16 => "bf16",
+        }
+    }
+}
+
+pub struct GpuTensor<B> {
+    pub(super) shape: Vec<usize>,
+    pub(super) buf: B,
+    pub(super) dtype: DType,
+}
+
+impl<B> GpuTensor<B> {
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub(super) fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A tensor as given, or a converted copy.
+pub(super) enum Converted<'a, T> {
+    Given(&'a T),
+    Made(T),
+}
+
+impl<T> std::ops::Deref for Converted<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match self {
+            Converted::Given(t) => t,
+            Converted::Made(t) => t,
+        }
+    }
+}
+
+/// Arithmetic of the convolutions (the bulk of the work); everything else is f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 FMAs: the same numbers as the CPU backend and pytorch-grad-cam on the CPU.
+    F32,
+    /// Tensor cores with operands rounded to TF32 (10 mantissa bits), f32 accumulation: what
+    /// PyTorch's cuDNN convolutions do by default (`torch.backends.cudnn.allow_tf32`).
+    #[default]
+    Tf32,
+    /// bf16 tensors in memory (activations, gradients, weights: half the traffic) and BF16
+    /// tensor-core convolutions (8 mantissa bits), f32 accumulation; the CAM weights and maps
+    /// are computed and kept in f32. As `torch.autocast(dtype=torch.bfloat16)`.
+    Bf16,
+}
+
+impl Precision {
+    /// How network tensors are stored under this precision.
+    pub fn storage(self) -> DType {
+        match self {
+            Precision::Bf16 => DType::Bf16,
+            Precision::F32 | Precision::Tf32 => DType::F32,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Tile side of the tensor-core convolutions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvTile {
+    /// 128x128 for large GEMMs (≥ 128 output channels, ≥ 8192 output pixels), else 64x64.
+    Auto,
+    T64,
+    T128,
+}
+
+impl ConvTile {
+    pub(super) fn from_env() -> Self {
+        match std::env::var("GRADCAM_CONV_TILE").as_deref() {
+            Ok("64") => ConvTile::T64,
+            Ok("128") => ConvTile::T128,
+            _ => ConvTile::Auto,
+        }
+    }
+}
