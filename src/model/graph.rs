@@ -145,6 +145,30 @@ impl Graph {
 
     /// Output shape of every node for an input of `input` = [N, C, H, W], or an error naming
     /// the first layer the input is too small for.
+    /// Multiply-adds ×2 of one image's forward pass at `hw` (convolutions and linear layers;
+    /// the elementwise ops are left out): the floor benchmarks are held against. torchvision's
+    /// "GFLOPS" column counts multiply-adds, half of this.
+    pub fn forward_flops(&self, (h, w): (usize, usize)) -> Result<f64> {
+        let shapes = self.shapes(&[1, self.in_channels, h, w])?;
+        Ok(self
+            .nodes
+            .iter()
+            .zip(&shapes)
+            .map(|(node, out)| match &node.op {
+                Op::Conv { w, .. } => {
+                    // per output element: C/g · R · S multiply-adds (w is [K, C/g, R, S])
+                    let ws = &self.param_shapes[*w];
+                    2.0 * (ws[1] * ws[2] * ws[3]) as f64 * out.iter().product::<usize>() as f64
+                }
+                Op::Linear { w, .. } => {
+                    let ws = &self.param_shapes[*w];
+                    2.0 * (ws[0] * ws[1]) as f64
+                }
+                _ => 0.0,
+            })
+            .sum())
+    }
+
     pub fn shapes(&self, input: &[usize]) -> Result<Vec<Vec<usize>>> {
         if input.len() != 4 || input[1] != self.in_channels {
             return Err(Error::BadInput {

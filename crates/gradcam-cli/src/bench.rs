@@ -134,11 +134,15 @@ fn bench_on<B: Backend>(
         side,
     );
     println!("images/s      {:.2}", n / total.as_secs_f64());
+    let flops = net.graph().forward_flops((side, side))?;
     println!("per image     {:.2} ms", ms(total));
     println!("  preprocess  {:.2} ms", ms(t.preprocess));
     println!(
-        "  grad-cam    {:.2} ms (forward + backward-data to the layer + map)",
-        ms(t.cam)
+        "  grad-cam    {:.2} ms (forward + backward-data to the layer + map): {:.2} TFLOP/s \
+         counting the forward pass alone ({:.2} GFLOP per image)",
+        ms(t.cam),
+        flops / (ms(t.cam) * 1e-3) / 1e12,
+        flops / 1e9
     );
     println!(
         "  postprocess {:.2} ms (upsample, normalise, overlay)",
@@ -165,7 +169,7 @@ fn bench_on<B: Backend>(
         );
     }
     if a.profile {
-        print_kernel_profile(net, &refs, batch, &cfg)?;
+        print_kernel_profile(net, &refs, batch, &cfg, flops)?;
     }
     if let Some(kb) = peak_rss_kb() {
         println!("peak RSS      {:.0} MB", kb as f64 / 1024.0);
@@ -186,6 +190,7 @@ fn print_kernel_profile<B: Backend>(
     refs: &[&RgbImage],
     batch: usize,
     cfg: &ExplainConfig,
+    forward_flops: f64,
 ) -> anyhow::Result<()> {
     let be = net.backend();
     be.set_kernel_profiling(true);
@@ -210,5 +215,19 @@ fn print_kernel_profile<B: Backend>(
         );
     }
     println!("{:<28} {:>8} {:>10.3}", "all kernels", "", total * 1e3 / n);
+    // The forward convolutions and linear layers against the FLOP count.
+    let fwd: f64 = times
+        .iter()
+        .filter(|t| t.0.starts_with("conv2d_fwd") || t.0.starts_with("linear_fwd"))
+        .map(|t| t.2.as_secs_f64())
+        .sum();
+    if fwd > 0.0 {
+        println!(
+            "forward convs + linear: {:.3} ms/image for {:.2} GFLOP = {:.2} TFLOP/s",
+            fwd * 1e3 / n,
+            forward_flops / 1e9,
+            forward_flops * n / fwd / 1e12
+        );
+    }
     Ok(())
 }
