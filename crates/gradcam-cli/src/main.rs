@@ -76,11 +76,17 @@ pub struct ModelArgs {
     /// Where to compute: `auto` uses the GPU when there is a usable one, else the CPU.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
-    /// Convolution arithmetic on a GPU: `tf32` (tensor cores, PyTorch's default for cuDNN
-    /// convolutions), `f32` (exact, as on the CPU) or `bf16` (tensor cores on bf16-rounded
-    /// operands, f32 accumulation).
-    #[arg(long, value_enum, default_value_t = PrecisionArg::Tf32)]
-    precision: PrecisionArg,
+    /// Arithmetic on a GPU: `tf32` (default; tensor-core convolutions, PyTorch's default for
+    /// cuDNN), `f32` (exact, as on the CPU) or `bf16` (bf16 tensors and tensor cores, f32
+    /// accumulation). The CPU always computes in f32.
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
+}
+
+impl ModelArgs {
+    fn precision(&self) -> Precision {
+        self.precision.unwrap_or(PrecisionArg::Tf32).into()
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -197,15 +203,21 @@ pub fn load_network(m: &ModelArgs) -> anyhow::Result<AnyNetwork> {
         )
     };
     let cuda = |l: CudaLauncher, graph| -> anyhow::Result<AnyNetwork> {
-        let be = GpuBackend::with_precision(l, m.precision.into());
+        let be = GpuBackend::with_precision(l, m.precision());
         eprintln!("note: running on {}", be.name());
         Ok(AnyNetwork::Cuda(Network::new(graph, be)?))
     };
+    let cpu = |graph| -> anyhow::Result<AnyNetwork> {
+        if m.precision.is_some_and(|p| p != PrecisionArg::F32) {
+            eprintln!("note: --precision applies on a GPU; the CPU computes in f32");
+        }
+        Ok(AnyNetwork::Cpu(Network::new(graph, CpuBackend::fast())?))
+    };
     Ok(match m.device {
-        Device::Cpu => AnyNetwork::Cpu(Network::new(graph, CpuBackend::fast())?),
+        Device::Cpu => cpu(graph)?,
         Device::Emu => {
             eprintln!("note: running the CUDA kernels on the CPU emulator (slow)");
-            let be = GpuBackend::with_precision(EmuLauncher::new(), m.precision.into());
+            let be = GpuBackend::with_precision(EmuLauncher::new(), m.precision());
             AnyNetwork::Emu(Network::new(graph, be)?)
         }
         Device::Cuda => cuda(open_cuda().context("--device cuda")?, graph)?,
@@ -216,7 +228,7 @@ pub fn load_network(m: &ModelArgs) -> anyhow::Result<AnyNetwork> {
                 let why = e.to_string();
                 let why = why.split("; looked").next().unwrap_or_default();
                 eprintln!("note: {} (no GPU: {why})", cpu_note());
-                AnyNetwork::Cpu(Network::new(graph, CpuBackend::fast())?)
+                cpu(graph)?
             }
         },
     })
