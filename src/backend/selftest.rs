@@ -78,15 +78,34 @@ pub fn run<B: Backend>(be: &B) -> Result<Vec<Check>> {
                 ..Conv2dParams::new(2, 1)
             },
         ),
+        // Dilation and unequal strides and paddings per axis.
+        (
+            [1, 8, 11, 10],
+            [12, 8, 3, 3],
+            Conv2dParams {
+                stride: (1, 2),
+                padding: (2, 1),
+                dilation: (2, 1),
+                groups: 1,
+            },
+        ),
     ];
     for (xs, ws, p) in convs {
         let x = bf16_exact(rng.tensor(&xs, -1.0, 1.0));
         let w = bf16_exact(rng.tensor(&ws, -1.0, 1.0));
         let b = bf16_exact(rng.tensor(&ws[..1], -1.0, 1.0));
-        let shape = format!(
-            "{xs:?} * {ws:?} s{} p{} g{}",
-            p.stride.0, p.padding.0, p.groups
-        );
+        let shape =
+            if p.stride.0 == p.stride.1 && p.padding.0 == p.padding.1 && p.dilation == (1, 1) {
+                format!(
+                    "{xs:?} * {ws:?} s{} p{} g{}",
+                    p.stride.0, p.padding.0, p.groups
+                )
+            } else {
+                format!(
+                    "{xs:?} * {ws:?} s{:?} p{:?} d{:?}",
+                    p.stride, p.padding, p.dilation
+                )
+            };
         let (xd, wd, bd) = (up(&x)?, up(&w)?, up(&b)?);
         let prep = be.conv2d_prepare(&wd, &p)?;
         let y = be.conv2d_fwd(&xd, &wd, prep.as_ref(), Some(&bd), &p, true)?;
