@@ -4,10 +4,48 @@
 use std::time::Duration;
 
 use super::mem::f32_bytes_mut;
-use super::{dims4, ints, DType, GpuBackend, GpuImages, GpuTensor, KArg, Launcher, Precision};
+use super::{
+    dims4, ints, pool_ints, DType, GpuBackend, GpuImages, GpuTensor, KArg, Launcher, Precision,
+};
 use crate::backend::{Backend, Conv2dParams, ElementRule, Pool2dParams, WeightRule};
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
+
+impl<L: Launcher> GpuBackend<L> {
+    /// conv2d_fwd_<t> [+ residual] [then ReLU], one launch.
+    fn conv_fwd(
+        &self,
+        x: &GpuTensor<L::Buf>,
+        w: &GpuTensor<L::Buf>,
+        b: Option<&GpuTensor<L::Buf>>,
+        residual: Option<&GpuTensor<L::Buf>>,
+        p: &Conv2dParams,
+        relu: bool,
+    ) -> Result<GpuTensor<L::Buf>> {
+        let (n, c, h, wd) = dims4(&x.shape);
+        let (k, _, r, s) = dims4(&w.shape);
+        let (oh, ow) = p
+            .out_hw((h, wd), (r, s))
+            .expect("shapes checked by the network");
+        let y = self.like(vec![n, k, oh, ow], x)?;
+        self.launch_conv(
+            "conv2d_fwd",
+            x.dtype,
+            &[
+                KArg::Buf(&x.buf),
+                KArg::Buf(&w.buf),
+                b.map_or(KArg::Null, |b| KArg::Buf(&b.buf)),
+                residual.map_or(KArg::Null, |r| KArg::Buf(&r.buf)),
+                KArg::Buf(&y.buf),
+            ],
+            [n, c, h, wd, k, r, s, oh, ow],
+            p,
+            &[relu as usize],
+            (k / p.groups, n * oh * ow),
+        )?;
+        Ok(y)
+    }
+}
 
 impl<L: Launcher> Backend for GpuBackend<L> {
     type Tensor = GpuTensor<L::Buf>;
@@ -233,34 +271,15 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let (_, cg, r, s) = dims4(&w.shape);
         let c = cg * p.groups;
         let dx = self.like(vec![n, c, h, wd], dy)?;
-        let mut args = vec![KArg::Buf(&dy.buf), KArg::Buf(&w.buf), KArg::Buf(&dx.buf)];
-        args.extend(ints(&[
-            n,
-            c,
-            h,
-            wd,
-            k,
-            r,
-            s,
-            oh,
-            ow,
-            p.stride.0,
-            p.stride.1,
-            p.padding.0,
-            p.padding.1,
-            p.dilation.0,
-            p.dilation.1,
-            p.groups,
-        ]));
-        let (rows, cols) = (cg, n * h * wd);
-        let (kernel, tile) = self.conv_kernel("conv2d_bwd_data", dy.dtype, rows, cols);
-        let grid = [
-            cols.div_ceil(tile) as u32,
-            rows.div_ceil(tile) as u32,
-            p.groups as u32,
-        ];
-        // SAFETY: conv2d_bwd_data_<t>'s argument list, sized for this grid.
-        unsafe { self.launch(&kernel, grid, [256, 1, 1], &args)? };
+        self.launch_conv(
+            "conv2d_bwd_data",
+            dy.dtype,
+            &[KArg::Buf(&dy.buf), KArg::Buf(&w.buf), KArg::Buf(&dx.buf)],
+            [n, c, h, wd, k, r, s, oh, ow],
+            p,
+            &[],
+            (cg, n * h * wd),
+        )?;
         Ok(dx)
     }
     fn relu_fwd(&self, x: Self::Tensor) -> Result<Self::Tensor> {
@@ -291,19 +310,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let (oh, ow) = p.out_hw((h, w)).expect("shapes checked by the network");
         let y = self.like(vec![n, c, oh, ow], x)?;
         let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&y.buf)];
-        args.extend(ints(&[
-            n * c,
-            h,
-            w,
-            oh,
-            ow,
-            p.kernel.0,
-            p.kernel.1,
-            p.stride.0,
-            p.stride.1,
-            p.padding.0,
-            p.padding.1,
-        ]));
+        args.extend(pool_ints(n * c, [h, w, oh, ow], p));
         self.run1d(&Self::kernel("max_pool2d_fwd", x), n * c * oh * ow, &args)?;
         Ok(y)
     }
@@ -317,19 +324,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let (_, _, oh, ow) = dims4(&dy.shape);
         let dx = self.like(x.shape.clone(), dy)?;
         let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&dy.buf), KArg::Buf(&dx.buf)];
-        args.extend(ints(&[
-            n * c,
-            h,
-            w,
-            oh,
-            ow,
-            p.kernel.0,
-            p.kernel.1,
-            p.stride.0,
-            p.stride.1,
-            p.padding.0,
-            p.padding.1,
-        ]));
+        args.extend(pool_ints(n * c, [h, w, oh, ow], p));
         // One thread per input element (a gather over the windows that contain it).
         self.run1d(&Self::kernel("max_pool2d_bwd", dy), n * c * h * w, &args)?;
         Ok(dx)

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{Backend, Conv2dParams};
+use super::{Backend, Conv2dParams, Pool2dParams};
 use crate::Result;
 
 /// A kernel argument.
@@ -187,34 +187,26 @@ impl<L: Launcher> GpuBackend<L> {
         }
     }
 
-    /// conv2d_fwd_<t> [+ residual] [then ReLU], one launch.
-    fn conv_fwd(
+    /// Launches `<op>_<t>` (conv2d_fwd, conv2d_bwd_data): `bufs`, the geometry both share
+    /// (n, c, h, w, k, r, s, oh, ow, strides, paddings, dilations, groups), then `extra`; the
+    /// grid cut by the tile of a GEMM of `rows` x `cols` per group.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_conv(
         &self,
-        x: &GpuTensor<L::Buf>,
-        w: &GpuTensor<L::Buf>,
-        b: Option<&GpuTensor<L::Buf>>,
-        residual: Option<&GpuTensor<L::Buf>>,
+        op: &str,
+        dtype: DType,
+        bufs: &[KArg<L::Buf>],
+        [n, c, h, w, k, r, s, oh, ow]: [usize; 9],
         p: &Conv2dParams,
-        relu: bool,
-    ) -> Result<GpuTensor<L::Buf>> {
-        let (n, c, h, wd) = dims4(&x.shape);
-        let (k, _, r, s) = dims4(&w.shape);
-        let (oh, ow) = p
-            .out_hw((h, wd), (r, s))
-            .expect("shapes checked by the network");
-        let y = self.like(vec![n, k, oh, ow], x)?;
-        let mut args = vec![
-            KArg::Buf(&x.buf),
-            KArg::Buf(&w.buf),
-            b.map_or(KArg::Null, |b| KArg::Buf(&b.buf)),
-            residual.map_or(KArg::Null, |r| KArg::Buf(&r.buf)),
-            KArg::Buf(&y.buf),
-        ];
+        extra: &[usize],
+        (rows, cols): (usize, usize),
+    ) -> Result<()> {
+        let mut args = bufs.to_vec();
         args.extend(ints(&[
             n,
             c,
             h,
-            wd,
+            w,
             k,
             r,
             s,
@@ -227,18 +219,16 @@ impl<L: Launcher> GpuBackend<L> {
             p.dilation.0,
             p.dilation.1,
             p.groups,
-            relu as usize,
         ]));
-        let (rows, cols) = (k / p.groups, n * oh * ow);
-        let (kernel, tile) = self.conv_kernel("conv2d_fwd", x.dtype, rows, cols);
+        args.extend(ints(extra));
+        let (kernel, tile) = self.conv_kernel(op, dtype, rows, cols);
         let grid = [
             cols.div_ceil(tile) as u32,
             rows.div_ceil(tile) as u32,
             p.groups as u32,
         ];
-        // SAFETY: the argument list is conv2d_fwd_<t>'s, sized for this grid.
-        unsafe { self.launch(&kernel, grid, [256, 1, 1], &args)? };
-        Ok(y)
+        // SAFETY: the callers pass the buffers of <op>_<t>'s signature, sized for this geometry.
+        unsafe { self.launch(&kernel, grid, [256, 1, 1], &args) }
     }
 
     /// Forces the tensor-core convolutions' tile side (default: `GRADCAM_CONV_TILE` = 64 or
@@ -309,6 +299,28 @@ impl<L: Launcher> GpuBackend<L> {
         // SAFETY: every caller passes the kernel's own argument list for `total` elements.
         unsafe { self.launch(kernel, [blocks, 1, 1], [256, 1, 1], args) }
     }
+}
+
+/// A pooling kernel's geometry after its buffers: planes (N·C), h, w, oh, ow, then the window,
+/// strides and paddings.
+fn pool_ints<'a, B>(
+    planes: usize,
+    [h, w, oh, ow]: [usize; 4],
+    p: &Pool2dParams,
+) -> Vec<KArg<'a, B>> {
+    ints(&[
+        planes,
+        h,
+        w,
+        oh,
+        ow,
+        p.kernel.0,
+        p.kernel.1,
+        p.stride.0,
+        p.stride.1,
+        p.padding.0,
+        p.padding.1,
+    ])
 }
 
 /// Integer kernel arguments.
