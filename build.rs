@@ -4,14 +4,16 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-/// `extern "C" __global__ void NAME(` entry points of a kernel file, in order.
+/// `extern "C" __global__ void [BOUNDS] NAME(` entry points of a kernel file, in order; BOUNDS
+/// is an upper-case macro standing for `__launch_bounds__(...)`.
 fn kernel_names(src: &str) -> Vec<String> {
     let marker = "extern \"C\" __global__ void ";
     src.match_indices(marker)
         .filter_map(|(i, _)| {
             let rest = &src[i + marker.len()..];
             let end = rest.find('(')?;
-            Some(rest[..end].trim().to_string())
+            let words = rest[..end].split_whitespace().collect::<Vec<_>>();
+            words.last().map(|w| w.to_string())
         })
         .collect()
 }

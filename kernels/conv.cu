@@ -13,6 +13,27 @@
 #include "common.cuh"
 #include "gemm_tile.cuh"
 
+// Depth orders. Flat: d = (channel, tap row, tap column), the weights' own order, for any
+// shape; each element decodes its d; 16-deep slices. Blocked, when the summed channels (C/g
+// forward, K/g backward) are a multiple of 32: 32-deep slice q covers channels 32·(q / RS) ..
+// + 32 at tap q % RS, so the tap and its bounds checks are decoded once per slice and column, and the
+// elements of a run are one channel stride apart. Consecutive slices walk the taps of one
+// channel block, so weights and input rows come back from cache.
+#define FLAT_KD 16
+#define TAP_KD 32
+struct FlatSlice {
+    int d0;
+    __device__ void next() { d0 += FLAT_KD; }
+};
+struct TapSlice {
+    int ch0, tap, ry, sx, rs, s;
+    __device__ void next() {
+        ++tap, ++sx;
+        if (sx == s) sx = 0, ++ry;
+        if (tap == rs) tap = 0, ry = 0, ch0 += TAP_KD;
+    }
+};
+
 // The im2col column of output pixel `col` (conv2d_fwd): its image's channel group and the
 // input position under the kernel's top-left tap, computed once per column a thread stages.
 template <class S>
@@ -24,16 +45,31 @@ struct FwdGather {
         const S* img;
         int iy0, ix0;
     };
+    struct Run {
+        Col cl;
+        int d0;
+    };
     __device__ Col prep(int col) const {
         const int ni = col / ohw, p = col - ni * ohw, oy = p / ow, ox = p - oy * ow;
         return Col{x + ((size_t)ni * c + c0) * h * wd, oy * sh - ph, ox * sw - pw};
     }
-    // Element d = (channel, tap row, tap column) of the column; zero in the padding.
-    __device__ float load(const Col& cl, int d) const {
+    // Flat order: element d = (channel, tap row, tap column) of the column; zero in the padding.
+    __device__ Run at(const Col& cl, const FlatSlice& sl) const { return Run{cl, sl.d0}; }
+    __device__ float load(const Run& rn, int l) const {
+        const int d = rn.d0 + l;
         const int ci = rs.div(d), t = rs.mod(d, ci), ry = s.div(t), sx = s.mod(t, ry);
-        const int iy = cl.iy0 + ry * dh, ix = cl.ix0 + sx * dw;
+        const int iy = rn.cl.iy0 + ry * dh, ix = rn.cl.ix0 + sx * dw;
         if (iy < 0 || iy >= h || ix < 0 || ix >= wd) return 0.0f;
-        return ld(cl.img, ((size_t)ci * h + iy) * wd + ix);
+        return ld(rn.cl.img, ((size_t)ci * h + iy) * wd + ix);
+    }
+    // Blocked order: the run is the slice's channels at one input pixel (null in the padding).
+    __device__ const S* at(const Col& cl, const TapSlice& sl) const {
+        const int iy = cl.iy0 + sl.ry * dh, ix = cl.ix0 + sl.sx * dw;
+        if (iy < 0 || iy >= h || ix < 0 || ix >= wd) return nullptr;
+        return cl.img + ((size_t)sl.ch0 * h + iy) * wd + ix;
+    }
+    __device__ float load(const S* run, int l) const {
+        return run ? ld(run, (size_t)l * h * wd) : 0.0f;
     }
 };
 
@@ -47,17 +83,35 @@ struct BwdGather {
         const S* img;
         int ty0, tx0;
     };
+    struct Run {
+        Col cl;
+        int d0;
+    };
     __device__ Col prep(int col) const {
         const int ni = col / hw, p = col - ni * hw, iy = p / wd, ix = p - iy * wd;
         return Col{dy + ((size_t)ni * k + k0) * oh * ow, iy + ph, ix + pw};
     }
-    __device__ float load(const Col& cl, int d) const {
-        const int ko = rs.div(d), t = rs.mod(d, ko), ry = s.div(t), sx = s.mod(t, ry);
+    // The output pixel that tap (ry, sx) of input pixel (ty0, tx0) lands on, or -1.
+    __device__ int reach(const Col& cl, int ry, int sx) const {
         const int ty = cl.ty0 - ry * dh, tx = cl.tx0 - sx * dw;
-        if (ty < 0 || tx < 0) return 0.0f;
+        if (ty < 0 || tx < 0) return -1;
         const int oy = sh.div(ty), ox = sw.div(tx);
-        if (sh.mod(ty, oy) || sw.mod(tx, ox) || oy >= oh || ox >= ow) return 0.0f;
-        return ld(cl.img, ((size_t)ko * oh + oy) * ow + ox);
+        if (sh.mod(ty, oy) || sw.mod(tx, ox) || oy >= oh || ox >= ow) return -1;
+        return oy * ow + ox;
+    }
+    __device__ Run at(const Col& cl, const FlatSlice& sl) const { return Run{cl, sl.d0}; }
+    __device__ float load(const Run& rn, int l) const {
+        const int d = rn.d0 + l;
+        const int ko = rs.div(d), t = rs.mod(d, ko), ry = s.div(t), sx = s.mod(t, ry);
+        const int o = reach(rn.cl, ry, sx);
+        return o < 0 ? 0.0f : ld(rn.cl.img, (size_t)ko * oh * ow + o);
+    }
+    __device__ const S* at(const Col& cl, const TapSlice& sl) const {
+        const int o = reach(cl, sl.ry, sl.sx);
+        return o < 0 ? nullptr : cl.img + (size_t)sl.ch0 * oh * ow + o;
+    }
+    __device__ float load(const S* run, int l) const {
+        return run ? ld(run, (size_t)l * oh * ow) : 0.0f;
     }
 };
 
@@ -74,22 +128,37 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
     const int depth = cg * rs;
     const FwdGather<S> gb{x,  c,  h,  wd, ohw,    ow,          sh,         sw,
                           ph, pw, dh, dw, g * cg, FastDiv(rs), FastDiv(s)};
-    auto a_at = [&](int m, int d) { return ld(w, (size_t)(g * kg + m) * depth + d); };
+    const S* wg = w + (size_t)g * kg * depth;
+    const FastDiv per_image(ohw);  // the epilogue splits each column into (image, pixel)
     auto store = [&](int m, int col, float v) {
-        const int ko = g * kg + m, ni = col / ohw;
-        const size_t at = ((size_t)ni * k + ko) * ohw + col % ohw;
+        const int ko = g * kg + m, ni = per_image.div(col);
+        const size_t at = ((size_t)ni * k + ko) * ohw + per_image.mod(col, ni);
         if (bias) v += ld(bias, ko);
         if (residual) v += ld(residual, at);
         if (relu) v = fmaxf(v, 0.0f);
         st(y, at, v);
     };
-    if (T == 1) {
-        gemm_tile_mma<Mma::Tf32, TS, TS>(kg, n * ohw, depth, a_at, gb, store);
-    } else if (T == 2) {
-        gemm_tile_mma<Mma::Bf16, TS, TS>(kg, n * ohw, depth, a_at, gb, store);
+    if (T == 0) {
+        auto a_at = [&](int m, int d) { return ld(wg, (size_t)m * depth + d); };
+        auto b_at = [&](int d, int col) {
+            const auto cl = gb.prep(col);
+            return gb.load(gb.at(cl, FlatSlice{0}), d);
+        };
+        gemm_tile<true, false>(kg, n * ohw, depth, a_at, b_at, store);
+        return;
+    }
+    constexpr Mma M = T == 1 ? Mma::Tf32 : Mma::Bf16;
+    constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD>();  // the larger of the two orders
+    if (cg % TAP_KD == 0) {
+        auto a_at = [&](int m, const TapSlice& sl, int l) {
+            return ld(wg, ((size_t)m * cg + sl.ch0 + l) * rs + sl.tap);
+        };
+        gemm_tile_mma<M, TS, TS, TAP_KD, POOL>(kg, n * ohw, depth, TapSlice{0, 0, 0, 0, rs, s}, a_at, gb, store);
     } else {
-        auto b_at = [&](int d, int col) { return gb.load(gb.prep(col), d); };
-        gemm_tile(kg, n * ohw, depth, a_at, b_at, store);
+        auto a_at = [&](int m, const FlatSlice& sl, int l) {
+            return ld(wg, (size_t)m * depth + sl.d0 + l);
+        };
+        gemm_tile_mma<M, TS, TS, FLAT_KD, POOL>(kg, n * ohw, depth, FlatSlice{0}, a_at, gb, store);
     }
 }
 
@@ -102,20 +171,39 @@ __device__ __forceinline__ void conv2d_bwd_data(const S* __restrict__ dy, const 
     const int g = blockIdx.z, cg = c / groups, kg = k / groups, rs = r * s, hw = h * wd;
     const BwdGather<S> gb{dy,     k,           oh,         ow,          hw, wd, ph, pw, dh, dw,
                           g * kg, FastDiv(rs), FastDiv(s), FastDiv(sh), FastDiv(sw)};
-    auto a_at = [&](int ci, int d) {
-        const int ko = gb.rs.div(d);
-        return ld(w, ((size_t)(g * kg + ko) * cg + ci) * rs + gb.rs.mod(d, ko));
-    };
+    // Weights of group g as [K/g][C/g][R·S]; the GEMM's A is their transpose per tap.
+    const S* wg = w + (size_t)g * kg * cg * rs;
+    const FastDiv per_image(hw);
     auto store = [&](int ci, int col, float v) {
-        st(dx, ((size_t)(col / hw) * c + g * cg + ci) * hw + col % hw, v);
+        const int ni = per_image.div(col);
+        st(dx, ((size_t)ni * c + g * cg + ci) * hw + per_image.mod(col, ni), v);
     };
-    if (T == 1) {
-        gemm_tile_mma<Mma::Tf32, TS, TS>(cg, n * hw, kg * rs, a_at, gb, store);
-    } else if (T == 2) {
-        gemm_tile_mma<Mma::Bf16, TS, TS>(cg, n * hw, kg * rs, a_at, gb, store);
+    if (T == 0) {
+        auto a_at = [&](int ci, int d) {
+            const int ko = gb.rs.div(d);
+            return ld(wg, ((size_t)ko * cg + ci) * rs + gb.rs.mod(d, ko));
+        };
+        auto b_at = [&](int d, int col) {
+            const auto cl = gb.prep(col);
+            return gb.load(gb.at(cl, FlatSlice{0}), d);
+        };
+        gemm_tile<false, false>(cg, n * hw, kg * rs, a_at, b_at, store);
+        return;
+    }
+    constexpr Mma M = T == 1 ? Mma::Tf32 : Mma::Bf16;
+    constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD>();  // the larger of the two orders
+    if (kg % TAP_KD == 0) {
+        auto a_at = [&](int ci, const TapSlice& sl, int l) {
+            return ld(wg, ((size_t)(sl.ch0 + l) * cg + ci) * rs + sl.tap);
+        };
+        gemm_tile_mma<M, TS, TS, TAP_KD, POOL>(cg, n * hw, kg * rs, TapSlice{0, 0, 0, 0, rs, s}, a_at, gb,
+                                 store);
     } else {
-        auto b_at = [&](int d, int col) { return gb.load(gb.prep(col), d); };
-        gemm_tile(cg, n * hw, kg * rs, a_at, b_at, store);
+        auto a_at = [&](int ci, const FlatSlice& sl, int l) {
+            const int d = sl.d0 + l, ko = gb.rs.div(d);
+            return ld(wg, ((size_t)ko * cg + ci) * rs + gb.rs.mod(d, ko));
+        };
+        gemm_tile_mma<M, TS, TS, FLAT_KD, POOL>(cg, n * hw, kg * rs, FlatSlice{0}, a_at, gb, store);
     }
 }
 
@@ -134,13 +222,16 @@ __device__ __forceinline__ void conv2d_bwd_data(const S* __restrict__ dy, const 
         int groups
 #define CONV2D_BWD_ARGS dy, w, dx, n, c, h, wd, k, r, s, oh, ow, sh, sw, ph, pw, dh, dw, groups
 
+// Two 64x64 tensor-core blocks per SM: registers capped at 128 per thread.
+#define TWO_PER_SM __launch_bounds__(256, 2)
+
 extern "C" __global__ void conv2d_fwd_f32(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 0>(CONV2D_FWD_ARGS);
 }
-extern "C" __global__ void conv2d_fwd_tf32(CONV2D_FWD_PARAMS(float)) {
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_tf32(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 1>(CONV2D_FWD_ARGS);
 }
-extern "C" __global__ void conv2d_fwd_bf16(CONV2D_FWD_PARAMS(bf16)) {
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_bf16(CONV2D_FWD_PARAMS(bf16)) {
     conv2d_fwd<bf16, 2>(CONV2D_FWD_ARGS);
 }
 // 128x128 tiles for the tensor-core paths: grid (ceil(cols / 128), ceil(rows / 128), groups).
@@ -153,10 +244,10 @@ extern "C" __global__ void conv2d_fwd_bf16_t128(CONV2D_FWD_PARAMS(bf16)) {
 extern "C" __global__ void conv2d_bwd_data_f32(CONV2D_BWD_PARAMS(float)) {
     conv2d_bwd_data<float, 0>(CONV2D_BWD_ARGS);
 }
-extern "C" __global__ void conv2d_bwd_data_tf32(CONV2D_BWD_PARAMS(float)) {
+extern "C" __global__ void TWO_PER_SM conv2d_bwd_data_tf32(CONV2D_BWD_PARAMS(float)) {
     conv2d_bwd_data<float, 1>(CONV2D_BWD_ARGS);
 }
-extern "C" __global__ void conv2d_bwd_data_bf16(CONV2D_BWD_PARAMS(bf16)) {
+extern "C" __global__ void TWO_PER_SM conv2d_bwd_data_bf16(CONV2D_BWD_PARAMS(bf16)) {
     conv2d_bwd_data<bf16, 2>(CONV2D_BWD_ARGS);
 }
 extern "C" __global__ void conv2d_bwd_data_tf32_t128(CONV2D_BWD_PARAMS(float)) {

@@ -2,7 +2,7 @@
 // im2col) and linear layers share one inner loop. C[rows, cols] = A[rows, depth] ·
 // B[depth, cols]; block 256 threads, grid (ceil(cols / 64), ceil(rows / 64)); 16-deep slices of
 // A and B are staged in shared memory.
-//   gemm_tile:      f32 FMAs; each thread owns a 4x4 piece of the 64x64 tile.
+//   gemm_tile:      f32 FMAs; each thread owns a 4x4 piece of the 64x64 tile; 16-deep slices.
 //   gemm_tile_mma:  tensor cores (mma.cuh); operands rounded to TF32 or BF16 as they are
 //                   staged, f32 accumulation; 64x64 tiles (each of the 8 warps owns 16x32: 4
 //                   m16n8 tiles) or 128x128 (64x32: 16 tiles, twice the tensor-core work per
@@ -14,7 +14,10 @@
 #define TILE 64
 #define DEPTH 16
 
-template <class FA, class FB, class FS>
+// A_DF / B_DF: the operand is contiguous along the depth in memory (weights [rows][depth], a
+// linear layer's activations [N][features]), so its staging runs the depth fastest across
+// threads; otherwise along its rows / columns (im2col columns, transposed weights).
+template <bool A_DF, bool B_DF, class FA, class FB, class FS>
 __device__ __forceinline__ void gemm_tile(int rows, int cols, int depth, FA a_at, FB b_at,
                                           FS store) {
     __shared__ float as[DEPTH][TILE + 1];
@@ -27,8 +30,9 @@ __device__ __forceinline__ void gemm_tile(int rows, int cols, int depth, FA a_at
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
     for (int d0 = 0; d0 < depth; d0 += DEPTH) {
         for (int i = tid; i < DEPTH * TILE; i += blockDim.x) {
-            const int d = i / TILE, t = i % TILE;
+            int d = A_DF ? i % DEPTH : i / TILE, t = A_DF ? i / DEPTH : i % TILE;
             as[d][t] = (r0 + t < rows && d0 + d < depth) ? a_at(r0 + t, d0 + d) : 0.0f;
+            d = B_DF ? i % DEPTH : i / TILE, t = B_DF ? i / DEPTH : i % TILE;
             bs[d][t] = (c0 + t < cols && d0 + d < depth) ? b_at(d0 + d, c0 + t) : 0.0f;
         }
         __syncthreads();
@@ -50,20 +54,41 @@ __device__ __forceinline__ void gemm_tile(int rows, int cols, int depth, FA a_at
 // Operand types of the tensor-core tile.
 enum class Mma { Tf32, Bf16 };
 
-// B comes from a gatherer with `prep(col)`, run once for the column a thread stages (the same
-// in every depth slice), and `load(prepared, d)` per element; A from `a_at(row, d)`. Staging
-// runs A's depth and B's columns fastest across threads (contiguous in memory for weights and
-// neighbouring output pixels), and the next slice's loads are issued before the tensor cores
-// work on the current one. Shared memory holds one 32-bit word per TF32 element, or one per
-// pair of BF16 elements along the depth (the m16n8k16 fragments take pairs), so both read
-// their fragments with the same (k·(T+8) + row) pattern, T + 8 ≡ 8 (mod 32): 32 distinct banks.
+// Shared memory words the tensor-core tile stages per slice (A's and B's, padded rows).
+template <Mma M, int TM, int TN, int KD>
+constexpr int mma_smem_words() {
+    return (M == Mma::Tf32 ? KD : KD / 2) * (TM + 8 + TN + 8);
+}
+
+// One static shared array per size, so the tile configurations inlined into one kernel (the
+// depth orders of conv.cu) share it instead of each adding its own.
+template <int WORDS>
+__device__ __forceinline__ unsigned* smem_pool() {
+    __shared__ unsigned pool[WORDS];
+    return pool;
+}
+
+// Depth slices: the depth is walked KD (16 or 32) at a time by a slice cursor `sl` (a copy of the one
+// passed in, `sl.next()` moves it on), so a gatherer can decode what is uniform over a slice
+// once (a convolution's tap and channel block) instead of once per element. A comes from
+// `a_at(row, sl, l)`, B from a gatherer with `prep(col)`, run once for the column a thread
+// stages (the same in every slice), `at(prepared, sl)` once per slice, and `load(run, l)` per
+// element, l < KD being the depth within the slice (elements at depth ≥ `depth` are not
+// asked for). Staging runs A's depth and B's columns fastest across threads (contiguous in
+// memory for weights and neighbouring output pixels), and the next slice's loads are issued
+// before the tensor cores work on the current one. Shared memory holds one 32-bit word per TF32
+// element, or one per pair of BF16 elements along the depth (the m16n8k16 fragments take
+// pairs), so both read their fragments with the same (k·(T+8) + row) pattern, T + 8 ≡ 8
+// (mod 32): 32 distinct banks.
 //
-// Tile TM x TN (64x64 or 128x128), grid (ceil(cols / TN), ceil(rows / TM)); each warp owns
+// Tile TM x TN (64x64 or 128x128), shared memory from smem_pool<POOL>, grid (ceil(cols / TN), ceil(rows / TM)); each warp owns
 // MT m16 x NT n8 accumulator tiles.
-template <Mma M, int TM, int TN, class FA, class GB, class FS>
-__device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, FA a_at, const GB& gb,
-                                              FS store) {
-    constexpr int WORDS = M == Mma::Tf32 ? DEPTH : DEPTH / 2;  // depth words per slice
+template <Mma M, int TM, int TN, int KD, int POOL, class SL, class FA, class GB, class FS>
+__device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL sl, FA a_at,
+                                              const GB& gb, FS store) {
+    static_assert(KD == 16 || KD == 32, "16- or 32-deep slices");
+    static_assert(mma_smem_words<M, TM, TN, KD>() <= POOL, "the shared pool is too small");
+    constexpr int WORDS = M == Mma::Tf32 ? KD : KD / 2;  // depth words per slice
     constexpr int PER = M == Mma::Tf32 ? 1 : 2;                // elements per word
     // Warps: 64x64 → 4 x 2 warps of 16x32; 128x128 → 2 x 4 warps of 64x32.
     constexpr int WARPS_M = TM == 64 ? 4 : 2, WARPS_N = 8 / WARPS_M;
@@ -72,8 +97,9 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, FA 
     constexpr int A_STEP = 256 / WORDS, A_ROWS = TM / A_STEP;  // rows per thread
     constexpr int B_STEP = 256 / TN, B_WORDS = WORDS / B_STEP;  // words per thread
     constexpr int NA = A_ROWS * PER, NB = B_WORDS * PER;        // elements per thread
-    __shared__ unsigned as[WORDS][TM + 8];
-    __shared__ unsigned bs[WORDS][TN + 8];
+    unsigned* pool = smem_pool<POOL>();
+    auto as = reinterpret_cast<unsigned (*)[TM + 8]>(pool);
+    auto bs = reinterpret_cast<unsigned (*)[TN + 8]>(pool + WORDS * (TM + 8));
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
     const int r0 = blockIdx.y * TM, c0 = blockIdx.x * TN;
     const int wr = (warp / WARPS_N) * (TM / WARPS_M), wc = (warp % WARPS_N) * (TN / WARPS_N);
@@ -87,16 +113,18 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, FA 
         for (int i = 0; i < A_ROWS; ++i)
             #pragma unroll
             for (int e = 0; e < PER; ++e) {
-                const int row = r0 + a_x + A_STEP * i, da = d0 + PER * a_w + e;
-                ra[i * PER + e] = (row < rows && da < depth) ? a_at(row, da) : 0.0f;
+                const int row = r0 + a_x + A_STEP * i, l = PER * a_w + e;
+                ra[i * PER + e] = (row < rows && d0 + l < depth) ? a_at(row, sl, l) : 0.0f;
             }
+        const auto run = gb.at(bc, sl);
         #pragma unroll
         for (int j = 0; j < B_WORDS; ++j)
             #pragma unroll
             for (int e = 0; e < PER; ++e) {
-                const int db = d0 + PER * (b_w + B_STEP * j) + e;
-                rb[j * PER + e] = (b_in && db < depth) ? gb.load(bc, db) : 0.0f;
+                const int l = PER * (b_w + B_STEP * j) + e;
+                rb[j * PER + e] = (b_in && d0 + l < depth) ? gb.load(run, l) : 0.0f;
             }
+        sl.next();
     };
     float acc[MT][NT][4];
     #pragma unroll
@@ -106,7 +134,7 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, FA 
             #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
     fetch(0);
-    for (int d0 = 0; d0 < depth; d0 += DEPTH) {
+    for (int d0 = 0; d0 < depth; d0 += KD) {
         #pragma unroll
         for (int i = 0; i < A_ROWS; ++i)
             as[a_w][a_x + A_STEP * i] =
@@ -116,7 +144,7 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, FA 
             bs[b_w + B_STEP * j][b_x] =
                 M == Mma::Tf32 ? tf32_bits(rb[j]) : bf16x2(rb[j * PER], rb[j * PER + PER - 1]);
         __syncthreads();
-        if (d0 + DEPTH < depth) fetch(d0 + DEPTH);
+        if (d0 + KD < depth) fetch(d0 + KD);
         #pragma unroll
         for (int k0 = 0; k0 < WORDS; k0 += 8) {
             unsigned a[MT][4], b[NT][2];

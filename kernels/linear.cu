@@ -15,7 +15,7 @@ __device__ __forceinline__ void linear_fwd(const T* __restrict__ x, const T* __r
     auto store = [&](int o, int i, float v) {
         st(y, (size_t)i * out + o, bias ? v + ld(bias, o) : v);
     };
-    gemm_tile(out, n, in, a_at, b_at, store);
+    gemm_tile<true, true>(out, n, in, a_at, b_at, store);
 }
 
 template <class T>
@@ -24,7 +24,7 @@ __device__ __forceinline__ void linear_bwd_data(const T* __restrict__ dy, const 
     auto a_at = [&](int j, int o) { return ld(w, (size_t)o * in + j); };
     auto b_at = [&](int o, int i) { return ld(dy, (size_t)i * out + o); };
     auto store = [&](int j, int i, float v) { st(dx, (size_t)i * in + j, v); };
-    gemm_tile(in, n, out, a_at, b_at, store);
+    gemm_tile<false, true>(in, n, out, a_at, b_at, store);
 }
 
 extern "C" __global__ void linear_fwd_f32(const float* __restrict__ x, const float* __restrict__ w,

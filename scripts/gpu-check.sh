@@ -7,11 +7,11 @@
 # at most 8): summary.txt, all.log (every step's output, appended as it finishes) and logs.tgz
 # (one file per step). Steps run most important first and share a time budget (BUDGET seconds,
 # default 520), so one call always returns its logs.
-#   device run: bash scripts/gpu-check.sh [N_IMAGES]     carry: ["gpu-kit"]
+#   device run: bash scripts/gpu-check.sh [N_IMAGES, default 1024]     carry: ["gpu-kit"]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-check-out}
-n=${1:-256}
+n=${1:-1024}
 budget=${BUDGET:-520}
 work=/tmp/gpu-check
 mkdir -p "$out" "$work"
@@ -72,9 +72,13 @@ step peers-resnet50 150 python3 tools/bench_gpu_peers.py --arch resnet50 --batch
 bench resnet50 bf16
 bench resnet50 tf32 64
 bench resnet50 tf32 128
+bench resnet50 bf16 64
+bench resnet50 bf16 128
 bench vgg16 tf32
 step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --images "$n"
 bench vgg16 bf16
+bench vgg16 tf32 64
+bench vgg16 tf32 128
 bench resnet50 f32
 bench vgg16 f32
 grep -h "images/s\|peak device\|tool=" "$work"/bench-*.txt "$work"/peers-*.txt 2>/dev/null | tee -a "$sum"

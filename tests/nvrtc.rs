@@ -39,7 +39,14 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         // Each extern "C" entry point keeps its name (no C++ mangling).
         for line in SOURCES.iter().find(|(f, _)| f == file).unwrap().1.lines() {
             if let Some(rest) = line.strip_prefix("extern \"C\" __global__ void ") {
-                let name = rest.split('(').next().unwrap();
+                // `[BOUNDS] name(`: the last word before the parenthesis.
+                let name = rest
+                    .split('(')
+                    .next()
+                    .unwrap()
+                    .split_whitespace()
+                    .last()
+                    .unwrap();
                 assert!(
                     ptx.contains(&format!(".entry {name}(")),
                     "{file}: {name} missing from PTX"

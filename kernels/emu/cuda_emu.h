@@ -229,6 +229,7 @@ inline void call(void (*k)(A...), void** args) {
 #define __global__
 #define __device__ inline
 #define __forceinline__
+#define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __shared__ static thread_local
 

@@ -89,6 +89,26 @@ pub fn run<B: Backend>(be: &B) -> Result<Vec<Check>> {
                 groups: 1,
             },
         ),
+        // The blocked depth order (channels per group a multiple of the 32-deep slice, both
+        // ways): strides, paddings and dilations per axis, and two groups.
+        (
+            [2, 32, 11, 10],
+            [32, 32, 3, 3],
+            Conv2dParams {
+                stride: (2, 1),
+                padding: (1, 2),
+                dilation: (2, 1),
+                groups: 1,
+            },
+        ),
+        (
+            [1, 64, 8, 9],
+            [64, 32, 3, 3],
+            Conv2dParams {
+                groups: 2,
+                ..Conv2dParams::new(1, 1)
+            },
+        ),
     ];
     for (xs, ws, p) in convs {
         let x = bf16_exact(rng.tensor(&xs, -1.0, 1.0));
