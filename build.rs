@@ -44,11 +44,13 @@ fn main() {
         "#include <stddef.h>\nstruct gradcam_emu_kernel { const char* name; void (*entry)(void**); };\n",
     );
     let mut rows = Vec::new();
+    let mut entries = Vec::new(); // (kernel, file) for the CUDA launcher
     for f in &files {
         let src = std::fs::read_to_string(f).expect("readable kernel file");
         let stem = f.file_stem().unwrap().to_string_lossy().to_string();
         let mut tu = format!("#include \"cuda_emu.h\"\n#include \"{}\"\n", f.display());
         for k in kernel_names(&src) {
+            entries.push(format!("    (\"{k}\", \"{stem}.cu\"),"));
             writeln!(
                 tu,
                 "extern \"C\" void gradcam_emu_entry_{k}(void** a) {{ emu::call({k}, a); }}"
@@ -103,6 +105,9 @@ fn main() {
         )
         .unwrap();
     }
-    embed.push_str("];\n");
+    embed.push_str("];\n/// Entry points (kernel, file), as the emulator's table lists them.\n");
+    embed.push_str("pub const ENTRIES: &[(&str, &str)] = &[\n");
+    embed.push_str(&entries.join("\n"));
+    embed.push_str("\n];\n");
     std::fs::write(out.join("kernel_sources.rs"), embed).unwrap();
 }

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::backend::Backend;
 use crate::cam::postprocess::guided_images;
-use crate::cam::{explain, overlay, upsample_normalised, CamRequest, ClassSel, Method};
+use crate::cam::{explain, overlay, upsample_normalised, CamBatch, CamRequest, ClassSel, Method};
 use crate::image::{InputSize, RgbImage};
 use crate::model::Network;
 use crate::{Error, Result};
@@ -88,31 +88,94 @@ pub fn explain_batch<B: Backend>(
     cfg: &ExplainConfig,
     timings: &mut Timings,
 ) -> Result<Vec<Explanation>> {
-    let cap = net.batch_cap().max(1);
-    if images.len() > cap {
-        let mut out = Vec::with_capacity(images.len());
-        for chunk in images.chunks(cap) {
-            out.extend(explain_batch(net, chunk, cfg, timings)?);
-        }
-        return Ok(out);
-    }
-    match explain_fitting(net, images, cfg, timings) {
-        Err(Error::OutOfMemory(_)) if images.len() > 1 => {
-            net.lower_batch_cap(images.len() / 2);
-            explain_batch(net, images, cfg, timings)
-        }
-        r => r,
-    }
+    Ok(explain_batch_device(net, images, cfg, timings)?.finish(images, cfg, timings))
 }
 
-fn explain_fitting<B: Backend>(
+/// The device half of [`explain_batch`]: preprocessing, the CAM and the overlays run and come
+/// back to the host; [`DeviceBatch::finish`] then builds the explanations on the CPU. Callers
+/// that stream batches finish one batch on another thread while the device runs the next.
+pub fn explain_batch_device<B: Backend>(
     net: &Network<B>,
     images: &[&RgbImage],
     cfg: &ExplainConfig,
     timings: &mut Timings,
-) -> Result<Vec<Explanation>> {
+) -> Result<DeviceBatch> {
+    let mut parts = Vec::new();
+    if !images.is_empty() {
+        device_parts(net, images, cfg, timings, &mut parts)?;
+    }
+    Ok(DeviceBatch { parts })
+}
+
+fn device_parts<B: Backend>(
+    net: &Network<B>,
+    images: &[&RgbImage],
+    cfg: &ExplainConfig,
+    timings: &mut Timings,
+    parts: &mut Vec<Part>,
+) -> Result<()> {
+    let cap = net.batch_cap().max(1);
+    if images.len() > cap {
+        for chunk in images.chunks(cap) {
+            device_parts(net, chunk, cfg, timings, parts)?;
+        }
+        return Ok(());
+    }
+    match device_fitting(net, images, cfg, timings) {
+        Err(Error::OutOfMemory(_)) if images.len() > 1 => {
+            net.lower_batch_cap(images.len() / 2);
+            device_parts(net, images, cfg, timings, parts)
+        }
+        r => {
+            parts.push(r?);
+            Ok(())
+        }
+    }
+}
+
+/// A batch's results downloaded from the device, not yet turned into [`Explanation`]s.
+pub struct DeviceBatch {
+    parts: Vec<Part>,
+}
+
+/// One device run (a whole batch, or a piece of one split to fit in memory).
+struct Part {
+    len: usize,
+    hw: (usize, usize),
+    batch: CamBatch,
+    overlays: Vec<RgbImage>,
+}
+
+impl DeviceBatch {
+    /// The explanations of `images` (the slice given to [`explain_batch_device`]), in order;
+    /// the time goes to `timings.postprocess`.
+    pub fn finish(
+        self,
+        images: &[&RgbImage],
+        cfg: &ExplainConfig,
+        timings: &mut Timings,
+    ) -> Vec<Explanation> {
+        let t0 = Instant::now();
+        let mut out = Vec::with_capacity(images.len());
+        let mut at = 0;
+        for p in self.parts {
+            let len = p.len;
+            out.extend(p.finish(&images[at..at + len], cfg));
+            at += len;
+        }
+        timings.postprocess += t0.elapsed();
+        out
+    }
+}
+
+fn device_fitting<B: Backend>(
+    net: &Network<B>,
+    images: &[&RgbImage],
+    cfg: &ExplainConfig,
+    timings: &mut Timings,
+) -> Result<Part> {
     let Some(first) = images.first() else {
-        return Ok(Vec::new());
+        return Err(Error::Invalid("an empty batch".into()));
     };
     let hw = cfg.size.for_image(first);
     if images.iter().any(|im| cfg.size.for_image(im) != hw) {
@@ -141,53 +204,70 @@ fn explain_fitting<B: Backend>(
     };
     let batch = explain(net, x, &req)?;
     let t2 = Instant::now();
-
     let overlays = if cfg.overlay_full_res {
         be.overlays(&staged, &batch.maps)?
     } else {
         Vec::new()
     };
-    drop(staged);
-    let (h, w) = (batch.maps.shape()[1], batch.maps.shape()[2]);
-    let nc = batch.logits.shape()[1];
-    let k = batch.weights.shape()[1];
-    let mut overlays = overlays.into_iter().map(Some).collect::<Vec<_>>();
-    overlays.resize_with(images.len(), || None);
-    let out = images
-        .par_iter()
-        .zip(overlays.into_par_iter())
-        .enumerate()
-        .map(|(i, (img, overlay_img))| {
-            let logits = &batch.logits.data()[i * nc..(i + 1) * nc];
-            let map = &batch.maps.data()[i * h * w..(i + 1) * h * w];
-            let class = batch.classes[i];
-            let cam = upsample_normalised(map, (h, w), hw);
-            let overlay_img = overlay_img.unwrap_or_else(|| overlay(&resize_rgb(img, hw), &cam));
-            let guided = batch.guided.as_ref().map(|g| {
-                let per = 3 * hw.0 * hw.1;
-                guided_images(&g.data()[i * per..(i + 1) * per], &cam, hw)
-            });
-            Explanation {
-                class,
-                logit: logits[class],
-                probability: softmax_at(logits, class),
-                top5: top_k(logits, 5),
-                weights: batch.weights.data()[i * k..(i + 1) * k].to_vec(),
-                map_hw: (h, w),
-                cam,
-                input_hw: hw,
-                guided,
-                overlay: overlay_img,
-            }
-        })
-        .collect();
-    let t3 = Instant::now();
     timings.add(&Timings {
         preprocess: t1 - t0,
         cam: t2 - t1,
-        postprocess: t3 - t2,
+        postprocess: t2.elapsed(),
     });
-    Ok(out)
+    Ok(Part {
+        len: images.len(),
+        hw,
+        batch,
+        overlays,
+    })
+}
+
+impl Part {
+    fn finish(self, images: &[&RgbImage], cfg: &ExplainConfig) -> Vec<Explanation> {
+        let Part {
+            hw,
+            batch,
+            overlays,
+            ..
+        } = self;
+        let (h, w) = (batch.maps.shape()[1], batch.maps.shape()[2]);
+        let nc = batch.logits.shape()[1];
+        let k = batch.weights.shape()[1];
+        let mut overlays = overlays.into_iter().map(Some).collect::<Vec<_>>();
+        overlays.resize_with(images.len(), || None);
+        let full_res = cfg.overlay_full_res;
+        images
+            .par_iter()
+            .zip(overlays.into_par_iter())
+            .enumerate()
+            .map(|(i, (img, overlay_img))| {
+                let logits = &batch.logits.data()[i * nc..(i + 1) * nc];
+                let map = &batch.maps.data()[i * h * w..(i + 1) * h * w];
+                let class = batch.classes[i];
+                let cam = upsample_normalised(map, (h, w), hw);
+                let overlay_img = match overlay_img {
+                    Some(o) if full_res => o,
+                    _ => overlay(&resize_rgb(img, hw), &cam),
+                };
+                let guided = batch.guided.as_ref().map(|g| {
+                    let per = 3 * hw.0 * hw.1;
+                    guided_images(&g.data()[i * per..(i + 1) * per], &cam, hw)
+                });
+                Explanation {
+                    class,
+                    logit: logits[class],
+                    probability: softmax_at(logits, class),
+                    top5: top_k(logits, 5),
+                    weights: batch.weights.data()[i * k..(i + 1) * k].to_vec(),
+                    map_hw: (h, w),
+                    cam,
+                    input_hw: hw,
+                    guided,
+                    overlay: overlay_img,
+                }
+            })
+            .collect()
+    }
 }
 
 fn resize_rgb(img: &RgbImage, (h, w): (usize, usize)) -> RgbImage {

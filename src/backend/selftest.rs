@@ -216,26 +216,29 @@ pub fn run<B: Backend>(be: &B) -> Result<Vec<Check>> {
         &be.adaptive_avg_pool2d_bwd(&up(&g)?, (13, 11))?,
         &oracle.adaptive_avg_pool2d_bwd(&g, (13, 11))?,
     )?);
-    let (xl, wl, bl) = (
-        bf16_exact(rng.tensor(&[3, 70], -1.0, 1.0)),
-        bf16_exact(rng.tensor(&[19, 70], -1.0, 1.0)),
-        bf16_exact(rng.tensor(&[19], -1.0, 1.0)),
-    );
-    out.push(check(
-        be,
-        "linear_fwd",
-        "[3, 70] x [19, 70]",
-        &be.linear_fwd(&up(&xl)?, &up(&wl)?, Some(&up(&bl)?))?,
-        &oracle.linear_fwd(&xl, &wl, Some(&bl))?,
-    )?);
-    let dyl = bf16_exact(rng.tensor(&[3, 19], -1.0, 1.0));
-    out.push(check(
-        be,
-        "linear_bwd_data",
-        "[3, 19] x [19, 70]",
-        &be.linear_bwd_data(&up(&dyl)?, &up(&wl)?)?,
-        &oracle.linear_bwd_data(&dyl, &wl)?,
-    )?);
+    // (batch, in, out); the second is deep enough for the GPU's split-depth path both ways.
+    for (n, fin, fout) in [(3, 70, 19), (5, 1100, 1030)] {
+        let (xl, wl, bl) = (
+            bf16_exact(rng.tensor(&[n, fin], -1.0, 1.0)),
+            bf16_exact(rng.tensor(&[fout, fin], -1.0, 1.0)),
+            bf16_exact(rng.tensor(&[fout], -1.0, 1.0)),
+        );
+        out.push(check(
+            be,
+            "linear_fwd",
+            &format!("[{n}, {fin}] x [{fout}, {fin}]"),
+            &be.linear_fwd(&up(&xl)?, &up(&wl)?, Some(&up(&bl)?))?,
+            &oracle.linear_fwd(&xl, &wl, Some(&bl))?,
+        )?);
+        let dyl = bf16_exact(rng.tensor(&[n, fout], -1.0, 1.0));
+        out.push(check(
+            be,
+            "linear_bwd_data",
+            &format!("[{n}, {fout}] x [{fout}, {fin}]"),
+            &be.linear_bwd_data(&up(&dyl)?, &up(&wl)?)?,
+            &oracle.linear_bwd_data(&dyl, &wl)?,
+        )?);
+    }
     let a = bf16_exact(rng.tensor(&[2, 6, 7, 9], 0.0, 2.0));
     let g = bf16_exact(rng.tensor(&[2, 6, 7, 9], -1.0, 1.0));
     let shape = "[2, 6, 7, 9]";

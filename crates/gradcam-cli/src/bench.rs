@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use gradcam::backend::Backend;
-use gradcam::explain::{explain_batch, ExplainConfig, Timings};
+use gradcam::explain::{explain_batch, explain_batch_device, DeviceBatch, ExplainConfig, Timings};
 use gradcam::image::{load_rgb8, InputSize, RgbImage};
 use gradcam::model::synth::Rng;
 use gradcam::model::Network;
@@ -110,17 +110,35 @@ fn bench_on<B: Backend>(
     }
     net.backend().reset_device_memory_peak();
     let mut t = Timings::default();
-    let mut encode = Duration::ZERO;
     let start = Instant::now();
-    for c in refs.chunks(batch) {
-        let out = explain_batch(net, c, &cfg, &mut t)?;
-        let te = Instant::now();
-        out.par_iter().try_for_each(|e| {
-            let mut buf = std::io::Cursor::new(Vec::new());
-            e.overlay.write_to(&mut buf, image::ImageFormat::Png)
-        })?;
-        encode += te.elapsed();
-    }
+    // Two stages, as `gradcam explain` runs them: the device works on batch i + 1 while a
+    // second thread builds and encodes batch i (one batch waits between them at most).
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, DeviceBatch)>(1);
+    let (host, encode) = std::thread::scope(|s| -> anyhow::Result<(Timings, Duration)> {
+        let host = s.spawn(|| -> anyhow::Result<(Timings, Duration)> {
+            let (mut th, mut encode) = (Timings::default(), Duration::ZERO);
+            for (i, db) in rx {
+                let c = &refs[i * batch..(i * batch + batch).min(refs.len())];
+                let out = db.finish(c, &cfg, &mut th);
+                let te = Instant::now();
+                out.par_iter().try_for_each(|e| {
+                    let mut buf = std::io::Cursor::new(Vec::new());
+                    e.overlay.write_to(&mut buf, image::ImageFormat::Png)
+                })?;
+                encode += te.elapsed();
+            }
+            Ok((th, encode))
+        });
+        for (i, c) in refs.chunks(batch).enumerate() {
+            let db = explain_batch_device(net, c, &cfg, &mut t)?;
+            if tx.send((i, db)).is_err() {
+                break; // the host stage failed: its error is reported below
+            }
+        }
+        drop(tx);
+        host.join().expect("host stage panicked")
+    })?;
+    t.add(&host);
     let total = start.elapsed();
     let n = images.len() as f64;
     let ms = |d: Duration| d.as_secs_f64() * 1e3 / n;
@@ -149,6 +167,7 @@ fn bench_on<B: Backend>(
         ms(t.postprocess)
     );
     println!("  png encode  {:.2} ms", ms(encode));
+    println!("  (postprocess and png encode of one batch overlap the next batch's device work)");
     if a.images_dir.is_some() {
         println!(
             "decode        {:.2} ms per image (before the timed loop)",
@@ -206,15 +225,40 @@ fn print_kernel_profile<B: Backend>(
     }
     let total: f64 = times.iter().map(|t| t.2.as_secs_f64()).sum();
     let n = refs.len() as f64;
-    println!("\nkernel                       launches   ms/image   share");
+    // Per kernel (convolutions come tagged with their GEMM shape: summed here, listed below).
+    let mut per_kernel: Vec<(String, usize, f64)> = Vec::new();
     for (name, launches, t) in &times {
+        let k = name.split(' ').next().unwrap_or(name);
+        match per_kernel.iter_mut().find(|e| e.0 == k) {
+            Some(e) => (e.1 += launches, e.2 += t.as_secs_f64()).1,
+            None => per_kernel.push((k.to_string(), *launches, t.as_secs_f64())),
+        }
+    }
+    per_kernel.sort_by(|a, b| b.2.total_cmp(&a.2));
+    println!("\nkernel                       launches   ms/image   share");
+    for (name, launches, t) in &per_kernel {
         println!(
             "{name:<28} {launches:>8} {:>10.3} {:>6.1}%",
-            t.as_secs_f64() * 1e3 / n,
-            100.0 * t.as_secs_f64() / total
+            t * 1e3 / n,
+            100.0 * t / total
         );
     }
     println!("{:<28} {:>8} {:>10.3}", "all kernels", "", total * 1e3 / n);
+    // Each convolution shape: rows x cols x depth per group (x groups), its rate.
+    let shaped: Vec<_> = times.iter().filter(|t| t.0.contains(' ')).collect();
+    if !shaped.is_empty() {
+        println!(
+            "\nconvolution GEMM (rows x cols x depth)               launches   ms/image  TFLOP/s"
+        );
+        for (name, launches, t) in shaped {
+            let flop = gemm_flop(name) * *launches as f64;
+            println!(
+                "{name:<52} {launches:>8} {:>10.4} {:>8.2}",
+                t.as_secs_f64() * 1e3 / n,
+                flop / t.as_secs_f64() / 1e12
+            );
+        }
+    }
     // The forward convolutions and linear layers against the FLOP count.
     let fwd: f64 = times
         .iter()
@@ -230,4 +274,16 @@ fn print_kernel_profile<B: Backend>(
         );
     }
     Ok(())
+}
+
+/// 2·rows·cols·depth·groups of a profile tag `"<kernel> RxCxD[xGg]"`, per launch.
+fn gemm_flop(name: &str) -> f64 {
+    let Some(tag) = name.split(' ').nth(1) else {
+        return 0.0;
+    };
+    let dims: Vec<f64> = tag
+        .split('x')
+        .map(|d| d.trim_end_matches('g').parse().unwrap_or(0.0))
+        .collect();
+    2.0 * dims.iter().product::<f64>()
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use gradcam::backend::Backend;
 use gradcam::cam::{ClassSel, Method};
-use gradcam::explain::{explain_batch, ExplainConfig, Explanation, Timings};
+use gradcam::explain::{explain_batch_device, DeviceBatch, ExplainConfig, Explanation, Timings};
 use gradcam::image::{load_rgb8, InputSize, RgbImage};
 use gradcam::model::Network;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -132,79 +132,97 @@ fn explain_all<B: Backend>(
         ProgressBar::hidden()
     };
     let mut timings = Timings::default();
-    let mut done = 0usize;
-    for chunk in (0..files.len())
-        .collect::<Vec<_>>()
-        .chunks(a.batch as usize)
-    {
-        // Decode in parallel; undecodable files are reported and dropped from the batch.
-        let decoded: Vec<Result<Job, (PathBuf, String)>> = chunk
-            .par_iter()
-            .map(|&i| match load_rgb8(&files[i]) {
-                Ok(image) => Ok(Job {
-                    index: i,
-                    path: files[i].clone(),
-                    image,
-                }),
-                Err(e) => Err((files[i].clone(), strip_path(&e.to_string(), &files[i]))),
-            })
-            .collect();
-        let mut jobs = Vec::new();
-        for d in decoded {
-            match d {
-                Ok(j) => jobs.push(j),
-                Err(f) => {
-                    bar.suspend(|| eprintln!("error: {}: {}", f.0.display(), f.1));
-                    failures.push(f);
+    // Two stages: this thread decodes and runs the device; a second one builds the
+    // explanations and writes them (PNG encoding is the costly part), one group behind, so
+    // the device is not idle while files are written.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<Job>, GroupOut)>(1);
+    let meta = Meta {
+        layer: &layer,
+        arch: graph.arch.as_str(),
+        method: a.method,
+        counterfactual: a.counterfactual,
+        labels: graph.labels.as_deref(),
+    };
+    let (host_timings, done, write_failures) = std::thread::scope(|sc| {
+        let writer = sc.spawn(|| {
+            let mut th = Timings::default();
+            let mut done = 0usize;
+            let mut failed = Vec::new();
+            for (group, out) in rx {
+                let results = finish_group(&group, out, &cfg, &mut th);
+                // PNG encoding and file writes run in parallel; reports stay in input order.
+                let written: Vec<(&Job, Result<(), String>)> = results
+                    .into_par_iter()
+                    .map(|(job, result)| {
+                        let w = result.and_then(|e| {
+                            write_outputs(&a.out, &stems[job.index], &job.path, &e, &meta)
+                                .map_err(|e| format!("{e:#}"))
+                        });
+                        (job, w)
+                    })
+                    .collect();
+                for (job, w) in written {
+                    match w {
+                        Ok(()) => done += 1,
+                        Err(why) => {
+                            bar.suspend(|| eprintln!("error: {}: {why}", job.path.display()));
+                            failed.push((job.path.clone(), why));
+                        }
+                    }
                 }
+                bar.inc(group.len() as u64);
             }
-        }
-        // Images of one batch must share an input size: group by it (native mode).
-        let mut groups: Vec<((usize, usize), Vec<Job>)> = Vec::new();
-        for j in jobs {
-            let hw = size.for_image(&j.image);
-            match groups.iter_mut().find(|(k, _)| *k == hw) {
-                Some((_, g)) => g.push(j),
-                None => groups.push((hw, vec![j])),
-            }
-        }
-        for (_, group) in groups {
-            // PNG encoding and file writes run in parallel; reports stay in input order.
-            let results = explain_group(net, &group, &cfg, &mut timings);
-            let written: Vec<(&Job, Result<(), String>)> = results
-                .into_par_iter()
-                .map(|(job, result)| {
-                    let w = result.and_then(|e| {
-                        write_outputs(
-                            &a.out,
-                            &stems[job.index],
-                            &job.path,
-                            &e,
-                            &Meta {
-                                layer: &layer,
-                                arch: graph.arch.as_str(),
-                                method: a.method,
-                                counterfactual: a.counterfactual,
-                                labels: graph.labels.as_deref(),
-                            },
-                        )
-                        .map_err(|e| format!("{e:#}"))
-                    });
-                    (job, w)
+            (th, done, failed)
+        });
+        for chunk in (0..files.len())
+            .collect::<Vec<_>>()
+            .chunks(a.batch as usize)
+        {
+            // Decode in parallel; undecodable files are reported and dropped from the batch.
+            let decoded: Vec<Result<Job, (PathBuf, String)>> = chunk
+                .par_iter()
+                .map(|&i| match load_rgb8(&files[i]) {
+                    Ok(image) => Ok(Job {
+                        index: i,
+                        path: files[i].clone(),
+                        image,
+                    }),
+                    Err(e) => Err((files[i].clone(), strip_path(&e.to_string(), &files[i]))),
                 })
                 .collect();
-            for (job, w) in written {
-                match w {
-                    Ok(()) => done += 1,
-                    Err(why) => {
-                        bar.suspend(|| eprintln!("error: {}: {why}", job.path.display()));
-                        failures.push((job.path.clone(), why));
+            let mut jobs = Vec::new();
+            for d in decoded {
+                match d {
+                    Ok(j) => jobs.push(j),
+                    Err(f) => {
+                        bar.suspend(|| eprintln!("error: {}: {}", f.0.display(), f.1));
+                        failures.push(f);
+                        bar.inc(1);
                     }
                 }
             }
+            // Images of one batch must share an input size: group by it (native mode).
+            let mut groups: Vec<((usize, usize), Vec<Job>)> = Vec::new();
+            for j in jobs {
+                let hw = size.for_image(&j.image);
+                match groups.iter_mut().find(|(k, _)| *k == hw) {
+                    Some((_, g)) => g.push(j),
+                    None => groups.push((hw, vec![j])),
+                }
+            }
+            for (_, group) in groups {
+                let out = explain_group(net, &group, &cfg, &mut timings);
+                if tx.send((group, out)).is_err() {
+                    break; // the writer is gone (it panicked): join below reports it
+                }
+            }
         }
-        bar.inc(chunk.len() as u64);
-    }
+        drop(tx);
+        writer.join().expect("the output writer panicked")
+    });
+    timings.add(&host_timings);
+    let done: usize = done;
+    failures.extend(write_failures);
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
@@ -225,27 +243,60 @@ fn explain_all<B: Backend>(
     }
 }
 
-/// One batch; if it fails as a whole (say one image is too small for the network), each
-/// image is retried alone so only the culprit fails.
-fn explain_group<'j, B: Backend>(
+/// A group's device results: the whole batch, or (when it failed as a whole) each image alone.
+enum GroupOut {
+    Whole(DeviceBatch),
+    Each(Vec<Result<DeviceBatch, String>>),
+}
+
+/// One batch on the device; if it fails as a whole (say one image is too small for the
+/// network), each image is retried alone so only the culprit fails.
+fn explain_group<B: Backend>(
     net: &Network<B>,
+    group: &[Job],
+    cfg: &ExplainConfig,
+    timings: &mut Timings,
+) -> GroupOut {
+    let images: Vec<&RgbImage> = group.iter().map(|j| &j.image).collect();
+    match explain_batch_device(net, &images, cfg, timings) {
+        Ok(db) => GroupOut::Whole(db),
+        Err(_) if group.len() > 1 => GroupOut::Each(
+            group
+                .iter()
+                .map(|j| {
+                    explain_batch_device(net, &[&j.image], cfg, timings).map_err(|e| e.to_string())
+                })
+                .collect(),
+        ),
+        Err(e) => GroupOut::Each(vec![Err(e.to_string())]),
+    }
+}
+
+/// The explanations of a group from its device results, in input order.
+fn finish_group<'j>(
     group: &'j [Job],
+    out: GroupOut,
     cfg: &ExplainConfig,
     timings: &mut Timings,
 ) -> Vec<(&'j Job, Result<Explanation, String>)> {
-    let images: Vec<&RgbImage> = group.iter().map(|j| &j.image).collect();
-    match explain_batch(net, &images, cfg, timings) {
-        Ok(out) => group.iter().zip(out.into_iter().map(Ok)).collect(),
-        Err(_) if group.len() > 1 => group
+    match out {
+        GroupOut::Whole(db) => {
+            let images: Vec<&RgbImage> = group.iter().map(|j| &j.image).collect();
+            group
+                .iter()
+                .zip(db.finish(&images, cfg, timings).into_iter().map(Ok))
+                .collect()
+        }
+        GroupOut::Each(each) => group
             .iter()
-            .map(|j| {
-                let r = explain_batch(net, &[&j.image], cfg, timings)
-                    .map(|mut v| v.remove(0))
-                    .map_err(|e| e.to_string());
-                (j, r)
+            .zip(each)
+            .map(|(j, r)| {
+                (
+                    j,
+                    r.map(|db| db.finish(&[&j.image], cfg, timings).remove(0)),
+                )
             })
             .collect(),
-        Err(e) => vec![(&group[0], Err(e.to_string()))],
     }
 }
 

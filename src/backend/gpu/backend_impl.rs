@@ -369,38 +369,27 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     ) -> Result<Self::Tensor> {
         let (n, fin, fout) = (x.shape[0], x.shape[1], w.shape[0]);
         let y = self.like(vec![n, fout], x)?;
-        let mut args = vec![
-            KArg::Buf(&x.buf),
-            KArg::Buf(&w.buf),
-            b.map_or(KArg::Null, |b| KArg::Buf(&b.buf)),
-            KArg::Buf(&y.buf),
-        ];
-        args.extend(ints(&[n, fin, fout]));
-        // SAFETY: linear_fwd_f32's argument list, sized for this grid.
-        unsafe {
-            self.launch(
-                &Self::kernel("linear_fwd", x),
-                [n.div_ceil(64) as u32, fout.div_ceil(64) as u32, 1],
-                [256, 1, 1],
-                &args,
-            )?
-        };
+        self.launch_linear(
+            "linear_fwd",
+            [&x.buf, &w.buf],
+            b.map(|b| &b.buf),
+            &y,
+            [n, fin, fout],
+            (fout, fin),
+        )?;
         Ok(y)
     }
     fn linear_bwd_data(&self, dy: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor> {
         let (n, fout, fin) = (dy.shape[0], dy.shape[1], w.shape[1]);
         let dx = self.like(vec![n, fin], dy)?;
-        let mut args = vec![KArg::Buf(&dy.buf), KArg::Buf(&w.buf), KArg::Buf(&dx.buf)];
-        args.extend(ints(&[n, fin, fout]));
-        // SAFETY: linear_bwd_data_f32's argument list, sized for this grid.
-        unsafe {
-            self.launch(
-                &Self::kernel("linear_bwd_data", dy),
-                [n.div_ceil(64) as u32, fin.div_ceil(64) as u32, 1],
-                [256, 1, 1],
-                &args,
-            )?
-        };
+        self.launch_linear(
+            "linear_bwd_data",
+            [&dy.buf, &w.buf],
+            None,
+            &dx,
+            [n, fin, fout],
+            (fin, fout),
+        )?;
         Ok(dx)
     }
     fn add(&self, a: Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {

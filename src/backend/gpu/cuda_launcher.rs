@@ -15,7 +15,7 @@ use cudarc::nvrtc::Ptx;
 use super::mem::{Held, MemCounter};
 use super::probe::{driver_error_text, probe, DeviceInfo};
 use super::{KArg, Launcher};
-use crate::backend::kernels::SOURCES;
+use crate::backend::kernels::{ENTRIES, SOURCES};
 use crate::backend::module_cache::ModuleCache;
 use crate::backend::nvrtc::{Nvrtc, Target};
 use crate::{Error, Result};
@@ -146,13 +146,9 @@ impl CudaLauncher {
     }
 }
 
-/// The kernel file that defines `extern "C" __global__ void <kernel>(`.
+/// The kernel file that defines entry point `kernel` (build.rs lists them, launch bounds or not).
 fn kernel_file(kernel: &str) -> Option<&'static str> {
-    let decl = format!("void {kernel}(");
-    SOURCES
-        .iter()
-        .find(|(_, src)| src.contains(&decl))
-        .map(|(f, _)| *f)
+    ENTRIES.iter().find(|(k, _)| *k == kernel).map(|(_, f)| *f)
 }
 
 /// Freed buffers stay in the stream-ordered pool instead of going back to the driver at every
@@ -262,5 +258,30 @@ impl Launcher for CudaLauncher {
         unsafe { builder.launch(cfg) }
             .map(|_| ())
             .map_err(cuda_err(kernel))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every entry point resolves to the file that defines it, including those declared with
+    /// launch bounds (`void TWO_PER_SM conv2d_fwd_tf32(`), which a plain text search missed.
+    #[test]
+    fn every_entry_point_resolves_to_its_file() {
+        for name in [
+            "conv2d_fwd_tf32",
+            "conv2d_bwd_data_bf16",
+            "conv2d_fwd_tf32_t128",
+        ] {
+            assert_eq!(kernel_file(name), Some("conv.cu"), "{name}");
+        }
+        assert_eq!(kernel_file("relu_fwd_f32"), Some("pointwise.cu"));
+        assert_eq!(kernel_file("conv2d_fwd"), None);
+        for (file, src) in SOURCES {
+            let n = src.matches("extern \"C\" __global__ void ").count();
+            let listed = ENTRIES.iter().filter(|(_, f)| f == file).count();
+            assert_eq!(n, listed, "{file}: entry points missing from ENTRIES");
+        }
     }
 }

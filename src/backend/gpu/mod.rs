@@ -114,6 +114,20 @@ impl<L: Launcher> GpuBackend<L> {
         block: [u32; 3],
         args: &[KArg<L::Buf>],
     ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_tagged(kernel, None, grid, block, args) }
+    }
+
+    /// [`Self::launch`]; while profiling, the time goes to `"<kernel> <tag>"` when tagged (a
+    /// convolution's GEMM shape, so the profile shows each layer).
+    unsafe fn launch_tagged(
+        &self,
+        kernel: &str,
+        tag: Option<&str>,
+        grid: [u32; 3],
+        block: [u32; 3],
+        args: &[KArg<L::Buf>],
+    ) -> Result<()> {
         let mut profile = self.profile.lock().expect("profile table");
         let Some(table) = profile.as_mut() else {
             drop(profile);
@@ -126,7 +140,11 @@ impl<L: Launcher> GpuBackend<L> {
         // SAFETY: forwarded from the caller.
         unsafe { self.l.launch(kernel, grid, block, args)? };
         self.l.synchronize()?;
-        let e = table.entry(kernel.to_string()).or_default();
+        let key = match tag {
+            Some(t) => format!("{kernel} {t}"),
+            None => kernel.to_string(),
+        };
+        let e = table.entry(key).or_default();
         e.0 += 1;
         e.1 += t.elapsed();
         Ok(())
@@ -227,8 +245,17 @@ impl<L: Launcher> GpuBackend<L> {
             rows.div_ceil(tile) as u32,
             p.groups as u32,
         ];
+        // GEMM per group: rows x cols x depth (the profile's per-layer tag).
+        let depth = match op {
+            "conv2d_bwd_data" => k / p.groups * r * s,
+            _ => c / p.groups * r * s,
+        };
+        let tag = format!("{rows}x{cols}x{depth}");
+        let tag = (p.groups > 1)
+            .then(|| format!("{tag}x{}g", p.groups))
+            .unwrap_or(tag);
         // SAFETY: the callers pass the buffers of <op>_<t>'s signature, sized for this geometry.
-        unsafe { self.launch(&kernel, grid, [256, 1, 1], &args) }
+        unsafe { self.launch_tagged(&kernel, Some(&tag), grid, [256, 1, 1], &args) }
     }
 
     /// Forces the tensor-core convolutions' tile side (default: `GRADCAM_CONV_TILE` = 64 or
@@ -294,11 +321,74 @@ impl<L: Launcher> GpuBackend<L> {
     }
 
     /// 1-D launch over `total` elements (the kernels loop with a grid stride).
+    /// linear_fwd / linear_bwd_data (`op`) into `y`, whose GEMM is `rows` outputs per image
+    /// by `depth`: split along the depth when the output tiles alone would leave most SMs idle
+    /// (see kernels/linear.cu), the partial sums then added in order by linear_sum.
+    fn launch_linear(
+        &self,
+        op: &str,
+        [a, w]: [&L::Buf; 2],
+        bias: Option<&L::Buf>,
+        y: &GpuTensor<L::Buf>,
+        [n, fin, fout]: [usize; 3],
+        (rows, depth): (usize, usize),
+    ) -> Result<()> {
+        let tiles = n.div_ceil(64) * rows.div_ceil(64);
+        let (splits, chunk) = split_depth(tiles, depth);
+        let part = if splits > 1 {
+            Some(self.tensor(vec![splits, n, rows], DType::F32)?)
+        } else {
+            None
+        };
+        let mut args = vec![KArg::Buf(a), KArg::Buf(w)];
+        if op == "linear_fwd" {
+            args.push(bias.map_or(KArg::Null, KArg::Buf));
+        }
+        args.push(KArg::Buf(&y.buf));
+        args.push(part.as_ref().map_or(KArg::Null, |p| KArg::Buf(&p.buf)));
+        args.extend(ints(&[n, fin, fout, chunk]));
+        let grid = [
+            n.div_ceil(64) as u32,
+            rows.div_ceil(64) as u32,
+            splits as u32,
+        ];
+        // SAFETY: <op>_<t>'s argument list; grid and `part` sized for `splits` chunks.
+        unsafe { self.launch(&Self::kernel(op, y), grid, [256, 1, 1], &args)? };
+        if let Some(p) = part {
+            let count = n * rows;
+            self.run1d(
+                &Self::kernel("linear_sum", y),
+                count,
+                &[
+                    KArg::Buf(&p.buf),
+                    bias.map_or(KArg::Null, KArg::Buf),
+                    KArg::Buf(&y.buf),
+                    KArg::I32(splits as i32),
+                    KArg::I32(count as i32),
+                    KArg::I32(rows as i32),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
     fn run1d(&self, kernel: &str, total: usize, args: &[KArg<L::Buf>]) -> Result<()> {
         let blocks = total.div_ceil(256).clamp(1, 65535) as u32;
         // SAFETY: every caller passes the kernel's own argument list for `total` elements.
         unsafe { self.launch(kernel, [blocks, 1, 1], [256, 1, 1], args) }
     }
+}
+
+/// How a GEMM with `tiles` output tiles cuts its `depth` (linear layers): enough chunks for
+/// about 256 blocks (two waves' worth on a large GPU), each at least 512 deep and a multiple of
+/// the 16-deep slice; (1, depth) when the tiles already fill the GPU. Returns (splits, chunk).
+pub(crate) fn split_depth(tiles: usize, depth: usize) -> (usize, usize) {
+    let want = 256usize.div_ceil(tiles.max(1)).min(depth / 512).max(1);
+    if want == 1 {
+        return (1, depth);
+    }
+    let chunk = depth.div_ceil(want).div_ceil(16) * 16;
+    (depth.div_ceil(chunk), chunk)
 }
 
 /// A pooling kernel's geometry after its buffers: planes (N·C), h, w, oh, ow, then the window,
@@ -330,4 +420,24 @@ fn ints<'a, B>(v: &[usize]) -> Vec<KArg<'a, B>> {
 
 fn dims4(s: &[usize]) -> (usize, usize, usize, usize) {
     (s[0], s[1], s[2], s[3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_depth;
+
+    #[test]
+    fn linear_depth_splits_fill_the_gpu_in_16_deep_chunks() {
+        // VGG16 at batch 64: fc6 25088 → 4096 (64 tiles), fc7, fc8 (1000 outputs: 16 tiles).
+        assert_eq!(split_depth(64, 25088), (4, 6272));
+        assert_eq!(split_depth(64, 4096), (4, 1024));
+        assert_eq!(split_depth(16, 4096), (8, 512));
+        // Enough tiles already, or too shallow to be worth it: one pass.
+        assert_eq!(split_depth(300, 25088), (1, 25088));
+        assert_eq!(split_depth(1, 700), (1, 700));
+        // Chunks are multiples of 16 and cover the depth.
+        let (s, c) = split_depth(17, 1100);
+        assert_eq!((s, c), (2, 560));
+        assert!(c % 16 == 0 && s * c >= 1100 && (s - 1) * c < 1100);
+    }
 }
