@@ -251,9 +251,11 @@ impl<L: Launcher> GpuBackend<L> {
             _ => c / p.groups * r * s,
         };
         let tag = format!("{rows}x{cols}x{depth}");
-        let tag = (p.groups > 1)
-            .then(|| format!("{tag}x{}g", p.groups))
-            .unwrap_or(tag);
+        let tag = if p.groups > 1 {
+            format!("{tag}x{}g", p.groups)
+        } else {
+            tag
+        };
         // SAFETY: the callers pass the buffers of <op>_<t>'s signature, sized for this geometry.
         unsafe { self.launch_tagged(&kernel, Some(&tag), grid, [256, 1, 1], &args) }
     }
