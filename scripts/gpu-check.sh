@@ -81,5 +81,7 @@ bench vgg16 tf32 64
 bench vgg16 tf32 128
 bench resnet50 f32
 bench vgg16 f32
+bench vgg16 bf16 64
+bench vgg16 bf16 128
 grep -h "images/s\|peak device\|tool=" "$work"/bench-*.txt "$work"/peers-*.txt 2>/dev/null | tee -a "$sum"
 tar czf "$out/logs.tgz" -C "$work" .
