@@ -88,9 +88,17 @@ __device__ __forceinline__ void block_minmax(F sample, int count, float* out) {
 struct FastDiv {
     int d;
     unsigned m, l;
+    // Every thread of a convolution builds a few of these, so no 64-bit integer division
+    // (a long software routine on GPUs): the quotient comes from a double division, corrected
+    // to the exact floor by 64-bit multiplies. Checked equal to the integer formula for every
+    // d < 2^22, 5M random d < 2^31 and the top 100k.
     __device__ explicit FastDiv(int divisor) : d(divisor), m(0), l(0) {
-        while ((1u << l) < (unsigned)d) ++l;
-        m = (unsigned)(((1ull << 32) * ((1ull << l) - (unsigned)d)) / (unsigned)d + 1);
+        l = d > 1 ? 32 - __clz(d - 1) : 0;
+        const unsigned long long num = ((1ull << l) - (unsigned)d) << 32;
+        unsigned long long q = (unsigned long long)((double)num / (double)(unsigned)d);
+        while (q * (unsigned)d > num) --q;
+        while ((q + 1) * (unsigned)d <= num) ++q;
+        m = (unsigned)(q + 1);
     }
     __device__ __forceinline__ int div(int n) const {
         return (int)((__umulhi((unsigned)n, m) + (unsigned)n) >> l);

@@ -25,12 +25,13 @@ struct FlatSlice {
     int d0;
     __device__ void next() { d0 += FLAT_KD; }
 };
+// Slices of `kd` channels (TAP_KD on the tensor cores, DEPTH = 16 for the f32 FMAs).
 struct TapSlice {
-    int ch0, tap, ry, sx, rs, s;
+    int ch0, tap, ry, sx, rs, s, kd;
     __device__ void next() {
         ++tap, ++sx;
         if (sx == s) sx = 0, ++ry;
-        if (tap == rs) tap = 0, ry = 0, ch0 += TAP_KD;
+        if (tap == rs) tap = 0, ry = 0, ch0 += kd;
     }
 };
 
@@ -129,22 +130,27 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
     const FwdGather<S> gb{x,  c,  h,  wd, ohw,    ow,          sh,         sw,
                           ph, pw, dh, dw, g * cg, FastDiv(rs), FastDiv(s)};
     const S* wg = w + (size_t)g * kg * depth;
-    const FastDiv per_image(ohw);  // the epilogue splits each column into (image, pixel)
     auto store = [&](int m, int col, float v) {
-        const int ko = g * kg + m, ni = per_image.div(col);
-        const size_t at = ((size_t)ni * k + ko) * ohw + per_image.mod(col, ni);
+        const int ko = g * kg + m, ni = col / ohw;  // the same few columns for every row
+        const size_t at = ((size_t)ni * k + ko) * ohw + (col - ni * ohw);
         if (bias) v += ld(bias, ko);
         if (residual) v += ld(residual, at);
         if (relu) v = fmaxf(v, 0.0f);
         st(y, at, v);
     };
-    if (T == 0) {
-        auto a_at = [&](int m, int d) { return ld(wg, (size_t)m * depth + d); };
-        auto b_at = [&](int d, int col) {
-            const auto cl = gb.prep(col);
-            return gb.load(gb.at(cl, FlatSlice{0}), d);
-        };
-        gemm_tile<true, false>(kg, n * ohw, depth, a_at, b_at, store);
+    if (T == 0) {  // f32 FMAs, 16-deep slices (FLAT_KD)
+        if (cg % DEPTH == 0) {
+            auto a_at = [&](int m, const TapSlice& sl, int l) {
+                return ld(wg, ((size_t)m * cg + sl.ch0 + l) * rs + sl.tap);
+            };
+            gemm_tile_gather<true>(kg, n * ohw, depth, TapSlice{0, 0, 0, 0, rs, s, DEPTH}, a_at,
+                                   gb, store);
+        } else {
+            auto a_at = [&](int m, const FlatSlice& sl, int l) {
+                return ld(wg, (size_t)m * depth + sl.d0 + l);
+            };
+            gemm_tile_gather<true>(kg, n * ohw, depth, FlatSlice{0}, a_at, gb, store);
+        }
         return;
     }
     constexpr Mma M = T == 1 ? Mma::Tf32 : Mma::Bf16;
@@ -153,7 +159,7 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
         auto a_at = [&](int m, const TapSlice& sl, int l) {
             return ld(wg, ((size_t)m * cg + sl.ch0 + l) * rs + sl.tap);
         };
-        gemm_tile_mma<M, TS, TS, TAP_KD, POOL>(kg, n * ohw, depth, TapSlice{0, 0, 0, 0, rs, s}, a_at, gb, store);
+        gemm_tile_mma<M, TS, TS, TAP_KD, POOL>(kg, n * ohw, depth, TapSlice{0, 0, 0, 0, rs, s, TAP_KD}, a_at, gb, store);
     } else {
         auto a_at = [&](int m, const FlatSlice& sl, int l) {
             return ld(wg, (size_t)m * depth + sl.d0 + l);
@@ -173,21 +179,24 @@ __device__ __forceinline__ void conv2d_bwd_data(const S* __restrict__ dy, const 
                           g * kg, FastDiv(rs), FastDiv(s), FastDiv(sh), FastDiv(sw)};
     // Weights of group g as [K/g][C/g][R·S]; the GEMM's A is their transpose per tap.
     const S* wg = w + (size_t)g * kg * cg * rs;
-    const FastDiv per_image(hw);
     auto store = [&](int ci, int col, float v) {
-        const int ni = per_image.div(col);
-        st(dx, ((size_t)ni * c + g * cg + ci) * hw + per_image.mod(col, ni), v);
+        const int ni = col / hw;
+        st(dx, ((size_t)ni * c + g * cg + ci) * hw + (col - ni * hw), v);
     };
-    if (T == 0) {
-        auto a_at = [&](int ci, int d) {
-            const int ko = gb.rs.div(d);
-            return ld(wg, ((size_t)ko * cg + ci) * rs + gb.rs.mod(d, ko));
-        };
-        auto b_at = [&](int d, int col) {
-            const auto cl = gb.prep(col);
-            return gb.load(gb.at(cl, FlatSlice{0}), d);
-        };
-        gemm_tile<false, false>(cg, n * hw, kg * rs, a_at, b_at, store);
+    if (T == 0) {  // f32 FMAs, 16-deep slices (FLAT_KD)
+        if (kg % DEPTH == 0) {
+            auto a_at = [&](int ci, const TapSlice& sl, int l) {
+                return ld(wg, ((size_t)(sl.ch0 + l) * cg + ci) * rs + sl.tap);
+            };
+            gemm_tile_gather<false>(cg, n * hw, kg * rs, TapSlice{0, 0, 0, 0, rs, s, DEPTH}, a_at,
+                                    gb, store);
+        } else {
+            auto a_at = [&](int ci, const FlatSlice& sl, int l) {
+                const int d = sl.d0 + l, ko = gb.rs.div(d);
+                return ld(wg, ((size_t)ko * cg + ci) * rs + gb.rs.mod(d, ko));
+            };
+            gemm_tile_gather<false>(cg, n * hw, kg * rs, FlatSlice{0}, a_at, gb, store);
+        }
         return;
     }
     constexpr Mma M = T == 1 ? Mma::Tf32 : Mma::Bf16;
@@ -196,7 +205,7 @@ __device__ __forceinline__ void conv2d_bwd_data(const S* __restrict__ dy, const 
         auto a_at = [&](int ci, const TapSlice& sl, int l) {
             return ld(wg, ((size_t)(sl.ch0 + l) * cg + ci) * rs + sl.tap);
         };
-        gemm_tile_mma<M, TS, TS, TAP_KD, POOL>(cg, n * hw, kg * rs, TapSlice{0, 0, 0, 0, rs, s}, a_at, gb,
+        gemm_tile_mma<M, TS, TS, TAP_KD, POOL>(cg, n * hw, kg * rs, TapSlice{0, 0, 0, 0, rs, s, TAP_KD}, a_at, gb,
                                  store);
     } else {
         auto a_at = [&](int ci, const FlatSlice& sl, int l) {

@@ -3,8 +3,9 @@
 // B[depth, cols]; block 256 threads, grid (ceil(cols / 64), ceil(rows / 64)); 16-deep slices of
 // A and B are staged in shared memory.
 //   gemm_tile:      f32 FMAs; each thread owns a 4x4 piece of the 64x64 tile; 16-deep slices.
-//   gemm_tile_mma:  tensor cores (mma.cuh); operands rounded to TF32 or BF16 as they are
-//                   staged, f32 accumulation; 64x64 tiles (each of the 8 warps owns 16x32: 4
+//   gemm_tile_mma:  tensor cores (mma.cuh); operands rounded to TF32 as they are staged, or
+//                   for BF16 already bf16 values (bf16 storage) packed as they are; f32
+//                   accumulation; 64x64 tiles (each of the 8 warps owns 16x32: 4
 //                   m16n8 tiles) or 128x128 (64x32: 16 tiles, twice the tensor-core work per
 //                   staged element); requires blockDim.x == 256 (the staging map below).
 #pragma once
@@ -50,6 +51,62 @@ __device__ __forceinline__ void gemm_tile(int rows, int cols, int depth, FA a_at
             if (r0 + tr + i < rows && c0 + tc + j < cols) store(r0 + tr + i, c0 + tc + j, acc[i][j]);
 }
 
+
+// gemm_tile with B from a gatherer (the interface of gemm_tile_mma below: a slice cursor `sl`,
+// `a_at(row, sl, l)`, `gb.prep(col)` / `gb.at(prepared, sl)` / `gb.load(run, l)`), for the f32
+// convolutions: each thread stages one column (prepared once) at depths b_d, b_d + 4, ...
+// Requires blockDim.x == 256 and a cursor stepping DEPTH.
+template <bool A_DF, class SL, class FA, class GB, class FS>
+__device__ __forceinline__ void gemm_tile_gather(int rows, int cols, int depth, SL sl, FA a_at,
+                                                 const GB& gb, FS store) {
+    __shared__ float as[DEPTH][TILE + 1];
+    __shared__ float bs[DEPTH][TILE + 1];
+    const int tid = threadIdx.x;
+    const int r0 = blockIdx.y * TILE, c0 = blockIdx.x * TILE;
+    const int tr = (tid / 16) * 4, tc = (tid % 16) * 4;
+    const int b_x = tid % TILE, b_d = tid / TILE;
+    const bool b_in = c0 + b_x < cols;
+    const auto bc = gb.prep(b_in ? c0 + b_x : c0);
+    float acc[4][4];
+    #pragma unroll
+    for (int i = 0; i < 4; ++i)
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+    for (int d0 = 0; d0 < depth; d0 += DEPTH) {
+        #pragma unroll
+        for (int k = 0; k < DEPTH * TILE / 256; ++k) {
+            const int i = tid + 256 * k;
+            const int l = A_DF ? i % DEPTH : i / TILE, t = A_DF ? i / DEPTH : i % TILE;
+            as[l][t] = (r0 + t < rows && d0 + l < depth) ? a_at(r0 + t, sl, l) : 0.0f;
+        }
+        const auto run = gb.at(bc, sl);
+        #pragma unroll
+        for (int j = 0; j < DEPTH / 4; ++j) {
+            const int l = b_d + 4 * j;
+            bs[l][b_x] = (b_in && d0 + l < depth) ? gb.load(run, l) : 0.0f;
+        }
+        sl.next();
+        __syncthreads();
+        #pragma unroll
+        for (int d = 0; d < DEPTH; ++d) {
+            float a[4], b[4];
+            #pragma unroll
+            for (int i = 0; i < 4; ++i) a[i] = as[d][tr + i];
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) b[j] = bs[d][tc + j];
+            #pragma unroll
+            for (int i = 0; i < 4; ++i)
+                #pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+        }
+        __syncthreads();
+    }
+    #pragma unroll
+    for (int i = 0; i < 4; ++i)
+        #pragma unroll
+        for (int j = 0; j < 4; ++j)
+            if (r0 + tr + i < rows && c0 + tc + j < cols) store(r0 + tr + i, c0 + tc + j, acc[i][j]);
+}
 
 // Operand types of the tensor-core tile.
 enum class Mma { Tf32, Bf16 };
@@ -138,11 +195,11 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
         #pragma unroll
         for (int i = 0; i < A_ROWS; ++i)
             as[a_w][a_x + A_STEP * i] =
-                M == Mma::Tf32 ? tf32_bits(ra[i]) : bf16x2(ra[i * PER], ra[i * PER + PER - 1]);
+                M == Mma::Tf32 ? tf32_bits(ra[i]) : bf16x2_exact(ra[i * PER], ra[i * PER + PER - 1]);
         #pragma unroll
         for (int j = 0; j < B_WORDS; ++j)
             bs[b_w + B_STEP * j][b_x] =
-                M == Mma::Tf32 ? tf32_bits(rb[j]) : bf16x2(rb[j * PER], rb[j * PER + PER - 1]);
+                M == Mma::Tf32 ? tf32_bits(rb[j]) : bf16x2_exact(rb[j * PER], rb[j * PER + PER - 1]);
         __syncthreads();
         if (d0 + KD < depth) fetch(d0 + KD);
         #pragma unroll

@@ -75,6 +75,12 @@ __device__ __forceinline__ unsigned bf16x2(float lo, float hi) {
     return bf16_bits(lo) | (bf16_bits(hi) << 16);
 }
 
+// The same for values that are bf16 already (loaded from bf16 storage, or zero): their top
+// 16 bits, no rounding work (the staging loops of gemm_tile_mma run this per word).
+__device__ __forceinline__ unsigned bf16x2_exact(float lo, float hi) {
+    return (__float_as_uint(lo) >> 16) | (__float_as_uint(hi) & 0xffff0000u);
+}
+
 __device__ __forceinline__ float bf16_lo(unsigned v) { return __uint_as_float(v << 16); }
 __device__ __forceinline__ float bf16_hi(unsigned v) { return __uint_as_float(v & 0xffff0000u); }
 

@@ -382,25 +382,83 @@ fn linear_and_preprocess_kernels_match_the_cpu_oracle() {
         let x = rng.tensor(&[n, fin], -1.0, 1.0);
         let w = rng.tensor(&[fout, fin], -1.0, 1.0);
         let b = rng.tensor(&[fout], -1.0, 1.0);
-        let mut y = vec![f32::NAN; n * fout];
-        let dims = [n, fin, fout].map(|v| Arg::I32(v as i32));
-        let mut args = vec![
-            Arg::In(x.data()),
-            Arg::In(w.data()),
-            Arg::In(b.data()),
-            Arg::Out(&mut y),
-        ];
-        args.extend(dims);
-        let grid = |rows: usize| [n.div_ceil(64) as u32, rows.div_ceil(64) as u32, 1];
-        unsafe { emu::launch("linear_fwd_f32", grid(fout), [256, 1, 1], 0, &mut args) }.unwrap();
-        close("linear_fwd_f32", &y, &naive::linear_fwd(&x, &w, Some(&b)));
         let dy = rng.tensor(&[n, fout], -1.0, 1.0);
-        let mut dx = vec![f32::NAN; n * fin];
-        let mut args = vec![Arg::In(dy.data()), Arg::In(w.data()), Arg::Out(&mut dx)];
-        args.extend([n, fin, fout].map(|v| Arg::I32(v as i32)));
-        unsafe { emu::launch("linear_bwd_data_f32", grid(fin), [256, 1, 1], 0, &mut args) }
+        let want_y = naive::linear_fwd(&x, &w, Some(&b));
+        let want_dx = naive::linear_bwd_data(&dy, &w);
+        // One pass (no workspace), then the depth cut in 16-deep chunks of about a third,
+        // partial sums in a workspace added in order by linear_sum_f32.
+        for thirds in [false, true] {
+            let split = |depth: usize| {
+                let chunk = if thirds {
+                    depth.div_ceil(3).div_ceil(16) * 16
+                } else {
+                    depth
+                };
+                (depth.div_ceil(chunk), chunk)
+            };
+            let grid = |rows: usize, splits: usize| {
+                [
+                    n.div_ceil(64) as u32,
+                    rows.div_ceil(64) as u32,
+                    splits as u32,
+                ]
+            };
+            let (splits, chunk) = split(fin);
+            let mut y = vec![f32::NAN; n * fout];
+            let mut part = vec![f32::NAN; splits * n * fout];
+            let mut args = vec![Arg::In(x.data()), Arg::In(w.data()), Arg::In(b.data())];
+            args.push(if thirds { Arg::Null } else { Arg::Out(&mut y) });
+            args.push(if thirds {
+                Arg::Out(&mut part)
+            } else {
+                Arg::Null
+            });
+            args.extend([n, fin, fout, chunk].map(|v| Arg::I32(v as i32)));
+            unsafe {
+                emu::launch(
+                    "linear_fwd_f32",
+                    grid(fout, splits),
+                    [256, 1, 1],
+                    0,
+                    &mut args,
+                )
+            }
             .unwrap();
-        close("linear_bwd_data_f32", &dx, &naive::linear_bwd_data(&dy, &w));
+            if thirds {
+                sum_parts(&part, Some(b.data()), &mut y, splits, fout);
+            }
+            close(&format!("linear_fwd_f32 split {splits}"), &y, &want_y);
+
+            let (splits, chunk) = split(fout);
+            let mut dx = vec![f32::NAN; n * fin];
+            let mut part = vec![f32::NAN; splits * n * fin];
+            let mut args = vec![Arg::In(dy.data()), Arg::In(w.data())];
+            args.push(if thirds { Arg::Null } else { Arg::Out(&mut dx) });
+            args.push(if thirds {
+                Arg::Out(&mut part)
+            } else {
+                Arg::Null
+            });
+            args.extend([n, fin, fout, chunk].map(|v| Arg::I32(v as i32)));
+            unsafe {
+                emu::launch(
+                    "linear_bwd_data_f32",
+                    grid(fin, splits),
+                    [256, 1, 1],
+                    0,
+                    &mut args,
+                )
+            }
+            .unwrap();
+            if thirds {
+                sum_parts(&part, None, &mut dx, splits, fin);
+            }
+            close(
+                &format!("linear_bwd_data_f32 split {splits}"),
+                &dx,
+                &want_dx,
+            );
+        }
     }
     // Same arithmetic as gradcam::image::preprocess (and so cv2.resize on float data).
     for ((h, w), (oh, ow)) in [
@@ -652,4 +710,19 @@ fn score_cam_kernels_match_the_cpu_backend() {
             &be.score_cam_inputs(&x, &a, (k0, k1)).unwrap(),
         );
     }
+}
+
+/// linear_sum_f32: `y` = the `splits` partial products in `part` summed (+ bias per column).
+fn sum_parts(part: &[f32], bias: Option<&[f32]>, y: &mut [f32], splits: usize, cols: usize) {
+    let count = y.len();
+    let mut args = vec![
+        Arg::In(part),
+        bias.map_or(Arg::Null, Arg::In),
+        Arg::Out(y),
+        Arg::I32(splits as i32),
+        Arg::I32(count as i32),
+        Arg::I32(cols as i32),
+    ];
+    let blocks = count.div_ceil(256) as u32;
+    unsafe { emu::launch("linear_sum_f32", [blocks, 1, 1], [256, 1, 1], 0, &mut args) }.unwrap();
 }

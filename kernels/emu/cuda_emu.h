@@ -254,6 +254,7 @@ inline T __shfl_sync(unsigned, T v, int src, int width = 32) {
     return emu::warp_exchange(v, lane - lane % width + (unsigned)src % width, true);
 }
 
+inline int __clz(int x) { return x ? __builtin_clz((unsigned)x) : 32; }
 inline unsigned __umulhi(unsigned a, unsigned b) {
     return (unsigned)(((unsigned long long)a * b) >> 32);
 }

@@ -60,7 +60,9 @@ impl Launcher for EmuLauncher {
     fn alloc(&self, bytes: usize) -> Result<EmuBuf> {
         Ok(EmuBuf {
             _held: self.mem.reserve(bytes)?,
-            data: UnsafeCell::new(vec![0; bytes.div_ceil(8)]),
+            // All ones: NaN as f32 and as bf16, so a kernel that reads memory nobody wrote (a
+            // GPU allocation is uninitialised) shows up in the tests.
+            data: UnsafeCell::new(vec![u64::MAX; bytes.div_ceil(8)]),
         })
     }
     fn upload(&self, data: &[u8]) -> Result<EmuBuf> {

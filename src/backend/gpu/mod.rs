@@ -48,7 +48,7 @@ impl<B> Copy for KArg<'_, B> {}
 pub trait Launcher: Send + Sync {
     type Buf: Send + Sync;
     fn name(&self) -> String;
-    /// A zero-filled buffer of `bytes` bytes.
+    /// A buffer of `bytes`, contents undefined (the emulator fills it with NaN bytes).
     fn alloc(&self, bytes: usize) -> Result<Self::Buf>;
     fn upload(&self, data: &[u8]) -> Result<Self::Buf>;
     /// Copies the first `out.len()` bytes of `b` to the host.
@@ -185,7 +185,7 @@ impl<L: Launcher> GpuBackend<L> {
     /// The convolution entry for tensors of `dtype` under this backend's arithmetic and the
     /// tile side its grid is cut by, for a GEMM of `rows` x `cols` per group: e.g.
     /// (`conv2d_fwd_tf32`, 64) or (`conv2d_fwd_bf16_t128`, 128).
-    fn conv_kernel(&self, op: &str, dtype: DType, rows: usize, cols: usize) -> (String, usize) {
+    fn conv_kernel(&self, op: &str, dtype: DType, rows: usize, depth: usize) -> (String, usize) {
         let base = match (dtype, self.precision) {
             (DType::Bf16, _) => format!("{op}_bf16"),
             (DType::F32, Precision::Tf32) => format!("{op}_tf32"),
@@ -194,9 +194,7 @@ impl<L: Launcher> GpuBackend<L> {
         let big = match self.conv_tile {
             ConvTile::T64 => false,
             ConvTile::T128 => true,
-            // Large GEMMs only: a 128x128 tile does twice the tensor-core work per staged
-            // element but leaves SMs idle on small layers (to be tuned on a GPU profile).
-            ConvTile::Auto => rows >= 128 && cols >= 8192,
+            ConvTile::Auto => big_tile(dtype, rows, depth),
         };
         if big {
             (format!("{base}_t128"), 128)
@@ -239,17 +237,17 @@ impl<L: Launcher> GpuBackend<L> {
             p.groups,
         ]));
         args.extend(ints(extra));
-        let (kernel, tile) = self.conv_kernel(op, dtype, rows, cols);
-        let grid = [
-            cols.div_ceil(tile) as u32,
-            rows.div_ceil(tile) as u32,
-            p.groups as u32,
-        ];
         // GEMM per group: rows x cols x depth (the profile's per-layer tag).
         let depth = match op {
             "conv2d_bwd_data" => k / p.groups * r * s,
             _ => c / p.groups * r * s,
         };
+        let (kernel, tile) = self.conv_kernel(op, dtype, rows, depth);
+        let grid = [
+            cols.div_ceil(tile) as u32,
+            rows.div_ceil(tile) as u32,
+            p.groups as u32,
+        ];
         let tag = format!("{rows}x{cols}x{depth}");
         let tag = if p.groups > 1 {
             format!("{tag}x{}g", p.groups)
@@ -381,6 +379,20 @@ impl<L: Launcher> GpuBackend<L> {
     }
 }
 
+/// Whether a tensor-core convolution takes 128x128 tiles rather than 64x64, from the per-layer
+/// profiles of ResNet-50 and VGG16 on an H100 (GPU.md, run 3): 128 rows of output channels at
+/// least (else half the tile idles), and deep enough for the larger tile's reuse of each staged
+/// element to pay: 256 for TF32; more than 1024 for BF16, whose staging costs as much per
+/// element while its tensor cores finish twice as fast. Within 1.2 % of the better tile per
+/// layer on both networks.
+pub(crate) fn big_tile(dtype: DType, rows: usize, depth: usize) -> bool {
+    rows >= 128
+        && match dtype {
+            DType::Bf16 => depth > 1024,
+            DType::F32 => depth >= 256,
+        }
+}
+
 /// How a GEMM with `tiles` output tiles cuts its `depth` (linear layers): enough chunks for
 /// about 256 blocks (two waves' worth on a large GPU), each at least 512 deep and a multiple of
 /// the 16-deep slice; (1, depth) when the tiles already fill the GPU. Returns (splits, chunk).
@@ -427,6 +439,18 @@ fn dims4(s: &[usize]) -> (usize, usize, usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::split_depth;
+
+    #[test]
+    fn tile_rule_follows_the_h100_profiles() {
+        use super::{big_tile, DType};
+        // ResNet-50 layer2 3x3 (128 x 50176 x 1152): 128 tiles, TF32 and BF16.
+        assert!(big_tile(DType::F32, 128, 1152) && big_tile(DType::Bf16, 128, 1152));
+        // 64 output channels (ResNet layer1, VGG block 1): 64 tiles.
+        assert!(!big_tile(DType::F32, 64, 576) && !big_tile(DType::Bf16, 64, 576));
+        // Shallow 1x1 (256 x 200704 x 64): 64 tiles; 1x1 over 1024 channels: BF16 stays at 64.
+        assert!(!big_tile(DType::F32, 256, 64));
+        assert!(big_tile(DType::F32, 2048, 1024) && !big_tile(DType::Bf16, 2048, 1024));
+    }
 
     #[test]
     fn linear_depth_splits_fill_the_gpu_in_16_deep_chunks() {
