@@ -43,10 +43,10 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site $kit/whl/*.whl
 for arch in resnet50 vgg16; do
   $kit/gradcam random-weights --arch $arch -o /tmp/$arch.safetensors >/dev/null 2>&1
 done
-bench() { # arch precision [tile: 64|128, else chosen per layer]
-  step bench-$1-$2${3:+-t$3} 120 env GRADCAM_CONV_TILE=${3:-auto} $kit/gradcam bench \
-    --device cuda --precision $2 -m /tmp/$1.safetensors --batch 64 --images "$n" --size 224 \
-    --profile
+bench() { # arch precision [tile: 64|128, else chosen per layer] [extra env]
+  step bench-$1-$2${3:+-t$3}${4:+-$4} 120 env GRADCAM_CONV_TILE=${3:-auto} ${4:-X=} \
+    $kit/gradcam bench --device cuda --precision $2 -m /tmp/$1.safetensors --batch 64 \
+    --images "$n" --size 224 --profile
 }
 
 step selftest-tf32 90 $kit/gradcam selftest --device cuda --precision tf32
@@ -70,18 +70,16 @@ PY"
 bench resnet50 tf32
 step peers-resnet50 150 python3 tools/bench_gpu_peers.py --arch resnet50 --batch 64 --images "$n"
 bench resnet50 bf16
-bench resnet50 tf32 64
-bench resnet50 tf32 128
-bench resnet50 bf16 64
-bench resnet50 bf16 128
+bench resnet50 tf32 "" GRADCAM_PINNED=0   # plain (pageable) copies, for comparison
 bench vgg16 tf32
 step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --images "$n"
 bench vgg16 bf16
-bench vgg16 tf32 64
-bench vgg16 tf32 128
 bench resnet50 f32
 bench vgg16 f32
-bench vgg16 bf16 64
-bench vgg16 bf16 128
-grep -h "images/s\|peak device\|tool=" "$work"/bench-*.txt "$work"/peers-*.txt 2>/dev/null | tee -a "$sum"
+# Tile sizes forced, per layer in the profile (TILES=1; what the 64/128 rule was fitted on).
+if [ "${TILES:-0}" = 1 ]; then
+  for p in tf32 bf16; do for t in 64 128; do bench resnet50 $p $t; bench vgg16 $p $t; done; done
+fi
+grep -H "images/s\|peak device" "$work"/bench-*.txt | sed 's|.*/bench-||; s|\.txt:| |' | tee -a "$sum"
+grep -h "tool=" "$work"/peers-*.txt 2>/dev/null | tee -a "$sum"
 tar czf "$out/logs.tgz" -C "$work" .

@@ -77,17 +77,20 @@ impl<L: Launcher> Backend for GpuBackend<L> {
 
     fn upload_images<'a>(&'a self, images: &[&'a RgbImage]) -> Result<GpuImages<L::Buf>> {
         let bytes = images.iter().map(|im| im.as_raw().len()).sum();
-        let mut packed = Vec::with_capacity(bytes);
         let mut layout = Vec::with_capacity(images.len());
+        let mut at = 0;
         for im in images {
-            layout.push((packed.len(), (im.height() as usize, im.width() as usize)));
-            packed.extend_from_slice(im.as_raw());
+            layout.push((at, (im.height() as usize, im.width() as usize)));
+            at += im.as_raw().len();
         }
-        Ok(GpuImages {
-            buf: self.l.upload(&packed)?,
-            layout,
-            bytes,
-        })
+        // Packed straight into the launcher's staging memory, then one copy up.
+        let buf = self.l.upload_with(bytes, &mut |dst: &mut [u8]| {
+            for (im, &(off, _)) in images.iter().zip(&layout) {
+                let raw = im.as_raw();
+                dst[off..off + raw.len()].copy_from_slice(raw);
+            }
+        })?;
+        Ok(GpuImages { buf, layout, bytes })
     }
     fn preprocess(
         &self,

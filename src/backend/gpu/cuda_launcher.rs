@@ -7,12 +7,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
-    result::DriverError, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream,
-    DevicePtr, LaunchConfig, PushKernelArg,
+    result::{self, DriverError},
+    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
+    PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
 use super::mem::{Held, MemCounter};
+use super::pinned::Staging;
 use super::probe::{driver_error_text, probe, DeviceInfo};
 use super::{KArg, Launcher};
 use crate::backend::kernels::{ENTRIES, SOURCES};
@@ -34,6 +36,7 @@ pub struct CudaLauncher {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     mem: Arc<MemCounter>,
+    staging: Staging,
 }
 
 fn cuda_err(what: &str) -> impl Fn(DriverError) -> Error + '_ {
@@ -66,6 +69,7 @@ impl CudaLauncher {
         Ok(CudaLauncher {
             cache: ModuleCache::new(&info.arch(), nvrtc.version),
             info,
+            staging: Staging::new(ctx.clone()),
             ctx,
             stream,
             nvrtc,
@@ -199,9 +203,54 @@ impl Launcher for CudaLauncher {
             .map_err(cuda_err("host to device copy"))?;
         Ok(CudaBuf { slice, _held: held })
     }
+    fn upload_with(&self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<CudaBuf> {
+        if len == 0 {
+            return self.alloc(0);
+        }
+        let staged = self.staging.with(len, |host| -> Result<CudaBuf> {
+            fill(host);
+            let buf = self.alloc(len)?;
+            self.ctx
+                .bind_to_thread()
+                .map_err(cuda_err("binding the context"))?;
+            // SAFETY: `buf` holds `len` bytes; the copy finishes (synchronize) before the
+            // staging memory is released to the next user.
+            unsafe {
+                result::memcpy_htod_async(self.ptr(&buf), &host[..], self.stream.cu_stream())
+                    .map_err(cuda_err("host to device copy"))?;
+            }
+            self.synchronize()?;
+            Ok(buf)
+        });
+        match staged {
+            Some(r) => r,
+            None => {
+                let mut v = vec![0u8; len];
+                fill(&mut v);
+                self.upload(&v)
+            }
+        }
+    }
     fn download(&self, b: &CudaBuf, out: &mut [u8]) -> Result<()> {
         if out.is_empty() {
             return Ok(());
+        }
+        let staged = self.staging.with(out.len(), |host| -> Result<()> {
+            self.ctx
+                .bind_to_thread()
+                .map_err(cuda_err("binding the context"))?;
+            // SAFETY: `b` holds at least out.len() bytes (the callers' contract); the copy
+            // finishes before the staging memory is read or reused.
+            unsafe {
+                result::memcpy_dtoh_async(host, self.ptr(b), self.stream.cu_stream())
+                    .map_err(cuda_err("device to host copy"))?;
+            }
+            self.synchronize()?;
+            out.copy_from_slice(host);
+            Ok(())
+        });
+        if let Some(r) = staged {
+            return r;
         }
         self.stream
             .memcpy_dtoh(&b.slice.slice(..out.len()), out)

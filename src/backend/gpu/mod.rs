@@ -7,6 +7,7 @@ mod backend_impl;
 mod cuda_launcher;
 mod emu_launcher;
 pub mod mem;
+mod pinned;
 mod probe;
 mod types;
 
@@ -51,6 +52,13 @@ pub trait Launcher: Send + Sync {
     /// A buffer of `bytes`, contents undefined (the emulator fills it with NaN bytes).
     fn alloc(&self, bytes: usize) -> Result<Self::Buf>;
     fn upload(&self, data: &[u8]) -> Result<Self::Buf>;
+    /// A buffer of `len` bytes that `fill` writes on the host first (into staging memory the
+    /// launcher may keep for fast copies; by default an ordinary vector).
+    fn upload_with(&self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<Self::Buf> {
+        let mut v = vec![0u8; len];
+        fill(&mut v);
+        self.upload(&v)
+    }
     /// Copies the first `out.len()` bytes of `b` to the host.
     fn download(&self, b: &Self::Buf, out: &mut [u8]) -> Result<()>;
     fn copy(&self, b: &Self::Buf, bytes: usize) -> Result<Self::Buf>;
