@@ -130,13 +130,16 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
     const FwdGather<S> gb{x,  c,  h,  wd, ohw,    ow,          sh,         sw,
                           ph, pw, dh, dw, g * cg, FastDiv(rs), FastDiv(s)};
     const S* wg = w + (size_t)g * kg * depth;
-    auto store = [&](int m, int col, float v) {
-        const int ko = g * kg + m, ni = col / ohw;  // the same few columns for every row
-        const size_t at = ((size_t)ni * k + ko) * ohw + (col - ni * ohw);
-        if (bias) v += ld(bias, ko);
-        if (residual) v += ld(residual, at);
-        if (relu) v = fmaxf(v, 0.0f);
-        st(y, at, v);
+    auto store = [&]() {
+        const FastDiv per_image(ohw);  // columns → (image, pixel)
+        return [&, per_image](int m, int col, float v) {
+            const int ko = g * kg + m, ni = per_image.div(col);
+            const size_t at = ((size_t)ni * k + ko) * ohw + per_image.mod(col, ni);
+            if (bias) v += ld(bias, ko);
+            if (residual) v += ld(residual, at);
+            if (relu) v = fmaxf(v, 0.0f);
+            st(y, at, v);
+        };
     };
     if (T == 0) {  // f32 FMAs, 16-deep slices (FLAT_KD)
         if (cg % DEPTH == 0) {
@@ -179,9 +182,12 @@ __device__ __forceinline__ void conv2d_bwd_data(const S* __restrict__ dy, const 
                           g * kg, FastDiv(rs), FastDiv(s), FastDiv(sh), FastDiv(sw)};
     // Weights of group g as [K/g][C/g][R·S]; the GEMM's A is their transpose per tap.
     const S* wg = w + (size_t)g * kg * cg * rs;
-    auto store = [&](int ci, int col, float v) {
-        const int ni = col / hw;
-        st(dx, ((size_t)ni * c + g * cg + ci) * hw + (col - ni * hw), v);
+    auto store = [&]() {
+        const FastDiv per_image(hw);
+        return [&, per_image](int ci, int col, float v) {
+            const int ni = per_image.div(col);
+            st(dx, ((size_t)ni * c + g * cg + ci) * hw + per_image.mod(col, ni), v);
+        };
     };
     if (T == 0) {  // f32 FMAs, 16-deep slices (FLAT_KD)
         if (kg % DEPTH == 0) {

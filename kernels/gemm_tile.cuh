@@ -56,9 +56,9 @@ __device__ __forceinline__ void gemm_tile(int rows, int cols, int depth, FA a_at
 // `a_at(row, sl, l)`, `gb.prep(col)` / `gb.at(prepared, sl)` / `gb.load(run, l)`), for the f32
 // convolutions: each thread stages one column (prepared once) at depths b_d, b_d + 4, ...
 // Requires blockDim.x == 256 and a cursor stepping DEPTH.
-template <bool A_DF, class SL, class FA, class GB, class FS>
+template <bool A_DF, class SL, class FA, class GB, class MS>
 __device__ __forceinline__ void gemm_tile_gather(int rows, int cols, int depth, SL sl, FA a_at,
-                                                 const GB& gb, FS store) {
+                                                 const GB& gb, MS make_store) {
     __shared__ float as[DEPTH][TILE + 1];
     __shared__ float bs[DEPTH][TILE + 1];
     const int tid = threadIdx.x;
@@ -101,6 +101,7 @@ __device__ __forceinline__ void gemm_tile_gather(int rows, int cols, int depth, 
         }
         __syncthreads();
     }
+    const auto store = make_store();
     #pragma unroll
     for (int i = 0; i < 4; ++i)
         #pragma unroll
@@ -125,6 +126,10 @@ __device__ __forceinline__ unsigned* smem_pool() {
     return pool;
 }
 
+// The epilogue: `make_store()` is called once the depth loop is done and returns the
+// `store(row, col, value)` functor, so what only the epilogue needs (a divider for output
+// columns, say) holds no registers during the loop.
+//
 // Depth slices: the depth is walked KD (16 or 32) at a time by a slice cursor `sl` (a copy of the one
 // passed in, `sl.next()` moves it on), so a gatherer can decode what is uniform over a slice
 // once (a convolution's tap and channel block) instead of once per element. A comes from
@@ -140,9 +145,9 @@ __device__ __forceinline__ unsigned* smem_pool() {
 //
 // Tile TM x TN (64x64 or 128x128), shared memory from smem_pool<POOL>, grid (ceil(cols / TN), ceil(rows / TM)); each warp owns
 // MT m16 x NT n8 accumulator tiles.
-template <Mma M, int TM, int TN, int KD, int POOL, class SL, class FA, class GB, class FS>
+template <Mma M, int TM, int TN, int KD, int POOL, class SL, class FA, class GB, class MS>
 __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL sl, FA a_at,
-                                              const GB& gb, FS store) {
+                                              const GB& gb, MS make_store) {
     static_assert(KD == 16 || KD == 32, "16- or 32-deep slices");
     static_assert(mma_smem_words<M, TM, TN, KD>() <= POOL, "the shared pool is too small");
     constexpr int WORDS = M == Mma::Tf32 ? KD : KD / 2;  // depth words per slice
@@ -230,6 +235,7 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
         }
         __syncthreads();
     }
+    const auto store = make_store();
     #pragma unroll
     for (int i = 0; i < MT; ++i)
         #pragma unroll
