@@ -15,10 +15,11 @@
 
 // Depth orders. Flat: d = (channel, tap row, tap column), the weights' own order, for any
 // shape; each element decodes its d; 16-deep slices. Blocked, when the summed channels (C/g
-// forward, K/g backward) are a multiple of 32: 32-deep slice q covers channels 32·(q / RS) ..
-// + 32 at tap q % RS, so the tap and its bounds checks are decoded once per slice and column, and the
-// elements of a run are one channel stride apart. Consecutive slices walk the taps of one
-// channel block, so weights and input rows come back from cache.
+// forward, K/g backward) are a multiple of the slice (32 on the tensor cores, 16 for the f32
+// FMAs): slice q covers channels KD·(q / RS) .. + KD at tap q % RS, so the tap and its bounds
+// checks are decoded once per slice and column, and the elements of a run are one channel
+// stride apart. Consecutive slices walk the taps of one channel block, so weights and input
+// rows come back from cache.
 #define FLAT_KD 16
 #define TAP_KD 32
 struct FlatSlice {
@@ -157,12 +158,14 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
         return;
     }
     constexpr Mma M = T == 1 ? Mma::Tf32 : Mma::Bf16;
+    static_assert(T != 2 || sizeof(S) == 2, "BF16 tiles pack bf16 storage as it is");
     constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD>();  // the larger of the two orders
     if (cg % TAP_KD == 0) {
         auto a_at = [&](int m, const TapSlice& sl, int l) {
             return ld(wg, ((size_t)m * cg + sl.ch0 + l) * rs + sl.tap);
         };
-        gemm_tile_mma<M, TS, TS, TAP_KD, POOL>(kg, n * ohw, depth, TapSlice{0, 0, 0, 0, rs, s, TAP_KD}, a_at, gb, store);
+        const TapSlice first{0, 0, 0, 0, rs, s, TAP_KD};
+        gemm_tile_mma<M, TS, TS, TAP_KD, POOL>(kg, n * ohw, depth, first, a_at, gb, store);
     } else {
         auto a_at = [&](int m, const FlatSlice& sl, int l) {
             return ld(wg, (size_t)m * depth + sl.d0 + l);
@@ -206,13 +209,14 @@ __device__ __forceinline__ void conv2d_bwd_data(const S* __restrict__ dy, const 
         return;
     }
     constexpr Mma M = T == 1 ? Mma::Tf32 : Mma::Bf16;
+    static_assert(T != 2 || sizeof(S) == 2, "BF16 tiles pack bf16 storage as it is");
     constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD>();  // the larger of the two orders
     if (kg % TAP_KD == 0) {
         auto a_at = [&](int ci, const TapSlice& sl, int l) {
             return ld(wg, ((size_t)(sl.ch0 + l) * cg + ci) * rs + sl.tap);
         };
-        gemm_tile_mma<M, TS, TS, TAP_KD, POOL>(cg, n * hw, kg * rs, TapSlice{0, 0, 0, 0, rs, s, TAP_KD}, a_at, gb,
-                                 store);
+        const TapSlice first{0, 0, 0, 0, rs, s, TAP_KD};
+        gemm_tile_mma<M, TS, TS, TAP_KD, POOL>(cg, n * hw, kg * rs, first, a_at, gb, store);
     } else {
         auto a_at = [&](int ci, const FlatSlice& sl, int l) {
             const int d = sl.d0 + l, ko = gb.rs.div(d);

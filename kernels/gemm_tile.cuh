@@ -51,6 +51,13 @@ __device__ __forceinline__ void gemm_tile(int rows, int cols, int depth, FA a_at
             if (r0 + tr + i < rows && c0 + tc + j < cols) store(r0 + tr + i, c0 + tc + j, acc[i][j]);
 }
 
+// One static shared array per size, so the tile configurations inlined into one kernel (the
+// depth orders of conv.cu) share it instead of each adding its own.
+template <int WORDS>
+__device__ __forceinline__ unsigned* smem_pool() {
+    __shared__ unsigned pool[WORDS];
+    return pool;
+}
 
 // gemm_tile with B from a gatherer (the interface of gemm_tile_mma below: a slice cursor `sl`,
 // `a_at(row, sl, l)`, `gb.prep(col)` / `gb.at(prepared, sl)` / `gb.load(run, l)`), for the f32
@@ -59,8 +66,10 @@ __device__ __forceinline__ void gemm_tile(int rows, int cols, int depth, FA a_at
 template <bool A_DF, class SL, class FA, class GB, class MS>
 __device__ __forceinline__ void gemm_tile_gather(int rows, int cols, int depth, SL sl, FA a_at,
                                                  const GB& gb, MS make_store) {
-    __shared__ float as[DEPTH][TILE + 1];
-    __shared__ float bs[DEPTH][TILE + 1];
+    // One shared pool for the depth orders inlined into one kernel (smem_pool, above).
+    float* pool = reinterpret_cast<float*>(smem_pool<2 * DEPTH * (TILE + 1)>());
+    auto as = reinterpret_cast<float (*)[TILE + 1]>(pool);
+    auto bs = reinterpret_cast<float (*)[TILE + 1]>(pool + DEPTH * (TILE + 1));
     const int tid = threadIdx.x;
     const int r0 = blockIdx.y * TILE, c0 = blockIdx.x * TILE;
     const int tr = (tid / 16) * 4, tc = (tid % 16) * 4;
@@ -118,21 +127,13 @@ constexpr int mma_smem_words() {
     return (M == Mma::Tf32 ? KD : KD / 2) * (TM + 8 + TN + 8);
 }
 
-// One static shared array per size, so the tile configurations inlined into one kernel (the
-// depth orders of conv.cu) share it instead of each adding its own.
-template <int WORDS>
-__device__ __forceinline__ unsigned* smem_pool() {
-    __shared__ unsigned pool[WORDS];
-    return pool;
-}
-
 // The epilogue: `make_store()` is called once the depth loop is done and returns the
 // `store(row, col, value)` functor, so what only the epilogue needs (a divider for output
 // columns, say) holds no registers during the loop.
 //
-// Depth slices: the depth is walked KD (16 or 32) at a time by a slice cursor `sl` (a copy of the one
-// passed in, `sl.next()` moves it on), so a gatherer can decode what is uniform over a slice
-// once (a convolution's tap and channel block) instead of once per element. A comes from
+// Depth slices: the depth is walked KD (16 or 32) at a time by a slice cursor `sl` (a copy of
+// the one passed in, `sl.next()` moves it on), so a gatherer can decode what is uniform over a
+// slice once (a convolution's tap and channel block) instead of once per element. A comes from
 // `a_at(row, sl, l)`, B from a gatherer with `prep(col)`, run once for the column a thread
 // stages (the same in every slice), `at(prepared, sl)` once per slice, and `load(run, l)` per
 // element, l < KD being the depth within the slice (elements at depth ≥ `depth` are not
@@ -143,8 +144,8 @@ __device__ __forceinline__ unsigned* smem_pool() {
 // pairs), so both read their fragments with the same (k·(T+8) + row) pattern, T + 8 ≡ 8
 // (mod 32): 32 distinct banks.
 //
-// Tile TM x TN (64x64 or 128x128), shared memory from smem_pool<POOL>, grid (ceil(cols / TN), ceil(rows / TM)); each warp owns
-// MT m16 x NT n8 accumulator tiles.
+// Tile TM x TN (64x64 or 128x128), shared memory from smem_pool<POOL>, grid
+// (ceil(cols / TN), ceil(rows / TM)); each warp owns MT m16 x NT n8 accumulator tiles.
 template <Mma M, int TM, int TN, int KD, int POOL, class SL, class FA, class GB, class MS>
 __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL sl, FA a_at,
                                               const GB& gb, MS make_store) {
@@ -199,12 +200,14 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
     for (int d0 = 0; d0 < depth; d0 += KD) {
         #pragma unroll
         for (int i = 0; i < A_ROWS; ++i)
-            as[a_w][a_x + A_STEP * i] =
-                M == Mma::Tf32 ? tf32_bits(ra[i]) : bf16x2_exact(ra[i * PER], ra[i * PER + PER - 1]);
+            as[a_w][a_x + A_STEP * i] = M == Mma::Tf32
+                                            ? tf32_bits(ra[i])
+                                            : bf16x2_exact(ra[i * PER], ra[i * PER + PER - 1]);
         #pragma unroll
         for (int j = 0; j < B_WORDS; ++j)
-            bs[b_w + B_STEP * j][b_x] =
-                M == Mma::Tf32 ? tf32_bits(rb[j]) : bf16x2_exact(rb[j * PER], rb[j * PER + PER - 1]);
+            bs[b_w + B_STEP * j][b_x] = M == Mma::Tf32
+                                            ? tf32_bits(rb[j])
+                                            : bf16x2_exact(rb[j * PER], rb[j * PER + PER - 1]);
         __syncthreads();
         if (d0 + KD < depth) fetch(d0 + KD);
         #pragma unroll

@@ -388,73 +388,22 @@ fn linear_and_preprocess_kernels_match_the_cpu_oracle() {
         // One pass (no workspace), then the depth cut in 16-deep chunks of about a third,
         // partial sums in a workspace added in order by linear_sum_f32.
         for thirds in [false, true] {
-            let split = |depth: usize| {
-                let chunk = if thirds {
-                    depth.div_ceil(3).div_ceil(16) * 16
-                } else {
-                    depth
-                };
-                (depth.div_ceil(chunk), chunk)
-            };
-            let grid = |rows: usize, splits: usize| {
-                [
-                    n.div_ceil(64) as u32,
-                    rows.div_ceil(64) as u32,
-                    splits as u32,
-                ]
-            };
-            let (splits, chunk) = split(fin);
-            let mut y = vec![f32::NAN; n * fout];
-            let mut part = vec![f32::NAN; splits * n * fout];
-            let mut args = vec![Arg::In(x.data()), Arg::In(w.data()), Arg::In(b.data())];
-            args.push(if thirds { Arg::Null } else { Arg::Out(&mut y) });
-            args.push(if thirds {
-                Arg::Out(&mut part)
-            } else {
-                Arg::Null
-            });
-            args.extend([n, fin, fout, chunk].map(|v| Arg::I32(v as i32)));
-            unsafe {
-                emu::launch(
-                    "linear_fwd_f32",
-                    grid(fout, splits),
-                    [256, 1, 1],
-                    0,
-                    &mut args,
-                )
-            }
-            .unwrap();
-            if thirds {
-                sum_parts(&part, Some(b.data()), &mut y, splits, fout);
-            }
-            close(&format!("linear_fwd_f32 split {splits}"), &y, &want_y);
-
-            let (splits, chunk) = split(fout);
-            let mut dx = vec![f32::NAN; n * fin];
-            let mut part = vec![f32::NAN; splits * n * fin];
-            let mut args = vec![Arg::In(dy.data()), Arg::In(w.data())];
-            args.push(if thirds { Arg::Null } else { Arg::Out(&mut dx) });
-            args.push(if thirds {
-                Arg::Out(&mut part)
-            } else {
-                Arg::Null
-            });
-            args.extend([n, fin, fout, chunk].map(|v| Arg::I32(v as i32)));
-            unsafe {
-                emu::launch(
-                    "linear_bwd_data_f32",
-                    grid(fin, splits),
-                    [256, 1, 1],
-                    0,
-                    &mut args,
-                )
-            }
-            .unwrap();
-            if thirds {
-                sum_parts(&part, None, &mut dx, splits, fin);
-            }
+            let dims = [n, fin, fout];
+            let ins = [x.data(), w.data(), b.data()];
+            let y = run_linear(
+                "linear_fwd_f32",
+                &ins,
+                Some(b.data()),
+                dims,
+                fout,
+                fin,
+                thirds,
+            );
+            close(&format!("linear_fwd_f32 thirds {thirds}"), &y, &want_y);
+            let ins = [dy.data(), w.data()];
+            let dx = run_linear("linear_bwd_data_f32", &ins, None, dims, fin, fout, thirds);
             close(
-                &format!("linear_bwd_data_f32 split {splits}"),
+                &format!("linear_bwd_data_f32 thirds {thirds}"),
                 &dx,
                 &want_dx,
             );
@@ -710,6 +659,45 @@ fn score_cam_kernels_match_the_cpu_backend() {
             &be.score_cam_inputs(&x, &a, (k0, k1)).unwrap(),
         );
     }
+}
+
+/// linear_fwd_f32 / linear_bwd_data_f32 (inputs `ins`, then y, part, n, in, out, chunk) on a
+/// GEMM of `rows` outputs per image over `depth`: one pass, or (`thirds`) the depth in 16-deep
+/// chunks of about a third into a workspace that linear_sum_f32 adds up (with `bias`).
+fn run_linear(
+    kernel: &str,
+    ins: &[&[f32]],
+    bias: Option<&[f32]>,
+    [n, fin, fout]: [usize; 3],
+    rows: usize,
+    depth: usize,
+    thirds: bool,
+) -> Vec<f32> {
+    let chunk = if thirds {
+        depth.div_ceil(3).div_ceil(16) * 16
+    } else {
+        depth
+    };
+    let splits = depth.div_ceil(chunk);
+    let mut y = vec![f32::NAN; n * rows];
+    let mut part = vec![f32::NAN; splits * n * rows];
+    let mut args: Vec<Arg> = ins.iter().map(|d| Arg::In(d)).collect();
+    if thirds {
+        args.extend([Arg::Null, Arg::Out(&mut part)]);
+    } else {
+        args.extend([Arg::Out(&mut y), Arg::Null]);
+    }
+    args.extend([n, fin, fout, chunk].map(|v| Arg::I32(v as i32)));
+    let grid = [
+        n.div_ceil(64) as u32,
+        rows.div_ceil(64) as u32,
+        splits as u32,
+    ];
+    unsafe { emu::launch(kernel, grid, [256, 1, 1], 0, &mut args) }.unwrap();
+    if thirds {
+        sum_parts(&part, bias, &mut y, splits, rows);
+    }
+    y
 }
 
 /// linear_sum_f32: `y` = the `splits` partial products in `part` summed (+ bias per column).

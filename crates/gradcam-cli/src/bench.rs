@@ -112,7 +112,8 @@ fn bench_on<B: Backend>(
     let mut t = Timings::default();
     let start = Instant::now();
     // Two stages, as `gradcam explain` runs them: the device works on batch i + 1 while a
-    // second thread builds and encodes batch i (one batch waits between them at most).
+    // second thread builds and encodes batch i (at most one more finished batch waits in the
+    // channel between them).
     let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, DeviceBatch)>(1);
     let (host, encode) = std::thread::scope(|s| -> anyhow::Result<(Timings, Duration)> {
         let host = s.spawn(|| -> anyhow::Result<(Timings, Duration)> {

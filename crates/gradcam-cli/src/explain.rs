@@ -133,8 +133,9 @@ fn explain_all<B: Backend>(
     };
     let mut timings = Timings::default();
     // Two stages: this thread decodes and runs the device; a second one builds the
-    // explanations and writes them (PNG encoding is the costly part), one group behind, so
-    // the device is not idle while files are written.
+    // explanations and writes them (PNG encoding is the costly part) a group or two behind,
+    // so the device is not idle while files are written. Undecodable files are reported
+    // when decoded, failed writes when written: stderr is in input order within each kind.
     let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<Job>, GroupOut)>(1);
     let meta = Meta {
         layer: &layer,
@@ -174,7 +175,7 @@ fn explain_all<B: Backend>(
             }
             (th, done, failed)
         });
-        for chunk in (0..files.len())
+        'chunks: for chunk in (0..files.len())
             .collect::<Vec<_>>()
             .chunks(a.batch as usize)
         {
@@ -213,7 +214,7 @@ fn explain_all<B: Backend>(
             for (_, group) in groups {
                 let out = explain_group(net, &group, &cfg, &mut timings);
                 if tx.send((group, out)).is_err() {
-                    break; // the writer is gone (it panicked): join below reports it
+                    break 'chunks; // the writer is gone (it panicked): join reports it
                 }
             }
         }

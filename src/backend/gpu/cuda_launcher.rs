@@ -235,6 +235,13 @@ impl Launcher for CudaLauncher {
         if out.is_empty() {
             return Ok(());
         }
+        if out.len() > b.slice.len() {
+            return Err(Error::Invalid(format!(
+                "download of {} bytes from a {}-byte device buffer",
+                out.len(),
+                b.slice.len()
+            )));
+        }
         let staged = self.staging.with(out.len(), |host| -> Result<()> {
             self.ctx
                 .bind_to_thread()

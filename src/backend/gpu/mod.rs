@@ -191,7 +191,7 @@ impl<L: Launcher> GpuBackend<L> {
     }
 
     /// The convolution entry for tensors of `dtype` under this backend's arithmetic and the
-    /// tile side its grid is cut by, for a GEMM of `rows` x `cols` per group: e.g.
+    /// tile side its grid is cut by, for a GEMM of `rows` x `depth` per group: e.g.
     /// (`conv2d_fwd_tf32`, 64) or (`conv2d_fwd_bf16_t128`, 128).
     fn conv_kernel(&self, op: &str, dtype: DType, rows: usize, depth: usize) -> (String, usize) {
         let base = match (dtype, self.precision) {
@@ -328,7 +328,6 @@ impl<L: Launcher> GpuBackend<L> {
         Ok(self.jet.get_or_init(|| buf))
     }
 
-    /// 1-D launch over `total` elements (the kernels loop with a grid stride).
     /// linear_fwd / linear_bwd_data (`op`) into `y`, whose GEMM is `rows` outputs per image
     /// by `depth`: split along the depth when the output tiles alone would leave most SMs idle
     /// (see kernels/linear.cu), the partial sums then added in order by linear_sum.
@@ -380,6 +379,7 @@ impl<L: Launcher> GpuBackend<L> {
         Ok(())
     }
 
+    /// 1-D launch over `total` elements (the kernels loop with a grid stride).
     fn run1d(&self, kernel: &str, total: usize, args: &[KArg<L::Buf>]) -> Result<()> {
         let blocks = total.div_ceil(256).clamp(1, 65535) as u32;
         // SAFETY: every caller passes the kernel's own argument list for `total` elements.

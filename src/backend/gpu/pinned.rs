@@ -37,7 +37,8 @@ impl Staging {
         if !self.on || len < PINNED_MIN {
             return None;
         }
-        let mut guard = self.buf.lock().ok()?;
+        // A panic inside `f` leaves the buffer as it was: take the lock back.
+        let mut guard = self.buf.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none_or(|(_, cap)| cap < len) {
             if let Some((ptr, _)) = guard.take() {
                 // SAFETY: allocated by malloc_host below; no copy is in flight (each use
@@ -49,6 +50,8 @@ impl Staging {
             self.ctx.bind_to_thread().ok()?;
             // SAFETY: a plain allocation of `cap` bytes; flags 0 = cached, readable by the CPU.
             let ptr = unsafe { result::malloc_host(cap, 0) }.ok()? as *mut u8;
+            // SAFETY: `cap` bytes just allocated; written once so no byte is ever uninitialised.
+            unsafe { std::ptr::write_bytes(ptr, 0, cap) };
             *guard = Some((ptr, cap));
         }
         let (ptr, _) = guard.expect("allocated above");
@@ -60,11 +63,10 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if let Ok(mut g) = self.buf.lock() {
-            if let Some((ptr, _)) = g.take() {
-                // SAFETY: allocated by malloc_host; nothing uses it any more.
-                unsafe { free(&self.ctx, ptr) };
-            }
+        let mut g = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((ptr, _)) = g.take() {
+            // SAFETY: allocated by malloc_host; nothing uses it any more.
+            unsafe { free(&self.ctx, ptr) };
         }
     }
 }
