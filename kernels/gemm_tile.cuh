@@ -250,3 +250,110 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
                 if (row < rows && col < cols) store(row, col, acc[i][j][q]);
             }
 }
+
+// gemm_tile_mma for TF32 with a STAGES-deep cp.async ring in dynamic shared memory (experimental,
+// GRADCAM_CONV_ASYNC=1): operands go from global to shared memory without registers (the
+// tensor cores read the f32 patterns truncated to TF32, see tf32_in), and the loads of slice
+// k + STAGES - 1 are in flight while the tensor cores work on slice k. 32-deep slices, whole
+// ones only (the blocked depth order: depth a multiple of 32). A comes from `a_ptr(row, sl, l)`
+// (an address), B from a gatherer with `prep`, `at` and `ptr(run, l)` (an address, or null for
+// a zero). Dynamic shared memory: STAGES · async_stage_words<TM, TN>() words; block 256.
+template <int TM, int TN>
+constexpr int async_stage_words() {
+    return 32 * (TM + 8 + TN + 8);
+}
+
+template <int TM, int TN, int STAGES, class SL, class FA, class GB, class MS>
+__device__ __forceinline__ void gemm_tile_mma_async(int rows, int cols, int depth, SL sl,
+                                                    FA a_ptr, const GB& gb, MS make_store) {
+    constexpr int KD = 32, STAGE = async_stage_words<TM, TN>();
+    constexpr int WARPS_M = TM == 64 ? 4 : 2, WARPS_N = 8 / WARPS_M;
+    constexpr int MT = TM / WARPS_M / 16, NT = TN / WARPS_N / 8;
+    constexpr int A_STEP = 256 / KD, A_ROWS = TM / A_STEP;
+    constexpr int B_STEP = 256 / TN, B_WORDS = KD / B_STEP;
+    DYNAMIC_SHARED(unsigned, ring);
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
+    const int r0 = blockIdx.y * TM, c0 = blockIdx.x * TN;
+    const int wr = (warp / WARPS_N) * (TM / WARPS_M), wc = (warp % WARPS_N) * (TN / WARPS_N);
+    const int a_w = tid % KD, a_x = tid / KD;
+    const int b_x = tid % TN, b_w = tid / TN;
+    const bool b_in = c0 + b_x < cols;
+    const auto bc = gb.prep(b_in ? c0 + b_x : c0);
+    const void* any = a_ptr(r0, sl, 0);  // a valid address for the zero-filled copies
+    auto as = [&](int st) { return reinterpret_cast<unsigned (*)[TM + 8]>(ring + st * STAGE); };
+    auto bs = [&](int st) {
+        return reinterpret_cast<unsigned (*)[TN + 8]>(ring + st * STAGE + KD * (TM + 8));
+    };
+    auto issue = [&](int st) {
+        unsigned(*sa)[TM + 8] = as(st);
+        unsigned(*sb)[TN + 8] = bs(st);
+        #pragma unroll
+        for (int i = 0; i < A_ROWS; ++i) {
+            const int row = r0 + a_x + A_STEP * i;
+            const bool ok = row < rows;
+            cp_async4(&sa[a_w][a_x + A_STEP * i], ok ? a_ptr(row, sl, a_w) : any, ok);
+        }
+        const auto run = gb.at(bc, sl);
+        #pragma unroll
+        for (int j = 0; j < B_WORDS; ++j) {
+            const int l = b_w + B_STEP * j;
+            const auto p = b_in ? gb.ptr(run, l) : nullptr;
+            cp_async4(&sb[l][b_x], p ? static_cast<const void*>(p) : any, p != nullptr);
+        }
+        sl.next();
+    };
+    float acc[MT][NT][4];
+    #pragma unroll
+    for (int i = 0; i < MT; ++i)
+        #pragma unroll
+        for (int j = 0; j < NT; ++j)
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+    const int slices = depth / KD;
+    #pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < slices) issue(s);
+        cp_async_commit();  // empty groups too, so the wait counts stay uniform
+    }
+    for (int k = 0; k < slices; ++k) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // slice k has landed for everyone; slice k - 1's stage is free
+        if (k + STAGES - 1 < slices) issue((k + STAGES - 1) % STAGES);
+        cp_async_commit();
+        unsigned(*sa)[TM + 8] = as(k % STAGES);
+        unsigned(*sb)[TN + 8] = bs(k % STAGES);
+        #pragma unroll
+        for (int k0 = 0; k0 < KD; k0 += 8) {
+            unsigned a[MT][4], b[NT][2];
+            #pragma unroll
+            for (int i = 0; i < MT; ++i) {
+                const int r = wr + i * 16 + g;
+                a[i][0] = sa[k0 + t][r];
+                a[i][1] = sa[k0 + t][r + 8];
+                a[i][2] = sa[k0 + t + 4][r];
+                a[i][3] = sa[k0 + t + 4][r + 8];
+            }
+            #pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                b[j][0] = sb[k0 + t][wc + j * 8 + g];
+                b[j][1] = sb[k0 + t + 4][wc + j * 8 + g];
+            }
+            #pragma unroll
+            for (int i = 0; i < MT; ++i)
+                #pragma unroll
+                for (int j = 0; j < NT; ++j) mma_tf32_m16n8k8(acc[i][j], a[i], b[j]);
+        }
+    }
+    cp_async_wait<0>();
+    const auto store = make_store();
+    #pragma unroll
+    for (int i = 0; i < MT; ++i)
+        #pragma unroll
+        for (int j = 0; j < NT; ++j)
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const int row = r0 + wr + i * 16 + g + (q / 2) * 8;
+                const int col = c0 + wc + j * 8 + 2 * t + q % 2;
+                if (row < rows && col < cols) store(row, col, acc[i][j][q]);
+            }
+}

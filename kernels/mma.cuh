@@ -29,6 +29,10 @@ __device__ __forceinline__ unsigned tf32_bits(float x) {
 #endif
 }
 
+// A TF32 operand as the tensor cores read it: the f32 pattern's top 19 bits (operands staged
+// without rounding, by cp.async, are truncated; rounded ones are unchanged).
+__device__ __forceinline__ float tf32_in(unsigned v) { return __uint_as_float(v & 0xffffe000u); }
+
 // d += A·B by warp shuffles: every lane gathers its two rows of A and two columns of B from
 // the lanes that hold them, then sums over k in order. All 32 lanes must call it together.
 __device__ __forceinline__ void mma_tf32_m16n8k8_shfl(float d[4], const unsigned a[4],
@@ -38,15 +42,15 @@ __device__ __forceinline__ void mma_tf32_m16n8k8_shfl(float d[4], const unsigned
     float row0[8], row1[8], col0[8], col1[8];
     for (int s = 0; s < 4; ++s) {
         // Row g of A sits in lanes 4g..4g+3 (k = s in a[0], k = s+4 in a[2]); row g+8 likewise.
-        row0[s] = __uint_as_float(__shfl_sync(full, a[0], g * 4 + s));
-        row1[s] = __uint_as_float(__shfl_sync(full, a[1], g * 4 + s));
-        row0[s + 4] = __uint_as_float(__shfl_sync(full, a[2], g * 4 + s));
-        row1[s + 4] = __uint_as_float(__shfl_sync(full, a[3], g * 4 + s));
+        row0[s] = tf32_in(__shfl_sync(full, a[0], g * 4 + s));
+        row1[s] = tf32_in(__shfl_sync(full, a[1], g * 4 + s));
+        row0[s + 4] = tf32_in(__shfl_sync(full, a[2], g * 4 + s));
+        row1[s + 4] = tf32_in(__shfl_sync(full, a[3], g * 4 + s));
         // Column n of B sits in lanes 4n..4n+3 (k = s in b[0], k = s+4 in b[1]).
-        col0[s] = __uint_as_float(__shfl_sync(full, b[0], 2 * t * 4 + s));
-        col0[s + 4] = __uint_as_float(__shfl_sync(full, b[1], 2 * t * 4 + s));
-        col1[s] = __uint_as_float(__shfl_sync(full, b[0], (2 * t + 1) * 4 + s));
-        col1[s + 4] = __uint_as_float(__shfl_sync(full, b[1], (2 * t + 1) * 4 + s));
+        col0[s] = tf32_in(__shfl_sync(full, b[0], 2 * t * 4 + s));
+        col0[s + 4] = tf32_in(__shfl_sync(full, b[1], 2 * t * 4 + s));
+        col1[s] = tf32_in(__shfl_sync(full, b[0], (2 * t + 1) * 4 + s));
+        col1[s + 4] = tf32_in(__shfl_sync(full, b[1], (2 * t + 1) * 4 + s));
     }
     for (int k = 0; k < 8; ++k) {
         d[0] += row0[k] * col0[k];
@@ -67,6 +71,36 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const unsigned a[4]
         "{%8, %9}, {%0, %1, %2, %3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// cp.async (sm_80+): 4 bytes from global to shared memory without passing through registers,
+// zero-filled when `ok` is false (nothing is read then); visible to the block after
+// cp_async_wait and a barrier. The emulator copies at once.
+__device__ __forceinline__ void cp_async4(unsigned* dst, const void* src, bool ok) {
+#ifdef GRADCAM_EMU
+    *dst = ok ? *static_cast<const unsigned*>(src) : 0u;
+#else
+    unsigned s;
+    asm volatile("{ .reg .u64 p; cvta.to.shared.u64 p, %1; cvt.u32.u64 %0, p; }"
+                 : "=r"(s)
+                 : "l"(dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(s), "l"(src),
+                 "r"(ok ? 4 : 0)
+                 : "memory");
+#endif
+}
+// Closes the group of cp.async issued since the last commit.
+__device__ __forceinline__ void cp_async_commit() {
+#ifndef GRADCAM_EMU
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+// Waits until at most N committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifndef GRADCAM_EMU
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 #endif
 }
 

@@ -52,6 +52,9 @@ bench() { # arch precision [tile: 64|128, else chosen per layer] [extra env]
 step selftest-tf32 90 $kit/gradcam selftest --device cuda --precision tf32
 step selftest-f32 45 $kit/gradcam selftest --device cuda --precision f32
 step selftest-bf16 45 $kit/gradcam selftest --device cuda --precision bf16
+# The experimental cp.async ring for TF32 forward convs (GRADCAM_CONV_ASYNC=1), checked too.
+step selftest-tf32-async 45 env GRADCAM_CONV_ASYNC=1 $kit/gradcam selftest --device cuda \
+  --precision tf32
 step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
   $kit/cuda-tests --nocapture --test-threads 1
 # The CLI end to end: `--device auto` must pick the GPU; f32 outputs must match the CPU's.
@@ -70,8 +73,10 @@ PY"
 bench resnet50 tf32
 step peers-resnet50 150 python3 tools/bench_gpu_peers.py --arch resnet50 --batch 64 --images "$n"
 bench resnet50 bf16
+bench resnet50 tf32 "" GRADCAM_CONV_ASYNC=1   # the cp.async ring, against the line above
 bench resnet50 tf32 "" GRADCAM_PINNED=0   # plain (pageable) copies, for comparison
 bench vgg16 tf32
+bench vgg16 tf32 "" GRADCAM_CONV_ASYNC=1
 step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --images "$n"
 bench vgg16 bf16
 bench resnet50 f32

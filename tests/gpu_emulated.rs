@@ -47,19 +47,24 @@ fn parity_fixtures_through_the_emulated_tensor_core_paths() {
 /// convolution tile size.
 #[test]
 fn tensor_core_selftests_pass_through_the_emulator() {
-    for (precision, tile) in [
-        (Precision::Tf32, ConvTile::T64),
-        (Precision::Tf32, ConvTile::T128),
-        (Precision::Bf16, ConvTile::T64),
-        (Precision::Bf16, ConvTile::T128),
+    // (precision, tile, the experimental cp.async ring for TF32 forward convs)
+    for (precision, tile, ring) in [
+        (Precision::Tf32, ConvTile::T64, false),
+        (Precision::Tf32, ConvTile::T128, false),
+        (Precision::Tf32, ConvTile::T64, true),
+        (Precision::Tf32, ConvTile::T128, true),
+        (Precision::Bf16, ConvTile::T64, false),
+        (Precision::Bf16, ConvTile::T128, false),
     ] {
-        let be = GpuBackend::with_precision(EmuLauncher::new(), precision).with_conv_tile(tile);
+        let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
+            .with_conv_tile(tile)
+            .with_conv_async(ring);
         let mut checks = gradcam::backend::selftest::run(&be).unwrap();
         checks.extend(gradcam::backend::selftest::mma_checks(&be).unwrap());
         let table = gradcam::backend::selftest::table(&checks);
         assert!(
             checks.iter().all(|c| c.passed()),
-            "{precision:?} {tile:?}\n{table}"
+            "{precision:?} {tile:?} cp.async {ring}\n{table}"
         );
     }
 }

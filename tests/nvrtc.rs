@@ -126,7 +126,7 @@ fn module_cache_keys_and_round_trip() {
 }
 
 /// The TF32 and BF16 convolutions really use the tensor cores: their PTX holds the mma.sync
-/// (the emulator runs the shuffle twins instead, so only this shows it).
+/// (the emulator runs the shuffle twins and plain copies instead, so only this shows it).
 #[test]
 fn tensor_core_convolutions_compile_to_mma_sync() {
     let Some(n) = nvrtc() else { return };
@@ -153,4 +153,16 @@ fn tensor_core_convolutions_compile_to_mma_sync() {
         );
     }
     assert!(!body("conv2d_fwd_f32").contains("mma.sync"));
+    // The experimental ring: operands by cp.async (zero-fill size operand), waited on in
+    // groups, then the same mma.sync.
+    for entry in ["conv2d_fwd_tf32_async", "conv2d_fwd_tf32_t128_async"] {
+        let b = body(entry);
+        for needle in [
+            "cp.async.ca.shared.global",
+            "cp.async.wait_group",
+            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32",
+        ] {
+            assert!(b.contains(needle), "{entry}: no {needle}");
+        }
+    }
 }

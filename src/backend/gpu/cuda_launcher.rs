@@ -286,9 +286,18 @@ impl Launcher for CudaLauncher {
         kernel: &str,
         grid: [u32; 3],
         block: [u32; 3],
+        shared_bytes: u32,
         args: &[KArg<CudaBuf>],
     ) -> Result<()> {
         let f = self.function(kernel)?;
+        if shared_bytes > 48 * 1024 {
+            // Past 48 KB a kernel must opt in to its dynamic shared memory (idempotent, cheap).
+            f.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                shared_bytes as i32,
+            )
+            .map_err(cuda_err(kernel))?;
+        }
         // One 8-byte slot per argument: cuLaunchKernel reads each parameter's own size from
         // its slot (little-endian, so an int is the slot's low half).
         let slots: Vec<u64> = args
@@ -307,7 +316,7 @@ impl Launcher for CudaLauncher {
         let cfg = LaunchConfig {
             grid_dim: (grid[0], grid[1], grid[2]),
             block_dim: (block[0], block[1], block[2]),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: shared_bytes,
         };
         // SAFETY: forwarded from the caller (arguments match the kernel and its grid).
         unsafe { builder.launch(cfg) }

@@ -101,6 +101,7 @@ impl Launcher for EmuLauncher {
         kernel: &str,
         grid: [u32; 3],
         block: [u32; 3],
+        shared_bytes: u32,
         args: &[KArg<EmuBuf>],
     ) -> Result<()> {
         let mut slots: Vec<u64> = args
@@ -113,6 +114,6 @@ impl Launcher for EmuLauncher {
             })
             .collect();
         // SAFETY: forwarded from the caller.
-        unsafe { emu::launch_raw(kernel, grid, block, 0, &mut slots) }
+        unsafe { emu::launch_raw(kernel, grid, block, shared_bytes, &mut slots) }
     }
 }

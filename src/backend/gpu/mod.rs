@@ -73,6 +73,7 @@ pub trait Launcher: Send + Sync {
         kernel: &str,
         grid: [u32; 3],
         block: [u32; 3],
+        shared_bytes: u32,
         args: &[KArg<Self::Buf>],
     ) -> Result<()>;
 }
@@ -81,6 +82,8 @@ pub struct GpuBackend<L: Launcher> {
     l: L,
     precision: Precision,
     conv_tile: ConvTile,
+    /// TF32 forward convolutions through the cp.async ring (GRADCAM_CONV_ASYNC=1; experimental).
+    conv_async: bool,
     /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
     jet: OnceLock<L::Buf>,
     /// Per kernel: launches and time, while profiling is on.
@@ -106,6 +109,7 @@ impl<L: Launcher> GpuBackend<L> {
             l: launcher,
             precision,
             conv_tile: ConvTile::from_env(),
+            conv_async: std::env::var("GRADCAM_CONV_ASYNC").is_ok_and(|v| v == "1"),
             jet: OnceLock::new(),
             profile: Mutex::new(None),
         }
@@ -123,30 +127,32 @@ impl<L: Launcher> GpuBackend<L> {
         args: &[KArg<L::Buf>],
     ) -> Result<()> {
         // SAFETY: forwarded from the caller.
-        unsafe { self.launch_tagged(kernel, None, grid, block, args) }
+        unsafe { self.launch_tagged(kernel, None, grid, block, 0, args) }
     }
 
     /// [`Self::launch`]; while profiling, the time goes to `"<kernel> <tag>"` when tagged (a
     /// convolution's GEMM shape, so the profile shows each layer).
+    #[allow(clippy::too_many_arguments)]
     unsafe fn launch_tagged(
         &self,
         kernel: &str,
         tag: Option<&str>,
         grid: [u32; 3],
         block: [u32; 3],
+        shared_bytes: u32,
         args: &[KArg<L::Buf>],
     ) -> Result<()> {
         let mut profile = self.profile.lock().expect("profile table");
         let Some(table) = profile.as_mut() else {
             drop(profile);
             // SAFETY: forwarded from the caller.
-            return unsafe { self.l.launch(kernel, grid, block, args) };
+            return unsafe { self.l.launch(kernel, grid, block, shared_bytes, args) };
         };
         // Synchronous launches: the wall time between the two waits is the kernel's.
         self.l.synchronize()?;
         let t = Instant::now();
         // SAFETY: forwarded from the caller.
-        unsafe { self.l.launch(kernel, grid, block, args)? };
+        unsafe { self.l.launch(kernel, grid, block, shared_bytes, args)? };
         self.l.synchronize()?;
         let key = match tag {
             Some(t) => format!("{kernel} {t}"),
@@ -250,7 +256,13 @@ impl<L: Launcher> GpuBackend<L> {
             "conv2d_bwd_data" => k / p.groups * r * s,
             _ => c / p.groups * r * s,
         };
-        let (kernel, tile) = self.conv_kernel(op, dtype, rows, depth);
+        let (mut kernel, tile) = self.conv_kernel(op, dtype, rows, depth);
+        // The experimental cp.async ring: TF32 forward convs in the blocked depth order.
+        let mut shared = 0;
+        if self.conv_async && kernel.starts_with("conv2d_fwd_tf32") && (c / p.groups) % 32 == 0 {
+            kernel.push_str("_async");
+            shared = (3 * 32 * (2 * tile + 16) * 4) as u32; // 3 stages of A and B, padded rows
+        }
         let grid = [
             cols.div_ceil(tile) as u32,
             rows.div_ceil(tile) as u32,
@@ -263,13 +275,20 @@ impl<L: Launcher> GpuBackend<L> {
             tag
         };
         // SAFETY: the callers pass the buffers of <op>_<t>'s signature, sized for this geometry.
-        unsafe { self.launch_tagged(&kernel, Some(&tag), grid, [256, 1, 1], &args) }
+        unsafe { self.launch_tagged(&kernel, Some(&tag), grid, [256, 1, 1], shared, &args) }
     }
 
     /// Forces the tensor-core convolutions' tile side (default: `GRADCAM_CONV_TILE` = 64 or
     /// 128, else chosen per layer).
     pub fn with_conv_tile(mut self, tile: ConvTile) -> Self {
         self.conv_tile = tile;
+        self
+    }
+
+    /// Runs TF32 forward convolutions whose channels per group are a multiple of 32 through
+    /// the cp.async ring (kernels/gemm_tile.cuh; default: `GRADCAM_CONV_ASYNC=1`).
+    pub fn with_conv_async(mut self, on: bool) -> Self {
+        self.conv_async = on;
         self
     }
 
