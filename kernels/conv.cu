@@ -120,8 +120,10 @@ struct BwdGather {
     }
 };
 
-// S: storage type; T: 0 = f32 FMAs, 1 = TF32 tensor cores, 2 = BF16 tensor cores; TS: the
-// tensor-core tile's side (64 or 128).
+// S: storage type; T: 0 = f32 FMAs, 1 = TF32 tensor cores, 2 = BF16 tensor cores, 3 = TF32
+// tensor cores fed by a 3-stage cp.async ring (forward only, f32, C/g a multiple of 32: the
+// host checks; experimental, GRADCAM_CONV_ASYNC=1; dynamic shared memory
+// 3 · async_stage_words<TS, TS>() · 4 bytes); TS: the tensor-core tile's side (64 or 128).
 template <class S, int T, int TS = 64>
 __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __restrict__ w,
                                            const S* __restrict__ bias,
@@ -160,6 +162,14 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
         }
         return;
     }
+    if (T == 3) {
+        auto a_ptr = [&](int m, const TapSlice& sl, int l) {
+            return wg + ((size_t)m * cg + sl.ch0 + l) * rs + sl.tap;
+        };
+        const TapSlice first{0, 0, 0, 0, rs, s, TAP_KD};
+        gemm_tile_mma_async<TS, TS, 3>(kg, n * ohw, depth, first, a_ptr, gb, store);
+        return;
+    }
     constexpr Mma M = T == 1 ? Mma::Tf32 : Mma::Bf16;
     static_assert(T != 2 || sizeof(S) == 2, "BF16 tiles pack bf16 storage as it is");
     constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD>();  // the larger of the two orders
@@ -175,41 +185,6 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
         };
         gemm_tile_mma<M, TS, TS, FLAT_KD, POOL>(kg, n * ohw, depth, FlatSlice{0}, a_at, gb, store);
     }
-}
-
-// conv2d_fwd with TF32 tensor cores fed by a 3-stage cp.async ring (gemm_tile_mma_async;
-// experimental, GRADCAM_CONV_ASYNC=1): f32 tensors, C/g a multiple of 32 (the host checks).
-// Dynamic shared memory 3 · async_stage_words<TS, TS>() · 4 bytes.
-template <int TS>
-__device__ __forceinline__ void conv2d_fwd_async(const float* __restrict__ x,
-                                                 const float* __restrict__ w,
-                                                 const float* __restrict__ bias,
-                                                 const float* __restrict__ residual,
-                                                 float* __restrict__ y, int n, int c, int h,
-                                                 int wd, int k, int r, int s, int oh, int ow,
-                                                 int sh, int sw, int ph, int pw, int dh, int dw,
-                                                 int groups, int relu) {
-    const int g = blockIdx.z, cg = c / groups, kg = k / groups, rs = r * s, ohw = oh * ow;
-    const int depth = cg * rs;
-    const FwdGather<float> gb{x,  c,  h,  wd, ohw,    ow,          sh,         sw,
-                              ph, pw, dh, dw, g * cg, FastDiv(rs), FastDiv(s)};
-    const float* wg = w + (size_t)g * kg * depth;
-    auto store = [&]() {
-        const FastDiv per_image(ohw);
-        return [&, per_image](int m, int col, float v) {
-            const int ko = g * kg + m, ni = per_image.div(col);
-            const size_t at = ((size_t)ni * k + ko) * ohw + per_image.mod(col, ni);
-            if (bias) v += bias[ko];
-            if (residual) v += residual[at];
-            if (relu) v = fmaxf(v, 0.0f);
-            y[at] = v;
-        };
-    };
-    auto a_ptr = [&](int m, const TapSlice& sl, int l) {
-        return wg + ((size_t)m * cg + sl.ch0 + l) * rs + sl.tap;
-    };
-    const TapSlice first{0, 0, 0, 0, rs, s, TAP_KD};
-    gemm_tile_mma_async<TS, TS, 3>(kg, n * ohw, depth, first, a_ptr, gb, store);
 }
 
 template <class S, int T, int TS = 64>
@@ -300,10 +275,10 @@ extern "C" __global__ void conv2d_fwd_bf16_t128(CONV2D_FWD_PARAMS(bf16)) {
 }
 // The experimental cp.async entries (64x64 and 128x128 tiles).
 extern "C" __global__ void TWO_PER_SM conv2d_fwd_tf32_async(CONV2D_FWD_PARAMS(float)) {
-    conv2d_fwd_async<64>(CONV2D_FWD_ARGS);
+    conv2d_fwd<float, 3>(CONV2D_FWD_ARGS);
 }
 extern "C" __global__ void conv2d_fwd_tf32_t128_async(CONV2D_FWD_PARAMS(float)) {
-    conv2d_fwd_async<128>(CONV2D_FWD_ARGS);
+    conv2d_fwd<float, 3, 128>(CONV2D_FWD_ARGS);
 }
 extern "C" __global__ void conv2d_bwd_data_f32(CONV2D_BWD_PARAMS(float)) {
     conv2d_bwd_data<float, 0>(CONV2D_BWD_ARGS);
