@@ -222,7 +222,6 @@ fn explain_all<B: Backend>(
         writer.join().expect("the output writer panicked")
     });
     timings.add(&host_timings);
-    let done: usize = done;
     failures.extend(write_failures);
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();

@@ -130,13 +130,13 @@ impl<L: Launcher> GpuBackend<L> {
         unsafe { self.launch_tagged(kernel, None, grid, block, 0, args) }
     }
 
-    /// [`Self::launch`]; while profiling, the time goes to `"<kernel> <tag>"` when tagged (a
-    /// convolution's GEMM shape, so the profile shows each layer).
+    /// [`Self::launch`]; while profiling, the time goes to `"<kernel> <tag()>"` when tagged (a
+    /// convolution's GEMM shape, so the profile shows each layer; formed only then).
     #[allow(clippy::too_many_arguments)]
     unsafe fn launch_tagged(
         &self,
         kernel: &str,
-        tag: Option<&str>,
+        tag: Option<&dyn Fn() -> String>,
         grid: [u32; 3],
         block: [u32; 3],
         shared_bytes: u32,
@@ -155,7 +155,7 @@ impl<L: Launcher> GpuBackend<L> {
         unsafe { self.l.launch(kernel, grid, block, shared_bytes, args)? };
         self.l.synchronize()?;
         let key = match tag {
-            Some(t) => format!("{kernel} {t}"),
+            Some(t) => format!("{kernel} {}", t()),
             None => kernel.to_string(),
         };
         let e = table.entry(key).or_default();
@@ -268,11 +268,13 @@ impl<L: Launcher> GpuBackend<L> {
             rows.div_ceil(tile) as u32,
             p.groups as u32,
         ];
-        let tag = format!("{rows}x{cols}x{depth}");
-        let tag = if p.groups > 1 {
-            format!("{tag}x{}g", p.groups)
-        } else {
-            tag
+        let tag = || {
+            let t = format!("{rows}x{cols}x{depth}");
+            if p.groups > 1 {
+                format!("{t}x{}g", p.groups)
+            } else {
+                t
+            }
         };
         // SAFETY: the callers pass the buffers of <op>_<t>'s signature, sized for this geometry.
         unsafe { self.launch_tagged(&kernel, Some(&tag), grid, [256, 1, 1], shared, &args) }
