@@ -16,7 +16,7 @@ use cudarc::nvrtc::Ptx;
 use super::mem::{Held, MemCounter};
 use super::pinned::Staging;
 use super::probe::{driver_error_text, probe, DeviceInfo};
-use super::{KArg, Launcher};
+use super::{upload_filled, KArg, Launcher};
 use crate::backend::kernels::{ENTRIES, SOURCES};
 use crate::backend::module_cache::ModuleCache;
 use crate::backend::nvrtc::{Nvrtc, Target};
@@ -222,14 +222,7 @@ impl Launcher for CudaLauncher {
             self.synchronize()?;
             Ok(buf)
         });
-        match staged {
-            Some(r) => r,
-            None => {
-                let mut v = vec![0u8; len];
-                fill(&mut v);
-                self.upload(&v)
-            }
-        }
+        staged.unwrap_or_else(|| upload_filled(self, len, fill))
     }
     fn download(&self, b: &CudaBuf, out: &mut [u8]) -> Result<()> {
         if out.is_empty() {

@@ -55,9 +55,7 @@ pub trait Launcher: Send + Sync {
     /// A buffer of `len` bytes that `fill` writes on the host first (into staging memory the
     /// launcher may keep for fast copies; by default an ordinary vector).
     fn upload_with(&self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<Self::Buf> {
-        let mut v = vec![0u8; len];
-        fill(&mut v);
-        self.upload(&v)
+        upload_filled(self, len, fill)
     }
     /// Copies the first `out.len()` bytes of `b` to the host.
     fn download(&self, b: &Self::Buf, out: &mut [u8]) -> Result<()>;
@@ -406,6 +404,18 @@ impl<L: Launcher> GpuBackend<L> {
         // SAFETY: every caller passes the kernel's own argument list for `total` elements.
         unsafe { self.launch(kernel, [blocks, 1, 1], [256, 1, 1], args) }
     }
+}
+
+/// [`Launcher::upload_with`] through an ordinary vector (the default, and the CUDA launcher's
+/// way when staging memory is off or the copy is small).
+fn upload_filled<L: Launcher + ?Sized>(
+    l: &L,
+    len: usize,
+    fill: &mut dyn FnMut(&mut [u8]),
+) -> Result<L::Buf> {
+    let mut v = vec![0u8; len];
+    fill(&mut v);
+    l.upload(&v)
 }
 
 /// Whether a tensor-core convolution takes 128x128 tiles rather than 64x64, from the per-layer
