@@ -1,4 +1,4 @@
-// The CAM family on the target layer's activation A and gradient ∂y/∂A, stored f32 or bf16
+// The CAM family on the target layer's activation A and gradient ∂y/∂A, stored f32, bf16 or f16
 // (<t>); the weights and maps they produce are always f32.
 //   grad_pool_<t>:         alpha = grad.mean(dim=(2, 3))                       [N,K,H,W] → [N,K]
 //     grid (N·K), block 256: one block per plane, a strided sum then a block reduction.
@@ -133,12 +133,19 @@ extern "C" __global__ void grad_pool_f32(const float* __restrict__ g, float* __r
 extern "C" __global__ void grad_pool_bf16(const bf16* __restrict__ g, float* __restrict__ alpha, int hw) {
     grad_pool(g, alpha, hw);
 }
+extern "C" __global__ void grad_pool_f16(const f16* __restrict__ g, float* __restrict__ alpha, int hw) {
+    grad_pool(g, alpha, hw);
+}
 extern "C" __global__ void weighted_sum_relu_f32(const float* __restrict__ a, const float* __restrict__ alpha,
                                                  float* __restrict__ map, int k, int hw) {
     weighted_sum_relu(a, alpha, map, k, hw);
 }
 extern "C" __global__ void weighted_sum_relu_bf16(const bf16* __restrict__ a, const float* __restrict__ alpha,
                                                   float* __restrict__ map, int k, int hw) {
+    weighted_sum_relu(a, alpha, map, k, hw);
+}
+extern "C" __global__ void weighted_sum_relu_f16(const f16* __restrict__ a, const float* __restrict__ alpha,
+                                                 float* __restrict__ map, int k, int hw) {
     weighted_sum_relu(a, alpha, map, k, hw);
 }
 extern "C" __global__ void cam_weights_f32(const float* __restrict__ a, const float* __restrict__ g,
@@ -149,12 +156,20 @@ extern "C" __global__ void cam_weights_bf16(const bf16* __restrict__ a, const bf
                                             float* __restrict__ weights, int hw, int rule) {
     cam_weights(a, g, weights, hw, rule);
 }
+extern "C" __global__ void cam_weights_f16(const f16* __restrict__ a, const f16* __restrict__ g,
+                                           float* __restrict__ weights, int hw, int rule) {
+    cam_weights(a, g, weights, hw, rule);
+}
 extern "C" __global__ void elementwise_cam_relu_f32(const float* __restrict__ a, const float* __restrict__ g,
                                                     float* __restrict__ map, int k, int hw, int rule) {
     elementwise_cam_relu(a, g, map, k, hw, rule);
 }
 extern "C" __global__ void elementwise_cam_relu_bf16(const bf16* __restrict__ a, const bf16* __restrict__ g,
                                                      float* __restrict__ map, int k, int hw, int rule) {
+    elementwise_cam_relu(a, g, map, k, hw, rule);
+}
+extern "C" __global__ void elementwise_cam_relu_f16(const f16* __restrict__ a, const f16* __restrict__ g,
+                                                    float* __restrict__ map, int k, int hw, int rule) {
     elementwise_cam_relu(a, g, map, k, hw, rule);
 }
 #define SCORE_DIMS int k, int k0, int kc, int h, int w, int oh, int ow
@@ -166,6 +181,10 @@ extern "C" __global__ void score_cam_minmax_bf16(const bf16* __restrict__ a, flo
                                                  SCORE_DIMS) {
     score_cam_minmax(a, mm, k, k0, kc, h, w, oh, ow);
 }
+extern "C" __global__ void score_cam_minmax_f16(const f16* __restrict__ a, float* __restrict__ mm,
+                                                SCORE_DIMS) {
+    score_cam_minmax(a, mm, k, k0, kc, h, w, oh, ow);
+}
 extern "C" __global__ void score_cam_inputs_f32(const float* __restrict__ x, const float* __restrict__ a,
                                                 const float* __restrict__ mm, float* __restrict__ out,
                                                 int c, SCORE_DIMS) {
@@ -174,5 +193,10 @@ extern "C" __global__ void score_cam_inputs_f32(const float* __restrict__ x, con
 extern "C" __global__ void score_cam_inputs_bf16(const bf16* __restrict__ x, const bf16* __restrict__ a,
                                                  const float* __restrict__ mm, bf16* __restrict__ out,
                                                  int c, SCORE_DIMS) {
+    score_cam_inputs(x, a, mm, out, c, k, k0, kc, h, w, oh, ow);
+}
+extern "C" __global__ void score_cam_inputs_f16(const f16* __restrict__ x, const f16* __restrict__ a,
+                                                const float* __restrict__ mm, f16* __restrict__ out,
+                                                int c, SCORE_DIMS) {
     score_cam_inputs(x, a, mm, out, c, k, k0, kc, h, w, oh, ow);
 }

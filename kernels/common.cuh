@@ -107,9 +107,13 @@ struct FastDiv {
     __device__ __forceinline__ int mod(int n, int q) const { return n - q * d; }
 };
 
-// Storage types. Tensors are f32 or bf16 in memory; arithmetic is always f32. bf16 is kept as
-// raw bits (no cuda_bf16.h: users' NVRTC has no include path); ld/st convert.
+// Storage types. Tensors are f32, bf16 or f16 in memory; arithmetic is always f32. The
+// 16-bit types are kept as raw bits (no cuda_bf16.h / cuda_fp16.h: users' NVRTC has no include
+// path); ld/st convert.
 struct bf16 {
+    unsigned short bits;
+};
+struct f16 {
     unsigned short bits;
 };
 
@@ -121,11 +125,63 @@ __device__ __forceinline__ unsigned bf16_bits(float x) {
     return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
+// f32 → IEEE binary16 bits, rounding to nearest even; overflow to ±inf, gradual underflow
+// through the subnormals (as torch's .half()). The GPU runs cvt.rn.f16.f32; the emulator this
+// twin, and the selftest checks both against the host's `half` crate bit for bit.
+__device__ __forceinline__ unsigned f16_bits_soft(float x) {
+    const unsigned u = __float_as_uint(x), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00u;   // NaN
+    if (a >= 0x477ff000u) return sign | 0x7c00u;  // ≥ 65520 rounds to inf (65504 is the max)
+    if (a >= 0x38800000u)                         // normal: rebias the exponent, round at bit 13
+        return sign | ((a - 0x38000000u + 0xfffu + ((a >> 13) & 1u)) >> 13);
+    // Subnormal: round(|x| · 2^24) of the significand m · 2^(e - 150).
+    const int shift = 126 - (int)(a >> 23);
+    if (shift > 24) return sign;
+    const unsigned m = (a & 0x7fffffu) | 0x800000u, q = m >> shift;
+    const unsigned rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
+    return sign | (q + (rem > half || (rem == half && (q & 1u))));
+}
+
+// IEEE binary16 bits → f32 (exact).
+__device__ __forceinline__ float f16_float_soft(unsigned h) {
+    const unsigned sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (m << 13));
+    if (e == 0) {  // subnormal (or zero): m · 2^-24, exact in f32
+        const float v = (float)m * 5.9604644775390625e-8f;
+        return sign ? -v : v;
+    }
+    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+__device__ __forceinline__ unsigned f16_bits(float x) {
+#ifdef GRADCAM_EMU
+    return f16_bits_soft(x);
+#else
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+    return h;
+#endif
+}
+
+__device__ __forceinline__ float f16_float(unsigned h) {
+#ifdef GRADCAM_EMU
+    return f16_float_soft(h);
+#else
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((unsigned short)h));
+    return f;
+#endif
+}
+
 __device__ __forceinline__ float ld(const float* p, size_t i) { return p[i]; }
 __device__ __forceinline__ float ld(const bf16* p, size_t i) {
     return __uint_as_float((unsigned)p[i].bits << 16);
 }
+__device__ __forceinline__ float ld(const f16* p, size_t i) { return f16_float(p[i].bits); }
 __device__ __forceinline__ void st(float* p, size_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void st(bf16* p, size_t i, float v) {
     p[i].bits = (unsigned short)bf16_bits(v);
+}
+__device__ __forceinline__ void st(f16* p, size_t i, float v) {
+    p[i].bits = (unsigned short)f16_bits(v);
 }

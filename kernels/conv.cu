@@ -7,7 +7,8 @@
 //   conv2d_bwd_data_<t>: dx = torch.nn.grad.conv2d_input(x.shape, w, dy, ...)
 //                        GEMM per group: [C/g] x [N·H·W], depth K/g·R·S
 // <t> = f32 (f32 tensors, FMAs), tf32 (f32 tensors, TF32 tensor cores: torch's allow_tf32
-// convolutions) or bf16 (bf16 tensors, BF16 tensor cores); f32 accumulation in all three.
+// convolutions), bf16 (bf16 tensors, BF16 tensor cores) or f16 (f16 tensors, F16 tensor cores);
+// f32 accumulation in all four.
 // Launch: grid (ceil(cols / 64), ceil(rows / 64), groups), block 256 (see gemm_tile.cuh);
 // the _t128 tensor-core entries take 128x128 tiles (grid by 128).
 #include "common.cuh"
@@ -120,11 +121,14 @@ struct BwdGather {
     }
 };
 
-// S: storage type; T: 0 = f32 FMAs, 1 = TF32 tensor cores, 2 = BF16 tensor cores, 3 = TF32
-// tensor cores fed by a 3-stage cp.async ring (forward only, f32, C/g a multiple of 32: the
-// host checks; experimental, GRADCAM_CONV_ASYNC=1; dynamic shared memory
+// S: storage type; T: 0 = f32 FMAs, 1 = TF32 tensor cores, 2 = BF16 or F16 tensor cores (as S
+// is bf16 or f16), 3 = TF32 tensor cores fed by a 3-stage cp.async ring (KRSC weights, C/g a
+// multiple of 32: the host checks; experimental, GRADCAM_CONV_ASYNC=1; dynamic shared memory
 // 3 · async_stage_words<TS, TS>() · 4 bytes); TS: the tensor-core tile's side (64 or 128).
-template <class S, int T, int TS = 64>
+// KRSC (T = 1, 2): w holds the weights as conv_weight_krsc made them ([K][R][S][C/g], TF32
+// rounded for T = 1) and C/g is a multiple of 32 (the host checks): each weight row of a slice
+// is 32 contiguous channels, staged by 16-byte vectors (gemm_tile_mma's AV).
+template <class S, int T, int TS = 64, bool KRSC = false>
 __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __restrict__ w,
                                            const S* __restrict__ bias,
                                            const S* __restrict__ residual, S* __restrict__ y,
@@ -162,22 +166,27 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
         }
         return;
     }
+    // KRSC weights: words 4q.. of row m's slice (32 channels at one tap, contiguous).
+    auto a_vec = [&](int m, const TapSlice& sl, int q) {
+        return reinterpret_cast<const Word4*>(wg + ((size_t)m * rs + sl.tap) * cg + sl.ch0) + q;
+    };
+    const TapSlice first{0, 0, 0, 0, rs, s, TAP_KD};
     if (T == 3) {
-        auto a_ptr = [&](int m, const TapSlice& sl, int l) {
-            return wg + ((size_t)m * cg + sl.ch0 + l) * rs + sl.tap;
-        };
-        const TapSlice first{0, 0, 0, 0, rs, s, TAP_KD};
-        gemm_tile_mma_async<TS, TS, 3>(kg, n * ohw, depth, first, a_ptr, gb, store);
+        gemm_tile_mma_async<TS, TS, 3>(kg, n * ohw, depth, first, a_vec, gb, store);
         return;
     }
-    constexpr Mma M = T == 1 ? Mma::Tf32 : Mma::Bf16;
-    static_assert(T != 2 || sizeof(S) == 2, "BF16 tiles pack bf16 storage as it is");
+    constexpr Mma M = T == 1 ? Mma::Tf32 : mma_of<S>;
+    static_assert(T != 2 || sizeof(S) == 2, "16-bit tiles pack 16-bit storage as it is");
+    if constexpr (KRSC) {
+        constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD, true>();
+        gemm_tile_mma<M, TS, TS, TAP_KD, POOL, true>(kg, n * ohw, depth, first, a_vec, gb, store);
+        return;
+    }
     constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD>();  // the larger of the two orders
     if (cg % TAP_KD == 0) {
         auto a_at = [&](int m, const TapSlice& sl, int l) {
             return ld(wg, ((size_t)m * cg + sl.ch0 + l) * rs + sl.tap);
         };
-        const TapSlice first{0, 0, 0, 0, rs, s, TAP_KD};
         gemm_tile_mma<M, TS, TS, TAP_KD, POOL>(kg, n * ohw, depth, first, a_at, gb, store);
     } else {
         auto a_at = [&](int m, const FlatSlice& sl, int l) {
@@ -221,8 +230,8 @@ __device__ __forceinline__ void conv2d_bwd_data(const S* __restrict__ dy, const 
         }
         return;
     }
-    constexpr Mma M = T == 1 ? Mma::Tf32 : Mma::Bf16;
-    static_assert(T != 2 || sizeof(S) == 2, "BF16 tiles pack bf16 storage as it is");
+    constexpr Mma M = T == 1 ? Mma::Tf32 : mma_of<S>;
+    static_assert(T != 2 || sizeof(S) == 2, "16-bit tiles pack 16-bit storage as it is");
     constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD>();  // the larger of the two orders
     if (kg % TAP_KD == 0) {
         auto a_at = [&](int ci, const TapSlice& sl, int l) {
@@ -236,6 +245,19 @@ __device__ __forceinline__ void conv2d_bwd_data(const S* __restrict__ dy, const 
             return ld(wg, ((size_t)ko * cg + ci) * rs + gb.rs.mod(d, ko));
         };
         gemm_tile_mma<M, TS, TS, FLAT_KD, POOL>(cg, n * hw, kg * rs, FlatSlice{0}, a_at, gb, store);
+    }
+}
+
+// w.permute(0, 2, 3, 1) per group, [K][C/g][R][S] → [K][R][S][C/g] (KRSC), rounded to TF32
+// when `tf32`: the weights of the KRSC convolutions, made once when a model is loaded.
+template <class S>
+__device__ __forceinline__ void conv_weight_krsc(const S* __restrict__ w, S* __restrict__ out,
+                                                 int k, int cg, int rs, int tf32) {
+    const int n = k * cg * rs;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const int c = i % cg, t = (i / cg) % rs, m = i / (cg * rs);
+        const float v = ld(w, ((size_t)m * cg + c) * rs + t);
+        st(out, i, tf32 ? __uint_as_float(tf32_bits(v)) : v);
     }
 }
 
@@ -266,6 +288,9 @@ extern "C" __global__ void TWO_PER_SM conv2d_fwd_tf32(CONV2D_FWD_PARAMS(float)) 
 extern "C" __global__ void TWO_PER_SM conv2d_fwd_bf16(CONV2D_FWD_PARAMS(bf16)) {
     conv2d_fwd<bf16, 2>(CONV2D_FWD_ARGS);
 }
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_f16(CONV2D_FWD_PARAMS(f16)) {
+    conv2d_fwd<f16, 2>(CONV2D_FWD_ARGS);
+}
 // 128x128 tiles for the tensor-core paths: grid (ceil(cols / 128), ceil(rows / 128), groups).
 extern "C" __global__ void conv2d_fwd_tf32_t128(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 1, 128>(CONV2D_FWD_ARGS);
@@ -273,12 +298,46 @@ extern "C" __global__ void conv2d_fwd_tf32_t128(CONV2D_FWD_PARAMS(float)) {
 extern "C" __global__ void conv2d_fwd_bf16_t128(CONV2D_FWD_PARAMS(bf16)) {
     conv2d_fwd<bf16, 2, 128>(CONV2D_FWD_ARGS);
 }
+extern "C" __global__ void conv2d_fwd_f16_t128(CONV2D_FWD_PARAMS(f16)) {
+    conv2d_fwd<f16, 2, 128>(CONV2D_FWD_ARGS);
+}
 // The experimental cp.async entries (64x64 and 128x128 tiles).
 extern "C" __global__ void TWO_PER_SM conv2d_fwd_tf32_async(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 3>(CONV2D_FWD_ARGS);
 }
 extern "C" __global__ void conv2d_fwd_tf32_t128_async(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 3, 128>(CONV2D_FWD_ARGS);
+}
+// KRSC weights (see conv_weight_krsc_<t>): C/g a multiple of 32.
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_tf32_krsc(CONV2D_FWD_PARAMS(float)) {
+    conv2d_fwd<float, 1, 64, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_tf32_t128_krsc(CONV2D_FWD_PARAMS(float)) {
+    conv2d_fwd<float, 1, 128, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_bf16_krsc(CONV2D_FWD_PARAMS(bf16)) {
+    conv2d_fwd<bf16, 2, 64, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_bf16_t128_krsc(CONV2D_FWD_PARAMS(bf16)) {
+    conv2d_fwd<bf16, 2, 128, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_f16_krsc(CONV2D_FWD_PARAMS(f16)) {
+    conv2d_fwd<f16, 2, 64, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_f16_t128_krsc(CONV2D_FWD_PARAMS(f16)) {
+    conv2d_fwd<f16, 2, 128, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv_weight_krsc_f32(const float* __restrict__ w, float* __restrict__ out,
+                                                int k, int cg, int rs, int tf32) {
+    conv_weight_krsc(w, out, k, cg, rs, tf32);
+}
+extern "C" __global__ void conv_weight_krsc_bf16(const bf16* __restrict__ w, bf16* __restrict__ out,
+                                                 int k, int cg, int rs, int tf32) {
+    conv_weight_krsc(w, out, k, cg, rs, tf32);
+}
+extern "C" __global__ void conv_weight_krsc_f16(const f16* __restrict__ w, f16* __restrict__ out,
+                                                int k, int cg, int rs, int tf32) {
+    conv_weight_krsc(w, out, k, cg, rs, tf32);
 }
 extern "C" __global__ void conv2d_bwd_data_f32(CONV2D_BWD_PARAMS(float)) {
     conv2d_bwd_data<float, 0>(CONV2D_BWD_ARGS);
@@ -289,9 +348,15 @@ extern "C" __global__ void TWO_PER_SM conv2d_bwd_data_tf32(CONV2D_BWD_PARAMS(flo
 extern "C" __global__ void TWO_PER_SM conv2d_bwd_data_bf16(CONV2D_BWD_PARAMS(bf16)) {
     conv2d_bwd_data<bf16, 2>(CONV2D_BWD_ARGS);
 }
+extern "C" __global__ void TWO_PER_SM conv2d_bwd_data_f16(CONV2D_BWD_PARAMS(f16)) {
+    conv2d_bwd_data<f16, 2>(CONV2D_BWD_ARGS);
+}
 extern "C" __global__ void conv2d_bwd_data_tf32_t128(CONV2D_BWD_PARAMS(float)) {
     conv2d_bwd_data<float, 1, 128>(CONV2D_BWD_ARGS);
 }
 extern "C" __global__ void conv2d_bwd_data_bf16_t128(CONV2D_BWD_PARAMS(bf16)) {
     conv2d_bwd_data<bf16, 2, 128>(CONV2D_BWD_ARGS);
+}
+extern "C" __global__ void conv2d_bwd_data_f16_t128(CONV2D_BWD_PARAMS(f16)) {
+    conv2d_bwd_data<f16, 2, 128>(CONV2D_BWD_ARGS);
 }

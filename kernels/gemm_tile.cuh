@@ -4,7 +4,7 @@
 // A and B are staged in shared memory.
 //   gemm_tile:      f32 FMAs; each thread owns a 4x4 piece of the 64x64 tile; 16-deep slices.
 //   gemm_tile_mma:  tensor cores (mma.cuh); operands rounded to TF32 as they are staged, or
-//                   for BF16 already bf16 values (bf16 storage) packed as they are; f32
+//                   for BF16 / F16 already 16-bit values (16-bit storage) packed as they are; f32
 //                   accumulation; 64x64 tiles (each of the 8 warps owns 16x32: 4
 //                   m16n8 tiles) or 128x128 (64x32: 16 tiles, twice the tensor-core work per
 //                   staged element); requires blockDim.x == 256 (the staging map below).
@@ -55,9 +55,17 @@ __device__ __forceinline__ void gemm_tile(int rows, int cols, int depth, FA a_at
 // depth orders of conv.cu) share it instead of each adding its own.
 template <int WORDS>
 __device__ __forceinline__ unsigned* smem_pool() {
-    __shared__ unsigned pool[WORDS];
-    return pool;
+    struct alignas(16) Pool {  // 16-byte aligned for the vector stores of A rows
+        unsigned w[WORDS];
+    };
+    __shared__ Pool pool;
+    return pool.w;
 }
+
+// Four 32-bit words moved as one 16-byte vector (ld.global.v4 / st.shared.v4).
+struct alignas(16) Word4 {
+    unsigned x, y, z, w;
+};
 
 // gemm_tile with B from a gatherer (the interface of gemm_tile_mma below: a slice cursor `sl`,
 // `a_at(row, sl, l)`, `gb.prep(col)` / `gb.at(prepared, sl)` / `gb.load(run, l)`), for the f32
@@ -119,12 +127,30 @@ __device__ __forceinline__ void gemm_tile_gather(int rows, int cols, int depth, 
 }
 
 // Operand types of the tensor-core tile.
-enum class Mma { Tf32, Bf16 };
+enum class Mma { Tf32, Bf16, F16 };
 
-// Shared memory words the tensor-core tile stages per slice (A's and B's, padded rows).
-template <Mma M, int TM, int TN, int KD>
+// The tensor-core operand type of 16-bit storage S.
+template <class S>
+constexpr Mma mma_of = Mma::Bf16;
+template <>
+constexpr Mma mma_of<f16> = Mma::F16;
+
+// Shared memory words the tensor-core tile stages per slice (A's and B's, padded rows). A is
+// depth-major ([word][TM + 8]), or with AV row-major ([TM][words + 4]).
+template <Mma M, int TM, int TN, int KD, bool AV = false>
 constexpr int mma_smem_words() {
-    return (M == Mma::Tf32 ? KD : KD / 2) * (TM + 8 + TN + 8);
+    constexpr int W = M == Mma::Tf32 ? KD : KD / 2;
+    return (AV ? TM * (W + 4) : W * (TM + 8)) + W * (TN + 8);
+}
+
+// One shared-memory word of operand type M: a TF32 element (rounded here; `hi` is the same
+// element), or a pair of 16-bit elements along the depth, packed as they are (they come from
+// 16-bit storage, so no rounding work).
+template <Mma M>
+__device__ __forceinline__ unsigned pack_word(float lo, float hi) {
+    if (M == Mma::Tf32) return tf32_bits(lo);
+    if (M == Mma::Bf16) return bf16x2_exact(lo, hi);
+    return f16x2_exact(lo, hi);
 }
 
 // The epilogue: `make_store()` is called once the depth loop is done and returns the
@@ -144,13 +170,21 @@ constexpr int mma_smem_words() {
 // pairs), so both read their fragments with the same (k·(T+8) + row) pattern, T + 8 ≡ 8
 // (mod 32): 32 distinct banks.
 //
+// AV (A by vectors): A's rows are contiguous along the depth in memory and already in the
+// tensor cores' format (TF32-rounded f32, or 16-bit pairs), as a convolution's weights in KRSC
+// order are: `a_at(row, sl, q)` then returns the address of the row's words 4q..4q+3 of the
+// slice (16-byte aligned), staged by one vector load and one vector store, no conversion. A is
+// row-major in shared memory then, rows WORDS + 4 words apart: the fragment reads (row g + i,
+// word t + j) still hit 32 distinct banks. Whole slices only (depth a multiple of KD).
+//
 // Tile TM x TN (64x64 or 128x128), shared memory from smem_pool<POOL>, grid
 // (ceil(cols / TN), ceil(rows / TM)); each warp owns MT m16 x NT n8 accumulator tiles.
-template <Mma M, int TM, int TN, int KD, int POOL, class SL, class FA, class GB, class MS>
+template <Mma M, int TM, int TN, int KD, int POOL, bool AV = false, class SL, class FA, class GB,
+          class MS>
 __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL sl, FA a_at,
                                               const GB& gb, MS make_store) {
     static_assert(KD == 16 || KD == 32, "16- or 32-deep slices");
-    static_assert(mma_smem_words<M, TM, TN, KD>() <= POOL, "the shared pool is too small");
+    static_assert(mma_smem_words<M, TM, TN, KD, AV>() <= POOL, "the shared pool is too small");
     constexpr int WORDS = M == Mma::Tf32 ? KD : KD / 2;  // depth words per slice
     constexpr int PER = M == Mma::Tf32 ? 1 : 2;                // elements per word
     // Warps: 64x64 → 4 x 2 warps of 16x32; 128x128 → 2 x 4 warps of 64x32.
@@ -159,10 +193,14 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
     // Staging: A words a_w of rows a_x + A_STEP·i; B words b_w + B_STEP·j of column b_x.
     constexpr int A_STEP = 256 / WORDS, A_ROWS = TM / A_STEP;  // rows per thread
     constexpr int B_STEP = 256 / TN, B_WORDS = WORDS / B_STEP;  // words per thread
-    constexpr int NA = A_ROWS * PER, NB = B_WORDS * PER;        // elements per thread
+    constexpr int NA = AV ? 1 : A_ROWS * PER, NB = B_WORDS * PER;  // elements per thread
+    // AV: vectors of 4 words, VR per row, NV per thread.
+    constexpr int VR = WORDS / 4, NV = AV ? TM * VR / 256 : 1;
+    static_assert(!AV || TM * VR % 256 == 0, "whole vectors per thread");
     unsigned* pool = smem_pool<POOL>();
-    auto as = reinterpret_cast<unsigned (*)[TM + 8]>(pool);
-    auto bs = reinterpret_cast<unsigned (*)[TN + 8]>(pool + WORDS * (TM + 8));
+    auto as = reinterpret_cast<unsigned (*)[TM + 8]>(pool);       // depth-major A
+    auto av = reinterpret_cast<unsigned (*)[WORDS + 4]>(pool);    // row-major A (AV)
+    auto bs = reinterpret_cast<unsigned (*)[TN + 8]>(pool + (AV ? TM * (WORDS + 4) : WORDS * (TM + 8)));
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
     const int r0 = blockIdx.y * TM, c0 = blockIdx.x * TN;
     const int wr = (warp / WARPS_N) * (TM / WARPS_M), wc = (warp % WARPS_N) * (TN / WARPS_N);
@@ -171,14 +209,23 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
     const bool b_in = c0 + b_x < cols;
     const auto bc = gb.prep(b_in ? c0 + b_x : c0);
     float ra[NA], rb[NB];
+    Word4 rv[NV];
     auto fetch = [&](int d0) {
-        #pragma unroll
-        for (int i = 0; i < A_ROWS; ++i)
+        if constexpr (AV) {
             #pragma unroll
-            for (int e = 0; e < PER; ++e) {
-                const int row = r0 + a_x + A_STEP * i, l = PER * a_w + e;
-                ra[i * PER + e] = (row < rows && d0 + l < depth) ? a_at(row, sl, l) : 0.0f;
+            for (int i = 0; i < NV; ++i) {
+                const int v = tid + 256 * i, row = r0 + v / VR;
+                rv[i] = row < rows ? *a_at(row, sl, v % VR) : Word4{0u, 0u, 0u, 0u};
             }
+        } else {
+            #pragma unroll
+            for (int i = 0; i < A_ROWS; ++i)
+                #pragma unroll
+                for (int e = 0; e < PER; ++e) {
+                    const int row = r0 + a_x + A_STEP * i, l = PER * a_w + e;
+                    ra[i * PER + e] = (row < rows && d0 + l < depth) ? a_at(row, sl, l) : 0.0f;
+                }
+        }
         const auto run = gb.at(bc, sl);
         #pragma unroll
         for (int j = 0; j < B_WORDS; ++j)
@@ -198,16 +245,20 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
     fetch(0);
     for (int d0 = 0; d0 < depth; d0 += KD) {
-        #pragma unroll
-        for (int i = 0; i < A_ROWS; ++i)
-            as[a_w][a_x + A_STEP * i] = M == Mma::Tf32
-                                            ? tf32_bits(ra[i])
-                                            : bf16x2_exact(ra[i * PER], ra[i * PER + PER - 1]);
+        if constexpr (AV) {
+            #pragma unroll
+            for (int i = 0; i < NV; ++i) {
+                const int v = tid + 256 * i;
+                *reinterpret_cast<Word4*>(&av[v / VR][4 * (v % VR)]) = rv[i];
+            }
+        } else {
+            #pragma unroll
+            for (int i = 0; i < A_ROWS; ++i)
+                as[a_w][a_x + A_STEP * i] = pack_word<M>(ra[i * PER], ra[i * PER + PER - 1]);
+        }
         #pragma unroll
         for (int j = 0; j < B_WORDS; ++j)
-            bs[b_w + B_STEP * j][b_x] = M == Mma::Tf32
-                                            ? tf32_bits(rb[j])
-                                            : bf16x2_exact(rb[j * PER], rb[j * PER + PER - 1]);
+            bs[b_w + B_STEP * j][b_x] = pack_word<M>(rb[j * PER], rb[j * PER + PER - 1]);
         __syncthreads();
         if (d0 + KD < depth) fetch(d0 + KD);
         #pragma unroll
@@ -216,10 +267,10 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
             #pragma unroll
             for (int i = 0; i < MT; ++i) {
                 const int r = wr + i * 16 + g;
-                a[i][0] = as[k0 + t][r];
-                a[i][1] = as[k0 + t][r + 8];
-                a[i][2] = as[k0 + t + 4][r];
-                a[i][3] = as[k0 + t + 4][r + 8];
+                a[i][0] = AV ? av[r][k0 + t] : as[k0 + t][r];
+                a[i][1] = AV ? av[r + 8][k0 + t] : as[k0 + t][r + 8];
+                a[i][2] = AV ? av[r][k0 + t + 4] : as[k0 + t + 4][r];
+                a[i][3] = AV ? av[r + 8][k0 + t + 4] : as[k0 + t + 4][r + 8];
             }
             #pragma unroll
             for (int j = 0; j < NT; ++j) {
@@ -232,8 +283,10 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
                 for (int j = 0; j < NT; ++j) {
                     if (M == Mma::Tf32)
                         mma_tf32_m16n8k8(acc[i][j], a[i], b[j]);
+                    else if (M == Mma::Bf16)
+                        mma_m16n8k16<Half16::Bf16>(acc[i][j], a[i], b[j]);
                     else
-                        mma_bf16_m16n8k16(acc[i][j], a[i], b[j]);
+                        mma_m16n8k16<Half16::F16>(acc[i][j], a[i], b[j]);
                 }
         }
         __syncthreads();
@@ -252,15 +305,17 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
 }
 
 // gemm_tile_mma for TF32 with a STAGES-deep cp.async ring in dynamic shared memory (experimental,
-// GRADCAM_CONV_ASYNC=1): operands go from global to shared memory without registers (the
-// tensor cores read the f32 patterns truncated to TF32, see tf32_in), and the loads of slice
-// k + STAGES - 1 are in flight while the tensor cores work on slice k. 32-deep slices, whole
-// ones only (the blocked depth order: depth a multiple of 32). A comes from `a_ptr(row, sl, l)`
-// (an address), B from a gatherer with `prep`, `at` and `ptr(run, l)` (an address, or null for
-// a zero). Dynamic shared memory: STAGES · async_stage_words<TM, TN>() words; block 256.
+// GRADCAM_CONV_ASYNC=1): operands go from global to shared memory without registers, and the
+// loads of slice k + STAGES - 1 are in flight while the tensor cores work on slice k. 32-deep
+// slices, whole ones only (the blocked depth order: depth a multiple of 32). A as gemm_tile_mma's
+// AV: rows contiguous along the depth and TF32-rounded already (KRSC weights), `a_ptr(row, sl,
+// q)` the address of words 4q..4q+3, moved by 16-byte copies into row-major stages. B from a
+// gatherer with `prep`, `at` and `ptr(run, l)` (an address, or null for a zero), 4-byte copies
+// of f32 patterns the tensor cores read truncated to TF32 (see tf32_in). Dynamic shared memory:
+// STAGES · async_stage_words<TM, TN>() words; block 256.
 template <int TM, int TN>
 constexpr int async_stage_words() {
-    return 32 * (TM + 8 + TN + 8);
+    return TM * (32 + 4) + 32 * (TN + 8);
 }
 
 template <int TM, int TN, int STAGES, class SL, class FA, class GB, class MS>
@@ -269,29 +324,29 @@ __device__ __forceinline__ void gemm_tile_mma_async(int rows, int cols, int dept
     constexpr int KD = 32, STAGE = async_stage_words<TM, TN>();
     constexpr int WARPS_M = TM == 64 ? 4 : 2, WARPS_N = 8 / WARPS_M;
     constexpr int MT = TM / WARPS_M / 16, NT = TN / WARPS_N / 8;
-    constexpr int A_STEP = 256 / KD, A_ROWS = TM / A_STEP;
+    constexpr int VR = KD / 4, NV = TM * VR / 256;  // A: 16-byte vectors per row, per thread
     constexpr int B_STEP = 256 / TN, B_WORDS = KD / B_STEP;
     DYNAMIC_SHARED(unsigned, ring);
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
     const int r0 = blockIdx.y * TM, c0 = blockIdx.x * TN;
     const int wr = (warp / WARPS_N) * (TM / WARPS_M), wc = (warp % WARPS_N) * (TN / WARPS_N);
-    const int a_w = tid % KD, a_x = tid / KD;
     const int b_x = tid % TN, b_w = tid / TN;
     const bool b_in = c0 + b_x < cols;
     const auto bc = gb.prep(b_in ? c0 + b_x : c0);
     const void* any = a_ptr(r0, sl, 0);  // a valid address for the zero-filled copies
-    auto as = [&](int st) { return reinterpret_cast<unsigned (*)[TM + 8]>(ring + st * STAGE); };
+    using ARow = unsigned[36];  // KD words and 4 of padding (a literal: GCC 12 fails on KD + 4)
+    auto as = [&](int st) { return reinterpret_cast<ARow*>(ring + st * STAGE); };
     auto bs = [&](int st) {
-        return reinterpret_cast<unsigned (*)[TN + 8]>(ring + st * STAGE + KD * (TM + 8));
+        return reinterpret_cast<unsigned (*)[TN + 8]>(ring + st * STAGE + TM * (KD + 4));
     };
     auto issue = [&](int st) {
-        unsigned(*sa)[TM + 8] = as(st);
+        ARow* sa = as(st);
         unsigned(*sb)[TN + 8] = bs(st);
         #pragma unroll
-        for (int i = 0; i < A_ROWS; ++i) {
-            const int row = r0 + a_x + A_STEP * i;
+        for (int i = 0; i < NV; ++i) {
+            const int v = tid + 256 * i, row = r0 + v / VR;
             const bool ok = row < rows;
-            cp_async4(&sa[a_w][a_x + A_STEP * i], ok ? a_ptr(row, sl, a_w) : any, ok);
+            cp_async16(&sa[v / VR][4 * (v % VR)], ok ? a_ptr(row, sl, v % VR) : any, ok);
         }
         const auto run = gb.at(bc, sl);
         #pragma unroll
@@ -320,7 +375,7 @@ __device__ __forceinline__ void gemm_tile_mma_async(int rows, int cols, int dept
         __syncthreads();  // slice k has landed for everyone; slice k - 1's stage is free
         if (k + STAGES - 1 < slices) issue((k + STAGES - 1) % STAGES);
         cp_async_commit();
-        unsigned(*sa)[TM + 8] = as(k % STAGES);
+        ARow* sa = as(k % STAGES);
         unsigned(*sb)[TN + 8] = bs(k % STAGES);
         #pragma unroll
         for (int k0 = 0; k0 < KD; k0 += 8) {
@@ -328,10 +383,10 @@ __device__ __forceinline__ void gemm_tile_mma_async(int rows, int cols, int dept
             #pragma unroll
             for (int i = 0; i < MT; ++i) {
                 const int r = wr + i * 16 + g;
-                a[i][0] = sa[k0 + t][r];
-                a[i][1] = sa[k0 + t][r + 8];
-                a[i][2] = sa[k0 + t + 4][r];
-                a[i][3] = sa[k0 + t + 4][r + 8];
+                a[i][0] = sa[r][k0 + t];
+                a[i][1] = sa[r + 8][k0 + t];
+                a[i][2] = sa[r][k0 + t + 4];
+                a[i][3] = sa[r + 8][k0 + t + 4];
             }
             #pragma unroll
             for (int j = 0; j < NT; ++j) {

@@ -1,4 +1,5 @@
-// Fully connected layers on the shared tiled GEMM, f32 or bf16 storage (<t>), f32 arithmetic.
+// Fully connected layers on the shared tiled GEMM, f32, bf16 or f16 storage (<t>), f32
+// arithmetic.
 //   linear_fwd_<t>:      y = F.linear(x, w, b)   x [N, in], w [out, in] → [N, out]
 //                        grid (ceil(N / 64), ceil(out / 64), splits), block 256
 //   linear_bwd_data_<t>: dx = dy @ w             dy [N, out] → [N, in]
@@ -69,6 +70,12 @@ extern "C" __global__ void linear_fwd_bf16(const bf16* __restrict__ x, const bf1
                                            int chunk) {
     linear_fwd(x, w, bias, y, part, n, in, out, chunk);
 }
+extern "C" __global__ void linear_fwd_f16(const f16* __restrict__ x, const f16* __restrict__ w,
+                                          const f16* __restrict__ bias, f16* __restrict__ y,
+                                          float* __restrict__ part, int n, int in, int out,
+                                          int chunk) {
+    linear_fwd(x, w, bias, y, part, n, in, out, chunk);
+}
 extern "C" __global__ void linear_bwd_data_f32(const float* __restrict__ dy,
                                                const float* __restrict__ w, float* __restrict__ dx,
                                                float* __restrict__ part, int n, int in, int out,
@@ -81,6 +88,12 @@ extern "C" __global__ void linear_bwd_data_bf16(const bf16* __restrict__ dy,
                                                 int chunk) {
     linear_bwd_data(dy, w, dx, part, n, in, out, chunk);
 }
+extern "C" __global__ void linear_bwd_data_f16(const f16* __restrict__ dy,
+                                               const f16* __restrict__ w, f16* __restrict__ dx,
+                                               float* __restrict__ part, int n, int in, int out,
+                                               int chunk) {
+    linear_bwd_data(dy, w, dx, part, n, in, out, chunk);
+}
 extern "C" __global__ void linear_sum_f32(const float* __restrict__ part,
                                           const float* __restrict__ bias, float* __restrict__ y,
                                           int splits, int count, int cols) {
@@ -89,5 +102,10 @@ extern "C" __global__ void linear_sum_f32(const float* __restrict__ part,
 extern "C" __global__ void linear_sum_bf16(const float* __restrict__ part,
                                            const bf16* __restrict__ bias, bf16* __restrict__ y,
                                            int splits, int count, int cols) {
+    linear_sum(part, bias, y, splits, count, cols);
+}
+extern "C" __global__ void linear_sum_f16(const float* __restrict__ part,
+                                          const f16* __restrict__ bias, f16* __restrict__ y,
+                                          int splits, int count, int cols) {
     linear_sum(part, bias, y, splits, count, cols);
 }

@@ -3,6 +3,7 @@
 // twin. d_mma and d_twin are 16x8 row-major.
 //   mma_check_tf32: A 16x8, B 8x8 (TF32)      grid (1), block 32
 //   mma_check_bf16: A 16x16, B 16x8 (BF16)    grid (1), block 32
+//   mma_check_f16:  A 16x16, B 16x8 (F16)     grid (1), block 32
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -29,17 +30,30 @@ extern "C" __global__ void mma_check_tf32(const float* __restrict__ a, const flo
     store_d(d, e, d_mma, d_twin);
 }
 
+// The m16n8k16 shapes: operands rounded by `pack` (bf16x2 or f16x2).
+template <Half16 E, class P>
+__device__ __forceinline__ void mma_check_16(const float* __restrict__ a,
+                                             const float* __restrict__ b, float* __restrict__ d_mma,
+                                             float* __restrict__ d_twin, P pack) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const unsigned fa[4] = {pack(a[g * 16 + 2 * t], a[g * 16 + 2 * t + 1]),
+                            pack(a[(g + 8) * 16 + 2 * t], a[(g + 8) * 16 + 2 * t + 1]),
+                            pack(a[g * 16 + 2 * t + 8], a[g * 16 + 2 * t + 9]),
+                            pack(a[(g + 8) * 16 + 2 * t + 8], a[(g + 8) * 16 + 2 * t + 9])};
+    const unsigned fb[2] = {pack(b[(2 * t) * 8 + g], b[(2 * t + 1) * 8 + g]),
+                            pack(b[(2 * t + 8) * 8 + g], b[(2 * t + 9) * 8 + g])};
+    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f}, e[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    mma_m16n8k16<E>(d, fa, fb);
+    mma_m16n8k16_shfl<E>(e, fa, fb);
+    store_d(d, e, d_mma, d_twin);
+}
+
 extern "C" __global__ void mma_check_bf16(const float* __restrict__ a, const float* __restrict__ b,
                                           float* __restrict__ d_mma, float* __restrict__ d_twin) {
-    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const unsigned fa[4] = {bf16x2(a[g * 16 + 2 * t], a[g * 16 + 2 * t + 1]),
-                            bf16x2(a[(g + 8) * 16 + 2 * t], a[(g + 8) * 16 + 2 * t + 1]),
-                            bf16x2(a[g * 16 + 2 * t + 8], a[g * 16 + 2 * t + 9]),
-                            bf16x2(a[(g + 8) * 16 + 2 * t + 8], a[(g + 8) * 16 + 2 * t + 9])};
-    const unsigned fb[2] = {bf16x2(b[(2 * t) * 8 + g], b[(2 * t + 1) * 8 + g]),
-                            bf16x2(b[(2 * t + 8) * 8 + g], b[(2 * t + 9) * 8 + g])};
-    float d[4] = {0.0f, 0.0f, 0.0f, 0.0f}, e[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    mma_bf16_m16n8k16(d, fa, fb);
-    mma_bf16_m16n8k16_shfl(e, fa, fb);
-    store_d(d, e, d_mma, d_twin);
+    mma_check_16<Half16::Bf16>(a, b, d_mma, d_twin, bf16x2);
+}
+
+extern "C" __global__ void mma_check_f16(const float* __restrict__ a, const float* __restrict__ b,
+                                         float* __restrict__ d_mma, float* __restrict__ d_twin) {
+    mma_check_16<Half16::F16>(a, b, d_mma, d_twin, f16x2);
 }

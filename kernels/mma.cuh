@@ -8,7 +8,7 @@
 // TF32 m16n8k8 (one element per register):
 //   a[0] = A(g, t)     a[1] = A(g+8, t)     a[2] = A(g, t+4)     a[3] = A(g+8, t+4)
 //   b[0] = B(t, g)     b[1] = B(t+4, g)
-// BF16 m16n8k16 (two elements per register, the lower k in the low half):
+// BF16 and F16 m16n8k16 (two elements per register, the lower k in the low half):
 //   a[0] = A(g, 2t..2t+1)    a[1] = A(g+8, 2t..2t+1)  a[2] = A(g, 2t+8..2t+9)  a[3] = A(g+8, 2t+8..)
 //   b[0] = B(2t..2t+1, g)    b[1] = B(2t+8..2t+9, g)
 #pragma once
@@ -90,6 +90,20 @@ __device__ __forceinline__ void cp_async4(unsigned* dst, const void* src, bool o
                  : "memory");
 #endif
 }
+// The same for 16 bytes (both addresses 16-byte aligned), bypassing L1 (cp.async.cg).
+__device__ __forceinline__ void cp_async16(unsigned* dst, const void* src, bool ok) {
+#ifdef GRADCAM_EMU
+    for (int i = 0; i < 4; ++i) dst[i] = ok ? static_cast<const unsigned*>(src)[i] : 0u;
+#else
+    unsigned s;
+    asm volatile("{ .reg .u64 p; cvta.to.shared.u64 p, %1; cvt.u32.u64 %0, p; }"
+                 : "=r"(s)
+                 : "l"(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src),
+                 "r"(ok ? 16 : 0)
+                 : "memory");
+#endif
+}
 // Closes the group of cp.async issued since the last commit.
 __device__ __forceinline__ void cp_async_commit() {
 #ifndef GRADCAM_EMU
@@ -115,12 +129,37 @@ __device__ __forceinline__ unsigned bf16x2_exact(float lo, float hi) {
     return (__float_as_uint(lo) >> 16) | (__float_as_uint(hi) & 0xffff0000u);
 }
 
-__device__ __forceinline__ float bf16_lo(unsigned v) { return __uint_as_float(v << 16); }
-__device__ __forceinline__ float bf16_hi(unsigned v) { return __uint_as_float(v & 0xffff0000u); }
+// Two f16 in one register, `lo` in bits 0..15, from values f16 holds exactly (loaded from f16
+// storage, or zero): one cvt.rn.f16x2.f32 on the GPU (its first source goes to the high half).
+__device__ __forceinline__ unsigned f16x2_exact(float lo, float hi) {
+#ifdef GRADCAM_EMU
+    return f16_bits_soft(lo) | (f16_bits_soft(hi) << 16);
+#else
+    unsigned v;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(v) : "f"(hi), "f"(lo));
+    return v;
+#endif
+}
 
-// d += A·B (BF16 m16n8k16) by warp shuffles, summing over k in order.
-__device__ __forceinline__ void mma_bf16_m16n8k16_shfl(float d[4], const unsigned a[4],
-                                                       const unsigned b[2]) {
+// Rounding any f32 pair (the fragment check's inputs).
+__device__ __forceinline__ unsigned f16x2(float lo, float hi) {
+    return f16_bits(lo) | (f16_bits(hi) << 16);
+}
+
+// The 16-bit operand types of the m16n8k16 tensor-core shape.
+enum class Half16 { Bf16, F16 };
+
+// The element of a packed pair at bits 16·H.. as f32.
+template <Half16 E, int H>
+__device__ __forceinline__ float half_at(unsigned v) {
+    const unsigned bits = H ? v >> 16 : v & 0xffffu;
+    return E == Half16::Bf16 ? __uint_as_float(bits << 16) : f16_float_soft(bits);
+}
+
+// d += A·B (m16n8k16, 16-bit operands E) by warp shuffles, summing over k in order.
+template <Half16 E>
+__device__ __forceinline__ void mma_m16n8k16_shfl(float d[4], const unsigned a[4],
+                                                  const unsigned b[2]) {
     const unsigned full = 0xffffffffu;
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     float row0[16], row1[16], col0[16], col1[16];
@@ -135,14 +174,14 @@ __device__ __forceinline__ void mma_bf16_m16n8k16_shfl(float d[4], const unsigne
         const unsigned c0b = __shfl_sync(full, b[1], 2 * t * 4 + s);
         const unsigned c1a = __shfl_sync(full, b[0], (2 * t + 1) * 4 + s);
         const unsigned c1b = __shfl_sync(full, b[1], (2 * t + 1) * 4 + s);
-        row0[2 * s] = bf16_lo(r0a), row0[2 * s + 1] = bf16_hi(r0a);
-        row0[2 * s + 8] = bf16_lo(r0b), row0[2 * s + 9] = bf16_hi(r0b);
-        row1[2 * s] = bf16_lo(r1a), row1[2 * s + 1] = bf16_hi(r1a);
-        row1[2 * s + 8] = bf16_lo(r1b), row1[2 * s + 9] = bf16_hi(r1b);
-        col0[2 * s] = bf16_lo(c0a), col0[2 * s + 1] = bf16_hi(c0a);
-        col0[2 * s + 8] = bf16_lo(c0b), col0[2 * s + 9] = bf16_hi(c0b);
-        col1[2 * s] = bf16_lo(c1a), col1[2 * s + 1] = bf16_hi(c1a);
-        col1[2 * s + 8] = bf16_lo(c1b), col1[2 * s + 9] = bf16_hi(c1b);
+        row0[2 * s] = half_at<E, 0>(r0a), row0[2 * s + 1] = half_at<E, 1>(r0a);
+        row0[2 * s + 8] = half_at<E, 0>(r0b), row0[2 * s + 9] = half_at<E, 1>(r0b);
+        row1[2 * s] = half_at<E, 0>(r1a), row1[2 * s + 1] = half_at<E, 1>(r1a);
+        row1[2 * s + 8] = half_at<E, 0>(r1b), row1[2 * s + 9] = half_at<E, 1>(r1b);
+        col0[2 * s] = half_at<E, 0>(c0a), col0[2 * s + 1] = half_at<E, 1>(c0a);
+        col0[2 * s + 8] = half_at<E, 0>(c0b), col0[2 * s + 9] = half_at<E, 1>(c0b);
+        col1[2 * s] = half_at<E, 0>(c1a), col1[2 * s + 1] = half_at<E, 1>(c1a);
+        col1[2 * s + 8] = half_at<E, 0>(c1b), col1[2 * s + 9] = half_at<E, 1>(c1b);
     }
     for (int k = 0; k < 16; ++k) {
         d[0] += row0[k] * col0[k];
@@ -152,15 +191,23 @@ __device__ __forceinline__ void mma_bf16_m16n8k16_shfl(float d[4], const unsigne
     }
 }
 
-__device__ __forceinline__ void mma_bf16_m16n8k16(float d[4], const unsigned a[4],
-                                                  const unsigned b[2]) {
+// d += A·B (m16n8k16, 16-bit operands E) on the tensor cores (the shuffle twin in the emulator).
+template <Half16 E>
+__device__ __forceinline__ void mma_m16n8k16(float d[4], const unsigned a[4], const unsigned b[2]) {
 #ifdef GRADCAM_EMU
-    mma_bf16_m16n8k16_shfl(d, a, b);
+    mma_m16n8k16_shfl<E>(d, a, b);
 #else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    if (E == Half16::Bf16)
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    else
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #endif
 }

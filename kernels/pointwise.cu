@@ -1,10 +1,10 @@
-// Element-wise ops, f32 or bf16 storage (<t>). One thread per element, grid-stride loops;
+// Element-wise ops, f32, bf16 or f16 storage (<t>). One thread per element, grid-stride loops;
 // grid (ceil(n / 256)), block 256.
 //   relu_fwd_<t>:       x = F.relu(x)                                   (in place)
 //   relu_bwd_<t>:       dy = dy * (y > 0) [* (dy > 0) when guided]      (in place)
 //   add_<t>:            a += b
 //   channel_affine_<t>: x = x * scale[None,:,None,None] + shift[None,:,None,None] (f32 vectors)
-//   cast_f32_bf16, cast_bf16_f32: out = x.to(dtype)
+//   cast_f32_<h>, cast_<h>_f32:   out = x.to(dtype), h = bf16 or f16
 #include "common.cuh"
 
 #define GRID_STRIDE(i, n) \
@@ -46,6 +46,7 @@ __device__ __forceinline__ void cast(const S* __restrict__ x, D* __restrict__ ou
 
 extern "C" __global__ void relu_fwd_f32(float* __restrict__ x, int n) { relu_fwd(x, n); }
 extern "C" __global__ void relu_fwd_bf16(bf16* __restrict__ x, int n) { relu_fwd(x, n); }
+extern "C" __global__ void relu_fwd_f16(f16* __restrict__ x, int n) { relu_fwd(x, n); }
 extern "C" __global__ void relu_bwd_f32(const float* __restrict__ y, float* __restrict__ dy, int n,
                                         int guided) {
     relu_bwd(y, dy, n, guided);
@@ -54,10 +55,17 @@ extern "C" __global__ void relu_bwd_bf16(const bf16* __restrict__ y, bf16* __res
                                          int guided) {
     relu_bwd(y, dy, n, guided);
 }
+extern "C" __global__ void relu_bwd_f16(const f16* __restrict__ y, f16* __restrict__ dy, int n,
+                                        int guided) {
+    relu_bwd(y, dy, n, guided);
+}
 extern "C" __global__ void add_f32(float* __restrict__ a, const float* __restrict__ b, int n) {
     add(a, b, n);
 }
 extern "C" __global__ void add_bf16(bf16* __restrict__ a, const bf16* __restrict__ b, int n) {
+    add(a, b, n);
+}
+extern "C" __global__ void add_f16(f16* __restrict__ a, const f16* __restrict__ b, int n) {
     add(a, b, n);
 }
 extern "C" __global__ void channel_affine_f32(float* __restrict__ x, const float* __restrict__ scale,
@@ -68,9 +76,19 @@ extern "C" __global__ void channel_affine_bf16(bf16* __restrict__ x, const float
                                                const float* __restrict__ shift, int c, int hw, int n) {
     channel_affine(x, scale, shift, c, hw, n);
 }
+extern "C" __global__ void channel_affine_f16(f16* __restrict__ x, const float* __restrict__ scale,
+                                              const float* __restrict__ shift, int c, int hw, int n) {
+    channel_affine(x, scale, shift, c, hw, n);
+}
 extern "C" __global__ void cast_f32_bf16(const float* __restrict__ x, bf16* __restrict__ out, int n) {
     cast(x, out, n);
 }
+extern "C" __global__ void cast_f32_f16(const float* __restrict__ x, f16* __restrict__ out, int n) {
+    cast(x, out, n);
+}
 extern "C" __global__ void cast_bf16_f32(const bf16* __restrict__ x, float* __restrict__ out, int n) {
+    cast(x, out, n);
+}
+extern "C" __global__ void cast_f16_f32(const f16* __restrict__ x, float* __restrict__ out, int n) {
     cast(x, out, n);
 }

@@ -1,4 +1,4 @@
-// Pooling, forward and backward, f32 or bf16 storage (<t>). One thread per output element
+// Pooling, forward and backward, f32, bf16 or f16 storage (<t>). One thread per output element
 // (forward) or per input element (backward: gathers, no atomics, deterministic);
 // grid (ceil(total / 256)), block 256.
 //   max_pool2d_fwd_<t>:  y = F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw))   planes = N·C
@@ -115,12 +115,20 @@ extern "C" __global__ void max_pool2d_fwd_bf16(const bf16* __restrict__ x, bf16*
                                                POOL_PARAMS) {
     max_pool2d_fwd(x, y, POOL_ARGS);
 }
+extern "C" __global__ void max_pool2d_fwd_f16(const f16* __restrict__ x, f16* __restrict__ y,
+                                              POOL_PARAMS) {
+    max_pool2d_fwd(x, y, POOL_ARGS);
+}
 extern "C" __global__ void max_pool2d_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy,
                                               float* __restrict__ dx, POOL_PARAMS) {
     max_pool2d_bwd(x, dy, dx, POOL_ARGS);
 }
 extern "C" __global__ void max_pool2d_bwd_bf16(const bf16* __restrict__ x, const bf16* __restrict__ dy,
                                                bf16* __restrict__ dx, POOL_PARAMS) {
+    max_pool2d_bwd(x, dy, dx, POOL_ARGS);
+}
+extern "C" __global__ void max_pool2d_bwd_f16(const f16* __restrict__ x, const f16* __restrict__ dy,
+                                              f16* __restrict__ dx, POOL_PARAMS) {
     max_pool2d_bwd(x, dy, dx, POOL_ARGS);
 }
 extern "C" __global__ void adaptive_avg_pool2d_fwd_f32(const float* __restrict__ x,
@@ -133,6 +141,11 @@ extern "C" __global__ void adaptive_avg_pool2d_fwd_bf16(const bf16* __restrict__
                                                         int w, int oh, int ow) {
     adaptive_avg_pool2d_fwd(x, y, planes, h, w, oh, ow);
 }
+extern "C" __global__ void adaptive_avg_pool2d_fwd_f16(const f16* __restrict__ x,
+                                                       f16* __restrict__ y, int planes, int h,
+                                                       int w, int oh, int ow) {
+    adaptive_avg_pool2d_fwd(x, y, planes, h, w, oh, ow);
+}
 extern "C" __global__ void adaptive_avg_pool2d_bwd_f32(const float* __restrict__ dy,
                                                        float* __restrict__ dx, int planes, int h,
                                                        int w, int oh, int ow) {
@@ -141,5 +154,10 @@ extern "C" __global__ void adaptive_avg_pool2d_bwd_f32(const float* __restrict__
 extern "C" __global__ void adaptive_avg_pool2d_bwd_bf16(const bf16* __restrict__ dy,
                                                         bf16* __restrict__ dx, int planes, int h,
                                                         int w, int oh, int ow) {
+    adaptive_avg_pool2d_bwd(dy, dx, planes, h, w, oh, ow);
+}
+extern "C" __global__ void adaptive_avg_pool2d_bwd_f16(const f16* __restrict__ dy,
+                                                       f16* __restrict__ dx, int planes, int h,
+                                                       int w, int oh, int ow) {
     adaptive_avg_pool2d_bwd(dy, dx, planes, h, w, oh, ow);
 }

@@ -2,7 +2,7 @@
 // cv2.resize INTER_LINEAR on float data) → ImageNet normalisation → CHW float, one image per
 // launch (batch slot chosen by the output pointer).
 //   preprocess_rgb8_<t>: grid (ceil(oh·ow / 256)), block 256, one thread per output pixel;
-//                        output stored f32 or bf16.
+//                        output stored f32, bf16 or f16.
 #include "common.cuh"
 
 template <class T>
@@ -32,5 +32,10 @@ extern "C" __global__ void preprocess_rgb8_f32(const unsigned char* __restrict__
 extern "C" __global__ void preprocess_rgb8_bf16(const unsigned char* __restrict__ rgb,
                                                 bf16* __restrict__ out, int h, int w, int oh,
                                                 int ow) {
+    preprocess_rgb8(rgb, out, h, w, oh, ow);
+}
+extern "C" __global__ void preprocess_rgb8_f16(const unsigned char* __restrict__ rgb,
+                                               f16* __restrict__ out, int h, int w, int oh,
+                                               int ow) {
     preprocess_rgb8(rgb, out, h, w, oh, ow);
 }

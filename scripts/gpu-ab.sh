@@ -28,7 +28,7 @@ run() { # name limit command...
   echo "$1: exit $?, $((SECONDS - t0)) s" | tee -a "$sum"
 }
 new_env=${NEW_ENV:-X=}
-for p in tf32 f32 bf16; do
+for p in tf32 f32 bf16 f16; do
   run selftest-$p 90 env GRADCAM_CACHE_DIR=/tmp/k-new $new_env $kit/gradcam selftest \
     --device cuda --precision $p
 done

@@ -52,11 +52,33 @@ bench() { # arch precision [tile: 64|128, else chosen per layer] [extra env]
 step selftest-tf32 90 $kit/gradcam selftest --device cuda --precision tf32
 step selftest-f32 45 $kit/gradcam selftest --device cuda --precision f32
 step selftest-bf16 45 $kit/gradcam selftest --device cuda --precision bf16
-# The experimental cp.async ring for TF32 forward convs (GRADCAM_CONV_ASYNC=1), checked too.
+step selftest-f16 45 $kit/gradcam selftest --device cuda --precision f16
+# The experimental paths, checked too: KRSC weights (GRADCAM_CONV_KRSC=1) at each tensor-core
+# precision, and the cp.async ring for TF32 forward convs (GRADCAM_CONV_ASYNC=1).
+for p in tf32 bf16 f16; do
+  step selftest-$p-krsc 45 env GRADCAM_CONV_KRSC=1 $kit/gradcam selftest --device cuda \
+    --precision $p
+done
 step selftest-tf32-async 45 env GRADCAM_CONV_ASYNC=1 $kit/gradcam selftest --device cuda \
   --precision tf32
 step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
   $kit/cuda-tests --nocapture --test-threads 1
+# Each default beside its experiments, then the peers on the same card.
+bench resnet50 tf32
+bench resnet50 tf32 "" GRADCAM_CONV_KRSC=1
+bench resnet50 tf32 "" GRADCAM_CONV_ASYNC=1
+step peers-resnet50 150 python3 tools/bench_gpu_peers.py --arch resnet50 --batch 64 --images "$n"
+bench resnet50 bf16
+bench resnet50 bf16 "" GRADCAM_CONV_KRSC=1
+bench resnet50 f16
+bench resnet50 f16 "" GRADCAM_CONV_KRSC=1
+bench vgg16 tf32
+bench vgg16 tf32 "" GRADCAM_CONV_KRSC=1
+bench vgg16 tf32 "" GRADCAM_CONV_ASYNC=1
+step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --images "$n"
+bench vgg16 bf16
+bench vgg16 bf16 "" GRADCAM_CONV_KRSC=1
+bench vgg16 f16 "" GRADCAM_CONV_KRSC=1
 # The CLI end to end: `--device auto` must pick the GPU; f32 outputs must match the CPU's.
 step explain-demo 60 bash -c "set -o pipefail
   $kit/gradcam explain assets/demo/images -o /tmp/demo-gpu --precision f32 2>&1 | tee /tmp/demo.log &&
@@ -70,17 +92,9 @@ for f in sorted(pathlib.Path('/tmp/demo-cpu').glob('*.json')):
     print(f.name, a['class'], b['class'], a['probability'], b['probability'], 'ok' if ok else 'DIFFERS')
     assert ok
 PY"
-bench resnet50 tf32
-step peers-resnet50 150 python3 tools/bench_gpu_peers.py --arch resnet50 --batch 64 --images "$n"
-bench resnet50 bf16
-bench resnet50 tf32 "" GRADCAM_CONV_ASYNC=1   # the cp.async ring, against the line above
-bench resnet50 tf32 "" GRADCAM_PINNED=0   # plain (pageable) copies, for comparison
-bench vgg16 tf32
-bench vgg16 tf32 "" GRADCAM_CONV_ASYNC=1
-step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --images "$n"
-bench vgg16 bf16
 bench resnet50 f32
 bench vgg16 f32
+bench resnet50 tf32 "" GRADCAM_PINNED=0   # plain (pageable) copies, for comparison
 # Tile sizes forced, per layer in the profile (TILES=1; what the 64/128 rule was fitted on).
 if [ "${TILES:-0}" = 1 ]; then
   for p in tf32 bf16; do for t in 64 128; do bench resnet50 $p $t; bench vgg16 $p $t; done; done

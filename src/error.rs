@@ -52,6 +52,14 @@ pub enum Error {
     NoDevice(String),
     #[error("CUDA: {0}")]
     Cuda(String),
+    /// Infinities or NaNs in a network's results: an overflow (f16 tops out at 65504) or a
+    /// corrupt model.
+    #[error(
+        "the network produced infinities or NaNs in the {what} on {backend}: an overflow \
+         (at --precision f16 any value beyond ±65504; bf16 and tf32 have f32's range) or a \
+         corrupt model"
+    )]
+    NonFinite { what: String, backend: String },
     #[error("{0}")]
     Invalid(String),
 }

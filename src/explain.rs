@@ -203,6 +203,7 @@ fn device_fitting<B: Backend>(
         score_batch: cfg.score_batch,
     };
     let batch = explain(net, x, &req)?;
+    check_finite(&batch, &be.name())?;
     let t2 = Instant::now();
     let overlays = if cfg.overlay_full_res {
         be.overlays(&staged, &batch.maps)?
@@ -219,6 +220,28 @@ fn device_fitting<B: Backend>(
         hw,
         batch,
         overlays,
+    })
+}
+
+/// Infinities or NaNs in the logits, the maps or the channel weights fail the batch with a
+/// clear error (the CLI then retries its images one by one, so only the culprit fails) rather
+/// than writing blank maps.
+fn check_finite(batch: &CamBatch, backend: &str) -> Result<()> {
+    let bad = [
+        ("logits", &batch.logits),
+        ("maps", &batch.maps),
+        ("channel weights", &batch.weights),
+    ]
+    .into_iter()
+    .filter(|(_, t)| t.data().iter().any(|v| !v.is_finite()))
+    .map(|(name, _)| name)
+    .collect::<Vec<_>>();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::NonFinite {
+        what: bad.join(", "),
+        backend: backend.to_string(),
     })
 }
 

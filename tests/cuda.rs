@@ -22,11 +22,16 @@ fn launcher() -> Option<CudaLauncher> {
 
 #[test]
 fn selftest_passes_on_the_gpu() {
-    for precision in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+    for precision in [
+        Precision::F32,
+        Precision::Tf32,
+        Precision::Bf16,
+        Precision::F16,
+    ] {
         let Some(l) = launcher() else { return };
         let be = GpuBackend::with_precision(l, precision);
         let mut checks = selftest::run(&be).unwrap();
-        checks.extend(selftest::mma_checks(&be).unwrap());
+        checks.extend(selftest::device_checks(&be).unwrap());
         let table = selftest::table(&checks);
         eprintln!("{precision:?}\n{table}");
         assert!(checks.iter().all(|c| c.passed()), "{table}");

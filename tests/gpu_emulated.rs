@@ -29,7 +29,8 @@ fn parity_fixtures_through_the_emulated_kernels() {
 /// keeps 10 of f32's 23 mantissa bits, BF16 7): TF32 logits 1e-2 relative, cam 2e-2 (observed
 /// 4.9e-3); BF16 (tensors stored in bf16 too) logits 5e-2, cam 2e-1 (observed 1.1e-1, on the
 /// nearly flat maps of the tiny random-weight fixtures, where min-max normalisation magnifies
-/// small differences).
+/// small differences); F16 (tensors stored in f16, 10 mantissa bits) logits 1e-2, cam 3e-2
+/// (observed 3.1e-3).
 #[test]
 fn parity_fixtures_through_the_emulated_tensor_core_paths() {
     for (precision, tol) in common::TENSOR_CORE_TOL {
@@ -47,24 +48,31 @@ fn parity_fixtures_through_the_emulated_tensor_core_paths() {
 /// convolution tile size.
 #[test]
 fn tensor_core_selftests_pass_through_the_emulator() {
-    // (precision, tile, the experimental cp.async ring for TF32 forward convs)
-    for (precision, tile, ring) in [
-        (Precision::Tf32, ConvTile::T64, false),
-        (Precision::Tf32, ConvTile::T128, false),
-        (Precision::Tf32, ConvTile::T64, true),
-        (Precision::Tf32, ConvTile::T128, true),
-        (Precision::Bf16, ConvTile::T64, false),
-        (Precision::Bf16, ConvTile::T128, false),
+    // (precision, tile, the experimental cp.async ring for TF32 forward convs, KRSC weights)
+    for (precision, tile, ring, krsc) in [
+        (Precision::Tf32, ConvTile::T64, false, false),
+        (Precision::Tf32, ConvTile::T128, false, false),
+        (Precision::Tf32, ConvTile::T64, false, true),
+        (Precision::Tf32, ConvTile::T128, false, true),
+        (Precision::Tf32, ConvTile::T64, true, false),
+        (Precision::Tf32, ConvTile::T128, true, false),
+        (Precision::Bf16, ConvTile::T64, false, false),
+        (Precision::Bf16, ConvTile::T128, false, false),
+        (Precision::Bf16, ConvTile::T64, false, true),
+        (Precision::F16, ConvTile::T64, false, false),
+        (Precision::F16, ConvTile::T128, false, false),
+        (Precision::F16, ConvTile::T128, false, true),
     ] {
         let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
             .with_conv_tile(tile)
-            .with_conv_async(ring);
+            .with_conv_async(ring)
+            .with_conv_krsc(krsc);
         let mut checks = gradcam::backend::selftest::run(&be).unwrap();
-        checks.extend(gradcam::backend::selftest::mma_checks(&be).unwrap());
+        checks.extend(gradcam::backend::selftest::device_checks(&be).unwrap());
         let table = gradcam::backend::selftest::table(&checks);
         assert!(
             checks.iter().all(|c| c.passed()),
-            "{precision:?} {tile:?} cp.async {ring}\n{table}"
+            "{precision:?} {tile:?} cp.async {ring} KRSC {krsc}\n{table}"
         );
     }
 }
@@ -195,7 +203,9 @@ fn batches_too_big_for_the_device_are_split() {
 /// ≤ 3.4e-7); bf16 storage and tensor cores (casts, bf16 CAM ops, Score-CAM's uploaded weights):
 /// logits 3e-2, maps and weights 5e-2 (observed 9.4e-3, 1.8e-2, 2.6e-3), the guided gradient
 /// at the input 4e-1 (observed 0.20: a guided ReLU zeroes every negative gradient, so bf16
-/// rounding near zero flips whole paths of the gradient through the network).
+/// rounding near zero flips whole paths of the gradient through the network); f16 (10 mantissa
+/// bits): logits 5e-3, maps and weights 3e-2, guided 1e-1 (observed 6.5e-4, 1.1e-2, 2.3e-3,
+/// 2.5e-2).
 #[test]
 fn cam_family_and_guided_match_the_cpu_backend() {
     let cpu = Network::new(
@@ -209,6 +219,7 @@ fn cam_family_and_guided_match_the_cpu_backend() {
     for (precision, tol_logits, tol, tol_guided) in [
         (Precision::F32, 1e-4, 1e-3, 1e-3),
         (Precision::Bf16, 3e-2, 5e-2, 4e-1),
+        (Precision::F16, 5e-3, 3e-2, 1e-1),
     ] {
         let g = model::load(fixtures().join("resnet_tiny.safetensors"), None).unwrap();
         let gpu =
@@ -239,7 +250,14 @@ fn cam_family_and_guided_match_the_cpu_backend() {
                 "{name}: weights {}",
                 e(&a.weights, &b.weights)
             );
+            eprintln!(
+                "{name}: logits {:.1e}, maps {:.1e}, weights {:.1e}",
+                e(&a.logits, &b.logits),
+                e(&a.maps, &b.maps),
+                e(&a.weights, &b.weights)
+            );
             if let (Some(ga), Some(gb)) = (&a.guided, &b.guided) {
+                eprintln!("{name}: guided gradient {:.1e}", e(ga, gb));
                 assert!(
                     e(ga, gb) < tol_guided,
                     "{name}: guided gradient {}",
@@ -248,4 +266,54 @@ fn cam_family_and_guided_match_the_cpu_backend() {
             }
         }
     }
+}
+
+/// Logits beyond f16's range (±65504) fail the batch with an error naming the overflow, not a
+/// blank map; the same model at TF32 (f32's range) explains the image. The fully connected
+/// layer is scaled so the largest logit is 1e6 in exact arithmetic.
+#[test]
+fn f16_overflow_is_an_error_not_a_blank_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("loud.safetensors");
+    let img = load_rgb8(&fixtures().join("images/a.png")).unwrap();
+    let cfg = ExplainConfig {
+        size: InputSize::Square(64),
+        ..ExplainConfig::default()
+    };
+    let mut dict = model::synth::state_dict("resnet18", 16, 10, 1).unwrap();
+    let logits = |dict: &[(String, Tensor)], precision: Option<Precision>| {
+        model::synth::write(&path, dict, safetensors::Dtype::F32).unwrap();
+        let g = model::load(&path, None).unwrap();
+        let r = match precision {
+            None => explain_batch(
+                &Network::new(g, CpuBackend::fast()).unwrap(),
+                &[&img],
+                &cfg,
+                &mut Timings::default(),
+            ),
+            Some(p) => explain_batch(
+                &Network::new(g, GpuBackend::with_precision(EmuLauncher::new(), p)).unwrap(),
+                &[&img],
+                &cfg,
+                &mut Timings::default(),
+            ),
+        };
+        r.map(|e| e[0].top5[0].1.abs())
+    };
+    let largest = logits(&dict, None).unwrap();
+    for (name, t) in dict.iter_mut() {
+        if name.starts_with("fc.") {
+            let v = t.data().iter().map(|x| x * 1e6 / largest).collect();
+            *t = Tensor::new(t.shape().to_vec(), v);
+        }
+    }
+    match logits(&dict, Some(Precision::F16)) {
+        Err(e @ gradcam::Error::NonFinite { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("logits") && msg.contains("65504"), "{msg}");
+        }
+        other => panic!("f16 logits of 1e6: {:?}", other.map_err(|e| e.to_string())),
+    }
+    let tf32 = logits(&dict, Some(Precision::Tf32)).unwrap();
+    assert!((tf32 / 1e6 - 1.0).abs() < 1e-2, "largest TF32 logit {tf32}");
 }

@@ -125,7 +125,7 @@ fn module_cache_keys_and_round_trip() {
     assert!(c.get("conv.cu").is_none());
 }
 
-/// The TF32 and BF16 convolutions really use the tensor cores: their PTX holds the mma.sync
+/// The TF32, BF16 and F16 convolutions really use the tensor cores: their PTX holds the mma.sync
 /// (the emulator runs the shuffle twins and plain copies instead, so only this shows it).
 #[test]
 fn tensor_core_convolutions_compile_to_mma_sync() {
@@ -146,23 +146,43 @@ fn tensor_core_convolutions_compile_to_mma_sync() {
         );
         assert!(b.contains("cvt.rna.tf32.f32"), "{entry}: no TF32 rounding");
     }
-    for entry in ["conv2d_fwd_bf16", "conv2d_bwd_data_bf16"] {
-        assert!(
-            body(entry).contains("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"),
-            "{entry}: no mma.sync"
-        );
+    for t in ["bf16", "f16"] {
+        for op in ["conv2d_fwd", "conv2d_bwd_data"] {
+            for tile in ["", "_t128"] {
+                let entry = format!("{op}_{t}{tile}");
+                let mma = format!("mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32");
+                assert!(body(&entry).contains(&mma), "{entry}: no {mma}");
+            }
+        }
     }
+    // F16 operands are packed by the hardware conversion, not the emulator's software twin.
+    assert!(body("conv2d_fwd_f16").contains("cvt.rn.f16x2.f32"));
     assert!(!body("conv2d_fwd_f32").contains("mma.sync"));
-    // The experimental ring: operands by cp.async (zero-fill size operand), waited on in
-    // groups, then the same mma.sync.
+    // The experimental ring: operands by cp.async (B by 4 bytes with a zero-fill size
+    // operand, the KRSC weights by 16), waited on in groups, then the same mma.sync.
     for entry in ["conv2d_fwd_tf32_async", "conv2d_fwd_tf32_t128_async"] {
         let b = body(entry);
         for needle in [
             "cp.async.ca.shared.global",
+            "cp.async.cg.shared.global",
             "cp.async.wait_group",
             "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32",
         ] {
             assert!(b.contains(needle), "{entry}: no {needle}");
+        }
+    }
+    // KRSC weights: one 16-byte load and store per vector of A, no TF32 rounding in the loop
+    // for them (made at load time); B is still rounded as it is staged.
+    for t in ["tf32", "bf16", "f16"] {
+        for tile in ["", "_t128"] {
+            let entry = format!("conv2d_fwd_{t}{tile}_krsc");
+            let b = body(&entry);
+            assert!(
+                b.contains("ld.global.nc.v4.u32") || b.contains("ld.global.v4.u32"),
+                "{entry}: no vector load"
+            );
+            assert!(b.contains("st.shared.v4.u32"), "{entry}: no vector store");
+            assert!(b.contains("mma.sync.aligned"), "{entry}: no mma.sync");
         }
     }
 }

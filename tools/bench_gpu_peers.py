@@ -17,6 +17,7 @@ torch.cuda.synchronize() around it:
   forward-bf16   the same under torch.autocast(bfloat16)
   forward-bf16-cl  the same with the model and inputs in channels_last (torch's fastest eager
                  layout for bf16 convolutions)
+  forward-f16, forward-f16-cl  the same two under torch.autocast(float16)
 
 Prints one line per tool: images/s and torch.cuda.max_memory_allocated (for the forward
 tools that includes the inputs held ready on the GPU).
@@ -70,7 +71,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--images", type=int, default=256)
     p.add_argument("--tools",
-                   default="gradcam,forward-tf32,forward-f32,forward-bf16,forward-bf16-cl")
+                   default="gradcam,forward-tf32,forward-f32,forward-bf16,forward-bf16-cl,"
+                           "forward-f16,forward-f16-cl")
     a = p.parse_args()
     torch.manual_seed(0)
     model = torchvision.models.get_model(a.arch, weights=None).eval().cuda()
@@ -93,10 +95,11 @@ def main() -> None:
                     show(cv2.resize(im, (224, 224)).astype(np.float32) / 255.0, m, use_rgb=True)
         else:
             torch.backends.cudnn.benchmark = True
-            bf16 = tool.startswith("forward-bf16")
+            half = {"forward-bf16": torch.bfloat16, "forward-f16": torch.float16}.get(
+                tool.removesuffix("-cl"))
             fmt = torch.channels_last if tool.endswith("-cl") else torch.contiguous_format
             net = model.to(memory_format=fmt)
-            ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 \
+            ctx = (lambda: torch.autocast("cuda", dtype=half)) if half \
                 else (lambda: torch.autocast("cuda", enabled=False))
             # Inputs preprocessed and uploaded before the clock starts: the bare forward pass.
             ready = {id(b): preprocess(b).contiguous(memory_format=fmt) for b in batches}

@@ -3,7 +3,7 @@
 //! `gradcam selftest` runs on the CPU, on the emulated kernels, and (next) on a real GPU.
 //! Tolerance: max abs diff ≤ tol · (1 + max |reference|), tol = the backend's
 //! [`Backend::selftest_tolerance`] (1e-3 for f32 arithmetic, 2e-3 for TF32 tensor cores, 1e-2
-//! for BF16).
+//! for BF16, 5e-3 for F16).
 
 use super::{Backend, Conv2dParams, CpuBackend, ElementRule, Pool2dParams, WeightRule};
 use crate::model::synth::Rng;
@@ -314,14 +314,24 @@ pub fn table(checks: &[Check]) -> String {
     s
 }
 
-/// The tensor-core fragment layouts (kernels/mma.cuh), TF32 and BF16: each mma instruction
-/// against its shuffle twin (identical on the emulator, where the twin stands in), and the twin
-/// against a CPU product of the rounded inputs.
-pub fn mma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Result<Vec<Check>> {
+/// What only the GPU code has: the tensor-core fragment layouts (kernels/mma.cuh), TF32, BF16
+/// and F16, each mma instruction against its shuffle twin (identical on the emulator, where the
+/// twin stands in) and the twin against a CPU product of the rounded inputs; then the 16-bit
+/// storage conversions against the `half` crate.
+pub fn device_checks<L: super::gpu::Launcher>(
+    be: &super::gpu::GpuBackend<L>,
+) -> Result<Vec<Check>> {
+    let mut out = mma_checks(be)?;
+    out.extend(cast_checks(be)?);
+    Ok(out)
+}
+
+fn mma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Result<Vec<Check>> {
     let mut rng = Rng::new(77);
-    // f32 → TF32 (nearest, ties away) and → BF16 (nearest even), as the kernels round.
+    // f32 → TF32 (nearest, ties away), → BF16 and → F16 (nearest even), as the kernels round.
     let tf32 = |v: f32| f32::from_bits((v.to_bits() + 0x1000) & 0xffff_e000);
     let bf16 = |v: f32| half::bf16::from_f32(v).to_f32();
+    let f16 = |v: f32| half::f16::from_f32(v).to_f32();
     let err = |x: &[f32], y: &[f32]| {
         x.iter()
             .zip(y)
@@ -332,8 +342,12 @@ pub fn mma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Re
             )
     };
     let mut out = Vec::new();
-    for (kind, depth) in [("tf32", 8), ("bf16", 16)] {
-        let round = |v: f32| if kind == "tf32" { tf32(v) } else { bf16(v) };
+    for (kind, depth) in [("tf32", 8), ("bf16", 16), ("f16", 16)] {
+        let round = |v: f32| match kind {
+            "tf32" => tf32(v),
+            "bf16" => bf16(v),
+            _ => f16(v),
+        };
         let a = rng.tensor(&[16, depth], -2.0, 2.0);
         let b = rng.tensor(&[depth, 8], -2.0, 2.0);
         let (d_mma, d_twin) = be.mma_check(kind, a.data(), b.data())?;
@@ -360,6 +374,84 @@ pub fn mma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Re
             shape: "vs CPU on rounded inputs".into(),
             max_err: err(&d_twin, &want),
             tolerance,
+        });
+    }
+    Ok(out)
+}
+
+/// f32 → bf16 / f16 → f32 on the device (`cast_*` kernels; the f16 ones are cvt instructions on
+/// a GPU and software twins on the emulator) against the `half` crate, bit for bit: the edges of
+/// both formats (overflow to inf, the subnormals, ties at every boundary, NaN) and 20 000
+/// random bit patterns, half of them inside f16's exponent range. The error is the number of
+/// values that differ (tolerance 0).
+fn cast_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Result<Vec<Check>> {
+    use super::gpu::DType;
+    let mut v: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.5,
+        65504.0,
+        65519.996,
+        65520.0,
+        -65520.0,
+        1e9,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        6.103_515_6e-5, // f16's smallest normal
+        6.097_555e-5,   // its largest subnormal
+        5.960_464_5e-8, // its smallest subnormal
+        2.980_232_2e-8, // half of that: a tie, to zero
+        4.470_348_4e-8, // 1.5 · 2^-25: rounds up
+        1e-10,
+        f32::MIN_POSITIVE,
+        3.4e38,
+    ];
+    // Ties just above and below every f16 binade boundary, and odd/even tie cases.
+    for e in -24..16 {
+        let x = 2f32.powi(e);
+        v.extend([
+            x,
+            x * (1.0 + 2f32.powi(-11)),
+            x * (1.0 + 3.0 * 2f32.powi(-11)),
+            -x * 0.999_999,
+        ]);
+    }
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as u32
+    };
+    for i in 0..20_000 {
+        let bits = next();
+        v.push(if i % 2 == 0 {
+            f32::from_bits(bits)
+        } else {
+            // Exponents 2^-26 .. 2^17, either sign: f16's range and a little beyond.
+            f32::from_bits((bits & 0x807f_ffff) | ((101 + (bits >> 8) % 44) << 23))
+        });
+    }
+    let mut out = Vec::new();
+    for to in [DType::Bf16, DType::F16] {
+        let (bytes, back) = be.cast_round_trip(&v, to)?;
+        let want = to.encode(&v);
+        let wrong = (0..v.len())
+            .filter(|&i| {
+                let (g, w) = (&bytes[2 * i..2 * i + 2], &want[2 * i..2 * i + 2]);
+                let exact = back[i].to_bits() == to.decode(g)[0].to_bits() || back[i].is_nan();
+                // NaN payloads may differ; NaN must stay NaN.
+                let same = g == w || (v[i].is_nan() && to.decode(g)[0].is_nan());
+                !(same && exact && back[i].is_nan() == v[i].is_nan())
+            })
+            .count();
+        out.push(Check {
+            op: format!("cast f32 → {} → f32", to.name()),
+            shape: format!("{} values vs the half crate", v.len()),
+            max_err: wrong as f32,
+            tolerance: 0.0,
         });
     }
     Ok(out)

@@ -65,9 +65,10 @@ pub fn check_overlay(id: &str, ours: &[u8], theirs: &[u8], reference_cam: &[f32]
 pub const F32_TOL: ParityTol = ParityTol::F32;
 
 /// The tensor-core precisions with their parity tolerances.
-pub const TENSOR_CORE_TOL: [(gradcam::backend::gpu::Precision, ParityTol); 2] = [
+pub const TENSOR_CORE_TOL: [(gradcam::backend::gpu::Precision, ParityTol); 3] = [
     (gradcam::backend::gpu::Precision::Tf32, ParityTol::TF32),
     (gradcam::backend::gpu::Precision::Bf16, ParityTol::BF16),
+    (gradcam::backend::gpu::Precision::F16, ParityTol::F16),
 ];
 
 /// Every case of manifest.json (that `only` accepts) through `explain_batch` on any backend,

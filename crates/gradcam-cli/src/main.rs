@@ -77,8 +77,8 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
     /// Arithmetic on a GPU: `tf32` (default; tensor-core convolutions, PyTorch's default for
-    /// cuDNN), `f32` (exact, as on the CPU) or `bf16` (bf16 tensors and tensor cores, f32
-    /// accumulation). The CPU always computes in f32.
+    /// cuDNN), `f32` (exact, as on the CPU), `bf16` or `f16` (16-bit tensors and tensor cores,
+    /// f32 accumulation; f16 is finer, bf16 has f32's range). The CPU always computes in f32.
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
 }
@@ -94,6 +94,7 @@ pub enum PrecisionArg {
     F32,
     Tf32,
     Bf16,
+    F16,
 }
 
 impl From<PrecisionArg> for Precision {
@@ -102,6 +103,7 @@ impl From<PrecisionArg> for Precision {
             PrecisionArg::F32 => Precision::F32,
             PrecisionArg::Tf32 => Precision::Tf32,
             PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::F16 => Precision::F16,
         }
     }
 }

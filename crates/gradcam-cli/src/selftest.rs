@@ -40,7 +40,7 @@ pub struct SelftestArgs {
 /// Every op, then the tensor-core fragment checks.
 fn gpu_checks<L: Launcher>(be: &GpuBackend<L>) -> anyhow::Result<Vec<Check>> {
     let mut checks = selftest::run(be)?;
-    checks.extend(selftest::mma_checks(be)?);
+    checks.extend(selftest::device_checks(be)?);
     Ok(checks)
 }
 

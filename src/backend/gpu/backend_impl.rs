@@ -13,10 +13,13 @@ use crate::{Result, Tensor};
 
 impl<L: Launcher> GpuBackend<L> {
     /// conv2d_fwd_<t> [+ residual] [then ReLU], one launch.
+    /// `prepared`: the KRSC copy of `w` from [`Backend::conv2d_prepare`], if there is one.
+    #[allow(clippy::too_many_arguments)]
     fn conv_fwd(
         &self,
         x: &GpuTensor<L::Buf>,
         w: &GpuTensor<L::Buf>,
+        prepared: Option<&GpuTensor<L::Buf>>,
         b: Option<&GpuTensor<L::Buf>>,
         residual: Option<&GpuTensor<L::Buf>>,
         p: &Conv2dParams,
@@ -31,9 +34,10 @@ impl<L: Launcher> GpuBackend<L> {
         self.launch_conv(
             "conv2d_fwd",
             x.dtype,
+            prepared.is_some(),
             &[
                 KArg::Buf(&x.buf),
-                KArg::Buf(&w.buf),
+                KArg::Buf(&prepared.unwrap_or(w).buf),
                 b.map_or(KArg::Null, |b| KArg::Buf(&b.buf)),
                 residual.map_or(KArg::Null, |r| KArg::Buf(&r.buf)),
                 KArg::Buf(&y.buf),
@@ -184,6 +188,8 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             // Outputs stored in bf16 (relative 2^-9) on top of f32 accumulation: observed
             // ≤ 1.8e-3 of (1 + max |reference|).
             Precision::Bf16 => 1e-2,
+            // Outputs stored in f16 (relative 2^-11), 4x finer than bf16.
+            Precision::F16 => 5e-3,
         }
     }
     fn upload(&self, t: Tensor) -> Result<Self::Tensor> {
@@ -191,14 +197,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let buf = match dtype {
             DType::F32 => self.upload_f32(t.data())?,
             // Rounded to nearest even on the host (half), as the kernels round.
-            DType::Bf16 => {
-                let bytes: Vec<u8> = t
-                    .data()
-                    .iter()
-                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-                    .collect();
-                self.l.upload(&bytes)?
-            }
+            DType::Bf16 | DType::F16 => self.l.upload(&dtype.encode(t.data()))?,
         };
         Ok(GpuTensor {
             buf,
@@ -213,12 +212,10 @@ impl<L: Launcher> Backend for GpuBackend<L> {
                 self.l.download(&t.buf, f32_bytes_mut(&mut v))?;
                 v
             }
-            DType::Bf16 => {
+            DType::Bf16 | DType::F16 => {
                 let mut b = vec![0u8; t.numel() * 2];
                 self.l.download(&t.buf, &mut b)?;
-                b.chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect()
+                t.dtype.decode(&b)
             }
         };
         Ok(Tensor::new(t.shape.clone(), v))
@@ -237,31 +234,50 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         t.shape = shape.to_vec();
         Ok(t)
     }
-    fn conv2d_prepare(&self, _w: &Self::Tensor, _p: &Conv2dParams) -> Result<Option<Self::Tensor>> {
-        Ok(None)
+    /// The KRSC copy of a tensor-core conv's weights when [`GpuBackend::with_conv_krsc`] (or
+    /// the cp.async ring) is on and the conv qualifies.
+    fn conv2d_prepare(&self, w: &Self::Tensor, _p: &Conv2dParams) -> Result<Option<Self::Tensor>> {
+        if !self.krsc_applies(&w.shape) {
+            return Ok(None);
+        }
+        let (k, cg, r, s) = dims4(&w.shape);
+        let out = self.like(w.shape.clone(), w)?;
+        self.run1d(
+            &Self::kernel("conv_weight_krsc", w),
+            w.numel(),
+            &[
+                KArg::Buf(&w.buf),
+                KArg::Buf(&out.buf),
+                KArg::I32(k as i32),
+                KArg::I32(cg as i32),
+                KArg::I32((r * s) as i32),
+                KArg::I32((self.precision() == Precision::Tf32) as i32),
+            ],
+        )?;
+        Ok(Some(out))
     }
     fn conv2d_fwd(
         &self,
         x: &Self::Tensor,
         w: &Self::Tensor,
-        _prepared: Option<&Self::Tensor>,
+        prepared: Option<&Self::Tensor>,
         b: Option<&Self::Tensor>,
         p: &Conv2dParams,
         relu: bool,
     ) -> Result<Self::Tensor> {
-        self.conv_fwd(x, w, b, None, p, relu)
+        self.conv_fwd(x, w, prepared, b, None, p, relu)
     }
     fn conv2d_fwd_add_relu(
         &self,
         x: &Self::Tensor,
         w: &Self::Tensor,
-        _prepared: Option<&Self::Tensor>,
+        prepared: Option<&Self::Tensor>,
         b: Option<&Self::Tensor>,
         p: &Conv2dParams,
         residual: &Self::Tensor,
     ) -> Result<Self::Tensor> {
         let residual = self.as_dtype(residual, x.dtype)?;
-        self.conv_fwd(x, w, b, Some(&residual), p, true)
+        self.conv_fwd(x, w, prepared, b, Some(&residual), p, true)
     }
     fn conv2d_bwd_data(
         &self,
@@ -277,6 +293,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         self.launch_conv(
             "conv2d_bwd_data",
             dy.dtype,
+            false,
             &[KArg::Buf(&dy.buf), KArg::Buf(&w.buf), KArg::Buf(&dx.buf)],
             [n, c, h, wd, k, r, s, oh, ow],
             p,

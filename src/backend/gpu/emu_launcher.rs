@@ -9,8 +9,9 @@ use crate::backend::emu;
 use crate::Result;
 
 pub struct EmuBuf {
-    // u64 words: 8-byte alignment for any element type the kernels read.
-    data: UnsafeCell<Vec<u64>>,
+    // u128 words: 16-byte alignment, as cudaMalloc's 256 at least, for the kernels' 16-byte
+    // vector loads.
+    data: UnsafeCell<Vec<u128>>,
     _held: Held,
 }
 
@@ -60,9 +61,9 @@ impl Launcher for EmuLauncher {
     fn alloc(&self, bytes: usize) -> Result<EmuBuf> {
         Ok(EmuBuf {
             _held: self.mem.reserve(bytes)?,
-            // All ones: NaN as f32 and as bf16, so a kernel that reads memory nobody wrote (a
+            // All ones: NaN as f32, bf16 and f16, so a kernel that reads memory nobody wrote (a
             // GPU allocation is uninitialised) shows up in the tests.
-            data: UnsafeCell::new(vec![u64::MAX; bytes.div_ceil(8)]),
+            data: UnsafeCell::new(vec![u128::MAX; bytes.div_ceil(16)]),
         })
     }
     fn upload(&self, data: &[u8]) -> Result<EmuBuf> {
@@ -78,7 +79,7 @@ impl Launcher for EmuLauncher {
         // for at most the bytes it allocated.
         unsafe {
             assert!(
-                out.len() <= (*b.data.get()).len() * 8,
+                out.len() <= (*b.data.get()).len() * 16,
                 "download past the buffer"
             );
             std::ptr::copy_nonoverlapping(b.addr() as *const u8, out.as_mut_ptr(), out.len());

@@ -80,8 +80,11 @@ pub struct GpuBackend<L: Launcher> {
     l: L,
     precision: Precision,
     conv_tile: ConvTile,
-    /// TF32 forward convolutions through the cp.async ring (GRADCAM_CONV_ASYNC=1; experimental).
+    /// TF32 forward convolutions through the cp.async ring (GRADCAM_CONV_ASYNC=1; experimental;
+    /// implies KRSC weights for TF32).
     conv_async: bool,
+    /// Tensor-core forward convolutions with KRSC weights (GRADCAM_CONV_KRSC=1; experimental).
+    conv_krsc: bool,
     /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
     jet: OnceLock<L::Buf>,
     /// Per kernel: launches and time, while profiling is on.
@@ -108,6 +111,7 @@ impl<L: Launcher> GpuBackend<L> {
             precision,
             conv_tile: ConvTile::from_env(),
             conv_async: std::env::var("GRADCAM_CONV_ASYNC").is_ok_and(|v| v == "1"),
+            conv_krsc: std::env::var("GRADCAM_CONV_KRSC").is_ok_and(|v| v == "1"),
             jet: OnceLock::new(),
             profile: Mutex::new(None),
         }
@@ -166,13 +170,13 @@ impl<L: Launcher> GpuBackend<L> {
         self.precision
     }
 
-    /// Runs kernels/mma.cu's check `mma_check_<kind>` (tf32: A [16, 8] · B [8, 8]; bf16:
-    /// A [16, 16] · B [16, 8], row-major) by the mma instruction and by its shuffle twin, as
+    /// Runs kernels/mma.cu's check `mma_check_<kind>` (tf32: A [16, 8] · B [8, 8]; bf16 and
+    /// f16: A [16, 16] · B [16, 8], row-major) by the mma instruction and by its shuffle twin, as
     /// (instruction, twin), each [16, 8].
     pub fn mma_check(&self, kind: &str, a: &[f32], b: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
         let depth = a.len() / 16;
         assert!(
-            matches!((kind, depth), ("tf32", 8) | ("bf16", 16)) && b.len() == depth * 8,
+            matches!((kind, depth), ("tf32", 8) | ("bf16" | "f16", 16)) && b.len() == depth * 8,
             "mma_check_{kind}: A is 16x{depth}"
         );
         let (da, db) = (self.upload_f32(a)?, self.upload_f32(b)?);
@@ -194,12 +198,29 @@ impl<L: Launcher> GpuBackend<L> {
         ))
     }
 
+    /// `v` cast to `to` on the device (`cast_f32_<t>`) as raw little-endian bytes, and those
+    /// cast back (`cast_<t>_f32`): the storage conversions the selftest checks bit for bit.
+    pub fn cast_round_trip(&self, v: &[f32], to: DType) -> Result<(Vec<u8>, Vec<f32>)> {
+        let x = GpuTensor {
+            buf: self.upload_f32(v)?,
+            shape: vec![v.len()],
+            dtype: DType::F32,
+        };
+        let y = self.as_dtype(&x, to)?;
+        let mut bytes = vec![0u8; v.len() * to.size()];
+        self.l.download(&y.buf, &mut bytes)?;
+        let back = self.as_dtype(&y, DType::F32)?;
+        let mut f = vec![0f32; v.len()];
+        self.l.download(&back.buf, mem::f32_bytes_mut(&mut f))?;
+        Ok((bytes, f))
+    }
+
     /// The convolution entry for tensors of `dtype` under this backend's arithmetic and the
     /// tile side its grid is cut by, for a GEMM of `rows` x `depth` per group: e.g.
     /// (`conv2d_fwd_tf32`, 64) or (`conv2d_fwd_bf16_t128`, 128).
     fn conv_kernel(&self, op: &str, dtype: DType, rows: usize, depth: usize) -> (String, usize) {
         let base = match (dtype, self.precision) {
-            (DType::Bf16, _) => format!("{op}_bf16"),
+            (DType::Bf16 | DType::F16, _) => format!("{op}_{}", dtype.name()),
             (DType::F32, Precision::Tf32) => format!("{op}_tf32"),
             (DType::F32, _) => return (format!("{op}_f32"), 64),
         };
@@ -217,12 +238,14 @@ impl<L: Launcher> GpuBackend<L> {
 
     /// Launches `<op>_<t>` (conv2d_fwd, conv2d_bwd_data): `bufs`, the geometry both share
     /// (n, c, h, w, k, r, s, oh, ow, strides, paddings, dilations, groups), then `extra`; the
-    /// grid cut by the tile of a GEMM of `rows` x `cols` per group.
+    /// grid cut by the tile of a GEMM of `rows` x `cols` per group. `krsc`: the weights among
+    /// `bufs` are conv_weight_krsc's (a forward conv that [`Self::krsc_applies`] to).
     #[allow(clippy::too_many_arguments)]
     fn launch_conv(
         &self,
         op: &str,
         dtype: DType,
+        krsc: bool,
         bufs: &[KArg<L::Buf>],
         [n, c, h, w, k, r, s, oh, ow]: [usize; 9],
         p: &Conv2dParams,
@@ -255,11 +278,14 @@ impl<L: Launcher> GpuBackend<L> {
             _ => c / p.groups * r * s,
         };
         let (mut kernel, tile) = self.conv_kernel(op, dtype, rows, depth);
-        // The experimental cp.async ring: TF32 forward convs in the blocked depth order.
         let mut shared = 0;
-        if self.conv_async && kernel.starts_with("conv2d_fwd_tf32") && (c / p.groups) % 32 == 0 {
+        if krsc && self.conv_async && self.precision == Precision::Tf32 {
+            // The experimental cp.async ring: 3 stages of A (row-major, rows of 32 + 4 words)
+            // and B (32 rows of tile + 8 words).
             kernel.push_str("_async");
-            shared = (3 * 32 * (2 * tile + 16) * 4) as u32; // 3 stages of A and B, padded rows
+            shared = (3 * (tile * 36 + 32 * (tile + 8)) * 4) as u32;
+        } else if krsc {
+            kernel.push_str("_krsc");
         }
         let grid = [
             cols.div_ceil(tile) as u32,
@@ -286,10 +312,30 @@ impl<L: Launcher> GpuBackend<L> {
     }
 
     /// Runs TF32 forward convolutions whose channels per group are a multiple of 32 through
-    /// the cp.async ring (kernels/gemm_tile.cuh; default: `GRADCAM_CONV_ASYNC=1`).
+    /// the cp.async ring, on KRSC weights (kernels/gemm_tile.cuh; default:
+    /// `GRADCAM_CONV_ASYNC=1`).
     pub fn with_conv_async(mut self, on: bool) -> Self {
         self.conv_async = on;
         self
+    }
+
+    /// Gives tensor-core forward convolutions whose channels per group are a multiple of 32 a
+    /// copy of their weights in KRSC order, made at load time, whose rows the tiles stage by
+    /// 16-byte vectors (default: `GRADCAM_CONV_KRSC=1`). Costs a second copy of those
+    /// weights in device memory (the backward pass reads the original).
+    pub fn with_conv_krsc(mut self, on: bool) -> Self {
+        self.conv_krsc = on;
+        self
+    }
+
+    /// Whether a conv with weights [K, C/g, R, S] runs on KRSC weights.
+    pub(super) fn krsc_applies(&self, w: &[usize]) -> bool {
+        let wanted = match self.precision {
+            Precision::F32 => false,
+            Precision::Tf32 => self.conv_krsc || self.conv_async,
+            Precision::Bf16 | Precision::F16 => self.conv_krsc,
+        };
+        wanted && w.len() == 4 && w[1] % 32 == 0
     }
 
     /// An element-wise or reduction op's entry for its input's storage, e.g. `relu_fwd_bf16`.
@@ -427,7 +473,7 @@ fn upload_filled<L: Launcher + ?Sized>(
 pub(crate) fn big_tile(dtype: DType, rows: usize, depth: usize) -> bool {
     rows >= 128
         && match dtype {
-            DType::Bf16 => depth > 1024,
+            DType::Bf16 | DType::F16 => depth > 1024,
             DType::F32 => depth >= 256,
         }
 }

@@ -6,13 +6,14 @@
 pub enum DType {
     F32,
     Bf16,
+    F16,
 }
 
 impl DType {
     pub fn size(self) -> usize {
         match self {
             DType::F32 => 4,
-            DType::Bf16 => 2,
+            DType::Bf16 | DType::F16 => 2,
         }
     }
     /// The `<t>` of kernel entry names.
@@ -20,6 +21,41 @@ impl DType {
         match self {
             DType::F32 => "f32",
             DType::Bf16 => "bf16",
+            DType::F16 => "f16",
+        }
+    }
+
+    /// f32 values as this type's little-endian bytes, rounded to nearest even (the `half`
+    /// crate, as the kernels round).
+    pub fn encode(self, v: &[f32]) -> Vec<u8> {
+        match self {
+            DType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            DType::Bf16 => v
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
+            DType::F16 => v
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+        }
+    }
+
+    /// This type's little-endian bytes as f32 values (exact).
+    pub fn decode(self, b: &[u8]) -> Vec<f32> {
+        match self {
+            DType::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::Bf16 => b
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
         }
     }
 }
@@ -68,6 +104,10 @@ pub enum Precision {
     /// tensor-core convolutions (8 mantissa bits), f32 accumulation; the CAM weights and maps
     /// are computed and kept in f32. As `torch.autocast(dtype=torch.bfloat16)`.
     Bf16,
+    /// f16 tensors in memory and F16 tensor-core convolutions (10 mantissa bits, TF32's
+    /// precision, but a range of ±65504 and gradual underflow below 6.1e-5), f32 accumulation;
+    /// CAM weights and maps in f32. As `torch.autocast(dtype=torch.float16)`.
+    F16,
 }
 
 impl Precision {
@@ -75,6 +115,7 @@ impl Precision {
     pub fn storage(self) -> DType {
         match self {
             Precision::Bf16 => DType::Bf16,
+            Precision::F16 => DType::F16,
             Precision::F32 | Precision::Tf32 => DType::F32,
         }
     }
@@ -84,6 +125,7 @@ impl Precision {
             Precision::F32 => "f32",
             Precision::Tf32 => "tf32",
             Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
         }
     }
 }
