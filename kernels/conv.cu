@@ -77,6 +77,15 @@ struct FwdGather {
     __device__ const S* ptr(const S* run, int l) const {
         return run ? run + (size_t)l * h * wd : nullptr;
     }
+    // 1x1, stride 1, no padding, H·W a multiple of 4 (gemm_tile_mma's BV): the 4 columns from
+    // `col` (a multiple of 4) are 4 neighbouring pixels of one image, at channel c0 + ch0 + l.
+    __device__ const S* vprep(int col) const {
+        const int ni = col / ohw;
+        return x + ((size_t)ni * c + c0) * ohw + (col - ni * ohw);
+    }
+    __device__ const S* vptr(const S* at, const TapSlice& sl, int l) const {
+        return at + (size_t)(sl.ch0 + l) * ohw;
+    }
 };
 
 // The same for input pixel `col` of conv2d_bwd_data: the output gradients its taps reach.
@@ -127,8 +136,10 @@ struct BwdGather {
 // 3 · async_stage_words<TS, TS>() · 4 bytes); TS: the tensor-core tile's side (64 or 128).
 // KRSC (T = 1, 2): w holds the weights as conv_weight_krsc made them ([K][R][S][C/g], TF32
 // rounded for T = 1) and C/g is a multiple of 32 (the host checks): each weight row of a slice
-// is 32 contiguous channels, staged by 16-byte vectors (gemm_tile_mma's AV).
-template <class S, int T, int TS = 64, bool KRSC = false>
+// is 32 contiguous channels, staged by 16-byte vectors (gemm_tile_mma's AV). V1 (with KRSC): a
+// 1x1 convolution, stride 1, no padding, H·W a multiple of 4 (the host checks), whose input
+// pixels are staged 4 at a time too (BV).
+template <class S, int T, int TS = 64, bool KRSC = false, bool V1 = false>
 __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __restrict__ w,
                                            const S* __restrict__ bias,
                                            const S* __restrict__ residual, S* __restrict__ y,
@@ -179,7 +190,8 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
     static_assert(T != 2 || sizeof(S) == 2, "16-bit tiles pack 16-bit storage as it is");
     if constexpr (KRSC) {
         constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD, true>();
-        gemm_tile_mma<M, TS, TS, TAP_KD, POOL, true>(kg, n * ohw, depth, first, a_vec, gb, store);
+        gemm_tile_mma<M, TS, TS, TAP_KD, POOL, true, V1>(kg, n * ohw, depth, first, a_vec, gb,
+                                                         store);
         return;
     }
     constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD>();  // the larger of the two orders
@@ -326,6 +338,26 @@ extern "C" __global__ void TWO_PER_SM conv2d_fwd_f16_krsc(CONV2D_FWD_PARAMS(f16)
 }
 extern "C" __global__ void conv2d_fwd_f16_t128_krsc(CONV2D_FWD_PARAMS(f16)) {
     conv2d_fwd<f16, 2, 128, true>(CONV2D_FWD_ARGS);
+}
+// 1x1, stride 1, no padding, H·W a multiple of 4, KRSC weights (the same bytes as KCRS for a
+// 1x1 conv, TF32-rounded for tf32).
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_tf32_1x1(CONV2D_FWD_PARAMS(float)) {
+    conv2d_fwd<float, 1, 64, true, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_tf32_t128_1x1(CONV2D_FWD_PARAMS(float)) {
+    conv2d_fwd<float, 1, 128, true, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_bf16_1x1(CONV2D_FWD_PARAMS(bf16)) {
+    conv2d_fwd<bf16, 2, 64, true, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_bf16_t128_1x1(CONV2D_FWD_PARAMS(bf16)) {
+    conv2d_fwd<bf16, 2, 128, true, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_f16_1x1(CONV2D_FWD_PARAMS(f16)) {
+    conv2d_fwd<f16, 2, 64, true, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_f16_t128_1x1(CONV2D_FWD_PARAMS(f16)) {
+    conv2d_fwd<f16, 2, 128, true, true>(CONV2D_FWD_ARGS);
 }
 extern "C" __global__ void conv_weight_krsc_f32(const float* __restrict__ w, float* __restrict__ out,
                                                 int k, int cg, int rs, int tf32) {

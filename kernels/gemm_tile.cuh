@@ -62,9 +62,13 @@ __device__ __forceinline__ unsigned* smem_pool() {
     return pool.w;
 }
 
-// Four 32-bit words moved as one 16-byte vector (ld.global.v4 / st.shared.v4).
+// Four 32-bit words moved as one 16-byte vector (ld.global.v4 / st.shared.v4), and two as
+// one 8-byte vector.
 struct alignas(16) Word4 {
     unsigned x, y, z, w;
+};
+struct alignas(8) Word2 {
+    unsigned x, y;
 };
 
 // gemm_tile with B from a gatherer (the interface of gemm_tile_mma below: a slice cursor `sl`,
@@ -153,6 +157,16 @@ __device__ __forceinline__ unsigned pack_word(float lo, float hi) {
     return f16x2_exact(lo, hi);
 }
 
+// gb.vprep(col) for the BV staging, nothing (an int) otherwise: gatherers without vectors need
+// no vprep.
+template <bool BV, class GB>
+__device__ __forceinline__ auto bv_prep(const GB& gb, int col) {
+    if constexpr (BV)
+        return gb.vprep(col);
+    else
+        return col;
+}
+
 // The epilogue: `make_store()` is called once the depth loop is done and returns the
 // `store(row, col, value)` functor, so what only the epilogue needs (a divider for output
 // columns, say) holds no registers during the loop.
@@ -177,10 +191,17 @@ __device__ __forceinline__ unsigned pack_word(float lo, float hi) {
 // row-major in shared memory then, rows WORDS + 4 words apart: the fragment reads (row g + i,
 // word t + j) still hit 32 distinct banks. Whole slices only (depth a multiple of KD).
 //
+// BV (B by vectors; with AV): B's columns come in groups of 4 that are contiguous in memory at
+// every depth (a 1x1, stride-1 convolution's pixels, `cols` a multiple of 4): `gb.vprep(col)`
+// once for the group a thread stages, `gb.vptr(prepared, sl, l)` the address of the group's 4
+// elements at depth l of the slice (16-byte aligned for f32, 8 for 16-bit). TF32 moves a word
+// of 4 columns by one 16-byte load (rounded, then one vector store); 16-bit types load depths
+// 2w and 2w + 1 by 8 bytes each and interleave them into the 4 pairs of word w.
+//
 // Tile TM x TN (64x64 or 128x128), shared memory from smem_pool<POOL>, grid
 // (ceil(cols / TN), ceil(rows / TM)); each warp owns MT m16 x NT n8 accumulator tiles.
-template <Mma M, int TM, int TN, int KD, int POOL, bool AV = false, class SL, class FA, class GB,
-          class MS>
+template <Mma M, int TM, int TN, int KD, int POOL, bool AV = false, bool BV = false, class SL,
+          class FA, class GB, class MS>
 __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL sl, FA a_at,
                                               const GB& gb, MS make_store) {
     static_assert(KD == 16 || KD == 32, "16- or 32-deep slices");
@@ -197,6 +218,9 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
     // AV: vectors of 4 words, VR per row, NV per thread.
     constexpr int VR = WORDS / 4, NV = AV ? TM * VR / 256 : 1;
     static_assert(!AV || TM * VR % 256 == 0, "whole vectors per thread");
+    // BV: CG groups of 4 columns; each thread stages group tid % CG at NBV words.
+    constexpr int CG = TN / 4, NBV = BV ? WORDS * CG / 256 : 1;
+    static_assert(!BV || (AV && WORDS * CG % 256 == 0), "whole vectors per thread");
     unsigned* pool = smem_pool<POOL>();
     auto as = reinterpret_cast<unsigned (*)[TM + 8]>(pool);       // depth-major A
     auto av = reinterpret_cast<unsigned (*)[WORDS + 4]>(pool);    // row-major A (AV)
@@ -208,8 +232,11 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
     const int b_x = tid % TN, b_w = tid / TN;
     const bool b_in = c0 + b_x < cols;
     const auto bc = gb.prep(b_in ? c0 + b_x : c0);
-    float ra[NA], rb[NB];
-    Word4 rv[NV];
+    const int b_g = tid % CG;  // BV: the thread's column group
+    const bool bg_in = c0 + 4 * b_g < cols;
+    const auto bgc = bv_prep<BV>(gb, bg_in ? c0 + 4 * b_g : c0);
+    float ra[NA], rb[BV ? 1 : NB];
+    Word4 rv[NV], rbv[NBV];
     auto fetch = [&](int d0) {
         if constexpr (AV) {
             #pragma unroll
@@ -226,14 +253,30 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
                     ra[i * PER + e] = (row < rows && d0 + l < depth) ? a_at(row, sl, l) : 0.0f;
                 }
         }
-        const auto run = gb.at(bc, sl);
-        #pragma unroll
-        for (int j = 0; j < B_WORDS; ++j)
+        if constexpr (BV) {
             #pragma unroll
-            for (int e = 0; e < PER; ++e) {
-                const int l = PER * (b_w + B_STEP * j) + e;
-                rb[j * PER + e] = (b_in && d0 + l < depth) ? gb.load(run, l) : 0.0f;
+            for (int i = 0; i < NBV; ++i) {
+                const int w = (tid + 256 * i) / CG;
+                if (!bg_in) {
+                    rbv[i] = Word4{0u, 0u, 0u, 0u};
+                } else if (M == Mma::Tf32) {
+                    rbv[i] = *reinterpret_cast<const Word4*>(gb.vptr(bgc, sl, w));
+                } else {
+                    const Word2 lo = *reinterpret_cast<const Word2*>(gb.vptr(bgc, sl, 2 * w));
+                    const Word2 hi = *reinterpret_cast<const Word2*>(gb.vptr(bgc, sl, 2 * w + 1));
+                    rbv[i] = Word4{lo.x, lo.y, hi.x, hi.y};
+                }
             }
+        } else {
+            const auto run = gb.at(bc, sl);
+            #pragma unroll
+            for (int j = 0; j < B_WORDS; ++j)
+                #pragma unroll
+                for (int e = 0; e < PER; ++e) {
+                    const int l = PER * (b_w + B_STEP * j) + e;
+                    rb[j * PER + e] = (b_in && d0 + l < depth) ? gb.load(run, l) : 0.0f;
+                }
+        }
         sl.next();
     };
     float acc[MT][NT][4];
@@ -256,9 +299,25 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
             for (int i = 0; i < A_ROWS; ++i)
                 as[a_w][a_x + A_STEP * i] = pack_word<M>(ra[i * PER], ra[i * PER + PER - 1]);
         }
-        #pragma unroll
-        for (int j = 0; j < B_WORDS; ++j)
-            bs[b_w + B_STEP * j][b_x] = pack_word<M>(rb[j * PER], rb[j * PER + PER - 1]);
+        if constexpr (BV) {
+            #pragma unroll
+            for (int i = 0; i < NBV; ++i) {
+                const Word4 v = rbv[i];
+                // 16-bit: v holds depth 2w's four columns in x, y (two per word, the first in
+                // the low half) and depth 2w + 1's in z, w; word j pairs column j of both.
+                const Word4 o =
+                    M == Mma::Tf32
+                        ? Word4{tf32_bits(__uint_as_float(v.x)), tf32_bits(__uint_as_float(v.y)),
+                                tf32_bits(__uint_as_float(v.z)), tf32_bits(__uint_as_float(v.w))}
+                        : Word4{(v.x & 0xffffu) | (v.z << 16), (v.x >> 16) | (v.z & 0xffff0000u),
+                                (v.y & 0xffffu) | (v.w << 16), (v.y >> 16) | (v.w & 0xffff0000u)};
+                *reinterpret_cast<Word4*>(&bs[(tid + 256 * i) / CG][4 * b_g]) = o;
+            }
+        } else {
+            #pragma unroll
+            for (int j = 0; j < B_WORDS; ++j)
+                bs[b_w + B_STEP * j][b_x] = pack_word<M>(rb[j * PER], rb[j * PER + PER - 1]);
+        }
         __syncthreads();
         if (d0 + KD < depth) fetch(d0 + KD);
         #pragma unroll

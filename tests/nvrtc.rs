@@ -174,8 +174,13 @@ fn tensor_core_convolutions_compile_to_mma_sync() {
     // KRSC weights: one 16-byte load and store per vector of A, no TF32 rounding in the loop
     // for them (made at load time); B is still rounded as it is staged.
     for t in ["tf32", "bf16", "f16"] {
-        for tile in ["", "_t128"] {
-            let entry = format!("conv2d_fwd_{t}{tile}_krsc");
+        for (tile, kind) in [
+            ("", "krsc"),
+            ("_t128", "krsc"),
+            ("", "1x1"),
+            ("_t128", "1x1"),
+        ] {
+            let entry = format!("conv2d_fwd_{t}{tile}_{kind}");
             let b = body(&entry);
             assert!(
                 b.contains("ld.global.nc.v4.u32") || b.contains("ld.global.v4.u32"),

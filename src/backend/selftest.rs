@@ -65,6 +65,8 @@ pub fn run<B: Backend>(be: &B) -> Result<Vec<Check>> {
         ([2, 3, 17, 13], [8, 3, 7, 7], Conv2dParams::new(2, 3)),
         ([2, 16, 9, 11], [24, 16, 3, 3], Conv2dParams::new(1, 1)),
         ([3, 32, 7, 7], [64, 32, 1, 1], Conv2dParams::new(1, 0)),
+        // 1x1 over 4-pixel groups (H·W a multiple of 4), three images across the column tiles.
+        ([3, 64, 8, 6], [72, 64, 1, 1], Conv2dParams::new(1, 0)),
         // Several tiles each way and 36 depth slices, as in a ResNet stage.
         ([2, 64, 15, 13], [72, 64, 3, 3], Conv2dParams::new(1, 1)),
         // Several 128x128 tensor-core tiles each way, the last ones partial.

@@ -279,11 +279,16 @@ impl<L: Launcher> GpuBackend<L> {
         };
         let (mut kernel, tile) = self.conv_kernel(op, dtype, rows, depth);
         let mut shared = 0;
+        // A 1x1 conv whose pixels come 4 at a time in memory stages its input by vectors too.
+        let one_by_one =
+            (r, s) == (1, 1) && p.stride == (1, 1) && p.padding == (0, 0) && (h * w) % 4 == 0;
         if krsc && self.conv_async && self.precision == Precision::Tf32 {
             // The experimental cp.async ring: 3 stages of A (row-major, rows of 32 + 4 words)
             // and B (32 rows of tile + 8 words).
             kernel.push_str("_async");
             shared = (3 * (tile * 36 + 32 * (tile + 8)) * 4) as u32;
+        } else if krsc && one_by_one {
+            kernel.push_str("_1x1");
         } else if krsc {
             kernel.push_str("_krsc");
         }

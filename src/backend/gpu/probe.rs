@@ -3,7 +3,7 @@
 //! and where we looked, so `--device auto` can fall back to the CPU and `--device cuda` can
 //! fail with a useful message.
 
-use cudarc::driver::{result, sys, CudaContext};
+use cudarc::driver::{result, sys};
 
 use crate::{Error, Result};
 
@@ -70,14 +70,28 @@ fn query(ordinal: usize) -> Result<DeviceInfo> {
     unsafe { sys::cuDriverGetVersion(&mut version) }
         .result()
         .map_err(|e| no_device("cuDriverGetVersion", e))?;
-    let ctx = CudaContext::new(ordinal).map_err(|e| no_device("cannot open GPU", e))?;
+    // Device queries only: opening a context here as well would create the primary context
+    // twice (the launcher opens the one it keeps).
+    let dev = result::device::get(ordinal as i32).map_err(|e| no_device("cuDeviceGet", e))?;
+    // SAFETY: `dev` comes from cuDeviceGet.
+    let attr = |a| unsafe { result::device::get_attribute(dev, a) };
+    let capability = (
+        attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+        attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
+    );
     Ok(DeviceInfo {
         ordinal,
-        name: ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
-        capability: ctx
-            .compute_capability()
-            .map_err(|e| no_device("compute capability", e))?,
-        total_memory: ctx.total_mem().unwrap_or(0),
+        name: result::device::get_name(dev).unwrap_or_else(|_| "unknown GPU".into()),
+        capability: (
+            capability
+                .0
+                .map_err(|e| no_device("compute capability", e))?,
+            capability
+                .1
+                .map_err(|e| no_device("compute capability", e))?,
+        ),
+        // SAFETY: as above.
+        total_memory: unsafe { result::device::total_mem(dev) }.unwrap_or(0),
         driver_version: version,
     })
 }
