@@ -185,3 +185,28 @@ __device__ __forceinline__ void st(bf16* p, size_t i, float v) {
 __device__ __forceinline__ void st(f16* p, size_t i, float v) {
     p[i].bits = (unsigned short)f16_bits(v);
 }
+
+// Elements i and i + 1 by one access (i even: 8-byte aligned for f32, 4 for 16-bit types).
+struct alignas(8) Float2 {
+    float x, y;
+};
+__device__ __forceinline__ Float2 ld2(const float* p, size_t i) {
+    return *reinterpret_cast<const Float2*>(p + i);
+}
+__device__ __forceinline__ Float2 ld2(const bf16* p, size_t i) {
+    const unsigned w = *reinterpret_cast<const unsigned*>(p + i);
+    return Float2{__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u)};
+}
+__device__ __forceinline__ Float2 ld2(const f16* p, size_t i) {
+    const unsigned w = *reinterpret_cast<const unsigned*>(p + i);
+    return Float2{f16_float(w & 0xffffu), f16_float(w >> 16)};
+}
+__device__ __forceinline__ void st2(float* p, size_t i, float a, float b) {
+    *reinterpret_cast<Float2*>(p + i) = Float2{a, b};
+}
+__device__ __forceinline__ void st2(bf16* p, size_t i, float a, float b) {
+    *reinterpret_cast<unsigned*>(p + i) = bf16_bits(a) | (bf16_bits(b) << 16);
+}
+__device__ __forceinline__ void st2(f16* p, size_t i, float a, float b) {
+    *reinterpret_cast<unsigned*>(p + i) = f16_bits(a) | (f16_bits(b) << 16);
+}

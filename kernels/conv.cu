@@ -189,9 +189,41 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
     constexpr Mma M = T == 1 ? Mma::Tf32 : mma_of<S>;
     static_assert(T != 2 || sizeof(S) == 2, "16-bit tiles pack 16-bit storage as it is");
     if constexpr (KRSC) {
+        // The epilogue by pairs of neighbouring pixels: one 8-byte (f32) or 4-byte (16-bit)
+        // access for the output and the residual when both are in one image and aligned.
+        auto store_pairs = [&]() {
+            const FastDiv per_image(ohw);
+            return [&, per_image](int m, int col, float v, float v1, bool two) {
+                const int ko = g * kg + m, ni = per_image.div(col), p = per_image.mod(col, ni);
+                const size_t at = ((size_t)ni * k + ko) * ohw + p;
+                const float b = bias ? ld(bias, ko) : 0.0f;
+                if (two && p + 1 < ohw && at % 2 == 0) {
+                    v += b, v1 += b;
+                    if (residual) {
+                        const Float2 rr = ld2(residual, at);
+                        v += rr.x, v1 += rr.y;
+                    }
+                    if (relu) v = fmaxf(v, 0.0f), v1 = fmaxf(v1, 0.0f);
+                    st2(y, at, v, v1);
+                    return;
+                }
+                // One at a time: the second column may start the next image.
+                auto one = [&](size_t a, float u) {
+                    u += b;
+                    if (residual) u += ld(residual, a);
+                    if (relu) u = fmaxf(u, 0.0f);
+                    st(y, a, u);
+                };
+                one(at, v);
+                if (two) {
+                    const int n1 = per_image.div(col + 1);
+                    one(((size_t)n1 * k + ko) * ohw + per_image.mod(col + 1, n1), v1);
+                }
+            };
+        };
         constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD, true>();
         gemm_tile_mma<M, TS, TS, TAP_KD, POOL, true, V1>(kg, n * ohw, depth, first, a_vec, gb,
-                                                         store);
+                                                         store_pairs);
         return;
     }
     constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD>();  // the larger of the two orders

@@ -191,6 +191,9 @@ __device__ __forceinline__ auto bv_prep(const GB& gb, int col) {
 // row-major in shared memory then, rows WORDS + 4 words apart: the fragment reads (row g + i,
 // word t + j) still hit 32 distinct banks. Whole slices only (depth a multiple of KD).
 //
+// With AV the epilogue hands over neighbouring columns in pairs: `store(row, col, v, v1, two)`
+// with `two` false when col + 1 is past the last column (then v1 is not to be stored).
+//
 // BV (B by vectors; with AV): B's columns come in groups of 4 that are contiguous in memory at
 // every depth (a 1x1, stride-1 convolution's pixels, `cols` a multiple of 4): `gb.vprep(col)`
 // once for the group a thread stages, `gb.vptr(prepared, sl, l)` the address of the group's 4
@@ -351,16 +354,30 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
         __syncthreads();
     }
     const auto store = make_store();
-    #pragma unroll
-    for (int i = 0; i < MT; ++i)
+    if constexpr (AV) {
         #pragma unroll
-        for (int j = 0; j < NT; ++j)
+        for (int i = 0; i < MT; ++i)
             #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const int row = r0 + wr + i * 16 + g + (q / 2) * 8;
-                const int col = c0 + wc + j * 8 + 2 * t + q % 2;
-                if (row < rows && col < cols) store(row, col, acc[i][j][q]);
-            }
+            for (int j = 0; j < NT; ++j)
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int row = r0 + wr + i * 16 + g + h * 8;
+                    const int col = c0 + wc + j * 8 + 2 * t;
+                    if (row < rows && col < cols)
+                        store(row, col, acc[i][j][2 * h], acc[i][j][2 * h + 1], col + 1 < cols);
+                }
+    } else {
+        #pragma unroll
+        for (int i = 0; i < MT; ++i)
+            #pragma unroll
+            for (int j = 0; j < NT; ++j)
+                #pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int row = r0 + wr + i * 16 + g + (q / 2) * 8;
+                    const int col = c0 + wc + j * 8 + 2 * t + q % 2;
+                    if (row < rows && col < cols) store(row, col, acc[i][j][q]);
+                }
+    }
 }
 
 // gemm_tile_mma for TF32 with a STAGES-deep cp.async ring in dynamic shared memory (experimental,

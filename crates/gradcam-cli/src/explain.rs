@@ -137,7 +137,9 @@ fn explain_all<B: Backend>(
     // so the device is not idle while files are written. Undecodable files are reported
     // when decoded, failed writes when written: stderr is in input order within each kind.
     let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<Job>, GroupOut)>(1);
+    let backend = net.backend().name();
     let meta = Meta {
+        backend: &backend,
         layer: &layer,
         arch: graph.arch.as_str(),
         method: a.method,
@@ -326,6 +328,8 @@ fn save_png(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
 
 /// What every JSON report repeats.
 struct Meta<'a> {
+    /// Where and at what precision the maps were computed (`Backend::name`).
+    backend: &'a str,
     layer: &'a str,
     arch: &'a str,
     method: Method,
@@ -350,6 +354,7 @@ fn write_outputs(
     let report = json!({
         "image": src.display().to_string(),
         "model": m.arch,
+        "backend": m.backend,
         "method": m.method.name(),
         "class": e.class,
         "logit": e.logit,

@@ -343,18 +343,21 @@ fn device_choice_and_fallback() {
     let dir = tempfile::tempdir().unwrap();
     let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/images/star.png");
     let img = img.to_str().unwrap();
-    let run = |device: &str| {
-        let out = dir.path().join(device);
+    let run_at = |device: &str, precision: &str| {
+        let out = dir.path().join(format!("{device}-{precision}"));
         let o = gradcam(&[
             "explain",
             img,
             "--device",
             device,
+            "--precision",
+            precision,
             "-o",
             out.to_str().unwrap(),
         ]);
         (o, out)
     };
+    let run = |device: &str| run_at(device, "f32");
     let (o, _) = run("auto");
     assert!(o.status.success(), "{}", stderr(&o));
     if !gpu {
@@ -391,4 +394,16 @@ fn device_choice_and_fallback() {
         b["probability"].as_f64().unwrap(),
     );
     assert!((pa - pb).abs() < 1e-4, "{pa} vs {pb}");
+    // f16 tensors and tensor cores: the same class, the probability within 1e-2.
+    let (o, f16) = run_at("emu", "f16");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = json(&f16);
+    let backend = c["backend"].as_str().unwrap_or_default();
+    assert!(
+        backend.contains("emulator") && backend.contains("f16"),
+        "{backend}"
+    );
+    assert_eq!(a["class"], c["class"]);
+    let pc = c["probability"].as_f64().unwrap();
+    assert!((pa - pc).abs() < 1e-2, "{pa} vs f16 {pc}");
 }
