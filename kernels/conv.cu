@@ -37,6 +37,33 @@ struct TapSlice {
     }
 };
 
+// 4 elements of storage type S as raw bits in one vector (16 bytes of f32, 8 of 16-bit values).
+template <class S>
+struct Vec4 {
+    using T = Word2;
+};
+template <>
+struct Vec4<float> {
+    using T = Word4;
+};
+__device__ __forceinline__ unsigned raw_bits(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ unsigned raw_bits(bf16 v) { return v.bits; }
+__device__ __forceinline__ unsigned raw_bits(f16 v) { return v.bits; }
+// Elements 0..3 of v moved one place up, `e` in at place 0 (a tap one column to the left), or
+// down with `e` at place 3 (one to the right).
+__device__ __forceinline__ Word4 shift_in_left(Word4 v, unsigned e) {
+    return Word4{e, v.x, v.y, v.z};
+}
+__device__ __forceinline__ Word4 shift_in_right(Word4 v, unsigned e) {
+    return Word4{v.y, v.z, v.w, e};
+}
+__device__ __forceinline__ Word2 shift_in_left(Word2 v, unsigned e) {
+    return Word2{e | (v.x << 16), (v.x >> 16) | (v.y << 16)};
+}
+__device__ __forceinline__ Word2 shift_in_right(Word2 v, unsigned e) {
+    return Word2{(v.x >> 16) | (v.y << 16), (v.y >> 16) | (e << 16)};
+}
+
 // The im2col column of output pixel `col` (conv2d_fwd): its image's channel group and the
 // input position under the kernel's top-left tap, computed once per column a thread stages.
 template <class S>
@@ -77,14 +104,39 @@ struct FwdGather {
     __device__ const S* ptr(const S* run, int l) const {
         return run ? run + (size_t)l * h * wd : nullptr;
     }
-    // 1x1, stride 1, no padding, H·W a multiple of 4 (gemm_tile_mma's BV): the 4 columns from
-    // `col` (a multiple of 4) are 4 neighbouring pixels of one image, at channel c0 + ch0 + l.
-    __device__ const S* vprep(int col) const {
-        const int ni = col / ohw;
-        return x + ((size_t)ni * c + c0) * ohw + (col - ni * ohw);
+    // Columns 4 at a time (gemm_tile_mma's BV), for two shapes (the host checks): 1x1, stride
+    // 1, no padding, H·W a multiple of 4 (4 neighbouring pixels of one image, contiguous at
+    // every channel); or stride 1, no dilation, OW a multiple of 4 with taps at most one
+    // column off (3x3, padding 1): 4 neighbouring pixels of one output row, read as the
+    // aligned vector under them and the one element the tap's shift brings in from a side
+    // (zero past the image's edge). Rows above or below the image read as zeros.
+    struct VCol {
+        const S* img;
+        int oy, ox;
+    };
+    struct VRun {
+        const S* at;  // channel ch0, the input row under the tap, column ox (null: padding)
+        int d;        // the tap's column shift, -1..1
+        bool left, right;  // the element shifted in exists (inside the row)
+    };
+    __device__ VCol vprep(int col) const {
+        const int ni = col / ohw, p = col - ni * ohw, oy = p / ow;
+        return VCol{x + ((size_t)ni * c + c0) * h * wd, oy, p - oy * ow};
     }
-    __device__ const S* vptr(const S* at, const TapSlice& sl, int l) const {
-        return at + (size_t)(sl.ch0 + l) * ohw;
+    __device__ VRun vat(const VCol& vc, const TapSlice& sl) const {
+        const int iy = vc.oy + sl.ry - ph;
+        if (iy < 0 || iy >= h) return VRun{nullptr, 0, false, false};
+        return VRun{vc.img + ((size_t)sl.ch0 * h + iy) * wd + vc.ox, sl.sx - pw, vc.ox > 0,
+                    vc.ox + 4 < wd};
+    }
+    __device__ typename Vec4<S>::T vload(const VRun& rn, int l) const {
+        using V = typename Vec4<S>::T;
+        if (!rn.at) return V{};
+        const S* p = rn.at + (size_t)l * h * wd;
+        const V cur = *reinterpret_cast<const V*>(p);
+        if (rn.d == 0) return cur;
+        if (rn.d < 0) return shift_in_left(cur, rn.left ? raw_bits(p[-1]) : 0u);
+        return shift_in_right(cur, rn.right ? raw_bits(p[4]) : 0u);
     }
 };
 
@@ -136,10 +188,9 @@ struct BwdGather {
 // 3 · async_stage_words<TS, TS>() · 4 bytes); TS: the tensor-core tile's side (64 or 128).
 // KRSC (T = 1, 2): w holds the weights as conv_weight_krsc made them ([K][R][S][C/g], TF32
 // rounded for T = 1) and C/g is a multiple of 32 (the host checks): each weight row of a slice
-// is 32 contiguous channels, staged by 16-byte vectors (gemm_tile_mma's AV). V1 (with KRSC): a
-// 1x1 convolution, stride 1, no padding, H·W a multiple of 4 (the host checks), whose input
-// pixels are staged 4 at a time too (BV).
-template <class S, int T, int TS = 64, bool KRSC = false, bool V1 = false>
+// is 32 contiguous channels, staged by 16-byte vectors (gemm_tile_mma's AV). VB (with KRSC):
+// input pixels staged 4 at a time too (BV; the shapes of FwdGather::vprep, the host checks).
+template <class S, int T, int TS = 64, bool KRSC = false, bool VB = false>
 __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __restrict__ w,
                                            const S* __restrict__ bias,
                                            const S* __restrict__ residual, S* __restrict__ y,
@@ -222,7 +273,7 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
             };
         };
         constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD, true>();
-        gemm_tile_mma<M, TS, TS, TAP_KD, POOL, true, V1>(kg, n * ohw, depth, first, a_vec, gb,
+        gemm_tile_mma<M, TS, TS, TAP_KD, POOL, true, VB>(kg, n * ohw, depth, first, a_vec, gb,
                                                          store_pairs);
         return;
     }
@@ -371,24 +422,25 @@ extern "C" __global__ void TWO_PER_SM conv2d_fwd_f16_krsc(CONV2D_FWD_PARAMS(f16)
 extern "C" __global__ void conv2d_fwd_f16_t128_krsc(CONV2D_FWD_PARAMS(f16)) {
     conv2d_fwd<f16, 2, 128, true>(CONV2D_FWD_ARGS);
 }
-// 1x1, stride 1, no padding, H·W a multiple of 4, KRSC weights (the same bytes as KCRS for a
-// 1x1 conv, TF32-rounded for tf32).
-extern "C" __global__ void TWO_PER_SM conv2d_fwd_tf32_1x1(CONV2D_FWD_PARAMS(float)) {
+// KRSC weights and input pixels 4 at a time: 1x1 convs with stride 1, no padding and H·W a
+// multiple of 4, or stride 1, no dilation, taps at most one column off (3x3, padding 1) and OW
+// a multiple of 4.
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_tf32_vec(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 1, 64, true, true>(CONV2D_FWD_ARGS);
 }
-extern "C" __global__ void conv2d_fwd_tf32_t128_1x1(CONV2D_FWD_PARAMS(float)) {
+extern "C" __global__ void conv2d_fwd_tf32_t128_vec(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 1, 128, true, true>(CONV2D_FWD_ARGS);
 }
-extern "C" __global__ void TWO_PER_SM conv2d_fwd_bf16_1x1(CONV2D_FWD_PARAMS(bf16)) {
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_bf16_vec(CONV2D_FWD_PARAMS(bf16)) {
     conv2d_fwd<bf16, 2, 64, true, true>(CONV2D_FWD_ARGS);
 }
-extern "C" __global__ void conv2d_fwd_bf16_t128_1x1(CONV2D_FWD_PARAMS(bf16)) {
+extern "C" __global__ void conv2d_fwd_bf16_t128_vec(CONV2D_FWD_PARAMS(bf16)) {
     conv2d_fwd<bf16, 2, 128, true, true>(CONV2D_FWD_ARGS);
 }
-extern "C" __global__ void TWO_PER_SM conv2d_fwd_f16_1x1(CONV2D_FWD_PARAMS(f16)) {
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_f16_vec(CONV2D_FWD_PARAMS(f16)) {
     conv2d_fwd<f16, 2, 64, true, true>(CONV2D_FWD_ARGS);
 }
-extern "C" __global__ void conv2d_fwd_f16_t128_1x1(CONV2D_FWD_PARAMS(f16)) {
+extern "C" __global__ void conv2d_fwd_f16_t128_vec(CONV2D_FWD_PARAMS(f16)) {
     conv2d_fwd<f16, 2, 128, true, true>(CONV2D_FWD_ARGS);
 }
 extern "C" __global__ void conv_weight_krsc_f32(const float* __restrict__ w, float* __restrict__ out,

@@ -194,12 +194,11 @@ __device__ __forceinline__ auto bv_prep(const GB& gb, int col) {
 // With AV the epilogue hands over neighbouring columns in pairs: `store(row, col, v, v1, two)`
 // with `two` false when col + 1 is past the last column (then v1 is not to be stored).
 //
-// BV (B by vectors; with AV): B's columns come in groups of 4 that are contiguous in memory at
-// every depth (a 1x1, stride-1 convolution's pixels, `cols` a multiple of 4): `gb.vprep(col)`
-// once for the group a thread stages, `gb.vptr(prepared, sl, l)` the address of the group's 4
-// elements at depth l of the slice (16-byte aligned for f32, 8 for 16-bit). TF32 moves a word
-// of 4 columns by one 16-byte load (rounded, then one vector store); 16-bit types load depths
-// 2w and 2w + 1 by 8 bytes each and interleave them into the 4 pairs of word w.
+// BV (B by vectors; with AV): B's columns come in groups of 4 the gatherer reads as vectors
+// (`cols` a multiple of 4): `gb.vprep(col)` once for the group a thread stages, `gb.vat(
+// prepared, sl)` once per slice, `gb.vload(run, l)` the group's 4 elements at depth l as raw
+// bits (Word4 of f32, Word2 of 16-bit values). TF32 rounds a word's 4 columns and stores them
+// by one vector store; 16-bit types interleave depths 2w and 2w + 1 into word w's 4 pairs.
 //
 // Tile TM x TN (64x64 or 128x128), shared memory from smem_pool<POOL>, grid
 // (ceil(cols / TN), ceil(rows / TM)); each warp owns MT m16 x NT n8 accumulator tiles.
@@ -257,16 +256,16 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
                 }
         }
         if constexpr (BV) {
+            const auto vrun = gb.vat(bgc, sl);
             #pragma unroll
             for (int i = 0; i < NBV; ++i) {
                 const int w = (tid + 256 * i) / CG;
                 if (!bg_in) {
                     rbv[i] = Word4{0u, 0u, 0u, 0u};
-                } else if (M == Mma::Tf32) {
-                    rbv[i] = *reinterpret_cast<const Word4*>(gb.vptr(bgc, sl, w));
+                } else if constexpr (M == Mma::Tf32) {
+                    rbv[i] = gb.vload(vrun, w);
                 } else {
-                    const Word2 lo = *reinterpret_cast<const Word2*>(gb.vptr(bgc, sl, 2 * w));
-                    const Word2 hi = *reinterpret_cast<const Word2*>(gb.vptr(bgc, sl, 2 * w + 1));
+                    const Word2 lo = gb.vload(vrun, 2 * w), hi = gb.vload(vrun, 2 * w + 1);
                     rbv[i] = Word4{lo.x, lo.y, hi.x, hi.y};
                 }
             }

@@ -177,8 +177,8 @@ fn tensor_core_convolutions_compile_to_mma_sync() {
         for (tile, kind) in [
             ("", "krsc"),
             ("_t128", "krsc"),
-            ("", "1x1"),
-            ("_t128", "1x1"),
+            ("", "vec"),
+            ("_t128", "vec"),
         ] {
             let entry = format!("conv2d_fwd_{t}{tile}_{kind}");
             let b = body(&entry);

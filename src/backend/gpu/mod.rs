@@ -279,16 +279,22 @@ impl<L: Launcher> GpuBackend<L> {
         };
         let (mut kernel, tile) = self.conv_kernel(op, dtype, rows, depth);
         let mut shared = 0;
-        // A 1x1 conv whose pixels come 4 at a time in memory stages its input by vectors too.
-        let one_by_one =
-            (r, s) == (1, 1) && p.stride == (1, 1) && p.padding == (0, 0) && (h * w) % 4 == 0;
+        // Input pixels 4 at a time (FwdGather::vprep): 1x1 over 4-pixel groups, or 3x3 with
+        // padding 1 over rows of a multiple of 4; stride 1, no dilation.
+        let (hw4, unit) = ((h * w) % 4 == 0, p.stride == (1, 1) && p.dilation == (1, 1));
+        let vec_b = unit
+            && match (r, s) {
+                (1, 1) => p.padding == (0, 0) && hw4,
+                (3, 3) => p.padding == (1, 1) && w % 4 == 0,
+                _ => false,
+            };
         if krsc && self.conv_async && self.precision == Precision::Tf32 {
             // The experimental cp.async ring: 3 stages of A (row-major, rows of 32 + 4 words)
             // and B (32 rows of tile + 8 words).
             kernel.push_str("_async");
             shared = (3 * (tile * 36 + 32 * (tile + 8)) * 4) as u32;
-        } else if krsc && one_by_one {
-            kernel.push_str("_1x1");
+        } else if krsc && vec_b {
+            kernel.push_str("_vec");
         } else if krsc {
             kernel.push_str("_krsc");
         }
