@@ -421,14 +421,14 @@ __device__ __forceinline__ void gemm_tile_mma_async(int rows, int cols, int dept
         for (int i = 0; i < NV; ++i) {
             const int v = tid + 256 * i, row = r0 + v / VR;
             const bool ok = row < rows;
-            cp_async16(&sa[v / VR][4 * (v % VR)], ok ? a_ptr(row, sl, v % VR) : any, ok);
+            cp_async<16>(&sa[v / VR][4 * (v % VR)], ok ? a_ptr(row, sl, v % VR) : any, ok);
         }
         const auto run = gb.at(bc, sl);
         #pragma unroll
         for (int j = 0; j < B_WORDS; ++j) {
             const int l = b_w + B_STEP * j;
             const auto p = b_in ? gb.ptr(run, l) : nullptr;
-            cp_async4(&sb[l][b_x], p ? static_cast<const void*>(p) : any, p != nullptr);
+            cp_async<4>(&sb[l][b_x], p ? static_cast<const void*>(p) : any, p != nullptr);
         }
         sl.next();
     };

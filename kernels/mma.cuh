@@ -74,34 +74,28 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const unsigned a[4]
 #endif
 }
 
-// cp.async (sm_80+): 4 bytes from global to shared memory without passing through registers,
-// zero-filled when `ok` is false (nothing is read then); visible to the block after
-// cp_async_wait and a barrier. The emulator copies at once.
-__device__ __forceinline__ void cp_async4(unsigned* dst, const void* src, bool ok) {
+// cp.async (sm_80+): BYTES (4, or 16 with both addresses 16-byte aligned) from global to shared
+// memory without passing through registers, zero-filled when `ok` is false (nothing is read
+// then); visible to the block after cp_async_wait and a barrier. 16-byte copies bypass L1
+// (.cg; PTX allows .ca only below 16). The emulator copies at once.
+template <int BYTES>
+__device__ __forceinline__ void cp_async(unsigned* dst, const void* src, bool ok) {
+    static_assert(BYTES == 4 || BYTES == 16, "4- or 16-byte copies");
 #ifdef GRADCAM_EMU
-    *dst = ok ? *static_cast<const unsigned*>(src) : 0u;
+    for (int i = 0; i < BYTES / 4; ++i) dst[i] = ok ? static_cast<const unsigned*>(src)[i] : 0u;
 #else
     unsigned s;
     asm volatile("{ .reg .u64 p; cvta.to.shared.u64 p, %1; cvt.u32.u64 %0, p; }"
                  : "=r"(s)
                  : "l"(dst));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(s), "l"(src),
-                 "r"(ok ? 4 : 0)
-                 : "memory");
-#endif
-}
-// The same for 16 bytes (both addresses 16-byte aligned), bypassing L1 (cp.async.cg).
-__device__ __forceinline__ void cp_async16(unsigned* dst, const void* src, bool ok) {
-#ifdef GRADCAM_EMU
-    for (int i = 0; i < 4; ++i) dst[i] = ok ? static_cast<const unsigned*>(src)[i] : 0u;
-#else
-    unsigned s;
-    asm volatile("{ .reg .u64 p; cvta.to.shared.u64 p, %1; cvt.u32.u64 %0, p; }"
-                 : "=r"(s)
-                 : "l"(dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src),
-                 "r"(ok ? 16 : 0)
-                 : "memory");
+    if constexpr (BYTES == 4)
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(s), "l"(src),
+                     "r"(ok ? 4 : 0)
+                     : "memory");
+    else
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src),
+                     "r"(ok ? 16 : 0)
+                     : "memory");
 #endif
 }
 // Closes the group of cp.async issued since the last commit.
