@@ -98,6 +98,10 @@ bench resnet50 tf32 "" GRADCAM_PINNED=0   # plain (pageable) copies, for compari
 # Tile sizes forced, per layer in the profile (TILES=1; what the 64/128 rule was fitted on).
 if [ "${TILES:-0}" = 1 ]; then
   for p in tf32 bf16; do for t in 64 128; do bench resnet50 $p $t; bench vgg16 $p $t; done; done
+  # The same with KRSC weights (their kernels use fewer registers: the rule may move).
+  for p in tf32 bf16; do for t in 64 128; do
+    bench resnet50 $p $t GRADCAM_CONV_KRSC=1; bench vgg16 $p $t GRADCAM_CONV_KRSC=1
+  done; done
 fi
 grep -H "images/s\|peak device" "$work"/bench-*.txt | sed 's|.*/bench-||; s|\.txt:| |' | tee -a "$sum"
 grep -h "tool=" "$work"/peers-*.txt 2>/dev/null | tee -a "$sum"

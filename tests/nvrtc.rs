@@ -171,6 +171,16 @@ fn tensor_core_convolutions_compile_to_mma_sync() {
             assert!(b.contains(needle), "{entry}: no {needle}");
         }
     }
+    // The shared pools those vector stores go to are 16-byte aligned (a misaligned st.shared.v4
+    // faults on a GPU; the emulator would not notice).
+    let pools: Vec<&str> = ptx
+        .lines()
+        .filter(|l| l.contains(".shared") && l.contains("smem_pool"))
+        .collect();
+    assert!(!pools.is_empty(), "no shared pool in the PTX");
+    for l in pools {
+        assert!(l.contains(".align 16"), "{l}");
+    }
     // KRSC weights: one 16-byte load and store per vector of A, no TF32 rounding in the loop
     // for them (made at load time); B is still rounded as it is staged.
     for t in ["tf32", "bf16", "f16"] {
