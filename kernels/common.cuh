@@ -5,7 +5,9 @@
 #ifdef GRADCAM_EMU
 #define DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(emu_dynamic_shared())
 #else
-#define DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+// 16-byte aligned for vector copies (cp.async of 16 bytes); the declared type alone promises
+// only its own alignment.
+#define DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
 #endif
 
 // Sum over the 32 lanes of a warp; every lane gets the total.

@@ -78,6 +78,7 @@ bench vgg16 tf32 "" GRADCAM_CONV_ASYNC=1
 step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --images "$n"
 bench vgg16 bf16
 bench vgg16 bf16 "" GRADCAM_CONV_KRSC=1
+bench vgg16 f16
 bench vgg16 f16 "" GRADCAM_CONV_KRSC=1
 # The CLI end to end: `--device auto` must pick the GPU; f32 outputs must match the CPU's.
 step explain-demo 60 bash -c "set -o pipefail

@@ -20,20 +20,28 @@ fn launcher() -> Option<CudaLauncher> {
     }
 }
 
+/// Every precision, and the experimental staging paths (KRSC weights at each tensor-core
+/// precision, the cp.async ring at TF32).
 #[test]
 fn selftest_passes_on_the_gpu() {
-    for precision in [
-        Precision::F32,
-        Precision::Tf32,
-        Precision::Bf16,
-        Precision::F16,
+    for (precision, krsc, ring) in [
+        (Precision::F32, false, false),
+        (Precision::Tf32, false, false),
+        (Precision::Bf16, false, false),
+        (Precision::F16, false, false),
+        (Precision::Tf32, true, false),
+        (Precision::Bf16, true, false),
+        (Precision::F16, true, false),
+        (Precision::Tf32, false, true),
     ] {
         let Some(l) = launcher() else { return };
-        let be = GpuBackend::with_precision(l, precision);
+        let be = GpuBackend::with_precision(l, precision)
+            .with_conv_krsc(krsc)
+            .with_conv_async(ring);
         let mut checks = selftest::run(&be).unwrap();
         checks.extend(selftest::device_checks(&be).unwrap());
         let table = selftest::table(&checks);
-        eprintln!("{precision:?}\n{table}");
+        eprintln!("{precision:?} KRSC {krsc} cp.async {ring}\n{table}");
         assert!(checks.iter().all(|c| c.passed()), "{table}");
     }
 }

@@ -59,8 +59,10 @@ fn tensor_core_selftests_pass_through_the_emulator() {
         (Precision::Bf16, ConvTile::T64, false, false),
         (Precision::Bf16, ConvTile::T128, false, false),
         (Precision::Bf16, ConvTile::T64, false, true),
+        (Precision::Bf16, ConvTile::T128, false, true),
         (Precision::F16, ConvTile::T64, false, false),
         (Precision::F16, ConvTile::T128, false, false),
+        (Precision::F16, ConvTile::T64, false, true),
         (Precision::F16, ConvTile::T128, false, true),
     ] {
         let be = GpuBackend::with_precision(EmuLauncher::new(), precision)

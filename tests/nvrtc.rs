@@ -171,6 +171,36 @@ fn tensor_core_convolutions_compile_to_mma_sync() {
             assert!(b.contains(needle), "{entry}: no {needle}");
         }
     }
+    // `_vec` stages B by vectors too: 8-byte loads for 16-bit types, more 16-byte ones for TF32.
+    let loads = |entry: &str, what: &str| {
+        body(entry)
+            .lines()
+            .filter(|l| l.contains("ld.global") && l.contains(what))
+            .count()
+    };
+    for tile in ["", "_t128"] {
+        for t in ["bf16", "f16"] {
+            let entry = format!("conv2d_fwd_{t}{tile}_vec");
+            assert!(loads(&entry, ".v2.u32") > 0, "{entry}: no 8-byte loads");
+        }
+        let (vec, krsc) = (
+            format!("conv2d_fwd_tf32{tile}_vec"),
+            format!("conv2d_fwd_tf32{tile}_krsc"),
+        );
+        assert!(
+            loads(&vec, ".v4.u32") > loads(&krsc, ".v4.u32"),
+            "{vec}: B not by vectors"
+        );
+    }
+    // The ring's dynamic shared memory is 16-byte aligned for its 16-byte copies.
+    let ring: Vec<&str> = ptx
+        .lines()
+        .filter(|l| l.contains(".extern .shared"))
+        .collect();
+    assert!(
+        !ring.is_empty() && ring.iter().all(|l| l.contains(".align 16")),
+        "{ring:?}"
+    );
     // The shared pools those vector stores go to are 16-byte aligned (a misaligned st.shared.v4
     // faults on a GPU; the emulator would not notice).
     let pools: Vec<&str> = ptx

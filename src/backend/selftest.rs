@@ -67,6 +67,15 @@ pub fn run<B: Backend>(be: &B) -> Result<Vec<Check>> {
         ([3, 32, 7, 7], [64, 32, 1, 1], Conv2dParams::new(1, 0)),
         // 1x1 over 4-pixel groups (H·W a multiple of 4), three images across the column tiles.
         ([3, 64, 8, 6], [72, 64, 1, 1], Conv2dParams::new(1, 0)),
+        // 3x3 over rows of a multiple of 4, two groups of two 32-channel blocks each.
+        (
+            [1, 128, 8, 8],
+            [64, 64, 3, 3],
+            Conv2dParams {
+                groups: 2,
+                ..Conv2dParams::new(1, 1)
+            },
+        ),
         // Several tiles each way and 36 depth slices, as in a ResNet stage.
         ([2, 64, 15, 13], [72, 64, 3, 3], Conv2dParams::new(1, 1)),
         // Several 128x128 tensor-core tiles each way, the last ones partial.
