@@ -268,11 +268,12 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
         // access for the output and the residual when both are in one image and aligned.
         auto store_pairs = [&]() {
             const FastDiv per_image(ohw);
-            return [&, per_image](int m, int col, float v, float v1, bool two) {
+            const auto one = store();  // for a pair that cannot go together
+            return [&, per_image, one](int m, int col, float v, float v1, bool two) {
                 const int ko = g * kg + m, ni = per_image.div(col), p = per_image.mod(col, ni);
                 const size_t at = ((size_t)ni * k + ko) * ohw + p;
-                const float b = bias ? ld(bias, ko) : 0.0f;
                 if (two && p + 1 < ohw && at % 2 == 0) {
+                    const float b = bias ? ld(bias, ko) : 0.0f;
                     v += b, v1 += b;
                     if (residual) {
                         const Float2 rr = ld2(residual, at);
@@ -283,17 +284,8 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
                     return;
                 }
                 // One at a time: the second column may start the next image.
-                auto one = [&](size_t a, float u) {
-                    u += b;
-                    if (residual) u += ld(residual, a);
-                    if (relu) u = fmaxf(u, 0.0f);
-                    st(y, a, u);
-                };
-                one(at, v);
-                if (two) {
-                    const int n1 = per_image.div(col + 1);
-                    one(((size_t)n1 * k + ko) * ohw + per_image.mod(col + 1, n1), v1);
-                }
+                one(m, col, v);
+                if (two) one(m, col + 1, v1);
             };
         };
         constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD, true>();
