@@ -188,27 +188,20 @@ __device__ __forceinline__ void st(f16* p, size_t i, float v) {
     p[i].bits = (unsigned short)f16_bits(v);
 }
 
-// Elements i and i + 1 by one access (i even: 8-byte aligned for f32, 4 for 16-bit types).
+// Two f32 values moved as one 8-byte access.
 struct alignas(8) Float2 {
     float x, y;
 };
-__device__ __forceinline__ Float2 ld2(const float* p, size_t i) {
-    return *reinterpret_cast<const Float2*>(p + i);
-}
-__device__ __forceinline__ Float2 ld2(const bf16* p, size_t i) {
-    const unsigned w = *reinterpret_cast<const unsigned*>(p + i);
+// Two 16-bit elements of one 32-bit word (the first in the low half) as f32, and back.
+__device__ __forceinline__ Float2 unpack2(const bf16*, unsigned w) {
     return Float2{__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u)};
 }
-__device__ __forceinline__ Float2 ld2(const f16* p, size_t i) {
-    const unsigned w = *reinterpret_cast<const unsigned*>(p + i);
+__device__ __forceinline__ Float2 unpack2(const f16*, unsigned w) {
     return Float2{f16_float(w & 0xffffu), f16_float(w >> 16)};
 }
-__device__ __forceinline__ void st2(float* p, size_t i, float a, float b) {
-    *reinterpret_cast<Float2*>(p + i) = Float2{a, b};
+__device__ __forceinline__ unsigned pack2(const bf16*, float a, float b) {
+    return bf16_bits(a) | (bf16_bits(b) << 16);
 }
-__device__ __forceinline__ void st2(bf16* p, size_t i, float a, float b) {
-    *reinterpret_cast<unsigned*>(p + i) = bf16_bits(a) | (bf16_bits(b) << 16);
-}
-__device__ __forceinline__ void st2(f16* p, size_t i, float a, float b) {
-    *reinterpret_cast<unsigned*>(p + i) = f16_bits(a) | (f16_bits(b) << 16);
+__device__ __forceinline__ unsigned pack2(const f16*, float a, float b) {
+    return f16_bits(a) | (f16_bits(b) << 16);
 }

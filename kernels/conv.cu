@@ -70,6 +70,31 @@ __device__ __forceinline__ Word2 load4(const S* p) {
     return v;
 #endif
 }
+// 4 elements at p as f32, and back, by one access (16 bytes of f32, 8 of 16-bit values; p
+// aligned to that, see quad_aligned; read-only for the kernel when loaded).
+__device__ __forceinline__ void ld4f(const float* p, float v[4]) {
+    const Word4 w = load4(p);
+    v[0] = __uint_as_float(w.x), v[1] = __uint_as_float(w.y);
+    v[2] = __uint_as_float(w.z), v[3] = __uint_as_float(w.w);
+}
+template <class S>
+__device__ __forceinline__ void ld4f(const S* p, float v[4]) {
+    const Word2 w = load4(p);
+    const Float2 lo = unpack2(p, w.x), hi = unpack2(p, w.y);
+    v[0] = lo.x, v[1] = lo.y, v[2] = hi.x, v[3] = hi.y;
+}
+__device__ __forceinline__ void st4f(float* p, const float v[4]) {
+    *reinterpret_cast<Word4*>(p) = Word4{__float_as_uint(v[0]), __float_as_uint(v[1]),
+                                         __float_as_uint(v[2]), __float_as_uint(v[3])};
+}
+template <class S>
+__device__ __forceinline__ void st4f(S* p, const float v[4]) {
+    *reinterpret_cast<Word2*>(p) = Word2{pack2(p, v[0], v[1]), pack2(p, v[2], v[3])};
+}
+template <class S>
+__device__ __forceinline__ bool quad_aligned(const S* p) {
+    return ((unsigned long long)p & (4 * sizeof(S) - 1)) == 0;
+}
 __device__ __forceinline__ unsigned raw_bits(float v) { return __float_as_uint(v); }
 __device__ __forceinline__ unsigned raw_bits(bf16 v) { return v.bits; }
 __device__ __forceinline__ unsigned raw_bits(f16 v) { return v.bits; }
@@ -212,7 +237,8 @@ struct BwdGather {
 // 3 · async_stage_words<TS, TS>() · 4 bytes); TS: the tensor-core tile's side (64 or 128).
 // KRSC (T = 1, 2): w holds the weights as conv_weight_krsc made them ([K][R][S][C/g], TF32
 // rounded for T = 1) and C/g is a multiple of 32 (the host checks): each weight row of a slice
-// is 32 contiguous channels, staged by 16-byte vectors (gemm_tile_mma's AV). VB (with KRSC):
+// is 32 contiguous channels, staged by 16-byte vectors (gemm_tile_mma's AV), and the output
+// leaves through shared memory by runs of pixels (EV). VB (with KRSC):
 // input pixels staged 4 at a time too (BV; the shapes of FwdGather::vprep, the host checks).
 template <class S, int T, int TS = 64, bool KRSC = false, bool VB = false>
 __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __restrict__ w,
@@ -264,33 +290,49 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
     constexpr Mma M = T == 1 ? Mma::Tf32 : mma_of<S>;
     static_assert(T != 2 || sizeof(S) == 2, "16-bit tiles pack 16-bit storage as it is");
     if constexpr (KRSC) {
-        // The epilogue by pairs of neighbouring pixels: one 8-byte (f32) or 4-byte (16-bit)
-        // access for the output and the residual when both are in one image and aligned.
-        auto store_pairs = [&]() {
+        // The epilogue by runs of 8 neighbouring pixels of one output channel (gemm_tile_mma's
+        // EV): 4 at a time by one access (16 bytes f32, 8 of 16-bit values) for the output and
+        // the residual when they are in one image and aligned, else one by one; the image and
+        // pixel of the run's first column are decoded once.
+        auto store_runs = [&]() {
             const FastDiv per_image(ohw);
-            const auto one = store();  // for a pair that cannot go together
-            return [&, per_image, one](int m, int col, float v, float v1, bool two) {
-                const int ko = g * kg + m, ni = per_image.div(col), p = per_image.mod(col, ni);
-                const size_t at = ((size_t)ni * k + ko) * ohw + p;
-                if (two && p + 1 < ohw && at % 2 == 0) {
-                    const float b = bias ? ld(bias, ko) : 0.0f;
-                    v += b, v1 += b;
-                    if (residual) {
-                        const Float2 rr = ld2(residual, at);
-                        v += rr.x, v1 += rr.y;
+            return [&, per_image](int m, int col, const float(&v)[8], int count) {
+                const int ko = g * kg + m;
+                const float b = bias ? ld(bias, ko) : 0.0f;
+                auto finish = [&](float u, float res) {  // the element epilogue's order
+                    if (bias) u += b;
+                    if (residual) u += res;
+                    return relu ? fmaxf(u, 0.0f) : u;
+                };
+                int ni = per_image.div(col), p = per_image.mod(col, ni);
+                #pragma unroll
+                for (int q = 0; q < 8; q += 4) {
+                    const size_t at = ((size_t)ni * k + ko) * ohw + p;
+                    if (q + 4 <= count && p + 4 <= ohw && quad_aligned(y + at) &&
+                        (!residual || quad_aligned(residual + at))) {
+                        float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                        if (residual) ld4f(residual + at, o);
+                        #pragma unroll
+                        for (int e = 0; e < 4; ++e) o[e] = finish(v[q + e], o[e]);
+                        st4f(y + at, o);
+                        p += 4;
+                    } else {
+                        #pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            if (q + e >= count) break;
+                            const size_t ae = ((size_t)ni * k + ko) * ohw + p;
+                            st(y, ae, finish(v[q + e], residual ? ld(residual, ae) : 0.0f));
+                            if (++p == ohw) p = 0, ++ni;
+                        }
                     }
-                    if (relu) v = fmaxf(v, 0.0f), v1 = fmaxf(v1, 0.0f);
-                    st2(y, at, v, v1);
-                    return;
+                    if (p == ohw) p = 0, ++ni;
                 }
-                // One at a time: the second column may start the next image.
-                one(m, col, v);
-                if (two) one(m, col + 1, v1);
             };
         };
-        constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD, true>();
-        gemm_tile_mma<M, TS, TS, TAP_KD, POOL, true, VB>(kg, n * ohw, depth, first, a_vec, gb,
-                                                         store_pairs);
+        constexpr int OPS = mma_smem_words<M, TS, TS, TAP_KD, true>(), EPI = mma_epi_words<TS, TS>();
+        constexpr int POOL = OPS > EPI ? OPS : EPI;
+        gemm_tile_mma<M, TS, TS, TAP_KD, POOL, true, VB, true>(kg, n * ohw, depth, first, a_vec,
+                                                               gb, store_runs);
         return;
     }
     constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD>();  // the larger of the two orders
@@ -389,6 +431,9 @@ __device__ __forceinline__ void conv_weight_krsc(const S* __restrict__ w, S* __r
 
 // Two 64x64 tensor-core blocks per SM: registers capped at 128 per thread.
 #define TWO_PER_SM __launch_bounds__(256, 2)
+// Three for the 64x64 KRSC tiles (ptxas fits them in 76-80 registers without spilling; 90-104
+// uncapped, where only two blocks fit).
+#define THREE_PER_SM __launch_bounds__(256, 3)
 
 extern "C" __global__ void conv2d_fwd_f32(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 0>(CONV2D_FWD_ARGS);
@@ -420,19 +465,19 @@ extern "C" __global__ void conv2d_fwd_tf32_t128_async(CONV2D_FWD_PARAMS(float)) 
     conv2d_fwd<float, 3, 128>(CONV2D_FWD_ARGS);
 }
 // KRSC weights (see conv_weight_krsc_<t>): C/g a multiple of 32.
-extern "C" __global__ void TWO_PER_SM conv2d_fwd_tf32_krsc(CONV2D_FWD_PARAMS(float)) {
+extern "C" __global__ void THREE_PER_SM conv2d_fwd_tf32_krsc(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 1, 64, true>(CONV2D_FWD_ARGS);
 }
 extern "C" __global__ void conv2d_fwd_tf32_t128_krsc(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 1, 128, true>(CONV2D_FWD_ARGS);
 }
-extern "C" __global__ void TWO_PER_SM conv2d_fwd_bf16_krsc(CONV2D_FWD_PARAMS(bf16)) {
+extern "C" __global__ void THREE_PER_SM conv2d_fwd_bf16_krsc(CONV2D_FWD_PARAMS(bf16)) {
     conv2d_fwd<bf16, 2, 64, true>(CONV2D_FWD_ARGS);
 }
 extern "C" __global__ void conv2d_fwd_bf16_t128_krsc(CONV2D_FWD_PARAMS(bf16)) {
     conv2d_fwd<bf16, 2, 128, true>(CONV2D_FWD_ARGS);
 }
-extern "C" __global__ void TWO_PER_SM conv2d_fwd_f16_krsc(CONV2D_FWD_PARAMS(f16)) {
+extern "C" __global__ void THREE_PER_SM conv2d_fwd_f16_krsc(CONV2D_FWD_PARAMS(f16)) {
     conv2d_fwd<f16, 2, 64, true>(CONV2D_FWD_ARGS);
 }
 extern "C" __global__ void conv2d_fwd_f16_t128_krsc(CONV2D_FWD_PARAMS(f16)) {
@@ -441,19 +486,19 @@ extern "C" __global__ void conv2d_fwd_f16_t128_krsc(CONV2D_FWD_PARAMS(f16)) {
 // KRSC weights and input pixels 4 at a time: 1x1 convs with stride 1, no padding and H·W a
 // multiple of 4, or stride 1, no dilation, taps at most one column off (3x3, padding 1) and OW
 // a multiple of 4.
-extern "C" __global__ void TWO_PER_SM conv2d_fwd_tf32_vec(CONV2D_FWD_PARAMS(float)) {
+extern "C" __global__ void THREE_PER_SM conv2d_fwd_tf32_vec(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 1, 64, true, true>(CONV2D_FWD_ARGS);
 }
 extern "C" __global__ void conv2d_fwd_tf32_t128_vec(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 1, 128, true, true>(CONV2D_FWD_ARGS);
 }
-extern "C" __global__ void TWO_PER_SM conv2d_fwd_bf16_vec(CONV2D_FWD_PARAMS(bf16)) {
+extern "C" __global__ void THREE_PER_SM conv2d_fwd_bf16_vec(CONV2D_FWD_PARAMS(bf16)) {
     conv2d_fwd<bf16, 2, 64, true, true>(CONV2D_FWD_ARGS);
 }
 extern "C" __global__ void conv2d_fwd_bf16_t128_vec(CONV2D_FWD_PARAMS(bf16)) {
     conv2d_fwd<bf16, 2, 128, true, true>(CONV2D_FWD_ARGS);
 }
-extern "C" __global__ void TWO_PER_SM conv2d_fwd_f16_vec(CONV2D_FWD_PARAMS(f16)) {
+extern "C" __global__ void THREE_PER_SM conv2d_fwd_f16_vec(CONV2D_FWD_PARAMS(f16)) {
     conv2d_fwd<f16, 2, 64, true, true>(CONV2D_FWD_ARGS);
 }
 extern "C" __global__ void conv2d_fwd_f16_t128_vec(CONV2D_FWD_PARAMS(f16)) {

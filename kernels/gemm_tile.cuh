@@ -147,6 +147,12 @@ constexpr int mma_smem_words() {
     return (AV ? TM * (W + 4) : W * (TM + 8)) + W * (TN + 8);
 }
 
+// Shared memory words of gemm_tile_mma's EV epilogue: up to 64 rows of TN + 8 floats.
+template <int TM, int TN>
+constexpr int mma_epi_words() {
+    return (TM < 64 ? TM : 64) * (TN + 8);
+}
+
 // One shared-memory word of operand type M: a TF32 element (rounded here; `hi` is the same
 // element), or a pair of 16-bit elements along the depth, packed as they are (they come from
 // 16-bit storage, so no rounding work).
@@ -191,8 +197,12 @@ __device__ __forceinline__ auto bv_prep(const GB& gb, int col) {
 // row-major in shared memory then, rows WORDS + 4 words apart: the fragment reads (row g + i,
 // word t + j) still hit 32 distinct banks. Whole slices only (depth a multiple of KD).
 //
-// With AV the epilogue hands over neighbouring columns in pairs: `store(row, col, v, v1, two)`
-// with `two` false when col + 1 is past the last column (then v1 is not to be stored).
+// EV (the epilogue through shared memory): the accumulators are written to shared memory
+// (mma_epi_words, up to 64 rows at a time) and read back as runs of 8 neighbouring columns of
+// one row, so a warp hands over 4 whole rows of 64 columns at once: `store(row, col, v, count)`
+// with v the run's 8 values and count (1..8) how many are inside the matrix. The caller can
+// then move a run by 16-byte vectors (whole 128-byte lines of 16-bit output) and decode its
+// column once, instead of one scattered element at a time from the fragments' layout.
 //
 // BV (B by vectors; with AV): B's columns come in groups of 4 the gatherer reads as vectors
 // (`cols` a multiple of 4): `gb.vprep(col)` once for the group a thread stages, `gb.vat(
@@ -202,12 +212,13 @@ __device__ __forceinline__ auto bv_prep(const GB& gb, int col) {
 //
 // Tile TM x TN (64x64 or 128x128), shared memory from smem_pool<POOL>, grid
 // (ceil(cols / TN), ceil(rows / TM)); each warp owns MT m16 x NT n8 accumulator tiles.
-template <Mma M, int TM, int TN, int KD, int POOL, bool AV = false, bool BV = false, class SL,
-          class FA, class GB, class MS>
+template <Mma M, int TM, int TN, int KD, int POOL, bool AV = false, bool BV = false,
+          bool EV = false, class SL, class FA, class GB, class MS>
 __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL sl, FA a_at,
                                               const GB& gb, MS make_store) {
     static_assert(KD == 16 || KD == 32, "16- or 32-deep slices");
     static_assert(mma_smem_words<M, TM, TN, KD, AV>() <= POOL, "the shared pool is too small");
+    static_assert(!EV || mma_epi_words<TM, TN>() <= POOL, "the shared pool is too small");
     constexpr int WORDS = M == Mma::Tf32 ? KD : KD / 2;  // depth words per slice
     constexpr int PER = M == Mma::Tf32 ? 1 : 2;                // elements per word
     // Warps: 64x64 → 4 x 2 warps of 16x32; 128x128 → 2 x 4 warps of 64x32.
@@ -353,18 +364,43 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
         __syncthreads();
     }
     const auto store = make_store();
-    if constexpr (AV) {
+    if constexpr (EV) {
+        // Up to 64 rows per pass (each warp's rows fall in one pass), rows TN + 8 floats apart:
+        // the fragments' 8-byte writes (row g, columns 2t, 2t + 1) hit 32 distinct banks per
+        // half-warp. The loop's last barrier has freed the pool.
+        constexpr int PASS = TM < 64 ? TM : 64, CP = TN + 8, RUNS = TN / 8;
+        float* ct = reinterpret_cast<float*>(pool);
         #pragma unroll
-        for (int i = 0; i < MT; ++i)
-            #pragma unroll
-            for (int j = 0; j < NT; ++j)
+        for (int pass = 0; pass < TM / PASS; ++pass) {
+            if (pass > 0) __syncthreads();  // the previous pass has been read
+            if (wr / PASS == pass) {
                 #pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int row = r0 + wr + i * 16 + g + h * 8;
-                    const int col = c0 + wc + j * 8 + 2 * t;
-                    if (row < rows && col < cols)
-                        store(row, col, acc[i][j][2 * h], acc[i][j][2 * h + 1], col + 1 < cols);
+                for (int i = 0; i < MT; ++i)
+                    #pragma unroll
+                    for (int j = 0; j < NT; ++j)
+                        #pragma unroll
+                        for (int h = 0; h < 2; ++h) {
+                            const int lr = wr - pass * PASS + i * 16 + g + h * 8;
+                            *reinterpret_cast<Float2*>(&ct[lr * CP + wc + j * 8 + 2 * t]) =
+                                Float2{acc[i][j][2 * h], acc[i][j][2 * h + 1]};
+                        }
+            }
+            __syncthreads();
+            #pragma unroll
+            for (int u0 = 0; u0 < PASS * RUNS; u0 += 256) {
+                const int u = u0 + tid, lr = u / RUNS, cc = (u % RUNS) * 8;
+                const int row = r0 + pass * PASS + lr, col = c0 + cc;
+                if (u < PASS * RUNS && row < rows && col < cols) {
+                    const Word4* run = reinterpret_cast<const Word4*>(&ct[lr * CP + cc]);
+                    const Word4 lo = run[0], hi = run[1];
+                    const float v[8] = {__uint_as_float(lo.x), __uint_as_float(lo.y),
+                                        __uint_as_float(lo.z), __uint_as_float(lo.w),
+                                        __uint_as_float(hi.x), __uint_as_float(hi.y),
+                                        __uint_as_float(hi.z), __uint_as_float(hi.w)};
+                    store(row, col, v, cols - col < 8 ? cols - col : 8);
                 }
+            }
+        }
     } else {
         #pragma unroll
         for (int i = 0; i < MT; ++i)

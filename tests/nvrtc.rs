@@ -228,6 +228,18 @@ fn tensor_core_convolutions_compile_to_mma_sync() {
             );
             assert!(b.contains("st.shared.v4.u32"), "{entry}: no vector store");
             assert!(b.contains("mma.sync.aligned"), "{entry}: no mma.sync");
+            // The epilogue through shared memory: runs read back by 16-byte loads, the output
+            // written 4 pixels at a time (16 bytes f32, 8 for 16-bit types).
+            assert!(
+                b.contains("ld.shared.v4"),
+                "{entry}: runs not read by vectors"
+            );
+            let out = if t == "tf32" {
+                "st.global.v4"
+            } else {
+                "st.global.v2"
+            };
+            assert!(b.contains(out), "{entry}: output not stored by vectors");
         }
     }
 }
