@@ -63,21 +63,25 @@ step selftest-tf32-async 45 env GRADCAM_CONV_ASYNC=1 $kit/gradcam selftest --dev
   --precision tf32
 step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
   $kit/cuda-tests --nocapture --test-threads 1
-# Each default beside its experiments, then the peers on the same card.
+# Each default (kernels tuned per layer; the profile names each layer's choice) beside the
+# untuned rule (GRADCAM_CONV_TUNE=0: plain weights, the fitted tile rule) and KRSC forced, then
+# the peers on the same card.
 bench resnet50 tf32
+bench resnet50 tf32 "" GRADCAM_CONV_TUNE=0
 bench resnet50 tf32 "" GRADCAM_CONV_KRSC=1
 bench resnet50 tf32 "" GRADCAM_CONV_ASYNC=1
 step peers-resnet50 150 python3 tools/bench_gpu_peers.py --arch resnet50 --batch 64 --images "$n"
 bench resnet50 bf16
+bench resnet50 bf16 "" GRADCAM_CONV_TUNE=0
 bench resnet50 bf16 "" GRADCAM_CONV_KRSC=1
 bench resnet50 f16
-bench resnet50 f16 "" GRADCAM_CONV_KRSC=1
+bench resnet50 f16 "" GRADCAM_CONV_TUNE=0
 # Hardware counters (Nsight Compute) of the first 24 forward convs of one ResNet-50 batch
 # (stem, layer1, most of layer2: the 1x1 convs that run at 13-25 TFLOP/s and the 3x3s), at
 # BF16, default beside KRSC: occupancy, stall reasons, memory and tensor-pipe throughput.
 ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-ncu_convs() { # name [env]
-  step ncu-$1 100 env ${2:-X=} "$ncu_bin" --clock-control none --kernel-name regex:'^conv2d_fwd' \
+ncu_convs() { # name [env] (untuned: tuning would launch every candidate)
+  step ncu-$1 100 env GRADCAM_CONV_TUNE=0 ${2:-X=} "$ncu_bin" --clock-control none --kernel-name regex:'^conv2d_fwd' \
     --launch-count 24 --section SpeedOfLight --section Occupancy --section LaunchStats \
     --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     $kit/gradcam bench --device cuda --precision bf16 -m /tmp/resnet50.safetensors --batch 64 \
@@ -90,13 +94,13 @@ else
   echo "ncu: not found" | tee -a "$sum"
 fi
 bench vgg16 tf32
-bench vgg16 tf32 "" GRADCAM_CONV_KRSC=1
+bench vgg16 tf32 "" GRADCAM_CONV_TUNE=0
 bench vgg16 tf32 "" GRADCAM_CONV_ASYNC=1
 step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --images "$n"
 bench vgg16 bf16
-bench vgg16 bf16 "" GRADCAM_CONV_KRSC=1
+bench vgg16 bf16 "" GRADCAM_CONV_TUNE=0
 bench vgg16 f16
-bench vgg16 f16 "" GRADCAM_CONV_KRSC=1
+bench vgg16 f16 "" GRADCAM_CONV_TUNE=0
 # The CLI end to end: `--device auto` must pick the GPU; f32 outputs must match the CPU's.
 step explain-demo 60 bash -c "set -o pipefail
   $kit/gradcam explain assets/demo/images -o /tmp/demo-gpu --precision f32 2>&1 | tee /tmp/demo.log &&
@@ -115,7 +119,9 @@ bench vgg16 f32
 bench resnet50 tf32 "" GRADCAM_PINNED=0   # plain (pageable) copies, for comparison
 # Tile sizes forced, per layer in the profile (TILES=1; what the 64/128 rule was fitted on).
 if [ "${TILES:-0}" = 1 ]; then
-  for p in tf32 bf16; do for t in 64 128; do bench resnet50 $p $t; bench vgg16 $p $t; done; done
+  for p in tf32 bf16; do for t in 64 128; do
+    bench resnet50 $p $t GRADCAM_CONV_TUNE=0; bench vgg16 $p $t GRADCAM_CONV_TUNE=0
+  done; done
   # The same with KRSC weights (their kernels use fewer registers: the rule may move).
   for p in tf32 bf16; do for t in 64 128; do
     bench resnet50 $p $t GRADCAM_CONV_KRSC=1; bench vgg16 $p $t GRADCAM_CONV_KRSC=1

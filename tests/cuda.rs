@@ -46,6 +46,18 @@ fn selftest_passes_on_the_gpu() {
     }
 }
 
+/// The kernels conv tuning chooses among agree bit for bit on the GPU too; prints the plans.
+#[test]
+fn conv_tuning_choices_agree_bit_for_bit_on_the_gpu() {
+    if launcher().is_none() {
+        return;
+    }
+    for precision in [Precision::Tf32, Precision::Bf16, Precision::F16] {
+        let plans = common::conv_choices_agree(precision, || launcher().unwrap());
+        eprintln!("{precision:?}: {plans:#?}");
+    }
+}
+
 #[test]
 fn parity_fixtures_on_the_gpu() {
     if launcher().is_none() {

@@ -79,6 +79,20 @@ fn tensor_core_selftests_pass_through_the_emulator() {
     }
 }
 
+/// Every kernel conv tuning may pick computes the same values bit for bit (see
+/// common::conv_choices_agree), at each tensor-core precision.
+#[test]
+fn conv_tuning_choices_agree_bit_for_bit() {
+    for precision in [Precision::Tf32, Precision::Bf16, Precision::F16] {
+        let plans = common::conv_choices_agree(precision, EmuLauncher::new);
+        // The plans name the candidates: KRSC ones by vectors where the shape allows.
+        assert!(
+            plans.iter().all(|(_, k)| k.starts_with("conv2d_fwd_")),
+            "{plans:?}"
+        );
+    }
+}
+
 /// Images of several sizes in one batch (runs of equal sizes share an overlay launch).
 #[test]
 fn device_preprocess_and_overlays_match_the_cpu() {

@@ -85,3 +85,95 @@ pub fn parity_end_to_end<B: gradcam::backend::Backend>(
     let worst = results.iter().map(|r| r.cam_err).fold(0f32, f32::max);
     (results.len(), worst)
 }
+
+/// Convolutions (1x1 and 3x3, stride 1 and 2, partial tiles, with and without the fused
+/// residual) through backends that differ only in the kernel they pick: each tile side, plain
+/// or KRSC weights (with the input by vectors where the shape allows), and tuned. The outputs
+/// must agree bit for bit, so tuning changes speed, never results; the tuned backend keeps one
+/// plan per shape and epilogue. Returns the tuned plans.
+pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
+    precision: gradcam::backend::gpu::Precision,
+    launcher: impl Fn() -> L,
+) -> Vec<(String, String)> {
+    use gradcam::backend::gpu::{ConvTile, GpuBackend};
+    use gradcam::backend::{Backend, Conv2dParams};
+    let shapes = [
+        ([3, 64, 8, 6], [72, 64, 1, 1], Conv2dParams::new(1, 0)),
+        ([2, 32, 8, 8], [136, 32, 3, 3], Conv2dParams::new(1, 1)),
+        ([2, 32, 7, 7], [80, 32, 3, 3], Conv2dParams::new(1, 1)),
+        ([2, 64, 9, 8], [80, 64, 3, 3], Conv2dParams::new(2, 1)),
+    ];
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    let mut random = |shape: &[usize]| {
+        let n = shape.iter().product();
+        let v = (0..n)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::new(shape.to_vec(), v)
+    };
+    let inputs: Vec<_> = shapes
+        .iter()
+        .map(|(xs, ws, p)| {
+            let (x, w, b) = (random(xs), random(ws), random(&ws[..1]));
+            let (oh, ow) = p.out_hw((xs[2], xs[3]), (ws[2], ws[3])).unwrap();
+            let res = random(&[xs[0], ws[0], oh, ow]);
+            (x, w, b, res, *p)
+        })
+        .collect();
+    let run = |be: &GpuBackend<L>| -> Vec<Vec<u32>> {
+        let mut outs = Vec::new();
+        for (x, w, b, res, p) in &inputs {
+            let (xd, wd, bd) = (
+                be.upload(x.clone()).unwrap(),
+                be.upload(w.clone()).unwrap(),
+                be.upload(b.clone()).unwrap(),
+            );
+            let prep = be.conv2d_prepare(&wd, p).unwrap();
+            let y = be
+                .conv2d_fwd(&xd, &wd, prep.as_ref(), Some(&bd), p, true)
+                .unwrap();
+            let rd = be.upload(res.clone()).unwrap();
+            let z = be
+                .conv2d_fwd_add_relu(&xd, &wd, prep.as_ref(), Some(&bd), p, &rd)
+                .unwrap();
+            for t in [y, z] {
+                let t = be.download(&t).unwrap();
+                outs.push(t.data().iter().map(|v| v.to_bits()).collect());
+            }
+        }
+        outs
+    };
+    let forced = |tile, krsc| {
+        GpuBackend::with_precision(launcher(), precision)
+            .with_conv_tile(tile)
+            .with_conv_krsc(krsc)
+            .with_conv_tune(false)
+    };
+    let want = run(&forced(ConvTile::T64, false));
+    for (tile, krsc) in [
+        (ConvTile::T128, false),
+        (ConvTile::T64, true),
+        (ConvTile::T128, true),
+    ] {
+        assert!(
+            run(&forced(tile, krsc)) == want,
+            "{precision:?}: {tile:?} KRSC {krsc} differs from 64x64 plain"
+        );
+    }
+    // Tuned, the KRSC setting left to it (GRADCAM_CONV_KRSC unset in the tests).
+    let tuned = GpuBackend::with_precision(launcher(), precision)
+        .with_conv_tile(ConvTile::Auto)
+        .with_conv_tune(true);
+    assert!(
+        run(&tuned) == want,
+        "{precision:?}: the tuned kernels differ"
+    );
+    let plans = tuned.conv_plans();
+    assert_eq!(plans.len(), 2 * shapes.len(), "{plans:?}");
+    plans
+}

@@ -37,6 +37,14 @@ pub struct SelftestArgs {
     fixtures: Option<PathBuf>,
 }
 
+/// The GPU backend the selftest checks: the kernels as configured (GRADCAM_CONV_KRSC, _TILE,
+/// _ASYNC); tuning would pick among them by speed, so it is off unless GRADCAM_CONV_TUNE=1
+/// (every choice computes the same bits: tests/gpu_emulated.rs, tests/cuda.rs).
+fn cuda(precision: Precision) -> gradcam::Result<GpuBackend<CudaLauncher>> {
+    let tune = std::env::var("GRADCAM_CONV_TUNE").as_deref() == Ok("1");
+    Ok(GpuBackend::with_precision(CudaLauncher::new(0)?, precision).with_conv_tune(tune))
+}
+
 /// Every op, then the tensor-core fragment checks.
 fn gpu_checks<L: Launcher>(be: &GpuBackend<L>) -> anyhow::Result<Vec<Check>> {
     let mut checks = selftest::run(be)?;
@@ -109,10 +117,7 @@ pub fn run(a: SelftestArgs) -> anyhow::Result<ExitCode> {
             )
         }
         SelftestDevice::Cuda => {
-            let be = GpuBackend::with_precision(
-                CudaLauncher::new(0).context("--device cuda")?,
-                precision,
-            );
+            let be = cuda(precision).context("--device cuda")?;
             (
                 be.name(),
                 gpu_checks(&be)?,
@@ -126,9 +131,7 @@ pub fn run(a: SelftestArgs) -> anyhow::Result<ExitCode> {
             SelftestDevice::Emu => parity_checks(dir, tol, || {
                 Ok(GpuBackend::with_precision(EmuLauncher::new(), precision))
             })?,
-            SelftestDevice::Cuda => parity_checks(dir, tol, || {
-                Ok(GpuBackend::with_precision(CudaLauncher::new(0)?, precision))
-            })?,
+            SelftestDevice::Cuda => parity_checks(dir, tol, || Ok(cuda(precision)?))?,
         };
         checks.extend(rows);
     }

@@ -34,10 +34,10 @@ impl<L: Launcher> GpuBackend<L> {
         self.launch_conv(
             "conv2d_fwd",
             x.dtype,
-            prepared.is_some(),
+            prepared.map(|t| &t.buf),
             &[
                 KArg::Buf(&x.buf),
-                KArg::Buf(&prepared.unwrap_or(w).buf),
+                KArg::Buf(&w.buf),
                 b.map_or(KArg::Null, |b| KArg::Buf(&b.buf)),
                 residual.map_or(KArg::Null, |r| KArg::Buf(&r.buf)),
                 KArg::Buf(&y.buf),
@@ -176,7 +176,16 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     }
 
     fn name(&self) -> String {
-        format!("{}, {} convolutions", self.l.name(), self.precision.name())
+        let tuned = if self.conv_tune && self.precision != Precision::F32 {
+            " (kernels tuned per layer)"
+        } else {
+            ""
+        };
+        format!(
+            "{}, {} convolutions{tuned}",
+            self.l.name(),
+            self.precision.name()
+        )
     }
     fn selftest_tolerance(&self) -> f32 {
         match self.precision {
@@ -234,8 +243,9 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         t.shape = shape.to_vec();
         Ok(t)
     }
-    /// The KRSC copy of a tensor-core conv's weights when [`GpuBackend::with_conv_krsc`] (or
-    /// the cp.async ring) is on and the conv qualifies.
+    /// The KRSC copy of a tensor-core conv's weights when the conv qualifies and KRSC weights
+    /// are on (or left to tuning, or the cp.async ring is on): see
+    /// [`GpuBackend::with_conv_krsc`].
     fn conv2d_prepare(&self, w: &Self::Tensor, _p: &Conv2dParams) -> Result<Option<Self::Tensor>> {
         if !self.krsc_applies(&w.shape) {
             return Ok(None);
@@ -293,7 +303,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         self.launch_conv(
             "conv2d_bwd_data",
             dy.dtype,
-            false,
+            None,
             &[KArg::Buf(&dy.buf), KArg::Buf(&w.buf), KArg::Buf(&dx.buf)],
             [n, c, h, wd, k, r, s, oh, ow],
             p,

@@ -58,6 +58,9 @@ impl Launcher for EmuLauncher {
     fn name(&self) -> String {
         "cuda kernels on the CPU emulator".into()
     }
+    fn emulated(&self) -> bool {
+        true
+    }
     fn alloc(&self, bytes: usize) -> Result<EmuBuf> {
         Ok(EmuBuf {
             _held: self.mem.reserve(bytes)?,

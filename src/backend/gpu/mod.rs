@@ -64,6 +64,10 @@ pub trait Launcher: Send + Sync {
     fn memory(&self) -> &MemCounter;
     /// Waits until every queued launch and copy has finished.
     fn synchronize(&self) -> Result<()>;
+    /// Whether the kernels run on the CPU emulator (where timing them means nothing).
+    fn emulated(&self) -> bool {
+        false
+    }
     /// # Safety
     /// The arguments must match the kernel's signature and cover what this grid indexes.
     unsafe fn launch(
@@ -83,12 +87,42 @@ pub struct GpuBackend<L: Launcher> {
     /// TF32 forward convolutions through the cp.async ring (GRADCAM_CONV_ASYNC=1; experimental;
     /// implies KRSC weights for TF32).
     conv_async: bool,
-    /// Tensor-core forward convolutions with KRSC weights (GRADCAM_CONV_KRSC=1; experimental).
-    conv_krsc: bool,
+    /// Tensor-core forward convolutions with KRSC weights: always (GRADCAM_CONV_KRSC=1),
+    /// never (=0), or (unset) when timing says so, if `conv_tune`.
+    conv_krsc: Option<bool>,
+    /// Times each convolution's candidate kernels (tile sides, staging) on its first launch
+    /// per shape and keeps the fastest (GRADCAM_CONV_TUNE; default on a real GPU).
+    conv_tune: bool,
+    /// The tuned choice per convolution shape (see [`Self::conv_plans`]).
+    conv_plans: Mutex<BTreeMap<String, ConvChoice>>,
     /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
     jet: OnceLock<L::Buf>,
     /// Per kernel: launches and time, while profiling is on.
     profile: Mutex<Option<BTreeMap<String, (usize, Duration)>>>,
+}
+
+/// A launch's arguments and grid.
+type Launch<'a, B> = (Vec<KArg<'a, B>>, [u32; 3]);
+
+/// One kernel that can run a convolution: its entry, tile side, whether it reads the KRSC
+/// weights, and its dynamic shared memory.
+#[derive(Clone, Debug)]
+struct ConvChoice {
+    kernel: String,
+    tile: usize,
+    krsc: bool,
+    shared: u32,
+}
+
+impl ConvChoice {
+    fn new(kernel: String, tile: usize, krsc: bool, shared: usize) -> Self {
+        ConvChoice {
+            kernel,
+            tile,
+            krsc,
+            shared: shared as u32,
+        }
+    }
 }
 
 /// A batch of RGB8 images packed in one device buffer.
@@ -106,12 +140,20 @@ impl<L: Launcher> GpuBackend<L> {
     }
 
     pub fn with_precision(launcher: L, precision: Precision) -> Self {
+        let flag = |name| match std::env::var(name).as_deref() {
+            Ok("1") => Some(true),
+            Ok("0") => Some(false),
+            _ => None,
+        };
+        let conv_tune = flag("GRADCAM_CONV_TUNE").unwrap_or(!launcher.emulated());
         GpuBackend {
             l: launcher,
             precision,
             conv_tile: ConvTile::from_env(),
-            conv_async: std::env::var("GRADCAM_CONV_ASYNC").is_ok_and(|v| v == "1"),
-            conv_krsc: std::env::var("GRADCAM_CONV_KRSC").is_ok_and(|v| v == "1"),
+            conv_async: flag("GRADCAM_CONV_ASYNC") == Some(true),
+            conv_krsc: flag("GRADCAM_CONV_KRSC"),
+            conv_tune,
+            conv_plans: Mutex::new(BTreeMap::new()),
             jet: OnceLock::new(),
             profile: Mutex::new(None),
         }
@@ -215,45 +257,75 @@ impl<L: Launcher> GpuBackend<L> {
         Ok((bytes, f))
     }
 
-    /// The convolution entry for tensors of `dtype` under this backend's arithmetic and the
-    /// tile side its grid is cut by, for a GEMM of `rows` x `depth` per group: e.g.
-    /// (`conv2d_fwd_tf32`, 64) or (`conv2d_fwd_bf16_t128`, 128).
-    fn conv_kernel(&self, op: &str, dtype: DType, rows: usize, depth: usize) -> (String, usize) {
+    /// The kernels that may run a convolution `op` on tensors of `dtype` under this backend's
+    /// arithmetic, for a GEMM of `rows` x `depth` per group: one unless tuning has a choice of
+    /// tile sides (64x64 or 128x128) and of staging (plain weights, or the KRSC copy when
+    /// `krsc`, the input by vectors when `vec_b`). Every choice computes the same values bit
+    /// for bit (tests/gpu_emulated.rs), so tuning changes speed only; the cp.async ring, which
+    /// reads its input truncated to TF32 rather than rounded, is never a tuning choice.
+    fn conv_choices(
+        &self,
+        op: &str,
+        dtype: DType,
+        (rows, depth): (usize, usize),
+        krsc: bool,
+        vec_b: bool,
+    ) -> Vec<ConvChoice> {
         let base = match (dtype, self.precision) {
             (DType::Bf16 | DType::F16, _) => format!("{op}_{}", dtype.name()),
             (DType::F32, Precision::Tf32) => format!("{op}_tf32"),
-            (DType::F32, _) => return (format!("{op}_f32"), 64),
+            (DType::F32, _) => return vec![ConvChoice::new(format!("{op}_f32"), 64, false, 0)],
         };
-        let big = match self.conv_tile {
-            ConvTile::T64 => false,
-            ConvTile::T128 => true,
-            ConvTile::Auto => big_tile(dtype, rows, depth),
+        let tiles: &[usize] = match self.conv_tile {
+            ConvTile::T64 => &[64],
+            ConvTile::T128 => &[128],
+            // A 128-row tile over 64 rows or fewer idles half its tensor cores or more.
+            ConvTile::Auto if self.conv_tune && rows > 64 => &[64, 128],
+            ConvTile::Auto if big_tile(dtype, rows, depth) => &[128],
+            ConvTile::Auto => &[64],
         };
-        if big {
-            (format!("{base}_t128"), 128)
-        } else {
-            (base, 64)
+        let mut out = Vec::new();
+        for &tile in tiles {
+            let name = if tile == 128 {
+                format!("{base}_t128")
+            } else {
+                base.clone()
+            };
+            if krsc && self.conv_async && self.precision == Precision::Tf32 {
+                // The experimental cp.async ring: 3 stages of A (row-major, rows of 32 + 4
+                // words) and B (32 rows of tile + 8 words).
+                let shared = 3 * (tile * 36 + 32 * (tile + 8)) * 4;
+                out.push(ConvChoice::new(format!("{name}_async"), tile, true, shared));
+                continue;
+            }
+            if !krsc || self.conv_krsc != Some(true) {
+                out.push(ConvChoice::new(name.clone(), tile, false, 0));
+            }
+            if krsc {
+                let kind = if vec_b { "vec" } else { "krsc" };
+                out.push(ConvChoice::new(format!("{name}_{kind}"), tile, true, 0));
+            }
         }
+        out
     }
 
     /// Launches `<op>_<t>` (conv2d_fwd, conv2d_bwd_data): `bufs`, the geometry both share
     /// (n, c, h, w, k, r, s, oh, ow, strides, paddings, dilations, groups), then `extra`; the
-    /// grid cut by the tile of a GEMM of `rows` x `cols` per group. `krsc`: the weights among
-    /// `bufs` are conv_weight_krsc's (a forward conv that [`Self::krsc_applies`] to).
+    /// grid cut by the tile of a GEMM of `rows` x `cols` per group. `krsc_w`: the KRSC copy of
+    /// the weights (`bufs[1]`) when a forward conv has one (see [`Self::krsc_applies`]).
     #[allow(clippy::too_many_arguments)]
     fn launch_conv(
         &self,
         op: &str,
         dtype: DType,
-        krsc: bool,
+        krsc_w: Option<&L::Buf>,
         bufs: &[KArg<L::Buf>],
         [n, c, h, w, k, r, s, oh, ow]: [usize; 9],
         p: &Conv2dParams,
         extra: &[usize],
         (rows, cols): (usize, usize),
     ) -> Result<()> {
-        let mut args = bufs.to_vec();
-        args.extend(ints(&[
+        let geometry = [
             n,
             c,
             h,
@@ -270,15 +342,12 @@ impl<L: Launcher> GpuBackend<L> {
             p.dilation.0,
             p.dilation.1,
             p.groups,
-        ]));
-        args.extend(ints(extra));
+        ];
         // GEMM per group: rows x cols x depth (the profile's per-layer tag).
         let depth = match op {
             "conv2d_bwd_data" => k / p.groups * r * s,
             _ => c / p.groups * r * s,
         };
-        let (mut kernel, tile) = self.conv_kernel(op, dtype, rows, depth);
-        let mut shared = 0;
         // Input pixels 4 at a time (FwdGather::vprep): 1x1 over 4-pixel groups, or 3x3 with
         // padding 1 over rows of a multiple of 4; stride 1, no dilation.
         let (hw4, unit) = ((h * w) % 4 == 0, p.stride == (1, 1) && p.dilation == (1, 1));
@@ -288,21 +357,45 @@ impl<L: Launcher> GpuBackend<L> {
                 (3, 3) => p.padding == (1, 1) && w % 4 == 0,
                 _ => false,
             };
-        if krsc && self.conv_async && self.precision == Precision::Tf32 {
-            // The experimental cp.async ring: 3 stages of A (row-major, rows of 32 + 4 words)
-            // and B (32 rows of tile + 8 words).
-            kernel.push_str("_async");
-            shared = (3 * (tile * 36 + 32 * (tile + 8)) * 4) as u32;
-        } else if krsc && vec_b {
-            kernel.push_str("_vec");
-        } else if krsc {
-            kernel.push_str("_krsc");
-        }
-        let grid = [
-            cols.div_ceil(tile) as u32,
-            rows.div_ceil(tile) as u32,
-            p.groups as u32,
-        ];
+        let choices = self.conv_choices(op, dtype, (rows, depth), krsc_w.is_some(), vec_b);
+        let args_for = |ch: &ConvChoice| {
+            let mut args = bufs.to_vec();
+            if let (true, Some(kw)) = (ch.krsc, krsc_w) {
+                args[1] = KArg::Buf(kw);
+            }
+            args.extend(ints(&geometry));
+            args.extend(ints(extra));
+            let grid = [
+                cols.div_ceil(ch.tile) as u32,
+                rows.div_ceil(ch.tile) as u32,
+                p.groups as u32,
+            ];
+            (args, grid)
+        };
+        let choice = if choices.len() == 1 {
+            choices.into_iter().next().expect("one choice")
+        } else {
+            // Tuned once per shape: the epilogue (residual or not, ReLU) is part of the shape.
+            let nulls: String = bufs
+                .iter()
+                .map(|b| if matches!(b, KArg::Null) { '0' } else { '1' })
+                .collect();
+            let key = format!("{op}_{} {geometry:?} {extra:?} {nulls}", dtype.name());
+            let known = self.conv_plans.lock().expect("plans").get(&key).cloned();
+            match known {
+                Some(ch) => ch,
+                None => {
+                    // SAFETY: every choice takes <op>_<t>'s arguments, gridded by its tile.
+                    let ch = unsafe { self.tune(&choices, &args_for)? };
+                    self.conv_plans
+                        .lock()
+                        .expect("plans")
+                        .insert(key, ch.clone());
+                    ch
+                }
+            }
+        };
+        let (args, grid) = args_for(&choice);
         let tag = || {
             let t = format!("{rows}x{cols}x{depth}");
             if p.groups > 1 {
@@ -312,7 +405,90 @@ impl<L: Launcher> GpuBackend<L> {
             }
         };
         // SAFETY: the callers pass the buffers of <op>_<t>'s signature, sized for this geometry.
-        unsafe { self.launch_tagged(&kernel, Some(&tag), grid, [256, 1, 1], shared, &args) }
+        unsafe {
+            self.launch_tagged(
+                &choice.kernel,
+                Some(&tag),
+                grid,
+                [256, 1, 1],
+                choice.shared,
+                &args,
+            )
+        }
+    }
+
+    /// The fastest of `choices`: each launched once (compiling its module on first use), then
+    /// timed over TUNE_RUNS launches in a row (the launches queue, so the wall time between two
+    /// waits is the GPU's). A choice that fails to launch is passed over (the first error is
+    /// returned only when none launches). Not in the profile.
+    ///
+    /// # Safety
+    /// `args_for` gives each choice its kernel's arguments and grid, as [`Launcher::launch`].
+    unsafe fn tune<'b>(
+        &self,
+        choices: &[ConvChoice],
+        args_for: &dyn Fn(&ConvChoice) -> Launch<'b, L::Buf>,
+    ) -> Result<ConvChoice>
+    where
+        L::Buf: 'b,
+    {
+        const TUNE_RUNS: u32 = 3;
+        let mut best: Option<(Duration, &ConvChoice)> = None;
+        let mut first_err = None;
+        for ch in choices {
+            let (args, grid) = args_for(ch);
+            let run = || -> Result<Duration> {
+                let go = || {
+                    // SAFETY: as the caller promises.
+                    unsafe {
+                        self.l
+                            .launch(&ch.kernel, grid, [256, 1, 1], ch.shared, &args)
+                    }
+                };
+                // The emulator: one untimed-in-effect run each, to exercise this path.
+                let runs = if self.l.emulated() { 1 } else { TUNE_RUNS };
+                if runs > 1 {
+                    go()?;
+                }
+                self.l.synchronize()?;
+                let t = Instant::now();
+                for _ in 0..runs {
+                    go()?;
+                }
+                self.l.synchronize()?;
+                Ok(t.elapsed())
+            };
+            match run() {
+                Ok(t) if best.is_none_or(|(b, _)| t < b) => best = Some((t, ch)),
+                Ok(_) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match (best, first_err) {
+            (Some((_, ch)), _) => Ok(ch.clone()),
+            (None, Some(e)) => Err(e),
+            (None, None) => unreachable!("tune is given at least two choices"),
+        }
+    }
+
+    /// The kernel tuning chose per convolution shape so far: (`<op>_<t> [geometry] [extra]
+    /// buffers`, kernel), in key order.
+    pub fn conv_plans(&self) -> Vec<(String, String)> {
+        let plans = self.conv_plans.lock().expect("plans");
+        plans
+            .iter()
+            .map(|(k, ch)| (k.clone(), ch.kernel.clone()))
+            .collect()
+    }
+
+    /// Times each convolution's candidate kernels on its first launch per shape and keeps the
+    /// fastest (default: `GRADCAM_CONV_TUNE` = 1 or 0, else on for a real GPU, off on the
+    /// emulator). A forced tile (`GRADCAM_CONV_TILE`) or KRSC setting narrows the choice.
+    pub fn with_conv_tune(mut self, on: bool) -> Self {
+        self.conv_tune = on;
+        self
     }
 
     /// Forces the tensor-core convolutions' tile side (default: `GRADCAM_CONV_TILE` = 64 or
@@ -332,19 +508,21 @@ impl<L: Launcher> GpuBackend<L> {
 
     /// Gives tensor-core forward convolutions whose channels per group are a multiple of 32 a
     /// copy of their weights in KRSC order, made at load time, whose rows the tiles stage by
-    /// 16-byte vectors (default: `GRADCAM_CONV_KRSC=1`). Costs a second copy of those
-    /// weights in device memory (the backward pass reads the original).
+    /// 16-byte vectors: always (`true`; `GRADCAM_CONV_KRSC=1`) or never (`false`; `=0`).
+    /// Unset, the copy is made when tuning is on and tuning picks per layer. Costs a second
+    /// copy of those weights in device memory (the backward pass reads the original).
     pub fn with_conv_krsc(mut self, on: bool) -> Self {
-        self.conv_krsc = on;
+        self.conv_krsc = Some(on);
         self
     }
 
-    /// Whether a conv with weights [K, C/g, R, S] runs on KRSC weights.
+    /// Whether a conv with weights [K, C/g, R, S] gets KRSC weights.
     pub(super) fn krsc_applies(&self, w: &[usize]) -> bool {
+        let wanted = self.conv_krsc.unwrap_or(self.conv_tune);
         let wanted = match self.precision {
             Precision::F32 => false,
-            Precision::Tf32 => self.conv_krsc || self.conv_async,
-            Precision::Bf16 | Precision::F16 => self.conv_krsc,
+            Precision::Tf32 => wanted || self.conv_async,
+            Precision::Bf16 | Precision::F16 => wanted,
         };
         wanted && w.len() == 4 && w[1] % 32 == 0
     }
