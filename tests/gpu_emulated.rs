@@ -85,10 +85,45 @@ fn tensor_core_selftests_pass_through_the_emulator() {
 fn conv_tuning_choices_agree_bit_for_bit() {
     for precision in [Precision::Tf32, Precision::Bf16, Precision::F16] {
         let plans = common::conv_choices_agree(precision, EmuLauncher::new);
-        // The plans name the candidates: KRSC ones by vectors where the shape allows.
         assert!(
-            plans.iter().all(|(_, k)| k.starts_with("conv2d_fwd_")),
+            plans.iter().all(|(key, how)| key.starts_with("conv2d_fwd_")
+                && ["64", "128", "64 krsc", "128 krsc"].contains(&how.as_str())),
             "{plans:?}"
+        );
+    }
+}
+
+/// A plan serves a kind of layer, not one exact shape: images of other sizes (within a factor
+/// of 2 of output pixels) reuse it instead of timing the candidates again, with the kernel
+/// that fits their shape.
+#[test]
+fn conv_plans_serve_similar_shapes() {
+    let tuned =
+        GpuBackend::with_precision(EmuLauncher::new(), Precision::Bf16).with_conv_tune(true);
+    let cpu = CpuBackend::reference();
+    let mut rng = Rng::new(7);
+    let w = rng.tensor(&[72, 32, 3, 3], -0.5, 0.5);
+    let wd = tuned.upload(w.clone()).unwrap();
+    let p = gradcam::backend::Conv2dParams::new(1, 1);
+    let prep = tuned.conv2d_prepare(&wd, &p).unwrap();
+    assert!(prep.is_some(), "tuning makes the KRSC weights");
+    // 2·8·8 = 128 and 2·8·12 = 192 output pixels: one octave (2^8), rows of 8 and 12 both go
+    // by vectors: one plan. 2·7·9 = 126 (2^7, rows of 9 not by vectors) and 2·16·16 = 512
+    // (2^10): a plan each. Tolerance: BF16 outputs, 288-deep sums (the selftest's 1e-2).
+    for (hw, plans) in [((8, 8), 1), ((8, 12), 1), ((7, 9), 2), ((16, 16), 3)] {
+        let x = rng.tensor(&[2, 32, hw.0, hw.1], -1.0, 1.0);
+        let xd = tuned.upload(x.clone()).unwrap();
+        let y = tuned
+            .conv2d_fwd(&xd, &wd, prep.as_ref(), None, &p, false)
+            .unwrap();
+        let want = cpu.conv2d_fwd(&x, &w, None, None, &p, false).unwrap();
+        let err = rel_err(&tuned.download(&y).unwrap(), &want);
+        assert!(err < 1e-2, "{hw:?}: {err}");
+        assert_eq!(
+            tuned.conv_plans().len(),
+            plans,
+            "{hw:?}: {:?}",
+            tuned.conv_plans()
         );
     }
 }

@@ -93,8 +93,9 @@ pub struct GpuBackend<L: Launcher> {
     /// Times each convolution's candidate kernels (tile sides, staging) on its first launch
     /// per shape and keeps the fastest (GRADCAM_CONV_TUNE; default on a real GPU).
     conv_tune: bool,
-    /// The tuned choice per convolution shape (see [`Self::conv_plans`]).
-    conv_plans: Mutex<BTreeMap<String, ConvChoice>>,
+    /// The tuned choice (tile side, KRSC weights) per kind of convolution (see
+    /// [`Self::conv_plans`]).
+    conv_plans: Mutex<BTreeMap<String, (usize, bool)>>,
     /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
     jet: OnceLock<L::Buf>,
     /// Per kernel: launches and time, while profiling is on.
@@ -375,14 +376,30 @@ impl<L: Launcher> GpuBackend<L> {
         let choice = if choices.len() == 1 {
             choices.into_iter().next().expect("one choice")
         } else {
-            // Tuned once per shape: the epilogue (residual or not, ReLU) is part of the shape.
+            // Tuned once per kind of layer: its channels, kernel, strides, dilations and groups,
+            // whether the input goes by vectors, the epilogue (residual or not, ReLU), and its
+            // output pixels (N·OH·OW) to within a factor of 2, so images of many sizes
+            // (`--size native`) or split batches do not each tune again. A plan is a tile side
+            // and whether to use the KRSC weights; the kernel follows from the shape.
             let nulls: String = bufs
                 .iter()
                 .map(|b| if matches!(b, KArg::Null) { '0' } else { '1' })
                 .collect();
-            let key = format!("{op}_{} {geometry:?} {extra:?} {nulls}", dtype.name());
+            let layer = [c / p.groups, k / p.groups, r, s, p.stride.0, p.stride.1];
+            let more = [p.dilation.0, p.dilation.1, p.groups, vec_b as usize];
+            let octave = usize::BITS - cols.leading_zeros();
+            let key = format!(
+                "{op}_{} {layer:?} {more:?} {extra:?} {nulls} 2^{octave}",
+                dtype.name()
+            );
             let known = self.conv_plans.lock().expect("plans").get(&key).cloned();
-            match known {
+            let planned = known.and_then(|(tile, krsc)| {
+                choices
+                    .iter()
+                    .find(|ch| ch.tile == tile && ch.krsc == krsc)
+                    .cloned()
+            });
+            match planned {
                 Some(ch) => ch,
                 None => {
                     // SAFETY: every choice takes <op>_<t>'s arguments, gridded by its tile.
@@ -390,7 +407,7 @@ impl<L: Launcher> GpuBackend<L> {
                     self.conv_plans
                         .lock()
                         .expect("plans")
-                        .insert(key, ch.clone());
+                        .insert(key, (ch.tile, ch.krsc));
                     ch
                 }
             }
@@ -473,18 +490,26 @@ impl<L: Launcher> GpuBackend<L> {
         }
     }
 
-    /// The kernel tuning chose per convolution shape so far: (`<op>_<t> [geometry] [extra]
-    /// buffers`, kernel), in key order.
+    /// What tuning chose so far, per kind of convolution (see `launch_conv`): (its key, e.g.
+    /// `conv2d_fwd_bf16 [64, 256, 1, 1, 1, 1] [1, 1, 1, 1] [1] 11111 2^18`, the choice as
+    /// `<tile>` or `<tile> krsc`), in key order.
     pub fn conv_plans(&self) -> Vec<(String, String)> {
         let plans = self.conv_plans.lock().expect("plans");
         plans
             .iter()
-            .map(|(k, ch)| (k.clone(), ch.kernel.clone()))
+            .map(|(k, &(tile, krsc))| {
+                let how = if krsc {
+                    format!("{tile} krsc")
+                } else {
+                    tile.to_string()
+                };
+                (k.clone(), how)
+            })
             .collect()
     }
 
-    /// Times each convolution's candidate kernels on its first launch per shape and keeps the
-    /// fastest (default: `GRADCAM_CONV_TUNE` = 1 or 0, else on for a real GPU, off on the
+    /// Times each convolution's candidate kernels the first time a kind of layer is met and
+    /// keeps the fastest for it (default: `GRADCAM_CONV_TUNE` = 1 or 0, else on for a real GPU, off on the
     /// emulator). A forced tile (`GRADCAM_CONV_TILE`) or KRSC setting narrows the choice.
     pub fn with_conv_tune(mut self, on: bool) -> Self {
         self.conv_tune = on;
