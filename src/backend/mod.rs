@@ -74,6 +74,12 @@ pub trait Backend: Send + Sync {
         Vec::new()
     }
 
+    /// What per-layer kernel tuning chose so far: (kind of layer, choice); empty where there
+    /// is no tuning.
+    fn tuning_plans(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
     /// Peak bytes of device memory held by tensors since the last reset (None on the CPU).
     fn device_memory_peak(&self) -> Option<usize> {
         None

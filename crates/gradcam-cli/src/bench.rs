@@ -188,6 +188,25 @@ fn bench_on<B: Backend>(
             net.batch_cap()
         );
     }
+    let plans = net.backend().tuning_plans();
+    if !plans.is_empty() {
+        // Tuned in the warm-up: how many kinds of layer took each kernel choice.
+        let mut tally = std::collections::BTreeMap::<&str, usize>::new();
+        for (_, how) in &plans {
+            *tally.entry(how.as_str()).or_default() += 1;
+        }
+        let tally: Vec<String> = tally.iter().map(|(h, n)| format!("{h}: {n}")).collect();
+        println!(
+            "conv tuning   {} kinds of layer; tile and weights chosen: {}",
+            plans.len(),
+            tally.join(", ")
+        );
+        if a.profile {
+            for (key, how) in &plans {
+                println!("  {key:<72} {how}");
+            }
+        }
+    }
     if a.profile {
         print_kernel_profile(net, &refs, batch, &cfg, flops)?;
     }

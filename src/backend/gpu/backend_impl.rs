@@ -187,6 +187,9 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             self.precision.name()
         )
     }
+    fn tuning_plans(&self) -> Vec<(String, String)> {
+        self.conv_plans()
+    }
     fn selftest_tolerance(&self) -> f32 {
         match self.precision {
             Precision::F32 => 1e-3,

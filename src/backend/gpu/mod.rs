@@ -385,12 +385,19 @@ impl<L: Launcher> GpuBackend<L> {
                 .iter()
                 .map(|b| if matches!(b, KArg::Null) { '0' } else { '1' })
                 .collect();
-            let layer = [c / p.groups, k / p.groups, r, s, p.stride.0, p.stride.1];
-            let more = [p.dilation.0, p.dilation.1, p.groups, vec_b as usize];
-            let octave = usize::BITS - cols.leading_zeros();
             let key = format!(
-                "{op}_{} {layer:?} {more:?} {extra:?} {nulls} 2^{octave}",
-                dtype.name()
+                "{op}_{} {}->{} {r}x{s} stride {}x{} dilation {}x{} groups {} vec {} args {nulls} \
+                 {extra:?} pixels <2^{}",
+                dtype.name(),
+                c / p.groups,
+                k / p.groups,
+                p.stride.0,
+                p.stride.1,
+                p.dilation.0,
+                p.dilation.1,
+                p.groups,
+                vec_b as u8,
+                usize::BITS - cols.leading_zeros(),
             );
             let known = self.conv_plans.lock().expect("plans").get(&key).cloned();
             let planned = known.and_then(|(tile, krsc)| {
@@ -491,8 +498,10 @@ impl<L: Launcher> GpuBackend<L> {
     }
 
     /// What tuning chose so far, per kind of convolution (see `launch_conv`): (its key, e.g.
-    /// `conv2d_fwd_bf16 [64, 256, 1, 1, 1, 1] [1, 1, 1, 1] [1] 11111 2^18`, the choice as
-    /// `<tile>` or `<tile> krsc`), in key order.
+    /// `conv2d_fwd_bf16 64->256 1x1 stride 1x1 dilation 1x1 groups 1 vec 1 args 11111 [1]
+    /// pixels <2^18`: channels in and out per group, the kernel, whether the input goes by
+    /// vectors, which buffer arguments are given (bias, residual), the extra integers (ReLU),
+    /// the output pixel count's octave; the choice as `<tile>` or `<tile> krsc`), in key order.
     pub fn conv_plans(&self) -> Vec<(String, String)> {
         let plans = self.conv_plans.lock().expect("plans");
         plans
