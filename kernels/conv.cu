@@ -178,6 +178,11 @@ struct FwdGather {
         return VRun{vc.img + ((size_t)sl.ch0 * h + iy) * wd + vc.ox, sl.sx - pw, vc.ox > 0,
                     vc.ox + 4 < wd};
     }
+    // The address of the 4 columns' elements at depth l, for the cp.async ring's vector copies:
+    // 1x1 convs with stride 1 and no padding only (the host checks), where no tap shifts them.
+    __device__ const S* vptr(const VRun& rn, int l) const {
+        return rn.at ? rn.at + (size_t)l * h * wd : nullptr;
+    }
     __device__ typename Vec4<S>::T vload(const VRun& rn, int l) const {
         using V = typename Vec4<S>::T;
         if (!rn.at) return V{};
@@ -282,70 +287,72 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
     auto a_vec = [&](int m, const TapSlice& sl, int q) {
         return reinterpret_cast<const Word4*>(wg + ((size_t)m * rs + sl.tap) * cg + sl.ch0) + q;
     };
-    const TapSlice first{0, 0, 0, 0, rs, s, TAP_KD};
-    if (T == 3) {
-        gemm_tile_mma_async<TS, TS, 3>(kg, n * ohw, depth, first, a_vec, gb, store);
-        return;
-    }
-    constexpr Mma M = T == 1 ? Mma::Tf32 : mma_of<S>;
-    static_assert(T != 2 || sizeof(S) == 2, "16-bit tiles pack 16-bit storage as it is");
-    if constexpr (KRSC) {
-        // The epilogue by runs of 8 neighbouring pixels of one output channel (gemm_tile_mma's
-        // EV): 4 at a time by one access (16 bytes f32, 8 of 16-bit values) for the output and
-        // the residual when they are in one image and aligned, else one by one; the image and
-        // pixel of the run's first column are decoded once.
-        auto store_runs = [&]() {
-            const FastDiv per_image(ohw);
-            return [&, per_image](int m, int col, const float(&v)[8], int count) {
-                const int ko = g * kg + m;
-                const float b = bias ? ld(bias, ko) : 0.0f;
-                auto finish = [&](float u, float res) {  // the element epilogue's order
-                    if (bias) u += b;
-                    if (residual) u += res;
-                    return relu ? fmaxf(u, 0.0f) : u;
-                };
-                int ni = per_image.div(col), p = per_image.mod(col, ni);
-                #pragma unroll
-                for (int q = 0; q < 8; q += 4) {
-                    const size_t at = ((size_t)ni * k + ko) * ohw + p;
-                    if (q + 4 <= count && p + 4 <= ohw && quad_aligned(y + at) &&
-                        (!residual || quad_aligned(residual + at))) {
-                        float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                        if (residual) ld4f(residual + at, o);
-                        #pragma unroll
-                        for (int e = 0; e < 4; ++e) o[e] = finish(v[q + e], o[e]);
-                        st4f(y + at, o);
-                        p += 4;
-                    } else {
-                        #pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            if (q + e >= count) break;
-                            const size_t ae = ((size_t)ni * k + ko) * ohw + p;
-                            st(y, ae, finish(v[q + e], residual ? ld(residual, ae) : 0.0f));
-                            if (++p == ohw) p = 0, ++ni;
-                        }
-                    }
-                    if (p == ohw) p = 0, ++ni;
-                }
+    // The epilogue by runs of 8 neighbouring pixels of one output channel (gemm_tile_mma's
+    // EV): 4 at a time by one access (16 bytes f32, 8 of 16-bit values) for the output and
+    // the residual when they are in one image and aligned, else one by one; the image and
+    // pixel of the run's first column are decoded once.
+    auto store_runs = [&]() {
+        const FastDiv per_image(ohw);
+        return [&, per_image](int m, int col, const float(&v)[8], int count) {
+            const int ko = g * kg + m;
+            const float b = bias ? ld(bias, ko) : 0.0f;
+            auto finish = [&](float u, float res) {  // the element epilogue's order
+                if (bias) u += b;
+                if (residual) u += res;
+                return relu ? fmaxf(u, 0.0f) : u;
             };
+            int ni = per_image.div(col), p = per_image.mod(col, ni);
+            #pragma unroll
+            for (int q = 0; q < 8; q += 4) {
+                const size_t at = ((size_t)ni * k + ko) * ohw + p;
+                if (q + 4 <= count && p + 4 <= ohw && quad_aligned(y + at) &&
+                    (!residual || quad_aligned(residual + at))) {
+                    float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    if (residual) ld4f(residual + at, o);
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) o[e] = finish(v[q + e], o[e]);
+                    st4f(y + at, o);
+                    p += 4;
+                } else {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        if (q + e >= count) break;
+                        const size_t ae = ((size_t)ni * k + ko) * ohw + p;
+                        st(y, ae, finish(v[q + e], residual ? ld(residual, ae) : 0.0f));
+                        if (++p == ohw) p = 0, ++ni;
+                    }
+                }
+                if (p == ohw) p = 0, ++ni;
+            }
         };
-        constexpr int OPS = mma_smem_words<M, TS, TS, TAP_KD, true>(), EPI = mma_epi_words<TS, TS>();
-        constexpr int POOL = OPS > EPI ? OPS : EPI;
-        gemm_tile_mma<M, TS, TS, TAP_KD, POOL, true, VB, true>(kg, n * ohw, depth, first, a_vec,
-                                                               gb, store_runs);
-        return;
-    }
-    constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD>();  // the larger of the two orders
-    if (cg % TAP_KD == 0) {
-        auto a_at = [&](int m, const TapSlice& sl, int l) {
-            return ld(wg, ((size_t)m * cg + sl.ch0 + l) * rs + sl.tap);
-        };
-        gemm_tile_mma<M, TS, TS, TAP_KD, POOL>(kg, n * ohw, depth, first, a_at, gb, store);
+    };
+    const TapSlice first{0, 0, 0, 0, rs, s, TAP_KD};
+    if constexpr (T == 3) {
+        constexpr Mma MA = sizeof(S) == 4 ? Mma::Tf32 : mma_of<S>;
+        gemm_tile_mma_async<MA, TS, TS, 3, VB>(kg, n * ohw, depth, first, a_vec, gb, store_runs);
     } else {
-        auto a_at = [&](int m, const FlatSlice& sl, int l) {
-            return ld(wg, (size_t)m * depth + sl.d0 + l);
-        };
-        gemm_tile_mma<M, TS, TS, FLAT_KD, POOL>(kg, n * ohw, depth, FlatSlice{0}, a_at, gb, store);
+        constexpr Mma M = T == 1 ? Mma::Tf32 : mma_of<S>;
+        static_assert(T != 2 || sizeof(S) == 2, "16-bit tiles pack 16-bit storage as it is");
+        if constexpr (KRSC) {
+            constexpr int OPS = mma_smem_words<M, TS, TS, TAP_KD, true>();
+            constexpr int EPI = mma_epi_words<TS, TS>(), POOL = OPS > EPI ? OPS : EPI;
+            gemm_tile_mma<M, TS, TS, TAP_KD, POOL, true, VB, true>(kg, n * ohw, depth, first,
+                                                                   a_vec, gb, store_runs);
+            return;
+        }
+        constexpr int POOL = mma_smem_words<M, TS, TS, TAP_KD>();  // the larger of the two orders
+        if (cg % TAP_KD == 0) {
+            auto a_at = [&](int m, const TapSlice& sl, int l) {
+                return ld(wg, ((size_t)m * cg + sl.ch0 + l) * rs + sl.tap);
+            };
+            gemm_tile_mma<M, TS, TS, TAP_KD, POOL>(kg, n * ohw, depth, first, a_at, gb, store);
+        } else {
+            auto a_at = [&](int m, const FlatSlice& sl, int l) {
+                return ld(wg, (size_t)m * depth + sl.d0 + l);
+            };
+            gemm_tile_mma<M, TS, TS, FLAT_KD, POOL>(kg, n * ohw, depth, FlatSlice{0}, a_at, gb,
+                                                    store);
+        }
     }
 }
 
@@ -463,6 +470,26 @@ extern "C" __global__ void TWO_PER_SM conv2d_fwd_tf32_async(CONV2D_FWD_PARAMS(fl
 }
 extern "C" __global__ void conv2d_fwd_tf32_t128_async(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 3, 128>(CONV2D_FWD_ARGS);
+}
+// The ring with input pixels 4 at a time (16-byte copies of f32, 8-byte of 16-bit values):
+// 1x1 convs with stride 1, no padding and H·W a multiple of 4, on KRSC weights.
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_tf32_async_vec(CONV2D_FWD_PARAMS(float)) {
+    conv2d_fwd<float, 3, 64, true, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_tf32_t128_async_vec(CONV2D_FWD_PARAMS(float)) {
+    conv2d_fwd<float, 3, 128, true, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void THREE_PER_SM conv2d_fwd_bf16_async_vec(CONV2D_FWD_PARAMS(bf16)) {
+    conv2d_fwd<bf16, 3, 64, true, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_bf16_t128_async_vec(CONV2D_FWD_PARAMS(bf16)) {
+    conv2d_fwd<bf16, 3, 128, true, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void THREE_PER_SM conv2d_fwd_f16_async_vec(CONV2D_FWD_PARAMS(f16)) {
+    conv2d_fwd<f16, 3, 64, true, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_f16_t128_async_vec(CONV2D_FWD_PARAMS(f16)) {
+    conv2d_fwd<f16, 3, 128, true, true>(CONV2D_FWD_ARGS);
 }
 // KRSC weights (see conv_weight_krsc_<t>): C/g a multiple of 32.
 extern "C" __global__ void THREE_PER_SM conv2d_fwd_tf32_krsc(CONV2D_FWD_PARAMS(float)) {

@@ -173,6 +173,51 @@ __device__ __forceinline__ auto bv_prep(const GB& gb, int col) {
         return col;
 }
 
+// gemm_tile_mma's EV epilogue: a warp's MT x NT accumulator tiles (its rows from wr, columns
+// from wc, of the tile at r0, c0) through shared memory `ct` (mma_epi_words<TM, TN>() floats,
+// free for it), read back as runs of 8 columns of one row: `store(row, col, v, count)`, count
+// (1..8) of them inside the matrix. Up to 64 rows per pass (each warp's rows fall in one pass),
+// rows TN + 8 floats apart: the fragments' 8-byte writes (row g, columns 2t, 2t + 1) hit 32
+// distinct banks per half-warp.
+template <int TM, int TN, int MT, int NT, class ST>
+__device__ __forceinline__ void epilogue_runs(const float (&acc)[MT][NT][4], float* ct, int r0,
+                                              int c0, int wr, int wc, int rows, int cols,
+                                              const ST& store) {
+    constexpr int PASS = TM < 64 ? TM : 64, CP = TN + 8, RUNS = TN / 8;
+    const int tid = threadIdx.x, lane = tid % 32, g = lane / 4, t = lane % 4;
+    #pragma unroll
+    for (int pass = 0; pass < TM / PASS; ++pass) {
+        if (pass > 0) __syncthreads();  // the previous pass has been read
+        if (wr / PASS == pass) {
+            #pragma unroll
+            for (int i = 0; i < MT; ++i)
+                #pragma unroll
+                for (int j = 0; j < NT; ++j)
+                    #pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const int lr = wr - pass * PASS + i * 16 + g + h * 8;
+                        *reinterpret_cast<Float2*>(&ct[lr * CP + wc + j * 8 + 2 * t]) =
+                            Float2{acc[i][j][2 * h], acc[i][j][2 * h + 1]};
+                    }
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int u0 = 0; u0 < PASS * RUNS; u0 += 256) {
+            const int u = u0 + tid, lr = u / RUNS, cc = (u % RUNS) * 8;
+            const int row = r0 + pass * PASS + lr, col = c0 + cc;
+            if (u < PASS * RUNS && row < rows && col < cols) {
+                const Word4* run = reinterpret_cast<const Word4*>(&ct[lr * CP + cc]);
+                const Word4 lo = run[0], hi = run[1];
+                const float v[8] = {__uint_as_float(lo.x), __uint_as_float(lo.y),
+                                    __uint_as_float(lo.z), __uint_as_float(lo.w),
+                                    __uint_as_float(hi.x), __uint_as_float(hi.y),
+                                    __uint_as_float(hi.z), __uint_as_float(hi.w)};
+                store(row, col, v, cols - col < 8 ? cols - col : 8);
+            }
+        }
+    }
+}
+
 // The epilogue: `make_store()` is called once the depth loop is done and returns the
 // `store(row, col, value)` functor, so what only the epilogue needs (a divider for output
 // columns, say) holds no registers during the loop.
@@ -365,42 +410,9 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
     }
     const auto store = make_store();
     if constexpr (EV) {
-        // Up to 64 rows per pass (each warp's rows fall in one pass), rows TN + 8 floats apart:
-        // the fragments' 8-byte writes (row g, columns 2t, 2t + 1) hit 32 distinct banks per
-        // half-warp. The loop's last barrier has freed the pool.
-        constexpr int PASS = TM < 64 ? TM : 64, CP = TN + 8, RUNS = TN / 8;
-        float* ct = reinterpret_cast<float*>(pool);
-        #pragma unroll
-        for (int pass = 0; pass < TM / PASS; ++pass) {
-            if (pass > 0) __syncthreads();  // the previous pass has been read
-            if (wr / PASS == pass) {
-                #pragma unroll
-                for (int i = 0; i < MT; ++i)
-                    #pragma unroll
-                    for (int j = 0; j < NT; ++j)
-                        #pragma unroll
-                        for (int h = 0; h < 2; ++h) {
-                            const int lr = wr - pass * PASS + i * 16 + g + h * 8;
-                            *reinterpret_cast<Float2*>(&ct[lr * CP + wc + j * 8 + 2 * t]) =
-                                Float2{acc[i][j][2 * h], acc[i][j][2 * h + 1]};
-                        }
-            }
-            __syncthreads();
-            #pragma unroll
-            for (int u0 = 0; u0 < PASS * RUNS; u0 += 256) {
-                const int u = u0 + tid, lr = u / RUNS, cc = (u % RUNS) * 8;
-                const int row = r0 + pass * PASS + lr, col = c0 + cc;
-                if (u < PASS * RUNS && row < rows && col < cols) {
-                    const Word4* run = reinterpret_cast<const Word4*>(&ct[lr * CP + cc]);
-                    const Word4 lo = run[0], hi = run[1];
-                    const float v[8] = {__uint_as_float(lo.x), __uint_as_float(lo.y),
-                                        __uint_as_float(lo.z), __uint_as_float(lo.w),
-                                        __uint_as_float(hi.x), __uint_as_float(hi.y),
-                                        __uint_as_float(hi.z), __uint_as_float(hi.w)};
-                    store(row, col, v, cols - col < 8 ? cols - col : 8);
-                }
-            }
-        }
+        // The loop's last barrier has freed the pool.
+        epilogue_runs<TM, TN>(acc, reinterpret_cast<float*>(pool), r0, c0, wr, wc, rows, cols,
+                              store);
     } else {
         #pragma unroll
         for (int i = 0; i < MT; ++i)
@@ -415,28 +427,43 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
     }
 }
 
-// gemm_tile_mma for TF32 with a STAGES-deep cp.async ring in dynamic shared memory (experimental,
-// GRADCAM_CONV_ASYNC=1): operands go from global to shared memory without registers, and the
-// loads of slice k + STAGES - 1 are in flight while the tensor cores work on slice k. 32-deep
-// slices, whole ones only (the blocked depth order: depth a multiple of 32). A as gemm_tile_mma's
-// AV: rows contiguous along the depth and TF32-rounded already (KRSC weights), `a_ptr(row, sl,
-// q)` the address of words 4q..4q+3, moved by 16-byte copies into row-major stages. B from a
-// gatherer with `prep`, `at` and `ptr(run, l)` (an address, or null for a zero), 4-byte copies
-// of f32 patterns the tensor cores read truncated to TF32 (see tf32_in). Dynamic shared memory:
-// STAGES · async_stage_words<TM, TN>() words; block 256.
-template <int TM, int TN>
+// gemm_tile_mma with a STAGES-deep cp.async ring in dynamic shared memory (GRADCAM_CONV_ASYNC=1
+// for TF32; a tuning choice for BF16 and F16): operands go from global to shared memory without
+// registers, and the loads of slice k + STAGES - 1 are in flight while the tensor cores work on
+// slice k. 32-deep slices, whole ones only (the blocked depth order: depth a multiple of 32).
+// A as gemm_tile_mma's AV: rows contiguous along the depth and in the tensor cores' format
+// already (KRSC weights), `a_ptr(row, sl, q)` the address of words 4q..4q+3, moved by 16-byte
+// copies into row-major stages (rows of WORDS + 4 words). B:
+//   without BV (TF32 only): from a gatherer with `prep`, `at` and `ptr(run, l)` (an address, or
+//     null for a zero), 4-byte copies of f32 patterns the tensor cores read truncated to TF32
+//     (see tf32_in; so this path's results differ from the others' in the last bits);
+//   with BV: 4 columns at a time, `gb.vprep(col)`, `gb.vat(prepared, sl)` and `gb.vptr(run, l)`
+//     (the address of the 4 columns' elements at depth l, aligned to their size, or null):
+//     16-byte copies of f32 (read truncated to TF32, as above), or 8-byte copies of 16-bit
+//     elements, staged [depth][TN + 8] as they are and read as fragments by ldmatrix.trans
+//     (no conversion anywhere: the same bits as gemm_tile_mma's).
+// The epilogue is EV's (epilogue_runs, through the ring's memory). Dynamic shared memory:
+// STAGES · async_stage_words<M, TM, TN>() words; block 256.
+template <Mma M, int TM, int TN>
 constexpr int async_stage_words() {
-    return TM * (32 + 4) + 32 * (TN + 8);
+    constexpr int W = M == Mma::Tf32 ? 32 : 16;  // A's words per row and slice
+    return TM * (W + 4) + (M == Mma::Tf32 ? 32 * (TN + 8) : 16 * (TN + 8));
 }
 
-template <int TM, int TN, int STAGES, class SL, class FA, class GB, class MS>
+template <Mma M, int TM, int TN, int STAGES, bool BV, class SL, class FA, class GB, class MS>
 __device__ __forceinline__ void gemm_tile_mma_async(int rows, int cols, int depth, SL sl,
                                                     FA a_ptr, const GB& gb, MS make_store) {
-    constexpr int KD = 32, STAGE = async_stage_words<TM, TN>();
+    static_assert(M == Mma::Tf32 || BV, "16-bit B goes by vectors");
+    static_assert(STAGES * async_stage_words<M, TM, TN>() >= mma_epi_words<TM, TN>(),
+                  "the epilogue fits in the ring");
+    constexpr int KD = 32, W = M == Mma::Tf32 ? 32 : 16, AP = W + 4;
+    constexpr int STAGE = async_stage_words<M, TM, TN>();
     constexpr int WARPS_M = TM == 64 ? 4 : 2, WARPS_N = 8 / WARPS_M;
     constexpr int MT = TM / WARPS_M / 16, NT = TN / WARPS_N / 8;
-    constexpr int VR = KD / 4, NV = TM * VR / 256;  // A: 16-byte vectors per row, per thread
-    constexpr int B_STEP = 256 / TN, B_WORDS = KD / B_STEP;
+    constexpr int VR = W / 4, NV = TM * VR / 256;  // A: 16-byte vectors per row, per thread
+    constexpr int B_STEP = 256 / TN, B_WORDS = KD / B_STEP;  // B without BV
+    constexpr int CG = TN / 4, NBV = KD * CG / 256;          // B with BV: column groups
+    static_assert(NT % 2 == 0, "ldmatrix.x4 takes n-tiles in pairs");
     DYNAMIC_SHARED(unsigned, ring);
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
     const int r0 = blockIdx.y * TM, c0 = blockIdx.x * TN;
@@ -444,27 +471,43 @@ __device__ __forceinline__ void gemm_tile_mma_async(int rows, int cols, int dept
     const int b_x = tid % TN, b_w = tid / TN;
     const bool b_in = c0 + b_x < cols;
     const auto bc = gb.prep(b_in ? c0 + b_x : c0);
+    const int b_g = tid % CG;  // BV: the thread's column group (the same for all its copies)
+    const bool bg_in = c0 + 4 * b_g < cols;
+    const auto bgc = bv_prep<BV>(gb, bg_in ? c0 + 4 * b_g : c0);
     const void* any = a_ptr(r0, sl, 0);  // a valid address for the zero-filled copies
-    using ARow = unsigned[36];  // KD words and 4 of padding (a literal: GCC 12 fails on KD + 4)
-    auto as = [&](int st) { return reinterpret_cast<ARow*>(ring + st * STAGE); };
-    auto bs = [&](int st) {
-        return reinterpret_cast<unsigned (*)[TN + 8]>(ring + st * STAGE + TM * (KD + 4));
-    };
+    auto as = [&](int st) { return ring + st * STAGE; };           // [TM][AP] words
+    auto bs = [&](int st) { return ring + st * STAGE + TM * AP; };  // B's stage
     auto issue = [&](int st) {
-        ARow* sa = as(st);
-        unsigned(*sb)[TN + 8] = bs(st);
+        unsigned* sa = as(st);
+        unsigned* sb = bs(st);
         #pragma unroll
         for (int i = 0; i < NV; ++i) {
             const int v = tid + 256 * i, row = r0 + v / VR;
             const bool ok = row < rows;
-            cp_async<16>(&sa[v / VR][4 * (v % VR)], ok ? a_ptr(row, sl, v % VR) : any, ok);
+            cp_async<16>(&sa[(v / VR) * AP + 4 * (v % VR)], ok ? a_ptr(row, sl, v % VR) : any,
+                         ok);
         }
-        const auto run = gb.at(bc, sl);
-        #pragma unroll
-        for (int j = 0; j < B_WORDS; ++j) {
-            const int l = b_w + B_STEP * j;
-            const auto p = b_in ? gb.ptr(run, l) : nullptr;
-            cp_async<4>(&sb[l][b_x], p ? static_cast<const void*>(p) : any, p != nullptr);
+        if constexpr (BV) {
+            const auto vrun = gb.vat(bgc, sl);
+            #pragma unroll
+            for (int i = 0; i < NBV; ++i) {
+                const int l = (tid + 256 * i) / CG;
+                const auto p = bg_in ? gb.vptr(vrun, l) : nullptr;
+                const void* src = p ? static_cast<const void*>(p) : any;
+                if constexpr (M == Mma::Tf32)
+                    cp_async<16>(&sb[l * (TN + 8) + 4 * b_g], src, p != nullptr);
+                else  // 16-bit elements, rows of TN + 8: 4 columns are 2 words
+                    cp_async<8>(&sb[(l * (TN + 8) + 4 * b_g) / 2], src, p != nullptr);
+            }
+        } else {
+            const auto run = gb.at(bc, sl);
+            #pragma unroll
+            for (int j = 0; j < B_WORDS; ++j) {
+                const int l = b_w + B_STEP * j;
+                const auto p = b_in ? gb.ptr(run, l) : nullptr;
+                cp_async<4>(&sb[l * (TN + 8) + b_x], p ? static_cast<const void*>(p) : any,
+                            p != nullptr);
+            }
         }
         sl.next();
     };
@@ -486,40 +529,52 @@ __device__ __forceinline__ void gemm_tile_mma_async(int rows, int cols, int dept
         __syncthreads();  // slice k has landed for everyone; slice k - 1's stage is free
         if (k + STAGES - 1 < slices) issue((k + STAGES - 1) % STAGES);
         cp_async_commit();
-        ARow* sa = as(k % STAGES);
-        unsigned(*sb)[TN + 8] = bs(k % STAGES);
+        const unsigned* sa = as(k % STAGES);
+        const unsigned* sb = bs(k % STAGES);
         #pragma unroll
-        for (int k0 = 0; k0 < KD; k0 += 8) {
+        for (int kw = 0; kw < W; kw += 8) {  // 8 words: k8 (TF32) or k16 (16-bit) per mma
             unsigned a[MT][4], b[NT][2];
             #pragma unroll
             for (int i = 0; i < MT; ++i) {
                 const int r = wr + i * 16 + g;
-                a[i][0] = sa[r][k0 + t];
-                a[i][1] = sa[r + 8][k0 + t];
-                a[i][2] = sa[r][k0 + t + 4];
-                a[i][3] = sa[r + 8][k0 + t + 4];
+                a[i][0] = sa[r * AP + kw + t];
+                a[i][1] = sa[(r + 8) * AP + kw + t];
+                a[i][2] = sa[r * AP + kw + t + 4];
+                a[i][3] = sa[(r + 8) * AP + kw + t + 4];
             }
-            #pragma unroll
-            for (int j = 0; j < NT; ++j) {
-                b[j][0] = sb[k0 + t][wc + j * 8 + g];
-                b[j][1] = sb[k0 + t + 4][wc + j * 8 + g];
+            if constexpr (M == Mma::Tf32) {
+                #pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    b[j][0] = sb[(kw + t) * (TN + 8) + wc + j * 8 + g];
+                    b[j][1] = sb[(kw + t + 4) * (TN + 8) + wc + j * 8 + g];
+                }
+            } else {
+                // Lane 8q + i gives row i of matrix q: depths 2kw + 8(q & 1) + i, columns of
+                // n-tile j + (q >> 1).
+                const unsigned short* sb16 = reinterpret_cast<const unsigned short*>(sb);
+                const int q = lane / 8, i = lane % 8, k = 2 * kw + 8 * (q & 1) + i;
+                #pragma unroll
+                for (int j = 0; j < NT; j += 2) {
+                    unsigned r[4];
+                    ldmatrix_x4_trans(r, &sb16[k * (TN + 8) + wc + (j + (q >> 1)) * 8]);
+                    b[j][0] = r[0], b[j][1] = r[1], b[j + 1][0] = r[2], b[j + 1][1] = r[3];
+                }
             }
             #pragma unroll
             for (int i = 0; i < MT; ++i)
                 #pragma unroll
-                for (int j = 0; j < NT; ++j) mma_tf32_m16n8k8(acc[i][j], a[i], b[j]);
+                for (int j = 0; j < NT; ++j) {
+                    if (M == Mma::Tf32)
+                        mma_tf32_m16n8k8(acc[i][j], a[i], b[j]);
+                    else if (M == Mma::Bf16)
+                        mma_m16n8k16<Half16::Bf16>(acc[i][j], a[i], b[j]);
+                    else
+                        mma_m16n8k16<Half16::F16>(acc[i][j], a[i], b[j]);
+                }
         }
     }
     cp_async_wait<0>();
-    const auto store = make_store();
-    #pragma unroll
-    for (int i = 0; i < MT; ++i)
-        #pragma unroll
-        for (int j = 0; j < NT; ++j)
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                const int row = r0 + wr + i * 16 + g + (q / 2) * 8;
-                const int col = c0 + wc + j * 8 + 2 * t + q % 2;
-                if (row < rows && col < cols) store(row, col, acc[i][j][q]);
-            }
+    __syncthreads();  // every warp is done with the ring: the epilogue reuses it
+    epilogue_runs<TM, TN>(acc, reinterpret_cast<float*>(ring), r0, c0, wr, wc, rows, cols,
+                          make_store());
 }

@@ -15,6 +15,50 @@
 
 #include "common.cuh"
 
+#ifndef GRADCAM_EMU
+// A generic pointer into shared memory as the 32-bit shared-window address PTX's shared-memory
+// instructions take.
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+    unsigned s;
+    asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(s) : "l"(p));
+    return s;
+}
+#endif
+
+// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: four 8x8 matrices of 16-bit elements, lanes
+// 8q..8q+7 giving the addresses of matrix q's rows 0..7 (16 bytes each, 16-byte aligned, in
+// shared memory). Transposed: lane (g = lane / 4, t = lane % 4) receives in r[q] the elements
+// (row 2t, column g) and (row 2t + 1, column g) of matrix q, the first in the low half: with
+// rows along the depth, an m16n8k16 B fragment (mma.cuh's b[0] or b[1]) per matrix. The twin
+// (the emulator's, and checked against the instruction by mma.cu's ldmatrix_check) gathers
+// the row addresses by warp shuffles. All 32 lanes must call it together.
+__device__ __forceinline__ void ldmatrix_x4_trans_shfl(unsigned r[4], const void* row) {
+    const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const unsigned long long mine = (unsigned long long)row;
+    for (int q = 0; q < 4; ++q) {
+        const unsigned lo_lo = __shfl_sync(0xffffffffu, (unsigned)mine, 8 * q + 2 * t);
+        const unsigned lo_hi = __shfl_sync(0xffffffffu, (unsigned)(mine >> 32), 8 * q + 2 * t);
+        const unsigned hi_lo = __shfl_sync(0xffffffffu, (unsigned)mine, 8 * q + 2 * t + 1);
+        const unsigned hi_hi = __shfl_sync(0xffffffffu, (unsigned)(mine >> 32), 8 * q + 2 * t + 1);
+        const unsigned short* r0 =
+            (const unsigned short*)(((unsigned long long)lo_hi << 32) | lo_lo);
+        const unsigned short* r1 =
+            (const unsigned short*)(((unsigned long long)hi_hi << 32) | hi_lo);
+        r[q] = (unsigned)r0[g] | ((unsigned)r1[g] << 16);
+    }
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* row) {
+#ifdef GRADCAM_EMU
+    ldmatrix_x4_trans_shfl(r, row);
+#else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(row))
+                 : "memory");
+#endif
+}
+
 // f32 → tf32 (10 mantissa bits, kept in an f32 bit pattern with the low 13 bits zero), rounding
 // to nearest with ties away from zero, as cvt.rna.tf32.f32.
 __device__ __forceinline__ unsigned tf32_bits(float x) {
@@ -74,27 +118,24 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const unsigned a[4]
 #endif
 }
 
-// cp.async (sm_80+): BYTES (4, or 16 with both addresses 16-byte aligned) from global to shared
+// cp.async (sm_80+): BYTES (4, 8, or 16, both addresses aligned to BYTES) from global to shared
 // memory without passing through registers, zero-filled when `ok` is false (nothing is read
 // then); visible to the block after cp_async_wait and a barrier. 16-byte copies bypass L1
 // (.cg; PTX allows .ca only below 16). The emulator copies at once.
 template <int BYTES>
 __device__ __forceinline__ void cp_async(unsigned* dst, const void* src, bool ok) {
-    static_assert(BYTES == 4 || BYTES == 16, "4- or 16-byte copies");
+    static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "4-, 8- or 16-byte copies");
 #ifdef GRADCAM_EMU
     for (int i = 0; i < BYTES / 4; ++i) dst[i] = ok ? static_cast<const unsigned*>(src)[i] : 0u;
 #else
-    unsigned s;
-    asm volatile("{ .reg .u64 p; cvta.to.shared.u64 p, %1; cvt.u32.u64 %0, p; }"
-                 : "=r"(s)
-                 : "l"(dst));
-    if constexpr (BYTES == 4)
-        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(s), "l"(src),
-                     "r"(ok ? 4 : 0)
-                     : "memory");
-    else
+    const unsigned s = shared_address(dst);
+    if constexpr (BYTES == 16)
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src),
                      "r"(ok ? 16 : 0)
+                     : "memory");
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(s), "l"(src),
+                     "n"(BYTES), "r"(ok ? BYTES : 0)
                      : "memory");
 #endif
 }

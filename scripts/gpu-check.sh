@@ -54,13 +54,16 @@ step selftest-f32 45 $kit/gradcam selftest --device cuda --precision f32
 step selftest-bf16 45 $kit/gradcam selftest --device cuda --precision bf16
 step selftest-f16 45 $kit/gradcam selftest --device cuda --precision f16
 # The experimental paths, checked too: KRSC weights (GRADCAM_CONV_KRSC=1) at each tensor-core
-# precision, and the cp.async ring for TF32 forward convs (GRADCAM_CONV_ASYNC=1).
+# precision, and the cp.async ring (GRADCAM_CONV_ASYNC=1: every TF32 forward conv; BF16 and
+# F16 1x1 ones, where tuning may also pick it).
 for p in tf32 bf16 f16; do
   step selftest-$p-krsc 45 env GRADCAM_CONV_KRSC=1 $kit/gradcam selftest --device cuda \
     --precision $p
 done
-step selftest-tf32-async 45 env GRADCAM_CONV_ASYNC=1 $kit/gradcam selftest --device cuda \
-  --precision tf32
+for p in tf32 bf16 f16; do
+  step selftest-$p-async 45 env GRADCAM_CONV_ASYNC=1 $kit/gradcam selftest --device cuda \
+    --precision $p
+done
 step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
   $kit/cuda-tests --nocapture --test-threads 1
 # Each default (kernels tuned per layer; the profile names each layer's choice) beside the
@@ -74,6 +77,7 @@ step peers-resnet50 150 python3 tools/bench_gpu_peers.py --arch resnet50 --batch
 bench resnet50 bf16
 bench resnet50 bf16 "" GRADCAM_CONV_TUNE=0
 bench resnet50 bf16 "" GRADCAM_CONV_KRSC=1
+bench resnet50 bf16 "" GRADCAM_CONV_ASYNC=1
 bench resnet50 f16
 bench resnet50 f16 "" GRADCAM_CONV_TUNE=0
 # Hardware counters (Nsight Compute) of the first 24 forward convs of one ResNet-50 batch

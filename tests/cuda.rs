@@ -33,6 +33,8 @@ fn selftest_passes_on_the_gpu() {
         (Precision::Bf16, true, false),
         (Precision::F16, true, false),
         (Precision::Tf32, false, true),
+        (Precision::Bf16, false, true),
+        (Precision::F16, false, true),
     ] {
         let Some(l) = launcher() else { return };
         let be = GpuBackend::with_precision(l, precision)

@@ -48,7 +48,8 @@ fn parity_fixtures_through_the_emulated_tensor_core_paths() {
 /// convolution tile size.
 #[test]
 fn tensor_core_selftests_pass_through_the_emulator() {
-    // (precision, tile, the experimental cp.async ring for TF32 forward convs, KRSC weights)
+    // (precision, tile, the cp.async ring (TF32: every forward conv; 16-bit: the 1x1s), KRSC
+    // weights)
     for (precision, tile, ring, krsc) in [
         (Precision::Tf32, ConvTile::T64, false, false),
         (Precision::Tf32, ConvTile::T128, false, false),
@@ -60,10 +61,13 @@ fn tensor_core_selftests_pass_through_the_emulator() {
         (Precision::Bf16, ConvTile::T128, false, false),
         (Precision::Bf16, ConvTile::T64, false, true),
         (Precision::Bf16, ConvTile::T128, false, true),
+        (Precision::Bf16, ConvTile::T64, true, false),
+        (Precision::Bf16, ConvTile::T128, true, false),
         (Precision::F16, ConvTile::T64, false, false),
         (Precision::F16, ConvTile::T128, false, false),
         (Precision::F16, ConvTile::T64, false, true),
         (Precision::F16, ConvTile::T128, false, true),
+        (Precision::F16, ConvTile::T64, true, false),
     ] {
         let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
             .with_conv_tile(tile)

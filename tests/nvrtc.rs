@@ -171,6 +171,28 @@ fn tensor_core_convolutions_compile_to_mma_sync() {
             assert!(b.contains(needle), "{entry}: no {needle}");
         }
     }
+    // The ring with B by vectors: 16-byte copies for TF32; 8-byte copies of 16-bit elements,
+    // read as fragments by the transposing matrix load, then the 16-bit mma.
+    for tile in ["", "_t128"] {
+        let b = body(&format!("conv2d_fwd_tf32{tile}_async_vec"));
+        assert!(b.contains("cp.async.cg.shared.global") && b.contains("m16n8k8"));
+        for t in ["bf16", "f16"] {
+            let entry = format!("conv2d_fwd_{t}{tile}_async_vec");
+            let b = body(&entry);
+            for needle in [
+                "cp.async.ca.shared.global".to_string(),
+                "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16".to_string(),
+                format!("mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32"),
+            ] {
+                assert!(b.contains(&needle), "{entry}: no {needle}");
+            }
+            assert!(
+                b.lines()
+                    .any(|l| l.contains("cp.async.ca") && l.contains(", 8,")),
+                "{entry}: no 8-byte copies"
+            );
+        }
+    }
     // `_vec` stages B by vectors too: 8-byte loads for 16-bit types, more 16-byte ones for TF32.
     let loads = |entry: &str, what: &str| {
         body(entry)

@@ -148,21 +148,26 @@ pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
         }
         outs
     };
-    let forced = |tile, krsc| {
+    let forced = |tile, krsc, ring| {
         GpuBackend::with_precision(launcher(), precision)
             .with_conv_tile(tile)
             .with_conv_krsc(krsc)
+            .with_conv_async(ring)
             .with_conv_tune(false)
     };
-    let want = run(&forced(ConvTile::T64, false));
-    for (tile, krsc) in [
-        (ConvTile::T128, false),
-        (ConvTile::T64, true),
-        (ConvTile::T128, true),
+    let want = run(&forced(ConvTile::T64, false, false));
+    // The 16-bit cp.async ring (on the 1x1 shape) is a tuning choice too; TF32's is not.
+    let sixteen = precision != gradcam::backend::gpu::Precision::Tf32;
+    for (tile, krsc, ring) in [
+        (ConvTile::T128, false, false),
+        (ConvTile::T64, true, false),
+        (ConvTile::T128, true, false),
+        (ConvTile::T64, false, sixteen),
+        (ConvTile::T128, false, sixteen),
     ] {
         assert!(
-            run(&forced(tile, krsc)) == want,
-            "{precision:?}: {tile:?} KRSC {krsc} differs from 64x64 plain"
+            run(&forced(tile, krsc, ring)) == want,
+            "{precision:?}: {tile:?} KRSC {krsc} cp.async {ring} differs from 64x64 plain"
         );
     }
     // Tuned, the KRSC setting left to it (GRADCAM_CONV_KRSC unset in the tests).

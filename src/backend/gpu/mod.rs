@@ -84,8 +84,8 @@ pub struct GpuBackend<L: Launcher> {
     l: L,
     precision: Precision,
     conv_tile: ConvTile,
-    /// TF32 forward convolutions through the cp.async ring (GRADCAM_CONV_ASYNC=1; experimental;
-    /// implies KRSC weights for TF32).
+    /// Forward convolutions through the cp.async ring where it applies (GRADCAM_CONV_ASYNC=1;
+    /// implies KRSC weights; see [`Self::with_conv_async`]).
     conv_async: bool,
     /// Tensor-core forward convolutions with KRSC weights: always (GRADCAM_CONV_KRSC=1),
     /// never (=0), or (unset) when timing says so, if `conv_tune`.
@@ -241,6 +241,28 @@ impl<L: Launcher> GpuBackend<L> {
         ))
     }
 
+    /// Runs kernels/mma.cu's `ldmatrix_check`: `rows` (128 words: 32 rows of 8 16-bit
+    /// elements, little-endian) through `ldmatrix...x4.trans` and its shuffle twin; returns
+    /// what each lane received (lane-major, 4 words each) as (instruction, twin).
+    pub fn ldmatrix_check(&self, rows: &[u32]) -> Result<(Vec<u32>, Vec<u32>)> {
+        assert_eq!(rows.len(), 128, "ldmatrix_check takes 32 rows of 16 bytes");
+        let bytes: Vec<u8> = rows.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let src = self.l.upload(&bytes)?;
+        let (ins, twin) = (self.l.alloc(512)?, self.l.alloc(512)?);
+        let args = [KArg::Buf(&src), KArg::Buf(&ins), KArg::Buf(&twin)];
+        // SAFETY: ldmatrix_check reads 128 words and writes 128 to each output; one warp.
+        unsafe { self.launch("ldmatrix_check", [1, 1, 1], [32, 1, 1], &args)? };
+        let get = |b: &L::Buf| -> Result<Vec<u32>> {
+            let mut raw = vec![0u8; 512];
+            self.l.download(b, &mut raw)?;
+            Ok(raw
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        };
+        Ok((get(&ins)?, get(&twin)?))
+    }
+
     /// `v` cast to `to` on the device (`cast_f32_<t>`) as raw little-endian bytes, and those
     /// cast back (`cast_<t>_f32`): the storage conversions the selftest checks bit for bit.
     pub fn cast_round_trip(&self, v: &[f32], to: DType) -> Result<(Vec<u8>, Vec<f32>)> {
@@ -270,7 +292,7 @@ impl<L: Launcher> GpuBackend<L> {
         dtype: DType,
         (rows, depth): (usize, usize),
         krsc: bool,
-        vec_b: bool,
+        (vec_b, ring_b): (bool, bool),
     ) -> Vec<ConvChoice> {
         let base = match (dtype, self.precision) {
             (DType::Bf16 | DType::F16, _) => format!("{op}_{}", dtype.name()),
@@ -292,11 +314,22 @@ impl<L: Launcher> GpuBackend<L> {
             } else {
                 base.clone()
             };
-            if krsc && self.conv_async && self.precision == Precision::Tf32 {
-                // The experimental cp.async ring: 3 stages of A (row-major, rows of 32 + 4
-                // words) and B (32 rows of tile + 8 words).
-                let shared = 3 * (tile * 36 + 32 * (tile + 8)) * 4;
-                out.push(ConvChoice::new(format!("{name}_async"), tile, true, shared));
+            // The cp.async ring: 3 stages of A (row-major, rows of 32 + 4 words TF32, 16 + 4
+            // words 16-bit) and B (32 rows of tile + 8 elements); with `ring_b`, B 4 columns
+            // per copy.
+            let ring = |tf32: bool| {
+                let words = if tf32 {
+                    tile * 36 + 32 * (tile + 8)
+                } else {
+                    tile * 20 + 16 * (tile + 8)
+                };
+                let kind = if ring_b { "async_vec" } else { "async" };
+                ConvChoice::new(format!("{name}_{kind}"), tile, true, 3 * words * 4)
+            };
+            // Asked for (GRADCAM_CONV_ASYNC=1): TF32 always, 16-bit where B can go by vectors.
+            let tf32 = self.precision == Precision::Tf32;
+            if krsc && self.conv_async && (tf32 || ring_b) {
+                out.push(ring(tf32));
                 continue;
             }
             if !krsc || self.conv_krsc != Some(true) {
@@ -305,6 +338,11 @@ impl<L: Launcher> GpuBackend<L> {
             if krsc {
                 let kind = if vec_b { "vec" } else { "krsc" };
                 out.push(ConvChoice::new(format!("{name}_{kind}"), tile, true, 0));
+                // 16-bit: the ring reads the same bits as the tiles above, so tuning may take
+                // it (TF32's reads its input truncated: only when asked for, above).
+                if ring_b && self.conv_tune && dtype != DType::F32 {
+                    out.push(ring(false));
+                }
             }
         }
         out
@@ -358,7 +396,10 @@ impl<L: Launcher> GpuBackend<L> {
                 (3, 3) => p.padding == (1, 1) && w % 4 == 0,
                 _ => false,
             };
-        let choices = self.conv_choices(op, dtype, (rows, depth), krsc_w.is_some(), vec_b);
+        // The ring's vector copies need unshifted taps: 1x1, no padding.
+        let ring_b = vec_b && (r, s) == (1, 1);
+        let choices =
+            self.conv_choices(op, dtype, (rows, depth), krsc_w.is_some(), (vec_b, ring_b));
         let args_for = |ch: &ConvChoice| {
             let mut args = bufs.to_vec();
             if let (true, Some(kw)) = (ch.krsc, krsc_w) {
@@ -532,9 +573,11 @@ impl<L: Launcher> GpuBackend<L> {
         self
     }
 
-    /// Runs TF32 forward convolutions whose channels per group are a multiple of 32 through
-    /// the cp.async ring, on KRSC weights (kernels/gemm_tile.cuh; default:
-    /// `GRADCAM_CONV_ASYNC=1`).
+    /// Runs tensor-core forward convolutions whose channels per group are a multiple of 32
+    /// through the cp.async ring, on KRSC weights (kernels/gemm_tile.cuh; default:
+    /// `GRADCAM_CONV_ASYNC=1`): at TF32 all of them (reading the input truncated to TF32), at
+    /// BF16 and F16 the 1x1 stride-1 ones over H·W a multiple of 4 (where tuning also
+    /// considers it without this).
     pub fn with_conv_async(mut self, on: bool) -> Self {
         self.conv_async = on;
         self
@@ -555,8 +598,7 @@ impl<L: Launcher> GpuBackend<L> {
         let wanted = self.conv_krsc.unwrap_or(self.conv_tune);
         let wanted = match self.precision {
             Precision::F32 => false,
-            Precision::Tf32 => wanted || self.conv_async,
-            Precision::Bf16 | Precision::F16 => wanted,
+            _ => wanted || self.conv_async,
         };
         wanted && w.len() == 4 && w[1] % 32 == 0
     }
