@@ -436,11 +436,6 @@ __device__ __forceinline__ void conv_weight_krsc(const S* __restrict__ w, S* __r
         int groups
 #define CONV2D_BWD_ARGS dy, w, dx, n, c, h, wd, k, r, s, oh, ow, sh, sw, ph, pw, dh, dw, groups
 
-// Two 64x64 tensor-core blocks per SM: registers capped at 128 per thread.
-#define TWO_PER_SM __launch_bounds__(256, 2)
-// Three for the 64x64 KRSC tiles (ptxas fits them in 76-80 registers without spilling; 90-104
-// uncapped, where only two blocks fit).
-#define THREE_PER_SM __launch_bounds__(256, 3)
 
 extern "C" __global__ void conv2d_fwd_f32(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 0>(CONV2D_FWD_ARGS);

@@ -62,6 +62,12 @@ __device__ __forceinline__ unsigned* smem_pool() {
     return pool.w;
 }
 
+// Two 64x64 tensor-core blocks per SM: registers capped at 128 per thread.
+#define TWO_PER_SM __launch_bounds__(256, 2)
+// Three for the 64x64 KRSC and channels-last tiles (ptxas fits them in the registers without spilling; 90-104
+// uncapped, where only two blocks fit).
+#define THREE_PER_SM __launch_bounds__(256, 3)
+
 // Four 32-bit words moved as one 16-byte vector (ld.global.v4 / st.shared.v4), and two as
 // one 8-byte vector.
 struct alignas(16) Word4 {
@@ -556,7 +562,7 @@ __device__ __forceinline__ void gemm_tile_mma_async(int rows, int cols, int dept
                 #pragma unroll
                 for (int j = 0; j < NT; j += 2) {
                     unsigned r[4];
-                    ldmatrix_x4_trans(r, &sb16[k * (TN + 8) + wc + (j + (q >> 1)) * 8]);
+                    ldmatrix_x4<true>(r, &sb16[k * (TN + 8) + wc + (j + (q >> 1)) * 8]);
                     b[j][0] = r[0], b[j][1] = r[1], b[j + 1][0] = r[2], b[j + 1][1] = r[3];
                 }
             }

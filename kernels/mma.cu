@@ -4,9 +4,9 @@
 //   mma_check_tf32: A 16x8, B 8x8 (TF32)      grid (1), block 32
 //   mma_check_bf16: A 16x16, B 16x8 (BF16)    grid (1), block 32
 //   mma_check_f16:  A 16x16, B 16x8 (F16)     grid (1), block 32
-// and the transposing matrix load the 16-bit ring reads its B fragments with:
+// and the matrix loads the 16-bit rings read their B fragments with:
 //   ldmatrix_check: 32 rows of 8 16-bit elements (matrix q: rows 8q..8q+7) through
-//                   ldmatrix_x4_trans and its twin; each lane's 4 registers.  grid (1), block 32
+//                   ldmatrix_x4<trans> and its twin; each lane's 4 registers.  grid (1), block 32
 #include "common.cuh"
 #include "mma.cuh"
 
@@ -61,9 +61,10 @@ extern "C" __global__ void mma_check_f16(const float* __restrict__ a, const floa
     mma_check_16<Half16::F16>(a, b, d_mma, d_twin, f16x2);
 }
 
+// ldmatrix...x4 (TRANS: .trans) on 32 random rows, by the instruction and by its twin.
 extern "C" __global__ void ldmatrix_check(const unsigned* __restrict__ src,
                                           unsigned* __restrict__ out_ins,
-                                          unsigned* __restrict__ out_twin) {
+                                          unsigned* __restrict__ out_twin, int trans) {
     struct alignas(16) Rows {  // rows of 16 bytes, 16-byte aligned as ldmatrix requires
         unsigned w[128];
     };
@@ -72,8 +73,13 @@ extern "C" __global__ void ldmatrix_check(const unsigned* __restrict__ src,
     for (int i = lane; i < 128; i += 32) rows.w[i] = src[i];
     __syncthreads();
     unsigned a[4], b[4];
-    ldmatrix_x4_trans(a, &rows.w[4 * lane]);  // lane l gives row l
-    ldmatrix_x4_trans_shfl(b, &rows.w[4 * lane]);
+    if (trans) {
+        ldmatrix_x4<true>(a, &rows.w[4 * lane]);  // lane l gives row l
+        ldmatrix_x4_shfl<true>(b, &rows.w[4 * lane]);
+    } else {
+        ldmatrix_x4<false>(a, &rows.w[4 * lane]);
+        ldmatrix_x4_shfl<false>(b, &rows.w[4 * lane]);
+    }
     for (int q = 0; q < 4; ++q) {
         out_ins[4 * lane + q] = a[q];
         out_twin[4 * lane + q] = b[q];

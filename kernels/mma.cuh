@@ -25,37 +25,51 @@ __device__ __forceinline__ unsigned shared_address(const void* p) {
 }
 #endif
 
-// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: four 8x8 matrices of 16-bit elements, lanes
-// 8q..8q+7 giving the addresses of matrix q's rows 0..7 (16 bytes each, 16-byte aligned, in
-// shared memory). Transposed: lane (g = lane / 4, t = lane % 4) receives in r[q] the elements
-// (row 2t, column g) and (row 2t + 1, column g) of matrix q, the first in the low half: with
-// rows along the depth, an m16n8k16 B fragment (mma.cuh's b[0] or b[1]) per matrix. The twin
-// (the emulator's, and checked against the instruction by mma.cu's ldmatrix_check) gathers
-// the row addresses by warp shuffles. All 32 lanes must call it together.
-__device__ __forceinline__ void ldmatrix_x4_trans_shfl(unsigned r[4], const void* row) {
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: four 8x8 matrices of 16-bit elements,
+// lanes 8q..8q+7 giving the addresses of matrix q's rows 0..7 (16 bytes each, 16-byte aligned,
+// in shared memory). Lane (g = lane / 4, t = lane % 4) receives in r[q], the first in the low
+// half: plain, the elements (row g, column 2t) and (row g, column 2t + 1) of matrix q; TRANS,
+// (row 2t, column g) and (row 2t + 1, column g). Either way an m16n8k16 B fragment (b[0] or
+// b[1]) per matrix: TRANS from rows along the depth ([depth][pixel], the NCHW ring), plain from
+// rows along the pixels ([pixel][depth], the channels-last convs). The twin (the emulator's,
+// and checked against the instruction by mma.cu's ldmatrix_check) gathers the row addresses
+// by warp shuffles. All 32 lanes must call it together.
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_x4_shfl(unsigned r[4], const void* row) {
     const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const unsigned long long mine = (unsigned long long)row;
+    auto row_of = [&](int src) {  // the row address lane `src` gave
+        const unsigned lo = __shfl_sync(0xffffffffu, (unsigned)mine, src);
+        const unsigned hi = __shfl_sync(0xffffffffu, (unsigned)(mine >> 32), src);
+        return (const unsigned short*)(((unsigned long long)hi << 32) | lo);
+    };
     for (int q = 0; q < 4; ++q) {
-        const unsigned lo_lo = __shfl_sync(0xffffffffu, (unsigned)mine, 8 * q + 2 * t);
-        const unsigned lo_hi = __shfl_sync(0xffffffffu, (unsigned)(mine >> 32), 8 * q + 2 * t);
-        const unsigned hi_lo = __shfl_sync(0xffffffffu, (unsigned)mine, 8 * q + 2 * t + 1);
-        const unsigned hi_hi = __shfl_sync(0xffffffffu, (unsigned)(mine >> 32), 8 * q + 2 * t + 1);
-        const unsigned short* r0 =
-            (const unsigned short*)(((unsigned long long)lo_hi << 32) | lo_lo);
-        const unsigned short* r1 =
-            (const unsigned short*)(((unsigned long long)hi_hi << 32) | hi_lo);
-        r[q] = (unsigned)r0[g] | ((unsigned)r1[g] << 16);
+        if (TRANS) {
+            const unsigned short* r0 = row_of(8 * q + 2 * t);
+            const unsigned short* r1 = row_of(8 * q + 2 * t + 1);
+            r[q] = (unsigned)r0[g] | ((unsigned)r1[g] << 16);
+        } else {
+            const unsigned short* rg = row_of(8 * q + g);
+            r[q] = (unsigned)rg[2 * t] | ((unsigned)rg[2 * t + 1] << 16);
+        }
     }
 }
 
-__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* row) {
+template <bool TRANS>
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const void* row) {
 #ifdef GRADCAM_EMU
-    ldmatrix_x4_trans_shfl(r, row);
+    ldmatrix_x4_shfl<TRANS>(r, row);
 #else
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(shared_address(row))
-                 : "memory");
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(shared_address(row))
+                     : "memory");
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(shared_address(row))
+                     : "memory");
 #endif
 }
 

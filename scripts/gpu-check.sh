@@ -64,6 +64,11 @@ for p in tf32 bf16 f16; do
   step selftest-$p-async 45 env GRADCAM_CONV_ASYNC=1 $kit/gradcam selftest --device cuda \
     --precision $p
 done
+# Channels-last 16-bit convolutions (GRADCAM_CONV_NHWC=1).
+for p in bf16 f16; do
+  step selftest-$p-nhwc 45 env GRADCAM_CONV_NHWC=1 $kit/gradcam selftest --device cuda \
+    --precision $p
+done
 step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
   $kit/cuda-tests --nocapture --test-threads 1
 # Each default (kernels tuned per layer; the profile names each layer's choice) beside the
@@ -75,10 +80,12 @@ bench resnet50 tf32 "" GRADCAM_CONV_KRSC=1
 bench resnet50 tf32 "" GRADCAM_CONV_ASYNC=1
 step peers-resnet50 150 python3 tools/bench_gpu_peers.py --arch resnet50 --batch 64 --images "$n"
 bench resnet50 bf16
+bench resnet50 bf16 "" GRADCAM_CONV_NHWC=1
 bench resnet50 bf16 "" GRADCAM_CONV_TUNE=0
 bench resnet50 bf16 "" GRADCAM_CONV_KRSC=1
 bench resnet50 bf16 "" GRADCAM_CONV_ASYNC=1
 bench resnet50 f16
+bench resnet50 f16 "" GRADCAM_CONV_NHWC=1
 bench resnet50 f16 "" GRADCAM_CONV_TUNE=0
 # Hardware counters (Nsight Compute) of the first 24 forward convs of one ResNet-50 batch
 # (stem, layer1, most of layer2: the 1x1 convs that run at 13-25 TFLOP/s and the 3x3s), at
@@ -94,6 +101,7 @@ ncu_convs() { # name [env] (untuned: tuning would launch every candidate)
 if [ -n "$ncu_bin" ]; then
   ncu_convs resnet50-bf16
   ncu_convs resnet50-bf16-krsc GRADCAM_CONV_KRSC=1
+  ncu_convs resnet50-bf16-nhwc GRADCAM_CONV_NHWC=1
 else
   echo "ncu: not found" | tee -a "$sum"
 fi
@@ -102,6 +110,7 @@ bench vgg16 tf32 "" GRADCAM_CONV_TUNE=0
 bench vgg16 tf32 "" GRADCAM_CONV_ASYNC=1
 step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --images "$n"
 bench vgg16 bf16
+bench vgg16 bf16 "" GRADCAM_CONV_NHWC=1
 bench vgg16 bf16 "" GRADCAM_CONV_TUNE=0
 bench vgg16 f16
 bench vgg16 f16 "" GRADCAM_CONV_TUNE=0

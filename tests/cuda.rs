@@ -21,29 +21,32 @@ fn launcher() -> Option<CudaLauncher> {
 }
 
 /// Every precision, and the experimental staging paths (KRSC weights at each tensor-core
-/// precision, the cp.async ring at TF32).
+/// precision, the cp.async ring, channels-last 16-bit convolutions).
 #[test]
 fn selftest_passes_on_the_gpu() {
-    for (precision, krsc, ring) in [
-        (Precision::F32, false, false),
-        (Precision::Tf32, false, false),
-        (Precision::Bf16, false, false),
-        (Precision::F16, false, false),
-        (Precision::Tf32, true, false),
-        (Precision::Bf16, true, false),
-        (Precision::F16, true, false),
-        (Precision::Tf32, false, true),
-        (Precision::Bf16, false, true),
-        (Precision::F16, false, true),
+    for (precision, krsc, ring, nhwc) in [
+        (Precision::F32, false, false, false),
+        (Precision::Tf32, false, false, false),
+        (Precision::Bf16, false, false, false),
+        (Precision::F16, false, false, false),
+        (Precision::Tf32, true, false, false),
+        (Precision::Bf16, true, false, false),
+        (Precision::F16, true, false, false),
+        (Precision::Tf32, false, true, false),
+        (Precision::Bf16, false, true, false),
+        (Precision::F16, false, true, false),
+        (Precision::Bf16, false, false, true),
+        (Precision::F16, false, false, true),
     ] {
         let Some(l) = launcher() else { return };
         let be = GpuBackend::with_precision(l, precision)
             .with_conv_krsc(krsc)
-            .with_conv_async(ring);
+            .with_conv_async(ring)
+            .with_conv_nhwc(nhwc);
         let mut checks = selftest::run(&be).unwrap();
         checks.extend(selftest::device_checks(&be).unwrap());
         let table = selftest::table(&checks);
-        eprintln!("{precision:?} KRSC {krsc} cp.async {ring}\n{table}");
+        eprintln!("{precision:?} KRSC {krsc} cp.async {ring} channels-last {nhwc}\n{table}");
         assert!(checks.iter().all(|c| c.passed()), "{table}");
     }
 }

@@ -265,3 +265,35 @@ fn tensor_core_convolutions_compile_to_mma_sync() {
         }
     }
 }
+
+/// The channels-last convolutions: both operands by 16-byte cp.async copies (zero-filled outside
+/// the image), B's fragments by the plain (not transposed) matrix load, the 16-bit mma, and
+/// the output by 16-byte stores of 8 channels.
+#[test]
+fn channels_last_convolutions_compile_to_cp_async_ldmatrix_and_mma() {
+    let Some(n) = nvrtc() else { return };
+    let ptx = String::from_utf8(n.compile("conv_nhwc.cu", "sm_80", Target::Ptx).unwrap()).unwrap();
+    for t in ["bf16", "f16"] {
+        for tile in ["", "_t128"] {
+            let entry = format!("conv2d_fwd_nhwc_{t}{tile}");
+            let start = ptx.find(&format!(".entry {entry}(")).unwrap();
+            let end = ptx[start + 1..]
+                .find(".entry ")
+                .map_or(ptx.len(), |e| start + 1 + e);
+            let b = &ptx[start..end];
+            for needle in [
+                "cp.async.cg.shared.global".to_string(),
+                "cp.async.wait_group".to_string(),
+                "ldmatrix.sync.aligned.m8n8.x4.shared.b16".to_string(),
+                format!("mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32"),
+                "st.global.v4.u32".to_string(),
+            ] {
+                assert!(b.contains(&needle), "{entry}: no {needle}");
+            }
+            assert!(
+                !b.contains("ldmatrix.sync.aligned.m8n8.x4.trans"),
+                "{entry}"
+            );
+        }
+    }
+}

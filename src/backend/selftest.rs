@@ -338,36 +338,50 @@ pub fn device_checks<L: super::gpu::Launcher>(
     Ok(out)
 }
 
-/// The transposing matrix load (`ldmatrix...x4.trans`) of the 16-bit cp.async ring: the
-/// instruction against its shuffle twin, and the twin against the layout the PTX ISA gives
-/// (lane (g, t) gets elements (2t, g) and (2t + 1, g) of each matrix), on random bits; the
+/// The matrix loads of the 16-bit cp.async rings (`ldmatrix...x4.trans` for the NCHW one,
+/// `ldmatrix...x4` for the channels-last convs): each instruction against its shuffle twin,
+/// and the twin against the layout the PTX ISA gives (lane (g, t) gets elements (2t, g) and
+/// (2t + 1, g) of each matrix transposed, (g, 2t) and (g, 2t + 1) plain), on random bits; the
 /// error is the number of registers that differ.
 fn ldmatrix_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Result<Vec<Check>> {
     let mut rng = Rng::new(91);
     let rows: Vec<u32> = (0..128).map(|_| rng.next_u64() as u32).collect();
-    let (ins, twin) = be.ldmatrix_check(&rows)?;
     let elem = |r: usize, c: usize| (rows[4 * r + c / 2] >> (16 * (c % 2))) & 0xffff;
-    let want: Vec<u32> = (0..32)
-        .flat_map(|lane| {
-            let (g, t) = (lane / 4, lane % 4);
-            (0..4).map(move |q| elem(8 * q + 2 * t, g) | (elem(8 * q + 2 * t + 1, g) << 16))
-        })
-        .collect();
     let differ = |x: &[u32], y: &[u32]| x.iter().zip(y).filter(|(p, q)| p != q).count() as f32;
-    Ok(vec![
-        Check {
-            op: "ldmatrix x4 trans: instruction".into(),
+    let mut out = Vec::new();
+    for trans in [true, false] {
+        let (ins, twin) = be.ldmatrix_check(&rows, trans)?;
+        let want: Vec<u32> = (0..32)
+            .flat_map(|lane| {
+                let (g, t) = (lane / 4, lane % 4);
+                (0..4).map(move |q| {
+                    if trans {
+                        elem(8 * q + 2 * t, g) | (elem(8 * q + 2 * t + 1, g) << 16)
+                    } else {
+                        elem(8 * q + g, 2 * t) | (elem(8 * q + g, 2 * t + 1) << 16)
+                    }
+                })
+            })
+            .collect();
+        let name = if trans {
+            "ldmatrix x4 trans"
+        } else {
+            "ldmatrix x4"
+        };
+        out.push(Check {
+            op: format!("{name}: instruction"),
             shape: "vs its shuffle twin".into(),
             max_err: differ(&ins, &twin),
             tolerance: 0.0,
-        },
-        Check {
-            op: "ldmatrix x4 trans: shuffle twin".into(),
+        });
+        out.push(Check {
+            op: format!("{name}: shuffle twin"),
             shape: "vs the PTX ISA layout".into(),
             max_err: differ(&twin, &want),
             tolerance: 0.0,
-        },
-    ])
+        });
+    }
+    Ok(out)
 }
 
 fn mma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Result<Vec<Check>> {

@@ -156,6 +156,16 @@ pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
             .with_conv_tune(false)
     };
     let want = run(&forced(ConvTile::T64, false, false));
+    // Channels-last at 16 bits (every shape here qualifies): the same bits, output transposed
+    // back by download.
+    if precision != gradcam::backend::gpu::Precision::Tf32 {
+        for tile in [ConvTile::T64, ConvTile::T128] {
+            assert!(
+                run(&forced(tile, false, false).with_conv_nhwc(true)) == want,
+                "{precision:?}: {tile:?} channels-last differs from 64x64 plain NCHW"
+            );
+        }
+    }
     // The 16-bit cp.async ring (on the 1x1 shape) is a tuning choice too; TF32's is not.
     let sixteen = precision != gradcam::backend::gpu::Precision::Tf32;
     for (tile, krsc, ring) in [

@@ -30,9 +30,22 @@ impl<L: Launcher> GpuBackend<L> {
         let (oh, ow) = p
             .out_hw((h, wd), (r, s))
             .expect("shapes checked by the network");
-        let y = self.like(vec![n, k, oh, ow], x)?;
+        // Channels-last where it applies (input, residual and output); else everything NCHW.
+        let nhwc = self.nhwc_applies(c, &w.shape, p.groups, prepared.is_some());
+        let x = &*self.in_layout(x, nhwc)?;
+        let residual = match residual {
+            Some(r) => Some(self.in_layout(r, nhwc)?),
+            None => None,
+        };
+        let residual = residual.as_deref();
+        let mut y = self.like(vec![n, k, oh, ow], x)?;
+        y.nhwc = nhwc;
         self.launch_conv(
-            "conv2d_fwd",
+            if nhwc {
+                "conv2d_fwd_nhwc"
+            } else {
+                "conv2d_fwd"
+            },
             x.dtype,
             prepared.map(|t| &t.buf),
             &[
@@ -215,9 +228,11 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             buf,
             shape: t.shape().to_vec(),
             dtype,
+            nhwc: false,
         })
     }
     fn download(&self, t: &Self::Tensor) -> Result<Tensor> {
+        let t = &*self.nchw(t)?;
         let v = match t.dtype {
             DType::F32 => {
                 let mut v = vec![0f32; t.numel()];
@@ -240,9 +255,11 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             buf: self.l.copy(&t.buf, t.numel() * t.dtype.size())?,
             shape: t.shape.clone(),
             dtype: t.dtype,
+            nhwc: t.nhwc,
         })
     }
-    fn reshape(&self, mut t: Self::Tensor, shape: &[usize]) -> Result<Self::Tensor> {
+    fn reshape(&self, t: Self::Tensor, shape: &[usize]) -> Result<Self::Tensor> {
+        let mut t = self.owned_nchw(t)?;
         t.shape = shape.to_vec();
         Ok(t)
     }
@@ -299,6 +316,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         (h, wd): (usize, usize),
         p: &Conv2dParams,
     ) -> Result<Self::Tensor> {
+        let dy = &*self.nchw(dy)?;
         let (n, k, oh, ow) = dims4(&dy.shape);
         let (_, cg, r, s) = dims4(&w.shape);
         let c = cg * p.groups;
@@ -325,6 +343,9 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(x)
     }
     fn relu_bwd(&self, y: &Self::Tensor, dy: Self::Tensor, guided: bool) -> Result<Self::Tensor> {
+        // Element-wise: both in one layout (the gradients' NCHW).
+        let dy = self.owned_nchw(dy)?;
+        let y = &*self.nchw(y)?;
         let n = dy.shape.iter().product();
         self.run1d(
             &Self::kernel("relu_bwd", &dy),
@@ -339,6 +360,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(dy)
     }
     fn max_pool2d_fwd(&self, x: &Self::Tensor, p: &Pool2dParams) -> Result<Self::Tensor> {
+        let x = &*self.nchw(x)?;
         let (n, c, h, w) = dims4(&x.shape);
         let (oh, ow) = p.out_hw((h, w)).expect("shapes checked by the network");
         let y = self.like(vec![n, c, oh, ow], x)?;
@@ -353,6 +375,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         dy: &Self::Tensor,
         p: &Pool2dParams,
     ) -> Result<Self::Tensor> {
+        let (x, dy) = (&*self.nchw(x)?, &*self.nchw(dy)?);
         let (n, c, h, w) = dims4(&x.shape);
         let (_, _, oh, ow) = dims4(&dy.shape);
         let dx = self.like(x.shape.clone(), dy)?;
@@ -367,6 +390,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         x: &Self::Tensor,
         (oh, ow): (usize, usize),
     ) -> Result<Self::Tensor> {
+        let x = &*self.nchw(x)?;
         let (n, c, h, w) = dims4(&x.shape);
         let y = self.like(vec![n, c, oh, ow], x)?;
         let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&y.buf)];
@@ -383,6 +407,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         dy: &Self::Tensor,
         (h, w): (usize, usize),
     ) -> Result<Self::Tensor> {
+        let dy = &*self.nchw(dy)?;
         let (n, c, oh, ow) = dims4(&dy.shape);
         let dx = self.like(vec![n, c, h, w], dy)?;
         let mut args = vec![KArg::Buf(&dy.buf), KArg::Buf(&dx.buf)];
@@ -400,6 +425,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         w: &Self::Tensor,
         b: Option<&Self::Tensor>,
     ) -> Result<Self::Tensor> {
+        let x = &*self.nchw(x)?;
         let (n, fin, fout) = (x.shape[0], x.shape[1], w.shape[0]);
         let y = self.like(vec![n, fout], x)?;
         self.launch_linear(
@@ -413,6 +439,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(y)
     }
     fn linear_bwd_data(&self, dy: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor> {
+        let dy = &*self.nchw(dy)?;
         let (n, fout, fin) = (dy.shape[0], dy.shape[1], w.shape[1]);
         let dx = self.like(vec![n, fin], dy)?;
         self.launch_linear(
@@ -426,6 +453,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(dx)
     }
     fn add(&self, a: Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
+        let b = &*self.in_layout(b, a.nhwc)?; // element-wise: b in a's layout
         let n = a.shape.iter().product();
         self.run1d(
             &Self::kernel("add", &a),
@@ -440,6 +468,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         scale: &[f32],
         shift: &[f32],
     ) -> Result<Self::Tensor> {
+        let x = self.owned_nchw(x)?;
         let (_, c, h, w) = dims4(&x.shape);
         let n = x.shape.iter().product();
         let (s, t) = (self.upload_f32(scale)?, self.upload_f32(shift)?);
@@ -449,6 +478,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(x)
     }
     fn grad_pool(&self, g: &Self::Tensor) -> Result<Self::Tensor> {
+        let g = &*self.nchw(g)?;
         let (n, k, h, w) = dims4(&g.shape);
         let a = self.tensor(vec![n, k], DType::F32)?;
         // SAFETY: grad_pool_<t>: one block per plane.
@@ -467,6 +497,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(a)
     }
     fn weighted_sum_relu(&self, a: &Self::Tensor, alpha: &Self::Tensor) -> Result<Self::Tensor> {
+        let a = &*self.nchw(a)?;
         let (n, k, h, w) = dims4(&a.shape);
         let m = self.tensor(vec![n, h, w], DType::F32)?;
         let alpha = self.as_dtype(alpha, DType::F32)?;
@@ -494,6 +525,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         a: &Self::Tensor,
         g: &Self::Tensor,
     ) -> Result<Self::Tensor> {
+        let (a, g) = (&*self.nchw(a)?, &*self.nchw(g)?);
         let (n, k, h, w) = dims4(&a.shape);
         let out = self.tensor(vec![n, k], DType::F32)?;
         let g = self.as_dtype(g, a.dtype)?;
@@ -522,6 +554,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         a: &Self::Tensor,
         g: &Self::Tensor,
     ) -> Result<Self::Tensor> {
+        let (a, g) = (&*self.nchw(a)?, &*self.nchw(g)?);
         let (n, k, h, w) = dims4(&a.shape);
         let m = self.tensor(vec![n, h, w], DType::F32)?;
         let g = self.as_dtype(g, a.dtype)?;
@@ -551,6 +584,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         a: &Self::Tensor,
         (k0, k1): (usize, usize),
     ) -> Result<Self::Tensor> {
+        let (x, a) = (&*self.nchw(x)?, &*self.nchw(a)?);
         let (n, c, hh, ww) = dims4(&x.shape);
         let (_, k, h, w) = dims4(&a.shape);
         let kc = k1 - k0;

@@ -93,9 +93,11 @@ pub struct GpuBackend<L: Launcher> {
     /// Times each convolution's candidate kernels (tile sides, staging) on its first launch
     /// per shape and keeps the fastest (GRADCAM_CONV_TUNE; default on a real GPU).
     conv_tune: bool,
-    /// The tuned choice (tile side, KRSC weights) per kind of convolution (see
-    /// [`Self::conv_plans`]).
-    conv_plans: Mutex<BTreeMap<String, (usize, bool)>>,
+    /// Channels-last activations for the 16-bit forward convolutions that qualify
+    /// (GRADCAM_CONV_NHWC=1; see [`Self::with_conv_nhwc`]).
+    conv_nhwc: bool,
+    /// The tuned kernel per kind of convolution (see [`Self::conv_plans`]).
+    conv_plans: Mutex<BTreeMap<String, String>>,
     /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
     jet: OnceLock<L::Buf>,
     /// Per kernel: launches and time, while profiling is on.
@@ -154,6 +156,7 @@ impl<L: Launcher> GpuBackend<L> {
             conv_async: flag("GRADCAM_CONV_ASYNC") == Some(true),
             conv_krsc: flag("GRADCAM_CONV_KRSC"),
             conv_tune,
+            conv_nhwc: flag("GRADCAM_CONV_NHWC") == Some(true),
             conv_plans: Mutex::new(BTreeMap::new()),
             jet: OnceLock::new(),
             profile: Mutex::new(None),
@@ -242,14 +245,19 @@ impl<L: Launcher> GpuBackend<L> {
     }
 
     /// Runs kernels/mma.cu's `ldmatrix_check`: `rows` (128 words: 32 rows of 8 16-bit
-    /// elements, little-endian) through `ldmatrix...x4.trans` and its shuffle twin; returns
+    /// elements, little-endian) through `ldmatrix...x4[.trans]` and its shuffle twin; returns
     /// what each lane received (lane-major, 4 words each) as (instruction, twin).
-    pub fn ldmatrix_check(&self, rows: &[u32]) -> Result<(Vec<u32>, Vec<u32>)> {
+    pub fn ldmatrix_check(&self, rows: &[u32], trans: bool) -> Result<(Vec<u32>, Vec<u32>)> {
         assert_eq!(rows.len(), 128, "ldmatrix_check takes 32 rows of 16 bytes");
         let bytes: Vec<u8> = rows.iter().flat_map(|w| w.to_le_bytes()).collect();
         let src = self.l.upload(&bytes)?;
         let (ins, twin) = (self.l.alloc(512)?, self.l.alloc(512)?);
-        let args = [KArg::Buf(&src), KArg::Buf(&ins), KArg::Buf(&twin)];
+        let args = [
+            KArg::Buf(&src),
+            KArg::Buf(&ins),
+            KArg::Buf(&twin),
+            KArg::I32(trans as i32),
+        ];
         // SAFETY: ldmatrix_check reads 128 words and writes 128 to each output; one warp.
         unsafe { self.launch("ldmatrix_check", [1, 1, 1], [32, 1, 1], &args)? };
         let get = |b: &L::Buf| -> Result<Vec<u32>> {
@@ -270,6 +278,7 @@ impl<L: Launcher> GpuBackend<L> {
             buf: self.upload_f32(v)?,
             shape: vec![v.len()],
             dtype: DType::F32,
+            nhwc: false,
         };
         let y = self.as_dtype(&x, to)?;
         let mut bytes = vec![0u8; v.len() * to.size()];
@@ -286,6 +295,32 @@ impl<L: Launcher> GpuBackend<L> {
     /// `krsc`, the input by vectors when `vec_b`). Every choice computes the same values bit
     /// for bit (tests/gpu_emulated.rs), so tuning changes speed only; the cp.async ring, which
     /// reads its input truncated to TF32 rather than rounded, is never a tuning choice.
+    fn conv_tiles(&self, dtype: DType, (rows, depth): (usize, usize)) -> &'static [usize] {
+        match self.conv_tile {
+            ConvTile::T64 => &[64],
+            ConvTile::T128 => &[128],
+            // A 128-row tile over 64 rows or fewer idles half its tensor cores or more.
+            ConvTile::Auto if self.conv_tune && rows > 64 => &[64, 128],
+            ConvTile::Auto if big_tile(dtype, rows, depth) => &[128],
+            ConvTile::Auto => &[64],
+        }
+    }
+
+    /// The channels-last convolutions (kernels/conv_nhwc.cu) for a GEMM of `rows` x `depth`:
+    /// tile sides as [`Self::conv_choices`]; dynamic shared memory for the 3-stage ring of A
+    /// and B (rows of 20 words) or the epilogue's [pixel][tile + 4] f32, the larger.
+    fn nhwc_choices(&self, dtype: DType, (rows, depth): (usize, usize)) -> Vec<ConvChoice> {
+        self.conv_tiles(dtype, (rows, depth))
+            .iter()
+            .map(|&tile| {
+                let t128 = if tile == 128 { "_t128" } else { "" };
+                let words = (3 * 2 * tile * 20).max(tile * (tile + 4));
+                let name = format!("conv2d_fwd_nhwc_{}{t128}", dtype.name());
+                ConvChoice::new(name, tile, true, words * 4)
+            })
+            .collect()
+    }
+
     fn conv_choices(
         &self,
         op: &str,
@@ -299,16 +334,8 @@ impl<L: Launcher> GpuBackend<L> {
             (DType::F32, Precision::Tf32) => format!("{op}_tf32"),
             (DType::F32, _) => return vec![ConvChoice::new(format!("{op}_f32"), 64, false, 0)],
         };
-        let tiles: &[usize] = match self.conv_tile {
-            ConvTile::T64 => &[64],
-            ConvTile::T128 => &[128],
-            // A 128-row tile over 64 rows or fewer idles half its tensor cores or more.
-            ConvTile::Auto if self.conv_tune && rows > 64 => &[64, 128],
-            ConvTile::Auto if big_tile(dtype, rows, depth) => &[128],
-            ConvTile::Auto => &[64],
-        };
         let mut out = Vec::new();
-        for &tile in tiles {
+        for &tile in self.conv_tiles(dtype, (rows, depth)) {
             let name = if tile == 128 {
                 format!("{base}_t128")
             } else {
@@ -398,8 +425,11 @@ impl<L: Launcher> GpuBackend<L> {
             };
         // The ring's vector copies need unshifted taps: 1x1, no padding.
         let ring_b = vec_b && (r, s) == (1, 1);
-        let choices =
-            self.conv_choices(op, dtype, (rows, depth), krsc_w.is_some(), (vec_b, ring_b));
+        let choices = if op == "conv2d_fwd_nhwc" {
+            self.nhwc_choices(dtype, (rows, depth))
+        } else {
+            self.conv_choices(op, dtype, (rows, depth), krsc_w.is_some(), (vec_b, ring_b))
+        };
         let args_for = |ch: &ConvChoice| {
             let mut args = bufs.to_vec();
             if let (true, Some(kw)) = (ch.krsc, krsc_w) {
@@ -420,8 +450,7 @@ impl<L: Launcher> GpuBackend<L> {
             // Tuned once per kind of layer: its channels, kernel, strides, dilations and groups,
             // whether the input goes by vectors, the epilogue (residual or not, ReLU), and its
             // output pixels (N·OH·OW) to within a factor of 2, so images of many sizes
-            // (`--size native`) or split batches do not each tune again. A plan is a tile side
-            // and whether to use the KRSC weights; the kernel follows from the shape.
+            // (`--size native`) or split batches do not each tune again. A plan is a kernel.
             let nulls: String = bufs
                 .iter()
                 .map(|b| if matches!(b, KArg::Null) { '0' } else { '1' })
@@ -441,12 +470,8 @@ impl<L: Launcher> GpuBackend<L> {
                 usize::BITS - cols.leading_zeros(),
             );
             let known = self.conv_plans.lock().expect("plans").get(&key).cloned();
-            let planned = known.and_then(|(tile, krsc)| {
-                choices
-                    .iter()
-                    .find(|ch| ch.tile == tile && ch.krsc == krsc)
-                    .cloned()
-            });
+            let planned =
+                known.and_then(|kernel| choices.iter().find(|ch| ch.kernel == kernel).cloned());
             match planned {
                 Some(ch) => ch,
                 None => {
@@ -455,7 +480,7 @@ impl<L: Launcher> GpuBackend<L> {
                     self.conv_plans
                         .lock()
                         .expect("plans")
-                        .insert(key, (ch.tile, ch.krsc));
+                        .insert(key, ch.kernel.clone());
                     ch
                 }
             }
@@ -542,20 +567,10 @@ impl<L: Launcher> GpuBackend<L> {
     /// `conv2d_fwd_bf16 64->256 1x1 stride 1x1 dilation 1x1 groups 1 vec 1 args 11111 [1]
     /// pixels <2^18`: channels in and out per group, the kernel, whether the input goes by
     /// vectors, which buffer arguments are given (bias, residual), the extra integers (ReLU),
-    /// the output pixel count's octave; the choice as `<tile>` or `<tile> krsc`), in key order.
+    /// the output pixel count's octave; the choice: the kernel's entry), in key order.
     pub fn conv_plans(&self) -> Vec<(String, String)> {
         let plans = self.conv_plans.lock().expect("plans");
-        plans
-            .iter()
-            .map(|(k, &(tile, krsc))| {
-                let how = if krsc {
-                    format!("{tile} krsc")
-                } else {
-                    tile.to_string()
-                };
-                (k.clone(), how)
-            })
-            .collect()
+        plans.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     /// Times each convolution's candidate kernels the first time a kind of layer is met and
@@ -598,9 +613,32 @@ impl<L: Launcher> GpuBackend<L> {
         let wanted = self.conv_krsc.unwrap_or(self.conv_tune);
         let wanted = match self.precision {
             Precision::F32 => false,
-            _ => wanted || self.conv_async,
+            Precision::Tf32 => wanted || self.conv_async,
+            Precision::Bf16 | Precision::F16 => wanted || self.conv_async || self.conv_nhwc,
         };
         wanted && w.len() == 4 && w[1] % 32 == 0
+    }
+
+    /// Runs BF16 and F16 forward convolutions with groups 1, input channels a multiple of 32
+    /// and output channels a multiple of 8 on channels-last activations (kernels/conv_nhwc.cu;
+    /// default: `GRADCAM_CONV_NHWC=1`): their input is transposed to NHWC if it is not, their
+    /// output stays NHWC, and any other op transposes such a tensor back to NCHW first (where
+    /// a network's chain of convolutions ends, e.g. at a pooling layer). The same values, bit
+    /// for bit, as the NCHW kernels. Implies KRSC weights.
+    pub fn with_conv_nhwc(mut self, on: bool) -> Self {
+        self.conv_nhwc = on;
+        self
+    }
+
+    /// Whether a forward conv of input [N, C, H, W] with weights [K, C/g, R, S] runs
+    /// channels-last (see [`Self::with_conv_nhwc`]); `krsc`: whether its KRSC copy exists.
+    pub(super) fn nhwc_applies(&self, c: usize, w: &[usize], groups: usize, krsc: bool) -> bool {
+        self.conv_nhwc
+            && matches!(self.precision, Precision::Bf16 | Precision::F16)
+            && krsc
+            && groups == 1
+            && c % 32 == 0
+            && w[0] % 8 == 0
     }
 
     /// An element-wise or reduction op's entry for its input's storage, e.g. `relu_fwd_bf16`.
@@ -617,7 +655,8 @@ impl<L: Launcher> GpuBackend<L> {
         if t.dtype == to {
             return Ok(Converted::Given(t));
         }
-        let out = self.tensor(t.shape.clone(), to)?;
+        let mut out = self.tensor(t.shape.clone(), to)?;
+        out.nhwc = t.nhwc; // element-wise: the layout stays
         let n = t.numel();
         self.run1d(
             &format!("cast_{}_{}", t.dtype.name(), to.name()),
@@ -637,7 +676,56 @@ impl<L: Launcher> GpuBackend<L> {
             buf: self.l.alloc(n * dtype.size())?,
             shape,
             dtype,
+            nhwc: false,
         })
+    }
+
+    /// `t` stored channels-last (`nhwc`) or NCHW, transposing on the device when it is not.
+    fn in_layout<'a>(
+        &self,
+        t: &'a GpuTensor<L::Buf>,
+        nhwc: bool,
+    ) -> Result<Converted<'a, GpuTensor<L::Buf>>> {
+        if t.nhwc == nhwc {
+            return Ok(Converted::Given(t));
+        }
+        let (n, c, h, w) = dims4(&t.shape);
+        let mut out = self.like(t.shape.clone(), t)?;
+        out.nhwc = nhwc;
+        let args = [
+            KArg::Buf(&t.buf),
+            KArg::Buf(&out.buf),
+            KArg::I32(c as i32),
+            KArg::I32((h * w) as i32),
+            KArg::I32(nhwc as i32),
+        ];
+        let grid = [(h * w).div_ceil(32) as u32, c.div_ceil(32) as u32, n as u32];
+        // SAFETY: layout_transpose_<t>: [N][C][H·W] ↔ [N][H·W][C], 32x32 tiles per block.
+        unsafe {
+            self.launch(
+                &Self::kernel("layout_transpose", t),
+                grid,
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(Converted::Made(out))
+    }
+
+    /// `t` as NCHW (what every op but the channels-last convolutions reads).
+    fn nchw<'a>(&self, t: &'a GpuTensor<L::Buf>) -> Result<Converted<'a, GpuTensor<L::Buf>>> {
+        self.in_layout(t, false)
+    }
+
+    /// `t` as NCHW, by value (for the ops that work in place).
+    fn owned_nchw(&self, t: GpuTensor<L::Buf>) -> Result<GpuTensor<L::Buf>> {
+        if !t.nhwc {
+            return Ok(t);
+        }
+        match self.in_layout(&t, false)? {
+            Converted::Made(out) => Ok(out),
+            Converted::Given(_) => unreachable!("an NHWC tensor is transposed"),
+        }
     }
 
     /// A new tensor stored like `like` (an op's output).

@@ -61,9 +61,13 @@ impl DType {
 }
 
 pub struct GpuTensor<B> {
+    /// The logical shape, NCHW for 4-D tensors whatever the layout in memory.
     pub(super) shape: Vec<usize>,
     pub(super) buf: B,
     pub(super) dtype: DType,
+    /// Stored channels-last ([N][H][W][C]): only outputs of the channels-last convolutions
+    /// (GRADCAM_CONV_NHWC=1); every other op reads NCHW and transposes such an input first.
+    pub(super) nhwc: bool,
 }
 
 impl<B> GpuTensor<B> {
