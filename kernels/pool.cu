@@ -2,14 +2,19 @@
 // (forward) or per input element (backward: gathers, no atomics, deterministic);
 // grid (ceil(total / 256)), block 256.
 //   max_pool2d_fwd_<t>:  y = F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw))   planes = N·C
+//   max_pool2d_fwd_nhwc_<t>: the same on channels-last x and y ([N][H][W][C], conv_nhwc.cu's
+//                        tensors), planes = N; the same window order, so the same values
 //   max_pool2d_bwd_<t>:  dx[i] = Σ dy over the windows whose first maximum (row-major order,
 //                        PyTorch's rule) is element i
 //   adaptive_avg_pool2d_fwd_<t> / _bwd_<t>: bins [floor(i·H/o), ceil((i+1)·H/o))
 #include "common.cuh"
 
+// The first maximum of a window as its pixel index iy·w + ix; the plane's pixels `step`
+// elements apart (1 for NCHW, C for NHWC).
 template <class T>
 __device__ __forceinline__ int window_argmax(const T* plane, int h, int w, int oy, int ox, int kh,
-                                             int kw, int sh, int sw, int ph, int pw) {
+                                             int kw, int sh, int sw, int ph, int pw,
+                                             int step = 1) {
     int best = -1;
     float bv = 0.0f;
     for (int ky = 0; ky < kh; ++ky) {
@@ -18,7 +23,7 @@ __device__ __forceinline__ int window_argmax(const T* plane, int h, int w, int o
         for (int kx = 0; kx < kw; ++kx) {
             const int ix = ox * sw - pw + kx;
             if (ix < 0 || ix >= w) continue;
-            const float v = ld(plane, iy * w + ix);
+            const float v = ld(plane, (size_t)(iy * w + ix) * step);
             if (best < 0 || v > bv || (v != v && bv == bv)) {
                 best = iy * w + ix;
                 bv = v;
@@ -38,6 +43,22 @@ __device__ __forceinline__ void max_pool2d_fwd(const T* __restrict__ x, T* __res
         const int p = i / (oh * ow), oy = (i / ow) % oh, ox = i % ow;
         const T* plane = x + (size_t)p * h * w;
         st(y, i, ld(plane, window_argmax(plane, h, w, oy, ox, kh, kw, sh, sw, ph, pw)));
+    }
+}
+
+template <class T>
+__device__ __forceinline__ void max_pool2d_fwd_nhwc(const T* __restrict__ x, T* __restrict__ y,
+                                                    int c, POOL_PARAMS) {
+    const size_t total = (size_t)planes * oh * ow * c;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const int ch = (int)(i % c);
+        const size_t px = i / c;
+        const int ox = (int)(px % ow), oy = (int)(px / ow % oh);
+        const int n = (int)(px / ((size_t)ow * oh));
+        const T* plane = x + (size_t)n * h * w * c + ch;
+        const int at = window_argmax(plane, h, w, oy, ox, kh, kw, sh, sw, ph, pw, c);
+        st(y, i, ld(plane, (size_t)at * c));
     }
 }
 
@@ -107,6 +128,18 @@ __device__ __forceinline__ void adaptive_avg_pool2d_bwd(const T* __restrict__ dy
 }
 
 #define POOL_ARGS planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw
+extern "C" __global__ void max_pool2d_fwd_nhwc_f32(const float* __restrict__ x,
+                                                   float* __restrict__ y, int c, POOL_PARAMS) {
+    max_pool2d_fwd_nhwc(x, y, c, POOL_ARGS);
+}
+extern "C" __global__ void max_pool2d_fwd_nhwc_bf16(const bf16* __restrict__ x,
+                                                    bf16* __restrict__ y, int c, POOL_PARAMS) {
+    max_pool2d_fwd_nhwc(x, y, c, POOL_ARGS);
+}
+extern "C" __global__ void max_pool2d_fwd_nhwc_f16(const f16* __restrict__ x, f16* __restrict__ y,
+                                                   int c, POOL_PARAMS) {
+    max_pool2d_fwd_nhwc(x, y, c, POOL_ARGS);
+}
 extern "C" __global__ void max_pool2d_fwd_f32(const float* __restrict__ x, float* __restrict__ y,
                                               POOL_PARAMS) {
     max_pool2d_fwd(x, y, POOL_ARGS);

@@ -116,6 +116,72 @@ fn conv_tuning_choices_agree_bit_for_bit() {
     }
 }
 
+/// Channels-last tensors flow through a chain of ops as the NCHW ones do, bit for bit: convs
+/// (3x3 padded, 1x1 with a residual stored NCHW, a 16-channel conv that stays NCHW and so reads
+/// its channels-last input transposed), VGG's and ResNet's max pools on channels-last tensors,
+/// ReLU in place, `add` across layouts, and downloads of every intermediate.
+#[test]
+fn channels_last_chains_match_nchw_bit_for_bit() {
+    use gradcam::backend::{Conv2dParams, Pool2dParams};
+    let mut rng = Rng::new(11);
+    let x = rng.tensor(&[2, 32, 10, 10], -1.0, 1.0);
+    let w1 = rng.tensor(&[64, 32, 3, 3], -0.2, 0.2);
+    let b1 = rng.tensor(&[64], -0.1, 0.1);
+    let w2 = rng.tensor(&[40, 64, 1, 1], -0.2, 0.2);
+    let w3 = rng.tensor(&[16, 40, 3, 3], -0.2, 0.2);
+    let res = rng.tensor(&[2, 40, 5, 5], -1.0, 1.0);
+    for precision in [Precision::Bf16, Precision::F16] {
+        let run = |nhwc: bool| -> Vec<Vec<u32>> {
+            let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
+                .with_conv_tune(false)
+                .with_conv_nhwc(nhwc);
+            let up = |t: &Tensor| be.upload(t.clone()).unwrap();
+            let bits = |t: &<GpuBackend<EmuLauncher> as Backend>::Tensor| -> Vec<u32> {
+                let t = be.download(t).unwrap();
+                t.data().iter().map(|v| v.to_bits()).collect()
+            };
+            let (wd1, wd2, wd3) = (up(&w1), up(&w2), up(&w3));
+            let (p1, p0) = (Conv2dParams::new(1, 1), Conv2dParams::new(1, 0));
+            let prep1 = be.conv2d_prepare(&wd1, &p1).unwrap();
+            let prep2 = be.conv2d_prepare(&wd2, &p0).unwrap();
+            let prep3 = be.conv2d_prepare(&wd3, &p1).unwrap();
+            let mut out = Vec::new();
+            let y1 = be
+                .conv2d_fwd(&up(&x), &wd1, prep1.as_ref(), Some(&up(&b1)), &p1, true)
+                .unwrap();
+            out.push(bits(&y1));
+            let pool = Pool2dParams::new(2, 2, 0);
+            let y2 = be.max_pool2d_fwd(&y1, &pool).unwrap();
+            out.push(bits(&y2));
+            let y2b = be.max_pool2d_fwd(&y1, &Pool2dParams::new(3, 2, 1)).unwrap();
+            out.push(bits(&y2b));
+            let y3 = be
+                .conv2d_fwd_add_relu(&y2, &wd2, prep2.as_ref(), None, &p0, &up(&res))
+                .unwrap();
+            out.push(bits(&y3));
+
+            let y4 = be
+                .conv2d_fwd(&y3, &wd3, prep3.as_ref(), None, &p1, false)
+                .unwrap();
+            // Which ran channels-last: the 32- and 64-channel inputs, not the 40-channel one.
+            let layouts = [&y1, &y2, &y2b, &y3, &y4].map(|t| t.is_channels_last());
+            assert_eq!(layouts, [nhwc, nhwc, nhwc, nhwc, false]);
+            out.push(bits(&y4));
+            let y5 = be
+                .add(be.relu_fwd(be.duplicate(&y3).unwrap()).unwrap(), &up(&res))
+                .unwrap();
+            out.push(bits(&y5));
+            let y6 = be.add(up(&res), &y3).unwrap();
+            out.push(bits(&y6));
+            out
+        };
+        let (nchw, nhwc) = (run(false), run(true));
+        for (i, (a, b)) in nchw.iter().zip(&nhwc).enumerate() {
+            assert!(a == b, "{precision:?}: step {i} differs channels-last");
+        }
+    }
+}
+
 /// A plan serves a kind of layer, not one exact shape: images of other sizes (within a factor
 /// of 2 of output pixels) reuse it instead of timing the candidates again, with the kernel
 /// that fits their shape.

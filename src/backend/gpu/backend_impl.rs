@@ -194,8 +194,14 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         } else {
             ""
         };
+        let layout = if self.conv_nhwc && matches!(self.precision, Precision::Bf16 | Precision::F16)
+        {
+            " (channels-last)"
+        } else {
+            ""
+        };
         format!(
-            "{}, {} convolutions{tuned}",
+            "{}, {} convolutions{layout}{tuned}",
             self.l.name(),
             self.precision.name()
         )
@@ -360,10 +366,18 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(dy)
     }
     fn max_pool2d_fwd(&self, x: &Self::Tensor, p: &Pool2dParams) -> Result<Self::Tensor> {
-        let x = &*self.nchw(x)?;
         let (n, c, h, w) = dims4(&x.shape);
         let (oh, ow) = p.out_hw((h, w)).expect("shapes checked by the network");
-        let y = self.like(vec![n, c, oh, ow], x)?;
+        let mut y = self.like(vec![n, c, oh, ow], x)?;
+        if x.nhwc {
+            // Channels-last in and out (between the channels-last convs of VGG's blocks).
+            y.nhwc = true;
+            let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&y.buf), KArg::I32(c as i32)];
+            args.extend(pool_ints(n, [h, w, oh, ow], p));
+            let kernel = Self::kernel("max_pool2d_fwd_nhwc", x);
+            self.run1d(&kernel, n * c * oh * ow, &args)?;
+            return Ok(y);
+        }
         let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&y.buf)];
         args.extend(pool_ints(n * c, [h, w, oh, ow], p));
         self.run1d(&Self::kernel("max_pool2d_fwd", x), n * c * oh * ow, &args)?;

@@ -74,6 +74,10 @@ impl<B> GpuTensor<B> {
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+    /// Stored channels-last (see [`super::GpuBackend::with_conv_nhwc`]).
+    pub fn is_channels_last(&self) -> bool {
+        self.nhwc
+    }
     pub(super) fn numel(&self) -> usize {
         self.shape.iter().product()
     }
