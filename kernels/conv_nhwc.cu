@@ -1,10 +1,14 @@
-// Channels-last (NHWC) activations for the 16-bit forward convolutions (GRADCAM_CONV_NHWC=1):
-//   conv2d_fwd_nhwc_<t>[_t128]: y = conv(x, w) + bias [+ residual] [then ReLU], x, residual and
-//       y [N][H][W][C]; w the KRSC copy of the weights ([K][R][S][C], conv_weight_krsc_<t>);
-//       groups 1, C a multiple of 32, K of 8. grid (ceil(N·OH·OW / TS), ceil(K / TS)), block
-//       256, dynamic shared memory conv_nhwc_shared_bytes(TS) (the host's formula matches).
-//   layout_transpose_<t>: NCHW ↔ NHWC per image. grid (ceil(H·W / 32), ceil(C / 32), N),
-//       block 256.
+// Channels-last (NHWC) activations for the tensor-core forward convolutions
+// (GRADCAM_CONV_NHWC=1):
+//   conv2d_fwd_nhwc_<t>[_t128] (t: tf32, bf16, f16): y = conv(x, w) + bias [+ residual] [then
+//       ReLU], x, residual and y [N][H][W][C]; w the KRSC copy of the weights ([K][R][S][C],
+//       conv_weight_krsc_<t>, TF32-rounded for tf32); groups 1, C a multiple of 32, K of 8.
+//       TF32 stores its output rounded to TF32 (see below). grid (ceil(N·OH·OW / TS),
+//       ceil(K / TS)), block 256, dynamic shared memory: the larger of the ring (3 stages of A
+//       and B, TS rows of RW words each) and the epilogue (TS x (TS + 4) f32); the host's
+//       formula (GpuBackend::nhwc_choices) matches.
+//   layout_transpose_<t>: NCHW ↔ NHWC per image, f32 values rounded to TF32 on the way when
+//       asked (a TF32 conv's input). grid (ceil(H·W / 32), ceil(C / 32), N), block 256.
 // Why: in NCHW the 32 channels of one pixel that a depth slice needs are a plane apart, so a
 // slice of B is gathered element by element (or 4 pixels of one channel at a time); in NHWC
 // they are 64 contiguous bytes, so any kernel, stride, padding or dilation stages B by 16-byte
@@ -12,23 +16,23 @@
 // tensor cores' B fragments come out of shared memory by ldmatrix.x4 (not transposed) for every
 // tap. The output leaves through shared memory as runs of 8 channels of one pixel, 16 bytes.
 // The GEMM is the KRSC convolutions' (conv.cu): the same slices in the same order (channel
-// blocks outer, taps inner) and the same mma steps, so the results are those kernels' bits.
-// Versions: 1 (2026-11-29), 3-stage ring, 64x64 and 128x128 tiles.
+// blocks outer, taps inner) and the same mma steps, so at 16 bits the results are those
+// kernels' bits. TF32: cp.async copies f32 bits as they are and the tensor cores read them
+// truncated, so the activations a TF32 conv reads are kept TF32-rounded already (this
+// epilogue rounds what it stores, the transposition into NHWC rounds, max pooling keeps
+// values): the same products as the kernels that round on the fly, while the stored values
+// differ from theirs by that rounding (within the TF32 tolerances; not bit for bit).
+// Versions: 1 (2026-11-29), 3-stage ring, 64x64 and 128x128 tiles; TF32 (2026-11-29).
 #include "common.cuh"
 #include "mma.cuh"
 #include "gemm_tile.cuh"
 
-// 32 channels (64 bytes) per slice row plus 16 bytes of padding: rows 80 bytes apart, so the
-// 8 rows one ldmatrix matrix reads (and A's fragment words) fall in distinct banks.
-constexpr int NHWC_ROW_WORDS = 20;
-
-template <int TS>
-constexpr int conv_nhwc_ring_words() {
-    return 3 * 2 * TS * NHWC_ROW_WORDS;  // 3 stages of A [TS][20] and B [TS][20] words
-}
-template <int TS>
-constexpr int conv_nhwc_epi_words() {
-    return TS * (TS + 4);  // [pixel][channel + 4] f32
+// A slice row: 32 channels (64 bytes at 16 bits, 128 at f32) plus 16 bytes of padding, so
+// rows are 80 (144) bytes apart: the 8 rows one ldmatrix matrix reads, and the fragment words
+// of A and of TF32's B, fall in distinct banks.
+template <class S>
+constexpr int nhwc_row_words() {
+    return sizeof(S) == 4 ? 36 : 20;
 }
 
 // The cursor over the depth: 32-channel blocks, each over every tap (TapSlice's order).
@@ -41,6 +45,37 @@ struct NhwcSlice {
     }
 };
 
+// 8 consecutive elements (16-byte aligned) as f32, and back: two 16-byte accesses for f32,
+// one for 16-bit values.
+__device__ __forceinline__ void load8(const float* p, float v[8]) {
+    const Word4 a = reinterpret_cast<const Word4*>(p)[0], b = reinterpret_cast<const Word4*>(p)[1];
+    const unsigned w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    #pragma unroll
+    for (int e = 0; e < 8; ++e) v[e] = __uint_as_float(w[e]);
+}
+template <class S>
+__device__ __forceinline__ void load8(const S* p, float v[8]) {
+    const Word4 a = *reinterpret_cast<const Word4*>(p);
+    const unsigned w[4] = {a.x, a.y, a.z, a.w};
+    #pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        const Float2 f = unpack2(p, w[e]);
+        v[2 * e] = f.x, v[2 * e + 1] = f.y;
+    }
+}
+__device__ __forceinline__ void store8(float* p, const float v[8]) {
+    Word4* q = reinterpret_cast<Word4*>(p);
+    q[0] = Word4{__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]),
+                 __float_as_uint(v[3])};
+    q[1] = Word4{__float_as_uint(v[4]), __float_as_uint(v[5]), __float_as_uint(v[6]),
+                 __float_as_uint(v[7])};
+}
+template <class S>
+__device__ __forceinline__ void store8(S* p, const float v[8]) {
+    *reinterpret_cast<Word4*>(p) = Word4{pack2(p, v[0], v[1]), pack2(p, v[2], v[3]),
+                                         pack2(p, v[4], v[5]), pack2(p, v[6], v[7])};
+}
+
 template <class S, int TS>
 __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S* __restrict__ w,
                                                 const S* __restrict__ bias,
@@ -48,24 +83,27 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
                                                 int n, int c, int h, int wd, int k, int r, int s,
                                                 int oh, int ow, int sh, int sw, int ph, int pw,
                                                 int dh, int dw, int relu) {
+    constexpr bool TF32 = sizeof(S) == 4;
     constexpr Half16 E = mma_of<S> == Mma::Bf16 ? Half16::Bf16 : Half16::F16;
-    constexpr int STAGES = 3, RW = NHWC_ROW_WORDS, STAGE = 2 * TS * RW;
+    constexpr int STAGES = 3, RW = nhwc_row_words<S>(), STAGE = 2 * TS * RW;
     constexpr int WARPS_M = TS == 64 ? 4 : 2, WARPS_N = 8 / WARPS_M;
     constexpr int MT = TS / WARPS_M / 16, NT = TS / WARPS_N / 8;
-    constexpr int NV = TS * 4 / 256;  // 16-byte copies per thread and operand per slice
+    constexpr int CPR = TF32 ? 8 : 4;           // 16-byte copies per slice row
+    constexpr int EPC = 16 / (int)sizeof(S);    // elements per copy
+    constexpr int NV = TS * CPR / 256;          // copies per thread and operand per slice
     static_assert(NT % 2 == 0, "ldmatrix.x4 takes n-tiles in pairs");
     DYNAMIC_SHARED(unsigned, ring);
     const int rows = k, cols = n * oh * ow, rs = r * s, ohw = oh * ow;
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
     const int c0 = blockIdx.x * TS, r0 = blockIdx.y * TS;
     const int wr = (warp / WARPS_N) * (TS / WARPS_M), wc = (warp % WARPS_N) * (TS / WARPS_N);
-    // Copy v = tid + 256 i moves 16 bytes (8 channels) number v % 4 of row v / 4, for A (an
-    // output channel's weights) and B (a pixel's input).
+    // Copy v = tid + 256 i moves 16 bytes (EPC channels) number v % CPR of row v / CPR, for A
+    // (an output channel's weights) and B (a pixel's input).
     const S* b_base[NV];
     int b_iy[NV], b_ix[NV];
     #pragma unroll
     for (int i = 0; i < NV; ++i) {
-        const int col = c0 + (tid + 256 * i) / 4;
+        const int col = c0 + (tid + 256 * i) / CPR;
         if (col < cols) {
             const int ni = col / ohw, p = col - ni * ohw, oy = p / ow, ox = p - oy * ow;
             b_base[i] = x + (size_t)ni * h * wd * c;
@@ -82,13 +120,13 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
         unsigned* sb = bs(st);
         #pragma unroll
         for (int i = 0; i < NV; ++i) {
-            const int v = tid + 256 * i, row = v / 4, part = v % 4;
+            const int v = tid + 256 * i, row = v / CPR, part = v % CPR;
             const bool ok = r0 + row < rows;
-            const S* a = w + ((size_t)(ok ? r0 + row : 0) * rs + sl.tap) * c + sl.ch0 + 8 * part;
+            const S* a = w + ((size_t)(ok ? r0 + row : 0) * rs + sl.tap) * c + sl.ch0 + EPC * part;
             cp_async<16>(&sa[row * RW + 4 * part], a, ok);
             const int iy = b_iy[i] + sl.ry * dh, ix = b_ix[i] + sl.sx * dw;
             const bool in = iy >= 0 && iy < h && ix >= 0 && ix < wd;
-            const S* b = in ? b_base[i] + ((size_t)iy * wd + ix) * c + sl.ch0 + 8 * part : x;
+            const S* b = in ? b_base[i] + ((size_t)iy * wd + ix) * c + sl.ch0 + EPC * part : x;
             cp_async<16>(&sb[row * RW + 4 * part], b, in);
         }
         sl.next(rs, s);
@@ -112,9 +150,10 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
         if (kq + STAGES - 1 < slices) issue((kq + STAGES - 1) % STAGES);
         cp_async_commit();
         const unsigned* sa = as(kq % STAGES);
-        const unsigned short* sb16 = reinterpret_cast<const unsigned short*>(bs(kq % STAGES));
+        const unsigned* sb = bs(kq % STAGES);
+        const unsigned short* sb16 = reinterpret_cast<const unsigned short*>(sb);
         #pragma unroll
-        for (int kw = 0; kw < 16; kw += 8) {  // two k16 steps per slice
+        for (int kw = 0; kw < RW - 4; kw += 8) {  // per mma: k8 (TF32) or k16 (16-bit)
             unsigned a[MT][4], b[NT][2];
             #pragma unroll
             for (int i = 0; i < MT; ++i) {
@@ -124,21 +163,35 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
                 a[i][2] = sa[rr * RW + kw + t + 4];
                 a[i][3] = sa[(rr + 8) * RW + kw + t + 4];
             }
-            // Lane 8q + i gives row i of matrix q: pixel i of n-tile j + (q >> 1), channels
-            // 2kw + 8(q & 1) .. + 7 of the slice.
-            const int q = lane / 8, i8 = lane % 8;
-            #pragma unroll
-            for (int j = 0; j < NT; j += 2) {
-                unsigned rg[4];
-                const int px = wc + (j + (q >> 1)) * 8 + i8;
-                ldmatrix_x4<false>(rg, &sb16[px * 2 * RW + 2 * kw + 8 * (q & 1)]);
-                b[j][0] = rg[0], b[j][1] = rg[1], b[j + 1][0] = rg[2], b[j + 1][1] = rg[3];
+            if constexpr (TF32) {
+                // B(k, n) is word k of pixel row n: b[0] = B(t, g), b[1] = B(t + 4, g).
+                #pragma unroll
+                for (int j = 0; j < NT; ++j) {
+                    const int px = wc + j * 8 + g;
+                    b[j][0] = sb[px * RW + kw + t];
+                    b[j][1] = sb[px * RW + kw + t + 4];
+                }
+            } else {
+                // Lane 8q + i gives row i of matrix q: pixel i of n-tile j + (q >> 1), channels
+                // 2kw + 8(q & 1) .. + 7 of the slice.
+                const int q = lane / 8, i8 = lane % 8;
+                #pragma unroll
+                for (int j = 0; j < NT; j += 2) {
+                    unsigned rg[4];
+                    const int px = wc + (j + (q >> 1)) * 8 + i8;
+                    ldmatrix_x4<false>(rg, &sb16[px * 2 * RW + 2 * kw + 8 * (q & 1)]);
+                    b[j][0] = rg[0], b[j][1] = rg[1], b[j + 1][0] = rg[2], b[j + 1][1] = rg[3];
+                }
             }
             #pragma unroll
             for (int i = 0; i < MT; ++i)
                 #pragma unroll
-                for (int j = 0; j < NT; ++j)
-                    mma_m16n8k16<E>(acc[i][j], a[i], b[j]);
+                for (int j = 0; j < NT; ++j) {
+                    if constexpr (TF32)
+                        mma_tf32_m16n8k8(acc[i][j], a[i], b[j]);
+                    else
+                        mma_m16n8k16<E>(acc[i][j], a[i], b[j]);
+                }
         }
     }
     cp_async_wait<0>();
@@ -168,29 +221,28 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
                       __uint_as_float(e0.w), __uint_as_float(e1.x), __uint_as_float(e1.y),
                       __uint_as_float(e1.z), __uint_as_float(e1.w)};
         float res[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        if (residual) {
-            const Word4 rv = *reinterpret_cast<const Word4*>(residual + at);
-            const unsigned rw[4] = {rv.x, rv.y, rv.z, rv.w};
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const Float2 f = unpack2(residual, rw[e]);
-                res[2 * e] = f.x, res[2 * e + 1] = f.y;
-            }
-        }
+        if (residual) load8(residual + at, res);
         #pragma unroll
         for (int e = 0; e < 8; ++e) {
             if (bias) u[e] += ld(bias, r0 + m0 + e);
             if (residual) u[e] += res[e];
             if (relu) u[e] = fmaxf(u[e], 0.0f);
+            if (TF32) u[e] = __uint_as_float(tf32_bits(u[e]));  // what the next conv reads
         }
-        *reinterpret_cast<Word4*>(y + at) = Word4{pack2(y, u[0], u[1]), pack2(y, u[2], u[3]),
-                                                  pack2(y, u[4], u[5]), pack2(y, u[6], u[7])};
+        store8(y + at, u);
     }
+}
+
+// A value as a TF32 conv reads it (f32 only; 16-bit values go as they are).
+__device__ __forceinline__ float tf32_rounded(float v) { return __uint_as_float(tf32_bits(v)); }
+template <class S>
+__device__ __forceinline__ S tf32_rounded(S v) {
+    return v;
 }
 
 template <class S>
 __device__ __forceinline__ void layout_transpose(const S* __restrict__ in, S* __restrict__ out,
-                                                 int c, int hw, int to_nhwc) {
+                                                 int c, int hw, int to_nhwc, int round_tf32) {
     __shared__ S tile[32][33];  // [channel][pixel]
     const int p0 = blockIdx.x * 32, ch0 = blockIdx.y * 32;
     const size_t base = (size_t)blockIdx.z * c * hw;
@@ -209,7 +261,8 @@ __device__ __forceinline__ void layout_transpose(const S* __restrict__ in, S* __
     for (int i = ty; i < 32; i += 8) {
         if (to_nhwc) {
             const int p = p0 + i, ci = ch0 + tx;
-            if (p < hw && ci < c) out[base + (size_t)p * c + ci] = tile[tx][i];
+            if (p < hw && ci < c)
+                out[base + (size_t)p * c + ci] = round_tf32 ? tf32_rounded(tile[tx][i]) : tile[tx][i];
         } else {
             const int ci = ch0 + i, p = p0 + tx;
             if (ci < c && p < hw) out[base + (size_t)ci * hw + p] = tile[i][tx];
@@ -225,6 +278,12 @@ __device__ __forceinline__ void layout_transpose(const S* __restrict__ in, S* __
 #define CONV2D_FWD_NHWC_ARGS x, w, bias, residual, y, n, c, h, wd, k, r, s, oh, ow, sh, sw, ph, pw, dh, dw, relu
 
 // `groups` is in the signature so the host passes every conv the same arguments; it is 1.
+extern "C" __global__ void THREE_PER_SM conv2d_fwd_nhwc_tf32(CONV2D_FWD_NHWC_PARAMS(float)) {
+    conv2d_fwd_nhwc<float, 64>(CONV2D_FWD_NHWC_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_nhwc_tf32_t128(CONV2D_FWD_NHWC_PARAMS(float)) {
+    conv2d_fwd_nhwc<float, 128>(CONV2D_FWD_NHWC_ARGS);
+}
 extern "C" __global__ void THREE_PER_SM conv2d_fwd_nhwc_bf16(CONV2D_FWD_NHWC_PARAMS(bf16)) {
     conv2d_fwd_nhwc<bf16, 64>(CONV2D_FWD_NHWC_ARGS);
 }
@@ -239,15 +298,15 @@ extern "C" __global__ void conv2d_fwd_nhwc_f16_t128(CONV2D_FWD_NHWC_PARAMS(f16))
 }
 extern "C" __global__ void layout_transpose_f32(const float* __restrict__ in,
                                                 float* __restrict__ out, int c, int hw,
-                                                int to_nhwc) {
-    layout_transpose(in, out, c, hw, to_nhwc);
+                                                int to_nhwc, int round_tf32) {
+    layout_transpose(in, out, c, hw, to_nhwc, round_tf32);
 }
 extern "C" __global__ void layout_transpose_bf16(const bf16* __restrict__ in,
                                                  bf16* __restrict__ out, int c, int hw,
-                                                 int to_nhwc) {
-    layout_transpose(in, out, c, hw, to_nhwc);
+                                                 int to_nhwc, int round_tf32) {
+    layout_transpose(in, out, c, hw, to_nhwc, round_tf32);
 }
 extern "C" __global__ void layout_transpose_f16(const f16* __restrict__ in, f16* __restrict__ out,
-                                                int c, int hw, int to_nhwc) {
-    layout_transpose(in, out, c, hw, to_nhwc);
+                                                int c, int hw, int to_nhwc, int round_tf32) {
+    layout_transpose(in, out, c, hw, to_nhwc, round_tf32);
 }

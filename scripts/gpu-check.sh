@@ -64,8 +64,8 @@ for p in tf32 bf16 f16; do
   step selftest-$p-async 45 env GRADCAM_CONV_ASYNC=1 $kit/gradcam selftest --device cuda \
     --precision $p
 done
-# Channels-last 16-bit convolutions (GRADCAM_CONV_NHWC=1).
-for p in bf16 f16; do
+# Channels-last convolutions (GRADCAM_CONV_NHWC=1).
+for p in tf32 bf16 f16; do
   step selftest-$p-nhwc 45 env GRADCAM_CONV_NHWC=1 $kit/gradcam selftest --device cuda \
     --precision $p
 done
@@ -75,6 +75,7 @@ step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1
 # untuned rule (GRADCAM_CONV_TUNE=0: plain weights, the fitted tile rule) and KRSC forced, then
 # the peers on the same card.
 bench resnet50 tf32
+bench resnet50 tf32 "" GRADCAM_CONV_NHWC=1
 bench resnet50 tf32 "" GRADCAM_CONV_TUNE=0
 bench resnet50 tf32 "" GRADCAM_CONV_KRSC=1
 bench resnet50 tf32 "" GRADCAM_CONV_ASYNC=1
@@ -106,6 +107,7 @@ else
   echo "ncu: not found" | tee -a "$sum"
 fi
 bench vgg16 tf32
+bench vgg16 tf32 "" GRADCAM_CONV_NHWC=1
 bench vgg16 tf32 "" GRADCAM_CONV_TUNE=0
 bench vgg16 tf32 "" GRADCAM_CONV_ASYNC=1
 step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --images "$n"

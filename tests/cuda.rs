@@ -35,6 +35,7 @@ fn selftest_passes_on_the_gpu() {
         (Precision::Tf32, false, true, false),
         (Precision::Bf16, false, true, false),
         (Precision::F16, false, true, false),
+        (Precision::Tf32, false, false, true),
         (Precision::Bf16, false, false, true),
         (Precision::F16, false, false, true),
     ] {

@@ -268,7 +268,8 @@ fn tensor_core_convolutions_compile_to_mma_sync() {
 
 /// The channels-last convolutions: both operands by 16-byte cp.async copies (zero-filled outside
 /// the image), B's fragments by the plain (not transposed) matrix load, the 16-bit mma, and
-/// the output by 16-byte stores of 8 channels.
+/// the output by 16-byte stores of 8 channels; TF32 reads B's words directly and rounds its
+/// output.
 #[test]
 fn channels_last_convolutions_compile_to_cp_async_ldmatrix_and_mma() {
     let Some(n) = nvrtc() else { return };
@@ -294,6 +295,22 @@ fn channels_last_convolutions_compile_to_cp_async_ldmatrix_and_mma() {
                 !b.contains("ldmatrix.sync.aligned.m8n8.x4.trans"),
                 "{entry}"
             );
+        }
+    }
+    for tile in ["", "_t128"] {
+        let entry = format!("conv2d_fwd_nhwc_tf32{tile}");
+        let start = ptx.find(&format!(".entry {entry}(")).unwrap();
+        let end = ptx[start + 1..]
+            .find(".entry ")
+            .map_or(ptx.len(), |e| start + 1 + e);
+        let b = &ptx[start..end];
+        for needle in [
+            "cp.async.cg.shared.global",
+            "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32",
+            "cvt.rna.tf32.f32",
+            "st.global.v4.u32",
+        ] {
+            assert!(b.contains(needle), "{entry}: no {needle}");
         }
     }
 }

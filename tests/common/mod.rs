@@ -156,15 +156,21 @@ pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
             .with_conv_tune(false)
     };
     let want = run(&forced(ConvTile::T64, false, false));
-    // Channels-last at 16 bits (every shape here qualifies): the same bits, output transposed
-    // back by download.
+    // Channels-last (every shape here qualifies): at 16 bits the same bits, output transposed
+    // back by download; at TF32 (outputs stored TF32-rounded) the two tiles agree.
+    let nhwc = |tile| run(&forced(tile, false, false).with_conv_nhwc(true));
     if precision != gradcam::backend::gpu::Precision::Tf32 {
         for tile in [ConvTile::T64, ConvTile::T128] {
             assert!(
-                run(&forced(tile, false, false).with_conv_nhwc(true)) == want,
+                nhwc(tile) == want,
                 "{precision:?}: {tile:?} channels-last differs from 64x64 plain NCHW"
             );
         }
+    } else {
+        assert!(
+            nhwc(ConvTile::T64) == nhwc(ConvTile::T128),
+            "TF32 channels-last: the tiles differ"
+        );
     }
     // The 16-bit cp.async ring (on the 1x1 shape) is a tuning choice too; TF32's is not.
     let sixteen = precision != gradcam::backend::gpu::Precision::Tf32;

@@ -32,7 +32,8 @@ impl<L: Launcher> GpuBackend<L> {
             .expect("shapes checked by the network");
         // Channels-last where it applies (input, residual and output); else everything NCHW.
         let nhwc = self.nhwc_applies(c, &w.shape, p.groups, prepared.is_some());
-        let x = &*self.in_layout(x, nhwc)?;
+        let round = nhwc && self.precision() == Precision::Tf32;
+        let x = &*self.in_layout_rounded(x, nhwc, round)?;
         let residual = match residual {
             Some(r) => Some(self.in_layout(r, nhwc)?),
             None => None,
@@ -194,8 +195,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         } else {
             ""
         };
-        let layout = if self.conv_nhwc && matches!(self.precision, Precision::Bf16 | Precision::F16)
-        {
+        let layout = if self.conv_nhwc && self.precision != Precision::F32 {
             " (channels-last)"
         } else {
             ""

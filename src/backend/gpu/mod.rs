@@ -308,14 +308,19 @@ impl<L: Launcher> GpuBackend<L> {
 
     /// The channels-last convolutions (kernels/conv_nhwc.cu) for a GEMM of `rows` x `depth`:
     /// tile sides as [`Self::conv_choices`]; dynamic shared memory for the 3-stage ring of A
-    /// and B (rows of 20 words) or the epilogue's [pixel][tile + 4] f32, the larger.
+    /// and B (rows of 36 words for TF32, 20 for 16-bit) or the epilogue's [pixel][tile + 4]
+    /// f32, the larger.
     fn nhwc_choices(&self, dtype: DType, (rows, depth): (usize, usize)) -> Vec<ConvChoice> {
+        let (t, row_words) = match dtype {
+            DType::F32 => ("tf32", 36),
+            _ => (dtype.name(), 20),
+        };
         self.conv_tiles(dtype, (rows, depth))
             .iter()
             .map(|&tile| {
                 let t128 = if tile == 128 { "_t128" } else { "" };
-                let words = (3 * 2 * tile * 20).max(tile * (tile + 4));
-                let name = format!("conv2d_fwd_nhwc_{}{t128}", dtype.name());
+                let words = (3 * 2 * tile * row_words).max(tile * (tile + 4));
+                let name = format!("conv2d_fwd_nhwc_{t}{t128}");
                 ConvChoice::new(name, tile, true, words * 4)
             })
             .collect()
@@ -613,18 +618,19 @@ impl<L: Launcher> GpuBackend<L> {
         let wanted = self.conv_krsc.unwrap_or(self.conv_tune);
         let wanted = match self.precision {
             Precision::F32 => false,
-            Precision::Tf32 => wanted || self.conv_async,
-            Precision::Bf16 | Precision::F16 => wanted || self.conv_async || self.conv_nhwc,
+            _ => wanted || self.conv_async || self.conv_nhwc,
         };
         wanted && w.len() == 4 && w[1] % 32 == 0
     }
 
-    /// Runs BF16 and F16 forward convolutions with groups 1, input channels a multiple of 32
+    /// Runs tensor-core forward convolutions with groups 1, input channels a multiple of 32
     /// and output channels a multiple of 8 on channels-last activations (kernels/conv_nhwc.cu;
     /// default: `GRADCAM_CONV_NHWC=1`): their input is transposed to NHWC if it is not, their
-    /// output stays NHWC, and any other op transposes such a tensor back to NCHW first (where
-    /// a network's chain of convolutions ends, e.g. at a pooling layer). The same values, bit
-    /// for bit, as the NCHW kernels. Implies KRSC weights.
+    /// output stays NHWC (max pooling keeps it), and any other op transposes such a tensor
+    /// back to NCHW first (where a network's chain of convolutions ends). BF16 and F16: the
+    /// same values, bit for bit, as the NCHW kernels. TF32: the convs' outputs (and inputs
+    /// transposed for them) are stored rounded to TF32, which the next conv would round them
+    /// to anyway. Implies KRSC weights.
     pub fn with_conv_nhwc(mut self, on: bool) -> Self {
         self.conv_nhwc = on;
         self
@@ -634,7 +640,7 @@ impl<L: Launcher> GpuBackend<L> {
     /// channels-last (see [`Self::with_conv_nhwc`]); `krsc`: whether its KRSC copy exists.
     pub(super) fn nhwc_applies(&self, c: usize, w: &[usize], groups: usize, krsc: bool) -> bool {
         self.conv_nhwc
-            && matches!(self.precision, Precision::Bf16 | Precision::F16)
+            && self.precision != Precision::F32
             && krsc
             && groups == 1
             && c % 32 == 0
@@ -686,6 +692,17 @@ impl<L: Launcher> GpuBackend<L> {
         t: &'a GpuTensor<L::Buf>,
         nhwc: bool,
     ) -> Result<Converted<'a, GpuTensor<L::Buf>>> {
+        self.in_layout_rounded(t, nhwc, false)
+    }
+
+    /// [`Self::in_layout`]; a transposed f32 copy rounded to TF32 when `round_tf32` (the input
+    /// of a channels-last TF32 conv, whose cp.async copies do not round).
+    fn in_layout_rounded<'a>(
+        &self,
+        t: &'a GpuTensor<L::Buf>,
+        nhwc: bool,
+        round_tf32: bool,
+    ) -> Result<Converted<'a, GpuTensor<L::Buf>>> {
         if t.nhwc == nhwc {
             return Ok(Converted::Given(t));
         }
@@ -698,6 +715,7 @@ impl<L: Launcher> GpuBackend<L> {
             KArg::I32(c as i32),
             KArg::I32((h * w) as i32),
             KArg::I32(nhwc as i32),
+            KArg::I32(round_tf32 as i32),
         ];
         let grid = [(h * w).div_ceil(32) as u32, c.div_ceil(32) as u32, n as u32];
         // SAFETY: layout_transpose_<t>: [N][C][H·W] ↔ [N][H·W][C], 32x32 tiles per block.
