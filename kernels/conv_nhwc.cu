@@ -13,8 +13,8 @@
 // slice of B is gathered element by element (or 4 pixels of one channel at a time); in NHWC
 // they are 64 contiguous bytes, so any kernel, stride, padding or dilation stages B by 16-byte
 // cp.async copies (zero-filled outside the image), and a row of the tile is a pixel: the
-// tensor cores' B fragments come out of shared memory by ldmatrix.x4 (not transposed) for every
-// tap. The output leaves through shared memory as runs of 8 channels of one pixel, 16 bytes.
+// tensor cores' B fragments (and A's) come out of shared memory by ldmatrix.x4 (not
+// transposed) for every tap. The output leaves through shared memory as runs of 8 channels of one pixel, 16 bytes.
 // The GEMM is the KRSC convolutions' (conv.cu): the same slices in the same order (channel
 // blocks outer, taps inner) and the same mma steps, so at 16 bits the results are those
 // kernels' bits. TF32: cp.async copies f32 bits as they are and the tensor cores read them
@@ -151,37 +151,26 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
         cp_async_commit();
         const unsigned* sa = as(kq % STAGES);
         const unsigned* sb = bs(kq % STAGES);
-        const unsigned short* sb16 = reinterpret_cast<const unsigned short*>(sb);
         #pragma unroll
         for (int kw = 0; kw < RW - 4; kw += 8) {  // per mma: k8 (TF32) or k16 (16-bit)
+            // Every fragment by ldmatrix.x4 (plain), lane 8q + i giving row i of matrix q: the
+            // bits move as they are, so 16-bit pairs and TF32 words alike. At word kw, A's
+            // fragment (rows of output channels) is matrices (rows +0, +8) x (words +0, +4);
+            // two n-tiles of B (rows of pixels) are (words +0, +4) x (tile j, j + 1). The
+            // mma layouts then match: 16-bit a[q] = A(g + 8(q & 1), 2t.. + 8(q >> 1)), TF32
+            // a[q] = A(g + 8(q & 1), t + 4(q >> 1)); b[0] and b[1] likewise along the depth.
             unsigned a[MT][4], b[NT][2];
+            const int q = lane / 8, i8 = lane % 8;
             #pragma unroll
-            for (int i = 0; i < MT; ++i) {
-                const int rr = wr + i * 16 + g;
-                a[i][0] = sa[rr * RW + kw + t];
-                a[i][1] = sa[(rr + 8) * RW + kw + t];
-                a[i][2] = sa[rr * RW + kw + t + 4];
-                a[i][3] = sa[(rr + 8) * RW + kw + t + 4];
-            }
-            if constexpr (TF32) {
-                // B(k, n) is word k of pixel row n: b[0] = B(t, g), b[1] = B(t + 4, g).
-                #pragma unroll
-                for (int j = 0; j < NT; ++j) {
-                    const int px = wc + j * 8 + g;
-                    b[j][0] = sb[px * RW + kw + t];
-                    b[j][1] = sb[px * RW + kw + t + 4];
-                }
-            } else {
-                // Lane 8q + i gives row i of matrix q: pixel i of n-tile j + (q >> 1), channels
-                // 2kw + 8(q & 1) .. + 7 of the slice.
-                const int q = lane / 8, i8 = lane % 8;
-                #pragma unroll
-                for (int j = 0; j < NT; j += 2) {
-                    unsigned rg[4];
-                    const int px = wc + (j + (q >> 1)) * 8 + i8;
-                    ldmatrix_x4<false>(rg, &sb16[px * 2 * RW + 2 * kw + 8 * (q & 1)]);
-                    b[j][0] = rg[0], b[j][1] = rg[1], b[j + 1][0] = rg[2], b[j + 1][1] = rg[3];
-                }
+            for (int i = 0; i < MT; ++i)
+                ldmatrix_x4<false>(a[i], &sa[(wr + i * 16 + i8 + 8 * (q & 1)) * RW + kw +
+                                             4 * (q >> 1)]);
+            #pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                unsigned rg[4];
+                const int px = wc + (j + (q >> 1)) * 8 + i8;
+                ldmatrix_x4<false>(rg, &sb[px * RW + kw + 4 * (q & 1)]);
+                b[j][0] = rg[0], b[j][1] = rg[1], b[j + 1][0] = rg[2], b[j + 1][1] = rg[3];
             }
             #pragma unroll
             for (int i = 0; i < MT; ++i)

@@ -267,9 +267,8 @@ fn tensor_core_convolutions_compile_to_mma_sync() {
 }
 
 /// The channels-last convolutions: both operands by 16-byte cp.async copies (zero-filled outside
-/// the image), B's fragments by the plain (not transposed) matrix load, the 16-bit mma, and
-/// the output by 16-byte stores of 8 channels; TF32 reads B's words directly and rounds its
-/// output.
+/// the image), the fragments by the plain (not transposed) matrix load, the mma, and the output
+/// by 16-byte stores of 8 channels (TF32 rounding it).
 #[test]
 fn channels_last_convolutions_compile_to_cp_async_ldmatrix_and_mma() {
     let Some(n) = nvrtc() else { return };
@@ -306,6 +305,7 @@ fn channels_last_convolutions_compile_to_cp_async_ldmatrix_and_mma() {
         let b = &ptx[start..end];
         for needle in [
             "cp.async.cg.shared.global",
+            "ldmatrix.sync.aligned.m8n8.x4.shared.b16",
             "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32",
             "cvt.rna.tf32.f32",
             "st.global.v4.u32",
