@@ -88,24 +88,6 @@ bench resnet50 bf16 "" GRADCAM_CONV_ASYNC=1
 bench resnet50 f16
 bench resnet50 f16 "" GRADCAM_CONV_NHWC=1
 bench resnet50 f16 "" GRADCAM_CONV_TUNE=0
-# Hardware counters (Nsight Compute) of the first 24 forward convs of one ResNet-50 batch
-# (stem, layer1, most of layer2: the 1x1 convs that run at 13-25 TFLOP/s and the 3x3s), at
-# BF16, default beside KRSC: occupancy, stall reasons, memory and tensor-pipe throughput.
-ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-ncu_convs() { # name [env] (untuned: tuning would launch every candidate)
-  step ncu-$1 100 env GRADCAM_CONV_TUNE=0 ${2:-X=} "$ncu_bin" --clock-control none --kernel-name regex:'^conv2d_fwd' \
-    --launch-count 24 --section SpeedOfLight --section Occupancy --section LaunchStats \
-    --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
-    $kit/gradcam bench --device cuda --precision bf16 -m /tmp/resnet50.safetensors --batch 64 \
-    --images 64 --size 224
-}
-if [ -n "$ncu_bin" ]; then
-  ncu_convs resnet50-bf16
-  ncu_convs resnet50-bf16-krsc GRADCAM_CONV_KRSC=1
-  ncu_convs resnet50-bf16-nhwc GRADCAM_CONV_NHWC=1
-else
-  echo "ncu: not found" | tee -a "$sum"
-fi
 bench vgg16 tf32
 bench vgg16 tf32 "" GRADCAM_CONV_NHWC=1
 bench vgg16 tf32 "" GRADCAM_CONV_TUNE=0
@@ -129,6 +111,23 @@ for f in sorted(pathlib.Path('/tmp/demo-cpu').glob('*.json')):
     print(f.name, a['class'], b['class'], a['probability'], b['probability'], 'ok' if ok else 'DIFFERS')
     assert ok
 PY"
+# Hardware counters (Nsight Compute) of the first 24 forward convs of one ResNet-50 batch
+# (stem, layer1, most of layer2: the 1x1 convs that run at 13-25 TFLOP/s and the 3x3s), at
+# BF16, default beside channels-last: occupancy, stall reasons, memory and tensor-pipe throughput.
+ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+ncu_convs() { # name [env] (untuned: tuning would launch every candidate)
+  step ncu-$1 100 env GRADCAM_CONV_TUNE=0 ${2:-X=} "$ncu_bin" --clock-control none --kernel-name regex:'^conv2d_fwd' \
+    --launch-count 24 --section SpeedOfLight --section Occupancy --section LaunchStats \
+    --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+    $kit/gradcam bench --device cuda --precision bf16 -m /tmp/resnet50.safetensors --batch 64 \
+    --images 64 --size 224
+}
+if [ -n "$ncu_bin" ]; then
+  ncu_convs resnet50-bf16
+  ncu_convs resnet50-bf16-nhwc GRADCAM_CONV_NHWC=1
+else
+  echo "ncu: not found" | tee -a "$sum"
+fi
 bench resnet50 f32
 bench vgg16 f32
 bench resnet50 tf32 "" GRADCAM_PINNED=0   # plain (pageable) copies, for comparison
