@@ -1,11 +1,11 @@
 // Channels-last (NHWC) activations for the tensor-core forward convolutions
 // (GRADCAM_CONV_NHWC=1):
-//   conv2d_fwd_nhwc_<t>[_t128] (t: tf32, bf16, f16): y = conv(x, w) + bias [+ residual] [then
+//   conv2d_fwd_nhwc_<t>[_t128[_s4]] (t: tf32, bf16, f16; _s4: a 4-stage ring): y = conv(x, w) + bias [+ residual] [then
 //       ReLU], x, residual and y [N][H][W][C]; w the KRSC copy of the weights ([K][R][S][C],
 //       conv_weight_krsc_<t>, TF32-rounded for tf32); groups 1, C a multiple of 32, K of 8.
 //       TF32 stores its output rounded to TF32 (see below). grid (ceil(N·OH·OW / TS),
-//       ceil(K / TS)), block 256, dynamic shared memory: the larger of the ring (3 stages of A
-//       and B, TS rows of RW words each) and the epilogue (TS x (TS + 4) f32); the host's
+//       ceil(K / TS)), block 256, dynamic shared memory: the larger of the ring (3 or 4 stages
+//       of A and B, TS rows of RW words each) and the epilogue (TS x (TS + 4) f32); the host's
 //       formula (GpuBackend::nhwc_choices) matches.
 //   layout_transpose_<t>: NCHW ↔ NHWC per image, f32 values rounded to TF32 on the way when
 //       asked (a TF32 conv's input). grid (ceil(H·W / 32), ceil(C / 32), N), block 256.
@@ -76,7 +76,7 @@ __device__ __forceinline__ void store8(S* p, const float v[8]) {
                                          pack2(p, v[4], v[5]), pack2(p, v[6], v[7])};
 }
 
-template <class S, int TS>
+template <class S, int TS, int STAGES = 3>
 __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S* __restrict__ w,
                                                 const S* __restrict__ bias,
                                                 const S* __restrict__ residual, S* __restrict__ y,
@@ -85,7 +85,7 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
                                                 int dh, int dw, int relu) {
     constexpr bool TF32 = sizeof(S) == 4;
     constexpr Half16 E = mma_of<S> == Mma::Bf16 ? Half16::Bf16 : Half16::F16;
-    constexpr int STAGES = 3, RW = nhwc_row_words<S>(), STAGE = 2 * TS * RW;
+    constexpr int RW = nhwc_row_words<S>(), STAGE = 2 * TS * RW;
     constexpr int WARPS_M = TS == 64 ? 4 : 2, WARPS_N = 8 / WARPS_M;
     constexpr int MT = TS / WARPS_M / 16, NT = TS / WARPS_N / 8;
     constexpr int CPR = TF32 ? 8 : 4;           // 16-byte copies per slice row
@@ -272,6 +272,16 @@ extern "C" __global__ void THREE_PER_SM conv2d_fwd_nhwc_tf32(CONV2D_FWD_NHWC_PAR
 }
 extern "C" __global__ void conv2d_fwd_nhwc_tf32_t128(CONV2D_FWD_NHWC_PARAMS(float)) {
     conv2d_fwd_nhwc<float, 128>(CONV2D_FWD_NHWC_ARGS);
+}
+// 128x128 tiles with a 4-stage ring (three slices in flight): a tuning candidate.
+extern "C" __global__ void conv2d_fwd_nhwc_tf32_t128_s4(CONV2D_FWD_NHWC_PARAMS(float)) {
+    conv2d_fwd_nhwc<float, 128, 4>(CONV2D_FWD_NHWC_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_nhwc_bf16_t128_s4(CONV2D_FWD_NHWC_PARAMS(bf16)) {
+    conv2d_fwd_nhwc<bf16, 128, 4>(CONV2D_FWD_NHWC_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_nhwc_f16_t128_s4(CONV2D_FWD_NHWC_PARAMS(f16)) {
+    conv2d_fwd_nhwc<f16, 128, 4>(CONV2D_FWD_NHWC_ARGS);
 }
 extern "C" __global__ void THREE_PER_SM conv2d_fwd_nhwc_bf16(CONV2D_FWD_NHWC_PARAMS(bf16)) {
     conv2d_fwd_nhwc<bf16, 64>(CONV2D_FWD_NHWC_ARGS);

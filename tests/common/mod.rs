@@ -158,18 +158,21 @@ pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
     let want = run(&forced(ConvTile::T64, false, false));
     // Channels-last (every shape here qualifies): at 16 bits the same bits, output transposed
     // back by download; at TF32 (outputs stored TF32-rounded) the two tiles agree.
-    let nhwc = |tile| run(&forced(tile, false, false).with_conv_nhwc(true));
-    if precision != gradcam::backend::gpu::Precision::Tf32 {
-        for tile in [ConvTile::T64, ConvTile::T128] {
-            assert!(
-                nhwc(tile) == want,
-                "{precision:?}: {tile:?} channels-last differs from 64x64 plain NCHW"
-            );
-        }
+    // The 128x128 tiles with 3 and with 4 stages.
+    let nhwc = |tile, stages| {
+        run(&forced(tile, false, false)
+            .with_conv_nhwc(true)
+            .with_conv_stages(stages))
+    };
+    let nhwc_want = if precision != gradcam::backend::gpu::Precision::Tf32 {
+        want.clone()
     } else {
+        nhwc(ConvTile::T64, 3)
+    };
+    for (tile, stages) in [(ConvTile::T64, 3), (ConvTile::T128, 3), (ConvTile::T128, 4)] {
         assert!(
-            nhwc(ConvTile::T64) == nhwc(ConvTile::T128),
-            "TF32 channels-last: the tiles differ"
+            nhwc(tile, stages) == nhwc_want,
+            "{precision:?}: {tile:?} {stages} stages channels-last differs"
         );
     }
     // The 16-bit cp.async ring (on the 1x1 shape) is a tuning choice too; TF32's is not.

@@ -96,6 +96,9 @@ pub struct GpuBackend<L: Launcher> {
     /// Channels-last activations for the 16-bit forward convolutions that qualify
     /// (GRADCAM_CONV_NHWC=1; see [`Self::with_conv_nhwc`]).
     conv_nhwc: bool,
+    /// The channels-last 128x128 tiles' ring depth, when forced (`with_conv_stages`; tests):
+    /// else 3, or chosen by tuning between 3 and 4.
+    conv_stages: Option<usize>,
     /// The tuned kernel per kind of convolution (see [`Self::conv_plans`]).
     conv_plans: Mutex<BTreeMap<String, String>>,
     /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
@@ -157,6 +160,7 @@ impl<L: Launcher> GpuBackend<L> {
             conv_krsc: flag("GRADCAM_CONV_KRSC"),
             conv_tune,
             conv_nhwc: flag("GRADCAM_CONV_NHWC") == Some(true),
+            conv_stages: None,
             conv_plans: Mutex::new(BTreeMap::new()),
             jet: OnceLock::new(),
             profile: Mutex::new(None),
@@ -315,15 +319,29 @@ impl<L: Launcher> GpuBackend<L> {
             DType::F32 => ("tf32", 36),
             _ => (dtype.name(), 20),
         };
-        self.conv_tiles(dtype, (rows, depth))
-            .iter()
-            .map(|&tile| {
-                let t128 = if tile == 128 { "_t128" } else { "" };
-                let words = (3 * 2 * tile * row_words).max(tile * (tile + 4));
-                let name = format!("conv2d_fwd_nhwc_{t}{t128}");
-                ConvChoice::new(name, tile, true, words * 4)
-            })
-            .collect()
+        let choice = |tile: usize, stages: usize| {
+            let t128 = if tile == 128 { "_t128" } else { "" };
+            let s4 = if stages == 4 { "_s4" } else { "" };
+            let words = (stages * 2 * tile * row_words).max(tile * (tile + 4));
+            let name = format!("conv2d_fwd_nhwc_{t}{t128}{s4}");
+            ConvChoice::new(name, tile, true, words * 4)
+        };
+        // A 4-stage ring for 128x128 tiles: a tuning candidate, or asked for.
+        let four = match self.conv_stages {
+            Some(stages) => stages == 4,
+            None => self.conv_tune,
+        };
+        let mut out = Vec::new();
+        for &tile in self.conv_tiles(dtype, (rows, depth)) {
+            out.push(choice(tile, 3));
+            if tile == 128 && four {
+                out.push(choice(tile, 4));
+            }
+        }
+        if self.conv_stages == Some(4) {
+            out.retain(|c| c.tile == 64 || c.kernel.ends_with("_s4"));
+        }
+        out
     }
 
     fn conv_choices(
@@ -633,6 +651,14 @@ impl<L: Launcher> GpuBackend<L> {
     /// to anyway. Implies KRSC weights.
     pub fn with_conv_nhwc(mut self, on: bool) -> Self {
         self.conv_nhwc = on;
+        self
+    }
+
+    /// Forces the ring depth of the channels-last 128x128 tiles (3 or 4; by default 3, or
+    /// tuning's choice): for tests, which check that both compute the same.
+    pub fn with_conv_stages(mut self, stages: usize) -> Self {
+        assert!(matches!(stages, 3 | 4), "3 or 4 stages");
+        self.conv_stages = Some(stages);
         self
     }
 
