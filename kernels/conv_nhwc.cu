@@ -138,19 +138,9 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
         for (int j = 0; j < NT; ++j)
             #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
-    const int slices = (c / 32) * rs;
-    #pragma unroll
-    for (int st = 0; st < STAGES - 1; ++st) {
-        if (st < slices) issue(st);
-        cp_async_commit();  // empty groups too, so the wait counts stay uniform
-    }
-    for (int kq = 0; kq < slices; ++kq) {
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();  // slice kq has landed for everyone; slice kq - 1's stage is free
-        if (kq + STAGES - 1 < slices) issue((kq + STAGES - 1) % STAGES);
-        cp_async_commit();
-        const unsigned* sa = as(kq % STAGES);
-        const unsigned* sb = bs(kq % STAGES);
+    cp_async_ring<STAGES>((c / 32) * rs, issue, [&](int st) {
+        const unsigned* sa = as(st);
+        const unsigned* sb = bs(st);
         #pragma unroll
         for (int kw = 0; kw < RW - 4; kw += 8) {  // per mma: k8 (TF32) or k16 (16-bit)
             // Every fragment by ldmatrix.x4 (plain), lane 8q + i giving row i of matrix q: the
@@ -182,12 +172,10 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
                         mma_m16n8k16<E>(acc[i][j], a[i], b[j]);
                 }
         }
-    }
-    cp_async_wait<0>();
-    __syncthreads();  // every warp is done with the ring: the epilogue reuses it
-    // The accumulators to shared memory as [pixel][channel] (rows TS + 4 floats apart: the
-    // fragment stores of a warp fall in 32 distinct banks), then runs of 8 channels of one
-    // pixel: bias, residual, ReLU (conv.cu's order), one 16-byte store.
+    });
+    // The ring is free: the accumulators to shared memory as [pixel][channel] (rows TS + 4
+    // floats apart: the fragment stores of a warp fall in 32 distinct banks), then runs of 8
+    // channels of one pixel: bias, residual, ReLU (conv.cu's order), one 16-byte store.
     float* epi = reinterpret_cast<float*>(ring);
     constexpr int EP = TS + 4, RUNS = TS / 8;
     #pragma unroll

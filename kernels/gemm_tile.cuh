@@ -433,6 +433,29 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
     }
 }
 
+// The cp.async ring's schedule, shared by the ring kernels: `issue(stage)` starts the copies of
+// the next slice into a stage (advancing its own cursor), `compute(stage)` consumes one. The
+// first STAGES - 1 slices are in flight before the loop; then each step waits for the oldest,
+// and, past the barrier that frees the stage consumed last, puts the next one in flight before
+// computing. Returns with every copy landed and the block past a barrier (the stages are free).
+template <int STAGES, class IS, class CO>
+__device__ __forceinline__ void cp_async_ring(int slices, IS issue, CO compute) {
+    #pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < slices) issue(s);
+        cp_async_commit();  // empty groups too, so the wait counts stay uniform
+    }
+    for (int k = 0; k < slices; ++k) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // slice k has landed for everyone; slice k - 1's stage is free
+        if (k + STAGES - 1 < slices) issue((k + STAGES - 1) % STAGES);
+        cp_async_commit();
+        compute(k % STAGES);
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is done with the ring
+}
+
 // gemm_tile_mma with a STAGES-deep cp.async ring in dynamic shared memory (GRADCAM_CONV_ASYNC=1
 // for TF32; a tuning choice for BF16 and F16): operands go from global to shared memory without
 // registers, and the loads of slice k + STAGES - 1 are in flight while the tensor cores work on
@@ -524,19 +547,9 @@ __device__ __forceinline__ void gemm_tile_mma_async(int rows, int cols, int dept
         for (int j = 0; j < NT; ++j)
             #pragma unroll
             for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
-    const int slices = depth / KD;
-    #pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < slices) issue(s);
-        cp_async_commit();  // empty groups too, so the wait counts stay uniform
-    }
-    for (int k = 0; k < slices; ++k) {
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();  // slice k has landed for everyone; slice k - 1's stage is free
-        if (k + STAGES - 1 < slices) issue((k + STAGES - 1) % STAGES);
-        cp_async_commit();
-        const unsigned* sa = as(k % STAGES);
-        const unsigned* sb = bs(k % STAGES);
+    cp_async_ring<STAGES>(depth / KD, issue, [&](int st) {
+        const unsigned* sa = as(st);
+        const unsigned* sb = bs(st);
         #pragma unroll
         for (int kw = 0; kw < W; kw += 8) {  // 8 words: k8 (TF32) or k16 (16-bit) per mma
             unsigned a[MT][4], b[NT][2];
@@ -578,9 +591,8 @@ __device__ __forceinline__ void gemm_tile_mma_async(int rows, int cols, int dept
                         mma_m16n8k16<Half16::F16>(acc[i][j], a[i], b[j]);
                 }
         }
-    }
-    cp_async_wait<0>();
-    __syncthreads();  // every warp is done with the ring: the epilogue reuses it
+    });
+    // The ring is free: the epilogue reuses it.
     epilogue_runs<TM, TN>(acc, reinterpret_cast<float*>(ring), r0, c0, wr, wc, rows, cols,
                           make_store());
 }

@@ -131,13 +131,7 @@ fn module_cache_keys_and_round_trip() {
 fn tensor_core_convolutions_compile_to_mma_sync() {
     let Some(n) = nvrtc() else { return };
     let ptx = String::from_utf8(n.compile("conv.cu", "sm_80", Target::Ptx).unwrap()).unwrap();
-    let body = |entry: &str| {
-        let start = ptx.find(&format!(".entry {entry}(")).unwrap();
-        let end = ptx[start + 1..]
-            .find(".entry ")
-            .map_or(ptx.len(), |e| start + 1 + e);
-        ptx[start..end].to_string()
-    };
+    let body = |entry: &str| entry_body(&ptx, entry).to_string();
     for entry in ["conv2d_fwd_tf32", "conv2d_bwd_data_tf32"] {
         let b = body(entry);
         assert!(
@@ -276,11 +270,7 @@ fn channels_last_convolutions_compile_to_cp_async_ldmatrix_and_mma() {
     for t in ["bf16", "f16"] {
         for tile in ["", "_t128"] {
             let entry = format!("conv2d_fwd_nhwc_{t}{tile}");
-            let start = ptx.find(&format!(".entry {entry}(")).unwrap();
-            let end = ptx[start + 1..]
-                .find(".entry ")
-                .map_or(ptx.len(), |e| start + 1 + e);
-            let b = &ptx[start..end];
+            let b = entry_body(&ptx, &entry);
             for needle in [
                 "cp.async.cg.shared.global".to_string(),
                 "cp.async.wait_group".to_string(),
@@ -298,11 +288,7 @@ fn channels_last_convolutions_compile_to_cp_async_ldmatrix_and_mma() {
     }
     for tile in ["", "_t128"] {
         let entry = format!("conv2d_fwd_nhwc_tf32{tile}");
-        let start = ptx.find(&format!(".entry {entry}(")).unwrap();
-        let end = ptx[start + 1..]
-            .find(".entry ")
-            .map_or(ptx.len(), |e| start + 1 + e);
-        let b = &ptx[start..end];
+        let b = entry_body(&ptx, &entry);
         for needle in [
             "cp.async.cg.shared.global",
             "ldmatrix.sync.aligned.m8n8.x4.shared.b16",
@@ -313,4 +299,15 @@ fn channels_last_convolutions_compile_to_cp_async_ldmatrix_and_mma() {
             assert!(b.contains(needle), "{entry}: no {needle}");
         }
     }
+}
+
+/// The PTX of one entry point: from its `.entry` line to the next one.
+fn entry_body<'a>(ptx: &'a str, entry: &str) -> &'a str {
+    let start = ptx
+        .find(&format!(".entry {entry}("))
+        .unwrap_or_else(|| panic!("no entry {entry}"));
+    let end = ptx[start + 1..]
+        .find(".entry ")
+        .map_or(ptx.len(), |e| start + 1 + e);
+    &ptx[start..end]
 }
