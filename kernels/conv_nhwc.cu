@@ -84,7 +84,7 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
                                                 int oh, int ow, int sh, int sw, int ph, int pw,
                                                 int dh, int dw, int relu) {
     constexpr bool TF32 = sizeof(S) == 4;
-    constexpr Half16 E = mma_of<S> == Mma::Bf16 ? Half16::Bf16 : Half16::F16;
+    constexpr Mma M = TF32 ? Mma::Tf32 : mma_of<S>;
     constexpr int RW = nhwc_row_words<S>(), STAGE = 2 * TS * RW;
     constexpr int WARPS_M = TS == 64 ? 4 : 2, WARPS_N = 8 / WARPS_M;
     constexpr int MT = TS / WARPS_M / 16, NT = TS / WARPS_N / 8;
@@ -132,12 +132,7 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
         sl.next(rs, s);
     };
     float acc[MT][NT][4];
-    #pragma unroll
-    for (int i = 0; i < MT; ++i)
-        #pragma unroll
-        for (int j = 0; j < NT; ++j)
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+    zero_acc(acc);
     cp_async_ring<STAGES>((c / 32) * rs, issue, [&](int st) {
         const unsigned* sa = as(st);
         const unsigned* sb = bs(st);
@@ -162,15 +157,7 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
                 ldmatrix_x4<false>(rg, &sb[px * RW + kw + 4 * (q & 1)]);
                 b[j][0] = rg[0], b[j][1] = rg[1], b[j + 1][0] = rg[2], b[j + 1][1] = rg[3];
             }
-            #pragma unroll
-            for (int i = 0; i < MT; ++i)
-                #pragma unroll
-                for (int j = 0; j < NT; ++j) {
-                    if constexpr (TF32)
-                        mma_tf32_m16n8k8(acc[i][j], a[i], b[j]);
-                    else
-                        mma_m16n8k16<E>(acc[i][j], a[i], b[j]);
-                }
+            mma_tile<M>(acc, a, b);
         }
     });
     // The ring is free: the accumulators to shared memory as [pixel][channel] (rows TS + 4

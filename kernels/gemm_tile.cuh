@@ -145,6 +145,35 @@ constexpr Mma mma_of = Mma::Bf16;
 template <>
 constexpr Mma mma_of<f16> = Mma::F16;
 
+// A warp tile's accumulators (MT x NT fragments of m16n8) set to zero.
+template <int MT, int NT>
+__device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4]) {
+    #pragma unroll
+    for (int i = 0; i < MT; ++i)
+        #pragma unroll
+        for (int j = 0; j < NT; ++j)
+            #pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+}
+
+// One depth step of a warp tile: acc[i][j] += a[i] · b[j] by M's mma (k8 for TF32, k16 for
+// BF16 and F16), i before j as every tile orders it.
+template <Mma M, int MT, int NT>
+__device__ __forceinline__ void mma_tile(float (&acc)[MT][NT][4], const unsigned (&a)[MT][4],
+                                         const unsigned (&b)[NT][2]) {
+    #pragma unroll
+    for (int i = 0; i < MT; ++i)
+        #pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            if (M == Mma::Tf32)
+                mma_tf32_m16n8k8(acc[i][j], a[i], b[j]);
+            else if (M == Mma::Bf16)
+                mma_m16n8k16<Half16::Bf16>(acc[i][j], a[i], b[j]);
+            else
+                mma_m16n8k16<Half16::F16>(acc[i][j], a[i], b[j]);
+        }
+}
+
 // Shared memory words the tensor-core tile stages per slice (A's and B's, padded rows). A is
 // depth-major ([word][TM + 8]), or with AV row-major ([TM][words + 4]).
 template <Mma M, int TM, int TN, int KD, bool AV = false>
@@ -344,12 +373,7 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
         sl.next();
     };
     float acc[MT][NT][4];
-    #pragma unroll
-    for (int i = 0; i < MT; ++i)
-        #pragma unroll
-        for (int j = 0; j < NT; ++j)
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+    zero_acc(acc);
     fetch(0);
     for (int d0 = 0; d0 < depth; d0 += KD) {
         if constexpr (AV) {
@@ -400,17 +424,7 @@ __device__ __forceinline__ void gemm_tile_mma(int rows, int cols, int depth, SL 
                 b[j][0] = bs[k0 + t][wc + j * 8 + g];
                 b[j][1] = bs[k0 + t + 4][wc + j * 8 + g];
             }
-            #pragma unroll
-            for (int i = 0; i < MT; ++i)
-                #pragma unroll
-                for (int j = 0; j < NT; ++j) {
-                    if (M == Mma::Tf32)
-                        mma_tf32_m16n8k8(acc[i][j], a[i], b[j]);
-                    else if (M == Mma::Bf16)
-                        mma_m16n8k16<Half16::Bf16>(acc[i][j], a[i], b[j]);
-                    else
-                        mma_m16n8k16<Half16::F16>(acc[i][j], a[i], b[j]);
-                }
+            mma_tile<M>(acc, a, b);
         }
         __syncthreads();
     }
@@ -541,12 +555,7 @@ __device__ __forceinline__ void gemm_tile_mma_async(int rows, int cols, int dept
         sl.next();
     };
     float acc[MT][NT][4];
-    #pragma unroll
-    for (int i = 0; i < MT; ++i)
-        #pragma unroll
-        for (int j = 0; j < NT; ++j)
-            #pragma unroll
-            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.0f;
+    zero_acc(acc);
     cp_async_ring<STAGES>(depth / KD, issue, [&](int st) {
         const unsigned* sa = as(st);
         const unsigned* sb = bs(st);
@@ -579,17 +588,7 @@ __device__ __forceinline__ void gemm_tile_mma_async(int rows, int cols, int dept
                     b[j][0] = r[0], b[j][1] = r[1], b[j + 1][0] = r[2], b[j + 1][1] = r[3];
                 }
             }
-            #pragma unroll
-            for (int i = 0; i < MT; ++i)
-                #pragma unroll
-                for (int j = 0; j < NT; ++j) {
-                    if (M == Mma::Tf32)
-                        mma_tf32_m16n8k8(acc[i][j], a[i], b[j]);
-                    else if (M == Mma::Bf16)
-                        mma_m16n8k16<Half16::Bf16>(acc[i][j], a[i], b[j]);
-                    else
-                        mma_m16n8k16<Half16::F16>(acc[i][j], a[i], b[j]);
-                }
+            mma_tile<M>(acc, a, b);
         }
     });
     // The ring is free: the epilogue reuses it.

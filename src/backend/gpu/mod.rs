@@ -93,7 +93,7 @@ pub struct GpuBackend<L: Launcher> {
     /// Times each convolution's candidate kernels (tile sides, staging) on its first launch
     /// per shape and keeps the fastest (GRADCAM_CONV_TUNE; default on a real GPU).
     conv_tune: bool,
-    /// Channels-last activations for the 16-bit forward convolutions that qualify
+    /// Channels-last activations for the tensor-core forward convolutions that qualify
     /// (GRADCAM_CONV_NHWC=1; see [`Self::with_conv_nhwc`]).
     conv_nhwc: bool,
     /// The channels-last 128x128 tiles' ring depth, when forced (`with_conv_stages`; tests):
@@ -293,12 +293,8 @@ impl<L: Launcher> GpuBackend<L> {
         Ok((bytes, f))
     }
 
-    /// The kernels that may run a convolution `op` on tensors of `dtype` under this backend's
-    /// arithmetic, for a GEMM of `rows` x `depth` per group: one unless tuning has a choice of
-    /// tile sides (64x64 or 128x128) and of staging (plain weights, or the KRSC copy when
-    /// `krsc`, the input by vectors when `vec_b`). Every choice computes the same values bit
-    /// for bit (tests/gpu_emulated.rs), so tuning changes speed only; the cp.async ring, which
-    /// reads its input truncated to TF32 rather than rounded, is never a tuning choice.
+    /// The tile sides a convolution may take: the one forced (GRADCAM_CONV_TILE), both for
+    /// tuning to choose (over more than 64 rows), or the fitted rule's.
     fn conv_tiles(&self, dtype: DType, (rows, depth): (usize, usize)) -> &'static [usize] {
         match self.conv_tile {
             ConvTile::T64 => &[64],
@@ -311,9 +307,9 @@ impl<L: Launcher> GpuBackend<L> {
     }
 
     /// The channels-last convolutions (kernels/conv_nhwc.cu) for a GEMM of `rows` x `depth`:
-    /// tile sides as [`Self::conv_choices`]; dynamic shared memory for the 3-stage ring of A
-    /// and B (rows of 36 words for TF32, 20 for 16-bit) or the epilogue's [pixel][tile + 4]
-    /// f32, the larger.
+    /// tile sides as [`Self::conv_tiles`], and for 128x128 tiles a 4-stage ring beside the
+    /// 3-stage one (see `conv_stages`); dynamic shared memory for the ring of A and B (rows of
+    /// 36 words for TF32, 20 for 16-bit) or the epilogue's [pixel][tile + 4] f32, the larger.
     fn nhwc_choices(&self, dtype: DType, (rows, depth): (usize, usize)) -> Vec<ConvChoice> {
         let (t, row_words) = match dtype {
             DType::F32 => ("tf32", 36),
@@ -344,6 +340,13 @@ impl<L: Launcher> GpuBackend<L> {
         out
     }
 
+    /// The kernels that may run a convolution `op` on tensors of `dtype` under this backend's
+    /// arithmetic, for a GEMM of `rows` x `depth` per group: one unless tuning has a choice of
+    /// tile sides (64x64 or 128x128) and of staging (plain weights, or the KRSC copy when
+    /// `krsc`, the input by vectors when `vec_b`, the 16-bit cp.async ring when `ring_b`).
+    /// Every choice computes the same values bit for bit (tests/gpu_emulated.rs), so tuning
+    /// changes speed only; the TF32 ring, which reads its input truncated to TF32 rather than
+    /// rounded, is never a tuning choice.
     fn conv_choices(
         &self,
         op: &str,
