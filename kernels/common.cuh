@@ -64,6 +64,14 @@ __device__ __forceinline__ void bilinear_axis(int d, int src, int dst, int* i0, 
     *f = a == src - 1 ? 0.0f : (float)(s - (double)a);
 }
 
+// One image of a batch as it went up: the byte offset of its RGB8 pixels (HWC) in the upload
+// buffer, its height and width. The host packs this table after the pixels (one copy up), so a
+// batch of any mix of sizes is one launch per stage. 16 bytes, as the host writes it.
+struct ImageDesc {
+    unsigned long long off;
+    int h, w;
+};
+
 // [min, max] of sample(p) over p in 0..count, written to out[0], out[1] by thread 0: the
 // extremes a min-max normalisation needs, without storing the samples.
 template <class F>

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::mem::f32_bytes_mut;
 use super::{
-    dims4, ints, pool_ints, DType, GpuBackend, GpuImages, GpuTensor, KArg, Launcher, Precision,
+    dims4, image_descs, ints, pool_ints, DType, GpuBackend, GpuImages, GpuTensor, KArg, Launcher,
+    Precision, IMAGES_PER_LAUNCH, IMAGE_DESC,
 };
 use crate::backend::{Backend, Conv2dParams, ElementRule, Pool2dParams, WeightRule};
 use crate::image::RgbImage;
@@ -94,21 +95,32 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     }
 
     fn upload_images<'a>(&'a self, images: &[&'a RgbImage]) -> Result<GpuImages<L::Buf>> {
-        let bytes = images.iter().map(|im| im.as_raw().len()).sum();
         let mut layout = Vec::with_capacity(images.len());
         let mut at = 0;
         for im in images {
             layout.push((at, (im.height() as usize, im.width() as usize)));
             at += im.as_raw().len();
         }
-        // Packed straight into the launcher's staging memory, then one copy up.
-        let buf = self.l.upload_with(bytes, &mut |dst: &mut [u8]| {
-            for (im, &(off, _)) in images.iter().zip(&layout) {
-                let raw = im.as_raw();
-                dst[off..off + raw.len()].copy_from_slice(raw);
-            }
-        })?;
-        Ok(GpuImages { buf, layout, bytes })
+        let bytes = at;
+        let table = bytes.next_multiple_of(IMAGE_DESC);
+        let descs = image_descs(&layout);
+        // Pixels and their table packed straight into the launcher's staging memory, then
+        // one copy up.
+        let buf = self
+            .l
+            .upload_with(table + descs.len(), &mut |dst: &mut [u8]| {
+                for (im, &(off, _)) in images.iter().zip(&layout) {
+                    let raw = im.as_raw();
+                    dst[off..off + raw.len()].copy_from_slice(raw);
+                }
+                dst[table..].copy_from_slice(&descs);
+            })?;
+        Ok(GpuImages {
+            buf,
+            layout,
+            bytes,
+            table,
+        })
     }
     fn preprocess(
         &self,
@@ -116,19 +128,23 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         (oh, ow): (usize, usize),
     ) -> Result<Self::Tensor> {
         let dtype = self.precision.storage();
-        let out = self.tensor(vec![images.layout.len(), 3, oh, ow], dtype)?;
+        let n = images.layout.len();
+        let out = self.tensor(vec![n, 3, oh, ow], dtype)?;
         let kernel = format!("preprocess_rgb8_{}", dtype.name());
-        for (i, &(off, (h, w))) in images.layout.iter().enumerate() {
+        for i in (0..n).step_by(IMAGES_PER_LAUNCH) {
+            let count = (n - i).min(IMAGES_PER_LAUNCH) as u32;
             let mut args = vec![
-                KArg::BufAt(&images.buf, off),
+                KArg::Buf(&images.buf),
+                KArg::BufAt(&images.buf, images.table + i * IMAGE_DESC),
                 KArg::BufAt(&out.buf, i * 3 * oh * ow * dtype.size()),
             ];
-            args.extend(ints(&[h, w, oh, ow]));
-            // SAFETY: preprocess_rgb8_<t> on image i (h·w·3 bytes at `off`) into slot i.
+            args.extend(ints(&[oh, ow]));
+            // SAFETY: preprocess_rgb8_<t> over images i..i+count: their descriptors (offsets
+            // into the pixels, sizes) from the table, their outputs from slot i.
             unsafe {
                 self.launch(
                     &kernel,
-                    [(oh * ow).div_ceil(256) as u32, 1, 1],
+                    [(oh * ow).div_ceil(256) as u32, count, 1],
                     [256, 1, 1],
                     &args,
                 )?
@@ -145,38 +161,32 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let mm = self.l.alloc(n * 2 * 4)?;
         let cmax = self.l.alloc(n * 4)?;
         let out = self.l.alloc(images.bytes)?;
-        // Consecutive images of one size are contiguous: one launch per run of them.
-        let mut i = 0;
-        while i < n {
-            let (off, (oh, ow)) = lay[i];
-            let mut j = i + 1;
-            while j < n && lay[j].1 == (oh, ow) && j - i < 65535 {
-                j += 1;
-            }
-            let dims = ints(&[h, w, oh, ow]);
+        for i in (0..n).step_by(IMAGES_PER_LAUNCH) {
+            let j = (i + IMAGES_PER_LAUNCH).min(n);
+            let blocks = lay[i..j].iter().map(|&(_, (oh, ow))| oh * ow).max();
+            let blocks = blocks.unwrap_or(0).div_ceil(256) as u32;
+            let dims = ints(&[h, w]);
             let map_i = KArg::BufAt(&m, i * h * w * 4);
+            let desc_i = KArg::BufAt(&images.buf, images.table + i * IMAGE_DESC);
             let mm_i = KArg::BufAt(&mm, i * 8);
-            let img_i = KArg::BufAt(&images.buf, off);
+            let pixels = KArg::Buf(&images.buf);
             let cmax_i = KArg::BufAt(&cmax, i * 4);
             let jet = KArg::Buf(jet);
-            let a1 = [&[map_i, mm_i][..], &dims].concat();
-            let a2 = [&[map_i, mm_i, img_i, jet, cmax_i][..], &dims].concat();
-            let out_i = KArg::BufAt(&out, off);
-            let a3 = [&[map_i, mm_i, img_i, jet, cmax_i, out_i][..], &dims].concat();
+            let a1 = [&[map_i, desc_i, mm_i][..], &dims].concat();
+            let a2 = [&[map_i, mm_i, pixels, desc_i, jet, cmax_i][..], &dims].concat();
+            let a3 = [
+                &[map_i, mm_i, pixels, desc_i, jet, cmax_i, KArg::Buf(&out)][..],
+                &dims,
+            ]
+            .concat();
             let runs = (j - i) as u32;
-            // SAFETY: the overlay kernels' argument lists over images i..j, which share
-            // (oh, ow) and lie back to back from `off`; maps, mm and cmax slots from i.
+            // SAFETY: the overlay kernels' argument lists over images i..j: maps, mm, cmax
+            // and descriptor slots from i; pixels and out indexed by the descriptors' offsets.
             unsafe {
                 self.launch("overlay_minmax_f32", [runs, 1, 1], [256, 1, 1], &a1)?;
                 self.launch("overlay_max_f32", [runs, 1, 1], [256, 1, 1], &a2)?;
-                self.launch(
-                    "overlay_rgb8",
-                    [(oh * ow).div_ceil(256) as u32, runs, 1],
-                    [256, 1, 1],
-                    &a3,
-                )?;
+                self.launch("overlay_rgb8", [blocks, runs, 1], [256, 1, 1], &a3)?;
             }
-            i = j;
         }
         let mut bytes = vec![0u8; images.bytes];
         self.l.download(&out, &mut bytes)?;

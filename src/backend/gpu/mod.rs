@@ -131,12 +131,34 @@ impl ConvChoice {
     }
 }
 
-/// A batch of RGB8 images packed in one device buffer.
+/// A batch of RGB8 images packed in one device buffer: the pixels back to back, then (from
+/// byte `table`) one [`IMAGE_DESC`]-byte record per image, so each per-image kernel is one
+/// launch per batch whatever the sizes.
 pub struct GpuImages<B> {
     buf: B,
     /// Per image: byte offset into `buf` and (height, width).
     layout: Vec<(usize, (usize, usize))>,
+    /// Bytes of pixels (the overlays' buffer has this size and the same offsets).
     bytes: usize,
+    /// Byte offset of the descriptor table.
+    table: usize,
+}
+
+/// Bytes of one `ImageDesc` record (kernels/common.cuh): u64 offset, i32 height, i32 width.
+pub const IMAGE_DESC: usize = 16;
+
+/// Images per launch of a kernel over a batch's images (gridDim.y's limit).
+const IMAGES_PER_LAUNCH: usize = 65_535;
+
+/// The `ImageDesc` records of `layout`, little-endian as the device reads them.
+fn image_descs(layout: &[(usize, (usize, usize))]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(layout.len() * IMAGE_DESC);
+    for &(off, (h, w)) in layout {
+        t.extend_from_slice(&(off as u64).to_le_bytes());
+        t.extend_from_slice(&(h as i32).to_le_bytes());
+        t.extend_from_slice(&(w as i32).to_le_bytes());
+    }
+    t
 }
 
 impl<L: Launcher> GpuBackend<L> {
