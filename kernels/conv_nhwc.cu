@@ -76,7 +76,7 @@ __device__ __forceinline__ void store8(S* p, const float v[8]) {
                                          pack2(p, v[4], v[5]), pack2(p, v[6], v[7])};
 }
 
-template <class S, int TS, int STAGES = 3>
+template <class S, int TS, int STAGES = 3, int WARPS = 8>
 __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S* __restrict__ w,
                                                 const S* __restrict__ bias,
                                                 const S* __restrict__ residual, S* __restrict__ y,
@@ -86,24 +86,25 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
     constexpr bool TF32 = sizeof(S) == 4;
     constexpr Mma M = TF32 ? Mma::Tf32 : mma_of<S>;
     constexpr int RW = nhwc_row_words<S>(), STAGE = 2 * TS * RW;
-    constexpr int WARPS_M = TS == 64 ? 4 : 2, WARPS_N = 8 / WARPS_M;
+    constexpr int THREADS = 32 * WARPS;
+    constexpr int WARPS_M = TS == 64 ? 4 : 2, WARPS_N = WARPS / WARPS_M;
     constexpr int MT = TS / WARPS_M / 16, NT = TS / WARPS_N / 8;
     constexpr int CPR = TF32 ? 8 : 4;           // 16-byte copies per slice row
     constexpr int EPC = 16 / (int)sizeof(S);    // elements per copy
-    constexpr int NV = TS * CPR / 256;          // copies per thread and operand per slice
+    constexpr int NV = TS * CPR / THREADS;      // copies per thread and operand per slice
     static_assert(NT % 2 == 0, "ldmatrix.x4 takes n-tiles in pairs");
     DYNAMIC_SHARED(unsigned, ring);
     const int rows = k, cols = n * oh * ow, rs = r * s, ohw = oh * ow;
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
     const int c0 = blockIdx.x * TS, r0 = blockIdx.y * TS;
     const int wr = (warp / WARPS_N) * (TS / WARPS_M), wc = (warp % WARPS_N) * (TS / WARPS_N);
-    // Copy v = tid + 256 i moves 16 bytes (EPC channels) number v % CPR of row v / CPR, for A
+    // Copy v = tid + THREADS i moves 16 bytes (EPC channels) number v % CPR of row v / CPR, for A
     // (an output channel's weights) and B (a pixel's input).
     const S* b_base[NV];
     int b_iy[NV], b_ix[NV];
     #pragma unroll
     for (int i = 0; i < NV; ++i) {
-        const int col = c0 + (tid + 256 * i) / CPR;
+        const int col = c0 + (tid + THREADS * i) / CPR;
         if (col < cols) {
             const int ni = col / ohw, p = col - ni * ohw, oy = p / ow, ox = p - oy * ow;
             b_base[i] = x + (size_t)ni * h * wd * c;
@@ -120,7 +121,7 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
         unsigned* sb = bs(st);
         #pragma unroll
         for (int i = 0; i < NV; ++i) {
-            const int v = tid + 256 * i, row = v / CPR, part = v % CPR;
+            const int v = tid + THREADS * i, row = v / CPR, part = v % CPR;
             const bool ok = r0 + row < rows;
             const S* a = w + ((size_t)(ok ? r0 + row : 0) * rs + sl.tap) * c + sl.ch0 + EPC * part;
             cp_async<16>(&sa[row * RW + 4 * part], a, ok);
@@ -175,7 +176,7 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
                 epi[col * EP + row] = acc[i][j][q];
             }
     __syncthreads();
-    for (int v = tid; v < TS * RUNS; v += 256) {
+    for (int v = tid; v < TS * RUNS; v += THREADS) {
         const int col = v / RUNS, m0 = (v % RUNS) * 8;
         if (c0 + col >= cols || r0 + m0 >= rows) continue;
         const size_t at = (size_t)(c0 + col) * k + r0 + m0;
@@ -257,6 +258,17 @@ extern "C" __global__ void conv2d_fwd_nhwc_bf16_t128_s4(CONV2D_FWD_NHWC_PARAMS(b
 }
 extern "C" __global__ void conv2d_fwd_nhwc_f16_t128_s4(CONV2D_FWD_NHWC_PARAMS(f16)) {
     conv2d_fwd_nhwc<f16, 128, 4>(CONV2D_FWD_NHWC_ARGS);
+}
+#define FOUR_WARPS __launch_bounds__(128)
+// 128x128 tiles on 4 warps (block 128), each 64x64 of the tile: per k-step a warp reads 8
+// ldmatrix.x4 for 32 mma, where the 8-warp tiles' 64x32 read 6 for 16 (and the 64x64 tiles'
+// 16x32, 3 for 4): less shared-memory traffic per product, more registers (241 at 16 bits,
+// two blocks per SM; TF32's staging addresses would spill). A tuning candidate.
+extern "C" __global__ void FOUR_WARPS conv2d_fwd_nhwc_bf16_t128_w4(CONV2D_FWD_NHWC_PARAMS(bf16)) {
+    conv2d_fwd_nhwc<bf16, 128, 3, 4>(CONV2D_FWD_NHWC_ARGS);
+}
+extern "C" __global__ void FOUR_WARPS conv2d_fwd_nhwc_f16_t128_w4(CONV2D_FWD_NHWC_PARAMS(f16)) {
+    conv2d_fwd_nhwc<f16, 128, 3, 4>(CONV2D_FWD_NHWC_ARGS);
 }
 extern "C" __global__ void THREE_PER_SM conv2d_fwd_nhwc_bf16(CONV2D_FWD_NHWC_PARAMS(bf16)) {
     conv2d_fwd_nhwc<bf16, 64>(CONV2D_FWD_NHWC_ARGS);

@@ -83,21 +83,23 @@ fn tensor_core_selftests_pass_through_the_emulator() {
     }
     // Channels-last 16-bit convolutions (GRADCAM_CONV_NHWC=1): the selftest's networks mix
     // them with NCHW ops (pooling, the stem, 16-channel layers), so every transposition runs.
-    for (precision, tile) in [
-        (Precision::Tf32, ConvTile::T64),
-        (Precision::Bf16, ConvTile::T64),
-        (Precision::Bf16, ConvTile::T128),
-        (Precision::F16, ConvTile::T128),
+    // F16's 128x128 tiles on 4 warps (block 128).
+    for (precision, tile, warps) in [
+        (Precision::Tf32, ConvTile::T64, 8),
+        (Precision::Bf16, ConvTile::T64, 8),
+        (Precision::Bf16, ConvTile::T128, 8),
+        (Precision::F16, ConvTile::T128, 4),
     ] {
         let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
             .with_conv_tile(tile)
-            .with_conv_nhwc(true);
+            .with_conv_nhwc(true)
+            .with_conv_warps(warps);
         let mut checks = gradcam::backend::selftest::run(&be).unwrap();
         checks.extend(gradcam::backend::selftest::device_checks(&be).unwrap());
         let table = gradcam::backend::selftest::table(&checks);
         assert!(
             checks.iter().all(|c| c.passed()),
-            "{precision:?} {tile:?} channels-last\n{table}"
+            "{precision:?} {tile:?} {warps} warps channels-last\n{table}"
         );
     }
 }

@@ -158,21 +158,27 @@ pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
     let want = run(&forced(ConvTile::T64, false, false));
     // Channels-last (every shape here qualifies): at 16 bits the same bits, output transposed
     // back by download; at TF32 (outputs stored TF32-rounded) the two tiles agree.
-    // The 128x128 tiles with 3 and with 4 stages.
-    let nhwc = |tile, stages| {
+    // The 128x128 tiles with 3 and with 4 stages, and on 4 warps (16-bit; TF32 keeps 8).
+    let nhwc = |tile, stages, warps| {
         run(&forced(tile, false, false)
             .with_conv_nhwc(true)
-            .with_conv_stages(stages))
+            .with_conv_stages(stages)
+            .with_conv_warps(warps))
     };
     let nhwc_want = if precision != gradcam::backend::gpu::Precision::Tf32 {
         want.clone()
     } else {
-        nhwc(ConvTile::T64, 3)
+        nhwc(ConvTile::T64, 3, 8)
     };
-    for (tile, stages) in [(ConvTile::T64, 3), (ConvTile::T128, 3), (ConvTile::T128, 4)] {
+    for (tile, stages, warps) in [
+        (ConvTile::T64, 3, 8),
+        (ConvTile::T128, 3, 8),
+        (ConvTile::T128, 4, 8),
+        (ConvTile::T128, 3, 4),
+    ] {
         assert!(
-            nhwc(tile, stages) == nhwc_want,
-            "{precision:?}: {tile:?} {stages} stages channels-last differs"
+            nhwc(tile, stages, warps) == nhwc_want,
+            "{precision:?}: {tile:?} {stages} stages {warps} warps channels-last differs"
         );
     }
     // The 16-bit cp.async ring (on the 1x1 shape) is a tuning choice too; TF32's is not.

@@ -99,6 +99,9 @@ pub struct GpuBackend<L: Launcher> {
     /// The channels-last 128x128 tiles' ring depth, when forced (`with_conv_stages`; tests):
     /// else 3, or chosen by tuning between 3 and 4.
     conv_stages: Option<usize>,
+    /// The channels-last 128x128 tiles' warps, when forced (`with_conv_warps`; tests): else
+    /// 8, or chosen by tuning between 8 and 4.
+    conv_warps: Option<usize>,
     /// The tuned kernel per kind of convolution (see [`Self::conv_plans`]).
     conv_plans: Mutex<BTreeMap<String, String>>,
     /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
@@ -111,22 +114,25 @@ pub struct GpuBackend<L: Launcher> {
 type Launch<'a, B> = (Vec<KArg<'a, B>>, [u32; 3]);
 
 /// One kernel that can run a convolution: its entry, tile side, whether it reads the KRSC
-/// weights, and its dynamic shared memory.
+/// weights, its dynamic shared memory and its block size.
 #[derive(Clone, Debug)]
 struct ConvChoice {
     kernel: String,
     tile: usize,
     krsc: bool,
     shared: u32,
+    threads: u32,
 }
 
 impl ConvChoice {
+    /// A kernel on blocks of 256 threads.
     fn new(kernel: String, tile: usize, krsc: bool, shared: usize) -> Self {
         ConvChoice {
             kernel,
             tile,
             krsc,
             shared: shared as u32,
+            threads: 256,
         }
     }
 }
@@ -183,6 +189,7 @@ impl<L: Launcher> GpuBackend<L> {
             conv_tune,
             conv_nhwc: flag("GRADCAM_CONV_NHWC") == Some(true),
             conv_stages: None,
+            conv_warps: None,
             conv_plans: Mutex::new(BTreeMap::new()),
             jet: OnceLock::new(),
             profile: Mutex::new(None),
@@ -329,35 +336,56 @@ impl<L: Launcher> GpuBackend<L> {
     }
 
     /// The channels-last convolutions (kernels/conv_nhwc.cu) for a GEMM of `rows` x `depth`:
-    /// tile sides as [`Self::conv_tiles`], and for 128x128 tiles a 4-stage ring beside the
-    /// 3-stage one (see `conv_stages`); dynamic shared memory for the ring of A and B (rows of
-    /// 36 words for TF32, 20 for 16-bit) or the epilogue's [pixel][tile + 4] f32, the larger.
+    /// tile sides as [`Self::conv_tiles`], and for 128x128 tiles a 4-stage ring and (16-bit)
+    /// 4 warps (`_w4`, block 128) beside the 3-stage ring on 8 warps (see `conv_stages`,
+    /// `conv_warps`); dynamic shared memory for the ring of A and B (rows of 36 words for
+    /// TF32, 20 for 16-bit) or the epilogue's [pixel][tile + 4] f32, the larger.
     fn nhwc_choices(&self, dtype: DType, (rows, depth): (usize, usize)) -> Vec<ConvChoice> {
         let (t, row_words) = match dtype {
             DType::F32 => ("tf32", 36),
             _ => (dtype.name(), 20),
         };
-        let choice = |tile: usize, stages: usize| {
+        let choice = |tile: usize, stages: usize, warps: usize| {
             let t128 = if tile == 128 { "_t128" } else { "" };
             let s4 = if stages == 4 { "_s4" } else { "" };
+            let w4 = if warps == 4 { "_w4" } else { "" };
             let words = (stages * 2 * tile * row_words).max(tile * (tile + 4));
-            let name = format!("conv2d_fwd_nhwc_{t}{t128}{s4}");
-            ConvChoice::new(name, tile, true, words * 4)
+            let name = format!("conv2d_fwd_nhwc_{t}{t128}{s4}{w4}");
+            let mut ch = ConvChoice::new(name, tile, true, words * 4);
+            ch.threads = 32 * warps as u32;
+            ch
         };
-        // A 4-stage ring for 128x128 tiles: a tuning candidate, or asked for.
-        let four = match self.conv_stages {
-            Some(stages) => stages == 4,
-            None => self.conv_tune,
+        // For 128x128 tiles, a 4-stage ring and 4 warps: tuning candidates, or asked for.
+        let stages = match self.conv_stages {
+            Some(n) => vec![n],
+            None if self.conv_tune => vec![3, 4],
+            None => vec![3],
+        };
+        // 16-bit only (kernels/conv_nhwc.cu: TF32's would spill).
+        let warps = match self.conv_warps {
+            _ if dtype == DType::F32 => vec![8],
+            Some(n) => vec![n],
+            None if self.conv_tune => vec![8, 4],
+            None => vec![8],
         };
         let mut out = Vec::new();
         for &tile in self.conv_tiles(dtype, (rows, depth)) {
-            out.push(choice(tile, 3));
-            if tile == 128 && four {
-                out.push(choice(tile, 4));
+            if tile == 64 {
+                out.push(choice(tile, 3, 8));
+                continue;
             }
-        }
-        if self.conv_stages == Some(4) {
-            out.retain(|c| c.tile == 64 || c.kernel.ends_with("_s4"));
+            // The 4-warp tiles come with 3 stages only (4 stages and 4 warps both forced: 8).
+            let before = out.len();
+            for &st in &stages {
+                for &wa in &warps {
+                    if st == 3 || wa == 8 {
+                        out.push(choice(tile, st, wa));
+                    }
+                }
+            }
+            if out.len() == before {
+                out.push(choice(tile, stages[0], 8));
+            }
         }
         out
     }
@@ -548,7 +576,7 @@ impl<L: Launcher> GpuBackend<L> {
                 &choice.kernel,
                 Some(&tag),
                 grid,
-                [256, 1, 1],
+                [choice.threads, 1, 1],
                 choice.shared,
                 &args,
             )
@@ -580,7 +608,7 @@ impl<L: Launcher> GpuBackend<L> {
                     // SAFETY: as the caller promises.
                     unsafe {
                         self.l
-                            .launch(&ch.kernel, grid, [256, 1, 1], ch.shared, &args)
+                            .launch(&ch.kernel, grid, [ch.threads, 1, 1], ch.shared, &args)
                     }
                 };
                 // The emulator: one untimed-in-effect run each, to exercise this path.
@@ -684,6 +712,15 @@ impl<L: Launcher> GpuBackend<L> {
     pub fn with_conv_stages(mut self, stages: usize) -> Self {
         assert!(matches!(stages, 3 | 4), "3 or 4 stages");
         self.conv_stages = Some(stages);
+        self
+    }
+
+    /// Forces the warps of the channels-last 128x128 tiles (8, or 4 with 3 stages at BF16 and
+    /// F16; by default 8, or tuning's choice): for tests, which check that both compute the
+    /// same.
+    pub fn with_conv_warps(mut self, warps: usize) -> Self {
+        assert!(matches!(warps, 4 | 8), "4 or 8 warps");
+        self.conv_warps = Some(warps);
         self
     }
 
