@@ -1,12 +1,14 @@
 // Channels-last (NHWC) activations for the tensor-core forward convolutions
 // (GRADCAM_CONV_NHWC=1):
-//   conv2d_fwd_nhwc_<t>[_t128[_s4]] (t: tf32, bf16, f16; _s4: a 4-stage ring): y = conv(x, w) + bias [+ residual] [then
-//       ReLU], x, residual and y [N][H][W][C]; w the KRSC copy of the weights ([K][R][S][C],
-//       conv_weight_krsc_<t>, TF32-rounded for tf32); groups 1, C a multiple of 32, K of 8.
-//       TF32 stores its output rounded to TF32 (see below). grid (ceil(N·OH·OW / TS),
-//       ceil(K / TS)), block 256, dynamic shared memory: the larger of the ring (3 or 4 stages
-//       of A and B, TS rows of RW words each) and the epilogue (TS x (TS + 4) f32); the host's
-//       formula (GpuBackend::nhwc_choices) matches.
+//   conv2d_fwd_nhwc_<t>[_t128[_s4|_w4]][_k64] (t: tf32, bf16, f16; _s4: a 4-stage ring; _w4:
+//       4 warps, 16-bit; _k64: 64-channel slices, 16-bit 1x1 convs over C a multiple of 64):
+//       y = conv(x, w) + bias [+ residual] [then ReLU], x, residual and y [N][H][W][C]; w the
+//       KRSC copy of the weights ([K][R][S][C], conv_weight_krsc_<t>, TF32-rounded for tf32);
+//       groups 1, C a multiple of 32, K of 8. TF32 stores its output rounded to TF32 (see
+//       below). grid (ceil(N·OH·OW / TS), ceil(K / TS)), block 256 (128 for _w4), dynamic
+//       shared memory: the larger of the ring (3 or 4 stages of A and B, TS rows of RW words
+//       each) and the epilogue (TS x (TS + 4) f32); the host's formula
+//       (GpuBackend::nhwc_choices) matches.
 //   layout_transpose_<t>: NCHW ↔ NHWC per image, f32 values rounded to TF32 on the way when
 //       asked (a TF32 conv's input). grid (ceil(H·W / 32), ceil(C / 32), N), block 256.
 // Why: in NCHW the 32 channels of one pixel that a depth slice needs are a plane apart, so a
@@ -14,34 +16,37 @@
 // they are 64 contiguous bytes, so any kernel, stride, padding or dilation stages B by 16-byte
 // cp.async copies (zero-filled outside the image), and a row of the tile is a pixel: the
 // tensor cores' B fragments (and A's) come out of shared memory by ldmatrix.x4 (not
-// transposed) for every tap. The output leaves through shared memory as runs of 8 channels of one pixel, 16 bytes.
+// transposed) for every tap. The output leaves through shared memory as runs of 8 channels
+// of one pixel, 16 bytes.
 // The GEMM is the KRSC convolutions' (conv.cu): the same slices in the same order (channel
 // blocks outer, taps inner) and the same mma steps, so at 16 bits the results are those
 // kernels' bits. TF32: cp.async copies f32 bits as they are and the tensor cores read them
 // truncated, so the activations a TF32 conv reads are kept TF32-rounded already (this
 // epilogue rounds what it stores, the transposition into NHWC rounds, max pooling keeps
-// values): the same products as the kernels that round on the fly, while the stored values
-// differ from theirs by that rounding (within the TF32 tolerances; not bit for bit).
-// Versions: 1 (2026-11-29), 3-stage ring, 64x64 and 128x128 tiles; TF32 (2026-11-29).
+// values; the host rounds anything else, e.g. a sum, see GpuTensor::tf32_exact): the same
+// products as the kernels that round on the fly, so the outputs are theirs rounded to TF32.
+// Versions: 1 (2026-11-29), 3-stage ring, 64x64 and 128x128 tiles; TF32 (2026-11-29); 4-warp
+// 128x128 tiles and 64-channel slices for 1x1 convs (2026-11-29, tuning candidates).
 #include "common.cuh"
 #include "mma.cuh"
 #include "gemm_tile.cuh"
 
-// A slice row: 32 channels (64 bytes at 16 bits, 128 at f32) plus 16 bytes of padding, so
-// rows are 80 (144) bytes apart: the 8 rows one ldmatrix matrix reads, and the fragment words
-// of A and of TF32's B, fall in distinct banks.
-template <class S>
+// A slice row: KD channels (32: 64 bytes at 16 bits, 128 at f32; 64 at 16 bits: 128 bytes)
+// plus 16 bytes of padding, so rows are 80 (144) bytes apart: the 8 rows one ldmatrix matrix
+// reads, and the fragment words of A and of TF32's B, fall in distinct banks.
+template <class S, int KD>
 constexpr int nhwc_row_words() {
-    return sizeof(S) == 4 ? 36 : 20;
+    return KD * (int)sizeof(S) / 4 + 4;
 }
 
-// The cursor over the depth: 32-channel blocks, each over every tap (TapSlice's order).
+// The cursor over the depth: KD-channel blocks, each over every tap (TapSlice's order).
+template <int KD>
 struct NhwcSlice {
     int ch0, tap, ry, sx;
     __device__ void next(int rs, int s) {
         ++tap, ++sx;
         if (sx == s) sx = 0, ++ry;
-        if (tap == rs) tap = 0, ry = 0, ch0 += 32;
+        if (tap == rs) tap = 0, ry = 0, ch0 += KD;
     }
 };
 
@@ -76,7 +81,7 @@ __device__ __forceinline__ void store8(S* p, const float v[8]) {
                                          pack2(p, v[4], v[5]), pack2(p, v[6], v[7])};
 }
 
-template <class S, int TS, int STAGES = 3, int WARPS = 8>
+template <class S, int TS, int STAGES = 3, int WARPS = 8, int KD = 32>
 __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S* __restrict__ w,
                                                 const S* __restrict__ bias,
                                                 const S* __restrict__ residual, S* __restrict__ y,
@@ -85,11 +90,11 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
                                                 int dh, int dw, int relu) {
     constexpr bool TF32 = sizeof(S) == 4;
     constexpr Mma M = TF32 ? Mma::Tf32 : mma_of<S>;
-    constexpr int RW = nhwc_row_words<S>(), STAGE = 2 * TS * RW;
+    constexpr int RW = nhwc_row_words<S, KD>(), STAGE = 2 * TS * RW;
     constexpr int THREADS = 32 * WARPS;
     constexpr int WARPS_M = TS == 64 ? 4 : 2, WARPS_N = WARPS / WARPS_M;
     constexpr int MT = TS / WARPS_M / 16, NT = TS / WARPS_N / 8;
-    constexpr int CPR = TF32 ? 8 : 4;           // 16-byte copies per slice row
+    constexpr int CPR = (RW - 4) / 4;           // 16-byte copies per slice row
     constexpr int EPC = 16 / (int)sizeof(S);    // elements per copy
     constexpr int NV = TS * CPR / THREADS;      // copies per thread and operand per slice
     static_assert(NT % 2 == 0, "ldmatrix.x4 takes n-tiles in pairs");
@@ -115,7 +120,7 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
     }
     auto as = [&](int st) { return ring + st * STAGE; };
     auto bs = [&](int st) { return ring + st * STAGE + TS * RW; };
-    NhwcSlice sl{0, 0, 0, 0};
+    NhwcSlice<KD> sl{0, 0, 0, 0};
     auto issue = [&](int st) {
         unsigned* sa = as(st);
         unsigned* sb = bs(st);
@@ -134,7 +139,7 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
     };
     float acc[MT][NT][4];
     zero_acc(acc);
-    cp_async_ring<STAGES>((c / 32) * rs, issue, [&](int st) {
+    cp_async_ring<STAGES>((c / KD) * rs, issue, [&](int st) {
         const unsigned* sa = as(st);
         const unsigned* sb = bs(st);
         #pragma unroll
@@ -269,6 +274,21 @@ extern "C" __global__ void FOUR_WARPS conv2d_fwd_nhwc_bf16_t128_w4(CONV2D_FWD_NH
 }
 extern "C" __global__ void FOUR_WARPS conv2d_fwd_nhwc_f16_t128_w4(CONV2D_FWD_NHWC_PARAMS(f16)) {
     conv2d_fwd_nhwc<f16, 128, 3, 4>(CONV2D_FWD_NHWC_ARGS);
+}
+// 1x1 convs over C a multiple of 64, in 64-channel slices: rows of 128 bytes as TF32's, half
+// the barriers and waits per product, 4 k-steps per slice. Over one tap the depth order is the
+// same (channels 0, 1, 2, ...), so the bits are the 32-channel kernels'. Tuning candidates.
+extern "C" __global__ void THREE_PER_SM conv2d_fwd_nhwc_bf16_k64(CONV2D_FWD_NHWC_PARAMS(bf16)) {
+    conv2d_fwd_nhwc<bf16, 64, 3, 8, 64>(CONV2D_FWD_NHWC_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_nhwc_bf16_t128_k64(CONV2D_FWD_NHWC_PARAMS(bf16)) {
+    conv2d_fwd_nhwc<bf16, 128, 3, 8, 64>(CONV2D_FWD_NHWC_ARGS);
+}
+extern "C" __global__ void THREE_PER_SM conv2d_fwd_nhwc_f16_k64(CONV2D_FWD_NHWC_PARAMS(f16)) {
+    conv2d_fwd_nhwc<f16, 64, 3, 8, 64>(CONV2D_FWD_NHWC_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_nhwc_f16_t128_k64(CONV2D_FWD_NHWC_PARAMS(f16)) {
+    conv2d_fwd_nhwc<f16, 128, 3, 8, 64>(CONV2D_FWD_NHWC_ARGS);
 }
 extern "C" __global__ void THREE_PER_SM conv2d_fwd_nhwc_bf16(CONV2D_FWD_NHWC_PARAMS(bf16)) {
     conv2d_fwd_nhwc<bf16, 64>(CONV2D_FWD_NHWC_ARGS);

@@ -83,23 +83,24 @@ fn tensor_core_selftests_pass_through_the_emulator() {
     }
     // Channels-last 16-bit convolutions (GRADCAM_CONV_NHWC=1): the selftest's networks mix
     // them with NCHW ops (pooling, the stem, 16-channel layers), so every transposition runs.
-    // F16's 128x128 tiles on 4 warps (block 128).
-    for (precision, tile, warps) in [
-        (Precision::Tf32, ConvTile::T64, 8),
-        (Precision::Bf16, ConvTile::T64, 8),
-        (Precision::Bf16, ConvTile::T128, 8),
-        (Precision::F16, ConvTile::T128, 4),
+    // F16's 128x128 tiles on 4 warps (block 128); BF16's 1x1 convs in 64-channel slices.
+    for (precision, tile, warps, slice) in [
+        (Precision::Tf32, ConvTile::T64, 8, 32),
+        (Precision::Bf16, ConvTile::T64, 8, 64),
+        (Precision::Bf16, ConvTile::T128, 8, 32),
+        (Precision::F16, ConvTile::T128, 4, 32),
     ] {
         let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
             .with_conv_tile(tile)
             .with_conv_nhwc(true)
-            .with_conv_warps(warps);
+            .with_conv_warps(warps)
+            .with_conv_slice(slice);
         let mut checks = gradcam::backend::selftest::run(&be).unwrap();
         checks.extend(gradcam::backend::selftest::device_checks(&be).unwrap());
         let table = gradcam::backend::selftest::table(&checks);
         assert!(
             checks.iter().all(|c| c.passed()),
-            "{precision:?} {tile:?} {warps} warps channels-last\n{table}"
+            "{precision:?} {tile:?} {warps} warps {slice}-channel slices channels-last\n{table}"
         );
     }
 }
@@ -196,6 +197,70 @@ fn channels_last_chains_match_nchw_bit_for_bit() {
             }
         }
     }
+}
+
+/// A channels-last TF32 conv reads its input by cp.async, which does not round: an input that
+/// is channels-last already but not TF32-exact (a sum from `add`, not a conv's rounded output)
+/// is rounded before it, so the products are the NCHW kernels' (which round on the fly), and
+/// the output is theirs rounded to TF32, bit for bit (truncating instead changes the bits).
+#[test]
+fn tf32_channels_last_conv_rounds_an_unrounded_input() {
+    use gradcam::backend::Conv2dParams;
+    // cvt.rna.tf32.f32: to 10 mantissa bits, nearest, ties away from zero (finite values).
+    let tf32 = |v: f32| f32::from_bits((v.to_bits() + 0x1000) & 0xffff_e000);
+    let mut rng = Rng::new(23);
+    let x = rng.tensor(&[2, 32, 6, 6], -1.0, 1.0);
+    let w1 = rng.tensor(&[32, 32, 3, 3], -0.2, 0.2);
+    let w2 = rng.tensor(&[24, 32, 3, 3], -0.2, 0.2);
+    let b2 = rng.tensor(&[24], -0.1, 0.1);
+    let p = Conv2dParams::new(1, 1);
+    let be = |nhwc| {
+        GpuBackend::with_precision(EmuLauncher::new(), Precision::Tf32)
+            .with_conv_tune(false)
+            .with_conv_tile(ConvTile::T64)
+            .with_conv_nhwc(nhwc)
+    };
+    let last = be(true);
+    let up = |t: &Tensor| last.upload(t.clone()).unwrap();
+    let (wd1, wd2) = (up(&w1), up(&w2));
+    let prep1 = last.conv2d_prepare(&wd1, &p).unwrap();
+    let prep2 = last.conv2d_prepare(&wd2, &p).unwrap();
+    let y1 = last
+        .conv2d_fwd(&up(&x), &wd1, prep1.as_ref(), None, &p, false)
+        .unwrap();
+    // y1 + x: channels-last (y1's layout) and not TF32-exact.
+    let sum = last.add(y1, &up(&x)).unwrap();
+    assert!(sum.is_channels_last());
+    let sum_host = last.download(&sum).unwrap();
+    assert!(sum_host.data().iter().any(|&v| tf32(v) != v));
+    let y2 = last
+        .conv2d_fwd(&sum, &wd2, prep2.as_ref(), Some(&up(&b2)), &p, true)
+        .unwrap();
+    assert!(y2.is_channels_last());
+    let got = last.download(&y2).unwrap();
+
+    let nchw = be(false);
+    let up = |t: &Tensor| nchw.upload(t.clone()).unwrap();
+    let wd2 = up(&w2);
+    let prep2 = nchw.conv2d_prepare(&wd2, &p).unwrap();
+    let want = nchw
+        .conv2d_fwd(
+            &up(&sum_host),
+            &wd2,
+            prep2.as_ref(),
+            Some(&up(&b2)),
+            &p,
+            true,
+        )
+        .unwrap();
+    let want = nchw.download(&want).unwrap();
+    let differing = got
+        .data()
+        .iter()
+        .zip(want.data())
+        .filter(|(g, w)| g.to_bits() != tf32(**w).to_bits())
+        .count();
+    assert_eq!(differing, 0, "of {} outputs", got.data().len());
 }
 
 /// A plan serves a kind of layer, not one exact shape: images of other sizes (within a factor

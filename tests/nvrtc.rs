@@ -268,7 +268,7 @@ fn channels_last_convolutions_compile_to_cp_async_ldmatrix_and_mma() {
     let Some(n) = nvrtc() else { return };
     let ptx = String::from_utf8(n.compile("conv_nhwc.cu", "sm_80", Target::Ptx).unwrap()).unwrap();
     for t in ["bf16", "f16"] {
-        for tile in ["", "_t128", "_t128_s4", "_t128_w4"] {
+        for tile in ["", "_t128", "_t128_s4", "_t128_w4", "_k64", "_t128_k64"] {
             let entry = format!("conv2d_fwd_nhwc_{t}{tile}");
             let b = entry_body(&ptx, &entry);
             for needle in [

@@ -158,27 +158,32 @@ pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
     let want = run(&forced(ConvTile::T64, false, false));
     // Channels-last (every shape here qualifies): at 16 bits the same bits, output transposed
     // back by download; at TF32 (outputs stored TF32-rounded) the two tiles agree.
-    // The 128x128 tiles with 3 and with 4 stages, and on 4 warps (16-bit; TF32 keeps 8).
-    let nhwc = |tile, stages, warps| {
+    // The 128x128 tiles with 3 and with 4 stages, and on 4 warps; 64-channel slices (the 1x1
+    // shape). 16-bit; TF32 keeps 8 warps and 32 channels.
+    let nhwc = |tile, stages, warps, slice| {
         run(&forced(tile, false, false)
             .with_conv_nhwc(true)
             .with_conv_stages(stages)
-            .with_conv_warps(warps))
+            .with_conv_warps(warps)
+            .with_conv_slice(slice))
     };
     let nhwc_want = if precision != gradcam::backend::gpu::Precision::Tf32 {
         want.clone()
     } else {
-        nhwc(ConvTile::T64, 3, 8)
+        nhwc(ConvTile::T64, 3, 8, 32)
     };
-    for (tile, stages, warps) in [
-        (ConvTile::T64, 3, 8),
-        (ConvTile::T128, 3, 8),
-        (ConvTile::T128, 4, 8),
-        (ConvTile::T128, 3, 4),
+    for (tile, stages, warps, slice) in [
+        (ConvTile::T64, 3, 8, 32),
+        (ConvTile::T128, 3, 8, 32),
+        (ConvTile::T128, 4, 8, 32),
+        (ConvTile::T128, 3, 4, 32),
+        (ConvTile::T64, 3, 8, 64),
+        (ConvTile::T128, 3, 8, 64),
     ] {
         assert!(
-            nhwc(tile, stages, warps) == nhwc_want,
-            "{precision:?}: {tile:?} {stages} stages {warps} warps channels-last differs"
+            nhwc(tile, stages, warps, slice) == nhwc_want,
+            "{precision:?}: {tile:?} {stages} stages {warps} warps {slice}-channel slices \
+             channels-last differs"
         );
     }
     // The 16-bit cp.async ring (on the 1x1 shape) is a tuning choice too; TF32's is not.

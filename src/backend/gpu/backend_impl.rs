@@ -42,6 +42,7 @@ impl<L: Launcher> GpuBackend<L> {
         let residual = residual.as_deref();
         let mut y = self.like(vec![n, k, oh, ow], x)?;
         y.nhwc = nhwc;
+        y.tf32_exact = round; // the channels-last TF32 epilogue rounds
         self.launch_conv(
             if nhwc {
                 "conv2d_fwd_nhwc"
@@ -245,6 +246,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             shape: t.shape().to_vec(),
             dtype,
             nhwc: false,
+            tf32_exact: false,
         })
     }
     fn download(&self, t: &Self::Tensor) -> Result<Tensor> {
@@ -272,6 +274,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             shape: t.shape.clone(),
             dtype: t.dtype,
             nhwc: t.nhwc,
+            tf32_exact: t.tf32_exact,
         })
     }
     fn reshape(&self, t: Self::Tensor, shape: &[usize]) -> Result<Self::Tensor> {
@@ -379,6 +382,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let (n, c, h, w) = dims4(&x.shape);
         let (oh, ow) = p.out_hw((h, w)).expect("shapes checked by the network");
         let mut y = self.like(vec![n, c, oh, ow], x)?;
+        y.tf32_exact = x.tf32_exact; // picks values
         if x.nhwc {
             // Channels-last in and out (between the channels-last convs of VGG's blocks).
             y.nhwc = true;
@@ -476,8 +480,9 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         )?;
         Ok(dx)
     }
-    fn add(&self, a: Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
+    fn add(&self, mut a: Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
         let b = &*self.in_layout(b, a.nhwc)?; // element-wise: b in a's layout
+        a.tf32_exact = false; // a sum of TF32 values is not one
         let n = a.shape.iter().product();
         self.run1d(
             &Self::kernel("add", &a),
@@ -492,7 +497,8 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         scale: &[f32],
         shift: &[f32],
     ) -> Result<Self::Tensor> {
-        let x = self.owned_nchw(x)?;
+        let mut x = self.owned_nchw(x)?;
+        x.tf32_exact = false;
         let (_, c, h, w) = dims4(&x.shape);
         let n = x.shape.iter().product();
         let (s, t) = (self.upload_f32(scale)?, self.upload_f32(shift)?);

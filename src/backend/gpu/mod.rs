@@ -102,6 +102,9 @@ pub struct GpuBackend<L: Launcher> {
     /// The channels-last 128x128 tiles' warps, when forced (`with_conv_warps`; tests): else
     /// 8, or chosen by tuning between 8 and 4.
     conv_warps: Option<usize>,
+    /// The channels-last 1x1 convs' slice depth, when forced (`with_conv_slice`; tests): else
+    /// 32 channels, or chosen by tuning between 32 and 64.
+    conv_slice: Option<usize>,
     /// The tuned kernel per kind of convolution (see [`Self::conv_plans`]).
     conv_plans: Mutex<BTreeMap<String, String>>,
     /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
@@ -190,6 +193,7 @@ impl<L: Launcher> GpuBackend<L> {
             conv_nhwc: flag("GRADCAM_CONV_NHWC") == Some(true),
             conv_stages: None,
             conv_warps: None,
+            conv_slice: None,
             conv_plans: Mutex::new(BTreeMap::new()),
             jet: OnceLock::new(),
             profile: Mutex::new(None),
@@ -312,6 +316,7 @@ impl<L: Launcher> GpuBackend<L> {
             shape: vec![v.len()],
             dtype: DType::F32,
             nhwc: false,
+            tf32_exact: false,
         };
         let y = self.as_dtype(&x, to)?;
         let mut bytes = vec![0u8; v.len() * to.size()];
@@ -338,53 +343,73 @@ impl<L: Launcher> GpuBackend<L> {
     /// The channels-last convolutions (kernels/conv_nhwc.cu) for a GEMM of `rows` x `depth`:
     /// tile sides as [`Self::conv_tiles`], and for 128x128 tiles a 4-stage ring and (16-bit)
     /// 4 warps (`_w4`, block 128) beside the 3-stage ring on 8 warps (see `conv_stages`,
-    /// `conv_warps`); dynamic shared memory for the ring of A and B (rows of 36 words for
-    /// TF32, 20 for 16-bit) or the epilogue's [pixel][tile + 4] f32, the larger.
-    fn nhwc_choices(&self, dtype: DType, (rows, depth): (usize, usize)) -> Vec<ConvChoice> {
-        let (t, row_words) = match dtype {
-            DType::F32 => ("tf32", 36),
-            _ => (dtype.name(), 20),
+    /// `conv_warps`); for 16-bit 1x1 convs (`one_by_one`) over a depth a multiple of 64,
+    /// 64-channel slices (`_k64`, see `conv_slice`) beside 32. Dynamic shared memory: the ring
+    /// of A and B (rows of the slice's bytes + 16) or the epilogue's [pixel][tile + 4] f32,
+    /// the larger.
+    fn nhwc_choices(
+        &self,
+        dtype: DType,
+        (rows, depth): (usize, usize),
+        one_by_one: bool,
+    ) -> Vec<ConvChoice> {
+        let t = match dtype {
+            DType::F32 => "tf32",
+            _ => dtype.name(),
         };
-        let choice = |tile: usize, stages: usize, warps: usize| {
+        let choice = |tile: usize, stages: usize, warps: usize, slice: usize| {
             let t128 = if tile == 128 { "_t128" } else { "" };
             let s4 = if stages == 4 { "_s4" } else { "" };
             let w4 = if warps == 4 { "_w4" } else { "" };
+            let k64 = if slice == 64 { "_k64" } else { "" };
+            let row_words = slice * dtype.size() / 4 + 4;
             let words = (stages * 2 * tile * row_words).max(tile * (tile + 4));
-            let name = format!("conv2d_fwd_nhwc_{t}{t128}{s4}{w4}");
+            let name = format!("conv2d_fwd_nhwc_{t}{t128}{s4}{w4}{k64}");
             let mut ch = ConvChoice::new(name, tile, true, words * 4);
             ch.threads = 32 * warps as u32;
             ch
         };
-        // For 128x128 tiles, a 4-stage ring and 4 warps: tuning candidates, or asked for.
-        let stages = match self.conv_stages {
+        // Tuning candidates, or as asked for: for 128x128 tiles a 4-stage ring and 4 warps
+        // (16-bit; TF32's would spill), and 64-channel slices where the depth order stays.
+        let sixteen = dtype != DType::F32;
+        let pick = |forced: Option<usize>, base: usize, other: usize, applies: bool| match forced {
+            _ if !applies => vec![base],
             Some(n) => vec![n],
-            None if self.conv_tune => vec![3, 4],
-            None => vec![3],
+            None if self.conv_tune => vec![base, other],
+            None => vec![base],
         };
-        // 16-bit only (kernels/conv_nhwc.cu: TF32's would spill).
-        let warps = match self.conv_warps {
-            _ if dtype == DType::F32 => vec![8],
-            Some(n) => vec![n],
-            None if self.conv_tune => vec![8, 4],
-            None => vec![8],
-        };
+        let stages = pick(self.conv_stages, 3, 4, true);
+        let warps = pick(self.conv_warps, 8, 4, sixteen);
+        let slices = pick(
+            self.conv_slice,
+            32,
+            64,
+            sixteen && one_by_one && depth % 64 == 0,
+        );
         let mut out = Vec::new();
         for &tile in self.conv_tiles(dtype, (rows, depth)) {
-            if tile == 64 {
-                out.push(choice(tile, 3, 8));
-                continue;
-            }
-            // The 4-warp tiles come with 3 stages only (4 stages and 4 warps both forced: 8).
-            let before = out.len();
-            for &st in &stages {
-                for &wa in &warps {
-                    if st == 3 || wa == 8 {
-                        out.push(choice(tile, st, wa));
+            // The 64-channel slices come with 3 stages on 8 warps, the 4-warp tiles with 3
+            // stages (when two are forced at once, the first of: slices, warps, stages).
+            for &sl in &slices {
+                if sl == 64 {
+                    out.push(choice(tile, 3, 8, 64));
+                    continue;
+                }
+                if tile == 64 {
+                    out.push(choice(tile, 3, 8, 32));
+                    continue;
+                }
+                let before = out.len();
+                for &st in &stages {
+                    for &wa in &warps {
+                        if st == 3 || wa == 8 {
+                            out.push(choice(tile, st, wa, 32));
+                        }
                     }
                 }
-            }
-            if out.len() == before {
-                out.push(choice(tile, stages[0], 8));
+                if out.len() == before {
+                    out.push(choice(tile, 3, warps[0], 32));
+                }
             }
         }
         out
@@ -502,7 +527,7 @@ impl<L: Launcher> GpuBackend<L> {
         // The ring's vector copies need unshifted taps: 1x1, no padding.
         let ring_b = vec_b && (r, s) == (1, 1);
         let choices = if op == "conv2d_fwd_nhwc" {
-            self.nhwc_choices(dtype, (rows, depth))
+            self.nhwc_choices(dtype, (rows, depth), (r, s) == (1, 1))
         } else {
             self.conv_choices(op, dtype, (rows, depth), krsc_w.is_some(), (vec_b, ring_b))
         };
@@ -724,6 +749,15 @@ impl<L: Launcher> GpuBackend<L> {
         self
     }
 
+    /// Forces the depth slices of the channels-last 16-bit 1x1 convs over a depth a multiple
+    /// of 64 (32 or 64 channels; by default 32, or tuning's choice): for tests, which check
+    /// that both compute the same.
+    pub fn with_conv_slice(mut self, channels: usize) -> Self {
+        assert!(matches!(channels, 32 | 64), "32 or 64 channels");
+        self.conv_slice = Some(channels);
+        self
+    }
+
     /// Whether a forward conv of input [N, C, H, W] with weights [K, C/g, R, S] runs
     /// channels-last (see [`Self::with_conv_nhwc`]); `krsc`: whether its KRSC copy exists.
     pub(super) fn nhwc_applies(&self, c: usize, w: &[usize], groups: usize, krsc: bool) -> bool {
@@ -771,6 +805,7 @@ impl<L: Launcher> GpuBackend<L> {
             shape,
             dtype,
             nhwc: false,
+            tf32_exact: false,
         })
     }
 
@@ -791,12 +826,23 @@ impl<L: Launcher> GpuBackend<L> {
         nhwc: bool,
         round_tf32: bool,
     ) -> Result<Converted<'a, GpuTensor<L::Buf>>> {
+        let round_tf32 = round_tf32 && t.dtype == DType::F32;
         if t.nhwc == nhwc {
-            return Ok(Converted::Given(t));
+            if !round_tf32 || t.tf32_exact {
+                return Ok(Converted::Given(t));
+            }
+            // Channels-last already but not TF32-exact (a sum): rounded on a round trip
+            // through NCHW (rare: networks add inside a conv's epilogue).
+            let other = self.in_layout(t, !nhwc)?;
+            return match self.in_layout_rounded(&other, nhwc, true)? {
+                Converted::Made(out) => Ok(Converted::Made(out)),
+                Converted::Given(_) => unreachable!("the layouts differ"),
+            };
         }
         let (n, c, h, w) = dims4(&t.shape);
         let mut out = self.like(t.shape.clone(), t)?;
         out.nhwc = nhwc;
+        out.tf32_exact = t.tf32_exact || round_tf32;
         let args = [
             KArg::Buf(&t.buf),
             KArg::Buf(&out.buf),

@@ -68,6 +68,10 @@ pub struct GpuTensor<B> {
     /// Stored channels-last ([N][H][W][C]): only outputs of the channels-last convolutions
     /// (GRADCAM_CONV_NHWC=1); every other op reads NCHW and transposes such an input first.
     pub(super) nhwc: bool,
+    /// f32 values all exact in TF32 (the outputs of TF32 channels-last convs, transpositions
+    /// that rounded, and what keeps values: ReLU, max pooling, copies): what a channels-last
+    /// TF32 conv, whose cp.async copies do not round, may read as it is.
+    pub(super) tf32_exact: bool,
 }
 
 impl<B> GpuTensor<B> {
