@@ -335,6 +335,67 @@ pub fn device_checks<L: super::gpu::Launcher>(
     let mut out = mma_checks(be)?;
     out.extend(ldmatrix_checks(be)?);
     out.extend(cast_checks(be)?);
+    out.extend(batch_io_checks(be)?);
+    Ok(out)
+}
+
+/// A batch of images of four sizes, 1.6 MB in all (so a GPU's copies go through its
+/// page-locked staging memory, see `PINNED_MIN`), up, preprocessed and overlaid on the
+/// device, one launch per stage, against the CPU's preprocessing and overlays: the
+/// normalised input within the selftest tolerance, the overlays' bytes within 4 (the JET
+/// lookup's truncation, as tests/parity.rs).
+fn batch_io_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
+    use crate::cam::{overlay, upsample_normalised};
+    use crate::image::RgbImage;
+    let sizes = [(480u32, 640u32), (333, 517), (224, 224), (17, 1000)];
+    let imgs: Vec<RgbImage> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &(h, w))| {
+            RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x * 7 + i as u32) as u8, (y * 3) as u8, ((x ^ y) * 5) as u8])
+            })
+        })
+        .collect();
+    let refs: Vec<&RgbImage> = imgs.iter().collect();
+    let staged = be.upload_images(&refs)?;
+    let hw = (61, 47);
+    let x = be.preprocess(&staged, hw)?;
+    let want = crate::image::preprocess(&refs, hw);
+    let mut out = vec![check(
+        be,
+        "preprocess",
+        "4 sizes, 1.6 MB, to 61x47",
+        &x,
+        &want,
+    )?];
+    let mut rng = Rng::new(31);
+    let maps = rng.tensor(&[imgs.len(), 5, 7], 0.0, 2.0);
+    let got = be.overlays(&staged, &maps)?;
+    let mut worst = 0u8;
+    for (i, img) in imgs.iter().enumerate() {
+        let m = upsample_normalised(
+            &maps.data()[i * 35..(i + 1) * 35],
+            (5, 7),
+            (img.height() as usize, img.width() as usize),
+        );
+        let want = overlay(img, &m);
+        worst = match got.get(i) {
+            Some(g) if g.dimensions() == want.dimensions() => g
+                .as_raw()
+                .iter()
+                .zip(want.as_raw())
+                .map(|(a, b)| a.abs_diff(*b))
+                .fold(worst, u8::max),
+            _ => u8::MAX,
+        };
+    }
+    out.push(Check {
+        op: "overlays".into(),
+        shape: "4 sizes, 1.6 MB, bytes".into(),
+        max_err: worst as f32,
+        tolerance: 4.0,
+    });
     Ok(out)
 }
 

@@ -11,6 +11,7 @@ use super::{
 use crate::backend::{Backend, Conv2dParams, ElementRule, Pool2dParams, WeightRule};
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
+use rayon::prelude::*;
 
 impl<L: Launcher> GpuBackend<L> {
     /// conv2d_fwd_<t> [+ residual] [then ReLU], one launch.
@@ -106,15 +107,17 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let table = bytes.next_multiple_of(IMAGE_DESC);
         let descs = image_descs(&layout);
         // Pixels and their table packed straight into the launcher's staging memory, then
-        // one copy up.
+        // one copy up. The images are copied in parallel: the device waits for this.
         let buf = self
             .l
             .upload_with(table + descs.len(), &mut |dst: &mut [u8]| {
-                for (im, &(off, _)) in images.iter().zip(&layout) {
-                    let raw = im.as_raw();
-                    dst[off..off + raw.len()].copy_from_slice(raw);
-                }
-                dst[table..].copy_from_slice(&descs);
+                let (pixels, rest) = dst.split_at_mut(table);
+                rest.copy_from_slice(&descs);
+                let slots = split_runs(pixels, images.iter().map(|im| im.as_raw().len()));
+                slots
+                    .into_par_iter()
+                    .zip(images.par_iter())
+                    .for_each(|(slot, im)| slot.copy_from_slice(im.as_raw()));
             })?;
         Ok(GpuImages {
             buf,
@@ -189,13 +192,24 @@ impl<L: Launcher> Backend for GpuBackend<L> {
                 self.launch("overlay_rgb8", [blocks, runs, 1], [256, 1, 1], &a3)?;
             }
         }
-        let mut bytes = vec![0u8; images.bytes];
-        self.l.download(&out, &mut bytes)?;
-        Ok(lay
-            .iter()
-            .map(|&(off, (oh, ow))| {
-                RgbImage::from_raw(ow as u32, oh as u32, bytes[off..off + oh * ow * 3].to_vec())
-                    .expect("sized from the layout")
+        // Straight from the launcher's staging memory into each image, in parallel (one host
+        // copy, which the device waits for).
+        let mut pixels: Vec<Vec<u8>> = lay.iter().map(|&(_, (h, w))| vec![0; h * w * 3]).collect();
+        self.l
+            .download_with(&out, images.bytes, &mut |host: &[u8]| {
+                pixels
+                    .par_iter_mut()
+                    .zip(lay.par_iter())
+                    .for_each(|(px, &(off, _))| {
+                        let len = px.len();
+                        px.copy_from_slice(&host[off..off + len])
+                    });
+            })?;
+        Ok(pixels
+            .into_iter()
+            .zip(lay)
+            .map(|(px, &(_, (oh, ow)))| {
+                RgbImage::from_raw(ow as u32, oh as u32, px).expect("sized from the layout")
             })
             .collect())
     }
@@ -650,4 +664,15 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         };
         Ok(out)
     }
+}
+
+/// `buf` cut into consecutive pieces of the given lengths (which sum to at most its length).
+fn split_runs(mut buf: &mut [u8], lens: impl Iterator<Item = usize>) -> Vec<&mut [u8]> {
+    let mut out = Vec::new();
+    for len in lens {
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut(len);
+        out.push(head);
+        buf = tail;
+    }
+    out
 }

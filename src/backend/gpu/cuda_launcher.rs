@@ -50,6 +50,40 @@ fn cuda_err(what: &str) -> impl Fn(DriverError) -> Error + '_ {
 }
 
 impl CudaLauncher {
+    fn check_download(&self, b: &CudaBuf, len: usize) -> Result<()> {
+        if len > b.slice.len() {
+            return Err(Error::Invalid(format!(
+                "download of {len} bytes from a {}-byte device buffer",
+                b.slice.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The first `len` bytes of `b` through the page-locked staging memory, handed to `take`
+    /// there; None when staging does not serve this copy (the caller copies the plain way).
+    fn download_staged(
+        &self,
+        b: &CudaBuf,
+        len: usize,
+        take: &mut dyn FnMut(&[u8]),
+    ) -> Option<Result<()>> {
+        self.staging.with(len, |host| -> Result<()> {
+            self.ctx
+                .bind_to_thread()
+                .map_err(cuda_err("binding the context"))?;
+            // SAFETY: `b` holds at least `len` bytes (checked by the callers); the copy
+            // finishes before the staging memory is read or reused.
+            unsafe {
+                result::memcpy_dtoh_async(host, self.ptr(b), self.stream.cu_stream())
+                    .map_err(cuda_err("device to host copy"))?;
+            }
+            self.synchronize()?;
+            take(host);
+            Ok(())
+        })
+    }
+
     /// Opens GPU `ordinal`. Fails with [`Error::NoDevice`] (never a panic) when the driver,
     /// the GPU or NVRTC is missing, naming what and where it looked.
     pub fn new(ordinal: usize) -> Result<Self> {
@@ -225,37 +259,32 @@ impl Launcher for CudaLauncher {
         staged.unwrap_or_else(|| upload_filled(self, len, fill))
     }
     fn download(&self, b: &CudaBuf, out: &mut [u8]) -> Result<()> {
+        self.check_download(b, out.len())?;
         if out.is_empty() {
             return Ok(());
         }
-        if out.len() > b.slice.len() {
-            return Err(Error::Invalid(format!(
-                "download of {} bytes from a {}-byte device buffer",
-                out.len(),
-                b.slice.len()
-            )));
-        }
-        let staged = self.staging.with(out.len(), |host| -> Result<()> {
-            self.ctx
-                .bind_to_thread()
-                .map_err(cuda_err("binding the context"))?;
-            // SAFETY: `b` holds at least out.len() bytes (the callers' contract); the copy
-            // finishes before the staging memory is read or reused.
-            unsafe {
-                result::memcpy_dtoh_async(host, self.ptr(b), self.stream.cu_stream())
-                    .map_err(cuda_err("device to host copy"))?;
-            }
-            self.synchronize()?;
-            out.copy_from_slice(host);
-            Ok(())
-        });
-        if let Some(r) = staged {
+        if let Some(r) = self.download_staged(b, out.len(), &mut |host| out.copy_from_slice(host)) {
             return r;
         }
         self.stream
             .memcpy_dtoh(&b.slice.slice(..out.len()), out)
             .map_err(cuda_err("device to host copy"))?;
         self.synchronize()
+    }
+    fn download_with(&self, b: &CudaBuf, len: usize, take: &mut dyn FnMut(&[u8])) -> Result<()> {
+        self.check_download(b, len)?;
+        if let Some(r) = self.download_staged(b, len, take) {
+            return r;
+        }
+        let mut v = vec![0u8; len];
+        if len > 0 {
+            self.stream
+                .memcpy_dtoh(&b.slice.slice(..len), &mut v)
+                .map_err(cuda_err("device to host copy"))?;
+            self.synchronize()?;
+        }
+        take(&v);
+        Ok(())
     }
     fn copy(&self, b: &CudaBuf, bytes: usize) -> Result<CudaBuf> {
         let held = self.mem.reserve(bytes)?;

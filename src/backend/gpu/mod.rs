@@ -59,6 +59,15 @@ pub trait Launcher: Send + Sync {
     }
     /// Copies the first `out.len()` bytes of `b` to the host.
     fn download(&self, b: &Self::Buf, out: &mut [u8]) -> Result<()>;
+    /// The first `len` bytes of `b`, handed to `take` on the host (from staging memory the
+    /// launcher may keep for fast copies; by default an ordinary vector): for callers that
+    /// spread the bytes over several destinations, without a copy in between.
+    fn download_with(&self, b: &Self::Buf, len: usize, take: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let mut v = vec![0u8; len];
+        self.download(b, &mut v)?;
+        take(&v);
+        Ok(())
+    }
     fn copy(&self, b: &Self::Buf, bytes: usize) -> Result<Self::Buf>;
     /// Device memory held by this launcher's buffers (now, peak).
     fn memory(&self) -> &MemCounter;
