@@ -4,6 +4,9 @@
 //                        [+ residual] [then ReLU]: a ResNet block's last conv, its skip add
 //                        and the ReLU after it in one pass (residual and bias may be null)
 //                        GEMM per group: [K/g] x [N·OH·OW], depth C/g·R·S
+//   conv2d_fwd_onhwc_<t>[_t128] (tf32, bf16, f16): the same with y (and residual) stored
+//                        channels-last, for a first conv that feeds channels-last ones
+//                        (GRADCAM_CONV_NHWC=1; see conv_nhwc.cu)
 //   conv2d_bwd_data_<t>: dx = torch.nn.grad.conv2d_input(x.shape, w, dy, ...)
 //                        GEMM per group: [C/g] x [N·H·W], depth K/g·R·S
 // <t> = f32 (f32 tensors, FMAs), tf32 (f32 tensors, TF32 tensor cores: torch's allow_tf32
@@ -245,7 +248,10 @@ struct BwdGather {
 // is 32 contiguous channels, staged by 16-byte vectors (gemm_tile_mma's AV), and the output
 // leaves through shared memory by runs of pixels (EV). VB (with KRSC):
 // input pixels staged 4 at a time too (BV; the shapes of FwdGather::vprep, the host checks).
-template <class S, int T, int TS = 64, bool KRSC = false, bool VB = false>
+// ONHWC (plain weights, groups 1): y and residual channels-last ([N][OH][OW][K]), for a
+// network's first conv (3 input channels) that feeds channels-last ones; TF32 stores its
+// output rounded to TF32, as conv_nhwc.cu's epilogue does (what those convs read).
+template <class S, int T, int TS = 64, bool KRSC = false, bool VB = false, bool ONHWC = false>
 __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __restrict__ w,
                                            const S* __restrict__ bias,
                                            const S* __restrict__ residual, S* __restrict__ y,
@@ -261,10 +267,12 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
         const FastDiv per_image(ohw);  // columns → (image, pixel)
         return [&, per_image](int m, int col, float v) {
             const int ko = g * kg + m, ni = per_image.div(col);
-            const size_t at = ((size_t)ni * k + ko) * ohw + per_image.mod(col, ni);
+            const size_t at = ONHWC ? (size_t)col * k + ko
+                                    : ((size_t)ni * k + ko) * ohw + per_image.mod(col, ni);
             if (bias) v += ld(bias, ko);
             if (residual) v += ld(residual, at);
             if (relu) v = fmaxf(v, 0.0f);
+            if (ONHWC && T == 1) v = __uint_as_float(tf32_bits(v));
             st(y, at, v);
         };
     };
@@ -450,6 +458,25 @@ extern "C" __global__ void TWO_PER_SM conv2d_fwd_f16(CONV2D_FWD_PARAMS(f16)) {
     conv2d_fwd<f16, 2>(CONV2D_FWD_ARGS);
 }
 // 128x128 tiles for the tensor-core paths: grid (ceil(cols / 128), ceil(rows / 128), groups).
+// Channels-last output (ONHWC): a network's first conv feeding channels-last convs.
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_onhwc_tf32(CONV2D_FWD_PARAMS(float)) {
+    conv2d_fwd<float, 1, 64, false, false, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_onhwc_bf16(CONV2D_FWD_PARAMS(bf16)) {
+    conv2d_fwd<bf16, 2, 64, false, false, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void TWO_PER_SM conv2d_fwd_onhwc_f16(CONV2D_FWD_PARAMS(f16)) {
+    conv2d_fwd<f16, 2, 64, false, false, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_onhwc_tf32_t128(CONV2D_FWD_PARAMS(float)) {
+    conv2d_fwd<float, 1, 128, false, false, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_onhwc_bf16_t128(CONV2D_FWD_PARAMS(bf16)) {
+    conv2d_fwd<bf16, 2, 128, false, false, true>(CONV2D_FWD_ARGS);
+}
+extern "C" __global__ void conv2d_fwd_onhwc_f16_t128(CONV2D_FWD_PARAMS(f16)) {
+    conv2d_fwd<f16, 2, 128, false, false, true>(CONV2D_FWD_ARGS);
+}
 extern "C" __global__ void conv2d_fwd_tf32_t128(CONV2D_FWD_PARAMS(float)) {
     conv2d_fwd<float, 1, 128>(CONV2D_FWD_ARGS);
 }

@@ -130,7 +130,8 @@ fn conv_tuning_choices_agree_bit_for_bit() {
 fn channels_last_chains_match_nchw_bit_for_bit() {
     use gradcam::backend::{Conv2dParams, Pool2dParams};
     let mut rng = Rng::new(11);
-    let x = rng.tensor(&[2, 32, 10, 10], -1.0, 1.0);
+    let x = rng.tensor(&[2, 3, 10, 10], -1.0, 1.0);
+    let w0 = rng.tensor(&[32, 3, 3, 3], -0.4, 0.4);
     let w1 = rng.tensor(&[64, 32, 3, 3], -0.2, 0.2);
     let b1 = rng.tensor(&[64], -0.1, 0.1);
     let w2 = rng.tensor(&[40, 64, 1, 1], -0.2, 0.2);
@@ -146,14 +147,17 @@ fn channels_last_chains_match_nchw_bit_for_bit() {
                 let t = be.download(t).unwrap();
                 t.data().iter().map(|v| v.to_bits()).collect()
             };
-            let (wd1, wd2, wd3) = (up(&w1), up(&w2), up(&w3));
+            let (wd0, wd1, wd2, wd3) = (up(&w0), up(&w1), up(&w2), up(&w3));
             let (p1, p0) = (Conv2dParams::new(1, 1), Conv2dParams::new(1, 0));
             let prep1 = be.conv2d_prepare(&wd1, &p1).unwrap();
             let prep2 = be.conv2d_prepare(&wd2, &p0).unwrap();
             let prep3 = be.conv2d_prepare(&wd3, &p1).unwrap();
             let mut out = Vec::new();
+            // A first conv (3 channels, NCHW in) writes channels-last for the convs after it.
+            let y0 = be.conv2d_fwd(&up(&x), &wd0, None, None, &p1, true).unwrap();
+            out.push(bits(&y0));
             let y1 = be
-                .conv2d_fwd(&up(&x), &wd1, prep1.as_ref(), Some(&up(&b1)), &p1, true)
+                .conv2d_fwd(&y0, &wd1, prep1.as_ref(), Some(&up(&b1)), &p1, true)
                 .unwrap();
             out.push(bits(&y1));
             let pool = Pool2dParams::new(2, 2, 0);
@@ -170,8 +174,8 @@ fn channels_last_chains_match_nchw_bit_for_bit() {
                 .conv2d_fwd(&y3, &wd3, prep3.as_ref(), None, &p1, false)
                 .unwrap();
             // Which ran channels-last: the 32- and 64-channel inputs, not the 40-channel one.
-            let layouts = [&y1, &y2, &y2b, &y3, &y4].map(|t| t.is_channels_last());
-            assert_eq!(layouts, [nhwc, nhwc, nhwc, nhwc, false]);
+            let layouts = [&y0, &y1, &y2, &y2b, &y3, &y4].map(|t| t.is_channels_last());
+            assert_eq!(layouts, [nhwc, nhwc, nhwc, nhwc, nhwc, false]);
             out.push(bits(&y4));
             let y5 = be
                 .add(be.relu_fwd(be.duplicate(&y3).unwrap()).unwrap(), &up(&res))

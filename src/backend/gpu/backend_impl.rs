@@ -32,23 +32,25 @@ impl<L: Launcher> GpuBackend<L> {
         let (oh, ow) = p
             .out_hw((h, wd), (r, s))
             .expect("shapes checked by the network");
-        // Channels-last where it applies (input, residual and output); else everything NCHW.
+        // Channels-last where it applies (input, residual and output); a first conv that
+        // feeds channels-last ones writes channels-last from NCHW; else everything NCHW.
         let nhwc = self.nhwc_applies(c, &w.shape, p.groups, prepared.is_some());
-        let round = nhwc && self.precision() == Precision::Tf32;
-        let x = &*self.in_layout_rounded(x, nhwc, round)?;
+        let out_nhwc = nhwc || self.nhwc_output_applies(x, &w.shape, p.groups);
+        let round = out_nhwc && self.precision() == Precision::Tf32;
+        let x = &*self.in_layout_rounded(x, nhwc, nhwc && round)?;
         let residual = match residual {
-            Some(r) => Some(self.in_layout(r, nhwc)?),
+            Some(r) => Some(self.in_layout(r, out_nhwc)?),
             None => None,
         };
         let residual = residual.as_deref();
         let mut y = self.like(vec![n, k, oh, ow], x)?;
-        y.nhwc = nhwc;
-        y.tf32_exact = round; // the channels-last TF32 epilogue rounds
+        y.nhwc = out_nhwc;
+        y.tf32_exact = round; // the channels-last TF32 epilogues round
         self.launch_conv(
-            if nhwc {
-                "conv2d_fwd_nhwc"
-            } else {
-                "conv2d_fwd"
+            match (nhwc, out_nhwc) {
+                (true, _) => "conv2d_fwd_nhwc",
+                (false, true) => "conv2d_fwd_onhwc",
+                (false, false) => "conv2d_fwd",
             },
             x.dtype,
             prepared.map(|t| &t.buf),

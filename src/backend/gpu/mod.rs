@@ -778,6 +778,24 @@ impl<L: Launcher> GpuBackend<L> {
             && w[0] % 8 == 0
     }
 
+    /// Whether a forward conv that does not run channels-last writes its output channels-last
+    /// anyway (`conv2d_fwd_onhwc_<t>`): a network's first conv (fewer than 32 input channels,
+    /// NCHW) whose output channels, a multiple of 32, make the next convs channels-last ones;
+    /// its output then needs no transposition before them.
+    pub(super) fn nhwc_output_applies(
+        &self,
+        x: &GpuTensor<L::Buf>,
+        w: &[usize],
+        groups: usize,
+    ) -> bool {
+        self.conv_nhwc
+            && self.precision != Precision::F32
+            && !x.nhwc
+            && groups == 1
+            && w[1] < 32
+            && w[0] % 32 == 0
+    }
+
     /// An element-wise or reduction op's entry for its input's storage, e.g. `relu_fwd_bf16`.
     fn kernel(op: &str, t: &GpuTensor<L::Buf>) -> String {
         format!("{op}_{}", t.dtype.name())
