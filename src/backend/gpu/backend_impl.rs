@@ -11,7 +11,6 @@ use super::{
 use crate::backend::{Backend, Conv2dParams, ElementRule, Pool2dParams, WeightRule};
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
-use rayon::prelude::*;
 
 impl<L: Launcher> GpuBackend<L> {
     /// conv2d_fwd_<t> [+ residual] [then ReLU], one launch.
@@ -116,10 +115,11 @@ impl<L: Launcher> Backend for GpuBackend<L> {
                 let (pixels, rest) = dst.split_at_mut(table);
                 rest.copy_from_slice(&descs);
                 let slots = split_runs(pixels, images.iter().map(|im| im.as_raw().len()));
-                slots
-                    .into_par_iter()
-                    .zip(images.par_iter())
-                    .for_each(|(slot, im)| slot.copy_from_slice(im.as_raw()));
+                parallel_copies(
+                    slots
+                        .into_iter()
+                        .zip(images.iter().map(|im| im.as_raw().as_slice())),
+                );
             })?;
         Ok(GpuImages {
             buf,
@@ -199,13 +199,8 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let mut pixels: Vec<Vec<u8>> = lay.iter().map(|&(_, (h, w))| vec![0; h * w * 3]).collect();
         self.l
             .download_with(&out, images.bytes, &mut |host: &[u8]| {
-                pixels
-                    .par_iter_mut()
-                    .zip(lay.par_iter())
-                    .for_each(|(px, &(off, _))| {
-                        let len = px.len();
-                        px.copy_from_slice(&host[off..off + len])
-                    });
+                let from = lay.iter().map(|&(off, (h, w))| &host[off..off + h * w * 3]);
+                parallel_copies(pixels.iter_mut().map(Vec::as_mut_slice).zip(from));
             })?;
         Ok(pixels
             .into_iter()
@@ -677,4 +672,68 @@ fn split_runs(mut buf: &mut [u8], lens: impl Iterator<Item = usize>) -> Vec<&mut
         buf = tail;
     }
     out
+}
+
+/// Copies each source into its destination (equal lengths), spread over up to 8 scoped
+/// threads by bytes. Plain threads, not rayon: the launcher runs this while it holds its
+/// staging memory's lock, and a rayon worker waiting on its own tasks may pick up another
+/// job that wants that lock.
+fn parallel_copies<'a>(pairs: impl Iterator<Item = (&'a mut [u8], &'a [u8])>) {
+    const MIN_PER_THREAD: usize = 1 << 20;
+    let pairs: Vec<_> = pairs.collect();
+    let total: usize = pairs.iter().map(|(d, _)| d.len()).sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (total / MIN_PER_THREAD).clamp(1, cores.clamp(1, 8));
+    if threads == 1 {
+        pairs.into_iter().for_each(|(d, s)| d.copy_from_slice(s));
+        return;
+    }
+    // Consecutive pairs per thread, about total / threads bytes each.
+    let mut groups: Vec<Vec<(&mut [u8], &[u8])>> = vec![Vec::new()];
+    let (share, mut taken) = (total.div_ceil(threads), 0);
+    for (d, s) in pairs {
+        if taken >= share {
+            groups.push(Vec::new());
+            taken = 0;
+        }
+        taken += d.len();
+        groups.last_mut().expect("one group").push((d, s));
+    }
+    std::thread::scope(|scope| {
+        for g in groups {
+            scope.spawn(move || g.into_iter().for_each(|(d, s)| d.copy_from_slice(s)));
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parallel_copies, split_runs};
+
+    /// Pieces of odd sizes, 5 MB in all (several threads where the machine has the cores):
+    /// every byte lands in its own piece.
+    #[test]
+    fn parallel_copies_fill_every_piece() {
+        let lens: Vec<usize> = (0..23).map(|i| 1 + (i * 7919 * 31) % 450_000).collect();
+        let total: usize = lens.iter().sum();
+        let src: Vec<u8> = (0..total).map(|i| (i * 31 % 251) as u8).collect();
+        let mut dst = vec![0u8; total + 5];
+        let from = {
+            let mut at = 0;
+            lens.iter()
+                .map(|&l| {
+                    at += l;
+                    &src[at - l..at]
+                })
+                .collect::<Vec<_>>()
+        };
+        parallel_copies(
+            split_runs(&mut dst, lens.iter().copied())
+                .into_iter()
+                .zip(from),
+        );
+        assert!(total > 4 << 20);
+        assert_eq!(&dst[..total], &src[..]);
+        assert_eq!(&dst[total..], &[0; 5]);
+    }
 }

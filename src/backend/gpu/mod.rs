@@ -853,7 +853,8 @@ impl<L: Launcher> GpuBackend<L> {
         nhwc: bool,
         round_tf32: bool,
     ) -> Result<Converted<'a, GpuTensor<L::Buf>>> {
-        let round_tf32 = round_tf32 && t.dtype == DType::F32;
+        // Only the transposition into NHWC rounds (layout_transpose_<t>).
+        let round_tf32 = round_tf32 && nhwc && t.dtype == DType::F32;
         if t.nhwc == nhwc {
             if !round_tf32 || t.tf32_exact {
                 return Ok(Converted::Given(t));
