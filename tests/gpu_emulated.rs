@@ -267,6 +267,49 @@ fn tf32_channels_last_conv_rounds_an_unrounded_input() {
     assert_eq!(differing, 0, "of {} outputs", got.data().len());
 }
 
+/// 16-bit linear layers run on the tensor cores (kernels/linear.cu): on inputs exact in the
+/// storage type every product is exact in f32, so each output is the f32 oracle's rounded to
+/// that type, up to the summation order: within one unit in the last place of the 16-bit
+/// result (bf16 2^-7, f16 2^-10 relative) plus 1e-5 of the largest output for the order.
+/// Shapes with partial tiles, a depth cut into chunks (split K), and a batch past one tile.
+#[test]
+fn sixteen_bit_linear_layers_match_the_f32_oracle() {
+    use gradcam::backend::cpu::naive;
+    let mut rng = Rng::new(29);
+    for (precision, ulp) in [
+        (Precision::Bf16, 2f32.powi(-7)),
+        (Precision::F16, 2f32.powi(-10)),
+    ] {
+        let dtype = precision.storage();
+        let exact = |t: Tensor| Tensor::new(t.shape(), dtype.decode(&dtype.encode(t.data())));
+        let be = GpuBackend::with_precision(EmuLauncher::new(), precision);
+        let up = |t: &Tensor| be.upload(t.clone()).unwrap();
+        for (n, fin, fout) in [(3, 70, 19), (5, 1100, 130), (67, 40, 66)] {
+            let x = exact(rng.tensor(&[n, fin], -1.0, 1.0));
+            let w = exact(rng.tensor(&[fout, fin], -1.0, 1.0));
+            let b = exact(rng.tensor(&[fout], -1.0, 1.0));
+            let dy = exact(rng.tensor(&[n, fout], -1.0, 1.0));
+            let y = be.linear_fwd(&up(&x), &up(&w), Some(&up(&b))).unwrap();
+            let dx = be.linear_bwd_data(&up(&dy), &up(&w)).unwrap();
+            for (name, got, want) in [
+                ("linear_fwd", y, naive::linear_fwd(&x, &w, Some(&b))),
+                ("linear_bwd_data", dx, naive::linear_bwd_data(&dy, &w)),
+            ] {
+                let got = be.download(&got).unwrap();
+                assert_eq!(got.shape(), want.shape());
+                let big = want.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (g, e) in got.data().iter().zip(want.data()) {
+                    let tol = ulp * e.abs() + 1e-5 * big;
+                    assert!(
+                        (g - e).abs() <= tol,
+                        "{precision:?} {name} {n}x{fin}->{fout}: {g} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A plan serves a kind of layer, not one exact shape: images of other sizes (within a factor
 /// of 2 of output pixels) reuse it instead of timing the candidates again, with the kernel
 /// that fits their shape.

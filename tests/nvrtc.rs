@@ -301,6 +301,27 @@ fn channels_last_convolutions_compile_to_cp_async_ldmatrix_and_mma() {
     }
 }
 
+/// 16-bit linear layers on the tensor cores; f32 (and TF32 precision, whose linear layers are
+/// f32 as torch's are by default) on FMAs.
+#[test]
+fn sixteen_bit_linear_layers_compile_to_mma_sync() {
+    let Some(n) = nvrtc() else { return };
+    let ptx = String::from_utf8(n.compile("linear.cu", "sm_80", Target::Ptx).unwrap()).unwrap();
+    for t in ["bf16", "f16"] {
+        for op in ["linear_fwd", "linear_bwd_data"] {
+            let entry = format!("{op}_{t}");
+            let needle = format!("mma.sync.aligned.m16n8k16.row.col.f32.{t}.{t}.f32");
+            assert!(
+                entry_body(&ptx, &entry).contains(&needle),
+                "{entry}: no {needle}"
+            );
+        }
+    }
+    for op in ["linear_fwd_f32", "linear_bwd_data_f32"] {
+        assert!(!entry_body(&ptx, op).contains("mma.sync"), "{op}");
+    }
+}
+
 /// The PTX of one entry point: from its `.entry` line to the next one.
 fn entry_body<'a>(ptx: &'a str, entry: &str) -> &'a str {
     let start = ptx

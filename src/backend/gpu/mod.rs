@@ -952,9 +952,13 @@ impl<L: Launcher> GpuBackend<L> {
         args.push(KArg::Buf(&y.buf));
         args.push(part.as_ref().map_or(KArg::Null, |p| KArg::Buf(&p.buf)));
         args.extend(ints(&[n, fin, fout, chunk]));
+        // The 16-bit backward pass runs on the tensor cores with rows and columns swapped
+        // (kernels/linear.cu).
+        let swapped = op == "linear_bwd_data" && y.dtype != DType::F32;
+        let (gx, gy) = if swapped { (rows, n) } else { (n, rows) };
         let grid = [
-            n.div_ceil(64) as u32,
-            rows.div_ceil(64) as u32,
+            gx.div_ceil(64) as u32,
+            gy.div_ceil(64) as u32,
             splits as u32,
         ];
         // SAFETY: <op>_<t>'s argument list; grid and `part` sized for `splits` chunks.

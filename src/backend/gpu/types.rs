@@ -103,7 +103,8 @@ impl<T> std::ops::Deref for Converted<'_, T> {
     }
 }
 
-/// Arithmetic of the convolutions (the bulk of the work); everything else is f32.
+/// Arithmetic of the convolutions (the bulk of the work; at BF16 and F16 the linear layers
+/// too, whose 16-bit products are exact in f32); everything else is f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     /// f32 FMAs: the same numbers as the CPU backend and pytorch-grad-cam on the CPU.
