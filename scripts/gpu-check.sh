@@ -50,10 +50,44 @@ bench() { # arch precision [tile: 64|128, else chosen per layer] [extra env]
 }
 
 step selftest-tf32 90 $kit/gradcam selftest --device cuda --precision tf32
-step selftest-f32 45 $kit/gradcam selftest --device cuda --precision f32
 step selftest-bf16 45 $kit/gradcam selftest --device cuda --precision bf16
+# Hopper's warpgroup MMA (GRADCAM_CONV_WGMMA=1, channels-last): the wgmma rows check the
+# instruction against its twin (the swizzled shared-memory layout and descriptors), the conv
+# rows the kernels against the CPU. First, as the newest and least proven path.
+for p in tf32 bf16 f16; do
+  step selftest-$p-wgmma 45 env GRADCAM_CONV_WGMMA=1 $kit/gradcam selftest --device cuda \
+    --precision $p
+done
+# Channels-last convolutions on mma.sync (GRADCAM_CONV_NHWC=1).
+for p in tf32 bf16 f16; do
+  step selftest-$p-nhwc 45 env GRADCAM_CONV_NHWC=1 $kit/gradcam selftest --device cuda \
+    --precision $p
+done
+step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
+  $kit/cuda-tests --nocapture --test-threads 1
+# Each default (kernels tuned per layer; the profile names each layer's choice) beside
+# channels-last on mma.sync and on wgmma, then the peers on the same card; the other
+# experiments after.
+bench resnet50 tf32
+bench resnet50 tf32 "" GRADCAM_CONV_NHWC=1
+bench resnet50 tf32 "" GRADCAM_CONV_WGMMA=1
+step peers-resnet50 150 python3 tools/bench_gpu_peers.py --arch resnet50 --batch 64 --images "$n"
+bench resnet50 bf16
+bench resnet50 bf16 "" GRADCAM_CONV_NHWC=1
+bench resnet50 bf16 "" GRADCAM_CONV_WGMMA=1
+bench vgg16 tf32
+bench vgg16 tf32 "" GRADCAM_CONV_NHWC=1
+bench vgg16 tf32 "" GRADCAM_CONV_WGMMA=1
+step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --images "$n"
+bench vgg16 bf16
+bench vgg16 bf16 "" GRADCAM_CONV_NHWC=1
+bench vgg16 bf16 "" GRADCAM_CONV_WGMMA=1
+step selftest-f32 45 $kit/gradcam selftest --device cuda --precision f32
 step selftest-f16 45 $kit/gradcam selftest --device cuda --precision f16
-# The experimental paths, checked too: KRSC weights (GRADCAM_CONV_KRSC=1) at each tensor-core
+bench resnet50 f16 "" GRADCAM_CONV_WGMMA=1
+bench resnet50 tf32 "" GRADCAM_CONV_TUNE=0
+bench resnet50 bf16 "" GRADCAM_CONV_TUNE=0
+# The older experimental paths: KRSC weights (GRADCAM_CONV_KRSC=1) at each tensor-core
 # precision, and the cp.async ring (GRADCAM_CONV_ASYNC=1: every TF32 forward conv; BF16 and
 # F16 1x1 ones, where tuning may also pick it).
 for p in tf32 bf16 f16; do
@@ -64,37 +98,14 @@ for p in tf32 bf16 f16; do
   step selftest-$p-async 45 env GRADCAM_CONV_ASYNC=1 $kit/gradcam selftest --device cuda \
     --precision $p
 done
-# Channels-last convolutions (GRADCAM_CONV_NHWC=1).
-for p in tf32 bf16 f16; do
-  step selftest-$p-nhwc 45 env GRADCAM_CONV_NHWC=1 $kit/gradcam selftest --device cuda \
-    --precision $p
-done
-step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
-  $kit/cuda-tests --nocapture --test-threads 1
-# Each default (kernels tuned per layer; the profile names each layer's choice) beside the
-# untuned rule (GRADCAM_CONV_TUNE=0: plain weights, the fitted tile rule) and KRSC forced, then
-# the peers on the same card.
-bench resnet50 tf32
-bench resnet50 tf32 "" GRADCAM_CONV_NHWC=1
-bench resnet50 tf32 "" GRADCAM_CONV_TUNE=0
 bench resnet50 tf32 "" GRADCAM_CONV_KRSC=1
 bench resnet50 tf32 "" GRADCAM_CONV_ASYNC=1
-step peers-resnet50 150 python3 tools/bench_gpu_peers.py --arch resnet50 --batch 64 --images "$n"
-bench resnet50 bf16
-bench resnet50 bf16 "" GRADCAM_CONV_NHWC=1
-bench resnet50 bf16 "" GRADCAM_CONV_TUNE=0
 bench resnet50 bf16 "" GRADCAM_CONV_KRSC=1
 bench resnet50 bf16 "" GRADCAM_CONV_ASYNC=1
 bench resnet50 f16
 bench resnet50 f16 "" GRADCAM_CONV_NHWC=1
-bench resnet50 f16 "" GRADCAM_CONV_TUNE=0
-bench vgg16 tf32
-bench vgg16 tf32 "" GRADCAM_CONV_NHWC=1
 bench vgg16 tf32 "" GRADCAM_CONV_TUNE=0
 bench vgg16 tf32 "" GRADCAM_CONV_ASYNC=1
-step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --images "$n"
-bench vgg16 bf16
-bench vgg16 bf16 "" GRADCAM_CONV_NHWC=1
 bench vgg16 bf16 "" GRADCAM_CONV_TUNE=0
 bench vgg16 f16
 bench vgg16 f16 "" GRADCAM_CONV_TUNE=0
@@ -113,7 +124,7 @@ for f in sorted(pathlib.Path('/tmp/demo-cpu').glob('*.json')):
 PY"
 # Hardware counters (Nsight Compute) of the first 24 forward convs of one ResNet-50 batch
 # (stem, layer1, most of layer2: the 1x1 convs that run at 13-25 TFLOP/s and the 3x3s), at
-# BF16, default beside channels-last: occupancy, stall reasons, memory and tensor-pipe throughput.
+# BF16, default beside channels-last (mma.sync, wgmma): occupancy, stall reasons, memory and tensor-pipe throughput.
 ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 ncu_convs() { # name [env] (untuned: tuning would launch every candidate)
   step ncu-$1 100 env GRADCAM_CONV_TUNE=0 ${2:-X=} "$ncu_bin" --clock-control none --kernel-name regex:'^conv2d_fwd' \
@@ -125,6 +136,7 @@ ncu_convs() { # name [env] (untuned: tuning would launch every candidate)
 if [ -n "$ncu_bin" ]; then
   ncu_convs resnet50-bf16
   ncu_convs resnet50-bf16-nhwc GRADCAM_CONV_NHWC=1
+  ncu_convs resnet50-bf16-wgmma GRADCAM_CONV_WGMMA=1
 else
   echo "ncu: not found" | tee -a "$sum"
 fi

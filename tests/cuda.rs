@@ -50,6 +50,21 @@ fn selftest_passes_on_the_gpu() {
         eprintln!("{precision:?} KRSC {krsc} cp.async {ring} channels-last {nhwc}\n{table}");
         assert!(checks.iter().all(|c| c.passed()), "{table}");
     }
+    // Hopper's warpgroup MMA (compute capability 9.0 only): the instruction against its twin,
+    // the channels-last convs on it against the CPU.
+    for precision in [Precision::Tf32, Precision::Bf16, Precision::F16] {
+        let Some(l) = launcher() else { return };
+        let be = GpuBackend::with_precision(l, precision).with_conv_wgmma(true);
+        if !be.has_wgmma() {
+            eprintln!("no wgmma on this GPU: skipped");
+            break;
+        }
+        let mut checks = selftest::run(&be).unwrap();
+        checks.extend(selftest::device_checks(&be).unwrap());
+        let table = selftest::table(&checks);
+        eprintln!("{precision:?} wgmma\n{table}");
+        assert!(checks.iter().all(|c| c.passed()), "{table}");
+    }
 }
 
 /// The kernels conv tuning chooses among agree bit for bit on the GPU too; prints the plans.
@@ -86,5 +101,21 @@ fn parity_fixtures_on_the_gpu() {
             |_| true,
         );
         eprintln!("{precision:?}: largest cam error {worst:.2e}");
+    }
+    // ...and with the channels-last convs on wgmma, where the GPU has it.
+    if !GpuBackend::new(CudaLauncher::new(0).unwrap()).has_wgmma() {
+        return;
+    }
+    for (precision, tol) in common::TENSOR_CORE_TOL {
+        let (_, worst) = common::parity_end_to_end(
+            |g| {
+                let l = CudaLauncher::new(0).unwrap();
+                let be = GpuBackend::with_precision(l, precision).with_conv_wgmma(true);
+                Network::new(g, be).unwrap()
+            },
+            tol,
+            |_| true,
+        );
+        eprintln!("{precision:?} wgmma: largest cam error {worst:.2e}");
     }
 }

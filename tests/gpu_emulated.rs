@@ -103,6 +103,24 @@ fn tensor_core_selftests_pass_through_the_emulator() {
             "{precision:?} {tile:?} {warps} warps {slice}-channel slices channels-last\n{table}"
         );
     }
+    // The wgmma convolutions (GRADCAM_CONV_WGMMA=1) where the input is whole 128-byte slices
+    // (the others stay on the kernels above); the twin's checks run in every selftest here.
+    // F16 differs from BF16 only in the instruction's type: wgmma_convolutions_match_the_f32_oracle.
+    for (precision, tile) in [
+        (Precision::Tf32, ConvTile::T128),
+        (Precision::Bf16, ConvTile::T64),
+    ] {
+        let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
+            .with_conv_tile(tile)
+            .with_conv_wgmma(true);
+        let mut checks = gradcam::backend::selftest::run(&be).unwrap();
+        checks.extend(gradcam::backend::selftest::device_checks(&be).unwrap());
+        let table = gradcam::backend::selftest::table(&checks);
+        assert!(
+            checks.iter().all(|c| c.passed()) && table.contains("wgmma bf16 m64n128k16"),
+            "{precision:?} {tile:?} wgmma\n{table}"
+        );
+    }
 }
 
 /// Every kernel conv tuning may pick computes the same values bit for bit (see
@@ -306,6 +324,114 @@ fn sixteen_bit_linear_layers_match_the_f32_oracle() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The wgmma convolutions (kernels/conv_wgmma.cu, through the instruction's twin) against the
+/// f32 oracle, on inputs exact in the storage type (TF32-rounded for TF32), so every product is
+/// exact and only the summation order and the output's rounding differ: within one unit in the
+/// last place of the stored result (TF32 2^-10, BF16 2^-7, F16 2^-10 relative) plus 1e-5 of the
+/// largest output. Shapes: partial tiles both ways, several channel blocks (two 64-channel
+/// slices), a 1x1 with a residual and ReLU, strides, paddings and dilations per axis; both
+/// tiles (64 and 128 output channels). The profile shows the wgmma kernels ran; at 16 bits a
+/// 96-channel input (not whole 64-channel slices) stays on the mma.sync kernels.
+#[test]
+fn wgmma_convolutions_match_the_f32_oracle() {
+    use gradcam::backend::cpu::naive;
+    use gradcam::backend::Conv2dParams;
+    let mut rng = Rng::new(31);
+    let dilated = Conv2dParams {
+        stride: (2, 1),
+        padding: (1, 2),
+        dilation: (2, 1),
+        groups: 1,
+    };
+    let shapes = [
+        (
+            [2, 64, 9, 11],
+            [72, 64, 3, 3],
+            Conv2dParams::new(1, 1),
+            false,
+        ),
+        (
+            [3, 128, 8, 6],
+            [136, 128, 1, 1],
+            Conv2dParams::new(1, 0),
+            true,
+        ),
+        ([2, 64, 11, 10], [40, 64, 3, 3], dilated, false),
+        (
+            [1, 96, 6, 6],
+            [16, 96, 3, 3],
+            Conv2dParams::new(1, 1),
+            false,
+        ),
+    ];
+    for (precision, ulp) in [
+        (Precision::Tf32, 2f32.powi(-10)),
+        (Precision::Bf16, 2f32.powi(-7)),
+        (Precision::F16, 2f32.powi(-10)),
+    ] {
+        let dtype = precision.storage();
+        let exact = |t: Tensor| {
+            let v = if precision == Precision::Tf32 {
+                t.data()
+                    .iter()
+                    .map(|v| f32::from_bits((v.to_bits() + 0x1000) & 0xffff_e000))
+                    .collect()
+            } else {
+                dtype.decode(&dtype.encode(t.data()))
+            };
+            Tensor::new(t.shape(), v)
+        };
+        let t = if precision == Precision::Tf32 {
+            "tf32"
+        } else {
+            dtype.name()
+        };
+        for (tile, m) in [(ConvTile::T64, 64), (ConvTile::T128, 128)] {
+            let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
+                .with_conv_tile(tile)
+                .with_conv_wgmma(true);
+            be.set_kernel_profiling(true);
+            let up = |t: &Tensor| be.upload(t.clone()).unwrap();
+            for (xs, ws, p, residual) in &shapes {
+                let x = exact(rng.tensor(xs, -1.0, 1.0));
+                let w = exact(rng.tensor(ws, -0.5, 0.5));
+                let b = exact(rng.tensor(&[ws[0]], -0.5, 0.5));
+                let (xd, wd) = (up(&x), up(&w));
+                let prep = be.conv2d_prepare(&wd, p).unwrap();
+                let plain = naive::conv2d_fwd(&x, &w, Some(&b), p);
+                let (got, want) = if *residual {
+                    let res = exact(rng.tensor(plain.shape(), -1.0, 1.0));
+                    let y = be
+                        .conv2d_fwd_add_relu(&xd, &wd, prep.as_ref(), Some(&up(&b)), p, &up(&res))
+                        .unwrap();
+                    (y, naive::relu_fwd(&naive::add(&plain, &res)))
+                } else {
+                    let y = be
+                        .conv2d_fwd(&xd, &wd, prep.as_ref(), Some(&up(&b)), p, false)
+                        .unwrap();
+                    (y, plain)
+                };
+                let got = be.download(&got).unwrap();
+                assert_eq!(got.shape(), want.shape());
+                let big = want.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (g, e) in got.data().iter().zip(want.data()) {
+                    let tol = ulp * e.abs() + 1e-5 * big;
+                    assert!(
+                        (g - e).abs() <= tol,
+                        "{precision:?} m{m} {xs:?} * {ws:?}: {g} vs {e}"
+                    );
+                }
+            }
+            let ran: Vec<String> = be.kernel_times().into_iter().map(|(k, _, _)| k).collect();
+            let wanted = format!("conv2d_fwd_wgmma_{t}_m{m} ");
+            let wgmma = ran.iter().filter(|k| k.starts_with(&wanted)).count();
+            // 96 channels are not whole 128-byte slices at 16 bits (TF32: they are).
+            let expect = if precision == Precision::Tf32 { 4 } else { 3 };
+            assert_eq!(wgmma, expect, "{precision:?} m{m}: {ran:?}");
         }
     }
 }

@@ -2,7 +2,7 @@
 //! libnvrtc (no GPU): skipped when it cannot be found, unless GRADCAM_REQUIRE_NVRTC is set
 //! (.ci/run sets it and installs nvidia-cuda-nvrtc from PyPI).
 
-use gradcam::backend::kernels::SOURCES;
+use gradcam::backend::kernels::{compile_arch, SOURCES};
 use gradcam::backend::nvrtc::{Nvrtc, Target};
 
 fn nvrtc() -> Option<Nvrtc> {
@@ -74,7 +74,10 @@ fn compiler_errors_name_the_file_and_show_the_log() {
 fn ptxas_resource_report_has_no_spills() {
     let Some(n) = nvrtc() else { return };
     for (file, _) in SOURCES {
-        let report = n.resource_report(file, "sm_90").unwrap();
+        // As a Hopper GPU builds it (conv_wgmma.cu for sm_90a).
+        let report = n
+            .resource_report(file, &compile_arch(file, "sm_90"))
+            .unwrap();
         eprintln!("== {file}\n{report}");
         assert!(
             report.contains("registers"),
@@ -299,6 +302,46 @@ fn channels_last_convolutions_compile_to_cp_async_ldmatrix_and_mma() {
             assert!(b.contains(needle), "{entry}: no {needle}");
         }
     }
+}
+
+/// The wgmma convolutions, built for sm_90a as on a Hopper GPU: both operands by 16-byte
+/// cp.async copies, made visible to the tensor cores by the proxy fence, the warpgroup MMA of
+/// their type (four k-steps per slice, with the fence, commit and wait around them), the output
+/// by 16-byte stores; no mma.sync. Built for plain sm_90 (any other device) they are traps.
+#[test]
+fn wgmma_convolutions_compile_to_wgmma_for_sm_90a() {
+    let Some(n) = nvrtc() else { return };
+    let arch = compile_arch("conv_wgmma.cu", "sm_90");
+    assert_eq!(arch, "sm_90a");
+    let ptx = String::from_utf8(n.compile("conv_wgmma.cu", &arch, Target::Ptx).unwrap()).unwrap();
+    assert!(ptx.contains(".target sm_90a"), "not built for sm_90a");
+    for (t, k) in [("tf32", 8), ("bf16", 16), ("f16", 16)] {
+        for m in [64, 128] {
+            let entry = format!("conv2d_fwd_wgmma_{t}_m{m}");
+            let b = entry_body(&ptx, &entry);
+            for needle in [
+                "cp.async.cg.shared.global".to_string(),
+                "fence.proxy.async.shared::cta".to_string(),
+                "wgmma.fence.sync.aligned".to_string(),
+                format!("wgmma.mma_async.sync.aligned.m64n128k{k}.f32.{t}.{t}"),
+                "wgmma.commit_group.sync.aligned".to_string(),
+                "wgmma.wait_group.sync.aligned".to_string(),
+                "st.global.v4.u32".to_string(),
+            ] {
+                assert!(b.contains(&needle), "{entry}: no {needle}");
+            }
+            assert!(!b.contains("mma.sync") && !b.contains("trap;"), "{entry}");
+        }
+        let check = format!("wgmma_check_{t}");
+        assert!(
+            entry_body(&ptx, &check).contains("wgmma.mma_async"),
+            "{check}"
+        );
+    }
+    let plain =
+        String::from_utf8(n.compile("conv_wgmma.cu", "sm_90", Target::Ptx).unwrap()).unwrap();
+    let b = entry_body(&plain, "conv2d_fwd_wgmma_bf16_m128");
+    assert!(!b.contains("wgmma.mma_async") && b.contains("trap;"));
 }
 
 /// 16-bit linear layers on the tensor cores; f32 (and TF32 precision, whose linear layers are

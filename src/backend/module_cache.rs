@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::kernels::{HEADERS, SOURCES};
+use super::kernels::{compile_arch, HEADERS, SOURCES};
 use super::nvrtc::COMPILE_OPTIONS;
 
 pub struct ModuleCache {
@@ -48,11 +48,12 @@ impl ModuleCache {
             h.add(name.as_bytes());
             h.add(text.as_bytes());
         }
-        h.add(self.arch.as_bytes());
+        let arch = compile_arch(file, &self.arch);
+        h.add(arch.as_bytes());
         h.add(format!("nvrtc {}.{}", self.nvrtc.0, self.nvrtc.1).as_bytes());
         h.add(COMPILE_OPTIONS.join(" ").as_bytes());
         let stem = file.trim_end_matches(".cu");
-        Some(dir.join(format!("{stem}-{}-{:016x}.cubin", self.arch, h.0)))
+        Some(dir.join(format!("{stem}-{arch}-{:016x}.cubin", h.0)))
     }
 
     pub fn get(&self, file: &str) -> Option<Vec<u8>> {

@@ -112,6 +112,18 @@ pub fn run<B: Backend>(be: &B) -> Result<Vec<Check>> {
                 groups: 1,
             },
         ),
+        // Two 64-channel blocks (whole 128-byte slices at 16 bits: the wgmma convs' too) with
+        // strides, paddings and dilations per axis.
+        (
+            [2, 128, 11, 10],
+            [40, 128, 3, 3],
+            Conv2dParams {
+                stride: (2, 1),
+                padding: (1, 2),
+                dilation: (2, 1),
+                groups: 1,
+            },
+        ),
         (
             [1, 64, 8, 9],
             [64, 32, 3, 3],
@@ -334,6 +346,9 @@ pub fn device_checks<L: super::gpu::Launcher>(
 ) -> Result<Vec<Check>> {
     let mut out = mma_checks(be)?;
     out.extend(ldmatrix_checks(be)?);
+    if be.has_wgmma() {
+        out.extend(wgmma_checks(be)?);
+    }
     out.extend(cast_checks(be)?);
     out.extend(batch_io_checks(be)?);
     Ok(out)
@@ -445,21 +460,24 @@ fn ldmatrix_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> R
     Ok(out)
 }
 
+/// The largest |x - y| (infinite where either is NaN).
+fn max_abs_diff(x: &[f32], y: &[f32]) -> f32 {
+    x.iter()
+        .zip(y)
+        .map(|(p, q)| (p - q).abs())
+        .fold(
+            0f32,
+            |m, v| if v.is_nan() { f32::INFINITY } else { m.max(v) },
+        )
+}
+
 fn mma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Result<Vec<Check>> {
     let mut rng = Rng::new(77);
     // f32 → TF32 (nearest, ties away), → BF16 and → F16 (nearest even), as the kernels round.
     let tf32 = |v: f32| f32::from_bits((v.to_bits() + 0x1000) & 0xffff_e000);
     let bf16 = |v: f32| half::bf16::from_f32(v).to_f32();
     let f16 = |v: f32| half::f16::from_f32(v).to_f32();
-    let err = |x: &[f32], y: &[f32]| {
-        x.iter()
-            .zip(y)
-            .map(|(p, q)| (p - q).abs())
-            .fold(
-                0f32,
-                |m, v| if v.is_nan() { f32::INFINITY } else { m.max(v) },
-            )
-    };
+    let err = max_abs_diff;
     let mut out = Vec::new();
     for (kind, depth) in [("tf32", 8), ("bf16", 16), ("f16", 16)] {
         let round = |v: f32| match kind {
@@ -493,6 +511,54 @@ fn mma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Result
             shape: "vs CPU on rounded inputs".into(),
             max_err: err(&d_twin, &want),
             tolerance,
+        });
+    }
+    Ok(out)
+}
+
+/// Hopper's warpgroup MMA (kernels/wgmma.cuh) where the device has it: A [64, kd] · B [128,
+/// kd]ᵀ over one whole slice (4 k-steps, so the descriptors' advance along the swizzled rows is
+/// covered) by the instruction, by its twin, and on the CPU from the rounded inputs. Products
+/// of rounded values are exact in f32; sums of 64 (TF32: 32) of them, each below 4, may differ
+/// by the order of the additions: 1e-4.
+fn wgmma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Result<Vec<Check>> {
+    let mut rng = Rng::new(78);
+    let err = max_abs_diff;
+    let round = |kind: &str, v: f32| match kind {
+        "tf32" => f32::from_bits((v.to_bits() + 0x1000) & 0xffff_e000),
+        "bf16" => half::bf16::from_f32(v).to_f32(),
+        _ => half::f16::from_f32(v).to_f32(),
+    };
+    let mut out = Vec::new();
+    for kind in ["tf32", "bf16", "f16"] {
+        let kd = if kind == "tf32" { 32 } else { 64 };
+        let a = rng.tensor(&[64, kd], -2.0, 2.0);
+        let b = rng.tensor(&[128, kd], -2.0, 2.0);
+        let (ins, twin) = be.wgmma_check(kind, a.data(), b.data())?;
+        let mut want = vec![0f32; 64 * 128];
+        for i in 0..64 {
+            for j in 0..128 {
+                let (ra, rb) = (&a.data()[i * kd..][..kd], &b.data()[j * kd..][..kd]);
+                want[i * 128 + j] = ra
+                    .iter()
+                    .zip(rb)
+                    .map(|(&p, &q)| round(kind, p) * round(kind, q))
+                    .sum();
+            }
+        }
+        let k = if kind == "tf32" { 8 } else { 16 };
+        let name = format!("wgmma {kind} m64n128k{k}");
+        out.push(Check {
+            op: format!("{name}: instruction"),
+            shape: "vs its twin, 4 k-steps".into(),
+            max_err: err(&ins, &twin),
+            tolerance: 1e-4,
+        });
+        out.push(Check {
+            op: format!("{name}: twin"),
+            shape: "vs CPU on rounded inputs".into(),
+            max_err: err(&twin, &want),
+            tolerance: 1e-4,
         });
     }
     Ok(out)

@@ -217,10 +217,10 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         } else {
             ""
         };
-        let layout = if self.conv_nhwc && self.precision != Precision::F32 {
-            " (channels-last)"
-        } else {
-            ""
+        let layout = match (self.conv_nhwc, self.precision) {
+            (_, Precision::F32) | (false, _) => "",
+            (true, _) if self.conv_wgmma && self.l.has_wgmma() => " (channels-last, wgmma)",
+            (true, _) => " (channels-last)",
         };
         format!(
             "{}, {} convolutions{layout}{tuned}",

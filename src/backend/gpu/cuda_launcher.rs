@@ -17,7 +17,7 @@ use super::mem::{Held, MemCounter};
 use super::pinned::Staging;
 use super::probe::{driver_error_text, probe, DeviceInfo};
 use super::{upload_filled, KArg, Launcher};
-use crate::backend::kernels::{ENTRIES, SOURCES};
+use crate::backend::kernels::{compile_arch, ENTRIES, SOURCES};
 use crate::backend::module_cache::ModuleCache;
 use crate::backend::nvrtc::{Nvrtc, Target};
 use crate::{Error, Result};
@@ -141,7 +141,7 @@ impl CudaLauncher {
         if let Some(m) = modules.get(file) {
             return Ok(m.clone());
         }
-        let arch = self.info.arch();
+        let arch = compile_arch(file, &self.info.arch());
         let load = |cubin: Vec<u8>| self.ctx.load_module(Ptx::from_binary(cubin));
         let module = match self.cache.get(file).map(load) {
             Some(Ok(m)) => m,
@@ -218,6 +218,9 @@ impl Launcher for CudaLauncher {
             self.info.arch(),
             self.info.total_memory >> 20
         )
+    }
+    fn has_wgmma(&self) -> bool {
+        self.info.capability == (9, 0)
     }
     fn alloc(&self, bytes: usize) -> Result<CudaBuf> {
         let held = self.mem.reserve(bytes)?;

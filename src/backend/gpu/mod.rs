@@ -77,6 +77,11 @@ pub trait Launcher: Send + Sync {
     fn emulated(&self) -> bool {
         false
     }
+    /// Whether Hopper's warpgroup MMA (kernels/conv_wgmma.cu) runs here: a GPU of compute
+    /// capability 9.0, or the emulator (through the instruction's twin).
+    fn has_wgmma(&self) -> bool {
+        self.emulated()
+    }
     /// # Safety
     /// The arguments must match the kernel's signature and cover what this grid indexes.
     unsafe fn launch(
@@ -105,6 +110,9 @@ pub struct GpuBackend<L: Launcher> {
     /// Channels-last activations for the tensor-core forward convolutions that qualify
     /// (GRADCAM_CONV_NHWC=1; see [`Self::with_conv_nhwc`]).
     conv_nhwc: bool,
+    /// The channels-last convs on Hopper's warpgroup MMA where they qualify
+    /// (GRADCAM_CONV_WGMMA=1; see [`Self::with_conv_wgmma`]).
+    conv_wgmma: bool,
     /// The channels-last 128x128 tiles' ring depth, when forced (`with_conv_stages`; tests):
     /// else 3, or chosen by tuning between 3 and 4.
     conv_stages: Option<usize>,
@@ -125,12 +133,14 @@ pub struct GpuBackend<L: Launcher> {
 /// A launch's arguments and grid.
 type Launch<'a, B> = (Vec<KArg<'a, B>>, [u32; 3]);
 
-/// One kernel that can run a convolution: its entry, tile side, whether it reads the KRSC
-/// weights, its dynamic shared memory and its block size.
+/// One kernel that can run a convolution: its entry, tile (rows, and columns: the same but
+/// for the wgmma kernels' 128), whether it reads the KRSC weights, its dynamic shared memory
+/// and its block size.
 #[derive(Clone, Debug)]
 struct ConvChoice {
     kernel: String,
     tile: usize,
+    cols: usize,
     krsc: bool,
     shared: u32,
     threads: u32,
@@ -142,6 +152,7 @@ impl ConvChoice {
         ConvChoice {
             kernel,
             tile,
+            cols: tile,
             krsc,
             shared: shared as u32,
             threads: 256,
@@ -192,6 +203,7 @@ impl<L: Launcher> GpuBackend<L> {
             _ => None,
         };
         let conv_tune = flag("GRADCAM_CONV_TUNE").unwrap_or(!launcher.emulated());
+        let conv_wgmma = flag("GRADCAM_CONV_WGMMA") == Some(true);
         GpuBackend {
             l: launcher,
             precision,
@@ -199,7 +211,8 @@ impl<L: Launcher> GpuBackend<L> {
             conv_async: flag("GRADCAM_CONV_ASYNC") == Some(true),
             conv_krsc: flag("GRADCAM_CONV_KRSC"),
             conv_tune,
-            conv_nhwc: flag("GRADCAM_CONV_NHWC") == Some(true),
+            conv_nhwc: flag("GRADCAM_CONV_NHWC") == Some(true) || conv_wgmma,
+            conv_wgmma,
             conv_stages: None,
             conv_warps: None,
             conv_slice: None,
@@ -260,6 +273,43 @@ impl<L: Launcher> GpuBackend<L> {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Whether this device runs Hopper's warpgroup MMA (see [`Self::with_conv_wgmma`]).
+    pub fn has_wgmma(&self) -> bool {
+        self.l.has_wgmma()
+    }
+
+    /// Runs kernels/conv_wgmma.cu's `wgmma_check_<kind>`: A [64, kd] times B [128, kd]
+    /// transposed (row-major, kd = 32 for tf32, 64 for bf16 and f16), the operands rounded and
+    /// staged as the convs stage a slice, by the wgmma instruction and by its twin, as
+    /// (instruction, twin), each [64, 128]. Only where [`Self::has_wgmma`].
+    pub fn wgmma_check(&self, kind: &str, a: &[f32], b: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let kd = if kind == "tf32" { 32 } else { 64 };
+        assert!(
+            matches!(kind, "tf32" | "bf16" | "f16") && a.len() == 64 * kd && b.len() == 128 * kd,
+            "wgmma_check_{kind}: A is 64x{kd}, B 128x{kd}"
+        );
+        let (da, db) = (self.upload_f32(a)?, self.upload_f32(b)?);
+        let (di, dt) = (
+            self.tensor(vec![64, 128], DType::F32)?,
+            self.tensor(vec![64, 128], DType::F32)?,
+        );
+        let args = [
+            KArg::Buf(&da),
+            KArg::Buf(&db),
+            KArg::Buf(&di.buf),
+            KArg::Buf(&dt.buf),
+        ];
+        let shared = ((64 + 128) * 128 + 1024) as u32;
+        let kernel = format!("wgmma_check_{kind}");
+        // SAFETY: wgmma_check_<kind> reads A and B as sized above and writes 64 x 128 floats
+        // to each output; one warpgroup, its operands in `shared` bytes.
+        unsafe { self.launch_tagged(&kernel, None, [1, 1, 1], [128, 1, 1], shared, &args)? };
+        Ok((
+            self.download(&di)?.data().to_vec(),
+            self.download(&dt)?.data().to_vec(),
+        ))
     }
 
     /// Runs kernels/mma.cu's check `mma_check_<kind>` (tf32: A [16, 8] · B [8, 8]; bf16 and
@@ -361,11 +411,31 @@ impl<L: Launcher> GpuBackend<L> {
         dtype: DType,
         (rows, depth): (usize, usize),
         one_by_one: bool,
+        c: usize,
     ) -> Vec<ConvChoice> {
         let t = match dtype {
             DType::F32 => "tf32",
             _ => dtype.name(),
         };
+        if self.wgmma_applies(dtype, c) {
+            // 64 or 128 output channels (one or two warpgroups) by 128 pixels; 4 stages of
+            // (TM + 128) rows of 128 bytes, and 1 KB to align them (conv_wgmma.cu).
+            return self
+                .conv_tiles(dtype, (rows, depth))
+                .iter()
+                .map(|&tm| {
+                    let mut ch = ConvChoice::new(
+                        format!("conv2d_fwd_wgmma_{t}_m{tm}"),
+                        tm,
+                        true,
+                        4 * (tm + 128) * 128 + 1024,
+                    );
+                    ch.cols = 128;
+                    ch.threads = 2 * tm as u32;
+                    ch
+                })
+                .collect();
+        }
         let choice = |tile: usize, stages: usize, warps: usize, slice: usize| {
             let t128 = if tile == 128 { "_t128" } else { "" };
             let s4 = if stages == 4 { "_s4" } else { "" };
@@ -536,7 +606,7 @@ impl<L: Launcher> GpuBackend<L> {
         // The ring's vector copies need unshifted taps: 1x1, no padding.
         let ring_b = vec_b && (r, s) == (1, 1);
         let choices = if op == "conv2d_fwd_nhwc" {
-            self.nhwc_choices(dtype, (rows, depth), (r, s) == (1, 1))
+            self.nhwc_choices(dtype, (rows, depth), (r, s) == (1, 1), c)
         } else {
             self.conv_choices(op, dtype, (rows, depth), krsc_w.is_some(), (vec_b, ring_b))
         };
@@ -548,7 +618,7 @@ impl<L: Launcher> GpuBackend<L> {
             args.extend(ints(&geometry));
             args.extend(ints(extra));
             let grid = [
-                cols.div_ceil(ch.tile) as u32,
+                cols.div_ceil(ch.cols) as u32,
                 rows.div_ceil(ch.tile) as u32,
                 p.groups as u32,
             ];
@@ -739,6 +809,23 @@ impl<L: Launcher> GpuBackend<L> {
     pub fn with_conv_nhwc(mut self, on: bool) -> Self {
         self.conv_nhwc = on;
         self
+    }
+
+    /// Runs the channels-last convs (see [`Self::with_conv_nhwc`], which this implies) whose
+    /// slices fill rows of 128 bytes (input channels a multiple of 64 at BF16 and F16, of 32
+    /// at TF32) on Hopper's warpgroup MMA (kernels/conv_wgmma.cu; default:
+    /// `GRADCAM_CONV_WGMMA=1`), where the device has it (compute capability 9.0, or the
+    /// emulator). The hardware sums in its own order, so results differ from the mma.sync
+    /// kernels' in the last bits (within the precision's tolerance; tests/gpu_emulated.rs).
+    pub fn with_conv_wgmma(mut self, on: bool) -> Self {
+        self.conv_wgmma = on;
+        self.conv_nhwc |= on;
+        self
+    }
+
+    /// Whether a channels-last conv over `c` input channels of `dtype` runs on wgmma.
+    fn wgmma_applies(&self, dtype: DType, c: usize) -> bool {
+        self.conv_wgmma && self.l.has_wgmma() && c % (128 / dtype.size()) == 0
     }
 
     /// Forces the ring depth of the channels-last 128x128 tiles (3 or 4; by default 3, or
