@@ -127,7 +127,8 @@ __device__ __forceinline__ void wgmma(float (&d)[16][4], unsigned long long da,
               "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
               "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
               "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-              : "l"(da), "l"(db), "r"(1));
+              : "l"(da), "l"(db), "r"(1)
+          : "memory");
     } else if constexpr (E == Wk::F16) {
             asm volatile(
                 "{ .reg .pred p; setp.ne.b32 p, %66, 0; "
@@ -150,7 +151,8 @@ __device__ __forceinline__ void wgmma(float (&d)[16][4], unsigned long long da,
               "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
               "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
               "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-              : "l"(da), "l"(db), "r"(1));
+              : "l"(da), "l"(db), "r"(1)
+          : "memory");
     } else {
             asm volatile(
                 "{ .reg .pred p; setp.ne.b32 p, %66, 0; "
@@ -173,7 +175,8 @@ __device__ __forceinline__ void wgmma(float (&d)[16][4], unsigned long long da,
               "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
               "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
               "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
-              : "l"(da), "l"(db), "r"(1));
+              : "l"(da), "l"(db), "r"(1)
+          : "memory");
     }
 #else
     asm volatile("trap;");

@@ -55,7 +55,7 @@ fn selftest_passes_on_the_gpu() {
     for precision in [Precision::Tf32, Precision::Bf16, Precision::F16] {
         let Some(l) = launcher() else { return };
         let be = GpuBackend::with_precision(l, precision).with_conv_wgmma(true);
-        if !be.has_wgmma() {
+        if !be.uses_wgmma() {
             eprintln!("no wgmma on this GPU: skipped");
             break;
         }

@@ -346,7 +346,9 @@ pub fn device_checks<L: super::gpu::Launcher>(
 ) -> Result<Vec<Check>> {
     let mut out = mma_checks(be)?;
     out.extend(ldmatrix_checks(be)?);
-    if be.has_wgmma() {
+    // Only when asked for (GRADCAM_CONV_WGMMA=1): a fault in an instruction no default path
+    // uses must not take the other rows down with the context.
+    if be.uses_wgmma() {
         out.extend(wgmma_checks(be)?);
     }
     out.extend(cast_checks(be)?);

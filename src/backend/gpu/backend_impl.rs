@@ -219,7 +219,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         };
         let layout = match (self.conv_nhwc, self.precision) {
             (_, Precision::F32) | (false, _) => "",
-            (true, _) if self.conv_wgmma && self.l.has_wgmma() => " (channels-last, wgmma)",
+            (true, _) if self.uses_wgmma() => " (channels-last, wgmma)",
             (true, _) => " (channels-last)",
         };
         format!(

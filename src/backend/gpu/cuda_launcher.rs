@@ -116,7 +116,13 @@ impl CudaLauncher {
     /// Compiles (or loads from the cache) every kernel file now, so a device whose kernels
     /// cannot be built is found out before any work starts.
     pub fn preload(&self) -> Result<()> {
+        let arch = self.info.arch();
         for (file, _) in SOURCES {
+            // Architecture-specific files (conv_wgmma.cu) load on first use: only the paths
+            // that ask for them depend on them.
+            if compile_arch(file, &arch) != arch {
+                continue;
+            }
             self.module(file)?;
         }
         Ok(())
@@ -220,7 +226,8 @@ impl Launcher for CudaLauncher {
         )
     }
     fn has_wgmma(&self) -> bool {
-        self.info.capability == (9, 0)
+        // sm_90a targets came with NVRTC 12.0.
+        self.info.capability == (9, 0) && self.nvrtc.version >= (12, 0)
     }
     fn alloc(&self, bytes: usize) -> Result<CudaBuf> {
         let held = self.mem.reserve(bytes)?;

@@ -280,6 +280,11 @@ impl<L: Launcher> GpuBackend<L> {
         self.l.has_wgmma()
     }
 
+    /// Whether convolutions may run on wgmma here: asked for, and the device has it.
+    pub fn uses_wgmma(&self) -> bool {
+        self.conv_wgmma && self.l.has_wgmma()
+    }
+
     /// Runs kernels/conv_wgmma.cu's `wgmma_check_<kind>`: A [64, kd] times B [128, kd]
     /// transposed (row-major, kd = 32 for tf32, 64 for bf16 and f16), the operands rounded and
     /// staged as the convs stage a slice, by the wgmma instruction and by its twin, as
@@ -825,7 +830,7 @@ impl<L: Launcher> GpuBackend<L> {
 
     /// Whether a channels-last conv over `c` input channels of `dtype` runs on wgmma.
     fn wgmma_applies(&self, dtype: DType, c: usize) -> bool {
-        self.conv_wgmma && self.l.has_wgmma() && c % (128 / dtype.size()) == 0
+        self.uses_wgmma() && c % (128 / dtype.size()) == 0
     }
 
     /// Forces the ring depth of the channels-last 128x128 tiles (3 or 4; by default 3, or
