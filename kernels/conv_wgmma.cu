@@ -1,11 +1,11 @@
 // Channels-last forward convolutions on Hopper's warpgroup tensor cores (GRADCAM_CONV_WGMMA=1,
 // compute capability 9.0; built for sm_90a, see wgmma.cuh):
-//   conv2d_fwd_wgmma_<t>_m64, conv2d_fwd_wgmma_<t>_m128 (t: tf32, bf16, f16): conv_nhwc.cu's
+//   conv2d_fwd_wgmma_<t>_m64|m128|m256 (t: tf32, bf16, f16): conv_nhwc.cu's
 //       convolution (x, residual, y [N][H][W][C]; w the KRSC copy, TF32-rounded for tf32;
 //       groups 1, K a multiple of 8), over slices of 128 bytes per row: 64 channels at 16 bits
 //       (C a multiple of 64), 32 in TF32 (C a multiple of 32), channel blocks outer and taps
-//       inner. Tiles of 64 or 128 output channels (one or two warpgroups, block 128 or 256)
-//       by 128 output pixels. grid (ceil(N·OH·OW / 128), ceil(K / TM)); dynamic shared memory
+//       inner. Tiles of 64, 128 or 256 output channels (one, two or four warpgroups, block
+//       128, 256 or 512) by 128 output pixels. grid (ceil(N·OH·OW / 128), ceil(K / TM)); dynamic shared memory
 //       4 stages of (TM + 128) rows of 128 bytes, plus 1024 bytes to align them (the host's
 //       GpuBackend::nhwc_choices matches).
 //   wgmma_check_<t>: one warpgroup multiplies A [64][KD] by B [128][KD]ᵀ (f32 in, rounded to
@@ -22,7 +22,8 @@
 // The accumulation order inside the hardware is not mma.sync's, so results differ from
 // conv_nhwc.cu's in the last bits: checked against the CPU within the precision's tolerance
 // (tests/gpu_emulated.rs, the GPU selftest), not bit for bit, and not a tuning candidate of the
-// mma.sync kernels; the two tiles here give each other's bits and are tuned between.
+// mma.sync kernels; the tiles here give each other's bits (each output's sum is the same
+// sequence of m64n128 k-steps) and are tuned between.
 // Versions: 1 (2026-11-29).
 #include "common.cuh"
 #include "mma.cuh"
@@ -123,6 +124,7 @@ __device__ __forceinline__ void conv2d_fwd_wgmma(const S* __restrict__ x, const 
                                              rows, cols, r0, c0, relu);
 }
 
+#define ONE_PER_SM_512 __launch_bounds__(512, 1)
 #define ONE_PER_SM_256 __launch_bounds__(256, 1)
 #define TWO_PER_SM_128 __launch_bounds__(128, 2)
 extern "C" __global__ void TWO_PER_SM_128 conv2d_fwd_wgmma_tf32_m64(CONV2D_FWD_NHWC_PARAMS(float)) {
@@ -142,6 +144,17 @@ extern "C" __global__ void TWO_PER_SM_128 conv2d_fwd_wgmma_f16_m64(CONV2D_FWD_NH
 }
 extern "C" __global__ void ONE_PER_SM_256 conv2d_fwd_wgmma_f16_m128(CONV2D_FWD_NHWC_PARAMS(f16)) {
     conv2d_fwd_wgmma<f16, 2>(CONV2D_FWD_NHWC_ARGS);
+}
+// 256 output channels (four warpgroups, block 512): per product, half the pixel rows of the
+// 128-channel tiles move from L2 to shared memory. 126 registers (ptxas, sm_90a), 193 KB.
+extern "C" __global__ void ONE_PER_SM_512 conv2d_fwd_wgmma_tf32_m256(CONV2D_FWD_NHWC_PARAMS(float)) {
+    conv2d_fwd_wgmma<float, 4>(CONV2D_FWD_NHWC_ARGS);
+}
+extern "C" __global__ void ONE_PER_SM_512 conv2d_fwd_wgmma_bf16_m256(CONV2D_FWD_NHWC_PARAMS(bf16)) {
+    conv2d_fwd_wgmma<bf16, 4>(CONV2D_FWD_NHWC_ARGS);
+}
+extern "C" __global__ void ONE_PER_SM_512 conv2d_fwd_wgmma_f16_m256(CONV2D_FWD_NHWC_PARAMS(f16)) {
+    conv2d_fwd_wgmma<f16, 4>(CONV2D_FWD_NHWC_ARGS);
 }
 
 // The element bits of a rounded f32 as stored in a slice row.

@@ -333,8 +333,8 @@ fn sixteen_bit_linear_layers_match_the_f32_oracle() {
 /// exact and only the summation order and the output's rounding differ: within one unit in the
 /// last place of the stored result (TF32 2^-10, BF16 2^-7, F16 2^-10 relative) plus 1e-5 of the
 /// largest output. Shapes: partial tiles both ways, several channel blocks (two 64-channel
-/// slices), a 1x1 with a residual and ReLU, strides, paddings and dilations per axis; both
-/// tiles (64 and 128 output channels). The profile shows the wgmma kernels ran; at 16 bits a
+/// slices), a 1x1 with a residual and ReLU, strides, paddings and dilations per axis; every
+/// tile (64, 128 and 256 output channels). The profile shows the wgmma kernels ran; at 16 bits a
 /// 96-channel input (not whole 64-channel slices) stays on the mma.sync kernels.
 #[test]
 fn wgmma_convolutions_match_the_f32_oracle() {
@@ -390,9 +390,9 @@ fn wgmma_convolutions_match_the_f32_oracle() {
         } else {
             dtype.name()
         };
-        for (tile, m) in [(ConvTile::T64, 64), (ConvTile::T128, 128)] {
+        for m in [64, 128, 256] {
             let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
-                .with_conv_tile(tile)
+                .with_wgmma_rows(m)
                 .with_conv_wgmma(true);
             be.set_kernel_profiling(true);
             let up = |t: &Tensor| be.upload(t.clone()).unwrap();

@@ -113,6 +113,9 @@ pub struct GpuBackend<L: Launcher> {
     /// The channels-last convs on Hopper's warpgroup MMA where they qualify
     /// (GRADCAM_CONV_WGMMA=1; see [`Self::with_conv_wgmma`]).
     conv_wgmma: bool,
+    /// The wgmma tiles' output channels (64, 128 or 256), when forced (`with_wgmma_rows`;
+    /// tests): else the tile rule's, or tuning's choice.
+    wgmma_rows: Option<usize>,
     /// The channels-last 128x128 tiles' ring depth, when forced (`with_conv_stages`; tests):
     /// else 3, or chosen by tuning between 3 and 4.
     conv_stages: Option<usize>,
@@ -213,6 +216,7 @@ impl<L: Launcher> GpuBackend<L> {
             conv_tune,
             conv_nhwc: flag("GRADCAM_CONV_NHWC") == Some(true) || conv_wgmma,
             conv_wgmma,
+            wgmma_rows: None,
             conv_stages: None,
             conv_warps: None,
             conv_slice: None,
@@ -423,12 +427,22 @@ impl<L: Launcher> GpuBackend<L> {
             _ => dtype.name(),
         };
         if self.wgmma_applies(dtype, c) {
-            // 64 or 128 output channels (one or two warpgroups) by 128 pixels; 4 stages of
-            // (TM + 128) rows of 128 bytes, and 1 KB to align them (conv_wgmma.cu).
-            return self
-                .conv_tiles(dtype, (rows, depth))
-                .iter()
-                .map(|&tm| {
+            // 64, 128 or 256 output channels (one, two or four warpgroups) by 128 pixels; 4
+            // stages of (TM + 128) rows of 128 bytes, and 1 KB to align them (conv_wgmma.cu).
+            // 256 only where tuning weighs it, over 256 rows or more.
+            let tiles = match self.wgmma_rows {
+                Some(tm) => vec![tm],
+                None => {
+                    let mut t = self.conv_tiles(dtype, (rows, depth)).to_vec();
+                    if self.conv_tune && self.conv_tile == ConvTile::Auto && rows >= 256 {
+                        t.push(256);
+                    }
+                    t
+                }
+            };
+            return tiles
+                .into_iter()
+                .map(|tm| {
                     let mut ch = ConvChoice::new(
                         format!("conv2d_fwd_wgmma_{t}_m{tm}"),
                         tm,
@@ -825,6 +839,13 @@ impl<L: Launcher> GpuBackend<L> {
     pub fn with_conv_wgmma(mut self, on: bool) -> Self {
         self.conv_wgmma = on;
         self.conv_nhwc |= on;
+        self
+    }
+
+    /// Forces the wgmma tiles' output channels (64, 128 or 256): for tests, which check each.
+    pub fn with_wgmma_rows(mut self, rows: usize) -> Self {
+        assert!(matches!(rows, 64 | 128 | 256), "64, 128 or 256 rows");
+        self.wgmma_rows = Some(rows);
         self
     }
 
