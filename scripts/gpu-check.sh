@@ -63,8 +63,6 @@ for p in tf32 bf16 f16; do
   step selftest-$p-nhwc 45 env GRADCAM_CONV_NHWC=1 $kit/gradcam selftest --device cuda \
     --precision $p
 done
-step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
-  $kit/cuda-tests --nocapture --test-threads 1
 # Each default (kernels tuned per layer; the profile names each layer's choice) beside
 # channels-last on mma.sync and on wgmma, then the peers on the same card; the other
 # experiments after.
@@ -82,6 +80,11 @@ step peers-vgg16 150 python3 tools/bench_gpu_peers.py --arch vgg16 --batch 64 --
 bench vgg16 bf16
 bench vgg16 bf16 "" GRADCAM_CONV_NHWC=1
 bench vgg16 bf16 "" GRADCAM_CONV_WGMMA=1
+# tests/cuda.rs (the selftest's configurations, tuning choices bit for bit, the parity
+# fixtures at every precision and on wgmma): after the benches, as the selftests above already
+# run every kernel and the fixtures end to end.
+step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
+  $kit/cuda-tests --nocapture --test-threads 1
 step selftest-f32 45 $kit/gradcam selftest --device cuda --precision f32
 step selftest-f16 45 $kit/gradcam selftest --device cuda --precision f16
 bench resnet50 f16 "" GRADCAM_CONV_WGMMA=1
