@@ -26,7 +26,9 @@
 // values; the host rounds anything else, e.g. a sum, see GpuTensor::tf32_exact): the same
 // products as the kernels that round on the fly, so the outputs are theirs rounded to TF32.
 // Versions: 1 (2026-11-29), 3-stage ring, 64x64 and 128x128 tiles; TF32 (2026-11-29); 4-warp
-// 128x128 tiles and 64-channel slices for 1x1 convs (2026-11-29, tuning candidates).
+// 128x128 tiles and 64-channel slices for 1x1 convs (2026-11-29, tuning candidates); the
+// epilogue, slice cursor and entry parameters moved to nhwc.cuh, shared with conv_wgmma.cu
+// (2026-11-29, the same code).
 #include "common.cuh"
 #include "mma.cuh"
 #include "gemm_tile.cuh"
@@ -59,7 +61,7 @@ __device__ __forceinline__ void conv2d_fwd_nhwc(const S* __restrict__ x, const S
     static_assert(NT % 2 == 0, "ldmatrix.x4 takes n-tiles in pairs");
     DYNAMIC_SHARED(unsigned, ring);
     const int rows = k, cols = n * oh * ow, rs = r * s, ohw = oh * ow;
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, t = lane % 4;
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int c0 = blockIdx.x * TS, r0 = blockIdx.y * TS;
     const int wr = (warp / WARPS_N) * (TS / WARPS_M), wc = (warp % WARPS_N) * (TS / WARPS_N);
     // Copy v = tid + THREADS i moves 16 bytes (EPC channels) number v % CPR of row v / CPR, for A
