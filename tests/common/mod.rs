@@ -88,7 +88,8 @@ pub fn parity_end_to_end<B: gradcam::backend::Backend>(
 
 /// Convolutions (1x1 and 3x3, stride 1 and 2, partial tiles, with and without the fused
 /// residual) through backends that differ only in the kernel they pick: each tile side, plain
-/// or KRSC weights (with the input by vectors where the shape allows), and tuned. The outputs
+/// or KRSC weights (with the input by vectors where the shape allows), the wgmma tiles among
+/// themselves (where the device has wgmma), and tuned. The outputs
 /// must agree bit for bit, so tuning changes speed, never results; the tuned backend keeps one
 /// plan per shape and epilogue. Returns the tuned plans.
 pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
@@ -199,6 +200,24 @@ pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
             run(&forced(tile, krsc, ring)) == want,
             "{precision:?}: {tile:?} KRSC {krsc} cp.async {ring} differs from 64x64 plain"
         );
+    }
+    // The wgmma tiles of 64, 128 and 256 output channels, where the device has them: one
+    // another's bits (each output is the same sequence of m64n128 k-steps; not the mma.sync
+    // kernels' bits, the hardware sums in its own order), so tuning between them is safe.
+    let wgmma = |rows| {
+        GpuBackend::with_precision(launcher(), precision)
+            .with_conv_tune(false)
+            .with_wgmma_rows(rows)
+            .with_conv_wgmma(true)
+    };
+    if wgmma(64).uses_wgmma() {
+        let w64 = run(&wgmma(64));
+        for rows in [128, 256] {
+            assert!(
+                run(&wgmma(rows)) == w64,
+                "{precision:?}: wgmma tiles of {rows} rows differ from 64"
+            );
+        }
     }
     // Tuned, the KRSC setting left to it (GRADCAM_CONV_KRSC unset in the tests).
     let tuned = GpuBackend::with_precision(launcher(), precision)
