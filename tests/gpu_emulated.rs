@@ -285,6 +285,17 @@ fn tf32_channels_last_conv_rounds_an_unrounded_input() {
     assert_eq!(differing, 0, "of {} outputs", got.data().len());
 }
 
+/// Every element of `got` within `ulp` of `want`'s (relative: one unit in the last place of
+/// the stored type) plus 1e-5 of `want`'s largest magnitude (the summation order).
+fn assert_within_ulp(got: &Tensor, want: &Tensor, ulp: f32, what: &str) {
+    assert_eq!(got.shape(), want.shape(), "{what}");
+    let big = want.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (g, e) in got.data().iter().zip(want.data()) {
+        let tol = ulp * e.abs() + 1e-5 * big;
+        assert!((g - e).abs() <= tol, "{what}: {g} vs {e}");
+    }
+}
+
 /// 16-bit linear layers run on the tensor cores (kernels/linear.cu): on inputs exact in the
 /// storage type every product is exact in f32, so each output is the f32 oracle's rounded to
 /// that type, up to the summation order: within one unit in the last place of the 16-bit
@@ -314,15 +325,8 @@ fn sixteen_bit_linear_layers_match_the_f32_oracle() {
                 ("linear_bwd_data", dx, naive::linear_bwd_data(&dy, &w)),
             ] {
                 let got = be.download(&got).unwrap();
-                assert_eq!(got.shape(), want.shape());
-                let big = want.data().iter().fold(0f32, |m, v| m.max(v.abs()));
-                for (g, e) in got.data().iter().zip(want.data()) {
-                    let tol = ulp * e.abs() + 1e-5 * big;
-                    assert!(
-                        (g - e).abs() <= tol,
-                        "{precision:?} {name} {n}x{fin}->{fout}: {g} vs {e}"
-                    );
-                }
+                let what = format!("{precision:?} {name} {n}x{fin}->{fout}");
+                assert_within_ulp(&got, &want, ulp, &what);
             }
         }
     }
@@ -416,15 +420,8 @@ fn wgmma_convolutions_match_the_f32_oracle() {
                     (y, plain)
                 };
                 let got = be.download(&got).unwrap();
-                assert_eq!(got.shape(), want.shape());
-                let big = want.data().iter().fold(0f32, |m, v| m.max(v.abs()));
-                for (g, e) in got.data().iter().zip(want.data()) {
-                    let tol = ulp * e.abs() + 1e-5 * big;
-                    assert!(
-                        (g - e).abs() <= tol,
-                        "{precision:?} m{m} {xs:?} * {ws:?}: {g} vs {e}"
-                    );
-                }
+                let what = format!("{precision:?} m{m} {xs:?} * {ws:?}");
+                assert_within_ulp(&got, &want, ulp, &what);
             }
             let ran: Vec<String> = be.kernel_times().into_iter().map(|(k, _, _)| k).collect();
             let wanted = format!("conv2d_fwd_wgmma_{t}_m{m} ");
