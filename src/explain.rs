@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Overlays};
 use crate::cam::postprocess::guided_images;
 use crate::cam::{explain, overlay, upsample_normalised, CamBatch, CamRequest, ClassSel, Method};
 use crate::image::{InputSize, RgbImage};
@@ -88,12 +88,13 @@ pub fn explain_batch<B: Backend>(
     cfg: &ExplainConfig,
     timings: &mut Timings,
 ) -> Result<Vec<Explanation>> {
-    Ok(explain_batch_device(net, images, cfg, timings)?.finish(images, cfg, timings))
+    explain_batch_device(net, images, cfg, timings)?.finish(images, cfg, timings)
 }
 
 /// The device half of [`explain_batch`]: preprocessing, the CAM and the overlays run and come
 /// back to the host; [`DeviceBatch::finish`] then builds the explanations on the CPU. Callers
-/// that stream batches finish one batch on another thread while the device runs the next.
+/// that stream batches finish one batch on another thread while the device runs the next (the
+/// overlays may still be on their way back when this returns: `finish` waits for them).
 pub fn explain_batch_device<B: Backend>(
     net: &Network<B>,
     images: &[&RgbImage],
@@ -143,28 +144,30 @@ struct Part {
     len: usize,
     hw: (usize, usize),
     batch: CamBatch,
-    overlays: Vec<RgbImage>,
+    /// At each image's own size (`cfg.overlay_full_res`), possibly still being copied back.
+    overlays: Option<Overlays>,
 }
 
 impl DeviceBatch {
     /// The explanations of `images` (the slice given to [`explain_batch_device`]), in order;
-    /// the time goes to `timings.postprocess`.
+    /// the time goes to `timings.postprocess`. Fails only if the overlays' copy from the
+    /// device failed.
     pub fn finish(
         self,
         images: &[&RgbImage],
         cfg: &ExplainConfig,
         timings: &mut Timings,
-    ) -> Vec<Explanation> {
+    ) -> Result<Vec<Explanation>> {
         let t0 = Instant::now();
         let mut out = Vec::with_capacity(images.len());
         let mut at = 0;
         for p in self.parts {
             let len = p.len;
-            out.extend(p.finish(&images[at..at + len], cfg));
+            out.extend(p.finish(&images[at..at + len], cfg)?);
             at += len;
         }
         timings.postprocess += t0.elapsed();
-        out
+        Ok(out)
     }
 }
 
@@ -206,9 +209,9 @@ fn device_fitting<B: Backend>(
     check_finite(&batch, &be.name())?;
     let t2 = Instant::now();
     let overlays = if cfg.overlay_full_res {
-        be.overlays(&staged, &batch.maps)?
+        Some(be.overlays(&staged, &batch.maps)?)
     } else {
-        Vec::new()
+        None
     };
     timings.add(&Timings {
         preprocess: t1 - t0,
@@ -246,7 +249,7 @@ fn check_finite(batch: &CamBatch, backend: &str) -> Result<()> {
 }
 
 impl Part {
-    fn finish(self, images: &[&RgbImage], cfg: &ExplainConfig) -> Vec<Explanation> {
+    fn finish(self, images: &[&RgbImage], cfg: &ExplainConfig) -> Result<Vec<Explanation>> {
         let Part {
             hw,
             batch,
@@ -256,10 +259,14 @@ impl Part {
         let (h, w) = (batch.maps.shape()[1], batch.maps.shape()[2]);
         let nc = batch.logits.shape()[1];
         let k = batch.weights.shape()[1];
+        let overlays = overlays
+            .map(Overlays::wait)
+            .transpose()?
+            .unwrap_or_default();
         let mut overlays = overlays.into_iter().map(Some).collect::<Vec<_>>();
         overlays.resize_with(images.len(), || None);
         let full_res = cfg.overlay_full_res;
-        images
+        Ok(images
             .par_iter()
             .zip(overlays.into_par_iter())
             .enumerate()
@@ -289,7 +296,7 @@ impl Part {
                     overlay: overlay_img,
                 }
             })
-            .collect()
+            .collect())
     }
 }
 

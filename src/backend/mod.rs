@@ -39,6 +39,24 @@ pub enum ElementRule {
     LayerCam,
 }
 
+/// The overlays of [`Backend::overlays`], ready or still being copied from the device (so a
+/// pipeline can queue the next batch meanwhile, and wait for them on another thread).
+pub struct Overlays(Box<dyn FnOnce() -> Result<Vec<RgbImage>> + Send>);
+
+impl Overlays {
+    pub fn ready(images: Vec<RgbImage>) -> Self {
+        Overlays(Box::new(move || Ok(images)))
+    }
+    /// Overlays that `land` finishes (blocking until the copy is done).
+    pub fn later(land: impl FnOnce() -> Result<Vec<RgbImage>> + Send + 'static) -> Self {
+        Overlays(Box::new(land))
+    }
+    /// The overlays, in image order; an error if the copy from the device failed.
+    pub fn wait(self) -> Result<Vec<RgbImage>> {
+        (self.0)()
+    }
+}
+
 pub trait Backend: Send + Sync {
     /// A tensor living wherever this backend computes (host memory, device memory).
     type Tensor: Send + Sync;
@@ -58,7 +76,8 @@ pub trait Backend: Send + Sync {
     fn preprocess(&self, images: &Self::Images<'_>, hw: (usize, usize)) -> Result<Self::Tensor>;
     /// Each image's overlay at its own size from its raw map (maps [N, h, w], host-side):
     /// bilinear upsample, min-max, JET, `show_cam_on_image`'s blend (see cam::postprocess).
-    fn overlays(&self, images: &Self::Images<'_>, maps: &Tensor) -> Result<Vec<RgbImage>>;
+    /// On a GPU they may still be on their way back when this returns: [`Overlays::wait`].
+    fn overlays(&self, images: &Self::Images<'_>, maps: &Tensor) -> Result<Overlays>;
 
     /// How far `gradcam selftest` lets this backend's results lie from the naive f32 ops,
     /// relative to (1 + max |reference|).

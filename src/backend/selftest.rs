@@ -388,7 +388,7 @@ fn batch_io_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
     )?];
     let mut rng = Rng::new(31);
     let maps = rng.tensor(&[imgs.len(), 5, 7], 0.0, 2.0);
-    let got = be.overlays(&staged, &maps)?;
+    let got = be.overlays(&staged, &maps)?.wait()?;
     let mut worst = 0u8;
     for (i, img) in imgs.iter().enumerate() {
         let m = upsample_normalised(

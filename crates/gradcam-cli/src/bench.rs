@@ -120,7 +120,7 @@ fn bench_on<B: Backend>(
             let (mut th, mut encode) = (Timings::default(), Duration::ZERO);
             for (i, db) in rx {
                 let c = &refs[i * batch..(i * batch + batch).min(refs.len())];
-                let out = db.finish(c, &cfg, &mut th);
+                let out = db.finish(c, &cfg, &mut th)?;
                 let te = Instant::now();
                 out.par_iter().try_for_each(|e| {
                     let mut buf = std::io::Cursor::new(Vec::new());

@@ -284,19 +284,21 @@ fn finish_group<'j>(
     match out {
         GroupOut::Whole(db) => {
             let images: Vec<&RgbImage> = group.iter().map(|j| &j.image).collect();
-            group
-                .iter()
-                .zip(db.finish(&images, cfg, timings).into_iter().map(Ok))
-                .collect()
+            match db.finish(&images, cfg, timings) {
+                Ok(out) => group.iter().zip(out.into_iter().map(Ok)).collect(),
+                // The overlays' copy from the device failed: every image of the batch.
+                Err(e) => group.iter().map(|j| (j, Err(e.to_string()))).collect(),
+            }
         }
         GroupOut::Each(each) => group
             .iter()
             .zip(each)
             .map(|(j, r)| {
-                (
-                    j,
-                    r.map(|db| db.finish(&[&j.image], cfg, timings).remove(0)),
-                )
+                let one = r.and_then(|db| {
+                    let mut out = db.finish(&[&j.image], cfg, timings);
+                    out.as_mut().map(|v| v.remove(0)).map_err(|e| e.to_string())
+                });
+                (j, one)
             })
             .collect(),
     }

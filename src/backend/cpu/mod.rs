@@ -7,7 +7,7 @@ mod gemm;
 pub mod naive;
 mod winograd;
 
-use super::{Backend, Conv2dParams, ElementRule, Pool2dParams, WeightRule};
+use super::{Backend, Conv2dParams, ElementRule, Overlays, Pool2dParams, WeightRule};
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
 
@@ -36,19 +36,22 @@ impl Backend for CpuBackend {
     fn preprocess(&self, images: &Vec<&RgbImage>, hw: (usize, usize)) -> Result<Tensor> {
         Ok(crate::image::preprocess(images, hw))
     }
-    fn overlays(&self, images: &Vec<&RgbImage>, maps: &Tensor) -> Result<Vec<RgbImage>> {
+    fn overlays(&self, images: &Vec<&RgbImage>, maps: &Tensor) -> Result<Overlays> {
         use crate::cam::{overlay, upsample_normalised};
         use rayon::prelude::*;
         let (h, w) = (maps.shape()[1], maps.shape()[2]);
-        Ok(images
-            .par_iter()
-            .enumerate()
-            .map(|(i, img)| {
-                let full = (img.height() as usize, img.width() as usize);
-                let m = upsample_normalised(&maps.data()[i * h * w..(i + 1) * h * w], (h, w), full);
-                overlay(img, &m)
-            })
-            .collect())
+        Ok(Overlays::ready(
+            images
+                .par_iter()
+                .enumerate()
+                .map(|(i, img)| {
+                    let full = (img.height() as usize, img.width() as usize);
+                    let m =
+                        upsample_normalised(&maps.data()[i * h * w..(i + 1) * h * w], (h, w), full);
+                    overlay(img, &m)
+                })
+                .collect(),
+        ))
     }
 
     fn name(&self) -> String {

@@ -8,7 +8,7 @@ use super::{
     dims4, image_descs, ints, pool_ints, DType, GpuBackend, GpuImages, GpuTensor, KArg, Launcher,
     Precision, IMAGES_PER_LAUNCH, IMAGE_DESC,
 };
-use crate::backend::{Backend, Conv2dParams, ElementRule, Pool2dParams, WeightRule};
+use crate::backend::{Backend, Conv2dParams, ElementRule, Overlays, Pool2dParams, WeightRule};
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
 
@@ -158,7 +158,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         }
         Ok(out)
     }
-    fn overlays(&self, images: &GpuImages<L::Buf>, maps: &Tensor) -> Result<Vec<RgbImage>> {
+    fn overlays(&self, images: &GpuImages<L::Buf>, maps: &Tensor) -> Result<Overlays> {
         let (n, h, w) = (maps.shape()[0], maps.shape()[1], maps.shape()[2]);
         let lay = &images.layout;
         assert_eq!(n, lay.len(), "one map per image");
@@ -194,21 +194,25 @@ impl<L: Launcher> Backend for GpuBackend<L> {
                 self.launch("overlay_rgb8", [blocks, runs, 1], [256, 1, 1], &a3)?;
             }
         }
-        // Straight from the launcher's staging memory into each image, in parallel (one host
-        // copy, which the device waits for).
-        let mut pixels: Vec<Vec<u8>> = lay.iter().map(|&(_, (h, w))| vec![0; h * w * 3]).collect();
-        self.l
-            .download_with(&out, images.bytes, &mut |host: &[u8]| {
+        // On its way back while the host queues the next batch; whoever waits for it copies
+        // straight from the launcher's staging memory into each image, in parallel.
+        let landing = self.l.download_later(out, images.bytes)?;
+        let lay = lay.clone();
+        Ok(Overlays::later(move || {
+            let mut pixels: Vec<Vec<u8>> =
+                lay.iter().map(|&(_, (h, w))| vec![0; h * w * 3]).collect();
+            landing.wait(&mut |host: &[u8]| {
                 let from = lay.iter().map(|&(off, (h, w))| &host[off..off + h * w * 3]);
                 parallel_copies(pixels.iter_mut().map(Vec::as_mut_slice).zip(from));
             })?;
-        Ok(pixels
-            .into_iter()
-            .zip(lay)
-            .map(|(px, &(_, (oh, ow)))| {
-                RgbImage::from_raw(ow as u32, oh as u32, px).expect("sized from the layout")
-            })
-            .collect())
+            Ok(pixels
+                .into_iter()
+                .zip(&lay)
+                .map(|(px, &(_, (oh, ow)))| {
+                    RgbImage::from_raw(ow as u32, oh as u32, px).expect("sized from the layout")
+                })
+                .collect())
+        }))
     }
 
     fn name(&self) -> String {
@@ -675,9 +679,9 @@ fn split_runs(mut buf: &mut [u8], lens: impl Iterator<Item = usize>) -> Vec<&mut
 }
 
 /// Copies each source into its destination (equal lengths), spread over up to 8 scoped
-/// threads by bytes. Plain threads, not rayon: the launcher runs this while it holds its
-/// staging memory's lock, and a rayon worker waiting on its own tasks may pick up another
-/// job that wants that lock.
+/// threads by bytes. Plain threads, not rayon: the uploads' copies run on the thread that
+/// queues the device's work, which must not wait behind the other pipeline stage's rayon jobs
+/// (building and encoding the previous batch).
 fn parallel_copies<'a>(pairs: impl Iterator<Item = (&'a mut [u8], &'a [u8])>) {
     const MIN_PER_THREAD: usize = 1 << 20;
     let pairs: Vec<_> = pairs.collect();

@@ -8,15 +8,15 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
     result::{self, DriverError},
-    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
-    PushKernelArg,
+    sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
 use super::mem::{Held, MemCounter};
-use super::pinned::Staging;
+use super::pinned::{HostMemory, Lease, PinnedPool};
 use super::probe::{driver_error_text, probe, DeviceInfo};
-use super::{upload_filled, KArg, Launcher};
+use super::{upload_filled, InFlight, KArg, Landed, Launcher};
 use crate::backend::kernels::{compile_arch, ENTRIES, SOURCES};
 use crate::backend::module_cache::ModuleCache;
 use crate::backend::nvrtc::{Nvrtc, Target};
@@ -36,7 +36,7 @@ pub struct CudaLauncher {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     mem: Arc<MemCounter>,
-    staging: Staging,
+    pinned: Arc<PinnedPool<CudaHost>>,
 }
 
 fn cuda_err(what: &str) -> impl Fn(DriverError) -> Error + '_ {
@@ -45,6 +45,61 @@ fn cuda_err(what: &str) -> impl Fn(DriverError) -> Error + '_ {
             Error::OutOfMemory(what.to_string())
         } else {
             Error::Cuda(format!("{what}: {}", driver_error_text(e)))
+        }
+    }
+}
+
+/// Page-locked memory from the driver, fenced by events on the launcher's stream.
+pub struct CudaHost {
+    ctx: Arc<CudaContext>,
+}
+
+impl HostMemory for CudaHost {
+    type Fence = CudaEvent;
+    fn alloc(&self, bytes: usize) -> Option<*mut u8> {
+        self.ctx.bind_to_thread().ok()?;
+        // SAFETY: a plain allocation; flags 0 = cached, readable by the CPU.
+        Some(unsafe { result::malloc_host(bytes, 0) }.ok()? as *mut u8)
+    }
+    unsafe fn free(&self, ptr: *mut u8, _bytes: usize) {
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: forwarded from the caller. A failure only leaks the buffer.
+            let _ = unsafe { result::free_host(ptr as *mut std::ffi::c_void) };
+        }
+    }
+    fn wait(&self, fence: &CudaEvent) -> Result<()> {
+        fence.synchronize().map_err(cuda_err("kernel execution"))
+    }
+}
+
+/// A download on its way into a page-locked buffer ([`Launcher::download_later`]).
+struct Landing {
+    lease: Option<Lease<CudaHost>>,
+    done: Option<CudaEvent>,
+    /// The device buffer, kept until the copy out of it has been queued (its stream-ordered
+    /// free then follows the copy).
+    _from: CudaBuf,
+}
+
+impl InFlight for Landing {
+    fn wait(mut self: Box<Self>, take: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let done = self.done.take().expect("waited once");
+        let mut lease = self.lease.take().expect("waited once");
+        if let Err(e) = done.synchronize() {
+            // Whether the copy has finished is unknown: keep the buffer out of the pool.
+            std::mem::forget(lease);
+            return Err(cuda_err("device to host copy")(e));
+        }
+        take(lease.bytes());
+        Ok(())
+    }
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        // Dropped without a wait: back to the pool once the copy has landed.
+        if let (Some(lease), Some(done)) = (self.lease.take(), self.done.take()) {
+            lease.release_after(done);
         }
     }
 }
@@ -60,28 +115,32 @@ impl CudaLauncher {
         Ok(())
     }
 
-    /// The first `len` bytes of `b` through the page-locked staging memory, handed to `take`
-    /// there; None when staging does not serve this copy (the caller copies the plain way).
-    fn download_staged(
-        &self,
-        b: &CudaBuf,
-        len: usize,
-        take: &mut dyn FnMut(&[u8]),
-    ) -> Option<Result<()>> {
-        self.staging.with(len, |host| -> Result<()> {
+    /// An event after the work queued so far. If it cannot be had, waits for that work
+    /// instead (so memory it uses can be reused safely) and fails.
+    fn fence(&self, what: &str) -> Result<CudaEvent> {
+        self.stream.record_event(None).map_err(|e| {
+            let _ = self.stream.synchronize();
+            cuda_err(what)(e)
+        })
+    }
+
+    /// Queues a copy of the first `len` bytes of `b` into a page-locked buffer of the pool;
+    /// None when the pool does not serve it (the caller copies the plain way).
+    fn download_pinned(&self, b: &CudaBuf, len: usize) -> Option<Result<Lease<CudaHost>>> {
+        let lease = self.pinned.lease(len)?;
+        Some(lease.and_then(|mut lease| {
             self.ctx
                 .bind_to_thread()
                 .map_err(cuda_err("binding the context"))?;
-            // SAFETY: `b` holds at least `len` bytes (checked by the callers); the copy
-            // finishes before the staging memory is read or reused.
+            // SAFETY: `b` holds at least `len` bytes (checked by the callers); the lease's
+            // memory is not read or reused before the copy is known to be done (a wait, or a
+            // fence the next lease waits for).
             unsafe {
-                result::memcpy_dtoh_async(host, self.ptr(b), self.stream.cu_stream())
+                result::memcpy_dtoh_async(lease.bytes(), self.ptr(b), self.stream.cu_stream())
                     .map_err(cuda_err("device to host copy"))?;
             }
-            self.synchronize()?;
-            take(host);
-            Ok(())
-        })
+            Ok(lease)
+        }))
     }
 
     /// Opens GPU `ordinal`. Fails with [`Error::NoDevice`] (never a panic) when the driver,
@@ -103,7 +162,7 @@ impl CudaLauncher {
         Ok(CudaLauncher {
             cache: ModuleCache::new(&info.arch(), nvrtc.version),
             info,
-            staging: Staging::new(ctx.clone()),
+            pinned: PinnedPool::new(CudaHost { ctx: ctx.clone() }),
             ctx,
             stream,
             nvrtc,
@@ -248,53 +307,59 @@ impl Launcher for CudaLauncher {
         Ok(CudaBuf { slice, _held: held })
     }
     fn upload_with(&self, len: usize, fill: &mut dyn FnMut(&mut [u8])) -> Result<CudaBuf> {
-        if len == 0 {
-            return self.alloc(0);
+        let Some(lease) = self.pinned.lease(len) else {
+            return upload_filled(self, len, fill);
+        };
+        let mut lease = lease?;
+        fill(lease.bytes());
+        let buf = self.alloc(len)?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(cuda_err("binding the context"))?;
+        // SAFETY: `buf` holds `len` bytes. No wait here: the kernels after this copy in the
+        // stream see its bytes, and the lease goes back to the pool fenced by an event, so
+        // its memory is refilled only once the copy has read it.
+        unsafe {
+            result::memcpy_htod_async(self.ptr(&buf), lease.bytes(), self.stream.cu_stream())
+                .map_err(cuda_err("host to device copy"))?;
         }
-        let staged = self.staging.with(len, |host| -> Result<CudaBuf> {
-            fill(host);
-            let buf = self.alloc(len)?;
-            self.ctx
-                .bind_to_thread()
-                .map_err(cuda_err("binding the context"))?;
-            // SAFETY: `buf` holds `len` bytes; the copy finishes (synchronize) before the
-            // staging memory is released to the next user.
-            unsafe {
-                result::memcpy_htod_async(self.ptr(&buf), &host[..], self.stream.cu_stream())
-                    .map_err(cuda_err("host to device copy"))?;
-            }
-            self.synchronize()?;
-            Ok(buf)
-        });
-        staged.unwrap_or_else(|| upload_filled(self, len, fill))
+        lease.release_after(self.fence("host to device copy")?);
+        Ok(buf)
     }
     fn download(&self, b: &CudaBuf, out: &mut [u8]) -> Result<()> {
         self.check_download(b, out.len())?;
         if out.is_empty() {
             return Ok(());
         }
-        if let Some(r) = self.download_staged(b, out.len(), &mut |host| out.copy_from_slice(host)) {
-            return r;
+        if let Some(lease) = self.download_pinned(b, out.len()) {
+            let mut lease = lease?;
+            if let Err(e) = self.synchronize() {
+                // Whether the copy has finished is unknown: keep the buffer out of the pool.
+                std::mem::forget(lease);
+                return Err(e);
+            }
+            out.copy_from_slice(lease.bytes());
+            return Ok(());
         }
         self.stream
             .memcpy_dtoh(&b.slice.slice(..out.len()), out)
             .map_err(cuda_err("device to host copy"))?;
         self.synchronize()
     }
-    fn download_with(&self, b: &CudaBuf, len: usize, take: &mut dyn FnMut(&[u8])) -> Result<()> {
-        self.check_download(b, len)?;
-        if let Some(r) = self.download_staged(b, len, take) {
-            return r;
-        }
-        let mut v = vec![0u8; len];
-        if len > 0 {
-            self.stream
-                .memcpy_dtoh(&b.slice.slice(..len), &mut v)
-                .map_err(cuda_err("device to host copy"))?;
-            self.synchronize()?;
-        }
-        take(&v);
-        Ok(())
+    fn download_later(&self, b: CudaBuf, len: usize) -> Result<Box<dyn InFlight>> {
+        self.check_download(&b, len)?;
+        let Some(lease) = self.download_pinned(&b, len) else {
+            let mut v = vec![0u8; len];
+            self.download(&b, &mut v)?;
+            return Ok(Box::new(Landed(v)));
+        };
+        let lease = lease?;
+        let done = self.fence("device to host copy")?;
+        Ok(Box::new(Landing {
+            lease: Some(lease),
+            done: Some(done),
+            _from: b,
+        }))
     }
     fn copy(&self, b: &CudaBuf, bytes: usize) -> Result<CudaBuf> {
         let held = self.mem.reserve(bytes)?;

@@ -4,7 +4,7 @@ use std::cell::UnsafeCell;
 use std::sync::Arc;
 
 use super::mem::{Held, MemCounter};
-use super::{KArg, Launcher};
+use super::{InFlight, KArg, Launcher};
 use crate::backend::emu;
 use crate::Result;
 
@@ -78,16 +78,13 @@ impl Launcher for EmuLauncher {
         Ok(b)
     }
     fn download(&self, b: &EmuBuf, out: &mut [u8]) -> Result<()> {
-        // SAFETY: no launch is running (launches are synchronous here); the GPU host code asks
-        // for at most the bytes it allocated.
-        unsafe {
-            assert!(
-                out.len() <= (*b.data.get()).len() * 16,
-                "download past the buffer"
-            );
-            std::ptr::copy_nonoverlapping(b.addr() as *const u8, out.as_mut_ptr(), out.len());
-        }
+        read(b, out);
         Ok(())
+    }
+    fn download_later(&self, b: EmuBuf, len: usize) -> Result<Box<dyn InFlight>> {
+        // As on a GPU, the bytes are read when they are waited for, from the buffer the copy
+        // now holds, so the host code's ordering is tested: later launches must not touch it.
+        Ok(Box::new(EmuLanding { from: b, len }))
     }
     fn copy(&self, b: &EmuBuf, bytes: usize) -> Result<EmuBuf> {
         let mut v = vec![0u8; bytes];
@@ -119,5 +116,32 @@ impl Launcher for EmuLauncher {
             .collect();
         // SAFETY: forwarded from the caller.
         unsafe { emu::launch_raw(kernel, grid, block, shared_bytes, &mut slots) }
+    }
+}
+
+struct EmuLanding {
+    from: EmuBuf,
+    len: usize,
+}
+
+impl InFlight for EmuLanding {
+    fn wait(self: Box<Self>, take: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let mut v = vec![0u8; self.len];
+        read(&self.from, &mut v);
+        take(&v);
+        Ok(())
+    }
+}
+
+/// The first `out.len()` bytes of `b`.
+fn read(b: &EmuBuf, out: &mut [u8]) {
+    // SAFETY: no launch writes `b` meanwhile (launches are synchronous here, and a landing
+    // holds its buffer alone); the GPU host code asks for at most the bytes it allocated.
+    unsafe {
+        assert!(
+            out.len() <= (*b.data.get()).len() * 16,
+            "download past the buffer"
+        );
+        std::ptr::copy_nonoverlapping(b.addr() as *const u8, out.as_mut_ptr(), out.len());
     }
 }

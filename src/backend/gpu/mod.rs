@@ -44,6 +44,23 @@ impl<B> Clone for KArg<'_, B> {
 }
 impl<B> Copy for KArg<'_, B> {}
 
+/// A device→host copy under way ([`Launcher::download_later`]).
+pub trait InFlight: Send {
+    /// Blocks until the bytes are on the host, then hands them to `take` (from staging memory
+    /// the launcher may keep, so callers that spread them over several destinations copy once).
+    fn wait(self: Box<Self>, take: &mut dyn FnMut(&[u8])) -> Result<()>;
+}
+
+/// A copy already done.
+pub struct Landed(pub Vec<u8>);
+
+impl InFlight for Landed {
+    fn wait(self: Box<Self>, take: &mut dyn FnMut(&[u8])) -> Result<()> {
+        take(&self.0);
+        Ok(())
+    }
+}
+
 /// What the GPU host code needs from a device: byte buffers, copies and kernel launches.
 /// Launches and copies are ordered (one stream); downloads wait for the work before them.
 pub trait Launcher: Send + Sync {
@@ -59,14 +76,14 @@ pub trait Launcher: Send + Sync {
     }
     /// Copies the first `out.len()` bytes of `b` to the host.
     fn download(&self, b: &Self::Buf, out: &mut [u8]) -> Result<()>;
-    /// The first `len` bytes of `b`, handed to `take` on the host (from staging memory the
-    /// launcher may keep for fast copies; by default an ordinary vector): for callers that
-    /// spread the bytes over several destinations, without a copy in between.
-    fn download_with(&self, b: &Self::Buf, len: usize, take: &mut dyn FnMut(&[u8])) -> Result<()> {
+    /// Starts copying the first `len` bytes of `b` to the host and returns at once (where the
+    /// launcher can; by default the copy is done before it returns). The buffer is the
+    /// copy's until it lands; [`InFlight::wait`] hands the bytes over. Lets a batch's results
+    /// travel while the host queues the next batch's work.
+    fn download_later(&self, b: Self::Buf, len: usize) -> Result<Box<dyn InFlight>> {
         let mut v = vec![0u8; len];
-        self.download(b, &mut v)?;
-        take(&v);
-        Ok(())
+        self.download(&b, &mut v)?;
+        Ok(Box::new(Landed(v)))
     }
     fn copy(&self, b: &Self::Buf, bytes: usize) -> Result<Self::Buf>;
     /// Device memory held by this launcher's buffers (now, peak).
