@@ -161,13 +161,14 @@ impl DeviceBatch {
         let t0 = Instant::now();
         let mut out = Vec::with_capacity(images.len());
         let mut at = 0;
-        for p in self.parts {
+        let done = self.parts.into_iter().try_for_each(|p| {
             let len = p.len;
             out.extend(p.finish(&images[at..at + len], cfg)?);
             at += len;
-        }
+            Ok(())
+        });
         timings.postprocess += t0.elapsed();
-        Ok(out)
+        done.map(|()| out)
     }
 }
 

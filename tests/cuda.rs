@@ -67,6 +67,20 @@ fn selftest_passes_on_the_gpu() {
     }
 }
 
+/// Batches queued before earlier ones are collected, their overlays waited for on another
+/// thread while the device's copies into the page-locked pool may still be under way.
+#[test]
+fn batches_in_flight_keep_their_own_results_on_the_gpu() {
+    if launcher().is_none() {
+        return;
+    }
+    let g = || gradcam::model::load(common::fixtures().join("resnet_tiny.safetensors"), None);
+    common::batches_in_flight_keep_their_own_results(
+        || Network::new(g().unwrap(), GpuBackend::new(launcher().unwrap())).unwrap(),
+        |_, _| {},
+    );
+}
+
 /// The kernels conv tuning chooses among agree bit for bit on the GPU too; prints the plans.
 #[test]
 fn conv_tuning_choices_agree_bit_for_bit_on_the_gpu() {

@@ -8,7 +8,7 @@ use common::{fixtures, rel_err};
 use gradcam::backend::gpu::{ConvTile, EmuLauncher, GpuBackend, Launcher, Precision};
 use gradcam::backend::{Backend, CpuBackend};
 use gradcam::cam::{explain, CamRequest, ClassSel, Method};
-use gradcam::explain::{explain_batch, explain_batch_device, ExplainConfig, Timings};
+use gradcam::explain::{explain_batch, ExplainConfig, Timings};
 use gradcam::image::{load_rgb8, preprocess, InputSize, RgbImage};
 use gradcam::model::synth::Rng;
 use gradcam::model::{self, Network};
@@ -591,52 +591,16 @@ fn batches_too_big_for_the_device_are_split() {
     }
 }
 
-/// A pipeline queues the next batches before it collects a batch's overlays (the device's copy
-/// back may still be under way): each batch's explanations, collected in reverse order, equal
-/// those of the batch run alone, and once all are collected the device holds no more than before.
+/// Batches queued before earlier ones are collected, collected on another thread (as the CLI
+/// pipelines them): each batch's own results. The emulator reads a download when it is waited
+/// for, so the overlays in flight still hold their device buffers.
 #[test]
 fn batches_in_flight_keep_their_own_results() {
     let g = || model::load(fixtures().join("resnet_tiny.safetensors"), None).unwrap();
-    let imgs: Vec<RgbImage> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|n| load_rgb8(&fixtures().join(format!("images/{n}.png"))).unwrap())
-        .collect();
-    let batches: Vec<Vec<&RgbImage>> = vec![
-        vec![&imgs[0], &imgs[1]],
-        vec![&imgs[2]],
-        vec![&imgs[3], &imgs[0], &imgs[2]],
-    ];
-    let cfg = ExplainConfig {
-        size: InputSize::Square(64),
-        ..Default::default()
-    };
-    let alone = Network::new(g(), GpuBackend::new(EmuLauncher::new())).unwrap();
-    let want: Vec<_> = (batches.iter())
-        .map(|b| explain_batch(&alone, b, &cfg, &mut Timings::default()).unwrap())
-        .collect();
-
-    let piped = Network::new(g(), GpuBackend::new(EmuLauncher::new())).unwrap();
-    let mut t = Timings::default();
-    // One batch first: the weights and what the backend keeps once made (the JET table).
-    explain_batch(&piped, &batches[1], &cfg, &mut t).unwrap();
-    let kept = piped.backend().launcher().memory().in_use();
-    let queued: Vec<_> = (batches.iter())
-        .map(|b| explain_batch_device(&piped, b, &cfg, &mut t).unwrap())
-        .collect();
-    assert!(
-        piped.backend().launcher().memory().in_use() > kept,
-        "the overlays in flight hold their device buffers"
+    common::batches_in_flight_keep_their_own_results(
+        || Network::new(g(), GpuBackend::new(EmuLauncher::new())).unwrap(),
+        |queued, before| assert!(queued > before, "{queued} bytes in use, {before} before"),
     );
-    for (i, db) in queued.into_iter().enumerate().rev() {
-        let got = db.finish(&batches[i], &cfg, &mut t).unwrap();
-        assert_eq!(got.len(), want[i].len());
-        for (j, (a, b)) in got.iter().zip(&want[i]).enumerate() {
-            assert_eq!(a.class, b.class, "batch {i} image {j}");
-            assert_eq!(a.cam, b.cam, "batch {i} image {j}");
-            assert_eq!(a.overlay, b.overlay, "batch {i} image {j}");
-        }
-    }
-    assert_eq!(piped.backend().launcher().memory().in_use(), kept);
 }
 
 /// Every CAM method and guided backprop through the GPU code path against the CPU backend:

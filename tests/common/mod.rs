@@ -231,3 +231,73 @@ pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
     assert_eq!(plans.len(), 2 * shapes.len(), "{plans:?}");
     plans
 }
+
+/// A pipeline's order of work: the device halves of three batches queued first, then their
+/// explanations collected on another thread, last batch first. Each must equal the batch run
+/// alone (bit for bit: the same kernels), and once all are collected the device must hold no
+/// more memory than before. The images (480x400, 576 KB each) make batches of 1.2 and 1.7 MB,
+/// which a GPU's page-locked pool serves, and one of 576 KB, which it does not.
+/// `in_flight(queued, before)` sees the device memory in use with the batches queued.
+pub fn batches_in_flight_keep_their_own_results<L: gradcam::backend::gpu::Launcher>(
+    open: impl Fn() -> Network<gradcam::backend::gpu::GpuBackend<L>>,
+    in_flight: impl FnOnce(usize, usize),
+) {
+    use gradcam::explain::{explain_batch, explain_batch_device, ExplainConfig, Timings};
+    use gradcam::image::{InputSize, RgbImage};
+    let imgs: Vec<RgbImage> = (0..4u32)
+        .map(|k| {
+            RgbImage::from_fn(480, 400, |x, y| {
+                let (u, v) = (x * (k + 1) / 7, y * (4 - k) / 5);
+                image::Rgb([(u + v) as u8, (u ^ v) as u8, (x * y / 97 + 40 * k) as u8])
+            })
+        })
+        .collect();
+    let batches: Vec<Vec<&RgbImage>> = vec![
+        vec![&imgs[0], &imgs[1]],
+        vec![&imgs[2]],
+        vec![&imgs[3], &imgs[0], &imgs[2]],
+    ];
+    let cfg = ExplainConfig {
+        size: InputSize::Square(64),
+        ..Default::default()
+    };
+    let alone = open();
+    let want: Vec<_> = (batches.iter())
+        .map(|b| explain_batch(&alone, b, &cfg, &mut Timings::default()).unwrap())
+        .collect();
+
+    let piped = open();
+    let mut t = Timings::default();
+    // One batch first: the weights and what the backend keeps once made (the JET table).
+    explain_batch(&piped, &batches[1], &cfg, &mut t).unwrap();
+    let memory = || piped.backend().launcher().memory().in_use();
+    let before = memory();
+    let queued: Vec<_> = (batches.iter())
+        .map(|b| explain_batch_device(&piped, b, &cfg, &mut t).unwrap())
+        .collect();
+    in_flight(memory(), before);
+    let got = std::thread::scope(|s| {
+        let host = s.spawn(|| {
+            let mut t = Timings::default();
+            let mut got: Vec<_> = (queued.into_iter().enumerate().rev())
+                .map(|(i, db)| (i, db.finish(&batches[i], &cfg, &mut t).unwrap()))
+                .collect();
+            got.reverse();
+            got
+        });
+        host.join().unwrap()
+    });
+    for (i, got) in got {
+        assert_eq!(got.len(), want[i].len());
+        for (j, (a, b)) in got.iter().zip(&want[i]).enumerate() {
+            assert_eq!(a.class, b.class, "batch {i} image {j}");
+            assert_eq!(a.cam, b.cam, "batch {i} image {j}");
+            assert_eq!(a.overlay.dimensions(), (480, 400), "batch {i} image {j}");
+            assert!(
+                a.overlay == b.overlay,
+                "batch {i} image {j}: overlays differ"
+            );
+        }
+    }
+    assert_eq!(memory(), before, "device memory left held after collecting");
+}

@@ -108,7 +108,8 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let table = bytes.next_multiple_of(IMAGE_DESC);
         let descs = image_descs(&layout);
         // Pixels and their table packed straight into the launcher's staging memory, then
-        // one copy up. The images are copied in parallel: the device waits for this.
+        // one copy up. The images are copied in parallel: the device may be idle meanwhile
+        // (between batches, once the previous batch's work has drained).
         let buf = self
             .l
             .upload_with(table + descs.len(), &mut |dst: &mut [u8]| {

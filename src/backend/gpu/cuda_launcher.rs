@@ -70,15 +70,15 @@ impl HostMemory for CudaHost {
     fn wait(&self, fence: &CudaEvent) -> Result<()> {
         fence.synchronize().map_err(cuda_err("kernel execution"))
     }
+    fn passed(&self, fence: &CudaEvent) -> bool {
+        fence.is_complete()
+    }
 }
 
 /// A download on its way into a page-locked buffer ([`Launcher::download_later`]).
 struct Landing {
     lease: Option<Lease<CudaHost>>,
     done: Option<CudaEvent>,
-    /// The device buffer, kept until the copy out of it has been queued (its stream-ordered
-    /// free then follows the copy).
-    _from: CudaBuf,
 }
 
 impl InFlight for Landing {
@@ -86,9 +86,10 @@ impl InFlight for Landing {
         let done = self.done.take().expect("waited once");
         let mut lease = self.lease.take().expect("waited once");
         if let Err(e) = done.synchronize() {
-            // Whether the copy has finished is unknown: keep the buffer out of the pool.
-            std::mem::forget(lease);
-            return Err(cuda_err("device to host copy")(e));
+            // Whether the copy has finished is unknown: keep the buffer out of the pool. The
+            // error may be any earlier launch's (the kernels that made the bytes).
+            lease.leak();
+            return Err(cuda_err("kernel execution or the copy back")(e));
         }
         take(lease.bytes());
         Ok(())
@@ -115,13 +116,26 @@ impl CudaLauncher {
         Ok(())
     }
 
-    /// An event after the work queued so far. If it cannot be had, waits for that work
-    /// instead (so memory it uses can be reused safely) and fails.
-    fn fence(&self, what: &str) -> Result<CudaEvent> {
-        self.stream.record_event(None).map_err(|e| {
-            let _ = self.stream.synchronize();
-            cuda_err(what)(e)
-        })
+    /// An event after the work queued so far, which `lease`'s copy is part of (a host thread
+    /// waiting on it sleeps, with `blocking`, rather than spin). If none can be had, waits for
+    /// that work instead and gives the lease back; if that fails too, the lease is leaked (the
+    /// copy may still be under way).
+    fn fence(
+        &self,
+        lease: Lease<CudaHost>,
+        blocking: bool,
+        what: &str,
+    ) -> Result<(Lease<CudaHost>, CudaEvent)> {
+        let flags = blocking.then_some(sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC);
+        match self.stream.record_event(flags) {
+            Ok(event) => Ok((lease, event)),
+            Err(e) => {
+                if self.stream.synchronize().is_err() {
+                    lease.leak();
+                }
+                Err(cuda_err(what)(e))
+            }
+        }
     }
 
     /// Queues a copy of the first `len` bytes of `b` into a page-locked buffer of the pool;
@@ -323,7 +337,8 @@ impl Launcher for CudaLauncher {
             result::memcpy_htod_async(self.ptr(&buf), lease.bytes(), self.stream.cu_stream())
                 .map_err(cuda_err("host to device copy"))?;
         }
-        lease.release_after(self.fence("host to device copy")?);
+        let (lease, copied) = self.fence(lease, false, "host to device copy")?;
+        lease.release_after(copied);
         Ok(buf)
     }
     fn download(&self, b: &CudaBuf, out: &mut [u8]) -> Result<()> {
@@ -335,7 +350,7 @@ impl Launcher for CudaLauncher {
             let mut lease = lease?;
             if let Err(e) = self.synchronize() {
                 // Whether the copy has finished is unknown: keep the buffer out of the pool.
-                std::mem::forget(lease);
+                lease.leak();
                 return Err(e);
             }
             out.copy_from_slice(lease.bytes());
@@ -353,12 +368,13 @@ impl Launcher for CudaLauncher {
             self.download(&b, &mut v)?;
             return Ok(Box::new(Landed(v)));
         };
-        let lease = lease?;
-        let done = self.fence("device to host copy")?;
+        // The host stage waits on this event for as long as the device takes: it sleeps.
+        let (lease, done) = self.fence(lease?, true, "device to host copy")?;
+        // Freed now, in stream order after the copy just queued: the next batch may reuse it.
+        drop(b);
         Ok(Box::new(Landing {
             lease: Some(lease),
             done: Some(done),
-            _from: b,
         }))
     }
     fn copy(&self, b: &CudaBuf, bytes: usize) -> Result<CudaBuf> {
