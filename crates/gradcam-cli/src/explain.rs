@@ -63,6 +63,9 @@ struct Job {
     image: RgbImage,
 }
 
+/// A file of a chunk: its image, or (path, why it could not be decoded).
+type Decoded = Result<Job, (PathBuf, String)>;
+
 pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let (files, failures) = inputs::collect(&a.inputs);
@@ -132,11 +135,20 @@ fn explain_all<B: Backend>(
         ProgressBar::hidden()
     };
     let mut timings = Timings::default();
-    // Two stages: this thread decodes and runs the device; a second one builds the
-    // explanations and writes them (PNG encoding is the costly part) a group or two behind,
-    // so the device is not idle while files are written. Undecodable files are reported
-    // when decoded, failed writes when written: stderr is in input order within each kind.
+    // Three stages, so the device is idle neither while files are read and decoded nor while
+    // they are written: a decoder thread decodes the next chunk of files while this thread
+    // runs the device on the current one, and a third builds the explanations and writes
+    // them (PNG encoding is the costly part) a group or two behind. Undecodable files are
+    // reported when their chunk reaches this thread, failed writes when written: stderr is
+    // in input order within each kind.
     let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<Job>, GroupOut)>(1);
+    // A rendezvous: one chunk decoded ahead at most (full-size photographs are large).
+    let (dtx, drx) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(0);
+    let chunks: Vec<Vec<usize>> = (0..files.len())
+        .collect::<Vec<_>>()
+        .chunks(a.batch as usize)
+        .map(<[usize]>::to_vec)
+        .collect();
     let backend = net.backend().name();
     let meta = Meta {
         backend: &backend,
@@ -177,22 +189,28 @@ fn explain_all<B: Backend>(
             }
             (th, done, failed)
         });
-        'chunks: for chunk in (0..files.len())
-            .collect::<Vec<_>>()
-            .chunks(a.batch as usize)
-        {
-            // Decode in parallel; undecodable files are reported and dropped from the batch.
-            let decoded: Vec<Result<Job, (PathBuf, String)>> = chunk
-                .par_iter()
-                .map(|&i| match load_rgb8(&files[i]) {
-                    Ok(image) => Ok(Job {
-                        index: i,
-                        path: files[i].clone(),
-                        image,
-                    }),
-                    Err(e) => Err((files[i].clone(), strip_path(&e.to_string(), &files[i]))),
-                })
-                .collect();
+        let files = &files;
+        sc.spawn(move || {
+            for chunk in chunks {
+                // Decode in parallel; undecodable files are reported (by the device stage)
+                // and dropped from the batch.
+                let decoded = chunk
+                    .par_iter()
+                    .map(|&i| match load_rgb8(&files[i]) {
+                        Ok(image) => Ok(Job {
+                            index: i,
+                            path: files[i].clone(),
+                            image,
+                        }),
+                        Err(e) => Err((files[i].clone(), strip_path(&e.to_string(), &files[i]))),
+                    })
+                    .collect();
+                if dtx.send(decoded).is_err() {
+                    break; // the device stage stopped (the writer is gone)
+                }
+            }
+        });
+        'chunks: for decoded in drx {
             let mut jobs = Vec::new();
             for d in decoded {
                 match d {
