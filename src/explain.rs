@@ -1,5 +1,48 @@
 //! One batch of images through the whole pipeline: preprocess, Grad-CAM, post-processing.
 //! What the CLI and `gradcam bench` run, and the entry point for programs linking the library.
+//!
+//! [`explain_batch`] takes a batch from start to finish. To keep a GPU busy over a whole data
+//! set, split the work as the CLI does: [`explain_batch_device`] queues a batch's device work
+//! and returns once its results are on their way back, and [`DeviceBatch::finish`], on another
+//! thread, waits for them and builds the explanations while the first thread queues the next
+//! batch:
+//!
+//! ```no_run
+//! use gradcam::backend::gpu::{CudaLauncher, GpuBackend, Precision};
+//! use gradcam::explain::{explain_batch_device, DeviceBatch, ExplainConfig, Timings};
+//! use gradcam::image::{load_rgb8, RgbImage};
+//! use gradcam::model::{self, Network};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let graph = model::load("resnet50.safetensors", None)?;
+//!     let net = Network::new(graph, GpuBackend::with_precision(CudaLauncher::new(0)?, Precision::Tf32))?;
+//!     let images = (std::env::args().skip(1))
+//!         .map(|p| load_rgb8(p.as_ref()))
+//!         .collect::<Result<Vec<RgbImage>, _>>()?;
+//!     let refs: Vec<&RgbImage> = images.iter().collect();
+//!     let cfg = ExplainConfig::default();
+//!     let (tx, rx) = std::sync::mpsc::sync_channel::<(&[&RgbImage], DeviceBatch)>(1);
+//!     std::thread::scope(|s| -> gradcam::Result<()> {
+//!         let host = s.spawn(|| -> gradcam::Result<()> {
+//!             for (batch, queued) in rx {
+//!                 for e in queued.finish(batch, &cfg, &mut Timings::default())? {
+//!                     println!("class {} (p = {:.3})", e.class, e.probability);
+//!                 }
+//!             }
+//!             Ok(())
+//!         });
+//!         for batch in refs.chunks(64) {
+//!             let queued = explain_batch_device(&net, batch, &cfg, &mut Timings::default())?;
+//!             if tx.send((batch, queued)).is_err() {
+//!                 break; // the host thread failed: its error comes from join
+//!             }
+//!         }
+//!         drop(tx);
+//!         host.join().expect("host thread panicked")
+//!     })?;
+//!     Ok(())
+//! }
+//! ```
 
 use std::time::{Duration, Instant};
 

@@ -155,7 +155,11 @@ fn bench_on<B: Backend>(
     println!("images/s      {:.2}", n / total.as_secs_f64());
     let flops = net.graph().forward_flops((side, side))?;
     println!("per image     {:.2} ms", ms(total));
-    println!("  preprocess  {:.2} ms", ms(t.preprocess));
+    println!(
+        "  preprocess  {:.2} ms (on a GPU the host's packing of the bytes; their copy and the \
+         resize kernels run behind it, in the grad-cam time)",
+        ms(t.preprocess)
+    );
     println!(
         "  grad-cam    {:.2} ms (forward + backward-data to the layer + map): {:.2} TFLOP/s \
          counting the forward pass alone ({:.2} GFLOP per image)",
