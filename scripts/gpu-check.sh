@@ -17,14 +17,17 @@ work=/tmp/gpu-check
 mkdir -p "$out" "$work"
 kit=gpu-kit
 sum=$out/summary.txt
+last_rc=0
 step() { # name limit command... : runs within the budget, logs to $out/name.txt
   local name=$1 limit=$2; shift 2
   local left=$((budget - SECONDS))
   if [ "$left" -lt 15 ]; then echo "$name: skipped (budget spent)" | tee -a "$sum"; return; fi
   [ "$limit" -gt "$left" ] && limit=$left
   local t0=$SECONDS
-  timeout "$limit" "$@" >"$work/$name.txt" 2>&1
+  # -k: a process stuck in the driver that ignores the TERM is killed 10 s later.
+  timeout -k 10 "$limit" "$@" >"$work/$name.txt" 2>&1
   local rc=$?
+  last_rc=$rc
   echo "$name: exit $rc, $((SECONDS - t0)) s" | tee -a "$sum"
   { echo "=== $name (exit $rc) ==="; cat "$work/$name.txt"; } >>"$out/all.log"
 }
@@ -44,6 +47,11 @@ for arch in resnet50 vgg16; do
   $kit/gradcam random-weights --arch $arch -o /tmp/$arch.safetensors >/dev/null 2>&1
 done
 bench() { # arch precision [tile: 64|128, else chosen per layer] [extra env]
+  for f in $hung; do
+    if [[ "${4:-}" == *"$f"* ]]; then
+      echo "bench-$1-$2${4:+-$4}: skipped ($f hung in its selftest)" | tee -a "$sum"; return
+    fi
+  done
   step bench-$1-$2${3:+-t$3}${4:+-$4} 120 env GRADCAM_CONV_TILE=${3:-auto} ${4:-X=} \
     $kit/gradcam bench --device cuda --precision $2 -m /tmp/$1.safetensors --batch 64 \
     --images "$n" --size 224 --profile
@@ -54,14 +62,19 @@ step selftest-bf16 45 $kit/gradcam selftest --device cuda --precision bf16
 # Hopper's warpgroup MMA (GRADCAM_CONV_WGMMA=1, channels-last): the wgmma rows check the
 # instruction against its twin (the swizzled shared-memory layout and descriptors), the conv
 # rows the kernels against the CPU. First, as the newest and least proven path.
+# A path whose selftest hangs (timeout: exit 124, or 137 once killed) is not benched: each
+# bench would hang too, and spend the budget. `hung` lists their flags.
+hung=
 for p in tf32 bf16 f16; do
   step selftest-$p-wgmma 45 env GRADCAM_CONV_WGMMA=1 $kit/gradcam selftest --device cuda \
     --precision $p
+  case $last_rc in 124 | 137) hung="$hung GRADCAM_CONV_WGMMA"; break ;; esac
 done
 # Channels-last convolutions on mma.sync (GRADCAM_CONV_NHWC=1).
 for p in tf32 bf16 f16; do
   step selftest-$p-nhwc 45 env GRADCAM_CONV_NHWC=1 $kit/gradcam selftest --device cuda \
     --precision $p
+  case $last_rc in 124 | 137) hung="$hung GRADCAM_CONV_NHWC"; break ;; esac
 done
 # Each default (kernels tuned per layer; the profile names each layer's choice) beside
 # channels-last on mma.sync and on wgmma, then the peers on the same card; the other
@@ -83,8 +96,13 @@ bench vgg16 bf16 "" GRADCAM_CONV_WGMMA=1
 # tests/cuda.rs (the selftest's configurations, tuning choices bit for bit, the parity
 # fixtures at every precision and on wgmma): after the benches, as the selftests above already
 # run every kernel and the fixtures end to end.
+# Tests of a path whose selftest hung are left out (tests on wgmma have it in their names;
+# channels-last on mma.sync runs in the selftest test).
+skip=()
+[[ "$hung" == *WGMMA* ]] && skip+=(--skip wgmma)
+[[ "$hung" == *NHWC* ]] && skip+=(--skip selftest_passes_on_the_gpu)
 step parity 120 env GRADCAM_FIXTURES="$PWD/tests/fixtures" GRADCAM_REQUIRE_GPU=1 \
-  $kit/cuda-tests --nocapture --test-threads 1
+  $kit/cuda-tests --nocapture --test-threads 1 ${skip[@]+"${skip[@]}"}
 step selftest-f32 45 $kit/gradcam selftest --device cuda --precision f32
 step selftest-f16 45 $kit/gradcam selftest --device cuda --precision f16
 bench resnet50 f16 "" GRADCAM_CONV_WGMMA=1
@@ -139,7 +157,7 @@ ncu_convs() { # name [env] (untuned: tuning would launch every candidate)
 if [ -n "$ncu_bin" ]; then
   ncu_convs resnet50-bf16
   ncu_convs resnet50-bf16-nhwc GRADCAM_CONV_NHWC=1
-  ncu_convs resnet50-bf16-wgmma GRADCAM_CONV_WGMMA=1
+  [[ "$hung" == *WGMMA* ]] || ncu_convs resnet50-bf16-wgmma GRADCAM_CONV_WGMMA=1
 else
   echo "ncu: not found" | tee -a "$sum"
 fi

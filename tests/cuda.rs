@@ -50,8 +50,13 @@ fn selftest_passes_on_the_gpu() {
         eprintln!("{precision:?} KRSC {krsc} cp.async {ring} channels-last {nhwc}\n{table}");
         assert!(checks.iter().all(|c| c.passed()), "{table}");
     }
-    // Hopper's warpgroup MMA (compute capability 9.0 only): the instruction against its twin,
-    // the channels-last convs on it against the CPU.
+}
+
+/// Hopper's warpgroup MMA (compute capability 9.0 only): the instruction against its twin, the
+/// channels-last convs on it against the CPU. (Tests on wgmma have it in their names, so
+/// scripts/gpu-check.sh can leave them out with `--skip wgmma` if its selftest hung.)
+#[test]
+fn wgmma_selftest_passes_on_the_gpu() {
     for precision in [Precision::Tf32, Precision::Bf16, Precision::F16] {
         let Some(l) = launcher() else { return };
         let be = GpuBackend::with_precision(l, precision).with_conv_wgmma(true);
@@ -93,6 +98,20 @@ fn conv_tuning_choices_agree_bit_for_bit_on_the_gpu() {
     }
 }
 
+/// ...and so do the wgmma tiles among themselves, where the GPU has wgmma.
+#[test]
+fn wgmma_tiles_agree_bit_for_bit_on_the_gpu() {
+    if launcher().is_none() {
+        return;
+    }
+    for precision in [Precision::Tf32, Precision::Bf16, Precision::F16] {
+        if !common::wgmma_tiles_agree(precision, || launcher().unwrap()) {
+            eprintln!("no wgmma on this GPU: skipped");
+            return;
+        }
+    }
+}
+
 #[test]
 fn parity_fixtures_on_the_gpu() {
     if launcher().is_none() {
@@ -116,8 +135,16 @@ fn parity_fixtures_on_the_gpu() {
         );
         eprintln!("{precision:?}: largest cam error {worst:.2e}");
     }
-    // ...and with the channels-last convs on wgmma, where the GPU has it.
+}
+
+/// The parity fixtures with the channels-last convs on wgmma, where the GPU has it.
+#[test]
+fn wgmma_parity_fixtures_on_the_gpu() {
+    if launcher().is_none() {
+        return;
+    }
     if !GpuBackend::new(CudaLauncher::new(0).unwrap()).has_wgmma() {
+        eprintln!("no wgmma on this GPU: skipped");
         return;
     }
     for (precision, tol) in common::TENSOR_CORE_TOL {

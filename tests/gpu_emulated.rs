@@ -124,10 +124,11 @@ fn tensor_core_selftests_pass_through_the_emulator() {
 }
 
 /// Every kernel conv tuning may pick computes the same values bit for bit (see
-/// common::conv_choices_agree), at each tensor-core precision.
+/// common::conv_choices_agree and common::wgmma_tiles_agree), at each tensor-core precision.
 #[test]
 fn conv_tuning_choices_agree_bit_for_bit() {
     for precision in [Precision::Tf32, Precision::Bf16, Precision::F16] {
+        assert!(common::wgmma_tiles_agree(precision, EmuLauncher::new));
         let plans = common::conv_choices_agree(precision, EmuLauncher::new);
         assert!(
             plans

@@ -88,8 +88,7 @@ pub fn parity_end_to_end<B: gradcam::backend::Backend>(
 
 /// Convolutions (1x1 and 3x3, stride 1 and 2, partial tiles, with and without the fused
 /// residual) through backends that differ only in the kernel they pick: each tile side, plain
-/// or KRSC weights (with the input by vectors where the shape allows), the wgmma tiles among
-/// themselves (where the device has wgmma), and tuned. The outputs
+/// or KRSC weights (with the input by vectors where the shape allows), and tuned. The outputs
 /// must agree bit for bit, so tuning changes speed, never results; the tuned backend keeps one
 /// plan per shape and epilogue. Returns the tuned plans.
 pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
@@ -97,58 +96,7 @@ pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
     launcher: impl Fn() -> L,
 ) -> Vec<(String, String)> {
     use gradcam::backend::gpu::{ConvTile, GpuBackend};
-    use gradcam::backend::{Backend, Conv2dParams};
-    let shapes = [
-        ([3, 64, 8, 6], [72, 64, 1, 1], Conv2dParams::new(1, 0)),
-        ([2, 32, 8, 8], [136, 32, 3, 3], Conv2dParams::new(1, 1)),
-        ([2, 32, 7, 7], [80, 32, 3, 3], Conv2dParams::new(1, 1)),
-        ([2, 64, 9, 8], [80, 64, 3, 3], Conv2dParams::new(2, 1)),
-    ];
-    let mut rng = 0x9e3779b97f4a7c15u64;
-    let mut random = |shape: &[usize]| {
-        let n = shape.iter().product();
-        let v = (0..n)
-            .map(|_| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                (rng >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::new(shape.to_vec(), v)
-    };
-    let inputs: Vec<_> = shapes
-        .iter()
-        .map(|(xs, ws, p)| {
-            let (x, w, b) = (random(xs), random(ws), random(&ws[..1]));
-            let (oh, ow) = p.out_hw((xs[2], xs[3]), (ws[2], ws[3])).unwrap();
-            let res = random(&[xs[0], ws[0], oh, ow]);
-            (x, w, b, res, *p)
-        })
-        .collect();
-    let run = |be: &GpuBackend<L>| -> Vec<Vec<u32>> {
-        let mut outs = Vec::new();
-        for (x, w, b, res, p) in &inputs {
-            let (xd, wd, bd) = (
-                be.upload(x.clone()).unwrap(),
-                be.upload(w.clone()).unwrap(),
-                be.upload(b.clone()).unwrap(),
-            );
-            let prep = be.conv2d_prepare(&wd, p).unwrap();
-            let y = be
-                .conv2d_fwd(&xd, &wd, prep.as_ref(), Some(&bd), p, true)
-                .unwrap();
-            let rd = be.upload(res.clone()).unwrap();
-            let z = be
-                .conv2d_fwd_add_relu(&xd, &wd, prep.as_ref(), Some(&bd), p, &rd)
-                .unwrap();
-            for t in [y, z] {
-                let t = be.download(&t).unwrap();
-                outs.push(t.data().iter().map(|v| v.to_bits()).collect());
-            }
-        }
-        outs
-    };
+    let (run, convs) = conv_runner::<L>();
     let forced = |tile, krsc, ring| {
         GpuBackend::with_precision(launcher(), precision)
             .with_conv_tile(tile)
@@ -201,24 +149,6 @@ pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
             "{precision:?}: {tile:?} KRSC {krsc} cp.async {ring} differs from 64x64 plain"
         );
     }
-    // The wgmma tiles of 64, 128 and 256 output channels, where the device has them: one
-    // another's bits (each output is the same sequence of m64n128 k-steps; not the mma.sync
-    // kernels' bits, the hardware sums in its own order), so tuning between them is safe.
-    let wgmma = |rows| {
-        GpuBackend::with_precision(launcher(), precision)
-            .with_conv_tune(false)
-            .with_wgmma_rows(rows)
-            .with_conv_wgmma(true)
-    };
-    if wgmma(64).uses_wgmma() {
-        let w64 = run(&wgmma(64));
-        for rows in [128, 256] {
-            assert!(
-                run(&wgmma(rows)) == w64,
-                "{precision:?}: wgmma tiles of {rows} rows differ from 64"
-            );
-        }
-    }
     // Tuned, the KRSC setting left to it (GRADCAM_CONV_KRSC unset in the tests).
     let tuned = GpuBackend::with_precision(launcher(), precision)
         .with_conv_tile(ConvTile::Auto)
@@ -228,8 +158,98 @@ pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
         "{precision:?}: the tuned kernels differ"
     );
     let plans = tuned.conv_plans();
-    assert_eq!(plans.len(), 2 * shapes.len(), "{plans:?}");
+    assert_eq!(plans.len(), 2 * convs, "{plans:?}");
     plans
+}
+
+/// The convolutions of [`conv_choices_agree`] through a backend, their outputs' bits.
+/// Returns the runner and how many convolutions it runs (each twice: alone, and with a residual).
+fn conv_runner<L: gradcam::backend::gpu::Launcher>() -> (
+    impl Fn(&gradcam::backend::gpu::GpuBackend<L>) -> Vec<Vec<u32>>,
+    usize,
+) {
+    use gradcam::backend::{Backend, Conv2dParams};
+    let shapes = [
+        ([3, 64, 8, 6], [72, 64, 1, 1], Conv2dParams::new(1, 0)),
+        ([2, 32, 8, 8], [136, 32, 3, 3], Conv2dParams::new(1, 1)),
+        ([2, 32, 7, 7], [80, 32, 3, 3], Conv2dParams::new(1, 1)),
+        ([2, 64, 9, 8], [80, 64, 3, 3], Conv2dParams::new(2, 1)),
+    ];
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    let mut random = |shape: &[usize]| {
+        let n = shape.iter().product();
+        let v = (0..n)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::new(shape.to_vec(), v)
+    };
+    let inputs: Vec<_> = shapes
+        .iter()
+        .map(|(xs, ws, p)| {
+            let (x, w, b) = (random(xs), random(ws), random(&ws[..1]));
+            let (oh, ow) = p.out_hw((xs[2], xs[3]), (ws[2], ws[3])).unwrap();
+            let res = random(&[xs[0], ws[0], oh, ow]);
+            (x, w, b, res, *p)
+        })
+        .collect();
+    let run = move |be: &gradcam::backend::gpu::GpuBackend<L>| -> Vec<Vec<u32>> {
+        let mut outs = Vec::new();
+        for (x, w, b, res, p) in &inputs {
+            let (xd, wd, bd) = (
+                be.upload(x.clone()).unwrap(),
+                be.upload(w.clone()).unwrap(),
+                be.upload(b.clone()).unwrap(),
+            );
+            let prep = be.conv2d_prepare(&wd, p).unwrap();
+            let y = be
+                .conv2d_fwd(&xd, &wd, prep.as_ref(), Some(&bd), p, true)
+                .unwrap();
+            let rd = be.upload(res.clone()).unwrap();
+            let z = be
+                .conv2d_fwd_add_relu(&xd, &wd, prep.as_ref(), Some(&bd), p, &rd)
+                .unwrap();
+            for t in [y, z] {
+                let t = be.download(&t).unwrap();
+                outs.push(t.data().iter().map(|v| v.to_bits()).collect());
+            }
+        }
+        outs
+    };
+    (run, shapes.len())
+}
+
+/// The wgmma tiles of 64, 128 and 256 output channels on [`conv_choices_agree`]'s convolutions
+/// give one another's bits (each output is the same sequence of m64n128 k-steps; not the
+/// mma.sync kernels' bits, the hardware sums in its own order), so tuning between them is
+/// safe. False (nothing checked) where the device has no wgmma.
+pub fn wgmma_tiles_agree<L: gradcam::backend::gpu::Launcher>(
+    precision: gradcam::backend::gpu::Precision,
+    launcher: impl Fn() -> L,
+) -> bool {
+    use gradcam::backend::gpu::GpuBackend;
+    let (run, _) = conv_runner::<L>();
+    let wgmma = |rows| {
+        GpuBackend::with_precision(launcher(), precision)
+            .with_conv_tune(false)
+            .with_wgmma_rows(rows)
+            .with_conv_wgmma(true)
+    };
+    if !wgmma(64).uses_wgmma() {
+        return false;
+    }
+    let w64 = run(&wgmma(64));
+    for rows in [128, 256] {
+        assert!(
+            run(&wgmma(rows)) == w64,
+            "{precision:?}: wgmma tiles of {rows} rows differ from 64"
+        );
+    }
+    true
 }
 
 /// A pipeline's order of work: the device halves of three batches queued first, then their
