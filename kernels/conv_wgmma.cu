@@ -1,13 +1,16 @@
 // Channels-last forward convolutions on Hopper's warpgroup tensor cores (GRADCAM_CONV_WGMMA=1,
 // compute capability 9.0; built for sm_90a, see wgmma.cuh):
-//   conv2d_fwd_wgmma_<t>_m64|m128|m256 (t: tf32, bf16, f16): conv_nhwc.cu's
+//   conv2d_fwd_wgmma_<t>_m64|m128[_s6]|m256 (t: tf32, bf16, f16): conv_nhwc.cu's
 //       convolution (x, residual, y [N][H][W][C]; w the KRSC copy, TF32-rounded for tf32;
 //       groups 1, K a multiple of 8), over slices of 128 bytes per row: 64 channels at 16 bits
 //       (C a multiple of 64), 32 in TF32 (C a multiple of 32), channel blocks outer and taps
 //       inner. Tiles of 64, 128 or 256 output channels (one, two or four warpgroups, block
-//       128, 256 or 512) by 128 output pixels. grid (ceil(N·OH·OW / 128), ceil(K / TM)); dynamic shared memory
-//       4 stages of (TM + 128) rows of 128 bytes, plus 1024 bytes to align them (the host's
-//       GpuBackend::nhwc_choices matches).
+//       128, 256 or 512) by 128 output pixels. grid (ceil(N·OH·OW / 128), ceil(K / TM));
+//       dynamic shared memory 4 stages (_s6: 6) of (TM + 128) rows of 128 bytes, plus 1024
+//       bytes to align them (the host's GpuBackend::nhwc_choices matches). The 128-channel
+//       tile runs one block per SM, so only its own ring hides the copies' latency: _s6 (193
+//       KB) keeps four slices in flight instead of two; tuning picks per layer (the same bits
+//       either way). The 64-channel tile hides it with two blocks per SM instead.
 //   wgmma_check_<t>: one warpgroup multiplies A [64][KD] by B [128][KD]ᵀ (f32 in, rounded to
 //       the element type; KD = 64 at 16 bits, 32 TF32), staged as the conv stages its slices,
 //       by the instruction and by its twin (wgmma.cuh); d_ins and d_twin [64][128].
@@ -16,24 +19,25 @@
 // per instruction, with ldmatrix loads between; one wgmma per warpgroup computes 64x128 per
 // k-step straight from shared memory, asynchronously, so the next slices' copies and the
 // barrier overlap the arithmetic. The operands go by 16-byte cp.async copies (zero-filled
-// outside the image) into a 4-stage ring in the 128-byte swizzle: a row's 8 chunks are spread
-// over the banks both when the copies land and when the tensor cores read. At slice k the ring
-// holds: k - 1 (its wgmma may still run), k (read now), k + 1 (landing), k + 2 (issued now).
+// outside the image) into a ring (4 or 6 stages) in the 128-byte swizzle: a row's 8 chunks
+// are spread over the banks both when the copies land and when the tensor cores read. At slice
+// k the ring holds: k - 1 (its wgmma may still run), k (read now), k + 1 to k + STAGES - 3
+// (landing) and k + STAGES - 2 (issued now).
 // The accumulation order inside the hardware is not mma.sync's, so results differ from
 // conv_nhwc.cu's in the last bits: checked against the CPU within the precision's tolerance
 // (tests/gpu_emulated.rs, the GPU selftest), not bit for bit, and not a tuning candidate of the
 // mma.sync kernels; the tiles here give each other's bits (each output's sum is the same
 // sequence of m64n128 k-steps) and are tuned between.
-// Versions: 1 (2026-11-29).
+// Versions: 1 (2026-11-29); 2 (2026-11-29): the ring depth a template parameter, _s6.
 #include "common.cuh"
 #include "mma.cuh"
 #include "gemm_tile.cuh"
 #include "nhwc.cuh"
 #include "wgmma.cuh"
 
-constexpr int WGMMA_STAGES = 4, WGMMA_TN = 128;
+constexpr int WGMMA_TN = 128;
 
-template <class S, int WG>
+template <class S, int WG, int STAGES>
 __device__ __forceinline__ void conv2d_fwd_wgmma(const S* __restrict__ x, const S* __restrict__ w,
                                                  const S* __restrict__ bias,
                                                  const S* __restrict__ residual, S* __restrict__ y,
@@ -41,7 +45,8 @@ __device__ __forceinline__ void conv2d_fwd_wgmma(const S* __restrict__ x, const 
                                                  int oh, int ow, int sh, int sw, int ph, int pw,
                                                  int dh, int dw, int relu) {
     constexpr Wk E = wk_of<S>;
-    constexpr int TM = 64 * WG, TN = WGMMA_TN, THREADS = 128 * WG, STAGES = WGMMA_STAGES;
+    constexpr int TM = 64 * WG, TN = WGMMA_TN, THREADS = 128 * WG;
+    static_assert(STAGES >= 3 && STAGES * (TM + TN) * 128 + 1024 <= 227 * 1024, "ring size");
     constexpr int KD = 128 / (int)sizeof(S);  // channels per slice: rows of 128 bytes
     constexpr int EPC = 16 / (int)sizeof(S);  // channels per 16-byte copy
     constexpr int A_BYTES = TM * 128, STAGE = (TM + TN) * 128;
@@ -127,34 +132,45 @@ __device__ __forceinline__ void conv2d_fwd_wgmma(const S* __restrict__ x, const 
 #define ONE_PER_SM_512 __launch_bounds__(512, 1)
 #define ONE_PER_SM_256 __launch_bounds__(256, 1)
 #define TWO_PER_SM_128 __launch_bounds__(128, 2)
+// Entries <t>_m<TM>[_s<STAGES>] (no suffix: 4 stages), written out: build.rs and the emulator
+// find entry points by their `extern "C" __global__ void` lines.
 extern "C" __global__ void TWO_PER_SM_128 conv2d_fwd_wgmma_tf32_m64(CONV2D_FWD_NHWC_PARAMS(float)) {
-    conv2d_fwd_wgmma<float, 1>(CONV2D_FWD_NHWC_ARGS);
+    conv2d_fwd_wgmma<float, 1, 4>(CONV2D_FWD_NHWC_ARGS);
 }
 extern "C" __global__ void ONE_PER_SM_256 conv2d_fwd_wgmma_tf32_m128(CONV2D_FWD_NHWC_PARAMS(float)) {
-    conv2d_fwd_wgmma<float, 2>(CONV2D_FWD_NHWC_ARGS);
+    conv2d_fwd_wgmma<float, 2, 4>(CONV2D_FWD_NHWC_ARGS);
+}
+extern "C" __global__ void ONE_PER_SM_256 conv2d_fwd_wgmma_tf32_m128_s6(CONV2D_FWD_NHWC_PARAMS(float)) {
+    conv2d_fwd_wgmma<float, 2, 6>(CONV2D_FWD_NHWC_ARGS);
 }
 extern "C" __global__ void TWO_PER_SM_128 conv2d_fwd_wgmma_bf16_m64(CONV2D_FWD_NHWC_PARAMS(bf16)) {
-    conv2d_fwd_wgmma<bf16, 1>(CONV2D_FWD_NHWC_ARGS);
+    conv2d_fwd_wgmma<bf16, 1, 4>(CONV2D_FWD_NHWC_ARGS);
 }
 extern "C" __global__ void ONE_PER_SM_256 conv2d_fwd_wgmma_bf16_m128(CONV2D_FWD_NHWC_PARAMS(bf16)) {
-    conv2d_fwd_wgmma<bf16, 2>(CONV2D_FWD_NHWC_ARGS);
+    conv2d_fwd_wgmma<bf16, 2, 4>(CONV2D_FWD_NHWC_ARGS);
+}
+extern "C" __global__ void ONE_PER_SM_256 conv2d_fwd_wgmma_bf16_m128_s6(CONV2D_FWD_NHWC_PARAMS(bf16)) {
+    conv2d_fwd_wgmma<bf16, 2, 6>(CONV2D_FWD_NHWC_ARGS);
 }
 extern "C" __global__ void TWO_PER_SM_128 conv2d_fwd_wgmma_f16_m64(CONV2D_FWD_NHWC_PARAMS(f16)) {
-    conv2d_fwd_wgmma<f16, 1>(CONV2D_FWD_NHWC_ARGS);
+    conv2d_fwd_wgmma<f16, 1, 4>(CONV2D_FWD_NHWC_ARGS);
 }
 extern "C" __global__ void ONE_PER_SM_256 conv2d_fwd_wgmma_f16_m128(CONV2D_FWD_NHWC_PARAMS(f16)) {
-    conv2d_fwd_wgmma<f16, 2>(CONV2D_FWD_NHWC_ARGS);
+    conv2d_fwd_wgmma<f16, 2, 4>(CONV2D_FWD_NHWC_ARGS);
+}
+extern "C" __global__ void ONE_PER_SM_256 conv2d_fwd_wgmma_f16_m128_s6(CONV2D_FWD_NHWC_PARAMS(f16)) {
+    conv2d_fwd_wgmma<f16, 2, 6>(CONV2D_FWD_NHWC_ARGS);
 }
 // 256 output channels (four warpgroups, block 512): per product, half the pixel rows of the
 // 128-channel tiles move from L2 to shared memory. 126 registers (ptxas, sm_90a), 193 KB.
 extern "C" __global__ void ONE_PER_SM_512 conv2d_fwd_wgmma_tf32_m256(CONV2D_FWD_NHWC_PARAMS(float)) {
-    conv2d_fwd_wgmma<float, 4>(CONV2D_FWD_NHWC_ARGS);
+    conv2d_fwd_wgmma<float, 4, 4>(CONV2D_FWD_NHWC_ARGS);
 }
 extern "C" __global__ void ONE_PER_SM_512 conv2d_fwd_wgmma_bf16_m256(CONV2D_FWD_NHWC_PARAMS(bf16)) {
-    conv2d_fwd_wgmma<bf16, 4>(CONV2D_FWD_NHWC_ARGS);
+    conv2d_fwd_wgmma<bf16, 4, 4>(CONV2D_FWD_NHWC_ARGS);
 }
 extern "C" __global__ void ONE_PER_SM_512 conv2d_fwd_wgmma_f16_m256(CONV2D_FWD_NHWC_PARAMS(f16)) {
-    conv2d_fwd_wgmma<f16, 4>(CONV2D_FWD_NHWC_ARGS);
+    conv2d_fwd_wgmma<f16, 4, 4>(CONV2D_FWD_NHWC_ARGS);
 }
 
 // The element bits of a rounded f32 as stored in a slice row.

@@ -339,8 +339,9 @@ fn sixteen_bit_linear_layers_match_the_f32_oracle() {
 /// last place of the stored result (TF32 2^-10, BF16 2^-7, F16 2^-10 relative) plus 1e-5 of the
 /// largest output. Shapes: partial tiles both ways, several channel blocks (two 64-channel
 /// slices), a 1x1 with a residual and ReLU, strides, paddings and dilations per axis; every
-/// tile (64, 128 and 256 output channels). The profile shows the wgmma kernels ran; at 16 bits a
-/// 96-channel input (not whole 64-channel slices) stays on the mma.sync kernels.
+/// tile (64, 128 and 256 output channels; 128 with 4 and 6 stages). The profile shows the
+/// wgmma kernels ran; at 16 bits a 96-channel input (not whole 64-channel slices) stays on the
+/// mma.sync kernels.
 #[test]
 fn wgmma_convolutions_match_the_f32_oracle() {
     use gradcam::backend::cpu::naive;
@@ -395,9 +396,9 @@ fn wgmma_convolutions_match_the_f32_oracle() {
         } else {
             dtype.name()
         };
-        for m in [64, 128, 256] {
+        for (m, stages) in [(64, 4), (128, 4), (128, 6), (256, 4)] {
             let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
-                .with_wgmma_rows(m)
+                .with_wgmma_tile(m, stages)
                 .with_conv_wgmma(true);
             be.set_kernel_profiling(true);
             let up = |t: &Tensor| be.upload(t.clone()).unwrap();
@@ -421,15 +422,20 @@ fn wgmma_convolutions_match_the_f32_oracle() {
                     (y, plain)
                 };
                 let got = be.download(&got).unwrap();
-                let what = format!("{precision:?} m{m} {xs:?} * {ws:?}");
+                let what = format!("{precision:?} m{m} {stages} stages {xs:?} * {ws:?}");
                 assert_within_ulp(&got, &want, ulp, &what);
             }
             let ran: Vec<String> = be.kernel_times().into_iter().map(|(k, _, _)| k).collect();
-            let wanted = format!("conv2d_fwd_wgmma_{t}_m{m} ");
+            let s = if stages == 4 {
+                String::new()
+            } else {
+                format!("_s{stages}")
+            };
+            let wanted = format!("conv2d_fwd_wgmma_{t}_m{m}{s} ");
             let wgmma = ran.iter().filter(|k| k.starts_with(&wanted)).count();
             // 96 channels are not whole 128-byte slices at 16 bits (TF32: they are).
             let expect = if precision == Precision::Tf32 { 4 } else { 3 };
-            assert_eq!(wgmma, expect, "{precision:?} m{m}: {ran:?}");
+            assert_eq!(wgmma, expect, "{precision:?} m{m}{s}: {ran:?}");
         }
     }
 }

@@ -323,7 +323,7 @@ fn wgmma_convolutions_compile_to_wgmma_for_sm_90a() {
     let ptx = String::from_utf8(n.compile("conv_wgmma.cu", &arch, Target::Ptx).unwrap()).unwrap();
     assert!(ptx.contains(".target sm_90a"), "not built for sm_90a");
     for (t, k) in [("tf32", 8), ("bf16", 16), ("f16", 16)] {
-        for m in [64, 128, 256] {
+        for m in ["64", "128", "128_s6", "256"] {
             let entry = format!("conv2d_fwd_wgmma_{t}_m{m}");
             let b = entry_body(&ptx, &entry);
             for needle in [

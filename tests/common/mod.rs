@@ -223,8 +223,8 @@ fn conv_runner<L: gradcam::backend::gpu::Launcher>() -> (
     (run, shapes.len())
 }
 
-/// The wgmma tiles of 64, 128 and 256 output channels on [`conv_choices_agree`]'s convolutions
-/// give one another's bits (each output is the same sequence of m64n128 k-steps; not the
+/// The wgmma tiles of 64, 128 (with 4 and 6 stages) and 256 output channels on
+/// [`conv_choices_agree`]'s convolutions give one another's bits (each output is the same sequence of m64n128 k-steps; not the
 /// mma.sync kernels' bits, the hardware sums in its own order), so tuning between them is
 /// safe. False (nothing checked) where the device has no wgmma.
 pub fn wgmma_tiles_agree<L: gradcam::backend::gpu::Launcher>(
@@ -233,20 +233,20 @@ pub fn wgmma_tiles_agree<L: gradcam::backend::gpu::Launcher>(
 ) -> bool {
     use gradcam::backend::gpu::GpuBackend;
     let (run, _) = conv_runner::<L>();
-    let wgmma = |rows| {
+    let wgmma = |rows, stages| {
         GpuBackend::with_precision(launcher(), precision)
             .with_conv_tune(false)
-            .with_wgmma_rows(rows)
+            .with_wgmma_tile(rows, stages)
             .with_conv_wgmma(true)
     };
-    if !wgmma(64).uses_wgmma() {
+    if !wgmma(64, 4).uses_wgmma() {
         return false;
     }
-    let w64 = run(&wgmma(64));
-    for rows in [128, 256] {
+    let w64 = run(&wgmma(64, 4));
+    for (rows, stages) in [(128, 4), (128, 6), (256, 4)] {
         assert!(
-            run(&wgmma(rows)) == w64,
-            "{precision:?}: wgmma tiles of {rows} rows differ from 64"
+            run(&wgmma(rows, stages)) == w64,
+            "{precision:?}: the wgmma tile of {rows} rows, {stages} stages differs from 64"
         );
     }
     true

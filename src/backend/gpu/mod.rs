@@ -130,9 +130,10 @@ pub struct GpuBackend<L: Launcher> {
     /// The channels-last convs on Hopper's warpgroup MMA where they qualify
     /// (GRADCAM_CONV_WGMMA=1; see [`Self::with_conv_wgmma`]).
     conv_wgmma: bool,
-    /// The wgmma tiles' output channels (64, 128 or 256), when forced (`with_wgmma_rows`;
-    /// tests): else the tile rule's, or tuning's choice.
-    wgmma_rows: Option<usize>,
+    /// The wgmma tile's output channels (64, 128 or 256) and ring depth (4, or 6 with 128
+    /// channels), when forced (`with_wgmma_tile`; tests): else the tile rule's, or tuning's
+    /// choice.
+    wgmma_tile: Option<(usize, usize)>,
     /// The channels-last 128x128 tiles' ring depth, when forced (`with_conv_stages`; tests):
     /// else 3, or chosen by tuning between 3 and 4.
     conv_stages: Option<usize>,
@@ -233,7 +234,7 @@ impl<L: Launcher> GpuBackend<L> {
             conv_tune,
             conv_nhwc: flag("GRADCAM_CONV_NHWC") == Some(true) || conv_wgmma,
             conv_wgmma,
-            wgmma_rows: None,
+            wgmma_tile: None,
             conv_stages: None,
             conv_warps: None,
             conv_slice: None,
@@ -445,26 +446,39 @@ impl<L: Launcher> GpuBackend<L> {
         };
         if self.wgmma_applies(dtype, c) {
             // 64, 128 or 256 output channels (one, two or four warpgroups) by 128 pixels; 4
-            // stages of (TM + 128) rows of 128 bytes, and 1 KB to align them (conv_wgmma.cu).
-            // 256 only where tuning weighs it, over 256 rows or more.
-            let tiles = match self.wgmma_rows {
-                Some(tm) => vec![tm],
+            // stages of (TM + 128) rows of 128 bytes (6 for the 128-channel `_s6`), and 1 KB to
+            // align them (conv_wgmma.cu). 256 channels and 6 stages only where tuning weighs
+            // them, 256 over 256 rows or more.
+            let tiles = match self.wgmma_tile {
+                Some(tile) => vec![tile],
                 None => {
-                    let mut t = self.conv_tiles(dtype, (rows, depth)).to_vec();
-                    if self.conv_tune && self.conv_tile == ConvTile::Auto && rows >= 256 {
-                        t.push(256);
+                    let tuned = self.conv_tune && self.conv_tile == ConvTile::Auto;
+                    let mut t = Vec::new();
+                    for &tm in self.conv_tiles(dtype, (rows, depth)) {
+                        t.push((tm, 4));
+                        if tm == 128 && self.conv_tune {
+                            t.push((128, 6));
+                        }
+                    }
+                    if tuned && rows >= 256 {
+                        t.push((256, 4));
                     }
                     t
                 }
             };
             return tiles
                 .into_iter()
-                .map(|tm| {
+                .map(|(tm, stages)| {
+                    let s = if stages == 4 {
+                        String::new()
+                    } else {
+                        format!("_s{stages}")
+                    };
                     let mut ch = ConvChoice::new(
-                        format!("conv2d_fwd_wgmma_{t}_m{tm}"),
+                        format!("conv2d_fwd_wgmma_{t}_m{tm}{s}"),
                         tm,
                         true,
-                        4 * (tm + 128) * 128 + 1024,
+                        stages * (tm + 128) * 128 + 1024,
                     );
                     ch.cols = 128;
                     ch.threads = 2 * tm as u32;
@@ -859,10 +873,14 @@ impl<L: Launcher> GpuBackend<L> {
         self
     }
 
-    /// Forces the wgmma tiles' output channels (64, 128 or 256): for tests, which check each.
-    pub fn with_wgmma_rows(mut self, rows: usize) -> Self {
-        assert!(matches!(rows, 64 | 128 | 256), "64, 128 or 256 rows");
-        self.wgmma_rows = Some(rows);
+    /// Forces the wgmma tile: output channels (64, 128 or 256) and ring depth (4; 6 with
+    /// 128 channels). For tests, which check each.
+    pub fn with_wgmma_tile(mut self, rows: usize, stages: usize) -> Self {
+        assert!(
+            matches!((rows, stages), (64 | 128 | 256, 4) | (128, 6)),
+            "no wgmma tile of {rows} rows and {stages} stages"
+        );
+        self.wgmma_tile = Some((rows, stages));
         self
     }
 
