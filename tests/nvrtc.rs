@@ -314,7 +314,8 @@ fn channels_last_convolutions_compile_to_cp_async_ldmatrix_and_mma() {
 /// The wgmma convolutions, built for sm_90a as on a Hopper GPU: both operands by 16-byte
 /// cp.async copies, made visible to the tensor cores by the proxy fence, the warpgroup MMA of
 /// their type (four k-steps per slice, with the fence, commit and wait around them), the output
-/// by 16-byte stores; no mma.sync. Built for plain sm_90 (any other device) they are traps.
+/// by 16-byte stores, the ring of 4 stages (6 for `_s6`); no mma.sync. Built for plain sm_90
+/// (any other device) they are traps.
 #[test]
 fn wgmma_convolutions_compile_to_wgmma_for_sm_90a() {
     let Some(n) = nvrtc() else { return };
@@ -338,6 +339,14 @@ fn wgmma_convolutions_compile_to_wgmma_for_sm_90a() {
                 assert!(b.contains(&needle), "{entry}: no {needle}");
             }
             assert!(!b.contains("mma.sync") && !b.contains("trap;"), "{entry}");
+            // The ring's depth: slice k waits for its copies with STAGES - 3 groups still out.
+            let (depth, not) = if m.ends_with("_s6") { (3, 1) } else { (1, 3) };
+            assert!(
+                b.contains(&format!("cp.async.wait_group {depth};"))
+                    && !b.contains(&format!("cp.async.wait_group {not};")),
+                "{entry}: not a ring of {} stages",
+                depth + 3
+            );
         }
         let check = format!("wgmma_check_{t}");
         assert!(

@@ -456,6 +456,7 @@ impl<L: Launcher> GpuBackend<L> {
                     let mut t = Vec::new();
                     for &tm in self.conv_tiles(dtype, (rows, depth)) {
                         t.push((tm, 4));
+                        // The ring depth is tuned even where the tile side is forced.
                         if tm == 128 && self.conv_tune {
                             t.push((128, 6));
                         }
