@@ -79,6 +79,12 @@ pub trait Backend: Send + Sync {
     /// On a GPU they may still be on their way back when this returns: [`Overlays::wait`].
     fn overlays(&self, images: &Self::Images<'_>, maps: &Tensor) -> Result<Overlays>;
 
+    /// Images per batch when the caller names none: enough to keep this backend busy without
+    /// holding much memory (the CPU gains nothing from more than a few).
+    fn default_batch(&self) -> usize {
+        8
+    }
+
     /// How far `gradcam selftest` lets this backend's results lie from the naive f32 ops,
     /// relative to (1 + max |reference|).
     fn selftest_tolerance(&self) -> f32 {

@@ -19,8 +19,9 @@ use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    batch: u32,
+    /// Images per batch (default: 64 on a GPU, 8 on the CPU).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    batch: Option<u32>,
     /// Number of synthetic images (ignored with --images-dir).
     #[arg(long, default_value_t = 64)]
     images: usize,
@@ -102,7 +103,9 @@ fn bench_on<B: Backend>(
         size,
         ..Default::default()
     };
-    let batch = a.batch as usize;
+    let batch = a
+        .batch
+        .map_or(net.backend().default_batch(), |b| b as usize);
     let refs: Vec<&RgbImage> = images.iter().collect();
     let mut scratch = Timings::default();
     for c in refs.chunks(batch).take(a.warmup) {

@@ -236,6 +236,15 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     fn tuning_plans(&self) -> Vec<(String, String)> {
         self.conv_plans()
     }
+    fn default_batch(&self) -> usize {
+        // A GPU needs batches of tens of images to fill its SMs (the speed targets are measured
+        // at 64); the emulator runs one block at a time and gains nothing.
+        if self.l.emulated() {
+            8
+        } else {
+            64
+        }
+    }
     fn selftest_tolerance(&self) -> f32 {
         match self.precision {
             Precision::F32 => 1e-3,
