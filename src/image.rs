@@ -24,6 +24,11 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
 }
 
 pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    // A decoder bug on a malformed file must fail that file, not the whole run.
+    guarded(|| decode_unguarded(bytes))
+}
+
+fn decode_unguarded(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
@@ -35,6 +40,18 @@ pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         return Err("the image is empty (0 pixels)".into());
     }
     Ok(img.to_rgb8())
+}
+
+/// Runs `f`, turning a panic inside it into an error that carries the panic's message.
+fn guarded<T>(
+    f: impl FnOnce() -> std::result::Result<T, String>,
+) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = (p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(format!("the image decoder failed on this file ({msg})"))
+    })
 }
 
 /// Per-axis sampling table: for each output index, (i0, i1, weight of i1).
@@ -135,4 +152,28 @@ pub fn preprocess(images: &[&RgbImage], hw: (usize, usize)) -> Tensor {
         .zip(images.par_iter())
         .for_each(|(out, img)| preprocess_into(img, hw, out));
     Tensor::new([images.len(), 3, hw.0, hw.1], data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A decoder that panics fails its file with the panic's message (the CLI then reports
+    /// that file and goes on); ordinary results pass through unchanged.
+    #[test]
+    fn a_panicking_decoder_fails_its_file_only() {
+        let r: std::result::Result<(), String> = guarded(|| panic!("row {} out of range", 7));
+        let err = r.unwrap_err();
+        assert!(
+            err.contains("decoder failed") && err.contains("row 7 out of range"),
+            "{err}"
+        );
+        assert_eq!(
+            guarded(|| Err::<(), _>("bad".to_string())),
+            Err("bad".into())
+        );
+        assert_eq!(guarded(|| Ok::<_, String>(3)), Ok(3));
+        let err = decode_rgb8(b"not an image").unwrap_err();
+        assert!(err.contains("not a recognised image format"), "{err}");
+    }
 }
