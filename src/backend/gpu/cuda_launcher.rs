@@ -16,7 +16,7 @@ use cudarc::nvrtc::Ptx;
 use super::mem::{Held, MemCounter};
 use super::pinned::{HostMemory, Lease, PinnedPool};
 use super::probe::{driver_error_text, probe, DeviceInfo};
-use super::{upload_filled, InFlight, KArg, Landed, Launcher};
+use super::{download_now, upload_filled, InFlight, KArg, Launcher};
 use crate::backend::kernels::{compile_arch, ENTRIES, SOURCES};
 use crate::backend::module_cache::ModuleCache;
 use crate::backend::nvrtc::{Nvrtc, Target};
@@ -364,9 +364,7 @@ impl Launcher for CudaLauncher {
     fn download_later(&self, b: CudaBuf, len: usize) -> Result<Box<dyn InFlight>> {
         self.check_download(&b, len)?;
         let Some(lease) = self.download_pinned(&b, len) else {
-            let mut v = vec![0u8; len];
-            self.download(&b, &mut v)?;
-            return Ok(Box::new(Landed(v)));
+            return download_now(self, &b, len);
         };
         // The host stage waits on this event for as long as the device takes: it sleeps.
         let (lease, done) = self.fence(lease?, true, "device to host copy")?;

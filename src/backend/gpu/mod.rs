@@ -52,7 +52,7 @@ pub trait InFlight: Send {
 }
 
 /// A copy already done.
-pub struct Landed(pub Vec<u8>);
+struct Landed(Vec<u8>);
 
 impl InFlight for Landed {
     fn wait(self: Box<Self>, take: &mut dyn FnMut(&[u8])) -> Result<()> {
@@ -81,9 +81,7 @@ pub trait Launcher: Send + Sync {
     /// copy's until it lands; [`InFlight::wait`] hands the bytes over. Lets a batch's results
     /// travel while the host queues the next batch's work.
     fn download_later(&self, b: Self::Buf, len: usize) -> Result<Box<dyn InFlight>> {
-        let mut v = vec![0u8; len];
-        self.download(&b, &mut v)?;
-        Ok(Box::new(Landed(v)))
+        download_now(self, &b, len)
     }
     fn copy(&self, b: &Self::Buf, bytes: usize) -> Result<Self::Buf>;
     /// Device memory held by this launcher's buffers (now, peak).
@@ -1148,6 +1146,14 @@ fn upload_filled<L: Launcher + ?Sized>(
     let mut v = vec![0u8; len];
     fill(&mut v);
     l.upload(&v)
+}
+
+/// [`Launcher::download_later`] done at once into an ordinary vector (the default, and the
+/// CUDA launcher's way when its page-locked pool does not serve the copy).
+fn download_now<L: Launcher + ?Sized>(l: &L, b: &L::Buf, len: usize) -> Result<Box<dyn InFlight>> {
+    let mut v = vec![0u8; len];
+    l.download(b, &mut v)?;
+    Ok(Box::new(Landed(v)))
 }
 
 /// Whether a tensor-core convolution takes 128x128 tiles rather than 64x64, from the per-layer
