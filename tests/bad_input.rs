@@ -66,6 +66,53 @@ fn missing_and_corrupt_model_files() {
     }
 }
 
+/// A header entry that cannot be right is reported with the tensor's name, not as
+/// safetensors' bare error variant.
+#[test]
+fn inconsistent_header_entries_name_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |header: &str, data: usize| {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.resize(b.len() + data, 0);
+        b
+    };
+    for (name, bytes, says) in [
+        (
+            "short.safetensors",
+            file(
+                r#"{"fc.bias":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},
+                    "conv1.weight":{"dtype":"F32","shape":[64,3,7,7],"data_offsets":[16,32]}}"#,
+                32,
+            ),
+            "`conv1.weight` (F32 [64, 3, 7, 7], data_offsets [16, 32]): its shape and dtype need 37632 bytes, its offsets give 16",
+        ),
+        (
+            "past.safetensors",
+            file(
+                r#"{"fc.bias":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},
+                    "fc.weight":{"dtype":"F16","shape":[4,4],"data_offsets":[16,48]}}"#,
+                20,
+            ),
+            "`fc.weight` (F16 [4, 4], data_offsets [16, 48]): ends past the data part, which is 20 bytes",
+        ),
+        (
+            "overflow.safetensors",
+            file(
+                r#"{"fc.weight":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,16]}}"#,
+                16,
+            ),
+            "`fc.weight` (F32 [4611686018427387904, 8], data_offsets [0, 16]): its size overflows",
+        ),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let (e, s) = msg(model::load(&p, None));
+        assert!(matches!(e, Error::BadSafetensors { .. }), "{name}: {s}");
+        assert!(s.contains(name) && s.contains(says), "{name}: {s}");
+    }
+}
+
 #[test]
 fn missing_or_misshaped_tensors_are_named() {
     let dir = tempfile::tempdir().unwrap();

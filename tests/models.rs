@@ -169,17 +169,69 @@ fn pre_bn_conv_layers_give_the_raw_conv_output() {
     assert!(err < 1e-4, "pre-BN activation differs by {err}");
 }
 
+/// Checkpoints from wrappers and fine-tuning scripts: names under a wrapper's attribute
+/// (`module.` from DataParallel, `backbone.`, nested), and a ResNet head saved as
+/// `nn.Sequential(nn.Dropout, nn.Linear)` (`fc.1.weight`), or a VGG's last layer likewise
+/// (`classifier.6.1.weight`). Each must load as the plain torchvision model and give the same
+/// logits and maps bit for bit (dropout is the identity at inference).
 #[test]
-fn wrapper_prefixes_are_stripped() {
+fn wrapper_prefixes_and_sequential_heads_load_as_the_plain_model() {
     let dir = tempfile::tempdir().unwrap();
-    let dict: Vec<(String, Tensor)> = synth::state_dict("resnet18", 16, 10, 1)
-        .unwrap()
-        .into_iter()
-        .map(|(n, t)| (format!("module.{n}"), t))
-        .collect();
-    let path = dir.path().join("dp.safetensors");
-    synth::write(&path, &dict, Dtype::BF16).unwrap();
-    assert_eq!(model::load(&path, None).unwrap().arch, "resnet18");
+    let x = synth::Rng::new(9).tensor(&[1, 3, 40, 36], -2.0, 2.0);
+    let cam = |path: &std::path::Path, layer: &str| {
+        let net = Network::new(model::load(path, None).unwrap(), CpuBackend::fast()).unwrap();
+        grad_cam(&net, x.clone(), layer, &ClassSel::PerImage(vec![2]), false).unwrap()
+    };
+    for (arch, layer, head) in [
+        ("resnet18", "layer4", "fc"),
+        ("vgg11", "features.19", "classifier.6"),
+    ] {
+        let plain = synth::state_dict(arch, 16, 10, 1).unwrap();
+        let want = {
+            let path = dir.path().join(format!("{arch}.safetensors"));
+            synth::write(&path, &plain, Dtype::F32).unwrap();
+            cam(&path, layer)
+        };
+        let rename = |case: &str, n: &str| {
+            let in_head = n.strip_prefix(head).map(|p| format!("{head}.1{p}"));
+            match case {
+                "dp" => format!("module.{n}"),
+                "nested" => format!("module.backbone.{n}"),
+                "dropout-head" => in_head.unwrap_or_else(|| n.to_string()),
+                _ => format!("net.{}", in_head.unwrap_or_else(|| n.to_string())),
+            }
+        };
+        for case in ["dp", "nested", "dropout-head", "both"] {
+            let dict: Vec<(String, Tensor)> = plain
+                .iter()
+                .map(|(n, t)| (rename(case, n), t.clone()))
+                .collect();
+            let path = dir.path().join(format!("{arch}-{case}.safetensors"));
+            synth::write(&path, &dict, Dtype::F32).unwrap();
+            assert_eq!(model::load(&path, None).unwrap().arch, arch, "{case}");
+            let got = cam(&path, layer);
+            assert_eq!(got.logits.data(), want.logits.data(), "{arch} {case}");
+            assert_eq!(got.maps.data(), want.maps.data(), "{arch} {case}");
+        }
+    }
+
+    // Two linear layers in the head: the activation between them is not in the file, so the
+    // head is not guessed at; the error names the tensor the plain model needs.
+    let mut dict = synth::state_dict("resnet18", 16, 10, 1).unwrap();
+    let fc = dict.iter().position(|(n, _)| n == "fc.weight").unwrap();
+    let w = dict[fc].1.clone();
+    dict[fc].0 = "fc.0.weight".into();
+    dict.push(("fc.3.weight".into(), w));
+    let path = dir.path().join("mlp-head.safetensors");
+    synth::write(&path, &dict, Dtype::F32).unwrap();
+    let Err(err) = model::load(&path, None) else {
+        panic!("a two-layer head loaded as a plain fc")
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("`fc.weight` is missing") && err.contains("a Sequential of several layers"),
+        "{err}"
+    );
 }
 
 /// The forward FLOP count benchmarks are held against, vs torchvision's published multiply-add

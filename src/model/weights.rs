@@ -9,6 +9,9 @@ use safetensors::SafeTensors;
 
 use crate::{Error, Result, Tensor};
 
+/// The classifier heads of a torchvision ResNet and VGG.
+const HEADS: [&str; 2] = ["fc", "classifier.6"];
+
 /// Where a tensor sits: dtype, shape, byte range in the data part.
 type Entry = (Dtype, Vec<usize>, (usize, usize));
 
@@ -33,7 +36,7 @@ pub struct Weights {
     path: PathBuf,
     mmap: Bytes,
     header_len: usize,
-    /// name (without any `module.` style prefix) → (dtype, shape, byte range in the data part)
+    /// name (without any wrapper prefix such as `module.`; see `strip_wrapper_prefix`) → (dtype, shape, byte range in the data part)
     index: BTreeMap<String, Entry>,
     metadata: BTreeMap<String, String>,
 }
@@ -59,7 +62,7 @@ impl Weights {
             reason,
         };
         let (header_len, meta): (usize, Metadata) =
-            SafeTensors::read_metadata(&mmap).map_err(|e| bad(describe(&e, mmap.len())))?;
+            SafeTensors::read_metadata(&mmap).map_err(|e| bad(describe(&e, &mmap)))?;
         let mut index = BTreeMap::new();
         for (name, info) in meta.tensors() {
             index.insert(name, (info.dtype, info.shape.clone(), info.data_offsets));
@@ -81,18 +84,83 @@ impl Weights {
             metadata,
         };
         w.strip_wrapper_prefix();
+        w.unwrap_sequential_heads();
         Ok(w)
     }
 
-    /// Checkpoints saved from `nn.DataParallel` or a wrapper module prefix every name with
-    /// `module.` or `model.`; drop it when every tensor carries it.
+    /// Checkpoints saved from `nn.DataParallel` or from a wrapper module prefix every name with
+    /// the wrapper's attribute (`module.`, `model.`, `backbone.`, ... possibly nested); drop
+    /// such a prefix while every tensor carries it. A torchvision model's own top-level names
+    /// are never dropped: a VGG may hold `features.*` alone.
     fn strip_wrapper_prefix(&mut self) {
-        for prefix in ["module.", "model."] {
-            if self.index.keys().all(|k| k.starts_with(prefix)) {
-                self.index = std::mem::take(&mut self.index)
-                    .into_iter()
-                    .map(|(k, v)| (k[prefix.len()..].to_string(), v))
-                    .collect();
+        const OWN: [&str; 10] = [
+            "conv1",
+            "bn1",
+            "layer1",
+            "layer2",
+            "layer3",
+            "layer4",
+            "fc",
+            "features",
+            "avgpool",
+            "classifier",
+        ];
+        // The prefix is what precedes the first torchvision name in any one tensor's name; a
+        // file with no torchvision name keeps its names, so errors quote them as they are.
+        let Some(first) = self.index.keys().next() else {
+            return;
+        };
+        let mut prefix = 0;
+        for part in first.split('.') {
+            if OWN.contains(&part) {
+                break;
+            }
+            prefix += part.len() + 1;
+        }
+        if prefix == 0 || prefix >= first.len() {
+            return;
+        }
+        let p = first[..prefix].to_string();
+        if self.index.keys().all(|k| k.starts_with(&p)) {
+            self.index = std::mem::take(&mut self.index)
+                .into_iter()
+                .map(|(k, v)| (k[prefix..].to_string(), v))
+                .collect();
+        }
+    }
+
+    /// Fine-tuned models often replace the last linear layer by `nn.Sequential(nn.Dropout(p),
+    /// nn.Linear(..))`, so `fc.weight` is saved as `fc.1.weight`. Dropout is the identity at
+    /// inference, so a head holding exactly one layer with parameters is that layer: rename it
+    /// to the plain name. A head with several linear layers is left alone (the activations
+    /// between them are not in the file) and reported as a missing tensor.
+    fn unwrap_sequential_heads(&mut self) {
+        for head in HEADS {
+            if self.index.contains_key(&format!("{head}.weight")) {
+                continue;
+            }
+            let inner = format!("{head}.");
+            let members: Vec<(String, String)> = self
+                .index
+                .keys()
+                .filter_map(|k| k.strip_prefix(&inner))
+                .filter_map(|rest| rest.split_once('.'))
+                .map(|(i, param)| (i.to_string(), param.to_string()))
+                .collect();
+            let Some((only, _)) = members.first().cloned() else {
+                continue;
+            };
+            let single = members
+                .iter()
+                .all(|(i, param)| *i == only && matches!(param.as_str(), "weight" | "bias"))
+                && only.parse::<usize>().is_ok();
+            if !single {
+                continue;
+            }
+            for param in ["weight", "bias"] {
+                if let Some(e) = self.index.remove(&format!("{inner}{only}.{param}")) {
+                    self.index.insert(format!("{head}.{param}"), e);
+                }
             }
         }
     }
@@ -181,32 +249,102 @@ impl Weights {
         if near.is_empty() {
             near = self.names().take(6).collect();
         }
+        let mut hint = format!(
+            " (the file has {} tensors, e.g. {})",
+            self.index.len(),
+            near.join(", ")
+        );
+        let head = stem;
+        if HEADS.contains(&head) && self.names().any(|n| n.starts_with(&format!("{head}."))) {
+            hint += &format!(
+                "; `{head}` is a Sequential of several layers with parameters: only a single \
+                 linear layer there (alone or after a Dropout) is supported"
+            );
+        }
         Error::MissingTensor {
             path: self.path.clone(),
             name: name.to_string(),
-            hint: format!(
-                " (the file has {} tensors, e.g. {})",
-                self.index.len(),
-                near.join(", ")
-            ),
+            hint,
         }
     }
 }
 
-fn describe(e: &safetensors::SafeTensorError, len: usize) -> String {
+fn describe(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
     use safetensors::SafeTensorError as E;
+    let len = file.len();
     match e {
-        E::HeaderTooLarge => {
+        E::HeaderTooLarge | E::InvalidHeaderLength => {
             "the first 8 bytes do not give a plausible header length (not a safetensors file?)"
                 .into()
         }
         E::HeaderTooSmall => format!("the file is {len} bytes, too short for a header"),
-        E::MetadataIncompleteBuffer => {
-            "the data part is shorter or longer than the header says (truncated file?)".into()
-        }
         E::InvalidHeaderDeserialization | E::InvalidHeader | E::InvalidHeaderStart => {
             "the header is not valid safetensors JSON".into()
         }
+        // safetensors says only that some tensor is wrong; name it.
+        E::MetadataIncompleteBuffer
+        | E::TensorInvalidInfo
+        | E::InvalidOffset(_)
+        | E::ValidationOverflow => bad_tensor(file).unwrap_or_else(|| match e {
+            E::MetadataIncompleteBuffer => {
+                "the data part is shorter or longer than the header says (truncated file?)".into()
+            }
+            _ => "a tensor's shape, dtype and data_offsets disagree".into(),
+        }),
         other => format!("{other:?}"),
     }
+}
+
+/// The first tensor whose header entry cannot be right (its shape and dtype need another
+/// byte count than its `data_offsets` give, or the offsets leave the file), described;
+/// `None` when every entry is consistent (the fault lies elsewhere, e.g. gaps between tensors).
+fn bad_tensor(file: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
+    let header = file.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)?;
+    let data_len = file.len() - 8 - header.len();
+    let json: serde_json::Value = serde_json::from_slice(header).ok()?;
+    let mut entries: Vec<_> = json
+        .as_object()?
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .collect();
+    // Report the tensor that comes first in the file, as a reader would meet it.
+    let begin = |v: &serde_json::Value| v["data_offsets"][0].as_u64().unwrap_or(0);
+    entries.sort_by_key(|(_, v)| begin(v));
+    for (name, v) in entries {
+        let dtype = v["dtype"].as_str().unwrap_or("?");
+        let shape: Vec<u64> = v["shape"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|d| d.as_u64()).collect())
+            .unwrap_or_default();
+        let (b, e) = (begin(v), v["data_offsets"][1].as_u64().unwrap_or(0));
+        let width = match dtype {
+            "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 1,
+            "I16" | "U16" | "F16" | "BF16" => 2,
+            "I32" | "U32" | "F32" => 4,
+            "I64" | "U64" | "F64" => 8,
+            _ => continue,
+        };
+        let need = shape
+            .iter()
+            .try_fold(width, |acc: u64, &d| acc.checked_mul(d));
+        let what = format!("tensor `{name}` ({dtype} {shape:?}, data_offsets [{b}, {e}])");
+        match need {
+            None => return Some(format!("{what}: its size overflows")),
+            Some(_) if e > data_len as u64 => {
+                return Some(format!(
+                    "{what}: ends past the data part, which is {data_len} bytes (truncated file?)"
+                ))
+            }
+            Some(_) if e < b => return Some(format!("{what}: the offsets run backwards")),
+            Some(need) if e - b != need => {
+                return Some(format!(
+                    "{what}: its shape and dtype need {need} bytes, its offsets give {}",
+                    e - b
+                ))
+            }
+            _ => {}
+        }
+    }
+    None
 }
