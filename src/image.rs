@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use image::ImageDecoder;
 pub use image::RgbImage;
 
 use crate::{Error, Result, Tensor};
@@ -14,7 +15,8 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Decodes any format the `image` crate reads (sniffed from the bytes, not the extension) to
-/// 8-bit RGB: grayscale is replicated, alpha dropped, 16-bit and float scaled to 8 bits.
+/// 8-bit RGB: grayscale is replicated, alpha dropped, 16-bit and float scaled to 8 bits, and
+/// the EXIF orientation (JPEG, PNG, TIFF, WebP) applied, so the image is upright.
 pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     decode_rgb8(&bytes).map_err(|reason| Error::BadImage {
@@ -35,11 +37,34 @@ fn decode_unguarded(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     if reader.format().is_none() {
         return Err("not a recognised image format".into());
     }
-    let img = reader.decode().map_err(|e| e.to_string())?;
+    // Decoded as `ImageReader::decode` does (the default limits, with the whole image's bytes
+    // reserved up front), keeping the decoder long enough to read the EXIF orientation.
+    let mut decoder = reader.into_decoder().map_err(why)?;
+    let orientation = decoder.orientation().map_err(why)?;
+    image::Limits::default()
+        .reserve(decoder.total_bytes())
+        .map_err(why)?;
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(why)?;
+    // Photographs from cameras and phones are often stored sideways with an EXIF tag saying
+    // how to turn them; viewers, and `cv2.imread` in pytorch-grad-cam's examples, turn them
+    // upright, so the model sees the picture the user sees.
+    img.apply_orientation(orientation);
     if img.width() == 0 || img.height() == 0 {
         return Err("the image is empty (0 pixels)".into());
     }
     Ok(img.to_rgb8())
+}
+
+/// The decoder's error, with the limit named when the image is too large to decode.
+fn why(e: image::ImageError) -> String {
+    match e {
+        image::ImageError::Limits(l) => format!(
+            "{l}: decoding it would take more than the {} MiB allowed for one image \
+             (a decompression bomb, or a picture far larger than a model needs)",
+            image::Limits::default().max_alloc.unwrap_or(0) >> 20
+        ),
+        e => e.to_string(),
+    }
 }
 
 /// Runs `f`, turning a panic inside it into an error that carries the panic's message.
@@ -175,5 +200,59 @@ mod tests {
         assert_eq!(guarded(|| Ok::<_, String>(3)), Ok(3));
         let err = decode_rgb8(b"not an image").unwrap_err();
         assert!(err.contains("not a recognised image format"), "{err}");
+    }
+
+    /// A file whose header claims a huge picture fails with the limit named, before any
+    /// pixel memory is taken.
+    #[test]
+    fn a_decompression_bomb_is_refused() {
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+            .encode_image(&RgbImage::new(8, 8))
+            .unwrap();
+        // SOF0: FF C0, length (2), precision (1), height (2), width (2).
+        let sof = jpeg.windows(2).position(|m| m == [0xff, 0xc0]).unwrap();
+        jpeg[sof + 5..sof + 9].copy_from_slice(&[0xea, 0x60, 0xea, 0x60]); // 60000 x 60000
+        let err = decode_rgb8(&jpeg).unwrap_err();
+        assert!(err.contains("512 MiB allowed"), "{err}");
+    }
+
+    /// A JPEG whose EXIF orientation says "turn 90° clockwise" (6, as phones write portrait
+    /// photographs) decodes upright: the same pixels as the untagged file turned by
+    /// `imageops::rotate90`, with width and height swapped.
+    #[test]
+    fn exif_orientation_is_applied() {
+        let (w, h) = (24u32, 16u32);
+        let src = RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 10) as u8,
+                (y * 15) as u8,
+                if x < w / 2 { 40 } else { 220 },
+            ])
+        });
+        let mut plain = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut plain, 95)
+            .encode_image(&src)
+            .unwrap();
+        // APP1 "Exif": a little-endian TIFF header and one IFD entry, Orientation (0x0112),
+        // SHORT, count 1, value 6; inserted right after the SOI marker.
+        let mut tiff = b"II\x2a\x00\x08\x00\x00\x00\x01\x00".to_vec();
+        tiff.extend_from_slice(&[0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0]);
+        let mut app1 = b"Exif\x00\x00".to_vec();
+        app1.extend_from_slice(&tiff);
+        let mut tagged = plain[..2].to_vec();
+        tagged.extend_from_slice(&[0xff, 0xe1]);
+        tagged.extend_from_slice(&(app1.len() as u16 + 2).to_be_bytes());
+        tagged.extend_from_slice(&app1);
+        tagged.extend_from_slice(&plain[2..]);
+
+        let upright = decode_rgb8(&tagged).unwrap();
+        let stored = decode_rgb8(&plain).unwrap();
+        assert_eq!((stored.width(), stored.height()), (w, h));
+        assert_eq!((upright.width(), upright.height()), (h, w));
+        assert_eq!(upright, image::imageops::rotate90(&stored));
+        // The stored top-left corner (dark, blue 40) is now the top-right one.
+        let px = upright.get_pixel(h - 1, 0);
+        assert!(px[0] < 30 && px[1] < 30 && px[2] < 90, "{px:?}");
     }
 }
