@@ -92,12 +92,26 @@ fn manifests_parse_and_bad_rows_name_their_line() {
         ),
         ("bad.jsonl", "{\"image\": \"a.png\"}\n", ":1:"),
         ("empty.csv", "image,class,x0,y0,x1,y1\n", "no images"),
+        // Other column names are a header too; the row after it is line 2.
+        (
+            "named.csv",
+            "path,label,a,b,c,d\na.png,99x,0,0,1,1\n",
+            ":2: class `99x`",
+        ),
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         let msg = manifest::load(&p).unwrap_err().to_string();
         assert!(msg.contains(needle), "{name}: {msg}");
     }
+    // A missing manifest names the file and says why once.
+    let msg = manifest::load(&dir.path().join("none.csv"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("none.csv") && msg.matches("No such file").count() == 1,
+        "{msg}"
+    );
 }
 
 #[test]

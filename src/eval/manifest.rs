@@ -52,7 +52,14 @@ fn parse_csv(text: &str, base: &Path) -> std::result::Result<Vec<Entry>, LineErr
     let mut out: Vec<Entry> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || (i == 0 && line.starts_with("image")) {
+        // The first line is a header when none of its class and box fields is a number
+        // (`image,class,x0,...` or any other column names).
+        let header = i == 0
+            && line
+                .split(',')
+                .skip(1)
+                .all(|f| f.trim().parse::<f64>().is_err());
+        if line.is_empty() || line.starts_with('#') || header {
             continue;
         }
         let f: Vec<&str> = line.split(',').map(str::trim).collect();

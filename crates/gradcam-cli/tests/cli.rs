@@ -146,6 +146,14 @@ fn fatal_errors_exit_2_with_a_clear_message() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
+    // A file that is not there: named, and the reason said once (not again as its source).
+    let o = gradcam(&["eval", "/no/such/manifest.csv"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("/no/such/manifest.csv") && err.matches("No such file").count() == 1,
+        "{err}"
+    );
     let o = gradcam(&["explain", a, "-m", &model(), "--size", "huge"]);
     assert!(!o.status.success() && stderr(&o).contains("native"));
 }
