@@ -23,8 +23,8 @@ pub struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     batch: Option<u32>,
     /// Number of synthetic images (ignored with --images-dir).
-    #[arg(long, default_value_t = 64)]
-    images: usize,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    images: u32,
     /// Benchmark on these image files instead (decoding is then timed too).
     #[arg(long)]
     images_dir: Option<PathBuf>,
@@ -82,6 +82,7 @@ fn bench_on<B: Backend>(
         }
     };
     let mut decode = Duration::ZERO;
+    let mut left_out = 0;
     let images = match &a.images_dir {
         Some(dir) => {
             let (files, errs) = inputs::collect(std::slice::from_ref(dir));
@@ -89,14 +90,30 @@ fn bench_on<B: Backend>(
                 anyhow::bail!("{}: {why}", p.display());
             }
             let t = Instant::now();
-            let imgs = files
-                .par_iter()
-                .map(|f| load_rgb8(f))
-                .collect::<Result<Vec<_>, _>>()?;
+            let decoded: Vec<_> = files.par_iter().map(|f| load_rgb8(f)).collect();
             decode = t.elapsed();
+            // A file that does not decode is reported and left out, as `explain` does; the
+            // bench runs on the rest.
+            let mut imgs = Vec::with_capacity(decoded.len());
+            for r in decoded {
+                match r {
+                    Ok(img) => imgs.push(img),
+                    Err(e) => {
+                        eprintln!("error: {e} (left out of the bench)");
+                        left_out += 1;
+                    }
+                }
+            }
+            if imgs.is_empty() {
+                anyhow::bail!(
+                    "{}: none of its {} files decodes",
+                    dir.display(),
+                    files.len()
+                );
+            }
             imgs
         }
-        None => synthetic(a.images, side as u32),
+        None => synthetic(a.images as usize, side as u32),
     };
     let cfg = ExplainConfig {
         layer: a.layer.clone(),
@@ -219,6 +236,10 @@ fn bench_on<B: Backend>(
     }
     if let Some(kb) = peak_rss_kb() {
         println!("peak RSS      {:.0} MB", kb as f64 / 1024.0);
+    }
+    if left_out > 0 {
+        eprintln!("{left_out} file(s) left out (listed above)");
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }

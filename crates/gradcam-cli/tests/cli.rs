@@ -415,3 +415,46 @@ fn device_choice_and_fallback() {
     let pc = c["probability"].as_f64().unwrap();
     assert!((pa - pc).abs() < 1e-2, "{pa} vs f16 {pc}");
 }
+
+/// `bench --images-dir` over a folder with an undecodable file benches the rest, names the
+/// file and exits 1 (as `explain` does); a folder where nothing decodes exits 2.
+#[test]
+fn bench_leaves_out_undecodable_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    for f in ["a.png", "b.png"] {
+        std::fs::copy(fixtures().join("images").join(f), imgs.join(f)).unwrap();
+    }
+    std::fs::write(imgs.join("broken.png"), b"definitely not a png").unwrap();
+    let bench = |folder: &Path| {
+        gradcam(&[
+            "bench",
+            "--model",
+            &model(),
+            "--images-dir",
+            folder.to_str().unwrap(),
+            "--batch",
+            "2",
+        ])
+    };
+    let o = bench(&imgs);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        out.contains("| 2 images") && out.contains("images/s"),
+        "{out}"
+    );
+    assert!(
+        err.contains("broken.png") && !err.contains("a.png"),
+        "{err}"
+    );
+
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("broken.png"), b"definitely not a png").unwrap();
+    let o = bench(&bad);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("none of its 1 files decodes"), "{err}");
+}
