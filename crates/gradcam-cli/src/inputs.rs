@@ -1,6 +1,6 @@
 //! Turning the command line's files and folders into a list of images, and output names.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 const IMAGE_EXTS: &[&str] = &[
@@ -9,14 +9,16 @@ const IMAGE_EXTS: &[&str] = &[
 ];
 
 /// Files given by name are always tried; folders contribute their image files (by
-/// extension, recursively, sorted). Paths that do not exist come back as errors.
+/// extension, recursively, sorted), skipping hidden entries (`.git`, macOS's `._name.jpg`
+/// resource forks) and folders already walked (a symbolic link back up the tree).
+/// Paths that do not exist come back as errors.
 pub fn collect(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
     for p in paths {
         if p.is_dir() {
             let mut found = Vec::new();
-            walk(p, &mut found, &mut errors);
+            walk(p, &mut found, &mut errors, &mut HashSet::new());
             found.sort();
             if found.is_empty() {
                 errors.push((p.clone(), "the folder holds no image files".into()));
@@ -31,7 +33,16 @@ pub fn collect(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
     (files, errors)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<(PathBuf, String)>) {
+fn walk(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    errors: &mut Vec<(PathBuf, String)>,
+    walked: &mut HashSet<PathBuf>,
+) {
+    // A folder is walked once, whatever the path it is reached by.
+    if !walked.insert(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())) {
+        return;
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -40,9 +51,12 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<(PathBuf, String)>)
         }
     };
     for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
         let p = e.path();
         if p.is_dir() {
-            walk(&p, out, errors);
+            walk(&p, out, errors, walked);
         } else if p
             .extension()
             .and_then(|x| x.to_str())
@@ -71,4 +85,35 @@ pub fn stems(files: &[PathBuf]) -> Vec<String> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder walk takes image files by extension in sorted order, skips hidden entries,
+    /// and walks a folder reached again through a symbolic link only once.
+    #[test]
+    fn folder_walks_skip_hidden_entries_and_link_loops() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        for d in ["sub", ".hidden"] {
+            std::fs::create_dir_all(data.join(d)).unwrap();
+        }
+        for f in [
+            "b.PNG",
+            "sub/a.jpg",
+            ".hidden/c.png",
+            "._d.jpg",
+            "notes.txt",
+        ] {
+            std::fs::write(data.join(f), b"x").unwrap();
+        }
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("..", data.join("sub/loop")).unwrap();
+        let (files, errors) = collect(&[data.clone(), data.join("missing.png")]);
+        assert_eq!(files, vec![data.join("b.PNG"), data.join("sub/a.jpg")]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].0, data.join("missing.png"));
+    }
 }
