@@ -31,6 +31,9 @@ pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
 }
 
 fn decode_unguarded(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    if bytes.is_empty() {
+        return Err("the file is empty (0 bytes)".into());
+    }
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
@@ -200,6 +203,8 @@ mod tests {
         assert_eq!(guarded(|| Ok::<_, String>(3)), Ok(3));
         let err = decode_rgb8(b"not an image").unwrap_err();
         assert!(err.contains("not a recognised image format"), "{err}");
+        let err = decode_rgb8(b"").unwrap_err();
+        assert!(err.contains("empty (0 bytes)"), "{err}");
     }
 
     /// A file whose header claims a huge picture fails with the limit named, before any
