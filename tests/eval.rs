@@ -4,7 +4,8 @@
 use gradcam::backend::CpuBackend;
 use gradcam::cam::Method;
 use gradcam::eval::metrics::{
-    auc, centre_prior, iou, mass_inside, object_mask, pointing_hit, spearman, threshold_box,
+    auc, centre_prior, iou, map_stats, mass_inside, object_mask, pointing_hit, spearman,
+    threshold_box, MapStats,
 };
 use gradcam::eval::{aggregate, evaluate_image, manifest, EvalConfig, CENTRE};
 use gradcam::image::InputSize;
@@ -30,6 +31,58 @@ fn threshold_box_takes_the_largest_segment_above_15_percent() {
     d[8] = 1.0;
     assert_eq!(threshold_box(&d, (3, 3), 0.15), Some([0.0, 0.0, 2.0, 2.0]));
     assert_eq!(threshold_box(&[0.0; 4], (2, 2), 0.15), None);
+}
+
+/// The summary numbers of `explain`'s summary.csv on 10x10 maps, worked out by hand: pixel
+/// centres are at (i + 0.5) / 10, and the border band (within 0.1 of an edge) is the outer
+/// ring of pixels, 36 of 100.
+#[test]
+fn map_stats_on_hand_made_maps() {
+    let close = |a: MapStats, b: MapStats| {
+        let d = [
+            a.peak.0 - b.peak.0,
+            a.peak.1 - b.peak.1,
+            a.centroid.0 - b.centroid.0,
+            a.centroid.1 - b.centroid.1,
+            a.border_mass - b.border_mass,
+            a.area_half - b.area_half,
+        ];
+        assert!(d.iter().all(|d| d.abs() < 1e-6), "{a:?} vs {b:?}");
+    };
+    let hw = (10, 10);
+    // One bright pixel at x = 2, y = 7: peak and centroid on it, nothing in the border.
+    let mut m = vec![0f32; 100];
+    m[7 * 10 + 2] = 1.0;
+    let one = MapStats {
+        peak: (0.25, 0.75),
+        centroid: (0.25, 0.75),
+        border_mass: 0.0,
+        area_half: 0.01,
+    };
+    close(map_stats(&m, hw).unwrap(), one);
+    // Uniform: the first pixel is the peak, the centre the centroid, the ring's share of the
+    // pixels its share of the mass, every pixel at half the max or more.
+    let uniform = MapStats {
+        peak: (0.05, 0.05),
+        centroid: (0.5, 0.5),
+        border_mass: 0.36,
+        area_half: 1.0,
+    };
+    close(map_stats(&[0.4; 100], hw).unwrap(), uniform);
+    // 1 at the top-left corner and 3 at the bottom-right: centroid (0.05 + 3 * 0.95) / 4 =
+    // 0.725 on both axes, all the mass in the border, one pixel at half the max (1.5) or more.
+    let mut m = vec![0f32; 100];
+    m[0] = 1.0;
+    m[99] = 3.0;
+    let corners = MapStats {
+        peak: (0.95, 0.95),
+        centroid: (0.725, 0.725),
+        border_mass: 1.0,
+        area_half: 0.01,
+    };
+    close(map_stats(&m, hw).unwrap(), corners);
+    assert_eq!(map_stats(&[0.0; 100], hw), None);
+    assert_eq!(map_stats(&[], (0, 0)), None);
 }
 
 #[test]

@@ -173,3 +173,61 @@ pub fn centre_prior((h, w): (usize, usize)) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The width of the border band [`MapStats::border_mass`] measures, as a fraction of each
+/// side: with 10 % on every side the band is 36 % of the image.
+pub const BORDER: f32 = 0.1;
+
+/// Where a map puts its weight, in a few numbers, so a data set's explanations can be sorted
+/// and filtered without opening every overlay (a model that looks at watermarks, frames or
+/// backgrounds shows a high border mass or a peak far from the object). Positions are pixel
+/// centres as fractions of the width and height: (0, 0) is the top-left corner, (1, 1) the
+/// bottom-right one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MapStats {
+    /// The highest value's position, (x, y); the first in row-major order on ties.
+    pub peak: (f32, f32),
+    /// The centre of mass, (x, y).
+    pub centroid: (f32, f32),
+    /// Share of the mass in the band within [`BORDER`] of an edge (about 0.36 for a uniform
+    /// map: exactly the band's share of the pixels).
+    pub border_mass: f32,
+    /// Share of the pixels at half the map's maximum or more: how spread the explanation is.
+    pub area_half: f32,
+}
+
+/// The statistics of a non-negative map of `(h, w)` pixels; `None` for an all-zero map
+/// (pytorch-grad-cam's normalisation gives one when no channel counts for the class).
+pub fn map_stats(map: &[f32], (h, w): (usize, usize)) -> Option<MapStats> {
+    if map.is_empty() {
+        return None;
+    }
+    let frac = |i: usize, n: usize| (i as f32 + 0.5) / n as f32;
+    let mut best = 0;
+    let (mut total, mut sx, mut sy) = (0f64, 0f64, 0f64);
+    for (i, &v) in map.iter().enumerate() {
+        if v > map[best] {
+            best = i;
+        }
+        let v = v.max(0.0) as f64;
+        total += v;
+        sx += v * frac(i % w, w) as f64;
+        sy += v * frac(i / w, h) as f64;
+    }
+    let max = map[best];
+    if total == 0.0 || max <= 0.0 {
+        return None;
+    }
+    let border: Vec<bool> = (0..h * w)
+        .map(|i| {
+            let (x, y) = (frac(i % w, w), frac(i / w, h));
+            x.min(1.0 - x) < BORDER || y.min(1.0 - y) < BORDER
+        })
+        .collect();
+    Some(MapStats {
+        peak: (frac(best % w, w), frac(best / w, h)),
+        centroid: ((sx / total) as f32, (sy / total) as f32),
+        border_mass: mass_inside(map, &border),
+        area_half: map.iter().filter(|&&v| v >= max / 2.0).count() as f32 / map.len() as f32,
+    })
+}

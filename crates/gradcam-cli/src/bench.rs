@@ -85,7 +85,7 @@ fn bench_on<B: Backend>(
     let mut left_out = 0;
     let images = match &a.images_dir {
         Some(dir) => {
-            let (files, errs) = inputs::collect(std::slice::from_ref(dir));
+            let (files, errs) = inputs::collect(std::slice::from_ref(dir), None);
             if let Some((p, why)) = errs.first() {
                 anyhow::bail!("{}: {why}", p.display());
             }

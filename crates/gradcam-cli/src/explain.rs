@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::json;
 
+use crate::summary::{self, Summary};
 use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
 
 #[derive(Args)]
@@ -68,7 +69,7 @@ type Decoded = Result<Job, (PathBuf, String)>;
 
 pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let (files, failures) = inputs::collect(&a.inputs);
+    let (files, failures) = inputs::collect(&a.inputs, Some(&a.out));
     // Inputs that never became files (missing paths, empty folders) count in the total too.
     let unreadable = failures.len();
     for (p, why) in &failures {
@@ -113,6 +114,11 @@ fn explain_all<B: Backend>(
         }
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    // Shared by the device stage (decoding failures) and the writer (everything else).
+    let summary = std::sync::Mutex::new(Summary::create(&a.out)?);
+    for (p, why) in &failures {
+        lock(&summary).failed(p, why);
+    }
     let cfg = ExplainConfig {
         layer: Some(layer.clone()),
         classes: a.class.map_or(ClassSel::Predicted, ClassSel::All),
@@ -169,25 +175,38 @@ fn explain_all<B: Backend>(
             for (group, out) in rx {
                 let results = finish_group(&group, out, &cfg, &mut th);
                 // PNG encoding and file writes run in parallel; reports stay in input order.
-                let written: Vec<(&Job, Result<(), String>)> = results
+                // Each image's outputs, then its summary row (made from what was written).
+                let written: Vec<(&Job, Result<String, String>)> = results
                     .into_par_iter()
                     .map(|(job, result)| {
+                        let stem = &stems[job.index];
                         let w = result.and_then(|e| {
-                            write_outputs(&a.out, &stems[job.index], &job.path, &e, &meta)
-                                .map_err(|e| format!("{e:#}"))
+                            write_outputs(&a.out, stem, &job.path, &e, &meta)
+                                .map_err(|e| format!("{e:#}"))?;
+                            Ok(summary::explained_row(meta.labels, &job.path, stem, &e))
                         });
                         (job, w)
                     })
                     .collect();
+                let mut s = lock(&summary);
                 for (job, w) in written {
                     match w {
-                        Ok(()) => done += 1,
+                        Ok(row) => {
+                            s.push(row);
+                            done += 1;
+                        }
                         Err(why) => {
                             bar.suspend(|| eprintln!("error: {}: {why}", job.path.display()));
+                            s.failed(&job.path, &why);
                             failed.push((job.path.clone(), why));
                         }
                     }
                 }
+                if let Some(why) = s.flush() {
+                    bar.suspend(|| eprintln!("error: {why}"));
+                    failed.push((a.out.join(summary::FILE), why));
+                }
+                drop(s);
                 bar.inc(group.len() as u64);
             }
             (th, done, failed)
@@ -220,6 +239,7 @@ fn explain_all<B: Backend>(
                     Ok(j) => jobs.push(j),
                     Err(f) => {
                         bar.suspend(|| eprintln!("error: {}: {}", f.0.display(), f.1));
+                        lock(&summary).failed(&f.0, &f.1);
                         failures.push(f);
                         bar.inc(1);
                     }
@@ -246,6 +266,11 @@ fn explain_all<B: Backend>(
     });
     timings.add(&host_timings);
     failures.extend(write_failures);
+    // The rows of files that failed to decode after the last batch was written.
+    if let Some(why) = lock(&summary).flush() {
+        eprintln!("error: {why}");
+        failures.push((a.out.join(summary::FILE), why));
+    }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
@@ -323,6 +348,11 @@ fn finish_group<'j>(
             })
             .collect(),
     }
+}
+
+/// The summary, also after a thread panicked holding it (its rows so far are still good).
+fn lock(s: &std::sync::Mutex<Summary>) -> std::sync::MutexGuard<'_, Summary> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {

@@ -10,15 +10,24 @@ const IMAGE_EXTS: &[&str] = &[
 
 /// Files given by name are always tried; folders contribute their image files (by
 /// extension, recursively, sorted), skipping hidden entries (`.git`, macOS's `._name.jpg`
-/// resource forks) and folders already walked (a symbolic link back up the tree).
-/// Paths that do not exist come back as errors.
-pub fn collect(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
+/// resource forks), folders already walked (a symbolic link back up the tree) and the folder
+/// `skip` (the output folder, so a second run over a tree that holds it does not explain the
+/// first run's overlays). Paths that do not exist come back as errors.
+pub fn collect(paths: &[PathBuf], skip: Option<&Path>) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
+    let skip = skip.and_then(|s| std::fs::canonicalize(s).ok());
     for p in paths {
         if p.is_dir() {
             let mut found = Vec::new();
-            walk(p, &mut found, &mut errors, &mut HashSet::new());
+            // (Unless the output folder is the very folder given: then it is what is asked for.)
+            let given = std::fs::canonicalize(p).ok();
+            let mut walked: HashSet<PathBuf> = skip
+                .iter()
+                .filter(|s| Some(*s) != given.as_ref())
+                .cloned()
+                .collect();
+            walk(p, &mut found, &mut errors, &mut walked);
             found.sort();
             if found.is_empty() {
                 errors.push((p.clone(), "the folder holds no image files".into()));
@@ -111,9 +120,18 @@ mod tests {
         }
         #[cfg(unix)]
         std::os::unix::fs::symlink("..", data.join("sub/loop")).unwrap();
-        let (files, errors) = collect(&[data.clone(), data.join("missing.png")]);
+        let (files, errors) = collect(&[data.clone(), data.join("missing.png")], None);
         assert_eq!(files, vec![data.join("b.PNG"), data.join("sub/a.jpg")]);
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].0, data.join("missing.png"));
+        // The output folder inside the tree is not walked.
+        let (files, _) = collect(std::slice::from_ref(&data), Some(&data.join("sub")));
+        assert_eq!(files, vec![data.join("b.PNG")]);
+        // Unless it is the folder given; its link up to `data` leads to data's other file.
+        let (files, _) = collect(&[data.join("sub")], Some(&data.join("sub")));
+        assert_eq!(
+            files,
+            vec![data.join("sub/a.jpg"), data.join("sub/loop/b.PNG")]
+        );
     }
 }

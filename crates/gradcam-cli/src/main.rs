@@ -18,6 +18,7 @@ mod explain;
 mod inputs;
 mod layers;
 mod selftest;
+mod summary;
 mod synth;
 
 use std::path::PathBuf;

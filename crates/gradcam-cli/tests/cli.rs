@@ -84,6 +84,58 @@ fn explain_writes_overlay_npy_and_json_per_image_and_survives_bad_inputs() {
         assert!(p > 0.0 && p <= 1.0);
     }
     assert!(!out.join("broken.overlay.png").exists());
+
+    // summary.csv: a row per input, failed ones included; each explained row agrees with its
+    // JSON report and with the statistics of its .cam.npy.
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert!(rows.iter().all(|r| r.len() == 16), "{csv}");
+    assert_eq!(rows[0][0], "image");
+    assert_eq!(rows.len(), 1 + 6, "{csv}");
+    let row_of = |name: &str| {
+        rows.iter()
+            .find(|r| r[0].ends_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {csv}"))
+    };
+    for (name, why) in [
+        ("broken.png", "not a recognised image format"),
+        ("missing.jpg", "no such file"),
+    ] {
+        let r = row_of(name);
+        assert!(r[1] == "error" && r[2].contains(why), "{r:?}");
+        assert!(r[3..].iter().all(|f| f.is_empty()), "{r:?}");
+    }
+    for stem in ["a", "b", "c", "d"] {
+        let r = row_of(&format!("{stem}.png"));
+        let js: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("{stem}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((r[1], r[2]), ("ok", ""));
+        assert_eq!(r[3], js["class"].to_string());
+        assert_eq!(r[7], js["top5"][0]["class"].to_string());
+        let num = |i: usize| r[i].parse::<f64>().unwrap();
+        assert!((num(5) - js["probability"].as_f64().unwrap()).abs() < 1e-6);
+        assert!((num(6) - js["logit"].as_f64().unwrap()).abs() < 1e-5);
+        let (shape, cam) = gradcam::npy::read_f32(&out.join(format!("{stem}.cam.npy"))).unwrap();
+        let st = gradcam::eval::metrics::map_stats(&cam, (shape[0], shape[1])).unwrap();
+        let want = [
+            st.peak.0,
+            st.peak.1,
+            st.centroid.0,
+            st.centroid.1,
+            st.border_mass,
+            st.area_half,
+        ];
+        for (i, w) in want.iter().enumerate() {
+            assert!(
+                (num(9 + i) - *w as f64).abs() < 1e-6,
+                "{stem} column {}: {r:?}",
+                9 + i
+            );
+        }
+        assert_eq!(r[15], stem);
+    }
 }
 
 #[test]
