@@ -44,68 +44,83 @@ fn parity_fixtures_through_the_emulated_tensor_core_paths() {
     }
 }
 
-/// Every op and the fragment checks of the tensor-core paths, through the emulator, with each
-/// convolution tile size.
-#[test]
-fn tensor_core_selftests_pass_through_the_emulator() {
-    // (precision, tile, the cp.async ring (TF32: every forward conv; 16-bit: the 1x1s), KRSC
-    // weights)
-    for (precision, tile, ring, krsc) in [
-        (Precision::Tf32, ConvTile::T64, false, false),
-        (Precision::Tf32, ConvTile::T128, false, false),
-        (Precision::Tf32, ConvTile::T64, false, true),
-        (Precision::Tf32, ConvTile::T128, false, true),
-        (Precision::Tf32, ConvTile::T64, true, false),
-        (Precision::Tf32, ConvTile::T128, true, false),
-        (Precision::Bf16, ConvTile::T64, false, false),
-        (Precision::Bf16, ConvTile::T128, false, false),
-        (Precision::Bf16, ConvTile::T64, false, true),
-        (Precision::Bf16, ConvTile::T128, false, true),
-        (Precision::Bf16, ConvTile::T64, true, false),
-        (Precision::Bf16, ConvTile::T128, true, false),
-        (Precision::F16, ConvTile::T64, false, false),
-        (Precision::F16, ConvTile::T128, false, false),
-        (Precision::F16, ConvTile::T64, false, true),
-        (Precision::F16, ConvTile::T128, false, true),
-        (Precision::F16, ConvTile::T64, true, false),
-    ] {
-        let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
-            .with_conv_tile(tile)
-            .with_conv_async(ring)
-            .with_conv_krsc(krsc);
-        let mut checks = gradcam::backend::selftest::run(&be).unwrap();
-        checks.extend(gradcam::backend::selftest::device_checks(&be).unwrap());
-        let table = gradcam::backend::selftest::table(&checks);
-        assert!(
-            checks.iter().all(|c| c.passed()),
-            "{precision:?} {tile:?} cp.async {ring} KRSC {krsc}\n{table}"
-        );
+/// The selftest of one configuration of the convolution kernels through the emulator: the
+/// whole of it (every op, the fragment and batch checks) when `whole`, else the convolutions
+/// only (the other ops do not depend on the convolution kernels chosen), each check passing.
+fn selftest_passes(be: &GpuBackend<EmuLauncher>, whole: bool, what: &str) -> String {
+    use gradcam::backend::selftest;
+    let mut checks = selftest::conv_checks(be).unwrap();
+    if whole {
+        checks.extend(selftest::op_checks(be).unwrap());
+        checks.extend(selftest::device_checks(be).unwrap());
     }
-    // Channels-last 16-bit convolutions (GRADCAM_CONV_NHWC=1): the selftest's networks mix
-    // them with NCHW ops (pooling, the stem, 16-channel layers), so every transposition runs.
-    // F16's 128x128 tiles on 4 warps (block 128); BF16's 1x1 convs in 64-channel slices.
-    for (precision, tile, warps, slice) in [
+    let table = selftest::table(&checks);
+    assert!(checks.iter().all(|c| c.passed()), "{what}\n{table}");
+    table
+}
+
+/// The NCHW tensor-core convolutions at every tile size, with and without the cp.async ring
+/// (TF32: every forward conv; 16-bit: the 1x1s) and KRSC weights; the first configuration of
+/// each precision runs the whole selftest. (Three tests, so the harness can run them side by
+/// side: together they are the longest of the emulated tests.)
+fn nchw_selftests(precision: Precision) {
+    let mut whole = true;
+    for tile in [ConvTile::T64, ConvTile::T128] {
+        for (ring, krsc) in [(false, false), (false, true), (true, false)] {
+            // F16's 128x128 ring is BF16's kernel template with the other conversion.
+            if precision == Precision::F16 && tile == ConvTile::T128 && ring {
+                continue;
+            }
+            let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
+                .with_conv_tile(tile)
+                .with_conv_async(ring)
+                .with_conv_krsc(krsc);
+            let what = format!("{precision:?} {tile:?} cp.async {ring} KRSC {krsc}");
+            selftest_passes(&be, whole, &what);
+            whole = false;
+        }
+    }
+}
+
+#[test]
+fn tf32_selftests_pass_through_the_emulator() {
+    nchw_selftests(Precision::Tf32);
+}
+
+#[test]
+fn sixteen_bit_selftests_pass_through_the_emulator() {
+    nchw_selftests(Precision::Bf16);
+    nchw_selftests(Precision::F16);
+}
+
+/// Channels-last convolutions (GRADCAM_CONV_NHWC=1), then the wgmma ones.
+#[test]
+fn channels_last_and_wgmma_selftests_pass_through_the_emulator() {
+    // The selftest's convolutions mix them with NCHW ones (the stem's 3 channels, 16-channel
+    // layers), so every transposition runs. F16's 128x128 tiles on 4 warps (block 128);
+    // BF16's 1x1 convs in 64-channel slices.
+    for (i, (precision, tile, warps, slice)) in [
         (Precision::Tf32, ConvTile::T64, 8, 32),
         (Precision::Bf16, ConvTile::T64, 8, 64),
         (Precision::Bf16, ConvTile::T128, 8, 32),
         (Precision::F16, ConvTile::T128, 4, 32),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
             .with_conv_tile(tile)
             .with_conv_nhwc(true)
             .with_conv_warps(warps)
             .with_conv_slice(slice);
-        let mut checks = gradcam::backend::selftest::run(&be).unwrap();
-        checks.extend(gradcam::backend::selftest::device_checks(&be).unwrap());
-        let table = gradcam::backend::selftest::table(&checks);
-        assert!(
-            checks.iter().all(|c| c.passed()),
-            "{precision:?} {tile:?} {warps} warps {slice}-channel slices channels-last\n{table}"
-        );
+        let what =
+            format!("{precision:?} {tile:?} {warps} warps {slice}-channel slices channels-last");
+        selftest_passes(&be, i == 0, &what);
     }
     // The wgmma convolutions (GRADCAM_CONV_WGMMA=1) where the input is whole 128-byte slices
-    // (the others stay on the kernels above); the twin's checks run in every selftest here.
-    // F16 differs from BF16 only in the instruction's type: wgmma_convolutions_match_the_f32_oracle.
+    // (the others stay on the kernels above); the device checks hold the wgmma instruction
+    // against its twin. F16 differs from BF16 only in the instruction's type:
+    // wgmma_convolutions_match_the_f32_oracle.
     for (precision, tile) in [
         (Precision::Tf32, ConvTile::T128),
         (Precision::Bf16, ConvTile::T64),
@@ -113,13 +128,8 @@ fn tensor_core_selftests_pass_through_the_emulator() {
         let be = GpuBackend::with_precision(EmuLauncher::new(), precision)
             .with_conv_tile(tile)
             .with_conv_wgmma(true);
-        let mut checks = gradcam::backend::selftest::run(&be).unwrap();
-        checks.extend(gradcam::backend::selftest::device_checks(&be).unwrap());
-        let table = gradcam::backend::selftest::table(&checks);
-        assert!(
-            checks.iter().all(|c| c.passed()) && table.contains("wgmma bf16 m64n128k16"),
-            "{precision:?} {tile:?} wgmma\n{table}"
-        );
+        let table = selftest_passes(&be, true, &format!("{precision:?} {tile:?} wgmma"));
+        assert!(table.contains("wgmma bf16 m64n128k16"), "{table}");
     }
 }
 
