@@ -44,6 +44,7 @@
 //! }
 //! ```
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -144,11 +145,31 @@ pub fn explain_batch_device<B: Backend>(
     cfg: &ExplainConfig,
     timings: &mut Timings,
 ) -> Result<DeviceBatch> {
+    if let ClassSel::PerImage(c) = &cfg.classes {
+        if c.len() != images.len() {
+            return Err(Error::Invalid(format!(
+                "{} classes given for {} images",
+                c.len(),
+                images.len()
+            )));
+        }
+    }
     let mut parts = Vec::new();
     if !images.is_empty() {
         device_parts(net, images, cfg, timings, &mut parts)?;
     }
     Ok(DeviceBatch { parts })
+}
+
+/// `cfg` for the images `at..at + len` of its batch: per-image classes are cut with them.
+fn sub_config(cfg: &ExplainConfig, at: usize, len: usize) -> Cow<'_, ExplainConfig> {
+    match &cfg.classes {
+        ClassSel::PerImage(c) => Cow::Owned(ExplainConfig {
+            classes: ClassSel::PerImage(c[at..at + len].to_vec()),
+            ..cfg.clone()
+        }),
+        _ => Cow::Borrowed(cfg),
+    }
 }
 
 fn device_parts<B: Backend>(
@@ -160,8 +181,9 @@ fn device_parts<B: Backend>(
 ) -> Result<()> {
     let cap = net.batch_cap().max(1);
     if images.len() > cap {
-        for chunk in images.chunks(cap) {
-            device_parts(net, chunk, cfg, timings, parts)?;
+        for (i, chunk) in images.chunks(cap).enumerate() {
+            let sub = sub_config(cfg, i * cap, chunk.len());
+            device_parts(net, chunk, &sub, timings, parts)?;
         }
         return Ok(());
     }

@@ -595,6 +595,27 @@ fn batches_too_big_for_the_device_are_split() {
         assert!(err < 1e-5, "split batch changed the map by {err}");
         assert_eq!(e.overlay, want[0].overlay);
     }
+    // One class per image: each piece of the split batch gets its own images' classes.
+    let classes = ExplainConfig {
+        classes: ClassSel::PerImage(vec![0, 1, 2, 3, 4, 5]),
+        ..cfg.clone()
+    };
+    let got = explain_batch(&tight, &imgs, &classes, &mut Timings::default()).unwrap();
+    for (c, e) in got.iter().enumerate() {
+        let alone = ExplainConfig {
+            classes: ClassSel::All(c),
+            ..cfg.clone()
+        };
+        let want = explain_batch(&free, &imgs[..1], &alone, &mut Timings::default()).unwrap();
+        assert_eq!(e.class, c);
+        let err = (e.cam.iter().zip(&want[0].cam))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            err < 1e-5,
+            "class {c}: the split batch changed the map by {err}"
+        );
+    }
 
     let tiny = Network::new(
         g(),
