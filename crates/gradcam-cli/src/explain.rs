@@ -1,6 +1,7 @@
 //! `gradcam explain`: decode → batch → Grad-CAM → overlay / npy / JSON, one bad image never
 //! stopping the others.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -16,6 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde_json::json;
 
+use crate::classes::Classes;
 use crate::summary::{self, Summary};
 use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
 
@@ -33,6 +35,11 @@ pub struct ExplainArgs {
     /// Explain this class for every image (default: each image's top-1 class).
     #[arg(long = "class")]
     class: Option<usize>,
+    /// Explain each image for its class listed in this CSV (`image,class` lines, images
+    /// relative to the file, classes as indices or the model's labels), e.g. the data set's
+    /// ground truth; summary.csv's `predicted` column then shows the misclassified images.
+    #[arg(long, conflicts_with = "class")]
+    classes: Option<PathBuf>,
     /// The paper's counterfactual map: regions that lower the class score.
     #[arg(long)]
     counterfactual: bool,
@@ -62,6 +69,8 @@ struct Job {
     index: usize,
     path: PathBuf,
     image: RgbImage,
+    /// From `--classes`; None: as `ExplainConfig::classes` says.
+    class: Option<usize>,
 }
 
 /// A file of a chunk: its image, or (path, why it could not be decoded).
@@ -113,6 +122,9 @@ fn explain_all<B: Backend>(
             .into());
         }
     }
+    let classes = (a.classes.as_deref())
+        .map(|f| Classes::load(f, graph.num_classes, graph.labels.as_deref()))
+        .transpose()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     // Shared by the device stage (decoding failures) and the writer (everything else).
     let summary = std::sync::Mutex::new(Summary::create(&a.out)?);
@@ -218,13 +230,21 @@ fn explain_all<B: Backend>(
                 // and dropped from the batch.
                 let decoded = chunk
                     .par_iter()
-                    .map(|&i| match load_rgb8(&files[i]) {
-                        Ok(image) => Ok(Job {
-                            index: i,
-                            path: files[i].clone(),
-                            image,
-                        }),
-                        Err(e) => Err((files[i].clone(), strip_path(&e.to_string(), &files[i]))),
+                    .map(|&i| {
+                        let failed = |why: String| (files[i].clone(), why);
+                        let class = match &classes {
+                            Some(c) => Some(c.of(&files[i]).map_err(failed)?),
+                            None => None,
+                        };
+                        match load_rgb8(&files[i]) {
+                            Ok(image) => Ok(Job {
+                                index: i,
+                                path: files[i].clone(),
+                                image,
+                                class,
+                            }),
+                            Err(e) => Err(failed(strip_path(&e.to_string(), &files[i]))),
+                        }
                     })
                     .collect();
                 if dtx.send(decoded).is_err() {
@@ -306,17 +326,29 @@ fn explain_group<B: Backend>(
     timings: &mut Timings,
 ) -> GroupOut {
     let images: Vec<&RgbImage> = group.iter().map(|j| &j.image).collect();
-    match explain_batch_device(net, &images, cfg, timings) {
+    match explain_batch_device(net, &images, &with_classes(cfg, group), timings) {
         Ok(db) => GroupOut::Whole(db),
         Err(_) if group.len() > 1 => GroupOut::Each(
             group
                 .iter()
                 .map(|j| {
-                    explain_batch_device(net, &[&j.image], cfg, timings).map_err(|e| e.to_string())
+                    let cfg = with_classes(cfg, std::slice::from_ref(j));
+                    explain_batch_device(net, &[&j.image], &cfg, timings).map_err(|e| e.to_string())
                 })
                 .collect(),
         ),
         Err(e) => GroupOut::Each(vec![Err(e.to_string())]),
+    }
+}
+
+/// `cfg` with the jobs' own classes, when `--classes` gave them.
+fn with_classes<'c>(cfg: &'c ExplainConfig, jobs: &[Job]) -> Cow<'c, ExplainConfig> {
+    match jobs.iter().map(|j| j.class).collect::<Option<Vec<usize>>>() {
+        Some(c) if !jobs.is_empty() => Cow::Owned(ExplainConfig {
+            classes: ClassSel::PerImage(c),
+            ..cfg.clone()
+        }),
+        _ => Cow::Borrowed(cfg),
     }
 }
 

@@ -13,6 +13,7 @@ macro_rules! with_network {
 }
 
 mod bench;
+mod classes;
 mod eval;
 mod explain;
 mod inputs;

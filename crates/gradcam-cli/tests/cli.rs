@@ -168,6 +168,83 @@ fn native_size_class_and_counterfactual() {
     assert_eq!(shape, vec![75, 97]);
 }
 
+/// `--classes FILE`: each image explained for its own listed class (as `--class` would for it
+/// alone), in batches that mix classes; an image the file does not list fails alone.
+#[test]
+fn classes_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    for f in ["a.png", "b.png", "c.png"] {
+        std::fs::copy(fixtures().join("images").join(f), imgs.join(f)).unwrap();
+    }
+    let list = dir.path().join("classes.csv");
+    std::fs::write(&list, "image,class\nimgs/a.png,7\nimgs/b.png,2\n").unwrap();
+    let m = model();
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            imgs.to_str().unwrap(),
+            "-m",
+            &m,
+            "--batch",
+            "3",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        gradcam(&args)
+    };
+    let out = dir.path().join("out");
+    let o = run(&out, &["--classes", list.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("c.png") && err.contains("no class for this image"),
+        "{err}"
+    );
+    for (stem, class) in [("a", 7), ("b", 2)] {
+        let got: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("{stem}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(got["class"], class);
+        let alone = dir.path().join(format!("alone-{stem}"));
+        let o = gradcam(&[
+            "explain",
+            imgs.join(format!("{stem}.png")).to_str().unwrap(),
+            "-m",
+            &model(),
+            "--class",
+            &class.to_string(),
+            "-o",
+            alone.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let (_, want) = gradcam::npy::read_f32(&alone.join(format!("{stem}.cam.npy"))).unwrap();
+        let (_, got) = gradcam::npy::read_f32(&out.join(format!("{stem}.cam.npy"))).unwrap();
+        let diff = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-5, "{stem}: {diff}");
+    }
+    assert!(!out.join("c.json").exists());
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert!(
+        csv.lines()
+            .any(|l| l.contains("c.png,error,no class for this image")),
+        "{csv}"
+    );
+
+    let o = run(
+        &dir.path().join("x"),
+        &["--classes", list.to_str().unwrap(), "--class", "1"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
 #[test]
 fn fatal_errors_exit_2_with_a_clear_message() {
     let a = fixtures().join("images/a.png");
