@@ -16,8 +16,9 @@ Layout written (all paths relative to tests/fixtures/):
 
 Conventions that the Rust side mirrors:
 
-* image loading: PIL ``Image.open(p).convert('RGB')`` (RGBA drops alpha, L is
-  replicated to three channels), then ``float32 / 255``;
+* image loading: PIL ``ImageOps.exif_transpose(Image.open(p)).convert('RGB')``
+  (upright by the EXIF orientation, as ``cv2.imread`` in pytorch-grad-cam's examples; RGBA
+  drops alpha, L is replicated to three channels), then ``float32 / 255``;
 * size "native": no resize; size S: ``cv2.resize(rgb_f32, (S, S),
   interpolation=cv2.INTER_LINEAR)`` applied to the float32 image;
 * normalisation in float32: ``(rgb - mean) / std`` with the ImageNet mean/std,
@@ -51,7 +52,7 @@ import cv2
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, ImageOps
 from safetensors.torch import save_file
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -300,7 +301,7 @@ def make_image(name: str) -> Image.Image:
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    img = Image.open(path).convert("RGB")
+    img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
     return np.asarray(img).astype(np.float32) / 255.0
 
 
