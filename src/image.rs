@@ -40,22 +40,26 @@ fn decode_unguarded(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     if reader.format().is_none() {
         return Err("not a recognised image format".into());
     }
-    // Decoded as `ImageReader::decode` does (the default limits, with the whole image's bytes
-    // reserved up front), keeping the decoder long enough to read the EXIF orientation.
+    // Decoded as `ImageReader::decode` does: the output's bytes are reserved from the default
+    // limits and the decoder gets what is left for its own buffers. Unlike `decode`, the
+    // decoder is kept long enough to read the EXIF orientation.
     let mut decoder = reader.into_decoder().map_err(why)?;
     let orientation = decoder.orientation().map_err(why)?;
-    image::Limits::default()
-        .reserve(decoder.total_bytes())
-        .map_err(why)?;
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(why)?;
+    let mut limits = image::Limits::default();
+    limits.reserve(decoder.total_bytes()).map_err(why)?;
+    decoder.set_limits(limits).map_err(why)?;
+    let img = image::DynamicImage::from_decoder(decoder).map_err(why)?;
     // Photographs from cameras and phones are often stored sideways with an EXIF tag saying
     // how to turn them; viewers, and `cv2.imread` in pytorch-grad-cam's examples, turn them
-    // upright, so the model sees the picture the user sees.
+    // upright, so the model sees the picture the user sees. (Turned once in 8-bit RGB, the
+    // smallest copy.)
+    let mut img = image::DynamicImage::ImageRgb8(img.to_rgb8());
     img.apply_orientation(orientation);
+    let img = img.into_rgb8();
     if img.width() == 0 || img.height() == 0 {
         return Err("the image is empty (0 pixels)".into());
     }
-    Ok(img.to_rgb8())
+    Ok(img)
 }
 
 /// The decoder's error, with the limit named when the image is too large to decode.

@@ -97,6 +97,15 @@ fn inconsistent_header_entries_name_the_tensor() {
             "`fc.weight` (F16 [4, 4], data_offsets [16, 48]): ends past the data part, which is 20 bytes",
         ),
         (
+            "gap.safetensors",
+            file(
+                r#"{"fc.bias":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},
+                    "fc.weight":{"dtype":"F32","shape":[4],"data_offsets":[20,36]}}"#,
+                36,
+            ),
+            "`fc.weight`: its data_offsets do not start where the previous tensor's end",
+        ),
+        (
             "overflow.safetensors",
             file(
                 r#"{"fc.weight":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,16]}}"#,

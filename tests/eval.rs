@@ -143,6 +143,8 @@ fn manifests_parse_and_bad_rows_name_their_line() {
             "image,class\na.png,1\n",
             ":2: want image,class",
         ),
+        // A lone first field is a short row, not a header.
+        ("lone.csv", "a.png\n", ":1: want image,class"),
         ("bad.jsonl", "{\"image\": \"a.png\"}\n", ":1:"),
         ("empty.csv", "image,class,x0,y0,x1,y1\n", "no images"),
         // Other column names are a header too; the row after it is line 2.

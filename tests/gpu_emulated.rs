@@ -601,6 +601,7 @@ fn batches_too_big_for_the_device_are_split() {
         ..cfg.clone()
     };
     let got = explain_batch(&tight, &imgs, &classes, &mut Timings::default()).unwrap();
+    assert_eq!(got.len(), 6);
     for (c, e) in got.iter().enumerate() {
         let alone = ExplainConfig {
             classes: ClassSel::All(c),

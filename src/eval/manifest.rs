@@ -52,13 +52,12 @@ fn parse_csv(text: &str, base: &Path) -> std::result::Result<Vec<Entry>, LineErr
     let mut out: Vec<Entry> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
-        // The first line is a header when none of its class and box fields is a number
-        // (`image,class,x0,...` or any other column names).
+        // The first line is a header when it starts with `image`, or has a row's fields and
+        // none of its class and box fields is a number (other column names).
         let header = i == 0
-            && line
-                .split(',')
-                .skip(1)
-                .all(|f| f.trim().parse::<f64>().is_err());
+            && (line.starts_with("image")
+                || (line.split(',').count() >= 6
+                    && (line.split(',').skip(1)).all(|f| f.trim().parse::<f64>().is_err())));
         if line.is_empty() || line.starts_with('#') || header {
             continue;
         }

@@ -197,9 +197,10 @@ pub struct MapStats {
 }
 
 /// The statistics of a non-negative map of `(h, w)` pixels; `None` for an all-zero map
-/// (pytorch-grad-cam's normalisation gives one when no channel counts for the class).
+/// (pytorch-grad-cam's normalisation gives one when no channel counts for the class) or one
+/// whose length is not `h * w`.
 pub fn map_stats(map: &[f32], (h, w): (usize, usize)) -> Option<MapStats> {
-    if map.is_empty() {
+    if map.is_empty() || map.len() != h * w {
         return None;
     }
     let frac = |i: usize, n: usize| (i as f32 + 0.5) / n as f32;

@@ -105,26 +105,37 @@ impl Weights {
             "avgpool",
             "classifier",
         ];
-        // The prefix is what precedes the first torchvision name in any one tensor's name; a
-        // file with no torchvision name keeps its names, so errors quote them as they are.
-        let Some(first) = self.index.keys().next() else {
+        // The prefix: the folders (dot-separated parts) every name shares, up to the first
+        // torchvision name among them. It is dropped only if some name then starts with a
+        // torchvision name, so a file of other names keeps them and errors quote them as they
+        // are.
+        let mut names = self.index.keys();
+        let Some(first) = names.next() else {
             return;
         };
-        let mut prefix = 0;
-        for part in first.split('.') {
-            if OWN.contains(&part) {
-                break;
-            }
-            prefix += part.len() + 1;
+        // Every part of a name but its last (the parameter) may belong to a prefix.
+        let folders = |k: &str| -> Vec<String> {
+            let mut p: Vec<String> = k.split('.').map(str::to_string).collect();
+            p.pop();
+            p
+        };
+        let mut common = folders(first);
+        for k in names {
+            let f = folders(k);
+            let same = common.iter().zip(&f).take_while(|(a, b)| a == b).count();
+            common.truncate(same);
         }
-        if prefix == 0 || prefix >= first.len() {
+        let keep = common.iter().position(|p| OWN.contains(&p.as_str()));
+        common.truncate(keep.unwrap_or(common.len()));
+        if common.is_empty() {
             return;
         }
-        let p = first[..prefix].to_string();
-        if self.index.keys().all(|k| k.starts_with(&p)) {
+        let cut = common.iter().map(|p| p.len() + 1).sum::<usize>();
+        let own = |k: &str| OWN.contains(&k[cut..].split('.').next().unwrap_or(""));
+        if self.index.keys().any(|k| own(k)) {
             self.index = std::mem::take(&mut self.index)
                 .into_iter()
-                .map(|(k, v)| (k[prefix..].to_string(), v))
+                .map(|(k, v)| (k[cut..].to_string(), v))
                 .collect();
         }
     }
@@ -254,8 +265,14 @@ impl Weights {
             self.index.len(),
             near.join(", ")
         );
+        // A head saved as a Sequential: its weight is missing and numbered members are there.
         let head = stem;
-        if HEADS.contains(&head) && self.names().any(|n| n.starts_with(&format!("{head}."))) {
+        let numbered = |n: &str| {
+            n.strip_prefix(head)
+                .and_then(|r| r.strip_prefix('.'))
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        };
+        if HEADS.contains(&head) && name.ends_with(".weight") && self.names().any(numbered) {
             hint += &format!(
                 "; `{head}` is a Sequential of several layers with parameters: only a single \
                  linear layer there (alone or after a Dropout) is supported"
@@ -289,6 +306,10 @@ fn describe(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
             E::MetadataIncompleteBuffer => {
                 "the data part is shorter or longer than the header says (truncated file?)".into()
             }
+            E::InvalidOffset(name) => format!(
+                "tensor `{name}`: its data_offsets do not start where the previous tensor's end \
+                 (a gap or an overlap)"
+            ),
             _ => "a tensor's shape, dtype and data_offsets disagree".into(),
         }),
         other => format!("{other:?}"),

@@ -31,18 +31,20 @@ impl Classes {
             })
         };
         let mut by_image = HashMap::new();
+        let mut first = true;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            let header_allowed = std::mem::replace(&mut first, false);
             let bad = |why: String| anyhow::anyhow!("{}:{}: {why}", file.display(), i + 1);
             let Some((image, class)) = line.rsplit_once(',') else {
                 return Err(bad(format!("want `image,class`, got `{line}`")));
             };
             let (image, class) = (image.trim(), class.trim());
             let Some(c) = class_of(class) else {
-                if i == 0 {
+                if header_allowed {
                     continue; // column names
                 }
                 return Err(bad(match labels {
@@ -58,7 +60,13 @@ impl Classes {
                     num_classes - 1
                 )));
             }
-            by_image.insert(key(&base.join(image)), c);
+            if let Some(before) = by_image.insert(key(&base.join(image)), c) {
+                if before != c {
+                    return Err(bad(format!(
+                        "`{image}` is listed before with class {before}"
+                    )));
+                }
+            }
         }
         if by_image.is_empty() {
             anyhow::bail!("{}: lists no images", file.display());
@@ -97,7 +105,8 @@ mod tests {
         let file = d.join("classes.csv");
         std::fs::write(
             &file,
-            "image,label\n# comment\nimgs/a.png, 2\nimgs/b,1.png,dog\nimgs/c.png,goldfish\n",
+            "# made by hand\nimage,label\nimgs/a.png, 2\nimgs/b,1.png,dog\nimgs/c.png,goldfish\n\
+             imgs/../imgs/a.png,2\n",
         )
         .unwrap();
         let c = Classes::load(&file, 3, Some(&labels)).unwrap();
@@ -113,6 +122,10 @@ mod tests {
             ("a.png,2\nb.png,horse\n", ":2: `horse` is neither"),
             ("a.png\n", ":1: want `image,class`"),
             ("image,class\n", "lists no images"),
+            (
+                "a.png,1\n./a.png,2\n",
+                ":2: `./a.png` is listed before with class 1",
+            ),
         ] {
             std::fs::write(&file, text).unwrap();
             let Err(e) = Classes::load(&file, 3, Some(&labels)) else {
