@@ -1,13 +1,17 @@
-//! `--classes FILE`: the class to explain for each image, e.g. a data set's ground truth, so an
-//! audit sees where the model looks for the right answer and which images it gets wrong.
+//! `--classes FILE|folders`: the class to explain for each image, e.g. a data set's ground
+//! truth, so an audit sees where the model looks for the right answer and which images it gets
+//! wrong.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Image (as found on disk) → class index.
+/// Image, or (from folders) the class folder it lies under, as found on disk → class index.
 pub struct Classes {
-    file: PathBuf,
-    by_image: HashMap<PathBuf, usize>,
+    /// Where the classes came from, for messages.
+    source: String,
+    by_path: HashMap<PathBuf, usize>,
+    /// Classes by folder: an image's class is its nearest ancestor's in `by_path`.
+    folders: bool,
 }
 
 impl Classes {
@@ -30,7 +34,7 @@ impl Classes {
                     .or_else(|| l.iter().position(|n| n.eq_ignore_ascii_case(s)))
             })
         };
-        let mut by_image = HashMap::new();
+        let mut by_image: HashMap<PathBuf, usize> = HashMap::new();
         let mut first = true;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -72,15 +76,76 @@ impl Classes {
             anyhow::bail!("{}: lists no images", file.display());
         }
         Ok(Classes {
-            file: file.to_path_buf(),
-            by_image,
+            source: file.display().to_string(),
+            by_path: by_image,
+            folders: false,
+        })
+    }
+
+    /// torchvision's `ImageFolder` layout: each input folder holds one subfolder per class
+    /// and an image's class is the subfolder it lies in. Subfolders named by the model's
+    /// labels map by name; otherwise they are ImageFolder's classes, numbered in sorted order
+    /// (ImageNet's sorted WordNet ids are its class indices), which is only right when there is
+    /// one subfolder per class of the model, so any other count is refused.
+    pub fn from_folders(
+        inputs: &[PathBuf],
+        num_classes: usize,
+        labels: Option<&[String]>,
+    ) -> anyhow::Result<Self> {
+        let mut by_path = HashMap::new();
+        for root in inputs.iter().filter(|p| p.is_dir()) {
+            let mut subs: Vec<(String, PathBuf)> = std::fs::read_dir(root)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", root.display()))?
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                .filter(|(n, _)| !n.starts_with('.'))
+                .collect();
+            subs.sort();
+            let label_of = |n: &str| labels.and_then(|l| l.iter().position(|x| x == n));
+            let by_label = !subs.is_empty() && subs.iter().all(|(n, _)| label_of(n).is_some());
+            if !by_label && subs.len() != num_classes {
+                anyhow::bail!(
+                    "--classes folders: {} holds {} class folders, but the model has {num_classes} \
+                     classes{}; with another number of folders, name them by the model's labels \
+                     or list the classes in a CSV",
+                    root.display(),
+                    subs.len(),
+                    if labels.is_some() {
+                        " and not all of the folder names are its labels"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            for (i, (name, path)) in subs.iter().enumerate() {
+                let class = if by_label {
+                    label_of(name).unwrap_or(i)
+                } else {
+                    i
+                };
+                by_path.insert(key(path), class);
+            }
+        }
+        if by_path.is_empty() {
+            anyhow::bail!("--classes folders: none of the inputs is a folder of class folders");
+        }
+        Ok(Classes {
+            source: "the class folders".into(),
+            by_path,
+            folders: true,
         })
     }
 
     /// The class listed for `image`, or why there is none.
     pub fn of(&self, image: &Path) -> Result<usize, String> {
-        (self.by_image.get(&key(image)).copied())
-            .ok_or_else(|| format!("no class for this image in {}", self.file.display()))
+        let image = key(image);
+        let found = if self.folders {
+            (image.ancestors().skip(1)).find_map(|a| self.by_path.get(a).copied())
+        } else {
+            self.by_path.get(&image).copied()
+        };
+        found.ok_or_else(|| format!("no class for this image in {}", self.source))
     }
 }
 
@@ -133,5 +198,34 @@ mod tests {
             };
             assert!(e.to_string().contains(says), "{text:?}: {e}");
         }
+    }
+
+    /// ImageFolder: classes numbered in sorted folder order when there is one folder per
+    /// class, by label when the folders are named by the labels; any other layout refused.
+    #[test]
+    fn classes_from_image_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("val");
+        for f in ["n2/x.png", "n1/deep/y.png", "n3/z.png", ".hidden/w.png"] {
+            let p = root.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, b"x").unwrap();
+        }
+        std::fs::write(root.join("loose.png"), b"x").unwrap();
+        let c = Classes::from_folders(std::slice::from_ref(&root), 3, None).unwrap();
+        assert_eq!(c.of(&root.join("n1/deep/y.png")), Ok(0));
+        assert_eq!(c.of(&root.join("n2/x.png")), Ok(1));
+        assert_eq!(c.of(&root.join("n3/z.png")), Ok(2));
+        assert!(c.of(&root.join("loose.png")).is_err());
+        // Four classes, three folders: the sorted numbering would be wrong, so it is refused...
+        let Err(e) = Classes::from_folders(std::slice::from_ref(&root), 4, None) else {
+            panic!("three folders numbered as four classes")
+        };
+        assert!(e.to_string().contains("holds 3 class folders"), "{e}");
+        // ...unless the folders are named by the model's labels.
+        let labels: Vec<String> = ["n0", "n3", "n1", "n2"].map(String::from).to_vec();
+        let c = Classes::from_folders(std::slice::from_ref(&root), 4, Some(&labels)).unwrap();
+        assert_eq!(c.of(&root.join("n1/deep/y.png")), Ok(2));
+        assert_eq!(c.of(&root.join("n3/z.png")), Ok(1));
     }
 }

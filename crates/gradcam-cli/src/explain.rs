@@ -36,7 +36,8 @@ pub struct ExplainArgs {
     #[arg(long = "class")]
     class: Option<usize>,
     /// Explain each image for its class listed in this CSV (`image,class` lines, images
-    /// relative to the file, classes as indices or the model's labels), e.g. the data set's
+    /// relative to the file, classes as indices or the model's labels), or, with `folders`,
+    /// for the class folder it lies in (torchvision's ImageFolder layout): e.g. the data set's
     /// ground truth; summary.csv's `predicted` column then shows the misclassified images.
     #[arg(long, conflicts_with = "class")]
     classes: Option<PathBuf>,
@@ -122,9 +123,12 @@ fn explain_all<B: Backend>(
             .into());
         }
     }
-    let classes = (a.classes.as_deref())
-        .map(|f| Classes::load(f, graph.num_classes, graph.labels.as_deref()))
-        .transpose()?;
+    let (n, labels) = (graph.num_classes, graph.labels.as_deref());
+    let classes = match a.classes.as_deref() {
+        Some(f) if f == Path::new("folders") => Some(Classes::from_folders(&a.inputs, n, labels)?),
+        Some(f) => Some(Classes::load(f, n, labels)?),
+        None => None,
+    };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     // Shared by the device stage (decoding failures) and the writer (everything else).
     let summary = std::sync::Mutex::new(Summary::create(&a.out)?);

@@ -238,6 +238,34 @@ fn classes_from_a_file() {
         "{csv}"
     );
 
+    // ImageFolder: ten class folders (the model's ten classes) in sorted order.
+    let tree = dir.path().join("tree");
+    for c in 0..10 {
+        std::fs::create_dir_all(tree.join(format!("c{c}"))).unwrap();
+    }
+    for (f, class) in [("a.png", 3), ("b.png", 7)] {
+        std::fs::copy(imgs.join(f), tree.join(format!("c{class}")).join(f)).unwrap();
+    }
+    let out = dir.path().join("out-tree");
+    let o = gradcam(&[
+        "explain",
+        tree.to_str().unwrap(),
+        "-m",
+        &m,
+        "--classes",
+        "folders",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (stem, class) in [("a", 3), ("b", 7)] {
+        let got: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("{stem}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(got["class"], class);
+    }
+
     let o = run(
         &dir.path().join("x"),
         &["--classes", list.to_str().unwrap(), "--class", "1"],
