@@ -27,7 +27,9 @@ pub enum Error {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    #[error("{path}: tensor `{name}` has dtype {dtype}; only F32, F16 and BF16 are supported")]
+    #[error(
+        "{path}: tensor `{name}` has dtype {dtype}; only F32, F64, F16 and BF16 are supported"
+    )]
     BadDtype {
         path: PathBuf,
         name: String,

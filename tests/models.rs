@@ -238,6 +238,32 @@ fn wrapper_prefixes_and_sequential_heads_load_as_the_plain_model() {
     );
 }
 
+/// A checkpoint saved in double precision (`model.double()`) loads rounded to f32: the same
+/// logits and maps as the f32 file, bit for bit (the values went f32 → f64 → f32).
+#[test]
+fn f64_checkpoints_load_as_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = synth::Rng::new(4).tensor(&[1, 3, 36, 36], -2.0, 2.0);
+    let cam = |dtype: Dtype| {
+        let net = Network::new(
+            model::load(write_synth(&dir, "resnet18", 16, dtype), None).unwrap(),
+            CpuBackend::fast(),
+        )
+        .unwrap();
+        grad_cam(
+            &net,
+            x.clone(),
+            "layer4",
+            &ClassSel::PerImage(vec![1]),
+            false,
+        )
+        .unwrap()
+    };
+    let (a, b) = (cam(Dtype::F32), cam(Dtype::F64));
+    assert_eq!(a.logits.data(), b.logits.data());
+    assert_eq!(a.maps.data(), b.maps.data());
+}
+
 /// The forward FLOP count benchmarks are held against, vs torchvision's published multiply-add
 /// counts at 224×224 (its "GFLOPS" column: ResNet-18 1.81 G, ResNet-50 4.09 G), within 1 %.
 #[test]

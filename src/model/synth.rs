@@ -161,13 +161,18 @@ pub fn to_safetensors(tensors: &[(String, Tensor)], dtype: Dtype) -> Result<Vec<
                     .iter()
                     .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
                     .collect(),
+                Dtype::F64 => t
+                    .data()
+                    .iter()
+                    .flat_map(|v| f64::from(*v).to_le_bytes())
+                    .collect(),
                 _ => t.data().iter().flat_map(|v| v.to_le_bytes()).collect(),
             };
             (n.clone(), b, t.shape().to_vec())
         })
         .collect();
     let dtype = match dtype {
-        Dtype::F16 | Dtype::BF16 => dtype,
+        Dtype::F16 | Dtype::BF16 | Dtype::F64 => dtype,
         _ => Dtype::F32,
     };
     let views: Vec<(String, TensorView)> = bytes

@@ -232,6 +232,15 @@ impl Weights {
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
+            // Checkpoints saved after `model.double()`: rounded to f32, as `.float()` would.
+            Dtype::F64 => bytes
+                .chunks_exact(8)
+                .map(|b| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    f64::from_le_bytes(a) as f32
+                })
+                .collect(),
             other => {
                 return Err(Error::BadDtype {
                     path: self.path.clone(),
