@@ -343,21 +343,17 @@ fn bad_tensor(file: &[u8]) -> Option<String> {
     entries.sort_by_key(|(_, v)| begin(v));
     for (name, v) in entries {
         let dtype = v["dtype"].as_str().unwrap_or("?");
+        let Ok(dt) = serde_json::from_value::<Dtype>(v["dtype"].clone()) else {
+            continue;
+        };
         let shape: Vec<u64> = v["shape"]
             .as_array()
             .map(|a| a.iter().filter_map(|d| d.as_u64()).collect())
             .unwrap_or_default();
         let (b, e) = (begin(v), v["data_offsets"][1].as_u64().unwrap_or(0));
-        let width = match dtype {
-            "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 1,
-            "I16" | "U16" | "F16" | "BF16" => 2,
-            "I32" | "U32" | "F32" => 4,
-            "I64" | "U64" | "F64" => 8,
-            _ => continue,
-        };
         let need = shape
             .iter()
-            .try_fold(width, |acc: u64, &d| acc.checked_mul(d));
+            .try_fold(dt.size() as u64, |acc: u64, &d| acc.checked_mul(d));
         let what = format!("tensor `{name}` ({dtype} {shape:?}, data_offsets [{b}, {e}])");
         match need {
             None => return Some(format!("{what}: its size overflows")),

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::inputs::canonical;
+
 /// Image, or (from folders) the class folder it lies under, as found on disk → class index.
 pub struct Classes {
     /// Where the classes came from, for messages.
@@ -64,7 +66,7 @@ impl Classes {
                     num_classes - 1
                 )));
             }
-            if let Some(before) = by_image.insert(key(&base.join(image)), c) {
+            if let Some(before) = by_image.insert(canonical(&base.join(image)), c) {
                 if before != c {
                     return Err(bad(format!(
                         "`{image}` is listed before with class {before}"
@@ -124,7 +126,7 @@ impl Classes {
                 } else {
                     i
                 };
-                by_path.insert(key(path), class);
+                by_path.insert(canonical(path), class);
             }
         }
         if by_path.is_empty() {
@@ -139,7 +141,7 @@ impl Classes {
 
     /// The class listed for `image`, or why there is none.
     pub fn of(&self, image: &Path) -> Result<usize, String> {
-        let image = key(image);
+        let image = canonical(image);
         let found = if self.folders {
             (image.ancestors().skip(1)).find_map(|a| self.by_path.get(a).copied())
         } else {
@@ -147,11 +149,6 @@ impl Classes {
         };
         found.ok_or_else(|| format!("no class for this image in {}", self.source))
     }
-}
-
-/// The same file however it is named (`./a.png`, `data/../data/a.png`, a link).
-fn key(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 #[cfg(test)]

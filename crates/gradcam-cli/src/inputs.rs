@@ -49,7 +49,7 @@ fn walk(
     walked: &mut HashSet<PathBuf>,
 ) {
     // A folder is walked once, whatever the path it is reached by.
-    if !walked.insert(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())) {
+    if !walked.insert(canonical(dir)) {
         return;
     }
     let entries = match std::fs::read_dir(dir) {
@@ -74,6 +74,12 @@ fn walk(
             out.push(p);
         }
     }
+}
+
+/// The same file or folder however it is named (`./a.png`, `data/../data/a.png`, a link);
+/// the path as given when it cannot be resolved.
+pub fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// Output stem per input: the file stem, with `-2`, `-3`, ... added when stems repeat.

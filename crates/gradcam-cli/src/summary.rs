@@ -35,13 +35,8 @@ impl Summary {
             w: Some(BufWriter::new(file)),
             error: None,
         };
-        s.line(HEADER.to_string());
+        s.push(HEADER.to_string());
         Ok(s)
-    }
-
-    /// Appends a row made by [`explained_row`].
-    pub fn push(&mut self, row: String) {
-        self.line(row);
     }
 
     /// The row of an input that could not be read, decoded, explained or written.
@@ -52,7 +47,7 @@ impl Summary {
             field(why),
             ",".repeat(COLUMNS - 3),
         );
-        self.line(row);
+        self.push(row);
     }
 
     /// Writes what is buffered; call after each batch. The first failure to write is
@@ -66,7 +61,8 @@ impl Summary {
         self.error.take()
     }
 
-    fn line(&mut self, row: String) {
+    /// Appends a row (the header, or one made by [`explained_row`]).
+    pub fn push(&mut self, row: String) {
         if let Some(w) = self.w.as_mut() {
             if let Err(e) = writeln!(w, "{row}") {
                 self.fail(e);
