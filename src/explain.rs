@@ -68,8 +68,21 @@ pub struct ExplainConfig {
     /// Masked images per forward pass for Score-CAM.
     pub score_batch: usize,
     pub size: InputSize,
-    /// Draw overlays on the original image at its own resolution (else at the input size).
-    pub overlay_full_res: bool,
+    /// Where the overlay is drawn, if at all.
+    pub overlay: OverlayAt,
+}
+
+/// Where [`Explanation::overlay`] is drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OverlayAt {
+    /// On the original image at its own resolution, where the network runs (on a GPU, the
+    /// overlays come back instead of the images' maps at their size).
+    #[default]
+    Image,
+    /// On the image resized to the model-input size, on the host.
+    Input,
+    /// None: saves the overlay pass and its copy back, for runs that keep only the maps.
+    Off,
 }
 
 impl Default for ExplainConfig {
@@ -82,7 +95,7 @@ impl Default for ExplainConfig {
             guided: false,
             score_batch: 32,
             size: InputSize::Square(224),
-            overlay_full_res: true,
+            overlay: OverlayAt::Image,
         }
     }
 }
@@ -101,7 +114,8 @@ pub struct Explanation {
     /// The normalised map at the model-input size, row-major, values in [0, 1].
     pub cam: Vec<f32>,
     pub input_hw: (usize, usize),
-    pub overlay: RgbImage,
+    /// The map blended with the image (JET), as `ExplainConfig::overlay` says; None when off.
+    pub overlay: Option<RgbImage>,
     /// Guided backpropagation and Guided Grad-CAM at the input size, when asked for.
     pub guided: Option<(RgbImage, RgbImage)>,
 }
@@ -209,7 +223,7 @@ struct Part {
     len: usize,
     hw: (usize, usize),
     batch: CamBatch,
-    /// At each image's own size (`cfg.overlay_full_res`), possibly still being copied back.
+    /// At each image's own size (`OverlayAt::Image`), possibly still being copied back.
     overlays: Option<Overlays>,
 }
 
@@ -274,7 +288,7 @@ fn device_fitting<B: Backend>(
     let batch = explain(net, x, &req)?;
     check_finite(&batch, &be.name())?;
     let t2 = Instant::now();
-    let overlays = if cfg.overlay_full_res {
+    let overlays = if cfg.overlay == OverlayAt::Image {
         Some(be.overlays(&staged, &batch.maps)?)
     } else {
         None
@@ -331,7 +345,7 @@ impl Part {
             .unwrap_or_default();
         let mut overlays = overlays.into_iter().map(Some).collect::<Vec<_>>();
         overlays.resize_with(images.len(), || None);
-        let full_res = cfg.overlay_full_res;
+        let at = cfg.overlay;
         Ok(images
             .par_iter()
             .zip(overlays.into_par_iter())
@@ -341,9 +355,10 @@ impl Part {
                 let map = &batch.maps.data()[i * h * w..(i + 1) * h * w];
                 let class = batch.classes[i];
                 let cam = upsample_normalised(map, (h, w), hw);
-                let overlay_img = match overlay_img {
-                    Some(o) if full_res => o,
-                    _ => overlay(&resize_rgb(img, hw), &cam),
+                let overlay_img = match at {
+                    OverlayAt::Image => overlay_img,
+                    OverlayAt::Input => Some(overlay(&resize_rgb(img, hw), &cam)),
+                    OverlayAt::Off => None,
                 };
                 let guided = batch.guided.as_ref().map(|g| {
                     let per = 3 * hw.0 * hw.1;

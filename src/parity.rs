@@ -151,9 +151,10 @@ pub fn run_fixtures<B: Backend>(
         } else {
             f32::INFINITY
         };
-        let overlay_bad = exp
-            .bytes("overlay")
-            .map(|theirs| overlay_mismatches(e.overlay.as_raw(), theirs, cam_ref.data()).len());
+        let overlay_bad = exp.bytes("overlay").map(|theirs| match &e.overlay {
+            Some(o) => overlay_mismatches(o.as_raw(), theirs, cam_ref.data()).len(),
+            None => theirs.len(),
+        });
         out.push(CaseResult {
             id: id.into(),
             logits_err,

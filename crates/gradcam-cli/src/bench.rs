@@ -142,10 +142,12 @@ fn bench_on<B: Backend>(
                 let c = &refs[i * batch..(i * batch + batch).min(refs.len())];
                 let out = db.finish(c, &cfg, &mut th)?;
                 let te = Instant::now();
-                out.par_iter().try_for_each(|e| {
-                    let mut buf = std::io::Cursor::new(Vec::new());
-                    e.overlay.write_to(&mut buf, image::ImageFormat::Png)
-                })?;
+                out.par_iter()
+                    .filter_map(|e| e.overlay.as_ref())
+                    .try_for_each(|o| {
+                        let mut buf = std::io::Cursor::new(Vec::new());
+                        o.write_to(&mut buf, image::ImageFormat::Png)
+                    })?;
                 encode += te.elapsed();
             }
             Ok((th, encode))

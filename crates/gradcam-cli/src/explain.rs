@@ -10,7 +10,9 @@ use anyhow::Context;
 use clap::Args;
 use gradcam::backend::Backend;
 use gradcam::cam::{ClassSel, Method};
-use gradcam::explain::{explain_batch_device, DeviceBatch, ExplainConfig, Explanation, Timings};
+use gradcam::explain::{
+    explain_batch_device, DeviceBatch, ExplainConfig, Explanation, OverlayAt, Timings,
+};
 use gradcam::image::{load_rgb8, InputSize, RgbImage};
 use gradcam::model::Network;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,7 +21,7 @@ use serde_json::json;
 
 use crate::classes::Classes;
 use crate::summary::{self, Summary};
-use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
+use crate::{input_size, inputs, load_network, parse_size, resume, ModelArgs};
 
 #[derive(Args)]
 pub struct ExplainArgs {
@@ -64,6 +66,67 @@ pub struct ExplainArgs {
     /// Output folder (created if missing).
     #[arg(long, short, default_value = "gradcam-out")]
     out: PathBuf,
+    /// Files per image, comma-separated: `overlay` (<stem>.overlay.png), `cam`
+    /// (<stem>.cam.npy), `json` (<stem>.json), or `none`; summary.csv is always written.
+    /// Without `overlay` no overlay is drawn (on a GPU none comes back) nor encoded.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "overlay,cam,json"
+    )]
+    outputs: Vec<Output>,
+    /// Go on with a run that stopped: images that `--out`'s summary.csv lists as done, with
+    /// all the files asked for there, are kept; the rest are explained. The run must have the
+    /// same settings (model file, layer, method, classes, size; see run.json).
+    #[arg(long)]
+    resume: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Overlay,
+    Cam,
+    Json,
+    None,
+}
+
+/// Which of an image's files to write (`--outputs`).
+#[derive(Clone, Copy)]
+struct Outputs {
+    overlay: bool,
+    cam: bool,
+    json: bool,
+}
+
+impl Outputs {
+    /// The endings of an image's files (`<stem><ending>`), `--guided`'s included.
+    fn suffixes(self, guided: bool) -> Vec<&'static str> {
+        let mut s = Vec::new();
+        for (on, suffix) in [
+            (self.overlay, ".overlay.png"),
+            (self.cam, ".cam.npy"),
+            (self.json, ".json"),
+            (guided, ".guided.png"),
+            (guided, ".guided_gradcam.png"),
+        ] {
+            if on {
+                s.push(suffix);
+            }
+        }
+        s
+    }
+
+    fn parse(list: &[Output]) -> anyhow::Result<Self> {
+        if list.contains(&Output::None) && list.len() > 1 {
+            anyhow::bail!("--outputs: `none` cannot be listed with other outputs");
+        }
+        Ok(Outputs {
+            overlay: list.contains(&Output::Overlay),
+            cam: list.contains(&Output::Cam),
+            json: list.contains(&Output::Json),
+        })
+    }
 }
 
 struct Job {
@@ -74,8 +137,8 @@ struct Job {
     class: Option<usize>,
 }
 
-/// A file of a chunk: its image, or (path, why it could not be decoded).
-type Decoded = Result<Job, (PathBuf, String)>;
+/// A file of a chunk: its image, or (its index, path, why it could not be decoded).
+type Decoded = Result<Job, (usize, PathBuf, String)>;
 
 pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
@@ -102,6 +165,7 @@ fn explain_all<B: Backend>(
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
     let graph = net.graph();
+    let outputs = Outputs::parse(&a.outputs)?;
     let size = input_size(a.size, graph);
     let layer = a
         .layer
@@ -129,11 +193,63 @@ fn explain_all<B: Backend>(
         Some(f) => Some(Classes::load(f, n, labels)?),
         None => None,
     };
+    let stems = inputs::stems(&files);
+    // What decides each image's outputs: `--resume` goes on only under the same.
+    let settings = json!({
+        "model": a.model.model.as_deref().map_or_else(
+            || json!(format!("<bundled demo model of gradcam {}>", env!("CARGO_PKG_VERSION"))),
+            resume::file_id,
+        ),
+        "arch": graph.arch,
+        "layer": layer,
+        "method": a.method.name(),
+        "counterfactual": a.counterfactual,
+        "class": a.class,
+        "classes": a.classes.as_deref().map(|f| match f == Path::new("folders") {
+            true => json!("folders"),
+            false => resume::file_id(f),
+        }),
+        "size": match size {
+            InputSize::Native => "native".to_string(),
+            InputSize::Square(s) => s.to_string(),
+        },
+        "outputs": outputs.suffixes(a.guided),
+    });
+    let previous = match a.resume {
+        true => resume::load(&a.out, &settings)?,
+        false => None,
+    };
+    // Positions in summary.csv: the inputs that never became files first, then the files.
+    let at = move |i: usize| unreadable + i;
+    let mut kept = Vec::new();
+    let mut todo = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let row = (previous.as_ref())
+            .and_then(|p| p.kept(f, &stems[i], &a.out, &outputs.suffixes(a.guided)));
+        match row {
+            Some(row) => kept.push((i, row.to_string())),
+            None => todo.push(i),
+        }
+    }
+    drop(previous);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let settings_file = a.out.join(resume::SETTINGS);
+    std::fs::write(&settings_file, format!("{settings:#}\n"))
+        .with_context(|| format!("writing {}", settings_file.display()))?;
     // Shared by the device stage (decoding failures) and the writer (everything else).
     let summary = std::sync::Mutex::new(Summary::create(&a.out)?);
-    for (p, why) in &failures {
-        lock(&summary).failed(p, why);
+    for (i, (p, why)) in failures.iter().enumerate() {
+        lock(&summary).failed(i, p, why);
+    }
+    for (i, row) in &kept {
+        lock(&summary).put(at(*i), row);
+    }
+    if !kept.is_empty() {
+        eprintln!(
+            "note: --resume: {} of {} images were done before and are kept",
+            kept.len(),
+            files.len()
+        );
     }
     let cfg = ExplainConfig {
         layer: Some(layer.clone()),
@@ -143,11 +259,14 @@ fn explain_all<B: Backend>(
         guided: a.guided,
         score_batch: a.score_batch as usize,
         size,
-        overlay_full_res: true,
+        overlay: if outputs.overlay {
+            OverlayAt::Image
+        } else {
+            OverlayAt::Off
+        },
     };
-    let stems = inputs::stems(&files);
-    let bar = if files.len() > 1 {
-        let b = ProgressBar::new(files.len() as u64);
+    let bar = if todo.len() > 1 {
+        let b = ProgressBar::new(todo.len() as u64);
         b.set_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
                 .expect("valid template"),
@@ -166,8 +285,7 @@ fn explain_all<B: Backend>(
     let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<Job>, GroupOut)>(1);
     // A rendezvous: one chunk decoded ahead at most (full-size photographs are large).
     let (dtx, drx) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(0);
-    let chunks: Vec<Vec<usize>> = (0..files.len())
-        .collect::<Vec<_>>()
+    let chunks: Vec<Vec<usize>> = todo
         .chunks(
             a.batch
                 .map_or(net.backend().default_batch(), |b| b as usize),
@@ -182,6 +300,7 @@ fn explain_all<B: Backend>(
         method: a.method,
         counterfactual: a.counterfactual,
         labels: graph.labels.as_deref(),
+        outputs,
     };
     let (host_timings, done, write_failures) = std::thread::scope(|sc| {
         let writer = sc.spawn(|| {
@@ -197,7 +316,7 @@ fn explain_all<B: Backend>(
                     .map(|(job, result)| {
                         let stem = &stems[job.index];
                         let w = result.and_then(|e| {
-                            write_outputs(&a.out, stem, &job.path, &e, &meta)
+                            write_outputs(&a.out, stem, job, &e, &meta)
                                 .map_err(|e| format!("{e:#}"))?;
                             Ok(summary::explained_row(meta.labels, &job.path, stem, &e))
                         });
@@ -208,12 +327,12 @@ fn explain_all<B: Backend>(
                 for (job, w) in written {
                     match w {
                         Ok(row) => {
-                            s.push(row);
+                            s.put(at(job.index), &row);
                             done += 1;
                         }
                         Err(why) => {
                             bar.suspend(|| eprintln!("error: {}: {why}", job.path.display()));
-                            s.failed(&job.path, &why);
+                            s.failed(at(job.index), &job.path, &why);
                             failed.push((job.path.clone(), why));
                         }
                     }
@@ -235,7 +354,7 @@ fn explain_all<B: Backend>(
                 let decoded = chunk
                     .par_iter()
                     .map(|&i| {
-                        let failed = |why: String| (files[i].clone(), why);
+                        let failed = |why: String| (i, files[i].clone(), why);
                         let class = match &classes {
                             Some(c) => Some(c.of(&files[i]).map_err(failed)?),
                             None => None,
@@ -261,10 +380,10 @@ fn explain_all<B: Backend>(
             for d in decoded {
                 match d {
                     Ok(j) => jobs.push(j),
-                    Err(f) => {
-                        bar.suspend(|| eprintln!("error: {}: {}", f.0.display(), f.1));
-                        lock(&summary).failed(&f.0, &f.1);
-                        failures.push(f);
+                    Err((i, path, why)) => {
+                        bar.suspend(|| eprintln!("error: {}: {why}", path.display()));
+                        lock(&summary).failed(at(i), &path, &why);
+                        failures.push((path, why));
                         bar.inc(1);
                     }
                 }
@@ -290,23 +409,37 @@ fn explain_all<B: Backend>(
     });
     timings.add(&host_timings);
     failures.extend(write_failures);
-    // The rows of files that failed to decode after the last batch was written.
-    if let Some(why) = lock(&summary).flush() {
+    // The rows of files that failed to decode after the last batch was written, then the
+    // whole file in input order.
+    if let Some(why) = lock(&summary).finish() {
         eprintln!("error: {why}");
         failures.push((a.out.join(summary::FILE), why));
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "explained {done} of {} images in {secs:.2}s ({:.2} images/s; Grad-CAM {:.2}s, \
+    let before = match kept.len() {
+        0 => String::new(),
+        k => format!(" ({k} of them done before)"),
+    };
+    if todo.is_empty() {
+        eprintln!(
+            "nothing left to explain: all {} images were done before → {}",
+            kept.len(),
+            a.out.display()
+        );
+    } else {
+        eprintln!(
+            "explained {} of {} images{before} in {secs:.2}s ({:.2} images/s; Grad-CAM {:.2}s, \
          preprocess {:.2}s, post-processing {:.2}s) → {}",
-        files.len() + unreadable,
-        done as f64 / secs,
-        timings.cam.as_secs_f64(),
-        timings.preprocess.as_secs_f64(),
-        timings.postprocess.as_secs_f64(),
-        a.out.display()
-    );
+            done + kept.len(),
+            files.len() + unreadable,
+            done as f64 / secs,
+            timings.cam.as_secs_f64(),
+            timings.preprocess.as_secs_f64(),
+            timings.postprocess.as_secs_f64(),
+            a.out.display()
+        );
+    }
     if failures.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
@@ -424,24 +557,43 @@ struct Meta<'a> {
     method: Method,
     counterfactual: bool,
     labels: Option<&'a [String]>,
+    outputs: Outputs,
 }
 
 fn write_outputs(
     out: &Path,
     stem: &str,
-    src: &Path,
+    job: &Job,
     e: &Explanation,
     m: &Meta,
 ) -> anyhow::Result<()> {
-    let png = out.join(format!("{stem}.overlay.png"));
-    save_png(&e.overlay, &png)?;
-    let npy = out.join(format!("{stem}.cam.npy"));
-    gradcam::npy::write_f32(&npy, &[e.input_hw.0, e.input_hw.1], &e.cam)?;
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let mut written = serde_json::Map::new();
+    if let Some(o) = e.overlay.as_ref().filter(|_| m.outputs.overlay) {
+        let png = out.join(format!("{stem}.overlay.png"));
+        save_png(o, &png)?;
+        written.insert("overlay".into(), json!(name(&png)));
+    }
+    if m.outputs.cam {
+        let npy = out.join(format!("{stem}.cam.npy"));
+        gradcam::npy::write_f32(&npy, &[e.input_hw.0, e.input_hw.1], &e.cam)?;
+        written.insert("cam".into(), json!(name(&npy)));
+    }
+    if let Some((gb, ggc)) = &e.guided {
+        for (img, kind) in [(gb, "guided"), (ggc, "guided_gradcam")] {
+            let p = out.join(format!("{stem}.{kind}.png"));
+            save_png(img, &p)?;
+            written.insert(kind.into(), json!(name(&p)));
+        }
+    }
+    if !m.outputs.json {
+        return Ok(());
+    }
     let mut channels: Vec<(usize, f32)> = e.weights.iter().copied().enumerate().collect();
     channels.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let label = |c: usize| m.labels.and_then(|l| l.get(c)).cloned();
     let report = json!({
-        "image": src.display().to_string(),
+        "image": job.path.display().to_string(),
         "model": m.arch,
         "backend": m.backend,
         "method": m.method.name(),
@@ -454,17 +606,10 @@ fn write_outputs(
         "counterfactual": m.counterfactual,
         "map_size": [e.map_hw.0, e.map_hw.1],
         "input_size": [e.input_hw.0, e.input_hw.1],
-        "image_size": [e.overlay.height(), e.overlay.width()],
+        "image_size": [job.image.height(), job.image.width()],
         "top_channels": channels.iter().take(10).map(|(k, a)| json!({"channel": k, "weight": a})).collect::<Vec<_>>(),
-        "outputs": {"overlay": png.file_name().map(|n| n.to_string_lossy().into_owned()),
-                    "cam": npy.file_name().map(|n| n.to_string_lossy().into_owned())},
+        "outputs": written,
     });
-    if let Some((gb, ggc)) = &e.guided {
-        for (img, name) in [(gb, "guided"), (ggc, "guided_gradcam")] {
-            let p = out.join(format!("{stem}.{name}.png"));
-            save_png(img, &p)?;
-        }
-    }
     let js = out.join(format!("{stem}.json"));
     std::fs::write(&js, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", js.display()))?;

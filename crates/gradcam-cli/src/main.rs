@@ -18,6 +18,7 @@ mod eval;
 mod explain;
 mod inputs;
 mod layers;
+mod resume;
 mod selftest;
 mod summary;
 mod synth;
@@ -49,7 +50,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Explain images: writes <stem>.overlay.png, <stem>.cam.npy and <stem>.json per image.
+    /// Explain images: writes <stem>.overlay.png, <stem>.cam.npy and <stem>.json per image
+    /// (`--outputs`) and summary.csv, a row per image.
     Explain(explain::ExplainArgs),
     /// List every layer of a model (torchvision module paths) with its output shape.
     Layers(layers::LayersArgs),

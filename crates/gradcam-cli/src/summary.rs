@@ -1,7 +1,8 @@
 //! `summary.csv`: one row per input of `gradcam explain`, so a data set's explanations can be
 //! sorted and filtered (by class, confidence, where the map looks) without opening thousands
-//! of JSON files. Rows are flushed as each batch is written, so a run that is stopped keeps
-//! the rows of everything it wrote.
+//! of JSON files. Rows are appended and flushed as each batch is written, in the order inputs
+//! finish, so a run that is stopped keeps the rows of everything it wrote (and `--resume` can
+//! go on from them); at the end of the run the file is rewritten in input order.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -23,6 +24,8 @@ pub struct Summary {
     w: Option<BufWriter<File>>,
     /// The first failure to write, until `flush` reports it.
     error: Option<String>,
+    /// The input position of each row written, in the order written.
+    order: Vec<usize>,
 }
 
 impl Summary {
@@ -34,20 +37,69 @@ impl Summary {
             path,
             w: Some(BufWriter::new(file)),
             error: None,
+            order: Vec::new(),
         };
-        s.push(HEADER.to_string());
+        s.write(HEADER);
         Ok(s)
     }
 
-    /// The row of an input that could not be read, decoded, explained or written.
-    pub fn failed(&mut self, image: &Path, why: &str) {
+    /// The row of the input at position `at` that could not be read, decoded, explained or
+    /// written.
+    pub fn failed(&mut self, at: usize, image: &Path, why: &str) {
         let row = format!(
             "{},error,{}{}",
             field(&image.display().to_string()),
             field(why),
             ",".repeat(COLUMNS - 3),
         );
-        self.push(row);
+        self.put(at, &row);
+    }
+
+    /// Appends the row of the input at position `at` (one made by [`explained_row`], or kept
+    /// from the run `--resume` goes on from).
+    pub fn put(&mut self, at: usize, row: &str) {
+        self.write(row);
+        self.order.push(at);
+    }
+
+    /// Flushes, then rewrites the file with its rows in input order (through a temporary file
+    /// renamed over it, so a failure leaves the rows as they were). Returns a failure to
+    /// report, as [`Summary::flush`].
+    pub fn finish(&mut self) -> Option<String> {
+        if let Some(why) = self.flush() {
+            return Some(why);
+        }
+        let Some(w) = self.w.take() else {
+            return None; // stopped after an error already reported
+        };
+        drop(w);
+        let sorted = || -> std::io::Result<()> {
+            let text = std::fs::read_to_string(&self.path)?;
+            let rows: Vec<&str> = records(&text).skip(1).collect();
+            if rows.len() != self.order.len() {
+                return Err(std::io::Error::other(format!(
+                    "{} rows read back for {} written",
+                    rows.len(),
+                    self.order.len()
+                )));
+            }
+            let mut by_input: Vec<(usize, &str)> = self.order.iter().copied().zip(rows).collect();
+            by_input.sort_by_key(|r| r.0);
+            let tmp = self.path.with_extension("csv.tmp");
+            let mut w = BufWriter::new(File::create(&tmp)?);
+            writeln!(w, "{HEADER}")?;
+            for (_, row) in by_input {
+                writeln!(w, "{row}")?;
+            }
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        sorted().err().map(|e| {
+            format!(
+                "{}: sorting into input order: {e} (the rows stay in the order written)",
+                self.path.display()
+            )
+        })
     }
 
     /// Writes what is buffered; call after each batch. The first failure to write is
@@ -61,8 +113,7 @@ impl Summary {
         self.error.take()
     }
 
-    /// Appends a row (the header, or one made by [`explained_row`]).
-    pub fn push(&mut self, row: String) {
+    fn write(&mut self, row: &str) {
         if let Some(w) = self.w.as_mut() {
             if let Err(e) = writeln!(w, "{row}") {
                 self.fail(e);
@@ -115,6 +166,48 @@ pub fn explained_row(
     )
 }
 
+/// The records of a CSV text, each without its line break: lines, except that a line break
+/// inside a quoted field belongs to the field.
+pub fn records(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut quoted = false;
+        let end = rest
+            .char_indices()
+            .find(|&(_, c)| {
+                if c == '"' {
+                    quoted = !quoted;
+                }
+                c == '\n' && !quoted
+            })
+            .map_or(rest.len(), |(i, _)| i);
+        let (record, next) = (&rest[..end], rest.get(end + 1..).unwrap_or(""));
+        rest = next;
+        Some(record.strip_suffix('\r').unwrap_or(record))
+    })
+}
+
+/// The fields of a CSV record, quotes removed and doubled quotes undone.
+pub fn fields(record: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let (mut quoted, mut chars) = (false, record.chars().peekable());
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                out.last_mut().expect("one field").push('"');
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(String::new()),
+            c => out.last_mut().expect("one field").push(c),
+        }
+    }
+    out
+}
+
 /// A CSV field (RFC 4180): quoted, with quotes doubled, when it holds a comma, a quote or a
 /// line break.
 fn field(s: &str) -> String {
@@ -135,5 +228,47 @@ mod tests {
         assert_eq!(field("x,y.png"), "\"x,y.png\"");
         assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(field("two\nlines"), "\"two\nlines\"");
+    }
+
+    #[test]
+    fn records_and_fields_undo_the_quoting() {
+        let rows = [
+            "a.png,ok,",
+            "\"x,y.png\",error,\"two\nlines, \"\"quoted\"\"\"",
+            "c,,",
+        ];
+        let text = rows.join("\r\n") + "\n";
+        let got: Vec<&str> = records(&text).collect();
+        assert_eq!(got, rows);
+        assert_eq!(fields(rows[0]), ["a.png", "ok", ""]);
+        assert_eq!(
+            fields(rows[1]),
+            ["x,y.png", "error", "two\nlines, \"quoted\""]
+        );
+        for s in ["plain", "x,y", "say \"hi\"", "two\nlines", ""] {
+            assert_eq!(fields(&field(s)), [s], "{s:?}");
+        }
+    }
+
+    #[test]
+    fn finish_writes_the_rows_in_input_order() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Summary::create(d.path()).unwrap();
+        s.failed(2, Path::new("c,d.png"), "bad\nfile");
+        s.put(0, "a.png,ok");
+        s.failed(1, Path::new("b.png"), "why");
+        // Durable before the end, in the order written.
+        assert_eq!(s.flush(), None);
+        let text = std::fs::read_to_string(d.path().join(FILE)).unwrap();
+        let first: Vec<String> = records(&text).map(|r| fields(r)[0].clone()).collect();
+        assert_eq!(first, ["image", "c,d.png", "a.png", "b.png"]);
+        assert_eq!(s.finish(), None);
+        let text = std::fs::read_to_string(d.path().join(FILE)).unwrap();
+        let rows: Vec<Vec<String>> = records(&text).map(fields).collect();
+        assert_eq!(rows[0].len(), COLUMNS);
+        let first: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+        assert_eq!(first, ["image", "a.png", "b.png", "c,d.png"]);
+        assert_eq!(rows[3][2], "bad\nfile");
+        assert!(!d.path().join("summary.csv.tmp").exists());
     }
 }

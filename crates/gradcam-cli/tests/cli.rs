@@ -92,6 +92,22 @@ fn explain_writes_overlay_npy_and_json_per_image_and_survives_bad_inputs() {
     assert!(rows.iter().all(|r| r.len() == 16), "{csv}");
     assert_eq!(rows[0][0], "image");
     assert_eq!(rows.len(), 1 + 6, "{csv}");
+    // Input order: the path that is no file first, then the folder's files, sorted.
+    let names: Vec<&str> = rows[1..]
+        .iter()
+        .map(|r| Path::new(r[0]).file_name().unwrap().to_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "missing.jpg",
+            "a.png",
+            "b.png",
+            "broken.png",
+            "c.png",
+            "d.png"
+        ]
+    );
     let row_of = |name: &str| {
         rows.iter()
             .find(|r| r[0].ends_with(name))
@@ -614,4 +630,151 @@ fn bench_leaves_out_undecodable_files() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("none of its 1 files decodes"), "{err}");
+}
+
+#[test]
+fn resume_goes_on_from_what_a_stopped_run_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    for f in ["a.png", "b.png", "c.png", "d.png"] {
+        std::fs::copy(fixtures().join("images").join(f), imgs.join(f)).unwrap();
+    }
+    let out = dir.path().join("out");
+    let m = model();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            imgs.to_str().unwrap(),
+            "-m",
+            &m,
+            "--batch",
+            "2",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        gradcam(&args)
+    };
+    let read = |f: &str| std::fs::read(out.join(f)).unwrap();
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let full = String::from_utf8(read("summary.csv")).unwrap();
+    let npy_c = read("c.cam.npy");
+    let row = |stem: &str| {
+        (full.lines())
+            .find(|l| l.ends_with(&format!(",{stem}")))
+            .unwrap()
+            .to_string()
+    };
+
+    // As a run stopped part way leaves it: rows in the order images finished, d's not yet
+    // written, b failed, c's map lost; a's report marked to see that it is not rewritten.
+    let header = full.lines().next().unwrap();
+    let b_failed = format!(
+        "{},error,out of memory,,,,,,,,,,,,,",
+        imgs.join("b.png").display()
+    );
+    std::fs::write(
+        out.join("summary.csv"),
+        [header, &row("c"), &row("a"), &b_failed].join("\n") + "\n",
+    )
+    .unwrap();
+    std::fs::remove_file(out.join("c.cam.npy")).unwrap();
+    std::fs::write(out.join("a.json"), "kept").unwrap();
+    let o = run(&["--resume"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("1 of 4 images were done before and are kept"),
+        "{err}"
+    );
+    assert_eq!(read("a.json"), b"kept", "a was explained again");
+    assert_eq!(read("c.cam.npy"), npy_c, "c's map redone as before");
+    // The whole summary again, in input order, as the uninterrupted run wrote it.
+    assert_eq!(String::from_utf8(read("summary.csv")).unwrap(), full);
+
+    let o = run(&["--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nothing left to explain: all 4 images were done before"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(String::from_utf8(read("summary.csv")).unwrap(), full);
+
+    // Other settings: refused before anything is touched.
+    let o = run(&["--resume", "--layer", "layer3"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("layer was \"layer4\", now \"layer3\""),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(String::from_utf8(read("summary.csv")).unwrap(), full);
+
+    // More outputs than the run wrote: every image is done again, for its overlay.
+    std::fs::remove_file(out.join("d.overlay.png")).unwrap();
+    let o = run(&["--resume", "--outputs", "cam,json"]);
+    assert!(
+        stderr(&o).contains("4 of 4 images were done"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--resume"]);
+    assert!(
+        stderr(&o).contains("3 of 4 images were done"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(out.join("d.overlay.png").exists());
+}
+
+#[test]
+fn outputs_choose_the_files_per_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = fixtures().join("images/a.png");
+    let m = model();
+    let run = |outputs: &str, out: &Path| {
+        gradcam(&[
+            "explain",
+            img.to_str().unwrap(),
+            "-m",
+            &m,
+            "--outputs",
+            outputs,
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    let list = |out: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let out = dir.path().join("none");
+    let o = run("none", &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(list(&out), ["run.json", "summary.csv"]);
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert!(csv.lines().nth(1).unwrap().contains(",ok,"), "{csv}");
+
+    let out = dir.path().join("json");
+    let o = run("json,cam", &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        list(&out),
+        ["a.cam.npy", "a.json", "run.json", "summary.csv"]
+    );
+    let js: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("a.json")).unwrap()).unwrap();
+    assert_eq!(js["outputs"], serde_json::json!({"cam": "a.cam.npy"}));
+    assert_eq!(js["image_size"], serde_json::json!([75, 97]));
+
+    let o = run("overlay,none", &dir.path().join("bad"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("`none`"), "{}", stderr(&o));
 }
