@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use gradcam::backend::Backend;
-use gradcam::explain::{explain_batch, explain_batch_device, DeviceBatch, ExplainConfig, Timings};
+use gradcam::explain::{
+    explain_batch, explain_batch_device, DeviceBatch, ExplainConfig, OverlayAt, Timings,
+};
 use gradcam::image::{load_rgb8, InputSize, RgbImage};
 use gradcam::model::synth::Rng;
 use gradcam::model::Network;
@@ -37,6 +39,9 @@ pub struct BenchArgs {
     /// Untimed warm-up batches.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+    /// Leave out the overlays (drawing, copy back, PNG encoding), as `explain --outputs cam,json`.
+    #[arg(long)]
+    no_overlay: bool,
     /// Then one more pass timing every kernel on its own (GPU backends; synchronises after
     /// each launch, so it is not part of the images/s above).
     #[arg(long)]
@@ -118,6 +123,10 @@ fn bench_on<B: Backend>(
     let cfg = ExplainConfig {
         layer: a.layer.clone(),
         size,
+        overlay: match a.no_overlay {
+            true => OverlayAt::Off,
+            false => OverlayAt::Image,
+        },
         ..Default::default()
     };
     let batch = a
@@ -166,13 +175,14 @@ fn bench_on<B: Backend>(
     let n = images.len() as f64;
     let ms = |d: Duration| d.as_secs_f64() * 1e3 / n;
     println!(
-        "model {} | layer {} | {} | batch {batch} | {} images {}x{}",
+        "model {} | layer {} | {} | batch {batch} | {} images {}x{}{}",
         net.graph().arch,
         cfg.layer.as_deref().unwrap_or(&net.graph().default_layer),
         gradcam::backend::Backend::name(net.backend()),
         images.len(),
         side,
         side,
+        if a.no_overlay { " | no overlays" } else { "" },
     );
     println!("images/s      {:.2}", n / total.as_secs_f64());
     let flops = net.graph().forward_flops((side, side))?;

@@ -587,6 +587,29 @@ fn device_choice_and_fallback() {
     assert_eq!(a["class"], c["class"]);
     let pc = c["probability"].as_f64().unwrap();
     assert!((pa - pc).abs() < 1e-2, "{pa} vs f16 {pc}");
+    // Without overlays the device draws none; the map and the report are the same.
+    let bare = dir.path().join("emu-bare");
+    let o = gradcam(&[
+        "explain",
+        img,
+        "--device",
+        "emu",
+        "--precision",
+        "f32",
+        "--outputs",
+        "cam,json",
+        "-o",
+        bare.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!bare.join("star.overlay.png").exists());
+    let npy = |d: &Path| std::fs::read(d.join("star.cam.npy")).unwrap();
+    assert_eq!(npy(&bare), npy(&emu));
+    let d = json(&bare);
+    assert_eq!(
+        (&d["probability"], &d["image_size"]),
+        (&b["probability"], &b["image_size"])
+    );
 }
 
 /// `bench --images-dir` over a folder with an undecodable file benches the rest, names the
