@@ -166,6 +166,9 @@ fi
 bench resnet50 f32
 bench vgg16 f32
 bench resnet50 tf32 "" GRADCAM_PINNED=0   # plain (pageable) copies, for comparison
+# Data-set mode (`explain --outputs cam,json`): no overlays drawn, copied back or encoded.
+step bench-resnet50-tf32-no-overlay 120 $kit/gradcam bench --device cuda --precision tf32 \
+  -m /tmp/resnet50.safetensors --batch 64 --images "$n" --size 224 --no-overlay
 # Tile sizes forced, per layer in the profile (TILES=1; what the 64/128 rule was fitted on).
 if [ "${TILES:-0}" = 1 ]; then
   for p in tf32 bf16; do for t in 64 128; do
