@@ -20,6 +20,7 @@ mod inputs;
 mod layers;
 mod resume;
 mod selftest;
+mod summarize;
 mod summary;
 mod synth;
 
@@ -58,6 +59,9 @@ enum Cmd {
     /// The paper's evaluations over a labelled manifest: localisation error, pointing game,
     /// faithfulness, deletion / insertion, each method against a centre-prior baseline.
     Eval(eval::EvalArgs),
+    /// A summary.csv per class (or folder): images, failures, accuracy, where the maps look;
+    /// groups whose maps lean most on the image's borders first.
+    Summarize(summarize::SummarizeArgs),
     /// Measure images/s and time per stage of the whole pipeline.
     Bench(bench::BenchArgs),
     /// Check every op of a backend against the naive CPU ops (`--device emu`: the CUDA kernels
@@ -150,6 +154,7 @@ fn main() -> ExitCode {
         Cmd::Layers(a) => layers::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Eval(a) => eval::run(a),
+        Cmd::Summarize(a) => summarize::run(a),
         Cmd::RandomWeights(a) => synth::run(a),
         Cmd::Selftest(a) => selftest::run(a),
     };

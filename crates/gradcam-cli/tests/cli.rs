@@ -801,3 +801,107 @@ fn outputs_choose_the_files_per_image() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("`none`"), "{}", stderr(&o));
 }
+
+#[test]
+fn summarize_groups_a_runs_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    for (f, sub) in [
+        ("a.png", "x"),
+        ("b.png", "x"),
+        ("c.png", "y"),
+        ("d.png", "y"),
+    ] {
+        std::fs::create_dir_all(imgs.join(sub)).unwrap();
+        std::fs::copy(fixtures().join("images").join(f), imgs.join(sub).join(f)).unwrap();
+    }
+    std::fs::write(imgs.join("y/broken.png"), b"not a png").unwrap();
+    // Ground truth: a and c as class 2, b and d as class 5.
+    let list = dir.path().join("classes.csv");
+    std::fs::write(
+        &list,
+        "imgs/x/a.png,2\nimgs/x/b.png,5\nimgs/y/c.png,2\nimgs/y/d.png,5\nimgs/y/broken.png,5\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = gradcam(&[
+        "explain",
+        imgs.to_str().unwrap(),
+        "-m",
+        &model(),
+        "--classes",
+        list.to_str().unwrap(),
+        "--outputs",
+        "none",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // What each group should hold, from summary.csv's rows.
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let right = |class: &str| {
+        rows.iter()
+            .filter(|r| r[1] == "ok" && r[3] == class && r[7] == class)
+            .count()
+    };
+    // Over the maps that have statistics (an all-zero map has none): "-" when none has.
+    let mean = |col: usize, keep: &dyn Fn(&Vec<&str>) -> bool| {
+        let v: Vec<f64> = (rows.iter().filter(|r| keep(r) && r[1] == "ok"))
+            .filter(|r| !r[col].is_empty())
+            .map(|r| r[col].parse::<f64>().unwrap())
+            .collect();
+        match v.len() {
+            0 => "-".to_string(),
+            n => format!("{:.3}", v.iter().sum::<f64>() / n as f64),
+        }
+    };
+
+    let table = dir.path().join("by-class.csv");
+    let o = gradcam(&[
+        "summarize",
+        out.to_str().unwrap(),
+        "-o",
+        table.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = std::fs::read_to_string(&table).unwrap();
+    let row = |name: &str| -> Vec<String> {
+        (t.lines())
+            .map(|l| l.split(',').map(String::from).collect::<Vec<_>>())
+            .find(|r| r[0] == name)
+            .unwrap_or_else(|| panic!("no {name}: {t}"))
+    };
+    assert_eq!(row("all")[1..3], ["5", "1"]);
+    for class in ["2", "5"] {
+        let r = row(class);
+        assert_eq!(r[1], "2", "{t}");
+        let agree = format!("{:.3}", right(class) as f64 / 2.0);
+        assert_eq!(r[3], agree, "{t}");
+        assert_eq!(r[5], mean(13, &|x| x[3] == class), "{t}");
+    }
+    assert_eq!(row("(failed)")[1..3], ["1", "1"]);
+    // Groups by folder: y holds the file that failed.
+    let o = gradcam(&[
+        "summarize",
+        out.join("summary.csv").to_str().unwrap(),
+        "--by",
+        "folder",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let y = text
+        .lines()
+        .find(|l| l.starts_with(imgs.join("y").to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cells: Vec<&str> = y.split_whitespace().collect();
+    assert_eq!(cells[1..3], ["3", "1"], "{y}");
+
+    let o = gradcam(&["summarize", list.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a summary.csv"), "{}", stderr(&o));
+}

@@ -1,0 +1,388 @@
+//! `gradcam summarize`: a data set's summary.csv per class (or per folder, or per predicted
+//! class), the first thing an audit looks at: how many images each group has, how many
+//! failed, how often the model's top-1 is the class explained (its accuracy when the classes
+//! are the ground truth), and where its maps look. Groups whose maps lean most on the image's
+//! borders (backgrounds, frames, watermarks) come first.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use crate::summary::{fields, records, FILE};
+
+#[derive(Args)]
+pub struct SummarizeArgs {
+    /// A summary.csv written by `gradcam explain`, or the output folder that holds it.
+    summary: PathBuf,
+    /// Group the images by the class explained, by the model's top-1 class, or by the folder
+    /// each image lies in (e.g. a data set's subgroups).
+    #[arg(long, value_enum, default_value_t = By::Class)]
+    by: By,
+    /// Also write the table as CSV.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum By {
+    Class,
+    Predicted,
+    Folder,
+}
+
+/// One row of summary.csv, as far as the aggregates need it.
+#[derive(Clone, Debug, PartialEq)]
+struct Row {
+    image: String,
+    ok: bool,
+    class: Option<(usize, String)>,
+    predicted: Option<(usize, String)>,
+    probability: Option<f64>,
+    /// peak (x, y), centroid (x, y), border mass, area at half the maximum: None for a
+    /// failed image or an all-zero map.
+    stats: Option<[f64; 6]>,
+}
+
+/// A group's aggregates.
+#[derive(Debug, Default, PartialEq)]
+struct Group {
+    images: usize,
+    failed: usize,
+    /// Explained images whose top-1 is the class explained.
+    agree: usize,
+    probability: f64,
+    /// Explained images with map statistics (not all-zero), and their sums.
+    mapped: usize,
+    border_mass: f64,
+    area_half: f64,
+    centroid: (f64, f64),
+    /// Images whose map peaks within `BORDER` of an edge.
+    peak_at_edge: usize,
+}
+
+impl Group {
+    fn add(&mut self, r: &Row) {
+        self.images += 1;
+        if !r.ok {
+            self.failed += 1;
+            return;
+        }
+        if r.class.is_some() && r.class.as_ref().map(|c| c.0) == r.predicted.as_ref().map(|c| c.0) {
+            self.agree += 1;
+        }
+        self.probability += r.probability.unwrap_or(0.0);
+        if let Some([px, py, cx, cy, border, area]) = r.stats {
+            self.mapped += 1;
+            self.border_mass += border;
+            self.area_half += area;
+            self.centroid.0 += cx;
+            self.centroid.1 += cy;
+            let edge = gradcam::eval::metrics::BORDER as f64;
+            if px.min(1.0 - px) < edge || py.min(1.0 - py) < edge {
+                self.peak_at_edge += 1;
+            }
+        }
+    }
+
+    fn explained(&self) -> usize {
+        self.images - self.failed
+    }
+
+    /// The table's cells after the group's name.
+    fn cells(&self) -> [String; 9] {
+        let per = |sum: f64, n: usize| match n {
+            0 => "-".to_string(),
+            n => format!("{:.3}", sum / n as f64),
+        };
+        let (e, m) = (self.explained(), self.mapped);
+        [
+            self.images.to_string(),
+            self.failed.to_string(),
+            per(self.agree as f64, e),
+            per(self.probability, e),
+            per(self.border_mass, m),
+            per(self.peak_at_edge as f64, m),
+            per(self.area_half, m),
+            per(self.centroid.0, m),
+            per(self.centroid.1, m),
+        ]
+    }
+
+    fn mean_border(&self) -> Option<f64> {
+        (self.mapped > 0).then(|| self.border_mass / self.mapped as f64)
+    }
+}
+
+const HEADS: [&str; 10] = [
+    "group",
+    "images",
+    "failed",
+    "top1_is_class",
+    "probability",
+    "border_mass",
+    "peak_at_edge",
+    "area_half",
+    "centroid_x",
+    "centroid_y",
+];
+
+pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
+    let file = match a.summary.is_dir() {
+        true => a.summary.join(FILE),
+        false => a.summary.clone(),
+    };
+    let text = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+    let rows = parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if rows.is_empty() {
+        anyhow::bail!("{}: no rows under the header", file.display());
+    }
+    let groups = group(&rows, a.by);
+    let mut all = Group::default();
+    rows.iter().for_each(|r| all.add(r));
+    let mut table: Vec<(String, [String; 9])> = (groups.iter())
+        .map(|(k, g)| (k.name(), g.cells()))
+        .collect();
+    table.push(("all".into(), all.cells()));
+
+    let width = |i: usize| {
+        (table.iter())
+            .map(|(n, c)| {
+                if i == 0 {
+                    n.chars().count()
+                } else {
+                    c[i - 1].len()
+                }
+            })
+            .chain([HEADS[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let widths: Vec<usize> = (0..HEADS.len()).map(width).collect();
+    let line = |name: &str, cells: &[String]| {
+        let mut s = format!("{name:<w$}", w = widths[0]);
+        for (i, c) in cells.iter().enumerate() {
+            s += &format!("  {c:>w$}", w = widths[i + 1]);
+        }
+        s
+    };
+    let heads: Vec<String> = HEADS[1..].iter().map(|h| h.to_string()).collect();
+    println!("{}", line(HEADS[0], &heads));
+    for (name, cells) in &table {
+        println!("{}", line(name, cells));
+    }
+    println!(
+        "\n{} images, {} group(s), by mean border_mass (the share of a map within {:.0} % of \
+         an edge; a flat map: 0.36),\nhighest first. peak_at_edge: the share of maps peaking \
+         there. top1_is_class: the model's accuracy when\nthe classes explained are the \
+         ground truth (`explain --classes`); 1 by definition otherwise.",
+        all.images,
+        groups.len(),
+        gradcam::eval::metrics::BORDER * 100.0
+    );
+    if let Some(out) = &a.out {
+        let mut csv = HEADS.join(",") + "\n";
+        for (name, cells) in &table {
+            csv += &format!("{},{}\n", crate::summary::field(name), cells.join(","));
+        }
+        std::fs::write(out, csv).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A group's key: sorted by class index, or by folder.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Key {
+    Class(usize, String),
+    Folder(String),
+    /// Failed images, when grouping by class (they have none).
+    Unknown,
+}
+
+impl Key {
+    fn name(&self) -> String {
+        match self {
+            Key::Class(c, l) if l.is_empty() => c.to_string(),
+            Key::Class(c, l) => format!("{c} {l}"),
+            Key::Folder(f) => f.clone(),
+            Key::Unknown => "(failed)".into(),
+        }
+    }
+}
+
+/// The groups, those whose maps lean most on the borders first (groups without maps last,
+/// ties by key).
+fn group(rows: &[Row], by: By) -> Vec<(Key, Group)> {
+    let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
+    for r in rows {
+        let class =
+            |c: &Option<(usize, String)>| c.clone().map_or(Key::Unknown, |(c, l)| Key::Class(c, l));
+        let key = match by {
+            By::Class => class(&r.class),
+            By::Predicted => class(&r.predicted),
+            By::Folder => Key::Folder(
+                Path::new(&r.image)
+                    .parent()
+                    .map_or(String::new(), |p| p.display().to_string()),
+            ),
+        };
+        groups.entry(key).or_default().add(r);
+    }
+    let mut out: Vec<(Key, Group)> = groups.into_iter().collect();
+    out.sort_by(|a, b| {
+        let m = |g: &Group| g.mean_border().unwrap_or(f64::NEG_INFINITY);
+        m(&b.1).total_cmp(&m(&a.1))
+    });
+    out
+}
+
+/// The rows of a summary.csv, columns found by name in its header.
+fn parse(text: &str) -> Result<Vec<Row>, String> {
+    let mut recs = records(text).enumerate().filter(|(_, r)| !r.is_empty());
+    let (_, header) = recs.next().ok_or("empty file")?;
+    let names = fields(header);
+    let col = |name: &str| {
+        names.iter().position(|n| n == name).ok_or_else(|| {
+            format!("no `{name}` column: not a summary.csv written by `gradcam explain`")
+        })
+    };
+    let [image, status, class, label, prob, pred, pred_label] = [
+        "image",
+        "status",
+        "class",
+        "label",
+        "probability",
+        "predicted",
+        "predicted_label",
+    ]
+    .map(col);
+    let (image, status, class, label, prob, pred, pred_label) =
+        (image?, status?, class?, label?, prob?, pred?, pred_label?);
+    let stat_cols = [
+        "peak_x",
+        "peak_y",
+        "centroid_x",
+        "centroid_y",
+        "border_mass",
+        "area_half",
+    ]
+    .map(col);
+    let mut stat_at = [0usize; 6];
+    for (i, c) in stat_cols.into_iter().enumerate() {
+        stat_at[i] = c?;
+    }
+    recs.map(|(i, rec)| {
+        let f = fields(rec);
+        let bad = |why: String| format!("record {}: {why}", i + 1);
+        if f.len() != names.len() {
+            return Err(bad(format!(
+                "{} fields, the header has {}",
+                f.len(),
+                names.len()
+            )));
+        }
+        let num = |c: usize| -> Result<Option<f64>, String> {
+            match f[c].as_str() {
+                "" => Ok(None),
+                s => (s.parse::<f64>().ok().filter(|v| v.is_finite()))
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("`{s}` in column {} is not a number", names[c]))),
+            }
+        };
+        let class_at = |c: usize, l: usize| -> Result<Option<(usize, String)>, String> {
+            match f[c].as_str() {
+                "" => Ok(None),
+                s => s
+                    .parse::<usize>()
+                    .map(|k| Some((k, f[l].clone())))
+                    .map_err(|_| bad(format!("`{s}` in column {} is not a class index", names[c]))),
+            }
+        };
+        let mut stats = [0f64; 6];
+        let mut have = true;
+        for (k, &c) in stat_at.iter().enumerate() {
+            match num(c)? {
+                Some(v) => stats[k] = v,
+                None => have = false,
+            }
+        }
+        Ok(Row {
+            image: f[image].clone(),
+            ok: f[status] == "ok",
+            class: class_at(class, label)?,
+            predicted: class_at(pred, pred_label)?,
+            probability: num(prob)?,
+            stats: have.then_some(stats),
+        })
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "image,status,error,class,label,probability,logit,predicted,\
+        predicted_label,peak_x,peak_y,centroid_x,centroid_y,border_mass,area_half,stem";
+
+    fn summary() -> String {
+        [
+            HEADER,
+            // cats: one right and centred, one taken for a dog, peaking at the left edge
+            "d/cats/1.png,ok,,3,cat,0.9,5,3,cat,0.5,0.5,0.5,0.5,0.2,0.1,1",
+            "d/cats/2.png,ok,,3,cat,0.3,1,5,dog,0.05,0.5,0.3,0.5,0.6,0.3,2",
+            // dogs: one right with an all-zero map, one that failed
+            "d/dogs/3.png,ok,,5,dog,0.8,4,5,dog,,,,,,,3",
+            "d/dogs/4.png,error,\"not, an image\",,,,,,,,,,,,,",
+        ]
+        .join("\n")
+            + "\n"
+    }
+
+    #[test]
+    fn rows_parse_by_column_name() {
+        let rows = parse(&summary()).unwrap();
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[1].class, Some((3, "cat".into())));
+        assert_eq!(rows[1].predicted, Some((5, "dog".into())));
+        assert_eq!(rows[1].stats, Some([0.05, 0.5, 0.3, 0.5, 0.6, 0.3]));
+        assert_eq!(rows[2].stats, None);
+        assert!(!rows[3].ok && rows[3].class.is_none());
+        assert!(parse("image,status\na.png,ok\n")
+            .unwrap_err()
+            .contains("no `class` column"));
+        let bad = summary().replace("0.9,5,3", "high,5,3");
+        assert!(parse(&bad).unwrap_err().contains("record 2: `high`"));
+    }
+
+    #[test]
+    fn groups_aggregate_and_sort_by_border_mass() {
+        let rows = parse(&summary()).unwrap();
+        let g = group(&rows, By::Class);
+        let names: Vec<String> = g.iter().map(|(k, _)| k.name()).collect();
+        // cats lean on the borders (mean 0.4); dogs have no map statistics; failed: none.
+        assert_eq!(names, ["3 cat", "5 dog", "(failed)"]);
+        let cats = &g[0].1;
+        assert_eq!((cats.images, cats.failed, cats.agree), (2, 0, 1));
+        assert_eq!((cats.mapped, cats.peak_at_edge), (2, 1));
+        assert!((cats.border_mass / 2.0 - 0.4).abs() < 1e-12);
+        assert_eq!(
+            cats.cells(),
+            ["2", "0", "0.500", "0.600", "0.400", "0.500", "0.200", "0.400", "0.500"]
+                .map(String::from)
+        );
+        assert_eq!(g[1].1.cells()[4], "-");
+        assert_eq!((g[2].1.images, g[2].1.failed), (1, 1));
+
+        let f = group(&rows, By::Folder);
+        let names: Vec<String> = f.iter().map(|(k, _)| k.name()).collect();
+        assert_eq!(names, ["d/cats", "d/dogs"]);
+        assert_eq!((f[1].1.images, f[1].1.failed, f[1].1.agree), (2, 1, 1));
+
+        let p = group(&rows, By::Predicted);
+        let dog = p.iter().find(|(k, _)| k.name() == "5 dog").unwrap();
+        assert_eq!((dog.1.images, dog.1.agree), (2, 1));
+    }
+}
