@@ -193,7 +193,7 @@ fn explain_all<B: Backend>(
         Some(f) => Some(Classes::load(f, n, labels)?),
         None => None,
     };
-    let stems = inputs::stems(&files);
+    let stems = inputs::stems(&files, &a.inputs);
     // What decides each image's outputs: `--resume` goes on only under the same.
     let settings = json!({
         "model": a.model.model.as_deref().map_or_else(
@@ -568,6 +568,10 @@ fn write_outputs(
     m: &Meta,
 ) -> anyhow::Result<()> {
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    // The output tree mirrors the input tree.
+    if let Some(dir) = out.join(stem).parent().filter(|_| stem.contains('/')) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut written = serde_json::Map::new();
     if let Some(o) = e.overlay.as_ref().filter(|_| m.outputs.overlay) {
         let png = out.join(format!("{stem}.overlay.png"));

@@ -82,15 +82,31 @@ pub fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Output stem per input: the file stem, with `-2`, `-3`, ... added when stems repeat.
-pub fn stems(files: &[PathBuf]) -> Vec<String> {
+/// Output stem per input: its path under the folder given (`roots`) that holds it, without
+/// the extension, so the output folder mirrors the input tree (`cats/1.jpg` and `dogs/1.jpg`
+/// give `cats/1.*` and `dogs/1.*`); a file given by name: its file stem. `-2`, `-3`, ... are
+/// added when stems repeat (the same name under two folders given).
+pub fn stems(files: &[PathBuf], roots: &[PathBuf]) -> Vec<String> {
+    let folders: Vec<&PathBuf> = roots.iter().filter(|r| r.is_dir()).collect();
     let mut seen: HashMap<String, usize> = HashMap::new();
     files
         .iter()
         .map(|f| {
-            let stem = f
+            let under = (folders.iter()).find_map(|r| f.strip_prefix(r).ok());
+            let name = f
                 .file_stem()
                 .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+            // Folders as `a/b/`, whatever the platform's separator: the stem is also a column.
+            let stem = match under.and_then(Path::parent) {
+                Some(dirs) => {
+                    let mut s: Vec<String> = (dirs.components())
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                        .collect();
+                    s.push(name);
+                    s.join("/")
+                }
+                None => name,
+            };
             let n = seen.entry(stem.clone()).or_insert(0);
             *n += 1;
             if *n == 1 {
@@ -138,6 +154,38 @@ mod tests {
         assert_eq!(
             files,
             vec![data.join("sub/a.jpg"), data.join("sub/loop/b.PNG")]
+        );
+    }
+
+    /// Stems mirror the tree under each folder given; repeats get a number.
+    #[test]
+    fn stems_mirror_the_input_tree() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        for d in [a.join("cats"), a.join("dogs/big"), b.clone()] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let files = [
+            a.join("cats/1.jpg"),
+            a.join("dogs/1.jpg"),
+            a.join("dogs/big/1.png"),
+            a.join("top.png"),
+            b.join("top.png"),
+            root.path().join("alone/x.png"),
+            a.join("cats/1.png"),
+        ];
+        let roots = [a.clone(), b.clone(), files[5].clone()];
+        assert_eq!(
+            stems(&files, &roots),
+            [
+                "cats/1",
+                "dogs/1",
+                "dogs/big/1",
+                "top",
+                "top-2",
+                "x",
+                "cats/1-2"
+            ]
         );
     }
 }

@@ -274,12 +274,21 @@ fn classes_from_a_file() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // The outputs mirror the tree: c3/a.*, c7/b.*.
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
     for (stem, class) in [("a", 3), ("b", 7)] {
+        let stem = format!("c{class}/{stem}");
         let got: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(out.join(format!("{stem}.json"))).unwrap(),
         )
         .unwrap();
         assert_eq!(got["class"], class);
+        assert_eq!(got["outputs"]["cam"], format!("{}.cam.npy", &stem[3..]));
+        assert!(out.join(format!("{stem}.overlay.png")).is_file());
+        assert!(
+            csv.lines().any(|l| l.ends_with(&format!(",{stem}"))),
+            "{csv}"
+        );
     }
 
     let o = run(
