@@ -34,6 +34,8 @@ pub fn file_id(p: &Path) -> Value {
 /// What the previous run of an output folder left: its rows by image, as written.
 pub struct Previous {
     rows: HashMap<String, String>,
+    /// The header's field count: a row cut short by a stop in mid-write has fewer.
+    columns: usize,
 }
 
 /// The previous run in `out`, if there is one to go on from (none when the folder holds no
@@ -58,6 +60,7 @@ pub fn load(out: &Path, now: &Value) -> anyhow::Result<Option<Previous>> {
     let Ok(text) = std::fs::read_to_string(out.join(FILE)) else {
         return Ok(None);
     };
+    let columns = records(&text).next().map_or(0, |h| fields(h).len());
     let rows = records(&text)
         .skip(1)
         .filter_map(|r| {
@@ -65,7 +68,7 @@ pub fn load(out: &Path, now: &Value) -> anyhow::Result<Option<Previous>> {
             Some((image, r.to_string()))
         })
         .collect();
-    Ok(Some(Previous { rows }))
+    Ok(Some(Previous { rows, columns }))
 }
 
 impl Previous {
@@ -74,7 +77,8 @@ impl Previous {
     pub fn kept(&self, image: &Path, stem: &str, out: &Path, suffixes: &[&str]) -> Option<&str> {
         let row = self.rows.get(&image.display().to_string())?;
         let f = fields(row);
-        let done = f.get(1).is_some_and(|s| s == "ok")
+        let done = f.len() == self.columns
+            && f.get(1).is_some_and(|s| s == "ok")
             && f.last().is_some_and(|s| s == stem)
             && (suffixes.iter()).all(|s| out.join(format!("{stem}{s}")).is_file());
         done.then_some(row.as_str())
@@ -145,7 +149,8 @@ mod tests {
              a.png,ok,,a\n\
              \"b,1.png\",ok,,\"b,1\"\n\
              c.png,error,\"bad\nfile\",\n\
-             d.png,ok,,d\n",
+             d.png,ok,,d\n\
+             e.png,ok,e\n",
         )
         .unwrap();
         for f in ["a.cam.npy", "a.json", "b,1.cam.npy", "b,1.json", "d.json"] {
@@ -172,6 +177,10 @@ mod tests {
         );
         assert!(
             p.kept(Path::new("e.png"), "e", out, &[]).is_none(),
+            "cut short"
+        );
+        assert!(
+            p.kept(Path::new("f.png"), "f", out, &[]).is_none(),
             "not listed"
         );
         let err = load(out, &json!({"layer": "layer3"})).err().unwrap();
