@@ -14,13 +14,18 @@ pub struct Classes {
     by_path: HashMap<PathBuf, usize>,
     /// Classes by folder: an image's class is its nearest ancestor's in `by_path`.
     folders: bool,
+    /// A file's images in its order, as paths from the working folder.
+    listed: Vec<PathBuf>,
+    /// The file's folder.
+    base: PathBuf,
 }
 
 impl Classes {
-    /// Reads `image,class` lines: the image relative to the file's folder (or absolute), the
-    /// class an index or one of the model's labels; a first line of column names and lines
-    /// starting with `#` are skipped. The class is the text after the last comma, so image
-    /// names may hold commas.
+    /// Reads `image,class` lines (or `image class`, as ImageNet's `val.txt`): the image
+    /// relative to the file's folder (or absolute), the class an index or one of the model's
+    /// labels; a first line of column names and lines starting with `#` are skipped. The
+    /// class is the text after the last comma (else the last blank), so image names may hold
+    /// commas (or blanks).
     pub fn load(
         file: &Path,
         num_classes: usize,
@@ -37,20 +42,17 @@ impl Classes {
             })
         };
         let mut by_image: HashMap<PathBuf, usize> = HashMap::new();
-        let mut first = true;
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let header_allowed = std::mem::replace(&mut first, false);
-            let bad = |why: String| anyhow::anyhow!("{}:{}: {why}", file.display(), i + 1);
-            let Some((image, class)) = line.rsplit_once(',') else {
-                return Err(bad(format!("want `image,class`, got `{line}`")));
+        let mut listed = Vec::new();
+        for line in lines(&text) {
+            let bad = |why: String| anyhow::anyhow!("{}:{}: {why}", file.display(), line.number);
+            let Some((image, class)) = line.fields else {
+                return Err(bad(format!(
+                    "want `image,class` (or `image class`), got `{}`",
+                    line.text
+                )));
             };
-            let (image, class) = (image.trim(), class.trim());
             let Some(c) = class_of(class) else {
-                if header_allowed {
+                if line.first {
                     continue; // column names
                 }
                 return Err(bad(match labels {
@@ -66,12 +68,14 @@ impl Classes {
                     num_classes - 1
                 )));
             }
-            if let Some(before) = by_image.insert(canonical(&base.join(image)), c) {
-                if before != c {
+            match by_image.insert(canonical(&base.join(image)), c) {
+                None => listed.push(base.join(image)),
+                Some(before) if before != c => {
                     return Err(bad(format!(
                         "`{image}` is listed before with class {before}"
                     )));
                 }
+                Some(_) => {}
             }
         }
         if by_image.is_empty() {
@@ -81,6 +85,8 @@ impl Classes {
             source: file.display().to_string(),
             by_path: by_image,
             folders: false,
+            listed,
+            base: base.to_path_buf(),
         })
     }
 
@@ -136,7 +142,16 @@ impl Classes {
             source: "the class folders".into(),
             by_path,
             folders: true,
+            listed: Vec::new(),
+            base: PathBuf::new(),
         })
+    }
+
+    /// The images a class file lists, in its order, each once, and the file's folder (their
+    /// paths are relative to it): what `explain --classes F` explains when given no inputs.
+    /// Empty for class folders.
+    pub fn listed(&self) -> (&[PathBuf], &Path) {
+        (&self.listed, &self.base)
     }
 
     /// The class listed for `image`, or why there is none.
@@ -149,6 +164,31 @@ impl Classes {
         };
         found.ok_or_else(|| format!("no class for this image in {}", self.source))
     }
+}
+
+/// A line of a class file that is neither blank nor a comment.
+struct Line<'t> {
+    number: usize,
+    text: &'t str,
+    /// The first such line (it may hold column names).
+    first: bool,
+    /// (image, class), trimmed: split at the last comma, else at the last blank.
+    fields: Option<(&'t str, &'t str)>,
+}
+
+fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
+    (text.lines().enumerate())
+        .map(|(i, l)| (i + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .enumerate()
+        .map(|(k, (number, text))| Line {
+            number,
+            text,
+            first: k == 0,
+            fields: (text.rsplit_once(','))
+                .or_else(|| text.rsplit_once(char::is_whitespace))
+                .map(|(a, b)| (a.trim(), b.trim())),
+        })
 }
 
 #[cfg(test)]
@@ -178,11 +218,27 @@ mod tests {
         assert_eq!(c.of(&d.join("imgs/c.png")), Ok(2));
         let missing = c.of(&d.join("imgs/zzz.png")).unwrap_err();
         assert!(missing.contains("classes.csv"), "{missing}");
+        // The images in the file's order, each once (a/../a.png is a.png).
+        let (listed, base) = c.listed();
+        assert_eq!(base, d);
+        let names = ["imgs/a.png", "imgs/b,1.png", "imgs/c.png"].map(|n| d.join(n));
+        assert_eq!(listed, names);
+
+        // Blank-separated, as ImageNet's val.txt; names with blanks keep them.
+        std::fs::write(
+            &file,
+            "imgs/a.png 2\nimgs/c.png\tGoldfish\nimgs/my cat.png  0\n",
+        )
+        .unwrap();
+        let c = Classes::load(&file, 3, Some(&labels)).unwrap();
+        assert_eq!(c.of(&d.join("imgs/a.png")), Ok(2));
+        assert_eq!(c.of(&d.join("imgs/c.png")), Ok(2));
+        assert_eq!(c.of(&d.join("imgs/my cat.png")), Ok(0));
 
         for (text, says) in [
             ("a.png,7\n", ":1: class 7 is out of range"),
             ("a.png,2\nb.png,horse\n", ":2: `horse` is neither"),
-            ("a.png\n", ":1: want `image,class`"),
+            ("a.png\n", ":1: want `image,class` (or `image class`)"),
             ("image,class\n", "lists no images"),
             (
                 "a.png,1\n./a.png,2\n",

@@ -25,8 +25,9 @@ use crate::{input_size, inputs, load_network, parse_size, resume, ModelArgs};
 
 #[derive(Args)]
 pub struct ExplainArgs {
-    /// Image files and/or folders (searched recursively for image files).
-    #[arg(required = true)]
+    /// Image files and/or folders (searched recursively for image files); none: the images
+    /// a `--classes` file lists.
+    #[arg(required_unless_present = "classes")]
     inputs: Vec<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
@@ -142,26 +143,37 @@ type Decoded = Result<Job, (usize, PathBuf, String)>;
 
 pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    // No inputs: the images of the --classes file, once it is read (after the model, whose
+    // labels it may use).
+    let listed = a.inputs.is_empty();
+    if listed && a.classes.as_deref() == Some(Path::new("folders")) {
+        anyhow::bail!("--classes folders: give the folders of class folders to explain");
+    }
     let (files, failures) = inputs::collect(&a.inputs, Some(&a.out));
-    // Inputs that never became files (missing paths, empty folders) count in the total too.
-    let unreadable = failures.len();
-    for (p, why) in &failures {
+    if !listed {
+        report_inputs(&files, &failures)?;
+    }
+    let net = load_network(&a.model)?;
+    with_network!(net, net => explain_all(a, &net, files, failures, started))
+}
+
+/// Reports the inputs that are no image files; fails when none is left.
+fn report_inputs(files: &[PathBuf], failures: &[(PathBuf, String)]) -> anyhow::Result<()> {
+    for (p, why) in failures {
         eprintln!("error: {}: {why}", p.display());
     }
     if files.is_empty() {
         anyhow::bail!("no images to explain");
     }
-    let net = load_network(&a.model)?;
-    with_network!(net, net => explain_all(a, &net, files, failures, unreadable, started))
+    Ok(())
 }
 
 /// Everything after the network is loaded, for any backend.
 fn explain_all<B: Backend>(
     a: ExplainArgs,
     net: &Network<B>,
-    files: Vec<PathBuf>,
+    mut files: Vec<PathBuf>,
     mut failures: Vec<(PathBuf, String)>,
-    unreadable: usize,
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
     let graph = net.graph();
@@ -193,7 +205,18 @@ fn explain_all<B: Backend>(
         Some(f) => Some(Classes::load(f, n, labels)?),
         None => None,
     };
-    let stems = inputs::stems(&files, &a.inputs);
+    // Output stems mirror the tree under the folders given (a class file's folder, for its
+    // images).
+    let mut roots = a.inputs.clone();
+    if let (true, Some(c)) = (a.inputs.is_empty(), &classes) {
+        let (listed, base) = c.listed();
+        (files, failures) = inputs::collect(listed, Some(&a.out));
+        report_inputs(&files, &failures)?;
+        roots = vec![base.to_path_buf()];
+    }
+    // Inputs that never became files (missing paths, empty folders) count in the total too.
+    let unreadable = failures.len();
+    let stems = inputs::stems(&files, &roots);
     // What decides each image's outputs: `--resume` goes on only under the same.
     let settings = json!({
         "model": a.model.model.as_deref().map_or_else(

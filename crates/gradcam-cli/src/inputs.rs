@@ -87,7 +87,10 @@ pub fn canonical(p: &Path) -> PathBuf {
 /// give `cats/1.*` and `dogs/1.*`); a file given by name: its file stem. `-2`, `-3`, ... are
 /// added when stems repeat (the same name under two folders given).
 pub fn stems(files: &[PathBuf], roots: &[PathBuf]) -> Vec<String> {
-    let folders: Vec<&PathBuf> = roots.iter().filter(|r| r.is_dir()).collect();
+    // (An empty path is the working folder, as a file's parent `Path::new("a.csv").parent()`.)
+    let folders: Vec<&PathBuf> = (roots.iter())
+        .filter(|r| r.as_os_str().is_empty() || r.is_dir())
+        .collect();
     let mut seen: HashMap<String, usize> = HashMap::new();
     files
         .iter()

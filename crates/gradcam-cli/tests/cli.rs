@@ -914,3 +914,57 @@ fn summarize_groups_a_runs_rows() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a summary.csv"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_class_file_alone_lists_the_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("data/sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    for f in ["a.png", "b.png"] {
+        std::fs::copy(fixtures().join("images").join(f), sub.join(f)).unwrap();
+    }
+    // ImageNet's val.txt style: `name class`, paths relative to the file.
+    let list = dir.path().join("data/val.txt");
+    std::fs::write(&list, "sub/b.png 5\nsub/a.png 2\nsub/missing.png 1\n").unwrap();
+    let out = dir.path().join("out");
+    let o = gradcam(&[
+        "explain",
+        "-m",
+        &model(),
+        "--classes",
+        list.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("missing.png: no such file"),
+        "{}",
+        stderr(&o)
+    );
+    for (stem, class) in [("sub/a", 2), ("sub/b", 5)] {
+        let js: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("{stem}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(js["class"], class, "{stem}");
+    }
+    // The file's order: the path that is no file first, then b, then a.
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let images: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    let names: Vec<String> = ["sub/missing.png", "sub/b.png", "sub/a.png"]
+        .iter()
+        .map(|n| dir.path().join("data").join(n).display().to_string())
+        .collect();
+    assert_eq!(images, names, "{csv}");
+
+    let o = gradcam(&["explain", "-m", &model(), "--classes", "folders"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("give the folders"), "{}", stderr(&o));
+    let o = gradcam(&["explain", "-m", &model()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
