@@ -18,6 +18,7 @@ mod eval;
 mod explain;
 mod inputs;
 mod layers;
+mod mean_maps;
 mod resume;
 mod selftest;
 mod summarize;

@@ -24,10 +24,14 @@ pub struct SummarizeArgs {
     /// Also write the table as CSV.
     #[arg(long, short)]
     out: Option<PathBuf>,
+    /// Also write each group's mean map into this folder (`<group>.mean.png` in JET and
+    /// `<group>.mean.npy`): where the model looks on average, from the run's .cam.npy files.
+    #[arg(long)]
+    maps: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum By {
+pub enum By {
     Class,
     Predicted,
     Folder,
@@ -35,9 +39,11 @@ enum By {
 
 /// One row of summary.csv, as far as the aggregates need it.
 #[derive(Clone, Debug, PartialEq)]
-struct Row {
+pub struct Row {
     image: String,
-    ok: bool,
+    /// The image's outputs, `<stem>.*` beside summary.csv.
+    pub stem: String,
+    pub ok: bool,
     class: Option<(usize, String)>,
     predicted: Option<(usize, String)>,
     probability: Option<f64>,
@@ -48,7 +54,9 @@ struct Row {
 
 /// A group's aggregates.
 #[derive(Debug, Default, PartialEq)]
-struct Group {
+pub struct Group {
+    /// Its rows, by position.
+    pub members: Vec<usize>,
     images: usize,
     failed: usize,
     /// Explained images whose top-1 is the class explained.
@@ -64,7 +72,8 @@ struct Group {
 }
 
 impl Group {
-    fn add(&mut self, r: &Row) {
+    fn add(&mut self, i: usize, r: &Row) {
+        self.members.push(i);
         self.images += 1;
         if !r.ok {
             self.failed += 1;
@@ -141,7 +150,7 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
     }
     let groups = group(&rows, a.by);
     let mut all = Group::default();
-    rows.iter().for_each(|r| all.add(r));
+    rows.iter().enumerate().for_each(|(i, r)| all.add(i, r));
     let mut table: Vec<(String, [String; 9])> = (groups.iter())
         .map(|(k, g)| (k.name(), g.cells()))
         .collect();
@@ -182,6 +191,18 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
         groups.len(),
         gradcam::eval::metrics::BORDER * 100.0
     );
+    if let Some(dir) = &a.maps {
+        let base = file.parent().unwrap_or(Path::new(""));
+        let (written, without) = crate::mean_maps::write(dir, base, &rows, &groups)?;
+        println!("{written} mean map(s) → {}", dir.display());
+        if without > 0 {
+            eprintln!(
+                "note: {without} group(s) have no .cam.npy beside {} (explained with \
+                 `--outputs` leaving out cam?): no mean map for them",
+                file.display()
+            );
+        }
+    }
     if let Some(out) = &a.out {
         let mut csv = HEADS.join(",") + "\n";
         for (name, cells) in &table {
@@ -194,7 +215,7 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
 
 /// A group's key: sorted by class index, or by folder.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Key {
+pub enum Key {
     Class(usize, String),
     Folder(String),
     /// Failed images, when grouping by class (they have none).
@@ -202,7 +223,7 @@ enum Key {
 }
 
 impl Key {
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         match self {
             Key::Class(c, l) if l.is_empty() => c.to_string(),
             Key::Class(c, l) => format!("{c} {l}"),
@@ -214,9 +235,9 @@ impl Key {
 
 /// The groups, those whose maps lean most on the borders first (groups without maps last,
 /// ties by key).
-fn group(rows: &[Row], by: By) -> Vec<(Key, Group)> {
+pub fn group(rows: &[Row], by: By) -> Vec<(Key, Group)> {
     let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
-    for r in rows {
+    for (i, r) in rows.iter().enumerate() {
         let class =
             |c: &Option<(usize, String)>| c.clone().map_or(Key::Unknown, |(c, l)| Key::Class(c, l));
         let key = match by {
@@ -228,7 +249,7 @@ fn group(rows: &[Row], by: By) -> Vec<(Key, Group)> {
                     .map_or(String::new(), |p| p.display().to_string()),
             ),
         };
-        groups.entry(key).or_default().add(r);
+        groups.entry(key).or_default().add(i, r);
     }
     let mut out: Vec<(Key, Group)> = groups.into_iter().collect();
     out.sort_by(|a, b| {
@@ -239,7 +260,7 @@ fn group(rows: &[Row], by: By) -> Vec<(Key, Group)> {
 }
 
 /// The rows of a summary.csv, columns found by name in its header.
-fn parse(text: &str) -> Result<Vec<Row>, String> {
+pub fn parse(text: &str) -> Result<Vec<Row>, String> {
     let mut recs = records(text).enumerate().filter(|(_, r)| !r.is_empty());
     let (_, header) = recs.next().ok_or("empty file")?;
     let names = fields(header);
@@ -248,7 +269,7 @@ fn parse(text: &str) -> Result<Vec<Row>, String> {
             format!("no `{name}` column: not a summary.csv written by `gradcam explain`")
         })
     };
-    let [image, status, class, label, prob, pred, pred_label] = [
+    let [image, status, class, label, prob, pred, pred_label, stem] = [
         "image",
         "status",
         "class",
@@ -256,10 +277,19 @@ fn parse(text: &str) -> Result<Vec<Row>, String> {
         "probability",
         "predicted",
         "predicted_label",
+        "stem",
     ]
     .map(col);
-    let (image, status, class, label, prob, pred, pred_label) =
-        (image?, status?, class?, label?, prob?, pred?, pred_label?);
+    let (image, status, class, label, prob, pred, pred_label, stem) = (
+        image?,
+        status?,
+        class?,
+        label?,
+        prob?,
+        pred?,
+        pred_label?,
+        stem?,
+    );
     let stat_cols = [
         "peak_x",
         "peak_y",
@@ -310,6 +340,7 @@ fn parse(text: &str) -> Result<Vec<Row>, String> {
         }
         Ok(Row {
             image: f[image].clone(),
+            stem: f[stem].clone(),
             ok: f[status] == "ok",
             class: class_at(class, label)?,
             predicted: class_at(pred, pred_label)?,

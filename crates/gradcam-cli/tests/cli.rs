@@ -913,6 +913,62 @@ fn summarize_groups_a_runs_rows() {
     let o = gradcam(&["summarize", list.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a summary.csv"), "{}", stderr(&o));
+
+    // Mean maps need the maps: none were written above.
+    let maps = dir.path().join("maps");
+    let o = gradcam(&[
+        "summarize",
+        out.to_str().unwrap(),
+        "--maps",
+        maps.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no .cam.npy"), "{}", stderr(&o));
+    let o = gradcam(&[
+        "explain",
+        imgs.to_str().unwrap(),
+        "-m",
+        &model(),
+        "--classes",
+        list.to_str().unwrap(),
+        "--outputs",
+        "cam",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let o = gradcam(&[
+        "summarize",
+        out.to_str().unwrap(),
+        "--maps",
+        maps.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for class in ["2", "5"] {
+        let png = image::open(maps.join(format!("{class}.mean.png"))).unwrap();
+        assert_eq!((png.width(), png.height()), (224, 224));
+        let (shape, mean) =
+            gradcam::npy::read_f32(&maps.join(format!("{class}.mean.npy"))).unwrap();
+        assert_eq!(shape, [224, 224]);
+        // The mean of this class's two maps, read back.
+        let stems: Vec<&str> = rows
+            .iter()
+            .filter(|r| r[3] == class)
+            .map(|r| r[15])
+            .collect();
+        let each: Vec<Vec<f32>> = (stems.iter())
+            .map(|s| {
+                gradcam::npy::read_f32(&out.join(format!("{s}.cam.npy")))
+                    .unwrap()
+                    .1
+            })
+            .collect();
+        for (i, m) in mean.iter().enumerate() {
+            let want = (each[0][i] + each[1][i]) / 2.0;
+            assert!((m - want).abs() < 1e-6, "{class} at {i}: {m} vs {want}");
+        }
+    }
+    assert!(!maps.join("failed.mean.png").exists());
 }
 
 #[test]

@@ -1,0 +1,185 @@
+//! `gradcam summarize --maps DIR`: each group's mean map, where the model looks on average
+//! for a class (or in a folder). A class whose mean map sits on the bottom edge, or away from
+//! where its objects usually are, is the first lead of an audit for spurious cues.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use anyhow::Context;
+use gradcam::cam::jet::JET;
+use gradcam::image::RgbImage;
+
+use crate::summarize::{Group, Key, Row};
+
+/// Writes `<group>.mean.npy` (the plain mean of the group's normalised maps, each resampled
+/// bilinearly to the size of the group's first map) and `<group>.mean.png` (that mean
+/// min-max normalised, in JET) for every group with at least one `.cam.npy` beside the
+/// summary (`base`). Returns (maps written, groups without any map); fails when no group has
+/// one, or on a file that is not a map.
+pub fn write(
+    dir: &Path,
+    base: &Path,
+    rows: &[Row],
+    groups: &[(Key, Group)],
+) -> anyhow::Result<(usize, usize)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut names = HashSet::new();
+    let (mut written, mut without) = (0, 0);
+    for (key, g) in groups {
+        let Some((hw, mean)) = mean_map(base, g.members.iter().map(|&i| &rows[i]))? else {
+            without += 1;
+            continue;
+        };
+        let name = unique(&mut names, &file_name(&key.name()));
+        let npy = dir.join(format!("{name}.mean.npy"));
+        gradcam::npy::write_f32(&npy, &[hw.0, hw.1], &mean)?;
+        let png = dir.join(format!("{name}.mean.png"));
+        heatmap(&mean, hw)
+            .save(&png)
+            .with_context(|| format!("writing {}", png.display()))?;
+        written += 1;
+    }
+    if written == 0 {
+        anyhow::bail!(
+            "--maps: no .cam.npy of an explained image beside the summary in {} (was it \
+             explained with `--outputs` leaving out cam?)",
+            base.display()
+        );
+    }
+    Ok((written, without))
+}
+
+/// A map's (height, width) and values, row-major.
+type Map = ((usize, usize), Vec<f32>);
+
+/// The mean of the explained rows' maps, at the first map's size; None without any map.
+fn mean_map<'r>(base: &Path, rows: impl Iterator<Item = &'r Row>) -> anyhow::Result<Option<Map>> {
+    let mut sum: Vec<f64> = Vec::new();
+    let (mut hw, mut n) = ((0, 0), 0usize);
+    for r in rows.filter(|r| r.ok) {
+        let path = base.join(format!("{}.cam.npy", r.stem));
+        if !path.is_file() {
+            continue;
+        }
+        let (shape, map) = gradcam::npy::read_f32(&path)?;
+        let [h, w] = shape[..] else {
+            anyhow::bail!("{}: a map has 2 dimensions, not {shape:?}", path.display());
+        };
+        if n == 0 {
+            hw = (h, w);
+            sum = vec![0.0; h * w];
+        }
+        let map = match (h, w) == hw {
+            true => map,
+            false => gradcam::image::resize_bilinear(&map, h, w, 1, hw.0, hw.1),
+        };
+        sum.iter_mut().zip(map).for_each(|(s, v)| *s += v as f64);
+        n += 1;
+    }
+    Ok((n > 0).then(|| (hw, sum.iter().map(|s| (s / n as f64) as f32).collect())))
+}
+
+/// JET of the map min-max normalised (a flat map: all blue).
+fn heatmap(m: &[f32], (h, w): (usize, usize)) -> RgbImage {
+    let lo = m.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = m.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let span = (hi - lo).max(1e-7);
+    RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let v = (m[y as usize * w + x as usize] - lo) / span;
+        image::Rgb(JET[(255.0 * v).clamp(0.0, 255.0) as usize])
+    })
+}
+
+/// A group's name as a file name: path separators and other awkward characters as `_`.
+fn file_name(group: &str) -> String {
+    let s: String = (group.chars())
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '.' => c,
+            _ => '_',
+        })
+        .collect();
+    let s = s.trim_matches(['_', '.']).to_string();
+    if s.is_empty() {
+        "group".into()
+    } else {
+        s
+    }
+}
+
+/// `name`, or `name-2`, `name-3`, ... when taken.
+fn unique(taken: &mut HashSet<String>, name: &str) -> String {
+    let mut n = 1;
+    let mut s = name.to_string();
+    while !taken.insert(s.clone()) {
+        n += 1;
+        s = format!("{name}-{n}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_names_become_file_names() {
+        assert_eq!(file_name("3 tabby cat"), "3_tabby_cat");
+        assert_eq!(file_name("/data/val/n01440764"), "data_val_n01440764");
+        assert_eq!(file_name("(failed)"), "failed");
+        assert_eq!(file_name("///"), "group");
+        let mut taken = HashSet::new();
+        assert_eq!(unique(&mut taken, "a"), "a");
+        assert_eq!(unique(&mut taken, "a"), "a-2");
+    }
+
+    #[test]
+    fn mean_maps_average_each_groups_maps() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path();
+        let text = "image,status,error,class,label,probability,logit,predicted,\
+            predicted_label,peak_x,peak_y,centroid_x,centroid_y,border_mass,area_half,stem\n\
+            a.png,ok,,1,,0.5,1,1,,,,,,,,a\n\
+            b.png,ok,,1,,0.5,1,1,,,,,,,,b\n\
+            c.png,ok,,1,,0.5,1,1,,,,,,,,sub/c\n\
+            d.png,error,bad,,,,,,,,,,,,,\n\
+            e.png,ok,,2,,0.5,1,2,,,,,,,,e\n";
+        let rows = crate::summarize::parse(text).unwrap();
+        let groups = crate::summarize::group(&rows, crate::summarize::By::Class);
+        std::fs::create_dir(base.join("sub")).unwrap();
+        let npy = |stem: &str, shape: &[usize], v: &[f32]| {
+            gradcam::npy::write_f32(&base.join(format!("{stem}.cam.npy")), shape, v).unwrap()
+        };
+        // Class 1: two 2x2 maps, and a 3x3 constant one (constant after any resampling).
+        npy("a", &[2, 2], &[1.0, 0.0, 0.0, 0.0]);
+        npy("b", &[2, 2], &[0.0, 1.0, 0.0, 0.5]);
+        npy("sub/c", &[3, 3], &[0.25; 9]);
+        // Class 2 (e) has no map; the failed group neither.
+        let out = base.join("maps");
+        let (written, without) = write(&out, base, &rows, &groups).unwrap();
+        assert_eq!((written, without), (1, 2));
+        let (shape, mean) = gradcam::npy::read_f32(&out.join("1.mean.npy")).unwrap();
+        assert_eq!(shape, [2, 2]);
+        let want = [1.25 / 3.0, 1.25 / 3.0, 0.25 / 3.0, 0.75 / 3.0];
+        for (m, w) in mean.iter().zip(want) {
+            assert!((m - w).abs() < 1e-6, "{mean:?}");
+        }
+        let png = image::open(out.join("1.mean.png")).unwrap().to_rgb8();
+        assert_eq!(png.dimensions(), (2, 2));
+        assert_eq!(png.get_pixel(0, 0).0, JET[255]);
+        assert_eq!(png.get_pixel(0, 1).0, JET[0]);
+
+        std::fs::remove_file(base.join("a.cam.npy")).unwrap();
+        std::fs::remove_file(base.join("b.cam.npy")).unwrap();
+        std::fs::remove_file(base.join("sub/c.cam.npy")).unwrap();
+        let err = write(&out, base, &rows, &groups).unwrap_err();
+        assert!(err.to_string().contains("no .cam.npy"), "{err}");
+    }
+
+    #[test]
+    fn heatmaps_span_the_colormap() {
+        let img = heatmap(&[0.2, 0.6, 1.0, 0.2], (2, 2));
+        assert_eq!(img.get_pixel(0, 0).0, JET[0]);
+        assert_eq!(img.get_pixel(0, 1).0, JET[255]);
+        assert_eq!(img.get_pixel(1, 0).0, JET[127]);
+    }
+}
