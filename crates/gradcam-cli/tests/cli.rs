@@ -833,19 +833,22 @@ fn summarize_groups_a_runs_rows() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let o = gradcam(&[
-        "explain",
-        imgs.to_str().unwrap(),
-        "-m",
-        &model(),
-        "--classes",
-        list.to_str().unwrap(),
-        "--outputs",
-        "none",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let explain = |outputs: &str| {
+        let o = gradcam(&[
+            "explain",
+            imgs.to_str().unwrap(),
+            "-m",
+            &model(),
+            "--classes",
+            list.to_str().unwrap(),
+            "--outputs",
+            outputs,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    };
+    explain("none");
     // What each group should hold, from summary.csv's rows.
     let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
     let rows: Vec<Vec<&str>> = csv
@@ -924,19 +927,7 @@ fn summarize_groups_a_runs_rows() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no .cam.npy"), "{}", stderr(&o));
-    let o = gradcam(&[
-        "explain",
-        imgs.to_str().unwrap(),
-        "-m",
-        &model(),
-        "--classes",
-        list.to_str().unwrap(),
-        "--outputs",
-        "cam",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    explain("cam");
     let o = gradcam(&[
         "summarize",
         out.to_str().unwrap(),
