@@ -24,8 +24,8 @@ impl Classes {
     /// Reads `image,class` lines (or `image class`, as ImageNet's `val.txt`): the image
     /// relative to the file's folder (or absolute), the class an index or one of the model's
     /// labels; a first line of column names and lines starting with `#` are skipped. The
-    /// class is the text after the last comma (else the last blank), so image names may hold
-    /// commas (or blanks).
+    /// class is the text after the last comma (else, in a line without commas, after the last
+    /// blank), so image names may hold commas (or, in blank-separated lines, blanks).
     pub fn load(
         file: &Path,
         num_classes: usize,

@@ -260,12 +260,17 @@ fn explain_all<B: Backend>(
     std::fs::write(&settings_file, format!("{settings:#}\n"))
         .with_context(|| format!("writing {}", settings_file.display()))?;
     // Shared by the device stage (decoding failures) and the writer (everything else).
-    let summary = std::sync::Mutex::new(Summary::create(&a.out)?);
+    let kept_rows: Vec<(usize, String)> = kept.iter().map(|(i, r)| (at(*i), r.clone())).collect();
+    let summary = std::sync::Mutex::new(Summary::create(&a.out, &kept_rows)?);
+    drop(kept_rows);
+    // A failed input's row names its class when `--class` or `--classes` gave one.
+    let labels = graph.labels.as_deref();
+    let class_of = |p: &Path| -> Option<(usize, &str)> {
+        let c = a.class.or_else(|| classes.as_ref()?.of(p).ok())?;
+        Some((c, labels.and_then(|l| l.get(c)).map_or("", String::as_str)))
+    };
     for (i, (p, why)) in failures.iter().enumerate() {
-        lock(&summary).failed(i, p, why);
-    }
-    for (i, row) in &kept {
-        lock(&summary).put(at(*i), row);
+        lock(&summary).failed(i, p, why, class_of(p));
     }
     if !kept.is_empty() {
         eprintln!(
@@ -355,7 +360,7 @@ fn explain_all<B: Backend>(
                         }
                         Err(why) => {
                             bar.suspend(|| eprintln!("error: {}: {why}", job.path.display()));
-                            s.failed(at(job.index), &job.path, &why);
+                            s.failed(at(job.index), &job.path, &why, class_of(&job.path));
                             failed.push((job.path.clone(), why));
                         }
                     }
@@ -369,7 +374,7 @@ fn explain_all<B: Backend>(
             }
             (th, done, failed)
         });
-        let files = &files;
+        let (files, classes) = (&files, &classes);
         sc.spawn(move || {
             for chunk in chunks {
                 // Decode in parallel; undecodable files are reported (by the device stage)
@@ -405,7 +410,7 @@ fn explain_all<B: Backend>(
                     Ok(j) => jobs.push(j),
                     Err((i, path, why)) => {
                         bar.suspend(|| eprintln!("error: {}: {why}", path.display()));
-                        lock(&summary).failed(at(i), &path, &why);
+                        lock(&summary).failed(at(i), &path, &why, class_of(&path));
                         failures.push((path, why));
                         bar.inc(1);
                     }
@@ -446,7 +451,7 @@ fn explain_all<B: Backend>(
     };
     if todo.is_empty() {
         eprintln!(
-            "nothing left to explain: all {} images were done before → {}",
+            "nothing left to explain: {} images were done before → {}",
             kept.len(),
             a.out.display()
         );

@@ -1,7 +1,7 @@
 //! Turning the command line's files and folders into a list of images, and output names.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 const IMAGE_EXTS: &[&str] = &[
     "png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm", "pbm", "pnm", "tga",
@@ -95,7 +95,11 @@ pub fn stems(files: &[PathBuf], roots: &[PathBuf]) -> Vec<String> {
     files
         .iter()
         .map(|f| {
-            let under = (folders.iter()).find_map(|r| f.strip_prefix(r).ok());
+            // Only a plain path down from the root: an absolute or `..` one would lead the
+            // outputs out of the output folder.
+            let under = (folders.iter())
+                .find_map(|r| f.strip_prefix(r).ok())
+                .filter(|rel| rel.components().all(|c| matches!(c, Component::Normal(_))));
             let name = f
                 .file_stem()
                 .map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
@@ -176,8 +180,10 @@ mod tests {
             b.join("top.png"),
             root.path().join("alone/x.png"),
             a.join("cats/1.png"),
+            a.join("../up.png"),
+            PathBuf::from("/abs/deep.png"),
         ];
-        let roots = [a.clone(), b.clone(), files[5].clone()];
+        let roots = [a.clone(), b.clone(), files[5].clone(), PathBuf::new()];
         assert_eq!(
             stems(&files, &roots),
             [
@@ -187,7 +193,9 @@ mod tests {
                 "top",
                 "top-2",
                 "x",
-                "cats/1-2"
+                "cats/1-2",
+                "up",
+                "deep"
             ]
         );
     }

@@ -39,8 +39,9 @@ pub struct Previous {
 }
 
 /// The previous run in `out`, if there is one to go on from (none when the folder holds no
-/// `run.json` or no `summary.csv`: everything is then explained). Fails when the previous
-/// run's settings differ from `now`, naming each difference.
+/// `run.json` or no `summary.csv`, or when its run wrote fewer kinds of files than `now`
+/// asks for: everything is then explained). Fails when the previous run's settings differ
+/// from `now`, naming each difference.
 pub fn load(out: &Path, now: &Value) -> anyhow::Result<Option<Previous>> {
     let settings = out.join(SETTINGS);
     let Ok(text) = std::fs::read_to_string(&settings) else {
@@ -57,11 +58,34 @@ pub fn load(out: &Path, now: &Value) -> anyhow::Result<Option<Previous>> {
             changed.join("; ")
         );
     }
+    // Files of a kind the run did not write may still be there from an earlier run with other
+    // settings: an image counts as done only for the kinds its run wrote.
+    let wrote = |v: &Value| -> Vec<String> {
+        (v["outputs"].as_array().into_iter().flatten())
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    };
+    let (had, want) = (wrote(&then), wrote(now));
+    let missing: Vec<&String> = want.iter().filter(|w| !had.contains(w)).collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "note: --resume: the previous run in {} wrote no {:?} files: every image is \
+             explained again",
+            out.display(),
+            missing
+        );
+        return Ok(None);
+    }
     let Ok(text) = std::fs::read_to_string(out.join(FILE)) else {
         return Ok(None);
     };
     let columns = records(&text).next().map_or(0, |h| fields(h).len());
-    let rows = records(&text)
+    // A last row without its line break was cut short by the stop.
+    let whole = match text.ends_with('\n') {
+        true => text.as_str(),
+        false => text.rsplit_once('\n').map_or("", |(whole, _)| whole),
+    };
+    let rows = records(whole)
         .skip(1)
         .filter_map(|r| {
             let image = fields(r).into_iter().next()?;
@@ -77,7 +101,9 @@ impl Previous {
     pub fn kept(&self, image: &Path, stem: &str, out: &Path, suffixes: &[&str]) -> Option<&str> {
         let row = self.rows.get(&image.display().to_string())?;
         let f = fields(row);
+        // (An odd number of quotes: a row cut inside a quoted field.)
         let done = f.len() == self.columns
+            && row.matches('"').count() % 2 == 0
             && f.get(1).is_some_and(|s| s == "ok")
             && f.last().is_some_and(|s| s == stem)
             && (suffixes.iter()).all(|s| out.join(format!("{stem}{s}")).is_file());
@@ -85,8 +111,9 @@ impl Previous {
     }
 }
 
-/// Settings recorded for the reader, not compared: an image's files are checked one by one
-/// (an image kept needs every file asked for now).
+/// Settings not compared: the kinds of files per image, checked by [`load`] (the previous
+/// run must have written every kind asked for now) and image by image by
+/// [`Previous::kept`].
 const RECORDED: &[&str] = &["outputs"];
 
 /// `key was X, now Y` for each top-level setting that differs.
@@ -183,6 +210,33 @@ mod tests {
             p.kept(Path::new("f.png"), "f", out, &[]).is_none(),
             "not listed"
         );
+        // Cut short at the end of the file: a whole row without its line break, a row cut
+        // inside a quoted stem; and a whole quoted row cut before its line break.
+        for (tail, image, stem) in [
+            ("h.png,ok,,h", "h.png", "h"),
+            ("\"g,1.png\",ok,,\"g,1", "g,1.png", "g,1"),
+            ("\"g,1.png\",ok,,\"g,1\"", "g,1.png", "g,1"),
+        ] {
+            std::fs::write(out.join(FILE), format!("image,status,error,stem\n{tail}")).unwrap();
+            let p = load(out, &now).unwrap().unwrap();
+            assert!(p.kept(Path::new(image), stem, out, &[]).is_none(), "{tail}");
+            std::fs::write(out.join(FILE), format!("image,status,error,stem\n{tail}\n")).unwrap();
+            let p = load(out, &now).unwrap().unwrap();
+            let whole = tail.matches('"').count() % 2 == 0;
+            assert_eq!(
+                p.kept(Path::new(image), stem, out, &[]).is_some(),
+                whole,
+                "{tail}"
+            );
+        }
+        // A run that wrote fewer kinds of files than asked for now: nothing is kept (files of
+        // the missing kind may be an earlier run's, with other settings).
+        let then = json!({"layer": "layer4", "outputs": [".json"]});
+        std::fs::write(out.join(SETTINGS), then.to_string()).unwrap();
+        let both = json!({"layer": "layer4", "outputs": [".cam.npy", ".json"]});
+        assert!(load(out, &both).unwrap().is_none());
+        assert!(load(out, &then).unwrap().is_some());
+        std::fs::write(out.join(SETTINGS), now.to_string()).unwrap();
         let err = load(out, &json!({"layer": "layer3"})).err().unwrap();
         assert!(
             err.to_string()

@@ -29,28 +29,40 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn create(out: &Path) -> anyhow::Result<Self> {
+    /// Starts the summary with the rows `kept` from the run `--resume` goes on from, (input
+    /// position, row): written to a temporary file renamed over the old summary, so a stop at
+    /// any moment leaves either file whole.
+    pub fn create(out: &Path, kept: &[(usize, String)]) -> anyhow::Result<Self> {
         let path = out.join(FILE);
-        let file =
-            File::create(&path).map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
-        let mut s = Summary {
+        let tmp = path.with_extension("csv.tmp");
+        let start = || -> std::io::Result<File> {
+            let mut w = BufWriter::new(File::create(&tmp)?);
+            writeln!(w, "{HEADER}")?;
+            for (_, row) in kept {
+                writeln!(w, "{row}")?;
+            }
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::OpenOptions::new().append(true).open(&path)
+        };
+        let file = start().map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+        Ok(Summary {
             path,
             w: Some(BufWriter::new(file)),
             error: None,
-            order: Vec::new(),
-        };
-        s.write(HEADER);
-        Ok(s)
+            order: kept.iter().map(|k| k.0).collect(),
+        })
     }
 
     /// The row of the input at position `at` that could not be read, decoded, explained or
-    /// written.
-    pub fn failed(&mut self, at: usize, image: &Path, why: &str) {
+    /// written, with its class (index, label) when `--class` or `--classes` gave one.
+    pub fn failed(&mut self, at: usize, image: &Path, why: &str, class: Option<(usize, &str)>) {
+        let class = class.map_or(",".into(), |(c, l)| format!("{c},{}", field(l)));
         let row = format!(
-            "{},error,{}{}",
+            "{},error,{},{class}{}",
             field(&image.display().to_string()),
             field(why),
-            ",".repeat(COLUMNS - 3),
+            ",".repeat(COLUMNS - 5),
         );
         self.put(at, &row);
     }
@@ -253,22 +265,24 @@ mod tests {
     #[test]
     fn finish_writes_the_rows_in_input_order() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = Summary::create(d.path()).unwrap();
-        s.failed(2, Path::new("c,d.png"), "bad\nfile");
+        let kept = [(3, "z.png,ok".to_string())];
+        let mut s = Summary::create(d.path(), &kept).unwrap();
+        s.failed(2, Path::new("c,d.png"), "bad\nfile", Some((4, "a, b")));
         s.put(0, "a.png,ok");
-        s.failed(1, Path::new("b.png"), "why");
+        s.failed(1, Path::new("b.png"), "why", None);
         // Durable before the end, in the order written.
         assert_eq!(s.flush(), None);
         let text = std::fs::read_to_string(d.path().join(FILE)).unwrap();
         let first: Vec<String> = records(&text).map(|r| fields(r)[0].clone()).collect();
-        assert_eq!(first, ["image", "c,d.png", "a.png", "b.png"]);
+        assert_eq!(first, ["image", "z.png", "c,d.png", "a.png", "b.png"]);
         assert_eq!(s.finish(), None);
         let text = std::fs::read_to_string(d.path().join(FILE)).unwrap();
         let rows: Vec<Vec<String>> = records(&text).map(fields).collect();
         assert_eq!(rows[0].len(), COLUMNS);
         let first: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
-        assert_eq!(first, ["image", "a.png", "b.png", "c,d.png"]);
-        assert_eq!(rows[3][2], "bad\nfile");
+        assert_eq!(first, ["image", "a.png", "b.png", "c,d.png", "z.png"]);
+        assert_eq!(rows[3][2..5], ["bad\nfile", "4", "a, b"]);
+        assert!(rows[1..].iter().all(|r| r.len() == COLUMNS || r.len() == 2));
         assert!(!d.path().join("summary.csv.tmp").exists());
     }
 }
