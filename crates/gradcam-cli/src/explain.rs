@@ -237,6 +237,7 @@ fn explain_all<B: Backend>(
             InputSize::Square(s) => s.to_string(),
         },
         "outputs": outputs.suffixes(a.guided),
+        "backend": net.backend().name(),
     });
     let previous = match a.resume {
         true => resume::load(&a.out, &settings)?,

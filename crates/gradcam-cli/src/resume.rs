@@ -113,8 +113,8 @@ impl Previous {
 
 /// Settings not compared: the kinds of files per image, checked by [`load`] (the previous
 /// run must have written every kind asked for now) and image by image by
-/// [`Previous::kept`].
-const RECORDED: &[&str] = &["outputs"];
+/// [`Previous::kept`]; the backend, for the reader (a run may go on on another device).
+const RECORDED: &[&str] = &["outputs", "backend"];
 
 /// `key was X, now Y` for each top-level setting that differs.
 fn differences(then: &Value, now: &Value) -> Vec<String> {

@@ -21,6 +21,10 @@ pub struct SummarizeArgs {
     /// each image lies in (e.g. a data set's subgroups).
     #[arg(long, value_enum, default_value_t = By::Class)]
     by: By,
+    /// Order of the groups: highest mean border mass first, lowest top-1 accuracy first,
+    /// most images first, or by class index / folder name.
+    #[arg(long, value_enum, default_value_t = Sort::Border)]
+    sort: Sort,
     /// Also write the table as CSV.
     #[arg(long, short)]
     out: Option<PathBuf>,
@@ -28,6 +32,14 @@ pub struct SummarizeArgs {
     /// `<group>.mean.npy`): where the model looks on average, from the run's .cam.npy files.
     #[arg(long)]
     maps: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Sort {
+    Border,
+    Accuracy,
+    Images,
+    Name,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -148,7 +160,8 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
     if rows.is_empty() {
         anyhow::bail!("{}: no rows under the header", file.display());
     }
-    let groups = group(&rows, a.by);
+    let mut groups = group(&rows, a.by);
+    sort(&mut groups, a.sort);
     let mut all = Group::default();
     rows.iter().enumerate().for_each(|(i, r)| all.add(i, r));
     let mut table: Vec<(String, [String; 9])> = (groups.iter())
@@ -183,10 +196,10 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
         println!("{}", line(name, cells));
     }
     println!(
-        "\n{} images, {} group(s), by mean border_mass (the share of a map within {:.0} % of \
-         an edge; a flat map: 0.36),\nhighest first. peak_at_edge: the share of maps peaking \
-         there. top1_is_class: the model's accuracy when\nthe classes explained are the \
-         ground truth (`explain --classes`); 1 by definition otherwise.",
+        "\n{} images, {} group(s). border_mass: the share of a map within {:.0} % of an edge \
+         (a flat map: 0.36);\npeak_at_edge: the share of maps peaking there; top1_is_class: \
+         the model's accuracy when the classes\nexplained are the ground truth \
+         (`explain --classes`), 1 by definition otherwise.",
         all.images,
         groups.len(),
         gradcam::eval::metrics::BORDER * 100.0
@@ -233,8 +246,7 @@ impl Key {
     }
 }
 
-/// The groups, those whose maps lean most on the borders first (groups without maps last,
-/// ties by key).
+/// The groups, in key order.
 pub fn group(rows: &[Row], by: By) -> Vec<(Key, Group)> {
     let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
@@ -251,12 +263,25 @@ pub fn group(rows: &[Row], by: By) -> Vec<(Key, Group)> {
         };
         groups.entry(key).or_default().add(i, r);
     }
-    let mut out: Vec<(Key, Group)> = groups.into_iter().collect();
-    out.sort_by(|a, b| {
-        let m = |g: &Group| g.mean_border().unwrap_or(f64::NEG_INFINITY);
-        m(&b.1).total_cmp(&m(&a.1))
+    groups.into_iter().collect()
+}
+
+/// Orders groups as `--sort` says; groups without the value last, ties in key order.
+pub fn sort(groups: &mut [(Key, Group)], by: Sort) {
+    let value = |g: &Group| -> f64 {
+        let v = match by {
+            Sort::Border => g.mean_border(),
+            Sort::Accuracy => (g.explained() > 0).then(|| -(g.agree as f64 / g.explained() as f64)),
+            Sort::Images => Some(g.images as f64),
+            Sort::Name => Some(0.0),
+        };
+        v.unwrap_or(f64::NEG_INFINITY)
+    };
+    groups.sort_by(|a, b| {
+        value(&b.1)
+            .total_cmp(&value(&a.1))
+            .then_with(|| a.0.cmp(&b.0))
     });
-    out
 }
 
 /// The rows of a summary.csv, columns found by name in its header.
@@ -391,7 +416,8 @@ mod tests {
     #[test]
     fn groups_aggregate_and_sort_by_border_mass() {
         let rows = parse(&summary()).unwrap();
-        let g = group(&rows, By::Class);
+        let mut g = group(&rows, By::Class);
+        sort(&mut g, Sort::Border);
         let names: Vec<String> = g.iter().map(|(k, _)| k.name()).collect();
         // cats lean on the borders (mean 0.4); dogs have no map statistics; failed: none.
         assert_eq!(names, ["3 cat", "5 dog", "(failed)"]);
@@ -412,8 +438,20 @@ mod tests {
         assert_eq!(names, ["d/cats", "d/dogs"]);
         assert_eq!((f[1].1.images, f[1].1.failed, f[1].1.agree), (2, 1, 1));
 
-        let p = group(&rows, By::Predicted);
+        let mut p = group(&rows, By::Predicted);
         let dog = p.iter().find(|(k, _)| k.name() == "5 dog").unwrap();
         assert_eq!((dog.1.images, dog.1.agree), (2, 1));
+        // Predicted dog: accuracy 0.5, 2 images; predicted cat: 1.0, 1 image; failed: none.
+        let order = |p: &mut Vec<(Key, Group)>, s: Sort| {
+            sort(p, s);
+            p.iter().map(|(k, _)| k.name()).collect::<Vec<_>>()
+        };
+        assert_eq!(order(&mut p, Sort::Name), ["3 cat", "5 dog", "(failed)"]);
+        assert_eq!(
+            order(&mut p, Sort::Accuracy),
+            ["5 dog", "3 cat", "(failed)"]
+        );
+        assert_eq!(order(&mut p, Sort::Name), ["3 cat", "5 dog", "(failed)"]);
+        assert_eq!(order(&mut p, Sort::Images), ["5 dog", "3 cat", "(failed)"]);
     }
 }
