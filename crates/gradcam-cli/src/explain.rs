@@ -597,8 +597,9 @@ fn write_outputs(
     m: &Meta,
 ) -> anyhow::Result<()> {
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
-    // The output tree mirrors the input tree.
-    if let Some(dir) = out.join(stem).parent().filter(|_| stem.contains('/')) {
+    // The output tree mirrors the input tree (no folders for `--outputs none`).
+    let any = m.outputs.overlay || m.outputs.cam || m.outputs.json || e.guided.is_some();
+    if let Some(dir) = (out.join(stem).parent()).filter(|_| any && stem.contains('/')) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut written = serde_json::Map::new();

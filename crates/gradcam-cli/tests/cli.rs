@@ -855,6 +855,7 @@ fn summarize_groups_a_runs_rows() {
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     };
     explain("none");
+    assert!(!out.join("x").exists(), "no folders for no files");
     // What each group should hold, from summary.csv's rows.
     let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
     let rows: Vec<Vec<&str>> = csv
