@@ -167,16 +167,17 @@ impl Classes {
 }
 
 /// A line of a class file that is neither blank nor a comment.
-struct Line<'t> {
-    number: usize,
-    text: &'t str,
+pub struct Line<'t> {
+    pub number: usize,
+    pub text: &'t str,
     /// The first such line (it may hold column names).
-    first: bool,
+    pub first: bool,
     /// (image, class), trimmed: split at the last comma, else at the last blank.
-    fields: Option<(&'t str, &'t str)>,
+    pub fields: Option<(&'t str, &'t str)>,
 }
 
-fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
+/// The lines of an `image,value` file (class files, `summarize --groups`).
+pub fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
     (text.lines().enumerate())
         .map(|(i, l)| (i + 1, l.trim()))
         .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))

@@ -144,7 +144,8 @@ mod tests {
             d.png,error,bad,,,,,,,,,,,,,\n\
             e.png,ok,,2,,0.5,1,2,,,,,,,,e\n";
         let rows = crate::summarize::parse(text).unwrap();
-        let groups = crate::summarize::group(&rows, crate::summarize::By::Class);
+        use crate::summarize::{by_column, group, By};
+        let groups = group(&rows, |r| by_column(r, By::Class));
         std::fs::create_dir(base.join("sub")).unwrap();
         let npy = |stem: &str, shape: &[usize], v: &[f32]| {
             gradcam::npy::write_f32(&base.join(format!("{stem}.cam.npy")), shape, v).unwrap()

@@ -4,13 +4,14 @@
 //! are the ground truth), and where its maps look. Groups whose maps lean most on the image's
 //! borders (backgrounds, frames, watermarks) come first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
+use crate::inputs::canonical;
 use crate::summary::{fields, records, FILE};
 
 #[derive(Args)]
@@ -21,6 +22,11 @@ pub struct SummarizeArgs {
     /// each image lies in (e.g. a data set's subgroups).
     #[arg(long, value_enum, default_value_t = By::Class)]
     by: By,
+    /// Group by the groups this file gives instead: `image,group` lines (or blank-separated;
+    /// images relative to the file, an optional header), e.g. a data set's subgroups by an
+    /// attribute (site, device, demographic) to compare the model and its maps across them.
+    #[arg(long)]
+    groups: Option<PathBuf>,
     /// Order of the groups: highest mean border mass first, lowest top-1 accuracy first,
     /// most images first, or by class index / folder name.
     #[arg(long, value_enum, default_value_t = Sort::Border)]
@@ -160,7 +166,17 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
     if rows.is_empty() {
         anyhow::bail!("{}: no rows under the header", file.display());
     }
-    let mut groups = group(&rows, a.by);
+    let mut groups = match &a.groups {
+        Some(f) => {
+            let named = load_groups(f)?;
+            group(&rows, |r| {
+                named
+                    .get(&canonical(Path::new(&r.image)))
+                    .map_or(Key::Unlisted, |g| Key::Name(g.clone()))
+            })
+        }
+        None => group(&rows, |r| by_column(r, a.by)),
+    };
     sort(&mut groups, a.sort);
     let mut all = Group::default();
     rows.iter().enumerate().for_each(|(i, r)| all.add(i, r));
@@ -226,13 +242,15 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A group's key: sorted by class index, or by folder.
+/// A group's key: sorted by class index, or by name (folder, `--groups`).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
     Class(usize, String),
-    Folder(String),
-    /// Failed images, when grouping by class (they have none).
+    Name(String),
+    /// Failed images without a class, when grouping by class.
     Unknown,
+    /// Images the `--groups` file does not list.
+    Unlisted,
 }
 
 impl Key {
@@ -240,30 +258,65 @@ impl Key {
         match self {
             Key::Class(c, l) if l.is_empty() => c.to_string(),
             Key::Class(c, l) => format!("{c} {l}"),
-            Key::Folder(f) => f.clone(),
+            Key::Name(f) => f.clone(),
             Key::Unknown => "(failed)".into(),
+            Key::Unlisted => "(not in --groups)".into(),
         }
     }
 }
 
 /// The groups, in key order.
-pub fn group(rows: &[Row], by: By) -> Vec<(Key, Group)> {
+pub fn group(rows: &[Row], key_of: impl Fn(&Row) -> Key) -> Vec<(Key, Group)> {
     let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
-        let class =
-            |c: &Option<(usize, String)>| c.clone().map_or(Key::Unknown, |(c, l)| Key::Class(c, l));
-        let key = match by {
-            By::Class => class(&r.class),
-            By::Predicted => class(&r.predicted),
-            By::Folder => Key::Folder(
-                Path::new(&r.image)
-                    .parent()
-                    .map_or(String::new(), |p| p.display().to_string()),
-            ),
-        };
-        groups.entry(key).or_default().add(i, r);
+        groups.entry(key_of(r)).or_default().add(i, r);
     }
     groups.into_iter().collect()
+}
+
+/// A row's group by one of its columns.
+pub fn by_column(r: &Row, by: By) -> Key {
+    let class =
+        |c: &Option<(usize, String)>| c.clone().map_or(Key::Unknown, |(c, l)| Key::Class(c, l));
+    match by {
+        By::Class => class(&r.class),
+        By::Predicted => class(&r.predicted),
+        By::Folder => Key::Name(
+            Path::new(&r.image)
+                .parent()
+                .map_or(String::new(), |p| p.display().to_string()),
+        ),
+    }
+}
+
+/// `--groups F`: image (canonical path) → group.
+fn load_groups(file: &Path) -> anyhow::Result<HashMap<PathBuf, String>> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let base = file.parent().unwrap_or(Path::new(""));
+    let mut out = HashMap::new();
+    for line in crate::classes::lines(&text) {
+        let bad = |why: String| anyhow::anyhow!("{}:{}: {why}", file.display(), line.number);
+        let Some((image, group)) = line.fields.filter(|(i, g)| !i.is_empty() && !g.is_empty())
+        else {
+            return Err(bad(format!("want `image,group`, got `{}`", line.text)));
+        };
+        let path = base.join(image);
+        if line.first && !path.is_file() {
+            continue; // column names
+        }
+        if let Some(before) = out.insert(canonical(&path), group.to_string()) {
+            if before != group {
+                return Err(bad(format!(
+                    "`{image}` is listed before in group `{before}`"
+                )));
+            }
+        }
+    }
+    if out.is_empty() {
+        anyhow::bail!("{}: lists no images", file.display());
+    }
+    Ok(out)
 }
 
 /// Orders groups as `--sort` says; groups without the value last, ties in key order.
@@ -416,7 +469,7 @@ mod tests {
     #[test]
     fn groups_aggregate_and_sort_by_border_mass() {
         let rows = parse(&summary()).unwrap();
-        let mut g = group(&rows, By::Class);
+        let mut g = group(&rows, |r| by_column(r, By::Class));
         sort(&mut g, Sort::Border);
         let names: Vec<String> = g.iter().map(|(k, _)| k.name()).collect();
         // cats lean on the borders (mean 0.4); dogs have no map statistics; failed: none.
@@ -433,12 +486,12 @@ mod tests {
         assert_eq!(g[1].1.cells()[4], "-");
         assert_eq!((g[2].1.images, g[2].1.failed), (1, 1));
 
-        let f = group(&rows, By::Folder);
+        let f = group(&rows, |r| by_column(r, By::Folder));
         let names: Vec<String> = f.iter().map(|(k, _)| k.name()).collect();
         assert_eq!(names, ["d/cats", "d/dogs"]);
         assert_eq!((f[1].1.images, f[1].1.failed, f[1].1.agree), (2, 1, 1));
 
-        let mut p = group(&rows, By::Predicted);
+        let mut p = group(&rows, |r| by_column(r, By::Predicted));
         let dog = p.iter().find(|(k, _)| k.name() == "5 dog").unwrap();
         assert_eq!((dog.1.images, dog.1.agree), (2, 1));
         // Predicted dog: accuracy 0.5, 2 images; predicted cat: 1.0, 1 image; failed: none.
@@ -453,5 +506,52 @@ mod tests {
         );
         assert_eq!(order(&mut p, Sort::Name), ["3 cat", "5 dog", "(failed)"]);
         assert_eq!(order(&mut p, Sort::Images), ["5 dog", "3 cat", "(failed)"]);
+    }
+
+    #[test]
+    fn groups_from_a_file() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["a.png", "b.png", "c.png"] {
+            std::fs::write(d.path().join(f), b"x").unwrap();
+        }
+        let file = d.path().join("groups.csv");
+        std::fs::write(&file, "image,site\na.png,north\n./b.png south\n").unwrap();
+        let named = load_groups(&file).unwrap();
+        let text = format!(
+            "image,status,error,class,label,probability,logit,predicted,predicted_label,\
+             peak_x,peak_y,centroid_x,centroid_y,border_mass,area_half,stem\n\
+             {a},ok,,1,,0.5,1,1,,,,,,,,a\n{b},ok,,1,,0.5,1,2,,,,,,,,b\n{c},ok,,1,,0.5,1,1,,,,,,,,c\n",
+            a = d.path().join("a.png").display(),
+            b = d.path().join("./b.png").display(),
+            c = d.path().join("c.png").display(),
+        );
+        let rows = parse(&text).unwrap();
+        let g = group(&rows, |r| {
+            (named.get(&canonical(Path::new(&r.image))))
+                .map_or(Key::Unlisted, |g| Key::Name(g.clone()))
+        });
+        let got: Vec<(String, usize, usize)> = (g.iter())
+            .map(|(k, g)| (k.name(), g.images, g.agree))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("north".into(), 1, 1),
+                ("south".into(), 1, 0),
+                ("(not in --groups)".into(), 1, 1)
+            ]
+        );
+        for (text, says) in [
+            (
+                "a.png,north\na.png,south\n",
+                ":2: `a.png` is listed before in group `north`",
+            ),
+            ("a.png\n", ":1: want `image,group`"),
+            ("image,group\n", "lists no images"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let e = load_groups(&file).unwrap_err().to_string();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
     }
 }
