@@ -217,6 +217,7 @@ fn explain_all<B: Backend>(
     // Inputs that never became files (missing paths, empty folders) count in the total too.
     let unreadable = failures.len();
     let stems = inputs::stems(&files, &roots);
+    let suffixes = outputs.suffixes(a.guided);
     // What decides each image's outputs: `--resume` goes on only under the same.
     let settings = json!({
         "model": a.model.model.as_deref().map_or_else(
@@ -236,7 +237,7 @@ fn explain_all<B: Backend>(
             InputSize::Native => "native".to_string(),
             InputSize::Square(s) => s.to_string(),
         },
-        "outputs": outputs.suffixes(a.guided),
+        "outputs": suffixes,
         "backend": net.backend().name(),
     });
     let previous = match a.resume {
@@ -245,13 +246,13 @@ fn explain_all<B: Backend>(
     };
     // Positions in summary.csv: the inputs that never became files first, then the files.
     let at = move |i: usize| unreadable + i;
-    let mut kept = Vec::new();
+    // Kept rows by their position; the other files' indices.
+    let mut kept: Vec<(usize, String)> = Vec::new();
     let mut todo = Vec::new();
     for (i, f) in files.iter().enumerate() {
-        let row = (previous.as_ref())
-            .and_then(|p| p.kept(f, &stems[i], &a.out, &outputs.suffixes(a.guided)));
+        let row = (previous.as_ref()).and_then(|p| p.kept(f, &stems[i], &a.out, &suffixes));
         match row {
-            Some(row) => kept.push((i, row.to_string())),
+            Some(row) => kept.push((at(i), row.to_string())),
             None => todo.push(i),
         }
     }
@@ -261,11 +262,8 @@ fn explain_all<B: Backend>(
     std::fs::write(&settings_file, format!("{settings:#}\n"))
         .with_context(|| format!("writing {}", settings_file.display()))?;
     // Shared by the device stage (decoding failures) and the writer (everything else).
-    let kept_rows: Vec<(usize, String)> = kept.iter().map(|(i, r)| (at(*i), r.clone())).collect();
-    let summary = std::sync::Mutex::new(Summary::create(&a.out, &kept_rows)?);
-    drop(kept_rows);
+    let summary = std::sync::Mutex::new(Summary::create(&a.out, &kept)?);
     // A failed input's row names its class when `--class` or `--classes` gave one.
-    let labels = graph.labels.as_deref();
     let class_of = |p: &Path| -> Option<(usize, &str)> {
         let c = a.class.or_else(|| classes.as_ref()?.of(p).ok())?;
         Some((c, labels.and_then(|l| l.get(c)).map_or("", String::as_str)))
