@@ -67,6 +67,9 @@ pub struct ExplainConfig {
     pub guided: bool,
     /// Masked images per forward pass for Score-CAM.
     pub score_batch: usize,
+    /// The first principal component of the weighted activations instead of their sum
+    /// (pytorch-grad-cam's `eigen_smooth`; see [`crate::cam::eigen`]).
+    pub eigen_smooth: bool,
     pub size: InputSize,
     /// Where the overlay is drawn, if at all.
     pub overlay: OverlayAt,
@@ -94,6 +97,7 @@ impl Default for ExplainConfig {
             method: Method::GradCam,
             guided: false,
             score_batch: 32,
+            eigen_smooth: false,
             size: InputSize::Square(224),
             overlay: OverlayAt::Image,
         }
@@ -284,6 +288,7 @@ fn device_fitting<B: Backend>(
         counterfactual: cfg.counterfactual,
         guided: cfg.guided,
         score_batch: cfg.score_batch,
+        eigen_smooth: cfg.eigen_smooth,
     };
     let batch = explain(net, x, &req)?;
     check_finite(&batch, &be.name())?;

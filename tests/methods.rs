@@ -6,6 +6,11 @@
 //! - channel weights (Grad-CAM++, XGrad-CAM, Score-CAM): relative error < 1e-3 (these divide by
 //!   sums and, for Score-CAM, go through a softmax of logits: rounding grows a little)
 //! - maps (normalised, input size): max abs < 1e-3; overlays as tests/parity.rs
+//! - Eigen-CAM's principal-component projection (Eigen-CAM, Eigen-Grad-CAM, eigen_smooth):
+//!   relative error < 1e-3 up to sign. pytorch-grad-cam takes LAPACK's sign, which flips from
+//!   image to image; gradcam orients the component to correlate with the channel sum. Where the
+//!   two agree, the maps and overlays must match pytorch-grad-cam's; where they do not, the
+//!   map must be the ReLU of the negated projection (both kinds of case are in the fixtures).
 //! - guided gradient: relative error < 1e-4; its deprocessed PNGs: bytes within ±2 (uint8
 //!   truncation after standardising)
 
@@ -13,7 +18,9 @@ mod common;
 
 use common::{check_overlay, expected, fixtures, manifest, networks, rel_err};
 use gradcam::cam::postprocess::guided_images;
-use gradcam::cam::{explain, overlay, upsample_normalised, CamRequest, ClassSel, Method};
+use gradcam::cam::{
+    explain, overlay, principal_projection, upsample_normalised, CamRequest, ClassSel, Method,
+};
 use gradcam::image::{load_rgb8, preprocess, InputSize};
 use gradcam::Tensor;
 use serde_json::Value;
@@ -25,8 +32,38 @@ fn method(name: &str) -> Option<Method> {
         "hirescam" => Method::HiResCam,
         "layercam" => Method::LayerCam,
         "scorecam" => Method::ScoreCam,
+        "eigencam" => Method::EigenCam,
+        "eigengradcam" => Method::EigenGradCam,
+        "gradcam" => Method::GradCam,
         _ => return None,
     })
+}
+
+/// What pytorch-grad-cam's get_2d_projection received, rebuilt from the fixture's tensors.
+fn eigen_input(name: &str, exp: &common::Expected) -> Tensor {
+    let a = exp.f32("activation");
+    let (n, k, h, w) = a.dims4();
+    let mut x = a.data().to_vec();
+    let g = || exp.f32("gradient");
+    match name {
+        "eigencam" => {}
+        "eigengradcam" | "hirescam" => x.iter_mut().zip(g().data()).for_each(|(v, g)| *v *= g),
+        "layercam" => (x.iter_mut().zip(g().data())).for_each(|(v, g)| *v *= g.max(0.0)),
+        _ => {
+            let wt = exp.f32("weights");
+            for (ch, &wi) in x.chunks_mut(h * w).zip(wt.data()) {
+                ch.iter_mut().for_each(|v| *v *= wi);
+            }
+        }
+    }
+    Tensor::new([n, k, h, w], x)
+}
+
+fn relu_of(t: &Tensor, sign: f32) -> Tensor {
+    Tensor::new(
+        t.shape(),
+        t.data().iter().map(|v| (sign * v).max(0.0)).collect(),
+    )
 }
 
 fn bytes_close(id: &str, what: &str, ours: &[u8], theirs: &[u8], tol: u8) {
@@ -48,6 +85,7 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         .unwrap()
         .clone();
     let mut seen = std::collections::BTreeSet::new();
+    let mut signs = std::collections::BTreeSet::new();
     for c in &cases {
         let id = c["id"].as_str().unwrap();
         let net = &nets[c["model"].as_str().unwrap()];
@@ -72,6 +110,7 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             counterfactual: c["counterfactual"].as_bool().unwrap(),
             guided,
             score_batch: 16,
+            eigen_smooth: c["eigen_smooth"].as_bool().unwrap_or(false),
         };
         let out = explain(net, x, &req).unwrap();
         let err = rel_err(&out.logits, &exp.f32("logits"));
@@ -79,7 +118,37 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         assert_eq!(out.classes[0], exp.class(), "{id}: class");
         let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);
         let cam = upsample_normalised(out.maps.data(), (h, w), hw);
-        let theirs_cam = exp.f32("cam");
+        let mut theirs_cam = exp.f32("cam");
+        let mut flipped = false;
+        if exp.tensors.contains_key("projection") {
+            if req.eigen_smooth {
+                seen.insert(format!("{name}+eigen_smooth"));
+            }
+            let theirs = exp.f32("projection");
+            let (ours, _) = principal_projection(&eigen_input(name, &exp));
+            let dot: f32 = (ours.data().iter().zip(theirs.data()))
+                .map(|(a, b)| a * b)
+                .sum();
+            let sign = if dot < 0.0 { -1.0 } else { 1.0 };
+            let signed = Tensor::new(
+                theirs.shape(),
+                theirs.data().iter().map(|v| sign * v).collect(),
+            );
+            let err = rel_err(&ours, &signed);
+            assert!(err < 1e-3, "{id}: projection differs by {err} (up to sign)");
+            let err = rel_err(&out.maps, &relu_of(&theirs, sign));
+            assert!(
+                err < 1e-3,
+                "{id}: map differs from their projection by {err}"
+            );
+            flipped = sign < 0.0;
+            signs.insert(flipped);
+            if flipped {
+                let m = relu_of(&theirs, -1.0);
+                theirs_cam =
+                    Tensor::new([1, hw.0, hw.1], upsample_normalised(m.data(), (h, w), hw));
+            }
+        }
         let err = Tensor::new([1, hw.0, hw.1], cam.clone()).max_abs_diff(&theirs_cam);
         assert!(err < 1e-3, "{id}: cam differs by {err}");
 
@@ -117,16 +186,25 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             let err = rel_err(&out.weights, &theirs);
             assert!(err < 1e-3, "{id}: weights {err}");
         }
-        if let Some(theirs) = exp.bytes("overlay") {
+        if let Some(theirs) = exp.bytes("overlay").filter(|_| !flipped) {
             check_overlay(id, overlay(&img, &cam).as_raw(), theirs, theirs_cam.data());
         }
     }
+    assert_eq!(
+        signs.len(),
+        2,
+        "the fixtures should hold both signs of the component"
+    );
     let want = [
         "gradcampp",
         "xgradcam",
         "hirescam",
         "layercam",
         "scorecam",
+        "eigencam",
+        "eigengradcam",
+        "gradcam+eigen_smooth",
+        "layercam+eigen_smooth",
         "guided",
     ];
     assert!(
@@ -140,8 +218,9 @@ fn method_names_parse_and_scorecam_rejects_counterfactual() {
     assert_eq!(Method::parse("GradCAM++").unwrap(), Method::GradCamPlusPlus);
     assert_eq!(Method::parse("gradcampp").unwrap(), Method::GradCamPlusPlus);
     assert_eq!(Method::parse("score-cam").unwrap(), Method::ScoreCam);
-    let e = Method::parse("eigencam").unwrap_err().to_string();
-    assert!(e.contains("eigencam") && e.contains("layercam"), "{e}");
+    assert_eq!(Method::parse("EigenGradCAM").unwrap(), Method::EigenGradCam);
+    let e = Method::parse("ablationcam").unwrap_err().to_string();
+    assert!(e.contains("ablationcam") && e.contains("eigencam"), "{e}");
     let nets = networks();
     let req = CamRequest {
         method: Method::ScoreCam,

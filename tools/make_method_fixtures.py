@@ -2,8 +2,9 @@
 """Add parity fixtures for the rest of the CAM family and guided backprop.
 
 Reference: pytorch-grad-cam 1.5.7 (GradCAMPlusPlus, XGradCAM, HiResCAM,
-LayerCAM, ScoreCAM, GuidedBackpropReLUModel, and Guided Grad-CAM as the
-library's README builds it).
+LayerCAM, ScoreCAM, EigenCAM, EigenGradCAM, the `eigen_smooth=True` option
+of the others, GuidedBackpropReLUModel, and Guided Grad-CAM as the library's
+README builds it).
 
 This script only ADDS files under tests/fixtures/; it never touches what
 tools/make_fixtures.py owns (manifest.json, the models, the images and the
@@ -26,6 +27,9 @@ CAM-method files (float32 unless noted):
                                absent for ScoreCAM (no backward pass)
     weights     [1,K]          GradCAMPlusPlus / XGradCAM / ScoreCAM only: the
                                array get_cam_weights returned inside the call
+    projection  [1,h,w]        EigenCAM / EigenGradCAM / eigen_smooth cases only:
+                               get_2d_projection's output (before the ReLU), the
+                               first principal component with LAPACK's sign
     cam         [1,H,W]        what the method object returned
     overlay     uint8 [H,W,3]  show_cam_on_image(rgb, cam[0], use_rgb=True),
                                native-size cases only
@@ -34,7 +38,7 @@ CAM-method files (float32 unless noted):
 The preprocessed input depends only on (image, size), and every such pair
 already has a committed file in manifest.json holding it; each methods.json
 case names that file in "input_from" (checked bit-for-bit here) instead of
-duplicating ~87 kB per file, which keeps the addition under 3 MB. Pass
+duplicating ~87 kB per file, which keeps the addition under 4 MB. Pass
 --embed-inputs to store `input` in every CAM-method file as well.
 
 Guided files (<model>__<image>__<size>__guided):
@@ -66,8 +70,9 @@ import torchvision
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from pytorch_grad_cam import (GradCAM, GradCAMPlusPlus, GuidedBackpropReLUModel,
-                              HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
+from pytorch_grad_cam import (EigenCAM, EigenGradCAM, GradCAM, GradCAMPlusPlus,
+                              GuidedBackpropReLUModel, HiResCAM, LayerCAM, ScoreCAM,
+                              XGradCAM)
 from pytorch_grad_cam.utils.image import deprocess_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -83,8 +88,13 @@ METHODS = {
     "hirescam": (HiResCAM, False, True),
     "layercam": (LayerCAM, False, True),
     "scorecam": (ScoreCAM, True, False),
+    "eigencam": (EigenCAM, False, False),
+    "eigengradcam": (EigenGradCAM, False, True),
 }
 GRADIENT_METHODS = [m for m, (_, _, g) in METHODS.items() if g]
+# Plain Grad-CAM's own files are make_fixtures.py's; here it runs only with eigen_smooth.
+CLASSES = dict(METHODS, gradcam=(GradCAM, True, True))
+EIGEN_METHODS = ("eigencam", "eigengradcam")
 
 # (model, layer, image, size, counterfactual)
 CAM_CASES = [
@@ -97,6 +107,14 @@ CAM_CASES = [
     ("resnet_basic_tiny", "layer4", "a", "native", False),
     ("vgg_bn_tiny", "features.27", "c", "native", True),
     ("resnet_tiny", "layer4", "a", 64, True),
+]
+
+# eigen_smooth=True: (model, layer, image, size, methods)
+EIGEN_SMOOTH_CASES = [
+    ("resnet_tiny", "layer4", "a", "native", ["gradcam", "hirescam"]),
+    ("vgg_bn_tiny", "features.27", "a", "native", ["gradcam", "gradcampp", "layercam"]),
+    ("vgg_bn_tiny", "features.27", "b", 64, ["gradcam"]),
+    ("resnet_basic_tiny", "layer4", "c", "native", ["xgradcam", "scorecam"]),
 ]
 
 # (model, image, size); the Grad-CAM layer is the model's default one.
@@ -185,11 +203,39 @@ def check_scorecam_weights(model, x, act: np.ndarray, cls: int, weights: np.ndar
 # Cases
 # --------------------------------------------------------------------------
 
-def run_method(method: str, model, layer_name: str, x: torch.Tensor, targets):
-    cls_, has_weights, uses_grads = METHODS[method]
+def projection_f64(x: np.ndarray) -> np.ndarray:
+    """get_2d_projection of one [1,K,h,w] array, recomputed in float64."""
+    m = x[0].reshape(x.shape[1], -1).T.astype(np.float64)
+    m = m - m.mean(axis=0)
+    _, _, vt = np.linalg.svd(m, full_matrices=False)
+    return (m @ vt[0]).reshape(x.shape[2:])
+
+
+def eigen_input(method: str, act: np.ndarray, grad, weights) -> np.ndarray:
+    """What get_2d_projection receives: the method's weighted activations."""
+    if method == "eigencam":
+        return act
+    if method in ("eigengradcam", "hirescam"):
+        return grad * act
+    if method == "layercam":
+        return np.maximum(grad, 0) * act
+    return weights[:, :, None, None] * act
+
+
+def run_method(method: str, model, layer_name: str, x: torch.Tensor, targets,
+               eigen_smooth: bool = False):
+    cls_, has_weights, uses_grads = CLASSES[method]
     layer = model.get_submodule(layer_name)
     seen = {}
     with cls_(model=model, target_layers=[layer]) as obj:
+        original_image = obj.get_cam_image
+
+        def recording_image(*args, **kwargs):
+            r = original_image(*args, **kwargs)
+            seen["raw"] = np.array(r, copy=True)
+            return r
+
+        obj.get_cam_image = recording_image
         if has_weights:
             original = obj.get_cam_weights
 
@@ -199,7 +245,7 @@ def run_method(method: str, model, layer_name: str, x: torch.Tensor, targets):
                 return w
 
             obj.get_cam_weights = recording
-        cam = obj(input_tensor=x, targets=targets)
+        cam = obj(input_tensor=x, targets=targets, eigen_smooth=eigen_smooth)
         logits = obj.outputs.detach().clone()
         # ScoreCAM's masked forwards append more activations; [0] is the real one.
         activation = obj.activations_and_grads.activations[0].detach().clone()
@@ -207,19 +253,22 @@ def run_method(method: str, model, layer_name: str, x: torch.Tensor, targets):
         if uses_grads:
             assert len(obj.activations_and_grads.gradients) == 1
             gradient = obj.activations_and_grads.gradients[0].detach().clone()
-    return np.asarray(cam), logits, activation, gradient, seen.get("weights")
+    return np.asarray(cam), logits, activation, gradient, seen.get("weights"), seen["raw"]
 
 
-def cam_case(entry, method, model, rgb, src_file, fixtures, embed_inputs):
+def cam_case(entry, method, model, rgb, src_file, fixtures, embed_inputs,
+             eigen_smooth=False):
     model_name, layer, img, size, cf = entry
     x = mf.preprocess(rgb, size)
     with torch.no_grad():
         cls = int(model(x).argmax(dim=1).item())
     targets = [mf.NegatedClassTarget(cls)] if cf else [ClassifierOutputTarget(cls)]
-    cam, logits, activation, gradient, weights = run_method(method, model, layer, x, targets)
+    cam, logits, activation, gradient, weights, seen_raw = run_method(
+        method, model, layer, x, targets, eigen_smooth)
+    eigen = eigen_smooth or method in EIGEN_METHODS
 
     case_id = f"{model_name}__{layer}__{img}__{size}" + ("__counterfactual" if cf else "") \
-        + f"__{method}"
+        + f"__{method}" + ("__eigen_smooth" if eigen_smooth else "")
     h, w = x.shape[2], x.shape[3]
 
     # ---- checks ---------------------------------------------------------
@@ -235,7 +284,15 @@ def cam_case(entry, method, model, rgb, src_file, fixtures, embed_inputs):
         check_weights(method, act, gradient.numpy(), weights)
     if method == "scorecam":
         check_scorecam_weights(model, x, act, cls, weights)
-    if method in ("gradcampp", "xgradcam", "scorecam"):
+    if eigen:
+        grad_np = gradient.numpy() if gradient is not None else None
+        ref = projection_f64(eigen_input(method, act, grad_np, weights))
+        raw = seen_raw[0]
+        # A singular vector's sign is LAPACK's choice: compare up to it.
+        err = min(float(np.abs(ref - raw).max()), float(np.abs(ref + raw).max()))
+        err /= max(float(np.abs(raw).max()), 1e-12)
+        assert err < 1e-4, f"{case_id}: projection differs from float64 SVD ({err})"
+    elif method in ("gradcampp", "xgradcam", "scorecam"):
         raw = (weights[:, :, None, None] * act).sum(axis=1)[0]
     elif method == "hirescam":
         raw = (gradient.numpy() * act).sum(axis=1)[0]
@@ -253,7 +310,7 @@ def cam_case(entry, method, model, rgb, src_file, fixtures, embed_inputs):
     err = float(np.abs(min_max_resize(raw, w, h) - cam[0]).max())
     assert err < 1e-4, f"{case_id}: stored tensors do not reproduce cam ({err})"
     if cf:
-        _, _, _, plain, _ = run_method(method, model, layer, x, [ClassifierOutputTarget(cls)])
+        _, _, _, plain, _, _ = run_method(method, model, layer, x, [ClassifierOutputTarget(cls)])
         assert torch.equal(gradient, -plain), f"{case_id}: gradient is not the negation"
 
     tensors = {
@@ -268,6 +325,8 @@ def cam_case(entry, method, model, rgb, src_file, fixtures, embed_inputs):
         tensors["gradient"] = gradient.float().contiguous()
     if weights is not None:
         tensors["weights"] = torch.from_numpy(np.ascontiguousarray(weights))
+    if eigen:
+        tensors["projection"] = torch.from_numpy(np.ascontiguousarray(seen_raw))
     if size == "native":
         overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
         tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
@@ -364,28 +423,49 @@ def main() -> int:
 
     cases, dropped, written = [], [], []
     print(f"{'case':66s} {'cls':>3s} {'act':>10s} cam>0.5")
-    for entry in CAM_CASES:
+    def add(entry, method, eigen_smooth):
         model_name, layer, img, size, cf = entry
-        methods = GRADIENT_METHODS if cf else list(METHODS)
         src = sources[(img, size)]
+        case_id, tensors, why = cam_case(entry, method, models[model_name], rgbs[img],
+                                         src, out, args.embed_inputs, eigen_smooth)
+        if tensors is None:
+            dropped.append((case_id, why))
+            print(f"{case_id:66s} DROPPED: {why}")
+            return
+        rel = f"expected/{case_id}.safetensors"
+        assert rel not in owned_by_manifest
+        save_file(tensors, str(out / rel))
+        written.append(rel)
+        case = {"id": case_id, "model": model_name, "layer": layer,
+                "image": f"images/{img}.png", "size": size, "class": None,
+                "counterfactual": cf, "method": method, "expected": rel,
+                "input_from": src}
+        if eigen_smooth:
+            case["eigen_smooth"] = True
+        cases.append(case)
+        act = "x".join(str(s) for s in tensors["activation"].shape[1:])
+        sign = ""
+        if "projection" in tensors:
+            # gradcam orients the component to correlate with the channel sum; say whether
+            # LAPACK's sign happened to agree (informational: the tests handle both).
+            a = tensors["activation"].numpy()
+            g = tensors["gradient"].numpy() if "gradient" in tensors else None
+            w = tensors["weights"].numpy() if "weights" in tensors else None
+            xin = eigen_input(method, a, g, w)[0]
+            m = xin.reshape(xin.shape[0], -1)
+            m = m - m.mean(axis=1, keepdims=True)
+            agree = float((tensors["projection"].numpy()[0].ravel() * m.sum(axis=0)).sum()) >= 0
+            sign = " sign agrees" if agree else " sign flipped"
+        print(f"{case_id:66s} {int(tensors['class'][0]):3d} {act:>10s} "
+              f"{float((tensors['cam'] > 0.5).float().mean()):.3f}{sign}")
+
+    for entry in CAM_CASES:
+        cf = entry[4]
+        for method in (GRADIENT_METHODS if cf else list(METHODS)):
+            add(entry, method, False)
+    for model_name, layer, img, size, methods in EIGEN_SMOOTH_CASES:
         for method in methods:
-            case_id, tensors, why = cam_case(entry, method, models[model_name], rgbs[img],
-                                             src, out, args.embed_inputs)
-            if tensors is None:
-                dropped.append((case_id, why))
-                print(f"{case_id:66s} DROPPED: {why}")
-                continue
-            rel = f"expected/{case_id}.safetensors"
-            assert rel not in owned_by_manifest
-            save_file(tensors, str(out / rel))
-            written.append(rel)
-            cases.append({"id": case_id, "model": model_name, "layer": layer,
-                          "image": f"images/{img}.png", "size": size, "class": None,
-                          "counterfactual": cf, "method": method, "expected": rel,
-                          "input_from": src})
-            act = "x".join(str(s) for s in tensors["activation"].shape[1:])
-            print(f"{case_id:66s} {int(tensors['class'][0]):3d} {act:>10s} "
-                  f"{float((tensors['cam'] > 0.5).float().mean()):.3f}")
+            add((model_name, layer, img, size, False), method, True)
 
     for entry in GUIDED_CASES:
         model_name, img, size = entry
@@ -419,6 +499,9 @@ def main() -> int:
             "target": "ClassifierOutputTarget(argmax); counterfactual: -logits[argmax]",
             "guided": "GuidedBackpropReLUModel(model)(input, target_category=None); "
                       "cam = GradCAM(model, [layer])(input, targets=None)[0]",
+            "eigen": "eigencam / eigengradcam, and cases with eigen_smooth: true "
+                     "(obj(x, targets, eigen_smooth=True)); `projection` is "
+                     "get_2d_projection's output with LAPACK's sign",
         },
         "dropped": [{"id": i, "reason": r} for i, r in dropped],
         "cases": cases,
@@ -432,7 +515,7 @@ def main() -> int:
     print(f"\n{len(cases)} cases ({len(dropped)} dropped), added {total / 1e6:.2f} MB, "
           f"sha256 {digest.hexdigest()[:16]}")
     if not args.embed_inputs:
-        assert total < 3_000_000, "method fixtures grew past the 3 MB budget"
+        assert total < 4_000_000, "method fixtures grew past the 4 MB budget"
     return 0
 
 

@@ -5,6 +5,7 @@
 //! Guided Backpropagation (a second, guided backward pass to the input, sharing the forward
 //! pass) gives the paper's Guided Grad-CAM.
 
+use super::eigen::principal_projection;
 use crate::backend::{Backend, ElementRule, WeightRule};
 use crate::model::{Backward, Network};
 use crate::{Error, Result, Tensor};
@@ -34,16 +35,23 @@ pub enum Method {
     LayerCam,
     /// Wang et al. 2020: softmax of the class scores of the input masked by each channel.
     ScoreCam,
+    /// Muhammad & Yeasin 2020: the activations' first principal component (no class, no
+    /// gradients).
+    EigenCam,
+    /// Eigen-CAM of g ⊙ A (pytorch-grad-cam's EigenGradCAM).
+    EigenGradCam,
 }
 
 impl Method {
-    pub const ALL: [Method; 6] = [
+    pub const ALL: [Method; 8] = [
         Method::GradCam,
         Method::GradCamPlusPlus,
         Method::XGradCam,
         Method::HiResCam,
         Method::LayerCam,
         Method::ScoreCam,
+        Method::EigenCam,
+        Method::EigenGradCam,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +62,8 @@ impl Method {
             Method::HiResCam => "hirescam",
             Method::LayerCam => "layercam",
             Method::ScoreCam => "scorecam",
+            Method::EigenCam => "eigencam",
+            Method::EigenGradCam => "eigengradcam",
         }
     }
 
@@ -77,7 +87,12 @@ impl Method {
     }
 
     pub fn uses_gradients(self) -> bool {
-        self != Method::ScoreCam
+        !matches!(self, Method::ScoreCam | Method::EigenCam)
+    }
+
+    /// Whether the map is a principal-component projection whatever `eigen_smooth` says.
+    pub fn is_eigen(self) -> bool {
+        matches!(self, Method::EigenCam | Method::EigenGradCam)
     }
 }
 
@@ -92,6 +107,9 @@ pub struct CamRequest<'a> {
     pub guided: bool,
     /// Masked images per forward pass for Score-CAM.
     pub score_batch: usize,
+    /// pytorch-grad-cam's `eigen_smooth`: the map is the first principal component of the
+    /// method's weighted activations instead of their channel sum (see [`super::eigen`]).
+    pub eigen_smooth: bool,
 }
 
 impl<'a> CamRequest<'a> {
@@ -103,6 +121,7 @@ impl<'a> CamRequest<'a> {
             counterfactual: false,
             guided: false,
             score_batch: 32,
+            eigen_smooth: false,
         }
     }
 }
@@ -113,7 +132,8 @@ pub struct CamBatch {
     pub logits: Tensor,
     pub classes: Vec<usize>,
     /// [N, K]: the method's channel weights (Grad-CAM's α, the paper's neuron importance;
-    /// for the element-wise methods, α as well).
+    /// for the element-wise methods, α as well; for Eigen-CAM and Eigen-Grad-CAM, the first
+    /// principal component's loadings on the centred channels).
     pub weights: Tensor,
     /// The map at the target layer's resolution, after ReLU, before normalisation: [N, h, w].
     pub maps: Tensor,
@@ -159,7 +179,7 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
         (false, false) => Backward::None,
     };
     // Score-CAM masks the input again after the pass.
-    let x_again = (!req.method.uses_gradients())
+    let x_again = (req.method == Method::ScoreCam)
         .then(|| be.duplicate(&x))
         .transpose()?;
     let num_classes = net.num_classes();
@@ -172,46 +192,106 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
         chosen = choose_classes(&out.logits, req.classes, num_classes)?;
     }
     let a = &out.activation;
-    let (weights, maps) = match req.method {
-        Method::GradCam => {
-            let alpha = be.grad_pool(out.grad.as_ref().expect("requested"))?;
-            let maps = be.weighted_sum_relu(a, &alpha)?;
-            (alpha, maps)
-        }
+    let g = out.grad.as_ref();
+    let grad = || g.expect("requested");
+    // What the channel sum (or, with eigen_smooth, the principal component) runs over.
+    let (weights, combine) = match req.method {
+        Method::GradCam => (Some(be.grad_pool(grad())?), Combine::Channels),
         Method::GradCamPlusPlus | Method::XGradCam => {
             let rule = if req.method == Method::XGradCam {
                 WeightRule::XGradCam
             } else {
                 WeightRule::GradCamPlusPlus
             };
-            let w = be.cam_weights(rule, a, out.grad.as_ref().expect("requested"))?;
-            let maps = be.weighted_sum_relu(a, &w)?;
-            (w, maps)
+            (Some(be.cam_weights(rule, a, grad())?), Combine::Channels)
         }
-        Method::HiResCam | Method::LayerCam => {
-            let g = out.grad.as_ref().expect("requested");
-            let rule = if req.method == Method::HiResCam {
-                ElementRule::HiResCam
-            } else {
-                ElementRule::LayerCam
-            };
-            (be.grad_pool(g)?, be.elementwise_cam_relu(rule, a, g)?)
-        }
+        Method::HiResCam | Method::EigenGradCam => (
+            Some(be.grad_pool(grad())?),
+            Combine::Elements(ElementRule::HiResCam),
+        ),
+        Method::LayerCam => (
+            Some(be.grad_pool(grad())?),
+            Combine::Elements(ElementRule::LayerCam),
+        ),
         Method::ScoreCam => {
             let x = x_again.expect("kept for Score-CAM");
             let w = score_cam_weights(net, &x, a, &chosen, req.score_batch)?;
-            let w = be.upload(w)?;
-            let maps = be.weighted_sum_relu(a, &w)?;
-            (w, maps)
+            (Some(be.upload(w)?), Combine::Channels)
         }
+        Method::EigenCam => (None, Combine::Activations),
+    };
+    let (weights, maps) = if req.eigen_smooth || req.method.is_eigen() {
+        let host_a = be.download(a)?;
+        let host_g = g.map(|g| be.download(g)).transpose()?;
+        let host_w = weights.as_ref().map(|w| be.download(w)).transpose()?;
+        let x = combine.on_host(host_a, host_g.as_ref(), host_w.as_ref());
+        let (projection, loadings) = principal_projection(&x);
+        let maps = relu(projection);
+        match host_w {
+            Some(w) if !req.method.is_eigen() => (w, maps),
+            _ => (loadings, maps),
+        }
+    } else {
+        let weights = weights.expect("only Eigen-CAM has no weights, and it projects");
+        let maps = match combine {
+            Combine::Channels => be.weighted_sum_relu(a, &weights)?,
+            Combine::Elements(rule) => be.elementwise_cam_relu(rule, a, grad())?,
+            Combine::Activations => unreachable!("Eigen-CAM always projects"),
+        };
+        (be.download(&weights)?, be.download(&maps)?)
     };
     Ok(CamBatch {
         logits: out.logits,
         classes: chosen,
-        weights: be.download(&weights)?,
-        maps: be.download(&maps)?,
+        weights,
+        maps,
         guided: out.input_grad.map(|g| be.download(&g)).transpose()?,
     })
+}
+
+/// How a method combines the layer's channels into a map.
+#[derive(Clone, Copy)]
+enum Combine {
+    /// Σ_k w_k A_k.
+    Channels,
+    /// Σ_k rule(g)_k ⊙ A_k.
+    Elements(ElementRule),
+    /// The activations themselves (Eigen-CAM).
+    Activations,
+}
+
+impl Combine {
+    /// The [N, K, h, w] tensor whose channel sum is the map, on the host (for the principal
+    /// component, which runs there).
+    fn on_host(self, a: Tensor, g: Option<&Tensor>, w: Option<&Tensor>) -> Tensor {
+        let (_, _, h, wd) = a.dims4();
+        let hw = h * wd;
+        let mut x = a;
+        match self {
+            Combine::Activations => {}
+            Combine::Channels => {
+                let w = w.expect("channel methods have weights");
+                for (ch, &wi) in x.data_mut().chunks_mut(hw.max(1)).zip(w.data()) {
+                    ch.iter_mut().for_each(|v| *v *= wi);
+                }
+            }
+            Combine::Elements(rule) => {
+                let g = g.expect("element-wise methods have gradients");
+                for (v, &gv) in x.data_mut().iter_mut().zip(g.data()) {
+                    *v *= match rule {
+                        ElementRule::HiResCam => gv,
+                        ElementRule::LayerCam => gv.max(0.0),
+                    };
+                }
+            }
+        }
+        x
+    }
+}
+
+fn relu(mut t: Tensor) -> Tensor {
+    t.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
+    t
 }
 
 fn choose_classes(logits: &Tensor, sel: &ClassSel, num_classes: usize) -> Result<Vec<usize>> {

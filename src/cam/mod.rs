@@ -1,8 +1,10 @@
 //! The CAM methods and their post-processing.
 
+pub mod eigen;
 pub mod jet;
 mod methods;
 pub mod postprocess;
 
+pub use eigen::principal_projection;
 pub use methods::{argmax, explain, grad_cam, CamBatch, CamRequest, ClassSel, Method};
 pub use postprocess::{deprocess, normalise_minmax, overlay, upsample_normalised};

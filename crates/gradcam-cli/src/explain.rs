@@ -47,9 +47,15 @@ pub struct ExplainArgs {
     /// The paper's counterfactual map: regions that lower the class score.
     #[arg(long)]
     counterfactual: bool,
-    /// CAM method: gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam.
+    /// CAM method: gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, eigencam
+    /// (the activations' first principal component: no class, no backward pass),
+    /// eigengradcam (that of gradients × activations).
     #[arg(long, default_value = "gradcam", value_parser = parse_method)]
     method: Method,
+    /// The map is the first principal component of the method's weighted activations instead
+    /// of their sum (pytorch-grad-cam's eigen_smooth): less noise, computed on the CPU.
+    #[arg(long)]
+    eigen_smooth: bool,
     /// Also write guided backpropagation (<stem>.guided.png) and Guided Grad-CAM
     /// (<stem>.guided_gradcam.png), the paper's high-resolution visualisation.
     #[arg(long)]
@@ -219,7 +225,7 @@ fn explain_all<B: Backend>(
     let stems = inputs::stems(&files, &roots);
     let suffixes = outputs.suffixes(a.guided);
     // What decides each image's outputs: `--resume` goes on only under the same.
-    let settings = json!({
+    let mut settings = json!({
         "model": a.model.model.as_deref().map_or_else(
             || json!(format!("<bundled demo model of gradcam {}>", env!("CARGO_PKG_VERSION"))),
             resume::file_id,
@@ -240,6 +246,10 @@ fn explain_all<B: Backend>(
         "outputs": suffixes,
         "backend": net.backend().name(),
     });
+    if a.eigen_smooth {
+        // Only when on, so runs started before the flag existed still resume.
+        settings["eigen_smooth"] = json!(true);
+    }
     let previous = match a.resume {
         true => resume::load(&a.out, &settings)?,
         false => None,
@@ -285,6 +295,7 @@ fn explain_all<B: Backend>(
         method: a.method,
         guided: a.guided,
         score_batch: a.score_batch as usize,
+        eigen_smooth: a.eigen_smooth,
         size,
         overlay: if outputs.overlay {
             OverlayAt::Image
@@ -326,6 +337,7 @@ fn explain_all<B: Backend>(
         arch: graph.arch.as_str(),
         method: a.method,
         counterfactual: a.counterfactual,
+        eigen_smooth: a.eigen_smooth,
         labels: graph.labels.as_deref(),
         outputs,
     };
@@ -583,6 +595,7 @@ struct Meta<'a> {
     arch: &'a str,
     method: Method,
     counterfactual: bool,
+    eigen_smooth: bool,
     labels: Option<&'a [String]>,
     outputs: Outputs,
 }
@@ -636,6 +649,7 @@ fn write_outputs(
         "top5": e.top5.iter().map(|(c, l)| json!({"class": c, "label": label(*c), "logit": l})).collect::<Vec<_>>(),
         "layer": m.layer,
         "counterfactual": m.counterfactual,
+        "eigen_smooth": m.eigen_smooth || m.method.is_eigen(),
         "map_size": [e.map_hw.0, e.map_hw.1],
         "input_size": [e.input_hw.0, e.input_hw.1],
         "image_size": [job.image.height(), job.image.width()],

@@ -368,13 +368,23 @@ fn layers_lists_module_paths_with_shapes() {
 fn methods_and_guided_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let a = fixtures().join("images/b.png");
-    for m in ["gradcam++", "xgradcam", "hirescam", "layercam", "scorecam"] {
-        let out = dir.path().join(m);
-        let o = gradcam(&[
+    let methods = [
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "hirescam",
+        "layercam",
+        "scorecam",
+        "eigencam",
+        "eigengradcam",
+    ];
+    for (m, smooth) in (methods.iter().map(|m| (*m, false))).chain([("gradcam", true)]) {
+        let out = dir
+            .path()
+            .join(format!("{m}{}", if smooth { "-smooth" } else { "" }));
+        let mut args = vec![
             "explain",
             a.to_str().unwrap(),
-            "-m",
-            &model(),
             "--method",
             m,
             "--guided",
@@ -382,11 +392,21 @@ fn methods_and_guided_outputs() {
             "64",
             "-o",
             out.to_str().unwrap(),
-        ]);
+        ];
+        if smooth {
+            args.push("--eigen-smooth");
+        }
+        let model = model();
+        args.extend(["-m", &model]);
+        let o = gradcam(&args);
         assert!(o.status.success(), "{m}: {}", stderr(&o));
         let js: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("b.json")).unwrap()).unwrap();
         assert_eq!(js["method"], m);
+        let eigen = smooth || m.starts_with("eigen");
+        assert_eq!(js["eigen_smooth"], eigen, "{m}");
+        let settings = std::fs::read_to_string(out.join("run.json")).unwrap();
+        assert_eq!(settings.contains("eigen_smooth"), smooth, "{m}: {settings}");
         for f in ["b.guided.png", "b.guided_gradcam.png"] {
             let img = image::open(out.join(f)).unwrap();
             assert_eq!(
@@ -396,17 +416,22 @@ fn methods_and_guided_outputs() {
             );
         }
     }
-    let o = gradcam(&[
-        "explain",
-        a.to_str().unwrap(),
-        "-m",
-        &model(),
-        "--method",
-        "scorecam",
-        "--counterfactual",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("counterfactual"));
+    // The principal component is not the channel sum: the flag reaches the maps.
+    let npy = |d: &str| std::fs::read(dir.path().join(d).join("b.cam.npy")).unwrap();
+    assert_ne!(npy("gradcam"), npy("gradcam-smooth"));
+    for m in ["scorecam", "eigencam"] {
+        let o = gradcam(&[
+            "explain",
+            a.to_str().unwrap(),
+            "-m",
+            &model(),
+            "--method",
+            m,
+            "--counterfactual",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{m}");
+        assert!(stderr(&o).contains("counterfactual"), "{m}");
+    }
     let o = gradcam(&[
         "explain",
         a.to_str().unwrap(),
