@@ -1,5 +1,6 @@
 //! Criterion benches of the heavy CPU ops on the shapes that dominate ResNet-50 and VGG16
-//! at 224×224, batch 8: `cargo bench --bench ops`. Throughput is in multiply-adds.
+//! at 224×224, batch 8: `cargo bench --bench ops`. Throughput is in multiply-adds (images for
+//! the principal component).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gradcam::backend::{Backend, Conv2dParams, CpuBackend};
@@ -93,5 +94,23 @@ fn conv(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, conv);
+/// Eigen-CAM's principal component (host work, per image) at the default target layers:
+/// ResNet-50 layer4 (2048 channels, 7×7: the pixel Gram route) and VGG16 features.29 (512
+/// channels, 14×14: the pixel route at 196, its worst case at 224).
+fn principal_projection(c: &mut Criterion) {
+    let n = 8;
+    let mut rng = Rng::new(1);
+    let mut group = c.benchmark_group("principal_projection");
+    group.sample_size(10);
+    for (name, k, hw) in [("resnet50_layer4", 2048, 7), ("vgg16_features29", 512, 14)] {
+        let x = rng.tensor(&[n, k, hw, hw], 0.0, 1.0);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("principal_projection", name), |b| {
+            b.iter(|| gradcam::cam::principal_projection(&x))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, conv, principal_projection);
 criterion_main!(benches);
