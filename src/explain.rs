@@ -70,6 +70,9 @@ pub struct ExplainConfig {
     /// The first principal component of the weighted activations instead of their sum
     /// (pytorch-grad-cam's `eigen_smooth`; see [`crate::cam::eigen`]).
     pub eigen_smooth: bool,
+    /// The mean map over six mirrored and scaled copies of each image (pytorch-grad-cam's
+    /// `aug_smooth`; see [`crate::cam::aug_smooth`]): six times the work.
+    pub aug_smooth: bool,
     pub size: InputSize,
     /// Where the overlay is drawn, if at all.
     pub overlay: OverlayAt,
@@ -98,6 +101,7 @@ impl Default for ExplainConfig {
             guided: false,
             score_batch: 32,
             eigen_smooth: false,
+            aug_smooth: false,
             size: InputSize::Square(224),
             overlay: OverlayAt::Image,
         }
@@ -289,6 +293,7 @@ fn device_fitting<B: Backend>(
         guided: cfg.guided,
         score_batch: cfg.score_batch,
         eigen_smooth: cfg.eigen_smooth,
+        aug_smooth: cfg.aug_smooth,
     };
     let batch = explain(net, x, &req)?;
     check_finite(&batch, &be.name())?;

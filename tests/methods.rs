@@ -5,7 +5,8 @@
 //! - logits: relative error < 1e-4 (as tests/parity.rs)
 //! - channel weights (Grad-CAM++, XGrad-CAM, Score-CAM): relative error < 1e-3 (these divide by
 //!   sums and, for Score-CAM, go through a softmax of logits: rounding grows a little)
-//! - maps (normalised, input size): max abs < 1e-3; overlays as tests/parity.rs
+//! - maps (normalised, input size): max abs < 1e-3; overlays as tests/parity.rs; with
+//!   aug_smooth, against pytorch-grad-cam's mean map min-max normalised (it leaves it as is)
 //! - Eigen-CAM's principal-component projection (Eigen-CAM, Eigen-Grad-CAM, eigen_smooth):
 //!   relative error < 1e-3 up to sign. pytorch-grad-cam takes LAPACK's sign, which flips from
 //!   image to image; gradcam orients the component to correlate with the channel sum. Where the
@@ -111,6 +112,7 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             guided,
             score_batch: 16,
             eigen_smooth: c["eigen_smooth"].as_bool().unwrap_or(false),
+            aug_smooth: c["aug_smooth"].as_bool().unwrap_or(false),
         };
         let out = explain(net, x, &req).unwrap();
         let err = rel_err(&out.logits, &exp.f32("logits"));
@@ -120,6 +122,14 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         let cam = upsample_normalised(out.maps.data(), (h, w), hw);
         let mut theirs_cam = exp.f32("cam");
         let mut flipped = false;
+        if req.aug_smooth {
+            // pytorch-grad-cam leaves the mean of the six normalised maps as it is; gradcam's
+            // maps are always min-max normalised.
+            seen.insert(format!("{name}+aug_smooth"));
+            let mut m = theirs_cam.data().to_vec();
+            gradcam::cam::normalise_minmax(&mut m);
+            theirs_cam = Tensor::new(theirs_cam.shape(), m);
+        }
         if exp.tensors.contains_key("projection") {
             if req.eigen_smooth {
                 seen.insert(format!("{name}+eigen_smooth"));
@@ -205,6 +215,8 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         "eigengradcam",
         "gradcam+eigen_smooth",
         "layercam+eigen_smooth",
+        "gradcam+aug_smooth",
+        "layercam+aug_smooth",
         "guided",
     ];
     assert!(

@@ -117,6 +117,12 @@ EIGEN_SMOOTH_CASES = [
     ("resnet_basic_tiny", "layer4", "c", "native", ["xgradcam", "scorecam"]),
 ]
 
+# aug_smooth=True (test-time augmentation): (model, layer, image, size, methods)
+AUG_SMOOTH_CASES = [
+    ("resnet_tiny", "layer4", "a", "native", ["gradcam"]),
+    ("vgg_bn_tiny", "features.27", "b", 64, ["gradcam", "layercam"]),
+]
+
 # (model, image, size); the Grad-CAM layer is the model's default one.
 GUIDED_CASES = [
     ("vgg_bn_tiny", "a", "native"),
@@ -333,6 +339,40 @@ def cam_case(entry, method, model, rgb, src_file, fixtures, embed_inputs,
     return case_id, tensors, None
 
 
+def aug_case(entry, method, model, rgb, src_file, fixtures):
+    """obj(x, targets, aug_smooth=True): stores the plain input's logits and class (the
+    object's own `outputs` are its last augmented copy's) and the mean cam."""
+    model_name, layer_name, img, size = entry
+    x = mf.preprocess(rgb, size)
+    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    with torch.no_grad():
+        logits = model(x)
+    cls = int(logits.argmax(dim=1).item())
+    targets = [ClassifierOutputTarget(cls)]
+    cls_ = CLASSES[method][0]
+    layer = model.get_submodule(layer_name)
+    with cls_(model=model, target_layers=[layer]) as obj:
+        cam = np.asarray(obj(input_tensor=x, targets=targets, aug_smooth=True))
+    # The same from scratch: six plain calls on mirrored / scaled copies, mirrored back.
+    cams = []
+    for mirror in (False, True):
+        for factor in (0.9, 1.0, 1.1):
+            xa = (torch.flip(x, dims=[3]) if mirror else x) * factor
+            with cls_(model=model, target_layers=[layer]) as obj:
+                c = np.asarray(obj(input_tensor=xa, targets=targets))
+            cams.append(c[:, :, ::-1] if mirror else c)
+    ref = np.mean(np.float32(cams), axis=0)
+    err = float(np.abs(ref - cam).max())
+    assert err < 1e-5, f"aug_smooth differs from six plain calls ({err})"
+    assert cam.shape == (1, x.shape[2], x.shape[3]) and float(cam.max()) > 0.5
+    case_id = f"{model_name}__{layer_name}__{img}__{size}__{method}__aug_smooth"
+    return case_id, {
+        "logits": logits.float().contiguous(),
+        "class": torch.tensor([cls], dtype=torch.int64),
+        "cam": torch.from_numpy(np.ascontiguousarray(cam)),
+    }
+
+
 def guided_case(entry, fixtures, rgb):
     model_name, img, size = entry
     layer = DEFAULT_LAYER[model_name]
@@ -467,6 +507,22 @@ def main() -> int:
         for method in methods:
             add((model_name, layer, img, size, False), method, True)
 
+    for model_name, layer, img, size, methods in AUG_SMOOTH_CASES:
+        src = sources[(img, size)]
+        for method in methods:
+            case_id, tensors = aug_case((model_name, layer, img, size), method,
+                                        models[model_name], rgbs[img], src, out)
+            rel = f"expected/{case_id}.safetensors"
+            assert rel not in owned_by_manifest
+            save_file(tensors, str(out / rel))
+            written.append(rel)
+            cases.append({"id": case_id, "model": model_name, "layer": layer,
+                          "image": f"images/{img}.png", "size": size, "class": None,
+                          "counterfactual": False, "method": method, "expected": rel,
+                          "input_from": src, "aug_smooth": True})
+            print(f"{case_id:66s} {int(tensors['class'][0]):3d} cam max "
+                  f"{float(tensors['cam'].max()):.3f}")
+
     for entry in GUIDED_CASES:
         model_name, img, size = entry
         case_id, layer, tensors, nz = guided_case(entry, out, rgbs[img])
@@ -502,6 +558,8 @@ def main() -> int:
             "eigen": "eigencam / eigengradcam, and cases with eigen_smooth: true "
                      "(obj(x, targets, eigen_smooth=True)); `projection` is "
                      "get_2d_projection's output with LAPACK's sign",
+            "aug_smooth": "obj(x, [ClassifierOutputTarget(argmax of the plain input)], "
+                          "aug_smooth=True); logits of the plain input; cam not renormalised",
         },
         "dropped": [{"id": i, "reason": r} for i, r in dropped],
         "cases": cases,

@@ -5,6 +5,7 @@
 //! Guided Backpropagation (a second, guided backward pass to the input, sharing the forward
 //! pass) gives the paper's Guided Grad-CAM.
 
+use super::aug_smooth::explain_aug_smooth;
 use super::eigen::principal_projection;
 use crate::backend::{Backend, ElementRule, WeightRule};
 use crate::model::{Backward, Network};
@@ -110,6 +111,9 @@ pub struct CamRequest<'a> {
     /// pytorch-grad-cam's `eigen_smooth`: the map is the first principal component of the
     /// method's weighted activations instead of their channel sum (see [`super::eigen`]).
     pub eigen_smooth: bool,
+    /// pytorch-grad-cam's `aug_smooth`: the mean map over six mirrored and scaled copies of the
+    /// input, at the input size (see [`super::aug_smooth`]).
+    pub aug_smooth: bool,
 }
 
 impl<'a> CamRequest<'a> {
@@ -122,6 +126,7 @@ impl<'a> CamRequest<'a> {
             guided: false,
             score_batch: 32,
             eigen_smooth: false,
+            aug_smooth: false,
         }
     }
 }
@@ -135,7 +140,8 @@ pub struct CamBatch {
     /// for the element-wise methods, α as well; for Eigen-CAM and Eigen-Grad-CAM, the first
     /// principal component's loadings on the centred channels).
     pub weights: Tensor,
-    /// The map at the target layer's resolution, after ReLU, before normalisation: [N, h, w].
+    /// The map at the target layer's resolution, after ReLU, before normalisation: [N, h, w]
+    /// (with `aug_smooth`, the mean of the copies' normalised maps at the input size).
     pub maps: Tensor,
     /// Guided-backprop gradient at the input, [N, C, H, W], when requested.
     pub guided: Option<Tensor>,
@@ -172,6 +178,9 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
             "--counterfactual negates gradients; {} uses none",
             req.method.name()
         )));
+    }
+    if req.aug_smooth {
+        return explain_aug_smooth(net, x, req);
     }
     let what = match (req.method.uses_gradients(), req.guided) {
         (_, true) => Backward::ToLayerAndGuidedInput,

@@ -1,5 +1,6 @@
 //! The CAM methods and their post-processing.
 
+pub mod aug_smooth;
 pub mod eigen;
 pub mod jet;
 mod methods;

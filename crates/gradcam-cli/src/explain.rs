@@ -56,6 +56,10 @@ pub struct ExplainArgs {
     /// of their sum (pytorch-grad-cam's eigen_smooth): less noise, computed on the CPU.
     #[arg(long)]
     eigen_smooth: bool,
+    /// The mean map over six copies of each image, mirrored or not and scaled by 0.9, 1 and
+    /// 1.1 (pytorch-grad-cam's aug_smooth): smoother maps for six times the work.
+    #[arg(long)]
+    aug_smooth: bool,
     /// Also write guided backpropagation (<stem>.guided.png) and Guided Grad-CAM
     /// (<stem>.guided_gradcam.png), the paper's high-resolution visualisation.
     #[arg(long)]
@@ -246,9 +250,14 @@ fn explain_all<B: Backend>(
         "outputs": suffixes,
         "backend": net.backend().name(),
     });
-    if a.eigen_smooth {
-        // Only when on, so runs started before the flag existed still resume.
-        settings["eigen_smooth"] = json!(true);
+    // Only when on, so runs started before these flags existed still resume.
+    for (on, key) in [
+        (a.eigen_smooth, "eigen_smooth"),
+        (a.aug_smooth, "aug_smooth"),
+    ] {
+        if on {
+            settings[key] = json!(true);
+        }
     }
     let previous = match a.resume {
         true => resume::load(&a.out, &settings)?,
@@ -296,6 +305,7 @@ fn explain_all<B: Backend>(
         guided: a.guided,
         score_batch: a.score_batch as usize,
         eigen_smooth: a.eigen_smooth,
+        aug_smooth: a.aug_smooth,
         size,
         overlay: if outputs.overlay {
             OverlayAt::Image
@@ -338,6 +348,7 @@ fn explain_all<B: Backend>(
         method: a.method,
         counterfactual: a.counterfactual,
         eigen_smooth: a.eigen_smooth,
+        aug_smooth: a.aug_smooth,
         labels: graph.labels.as_deref(),
         outputs,
     };
@@ -596,6 +607,7 @@ struct Meta<'a> {
     method: Method,
     counterfactual: bool,
     eigen_smooth: bool,
+    aug_smooth: bool,
     labels: Option<&'a [String]>,
     outputs: Outputs,
 }
@@ -650,6 +662,7 @@ fn write_outputs(
         "layer": m.layer,
         "counterfactual": m.counterfactual,
         "eigen_smooth": m.eigen_smooth || m.method.is_eigen(),
+        "aug_smooth": m.aug_smooth,
         "map_size": [e.map_hw.0, e.map_hw.1],
         "input_size": [e.input_hw.0, e.input_hw.1],
         "image_size": [job.image.height(), job.image.width()],

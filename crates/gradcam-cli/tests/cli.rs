@@ -378,10 +378,10 @@ fn methods_and_guided_outputs() {
         "eigencam",
         "eigengradcam",
     ];
-    for (m, smooth) in (methods.iter().map(|m| (*m, false))).chain([("gradcam", true)]) {
-        let out = dir
-            .path()
-            .join(format!("{m}{}", if smooth { "-smooth" } else { "" }));
+    let runs = (methods.iter().map(|m| (*m, "")))
+        .chain([("gradcam", "--eigen-smooth"), ("gradcam", "--aug-smooth")]);
+    for (m, flag) in runs {
+        let out = dir.path().join(format!("{m}{flag}"));
         let mut args = vec![
             "explain",
             a.to_str().unwrap(),
@@ -393,8 +393,8 @@ fn methods_and_guided_outputs() {
             "-o",
             out.to_str().unwrap(),
         ];
-        if smooth {
-            args.push("--eigen-smooth");
+        if !flag.is_empty() {
+            args.push(flag);
         }
         let model = model();
         args.extend(["-m", &model]);
@@ -403,10 +403,16 @@ fn methods_and_guided_outputs() {
         let js: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("b.json")).unwrap()).unwrap();
         assert_eq!(js["method"], m);
-        let eigen = smooth || m.starts_with("eigen");
+        let eigen = flag == "--eigen-smooth" || m.starts_with("eigen");
         assert_eq!(js["eigen_smooth"], eigen, "{m}");
+        assert_eq!(js["aug_smooth"], flag == "--aug-smooth", "{m}");
         let settings = std::fs::read_to_string(out.join("run.json")).unwrap();
-        assert_eq!(settings.contains("eigen_smooth"), smooth, "{m}: {settings}");
+        for (key, on) in [
+            ("eigen_smooth", "--eigen-smooth"),
+            ("aug_smooth", "--aug-smooth"),
+        ] {
+            assert_eq!(settings.contains(key), flag == on, "{m}{flag}: {settings}");
+        }
         for f in ["b.guided.png", "b.guided_gradcam.png"] {
             let img = image::open(out.join(f)).unwrap();
             assert_eq!(
@@ -416,9 +422,11 @@ fn methods_and_guided_outputs() {
             );
         }
     }
-    // The principal component is not the channel sum: the flag reaches the maps.
+    // The principal component is not the channel sum, nor one copy the mean of six: the flags
+    // reach the maps.
     let npy = |d: &str| std::fs::read(dir.path().join(d).join("b.cam.npy")).unwrap();
-    assert_ne!(npy("gradcam"), npy("gradcam-smooth"));
+    assert_ne!(npy("gradcam"), npy("gradcam--eigen-smooth"));
+    assert_ne!(npy("gradcam"), npy("gradcam--aug-smooth"));
     for m in ["scorecam", "eigencam"] {
         let o = gradcam(&[
             "explain",

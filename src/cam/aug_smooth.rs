@@ -1,0 +1,126 @@
+//! Test-time augmentation smoothing (pytorch-grad-cam's `aug_smooth`): the map is the mean of
+//! the maps of six copies of the input, each mirrored or not and multiplied by 0.9, 1 or 1.1
+//! (after normalisation, as ttach's `HorizontalFlip` × `Multiply([0.9, 1, 1.1])`), each map
+//! min-max normalised at the input size and mirrored back before the mean.
+//!
+//! The six copies run as one batch. The class is chosen once, on the unaugmented image, and
+//! explained in all six; pytorch-grad-cam without targets takes each copy's own top-1 class
+//! (the same unless the copies disagree). Logits, class, channel weights and the guided
+//! gradient are the unaugmented copy's.
+
+use super::methods::{explain, CamBatch, CamRequest, ClassSel};
+use super::postprocess::upsample_normalised;
+use crate::backend::Backend;
+use crate::model::Network;
+use crate::{Result, Tensor};
+
+/// ttach's order: every factor without the mirror, then every factor with it.
+pub const AUGMENTATIONS: [(bool, f32); 6] = [
+    (false, 0.9),
+    (false, 1.0),
+    (false, 1.1),
+    (true, 0.9),
+    (true, 1.0),
+    (true, 1.1),
+];
+
+/// The unaugmented copy's place in [`AUGMENTATIONS`].
+const PLAIN: usize = 1;
+
+/// [`explain`] with `req.aug_smooth`: `maps` is the mean map at the input size [N, H, W].
+pub(crate) fn explain_aug_smooth<B: Backend>(
+    net: &Network<B>,
+    x: B::Tensor,
+    req: &CamRequest,
+) -> Result<CamBatch> {
+    let be = net.backend();
+    let host = be.download(&x)?;
+    drop(x);
+    let (n, c, h, w) = host.dims4();
+    let classes = match req.classes {
+        ClassSel::Predicted => {
+            let logits = net.forward(be.upload(host.clone())?)?;
+            let nc = logits.shape()[1];
+            let top = logits.data().chunks(nc).map(super::argmax).collect();
+            ClassSel::PerImage(top)
+        }
+        other => other.clone(),
+    };
+    let per = c * h * w;
+    let mut copies = Vec::with_capacity(AUGMENTATIONS.len() * n * per);
+    for &(mirror, factor) in &AUGMENTATIONS {
+        for img in host.data().chunks(per) {
+            copies.extend(augmented(img, h, w, mirror, factor));
+        }
+    }
+    let repeated = match &classes {
+        ClassSel::PerImage(cs) => ClassSel::PerImage(cs.repeat(AUGMENTATIONS.len())),
+        other => other.clone(),
+    };
+    let sub = CamRequest {
+        classes: &repeated,
+        aug_smooth: false,
+        ..req.clone()
+    };
+    let shape = [AUGMENTATIONS.len() * n, c, h, w];
+    let out = explain(net, be.upload(Tensor::new(shape, copies))?, &sub)?;
+
+    let (mh, mw) = (out.maps.shape()[1], out.maps.shape()[2]);
+    let mut mean = vec![0f32; n * h * w];
+    for (t, &(mirror, _)) in AUGMENTATIONS.iter().enumerate() {
+        for i in 0..n {
+            let at = (t * n + i) * mh * mw;
+            let m = upsample_normalised(&out.maps.data()[at..at + mh * mw], (mh, mw), (h, w));
+            let m = if mirror { mirrored(&m, 1, h, w) } else { m };
+            for (acc, v) in mean[i * h * w..(i + 1) * h * w].iter_mut().zip(m) {
+                *acc += v;
+            }
+        }
+    }
+    let k = AUGMENTATIONS.len() as f32;
+    mean.iter_mut().for_each(|v| *v /= k);
+    let rows = |t: &Tensor| t.slice_batch(PLAIN * n, (PLAIN + 1) * n);
+    Ok(CamBatch {
+        logits: rows(&out.logits),
+        classes: out.classes[PLAIN * n..(PLAIN + 1) * n].to_vec(),
+        weights: rows(&out.weights),
+        maps: Tensor::new([n, h, w], mean),
+        guided: out.guided.as_ref().map(rows),
+    })
+}
+
+/// One [C, H, W] image, mirrored left to right when asked, times `factor`.
+fn augmented(img: &[f32], h: usize, w: usize, mirror: bool, factor: f32) -> Vec<f32> {
+    let img = if mirror {
+        mirrored(img, img.len() / (h * w), h, w)
+    } else {
+        img.to_vec()
+    };
+    img.into_iter().map(|v| v * factor).collect()
+}
+
+/// [C, H, W] mirrored left to right.
+fn mirrored(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(c * h * w);
+    for row in x.chunks(w) {
+        out.extend(row.iter().rev());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_and_factor() {
+        let img = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]; // [2, 2, 2]
+        assert_eq!(
+            augmented(&img, 2, 2, true, 2.0),
+            [4.0, 2.0, 8.0, 6.0, 12.0, 10.0, 16.0, 14.0]
+        );
+        assert_eq!(augmented(&img, 2, 2, false, 1.0), img);
+        assert_eq!(mirrored(&mirrored(&img, 2, 2, 2), 2, 2, 2), img);
+        assert_eq!(AUGMENTATIONS[PLAIN], (false, 1.0));
+    }
+}
