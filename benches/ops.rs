@@ -95,14 +95,19 @@ fn conv(c: &mut Criterion) {
 }
 
 /// Eigen-CAM's principal component (host work, per image) at the default target layers:
-/// ResNet-50 layer4 (2048 channels, 7×7: the pixel Gram route) and VGG16 features.29 (512
-/// channels, 14×14: the pixel route at 196, its worst case at 224).
+/// ResNet-50 layer4 (2048 channels) and VGG16 features.29 (512 channels), at 224 (7×7 and
+/// 14×14) and for a 1000×1000 photograph at its native size (32×32 and 62×62).
 fn principal_projection(c: &mut Criterion) {
-    let n = 8;
     let mut rng = Rng::new(1);
     let mut group = c.benchmark_group("principal_projection");
     group.sample_size(10);
-    for (name, k, hw) in [("resnet50_layer4", 2048, 7), ("vgg16_features29", 512, 14)] {
+    let shapes = [
+        ("resnet50_layer4_224", 8, 2048, 7),
+        ("vgg16_features29_224", 8, 512, 14),
+        ("resnet50_layer4_1000px", 1, 2048, 32),
+        ("vgg16_features29_1000px", 1, 512, 62),
+    ];
+    for (name, n, k, hw) in shapes {
         let x = rng.tensor(&[n, k, hw, hw], 0.0, 1.0);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::new("principal_projection", name), |b| {

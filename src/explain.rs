@@ -117,7 +117,8 @@ pub struct Explanation {
     pub top5: Vec<(usize, f32)>,
     /// The method's weight for every channel of the target layer (α for Grad-CAM).
     pub weights: Vec<f32>,
-    /// Resolution of the target layer's map (h, w).
+    /// Resolution of the target layer's map (h, w); the input size with `aug_smooth`, whose
+    /// mean map is made there.
     pub map_hw: (usize, usize),
     /// The normalised map at the model-input size, row-major, values in [0, 1].
     pub cam: Vec<f32>,

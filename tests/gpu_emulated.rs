@@ -630,6 +630,40 @@ fn batches_too_big_for_the_device_are_split() {
     }
 }
 
+/// `aug_smooth` on a device with room for about two images: the six copies of one image do
+/// not fit as one batch, so they run one copy at a time, with the same result.
+#[test]
+fn aug_smooth_runs_copy_by_copy_when_six_do_not_fit() {
+    let g = || model::load(fixtures().join("resnet_tiny.safetensors"), None).unwrap();
+    let img = load_rgb8(&fixtures().join("images/a.png")).unwrap();
+    let cfg = ExplainConfig {
+        size: InputSize::Square(64),
+        ..Default::default()
+    };
+    let free = Network::new(g(), GpuBackend::new(EmuLauncher::new())).unwrap();
+    let weights = free.backend().launcher().memory().in_use();
+    free.backend().reset_device_memory_peak();
+    explain_batch(&free, &[&img], &cfg, &mut Timings::default()).unwrap();
+    let one_image = free.backend().device_memory_peak().unwrap() - weights;
+    let aug = ExplainConfig {
+        aug_smooth: true,
+        ..cfg
+    };
+    let want = explain_batch(&free, &[&img], &aug, &mut Timings::default()).unwrap();
+    let tight = Network::new(
+        g(),
+        GpuBackend::new(EmuLauncher::with_memory_limit(weights + one_image * 5 / 2)),
+    )
+    .unwrap();
+    let got = explain_batch(&tight, &[&img], &aug, &mut Timings::default()).unwrap();
+    assert_eq!(got[0].class, want[0].class);
+    assert_eq!(got[0].map_hw, (64, 64));
+    let err = (got[0].cam.iter().zip(&want[0].cam))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(err < 1e-5, "copy by copy changed the map by {err}");
+}
+
 /// Batches queued before earlier ones are collected, collected on another thread (as the CLI
 /// pipelines them): each batch's own results. The emulator reads a download when it is waited
 /// for, so the overlays in flight still hold their device buffers.

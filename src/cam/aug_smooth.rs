@@ -4,15 +4,15 @@
 //! min-max normalised at the input size and mirrored back before the mean.
 //!
 //! The six copies run as one batch. The class is chosen once, on the unaugmented image, and
-//! explained in all six; pytorch-grad-cam without targets takes each copy's own top-1 class
-//! (the same unless the copies disagree). Logits, class, channel weights and the guided
-//! gradient are the unaugmented copy's.
+//! explained in all six (one more forward pass, on the images themselves); pytorch-grad-cam
+//! without targets takes each copy's own top-1 class (the same unless the copies disagree).
+//! Logits, class, channel weights and the guided gradient are the unaugmented copy's.
 
 use super::methods::{explain, CamBatch, CamRequest, ClassSel};
 use super::postprocess::upsample_normalised;
 use crate::backend::Backend;
 use crate::model::Network;
-use crate::{Result, Tensor};
+use crate::{Error, Result, Tensor};
 
 /// ttach's order: every factor without the mirror, then every factor with it.
 pub const AUGMENTATIONS: [(bool, f32); 6] = [
@@ -28,6 +28,9 @@ pub const AUGMENTATIONS: [(bool, f32); 6] = [
 const PLAIN: usize = 1;
 
 /// [`explain`] with `req.aug_smooth`: `maps` is the mean map at the input size [N, H, W].
+/// The six copies run as one batch, or one copy at a time when that batch does not fit in
+/// device memory (a caller that splits batches then still sees an out-of-memory error for
+/// the images alone).
 pub(crate) fn explain_aug_smooth<B: Backend>(
     net: &Network<B>,
     x: B::Tensor,
@@ -37,6 +40,9 @@ pub(crate) fn explain_aug_smooth<B: Backend>(
     let host = be.download(&x)?;
     drop(x);
     let (n, c, h, w) = host.dims4();
+    if n * c * h * w == 0 {
+        return Err(Error::Invalid("aug_smooth: an empty input".into()));
+    }
     let classes = match req.classes {
         ClassSel::Predicted => {
             let logits = net.forward(be.upload(host.clone())?)?;
@@ -46,15 +52,72 @@ pub(crate) fn explain_aug_smooth<B: Backend>(
         }
         other => other.clone(),
     };
+    let mut mean = vec![0f32; n * h * w];
+    let mut plain = None;
+    let mut add = |batch: CamBatch, first: usize| {
+        let (mh, mw) = (batch.maps.shape()[1], batch.maps.shape()[2]);
+        for t in 0..batch.classes.len() / n {
+            let mirror = AUGMENTATIONS[first + t].0;
+            for i in 0..n {
+                let at = (t * n + i) * mh * mw;
+                let m = &batch.maps.data()[at..at + mh * mw];
+                let m = upsample_normalised(m, (mh, mw), (h, w));
+                let m = if mirror { mirrored(&m, 1, h, w) } else { m };
+                for (acc, v) in mean[i * h * w..(i + 1) * h * w].iter_mut().zip(m) {
+                    *acc += v;
+                }
+            }
+            if first + t == PLAIN {
+                let rows = |x: &Tensor| x.slice_batch(t * n, (t + 1) * n);
+                plain = Some(CamBatch {
+                    logits: rows(&batch.logits),
+                    classes: batch.classes[t * n..(t + 1) * n].to_vec(),
+                    weights: rows(&batch.weights),
+                    maps: Tensor::zeros([0]),
+                    guided: batch.guided.as_ref().map(rows),
+                });
+            }
+        }
+    };
+    let all = 0..AUGMENTATIONS.len();
+    match explain_copies(net, &host, all, &classes, req) {
+        Ok(batch) => add(batch, 0),
+        Err(Error::OutOfMemory(_)) => {
+            for t in 0..AUGMENTATIONS.len() {
+                add(explain_copies(net, &host, t..t + 1, &classes, req)?, t);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    let k = AUGMENTATIONS.len() as f32;
+    mean.iter_mut().for_each(|v| *v /= k);
+    let plain = plain.expect("the plain copy ran");
+    Ok(CamBatch {
+        maps: Tensor::new([n, h, w], mean),
+        ..plain
+    })
+}
+
+/// The copies `which` of [`AUGMENTATIONS`] of every image of `host` [N, C, H, W], explained as
+/// one batch (copy-major: all images of the first copy, then the next).
+fn explain_copies<B: Backend>(
+    net: &Network<B>,
+    host: &Tensor,
+    which: std::ops::Range<usize>,
+    classes: &ClassSel,
+    req: &CamRequest,
+) -> Result<CamBatch> {
+    let (n, c, h, w) = host.dims4();
     let per = c * h * w;
-    let mut copies = Vec::with_capacity(AUGMENTATIONS.len() * n * per);
-    for &(mirror, factor) in &AUGMENTATIONS {
+    let copies = which.len();
+    let mut data = Vec::with_capacity(copies * n * per);
+    for &(mirror, factor) in &AUGMENTATIONS[which] {
         for img in host.data().chunks(per) {
-            copies.extend(augmented(img, h, w, mirror, factor));
+            data.extend(augmented(img, h, w, mirror, factor));
         }
     }
-    let repeated = match &classes {
-        ClassSel::PerImage(cs) => ClassSel::PerImage(cs.repeat(AUGMENTATIONS.len())),
+    let repeated = match classes {
+        ClassSel::PerImage(cs) => ClassSel::PerImage(cs.repeat(copies)),
         other => other.clone(),
     };
     let sub = CamRequest {
@@ -62,31 +125,10 @@ pub(crate) fn explain_aug_smooth<B: Backend>(
         aug_smooth: false,
         ..req.clone()
     };
-    let shape = [AUGMENTATIONS.len() * n, c, h, w];
-    let out = explain(net, be.upload(Tensor::new(shape, copies))?, &sub)?;
-
-    let (mh, mw) = (out.maps.shape()[1], out.maps.shape()[2]);
-    let mut mean = vec![0f32; n * h * w];
-    for (t, &(mirror, _)) in AUGMENTATIONS.iter().enumerate() {
-        for i in 0..n {
-            let at = (t * n + i) * mh * mw;
-            let m = upsample_normalised(&out.maps.data()[at..at + mh * mw], (mh, mw), (h, w));
-            let m = if mirror { mirrored(&m, 1, h, w) } else { m };
-            for (acc, v) in mean[i * h * w..(i + 1) * h * w].iter_mut().zip(m) {
-                *acc += v;
-            }
-        }
-    }
-    let k = AUGMENTATIONS.len() as f32;
-    mean.iter_mut().for_each(|v| *v /= k);
-    let rows = |t: &Tensor| t.slice_batch(PLAIN * n, (PLAIN + 1) * n);
-    Ok(CamBatch {
-        logits: rows(&out.logits),
-        classes: out.classes[PLAIN * n..(PLAIN + 1) * n].to_vec(),
-        weights: rows(&out.weights),
-        maps: Tensor::new([n, h, w], mean),
-        guided: out.guided.as_ref().map(rows),
-    })
+    let x = net
+        .backend()
+        .upload(Tensor::new([copies * n, c, h, w], data))?;
+    explain(net, x, &sub)
 }
 
 /// One [C, H, W] image, mirrored left to right when asked, times `factor`.

@@ -8,8 +8,8 @@
 //! right singular vector, and the map is M·v (before the ReLU the caller applies).
 //! `np.linalg.svd(M)[2][0]` in pytorch-grad-cam.
 //!
-//! The SVD comes from the smaller Gram matrix (M·Mᵀ when h·w ≤ K, else Mᵀ·M), by cyclic Jacobi
-//! rotations in f64. A singular vector has no sign of its own (LAPACK's varies with the
+//! The SVD comes from the top eigenvector of the smaller Gram matrix (M·Mᵀ when h·w ≤ K, else
+//! Mᵀ·M), never formed: Lanczos iteration in f64 applies it as two passes over M. A singular vector has no sign of its own (LAPACK's varies with the
 //! data); here v is oriented so that Σ_k v_k ≥ 0, which is the same as the map correlating
 //! positively with the sum over channels of the centred input (M·1), the "where the layer
 //! fires" map. pytorch-grad-cam's map is this one or its negation.
@@ -19,14 +19,21 @@ use rayon::prelude::*;
 use crate::Tensor;
 
 /// Principal-component projections of a batch `x` [N, K, h, w]: (maps [N, h, w] before the
-/// ReLU, loadings v [N, K]). Non-finite inputs count as zero, as in pytorch-grad-cam.
+/// ReLU, loadings v [N, K]). Non-finite inputs count as zero (pytorch-grad-cam zeroes NaN and
+/// fails on infinities).
+///
+/// When the loadings nearly cancel (Σv ≈ 0) the orientation is fragile: a run at reduced
+/// precision may pick the other sign and give the complementary map.
 pub fn principal_projection(x: &Tensor) -> (Tensor, Tensor) {
     let (n, k, h, w) = x.dims4();
     let hw = h * w;
+    if k == 0 || hw == 0 {
+        return (Tensor::zeros([n, h, w]), Tensor::zeros([n, k]));
+    }
     let per: Vec<(Vec<f32>, Vec<f32>)> = x
         .data()
-        .par_chunks(k * hw.max(1))
-        .map(|img| project_one(img, k, hw))
+        .par_chunks(k * hw)
+        .map(|img| project_one(img, k, hw, hw <= k))
         .collect();
     let (mut maps, mut loadings) = (Vec::with_capacity(n * hw), Vec::with_capacity(n * k));
     for (m, v) in per {
@@ -36,11 +43,9 @@ pub fn principal_projection(x: &Tensor) -> (Tensor, Tensor) {
     (Tensor::new([n, h, w], maps), Tensor::new([n, k], loadings))
 }
 
-/// One image: `x` is [K, hw] channel-major. Returns (projection [hw], loadings [K]).
-fn project_one(x: &[f32], k: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
-    if k == 0 || hw == 0 {
-        return (vec![0.0; hw], vec![0.0; k]);
-    }
+/// One image: `x` is [K, hw] channel-major. Returns (projection [hw], loadings [K]), from the
+/// pixels' Gram matrix (`pixels`, the smaller one when hw ≤ K) or the channels'.
+fn project_one(x: &[f32], k: usize, hw: usize, pixels: bool) -> (Vec<f32>, Vec<f32>) {
     // Centred channels, channel-major: c[ch][p] = x[ch][p] - mean_p x[ch][p].
     let mut c = vec![0f64; k * hw];
     for (row, src) in c.chunks_mut(hw).zip(x.chunks(hw)) {
@@ -52,31 +57,35 @@ fn project_one(x: &[f32], k: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
     }
     let mut proj = vec![0f64; hw];
     let mut load = vec![0f64; k];
-    if hw <= k {
-        // G = M·Mᵀ [hw, hw]; its top eigenvector u gives M·v = σ·u, v = Mᵀ·u / σ.
-        let g = gram_of_pixels(&c, hw);
-        let (lambda, u) = top_eigenvector(g, hw);
-        if lambda > 0.0 {
-            let sigma = lambda.sqrt();
-            for (ch, l) in load.iter_mut().enumerate() {
-                let row = &c[ch * hw..(ch + 1) * hw];
-                *l = row.iter().zip(&u).map(|(a, b)| a * b).sum::<f64>() / sigma;
-            }
-            for (p, u) in proj.iter_mut().zip(&u) {
-                *p = sigma * u;
+    // M·u over the pixels' values u [hw] → [K] is Mᵀ·u; M·v over loadings v [K] → [hw].
+    let mt_times = |u: &[f64]| -> Vec<f64> {
+        c.chunks(hw)
+            .map(|row| row.iter().zip(u).map(|(a, b)| a * b).sum())
+            .collect()
+    };
+    let m_times = |v: &[f64]| -> Vec<f64> {
+        let mut out = vec![0f64; hw];
+        for (row, &l) in c.chunks(hw).zip(v) {
+            for (o, &a) in out.iter_mut().zip(row) {
+                *o += a * l;
             }
         }
-    } else {
-        // C = Mᵀ·M [K, K]; its top eigenvector is v, and the map is M·v.
-        let g = gram_of_channels(&c, k, hw);
-        let (lambda, v) = top_eigenvector(g, k);
+        out
+    };
+    if pixels {
+        // The top eigenvector u of M·Mᵀ [hw, hw] gives M·v = σ·u, v = Mᵀ·u / σ.
+        let (lambda, u) = lanczos_top(hw, |u| m_times(&mt_times(u)));
         if lambda > 0.0 {
+            let sigma = lambda.sqrt();
+            load = mt_times(&u).into_iter().map(|v| v / sigma).collect();
+            proj = u.iter().map(|u| sigma * u).collect();
+        }
+    } else {
+        // The top eigenvector of Mᵀ·M [K, K] is v, and the map is M·v.
+        let (lambda, v) = lanczos_top(k, |v| mt_times(&m_times(v)));
+        if lambda > 0.0 {
+            proj = m_times(&v);
             load = v;
-            for (ch, &l) in load.iter().enumerate() {
-                for (p, &m) in proj.iter_mut().zip(&c[ch * hw..(ch + 1) * hw]) {
-                    *p += m * l;
-                }
-            }
         }
     }
     if load.iter().sum::<f64>() < 0.0 {
@@ -89,44 +98,76 @@ fn project_one(x: &[f32], k: usize, hw: usize) -> (Vec<f32>, Vec<f32>) {
     )
 }
 
-/// M·Mᵀ [hw, hw] from the channel-major centred input `c` [K, hw]: Σ over channels of each
-/// channel's outer product with itself (upper triangle, then mirrored).
-fn gram_of_pixels(c: &[f64], hw: usize) -> Vec<f64> {
-    let mut g = vec![0f64; hw * hw];
-    for row in c.chunks(hw) {
-        for (p, &a) in row.iter().enumerate() {
-            if a == 0.0 {
-                continue;
+/// The largest eigenvalue of the symmetric positive semi-definite operator `apply` on Rⁿ and a
+/// unit eigenvector, by Lanczos iteration with full reorthogonalisation. The Krylov basis grows
+/// until the top Ritz pair's residual is below 1e-10 of its value, or the basis spans an
+/// invariant subspace; the small tridiagonal projection's eigenpairs come from
+/// [`top_eigenvector`]. Each step costs one `apply` (two passes over M here), so this is far
+/// cheaper than a dense eigensolver on the Gram matrix once h·w and K are both large (native-size
+/// photographs). At `MAX_BASIS` vectors it restarts from the Ritz vector.
+fn lanczos_top(n: usize, apply: impl Fn(&[f64]) -> Vec<f64>) -> (f64, Vec<f64>) {
+    const MAX_BASIS: usize = 160;
+    const CHECK_EVERY: usize = 8;
+    // A fixed start with a part along every direction in practice (all ones plus a ripple).
+    let mut start: Vec<f64> = (0..n)
+        .map(|i| 1.0 + 0.25 * (i as f64 * 0.754_877_666).sin())
+        .collect();
+    let mut best = (0.0, start.clone());
+    for _restart in 0..32 {
+        let norm = dot(&start, &start).sqrt();
+        if norm == 0.0 {
+            break;
+        }
+        let mut q = vec![start.iter().map(|v| v / norm).collect::<Vec<f64>>()];
+        let (mut alpha, mut beta) = (Vec::new(), Vec::new());
+        loop {
+            let mut w = apply(q.last().expect("one vector at least"));
+            alpha.push(dot(q.last().expect("one vector at least"), &w));
+            // Gram-Schmidt against the whole basis, twice (the second pass restores what
+            // rounding lost), in place of the three-term recurrence's two subtractions.
+            for _ in 0..2 {
+                for qi in &q {
+                    let d = dot(qi, &w);
+                    w.iter_mut().zip(qi).for_each(|(x, y)| *x -= d * y);
+                }
             }
-            for (gq, &b) in g[p * hw + p..(p + 1) * hw].iter_mut().zip(&row[p..]) {
-                *gq += a * b;
+            let b = dot(&w, &w).sqrt();
+            let m = alpha.len();
+            let scale = alpha.iter().fold(0f64, |s, a| s.max(a.abs()));
+            let spanned = m == n || b <= 1e-13 * scale;
+            if spanned || m % CHECK_EVERY == 0 || m == MAX_BASIS {
+                let mut t = vec![0f64; m * m];
+                for i in 0..m {
+                    t[i * m + i] = alpha[i];
+                    if i + 1 < m {
+                        t[i * m + i + 1] = beta[i];
+                        t[(i + 1) * m + i] = beta[i];
+                    }
+                }
+                let (theta, y) = top_eigenvector(t, m);
+                let mut ritz = vec![0f64; n];
+                for (qi, &yi) in q.iter().zip(&y) {
+                    ritz.iter_mut().zip(qi).for_each(|(r, v)| *r += yi * v);
+                }
+                let residual = b * y[m - 1].abs();
+                best = (theta, ritz);
+                if spanned || residual <= 1e-10 * theta.abs() {
+                    return best;
+                }
+                if m == MAX_BASIS {
+                    start = best.1.clone();
+                    break;
+                }
             }
+            beta.push(b);
+            q.push(w.iter().map(|v| v / b).collect());
         }
     }
-    mirror_upper(&mut g, hw);
-    g
+    best
 }
 
-/// Mᵀ·M [K, K]: the channels' dot products.
-fn gram_of_channels(c: &[f64], k: usize, hw: usize) -> Vec<f64> {
-    let mut g = vec![0f64; k * k];
-    for a in 0..k {
-        let ra = &c[a * hw..(a + 1) * hw];
-        for b in a..k {
-            let rb = &c[b * hw..(b + 1) * hw];
-            g[a * k + b] = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-        }
-    }
-    mirror_upper(&mut g, k);
-    g
-}
-
-fn mirror_upper(g: &mut [f64], n: usize) {
-    for r in 0..n {
-        for s in r + 1..n {
-            g[s * n + r] = g[r * n + s];
-        }
-    }
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// The largest eigenvalue of the symmetric [n, n] matrix `a` and a unit eigenvector of it, by
@@ -228,6 +269,43 @@ mod tests {
         }
     }
 
+    /// Lanczos against the dense Jacobi solver on random Gram matrices, and on a spectrum
+    /// whose top two eigenvalues differ by 1e-6 (slow convergence: the restarts run), where
+    /// the vector must lie in the top pair's plane.
+    #[test]
+    fn lanczos_finds_the_top_eigenpair() {
+        let mut seed = 3;
+        for n in [1, 2, 3, 9, 50, 200] {
+            let b: Vec<f64> = (0..n * n).map(|_| lcg(&mut seed) as f64).collect();
+            let mut a = vec![0f64; n * n];
+            for i in 0..n {
+                for j in 0..n {
+                    a[i * n + j] = (0..n).map(|t| b[t * n + i] * b[t * n + j]).sum();
+                }
+            }
+            let apply = |x: &[f64]| -> Vec<f64> {
+                (0..n).map(|i| dot(&a[i * n..(i + 1) * n], x)).collect()
+            };
+            let (l1, v1) = lanczos_top(n, apply);
+            let (l2, v2) = top_eigenvector(a.clone(), n);
+            assert!((l1 - l2).abs() <= 1e-9 * l2, "n {n}: {l1} vs {l2}");
+            assert!(dot(&v1, &v2).abs() > 1.0 - 1e-8, "n {n}: vectors");
+        }
+        let n = 300;
+        let lambda: Vec<f64> = (0..n)
+            .map(|i| match i {
+                0 => 1.0,
+                1 => 1.0 - 1e-6,
+                _ => 0.99 * (1.0 - i as f64 / n as f64),
+            })
+            .collect();
+        let apply = |x: &[f64]| -> Vec<f64> { x.iter().zip(&lambda).map(|(a, b)| a * b).collect() };
+        let (l, v) = lanczos_top(n, apply);
+        assert!((l - 1.0).abs() < 1e-9, "{l}");
+        let in_plane = v[0] * v[0] + v[1] * v[1];
+        assert!(in_plane > 1.0 - 1e-6, "{in_plane}");
+    }
+
     /// Against a hand-made case: channels that are multiples of one centred pattern have that
     /// pattern as the projection (scaled by the loadings' norm), whichever side is smaller.
     #[test]
@@ -250,17 +328,33 @@ mod tests {
         }
     }
 
-    /// Both routes (Gram of the pixels, Gram of the channels) give the same map, the map is
-    /// M·v for the loadings returned, and it correlates positively with the channel sum.
+    /// Both routes (Gram of the pixels, Gram of the channels) give the same map and loadings,
+    /// the map is M·v for the loadings returned, it correlates positively with the channel
+    /// sum, and it equals the map from a dense Jacobi solve of the formed channel Gram matrix.
     #[test]
     fn both_routes_agree_and_the_sign_follows_the_channel_sum() {
         let mut seed = 11;
-        for (k, h, w) in [(3, 4, 5), (30, 2, 3), (8, 3, 3), (1, 3, 3)] {
+        let shapes = [
+            (3, 4, 5),
+            (30, 2, 3),
+            (8, 3, 3),
+            (1, 3, 3),
+            (9, 3, 3),
+            (100, 12, 12),
+        ];
+        for (k, h, w) in shapes {
             let x: Vec<f32> = (0..2 * k * h * w).map(|_| lcg(&mut seed)).collect();
             let (maps, loadings) = principal_projection(&Tensor::new([2, k, h, w], x.clone()));
             let hw = h * w;
             for i in 0..2 {
                 let img = &x[i * k * hw..(i + 1) * k * hw];
+                let (pm, pl) = project_one(img, k, hw, true);
+                let (cm, cl) = project_one(img, k, hw, false);
+                let worst = |a: &[f32], b: &[f32]| {
+                    (a.iter().zip(b)).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+                };
+                assert!(worst(&pm, &cm) < 1e-4, "{k}x{h}x{w}: route maps");
+                assert!(worst(&pl, &cl) < 1e-4, "{k}x{h}x{w}: route loadings");
                 let centred: Vec<Vec<f64>> = img
                     .chunks(hw)
                     .map(|ch| {

@@ -214,10 +214,12 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
             };
             (Some(be.cam_weights(rule, a, grad())?), Combine::Channels)
         }
-        Method::HiResCam | Method::EigenGradCam => (
+        Method::HiResCam => (
             Some(be.grad_pool(grad())?),
             Combine::Elements(ElementRule::HiResCam),
         ),
+        // Its weights are the component's loadings.
+        Method::EigenGradCam => (None, Combine::Elements(ElementRule::HiResCam)),
         Method::LayerCam => (
             Some(be.grad_pool(grad())?),
             Combine::Elements(ElementRule::LayerCam),
@@ -231,7 +233,11 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
     };
     let (weights, maps) = if req.eigen_smooth || req.method.is_eigen() {
         let host_a = be.download(a)?;
-        let host_g = g.map(|g| be.download(g)).transpose()?;
+        // The gradient comes back only where it multiplies the activations element-wise.
+        let host_g = match combine {
+            Combine::Elements(_) => Some(be.download(grad())?),
+            _ => None,
+        };
         let host_w = weights.as_ref().map(|w| be.download(w)).transpose()?;
         let x = combine.on_host(host_a, host_g.as_ref(), host_w.as_ref());
         let (projection, loadings) = principal_projection(&x);
@@ -241,7 +247,7 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
             _ => (loadings, maps),
         }
     } else {
-        let weights = weights.expect("only Eigen-CAM has no weights, and it projects");
+        let weights = weights.expect("only the Eigen methods have no weights; they project");
         let maps = match combine {
             Combine::Channels => be.weighted_sum_relu(a, &weights)?,
             Combine::Elements(rule) => be.elementwise_cam_relu(rule, a, grad())?,
