@@ -748,30 +748,34 @@ fn cam_family_and_guided_match_the_cpu_backend() {
 
 /// `aug_smooth` on the GPU path (the six copies built on the host, uploaded as one batch)
 /// against the CPU backend, f32: the mean maps within 1e-3 relative, the plain copy's logits
-/// within 1e-4. Eigen-smoothed Grad-CAM rides along (its component comes from downloaded
-/// activations).
+/// within 1e-4. Eigen-smoothed Grad-CAM (its component comes from downloaded activations) and
+/// two target layers at once ride along.
 #[test]
-fn smoothing_options_match_the_cpu_backend() {
+fn smoothing_and_several_layers_match_the_cpu_backend() {
     let load = || model::load(fixtures().join("resnet_tiny.safetensors"), None).unwrap();
     let cpu = Network::new(load(), CpuBackend::fast()).unwrap();
     let gpu = Network::new(load(), GpuBackend::new(EmuLauncher::new())).unwrap();
     let img = load_rgb8(&fixtures().join("images/c.png")).unwrap();
     let x = preprocess(&[&img, &img], (48, 40));
     let classes = ClassSel::PerImage(vec![2, 7]);
-    for (aug, eigen) in [(true, false), (false, true)] {
+    for (aug, eigen, layer) in [
+        (true, false, "layer3"),
+        (false, true, "layer3"),
+        (false, false, "layer2,layer3"),
+    ] {
         let req = CamRequest {
             aug_smooth: aug,
             eigen_smooth: eigen,
-            ..CamRequest::grad_cam("layer3", &classes)
+            ..CamRequest::grad_cam(layer, &classes)
         };
         let a = explain(&gpu, gpu.backend().upload(x.clone()).unwrap(), &req).unwrap();
         let b = explain(&cpu, x.clone(), &req).unwrap();
         assert_eq!(a.maps.shape(), b.maps.shape());
-        if aug {
+        if aug || layer.contains(',') {
             assert_eq!(a.maps.shape(), [2, 48, 40]);
         }
         let (lm, lw) = (rel_err(&a.logits, &b.logits), rel_err(&a.maps, &b.maps));
-        assert!(lm < 1e-4 && lw < 1e-3, "aug {aug} eigen {eigen}: {lm} {lw}");
+        assert!(lm < 1e-4 && lw < 1e-3, "aug {aug} eigen {eigen} {layer}: {lm} {lw}");
         assert_eq!(a.classes, [2, 7]);
     }
 }

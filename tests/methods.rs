@@ -5,7 +5,8 @@
 //! - logits: relative error < 1e-4 (as tests/parity.rs)
 //! - channel weights (Grad-CAM++, XGrad-CAM, Score-CAM): relative error < 1e-3 (these divide by
 //!   sums and, for Score-CAM, go through a softmax of logits: rounding grows a little)
-//! - maps (normalised, input size): max abs < 1e-3; overlays as tests/parity.rs; with
+//! - maps (normalised, input size): max abs < 1e-3 (several target layers included); overlays
+//!   as tests/parity.rs; with
 //!   aug_smooth, against pytorch-grad-cam's mean map min-max normalised (it leaves it as is)
 //! - Eigen-CAM's principal-component projection (Eigen-CAM, Eigen-Grad-CAM, eigen_smooth):
 //!   relative error < 1e-3 up to sign. pytorch-grad-cam takes LAPACK's sign, which flips from
@@ -122,6 +123,9 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         let cam = upsample_normalised(out.maps.data(), (h, w), hw);
         let mut theirs_cam = exp.f32("cam");
         let mut flipped = false;
+        if req.layer.contains(',') {
+            seen.insert(format!("{name}+layers"));
+        }
         if req.aug_smooth {
             // pytorch-grad-cam leaves the mean of the six normalised maps as it is; gradcam's
             // maps are always min-max normalised.
@@ -217,6 +221,8 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         "layercam+eigen_smooth",
         "gradcam+aug_smooth",
         "layercam+aug_smooth",
+        "gradcam+layers",
+        "gradcampp+layers",
         "guided",
     ];
     assert!(

@@ -123,6 +123,13 @@ AUG_SMOOTH_CASES = [
     ("vgg_bn_tiny", "features.27", "b", 64, ["gradcam", "layercam"]),
 ]
 
+# Several target layers: (model, layers, image, size, methods)
+MULTI_LAYER_CASES = [
+    ("resnet_tiny", ["layer3", "layer4"], "a", "native", ["gradcam", "layercam"]),
+    ("vgg_bn_tiny", ["features.20", "features.27"], "b", 64, ["gradcam"]),
+    ("resnet_basic_tiny", ["layer2", "layer4"], "c", "native", ["gradcampp"]),
+]
+
 # (model, image, size); the Grad-CAM layer is the model's default one.
 GUIDED_CASES = [
     ("vgg_bn_tiny", "a", "native"),
@@ -373,6 +380,41 @@ def aug_case(entry, method, model, rgb, src_file, fixtures):
     }
 
 
+def multi_layer_case(entry, method, model, rgb, src_file, fixtures):
+    """cls_(model, target_layers=[several])(x, targets): stores the plain logits and class
+    and the aggregated cam, checked against the single-layer runs' raw maps."""
+    model_name, layers, img, size = entry
+    x = mf.preprocess(rgb, size)
+    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    with torch.no_grad():
+        logits = model(x)
+    cls = int(logits.argmax(dim=1).item())
+    targets = [ClassifierOutputTarget(cls)]
+    cls_ = CLASSES[method][0]
+    with cls_(model=model, target_layers=[model.get_submodule(l) for l in layers]) as obj:
+        cam = np.asarray(obj(input_tensor=x, targets=targets))
+    h, w = x.shape[2], x.shape[3]
+    # From scratch: each layer's raw map, ReLU, min-max, resized; their mean, min-max.
+    per_layer = []
+    for layer in layers:
+        raw = run_method(method, model, layer, x, targets)[5][0]
+        m = np.maximum(raw, 0)
+        m = m - m.min()
+        m = m / (1e-7 + m.max())
+        per_layer.append(cv2.resize(m.astype(np.float32), (w, h)))
+    ref = np.mean(per_layer, axis=0)
+    ref = ref - ref.min()
+    ref = ref / (1e-7 + ref.max())
+    err = float(np.abs(ref - cam[0]).max())
+    assert err < 1e-5, f"multi-layer cam differs from the per-layer maps ({err})"
+    case_id = f"{model_name}__{'+'.join(layers)}__{img}__{size}__{method}"
+    return case_id, {
+        "logits": logits.float().contiguous(),
+        "class": torch.tensor([cls], dtype=torch.int64),
+        "cam": torch.from_numpy(np.ascontiguousarray(cam)),
+    }
+
+
 def guided_case(entry, fixtures, rgb):
     model_name, img, size = entry
     layer = DEFAULT_LAYER[model_name]
@@ -523,6 +565,21 @@ def main() -> int:
             print(f"{case_id:66s} {int(tensors['class'][0]):3d} cam max "
                   f"{float(tensors['cam'].max()):.3f}")
 
+    for model_name, layers, img, size, methods in MULTI_LAYER_CASES:
+        src = sources[(img, size)]
+        for method in methods:
+            case_id, tensors = multi_layer_case((model_name, layers, img, size), method,
+                                                models[model_name], rgbs[img], src, out)
+            rel = f"expected/{case_id}.safetensors"
+            assert rel not in owned_by_manifest
+            save_file(tensors, str(out / rel))
+            written.append(rel)
+            cases.append({"id": case_id, "model": model_name, "layer": ",".join(layers),
+                          "image": f"images/{img}.png", "size": size, "class": None,
+                          "counterfactual": False, "method": method, "expected": rel,
+                          "input_from": src})
+            print(f"{case_id:66s} {int(tensors['class'][0]):3d}")
+
     for entry in GUIDED_CASES:
         model_name, img, size = entry
         case_id, layer, tensors, nz = guided_case(entry, out, rgbs[img])
@@ -558,6 +615,8 @@ def main() -> int:
             "eigen": "eigencam / eigengradcam, and cases with eigen_smooth: true "
                      "(obj(x, targets, eigen_smooth=True)); `projection` is "
                      "get_2d_projection's output with LAPACK's sign",
+            "layers": "a `layer` listing several (comma-separated) is target_layers=[...]; "
+                      "logits of the plain input",
             "aug_smooth": "obj(x, [ClassifierOutputTarget(argmax of the plain input)], "
                           "aug_smooth=True); logits of the plain input; cam not renormalised",
         },

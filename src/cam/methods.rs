@@ -7,6 +7,7 @@
 
 use super::aug_smooth::explain_aug_smooth;
 use super::eigen::principal_projection;
+use super::multi_layer::explain_layers;
 use crate::backend::{Backend, ElementRule, WeightRule};
 use crate::model::{Backward, Network};
 use crate::{Error, Result, Tensor};
@@ -100,6 +101,8 @@ impl Method {
 /// What to compute for a batch.
 #[derive(Clone, Debug)]
 pub struct CamRequest<'a> {
+    /// The target layer's torchvision module path, or several separated by commas (their
+    /// normalised maps are averaged; see [`super::multi_layer`]).
     pub layer: &'a str,
     pub classes: &'a ClassSel,
     pub method: Method,
@@ -141,7 +144,7 @@ pub struct CamBatch {
     /// principal component's loadings on the centred channels).
     pub weights: Tensor,
     /// The map at the target layer's resolution, after ReLU, before normalisation: [N, h, w]
-    /// (with `aug_smooth`, the mean of the copies' normalised maps at the input size).
+    /// (with `aug_smooth` or several layers, the mean of normalised maps at the input size).
     pub maps: Tensor,
     /// Guided-backprop gradient at the input, [N, C, H, W], when requested.
     pub guided: Option<Tensor>,
@@ -181,6 +184,9 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
     }
     if req.aug_smooth {
         return explain_aug_smooth(net, x, req);
+    }
+    if req.layer.contains(',') {
+        return explain_layers(net, x, req);
     }
     let what = match (req.method.uses_gradients(), req.guided) {
         (_, true) => Backward::ToLayerAndGuidedInput,

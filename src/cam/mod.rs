@@ -4,6 +4,7 @@ pub mod aug_smooth;
 pub mod eigen;
 pub mod jet;
 mod methods;
+pub mod multi_layer;
 pub mod postprocess;
 
 pub use eigen::principal_projection;

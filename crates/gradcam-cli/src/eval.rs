@@ -74,7 +74,9 @@ fn eval_on<B: Backend>(
             .collect::<Result<_, _>>()?
     };
     if let Some(l) = &a.layer {
-        net.graph().layer(l)?;
+        for l in gradcam::cam::multi_layer::target_layers(l)? {
+            net.graph().layer(l)?;
+        }
     }
     let cfg = EvalConfig {
         layer: a.layer.clone(),

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use gradcam::backend::Backend;
+use gradcam::cam::multi_layer::target_layers;
 use gradcam::cam::{ClassSel, Method};
 use gradcam::explain::{
     explain_batch_device, DeviceBatch, ExplainConfig, Explanation, OverlayAt, Timings,
@@ -31,8 +32,10 @@ pub struct ExplainArgs {
     inputs: Vec<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
-    /// Target layer as a torchvision module path (`layer4`, `features.29`, ...);
-    /// default: ResNet `layer4`, VGG the last ReLU of `features`.
+    /// Target layer as a torchvision module path (`layer4`, `features.29`, ...), or several
+    /// separated by commas (`layer3,layer4`: their normalised maps are averaged, as
+    /// pytorch-grad-cam's target_layers); default: ResNet `layer4`, VGG the last ReLU of
+    /// `features`.
     #[arg(long)]
     layer: Option<String>,
     /// Explain this class for every image (default: each image's top-1 class).
@@ -193,7 +196,9 @@ fn explain_all<B: Backend>(
         .layer
         .clone()
         .unwrap_or_else(|| graph.default_layer.clone());
-    graph.layer(&layer)?;
+    for l in target_layers(&layer)? {
+        graph.layer(l)?;
+    }
     if a.counterfactual && !a.method.uses_gradients() {
         anyhow::bail!(
             "--counterfactual negates gradients; {} uses none",

@@ -155,7 +155,7 @@ fn explain_writes_overlay_npy_and_json_per_image_and_survives_bad_inputs() {
 }
 
 #[test]
-fn native_size_class_and_counterfactual() {
+fn native_size_class_counterfactual_and_several_layers() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("o");
     let a = fixtures().join("images/a.png");
@@ -182,6 +182,45 @@ fn native_size_class_and_counterfactual() {
     assert_eq!(js["input_size"], serde_json::json!([75, 97]));
     let (shape, _) = gradcam::npy::read_f32(&out.join("a.cam.npy")).unwrap();
     assert_eq!(shape, vec![75, 97]);
+
+    // Two target layers: the mean of their maps, at the input size; it is neither layer's.
+    let layers = dir.path().join("layers");
+    let o = gradcam(&[
+        "explain",
+        a.to_str().unwrap(),
+        "-m",
+        &model(),
+        "--size",
+        "64",
+        "--layer",
+        "layer3,layer4",
+        "-o",
+        layers.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let js: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(layers.join("a.json")).unwrap()).unwrap();
+    assert_eq!(js["layer"], "layer3,layer4");
+    assert_eq!(js["map_size"], serde_json::json!([64, 64]));
+    let (_, both) = gradcam::npy::read_f32(&layers.join("a.cam.npy")).unwrap();
+    for one in ["layer3", "layer4"] {
+        let d = dir.path().join(one);
+        let o = gradcam(&[
+            "explain",
+            a.to_str().unwrap(),
+            "-m",
+            &model(),
+            "--size",
+            "64",
+            "--layer",
+            one,
+            "-o",
+            d.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let (_, m) = gradcam::npy::read_f32(&d.join("a.cam.npy")).unwrap();
+        assert_ne!(m, both, "{one}");
+    }
 }
 
 /// `--classes FILE`: each image explained for its own listed class (as `--class` would for it
@@ -310,6 +349,14 @@ fn fatal_errors_exit_2_with_a_clear_message() {
         (
             &["explain", a, "-m", &model(), "--layer", "layer9"],
             "unknown layer `layer9`",
+        ),
+        (
+            &["explain", a, "-m", &model(), "--layer", "layer3,layer9"],
+            "unknown layer `layer9`",
+        ),
+        (
+            &["explain", a, "-m", &model(), "--layer", "layer3,"],
+            "an empty name",
         ),
         (
             &["explain", a, "-m", &model(), "--class", "10"],

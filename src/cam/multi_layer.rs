@@ -1,0 +1,93 @@
+//! Several target layers at once (pytorch-grad-cam's `target_layers=[...]` with more than one):
+//! each layer's map is min-max normalised at its own resolution and resized to the input size,
+//! and the map is their mean (normalised afterwards like every map). In pytorch-grad-cam:
+//! `aggregate_multi_layers` over `scale_cam_image(relu(cam), input size)` per layer.
+//!
+//! `CamRequest::layer` names them separated by commas (torchvision module paths have none).
+//! Each layer takes its own forward and backward pass. Logits, class, channel weights and the
+//! guided gradient are the first layer's.
+
+use super::methods::{explain, CamBatch, CamRequest};
+use super::postprocess::normalise_minmax;
+use crate::backend::Backend;
+use crate::image::resize_bilinear;
+use crate::model::Network;
+use crate::{Error, Result, Tensor};
+
+/// The layers `layer` lists, or an error naming an empty entry.
+pub fn target_layers(layer: &str) -> Result<Vec<&str>> {
+    let layers: Vec<&str> = layer.split(',').map(str::trim).collect();
+    if layers.iter().any(|l| l.is_empty()) {
+        return Err(Error::Invalid(format!(
+            "target layers `{layer}`: an empty name in the comma-separated list"
+        )));
+    }
+    Ok(layers)
+}
+
+/// [`explain`] for a `req.layer` listing several layers: `maps` is the mean map at the input
+/// size [N, H, W].
+pub(crate) fn explain_layers<B: Backend>(
+    net: &Network<B>,
+    x: B::Tensor,
+    req: &CamRequest,
+) -> Result<CamBatch> {
+    let be = net.backend();
+    let layers = target_layers(req.layer)?;
+    for l in &layers {
+        net.graph().layer(l)?;
+    }
+    let (n, h, w) = {
+        let s = be.shape(&x);
+        (s[0], s[2], s[3])
+    };
+    let mut mean = vec![0f32; n * h * w];
+    let mut first = None;
+    let mut x = Some(x);
+    for (li, layer) in layers.iter().enumerate() {
+        // The last layer takes the input itself; the others a copy.
+        let xi = match li + 1 == layers.len() {
+            true => x.take().expect("taken once"),
+            false => be.duplicate(x.as_ref().expect("kept until the last layer"))?,
+        };
+        let sub = CamRequest {
+            layer,
+            guided: req.guided && li == 0,
+            ..req.clone()
+        };
+        let b = explain(net, xi, &sub)?;
+        let (mh, mw) = (b.maps.shape()[1], b.maps.shape()[2]);
+        for (i, acc) in mean.chunks_mut(h * w).enumerate() {
+            let mut m = b.maps.data()[i * mh * mw..(i + 1) * mh * mw].to_vec();
+            normalise_minmax(&mut m);
+            for (a, v) in acc.iter_mut().zip(resize_bilinear(&m, mh, mw, 1, h, w)) {
+                *a += v;
+            }
+        }
+        if li == 0 {
+            first = Some(b);
+        }
+    }
+    let k = layers.len() as f32;
+    mean.iter_mut().for_each(|v| *v /= k);
+    Ok(CamBatch {
+        maps: Tensor::new([n, h, w], mean),
+        ..first.expect("one layer at least")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_lists() {
+        assert_eq!(target_layers("layer4").unwrap(), ["layer4"]);
+        assert_eq!(
+            target_layers("layer3, layer4").unwrap(),
+            ["layer3", "layer4"]
+        );
+        let e = target_layers("layer3,,layer4").unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+    }
+}
