@@ -775,7 +775,10 @@ fn smoothing_and_several_layers_match_the_cpu_backend() {
             assert_eq!(a.maps.shape(), [2, 48, 40]);
         }
         let (lm, lw) = (rel_err(&a.logits, &b.logits), rel_err(&a.maps, &b.maps));
-        assert!(lm < 1e-4 && lw < 1e-3, "aug {aug} eigen {eigen} {layer}: {lm} {lw}");
+        assert!(
+            lm < 1e-4 && lw < 1e-3,
+            "aug {aug} eigen {eigen} {layer}: {lm} {lw}"
+        );
         assert_eq!(a.classes, [2, 7]);
     }
 }

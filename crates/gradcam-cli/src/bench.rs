@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use gradcam::backend::Backend;
+use gradcam::cam::Method;
 use gradcam::explain::{
     explain_batch, explain_batch_device, DeviceBatch, ExplainConfig, OverlayAt, Timings,
 };
@@ -34,8 +35,18 @@ pub struct BenchArgs {
     /// (default: the model's own input size if its file says, else 224).
     #[arg(long, value_parser = parse_size)]
     size: Option<InputSize>,
+    /// Target layer(s), as `explain --layer`.
     #[arg(long)]
     layer: Option<String>,
+    /// CAM method, as `explain --method`.
+    #[arg(long, default_value = "gradcam", value_parser = crate::explain::parse_method)]
+    method: Method,
+    /// As `explain --eigen-smooth`.
+    #[arg(long)]
+    eigen_smooth: bool,
+    /// As `explain --aug-smooth` (six copies of each image).
+    #[arg(long)]
+    aug_smooth: bool,
     /// Untimed warm-up batches.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
@@ -122,6 +133,9 @@ fn bench_on<B: Backend>(
     };
     let cfg = ExplainConfig {
         layer: a.layer.clone(),
+        method: a.method,
+        eigen_smooth: a.eigen_smooth,
+        aug_smooth: a.aug_smooth,
         size,
         overlay: match a.no_overlay {
             true => OverlayAt::Off,
@@ -174,10 +188,17 @@ fn bench_on<B: Backend>(
     let total = start.elapsed();
     let n = images.len() as f64;
     let ms = |d: Duration| d.as_secs_f64() * 1e3 / n;
+    let smoothing = match (a.eigen_smooth, a.aug_smooth) {
+        (false, false) => "",
+        (true, false) => " (eigen-smooth)",
+        (false, true) => " (aug-smooth)",
+        (true, true) => " (eigen-smooth, aug-smooth)",
+    };
     println!(
-        "model {} | layer {} | {} | batch {batch} | {} images {}x{}{}",
+        "model {} | layer {} | {}{smoothing} | {} | batch {batch} | {} images {}x{}{}",
         net.graph().arch,
         cfg.layer.as_deref().unwrap_or(&net.graph().default_layer),
+        a.method.name(),
         gradcam::backend::Backend::name(net.backend()),
         images.len(),
         side,

@@ -579,7 +579,7 @@ fn lock(s: &std::sync::Mutex<Summary>) -> std::sync::MutexGuard<'_, Summary> {
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn parse_method(s: &str) -> Result<Method, String> {
+pub(crate) fn parse_method(s: &str) -> Result<Method, String> {
     Method::parse(s).map_err(|e| e.to_string())
 }
 

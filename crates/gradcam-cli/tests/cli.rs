@@ -744,6 +744,31 @@ fn bench_leaves_out_undecodable_files() {
     assert!(err.contains("none of its 1 files decodes"), "{err}");
 }
 
+/// `bench --method --aug-smooth`: the method and the smoothing reach the run and its header.
+#[test]
+fn bench_takes_the_method_and_smoothing() {
+    let o = gradcam(&[
+        "bench",
+        "--model",
+        &model(),
+        "--images",
+        "2",
+        "--size",
+        "64",
+        "--method",
+        "eigencam",
+        "--aug-smooth",
+        "--layer",
+        "layer3,layer4",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.contains("| layer layer3,layer4 | eigencam (aug-smooth) |") && out.contains("images/s"),
+        "{out}"
+    );
+}
+
 #[test]
 fn resume_goes_on_from_what_a_stopped_run_wrote() {
     let dir = tempfile::tempdir().unwrap();
