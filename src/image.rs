@@ -18,6 +18,36 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// 8-bit RGB: grayscale is replicated, alpha dropped, 16-bit and float scaled to 8 bits, and
 /// the EXIF orientation (JPEG, PNG, TIFF, WebP) applied, so the image is upright.
 pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
+    let bad = |reason: String| Error::BadImage {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // A FIFO or a device would block or never end: only regular files are read.
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(bad(match meta.is_dir() {
+            true => "a folder, not an image file".into(),
+            false => "not a regular file (a pipe, socket or device)".into(),
+        }));
+    }
+    // The format is known from the first bytes: a large file that is no image is not read
+    // whole to find that out.
+    let mut head = [0u8; 64];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]).map_err(|e| Error::io(path, e))? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        n
+    };
+    if n > 0 && image::guess_format(&head[..n]).is_err() {
+        return Err(bad("not a recognised image format".into()));
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     decode_rgb8(&bytes).map_err(|reason| Error::BadImage {
         path: path.to_path_buf(),

@@ -158,6 +158,81 @@ fn missing_or_misshaped_tensors_are_named() {
     );
 }
 
+/// `d` written with `metadata` in the header's `__metadata__`.
+fn write_with_metadata(
+    dir: &tempfile::TempDir,
+    name: &str,
+    d: &[(String, Tensor)],
+    metadata: &[(&str, &str)],
+) -> std::path::PathBuf {
+    let bytes = synth::to_safetensors(d, Dtype::F32).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta: serde_json::Map<String, serde_json::Value> = (metadata.iter())
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    header["__metadata__"] = meta.into();
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(&bytes[8 + n..]);
+    let p = dir.path().join(name);
+    std::fs::write(&p, out).unwrap();
+    p
+}
+
+/// Files that parse but cannot be the model they claim: no classes, a negative variance, a
+/// VGG classifier cut short, an input size no memory holds. Each is refused at load, naming
+/// the problem (they used to panic, abort, or give the same answer for every image).
+#[test]
+fn impossible_models_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = dict();
+    for (n, t) in d.iter_mut() {
+        match n.as_str() {
+            "fc.weight" => *t = Tensor::zeros([0, 32]),
+            "fc.bias" => *t = Tensor::zeros([0]),
+            _ => {}
+        }
+    }
+    let (_, s) = msg(model::load(write(&dir, "no-classes.safetensors", &d), None));
+    assert!(s.contains("0 classes"), "{s}");
+
+    let mut d = dict();
+    let var = d.iter_mut().find(|(n, _)| n == "bn1.running_var").unwrap();
+    var.1.data_mut()[1] = -1.0;
+    let (_, s) = msg(model::load(write(&dir, "var.safetensors", &d), None));
+    assert!(
+        s.contains("bn1.running_var[1]") && s.contains("negative"),
+        "{s}"
+    );
+
+    let vgg: Vec<_> = synth::state_dict("vgg11", 16, 10, 3)
+        .unwrap()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("classifier.6."))
+        .collect();
+    let (e, s) = msg(model::load(write(&dir, "vgg.safetensors", &vgg), None));
+    assert!(
+        matches!(e, Error::MissingTensor { .. }) && s.contains("classifier.6.weight"),
+        "{s}"
+    );
+
+    let p = write_with_metadata(
+        &dir,
+        "size.safetensors",
+        &dict(),
+        &[("input_size", "99999999")],
+    );
+    let (_, s) = msg(model::load(p, None));
+    assert!(s.contains("input_size") && s.contains("99999999"), "{s}");
+    let (_, s) = msg(model::load(dir.path(), None));
+    assert!(s.contains("a folder"), "{s}");
+    let p = write_with_metadata(&dir, "ok.safetensors", &dict(), &[("input_size", "96")]);
+    let g = model::load(p, None).unwrap();
+    assert_eq!(g.input_size, Some(gradcam::image::InputSize::Square(96)));
+}
+
 #[test]
 fn unknown_architectures() {
     let dir = tempfile::tempdir().unwrap();
@@ -281,6 +356,23 @@ fn non_images_are_rejected_with_the_file_name() {
     }
     let (e, _) = msg(load_rgb8(&dir.path().join("absent.png")));
     assert!(matches!(e, Error::Io { .. }));
+    // Not regular files: a folder, and a pipe nobody writes to (reading it would block
+    // forever) are refused before any read.
+    let folder = dir.path().join("folder.png");
+    std::fs::create_dir(&folder).unwrap();
+    let (_, s) = msg(load_rgb8(&folder));
+    assert!(s.contains("folder.png") && s.contains("a folder"), "{s}");
+    #[cfg(unix)]
+    {
+        let fifo = dir.path().join("fifo.png");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let (_, s) = msg(load_rgb8(&fifo));
+        assert!(
+            s.contains("fifo.png") && s.contains("not a regular file"),
+            "{s}"
+        );
+    }
 }
 
 #[test]

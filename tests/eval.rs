@@ -223,4 +223,26 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
         .unwrap_err()
         .to_string()
         .contains("out of range"));
+    // A box that misses the image (97×75) is an error for that image; one that overhangs its
+    // border is clipped.
+    let (w, h) = (97.0, 75.0);
+    for (b, ok) in [
+        ([w, 0.0, w + 10.0, 10.0], false),
+        ([0.0, h + 1.0, 5.0, h + 9.0], false),
+        ([-9.0, -9.0, -1.0, 5.0], false),
+        ([w - 2.0, h - 2.0, w + 40.0, h + 40.0], true),
+    ] {
+        let e = manifest::Entry {
+            boxes: vec![b],
+            ..entries[0].clone()
+        };
+        let r = evaluate_image(&net, &e, &cfg);
+        assert_eq!(r.is_ok(), ok, "{b:?}");
+        if let Err(e) = r {
+            assert!(
+                e.to_string().contains("lies outside the 97×75 image"),
+                "{e}"
+            );
+        }
+    }
 }

@@ -22,7 +22,18 @@ pub fn target_layers(layer: &str) -> Result<Vec<&str>> {
             "target layers `{layer}`: an empty name in the comma-separated list"
         )));
     }
+    if let Some((_, l)) = (layers.iter().enumerate()).find(|(i, l)| layers[..*i].contains(l)) {
+        return Err(Error::Invalid(format!(
+            "target layers `{layer}`: `{l}` is listed twice"
+        )));
+    }
     Ok(layers)
+}
+
+/// `layer` as [`target_layers`] reads it, written back without spaces (`layer3,layer4`): the
+/// form reports and `run.json` record.
+pub fn normalised(layer: &str) -> Result<String> {
+    Ok(target_layers(layer)?.join(","))
 }
 
 /// [`explain`] for a `req.layer` listing several layers: `maps` is the mean map at the input
@@ -89,5 +100,8 @@ mod tests {
         );
         let e = target_layers("layer3,,layer4").unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
+        let e = target_layers("layer4, layer4").unwrap_err().to_string();
+        assert!(e.contains("`layer4` is listed twice"), "{e}");
+        assert_eq!(normalised(" layer3 , layer4 ").unwrap(), "layer3,layer4");
     }
 }

@@ -90,6 +90,18 @@ pub fn evaluate_image<B: Backend>(
             num_classes: net.num_classes(),
         });
     }
+    // A box that misses the image entirely is a manifest error (wrong image, or the boxes of
+    // another size), not an object nowhere; one that overhangs the border is clipped.
+    if let Some(b) = (e.boxes.iter()).find(|b| {
+        b[0] > (full.1 - 1) as f32 || b[1] > (full.0 - 1) as f32 || b[2] < 0.0 || b[3] < 0.0
+    }) {
+        return Err(Error::Invalid(format!(
+            "{}: box {b:?} lies outside the {}×{} image",
+            e.image.display(),
+            full.1,
+            full.0
+        )));
+    }
     let mask = e.mask.as_ref().map(|m| load_mask(m, full)).transpose()?;
     let object = object_mask(&e.boxes, mask.as_deref(), full);
     let hw = cfg.size.for_image(&img);

@@ -123,6 +123,27 @@ impl Graph {
             })
     }
 
+    /// The layer `name` if CAM methods can target it: it exists and its output is spatial
+    /// ([N, C, H, W]; not the flattened classifier). Checked once up front, so a bad choice
+    /// stops a run instead of failing every image.
+    pub fn target(&self, name: &str) -> Result<&Layer> {
+        let layer = self.layer(name)?;
+        // The rank does not depend on the size; 224 is just a size every model takes.
+        if let Ok(shapes) = self.shapes(&[1, self.in_channels, 224, 224]) {
+            if shapes[layer.node].len() != 4 {
+                return Err(Error::BadTarget {
+                    name: name.into(),
+                    reason: format!(
+                        "CAM methods need a spatial activation [N, C, H, W]; this layer gives \
+                         {:?} (at 224×224)",
+                        shapes[layer.node]
+                    ),
+                });
+            }
+        }
+        Ok(layer)
+    }
+
     fn layer_names_summary(&self) -> String {
         let names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
         // Long ResNets have hundreds of layers; show the module-level ones in full and say
@@ -324,6 +345,13 @@ impl<'w> Builder<'w> {
                     get("running_mean")?,
                     get("running_var")?,
                 );
+                // A variance below zero is a broken file: its square root would be NaN.
+                if let Some((i, v)) = (var.data().iter().enumerate()).find(|(_, &v)| v < 0.0) {
+                    return Err(Error::Invalid(format!(
+                        "{}: {bn}.running_var[{i}] is {v}; a variance cannot be negative",
+                        self.weights.path().display()
+                    )));
+                }
                 let scale: Vec<f32> = gamma
                     .data()
                     .iter()

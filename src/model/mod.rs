@@ -40,11 +40,20 @@ pub fn load(path: impl AsRef<Path>, arch: Option<&str>) -> Result<Graph> {
     build(&w, arch)
 }
 
+/// The largest square input side accepted (`--size`, metadata `input_size`).
+pub const MAX_INPUT_SIDE: usize = 8192;
+
 pub fn build(w: &Weights, arch: Option<&str>) -> Result<Graph> {
     let mut g = match arch {
         Some(a) => build_forced(w, a)?,
         None => build_detected(w)?,
     };
+    if g.num_classes == 0 {
+        return Err(Error::Invalid(format!(
+            "{}: the classifier has no outputs (0 classes)",
+            w.path().display()
+        )));
+    }
     let meta = w.metadata();
     if let Some(l) = meta.get("labels") {
         let labels: Vec<String> = serde_json::from_str(l).map_err(|e| {
@@ -66,14 +75,18 @@ pub fn build(w: &Weights, arch: Option<&str>) -> Result<Graph> {
     if let Some(s) = meta.get("input_size") {
         g.input_size = Some(match s.trim() {
             "native" => crate::image::InputSize::Native,
-            n => crate::image::InputSize::Square(n.parse().ok().filter(|&v| v > 0).ok_or_else(
-                || {
-                    Error::Invalid(format!(
-                        "{}: metadata `input_size` is `{s}`, not `native` or a size",
-                        w.path().display()
-                    ))
-                },
-            )?),
+            n => crate::image::InputSize::Square(
+                n.parse()
+                    .ok()
+                    .filter(|v| (1..=MAX_INPUT_SIDE).contains(v))
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "{}: metadata `input_size` is `{s}`, not `native` or a size from 1 \
+                             to {MAX_INPUT_SIDE}",
+                            w.path().display()
+                        ))
+                    })?,
+            ),
         });
     }
     Ok(g)

@@ -108,11 +108,16 @@ pub fn build(w: &Weights, items: &[Item], bn: bool, arch: String) -> Result<Grap
         .filter_map(|i| i.parse().ok())
         .collect();
     linears.sort_unstable();
-    let first = *linears.first().ok_or_else(|| Error::MissingTensor {
-        path: w.path().to_path_buf(),
-        name: "classifier.0.weight".into(),
-        hint: " (a VGG needs its classifier)".into(),
-    })?;
+    // torchvision's classifier: Linear (0), ReLU, Dropout, Linear (3), ReLU, Dropout, Linear
+    // (6). A file without one of them is cut short, not another model.
+    if let Some(missing) = [0, 3, 6].into_iter().find(|i| !linears.contains(i)) {
+        return Err(Error::MissingTensor {
+            path: w.path().to_path_buf(),
+            name: format!("classifier.{missing}.weight"),
+            hint: " (a torchvision VGG's classifier has Linear layers at 0, 3 and 6)".into(),
+        });
+    }
+    let first = linears[0];
     let fin = w
         .shape_of(&format!("classifier.{first}.weight"))
         .unwrap_or(&[0, 0])[1];

@@ -44,6 +44,19 @@ pub struct Weights {
 impl Weights {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        // Mapping a folder or a device fails with an obscure OS error; say what it is.
+        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+        if !meta.is_file() {
+            return Err(Error::Invalid(format!(
+                "{}: {}, not a .safetensors file",
+                path.display(),
+                if meta.is_dir() {
+                    "a folder"
+                } else {
+                    "not a regular file"
+                }
+            )));
+        }
         let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
         // SAFETY: the map is read-only; a file truncated underneath us would be the user's
         // doing, as with any reader of a memory-mapped file.

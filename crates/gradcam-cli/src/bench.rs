@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use gradcam::backend::Backend;
+use gradcam::cam::multi_layer::{normalised, target_layers};
 use gradcam::cam::Method;
 use gradcam::explain::{
     explain_batch, explain_batch_device, DeviceBatch, ExplainConfig, OverlayAt, Timings,
@@ -97,6 +98,15 @@ fn bench_on<B: Backend>(
             anyhow::bail!("bench needs a numeric --size (batches share one input size)")
         }
     };
+    let layer = a.layer.as_deref().map(normalised).transpose()?;
+    for l in layer
+        .as_deref()
+        .map(target_layers)
+        .transpose()?
+        .unwrap_or_default()
+    {
+        net.graph().target(l)?;
+    }
     let mut decode = Duration::ZERO;
     let mut left_out = 0;
     let images = match &a.images_dir {
@@ -132,7 +142,7 @@ fn bench_on<B: Backend>(
         None => synthetic(a.images as usize, side as u32),
     };
     let cfg = ExplainConfig {
-        layer: a.layer.clone(),
+        layer,
         method: a.method,
         eigen_smooth: a.eigen_smooth,
         aug_smooth: a.aug_smooth,

@@ -188,8 +188,16 @@ pub fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
             first: k == 0,
             fields: (text.rsplit_once(','))
                 .or_else(|| text.rsplit_once(char::is_whitespace))
-                .map(|(a, b)| (a.trim(), b.trim())),
+                .map(|(a, b)| (unquoted(a.trim()), unquoted(b.trim()))),
         })
+}
+
+/// A CSV field as spreadsheets write it: `"imgs/a.png"` is `imgs/a.png`.
+fn unquoted(f: &str) -> &str {
+    match f.len() >= 2 && f.starts_with('"') && f.ends_with('"') {
+        true => &f[1..f.len() - 1],
+        false => f,
+    }
 }
 
 #[cfg(test)]
@@ -224,6 +232,10 @@ mod tests {
         assert_eq!(base, d);
         let names = ["imgs/a.png", "imgs/b,1.png", "imgs/c.png"].map(|n| d.join(n));
         assert_eq!(listed, names);
+        // Quoted fields, as spreadsheets write them.
+        std::fs::write(&file, "image,class\n\"imgs/b,1.png\",\"dog\"\n").unwrap();
+        let c = Classes::load(&file, 3, Some(&labels)).unwrap();
+        assert_eq!(c.of(&d.join("imgs/b,1.png")), Ok(1));
 
         // Blank-separated, as ImageNet's val.txt; names with blanks keep them.
         std::fs::write(

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use gradcam::backend::Backend;
+use gradcam::cam::multi_layer::{normalised, target_layers};
 use gradcam::cam::Method;
 use gradcam::eval::manifest::Entry;
 use gradcam::eval::{aggregate, evaluate_image, manifest, Aggregate, EvalConfig};
@@ -65,7 +66,7 @@ fn eval_on<B: Backend>(
     entries: &[Entry],
 ) -> anyhow::Result<ExitCode> {
     let size = input_size(a.size, net.graph());
-    let methods = if a.methods.is_empty() {
+    let mut methods: Vec<Method> = if a.methods.is_empty() {
         Method::ALL.to_vec()
     } else {
         a.methods
@@ -73,13 +74,22 @@ fn eval_on<B: Backend>(
             .map(|m| Method::parse(m))
             .collect::<Result<_, _>>()?
     };
-    if let Some(l) = &a.layer {
-        for l in gradcam::cam::multi_layer::target_layers(l)? {
-            net.graph().layer(l)?;
+    // Each once, in the order given.
+    let mut seen = Vec::new();
+    methods.retain(|m| {
+        !seen.contains(m) && {
+            seen.push(*m);
+            true
+        }
+    });
+    let layer = a.layer.as_deref().map(normalised).transpose()?;
+    if let Some(l) = &layer {
+        for l in target_layers(l)? {
+            net.graph().target(l)?;
         }
     }
     let cfg = EvalConfig {
-        layer: a.layer.clone(),
+        layer: layer.clone(),
         size,
         methods,
         loc_threshold: a.loc_threshold,
@@ -89,6 +99,13 @@ fn eval_on<B: Backend>(
         curve_steps: (a.curve_steps > 0).then_some(a.curve_steps),
         forward_batch: a.forward_batch.max(1),
     };
+    // A report that cannot be written is found before the work, not after.
+    if let Some(out) = &a.out {
+        let dir = out.parent().filter(|d| !d.as_os_str().is_empty());
+        if out.is_dir() || dir.is_some_and(|d| !d.is_dir()) {
+            anyhow::bail!("--out {}: not a file in an existing folder", out.display());
+        }
+    }
     let bar = ProgressBar::new(entries.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} images  eta {eta}")
@@ -101,7 +118,12 @@ fn eval_on<B: Backend>(
             Ok(r) => reports.push(r),
             Err(err) => {
                 failed += 1;
-                bar.suspend(|| eprintln!("error: {}: {err}", e.image.display()));
+                // Most errors name the image already.
+                let (msg, path) = (err.to_string(), e.image.display().to_string());
+                match msg.contains(&path) {
+                    true => bar.suspend(|| eprintln!("error: {msg}")),
+                    false => bar.suspend(|| eprintln!("error: {path}: {msg}")),
+                }
             }
         }
         bar.inc(1);
@@ -113,7 +135,7 @@ fn eval_on<B: Backend>(
         let report = json!({
             "manifest": a.manifest.display().to_string(),
             "model": net.graph().arch,
-            "layer": a.layer.clone().unwrap_or_else(|| net.graph().default_layer.clone()),
+            "layer": layer.clone().unwrap_or_else(|| net.graph().default_layer.clone()),
             "loc_threshold": a.loc_threshold,
             "pointing_tolerance": a.pointing_tolerance,
             "occlusion": cfg.occlusion,

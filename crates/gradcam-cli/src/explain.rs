@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use gradcam::backend::Backend;
-use gradcam::cam::multi_layer::target_layers;
+use gradcam::cam::multi_layer::{normalised, target_layers};
 use gradcam::cam::{ClassSel, Method};
 use gradcam::explain::{
     explain_batch_device, DeviceBatch, ExplainConfig, Explanation, OverlayAt, Timings,
@@ -81,7 +81,8 @@ pub struct ExplainArgs {
     #[arg(long, short, default_value = "gradcam-out")]
     out: PathBuf,
     /// Files per image, comma-separated: `overlay` (<stem>.overlay.png), `cam`
-    /// (<stem>.cam.npy), `json` (<stem>.json), or `none`; summary.csv is always written.
+    /// (<stem>.cam.npy), `json` (<stem>.json), or `none`; summary.csv is always written (and
+    /// `--guided`'s two images when asked for).
     /// Without `overlay` no overlay is drawn (on a GPU none comes back) nor encoded.
     #[arg(
         long,
@@ -192,12 +193,9 @@ fn explain_all<B: Backend>(
     let graph = net.graph();
     let outputs = Outputs::parse(&a.outputs)?;
     let size = input_size(a.size, graph);
-    let layer = a
-        .layer
-        .clone()
-        .unwrap_or_else(|| graph.default_layer.clone());
+    let layer = normalised(a.layer.as_deref().unwrap_or(&graph.default_layer))?;
     for l in target_layers(&layer)? {
-        graph.layer(l)?;
+        graph.target(l)?;
     }
     if a.counterfactual && !a.method.uses_gradients() {
         anyhow::bail!(

@@ -34,7 +34,7 @@ use gradcam::backend::gpu::{CudaLauncher, EmuLauncher, GpuBackend, Precision};
 use gradcam::backend::Backend;
 use gradcam::backend::CpuBackend;
 use gradcam::image::InputSize;
-use gradcam::model::Network;
+use gradcam::model::{Network, MAX_INPUT_SIDE};
 
 #[derive(Parser)]
 #[command(
@@ -134,8 +134,10 @@ pub fn parse_size(s: &str) -> Result<InputSize, String> {
         return Ok(InputSize::Native);
     }
     match s.parse::<usize>() {
-        Ok(n) if (1..=8192).contains(&n) => Ok(InputSize::Square(n)),
-        _ => Err(format!("`{s}` is neither `native` nor a size in 1..=8192")),
+        Ok(n) if (1..=MAX_INPUT_SIDE).contains(&n) => Ok(InputSize::Square(n)),
+        _ => Err(format!(
+            "`{s}` is neither `native` nor a size in 1..={MAX_INPUT_SIDE}"
+        )),
     }
 }
 

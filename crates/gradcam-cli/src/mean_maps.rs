@@ -15,7 +15,8 @@ use crate::summarize::{Group, Key, Row};
 /// bilinearly to the size of the group's first map) and `<group>.mean.png` (that mean
 /// min-max normalised, in JET) for every group with at least one `.cam.npy` beside the
 /// summary (`base`). Returns (maps written, groups without any map); fails when no group has
-/// one, or on a file that is not a map.
+/// one. A file that is not a finite 2-D map (unreadable, empty, NaN) is left out with a
+/// warning naming it, so one bad file does not stop the rest.
 pub fn write(
     dir: &Path,
     base: &Path,
@@ -61,10 +62,26 @@ fn mean_map<'r>(base: &Path, rows: impl Iterator<Item = &'r Row>) -> anyhow::Res
         if !path.is_file() {
             continue;
         }
-        let (shape, map) = gradcam::npy::read_f32(&path)?;
-        let [h, w] = shape[..] else {
-            anyhow::bail!("{}: a map has 2 dimensions, not {shape:?}", path.display());
+        let skip = |why: String| eprintln!("warning: --maps leaves out {}: {why}", path.display());
+        let (shape, map) = match gradcam::npy::read_f32(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                skip(e.to_string());
+                continue;
+            }
         };
+        let [h, w] = shape[..] else {
+            skip(format!("a map has 2 dimensions, not {shape:?}"));
+            continue;
+        };
+        if h == 0 || w == 0 || h.checked_mul(w) != Some(map.len()) {
+            skip(format!("an empty map ({h}×{w})"));
+            continue;
+        }
+        if map.iter().any(|v| !v.is_finite()) {
+            skip("the map holds NaN or infinite values".into());
+            continue;
+        }
         if n == 0 {
             hw = (h, w);
             sum = vec![0.0; h * w];
@@ -154,8 +171,13 @@ mod tests {
         npy("a", &[2, 2], &[1.0, 0.0, 0.0, 0.0]);
         npy("b", &[2, 2], &[0.0, 1.0, 0.0, 0.5]);
         npy("sub/c", &[3, 3], &[0.25; 9]);
-        // Class 2 (e) has no map; the failed group neither.
+        // Class 2 (e) has only maps that are no maps (empty, NaN): left out; the failed
+        // group has none.
+        npy("e", &[0, 0], &[]);
         let out = base.join("maps");
+        let (written, without) = write(&out, base, &rows, &groups).unwrap();
+        assert_eq!((written, without), (1, 2));
+        npy("e", &[1, 2], &[f32::NAN, 1.0]);
         let (written, without) = write(&out, base, &rows, &groups).unwrap();
         assert_eq!((written, without), (1, 2));
         let (shape, mean) = gradcam::npy::read_f32(&out.join("1.mean.npy")).unwrap();

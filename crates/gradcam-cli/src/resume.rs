@@ -106,7 +106,7 @@ impl Previous {
             && row.matches('"').count() % 2 == 0
             && f.get(1).is_some_and(|s| s == "ok")
             && f.last().is_some_and(|s| s == stem)
-            && (suffixes.iter()).all(|s| out.join(format!("{stem}{s}")).is_file());
+            && (suffixes.iter()).all(|s| non_empty_file(&out.join(format!("{stem}{s}"))));
         done.then_some(row.as_str())
     }
 }
@@ -117,6 +117,11 @@ impl Previous {
 const RECORDED: &[&str] = &["outputs", "backend"];
 
 /// `key was X, now Y` for each top-level setting that differs.
+/// A file a stopped run finished writing has bytes (one cut off at its creation has none).
+fn non_empty_file(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0)
+}
+
 fn differences(then: &Value, now: &Value) -> Vec<String> {
     let empty = serde_json::Map::new();
     let (a, b) = (
@@ -181,7 +186,7 @@ mod tests {
         )
         .unwrap();
         for f in ["a.cam.npy", "a.json", "b,1.cam.npy", "b,1.json", "d.json"] {
-            std::fs::write(out.join(f), "").unwrap();
+            std::fs::write(out.join(f), "x").unwrap();
         }
         let p = load(out, &now).unwrap().unwrap();
         let files = [".cam.npy", ".json"];
@@ -201,6 +206,11 @@ mod tests {
         assert!(
             p.kept(Path::new("d.png"), "d", out, &files).is_none(),
             "npy gone"
+        );
+        std::fs::write(out.join("d.cam.npy"), "").unwrap();
+        assert!(
+            p.kept(Path::new("d.png"), "d", out, &files).is_none(),
+            "npy cut at its creation (0 bytes)"
         );
         assert!(
             p.kept(Path::new("e.png"), "e", out, &[]).is_none(),

@@ -32,6 +32,8 @@ pub fn run(a: SynthArgs) -> anyhow::Result<ExitCode> {
         "bf16" => Dtype::BF16,
         _ => Dtype::F32,
     };
+    anyhow::ensure!(a.width_div >= 1, "--width-div must be at least 1");
+    anyhow::ensure!(a.classes >= 1, "--classes must be at least 1");
     let dict = synth::state_dict(&a.arch, a.width_div, a.classes, a.seed)?;
     synth::write(&a.out, &dict, dtype)?;
     eprintln!("wrote {} ({} tensors)", a.out.display(), dict.len());

@@ -359,6 +359,14 @@ fn fatal_errors_exit_2_with_a_clear_message() {
             "an empty name",
         ),
         (
+            &["explain", a, "-m", &model(), "--layer", "layer4, layer4"],
+            "`layer4` is listed twice",
+        ),
+        (
+            &["explain", a, "-m", &model(), "--layer", "fc"],
+            "layer `fc` cannot be a Grad-CAM target",
+        ),
+        (
             &["explain", a, "-m", &model(), "--class", "10"],
             "class 10 is out of range",
         ),
