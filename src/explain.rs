@@ -58,7 +58,8 @@ use crate::{Error, Result};
 
 #[derive(Clone, Debug)]
 pub struct ExplainConfig {
-    /// Target layer (torchvision module path); None = the model's default.
+    /// Target layer (torchvision module path), or several separated by commas (the mean of
+    /// their normalised maps); None = the model's default.
     pub layer: Option<String>,
     pub classes: ClassSel,
     pub counterfactual: bool,
@@ -117,8 +118,8 @@ pub struct Explanation {
     pub top5: Vec<(usize, f32)>,
     /// The method's weight for every channel of the target layer (α for Grad-CAM).
     pub weights: Vec<f32>,
-    /// Resolution of the target layer's map (h, w); the input size with `aug_smooth`, whose
-    /// mean map is made there.
+    /// Resolution of the target layer's map (h, w); the input size with `aug_smooth` or
+    /// several layers, whose mean map is made there.
     pub map_hw: (usize, usize),
     /// The normalised map at the model-input size, row-major, values in [0, 1].
     pub cam: Vec<f32>,

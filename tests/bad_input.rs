@@ -217,6 +217,19 @@ fn impossible_models_are_refused_at_load() {
         matches!(e, Error::MissingTensor { .. }) && s.contains("classifier.6.weight"),
         "{s}"
     );
+    // A fine-tuned short head (Linear at 0 and 3, the last one to 5 classes) is a model.
+    let short: Vec<_> = (vgg.iter().cloned())
+        .map(|(n, t)| match n.as_str() {
+            "classifier.3.weight" => {
+                let hidden = t.shape()[1];
+                (n, Tensor::zeros([5, hidden]))
+            }
+            "classifier.3.bias" => (n, Tensor::zeros([5])),
+            _ => (n, t),
+        })
+        .collect();
+    let g = model::load(write(&dir, "short.safetensors", &short), None).unwrap();
+    assert_eq!(g.num_classes, 5);
 
     let p = write_with_metadata(
         &dir,

@@ -7,7 +7,7 @@
 //! Each layer takes its own forward and backward pass. Logits, class, channel weights and the
 //! guided gradient are the first layer's.
 
-use super::methods::{explain, CamBatch, CamRequest};
+use super::methods::{explain, CamBatch, CamRequest, ClassSel};
 use super::postprocess::normalise_minmax;
 use crate::backend::Backend;
 use crate::image::resize_bilinear;
@@ -61,9 +61,15 @@ pub(crate) fn explain_layers<B: Backend>(
             true => x.take().expect("taken once"),
             false => be.duplicate(x.as_ref().expect("kept until the last layer"))?,
         };
+        // Every layer explains the classes the first one chose (a near tie could otherwise
+        // fall the other way in another pass).
+        let chosen = first
+            .as_ref()
+            .map(|f: &CamBatch| ClassSel::PerImage(f.classes.clone()));
         let sub = CamRequest {
             layer,
             guided: req.guided && li == 0,
+            classes: chosen.as_ref().unwrap_or(req.classes),
             ..req.clone()
         };
         let b = explain(net, xi, &sub)?;

@@ -92,9 +92,15 @@ pub fn evaluate_image<B: Backend>(
     }
     // A box that misses the image entirely is a manifest error (wrong image, or the boxes of
     // another size), not an object nowhere; one that overhangs the border is clipped.
-    if let Some(b) = (e.boxes.iter()).find(|b| {
-        b[0] > (full.1 - 1) as f32 || b[1] > (full.0 - 1) as f32 || b[2] < 0.0 || b[3] < 0.0
-    }) {
+    let (h, w) = (full.0 as f32, full.1 as f32);
+    let off = |b: &[f32; 4]| {
+        b.iter().any(|v| !v.is_finite())
+            || b[0].floor() >= w
+            || b[1].floor() >= h
+            || b[2] < 0.0
+            || b[3] < 0.0
+    };
+    if let Some(b) = e.boxes.iter().find(|b| off(b)) {
         return Err(Error::Invalid(format!(
             "{}: box {b:?} lies outside the {}×{} image",
             e.image.display(),

@@ -345,8 +345,10 @@ impl<'w> Builder<'w> {
                     get("running_mean")?,
                     get("running_var")?,
                 );
-                // A variance below zero is a broken file: its square root would be NaN.
-                if let Some((i, v)) = (var.data().iter().enumerate()).find(|(_, &v)| v < 0.0) {
+                // var + eps ≤ 0 is a broken file: the square root would be NaN or zero.
+                if let Some((i, v)) =
+                    (var.data().iter().enumerate()).find(|(_, &v)| v.is_nan() || v + BN_EPS <= 0.0)
+                {
                     return Err(Error::Invalid(format!(
                         "{}: {bn}.running_var[{i}] is {v}; a variance cannot be negative",
                         self.weights.path().display()

@@ -109,12 +109,28 @@ pub fn build(w: &Weights, items: &[Item], bn: bool, arch: String) -> Result<Grap
         .collect();
     linears.sort_unstable();
     // torchvision's classifier: Linear (0), ReLU, Dropout, Linear (3), ReLU, Dropout, Linear
-    // (6). A file without one of them is cut short, not another model.
-    if let Some(missing) = [0, 3, 6].into_iter().find(|i| !linears.contains(i)) {
+    // (6); fine-tuned heads may be shorter (Linear at 0 and 3). One that ends in a square
+    // hidden Linear (4096 → 4096 in torchvision) is cut short, not another model: its last
+    // layer would be taken for thousands of classes.
+    if linears.first() != Some(&0) {
         return Err(Error::MissingTensor {
             path: w.path().to_path_buf(),
-            name: format!("classifier.{missing}.weight"),
-            hint: " (a torchvision VGG's classifier has Linear layers at 0, 3 and 6)".into(),
+            name: "classifier.0.weight".into(),
+            hint: " (a VGG needs its classifier)".into(),
+        });
+    }
+    let last = *linears.last().expect("classifier.0 is there");
+    let last_shape = w
+        .shape_of(&format!("classifier.{last}.weight"))
+        .unwrap_or(&[]);
+    if linears.len() > 1 && last < 6 && last_shape.len() == 2 && last_shape[0] == last_shape[1] {
+        return Err(Error::MissingTensor {
+            path: w.path().to_path_buf(),
+            name: format!("classifier.{}.weight", last + 3),
+            hint: format!(
+                " (classifier.{last} maps {} → {} like a hidden layer; the file looks cut short)",
+                last_shape[1], last_shape[0]
+            ),
         });
     }
     let first = linears[0];

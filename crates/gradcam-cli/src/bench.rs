@@ -99,12 +99,9 @@ fn bench_on<B: Backend>(
         }
     };
     let layer = a.layer.as_deref().map(normalised).transpose()?;
-    for l in layer
-        .as_deref()
-        .map(target_layers)
-        .transpose()?
-        .unwrap_or_default()
-    {
+    let listed = layer.as_deref().map(target_layers).transpose()?;
+    let layer_count = listed.as_ref().map_or(1, Vec::len);
+    for l in listed.unwrap_or_default() {
         net.graph().target(l)?;
     }
     let mut decode = Duration::ZERO;
@@ -198,7 +195,7 @@ fn bench_on<B: Backend>(
     let total = start.elapsed();
     let n = images.len() as f64;
     let ms = |d: Duration| d.as_secs_f64() * 1e3 / n;
-    let smoothing = match (a.eigen_smooth, a.aug_smooth) {
+    let smoothing = match (cfg.eigen_smooth, cfg.aug_smooth) {
         (false, false) => "",
         (true, false) => " (eigen-smooth)",
         (false, true) => " (aug-smooth)",
@@ -208,7 +205,7 @@ fn bench_on<B: Backend>(
         "model {} | layer {} | {}{smoothing} | {} | batch {batch} | {} images {}x{}{}",
         net.graph().arch,
         cfg.layer.as_deref().unwrap_or(&net.graph().default_layer),
-        a.method.name(),
+        cfg.method.name(),
         gradcam::backend::Backend::name(net.backend()),
         images.len(),
         side,
@@ -223,9 +220,15 @@ fn bench_on<B: Backend>(
          resize kernels run behind it, in the grad-cam time)",
         ms(t.preprocess)
     );
+    // The rate counts one forward pass per image; these options run more.
+    let passes = match (cfg.aug_smooth, cfg.method, layer_count) {
+        (true, ..) | (_, Method::ScoreCam, _) => " (this option runs more passes than one)",
+        (_, _, n) if n > 1 => " (several layers: one pass per layer)",
+        _ => "",
+    };
     println!(
         "  grad-cam    {:.2} ms (forward + backward-data to the layer + map): {:.2} TFLOP/s \
-         counting the forward pass alone ({:.2} GFLOP per image)",
+         counting one forward pass ({:.2} GFLOP per image){passes}",
         ms(t.cam),
         flops / (ms(t.cam) * 1e-3) / 1e12,
         flops / 1e9

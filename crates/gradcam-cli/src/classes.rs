@@ -186,10 +186,27 @@ pub fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
             number,
             text,
             first: k == 0,
-            fields: (text.rsplit_once(','))
+            fields: last_comma_outside_quotes(text)
+                .map(|i| (&text[..i], &text[i + 1..]))
                 .or_else(|| text.rsplit_once(char::is_whitespace))
                 .map(|(a, b)| (unquoted(a.trim()), unquoted(b.trim()))),
         })
+}
+
+/// The byte offset of the line's last comma that is not inside double quotes: the class is
+/// after it (a quoted ImageNet label may hold commas), the image before it (an unquoted path
+/// may hold commas too).
+fn last_comma_outside_quotes(line: &str) -> Option<usize> {
+    let mut quoted = false;
+    let mut last = None;
+    for (i, ch) in line.char_indices() {
+        match ch {
+            '"' => quoted = !quoted,
+            ',' if !quoted => last = Some(i),
+            _ => {}
+        }
+    }
+    last
 }
 
 /// A CSV field as spreadsheets write it: `"imgs/a.png"` is `imgs/a.png`.
@@ -236,6 +253,12 @@ mod tests {
         std::fs::write(&file, "image,class\n\"imgs/b,1.png\",\"dog\"\n").unwrap();
         let c = Classes::load(&file, 3, Some(&labels)).unwrap();
         assert_eq!(c.of(&d.join("imgs/b,1.png")), Ok(1));
+        let imagenet: Vec<String> = ["tench, Tinca tinca", "goldfish"]
+            .map(String::from)
+            .to_vec();
+        std::fs::write(&file, "image,class\nimgs/a.png,\"tench, Tinca tinca\"\n").unwrap();
+        let c = Classes::load(&file, 2, Some(&imagenet)).unwrap();
+        assert_eq!(c.of(&d.join("imgs/a.png")), Ok(0));
 
         // Blank-separated, as ImageNet's val.txt; names with blanks keep them.
         std::fs::write(

@@ -590,15 +590,28 @@ fn strip_path(msg: &str, path: &Path) -> String {
 /// large photograph otherwise costs more to compress than to explain.
 fn save_png(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
     use image::codecs::png::{CompressionType, FilterType, PngEncoder};
-    let file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let enc = PngEncoder::new_with_quality(
-        std::io::BufWriter::new(file),
-        CompressionType::Fast,
-        FilterType::Adaptive,
-    );
-    img.write_with_encoder(enc)
-        .with_context(|| format!("writing {}", path.display()))
+    atomically(path, |tmp| {
+        let file =
+            std::fs::File::create(tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let enc = PngEncoder::new_with_quality(
+            std::io::BufWriter::new(file),
+            CompressionType::Fast,
+            FilterType::Adaptive,
+        );
+        img.write_with_encoder(enc)
+            .with_context(|| format!("writing {}", tmp.display()))
+    })
+}
+
+/// Writes `path` under a temporary name (`<name>.part`) and renames it into place once whole,
+/// so a run stopped mid-write never leaves a cut-off file under the real name (which
+/// `--resume` would keep).
+fn atomically(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    let tmp = path.with_file_name(name);
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
 }
 
 /// What every JSON report repeats.
@@ -636,7 +649,13 @@ fn write_outputs(
     }
     if m.outputs.cam {
         let npy = out.join(format!("{stem}.cam.npy"));
-        gradcam::npy::write_f32(&npy, &[e.input_hw.0, e.input_hw.1], &e.cam)?;
+        atomically(&npy, |tmp| {
+            Ok(gradcam::npy::write_f32(
+                tmp,
+                &[e.input_hw.0, e.input_hw.1],
+                &e.cam,
+            )?)
+        })?;
         written.insert("cam".into(), json!(name(&npy)));
     }
     if let Some((gb, ggc)) = &e.guided {
@@ -673,7 +692,8 @@ fn write_outputs(
         "outputs": written,
     });
     let js = out.join(format!("{stem}.json"));
-    std::fs::write(&js, serde_json::to_string_pretty(&report)? + "\n")
+    let text = serde_json::to_string_pretty(&report)? + "\n";
+    atomically(&js, |tmp| Ok(std::fs::write(tmp, &text)?))
         .with_context(|| format!("writing {}", js.display()))?;
     Ok(())
 }

@@ -116,12 +116,14 @@ impl Previous {
 /// [`Previous::kept`]; the backend, for the reader (a run may go on on another device).
 const RECORDED: &[&str] = &["outputs", "backend"];
 
-/// `key was X, now Y` for each top-level setting that differs.
-/// A file a stopped run finished writing has bytes (one cut off at its creation has none).
+/// A file there with bytes. `explain` writes each file under a temporary name and renames it
+/// when whole, so one under its real name is whole; the check for bytes guards against files
+/// left by other means (an empty file made by hand, a version that wrote in place).
 fn non_empty_file(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0)
 }
 
+/// `key was X, now Y` for each top-level setting that differs.
 fn differences(then: &Value, now: &Value) -> Vec<String> {
     let empty = serde_json::Map::new();
     let (a, b) = (
