@@ -31,28 +31,21 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
         }));
     }
     // The format is known from the first bytes: a large file that is no image is not read
-    // whole to find that out.
-    let mut head = [0u8; 64];
-    let n = {
+    // whole to find that out. The rest is read from the same handle.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    {
         use std::io::Read;
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut n = 0;
-        while n < head.len() {
-            match f.read(&mut head[n..]).map_err(|e| Error::io(path, e))? {
-                0 => break,
-                k => n += k,
-            }
+        (&mut f)
+            .take(64)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+        if !bytes.is_empty() && image::guess_format(&bytes).is_err() {
+            return Err(bad("not a recognised image format".into()));
         }
-        n
-    };
-    if n > 0 && image::guess_format(&head[..n]).is_err() {
-        return Err(bad("not a recognised image format".into()));
+        f.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_rgb8(&bytes).map_err(|reason| Error::BadImage {
-        path: path.to_path_buf(),
-        reason,
-    })
+    decode_rgb8(&bytes).map_err(bad)
 }
 
 pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<RgbImage, String> {

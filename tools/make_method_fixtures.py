@@ -549,19 +549,24 @@ def main() -> int:
         for method in methods:
             add((model_name, layer, img, size, False), method, True)
 
+    def store(case_id, tensors, model_name, layer, img, size, method, src, **extra):
+        """Writes one expected file and its methods.json entry (keys in add()'s order)."""
+        rel = f"expected/{case_id}.safetensors"
+        assert rel not in owned_by_manifest
+        save_file(tensors, str(out / rel))
+        written.append(rel)
+        cases.append({"id": case_id, "model": model_name, "layer": layer,
+                      "image": f"images/{img}.png", "size": size, "class": None,
+                      "counterfactual": False, "method": method, "expected": rel,
+                      "input_from": src, **extra})
+
     for model_name, layer, img, size, methods in AUG_SMOOTH_CASES:
         src = sources[(img, size)]
         for method in methods:
             case_id, tensors = aug_case((model_name, layer, img, size), method,
                                         models[model_name], rgbs[img], src, out)
-            rel = f"expected/{case_id}.safetensors"
-            assert rel not in owned_by_manifest
-            save_file(tensors, str(out / rel))
-            written.append(rel)
-            cases.append({"id": case_id, "model": model_name, "layer": layer,
-                          "image": f"images/{img}.png", "size": size, "class": None,
-                          "counterfactual": False, "method": method, "expected": rel,
-                          "input_from": src, "aug_smooth": True})
+            store(case_id, tensors, model_name, layer, img, size, method, src,
+                  aug_smooth=True)
             print(f"{case_id:66s} {int(tensors['class'][0]):3d} cam max "
                   f"{float(tensors['cam'].max()):.3f}")
 
@@ -570,14 +575,7 @@ def main() -> int:
         for method in methods:
             case_id, tensors = multi_layer_case((model_name, layers, img, size), method,
                                                 models[model_name], rgbs[img], src, out)
-            rel = f"expected/{case_id}.safetensors"
-            assert rel not in owned_by_manifest
-            save_file(tensors, str(out / rel))
-            written.append(rel)
-            cases.append({"id": case_id, "model": model_name, "layer": ",".join(layers),
-                          "image": f"images/{img}.png", "size": size, "class": None,
-                          "counterfactual": False, "method": method, "expected": rel,
-                          "input_from": src})
+            store(case_id, tensors, model_name, ",".join(layers), img, size, method, src)
             print(f"{case_id:66s} {int(tensors['class'][0]):3d}")
 
     for entry in GUIDED_CASES:

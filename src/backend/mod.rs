@@ -39,6 +39,16 @@ pub enum ElementRule {
     LayerCam,
 }
 
+impl ElementRule {
+    /// The weight w of an activation whose gradient is `g`.
+    pub fn weight(self, g: f32) -> f32 {
+        match self {
+            ElementRule::HiResCam => g,
+            ElementRule::LayerCam => g.max(0.0),
+        }
+    }
+}
+
 /// The overlays of [`Backend::overlays`], ready or still being copied from the device (so a
 /// pipeline can queue the next batch meanwhile, and wait for them on another thread).
 pub struct Overlays(Box<dyn FnOnce() -> Result<Vec<RgbImage>> + Send>);

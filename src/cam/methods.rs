@@ -299,10 +299,7 @@ impl Combine {
             Combine::Elements(rule) => {
                 let g = g.expect("element-wise methods have gradients");
                 for (v, &gv) in x.data_mut().iter_mut().zip(g.data()) {
-                    *v *= match rule {
-                        ElementRule::HiResCam => gv,
-                        ElementRule::LayerCam => gv.max(0.0),
-                    };
+                    *v *= rule.weight(gv);
                 }
             }
         }

@@ -51,11 +51,7 @@ pub fn elementwise_cam_relu(rule: ElementRule, a: &Tensor, g: &Tensor) -> Tensor
                 let off = (ni * k + ki) * hw;
                 let (a, g) = (&a.data()[off..off + hw], &g.data()[off..off + hw]);
                 for ((o, &a), &g) in out.iter_mut().zip(a).zip(g) {
-                    let wgt = match rule {
-                        ElementRule::HiResCam => g,
-                        ElementRule::LayerCam => g.max(0.0),
-                    };
-                    *o += wgt * a;
+                    *o += rule.weight(g) * a;
                 }
             }
             out.iter_mut().for_each(|v| *v = v.max(0.0));
