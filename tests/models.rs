@@ -169,6 +169,65 @@ fn pre_bn_conv_layers_give_the_raw_conv_output() {
     assert!(err < 1e-4, "pre-BN activation differs by {err}");
 }
 
+/// Several target layers share one forward pass and one backward pass down to the lowest of
+/// them; each layer's activation and gradient must equal those of a pass to that layer alone
+/// (the reference backend: same ops, same order, so bit for bit). The list mixes a layer on
+/// the main path, a block inside it, the downsample branch (not upstream of the others), and
+/// a conv and its BatchNorm (two views of one folded node).
+#[test]
+fn several_layers_share_one_backward_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_synth(&dir, "resnet18", 16, Dtype::F32);
+    let net = Network::new(model::load(&path, None).unwrap(), CpuBackend::reference()).unwrap();
+    let x = synth::Rng::new(4).tensor(&[2, 3, 64, 48], -1.0, 1.0);
+    let seed = |l: &Tensor| {
+        let mut s = Tensor::zeros(l.shape());
+        s.data_mut()[3] = 1.0;
+        s.data_mut()[l.shape()[1] + 5] = -1.0;
+        Ok(s)
+    };
+    let layers = [
+        "layer4",
+        "layer3.1",
+        "layer4.0.downsample.0",
+        "layer3.0.conv2",
+        "layer3.0.bn2",
+    ];
+    let shared = net
+        .run(x.clone(), &layers, model::Backward::ToLayer, seed)
+        .unwrap();
+    assert_eq!(shared.layers.len(), layers.len());
+    let be = net.backend();
+    for (layer, got) in layers.iter().zip(&shared.layers) {
+        let alone = net.forward_backward(x.clone(), layer, seed).unwrap();
+        let grad = got.grad.as_ref().unwrap();
+        assert_eq!(be.shape(&got.activation), be.shape(&alone.activation));
+        assert_eq!(
+            got.activation.max_abs_diff(&alone.activation),
+            0.0,
+            "{layer}"
+        );
+        assert_eq!(grad.max_abs_diff(&alone.grad), 0.0, "{layer} gradient");
+        assert!(
+            grad.data().iter().any(|&v| v != 0.0),
+            "{layer}: zero gradient"
+        );
+    }
+    // A conv and its BatchNorm are different values of one node.
+    assert!(
+        shared.layers[3]
+            .activation
+            .max_abs_diff(&shared.layers[4].activation)
+            > 0.0
+    );
+    let err = net
+        .run(x, &["layer4", "layer4"], model::Backward::ToLayer, seed)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("`layer4` is listed twice"), "{err}");
+}
+
 /// Checkpoints from wrappers and fine-tuning scripts: names under a wrapper's attribute
 /// (`module.` from DataParallel, `backbone.`, nested), and a ResNet head saved as
 /// `nn.Sequential(nn.Dropout, nn.Linear)` (`fc.1.weight`), or a VGG's last layer likewise

@@ -7,9 +7,9 @@
 
 use super::aug_smooth::explain_aug_smooth;
 use super::eigen::principal_projection;
-use super::multi_layer::explain_layers;
+use super::multi_layer::{mean_of_layers, target_layers};
 use crate::backend::{Backend, ElementRule, WeightRule};
-use crate::model::{Backward, Network};
+use crate::model::{Backward, LayerOutput, Network};
 use crate::{Error, Result, Tensor};
 
 /// Which class each image is explained for.
@@ -185,13 +185,15 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
     if req.aug_smooth {
         return explain_aug_smooth(net, x, req);
     }
-    if req.layer.contains(',') {
-        return explain_layers(net, x, req);
-    }
+    let layers = target_layers(req.layer)?;
     let what = match (req.method.uses_gradients(), req.guided) {
         (_, true) => Backward::ToLayerAndGuidedInput,
         (true, false) => Backward::ToLayer,
         (false, false) => Backward::None,
+    };
+    let input_hw = {
+        let s = be.shape(&x);
+        (s[2], s[3])
     };
     // Score-CAM masks the input again after the pass.
     let x_again = (req.method == Method::ScoreCam)
@@ -199,15 +201,46 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
         .transpose()?;
     let num_classes = net.num_classes();
     let mut chosen = Vec::new();
-    let out = net.run(x, req.layer, what, |logits| {
+    let out = net.run(x, &layers, what, |logits| {
         chosen = choose_classes(logits, req.classes, num_classes)?;
         Ok(seed(&chosen, num_classes, req.counterfactual))
     })?;
     if chosen.is_empty() {
         chosen = choose_classes(&out.logits, req.classes, num_classes)?;
     }
-    let a = &out.activation;
-    let g = out.grad.as_ref();
+    let mut weights = None;
+    let mut maps = Vec::with_capacity(layers.len());
+    for layer in out.layers {
+        let (w, m) = layer_map(net, req, layer, x_again.as_ref(), &chosen)?;
+        // The channel weights reported are the first layer's.
+        weights.get_or_insert(w);
+        maps.push(m);
+    }
+    let maps = match maps.len() {
+        1 => maps.pop().expect("one"),
+        _ => mean_of_layers(&maps, input_hw),
+    };
+    Ok(CamBatch {
+        logits: out.logits,
+        classes: chosen,
+        weights: weights.expect("one layer at least"),
+        maps,
+        guided: out.input_grad.map(|g| be.download(&g)).transpose()?,
+    })
+}
+
+/// One target layer's channel weights [N, K] and map [N, h, w] (after ReLU, not normalised),
+/// on the host. `x` is the input again, for Score-CAM.
+fn layer_map<B: Backend>(
+    net: &Network<B>,
+    req: &CamRequest,
+    layer: LayerOutput<B::Tensor>,
+    x: Option<&B::Tensor>,
+    chosen: &[usize],
+) -> Result<(Tensor, Tensor)> {
+    let be = net.backend();
+    let a = &layer.activation;
+    let g = layer.grad.as_ref();
     let grad = || g.expect("requested");
     // What the channel sum (or, with eigen_smooth, the principal component) runs over.
     let (weights, combine) = match req.method {
@@ -231,13 +264,13 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
             Combine::Elements(ElementRule::LayerCam),
         ),
         Method::ScoreCam => {
-            let x = x_again.expect("kept for Score-CAM");
-            let w = score_cam_weights(net, &x, a, &chosen, req.score_batch)?;
+            let x = x.expect("kept for Score-CAM");
+            let w = score_cam_weights(net, x, a, chosen, req.score_batch)?;
             (Some(be.upload(w)?), Combine::Channels)
         }
         Method::EigenCam => (None, Combine::Activations),
     };
-    let (weights, maps) = if req.eigen_smooth || req.method.is_eigen() {
+    if req.eigen_smooth || req.method.is_eigen() {
         let host_a = be.download(a)?;
         // The gradient comes back only where it multiplies the activations element-wise.
         let host_g = match combine {
@@ -248,10 +281,10 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
         let x = combine.on_host(host_a, host_g.as_ref(), host_w.as_ref());
         let (projection, loadings) = principal_projection(&x);
         let maps = relu(projection);
-        match host_w {
+        Ok(match host_w {
             Some(w) if !req.method.is_eigen() => (w, maps),
             _ => (loadings, maps),
-        }
+        })
     } else {
         let weights = weights.expect("only the Eigen methods have no weights; they project");
         let maps = match combine {
@@ -259,15 +292,8 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
             Combine::Elements(rule) => be.elementwise_cam_relu(rule, a, grad())?,
             Combine::Activations => unreachable!("Eigen-CAM always projects"),
         };
-        (be.download(&weights)?, be.download(&maps)?)
-    };
-    Ok(CamBatch {
-        logits: out.logits,
-        classes: chosen,
-        weights,
-        maps,
-        guided: out.input_grad.map(|g| be.download(&g)).transpose()?,
-    })
+        Ok((be.download(&weights)?, be.download(&maps)?))
+    }
 }
 
 /// How a method combines the layer's channels into a map.

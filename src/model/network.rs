@@ -21,9 +21,10 @@ pub struct Network<B: Backend> {
 /// Which backward passes [`Network::run`] makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backward {
-    /// None: logits and the target activation only (Score-CAM).
+    /// None: logits and the target activations only (Score-CAM, Eigen-CAM).
     None,
-    /// Down to the target layer (the gradient CAM methods).
+    /// Down to the target layers (the gradient CAM methods): one pass down to the lowest of
+    /// them, keeping the gradient at each on the way.
     ToLayer,
     /// Also a guided-backprop pass down to the input (Guided Grad-CAM).
     ToLayerAndGuidedInput,
@@ -33,12 +34,18 @@ pub enum Backward {
 pub struct RunOutput<T> {
     /// [N, classes], on the host.
     pub logits: Tensor,
-    /// The target layer's activation A, [N, K, h, w].
+    /// One per target layer, in the order they were named.
+    pub layers: Vec<LayerOutput<T>>,
+    /// The guided-backprop gradient at the input, [N, 3, H, W], when asked for.
+    pub input_grad: Option<T>,
+}
+
+/// One target layer's part of [`RunOutput`].
+pub struct LayerOutput<T> {
+    /// The layer's activation A, [N, K, h, w].
     pub activation: T,
     /// ∂(seeded score)/∂A, when asked for.
     pub grad: Option<T>,
-    /// The guided-backprop gradient at the input, [N, 3, H, W], when asked for.
-    pub input_grad: Option<T>,
 }
 
 /// What one forward + backward pass yields for the target layer.
@@ -114,52 +121,69 @@ impl<B: Backend> Network<B> {
         layer: &str,
         seed: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<Pass<B::Tensor>> {
-        let out = self.run(x, layer, Backward::ToLayer, seed)?;
+        let out = self.run(x, &[layer], Backward::ToLayer, seed)?;
+        let l = out.layers.into_iter().next().expect("one layer asked for");
         Ok(Pass {
             logits: out.logits,
-            activation: out.activation,
-            grad: out.grad.expect("requested"),
+            activation: l.activation,
+            grad: l.grad.expect("requested"),
         })
     }
 
-    /// The general pass: the forward pass, the target layer's activation, and the backward
-    /// passes `what` asks for, all from one forward pass.
+    /// The general pass: one forward pass, the activation of each layer in `layers`, and the
+    /// backward passes `what` asks for. Several layers share one backward pass, down to the
+    /// lowest of them.
     pub fn run(
         &self,
         x: B::Tensor,
-        layer: &str,
+        layers: &[&str],
         what: Backward,
         seed: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<RunOutput<B::Tensor>> {
         let be = &self.backend;
         let shapes = self.graph.shapes(be.shape(&x))?;
-        let target = self.graph.layer(layer)?.clone();
-        let t = target.node;
-        if shapes[t].len() != 4 {
-            return Err(Error::BadTarget {
-                name: layer.into(),
-                reason: format!(
-                    "CAM methods need a spatial activation [N, C, H, W]; this layer gives {:?}",
-                    shapes[t]
-                ),
-            });
+        if layers.is_empty() {
+            return Err(Error::Invalid("no target layer given".into()));
         }
+        let mut targets = Vec::with_capacity(layers.len());
+        for (i, &name) in layers.iter().enumerate() {
+            if layers[..i].contains(&name) {
+                return Err(Error::Invalid(format!(
+                    "target layer `{name}` is listed twice"
+                )));
+            }
+            let target = self.graph.layer(name)?.clone();
+            let s = &shapes[target.node];
+            if s.len() != 4 {
+                return Err(Error::BadTarget {
+                    name: name.into(),
+                    reason: format!(
+                        "CAM methods need a spatial activation [N, C, H, W]; this layer gives {s:?}"
+                    ),
+                });
+            }
+            targets.push(target);
+        }
+        let ts: Vec<usize> = targets.iter().map(|t| t.node).collect();
         let nodes = &self.graph.nodes;
         let n = nodes.len();
         let to_layer = matches!(what, Backward::ToLayer | Backward::ToLayerAndGuidedInput);
         let guided = matches!(what, Backward::ToLayerAndGuidedInput);
-        // What a backward pass from the logits down to `from` reads: ReLU outputs (their
-        // masks) and max-pool inputs. Convolutions and linear layers need only their weights.
-        let down_of = |from: usize| {
+        // The nodes a backward pass from the logits down to `from` visits: those that depend
+        // on one of them.
+        let down_of = |from: &[usize]| {
             let mut down = vec![false; n];
-            down[from] = true;
-            for i in from + 1..n {
-                down[i] = nodes[i].inputs.iter().any(|&j| down[j]);
+            from.iter().for_each(|&f| down[f] = true);
+            let lowest = *from.iter().min().expect("one at least");
+            for i in lowest + 1..n {
+                down[i] = down[i] || nodes[i].inputs.iter().any(|&j| down[j]);
             }
             down
         };
+        // What those passes read: ReLU outputs (their masks) and max-pool inputs.
+        // Convolutions and linear layers need only their weights.
         let mut keep = vec![false; n];
-        keep[t] = true;
+        ts.iter().for_each(|&t| keep[t] = true);
         let mut mark = |down: &[bool]| {
             for i in 0..n {
                 if down[i] && i > 0 {
@@ -171,18 +195,18 @@ impl<B: Backend> Network<B> {
                 }
             }
         };
-        let down_t = down_of(t);
+        let down_t = down_of(&ts);
         if to_layer {
             mark(&down_t);
         }
-        let down_0 = guided.then(|| down_of(0));
+        let down_0 = guided.then(|| down_of(&[0]));
         if let Some(d) = &down_0 {
             mark(d);
         }
         let mut vals = self.run_forward(x, &keep)?;
         let logits = be.download(vals[n - 1].as_ref().expect("output"))?;
         vals[n - 1] = None;
-        let (mut grad, mut input_grad) = (None, None);
+        let (mut grads, mut input_grad) = (None, None);
         if to_layer || guided {
             let seed = seed(&logits)?;
             if seed.shape() != logits.shape() {
@@ -193,71 +217,103 @@ impl<B: Backend> Network<B> {
                 )));
             }
             if let Some(d) = &down_0 {
-                input_grad =
-                    Some(self.backward(&vals, &shapes, d, 0, be.upload(seed.clone())?, true)?);
+                let up = be.upload(seed.clone())?;
+                input_grad = self.backward(&vals, &shapes, d, &[0], up, true)?.pop();
             }
             if to_layer {
-                grad = Some(self.backward(&vals, &shapes, &down_t, t, be.upload(seed)?, false)?);
+                grads =
+                    Some(self.backward(&vals, &shapes, &down_t, &ts, be.upload(seed)?, false)?);
             }
         }
-        let mut activation = vals[t].take().expect("target kept");
-        if target.view == View::PreBn {
-            // torchvision's conv module output, before its (folded) BatchNorm:
-            // A_conv = (A_bn - shift) / scale and ∂/∂A_conv = scale · ∂/∂A_bn.
-            let Op::Conv { bn: Some(bn), .. } = &nodes[t].op else {
-                unreachable!("PreBn views are made only for convs with folded BN")
+        let mut grads = grads.map(Vec::into_iter);
+        let mut out = Vec::with_capacity(targets.len());
+        for (i, target) in targets.iter().enumerate() {
+            // Two views of one node share its value: the last takes it, the others copy it.
+            let shared = ts[i + 1..].contains(&target.node);
+            let value = &mut vals[target.node];
+            let activation = match shared {
+                true => be.duplicate(value.as_ref().expect("target kept"))?,
+                false => value.take().expect("target kept"),
             };
-            if let Some(k) = bn.scale.iter().position(|&s| s == 0.0) {
-                return Err(Error::BadTarget {
-                    name: layer.into(),
-                    reason: format!(
-                        "its BatchNorm scales channel {k} by zero, so the conv output cannot be \
-                         recovered; target the BatchNorm layer instead"
-                    ),
-                });
-            }
-            let inv: Vec<f32> = bn.scale.iter().map(|s| 1.0 / s).collect();
-            let shift: Vec<f32> = bn
-                .shift
-                .iter()
-                .zip(&bn.scale)
-                .map(|(t, s)| -t / s)
-                .collect();
-            activation = be.channel_affine(activation, &inv, &shift)?;
-            if let Some(g) = grad.take() {
-                grad = Some(be.channel_affine(g, &bn.scale, &vec![0.0; bn.scale.len()])?);
-            }
+            let grad = grads.as_mut().map(|g| g.next().expect("one per target"));
+            out.push(self.conv_view(target, activation, grad)?);
         }
         Ok(RunOutput {
             logits,
-            activation,
-            grad,
+            layers: out,
             input_grad,
         })
     }
 
-    /// Backward-data from the logits (gradient `seed`) down to node `to`, visiting only the
-    /// nodes in `down` (those that depend on `to`). `guided` applies the guided-backprop ReLU
-    /// rule (only positive gradients pass).
+    /// A target's activation and gradient as its view asks: torchvision's conv module output,
+    /// before its (folded) BatchNorm, for a `PreBn` view; as computed otherwise.
+    fn conv_view(
+        &self,
+        target: &super::graph::Layer,
+        activation: B::Tensor,
+        grad: Option<B::Tensor>,
+    ) -> Result<LayerOutput<B::Tensor>> {
+        if target.view != View::PreBn {
+            return Ok(LayerOutput { activation, grad });
+        }
+        // A_conv = (A_bn - shift) / scale and ∂/∂A_conv = scale · ∂/∂A_bn.
+        let be = &self.backend;
+        let Op::Conv { bn: Some(bn), .. } = &self.graph.nodes[target.node].op else {
+            unreachable!("PreBn views are made only for convs with folded BN")
+        };
+        if let Some(k) = bn.scale.iter().position(|&s| s == 0.0) {
+            return Err(Error::BadTarget {
+                name: target.name.clone(),
+                reason: format!(
+                    "its BatchNorm scales channel {k} by zero, so the conv output cannot be \
+                     recovered; target the BatchNorm layer instead"
+                ),
+            });
+        }
+        let inv: Vec<f32> = bn.scale.iter().map(|s| 1.0 / s).collect();
+        let shift: Vec<f32> = bn
+            .shift
+            .iter()
+            .zip(&bn.scale)
+            .map(|(t, s)| -t / s)
+            .collect();
+        let activation = be.channel_affine(activation, &inv, &shift)?;
+        let grad = grad
+            .map(|g| be.channel_affine(g, &bn.scale, &vec![0.0; bn.scale.len()]))
+            .transpose()?;
+        Ok(LayerOutput { activation, grad })
+    }
+
+    /// Backward-data from the logits (gradient `seed`) down to the lowest node of `targets`,
+    /// visiting only the nodes in `down` (those that depend on a target), and the gradient at
+    /// each target, in their order. `guided` applies the guided-backprop ReLU rule (only
+    /// positive gradients pass).
     fn backward(
         &self,
         vals: &[Option<B::Tensor>],
         shapes: &[Vec<usize>],
         down: &[bool],
-        to: usize,
+        targets: &[usize],
         seed: B::Tensor,
         guided: bool,
-    ) -> Result<B::Tensor> {
+    ) -> Result<Vec<B::Tensor>> {
         let be = &self.backend;
         let nodes = &self.graph.nodes;
         let n = nodes.len();
+        let to = *targets.iter().min().expect("one target at least");
         let mut grads: Vec<Option<B::Tensor>> = (0..n).map(|_| None).collect();
         grads[n - 1] = Some(seed);
+        // A target above `to` has its whole gradient once every node above it has run (they
+        // are in topological order); the pass goes on with it, so it is copied here.
+        let mut at_target: Vec<Option<B::Tensor>> = targets.iter().map(|_| None).collect();
         for i in (to + 1..n).rev() {
             if !down[i] {
                 continue;
             }
             let Some(g) = grads[i].take() else { continue };
+            for (k, _) in targets.iter().enumerate().filter(|(_, &t)| t == i) {
+                at_target[k] = Some(be.duplicate(&g)?);
+            }
             let node = &nodes[i];
             let inp = node.inputs[0];
             let hw = |j: usize| (shapes[j][2], shapes[j][3]);
@@ -282,12 +338,25 @@ impl<B: Backend> Network<B> {
                 accumulate(be, &mut grads[inp], dx)?;
             }
         }
-        grads[to].take().ok_or_else(|| {
-            Error::Invalid(format!(
-                "{} does not influence the logits",
-                self.graph.node_name(to)
-            ))
-        })
+        // Two views of one node (a conv and its BatchNorm) are two targets on one node.
+        let lowest: Vec<usize> = (0..targets.len()).filter(|&k| targets[k] == to).collect();
+        let (&last, others) = lowest.split_last().expect("`to` is a target");
+        for &k in others {
+            at_target[k] = grads[to].as_ref().map(|g| be.duplicate(g)).transpose()?;
+        }
+        at_target[last] = grads[to].take();
+        at_target
+            .into_iter()
+            .zip(targets)
+            .map(|(g, &t)| {
+                g.ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{} does not influence the logits",
+                        self.graph.node_name(t)
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// Runs every node; a value is dropped after its last consumer unless `keep` says so.

@@ -100,7 +100,6 @@ fn bench_on<B: Backend>(
     };
     let layer = a.layer.as_deref().map(normalised).transpose()?;
     let listed = layer.as_deref().map(target_layers).transpose()?;
-    let layer_count = listed.as_ref().map_or(1, Vec::len);
     for l in listed.unwrap_or_default() {
         net.graph().target(l)?;
     }
@@ -220,10 +219,10 @@ fn bench_on<B: Backend>(
          resize kernels run behind it, in the grad-cam time)",
         ms(t.preprocess)
     );
-    // The rate counts one forward pass per image; these options run more.
-    let passes = match (cfg.aug_smooth, cfg.method, layer_count) {
-        (true, ..) | (_, Method::ScoreCam, _) => " (this option runs more passes than one)",
-        (_, _, n) if n > 1 => " (several layers: one pass per layer)",
+    // The rate counts one forward pass per image; these options run more (several layers
+    // share one).
+    let passes = match (cfg.aug_smooth, cfg.method) {
+        (true, _) | (_, Method::ScoreCam) => " (this option runs more passes than one)",
         _ => "",
     };
     println!(
