@@ -692,6 +692,46 @@ fn score_cam_kernels_match_the_cpu_backend() {
     }
 }
 
+/// aug_copy_f32, one launch per copy into one output, against the CPU backend's aug_copies
+/// (exact: one product per element). Odd widths, so a mirror that is off by one moves a
+/// column onto a different value.
+#[test]
+fn aug_copy_kernel_matches_the_cpu_backend() {
+    use gradcam::backend::{Backend, CpuBackend};
+    let be = CpuBackend::fast();
+    let mut rng = Rng::new(31);
+    let copies = [(false, 0.9), (true, 1.1), (true, 1.0), (false, -2.5)];
+    for (n, c, h, w) in [(1, 3, 17, 23), (2, 3, 5, 1), (3, 2, 16, 16)] {
+        let x = rng.tensor(&[n, c, h, w], -2.0, 2.0);
+        let mut out = vec![f32::NAN; copies.len() * n * c * h * w];
+        for (t, &(mirror, factor)) in copies.iter().enumerate() {
+            let mut args = vec![Arg::In(x.data()), Arg::Out(&mut out)];
+            args.extend([n * c, h, w, t, mirror as usize].map(|v| Arg::I32(v as i32)));
+            args.push(Arg::I32(f32::to_bits(factor) as i32));
+            unsafe {
+                emu::launch(
+                    "aug_copy_f32",
+                    [(h * w).div_ceil(256) as u32, (n * c) as u32, 1],
+                    [256, 1, 1],
+                    0,
+                    &mut args,
+                )
+            }
+            .unwrap();
+        }
+        let want = be.aug_copies(&x, &copies).unwrap();
+        assert_eq!(want.shape(), [copies.len() * n, c, h, w]);
+        close("aug_copy_f32", &out, &want);
+        // The mirror is a mirror: copy 2 (mirrored, × 1) reversed row by row is x.
+        let per = n * c * h * w;
+        let back: Vec<f32> = out[2 * per..3 * per]
+            .chunks(w)
+            .flat_map(|r| r.iter().rev().copied())
+            .collect();
+        assert_eq!(back, x.data());
+    }
+}
+
 /// linear_fwd_f32 / linear_bwd_data_f32 (inputs `ins`, then y, part, n, in, out, chunk) on a
 /// GEMM of `rows` outputs per image over `depth`: one pass, or (`thirds`) the depth in 16-deep
 /// chunks of about a third into a workspace that linear_sum_f32 adds up (with `bias`).

@@ -235,4 +235,8 @@ pub trait Backend: Send + Sync {
         a: &Self::Tensor,
         k: (usize, usize),
     ) -> Result<Self::Tensor>;
+    /// aug_smooth's copies of x [N, C, H, W], each mirrored left to right or not and times a
+    /// factor: [T·N, C, H, W], copy-major. In torch:
+    /// `torch.cat([(x.flip(3) if m else x) * f for m, f in copies])`.
+    fn aug_copies(&self, x: &Self::Tensor, copies: &[(bool, f32)]) -> Result<Self::Tensor>;
 }

@@ -326,6 +326,14 @@ pub fn op_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
         &be.score_cam_inputs(&up(&xi)?, &up(&a)?, (1, 4))?,
         &oracle.score_cam_inputs(&xi, &a, (1, 4))?,
     )?);
+    let copies = [(false, 0.9), (true, 1.1)];
+    out.push(check(
+        be,
+        "aug_copies",
+        "[2, 3, 21, 19], mirrored × 1.1 and as is × 0.9",
+        &be.aug_copies(&up(&xi)?, &copies)?,
+        &oracle.aug_copies(&xi, &copies)?,
+    )?);
     Ok(out)
 }
 

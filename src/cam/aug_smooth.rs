@@ -3,7 +3,8 @@
 //! (after normalisation, as ttach's `HorizontalFlip` × `Multiply([0.9, 1, 1.1])`), each map
 //! min-max normalised at the input size and mirrored back before the mean.
 //!
-//! The six copies run as one batch. The class is chosen once, on the unaugmented image, and
+//! The six copies are made on the backend from the preprocessed batch (`Backend::aug_copies`;
+//! on a GPU nothing goes back to the host) and run as one batch. The class is chosen once, on the unaugmented image, and
 //! explained in all six (one more forward pass, on the images themselves); pytorch-grad-cam
 //! without targets takes each copy's own top-1 class (the same unless the copies disagree).
 //! Logits, class, channel weights and the guided gradient are the unaugmented copy's.
@@ -37,15 +38,16 @@ pub(crate) fn explain_aug_smooth<B: Backend>(
     req: &CamRequest,
 ) -> Result<CamBatch> {
     let be = net.backend();
-    let host = be.download(&x)?;
-    drop(x);
-    let (n, c, h, w) = host.dims4();
+    let (n, c, h, w) = {
+        let s = be.shape(&x);
+        (s[0], s[1], s[2], s[3])
+    };
     if n * c * h * w == 0 {
         return Err(Error::Invalid("aug_smooth: an empty input".into()));
     }
     let classes = match req.classes {
         ClassSel::Predicted => {
-            let logits = net.forward(be.upload(host.clone())?)?;
+            let logits = net.forward(be.duplicate(&x)?)?;
             let nc = logits.shape()[1];
             let top = logits.data().chunks(nc).map(super::argmax).collect();
             ClassSel::PerImage(top)
@@ -80,11 +82,11 @@ pub(crate) fn explain_aug_smooth<B: Backend>(
         }
     };
     let all = 0..AUGMENTATIONS.len();
-    match explain_copies(net, &host, all, &classes, req) {
+    match explain_copies(net, &x, all, &classes, req) {
         Ok(batch) => add(batch, 0),
         Err(Error::OutOfMemory(_)) => {
             for t in 0..AUGMENTATIONS.len() {
-                add(explain_copies(net, &host, t..t + 1, &classes, req)?, t);
+                add(explain_copies(net, &x, t..t + 1, &classes, req)?, t);
             }
         }
         Err(e) => return Err(e),
@@ -98,24 +100,17 @@ pub(crate) fn explain_aug_smooth<B: Backend>(
     })
 }
 
-/// The copies `which` of [`AUGMENTATIONS`] of every image of `host` [N, C, H, W], explained as
-/// one batch (copy-major: all images of the first copy, then the next).
+/// The copies `which` of [`AUGMENTATIONS`] of every image of `x` [N, C, H, W], made on the
+/// backend and explained as one batch (copy-major: all images of the first copy, then the
+/// next).
 fn explain_copies<B: Backend>(
     net: &Network<B>,
-    host: &Tensor,
+    x: &B::Tensor,
     which: std::ops::Range<usize>,
     classes: &ClassSel,
     req: &CamRequest,
 ) -> Result<CamBatch> {
-    let (n, c, h, w) = host.dims4();
-    let per = c * h * w;
     let copies = which.len();
-    let mut data = Vec::with_capacity(copies * n * per);
-    for &(mirror, factor) in &AUGMENTATIONS[which] {
-        for img in host.data().chunks(per) {
-            data.extend(augmented(img, h, w, mirror, factor));
-        }
-    }
     let repeated = match classes {
         ClassSel::PerImage(cs) => ClassSel::PerImage(cs.repeat(copies)),
         other => other.clone(),
@@ -125,20 +120,8 @@ fn explain_copies<B: Backend>(
         aug_smooth: false,
         ..req.clone()
     };
-    let x = net
-        .backend()
-        .upload(Tensor::new([copies * n, c, h, w], data))?;
-    explain(net, x, &sub)
-}
-
-/// One [C, H, W] image, mirrored left to right when asked, times `factor`.
-fn augmented(img: &[f32], h: usize, w: usize, mirror: bool, factor: f32) -> Vec<f32> {
-    let img = if mirror {
-        mirrored(img, img.len() / (h * w), h, w)
-    } else {
-        img.to_vec()
-    };
-    img.into_iter().map(|v| v * factor).collect()
+    let copies = net.backend().aug_copies(x, &AUGMENTATIONS[which])?;
+    explain(net, copies, &sub)
 }
 
 /// [C, H, W] mirrored left to right.
@@ -153,16 +136,23 @@ fn mirrored(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::CpuBackend;
 
     #[test]
     fn mirror_and_factor() {
-        let img = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]; // [2, 2, 2]
+        let img = Tensor::new([1, 2, 2, 2], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
+        let copies = CpuBackend::reference()
+            .aug_copies(&img, &[(true, 2.0), (false, 1.0)])
+            .unwrap();
+        assert_eq!(copies.shape(), [2, 2, 2, 2]);
         assert_eq!(
-            augmented(&img, 2, 2, true, 2.0),
-            [4.0, 2.0, 8.0, 6.0, 12.0, 10.0, 16.0, 14.0]
+            copies.data(),
+            [4.0, 2.0, 8.0, 6.0, 12.0, 10.0, 16.0, 14.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
         );
-        assert_eq!(augmented(&img, 2, 2, false, 1.0), img);
-        assert_eq!(mirrored(&mirrored(&img, 2, 2, 2), 2, 2, 2), img);
+        assert_eq!(
+            mirrored(&mirrored(img.data(), 2, 2, 2), 2, 2, 2),
+            img.data()
+        );
         assert_eq!(AUGMENTATIONS[PLAIN], (false, 1.0));
     }
 }

@@ -126,3 +126,18 @@ pub fn score_cam_inputs(x: &Tensor, a: &Tensor, (k0, k1): (usize, usize)) -> Ten
         });
     out
 }
+
+/// See [`crate::backend::Backend::aug_copies`].
+pub fn aug_copies(x: &Tensor, copies: &[(bool, f32)]) -> Tensor {
+    let (n, c, h, w) = x.dims4();
+    let mut out = Vec::with_capacity(copies.len() * n * c * h * w);
+    for &(mirror, factor) in copies {
+        for row in x.data().chunks(w.max(1)) {
+            match mirror {
+                true => out.extend(row.iter().rev().map(|v| v * factor)),
+                false => out.extend(row.iter().map(|v| v * factor)),
+            }
+        }
+    }
+    Tensor::new([copies.len() * n, c, h, w], out)
+}

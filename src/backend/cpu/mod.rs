@@ -203,4 +203,7 @@ impl Backend for CpuBackend {
     fn score_cam_inputs(&self, x: &Tensor, a: &Tensor, k: (usize, usize)) -> Result<Tensor> {
         Ok(cam_ops::score_cam_inputs(x, a, k))
     }
+    fn aug_copies(&self, x: &Tensor, copies: &[(bool, f32)]) -> Result<Tensor> {
+        Ok(cam_ops::aug_copies(x, copies))
+    }
 }

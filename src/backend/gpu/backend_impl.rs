@@ -675,6 +675,30 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         };
         Ok(out)
     }
+    fn aug_copies(&self, x: &Self::Tensor, copies: &[(bool, f32)]) -> Result<Self::Tensor> {
+        let x = &*self.nchw(x)?;
+        let (n, c, h, w) = dims4(&x.shape);
+        let out = self.like(vec![copies.len() * n, c, h, w], x)?;
+        if out.shape.iter().product::<usize>() == 0 {
+            return Ok(out);
+        }
+        for (t, &(mirror, factor)) in copies.iter().enumerate() {
+            let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&out.buf)];
+            args.extend(ints(&[n * c, h, w, t, mirror as usize]));
+            args.push(KArg::I32(factor.to_bits() as i32));
+            // SAFETY: aug_copy_<t>: one thread per (pixel, image·channel) of copy t, inside
+            // `out` ([T·N, C, H, W]).
+            unsafe {
+                self.launch(
+                    &Self::kernel("aug_copy", x),
+                    [(h * w).div_ceil(256) as u32, (n * c) as u32, 1],
+                    [256, 1, 1],
+                    &args,
+                )?
+            };
+        }
+        Ok(out)
+    }
 }
 
 /// `buf` cut into consecutive pieces of the given lengths (which sum to at most its length).
