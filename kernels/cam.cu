@@ -34,8 +34,9 @@ __device__ __forceinline__ void weighted_sum_relu(const T* __restrict__ a,
 //   cam_weights_<t>: rule 0 Grad-CAM++: w = Σ relu(g)·g²/(2g² + ΣA·g³ + 1e-6) (0 where g = 0)
 //                    rule 1 XGrad-CAM:  w = Σ g·A / (ΣA + 1e-7)
 //     grid (N·K), block 256: one block per plane; ΣA first, then the weighted sum.
-//   elementwise_cam_relu_<t>: map = relu(Σ_k f(g)·A), rule 0 HiResCAM f(g) = g,
-//                             rule 1 LayerCAM f(g) = relu(g)
+//   elementwise_cam_relu_<t>: map = relu(Σ_k t(g, A)), rule 0 HiResCAM t = g·A,
+//                             rule 1 LayerCAM t = relu(g)·A, rule 2 GradCAMElementWise
+//                             t = relu(g·A) (ElementRule::code)
 //     grid (ceil(H·W / 256), N), block 256.
 template <class T>
 __device__ __forceinline__ void cam_weights(const T* __restrict__ a, const T* __restrict__ g,
@@ -76,8 +77,8 @@ __device__ __forceinline__ void elementwise_cam_relu(const T* __restrict__ a, co
     float s = 0.0f;
     for (int c = 0; c < k; ++c) {
         const size_t i = ((size_t)n * k + c) * hw + p;
-        const float wgt = rule == 0 ? ld(g, i) : fmaxf(ld(g, i), 0.0f);
-        s += wgt * ld(a, i);
+        const float gv = ld(g, i), av = ld(a, i);
+        s += rule == 0 ? gv * av : rule == 1 ? fmaxf(gv, 0.0f) * av : fmaxf(gv * av, 0.0f);
     }
     map[(size_t)n * hw + p] = fmaxf(s, 0.0f);
 }
@@ -123,6 +124,21 @@ __device__ __forceinline__ void score_cam_inputs(const T* __restrict__ x, const 
     const float u = (sample_ac(m, h, w, oh, ow, p) - mm[i * 2]) / (mm[i * 2 + 1] - mm[i * 2] + 1e-8f);
     for (int cc = 0; cc < c; ++cc)
         st(out, ((size_t)i * c + cc) * oh * ow + p, ld(x, ((size_t)n * c + cc) * oh * ow + p) * u);
+}
+
+// Ablation-CAM's ablated activations (see Backend::ablate_channels): copy j of image i is
+// A[i] with channel k0 + j zeroed, copy-major.
+//   ablate_channels_<t>: grid (ceil(total / 256)), block 256, one thread per output element
+//                        (total = (k1-k0)·N·K·h·w, which may pass 2^31: 64-bit indices).
+template <class T>
+__device__ __forceinline__ void ablate_channels(const T* __restrict__ a, T* __restrict__ out,
+                                                int n, int k, int k0, int kc, int hw) {
+    const size_t per_copy = (size_t)n * k * hw;
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= per_copy * kc) return;
+    const size_t j = idx / per_copy, in = idx % per_copy;
+    const int ch = (int)((in / hw) % k);
+    st(out, idx, ch == k0 + (int)j ? 0.0f : ld(a, in));
 }
 
 // Entry points, one per op and storage type (written out: the emulator's table and the
@@ -171,6 +187,19 @@ extern "C" __global__ void elementwise_cam_relu_bf16(const bf16* __restrict__ a,
 extern "C" __global__ void elementwise_cam_relu_f16(const f16* __restrict__ a, const f16* __restrict__ g,
                                                     float* __restrict__ map, int k, int hw, int rule) {
     elementwise_cam_relu(a, g, map, k, hw, rule);
+}
+#define ABLATE_DIMS int n, int k, int k0, int kc, int hw
+extern "C" __global__ void ablate_channels_f32(const float* __restrict__ a, float* __restrict__ out,
+                                               ABLATE_DIMS) {
+    ablate_channels(a, out, n, k, k0, kc, hw);
+}
+extern "C" __global__ void ablate_channels_bf16(const bf16* __restrict__ a, bf16* __restrict__ out,
+                                                ABLATE_DIMS) {
+    ablate_channels(a, out, n, k, k0, kc, hw);
+}
+extern "C" __global__ void ablate_channels_f16(const f16* __restrict__ a, f16* __restrict__ out,
+                                               ABLATE_DIMS) {
+    ablate_channels(a, out, n, k, k0, kc, hw);
 }
 #define SCORE_DIMS int k, int k0, int kc, int h, int w, int oh, int ow
 extern "C" __global__ void score_cam_minmax_f32(const float* __restrict__ a, float* __restrict__ mm,

@@ -611,7 +611,13 @@ fn cam_family_kernels_match_the_cpu_backend() {
                 &be.cam_weights(rule, &a, &g).unwrap(),
             );
         }
-        for (rule, r) in [(ElementRule::HiResCam, 0), (ElementRule::LayerCam, 1)] {
+        // Negative activations too (a BatchNorm's output): there the element-wise rules differ.
+        let a = rng.tensor(&[n, k, h, w], -1.0, 2.0);
+        for (rule, r) in [
+            (ElementRule::HiResCam, 0),
+            (ElementRule::LayerCam, 1),
+            (ElementRule::GradCamElementWise, 2),
+        ] {
             let mut map = vec![f32::NAN; n * h * w];
             let mut args = [
                 Arg::In(a.data()),
@@ -689,6 +695,47 @@ fn score_cam_kernels_match_the_cpu_backend() {
             &out,
             &be.score_cam_inputs(&x, &a, (k0, k1)).unwrap(),
         );
+    }
+}
+
+/// ablate_channels_f32 against the CPU backend's ablate_channels (exact: copies and zeros),
+/// and the ablated channel checked independently: zero in its copy, A elsewhere.
+#[test]
+fn ablate_channels_kernel_matches_the_cpu_backend() {
+    use gradcam::backend::{Backend, CpuBackend};
+    let be = CpuBackend::fast();
+    let mut rng = Rng::new(32);
+    for (n, k, h, w, k0, k1) in [(1, 4, 3, 5, 0, 4), (2, 7, 1, 1, 2, 5), (3, 5, 6, 4, 4, 5)] {
+        let a = rng.tensor(&[n, k, h, w], 0.5, 2.0);
+        let kc = k1 - k0;
+        let mut out = vec![f32::NAN; kc * n * k * h * w];
+        let mut args = vec![Arg::In(a.data()), Arg::Out(&mut out)];
+        args.extend([n, k, k0, kc, h * w].map(|v| Arg::I32(v as i32)));
+        let total = kc * n * k * h * w;
+        unsafe {
+            emu::launch(
+                "ablate_channels_f32",
+                [total.div_ceil(256) as u32, 1, 1],
+                [256, 1, 1],
+                0,
+                &mut args,
+            )
+        }
+        .unwrap();
+        close(
+            "ablate_channels_f32",
+            &out,
+            &be.ablate_channels(&a, (k0, k1)).unwrap(),
+        );
+        let hw = h * w;
+        for (plane, got) in out.chunks(hw).enumerate() {
+            let (j, i, c) = (plane / (n * k), plane / k % n, plane % k);
+            let want = &a.data()[(i * k + c) * hw..(i * k + c + 1) * hw];
+            match c == k0 + j {
+                true => assert!(got.iter().all(|&v| v == 0.0), "copy {j} image {i}"),
+                false => assert_eq!(got, want, "copy {j} image {i} channel {c}"),
+            }
+        }
     }
 }
 

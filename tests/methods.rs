@@ -33,7 +33,9 @@ fn method(name: &str) -> Option<Method> {
         "xgradcam" => Method::XGradCam,
         "hirescam" => Method::HiResCam,
         "layercam" => Method::LayerCam,
+        "gradcamelementwise" => Method::GradCamElementWise,
         "scorecam" => Method::ScoreCam,
+        "ablationcam" => Method::AblationCam,
         "eigencam" => Method::EigenCam,
         "eigengradcam" => Method::EigenGradCam,
         "gradcam" => Method::GradCam,
@@ -51,6 +53,9 @@ fn eigen_input(name: &str, exp: &common::Expected) -> Tensor {
         "eigencam" => {}
         "eigengradcam" | "hirescam" => x.iter_mut().zip(g().data()).for_each(|(v, g)| *v *= g),
         "layercam" => (x.iter_mut().zip(g().data())).for_each(|(v, g)| *v *= g.max(0.0)),
+        "gradcamelementwise" => {
+            (x.iter_mut().zip(g().data())).for_each(|(v, g)| *v = (*v * g).max(0.0))
+        }
         _ => {
             let wt = exp.f32("weights");
             for (ch, &wi) in x.chunks_mut(h * w).zip(wt.data()) {
@@ -214,10 +219,13 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         "xgradcam",
         "hirescam",
         "layercam",
+        "gradcamelementwise",
         "scorecam",
+        "ablationcam",
         "eigencam",
         "eigengradcam",
         "gradcam+eigen_smooth",
+        "gradcamelementwise+eigen_smooth",
         "layercam+eigen_smooth",
         "gradcam+aug_smooth",
         "layercam+aug_smooth",
@@ -237,7 +245,12 @@ fn method_names_parse_and_scorecam_rejects_counterfactual() {
     assert_eq!(Method::parse("gradcampp").unwrap(), Method::GradCamPlusPlus);
     assert_eq!(Method::parse("score-cam").unwrap(), Method::ScoreCam);
     assert_eq!(Method::parse("EigenGradCAM").unwrap(), Method::EigenGradCam);
-    let e = Method::parse("ablationcam").unwrap_err().to_string();
+    assert_eq!(
+        Method::parse("GradCAMElementWise").unwrap(),
+        Method::GradCamElementWise
+    );
+    assert_eq!(Method::parse("Ablation-CAM").unwrap(), Method::AblationCam);
+    let e = Method::parse("fullgrad").unwrap_err().to_string();
     assert!(e.contains("ablationcam") && e.contains("eigencam"), "{e}");
     let nets = networks();
     let req = CamRequest {

@@ -228,6 +228,54 @@ fn several_layers_share_one_backward_pass() {
     assert!(err.contains("`layer4` is listed twice"), "{err}");
 }
 
+/// Ablation-CAM runs the network on from the target layer. Given the layer's own values,
+/// copied, that must give the logits of the plain forward pass: for a block's output (the
+/// head alone), a conv inside a block (its BatchNorm applied again, the block's shortcut
+/// from before the layer), and the downsample branch. Zeroing a channel through
+/// ablate_channels must then change the score (the weights are checked against
+/// pytorch-grad-cam's AblationCAM in tests/methods.rs).
+#[test]
+fn forward_from_a_layer_gives_the_plain_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_synth(&dir, "resnet18", 16, Dtype::F32);
+    let net = Network::new(model::load(&path, None).unwrap(), CpuBackend::reference()).unwrap();
+    let be = net.backend();
+    let x = synth::Rng::new(6).tensor(&[2, 3, 48, 40], -1.0, 1.0);
+    let plain = net.forward(x.clone()).unwrap();
+    let nc = plain.shape()[1];
+    let seed = |l: &Tensor| Ok(Tensor::zeros(l.shape()));
+    for layer in [
+        "layer4",
+        "layer3.1.conv2",
+        "layer2.0.downsample.0",
+        "layer1.0.bn1",
+    ] {
+        let a = net
+            .forward_backward(x.clone(), layer, seed)
+            .unwrap()
+            .activation;
+        let copies = be.aug_copies(&a, &[(false, 1.0); 3]).unwrap();
+        let logits = net.forward_from(&x, layer, copies, 3).unwrap();
+        assert_eq!(logits.shape(), [6, nc], "{layer}");
+        for (j, row) in logits.data().chunks(2 * nc).enumerate() {
+            let err = Tensor::new([2, nc], row.to_vec()).max_abs_diff(&plain);
+            assert!(err < 1e-4, "{layer} copy {j}: logits differ by {err}");
+        }
+        let ablated = be.ablate_channels(&a, (0, 2)).unwrap();
+        let logits = net.forward_from(&x, layer, ablated, 2).unwrap();
+        let first = Tensor::new([2, nc], logits.data()[..2 * nc].to_vec());
+        assert!(
+            first.max_abs_diff(&plain) > 0.0,
+            "{layer}: ablation changed nothing"
+        );
+    }
+    let e = net
+        .forward_from(&x, "layer4", Tensor::zeros([2, 1, 2, 2]), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expected"), "{e}");
+}
+
 /// Checkpoints from wrappers and fine-tuning scripts: names under a wrapper's attribute
 /// (`module.` from DataParallel, `backbone.`, nested), and a ResNet head saved as
 /// `nn.Sequential(nn.Dropout, nn.Linear)` (`fc.1.weight`), or a VGG's last layer likewise

@@ -2,7 +2,7 @@
 """Add parity fixtures for the rest of the CAM family and guided backprop.
 
 Reference: pytorch-grad-cam 1.5.7 (GradCAMPlusPlus, XGradCAM, HiResCAM,
-LayerCAM, ScoreCAM, EigenCAM, EigenGradCAM, the `eigen_smooth=True` option
+LayerCAM, GradCAMElementWise, ScoreCAM, AblationCAM, EigenCAM, EigenGradCAM, the `eigen_smooth=True` option
 of the others, GuidedBackpropReLUModel, and Guided Grad-CAM as the library's
 README builds it).
 
@@ -25,7 +25,7 @@ CAM-method files (float32 unless noted):
     gradient    [1,K,h,w]      d(target)/d(activation), sign as used (i.e. of
                                the negated score for counterfactual cases);
                                absent for ScoreCAM (no backward pass)
-    weights     [1,K]          GradCAMPlusPlus / XGradCAM / ScoreCAM only: the
+    weights     [1,K]          GradCAMPlusPlus / XGradCAM / ScoreCAM / AblationCAM: the
                                array get_cam_weights returned inside the call
     projection  [1,h,w]        EigenCAM / EigenGradCAM / eigen_smooth cases only:
                                get_2d_projection's output (before the ReLU), the
@@ -38,7 +38,7 @@ CAM-method files (float32 unless noted):
 The preprocessed input depends only on (image, size), and every such pair
 already has a committed file in manifest.json holding it; each methods.json
 case names that file in "input_from" (checked bit-for-bit here) instead of
-duplicating ~87 kB per file, which keeps the addition under 4 MB. Pass
+duplicating ~87 kB per file, which keeps the addition under 4.5 MB. Pass
 --embed-inputs to store `input` in every CAM-method file as well.
 
 Guided files (<model>__<image>__<size>__guided):
@@ -70,9 +70,9 @@ import torchvision
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from pytorch_grad_cam import (EigenCAM, EigenGradCAM, GradCAM, GradCAMPlusPlus,
-                              GuidedBackpropReLUModel, HiResCAM, LayerCAM, ScoreCAM,
-                              XGradCAM)
+from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise,
+                              GradCAMPlusPlus, GuidedBackpropReLUModel, HiResCAM, LayerCAM,
+                              ScoreCAM, XGradCAM)
 from pytorch_grad_cam.utils.image import deprocess_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -93,7 +93,11 @@ METHODS = {
 }
 GRADIENT_METHODS = [m for m, (_, _, g) in METHODS.items() if g]
 # Plain Grad-CAM's own files are make_fixtures.py's; here it runs only with eigen_smooth.
-CLASSES = dict(METHODS, gradcam=(GradCAM, True, True))
+# GradCAMElementWise equals LayerCAM on the post-ReLU layers of CAM_CASES; it runs only in
+# ELEMENTWISE_CASES, mostly on layers with negative activations, where the two differ.
+CLASSES = dict(METHODS, gradcam=(GradCAM, True, True),
+               gradcamelementwise=(GradCAMElementWise, False, True),
+               ablationcam=(AblationCAM, True, False))
 EIGEN_METHODS = ("eigencam", "eigengradcam")
 
 # (model, layer, image, size, counterfactual)
@@ -107,6 +111,26 @@ CAM_CASES = [
     ("resnet_basic_tiny", "layer4", "a", "native", False),
     ("vgg_bn_tiny", "features.27", "c", "native", True),
     ("resnet_tiny", "layer4", "a", 64, True),
+]
+
+# GradCAMElementWise: (model, layer, image, size, counterfactual, eigen_smooth). A BatchNorm's
+# or a conv's output (before a ReLU) has negative activations. Not a ResNet's bn3: the block
+# adds the identity to it in place and applies an in-place ReLU, and on the CPU the
+# activation pytorch-grad-cam's hook keeps (`output.cpu().detach()`) shares that storage: it
+# is overwritten with relu(bn3 + identity) before it is read.
+ELEMENTWISE_CASES = [
+    ("vgg_bn_tiny", "features.26", "b", 64, False, False),
+    ("resnet_tiny", "layer3.1.conv3", "a", 64, False, False),
+    ("resnet_tiny", "layer4", "a", 64, True, False),
+    ("vgg_bn_tiny", "features.26", "b", 64, False, True),
+]
+
+# AblationCAM: (model, layer, image, size). Layers after a ReLU (with zeros, so
+# pytorch-grad-cam's AblationLayer zeroes the channel, as gradcam does).
+ABLATION_CASES = [
+    ("resnet_tiny", "layer4", "a", "native"),
+    ("vgg_bn_tiny", "features.27", "b", 64),
+    ("resnet_basic_tiny", "layer3", "c", "native"),
 ]
 
 # eigen_smooth=True: (model, layer, image, size, methods)
@@ -212,6 +236,28 @@ def check_scorecam_weights(model, x, act: np.ndarray, cls: int, weights: np.ndar
     assert err < 1e-5, f"scorecam: weights differ from recomputation ({err})"
 
 
+def check_ablation_weights(model, layer_name: str, x, cls: int, weights: np.ndarray):
+    """AblationCAM from scratch: a forward hook zeroes one channel of the layer's output,
+    w_k = (score - ablated score_k) / score, in float64."""
+    layer = model.get_submodule(layer_name)
+    with torch.no_grad():
+        base = float(model(x)[0, cls])
+        ref = []
+        for k in range(weights.shape[1]):
+            def zero(module, inputs, output, k=k):
+                output = output.clone()
+                output[:, k] = 0
+                return output
+            handle = layer.register_forward_hook(zero)
+            try:
+                ref.append((base - float(model(x)[0, cls])) / base)
+            finally:
+                handle.remove()
+    ref = np.array(ref)[None]
+    err = float(np.abs(ref - weights).max()) / max(float(np.abs(ref).max()), 1e-12)
+    assert err < 1e-4, f"ablationcam: weights differ from recomputation ({err})"
+
+
 # --------------------------------------------------------------------------
 # Cases
 # --------------------------------------------------------------------------
@@ -232,6 +278,8 @@ def eigen_input(method: str, act: np.ndarray, grad, weights) -> np.ndarray:
         return grad * act
     if method == "layercam":
         return np.maximum(grad, 0) * act
+    if method == "gradcamelementwise":
+        return np.maximum(grad * act, 0)
     return weights[:, :, None, None] * act
 
 
@@ -297,6 +345,9 @@ def cam_case(entry, method, model, rgb, src_file, fixtures, embed_inputs,
         check_weights(method, act, gradient.numpy(), weights)
     if method == "scorecam":
         check_scorecam_weights(model, x, act, cls, weights)
+    if method == "ablationcam":
+        assert act.min() == 0, f"{case_id}: no zero in the activation (AblationLayer's other rule)"
+        check_ablation_weights(model, layer, x, cls, weights)
     if eigen:
         grad_np = gradient.numpy() if gradient is not None else None
         ref = projection_f64(eigen_input(method, act, grad_np, weights))
@@ -305,10 +356,16 @@ def cam_case(entry, method, model, rgb, src_file, fixtures, embed_inputs,
         err = min(float(np.abs(ref - raw).max()), float(np.abs(ref + raw).max()))
         err /= max(float(np.abs(raw).max()), 1e-12)
         assert err < 1e-4, f"{case_id}: projection differs from float64 SVD ({err})"
-    elif method in ("gradcampp", "xgradcam", "scorecam"):
+    elif method in ("gradcampp", "xgradcam", "scorecam", "ablationcam"):
         raw = (weights[:, :, None, None] * act).sum(axis=1)[0]
     elif method == "hirescam":
         raw = (gradient.numpy() * act).sum(axis=1)[0]
+    elif method == "gradcamelementwise":
+        raw = np.maximum(gradient.numpy() * act, 0).sum(axis=1)[0]
+        if (act < 0).any():
+            # Where activations go negative the case must tell it apart from LayerCAM.
+            layercam = (np.maximum(gradient.numpy(), 0) * act).sum(axis=1)[0]
+            assert np.abs(raw - layercam).max() > 1e-3 * np.abs(raw).max(), case_id
     else:
         raw = (np.maximum(gradient.numpy(), 0) * act).sum(axis=1)[0]
     degenerate = None
@@ -548,6 +605,10 @@ def main() -> int:
     for model_name, layer, img, size, methods in EIGEN_SMOOTH_CASES:
         for method in methods:
             add((model_name, layer, img, size, False), method, True)
+    for model_name, layer, img, size, cf, eigen_smooth in ELEMENTWISE_CASES:
+        add((model_name, layer, img, size, cf), "gradcamelementwise", eigen_smooth)
+    for model_name, layer, img, size in ABLATION_CASES:
+        add((model_name, layer, img, size, False), "ablationcam", False)
 
     def store(case_id, tensors, model_name, layer, img, size, method, src, **extra):
         """Writes one expected file and its methods.json entry (keys in add()'s order)."""
@@ -630,7 +691,7 @@ def main() -> int:
     print(f"\n{len(cases)} cases ({len(dropped)} dropped), added {total / 1e6:.2f} MB, "
           f"sha256 {digest.hexdigest()[:16]}")
     if not args.embed_inputs:
-        assert total < 4_000_000, "method fixtures grew past the 4 MB budget"
+        assert total < 4_500_000, "method fixtures grew past the 4.5 MB budget"
     return 0
 
 

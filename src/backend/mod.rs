@@ -30,21 +30,34 @@ pub enum WeightRule {
     XGradCam,
 }
 
-/// Element-wise CAM methods: map = ReLU(Σ_k w_k ⊙ A_k) with a weight per position.
+/// Element-wise CAM methods: map = ReLU(Σ_k t(g_k, A_k)) with a term per position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ElementRule {
-    /// HiResCAM: w = g.
+    /// HiResCAM: t = g·A.
     HiResCam,
-    /// LayerCAM: w = relu(g).
+    /// LayerCAM: t = relu(g)·A.
     LayerCam,
+    /// pytorch-grad-cam's GradCAMElementWise: t = relu(g·A) (LayerCAM's where A ≥ 0, as after
+    /// a ReLU; they differ on layers with negative activations, e.g. a BatchNorm's output).
+    GradCamElementWise,
 }
 
 impl ElementRule {
-    /// The weight w of an activation whose gradient is `g`.
-    pub fn weight(self, g: f32) -> f32 {
+    /// The term of an activation `a` whose gradient is `g`.
+    pub fn term(self, g: f32, a: f32) -> f32 {
         match self {
-            ElementRule::HiResCam => g,
-            ElementRule::LayerCam => g.max(0.0),
+            ElementRule::HiResCam => g * a,
+            ElementRule::LayerCam => g.max(0.0) * a,
+            ElementRule::GradCamElementWise => (g * a).max(0.0),
+        }
+    }
+
+    /// The kernels' `rule` argument (kernels/cam.cu, elementwise_cam_relu).
+    pub fn code(self) -> i32 {
+        match self {
+            ElementRule::HiResCam => 0,
+            ElementRule::LayerCam => 1,
+            ElementRule::GradCamElementWise => 2,
         }
     }
 }
@@ -239,4 +252,8 @@ pub trait Backend: Send + Sync {
     /// factor: [T·N, C, H, W], copy-major. In torch:
     /// `torch.cat([(x.flip(3) if m else x) * f for m, f in copies])`.
     fn aug_copies(&self, x: &Self::Tensor, copies: &[(bool, f32)]) -> Result<Self::Tensor>;
+    /// Ablation-CAM's ablated activations for channels k0..k1 of A [N, K, h, w]: copy j of
+    /// image i is A[i] with channel k0 + j set to zero. [(k1-k0)·N, K, h, w], copy-major. In
+    /// torch: `torch.cat([a.index_fill(1, torch.tensor([k]), 0) for k in range(k0, k1)])`.
+    fn ablate_channels(&self, a: &Self::Tensor, k: (usize, usize)) -> Result<Self::Tensor>;
 }

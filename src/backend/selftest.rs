@@ -309,13 +309,19 @@ pub fn op_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
             &oracle.cam_weights(rule, &a, &g)?,
         )?);
     }
-    for rule in [ElementRule::HiResCam, ElementRule::LayerCam] {
+    // Negative activations too (a BatchNorm's output): there the element-wise rules differ.
+    let signed = bf16_exact(rng.tensor(&[2, 6, 7, 9], -1.0, 2.0));
+    for rule in [
+        ElementRule::HiResCam,
+        ElementRule::LayerCam,
+        ElementRule::GradCamElementWise,
+    ] {
         out.push(check(
             be,
             &format!("elementwise_cam_relu {rule:?}"),
             shape,
-            &be.elementwise_cam_relu(rule, &up(&a)?, &up(&g)?)?,
-            &oracle.elementwise_cam_relu(rule, &a, &g)?,
+            &be.elementwise_cam_relu(rule, &up(&signed)?, &up(&g)?)?,
+            &oracle.elementwise_cam_relu(rule, &signed, &g)?,
         )?);
     }
     let xi = bf16_exact(rng.tensor(&[2, 3, 21, 19], -1.0, 1.0));
@@ -325,6 +331,13 @@ pub fn op_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
         "[2, 3, 21, 19], channels 1..4",
         &be.score_cam_inputs(&up(&xi)?, &up(&a)?, (1, 4))?,
         &oracle.score_cam_inputs(&xi, &a, (1, 4))?,
+    )?);
+    out.push(check(
+        be,
+        "ablate_channels",
+        "[2, 6, 7, 9], channels 2..5",
+        &be.ablate_channels(&up(&a)?, (2, 5))?,
+        &oracle.ablate_channels(&a, (2, 5))?,
     )?);
     let copies = [(false, 0.9), (true, 1.1)];
     out.push(check(

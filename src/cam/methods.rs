@@ -35,8 +35,14 @@ pub enum Method {
     HiResCam,
     /// Jiang et al. 2021: element-wise relu(g) ⊙ A.
     LayerCam,
+    /// pytorch-grad-cam's GradCAMElementWise: element-wise relu(g ⊙ A) (LayerCAM wherever
+    /// A ≥ 0, as after a ReLU; they differ on layers with negative activations).
+    GradCamElementWise,
     /// Wang et al. 2020: softmax of the class scores of the input masked by each channel.
     ScoreCam,
+    /// Desai & Ramaswamy 2020: the relative drop of the class score when each channel of the
+    /// layer is zeroed, w_k = (y^c - y^c_k) / y^c (pytorch-grad-cam's AblationCAM).
+    AblationCam,
     /// Muhammad & Yeasin 2020: the activations' first principal component (no class, no
     /// gradients).
     EigenCam,
@@ -45,13 +51,15 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 10] = [
         Method::GradCam,
         Method::GradCamPlusPlus,
         Method::XGradCam,
         Method::HiResCam,
         Method::LayerCam,
+        Method::GradCamElementWise,
         Method::ScoreCam,
+        Method::AblationCam,
         Method::EigenCam,
         Method::EigenGradCam,
     ];
@@ -63,7 +71,9 @@ impl Method {
             Method::XGradCam => "xgradcam",
             Method::HiResCam => "hirescam",
             Method::LayerCam => "layercam",
+            Method::GradCamElementWise => "gradcamelementwise",
             Method::ScoreCam => "scorecam",
+            Method::AblationCam => "ablationcam",
             Method::EigenCam => "eigencam",
             Method::EigenGradCam => "eigengradcam",
         }
@@ -89,7 +99,10 @@ impl Method {
     }
 
     pub fn uses_gradients(self) -> bool {
-        !matches!(self, Method::ScoreCam | Method::EigenCam)
+        !matches!(
+            self,
+            Method::ScoreCam | Method::AblationCam | Method::EigenCam
+        )
     }
 
     /// Whether the map is a principal-component projection whatever `eigen_smooth` says.
@@ -196,7 +209,7 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
         (s[2], s[3])
     };
     // Score-CAM masks the input again after the pass.
-    let x_again = (req.method == Method::ScoreCam)
+    let x_again = matches!(req.method, Method::ScoreCam | Method::AblationCam)
         .then(|| be.duplicate(&x))
         .transpose()?;
     let num_classes = net.num_classes();
@@ -210,8 +223,14 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
     }
     let mut weights = None;
     let mut maps = Vec::with_capacity(layers.len());
-    for layer in out.layers {
-        let (w, m) = layer_map(net, req, layer, x_again.as_ref(), &chosen)?;
+    for (name, layer) in layers.iter().zip(out.layers) {
+        let score = Scores {
+            x: x_again.as_ref(),
+            layer: name,
+            logits: &out.logits,
+            classes: &chosen,
+        };
+        let (w, m) = layer_map(net, req, layer, &score)?;
         // The channel weights reported are the first layer's.
         weights.get_or_insert(w);
         maps.push(m);
@@ -229,14 +248,25 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
     })
 }
 
+/// What the methods that score changed inputs (Score-CAM, Ablation-CAM) need besides the
+/// layer's values.
+struct Scores<'a, T> {
+    /// The input again.
+    x: Option<&'a T>,
+    /// The layer's name.
+    layer: &'a str,
+    /// The unchanged input's logits [N, classes], and the classes explained.
+    logits: &'a Tensor,
+    classes: &'a [usize],
+}
+
 /// One target layer's channel weights [N, K] and map [N, h, w] (after ReLU, not normalised),
-/// on the host. `x` is the input again, for Score-CAM.
+/// on the host.
 fn layer_map<B: Backend>(
     net: &Network<B>,
     req: &CamRequest,
     layer: LayerOutput<B::Tensor>,
-    x: Option<&B::Tensor>,
-    chosen: &[usize],
+    score: &Scores<B::Tensor>,
 ) -> Result<(Tensor, Tensor)> {
     let be = net.backend();
     let a = &layer.activation;
@@ -263,9 +293,17 @@ fn layer_map<B: Backend>(
             Some(be.grad_pool(grad())?),
             Combine::Elements(ElementRule::LayerCam),
         ),
+        Method::GradCamElementWise => (
+            Some(be.grad_pool(grad())?),
+            Combine::Elements(ElementRule::GradCamElementWise),
+        ),
         Method::ScoreCam => {
-            let x = x.expect("kept for Score-CAM");
-            let w = score_cam_weights(net, x, a, chosen, req.score_batch)?;
+            let x = score.x.expect("kept for Score-CAM");
+            let w = score_cam_weights(net, x, a, score.classes, req.score_batch)?;
+            (Some(be.upload(w)?), Combine::Channels)
+        }
+        Method::AblationCam => {
+            let w = ablation_cam_weights(net, score, a, req.score_batch)?;
             (Some(be.upload(w)?), Combine::Channels)
         }
         Method::EigenCam => (None, Combine::Activations),
@@ -325,7 +363,7 @@ impl Combine {
             Combine::Elements(rule) => {
                 let g = g.expect("element-wise methods have gradients");
                 for (v, &gv) in x.data_mut().iter_mut().zip(g.data()) {
-                    *v *= rule.weight(gv);
+                    *v = rule.term(gv, *v);
                 }
             }
         }
@@ -401,6 +439,40 @@ fn score_cam_weights<B: Backend>(
         row.iter_mut().for_each(|v| *v /= z);
     }
     Ok(Tensor::new([n, k], scores))
+}
+
+/// Ablation-CAM's weights: w[i, k] = (s_i - s_ik) / s_i, with s_i image i's class score and
+/// s_ik that score when channel k of the layer is zeroed, the network run on from the layer
+/// (`per_pass` ablated copies at a time). pytorch-grad-cam's AblationLayer zeroes a channel
+/// when the layer's activation has a zero (after a ReLU, the usual targets) and otherwise
+/// sets it to min - 1e7 (growing with the copy's place in its batch); gradcam always zeroes.
+fn ablation_cam_weights<B: Backend>(
+    net: &Network<B>,
+    score: &Scores<B::Tensor>,
+    a: &B::Tensor,
+    per_pass: usize,
+) -> Result<Tensor> {
+    let be = net.backend();
+    let x = score.x.expect("kept for Ablation-CAM");
+    let (n, k) = (be.shape(a)[0], be.shape(a)[1]);
+    let nc = net.num_classes();
+    let base: Vec<f32> = (0..n)
+        .map(|i| score.logits.data()[i * nc + score.classes[i]])
+        .collect();
+    let chunk = (per_pass / n).max(1);
+    let mut w = vec![0f32; n * k];
+    for k0 in (0..k).step_by(chunk) {
+        let k1 = (k0 + chunk).min(k);
+        let ablated = be.ablate_channels(a, (k0, k1))?;
+        let logits = net.forward_from(x, score.layer, ablated, k1 - k0)?;
+        for j in 0..k1 - k0 {
+            for i in 0..n {
+                let s = logits.data()[(j * n + i) * nc + score.classes[i]];
+                w[i * k + k0 + j] = (base[i] - s) / base[i];
+            }
+        }
+    }
+    Ok(Tensor::new([n, k], w))
 }
 
 /// Index of the largest value; the first one on ties (as `torch.argmax` on CPU).

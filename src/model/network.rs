@@ -359,11 +359,84 @@ impl<B: Backend> Network<B> {
             .collect()
     }
 
+    /// Logits of the network run on from the layer `layer`, whose output is replaced by
+    /// `replaced` [copies·N, K, h, w] (in the layer's view; copy-major, as
+    /// [`Backend::ablate_channels`] makes them). Whatever later nodes read from before the
+    /// layer (a residual block's shortcut) comes from `x`'s forward pass, each image repeated
+    /// `copies` times. Only the nodes after the layer run on the copies: for a layer whose
+    /// output alone feeds the rest (ResNet's `layer4`, VGG's `features.29`), the head.
+    pub fn forward_from(
+        &self,
+        x: &B::Tensor,
+        layer: &str,
+        replaced: B::Tensor,
+        copies: usize,
+    ) -> Result<Tensor> {
+        let be = &self.backend;
+        let target = self.graph.layer(layer)?.clone();
+        let t = target.node;
+        let nodes = &self.graph.nodes;
+        let n = nodes.len();
+        let shapes = self.graph.shapes(be.shape(x))?;
+        let want: Vec<usize> = [vec![shapes[t][0] * copies], shapes[t][1..].to_vec()].concat();
+        if be.shape(&replaced) != want.as_slice() {
+            return Err(Error::Invalid(format!(
+                "forward_from `{layer}`: values of shape {:?}, expected {want:?}",
+                be.shape(&replaced)
+            )));
+        }
+        // Values from before the layer that nodes after it read.
+        let live: Vec<usize> = (0..t)
+            .filter(|&j| nodes[t + 1..].iter().any(|node| node.inputs.contains(&j)))
+            .collect();
+        let mut vals: Vec<Option<B::Tensor>> = (0..n).map(|_| None).collect();
+        if !live.is_empty() {
+            let mut keep = vec![false; n];
+            live.iter().for_each(|&j| keep[j] = true);
+            let mut first = self.run_nodes(vec![Some(be.duplicate(x)?)], 1, t, &keep)?;
+            let plain = vec![(false, 1.0); copies];
+            for &j in &live {
+                let v = first[j].take().expect("kept");
+                vals[j] = Some(be.aug_copies(&v, &plain)?);
+            }
+        }
+        vals[t] = Some(match target.view {
+            View::PreBn => {
+                // The layer's values are the conv's output before its (folded) BatchNorm;
+                // the node's are after it.
+                let Op::Conv { bn: Some(bn), .. } = &nodes[t].op else {
+                    unreachable!("PreBn views are made only for convs with folded BN")
+                };
+                be.channel_affine(replaced, &bn.scale, &bn.shift)?
+            }
+            _ => replaced,
+        });
+        let mut keep = vec![false; n];
+        // The layer's value is given, not computed: no fusion may assume otherwise.
+        keep[t] = true;
+        let mut vals = self.run_nodes(vals, t + 1, n, &keep)?;
+        let out = vals.pop().flatten().expect("the last node is the output");
+        be.download(&out)
+    }
+
     /// Runs every node; a value is dropped after its last consumer unless `keep` says so.
     fn run_forward(&self, x: B::Tensor, keep: &[bool]) -> Result<Vec<Option<B::Tensor>>> {
+        self.run_nodes(vec![Some(x)], 1, self.graph.nodes.len(), keep)
+    }
+
+    /// Runs nodes `from..to` given `vals` (the values they read from before `from`; shorter
+    /// than the node count is filled with `None`).
+    fn run_nodes(
+        &self,
+        mut vals: Vec<Option<B::Tensor>>,
+        from: usize,
+        to: usize,
+        keep: &[bool],
+    ) -> Result<Vec<Option<B::Tensor>>> {
         let be = &self.backend;
         let nodes = &self.graph.nodes;
         let n = nodes.len();
+        vals.resize_with(n, || None);
         let mut last_use = vec![0; n];
         let mut uses = vec![0usize; n];
         for (i, node) in nodes.iter().enumerate() {
@@ -409,9 +482,7 @@ impl<B: Backend> Network<B> {
                     .then_some(other)
             })
             .collect();
-        let mut vals: Vec<Option<B::Tensor>> = (0..n).map(|_| None).collect();
-        vals[0] = Some(x);
-        for i in 1..n {
+        for i in from..to {
             let node = &nodes[i];
             let inp = node.inputs[0];
             // Ops that can work in place take their first input when nobody else needs it.

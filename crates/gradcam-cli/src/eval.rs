@@ -159,8 +159,10 @@ fn eval_on<B: Backend>(
 /// A readable table; lower is better for errors and deletion, higher for the rest.
 pub fn table(agg: &[Aggregate]) -> String {
     let opt = |v: Option<f32>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
+    // The first column as wide as its longest name (`gradcamelementwise`).
+    let mw = agg.iter().map(|a| a.method.len()).fold(14, usize::max);
     let mut s = format!(
-        "{:<14} {:>6} {:>10} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9}\n",
+        "{:<mw$} {:>6} {:>10} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9}\n",
         "method",
         "images",
         "top1-loc-e",
@@ -173,7 +175,7 @@ pub fn table(agg: &[Aggregate]) -> String {
     );
     for a in agg {
         s += &format!(
-            "{:<14} {:>6} {:>10.3} {:>10.3} {:>9.3} {:>8.3} {:>8} {:>9} {:>9}\n",
+            "{:<mw$} {:>6} {:>10.3} {:>10.3} {:>9.3} {:>8.3} {:>8} {:>9} {:>9}\n",
             a.method,
             a.images,
             a.top1_loc_error,

@@ -50,8 +50,9 @@ pub struct ExplainArgs {
     /// The paper's counterfactual map: regions that lower the class score.
     #[arg(long)]
     counterfactual: bool,
-    /// CAM method: gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, eigencam
-    /// (the activations' first principal component: no class, no backward pass),
+    /// CAM method: gradcam, gradcam++, xgradcam, hirescam, layercam, gradcamelementwise,
+    /// scorecam, ablationcam (the score's drop when each channel is zeroed: no backward pass),
+    /// eigencam (the activations' first principal component: no class, no backward pass),
     /// eigengradcam (that of gradients × activations).
     #[arg(long, default_value = "gradcam", value_parser = parse_method)]
     method: Method,
@@ -67,7 +68,8 @@ pub struct ExplainArgs {
     /// (<stem>.guided_gradcam.png), the paper's high-resolution visualisation.
     #[arg(long)]
     guided: bool,
-    /// Score-CAM: masked images per forward pass.
+    /// Score-CAM: masked images per forward pass; Ablation-CAM: ablated copies per pass from
+    /// the target layer on.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     score_batch: u32,
     /// Model input size: an integer S resizes to S×S, `native` keeps each image's size

@@ -51,7 +51,7 @@ pub fn elementwise_cam_relu(rule: ElementRule, a: &Tensor, g: &Tensor) -> Tensor
                 let off = (ni * k + ki) * hw;
                 let (a, g) = (&a.data()[off..off + hw], &g.data()[off..off + hw]);
                 for ((o, &a), &g) in out.iter_mut().zip(a).zip(g) {
-                    *o += rule.weight(g) * a;
+                    *o += rule.term(g, a);
                 }
             }
             out.iter_mut().for_each(|v| *v = v.max(0.0));
@@ -140,4 +140,20 @@ pub fn aug_copies(x: &Tensor, copies: &[(bool, f32)]) -> Tensor {
         }
     }
     Tensor::new([copies.len() * n, c, h, w], out)
+}
+
+/// See [`crate::backend::Backend::ablate_channels`].
+pub fn ablate_channels(a: &Tensor, (k0, k1): (usize, usize)) -> Tensor {
+    let (n, k, h, w) = a.dims4();
+    let hw = h * w;
+    let mut out = Vec::with_capacity((k1 - k0) * n * k * hw);
+    for ablated in k0..k1 {
+        for (c, plane) in a.data().chunks(hw.max(1)).enumerate().take(n * k) {
+            match c % k == ablated {
+                true => out.extend(std::iter::repeat_n(0.0, hw)),
+                false => out.extend_from_slice(plane),
+            }
+        }
+    }
+    Tensor::new([(k1 - k0) * n, k, h, w], out)
 }

@@ -206,4 +206,7 @@ impl Backend for CpuBackend {
     fn aug_copies(&self, x: &Tensor, copies: &[(bool, f32)]) -> Result<Tensor> {
         Ok(cam_ops::aug_copies(x, copies))
     }
+    fn ablate_channels(&self, a: &Tensor, k: (usize, usize)) -> Result<Tensor> {
+        Ok(cam_ops::ablate_channels(a, k))
+    }
 }

@@ -613,7 +613,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let (n, k, h, w) = dims4(&a.shape);
         let m = self.tensor(vec![n, h, w], DType::F32)?;
         let g = self.as_dtype(g, a.dtype)?;
-        let r = (rule == ElementRule::LayerCam) as i32;
+        let r = rule.code();
         let args = [
             KArg::Buf(&a.buf),
             KArg::Buf(&g.buf),
@@ -669,6 +669,28 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             self.launch(
                 &Self::kernel("score_cam_inputs", x),
                 [(hh * ww).div_ceil(256) as u32, (n * kc) as u32, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(out)
+    }
+    fn ablate_channels(&self, a: &Self::Tensor, (k0, k1): (usize, usize)) -> Result<Self::Tensor> {
+        let a = &*self.nchw(a)?;
+        let (n, k, h, w) = dims4(&a.shape);
+        let kc = k1 - k0;
+        let out = self.like(vec![kc * n, k, h, w], a)?;
+        let total = kc * n * k * h * w;
+        if total == 0 {
+            return Ok(out);
+        }
+        let mut args = vec![KArg::Buf(&a.buf), KArg::Buf(&out.buf)];
+        args.extend(ints(&[n, k, k0, kc, h * w]));
+        // SAFETY: ablate_channels_<t>: one thread per element of `out`.
+        unsafe {
+            self.launch(
+                &Self::kernel("ablate_channels", a),
+                [total.div_ceil(256) as u32, 1, 1],
                 [256, 1, 1],
                 &args,
             )?
