@@ -4,10 +4,13 @@
 // the ImageDesc table uploaded with the pixels.
 //   preprocess_rgb8_<t>: grid (ceil(oh·ow / 256), N), block 256, one thread per output pixel;
 //                        output [N, 3, oh, ow] stored f32, bf16 or f16.
-// aug_smooth's copies of the preprocessed batch stay on the device (see Backend::aug_copies):
-//   aug_copy_<t>: grid (ceil(H·W / 256), N·C), block 256, one launch per copy t, writes
-//                 out[t·N·C + i] = x[i] mirrored left to right when asked, times `factor`
-//                 (passed as its f32 bits: launch arguments are integers).
+// aug_smooth's copies of the preprocessed batch stay on the device (see Backend::aug_copies;
+// also Ablation-CAM's repeated values, plain copies):
+//   aug_copy_<t>: grid (ceil(copies·N·C·H·W / 256)), block 256, one launch per run of copies
+//                 alike: copies t0..t0+copies of out [T·N, C, H, W] are x mirrored left to
+//                 right when asked, times `factor` (passed as its f32 bits: launch arguments
+//                 are integers). 1-D with 64-bit indices: N·C passes grid.y's 65535 for a
+//                 ResNet's activations.
 #include "common.cuh"
 
 template <class T>
@@ -36,14 +39,16 @@ __device__ __forceinline__ void preprocess_rgb8(const unsigned char* __restrict_
 
 template <class T>
 __device__ __forceinline__ void aug_copy(const T* __restrict__ x, T* __restrict__ out, int nc,
-                                         int h, int w, int copy, int mirror, int factor_bits) {
-    const int p = blockIdx.x * blockDim.x + threadIdx.x;
-    if (p >= h * w) return;
+                                         int h, int w, int t0, int copies, int mirror,
+                                         int factor_bits) {
+    const size_t per = (size_t)nc * h * w;
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= per * copies) return;
     const float factor = __uint_as_float((unsigned)factor_bits);
-    const int y = p / w, xx = p % w;
-    const size_t plane = (size_t)blockIdx.y * h * w;
-    const float v = ld(x, plane + (size_t)y * w + (mirror ? w - 1 - xx : xx));
-    st(out, (size_t)copy * nc * h * w + plane + p, v * factor);
+    const size_t e = idx % per;
+    const int xx = (int)(e % w);
+    const size_t src = mirror ? e - xx + (w - 1 - xx) : e;
+    st(out, (size_t)t0 * per + idx, ld(x, src) * factor);
 }
 
 extern "C" __global__ void preprocess_rgb8_f32(const unsigned char* __restrict__ pixels,
@@ -61,13 +66,13 @@ extern "C" __global__ void preprocess_rgb8_f16(const unsigned char* __restrict__
                                                f16* __restrict__ out, int oh, int ow) {
     preprocess_rgb8(pixels, desc, out, oh, ow);
 }
-#define AUG_ARGS int nc, int h, int w, int copy, int mirror, int factor_bits
+#define AUG_ARGS int nc, int h, int w, int t0, int copies, int mirror, int factor_bits
 extern "C" __global__ void aug_copy_f32(const float* __restrict__ x, float* __restrict__ out, AUG_ARGS) {
-    aug_copy(x, out, nc, h, w, copy, mirror, factor_bits);
+    aug_copy(x, out, nc, h, w, t0, copies, mirror, factor_bits);
 }
 extern "C" __global__ void aug_copy_bf16(const bf16* __restrict__ x, bf16* __restrict__ out, AUG_ARGS) {
-    aug_copy(x, out, nc, h, w, copy, mirror, factor_bits);
+    aug_copy(x, out, nc, h, w, t0, copies, mirror, factor_bits);
 }
 extern "C" __global__ void aug_copy_f16(const f16* __restrict__ x, f16* __restrict__ out, AUG_ARGS) {
-    aug_copy(x, out, nc, h, w, copy, mirror, factor_bits);
+    aug_copy(x, out, nc, h, w, t0, copies, mirror, factor_bits);
 }

@@ -104,6 +104,17 @@ fn bad_launches_are_errors() {
         )
     };
     assert!(e.unwrap_err().to_string().contains("geometry"));
+    // CUDA refuses grids over 65535 along y or z; so must the emulator.
+    let e = unsafe {
+        emu::launch(
+            "grad_pool_f32",
+            [1, 65536, 1],
+            [32, 1, 1],
+            0,
+            &mut [Arg::In(&[1.0]), Arg::Out(&mut out), Arg::I32(1)],
+        )
+    };
+    assert!(e.unwrap_err().to_string().contains("geometry"));
 }
 
 /// 1-D launch covering `total` elements with 256-thread blocks, at most 64 blocks so the
@@ -739,39 +750,49 @@ fn ablate_channels_kernel_matches_the_cpu_backend() {
     }
 }
 
-/// aug_copy_f32, one launch per copy into one output, against the CPU backend's aug_copies
-/// (exact: one product per element). Odd widths, so a mirror that is off by one moves a
-/// column onto a different value.
+/// aug_copy_f32, one launch per run of alike copies into one output, against the CPU
+/// backend's aug_copies (exact: one product per element). Odd widths, so a mirror that is off
+/// by one moves a column onto a different value.
 #[test]
 fn aug_copy_kernel_matches_the_cpu_backend() {
     use gradcam::backend::{Backend, CpuBackend};
     let be = CpuBackend::fast();
     let mut rng = Rng::new(31);
-    let copies = [(false, 0.9), (true, 1.1), (true, 1.0), (false, -2.5)];
+    let copies = [
+        (false, 0.9),
+        (true, 1.1),
+        (true, 1.1),
+        (true, 1.0),
+        (false, -2.5),
+    ];
     for (n, c, h, w) in [(1, 3, 17, 23), (2, 3, 5, 1), (3, 2, 16, 16)] {
         let x = rng.tensor(&[n, c, h, w], -2.0, 2.0);
         let mut out = vec![f32::NAN; copies.len() * n * c * h * w];
-        for (t, &(mirror, factor)) in copies.iter().enumerate() {
+        let mut t0 = 0;
+        for run in copies.chunk_by(|a, b| a == b) {
+            let (mirror, factor) = run[0];
             let mut args = vec![Arg::In(x.data()), Arg::Out(&mut out)];
-            args.extend([n * c, h, w, t, mirror as usize].map(|v| Arg::I32(v as i32)));
+            args.extend([n * c, h, w, t0, run.len(), mirror as usize].map(|v| Arg::I32(v as i32)));
             args.push(Arg::I32(f32::to_bits(factor) as i32));
+            let total = run.len() * n * c * h * w;
             unsafe {
                 emu::launch(
                     "aug_copy_f32",
-                    [(h * w).div_ceil(256) as u32, (n * c) as u32, 1],
+                    [total.div_ceil(256) as u32, 1, 1],
                     [256, 1, 1],
                     0,
                     &mut args,
                 )
             }
             .unwrap();
+            t0 += run.len();
         }
         let want = be.aug_copies(&x, &copies).unwrap();
         assert_eq!(want.shape(), [copies.len() * n, c, h, w]);
         close("aug_copy_f32", &out, &want);
-        // The mirror is a mirror: copy 2 (mirrored, × 1) reversed row by row is x.
+        // The mirror is a mirror: copy 3 (mirrored, × 1) reversed row by row is x.
         let per = n * c * h * w;
-        let back: Vec<f32> = out[2 * per..3 * per]
+        let back: Vec<f32> = out[3 * per..4 * per]
             .chunks(w)
             .flat_map(|r| r.iter().rev().copied())
             .collect();

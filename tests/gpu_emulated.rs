@@ -746,10 +746,11 @@ fn cam_family_and_guided_match_the_cpu_backend() {
     }
 }
 
-/// `aug_smooth` on the GPU path (the six copies built on the host, uploaded as one batch)
+/// `aug_smooth` on the GPU path (the six copies made on the device by aug_copy, one batch)
 /// against the CPU backend, f32: the mean maps within 1e-3 relative, the plain copy's logits
-/// within 1e-4. Eigen-smoothed Grad-CAM (its component comes from downloaded activations) and
-/// two target layers at once ride along.
+/// within 1e-4. Eigen-smoothed Grad-CAM (its component comes from downloaded activations), two
+/// target layers at once (one backward pass), and Ablation-CAM inside a block (the run on
+/// from the layer repeats the block's shortcut by aug_copy; weights within 1e-3) ride along.
 #[test]
 fn smoothing_and_several_layers_match_the_cpu_backend() {
     let load = || model::load(fixtures().join("resnet_tiny.safetensors"), None).unwrap();
@@ -758,14 +759,17 @@ fn smoothing_and_several_layers_match_the_cpu_backend() {
     let img = load_rgb8(&fixtures().join("images/c.png")).unwrap();
     let x = preprocess(&[&img, &img], (48, 40));
     let classes = ClassSel::PerImage(vec![2, 7]);
-    for (aug, eigen, layer) in [
-        (true, false, "layer3"),
-        (false, true, "layer3"),
-        (false, false, "layer2,layer3"),
+    for (aug, eigen, layer, method) in [
+        (true, false, "layer3", Method::GradCam),
+        (false, true, "layer3", Method::GradCam),
+        (false, false, "layer2,layer3", Method::GradCam),
+        (false, false, "layer3.1.conv2", Method::AblationCam),
     ] {
         let req = CamRequest {
             aug_smooth: aug,
             eigen_smooth: eigen,
+            method,
+            score_batch: 16,
             ..CamRequest::grad_cam(layer, &classes)
         };
         let a = explain(&gpu, gpu.backend().upload(x.clone()).unwrap(), &req).unwrap();
@@ -775,9 +779,10 @@ fn smoothing_and_several_layers_match_the_cpu_backend() {
             assert_eq!(a.maps.shape(), [2, 48, 40]);
         }
         let (lm, lw) = (rel_err(&a.logits, &b.logits), rel_err(&a.maps, &b.maps));
+        let ww = rel_err(&a.weights, &b.weights);
         assert!(
-            lm < 1e-4 && lw < 1e-3,
-            "aug {aug} eigen {eigen} {layer}: {lm} {lw}"
+            lm < 1e-4 && lw < 1e-3 && ww < 1e-3,
+            "aug {aug} eigen {eigen} {layer}: {lm} {lw} {ww}"
         );
         assert_eq!(a.classes, [2, 7]);
     }

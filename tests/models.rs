@@ -190,8 +190,10 @@ fn several_layers_share_one_backward_pass() {
         "layer4",
         "layer3.1",
         "layer4.0.downsample.0",
+        "layer3.1.conv2",
         "layer3.0.conv2",
         "layer3.0.bn2",
+        "layer3.1.bn2",
     ];
     let shared = net
         .run(x.clone(), &layers, model::Backward::ToLayer, seed)
@@ -214,12 +216,9 @@ fn several_layers_share_one_backward_pass() {
         );
     }
     // A conv and its BatchNorm are different values of one node.
-    assert!(
-        shared.layers[3]
-            .activation
-            .max_abs_diff(&shared.layers[4].activation)
-            > 0.0
-    );
+    let act = |i: usize| &shared.layers[i].activation;
+    assert!(act(4).max_abs_diff(act(5)) > 0.0);
+    assert!(act(3).max_abs_diff(act(6)) > 0.0);
     let err = net
         .run(x, &["layer4", "layer4"], model::Backward::ToLayer, seed)
         .err()
@@ -255,25 +254,80 @@ fn forward_from_a_layer_gives_the_plain_logits() {
             .unwrap()
             .activation;
         let copies = be.aug_copies(&a, &[(false, 1.0); 3]).unwrap();
-        let logits = net.forward_from(&x, layer, copies, 3).unwrap();
+        let from = net.from_layer(&x, layer).unwrap();
+        let logits = net.forward_from(&from, copies, 3).unwrap();
         assert_eq!(logits.shape(), [6, nc], "{layer}");
         for (j, row) in logits.data().chunks(2 * nc).enumerate() {
             let err = Tensor::new([2, nc], row.to_vec()).max_abs_diff(&plain);
             assert!(err < 1e-4, "{layer} copy {j}: logits differ by {err}");
         }
         let ablated = be.ablate_channels(&a, (0, 2)).unwrap();
-        let logits = net.forward_from(&x, layer, ablated, 2).unwrap();
+        let logits = net.forward_from(&from, ablated, 2).unwrap();
         let first = Tensor::new([2, nc], logits.data()[..2 * nc].to_vec());
         assert!(
             first.max_abs_diff(&plain) > 0.0,
             "{layer}: ablation changed nothing"
         );
     }
+    let from = net.from_layer(&x, "layer4").unwrap();
     let e = net
-        .forward_from(&x, "layer4", Tensor::zeros([2, 1, 2, 2]), 1)
+        .forward_from(&from, Tensor::zeros([2, 1, 2, 2]), 1)
         .unwrap_err()
         .to_string();
     assert!(e.contains("expected"), "{e}");
+}
+
+/// Ablation-CAM on a batch, a few channels per pass (copy-major copies of several images),
+/// at a block's output and inside a block (the shortcut repeated): each image's weights must
+/// equal those of the image explained alone with every channel in one pass, and the weight
+/// of channel 3 must be the relative drop of the score with channel 3 zeroed by hand.
+#[test]
+fn ablation_weights_of_a_batch_match_each_image_alone() {
+    use gradcam::cam::{explain, CamRequest, Method};
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_synth(&dir, "resnet18", 16, Dtype::F32);
+    let net = Network::new(model::load(&path, None).unwrap(), CpuBackend::reference()).unwrap();
+    let x = synth::Rng::new(8).tensor(&[3, 3, 40, 40], -1.0, 1.0);
+    let cls = [1, 4, 7];
+    let classes = ClassSel::PerImage(cls.to_vec());
+    for layer in ["layer3", "layer3.1.conv2"] {
+        let req = CamRequest {
+            method: Method::AblationCam,
+            score_batch: 7, // 2 channels of 3 images per pass
+            ..CamRequest::grad_cam(layer, &classes)
+        };
+        let batch = explain(&net, x.clone(), &req).unwrap();
+        let k = batch.weights.shape()[1];
+        for (i, &c) in cls.iter().enumerate() {
+            let xi = x.slice_batch(i, i + 1);
+            let ci = ClassSel::PerImage(vec![c]);
+            let alone = CamRequest {
+                classes: &ci,
+                score_batch: 4096,
+                ..req.clone()
+            };
+            let one = explain(&net, xi.clone(), &alone).unwrap();
+            let row = &batch.weights.data()[i * k..(i + 1) * k];
+            let err = Tensor::new([1, k], row.to_vec()).max_abs_diff(&one.weights);
+            assert!(err < 1e-5, "{layer} image {i}: weights differ by {err}");
+            // Channel 3 by hand: zero it, run on from the layer, the relative drop.
+            let seed = |l: &Tensor| Ok(Tensor::zeros(l.shape()));
+            let a = net.forward_backward(xi.clone(), layer, seed).unwrap();
+            let mut zeroed = a.activation.clone();
+            let hw = zeroed.shape()[2] * zeroed.shape()[3];
+            zeroed.data_mut()[3 * hw..4 * hw].fill(0.0);
+            let from = net.from_layer(&xi, layer).unwrap();
+            let logits = net.forward_from(&from, zeroed, 1).unwrap();
+            let s = a.logits.data()[c];
+            let want = (s - logits.data()[c]) / s;
+            assert!(
+                (row[3] - want).abs() < 1e-5,
+                "{layer} image {i}: {} vs {want}",
+                row[3]
+            );
+            assert!(row.iter().any(|&v| v != 0.0), "{layer} image {i}: all zero");
+        }
+    }
 }
 
 /// Checkpoints from wrappers and fine-tuning scripts: names under a wrapper's attribute

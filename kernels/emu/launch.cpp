@@ -5,6 +5,8 @@ extern "C" int gradcam_emu_launch(void (*entry)(void**), unsigned gx, unsigned g
                                   unsigned bx, unsigned by, unsigned bz, unsigned shmem,
                                   void** args) {
     if (bx * by * bz == 0 || bx * by * bz > 1024 || gx * gy * gz == 0) return 2;
+    // CUDA's grid limits: 2^31 - 1 blocks along x, 65535 along y and z.
+    if (gx > 2147483647u || gy > 65535u || gz > 65535u) return 2;
     emu::g_gridDim = dim3(gx, gy, gz);
     emu::g_blockDim = dim3(bx, by, bz);
     emu::Sched& sc = emu::sched();

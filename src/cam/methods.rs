@@ -181,6 +181,11 @@ pub fn grad_cam<B: Backend>(
 pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> Result<CamBatch> {
     let be = net.backend();
     let n = be.shape(&x)[0];
+    if n == 0 {
+        return Err(Error::Invalid(
+            "an empty batch: no images to explain".into(),
+        ));
+    }
     if let ClassSel::PerImage(c) = req.classes {
         if c.len() != n {
             return Err(Error::Invalid(format!(
@@ -443,9 +448,10 @@ fn score_cam_weights<B: Backend>(
 
 /// Ablation-CAM's weights: w[i, k] = (s_i - s_ik) / s_i, with s_i image i's class score and
 /// s_ik that score when channel k of the layer is zeroed, the network run on from the layer
-/// (`per_pass` ablated copies at a time). pytorch-grad-cam's AblationLayer zeroes a channel
-/// when the layer's activation has a zero (after a ReLU, the usual targets) and otherwise
-/// sets it to min - 1e7 (growing with the copy's place in its batch); gradcam always zeroes.
+/// (about `per_pass` images per pass: `per_pass / N` channels, N ablated copies each).
+/// pytorch-grad-cam's AblationLayer zeroes a channel when the layer's activation has a zero
+/// (after a ReLU, the usual targets) and otherwise sets it to min - 1e7 (growing with the
+/// copy's place in its batch); gradcam always zeroes.
 fn ablation_cam_weights<B: Backend>(
     net: &Network<B>,
     score: &Scores<B::Tensor>,
@@ -459,12 +465,19 @@ fn ablation_cam_weights<B: Backend>(
     let base: Vec<f32> = (0..n)
         .map(|i| score.logits.data()[i * nc + score.classes[i]])
         .collect();
+    if let Some(i) = base.iter().position(|&s| s == 0.0) {
+        return Err(Error::Invalid(format!(
+            "Ablation-CAM: image {i}'s class score is exactly 0, so the relative drops that \
+             weigh its channels are undefined"
+        )));
+    }
     let chunk = (per_pass / n).max(1);
+    let from = net.from_layer(x, score.layer)?;
     let mut w = vec![0f32; n * k];
     for k0 in (0..k).step_by(chunk) {
         let k1 = (k0 + chunk).min(k);
         let ablated = be.ablate_channels(a, (k0, k1))?;
-        let logits = net.forward_from(x, score.layer, ablated, k1 - k0)?;
+        let logits = net.forward_from(&from, ablated, k1 - k0)?;
         for j in 0..k1 - k0 {
             for i in 0..n {
                 let s = logits.data()[(j * n + i) * nc + score.classes[i]];

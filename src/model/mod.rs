@@ -9,7 +9,7 @@ pub mod vgg;
 mod weights;
 
 pub use graph::{BnAffine, Graph, Layer, Node, Op, View};
-pub use network::{Backward, LayerOutput, Network, Pass, RunOutput};
+pub use network::{Backward, FromLayer, LayerOutput, Network, Pass, RunOutput};
 pub use weights::Weights;
 
 use std::path::Path;

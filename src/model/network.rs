@@ -1,6 +1,7 @@
 //! Runs a [`Graph`] on a backend: the forward pass, keeping only what the backward pass will
-//! read, and the backward-data pass from the logits down to the target layer and no further.
-//! No weight gradients are ever formed.
+//! read, and the backward-data pass from the logits down to the target layers (the lowest of
+//! them) and no further; and, for Ablation-CAM, the network run on from a layer with its
+//! values replaced. No weight gradients are ever formed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -21,7 +22,7 @@ pub struct Network<B: Backend> {
 /// Which backward passes [`Network::run`] makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backward {
-    /// None: logits and the target activations only (Score-CAM, Eigen-CAM).
+    /// None: logits and the target activations only (Score-CAM, Ablation-CAM, Eigen-CAM).
     None,
     /// Down to the target layers (the gradient CAM methods): one pass down to the lowest of
     /// them, keeping the gradient at each on the way.
@@ -38,6 +39,15 @@ pub struct RunOutput<T> {
     pub layers: Vec<LayerOutput<T>>,
     /// The guided-backprop gradient at the input, [N, 3, H, W], when asked for.
     pub input_grad: Option<T>,
+}
+
+/// See [`Network::from_layer`].
+pub struct FromLayer<T> {
+    layer: super::graph::Layer,
+    /// The layer's output shape for the images given.
+    shape: Vec<usize>,
+    /// (node, value) for each value from before the layer that nodes after it read.
+    live: Vec<(usize, T)>,
 }
 
 /// One target layer's part of [`RunOutput`].
@@ -359,48 +369,64 @@ impl<B: Backend> Network<B> {
             .collect()
     }
 
-    /// Logits of the network run on from the layer `layer`, whose output is replaced by
-    /// `replaced` [copies·N, K, h, w] (in the layer's view; copy-major, as
-    /// [`Backend::ablate_channels`] makes them). Whatever later nodes read from before the
-    /// layer (a residual block's shortcut) comes from `x`'s forward pass, each image repeated
-    /// `copies` times. Only the nodes after the layer run on the copies: for a layer whose
-    /// output alone feeds the rest (ResNet's `layer4`, VGG's `features.29`), the head.
-    pub fn forward_from(
-        &self,
-        x: &B::Tensor,
-        layer: &str,
-        replaced: B::Tensor,
-        copies: usize,
-    ) -> Result<Tensor> {
+    /// What [`Self::forward_from`] needs to run the network on from the layer `layer` for
+    /// the images `x`: the values from before the layer that nodes after it read (a residual
+    /// block's shortcut), from one forward pass up to the layer. None, and no pass, for a
+    /// layer whose output alone feeds the rest (ResNet's `layer4`, VGG's `features.29`).
+    pub fn from_layer(&self, x: &B::Tensor, layer: &str) -> Result<FromLayer<B::Tensor>> {
         let be = &self.backend;
         let target = self.graph.layer(layer)?.clone();
         let t = target.node;
         let nodes = &self.graph.nodes;
         let n = nodes.len();
         let shapes = self.graph.shapes(be.shape(x))?;
-        let want: Vec<usize> = [vec![shapes[t][0] * copies], shapes[t][1..].to_vec()].concat();
-        if be.shape(&replaced) != want.as_slice() {
-            return Err(Error::Invalid(format!(
-                "forward_from `{layer}`: values of shape {:?}, expected {want:?}",
-                be.shape(&replaced)
-            )));
-        }
-        // Values from before the layer that nodes after it read.
         let live: Vec<usize> = (0..t)
             .filter(|&j| nodes[t + 1..].iter().any(|node| node.inputs.contains(&j)))
             .collect();
-        let mut vals: Vec<Option<B::Tensor>> = (0..n).map(|_| None).collect();
+        let mut values = Vec::with_capacity(live.len());
         if !live.is_empty() {
             let mut keep = vec![false; n];
             live.iter().for_each(|&j| keep[j] = true);
-            let mut first = self.run_nodes(vec![Some(be.duplicate(x)?)], 1, t, &keep)?;
-            let plain = vec![(false, 1.0); copies];
+            let mut vals = self.run_nodes(vec![Some(be.duplicate(x)?)], 1, t, &keep)?;
             for &j in &live {
-                let v = first[j].take().expect("kept");
-                vals[j] = Some(be.aug_copies(&v, &plain)?);
+                values.push((j, vals[j].take().expect("kept")));
             }
         }
-        vals[t] = Some(match target.view {
+        Ok(FromLayer {
+            layer: target,
+            shape: shapes[t].clone(),
+            live: values,
+        })
+    }
+
+    /// Logits [copies·N, classes] of the network run on from `from`'s layer, whose output is
+    /// replaced by `replaced` [copies·N, K, h, w] (in the layer's view; copy-major, as
+    /// [`Backend::ablate_channels`] makes them); the values `from` holds are repeated to
+    /// match. Only the nodes after the layer run on the copies.
+    pub fn forward_from(
+        &self,
+        from: &FromLayer<B::Tensor>,
+        replaced: B::Tensor,
+        copies: usize,
+    ) -> Result<Tensor> {
+        let be = &self.backend;
+        let t = from.layer.node;
+        let nodes = &self.graph.nodes;
+        let n = nodes.len();
+        let want: Vec<usize> = [vec![from.shape[0] * copies], from.shape[1..].to_vec()].concat();
+        if be.shape(&replaced) != want.as_slice() {
+            return Err(Error::Invalid(format!(
+                "forward_from `{}`: values of shape {:?}, expected {want:?}",
+                from.layer.name,
+                be.shape(&replaced)
+            )));
+        }
+        let mut vals: Vec<Option<B::Tensor>> = (0..n).map(|_| None).collect();
+        let plain = vec![(false, 1.0); copies];
+        for (j, v) in &from.live {
+            vals[*j] = Some(be.aug_copies(v, &plain)?);
+        }
+        vals[t] = Some(match from.layer.view {
             View::PreBn => {
                 // The layer's values are the conv's output before its (folded) BatchNorm;
                 // the node's are after it.

@@ -222,7 +222,9 @@ fn bench_on<B: Backend>(
     // The rate counts one forward pass per image; these options run more (several layers
     // share one).
     let passes = match (cfg.aug_smooth, cfg.method) {
-        (true, _) | (_, Method::ScoreCam) => " (this option runs more passes than one)",
+        (true, _) | (_, Method::ScoreCam | Method::AblationCam) => {
+            " (this option runs more passes than one)"
+        }
         _ => "",
     };
     println!(

@@ -68,8 +68,8 @@ pub struct ExplainArgs {
     /// (<stem>.guided_gradcam.png), the paper's high-resolution visualisation.
     #[arg(long)]
     guided: bool,
-    /// Score-CAM: masked images per forward pass; Ablation-CAM: ablated copies per pass from
-    /// the target layer on.
+    /// Score-CAM and Ablation-CAM: images per forward pass (masked inputs; ablated copies of
+    /// the layer, run on from it).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     score_batch: u32,
     /// Model input size: an integer S resizes to S×S, `native` keeps each image's size

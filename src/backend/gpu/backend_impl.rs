@@ -704,20 +704,25 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         if out.shape.iter().product::<usize>() == 0 {
             return Ok(out);
         }
-        for (t, &(mirror, factor)) in copies.iter().enumerate() {
+        // One launch per run of alike copies (all of them for plain repeats).
+        let mut t0 = 0;
+        for run in copies.chunk_by(|a, b| a == b) {
+            let (mirror, factor) = run[0];
             let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&out.buf)];
-            args.extend(ints(&[n * c, h, w, t, mirror as usize]));
+            args.extend(ints(&[n * c, h, w, t0, run.len(), mirror as usize]));
             args.push(KArg::I32(factor.to_bits() as i32));
-            // SAFETY: aug_copy_<t>: one thread per (pixel, image·channel) of copy t, inside
+            let total = run.len() * n * c * h * w;
+            // SAFETY: aug_copy_<t>: one thread per element of copies t0..t0 + run.len() of
             // `out` ([T·N, C, H, W]).
             unsafe {
                 self.launch(
                     &Self::kernel("aug_copy", x),
-                    [(h * w).div_ceil(256) as u32, (n * c) as u32, 1],
+                    [total.div_ceil(256) as u32, 1, 1],
                     [256, 1, 1],
                     &args,
                 )?
             };
+            t0 += run.len();
         }
         Ok(out)
     }
