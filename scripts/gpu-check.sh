@@ -169,6 +169,14 @@ bench resnet50 tf32 "" GRADCAM_PINNED=0   # plain (pageable) copies, for compari
 # Data-set mode (`explain --outputs cam,json`): no overlays drawn, copied back or encoded.
 step bench-resnet50-tf32-no-overlay 120 $kit/gradcam bench --device cuda --precision tf32 \
   -m /tmp/resnet50.safetensors --batch 64 --images "$n" --size 224 --no-overlay
+# The methods with host work or more passes (GPU.md run 6, item 6): Eigen-CAM's component on
+# the host, Ablation-CAM's run on from layer4 per channel, aug_smooth's six copies.
+for m in eigencam ablationcam; do
+  step bench-resnet50-tf32-$m 90 $kit/gradcam bench --device cuda --precision tf32 \
+    -m /tmp/resnet50.safetensors --batch 64 --images 256 --size 224 --method $m
+done
+step bench-resnet50-tf32-aug-smooth 90 $kit/gradcam bench --device cuda --precision tf32 \
+  -m /tmp/resnet50.safetensors --batch 64 --images 256 --size 224 --aug-smooth
 # Tile sizes forced, per layer in the profile (TILES=1; what the 64/128 rule was fitted on).
 if [ "${TILES:-0}" = 1 ]; then
   for p in tf32 bf16; do for t in 64 128; do

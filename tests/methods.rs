@@ -36,6 +36,7 @@ fn method(name: &str) -> Option<Method> {
         "gradcamelementwise" => Method::GradCamElementWise,
         "scorecam" => Method::ScoreCam,
         "ablationcam" => Method::AblationCam,
+        "fullgrad" => Method::FullGrad,
         "eigencam" => Method::EigenCam,
         "eigengradcam" => Method::EigenGradCam,
         "gradcam" => Method::GradCam,
@@ -222,6 +223,7 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         "gradcamelementwise",
         "scorecam",
         "ablationcam",
+        "fullgrad",
         "eigencam",
         "eigengradcam",
         "gradcam+eigen_smooth",
@@ -250,7 +252,8 @@ fn method_names_parse_and_scorecam_rejects_counterfactual() {
         Method::GradCamElementWise
     );
     assert_eq!(Method::parse("Ablation-CAM").unwrap(), Method::AblationCam);
-    let e = Method::parse("fullgrad").unwrap_err().to_string();
+    assert_eq!(Method::parse("FullGrad").unwrap(), Method::FullGrad);
+    let e = Method::parse("shapleycam").unwrap_err().to_string();
     assert!(e.contains("ablationcam") && e.contains("eigencam"), "{e}");
     let nets = networks();
     let req = CamRequest {

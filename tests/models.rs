@@ -330,6 +330,54 @@ fn ablation_weights_of_a_batch_match_each_image_alone() {
     }
 }
 
+/// FullGrad's bias terms per node, from the file's own tensors: a VGG's conv without BN has
+/// its bias; with BN, the conv's bias times the BN scale, then the BN's effective bias
+/// β − μ·γ/√(σ² + 1e-5); a ResNet conv (no bias) with BN the BN's alone; a ReLU none.
+#[test]
+fn full_grad_bias_terms_come_from_the_files_biases() {
+    let dir = tempfile::tempdir().unwrap();
+    let bias = |path: &std::path::Path, name: &str| {
+        (Weights::open(path).unwrap())
+            .get(name, &[None])
+            .unwrap()
+            .data()
+            .to_vec()
+    };
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+    let vgg = write_synth(&dir, "vgg11", 16, Dtype::F32);
+    let g = model::load(&vgg, None).unwrap();
+    let terms = g.full_grad_biases(g.layer("features.0").unwrap().node);
+    assert_eq!(terms, [bias(&vgg, "features.0.bias")]);
+    assert!(g
+        .full_grad_biases(g.layer("features.1").unwrap().node)
+        .is_empty());
+    let vgg_bn = write_synth(&dir, "vgg11_bn", 16, Dtype::F32);
+    let g = model::load(&vgg_bn, None).unwrap();
+    let terms = g.full_grad_biases(g.layer("features.0").unwrap().node);
+    let (gamma, beta) = (
+        bias(&vgg_bn, "features.1.weight"),
+        bias(&vgg_bn, "features.1.bias"),
+    );
+    let (mean, var) = (
+        bias(&vgg_bn, "features.1.running_mean"),
+        bias(&vgg_bn, "features.1.running_var"),
+    );
+    let scale: Vec<f32> = (gamma.iter().zip(&var))
+        .map(|(g, v)| g / (v + 1e-5).sqrt())
+        .collect();
+    let conv: Vec<f32> = (bias(&vgg_bn, "features.0.bias").iter().zip(&scale))
+        .map(|(b, s)| b * s)
+        .collect();
+    let bn: Vec<f32> = (beta.iter().zip(&mean).zip(&scale))
+        .map(|((b, m), s)| b - m * s)
+        .collect();
+    assert_eq!(terms.len(), 2);
+    assert!(close(&terms[0], &conv) && close(&terms[1], &bn));
+    let resnet = write_synth(&dir, "resnet18", 16, Dtype::F32);
+    let g = model::load(&resnet, None).unwrap();
+    assert_eq!(g.full_grad_biases(g.layer("conv1").unwrap().node).len(), 1);
+}
+
 /// Checkpoints from wrappers and fine-tuning scripts: names under a wrapper's attribute
 /// (`module.` from DataParallel, `backbone.`, nested), and a ResNet head saved as
 /// `nn.Sequential(nn.Dropout, nn.Linear)` (`fc.1.weight`), or a VGG's last layer likewise

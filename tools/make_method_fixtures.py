@@ -2,7 +2,7 @@
 """Add parity fixtures for the rest of the CAM family and guided backprop.
 
 Reference: pytorch-grad-cam 1.5.7 (GradCAMPlusPlus, XGradCAM, HiResCAM,
-LayerCAM, GradCAMElementWise, ScoreCAM, AblationCAM, EigenCAM, EigenGradCAM, the `eigen_smooth=True` option
+LayerCAM, GradCAMElementWise, ScoreCAM, AblationCAM, FullGrad, EigenCAM, EigenGradCAM, the `eigen_smooth=True` option
 of the others, GuidedBackpropReLUModel, and Guided Grad-CAM as the library's
 README builds it).
 
@@ -70,7 +70,8 @@ import torchvision
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, GradCAM, GradCAMElementWise,
+from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FullGrad, GradCAM,
+                              GradCAMElementWise,
                               GradCAMPlusPlus, GuidedBackpropReLUModel, HiResCAM, LayerCAM,
                               ScoreCAM, XGradCAM)
 from pytorch_grad_cam.utils.image import deprocess_image, show_cam_on_image
@@ -131,6 +132,15 @@ ABLATION_CASES = [
     ("resnet_tiny", "layer4", "a", "native"),
     ("vgg_bn_tiny", "features.27", "b", 64),
     ("resnet_basic_tiny", "layer3", "c", "native"),
+]
+
+# FullGrad (every bias layer; no target layer): (model, image, size, counterfactual). The
+# VGG's convs have biases and BatchNorms; the ResNets' convs have none.
+FULLGRAD_CASES = [
+    ("vgg_bn_tiny", "b", 64, False),
+    ("resnet_tiny", "a", "native", False),
+    ("resnet_basic_tiny", "c", "native", False),
+    ("resnet_tiny", "a", 64, True),
 ]
 
 # eigen_smooth=True: (model, layer, image, size, methods)
@@ -472,6 +482,35 @@ def multi_layer_case(entry, method, model, rgb, src_file, fixtures):
     }
 
 
+def fullgrad_case(entry, model, rgb, src_file, fixtures):
+    """FullGrad(model, [])(x, targets): logits, class, cam (and the overlay at native size).
+    The gradients of its ~all layers are not stored (the Rust test compares the map)."""
+    model_name, img, size, cf = entry
+    x = mf.preprocess(rgb, size)
+    with torch.no_grad():
+        logits = model(x)
+    cls = int(logits.argmax(dim=1).item())
+    targets = [mf.NegatedClassTarget(cls)] if cf else [ClassifierOutputTarget(cls)]
+    stored_input = load_file(str(fixtures / src_file))["input"]
+    assert torch.equal(stored_input, x), f"{model_name}: input differs from {src_file}"
+    with FullGrad(model=model, target_layers=[]) as obj:
+        n_bias = len(obj.bias_data)
+        cam = np.asarray(obj(input_tensor=x, targets=targets))
+        assert len(obj.activations_and_grads.gradients) == n_bias > 0
+    assert cam.shape == (1, x.shape[2], x.shape[3]) and np.isfinite(cam).all()
+    assert abs(float(cam.max()) - 1.0) < 1e-3, "FullGrad's map is min-max normalised"
+    case_id = f"{model_name}__fullgrad__{img}__{size}" + ("__counterfactual" if cf else "")
+    tensors = {
+        "logits": logits.float().contiguous(),
+        "class": torch.tensor([cls], dtype=torch.int64),
+        "cam": torch.from_numpy(np.ascontiguousarray(cam)),
+    }
+    if size == "native":
+        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
+        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    return case_id, tensors, n_bias
+
+
 def guided_case(entry, fixtures, rgb):
     model_name, img, size = entry
     layer = DEFAULT_LAYER[model_name]
@@ -630,6 +669,16 @@ def main() -> int:
                   aug_smooth=True)
             print(f"{case_id:66s} {int(tensors['class'][0]):3d} cam max "
                   f"{float(tensors['cam'].max()):.3f}")
+
+    for model_name, img, size, cf in FULLGRAD_CASES:
+        src = sources[(img, size)]
+        case_id, tensors, n_bias = fullgrad_case((model_name, img, size, cf), models[model_name],
+                                                 rgbs[img], src, out)
+        store(case_id, tensors, model_name, DEFAULT_LAYER[model_name], img, size, "fullgrad",
+              src)
+        if cf:
+            cases[-1]["counterfactual"] = True
+        print(f"{case_id:66s} {int(tensors['class'][0]):3d} {n_bias} bias layers")
 
     for model_name, layers, img, size, methods in MULTI_LAYER_CASES:
         src = sources[(img, size)]

@@ -7,6 +7,7 @@
 
 use super::aug_smooth::explain_aug_smooth;
 use super::eigen::principal_projection;
+use super::full_grad::explain_full_grad;
 use super::multi_layer::{mean_of_layers, target_layers};
 use crate::backend::{Backend, ElementRule, WeightRule};
 use crate::model::{Backward, LayerOutput, Network};
@@ -35,6 +36,10 @@ pub enum Method {
     HiResCam,
     /// Jiang et al. 2021: element-wise relu(g) ⊙ A.
     LayerCam,
+    /// Srinivas & Fleuret 2019 (pytorch-grad-cam's FullGrad): |x ⊙ ∂y/∂x| and the bias
+    /// gradients |b ⊙ ∂y/∂out| of every conv and BatchNorm, each normalised, at the input
+    /// size; no target layer.
+    FullGrad,
     /// pytorch-grad-cam's GradCAMElementWise: element-wise relu(g ⊙ A) (LayerCAM wherever
     /// A ≥ 0, as after a ReLU; they differ on layers with negative activations).
     GradCamElementWise,
@@ -51,13 +56,14 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 11] = [
         Method::GradCam,
         Method::GradCamPlusPlus,
         Method::XGradCam,
         Method::HiResCam,
         Method::LayerCam,
         Method::GradCamElementWise,
+        Method::FullGrad,
         Method::ScoreCam,
         Method::AblationCam,
         Method::EigenCam,
@@ -72,6 +78,7 @@ impl Method {
             Method::HiResCam => "hirescam",
             Method::LayerCam => "layercam",
             Method::GradCamElementWise => "gradcamelementwise",
+            Method::FullGrad => "fullgrad",
             Method::ScoreCam => "scorecam",
             Method::AblationCam => "ablationcam",
             Method::EigenCam => "eigencam",
@@ -203,6 +210,9 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
     if req.aug_smooth {
         return explain_aug_smooth(net, x, req);
     }
+    if req.method == Method::FullGrad {
+        return explain_full_grad(net, x, req);
+    }
     let layers = target_layers(req.layer)?;
     let what = match (req.method.uses_gradients(), req.guided) {
         (_, true) => Backward::ToLayerAndGuidedInput,
@@ -312,6 +322,7 @@ fn layer_map<B: Backend>(
             (Some(be.upload(w)?), Combine::Channels)
         }
         Method::EigenCam => (None, Combine::Activations),
+        Method::FullGrad => unreachable!("explain_full_grad handles FullGrad"),
     };
     if req.eigen_smooth || req.method.is_eigen() {
         let host_a = be.download(a)?;
@@ -381,7 +392,11 @@ fn relu(mut t: Tensor) -> Tensor {
     t
 }
 
-fn choose_classes(logits: &Tensor, sel: &ClassSel, num_classes: usize) -> Result<Vec<usize>> {
+pub(crate) fn choose_classes(
+    logits: &Tensor,
+    sel: &ClassSel,
+    num_classes: usize,
+) -> Result<Vec<usize>> {
     let n = logits.shape()[0];
     (0..n)
         .map(|i| {
@@ -405,7 +420,7 @@ fn choose_classes(logits: &Tensor, sel: &ClassSel, num_classes: usize) -> Result
 
 /// ∂(Σ_i ±y_i^{c_i})/∂logits: one-hot rows. Each image's score depends only on its own
 /// logits, so one backward pass serves the whole batch.
-fn seed(classes: &[usize], num_classes: usize, counterfactual: bool) -> Tensor {
+pub(crate) fn seed(classes: &[usize], num_classes: usize, counterfactual: bool) -> Tensor {
     let mut s = Tensor::zeros([classes.len(), num_classes]);
     let sign = if counterfactual { -1.0 } else { 1.0 };
     for (i, &c) in classes.iter().enumerate() {

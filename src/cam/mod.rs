@@ -2,6 +2,7 @@
 
 pub mod aug_smooth;
 pub mod eigen;
+mod full_grad;
 pub mod jet;
 mod methods;
 pub mod multi_layer;

@@ -20,6 +20,9 @@ pub enum Op {
         b: Option<usize>,
         p: Conv2dParams,
         bn: Option<BnAffine>,
+        /// The conv's own bias as the file gives it (before folding), on the host: FullGrad
+        /// reads it.
+        own_bias: Option<Vec<f32>>,
     },
     Relu,
     MaxPool(Pool2dParams),
@@ -113,6 +116,30 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// FullGrad's bias terms at node `node`'s output g: a per-channel factor m for each
+    /// torchvision module with a bias whose output gradient is a multiple of g, the term being
+    /// |m ⊙ g|. A BatchNorm (folded here): m = its effective bias β − μ·γ/√(σ² + ε); the conv
+    /// before it, if it has a bias b: m = b·γ/√(σ² + ε) (its output gradient is the BN's
+    /// scaled); a conv without BN: m = b. Empty for other nodes and convs without either.
+    pub fn full_grad_biases(&self, node: usize) -> Vec<Vec<f32>> {
+        let Op::Conv { bn, own_bias, .. } = &self.nodes[node].op else {
+            return Vec::new();
+        };
+        match (bn, own_bias) {
+            (Some(bn), b) => {
+                // pytorch-grad-cam lists modules in definition order: the conv, then its BN.
+                let mut terms: Vec<Vec<f32>> = b
+                    .iter()
+                    .map(|b| b.iter().zip(&bn.scale).map(|(b, s)| b * s).collect())
+                    .collect();
+                terms.push(bn.shift.clone());
+                terms
+            }
+            (None, Some(b)) => vec![b.clone()],
+            (None, None) => Vec::new(),
+        }
+    }
+
     pub fn layer(&self, name: &str) -> Result<&Layer> {
         self.layers
             .iter()
@@ -330,6 +357,7 @@ impl<'w> Builder<'w> {
             true => Some(self.weights.get(&format!("{name}.bias"), &[Some(k)])?),
             false => None,
         };
+        let own_bias = b.as_ref().map(|b| b.data().to_vec());
         let p = Conv2dParams {
             stride: (stride, stride),
             padding: ((r - 1) / 2, (s - 1) / 2),
@@ -391,6 +419,7 @@ impl<'w> Builder<'w> {
                 b,
                 p,
                 bn: affine,
+                own_bias,
             },
             vec![input],
             k,

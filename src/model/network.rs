@@ -179,39 +179,15 @@ impl<B: Backend> Network<B> {
         let n = nodes.len();
         let to_layer = matches!(what, Backward::ToLayer | Backward::ToLayerAndGuidedInput);
         let guided = matches!(what, Backward::ToLayerAndGuidedInput);
-        // The nodes a backward pass from the logits down to `from` visits: those that depend
-        // on one of them.
-        let down_of = |from: &[usize]| {
-            let mut down = vec![false; n];
-            from.iter().for_each(|&f| down[f] = true);
-            let lowest = *from.iter().min().expect("one at least");
-            for i in lowest + 1..n {
-                down[i] = down[i] || nodes[i].inputs.iter().any(|&j| down[j]);
-            }
-            down
-        };
-        // What those passes read: ReLU outputs (their masks) and max-pool inputs.
-        // Convolutions and linear layers need only their weights.
         let mut keep = vec![false; n];
         ts.iter().for_each(|&t| keep[t] = true);
-        let mut mark = |down: &[bool]| {
-            for i in 0..n {
-                if down[i] && i > 0 {
-                    match nodes[i].op {
-                        Op::Relu => keep[i] = true,
-                        Op::MaxPool(_) => nodes[i].inputs.iter().for_each(|&j| keep[j] = true),
-                        _ => {}
-                    }
-                }
-            }
-        };
-        let down_t = down_of(&ts);
+        let down_t = self.down_of(&ts);
         if to_layer {
-            mark(&down_t);
+            self.mark_read_by_backward(&down_t, &mut keep);
         }
-        let down_0 = guided.then(|| down_of(&[0]));
+        let down_0 = guided.then(|| self.down_of(&[0]));
         if let Some(d) = &down_0 {
-            mark(d);
+            self.mark_read_by_backward(d, &mut keep);
         }
         let mut vals = self.run_forward(x, &keep)?;
         let logits = be.download(vals[n - 1].as_ref().expect("output"))?;
@@ -228,11 +204,13 @@ impl<B: Backend> Network<B> {
             }
             if let Some(d) = &down_0 {
                 let up = be.upload(seed.clone())?;
-                input_grad = self.backward(&vals, &shapes, d, &[0], up, true)?.pop();
+                input_grad = self
+                    .backward(&vals, &shapes, (d, &[0]), up, true, None)?
+                    .pop();
             }
             if to_layer {
-                grads =
-                    Some(self.backward(&vals, &shapes, &down_t, &ts, be.upload(seed)?, false)?);
+                let up = be.upload(seed)?;
+                grads = Some(self.backward(&vals, &shapes, (&down_t, &ts), up, false, None)?);
             }
         }
         let mut grads = grads.map(Vec::into_iter);
@@ -253,6 +231,67 @@ impl<B: Backend> Network<B> {
             layers: out,
             input_grad,
         })
+    }
+
+    /// The nodes a backward pass from the logits down to `from` visits: those that depend on
+    /// one of them.
+    fn down_of(&self, from: &[usize]) -> Vec<bool> {
+        let nodes = &self.graph.nodes;
+        let mut down = vec![false; nodes.len()];
+        from.iter().for_each(|&f| down[f] = true);
+        let lowest = *from.iter().min().expect("one at least");
+        for i in lowest + 1..nodes.len() {
+            down[i] = down[i] || nodes[i].inputs.iter().any(|&j| down[j]);
+        }
+        down
+    }
+
+    /// Marks in `keep` what a backward pass over `down` reads: ReLU outputs (their masks) and
+    /// max-pool inputs. Convolutions and linear layers need only their weights.
+    fn mark_read_by_backward(&self, down: &[bool], keep: &mut [bool]) {
+        for (i, node) in self.graph.nodes.iter().enumerate().skip(1) {
+            if down[i] {
+                match node.op {
+                    Op::Relu => keep[i] = true,
+                    Op::MaxPool(_) => node.inputs.iter().for_each(|&j| keep[j] = true),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// FullGrad's pass: the forward pass, then one plain backward-data pass from
+    /// `seed(logits)` down to the input, calling `visit(node, ∂score/∂node)` for each node
+    /// `visited` marks as soon as its gradient is whole (so no more than one is held at a
+    /// time). Returns the logits and the gradient at the input.
+    pub fn backward_to_input<'a>(
+        &self,
+        x: B::Tensor,
+        seed: impl FnOnce(&Tensor) -> Result<Tensor>,
+        visited: &'a [bool],
+        visit: &'a mut dyn FnMut(usize, &B::Tensor) -> Result<()>,
+    ) -> Result<(Tensor, B::Tensor)> {
+        let be = &self.backend;
+        let shapes = self.graph.shapes(be.shape(&x))?;
+        let n = self.graph.nodes.len();
+        let down = self.down_of(&[0]);
+        let mut keep = vec![false; n];
+        self.mark_read_by_backward(&down, &mut keep);
+        let mut vals = self.run_forward(x, &keep)?;
+        let logits = be.download(vals[n - 1].as_ref().expect("output"))?;
+        vals[n - 1] = None;
+        let seed = seed(&logits)?;
+        if seed.shape() != logits.shape() {
+            return Err(Error::Invalid(format!(
+                "gradient seed has shape {:?}, logits {:?}",
+                seed.shape(),
+                logits.shape()
+            )));
+        }
+        let up = be.upload(seed)?;
+        let visitor = Some((visited, visit));
+        let g = self.backward(&vals, &shapes, (&down, &[0]), up, false, visitor)?;
+        Ok((logits, g.into_iter().next().expect("one target")))
     }
 
     /// A target's activation and gradient as its view asks: torchvision's conv module output,
@@ -302,10 +341,10 @@ impl<B: Backend> Network<B> {
         &self,
         vals: &[Option<B::Tensor>],
         shapes: &[Vec<usize>],
-        down: &[bool],
-        targets: &[usize],
+        (down, targets): (&[bool], &[usize]),
         seed: B::Tensor,
         guided: bool,
+        mut visitor: Visitor<B::Tensor>,
     ) -> Result<Vec<B::Tensor>> {
         let be = &self.backend;
         let nodes = &self.graph.nodes;
@@ -321,6 +360,11 @@ impl<B: Backend> Network<B> {
                 continue;
             }
             let Some(g) = grads[i].take() else { continue };
+            if let Some((visited, visit)) = visitor.as_mut() {
+                if visited[i] {
+                    visit(i, &g)?;
+                }
+            }
             for (k, _) in targets.iter().enumerate().filter(|(_, &t)| t == i) {
                 at_target[k] = Some(be.duplicate(&g)?);
             }
@@ -573,6 +617,9 @@ impl<B: Backend> Network<B> {
         Ok(vals)
     }
 }
+
+/// [`Network::backward_to_input`]'s nodes to visit and what to call there.
+type Visitor<'a, T> = Option<(&'a [bool], &'a mut dyn FnMut(usize, &T) -> Result<()>)>;
 
 fn accumulate<B: Backend>(be: &B, slot: &mut Option<B::Tensor>, g: B::Tensor) -> Result<()> {
     *slot = Some(match slot.take() {

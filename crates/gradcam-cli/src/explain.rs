@@ -174,6 +174,9 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Reports the inputs that are no image files; fails when none is left.
+/// What the JSON reports as the layer of FullGrad, which has none.
+const FULL_GRAD_LAYERS: &str = "every layer with a bias (fullgrad)";
+
 fn report_inputs(files: &[PathBuf], failures: &[(PathBuf, String)]) -> anyhow::Result<()> {
     for (p, why) in failures {
         eprintln!("error: {}: {why}", p.display());
@@ -204,6 +207,17 @@ fn explain_all<B: Backend>(
             "--counterfactual negates gradients; {} uses none",
             a.method.name()
         );
+    }
+    if a.method == Method::FullGrad {
+        if a.guided || a.eigen_smooth {
+            anyhow::bail!(
+                "fullgrad does not support --guided or --eigen-smooth (it has no single layer \
+                 to combine with them)"
+            );
+        }
+        if a.layer.is_some() {
+            eprintln!("note: fullgrad uses every layer with a bias; --layer is ignored");
+        }
     }
     if let Some(c) = a.class {
         if c >= graph.num_classes {
@@ -240,7 +254,7 @@ fn explain_all<B: Backend>(
             resume::file_id,
         ),
         "arch": graph.arch,
-        "layer": layer,
+        "layer": if a.method == Method::FullGrad { FULL_GRAD_LAYERS } else { &layer },
         "method": a.method.name(),
         "counterfactual": a.counterfactual,
         "class": a.class,
@@ -484,11 +498,12 @@ fn explain_all<B: Backend>(
         );
     } else {
         eprintln!(
-            "explained {} of {} images{before} in {secs:.2}s ({:.2} images/s; Grad-CAM {:.2}s, \
+            "explained {} of {} images{before} in {secs:.2}s ({:.2} images/s; {} {:.2}s, \
          preprocess {:.2}s, post-processing {:.2}s) → {}",
             done + kept.len(),
             files.len() + unreadable,
             done as f64 / secs,
+            a.method.name(),
             timings.cam.as_secs_f64(),
             timings.preprocess.as_secs_f64(),
             timings.postprocess.as_secs_f64(),
@@ -683,7 +698,8 @@ fn write_outputs(
         "probability": e.probability,
         "label": label(e.class),
         "top5": e.top5.iter().map(|(c, l)| json!({"class": c, "label": label(*c), "logit": l})).collect::<Vec<_>>(),
-        "layer": m.layer,
+        // FullGrad has no target layer: it reads every layer with a bias.
+        "layer": if m.method == Method::FullGrad { FULL_GRAD_LAYERS } else { m.layer },
         "counterfactual": m.counterfactual,
         "eigen_smooth": m.eigen_smooth || m.method.is_eigen(),
         "aug_smooth": m.aug_smooth,
