@@ -683,7 +683,8 @@ fn batches_in_flight_keep_their_own_results() {
 /// at the input 4e-1 (observed 0.20: a guided ReLU zeroes every negative gradient, so bf16
 /// rounding near zero flips whole paths of the gradient through the network); f16 (10 mantissa
 /// bits): logits 5e-3, maps and weights 3e-2, guided 1e-1 (observed 6.5e-4, 1.1e-2, 2.3e-3,
-/// 2.5e-2).
+/// 2.5e-2). FullGrad's maps get the guided tolerances at 16 bits (observed 1.0e-1 bf16,
+/// 1.6e-2 f16): it normalises every channel of every bias layer on its own.
 #[test]
 fn cam_family_and_guided_match_the_cpu_backend() {
     let cpu = Network::new(
@@ -699,6 +700,13 @@ fn cam_family_and_guided_match_the_cpu_backend() {
         (Precision::Bf16, 3e-2, 5e-2, 4e-1),
         (Precision::F16, 5e-3, 3e-2, 1e-1),
     ] {
+        // FullGrad normalises every channel of every bias layer on its own, so a channel
+        // whose gradient is nearly flat has its rounding noise stretched to [0, 1].
+        let tol_fullgrad = if precision == Precision::F32 {
+            tol
+        } else {
+            tol_guided
+        };
         let g = model::load(fixtures().join("resnet_tiny.safetensors"), None).unwrap();
         let gpu =
             Network::new(g, GpuBackend::with_precision(EmuLauncher::new(), precision)).unwrap();
@@ -718,8 +726,13 @@ fn cam_family_and_guided_match_the_cpu_backend() {
                 "{name}: logits {}",
                 e(&a.logits, &b.logits)
             );
+            let tol_maps = if method == Method::FullGrad {
+                tol_fullgrad
+            } else {
+                tol
+            };
             assert!(
-                e(&a.maps, &b.maps) < tol,
+                e(&a.maps, &b.maps) < tol_maps,
                 "{name}: maps {}",
                 e(&a.maps, &b.maps)
             );

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Time pytorch-grad-cam's AblationCAM per image on the CPU, for the side-by-side table in
-BENCHMARKS.md (beside `gradcam bench --method ablationcam` on the same architecture).
+"""Time pytorch-grad-cam's AblationCAM or FullGrad per image on the CPU, for the side-by-side
+tables in BENCHMARKS.md (beside `gradcam bench --method ablationcam|fullgrad` on the same
+architecture).
 
-    .venv-tools/bin/python tools/bench_ablation.py --arch resnet18 --images 2 [--threads N]
+    .venv-tools/bin/python tools/bench_cpu_methods.py --method ablationcam|fullgrad \
+        --arch resnet18 --images 2 [--threads N]
 
 torchvision model with random weights (weights=None, seed 0), random normalised inputs at
-224x224, target layer4 (ResNet) or features[29] (VGG16), argmax class, batch_size 32 (the
-library's default: 32 ablated copies per forward pass of the whole model). One image per call,
-as AblationCAM ablates one image's channels at a time; the first call is a warm-up.
+224x224, target layer4 (ResNet) or features[29] (VGG16; FullGrad ignores it), argmax class;
+AblationCAM with batch_size 32 (the library's default: 32 ablated copies per forward pass of
+the whole model). One image per call (AblationCAM ablates one image's channels at a time);
+the first call is a warm-up.
 """
 
 import argparse
@@ -15,12 +18,13 @@ import time
 
 import torch
 import torchvision
-from pytorch_grad_cam import AblationCAM
+from pytorch_grad_cam import AblationCAM, FullGrad
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--method", choices=["ablationcam", "fullgrad"], default="ablationcam")
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--threads", type=int, default=0)
@@ -31,7 +35,8 @@ def main() -> None:
     model = getattr(torchvision.models, a.arch)(weights=None).eval()
     layer = model.features[29] if a.arch.startswith("vgg") else model.layer4
     x = torch.randn(a.images + 1, 3, 224, 224)
-    with AblationCAM(model=model, target_layers=[layer]) as cam:
+    cls_ = AblationCAM if a.method == "ablationcam" else FullGrad
+    with cls_(model=model, target_layers=[layer]) as cam:
         times = []
         for i in range(a.images + 1):
             xi = x[i : i + 1]
@@ -41,7 +46,7 @@ def main() -> None:
             cam(input_tensor=xi, targets=[ClassifierOutputTarget(cls)])
             times.append(time.perf_counter() - t0)
     per = sum(times[1:]) / a.images
-    print(f"arch={a.arch} tool=pytorch-grad-cam AblationCAM threads={torch.get_num_threads()} "
+    print(f"arch={a.arch} tool=pytorch-grad-cam {cls_.__name__} threads={torch.get_num_threads()} "
           f"images={a.images} per_image_s={per:.3f}")
 
 
