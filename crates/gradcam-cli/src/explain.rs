@@ -51,6 +51,7 @@ pub struct ExplainArgs {
     #[arg(long)]
     counterfactual: bool,
     /// CAM method: gradcam, gradcam++, xgradcam, hirescam, layercam, gradcamelementwise,
+    /// fullgrad (input and bias gradients of every layer; ignores --layer),
     /// scorecam, ablationcam (the score's drop when each channel is zeroed: no backward pass),
     /// eigencam (the activations' first principal component: no class, no backward pass),
     /// eigengradcam (that of gradients × activations).
