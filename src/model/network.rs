@@ -189,19 +189,10 @@ impl<B: Backend> Network<B> {
         if let Some(d) = &down_0 {
             self.mark_read_by_backward(d, &mut keep);
         }
-        let mut vals = self.run_forward(x, &keep)?;
-        let logits = be.download(vals[n - 1].as_ref().expect("output"))?;
-        vals[n - 1] = None;
+        let (mut vals, logits) = self.forward_keeping(x, &keep)?;
         let (mut grads, mut input_grad) = (None, None);
         if to_layer || guided {
-            let seed = seed(&logits)?;
-            if seed.shape() != logits.shape() {
-                return Err(Error::Invalid(format!(
-                    "gradient seed has shape {:?}, logits {:?}",
-                    seed.shape(),
-                    logits.shape()
-                )));
-            }
+            let seed = checked_seed(&logits, seed)?;
             if let Some(d) = &down_0 {
                 let up = be.upload(seed.clone())?;
                 input_grad = self
@@ -277,18 +268,8 @@ impl<B: Backend> Network<B> {
         let down = self.down_of(&[0]);
         let mut keep = vec![false; n];
         self.mark_read_by_backward(&down, &mut keep);
-        let mut vals = self.run_forward(x, &keep)?;
-        let logits = be.download(vals[n - 1].as_ref().expect("output"))?;
-        vals[n - 1] = None;
-        let seed = seed(&logits)?;
-        if seed.shape() != logits.shape() {
-            return Err(Error::Invalid(format!(
-                "gradient seed has shape {:?}, logits {:?}",
-                seed.shape(),
-                logits.shape()
-            )));
-        }
-        let up = be.upload(seed)?;
+        let (vals, logits) = self.forward_keeping(x, &keep)?;
+        let up = be.upload(checked_seed(&logits, seed)?)?;
         let visitor = Some((visited, visit));
         let g = self.backward(&vals, &shapes, (&down, &[0]), up, false, visitor)?;
         Ok((logits, g.into_iter().next().expect("one target")))
@@ -489,6 +470,19 @@ impl<B: Backend> Network<B> {
         be.download(&out)
     }
 
+    /// The forward pass keeping what `keep` marks, and the logits on the host (the output's
+    /// value dropped).
+    fn forward_keeping(
+        &self,
+        x: B::Tensor,
+        keep: &[bool],
+    ) -> Result<(Vec<Option<B::Tensor>>, Tensor)> {
+        let mut vals = self.run_forward(x, keep)?;
+        let out = vals.last_mut().and_then(Option::take).expect("output");
+        let logits = self.backend.download(&out)?;
+        Ok((vals, logits))
+    }
+
     /// Runs every node; a value is dropped after its last consumer unless `keep` says so.
     fn run_forward(&self, x: B::Tensor, keep: &[bool]) -> Result<Vec<Option<B::Tensor>>> {
         self.run_nodes(vec![Some(x)], 1, self.graph.nodes.len(), keep)
@@ -616,6 +610,19 @@ impl<B: Backend> Network<B> {
         }
         Ok(vals)
     }
+}
+
+/// `seed(logits)`, the gradient of the score at the logits, checked to have their shape.
+fn checked_seed(logits: &Tensor, seed: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let seed = seed(logits)?;
+    if seed.shape() != logits.shape() {
+        return Err(Error::Invalid(format!(
+            "gradient seed has shape {:?}, logits {:?}",
+            seed.shape(),
+            logits.shape()
+        )));
+    }
+    Ok(seed)
 }
 
 /// [`Network::backward_to_input`]'s nodes to visit and what to call there.
