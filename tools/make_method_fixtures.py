@@ -693,14 +693,7 @@ def main() -> int:
         case_id, layer, tensors, nz = guided_case(entry, out, rgbs[img])
         src = sources[(img, size)]
         assert torch.equal(load_file(str(out / src))["input"], tensors["input"])
-        rel = f"expected/{case_id}.safetensors"
-        assert rel not in owned_by_manifest
-        save_file(tensors, str(out / rel))
-        written.append(rel)
-        cases.append({"id": case_id, "model": model_name, "layer": layer,
-                      "image": f"images/{img}.png", "size": size, "class": None,
-                      "counterfactual": False, "method": "guided", "expected": rel,
-                      "input_from": src})
+        store(case_id, tensors, model_name, layer, img, size, "guided", src)
         print(f"{case_id:66s} {int(tensors['class'][0]):3d} guided non-zero {nz:.3f}")
 
     methods_manifest = {
