@@ -64,6 +64,17 @@ __device__ __forceinline__ void bilinear_axis(int d, int src, int dst, int* i0, 
     *f = a == src - 1 ? 0.0f : (float)(s - (double)a);
 }
 
+// Map m [h, w] (f32) resized to (oh, ow), bilinearly, at output pixel p = y·ow + x.
+__device__ __forceinline__ float bilinear_sample(const float* m, int h, int w, int oh, int ow, int p) {
+    int y0, y1, x0, x1;
+    float fy, fx;
+    bilinear_axis(p / ow, h, oh, &y0, &y1, &fy);
+    bilinear_axis(p % ow, w, ow, &x0, &x1, &fx);
+    const float top = m[y0 * w + x0] * (1.0f - fx) + m[y0 * w + x1] * fx;
+    const float bot = m[y1 * w + x0] * (1.0f - fx) + m[y1 * w + x1] * fx;
+    return top * (1.0f - fy) + bot * fy;
+}
+
 // One image of a batch as it went up: the byte offset of its RGB8 pixels (HWC) in the upload
 // buffer, its height and width. The host packs this table after the pixels (one copy up), so a
 // batch of any mix of sizes is one launch per stage. 16 bytes, as the host writes it.

@@ -14,21 +14,10 @@
 // map [N, h, w] f32; pixels RGB8 (HWC) per desc; jet [256·3] u8 (RGB); out like pixels.
 #include "common.cuh"
 
-// The map sampled bilinearly at output pixel p (half-pixel centres, edges clamped).
-__device__ __forceinline__ float sample(const float* m, int h, int w, int oh, int ow, int p) {
-    int y0, y1, x0, x1;
-    float fy, fx;
-    bilinear_axis(p / ow, h, oh, &y0, &y1, &fy);
-    bilinear_axis(p % ow, w, ow, &x0, &x1, &fx);
-    const float top = m[y0 * w + x0] * (1.0f - fx) + m[y0 * w + x1] * fx;
-    const float bot = m[y1 * w + x0] * (1.0f - fx) + m[y1 * w + x1] * fx;
-    return top * (1.0f - fy) + bot * fy;
-}
-
 __device__ __forceinline__ float blend(const float* m, int h, int w, int oh, int ow, int p, int ch,
                                        float lo, float range, const unsigned char* img,
                                        const unsigned char* jet) {
-    const float v = (sample(m, h, w, oh, ow, p) - lo) / range;
+    const float v = (bilinear_sample(m, h, w, oh, ow, p) - lo) / range;
     const int idx = (int)(unsigned char)(int)(255.0f * v);
     return 0.5f * ((float)jet[idx * 3 + ch] / 255.0f) + 0.5f * ((float)img[p * 3 + ch] / 255.0f);
 }
@@ -38,7 +27,7 @@ extern "C" __global__ void overlay_minmax_f32(const float* __restrict__ map,
                                               float* __restrict__ mm, int h, int w) {
     const ImageDesc d = desc[blockIdx.x];
     const float* m = map + (size_t)blockIdx.x * h * w;
-    block_minmax([&](int p) { return sample(m, h, w, d.h, d.w, p); }, d.h * d.w, mm + blockIdx.x * 2);
+    block_minmax([&](int p) { return bilinear_sample(m, h, w, d.h, d.w, p); }, d.h * d.w, mm + blockIdx.x * 2);
 }
 
 extern "C" __global__ void overlay_max_f32(const float* __restrict__ map, const float* __restrict__ mm,

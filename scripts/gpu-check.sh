@@ -170,8 +170,8 @@ bench resnet50 tf32 "" GRADCAM_PINNED=0   # plain (pageable) copies, for compari
 step bench-resnet50-tf32-no-overlay 120 $kit/gradcam bench --device cuda --precision tf32 \
   -m /tmp/resnet50.safetensors --batch 64 --images "$n" --size 224 --no-overlay
 # The methods with host work or more passes (GPU.md run 6, item 6): Eigen-CAM's component on
-# the host, Ablation-CAM's run on from layer4 per channel, FullGrad's per-layer terms on the
-# host (each gradient comes back), aug_smooth's six copies.
+# the host, Ablation-CAM's run on from layer4 per channel, FullGrad's per-layer terms (one
+# min-max, sum and resize per bias layer), aug_smooth's six copies.
 for m in eigencam ablationcam fullgrad; do
   step bench-resnet50-tf32-$m 90 $kit/gradcam bench --device cuda --precision tf32 \
     -m /tmp/resnet50.safetensors --batch 64 --images 256 --size 224 --method $m

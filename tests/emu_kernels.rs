@@ -853,3 +853,104 @@ fn sum_parts(part: &[f32], bias: Option<&[f32]>, y: &mut [f32], splits: usize, c
     let blocks = count.div_ceil(256) as u32;
     unsafe { emu::launch("linear_sum_f32", [blocks, 1, 1], [256, 1, 1], 0, &mut args) }.unwrap();
 }
+
+/// full_grad_minmax_f32 + full_grad_sum_f32 (+ full_grad_resize_add_f32 when the sizes differ)
+/// against the CPU backend's full_grad_add, for a bias term and the input term, starting a
+/// total and adding to one. The CPU op is itself checked against pytorch-grad-cam's order
+/// (each channel normalised and resized, then summed), written out here.
+#[test]
+fn full_grad_kernels_match_the_cpu_backend() {
+    use gradcam::backend::{Backend, CpuBackend, FullGradBy};
+    use gradcam::image::resize_bilinear;
+    let be = CpuBackend::fast();
+    let mut rng = Rng::new(33);
+    // (N, K, h, w, oh, ow): the input term's same size, upsampling to odd sizes, one pixel.
+    for (n, k, h, w, oh, ow) in [
+        (2, 3, 9, 7, 9, 7),
+        (1, 5, 4, 3, 17, 13),
+        (3, 2, 1, 1, 5, 6),
+        (1, 300, 2, 2, 3, 3),
+    ] {
+        let g = rng.tensor(&[n, k, h, w], -1.0, 1.0);
+        let x = rng.tensor(&[n, k, h, w], -2.0, 2.0);
+        let bias = rng.tensor(&[k], -1.0, 1.0);
+        let start = rng.tensor(&[n, oh, ow], 0.0, 3.0);
+        for (by_x, from) in [(false, None), (true, Some(&start)), (false, Some(&start))] {
+            let by = match by_x {
+                true => FullGradBy::Input(&x),
+                false => FullGradBy::Bias(bias.data()),
+            };
+            let want = be.full_grad_add(from.cloned(), &g, by, (oh, ow)).unwrap();
+            // pytorch-grad-cam's order: every channel resized on its own, then summed.
+            let mut naive = from.map_or(vec![0f32; n * oh * ow], |t| t.data().to_vec());
+            for i in 0..n {
+                for c in 0..k {
+                    let at = (i * k + c) * h * w;
+                    let mut plane: Vec<f32> = (0..h * w)
+                        .map(|p| {
+                            let m = if by_x {
+                                x.data()[at + p]
+                            } else {
+                                bias.data()[c]
+                            };
+                            (m * g.data()[at + p]).abs()
+                        })
+                        .collect();
+                    let lo = plane.iter().copied().fold(f32::INFINITY, f32::min);
+                    let hi = plane.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    plane
+                        .iter_mut()
+                        .for_each(|v| *v = (*v - lo) / (hi - lo + 1e-7));
+                    let up = resize_bilinear(&plane, h, w, 1, oh, ow);
+                    let dst = &mut naive[i * oh * ow..(i + 1) * oh * ow];
+                    dst.iter_mut().zip(up).for_each(|(d, u)| *d += u);
+                }
+            }
+            close(
+                "full_grad_add (cpu)",
+                want.data(),
+                &Tensor::new([n, oh, ow], naive),
+            );
+
+            let mut mm = vec![f32::NAN; 2 * n * k];
+            let (xa, ba) = match by_x {
+                true => (Arg::In(x.data()), Arg::Null),
+                false => (Arg::Null, Arg::In(bias.data())),
+            };
+            let mut args = vec![Arg::In(g.data()), xa, ba, Arg::Out(&mut mm)];
+            args.extend([k, h * w, by_x as usize].map(|v| Arg::I32(v as i32)));
+            let grid = [(n * k) as u32, 1, 1];
+            unsafe { emu::launch("full_grad_minmax_f32", grid, [256, 1, 1], 0, &mut args) }
+                .unwrap();
+            let same = (h, w) == (oh, ow);
+            let mut total = match from {
+                Some(t) => t.data().to_vec(),
+                None => vec![f32::NAN; n * oh * ow],
+            };
+            let mut layer = vec![f32::NAN; n * h * w];
+            let accumulate = from.is_some() as usize;
+            let (xa, ba) = match by_x {
+                true => (Arg::In(x.data()), Arg::Null),
+                false => (Arg::Null, Arg::In(bias.data())),
+            };
+            let sum_out = if same { &mut total } else { &mut layer };
+            let mut args = vec![Arg::In(g.data()), xa, ba, Arg::In(&mm), Arg::Out(sum_out)];
+            let acc = if same { accumulate } else { 0 };
+            args.extend([k, h * w, by_x as usize, acc].map(|v| Arg::I32(v as i32)));
+            let grid = [(h * w).div_ceil(256) as u32, n as u32, 1];
+            unsafe { emu::launch("full_grad_sum_f32", grid, [256, 1, 1], 0, &mut args) }.unwrap();
+            if !same {
+                let mut args = vec![Arg::In(&layer), Arg::Out(&mut total)];
+                args.extend([h, w, oh, ow, accumulate].map(|v| Arg::I32(v as i32)));
+                let grid = [(oh * ow).div_ceil(256) as u32, n as u32, 1];
+                unsafe { emu::launch("full_grad_resize_add_f32", grid, [256, 1, 1], 0, &mut args) }
+                    .unwrap();
+            }
+            close(
+                &format!("full_grad f32 {n}x{k}x{h}x{w} → {oh}x{ow}, input term {by_x}"),
+                &total,
+                &want,
+            );
+        }
+    }
+}

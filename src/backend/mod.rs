@@ -62,6 +62,16 @@ impl ElementRule {
     }
 }
 
+/// What multiplies the gradient in a FullGrad term ([`Backend::full_grad_add`]).
+#[derive(Clone, Copy, Debug)]
+pub enum FullGradBy<'a, T> {
+    /// A bias, one factor per channel (a conv's bias, a BatchNorm's shift).
+    Bias(&'a [f32]),
+    /// The model's input x, element by element (the |x ⊙ ∂y/∂x| term); shaped like the
+    /// gradient.
+    Input(&'a T),
+}
+
 /// The overlays of [`Backend::overlays`], ready or still being copied from the device (so a
 /// pipeline can queue the next batch meanwhile, and wait for them on another thread).
 pub struct Overlays(Box<dyn FnOnce() -> Result<Vec<RgbImage>> + Send>);
@@ -256,4 +266,16 @@ pub trait Backend: Send + Sync {
     /// image i is A[i] with channel k0 + j set to zero. [(k1-k0)·N, K, h, w], copy-major. In
     /// torch: `torch.cat([a.index_fill(1, torch.tensor([k]), 0) for k in range(k0, k1)])`.
     fn ablate_channels(&self, a: &Self::Tensor, k: (usize, usize)) -> Result<Self::Tensor>;
+    /// One FullGrad term of the gradient `g` [N, K, h, w], added to `total` [N, oh, ow] (f32;
+    /// `None` starts from zeros) and returned: per image Σ_k normalise(|m_k ⊙ g_k|) resized to
+    /// `out` = (oh, ow) (bilinear, half-pixel centres, as `cv2.resize`), where m is `by` and
+    /// normalise(v) = (v - min) / (max - min + 1e-7) over each plane. In pytorch-grad-cam's
+    /// FullGrad: `total + scale_accross_batch_and_channels((m * g).abs(), (ow, oh)).sum(1)`.
+    fn full_grad_add(
+        &self,
+        total: Option<Self::Tensor>,
+        g: &Self::Tensor,
+        by: FullGradBy<'_, Self::Tensor>,
+        out: (usize, usize),
+    ) -> Result<Self::Tensor>;
 }

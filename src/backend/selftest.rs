@@ -5,7 +5,7 @@
 //! [`Backend::selftest_tolerance`] (1e-3 for f32 arithmetic, 2e-3 for TF32 tensor cores, 1e-2
 //! for BF16, 5e-3 for F16).
 
-use super::{Backend, Conv2dParams, CpuBackend, ElementRule, Pool2dParams, WeightRule};
+use super::{Backend, Conv2dParams, CpuBackend, ElementRule, FullGradBy, Pool2dParams, WeightRule};
 use crate::model::synth::Rng;
 use crate::{Result, Tensor};
 
@@ -346,6 +346,29 @@ pub fn op_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
         "[2, 3, 21, 19], mirrored × 1.1 and as is × 0.9",
         &be.aug_copies(&up(&xi)?, &copies)?,
         &oracle.aug_copies(&xi, &copies)?,
+    )?);
+    // FullGrad: a bias term resized up, then the input term added to a total of g's size.
+    let bias = [0.5, -1.0, 2.0, 0.0, 1.5, -0.25];
+    out.push(check(
+        be,
+        "full_grad_add",
+        "[2, 6, 7, 9] bias term, resized to 15×20",
+        &be.full_grad_add(None, &up(&g)?, FullGradBy::Bias(&bias), (15, 20))?,
+        &oracle.full_grad_add(None, &g, FullGradBy::Bias(&bias), (15, 20))?,
+    )?);
+    let start = be.full_grad_add(None, &up(&g)?, FullGradBy::Bias(&bias), (7, 9))?;
+    let want = oracle.full_grad_add(None, &g, FullGradBy::Bias(&bias), (7, 9))?;
+    out.push(check(
+        be,
+        "full_grad_add",
+        "[2, 6, 7, 9] input term, added to a bias term",
+        &be.full_grad_add(
+            Some(start),
+            &up(&g)?,
+            FullGradBy::Input(&up(&signed)?),
+            (7, 9),
+        )?,
+        &oracle.full_grad_add(Some(want), &g, FullGradBy::Input(&signed), (7, 9))?,
     )?);
     Ok(out)
 }

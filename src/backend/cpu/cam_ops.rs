@@ -4,7 +4,9 @@
 
 use rayon::prelude::*;
 
-use crate::backend::{ElementRule, WeightRule};
+use crate::backend::{ElementRule, FullGradBy, WeightRule};
+use crate::cam::postprocess::normalise_minmax;
+use crate::image::resize_bilinear;
 use crate::Tensor;
 
 pub fn cam_weights(rule: WeightRule, a: &Tensor, g: &Tensor) -> Tensor {
@@ -156,4 +158,40 @@ pub fn ablate_channels(a: &Tensor, (k0, k1): (usize, usize)) -> Tensor {
         }
     }
     Tensor::new([(k1 - k0) * n, k, h, w], out)
+}
+
+/// See [`crate::backend::Backend::full_grad_add`]. A layer's channels are summed before one
+/// resize (bilinear resizing is linear; pytorch-grad-cam resizes every channel, then sums).
+pub fn full_grad_add(
+    total: Option<Tensor>,
+    g: &Tensor,
+    by: FullGradBy<'_, Tensor>,
+    (oh, ow): (usize, usize),
+) -> Tensor {
+    let (n, k, h, w) = g.dims4();
+    let hw = h * w;
+    let mut total = total.unwrap_or_else(|| Tensor::zeros([n, oh, ow]));
+    total
+        .data_mut()
+        .par_chunks_mut((oh * ow).max(1))
+        .enumerate()
+        .for_each(|(i, acc)| {
+            let mut layer = vec![0f32; hw];
+            for ch in 0..k {
+                let at = (i * k + ch) * hw;
+                let grad = &g.data()[at..at + hw];
+                let mut plane: Vec<f32> = match by {
+                    FullGradBy::Bias(b) => grad.iter().map(|v| (b[ch] * v).abs()).collect(),
+                    FullGradBy::Input(x) => (x.data()[at..at + hw].iter())
+                        .zip(grad)
+                        .map(|(x, v)| (x * v).abs())
+                        .collect(),
+                };
+                normalise_minmax(&mut plane);
+                layer.iter_mut().zip(plane).for_each(|(l, v)| *l += v);
+            }
+            let up = resize_bilinear(&layer, h, w, 1, oh, ow);
+            acc.iter_mut().zip(up).for_each(|(a, v)| *a += v);
+        });
+    total
 }

@@ -7,7 +7,7 @@ mod gemm;
 pub mod naive;
 mod winograd;
 
-use super::{Backend, Conv2dParams, ElementRule, Overlays, Pool2dParams, WeightRule};
+use super::{Backend, Conv2dParams, ElementRule, FullGradBy, Overlays, Pool2dParams, WeightRule};
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
 
@@ -208,5 +208,14 @@ impl Backend for CpuBackend {
     }
     fn ablate_channels(&self, a: &Tensor, k: (usize, usize)) -> Result<Tensor> {
         Ok(cam_ops::ablate_channels(a, k))
+    }
+    fn full_grad_add(
+        &self,
+        total: Option<Tensor>,
+        g: &Tensor,
+        by: FullGradBy<'_, Tensor>,
+        out: (usize, usize),
+    ) -> Result<Tensor> {
+        Ok(cam_ops::full_grad_add(total, g, by, out))
     }
 }

@@ -8,7 +8,9 @@ use super::{
     dims4, image_descs, ints, pool_ints, DType, GpuBackend, GpuImages, GpuTensor, KArg, Launcher,
     Precision, IMAGES_PER_LAUNCH, IMAGE_DESC,
 };
-use crate::backend::{Backend, Conv2dParams, ElementRule, Overlays, Pool2dParams, WeightRule};
+use crate::backend::{
+    Backend, Conv2dParams, ElementRule, FullGradBy, Overlays, Pool2dParams, WeightRule,
+};
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
 
@@ -696,6 +698,124 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             )?
         };
         Ok(out)
+    }
+    fn full_grad_add(
+        &self,
+        total: Option<Self::Tensor>,
+        g: &Self::Tensor,
+        by: FullGradBy<'_, Self::Tensor>,
+        (oh, ow): (usize, usize),
+    ) -> Result<Self::Tensor> {
+        let g = &*self.nchw(g)?;
+        let (n, k, h, w) = dims4(&g.shape);
+        let hw = h * w;
+        let mut total = match total {
+            Some(t) => Some(self.owned_nchw(t)?),
+            None => None,
+        };
+        let accumulate = total.is_some() as usize;
+        if let Some(t) = &total {
+            if t.shape != [n, oh, ow] || t.dtype != DType::F32 {
+                return Err(crate::Error::Invalid(format!(
+                    "full_grad_add: the total is {:?} {:?}, not f32 [{n}, {oh}, {ow}]",
+                    t.dtype, t.shape
+                )));
+            }
+        }
+        if n * k * hw == 0 || oh * ow == 0 {
+            return match total {
+                Some(t) => Ok(t),
+                None => self.tensor(vec![n, oh, ow], DType::F32),
+            };
+        }
+        // One of x and bias is read (by_x says which); the other pointer is never touched.
+        let x = match by {
+            FullGradBy::Input(x) if x.shape != g.shape => {
+                return Err(crate::Error::Invalid(format!(
+                    "full_grad_add: x is {:?}, the gradient {:?}",
+                    x.shape, g.shape
+                )))
+            }
+            FullGradBy::Input(x) => Some(self.nchw(x)?),
+            FullGradBy::Bias(_) => None,
+        };
+        let x = match &x {
+            Some(x) => Some(self.as_dtype(x, g.dtype)?),
+            None => None,
+        };
+        let bias = match by {
+            FullGradBy::Bias(b) if b.len() != k => {
+                return Err(crate::Error::Invalid(format!(
+                    "full_grad_add: {} bias values for {k} channels",
+                    b.len()
+                )))
+            }
+            FullGradBy::Bias(b) => Some(self.upload_f32(b)?),
+            FullGradBy::Input(_) => None,
+        };
+        let by_x = x.is_some() as usize;
+        let x_buf = x.as_ref().map_or(&g.buf, |x| &x.buf);
+        let mm = self.tensor(vec![n * k, 2], DType::F32)?;
+        let bias_buf = bias.as_ref().unwrap_or(&mm.buf);
+        let mut args = vec![
+            KArg::Buf(&g.buf),
+            KArg::Buf(x_buf),
+            KArg::Buf(bias_buf),
+            KArg::Buf(&mm.buf),
+        ];
+        args.extend(ints(&[k, hw, by_x]));
+        // SAFETY: full_grad_minmax_<t>: one block per (image, channel) plane.
+        unsafe {
+            self.launch(
+                &Self::kernel("full_grad_minmax", g),
+                [(n * k) as u32, 1, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        // At the output's size the layer sum goes straight into the total; else it is
+        // resized into it.
+        let same = (h, w) == (oh, ow);
+        let total = match total.take() {
+            Some(t) => t,
+            None => self.tensor(vec![n, oh, ow], DType::F32)?,
+        };
+        let layer = match same {
+            true => None,
+            false => Some(self.tensor(vec![n, h, w], DType::F32)?),
+        };
+        let sum_out = layer.as_ref().map_or(&total.buf, |l| &l.buf);
+        let mut args = vec![
+            KArg::Buf(&g.buf),
+            KArg::Buf(x_buf),
+            KArg::Buf(bias_buf),
+            KArg::Buf(&mm.buf),
+            KArg::Buf(sum_out),
+        ];
+        args.extend(ints(&[k, hw, by_x, if same { accumulate } else { 0 }]));
+        // SAFETY: full_grad_sum_<t>: one thread per (pixel, image) of g.
+        unsafe {
+            self.launch(
+                &Self::kernel("full_grad_sum", g),
+                [hw.div_ceil(256) as u32, n as u32, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        if let Some(layer) = &layer {
+            let mut args = vec![KArg::Buf(&layer.buf), KArg::Buf(&total.buf)];
+            args.extend(ints(&[h, w, oh, ow, accumulate]));
+            // SAFETY: full_grad_resize_add_f32: one thread per (output pixel, image).
+            unsafe {
+                self.launch(
+                    "full_grad_resize_add_f32",
+                    [(oh * ow).div_ceil(256) as u32, n as u32, 1],
+                    [256, 1, 1],
+                    &args,
+                )?
+            };
+        }
+        Ok(total)
     }
     fn aug_copies(&self, x: &Self::Tensor, copies: &[(bool, f32)]) -> Result<Self::Tensor> {
         let x = &*self.nchw(x)?;
