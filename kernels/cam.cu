@@ -33,6 +33,7 @@ __device__ __forceinline__ void weighted_sum_relu(const T* __restrict__ a,
 // The rest of the CAM family (pytorch-grad-cam 1.5.7 formulas; see src/backend/cpu/cam_ops.rs).
 //   cam_weights_<t>: rule 0 Grad-CAM++: w = Σ relu(g)·g²/(2g² + ΣA·g³ + 1e-6) (0 where g = 0)
 //                    rule 1 XGrad-CAM:  w = Σ g·A / (ΣA + 1e-7)
+//                    rule 2 Σ g·A (WeightRule::AffineDrop: Ablation-CAM's drop, affine head)
 //     grid (N·K), block 256: one block per plane; ΣA first, then the weighted sum.
 //   elementwise_cam_relu_<t>: map = relu(Σ_k t(g, A)), rule 0 HiResCAM t = g·A,
 //                             rule 1 LayerCAM t = relu(g)·A, rule 2 GradCAMElementWise
@@ -59,8 +60,10 @@ __device__ __forceinline__ void cam_weights(const T* __restrict__ a, const T* __
                 const float g2 = gv * gv;
                 acc += fmaxf(gv, 0.0f) * (g2 / (2.0f * g2 + sum_a * (g2 * gv) + 1e-6f));
             }
-        } else {
+        } else if (rule == 1) {
             acc += gv * ld(ap, i) / (sum_a + 1e-7f);
+        } else {
+            acc += gv * ld(ap, i);
         }
     }
     acc = block_sum(acc, scratch);

@@ -170,12 +170,16 @@ bench resnet50 tf32 "" GRADCAM_PINNED=0   # plain (pageable) copies, for compari
 step bench-resnet50-tf32-no-overlay 120 $kit/gradcam bench --device cuda --precision tf32 \
   -m /tmp/resnet50.safetensors --batch 64 --images "$n" --size 224 --no-overlay
 # The methods with host work or more passes (GPU.md run 6, item 6): Eigen-CAM's component on
-# the host, Ablation-CAM's run on from layer4 per channel, FullGrad's per-layer terms (one
-# min-max, sum and resize per bias layer), aug_smooth's six copies.
+# the host, Ablation-CAM (at layer4 from one backward pass, the head being affine; at layer3
+# a run on from the layer per channel), FullGrad's per-layer terms (one min-max, sum and
+# resize per bias layer), aug_smooth's six copies.
 for m in eigencam ablationcam fullgrad; do
   step bench-resnet50-tf32-$m 90 $kit/gradcam bench --device cuda --precision tf32 \
     -m /tmp/resnet50.safetensors --batch 64 --images 256 --size 224 --method $m
 done
+step bench-resnet50-tf32-ablationcam-layer3 90 $kit/gradcam bench --device cuda \
+  --precision tf32 -m /tmp/resnet50.safetensors --batch 16 --images 16 --size 224 \
+  --method ablationcam --layer layer3
 step bench-resnet50-tf32-aug-smooth 90 $kit/gradcam bench --device cuda --precision tf32 \
   -m /tmp/resnet50.safetensors --batch 64 --images 256 --size 224 --aug-smooth
 # Tile sizes forced, per layer in the profile (TILES=1; what the 64/128 rule was fitted on).

@@ -597,7 +597,11 @@ fn cam_family_kernels_match_the_cpu_backend() {
         let a = rng.tensor(&[n, k, h, w], 0.0, 2.0);
         let mut g = rng.tensor(&[n, k, h, w], -1.0, 1.0);
         g.data_mut().iter_mut().step_by(5).for_each(|v| *v = 0.0);
-        for (rule, r) in [(WeightRule::GradCamPlusPlus, 0), (WeightRule::XGradCam, 1)] {
+        for (rule, r) in [
+            (WeightRule::GradCamPlusPlus, 0),
+            (WeightRule::XGradCam, 1),
+            (WeightRule::AffineDrop, 2),
+        ] {
             let mut wts = vec![f32::NAN; n * k];
             let mut args = [
                 Arg::In(a.data()),

@@ -763,7 +763,8 @@ fn cam_family_and_guided_match_the_cpu_backend() {
 /// against the CPU backend, f32: the mean maps within 1e-3 relative, the plain copy's logits
 /// within 1e-4. Eigen-smoothed Grad-CAM (its component comes from downloaded activations), two
 /// target layers at once (one backward pass), and Ablation-CAM inside a block (the run on
-/// from the layer repeats the block's shortcut by aug_copy; weights within 1e-3) ride along.
+/// from the layer repeats the block's shortcut by aug_copy; weights within 1e-3) ride along,
+/// the last with layer4 beside it (its weights from the backward pass: the head is affine).
 #[test]
 fn smoothing_and_several_layers_match_the_cpu_backend() {
     let load = || model::load(fixtures().join("resnet_tiny.safetensors"), None).unwrap();
@@ -777,6 +778,8 @@ fn smoothing_and_several_layers_match_the_cpu_backend() {
         (false, true, "layer3", Method::GradCam),
         (false, false, "layer2,layer3", Method::GradCam),
         (false, false, "layer3.1.conv2", Method::AblationCam),
+        // Passes for the first, the affine head's closed form for layer4, in one request.
+        (false, false, "layer3.1.conv2,layer4", Method::AblationCam),
     ] {
         let req = CamRequest {
             aug_smooth: aug,

@@ -278,9 +278,11 @@ fn forward_from_a_layer_gives_the_plain_logits() {
 }
 
 /// Ablation-CAM on a batch, a few channels per pass (copy-major copies of several images),
-/// at a block's output and inside a block (the shortcut repeated): each image's weights must
-/// equal those of the image explained alone with every channel in one pass, and the weight
-/// of channel 3 must be the relative drop of the score with channel 3 zeroed by hand.
+/// at a block's output and inside a block (the shortcut repeated), and at `layer4`, where the
+/// head is affine and one backward pass replaces the passes: each image's weights must equal
+/// those of the image explained alone with every channel in one pass, and the weights of
+/// channels 0, 3 and the last must be the relative drops of the score with that channel
+/// zeroed by hand and the network run on from the layer.
 #[test]
 fn ablation_weights_of_a_batch_match_each_image_alone() {
     use gradcam::cam::{explain, CamRequest, Method};
@@ -290,7 +292,7 @@ fn ablation_weights_of_a_batch_match_each_image_alone() {
     let x = synth::Rng::new(8).tensor(&[3, 3, 40, 40], -1.0, 1.0);
     let cls = [1, 4, 7];
     let classes = ClassSel::PerImage(cls.to_vec());
-    for layer in ["layer3", "layer3.1.conv2"] {
+    for layer in ["layer3", "layer3.1.conv2", "layer4"] {
         let req = CamRequest {
             method: Method::AblationCam,
             score_batch: 7, // 2 channels of 3 images per pass
@@ -310,24 +312,33 @@ fn ablation_weights_of_a_batch_match_each_image_alone() {
             let row = &batch.weights.data()[i * k..(i + 1) * k];
             let err = Tensor::new([1, k], row.to_vec()).max_abs_diff(&one.weights);
             assert!(err < 1e-5, "{layer} image {i}: weights differ by {err}");
-            // Channel 3 by hand: zero it, run on from the layer, the relative drop.
+            // By hand: zero the channel, run on from the layer, the relative drop.
             let seed = |l: &Tensor| Ok(Tensor::zeros(l.shape()));
             let a = net.forward_backward(xi.clone(), layer, seed).unwrap();
-            let mut zeroed = a.activation.clone();
-            let hw = zeroed.shape()[2] * zeroed.shape()[3];
-            zeroed.data_mut()[3 * hw..4 * hw].fill(0.0);
             let from = net.from_layer(&xi, layer).unwrap();
-            let logits = net.forward_from(&from, zeroed, 1).unwrap();
-            let s = a.logits.data()[c];
-            let want = (s - logits.data()[c]) / s;
-            assert!(
-                (row[3] - want).abs() < 1e-5,
-                "{layer} image {i}: {} vs {want}",
-                row[3]
-            );
+            for ch in [0, 3, k - 1] {
+                let mut zeroed = a.activation.clone();
+                let hw = zeroed.shape()[2] * zeroed.shape()[3];
+                zeroed.data_mut()[ch * hw..(ch + 1) * hw].fill(0.0);
+                let logits = net.forward_from(&from, zeroed, 1).unwrap();
+                let s = a.logits.data()[c];
+                let want = (s - logits.data()[c]) / s;
+                assert!(
+                    (row[ch] - want).abs() < 1e-5,
+                    "{layer} image {i} channel {ch}: {} vs {want}",
+                    row[ch]
+                );
+            }
             assert!(row.iter().any(|&v| v != 0.0), "{layer} image {i}: all zero");
         }
     }
+    // Which layers the logits are affine in: ResNet's layer4 (average pool, fc) only.
+    let graph = net.graph();
+    assert!(graph.affine_after("layer4").unwrap());
+    for layer in ["layer3", "layer4.1.conv2", "layer4.1.bn2", "layer4.1.conv1"] {
+        assert!(!graph.affine_after(layer).unwrap(), "{layer}");
+    }
+    assert!(graph.affine_after("nope").is_err());
 }
 
 /// FullGrad's bias terms per node, from the file's own tensors: a VGG's conv without BN has

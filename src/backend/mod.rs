@@ -28,6 +28,20 @@ pub enum WeightRule {
     GradCamPlusPlus,
     /// XGrad-CAM: Σ_ij g·A / (ΣA + 1e-7).
     XGradCam,
+    /// Σ_ij g·A: how much a score that is affine in A drops when channel k is zeroed
+    /// (Ablation-CAM's numerator when the network after the layer is affine).
+    AffineDrop,
+}
+
+impl WeightRule {
+    /// The kernels' `rule` argument (kernels/cam.cu, cam_weights).
+    pub fn code(self) -> i32 {
+        match self {
+            WeightRule::GradCamPlusPlus => 0,
+            WeightRule::XGradCam => 1,
+            WeightRule::AffineDrop => 2,
+        }
+    }
 }
 
 /// Element-wise CAM methods: map = ReLU(Σ_k t(g_k, A_k)) with a term per position.

@@ -300,7 +300,11 @@ pub fn op_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
         &be.weighted_sum_relu(&up(&a)?, &up(&alpha)?)?,
         &oracle.weighted_sum_relu(&a, &alpha)?,
     )?);
-    for rule in [WeightRule::GradCamPlusPlus, WeightRule::XGradCam] {
+    for rule in [
+        WeightRule::GradCamPlusPlus,
+        WeightRule::XGradCam,
+        WeightRule::AffineDrop,
+    ] {
         out.push(check(
             be,
             &format!("cam_weights {rule:?}"),

@@ -214,7 +214,14 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
         return explain_full_grad(net, x, req);
     }
     let layers = target_layers(req.layer)?;
-    let what = match (req.method.uses_gradients(), req.guided) {
+    // Ablation-CAM needs no pass per channel for a layer the logits are affine in: one
+    // backward pass gives every channel's drop.
+    let affine: Vec<bool> = layers
+        .iter()
+        .map(|l| Ok(req.method == Method::AblationCam && net.graph().affine_after(l)?))
+        .collect::<Result<_>>()?;
+    let gradients = req.method.uses_gradients() || affine.contains(&true);
+    let what = match (gradients, req.guided) {
         (_, true) => Backward::ToLayerAndGuidedInput,
         (true, false) => Backward::ToLayer,
         (false, false) => Backward::None,
@@ -223,8 +230,9 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
         let s = be.shape(&x);
         (s[2], s[3])
     };
-    // Score-CAM masks the input again after the pass.
-    let x_again = matches!(req.method, Method::ScoreCam | Method::AblationCam)
+    // Score-CAM masks the input again after the pass; Ablation-CAM runs on from a layer.
+    let ablation_passes = req.method == Method::AblationCam && affine.contains(&false);
+    let x_again = (req.method == Method::ScoreCam || ablation_passes)
         .then(|| be.duplicate(&x))
         .transpose()?;
     let num_classes = net.num_classes();
@@ -318,7 +326,12 @@ fn layer_map<B: Backend>(
             (Some(be.upload(w)?), Combine::Channels)
         }
         Method::AblationCam => {
-            let w = ablation_cam_weights(net, score, a, req.score_batch)?;
+            let w = match g {
+                Some(g) if net.graph().affine_after(score.layer)? => {
+                    ablation_cam_weights_affine(net, score, a, g)?
+                }
+                _ => ablation_cam_weights(net, score, a, req.score_batch)?,
+            };
             (Some(be.upload(w)?), Combine::Channels)
         }
         Method::EigenCam => (None, Combine::Activations),
@@ -477,15 +490,7 @@ fn ablation_cam_weights<B: Backend>(
     let x = score.x.expect("kept for Ablation-CAM");
     let (n, k) = (be.shape(a)[0], be.shape(a)[1]);
     let nc = net.num_classes();
-    let base: Vec<f32> = (0..n)
-        .map(|i| score.logits.data()[i * nc + score.classes[i]])
-        .collect();
-    if let Some(i) = base.iter().position(|&s| s == 0.0) {
-        return Err(Error::Invalid(format!(
-            "Ablation-CAM: image {i}'s class score is exactly 0, so the relative drops that \
-             weigh its channels are undefined"
-        )));
-    }
+    let base = ablation_base_scores(score)?;
     let chunk = (per_pass / n).max(1);
     let from = net.from_layer(x, score.layer)?;
     let mut w = vec![0f32; n * k];
@@ -501,6 +506,43 @@ fn ablation_cam_weights<B: Backend>(
         }
     }
     Ok(Tensor::new([n, k], w))
+}
+
+/// Ablation-CAM's weights for a layer the logits are affine in ([`Graph::affine_after`]):
+/// zeroing channel k lowers s_i by exactly Σ_hw ∂s_i/∂A_k · A_k, so w[i, k] is that over s_i,
+/// from the one backward pass instead of a pass per channel. The same weights as the passes
+/// up to rounding: these are not differences of two nearly equal scores.
+///
+/// [`Graph::affine_after`]: crate::model::Graph::affine_after
+fn ablation_cam_weights_affine<B: Backend>(
+    net: &Network<B>,
+    score: &Scores<B::Tensor>,
+    a: &B::Tensor,
+    g: &B::Tensor,
+) -> Result<Tensor> {
+    let be = net.backend();
+    let base = ablation_base_scores(score)?;
+    let mut w = be.download(&be.cam_weights(WeightRule::AffineDrop, a, g)?)?;
+    let k = w.shape()[1];
+    for (row, s) in w.data_mut().chunks_mut(k.max(1)).zip(&base) {
+        row.iter_mut().for_each(|v| *v /= s);
+    }
+    Ok(w)
+}
+
+/// Each image's class score s_i, which Ablation-CAM divides by: an error where one is 0.
+fn ablation_base_scores<T>(score: &Scores<T>) -> Result<Vec<f32>> {
+    let nc = score.logits.shape()[1];
+    let base: Vec<f32> = (score.classes.iter().enumerate())
+        .map(|(i, &c)| score.logits.data()[i * nc + c])
+        .collect();
+    if let Some(i) = base.iter().position(|&s| s == 0.0) {
+        return Err(Error::Invalid(format!(
+            "Ablation-CAM: image {i}'s class score is exactly 0, so the relative drops that \
+             weigh its channels are undefined"
+        )));
+    }
+    Ok(base)
 }
 
 /// Index of the largest value; the first one on ties (as `torch.argmax` on CPU).

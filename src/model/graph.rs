@@ -140,6 +140,31 @@ impl Graph {
         }
     }
 
+    /// Whether every node that reads the layer `name`'s value, directly or through others, is
+    /// affine (conv with its folded BN, average pooling, flatten, linear, add): then the logits
+    /// are an affine function of the layer's values, as after ResNet's `layer4` (average pool,
+    /// fc), and zeroing channel k lowers a score s by exactly Σ_ij (∂s/∂A_k · A_k)_ij.
+    pub fn affine_after(&self, name: &str) -> Result<bool> {
+        let t = self.layer(name)?.node;
+        let mut reads = vec![false; self.nodes.len()];
+        reads[t] = true;
+        for (i, node) in self.nodes.iter().enumerate().skip(t + 1) {
+            reads[i] = node.inputs.iter().any(|&j| reads[j]);
+            let affine = matches!(
+                node.op,
+                Op::Conv { .. }
+                    | Op::AdaptiveAvgPool(_)
+                    | Op::Flatten
+                    | Op::Linear { .. }
+                    | Op::Add
+            );
+            if reads[i] && !affine {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     pub fn layer(&self, name: &str) -> Result<&Layer> {
         self.layers
             .iter()

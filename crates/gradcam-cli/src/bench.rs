@@ -220,11 +220,15 @@ fn bench_on<B: Backend>(
         ms(t.preprocess)
     );
     // The rate counts one forward pass per image; these options run more (several layers
-    // share one).
+    // share one; Ablation-CAM needs none more where the logits are affine in the layer).
+    let layers = cfg.layer.as_deref().unwrap_or(&net.graph().default_layer);
+    let ablation_passes = cfg.method == Method::AblationCam
+        && !layers
+            .split(',')
+            .all(|l| net.graph().affine_after(l.trim()).unwrap_or(false));
     let passes = match (cfg.aug_smooth, cfg.method) {
-        (true, _) | (_, Method::ScoreCam | Method::AblationCam) => {
-            " (this option runs more passes than one)"
-        }
+        (true, _) | (_, Method::ScoreCam) => " (this option runs more passes than one)",
+        _ if ablation_passes => " (this option runs more passes than one)",
         _ => "",
     };
     println!(

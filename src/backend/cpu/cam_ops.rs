@@ -35,6 +35,7 @@ pub fn cam_weights(rule: WeightRule, a: &Tensor, g: &Tensor) -> Tensor {
                     let denom = sum_a + 1e-7;
                     a.iter().zip(g).map(|(&a, &g)| g * a / denom).sum::<f32>()
                 }
+                WeightRule::AffineDrop => a.iter().zip(g).map(|(&a, &g)| g * a).sum::<f32>(),
             }
         })
         .collect();

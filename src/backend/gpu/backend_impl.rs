@@ -586,7 +586,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let (n, k, h, w) = dims4(&a.shape);
         let out = self.tensor(vec![n, k], DType::F32)?;
         let g = self.as_dtype(g, a.dtype)?;
-        let r = (rule == WeightRule::XGradCam) as i32;
+        let r = rule.code();
         let args = [
             KArg::Buf(&a.buf),
             KArg::Buf(&g.buf),
