@@ -51,7 +51,9 @@ use rayon::prelude::*;
 
 use crate::backend::{Backend, Overlays};
 use crate::cam::postprocess::guided_images;
-use crate::cam::{explain, overlay, upsample_normalised, CamBatch, CamRequest, ClassSel, Method};
+use crate::cam::{
+    explain, overlay, upsample_normalised, CamBatch, CamRequest, ClassSel, Finer, Method,
+};
 use crate::image::{InputSize, RgbImage};
 use crate::model::Network;
 use crate::{Error, Result};
@@ -74,6 +76,9 @@ pub struct ExplainConfig {
     /// The mean map over six mirrored and scaled copies of each image (pytorch-grad-cam's
     /// `aug_smooth`; see [`crate::cam::aug_smooth`]): six times the work.
     pub aug_smooth: bool,
+    /// Finer-CAM: explain the class's margin over its nearest classes (see
+    /// [`crate::cam::finer`]).
+    pub finer: Option<Finer>,
     pub size: InputSize,
     /// Where the overlay is drawn, if at all.
     pub overlay: OverlayAt,
@@ -103,6 +108,7 @@ impl Default for ExplainConfig {
             score_batch: 32,
             eigen_smooth: false,
             aug_smooth: false,
+            finer: None,
             size: InputSize::Square(224),
             overlay: OverlayAt::Image,
         }
@@ -128,6 +134,8 @@ pub struct Explanation {
     pub overlay: Option<RgbImage>,
     /// Guided backpropagation and Guided Grad-CAM at the input size, when asked for.
     pub guided: Option<(RgbImage, RgbImage)>,
+    /// With Finer-CAM, the classes compared with `class`, nearest first; else empty.
+    pub compared: Vec<usize>,
 }
 
 /// Wall time per stage, summed over batches.
@@ -296,6 +304,7 @@ fn device_fitting<B: Backend>(
         score_batch: cfg.score_batch,
         eigen_smooth: cfg.eigen_smooth,
         aug_smooth: cfg.aug_smooth,
+        finer: cfg.finer.as_ref(),
     };
     let batch = explain(net, x, &req)?;
     check_finite(&batch, &be.name())?;
@@ -387,6 +396,7 @@ impl Part {
                     input_hw: hw,
                     guided,
                     overlay: overlay_img,
+                    compared: batch.compared[i].clone(),
                 }
             })
             .collect())

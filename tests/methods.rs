@@ -13,6 +13,9 @@
 //!   image to image; gradcam orients the component to correlate with the channel sum. Where the
 //!   two agree, the maps and overlays must match pytorch-grad-cam's; where they do not, the
 //!   map must be the ReLU of the negated projection (both kinds of case are in the fixtures).
+//! - Finer-CAM (over Grad-CAM, LayerCAM, Grad-CAM++ and FullGrad): the compared classes
+//!   exactly, the maps and (Grad-CAM) weights as above: its seed, ∂f/∂y through the softmax,
+//!   is computed in f64 where torch's autograd runs in f32
 //! - guided gradient: relative error < 1e-4; its deprocessed PNGs: bytes within ±2 (uint8
 //!   truncation after standardising)
 
@@ -21,7 +24,8 @@ mod common;
 use common::{check_overlay, expected, fixtures, manifest, networks, rel_err};
 use gradcam::cam::postprocess::guided_images;
 use gradcam::cam::{
-    explain, overlay, principal_projection, upsample_normalised, CamRequest, ClassSel, Method,
+    explain, overlay, principal_projection, upsample_normalised, CamRequest, ClassSel, Finer,
+    Method,
 };
 use gradcam::image::{load_rgb8, preprocess, InputSize};
 use gradcam::Tensor;
@@ -111,20 +115,38 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         let name = c["method"].as_str().unwrap();
         seen.insert(name.to_string());
         let guided = name == "guided";
+        let finer = c.get("finer").map(|f| Finer {
+            alpha: f["alpha"].as_f64().unwrap() as f32,
+            ranks: (f["ranks"].as_array().unwrap().iter())
+                .map(|r| r.as_u64().unwrap() as usize)
+                .collect(),
+        });
+        let classes = match c["class"].as_u64() {
+            Some(k) => ClassSel::PerImage(vec![k as usize]),
+            None => ClassSel::Predicted,
+        };
         let req = CamRequest {
             layer: c["layer"].as_str().unwrap(),
-            classes: &ClassSel::Predicted,
+            classes: &classes,
             method: method(name).unwrap_or(Method::GradCam),
             counterfactual: c["counterfactual"].as_bool().unwrap(),
             guided,
             score_batch: 16,
             eigen_smooth: c["eigen_smooth"].as_bool().unwrap_or(false),
             aug_smooth: c["aug_smooth"].as_bool().unwrap_or(false),
+            finer: finer.as_ref(),
         };
         let out = explain(net, x, &req).unwrap();
         let err = rel_err(&out.logits, &exp.f32("logits"));
         assert!(err < 1e-4, "{id}: logits {err}");
         assert_eq!(out.classes[0], exp.class(), "{id}: class");
+        if finer.is_some() {
+            seen.insert(format!("{name}+finer"));
+            let theirs: Vec<usize> = (exp.bytes("compared").unwrap().chunks(8))
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
+                .collect();
+            assert_eq!(out.compared[0], theirs, "{id}: compared classes");
+        }
         let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);
         let cam = upsample_normalised(out.maps.data(), (h, w), hw);
         let mut theirs_cam = exp.f32("cam");
@@ -233,6 +255,10 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         "layercam+aug_smooth",
         "gradcam+layers",
         "gradcampp+layers",
+        "gradcam+finer",
+        "layercam+finer",
+        "gradcampp+finer",
+        "fullgrad+finer",
         "guided",
     ];
     assert!(
@@ -265,4 +291,21 @@ fn method_names_parse_and_scorecam_rejects_counterfactual() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("counterfactual"));
+    // Finer-CAM changes the explained score: only for the gradient methods, alone.
+    let finer = Finer::default();
+    for (method, guided, what) in [
+        (Method::EigenCam, false, "no gradients"),
+        (Method::GradCam, true, "--guided"),
+    ] {
+        let req = CamRequest {
+            method,
+            guided,
+            finer: Some(&finer),
+            ..CamRequest::grad_cam("layer4", &ClassSel::Predicted)
+        };
+        let e = explain(&nets["resnet_tiny"], Tensor::zeros([1, 3, 64, 64]), &req)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains(what), "{e}");
+    }
 }

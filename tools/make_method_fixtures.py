@@ -2,8 +2,8 @@
 """Add parity fixtures for the rest of the CAM family and guided backprop.
 
 Reference: pytorch-grad-cam 1.5.7 (GradCAMPlusPlus, XGradCAM, HiResCAM,
-LayerCAM, GradCAMElementWise, ScoreCAM, AblationCAM, FullGrad, EigenCAM, EigenGradCAM, the `eigen_smooth=True` option
-of the others, GuidedBackpropReLUModel, and Guided Grad-CAM as the library's
+LayerCAM, GradCAMElementWise, ScoreCAM, AblationCAM, FullGrad, EigenCAM, EigenGradCAM,
+FinerCAM over several of them, the `eigen_smooth=True` option of the others, GuidedBackpropReLUModel, and Guided Grad-CAM as the library's
 README builds it).
 
 This script only ADDS files under tests/fixtures/; it never touches what
@@ -70,7 +70,7 @@ import torchvision
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FullGrad, GradCAM,
+from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FinerCAM, FullGrad, GradCAM,
                               GradCAMElementWise,
                               GradCAMPlusPlus, GuidedBackpropReLUModel, HiResCAM, LayerCAM,
                               ScoreCAM, XGradCAM)
@@ -141,6 +141,16 @@ FULLGRAD_CASES = [
     ("resnet_tiny", "a", "native", False),
     ("resnet_basic_tiny", "c", "native", False),
     ("resnet_tiny", "a", 64, True),
+]
+
+# Finer-CAM: FinerCAM(model, [layer], base_method)(x, alpha=, comparison_categories=ranks,
+# target_idx=): (model, layer, image, size, base method, alpha, ranks, target), target None
+# for the top class (target_idx=None) or "second" for the second-best (target_idx given).
+FINER_CASES = [
+    ("resnet_tiny", "layer4", "a", "native", "gradcam", 1.0, [1, 2, 3], None),
+    ("vgg_bn_tiny", "features.27", "b", 64, "layercam", 0.6, [1, 3], None),
+    ("resnet_basic_tiny", "layer3", "c", "native", "gradcampp", 1.0, [2, 12], "second"),
+    ("vgg_bn_tiny", "features.27", "a", "native", "fullgrad", 1.0, [1, 2, 3], None),
 ]
 
 # eigen_smooth=True: (model, layer, image, size, methods)
@@ -511,6 +521,48 @@ def fullgrad_case(entry, model, rgb, src_file, fixtures):
     return case_id, tensors, n_bias
 
 
+def finer_case(entry, model, rgb, src_file, fixtures):
+    """FinerCAM(model, [layer], base_method)(x, alpha, comparison_categories, target_idx):
+    logits, the main class, the compared classes (as FinerCAM picks them), the cam, and for a
+    Grad-CAM base its weights (the mean gradient of the Finer target)."""
+    model_name, layer_name, img, size, method, alpha, ranks, target = entry
+    x = mf.preprocess(rgb, size)
+    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    with torch.no_grad():
+        logits = model(x)
+    out = logits.numpy()
+    target_idx = None if target is None else int(np.argsort(-out[0])[1])
+    # FinerCAM's own choice, redone: classes sorted by |logit - target logit|.
+    t = out[0].max() if target_idx is None else out[0, target_idx]
+    order = np.argsort(np.abs(out[0] - t))
+    main = int(order[0])
+    compared = [int(order[r]) for r in ranks if r < out.shape[1]]
+    assert target_idx is None or main == target_idx
+    fullgrad = method == "fullgrad"
+    base = FullGrad if fullgrad else CLASSES[method][0]
+    layers = [] if fullgrad else [model.get_submodule(layer_name)]
+    with FinerCAM(model, layers, base_method=base) as obj:
+        cam = np.asarray(obj(x, alpha=alpha, comparison_categories=ranks,
+                             target_idx=target_idx))
+        grads = obj.base_cam.activations_and_grads.gradients
+        gradient = None if fullgrad else grads[0].detach().clone()
+    assert cam.shape == (1, x.shape[2], x.shape[3]) and np.isfinite(cam).all()
+    tag = "fullgrad" if fullgrad else layer_name
+    case_id = f"{model_name}__{tag}__{img}__{size}__{method}__finer"
+    tensors = {
+        "logits": logits.float().contiguous(),
+        "class": torch.tensor([main], dtype=torch.int64),
+        "compared": torch.tensor(compared, dtype=torch.int64),
+        "cam": torch.from_numpy(np.ascontiguousarray(cam)),
+    }
+    if method == "gradcam":
+        tensors["weights"] = gradient.mean(dim=(2, 3)).float().contiguous()
+    if size == "native":
+        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
+        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    return case_id, tensors, target_idx
+
+
 def guided_case(entry, fixtures, rgb):
     model_name, img, size = entry
     layer = DEFAULT_LAYER[model_name]
@@ -688,6 +740,19 @@ def main() -> int:
             store(case_id, tensors, model_name, ",".join(layers), img, size, method, src)
             print(f"{case_id:66s} {int(tensors['class'][0]):3d}")
 
+    for entry in FINER_CASES:
+        model_name, layer, img, size, method, alpha, ranks, target = entry
+        src = sources[(img, size)]
+        case_id, tensors, target_idx = finer_case(entry, models[model_name], rgbs[img], src,
+                                                  out)
+        if method == "fullgrad":
+            layer = DEFAULT_LAYER[model_name]
+        store(case_id, tensors, model_name, layer, img, size, method, src,
+              finer={"alpha": alpha, "ranks": ranks})
+        cases[-1]["class"] = target_idx
+        print(f"{case_id:66s} {int(tensors['class'][0]):3d} compared "
+              f"{tensors['compared'].tolist()}")
+
     for entry in GUIDED_CASES:
         model_name, img, size = entry
         case_id, layer, tensors, nz = guided_case(entry, out, rgbs[img])
@@ -720,6 +785,9 @@ def main() -> int:
                       "logits of the plain input",
             "aug_smooth": "obj(x, [ClassifierOutputTarget(argmax of the plain input)], "
                           "aug_smooth=True); logits of the plain input; cam not renormalised",
+            "finer": "FinerCAM(model, [layer], base_method)(x, alpha, comparison_categories="
+                     "ranks, target_idx=class); `class` in the file is the main class, "
+                     "`compared` the classes FinerCAM compares it with",
         },
         "dropped": [{"id": i, "reason": r} for i, r in dropped],
         "cases": cases,

@@ -77,6 +77,7 @@ pub(crate) fn explain_aug_smooth<B: Backend>(
                     weights: rows(&batch.weights),
                     maps: Tensor::zeros([0]),
                     guided: batch.guided.as_ref().map(rows),
+                    compared: batch.compared[t * n..(t + 1) * n].to_vec(),
                 });
             }
         }

@@ -7,7 +7,7 @@
 //! ([`Backend::full_grad_add`], on the device) as soon as its node's gradient is whole, and the
 //! gradient dropped. Only the finished maps come back from a GPU.
 
-use super::methods::{choose_classes, seed, CamBatch, CamRequest};
+use super::methods::{choose_classes, seeds, CamBatch, CamRequest};
 use crate::backend::{Backend, FullGradBy};
 use crate::model::Network;
 use crate::{Error, Result, Tensor};
@@ -48,7 +48,7 @@ pub(crate) fn explain_full_grad<B: Backend>(
     let visited: Vec<bool> = terms.iter().map(|t| !t.is_empty()).collect();
     let num_classes = net.num_classes();
     let mut total = None;
-    let mut chosen = Vec::new();
+    let (mut chosen, mut compared) = (Vec::new(), Vec::new());
     let mut visit = |node: usize, g: &B::Tensor| -> Result<()> {
         for m in &terms[node] {
             total = Some(be.full_grad_add(total.take(), g, FullGradBy::Bias(m), (h, w))?);
@@ -57,7 +57,9 @@ pub(crate) fn explain_full_grad<B: Backend>(
     };
     let seed_of = |logits: &Tensor| {
         chosen = choose_classes(logits, req.classes, num_classes)?;
-        Ok(seed(&chosen, num_classes, req.counterfactual))
+        let s;
+        (s, compared) = seeds(req, logits, &chosen)?;
+        Ok(s)
     };
     let (logits, input_grad) = net.backward_to_input(x, seed_of, &visited, &mut visit)?;
     // |x ⊙ ∂y/∂x|, each input channel normalised on its own.
@@ -69,5 +71,6 @@ pub(crate) fn explain_full_grad<B: Backend>(
         weights: Tensor::zeros([n, 0]),
         maps,
         guided: None,
+        compared,
     })
 }

@@ -7,6 +7,7 @@
 
 use super::aug_smooth::explain_aug_smooth;
 use super::eigen::principal_projection;
+use super::finer::{self, Finer};
 use super::full_grad::explain_full_grad;
 use super::multi_layer::{mean_of_layers, target_layers};
 use crate::backend::{Backend, ElementRule, WeightRule};
@@ -137,6 +138,9 @@ pub struct CamRequest<'a> {
     /// pytorch-grad-cam's `aug_smooth`: the mean map over six mirrored and scaled copies of the
     /// input, at the input size (see [`super::aug_smooth`]).
     pub aug_smooth: bool,
+    /// Finer-CAM: explain the class's margin over its nearest classes instead of its score
+    /// (see [`super::finer`]); any gradient method.
+    pub finer: Option<&'a Finer>,
 }
 
 impl<'a> CamRequest<'a> {
@@ -150,6 +154,7 @@ impl<'a> CamRequest<'a> {
             score_batch: 32,
             eigen_smooth: false,
             aug_smooth: false,
+            finer: None,
         }
     }
 }
@@ -168,6 +173,8 @@ pub struct CamBatch {
     pub maps: Tensor,
     /// Guided-backprop gradient at the input, [N, C, H, W], when requested.
     pub guided: Option<Tensor>,
+    /// With Finer-CAM, each image's compared classes (nearest first); else empty.
+    pub compared: Vec<Vec<usize>>,
 }
 
 /// Grad-CAM for a batch: the common case of [`explain`].
@@ -207,6 +214,9 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
             req.method.name()
         )));
     }
+    if req.finer.is_some() {
+        finer::check_combination(req.method, req.counterfactual, req.guided, req.aug_smooth)?;
+    }
     if req.aug_smooth {
         return explain_aug_smooth(net, x, req);
     }
@@ -237,12 +247,16 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
         .transpose()?;
     let num_classes = net.num_classes();
     let mut chosen = Vec::new();
+    let mut compared = Vec::new();
     let out = net.run(x, &layers, what, |logits| {
         chosen = choose_classes(logits, req.classes, num_classes)?;
-        Ok(seed(&chosen, num_classes, req.counterfactual))
+        let s;
+        (s, compared) = seeds(req, logits, &chosen)?;
+        Ok(s)
     })?;
     if chosen.is_empty() {
         chosen = choose_classes(&out.logits, req.classes, num_classes)?;
+        compared = vec![Vec::new(); chosen.len()];
     }
     let mut weights = None;
     let mut maps = Vec::with_capacity(layers.len());
@@ -268,7 +282,25 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
         weights: weights.expect("one layer at least"),
         maps,
         guided: out.input_grad.map(|g| be.download(&g)).transpose()?,
+        compared,
     })
+}
+
+/// The backward pass's seeds [N, classes] for the explained classes `chosen`: one-hot (negated
+/// for a counterfactual), or Finer-CAM's ∂f/∂y; and each image's compared classes (Finer-CAM;
+/// else empty).
+pub(crate) fn seeds(
+    req: &CamRequest,
+    logits: &Tensor,
+    chosen: &[usize],
+) -> Result<(Tensor, Vec<Vec<usize>>)> {
+    match req.finer {
+        Some(f) => f.seeds(logits, chosen),
+        None => Ok((
+            seed(chosen, logits.shape()[1], req.counterfactual),
+            vec![Vec::new(); chosen.len()],
+        )),
+    }
 }
 
 /// What the methods that score changed inputs (Score-CAM, Ablation-CAM) need besides the
@@ -433,7 +465,7 @@ pub(crate) fn choose_classes(
 
 /// ∂(Σ_i ±y_i^{c_i})/∂logits: one-hot rows. Each image's score depends only on its own
 /// logits, so one backward pass serves the whole batch.
-pub(crate) fn seed(classes: &[usize], num_classes: usize, counterfactual: bool) -> Tensor {
+fn seed(classes: &[usize], num_classes: usize, counterfactual: bool) -> Tensor {
     let mut s = Tensor::zeros([classes.len(), num_classes]);
     let sign = if counterfactual { -1.0 } else { 1.0 };
     for (i, &c) in classes.iter().enumerate() {

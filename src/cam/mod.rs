@@ -2,6 +2,7 @@
 
 pub mod aug_smooth;
 pub mod eigen;
+pub mod finer;
 mod full_grad;
 pub mod jet;
 mod methods;
@@ -9,5 +10,6 @@ pub mod multi_layer;
 pub mod postprocess;
 
 pub use eigen::principal_projection;
+pub use finer::Finer;
 pub use methods::{argmax, explain, grad_cam, CamBatch, CamRequest, ClassSel, Method};
 pub use postprocess::{deprocess, normalise_minmax, overlay, upsample_normalised};

@@ -143,6 +143,7 @@ pub fn evaluate_image<B: Backend>(
             score_batch: cfg.forward_batch,
             eigen_smooth: false,
             aug_smooth: false,
+            finer: None,
         };
         let out = explain(net, be.upload(x.clone())?, &req)?;
         let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);

@@ -9,8 +9,9 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use gradcam::backend::Backend;
+use gradcam::cam::finer::check_combination;
 use gradcam::cam::multi_layer::{normalised, target_layers};
-use gradcam::cam::{ClassSel, Method};
+use gradcam::cam::{ClassSel, Finer, Method};
 use gradcam::explain::{
     explain_batch_device, DeviceBatch, ExplainConfig, Explanation, OverlayAt, Timings,
 };
@@ -65,6 +66,23 @@ pub struct ExplainArgs {
     /// 1.1 (pytorch-grad-cam's aug_smooth): smoother maps for six times the work.
     #[arg(long)]
     aug_smooth: bool,
+    /// Finer-CAM, with any gradient method: explain the class's margin over the classes whose
+    /// logits are nearest to it, each weighted by its probability (pytorch-grad-cam's
+    /// FinerCAM): what tells the class apart from similar ones.
+    #[arg(long)]
+    finer: bool,
+    /// Finer-CAM: how strongly the compared classes' logits are subtracted.
+    #[arg(long, default_value_t = 1.0, requires = "finer")]
+    finer_alpha: f32,
+    /// Finer-CAM: the classes compared, by nearness of their logit to the explained class's
+    /// (1 = the nearest), comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,2,3",
+        requires = "finer"
+    )]
+    finer_ranks: Vec<usize>,
     /// Also write guided backpropagation (<stem>.guided.png) and Guided Grad-CAM
     /// (<stem>.guided_gradcam.png), the paper's high-resolution visualisation.
     #[arg(long)]
@@ -209,6 +227,17 @@ fn explain_all<B: Backend>(
             a.method.name()
         );
     }
+    let finer = match a.finer {
+        true => {
+            let f = Finer {
+                alpha: a.finer_alpha,
+                ranks: a.finer_ranks.clone(),
+            };
+            check_combination(a.method, a.counterfactual, a.guided, a.aug_smooth)?;
+            Some(f.checked(graph.num_classes)?)
+        }
+        false => None,
+    };
     if a.method == Method::FullGrad {
         if a.guided || a.eigen_smooth {
             anyhow::bail!(
@@ -279,6 +308,9 @@ fn explain_all<B: Backend>(
             settings[key] = json!(true);
         }
     }
+    if let Some(f) = &finer {
+        settings["finer"] = json!({"alpha": f.alpha, "ranks": f.ranks});
+    }
     let previous = match a.resume {
         true => resume::load(&a.out, &settings)?,
         false => None,
@@ -326,6 +358,7 @@ fn explain_all<B: Backend>(
         score_batch: a.score_batch as usize,
         eigen_smooth: a.eigen_smooth,
         aug_smooth: a.aug_smooth,
+        finer: finer.clone(),
         size,
         overlay: if outputs.overlay {
             OverlayAt::Image
@@ -369,6 +402,7 @@ fn explain_all<B: Backend>(
         counterfactual: a.counterfactual,
         eigen_smooth: a.eigen_smooth,
         aug_smooth: a.aug_smooth,
+        finer: finer.as_ref(),
         labels: graph.labels.as_deref(),
         outputs,
     };
@@ -642,6 +676,7 @@ struct Meta<'a> {
     counterfactual: bool,
     eigen_smooth: bool,
     aug_smooth: bool,
+    finer: Option<&'a Finer>,
     labels: Option<&'a [String]>,
     outputs: Outputs,
 }
@@ -689,7 +724,7 @@ fn write_outputs(
     let mut channels: Vec<(usize, f32)> = e.weights.iter().copied().enumerate().collect();
     channels.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let label = |c: usize| m.labels.and_then(|l| l.get(c)).cloned();
-    let report = json!({
+    let mut report = json!({
         "image": job.path.display().to_string(),
         "model": m.arch,
         "backend": m.backend,
@@ -710,6 +745,13 @@ fn write_outputs(
         "top_channels": channels.iter().take(10).map(|(k, a)| json!({"channel": k, "weight": a})).collect::<Vec<_>>(),
         "outputs": written,
     });
+    if let Some(f) = m.finer {
+        report["finer"] = json!({
+            "alpha": f.alpha,
+            "ranks": f.ranks,
+            "compared": e.compared.iter().map(|&c| json!({"class": c, "label": label(c)})).collect::<Vec<_>>(),
+        });
+    }
     let js = out.join(format!("{stem}.json"));
     let text = serde_json::to_string_pretty(&report)? + "\n";
     atomically(&js, |tmp| Ok(std::fs::write(tmp, &text)?))

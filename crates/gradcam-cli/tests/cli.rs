@@ -506,6 +506,70 @@ fn methods_and_guided_outputs() {
     assert!(!o.status.success() && stderr(&o).contains("gradcam++"));
 }
 
+/// `--finer`: the JSON names the compared classes (the nearest logits to the explained
+/// class's, at the ranks asked for), run.json records the settings, the map differs from
+/// plain Grad-CAM's; clashing options and impossible ranks exit 2 before any image.
+#[test]
+fn finer_cam_reports_its_compared_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fixtures().join("images/b.png");
+    let model = model();
+    let run = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec!["explain", a.to_str().unwrap(), "-m", &model, "--size", "64"];
+        args.extend(["-o", out.to_str().unwrap()]);
+        args.extend(extra);
+        (gradcam(&args), out)
+    };
+    let (o, plain) = run("plain", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (o, finer) = run(
+        "finer",
+        &["--finer", "--finer-ranks", "1,3", "--finer-alpha", "0.5"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let js: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(finer.join("b.json")).unwrap()).unwrap();
+    assert_eq!(js["finer"]["alpha"], 0.5);
+    assert_eq!(js["finer"]["ranks"], serde_json::json!([1, 3]));
+    // The compared classes by hand: the others sorted by the gap of their logit.
+    let plain_js: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(plain.join("b.json")).unwrap()).unwrap();
+    let top5 = plain_js["top5"].as_array().unwrap();
+    let main = js["class"].as_u64().unwrap();
+    assert_eq!(main, top5[0]["class"].as_u64().unwrap());
+    let logit = |e: &serde_json::Value| e["logit"].as_f64().unwrap();
+    let mut others: Vec<&serde_json::Value> = top5[1..].iter().collect();
+    others.sort_by(|x, y| (logit(&top5[0]) - logit(x)).total_cmp(&(logit(&top5[0]) - logit(y))));
+    let compared: Vec<u64> = (js["finer"]["compared"].as_array().unwrap().iter())
+        .map(|c| c["class"].as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = [0, 2]
+        .iter()
+        .map(|&r| others[r]["class"].as_u64().unwrap())
+        .collect();
+    assert_eq!(compared, want);
+    let settings = std::fs::read_to_string(finer.join("run.json")).unwrap();
+    assert!(settings.contains("\"finer\""), "{settings}");
+    let npy = |d: &std::path::Path| std::fs::read(d.join("b.cam.npy")).unwrap();
+    assert_ne!(npy(&plain), npy(&finer));
+    for (extra, what) in [
+        (&["--finer", "--method", "scorecam"][..], "scorecam"),
+        (&["--finer", "--counterfactual"][..], "--counterfactual"),
+        (
+            &["--finer", "--finer-ranks", "10"][..],
+            "no class to compare",
+        ),
+        (&["--finer", "--finer-ranks", "0,1"][..], "from 1"),
+    ] {
+        let (o, _) = run("bad", extra);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}");
+        assert!(stderr(&o).contains(what), "{extra:?}: {}", stderr(&o));
+    }
+    let (o, _) = run("bad", &["--finer-alpha", "2"]);
+    assert!(!o.status.success() && stderr(&o).contains("--finer"));
+}
+
 #[test]
 fn the_bundled_demo_model_is_the_default_and_names_classes() {
     let dir = tempfile::tempdir().unwrap();
