@@ -16,6 +16,8 @@
 //! - Finer-CAM (over Grad-CAM, LayerCAM, Grad-CAM++ and FullGrad): the compared classes
 //!   exactly, the maps and (Grad-CAM) weights as above: its seed, ∂f/∂y through the softmax,
 //!   is computed in f64 where torch's autograd runs in f32
+//! - KPCA-CAM: the map against the ReLU of scikit-learn's projection (its sign is
+//!   deterministic), relative error < 1e-3 (scikit-learn computes in f32, gradcam in f64)
 //! - guided gradient: relative error < 1e-4; its deprocessed PNGs: bytes within ±2 (uint8
 //!   truncation after standardising)
 
@@ -43,6 +45,7 @@ fn method(name: &str) -> Option<Method> {
         "fullgrad" => Method::FullGrad,
         "eigencam" => Method::EigenCam,
         "eigengradcam" => Method::EigenGradCam,
+        "kpcacam" => Method::KpcaCam,
         "gradcam" => Method::GradCam,
         _ => return None,
     })
@@ -162,7 +165,15 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             gradcam::cam::normalise_minmax(&mut m);
             theirs_cam = Tensor::new(theirs_cam.shape(), m);
         }
-        if exp.tensors.contains_key("projection") {
+        if name == "kpcacam" {
+            // scikit-learn's sign is deterministic (largest entry positive): compared as is.
+            let theirs = exp.f32("projection");
+            let err = rel_err(&out.maps, &relu_of(&theirs, 1.0));
+            assert!(
+                err < 1e-3,
+                "{id}: map differs from their projection by {err}"
+            );
+        } else if exp.tensors.contains_key("projection") {
             if req.eigen_smooth {
                 seen.insert(format!("{name}+eigen_smooth"));
             }
@@ -248,6 +259,7 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         "fullgrad",
         "eigencam",
         "eigengradcam",
+        "kpcacam",
         "gradcam+eigen_smooth",
         "gradcamelementwise+eigen_smooth",
         "layercam+eigen_smooth",

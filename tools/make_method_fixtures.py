@@ -3,7 +3,7 @@
 
 Reference: pytorch-grad-cam 1.5.7 (GradCAMPlusPlus, XGradCAM, HiResCAM,
 LayerCAM, GradCAMElementWise, ScoreCAM, AblationCAM, FullGrad, EigenCAM, EigenGradCAM,
-FinerCAM over several of them, the `eigen_smooth=True` option of the others, GuidedBackpropReLUModel, and Guided Grad-CAM as the library's
+KPCA_CAM, FinerCAM over several of them, the `eigen_smooth=True` option of the others, GuidedBackpropReLUModel, and Guided Grad-CAM as the library's
 README builds it).
 
 This script only ADDS files under tests/fixtures/; it never touches what
@@ -72,8 +72,8 @@ from safetensors.torch import load_file, save_file
 
 from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FinerCAM, FullGrad, GradCAM,
                               GradCAMElementWise,
-                              GradCAMPlusPlus, GuidedBackpropReLUModel, HiResCAM, LayerCAM,
-                              ScoreCAM, XGradCAM)
+                              GradCAMPlusPlus, GuidedBackpropReLUModel, HiResCAM, KPCA_CAM,
+                              LayerCAM, ScoreCAM, XGradCAM)
 from pytorch_grad_cam.utils.image import deprocess_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -98,7 +98,8 @@ GRADIENT_METHODS = [m for m, (_, _, g) in METHODS.items() if g]
 # ELEMENTWISE_CASES, mostly on layers with negative activations, where the two differ.
 CLASSES = dict(METHODS, gradcam=(GradCAM, True, True),
                gradcamelementwise=(GradCAMElementWise, False, True),
-               ablationcam=(AblationCAM, True, False))
+               ablationcam=(AblationCAM, True, False),
+               kpcacam=(KPCA_CAM, False, False))
 EIGEN_METHODS = ("eigencam", "eigengradcam")
 
 # (model, layer, image, size, counterfactual)
@@ -151,6 +152,13 @@ FINER_CASES = [
     ("vgg_bn_tiny", "features.27", "b", 64, "layercam", 0.6, [1, 3], None),
     ("resnet_basic_tiny", "layer3", "c", "native", "gradcampp", 1.0, [2, 12], "second"),
     ("vgg_bn_tiny", "features.27", "a", "native", "fullgrad", 1.0, [1, 2, 3], None),
+]
+
+# KPCA-CAM with its defaults (sigmoid kernel, gamma 1/K): (model, layer, image, size).
+KPCA_CASES = [
+    ("resnet_tiny", "layer4", "a", "native"),
+    ("vgg_bn_tiny", "features.27", "b", 64),
+    ("resnet_basic_tiny", "layer3", "c", "native"),
 ]
 
 # eigen_smooth=True: (model, layer, image, size, methods)
@@ -563,6 +571,49 @@ def finer_case(entry, model, rgb, src_file, fixtures):
     return case_id, tensors, target_idx
 
 
+def kpca_reference(act: np.ndarray) -> np.ndarray:
+    """KernelPCA(n_components=1, kernel="sigmoid").fit_transform in float64 from scratch: the
+    centred sigmoid kernel's top eigenvector (largest entry positive) times sqrt(eigenvalue)."""
+    k = act.shape[0]
+    m = act.reshape(k, -1).T.astype(np.float64)
+    m = m - m.mean(axis=0)
+    g = np.tanh(m @ m.T / k + 1.0)
+    one = np.full_like(g, 1.0 / g.shape[0])
+    g = g - one @ g - g @ one + one @ g @ one
+    vals, vecs = np.linalg.eigh(g)
+    v = vecs[:, -1]
+    v = v * np.sign(v[np.argmax(np.abs(v))])
+    return (v * np.sqrt(max(vals[-1], 0.0))).reshape(act.shape[1:]), vals
+
+
+def kpca_case(entry, model, rgb, src_file, fixtures):
+    """KPCA_CAM(model, [layer])(x, targets): logits, class, cam and the projection before the
+    ReLU (`projection`), checked against a float64 kernel PCA from scratch."""
+    model_name, layer, img, size = entry
+    x = mf.preprocess(rgb, size)
+    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    with torch.no_grad():
+        cls = int(model(x).argmax(dim=1).item())
+    cam, logits, activation, _, _, raw = run_method(
+        "kpcacam", model, layer, x, [ClassifierOutputTarget(cls)])
+    ref, vals = kpca_reference(activation.numpy()[0])
+    err = float(np.abs(ref - raw[0]).max()) / max(float(np.abs(raw).max()), 1e-12)
+    gap = (vals[-1] - vals[-2]) / abs(vals[-1])
+    assert err < 1e-3 and gap > 1e-2, f"{model_name} {layer}: err {err}, gap {gap}"
+    assert float(cam.max()) > 0.99 and np.isfinite(cam).all()
+    case_id = f"{model_name}__{layer}__{img}__{size}__kpcacam"
+    tensors = {
+        "logits": logits.float().contiguous(),
+        "class": torch.tensor([cls], dtype=torch.int64),
+        "projection": torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)),
+        "cam": torch.from_numpy(np.ascontiguousarray(cam)),
+    }
+    if size == "native":
+        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
+        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    return case_id, tensors, err, gap
+
+
 def guided_case(entry, fixtures, rgb):
     model_name, img, size = entry
     layer = DEFAULT_LAYER[model_name]
@@ -739,6 +790,14 @@ def main() -> int:
                                                 models[model_name], rgbs[img], src, out)
             store(case_id, tensors, model_name, ",".join(layers), img, size, method, src)
             print(f"{case_id:66s} {int(tensors['class'][0]):3d}")
+
+    for entry in KPCA_CASES:
+        model_name, layer, img, size = entry
+        src = sources[(img, size)]
+        case_id, tensors, err, gap = kpca_case(entry, models[model_name], rgbs[img], src, out)
+        store(case_id, tensors, model_name, layer, img, size, "kpcacam", src)
+        print(f"{case_id:66s} {int(tensors['class'][0]):3d} vs float64 {err:.1e}, "
+              f"eigen gap {gap:.2f}")
 
     for entry in FINER_CASES:
         model_name, layer, img, size, method, alpha, ranks, target = entry

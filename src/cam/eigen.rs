@@ -98,14 +98,14 @@ fn project_one(x: &[f32], k: usize, hw: usize, pixels: bool) -> (Vec<f32>, Vec<f
     )
 }
 
-/// The largest eigenvalue of the symmetric positive semi-definite operator `apply` on Rⁿ and a
-/// unit eigenvector, by Lanczos iteration with full reorthogonalisation. The Krylov basis grows
+/// The largest eigenvalue of the symmetric operator `apply` on Rⁿ (positive semi-definite here;
+/// KPCA-CAM's centred kernels need not be: the largest algebraic one) and a unit eigenvector, by Lanczos iteration with full reorthogonalisation. The Krylov basis grows
 /// until the top Ritz pair's residual is below 1e-10 of its value, or the basis spans an
 /// invariant subspace; the small tridiagonal projection's eigenpairs come from
 /// [`top_eigenvector`]. Each step costs one `apply` (two passes over M here), so this is far
 /// cheaper than a dense eigensolver on the Gram matrix once h·w and K are both large (native-size
 /// photographs). At `MAX_BASIS` vectors it restarts from the Ritz vector.
-fn lanczos_top(n: usize, apply: impl Fn(&[f64]) -> Vec<f64>) -> (f64, Vec<f64>) {
+pub(super) fn lanczos_top(n: usize, apply: impl Fn(&[f64]) -> Vec<f64>) -> (f64, Vec<f64>) {
     const MAX_BASIS: usize = 160;
     const CHECK_EVERY: usize = 8;
     // A fixed start with a part along every direction in practice (all ones plus a ripple).

@@ -9,6 +9,7 @@ use super::aug_smooth::explain_aug_smooth;
 use super::eigen::principal_projection;
 use super::finer::{self, Finer};
 use super::full_grad::explain_full_grad;
+use super::kpca::kpca_projection;
 use super::multi_layer::{mean_of_layers, target_layers};
 use crate::backend::{Backend, ElementRule, WeightRule};
 use crate::model::{Backward, LayerOutput, Network};
@@ -54,10 +55,13 @@ pub enum Method {
     EigenCam,
     /// Eigen-CAM of g ⊙ A (pytorch-grad-cam's EigenGradCAM).
     EigenGradCam,
+    /// Karmani et al. 2024: the first principal component in a sigmoid kernel's feature
+    /// space (pytorch-grad-cam's KPCA_CAM; no class, no gradients; see [`super::kpca`]).
+    KpcaCam,
 }
 
 impl Method {
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 12] = [
         Method::GradCam,
         Method::GradCamPlusPlus,
         Method::XGradCam,
@@ -69,6 +73,7 @@ impl Method {
         Method::AblationCam,
         Method::EigenCam,
         Method::EigenGradCam,
+        Method::KpcaCam,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +89,7 @@ impl Method {
             Method::AblationCam => "ablationcam",
             Method::EigenCam => "eigencam",
             Method::EigenGradCam => "eigengradcam",
+            Method::KpcaCam => "kpcacam",
         }
     }
 
@@ -109,7 +115,7 @@ impl Method {
     pub fn uses_gradients(self) -> bool {
         !matches!(
             self,
-            Method::ScoreCam | Method::AblationCam | Method::EigenCam
+            Method::ScoreCam | Method::AblationCam | Method::EigenCam | Method::KpcaCam
         )
     }
 
@@ -222,6 +228,13 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
     }
     if req.method == Method::FullGrad {
         return explain_full_grad(net, x, req);
+    }
+    if req.method == Method::KpcaCam && req.eigen_smooth {
+        return Err(Error::Invalid(
+            "kpcacam is itself a principal component (in a kernel's feature space); \
+             --eigen-smooth does not apply"
+                .into(),
+        ));
     }
     let layers = target_layers(req.layer)?;
     // Ablation-CAM needs no pass per channel for a layer the logits are affine in: one
@@ -367,6 +380,11 @@ fn layer_map<B: Backend>(
             (Some(be.upload(w)?), Combine::Channels)
         }
         Method::EigenCam => (None, Combine::Activations),
+        Method::KpcaCam => {
+            // No channel weights: the component lives in the pixels' kernel space.
+            let maps = relu(kpca_projection(&be.download(a)?)?);
+            return Ok((Tensor::zeros([maps.shape()[0], 0]), maps));
+        }
         Method::FullGrad => unreachable!("explain_full_grad handles FullGrad"),
     };
     if req.eigen_smooth || req.method.is_eigen() {

@@ -5,6 +5,7 @@ pub mod eigen;
 pub mod finer;
 mod full_grad;
 pub mod jet;
+pub mod kpca;
 mod methods;
 pub mod multi_layer;
 pub mod postprocess;

@@ -55,7 +55,8 @@ pub struct ExplainArgs {
     /// fullgrad (input and bias gradients of every layer; ignores --layer),
     /// scorecam, ablationcam (the score's drop when each channel is zeroed: no backward pass),
     /// eigencam (the activations' first principal component: no class, no backward pass),
-    /// eigengradcam (that of gradients × activations).
+    /// eigengradcam (that of gradients × activations), kpcacam (the first principal component
+    /// in a sigmoid kernel's feature space, as scikit-learn's KernelPCA: no class).
     #[arg(long, default_value = "gradcam", value_parser = parse_method)]
     method: Method,
     /// The map is the first principal component of the method's weighted activations instead
@@ -238,6 +239,12 @@ fn explain_all<B: Backend>(
         }
         false => None,
     };
+    if a.method == Method::KpcaCam && a.eigen_smooth {
+        anyhow::bail!(
+            "kpcacam is itself a principal component (in a kernel's feature space); \
+             --eigen-smooth does not apply"
+        );
+    }
     if a.method == Method::FullGrad {
         if a.guided || a.eigen_smooth {
             anyhow::bail!(

@@ -432,6 +432,7 @@ fn methods_and_guided_outputs() {
         "scorecam",
         "eigencam",
         "eigengradcam",
+        "kpcacam",
     ];
     let runs = (methods.iter().map(|m| (*m, "")))
         .chain([("gradcam", "--eigen-smooth"), ("gradcam", "--aug-smooth")]);
@@ -482,7 +483,18 @@ fn methods_and_guided_outputs() {
     let npy = |d: &str| std::fs::read(dir.path().join(d).join("b.cam.npy")).unwrap();
     assert_ne!(npy("gradcam"), npy("gradcam--eigen-smooth"));
     assert_ne!(npy("gradcam"), npy("gradcam--aug-smooth"));
-    for m in ["scorecam", "eigencam"] {
+    let o = gradcam(&[
+        "explain",
+        a.to_str().unwrap(),
+        "-m",
+        &model(),
+        "--method",
+        "kpcacam",
+        "--eigen-smooth",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--eigen-smooth"), "{}", stderr(&o));
+    for m in ["scorecam", "eigencam", "kpcacam"] {
         let o = gradcam(&[
             "explain",
             a.to_str().unwrap(),
