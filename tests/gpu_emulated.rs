@@ -804,6 +804,36 @@ fn smoothing_and_several_layers_match_the_cpu_backend() {
     }
 }
 
+/// Finer-CAM on the GPU path (its seed, ∂f/∂logits, made on the host from the downloaded
+/// logits and uploaded) against the CPU backend at f32, over Grad-CAM and FullGrad: the same
+/// compared classes, maps within 1e-3 relative, logits within 1e-4.
+#[test]
+fn finer_cam_matches_the_cpu_backend() {
+    let load = || model::load(fixtures().join("resnet_tiny.safetensors"), None).unwrap();
+    let cpu = Network::new(load(), CpuBackend::fast()).unwrap();
+    let gpu = Network::new(load(), GpuBackend::new(EmuLauncher::new())).unwrap();
+    let img = load_rgb8(&fixtures().join("images/b.png")).unwrap();
+    let x = preprocess(&[&img, &img], (48, 40));
+    let classes = ClassSel::PerImage(vec![2, 7]);
+    let finer = gradcam::cam::Finer {
+        alpha: 0.7,
+        ranks: vec![1, 2, 4],
+    };
+    for method in [Method::GradCam, Method::FullGrad] {
+        let req = CamRequest {
+            method,
+            finer: Some(&finer),
+            ..CamRequest::grad_cam("layer3", &classes)
+        };
+        let a = explain(&gpu, gpu.backend().upload(x.clone()).unwrap(), &req).unwrap();
+        let b = explain(&cpu, x.clone(), &req).unwrap();
+        assert_eq!(a.compared, b.compared, "{method:?}");
+        assert_eq!(b.compared[0].len(), 3);
+        let (lm, mm) = (rel_err(&a.logits, &b.logits), rel_err(&a.maps, &b.maps));
+        assert!(lm < 1e-4 && mm < 1e-3, "{method:?}: logits {lm}, maps {mm}");
+    }
+}
+
 /// Logits beyond f16's range (±65504) fail the batch with an error naming the overflow, not a
 /// blank map; the same model at TF32 (f32's range) explains the image. The fully connected
 /// layer is scaled so the largest logit is 1e6 in exact arithmetic.
