@@ -46,12 +46,16 @@ __device__ __forceinline__ void cam_weights(const T* __restrict__ a, const T* __
     __shared__ float total;
     const T* ap = a + (size_t)blockIdx.x * hw;
     const T* gp = g + (size_t)blockIdx.x * hw;
-    float s = 0.0f;
-    for (int i = threadIdx.x; i < hw; i += blockDim.x) s += ld(ap, i);
-    s = block_sum(s, scratch);
-    if (threadIdx.x == 0) total = s;
-    __syncthreads();
-    const float sum_a = total;
+    // ΣA (rules 0 and 1; rule is the same for the whole block, so the barriers are uniform).
+    float sum_a = 0.0f;
+    if (rule != 2) {
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < hw; i += blockDim.x) s += ld(ap, i);
+        s = block_sum(s, scratch);
+        if (threadIdx.x == 0) total = s;
+        __syncthreads();
+        sum_a = total;
+    }
     float acc = 0.0f;
     for (int i = threadIdx.x; i < hw; i += blockDim.x) {
         const float gv = ld(gp, i);

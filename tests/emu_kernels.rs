@@ -874,6 +874,8 @@ fn full_grad_kernels_match_the_cpu_backend() {
         (1, 5, 4, 3, 17, 13),
         (3, 2, 1, 1, 5, 6),
         (1, 300, 2, 2, 3, 3),
+        // Planes over one block (the strided min-max loop, several sum blocks), resized.
+        (2, 4, 23, 19, 40, 30),
     ] {
         let g = rng.tensor(&[n, k, h, w], -1.0, 1.0);
         let x = rng.tensor(&[n, k, h, w], -2.0, 2.0);

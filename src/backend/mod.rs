@@ -77,13 +77,46 @@ impl ElementRule {
 }
 
 /// What multiplies the gradient in a FullGrad term ([`Backend::full_grad_add`]).
-#[derive(Clone, Copy, Debug)]
-pub enum FullGradBy<'a, T> {
+#[derive(Debug)]
+pub enum FullGradBy<'a, T: ?Sized> {
     /// A bias, one factor per channel (a conv's bias, a BatchNorm's shift).
     Bias(&'a [f32]),
     /// The model's input x, element by element (the |x ⊙ ∂y/∂x| term); shaped like the
     /// gradient.
     Input(&'a T),
+}
+
+// By hand: the derives would ask T itself to be Clone (and sized) for a pair of references.
+impl<T: ?Sized> Clone for FullGradBy<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T: ?Sized> Copy for FullGradBy<'_, T> {}
+
+/// [`Backend::full_grad_add`]'s arguments checked, by their shapes: `g` [N, K, h, w], x shaped
+/// like it or K bias values, a total [N, oh, ow].
+pub(crate) fn check_full_grad_shapes(
+    g: &[usize],
+    by: FullGradBy<'_, [usize]>,
+    total: Option<&[usize]>,
+    (oh, ow): (usize, usize),
+) -> Result<()> {
+    let bad = |what: String| Err(crate::Error::Invalid(format!("full_grad_add: {what}")));
+    let &[n, k, _, _] = g else {
+        return bad(format!("the gradient is {g:?}, not [N, K, h, w]"));
+    };
+    match by {
+        FullGradBy::Input(x) if x != g => return bad(format!("x is {x:?}, the gradient {g:?}")),
+        FullGradBy::Bias(b) if b.len() != k => {
+            return bad(format!("{} bias values for {k} channels", b.len()))
+        }
+        _ => {}
+    }
+    match total {
+        Some(t) if t != [n, oh, ow] => bad(format!("the total is {t:?}, not [{n}, {oh}, {ow}]")),
+        _ => Ok(()),
+    }
 }
 
 /// The overlays of [`Backend::overlays`], ready or still being copied from the device (so a

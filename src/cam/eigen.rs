@@ -151,7 +151,9 @@ pub(super) fn lanczos_top(n: usize, apply: impl Fn(&[f64]) -> Vec<f64>) -> (f64,
                 }
                 let residual = b * y[m - 1].abs();
                 best = (theta, ritz);
-                if spanned || residual <= 1e-10 * theta.abs() {
+                // Relative to the operator's scale too: a top eigenvalue near 0 (KPCA-CAM's
+                // centred kernel of a flat layer is rounding noise) would never pass alone.
+                if spanned || residual <= 1e-10 * theta.abs().max(scale) {
                     return best;
                 }
                 if m == MAX_BASIS {

@@ -34,18 +34,18 @@ impl Default for Finer {
 impl Finer {
     /// The settings checked for a model with `num_classes` classes: ranks from 1 on, one at
     /// least below the class count, a finite alpha.
-    pub fn checked(self, num_classes: usize) -> Result<Self> {
-        if !self.ranks.iter().any(|&r| r < num_classes) {
-            return Err(Error::Invalid(format!(
-                "Finer-CAM comparison ranks {:?}: the model has {num_classes} classes, so \
-                 there is no class to compare with at any of them",
-                self.ranks
-            )));
-        }
+    pub fn check(&self, num_classes: usize) -> Result<()> {
         if self.ranks.is_empty() || self.ranks.contains(&0) {
             return Err(Error::Invalid(format!(
                 "Finer-CAM comparison ranks {:?}: give one or more, from 1 (the class whose \
                  logit is nearest the explained one's)",
+                self.ranks
+            )));
+        }
+        if !self.ranks.iter().any(|&r| r < num_classes) {
+            return Err(Error::Invalid(format!(
+                "Finer-CAM comparison ranks {:?}: the model has {num_classes} classes, so \
+                 there is no class to compare with at any of them",
                 self.ranks
             )));
         }
@@ -55,7 +55,7 @@ impl Finer {
                 self.alpha
             )));
         }
-        Ok(self)
+        Ok(())
     }
 
     /// The classes compared with `main` for one image's logits: the other classes sorted by
@@ -66,7 +66,7 @@ impl Finer {
         let gap = |j: usize| (logits[j] - logits[main]).abs();
         others.sort_by(|&a, &b| gap(a).total_cmp(&gap(b)).then(a.cmp(&b)));
         let picked: Vec<usize> = (self.ranks.iter())
-            .filter_map(|&r| others.get(r - 1).copied())
+            .filter_map(|&r| others.get(r.checked_sub(1)?).copied())
             .collect();
         if picked.is_empty() {
             return Err(Error::Invalid(format!(
@@ -215,7 +215,7 @@ mod tests {
                 ranks,
                 ..Finer::default()
             }
-            .checked(6)
+            .check(6)
         };
         assert!(checked(vec![0, 1]).is_err());
         assert!(checked(vec![6, 7]).is_err());

@@ -14,31 +14,27 @@
 use rayon::prelude::*;
 
 use super::eigen::lanczos_top;
-use crate::{Error, Result, Tensor};
+use crate::Tensor;
 
 /// KPCA-CAM's projections of a batch `x` [N, K, h, w]: [N, h, w] before the ReLU. NaNs count
-/// as zero (as pytorch-grad-cam's); an error where the centred kernel has no positive
-/// eigenvalue (scikit-learn refuses it too).
-pub fn kpca_projection(x: &Tensor) -> Result<Tensor> {
+/// as zero (as pytorch-grad-cam's). An image whose centred kernel has no eigenvalue clear of
+/// rounding (a flat layer) gets a zero map. The kernel is a dense (h·w)² matrix per image.
+pub fn kpca_projection(x: &Tensor) -> Tensor {
     let (n, k, h, w) = x.dims4();
     let hw = h * w;
     if k == 0 || hw == 0 {
-        return Ok(Tensor::zeros([n, h, w]));
+        return Tensor::zeros([n, h, w]);
     }
-    let per: Vec<Result<Vec<f32>>> = x
+    let per: Vec<Vec<f32>> = x
         .data()
         .par_chunks(k * hw)
         .map(|img| project_one(img, k, hw))
         .collect();
-    let mut maps = Vec::with_capacity(n * hw);
-    for m in per {
-        maps.extend(m?);
-    }
-    Ok(Tensor::new([n, h, w], maps))
+    Tensor::new([n, h, w], per.concat())
 }
 
 /// One image: `x` is [K, hw] channel-major; returns the projection [hw].
-fn project_one(x: &[f32], k: usize, hw: usize) -> Result<Vec<f32>> {
+fn project_one(x: &[f32], k: usize, hw: usize) -> Vec<f32> {
     // Centred channels, pixel-major: m[p][ch] = x[ch][p] - mean_p x[ch][p].
     let mut m = vec![0f64; hw * k];
     for (ch, src) in x.chunks(hw).enumerate() {
@@ -78,13 +74,11 @@ fn project_one(x: &[f32], k: usize, hw: usize) -> Result<Vec<f32>> {
             .collect()
     };
     let (lambda, mut v) = lanczos_top(hw, apply);
-    // scikit-learn clips eigenvalues that are negative only by rounding to 0 and refuses a
-    // kernel whose largest one is clearly negative.
+    // The all-ones vector has eigenvalue 0, so the largest is ≥ 0 but for rounding; one
+    // within rounding of 0 has a noise eigenvector (scikit-learn would return that noise).
     let scale = g.iter().fold(0f64, |s, v| s.max(v.abs())) * hw as f64;
-    if lambda < -1e-5 * scale {
-        return Err(Error::Invalid(format!(
-            "KPCA-CAM: the centred kernel's eigenvalues are all negative (largest {lambda:.3e})"
-        )));
+    if lambda <= 1e-12 * scale {
+        return vec![0.0; hw];
     }
     // The entry of largest magnitude positive (the first one on ties, as np.argmax).
     let at = (0..hw).fold(
@@ -95,7 +89,7 @@ fn project_one(x: &[f32], k: usize, hw: usize) -> Result<Vec<f32>> {
         v.iter_mut().for_each(|x| *x = -*x);
     }
     let root = lambda.max(0.0).sqrt();
-    Ok(v.iter().map(|x| (x * root) as f32).collect())
+    v.iter().map(|x| (x * root) as f32).collect()
 }
 
 #[cfg(test)]
@@ -112,7 +106,7 @@ mod tests {
         let (k, h, w) = (6, 3, 4);
         let hw = h * w;
         let x = rng.tensor(&[1, k, h, w], -1.0, 2.0);
-        let got = kpca_projection(&x).unwrap();
+        let got = kpca_projection(&x);
         let d = x.data();
         let feat = |p: usize, ch: usize| {
             let mean = (0..hw).map(|q| d[ch * hw + q] as f64).sum::<f64>() / hw as f64;
@@ -160,5 +154,15 @@ mod tests {
                 got.data()[p]
             );
         }
+    }
+
+    /// A layer that is the same at every pixel has a centred kernel of rounding noise: the
+    /// map is zero, not that noise stretched to full contrast.
+    #[test]
+    fn a_flat_layer_gives_a_zero_map() {
+        let (k, hw) = (5, 20 * 20);
+        let x: Vec<f32> = (0..k * hw).map(|i| 0.3 + (i / hw) as f32).collect();
+        let got = kpca_projection(&Tensor::new([1, k, 20, 20], x));
+        assert!(got.data().iter().all(|&v| v == 0.0));
     }
 }

@@ -220,7 +220,8 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
             req.method.name()
         )));
     }
-    if req.finer.is_some() {
+    if let Some(f) = req.finer {
+        f.check(net.num_classes())?;
         finer::check_combination(req.method, req.counterfactual, req.guided, req.aug_smooth)?;
     }
     if req.aug_smooth {
@@ -382,7 +383,7 @@ fn layer_map<B: Backend>(
         Method::EigenCam => (None, Combine::Activations),
         Method::KpcaCam => {
             // No channel weights: the component lives in the pixels' kernel space.
-            let maps = relu(kpca_projection(&be.download(a)?)?);
+            let maps = relu(kpca_projection(&be.download(a)?));
             return Ok((Tensor::zeros([maps.shape()[0], 0]), maps));
         }
         Method::FullGrad => unreachable!("explain_full_grad handles FullGrad"),

@@ -235,7 +235,8 @@ fn explain_all<B: Backend>(
                 ranks: a.finer_ranks.clone(),
             };
             check_combination(a.method, a.counterfactual, a.guided, a.aug_smooth)?;
-            Some(f.checked(graph.num_classes)?)
+            f.check(graph.num_classes)?;
+            Some(f)
         }
         false => None,
     };

@@ -7,7 +7,10 @@ mod gemm;
 pub mod naive;
 mod winograd;
 
-use super::{Backend, Conv2dParams, ElementRule, FullGradBy, Overlays, Pool2dParams, WeightRule};
+use super::{
+    check_full_grad_shapes, Backend, Conv2dParams, ElementRule, FullGradBy, Overlays, Pool2dParams,
+    WeightRule,
+};
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
 
@@ -216,6 +219,11 @@ impl Backend for CpuBackend {
         by: FullGradBy<'_, Tensor>,
         out: (usize, usize),
     ) -> Result<Tensor> {
+        let shapes = match by {
+            FullGradBy::Input(x) => FullGradBy::Input(x.shape()),
+            FullGradBy::Bias(b) => FullGradBy::Bias(b),
+        };
+        check_full_grad_shapes(g.shape(), shapes, total.as_ref().map(Tensor::shape), out)?;
         Ok(cam_ops::full_grad_add(total, g, by, out))
     }
 }

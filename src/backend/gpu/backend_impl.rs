@@ -9,7 +9,8 @@ use super::{
     Precision, IMAGES_PER_LAUNCH, IMAGE_DESC,
 };
 use crate::backend::{
-    Backend, Conv2dParams, ElementRule, FullGradBy, Overlays, Pool2dParams, WeightRule,
+    check_full_grad_shapes, Backend, Conv2dParams, ElementRule, FullGradBy, Overlays, Pool2dParams,
+    WeightRule,
 };
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
@@ -706,36 +707,44 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         by: FullGradBy<'_, Self::Tensor>,
         (oh, ow): (usize, usize),
     ) -> Result<Self::Tensor> {
+        let shapes = match by {
+            FullGradBy::Input(x) => FullGradBy::Input(&x.shape[..]),
+            FullGradBy::Bias(b) => FullGradBy::Bias(b),
+        };
+        check_full_grad_shapes(
+            &g.shape,
+            shapes,
+            total.as_ref().map(|t| &t.shape[..]),
+            (oh, ow),
+        )?;
         let g = &*self.nchw(g)?;
         let (n, k, h, w) = dims4(&g.shape);
         let hw = h * w;
         let mut total = match total {
+            Some(t) if t.dtype != DType::F32 => {
+                return Err(crate::Error::Invalid(format!(
+                    "full_grad_add: the total is {:?}, not f32",
+                    t.dtype
+                )))
+            }
             Some(t) => Some(self.owned_nchw(t)?),
             None => None,
         };
         let accumulate = total.is_some() as usize;
-        if let Some(t) = &total {
-            if t.shape != [n, oh, ow] || t.dtype != DType::F32 {
-                return Err(crate::Error::Invalid(format!(
-                    "full_grad_add: the total is {:?} {:?}, not f32 [{n}, {oh}, {ow}]",
-                    t.dtype, t.shape
-                )));
-            }
-        }
         if n * k * hw == 0 || oh * ow == 0 {
             return match total {
                 Some(t) => Ok(t),
-                None => self.tensor(vec![n, oh, ow], DType::F32),
+                None => Ok(GpuTensor {
+                    buf: self.upload_f32(&vec![0f32; n * oh * ow])?,
+                    shape: vec![n, oh, ow],
+                    dtype: DType::F32,
+                    nhwc: false,
+                    tf32_exact: false,
+                }),
             };
         }
         // One of x and bias is read (by_x says which); the other pointer is never touched.
         let x = match by {
-            FullGradBy::Input(x) if x.shape != g.shape => {
-                return Err(crate::Error::Invalid(format!(
-                    "full_grad_add: x is {:?}, the gradient {:?}",
-                    x.shape, g.shape
-                )))
-            }
             FullGradBy::Input(x) => Some(self.nchw(x)?),
             FullGradBy::Bias(_) => None,
         };
@@ -744,12 +753,6 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             None => None,
         };
         let bias = match by {
-            FullGradBy::Bias(b) if b.len() != k => {
-                return Err(crate::Error::Invalid(format!(
-                    "full_grad_add: {} bias values for {k} channels",
-                    b.len()
-                )))
-            }
             FullGradBy::Bias(b) => Some(self.upload_f32(b)?),
             FullGradBy::Input(_) => None,
         };
