@@ -74,6 +74,36 @@ __device__ __forceinline__ void cam_weights(const T* __restrict__ a, const T* __
     if (threadIdx.x == 0) weights[blockIdx.x] = acc;
 }
 
+// FEM (pytorch-grad-cam's FEM): w = the fraction of the plane above mean + k·std (population
+// std, about the mean in a second pass as numpy computes it).
+//   fem_weights_<t>: grid (N·K), block 256: one block per plane, three block reductions.
+template <class T>
+__device__ __forceinline__ void fem_weights(const T* __restrict__ a, float* __restrict__ weights,
+                                            int hw, float k_sigma) {
+    __shared__ float scratch[32];
+    __shared__ float shared_mean, shared_th;
+    const T* ap = a + (size_t)blockIdx.x * hw;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < hw; i += blockDim.x) s += ld(ap, i);
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) shared_mean = s / (float)hw;
+    __syncthreads();
+    const float mean = shared_mean;
+    float v = 0.0f;
+    for (int i = threadIdx.x; i < hw; i += blockDim.x) {
+        const float d = ld(ap, i) - mean;
+        v += d * d;
+    }
+    v = block_sum(v, scratch);
+    if (threadIdx.x == 0) shared_th = mean + k_sigma * sqrtf(v / (float)hw);
+    __syncthreads();
+    const float th = shared_th;
+    float above = 0.0f;
+    for (int i = threadIdx.x; i < hw; i += blockDim.x) above += ld(ap, i) > th ? 1.0f : 0.0f;
+    above = block_sum(above, scratch);
+    if (threadIdx.x == 0) weights[blockIdx.x] = above / (float)hw;
+}
+
 template <class T>
 __device__ __forceinline__ void elementwise_cam_relu(const T* __restrict__ a, const T* __restrict__ g,
                                                      float* __restrict__ map, int k, int hw,
@@ -182,6 +212,18 @@ extern "C" __global__ void cam_weights_bf16(const bf16* __restrict__ a, const bf
 extern "C" __global__ void cam_weights_f16(const f16* __restrict__ a, const f16* __restrict__ g,
                                            float* __restrict__ weights, int hw, int rule) {
     cam_weights(a, g, weights, hw, rule);
+}
+extern "C" __global__ void fem_weights_f32(const float* __restrict__ a, float* __restrict__ weights,
+                                           int hw, float k_sigma) {
+    fem_weights(a, weights, hw, k_sigma);
+}
+extern "C" __global__ void fem_weights_bf16(const bf16* __restrict__ a, float* __restrict__ weights,
+                                            int hw, float k_sigma) {
+    fem_weights(a, weights, hw, k_sigma);
+}
+extern "C" __global__ void fem_weights_f16(const f16* __restrict__ a, float* __restrict__ weights,
+                                           int hw, float k_sigma) {
+    fem_weights(a, weights, hw, k_sigma);
 }
 extern "C" __global__ void elementwise_cam_relu_f32(const float* __restrict__ a, const float* __restrict__ g,
                                                     float* __restrict__ map, int k, int hw, int rule) {

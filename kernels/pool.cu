@@ -6,6 +6,8 @@
 //                        tensors), planes = N; the same window order, so the same values
 //   max_pool2d_bwd_<t>:  dx[i] = Σ dy over the windows whose first maximum (row-major order,
 //                        PyTorch's rule) is element i
+//   max_pool2d_tangent_<t>: y = v at each window's first maximum of x (a jvp through the pool;
+//                        ShapleyCAM's forward-mode pass)
 //   adaptive_avg_pool2d_fwd_<t> / _bwd_<t>: bins [floor(i·H/o), ceil((i+1)·H/o))
 #include "common.cuh"
 
@@ -90,6 +92,17 @@ __device__ __forceinline__ void max_pool2d_bwd(const T* __restrict__ x, const T*
 }
 
 template <class T>
+__device__ __forceinline__ void max_pool2d_tangent(const T* __restrict__ x, const T* __restrict__ v,
+                                                   T* __restrict__ y, POOL_PARAMS) {
+    const int total = planes * oh * ow;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int p = i / (oh * ow), oy = (i / ow) % oh, ox = i % ow;
+        const size_t base = (size_t)p * h * w;
+        st(y, i, ld(v, base + window_argmax(x + base, h, w, oy, ox, kh, kw, sh, sw, ph, pw)));
+    }
+}
+
+template <class T>
 __device__ __forceinline__ void adaptive_avg_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
                                                         int planes, int h, int w, int oh, int ow) {
     const int total = planes * oh * ow;
@@ -151,6 +164,21 @@ extern "C" __global__ void max_pool2d_fwd_bf16(const bf16* __restrict__ x, bf16*
 extern "C" __global__ void max_pool2d_fwd_f16(const f16* __restrict__ x, f16* __restrict__ y,
                                               POOL_PARAMS) {
     max_pool2d_fwd(x, y, POOL_ARGS);
+}
+extern "C" __global__ void max_pool2d_tangent_f32(const float* __restrict__ x,
+                                                  const float* __restrict__ v, float* __restrict__ y,
+                                                  POOL_PARAMS) {
+    max_pool2d_tangent(x, v, y, POOL_ARGS);
+}
+extern "C" __global__ void max_pool2d_tangent_bf16(const bf16* __restrict__ x,
+                                                   const bf16* __restrict__ v, bf16* __restrict__ y,
+                                                   POOL_PARAMS) {
+    max_pool2d_tangent(x, v, y, POOL_ARGS);
+}
+extern "C" __global__ void max_pool2d_tangent_f16(const f16* __restrict__ x,
+                                                  const f16* __restrict__ v, f16* __restrict__ y,
+                                                  POOL_PARAMS) {
+    max_pool2d_tangent(x, v, y, POOL_ARGS);
 }
 extern "C" __global__ void max_pool2d_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy,
                                               float* __restrict__ dx, POOL_PARAMS) {

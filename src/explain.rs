@@ -79,6 +79,10 @@ pub struct ExplainConfig {
     /// Finer-CAM: explain the class's margin over its nearest classes (see
     /// [`crate::cam::finer`]).
     pub finer: Option<Finer>,
+    /// FEM's threshold in standard deviations ([`CamRequest::fem_k`]).
+    pub fem_k: f32,
+    /// The class score explained ([`CamRequest::target`]).
+    pub target: crate::cam::Target,
     pub size: InputSize,
     /// Where the overlay is drawn, if at all.
     pub overlay: OverlayAt,
@@ -109,6 +113,8 @@ impl Default for ExplainConfig {
             eigen_smooth: false,
             aug_smooth: false,
             finer: None,
+            fem_k: crate::cam::FEM_K,
+            target: crate::cam::Target::Logit,
             size: InputSize::Square(224),
             overlay: OverlayAt::Image,
         }
@@ -305,6 +311,8 @@ fn device_fitting<B: Backend>(
         eigen_smooth: cfg.eigen_smooth,
         aug_smooth: cfg.aug_smooth,
         finer: cfg.finer.as_ref(),
+        fem_k: cfg.fem_k,
+        target: cfg.target,
     };
     let batch = explain(net, x, &req)?;
     check_finite(&batch, &be.name())?;

@@ -226,6 +226,31 @@ fn pool_kernels_match_the_cpu_oracle() {
             &dx,
             &naive::max_pool2d_bwd(&x, &dy, &p),
         );
+        // The forward-mode twin: v at each window's first maximum of x.
+        let v = rng.tensor(&shape, -1.0, 1.0);
+        let mut t = vec![f32::NAN; planes * oh * ow];
+        let mut args = vec![Arg::In(x.data()), Arg::In(v.data()), Arg::Out(&mut t)];
+        geom(&mut args);
+        run1d("max_pool2d_tangent_f32", planes * oh * ow, &mut args);
+        let want = naive::max_pool2d_tangent(&x, &v, &p);
+        assert_eq!(
+            t,
+            want.data(),
+            "max_pool2d_tangent_f32 picks other elements"
+        );
+        // The CPU op itself: the adjoint of the backward pass, <tangent(v), dy> = <v, bwd(dy)>
+        // (the same picks, so equal up to summation order: 1e-4 relative).
+        let lhs: f64 = (want.data().iter().zip(dy.data()))
+            .map(|(a, b)| (a * b) as f64)
+            .sum();
+        let bwd = naive::max_pool2d_bwd(&x, &dy, &p);
+        let rhs: f64 = (v.data().iter().zip(bwd.data()))
+            .map(|(a, b)| (a * b) as f64)
+            .sum();
+        assert!(
+            (lhs - rhs).abs() < 1e-4 * (1.0 + rhs.abs()),
+            "max_pool2d_tangent is not the backward pass's adjoint: {lhs} vs {rhs}"
+        );
     }
     for (shape, out) in [
         ([2, 3, 14, 14], (7, 7)),
@@ -625,6 +650,45 @@ fn cam_family_kernels_match_the_cpu_backend() {
                 &wts,
                 &be.cam_weights(rule, &a, &g).unwrap(),
             );
+        }
+        // FEM's weights: counts above a threshold, so the planes have ReLU's zeros, a
+        // constant plane (std 0: nothing above) and negative k.
+        let mut relu_like = rng.tensor(&[n, k, h, w], -1.0, 2.0);
+        relu_like
+            .data_mut()
+            .iter_mut()
+            .for_each(|v| *v = v.max(0.0));
+        relu_like.data_mut()[..h * w]
+            .iter_mut()
+            .for_each(|v| *v = 1.5);
+        for k_sigma in [2.0f32, 0.0, -0.5] {
+            let mut wts = vec![f32::NAN; n * k];
+            let mut args = [
+                Arg::In(relu_like.data()),
+                Arg::Out(&mut wts),
+                Arg::I32((h * w) as i32),
+                Arg::F32(k_sigma),
+            ];
+            unsafe {
+                emu::launch(
+                    "fem_weights_f32",
+                    [(n * k) as u32, 1, 1],
+                    [256, 1, 1],
+                    0,
+                    &mut args,
+                )
+            }
+            .unwrap();
+            let want = be.fem_weights(&relu_like, k_sigma).unwrap();
+            // Counts: exact unless a value lies within rounding of the threshold (not here).
+            assert_eq!(wts, want.data(), "fem_weights_f32 k={k_sigma}");
+            if h * w > 1 {
+                assert_eq!(
+                    want.data()[0],
+                    0.0,
+                    "a constant plane has nothing above its mean"
+                );
+            }
         }
         // Negative activations too (a BatchNorm's output): there the element-wise rules differ.
         let a = rng.tensor(&[n, k, h, w], -1.0, 2.0);

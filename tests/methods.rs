@@ -27,7 +27,7 @@ use common::{check_overlay, expected, fixtures, manifest, networks, rel_err};
 use gradcam::cam::postprocess::guided_images;
 use gradcam::cam::{
     explain, overlay, principal_projection, upsample_normalised, CamRequest, ClassSel, Finer,
-    Method,
+    Method, Target,
 };
 use gradcam::image::{load_rgb8, preprocess, InputSize};
 use gradcam::Tensor;
@@ -46,6 +46,8 @@ fn method(name: &str) -> Option<Method> {
         "eigencam" => Method::EigenCam,
         "eigengradcam" => Method::EigenGradCam,
         "kpcacam" => Method::KpcaCam,
+        "fem" => Method::Fem,
+        "shapleycam" => Method::ShapleyCam,
         "gradcam" => Method::GradCam,
         _ => return None,
     })
@@ -138,11 +140,20 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             eigen_smooth: c["eigen_smooth"].as_bool().unwrap_or(false),
             aug_smooth: c["aug_smooth"].as_bool().unwrap_or(false),
             finer: finer.as_ref(),
+            fem_k: c
+                .get("fem_k")
+                .map_or(gradcam::cam::FEM_K, |k| k.as_f64().unwrap() as f32),
+            target: c.get("target").map_or(Target::Logit, |t| {
+                Target::parse(t.as_str().unwrap()).unwrap()
+            }),
         };
         let out = explain(net, x, &req).unwrap();
         let err = rel_err(&out.logits, &exp.f32("logits"));
         assert!(err < 1e-4, "{id}: logits {err}");
         assert_eq!(out.classes[0], exp.class(), "{id}: class");
+        if req.target != Target::Logit {
+            seen.insert(format!("{name}+{}", req.target.name()));
+        }
         if finer.is_some() {
             seen.insert(format!("{name}+finer"));
             let theirs: Vec<usize> = (exp.bytes("compared").unwrap().chunks(8))
@@ -260,6 +271,13 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         "eigencam",
         "eigengradcam",
         "kpcacam",
+        "fem",
+        "shapleycam",
+        "shapleycam+softmax",
+        "shapleycam+rest",
+        "gradcam+softmax",
+        "scorecam+softmax",
+        "ablationcam+rest",
         "gradcam+eigen_smooth",
         "gradcamelementwise+eigen_smooth",
         "layercam+eigen_smooth",
@@ -291,7 +309,8 @@ fn method_names_parse_and_scorecam_rejects_counterfactual() {
     );
     assert_eq!(Method::parse("Ablation-CAM").unwrap(), Method::AblationCam);
     assert_eq!(Method::parse("FullGrad").unwrap(), Method::FullGrad);
-    let e = Method::parse("shapleycam").unwrap_err().to_string();
+    assert_eq!(Method::parse("ShapleyCAM").unwrap(), Method::ShapleyCam);
+    let e = Method::parse("randomcam").unwrap_err().to_string();
     assert!(e.contains("ablationcam") && e.contains("eigencam"), "{e}");
     let nets = networks();
     let req = CamRequest {

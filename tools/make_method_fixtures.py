@@ -3,7 +3,8 @@
 
 Reference: pytorch-grad-cam 1.5.7 (GradCAMPlusPlus, XGradCAM, HiResCAM,
 LayerCAM, GradCAMElementWise, ScoreCAM, AblationCAM, FullGrad, EigenCAM, EigenGradCAM,
-KPCA_CAM, FinerCAM over several of them, the `eigen_smooth=True` option of the others, GuidedBackpropReLUModel, and Guided Grad-CAM as the library's
+KPCA_CAM, FEM, ShapleyCAM, FinerCAM over several of them, the softmax and ReST model
+targets, the `eigen_smooth=True` option of the others, GuidedBackpropReLUModel, and Guided Grad-CAM as the library's
 README builds it).
 
 This script only ADDS files under tests/fixtures/; it never touches what
@@ -38,7 +39,7 @@ CAM-method files (float32 unless noted):
 The preprocessed input depends only on (image, size), and every such pair
 already has a committed file in manifest.json holding it; each methods.json
 case names that file in "input_from" (checked bit-for-bit here) instead of
-duplicating ~87 kB per file, which keeps the addition under 4.5 MB. Pass
+duplicating ~87 kB per file, which keeps the addition under 5 MB. Pass
 --embed-inputs to store `input` in every CAM-method file as well.
 
 Guided files (<model>__<image>__<size>__guided):
@@ -70,12 +71,15 @@ import torchvision
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FinerCAM, FullGrad, GradCAM,
+from pytorch_grad_cam import (FEM, AblationCAM, EigenCAM, EigenGradCAM, FinerCAM, FullGrad,
+                              GradCAM, ShapleyCAM,
                               GradCAMElementWise,
                               GradCAMPlusPlus, GuidedBackpropReLUModel, HiResCAM, KPCA_CAM,
                               LayerCAM, ScoreCAM, XGradCAM)
 from pytorch_grad_cam.utils.image import deprocess_image, show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.model_targets import (ClassifierOutputReST,
+                                                  ClassifierOutputSoftmaxTarget,
+                                                  ClassifierOutputTarget)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_fixtures as mf  # noqa: E402  (model classes, preprocessing, targets)
@@ -99,7 +103,13 @@ GRADIENT_METHODS = [m for m, (_, _, g) in METHODS.items() if g]
 CLASSES = dict(METHODS, gradcam=(GradCAM, True, True),
                gradcamelementwise=(GradCAMElementWise, False, True),
                ablationcam=(AblationCAM, True, False),
-               kpcacam=(KPCA_CAM, False, False))
+               kpcacam=(KPCA_CAM, False, False),
+               fem=(FEM, False, False),
+               shapleycam=(ShapleyCAM, True, True))
+
+# gradcam's --target names for pytorch-grad-cam's model targets.
+TARGETS = {"logit": ClassifierOutputTarget, "softmax": ClassifierOutputSoftmaxTarget,
+           "rest": ClassifierOutputReST}
 EIGEN_METHODS = ("eigencam", "eigengradcam")
 
 # (model, layer, image, size, counterfactual)
@@ -159,6 +169,27 @@ KPCA_CASES = [
     ("resnet_tiny", "layer4", "a", "native"),
     ("vgg_bn_tiny", "features.27", "b", 64),
     ("resnet_basic_tiny", "layer3", "c", "native"),
+]
+
+# FEM(model, [layer], k=k): (model, layer, image, size, k); 2 is pytorch-grad-cam's default.
+FEM_CASES = [
+    ("resnet_tiny", "layer4", "a", "native", 2.0),
+    ("vgg_bn_tiny", "features.27", "b", 64, 2.0),
+    ("resnet_basic_tiny", "layer3", "c", "native", 1.0),
+]
+
+# ShapleyCAM and other methods under another model target: (model, layer, image, size,
+# method, target). ShapleyCAM under the logit target is Grad-CAM (its Hessian term is zero
+# through ReLU layers); the softmax and ReST targets give it one: through the affine head
+# (layer4), through residual blocks (layer3) and through VGG's max pool and ReLU classifier.
+TARGET_CASES = [
+    ("resnet_tiny", "layer4", "a", "native", "shapleycam", "rest"),
+    ("vgg_bn_tiny", "features.27", "b", 64, "shapleycam", "softmax"),
+    ("resnet_basic_tiny", "layer3", "c", "native", "shapleycam", "rest"),
+    ("resnet_tiny", "layer4", "a", 64, "shapleycam", "logit"),
+    ("resnet_tiny", "layer4", "c", "native", "gradcam", "softmax"),
+    ("vgg_bn_tiny", "features.27", "b", 64, "scorecam", "softmax"),
+    ("resnet_tiny", "layer4", "a", "native", "ablationcam", "rest"),
 ]
 
 # eigen_smooth=True: (model, layer, image, size, methods)
@@ -249,27 +280,32 @@ def check_weights(method: str, act: np.ndarray, grad: np.ndarray, weights: np.nd
     assert err < 1e-4, f"{method}: weights differ from float64 recomputation ({err})"
 
 
-def check_scorecam_weights(model, x, act: np.ndarray, cls: int, weights: np.ndarray):
+def check_scorecam_weights(model, x, act: np.ndarray, cls: int, weights: np.ndarray,
+                           target=None):
     """ScoreCAM from scratch: align_corners=True bilinear, per-channel min-max,
-    one masked forward per channel, softmax over the channel scores."""
+    one masked forward per channel, softmax over the channel scores (the logit's, or
+    `target`'s of each masked output)."""
+    score = target if target is not None else (lambda out: out[:, cls])
     with torch.no_grad():
         up = torch.nn.functional.interpolate(torch.from_numpy(act), size=x.shape[-2:],
                                              mode="bilinear", align_corners=True)[0]
         flat = up.reshape(up.shape[0], -1)
         lo, hi = flat.min(dim=1)[0], flat.max(dim=1)[0]
         masks = (up - lo[:, None, None]) / (hi - lo + 1e-8)[:, None, None]
-        scores = torch.stack([model(x * m[None, None])[0, cls] for m in masks])
+        scores = torch.stack([score(model(x * m[None, None]))[0] for m in masks])
         ref = torch.softmax(scores, dim=0).numpy()[None]
     err = float(np.abs(ref - weights).max())
     assert err < 1e-5, f"scorecam: weights differ from recomputation ({err})"
 
 
-def check_ablation_weights(model, layer_name: str, x, cls: int, weights: np.ndarray):
+def check_ablation_weights(model, layer_name: str, x, cls: int, weights: np.ndarray,
+                           target=None):
     """AblationCAM from scratch: a forward hook zeroes one channel of the layer's output,
-    w_k = (score - ablated score_k) / score, in float64."""
+    w_k = (score - ablated score_k) / score, in float64 (the logit's, or `target`'s)."""
     layer = model.get_submodule(layer_name)
+    score = target if target is not None else (lambda out: out[:, cls])
     with torch.no_grad():
-        base = float(model(x)[0, cls])
+        base = float(score(model(x))[0])
         ref = []
         for k in range(weights.shape[1]):
             def zero(module, inputs, output, k=k):
@@ -278,7 +314,7 @@ def check_ablation_weights(model, layer_name: str, x, cls: int, weights: np.ndar
                 return output
             handle = layer.register_forward_hook(zero)
             try:
-                ref.append((base - float(model(x)[0, cls])) / base)
+                ref.append((base - float(score(model(x))[0])) / base)
             finally:
                 handle.remove()
     ref = np.array(ref)[None]
@@ -340,8 +376,11 @@ def run_method(method: str, model, layer_name: str, x: torch.Tensor, targets,
         activation = obj.activations_and_grads.activations[0].detach().clone()
         gradient = None
         if uses_grads:
-            assert len(obj.activations_and_grads.gradients) == 1
-            gradient = obj.activations_and_grads.gradients[0].detach().clone()
+            grads = obj.activations_and_grads.gradients
+            # ShapleyCAM's double backward may pass the layer's hook again, and the hook
+            # prepends: the first pass's gradient is the last.
+            assert len(grads) in ((1, 2) if method == "shapleycam" else (1,)), (method, len(grads))
+            gradient = grads[-1].detach().clone()
     return np.asarray(cam), logits, activation, gradient, seen.get("weights"), seen["raw"]
 
 
@@ -614,6 +653,140 @@ def kpca_case(entry, model, rgb, src_file, fixtures):
     return case_id, tensors, err, gap
 
 
+def fem_case(entry, model, rgb, src_file, fixtures):
+    """FEM(model, [layer], k=k)(x, targets): logits, class, activation, the channel weights
+    (FEM's own float32 formula, which it keeps inside get_cam_image), cam. The weights are
+    counts above a threshold: the case is refused if a float64 threshold counts differently
+    (a value within rounding of it would make the fixture depend on summation order)."""
+    model_name, layer, img, size, k = entry
+    x = mf.preprocess(rgb, size)
+    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    with torch.no_grad():
+        cls = int(model(x).argmax(dim=1).item())
+    layer_mod = model.get_submodule(layer)
+    seen = {}
+    with FEM(model=model, target_layers=[layer_mod], k=k) as obj:
+        original = obj.get_cam_image
+
+        def recording(*args, **kwargs):
+            r = original(*args, **kwargs)
+            seen["raw"] = np.array(r, copy=True)
+            return r
+
+        obj.get_cam_image = recording
+        cam = np.asarray(obj(input_tensor=x, targets=[ClassifierOutputTarget(cls)]))
+        logits = obj.outputs.detach().clone()
+        activation = obj.activations_and_grads.activations[0].detach().clone()
+    act = activation.numpy()
+    th = act.mean(axis=(2, 3)) + k * act.std(axis=(2, 3))
+    weights = (act > th[:, :, None, None]).mean(axis=(2, 3)).astype(np.float32)
+    a64 = act.astype(np.float64)
+    th64 = a64.mean(axis=(2, 3)) + k * a64.std(axis=(2, 3))
+    w64 = (a64 > th64[:, :, None, None]).mean(axis=(2, 3))
+    assert np.array_equal(weights, w64.astype(np.float32)), f"{model_name} {layer}: borderline"
+    if k != 2.0:
+        # The case must show that k is used: the default's weights differ.
+        th2 = act.mean(axis=(2, 3)) + 2.0 * act.std(axis=(2, 3))
+        assert not np.array_equal(weights, (act > th2[:, :, None, None]).mean(axis=(2, 3))), \
+            f"{model_name} {layer}: k={k} weighs as the default"
+    raw = (weights[:, :, None, None] * act).sum(axis=1)
+    err = float(np.abs(raw - seen["raw"]).max()) / max(float(np.abs(raw).max()), 1e-12)
+    assert err < 1e-5, f"{model_name} {layer}: FEM's map differs from the weights' ({err})"
+    assert raw.max() > 0 and (weights > 0).mean() > 0.05, f"{model_name} {layer}: degenerate"
+    assert float(cam.max()) > 0.99 and np.isfinite(cam).all()
+    case_id = f"{model_name}__{layer}__{img}__{size}__fem" + ("" if k == 2.0 else f"_k{k:g}")
+    tensors = {
+        "logits": logits.float().contiguous(),
+        "class": torch.tensor([cls], dtype=torch.int64),
+        "activation": activation.float().contiguous(),
+        "weights": torch.from_numpy(np.ascontiguousarray(weights)),
+        "cam": torch.from_numpy(np.ascontiguousarray(cam)),
+    }
+    if size == "native":
+        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
+        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    return case_id, tensors, float((weights > 0).mean())
+
+
+def shapley_reference(model, layer_name, x, cls, target):
+    """ShapleyCAM's weights from scratch, in float64: mean over (h, w) of g − ½ H A, where g
+    is the target's gradient at the layer and H A its derivative along A, by central
+    differences of g at A(1 ± 1e-6) (a forward hook puts the changed activation in place)."""
+    import copy
+    m = copy.deepcopy(model).double().eval()
+    layer = m.get_submodule(layer_name)
+    xd = x.double()
+    seen = {}
+    h = layer.register_forward_hook(lambda mod, inp, out: seen.setdefault("a", out.detach().clone()))
+    with torch.no_grad():
+        m(xd)
+    h.remove()
+    a = seen["a"]
+
+    def grad_at(ap):
+        ap = ap.clone().requires_grad_(True)
+        handle = layer.register_forward_hook(lambda mod, inp, out: ap)
+        try:
+            f = target(m(xd)).sum()
+            (g,) = torch.autograd.grad(f, ap)
+        finally:
+            handle.remove()
+        return g
+
+    eps = 1e-6
+    g = grad_at(a)
+    hvp = (grad_at(a * (1 + eps)) - grad_at(a * (1 - eps))) / (2 * eps)
+    return (g - 0.5 * hvp).mean(dim=(2, 3)).numpy(), g.mean(dim=(2, 3)).numpy()
+
+
+def target_case(entry, model, rgb, src_file, fixtures):
+    """A method under another model target: logits, class, activation, weights (what
+    get_cam_weights returned), cam. ShapleyCAM's weights are checked against
+    shapley_reference; Score-CAM's and Ablation-CAM's against the target's scores."""
+    model_name, layer, img, size, method, target_name = entry
+    x = mf.preprocess(rgb, size)
+    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    with torch.no_grad():
+        logits0 = model(x)
+        cls = int(logits0.argmax(dim=1).item())
+    target = TARGETS[target_name](cls)
+    cam, logits, activation, gradient, weights, _ = run_method(method, model, layer, x, [target])
+    if method == "shapleycam":
+        ref, grad_mean = shapley_reference(model, layer, x, cls, target)
+        scale = max(float(np.abs(ref).max()), 1e-12)
+        err = float(np.abs(ref - weights).max()) / scale
+        assert err < 1e-3, f"{model_name} {layer} {target_name}: ShapleyCAM weights vs float64 ({err})"
+        gap = float(np.abs(ref - grad_mean).max()) / scale
+        if target_name == "logit":
+            assert gap < 1e-6, f"{model_name} {layer}: the logit's Hessian term is not zero ({gap})"
+        else:
+            assert gap > 1e-2, f"{model_name} {layer} {target_name}: no Hessian term ({gap})"
+        note = f"vs float64 {err:.1e}, Hessian term {gap:.2f}"
+    elif method == "scorecam":
+        check_scorecam_weights(model, x, activation.numpy(), cls, weights, target)
+        note = "scores checked"
+    elif method == "ablationcam":
+        check_ablation_weights(model, layer, x, cls, weights, target)
+        note = "drops checked"
+    else:
+        note = ""
+    if weights is None:
+        weights = gradient.numpy().mean(axis=(2, 3))
+    assert float(cam.max()) > 0.99 and np.isfinite(cam).all()
+    case_id = f"{model_name}__{layer}__{img}__{size}__{method}__{target_name}"
+    tensors = {
+        "logits": logits.float().contiguous(),
+        "class": torch.tensor([cls], dtype=torch.int64),
+        "activation": activation.float().contiguous(),
+        "weights": torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
+        "cam": torch.from_numpy(np.ascontiguousarray(cam)),
+    }
+    if size == "native":
+        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
+        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    return case_id, tensors, note
+
+
 def guided_case(entry, fixtures, rgb):
     model_name, img, size = entry
     layer = DEFAULT_LAYER[model_name]
@@ -799,6 +972,20 @@ def main() -> int:
         print(f"{case_id:66s} {int(tensors['class'][0]):3d} vs float64 {err:.1e}, "
               f"eigen gap {gap:.2f}")
 
+    for entry in FEM_CASES:
+        model_name, layer, img, size, k = entry
+        src = sources[(img, size)]
+        case_id, tensors, share = fem_case(entry, models[model_name], rgbs[img], src, out)
+        store(case_id, tensors, model_name, layer, img, size, "fem", src, fem_k=k)
+        print(f"{case_id:66s} {int(tensors['class'][0]):3d} {share:.2f} of channels weighted")
+
+    for entry in TARGET_CASES:
+        model_name, layer, img, size, method, target_name = entry
+        src = sources[(img, size)]
+        case_id, tensors, note = target_case(entry, models[model_name], rgbs[img], src, out)
+        store(case_id, tensors, model_name, layer, img, size, method, src, target=target_name)
+        print(f"{case_id:66s} {int(tensors['class'][0]):3d} {note}")
+
     for entry in FINER_CASES:
         model_name, layer, img, size, method, alpha, ranks, target = entry
         src = sources[(img, size)]
@@ -860,7 +1047,7 @@ def main() -> int:
     print(f"\n{len(cases)} cases ({len(dropped)} dropped), added {total / 1e6:.2f} MB, "
           f"sha256 {digest.hexdigest()[:16]}")
     if not args.embed_inputs:
-        assert total < 4_500_000, "method fixtures grew past the 4.5 MB budget"
+        assert total < 5_000_000, "method fixtures grew past the 5 MB budget"
     return 0
 
 

@@ -119,6 +119,16 @@ pub(crate) fn check_full_grad_shapes(
     }
 }
 
+/// An error naming `op` unless two tensors have one shape.
+pub(crate) fn check_same_shape(op: &str, a: &[usize], b: &[usize]) -> Result<()> {
+    match a == b {
+        true => Ok(()),
+        false => Err(crate::Error::Invalid(format!(
+            "{op}: the tensors are {a:?} and {b:?}, not one shape"
+        ))),
+    }
+}
+
 /// The overlays of [`Backend::overlays`], ready or still being copied from the device (so a
 /// pipeline can queue the next batch meanwhile, and wait for them on another thread).
 pub struct Overlays(Box<dyn FnOnce() -> Result<Vec<RgbImage>> + Send>);
@@ -253,6 +263,15 @@ pub trait Backend: Send + Sync {
         dy: &Self::Tensor,
         p: &Pool2dParams,
     ) -> Result<Self::Tensor>;
+    /// The max pool's derivative along `v` at x (shaped like x): each window's value of v at
+    /// the first maximum of x in it (the forward pass's choice; PyTorch's tie rule). What a
+    /// forward-mode pass (`torch.func.jvp`) carries through `F.max_pool2d`.
+    fn max_pool2d_tangent(
+        &self,
+        x: &Self::Tensor,
+        v: &Self::Tensor,
+        p: &Pool2dParams,
+    ) -> Result<Self::Tensor>;
     /// `F.adaptive_avg_pool2d(x, out_hw)`, bins [floor(i·H/o), ceil((i+1)·H/o)).
     fn adaptive_avg_pool2d_fwd(
         &self,
@@ -289,6 +308,11 @@ pub trait Backend: Send + Sync {
         a: &Self::Tensor,
         g: &Self::Tensor,
     ) -> Result<Self::Tensor>;
+    /// FEM's channel weights [N,K]: the fraction of each plane's positions above its mean
+    /// plus `k_sigma` (population) standard deviations. pytorch-grad-cam's FEM:
+    /// `(a > a.mean((2,3), keepdim=True) + k * a.std((2,3), keepdim=True, unbiased=False))
+    /// .mean((2,3))`.
+    fn fem_weights(&self, a: &Self::Tensor, k_sigma: f32) -> Result<Self::Tensor>;
     /// ReLU(Σ_k w(g)_k ⊙ A_k), [N,h,w], for the element-wise CAM methods.
     fn elementwise_cam_relu(
         &self,

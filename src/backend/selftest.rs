@@ -242,6 +242,14 @@ pub fn op_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
             &be.max_pool2d_bwd(&up(&xr)?, &up(&g)?, &p)?,
             &oracle.max_pool2d_bwd(&xr, &g, &p)?,
         )?);
+        let v = bf16_exact(rng.tensor(xr.shape(), -1.0, 1.0));
+        out.push(check(
+            be,
+            "max_pool2d_tangent",
+            &name,
+            &be.max_pool2d_tangent(&up(&xr)?, &up(&v)?, &p)?,
+            &oracle.max_pool2d_tangent(&xr, &v, &p)?,
+        )?);
     }
     let y = oracle.adaptive_avg_pool2d_fwd(&x, (7, 7))?;
     out.push(check(
@@ -311,6 +319,15 @@ pub fn op_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
             shape,
             &be.cam_weights(rule, &up(&a)?, &up(&g)?)?,
             &oracle.cam_weights(rule, &a, &g)?,
+        )?);
+    }
+    for k_sigma in [crate::cam::FEM_K, 0.5] {
+        out.push(check(
+            be,
+            &format!("fem_weights k={k_sigma}"),
+            shape,
+            &be.fem_weights(&up(&a)?, k_sigma)?,
+            &oracle.fem_weights(&a, k_sigma)?,
         )?);
     }
     // Negative activations too (a BatchNorm's output): there the element-wise rules differ.

@@ -11,6 +11,8 @@ use super::finer::{self, Finer};
 use super::full_grad::explain_full_grad;
 use super::kpca::kpca_projection;
 use super::multi_layer::{mean_of_layers, target_layers};
+use super::shapley::{explain_shapley_layers, shapley_seeds};
+use super::target::Target;
 use crate::backend::{Backend, ElementRule, WeightRule};
 use crate::model::{Backward, LayerOutput, Network};
 use crate::{Error, Result, Tensor};
@@ -58,10 +60,18 @@ pub enum Method {
     /// Karmani et al. 2024: the first principal component in a sigmoid kernel's feature
     /// space (pytorch-grad-cam's KPCA_CAM; no class, no gradients; see [`super::kpca`]).
     KpcaCam,
+    /// Fuad et al. 2020, Feature Explanation Method (pytorch-grad-cam's FEM): each channel
+    /// weighted by the fraction of its positions above its mean plus k standard deviations
+    /// ([`CamRequest::fem_k`]; no class, no gradients).
+    Fem,
+    /// Cai et al. 2025 (pytorch-grad-cam's ShapleyCAM): Grad-CAM's weights from ∂f/∂A − ½ H A,
+    /// with H the score's Hessian along A (see [`super::shapley`]); Grad-CAM itself for the
+    /// logit target, where H = 0.
+    ShapleyCam,
 }
 
 impl Method {
-    pub const ALL: [Method; 12] = [
+    pub const ALL: [Method; 14] = [
         Method::GradCam,
         Method::GradCamPlusPlus,
         Method::XGradCam,
@@ -74,6 +84,8 @@ impl Method {
         Method::EigenCam,
         Method::EigenGradCam,
         Method::KpcaCam,
+        Method::Fem,
+        Method::ShapleyCam,
     ];
 
     pub fn name(self) -> &'static str {
@@ -90,6 +102,8 @@ impl Method {
             Method::EigenCam => "eigencam",
             Method::EigenGradCam => "eigengradcam",
             Method::KpcaCam => "kpcacam",
+            Method::Fem => "fem",
+            Method::ShapleyCam => "shapleycam",
         }
     }
 
@@ -115,7 +129,11 @@ impl Method {
     pub fn uses_gradients(self) -> bool {
         !matches!(
             self,
-            Method::ScoreCam | Method::AblationCam | Method::EigenCam | Method::KpcaCam
+            Method::ScoreCam
+                | Method::AblationCam
+                | Method::EigenCam
+                | Method::KpcaCam
+                | Method::Fem
         )
     }
 
@@ -147,6 +165,13 @@ pub struct CamRequest<'a> {
     /// Finer-CAM: explain the class's margin over its nearest classes instead of its score
     /// (see [`super::finer`]); any gradient method.
     pub finer: Option<&'a Finer>,
+    /// FEM's threshold: a position counts when above its channel's mean plus this many
+    /// standard deviations (pytorch-grad-cam's `k`, 2 by default).
+    pub fem_k: f32,
+    /// The class score explained (pytorch-grad-cam's model targets): the logit, the
+    /// probability or ReST. The gradient methods seed with its gradient, Score-CAM and
+    /// Ablation-CAM compare its values.
+    pub target: Target,
 }
 
 impl<'a> CamRequest<'a> {
@@ -161,9 +186,14 @@ impl<'a> CamRequest<'a> {
             eigen_smooth: false,
             aug_smooth: false,
             finer: None,
+            fem_k: FEM_K,
+            target: Target::Logit,
         }
     }
 }
+
+/// pytorch-grad-cam's default `k` for FEM.
+pub const FEM_K: f32 = 2.0;
 
 /// The result for one batch, on the host.
 pub struct CamBatch {
@@ -237,12 +267,24 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
                 .into(),
         ));
     }
+    if req.method == Method::Fem {
+        check_fem(req)?;
+    }
+    req.target
+        .check_combination(req.method, req.finer.is_some())?;
+    if req.method == Method::ShapleyCam && target_layers(req.layer)?.len() > 1 {
+        return explain_shapley_layers(net, x, req);
+    }
     let layers = target_layers(req.layer)?;
     // Ablation-CAM needs no pass per channel for a layer the logits are affine in: one
     // backward pass gives every channel's drop.
     let affine: Vec<bool> = layers
         .iter()
-        .map(|l| Ok(req.method == Method::AblationCam && net.graph().affine_after(l)?))
+        .map(|l| {
+            Ok(req.method == Method::AblationCam
+                && req.target == Target::Logit
+                && net.graph().affine_after(l)?)
+        })
         .collect::<Result<_>>()?;
     let gradients = req.method.uses_gradients() || affine.contains(&true);
     let what = match (gradients, req.guided) {
@@ -262,12 +304,26 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
     let num_classes = net.num_classes();
     let mut chosen = Vec::new();
     let mut compared = Vec::new();
-    let out = net.run(x, &layers, what, |logits| {
-        chosen = choose_classes(logits, req.classes, num_classes)?;
-        let s;
-        (s, compared) = seeds(req, logits, &chosen)?;
-        Ok(s)
-    })?;
+    // ShapleyCAM's seed needs the logits' derivative along the layer (one layer here).
+    let out = match req.method == Method::ShapleyCam && req.target != Target::Logit {
+        true => net.run_with_tangent(x, layers[0], what, |logits, jvp| {
+            chosen = choose_classes(logits, req.classes, num_classes)?;
+            compared = vec![Vec::new(); chosen.len()];
+            Ok(shapley_seeds(
+                req.target,
+                logits,
+                jvp,
+                &chosen,
+                req.counterfactual,
+            ))
+        })?,
+        false => net.run(x, &layers, what, |logits| {
+            chosen = choose_classes(logits, req.classes, num_classes)?;
+            let s;
+            (s, compared) = seeds(req, logits, &chosen)?;
+            Ok(s)
+        })?,
+    };
     if chosen.is_empty() {
         chosen = choose_classes(&out.logits, req.classes, num_classes)?;
         compared = vec![Vec::new(); chosen.len()];
@@ -280,6 +336,7 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
             layer: name,
             logits: &out.logits,
             classes: &chosen,
+            target: req.target,
         };
         let (w, m) = layer_map(net, req, layer, &score)?;
         // The channel weights reported are the first layer's.
@@ -311,7 +368,7 @@ pub(crate) fn seeds(
     match req.finer {
         Some(f) => f.seeds(logits, chosen),
         None => Ok((
-            seed(chosen, logits.shape()[1], req.counterfactual),
+            seed(req.target, logits, chosen, req.counterfactual),
             vec![Vec::new(); chosen.len()],
         )),
     }
@@ -327,6 +384,8 @@ struct Scores<'a, T> {
     /// The unchanged input's logits [N, classes], and the classes explained.
     logits: &'a Tensor,
     classes: &'a [usize],
+    /// The score compared.
+    target: Target,
 }
 
 /// One target layer's channel weights [N, K] and map [N, h, w] (after ReLU, not normalised),
@@ -343,7 +402,8 @@ fn layer_map<B: Backend>(
     let grad = || g.expect("requested");
     // What the channel sum (or, with eigen_smooth, the principal component) runs over.
     let (weights, combine) = match req.method {
-        Method::GradCam => (Some(be.grad_pool(grad())?), Combine::Channels),
+        // ShapleyCAM's gradient already carries its Hessian term (see super::shapley).
+        Method::GradCam | Method::ShapleyCam => (Some(be.grad_pool(grad())?), Combine::Channels),
         Method::GradCamPlusPlus | Method::XGradCam => {
             let rule = if req.method == Method::XGradCam {
                 WeightRule::XGradCam
@@ -368,7 +428,7 @@ fn layer_map<B: Backend>(
         ),
         Method::ScoreCam => {
             let x = score.x.expect("kept for Score-CAM");
-            let w = score_cam_weights(net, x, a, score.classes, req.score_batch)?;
+            let w = score_cam_weights(net, x, a, score, req.score_batch)?;
             (Some(be.upload(w)?), Combine::Channels)
         }
         Method::AblationCam => {
@@ -381,6 +441,7 @@ fn layer_map<B: Backend>(
             (Some(be.upload(w)?), Combine::Channels)
         }
         Method::EigenCam => (None, Combine::Activations),
+        Method::Fem => (Some(be.fem_weights(a, req.fem_k)?), Combine::Channels),
         Method::KpcaCam => {
             // No channel weights: the component lives in the pixels' kernel space.
             let maps = relu(kpca_projection(&be.download(a)?));
@@ -412,6 +473,23 @@ fn layer_map<B: Backend>(
         };
         Ok((be.download(&weights)?, be.download(&maps)?))
     }
+}
+
+/// FEM's settings: a finite threshold, and no principal component (pytorch-grad-cam's FEM
+/// replaces the whole map computation, so it ignores `eigen_smooth`; gradcam says so).
+fn check_fem(req: &CamRequest) -> Result<()> {
+    if !req.fem_k.is_finite() {
+        return Err(Error::Invalid(format!(
+            "FEM's k must be a finite number of standard deviations, not {}",
+            req.fem_k
+        )));
+    }
+    if req.eigen_smooth {
+        return Err(Error::Invalid(
+            "fem weighs channels by their high activations; --eigen-smooth does not apply".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// How a method combines the layer's channels into a map.
@@ -482,15 +560,17 @@ pub(crate) fn choose_classes(
         .collect()
 }
 
-/// ∂(Σ_i ±y_i^{c_i})/∂logits: one-hot rows. Each image's score depends only on its own
-/// logits, so one backward pass serves the whole batch.
-fn seed(classes: &[usize], num_classes: usize, counterfactual: bool) -> Tensor {
-    let mut s = Tensor::zeros([classes.len(), num_classes]);
+/// ∂(Σ_i ±f(z_i, c_i))/∂logits for the target f: one-hot rows for the logit. Each image's
+/// score depends only on its own logits, so one backward pass serves the whole batch.
+fn seed(target: Target, logits: &Tensor, classes: &[usize], counterfactual: bool) -> Tensor {
+    let nc = logits.shape()[1];
     let sign = if counterfactual { -1.0 } else { 1.0 };
+    let mut s = Vec::with_capacity(classes.len() * nc);
     for (i, &c) in classes.iter().enumerate() {
-        s.data_mut()[i * num_classes + c] = sign;
+        let z = &logits.data()[i * nc..(i + 1) * nc];
+        s.extend(target.gradient(z, c).iter().map(|g| (sign * g) as f32));
     }
-    s
+    Tensor::new([classes.len(), nc], s)
 }
 
 /// softmax over channels of y^c(x ⊙ mask_k), masked inputs run `per_pass` at a time.
@@ -498,9 +578,10 @@ fn score_cam_weights<B: Backend>(
     net: &Network<B>,
     x: &B::Tensor,
     a: &B::Tensor,
-    classes: &[usize],
+    score: &Scores<B::Tensor>,
     per_pass: usize,
 ) -> Result<Tensor> {
+    let classes = score.classes;
     let be = net.backend();
     let (n, k) = (be.shape(a)[0], be.shape(a)[1]);
     let nc = net.num_classes();
@@ -512,7 +593,9 @@ fn score_cam_weights<B: Backend>(
         let logits = net.forward(masked)?;
         for ni in 0..n {
             for j in 0..k1 - k0 {
-                scores[ni * k + k0 + j] = logits.data()[(ni * (k1 - k0) + j) * nc + classes[ni]];
+                let row = (ni * (k1 - k0) + j) * nc;
+                let z = &logits.data()[row..row + nc];
+                scores[ni * k + k0 + j] = score.target.score(z, classes[ni]) as f32;
             }
         }
     }
@@ -551,8 +634,11 @@ fn ablation_cam_weights<B: Backend>(
         let logits = net.forward_from(&from, ablated, k1 - k0)?;
         for j in 0..k1 - k0 {
             for i in 0..n {
-                let s = logits.data()[(j * n + i) * nc + score.classes[i]];
-                w[i * k + k0 + j] = (base[i] - s) / base[i];
+                let row = (j * n + i) * nc;
+                let s = score
+                    .target
+                    .score(&logits.data()[row..row + nc], score.classes[i]);
+                w[i * k + k0 + j] = ((base[i] as f64 - s) / base[i] as f64) as f32;
             }
         }
     }
@@ -585,7 +671,10 @@ fn ablation_cam_weights_affine<B: Backend>(
 fn ablation_base_scores<T>(score: &Scores<T>) -> Result<Vec<f32>> {
     let nc = score.logits.shape()[1];
     let base: Vec<f32> = (score.classes.iter().enumerate())
-        .map(|(i, &c)| score.logits.data()[i * nc + c])
+        .map(|(i, &c)| {
+            let z = &score.logits.data()[i * nc..(i + 1) * nc];
+            score.target.score(z, c) as f32
+        })
         .collect();
     if let Some(i) = base.iter().position(|&s| s == 0.0) {
         return Err(Error::Invalid(format!(

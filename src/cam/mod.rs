@@ -9,8 +9,11 @@ pub mod kpca;
 mod methods;
 pub mod multi_layer;
 pub mod postprocess;
+mod shapley;
+pub mod target;
 
 pub use eigen::principal_projection;
 pub use finer::Finer;
-pub use methods::{argmax, explain, grad_cam, CamBatch, CamRequest, ClassSel, Method};
+pub use methods::{argmax, explain, grad_cam, CamBatch, CamRequest, ClassSel, Method, FEM_K};
 pub use postprocess::{deprocess, normalise_minmax, overlay, upsample_normalised};
+pub use target::Target;

@@ -144,6 +144,8 @@ pub fn evaluate_image<B: Backend>(
             eigen_smooth: false,
             aug_smooth: false,
             finer: None,
+            fem_k: crate::cam::FEM_K,
+            target: crate::cam::Target::Logit,
         };
         let out = explain(net, be.upload(x.clone())?, &req)?;
         let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);

@@ -150,6 +150,39 @@ impl<B: Backend> Network<B> {
         what: Backward,
         seed: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<RunOutput<B::Tensor>> {
+        self.run_inner(x, layers, what, false, |logits, _| seed(logits))
+    }
+
+    /// [`Self::run`] with one target layer and a backward pass to it whose seed also sees
+    /// J·A, the logits' derivative along the layer's own activation A with every ReLU and
+    /// max pool as the forward pass set them ([N, classes]; the network is piecewise linear
+    /// after the layer, so this is the forward-mode pass `torch.func.jvp` would make):
+    /// `seed(logits, jvp)`. ShapleyCAM's Hessian-vector product needs it.
+    pub fn run_with_tangent(
+        &self,
+        x: B::Tensor,
+        layer: &str,
+        what: Backward,
+        seed: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>,
+    ) -> Result<RunOutput<B::Tensor>> {
+        if what == Backward::None {
+            return Err(Error::Invalid(
+                "a seed for a tangent pass needs a backward pass".into(),
+            ));
+        }
+        self.run_inner(x, &[layer], what, true, |logits, jvp| {
+            seed(logits, jvp.expect("the tangent pass ran"))
+        })
+    }
+
+    fn run_inner(
+        &self,
+        x: B::Tensor,
+        layers: &[&str],
+        what: Backward,
+        tangent: bool,
+        seed: impl FnOnce(&Tensor, Option<&Tensor>) -> Result<Tensor>,
+    ) -> Result<RunOutput<B::Tensor>> {
         let be = &self.backend;
         let shapes = self.graph.shapes(be.shape(&x))?;
         if layers.is_empty() {
@@ -192,7 +225,13 @@ impl<B: Backend> Network<B> {
         let (mut vals, logits) = self.forward_keeping(x, &keep)?;
         let (mut grads, mut input_grad) = (None, None);
         if to_layer || guided {
-            let seed = checked_seed(&logits, seed)?;
+            // The tangent pass reads what the backward pass does: the ReLU outputs and
+            // max-pool inputs above the layer, all kept.
+            let jvp = match tangent {
+                true => Some(self.tangent(&vals, &targets[0], &down_t)?),
+                false => None,
+            };
+            let seed = checked_seed(&logits, |l| seed(l, jvp.as_ref()))?;
             if let Some(d) = &down_0 {
                 let up = be.upload(seed.clone())?;
                 input_grad = self
@@ -222,6 +261,96 @@ impl<B: Backend> Network<B> {
             layers: out,
             input_grad,
         })
+    }
+
+    /// J·A on the host, [N, classes]: the target's activation carried forward to the logits
+    /// by the linear part of each node after it (convs and linear layers without their bias,
+    /// ReLUs as masks of the forward pass's outputs, max pools picking what the forward pass
+    /// picked). For a view before a folded BatchNorm, A is the conv's output, so the direction
+    /// at the node is scale · A = A_bn − shift.
+    fn tangent(
+        &self,
+        vals: &[Option<B::Tensor>],
+        target: &super::graph::Layer,
+        down: &[bool],
+    ) -> Result<Tensor> {
+        let be = &self.backend;
+        let nodes = &self.graph.nodes;
+        let n = nodes.len();
+        let t = target.node;
+        let mut v = be.duplicate(alive(vals, t))?;
+        if target.view == View::PreBn {
+            let Op::Conv { bn: Some(bn), .. } = &nodes[t].op else {
+                unreachable!("PreBn views are made only for convs with folded BN")
+            };
+            let shift: Vec<f32> = bn.shift.iter().map(|s| -s).collect();
+            v = be.channel_affine(v, &vec![1.0; shift.len()], &shift)?;
+        }
+        let mut last_use = vec![0; n];
+        for (i, node) in nodes.iter().enumerate().skip(t + 1) {
+            if down[i] {
+                node.inputs.iter().for_each(|&j| last_use[j] = i);
+            }
+        }
+        let mut tan: Vec<Option<B::Tensor>> = (0..n).map(|_| None).collect();
+        tan[t] = Some(v);
+        for i in t + 1..n {
+            if !down[i] {
+                continue;
+            }
+            let node = &nodes[i];
+            let inp = node.inputs[0];
+            // The input's tangent, taken where this node is its last reader.
+            let owned = |tan: &mut Vec<Option<B::Tensor>>, j: usize| -> Result<B::Tensor> {
+                match last_use[j] == i {
+                    true => Ok(tan[j].take().expect("tangent alive")),
+                    false => be.duplicate(tan[j].as_ref().expect("tangent alive")),
+                }
+            };
+            let param = |j: &usize| &self.params[*j];
+            let y = match &node.op {
+                Op::Input => unreachable!("the input is never downstream of a layer"),
+                Op::Conv { w, p, .. } => {
+                    let x = alive(&tan, inp);
+                    be.conv2d_fwd(x, param(w), self.prepared[i].as_ref(), None, p, false)?
+                }
+                Op::Relu => {
+                    let x = owned(&mut tan, inp)?;
+                    be.relu_bwd(alive(vals, i), x, false)?
+                }
+                Op::MaxPool(p) => be.max_pool2d_tangent(alive(vals, inp), alive(&tan, inp), p)?,
+                Op::AdaptiveAvgPool(hw) => be.adaptive_avg_pool2d_fwd(alive(&tan, inp), *hw)?,
+                Op::Flatten => {
+                    let x = owned(&mut tan, inp)?;
+                    let s = be.shape(&x);
+                    let flat = [s[0], s[1..].iter().product()];
+                    be.reshape(x, &flat)?
+                }
+                Op::Linear { w, .. } => be.linear_fwd(alive(&tan, inp), param(w), None)?,
+                // An input from before the layer (a shortcut) does not move with A.
+                Op::Add => match (down[inp], down[node.inputs[1]]) {
+                    (true, true) => {
+                        let a = owned(&mut tan, inp)?;
+                        be.add(a, alive(&tan, node.inputs[1]))?
+                    }
+                    (true, false) => owned(&mut tan, inp)?,
+                    (false, _) => owned(&mut tan, node.inputs[1])?,
+                },
+            };
+            tan[i] = Some(y);
+            for &j in &node.inputs {
+                if last_use[j] == i {
+                    tan[j] = None;
+                }
+            }
+        }
+        match &tan[n - 1] {
+            Some(logits) => be.download(logits),
+            None => Err(Error::Invalid(format!(
+                "{} does not influence the logits",
+                self.graph.node_name(t)
+            ))),
+        }
     }
 
     /// The nodes a backward pass from the logits down to `from` visits: those that depend on

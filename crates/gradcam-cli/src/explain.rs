@@ -11,7 +11,7 @@ use clap::Args;
 use gradcam::backend::Backend;
 use gradcam::cam::finer::check_combination;
 use gradcam::cam::multi_layer::{normalised, target_layers};
-use gradcam::cam::{ClassSel, Finer, Method};
+use gradcam::cam::{ClassSel, Finer, Method, Target};
 use gradcam::explain::{
     explain_batch_device, DeviceBatch, ExplainConfig, Explanation, OverlayAt, Timings,
 };
@@ -56,9 +56,20 @@ pub struct ExplainArgs {
     /// scorecam, ablationcam (the score's drop when each channel is zeroed: no backward pass),
     /// eigencam (the activations' first principal component: no class, no backward pass),
     /// eigengradcam (that of gradients × activations), kpcacam (the first principal component
-    /// in a sigmoid kernel's feature space, as scikit-learn's KernelPCA: no class).
+    /// in a sigmoid kernel's feature space, as scikit-learn's KernelPCA: no class), fem
+    /// (each channel weighted by the share of its positions above mean + k·std: no class).
     #[arg(long, default_value = "gradcam", value_parser = parse_method)]
     method: Method,
+    /// The class score explained: `logit` (default), `softmax` (the class's probability) or
+    /// `rest` (the logit plus the log-probability, proposed with ShapleyCAM), as
+    /// pytorch-grad-cam's ClassifierOutputTarget, ClassifierOutputSoftmaxTarget and
+    /// ClassifierOutputReST. The gradient methods, Score-CAM and Ablation-CAM.
+    #[arg(long, default_value = "logit", value_parser = parse_target)]
+    target: Target,
+    /// FEM: a position counts as high above its channel's mean plus this many standard
+    /// deviations (default 2, as pytorch-grad-cam).
+    #[arg(long, allow_negative_numbers = true)]
+    fem_k: Option<f32>,
     /// The map is the first principal component of the method's weighted activations instead
     /// of their sum (pytorch-grad-cam's eigen_smooth): less noise, computed on the CPU.
     #[arg(long)]
@@ -246,6 +257,21 @@ fn explain_all<B: Backend>(
              --eigen-smooth does not apply"
         );
     }
+    a.target.check_combination(a.method, a.finer)?;
+    if a.fem_k.is_some() && a.method != Method::Fem {
+        anyhow::bail!("--fem-k is FEM's setting; add --method fem");
+    }
+    let fem_k = a.fem_k.unwrap_or(gradcam::cam::FEM_K);
+    if a.method == Method::Fem {
+        if !fem_k.is_finite() {
+            anyhow::bail!("--fem-k must be a finite number of standard deviations, not {fem_k}");
+        }
+        if a.eigen_smooth {
+            anyhow::bail!(
+                "fem weighs channels by their high activations; --eigen-smooth does not apply"
+            );
+        }
+    }
     if a.method == Method::FullGrad {
         if a.guided || a.eigen_smooth {
             anyhow::bail!(
@@ -319,6 +345,12 @@ fn explain_all<B: Backend>(
     if let Some(f) = &finer {
         settings["finer"] = json!({"alpha": f.alpha, "ranks": f.ranks});
     }
+    if a.method == Method::Fem {
+        settings["fem_k"] = json!(fem_k);
+    }
+    if a.target != Target::Logit {
+        settings["target"] = json!(a.target.name());
+    }
     let previous = match a.resume {
         true => resume::load(&a.out, &settings)?,
         false => None,
@@ -367,6 +399,8 @@ fn explain_all<B: Backend>(
         eigen_smooth: a.eigen_smooth,
         aug_smooth: a.aug_smooth,
         finer: finer.clone(),
+        fem_k,
+        target: a.target,
         size,
         overlay: if outputs.overlay {
             OverlayAt::Image
@@ -639,6 +673,10 @@ fn lock(s: &std::sync::Mutex<Summary>) -> std::sync::MutexGuard<'_, Summary> {
 
 pub(crate) fn parse_method(s: &str) -> Result<Method, String> {
     Method::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    Target::parse(s).map_err(|e| e.to_string())
 }
 
 fn strip_path(msg: &str, path: &Path) -> String {

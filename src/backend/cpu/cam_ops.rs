@@ -42,6 +42,31 @@ pub fn cam_weights(rule: WeightRule, a: &Tensor, g: &Tensor) -> Tensor {
     Tensor::new([n, k], data)
 }
 
+/// See [`crate::backend::Backend::fem_weights`]. Mean and variance in f64 (two passes, as
+/// numpy's `std`), so the threshold is as exact as the activations allow.
+pub fn fem_weights(a: &Tensor, k_sigma: f32) -> Tensor {
+    let (n, k, h, w) = a.dims4();
+    let hw = h * w;
+    if hw == 0 {
+        return Tensor::zeros([n, k]);
+    }
+    let data = (a.data().par_chunks(hw).take(n * k))
+        .map(|plane| {
+            let len = plane.len() as f64;
+            let mean = plane.iter().map(|&v| v as f64).sum::<f64>() / len;
+            let var = plane
+                .iter()
+                .map(|&v| (v as f64 - mean).powi(2))
+                .sum::<f64>()
+                / len;
+            let th = mean + k_sigma as f64 * var.sqrt();
+            let above = plane.iter().filter(|&&v| v as f64 > th).count();
+            (above as f64 / len) as f32
+        })
+        .collect();
+    Tensor::new([n, k], data)
+}
+
 pub fn elementwise_cam_relu(rule: ElementRule, a: &Tensor, g: &Tensor) -> Tensor {
     let (n, k, h, w) = a.dims4();
     let hw = h * w;

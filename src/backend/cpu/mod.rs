@@ -141,6 +141,10 @@ impl Backend for CpuBackend {
             .flatten();
         Ok(fast.unwrap_or_else(|| naive::max_pool2d_bwd(x, dy, p)))
     }
+    fn max_pool2d_tangent(&self, x: &Tensor, v: &Tensor, p: &Pool2dParams) -> Result<Tensor> {
+        crate::backend::check_same_shape("max_pool2d_tangent", x.shape(), v.shape())?;
+        Ok(naive::max_pool2d_tangent(x, v, p))
+    }
     fn adaptive_avg_pool2d_fwd(&self, x: &Tensor, out_hw: (usize, usize)) -> Result<Tensor> {
         Ok(if self.reference {
             naive::adaptive_avg_pool2d_fwd(x, out_hw)
@@ -199,6 +203,9 @@ impl Backend for CpuBackend {
     }
     fn cam_weights(&self, rule: WeightRule, a: &Tensor, g: &Tensor) -> Result<Tensor> {
         Ok(cam_ops::cam_weights(rule, a, g))
+    }
+    fn fem_weights(&self, a: &Tensor, k_sigma: f32) -> Result<Tensor> {
+        Ok(cam_ops::fem_weights(a, k_sigma))
     }
     fn elementwise_cam_relu(&self, rule: ElementRule, a: &Tensor, g: &Tensor) -> Result<Tensor> {
         Ok(cam_ops::elementwise_cam_relu(rule, a, g))

@@ -178,6 +178,23 @@ pub fn max_pool2d_bwd(x: &Tensor, dy: &Tensor, p: &Pool2dParams) -> Tensor {
     dx
 }
 
+/// See [`crate::backend::Backend::max_pool2d_tangent`].
+pub fn max_pool2d_tangent(x: &Tensor, v: &Tensor, p: &Pool2dParams) -> Tensor {
+    let (n, c, h, w) = x.dims4();
+    let (oh, ow) = p.out_hw((h, w)).expect("pool window larger than input");
+    let mut y = Tensor::zeros([n, c, oh, ow]);
+    for plane in 0..n * c {
+        let src = &x.data()[plane * h * w..(plane + 1) * h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let a = window_argmax(src, h, w, oy, ox, p);
+                y.data_mut()[(plane * oh + oy) * ow + ox] = v.data()[plane * h * w + a];
+            }
+        }
+    }
+    y
+}
+
 /// PyTorch's adaptive bin for output index i: [floor(i·n/o), ceil((i+1)·n/o)).
 pub fn adaptive_bin(i: usize, n: usize, o: usize) -> (usize, usize) {
     (i * n / o, ((i + 1) * n).div_ceil(o))

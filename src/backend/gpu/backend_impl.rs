@@ -441,6 +441,31 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         self.run1d(&Self::kernel("max_pool2d_bwd", dy), n * c * h * w, &args)?;
         Ok(dx)
     }
+    fn max_pool2d_tangent(
+        &self,
+        x: &Self::Tensor,
+        v: &Self::Tensor,
+        p: &Pool2dParams,
+    ) -> Result<Self::Tensor> {
+        crate::backend::check_same_shape("max_pool2d_tangent", &x.shape, &v.shape)?;
+        let x = &*self.nchw(x)?;
+        let v = self.nchw(v)?;
+        let v = self.as_dtype(&v, x.dtype)?;
+        let (n, c, h, w) = dims4(&x.shape);
+        let (oh, ow) = p.out_hw((h, w)).ok_or_else(|| {
+            crate::Error::Invalid("max_pool2d_tangent: window larger than x".into())
+        })?;
+        let y = self.like(vec![n, c, oh, ow], x)?;
+        let mut args = vec![KArg::Buf(&x.buf), KArg::Buf(&v.buf), KArg::Buf(&y.buf)];
+        args.extend(pool_ints(n * c, [h, w, oh, ow], p));
+        // One thread per output element.
+        self.run1d(
+            &Self::kernel("max_pool2d_tangent", x),
+            n * c * oh * ow,
+            &args,
+        )?;
+        Ok(y)
+    }
     fn adaptive_avg_pool2d_fwd(
         &self,
         x: &Self::Tensor,
@@ -599,6 +624,30 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         unsafe {
             self.launch(
                 &Self::kernel("cam_weights", a),
+                [(n * k) as u32, 1, 1],
+                [256, 1, 1],
+                &args,
+            )?
+        };
+        Ok(out)
+    }
+    fn fem_weights(&self, a: &Self::Tensor, k_sigma: f32) -> Result<Self::Tensor> {
+        let a = &*self.nchw(a)?;
+        let (n, k, h, w) = dims4(&a.shape);
+        if h * w == 0 || n * k == 0 {
+            return self.upload(Tensor::zeros([n, k]));
+        }
+        let out = self.tensor(vec![n, k], DType::F32)?;
+        let args = [
+            KArg::Buf(&a.buf),
+            KArg::Buf(&out.buf),
+            KArg::I32((h * w) as i32),
+            KArg::F32(k_sigma),
+        ];
+        // SAFETY: fem_weights_<t>: one block per plane.
+        unsafe {
+            self.launch(
+                &Self::kernel("fem_weights", a),
                 [(n * k) as u32, 1, 1],
                 [256, 1, 1],
                 &args,

@@ -418,6 +418,7 @@ impl Launcher for CudaLauncher {
                 KArg::BufAt(b, off) => self.ptr(b) + *off as u64,
                 KArg::Null => 0,
                 KArg::I32(v) => *v as u32 as u64,
+                KArg::F32(v) => v.to_bits() as u64,
             })
             .collect();
         let mut builder = self.stream.launch_builder(&f);

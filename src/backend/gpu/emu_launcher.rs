@@ -112,6 +112,7 @@ impl Launcher for EmuLauncher {
                 KArg::BufAt(b, off) => b.addr() + *off as u64,
                 KArg::Null => 0,
                 KArg::I32(v) => *v as u32 as u64,
+                KArg::F32(v) => v.to_bits() as u64,
             })
             .collect();
         // SAFETY: forwarded from the caller.

@@ -34,6 +34,8 @@ pub enum KArg<'a, B> {
     BufAt(&'a B, usize),
     Null,
     I32(i32),
+    /// A `float` parameter (passed as its bits, like an `int`).
+    F32(f32),
 }
 
 // Manual: derive would ask for B: Copy, but only references are copied.
