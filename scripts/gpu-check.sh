@@ -182,6 +182,14 @@ step bench-resnet50-tf32-ablationcam-layer3 90 $kit/gradcam bench --device cuda 
   --method ablationcam --layer layer3
 step bench-resnet50-tf32-aug-smooth 90 $kit/gradcam bench --device cuda --precision tf32 \
   -m /tmp/resnet50.safetensors --batch 64 --images 256 --size 224 --aug-smooth
+# ShapleyCAM under ReST (a forward-mode pass from the layer, then Grad-CAM's backward pass;
+# VGG16's runs max_pool2d_tangent and the classifier again) and FEM (no backward pass).
+step bench-resnet50-tf32-shapleycam-rest 90 $kit/gradcam bench --device cuda --precision tf32 \
+  -m /tmp/resnet50.safetensors --batch 64 --images 256 --size 224 --method shapleycam --target rest
+step bench-vgg16-tf32-shapleycam-rest 90 $kit/gradcam bench --device cuda --precision tf32 \
+  -m /tmp/vgg16.safetensors --batch 64 --images 256 --size 224 --method shapleycam --target rest
+step bench-resnet50-tf32-fem 90 $kit/gradcam bench --device cuda --precision tf32 \
+  -m /tmp/resnet50.safetensors --batch 64 --images 256 --size 224 --method fem
 # Tile sizes forced, per layer in the profile (TILES=1; what the 64/128 rule was fitted on).
 if [ "${TILES:-0}" = 1 ]; then
   for p in tf32 bf16; do for t in 64 128; do

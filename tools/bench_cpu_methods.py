@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Time pytorch-grad-cam's AblationCAM or FullGrad per image on the CPU, for the side-by-side
-tables in BENCHMARKS.md (beside `gradcam bench --method ablationcam|fullgrad` on the same
+"""Time pytorch-grad-cam's AblationCAM, FullGrad, ShapleyCAM or FEM per image on the CPU, for
+the side-by-side tables in BENCHMARKS.md (beside `gradcam bench --method ...` on the same
 architecture).
 
-    .venv-tools/bin/python tools/bench_cpu_methods.py --method ablationcam|fullgrad \
-        --arch resnet18 --images 2 [--threads N]
+    .venv-tools/bin/python tools/bench_cpu_methods.py --method ablationcam|fullgrad|shapleycam|fem \
+        --arch resnet18 --images 2 [--target logit|softmax|rest] [--threads N]
 
 torchvision model with random weights (weights=None, seed 0), random normalised inputs at
 224x224, target layer4 (ResNet) or features[29] (VGG16; FullGrad ignores it), argmax class;
@@ -18,13 +18,21 @@ import time
 
 import torch
 import torchvision
-from pytorch_grad_cam import AblationCAM, FullGrad
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam import FEM, AblationCAM, FullGrad, ShapleyCAM
+from pytorch_grad_cam.utils.model_targets import (ClassifierOutputReST,
+                                                  ClassifierOutputSoftmaxTarget,
+                                                  ClassifierOutputTarget)
+
+CLASSES = {"ablationcam": AblationCAM, "fullgrad": FullGrad, "shapleycam": ShapleyCAM,
+           "fem": FEM}
+TARGETS = {"logit": ClassifierOutputTarget, "softmax": ClassifierOutputSoftmaxTarget,
+           "rest": ClassifierOutputReST}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", choices=["ablationcam", "fullgrad"], default="ablationcam")
+    p.add_argument("--method", choices=list(CLASSES), default="ablationcam")
+    p.add_argument("--target", choices=list(TARGETS), default="logit")
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--images", type=int, default=2)
     p.add_argument("--threads", type=int, default=0)
@@ -35,7 +43,7 @@ def main() -> None:
     model = getattr(torchvision.models, a.arch)(weights=None).eval()
     layer = model.features[29] if a.arch.startswith("vgg") else model.layer4
     x = torch.randn(a.images + 1, 3, 224, 224)
-    cls_ = AblationCAM if a.method == "ablationcam" else FullGrad
+    cls_ = CLASSES[a.method]
     with cls_(model=model, target_layers=[layer]) as cam:
         times = []
         for i in range(a.images + 1):
@@ -43,10 +51,11 @@ def main() -> None:
             with torch.no_grad():
                 cls = int(model(xi).argmax())
             t0 = time.perf_counter()
-            cam(input_tensor=xi, targets=[ClassifierOutputTarget(cls)])
+            cam(input_tensor=xi, targets=[TARGETS[a.target](cls)])
             times.append(time.perf_counter() - t0)
     per = sum(times[1:]) / a.images
-    print(f"arch={a.arch} tool=pytorch-grad-cam {cls_.__name__} threads={torch.get_num_threads()} "
+    print(f"arch={a.arch} tool=pytorch-grad-cam {cls_.__name__} target={a.target} "
+          f"threads={torch.get_num_threads()} "
           f"images={a.images} per_image_s={per:.3f}")
 
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use gradcam::backend::Backend;
 use gradcam::cam::multi_layer::{normalised, target_layers};
-use gradcam::cam::Method;
+use gradcam::cam::{Method, Target};
 use gradcam::explain::{
     explain_batch, explain_batch_device, DeviceBatch, ExplainConfig, OverlayAt, Timings,
 };
@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// CAM method, as `explain --method`.
     #[arg(long, default_value = "gradcam", value_parser = crate::explain::parse_method)]
     method: Method,
+    /// As `explain --target` (ShapleyCAM's forward-mode pass runs for softmax and rest).
+    #[arg(long, default_value = "logit", value_parser = crate::explain::parse_target)]
+    target: Target,
     /// As `explain --eigen-smooth`.
     #[arg(long)]
     eigen_smooth: bool,
@@ -80,6 +83,7 @@ fn synthetic(n: usize, side: u32) -> Vec<RgbImage> {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    a.target.check_combination(a.method, false)?;
     let t_load = Instant::now();
     let net = load_network(&a.model)?;
     let load = t_load.elapsed();
@@ -140,6 +144,7 @@ fn bench_on<B: Backend>(
     let cfg = ExplainConfig {
         layer,
         method: a.method,
+        target: a.target,
         eigen_smooth: a.eigen_smooth,
         aug_smooth: a.aug_smooth,
         size,
@@ -194,12 +199,15 @@ fn bench_on<B: Backend>(
     let total = start.elapsed();
     let n = images.len() as f64;
     let ms = |d: Duration| d.as_secs_f64() * 1e3 / n;
-    let smoothing = match (cfg.eigen_smooth, cfg.aug_smooth) {
-        (false, false) => "",
-        (true, false) => " (eigen-smooth)",
-        (false, true) => " (aug-smooth)",
-        (true, true) => " (eigen-smooth, aug-smooth)",
+    let mut smoothing = match (cfg.eigen_smooth, cfg.aug_smooth) {
+        (false, false) => String::new(),
+        (true, false) => " (eigen-smooth)".into(),
+        (false, true) => " (aug-smooth)".into(),
+        (true, true) => " (eigen-smooth, aug-smooth)".into(),
     };
+    if cfg.target != Target::Logit {
+        smoothing += &format!(" of the {} target", cfg.target.name());
+    }
     println!(
         "model {} | layer {} | {}{smoothing} | {} | batch {batch} | {} images {}x{}{}",
         net.graph().arch,

@@ -445,6 +445,8 @@ fn explain_all<B: Backend>(
         eigen_smooth: a.eigen_smooth,
         aug_smooth: a.aug_smooth,
         finer: finer.as_ref(),
+        target: a.target,
+        fem_k: (a.method == Method::Fem).then_some(fem_k),
         labels: graph.labels.as_deref(),
         outputs,
     };
@@ -675,7 +677,7 @@ pub(crate) fn parse_method(s: &str) -> Result<Method, String> {
     Method::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_target(s: &str) -> Result<Target, String> {
+pub(crate) fn parse_target(s: &str) -> Result<Target, String> {
     Target::parse(s).map_err(|e| e.to_string())
 }
 
@@ -723,6 +725,9 @@ struct Meta<'a> {
     eigen_smooth: bool,
     aug_smooth: bool,
     finer: Option<&'a Finer>,
+    target: Target,
+    /// FEM's k, for `--method fem`.
+    fem_k: Option<f32>,
     labels: Option<&'a [String]>,
     outputs: Outputs,
 }
@@ -775,6 +780,7 @@ fn write_outputs(
         "model": m.arch,
         "backend": m.backend,
         "method": m.method.name(),
+        "target": m.target.name(),
         "class": e.class,
         "logit": e.logit,
         "probability": e.probability,
@@ -791,6 +797,9 @@ fn write_outputs(
         "top_channels": channels.iter().take(10).map(|(k, a)| json!({"channel": k, "weight": a})).collect::<Vec<_>>(),
         "outputs": written,
     });
+    if let Some(k) = m.fem_k {
+        report["fem_k"] = json!(k);
+    }
     if let Some(f) = m.finer {
         report["finer"] = json!({
             "alpha": f.alpha,

@@ -433,6 +433,8 @@ fn methods_and_guided_outputs() {
         "eigencam",
         "eigengradcam",
         "kpcacam",
+        "fem",
+        "shapleycam",
     ];
     let runs = (methods.iter().map(|m| (*m, "")))
         .chain([("gradcam", "--eigen-smooth"), ("gradcam", "--aug-smooth")]);
@@ -580,6 +582,63 @@ fn finer_cam_reports_its_compared_classes() {
     }
     let (o, _) = run("bad", &["--finer-alpha", "2"]);
     assert!(!o.status.success() && stderr(&o).contains("--finer"));
+}
+
+/// `--target` and ShapleyCAM, FEM's `--fem-k`: what reaches the JSON and run.json, that the
+/// settings change the maps, and the combinations refused up front.
+#[test]
+fn targets_shapley_cam_and_fem_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fixtures().join("images/b.png");
+    let model = model();
+    let run = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec!["explain", a.to_str().unwrap(), "-m", &model, "--size", "64"];
+        args.extend(["-o", out.to_str().unwrap()]);
+        args.extend(extra);
+        (gradcam(&args), out)
+    };
+    let json = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("b.json")).unwrap()).unwrap()
+    };
+    let npy = |d: &Path| std::fs::read(d.join("b.cam.npy")).unwrap();
+    let (o, plain) = run("plain", &["--method", "shapleycam"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&plain)["target"], "logit");
+    let (o, rest) = run("rest", &["--method", "shapleycam", "--target", "rest"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&rest)["target"], "rest");
+    assert_ne!(
+        npy(&plain),
+        npy(&rest),
+        "ReST's Hessian term changed nothing"
+    );
+    let settings = std::fs::read_to_string(rest.join("run.json")).unwrap();
+    assert!(settings.contains("\"target\": \"rest\""), "{settings}");
+    // ShapleyCAM under the logit is Grad-CAM.
+    let (o, gc) = run("gradcam", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(npy(&plain), npy(&gc));
+    let (o, fem) = run("fem", &["--method", "fem", "--fem-k", "0.5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&fem)["fem_k"], 0.5);
+    let (o, fem2) = run("fem2", &["--method", "fem"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(npy(&fem), npy(&fem2), "--fem-k changed nothing");
+    for (extra, what) in [
+        (
+            &["--method", "eigencam", "--target", "softmax"][..],
+            "eigencam uses none",
+        ),
+        (&["--finer", "--target", "rest"][..], "give one"),
+        (&["--fem-k", "1"][..], "--method fem"),
+        (&["--method", "fem", "--eigen-smooth"][..], "--eigen-smooth"),
+        (&["--target", "probability"][..], "softmax"),
+    ] {
+        let (o, _) = run("bad", extra);
+        assert!(!o.status.success(), "{extra:?}");
+        assert!(stderr(&o).contains(what), "{extra:?}: {}", stderr(&o));
+    }
 }
 
 #[test]
