@@ -75,7 +75,9 @@ __device__ __forceinline__ void cam_weights(const T* __restrict__ a, const T* __
 }
 
 // FEM (pytorch-grad-cam's FEM): w = the fraction of the plane above mean + k·std (population
-// std, about the mean in a second pass as numpy computes it).
+// std, about the mean in a second pass as numpy computes it). Everything relative to the
+// plane's first value, so a constant plane (a dead channel holding its bias) has mean and
+// std exactly 0 there and nothing above, whatever k and however its sum rounds.
 //   fem_weights_<t>: grid (N·K), block 256: one block per plane, three block reductions.
 template <class T>
 __device__ __forceinline__ void fem_weights(const T* __restrict__ a, float* __restrict__ weights,
@@ -83,15 +85,16 @@ __device__ __forceinline__ void fem_weights(const T* __restrict__ a, float* __re
     __shared__ float scratch[32];
     __shared__ float shared_mean, shared_th;
     const T* ap = a + (size_t)blockIdx.x * hw;
+    const float a0 = ld(ap, 0);
     float s = 0.0f;
-    for (int i = threadIdx.x; i < hw; i += blockDim.x) s += ld(ap, i);
+    for (int i = threadIdx.x; i < hw; i += blockDim.x) s += ld(ap, i) - a0;
     s = block_sum(s, scratch);
     if (threadIdx.x == 0) shared_mean = s / (float)hw;
     __syncthreads();
     const float mean = shared_mean;
     float v = 0.0f;
     for (int i = threadIdx.x; i < hw; i += blockDim.x) {
-        const float d = ld(ap, i) - mean;
+        const float d = ld(ap, i) - a0 - mean;
         v += d * d;
     }
     v = block_sum(v, scratch);
@@ -99,7 +102,7 @@ __device__ __forceinline__ void fem_weights(const T* __restrict__ a, float* __re
     __syncthreads();
     const float th = shared_th;
     float above = 0.0f;
-    for (int i = threadIdx.x; i < hw; i += blockDim.x) above += ld(ap, i) > th ? 1.0f : 0.0f;
+    for (int i = threadIdx.x; i < hw; i += blockDim.x) above += ld(ap, i) - a0 > th ? 1.0f : 0.0f;
     above = block_sum(above, scratch);
     if (threadIdx.x == 0) weights[blockIdx.x] = above / (float)hw;
 }

@@ -768,7 +768,7 @@ fn cam_family_and_guided_match_the_cpu_backend() {
 /// ReLU masks, `max_pool2d_tangent` in VGG's pool) and the other targets' scores, against the
 /// CPU backend: f32 within 1e-3 relative (maps and weights), BF16 within 5e-2 (as the
 /// cam_family test). ResNet's layer3 runs the tangent through two residual blocks, two layers
-/// at once take a pass each.
+/// at once take a pass each, layer4.0.conv2 starts before a folded BatchNorm inside a block.
 #[test]
 fn shapley_cam_and_targets_match_the_cpu_backend() {
     let img = load_rgb8(&fixtures().join("images/b.png")).unwrap();
@@ -794,6 +794,15 @@ fn shapley_cam_and_targets_match_the_cpu_backend() {
         (
             "resnet_tiny",
             "layer3,layer4",
+            Method::ShapleyCam,
+            Target::Rest,
+            Precision::F32,
+            1e-3,
+        ),
+        // Before a folded BatchNorm inside a block (the direction scale · A; a shortcut).
+        (
+            "resnet_tiny",
+            "layer4.0.conv2",
             Method::ShapleyCam,
             Target::Rest,
             Precision::F32,
@@ -847,7 +856,8 @@ fn shapley_cam_and_targets_match_the_cpu_backend() {
         let (em, ew) = (rel_err(&a.maps, &b.maps), rel_err(&a.weights, &b.weights));
         eprintln!("{name}: maps {em:.1e}, weights {ew:.1e}");
         assert!(em < tol && ew < tol, "{name}: maps {em}, weights {ew}");
-        // The target matters here: the logit's weights differ.
+        // What is tested matters here: the logit's weights differ, and ShapleyCAM's from
+        // Grad-CAM's under the same score (its Hessian term).
         let logit = CamRequest {
             target: Target::Logit,
             ..req.clone()
@@ -857,6 +867,15 @@ fn shapley_cam_and_targets_match_the_cpu_backend() {
             rel_err(&c.weights, &b.weights) > 1e-2,
             "{name}: the target changed nothing"
         );
+        if method == Method::ShapleyCam {
+            let grad_cam = CamRequest {
+                method: Method::GradCam,
+                ..req.clone()
+            };
+            let d = explain(&cpu, x.clone(), &grad_cam).unwrap();
+            let gap = rel_err(&d.weights, &b.weights);
+            assert!(gap > 1e-3, "{name}: no Hessian term ({gap})");
+        }
     }
 }
 

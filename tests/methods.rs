@@ -48,6 +48,7 @@ fn method(name: &str) -> Option<Method> {
         "kpcacam" => Method::KpcaCam,
         "fem" => Method::Fem,
         "shapleycam" => Method::ShapleyCam,
+        "segeigencam" => Method::SegEigenCam,
         "gradcam" => Method::GradCam,
         _ => return None,
     })
@@ -176,8 +177,9 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             gradcam::cam::normalise_minmax(&mut m);
             theirs_cam = Tensor::new(theirs_cam.shape(), m);
         }
-        if name == "kpcacam" {
-            // scikit-learn's sign is deterministic (largest entry positive): compared as is.
+        if name == "kpcacam" || name == "segeigencam" {
+            // scikit-learn's sign is deterministic (largest entry positive), and so is
+            // SegEigenCAM's (larger magnitude positive): compared as is.
             let theirs = exp.f32("projection");
             let err = rel_err(&out.maps, &relu_of(&theirs, 1.0));
             assert!(
@@ -273,6 +275,7 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         "kpcacam",
         "fem",
         "shapleycam",
+        "segeigencam",
         "shapleycam+softmax",
         "shapleycam+rest",
         "gradcam+softmax",
@@ -339,4 +342,30 @@ fn method_names_parse_and_scorecam_rejects_counterfactual() {
             .unwrap();
         assert!(e.to_string().contains(what), "{e}");
     }
+}
+
+/// Guided backpropagation explains the class logit whatever `--target` says (pytorch-grad-cam's
+/// GuidedBackpropReLUModel backpropagates `output[0, class]`), while the map follows the
+/// target: under softmax the guided gradient equals the logit run's exactly, the map does not.
+#[test]
+fn guided_backprop_keeps_the_logit_under_another_target() {
+    let nets = networks();
+    let net = &nets["resnet_tiny"];
+    let img = load_rgb8(&fixtures().join("images/a.png")).unwrap();
+    let x = preprocess(&[&img, &img], (64, 64));
+    let classes = ClassSel::PerImage(vec![2, 5]);
+    let run = |target| {
+        let req = CamRequest {
+            guided: true,
+            target,
+            ..CamRequest::grad_cam("layer4", &classes)
+        };
+        explain(net, x.clone(), &req).unwrap()
+    };
+    let (logit, softmax) = (run(Target::Logit), run(Target::Softmax));
+    assert_eq!(
+        logit.guided.as_ref().unwrap().data(),
+        softmax.guided.as_ref().unwrap().data()
+    );
+    assert!(rel_err(&logit.weights, &softmax.weights) > 1e-2);
 }

@@ -3,7 +3,7 @@
 
 Reference: pytorch-grad-cam 1.5.7 (GradCAMPlusPlus, XGradCAM, HiResCAM,
 LayerCAM, GradCAMElementWise, ScoreCAM, AblationCAM, FullGrad, EigenCAM, EigenGradCAM,
-KPCA_CAM, FEM, ShapleyCAM, FinerCAM over several of them, the softmax and ReST model
+KPCA_CAM, FEM, ShapleyCAM, SegEigenCAM, FinerCAM over several of them, the softmax and ReST model
 targets, the `eigen_smooth=True` option of the others, GuidedBackpropReLUModel, and Guided Grad-CAM as the library's
 README builds it).
 
@@ -72,7 +72,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from pytorch_grad_cam import (FEM, AblationCAM, EigenCAM, EigenGradCAM, FinerCAM, FullGrad,
-                              GradCAM, ShapleyCAM,
+                              GradCAM, SegEigenCAM, ShapleyCAM,
                               GradCAMElementWise,
                               GradCAMPlusPlus, GuidedBackpropReLUModel, HiResCAM, KPCA_CAM,
                               LayerCAM, ScoreCAM, XGradCAM)
@@ -105,7 +105,8 @@ CLASSES = dict(METHODS, gradcam=(GradCAM, True, True),
                ablationcam=(AblationCAM, True, False),
                kpcacam=(KPCA_CAM, False, False),
                fem=(FEM, False, False),
-               shapleycam=(ShapleyCAM, True, True))
+               shapleycam=(ShapleyCAM, True, True),
+               segeigencam=(SegEigenCAM, False, True))
 
 # gradcam's --target names for pytorch-grad-cam's model targets.
 TARGETS = {"logit": ClassifierOutputTarget, "softmax": ClassifierOutputSoftmaxTarget,
@@ -178,6 +179,14 @@ FEM_CASES = [
     ("resnet_basic_tiny", "layer3", "c", "native", 1.0),
 ]
 
+# SegEigenCAM: the first principal component of |g| * A, its sign chosen so the larger
+# magnitude is positive (deterministic): (model, layer, image, size).
+SEG_EIGEN_CASES = [
+    ("resnet_tiny", "layer4", "a", "native"),
+    ("vgg_bn_tiny", "features.27", "b", 64),
+    ("resnet_basic_tiny", "layer3", "c", "native"),
+]
+
 # ShapleyCAM and other methods under another model target: (model, layer, image, size,
 # method, target). ShapleyCAM under the logit target is Grad-CAM (its Hessian term is zero
 # through ReLU layers); the softmax and ReST targets give it one: through the affine head
@@ -187,6 +196,9 @@ TARGET_CASES = [
     ("vgg_bn_tiny", "features.27", "b", 64, "shapleycam", "softmax"),
     ("resnet_basic_tiny", "layer3", "c", "native", "shapleycam", "rest"),
     ("resnet_tiny", "layer4", "a", 64, "shapleycam", "logit"),
+    # Inside a block, before its BatchNorm: the direction is scale * A, and the block's add
+    # takes the shortcut from before the layer (no tangent there).
+    ("resnet_tiny", "layer4.0.conv2", "b", 64, "shapleycam", "rest"),
     ("resnet_tiny", "layer4", "c", "native", "gradcam", "softmax"),
     ("vgg_bn_tiny", "features.27", "b", 64, "scorecam", "softmax"),
     ("resnet_tiny", "layer4", "a", "native", "ablationcam", "rest"),
@@ -340,6 +352,8 @@ def eigen_input(method: str, act: np.ndarray, grad, weights) -> np.ndarray:
         return act
     if method in ("eigengradcam", "hirescam"):
         return grad * act
+    if method == "segeigencam":
+        return np.abs(grad) * act
     if method == "layercam":
         return np.maximum(grad, 0) * act
     if method == "gradcamelementwise":
@@ -651,6 +665,42 @@ def kpca_case(entry, model, rgb, src_file, fixtures):
         overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
         tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
     return case_id, tensors, err, gap
+
+
+def seg_eigen_case(entry, model, rgb, src_file, fixtures):
+    """SegEigenCAM(model, [layer])(x, targets): logits, class, activation, gradient, the
+    projection before the ReLU (`projection`, checked against a float64 SVD with the same sign
+    rule) and cam."""
+    model_name, layer, img, size = entry
+    x = mf.preprocess(rgb, size)
+    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    with torch.no_grad():
+        cls = int(model(x).argmax(dim=1).item())
+    cam, logits, activation, gradient, _, raw = run_method(
+        "segeigencam", model, layer, x, [ClassifierOutputTarget(cls)])
+    ref = projection_f64(eigen_input("segeigencam", activation.numpy(), gradient.numpy(), None))
+    flipped = abs(ref.min()) > abs(ref.max())
+    if flipped:
+        ref = -ref
+    err = float(np.abs(ref - raw[0]).max()) / max(float(np.abs(raw).max()), 1e-12)
+    assert err < 1e-4, f"{model_name} {layer}: projection vs float64 ({err})"
+    # The sign rule must be decided by a margin, not by rounding.
+    margin = abs(abs(ref.min()) - abs(ref.max())) / max(float(np.abs(ref).max()), 1e-12)
+    assert margin > 1e-3, f"{model_name} {layer}: |min| and |max| too close ({margin})"
+    assert float(cam.max()) > 0.99 and np.isfinite(cam).all()
+    case_id = f"{model_name}__{layer}__{img}__{size}__segeigencam"
+    tensors = {
+        "logits": logits.float().contiguous(),
+        "class": torch.tensor([cls], dtype=torch.int64),
+        "activation": activation.float().contiguous(),
+        "gradient": gradient.float().contiguous(),
+        "projection": torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)),
+        "cam": torch.from_numpy(np.ascontiguousarray(cam)),
+    }
+    if size == "native":
+        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
+        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    return case_id, tensors, f"vs float64 {err:.1e}, " + ("min flipped up" if flipped else "max kept")
 
 
 def fem_case(entry, model, rgb, src_file, fixtures):
@@ -971,6 +1021,13 @@ def main() -> int:
         store(case_id, tensors, model_name, layer, img, size, "kpcacam", src)
         print(f"{case_id:66s} {int(tensors['class'][0]):3d} vs float64 {err:.1e}, "
               f"eigen gap {gap:.2f}")
+
+    for entry in SEG_EIGEN_CASES:
+        model_name, layer, img, size = entry
+        src = sources[(img, size)]
+        case_id, tensors, note = seg_eigen_case(entry, models[model_name], rgbs[img], src, out)
+        store(case_id, tensors, model_name, layer, img, size, "segeigencam", src)
+        print(f"{case_id:66s} {int(tensors['class'][0]):3d} {note}")
 
     for entry in FEM_CASES:
         model_name, layer, img, size, k = entry

@@ -68,10 +68,13 @@ pub enum Method {
     /// with H the score's Hessian along A (see [`super::shapley`]); Grad-CAM itself for the
     /// logit target, where H = 0.
     ShapleyCam,
+    /// Chung & Ying 2025 (pytorch-grad-cam's SegEigenCAM): Eigen-CAM of |g| ⊙ A, the sign
+    /// chosen so the map's larger magnitude is positive.
+    SegEigenCam,
 }
 
 impl Method {
-    pub const ALL: [Method; 14] = [
+    pub const ALL: [Method; 15] = [
         Method::GradCam,
         Method::GradCamPlusPlus,
         Method::XGradCam,
@@ -86,6 +89,7 @@ impl Method {
         Method::KpcaCam,
         Method::Fem,
         Method::ShapleyCam,
+        Method::SegEigenCam,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,6 +108,7 @@ impl Method {
             Method::KpcaCam => "kpcacam",
             Method::Fem => "fem",
             Method::ShapleyCam => "shapleycam",
+            Method::SegEigenCam => "segeigencam",
         }
     }
 
@@ -139,7 +144,10 @@ impl Method {
 
     /// Whether the map is a principal-component projection whatever `eigen_smooth` says.
     pub fn is_eigen(self) -> bool {
-        matches!(self, Method::EigenCam | Method::EigenGradCam)
+        matches!(
+            self,
+            Method::EigenCam | Method::EigenGradCam | Method::SegEigenCam
+        )
     }
 }
 
@@ -254,12 +262,6 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
         f.check(net.num_classes())?;
         finer::check_combination(req.method, req.counterfactual, req.guided, req.aug_smooth)?;
     }
-    if req.aug_smooth {
-        return explain_aug_smooth(net, x, req);
-    }
-    if req.method == Method::FullGrad {
-        return explain_full_grad(net, x, req);
-    }
     if req.method == Method::KpcaCam && req.eigen_smooth {
         return Err(Error::Invalid(
             "kpcacam is itself a principal component (in a kernel's feature space); \
@@ -272,7 +274,17 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
     }
     req.target
         .check_combination(req.method, req.finer.is_some())?;
-    if req.method == Method::ShapleyCam && target_layers(req.layer)?.len() > 1 {
+    if req.aug_smooth {
+        return explain_aug_smooth(net, x, req);
+    }
+    if req.method == Method::FullGrad {
+        return explain_full_grad(net, x, req);
+    }
+    // Each layer has its own J·A under a curved score, so its own backward pass.
+    if req.method == Method::ShapleyCam
+        && req.target != Target::Logit
+        && target_layers(req.layer)?.len() > 1
+    {
         return explain_shapley_layers(net, x, req);
     }
     let layers = target_layers(req.layer)?;
@@ -305,25 +317,26 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
     let mut chosen = Vec::new();
     let mut compared = Vec::new();
     // ShapleyCAM's seed needs the logits' derivative along the layer (one layer here).
-    let out = match req.method == Method::ShapleyCam && req.target != Target::Logit {
-        true => net.run_with_tangent(x, layers[0], what, |logits, jvp| {
-            chosen = choose_classes(logits, req.classes, num_classes)?;
-            compared = vec![Vec::new(); chosen.len()];
-            Ok(shapley_seeds(
-                req.target,
-                logits,
-                jvp,
-                &chosen,
-                req.counterfactual,
-            ))
-        })?,
-        false => net.run(x, &layers, what, |logits| {
-            chosen = choose_classes(logits, req.classes, num_classes)?;
-            let s;
-            (s, compared) = seeds(req, logits, &chosen)?;
-            Ok(s)
-        })?,
-    };
+    let tangent = req.method == Method::ShapleyCam && req.target != Target::Logit;
+    let out = net.run_inner(x, &layers, what, tangent, |logits, jvp| {
+        chosen = choose_classes(logits, req.classes, num_classes)?;
+        let s = match jvp {
+            Some(jvp) => {
+                compared = vec![Vec::new(); chosen.len()];
+                shapley_seeds(req.target, logits, jvp, &chosen, req.counterfactual)
+            }
+            None => {
+                let s;
+                (s, compared) = seeds(req, logits, &chosen)?;
+                s
+            }
+        };
+        // Guided backpropagation explains the class logit whatever the score (as
+        // pytorch-grad-cam's GuidedBackpropReLUModel): its own seed where they differ.
+        let guided = (req.guided && req.target != Target::Logit)
+            .then(|| seed(Target::Logit, logits, &chosen, req.counterfactual));
+        Ok((s, guided))
+    })?;
     if chosen.is_empty() {
         chosen = choose_classes(&out.logits, req.classes, num_classes)?;
         compared = vec![Vec::new(); chosen.len()];
@@ -441,6 +454,7 @@ fn layer_map<B: Backend>(
             (Some(be.upload(w)?), Combine::Channels)
         }
         Method::EigenCam => (None, Combine::Activations),
+        Method::SegEigenCam => (None, Combine::AbsGradActivations),
         Method::Fem => (Some(be.fem_weights(a, req.fem_k)?), Combine::Channels),
         Method::KpcaCam => {
             // No channel weights: the component lives in the pixels' kernel space.
@@ -453,12 +467,15 @@ fn layer_map<B: Backend>(
         let host_a = be.download(a)?;
         // The gradient comes back only where it multiplies the activations element-wise.
         let host_g = match combine {
-            Combine::Elements(_) => Some(be.download(grad())?),
+            Combine::Elements(_) | Combine::AbsGradActivations => Some(be.download(grad())?),
             _ => None,
         };
         let host_w = weights.as_ref().map(|w| be.download(w)).transpose()?;
         let x = combine.on_host(host_a, host_g.as_ref(), host_w.as_ref());
-        let (projection, loadings) = principal_projection(&x);
+        let (mut projection, mut loadings) = principal_projection(&x);
+        if req.method == Method::SegEigenCam {
+            larger_magnitude_positive(&mut projection, &mut loadings);
+        }
         let maps = relu(projection);
         Ok(match host_w {
             Some(w) if !req.method.is_eigen() => (w, maps),
@@ -469,7 +486,9 @@ fn layer_map<B: Backend>(
         let maps = match combine {
             Combine::Channels => be.weighted_sum_relu(a, &weights)?,
             Combine::Elements(rule) => be.elementwise_cam_relu(rule, a, grad())?,
-            Combine::Activations => unreachable!("Eigen-CAM always projects"),
+            Combine::Activations | Combine::AbsGradActivations => {
+                unreachable!("Eigen-CAM and SegEigenCAM always project")
+            }
         };
         Ok((be.download(&weights)?, be.download(&maps)?))
     }
@@ -501,6 +520,8 @@ enum Combine {
     Elements(ElementRule),
     /// The activations themselves (Eigen-CAM).
     Activations,
+    /// |g| ⊙ A (SegEigenCAM).
+    AbsGradActivations,
 }
 
 impl Combine {
@@ -512,6 +533,10 @@ impl Combine {
         let mut x = a;
         match self {
             Combine::Activations => {}
+            Combine::AbsGradActivations => {
+                let g = g.expect("SegEigenCAM has gradients");
+                (x.data_mut().iter_mut().zip(g.data())).for_each(|(v, &gv)| *v *= gv.abs());
+            }
             Combine::Channels => {
                 let w = w.expect("channel methods have weights");
                 for (ch, &wi) in x.data_mut().chunks_mut(hw.max(1)).zip(w.data()) {
@@ -526,6 +551,30 @@ impl Combine {
             }
         }
         x
+    }
+}
+
+/// SegEigenCAM's sign (its paper's Eq. 13): each image's projection negated, with its
+/// loadings, where its most negative value outweighs its largest.
+fn larger_magnitude_positive(projection: &mut Tensor, loadings: &mut Tensor) {
+    let (n, h, w) = (
+        projection.shape()[0],
+        projection.shape()[1],
+        projection.shape()[2],
+    );
+    let k = loadings.shape()[1];
+    for i in 0..n {
+        let m = &mut projection.data_mut()[i * h * w..(i + 1) * h * w];
+        let (lo, hi) = m
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                (l.min(v), h.max(v))
+            });
+        if lo.abs() > hi.abs() {
+            m.iter_mut().for_each(|v| *v = -*v);
+            let l = &mut loadings.data_mut()[i * k..(i + 1) * k];
+            l.iter_mut().for_each(|v| *v = -*v);
+        }
     }
 }
 
@@ -694,4 +743,26 @@ pub fn argmax(v: &[f32]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SegEigenCAM's sign rule: negated where the most negative value outweighs the largest
+    /// (strictly: a tie keeps the sign, as pytorch-grad-cam's `abs(min) > abs(max)`).
+    #[test]
+    fn larger_magnitude_is_made_positive() {
+        let mut p = Tensor::new(
+            [3, 1, 3],
+            vec![-3.0, 1.0, 2.0, 3.0, -1.0, -2.0, -2.0, 2.0, 0.0],
+        );
+        let mut l = Tensor::new([3, 2], vec![0.5, -1.0, 0.5, -1.0, 0.5, -1.0]);
+        larger_magnitude_positive(&mut p, &mut l);
+        assert_eq!(
+            p.data(),
+            &[3.0, -1.0, -2.0, 3.0, -1.0, -2.0, -2.0, 2.0, 0.0]
+        );
+        assert_eq!(l.data(), &[-0.5, 1.0, 0.5, -1.0, 0.5, -1.0]);
+    }
 }

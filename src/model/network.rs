@@ -150,7 +150,9 @@ impl<B: Backend> Network<B> {
         what: Backward,
         seed: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<RunOutput<B::Tensor>> {
-        self.run_inner(x, layers, what, false, |logits, _| seed(logits))
+        self.run_inner(x, layers, what, false, |logits, _| {
+            Ok((seed(logits)?, None))
+        })
     }
 
     /// [`Self::run`] with one target layer and a backward pass to it whose seed also sees
@@ -171,17 +173,20 @@ impl<B: Backend> Network<B> {
             ));
         }
         self.run_inner(x, &[layer], what, true, |logits, jvp| {
-            seed(logits, jvp.expect("the tangent pass ran"))
+            Ok((seed(logits, jvp.expect("the tangent pass ran"))?, None))
         })
     }
 
-    fn run_inner(
+    /// [`Self::run`] and [`Self::run_with_tangent`] in one: `seed(logits, jvp)` (jvp only with
+    /// `tangent`, for the first layer) returns the layers' seed and, where the guided pass
+    /// explains another score than they do, its own (else it takes theirs).
+    pub(crate) fn run_inner(
         &self,
         x: B::Tensor,
         layers: &[&str],
         what: Backward,
         tangent: bool,
-        seed: impl FnOnce(&Tensor, Option<&Tensor>) -> Result<Tensor>,
+        seed: impl FnOnce(&Tensor, Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)>,
     ) -> Result<RunOutput<B::Tensor>> {
         let be = &self.backend;
         let shapes = self.graph.shapes(be.shape(&x))?;
@@ -231,9 +236,18 @@ impl<B: Backend> Network<B> {
                 true => Some(self.tangent(&vals, &targets[0], &down_t)?),
                 false => None,
             };
-            let seed = checked_seed(&logits, |l| seed(l, jvp.as_ref()))?;
+            let mut guided_seed = None;
+            let seed = checked_seed(&logits, |l| {
+                let (s, g) = seed(l, jvp.as_ref())?;
+                guided_seed = g;
+                Ok(s)
+            })?;
             if let Some(d) = &down_0 {
-                let up = be.upload(seed.clone())?;
+                let g = match guided_seed {
+                    Some(g) => checked_seed(&logits, |_| Ok(g))?,
+                    None => seed.clone(),
+                };
+                let up = be.upload(g)?;
                 input_grad = self
                     .backward(&vals, &shapes, (d, &[0]), up, true, None)?
                     .pop();

@@ -57,7 +57,10 @@ pub struct ExplainArgs {
     /// eigencam (the activations' first principal component: no class, no backward pass),
     /// eigengradcam (that of gradients × activations), kpcacam (the first principal component
     /// in a sigmoid kernel's feature space, as scikit-learn's KernelPCA: no class), fem
-    /// (each channel weighted by the share of its positions above mean + k·std: no class).
+    /// (each channel weighted by the share of its positions above mean + k·std: no class),
+    /// shapleycam (Grad-CAM with the score's curvature along the layer: differs from it with
+    /// --target softmax|rest), segeigencam (the first principal component of |gradient| ×
+    /// activations, its larger magnitude positive).
     #[arg(long, default_value = "gradcam", value_parser = parse_method)]
     method: Method,
     /// The class score explained: `logit` (default), `softmax` (the class's probability) or
@@ -343,10 +346,10 @@ fn explain_all<B: Backend>(
         }
     }
     if let Some(f) = &finer {
-        settings["finer"] = json!({"alpha": f.alpha, "ranks": f.ranks});
+        settings["finer"] = json!({"alpha": decimal(f.alpha), "ranks": f.ranks});
     }
     if a.method == Method::Fem {
-        settings["fem_k"] = json!(fem_k);
+        settings["fem_k"] = json!(decimal(fem_k));
     }
     if a.target != Target::Logit {
         settings["target"] = json!(a.target.name());
@@ -677,6 +680,11 @@ pub(crate) fn parse_method(s: &str) -> Result<Method, String> {
     Method::parse(s).map_err(|e| e.to_string())
 }
 
+/// An f32 setting as the decimal it was given (0.1, not 0.10000000149011612) for the JSON.
+fn decimal(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or(v as f64)
+}
+
 pub(crate) fn parse_target(s: &str) -> Result<Target, String> {
     Target::parse(s).map_err(|e| e.to_string())
 }
@@ -798,11 +806,11 @@ fn write_outputs(
         "outputs": written,
     });
     if let Some(k) = m.fem_k {
-        report["fem_k"] = json!(k);
+        report["fem_k"] = json!(decimal(k));
     }
     if let Some(f) = m.finer {
         report["finer"] = json!({
-            "alpha": f.alpha,
+            "alpha": decimal(f.alpha),
             "ranks": f.ranks,
             "compared": e.compared.iter().map(|&c| json!({"class": c, "label": label(c)})).collect::<Vec<_>>(),
         });

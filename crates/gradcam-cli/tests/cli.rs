@@ -435,6 +435,7 @@ fn methods_and_guided_outputs() {
         "kpcacam",
         "fem",
         "shapleycam",
+        "segeigencam",
     ];
     let runs = (methods.iter().map(|m| (*m, "")))
         .chain([("gradcam", "--eigen-smooth"), ("gradcam", "--aug-smooth")]);
@@ -461,7 +462,7 @@ fn methods_and_guided_outputs() {
         let js: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("b.json")).unwrap()).unwrap();
         assert_eq!(js["method"], m);
-        let eigen = flag == "--eigen-smooth" || m.starts_with("eigen");
+        let eigen = flag == "--eigen-smooth" || m.starts_with("eigen") || m == "segeigencam";
         assert_eq!(js["eigen_smooth"], eigen, "{m}");
         assert_eq!(js["aug_smooth"], flag == "--aug-smooth", "{m}");
         let settings = std::fs::read_to_string(out.join("run.json")).unwrap();
@@ -608,8 +609,11 @@ fn targets_shapley_cam_and_fem_settings() {
     let (o, rest) = run("rest", &["--method", "shapleycam", "--target", "rest"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(json(&rest)["target"], "rest");
+    // Its Hessian term: Grad-CAM under the same score differs.
+    let (o, gc_rest) = run("gradcam-rest", &["--target", "rest"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     assert_ne!(
-        npy(&plain),
+        npy(&gc_rest),
         npy(&rest),
         "ReST's Hessian term changed nothing"
     );
@@ -619,9 +623,10 @@ fn targets_shapley_cam_and_fem_settings() {
     let (o, gc) = run("gradcam", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(npy(&plain), npy(&gc));
-    let (o, fem) = run("fem", &["--method", "fem", "--fem-k", "0.5"]);
+    let (o, fem) = run("fem", &["--method", "fem", "--fem-k", "0.1"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(json(&fem)["fem_k"], 0.5);
+    // As given, not as the f32 it is stored in (0.10000000149011612).
+    assert_eq!(json(&fem)["fem_k"], 0.1);
     let (o, fem2) = run("fem2", &["--method", "fem"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_ne!(npy(&fem), npy(&fem2), "--fem-k changed nothing");

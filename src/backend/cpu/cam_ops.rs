@@ -43,7 +43,8 @@ pub fn cam_weights(rule: WeightRule, a: &Tensor, g: &Tensor) -> Tensor {
 }
 
 /// See [`crate::backend::Backend::fem_weights`]. Mean and variance in f64 (two passes, as
-/// numpy's `std`), so the threshold is as exact as the activations allow.
+/// numpy's `std`), so the threshold is as exact as the activations allow; relative to the
+/// plane's first value, as the kernel (a constant plane: nothing above, for any k).
 pub fn fem_weights(a: &Tensor, k_sigma: f32) -> Tensor {
     let (n, k, h, w) = a.dims4();
     let hw = h * w;
@@ -53,14 +54,14 @@ pub fn fem_weights(a: &Tensor, k_sigma: f32) -> Tensor {
     let data = (a.data().par_chunks(hw).take(n * k))
         .map(|plane| {
             let len = plane.len() as f64;
-            let mean = plane.iter().map(|&v| v as f64).sum::<f64>() / len;
-            let var = plane
-                .iter()
-                .map(|&v| (v as f64 - mean).powi(2))
+            let a0 = plane[0] as f64;
+            let mean = plane.iter().map(|&v| v as f64 - a0).sum::<f64>() / len;
+            let var = (plane.iter())
+                .map(|&v| (v as f64 - a0 - mean).powi(2))
                 .sum::<f64>()
                 / len;
             let th = mean + k_sigma as f64 * var.sqrt();
-            let above = plane.iter().filter(|&&v| v as f64 > th).count();
+            let above = plane.iter().filter(|&&v| v as f64 - a0 > th).count();
             (above as f64 / len) as f32
         })
         .collect();
