@@ -83,6 +83,8 @@ pub struct ExplainConfig {
     pub fem_k: f32,
     /// The class score explained ([`CamRequest::target`]).
     pub target: crate::cam::Target,
+    /// How several layers' maps combine ([`CamRequest::fusion`]).
+    pub fusion: crate::cam::multi_layer::LayerFusion,
     pub size: InputSize,
     /// Where the overlay is drawn, if at all.
     pub overlay: OverlayAt,
@@ -115,6 +117,7 @@ impl Default for ExplainConfig {
             finer: None,
             fem_k: crate::cam::FEM_K,
             target: crate::cam::Target::Logit,
+            fusion: crate::cam::multi_layer::LayerFusion::Mean,
             size: InputSize::Square(224),
             overlay: OverlayAt::Image,
         }
@@ -313,6 +316,7 @@ fn device_fitting<B: Backend>(
         finer: cfg.finer.as_ref(),
         fem_k: cfg.fem_k,
         target: cfg.target,
+        fusion: cfg.fusion,
     };
     let batch = explain(net, x, &req)?;
     check_finite(&batch, &be.name())?;

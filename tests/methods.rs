@@ -24,6 +24,7 @@
 mod common;
 
 use common::{check_overlay, expected, fixtures, manifest, networks, rel_err};
+use gradcam::cam::multi_layer::LayerFusion;
 use gradcam::cam::postprocess::guided_images;
 use gradcam::cam::{
     explain, overlay, principal_projection, upsample_normalised, CamRequest, ClassSel, Finer,
@@ -147,6 +148,9 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             target: c.get("target").map_or(Target::Logit, |t| {
                 Target::parse(t.as_str().unwrap()).unwrap()
             }),
+            fusion: c.get("layer_fusion").map_or(LayerFusion::Mean, |f| {
+                LayerFusion::parse(f.as_str().unwrap()).unwrap()
+            }),
         };
         let out = explain(net, x, &req).unwrap();
         let err = rel_err(&out.logits, &exp.f32("logits"));
@@ -167,7 +171,13 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         let mut theirs_cam = exp.f32("cam");
         let mut flipped = false;
         if req.layer.contains(',') {
-            seen.insert(format!("{name}+layers"));
+            seen.insert(format!(
+                "{name}+layers{}",
+                match req.fusion {
+                    LayerFusion::Mean => "",
+                    LayerFusion::Product => "+product",
+                }
+            ));
         }
         if req.aug_smooth {
             // pytorch-grad-cam leaves the mean of the six normalised maps as it is; gradcam's
@@ -288,6 +298,8 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         "layercam+aug_smooth",
         "gradcam+layers",
         "gradcampp+layers",
+        "gradcampp+layers+product",
+        "gradcam+layers+product",
         "gradcam+finer",
         "layercam+finer",
         "gradcampp+finer",

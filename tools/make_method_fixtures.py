@@ -3,7 +3,7 @@
 
 Reference: pytorch-grad-cam 1.5.7 (GradCAMPlusPlus, XGradCAM, HiResCAM,
 LayerCAM, GradCAMElementWise, ScoreCAM, AblationCAM, FullGrad, EigenCAM, EigenGradCAM,
-KPCA_CAM, FEM, ShapleyCAM, SegEigenCAM, FinerCAM over several of them, the softmax and ReST model
+KPCA_CAM, FEM, ShapleyCAM, SegEigenCAM, RefineCAM, FinerCAM over several of them, the softmax and ReST model
 targets, the `eigen_smooth=True` option of the others, GuidedBackpropReLUModel, and Guided Grad-CAM as the library's
 README builds it).
 
@@ -71,7 +71,7 @@ import torchvision
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from pytorch_grad_cam import (FEM, AblationCAM, EigenCAM, EigenGradCAM, FinerCAM, FullGrad,
+from pytorch_grad_cam import (FEM, AblationCAM, RefineCAM, EigenCAM, EigenGradCAM, FinerCAM, FullGrad,
                               GradCAM, SegEigenCAM, ShapleyCAM,
                               GradCAMElementWise,
                               GradCAMPlusPlus, GuidedBackpropReLUModel, HiResCAM, KPCA_CAM,
@@ -216,6 +216,13 @@ EIGEN_SMOOTH_CASES = [
 AUG_SMOOTH_CASES = [
     ("resnet_tiny", "layer4", "a", "native", ["gradcam"]),
     ("vgg_bn_tiny", "features.27", "b", 64, ["gradcam", "layercam"]),
+]
+
+# RefineCAM(model, layers, base_method=...): the layers' maps multiplied (gradcam's
+# --layer-fusion product): (model, layers, image, size, base method).
+REFINE_CASES = [
+    ("resnet_tiny", ["layer2", "layer3", "layer4"], "a", "native", "gradcampp"),
+    ("vgg_bn_tiny", ["features.20", "features.27"], "b", 64, "gradcam"),
 ]
 
 # Several target layers: (model, layers, image, size, methods)
@@ -546,6 +553,41 @@ def multi_layer_case(entry, method, model, rgb, src_file, fixtures):
     err = float(np.abs(ref - cam[0]).max())
     assert err < 1e-5, f"multi-layer cam differs from the per-layer maps ({err})"
     case_id = f"{model_name}__{'+'.join(layers)}__{img}__{size}__{method}"
+    return case_id, {
+        "logits": logits.float().contiguous(),
+        "class": torch.tensor([cls], dtype=torch.int64),
+        "cam": torch.from_numpy(np.ascontiguousarray(cam)),
+    }
+
+
+def refine_case(entry, model, rgb, src_file, fixtures):
+    """RefineCAM(model, layers, base_method=cls_)(x, targets): logits, class and the cam,
+    checked against the single-layer runs: each layer's map ReLU-ed, min-max normalised,
+    resized, normalised again (the base method's output), their product normalised."""
+    model_name, layers, img, size, method = entry
+    x = mf.preprocess(rgb, size)
+    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    with torch.no_grad():
+        logits = model(x)
+    cls = int(logits.argmax(dim=1).item())
+    targets = [ClassifierOutputTarget(cls)]
+    obj = RefineCAM(model, [model.get_submodule(l) for l in layers],
+                    base_method=CLASSES[method][0])
+    cam = np.asarray(obj(input_tensor=x, targets=targets))
+    for base in obj.base_cam_per_layer:  # RefineCAM has no context manager: unhook by hand
+        base.activations_and_grads.release()
+    h, w = x.shape[2], x.shape[3]
+    norm = lambda m: (m - m.min()) / (1e-7 + (m - m.min()).max())  # noqa: E731
+    ref = np.ones((h, w), dtype=np.float64)
+    for layer in layers:
+        raw = run_method(method, model, layer, x, targets)[5][0]
+        ref *= norm(cv2.resize(norm(np.maximum(raw, 0)).astype(np.float32), (w, h)))
+    ref = norm(ref)
+    err = float(np.abs(ref - cam[0]).max())
+    assert err < 1e-5, f"RefineCAM cam differs from the per-layer maps ({err})"
+    # The case must tell the product from the mean.
+    assert (cam[0] > 1e-3).mean() < 0.99, "RefineCAM: a flat map"
+    case_id = f"{model_name}__{'+'.join(layers)}__{img}__{size}__{method}__product"
     return case_id, {
         "logits": logits.float().contiguous(),
         "class": torch.tensor([cls], dtype=torch.int64),
@@ -1013,6 +1055,14 @@ def main() -> int:
                                                 models[model_name], rgbs[img], src, out)
             store(case_id, tensors, model_name, ",".join(layers), img, size, method, src)
             print(f"{case_id:66s} {int(tensors['class'][0]):3d}")
+
+    for entry in REFINE_CASES:
+        model_name, layers, img, size, method = entry
+        src = sources[(img, size)]
+        case_id, tensors = refine_case(entry, models[model_name], rgbs[img], src, out)
+        store(case_id, tensors, model_name, ",".join(layers), img, size, method, src,
+              layer_fusion="product")
+        print(f"{case_id:66s} {int(tensors['class'][0]):3d}")
 
     for entry in KPCA_CASES:
         model_name, layer, img, size = entry

@@ -10,7 +10,7 @@ use super::eigen::principal_projection;
 use super::finer::{self, Finer};
 use super::full_grad::explain_full_grad;
 use super::kpca::kpca_projection;
-use super::multi_layer::{mean_of_layers, target_layers};
+use super::multi_layer::{fuse_layers, target_layers, LayerFusion};
 use super::shapley::{explain_shapley_layers, shapley_seeds};
 use super::target::Target;
 use crate::backend::{Backend, ElementRule, WeightRule};
@@ -180,6 +180,8 @@ pub struct CamRequest<'a> {
     /// probability or ReST. The gradient methods seed with its gradient, Score-CAM and
     /// Ablation-CAM compare its values.
     pub target: Target,
+    /// How several layers' maps combine: their mean, or their product (RefineCAM).
+    pub fusion: LayerFusion,
 }
 
 impl<'a> CamRequest<'a> {
@@ -196,6 +198,7 @@ impl<'a> CamRequest<'a> {
             finer: None,
             fem_k: FEM_K,
             target: Target::Logit,
+            fusion: LayerFusion::Mean,
         }
     }
 }
@@ -213,7 +216,8 @@ pub struct CamBatch {
     /// principal component's loadings on the centred channels).
     pub weights: Tensor,
     /// The map at the target layer's resolution, after ReLU, before normalisation: [N, h, w]
-    /// (with `aug_smooth` or several layers, the mean of normalised maps at the input size).
+    /// (with `aug_smooth`, the mean of normalised maps at the input size; with several layers,
+    /// their fusion there, see [`super::multi_layer`]).
     pub maps: Tensor,
     /// Guided-backprop gradient at the input, [N, C, H, W], when requested.
     pub guided: Option<Tensor>,
@@ -358,7 +362,7 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
     }
     let maps = match maps.len() {
         1 => maps.pop().expect("one"),
-        _ => mean_of_layers(&maps, input_hw),
+        _ => fuse_layers(&maps, input_hw, req.fusion),
     };
     Ok(CamBatch {
         logits: out.logits,

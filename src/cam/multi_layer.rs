@@ -3,6 +3,11 @@
 //! and the map is their mean (normalised afterwards like every map). In pytorch-grad-cam:
 //! `aggregate_multi_layers` over `scale_cam_image(relu(cam), input size)` per layer.
 //!
+//! With [`LayerFusion::Product`] the maps are multiplied instead, as pytorch-grad-cam's
+//! `RefineCAM`: each layer's map min-max normalised after its resize to the input size (as the
+//! base method returns it), their product normalised; a region must stand out in every layer,
+//! which cleans up the noisy maps of early layers.
+//!
 //! `CamRequest::layer` names them separated by commas (torchvision module paths have none).
 //! All layers share one forward pass and one backward pass, down to the lowest of them (as in
 //! pytorch-grad-cam), so they explain the same classes. The channel weights reported are the
@@ -34,24 +39,68 @@ pub fn normalised(layer: &str) -> Result<String> {
     Ok(target_layers(layer)?.join(","))
 }
 
-/// The mean over layers of each map [N, h_l, w_l] min-max normalised at its own resolution
-/// and resized to `(h, w)`: [N, h, w].
-pub(crate) fn mean_of_layers(maps: &[Tensor], (h, w): (usize, usize)) -> Tensor {
+/// How the maps of several target layers combine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LayerFusion {
+    /// Their mean (pytorch-grad-cam's `target_layers=[...]`).
+    #[default]
+    Mean,
+    /// Their product (pytorch-grad-cam's `RefineCAM`).
+    Product,
+}
+
+impl LayerFusion {
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerFusion::Mean => "mean",
+            LayerFusion::Product => "product",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<LayerFusion> {
+        match s.to_ascii_lowercase().as_str() {
+            "mean" => Ok(LayerFusion::Mean),
+            "product" | "refinecam" => Ok(LayerFusion::Product),
+            _ => Err(Error::Invalid(format!(
+                "unknown layer fusion `{s}`; choose mean or product"
+            ))),
+        }
+    }
+}
+
+/// The maps [N, h_l, w_l] of several layers combined at `(h, w)`: [N, h, w]. Mean: each
+/// normalised at its own resolution, then resized, then averaged. Product: each resized,
+/// then normalised, then multiplied.
+pub(crate) fn fuse_layers(maps: &[Tensor], (h, w): (usize, usize), how: LayerFusion) -> Tensor {
     let n = maps[0].shape()[0];
-    let mut mean = vec![0f32; n * h * w];
+    let start = match how {
+        LayerFusion::Mean => 0.0,
+        LayerFusion::Product => 1.0,
+    };
+    let mut out = vec![start; n * h * w];
     for map in maps {
         let (mh, mw) = (map.shape()[1], map.shape()[2]);
-        for (i, acc) in mean.chunks_mut(h * w).enumerate() {
+        for (i, acc) in out.chunks_mut(h * w).enumerate() {
             let mut m = map.data()[i * mh * mw..(i + 1) * mh * mw].to_vec();
-            normalise_minmax(&mut m);
-            for (a, v) in acc.iter_mut().zip(resize_bilinear(&m, mh, mw, 1, h, w)) {
-                *a += v;
+            match how {
+                LayerFusion::Mean => {
+                    normalise_minmax(&mut m);
+                    let up = resize_bilinear(&m, mh, mw, 1, h, w);
+                    acc.iter_mut().zip(up).for_each(|(a, v)| *a += v);
+                }
+                LayerFusion::Product => {
+                    let mut up = resize_bilinear(&m, mh, mw, 1, h, w);
+                    normalise_minmax(&mut up);
+                    acc.iter_mut().zip(up).for_each(|(a, v)| *a *= v);
+                }
             }
         }
     }
-    let k = maps.len() as f32;
-    mean.iter_mut().for_each(|v| *v /= k);
-    Tensor::new([n, h, w], mean)
+    if how == LayerFusion::Mean {
+        let k = maps.len() as f32;
+        out.iter_mut().for_each(|v| *v /= k);
+    }
+    Tensor::new([n, h, w], out)
 }
 
 #[cfg(test)]

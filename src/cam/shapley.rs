@@ -16,7 +16,7 @@
 //! logit); the softmax and ReST targets are what it was proposed with.
 
 use super::methods::{explain, CamBatch, CamRequest};
-use super::multi_layer::{mean_of_layers, target_layers};
+use super::multi_layer::{fuse_layers, target_layers};
 use super::target::Target;
 use crate::backend::Backend;
 use crate::model::Network;
@@ -52,7 +52,7 @@ pub(crate) fn shapley_seeds(
 }
 
 /// ShapleyCAM over several target layers: each has its own J A, hence its own seed and
-/// backward pass; the maps are averaged as for the other methods (see
+/// backward pass; the maps are combined as for the other methods (see
 /// [`super::multi_layer`]) and the weights reported are the first layer's.
 pub(crate) fn explain_shapley_layers<B: Backend>(
     net: &Network<B>,
@@ -82,6 +82,6 @@ pub(crate) fn explain_shapley_layers<B: Backend>(
         first.get_or_insert(out);
     }
     let mut out = first.expect("one layer at least");
-    out.maps = mean_of_layers(&maps, input_hw);
+    out.maps = fuse_layers(&maps, input_hw, req.fusion);
     Ok(out)
 }

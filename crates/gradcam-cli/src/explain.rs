@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use gradcam::backend::Backend;
 use gradcam::cam::finer::check_combination;
-use gradcam::cam::multi_layer::{normalised, target_layers};
+use gradcam::cam::multi_layer::{normalised, target_layers, LayerFusion};
 use gradcam::cam::{ClassSel, Finer, Method, Target};
 use gradcam::explain::{
     explain_batch_device, DeviceBatch, ExplainConfig, Explanation, OverlayAt, Timings,
@@ -63,6 +63,11 @@ pub struct ExplainArgs {
     /// activations, its larger magnitude positive).
     #[arg(long, default_value = "gradcam", value_parser = parse_method)]
     method: Method,
+    /// With several layers: `mean` (default) averages their normalised maps, as
+    /// pytorch-grad-cam's target_layers; `product` multiplies them, as its RefineCAM (whose
+    /// default base is gradcam++): what stands out in every layer, which cleans up early layers.
+    #[arg(long, default_value = "mean", value_parser = parse_fusion)]
+    layer_fusion: LayerFusion,
     /// The class score explained: `logit` (default), `softmax` (the class's probability) or
     /// `rest` (the logit plus the log-probability, proposed with ShapleyCAM), as
     /// pytorch-grad-cam's ClassifierOutputTarget, ClassifierOutputSoftmaxTarget and
@@ -354,6 +359,12 @@ fn explain_all<B: Backend>(
     if a.target != Target::Logit {
         settings["target"] = json!(a.target.name());
     }
+    if a.layer_fusion != LayerFusion::Mean {
+        settings["layer_fusion"] = json!(a.layer_fusion.name());
+        if !layer.contains(',') {
+            eprintln!("note: --layer-fusion combines several layers; one is given");
+        }
+    }
     let previous = match a.resume {
         true => resume::load(&a.out, &settings)?,
         false => None,
@@ -404,6 +415,7 @@ fn explain_all<B: Backend>(
         finer: finer.clone(),
         fem_k,
         target: a.target,
+        fusion: a.layer_fusion,
         size,
         overlay: if outputs.overlay {
             OverlayAt::Image
@@ -449,6 +461,7 @@ fn explain_all<B: Backend>(
         aug_smooth: a.aug_smooth,
         finer: finer.as_ref(),
         target: a.target,
+        fusion: layer.contains(',').then_some(a.layer_fusion),
         fem_k: (a.method == Method::Fem).then_some(fem_k),
         labels: graph.labels.as_deref(),
         outputs,
@@ -685,6 +698,10 @@ fn decimal(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
 }
 
+fn parse_fusion(s: &str) -> Result<LayerFusion, String> {
+    LayerFusion::parse(s).map_err(|e| e.to_string())
+}
+
 pub(crate) fn parse_target(s: &str) -> Result<Target, String> {
     Target::parse(s).map_err(|e| e.to_string())
 }
@@ -734,6 +751,8 @@ struct Meta<'a> {
     aug_smooth: bool,
     finer: Option<&'a Finer>,
     target: Target,
+    /// With several layers, how their maps combine.
+    fusion: Option<LayerFusion>,
     /// FEM's k, for `--method fem`.
     fem_k: Option<f32>,
     labels: Option<&'a [String]>,
@@ -805,6 +824,9 @@ fn write_outputs(
         "top_channels": channels.iter().take(10).map(|(k, a)| json!({"channel": k, "weight": a})).collect::<Vec<_>>(),
         "outputs": written,
     });
+    if let Some(f) = m.fusion {
+        report["layer_fusion"] = json!(f.name());
+    }
     if let Some(k) = m.fem_k {
         report["fem_k"] = json!(decimal(k));
     }

@@ -630,6 +630,22 @@ fn targets_shapley_cam_and_fem_settings() {
     let (o, fem2) = run("fem2", &["--method", "fem"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_ne!(npy(&fem), npy(&fem2), "--fem-k changed nothing");
+    // Several layers multiplied (RefineCAM) instead of averaged.
+    let (o, mean) = run("mean", &["--layer", "layer3,layer4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (o, product) = run(
+        "product",
+        &["--layer", "layer3,layer4", "--layer-fusion", "product"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&product)["layer_fusion"], "product");
+    assert_eq!(json(&mean)["layer_fusion"], "mean");
+    assert_ne!(npy(&mean), npy(&product));
+    let settings = std::fs::read_to_string(product.join("run.json")).unwrap();
+    assert!(
+        settings.contains("\"layer_fusion\": \"product\""),
+        "{settings}"
+    );
     for (extra, what) in [
         (
             &["--method", "eigencam", "--target", "softmax"][..],
@@ -639,6 +655,7 @@ fn targets_shapley_cam_and_fem_settings() {
         (&["--fem-k", "1"][..], "--method fem"),
         (&["--method", "fem", "--eigen-smooth"][..], "--eigen-smooth"),
         (&["--target", "probability"][..], "softmax"),
+        (&["--layer-fusion", "max"][..], "mean or product"),
     ] {
         let (o, _) = run("bad", extra);
         assert!(!o.status.success(), "{extra:?}");
