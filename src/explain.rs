@@ -85,6 +85,8 @@ pub struct ExplainConfig {
     pub target: crate::cam::Target,
     /// How several layers' maps combine ([`CamRequest::fusion`]).
     pub fusion: crate::cam::multi_layer::LayerFusion,
+    /// KPCA-CAM's kernel and γ ([`CamRequest::kpca`]).
+    pub kpca: crate::cam::kpca::Kpca,
     pub size: InputSize,
     /// Where the overlay is drawn, if at all.
     pub overlay: OverlayAt,
@@ -118,6 +120,7 @@ impl Default for ExplainConfig {
             fem_k: crate::cam::FEM_K,
             target: crate::cam::Target::Logit,
             fusion: crate::cam::multi_layer::LayerFusion::Mean,
+            kpca: crate::cam::kpca::Kpca::default(),
             size: InputSize::Square(224),
             overlay: OverlayAt::Image,
         }
@@ -317,6 +320,7 @@ fn device_fitting<B: Backend>(
         fem_k: cfg.fem_k,
         target: cfg.target,
         fusion: cfg.fusion,
+        kpca: cfg.kpca,
     };
     let batch = explain(net, x, &req)?;
     check_finite(&batch, &be.name())?;

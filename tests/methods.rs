@@ -24,6 +24,7 @@
 mod common;
 
 use common::{check_overlay, expected, fixtures, manifest, networks, rel_err};
+use gradcam::cam::kpca::{Kpca, KpcaKernel};
 use gradcam::cam::multi_layer::LayerFusion;
 use gradcam::cam::postprocess::guided_images;
 use gradcam::cam::{
@@ -151,6 +152,10 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             fusion: c.get("layer_fusion").map_or(LayerFusion::Mean, |f| {
                 LayerFusion::parse(f.as_str().unwrap()).unwrap()
             }),
+            kpca: c.get("kpca").map_or(Kpca::default(), |k| Kpca {
+                kernel: KpcaKernel::parse(k["kernel"].as_str().unwrap()).unwrap(),
+                gamma: k["gamma"].as_f64().map(|g| g as f32),
+            }),
         };
         let out = explain(net, x, &req).unwrap();
         let err = rel_err(&out.logits, &exp.f32("logits"));
@@ -186,6 +191,9 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             let mut m = theirs_cam.data().to_vec();
             gradcam::cam::normalise_minmax(&mut m);
             theirs_cam = Tensor::new(theirs_cam.shape(), m);
+        }
+        if req.kpca != Kpca::default() {
+            seen.insert(format!("kpcacam+{}", req.kpca.kernel.name()));
         }
         if name == "kpcacam" || name == "segeigencam" {
             // scikit-learn's sign is deterministic (largest entry positive), and so is
@@ -283,6 +291,10 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         "eigencam",
         "eigengradcam",
         "kpcacam",
+        "kpcacam+rbf",
+        "kpcacam+poly",
+        "kpcacam+cosine",
+        "kpcacam+linear",
         "fem",
         "shapleycam",
         "segeigencam",

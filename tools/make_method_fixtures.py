@@ -39,7 +39,7 @@ CAM-method files (float32 unless noted):
 The preprocessed input depends only on (image, size), and every such pair
 already has a committed file in manifest.json holding it; each methods.json
 case names that file in "input_from" (checked bit-for-bit here) instead of
-duplicating ~87 kB per file, which keeps the addition under 5 MB. Pass
+duplicating ~87 kB per file, which keeps the addition under 5.5 MB. Pass
 --embed-inputs to store `input` in every CAM-method file as well.
 
 Guided files (<model>__<image>__<size>__guided):
@@ -167,9 +167,14 @@ FINER_CASES = [
 
 # KPCA-CAM with its defaults (sigmoid kernel, gamma 1/K): (model, layer, image, size).
 KPCA_CASES = [
-    ("resnet_tiny", "layer4", "a", "native"),
-    ("vgg_bn_tiny", "features.27", "b", 64),
-    ("resnet_basic_tiny", "layer3", "c", "native"),
+    ("resnet_tiny", "layer4", "a", "native", "sigmoid", None),
+    ("vgg_bn_tiny", "features.27", "b", 64, "sigmoid", None),
+    ("resnet_basic_tiny", "layer3", "c", "native", "sigmoid", None),
+    # KPCA_CAM(kernel=..., gamma=...): scikit-learn's other kernels.
+    ("resnet_tiny", "layer3", "b", "native", "rbf", None),
+    ("vgg_bn_tiny", "features.27", "b", 64, "poly", 0.02),
+    ("resnet_basic_tiny", "layer3", "b", 64, "cosine", None),
+    ("resnet_tiny", "layer2", "a", 64, "linear", None),
 ]
 
 # FEM(model, [layer], k=k): (model, layer, image, size, k); 2 is pytorch-grad-cam's default.
@@ -369,11 +374,11 @@ def eigen_input(method: str, act: np.ndarray, grad, weights) -> np.ndarray:
 
 
 def run_method(method: str, model, layer_name: str, x: torch.Tensor, targets,
-               eigen_smooth: bool = False):
+               eigen_smooth: bool = False, **options):
     cls_, has_weights, uses_grads = CLASSES[method]
     layer = model.get_submodule(layer_name)
     seen = {}
-    with cls_(model=model, target_layers=[layer]) as obj:
+    with cls_(model=model, target_layers=[layer], **options) as obj:
         original_image = obj.get_cam_image
 
         def recording_image(*args, **kwargs):
@@ -666,13 +671,28 @@ def finer_case(entry, model, rgb, src_file, fixtures):
     return case_id, tensors, target_idx
 
 
-def kpca_reference(act: np.ndarray) -> np.ndarray:
-    """KernelPCA(n_components=1, kernel="sigmoid").fit_transform in float64 from scratch: the
-    centred sigmoid kernel's top eigenvector (largest entry positive) times sqrt(eigenvalue)."""
+def kpca_reference(act: np.ndarray, kernel: str = "sigmoid", gamma=None) -> np.ndarray:
+    """KernelPCA(n_components=1, kernel=kernel, gamma=gamma).fit_transform in float64 from
+    scratch: the centred kernel's top eigenvector (largest entry positive) times
+    sqrt(eigenvalue); scikit-learn's defaults gamma 1/K, degree 3, coef0 1."""
     k = act.shape[0]
     m = act.reshape(k, -1).T.astype(np.float64)
     m = m - m.mean(axis=0)
-    g = np.tanh(m @ m.T / k + 1.0)
+    gm = 1.0 / k if gamma is None else gamma
+    dots = m @ m.T
+    if kernel == "sigmoid":
+        g = np.tanh(gm * dots + 1.0)
+    elif kernel == "poly":
+        g = (gm * dots + 1.0) ** 3
+    elif kernel == "rbf":
+        sq = (m * m).sum(axis=1)
+        g = np.exp(-gm * np.maximum(sq[:, None] + sq[None, :] - 2 * dots, 0))
+    elif kernel == "cosine":
+        norms = np.sqrt((m * m).sum(axis=1))
+        norms[norms == 0] = 1.0
+        g = dots / np.outer(norms, norms)
+    else:
+        g = dots
     one = np.full_like(g, 1.0 / g.shape[0])
     g = g - one @ g - g @ one + one @ g @ one
     vals, vecs = np.linalg.eigh(g)
@@ -684,19 +704,21 @@ def kpca_reference(act: np.ndarray) -> np.ndarray:
 def kpca_case(entry, model, rgb, src_file, fixtures):
     """KPCA_CAM(model, [layer])(x, targets): logits, class, cam and the projection before the
     ReLU (`projection`), checked against a float64 kernel PCA from scratch."""
-    model_name, layer, img, size = entry
+    model_name, layer, img, size, kernel, gamma = entry
     x = mf.preprocess(rgb, size)
     assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
     with torch.no_grad():
         cls = int(model(x).argmax(dim=1).item())
     cam, logits, activation, _, _, raw = run_method(
-        "kpcacam", model, layer, x, [ClassifierOutputTarget(cls)])
-    ref, vals = kpca_reference(activation.numpy()[0])
+        "kpcacam", model, layer, x, [ClassifierOutputTarget(cls)], kernel=kernel, gamma=gamma)
+    ref, vals = kpca_reference(activation.numpy()[0], kernel, gamma)
     err = float(np.abs(ref - raw[0]).max()) / max(float(np.abs(raw).max()), 1e-12)
     gap = (vals[-1] - vals[-2]) / abs(vals[-1])
     assert err < 1e-3 and gap > 1e-2, f"{model_name} {layer}: err {err}, gap {gap}"
     assert float(cam.max()) > 0.99 and np.isfinite(cam).all()
     case_id = f"{model_name}__{layer}__{img}__{size}__kpcacam"
+    if kernel != "sigmoid" or gamma is not None:
+        case_id += f"_{kernel}" + ("" if gamma is None else f"_g{gamma:g}")
     tensors = {
         "logits": logits.float().contiguous(),
         "class": torch.tensor([cls], dtype=torch.int64),
@@ -1065,10 +1087,12 @@ def main() -> int:
         print(f"{case_id:66s} {int(tensors['class'][0]):3d}")
 
     for entry in KPCA_CASES:
-        model_name, layer, img, size = entry
+        model_name, layer, img, size, kernel, gamma = entry
         src = sources[(img, size)]
         case_id, tensors, err, gap = kpca_case(entry, models[model_name], rgbs[img], src, out)
-        store(case_id, tensors, model_name, layer, img, size, "kpcacam", src)
+        extra = {} if kernel == "sigmoid" and gamma is None else {
+            "kpca": {"kernel": kernel, "gamma": gamma}}
+        store(case_id, tensors, model_name, layer, img, size, "kpcacam", src, **extra)
         print(f"{case_id:66s} {int(tensors['class'][0]):3d} vs float64 {err:.1e}, "
               f"eigen gap {gap:.2f}")
 
@@ -1154,7 +1178,7 @@ def main() -> int:
     print(f"\n{len(cases)} cases ({len(dropped)} dropped), added {total / 1e6:.2f} MB, "
           f"sha256 {digest.hexdigest()[:16]}")
     if not args.embed_inputs:
-        assert total < 5_000_000, "method fixtures grew past the 5 MB budget"
+        assert total < 5_500_000, "method fixtures grew past the 5.5 MB budget"
     return 0
 
 

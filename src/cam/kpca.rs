@@ -1,11 +1,11 @@
-//! KPCA-CAM (Karmani et al. 2024, arXiv 2410.00267), as pytorch-grad-cam 1.5.7's `KPCA_CAM`
-//! with its defaults: Eigen-CAM's first principal component taken in a kernel's feature space
-//! instead (scikit-learn's `KernelPCA(n_components=1, kernel="sigmoid")`). No class, no
-//! gradients.
+//! KPCA-CAM (Karmani et al. 2024, arXiv 2410.00267), as pytorch-grad-cam 1.5.7's `KPCA_CAM`:
+//! Eigen-CAM's first principal component taken in a kernel's feature space instead
+//! (scikit-learn's `KernelPCA(n_components=1, kernel=..., gamma=...)`, the sigmoid kernel by
+//! default). No class, no gradients.
 //!
 //! Per image, with the layer's [K, h, w] values viewed as M = [h·w, K] (a row per pixel, each
-//! channel minus its mean over the pixels): the kernel matrix G[p, q] = tanh(γ ⟨M_p, M_q⟩ + 1)
-//! with γ = 1/K, centred in feature space (G − 1G − G1 + 1G1, 1 the matrix of 1/(h·w)); its
+//! channel minus its mean over the pixels): the kernel matrix G[p, q] = κ(M_p, M_q) (by
+//! default tanh(γ ⟨M_p, M_q⟩ + 1) with γ = 1/K; see [`KpcaKernel`]), centred in feature space (G − 1G − G1 + 1G1, 1 the matrix of 1/(h·w)); its
 //! largest eigenvalue λ and unit eigenvector v; the map is v·√λ (before the caller's ReLU).
 //! v's sign is scikit-learn's: its entry of largest magnitude is positive. The eigenpair comes
 //! from the Lanczos iteration Eigen-CAM uses, in f64 (scikit-learn computes in the
@@ -14,12 +14,93 @@
 use rayon::prelude::*;
 
 use super::eigen::lanczos_top;
-use crate::Tensor;
+use crate::{Error, Result, Tensor};
+
+/// scikit-learn's kernels, with its `KernelPCA` defaults (degree 3, coef0 1; γ = 1/K unless
+/// given).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KpcaKernel {
+    /// tanh(γ ⟨x, y⟩ + 1), pytorch-grad-cam's default.
+    #[default]
+    Sigmoid,
+    /// exp(−γ ‖x − y‖²).
+    Rbf,
+    /// (γ ⟨x, y⟩ + 1)³.
+    Poly,
+    /// ⟨x, y⟩ / (‖x‖ ‖y‖), 0 for a zero vector.
+    Cosine,
+    /// ⟨x, y⟩: plain PCA, Eigen-CAM's map up to its sign.
+    Linear,
+}
+
+impl KpcaKernel {
+    pub const ALL: [KpcaKernel; 5] = [
+        KpcaKernel::Sigmoid,
+        KpcaKernel::Rbf,
+        KpcaKernel::Poly,
+        KpcaKernel::Cosine,
+        KpcaKernel::Linear,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KpcaKernel::Sigmoid => "sigmoid",
+            KpcaKernel::Rbf => "rbf",
+            KpcaKernel::Poly => "poly",
+            KpcaKernel::Cosine => "cosine",
+            KpcaKernel::Linear => "linear",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<KpcaKernel> {
+        let key = s.to_ascii_lowercase();
+        KpcaKernel::ALL
+            .into_iter()
+            .find(|k| k.name() == key)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "unknown KPCA kernel `{s}`; choose sigmoid, rbf, poly, cosine or linear"
+                ))
+            })
+    }
+
+    /// Whether γ means anything to it.
+    pub fn has_gamma(self) -> bool {
+        matches!(
+            self,
+            KpcaKernel::Sigmoid | KpcaKernel::Rbf | KpcaKernel::Poly
+        )
+    }
+}
+
+/// KPCA-CAM's settings (pytorch-grad-cam's `kernel` and `gamma`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Kpca {
+    pub kernel: KpcaKernel,
+    /// γ; None is scikit-learn's 1/K.
+    pub gamma: Option<f32>,
+}
+
+impl Kpca {
+    /// A finite, positive γ, and only for a kernel that has one.
+    pub fn check(&self) -> Result<()> {
+        match self.gamma {
+            Some(g) if !self.kernel.has_gamma() => Err(Error::Invalid(format!(
+                "the {} kernel has no gamma (given {g})",
+                self.kernel.name()
+            ))),
+            Some(g) if !(g.is_finite() && g > 0.0) => Err(Error::Invalid(format!(
+                "KPCA gamma must be a finite positive number, not {g}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// KPCA-CAM's projections of a batch `x` [N, K, h, w]: [N, h, w] before the ReLU. NaNs count
 /// as zero (as pytorch-grad-cam's). An image whose centred kernel has no eigenvalue clear of
 /// rounding (a flat layer) gets a zero map. The kernel is a dense (h·w)² matrix per image.
-pub fn kpca_projection(x: &Tensor) -> Tensor {
+pub fn kpca_projection(x: &Tensor, kpca: &Kpca) -> Tensor {
     let (n, k, h, w) = x.dims4();
     let hw = h * w;
     if k == 0 || hw == 0 {
@@ -28,13 +109,13 @@ pub fn kpca_projection(x: &Tensor) -> Tensor {
     let per: Vec<Vec<f32>> = x
         .data()
         .par_chunks(k * hw)
-        .map(|img| project_one(img, k, hw))
+        .map(|img| project_one(img, k, hw, kpca))
         .collect();
     Tensor::new([n, h, w], per.concat())
 }
 
 /// One image: `x` is [K, hw] channel-major; returns the projection [hw].
-fn project_one(x: &[f32], k: usize, hw: usize) -> Vec<f32> {
+fn project_one(x: &[f32], k: usize, hw: usize, kpca: &Kpca) -> Vec<f32> {
     // Centred channels, pixel-major: m[p][ch] = x[ch][p] - mean_p x[ch][p].
     let mut m = vec![0f64; hw * k];
     for (ch, src) in x.chunks(hw).enumerate() {
@@ -44,15 +125,37 @@ fn project_one(x: &[f32], k: usize, hw: usize) -> Vec<f32> {
             m[p * k + ch] = val(s) - mean;
         }
     }
-    // The sigmoid kernel over pixel pairs (symmetric: the upper half, mirrored).
-    let gamma = 1.0 / k as f64;
+    // The kernel over pixel pairs (symmetric: the upper half, mirrored).
+    let gamma = kpca.gamma.map_or(1.0 / k as f64, |g| g as f64);
+    let norms: Vec<f64> = (0..hw)
+        .map(|p| {
+            m[p * k..(p + 1) * k]
+                .iter()
+                .map(|v| v * v)
+                .sum::<f64>()
+                .sqrt()
+        })
+        .collect();
     let mut g = vec![0f64; hw * hw];
     for p in 0..hw {
         let mp = &m[p * k..(p + 1) * k];
         for q in p..hw {
             let mq = &m[q * k..(q + 1) * k];
             let dot: f64 = mp.iter().zip(mq).map(|(a, b)| a * b).sum();
-            let v = (gamma * dot + 1.0).tanh();
+            let v = match kpca.kernel {
+                KpcaKernel::Sigmoid => (gamma * dot + 1.0).tanh(),
+                KpcaKernel::Poly => (gamma * dot + 1.0).powi(3),
+                // ‖x − y‖² from the norms; clamped, as rounding can take it below 0.
+                KpcaKernel::Rbf => {
+                    let d2 = norms[p] * norms[p] + norms[q] * norms[q] - 2.0 * dot;
+                    (-gamma * d2.max(0.0)).exp()
+                }
+                KpcaKernel::Cosine => match norms[p] * norms[q] {
+                    0.0 => 0.0,
+                    nn => dot / nn,
+                },
+                KpcaKernel::Linear => dot,
+            };
             g[p * hw + q] = v;
             g[q * hw + p] = v;
         }
@@ -106,7 +209,7 @@ mod tests {
         let (k, h, w) = (6, 3, 4);
         let hw = h * w;
         let x = rng.tensor(&[1, k, h, w], -1.0, 2.0);
-        let got = kpca_projection(&x);
+        let got = kpca_projection(&x, &Kpca::default());
         let d = x.data();
         let feat = |p: usize, ch: usize| {
             let mean = (0..hw).map(|q| d[ch * hw + q] as f64).sum::<f64>() / hw as f64;
@@ -162,7 +265,91 @@ mod tests {
     fn a_flat_layer_gives_a_zero_map() {
         let (k, hw) = (5, 20 * 20);
         let x: Vec<f32> = (0..k * hw).map(|i| 0.3 + (i / hw) as f32).collect();
-        let got = kpca_projection(&Tensor::new([1, k, 20, 20], x));
+        let got = kpca_projection(&Tensor::new([1, k, 20, 20], x), &Kpca::default());
         assert!(got.data().iter().all(|&v| v == 0.0));
+    }
+
+    /// The other kernels, each against its formula written out per pixel pair (the kernel
+    /// matrix itself, through the linear kernel's identity with Eigen-CAM), and γ checked.
+    #[test]
+    fn other_kernels() {
+        let mut rng = Rng::new(9);
+        let (k, h, w) = (5, 4, 3);
+        let x = rng.tensor(&[1, k, h, w], -1.0, 2.0);
+        // Linear: plain PCA, so Eigen-CAM's projection up to its sign.
+        let lin = kpca_projection(
+            &x,
+            &Kpca {
+                kernel: KpcaKernel::Linear,
+                gamma: None,
+            },
+        );
+        let (eig, _) = super::super::eigen::principal_projection(&x);
+        let dot: f32 = lin.data().iter().zip(eig.data()).map(|(a, b)| a * b).sum();
+        let sign = dot.signum();
+        for (a, b) in lin.data().iter().zip(eig.data()) {
+            assert!(
+                (a - sign * b).abs() < 1e-4,
+                "linear kernel vs Eigen-CAM: {a} vs {b}"
+            );
+        }
+        // Every kernel: the projection is an eigenvector of the centred kernel (G v = λ v
+        // with λ = ‖v‖², as v carries √λ), the kernel built here from its formula.
+        let hw = h * w;
+        let d = x.data();
+        let feat = |p: usize| -> Vec<f64> {
+            (0..k)
+                .map(|ch| {
+                    let mean = (0..hw).map(|q| d[ch * hw + q] as f64).sum::<f64>() / hw as f64;
+                    d[ch * hw + p] as f64 - mean
+                })
+                .collect()
+        };
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        for (kernel, gamma) in [
+            (KpcaKernel::Rbf, None),
+            (KpcaKernel::Rbf, Some(0.5f32)),
+            (KpcaKernel::Poly, None),
+            (KpcaKernel::Cosine, None),
+            (KpcaKernel::Sigmoid, Some(0.05)),
+        ] {
+            let kpca = Kpca { kernel, gamma };
+            kpca.check().unwrap();
+            let got = kpca_projection(&x, &kpca);
+            let gm = gamma.map_or(1.0 / k as f64, |g| g as f64);
+            let kern = |p: usize, q: usize| {
+                let (a, b) = (feat(p), feat(q));
+                match kernel {
+                    KpcaKernel::Rbf => {
+                        let d2: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+                        (-gm * d2).exp()
+                    }
+                    KpcaKernel::Poly => (gm * dot(&a, &b) + 1.0).powi(3),
+                    KpcaKernel::Cosine => dot(&a, &b) / (dot(&a, &a) * dot(&b, &b)).sqrt(),
+                    _ => (gm * dot(&a, &b) + 1.0).tanh(),
+                }
+            };
+            let raw: Vec<f64> = (0..hw * hw).map(|i| kern(i / hw, i % hw)).collect();
+            let rm: Vec<f64> = (0..hw)
+                .map(|p| (0..hw).map(|q| raw[p * hw + q]).sum::<f64>() / hw as f64)
+                .collect();
+            let all = rm.iter().sum::<f64>() / hw as f64;
+            let v: Vec<f64> = got.data().iter().map(|&v| v as f64).collect();
+            let lambda = dot(&v, &v);
+            assert!(lambda > 1e-6, "{kernel:?}: a zero map");
+            for p in 0..hw {
+                let gv: f64 = (0..hw)
+                    .map(|q| (raw[p * hw + q] - rm[p] - rm[q] + all) * v[q])
+                    .sum();
+                assert!(
+                    (gv - lambda * v[p]).abs() < 1e-4 * (1.0 + lambda),
+                    "{kernel:?} {gamma:?}: (Gv)_{p} = {gv}, λ v_{p} = {}",
+                    lambda * v[p]
+                );
+            }
+        }
+        let bad = |kernel, gamma| Kpca { kernel, gamma }.check().unwrap_err().to_string();
+        assert!(bad(KpcaKernel::Cosine, Some(1.0)).contains("no gamma"));
+        assert!(bad(KpcaKernel::Rbf, Some(-1.0)).contains("positive"));
     }
 }

@@ -9,7 +9,7 @@ use super::aug_smooth::explain_aug_smooth;
 use super::eigen::principal_projection;
 use super::finer::{self, Finer};
 use super::full_grad::explain_full_grad;
-use super::kpca::kpca_projection;
+use super::kpca::{kpca_projection, Kpca};
 use super::multi_layer::{fuse_layers, target_layers, LayerFusion};
 use super::shapley::{explain_shapley_layers, shapley_seeds};
 use super::target::Target;
@@ -182,6 +182,8 @@ pub struct CamRequest<'a> {
     pub target: Target,
     /// How several layers' maps combine: their mean, or their product (RefineCAM).
     pub fusion: LayerFusion,
+    /// KPCA-CAM's kernel and γ.
+    pub kpca: Kpca,
 }
 
 impl<'a> CamRequest<'a> {
@@ -199,6 +201,7 @@ impl<'a> CamRequest<'a> {
             fem_k: FEM_K,
             target: Target::Logit,
             fusion: LayerFusion::Mean,
+            kpca: Kpca::default(),
         }
     }
 }
@@ -275,6 +278,9 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
     }
     if req.method == Method::Fem {
         check_fem(req)?;
+    }
+    if req.method == Method::KpcaCam {
+        req.kpca.check()?;
     }
     req.target
         .check_combination(req.method, req.finer.is_some())?;
@@ -462,7 +468,7 @@ fn layer_map<B: Backend>(
         Method::Fem => (Some(be.fem_weights(a, req.fem_k)?), Combine::Channels),
         Method::KpcaCam => {
             // No channel weights: the component lives in the pixels' kernel space.
-            let maps = relu(kpca_projection(&be.download(a)?));
+            let maps = relu(kpca_projection(&be.download(a)?, &req.kpca));
             return Ok((Tensor::zeros([maps.shape()[0], 0]), maps));
         }
         Method::FullGrad => unreachable!("explain_full_grad handles FullGrad"),

@@ -147,6 +147,7 @@ pub fn evaluate_image<B: Backend>(
             fem_k: crate::cam::FEM_K,
             target: crate::cam::Target::Logit,
             fusion: crate::cam::multi_layer::LayerFusion::Mean,
+            kpca: crate::cam::kpca::Kpca::default(),
         };
         let out = explain(net, be.upload(x.clone())?, &req)?;
         let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use gradcam::backend::Backend;
 use gradcam::cam::finer::check_combination;
+use gradcam::cam::kpca::{Kpca, KpcaKernel};
 use gradcam::cam::multi_layer::{normalised, target_layers, LayerFusion};
 use gradcam::cam::{ClassSel, Finer, Method, Target};
 use gradcam::explain::{
@@ -74,6 +75,13 @@ pub struct ExplainArgs {
     /// ClassifierOutputReST. The gradient methods, Score-CAM and Ablation-CAM.
     #[arg(long, default_value = "logit", value_parser = parse_target)]
     target: Target,
+    /// KPCA-CAM's kernel between pixels' activation vectors: sigmoid (default), rbf, poly
+    /// (degree 3), cosine or linear (plain PCA), as scikit-learn's KernelPCA.
+    #[arg(long)]
+    kpca_kernel: Option<String>,
+    /// KPCA-CAM's γ for the sigmoid, rbf and poly kernels (default 1/channels).
+    #[arg(long)]
+    kpca_gamma: Option<f32>,
     /// FEM: a position counts as high above its channel's mean plus this many standard
     /// deviations (default 2, as pytorch-grad-cam).
     #[arg(long, allow_negative_numbers = true)]
@@ -266,6 +274,19 @@ fn explain_all<B: Backend>(
         );
     }
     a.target.check_combination(a.method, a.finer)?;
+    let kpca = Kpca {
+        kernel: a
+            .kpca_kernel
+            .as_deref()
+            .map_or(Ok(KpcaKernel::default()), KpcaKernel::parse)?,
+        gamma: a.kpca_gamma,
+    };
+    if (a.kpca_kernel.is_some() || a.kpca_gamma.is_some()) && a.method != Method::KpcaCam {
+        anyhow::bail!(
+            "--kpca-kernel and --kpca-gamma are KPCA-CAM's settings; add --method kpcacam"
+        );
+    }
+    kpca.check()?;
     if a.fem_k.is_some() && a.method != Method::Fem {
         anyhow::bail!("--fem-k is FEM's setting; add --method fem");
     }
@@ -356,6 +377,9 @@ fn explain_all<B: Backend>(
     if a.method == Method::Fem {
         settings["fem_k"] = json!(decimal(fem_k));
     }
+    if a.method == Method::KpcaCam && kpca != Kpca::default() {
+        settings["kpca"] = kpca_json(&kpca);
+    }
     if a.target != Target::Logit {
         settings["target"] = json!(a.target.name());
     }
@@ -416,6 +440,7 @@ fn explain_all<B: Backend>(
         fem_k,
         target: a.target,
         fusion: a.layer_fusion,
+        kpca,
         size,
         overlay: if outputs.overlay {
             OverlayAt::Image
@@ -463,6 +488,7 @@ fn explain_all<B: Backend>(
         target: a.target,
         fusion: layer.contains(',').then_some(a.layer_fusion),
         fem_k: (a.method == Method::Fem).then_some(fem_k),
+        kpca: (a.method == Method::KpcaCam).then_some(&kpca),
         labels: graph.labels.as_deref(),
         outputs,
     };
@@ -693,6 +719,12 @@ pub(crate) fn parse_method(s: &str) -> Result<Method, String> {
     Method::parse(s).map_err(|e| e.to_string())
 }
 
+/// KPCA-CAM's settings as the JSON reports them (γ as scikit-learn takes it, 1/K when not
+/// given: null).
+fn kpca_json(k: &Kpca) -> serde_json::Value {
+    json!({"kernel": k.kernel.name(), "gamma": k.gamma.map(decimal)})
+}
+
 /// An f32 setting as the decimal it was given (0.1, not 0.10000000149011612) for the JSON.
 fn decimal(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
@@ -755,6 +787,8 @@ struct Meta<'a> {
     fusion: Option<LayerFusion>,
     /// FEM's k, for `--method fem`.
     fem_k: Option<f32>,
+    /// KPCA-CAM's settings, for `--method kpcacam`.
+    kpca: Option<&'a Kpca>,
     labels: Option<&'a [String]>,
     outputs: Outputs,
 }
@@ -829,6 +863,9 @@ fn write_outputs(
     }
     if let Some(k) = m.fem_k {
         report["fem_k"] = json!(decimal(k));
+    }
+    if let Some(k) = m.kpca {
+        report["kpca"] = kpca_json(k);
     }
     if let Some(f) = m.finer {
         report["finer"] = json!({

@@ -630,6 +630,16 @@ fn targets_shapley_cam_and_fem_settings() {
     let (o, fem2) = run("fem2", &["--method", "fem"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_ne!(npy(&fem), npy(&fem2), "--fem-k changed nothing");
+    // KPCA-CAM's kernel.
+    let (o, rbf) = run("rbf", &["--method", "kpcacam", "--kpca-kernel", "rbf"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        json(&rbf)["kpca"],
+        serde_json::json!({"kernel": "rbf", "gamma": null})
+    );
+    let (o, sigmoid) = run("sigmoid", &["--method", "kpcacam"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(npy(&rbf), npy(&sigmoid));
     // Several layers multiplied (RefineCAM) instead of averaged.
     let (o, mean) = run("mean", &["--layer", "layer3,layer4"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -656,6 +666,22 @@ fn targets_shapley_cam_and_fem_settings() {
         (&["--method", "fem", "--eigen-smooth"][..], "--eigen-smooth"),
         (&["--target", "probability"][..], "softmax"),
         (&["--layer-fusion", "max"][..], "mean or product"),
+        (&["--kpca-kernel", "rbf"][..], "--method kpcacam"),
+        (
+            &["--method", "kpcacam", "--kpca-kernel", "laplace"][..],
+            "choose sigmoid",
+        ),
+        (
+            &[
+                "--method",
+                "kpcacam",
+                "--kpca-kernel",
+                "cosine",
+                "--kpca-gamma",
+                "1",
+            ][..],
+            "no gamma",
+        ),
     ] {
         let (o, _) = run("bad", extra);
         assert!(!o.status.success(), "{extra:?}");
