@@ -191,6 +191,7 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
         occlusion: Some((16, 8)),
         curve_steps: Some(4),
         forward_batch: 8,
+        target: gradcam::cam::Target::Logit,
     };
     let r = evaluate_image(&net, &entries[0], &cfg).unwrap();
     let names: Vec<&str> = r.scores.iter().map(|s| s.method.as_str()).collect();

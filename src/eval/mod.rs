@@ -33,6 +33,9 @@ pub struct EvalConfig {
     pub curve_steps: Option<usize>,
     /// Images per forward pass for occlusion and curves (and Score-CAM).
     pub forward_batch: usize,
+    /// The class score the methods explain (the measures still follow the class's logit
+    /// and probability).
+    pub target: crate::cam::Target,
 }
 
 /// The scores of one map of one image.
@@ -145,7 +148,7 @@ pub fn evaluate_image<B: Backend>(
             aug_smooth: false,
             finer: None,
             fem_k: crate::cam::FEM_K,
-            target: crate::cam::Target::Logit,
+            target: cfg.target,
             fusion: crate::cam::multi_layer::LayerFusion::Mean,
             kpca: crate::cam::kpca::Kpca::default(),
         };

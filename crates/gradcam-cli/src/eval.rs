@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use gradcam::backend::Backend;
 use gradcam::cam::multi_layer::{normalised, target_layers};
-use gradcam::cam::Method;
+use gradcam::cam::{Method, Target};
 use gradcam::eval::manifest::Entry;
 use gradcam::eval::{aggregate, evaluate_image, manifest, Aggregate, EvalConfig};
 use gradcam::image::InputSize;
@@ -27,9 +27,14 @@ pub struct EvalArgs {
     model: ModelArgs,
     #[arg(long)]
     layer: Option<String>,
-    /// Comma-separated methods (default: all).
+    /// Comma-separated methods (default: all; with --target softmax|rest, all that have a
+    /// class score).
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
+    /// The class score the methods explain, as `explain --target` (ShapleyCAM differs from
+    /// Grad-CAM only under softmax or rest).
+    #[arg(long, default_value = "logit", value_parser = crate::explain::parse_target)]
+    target: Target,
     /// Model input size: an integer S resizes to S×S, `native` keeps each image's size
     /// (default: the model's own input size if its file says, else 224).
     #[arg(long, value_parser = parse_size)]
@@ -67,7 +72,9 @@ fn eval_on<B: Backend>(
 ) -> anyhow::Result<ExitCode> {
     let size = input_size(a.size, net.graph());
     let mut methods: Vec<Method> = if a.methods.is_empty() {
-        Method::ALL.to_vec()
+        (Method::ALL.into_iter())
+            .filter(|&m| a.target.check_combination(m, false).is_ok())
+            .collect()
     } else {
         a.methods
             .iter()
@@ -82,6 +89,9 @@ fn eval_on<B: Backend>(
             true
         }
     });
+    for &m in &methods {
+        a.target.check_combination(m, false)?;
+    }
     let layer = a.layer.as_deref().map(normalised).transpose()?;
     if let Some(l) = &layer {
         for l in target_layers(l)? {
@@ -98,6 +108,7 @@ fn eval_on<B: Backend>(
             .then_some((a.occlusion_patch, (a.occlusion_patch / 2).max(1))),
         curve_steps: (a.curve_steps > 0).then_some(a.curve_steps),
         forward_batch: a.forward_batch.max(1),
+        target: a.target,
     };
     // A report that cannot be written is found before the work, not after.
     if let Some(out) = &a.out {
@@ -136,6 +147,7 @@ fn eval_on<B: Backend>(
             "manifest": a.manifest.display().to_string(),
             "model": net.graph().arch,
             "layer": layer.clone().unwrap_or_else(|| net.graph().default_layer.clone()),
+            "target": a.target.name(),
             "loc_threshold": a.loc_threshold,
             "pointing_tolerance": a.pointing_tolerance,
             "occlusion": cfg.occlusion,

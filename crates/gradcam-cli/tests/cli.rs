@@ -762,6 +762,32 @@ fn eval_prints_a_table_and_writes_json() {
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(js["images"].as_array().unwrap().len(), 8);
     assert_eq!(js["aggregate"].as_array().unwrap().len(), 3);
+    assert_eq!(js["target"], "logit");
+    // Under ReST ShapleyCAM is scored beside Grad-CAM; a classless method is refused.
+    let o = gradcam(&[
+        "eval",
+        manifest.to_str().unwrap(),
+        "--methods",
+        "gradcam,shapleycam",
+        "--target",
+        "rest",
+        "--curve-steps",
+        "0",
+        "--occlusion-patch",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("shapleycam"));
+    let o = gradcam(&[
+        "eval",
+        manifest.to_str().unwrap(),
+        "--methods",
+        "eigencam",
+        "--target",
+        "rest",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("uses none"), "{}", stderr(&o));
     let o = gradcam(&["eval", "/no/such/manifest.csv"]);
     assert_eq!(o.status.code(), Some(2));
 }
