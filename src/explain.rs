@@ -87,6 +87,8 @@ pub struct ExplainConfig {
     pub fusion: crate::cam::multi_layer::LayerFusion,
     /// KPCA-CAM's kernel and γ ([`CamRequest::kpca`]).
     pub kpca: crate::cam::kpca::Kpca,
+    /// SESS over the method ([`CamRequest::sess`]).
+    pub sess: Option<crate::cam::sess::Sess>,
     pub size: InputSize,
     /// Where the overlay is drawn, if at all.
     pub overlay: OverlayAt,
@@ -121,6 +123,7 @@ impl Default for ExplainConfig {
             target: crate::cam::Target::Logit,
             fusion: crate::cam::multi_layer::LayerFusion::Mean,
             kpca: crate::cam::kpca::Kpca::default(),
+            sess: None,
             size: InputSize::Square(224),
             overlay: OverlayAt::Image,
         }
@@ -321,6 +324,7 @@ fn device_fitting<B: Backend>(
         target: cfg.target,
         fusion: cfg.fusion,
         kpca: cfg.kpca,
+        sess: cfg.sess,
     };
     let batch = explain(net, x, &req)?;
     check_finite(&batch, &be.name())?;

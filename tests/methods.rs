@@ -27,6 +27,7 @@ use common::{check_overlay, expected, fixtures, manifest, networks, rel_err};
 use gradcam::cam::kpca::{Kpca, KpcaKernel};
 use gradcam::cam::multi_layer::LayerFusion;
 use gradcam::cam::postprocess::guided_images;
+use gradcam::cam::sess::Sess;
 use gradcam::cam::{
     explain, overlay, principal_projection, upsample_normalised, CamRequest, ClassSel, Finer,
     Method, Target,
@@ -154,7 +155,10 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             }),
             kpca: c.get("kpca").map_or(Kpca::default(), |k| Kpca {
                 kernel: KpcaKernel::parse(k["kernel"].as_str().unwrap()).unwrap(),
-                gamma: k["gamma"].as_f64().map(|g| g as f32),
+                gamma: k["gamma"].as_f64(),
+            }),
+            sess: c.get("sess").map(|s| Sess {
+                num_scales: s["scales"].as_u64().unwrap() as usize,
             }),
         };
         let out = explain(net, x, &req).unwrap();
@@ -191,6 +195,9 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             let mut m = theirs_cam.data().to_vec();
             gradcam::cam::normalise_minmax(&mut m);
             theirs_cam = Tensor::new(theirs_cam.shape(), m);
+        }
+        if req.sess.is_some() {
+            seen.insert(format!("{name}+sess"));
         }
         if req.kpca != Kpca::default() {
             seen.insert(format!("kpcacam+{}", req.kpca.kernel.name()));
@@ -312,6 +319,8 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         "gradcampp+layers",
         "gradcampp+layers+product",
         "gradcam+layers+product",
+        "gradcam+sess",
+        "gradcampp+sess",
         "gradcam+finer",
         "layercam+finer",
         "gradcampp+finer",

@@ -3,7 +3,7 @@
 
 Reference: pytorch-grad-cam 1.5.7 (GradCAMPlusPlus, XGradCAM, HiResCAM,
 LayerCAM, GradCAMElementWise, ScoreCAM, AblationCAM, FullGrad, EigenCAM, EigenGradCAM,
-KPCA_CAM, FEM, ShapleyCAM, SegEigenCAM, RefineCAM, FinerCAM over several of them, the softmax and ReST model
+KPCA_CAM, FEM, ShapleyCAM, SegEigenCAM, RefineCAM, SESS, FinerCAM over several of them, the softmax and ReST model
 targets, the `eigen_smooth=True` option of the others, GuidedBackpropReLUModel, and Guided Grad-CAM as the library's
 README builds it).
 
@@ -71,7 +71,7 @@ import torchvision
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from pytorch_grad_cam import (FEM, AblationCAM, RefineCAM, EigenCAM, EigenGradCAM, FinerCAM, FullGrad,
+from pytorch_grad_cam import (FEM, SESS, AblationCAM, RefineCAM, EigenCAM, EigenGradCAM, FinerCAM, FullGrad,
                               GradCAM, SegEigenCAM, ShapleyCAM,
                               GradCAMElementWise,
                               GradCAMPlusPlus, GuidedBackpropReLUModel, HiResCAM, KPCA_CAM,
@@ -221,6 +221,13 @@ EIGEN_SMOOTH_CASES = [
 AUG_SMOOTH_CASES = [
     ("resnet_tiny", "layer4", "a", "native", ["gradcam"]),
     ("vgg_bn_tiny", "features.27", "b", 64, ["gradcam", "layercam"]),
+]
+
+# SESS(model, [layer], base_method=...) with its defaults: (model, layer, image, size, base
+# method). A square input, and a landscape one whose scaled copies keep their aspect.
+SESS_CASES = [
+    ("resnet_tiny", "layer4", "a", 64, "gradcam"),
+    ("vgg_bn_tiny", "features.27", "a", "native", "gradcampp"),
 ]
 
 # RefineCAM(model, layers, base_method=...): the layers' maps multiplied (gradcam's
@@ -563,6 +570,26 @@ def multi_layer_case(entry, method, model, rgb, src_file, fixtures):
         "class": torch.tensor([cls], dtype=torch.int64),
         "cam": torch.from_numpy(np.ascontiguousarray(cam)),
     }
+
+
+def sess_case(entry, model, rgb, src_file, fixtures):
+    """SESS(model, [layer], base_method=cls_)(x, targets): logits, class and the cam."""
+    model_name, layer, img, size, method = entry
+    x = mf.preprocess(rgb, size)
+    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    with torch.no_grad():
+        logits = model(x)
+    cls = int(logits.argmax(dim=1).item())
+    with SESS(model, [model.get_submodule(layer)], base_method=CLASSES[method][0]) as obj:
+        cam = np.asarray(obj(input_tensor=x, targets=[ClassifierOutputTarget(cls)]))
+        patches, _ = obj.collect_patches(x, min(x.shape[-2:]), min(x.shape[-2:]))
+    assert float(cam.max()) > 0.99 and np.isfinite(cam).all()
+    case_id = f"{model_name}__{layer}__{img}__{size}__{method}__sess"
+    return case_id, {
+        "logits": logits.float().contiguous(),
+        "class": torch.tensor([cls], dtype=torch.int64),
+        "cam": torch.from_numpy(np.ascontiguousarray(cam)),
+    }, len(patches)
 
 
 def refine_case(entry, model, rgb, src_file, fixtures):
@@ -1077,6 +1104,13 @@ def main() -> int:
                                                 models[model_name], rgbs[img], src, out)
             store(case_id, tensors, model_name, ",".join(layers), img, size, method, src)
             print(f"{case_id:66s} {int(tensors['class'][0]):3d}")
+
+    for entry in SESS_CASES:
+        model_name, layer, img, size, method = entry
+        src = sources[(img, size)]
+        case_id, tensors, patches = sess_case(entry, models[model_name], rgbs[img], src, out)
+        store(case_id, tensors, model_name, layer, img, size, method, src, sess={"scales": 12})
+        print(f"{case_id:66s} {int(tensors['class'][0]):3d} {patches} patches")
 
     for entry in REFINE_CASES:
         model_name, layers, img, size, method = entry

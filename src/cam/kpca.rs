@@ -78,7 +78,7 @@ impl KpcaKernel {
 pub struct Kpca {
     pub kernel: KpcaKernel,
     /// γ; None is scikit-learn's 1/K.
-    pub gamma: Option<f32>,
+    pub gamma: Option<f64>,
 }
 
 impl Kpca {
@@ -126,7 +126,7 @@ fn project_one(x: &[f32], k: usize, hw: usize, kpca: &Kpca) -> Vec<f32> {
         }
     }
     // The kernel over pixel pairs (symmetric: the upper half, mirrored).
-    let gamma = kpca.gamma.map_or(1.0 / k as f64, |g| g as f64);
+    let gamma = kpca.gamma.unwrap_or(1.0 / k as f64);
     let norms: Vec<f64> = (0..hw)
         .map(|p| {
             m[p * k..(p + 1) * k]
@@ -308,7 +308,7 @@ mod tests {
         let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
         for (kernel, gamma) in [
             (KpcaKernel::Rbf, None),
-            (KpcaKernel::Rbf, Some(0.5f32)),
+            (KpcaKernel::Rbf, Some(0.5f64)),
             (KpcaKernel::Poly, None),
             (KpcaKernel::Cosine, None),
             (KpcaKernel::Sigmoid, Some(0.05)),
@@ -316,7 +316,7 @@ mod tests {
             let kpca = Kpca { kernel, gamma };
             kpca.check().unwrap();
             let got = kpca_projection(&x, &kpca);
-            let gm = gamma.map_or(1.0 / k as f64, |g| g as f64);
+            let gm = gamma.unwrap_or(1.0 / k as f64);
             let kern = |p: usize, q: usize| {
                 let (a, b) = (feat(p), feat(q));
                 match kernel {

@@ -11,6 +11,7 @@ use super::finer::{self, Finer};
 use super::full_grad::explain_full_grad;
 use super::kpca::{kpca_projection, Kpca};
 use super::multi_layer::{fuse_layers, target_layers, LayerFusion};
+use super::sess::{explain_sess, Sess};
 use super::shapley::{explain_shapley_layers, shapley_seeds};
 use super::target::Target;
 use crate::backend::{Backend, ElementRule, WeightRule};
@@ -184,6 +185,9 @@ pub struct CamRequest<'a> {
     pub fusion: LayerFusion,
     /// KPCA-CAM's kernel and γ.
     pub kpca: Kpca,
+    /// SESS over the method: its map fused from patches of rescaled copies (see
+    /// [`super::sess`]).
+    pub sess: Option<Sess>,
 }
 
 impl<'a> CamRequest<'a> {
@@ -202,6 +206,7 @@ impl<'a> CamRequest<'a> {
             target: Target::Logit,
             fusion: LayerFusion::Mean,
             kpca: Kpca::default(),
+            sess: None,
         }
     }
 }
@@ -265,6 +270,13 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
             req.method.name()
         )));
     }
+    if req.counterfactual && req.method == Method::SegEigenCam {
+        return Err(Error::Invalid(
+            "--counterfactual negates gradients; segeigencam uses only their magnitude, so \
+             its map would not change"
+                .into(),
+        ));
+    }
     if let Some(f) = req.finer {
         f.check(net.num_classes())?;
         finer::check_combination(req.method, req.counterfactual, req.guided, req.aug_smooth)?;
@@ -284,6 +296,9 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
     }
     req.target
         .check_combination(req.method, req.finer.is_some())?;
+    if let Some(sess) = &req.sess {
+        return explain_sess(net, x, req, sess);
+    }
     if req.aug_smooth {
         return explain_aug_smooth(net, x, req);
     }

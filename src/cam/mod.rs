@@ -9,6 +9,7 @@ pub mod kpca;
 mod methods;
 pub mod multi_layer;
 pub mod postprocess;
+pub mod sess;
 mod shapley;
 pub mod target;
 

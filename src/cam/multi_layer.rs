@@ -69,8 +69,8 @@ impl LayerFusion {
 }
 
 /// The maps [N, h_l, w_l] of several layers combined at `(h, w)`: [N, h, w]. Mean: each
-/// normalised at its own resolution, then resized, then averaged. Product: each resized,
-/// then normalised, then multiplied.
+/// normalised at its own resolution, then resized, then averaged. Product: each normalised,
+/// resized and normalised again, then multiplied.
 pub(crate) fn fuse_layers(maps: &[Tensor], (h, w): (usize, usize), how: LayerFusion) -> Tensor {
     let n = maps[0].shape()[0];
     let start = match how {
@@ -89,6 +89,9 @@ pub(crate) fn fuse_layers(maps: &[Tensor], (h, w): (usize, usize), how: LayerFus
                     acc.iter_mut().zip(up).for_each(|(a, v)| *a += v);
                 }
                 LayerFusion::Product => {
+                    // Normalised before and after the resize, as the base method's output:
+                    // the same up to the 1e-7 in each, which matters for a nearly flat map.
+                    normalise_minmax(&mut m);
                     let mut up = resize_bilinear(&m, mh, mw, 1, h, w);
                     normalise_minmax(&mut up);
                     acc.iter_mut().zip(up).for_each(|(a, v)| *a *= v);

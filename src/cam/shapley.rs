@@ -73,8 +73,10 @@ pub(crate) fn explain_shapley_layers<B: Backend>(
             true => x.take().expect("kept for the last layer"),
             false => be.duplicate(x.as_ref().expect("kept"))?,
         };
+        // The guided image is the same for every layer: the first pass makes it.
         let sub = CamRequest {
             layer,
+            guided: req.guided && i == 0,
             ..req.clone()
         };
         let mut out = explain(net, xi, &sub)?;

@@ -151,6 +151,7 @@ pub fn evaluate_image<B: Backend>(
             target: cfg.target,
             fusion: crate::cam::multi_layer::LayerFusion::Mean,
             kpca: crate::cam::kpca::Kpca::default(),
+            sess: None,
         };
         let out = explain(net, be.upload(x.clone())?, &req)?;
         let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);

@@ -188,6 +188,11 @@ impl<B: Backend> Network<B> {
         tangent: bool,
         seed: impl FnOnce(&Tensor, Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)>,
     ) -> Result<RunOutput<B::Tensor>> {
+        if tangent && (layers.len() != 1 || what == Backward::None) {
+            return Err(Error::Invalid(
+                "a tangent pass needs one target layer and a backward pass to it".into(),
+            ));
+        }
         let be = &self.backend;
         let shapes = self.graph.shapes(be.shape(&x))?;
         if layers.is_empty() {

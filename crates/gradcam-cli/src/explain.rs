@@ -12,6 +12,7 @@ use gradcam::backend::Backend;
 use gradcam::cam::finer::check_combination;
 use gradcam::cam::kpca::{Kpca, KpcaKernel};
 use gradcam::cam::multi_layer::{normalised, target_layers, LayerFusion};
+use gradcam::cam::sess::Sess;
 use gradcam::cam::{ClassSel, Finer, Method, Target};
 use gradcam::explain::{
     explain_batch_device, DeviceBatch, ExplainConfig, Explanation, OverlayAt, Timings,
@@ -57,13 +58,24 @@ pub struct ExplainArgs {
     /// scorecam, ablationcam (the score's drop when each channel is zeroed: no backward pass),
     /// eigencam (the activations' first principal component: no class, no backward pass),
     /// eigengradcam (that of gradients × activations), kpcacam (the first principal component
-    /// in a sigmoid kernel's feature space, as scikit-learn's KernelPCA: no class), fem
+    /// in a kernel's feature space, as scikit-learn's KernelPCA, --kpca-kernel: no class), fem
     /// (each channel weighted by the share of its positions above mean + k·std: no class),
     /// shapleycam (Grad-CAM with the score's curvature along the layer: differs from it with
     /// --target softmax|rest), segeigencam (the first principal component of |gradient| ×
     /// activations, its larger magnitude positive).
     #[arg(long, default_value = "gradcam", value_parser = parse_method)]
     method: Method,
+    /// SESS over the method (pytorch-grad-cam's SESS): each image rescaled to --sess-scales
+    /// sizes from its shorter side up, windows of that side slid over each, every window
+    /// scored by the class's probability and explained, the weighted maps pasted back,
+    /// averaged and smoothed: robust to the object's scale and to several objects; about
+    /// 150 explained patches per image.
+    #[arg(long)]
+    sess: bool,
+    /// SESS: how many sizes (pytorch-grad-cam's num_scales), each 2/7 of the shorter side
+    /// larger than the last.
+    #[arg(long, default_value_t = 12, requires = "sess", value_parser = clap::value_parser!(u32).range(1..=64))]
+    sess_scales: u32,
     /// With several layers: `mean` (default) averages their normalised maps, as
     /// pytorch-grad-cam's target_layers; `product` multiplies them, as its RefineCAM (whose
     /// default base is gradcam++): what stands out in every layer, which cleans up early layers.
@@ -79,9 +91,9 @@ pub struct ExplainArgs {
     /// (degree 3), cosine or linear (plain PCA), as scikit-learn's KernelPCA.
     #[arg(long)]
     kpca_kernel: Option<String>,
-    /// KPCA-CAM's γ for the sigmoid, rbf and poly kernels (default 1/channels).
-    #[arg(long)]
-    kpca_gamma: Option<f32>,
+    /// KPCA-CAM's γ for the sigmoid, rbf and poly kernels (default 1/channels; positive).
+    #[arg(long, allow_negative_numbers = true)]
+    kpca_gamma: Option<f64>,
     /// FEM: a position counts as high above its channel's mean plus this many standard
     /// deviations (default 2, as pytorch-grad-cam).
     #[arg(long, allow_negative_numbers = true)]
@@ -255,6 +267,12 @@ fn explain_all<B: Backend>(
             a.method.name()
         );
     }
+    if a.counterfactual && a.method == Method::SegEigenCam {
+        anyhow::bail!(
+            "--counterfactual negates gradients; segeigencam uses only their magnitude, so its \
+             map would not change"
+        );
+    }
     let finer = match a.finer {
         true => {
             let f = Finer {
@@ -274,6 +292,19 @@ fn explain_all<B: Backend>(
         );
     }
     a.target.check_combination(a.method, a.finer)?;
+    if a.sess {
+        for (on, what) in [
+            (a.guided, "--guided"),
+            (a.aug_smooth, "--aug-smooth"),
+            (a.finer, "--finer"),
+        ] {
+            if on {
+                anyhow::bail!(
+                    "--sess does not combine with {what} (it explains patches of rescaled copies)"
+                );
+            }
+        }
+    }
     let kpca = Kpca {
         kernel: a
             .kpca_kernel
@@ -383,7 +414,10 @@ fn explain_all<B: Backend>(
     if a.target != Target::Logit {
         settings["target"] = json!(a.target.name());
     }
-    if a.layer_fusion != LayerFusion::Mean {
+    if a.sess {
+        settings["sess"] = json!({"scales": a.sess_scales});
+    }
+    if a.layer_fusion != LayerFusion::Mean && a.method != Method::FullGrad {
         settings["layer_fusion"] = json!(a.layer_fusion.name());
         if !layer.contains(',') {
             eprintln!("note: --layer-fusion combines several layers; one is given");
@@ -441,6 +475,9 @@ fn explain_all<B: Backend>(
         target: a.target,
         fusion: a.layer_fusion,
         kpca,
+        sess: a.sess.then_some(Sess {
+            num_scales: a.sess_scales as usize,
+        }),
         size,
         overlay: if outputs.overlay {
             OverlayAt::Image
@@ -486,7 +523,8 @@ fn explain_all<B: Backend>(
         aug_smooth: a.aug_smooth,
         finer: finer.as_ref(),
         target: a.target,
-        fusion: layer.contains(',').then_some(a.layer_fusion),
+        fusion: (layer.contains(',') && a.method != Method::FullGrad).then_some(a.layer_fusion),
+        sess_scales: a.sess.then_some(a.sess_scales),
         fem_k: (a.method == Method::Fem).then_some(fem_k),
         kpca: (a.method == Method::KpcaCam).then_some(&kpca),
         labels: graph.labels.as_deref(),
@@ -722,7 +760,7 @@ pub(crate) fn parse_method(s: &str) -> Result<Method, String> {
 /// KPCA-CAM's settings as the JSON reports them (γ as scikit-learn takes it, 1/K when not
 /// given: null).
 fn kpca_json(k: &Kpca) -> serde_json::Value {
-    json!({"kernel": k.kernel.name(), "gamma": k.gamma.map(decimal)})
+    json!({"kernel": k.kernel.name(), "gamma": k.gamma})
 }
 
 /// An f32 setting as the decimal it was given (0.1, not 0.10000000149011612) for the JSON.
@@ -785,6 +823,8 @@ struct Meta<'a> {
     target: Target,
     /// With several layers, how their maps combine.
     fusion: Option<LayerFusion>,
+    /// SESS's scale count, when on.
+    sess_scales: Option<u32>,
     /// FEM's k, for `--method fem`.
     fem_k: Option<f32>,
     /// KPCA-CAM's settings, for `--method kpcacam`.
@@ -860,6 +900,9 @@ fn write_outputs(
     });
     if let Some(f) = m.fusion {
         report["layer_fusion"] = json!(f.name());
+    }
+    if let Some(n) = m.sess_scales {
+        report["sess"] = json!({"scales": n});
     }
     if let Some(k) = m.fem_k {
         report["fem_k"] = json!(decimal(k));

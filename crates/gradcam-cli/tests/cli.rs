@@ -630,6 +630,11 @@ fn targets_shapley_cam_and_fem_settings() {
     let (o, fem2) = run("fem2", &["--method", "fem"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_ne!(npy(&fem), npy(&fem2), "--fem-k changed nothing");
+    // SESS over Grad-CAM: another map, recorded.
+    let (o, sess) = run("sess", &["--sess", "--sess-scales", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&sess)["sess"], serde_json::json!({"scales": 4}));
+    assert_ne!(npy(&sess), npy(&gc));
     // KPCA-CAM's kernel.
     let (o, rbf) = run("rbf", &["--method", "kpcacam", "--kpca-kernel", "rbf"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -666,6 +671,12 @@ fn targets_shapley_cam_and_fem_settings() {
         (&["--method", "fem", "--eigen-smooth"][..], "--eigen-smooth"),
         (&["--target", "probability"][..], "softmax"),
         (&["--layer-fusion", "max"][..], "mean or product"),
+        (&["--sess", "--guided"][..], "--sess does not combine"),
+        (&["--sess-scales", "3"][..], "--sess"),
+        (
+            &["--method", "segeigencam", "--counterfactual"][..],
+            "magnitude",
+        ),
         (&["--kpca-kernel", "rbf"][..], "--method kpcacam"),
         (
             &["--method", "kpcacam", "--kpca-kernel", "laplace"][..],

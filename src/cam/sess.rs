@@ -1,0 +1,316 @@
+//! SESS, Saliency Enhancing with Scaling and Sliding (Tyagi et al. 2022, arXiv 2207.01769), as
+//! pytorch-grad-cam 1.5.7's `SESS` with its defaults: a meta-method that makes any CAM method
+//! robust to the object's scale, to several objects and to distractors.
+//!
+//! Per image (H×W, preprocessed), with a square window of the shorter side s:
+//! 1. the image is resized (bilinear) so its shorter side is s, s + t, s + 2t, ... (t =
+//!    round(2s/7), `num_scales` sizes), and a window slides over each size with stride s,
+//!    the last window of a row or column shifted back inside;
+//! 2. every patch is scored by the class's softmax probability, and weighted by its score over
+//!    the best patch's;
+//! 3. every patch's map (the base method, normalised at the patch size) times its weight is
+//!    pasted where the patch came from, that canvas resized back to H×W;
+//! 4. each pixel is the mean of the pasted maps that are positive there (0 where none is),
+//!    then the map is smoothed by an 11×11 Gaussian of σ 5 (OpenCV's, borders reflected).
+//!
+//! The class is chosen on the whole image; the base method explains it on every patch (with
+//! the request's score, `--target`). Costly by nature: about 150 patches of the window's size
+//! per image at the defaults, explained `score_batch` at a time.
+
+use super::methods::{choose_classes, explain, CamBatch, CamRequest, ClassSel};
+use super::postprocess::upsample_normalised;
+use crate::backend::Backend;
+use crate::image::resize_bilinear;
+use crate::model::Network;
+use crate::{Error, Result, Tensor};
+
+/// SESS's settings (pytorch-grad-cam's `num_scales`; its other parameters at their defaults:
+/// the window the shorter side, the stride the window, scale step 2/7 of the window, no
+/// pre-filtering, mean fusion with θ = 0, smoothing on, softmax scores).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sess {
+    pub num_scales: usize,
+}
+
+impl Default for Sess {
+    fn default() -> Self {
+        Sess { num_scales: 12 }
+    }
+}
+
+/// One patch: where it was cut (x, y) and the size of the image it was cut from.
+#[derive(Clone, Copy)]
+struct Cut {
+    x: usize,
+    y: usize,
+    scaled: (usize, usize),
+}
+
+/// [`super::explain`] with SESS: `maps` [N, H, W] at the input size, `weights` [N, 0].
+pub(crate) fn explain_sess<B: Backend>(
+    net: &Network<B>,
+    x: B::Tensor,
+    req: &CamRequest,
+    sess: &Sess,
+) -> Result<CamBatch> {
+    for (on, what) in [
+        (req.guided, "--guided"),
+        (req.aug_smooth, "--aug-smooth"),
+        (req.finer.is_some(), "--finer"),
+    ] {
+        if on {
+            return Err(Error::Invalid(format!(
+                "SESS does not combine with {what} (it explains patches of rescaled copies)"
+            )));
+        }
+    }
+    if sess.num_scales == 0 {
+        return Err(Error::Invalid("SESS needs one scale at least".into()));
+    }
+    let be = net.backend();
+    let host = be.download(&x)?;
+    let (n, c, h, w) = host.dims4();
+    let logits = net.forward(x)?;
+    let classes = choose_classes(&logits, req.classes, net.num_classes())?;
+    let mut maps = Vec::with_capacity(n * h * w);
+    for (i, &class) in classes.iter().enumerate() {
+        let image = &host.data()[i * c * h * w..(i + 1) * c * h * w];
+        maps.extend(sess_one(net, image, (c, h, w), class, req, sess)?);
+    }
+    Ok(CamBatch {
+        logits,
+        classes,
+        weights: Tensor::zeros([n, 0]),
+        maps: Tensor::new([n, h, w], maps),
+        guided: None,
+        compared: vec![Vec::new(); n],
+    })
+}
+
+/// One image [C, H, W]: its SESS map [H·W] (before the final normalisation).
+fn sess_one<B: Backend>(
+    net: &Network<B>,
+    image: &[f32],
+    (c, h, w): (usize, usize, usize),
+    class: usize,
+    req: &CamRequest,
+    sess: &Sess,
+) -> Result<Vec<f32>> {
+    let be = net.backend();
+    let win = h.min(w);
+    let (patches, cuts) = collect_patches(image, (c, h, w), win, sess.num_scales);
+    let per = c * win * win;
+    let chunk = req.score_batch.max(1);
+    // Scores: the class's softmax probability on each patch.
+    let mut scores = Vec::with_capacity(cuts.len());
+    for batch in patches.chunks(chunk * per) {
+        let m = batch.len() / per;
+        let logits = net.forward(be.upload(Tensor::new([m, c, win, win], batch.to_vec()))?)?;
+        let nc = logits.shape()[1];
+        for row in logits.data().chunks(nc) {
+            scores.push(softmax_at(row, class));
+        }
+    }
+    let best = scores.iter().copied().fold(0f32, f32::max);
+    let weight = |s: f32| if best > 0.0 { s / best } else { 1.0 };
+    // Each patch's map, weighted, pasted and resized back; the positive ones averaged.
+    let mut total = vec![0f32; h * w];
+    let mut count = vec![0f32; h * w];
+    for (b, batch) in patches.chunks(chunk * per).enumerate() {
+        let m = batch.len() / per;
+        let sub_classes = ClassSel::PerImage(vec![class; m]);
+        let sub = CamRequest {
+            classes: &sub_classes,
+            sess: None,
+            ..req.clone()
+        };
+        let x = be.upload(Tensor::new([m, c, win, win], batch.to_vec()))?;
+        let out = explain(net, x, &sub)?;
+        let (mh, mw) = (out.maps.shape()[1], out.maps.shape()[2]);
+        for j in 0..m {
+            let k = b * chunk + j;
+            let map = &out.maps.data()[j * mh * mw..(j + 1) * mh * mw];
+            let cam = upsample_normalised(map, (mh, mw), (win, win));
+            let cut = cuts[k];
+            let (sh, sw) = cut.scaled;
+            let mut canvas = vec![0f32; sh * sw];
+            let wt = weight(scores[k]);
+            for (r, row) in cam.chunks(win).enumerate() {
+                let at = (cut.y + r) * sw + cut.x;
+                for (d, v) in canvas[at..at + win].iter_mut().zip(row) {
+                    *d = v * wt;
+                }
+            }
+            let back = resize_bilinear(&canvas, sh, sw, 1, h, w);
+            for ((t, n), v) in total.iter_mut().zip(count.iter_mut()).zip(back) {
+                if v > 0.0 {
+                    *t += v;
+                    *n += 1.0;
+                }
+            }
+        }
+    }
+    let mean: Vec<f32> = (total.iter().zip(&count))
+        .map(|(t, n)| if *n > 0.0 { t / n } else { 0.0 })
+        .collect();
+    Ok(gaussian_blur_11(&mean, h, w, 5.0))
+}
+
+/// The patches of every scale, [patch][C][win][win] flat, and where each was cut.
+fn collect_patches(
+    image: &[f32],
+    (c, h, w): (usize, usize, usize),
+    win: usize,
+    num_scales: usize,
+) -> (Vec<f32>, Vec<Cut>) {
+    // torchvision's resize to an int: the shorter side becomes `scale`, the longer its
+    // proportional size, truncated.
+    let step = round_half_even(win as f64 * 2.0 / 7.0);
+    let mut patches = Vec::new();
+    let mut cuts = Vec::new();
+    for i in 0..num_scales {
+        let scale = win + step * i;
+        let (sh, sw) = if h <= w {
+            (scale, (scale as f64 * w as f64 / h as f64) as usize)
+        } else {
+            ((scale as f64 * h as f64 / w as f64) as usize, scale)
+        };
+        let planes: Vec<Vec<f32>> = (0..c)
+            .map(|ch| resize_bilinear(&image[ch * h * w..(ch + 1) * h * w], h, w, 1, sh, sw))
+            .collect();
+        for y in window_starts(sh, win, win) {
+            for x in window_starts(sw, win, win) {
+                for plane in &planes {
+                    for r in 0..win {
+                        let at = (y + r) * sw + x;
+                        patches.extend_from_slice(&plane[at..at + win]);
+                    }
+                }
+                cuts.push(Cut {
+                    x,
+                    y,
+                    scaled: (sh, sw),
+                });
+            }
+        }
+    }
+    (patches, cuts)
+}
+
+/// pytorch-grad-cam's window starts along a side: every `step` from 0, the last one moved
+/// back so the window ends at the border.
+fn window_starts(length: usize, step: usize, win: usize) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut s = 0;
+    while s < length {
+        if s + win >= length {
+            starts.push(length.saturating_sub(win));
+            break;
+        }
+        starts.push(s);
+        s += step;
+    }
+    starts
+}
+
+/// Python's round(): halves to even.
+fn round_half_even(v: f64) -> usize {
+    let r = v.round();
+    let r = if (v - v.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - v.signum()
+    } else {
+        r
+    };
+    r.max(0.0) as usize
+}
+
+fn softmax_at(z: &[f32], c: usize) -> f32 {
+    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = z.iter().map(|&v| ((v - m) as f64).exp()).sum();
+    (((z[c] - m) as f64).exp() / sum) as f32
+}
+
+/// `cv2.GaussianBlur(m, (11, 11), sigma)` on an (h, w) f32 map: the separable kernel
+/// exp(−d²/2σ²) normalised, borders reflected without repeating the edge (BORDER_REFLECT_101).
+fn gaussian_blur_11(m: &[f32], h: usize, w: usize, sigma: f64) -> Vec<f32> {
+    let k: Vec<f64> = (0..11)
+        .map(|i| (-((i as f64 - 5.0).powi(2)) / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let sum: f64 = k.iter().sum();
+    let k: Vec<f64> = k.iter().map(|v| v / sum).collect();
+    let reflect = |i: isize, n: usize| -> usize {
+        if n == 1 {
+            return 0;
+        }
+        let n = n as isize;
+        let mut i = i;
+        while i < 0 || i >= n {
+            i = if i < 0 { -i } else { 2 * (n - 1) - i };
+        }
+        i as usize
+    };
+    let mut rows = vec![0f64; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            rows[y * w + x] = (0..11)
+                .map(|t| k[t] * m[y * w + reflect(x as isize + t as isize - 5, w)] as f64)
+                .sum();
+        }
+    }
+    let mut out = vec![0f32; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            out[y * w + x] = (0..11)
+                .map(|t| k[t] * rows[reflect(y as isize + t as isize - 5, h) * w + x])
+                .sum::<f64>() as f32;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_and_rounding_follow_pytorch_grad_cam() {
+        assert_eq!(window_starts(64, 64, 64), [0]);
+        assert_eq!(window_starts(82, 64, 64), [0, 18]);
+        assert_eq!(window_starts(262, 64, 64), [0, 64, 128, 192, 198]);
+        assert_eq!(window_starts(128, 64, 64), [0, 64]);
+        // round(224 * 2 / 7) = 64; round(2.5) = 2 and round(3.5) = 4, as Python.
+        assert_eq!(round_half_even(64.0), 64);
+        assert_eq!(round_half_even(2.5), 2);
+        assert_eq!(round_half_even(3.5), 4);
+        assert_eq!(round_half_even(18.285), 18);
+    }
+
+    /// The blur keeps a constant map and its mass, and reflects at the border: a spike at a
+    /// corner spreads as the kernel's outer product, mirrored.
+    #[test]
+    fn gaussian_blur_is_opencvs() {
+        let (h, w) = (13, 17);
+        let flat = gaussian_blur_11(&vec![0.5; h * w], h, w, 5.0);
+        assert!(flat.iter().all(|v| (v - 0.5).abs() < 1e-6));
+        let mut spike = vec![0f32; h * w];
+        spike[6 * w + 8] = 1.0;
+        let out = gaussian_blur_11(&spike, h, w, 5.0);
+        let total: f32 = out.iter().sum();
+        assert!((total - 1.0).abs() < 1e-5, "{total}");
+        let k = |d: f64| (-(d * d) / 50.0).exp();
+        let s: f64 = (-5..=5).map(|d| k(d as f64)).sum();
+        let want = (k(1.0) / s) * (k(2.0) / s);
+        assert!((out[7 * w + 10] as f64 - want).abs() < 1e-7);
+        // At a border, reflect-101: the value one step outside is the one a step inside.
+        let mut edge = vec![0f32; h * w];
+        edge[1] = 1.0; // row 0, column 1
+        let out = gaussian_blur_11(&edge, h, w, 5.0);
+        // (0, 0) sees column 1 through offsets -1 (reflected) and +1.
+        let want0 = 2.0 * (k(1.0) / s) * (k(0.0) / s);
+        assert!(
+            (out[0] as f64 - want0).abs() < 1e-7,
+            "{} vs {want0}",
+            out[0]
+        );
+    }
+}
