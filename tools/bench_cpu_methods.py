@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Time pytorch-grad-cam's AblationCAM, FullGrad, ShapleyCAM or FEM per image on the CPU, for
+"""Time pytorch-grad-cam's AblationCAM, FullGrad, ShapleyCAM, FEM or SESS (over GradCAM) per image on the CPU, for
 the side-by-side tables in BENCHMARKS.md (beside `gradcam bench --method ...` on the same
 architecture).
 
-    .venv-tools/bin/python tools/bench_cpu_methods.py --method ablationcam|fullgrad|shapleycam|fem \
+    .venv-tools/bin/python tools/bench_cpu_methods.py --method ablationcam|fullgrad|shapleycam|fem|sess \
         --arch resnet18 --images 2 [--target logit|softmax|rest] [--threads N]
 
 torchvision model with random weights (weights=None, seed 0), random normalised inputs at
@@ -18,13 +18,13 @@ import time
 
 import torch
 import torchvision
-from pytorch_grad_cam import FEM, AblationCAM, FullGrad, ShapleyCAM
+from pytorch_grad_cam import FEM, SESS, AblationCAM, FullGrad, GradCAM, ShapleyCAM
 from pytorch_grad_cam.utils.model_targets import (ClassifierOutputReST,
                                                   ClassifierOutputSoftmaxTarget,
                                                   ClassifierOutputTarget)
 
 CLASSES = {"ablationcam": AblationCAM, "fullgrad": FullGrad, "shapleycam": ShapleyCAM,
-           "fem": FEM}
+           "fem": FEM, "sess": SESS}  # SESS over Grad-CAM, its default base
 TARGETS = {"logit": ClassifierOutputTarget, "softmax": ClassifierOutputSoftmaxTarget,
            "rest": ClassifierOutputReST}
 

@@ -101,21 +101,17 @@ fn sess_one<B: Backend>(
     let (patches, cuts) = collect_patches(image, (c, h, w), win, sess.num_scales);
     let per = c * win * win;
     let chunk = req.score_batch.max(1);
-    // Scores: the class's softmax probability on each patch.
-    let mut scores = Vec::with_capacity(cuts.len());
-    for batch in patches.chunks(chunk * per) {
-        let m = batch.len() / per;
-        let logits = net.forward(be.upload(Tensor::new([m, c, win, win], batch.to_vec()))?)?;
-        let nc = logits.shape()[1];
-        for row in logits.data().chunks(nc) {
-            scores.push(softmax_at(row, class));
-        }
-    }
-    let best = scores.iter().copied().fold(0f32, f32::max);
-    let weight = |s: f32| if best > 0.0 { s / best } else { 1.0 };
-    // Each patch's map, weighted, pasted and resized back; the positive ones averaged.
+    // Each patch's map times its score (the class's softmax probability, from the logits of
+    // the explaining pass itself: no pass of its own), pasted and resized back; the positive
+    // ones summed and counted. The weights are the scores over the best one: resizing is
+    // linear and a positive factor keeps the signs, so dividing the sum by the best score at
+    // the end is the same (a score of exactly 0 weighs its map out, as in pytorch-grad-cam).
+    // Beside them, unweighted: pytorch-grad-cam weighs every map 1 when all scores are 0.
     let mut total = vec![0f32; h * w];
     let mut count = vec![0f32; h * w];
+    let mut plain = vec![0f32; h * w];
+    let mut plain_count = vec![0f32; h * w];
+    let mut best = 0f32;
     for (b, batch) in patches.chunks(chunk * per).enumerate() {
         let m = batch.len() / per;
         let sub_classes = ClassSel::PerImage(vec![class; m]);
@@ -127,31 +123,40 @@ fn sess_one<B: Backend>(
         let x = be.upload(Tensor::new([m, c, win, win], batch.to_vec()))?;
         let out = explain(net, x, &sub)?;
         let (mh, mw) = (out.maps.shape()[1], out.maps.shape()[2]);
+        let nc = out.logits.shape()[1];
         for j in 0..m {
             let k = b * chunk + j;
+            let wt = softmax_at(&out.logits.data()[j * nc..(j + 1) * nc], class);
+            best = best.max(wt);
             let map = &out.maps.data()[j * mh * mw..(j + 1) * mh * mw];
             let cam = upsample_normalised(map, (mh, mw), (win, win));
             let cut = cuts[k];
             let (sh, sw) = cut.scaled;
             let mut canvas = vec![0f32; sh * sw];
-            let wt = weight(scores[k]);
             for (r, row) in cam.chunks(win).enumerate() {
                 let at = (cut.y + r) * sw + cut.x;
-                for (d, v) in canvas[at..at + win].iter_mut().zip(row) {
-                    *d = v * wt;
-                }
+                canvas[at..at + win].copy_from_slice(row);
             }
             let back = resize_bilinear(&canvas, sh, sw, 1, h, w);
-            for ((t, n), v) in total.iter_mut().zip(count.iter_mut()).zip(back) {
+            for (p, &v) in back.iter().enumerate() {
                 if v > 0.0 {
-                    *t += v;
-                    *n += 1.0;
+                    plain[p] += v;
+                    plain_count[p] += 1.0;
+                    // The weighted copy is positive where this one is, unless the score is 0.
+                    if wt > 0.0 {
+                        total[p] += v * wt;
+                        count[p] += 1.0;
+                    }
                 }
             }
         }
     }
-    let mean: Vec<f32> = (total.iter().zip(&count))
-        .map(|(t, n)| if *n > 0.0 { t / n } else { 0.0 })
+    let (sum, n, scale) = match best > 0.0 {
+        true => (&total, &count, best),
+        false => (&plain, &plain_count, 1.0),
+    };
+    let mean: Vec<f32> = (sum.iter().zip(n))
+        .map(|(t, n)| if *n > 0.0 { t / (n * scale) } else { 0.0 })
         .collect();
     Ok(gaussian_blur_11(&mean, h, w, 5.0))
 }
