@@ -197,7 +197,10 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             theirs_cam = Tensor::new(theirs_cam.shape(), m);
         }
         if req.sess.is_some() {
-            seen.insert(format!("{name}+sess"));
+            seen.insert(match req.target {
+                Target::Logit => format!("{name}+sess"),
+                t => format!("{name}+{}+sess", t.name()),
+            });
         }
         if req.kpca != Kpca::default() {
             seen.insert(format!("kpcacam+{}", req.kpca.kernel.name()));
@@ -321,6 +324,8 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
         "gradcam+layers+product",
         "gradcam+sess",
         "gradcampp+sess",
+        "gradcam+softmax+sess",
+        "gradcam+rest+sess",
         "gradcam+finer",
         "layercam+finer",
         "gradcampp+finer",

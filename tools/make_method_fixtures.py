@@ -224,10 +224,14 @@ AUG_SMOOTH_CASES = [
 ]
 
 # SESS(model, [layer], base_method=...) with its defaults: (model, layer, image, size, base
-# method). A square input, and a landscape one whose scaled copies keep their aspect.
+# method, target). Square, landscape and portrait inputs (scaled copies keep their aspect).
 SESS_CASES = [
-    ("resnet_tiny", "layer4", "a", 64, "gradcam"),
-    ("vgg_bn_tiny", "features.27", "a", "native", "gradcampp"),
+    ("resnet_tiny", "layer4", "a", 64, "gradcam", "logit"),
+    ("vgg_bn_tiny", "features.27", "a", "native", "gradcampp", "logit"),
+    # The target also scores the windows, on their softmax probabilities: softmax's of a
+    # softmax, and ReST's, negative for 10 classes, so every window weighs 1.
+    ("resnet_tiny", "layer4", "b", "native", "gradcam", "softmax"),  # portrait
+    ("vgg_bn_tiny", "features.27", "b", 64, "gradcam", "rest"),
 ]
 
 # RefineCAM(model, layers, base_method=...): the layers' maps multiplied (gradcam's
@@ -574,17 +578,18 @@ def multi_layer_case(entry, method, model, rgb, src_file, fixtures):
 
 def sess_case(entry, model, rgb, src_file, fixtures):
     """SESS(model, [layer], base_method=cls_)(x, targets): logits, class and the cam."""
-    model_name, layer, img, size, method = entry
+    model_name, layer, img, size, method, target_name = entry
     x = mf.preprocess(rgb, size)
     assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
     with torch.no_grad():
         logits = model(x)
     cls = int(logits.argmax(dim=1).item())
     with SESS(model, [model.get_submodule(layer)], base_method=CLASSES[method][0]) as obj:
-        cam = np.asarray(obj(input_tensor=x, targets=[ClassifierOutputTarget(cls)]))
+        cam = np.asarray(obj(input_tensor=x, targets=[TARGETS[target_name](cls)]))
         patches, _ = obj.collect_patches(x, min(x.shape[-2:]), min(x.shape[-2:]))
     assert float(cam.max()) > 0.99 and np.isfinite(cam).all()
-    case_id = f"{model_name}__{layer}__{img}__{size}__{method}__sess"
+    case_id = f"{model_name}__{layer}__{img}__{size}__{method}__sess" \
+        + ("" if target_name == "logit" else f"__{target_name}")
     return case_id, {
         "logits": logits.float().contiguous(),
         "class": torch.tensor([cls], dtype=torch.int64),
@@ -1106,10 +1111,11 @@ def main() -> int:
             print(f"{case_id:66s} {int(tensors['class'][0]):3d}")
 
     for entry in SESS_CASES:
-        model_name, layer, img, size, method = entry
+        model_name, layer, img, size, method, target_name = entry
         src = sources[(img, size)]
         case_id, tensors, patches = sess_case(entry, models[model_name], rgbs[img], src, out)
-        store(case_id, tensors, model_name, layer, img, size, method, src, sess={"scales": 12})
+        store(case_id, tensors, model_name, layer, img, size, method, src, sess={"scales": 12},
+              **({} if target_name == "logit" else {"target": target_name}))
         print(f"{case_id:66s} {int(tensors['class'][0]):3d} {patches} patches")
 
     for entry in REFINE_CASES:

@@ -6,20 +6,24 @@
 //! 1. the image is resized (bilinear) so its shorter side is s, s + t, s + 2t, ... (t =
 //!    round(2s/7), `num_scales` sizes), and a window slides over each size with stride s,
 //!    the last window of a row or column shifted back inside;
-//! 2. every patch is scored by the class's softmax probability, and weighted by its score over
-//!    the best patch's;
+//! 2. every patch is scored by the class's softmax probability (the request's `--target`
+//!    applied to the probabilities, clipped at 0), and weighted by its score over the best
+//!    patch's;
 //! 3. every patch's map (the base method, normalised at the patch size) times its weight is
 //!    pasted where the patch came from, that canvas resized back to H×W;
 //! 4. each pixel is the mean of the pasted maps that are positive there (0 where none is),
 //!    then the map is smoothed by an 11×11 Gaussian of σ 5 (OpenCV's, borders reflected).
 //!
 //! The class is chosen on the whole image; the base method explains it on every patch (with
-//! the request's score, `--target`). Costly by nature: about 150 patches of the window's size
-//! per image at the defaults, explained `score_batch` at a time.
+//! the request's score, `--target`, which also scores the windows as pytorch-grad-cam does:
+//! applied to their softmax probabilities). Costly by nature: at the defaults 122 windows of
+//! the shorter side for a square image, 157 at 4:3, 208 at 16:9, explained `score_batch` at a
+//! time.
 
 use super::methods::{choose_classes, explain, CamBatch, CamRequest, ClassSel};
-use super::postprocess::upsample_normalised;
+use super::postprocess::{normalise_minmax, upsample_normalised};
 use crate::backend::Backend;
+use crate::explain::softmax_at;
 use crate::image::resize_bilinear;
 use crate::model::Network;
 use crate::{Error, Result, Tensor};
@@ -87,7 +91,22 @@ pub(crate) fn explain_sess<B: Backend>(
     })
 }
 
-/// One image [C, H, W]: its SESS map [H·W] (before the final normalisation).
+/// The largest rescaled copy SESS makes (values), beyond which it refuses: a native-size
+/// photograph's copies reach 4.1 times its shorter side (about 2.5 GB at 3000×4000).
+const MAX_SCALED_VALUES: usize = 1 << 27;
+
+/// What one image's SESS sums so far: the maps times their scores, and plain (pytorch-grad-cam
+/// weighs every map 1 when all scores are 0), each with its count of positive values.
+struct Fusion {
+    total: Vec<f32>,
+    count: Vec<f32>,
+    plain: Vec<f32>,
+    plain_count: Vec<f32>,
+    best: f32,
+}
+
+/// One image [C, H, W]: its SESS map [H·W] (before the final normalisation). The windows are
+/// cut one scale at a time and explained `score_batch` at a time, never all held at once.
 fn sess_one<B: Backend>(
     net: &Network<B>,
     image: &[f32],
@@ -96,90 +115,32 @@ fn sess_one<B: Backend>(
     req: &CamRequest,
     sess: &Sess,
 ) -> Result<Vec<f32>> {
-    let be = net.backend();
     let win = h.min(w);
-    let (patches, cuts) = collect_patches(image, (c, h, w), win, sess.num_scales);
     let per = c * win * win;
-    let chunk = req.score_batch.max(1);
-    // Each patch's map times its score (the class's softmax probability, from the logits of
-    // the explaining pass itself: no pass of its own), pasted and resized back; the positive
-    // ones summed and counted. The weights are the scores over the best one: resizing is
-    // linear and a positive factor keeps the signs, so dividing the sum by the best score at
-    // the end is the same (a score of exactly 0 weighs its map out, as in pytorch-grad-cam).
-    // Beside them, unweighted: pytorch-grad-cam weighs every map 1 when all scores are 0.
-    let mut total = vec![0f32; h * w];
-    let mut count = vec![0f32; h * w];
-    let mut plain = vec![0f32; h * w];
-    let mut plain_count = vec![0f32; h * w];
-    let mut best = 0f32;
-    for (b, batch) in patches.chunks(chunk * per).enumerate() {
-        let m = batch.len() / per;
-        let sub_classes = ClassSel::PerImage(vec![class; m]);
-        let sub = CamRequest {
-            classes: &sub_classes,
-            sess: None,
-            ..req.clone()
-        };
-        let x = be.upload(Tensor::new([m, c, win, win], batch.to_vec()))?;
-        let out = explain(net, x, &sub)?;
-        let (mh, mw) = (out.maps.shape()[1], out.maps.shape()[2]);
-        let nc = out.logits.shape()[1];
-        for j in 0..m {
-            let k = b * chunk + j;
-            let wt = softmax_at(&out.logits.data()[j * nc..(j + 1) * nc], class);
-            best = best.max(wt);
-            let map = &out.maps.data()[j * mh * mw..(j + 1) * mh * mw];
-            let cam = upsample_normalised(map, (mh, mw), (win, win));
-            let cut = cuts[k];
-            let (sh, sw) = cut.scaled;
-            let mut canvas = vec![0f32; sh * sw];
-            for (r, row) in cam.chunks(win).enumerate() {
-                let at = (cut.y + r) * sw + cut.x;
-                canvas[at..at + win].copy_from_slice(row);
-            }
-            let back = resize_bilinear(&canvas, sh, sw, 1, h, w);
-            for (p, &v) in back.iter().enumerate() {
-                if v > 0.0 {
-                    plain[p] += v;
-                    plain_count[p] += 1.0;
-                    // The weighted copy is positive where this one is, unless the score is 0.
-                    if wt > 0.0 {
-                        total[p] += v * wt;
-                        count[p] += 1.0;
-                    }
-                }
-            }
-        }
+    // `score_batch` windows a pass, fewer where they are large (at most about 128 MB of them).
+    let chunk = req.score_batch.clamp(1, ((1usize << 25) / per).max(1));
+    let scales = scaled_sizes((h, w), win, sess.num_scales);
+    let &(lh, lw) = scales.last().expect("one scale at least");
+    if c * lh * lw > MAX_SCALED_VALUES {
+        return Err(Error::Invalid(format!(
+            "SESS: a {h}x{w} input is rescaled up to {lh}x{lw}, too large to explain window \
+             by window; give a smaller --size (224 is the default) or fewer --sess-scales"
+        )));
     }
-    let (sum, n, scale) = match best > 0.0 {
-        true => (&total, &count, best),
-        false => (&plain, &plain_count, 1.0),
+    // Each window's map times its score, pasted and resized back; the positive values summed
+    // and counted. The weights are the scores over the best one: resizing is linear and a
+    // positive factor keeps the signs, so dividing the sums by the best score at the end is
+    // the same (a score of exactly 0 weighs its map out, as in pytorch-grad-cam).
+    let mut fusion = Fusion {
+        total: vec![0f32; h * w],
+        count: vec![0f32; h * w],
+        plain: vec![0f32; h * w],
+        plain_count: vec![0f32; h * w],
+        best: 0.0,
     };
-    let mean: Vec<f32> = (sum.iter().zip(n))
-        .map(|(t, n)| if *n > 0.0 { t / (n * scale) } else { 0.0 })
-        .collect();
-    Ok(gaussian_blur_11(&mean, h, w, 5.0))
-}
-
-/// The patches of every scale, [patch][C][win][win] flat, and where each was cut.
-fn collect_patches(
-    image: &[f32],
-    (c, h, w): (usize, usize, usize),
-    win: usize,
-    num_scales: usize,
-) -> (Vec<f32>, Vec<Cut>) {
-    // torchvision's resize to an int: the shorter side becomes `scale`, the longer its
-    // proportional size, truncated.
-    let step = round_half_even(win as f64 * 2.0 / 7.0);
-    let mut patches = Vec::new();
-    let mut cuts = Vec::new();
-    for i in 0..num_scales {
-        let scale = win + step * i;
-        let (sh, sw) = if h <= w {
-            (scale, (scale as f64 * w as f64 / h as f64) as usize)
-        } else {
-            ((scale as f64 * h as f64 / w as f64) as usize, scale)
-        };
+    let mut batch: Vec<f32> = Vec::with_capacity(chunk * per);
+    let mut cuts: Vec<Cut> = Vec::with_capacity(chunk);
+    for &(sh, sw) in &scales {
         let planes: Vec<Vec<f32>> = (0..c)
             .map(|ch| resize_bilinear(&image[ch * h * w..(ch + 1) * h * w], h, w, 1, sh, sw))
             .collect();
@@ -188,7 +149,7 @@ fn collect_patches(
                 for plane in &planes {
                     for r in 0..win {
                         let at = (y + r) * sw + x;
-                        patches.extend_from_slice(&plane[at..at + win]);
+                        batch.extend_from_slice(&plane[at..at + win]);
                     }
                 }
                 cuts.push(Cut {
@@ -196,10 +157,99 @@ fn collect_patches(
                     y,
                     scaled: (sh, sw),
                 });
+                if cuts.len() == chunk {
+                    explain_windows(net, &batch, &cuts, (c, h, w), class, req, &mut fusion)?;
+                    batch.clear();
+                    cuts.clear();
+                }
             }
         }
     }
-    (patches, cuts)
+    if !cuts.is_empty() {
+        explain_windows(net, &batch, &cuts, (c, h, w), class, req, &mut fusion)?;
+    }
+    let (sum, n, scale) = match fusion.best > 0.0 {
+        true => (&fusion.total, &fusion.count, fusion.best),
+        false => (&fusion.plain, &fusion.plain_count, 1.0),
+    };
+    let mean: Vec<f32> = (sum.iter().zip(n))
+        .map(|(t, n)| if *n > 0.0 { t / (n * scale) } else { 0.0 })
+        .collect();
+    Ok(gaussian_blur_11(&mean, h, w, 5.0))
+}
+
+/// Explains a batch of windows ([m][C][win][win]) for `class` and adds their maps to `fusion`.
+/// A window's score is the request's target applied to its softmax probabilities, clipped at
+/// 0 (pytorch-grad-cam's `target(softmax(output))`): for the logit target the class's
+/// probability.
+fn explain_windows<B: Backend>(
+    net: &Network<B>,
+    batch: &[f32],
+    cuts: &[Cut],
+    (c, h, w): (usize, usize, usize),
+    class: usize,
+    req: &CamRequest,
+    fusion: &mut Fusion,
+) -> Result<()> {
+    let m = cuts.len();
+    let win = h.min(w);
+    let sub_classes = ClassSel::PerImage(vec![class; m]);
+    let sub = CamRequest {
+        classes: &sub_classes,
+        sess: None,
+        ..req.clone()
+    };
+    let be = net.backend();
+    let x = be.upload(Tensor::new([m, c, win, win], batch.to_vec()))?;
+    let out = explain(net, x, &sub)?;
+    let (mh, mw) = (out.maps.shape()[1], out.maps.shape()[2]);
+    let nc = out.logits.shape()[1];
+    for (j, cut) in cuts.iter().enumerate() {
+        let z = &out.logits.data()[j * nc..(j + 1) * nc];
+        let p: Vec<f32> = (0..nc).map(|k| softmax_at(z, k)).collect();
+        let wt = (req.target.score(&p, class) as f32).max(0.0);
+        fusion.best = fusion.best.max(wt);
+        // The base method's output: normalised, resized to the window, normalised again.
+        let mut map = out.maps.data()[j * mh * mw..(j + 1) * mh * mw].to_vec();
+        normalise_minmax(&mut map);
+        let cam = upsample_normalised(&map, (mh, mw), (win, win));
+        let (sh, sw) = cut.scaled;
+        let mut canvas = vec![0f32; sh * sw];
+        for (r, row) in cam.chunks(win).enumerate() {
+            let at = (cut.y + r) * sw + cut.x;
+            canvas[at..at + win].copy_from_slice(row);
+        }
+        let back = resize_bilinear(&canvas, sh, sw, 1, h, w);
+        for (p, &v) in back.iter().enumerate() {
+            if v > 0.0 {
+                fusion.plain[p] += v;
+                fusion.plain_count[p] += 1.0;
+                // The weighted copy is positive where this one is, unless the score is 0.
+                if wt > 0.0 {
+                    fusion.total[p] += v * wt;
+                    fusion.count[p] += 1.0;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The sizes of the rescaled copies: torchvision's resize to an int makes the shorter side
+/// that int and the longer its proportional size, truncated; the ints start at the window and
+/// grow by round(2/7 of it).
+fn scaled_sizes((h, w): (usize, usize), win: usize, num_scales: usize) -> Vec<(usize, usize)> {
+    let step = round_half_even(win as f64 * 2.0 / 7.0);
+    (0..num_scales)
+        .map(|i| {
+            let scale = win + step * i;
+            if h <= w {
+                (scale, (scale as f64 * w as f64 / h as f64) as usize)
+            } else {
+                ((scale as f64 * h as f64 / w as f64) as usize, scale)
+            }
+        })
+        .collect()
 }
 
 /// pytorch-grad-cam's window starts along a side: every `step` from 0, the last one moved
@@ -227,12 +277,6 @@ fn round_half_even(v: f64) -> usize {
         r
     };
     r.max(0.0) as usize
-}
-
-fn softmax_at(z: &[f32], c: usize) -> f32 {
-    let m = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = z.iter().map(|&v| ((v - m) as f64).exp()).sum();
-    (((z[c] - m) as f64).exp() / sum) as f32
 }
 
 /// `cv2.GaussianBlur(m, (11, 11), sigma)` on an (h, w) f32 map: the separable kernel
@@ -288,6 +332,12 @@ mod tests {
         assert_eq!(round_half_even(2.5), 2);
         assert_eq!(round_half_even(3.5), 4);
         assert_eq!(round_half_even(18.285), 18);
+        // Shorter side first, the longer one proportional and truncated (torchvision).
+        assert_eq!(
+            scaled_sizes((80, 64), 64, 3),
+            [(80, 64), (102, 82), (125, 100)]
+        );
+        assert_eq!(scaled_sizes((75, 97), 75, 2), [(75, 97), (96, 124)]);
     }
 
     /// The blur keeps a constant map and its mass, and reflects at the border: a spike at a
