@@ -879,6 +879,35 @@ fn shapley_cam_and_targets_match_the_cpu_backend() {
     }
 }
 
+/// SESS on the GPU path (the preprocessed batch downloaded, the windows cut on the host and
+/// explained on the device, three scales to keep the emulator quick) against the CPU backend:
+/// f32, two images, maps within 1e-3 relative; and the target reaching the windows' scores.
+#[test]
+fn sess_matches_the_cpu_backend() {
+    let load = || model::load(fixtures().join("resnet_tiny.safetensors"), None).unwrap();
+    let cpu = Network::new(load(), CpuBackend::fast()).unwrap();
+    let gpu = Network::new(load(), GpuBackend::new(EmuLauncher::new())).unwrap();
+    let img = load_rgb8(&fixtures().join("images/b.png")).unwrap();
+    let x = preprocess(&[&img, &img], (48, 40));
+    let classes = ClassSel::PerImage(vec![2, 7]);
+    let sess = gradcam::cam::sess::Sess { num_scales: 3 };
+    for target in [Target::Logit, Target::Softmax] {
+        let req = CamRequest {
+            sess: Some(sess),
+            target,
+            score_batch: 8,
+            ..CamRequest::grad_cam("layer4", &classes)
+        };
+        let a = explain(&gpu, gpu.backend().upload(x.clone()).unwrap(), &req).unwrap();
+        let b = explain(&cpu, x.clone(), &req).unwrap();
+        assert_eq!(a.maps.shape(), &[2, 48, 40]);
+        let e = rel_err(&a.maps, &b.maps);
+        eprintln!("sess {target:?}: maps {e:.1e}");
+        assert!(e < 1e-3, "sess {target:?}: maps {e}");
+        assert_eq!(a.classes, [2, 7]);
+    }
+}
+
 /// `aug_smooth` on the GPU path (the six copies made on the device by aug_copy, one batch)
 /// against the CPU backend, f32: the mean maps within 1e-3 relative, the plain copy's logits
 /// within 1e-4. Eigen-smoothed Grad-CAM (its component comes from downloaded activations), two

@@ -20,6 +20,8 @@
 //! the shorter side for a square image, 157 at 4:3, 208 at 16:9, explained `score_batch` at a
 //! time.
 
+use rayon::prelude::*;
+
 use super::methods::{choose_classes, explain, CamBatch, CamRequest, ClassSel};
 use super::postprocess::{normalise_minmax, upsample_normalised};
 use crate::backend::Backend;
@@ -204,22 +206,27 @@ fn explain_windows<B: Backend>(
     let out = explain(net, x, &sub)?;
     let (mh, mw) = (out.maps.shape()[1], out.maps.shape()[2]);
     let nc = out.logits.shape()[1];
-    for (j, cut) in cuts.iter().enumerate() {
-        let z = &out.logits.data()[j * nc..(j + 1) * nc];
-        let p: Vec<f32> = (0..nc).map(|k| softmax_at(z, k)).collect();
-        let wt = (req.target.score(&p, class) as f32).max(0.0);
+    // Each window's score and map pasted back, in parallel; summed in window order.
+    let placed: Vec<(f32, Vec<f32>)> = (cuts.par_iter().enumerate())
+        .map(|(j, cut)| {
+            let z = &out.logits.data()[j * nc..(j + 1) * nc];
+            let p: Vec<f32> = (0..nc).map(|k| softmax_at(z, k)).collect();
+            let wt = (req.target.score(&p, class) as f32).max(0.0);
+            // The base method's output: normalised, resized to the window, normalised again.
+            let mut map = out.maps.data()[j * mh * mw..(j + 1) * mh * mw].to_vec();
+            normalise_minmax(&mut map);
+            let cam = upsample_normalised(&map, (mh, mw), (win, win));
+            let (sh, sw) = cut.scaled;
+            let mut canvas = vec![0f32; sh * sw];
+            for (r, row) in cam.chunks(win).enumerate() {
+                let at = (cut.y + r) * sw + cut.x;
+                canvas[at..at + win].copy_from_slice(row);
+            }
+            (wt, resize_bilinear(&canvas, sh, sw, 1, h, w))
+        })
+        .collect();
+    for (wt, back) in placed {
         fusion.best = fusion.best.max(wt);
-        // The base method's output: normalised, resized to the window, normalised again.
-        let mut map = out.maps.data()[j * mh * mw..(j + 1) * mh * mw].to_vec();
-        normalise_minmax(&mut map);
-        let cam = upsample_normalised(&map, (mh, mw), (win, win));
-        let (sh, sw) = cut.scaled;
-        let mut canvas = vec![0f32; sh * sw];
-        for (r, row) in cam.chunks(win).enumerate() {
-            let at = (cut.y + r) * sw + cut.x;
-            canvas[at..at + win].copy_from_slice(row);
-        }
-        let back = resize_bilinear(&canvas, sh, sw, 1, h, w);
         for (p, &v) in back.iter().enumerate() {
             if v > 0.0 {
                 fusion.plain[p] += v;
