@@ -208,6 +208,34 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
         );
         assert_eq!(s.top1_localised, s.localised && r.predicted == 4);
     }
+    // The confidence measures by hand for the centre prior (its map known here): the class's
+    // probability on the input and on the input times the prior, and the prior's
+    // complexity; its coherency is 1 (the same map again). Within 1e-5.
+    let rgb = gradcam::image::load_rgb8(&img).unwrap();
+    let x = gradcam::image::preprocess(&[&rgb], (75, 97));
+    let prior = gradcam::eval::metrics::centre_prior((75, 97));
+    let mut xm = x.data().to_vec();
+    for plane in xm.chunks_mut(75 * 97) {
+        plane.iter_mut().zip(&prior).for_each(|(a, m)| *a *= m);
+    }
+    let prob = |t: gradcam::Tensor| {
+        let l = net.forward(t).unwrap();
+        gradcam::explain::softmax_at(l.data(), 4)
+    };
+    let (p, pm) = (prob(x.clone()), prob(gradcam::Tensor::new(x.shape(), xm)));
+    let centre = &r.scores[2];
+    assert!(
+        (centre.confidence_drop - (p - pm).max(0.0) / p).abs() < 1e-5,
+        "{centre:?}"
+    );
+    assert_eq!(centre.confidence_increase, pm > p);
+    let mean = prior.iter().sum::<f32>() / prior.len() as f32;
+    assert!((centre.complexity - mean).abs() < 1e-5);
+    assert_eq!(centre.coherency, 1.0);
+    for s in &r.scores {
+        assert!((0.0..=1.0).contains(&s.confidence_drop), "{s:?}");
+        assert!((0.0..=1.0).contains(&s.coherency) && (0.0..=1.0).contains(&s.complexity));
+    }
     let agg = aggregate(std::slice::from_ref(&r));
     assert_eq!(agg.len(), 3);
     assert_eq!(
@@ -246,4 +274,21 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
             );
         }
     }
+}
+
+/// pytorch-grad-cam's Coherency and Complexity on known maps: a map against itself, a scaled
+/// and shifted copy (ρ = 1 → 1), its negation (ρ = −1 → 0), a flat map (ρ = 0 → 0.5); the
+/// mean absolute value.
+#[test]
+fn coherency_and_complexity() {
+    use gradcam::eval::metrics::{coherency, complexity};
+    let a = [0.0f32, 0.25, 0.5, 1.0, 0.75, 0.1];
+    let scaled: Vec<f32> = a.iter().map(|v| 2.0 * v + 0.3).collect();
+    let neg: Vec<f32> = a.iter().map(|v| 1.0 - v).collect();
+    assert!((coherency(&a, &a) - 1.0).abs() < 1e-6);
+    assert!((coherency(&a, &scaled) - 1.0).abs() < 1e-6);
+    assert!(coherency(&a, &neg).abs() < 1e-6);
+    assert!((coherency(&a, &[0.4; 6]) - 0.5).abs() < 1e-6);
+    assert!((complexity(&a) - 2.6 / 6.0).abs() < 1e-6);
+    assert!((complexity(&[-0.5, 0.5]) - 0.5).abs() < 1e-6);
 }

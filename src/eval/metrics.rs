@@ -154,6 +154,32 @@ pub fn spearman(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Area under a curve sampled at equal steps over [0, 1] (trapezoid rule).
+/// pytorch-grad-cam's `Coherency` of two maps: (Pearson's ρ + 1) / 2, ρ with its 1e-8 in the
+/// denominator (0 for a flat map), so 1 for maps that agree up to scale and offset.
+pub fn coherency(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len() as f64;
+    let (ma, mb) = (
+        a.iter().map(|&v| v as f64).sum::<f64>() / n,
+        b.iter().map(|&v| v as f64).sum::<f64>() / n,
+    );
+    let (mut cov, mut va, mut vb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (dx, dy) = (x as f64 - ma, y as f64 - mb);
+        cov += dx * dy;
+        va += dx * dx;
+        vb += dy * dy;
+    }
+    let d = (n - 1.0).max(1.0);
+    let rho = (cov / d) / ((va / d).sqrt() * (vb / d).sqrt() + 1e-8);
+    ((rho + 1.0) / 2.0) as f32
+}
+
+/// pytorch-grad-cam's `Complexity`: the map's mean absolute value (0 for an empty map, 1 for
+/// one that keeps everything).
+pub fn complexity(map: &[f32]) -> f32 {
+    (map.iter().map(|&v| v.abs() as f64).sum::<f64>() / map.len().max(1) as f64) as f32
+}
+
 pub fn auc(curve: &[f32]) -> f32 {
     if curve.len() < 2 {
         return curve.first().copied().unwrap_or(0.0);

@@ -10,12 +10,14 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::cam::{argmax, explain, upsample_normalised, CamRequest, ClassSel, Method};
+use crate::explain::softmax_at;
 use crate::image::{load_rgb8, preprocess, InputSize};
 use crate::model::Network;
 use crate::{Error, Result, Tensor};
 pub use manifest::Entry;
 use metrics::{
-    auc, centre_prior, iou, mass_inside, object_mask, pointing_hit, spearman, threshold_box,
+    auc, centre_prior, coherency, complexity, iou, mass_inside, object_mask, pointing_hit,
+    spearman, threshold_box,
 };
 
 #[derive(Clone, Debug)]
@@ -52,6 +54,17 @@ pub struct Scores {
     pub faithfulness: Option<f32>,
     pub deletion_auc: Option<f32>,
     pub insertion_auc: Option<f32>,
+    /// The class's probability on the input times the map, p', against p on the input (the
+    /// Grad-CAM++ paper's measures; pytorch-grad-cam's CamMultImageConfidenceChange): the
+    /// relative drop max(0, p − p') / p ...
+    pub confidence_drop: f32,
+    /// ... and whether p' > p.
+    pub confidence_increase: bool,
+    /// The map's mean value (pytorch-grad-cam's Complexity; lower is sparser).
+    pub complexity: f32,
+    /// (ρ + 1) / 2 between the map and the method's map of the input times the map
+    /// (pytorch-grad-cam's Coherency; the centre prior's is 1).
+    pub coherency: f32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -73,6 +86,12 @@ pub struct Aggregate {
     pub mean_faithfulness: Option<f32>,
     pub mean_deletion_auc: Option<f32>,
     pub mean_insertion_auc: Option<f32>,
+    /// Mean relative drop in the class's probability on the input times the map (Average
+    /// Drop, as a fraction), and the share of images where it rose (Increase in Confidence).
+    pub mean_confidence_drop: f32,
+    pub confidence_increase: f32,
+    pub mean_complexity: f32,
+    pub mean_coherency: f32,
 }
 
 /// The centre-prior baseline's name in reports.
@@ -135,7 +154,8 @@ pub fn evaluate_image<B: Backend>(
     };
 
     let classes = ClassSel::PerImage(vec![e.class]);
-    let mut maps: Vec<(String, Vec<f32>, Vec<f32>)> = Vec::new(); // (name, at full size, at input size)
+    // (name, at full size, at input size, coherency)
+    let mut maps: Vec<(String, Vec<f32>, Vec<f32>, f32)> = Vec::new();
     for &m in &cfg.methods {
         let req = CamRequest {
             layer: &layer,
@@ -155,16 +175,43 @@ pub fn evaluate_image<B: Backend>(
         };
         let out = explain(net, be.upload(x.clone())?, &req)?;
         let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);
+        let at_input = upsample_normalised(out.maps.data(), (h, w), hw);
+        // The method again on the input times its map.
+        let again = explain(net, be.upload(times_map(&x, &at_input))?, &req)?;
+        let (ah, aw) = (again.maps.shape()[1], again.maps.shape()[2]);
+        let coh = coherency(
+            &at_input,
+            &upsample_normalised(again.maps.data(), (ah, aw), hw),
+        );
         maps.push((
             m.name().to_string(),
             upsample_normalised(out.maps.data(), (h, w), full),
-            upsample_normalised(out.maps.data(), (h, w), hw),
+            at_input,
+            coh,
         ));
     }
-    maps.push((CENTRE.to_string(), centre_prior(full), centre_prior(hw)));
+    maps.push((
+        CENTRE.to_string(),
+        centre_prior(full),
+        centre_prior(hw),
+        1.0,
+    ));
+    // The class's probability on the input, and on the input times each map (one pass).
+    let p = softmax_at(logits.data(), e.class);
+    let masked: Vec<f32> = (maps.iter())
+        .flat_map(|(_, _, at_input, _)| times_map(&x, at_input).data().to_vec())
+        .collect();
+    let (_, c, ih, iw) = x.dims4();
+    let mut p_masked = Vec::with_capacity(maps.len());
+    for chunk in masked.chunks(cfg.forward_batch.max(1) * c * ih * iw) {
+        let m = chunk.len() / (c * ih * iw);
+        let l = net.forward(be.upload(Tensor::new([m, c, ih, iw], chunk.to_vec()))?)?;
+        let nc = net.num_classes();
+        p_masked.extend((0..m).map(|i| softmax_at(&l.data()[i * nc..(i + 1) * nc], e.class)));
+    }
 
     let mut scores = Vec::new();
-    for (name, at_full, at_input) in &maps {
+    for ((name, at_full, at_input, coh), &pm) in maps.iter().zip(&p_masked) {
         let iou_best = threshold_box(at_full, full, cfg.loc_threshold).map_or(0.0, |b| {
             e.boxes.iter().map(|g| iou(&b, g)).fold(0.0, f32::max)
         });
@@ -192,6 +239,10 @@ pub fn evaluate_image<B: Backend>(
             faithfulness,
             deletion_auc,
             insertion_auc,
+            confidence_drop: if p > 0.0 { (p - pm).max(0.0) / p } else { 0.0 },
+            confidence_increase: pm > p,
+            complexity: complexity(at_input),
+            coherency: *coh,
         });
     }
     Ok(ImageReport {
@@ -229,9 +280,24 @@ pub fn aggregate(reports: &[ImageReport]) -> Vec<Aggregate> {
                 mean_faithfulness: mean_opt(&|s| s.faithfulness),
                 mean_deletion_auc: mean_opt(&|s| s.deletion_auc),
                 mean_insertion_auc: mean_opt(&|s| s.insertion_auc),
+                mean_confidence_drop: all.iter().map(|s| s.confidence_drop).sum::<f32>() / n,
+                confidence_increase: frac(&|s| s.confidence_increase),
+                mean_complexity: all.iter().map(|s| s.complexity).sum::<f32>() / n,
+                mean_coherency: all.iter().map(|s| s.coherency).sum::<f32>() / n,
             }
         })
         .collect()
+}
+
+/// The normalised input [1, C, H, W] times a map at its size, every channel alike
+/// (pytorch-grad-cam's `input_tensor * cam`).
+fn times_map(x: &Tensor, map: &[f32]) -> Tensor {
+    let (n, c, h, w) = x.dims4();
+    let mut v = x.data().to_vec();
+    for plane in v.chunks_mut(h * w) {
+        plane.iter_mut().zip(map).for_each(|(a, m)| *a *= m);
+    }
+    Tensor::new([n, c, h, w], v)
 }
 
 fn load_mask(path: &std::path::Path, (h, w): (usize, usize)) -> Result<Vec<bool>> {

@@ -174,7 +174,7 @@ pub fn table(agg: &[Aggregate]) -> String {
     // The first column as wide as its longest name (`gradcamelementwise`).
     let mw = agg.iter().map(|a| a.method.len()).fold(14, usize::max);
     let mut s = format!(
-        "{:<mw$} {:>6} {:>10} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9}\n",
+        "{:<mw$} {:>6} {:>10} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}\n",
         "method",
         "images",
         "top1-loc-e",
@@ -183,11 +183,15 @@ pub fn table(agg: &[Aggregate]) -> String {
         "mass-in",
         "faithful",
         "deletion",
-        "insertion"
+        "insertion",
+        "avg-drop",
+        "incr",
+        "complex",
+        "coherent"
     );
     for a in agg {
         s += &format!(
-            "{:<mw$} {:>6} {:>10.3} {:>10.3} {:>9.3} {:>8.3} {:>8} {:>9} {:>9}\n",
+            "{:<mw$} {:>6} {:>10.3} {:>10.3} {:>9.3} {:>8.3} {:>8} {:>9} {:>9} {:>8.3} {:>8.3} {:>8.3} {:>8.3}\n",
             a.method,
             a.images,
             a.top1_loc_error,
@@ -196,7 +200,11 @@ pub fn table(agg: &[Aggregate]) -> String {
             a.mean_mass_inside,
             opt(a.mean_faithfulness),
             opt(a.mean_deletion_auc),
-            opt(a.mean_insertion_auc)
+            opt(a.mean_insertion_auc),
+            a.mean_confidence_drop,
+            a.confidence_increase,
+            a.mean_complexity,
+            a.mean_coherency
         );
     }
     s
