@@ -192,6 +192,7 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
         curve_steps: Some(4),
         forward_batch: 8,
         target: gradcam::cam::Target::Logit,
+        coherency: true,
     };
     let r = evaluate_image(&net, &entries[0], &cfg).unwrap();
     let names: Vec<&str> = r.scores.iter().map(|s| s.method.as_str()).collect();
@@ -231,10 +232,26 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
     assert_eq!(centre.confidence_increase, pm > p);
     let mean = prior.iter().sum::<f32>() / prior.len() as f32;
     assert!((centre.complexity - mean).abs() < 1e-5);
-    assert_eq!(centre.coherency, 1.0);
+    assert_eq!(centre.coherency, Some(1.0));
     for s in &r.scores {
         assert!((0.0..=1.0).contains(&s.confidence_drop), "{s:?}");
-        assert!((0.0..=1.0).contains(&s.coherency) && (0.0..=1.0).contains(&s.complexity));
+        assert!((0.0..=1.0).contains(&s.coherency.unwrap()) && (0.0..=1.0).contains(&s.complexity));
+    }
+    // One map per pass gives the same probabilities (the batching keeps the order); without
+    // Coherency the rest is unchanged.
+    let one = EvalConfig {
+        forward_batch: 1,
+        coherency: false,
+        ..cfg.clone()
+    };
+    let r1 = evaluate_image(&net, &entries[0], &one).unwrap();
+    for (a, b) in r.scores.iter().zip(&r1.scores) {
+        assert!(
+            (a.confidence_drop - b.confidence_drop).abs() < 1e-5,
+            "{a:?} {b:?}"
+        );
+        assert_eq!(a.confidence_increase, b.confidence_increase);
+        assert_eq!(b.coherency, None);
     }
     let agg = aggregate(std::slice::from_ref(&r));
     assert_eq!(agg.len(), 3);

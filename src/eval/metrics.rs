@@ -153,7 +153,6 @@ pub fn spearman(a: &[f32], b: &[f32]) -> f32 {
     (cov / (va * vb).sqrt()) as f32
 }
 
-/// Area under a curve sampled at equal steps over [0, 1] (trapezoid rule).
 /// pytorch-grad-cam's `Coherency` of two maps: (Pearson's ρ + 1) / 2, ρ with its 1e-8 in the
 /// denominator (0 for a flat map), so 1 for maps that agree up to scale and offset.
 pub fn coherency(a: &[f32], b: &[f32]) -> f32 {
@@ -180,6 +179,7 @@ pub fn complexity(map: &[f32]) -> f32 {
     (map.iter().map(|&v| v.abs() as f64).sum::<f64>() / map.len().max(1) as f64) as f32
 }
 
+/// Area under a curve sampled at equal steps over [0, 1] (trapezoid rule).
 pub fn auc(curve: &[f32]) -> f32 {
     if curve.len() < 2 {
         return curve.first().copied().unwrap_or(0.0);

@@ -36,8 +36,10 @@ pub struct EvalConfig {
     /// Images per forward pass for occlusion and curves (and Score-CAM).
     pub forward_batch: usize,
     /// The class score the methods explain (the measures still follow the class's logit
-    /// and probability).
+    /// and probability, but for Coherency, which runs the method again).
     pub target: crate::cam::Target,
+    /// Also Coherency: one more explanation per method and image.
+    pub coherency: bool,
 }
 
 /// The scores of one map of one image.
@@ -54,17 +56,18 @@ pub struct Scores {
     pub faithfulness: Option<f32>,
     pub deletion_auc: Option<f32>,
     pub insertion_auc: Option<f32>,
-    /// The class's probability on the input times the map, p', against p on the input (the
-    /// Grad-CAM++ paper's measures; pytorch-grad-cam's CamMultImageConfidenceChange): the
-    /// relative drop max(0, p − p') / p ...
+    /// The class's softmax probability on the normalised input times the map, p', against p
+    /// on the input (pytorch-grad-cam's perturbation, the Grad-CAM++ paper's relative
+    /// measure): the drop max(0, p − p') / p (0 where p is 0) ...
     pub confidence_drop: f32,
     /// ... and whether p' > p.
     pub confidence_increase: bool,
     /// The map's mean value (pytorch-grad-cam's Complexity; lower is sparser).
     pub complexity: f32,
     /// (ρ + 1) / 2 between the map and the method's map of the input times the map
-    /// (pytorch-grad-cam's Coherency; the centre prior's is 1).
-    pub coherency: f32,
+    /// (pytorch-grad-cam's Coherency; the centre prior's is 1, as any map that ignores the
+    /// input); None when skipped or when that second explanation failed.
+    pub coherency: Option<f32>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -91,7 +94,7 @@ pub struct Aggregate {
     pub mean_confidence_drop: f32,
     pub confidence_increase: f32,
     pub mean_complexity: f32,
-    pub mean_coherency: f32,
+    pub mean_coherency: Option<f32>,
 }
 
 /// The centre-prior baseline's name in reports.
@@ -154,8 +157,7 @@ pub fn evaluate_image<B: Backend>(
     };
 
     let classes = ClassSel::PerImage(vec![e.class]);
-    // (name, at full size, at input size, coherency)
-    let mut maps: Vec<(String, Vec<f32>, Vec<f32>, f32)> = Vec::new();
+    let mut maps: Vec<MethodMap> = Vec::new();
     for &m in &cfg.methods {
         let req = CamRequest {
             layer: &layer,
@@ -176,13 +178,21 @@ pub fn evaluate_image<B: Backend>(
         let out = explain(net, be.upload(x.clone())?, &req)?;
         let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);
         let at_input = upsample_normalised(out.maps.data(), (h, w), hw);
-        // The method again on the input times its map.
-        let again = explain(net, be.upload(times_map(&x, &at_input))?, &req)?;
-        let (ah, aw) = (again.maps.shape()[1], again.maps.shape()[2]);
-        let coh = coherency(
-            &at_input,
-            &upsample_normalised(again.maps.data(), (ah, aw), hw),
-        );
+        // The method again on the input times its map; its failure costs only this measure.
+        let coh = match cfg.coherency {
+            true => be
+                .upload(times_map(&x, &at_input))
+                .and_then(|xm| explain(net, xm, &req))
+                .ok()
+                .map(|again| {
+                    let (ah, aw) = (again.maps.shape()[1], again.maps.shape()[2]);
+                    coherency(
+                        &at_input,
+                        &upsample_normalised(again.maps.data(), (ah, aw), hw),
+                    )
+                }),
+            false => None,
+        };
         maps.push((
             m.name().to_string(),
             upsample_normalised(out.maps.data(), (h, w), full),
@@ -194,18 +204,19 @@ pub fn evaluate_image<B: Backend>(
         CENTRE.to_string(),
         centre_prior(full),
         centre_prior(hw),
-        1.0,
+        cfg.coherency.then_some(1.0),
     ));
-    // The class's probability on the input, and on the input times each map (one pass).
+    // The class's probability on the input, and on the input times each map, the maps
+    // `forward_batch` at a time.
     let p = softmax_at(logits.data(), e.class);
-    let masked: Vec<f32> = (maps.iter())
-        .flat_map(|(_, _, at_input, _)| times_map(&x, at_input).data().to_vec())
-        .collect();
     let (_, c, ih, iw) = x.dims4();
     let mut p_masked = Vec::with_capacity(maps.len());
-    for chunk in masked.chunks(cfg.forward_batch.max(1) * c * ih * iw) {
-        let m = chunk.len() / (c * ih * iw);
-        let l = net.forward(be.upload(Tensor::new([m, c, ih, iw], chunk.to_vec()))?)?;
+    for chunk in maps.chunks(cfg.forward_batch.max(1)) {
+        let data: Vec<f32> = (chunk.iter())
+            .flat_map(|(_, _, at_input, _)| times_map(&x, at_input).data().to_vec())
+            .collect();
+        let m = chunk.len();
+        let l = net.forward(be.upload(Tensor::new([m, c, ih, iw], data))?)?;
         let nc = net.num_classes();
         p_masked.extend((0..m).map(|i| softmax_at(&l.data()[i * nc..(i + 1) * nc], e.class)));
     }
@@ -283,11 +294,15 @@ pub fn aggregate(reports: &[ImageReport]) -> Vec<Aggregate> {
                 mean_confidence_drop: all.iter().map(|s| s.confidence_drop).sum::<f32>() / n,
                 confidence_increase: frac(&|s| s.confidence_increase),
                 mean_complexity: all.iter().map(|s| s.complexity).sum::<f32>() / n,
-                mean_coherency: all.iter().map(|s| s.coherency).sum::<f32>() / n,
+                mean_coherency: mean_opt(&|s| s.coherency),
             }
         })
         .collect()
 }
+
+/// One method's map of an image: (name, at the image's size, at the input size, its
+/// coherency when measured).
+type MethodMap = (String, Vec<f32>, Vec<f32>, Option<f32>);
 
 /// The normalised input [1, C, H, W] times a map at its size, every channel alike
 /// (pytorch-grad-cam's `input_tensor * cam`).

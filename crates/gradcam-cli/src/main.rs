@@ -58,7 +58,8 @@ enum Cmd {
     /// List every layer of a model (torchvision module paths) with its output shape.
     Layers(layers::LayersArgs),
     /// The paper's evaluations over a labelled manifest: localisation error, pointing game,
-    /// faithfulness, deletion / insertion, each method against a centre-prior baseline.
+    /// faithfulness, deletion / insertion, Average Drop / Increase in Confidence, Complexity
+    /// and Coherency, each method against a centre-prior baseline.
     Eval(eval::EvalArgs),
     /// A summary.csv per class (or folder): images, failures, accuracy, where the maps look;
     /// groups whose maps lean most on the image's borders first.
