@@ -190,6 +190,9 @@ step bench-vgg16-tf32-shapleycam-rest 90 $kit/gradcam bench --device cuda --prec
   -m /tmp/vgg16.safetensors --batch 64 --images 256 --size 224 --method shapleycam --target rest
 step bench-resnet50-tf32-fem 90 $kit/gradcam bench --device cuda --precision tf32 \
   -m /tmp/resnet50.safetensors --batch 64 --images 256 --size 224 --method fem
+# SESS over Grad-CAM: 122 windows per image, cut and pasted on the host.
+step bench-resnet50-tf32-sess 90 $kit/gradcam bench --device cuda --precision tf32 \
+  -m /tmp/resnet50.safetensors --batch 8 --images 16 --size 224 --sess
 # Tile sizes forced, per layer in the profile (TILES=1; what the 64/128 rule was fitted on).
 if [ "${TILES:-0}" = 1 ]; then
   for p in tf32 bf16; do for t in 64 128; do

@@ -51,6 +51,12 @@ pub struct BenchArgs {
     /// As `explain --aug-smooth` (six copies of each image).
     #[arg(long)]
     aug_smooth: bool,
+    /// As `explain --sess` (SESS over the method; --sess-scales sizes, 12 by default).
+    #[arg(long)]
+    sess: bool,
+    /// SESS: how many sizes (as `explain --sess-scales`).
+    #[arg(long, default_value_t = 12, requires = "sess", value_parser = clap::value_parser!(u32).range(1..=64))]
+    sess_scales: u32,
     /// Untimed warm-up batches.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
@@ -152,6 +158,9 @@ fn bench_on<B: Backend>(
         target: a.target,
         eigen_smooth: a.eigen_smooth,
         aug_smooth: a.aug_smooth,
+        sess: a.sess.then_some(gradcam::cam::sess::Sess {
+            num_scales: a.sess_scales as usize,
+        }),
         size,
         overlay: match a.no_overlay {
             true => OverlayAt::Off,
@@ -212,6 +221,9 @@ fn bench_on<B: Backend>(
     };
     if cfg.target != Target::Logit {
         smoothing += &format!(" of the {} target", cfg.target.name());
+    }
+    if let Some(s) = cfg.sess {
+        smoothing += &format!(" under SESS ({} scales)", s.num_scales);
     }
     println!(
         "model {} | layer {} | {}{smoothing} | {} | batch {batch} | {} images {}x{}{}",

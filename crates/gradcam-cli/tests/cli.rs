@@ -995,6 +995,21 @@ fn bench_takes_the_method_and_smoothing() {
         out.contains("| layer layer3,layer4 | eigencam (aug-smooth) |") && out.contains("images/s"),
         "{out}"
     );
+    let o = gradcam(&[
+        "bench",
+        "--model",
+        &model(),
+        "--images",
+        "2",
+        "--size",
+        "64",
+        "--sess",
+        "--sess-scales",
+        "2",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.contains("gradcam under SESS (2 scales)"), "{out}");
 }
 
 #[test]
