@@ -36,16 +36,24 @@ __device__ __forceinline__ int window_argmax(const T* plane, int h, int w, int o
 }
 
 #define POOL_PARAMS int planes, int h, int w, int oh, int ow, int kh, int kw, int sh, int sw, int ph, int pw
+#define POOL_ARGS planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw
 
 template <class T>
-__device__ __forceinline__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
-                                               POOL_PARAMS) {
+__device__ __forceinline__ void max_pool2d_tangent(const T* __restrict__ x, const T* __restrict__ v,
+                                                   T* __restrict__ y, POOL_PARAMS) {
     const int total = planes * oh * ow;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         const int p = i / (oh * ow), oy = (i / ow) % oh, ox = i % ow;
-        const T* plane = x + (size_t)p * h * w;
-        st(y, i, ld(plane, window_argmax(plane, h, w, oy, ox, kh, kw, sh, sw, ph, pw)));
+        const size_t base = (size_t)p * h * w;
+        st(y, i, ld(v, base + window_argmax(x + base, h, w, oy, ox, kh, kw, sh, sw, ph, pw)));
     }
+}
+
+// The pool picks each window's first maximum: the tangent along x itself.
+template <class T>
+__device__ __forceinline__ void max_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
+                                               POOL_PARAMS) {
+    max_pool2d_tangent(x, x, y, POOL_ARGS);
 }
 
 template <class T>
@@ -92,17 +100,6 @@ __device__ __forceinline__ void max_pool2d_bwd(const T* __restrict__ x, const T*
 }
 
 template <class T>
-__device__ __forceinline__ void max_pool2d_tangent(const T* __restrict__ x, const T* __restrict__ v,
-                                                   T* __restrict__ y, POOL_PARAMS) {
-    const int total = planes * oh * ow;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int p = i / (oh * ow), oy = (i / ow) % oh, ox = i % ow;
-        const size_t base = (size_t)p * h * w;
-        st(y, i, ld(v, base + window_argmax(x + base, h, w, oy, ox, kh, kw, sh, sw, ph, pw)));
-    }
-}
-
-template <class T>
 __device__ __forceinline__ void adaptive_avg_pool2d_fwd(const T* __restrict__ x, T* __restrict__ y,
                                                         int planes, int h, int w, int oh, int ow) {
     const int total = planes * oh * ow;
@@ -140,7 +137,6 @@ __device__ __forceinline__ void adaptive_avg_pool2d_bwd(const T* __restrict__ dy
     }
 }
 
-#define POOL_ARGS planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw
 extern "C" __global__ void max_pool2d_fwd_nhwc_f32(const float* __restrict__ x,
                                                    float* __restrict__ y, int c, POOL_PARAMS) {
     max_pool2d_fwd_nhwc(x, y, c, POOL_ARGS);

@@ -436,9 +436,23 @@ fn resize_rgb(img: &RgbImage, (h, w): (usize, usize)) -> RgbImage {
 
 /// softmax(logits)[c], computed stably.
 pub fn softmax_at(logits: &[f32], c: usize) -> f32 {
-    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let z: f64 = logits.iter().map(|&v| ((v - m) as f64).exp()).sum();
+    let (m, z) = softmax_shift(logits);
     (((logits[c] - m) as f64).exp() / z) as f32
+}
+
+/// The whole softmax, each entry as [`softmax_at`] computes it (the same bits).
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let (m, z) = softmax_shift(logits);
+    logits
+        .iter()
+        .map(|&v| (((v - m) as f64).exp() / z) as f32)
+        .collect()
+}
+
+/// The largest logit and Σ exp(logit − largest).
+fn softmax_shift(logits: &[f32]) -> (f32, f64) {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (m, logits.iter().map(|&v| ((v - m) as f64).exp()).sum())
 }
 
 /// The k largest (index, value) pairs, largest first; lower index first on ties.

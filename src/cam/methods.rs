@@ -143,6 +143,38 @@ impl Method {
         )
     }
 
+    /// The request options this method refuses: `--counterfactual` where negating the
+    /// gradients changes nothing (no gradients, or only their magnitude), `--eigen-smooth`
+    /// where the map is not a channel sum to project (KPCA-CAM, FEM). Shared by `explain`
+    /// and the command line, which checks before reading any image.
+    pub fn check_options(self, counterfactual: bool, eigen_smooth: bool) -> Result<()> {
+        if counterfactual && !self.uses_gradients() {
+            return Err(Error::Invalid(format!(
+                "--counterfactual negates gradients; {} uses none",
+                self.name()
+            )));
+        }
+        if counterfactual && self == Method::SegEigenCam {
+            return Err(Error::Invalid(
+                "--counterfactual negates gradients; segeigencam uses only their magnitude, so \
+                 its map would not change"
+                    .into(),
+            ));
+        }
+        let refuse = |why: &str| {
+            Err(Error::Invalid(format!(
+                "{why}; --eigen-smooth does not apply"
+            )))
+        };
+        match (self, eigen_smooth) {
+            (Method::KpcaCam, true) => {
+                refuse("kpcacam is itself a principal component (in a kernel's feature space)")
+            }
+            (Method::Fem, true) => refuse("fem weighs channels by their high activations"),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the map is a principal-component projection whatever `eigen_smooth` says.
     pub fn is_eigen(self) -> bool {
         matches!(
@@ -264,32 +296,14 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
             )));
         }
     }
-    if req.counterfactual && !req.method.uses_gradients() {
-        return Err(Error::Invalid(format!(
-            "--counterfactual negates gradients; {} uses none",
-            req.method.name()
-        )));
-    }
-    if req.counterfactual && req.method == Method::SegEigenCam {
-        return Err(Error::Invalid(
-            "--counterfactual negates gradients; segeigencam uses only their magnitude, so \
-             its map would not change"
-                .into(),
-        ));
-    }
+    req.method
+        .check_options(req.counterfactual, req.eigen_smooth)?;
     if let Some(f) = req.finer {
         f.check(net.num_classes())?;
         finer::check_combination(req.method, req.counterfactual, req.guided, req.aug_smooth)?;
     }
-    if req.method == Method::KpcaCam && req.eigen_smooth {
-        return Err(Error::Invalid(
-            "kpcacam is itself a principal component (in a kernel's feature space); \
-             --eigen-smooth does not apply"
-                .into(),
-        ));
-    }
     if req.method == Method::Fem {
-        check_fem(req)?;
+        check_fem_k(req.fem_k)?;
     }
     if req.method == Method::KpcaCam {
         req.kpca.check()?;
@@ -519,21 +533,16 @@ fn layer_map<B: Backend>(
     }
 }
 
-/// FEM's settings: a finite threshold, and no principal component (pytorch-grad-cam's FEM
-/// replaces the whole map computation, so it ignores `eigen_smooth`; gradcam says so).
-fn check_fem(req: &CamRequest) -> Result<()> {
-    if !req.fem_k.is_finite() {
-        return Err(Error::Invalid(format!(
-            "FEM's k must be a finite number of standard deviations, not {}",
-            req.fem_k
-        )));
+/// FEM's threshold: a finite number of standard deviations. (pytorch-grad-cam's FEM replaces
+/// the whole map computation, so it ignores `eigen_smooth`; gradcam refuses it, in
+/// [`Method::check_options`].)
+pub fn check_fem_k(k: f32) -> Result<()> {
+    match k.is_finite() {
+        true => Ok(()),
+        false => Err(Error::Invalid(format!(
+            "--fem-k must be a finite number of standard deviations, not {k}"
+        ))),
     }
-    if req.eigen_smooth {
-        return Err(Error::Invalid(
-            "fem weighs channels by their high activations; --eigen-smooth does not apply".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// How a method combines the layer's channels into a map.

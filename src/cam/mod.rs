@@ -15,6 +15,8 @@ pub mod target;
 
 pub use eigen::principal_projection;
 pub use finer::Finer;
-pub use methods::{argmax, explain, grad_cam, CamBatch, CamRequest, ClassSel, Method, FEM_K};
+pub use methods::{
+    argmax, check_fem_k, explain, grad_cam, CamBatch, CamRequest, ClassSel, Method, FEM_K,
+};
 pub use postprocess::{deprocess, normalise_minmax, overlay, upsample_normalised};
 pub use target::Target;

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use super::methods::{choose_classes, explain, CamBatch, CamRequest, ClassSel};
 use super::postprocess::{normalise_minmax, upsample_normalised};
 use crate::backend::Backend;
-use crate::explain::softmax_at;
+use crate::explain::softmax;
 use crate::image::resize_bilinear;
 use crate::model::Network;
 use crate::{Error, Result, Tensor};
@@ -44,6 +44,22 @@ impl Default for Sess {
     }
 }
 
+/// The options SESS refuses (shared with the command line, which checks up front).
+pub fn check_combination(guided: bool, aug_smooth: bool, finer: bool) -> Result<()> {
+    for (on, what) in [
+        (guided, "--guided"),
+        (aug_smooth, "--aug-smooth"),
+        (finer, "--finer"),
+    ] {
+        if on {
+            return Err(Error::Invalid(format!(
+                "--sess does not combine with {what} (it explains patches of rescaled copies)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// One patch: where it was cut (x, y) and the size of the image it was cut from.
 #[derive(Clone, Copy)]
 struct Cut {
@@ -59,17 +75,7 @@ pub(crate) fn explain_sess<B: Backend>(
     req: &CamRequest,
     sess: &Sess,
 ) -> Result<CamBatch> {
-    for (on, what) in [
-        (req.guided, "--guided"),
-        (req.aug_smooth, "--aug-smooth"),
-        (req.finer.is_some(), "--finer"),
-    ] {
-        if on {
-            return Err(Error::Invalid(format!(
-                "SESS does not combine with {what} (it explains patches of rescaled copies)"
-            )));
-        }
-    }
+    check_combination(req.guided, req.aug_smooth, req.finer.is_some())?;
     if sess.num_scales == 0 {
         return Err(Error::Invalid("SESS needs one scale at least".into()));
     }
@@ -210,7 +216,7 @@ fn explain_windows<B: Backend>(
     let placed: Vec<(f32, Vec<f32>)> = (cuts.par_iter().enumerate())
         .map(|(j, cut)| {
             let z = &out.logits.data()[j * nc..(j + 1) * nc];
-            let p: Vec<f32> = (0..nc).map(|k| softmax_at(z, k)).collect();
+            let p = softmax(z);
             let wt = (req.target.score(&p, class) as f32).max(0.0);
             // The base method's output: normalised, resized to the window, normalised again.
             let mut map = out.maps.data()[j * mh * mw..(j + 1) * mh * mw].to_vec();

@@ -90,11 +90,7 @@ fn synthetic(n: usize, side: u32) -> Vec<RgbImage> {
 
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     a.target.check_combination(a.method, false)?;
-    if a.method == Method::Fem && a.eigen_smooth {
-        anyhow::bail!(
-            "fem weighs channels by their high activations; --eigen-smooth does not apply"
-        );
-    }
+    a.method.check_options(false, a.eigen_smooth)?;
     let t_load = Instant::now();
     let net = load_network(&a.model)?;
     let load = t_load.elapsed();

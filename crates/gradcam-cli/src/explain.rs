@@ -261,18 +261,7 @@ fn explain_all<B: Backend>(
     for l in target_layers(&layer)? {
         graph.target(l)?;
     }
-    if a.counterfactual && !a.method.uses_gradients() {
-        anyhow::bail!(
-            "--counterfactual negates gradients; {} uses none",
-            a.method.name()
-        );
-    }
-    if a.counterfactual && a.method == Method::SegEigenCam {
-        anyhow::bail!(
-            "--counterfactual negates gradients; segeigencam uses only their magnitude, so its \
-             map would not change"
-        );
-    }
+    a.method.check_options(a.counterfactual, a.eigen_smooth)?;
     let finer = match a.finer {
         true => {
             let f = Finer {
@@ -285,25 +274,9 @@ fn explain_all<B: Backend>(
         }
         false => None,
     };
-    if a.method == Method::KpcaCam && a.eigen_smooth {
-        anyhow::bail!(
-            "kpcacam is itself a principal component (in a kernel's feature space); \
-             --eigen-smooth does not apply"
-        );
-    }
     a.target.check_combination(a.method, a.finer)?;
     if a.sess {
-        for (on, what) in [
-            (a.guided, "--guided"),
-            (a.aug_smooth, "--aug-smooth"),
-            (a.finer, "--finer"),
-        ] {
-            if on {
-                anyhow::bail!(
-                    "--sess does not combine with {what} (it explains patches of rescaled copies)"
-                );
-            }
-        }
+        gradcam::cam::sess::check_combination(a.guided, a.aug_smooth, a.finer)?;
     }
     let kpca = Kpca {
         kernel: a
@@ -322,16 +295,7 @@ fn explain_all<B: Backend>(
         anyhow::bail!("--fem-k is FEM's setting; add --method fem");
     }
     let fem_k = a.fem_k.unwrap_or(gradcam::cam::FEM_K);
-    if a.method == Method::Fem {
-        if !fem_k.is_finite() {
-            anyhow::bail!("--fem-k must be a finite number of standard deviations, not {fem_k}");
-        }
-        if a.eigen_smooth {
-            anyhow::bail!(
-                "fem weighs channels by their high activations; --eigen-smooth does not apply"
-            );
-        }
-    }
+    gradcam::cam::check_fem_k(fem_k)?;
     if a.method == Method::FullGrad {
         if a.guided || a.eigen_smooth {
             anyhow::bail!(
