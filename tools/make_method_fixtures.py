@@ -384,6 +384,20 @@ def eigen_input(method: str, act: np.ndarray, grad, weights) -> np.ndarray:
     return weights[:, :, None, None] * act
 
 
+def checked_input(rgb, size, src_file, fixtures) -> torch.Tensor:
+    """The preprocessed input, checked bit for bit against the committed file holding it."""
+    x = mf.preprocess(rgb, size)
+    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    return x
+
+
+def add_overlay(tensors: dict, rgb, cam, size) -> None:
+    """show_cam_on_image's overlay of the case's cam, for native-size cases only."""
+    if size == "native":
+        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
+        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+
+
 def run_method(method: str, model, layer_name: str, x: torch.Tensor, targets,
                eigen_smooth: bool = False, **options):
     cls_, has_weights, uses_grads = CLASSES[method]
@@ -501,9 +515,7 @@ def cam_case(entry, method, model, rgb, src_file, fixtures, embed_inputs,
         tensors["weights"] = torch.from_numpy(np.ascontiguousarray(weights))
     if eigen:
         tensors["projection"] = torch.from_numpy(np.ascontiguousarray(seen_raw))
-    if size == "native":
-        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
-        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    add_overlay(tensors, rgb, cam, size)
     return case_id, tensors, None
 
 
@@ -511,8 +523,7 @@ def aug_case(entry, method, model, rgb, src_file, fixtures):
     """obj(x, targets, aug_smooth=True): stores the plain input's logits and class (the
     object's own `outputs` are its last augmented copy's) and the mean cam."""
     model_name, layer_name, img, size = entry
-    x = mf.preprocess(rgb, size)
-    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    x = checked_input(rgb, size, src_file, fixtures)
     with torch.no_grad():
         logits = model(x)
     cls = int(logits.argmax(dim=1).item())
@@ -545,8 +556,7 @@ def multi_layer_case(entry, method, model, rgb, src_file, fixtures):
     """cls_(model, target_layers=[several])(x, targets): stores the plain logits and class
     and the aggregated cam, checked against the single-layer runs' raw maps."""
     model_name, layers, img, size = entry
-    x = mf.preprocess(rgb, size)
-    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    x = checked_input(rgb, size, src_file, fixtures)
     with torch.no_grad():
         logits = model(x)
     cls = int(logits.argmax(dim=1).item())
@@ -579,8 +589,7 @@ def multi_layer_case(entry, method, model, rgb, src_file, fixtures):
 def sess_case(entry, model, rgb, src_file, fixtures):
     """SESS(model, [layer], base_method=cls_)(x, targets): logits, class and the cam."""
     model_name, layer, img, size, method, target_name = entry
-    x = mf.preprocess(rgb, size)
-    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    x = checked_input(rgb, size, src_file, fixtures)
     with torch.no_grad():
         logits = model(x)
     cls = int(logits.argmax(dim=1).item())
@@ -602,8 +611,7 @@ def refine_case(entry, model, rgb, src_file, fixtures):
     checked against the single-layer runs: each layer's map ReLU-ed, min-max normalised,
     resized, normalised again (the base method's output), their product normalised."""
     model_name, layers, img, size, method = entry
-    x = mf.preprocess(rgb, size)
-    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    x = checked_input(rgb, size, src_file, fixtures)
     with torch.no_grad():
         logits = model(x)
     cls = int(logits.argmax(dim=1).item())
@@ -655,9 +663,7 @@ def fullgrad_case(entry, model, rgb, src_file, fixtures):
         "class": torch.tensor([cls], dtype=torch.int64),
         "cam": torch.from_numpy(np.ascontiguousarray(cam)),
     }
-    if size == "native":
-        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
-        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    add_overlay(tensors, rgb, cam, size)
     return case_id, tensors, n_bias
 
 
@@ -666,8 +672,7 @@ def finer_case(entry, model, rgb, src_file, fixtures):
     logits, the main class, the compared classes (as FinerCAM picks them), the cam, and for a
     Grad-CAM base its weights (the mean gradient of the Finer target)."""
     model_name, layer_name, img, size, method, alpha, ranks, target = entry
-    x = mf.preprocess(rgb, size)
-    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    x = checked_input(rgb, size, src_file, fixtures)
     with torch.no_grad():
         logits = model(x)
     out = logits.numpy()
@@ -697,9 +702,7 @@ def finer_case(entry, model, rgb, src_file, fixtures):
     }
     if method == "gradcam":
         tensors["weights"] = gradient.mean(dim=(2, 3)).float().contiguous()
-    if size == "native":
-        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
-        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    add_overlay(tensors, rgb, cam, size)
     return case_id, tensors, target_idx
 
 
@@ -737,8 +740,7 @@ def kpca_case(entry, model, rgb, src_file, fixtures):
     """KPCA_CAM(model, [layer])(x, targets): logits, class, cam and the projection before the
     ReLU (`projection`), checked against a float64 kernel PCA from scratch."""
     model_name, layer, img, size, kernel, gamma = entry
-    x = mf.preprocess(rgb, size)
-    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    x = checked_input(rgb, size, src_file, fixtures)
     with torch.no_grad():
         cls = int(model(x).argmax(dim=1).item())
     cam, logits, activation, _, _, raw = run_method(
@@ -757,9 +759,7 @@ def kpca_case(entry, model, rgb, src_file, fixtures):
         "projection": torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)),
         "cam": torch.from_numpy(np.ascontiguousarray(cam)),
     }
-    if size == "native":
-        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
-        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    add_overlay(tensors, rgb, cam, size)
     return case_id, tensors, err, gap
 
 
@@ -768,8 +768,7 @@ def seg_eigen_case(entry, model, rgb, src_file, fixtures):
     projection before the ReLU (`projection`, checked against a float64 SVD with the same sign
     rule) and cam."""
     model_name, layer, img, size = entry
-    x = mf.preprocess(rgb, size)
-    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    x = checked_input(rgb, size, src_file, fixtures)
     with torch.no_grad():
         cls = int(model(x).argmax(dim=1).item())
     cam, logits, activation, gradient, _, raw = run_method(
@@ -793,9 +792,7 @@ def seg_eigen_case(entry, model, rgb, src_file, fixtures):
         "projection": torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)),
         "cam": torch.from_numpy(np.ascontiguousarray(cam)),
     }
-    if size == "native":
-        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
-        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    add_overlay(tensors, rgb, cam, size)
     return case_id, tensors, f"vs float64 {err:.1e}, " + ("min flipped up" if flipped else "max kept")
 
 
@@ -805,8 +802,7 @@ def fem_case(entry, model, rgb, src_file, fixtures):
     counts above a threshold: the case is refused if a float64 threshold counts differently
     (a value within rounding of it would make the fixture depend on summation order)."""
     model_name, layer, img, size, k = entry
-    x = mf.preprocess(rgb, size)
-    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    x = checked_input(rgb, size, src_file, fixtures)
     with torch.no_grad():
         cls = int(model(x).argmax(dim=1).item())
     layer_mod = model.get_submodule(layer)
@@ -848,9 +844,7 @@ def fem_case(entry, model, rgb, src_file, fixtures):
         "weights": torch.from_numpy(np.ascontiguousarray(weights)),
         "cam": torch.from_numpy(np.ascontiguousarray(cam)),
     }
-    if size == "native":
-        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
-        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    add_overlay(tensors, rgb, cam, size)
     return case_id, tensors, float((weights > 0).mean())
 
 
@@ -890,8 +884,7 @@ def target_case(entry, model, rgb, src_file, fixtures):
     get_cam_weights returned), cam. ShapleyCAM's weights are checked against
     shapley_reference; Score-CAM's and Ablation-CAM's against the target's scores."""
     model_name, layer, img, size, method, target_name = entry
-    x = mf.preprocess(rgb, size)
-    assert torch.equal(load_file(str(fixtures / src_file))["input"], x)
+    x = checked_input(rgb, size, src_file, fixtures)
     with torch.no_grad():
         logits0 = model(x)
         cls = int(logits0.argmax(dim=1).item())
@@ -927,9 +920,7 @@ def target_case(entry, model, rgb, src_file, fixtures):
         "weights": torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)),
         "cam": torch.from_numpy(np.ascontiguousarray(cam)),
     }
-    if size == "native":
-        overlay = show_cam_on_image(rgb, cam[0], use_rgb=True)
-        tensors["overlay"] = torch.from_numpy(np.ascontiguousarray(overlay, dtype=np.uint8))
+    add_overlay(tensors, rgb, cam, size)
     return case_id, tensors, note
 
 
