@@ -1,6 +1,6 @@
 //! Criterion benches of the heavy CPU ops on the shapes that dominate ResNet-50 and VGG16
 //! at 224×224, batch 8: `cargo bench --bench ops`. Throughput is in multiply-adds (images for
-//! the principal component).
+//! the principal component); ROAD's imputation is timed per solve.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gradcam::backend::{Backend, Conv2dParams, CpuBackend};
@@ -117,5 +117,34 @@ fn principal_projection(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, conv, principal_projection);
+/// ROAD's imputation (`gradcam eval`'s ROAD, host work per map): a 224×224 RGB input and a
+/// smooth blob map, at 10, 50 and 90 % MoRF (90, 50 and 10 % of the pixels removed), one
+/// solve each; and all 18 of the default percentiles as `eval` runs them (in parallel on
+/// the machine's threads). tools/bench_road.py times pytorch-grad-cam's on the same case.
+fn road_impute(c: &mut Criterion) {
+    use gradcam::eval::road::{impute, kept, perturbed, Order, PERCENTILES};
+    let (h, w) = (224, 224);
+    let mut rng = Rng::new(3);
+    let x: Vec<f32> = (0..3 * h * w).map(|_| rng.uniform(-2.0, 2.0)).collect();
+    let map: Vec<f32> = (0..h * w)
+        .map(|i| {
+            let (y, xx) = ((i / w) as f32, (i % w) as f32);
+            (-((y - 90.0).powi(2) + (xx - 130.0).powi(2)) / (2.0 * 50.0 * 50.0)).exp()
+        })
+        .collect();
+    let mut group = c.benchmark_group("road_impute");
+    group.sample_size(10);
+    for p in [10.0, 50.0, 90.0] {
+        let keep = kept(&map, p, Order::MoRF, 0);
+        group.bench_function(BenchmarkId::new("road_impute", format!("morf{p}")), |b| {
+            b.iter(|| impute(&x, (h, w), &keep).unwrap())
+        });
+    }
+    group.bench_function(BenchmarkId::new("road_impute", "all18"), |b| {
+        b.iter(|| perturbed(&x, (h, w), &map, &PERCENTILES, 0.01).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, conv, principal_projection, road_impute);
 criterion_main!(benches);

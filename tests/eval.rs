@@ -193,6 +193,7 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
         forward_batch: 8,
         target: gradcam::cam::Target::Logit,
         coherency: true,
+        road: Some(gradcam::eval::road::RoadConfig::default()),
     };
     let r = evaluate_image(&net, &entries[0], &cfg).unwrap();
     let names: Vec<&str> = r.scores.iter().map(|s| s.method.as_str()).collect();
@@ -236,9 +237,16 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
     for s in &r.scores {
         assert!((0.0..=1.0).contains(&s.confidence_drop), "{s:?}");
         assert!((0.0..=1.0).contains(&s.coherency.unwrap()) && (0.0..=1.0).contains(&s.complexity));
+        // ROAD: probability changes, and the combined score their half difference.
+        let (m, l) = (s.road_morf.unwrap(), s.road_lerf.unwrap());
+        assert!(
+            (-1.0..=1.0).contains(&m) && (-1.0..=1.0).contains(&l),
+            "{s:?}"
+        );
+        assert!((s.road_combined.unwrap() - (l - m) / 2.0).abs() < 1e-7);
     }
-    // One map per pass gives the same probabilities (the batching keeps the order); without
-    // Coherency the rest is unchanged.
+    // One map per pass gives the same probabilities (the batching keeps the order; ROAD's
+    // noise is seeded); without Coherency the rest is unchanged.
     let one = EvalConfig {
         forward_batch: 1,
         coherency: false,
@@ -252,7 +260,16 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
         );
         assert_eq!(a.confidence_increase, b.confidence_increase);
         assert_eq!(b.coherency, None);
+        for (x, y) in [(a.road_morf, b.road_morf), (a.road_lerf, b.road_lerf)] {
+            assert!((x.unwrap() - y.unwrap()).abs() < 1e-5, "{a:?} {b:?}");
+        }
     }
+    let no_road = EvalConfig {
+        road: None,
+        ..one.clone()
+    };
+    let r0 = evaluate_image(&net, &entries[0], &no_road).unwrap();
+    assert!(r0.scores.iter().all(|s| s.road_combined.is_none()));
     let agg = aggregate(std::slice::from_ref(&r));
     assert_eq!(agg.len(), 3);
     assert_eq!(

@@ -5,6 +5,7 @@
 
 pub mod manifest;
 pub mod metrics;
+pub mod road;
 
 use serde::Serialize;
 
@@ -40,6 +41,8 @@ pub struct EvalConfig {
     pub target: crate::cam::Target,
     /// Also Coherency: one more explanation per method and image.
     pub coherency: bool,
+    /// ROAD's settings; None skips it.
+    pub road: Option<road::RoadConfig>,
 }
 
 /// The scores of one map of one image.
@@ -68,6 +71,13 @@ pub struct Scores {
     /// (pytorch-grad-cam's Coherency; the centre prior's is 1, as any map that ignores the
     /// input); None when skipped or when that second explanation failed.
     pub coherency: Option<f32>,
+    /// ROAD (pytorch-grad-cam's ROADMostRelevantFirstAverage, ROADLeastRelevantFirstAverage
+    /// and ROADCombined over the class probability): the mean change in the probability when
+    /// the most (MoRF; lower is better) or least (LeRF; higher is better) relevant pixels
+    /// are removed and imputed, and (LeRF − MoRF) / 2; None when skipped.
+    pub road_morf: Option<f32>,
+    pub road_lerf: Option<f32>,
+    pub road_combined: Option<f32>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -95,6 +105,9 @@ pub struct Aggregate {
     pub confidence_increase: f32,
     pub mean_complexity: f32,
     pub mean_coherency: Option<f32>,
+    pub mean_road_morf: Option<f32>,
+    pub mean_road_lerf: Option<f32>,
+    pub mean_road_combined: Option<f32>,
 }
 
 /// The centre-prior baseline's name in reports.
@@ -240,6 +253,18 @@ pub fn evaluate_image<B: Backend>(
             }
             None => (None, None),
         };
+        let road = match &cfg.road {
+            Some(rc) => Some(road::road_scores(
+                net,
+                &x,
+                at_input,
+                e.class,
+                p,
+                rc,
+                cfg.forward_batch,
+            )?),
+            None => None,
+        };
         scores.push(Scores {
             method: name.clone(),
             iou: iou_best,
@@ -254,6 +279,9 @@ pub fn evaluate_image<B: Backend>(
             confidence_increase: pm > p,
             complexity: complexity(at_input),
             coherency: *coh,
+            road_morf: road.map(|r| r.morf),
+            road_lerf: road.map(|r| r.lerf),
+            road_combined: road.map(|r| r.combined()),
         });
     }
     Ok(ImageReport {
@@ -295,6 +323,9 @@ pub fn aggregate(reports: &[ImageReport]) -> Vec<Aggregate> {
                 confidence_increase: frac(&|s| s.confidence_increase),
                 mean_complexity: all.iter().map(|s| s.complexity).sum::<f32>() / n,
                 mean_coherency: mean_opt(&|s| s.coherency),
+                mean_road_morf: mean_opt(&|s| s.road_morf),
+                mean_road_lerf: mean_opt(&|s| s.road_lerf),
+                mean_road_combined: mean_opt(&|s| s.road_combined),
             }
         })
         .collect()

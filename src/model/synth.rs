@@ -27,6 +27,13 @@ impl Rng {
     pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
         lo + (hi - lo) * ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32)
     }
+    /// Standard normal (Box-Muller; one of the pair).
+    pub fn normal(&mut self) -> f64 {
+        // u1 in (0, 1], so its logarithm is finite.
+        let u1 = ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64;
+        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
     pub fn tensor(&mut self, shape: &[usize], lo: f32, hi: f32) -> Tensor {
         let n = shape.iter().product();
         Tensor::new(shape, (0..n).map(|_| self.uniform(lo, hi)).collect())

@@ -10,6 +10,7 @@ use gradcam::backend::Backend;
 use gradcam::cam::multi_layer::{normalised, target_layers};
 use gradcam::cam::{Method, Target};
 use gradcam::eval::manifest::Entry;
+use gradcam::eval::road::RoadConfig;
 use gradcam::eval::{aggregate, evaluate_image, manifest, Aggregate, EvalConfig};
 use gradcam::image::InputSize;
 use gradcam::model::Network;
@@ -58,6 +59,21 @@ pub struct EvalArgs {
     /// Score-CAM and Ablation-CAM).
     #[arg(long)]
     no_coherency: bool,
+    /// ROAD's percentiles (pytorch-grad-cam's ROADCombined): at each, the pixels above it
+    /// (MoRF) or below 100 minus it (LeRF) are removed and filled in by linear imputation.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10,20,30,40,50,60,70,80,90"
+    )]
+    road_percentiles: Vec<f32>,
+    /// Standard deviation of the noise added to ROAD's imputed pixels (normalised units;
+    /// drawn from a fixed seed, the same for every method).
+    #[arg(long, default_value_t = gradcam::eval::road::NOISE)]
+    road_noise: f32,
+    /// Skip ROAD (it runs the network twice per percentile per map).
+    #[arg(long)]
+    no_road: bool,
     /// Write the per-image and aggregate results here as JSON.
     #[arg(long, short)]
     out: Option<PathBuf>,
@@ -114,7 +130,14 @@ fn eval_on<B: Backend>(
         forward_batch: a.forward_batch.max(1),
         target: a.target,
         coherency: !a.no_coherency,
+        road: (!a.no_road).then(|| RoadConfig {
+            percentiles: a.road_percentiles.clone(),
+            noise: a.road_noise,
+        }),
     };
+    if let Some(r) = &cfg.road {
+        r.check()?;
+    }
     // A report that cannot be written is found before the work, not after.
     if let Some(out) = &a.out {
         let dir = out.parent().filter(|d| !d.as_os_str().is_empty());
@@ -157,6 +180,10 @@ fn eval_on<B: Backend>(
             "pointing_tolerance": a.pointing_tolerance,
             "occlusion": cfg.occlusion,
             "curve_steps": cfg.curve_steps,
+            "road": cfg.road.as_ref().map(|r| json!({
+                "percentiles": r.percentiles,
+                "noise": r.noise,
+            })),
             "aggregate": agg,
             "images": reports,
         });
@@ -173,13 +200,14 @@ fn eval_on<B: Backend>(
     })
 }
 
-/// A readable table; lower is better for errors and deletion, higher for the rest.
+/// A readable table; lower is better for errors, deletion, avg-drop and complexity, higher for
+/// the rest (`road` is ROADCombined).
 pub fn table(agg: &[Aggregate]) -> String {
     let opt = |v: Option<f32>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
     // The first column as wide as its longest name (`gradcamelementwise`).
     let mw = agg.iter().map(|a| a.method.len()).fold(14, usize::max);
     let mut s = format!(
-        "{:<mw$} {:>6} {:>10} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}\n",
+        "{:<mw$} {:>6} {:>10} {:>10} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}\n",
         "method",
         "images",
         "top1-loc-e",
@@ -192,11 +220,12 @@ pub fn table(agg: &[Aggregate]) -> String {
         "avg-drop",
         "incr",
         "complex",
-        "coherent"
+        "coherent",
+        "road"
     );
     for a in agg {
         s += &format!(
-            "{:<mw$} {:>6} {:>10.3} {:>10.3} {:>9.3} {:>8.3} {:>8} {:>9} {:>9} {:>8.3} {:>8.3} {:>8.3} {:>8}\n",
+            "{:<mw$} {:>6} {:>10.3} {:>10.3} {:>9.3} {:>8.3} {:>8} {:>9} {:>9} {:>8.3} {:>8.3} {:>8.3} {:>8} {:>7}\n",
             a.method,
             a.images,
             a.top1_loc_error,
@@ -209,7 +238,8 @@ pub fn table(agg: &[Aggregate]) -> String {
             a.mean_confidence_drop,
             a.confidence_increase,
             a.mean_complexity,
-            opt(a.mean_coherency)
+            opt(a.mean_coherency),
+            opt(a.mean_road_combined)
         );
     }
     s

@@ -774,6 +774,20 @@ fn eval_prints_a_table_and_writes_json() {
     assert_eq!(js["images"].as_array().unwrap().len(), 8);
     assert_eq!(js["aggregate"].as_array().unwrap().len(), 3);
     assert_eq!(js["target"], "logit");
+    // ROAD by default: its settings recorded, a combined score per method in the table.
+    assert_eq!(js["road"]["percentiles"].as_array().unwrap().len(), 9);
+    assert!(js["aggregate"][0]["mean_road_combined"].is_number(), "{js}");
+    assert!(js["images"][0]["scores"][0]["road_morf"].is_number());
+    assert!(table.lines().next().unwrap().ends_with("road"), "{table}");
+    // A percentile out of range is refused before any work, naming it.
+    let o = gradcam(&[
+        "eval",
+        manifest.to_str().unwrap(),
+        "--road-percentiles",
+        "10,100",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("ROAD percentile 100"), "{}", stderr(&o));
     // Under ReST ShapleyCAM is scored beside Grad-CAM; a classless method is refused.
     let o = gradcam(&[
         "eval",
@@ -786,6 +800,7 @@ fn eval_prints_a_table_and_writes_json() {
         "0",
         "--occlusion-patch",
         "0",
+        "--no-road",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("shapleycam"));
