@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod cam;
+pub mod dff;
 mod error;
 pub mod eval;
 pub mod explain;

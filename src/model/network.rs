@@ -50,6 +50,18 @@ pub struct FromLayer<T> {
     live: Vec<(usize, T)>,
 }
 
+impl<T> FromLayer<T> {
+    /// The layer's output shape for the images given.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// Whether nodes after the layer also read values from before it (a shortcut), so the
+    /// rest of the network depends on more than the layer's output.
+    pub fn has_live_values(&self) -> bool {
+        !self.live.is_empty()
+    }
+}
+
 /// One target layer's part of [`RunOutput`].
 pub struct LayerOutput<T> {
     /// The layer's activation A, [N, K, h, w].

@@ -1,0 +1,247 @@
+//! Non-negative matrix factorisation X ≈ W·H as scikit-learn's `NMF(n_components=k,
+//! init='random', random_state=0)` computes it (its defaults: coordinate descent, Frobenius
+//! loss, no regularisation, tol 1e-4, at most 200 iterations), which pytorch-grad-cam's Deep
+//! Feature Factorization calls: the same random start (NumPy's legacy MT19937 normals), the
+//! same update order and the same f32 arithmetic in the updates, so the factors agree to
+//! rounding (the products the updates read are summed in f64 here, by BLAS in f32 there).
+
+use rayon::prelude::*;
+
+use crate::{Error, Result};
+
+/// scikit-learn's defaults.
+const TOL: f32 = 1e-4;
+const MAX_ITER: usize = 200;
+
+/// NumPy's `RandomState(seed)`: MT19937 seeded by `init_genrand`, and the legacy polar
+/// Gaussian (`standard_normal`), which draws pairs and hands out the second first.
+pub struct LegacyNormal {
+    mt: [u32; 624],
+    pos: usize,
+    spare: Option<f64>,
+}
+
+impl LegacyNormal {
+    pub fn new(seed: u32) -> Self {
+        let mut mt = [0u32; 624];
+        mt[0] = seed;
+        for i in 1..624 {
+            mt[i] = 1_812_433_253u32
+                .wrapping_mul(mt[i - 1] ^ (mt[i - 1] >> 30))
+                .wrapping_add(i as u32);
+        }
+        LegacyNormal {
+            mt,
+            pos: 624,
+            spare: None,
+        }
+    }
+
+    pub fn next_u32(&mut self) -> u32 {
+        if self.pos == 624 {
+            for i in 0..624 {
+                let y = (self.mt[i] & 0x8000_0000) | (self.mt[(i + 1) % 624] & 0x7fff_ffff);
+                let mut v = self.mt[(i + 397) % 624] ^ (y >> 1);
+                if y & 1 == 1 {
+                    v ^= 0x9908_b0df;
+                }
+                self.mt[i] = v;
+            }
+            self.pos = 0;
+        }
+        let mut y = self.mt[self.pos];
+        self.pos += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    }
+
+    /// A double in [0, 1) from 53 random bits (two draws), as NumPy's legacy double.
+    fn next_f64(&mut self) -> f64 {
+        let a = (self.next_u32() >> 5) as f64;
+        let b = (self.next_u32() >> 6) as f64;
+        (a * 67_108_864.0 + b) / 9_007_199_254_740_992.0
+    }
+
+    pub fn normal(&mut self) -> f64 {
+        if let Some(v) = self.spare.take() {
+            return v;
+        }
+        loop {
+            let x1 = 2.0 * self.next_f64() - 1.0;
+            let x2 = 2.0 * self.next_f64() - 1.0;
+            let r2 = x1 * x1 + x2 * x2;
+            if r2 < 1.0 && r2 != 0.0 {
+                let f = (-2.0 * r2.ln() / r2).sqrt();
+                self.spare = Some(f * x1);
+                return f * x2;
+            }
+        }
+    }
+}
+
+/// The factors of an `n_samples × n_features` matrix: W [n_samples, k], H [k, n_features],
+/// row-major, and the iterations run.
+pub struct Nmf {
+    pub w: Vec<f32>,
+    pub h: Vec<f32>,
+    pub iterations: usize,
+}
+
+/// Factorises the non-negative row-major `x` (`n_samples × n_features`) into k components.
+pub fn nmf(x: &[f32], (ns, nf): (usize, usize), k: usize) -> Result<Nmf> {
+    if k == 0 || ns == 0 || nf == 0 || x.len() != ns * nf {
+        return Err(Error::Invalid(format!(
+            "NMF of {} values as {ns}x{nf} into {k} components",
+            x.len()
+        )));
+    }
+    if let Some(v) = x.iter().find(|v| !(**v >= 0.0) || !v.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "NMF needs finite non-negative values, found {v}"
+        )));
+    }
+    // scikit-learn's random start: sqrt(mean / k) times |N(0, 1)|, H drawn before W.
+    let mean = (x.iter().map(|&v| v as f64).sum::<f64>() / x.len() as f64) as f32;
+    let avg = (mean / k as f32).sqrt();
+    let mut rng = LegacyNormal::new(0);
+    let mut h: Vec<f32> = (0..k * nf)
+        .map(|_| (avg * rng.normal() as f32).abs())
+        .collect();
+    let mut w: Vec<f32> = (0..ns * k)
+        .map(|_| (avg * rng.normal() as f32).abs())
+        .collect();
+    // H is updated as its transpose (rows of k), as scikit-learn does.
+    let mut ht = transpose(&h, k, nf);
+    let xt = transpose(x, ns, nf);
+    let mut first = None;
+    let mut iterations = MAX_ITER;
+    for it in 1..=MAX_ITER {
+        let v = update(x, &mut w, &ht, (ns, nf), k) + update(&xt, &mut ht, &w, (nf, ns), k);
+        let v0 = *first.get_or_insert(v);
+        if v0 == 0.0 || v / v0 <= TOL {
+            iterations = it;
+            break;
+        }
+    }
+    h = transpose(&ht, nf, k);
+    Ok(Nmf { w, h, iterations })
+}
+
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; a.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = a[r * cols + c];
+        }
+    }
+    t
+}
+
+/// One coordinate-descent pass over the k columns of `w` [n, k] for `x` [n, m] ≈ w·otherᵀ,
+/// `other` [m, k]; returns the projected gradient's L1 norm (the stopping measure).
+fn update(x: &[f32], w: &mut [f32], other: &[f32], (n, m): (usize, usize), k: usize) -> f32 {
+    // oo = otherᵀ·other [k, k] and xo = x·other [n, k], summed in f64.
+    let mut oo = vec![0f32; k * k];
+    for a in 0..k {
+        for b in 0..k {
+            oo[a * k + b] = (0..m)
+                .map(|j| other[j * k + a] as f64 * other[j * k + b] as f64)
+                .sum::<f64>() as f32;
+        }
+    }
+    let xo: Vec<f32> = (0..n)
+        .into_par_iter()
+        .flat_map_iter(|i| {
+            let row = &x[i * m..(i + 1) * m];
+            let mut acc = vec![0f64; k];
+            for (j, &v) in row.iter().enumerate() {
+                if v != 0.0 {
+                    let o = &other[j * k..(j + 1) * k];
+                    acc.iter_mut()
+                        .zip(o)
+                        .for_each(|(a, &b)| *a += v as f64 * b as f64);
+                }
+            }
+            acc.into_iter().map(|a| a as f32)
+        })
+        .collect();
+    // scikit-learn's loop: component by component, every row; f32 throughout.
+    let mut violation = 0f32;
+    for t in 0..k {
+        let hess = oo[t * k + t];
+        for i in 0..n {
+            let wi = &mut w[i * k..(i + 1) * k];
+            let mut grad = -xo[i * k + t];
+            for r in 0..k {
+                grad += oo[t * k + r] * wi[r];
+            }
+            let pg = if wi[t] == 0.0 { grad.min(0.0) } else { grad };
+            violation += pg.abs();
+            if hess != 0.0 {
+                wi[t] = (wi[t] - grad / hess).max(0.0);
+            }
+        }
+    }
+    violation
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_normal_is_numpys() {
+        // np.random.RandomState(0): the raw words and standard_normal(5).
+        let mut r = LegacyNormal::new(0);
+        assert_eq!(
+            [r.next_u32(), r.next_u32(), r.next_u32()],
+            [2357136044, 2546248239, 3071714933]
+        );
+        let mut r = LegacyNormal::new(0);
+        let want = [
+            1.764052345967664,
+            0.4001572083672233,
+            0.9787379841057392,
+            2.240893199201458,
+            1.8675579901499675,
+        ];
+        for w in want {
+            assert_eq!(r.normal(), w);
+        }
+    }
+
+    #[test]
+    fn nmf_recovers_an_exact_low_rank_product() {
+        // X = A·B with non-negative A [30, 3], B [3, 40]: the fit's residual is small.
+        let mut rng = crate::model::synth::Rng::new(5);
+        let a: Vec<f32> = (0..90).map(|_| rng.uniform(0.0, 1.0)).collect();
+        let b: Vec<f32> = (0..120).map(|_| rng.uniform(0.0, 1.0)).collect();
+        let x: Vec<f32> = (0..30 * 40)
+            .map(|i| {
+                (0..3)
+                    .map(|r| a[(i / 40) * 3 + r] * b[r * 40 + i % 40])
+                    .sum()
+            })
+            .collect();
+        let f = nmf(&x, (30, 40), 3).unwrap();
+        let mut err = 0f64;
+        let mut norm = 0f64;
+        for i in 0..30 {
+            for j in 0..40 {
+                let v: f32 = (0..3).map(|r| f.w[i * 3 + r] * f.h[r * 40 + j]).sum();
+                err += ((v - x[i * 40 + j]) as f64).powi(2);
+                norm += (x[i * 40 + j] as f64).powi(2);
+            }
+        }
+        assert!(
+            (err / norm).sqrt() < 0.02,
+            "relative error {}",
+            (err / norm).sqrt()
+        );
+        assert!(f.w.iter().chain(&f.h).all(|&v| v >= 0.0));
+        assert!(nmf(&[1.0, -1.0], (1, 2), 1).is_err());
+        assert!(nmf(&[1.0, f32::NAN], (1, 2), 1).is_err());
+    }
+}

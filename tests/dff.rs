@@ -1,0 +1,116 @@
+//! Deep Feature Factorization against pytorch-grad-cam 1.5.7 (tests/fixtures/expected/
+//! dff__*.safetensors, written by tools/make_dff_fixtures.py): the concepts, the raw and the
+//! scaled maps, the concepts' class scores, scikit-learn's iteration count and the overlay.
+
+mod common;
+
+use common::{expected, fixtures, networks, rel_err};
+use gradcam::dff;
+use gradcam::Tensor;
+
+/// A tensor stored as int64 (the iteration count).
+fn int(e: &gradcam::parity::Expected, name: &str) -> i64 {
+    i64::from_le_bytes(e.bytes(name).unwrap()[..8].try_into().unwrap())
+}
+
+#[test]
+fn dff_matches_pytorch_grad_cam() {
+    let nets = networks();
+    let m = common::manifest("manifest.json");
+    let cases = [
+        ("resnet_tiny", "layer4", vec!["a", "b"], "64", 3),
+        ("resnet_basic_tiny", "layer3", vec!["a"], "native", 5),
+        ("vgg_bn_tiny", "features.27", vec!["c"], "native", 4),
+    ];
+    for (model, layer, images, size, k) in cases {
+        let id = format!("dff__{model}__{layer}__{}__{size}__k{k}", images.join("_"));
+        let e = expected(&fixtures().join(format!("expected/{id}.safetensors")));
+        // The inputs: the committed manifest.json files holding (image, size).
+        let inputs: Vec<Tensor> = (images.iter())
+            .map(|im| {
+                let case = (m["cases"].as_array().unwrap().iter())
+                    .find(|c| {
+                        c["image"] == format!("images/{im}.png")
+                            && (c["size"].to_string().trim_matches('"') == size)
+                    })
+                    .unwrap();
+                expected(&fixtures().join(case["expected"].as_str().unwrap())).f32("input")
+            })
+            .collect();
+        let (_, c, h, w) = inputs[0].dims4();
+        let data: Vec<f32> = inputs.iter().flat_map(|t| t.data().to_vec()).collect();
+        let x = Tensor::new([inputs.len(), c, h, w], data);
+        let net = &nets[model];
+        let (act, _) = dff::activations(net, x, layer).unwrap();
+        let f = dff::factorize(&act, k).unwrap();
+
+        // The same start, updates and stopping rule: the same iteration count, and factors
+        // equal to rounding carried through the iterations (our activations differ from
+        // torch's by about 1e-6, the products inside the updates are summed in another
+        // order; measured 4e-7 to 2.3e-6): within 1e-4 of the largest value.
+        assert_eq!(f.iterations as i64, int(&e, "iterations"), "{id}");
+        let concepts = e.f32("concepts");
+        assert_eq!(f.concepts.shape(), concepts.shape(), "{id}");
+        let err = rel_err(&f.concepts, &concepts);
+        assert!(err < 1e-4, "{id}: concepts off by {err}");
+        let maps = e.f32("maps");
+        let err = rel_err(&f.maps, &maps);
+        assert!(err < 1e-4, "{id}: maps off by {err}");
+
+        // scale_cam_image per image: normalised at the layer's size, resized to the input's.
+        let expl = e.f32("explanations");
+        let (mh, mw) = (f.maps.shape()[2], f.maps.shape()[3]);
+        for n in 0..inputs.len() {
+            let ours = dff::scale_maps(
+                &f.maps.data()[n * k * mh * mw..][..k * mh * mw],
+                (mh, mw),
+                (h, w),
+            );
+            let theirs = &expl.data()[n * k * h * w..][..k * h * w];
+            let d = (ours.iter().zip(theirs)).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(d < 1e-4, "{id}: explanations of image {n} off by {d}");
+        }
+
+        // The concepts' class scores: `model.fc(concepts.T)` for a ResNet at layer4, which
+        // the network run on from the layer on a constant map equals.
+        let scores = dff::concept_scores(net, layer, &f.concepts, (h, w)).unwrap();
+        if e.tensors.contains_key("scores") {
+            let theirs = e.f32("scores");
+            let ours = scores.as_ref().expect("layer4 feeds the head alone");
+            let err = rel_err(ours, &theirs);
+            assert!(err < 1e-4, "{id}: concept scores off by {err}");
+        }
+        // Every other layer here feeds the rest alone too: scores for every concept.
+        assert_eq!(scores.unwrap().shape(), [k, net.num_classes()], "{id}");
+        // Inside a residual block the rest also reads the shortcut: no scores.
+        if model == "resnet_tiny" {
+            let act = dff::activations(
+                net,
+                Tensor::new([1, c, h, w], inputs[0].data().to_vec()),
+                "layer4.0.conv2",
+            )
+            .unwrap()
+            .0;
+            let f = dff::factorize(&act, 2).unwrap();
+            assert!(
+                dff::concept_scores(net, "layer4.0.conv2", &f.concepts, (h, w))
+                    .unwrap()
+                    .is_none()
+            );
+        }
+
+        // The overlay (first image, native size): within one level (truncations of values
+        // equal to rounding).
+        if let Some(theirs) = e.bytes("overlay") {
+            let img =
+                gradcam::image::load_rgb8(&fixtures().join(format!("images/{}.png", images[0])))
+                    .unwrap();
+            let scaled = dff::scale_maps(&f.maps.data()[..k * mh * mw], (mh, mw), (h, w));
+            let ours = dff::overlay(&img, &scaled, k, dff::IMAGE_WEIGHT).unwrap();
+            let off = (ours.as_raw().iter().zip(theirs))
+                .filter(|(a, b)| a.abs_diff(**b) > 1)
+                .count();
+            assert_eq!(off, 0, "{id}: overlay bytes off by more than 1");
+        }
+    }
+}
