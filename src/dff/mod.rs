@@ -276,10 +276,9 @@ pub fn overlay(img: &RgbImage, maps: &[f32], k: usize, image_weight: f32) -> Res
         let c = owner[p];
         let v = (255.0 * maps[c * hw + p]) as u8;
         let colour = tables[c][v as usize];
-        for ch in 0..3 {
-            let m = (colour[ch] as f32 / 255.0) * rest;
-            let val = px.0[ch] as f64 / 255.0 * weight + m as f64;
-            px.0[ch] = (val * 255.0) as u8;
+        for (v, &col) in px.0.iter_mut().zip(&colour) {
+            let m = (col as f32 / 255.0) * rest;
+            *v = ((*v as f64 / 255.0 * weight + m as f64) * 255.0) as u8;
         }
     }
     Ok(out)

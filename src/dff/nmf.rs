@@ -97,7 +97,7 @@ pub fn nmf(x: &[f32], (ns, nf): (usize, usize), k: usize) -> Result<Nmf> {
             x.len()
         )));
     }
-    if let Some(v) = x.iter().find(|v| !(**v >= 0.0) || !v.is_finite()) {
+    if let Some(v) = x.iter().find(|v| !v.is_finite() || **v < 0.0) {
         return Err(Error::Invalid(format!(
             "NMF needs finite non-negative values, found {v}"
         )));
