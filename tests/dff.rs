@@ -42,7 +42,7 @@ fn dff_matches_pytorch_grad_cam() {
         let x = Tensor::new([inputs.len(), c, h, w], data);
         let net = &nets[model];
         let (act, _) = dff::activations(net, x, layer).unwrap();
-        let f = dff::factorize(&act, k).unwrap();
+        let f = dff::factorize(std::slice::from_ref(&act), k).unwrap();
 
         // The same start, updates and stopping rule: the same iteration count, and factors
         // equal to rounding carried through the iterations (our activations differ from
@@ -54,18 +54,32 @@ fn dff_matches_pytorch_grad_cam() {
         let err = rel_err(&f.concepts, &concepts);
         assert!(err < 1e-4, "{id}: concepts off by {err}");
         let maps = e.f32("maps");
-        let err = rel_err(&f.maps, &maps);
+        let ours: Vec<f32> = f.maps.iter().flat_map(|m| m.data().to_vec()).collect();
+        let err = rel_err(&Tensor::new(maps.shape(), ours), &maps);
         assert!(err < 1e-4, "{id}: maps off by {err}");
+
+        // Images given one tensor each factorise as the batch does (images of their own
+        // sizes go in that way).
+        if inputs.len() > 1 {
+            let (n, kc, ah, aw) = act.dims4();
+            let per = kc * ah * aw;
+            let split: Vec<Tensor> = (0..n)
+                .map(|i| Tensor::new([1, kc, ah, aw], act.data()[i * per..(i + 1) * per].to_vec()))
+                .collect();
+            let g = dff::factorize(&split, k).unwrap();
+            assert_eq!(g.concepts.data(), f.concepts.data(), "{id}");
+            assert!(g
+                .maps
+                .iter()
+                .zip(&f.maps)
+                .all(|(a, b)| a.data() == b.data()));
+        }
 
         // scale_cam_image per image: normalised at the layer's size, resized to the input's.
         let expl = e.f32("explanations");
-        let (mh, mw) = (f.maps.shape()[2], f.maps.shape()[3]);
+        let (mh, mw) = (f.maps[0].shape()[1], f.maps[0].shape()[2]);
         for n in 0..inputs.len() {
-            let ours = dff::scale_maps(
-                &f.maps.data()[n * k * mh * mw..][..k * mh * mw],
-                (mh, mw),
-                (h, w),
-            );
+            let ours = dff::scale_maps(f.maps[n].data(), (mh, mw), (h, w));
             let theirs = &expl.data()[n * k * h * w..][..k * h * w];
             let d = (ours.iter().zip(theirs)).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(d < 1e-4, "{id}: explanations of image {n} off by {d}");
@@ -91,7 +105,7 @@ fn dff_matches_pytorch_grad_cam() {
             )
             .unwrap()
             .0;
-            let f = dff::factorize(&act, 2).unwrap();
+            let f = dff::factorize(&[act], 2).unwrap();
             assert!(
                 dff::concept_scores(net, "layer4.0.conv2", &f.concepts, (h, w))
                     .unwrap()
@@ -105,7 +119,7 @@ fn dff_matches_pytorch_grad_cam() {
             let img =
                 gradcam::image::load_rgb8(&fixtures().join(format!("images/{}.png", images[0])))
                     .unwrap();
-            let scaled = dff::scale_maps(&f.maps.data()[..k * mh * mw], (mh, mw), (h, w));
+            let scaled = dff::scale_maps(f.maps[0].data(), (mh, mw), (h, w));
             let ours = dff::overlay(&img, &scaled, k, dff::IMAGE_WEIGHT).unwrap();
             let off = (ours.as_raw().iter().zip(theirs))
                 .filter(|(a, b)| a.abs_diff(**b) > 1)

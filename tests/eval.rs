@@ -237,14 +237,28 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
     for s in &r.scores {
         assert!((0.0..=1.0).contains(&s.confidence_drop), "{s:?}");
         assert!((0.0..=1.0).contains(&s.coherency.unwrap()) && (0.0..=1.0).contains(&s.complexity));
-        // ROAD: probability changes, and the combined score their half difference.
-        let (m, l) = (s.road_morf.unwrap(), s.road_lerf.unwrap());
-        assert!(
-            (-1.0..=1.0).contains(&m) && (-1.0..=1.0).contains(&l),
-            "{s:?}"
-        );
-        assert!((s.road_combined.unwrap() - (l - m) / 2.0).abs() < 1e-7);
     }
+    // ROAD of the centre prior by hand: road_scores on the input, the prior at the input's
+    // size, the class and its probability (the wiring: map, base and class), within 1e-6.
+    let by_hand = gradcam::eval::road::road_scores(
+        &net,
+        &x,
+        &prior,
+        4,
+        p,
+        &gradcam::eval::road::RoadConfig::default(),
+        3,
+    )
+    .unwrap();
+    assert!(
+        (centre.road_morf.unwrap() - by_hand.morf).abs() < 1e-6,
+        "{centre:?}"
+    );
+    assert!(
+        (centre.road_lerf.unwrap() - by_hand.lerf).abs() < 1e-6,
+        "{centre:?}"
+    );
+    assert!((centre.road_combined.unwrap() - by_hand.combined()).abs() < 1e-6);
     // One map per pass gives the same probabilities (the batching keeps the order; ROAD's
     // noise is seeded); without Coherency the rest is unchanged.
     let one = EvalConfig {

@@ -95,8 +95,9 @@ fn road_matches_pytorch_grad_cam() {
     }
 }
 
-/// The noise: N(0, noise²) on the removed pixels only, the same draw on every call (so every
-/// method's map meets the same noise), another for another seed.
+/// The noise: N(0, noise²) on the removed pixels only, the same draw on every call and at
+/// the same pixel whatever else is removed (so every method's map meets the same noise),
+/// another for another seed.
 #[test]
 fn road_noise_is_seeded_and_on_removed_pixels_only() {
     let (h, w) = (60, 80);
@@ -111,6 +112,18 @@ fn road_noise_is_seeded_and_on_removed_pixels_only() {
         match keep[i % (h * w)] {
             true => assert_eq!(n, c),
             false => d.push((n - c) as f64),
+        }
+    }
+    // Another mask: where a pixel is removed in both, it gets the same draw.
+    let keep2: Vec<bool> = (0..h * w).map(|i| (i % w) % 2 == 0).collect();
+    let clean2 = road::impute(&x, (h, w), &keep2).unwrap();
+    let b = road::impute_noisy(&x, (h, w), &keep2, 0.5, 11).unwrap();
+    for i in 0..3 * h * w {
+        if !keep[i % (h * w)] && !keep2[i % (h * w)] {
+            assert!(
+                ((a[i] - clean[i]) - (b[i] - clean2[i])).abs() < 1e-6,
+                "pixel {i}"
+            );
         }
     }
     let mean = d.iter().sum::<f64>() / d.len() as f64;
@@ -136,4 +149,41 @@ fn road_settings_are_checked() {
         let err = RoadConfig { percentiles, noise }.check().unwrap_err();
         assert!(err.to_string().contains(what), "{err}");
     }
+}
+
+/// A map flat over most of the image (Grad-CAM's zeros; pytorch-grad-cam's ROAD is NaN
+/// there, nothing being kept at the low percentiles): finite scores, the same on every run,
+/// and a non-finite map is an error naming it.
+#[test]
+fn road_scores_flat_maps() {
+    let nets = networks();
+    let net = &nets["resnet_tiny"];
+    let x = input("a");
+    let (_, _, h, w) = x.dims4();
+    let map: Vec<f32> = (0..h * w)
+        .map(|i| {
+            if i % w > 2 * w / 3 {
+                (i % w) as f32 / w as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let base = gradcam::explain::softmax_at(net.forward(x.clone()).unwrap().data(), 3);
+    let cfg = RoadConfig::default();
+    let a = road::road_scores(net, &x, &map, 3, base, &cfg, 6).unwrap();
+    assert!(a.morf.is_finite() && a.lerf.is_finite(), "{a:?}");
+    assert_eq!(
+        a,
+        road::road_scores(net, &x, &map, 3, base, &cfg, 4).unwrap()
+    );
+    // At 10 % MoRF the flat part supplies every kept pixel: 10 % of them, all at zero.
+    let keep = road::kept(&map, 10.0, Order::MoRF, 5);
+    let want = ((h * w) as f64 * 0.1).round() as usize;
+    assert_eq!(keep.iter().filter(|&&k| k).count(), want);
+    assert!(keep.iter().zip(&map).all(|(&k, &m)| !k || m == 0.0));
+    let mut bad = map.clone();
+    bad[7] = f32::NAN;
+    let err = road::road_scores(net, &x, &bad, 3, base, &cfg, 6).unwrap_err();
+    assert!(err.to_string().contains("not finite"), "{err}");
 }

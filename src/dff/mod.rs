@@ -22,34 +22,49 @@ pub const COMPONENTS: usize = 16;
 /// `run_dff_on_image`'s image weight in the overlay.
 pub const IMAGE_WEIGHT: f32 = 0.3;
 
-/// A batch's factorisation.
+/// A factorisation of several images' activations.
 pub struct Factorization {
     /// The concepts, [K, k]: column c is concept c's activation vector.
     pub concepts: Tensor,
-    /// Where each concept is, per image: [N, k, h, w] at the layer's size, unnormalised.
-    pub maps: Tensor,
+    /// Where each concept is, per image: [k, h, w] at the layer's size, unnormalised.
+    pub maps: Vec<Tensor>,
     /// NMF iterations run (at most 200).
     pub iterations: usize,
 }
 
-/// pytorch-grad-cam's `dff(activations, n_components)` on [N, K, h, w] activations (NaN read
-/// as 0).
-pub fn factorize(act: &Tensor, k: usize) -> Result<Factorization> {
-    let (n, c, h, w) = act.dims4();
-    let hw = h * w;
+/// pytorch-grad-cam's `dff(activations, n_components)` over the images of `acts`, each
+/// [N, K, h, w] (NaN read as 0); the tensors may differ in N, h and w (images of their own
+/// sizes), not in K. For one tensor this is pytorch-grad-cam's batch exactly.
+pub fn factorize(acts: &[Tensor], k: usize) -> Result<Factorization> {
     if k == 0 {
         return Err(Error::Invalid("DFF needs at least one concept".into()));
     }
-    // [K, N·h·w]: channel-major, then image, then position.
-    let cols = n * hw;
+    let Some(first) = acts.first() else {
+        return Err(Error::Invalid("DFF needs at least one image".into()));
+    };
+    let c = first.dims4().1;
+    if let Some(t) = acts.iter().find(|t| t.dims4().1 != c) {
+        return Err(Error::Invalid(format!(
+            "DFF: activations of {} and {c} channels",
+            t.dims4().1
+        )));
+    }
+    // [K, Σ N·h·w]: channel-major, then image, then position.
+    let cols: usize = acts.iter().map(|t| t.len() / c).sum();
     let mut x = vec![0f32; c * cols];
-    for img in 0..n {
-        for ch in 0..c {
-            let src = &act.data()[(img * c + ch) * hw..][..hw];
-            let dst = &mut x[ch * cols + img * hw..][..hw];
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = if s.is_nan() { 0.0 } else { s };
+    let mut at = 0;
+    for t in acts {
+        let (n, _, h, w) = t.dims4();
+        let hw = h * w;
+        for img in 0..n {
+            for ch in 0..c {
+                let src = &t.data()[(img * c + ch) * hw..][..hw];
+                let dst = &mut x[ch * cols + at..][..hw];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = if s.is_nan() { 0.0 } else { s };
+                }
             }
+            at += hw;
         }
     }
     let mut offset = vec![0f32; c];
@@ -59,17 +74,23 @@ pub fn factorize(act: &Tensor, k: usize) -> Result<Factorization> {
     }
     let f = nmf::nmf(&x, (c, cols), k)?;
     let concepts: Vec<f32> = (0..c * k).map(|i| f.w[i] + offset[i / k]).collect();
-    // H [k, N·h·w] → [N, k, h, w].
-    let mut maps = vec![0f32; n * k * hw];
-    for comp in 0..k {
-        for img in 0..n {
-            maps[(img * k + comp) * hw..][..hw]
-                .copy_from_slice(&f.h[comp * cols + img * hw..][..hw]);
+    // H [k, Σ N·h·w] → per image [k, h, w].
+    let mut maps = Vec::new();
+    let mut at = 0;
+    for t in acts {
+        let (n, _, h, w) = t.dims4();
+        for _ in 0..n {
+            let mut m = Vec::with_capacity(k * h * w);
+            for comp in 0..k {
+                m.extend_from_slice(&f.h[comp * cols + at..][..h * w]);
+            }
+            maps.push(Tensor::new([k, h, w], m));
+            at += h * w;
         }
     }
     Ok(Factorization {
         concepts: Tensor::new([c, k], concepts),
-        maps: Tensor::new([n, k, h, w], maps),
+        maps,
         iterations: f.iterations,
     })
 }

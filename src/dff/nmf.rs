@@ -2,10 +2,8 @@
 //! init='random', random_state=0)` computes it (its defaults: coordinate descent, Frobenius
 //! loss, no regularisation, tol 1e-4, at most 200 iterations), which pytorch-grad-cam's Deep
 //! Feature Factorization calls: the same random start (NumPy's legacy MT19937 normals), the
-//! same update order and the same f32 arithmetic in the updates, so the factors agree to
-//! rounding (the products the updates read are summed in f64 here, by BLAS in f32 there).
-
-use rayon::prelude::*;
+//! same update order and the same f32 arithmetic, so the factors agree to rounding (the
+//! products the updates read are f32 matrix products in both, summed in another order).
 
 use crate::{Error, Result};
 
@@ -142,31 +140,38 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// One coordinate-descent pass over the k columns of `w` [n, k] for `x` [n, m] ≈ w·otherᵀ,
 /// `other` [m, k]; returns the projected gradient's L1 norm (the stopping measure).
 fn update(x: &[f32], w: &mut [f32], other: &[f32], (n, m): (usize, usize), k: usize) -> f32 {
-    // oo = otherᵀ·other [k, k] and xo = x·other [n, k], summed in f64.
+    use crate::backend::cpu::gemm::{sgemm, Mat, Parallelism};
+    let par = match rayon::current_num_threads() {
+        1 => Parallelism::None,
+        t => Parallelism::Rayon(t),
+    };
+    // oo = otherᵀ·other [k, k] and xo = x·other [n, k]: f32 products, as scikit-learn's
+    // BLAS calls.
     let mut oo = vec![0f32; k * k];
-    for a in 0..k {
-        for b in 0..k {
-            oo[a * k + b] = (0..m)
-                .map(|j| other[j * k + a] as f64 * other[j * k + b] as f64)
-                .sum::<f64>() as f32;
-        }
-    }
-    let xo: Vec<f32> = (0..n)
-        .into_par_iter()
-        .flat_map_iter(|i| {
-            let row = &x[i * m..(i + 1) * m];
-            let mut acc = vec![0f64; k];
-            for (j, &v) in row.iter().enumerate() {
-                if v != 0.0 {
-                    let o = &other[j * k..(j + 1) * k];
-                    acc.iter_mut()
-                        .zip(o)
-                        .for_each(|(a, &b)| *a += v as f64 * b as f64);
-                }
-            }
-            acc.into_iter().map(|a| a as f32)
-        })
-        .collect();
+    let ot = Mat::transposed(other, k);
+    sgemm(
+        k,
+        k,
+        m,
+        ot,
+        Mat::row_major(other, k),
+        &mut oo,
+        k,
+        false,
+        par,
+    );
+    let mut xo = vec![0f32; n * k];
+    sgemm(
+        n,
+        k,
+        m,
+        Mat::row_major(x, m),
+        Mat::row_major(other, k),
+        &mut xo,
+        k,
+        false,
+        par,
+    );
     // scikit-learn's loop: component by component, every row; f32 throughout.
     let mut violation = 0f32;
     for t in 0..k {

@@ -74,7 +74,8 @@ pub struct Scores {
     /// ROAD (pytorch-grad-cam's ROADMostRelevantFirstAverage, ROADLeastRelevantFirstAverage
     /// and ROADCombined over the class probability): the mean change in the probability when
     /// the most (MoRF; lower is better) or least (LeRF; higher is better) relevant pixels
-    /// are removed and imputed, and (LeRF − MoRF) / 2; None when skipped.
+    /// are removed and imputed, and (LeRF − MoRF) / 2; None when skipped or when the map
+    /// cannot be scored (values that are not finite).
     pub road_morf: Option<f32>,
     pub road_lerf: Option<f32>,
     pub road_combined: Option<f32>,
@@ -253,18 +254,10 @@ pub fn evaluate_image<B: Backend>(
             }
             None => (None, None),
         };
-        let road = match &cfg.road {
-            Some(rc) => Some(road::road_scores(
-                net,
-                &x,
-                at_input,
-                e.class,
-                p,
-                rc,
-                cfg.forward_batch,
-            )?),
-            None => None,
-        };
+        // ROAD's failure (a map that is not finite) costs only its scores.
+        let road = (cfg.road.as_ref()).and_then(|rc| {
+            road::road_scores(net, &x, at_input, e.class, p, rc, cfg.forward_batch).ok()
+        });
         scores.push(Scores {
             method: name.clone(),
             iou: iou_best,

@@ -8,7 +8,7 @@
 //! (1/6 for the four beside it, 1/12 for the diagonal ones), removed neighbours included, so
 //! the filled values solve one sparse symmetric system per image (pytorch-grad-cam hands it to
 //! SciPy's direct `spsolve`). Here it is solved by conjugate gradients preconditioned with an
-//! aggregation multigrid V-cycle, in f64, to a relative residual of 1e-10: a few dozen
+//! aggregation multigrid V-cycle, in f64, to a relative residual of 1e-10: 15-40
 //! iterations whatever the share removed, where plain conjugate gradients need thousands on
 //! large removed regions (their condition grows with the region's width squared).
 
@@ -47,21 +47,25 @@ const NEIGHBOURS: [(isize, isize, f64); 8] = [
     (1, 1, 1.0 / 12.0),
 ];
 
-/// `np.percentile(v, p)` (its default linear method) of f32 values, interpolated in f32 as
-/// NumPy does for an f32 array.
+/// `np.percentile(v, p)` (its default linear method) of f32 values as NumPy 2.4 computes it
+/// for an f32 array and a Python number p: the quantile and the virtual index in f64, the
+/// interpolation in f32 (the weight rounded to f32).
 pub fn percentile(v: &[f32], p: f32) -> f32 {
     let mut s = v.to_vec();
     s.sort_by(f32::total_cmp);
-    let (n, q) = (s.len(), p as f64 / 100.0);
+    let n = s.len();
     if n == 0 {
         return f32::NAN;
     }
-    // NumPy's virtual index for alpha = beta = 1, in its own order of operations.
+    // p as the decimal it was written as (33.3, not the f32 nearest it), as Python has it.
+    let p: f64 = p.to_string().parse().unwrap_or(p as f64);
+    let q = p / 100.0;
+    // NumPy's virtual index for alpha = beta = 1, in its order of operations.
     let vi = (n as f64 * q + (1.0 - q) - 1.0).clamp(0.0, (n - 1) as f64);
-    let lo = vi.floor() as usize;
-    let hi = (lo + 1).min(n - 1);
-    let t = vi - lo as f64;
-    let (a, b) = (s[lo], s[hi]);
+    let lo = vi.floor();
+    let t = vi - lo;
+    let lo = lo as usize;
+    let (a, b) = (s[lo], s[(lo + 1).min(n - 1)]);
     let d = b - a;
     if t >= 0.5 {
         b - d * (1.0 - t) as f32
@@ -79,6 +83,9 @@ pub fn kept(map: &[f32], p: f32, order: Order, seed: u64) -> Vec<bool> {
         Order::MoRF => map.to_vec(),
         Order::LeRF => map.iter().map(|&v| 1.0 - v).collect(),
     };
+    if ranked.is_empty() {
+        return Vec::new();
+    }
     let thr = percentile(&ranked, p);
     let keep: Vec<bool> = ranked.iter().map(|&v| v < thr).collect();
     if keep.iter().any(|&k| k) {
@@ -162,8 +169,9 @@ pub fn impute(x: &[f32], (h, w): (usize, usize), keep: &[bool]) -> Result<Vec<f3
     Ok(out)
 }
 
-/// `impute`, then `noise` × N(0, 1) added to every removed value (a generator seeded by
-/// `seed`, so a run is repeatable and every method's map meets the same noise).
+/// `impute`, then `noise` × N(0, 1) added to every removed value: one field of draws over
+/// every pixel and channel from a generator seeded by `seed`, added where a pixel is
+/// removed, so a run is repeatable and every map sees the same draw at the same pixel.
 pub fn impute_noisy(
     x: &[f32],
     hw: (usize, usize),
@@ -175,27 +183,34 @@ pub fn impute_noisy(
     if noise != 0.0 {
         let mut rng = Rng::new(seed);
         for plane in out.chunks_mut(hw.0 * hw.1) {
-            for (v, _) in plane.iter_mut().zip(keep).filter(|(_, &k)| !k) {
-                *v += noise * rng.normal() as f32;
+            for (v, &k) in plane.iter_mut().zip(keep) {
+                let draw = noise * rng.normal() as f32;
+                if !k {
+                    *v += draw;
+                }
             }
         }
     }
     Ok(out)
 }
 
-/// The removed-and-imputed copies of a [C, H, W] input for every (order, percentile), MoRF's
-/// first, in parallel; the seeds depend only on the order and the percentile's position.
-pub fn perturbed(
+/// The (order, percentile position, percentile) of every copy ROAD makes, MoRF's first.
+fn jobs(percentiles: &[f32]) -> Vec<(Order, usize, f32)> {
+    [Order::MoRF, Order::LeRF]
+        .into_iter()
+        .flat_map(|o| percentiles.iter().enumerate().map(move |(k, &p)| (o, k, p)))
+        .collect()
+}
+
+/// The removed-and-imputed copy of a [C, H, W] input for one job, in parallel over `jobs`;
+/// the seeds depend only on the order and the percentile's position.
+fn perturbed_for(
     x: &[f32],
     hw: (usize, usize),
     map: &[f32],
-    percentiles: &[f32],
+    jobs: &[(Order, usize, f32)],
     noise: f32,
 ) -> Result<Vec<Vec<f32>>> {
-    let jobs: Vec<(Order, usize, f32)> = [Order::MoRF, Order::LeRF]
-        .into_iter()
-        .flat_map(|o| percentiles.iter().enumerate().map(move |(k, &p)| (o, k, p)))
-        .collect();
     jobs.par_iter()
         .map(|&(o, k, p)| {
             let seed = 0x524F_4144_0000 ^ (((o == Order::LeRF) as u64) << 16) ^ k as u64;
@@ -203,6 +218,18 @@ pub fn perturbed(
             impute_noisy(x, hw, &keep, noise, seed.wrapping_mul(0x9E37_79B9))
         })
         .collect()
+}
+
+/// Every copy ROAD makes of a [C, H, W] input, MoRF's first (what `road_scores` feeds the
+/// network `batch` at a time).
+pub fn perturbed(
+    x: &[f32],
+    hw: (usize, usize),
+    map: &[f32],
+    percentiles: &[f32],
+    noise: f32,
+) -> Result<Vec<Vec<f32>>> {
+    perturbed_for(x, hw, map, &jobs(percentiles), noise)
 }
 
 /// ROAD's settings: the percentiles averaged over and the imputation's noise.
@@ -279,11 +306,18 @@ pub fn road_scores<B: Backend>(
             x.shape()
         )));
     }
-    let copies = perturbed(x.data(), (h, w), map, &cfg.percentiles, cfg.noise)?;
-    let mut change = Vec::with_capacity(copies.len());
-    for chunk in copies.chunks(batch.max(1)) {
-        let m = chunk.len();
-        let t = Tensor::new([m, c, h, w], chunk.concat());
+    if map.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Invalid(
+            "ROAD: the map has values that are not finite".into(),
+        ));
+    }
+    // The copies `batch` at a time: a large image's 18 copies need not all be held at once.
+    let all = jobs(&cfg.percentiles);
+    let mut change = Vec::with_capacity(all.len());
+    for chunk in all.chunks(batch.max(1)) {
+        let copies = perturbed_for(x.data(), (h, w), map, chunk, cfg.noise)?;
+        let m = copies.len();
+        let t = Tensor::new([m, c, h, w], copies.concat());
         let logits = net.forward(net.backend().upload(t)?)?;
         let nc = net.num_classes();
         change
@@ -663,8 +697,16 @@ mod tests {
     #[test]
     fn imputed_pixels_are_their_neighbours_mean() {
         let mut rng = Rng::new(7);
-        for &(h, w, share) in &[(1, 9, 0.5), (13, 7, 0.1), (40, 57, 0.9), (64, 64, 0.5)] {
-            let x: Vec<f32> = (0..3 * h * w).map(|_| rng.uniform(-2.0, 2.0)).collect();
+        for &(h, w, share) in &[
+            (1, 9, 0.5),
+            (9, 1, 0.5),
+            (13, 7, 0.1),
+            (40, 57, 0.9),
+            (61, 33, 0.7),
+            (64, 64, 0.5),
+        ] {
+            // Four channels: a full right-hand-side group and a part-filled one.
+            let x: Vec<f32> = (0..4 * h * w).map(|_| rng.uniform(-2.0, 2.0)).collect();
             // A blob removed plus scattered pixels, so regions of every size occur.
             let keep: Vec<bool> = (0..h * w)
                 .map(|i| {
@@ -704,6 +746,40 @@ mod tests {
             (100.0, 10.0),
         ] {
             assert!((percentile(&v, p) - want).abs() < 1e-6, "p {p}");
+        }
+        // Bit for bit, NumPy 2.4.6 (p as Python floats): a = np.float32([(i*i % 10007) / 10007 for i in range(n)]),
+        // np.float32(np.percentile(a, p)).view(np.uint32).
+        let ps = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 33.3];
+        let want: [(usize, [u32; 10]); 3] = [
+            (
+                7,
+                [
+                    0x387b7b71, 0x3927a7a1, 0x39b2221b, 0x3a1d2d27, 0x3a6bc3bb, 0x3aace4de,
+                    0x3ae9251c, 0x3b17efea, 0x3b408a83, 0x39d14110,
+                ],
+            ),
+            (
+                1000,
+                [
+                    0x3da571cc, 0x3e329021, 0x3e8cc34e, 0x3ebf7f50, 0x3ef59d1a, 0x3f132c7d,
+                    0x3f2f05bf, 0x3f4ab279, 0x3f6462fe, 0x3e9c98ba,
+                ],
+            ),
+            (
+                50176,
+                [
+                    0x3dc203bc, 0x3e426c85, 0x3e942be6, 0x3ec6b8c1, 0x3efb7f60, 0x3f165204,
+                    0x3f30fa17, 0x3f4a542a, 0x3f65166f, 0x3ea6071d,
+                ],
+            ),
+        ];
+        for (n, bits) in want {
+            let a: Vec<f32> = (0..n)
+                .map(|i| (((i * i) % 10007) as f64 / 10007.0) as f32)
+                .collect();
+            for (p, b) in ps.iter().zip(bits) {
+                assert_eq!(percentile(&a, *p).to_bits(), b, "n {n} p {p}");
+            }
         }
     }
 

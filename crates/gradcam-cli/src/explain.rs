@@ -747,7 +747,7 @@ fn strip_path(msg: &str, path: &Path) -> String {
 
 /// PNG with fast compression (OpenCV's `imwrite` default is level 1 too): the overlay of a
 /// large photograph otherwise costs more to compress than to explain.
-fn save_png(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
+pub(crate) fn save_png(img: &RgbImage, path: &Path) -> anyhow::Result<()> {
     use image::codecs::png::{CompressionType, FilterType, PngEncoder};
     atomically(path, |tmp| {
         let file =

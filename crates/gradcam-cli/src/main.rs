@@ -14,6 +14,7 @@ macro_rules! with_network {
 
 mod bench;
 mod classes;
+mod dff;
 mod eval;
 mod explain;
 mod inputs;
@@ -61,6 +62,10 @@ enum Cmd {
     /// faithfulness, deletion / insertion, Average Drop / Increase in Confidence, Complexity
     /// and Coherency, each method against a centre-prior baseline.
     Eval(eval::EvalArgs),
+    /// Deep Feature Factorization: k concepts shared by all the images given (NMF of the
+    /// layer's activations, as pytorch-grad-cam), each named by the network's classes;
+    /// writes <stem>.dff.png per image, dff.json and concepts.npy.
+    Dff(dff::DffArgs),
     /// A summary.csv per class (or folder): images, failures, accuracy, where the maps look;
     /// groups whose maps lean most on the image's borders first.
     Summarize(summarize::SummarizeArgs),
@@ -158,6 +163,7 @@ fn main() -> ExitCode {
         Cmd::Layers(a) => layers::run(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Eval(a) => eval::run(a),
+        Cmd::Dff(a) => dff::run(a),
         Cmd::Summarize(a) => summarize::run(a),
         Cmd::RandomWeights(a) => synth::run(a),
         Cmd::Selftest(a) => selftest::run(a),

@@ -1386,3 +1386,107 @@ fn a_class_file_alone_lists_the_images() {
     let o = gradcam(&["explain", "-m", &model()]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+#[test]
+fn dff_factorises_a_folder_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let heldout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/heldout");
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir_all(imgs.join("sub")).unwrap();
+    for (i, name) in ["0001.png", "0002.png", "0003.png", "0004.png", "0005.png"]
+        .iter()
+        .enumerate()
+    {
+        let to = if i < 3 {
+            imgs.join(name)
+        } else {
+            imgs.join("sub").join(name)
+        };
+        std::fs::copy(heldout.join(name), to).unwrap();
+    }
+    // A file that is no image: reported, the rest still factorised, exit status 1.
+    std::fs::write(imgs.join("broken.png"), b"not a png").unwrap();
+    let out = dir.path().join("out");
+    let o = gradcam(&[
+        "dff",
+        imgs.to_str().unwrap(),
+        "-k",
+        "4",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("broken.png"), "{}", stderr(&o));
+    let js: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("dff.json")).unwrap()).unwrap();
+    assert_eq!(js["components"], 4);
+    assert_eq!(js["layer"], "layer4");
+    let images = js["images"].as_array().unwrap();
+    assert_eq!(images.len(), 5);
+    for im in images {
+        let share: f64 = im["share"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        assert!((share - 1.0).abs() < 1e-5, "{im}");
+        assert!(Path::new(im["overlay"].as_str().unwrap()).is_file(), "{im}");
+    }
+    // The output tree mirrors the input's.
+    assert!(out.join("sub/0004.dff.png").is_file());
+    let concepts = js["concepts"].as_array().unwrap();
+    assert_eq!(concepts.len(), 4);
+    let total: f64 = concepts.iter().map(|c| c["share"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-5);
+    for c in concepts {
+        // Two classes each (--top-k), named by the demo model's labels, best first.
+        let classes = c["classes"].as_array().unwrap();
+        assert_eq!(classes.len(), 2, "{c}");
+        assert!(classes[0]["probability"].as_f64() >= classes[1]["probability"].as_f64());
+        assert!(classes[0]["label"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase()));
+    }
+    // concepts.npy: [channels of layer4, k].
+    let (shape, _) = gradcam::npy::read_f32(&out.join("concepts.npy")).unwrap();
+    assert_eq!(shape, vec![128, 4]);
+    // Images of their own sizes (--size native) factorise together too.
+    let mixed = dir.path().join("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    for name in ["a.png", "c.png"] {
+        std::fs::copy(fixtures().join("images").join(name), mixed.join(name)).unwrap();
+    }
+    std::fs::copy(heldout.join("0001.png"), mixed.join("d.png")).unwrap();
+    let out2 = dir.path().join("out2");
+    let o = gradcam(&[
+        "dff",
+        mixed.to_str().unwrap(),
+        "--size",
+        "native",
+        "-k",
+        "3",
+        "-o",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let js: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out2.join("dff.json")).unwrap()).unwrap();
+    assert_eq!(js["images"].as_array().unwrap().len(), 3);
+    let overlay = image::open(out2.join("a.dff.png")).unwrap();
+    assert_eq!((overlay.width(), overlay.height()), (97, 75));
+    // Bad settings exit with 2 before any work, naming the problem.
+    for (args, what) in [
+        (vec!["-k", "0"], "--components"),
+        (vec!["--layer", "layer9"], "layer9"),
+        (vec!["--image-weight", "2"], "--image-weight"),
+    ] {
+        let mut all = vec!["dff", imgs.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        all.extend(args);
+        let o = gradcam(&all);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(what), "{what}: {}", stderr(&o));
+    }
+}

@@ -3,7 +3,7 @@
 
 mod cam_ops;
 mod fast;
-mod gemm;
+pub(crate) mod gemm;
 pub mod naive;
 mod winograd;
 

@@ -1,0 +1,270 @@
+//! `gradcam dff IMAGES...`: Deep Feature Factorization over a whole set of images at once:
+//! k concepts shared by every image, each named by the classes the network gives it, and per
+//! image an overlay colouring each pixel by its concept.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use gradcam::backend::Backend;
+use gradcam::cam::multi_layer::{normalised, target_layers};
+use gradcam::dff;
+use gradcam::image::{load_rgb8, preprocess, InputSize};
+use gradcam::model::Network;
+use gradcam::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
+
+#[derive(Args)]
+pub struct DffArgs {
+    /// Images, or folders searched recursively for images; all are factorised together.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The layer whose activations are factorised (default: the model's default target).
+    #[arg(long)]
+    layer: Option<String>,
+    /// Number of concepts (NMF components; pytorch-grad-cam's default).
+    #[arg(long, short = 'k', default_value_t = dff::COMPONENTS)]
+    components: usize,
+    /// Model input size: an integer S resizes to S×S, `native` keeps each image's size
+    /// (default: the model's own input size if its file says, else 224).
+    #[arg(long, value_parser = parse_size)]
+    size: Option<InputSize>,
+    /// Classes listed per concept in the report.
+    #[arg(long, default_value_t = 2)]
+    top_k: usize,
+    /// The image's weight in the overlay (pytorch-grad-cam's run_dff_on_image uses 0.3).
+    #[arg(long, default_value_t = dff::IMAGE_WEIGHT)]
+    image_weight: f32,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Output folder: <stem>.dff.png per image, dff.json and concepts.npy ([channels, k]).
+    #[arg(long, short, default_value = "gradcam-out/dff")]
+    out: PathBuf,
+}
+
+pub fn run(a: DffArgs) -> anyhow::Result<ExitCode> {
+    if a.components == 0 {
+        anyhow::bail!("--components must be at least 1");
+    }
+    if !(0.0..=1.0).contains(&a.image_weight) {
+        anyhow::bail!("--image-weight {}: must lie in [0, 1]", a.image_weight);
+    }
+    let (files, failures) = inputs::collect(&a.inputs, Some(&a.out));
+    for (p, why) in &failures {
+        eprintln!("error: {}: {why}", p.display());
+    }
+    if files.is_empty() {
+        anyhow::bail!("no images to factorise");
+    }
+    let net = load_network(&a.model)?;
+    with_network!(net, net => dff_all(a, &net, files, failures.len()))
+}
+
+fn dff_all<B: Backend>(
+    a: DffArgs,
+    net: &Network<B>,
+    files: Vec<PathBuf>,
+    mut failed: usize,
+) -> anyhow::Result<ExitCode> {
+    let graph = net.graph();
+    let size = input_size(a.size, graph);
+    let layer = normalised(a.layer.as_deref().unwrap_or(&graph.default_layer))?;
+    if target_layers(&layer)?.len() != 1 {
+        anyhow::bail!("--layer {layer}: DFF factorises one layer");
+    }
+    graph.target(&layer)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+
+    // The activations of every image that decodes, `batch` images of one size per pass.
+    let bar = ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {msg}").expect("valid template"),
+    );
+    bar.set_message("activations");
+    let mut kept: Vec<(PathBuf, (usize, usize))> = Vec::new();
+    let mut acts: Vec<Tensor> = Vec::new();
+    for chunk in files.chunks(a.batch.max(1)) {
+        let mut images = Vec::new();
+        for f in chunk {
+            match load_rgb8(f) {
+                Ok(img) => images.push((f.clone(), img)),
+                Err(e) => {
+                    failed += 1;
+                    bar.suspend(|| eprintln!("error: {}: {e}", f.display()));
+                }
+            }
+        }
+        // Images of the same input size go through together, in their order.
+        let mut done = vec![false; images.len()];
+        for i in 0..images.len() {
+            if done[i] {
+                continue;
+            }
+            let hw = size.for_image(&images[i].1);
+            let group: Vec<usize> = (i..images.len())
+                .filter(|&j| !done[j] && size.for_image(&images[j].1) == hw)
+                .collect();
+            let refs: Vec<_> = group.iter().map(|&j| &images[j].1).collect();
+            let x = net.backend().upload(preprocess(&refs, hw))?;
+            let (act, _) = dff::activations(net, x, &layer)?;
+            let (n, c, h, w) = act.dims4();
+            for (slot, &j) in group.iter().enumerate() {
+                done[j] = true;
+                let img = &images[j].1;
+                kept.push((
+                    images[j].0.clone(),
+                    (img.height() as usize, img.width() as usize),
+                ));
+                let one = act.data()[slot * c * h * w..(slot + 1) * c * h * w].to_vec();
+                acts.push(Tensor::new([1, c, h, w], one));
+            }
+            debug_assert_eq!(n, group.len());
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    if acts.is_empty() {
+        bar.finish_and_clear();
+        anyhow::bail!("no image could be read");
+    }
+    bar.set_message(format!("factorising into {} concepts", a.components));
+    let f = dff::factorize(&acts, a.components)?;
+    let k = a.components;
+
+    // Each concept's classes: the network after the layer on the concept.
+    let hw0 = size.for_image(&load_rgb8(&kept[0].0)?);
+    let scores = dff::concept_scores(net, &layer, &f.concepts, hw0)?;
+    let label = |c: usize| {
+        graph
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(c).cloned())
+            .unwrap_or_else(|| format!("class {c}"))
+    };
+    let concept_classes: Vec<Option<Vec<serde_json::Value>>> = (0..k)
+        .map(|i| {
+            scores.as_ref().map(|s| {
+                let nc = s.shape()[1];
+                let logits = &s.data()[i * nc..(i + 1) * nc];
+                let p = gradcam::explain::softmax(logits);
+                let mut order: Vec<usize> = (0..nc).collect();
+                order.sort_by(|&x, &y| p[y].total_cmp(&p[x]).then(x.cmp(&y)));
+                (order.iter().take(a.top_k))
+                    .map(|&c| json!({"class": c, "label": label(c), "probability": p[c]}))
+                    .collect()
+            })
+        })
+        .collect();
+
+    // Per image: the share of the layer's positions each concept holds, and the overlay.
+    bar.set_message("overlays");
+    bar.set_position(0);
+    let stems = inputs::stems(
+        &kept.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
+        &a.inputs,
+    );
+    let mut per_image = Vec::new();
+    let mut total = vec![0usize; k];
+    let mut positions = 0usize;
+    for (((path, (ih, iw)), maps), stem) in kept.iter().zip(&f.maps).zip(&stems) {
+        let (mh, mw) = (maps.shape()[1], maps.shape()[2]);
+        let owner = dff::concept_per_pixel(maps.data(), k);
+        let mut share = vec![0f32; k];
+        for &o in &owner {
+            share[o] += 1.0 / owner.len() as f32;
+            total[o] += 1;
+        }
+        positions += owner.len();
+        let out = a.out.join(format!("{stem}.dff.png"));
+        let written = load_rgb8(path)
+            .map_err(anyhow::Error::from)
+            .and_then(|img| {
+                let scaled = dff::scale_maps(maps.data(), (mh, mw), (*ih, *iw));
+                let vis = dff::overlay(&img, &scaled, k, a.image_weight)?;
+                if let Some(dir) = out.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                crate::explain::save_png(&vis, &out)
+            });
+        if let Err(e) = &written {
+            failed += 1;
+            bar.suspend(|| eprintln!("error: {}: {e:#}", path.display()));
+        }
+        let dominant = (0..k).fold(0, |b, c| if share[c] > share[b] { c } else { b });
+        per_image.push(json!({
+            "image": path.display().to_string(),
+            "overlay": written.is_ok().then(|| out.display().to_string()),
+            "share": share,
+            "dominant": dominant,
+        }));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let concepts: Vec<serde_json::Value> = (0..k)
+        .map(|i| {
+            let [r, g, b] = dff::concept_colour(i, k);
+            json!({
+                "concept": i,
+                "colour": format!("#{r:02x}{g:02x}{b:02x}"),
+                "share": total[i] as f32 / positions.max(1) as f32,
+                "classes": concept_classes[i],
+            })
+        })
+        .collect();
+    gradcam::npy::write_f32(
+        &a.out.join("concepts.npy"),
+        f.concepts.shape(),
+        f.concepts.data(),
+    )?;
+    let report = json!({
+        "model": graph.arch,
+        "layer": layer,
+        "components": k,
+        "nmf_iterations": f.iterations,
+        "images": per_image,
+        "concepts": concepts,
+    });
+    let path = a.out.join("dff.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    // The concepts on the terminal, largest first.
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by(|&x, &y| total[y].cmp(&total[x]));
+    println!(
+        "{} images, {} concepts at {layer} ({} NMF iterations)",
+        kept.len(),
+        k,
+        f.iterations
+    );
+    for i in order {
+        let names = concept_classes[i].as_ref().map_or_else(
+            || "-".to_string(),
+            |c| {
+                c.iter()
+                    .map(|v| {
+                        let p = v["probability"].as_f64().unwrap_or(f64::NAN);
+                        format!("{} {p:.2}", v["label"].as_str().unwrap_or(""))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        );
+        println!(
+            "concept {i:>2}  {:>5.1} % of positions  {names}",
+            100.0 * total[i] as f32 / positions.max(1) as f32
+        );
+    }
+    println!("wrote {}", a.out.display());
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
