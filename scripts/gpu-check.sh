@@ -193,6 +193,10 @@ step bench-resnet50-tf32-fem 90 $kit/gradcam bench --device cuda --precision tf3
 # SESS over Grad-CAM: 122 windows per image, cut and pasted on the host.
 step bench-resnet50-tf32-sess 90 $kit/gradcam bench --device cuda --precision tf32 \
   -m /tmp/resnet50.safetensors --batch 8 --images 16 --size 224 --sess
+# Deep Feature Factorization: the layer's activations on the device, downloaded a batch at a
+# time; the NMF, the concepts' classes and the overlays on the host (96 images).
+step dff-resnet50-tf32 60 bash -c "time $kit/gradcam dff assets/demo/heldout --device cuda \
+  --precision tf32 -m /tmp/resnet50.safetensors --size 224 -k 16 -o $work/dff-out"
 # Tile sizes forced, per layer in the profile (TILES=1; what the 64/128 rule was fitted on).
 if [ "${TILES:-0}" = 1 ]; then
   for p in tf32 bf16; do for t in 64 128; do

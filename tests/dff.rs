@@ -42,7 +42,7 @@ fn dff_matches_pytorch_grad_cam() {
         let x = Tensor::new([inputs.len(), c, h, w], data);
         let net = &nets[model];
         let (act, _) = dff::activations(net, x, layer).unwrap();
-        let f = dff::factorize(std::slice::from_ref(&act), k).unwrap();
+        let f = dff::factorize(vec![act.clone()], k).unwrap();
 
         // The same start, updates and stopping rule: the same iteration count, and factors
         // equal to rounding carried through the iterations (our activations differ from
@@ -66,7 +66,7 @@ fn dff_matches_pytorch_grad_cam() {
             let split: Vec<Tensor> = (0..n)
                 .map(|i| Tensor::new([1, kc, ah, aw], act.data()[i * per..(i + 1) * per].to_vec()))
                 .collect();
-            let g = dff::factorize(&split, k).unwrap();
+            let g = dff::factorize(split, k).unwrap();
             assert_eq!(g.concepts.data(), f.concepts.data(), "{id}");
             assert!(g
                 .maps
@@ -105,7 +105,7 @@ fn dff_matches_pytorch_grad_cam() {
             )
             .unwrap()
             .0;
-            let f = dff::factorize(&[act], 2).unwrap();
+            let f = dff::factorize(vec![act], 2).unwrap();
             assert!(
                 dff::concept_scores(net, "layer4.0.conv2", &f.concepts, (h, w))
                     .unwrap()
@@ -113,8 +113,7 @@ fn dff_matches_pytorch_grad_cam() {
             );
         }
 
-        // The overlay (first image, native size): within one level (truncations of values
-        // equal to rounding).
+        // The overlay (first image, native size): byte for byte.
         if let Some(theirs) = e.bytes("overlay") {
             let img =
                 gradcam::image::load_rgb8(&fixtures().join(format!("images/{}.png", images[0])))
@@ -122,9 +121,44 @@ fn dff_matches_pytorch_grad_cam() {
             let scaled = dff::scale_maps(f.maps[0].data(), (mh, mw), (h, w));
             let ours = dff::overlay(&img, &scaled, k, dff::IMAGE_WEIGHT).unwrap();
             let off = (ours.as_raw().iter().zip(theirs))
-                .filter(|(a, b)| a.abs_diff(**b) > 1)
+                .filter(|(a, b)| a != b)
                 .count();
-            assert_eq!(off, 0, "{id}: overlay bytes off by more than 1");
+            assert_eq!(off, 0, "{id}: overlay bytes that differ");
+        }
+    }
+}
+
+/// The overlay's colours against matplotlib and OpenCV (tools/make_dff_fixtures.py): every
+/// concept colour for k = 1..64, its HSV, and OpenCV's HSV → RGB for every hue and value at
+/// full saturation (the concept colours' saturation) on both of its paths, byte for byte.
+#[test]
+fn dff_colours_are_matplotlibs_and_opencvs() {
+    let e = expected(&fixtures().join("expected/dff__colours.safetensors"));
+    let colours = e.bytes("colours").unwrap();
+    let mut at = 0;
+    for k in 1..=64 {
+        for i in 0..k {
+            assert_eq!(dff::concept_colour(i, k), colours[at..at + 3], "{i} of {k}");
+            at += 3;
+        }
+    }
+    assert_eq!(at, colours.len());
+    let hsv = e.bytes("hsv").unwrap();
+    let hsv2rgb = e.bytes("hsv2rgb").unwrap();
+    let scalar = e.bytes("hsv2rgb_scalar").unwrap();
+    for (c, h) in colours.chunks(3).zip(hsv.chunks(3)) {
+        assert_eq!(dff::rgb_to_hsv([c[0], c[1], c[2]]), h, "{c:?}");
+    }
+    for h in 0..180u8 {
+        for v in 0..=255u8 {
+            let at = (h as usize * 256 + v as usize) * 3;
+            assert_eq!(
+                dff::hsv_to_rgb([h, 255, v]),
+                hsv2rgb[at..at + 3],
+                "h {h} v {v}"
+            );
+            let one = dff::hsv_to_rgb_path([h, 255, v], true);
+            assert_eq!(one, scalar[at..at + 3], "h {h} v {v}, one pixel");
         }
     }
 }

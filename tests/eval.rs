@@ -249,6 +249,7 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
         &gradcam::eval::road::RoadConfig::default(),
         3,
     )
+    .unwrap()
     .unwrap();
     assert!(
         (centre.road_morf.unwrap() - by_hand.morf).abs() < 1e-6,

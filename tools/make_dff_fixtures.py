@@ -18,6 +18,17 @@ pytorch-grad-cam's show_factorization_on_image looks the colours up with
 plt.cm.get_cmap, which matplotlib 3.9 removed; they are passed here as it would pick them
 (matplotlib.colormaps["gist_rainbow"] at np.arange(0, 1, 1 / k)). The inputs are the
 committed manifest.json expected files named in the metadata's "sources".
+
+Also tests/fixtures/expected/dff__colours.safetensors, the overlay's colour arithmetic:
+
+    colours   uint8 [2080,3]   np.uint8(255 * gist_rainbow(x)[:3]) for x in np.arange(0, 1, 1/k),
+                               k = 1..64 in turn
+    hsv       uint8 [2080,3]   cv2.cvtColor(colours as one image row, COLOR_RGB2HSV)
+    hsv2rgb   uint8 [180,256,3]  cv2.cvtColor of the image of (h, 255, v), COLOR_HSV2RGB (rows
+                               of 256: OpenCV's vectorised path throughout)
+    hsv2rgb_scalar  uint8 [180,256,3]  the same pixels converted one at a time (its scalar
+                               path, which the end of a row whose width is no multiple of 32
+                               takes)
 Run: .venv-tools/bin/python tools/make_dff_fixtures.py
 """
 
@@ -27,6 +38,7 @@ import hashlib
 import sys
 from pathlib import Path
 
+import cv2
 import matplotlib
 import numpy as np
 import torch
@@ -97,6 +109,22 @@ def main() -> int:
                   metadata={"sources": ",".join(srcs), "reference": "pytorch-grad-cam 1.5.7"})
         digest.update(path.read_bytes())
         print(f"{name}: {nmf.n_iter_} iterations, {path.stat().st_size} bytes")
+    cmap = matplotlib.colormaps["gist_rainbow"]
+    # (np.arange(0, 1, 1 / k) has k + 1 values for some k, 49 for one; the first k are used.)
+    colours = np.uint8([np.array(cmap(x))[:3] * 255 for k in range(1, 65)
+                        for x in np.arange(0, 1, 1.0 / k)[:k]])
+    hsv = cv2.cvtColor(colours[None], cv2.COLOR_RGB2HSV)[0]
+    hh, vv = np.meshgrid(np.arange(180), np.arange(256), indexing="ij")
+    grid = np.stack([hh, np.full_like(hh, 255), vv], -1).astype(np.uint8)
+    path = fixtures / "expected" / "dff__colours.safetensors"
+    save_file({"colours": torch.from_numpy(colours), "hsv": torch.from_numpy(hsv),
+               "hsv2rgb": torch.from_numpy(cv2.cvtColor(grid, cv2.COLOR_HSV2RGB)),
+               "hsv2rgb_scalar": torch.from_numpy(np.uint8(
+                   [[cv2.cvtColor(px[None, None], cv2.COLOR_HSV2RGB)[0, 0] for px in row]
+                    for row in grid]))}, str(path),
+              metadata={"reference": f"matplotlib {matplotlib.__version__}, OpenCV {cv2.__version__}"})
+    digest.update(path.read_bytes())
+    print(f"{path.name}: {path.stat().st_size} bytes")
     print("sha256", digest.hexdigest()[:16])
     return 0
 

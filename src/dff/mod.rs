@@ -20,7 +20,7 @@ use crate::{Error, Result, Tensor};
 /// pytorch-grad-cam's default number of concepts.
 pub const COMPONENTS: usize = 16;
 /// `run_dff_on_image`'s image weight in the overlay.
-pub const IMAGE_WEIGHT: f32 = 0.3;
+pub const IMAGE_WEIGHT: f64 = 0.3;
 
 /// A factorisation of several images' activations.
 pub struct Factorization {
@@ -30,25 +30,41 @@ pub struct Factorization {
     pub maps: Vec<Tensor>,
     /// NMF iterations run (at most 200).
     pub iterations: usize,
+    /// Whether the NMF met its stopping rule within the 200 iterations.
+    pub converged: bool,
 }
 
 /// pytorch-grad-cam's `dff(activations, n_components)` over the images of `acts`, each
 /// [N, K, h, w] (NaN read as 0); the tensors may differ in N, h and w (images of their own
-/// sizes), not in K. For one tensor this is pytorch-grad-cam's batch exactly.
-pub fn factorize(acts: &[Tensor], k: usize) -> Result<Factorization> {
+/// sizes), not in K. For one tensor this is pytorch-grad-cam's batch exactly. The tensors
+/// are consumed: the matrix factorised replaces them in memory.
+pub fn factorize(acts: Vec<Tensor>, k: usize) -> Result<Factorization> {
     if k == 0 {
         return Err(Error::Invalid("DFF needs at least one concept".into()));
+    }
+    if let Some(t) = acts.iter().find(|t| t.shape().len() != 4) {
+        return Err(Error::Invalid(format!(
+            "DFF needs [N, K, h, w] activations, not {:?}",
+            t.shape()
+        )));
     }
     let Some(first) = acts.first() else {
         return Err(Error::Invalid("DFF needs at least one image".into()));
     };
     let c = first.dims4().1;
-    if let Some(t) = acts.iter().find(|t| t.dims4().1 != c) {
+    if let Some(t) = acts.iter().find(|t| t.dims4().1 != c || t.is_empty()) {
         return Err(Error::Invalid(format!(
-            "DFF: activations of {} and {c} channels",
-            t.dims4().1
+            "DFF: activations of shape {:?} beside {c} channels",
+            t.shape()
         )));
     }
+    let shapes: Vec<(usize, usize, usize)> = acts
+        .iter()
+        .map(|t| {
+            let (n, _, h, w) = t.dims4();
+            (n, h, w)
+        })
+        .collect();
     // [K, Σ N·h·w]: channel-major, then image, then position.
     let cols: usize = acts.iter().map(|t| t.len() / c).sum();
     let mut x = vec![0f32; c * cols];
@@ -77,8 +93,7 @@ pub fn factorize(acts: &[Tensor], k: usize) -> Result<Factorization> {
     // H [k, Σ N·h·w] → per image [k, h, w].
     let mut maps = Vec::new();
     let mut at = 0;
-    for t in acts {
-        let (n, _, h, w) = t.dims4();
+    for &(n, h, w) in &shapes {
         for _ in 0..n {
             let mut m = Vec::with_capacity(k * h * w);
             for comp in 0..k {
@@ -92,6 +107,7 @@ pub fn factorize(acts: &[Tensor], k: usize) -> Result<Factorization> {
         concepts: Tensor::new([c, k], concepts),
         maps,
         iterations: f.iterations,
+        converged: f.converged,
     })
 }
 
@@ -149,6 +165,9 @@ pub fn concept_scores<B: Backend>(
 /// min-max normalised at the layer's size, then resized bilinearly to `size` (not normalised
 /// again), [k, H, W].
 pub fn scale_maps(maps: &[f32], (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
+    if h * w == 0 {
+        return Vec::new();
+    }
     maps.chunks(h * w)
         .flat_map(|m| {
             let mut m = m.to_vec();
@@ -187,24 +206,37 @@ const GIST_RAINBOW: [(f64, [f64; 3]); 8] = [
     (1.0, [1.0, 0.0, 0.75]),
 ];
 
-/// Concept `i` of `k`'s colour: `np.uint8(255 · gist_rainbow(i / k)[:3])` (matplotlib's
-/// 256-entry table, the entry `int(x · 256)`), as `show_factorization_on_image` picks them.
+/// Concept `i` of `k`'s colour: `np.uint8(255 · gist_rainbow(i / k)[:3])`, as
+/// `show_factorization_on_image` picks them: matplotlib's 256-entry table (its
+/// `_create_lookup_table`, in f64 as NumPy computes it), entry `int(x · 256)`.
 pub fn concept_colour(i: usize, k: usize) -> [u8; 3] {
-    // np.arange(0, 1, 1 / k)[i] is i · (1 / k) in f64.
+    const N: usize = 256;
+    // np.arange(0, 1, 1 / k)[i] is i · (1 / k) in f64; Colormap.__call__ scales by N.
     let x = i as f64 * (1.0 / k as f64);
-    let entry = ((x * 256.0) as usize).min(255);
-    let pos = entry as f64 / 255.0;
-    let seg = GIST_RAINBOW
-        .windows(2)
-        .position(|s| pos < s[1].0)
-        .unwrap_or(GIST_RAINBOW.len() - 2);
-    let ((x0, c0), (x1, c1)) = (GIST_RAINBOW[seg], GIST_RAINBOW[seg + 1]);
-    let t = (pos - x0) / (x1 - x0);
-    std::array::from_fn(|ch| ((c0[ch] + t * (c1[ch] - c0[ch])).clamp(0.0, 1.0) * 255.0) as u8)
+    let entry = ((x * N as f64) as usize).min(N - 1);
+    let lut = |ch: usize| -> f64 {
+        let last = GIST_RAINBOW.len() - 1;
+        if entry == 0 {
+            return GIST_RAINBOW[0].1[ch];
+        }
+        if entry == N - 1 {
+            return GIST_RAINBOW[last].1[ch];
+        }
+        // xind = (N - 1) · linspace(0, 1, N)[entry]; positions scaled by N - 1 likewise.
+        let step = 1.0 / (N - 1) as f64;
+        let xind = (N - 1) as f64 * (entry as f64 * step);
+        let pos = |j: usize| GIST_RAINBOW[j].0 * (N - 1) as f64;
+        // np.searchsorted (left): the first position ≥ xind.
+        let ind = (0..=last).find(|&j| pos(j) >= xind).unwrap_or(last);
+        let distance = (xind - pos(ind - 1)) / (pos(ind) - pos(ind - 1));
+        let (y0, y1) = (GIST_RAINBOW[ind].1[ch], GIST_RAINBOW[ind - 1].1[ch]);
+        (distance * (y0 - y1) + y1).clamp(0.0, 1.0)
+    };
+    std::array::from_fn(|ch| (lut(ch) * 255.0) as u8)
 }
 
 /// OpenCV's 8-bit RGB → HSV (H in [0, 180)): its integer algorithm with 12-bit tables.
-fn rgb_to_hsv([r, g, b]: [u8; 3]) -> [u8; 3] {
+pub fn rgb_to_hsv([r, g, b]: [u8; 3]) -> [u8; 3] {
     const SHIFT: i32 = 12;
     let (r, g, b) = (r as i32, g as i32, b as i32);
     let v = r.max(g).max(b);
@@ -234,46 +266,49 @@ fn rgb_to_hsv([r, g, b]: [u8; 3]) -> [u8; 3] {
     [h as u8, s as u8, v as u8]
 }
 
-/// OpenCV's 8-bit HSV (H in [0, 180)) → RGB: its float algorithm, rounded to nearest.
-fn hsv_to_rgb([h, s, v]: [u8; 3]) -> [u8; 3] {
-    let (s, v) = (s as f32 / 255.0, v as f32 / 255.0);
-    let (r, g, b) = if s == 0.0 {
-        (v, v, v)
-    } else {
-        let mut hh = h as f32 * (6.0 / 180.0);
-        let mut sector = hh.floor() as i32;
-        hh -= sector as f32;
-        if sector < 0 {
-            sector += 6;
-        }
-        if sector >= 6 {
-            sector -= 6;
-        }
-        let tab = [
-            v,
-            v * (1.0 - s),
-            v * (1.0 - s * hh),
-            v * (1.0 - s * (1.0 - hh)),
-        ];
-        const SECTOR: [[usize; 3]; 6] = [
-            [1, 3, 0],
-            [1, 0, 2],
-            [3, 0, 1],
-            [0, 2, 1],
-            [0, 1, 3],
-            [2, 1, 0],
-        ];
-        let [bi, gi, ri] = SECTOR[sector as usize];
-        (tab[ri], tab[gi], tab[bi])
-    };
-    [r, g, b].map(|c| (c * 255.0).round_ties_even().clamp(0.0, 255.0) as u8)
+/// OpenCV's 8-bit HSV (H in [0, 180)) → RGB as its vectorised path computes it, the path
+/// all but the end of each row of `cv2.cvtColor(mask, COLOR_HSV2RGB)` takes: S and V times
+/// 1/255, the sector table in f32, the result times 255 truncated. Every (h, 255, v) agrees
+/// with OpenCV 5.0's.
+pub fn hsv_to_rgb(hsv: [u8; 3]) -> [u8; 3] {
+    hsv_to_rgb_path(hsv, false)
+}
+
+/// [`hsv_to_rgb`], or with `scalar` OpenCV's pixel-by-pixel path (a row's tail, a single
+/// pixel): the same arithmetic, rounded to nearest instead of truncated.
+pub fn hsv_to_rgb_path([h, s, v]: [u8; 3], scalar: bool) -> [u8; 3] {
+    let (s, v) = (s as f32 * (1.0 / 255.0), v as f32 * (1.0 / 255.0));
+    let hh = h as f32 * (6.0f32 / 180.0);
+    let sector = hh.floor();
+    let f = hh - sector;
+    let tab = [
+        v,
+        v * (1.0 - s),
+        v * (1.0 - s * f),
+        v * (1.0 - s * (1.0 - f)),
+    ];
+    const SECTOR: [[usize; 3]; 6] = [
+        [1, 3, 0],
+        [1, 0, 2],
+        [3, 0, 1],
+        [0, 2, 1],
+        [0, 1, 3],
+        [2, 1, 0],
+    ];
+    let [bi, gi, ri] = SECTOR[(sector as usize) % 6];
+    [tab[ri], tab[gi], tab[bi]].map(|c| {
+        let c = c * 255.0;
+        let c = if scalar { c.round_ties_even() } else { c };
+        c.clamp(0.0, 255.0) as u8
+    })
 }
 
 /// pytorch-grad-cam's `show_factorization_on_image` (without the legend): each pixel takes
 /// the colour of the concept whose map is highest there, at the brightness (HSV value) of
-/// that map, blended with the image: `uint8(255 · (w · img + (1 − w) · colour))`. `maps` are
-/// the image's [k, H, W] maps at its size, in [0, 1].
-pub fn overlay(img: &RgbImage, maps: &[f32], k: usize, image_weight: f32) -> Result<RgbImage> {
+/// that map, blended with the image: `uint8(255 · (w · img + (1 − w) · colour))` (img/255 and
+/// w in f64, colour/255 times 1 − w in f32, as NumPy mixes them). `maps` are the image's
+/// [k, H, W] maps at its size, in [0, 1].
+pub fn overlay(img: &RgbImage, maps: &[f32], k: usize, image_weight: f64) -> Result<RgbImage> {
     let (w, h) = img.dimensions();
     let hw = (w * h) as usize;
     if k == 0 || maps.len() != k * hw {
@@ -283,20 +318,28 @@ pub fn overlay(img: &RgbImage, maps: &[f32], k: usize, image_weight: f32) -> Res
         )));
     }
     // Per concept, the RGB colour at every HSV value.
-    let tables: Vec<Vec<[u8; 3]>> = (0..k)
+    // (OpenCV converts each row 32 pixels at a time in its AVX2 build, the vectorised path,
+    // and the row's last w mod 32 pixels one by one, the scalar path.)
+    let tables: Vec<[Vec<[u8; 3]>; 2]> = (0..k)
         .map(|i| {
             let [hh, s, _] = rgb_to_hsv(concept_colour(i, k));
-            (0..=255u8).map(|v| hsv_to_rgb([hh, s, v])).collect()
+            [false, true].map(|scalar| {
+                (0..=255u8)
+                    .map(|v| hsv_to_rgb_path([hh, s, v], scalar))
+                    .collect()
+            })
         })
         .collect();
     let owner = concept_per_pixel(maps, k);
-    let weight = image_weight as f64;
-    let rest = 1.0 - image_weight;
+    let weight = image_weight;
+    let rest = (1.0 - image_weight) as f32;
+    let vector_end = (w as usize / 32) * 32;
     let mut out = img.clone();
     for (p, px) in out.pixels_mut().enumerate() {
         let c = owner[p];
         let v = (255.0 * maps[c * hw + p]) as u8;
-        let colour = tables[c][v as usize];
+        let scalar = p % w as usize >= vector_end;
+        let colour = tables[c][scalar as usize][v as usize];
         for (v, &col) in px.0.iter_mut().zip(&colour) {
             let m = (col as f32 / 255.0) * rest;
             *v = ((*v as f64 / 255.0 * weight + m as f64) * 255.0) as u8;
@@ -351,8 +394,8 @@ mod tests {
     }
 
     #[test]
-    fn hsv_conversions_are_opencvs() {
-        // cv2.cvtColor(..., COLOR_RGB2HSV) and back (COLOR_HSV2RGB) on uint8 pixels.
+    fn rgb_to_hsv_is_opencvs() {
+        // cv2.cvtColor(..., COLOR_RGB2HSV) on uint8 pixels.
         let rgb = [
             [255, 0, 40],
             [91, 255, 0],
@@ -380,22 +423,7 @@ mod tests {
         for (a, b) in rgb.iter().zip(&hsv) {
             assert_eq!(rgb_to_hsv(*a), *b, "{a:?}");
         }
-        let back: [([u8; 3], [u8; 3]); 12] = [
-            ([175, 255, 77], [77, 0, 13]),
-            ([175, 255, 255], [255, 0, 42]),
-            ([49, 255, 77], [28, 77, 0]),
-            ([49, 255, 200], [73, 200, 0]),
-            ([103, 255, 128], [0, 73, 128]),
-            ([125, 255, 200], [33, 0, 200]),
-            ([36, 255, 128], [102, 128, 0]),
-            ([76, 255, 255], [0, 255, 136]),
-            ([138, 255, 77], [46, 0, 77]),
-            ([105, 200, 77], [17, 47, 77]),
-            ([10, 191, 255], [255, 128, 64]),
-            ([0, 0, 128], [128, 128, 128]),
-        ];
-        for (a, b) in back {
-            assert_eq!(hsv_to_rgb(a), b, "{a:?}");
-        }
+        // HSV → RGB: every (h, 255, v) against OpenCV in tests/dff.rs (its vectorised path
+        // differs from its scalar one, so single-pixel values do not serve).
     }
 }

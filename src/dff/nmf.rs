@@ -5,10 +5,11 @@
 //! same update order and the same f32 arithmetic, so the factors agree to rounding (the
 //! products the updates read are f32 matrix products in both, summed in another order).
 
+use crate::backend::cpu::gemm::{sgemm, Mat, Parallelism};
 use crate::{Error, Result};
 
 /// scikit-learn's defaults.
-const TOL: f32 = 1e-4;
+const TOL: f64 = 1e-4;
 const MAX_ITER: usize = 200;
 
 /// NumPy's `RandomState(seed)`: MT19937 seeded by `init_genrand`, and the legacy polar
@@ -80,11 +81,36 @@ impl LegacyNormal {
 }
 
 /// The factors of an `n_samples × n_features` matrix: W [n_samples, k], H [k, n_features],
-/// row-major, and the iterations run.
+/// row-major, the iterations run, and whether the stopping rule was met before the limit.
 pub struct Nmf {
     pub w: Vec<f32>,
     pub h: Vec<f32>,
     pub iterations: usize,
+    pub converged: bool,
+}
+
+/// NumPy's pairwise sum of f32 values (`np.add.reduce` on a contiguous f32 array): runs of
+/// 8 partial sums up to 128 values, halves (rounded down to a multiple of 8) above.
+pub fn pairwise_sum(a: &[f32]) -> f32 {
+    let n = a.len();
+    if n < 8 {
+        a.iter().fold(0.0, |s, &v| s + v)
+    } else if n <= 128 {
+        let mut r: [f32; 8] = std::array::from_fn(|j| a[j]);
+        let whole = n - n % 8;
+        for block in a[8..whole].chunks_exact(8) {
+            r.iter_mut().zip(block).for_each(|(r, &v)| *r += v);
+        }
+        let mut res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for &v in &a[whole..] {
+            res += v;
+        }
+        res
+    } else {
+        let half = n / 2;
+        let half = half - half % 8;
+        pairwise_sum(&a[..half]) + pairwise_sum(&a[half..])
+    }
 }
 
 /// Factorises the non-negative row-major `x` (`n_samples × n_features`) into k components.
@@ -100,8 +126,9 @@ pub fn nmf(x: &[f32], (ns, nf): (usize, usize), k: usize) -> Result<Nmf> {
             "NMF needs finite non-negative values, found {v}"
         )));
     }
-    // scikit-learn's random start: sqrt(mean / k) times |N(0, 1)|, H drawn before W.
-    let mean = (x.iter().map(|&v| v as f64).sum::<f64>() / x.len() as f64) as f32;
+    // scikit-learn's random start: sqrt(mean / k) times |N(0, 1)|, H drawn before W; the
+    // mean as NumPy's f32 `X.mean()`.
+    let mean = pairwise_sum(x) / x.len() as f32;
     let avg = (mean / k as f32).sqrt();
     let mut rng = LegacyNormal::new(0);
     let mut h: Vec<f32> = (0..k * nf)
@@ -110,21 +137,29 @@ pub fn nmf(x: &[f32], (ns, nf): (usize, usize), k: usize) -> Result<Nmf> {
     let mut w: Vec<f32> = (0..ns * k)
         .map(|_| (avg * rng.normal() as f32).abs())
         .collect();
-    // H is updated as its transpose (rows of k), as scikit-learn does.
+    // H is updated as its transpose (rows of k), as scikit-learn does; X's transpose is a
+    // view, not a copy.
     let mut ht = transpose(&h, k, nf);
-    let xt = transpose(x, ns, nf);
+    let (xm, xt) = (Mat::row_major(x, nf), Mat::transposed(x, nf));
     let mut first = None;
-    let mut iterations = MAX_ITER;
+    let (mut iterations, mut converged) = (MAX_ITER, false);
     for it in 1..=MAX_ITER {
-        let v = update(x, &mut w, &ht, (ns, nf), k) + update(&xt, &mut ht, &w, (nf, ns), k);
+        // Each half-step's violation is an f32; scikit-learn adds and compares in Python.
+        let v = update(xm, &mut w, &ht, (ns, nf), k) as f64
+            + update(xt, &mut ht, &w, (nf, ns), k) as f64;
         let v0 = *first.get_or_insert(v);
         if v0 == 0.0 || v / v0 <= TOL {
-            iterations = it;
+            (iterations, converged) = (it, true);
             break;
         }
     }
     h = transpose(&ht, nf, k);
-    Ok(Nmf { w, h, iterations })
+    Ok(Nmf {
+        w,
+        h,
+        iterations,
+        converged,
+    })
 }
 
 fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -137,10 +172,10 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-/// One coordinate-descent pass over the k columns of `w` [n, k] for `x` [n, m] ≈ w·otherᵀ,
+/// One coordinate-descent pass over the k columns of `w` [n, k] for `x` [n, m] (a view) ≈
+/// w·otherᵀ,
 /// `other` [m, k]; returns the projected gradient's L1 norm (the stopping measure).
-fn update(x: &[f32], w: &mut [f32], other: &[f32], (n, m): (usize, usize), k: usize) -> f32 {
-    use crate::backend::cpu::gemm::{sgemm, Mat, Parallelism};
+fn update(x: Mat, w: &mut [f32], other: &[f32], (n, m): (usize, usize), k: usize) -> f32 {
     let par = match rayon::current_num_threads() {
         1 => Parallelism::None,
         t => Parallelism::Rayon(t),
@@ -161,17 +196,7 @@ fn update(x: &[f32], w: &mut [f32], other: &[f32], (n, m): (usize, usize), k: us
         par,
     );
     let mut xo = vec![0f32; n * k];
-    sgemm(
-        n,
-        k,
-        m,
-        Mat::row_major(x, m),
-        Mat::row_major(other, k),
-        &mut xo,
-        k,
-        false,
-        par,
-    );
+    sgemm(n, k, m, x, Mat::row_major(other, k), &mut xo, k, false, par);
     // scikit-learn's loop: component by component, every row; f32 throughout.
     let mut violation = 0f32;
     for t in 0..k {
@@ -214,6 +239,22 @@ mod tests {
         ];
         for w in want {
             assert_eq!(r.normal(), w);
+        }
+    }
+
+    #[test]
+    fn pairwise_sum_is_numpys() {
+        // a = (np.arange(n) % 7 * 0.1 + 0.01).astype(np.float32); np.add.reduce(a) bits.
+        for (n, bits) in [
+            (5usize, 0x3f866666u32),
+            (100, 0x41f40000),
+            (1000, 0x439ad99a),
+            (4099, 0x449ec2e2),
+        ] {
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i % 7) as f64 * 0.1 + 0.01) as f32)
+                .collect();
+            assert_eq!(pairwise_sum(&a).to_bits(), bits, "n {n}");
         }
     }
 

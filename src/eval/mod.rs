@@ -254,10 +254,11 @@ pub fn evaluate_image<B: Backend>(
             }
             None => (None, None),
         };
-        // ROAD's failure (a map that is not finite) costs only its scores.
-        let road = (cfg.road.as_ref()).and_then(|rc| {
-            road::road_scores(net, &x, at_input, e.class, p, rc, cfg.forward_batch).ok()
-        });
+        // A map that is not finite gets no ROAD scores (None); other failures are the image's.
+        let road = match &cfg.road {
+            Some(rc) => road::road_scores(net, &x, at_input, e.class, p, rc, cfg.forward_batch)?,
+            None => None,
+        };
         scores.push(Scores {
             method: name.clone(),
             iou: iou_best,

@@ -21,7 +21,7 @@ use crate::model::Network;
 use crate::{Error, Result, Tensor};
 
 /// The percentiles of pytorch-grad-cam's ROAD averages.
-pub const PERCENTILES: [f32; 9] = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0];
+pub const PERCENTILES: [f64; 9] = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0];
 /// The standard deviation of the noise added to imputed values (the paper's and
 /// pytorch-grad-cam's `NoisyLinearImputer(noise=0.01)`, in normalised input units).
 pub const NOISE: f32 = 0.01;
@@ -50,15 +50,13 @@ const NEIGHBOURS: [(isize, isize, f64); 8] = [
 /// `np.percentile(v, p)` (its default linear method) of f32 values as NumPy 2.4 computes it
 /// for an f32 array and a Python number p: the quantile and the virtual index in f64, the
 /// interpolation in f32 (the weight rounded to f32).
-pub fn percentile(v: &[f32], p: f32) -> f32 {
+pub fn percentile(v: &[f32], p: f64) -> f32 {
     let mut s = v.to_vec();
     s.sort_by(f32::total_cmp);
     let n = s.len();
     if n == 0 {
         return f32::NAN;
     }
-    // p as the decimal it was written as (33.3, not the f32 nearest it), as Python has it.
-    let p: f64 = p.to_string().parse().unwrap_or(p as f64);
     let q = p / 100.0;
     // NumPy's virtual index for alpha = beta = 1, in its order of operations.
     let vi = (n as f64 * q + (1.0 - q) - 1.0).clamp(0.0, (n - 1) as f64);
@@ -78,7 +76,7 @@ pub fn percentile(v: &[f32], p: f32) -> f32 {
 /// on `1 - map` for LeRF, so the same pixels wherever that keeps any. Where it keeps none (the
 /// map is flat over the lower p %: pytorch-grad-cam's system is then singular and its score
 /// NaN), the p % of the pixels it asks for are kept among the lowest, ties drawn by `seed`.
-pub fn kept(map: &[f32], p: f32, order: Order, seed: u64) -> Vec<bool> {
+pub fn kept(map: &[f32], p: f64, order: Order, seed: u64) -> Vec<bool> {
     let ranked: Vec<f32> = match order {
         Order::MoRF => map.to_vec(),
         Order::LeRF => map.iter().map(|&v| 1.0 - v).collect(),
@@ -92,7 +90,7 @@ pub fn kept(map: &[f32], p: f32, order: Order, seed: u64) -> Vec<bool> {
         return keep;
     }
     let n = ranked.len();
-    let count = ((p as f64 / 100.0 * n as f64).round() as usize).clamp(1, n);
+    let count = ((p / 100.0 * n as f64).round() as usize).clamp(1, n);
     // A seeded shuffle, then a stable sort by value: equal values in the shuffled order.
     let mut idx: Vec<usize> = (0..n).collect();
     let mut rng = Rng::new(seed);
@@ -195,7 +193,7 @@ pub fn impute_noisy(
 }
 
 /// The (order, percentile position, percentile) of every copy ROAD makes, MoRF's first.
-fn jobs(percentiles: &[f32]) -> Vec<(Order, usize, f32)> {
+fn jobs(percentiles: &[f64]) -> Vec<(Order, usize, f64)> {
     [Order::MoRF, Order::LeRF]
         .into_iter()
         .flat_map(|o| percentiles.iter().enumerate().map(move |(k, &p)| (o, k, p)))
@@ -208,7 +206,7 @@ fn perturbed_for(
     x: &[f32],
     hw: (usize, usize),
     map: &[f32],
-    jobs: &[(Order, usize, f32)],
+    jobs: &[(Order, usize, f64)],
     noise: f32,
 ) -> Result<Vec<Vec<f32>>> {
     jobs.par_iter()
@@ -226,7 +224,7 @@ pub fn perturbed(
     x: &[f32],
     hw: (usize, usize),
     map: &[f32],
-    percentiles: &[f32],
+    percentiles: &[f64],
     noise: f32,
 ) -> Result<Vec<Vec<f32>>> {
     perturbed_for(x, hw, map, &jobs(percentiles), noise)
@@ -235,7 +233,7 @@ pub fn perturbed(
 /// ROAD's settings: the percentiles averaged over and the imputation's noise.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoadConfig {
-    pub percentiles: Vec<f32>,
+    pub percentiles: Vec<f64>,
     pub noise: f32,
 }
 
@@ -287,7 +285,8 @@ impl RoadScores {
 /// ROAD of one map of a [1, C, H, W] normalised input (the map at the input's size) for
 /// `class`, scored by the class's softmax probability (pytorch-grad-cam's metrics with
 /// `ClassifierOutputSoftmaxTarget`) against `base`, its probability on the input; the
-/// perturbed copies go through the network `batch` at a time.
+/// perturbed copies go through the network `batch` at a time. None for a map with values
+/// that are not finite (it ranks no pixels).
 pub fn road_scores<B: Backend>(
     net: &Network<B>,
     x: &Tensor,
@@ -296,7 +295,7 @@ pub fn road_scores<B: Backend>(
     base: f32,
     cfg: &RoadConfig,
     batch: usize,
-) -> Result<RoadScores> {
+) -> Result<Option<RoadScores>> {
     cfg.check()?;
     let (n, c, h, w) = x.dims4();
     if n != 1 || map.len() != h * w {
@@ -307,14 +306,13 @@ pub fn road_scores<B: Backend>(
         )));
     }
     if map.iter().any(|v| !v.is_finite()) {
-        return Err(Error::Invalid(
-            "ROAD: the map has values that are not finite".into(),
-        ));
+        return Ok(None);
     }
-    // The copies `batch` at a time: a large image's 18 copies need not all be held at once.
+    // The copies a batch at a time (at least a copy per thread, which impute in parallel):
+    // a large image's 18 copies need not all be held at once.
     let all = jobs(&cfg.percentiles);
     let mut change = Vec::with_capacity(all.len());
-    for chunk in all.chunks(batch.max(1)) {
+    for chunk in all.chunks(batch.max(rayon::current_num_threads()).max(1)) {
         let copies = perturbed_for(x.data(), (h, w), map, chunk, cfg.noise)?;
         let m = copies.len();
         let t = Tensor::new([m, c, h, w], copies.concat());
@@ -325,10 +323,10 @@ pub fn road_scores<B: Backend>(
     }
     let (morf, lerf) = change.split_at(cfg.percentiles.len());
     let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
-    Ok(RoadScores {
+    Ok(Some(RoadScores {
         morf: mean(morf),
         lerf: mean(lerf),
-    })
+    }))
 }
 
 /// One grid of the hierarchy: a symmetric positive definite 9-point operator on its unknown

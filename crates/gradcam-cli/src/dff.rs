@@ -40,7 +40,7 @@ pub struct DffArgs {
     top_k: usize,
     /// The image's weight in the overlay (pytorch-grad-cam's run_dff_on_image uses 0.3).
     #[arg(long, default_value_t = dff::IMAGE_WEIGHT)]
-    image_weight: f32,
+    image_weight: f64,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -90,6 +90,7 @@ fn dff_all<B: Backend>(
     bar.set_message("activations");
     let mut kept: Vec<(PathBuf, (usize, usize))> = Vec::new();
     let mut acts: Vec<Tensor> = Vec::new();
+    let mut first_hw = None;
     for chunk in files.chunks(a.batch.max(1)) {
         let mut images = Vec::new();
         for f in chunk {
@@ -111,34 +112,71 @@ fn dff_all<B: Backend>(
             let group: Vec<usize> = (i..images.len())
                 .filter(|&j| !done[j] && size.for_image(&images[j].1) == hw)
                 .collect();
-            let refs: Vec<_> = group.iter().map(|&j| &images[j].1).collect();
-            let x = net.backend().upload(preprocess(&refs, hw))?;
-            let (act, _) = dff::activations(net, x, &layer)?;
-            let (n, c, h, w) = act.dims4();
-            for (slot, &j) in group.iter().enumerate() {
-                done[j] = true;
-                let img = &images[j].1;
-                kept.push((
-                    images[j].0.clone(),
-                    (img.height() as usize, img.width() as usize),
-                ));
-                let one = act.data()[slot * c * h * w..(slot + 1) * c * h * w].to_vec();
-                acts.push(Tensor::new([1, c, h, w], one));
+            // A batch that fails (an image too small for the network at --size native) is
+            // run again an image at a time, so only the culprit is lost.
+            let activations = |idx: &[usize]| -> gradcam::Result<Tensor> {
+                let refs: Vec<_> = idx.iter().map(|&j| &images[j].1).collect();
+                let x = net.backend().upload(preprocess(&refs, hw))?;
+                Ok(dff::activations(net, x, &layer)?.0)
+            };
+            let runs: Vec<(Vec<usize>, gradcam::Result<Tensor>)> = match activations(&group) {
+                Ok(a) => vec![(group.clone(), Ok(a))],
+                Err(e) if group.len() == 1 => vec![(group.clone(), Err(e))],
+                Err(_) => (group.iter())
+                    .map(|&j| (vec![j], activations(&[j])))
+                    .collect(),
+            };
+            for (run, got) in runs {
+                run.iter().for_each(|&j| done[j] = true);
+                let act = match got {
+                    Ok(act) => act,
+                    Err(e) => {
+                        failed += run.len();
+                        for &j in &run {
+                            bar.suspend(|| eprintln!("error: {}: {e}", images[j].0.display()));
+                        }
+                        continue;
+                    }
+                };
+                let (_, c, h, w) = act.dims4();
+                for (slot, &j) in run.iter().enumerate() {
+                    let img = &images[j].1;
+                    first_hw.get_or_insert(hw);
+                    kept.push((
+                        images[j].0.clone(),
+                        (img.height() as usize, img.width() as usize),
+                    ));
+                    let one = act.data()[slot * c * h * w..(slot + 1) * c * h * w].to_vec();
+                    acts.push(Tensor::new([1, c, h, w], one));
+                }
             }
-            debug_assert_eq!(n, group.len());
         }
         bar.inc(chunk.len() as u64);
     }
-    if acts.is_empty() {
+    let Some(hw0) = first_hw else {
         bar.finish_and_clear();
-        anyhow::bail!("no image could be read");
-    }
-    bar.set_message(format!("factorising into {} concepts", a.components));
-    let f = dff::factorize(&acts, a.components)?;
+        eprintln!("error: no image could be factorised ({failed} input(s) failed, listed above)");
+        return Ok(ExitCode::from(1));
+    };
     let k = a.components;
+    let channels = acts[0].dims4().1;
+    if k > channels {
+        bar.finish_and_clear();
+        anyhow::bail!("--components {k}: more concepts than the {channels} channels of {layer}");
+    }
+    bar.set_message(format!("factorising into {k} concepts"));
+    let f = dff::factorize(acts, k)?;
+    if !f.converged {
+        bar.suspend(|| {
+            eprintln!(
+                "note: the NMF stopped at its limit of {} iterations before its tolerance \
+                 (as scikit-learn's would, with a ConvergenceWarning)",
+                f.iterations
+            )
+        });
+    }
 
     // Each concept's classes: the network after the layer on the concept.
-    let hw0 = size.for_image(&load_rgb8(&kept[0].0)?);
     let scores = dff::concept_scores(net, &layer, &f.concepts, hw0)?;
     let label = |c: usize| {
         graph
@@ -164,6 +202,7 @@ fn dff_all<B: Backend>(
 
     // Per image: the share of the layer's positions each concept holds, and the overlay.
     bar.set_message("overlays");
+    bar.set_length(kept.len() as u64);
     bar.set_position(0);
     let stems = inputs::stems(
         &kept.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
@@ -174,7 +213,8 @@ fn dff_all<B: Backend>(
     let mut positions = 0usize;
     for (((path, (ih, iw)), maps), stem) in kept.iter().zip(&f.maps).zip(&stems) {
         let (mh, mw) = (maps.shape()[1], maps.shape()[2]);
-        let owner = dff::concept_per_pixel(maps.data(), k);
+        // Owners as the overlay colours them: each map normalised first.
+        let owner = dff::concept_per_pixel(&dff::scale_maps(maps.data(), (mh, mw), (mh, mw)), k);
         let mut share = vec![0f32; k];
         for &o in &owner {
             share[o] += 1.0 / owner.len() as f32;

@@ -66,7 +66,7 @@ pub struct EvalArgs {
         value_delimiter = ',',
         default_value = "10,20,30,40,50,60,70,80,90"
     )]
-    road_percentiles: Vec<f32>,
+    road_percentiles: Vec<f64>,
     /// Standard deviation of the noise added to ROAD's imputed pixels (normalised units;
     /// drawn from a fixed seed, the same for every method).
     #[arg(long, default_value_t = gradcam::eval::road::NOISE)]

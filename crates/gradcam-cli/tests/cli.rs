@@ -1480,7 +1480,9 @@ fn dff_factorises_a_folder_together() {
     // Bad settings exit with 2 before any work, naming the problem.
     for (args, what) in [
         (vec!["-k", "0"], "--components"),
+        (vec!["-k", "500"], "more concepts than the 128 channels"),
         (vec!["--layer", "layer9"], "layer9"),
+        (vec!["--layer", "layer3,layer4"], "one layer"),
         (vec!["--image-weight", "2"], "--image-weight"),
     ] {
         let mut all = vec!["dff", imgs.to_str().unwrap(), "-o", out.to_str().unwrap()];
@@ -1489,4 +1491,13 @@ fn dff_factorises_a_folder_together() {
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(stderr(&o).contains(what), "{what}: {}", stderr(&o));
     }
+    // Nothing readable: each file reported, exit status 1, no report.
+    let junk = dir.path().join("junk");
+    std::fs::create_dir_all(&junk).unwrap();
+    std::fs::write(junk.join("x.png"), b"no").unwrap();
+    let out3 = dir.path().join("out3");
+    let o = gradcam(&["dff", junk.to_str().unwrap(), "-o", out3.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("x.png") && stderr(&o).contains("no image could be factorised"));
+    assert!(!out3.join("dff.json").exists());
 }
