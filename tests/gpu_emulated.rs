@@ -1032,3 +1032,58 @@ fn f16_overflow_is_an_error_not_a_blank_map() {
     let tf32 = logits(&dict, Some(Precision::Tf32)).unwrap();
     assert!((tf32 / 1e6 - 1.0).abs() < 1e-2, "largest TF32 logit {tf32}");
 }
+
+/// Deep Feature Factorization and ROAD through the emulated kernels (activations at the layer
+/// downloaded, the network run on from the layer for the concepts' classes, ROAD's copies
+/// through the network) against the CPU backend, at f32: the NMF and the imputation run on
+/// the host, so only the network's rounding differs (activations and logits within 1e-4,
+/// hence concepts within 1e-3 and ROAD's probability changes within 1e-4).
+#[test]
+fn dff_and_road_match_the_cpu_backend() {
+    let load = || model::load(fixtures().join("resnet_tiny.safetensors"), None).unwrap();
+    let cpu = Network::new(load(), CpuBackend::fast()).unwrap();
+    let gpu = Network::new(load(), GpuBackend::new(EmuLauncher::new())).unwrap();
+    let imgs: Vec<RgbImage> = ["a", "b"]
+        .iter()
+        .map(|n| load_rgb8(&fixtures().join(format!("images/{n}.png"))).unwrap())
+        .collect();
+    let refs: Vec<&RgbImage> = imgs.iter().collect();
+    let x = preprocess(&refs, (64, 64));
+    let factorise = |act: Tensor| gradcam::dff::factorize(vec![act], 3).unwrap();
+    let (ac, _) = gradcam::dff::activations(&cpu, x.clone(), "layer4").unwrap();
+    let (ag, _) =
+        gradcam::dff::activations(&gpu, gpu.backend().upload(x.clone()).unwrap(), "layer4")
+            .unwrap();
+    assert!(
+        rel_err(&ag, &ac) < 1e-4,
+        "activations {}",
+        rel_err(&ag, &ac)
+    );
+    let (fc, fg) = (factorise(ac), factorise(ag));
+    assert!(rel_err(&fg.concepts, &fc.concepts) < 1e-3);
+    let sc = gradcam::dff::concept_scores(&cpu, "layer4", &fc.concepts, (64, 64)).unwrap();
+    let sg = gradcam::dff::concept_scores(&gpu, "layer4", &fc.concepts, (64, 64)).unwrap();
+    let (sc, sg) = (sc.unwrap(), sg.unwrap());
+    assert!(
+        rel_err(&sg, &sc) < 1e-4,
+        "concept scores {}",
+        rel_err(&sg, &sc)
+    );
+
+    let one = preprocess(&refs[..1], (64, 64));
+    let map: Vec<f32> = (0..64 * 64)
+        .map(|i| ((i % 64) as f32 / 63.0).powi(2))
+        .collect();
+    let cfg = gradcam::eval::road::RoadConfig::default();
+    use gradcam::eval::road::road_scores;
+    let rc = road_scores(&cpu, &one, &map, 2, 0.5, &cfg, 7)
+        .unwrap()
+        .unwrap();
+    let rg = road_scores(&gpu, &one, &map, 2, 0.5, &cfg, 7)
+        .unwrap()
+        .unwrap();
+    assert!(
+        (rc.morf - rg.morf).abs() < 1e-4 && (rc.lerf - rg.lerf).abs() < 1e-4,
+        "{rc:?} {rg:?}"
+    );
+}
