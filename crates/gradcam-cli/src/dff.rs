@@ -18,6 +18,9 @@ use serde_json::json;
 
 use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
 
+/// Images listed per concept in dff.json.
+const TOP_IMAGES: usize = 8;
+
 #[derive(Args)]
 pub struct DffArgs {
     /// Images, or folders searched recursively for images; all are factorised together.
@@ -209,6 +212,7 @@ fn dff_all<B: Backend>(
         &a.inputs,
     );
     let mut per_image = Vec::new();
+    let mut shares: Vec<Vec<f32>> = Vec::new();
     let mut total = vec![0usize; k];
     let mut positions = 0usize;
     for (((path, (ih, iw)), maps), stem) in kept.iter().zip(&f.maps).zip(&stems) {
@@ -243,6 +247,7 @@ fn dff_all<B: Backend>(
             "share": share,
             "dominant": dominant,
         }));
+        shares.push(share);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -250,11 +255,19 @@ fn dff_all<B: Backend>(
     let concepts: Vec<serde_json::Value> = (0..k)
         .map(|i| {
             let [r, g, b] = dff::concept_colour(i, k);
+            // The images where the concept holds most of the picture, most first.
+            let mut order: Vec<usize> = (0..shares.len()).filter(|&n| shares[n][i] > 0.0).collect();
+            order.sort_by(|&x, &y| shares[y][i].total_cmp(&shares[x][i]).then(x.cmp(&y)));
+            let top: Vec<serde_json::Value> = (order.iter().take(TOP_IMAGES))
+                .map(|&n| json!({"image": kept[n].0.display().to_string(), "share": shares[n][i]}))
+                .collect();
             json!({
                 "concept": i,
                 "colour": format!("#{r:02x}{g:02x}{b:02x}"),
                 "share": total[i] as f32 / positions.max(1) as f32,
+                "images": order.len(),
                 "classes": concept_classes[i],
+                "top_images": top,
             })
         })
         .collect();

@@ -1440,6 +1440,21 @@ fn dff_factorises_a_folder_together() {
     let total: f64 = concepts.iter().map(|c| c["share"].as_f64().unwrap()).sum();
     assert!((total - 1.0).abs() < 1e-5);
     for c in concepts {
+        // The images it covers most, most first, each one of the inputs.
+        let top = c["top_images"].as_array().unwrap();
+        assert_eq!(
+            top.len(),
+            (c["images"].as_u64().unwrap() as usize).min(8),
+            "{c}"
+        );
+        let s: Vec<f64> = top.iter().map(|t| t["share"].as_f64().unwrap()).collect();
+        assert!(
+            s.windows(2).all(|w| w[0] >= w[1]) && s.iter().all(|&v| v > 0.0),
+            "{c}"
+        );
+        assert!(top
+            .iter()
+            .all(|t| images.iter().any(|im| im["image"] == t["image"])));
         // Two classes each (--top-k), named by the demo model's labels, best first.
         let classes = c["classes"].as_array().unwrap();
         assert_eq!(classes.len(), 2, "{c}");
