@@ -47,7 +47,8 @@ pub struct DffArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Output folder: <stem>.dff.png per image, dff.json and concepts.npy ([channels, k]).
+    /// Output folder: <stem>.dff.png per image, dff.json, concepts.npy ([channels, k]) and
+    /// concepts_by_group.csv (each concept's mean share per first-level input folder).
     #[arg(long, short, default_value = "gradcam-out/dff")]
     out: PathBuf,
 }
@@ -276,6 +277,33 @@ fn dff_all<B: Backend>(
         f.concepts.shape(),
         f.concepts.data(),
     )?;
+    // Per group (the first folder of each output stem, `.` for images at the top): the mean
+    // share of each concept, so a concept that one class or source holds more than the
+    // others (a watermark, a background) stands out.
+    let mut groups: std::collections::BTreeMap<String, (usize, Vec<f64>)> = Default::default();
+    for (stem, share) in stems.iter().zip(&shares) {
+        let name = stem.split_once('/').map_or(".", |(g, _)| g).to_string();
+        let g = groups.entry(name).or_insert_with(|| (0, vec![0.0; k]));
+        g.0 += 1;
+        g.1.iter_mut().zip(share).for_each(|(t, &v)| *t += v as f64);
+    }
+    let mut csv = format!(
+        "group,images,{}\n",
+        (0..k)
+            .map(|i| format!("concept_{i}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let group_json: Vec<serde_json::Value> = (groups.iter())
+        .map(|(name, (n, sum))| {
+            let mean: Vec<f64> = sum.iter().map(|v| v / *n as f64).collect();
+            let cells: Vec<String> = mean.iter().map(|v| format!("{v:.4}")).collect();
+            csv += &format!("{},{n},{}\n", crate::summary::field(name), cells.join(","));
+            json!({"group": name, "images": n, "share": mean})
+        })
+        .collect();
+    let csv_path = a.out.join("concepts_by_group.csv");
+    std::fs::write(&csv_path, csv).with_context(|| format!("writing {}", csv_path.display()))?;
     let report = json!({
         "model": graph.arch,
         "layer": layer,
@@ -283,6 +311,7 @@ fn dff_all<B: Backend>(
         "nmf_iterations": f.iterations,
         "images": per_image,
         "concepts": concepts,
+        "groups": group_json,
     });
     let path = a.out.join("dff.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")

@@ -64,7 +64,7 @@ enum Cmd {
     Eval(eval::EvalArgs),
     /// Deep Feature Factorization: k concepts shared by all the images given (NMF of the
     /// layer's activations, as pytorch-grad-cam), each named by the network's classes;
-    /// writes <stem>.dff.png per image, dff.json and concepts.npy.
+    /// writes <stem>.dff.png per image, dff.json, concepts.npy and concepts_by_group.csv.
     Dff(dff::DffArgs),
     /// A summary.csv per class (or folder): images, failures, accuracy, where the maps look;
     /// groups whose maps lean most on the image's borders first.

@@ -1465,6 +1465,29 @@ fn dff_factorises_a_folder_together() {
             .chars()
             .all(|ch| ch.is_ascii_lowercase()));
     }
+    // Per first-level folder: the 3 images at the top ('.') and the 2 in sub/, each row's
+    // mean shares summing to 1, the same in the CSV.
+    let groups = js["groups"].as_array().unwrap();
+    let names: Vec<(&str, u64)> = (groups.iter())
+        .map(|g| (g["group"].as_str().unwrap(), g["images"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(names, vec![(".", 3), ("sub", 2)]);
+    for g in groups {
+        let s: f64 = g["share"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        assert!((s - 1.0).abs() < 1e-5, "{g}");
+    }
+    let csv = std::fs::read_to_string(out.join("concepts_by_group.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "group,images,concept_0,concept_1,concept_2,concept_3"
+    );
+    assert!(lines[2].starts_with("sub,2,"), "{csv}");
     // concepts.npy: [channels of layer4, k].
     let (shape, _) = gradcam::npy::read_f32(&out.join("concepts.npy")).unwrap();
     assert_eq!(shape, vec![128, 4]);
