@@ -277,12 +277,13 @@ fn dff_all<B: Backend>(
         f.concepts.shape(),
         f.concepts.data(),
     )?;
-    // Per group (the first folder of each output stem, `.` for images at the top): the mean
-    // share of each concept, so a concept that one class or source holds more than the
-    // others (a watermark, a background) stands out.
+    // Per group (the folder given, and its first-level subfolder when the image lies below
+    // one: `DATA/cats`; `.` for images given by name): each concept's share averaged over the
+    // group's images, so a concept that one class or source holds more than the others (a
+    // watermark, a background) stands out.
     let mut groups: std::collections::BTreeMap<String, (usize, Vec<f64>)> = Default::default();
-    for (stem, share) in stems.iter().zip(&shares) {
-        let name = stem.split_once('/').map_or(".", |(g, _)| g).to_string();
+    for ((path, _), share) in kept.iter().zip(&shares) {
+        let name = group_of(path, &a.inputs);
         let g = groups.entry(name).or_insert_with(|| (0, vec![0.0; k]));
         g.0 += 1;
         g.1.iter_mut().zip(share).for_each(|(t, &v)| *t += v as f64);
@@ -349,4 +350,23 @@ fn dff_all<B: Backend>(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// An image's group: the folder given that holds it (the first that does), joined with the
+/// first folder below it on the image's path if any; `.` for an image given by name.
+fn group_of(path: &std::path::Path, roots: &[PathBuf]) -> String {
+    for root in roots.iter().filter(|r| r.is_dir()) {
+        let Ok(rel) = path.strip_prefix(root) else {
+            continue;
+        };
+        let mut parts = rel.components();
+        let first = parts.next();
+        let name = root.display().to_string();
+        let name = name.trim_end_matches('/');
+        return match (first, parts.next()) {
+            (Some(sub), Some(_)) => format!("{name}/{}", sub.as_os_str().to_string_lossy()),
+            _ => name.to_string(),
+        };
+    }
+    ".".to_string()
 }

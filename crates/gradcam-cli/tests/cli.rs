@@ -1392,15 +1392,15 @@ fn dff_factorises_a_folder_together() {
     let dir = tempfile::tempdir().unwrap();
     let heldout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/heldout");
     let imgs = dir.path().join("imgs");
-    std::fs::create_dir_all(imgs.join("sub")).unwrap();
+    std::fs::create_dir_all(imgs.join("sub/deeper")).unwrap();
     for (i, name) in ["0001.png", "0002.png", "0003.png", "0004.png", "0005.png"]
         .iter()
         .enumerate()
     {
-        let to = if i < 3 {
-            imgs.join(name)
-        } else {
-            imgs.join("sub").join(name)
+        let to = match i {
+            0..3 => imgs.join(name),
+            3 => imgs.join("sub").join(name),
+            _ => imgs.join("sub/deeper").join(name),
         };
         std::fs::copy(heldout.join(name), to).unwrap();
     }
@@ -1439,22 +1439,30 @@ fn dff_factorises_a_folder_together() {
     assert_eq!(concepts.len(), 4);
     let total: f64 = concepts.iter().map(|c| c["share"].as_f64().unwrap()).sum();
     assert!((total - 1.0).abs() < 1e-5);
-    for c in concepts {
-        // The images it covers most, most first, each one of the inputs.
+    let share_of = |image: &serde_json::Value, i: usize| -> f64 {
+        (images.iter())
+            .find(|im| im["image"] == *image)
+            .map(|im| im["share"][i].as_f64().unwrap())
+            .unwrap()
+    };
+    for (i, c) in concepts.iter().enumerate() {
+        // The images where it holds any position, counted; up to 8 of them listed, most
+        // first, each with its share as the image's own entry says.
+        let holding: Vec<f64> = (images.iter())
+            .map(|im| im["share"][i].as_f64().unwrap())
+            .filter(|&v| v > 0.0)
+            .collect();
+        assert_eq!(c["images"].as_u64().unwrap() as usize, holding.len(), "{c}");
         let top = c["top_images"].as_array().unwrap();
-        assert_eq!(
-            top.len(),
-            (c["images"].as_u64().unwrap() as usize).min(8),
-            "{c}"
-        );
+        assert_eq!(top.len(), holding.len().min(8), "{c}");
         let s: Vec<f64> = top.iter().map(|t| t["share"].as_f64().unwrap()).collect();
-        assert!(
-            s.windows(2).all(|w| w[0] >= w[1]) && s.iter().all(|&v| v > 0.0),
-            "{c}"
-        );
-        assert!(top
-            .iter()
-            .all(|t| images.iter().any(|im| im["image"] == t["image"])));
+        assert!(s.windows(2).all(|w| w[0] >= w[1]), "{c}");
+        for t in top {
+            assert!((t["share"].as_f64().unwrap() - share_of(&t["image"], i)).abs() < 1e-6);
+        }
+        if let Some(first) = s.first() {
+            assert!((first - holding.iter().cloned().fold(0.0, f64::max)).abs() < 1e-6);
+        }
         // Two classes each (--top-k), named by the demo model's labels, best first.
         let classes = c["classes"].as_array().unwrap();
         assert_eq!(classes.len(), 2, "{c}");
@@ -1467,27 +1475,81 @@ fn dff_factorises_a_folder_together() {
     }
     // Per first-level folder: the 3 images at the top ('.') and the 2 in sub/, each row's
     // mean shares summing to 1, the same in the CSV.
+    // Per folder given and its first-level subfolder: the 3 images at the top of imgs, and
+    // the 2 below imgs/sub (one of them deeper); each group's shares the mean of its images'.
     let groups = js["groups"].as_array().unwrap();
-    let names: Vec<(&str, u64)> = (groups.iter())
-        .map(|g| (g["group"].as_str().unwrap(), g["images"].as_u64().unwrap()))
+    let root = imgs.display().to_string();
+    let names: Vec<(String, u64)> = (groups.iter())
+        .map(|g| {
+            (
+                g["group"].as_str().unwrap().to_string(),
+                g["images"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(names, vec![(".", 3), ("sub", 2)]);
-    for g in groups {
-        let s: f64 = g["share"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .sum();
-        assert!((s - 1.0).abs() < 1e-5, "{g}");
-    }
+    assert_eq!(names, vec![(root.clone(), 3), (format!("{root}/sub"), 2)]);
     let csv = std::fs::read_to_string(out.join("concepts_by_group.csv")).unwrap();
     let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
     assert_eq!(
         lines[0],
         "group,images,concept_0,concept_1,concept_2,concept_3"
     );
-    assert!(lines[2].starts_with("sub,2,"), "{csv}");
+    for (g, line) in groups.iter().zip(&lines[1..]) {
+        let prefix = format!("{}/", g["group"].as_str().unwrap());
+        let sub = format!("{root}/sub/");
+        let members: Vec<&serde_json::Value> = (images.iter())
+            .filter(|im| {
+                let p = im["image"].as_str().unwrap();
+                p.starts_with(&prefix) && (prefix == sub || !p.starts_with(&sub))
+            })
+            .collect();
+        assert_eq!(members.len() as u64, g["images"].as_u64().unwrap(), "{g}");
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells[1], members.len().to_string());
+        for i in 0..4 {
+            let mean = members
+                .iter()
+                .map(|im| im["share"][i].as_f64().unwrap())
+                .sum::<f64>()
+                / members.len() as f64;
+            assert!((g["share"][i].as_f64().unwrap() - mean).abs() < 1e-6, "{g}");
+            assert_eq!(cells[2 + i], format!("{mean:.4}"), "{line}");
+        }
+    }
+    // Two folders given: a group each, named as given.
+    let out4 = dir.path().join("out4");
+    let sub = imgs.join("sub");
+    let o = gradcam(&[
+        "dff",
+        imgs.join("0001.png").to_str().unwrap(),
+        sub.to_str().unwrap(),
+        fixtures().join("images").to_str().unwrap(),
+        "-k",
+        "2",
+        "-o",
+        out4.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let js4: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out4.join("dff.json")).unwrap()).unwrap();
+    let names: Vec<(String, u64)> = (js4["groups"].as_array().unwrap().iter())
+        .map(|g| {
+            (
+                g["group"].as_str().unwrap().to_string(),
+                g["images"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let fx = fixtures().join("images").display().to_string();
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names.contains(&(".".to_string(), 1)), "{names:?}");
+    assert!(names.contains(&(sub.display().to_string(), 1)), "{names:?}");
+    assert!(
+        names.contains(&(format!("{}/deeper", sub.display()), 1)),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|(n, c)| *n == fx && *c >= 4), "{names:?}");
     // concepts.npy: [channels of layer4, k].
     let (shape, _) = gradcam::npy::read_f32(&out.join("concepts.npy")).unwrap();
     assert_eq!(shape, vec![128, 4]);
