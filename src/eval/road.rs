@@ -131,25 +131,20 @@ pub fn impute(x: &[f32], (h, w): (usize, usize), keep: &[bool]) -> Result<Vec<f3
     // Three channels per solve (an RGB image in one), sharing every stencil read.
     let planes: Vec<&[f32]> = x.chunks(hw).collect();
     for (g, group) in planes.chunks(RHS).enumerate() {
-        // Right-hand side: the kept neighbours' weighted values.
+        // Right-hand side: the kept neighbours' weighted values, read through the stencil's
+        // padded layout from a plane holding the kept pixels (zero where removed or outside).
+        let mut known = vec![[0f64; RHS]; fine.len()];
+        for (j, _) in keep.iter().enumerate().filter(|(_, &k)| k) {
+            let i = fine.index(j / w, j % w);
+            for (c, plane) in group.iter().enumerate() {
+                known[i][c] = plane[j] as f64;
+            }
+        }
         let mut b = vec![[0f64; RHS]; fine.len()];
-        for y in 0..h {
-            for xx in 0..w {
-                if keep[y * w + xx] {
-                    continue;
-                }
-                let i = fine.index(y, xx);
-                for &(dy, dx, wt) in &NEIGHBOURS {
-                    let (ny, nx) = (y as isize + dy, xx as isize + dx);
-                    if ny >= 0 && nx >= 0 && (ny as usize) < h && (nx as usize) < w {
-                        let j = ny as usize * w + nx as usize;
-                        if keep[j] {
-                            for (c, plane) in group.iter().enumerate() {
-                                b[i][c] += wt * plane[j] as f64;
-                            }
-                        }
-                    }
-                }
+        for &i in &fine.cells {
+            for (k, &(_, _, wt)) in NEIGHBOURS.iter().enumerate() {
+                let v = known[fine.at(i, k)];
+                b[i].iter_mut().zip(v).for_each(|(b, v)| *b += wt * v);
             }
         }
         let v = solver.solve(&b)?;
