@@ -53,6 +53,11 @@ const NEIGHBOURS: [(isize, isize, f64); 8] = [
 pub fn percentile(v: &[f32], p: f64) -> f32 {
     let mut s = v.to_vec();
     s.sort_by(f32::total_cmp);
+    percentile_sorted(&s, p)
+}
+
+/// `percentile` of values already sorted ascending (`f32::total_cmp`).
+fn percentile_sorted(s: &[f32], p: f64) -> f32 {
     let n = s.len();
     if n == 0 {
         return f32::NAN;
@@ -77,32 +82,52 @@ pub fn percentile(v: &[f32], p: f64) -> f32 {
 /// map is flat over the lower p %: pytorch-grad-cam's system is then singular and its score
 /// NaN), the p % of the pixels it asks for are kept among the lowest, ties drawn by `seed`.
 pub fn kept(map: &[f32], p: f64, order: Order, seed: u64) -> Vec<bool> {
-    let ranked: Vec<f32> = match order {
-        Order::MoRF => map.to_vec(),
-        Order::LeRF => map.iter().map(|&v| 1.0 - v).collect(),
-    };
-    if ranked.is_empty() {
-        return Vec::new();
+    Ranked::new(map, order).kept(p, seed)
+}
+
+/// A map's values in ROAD's order (the map for MoRF, `1 - map` for LeRF) and the same values
+/// sorted: one sort per order serves every percentile.
+struct Ranked {
+    values: Vec<f32>,
+    sorted: Vec<f32>,
+}
+
+impl Ranked {
+    fn new(map: &[f32], order: Order) -> Ranked {
+        let values: Vec<f32> = match order {
+            Order::MoRF => map.to_vec(),
+            Order::LeRF => map.iter().map(|&v| 1.0 - v).collect(),
+        };
+        let mut sorted = values.clone();
+        sorted.sort_by(f32::total_cmp);
+        Ranked { values, sorted }
     }
-    let thr = percentile(&ranked, p);
-    let keep: Vec<bool> = ranked.iter().map(|&v| v < thr).collect();
-    if keep.iter().any(|&k| k) {
-        return keep;
+
+    fn kept(&self, p: f64, seed: u64) -> Vec<bool> {
+        let ranked = &self.values;
+        if ranked.is_empty() {
+            return Vec::new();
+        }
+        let thr = percentile_sorted(&self.sorted, p);
+        let keep: Vec<bool> = ranked.iter().map(|&v| v < thr).collect();
+        if keep.iter().any(|&k| k) {
+            return keep;
+        }
+        let n = ranked.len();
+        let count = ((p / 100.0 * n as f64).round() as usize).clamp(1, n);
+        // A seeded shuffle, then a stable sort by value: equal values in the shuffled order.
+        let mut idx: Vec<usize> = (0..n).collect();
+        let mut rng = Rng::new(seed);
+        for i in (1..n).rev() {
+            idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        idx.sort_by(|&a, &b| ranked[a].total_cmp(&ranked[b]));
+        let mut keep = vec![false; n];
+        for &i in &idx[..count] {
+            keep[i] = true;
+        }
+        keep
     }
-    let n = ranked.len();
-    let count = ((p / 100.0 * n as f64).round() as usize).clamp(1, n);
-    // A seeded shuffle, then a stable sort by value: equal values in the shuffled order.
-    let mut idx: Vec<usize> = (0..n).collect();
-    let mut rng = Rng::new(seed);
-    for i in (1..n).rev() {
-        idx.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-    }
-    idx.sort_by(|&a, &b| ranked[a].total_cmp(&ranked[b]));
-    let mut keep = vec![false; n];
-    for &i in &idx[..count] {
-        keep[i] = true;
-    }
-    keep
 }
 
 /// ROAD's noise-free linear imputation of a [C, H, W] image: every pixel not in `keep` takes
@@ -204,10 +229,12 @@ fn perturbed_for(
     jobs: &[(Order, usize, f64)],
     noise: f32,
 ) -> Result<Vec<Vec<f32>>> {
+    let (morf, lerf) = (Ranked::new(map, Order::MoRF), Ranked::new(map, Order::LeRF));
     jobs.par_iter()
         .map(|&(o, k, p)| {
             let seed = 0x524F_4144_0000 ^ (((o == Order::LeRF) as u64) << 16) ^ k as u64;
-            let keep = kept(map, p, o, seed);
+            let ranked = if o == Order::LeRF { &lerf } else { &morf };
+            let keep = ranked.kept(p, seed);
             impute_noisy(x, hw, &keep, noise, seed.wrapping_mul(0x9E37_79B9))
         })
         .collect()
