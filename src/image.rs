@@ -23,7 +23,13 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
         reason,
     };
     // A FIFO or a device would block or never end: only regular files are read.
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let meta = std::fs::metadata(path).map_err(|e| match std::fs::read_link(path) {
+        Ok(to) if e.kind() == std::io::ErrorKind::NotFound => bad(format!(
+            "a symbolic link to {}, which does not exist",
+            to.display()
+        )),
+        _ => Error::io(path, e),
+    })?;
     if !meta.is_file() {
         return Err(bad(match meta.is_dir() {
             true => "a folder, not an image file".into(),
@@ -31,8 +37,10 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
         }));
     }
     // The format is known from the first bytes: a large file that is no image is not read
-    // whole to find that out. The rest is read from the same handle.
+    // whole to find that out. The rest is read from the same handle. TGA has no signature:
+    // its extension names it.
     let mut bytes = Vec::with_capacity(meta.len() as usize);
+    let mut hint = None;
     {
         use std::io::Read;
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -41,27 +49,54 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
             .read_to_end(&mut bytes)
             .map_err(|e| Error::io(path, e))?;
         if !bytes.is_empty() && image::guess_format(&bytes).is_err() {
-            return Err(bad("not a recognised image format".into()));
+            match image::ImageFormat::from_path(path) {
+                Ok(image::ImageFormat::Tga) => hint = Some(image::ImageFormat::Tga),
+                _ => return Err(bad("not a recognised image format".into())),
+            }
         }
         f.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     }
-    decode_rgb8(&bytes).map_err(bad)
+    guarded(|| decode_unguarded(&bytes, hint)).map_err(bad)
 }
 
+/// [`load_rgb8`] of a file's bytes (the format sniffed from them).
 pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     // A decoder bug on a malformed file must fail that file, not the whole run.
-    guarded(|| decode_unguarded(bytes))
+    guarded(|| decode_unguarded(bytes, None))
 }
 
-fn decode_unguarded(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+fn decode_unguarded(
+    bytes: &[u8],
+    format: Option<image::ImageFormat>,
+) -> std::result::Result<RgbImage, String> {
     if bytes.is_empty() {
         return Err("the file is empty (0 bytes)".into());
     }
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
-    if reader.format().is_none() {
-        return Err("not a recognised image format".into());
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes));
+    match format {
+        Some(f) => reader.set_format(f),
+        None => reader = reader.with_guessed_format().map_err(|e| e.to_string())?,
+    }
+    match reader.format() {
+        None => return Err("not a recognised image format".into()),
+        // (Decoding AVIF needs the dav1d library, which this build leaves out.)
+        Some(image::ImageFormat::Avif) => {
+            return Err(
+                "AVIF images cannot be decoded by this build; convert them to PNG or \
+                        JPEG"
+                    .into(),
+            )
+        }
+        Some(_) => {}
+    }
+    // The JPEG decoder fills a file cut short with grey and says nothing: the network would
+    // explain a picture that is half missing.
+    if reader.format() == Some(image::ImageFormat::Jpeg) && jpeg_truncated(bytes) {
+        return Err(
+            "truncated JPEG: the file ends inside the image data, before its end \
+                    marker (the part missing would be decoded as grey)"
+                .into(),
+        );
     }
     // Decoded as `ImageReader::decode` does: the output's bytes are reserved from the default
     // limits and the decoder gets what is left for its own buffers. Unlike `decode`, the
@@ -83,6 +118,61 @@ fn decode_unguarded(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         return Err("the image is empty (0 pixels)".into());
     }
     Ok(img)
+}
+
+/// Whether a JPEG's main image ends before its EOI marker: its segments are walked from the
+/// SOI (an embedded thumbnail lies inside a segment, skipped whole), each scan's
+/// entropy-coded data read up to the next marker that is not a restart or a stuffed 0xFF.
+/// Data after the EOI (a second picture, a phone's video) is not looked at. Bytes between
+/// segments are passed over as libjpeg does.
+fn jpeg_truncated(b: &[u8]) -> bool {
+    if !b.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let mut i = 2;
+    loop {
+        // The next marker: 0xFF, fill bytes, the code.
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&m) = b.get(i) else {
+            return true;
+        };
+        i += 1;
+        match m {
+            0xD9 => return false,
+            // Markers without a length (a stray stuffed byte counts as one).
+            0x00 | 0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len) = b
+            .get(i..i + 2)
+            .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)
+        else {
+            return true;
+        };
+        i += len;
+        if i > b.len() {
+            return true;
+        }
+        if m == 0xDA {
+            // The scan's data: up to a marker, past stuffed zeros and restarts.
+            loop {
+                while i < b.len() && b[i] != 0xFF {
+                    i += 1;
+                }
+                match b.get(i + 1) {
+                    None => return true,
+                    Some(0x00 | 0xD0..=0xD7) => i += 2,
+                    Some(0xFF) => i += 1,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
 }
 
 /// The decoder's error, with the limit named when the image is too large to decode.
@@ -247,6 +337,61 @@ mod tests {
         jpeg[sof + 5..sof + 9].copy_from_slice(&[0xea, 0x60, 0xea, 0x60]); // 60000 x 60000
         let err = decode_rgb8(&jpeg).unwrap_err();
         assert!(err.contains("512 MiB allowed"), "{err}");
+    }
+
+    /// TGA, which has no signature, is read by its extension; AVIF (no decoder in this
+    /// build) is refused by name.
+    #[test]
+    fn tga_by_extension_and_avif_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 40, y as u8 * 80, 7]));
+        let tga = dir.path().join("a.TGA");
+        src.save_with_format(&tga, image::ImageFormat::Tga).unwrap();
+        assert_eq!(load_rgb8(&tga).unwrap(), src);
+        let other = dir.path().join("a.dat");
+        std::fs::copy(&tga, &other).unwrap();
+        assert!(load_rgb8(&other)
+            .unwrap_err()
+            .to_string()
+            .contains("not a recognised"));
+        let mut avif = vec![0, 0, 0, 0x1c];
+        avif.extend_from_slice(b"ftypavif\0\0\0\0avifmif1miaf");
+        avif.resize(64, 0);
+        assert!(decode_rgb8(&avif).unwrap_err().contains("AVIF"));
+    }
+
+    /// A JPEG cut short is refused (its decoder would fill the rest with grey); whole ones
+    /// decode, with data after their end marker (an appended picture or video, whose bytes
+    /// may hold any marker) or an embedded thumbnail's end marker before the main image's.
+    #[test]
+    fn truncated_jpegs_are_refused() {
+        let src = RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8])
+        });
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&src)
+            .unwrap();
+        assert!(decode_rgb8(&jpeg).is_ok());
+        for cut in [jpeg.len() / 2, jpeg.len() - 2, 20] {
+            let err = decode_rgb8(&jpeg[..cut]).unwrap_err();
+            assert!(err.contains("truncated JPEG"), "cut at {cut}: {err}");
+        }
+        let mut trailer = jpeg.clone();
+        trailer.extend_from_slice(&[0x00, 0xFF, 0xDA, 0x00, 0x08, 0x01, 0x02, 0xFF, 0xC4]);
+        trailer.extend_from_slice(&jpeg);
+        assert_eq!(decode_rgb8(&trailer).unwrap(), decode_rgb8(&jpeg).unwrap());
+        // An APP1 segment holding a thumbnail (a whole JPEG, EOI included) after the SOI.
+        let mut with_thumb = jpeg[..2].to_vec();
+        with_thumb.extend_from_slice(&[0xFF, 0xE1]);
+        with_thumb.extend_from_slice(&(jpeg.len() as u16 + 2).to_be_bytes());
+        with_thumb.extend_from_slice(&jpeg);
+        with_thumb.extend_from_slice(&jpeg[2..]);
+        assert!(decode_rgb8(&with_thumb).is_ok());
+        let cut = with_thumb.len() - jpeg.len() / 3;
+        assert!(decode_rgb8(&with_thumb[..cut])
+            .unwrap_err()
+            .contains("truncated JPEG"));
     }
 
     /// A JPEG whose EXIF orientation says "turn 90° clockwise" (6, as phones write portrait

@@ -63,6 +63,10 @@ fn missing_and_corrupt_model_files() {
             s.contains(name),
             "{name}: message should name the file: {s}"
         );
+        // Cut inside the header: said to be truncated, not "not a safetensors file".
+        if name == "header-cut.safetensors" {
+            assert!(s.contains("truncated file"), "{s}");
+        }
     }
 }
 
@@ -230,6 +234,35 @@ fn impossible_models_are_refused_at_load() {
         .collect();
     let g = model::load(write(&dir, "short.safetensors", &short), None).unwrap();
     assert_eq!(g.num_classes, 5);
+
+    // Zero-sized convolutions (they used to panic: a zero chunk size, a division by zero).
+    for (name, shape, bn) in [
+        ("layer1.0.conv1.weight", [4, 4, 0, 0], None),
+        ("conv1.weight", [4, 3, 0, 7], None),
+        ("conv1.weight", [0, 3, 7, 7], Some("bn1")),
+    ] {
+        let mut d = dict();
+        for (n, t) in d.iter_mut() {
+            if n == name {
+                *t = Tensor::zeros(shape);
+            } else if bn.is_some_and(|bn| n.starts_with(&format!("{bn}."))) {
+                *t = Tensor::zeros([0]);
+            }
+        }
+        let (_, s) = msg(model::load(write(&dir, "zero.safetensors", &d), None));
+        assert!(s.contains(name) && s.contains("at least one"), "{s}");
+    }
+    let mut vgg0 = synth::state_dict("vgg11", 16, 10, 3).unwrap();
+    let w = vgg0
+        .iter_mut()
+        .find(|(n, _)| n == "features.0.weight")
+        .unwrap();
+    w.1 = Tensor::zeros([w.1.shape()[0], 3, 0, 0]);
+    let (_, s) = msg(model::load(write(&dir, "vgg0.safetensors", &vgg0), None));
+    assert!(
+        s.contains("features.0.weight") && s.contains("at least one"),
+        "{s}"
+    );
 
     let p = write_with_metadata(
         &dir,

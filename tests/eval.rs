@@ -135,6 +135,19 @@ fn manifests_parse_and_bad_rows_name_their_line() {
     )
     .unwrap();
     assert_eq!(manifest::load(&jl).unwrap()[0].class, 2);
+    // A byte-order mark before the first row or JSON line is not part of the image's name.
+    for (name, text) in [
+        ("bom.csv", "\u{feff}a.png,3,1,2,10,20\n"),
+        (
+            "bom.jsonl",
+            "\u{feff}{\"image\": \"a.png\", \"class\": 3, \"boxes\": [[0, 0, 3, 3]]}\n",
+        ),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let e = manifest::load(&p).unwrap();
+        assert_eq!((&e[0].image, e[0].class), (&dir.path().join("a.png"), 3));
+    }
     for (name, text, needle) in [
         ("bad.csv", "a.png,x,0,0,1,1\n", ":1: class `x`"),
         ("box.csv", "a.png,1,5,0,1,1\n", ":1: bad box"),

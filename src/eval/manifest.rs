@@ -19,15 +19,17 @@ pub struct Entry {
 
 pub fn load(path: &Path) -> Result<Vec<Entry>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    // A byte-order mark (spreadsheet programs write one) is not part of the first name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let base = path.parent().unwrap_or(Path::new("."));
     let is_jsonl = path
         .extension()
         .is_some_and(|e| e == "jsonl" || e == "json")
         || text.trim_start().starts_with('{');
     let entries = if is_jsonl {
-        parse_jsonl(&text, base)
+        parse_jsonl(text, base)
     } else {
-        parse_csv(&text, base)
+        parse_csv(text, base)
     }
     .map_err(|(line, why)| Error::Invalid(format!("{}:{line}: {why}", path.display())))?;
     if entries.is_empty() {

@@ -427,7 +427,8 @@ fn curves<B: Backend>(
     let hw = h * w;
     let mut order: Vec<usize> = (0..hw).collect();
     order.sort_by(|&a, &b| map[b].total_cmp(&map[a]).then(a.cmp(&b)));
-    let steps = steps.max(1);
+    // More steps than pixels would repeat steps (a native-size image smaller than asked for).
+    let steps = steps.clamp(1, hw.max(1));
     let run =
         |insert: bool| -> Result<Vec<f32>> {
             let mut probs = Vec::with_capacity(steps + 1);

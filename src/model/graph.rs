@@ -180,14 +180,19 @@ impl Graph {
     /// stops a run instead of failing every image.
     pub fn target(&self, name: &str) -> Result<&Layer> {
         let layer = self.layer(name)?;
-        // The rank does not depend on the size; 224 is just a size every model takes.
-        if let Ok(shapes) = self.shapes(&[1, self.in_channels, 224, 224]) {
+        // The rank does not depend on the size: the model's own, else 224, which every
+        // model takes.
+        let s = match self.input_size {
+            Some(crate::image::InputSize::Square(s)) => s,
+            _ => 224,
+        };
+        if let Ok(shapes) = self.shapes(&[1, self.in_channels, s, s]) {
             if shapes[layer.node].len() != 4 {
                 return Err(Error::BadTarget {
                     name: name.into(),
                     reason: format!(
                         "CAM methods need a spatial activation [N, C, H, W]; this layer gives \
-                         {:?} (at 224×224)",
+                         {:?} (at {s}×{s})",
                         shapes[layer.node]
                     ),
                 });
@@ -369,7 +374,15 @@ impl<'w> Builder<'w> {
         let wname = format!("{name}.weight");
         let mut w = self.weights.get(&wname, &[None, None, None, None])?;
         let (k, cg, r, s) = w.dims4();
-        if cg == 0 || cin % cg != 0 || k % (cin / cg) != 0 {
+        if [k, cg, r, s, cin].contains(&0) {
+            return Err(Error::Invalid(format!(
+                "{}: tensor `{wname}` has shape {:?} on {cin} input channels: a convolution \
+                 needs at least one output channel, input channel and kernel row and column",
+                self.weights.path().display(),
+                w.shape()
+            )));
+        }
+        if cin % cg != 0 || k % (cin / cg) != 0 {
             return Err(Error::BadShape {
                 path: self.weights.path().to_path_buf(),
                 name: wname,

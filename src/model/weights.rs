@@ -312,6 +312,17 @@ fn describe(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
     use safetensors::SafeTensorError as E;
     let len = file.len();
     match e {
+        // A header that begins as one (`{"`) but runs past the end: the file was cut short.
+        E::HeaderTooLarge | E::InvalidHeaderLength
+            if file.get(8..10) == Some(b"{\"".as_slice()) =>
+        {
+            let n = u64::from_le_bytes(file[..8].try_into().expect("8 bytes"));
+            format!(
+                "the header should be {n} bytes but the file has {} after its length: a \
+                 truncated file (an interrupted download or copy?)",
+                len - 8
+            )
+        }
         E::HeaderTooLarge | E::InvalidHeaderLength => {
             "the first 8 bytes do not give a plausible header length (not a safetensors file?)"
                 .into()

@@ -31,16 +31,10 @@ impl Classes {
         num_classes: usize,
         labels: Option<&[String]>,
     ) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(file)
+        let text = crate::inputs::read_text(file)
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let base = file.parent().unwrap_or(Path::new("."));
-        let class_of = |s: &str| -> Option<usize> {
-            s.parse::<usize>().ok().or_else(|| {
-                let l = labels?;
-                (l.iter().position(|n| n == s))
-                    .or_else(|| l.iter().position(|n| n.eq_ignore_ascii_case(s)))
-            })
-        };
+        let class_of = |s: &str| class_index(s, labels);
         let mut by_image: HashMap<PathBuf, usize> = HashMap::new();
         let mut listed = Vec::new();
         for line in lines(&text) {
@@ -217,6 +211,15 @@ fn unquoted(f: &str) -> &str {
     }
 }
 
+/// A class given as an index or as one of the model's labels (exactly, else ignoring ASCII
+/// case).
+pub fn class_index(s: &str, labels: Option<&[String]>) -> Option<usize> {
+    s.parse::<usize>().ok().or_else(|| {
+        let l = labels?;
+        (l.iter().position(|n| n == s)).or_else(|| l.iter().position(|n| n.eq_ignore_ascii_case(s)))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +262,11 @@ mod tests {
         std::fs::write(&file, "image,class\nimgs/a.png,\"tench, Tinca tinca\"\n").unwrap();
         let c = Classes::load(&file, 2, Some(&imagenet)).unwrap();
         assert_eq!(c.of(&d.join("imgs/a.png")), Ok(0));
+
+        // A byte-order mark before a first line that is a row, not column names.
+        std::fs::write(&file, "\u{feff}imgs/c.png,dog\n").unwrap();
+        let c = Classes::load(&file, 3, Some(&labels)).unwrap();
+        assert_eq!(c.of(&d.join("imgs/c.png")), Ok(1));
 
         // Blank-separated, as ImageNet's val.txt; names with blanks keep them.
         std::fs::write(

@@ -45,8 +45,8 @@ pub struct DffArgs {
     #[arg(long, default_value_t = dff::IMAGE_WEIGHT)]
     image_weight: f64,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    batch: u32,
     /// Output folder: <stem>.dff.png per image, dff.json, concepts.npy ([channels, k]) and
     /// concepts_by_group.csv (each concept's mean share per first-level input folder).
     #[arg(long, short, default_value = "gradcam-out/dff")]
@@ -84,7 +84,7 @@ fn dff_all<B: Backend>(
         anyhow::bail!("--layer {layer}: DFF factorises one layer");
     }
     graph.target(&layer)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    inputs::create_out_dir(&a.out)?;
 
     // The activations of every image that decodes, `batch` images of one size per pass.
     let bar = ProgressBar::new(files.len() as u64);
@@ -95,14 +95,15 @@ fn dff_all<B: Backend>(
     let mut kept: Vec<(PathBuf, (usize, usize))> = Vec::new();
     let mut acts: Vec<Tensor> = Vec::new();
     let mut first_hw = None;
-    for chunk in files.chunks(a.batch.max(1)) {
+    for chunk in files.chunks(a.batch as usize) {
         let mut images = Vec::new();
         for f in chunk {
             match load_rgb8(f) {
                 Ok(img) => images.push((f.clone(), img)),
                 Err(e) => {
                     failed += 1;
-                    bar.suspend(|| eprintln!("error: {}: {e}", f.display()));
+                    // (The error names the file.)
+                    bar.suspend(|| eprintln!("error: {e}"));
                 }
             }
         }
@@ -211,6 +212,7 @@ fn dff_all<B: Backend>(
     let stems = inputs::stems(
         &kept.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
         &a.inputs,
+        &[],
     );
     let mut per_image = Vec::new();
     let mut shares: Vec<Vec<f32>> = Vec::new();

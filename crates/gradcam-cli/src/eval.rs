@@ -53,8 +53,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 16)]
     curve_steps: usize,
     /// Images per forward pass for occlusion, curves, the confidence measures and Score-CAM.
-    #[arg(long, default_value_t = 32)]
-    forward_batch: usize,
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    forward_batch: u32,
     /// Skip Coherency (it explains every image a second time per method: twice the time of
     /// Score-CAM and Ablation-CAM).
     #[arg(long)]
@@ -91,6 +91,30 @@ fn eval_on<B: Backend>(
     entries: &[Entry],
 ) -> anyhow::Result<ExitCode> {
     let size = input_size(a.size, net.graph());
+    // Settings that would give numbers without meaning (a threshold outside the map's range,
+    // one occlusion cell, curves of empty steps), refused before any work.
+    if !(0.0..=1.0).contains(&a.loc_threshold) {
+        anyhow::bail!(
+            "--loc-threshold {}: a fraction of the map's maximum, from 0 to 1",
+            a.loc_threshold
+        );
+    }
+    if let InputSize::Square(s) = size {
+        if a.occlusion_patch > s {
+            anyhow::bail!(
+                "--occlusion-patch {}: larger than the {s}×{s} input (0 skips faithfulness)",
+                a.occlusion_patch
+            );
+        }
+        if a.curve_steps > s * s {
+            anyhow::bail!(
+                "--curve-steps {}: more than the {} pixels of the {s}×{s} input (0 skips the \
+                 curves)",
+                a.curve_steps,
+                s * s
+            );
+        }
+    }
     let mut methods: Vec<Method> = if a.methods.is_empty() {
         (Method::ALL.into_iter())
             .filter(|&m| a.target.check_combination(m, false).is_ok())
@@ -127,7 +151,7 @@ fn eval_on<B: Backend>(
         occlusion: (a.occlusion_patch > 0)
             .then_some((a.occlusion_patch, (a.occlusion_patch / 2).max(1))),
         curve_steps: (a.curve_steps > 0).then_some(a.curve_steps),
-        forward_batch: a.forward_batch.max(1),
+        forward_batch: a.forward_batch as usize,
         target: a.target,
         coherency: !a.no_coherency,
         road: (!a.no_road).then(|| RoadConfig {

@@ -41,9 +41,10 @@ pub struct ExplainArgs {
     /// `features`.
     #[arg(long)]
     layer: Option<String>,
-    /// Explain this class for every image (default: each image's top-1 class).
+    /// Explain this class for every image, as an index or one of the model's labels
+    /// (default: each image's top-1 class).
     #[arg(long = "class")]
-    class: Option<usize>,
+    class: Option<String>,
     /// Explain each image for its class listed in this CSV (`image,class` lines, images
     /// relative to the file, classes as indices or the model's labels), or, with `folders`,
     /// for the class folder it lies in (torchvision's ImageFolder layout): e.g. the data set's
@@ -307,14 +308,33 @@ fn explain_all<B: Backend>(
             eprintln!("note: fullgrad uses every layer with a bias; --layer is ignored");
         }
     }
-    if let Some(c) = a.class {
-        if c >= graph.num_classes {
-            return Err(gradcam::Error::ClassOutOfRange {
-                class: c,
-                num_classes: graph.num_classes,
+    let class = match a.class.as_deref() {
+        None => None,
+        Some(s) => match crate::classes::class_index(s.trim(), graph.labels.as_deref()) {
+            Some(c) if c >= graph.num_classes => {
+                return Err(gradcam::Error::ClassOutOfRange {
+                    class: c,
+                    num_classes: graph.num_classes,
+                }
+                .into())
             }
-            .into());
-        }
+            Some(c) => Some(c),
+            None => anyhow::bail!(
+                "--class `{s}` is {}",
+                match graph.labels {
+                    Some(_) => "neither a class index nor one of the model's labels",
+                    None => "not a class index (the model has no labels)",
+                }
+            ),
+        },
+    };
+    let class_free = matches!(a.method, Method::EigenCam | Method::KpcaCam | Method::Fem);
+    if class_free && (class.is_some() || a.classes.is_some()) {
+        eprintln!(
+            "note: {} uses no class score, so its map is the same for every class; --class and \
+             --classes only set the class each image's JSON and summary row report",
+            a.method.name()
+        );
     }
     let (n, labels) = (graph.num_classes, graph.labels.as_deref());
     let classes = match a.classes.as_deref() {
@@ -333,7 +353,7 @@ fn explain_all<B: Backend>(
     }
     // Inputs that never became files (missing paths, empty folders) count in the total too.
     let unreadable = failures.len();
-    let stems = inputs::stems(&files, &roots);
+    let stems = inputs::stems(&files, &roots, &[resume::SETTINGS_STEM]);
     let suffixes = outputs.suffixes(a.guided);
     // What decides each image's outputs: `--resume` goes on only under the same.
     let mut settings = json!({
@@ -345,7 +365,7 @@ fn explain_all<B: Backend>(
         "layer": if a.method == Method::FullGrad { FULL_GRAD_LAYERS } else { &layer },
         "method": a.method.name(),
         "counterfactual": a.counterfactual,
-        "class": a.class,
+        "class": class,
         "classes": a.classes.as_deref().map(|f| match f == Path::new("folders") {
             true => json!("folders"),
             false => resume::file_id(f),
@@ -404,7 +424,7 @@ fn explain_all<B: Backend>(
         }
     }
     drop(previous);
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    inputs::create_out_dir(&a.out)?;
     let settings_file = a.out.join(resume::SETTINGS);
     std::fs::write(&settings_file, format!("{settings:#}\n"))
         .with_context(|| format!("writing {}", settings_file.display()))?;
@@ -412,7 +432,7 @@ fn explain_all<B: Backend>(
     let summary = std::sync::Mutex::new(Summary::create(&a.out, &kept)?);
     // A failed input's row names its class when `--class` or `--classes` gave one.
     let class_of = |p: &Path| -> Option<(usize, &str)> {
-        let c = a.class.or_else(|| classes.as_ref()?.of(p).ok())?;
+        let c = class.or_else(|| classes.as_ref()?.of(p).ok())?;
         Some((c, labels.and_then(|l| l.get(c)).map_or("", String::as_str)))
     };
     for (i, (p, why)) in failures.iter().enumerate() {
@@ -427,7 +447,7 @@ fn explain_all<B: Backend>(
     }
     let cfg = ExplainConfig {
         layer: Some(layer.clone()),
-        classes: a.class.map_or(ClassSel::Predicted, ClassSel::All),
+        classes: class.map_or(ClassSel::Predicted, ClassSel::All),
         counterfactual: a.counterfactual,
         method: a.method,
         guided: a.guided,
@@ -769,8 +789,14 @@ fn atomically(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> a
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".part");
     let tmp = path.with_file_name(name);
-    write(&tmp)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
+    let done = write(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} into place", tmp.display()))
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp); // (a failed write leaves no litter)
+    }
+    done
 }
 
 /// What every JSON report repeats.

@@ -1,6 +1,6 @@
 //! Turning the command line's files and folders into a list of images, and output names.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 
 const IMAGE_EXTS: &[&str] = &[
@@ -82,16 +82,37 @@ pub fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// Makes the output folder `--out` (and its parents), saying so plainly when a file has
+/// that name.
+pub fn create_out_dir(out: &Path) -> anyhow::Result<()> {
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!("--out {}: a file, not a folder", out.display());
+    }
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("creating {}: {e}", out.display()))
+}
+
+/// A text file the user wrote (class lists, groups, summaries edited by hand), without the
+/// byte-order mark spreadsheet programs put before the first line.
+pub fn read_text(file: &Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(file)?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
+}
+
 /// Output stem per input: its path under the folder given (`roots`) that holds it, without
 /// the extension, so the output folder mirrors the input tree (`cats/1.jpg` and `dogs/1.jpg`
-/// give `cats/1.*` and `dogs/1.*`); a file given by name: its file stem. `-2`, `-3`, ... are
-/// added when stems repeat (the same name under two folders given).
-pub fn stems(files: &[PathBuf], roots: &[PathBuf]) -> Vec<String> {
+/// give `cats/1.*` and `dogs/1.*`); a file given by name: its file stem. A stem already taken
+/// (the same name under two folders given, `x.jpg` beside `x.png`) or `reserved` (a file the
+/// command writes beside the images' outputs, e.g. `run` for `run.json`) gets the first of
+/// `-2`, `-3`, ... that no other input has, so no two inputs share an output.
+pub fn stems(files: &[PathBuf], roots: &[PathBuf], reserved: &[&str]) -> Vec<String> {
     // (An empty path is the working folder, as a file's parent `Path::new("a.csv").parent()`.)
     let folders: Vec<&PathBuf> = (roots.iter())
         .filter(|r| r.as_os_str().is_empty() || r.is_dir())
         .collect();
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut taken: HashSet<String> = reserved.iter().map(|r| r.to_string()).collect();
     files
         .iter()
         .map(|f| {
@@ -114,13 +135,13 @@ pub fn stems(files: &[PathBuf], roots: &[PathBuf]) -> Vec<String> {
                 }
                 None => name,
             };
-            let n = seen.entry(stem.clone()).or_insert(0);
-            *n += 1;
-            if *n == 1 {
-                stem
-            } else {
-                format!("{stem}-{n}")
+            let (mut free, mut n) = (stem.clone(), 1);
+            while taken.contains(&free) {
+                n += 1;
+                free = format!("{stem}-{n}");
             }
+            taken.insert(free.clone());
+            free
         })
         .collect()
 }
@@ -185,7 +206,7 @@ mod tests {
         ];
         let roots = [a.clone(), b.clone(), files[5].clone(), PathBuf::new()];
         assert_eq!(
-            stems(&files, &roots),
+            stems(&files, &roots, &[]),
             [
                 "cats/1",
                 "dogs/1",
@@ -198,5 +219,25 @@ mod tests {
                 "deep"
             ]
         );
+    }
+
+    /// A suffixed stem never lands on another input's own name (`x-2.png` beside `x.jpg` and
+    /// `x.png`), nor on a name the command writes itself (`run` for run.json).
+    #[test]
+    fn stems_never_collide() {
+        let files: Vec<PathBuf> = [
+            "d/x-2.png",
+            "d/x.jpg",
+            "d/x.png",
+            "d/run.png",
+            "d/run-2.jpg",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let got = stems(&files, &[], &["run"]);
+        assert_eq!(got, ["x-2", "x", "x-3", "run-2", "run-2-2"]);
+        let unique: HashSet<&String> = got.iter().collect();
+        assert_eq!(unique.len(), files.len());
     }
 }

@@ -15,6 +15,8 @@ use crate::summary::{fields, records, FILE};
 
 /// The settings file in the output folder.
 pub const SETTINGS: &str = "run.json";
+/// The image stem that would write over [`SETTINGS`] (`run.jpg` → `run.json`): never given.
+pub const SETTINGS_STEM: &str = "run";
 
 /// A file by where it is, its size and when it was last changed: a checkpoint or a class
 /// list replaced under the same name counts as another.
@@ -76,10 +78,31 @@ pub fn load(out: &Path, now: &Value) -> anyhow::Result<Option<Previous>> {
         );
         return Ok(None);
     }
-    let Ok(text) = std::fs::read_to_string(out.join(FILE)) else {
-        return Ok(None);
+    let summary = out.join(FILE);
+    if !summary.exists() {
+        return Ok(None); // stopped before its first row
+    }
+    // A summary that cannot be read would otherwise mean every image is explained again,
+    // unasked: a long run's work.
+    let unusable = |why: &str| {
+        anyhow::anyhow!(
+            "--resume: {} {why}, so what was done cannot be told; remove it (every image is \
+             then explained again) or give another --out",
+            summary.display()
+        )
     };
-    let columns = records(&text).next().map_or(0, |h| fields(h).len());
+    let text = crate::inputs::read_text(&summary).map_err(|e| unusable(&e.to_string()))?;
+    let header = records(&text).next().map(fields).unwrap_or_default();
+    if header.len() < 3
+        || header[0] != "image"
+        || header[1] != "status"
+        || header.last().is_none_or(|s| s != "stem")
+    {
+        return Err(unusable(
+            "does not begin with the header `gradcam explain` writes (image,status,...,stem)",
+        ));
+    }
+    let columns = header.len();
     // A last row without its line break was cut short by the stop.
     let whole = match text.ends_with('\n') {
         true => text.as_str(),
@@ -177,6 +200,19 @@ mod tests {
             load(out, &now).unwrap().is_none(),
             "no summary: nothing to keep"
         );
+        // A summary that is not one (binary, another file's header) is an error, not a silent
+        // fresh start.
+        for bad in [
+            &b"\xff\xfe\x00garbage"[..],
+            b"image,status\nfoo\n",
+            b"a,b,c\n",
+        ] {
+            std::fs::write(out.join(FILE), bad).unwrap();
+            let e = load(out, &now)
+                .err()
+                .expect("an unusable summary is refused");
+            assert!(e.to_string().contains("summary.csv"), "{e}");
+        }
         std::fs::write(
             out.join(FILE),
             "image,status,error,stem\n\

@@ -161,7 +161,7 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
         true => a.summary.join(FILE),
         false => a.summary.clone(),
     };
-    let text = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
+    let text = crate::inputs::read_text(&file).with_context(|| format!("{}", file.display()))?;
     let rows = parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     if rows.is_empty() {
         anyhow::bail!("{}: no rows under the header", file.display());
@@ -169,11 +169,21 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
     let mut groups = match &a.groups {
         Some(f) => {
             let named = load_groups(f)?;
-            group(&rows, |r| {
+            let grouped = group(&rows, |r| {
                 named
                     .get(&canonical(Path::new(&r.image)))
                     .map_or(Key::Unlisted, |g| Key::Name(g.clone()))
-            })
+            });
+            if grouped.iter().all(|(k, _)| matches!(k, Key::Unlisted)) {
+                eprintln!(
+                    "warning: {} names none of the {} images in {} (its paths are read \
+                     relative to its own folder)",
+                    f.display(),
+                    rows.len(),
+                    file.display()
+                );
+            }
+            grouped
         }
         None => group(&rows, |r| by_column(r, a.by)),
     };
@@ -292,7 +302,7 @@ pub fn by_column(r: &Row, by: By) -> Key {
 /// `--groups F`: image (canonical path) → group.
 fn load_groups(file: &Path) -> anyhow::Result<HashMap<PathBuf, String>> {
     let text =
-        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        crate::inputs::read_text(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let base = file.parent().unwrap_or(Path::new(""));
     let mut out = HashMap::new();
     for line in crate::classes::lines(&text) {

@@ -45,7 +45,10 @@ impl Summary {
             std::fs::rename(&tmp, &path)?;
             std::fs::OpenOptions::new().append(true).open(&path)
         };
-        let file = start().map_err(|e| anyhow::anyhow!("creating {}: {e}", path.display()))?;
+        let file = start().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp); // (a failed write leaves no litter)
+            anyhow::anyhow!("creating {}: {e}", path.display())
+        })?;
         Ok(Summary {
             path,
             w: Some(BufWriter::new(file)),
@@ -107,6 +110,7 @@ impl Summary {
             std::fs::rename(&tmp, &self.path)
         };
         sorted().err().map(|e| {
+            let _ = std::fs::remove_file(self.path.with_extension("csv.tmp"));
             format!(
                 "{}: sorting into input order: {e} (the rows stay in the order written)",
                 self.path.display()

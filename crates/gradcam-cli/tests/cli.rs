@@ -393,6 +393,140 @@ fn fatal_errors_exit_2_with_a_clear_message() {
     );
     let o = gradcam(&["explain", a, "-m", &model(), "--size", "huge"]);
     assert!(!o.status.success() && stderr(&o).contains("native"));
+
+    // Settings refused before any work: a label on a model without labels, an output folder
+    // that is a file, eval's meaningless numbers.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"x").unwrap();
+    let manifest = dir.path().join("m.csv");
+    std::fs::write(&manifest, format!("{a},0,0,0,4,4\n")).unwrap();
+    let manifest = manifest.to_str().unwrap();
+    let m = model();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["explain", a, "-m", &m, "--class", "star"],
+            "--class `star` is not a class index (the model has no labels)",
+        ),
+        (
+            &["explain", a, "-m", &m, "-o", file.to_str().unwrap()],
+            "a file, not a folder",
+        ),
+        (
+            &["eval", manifest, "-m", &m, "--loc-threshold", "2"],
+            "--loc-threshold 2: a fraction",
+        ),
+        (
+            &["eval", manifest, "-m", &m, "--loc-threshold", "NaN"],
+            "--loc-threshold NaN",
+        ),
+        (
+            &[
+                "eval",
+                manifest,
+                "-m",
+                &m,
+                "--size",
+                "64",
+                "--occlusion-patch",
+                "65",
+            ],
+            "larger than the 64×64 input",
+        ),
+        (
+            &[
+                "eval",
+                manifest,
+                "-m",
+                &m,
+                "--size",
+                "8",
+                "--occlusion-patch",
+                "0",
+                "--curve-steps",
+                "65",
+            ],
+            "more than the 64 pixels",
+        ),
+        (
+            &["eval", manifest, "-m", &m, "--forward-batch", "0"],
+            "0 is not in 1..=4096",
+        ),
+        (
+            &["dff", a, "-m", &m, "--batch", "0"],
+            "0 is not in 1..=4096",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = gradcam(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+/// Inputs whose names would share outputs (`x-2.png` beside `x.png` and `x.jpg`, `run.png`
+/// beside run.json) each get their own; a JPEG cut short fails alone; classes go by label.
+#[test]
+fn odd_names_keep_their_outputs_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    let star = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/images/star.png");
+    for f in ["x-2.png", "x.png", "run.png"] {
+        std::fs::copy(&star, imgs.join(f)).unwrap();
+    }
+    let rgb = image::open(&star).unwrap().to_rgb8();
+    rgb.save(imgs.join("x.jpg")).unwrap();
+    let jpeg = std::fs::read(imgs.join("x.jpg")).unwrap();
+    std::fs::write(imgs.join("cut.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
+    let out = dir.path().join("out");
+    let o = gradcam(&[
+        "explain",
+        imgs.to_str().unwrap(),
+        "--class",
+        "Circle",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "the cut JPEG failed: {err}");
+    assert!(
+        err.contains("cut.jpg") && err.contains("truncated JPEG"),
+        "{err}"
+    );
+    let mut images = Vec::new();
+    for stem in ["x-2", "x", "x-3", "run-2"] {
+        let js: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("{stem}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(js["label"], "circle", "{stem}: {js}");
+        images.push(js["image"].as_str().unwrap().to_string());
+    }
+    images.sort();
+    let want: Vec<String> = ["run.png", "x-2.png", "x.jpg", "x.png"]
+        .iter()
+        .map(|f| imgs.join(f).display().to_string())
+        .collect();
+    assert_eq!(images, want);
+    // run.json is still the run's settings.
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert!(settings.get("method").is_some(), "{settings}");
+    // A --resume over a summary that is not one is refused, not a silent fresh start.
+    std::fs::write(out.join("summary.csv"), b"\xff\xfe not a summary").unwrap();
+    let o = gradcam(&[
+        "explain",
+        imgs.to_str().unwrap(),
+        "--class",
+        "Circle",
+        "-o",
+        out.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("summary.csv"), "{}", stderr(&o));
 }
 
 #[test]
