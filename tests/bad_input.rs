@@ -252,6 +252,17 @@ fn impossible_models_are_refused_at_load() {
         let (_, s) = msg(model::load(write(&dir, "zero.safetensors", &d), None));
         assert!(s.contains(name) && s.contains("at least one"), "{s}");
     }
+    let mut even = dict();
+    let w = even
+        .iter_mut()
+        .find(|(n, _)| n == "layer1.0.conv1.weight")
+        .unwrap();
+    w.1 = Tensor::zeros([w.1.shape()[0], w.1.shape()[1], 2, 2]);
+    let (_, s) = msg(model::load(write(&dir, "even.safetensors", &even), None));
+    assert!(
+        s.contains("layer1.0.conv1.weight") && s.contains("2×2 kernel"),
+        "{s}"
+    );
     let mut vgg0 = synth::state_dict("vgg11", 16, 10, 3).unwrap();
     let w = vgg0
         .iter_mut()

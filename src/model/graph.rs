@@ -382,6 +382,15 @@ impl<'w> Builder<'w> {
                 w.shape()
             )));
         }
+        // Padding (k - 1) / 2 keeps the size only for odd kernels, as every torchvision VGG and
+        // ResNet conv has (1, 3, 7); an even one would fail deep inside a residual add.
+        if r % 2 == 0 || s % 2 == 0 {
+            return Err(Error::Invalid(format!(
+                "{}: tensor `{wname}` has a {r}×{s} kernel; torchvision's VGG and ResNet \
+                 convolutions have odd kernels (1, 3, 7), padded to keep the size",
+                self.weights.path().display()
+            )));
+        }
         if cin % cg != 0 || k % (cin / cg) != 0 {
             return Err(Error::BadShape {
                 path: self.weights.path().to_path_buf(),
