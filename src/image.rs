@@ -93,8 +93,9 @@ fn decode_unguarded(
     // explain a picture that is half missing.
     if reader.format() == Some(image::ImageFormat::Jpeg) && jpeg_truncated(bytes) {
         return Err(
-            "truncated JPEG: the file ends inside the image data, before its end \
-                    marker (the part missing would be decoded as grey)"
+            "truncated JPEG: the file ends before the image's end marker (EOI), as an \
+             interrupted download or copy leaves it; the decoder would fill what is missing \
+             with grey"
                 .into(),
         );
     }

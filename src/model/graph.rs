@@ -186,7 +186,11 @@ impl Graph {
             Some(crate::image::InputSize::Square(s)) => s,
             _ => 224,
         };
-        if let Ok(shapes) = self.shapes(&[1, self.in_channels, s, s]) {
+        let shapes = (self.shapes(&[1, self.in_channels, s, s]).map(|v| (v, s))).or_else(|_| {
+            self.shapes(&[1, self.in_channels, 224, 224])
+                .map(|v| (v, 224))
+        });
+        if let Ok((shapes, s)) = shapes {
             if shapes[layer.node].len() != 4 {
                 return Err(Error::BadTarget {
                     name: name.into(),

@@ -314,7 +314,8 @@ fn describe(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
     match e {
         // A header that begins as one (`{"`) but runs past the end: the file was cut short.
         E::HeaderTooLarge | E::InvalidHeaderLength
-            if file.get(8..10) == Some(b"{\"".as_slice()) =>
+            if file.get(8..10) == Some(b"{\"".as_slice())
+                && u64::from_le_bytes(file[..8].try_into().expect("8 bytes")) > len as u64 - 8 =>
         {
             let n = u64::from_le_bytes(file[..8].try_into().expect("8 bytes"));
             format!(

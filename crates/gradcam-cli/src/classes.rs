@@ -45,7 +45,7 @@ impl Classes {
                     line.text
                 )));
             };
-            let Some(c) = class_of(class) else {
+            let Some(c) = class_of(class).map_err(bad)? else {
                 if line.first {
                     continue; // column names
                 }
@@ -212,12 +212,29 @@ fn unquoted(f: &str) -> &str {
 }
 
 /// A class given as an index or as one of the model's labels (exactly, else ignoring ASCII
-/// case).
-pub fn class_index(s: &str, labels: Option<&[String]>) -> Option<usize> {
-    s.parse::<usize>().ok().or_else(|| {
-        let l = labels?;
-        (l.iter().position(|n| n == s)).or_else(|| l.iter().position(|n| n.eq_ignore_ascii_case(s)))
-    })
+/// case): None when it is neither; an error when the label names several classes (ImageNet
+/// has two `crane`s and two `maillot`s).
+pub fn class_index(s: &str, labels: Option<&[String]>) -> Result<Option<usize>, String> {
+    if let Ok(c) = s.parse::<usize>() {
+        return Ok(Some(c));
+    }
+    let Some(l) = labels else {
+        return Ok(None);
+    };
+    let exact: Vec<usize> = (0..l.len()).filter(|&i| l[i] == s).collect();
+    let found = match exact.is_empty() {
+        true => (0..l.len())
+            .filter(|&i| l[i].eq_ignore_ascii_case(s))
+            .collect(),
+        false => exact,
+    };
+    match found[..] {
+        [] => Ok(None),
+        [c] => Ok(Some(c)),
+        ref several => Err(format!(
+            "`{s}` is the label of classes {several:?}; give the index of the one meant"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -262,6 +279,21 @@ mod tests {
         std::fs::write(&file, "image,class\nimgs/a.png,\"tench, Tinca tinca\"\n").unwrap();
         let c = Classes::load(&file, 2, Some(&imagenet)).unwrap();
         assert_eq!(c.of(&d.join("imgs/a.png")), Ok(0));
+
+        // A label shared by two classes (ImageNet's `crane`s) is refused, naming both.
+        let twice: Vec<String> = ["crane", "cat", "crane", "Cat"].map(String::from).to_vec();
+        assert_eq!(class_index("cat", Some(&twice)), Ok(Some(1)));
+        let e = class_index("CAT", Some(&twice)).unwrap_err();
+        assert!(e.contains("[1, 3]"), "{e}");
+        std::fs::write(&file, "imgs/a.png,crane\n").unwrap();
+        let e = Classes::load(&file, 4, Some(&twice))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains(":1: `crane` is the label of classes [0, 2]"),
+            "{e}"
+        );
 
         // A byte-order mark before a first line that is a row, not column names.
         std::fs::write(&file, "\u{feff}imgs/c.png,dog\n").unwrap();

@@ -100,10 +100,12 @@ fn eval_on<B: Backend>(
         );
     }
     if let InputSize::Square(s) = size {
-        if a.occlusion_patch > s {
+        if a.occlusion_patch >= s {
             anyhow::bail!(
-                "--occlusion-patch {}: larger than the {s}×{s} input (0 skips faithfulness)",
-                a.occlusion_patch
+                "--occlusion-patch {}: covers the whole {s}×{s} input, a single occlusion cell \
+                 (at most {}; 0 skips faithfulness)",
+                a.occlusion_patch,
+                s - 1
             );
         }
         if a.curve_steps > s * s {

@@ -310,7 +310,9 @@ fn explain_all<B: Backend>(
     }
     let class = match a.class.as_deref() {
         None => None,
-        Some(s) => match crate::classes::class_index(s.trim(), graph.labels.as_deref()) {
+        Some(s) => match crate::classes::class_index(s.trim(), graph.labels.as_deref())
+            .map_err(|e| anyhow::anyhow!("--class {e}"))?
+        {
             Some(c) if c >= graph.num_classes => {
                 return Err(gradcam::Error::ClassOutOfRange {
                     class: c,

@@ -112,7 +112,9 @@ pub fn stems(files: &[PathBuf], roots: &[PathBuf], reserved: &[&str]) -> Vec<Str
     let folders: Vec<&PathBuf> = (roots.iter())
         .filter(|r| r.as_os_str().is_empty() || r.is_dir())
         .collect();
-    let mut taken: HashSet<String> = reserved.iter().map(|r| r.to_string()).collect();
+    // Compared without case: on a case-insensitive file system (macOS, Windows, a shared
+    // drive) `A.json` and `a.json` are one file.
+    let mut taken: HashSet<String> = reserved.iter().map(|r| r.to_lowercase()).collect();
     files
         .iter()
         .map(|f| {
@@ -136,11 +138,11 @@ pub fn stems(files: &[PathBuf], roots: &[PathBuf], reserved: &[&str]) -> Vec<Str
                 None => name,
             };
             let (mut free, mut n) = (stem.clone(), 1);
-            while taken.contains(&free) {
+            while taken.contains(&free.to_lowercase()) {
                 n += 1;
                 free = format!("{stem}-{n}");
             }
-            taken.insert(free.clone());
+            taken.insert(free.to_lowercase());
             free
         })
         .collect()
@@ -222,7 +224,8 @@ mod tests {
     }
 
     /// A suffixed stem never lands on another input's own name (`x-2.png` beside `x.jpg` and
-    /// `x.png`), nor on a name the command writes itself (`run` for run.json).
+    /// `x.png`), nor on a name the command writes itself (`run` for run.json), nor on one
+    /// that differs only in case (one file on macOS and Windows).
     #[test]
     fn stems_never_collide() {
         let files: Vec<PathBuf> = [
@@ -231,13 +234,15 @@ mod tests {
             "d/x.png",
             "d/run.png",
             "d/run-2.jpg",
+            "d/X.png",
+            "d/Run.png",
         ]
         .iter()
         .map(PathBuf::from)
         .collect();
         let got = stems(&files, &[], &["run"]);
-        assert_eq!(got, ["x-2", "x", "x-3", "run-2", "run-2-2"]);
-        let unique: HashSet<&String> = got.iter().collect();
+        assert_eq!(got, ["x-2", "x", "x-3", "run-2", "run-2-2", "X-4", "Run-3"]);
+        let unique: HashSet<String> = got.iter().map(|s| s.to_lowercase()).collect();
         assert_eq!(unique.len(), files.len());
     }
 }

@@ -46,8 +46,10 @@ pub struct Previous {
 /// from `now`, naming each difference.
 pub fn load(out: &Path, now: &Value) -> anyhow::Result<Option<Previous>> {
     let settings = out.join(SETTINGS);
-    let Ok(text) = std::fs::read_to_string(&settings) else {
-        return Ok(None);
+    let text = match std::fs::read_to_string(&settings) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => anyhow::bail!("--resume: {}: {e}", settings.display()),
     };
     let then: Value = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("--resume: {}: {e}", settings.display()))?;

@@ -429,9 +429,9 @@ fn fatal_errors_exit_2_with_a_clear_message() {
                 "--size",
                 "64",
                 "--occlusion-patch",
-                "65",
+                "64",
             ],
-            "larger than the 64×64 input",
+            "covers the whole 64×64 input",
         ),
         (
             &[
