@@ -135,7 +135,7 @@ impl Ranked {
 /// they were. At least one pixel must be kept (else every constant solves the system).
 pub fn impute(x: &[f32], (h, w): (usize, usize), keep: &[bool]) -> Result<Vec<f32>> {
     let hw = h * w;
-    if hw == 0 || keep.len() != hw || x.len() % hw != 0 {
+    if hw == 0 || keep.len() != hw || !x.len().is_multiple_of(hw) {
         return Err(Error::Invalid(format!(
             "ROAD imputation: {} values and a mask of {} for a {h}x{w} image",
             x.len(),

@@ -395,7 +395,7 @@ impl<'w> Builder<'w> {
                 self.weights.path().display()
             )));
         }
-        if cin % cg != 0 || k % (cin / cg) != 0 {
+        if !cin.is_multiple_of(cg) || k % (cin / cg) != 0 {
             return Err(Error::BadShape {
                 path: self.weights.path().to_path_buf(),
                 name: wname,

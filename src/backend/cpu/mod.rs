@@ -1,6 +1,8 @@
 //! The CPU backend: `naive` (the oracle) and `fast` (what users run), behind one type.
 //! Shapes are checked by the caller (the network's shape pass) before any op runs.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod cam_ops;
 mod fast;
 pub(crate) mod gemm;

@@ -846,7 +846,7 @@ impl<L: Launcher> GpuBackend<L> {
             Precision::F32 => false,
             _ => wanted || self.conv_async || self.conv_nhwc,
         };
-        wanted && w.len() == 4 && w[1] % 32 == 0
+        wanted && w.len() == 4 && w[1].is_multiple_of(32)
     }
 
     /// Runs tensor-core forward convolutions with groups 1, input channels a multiple of 32
@@ -887,7 +887,7 @@ impl<L: Launcher> GpuBackend<L> {
 
     /// Whether a channels-last conv over `c` input channels of `dtype` runs on wgmma.
     fn wgmma_applies(&self, dtype: DType, c: usize) -> bool {
-        self.uses_wgmma() && c % (128 / dtype.size()) == 0
+        self.uses_wgmma() && c.is_multiple_of(128 / dtype.size())
     }
 
     /// Forces the ring depth of the channels-last 128x128 tiles (3 or 4; by default 3, or
@@ -923,8 +923,8 @@ impl<L: Launcher> GpuBackend<L> {
             && self.precision != Precision::F32
             && krsc
             && groups == 1
-            && c % 32 == 0
-            && w[0] % 8 == 0
+            && c.is_multiple_of(32)
+            && w[0].is_multiple_of(8)
     }
 
     /// Whether a forward conv that does not run channels-last writes its output channels-last
@@ -942,7 +942,7 @@ impl<L: Launcher> GpuBackend<L> {
             && !x.nhwc
             && groups == 1
             && w[1] < 32
-            && w[0] % 32 == 0
+            && w[0].is_multiple_of(32)
     }
 
     /// An element-wise or reduction op's entry for its input's storage, e.g. `relu_fwd_bf16`.
