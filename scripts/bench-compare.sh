@@ -45,6 +45,10 @@ for spec in resnet50:layer4 vgg16:features.29; do
   [ -f "$model" ] || $py tools/export_torchvision.py "$arch" "$model" --weights NONE --seed 0 >/dev/null
   rm -rf "$work/out-"*
   timed gradcam-rs "$arch" $bin --threads "$threads" explain "$work/images" -m "$model" --layer "$layer" --batch 8 -o "$work/out-rs"
+  # On a CPU with AVX-512, also without gradcam's AVX-512 GEMM (the gemm crate's AVX2 kernels).
+  if grep -qw avx512f /proc/cpuinfo; then
+    timed gradcam-avx2 "$arch" env GRADCAM_AVX512=0 $bin --threads "$threads" explain "$work/images" -m "$model" --layer "$layer" --batch 8 -o "$work/out-rs"
+  fi
   for tool in gradcam torchcam forward; do
     timed "py-$tool" "$arch" $py tools/bench_peers.py --arch "$arch" --images "$work/images" --batch 8 --out "$work/out-$tool" --tool "$tool" --threads "$threads"
   done
