@@ -10,7 +10,8 @@
 //! panel of B is computed 16, 32 or 48 columns wide, whichever covers it, and tiles at the
 //! edges are written back through masks. With several threads, B's panels are shared out;
 //! A's packed slice is read by all. Packing A costs as much as a product over a few dozen
-//! columns, so `gemm::sgemm` sends only products of many columns here.
+//! columns, so `gemm::sgemm` sends only products of many columns here, and a layer's filters
+//! are packed once at load ([`pack`], [`sgemm_packed`]): then any number of columns pays.
 //!
 //! `GRADCAM_AVX512=0` turns it off (the `gemm` crate's kernels then run), for comparisons.
 
@@ -70,51 +71,127 @@ pub fn sgemm(
     accumulate: bool,
     threads: usize,
 ) {
-    assert!(available(), "AVX-512 GEMM called on a CPU without AVX-512F");
-    assert!(m > 0 && n > 0 && k > 0 && c.len() >= (m - 1) * c_rs + n && c_rs >= n);
-    let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
+    check(m, n, k, c, c_rs);
+    let mp = m.div_ceil(MR);
     let mut apack = vec![0f32; mp * MR * KC.min(k)];
-    let cp = CPtr(c.as_mut_ptr());
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
         pack_a(a, m, pc, kc, &mut apack[..mp * MR * kc]);
         let load_c = accumulate || pc > 0;
-        let apack = &apack[..mp * MR * kc];
-        let panel = |buf: &mut Panel, jp: usize| {
-            let (j0, nr) = (jp * NR, NR.min(n - jp * NR));
-            pack_b(b, pc, kc, j0, nr, &mut buf.0[..kc * NR]);
-            for ip in 0..mp {
-                let mr = MR.min(m - ip * MR);
-                // SAFETY: the A and B panels hold kc·MR and kc·NR values; the tile's rows
-                // (ip·MR.. + mr) and columns (j0.. + nr) lie inside c, whose length `sgemm`
-                // checked, and only this panel's thread writes these columns.
-                unsafe {
-                    let (a, b, c) = (
-                        apack.as_ptr().add(ip * MR * kc),
-                        buf.0.as_ptr(),
-                        cp.ptr().add(ip * MR * c_rs + j0),
-                    );
-                    match nr.div_ceil(16) {
-                        1 => tile::<1>(kc, a, b, c, c_rs, (mr, nr), load_c),
-                        2 => tile::<2>(kc, a, b, c, c_rs, (mr, nr), load_c),
-                        _ => tile::<3>(kc, a, b, c, c_rs, (mr, nr), load_c),
-                    }
-                }
-            }
-        };
-        if threads > 1 && np > 1 {
-            (0..np)
-                .into_par_iter()
-                .for_each_init(new_panel, |buf, jp| panel(buf, jp));
-        } else {
-            let mut buf = new_panel();
-            (0..np).for_each(|jp| panel(&mut buf, jp));
-        }
+        slice(
+            (m, n),
+            (pc, kc),
+            &apack[..mp * MR * kc],
+            b,
+            c,
+            c_rs,
+            load_c,
+            threads,
+        );
     }
 }
 
-fn new_panel() -> Box<Panel> {
-    Box::new(Panel([0.0; KC * NR]))
+/// A (m×k) packed once, as [`sgemm`] packs it slice by slice, for [`sgemm_packed`]: a
+/// layer's filters, multiplied by every image's columns.
+pub fn pack(a: Mat, m: usize, k: usize) -> Vec<f32> {
+    let mp = m.div_ceil(MR);
+    let mut out = vec![0f32; mp * MR * k];
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        pack_a(a, m, pc, kc, &mut out[mp * MR * pc..][..mp * MR * kc]);
+    }
+    out
+}
+
+/// [`sgemm`] with A given as [`pack`] made it: no packing per call, so products of a few
+/// columns (a 7×7 map's 49 pixels) pay too.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_packed(
+    m: usize,
+    n: usize,
+    k: usize,
+    apacked: &[f32],
+    b: Mat,
+    c: &mut [f32],
+    c_rs: usize,
+    accumulate: bool,
+    threads: usize,
+) {
+    check(m, n, k, c, c_rs);
+    let mp = m.div_ceil(MR);
+    assert_eq!(apacked.len(), mp * MR * k, "A packed for another shape");
+    for pc in (0..k).step_by(KC) {
+        let kc = KC.min(k - pc);
+        let a = &apacked[mp * MR * pc..][..mp * MR * kc];
+        slice(
+            (m, n),
+            (pc, kc),
+            a,
+            b,
+            c,
+            c_rs,
+            accumulate || pc > 0,
+            threads,
+        );
+    }
+}
+
+fn check(m: usize, n: usize, k: usize, c: &[f32], c_rs: usize) {
+    assert!(available(), "AVX-512 GEMM called on a CPU without AVX-512F");
+    assert!(m > 0 && n > 0 && k > 0 && c.len() >= (m - 1) * c_rs + n && c_rs >= n);
+}
+
+/// One KC-deep slice (`pc`, `kc`) of the product: every tile of C from A's packed slice and
+/// B's panels, packed here (in parallel over the panels with `threads` > 1).
+#[allow(clippy::too_many_arguments)]
+fn slice(
+    (m, n): (usize, usize),
+    (pc, kc): (usize, usize),
+    apack: &[f32],
+    b: Mat,
+    c: &mut [f32],
+    c_rs: usize,
+    load_c: bool,
+    threads: usize,
+) {
+    let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
+    assert_eq!(apack.len(), mp * MR * kc);
+    let cp = CPtr(c.as_mut_ptr());
+    let panel = |buf: &mut Panel, jp: usize| {
+        let (j0, nr) = (jp * NR, NR.min(n - jp * NR));
+        pack_b(b, pc, kc, j0, nr, &mut buf.0[..kc * NR]);
+        for ip in 0..mp {
+            let mr = MR.min(m - ip * MR);
+            // SAFETY: the A and B panels hold kc·MR and kc·NR values; the tile's rows
+            // (ip·MR.. + mr) and columns (j0.. + nr) lie inside c, whose length `check`
+            // checked, and only this panel's thread writes these columns.
+            unsafe {
+                let (a, b, c) = (
+                    apack.as_ptr().add(ip * MR * kc),
+                    buf.0.as_ptr(),
+                    cp.ptr().add(ip * MR * c_rs + j0),
+                );
+                match nr.div_ceil(16) {
+                    1 => tile::<1>(kc, a, b, c, c_rs, (mr, nr), load_c),
+                    2 => tile::<2>(kc, a, b, c, c_rs, (mr, nr), load_c),
+                    _ => tile::<3>(kc, a, b, c, c_rs, (mr, nr), load_c),
+                }
+            }
+        }
+    };
+    // Each thread's own panel buffer, kept between calls (no rayon work runs inside `panel`,
+    // so the borrow is never taken twice on one thread).
+    let run = |jp: usize| PANEL.with(|buf| panel(&mut buf.borrow_mut(), jp));
+    if threads > 1 && np > 1 {
+        (0..np).into_par_iter().for_each(run);
+    } else {
+        (0..np).for_each(run);
+    }
+}
+
+thread_local! {
+    static PANEL: std::cell::RefCell<Box<Panel>> =
+        std::cell::RefCell::new(Box::new(Panel([0.0; KC * NR])));
 }
 
 /// A's rows, KC-deep slice at `pc`, as panels of MR rows: panel ip holds, for each step p of

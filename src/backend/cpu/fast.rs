@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{sgemm, Mat, Parallelism};
+use super::gemm::{pack_a, sgemm, sgemm_packed, Mat, Parallelism};
 use super::naive::adaptive_bin;
 use super::winograd;
 use crate::backend::{Conv2dParams, Pool2dParams};
@@ -166,8 +166,22 @@ impl Geom {
     }
 }
 
-/// `prepared`: the Winograd-transformed filters when the conv qualifies (made at load time);
-/// `relu`: applied to each image's output while it is still in cache.
+/// What [`conv2d_fwd`] can use of a conv's filters made once, at load: the Winograd
+/// transform where it applies, else (one group, a CPU with the AVX-512 GEMM) the filters as a
+/// [K, C·R·S] matrix packed for it, a 1-D tensor.
+pub fn conv2d_prepare(w: &Tensor, p: &Conv2dParams) -> Option<Tensor> {
+    if winograd::applies(w, p) {
+        return Some(winograd::transform_weights(w));
+    }
+    let (k, c, r, s) = w.dims4();
+    (p.groups == 1)
+        .then(|| pack_a(Mat::row_major(w.data(), c * r * s), k, c * r * s))
+        .flatten()
+        .map(|v| Tensor::new([v.len()], v))
+}
+
+/// `prepared`: what [`conv2d_prepare`] made of `w` (else the Winograd transform is made here
+/// when the conv qualifies); `relu`: applied to each image's output while it is still in cache.
 pub fn conv2d_fwd(
     x: &Tensor,
     w: &Tensor,
@@ -214,7 +228,7 @@ pub fn conv2d_fwd(
             pad: p.padding,
             oh,
             ow,
-            u: u.data(),
+            u,
             bias: b.map(|b| b.data()),
         };
         per_image(n, y.data_mut(), k * ohw, |ni, yi, par| {
@@ -223,6 +237,12 @@ pub fn conv2d_fwd(
         });
         return y;
     }
+    let packed = prepared.filter(|t| p.groups == 1 && t.shape().len() == 1);
+    // C = W·B, through the packed filters when there are some.
+    let product = |cols: usize, wg: Mat, b_mat: Mat, out: &mut [f32], acc: bool, par| match packed {
+        Some(pk) => sgemm_packed(kg, cols, kk, pk.data(), b_mat, out, ohw, acc, par),
+        None => sgemm(kg, cols, kk, wg, b_mat, out, ohw, acc, par),
+    };
     per_image(n, y.data_mut(), k * ohw, |ni, yi, par| {
         // The bias goes in first and the GEMM accumulates onto it: no extra pass.
         if let Some(b) = b {
@@ -236,17 +256,7 @@ pub fn conv2d_fwd(
             let wg = Mat::row_major(&w.data()[gi * kg * kk..(gi + 1) * kg * kk], kk);
             let yg = &mut yi[gi * kg * ohw..(gi + 1) * kg * ohw];
             if g.direct() {
-                sgemm(
-                    kg,
-                    ohw,
-                    kk,
-                    wg,
-                    Mat::row_major(xin, ohw),
-                    yg,
-                    ohw,
-                    b.is_some(),
-                    par,
-                );
+                product(ohw, wg, Mat::row_major(xin, ohw), yg, b.is_some(), par);
                 continue;
             }
             for oy0 in (0..oh).step_by(rows) {
@@ -255,17 +265,7 @@ pub fn conv2d_fwd(
                 with_col(kk * cols, |col| {
                     g.im2col(xin, (oy0, oy1), col);
                     let out = &mut yg[oy0 * ow..];
-                    sgemm(
-                        kg,
-                        cols,
-                        kk,
-                        wg,
-                        Mat::row_major(col, cols),
-                        out,
-                        ohw,
-                        b.is_some(),
-                        par,
-                    );
+                    product(cols, wg, Mat::row_major(col, cols), out, b.is_some(), par);
                 });
             }
         }

@@ -60,15 +60,10 @@ pub fn sgemm(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    // (Over fewer columns, packing A costs more than the wider vectors gain.)
-    if m >= super::avx512::MR && n >= 2 * super::avx512::NR && k >= 16 && super::avx512::available()
-    {
-        let threads = match par {
-            Parallelism::Rayon(0) => rayon::current_num_threads(),
-            Parallelism::Rayon(t) => t,
-            _ => 1,
-        };
-        return super::avx512::sgemm(m, n, k, a, b, c, c_rs, accumulate, threads);
+    // Over fewer columns or rows, packing A or B costs more than the wider vectors gain;
+    // B's rows must be contiguous (a transposed B is gathered element by element).
+    if m >= 32 && n >= 2 * super::avx512::NR && k >= 16 && b.cs == 1 && super::avx512::available() {
+        return super::avx512::sgemm(m, n, k, a, b, c, c_rs, accumulate, threads(par));
     }
     // SAFETY: the asserts above keep every strided access inside the three slices, and `c`
     // is borrowed mutably, so it cannot alias `a` or `b`.
@@ -97,12 +92,60 @@ pub fn sgemm(
     }
 }
 
+/// A (m×k) packed for this CPU's AVX-512 kernel, to be multiplied by [`sgemm_packed`] many
+/// times (a layer's filters); None where that kernel does not run.
+pub fn pack_a(a: Mat, m: usize, k: usize) -> Option<Vec<f32>> {
+    assert!(a.fits(m, k), "gemm operand too small");
+    #[cfg(target_arch = "x86_64")]
+    if m > 0 && k > 0 && super::avx512::available() {
+        return Some(super::avx512::pack(a, m, k));
+    }
+    None
+}
+
+/// [`sgemm`] with A as [`pack_a`] gave it.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_packed(
+    m: usize,
+    n: usize,
+    k: usize,
+    apacked: &[f32],
+    b: Mat,
+    c: &mut [f32],
+    c_rs: usize,
+    accumulate: bool,
+    par: Parallelism,
+) {
+    assert!(
+        b.fits(k, n) && c_rs >= n && (m == 0 || c.len() >= (m - 1) * c_rs + n),
+        "gemm operands too small"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    super::avx512::sgemm_packed(m, n, k, apacked, b, c, c_rs, accumulate, threads(par));
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("pack_a packs nothing on this architecture ({apacked:p}, {accumulate})");
+}
+
+/// Threads for a product, as the `gemm` crate counts them.
+#[cfg(target_arch = "x86_64")]
+fn threads(par: Parallelism) -> usize {
+    match par {
+        Parallelism::Rayon(0) => rayon::current_num_threads(),
+        Parallelism::Rayon(t) => t,
+        _ => 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// `sgemm` (whichever kernels this CPU runs: on one with AVX-512 the products of at least
-    /// 8×96×16 go to `avx512`, their last panel 16, 32 or 48 wide) against a plain f64 sum, for shapes that leave partial tiles
+    /// 32×96×16 with B's rows contiguous go to `avx512`, their last panel 16, 32 or 48 wide),
+    /// and there `sgemm_packed` for every shape, against a plain f64 sum, for shapes that leave partial tiles
     /// and slices on every side, transposed views, accumulation and several threads. Each
     /// entry within 1e-5 of the sum of its products' magnitudes (f32 rounding).
     #[test]
@@ -114,17 +157,20 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
         };
+        // (Entries at odd positions accumulate; those of k > 192 span several slices.)
         let shapes = [
             (16, 32, 16),
             (17, 33, 17),
-            (64, 49, 512),
+            (64, 97, 512),
             (40, 97, 200),
             (8, 300, 40),
             (512, 97, 64),
             (9, 113, 33),
             (24, 130, 20),
-            (130, 48, 385),
+            (130, 144, 385),
             (3, 5, 7),
+            (72, 49, 400),
+            (40, 96, 250),
         ];
         for (si, &(m, n, k)) in shapes.iter().enumerate() {
             for variant in 0..4 {
@@ -147,27 +193,36 @@ mod tests {
                 };
                 let mut c = c0.clone();
                 sgemm(m, n, k, am, bm, &mut c, c_rs, acc, par);
-                for i in 0..m {
-                    for j in 0..c_rs {
-                        let got = c[i * c_rs + j];
-                        if j >= n {
-                            assert_eq!(got, c0[i * c_rs + j], "padding column {j} written");
-                            continue;
+                let mut outs = vec![c];
+                // A packed once (AVX-512 CPUs): any number of columns.
+                if let Some(packed) = pack_a(am, m, k) {
+                    let mut c = c0.clone();
+                    sgemm_packed(m, n, k, &packed, bm, &mut c, c_rs, acc, par);
+                    outs.push(c);
+                }
+                for c in outs {
+                    for i in 0..m {
+                        for j in 0..c_rs {
+                            let got = c[i * c_rs + j];
+                            if j >= n {
+                                assert_eq!(got, c0[i * c_rs + j], "padding column {j} written");
+                                continue;
+                            }
+                            let (mut want, mut mag) = (0f64, 0f64);
+                            for p in 0..k {
+                                let x = am.data[i * am.rs + p * am.cs] as f64;
+                                let y = bm.data[p * bm.rs + j * bm.cs] as f64;
+                                want += x * y;
+                                mag += (x * y).abs();
+                            }
+                            if acc {
+                                want += c0[i * c_rs + j] as f64;
+                            }
+                            assert!(
+                                (got as f64 - want).abs() <= 1e-5 * mag + 1e-6,
+                                "{m}x{n}x{k} variant {variant} ({i}, {j}): {got} vs {want}"
+                            );
                         }
-                        let (mut want, mut mag) = (0f64, 0f64);
-                        for p in 0..k {
-                            let x = am.data[i * am.rs + p * am.cs] as f64;
-                            let y = bm.data[p * bm.rs + j * bm.cs] as f64;
-                            want += x * y;
-                            mag += (x * y).abs();
-                        }
-                        if acc {
-                            want += c0[i * c_rs + j] as f64;
-                        }
-                        assert!(
-                            (got as f64 - want).abs() <= 1e-5 * mag + 1e-6,
-                            "{m}x{n}x{k} variant {variant} ({i}, {j}): {got} vs {want}"
-                        );
                     }
                 }
             }

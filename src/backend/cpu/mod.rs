@@ -81,7 +81,9 @@ impl Backend for CpuBackend {
     }
 
     fn conv2d_prepare(&self, w: &Tensor, p: &Conv2dParams) -> Result<Option<Tensor>> {
-        Ok((!self.reference && winograd::applies(w, p)).then(|| winograd::transform_weights(w)))
+        Ok((!self.reference)
+            .then(|| fast::conv2d_prepare(w, p))
+            .flatten())
     }
     fn conv2d_fwd(
         &self,

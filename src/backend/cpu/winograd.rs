@@ -6,7 +6,7 @@
 //! M[ξ] (K×T) = U[ξ] (K×C) · V[ξ] (C×T) for the T tiles of a chunk of tile rows.
 //! Rounding stays at the f32 GEMM's level for 3×3 (the transforms only add and halve).
 
-use super::gemm::{sgemm, Mat, Parallelism};
+use super::gemm::{pack_a, sgemm, sgemm_packed, Mat, Parallelism};
 use crate::backend::Conv2dParams;
 use crate::Tensor;
 
@@ -17,7 +17,10 @@ pub fn applies(w: &Tensor, p: &Conv2dParams) -> bool {
     r == 3 && s == 3 && p.stride == (1, 1) && p.dilation == (1, 1) && p.groups == 1 && c >= 16
 }
 
-/// U[ξ][k][c] = (G g Gᵀ)[ξ] for every filter, as a [16, K, C] tensor.
+/// U[ξ][k][c] = (G g Gᵀ)[ξ] for every filter, as a [16, K, C] tensor; or, where the CPU
+/// runs the AVX-512 GEMM, each U[ξ] packed for it ([`pack_a`]), as a [16, len] tensor (so
+/// every image's 16 products skip the packing, which over a 7×7 map's 16 tiles would cost more
+/// than the products).
 pub fn transform_weights(w: &Tensor) -> Tensor {
     use rayon::prelude::*;
     let (k, c, _, _) = w.dims4();
@@ -38,7 +41,14 @@ pub fn transform_weights(w: &Tensor) -> Tensor {
             }
         }
     }
-    Tensor::new([16, k, c], u)
+    let per = k * c;
+    let packed: Option<Vec<Vec<f32>>> = (0..16)
+        .map(|xi| pack_a(Mat::row_major(&u[xi * per..(xi + 1) * per], c), k, c))
+        .collect();
+    match packed {
+        Some(p) => Tensor::new([16, p[0].len()], p.concat()),
+        None => Tensor::new([16, k, c], u),
+    }
 }
 
 /// G g Gᵀ for one 3×3 filter, row-major 4×4.
@@ -70,7 +80,8 @@ pub struct Plan<'a> {
     pub pad: (usize, usize),
     pub oh: usize,
     pub ow: usize,
-    pub u: &'a [f32],
+    /// [`transform_weights`]' tensor: U[ξ] after U[ξ], plain or packed.
+    pub u: &'a Tensor,
     pub bias: Option<&'a [f32]>,
 }
 
@@ -101,21 +112,18 @@ impl Plan<'_> {
                 let t = (ty1 - ty0) * tw;
                 let (v, m) = buf[..16 * (self.c + self.k) * t].split_at_mut(16 * self.c * t);
                 self.input_transform(img, ty0, ty1, v);
+                let (packed, per) = (self.u.shape().len() == 2, self.u.len() / 16);
                 for xi in 0..16 {
-                    sgemm(
-                        self.k,
-                        t,
-                        self.c,
-                        Mat::row_major(
-                            &self.u[xi * self.k * self.c..(xi + 1) * self.k * self.c],
-                            self.c,
-                        ),
-                        Mat::row_major(&v[xi * self.c * t..(xi + 1) * self.c * t], t),
-                        &mut m[xi * self.k * t..(xi + 1) * self.k * t],
-                        t,
-                        false,
-                        par,
-                    );
+                    let u = &self.u.data()[xi * per..(xi + 1) * per];
+                    let vx = Mat::row_major(&v[xi * self.c * t..(xi + 1) * self.c * t], t);
+                    let mx = &mut m[xi * self.k * t..(xi + 1) * self.k * t];
+                    match packed {
+                        true => sgemm_packed(self.k, t, self.c, u, vx, mx, t, false, par),
+                        false => {
+                            let ux = Mat::row_major(u, self.c);
+                            sgemm(self.k, t, self.c, ux, vx, mx, t, false, par)
+                        }
+                    }
                 }
                 self.output_transform(m, ty0, ty1, out);
             }
