@@ -10,7 +10,8 @@
 //! panel of B is computed 16, 32 or 48 columns wide, whichever covers it, and tiles at the
 //! edges are written back through masks. With several threads, B's panels are shared out;
 //! A's packed slice is read by all. Packing A costs as much as a product over a few dozen
-//! columns, so `gemm::sgemm` sends only products of many columns here, and a layer's filters
+//! columns, so `gemm::sgemm` sends only products of 32 rows and 96 columns or more here, and a
+//! layer's filters
 //! are packed once at load ([`pack`], [`sgemm_packed`]): then any number of columns pays.
 //!
 //! `GRADCAM_AVX512=0` turns it off (the `gemm` crate's kernels then run), for comparisons.

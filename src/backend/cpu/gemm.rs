@@ -1,6 +1,7 @@
 //! A safe wrapper for the f32 products the fast CPU ops are made of: the `gemm` crate's
-//! kernels, or on CPUs with AVX-512 (x86-64) this crate's own ([`super::avx512`]) for the
-//! products large enough to fill its 8×48 tiles.
+//! kernels, or on CPUs with AVX-512 (x86-64) this crate's own ([`super::avx512`]) for A
+//! packed at load ([`pack_a`]) and for products of at least 32 rows and 96 contiguous
+//! columns.
 
 pub use gemm::Parallelism;
 
@@ -126,7 +127,10 @@ pub fn sgemm_packed(
     #[cfg(target_arch = "x86_64")]
     super::avx512::sgemm_packed(m, n, k, apacked, b, c, c_rs, accumulate, threads(par));
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("pack_a packs nothing on this architecture ({apacked:p}, {accumulate})");
+    {
+        let _ = (apacked, accumulate, par);
+        unreachable!("pack_a packs nothing on this architecture");
+    }
 }
 
 /// Threads for a product, as the `gemm` crate counts them.
@@ -188,7 +192,7 @@ mod tests {
                     true => Mat::transposed(&b, k),
                 };
                 let par = match variant {
-                    3 => Parallelism::Rayon(2),
+                    1 | 3 => Parallelism::Rayon(2),
                     _ => Parallelism::None,
                 };
                 let mut c = c0.clone();
