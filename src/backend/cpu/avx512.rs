@@ -73,6 +73,8 @@ pub fn sgemm(
     threads: usize,
 ) {
     check(m, n, k, c, c_rs);
+    // Each slice packed just before its products, so it is still in L2 (packing the whole
+    // of A first, as `pack` does, made the backward pass's products 15-20 % slower).
     let mp = m.div_ceil(MR);
     let mut apack = vec![0f32; mp * MR * KC.min(k)];
     for pc in (0..k).step_by(KC) {

@@ -48,7 +48,7 @@ pub fn sgemm(
     par: Parallelism,
 ) {
     assert!(
-        a.fits(m, k) && b.fits(k, n) && c_rs >= n && (m == 0 || c.len() >= (m - 1) * c_rs + n),
+        a.fits(m, k) && b.fits(k, n) && c_fits(m, n, c, c_rs),
         "gemm operands too small"
     );
     if m == 0 || n == 0 {
@@ -93,6 +93,11 @@ pub fn sgemm(
     }
 }
 
+/// Whether C (m×n, rows `c_rs` apart) fits in `c`.
+fn c_fits(m: usize, n: usize, c: &[f32], c_rs: usize) -> bool {
+    c_rs >= n && (m == 0 || c.len() >= (m - 1) * c_rs + n)
+}
+
 /// A (m×k) packed for this CPU's AVX-512 kernel, to be multiplied by [`sgemm_packed`] many
 /// times (a layer's filters); None where that kernel does not run.
 pub fn pack_a(a: Mat, m: usize, k: usize) -> Option<Vec<f32>> {
@@ -118,7 +123,7 @@ pub fn sgemm_packed(
     par: Parallelism,
 ) {
     assert!(
-        b.fits(k, n) && c_rs >= n && (m == 0 || c.len() >= (m - 1) * c_rs + n),
+        b.fits(k, n) && c_fits(m, n, c, c_rs),
         "gemm operands too small"
     );
     if m == 0 || n == 0 {
