@@ -1,6 +1,7 @@
 //! Criterion benches of the heavy CPU ops on the shapes that dominate ResNet-50 and VGG16
-//! at 224×224, batch 8: `cargo bench --bench ops`. Throughput is in multiply-adds (images for
-//! the principal component); ROAD's imputation is timed per solve.
+//! at 224×224, batch 8: `cargo bench --bench ops`. Throughput is in multiply-adds (bytes of
+//! weights for the linear layers, images for the principal component); ROAD's imputation is
+//! timed per solve.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gradcam::backend::{Backend, Conv2dParams, CpuBackend};
@@ -37,6 +38,14 @@ const SHAPES: &[Shape] = &[
         c: 64,
         hw: 56,
         k: 256,
+        r: 1,
+        stride: 1,
+    },
+    Shape {
+        name: "resnet50_layer3_1x1",
+        c: 256,
+        hw: 14,
+        k: 1024,
         r: 1,
         stride: 1,
     },
@@ -89,6 +98,43 @@ fn conv(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("conv2d_bwd_data", s.name), |b| {
             b.iter(|| be.conv2d_bwd_data(&dy, &w, (s.hw, s.hw), &p).unwrap())
+        });
+        // A ResNet block's end (its last conv is 1x1 in ResNet-50): bias, skip, ReLU fused.
+        if s.r == 1 {
+            let (bias, res) = (rng.tensor(&[s.k], -0.1, 0.1), dy.clone());
+            let name = BenchmarkId::new("conv2d_fwd_add_relu", s.name);
+            group.bench_function(name, |b| {
+                b.iter(|| {
+                    be.conv2d_fwd_add_relu(&x, &w, prepared.as_ref(), Some(&bias), &p, &res)
+                        .unwrap()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// VGG16's fc6 (25088 → 4096, 411 MB of weights) and ResNet-50's fc (2048 → 1000) over the
+/// CPU's default batch of 8: bound by reading the weights, so throughput is in bytes of W.
+fn linear(c: &mut Criterion) {
+    let be = CpuBackend::fast();
+    let mut rng = Rng::new(2);
+    let mut group = c.benchmark_group("linear");
+    group.sample_size(10);
+    for (name, n, fin, fout) in [
+        ("vgg16_fc6", 8, 25088, 4096),
+        ("resnet50_fc", 8, 2048, 1000),
+    ] {
+        let x = rng.tensor(&[n, fin], -1.0, 1.0);
+        let w = rng.tensor(&[fout, fin], -0.01, 0.01);
+        let b = rng.tensor(&[fout], -0.1, 0.1);
+        let dy = rng.tensor(&[n, fout], -1.0, 1.0);
+        group.throughput(Throughput::Bytes((4 * fin * fout) as u64));
+        group.bench_function(BenchmarkId::new("linear_fwd", name), |bn| {
+            bn.iter(|| be.linear_fwd(&x, &w, Some(&b)).unwrap())
+        });
+        group.bench_function(BenchmarkId::new("linear_bwd_data", name), |bn| {
+            bn.iter(|| be.linear_bwd_data(&dy, &w).unwrap())
         });
     }
     group.finish();
@@ -146,5 +192,5 @@ fn road_impute(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, conv, principal_projection, road_impute);
+criterion_group!(benches, conv, linear, principal_projection, road_impute);
 criterion_main!(benches);

@@ -209,6 +209,22 @@ fn conv2d_fwd_and_bwd_data_fast_match_naive() {
             }
         }
         let (oh, ow) = cc.p.out_hw((cc.h, cc.w), (cc.r, cc.s)).unwrap();
+        // A ResNet block's end: F.relu(F.conv2d(x, w, b) + res), fused by the fast backend.
+        let res = rng.tensor(&[cc.n, cc.k, oh, ow], -1.0, 1.0);
+        let y_ref = reference.conv2d_fwd(&x, &w, None, Some(&b), &cc.p, false);
+        let y_ref = naive::relu_fwd(&naive::add(&y_ref.unwrap(), &res));
+        for (be, prep) in [(fast, prepared.as_ref()), (fast, None), (reference, None)] {
+            let y = be.conv2d_fwd_add_relu(&x, &w, prep, Some(&b), &cc.p, &res);
+            close(
+                &format!("conv2d_fwd_add_relu case {i}"),
+                &y.unwrap(),
+                &y_ref,
+            );
+        }
+        let wrong = rng.tensor(&[cc.n, cc.k + 1, oh, ow], -1.0, 1.0);
+        assert!(fast
+            .conv2d_fwd_add_relu(&x, &w, None, Some(&b), &cc.p, &wrong)
+            .is_err());
         let dy = rng.tensor(&[cc.n, cc.k, oh, ow], -1.0, 1.0);
         let dx_ref = reference
             .conv2d_bwd_data(&dy, &w, (cc.h, cc.w), &cc.p)
@@ -262,6 +278,18 @@ fn pools_fast_match_naive_and_are_adjoint() {
         // Max-pool is linear in x for a fixed argmax pattern, so the adjoint identity holds.
         let (l, r) = (dot(&y_ref, &dy), dot(&x, &dx_ref));
         assert!((l - r).abs() < 1e-4, "max pool adjoint {i}: {l} vs {r}");
+        // A NaN wins its windows in both (F.max_pool2d propagates NaN), wherever it sits.
+        x.data_mut()[shape.iter().product::<usize>() / 2 + 1] = f32::NAN;
+        let (y_ref, y) = (
+            reference.max_pool2d_fwd(&x, &p).unwrap(),
+            fast.max_pool2d_fwd(&x, &p).unwrap(),
+        );
+        let nan_at = |t: &Tensor| -> Vec<usize> {
+            let d = t.data().iter().enumerate();
+            d.filter(|e| e.1.is_nan()).map(|e| e.0).collect()
+        };
+        assert!(!nan_at(&y_ref).is_empty(), "max pool NaN {i}");
+        assert_eq!(nan_at(&y), nan_at(&y_ref), "max pool NaN {i}");
     }
     for (i, (shape, out)) in [
         ([2, 3, 14, 14], (7, 7)),
@@ -336,25 +364,37 @@ fn pointwise_linear_and_cam_ops_fast_match_naive() {
         &reference.channel_affine(x.clone(), &s, &t).unwrap(),
     );
 
-    let xin = rng.tensor(&[4, 37], -1.0, 1.0);
-    let w = rng.tensor(&[11, 37], -1.0, 1.0);
-    let bias = rng.tensor(&[11], -1.0, 1.0);
-    let y_ref = reference.linear_fwd(&xin, &w, Some(&bias)).unwrap();
-    close(
-        "linear_fwd",
-        &fast.linear_fwd(&xin, &w, Some(&bias)).unwrap(),
-        &y_ref,
-    );
-    let dy = rng.tensor(&[4, 11], -1.0, 1.0);
-    let dx_ref = reference.linear_bwd_data(&dy, &w).unwrap();
-    close(
-        "linear_bwd_data",
-        &fast.linear_bwd_data(&dy, &w).unwrap(),
-        &dx_ref,
-    );
-    let y0 = reference.linear_fwd(&xin, &w, None).unwrap();
-    let (l, r) = (dot(&y0, &dy), dot(&xin, &dx_ref));
-    assert!((l - r).abs() < 1e-4, "linear adjoint: {l} vs {r}");
+    // (images, in, out): the AVX-512 kernels take batches up to 16 (blocks of 8 images, pairs
+    // of rows, masked tails, several column strips), the GEMM the rest.
+    for (n, fin, fout) in [
+        (4, 37, 11),
+        (1, 5, 3),
+        (8, 1030, 33),
+        (9, 300, 17),
+        (16, 64, 2),
+        (3, 2500, 1),
+        (17, 40, 7),
+    ] {
+        let xin = rng.tensor(&[n, fin], -1.0, 1.0);
+        let w = rng.tensor(&[fout, fin], -1.0, 1.0);
+        let bias = rng.tensor(&[fout], -1.0, 1.0);
+        let case = format!("{n}x{fin} -> {fout}");
+        for b in [Some(&bias), None] {
+            let y_ref = reference.linear_fwd(&xin, &w, b).unwrap();
+            let y = fast.linear_fwd(&xin, &w, b).unwrap();
+            close(&format!("linear_fwd {case}"), &y, &y_ref);
+        }
+        let dy = rng.tensor(&[n, fout], -1.0, 1.0);
+        let dx_ref = reference.linear_bwd_data(&dy, &w).unwrap();
+        let dx = fast.linear_bwd_data(&dy, &w).unwrap();
+        close(&format!("linear_bwd_data {case}"), &dx, &dx_ref);
+        let y0 = reference.linear_fwd(&xin, &w, None).unwrap();
+        let (l, r) = (dot(&y0, &dy), dot(&xin, &dx_ref));
+        assert!(
+            (l - r).abs() <= 1e-4 * (1.0 + l.abs()),
+            "linear adjoint {case}: {l} vs {r}"
+        );
+    }
 
     let g = rng.tensor(&[2, 6, 5, 3], -1.0, 1.0);
     let a_ref = reference.grad_pool(&g).unwrap();

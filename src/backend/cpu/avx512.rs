@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::gemm::Mat;
+use super::gemm::{Epilogue, Mat};
 
 /// Rows of A per panel and of a C tile.
 pub const MR: usize = 8;
@@ -86,9 +86,9 @@ pub fn sgemm(
             (pc, kc),
             &apack[..mp * MR * kc],
             b,
-            c,
-            c_rs,
+            (c, c_rs),
             load_c,
+            Epilogue::default(),
             threads,
         );
     }
@@ -107,7 +107,8 @@ pub fn pack(a: Mat, m: usize, k: usize) -> Vec<f32> {
 }
 
 /// [`sgemm`] with A given as [`pack`] made it: no packing per call, so products of a few
-/// columns (a 7×7 map's 49 pixels) pay too.
+/// columns (a 7×7 map's 49 pixels) pay too. `epi` is applied as the last slice's tiles are
+/// written (the caller has checked that its bias covers the m rows).
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_packed(
     m: usize,
@@ -118,6 +119,7 @@ pub fn sgemm_packed(
     c: &mut [f32],
     c_rs: usize,
     accumulate: bool,
+    epi: Epilogue,
     threads: usize,
 ) {
     check(m, n, k, c, c_rs);
@@ -131,9 +133,13 @@ pub fn sgemm_packed(
             (pc, kc),
             a,
             b,
-            c,
-            c_rs,
+            (c, c_rs),
             accumulate || pc > 0,
+            if pc + kc == k {
+                epi
+            } else {
+                Epilogue::default()
+            },
             threads,
         );
     }
@@ -152,9 +158,9 @@ fn slice(
     (pc, kc): (usize, usize),
     apack: &[f32],
     b: Mat,
-    c: &mut [f32],
-    c_rs: usize,
+    (c, c_rs): (&mut [f32], usize),
     load_c: bool,
+    epi: Epilogue,
     threads: usize,
 ) {
     let (mp, np) = (m.div_ceil(MR), n.div_ceil(NR));
@@ -165,6 +171,10 @@ fn slice(
         pack_b(b, pc, kc, j0, nr, &mut buf.0[..kc * NR]);
         for ip in 0..mp {
             let mr = MR.min(m - ip * MR);
+            let epi = Epilogue {
+                bias: epi.bias.map(|v| &v[ip * MR..ip * MR + mr]),
+                relu: epi.relu,
+            };
             // SAFETY: the A and B panels hold kc·MR and kc·NR values; the tile's rows
             // (ip·MR.. + mr) and columns (j0.. + nr) lie inside c, whose length `check`
             // checked, and only this panel's thread writes these columns.
@@ -175,9 +185,9 @@ fn slice(
                     cp.ptr().add(ip * MR * c_rs + j0),
                 );
                 match nr.div_ceil(16) {
-                    1 => tile::<1>(kc, a, b, c, c_rs, (mr, nr), load_c),
-                    2 => tile::<2>(kc, a, b, c, c_rs, (mr, nr), load_c),
-                    _ => tile::<3>(kc, a, b, c, c_rs, (mr, nr), load_c),
+                    1 => tile::<1>(kc, a, b, c, c_rs, (mr, nr), load_c, epi),
+                    2 => tile::<2>(kc, a, b, c, c_rs, (mr, nr), load_c, epi),
+                    _ => tile::<3>(kc, a, b, c, c_rs, (mr, nr), load_c, epi),
                 }
             }
         }
@@ -238,12 +248,14 @@ fn pack_b(b: Mat, pc: usize, kc: usize, j0: usize, nr: usize, out: &mut [f32]) {
     }
 }
 
-/// One MR×(16·NV) tile of C from packed panels: C (+)= A·B over kc steps; rows past `mr`
-/// and columns past `nr` are computed over the padding and not written.
+/// One MR×(16·NV) tile of C from packed panels: C (+)= A·B over kc steps, then `epi` (its
+/// bias cut to the tile's rows); rows past `mr` and columns past `nr` are computed over the
+/// padding and not written.
 ///
 /// # Safety
 /// AVX-512F; `a` holds kc·MR values, `b` kc rows of NR (64-byte aligned); `c` has `mr` rows
 /// of at least `nr` ≤ 16·NV writable values, `c_rs` apart.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile<const NV: usize>(
     kc: usize,
@@ -253,6 +265,7 @@ unsafe fn tile<const NV: usize>(
     c_rs: usize,
     (mr, nr): (usize, usize),
     load_c: bool,
+    epi: Epilogue,
 ) {
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     for p in 0..kc {
@@ -284,10 +297,16 @@ unsafe fn tile<const NV: usize>(
             // SAFETY: the masked lanes are columns lo.. < nr of row i < mr.
             unsafe {
                 let at = c.add(i * c_rs + lo);
-                let x = match load_c {
+                let mut x = match load_c {
                     true => _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, at)),
                     false => x,
                 };
+                if let Some(bias) = epi.bias {
+                    x = _mm512_add_ps(x, _mm512_set1_ps(bias[i]));
+                }
+                if epi.relu {
+                    x = _mm512_max_ps(x, _mm512_setzero_ps());
+                }
                 _mm512_mask_storeu_ps(at, mask, x);
             }
         }

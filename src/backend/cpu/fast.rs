@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{pack_a, sgemm, sgemm_packed, Mat, Parallelism};
+use super::gemm::{pack_a, sgemm, sgemm_packed, Epilogue, Mat, Parallelism};
 use super::naive::adaptive_bin;
 use super::winograd;
 use crate::backend::{Conv2dParams, Pool2dParams};
@@ -181,23 +181,33 @@ pub fn conv2d_prepare(w: &Tensor, p: &Conv2dParams) -> Option<Tensor> {
 }
 
 /// `prepared`: what [`conv2d_prepare`] made of `w` (else the Winograd transform is made here
-/// when the conv qualifies); `relu`: applied to each image's output while it is still in cache.
+/// when the conv qualifies); `residual` (shaped as the output) is added, then `relu` applied,
+/// to each image's output while it is still in cache (a ResNet block's end in one pass).
+#[allow(clippy::too_many_arguments)]
 pub fn conv2d_fwd(
     x: &Tensor,
     w: &Tensor,
     prepared: Option<&Tensor>,
     b: Option<&Tensor>,
     p: &Conv2dParams,
+    residual: Option<&Tensor>,
     relu: bool,
 ) -> Tensor {
-    let epilogue = |yi: &mut [f32]| {
-        if relu {
-            yi.iter_mut().for_each(|v| *v = v.max(0.0));
-        }
-    };
     let (n, c, h, wd) = x.dims4();
     let (k, cg, r, s) = w.dims4();
     let (oh, ow) = p.out_hw((h, wd), (r, s)).expect("kernel larger than input");
+    let epilogue = |ni: usize, yi: &mut [f32]| {
+        let len = yi.len();
+        match (residual.map(|t| &t.data()[ni * len..(ni + 1) * len]), relu) {
+            (Some(add), true) => yi
+                .iter_mut()
+                .zip(add)
+                .for_each(|(v, a)| *v = (*v + a).max(0.0)),
+            (Some(add), false) => yi.iter_mut().zip(add).for_each(|(v, a)| *v += a),
+            (None, true) => yi.iter_mut().for_each(|v| *v = v.max(0.0)),
+            (None, false) => {}
+        }
+    };
     let g = Geom {
         c: cg,
         h,
@@ -230,22 +240,45 @@ pub fn conv2d_fwd(
             ow,
             u,
             bias: b.map(|b| b.data()),
+            relu,
         };
         per_image(n, y.data_mut(), k * ohw, |ni, yi, par| {
-            plan.run(&x.data()[ni * c * h * wd..(ni + 1) * c * h * wd], yi, par);
-            epilogue(yi);
+            let res = residual.map(|t| &t.data()[ni * k * ohw..(ni + 1) * k * ohw]);
+            plan.run(
+                &x.data()[ni * c * h * wd..(ni + 1) * c * h * wd],
+                res,
+                yi,
+                par,
+            );
         });
         return y;
     }
     let packed = prepared.filter(|t| p.groups == 1 && t.shape().len() == 1);
-    // C = W·B, through the packed filters when there are some.
-    let product = |cols: usize, wg: Mat, b_mat: Mat, out: &mut [f32], acc: bool, par| match packed {
-        Some(pk) => sgemm_packed(kg, cols, kk, pk.data(), b_mat, out, ohw, acc, par),
-        None => sgemm(kg, cols, kk, wg, b_mat, out, ohw, acc, par),
+    // C = W·B. Through the packed filters (when there are some) the product adds the bias and
+    // (without a residual) the ReLU as it writes each tile; else the bias goes in first and the
+    // product accumulates onto it. A residual is added per image after the product (added in
+    // the tiles too, it measured no faster: that read is memory-bound either way).
+    let tile_epi = Epilogue {
+        bias: b.map(Tensor::data),
+        relu: relu && residual.is_none(),
+    };
+    let product = |cols: usize, wg: Mat, b_mat: Mat, out: &mut [f32], par| match packed {
+        Some(pk) => sgemm_packed(
+            kg,
+            cols,
+            kk,
+            pk.data(),
+            b_mat,
+            out,
+            ohw,
+            false,
+            tile_epi,
+            par,
+        ),
+        None => sgemm(kg, cols, kk, wg, b_mat, out, ohw, b.is_some(), par),
     };
     per_image(n, y.data_mut(), k * ohw, |ni, yi, par| {
-        // The bias goes in first and the GEMM accumulates onto it: no extra pass.
-        if let Some(b) = b {
+        if let (Some(b), None) = (b, packed) {
             for (plane, &bv) in yi.chunks_mut(ohw).zip(b.data()) {
                 plane.fill(bv);
             }
@@ -256,7 +289,7 @@ pub fn conv2d_fwd(
             let wg = Mat::row_major(&w.data()[gi * kg * kk..(gi + 1) * kg * kk], kk);
             let yg = &mut yi[gi * kg * ohw..(gi + 1) * kg * ohw];
             if g.direct() {
-                product(ohw, wg, Mat::row_major(xin, ohw), yg, b.is_some(), par);
+                product(ohw, wg, Mat::row_major(xin, ohw), yg, par);
                 continue;
             }
             for oy0 in (0..oh).step_by(rows) {
@@ -265,11 +298,13 @@ pub fn conv2d_fwd(
                 with_col(kk * cols, |col| {
                     g.im2col(xin, (oy0, oy1), col);
                     let out = &mut yg[oy0 * ow..];
-                    product(cols, wg, Mat::row_major(col, cols), out, b.is_some(), par);
+                    product(cols, wg, Mat::row_major(col, cols), out, par);
                 });
             }
         }
-        epilogue(yi);
+        if packed.is_none() || residual.is_some() {
+            epilogue(ni, yi);
+        }
     });
     y
 }
@@ -386,19 +421,45 @@ pub fn max_pool2d_fwd(x: &Tensor, p: &Pool2dParams) -> Option<Tensor> {
     let (n, c, h, w) = x.dims4();
     let (oh, ow) = p.out_hw((h, w))?;
     let mut y = Tensor::zeros([n, c, oh, ow]);
+    // Only the value is needed here, not where it was: a branch per element (as in
+    // `argmax_window`) mispredicts on real activations and took ~10x longer. The window's rows
+    // are first reduced column by column (contiguous, vectorised), then across each window.
+    let wx: Vec<_> = (0..ow)
+        .map(|ox| pool_window(ox, p.kernel.1, p.stride.1, p.padding.1, w))
+        .collect();
     y.data_mut()
         .par_chunks_mut(oh * ow)
         .zip(x.data().par_chunks(h * w))
-        .for_each(|(out, src)| {
-            for oy in 0..oh {
-                let wy = pool_window(oy, p.kernel.0, p.stride.0, p.padding.0, h);
-                for ox in 0..ow {
-                    let wx = pool_window(ox, p.kernel.1, p.stride.1, p.padding.1, w);
-                    out[oy * ow + ox] = src[argmax_window(src, w, wy, wx)];
+        .for_each_init(
+            || vec![0f32; w],
+            |cols, (out, src)| {
+                for (oy, out) in out.chunks_exact_mut(ow).enumerate() {
+                    let (y0, y1) = pool_window(oy, p.kernel.0, p.stride.0, p.padding.0, h);
+                    cols.copy_from_slice(&src[y0 * w..y0 * w + w]);
+                    for row in src[(y0 + 1) * w..y1 * w].chunks_exact(w) {
+                        cols.iter_mut()
+                            .zip(row)
+                            .for_each(|(m, &v)| *m = nan_max(*m, v));
+                    }
+                    for (o, &(x0, x1)) in out.iter_mut().zip(&wx) {
+                        *o = cols[x0 + 1..x1]
+                            .iter()
+                            .fold(cols[x0], |m, &v| nan_max(m, v));
+                    }
                 }
-            }
-        });
+            },
+        );
     Some(y)
+}
+
+/// max(a, b) where a NaN wins (as torch's max pooling), and `a` on a tie; no branch.
+#[inline(always)]
+fn nan_max(a: f32, b: f32) -> f32 {
+    if b > a || b.is_nan() {
+        b
+    } else {
+        a
+    }
 }
 
 pub fn max_pool2d_bwd(x: &Tensor, dy: &Tensor, p: &Pool2dParams) -> Option<Tensor> {
@@ -476,9 +537,20 @@ fn par_all() -> Parallelism {
     }
 }
 
+/// Whether the AVX-512 kernels for a few images' linear layers run ([`super::linear_avx512`]).
+#[cfg(target_arch = "x86_64")]
+fn linear_skinny(n: usize) -> bool {
+    (1..=super::linear_avx512::MAX_BATCH).contains(&n) && super::avx512::available()
+}
+
 pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
     let (n, fin) = (x.shape()[0], x.shape()[1]);
     let fout = w.shape()[0];
+    #[cfg(target_arch = "x86_64")]
+    if linear_skinny(n) {
+        let y = super::linear_avx512::linear_fwd(x.data(), w.data(), b.map(Tensor::data), n, fin);
+        return Tensor::new([n, fout], y);
+    }
     let mut y = Tensor::zeros([n, fout]);
     let x_mat = Mat::row_major(x.data(), fin);
     sgemm(
@@ -503,6 +575,11 @@ pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
 pub fn linear_bwd_data(dy: &Tensor, w: &Tensor) -> Tensor {
     let (n, fout) = (dy.shape()[0], dy.shape()[1]);
     let fin = w.shape()[1];
+    #[cfg(target_arch = "x86_64")]
+    if linear_skinny(n) {
+        let dx = super::linear_avx512::linear_bwd_data(dy.data(), w.data(), n, fout);
+        return Tensor::new([n, fin], dx);
+    }
     let mut dx = Tensor::zeros([n, fin]);
     let dy_mat = Mat::row_major(dy.data(), fout);
     sgemm(

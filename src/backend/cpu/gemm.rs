@@ -34,6 +34,17 @@ impl<'a> Mat<'a> {
     }
 }
 
+/// What [`sgemm_packed`] does to C as it writes it: C = A·B (+ C) + bias[row], then
+/// max(·, 0) — a conv's bias and ReLU while each tile is in registers, so a conv whose output
+/// is large next to its depth (VGG16's first, 27 deep) writes it once instead of filling it
+/// with the bias, reading it back into the product and again for the ReLU.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// One value per row of C.
+    pub bias: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
 /// c (m×n, rows `c_rs` apart) = a (m×k) · b (k×n), or c += a·b when `accumulate`.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
@@ -109,7 +120,7 @@ pub fn pack_a(a: Mat, m: usize, k: usize) -> Option<Vec<f32>> {
     None
 }
 
-/// [`sgemm`] with A as [`pack_a`] gave it.
+/// [`sgemm`] with A as [`pack_a`] gave it, then `epi` as C is written.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_packed(
     m: usize,
@@ -120,20 +131,21 @@ pub fn sgemm_packed(
     c: &mut [f32],
     c_rs: usize,
     accumulate: bool,
+    epi: Epilogue,
     par: Parallelism,
 ) {
     assert!(
-        b.fits(k, n) && c_fits(m, n, c, c_rs),
+        b.fits(k, n) && c_fits(m, n, c, c_rs) && epi.bias.is_none_or(|v| v.len() >= m),
         "gemm operands too small"
     );
     if m == 0 || n == 0 {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    super::avx512::sgemm_packed(m, n, k, apacked, b, c, c_rs, accumulate, threads(par));
+    super::avx512::sgemm_packed(m, n, k, apacked, b, c, c_rs, accumulate, epi, threads(par));
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (apacked, accumulate, par);
+        let _ = (apacked, accumulate, epi, par);
         unreachable!("pack_a packs nothing on this architecture");
     }
 }
@@ -154,9 +166,10 @@ mod tests {
 
     /// `sgemm` (whichever kernels this CPU runs: on one with AVX-512 the products of at least
     /// 32×96×16 with B's rows contiguous go to `avx512`, their last panel 16, 32 or 48 wide),
-    /// and there `sgemm_packed` for every shape, against a plain f64 sum, for shapes that leave partial tiles
-    /// and slices on every side, transposed views, accumulation and several threads. Each
-    /// entry within 1e-5 of the sum of its products' magnitudes (f32 rounding).
+    /// and there `sgemm_packed` for every shape, with and without its epilogue, against a
+    /// plain f64 sum, for shapes that leave partial tiles and slices on every side, transposed
+    /// views, accumulation and several threads. Each entry within 1e-5 of the sum of its
+    /// terms' magnitudes (f32 rounding).
     #[test]
     fn sgemm_matches_a_plain_sum() {
         let mut seed = 0x1234_5678u64;
@@ -202,14 +215,22 @@ mod tests {
                 };
                 let mut c = c0.clone();
                 sgemm(m, n, k, am, bm, &mut c, c_rs, acc, par);
-                let mut outs = vec![c];
-                // A packed once (AVX-512 CPUs): any number of columns.
+                let mut outs = vec![(c, Epilogue::default())];
+                // A packed once (AVX-512 CPUs): any number of columns; without and with the
+                // epilogue (a bias per row, the ReLU).
+                let bias: Vec<f32> = (0..m).map(|_| rnd()).collect();
+                let full = Epilogue {
+                    bias: Some(&bias),
+                    relu: true,
+                };
                 if let Some(packed) = pack_a(am, m, k) {
-                    let mut c = c0.clone();
-                    sgemm_packed(m, n, k, &packed, bm, &mut c, c_rs, acc, par);
-                    outs.push(c);
+                    for epi in [Epilogue::default(), full] {
+                        let mut c = c0.clone();
+                        sgemm_packed(m, n, k, &packed, bm, &mut c, c_rs, acc, epi, par);
+                        outs.push((c, epi));
+                    }
                 }
-                for c in outs {
+                for (c, epi) in outs {
                     for i in 0..m {
                         for j in 0..c_rs {
                             let got = c[i * c_rs + j];
@@ -226,6 +247,13 @@ mod tests {
                             }
                             if acc {
                                 want += c0[i * c_rs + j] as f64;
+                            }
+                            if let Some(b) = epi.bias {
+                                want += b[i] as f64;
+                                mag += b[i].abs() as f64;
+                            }
+                            if epi.relu {
+                                want = want.max(0.0);
                             }
                             assert!(
                                 (got as f64 - want).abs() <= 1e-5 * mag + 1e-6,

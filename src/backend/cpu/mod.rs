@@ -6,12 +6,15 @@ mod avx512;
 mod cam_ops;
 mod fast;
 pub(crate) mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod linear_avx512;
 pub mod naive;
+mod profile;
 mod winograd;
 
 use super::{
-    check_full_grad_shapes, Backend, Conv2dParams, ElementRule, FullGradBy, Overlays, Pool2dParams,
-    WeightRule,
+    check_full_grad_shapes, check_same_shape, Backend, Conv2dParams, ElementRule, FullGradBy,
+    Overlays, Pool2dParams, WeightRule,
 };
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
@@ -39,9 +42,11 @@ impl Backend for CpuBackend {
         Ok(images.to_vec())
     }
     fn preprocess(&self, images: &Vec<&RgbImage>, hw: (usize, usize)) -> Result<Tensor> {
+        let _p = profile::span("preprocess", || None);
         Ok(crate::image::preprocess(images, hw))
     }
     fn overlays(&self, images: &Vec<&RgbImage>, maps: &Tensor) -> Result<Overlays> {
+        let _p = profile::span("overlay", || None);
         use crate::cam::{overlay, upsample_normalised};
         use rayon::prelude::*;
         let (h, w) = (maps.shape()[1], maps.shape()[2]);
@@ -57,6 +62,13 @@ impl Backend for CpuBackend {
                 })
                 .collect(),
         ))
+    }
+
+    fn set_kernel_profiling(&self, on: bool) {
+        profile::set(on)
+    }
+    fn kernel_times(&self) -> Vec<(String, usize, std::time::Duration)> {
+        profile::times()
     }
 
     fn name(&self) -> String {
@@ -94,6 +106,7 @@ impl Backend for CpuBackend {
         p: &Conv2dParams,
         relu: bool,
     ) -> Result<Tensor> {
+        let _p = conv_span(x, w, p, self.reference);
         Ok(if self.reference {
             let y = naive::conv2d_fwd(x, w, b, p);
             if relu {
@@ -102,8 +115,32 @@ impl Backend for CpuBackend {
                 y
             }
         } else {
-            fast::conv2d_fwd(x, w, prepared, b, p, relu)
+            fast::conv2d_fwd(x, w, prepared, b, p, None, relu)
         })
+    }
+    fn conv2d_fwd_add_relu(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        prepared: Option<&Tensor>,
+        b: Option<&Tensor>,
+        p: &Conv2dParams,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        if self.reference {
+            let y = self.conv2d_fwd(x, w, prepared, b, p, false)?;
+            return self.relu_fwd(self.add(y, residual)?);
+        }
+        let _p = conv_span(x, w, p, false);
+        let (n, k) = (x.shape()[0], w.shape()[0]);
+        let out = p.out_hw((x.shape()[2], x.shape()[3]), (w.shape()[2], w.shape()[3]));
+        let want = out.map(|(oh, ow)| [n, k, oh, ow]);
+        check_same_shape(
+            "conv2d_fwd_add_relu residual",
+            residual.shape(),
+            &want.unwrap_or_default(),
+        )?;
+        Ok(fast::conv2d_fwd(x, w, prepared, b, p, Some(residual), true))
     }
     fn conv2d_bwd_data(
         &self,
@@ -112,6 +149,11 @@ impl Backend for CpuBackend {
         in_hw: (usize, usize),
         p: &Conv2dParams,
     ) -> Result<Tensor> {
+        let _p = profile::span("conv2d_bwd_data", || {
+            let (n, (k, c)) = (dy.shape()[0], (w.shape()[0], w.shape()[1]));
+            let depth = k / p.groups * w.shape()[2] * w.shape()[3];
+            Some(profile::gemm_tag(c, n * in_hw.0 * in_hw.1, depth, p.groups))
+        });
         Ok(if self.reference {
             naive::conv2d_bwd_data(dy, w, in_hw, p)
         } else {
@@ -119,6 +161,7 @@ impl Backend for CpuBackend {
         })
     }
     fn relu_fwd(&self, x: Tensor) -> Result<Tensor> {
+        let _p = profile::span("relu_fwd", || None);
         Ok(if self.reference {
             naive::relu_fwd(&x)
         } else {
@@ -126,6 +169,7 @@ impl Backend for CpuBackend {
         })
     }
     fn relu_bwd(&self, y: &Tensor, dy: Tensor, guided: bool) -> Result<Tensor> {
+        let _p = profile::span("relu_bwd", || None);
         Ok(if self.reference {
             naive::relu_bwd(y, &dy, guided)
         } else {
@@ -133,6 +177,7 @@ impl Backend for CpuBackend {
         })
     }
     fn max_pool2d_fwd(&self, x: &Tensor, p: &Pool2dParams) -> Result<Tensor> {
+        let _p = profile::span("max_pool2d_fwd", || None);
         // The fast pool handles dilation 1 (every torchvision model); others use the oracle.
         let fast = (!self.reference)
             .then(|| fast::max_pool2d_fwd(x, p))
@@ -140,16 +185,19 @@ impl Backend for CpuBackend {
         Ok(fast.unwrap_or_else(|| naive::max_pool2d_fwd(x, p)))
     }
     fn max_pool2d_bwd(&self, x: &Tensor, dy: &Tensor, p: &Pool2dParams) -> Result<Tensor> {
+        let _p = profile::span("max_pool2d_bwd", || None);
         let fast = (!self.reference)
             .then(|| fast::max_pool2d_bwd(x, dy, p))
             .flatten();
         Ok(fast.unwrap_or_else(|| naive::max_pool2d_bwd(x, dy, p)))
     }
     fn max_pool2d_tangent(&self, x: &Tensor, v: &Tensor, p: &Pool2dParams) -> Result<Tensor> {
+        let _p = profile::span("max_pool2d_tangent", || None);
         crate::backend::check_same_shape("max_pool2d_tangent", x.shape(), v.shape())?;
         Ok(naive::max_pool2d_tangent(x, v, p))
     }
     fn adaptive_avg_pool2d_fwd(&self, x: &Tensor, out_hw: (usize, usize)) -> Result<Tensor> {
+        let _p = profile::span("adaptive_avg_pool2d_fwd", || None);
         Ok(if self.reference {
             naive::adaptive_avg_pool2d_fwd(x, out_hw)
         } else {
@@ -157,6 +205,7 @@ impl Backend for CpuBackend {
         })
     }
     fn adaptive_avg_pool2d_bwd(&self, dy: &Tensor, in_hw: (usize, usize)) -> Result<Tensor> {
+        let _p = profile::span("adaptive_avg_pool2d_bwd", || None);
         Ok(if self.reference {
             naive::adaptive_avg_pool2d_bwd(dy, in_hw)
         } else {
@@ -164,6 +213,7 @@ impl Backend for CpuBackend {
         })
     }
     fn linear_fwd(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        let _p = profile::span("linear_fwd", || None);
         Ok(if self.reference {
             naive::linear_fwd(x, w, b)
         } else {
@@ -171,6 +221,7 @@ impl Backend for CpuBackend {
         })
     }
     fn linear_bwd_data(&self, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let _p = profile::span("linear_bwd_data", || None);
         Ok(if self.reference {
             naive::linear_bwd_data(dy, w)
         } else {
@@ -178,6 +229,7 @@ impl Backend for CpuBackend {
         })
     }
     fn add(&self, a: Tensor, b: &Tensor) -> Result<Tensor> {
+        let _p = profile::span("add", || None);
         Ok(if self.reference {
             naive::add(&a, b)
         } else {
@@ -185,6 +237,7 @@ impl Backend for CpuBackend {
         })
     }
     fn channel_affine(&self, x: Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor> {
+        let _p = profile::span("channel_affine", || None);
         Ok(if self.reference {
             naive::channel_affine(&x, scale, shift)
         } else {
@@ -192,6 +245,7 @@ impl Backend for CpuBackend {
         })
     }
     fn grad_pool(&self, g: &Tensor) -> Result<Tensor> {
+        let _p = profile::span("grad_pool", || None);
         Ok(if self.reference {
             naive::grad_pool(g)
         } else {
@@ -199,6 +253,7 @@ impl Backend for CpuBackend {
         })
     }
     fn weighted_sum_relu(&self, a: &Tensor, alpha: &Tensor) -> Result<Tensor> {
+        let _p = profile::span("weighted_sum_relu", || None);
         Ok(if self.reference {
             naive::weighted_sum_relu(a, alpha)
         } else {
@@ -206,21 +261,27 @@ impl Backend for CpuBackend {
         })
     }
     fn cam_weights(&self, rule: WeightRule, a: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let _p = profile::span("cam_weights", || None);
         Ok(cam_ops::cam_weights(rule, a, g))
     }
     fn fem_weights(&self, a: &Tensor, k_sigma: f32) -> Result<Tensor> {
+        let _p = profile::span("fem_weights", || None);
         Ok(cam_ops::fem_weights(a, k_sigma))
     }
     fn elementwise_cam_relu(&self, rule: ElementRule, a: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let _p = profile::span("elementwise_cam_relu", || None);
         Ok(cam_ops::elementwise_cam_relu(rule, a, g))
     }
     fn score_cam_inputs(&self, x: &Tensor, a: &Tensor, k: (usize, usize)) -> Result<Tensor> {
+        let _p = profile::span("score_cam_inputs", || None);
         Ok(cam_ops::score_cam_inputs(x, a, k))
     }
     fn aug_copies(&self, x: &Tensor, copies: &[(bool, f32)]) -> Result<Tensor> {
+        let _p = profile::span("aug_copies", || None);
         Ok(cam_ops::aug_copies(x, copies))
     }
     fn ablate_channels(&self, a: &Tensor, k: (usize, usize)) -> Result<Tensor> {
+        let _p = profile::span("ablate_channels", || None);
         Ok(cam_ops::ablate_channels(a, k))
     }
     fn full_grad_add(
@@ -230,6 +291,7 @@ impl Backend for CpuBackend {
         by: FullGradBy<'_, Tensor>,
         out: (usize, usize),
     ) -> Result<Tensor> {
+        let _p = profile::span("full_grad_add", || None);
         let shapes = match by {
             FullGradBy::Input(x) => FullGradBy::Input(x.shape()),
             FullGradBy::Bias(b) => FullGradBy::Bias(b),
@@ -237,4 +299,24 @@ impl Backend for CpuBackend {
         check_full_grad_shapes(g.shape(), shapes, total.as_ref().map(Tensor::shape), out)?;
         Ok(cam_ops::full_grad_add(total, g, by, out))
     }
+}
+
+/// The profile's span of a forward conv, named by the path it takes, tagged with its GEMM.
+fn conv_span(x: &Tensor, w: &Tensor, p: &Conv2dParams, reference: bool) -> Option<profile::Span> {
+    let op = match (reference, winograd::applies(w, p)) {
+        (true, _) => "conv2d_fwd",
+        (false, true) => "conv2d_fwd_winograd",
+        (false, false) => "conv2d_fwd_gemm",
+    };
+    profile::span(op, || {
+        let (n, k, (r, s)) = (x.shape()[0], w.shape()[0], (w.shape()[2], w.shape()[3]));
+        let (oh, ow) = p.out_hw((x.shape()[2], x.shape()[3]), (r, s))?;
+        let depth = w.shape()[1] * r * s;
+        Some(profile::gemm_tag(
+            k / p.groups,
+            n * oh * ow,
+            depth,
+            p.groups,
+        ))
+    })
 }
