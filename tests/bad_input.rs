@@ -263,6 +263,16 @@ fn impossible_models_are_refused_at_load() {
         s.contains("layer1.0.conv1.weight") && s.contains("2×2 kernel"),
         "{s}"
     );
+    // A CIFAR-style 3x3 stem: its stride and pooling are not in the weights, so it is refused
+    // rather than run as torchvision's stem.
+    let mut cifar = dict();
+    let w = cifar.iter_mut().find(|(n, _)| n == "conv1.weight").unwrap();
+    w.1 = Tensor::zeros([w.1.shape()[0], 3, 3, 3]);
+    let (e, s) = msg(model::load(write(&dir, "cifar.safetensors", &cifar), None));
+    assert!(
+        matches!(e, Error::UnknownArch(_)) && s.contains("conv1.weight is a 3x3 kernel"),
+        "{s}"
+    );
     let mut vgg0 = synth::state_dict("vgg11", 16, 10, 3).unwrap();
     let w = vgg0
         .iter_mut()

@@ -70,6 +70,17 @@ pub fn detect(w: &Weights) -> Result<Spec> {
 pub fn build(w: &Weights, spec: &Spec, arch: String) -> Result<Graph> {
     let mut b = Builder::new(w, 3);
     let mut x = b.conv(0, "conv1", 2, Some("bn1"))?;
+    // The weights record kernel sizes, not strides or pooling: a stem other than torchvision's
+    // 7x7 (CIFAR's 3x3 at stride 1 without the max pool, most often) would run with the wrong
+    // ones and give wrong maps without a sign. Refused instead.
+    if let Some(&[_, _, r, s]) = w.shape_of("conv1.weight") {
+        if (r, s) != (7, 7) {
+            return Err(Error::UnknownArch(format!(
+                "{}: conv1.weight is a {r}x{s} kernel; torchvision's ResNet stem is a 7x7 conv                  at stride 2 followed by a 3x3 max pool. A changed stem (e.g. CIFAR's 3x3 at                  stride 1 without the max pool) cannot be run: its stride and pooling are not                  in the weights",
+                w.path().display()
+            )));
+        }
+    }
     x = b.relu(x, Some("relu"));
     x = b.max_pool(x, Pool2dParams::new(3, 2, 1), "maxpool");
     for (l, &n) in spec.blocks.iter().enumerate() {
