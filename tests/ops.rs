@@ -186,6 +186,28 @@ fn conv_cases() -> Vec<ConvCase> {
             s: 3,
             p: p(1, 1, 1, 1),
         },
+        // Deeper than one 192-deep slice of the AVX-512 GEMM, direct and through im2col: the
+        // bias and ReLU it adds as it writes the last slice (ResNet's 1x1 and strided convs).
+        ConvCase {
+            n: 2,
+            c: 200,
+            h: 7,
+            w: 9,
+            k: 70,
+            r: 1,
+            s: 1,
+            p: p(1, 0, 1, 1),
+        },
+        ConvCase {
+            n: 2,
+            c: 40,
+            h: 11,
+            w: 10,
+            k: 36,
+            r: 3,
+            s: 3,
+            p: p(2, 1, 1, 1),
+        },
     ]
 }
 

@@ -365,7 +365,6 @@ fn print_kernel_profile<B: Backend>(
         );
     }
     println!("{:<28} {:>8} {:>10.3}", "all kernels", "", total * 1e3 / n);
-    // Each convolution shape: rows x cols x depth per group (x groups), its rate.
     // The forward convolutions and linear layers against the FLOP count.
     let fwd: f64 = times
         .iter()
@@ -378,6 +377,7 @@ fn print_kernel_profile<B: Backend>(
         r if r >= 1e12 => ("TFLOP/s", 1e12),
         _ => ("GFLOP/s", 1e9),
     };
+    // Each convolution shape: rows x cols x depth per group (x groups), its rate.
     let shaped: Vec<_> = times.iter().filter(|t| t.0.contains(' ')).collect();
     if !shaped.is_empty() {
         println!(

@@ -180,6 +180,16 @@ pub fn conv2d_prepare(w: &Tensor, p: &Conv2dParams) -> Option<Tensor> {
         .map(|v| Tensor::new([v.len()], v))
 }
 
+/// v += res (when given), then max(v, 0) when `relu`: a conv's epilogue, in one pass.
+pub(super) fn add_relu(v: &mut [f32], res: Option<&[f32]>, relu: bool) {
+    match (res, relu) {
+        (Some(res), true) => (v.iter_mut().zip(res)).for_each(|(v, a)| *v = (*v + a).max(0.0)),
+        (Some(res), false) => v.iter_mut().zip(res).for_each(|(v, a)| *v += a),
+        (None, true) => v.iter_mut().for_each(|v| *v = v.max(0.0)),
+        (None, false) => {}
+    }
+}
+
 /// `prepared`: what [`conv2d_prepare`] made of `w` (else the Winograd transform is made here
 /// when the conv qualifies); `residual` (shaped as the output) is added, then `relu` applied,
 /// to each image's output while it is still in cache (a ResNet block's end in one pass).
@@ -198,15 +208,7 @@ pub fn conv2d_fwd(
     let (oh, ow) = p.out_hw((h, wd), (r, s)).expect("kernel larger than input");
     let epilogue = |ni: usize, yi: &mut [f32]| {
         let len = yi.len();
-        match (residual.map(|t| &t.data()[ni * len..(ni + 1) * len]), relu) {
-            (Some(add), true) => yi
-                .iter_mut()
-                .zip(add)
-                .for_each(|(v, a)| *v = (*v + a).max(0.0)),
-            (Some(add), false) => yi.iter_mut().zip(add).for_each(|(v, a)| *v += a),
-            (None, true) => yi.iter_mut().for_each(|v| *v = v.max(0.0)),
-            (None, false) => {}
-        }
+        add_relu(yi, residual.map(|t| &t.data()[ni * len..][..len]), relu);
     };
     let g = Geom {
         c: cg,
@@ -539,15 +541,17 @@ fn par_all() -> Parallelism {
 
 /// Whether the AVX-512 kernels for a few images' linear layers run ([`super::linear_avx512`]).
 #[cfg(target_arch = "x86_64")]
-fn linear_skinny(n: usize) -> bool {
-    (1..=super::linear_avx512::MAX_BATCH).contains(&n) && super::avx512::available()
+fn linear_skinny(n: usize, w: &Tensor) -> bool {
+    (1..=super::linear_avx512::MAX_BATCH).contains(&n)
+        && w.shape().iter().all(|&d| d > 0)
+        && super::avx512::available()
 }
 
 pub fn linear_fwd(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
     let (n, fin) = (x.shape()[0], x.shape()[1]);
     let fout = w.shape()[0];
     #[cfg(target_arch = "x86_64")]
-    if linear_skinny(n) {
+    if linear_skinny(n, w) {
         let y = super::linear_avx512::linear_fwd(x.data(), w.data(), b.map(Tensor::data), n, fin);
         return Tensor::new([n, fout], y);
     }
@@ -576,7 +580,7 @@ pub fn linear_bwd_data(dy: &Tensor, w: &Tensor) -> Tensor {
     let (n, fout) = (dy.shape()[0], dy.shape()[1]);
     let fin = w.shape()[1];
     #[cfg(target_arch = "x86_64")]
-    if linear_skinny(n) {
+    if linear_skinny(n, w) {
         let dx = super::linear_avx512::linear_bwd_data(dy.data(), w.data(), n, fout);
         return Tensor::new([n, fin], dx);
     }

@@ -42,6 +42,8 @@ impl<'a> Mat<'a> {
 pub struct Epilogue<'a> {
     /// One value per row of C.
     pub bias: Option<&'a [f32]>,
+    // (Read by the AVX-512 kernel only.)
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub relu: bool,
 }
 

@@ -111,8 +111,8 @@ unsafe fn dots<const NBX: usize>(
 pub fn linear_bwd_data(dy: &[f32], w: &[f32], n: usize, fout: usize) -> Vec<f32> {
     let fin = w.len() / fout;
     assert!(n <= MAX_BATCH && dy.len() == n * fout && w.len() == fout * fin);
-    // Strips of at most 1024 columns (8 images' strips of dx, 32 KB, stay in L1), at least
-    // four per thread where the layer is wide enough.
+    // Strips of at most 1024 columns (8 images' strips of dx, 32 KB, stay in L1; 16 images'
+    // in L2), at least four per thread where the layer is wide enough.
     let threads = rayon::current_num_threads();
     let sw = fin
         .div_ceil(4 * threads)

@@ -127,19 +127,25 @@ impl Backend for CpuBackend {
         p: &Conv2dParams,
         residual: &Tensor,
     ) -> Result<Tensor> {
+        let (n, k) = (x.shape()[0], w.shape()[0]);
+        let Some((oh, ow)) = p.out_hw((x.shape()[2], x.shape()[3]), (w.shape()[2], w.shape()[3]))
+        else {
+            return Err(crate::Error::Invalid(format!(
+                "conv2d_fwd_add_relu: a {:?} kernel over a {:?} input leaves no output",
+                &w.shape()[2..],
+                &x.shape()[2..]
+            )));
+        };
+        check_same_shape(
+            "conv2d_fwd_add_relu residual",
+            residual.shape(),
+            &[n, k, oh, ow],
+        )?;
         if self.reference {
             let y = self.conv2d_fwd(x, w, prepared, b, p, false)?;
             return self.relu_fwd(self.add(y, residual)?);
         }
         let _p = conv_span(x, w, p, false);
-        let (n, k) = (x.shape()[0], w.shape()[0]);
-        let out = p.out_hw((x.shape()[2], x.shape()[3]), (w.shape()[2], w.shape()[3]));
-        let want = out.map(|(oh, ow)| [n, k, oh, ow]);
-        check_same_shape(
-            "conv2d_fwd_add_relu residual",
-            residual.shape(),
-            &want.unwrap_or_default(),
-        )?;
         Ok(fast::conv2d_fwd(x, w, prepared, b, p, Some(residual), true))
     }
     fn conv2d_bwd_data(
@@ -149,10 +155,11 @@ impl Backend for CpuBackend {
         in_hw: (usize, usize),
         p: &Conv2dParams,
     ) -> Result<Tensor> {
+        // The CPU's product: Wᵀ (C/g·R·S × K/g) times dy's columns, then col2im.
         let _p = profile::span("conv2d_bwd_data", || {
-            let (n, (k, c)) = (dy.shape()[0], (w.shape()[0], w.shape()[1]));
-            let depth = k / p.groups * w.shape()[2] * w.shape()[3];
-            Some(profile::gemm_tag(c, n * in_hw.0 * in_hw.1, depth, p.groups))
+            let (n, k, oh, ow) = (dy.shape()[0], dy.shape()[1], dy.shape()[2], dy.shape()[3]);
+            let rows = w.shape()[1] * w.shape()[2] * w.shape()[3];
+            Some(profile::gemm_tag(rows, n * oh * ow, k / p.groups, p.groups))
         });
         Ok(if self.reference {
             naive::conv2d_bwd_data(dy, w, in_hw, p)

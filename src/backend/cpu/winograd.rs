@@ -6,6 +6,7 @@
 //! M[ξ] (K×T) = U[ξ] (K×C) · V[ξ] (C×T) for the T tiles of a chunk of tile rows.
 //! Rounding stays at the f32 GEMM's level for 3×3 (the transforms only add and halve).
 
+use super::fast::add_relu;
 use super::gemm::{pack_a, sgemm, sgemm_packed, Epilogue, Mat, Parallelism};
 use crate::backend::Conv2dParams;
 use crate::Tensor;
@@ -247,16 +248,10 @@ impl Plan<'_> {
                         line[2 * tx] = r0[tx] + r1[tx] + r2[tx] + b;
                         line[2 * tx + 1] = r1[tx] - r2[tx] - r3[tx] + b;
                     }
-                    let row = ki * oh * ow + y * ow;
-                    let dst = &mut plane[y * ow..(y + 1) * ow];
-                    if let Some(r) = residual {
-                        let add = &r[row..row + ow];
-                        line.iter_mut().zip(add).for_each(|(v, a)| *v += a);
-                    }
-                    match self.relu {
-                        true => dst.iter_mut().zip(&line).for_each(|(d, v)| *d = v.max(0.0)),
-                        false => dst.copy_from_slice(&line[..ow]),
-                    }
+                    let at = ki * oh * ow + y * ow;
+                    let res = residual.map(|res| &res[at..at + ow]);
+                    add_relu(&mut line[..ow], res, self.relu);
+                    plane[y * ow..(y + 1) * ow].copy_from_slice(&line[..ow]);
                 }
             }
         }
