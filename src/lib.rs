@@ -44,6 +44,7 @@
 
 pub mod backend;
 pub mod cam;
+pub mod csv;
 pub mod dff;
 mod error;
 pub mod eval;

@@ -121,7 +121,7 @@ fn manifests_parse_and_bad_rows_name_their_line() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("m.csv");
     std::fs::write(&csv, "image,class,x0,y0,x1,y1\na.png,3,1,2,10,20\na.png,3,30,30,40,40\nb.png,1,0,0,5,5,b_mask.png\n").unwrap();
-    let e = manifest::load(&csv).unwrap();
+    let e = manifest::load(&csv, None).unwrap();
     assert_eq!(e.len(), 2);
     assert_eq!(
         e[0].boxes,
@@ -134,7 +134,7 @@ fn manifests_parse_and_bad_rows_name_their_line() {
         "{\"image\": \"a.png\", \"class\": 2, \"boxes\": [[0, 0, 3, 3]]}\n",
     )
     .unwrap();
-    assert_eq!(manifest::load(&jl).unwrap()[0].class, 2);
+    assert_eq!(manifest::load(&jl, None).unwrap()[0].class, 2);
     // A byte-order mark before the first row or JSON line is not part of the image's name.
     for (name, text) in [
         ("bom.csv", "\u{feff}a.png,3,1,2,10,20\n"),
@@ -145,7 +145,7 @@ fn manifests_parse_and_bad_rows_name_their_line() {
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
-        let e = manifest::load(&p).unwrap();
+        let e = manifest::load(&p, None).unwrap();
         assert_eq!((&e[0].image, e[0].class), (&dir.path().join("a.png"), 3));
     }
     for (name, text, needle) in [
@@ -154,26 +154,78 @@ fn manifests_parse_and_bad_rows_name_their_line() {
         (
             "short.csv",
             "image,class\na.png,1\n",
-            ":2: want image,class",
+            ":1: the header has no x0, y0, x1, y1 column",
         ),
+        ("short_row.csv", "a.png,1\n", ":1: want image,class"),
         // A lone first field is a short row, not a header.
         ("lone.csv", "a.png\n", ":1: want image,class"),
         ("bad.jsonl", "{\"image\": \"a.png\"}\n", ":1:"),
         ("empty.csv", "image,class,x0,y0,x1,y1\n", "no images"),
-        // Other column names are a header too; the row after it is line 2.
+        // A header is read by its names, so one it cannot read is refused, not taken by
+        // position (which would swap coordinates without a sign).
         (
             "named.csv",
             "path,label,a,b,c,d\na.png,99x,0,0,1,1\n",
-            ":2: class `99x`",
+            ":1: unknown column `a`",
+        ),
+        (
+            "fields.csv",
+            "image,class,x0,y0,x1,y1\na.png,1,0,0,1\n",
+            ":2: the header names 6 columns, the row has 5 fields",
+        ),
+        (
+            "noimage.csv",
+            ",1,0,0,1,1\n",
+            ":1: the image field is empty",
+        ),
+        (
+            "masks.csv",
+            "a.png,1,0,0,1,1,m1.png\na.png,1,2,2,3,3,m2.png\n",
+            ":2: a.png listed with two masks",
+        ),
+        (
+            "label.csv",
+            "a.png,dog,0,0,1,1\n",
+            "(the model's file has no labels",
         ),
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
-        let msg = manifest::load(&p).unwrap_err().to_string();
+        let msg = manifest::load(&p, None).unwrap_err().to_string();
         assert!(msg.contains(needle), "{name}: {msg}");
     }
+    // Columns by their header's names, in any order (ImageNet's xmin.. too); quoted fields;
+    // classes by the model's labels, in CSV and JSON Lines.
+    let labels: Vec<String> = ["cat", "dog"].map(String::from).to_vec();
+    for (name, text) in [
+        (
+            "order.csv",
+            "class,ymin,xmin,ymax,xmax,image\n1,2,1,20,10,a.png\n",
+        ),
+        (
+            "swap.csv",
+            "image,class,y0,x0,y1,x1\n\"a.png\",\"dog\",2,1,20,10\n",
+        ),
+        (
+            "label.jsonl",
+            "{\"image\": \"a.png\", \"class\": \"dog\", \"boxes\": [[1, 2, 10, 20]]}\n",
+        ),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let e = manifest::load(&p, Some(&labels)).unwrap();
+        assert_eq!(
+            (&e[0].image, e[0].class, &e[0].boxes[..]),
+            (&dir.path().join("a.png"), 1, &[[1.0, 2.0, 10.0, 20.0]][..]),
+            "{name}"
+        );
+    }
+    let p = dir.path().join("unknown.csv");
+    std::fs::write(&p, "a.png,bird,0,0,1,1\n").unwrap();
+    let msg = manifest::load(&p, Some(&labels)).unwrap_err().to_string();
+    assert!(msg.contains(":1: class `bird` is neither"), "{msg}");
     // A missing manifest names the file and says why once.
-    let msg = manifest::load(&dir.path().join("none.csv"))
+    let msg = manifest::load(&dir.path().join("none.csv"), None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -194,7 +246,7 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
     let csv = dir.path().join("m.csv");
     let img = fixtures.join("images/a.png");
     std::fs::write(&csv, format!("{},4,10,10,60,50\n", img.display())).unwrap();
-    let entries = manifest::load(&csv).unwrap();
+    let entries = manifest::load(&csv, None).unwrap();
     let cfg = EvalConfig {
         layer: None,
         size: InputSize::Native,

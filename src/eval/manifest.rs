@@ -1,7 +1,9 @@
 //! Evaluation manifests: CSV (`image,class,x0,y0,x1,y1[,mask]`, one box per row, rows of
 //! the same image merged) or JSON Lines (`{"image", "class", "boxes": [[x0,y0,x1,y1], ...],
 //! "mask"?}`). Boxes are inclusive pixel coordinates of the original image (ImageNet's
-//! xmin, ymin, xmax, ymax). Paths are relative to the manifest's folder.
+//! xmin, ymin, xmax, ymax). Paths are relative to the manifest's folder. A class is an index
+//! or one of the model's labels. A CSV's first line may name the columns, in any order (then
+//! every name must be known: a header read by position would swap coordinates silently).
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +19,8 @@ pub struct Entry {
     pub mask: Option<PathBuf>,
 }
 
-pub fn load(path: &Path) -> Result<Vec<Entry>> {
+/// The manifest's entries; `labels` (the model's class names) let classes be given by name.
+pub fn load(path: &Path, labels: Option<&[String]>) -> Result<Vec<Entry>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     // A byte-order mark (spreadsheet programs write one) is not part of the first name.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
@@ -27,9 +30,9 @@ pub fn load(path: &Path) -> Result<Vec<Entry>> {
         .is_some_and(|e| e == "jsonl" || e == "json")
         || text.trim_start().starts_with('{');
     let entries = if is_jsonl {
-        parse_jsonl(text, base)
+        parse_jsonl(text, base, labels)
     } else {
-        parse_csv(text, base)
+        parse_csv(text, base, labels)
     }
     .map_err(|(line, why)| Error::Invalid(format!("{}:{line}: {why}", path.display())))?;
     if entries.is_empty() {
@@ -50,63 +53,188 @@ fn check_box(b: [f32; 4]) -> std::result::Result<[f32; 4], String> {
     Ok(b)
 }
 
-fn parse_csv(text: &str, base: &Path) -> std::result::Result<Vec<Entry>, LineError> {
+/// The CSV columns: the names a header may give each (any case), in the order rows without
+/// a header follow.
+const COLUMNS: [&[&str]; 7] = [
+    &["image", "path", "file", "filename"],
+    &["class", "label", "target"],
+    &["x0", "xmin"],
+    &["y0", "ymin"],
+    &["x1", "xmax"],
+    &["y1", "ymax"],
+    &["mask"],
+];
+const WANT: &str = "image,class,x0,y0,x1,y1[,mask]";
+
+/// A class given by index or label, as a row error when it is neither.
+fn class_of(s: &str, labels: Option<&[String]>) -> std::result::Result<usize, String> {
+    match crate::model::class_index(s, labels)? {
+        Some(c) => Ok(c),
+        None if labels.is_some() => Err(format!(
+            "class `{s}` is neither an index nor one of the model's labels"
+        )),
+        None => Err(format!(
+            "class `{s}` is not an index (the model's file has no labels to name classes by)"
+        )),
+    }
+}
+
+/// Which field of a row fills each of [`COLUMNS`], from a header's names.
+fn header_columns(names: &[String]) -> std::result::Result<[Option<usize>; 7], String> {
+    let mut at = [None; 7];
+    for (i, name) in names.iter().enumerate() {
+        let n = name.trim().to_ascii_lowercase();
+        let Some(col) = COLUMNS.iter().position(|c| c.contains(&n.as_str())) else {
+            return Err(format!(
+                "unknown column `{name}`: want {WANT}, in any order (xmin,ymin,xmax,ymax and \
+                 path, label also read)"
+            ));
+        };
+        if at[col].replace(i).is_some() {
+            return Err(format!("two columns name the {}", COLUMNS[col][0]));
+        }
+    }
+    let missing: Vec<&str> = (0..6)
+        .filter(|&c| at[c].is_none())
+        .map(|c| COLUMNS[c][0])
+        .collect();
+    match missing.is_empty() {
+        true => Ok(at),
+        false => Err(format!(
+            "the header has no {} column (want {WANT})",
+            missing.join(", ")
+        )),
+    }
+}
+
+fn parse_csv(
+    text: &str,
+    base: &Path,
+    labels: Option<&[String]>,
+) -> std::result::Result<Vec<Entry>, LineError> {
     let mut out: Vec<Entry> = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        // The first line is a header when it starts with `image`, or has a row's fields and
-        // none of its class and box fields is a number (other column names).
-        let header = i == 0
-            && (line.starts_with("image")
-                || (line.split(',').count() >= 6
-                    && (line.split(',').skip(1)).all(|f| f.trim().parse::<f64>().is_err())));
-        if line.is_empty() || line.starts_with('#') || header {
+    // Where each column's field is: by position until a header says otherwise.
+    let mut at: Option<[Option<usize>; 7]> = None;
+    let mut first = true;
+    for (i, record) in crate::csv::records(text).enumerate() {
+        let row = record.trim();
+        if row.is_empty() || row.starts_with('#') {
             continue;
         }
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
-        if f.len() < 6 || f.len() > 7 {
-            return Err((
-                i + 1,
-                format!(
-                    "want image,class,x0,y0,x1,y1[,mask], got {} fields",
-                    f.len()
-                ),
-            ));
+        let f: Vec<String> = crate::csv::fields(row)
+            .into_iter()
+            .map(|f| f.trim().to_string())
+            .collect();
+        // The first row is a header when no field after the first is a number: a row's
+        // coordinates always are.
+        if std::mem::take(&mut first)
+            && f.len() >= 2
+            && f[1..].iter().all(|x| x.parse::<f64>().is_err())
+        {
+            at = Some(header_columns(&f).map_err(|e| (i + 1, e))?);
+            continue;
         }
-        let class = f[1].parse().map_err(|_| {
-            (
-                i + 1,
-                format!("class `{}` is not a non-negative integer", f[1]),
-            )
-        })?;
+        let cols = match at {
+            // A header without a mask column still lets a row add one at its end.
+            Some(mut cols) => {
+                let n = cols.iter().flatten().count();
+                if cols[6].is_none() && f.len() == n + 1 {
+                    cols[6] = Some(n);
+                } else if f.len() != n {
+                    return Err((
+                        i + 1,
+                        format!(
+                            "the header names {n} columns, the row has {} fields",
+                            f.len()
+                        ),
+                    ));
+                }
+                cols
+            }
+            None if (6..=7).contains(&f.len()) => [
+                Some(0),
+                Some(1),
+                Some(2),
+                Some(3),
+                Some(4),
+                Some(5),
+                (f.len() == 7).then_some(6),
+            ],
+            None => return Err((i + 1, format!("want {WANT}, got {} fields", f.len()))),
+        };
+        let get = |c: usize| cols[c].map(|j| f[j].as_str());
+        let name = get(0).expect("a required column");
+        if name.is_empty() {
+            return Err((i + 1, "the image field is empty".into()));
+        }
+        let class = class_of(get(1).expect("a required column"), labels).map_err(|e| (i + 1, e))?;
         let mut b = [0f32; 4];
-        for (j, v) in f[2..6].iter().enumerate() {
-            b[j] = v
+        for (j, v) in b.iter_mut().enumerate() {
+            let text = get(2 + j).expect("a required column");
+            *v = text
                 .parse()
-                .map_err(|_| (i + 1, format!("box coordinate `{v}` is not a number")))?;
+                .map_err(|_| (i + 1, format!("box coordinate `{text}` is not a number")))?;
         }
         let b = check_box(b).map_err(|e| (i + 1, e))?;
-        let image = base.join(f[0]);
-        let mask = f.get(6).filter(|m| !m.is_empty()).map(|m| base.join(m));
-        match out.iter_mut().find(|e| e.image == image) {
-            Some(e) if e.class == class => e.boxes.push(b),
-            Some(_) => return Err((i + 1, format!("{} listed with two classes", f[0]))),
-            None => out.push(Entry {
-                image,
-                class,
-                boxes: vec![b],
-                mask,
-            }),
-        }
+        let image = base.join(name);
+        let mask = get(6).filter(|m| !m.is_empty()).map(|m| base.join(m));
+        merge(&mut out, image, class, vec![b], mask).map_err(|e| (i + 1, format!("{name} {e}")))?;
     }
     Ok(out)
 }
 
-fn parse_jsonl(text: &str, base: &Path) -> std::result::Result<Vec<Entry>, LineError> {
+/// Adds a row's boxes to its image's entry (the first row of an image makes it); an image
+/// listed with two classes or two masks is an error.
+fn merge(
+    out: &mut Vec<Entry>,
+    image: PathBuf,
+    class: usize,
+    boxes: Vec<[f32; 4]>,
+    mask: Option<PathBuf>,
+) -> std::result::Result<(), String> {
+    let Some(e) = out.iter_mut().find(|e| e.image == image) else {
+        out.push(Entry {
+            image,
+            class,
+            boxes,
+            mask,
+        });
+        return Ok(());
+    };
+    if e.class != class {
+        return Err(format!("listed with two classes ({} and {class})", e.class));
+    }
+    match (&e.mask, mask) {
+        (Some(a), Some(b)) if *a != b => {
+            return Err(format!(
+                "listed with two masks ({} and {})",
+                a.display(),
+                b.display()
+            ))
+        }
+        (None, Some(b)) => e.mask = Some(b),
+        _ => {}
+    }
+    e.boxes.extend(boxes);
+    Ok(())
+}
+
+fn parse_jsonl(
+    text: &str,
+    base: &Path,
+    labels: Option<&[String]>,
+) -> std::result::Result<Vec<Entry>, LineError> {
+    /// A class by index or by label.
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Class {
+        Index(usize),
+        Label(String),
+    }
     #[derive(serde::Deserialize)]
     struct Row {
         image: String,
-        class: usize,
+        class: Class,
         boxes: Vec<[f32; 4]>,
         mask: Option<String>,
     }
@@ -119,18 +247,22 @@ fn parse_jsonl(text: &str, base: &Path) -> std::result::Result<Vec<Entry>, LineE
         if r.boxes.is_empty() {
             return Err((i + 1, "no boxes".into()));
         }
+        if r.image.trim().is_empty() {
+            return Err((i + 1, "the image field is empty".into()));
+        }
+        let class = match r.class {
+            Class::Index(c) => c,
+            Class::Label(s) => class_of(s.trim(), labels).map_err(|e| (i + 1, e))?,
+        };
         let boxes = r
             .boxes
             .into_iter()
             .map(check_box)
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| (i + 1, e))?;
-        out.push(Entry {
-            image: base.join(r.image),
-            class: r.class,
-            boxes,
-            mask: r.mask.map(|m| base.join(m)),
-        });
+        let mask = r.mask.map(|m| base.join(m));
+        merge(&mut out, base.join(&r.image), class, boxes, mask)
+            .map_err(|e| (i + 1, format!("{} {e}", r.image)))?;
     }
     Ok(out)
 }

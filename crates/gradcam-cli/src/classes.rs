@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub use gradcam::model::class_index;
+
 use crate::inputs::canonical;
 
 /// Image, or (from folders) the class folder it lies under, as found on disk → class index.
@@ -208,32 +210,6 @@ fn unquoted(f: &str) -> &str {
     match f.len() >= 2 && f.starts_with('"') && f.ends_with('"') {
         true => &f[1..f.len() - 1],
         false => f,
-    }
-}
-
-/// A class given as an index or as one of the model's labels (exactly, else ignoring ASCII
-/// case): None when it is neither; an error when the label names several classes (ImageNet
-/// has two `crane`s and two `maillot`s).
-pub fn class_index(s: &str, labels: Option<&[String]>) -> Result<Option<usize>, String> {
-    if let Ok(c) = s.parse::<usize>() {
-        return Ok(Some(c));
-    }
-    let Some(l) = labels else {
-        return Ok(None);
-    };
-    let exact: Vec<usize> = (0..l.len()).filter(|&i| l[i] == s).collect();
-    let found = match exact.is_empty() {
-        true => (0..l.len())
-            .filter(|&i| l[i].eq_ignore_ascii_case(s))
-            .collect(),
-        false => exact,
-    };
-    match found[..] {
-        [] => Ok(None),
-        [c] => Ok(Some(c)),
-        ref several => Err(format!(
-            "`{s}` is the label of classes {several:?}; give the index of the one meant"
-        )),
     }
 }
 

@@ -21,11 +21,15 @@ use crate::{input_size, load_network, parse_size, ModelArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
-    /// CSV (`image,class,x0,y0,x1,y1[,mask]`, one box per row) or JSON Lines
-    /// (`{"image", "class", "boxes": [[x0,y0,x1,y1]], "mask"?}`); inclusive pixel boxes.
+    /// CSV (`image,class,x0,y0,x1,y1[,mask]`, one box per row; a first line of column names
+    /// may give them in any order, xmin..ymax too) or JSON Lines (`{"image", "class", "boxes":
+    /// [[x0,y0,x1,y1]], "mask"?}`); inclusive pixel boxes of the original image, paths
+    /// relative to the manifest, classes by index or by the model's labels.
     manifest: PathBuf,
     #[command(flatten)]
     model: ModelArgs,
+    /// Target layer(s), as `explain --layer` (default: ResNet `layer4`, VGG the last ReLU of
+    /// `features`).
     #[arg(long)]
     layer: Option<String>,
     /// Comma-separated methods (default: all; with --target softmax|rest, all that have a
@@ -80,8 +84,9 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
-    let entries = manifest::load(&a.manifest)?;
     let net = load_network(&a.model)?;
+    let entries =
+        with_network!(&net, net => manifest::load(&a.manifest, net.graph().labels.as_deref()))?;
     with_network!(net, net => eval_on(a, &net, &entries))
 }
 
