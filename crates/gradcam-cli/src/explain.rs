@@ -154,8 +154,9 @@ pub struct ExplainArgs {
     )]
     outputs: Vec<Output>,
     /// Go on with a run that stopped: images that `--out`'s summary.csv lists as done, with
-    /// all the files asked for there, are kept; the rest are explained. The run must have the
-    /// same settings (model file, layer, method, classes, size; see run.json).
+    /// all the files asked for there, are kept; the rest are explained (rows of images not
+    /// given this time stay in summary.csv). The run must have the same settings (model file,
+    /// layer, method, classes, size; see run.json).
     #[arg(long)]
     resume: bool,
 }
@@ -409,7 +410,7 @@ fn explain_all<B: Backend>(
             eprintln!("note: --layer-fusion combines several layers; one is given");
         }
     }
-    let previous = match a.resume {
+    let mut previous = match a.resume {
         true => resume::load(&a.out, &settings)?,
         false => None,
     };
@@ -419,19 +420,30 @@ fn explain_all<B: Backend>(
     let mut kept: Vec<(usize, String)> = Vec::new();
     let mut todo = Vec::new();
     for (i, f) in files.iter().enumerate() {
-        let row = (previous.as_ref()).and_then(|p| p.kept(f, &stems[i], &a.out, &suffixes));
+        let row = (previous.as_mut()).and_then(|p| p.kept(f, &stems[i], &a.out, &suffixes));
         match row {
-            Some(row) => kept.push((at(i), row.to_string())),
+            Some(row) => kept.push((at(i), row)),
             None => todo.push(i),
         }
     }
-    drop(previous);
+    // Rows of images this run was not given stay, after its own.
+    let others = previous.map(|p| p.others(&stems)).unwrap_or_default();
+    let carried: Vec<(usize, String)> = (others.into_iter().enumerate())
+        .map(|(j, row)| (at(files.len()) + j, row))
+        .collect();
+    if !carried.is_empty() {
+        eprintln!(
+            "note: --resume: summary.csv keeps the rows of {} earlier images not among these \
+             inputs",
+            carried.len()
+        );
+    }
     inputs::create_out_dir(&a.out)?;
     let settings_file = a.out.join(resume::SETTINGS);
     std::fs::write(&settings_file, format!("{settings:#}\n"))
         .with_context(|| format!("writing {}", settings_file.display()))?;
     // Shared by the device stage (decoding failures) and the writer (everything else).
-    let summary = std::sync::Mutex::new(Summary::create(&a.out, &kept)?);
+    let summary = std::sync::Mutex::new(Summary::create(&a.out, &[&kept[..], &carried].concat())?);
     // A failed input's row names its class when `--class` or `--classes` gave one.
     let class_of = |p: &Path| -> Option<(usize, &str)> {
         let c = class.or_else(|| classes.as_ref()?.of(p).ok())?;

@@ -11,7 +11,7 @@ use std::time::UNIX_EPOCH;
 use serde_json::{json, Value};
 
 use crate::inputs::canonical;
-use crate::summary::{fields, records, FILE};
+use crate::summary::{field, fields, records, FILE};
 
 /// The settings file in the output folder.
 pub const SETTINGS: &str = "run.json";
@@ -33,11 +33,24 @@ pub fn file_id(p: &Path) -> Value {
     })
 }
 
-/// What the previous run of an output folder left: its rows by image, as written.
+/// What the previous run of an output folder left: its rows, as written, in their order.
 pub struct Previous {
-    rows: HashMap<String, String>,
+    rows: Vec<String>,
+    /// Each row's image (as [`image_key`] gives it) → its row.
+    by_image: HashMap<String, usize>,
+    /// Rows whose image is among this run's inputs (kept or explained again).
+    taken: Vec<bool>,
     /// The header's field count: a row cut short by a stop in mid-write has fewer.
     columns: usize,
+}
+
+/// An image path as given on some command line, compared by the file it names: `./data/a.png`,
+/// `data/a.png` and the absolute path are one image (the text itself when it names none now).
+fn image_key(p: &str) -> String {
+    match std::fs::canonicalize(p) {
+        Ok(c) => c.display().to_string(),
+        Err(_) => p.to_string(),
+    }
 }
 
 /// The previous run in `out`, if there is one to go on from (none when the folder holds no
@@ -110,29 +123,70 @@ pub fn load(out: &Path, now: &Value) -> anyhow::Result<Option<Previous>> {
         true => text.as_str(),
         false => text.rsplit_once('\n').map_or("", |(whole, _)| whole),
     };
-    let rows = records(whole)
-        .skip(1)
-        .filter_map(|r| {
-            let image = fields(r).into_iter().next()?;
-            Some((image, r.to_string()))
-        })
-        .collect();
-    Ok(Some(Previous { rows, columns }))
+    let rows: Vec<String> = records(whole).skip(1).map(String::from).collect();
+    let mut by_image = HashMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        if let Some(image) = fields(r).into_iter().next() {
+            by_image.insert(image_key(&image), i);
+        }
+    }
+    let taken = vec![false; rows.len()];
+    Ok(Some(Previous {
+        rows,
+        by_image,
+        taken,
+        columns,
+    }))
 }
 
 impl Previous {
     /// The row of `image` to keep: it was explained (`ok`) with the same output stem, and
-    /// every file `suffixes` names (`<stem><suffix>`) is in `out`.
-    pub fn kept(&self, image: &Path, stem: &str, out: &Path, suffixes: &[&str]) -> Option<&str> {
-        let row = self.rows.get(&image.display().to_string())?;
+    /// every file `suffixes` names (`<stem><suffix>`) is in `out`; its image field then reads
+    /// as `image` is given now. Either way its row is taken: [`Previous::others`] leaves it out.
+    pub fn kept(
+        &mut self,
+        image: &Path,
+        stem: &str,
+        out: &Path,
+        suffixes: &[&str],
+    ) -> Option<String> {
+        let now = image.display().to_string();
+        let &i = self.by_image.get(&image_key(&now))?;
+        self.taken[i] = true;
+        let row = &self.rows[i];
         let f = fields(row);
-        // (An odd number of quotes: a row cut inside a quoted field.)
-        let done = f.len() == self.columns
-            && row.matches('"').count() % 2 == 0
+        let done = self.whole(row)
             && f.get(1).is_some_and(|s| s == "ok")
             && f.last().is_some_and(|s| s == stem)
             && (suffixes.iter()).all(|s| non_empty_file(&out.join(format!("{stem}{s}"))));
-        done.then_some(row.as_str())
+        if !done {
+            return None;
+        }
+        let rest: Vec<String> = f[1..].iter().map(|v| field(v)).collect();
+        Some(format!("{},{}", field(&now), rest.join(",")))
+    }
+
+    /// The whole rows of images that are not among this run's inputs and whose stem no input
+    /// has now (its files would be another image's), in their order: a run over part of a
+    /// folder's images keeps the others' rows, as their files stay.
+    pub fn others(&self, stems: &[String]) -> Vec<String> {
+        let stems: std::collections::HashSet<&str> = stems.iter().map(String::as_str).collect();
+        (self.rows.iter().zip(&self.taken))
+            .filter(|(row, &taken)| {
+                !taken
+                    && self.whole(row)
+                    && fields(row)
+                        .last()
+                        .is_some_and(|s| !stems.contains(s.as_str()))
+            })
+            .map(|(row, _)| row.clone())
+            .collect()
+    }
+
+    /// A row as the run wrote it: all its fields (a stop in mid-write cuts the last one
+    /// short; an odd number of quotes, inside a quoted field).
+    fn whole(&self, row: &str) -> bool {
+        fields(row).len() == self.columns && row.matches('"').count().is_multiple_of(2)
     }
 }
 
@@ -188,6 +242,38 @@ mod tests {
         assert!(differences(&now, &now.clone()).is_empty());
     }
 
+    /// An image given another way (`./`, absolute) is the same image; rows of images not
+    /// given this time stay, unless an input of this run now has their stem.
+    #[test]
+    fn rows_match_by_file_and_others_stay() {
+        let d = tempfile::tempdir().unwrap();
+        let (out, imgs) = (d.path().join("out"), d.path().join("imgs"));
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::create_dir_all(&imgs).unwrap();
+        for f in ["x.png", "y.png"] {
+            std::fs::write(imgs.join(f), "x").unwrap();
+        }
+        std::fs::write(out.join("x.json"), "{}").unwrap();
+        let now = json!({"layer": "layer4"});
+        std::fs::write(out.join(SETTINGS), now.to_string()).unwrap();
+        let (y_row, z_row) = (
+            format!("{},ok,,y", imgs.join("y.png").display()),
+            "gone.png,error,unreadable,".to_string(),
+        );
+        let dotted = format!("{}/./x.png", imgs.display());
+        let text = format!("image,status,error,stem\n{dotted},ok,,x\n{y_row}\n{z_row}\n");
+        std::fs::write(out.join(FILE), text).unwrap();
+        let mut p = load(&out, &now).unwrap().unwrap();
+        let x = imgs.join("x.png");
+        assert_eq!(
+            p.kept(&x, "x", &out, &[".json"]),
+            Some(format!("{},ok,,x", x.display())),
+            "the row reads as the image is given now"
+        );
+        assert_eq!(p.others(&["x".into()]), [y_row.clone(), z_row.clone()]);
+        assert_eq!(p.others(&["x".into(), "y".into()]), [z_row]);
+    }
+
     #[test]
     fn rows_are_kept_only_when_done_with_their_files() {
         let d = tempfile::tempdir().unwrap();
@@ -228,10 +314,10 @@ mod tests {
         for f in ["a.cam.npy", "a.json", "b,1.cam.npy", "b,1.json", "d.json"] {
             std::fs::write(out.join(f), "x").unwrap();
         }
-        let p = load(out, &now).unwrap().unwrap();
+        let mut p = load(out, &now).unwrap().unwrap();
         let files = [".cam.npy", ".json"];
         assert_eq!(
-            p.kept(Path::new("a.png"), "a", out, &files),
+            p.kept(Path::new("a.png"), "a", out, &files).as_deref(),
             Some("a.png,ok,,a")
         );
         assert!(p.kept(Path::new("b,1.png"), "b,1", out, &files).is_some());
@@ -268,10 +354,10 @@ mod tests {
             ("\"g,1.png\",ok,,\"g,1\"", "g,1.png", "g,1"),
         ] {
             std::fs::write(out.join(FILE), format!("image,status,error,stem\n{tail}")).unwrap();
-            let p = load(out, &now).unwrap().unwrap();
+            let mut p = load(out, &now).unwrap().unwrap();
             assert!(p.kept(Path::new(image), stem, out, &[]).is_none(), "{tail}");
             std::fs::write(out.join(FILE), format!("image,status,error,stem\n{tail}\n")).unwrap();
-            let p = load(out, &now).unwrap().unwrap();
+            let mut p = load(out, &now).unwrap().unwrap();
             let whole = tail.matches('"').count() % 2 == 0;
             assert_eq!(
                 p.kept(Path::new(image), stem, out, &[]).is_some(),

@@ -1263,6 +1263,27 @@ fn resume_goes_on_from_what_a_stopped_run_wrote() {
     assert!(out.join("d.overlay.png").exists());
     assert_ne!(read("a.json"), b"kept");
     assert_eq!(String::from_utf8(read("summary.csv")).unwrap(), full);
+
+    // One of the images, named another way (`./`): it is the same image, so it is kept, and
+    // the other images' rows stay in summary.csv (their files are there).
+    let dotted = format!("{}/./b.png", imgs.display());
+    let o = gradcam(&[
+        "explain",
+        &dotted,
+        "-m",
+        &m,
+        "-o",
+        out.to_str().unwrap(),
+        "--resume",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("nothing left to explain: 1 images"), "{err}");
+    assert!(err.contains("keeps the rows of 3 earlier images"), "{err}");
+    let now = String::from_utf8(read("summary.csv")).unwrap();
+    let rows: Vec<&str> = now.lines().collect();
+    let b_now = row("b").replacen(&imgs.join("b.png").display().to_string(), &dotted, 1);
+    assert_eq!(rows, [header, &b_now, &row("a"), &row("c"), &row("d")]);
 }
 
 #[test]
