@@ -182,18 +182,20 @@ fn eval_on<B: Backend>(
             .expect("valid template"),
     );
     let mut reports = Vec::new();
-    let mut failed = 0;
+    // (image, why) of each image that could not be evaluated: in the report too, so a reader
+    // of the JSON knows which images its aggregate leaves out.
+    let mut failed = Vec::new();
     for e in entries {
         match evaluate_image(net, e, &cfg) {
             Ok(r) => reports.push(r),
             Err(err) => {
-                failed += 1;
                 // Most errors name the image already.
                 let (msg, path) = (err.to_string(), e.image.display().to_string());
                 match msg.contains(&path) {
                     true => bar.suspend(|| eprintln!("error: {msg}")),
                     false => bar.suspend(|| eprintln!("error: {path}: {msg}")),
                 }
+                failed.push(json!({"image": path, "error": msg}));
             }
         }
         bar.inc(1);
@@ -217,6 +219,7 @@ fn eval_on<B: Backend>(
             })),
             "aggregate": agg,
             "images": reports,
+            "failed": failed,
         });
         std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", out.display()))?;
@@ -224,7 +227,7 @@ fn eval_on<B: Backend>(
     if reports.is_empty() {
         anyhow::bail!("no image could be evaluated");
     }
-    Ok(if failed > 0 {
+    Ok(if !failed.is_empty() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -234,7 +237,13 @@ fn eval_on<B: Backend>(
 /// A readable table; lower is better for errors, deletion, avg-drop and complexity, higher for
 /// the rest (`road` is ROADCombined).
 pub fn table(agg: &[Aggregate]) -> String {
-    let opt = |v: Option<f32>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
+    // (A value that rounds to zero reads 0.000, whatever its sign.)
+    let opt = |v: Option<f32>| {
+        v.map_or_else(
+            || "-".to_string(),
+            |v| format!("{v:.3}").replace("-0.000", "0.000"),
+        )
+    };
     // The first column as wide as its longest name (`gradcamelementwise`).
     let mw = agg.iter().map(|a| a.method.len()).fold(14, usize::max);
     let mut s = format!(

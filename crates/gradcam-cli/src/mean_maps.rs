@@ -25,9 +25,10 @@ pub fn write(
 ) -> anyhow::Result<(usize, usize)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut names = HashSet::new();
-    let (mut written, mut without) = (0, 0);
+    let (mut written, mut without, mut missing) = (0, 0, 0);
     for (key, g) in groups {
-        let Some((hw, mean)) = mean_map(base, g.members.iter().map(|&i| &rows[i]))? else {
+        let members = g.members.iter().map(|&i| &rows[i]);
+        let Some((hw, mean)) = mean_map(base, members, &mut missing)? else {
             without += 1;
             continue;
         };
@@ -47,6 +48,13 @@ pub fn write(
             base.display()
         );
     }
+    if missing > 0 {
+        eprintln!(
+            "warning: --maps: {missing} explained image(s) have no .cam.npy beside the summary \
+             in {}; their groups' means are over the maps there",
+            base.display()
+        );
+    }
     Ok((written, without))
 }
 
@@ -54,12 +62,18 @@ pub fn write(
 type Map = ((usize, usize), Vec<f32>);
 
 /// The mean of the explained rows' maps, at the first map's size; None without any map.
-fn mean_map<'r>(base: &Path, rows: impl Iterator<Item = &'r Row>) -> anyhow::Result<Option<Map>> {
+/// Rows whose map is not there are counted in `missing`.
+fn mean_map<'r>(
+    base: &Path,
+    rows: impl Iterator<Item = &'r Row>,
+    missing: &mut usize,
+) -> anyhow::Result<Option<Map>> {
     let mut sum: Vec<f64> = Vec::new();
     let (mut hw, mut n) = ((0, 0), 0usize);
     for r in rows.filter(|r| r.ok) {
         let path = base.join(format!("{}.cam.npy", r.stem));
-        if !path.is_file() {
+        if r.stem.is_empty() || !path.is_file() {
+            *missing += 1;
             continue;
         }
         let skip = |why: String| eprintln!("warning: --maps leaves out {}: {why}", path.display());

@@ -312,6 +312,18 @@ fn load_groups(file: &Path) -> anyhow::Result<HashMap<PathBuf, String>> {
             return Err(bad(format!("want `image,group`, got `{}`", line.text)));
         };
         let path = base.join(image);
+        // More columns than two: the last comma split off the last one, and the "image" is
+        // a real one with the group after it.
+        if let Some((first, _)) = image.split_once(',').filter(|_| !path.is_file()) {
+            if base.join(first.trim()).is_file() {
+                return Err(bad(format!(
+                    "want `image,group`, got {} fields in `{}` (quote an image name that holds \
+                     commas)",
+                    line.text.split(',').count(),
+                    line.text
+                )));
+            }
+        }
         if line.first && !path.is_file() {
             continue; // column names
         }
@@ -558,6 +570,10 @@ mod tests {
             ),
             ("a.png\n", ":1: want `image,group`"),
             ("image,group\n", "lists no images"),
+            (
+                "image,group,site\na.png,north,x\n",
+                ":2: want `image,group`, got 3 fields",
+            ),
         ] {
             std::fs::write(&file, text).unwrap();
             let e = load_groups(&file).unwrap_err().to_string();

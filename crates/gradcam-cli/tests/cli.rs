@@ -913,6 +913,39 @@ fn eval_prints_a_table_and_writes_json() {
     assert!(js["aggregate"][0]["mean_road_combined"].is_number(), "{js}");
     assert!(js["images"][0]["scores"][0]["road_morf"].is_number());
     assert!(table.lines().next().unwrap().ends_with("road"), "{table}");
+    assert_eq!(js["failed"].as_array().unwrap().len(), 0);
+    // An image that cannot be evaluated: exit 1, the others' scores, and the report says
+    // which one its aggregate leaves out.
+    let with_missing = dir.path().join("m2.csv");
+    std::fs::write(
+        &with_missing,
+        rows[..3].join("\n") + "\ngone.png,0,1,1,5,5\n",
+    )
+    .unwrap();
+    let o = gradcam(&[
+        "eval",
+        with_missing.to_str().unwrap(),
+        "--methods",
+        "gradcam",
+        "--no-road",
+        "--curve-steps",
+        "0",
+        "--occlusion-patch",
+        "0",
+        "-o",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("gone.png"), "{}", stderr(&o));
+    let js: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(js["images"].as_array().unwrap().len(), 2);
+    let failed = js["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0]["image"].as_str().unwrap().ends_with("gone.png"),
+        "{js}"
+    );
     // A percentile out of range is refused before any work, naming it.
     let o = gradcam(&[
         "eval",
@@ -1486,6 +1519,22 @@ fn summarize_groups_a_runs_rows() {
         }
     }
     assert!(!maps.join("failed.mean.png").exists());
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+    // A map gone since: the mean is over the others, and a warning says so.
+    let gone = rows.iter().find(|r| r[1] == "ok").unwrap()[15];
+    std::fs::remove_file(out.join(format!("{gone}.cam.npy"))).unwrap();
+    let o = gradcam(&[
+        "summarize",
+        out.to_str().unwrap(),
+        "--maps",
+        maps.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1 explained image(s) have no .cam.npy"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
