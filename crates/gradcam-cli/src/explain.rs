@@ -259,11 +259,21 @@ fn explain_all<B: Backend>(
     let graph = net.graph();
     let outputs = Outputs::parse(&a.outputs)?;
     let size = input_size(a.size, graph);
-    let layer = normalised(a.layer.as_deref().unwrap_or(&graph.default_layer))?;
+    // (FullGrad has no target layer: a --layer given to it is ignored, with a note below.)
+    let layer = match a.method {
+        Method::FullGrad => graph.default_layer.clone(),
+        _ => normalised(a.layer.as_deref().unwrap_or(&graph.default_layer))?,
+    };
     for l in target_layers(&layer)? {
         graph.target(l)?;
     }
     a.method.check_options(a.counterfactual, a.eigen_smooth)?;
+    if a.eigen_smooth && a.method.is_eigen() {
+        eprintln!(
+            "note: {}'s map is already the principal component; --eigen-smooth changes nothing",
+            a.method.name()
+        );
+    }
     let finer = match a.finer {
         true => {
             let f = Finer {
