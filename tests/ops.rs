@@ -186,6 +186,28 @@ fn conv_cases() -> Vec<ConvCase> {
             s: 3,
             p: p(1, 1, 1, 1),
         },
+        // Maps of 48 tiles of 4×4 or more: Winograd F(4×4), with partial tiles at the
+        // right and bottom edges, padding 1 and 0.
+        ConvCase {
+            n: 2,
+            c: 24,
+            h: 29,
+            w: 30,
+            k: 20,
+            r: 3,
+            s: 3,
+            p: p(1, 1, 1, 1),
+        },
+        ConvCase {
+            n: 1,
+            c: 16,
+            h: 30,
+            w: 31,
+            k: 9,
+            r: 3,
+            s: 3,
+            p: p(1, 0, 1, 1),
+        },
         // Deeper than one 192-deep slice of the AVX-512 GEMM, direct and through im2col: the
         // bias and ReLU it adds as it writes the last slice (ResNet's 1x1 and strided convs).
         ConvCase {

@@ -211,6 +211,17 @@ pub trait Backend: Send + Sync {
     /// Weights of a conv in a backend-specific form made once at load time (the CPU's
     /// Winograd-transformed filters); None when the backend has no use for one.
     fn conv2d_prepare(&self, w: &Self::Tensor, p: &Conv2dParams) -> Result<Option<Self::Tensor>>;
+    /// [`Backend::conv2d_prepare`] knowing the output's H×W at the model's nominal input size
+    /// (the CPU picks its Winograd tile by it); the map may differ at run time (other input
+    /// sizes), so this is a hint, not a promise.
+    fn conv2d_prepare_for(
+        &self,
+        w: &Self::Tensor,
+        p: &Conv2dParams,
+        _out_hw: Option<(usize, usize)>,
+    ) -> Result<Option<Self::Tensor>> {
+        self.conv2d_prepare(w, p)
+    }
     /// `F.conv2d(x, w, b, stride, padding, dilation, groups)`; x [N,C,H,W], w [K,C/g,R,S];
     /// `prepared` is what [`Backend::conv2d_prepare`] made of w, if anything; `relu` applies
     /// a ReLU to the output in the same pass (for a conv whose output only feeds a ReLU).

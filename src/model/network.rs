@@ -87,11 +87,21 @@ impl<B: Backend> Network<B> {
             .into_iter()
             .map(|p| backend.upload(p))
             .collect::<Result<Vec<_>>>()?;
-        let prepared = graph
-            .nodes
-            .iter()
-            .map(|node| match &node.op {
-                Op::Conv { w, p, .. } => backend.conv2d_prepare(&params[*w], p),
+        // Each conv's output size at the model's own input size (else 224), for the backend
+        // to prepare its filters for.
+        let s = match graph.input_size {
+            Some(crate::image::InputSize::Square(s)) => s,
+            _ => 224,
+        };
+        let shapes = graph.shapes(&[1, graph.in_channels, s, s]).ok();
+        let prepared = (graph.nodes.iter().enumerate())
+            .map(|(i, node)| match &node.op {
+                Op::Conv { w, p, .. } => {
+                    let out = shapes
+                        .as_ref()
+                        .and_then(|v| Some((*v[i].get(2)?, *v[i].get(3)?)));
+                    backend.conv2d_prepare_for(&params[*w], p, out)
+                }
                 _ => Ok(None),
             })
             .collect::<Result<_>>()?;

@@ -167,11 +167,19 @@ impl Geom {
 }
 
 /// What [`conv2d_fwd`] can use of a conv's filters made once, at load: the Winograd
-/// transform where it applies, else (one group, a CPU with the AVX-512 GEMM) the filters as a
-/// [K, C·R·S] matrix packed for it, a 1-D tensor.
-pub fn conv2d_prepare(w: &Tensor, p: &Conv2dParams) -> Option<Tensor> {
+/// transform where it applies (F(4×4)'s where the output map at the model's size, `out_hw`,
+/// is large enough, [`winograd::Tile::for_map`]; else F(2×2)'s), else (one group, a CPU with
+/// the AVX-512 GEMM) the filters as a [K, C·R·S] matrix packed for it, a 1-D tensor.
+pub fn conv2d_prepare(
+    w: &Tensor,
+    p: &Conv2dParams,
+    out_hw: Option<(usize, usize)>,
+) -> Option<Tensor> {
     if winograd::applies(w, p) {
-        return Some(winograd::transform_weights(w));
+        let tile = out_hw.map_or(winograd::Tile::F2, |(oh, ow)| {
+            winograd::Tile::for_map(oh, ow)
+        });
+        return Some(winograd::transform_for(w, tile));
     }
     let (k, c, r, s) = w.dims4();
     (p.groups == 1)
@@ -224,12 +232,16 @@ pub fn conv2d_fwd(
     let rows = g.rows_per_chunk();
     let mut y = Tensor::zeros([n, k, oh, ow]);
     if winograd::applies(w, p) {
+        // The tile the filters were prepared for at load (by the map at the model's size),
+        // whatever this map is; without them, the tile this map calls for, transformed here.
         let computed;
-        let u = match prepared {
-            Some(u) => u,
+        let (u, tile) = match prepared {
+            Some(u) if u.shape()[0] == winograd::Tile::F4.points() => (u, winograd::Tile::F4),
+            Some(u) => (u, winograd::Tile::F2),
             None => {
-                computed = winograd::transform_weights(w);
-                &computed
+                let tile = winograd::Tile::for_map(oh, ow);
+                computed = winograd::transform_for(w, tile);
+                (&computed, tile)
             }
         };
         let plan = winograd::Plan {
@@ -243,6 +255,7 @@ pub fn conv2d_fwd(
             u,
             bias: b.map(|b| b.data()),
             relu,
+            tile,
         };
         per_image(n, y.data_mut(), k * ohw, |ni, yi, par| {
             let res = residual.map(|t| &t.data()[ni * k * ohw..(ni + 1) * k * ohw]);

@@ -93,8 +93,16 @@ impl Backend for CpuBackend {
     }
 
     fn conv2d_prepare(&self, w: &Tensor, p: &Conv2dParams) -> Result<Option<Tensor>> {
+        self.conv2d_prepare_for(w, p, None)
+    }
+    fn conv2d_prepare_for(
+        &self,
+        w: &Tensor,
+        p: &Conv2dParams,
+        out_hw: Option<(usize, usize)>,
+    ) -> Result<Option<Tensor>> {
         Ok((!self.reference)
-            .then(|| fast::conv2d_prepare(w, p))
+            .then(|| fast::conv2d_prepare(w, p, out_hw))
             .flatten())
     }
     fn conv2d_fwd(

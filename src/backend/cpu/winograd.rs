@@ -1,10 +1,15 @@
-//! Winograd F(2×2, 3×3) for 3×3 stride-1 convolutions (Lavin & Gray, arXiv 1509.09308):
-//! each 4×4 input tile gives a 2×2 output tile with 16 multiplies per (k, c) pair instead of
-//! 36, so VGG's convolutions and ResNet's 3×3 convs cost 2.25× fewer multiply-adds.
+//! Winograd F(m×m, 3×3) for 3×3 stride-1 convolutions (Lavin & Gray, arXiv 1509.09308),
+//! m = 2 or 4: each (m+2)² input tile gives an m×m output tile with (m+2)² multiplies per
+//! (k, c) pair instead of 9m², 2.25× fewer multiply-adds for F(2×2) and 4× for F(4×4).
 //!
-//! Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A, and the ⊙ summed over input channels is 16 GEMMs:
+//! Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A, and the ⊙ summed over input channels is (m+2)² GEMMs:
 //! M[ξ] (K×T) = U[ξ] (K×C) · V[ξ] (C×T) for the T tiles of a chunk of tile rows.
-//! Rounding stays at the f32 GEMM's level for 3×3 (the transforms only add and halve).
+//! F(2×2)'s transforms only add and halve, so it rounds as the f32 GEMM does; F(4×4)'s scale
+//! by up to 8 and 1/24, a few times F(2×2)'s rounding (tested against the naive convolution
+//! at 1e-4 of the output's scale, as the rest). F(4×4) has 16 output pixels per tile, so
+//! over small maps (ResNet's 7×7 and 14×14, where a tile is mostly padding and an image
+//! gives the GEMMs a handful of columns) F(2×2) runs: see [`Tile::for_map`]. The filters
+//! are transformed at load for the tile of the layer's map at the model's own input size.
 
 use super::fast::add_relu;
 use super::gemm::{pack_a, sgemm, sgemm_packed, Epilogue, Mat, Parallelism};
@@ -18,64 +23,123 @@ pub fn applies(w: &Tensor, p: &Conv2dParams) -> bool {
     r == 3 && s == 3 && p.stride == (1, 1) && p.dilation == (1, 1) && p.groups == 1 && c >= 16
 }
 
-/// U[ξ][k][c] = (G g Gᵀ)[ξ] for every filter, as a [16, K, C] tensor; or, where the CPU
-/// runs the AVX-512 GEMM, each U[ξ] packed for it ([`pack_a`]), as a [16, len] tensor (so
-/// every image's 16 products skip the packing, which over a 7×7 map's 16 tiles would cost more
-/// than the products).
-pub fn transform_weights(w: &Tensor) -> Tensor {
-    let u = transform_plain(w);
-    let (k, c) = (u.shape()[1], u.shape()[2]);
+/// The Winograd variant: F(2×2, 3×3) or F(4×4, 3×3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    F2,
+    F4,
+}
+
+impl Tile {
+    /// Output pixels per tile side.
+    pub fn m(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+    /// Input pixels per tile side.
+    fn alpha(self) -> usize {
+        self.m() + 2
+    }
+    /// Transform points ξ, one GEMM each.
+    pub fn points(self) -> usize {
+        self.alpha() * self.alpha()
+    }
+    /// F(4×4) where an image's map gives its GEMMs at least 48 tiles (one AVX-512 panel of
+    /// columns: VGG16's maps from 28×28 up, ResNet's 56×56 and 28×28), else F(2×2).
+    /// `GRADCAM_WINOGRAD_F4=0` keeps F(2×2) everywhere, for comparisons.
+    pub fn for_map(oh: usize, ow: usize) -> Tile {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *ON
+            .get_or_init(|| std::env::var("GRADCAM_WINOGRAD_F4").map_or(true, |v| v.trim() != "0"));
+        match on && oh.div_ceil(4) * ow.div_ceil(4) >= 48 {
+            true => Tile::F4,
+            false => Tile::F2,
+        }
+    }
+    /// G, (m+2)×3, row-major.
+    fn g(self) -> &'static [[f32; 3]] {
+        match self {
+            Tile::F2 => &[
+                [1.0, 0.0, 0.0],
+                [0.5, 0.5, 0.5],
+                [0.5, -0.5, 0.5],
+                [0.0, 0.0, 1.0],
+            ],
+            Tile::F4 => &[
+                [0.25, 0.0, 0.0],
+                [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+                [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+                [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+                [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+                [0.0, 0.0, 1.0],
+            ],
+        }
+    }
+}
+
+/// U[ξ][k][c] = (G g Gᵀ)[ξ] for every filter, as a [(m+2)², K, C] tensor; or, where the CPU
+/// runs the AVX-512 GEMM, each U[ξ] packed for it ([`pack_a`]), as a [(m+2)², len] tensor (so
+/// every image's products skip the packing, which over a 7×7 map's 16 tiles would cost more
+/// than the products). Made once at load, for the tile the layer's map at the model's size
+/// calls for; transforming F(4×4)'s 36 per call took as long as VGG16's 28×28 convs.
+pub fn transform_for(w: &Tensor, tile: Tile) -> Tensor {
+    let u = transform_plain(w, tile);
+    let (np, k, c) = (tile.points(), u.shape()[1], u.shape()[2]);
     let per = k * c;
-    let packed: Option<Vec<Vec<f32>>> = (0..16)
+    let packed: Option<Vec<Vec<f32>>> = (0..np)
         .map(|xi| pack_a(Mat::row_major(&u.data()[xi * per..(xi + 1) * per], c), k, c))
         .collect();
     match packed {
-        Some(p) => Tensor::new([16, p[0].len()], p.concat()),
+        Some(p) => Tensor::new([np, p[0].len()], p.concat()),
         None => u,
     }
 }
 
-/// U as a plain [16, K, C] tensor.
-fn transform_plain(w: &Tensor) -> Tensor {
+/// U as a plain [(m+2)², K, C] tensor.
+fn transform_plain(w: &Tensor, tile: Tile) -> Tensor {
     use rayon::prelude::*;
     let (k, c, _, _) = w.dims4();
+    let np = tile.points();
     // Transformed per filter (k-major, parallel), then laid out ξ-major for the GEMMs.
-    let per_k: Vec<Vec<[f32; 16]>> = (0..k)
+    let per_k: Vec<Vec<[f32; 36]>> = (0..k)
         .into_par_iter()
         .map(|ki| {
             (0..c)
-                .map(|ci| transform_filter(&w.data()[(ki * c + ci) * 9..(ki * c + ci + 1) * 9]))
+                .map(|ci| {
+                    let g = &w.data()[(ki * c + ci) * 9..(ki * c + ci + 1) * 9];
+                    transform_filter(g, tile)
+                })
                 .collect()
         })
         .collect();
-    let mut u = vec![0f32; 16 * k * c];
+    let mut u = vec![0f32; np * k * c];
     for (ki, filters) in per_k.iter().enumerate() {
         for (ci, f) in filters.iter().enumerate() {
-            for (xi, &v) in f.iter().enumerate() {
+            for (xi, &v) in f[..np].iter().enumerate() {
                 u[(xi * k + ki) * c + ci] = v;
             }
         }
     }
-    Tensor::new([16, k, c], u)
+    Tensor::new([np, k, c], u)
 }
 
-/// G g Gᵀ for one 3×3 filter, row-major 4×4.
-fn transform_filter(g: &[f32]) -> [f32; 16] {
-    let mut u = [0f32; 16];
-    // G g: 4×3
-    let mut gg = [[0f32; 3]; 4];
-    for j in 0..3 {
-        let (g0, g1, g2) = (g[j], g[3 + j], g[6 + j]);
-        gg[0][j] = g0;
-        gg[1][j] = 0.5 * (g0 + g1 + g2);
-        gg[2][j] = 0.5 * (g0 - g1 + g2);
-        gg[3][j] = g2;
+/// G g Gᵀ for one 3×3 filter, row-major (m+2)×(m+2) in the first (m+2)² entries.
+fn transform_filter(g: &[f32], tile: Tile) -> [f32; 36] {
+    let (gm, a) = (tile.g(), tile.alpha());
+    let mut u = [0f32; 36];
+    // G g: a×3; then (G g) Gᵀ: a×a.
+    let mut gg = [[0f32; 3]; 6];
+    for (i, row) in gm.iter().enumerate() {
+        for j in 0..3 {
+            gg[i][j] = (0..3).map(|t| row[t] * g[t * 3 + j]).sum();
+        }
     }
-    // (G g) Gᵀ: 4×4
-    for (i, row) in gg.iter().enumerate() {
-        let (a, b, d) = (row[0], row[1], row[2]);
-        let out = [a, 0.5 * (a + b + d), 0.5 * (a - b + d), d];
-        u[i * 4..i * 4 + 4].copy_from_slice(&out);
+    for i in 0..a {
+        for (j, col) in gm.iter().enumerate() {
+            u[i * a + j] = (0..3).map(|t| gg[i][t] * col[t]).sum();
+        }
     }
     u
 }
@@ -88,11 +152,13 @@ pub struct Plan<'a> {
     pub pad: (usize, usize),
     pub oh: usize,
     pub ow: usize,
-    /// [`transform_weights`]' tensor: U[ξ] after U[ξ], plain or packed.
+    /// [`transform_for`]'s tensor: U[ξ] after U[ξ], plain or packed.
     pub u: &'a Tensor,
     pub bias: Option<&'a [f32]>,
     /// max(·, 0) on the way out (a conv whose output feeds only a ReLU).
     pub relu: bool,
+    /// The variant `u` was transformed for.
+    pub tile: Tile,
 }
 
 /// Bytes of V and M worked on at once, to keep them in cache between the transforms and
@@ -108,27 +174,32 @@ impl Plan<'_> {
     /// given, then the ReLU when the plan has one: the epilogue rides on the output transform,
     /// while each row is in L1 (a pass over the output after it measured ~5 % of VGG16).
     pub fn run(&self, img: &[f32], residual: Option<&[f32]>, out: &mut [f32], par: Parallelism) {
-        let (th, tw) = (self.oh.div_ceil(2), self.ow.div_ceil(2));
-        let per_tile = 16 * (self.c + self.k) * 4;
+        let (m, np) = (self.tile.m(), self.tile.points());
+        let (th, tw) = (self.oh.div_ceil(m), self.ow.div_ceil(m));
+        let per_tile = np * (self.c + self.k) * 4;
         let rows = (CHUNK_BYTES / per_tile / tw)
             .clamp(1, th)
             .max(64usize.div_ceil(tw).min(th));
+        assert_eq!(self.u.shape()[0], np, "U transformed for another tile");
         BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
-            let need = 16 * (self.c + self.k) * rows * tw;
+            let need = np * (self.c + self.k) * rows * tw;
             if buf.len() < need {
                 buf.resize(need, 0.0);
             }
             for ty0 in (0..th).step_by(rows) {
                 let ty1 = (ty0 + rows).min(th);
                 let t = (ty1 - ty0) * tw;
-                let (v, m) = buf[..16 * (self.c + self.k) * t].split_at_mut(16 * self.c * t);
-                self.input_transform(img, ty0, ty1, v);
-                let (packed, per) = (self.u.shape().len() == 2, self.u.len() / 16);
-                for xi in 0..16 {
+                let (v, mm) = buf[..np * (self.c + self.k) * t].split_at_mut(np * self.c * t);
+                match self.tile {
+                    Tile::F2 => self.input_transform(img, ty0, ty1, v),
+                    Tile::F4 => self.input_transform4(img, ty0, ty1, v),
+                }
+                let (packed, per) = (self.u.shape().len() == 2, self.u.len() / np);
+                for xi in 0..np {
                     let u = &self.u.data()[xi * per..(xi + 1) * per];
                     let vx = Mat::row_major(&v[xi * self.c * t..(xi + 1) * self.c * t], t);
-                    let mx = &mut m[xi * self.k * t..(xi + 1) * self.k * t];
+                    let mx = &mut mm[xi * self.k * t..(xi + 1) * self.k * t];
                     match packed {
                         true => sgemm_packed(
                             self.k,
@@ -148,7 +219,10 @@ impl Plan<'_> {
                         }
                     }
                 }
-                self.output_transform(m, ty0, ty1, residual, out);
+                match self.tile {
+                    Tile::F2 => self.output_transform(mm, ty0, ty1, residual, out),
+                    Tile::F4 => self.output_transform4(mm, ty0, ty1, residual, out),
+                }
             }
         });
     }
@@ -256,6 +330,120 @@ impl Plan<'_> {
             }
         }
     }
+
+    /// [`Self::input_transform`] for F(4×4): 6×6 input tiles, 4 apart.
+    fn input_transform4(&self, img: &[f32], ty0: usize, ty1: usize, v: &mut [f32]) {
+        let tw = self.ow.div_ceil(4);
+        let t = (ty1 - ty0) * tw;
+        let padded = 4 * tw + 2;
+        // hr[i][j][tx]: input row i of the tile row, horizontal combination j.
+        let mut row = vec![0f32; padded];
+        let mut hr = vec![0f32; 6 * 6 * tw];
+        for ci in 0..self.c {
+            let plane = &img[ci * self.h * self.w..(ci + 1) * self.h * self.w];
+            for ty in ty0..ty1 {
+                for i in 0..6 {
+                    let y = (4 * ty + i) as isize - self.pad.0 as isize;
+                    row.fill(0.0);
+                    if (0..self.h as isize).contains(&y) {
+                        let src = &plane[y as usize * self.w..(y as usize + 1) * self.w];
+                        let lo = self.pad.1;
+                        let n = self.w.min(padded.saturating_sub(lo));
+                        row[lo..lo + n].copy_from_slice(&src[..n]);
+                    }
+                    let h = &mut hr[i * 6 * tw..(i + 1) * 6 * tw];
+                    let (h0, rest) = h.split_at_mut(tw);
+                    let (h1, rest) = rest.split_at_mut(tw);
+                    let (h2, rest) = rest.split_at_mut(tw);
+                    let (h3, rest) = rest.split_at_mut(tw);
+                    let (h4, h5) = rest.split_at_mut(tw);
+                    for tx in 0..tw {
+                        let d = &row[4 * tx..4 * tx + 6];
+                        h0[tx] = 4.0 * d[0] - 5.0 * d[2] + d[4];
+                        h1[tx] = -4.0 * (d[1] + d[2]) + d[3] + d[4];
+                        h2[tx] = 4.0 * (d[1] - d[2]) - d[3] + d[4];
+                        h3[tx] = 2.0 * (d[3] - d[1]) - d[2] + d[4];
+                        h4[tx] = 2.0 * (d[1] - d[3]) - d[2] + d[4];
+                        h5[tx] = 4.0 * d[1] - 5.0 * d[3] + d[5];
+                    }
+                }
+                let base = (ty - ty0) * tw;
+                for j in 0..6 {
+                    let r = |i: usize| &hr[(i * 6 + j) * tw..(i * 6 + j + 1) * tw];
+                    let (r0, r1, r2, r3, r4, r5) = (r(0), r(1), r(2), r(3), r(4), r(5));
+                    let out = |xi: usize| (xi * self.c + ci) * t + base;
+                    for tx in 0..tw {
+                        v[out(j) + tx] = 4.0 * r0[tx] - 5.0 * r2[tx] + r4[tx];
+                        v[out(6 + j) + tx] = -4.0 * (r1[tx] + r2[tx]) + r3[tx] + r4[tx];
+                        v[out(12 + j) + tx] = 4.0 * (r1[tx] - r2[tx]) - r3[tx] + r4[tx];
+                        v[out(18 + j) + tx] = 2.0 * (r3[tx] - r1[tx]) - r2[tx] + r4[tx];
+                        v[out(24 + j) + tx] = 2.0 * (r1[tx] - r3[tx]) - r2[tx] + r4[tx];
+                        v[out(30 + j) + tx] = 4.0 * r1[tx] - 5.0 * r3[tx] + r5[tx];
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Self::output_transform`] for F(4×4): Y = Aᵀ M A, 4×4 outputs per tile.
+    fn output_transform4(
+        &self,
+        m: &[f32],
+        ty0: usize,
+        ty1: usize,
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) {
+        let tw = self.ow.div_ceil(4);
+        let t = (ty1 - ty0) * tw;
+        let (oh, ow) = (self.oh, self.ow);
+        // am[i][j][tx]: row i of Aᵀ M (i < 4), column j.
+        let mut am = vec![0f32; 4 * 6 * tw];
+        let mut line = vec![0f32; 4 * tw];
+        for ki in 0..self.k {
+            let b = self.bias.map_or(0.0, |b| b[ki]);
+            let plane = &mut out[ki * oh * ow..(ki + 1) * oh * ow];
+            for ty in ty0..ty1 {
+                let base = (ty - ty0) * tw;
+                let mrow = |xi: usize| {
+                    &m[(xi * self.k + ki) * t + base..(xi * self.k + ki) * t + base + tw]
+                };
+                for j in 0..6 {
+                    let (m0, m1, m2) = (mrow(j), mrow(6 + j), mrow(12 + j));
+                    let (m3, m4, m5) = (mrow(18 + j), mrow(24 + j), mrow(30 + j));
+                    let col = |i: usize| (i * 6 + j) * tw;
+                    for tx in 0..tw {
+                        let (p, q) = (m1[tx] + m2[tx], m1[tx] - m2[tx]);
+                        let (r, s) = (m3[tx] + m4[tx], m3[tx] - m4[tx]);
+                        am[col(0) + tx] = m0[tx] + p + r;
+                        am[col(1) + tx] = q + 2.0 * s;
+                        am[col(2) + tx] = p + 4.0 * r;
+                        am[col(3) + tx] = q + 8.0 * s + m5[tx];
+                    }
+                }
+                for i in 0..4 {
+                    let y = 4 * ty + i;
+                    if y >= oh {
+                        break;
+                    }
+                    let r = |j: usize| &am[(i * 6 + j) * tw..(i * 6 + j + 1) * tw];
+                    let (r0, r1, r2, r3, r4, r5) = (r(0), r(1), r(2), r(3), r(4), r(5));
+                    for tx in 0..tw {
+                        let (p, q) = (r1[tx] + r2[tx], r1[tx] - r2[tx]);
+                        let (u, s) = (r3[tx] + r4[tx], r3[tx] - r4[tx]);
+                        line[4 * tx] = r0[tx] + p + u + b;
+                        line[4 * tx + 1] = q + 2.0 * s + b;
+                        line[4 * tx + 2] = p + 4.0 * u + b;
+                        line[4 * tx + 3] = q + 8.0 * s + r5[tx] + b;
+                    }
+                    let at = ki * oh * ow + y * ow;
+                    let res = residual.map(|res| &res[at..at + ow]);
+                    add_relu(&mut line[..ow], res, self.relu);
+                    plane[y * ow..(y + 1) * ow].copy_from_slice(&line[..ow]);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -263,9 +451,9 @@ mod tests {
     use super::super::naive;
     use super::*;
 
-    /// Winograd with U plain and (on a CPU with the AVX-512 GEMM) packed against the naive
-    /// convolution, on odd sizes and padding 0 and 1; within 1e-4 of the output's scale
-    /// (f32 transforms and sums over 40 channels).
+    /// Winograd F(2×2) and F(4×4) with U plain and (on a CPU with the AVX-512 GEMM) packed
+    /// against the naive convolution, on odd sizes (partial tiles) and padding 0 and 1; within
+    /// 1e-4 of the output's scale (f32 transforms and sums over 40 channels).
     #[test]
     fn plain_and_packed_filters_give_the_convolution() {
         let mut rng = crate::model::synth::Rng::new(7);
@@ -276,15 +464,18 @@ mod tests {
             let p = Conv2dParams::new(1, pad);
             let want = naive::conv2d_fwd(&x, &w, None, &p);
             let (oh, ow) = (want.shape()[2], want.shape()[3]);
-            let mut forms = vec![transform_plain(&w)];
-            let prepared = transform_weights(&w);
-            if prepared.shape().len() == 2 {
-                forms.push(prepared);
+            let mut forms = Vec::new();
+            for tile in [Tile::F2, Tile::F4] {
+                forms.push((tile, transform_plain(&w, tile)));
+                let prepared = transform_for(&w, tile);
+                if prepared.shape().len() == 2 {
+                    forms.push((tile, prepared));
+                }
             }
             let res = rng.tensor(want.shape(), -0.5, 0.5);
             // With the fused epilogue too: F.relu(conv + res), against the naive ops.
             let want_fused = naive::relu_fwd(&naive::add(&want, &res));
-            for u in &forms {
+            for (tile, u) in &forms {
                 for fused in [false, true] {
                     let plan = Plan {
                         c,
@@ -297,6 +488,7 @@ mod tests {
                         u,
                         bias: None,
                         relu: fused,
+                        tile: *tile,
                     };
                     let mut out = vec![f32::NAN; k * oh * ow];
                     let r = fused.then(|| res.data());
@@ -306,7 +498,7 @@ mod tests {
                     for (i, (a, b)) in out.iter().zip(want.data()).enumerate() {
                         assert!(
                             (a - b).abs() <= 1e-4 * scale,
-                            "pad {pad}, rank {}, fused {fused} at {i}: {a} vs {b}",
+                            "{tile:?}, pad {pad}, rank {}, fused {fused} at {i}: {a} vs {b}",
                             u.shape().len()
                         );
                     }
