@@ -220,6 +220,34 @@ fn manifests_parse_and_bad_rows_name_their_line() {
             "{name}"
         );
     }
+    // The mask column under a header is optional per row; trailing commas name nothing; a
+    // stray quote in a comment is text (before, it swallowed the rows after it).
+    let p = dir.path().join("mask_col.csv");
+    let text = "image,class,x0,y0,x1,y1,mask,\n# boxes in \"pixels\na.png,1,0,0,1,1,\n\
+                b.png,0,0,0,2,2,m.png\n";
+    std::fs::write(&p, text).unwrap();
+    let e = manifest::load(&p, None).unwrap();
+    assert_eq!(e.len(), 2);
+    assert_eq!(
+        (e[0].mask.as_ref(), e[1].mask.as_ref()),
+        (None, Some(&dir.path().join("m.png")))
+    );
+    // JSON Lines: an image may be listed once per class; a class that is neither an index nor
+    // a label is named.
+    let p = dir.path().join("two.jsonl");
+    let line =
+        |c: &str| format!("{{\"image\": \"a.png\", \"class\": {c}, \"boxes\": [[0, 0, 1, 1]]}}\n");
+    std::fs::write(&p, line("0") + &line("\"dog\"")).unwrap();
+    let e = manifest::load(&p, Some(&labels)).unwrap();
+    assert_eq!((e.len(), e[0].class, e[1].class), (2, 0, 1));
+    std::fs::write(&p, line("-1")).unwrap();
+    let msg = manifest::load(&p, None).unwrap_err().to_string();
+    assert!(msg.contains(":1: class -1: want an index"), "{msg}");
+    // A row's line is reported after a quoted field that spans lines.
+    let p = dir.path().join("lines.csv");
+    std::fs::write(&p, "\"a\nb.png\",1,0,0,1,1\nc.png,1,5,0,1,1\n").unwrap();
+    let msg = manifest::load(&p, None).unwrap_err().to_string();
+    assert!(msg.contains(":3: bad box"), "{msg}");
     let p = dir.path().join("unknown.csv");
     std::fs::write(&p, "a.png,bird,0,0,1,1\n").unwrap();
     let msg = manifest::load(&p, Some(&labels)).unwrap_err().to_string();

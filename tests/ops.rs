@@ -242,17 +242,20 @@ fn conv2d_fwd_and_bwd_data_fast_match_naive() {
         let w = rng.tensor(&[cc.k, cc.c / cc.p.groups, cc.r, cc.s], -1.0, 1.0);
         let b = rng.tensor(&[cc.k], -1.0, 1.0);
         let prepared = fast.conv2d_prepare(&w, &cc.p).unwrap();
+        // As the network prepares them: for the map at the model's size (Winograd F(4×4) on
+        // the large ones).
+        let (oh, ow) = cc.p.out_hw((cc.h, cc.w), (cc.r, cc.s)).unwrap();
+        let prepared_for = fast.conv2d_prepare_for(&w, &cc.p, Some((oh, ow))).unwrap();
         for (bias, relu) in [(None, false), (Some(&b), false), (Some(&b), true)] {
             let y_ref = reference
                 .conv2d_fwd(&x, &w, None, bias, &cc.p, relu)
                 .unwrap();
             // With the filters prepared at load time, and transformed on the fly.
-            for prep in [prepared.as_ref(), None] {
+            for prep in [prepared.as_ref(), prepared_for.as_ref(), None] {
                 let y = fast.conv2d_fwd(&x, &w, prep, bias, &cc.p, relu).unwrap();
                 close(&format!("conv2d_fwd case {i} relu {relu}"), &y, &y_ref);
             }
         }
-        let (oh, ow) = cc.p.out_hw((cc.h, cc.w), (cc.r, cc.s)).unwrap();
         // A ResNet block's end: F.relu(F.conv2d(x, w, b) + res), fused by the fast backend.
         let res = rng.tensor(&[cc.n, cc.k, oh, ow], -1.0, 1.0);
         let y_ref = reference.conv2d_fwd(&x, &w, None, Some(&b), &cc.p, false);

@@ -116,15 +116,23 @@ fn parse_csv(
     // Where each column's field is: by position until a header says otherwise.
     let mut at: Option<[Option<usize>; 7]> = None;
     let mut first = true;
-    for (i, record) in crate::csv::records(text).enumerate() {
+    // The line each record starts on (a quoted field may hold line breaks).
+    let mut next_line = 1;
+    for record in crate::csv::records(text) {
+        let i = next_line - 1;
+        next_line += 1 + record.matches('\n').count();
         let row = record.trim();
         if row.is_empty() || row.starts_with('#') {
             continue;
         }
-        let f: Vec<String> = crate::csv::fields(row)
+        let mut f: Vec<String> = crate::csv::fields(row)
             .into_iter()
             .map(|f| f.trim().to_string())
             .collect();
+        // Empty fields at the end (a spreadsheet's trailing commas) name and hold nothing.
+        while f.len() > 1 && f.last().is_some_and(String::is_empty) {
+            f.pop();
+        }
         // The first row is a header when no field after the first is a number: a row's
         // coordinates always are.
         if std::mem::take(&mut first)
@@ -135,11 +143,14 @@ fn parse_csv(
             continue;
         }
         let cols = match at {
-            // A header without a mask column still lets a row add one at its end.
+            // The mask is optional under a header too: a row may leave it out when it is the
+            // last column, or add it at its end when the header has none.
             Some(mut cols) => {
                 let n = cols.iter().flatten().count();
                 if cols[6].is_none() && f.len() == n + 1 {
                     cols[6] = Some(n);
+                } else if cols[6] == Some(n - 1) && f.len() == n - 1 {
+                    cols[6] = None;
                 } else if f.len() != n {
                     return Err((
                         i + 1,
@@ -224,17 +235,11 @@ fn parse_jsonl(
     base: &Path,
     labels: Option<&[String]>,
 ) -> std::result::Result<Vec<Entry>, LineError> {
-    /// A class by index or by label.
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Class {
-        Index(usize),
-        Label(String),
-    }
     #[derive(serde::Deserialize)]
     struct Row {
         image: String,
-        class: Class,
+        /// An index or a label.
+        class: serde_json::Value,
         boxes: Vec<[f32; 4]>,
         mask: Option<String>,
     }
@@ -250,19 +255,32 @@ fn parse_jsonl(
         if r.image.trim().is_empty() {
             return Err((i + 1, "the image field is empty".into()));
         }
-        let class = match r.class {
-            Class::Index(c) => c,
-            Class::Label(s) => class_of(s.trim(), labels).map_err(|e| (i + 1, e))?,
-        };
+        let class = match &r.class {
+            serde_json::Value::Number(n) => n.as_u64().map(|c| c as usize),
+            serde_json::Value::String(s) => {
+                Some(class_of(s.trim(), labels).map_err(|e| (i + 1, e))?)
+            }
+            _ => None,
+        }
+        .ok_or_else(|| {
+            (
+                i + 1,
+                format!("class {}: want an index (0, 1, ...) or a label", r.class),
+            )
+        })?;
         let boxes = r
             .boxes
             .into_iter()
             .map(check_box)
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| (i + 1, e))?;
-        let mask = r.mask.map(|m| base.join(m));
-        merge(&mut out, base.join(&r.image), class, boxes, mask)
-            .map_err(|e| (i + 1, format!("{} {e}", r.image)))?;
+        // (Each line its own entry: one image may be evaluated for several classes.)
+        out.push(Entry {
+            image: base.join(&r.image),
+            class,
+            boxes,
+            mask: r.mask.map(|m| base.join(m)),
+        });
     }
     Ok(out)
 }

@@ -437,6 +437,9 @@ fn explain_all<B: Backend>(
         }
     }
     // Rows of images this run was not given stay, after its own.
+    if let Some(p) = previous.as_mut() {
+        failures.iter().for_each(|(f, _)| p.forget(f));
+    }
     let others = previous.map(|p| p.others(&stems)).unwrap_or_default();
     let carried: Vec<(usize, String)> = (others.into_iter().enumerate())
         .map(|(j, row)| (at(files.len()) + j, row))

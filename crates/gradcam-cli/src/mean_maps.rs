@@ -62,18 +62,18 @@ pub fn write(
 type Map = ((usize, usize), Vec<f32>);
 
 /// The mean of the explained rows' maps, at the first map's size; None without any map.
-/// Rows whose map is not there are counted in `missing`.
+/// Rows whose map is not there are counted in `missing` when the group has a mean.
 fn mean_map<'r>(
     base: &Path,
     rows: impl Iterator<Item = &'r Row>,
     missing: &mut usize,
 ) -> anyhow::Result<Option<Map>> {
     let mut sum: Vec<f64> = Vec::new();
-    let (mut hw, mut n) = ((0, 0), 0usize);
+    let (mut hw, mut n, mut gone) = ((0, 0), 0usize, 0);
     for r in rows.filter(|r| r.ok) {
         let path = base.join(format!("{}.cam.npy", r.stem));
         if r.stem.is_empty() || !path.is_file() {
-            *missing += 1;
+            gone += 1;
             continue;
         }
         let skip = |why: String| eprintln!("warning: --maps leaves out {}: {why}", path.display());
@@ -106,6 +106,10 @@ fn mean_map<'r>(
         };
         sum.iter_mut().zip(map).for_each(|(s, v)| *s += v as f64);
         n += 1;
+    }
+    // (A group without any map gets no mean, and is counted by the caller apart.)
+    if n > 0 {
+        *missing += gone;
     }
     Ok((n > 0).then(|| (hw, sum.iter().map(|s| (s / n as f64) as f32).collect())))
 }

@@ -36,8 +36,9 @@ pub fn file_id(p: &Path) -> Value {
 /// What the previous run of an output folder left: its rows, as written, in their order.
 pub struct Previous {
     rows: Vec<String>,
-    /// Each row's image (as [`image_key`] gives it) → its row.
-    by_image: HashMap<String, usize>,
+    /// Each row's image (as [`image_key`] gives it) → its rows (several when two inputs named
+    /// one file, or a file failed and was explained again).
+    by_image: HashMap<String, Vec<usize>>,
     /// Rows whose image is among this run's inputs (kept or explained again).
     taken: Vec<bool>,
     /// The header's field count: a row cut short by a stop in mid-write has fewer.
@@ -127,7 +128,10 @@ pub fn load(out: &Path, now: &Value) -> anyhow::Result<Option<Previous>> {
     let mut by_image = HashMap::new();
     for (i, r) in rows.iter().enumerate() {
         if let Some(image) = fields(r).into_iter().next() {
-            by_image.insert(image_key(&image), i);
+            by_image
+                .entry(image_key(&image))
+                .or_insert_with(Vec::new)
+                .push(i);
         }
     }
     let taken = vec![false; rows.len()];
@@ -151,9 +155,12 @@ impl Previous {
         suffixes: &[&str],
     ) -> Option<String> {
         let now = image.display().to_string();
-        let &i = self.by_image.get(&image_key(&now))?;
-        self.taken[i] = true;
-        let row = &self.rows[i];
+        let rows = self.by_image.get(&image_key(&now))?;
+        rows.iter().for_each(|&i| self.taken[i] = true);
+        // Of the file's rows, the one with this input's stem.
+        let row = (rows.iter())
+            .map(|&i| &self.rows[i])
+            .find(|r| fields(r).last().is_some_and(|s| s == stem))?;
         let f = fields(row);
         let done = self.whole(row)
             && f.get(1).is_some_and(|s| s == "ok")
@@ -164,6 +171,14 @@ impl Previous {
         }
         let rest: Vec<String> = f[1..].iter().map(|v| field(v)).collect();
         Some(format!("{},{}", field(&now), rest.join(",")))
+    }
+
+    /// Takes the rows of an input that is no image now (missing, unreadable): this run
+    /// writes its row, so [`Previous::others`] must not carry the old ones.
+    pub fn forget(&mut self, image: &Path) {
+        if let Some(rows) = self.by_image.get(&image_key(&image.display().to_string())) {
+            rows.iter().for_each(|&i| self.taken[i] = true);
+        }
     }
 
     /// The whole rows of images that are not among this run's inputs and whose stem no input
@@ -261,8 +276,13 @@ mod tests {
             "gone.png,error,unreadable,".to_string(),
         );
         let dotted = format!("{}/./x.png", imgs.display());
-        let text = format!("image,status,error,stem\n{dotted},ok,,x\n{y_row}\n{z_row}\n");
+        // x.png given twice (two names of one file, stems x and x-2); gone.png failed.
+        let text = format!(
+            "image,status,error,stem\n{dotted},ok,,x\n{y_row}\n{z_row}\n{},ok,,x-2\n",
+            imgs.join("x.png").display()
+        );
         std::fs::write(out.join(FILE), text).unwrap();
+        std::fs::write(out.join("x-2.json"), "{}").unwrap();
         let mut p = load(&out, &now).unwrap().unwrap();
         let x = imgs.join("x.png");
         assert_eq!(
@@ -270,8 +290,16 @@ mod tests {
             Some(format!("{},ok,,x", x.display())),
             "the row reads as the image is given now"
         );
+        assert_eq!(
+            p.kept(Path::new(&dotted), "x-2", &out, &[".json"]),
+            Some(format!("{dotted},ok,,x-2")),
+            "each name of one file keeps its own row"
+        );
         assert_eq!(p.others(&["x".into()]), [y_row.clone(), z_row.clone()]);
         assert_eq!(p.others(&["x".into(), "y".into()]), [z_row]);
+        // An input that failed now: its old row is this run's to write, not carried.
+        p.forget(Path::new("gone.png"));
+        assert_eq!(p.others(&["x".into()]), [y_row]);
     }
 
     #[test]

@@ -451,6 +451,44 @@ mod tests {
     use super::super::naive;
     use super::*;
 
+    /// A map large enough for several chunks of tile rows (the tiles of 128 + 128 channels
+    /// do not fit in one chunk's bytes), both tiles, with bias and ReLU.
+    #[test]
+    fn chunked_tile_rows_give_the_convolution() {
+        let mut rng = crate::model::synth::Rng::new(8);
+        let (c, h, wd, k) = (128, 48, 47, 128);
+        let x = rng.tensor(&[1, c, h, wd], -1.0, 1.0);
+        let w = rng.tensor(&[k, c, 3, 3], -0.1, 0.1);
+        let b = rng.tensor(&[k], -0.5, 0.5);
+        let p = Conv2dParams::new(1, 1);
+        let want = naive::relu_fwd(&naive::conv2d_fwd(&x, &w, Some(&b), &p));
+        let scale = want.data().iter().fold(0f32, |m, v| m.max(v.abs()));
+        for tile in [Tile::F2, Tile::F4] {
+            let (th, tw) = (h.div_ceil(tile.m()), wd.div_ceil(tile.m()));
+            let per_tile = tile.points() * (c + k) * 4;
+            assert!(CHUNK_BYTES / per_tile / tw < th, "{tile:?}: one chunk only");
+            let u = transform_for(&w, tile);
+            let plan = Plan {
+                c,
+                h,
+                w: wd,
+                k,
+                pad: (1, 1),
+                oh: h,
+                ow: wd,
+                u: &u,
+                bias: Some(b.data()),
+                relu: true,
+                tile,
+            };
+            let mut out = vec![f32::NAN; k * h * wd];
+            plan.run(x.data(), None, &mut out, Parallelism::None);
+            for (i, (a, b)) in out.iter().zip(want.data()).enumerate() {
+                assert!((a - b).abs() <= 1e-4 * scale, "{tile:?} at {i}: {a} vs {b}");
+            }
+        }
+    }
+
     /// Winograd F(2×2) and F(4×4) with U plain and (on a CPU with the AVX-512 GEMM) packed
     /// against the naive convolution, on odd sizes (partial tiles) and padding 0 and 1; within
     /// 1e-4 of the output's scale (f32 transforms and sums over 40 channels).
