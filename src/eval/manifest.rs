@@ -87,7 +87,8 @@ fn header_columns(names: &[String]) -> std::result::Result<[Option<usize>; 7], S
         let Some(col) = COLUMNS.iter().position(|c| c.contains(&n.as_str())) else {
             return Err(format!(
                 "unknown column `{name}`: want {WANT}, in any order (xmin,ymin,xmax,ymax and \
-                 path, label also read)"
+                 path, label also read); a first line without numbers after its first field \
+                 is read as column names"
             ));
         };
         if at[col].replace(i).is_some() {
