@@ -120,6 +120,18 @@ pub(crate) fn check_full_grad_shapes(
 }
 
 /// An error naming `op` unless two tensors have one shape.
+/// A profile table (kernel or op → calls, total time) as [`Backend::kernel_times`] gives it:
+/// slowest first.
+pub(crate) fn slowest_first(
+    table: Option<&std::collections::BTreeMap<String, (usize, std::time::Duration)>>,
+) -> Vec<(String, usize, std::time::Duration)> {
+    let mut v: Vec<_> = (table.into_iter().flatten())
+        .map(|(k, &(n, t))| (k.clone(), n, t))
+        .collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.2));
+    v
+}
+
 pub(crate) fn check_same_shape(op: &str, a: &[usize], b: &[usize]) -> Result<()> {
     match a == b {
         true => Ok(()),

@@ -25,14 +25,7 @@ pub(super) fn set(on: bool) {
 
 /// (op, calls, total time), slowest first.
 pub(super) fn times() -> Vec<(String, usize, Duration)> {
-    let t = TABLE.lock().unwrap_or_else(|e| e.into_inner());
-    let mut v: Vec<_> = t
-        .iter()
-        .flatten()
-        .map(|(k, &(n, d))| (k.clone(), n, d))
-        .collect();
-    v.sort_by_key(|e| std::cmp::Reverse(e.2));
-    v
+    crate::backend::slowest_first(TABLE.lock().unwrap_or_else(|e| e.into_inner()).as_ref())
 }
 
 /// Times the op until the returned guard drops; `None` (nothing to do) when profiling is off.

@@ -227,29 +227,33 @@ impl Plan<'_> {
         });
     }
 
+    /// Row `yp` of the plane zero-padded by the plan's padding (row[x'] = plane[yp - pad][x' -
+    /// pad] where that is inside the image, else 0), as the input tiles read it.
+    fn padded_row(&self, plane: &[f32], yp: usize, row: &mut [f32]) {
+        row.fill(0.0);
+        let y = yp as isize - self.pad.0 as isize;
+        if (0..self.h as isize).contains(&y) {
+            let src = &plane[y as usize * self.w..(y as usize + 1) * self.w];
+            let lo = self.pad.1;
+            let n = self.w.min(row.len().saturating_sub(lo));
+            row[lo..lo + n].copy_from_slice(&src[..n]);
+        }
+    }
+
     /// V[ξ][c][tile] = (Bᵀ d B)[ξ] for the 4×4 input tile of each output tile in rows
     /// ty0..ty1. Separable: the horizontal half (· B) runs on whole zero-padded input rows,
     /// the vertical half (Bᵀ ·) combines four of those; both loop over tiles contiguously.
     fn input_transform(&self, img: &[f32], ty0: usize, ty1: usize, v: &mut [f32]) {
         let tw = self.ow.div_ceil(2);
         let t = (ty1 - ty0) * tw;
-        let padded = 2 * tw + 2;
         // hr[i][j][tx]: input row i of the tile row, horizontal combination j.
-        let mut row = vec![0f32; padded];
+        let mut row = vec![0f32; 2 * tw + 2];
         let mut hr = vec![0f32; 4 * 4 * tw];
         for ci in 0..self.c {
             let plane = &img[ci * self.h * self.w..(ci + 1) * self.h * self.w];
             for ty in ty0..ty1 {
                 for i in 0..4 {
-                    let y = (2 * ty + i) as isize - self.pad.0 as isize;
-                    row.fill(0.0);
-                    if (0..self.h as isize).contains(&y) {
-                        let src = &plane[y as usize * self.w..(y as usize + 1) * self.w];
-                        // row[x'] = src[x' - pad] where that is inside the image
-                        let lo = self.pad.1;
-                        let n = self.w.min(padded.saturating_sub(lo));
-                        row[lo..lo + n].copy_from_slice(&src[..n]);
-                    }
+                    self.padded_row(plane, 2 * ty + i, &mut row);
                     let h = &mut hr[i * 4 * tw..(i + 1) * 4 * tw];
                     let (h0, rest) = h.split_at_mut(tw);
                     let (h1, rest) = rest.split_at_mut(tw);
@@ -335,22 +339,14 @@ impl Plan<'_> {
     fn input_transform4(&self, img: &[f32], ty0: usize, ty1: usize, v: &mut [f32]) {
         let tw = self.ow.div_ceil(4);
         let t = (ty1 - ty0) * tw;
-        let padded = 4 * tw + 2;
         // hr[i][j][tx]: input row i of the tile row, horizontal combination j.
-        let mut row = vec![0f32; padded];
+        let mut row = vec![0f32; 4 * tw + 2];
         let mut hr = vec![0f32; 6 * 6 * tw];
         for ci in 0..self.c {
             let plane = &img[ci * self.h * self.w..(ci + 1) * self.h * self.w];
             for ty in ty0..ty1 {
                 for i in 0..6 {
-                    let y = (4 * ty + i) as isize - self.pad.0 as isize;
-                    row.fill(0.0);
-                    if (0..self.h as isize).contains(&y) {
-                        let src = &plane[y as usize * self.w..(y as usize + 1) * self.w];
-                        let lo = self.pad.1;
-                        let n = self.w.min(padded.saturating_sub(lo));
-                        row[lo..lo + n].copy_from_slice(&src[..n]);
-                    }
+                    self.padded_row(plane, 4 * ty + i, &mut row);
                     let h = &mut hr[i * 6 * tw..(i + 1) * 6 * tw];
                     let (h0, rest) = h.split_at_mut(tw);
                     let (h1, rest) = rest.split_at_mut(tw);

@@ -84,14 +84,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         *p = on.then(|| p.take().unwrap_or_default());
     }
     fn kernel_times(&self) -> Vec<(String, usize, Duration)> {
-        let p = self.profile.lock().expect("profile table");
-        let mut v: Vec<_> = p
-            .iter()
-            .flatten()
-            .map(|(k, &(n, t))| (k.clone(), n, t))
-            .collect();
-        v.sort_by_key(|t| std::cmp::Reverse(t.2));
-        v
+        crate::backend::slowest_first(self.profile.lock().expect("profile table").as_ref())
     }
     fn device_memory_peak(&self) -> Option<usize> {
         Some(self.l.memory().peak())
