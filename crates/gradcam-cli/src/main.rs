@@ -149,6 +149,8 @@ pub fn parse_size(s: &str) -> Result<InputSize, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Layer outputs of megabytes are reused instead of faulted in afresh (7-8 % on the CPU).
+    gradcam::backend::cpu::retain_freed_memory();
     if let Some(t) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))

@@ -1,6 +1,7 @@
 //! The CPU backend: `naive` (the oracle) and `fast` (what users run), behind one type.
 //! Shapes are checked by the caller (the network's shape pass) before any op runs.
 
+mod alloc;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod cam_ops;
@@ -11,6 +12,8 @@ mod linear_avx512;
 pub mod naive;
 mod profile;
 mod winograd;
+
+pub use alloc::retain_freed_memory;
 
 use super::{
     check_full_grad_shapes, check_same_shape, Backend, Conv2dParams, ElementRule, FullGradBy,
