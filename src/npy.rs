@@ -32,33 +32,85 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
 /// Reads back what [`write_f32`] writes (tests, tools).
 pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = || Error::Invalid(format!("{}: not a float32 .npy file", path.display()));
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad());
-    }
-    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header =
-        std::str::from_utf8(bytes.get(10..10 + hlen).ok_or_else(bad)?).map_err(|_| bad())?;
-    if !header.contains("'<f4'") {
-        return Err(bad());
-    }
-    let inner = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .ok_or_else(bad)?;
-    let shape: Vec<usize> = inner
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| bad()))
-        .collect::<Result<_>>()?;
-    let data: Vec<f32> = bytes[10 + hlen..]
+    let (shape, at) = parse_header(&bytes).ok_or_else(|| not_npy(path))?;
+    let data: Vec<f32> = bytes[at..]
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
-    if data.len() != shape.iter().product::<usize>() {
-        return Err(bad());
+    if data.len() != shape.iter().product::<usize>() || (bytes.len() - at) % 4 != 0 {
+        return Err(not_npy(path));
     }
     Ok((shape, data))
+}
+
+/// Whether `path` is a whole float32 `.npy` file, from its header and length alone (what
+/// `explain --resume` checks of each map it keeps, without reading a million of them).
+pub fn is_whole_f32(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut head = vec![0u8; 10];
+    if f.read_exact(&mut head).is_err() {
+        return false;
+    }
+    let hlen = u16::from_le_bytes([head[8], head[9]]) as usize;
+    head.resize(10 + hlen, 0);
+    let len = f.metadata().map_or(0, |m| m.len() as usize);
+    f.read_exact(&mut head[10..]).is_ok()
+        && parse_header(&head)
+            .is_some_and(|(shape, at)| len == at + 4 * shape.iter().product::<usize>())
+}
+
+fn not_npy(path: &Path) -> Error {
+    Error::Invalid(format!("{}: not a float32 .npy file", path.display()))
+}
+
+/// The shape and where the data start, from a float32 `.npy` file's first bytes.
+fn parse_header(bytes: &[u8]) -> Option<(Vec<usize>, usize)> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return None;
+    }
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(bytes.get(10..10 + hlen)?).ok()?;
+    if !header.contains("'<f4'") {
+        return None;
+    }
+    let inner = header.split("'shape': (").nth(1)?.split(')').next()?;
+    let shape = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().ok())
+        .collect::<Option<Vec<usize>>>()?;
+    Some((shape, 10 + hlen))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `write_f32` writes reads back and counts as whole; cut short, grown, or another
+    /// kind of file, it does not.
+    #[test]
+    fn written_files_read_back_and_damaged_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.npy");
+        let data: Vec<f32> = (0..35).map(|i| i as f32 * 0.5).collect();
+        write_f32(&p, &[5, 7], &data).unwrap();
+        assert_eq!(read_f32(&p).unwrap(), (vec![5, 7], data));
+        assert!(is_whole_f32(&p));
+        let bytes = std::fs::read(&p).unwrap();
+        for damaged in [
+            bytes[..bytes.len() - 4].to_vec(),
+            [bytes.as_slice(), &[0; 4]].concat(),
+            bytes[..9].to_vec(),
+            b"\x89PNG\r\n\x1a\n and more".to_vec(),
+        ] {
+            std::fs::write(&p, &damaged).unwrap();
+            assert!(!is_whole_f32(&p), "{} bytes", damaged.len());
+            assert!(read_f32(&p).is_err(), "{} bytes", damaged.len());
+        }
+        assert!(!is_whole_f32(&dir.path().join("none.npy")));
+    }
 }

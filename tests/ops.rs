@@ -8,7 +8,7 @@
 //! (outputs are rounded to f32 before the f64 dot products).
 
 use gradcam::backend::cpu::naive;
-use gradcam::backend::{Backend, Conv2dParams, CpuBackend, Pool2dParams};
+use gradcam::backend::{Backend, BwdFilters, Conv2dParams, CpuBackend, Pool2dParams};
 use gradcam::model::synth::Rng;
 use gradcam::Tensor;
 
@@ -208,6 +208,28 @@ fn conv_cases() -> Vec<ConvCase> {
             s: 3,
             p: p(1, 0, 1, 1),
         },
+        // Backward-data passes as transposed convs with padding 2: Winograd F(4×4) (24 deep,
+        // a 26×27 map) and a 5×5 GEMM.
+        ConvCase {
+            n: 2,
+            c: 18,
+            h: 26,
+            w: 27,
+            k: 24,
+            r: 3,
+            s: 3,
+            p: p(1, 0, 1, 1),
+        },
+        ConvCase {
+            n: 1,
+            c: 6,
+            h: 10,
+            w: 9,
+            k: 5,
+            r: 5,
+            s: 5,
+            p: p(1, 2, 1, 1),
+        },
         // Deeper than one 192-deep slice of the AVX-512 GEMM, direct and through im2col: the
         // bias and ReLU it adds as it writes the last slice (ResNet's 1x1 and strided convs).
         ConvCase {
@@ -278,6 +300,19 @@ fn conv2d_fwd_and_bwd_data_fast_match_naive() {
             .unwrap();
         let dx = fast.conv2d_bwd_data(&dy, &w, (cc.h, cc.w), &cc.p).unwrap();
         close(&format!("conv2d_bwd_data case {i}"), &dx, &dx_ref);
+        // Through the filters prepared for the backward pass (stride 1: the transposed conv,
+        // Winograd for 3×3; strided: Wᵀ packed once), as the network runs it.
+        let bwd = fast.conv2d_prepare_bwd(&w, &cc.p, (cc.h, cc.w)).unwrap();
+        let stride1 = cc.p.stride == (1, 1) && cc.p.dilation == (1, 1) && cc.p.groups == 1;
+        assert_eq!(
+            matches!(bwd, Some(BwdFilters::Transposed(_))),
+            stride1,
+            "case {i}: transposed conv"
+        );
+        let dx = fast
+            .conv2d_bwd_data_with(&dy, &w, bwd.as_ref(), (cc.h, cc.w), &cc.p)
+            .unwrap();
+        close(&format!("conv2d_bwd_data prepared case {i}"), &dx, &dx_ref);
         // Adjoint: <conv(x), dy> = <x, conv_bwd(dy)>.
         let y = naive::conv2d_fwd(&x, &w, None, &cc.p);
         let (l, r) = (dot(&y, &dy), dot(&x, &dx_ref));

@@ -159,6 +159,25 @@ impl Overlays {
     }
 }
 
+/// What a backend made of a conv's filters for its backward-data pass
+/// ([`Backend::conv2d_prepare_bwd`]).
+pub enum BwdFilters<T> {
+    /// The pass as another conv's forward pass ([`Conv2dParams::transposed`]).
+    Transposed(TransposedConv<T>),
+    /// The backend's own backward-data pass, with the filters in a form of its own (the
+    /// CPU's Wᵀ packed for its GEMM).
+    Own(T),
+}
+
+/// A conv's backward-data pass as another conv's forward pass: its filters, geometry and
+/// whatever the backend prepared of them for a forward pass.
+pub struct TransposedConv<T> {
+    /// [C, K, R, S]: w[k, c, R−1−r, S−1−s] at [c, k, r, s].
+    pub w: T,
+    pub p: Conv2dParams,
+    pub prepared: Option<T>,
+}
+
 pub trait Backend: Send + Sync {
     /// A tensor living wherever this backend computes (host memory, device memory).
     type Tensor: Send + Sync;
@@ -272,6 +291,30 @@ pub trait Backend: Send + Sync {
         in_hw: (usize, usize),
         p: &Conv2dParams,
     ) -> Result<Self::Tensor>;
+    /// What [`Backend::conv2d_bwd_data_with`] can use for a conv, made the first time a
+    /// backward pass crosses it (`in_hw`: its input's H×W then), so that passes which stop
+    /// above it pay nothing; None (the default) where the backend's own backward-data pass
+    /// serves.
+    fn conv2d_prepare_bwd(
+        &self,
+        _w: &Self::Tensor,
+        _p: &Conv2dParams,
+        _in_hw: (usize, usize),
+    ) -> Result<Option<BwdFilters<Self::Tensor>>> {
+        Ok(None)
+    }
+    /// [`Backend::conv2d_bwd_data`], through what [`Backend::conv2d_prepare_bwd`] made when
+    /// it made something.
+    fn conv2d_bwd_data_with(
+        &self,
+        dy: &Self::Tensor,
+        w: &Self::Tensor,
+        _bwd: Option<&BwdFilters<Self::Tensor>>,
+        in_hw: (usize, usize),
+        p: &Conv2dParams,
+    ) -> Result<Self::Tensor> {
+        self.conv2d_bwd_data(dy, w, in_hw, p)
+    }
     /// `F.relu(x)`, in place where possible.
     fn relu_fwd(&self, x: Self::Tensor) -> Result<Self::Tensor>;
     /// `dy * (y > 0)` from the ReLU's output y; `guided` also zeroes negative dy

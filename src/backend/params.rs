@@ -35,6 +35,18 @@ impl Conv2dParams {
             out_len(in_hw.1, k.1, self.stride.1, self.padding.1, self.dilation.1)?,
         ))
     }
+
+    /// The geometry of the conv whose forward pass is this one's backward-data pass, for a
+    /// kernel R×S: with stride 1, dilation 1 and one group, ∂L/∂x = conv2d(∂L/∂y, w flipped
+    /// in space with its K and C axes swapped, padding R−1−p); None for other convs (a stride
+    /// would need zeros between ∂L/∂y's values) and for padding beyond R−1.
+    pub fn transposed(&self, (r, s): (usize, usize)) -> Option<Conv2dParams> {
+        let one = (self.stride, self.dilation, self.groups) == ((1, 1), (1, 1), 1);
+        (one && self.padding.0 < r && self.padding.1 < s).then(|| Conv2dParams {
+            padding: (r - 1 - self.padding.0, s - 1 - self.padding.1),
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,4 +95,44 @@ fn out_len(n: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> {
         return None;
     }
     Some((padded - span) / s + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transposed conv's padding gives back the input's size; strides, dilation, groups
+    /// and padding beyond the kernel have none.
+    #[test]
+    fn transposed_geometry() {
+        for (k, pad, h) in [
+            (3, 1, 7),
+            (3, 0, 9),
+            (1, 0, 5),
+            (5, 2, 11),
+            (7, 3, 8),
+            (3, 2, 4),
+        ] {
+            let p = Conv2dParams::new(1, pad);
+            let t = p.transposed((k, k)).unwrap();
+            let (oh, ow) = p.out_hw((h, h + 1), (k, k)).unwrap();
+            assert_eq!(
+                t.out_hw((oh, ow), (k, k)),
+                Some((h, h + 1)),
+                "k {k} pad {pad}"
+            );
+        }
+        assert!(Conv2dParams::new(2, 1).transposed((3, 3)).is_none());
+        assert!(Conv2dParams::new(1, 3).transposed((3, 3)).is_none());
+        let grouped = Conv2dParams {
+            groups: 2,
+            ..Conv2dParams::new(1, 1)
+        };
+        assert!(grouped.transposed((3, 3)).is_none());
+        let dilated = Conv2dParams {
+            dilation: (2, 2),
+            ..Conv2dParams::new(1, 1)
+        };
+        assert!(dilated.transposed((3, 3)).is_none());
+    }
 }

@@ -7,13 +7,33 @@ use crate::image::{resize_bilinear, RgbImage};
 
 /// In place: `(m - min) / (max - min + 1e-7)`; an all-zero map stays zero.
 pub fn normalise_minmax(m: &mut [f32]) {
-    let (lo, hi) = m
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        });
+    let (lo, hi) = min_max(m);
     let range = hi - lo + 1e-7;
     m.iter_mut().for_each(|v| *v = (*v - lo) / range);
+}
+
+/// (min, max) of v, NaN ignored as `f32::min`/`max` do; (∞, −∞) when empty. Sixteen running
+/// minima and maxima, so the compiler vectorises it (one running pair is a dependency chain
+/// of an element per cycle or two: most of FullGrad's time on the CPU).
+pub fn min_max(v: &[f32]) -> (f32, f32) {
+    const L: usize = 16;
+    let (mut lo, mut hi) = ([f32::INFINITY; L], [f32::NEG_INFINITY; L]);
+    let chunks = v.chunks_exact(L);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..L {
+            lo[i] = lo[i].min(c[i]);
+            hi[i] = hi[i].max(c[i]);
+        }
+    }
+    let fold = |acc: (f32, f32), x: &f32| (acc.0.min(*x), acc.1.max(*x));
+    let lanes = lo
+        .iter()
+        .zip(&hi)
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |a, (l, h)| {
+            (a.0.min(*l), a.1.max(*h))
+        });
+    tail.iter().fold(lanes, fold)
 }
 
 /// Upsamples an (h, w) map to (oh, ow) and min-max normalises it to [0, 1).
@@ -77,4 +97,27 @@ pub fn guided_images(chw: &[f32], cam: &[f32], (h, w): (usize, usize)) -> (RgbIm
         .collect();
     let img = |px: Vec<u8>| RgbImage::from_raw(w as u32, h as u32, px).expect("sized above");
     (img(deprocess(&hwc)), img(deprocess(&masked)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against a plain fold, for lengths around the 16 lanes; NaN ignored as f32::min does.
+    #[test]
+    fn min_max_matches_a_plain_fold() {
+        for n in [0, 1, 15, 16, 17, 33, 100] {
+            let mut v: Vec<f32> = (0..n).map(|i| ((i * 53) % 29) as f32 - 11.5).collect();
+            if n > 3 {
+                v[n / 2] = f32::NAN;
+            }
+            let plain = v
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| {
+                    (l.min(x), h.max(x))
+                });
+            assert_eq!(min_max(&v), plain, "length {n}");
+        }
+        assert_eq!(min_max(&[f32::NAN, 2.0]), (2.0, 2.0));
+    }
 }

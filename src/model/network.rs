@@ -4,9 +4,10 @@
 //! values replaced. No weight gradients are ever formed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use super::graph::{Graph, Op, View};
-use crate::backend::Backend;
+use crate::backend::{Backend, BwdFilters, Conv2dParams};
 use crate::{Error, Result, Tensor};
 
 pub struct Network<B: Backend> {
@@ -14,6 +15,9 @@ pub struct Network<B: Backend> {
     params: Vec<B::Tensor>,
     /// Per node: the backend's prepared conv weights, if it made any.
     prepared: Vec<Option<B::Tensor>>,
+    /// Per node: what the backend made for a conv's backward-data pass, the first time a
+    /// backward pass crossed it.
+    prepared_bwd: Vec<OnceLock<Option<BwdFilters<B::Tensor>>>>,
     backend: B,
     /// The largest batch known to fit in device memory (usize::MAX until one did not).
     batch_cap: AtomicUsize,
@@ -105,10 +109,12 @@ impl<B: Backend> Network<B> {
                 _ => Ok(None),
             })
             .collect::<Result<_>>()?;
+        let prepared_bwd = graph.nodes.iter().map(|_| OnceLock::new()).collect();
         Ok(Network {
             graph,
             params,
             prepared,
+            prepared_bwd,
             backend,
             batch_cap: AtomicUsize::new(usize::MAX),
         })
@@ -116,6 +122,24 @@ impl<B: Backend> Network<B> {
 
     pub fn graph(&self) -> &Graph {
         &self.graph
+    }
+
+    /// What the backend made for conv node `i`'s backward-data pass, made now if this is the
+    /// first backward pass through it.
+    fn bwd_filters(
+        &self,
+        i: usize,
+        w: usize,
+        p: &Conv2dParams,
+        in_hw: (usize, usize),
+    ) -> Result<Option<&BwdFilters<B::Tensor>>> {
+        if let Some(made) = self.prepared_bwd[i].get() {
+            return Ok(made.as_ref());
+        }
+        let made = self.backend.conv2d_prepare_bwd(&self.params[w], p, in_hw)?;
+        // Two threads may both make it; either result serves.
+        let _ = self.prepared_bwd[i].set(made);
+        Ok(self.prepared_bwd[i].get().and_then(Option::as_ref))
     }
 
     pub fn backend(&self) -> &B {
@@ -523,7 +547,10 @@ impl<B: Backend> Network<B> {
             let inp = node.inputs[0];
             let hw = |j: usize| (shapes[j][2], shapes[j][3]);
             let dx = match &node.op {
-                Op::Conv { w, p, .. } => be.conv2d_bwd_data(&g, &self.params[*w], hw(inp), p)?,
+                Op::Conv { w, p, .. } => {
+                    let bwd = self.bwd_filters(i, *w, p, hw(inp))?;
+                    be.conv2d_bwd_data_with(&g, &self.params[*w], bwd, hw(inp), p)?
+                }
                 Op::Relu => be.relu_bwd(alive(vals, i), g, guided)?,
                 Op::MaxPool(p) => be.max_pool2d_bwd(alive(vals, inp), &g, p)?,
                 Op::AdaptiveAvgPool(_) => be.adaptive_avg_pool2d_bwd(&g, hw(inp))?,

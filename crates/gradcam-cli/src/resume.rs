@@ -165,7 +165,7 @@ impl Previous {
         let done = self.whole(row)
             && f.get(1).is_some_and(|s| s == "ok")
             && f.last().is_some_and(|s| s == stem)
-            && (suffixes.iter()).all(|s| non_empty_file(&out.join(format!("{stem}{s}"))));
+            && (suffixes.iter()).all(|s| whole_file(&out.join(format!("{stem}{s}"))));
         if !done {
             return None;
         }
@@ -210,11 +210,38 @@ impl Previous {
 /// [`Previous::kept`]; the backend, for the reader (a run may go on on another device).
 const RECORDED: &[&str] = &["outputs", "backend"];
 
-/// A file there with bytes. `explain` writes each file under a temporary name and renames it
-/// when whole, so one under its real name is whole; the check for bytes guards against files
-/// left by other means (an empty file made by hand, a version that wrote in place).
-fn non_empty_file(p: &Path) -> bool {
+/// A file there, whole as far as its kind tells cheaply. `explain` writes each file under a
+/// temporary name and renames it when whole, so one under its real name is whole; the checks
+/// guard against files left by other means (made or replaced by hand, copied in part, a
+/// version that wrote in place): a PNG's signature and closing IEND chunk, a map's `.npy`
+/// header and length, a JSON object; any other file, bytes.
+fn whole_file(p: &Path) -> bool {
+    let name = p.to_string_lossy();
+    if name.ends_with(".png") {
+        return png_whole(p).unwrap_or(false);
+    }
+    if name.ends_with(".npy") {
+        return gradcam::npy::is_whole_f32(p);
+    }
+    if name.ends_with(".json") {
+        return (std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|v| v.is_object());
+    }
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0)
+}
+
+/// PNG's 8-byte signature at the start and its empty IEND chunk at the end.
+fn png_whole(p: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    const SIGNATURE: &[u8; 8] = b"\x89PNG\r\n\x1a\n";
+    const IEND: &[u8; 12] = b"\0\0\0\0IEND\xae\x42\x60\x82";
+    let mut f = std::fs::File::open(p)?;
+    let (mut head, mut tail) = ([0u8; 8], [0u8; 12]);
+    f.read_exact(&mut head)?;
+    f.seek(SeekFrom::End(-12))?;
+    f.read_exact(&mut tail)?;
+    Ok(&head == SIGNATURE && &tail == IEND)
 }
 
 /// `key was X, now Y` for each top-level setting that differs.
@@ -339,9 +366,12 @@ mod tests {
              e.png,ok,e\n",
         )
         .unwrap();
-        for f in ["a.cam.npy", "a.json", "b,1.cam.npy", "b,1.json", "d.json"] {
-            std::fs::write(out.join(f), "x").unwrap();
+        for stem in ["a", "b,1"] {
+            gradcam::npy::write_f32(&out.join(format!("{stem}.cam.npy")), &[1, 2], &[0.5, 1.0])
+                .unwrap();
+            std::fs::write(out.join(format!("{stem}.json")), "{\"class\": 3}\n").unwrap();
         }
+        std::fs::write(out.join("d.json"), "{}").unwrap();
         let mut p = load(out, &now).unwrap().unwrap();
         let files = [".cam.npy", ".json"];
         assert_eq!(
@@ -366,6 +396,37 @@ mod tests {
             p.kept(Path::new("d.png"), "d", out, &files).is_none(),
             "npy cut at its creation (0 bytes)"
         );
+        // Files there but not whole: a map or a JSON cut short, garbage under a PNG's name.
+        std::fs::write(
+            out.join("d.cam.npy"),
+            &std::fs::read(out.join("a.cam.npy")).unwrap()[..130],
+        )
+        .unwrap();
+        assert!(
+            p.kept(Path::new("d.png"), "d", out, &files).is_none(),
+            "npy cut short"
+        );
+        std::fs::copy(out.join("a.cam.npy"), out.join("d.cam.npy")).unwrap();
+        std::fs::write(out.join("d.json"), "{\"class\": ").unwrap();
+        assert!(
+            p.kept(Path::new("d.png"), "d", out, &files).is_none(),
+            "json cut short"
+        );
+        std::fs::write(out.join("d.json"), "{}").unwrap();
+        assert!(p.kept(Path::new("d.png"), "d", out, &files).is_some());
+        let png = [".overlay.png"];
+        for (bytes, why) in [
+            (&b"not a png at all, but long enough"[..], "garbage"),
+            (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "cut short"),
+            (b"\x89PNG\r\n\x1a\n\0\0\0\0IEND\xae\x42\x60\x82", "whole"),
+        ] {
+            std::fs::write(out.join("a.overlay.png"), bytes).unwrap();
+            assert_eq!(
+                p.kept(Path::new("a.png"), "a", out, &png).is_some(),
+                why == "whole",
+                "png {why}"
+            );
+        }
         assert!(
             p.kept(Path::new("e.png"), "e", out, &[]).is_none(),
             "cut short"

@@ -438,13 +438,23 @@ pub fn parse(text: &str) -> Result<Vec<Row>, String> {
                 None => have = false,
             }
         }
+        let ok = match f[status].as_str() {
+            "ok" => true,
+            "error" => false,
+            s => return Err(bad(format!("status `{s}` is neither `ok` nor `error`"))),
+        };
+        // Written with six decimals by `explain`; anything outside [0, 1] was edited by hand.
+        let probability = num(prob)?;
+        if let Some(p) = probability.filter(|p| !(0.0..=1.0).contains(p)) {
+            return Err(bad(format!("probability {p} is outside [0, 1]")));
+        }
         Ok(Row {
             image: f[image].clone(),
             stem: f[stem].clone(),
-            ok: f[status] == "ok",
+            ok,
             class: class_at(class, label)?,
             predicted: class_at(pred, pred_label)?,
-            probability: num(prob)?,
+            probability,
             stats: have.then_some(stats),
         })
     })
@@ -486,6 +496,12 @@ mod tests {
             .contains("no `class` column"));
         let bad = summary().replace("0.9,5,3", "high,5,3");
         assert!(parse(&bad).unwrap_err().contains("record 2: `high`"));
+        let bad = summary().replace("0.9,5,3", "1.5,5,3");
+        assert!(parse(&bad)
+            .unwrap_err()
+            .contains("record 2: probability 1.5 is outside"));
+        let bad = summary().replace("2.png,ok", "2.png,OK?");
+        assert!(parse(&bad).unwrap_err().contains("record 3: status `OK?`"));
     }
 
     #[test]

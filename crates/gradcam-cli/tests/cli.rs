@@ -1243,7 +1243,8 @@ fn resume_goes_on_from_what_a_stopped_run_wrote() {
     )
     .unwrap();
     std::fs::remove_file(out.join("c.cam.npy")).unwrap();
-    std::fs::write(out.join("a.json"), "kept").unwrap();
+    // (A JSON object still: garbage under a kept file's name is explained again.)
+    std::fs::write(out.join("a.json"), "{\"kept\": true}").unwrap();
     let o = run(&["--resume"]);
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
@@ -1251,7 +1252,7 @@ fn resume_goes_on_from_what_a_stopped_run_wrote() {
         err.contains("1 of 4 images were done before and are kept"),
         "{err}"
     );
-    assert_eq!(read("a.json"), b"kept", "a was explained again");
+    assert_eq!(read("a.json"), b"{\"kept\": true}", "a was explained again");
     assert_eq!(read("c.cam.npy"), npy_c, "c's map redone as before");
     // The whole summary again, in input order, as the uninterrupted run wrote it.
     assert_eq!(String::from_utf8(read("summary.csv")).unwrap(), full);
@@ -1263,6 +1264,18 @@ fn resume_goes_on_from_what_a_stopped_run_wrote() {
         "{}",
         stderr(&o)
     );
+    assert_eq!(String::from_utf8(read("summary.csv")).unwrap(), full);
+
+    // An overlay replaced by hand with something that is no PNG: that image is redone.
+    let overlay_b = read("b.overlay.png");
+    std::fs::write(out.join("b.overlay.png"), "not a picture").unwrap();
+    let o = run(&["--resume"]);
+    assert!(
+        stderr(&o).contains("3 of 4 images were done before and are kept"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(read("b.overlay.png"), overlay_b);
     assert_eq!(String::from_utf8(read("summary.csv")).unwrap(), full);
 
     // Other settings: refused before anything is touched.
@@ -1294,7 +1307,7 @@ fn resume_goes_on_from_what_a_stopped_run_wrote() {
         stderr(&o)
     );
     assert!(out.join("d.overlay.png").exists());
-    assert_ne!(read("a.json"), b"kept");
+    assert_ne!(read("a.json"), b"{\"kept\": true}");
     assert_eq!(String::from_utf8(read("summary.csv")).unwrap(), full);
 
     // One of the images, named another way (`./`): it is the same image, so it is kept, and

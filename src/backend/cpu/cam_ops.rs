@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use crate::backend::{ElementRule, FullGradBy, WeightRule};
-use crate::cam::postprocess::normalise_minmax;
+use crate::cam::postprocess::min_max;
 use crate::image::resize_bilinear;
 use crate::Tensor;
 
@@ -203,19 +203,22 @@ pub fn full_grad_add(
         .par_chunks_mut((oh * ow).max(1))
         .enumerate()
         .for_each(|(i, acc)| {
-            let mut layer = vec![0f32; hw];
+            let (mut layer, mut plane) = (vec![0f32; hw], vec![0f32; hw]);
             for ch in 0..k {
                 let at = (i * k + ch) * hw;
                 let grad = &g.data()[at..at + hw];
-                let mut plane: Vec<f32> = match by {
-                    FullGradBy::Bias(b) => grad.iter().map(|v| (b[ch] * v).abs()).collect(),
-                    FullGradBy::Input(x) => (x.data()[at..at + hw].iter())
-                        .zip(grad)
-                        .map(|(x, v)| (x * v).abs())
-                        .collect(),
-                };
-                normalise_minmax(&mut plane);
-                layer.iter_mut().zip(plane).for_each(|(l, v)| *l += v);
+                match by {
+                    FullGradBy::Bias(b) => {
+                        (plane.iter_mut().zip(grad)).for_each(|(p, v)| *p = (b[ch] * v).abs())
+                    }
+                    FullGradBy::Input(x) => (plane.iter_mut().zip(grad))
+                        .zip(&x.data()[at..at + hw])
+                        .for_each(|((p, v), x)| *p = (x * v).abs()),
+                }
+                // `normalise_minmax`'s arithmetic, added straight into the layer's sum.
+                let (lo, hi) = min_max(&plane);
+                let range = hi - lo + 1e-7;
+                (layer.iter_mut().zip(&plane)).for_each(|(l, v)| *l += (v - lo) / range);
             }
             let up = resize_bilinear(&layer, h, w, 1, oh, ow);
             acc.iter_mut().zip(up).for_each(|(a, v)| *a += v);

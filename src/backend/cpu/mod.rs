@@ -16,8 +16,8 @@ mod winograd;
 pub use alloc::retain_freed_memory;
 
 use super::{
-    check_full_grad_shapes, check_same_shape, Backend, Conv2dParams, ElementRule, FullGradBy,
-    Overlays, Pool2dParams, WeightRule,
+    check_full_grad_shapes, check_same_shape, Backend, BwdFilters, Conv2dParams, ElementRule,
+    FullGradBy, Overlays, Pool2dParams, TransposedConv, WeightRule,
 };
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
@@ -117,7 +117,7 @@ impl Backend for CpuBackend {
         p: &Conv2dParams,
         relu: bool,
     ) -> Result<Tensor> {
-        let _p = conv_span(x, w, p, self.reference);
+        let _p = conv_span("conv2d_fwd", x, w, p, self.reference);
         Ok(if self.reference {
             let y = naive::conv2d_fwd(x, w, b, p);
             if relu {
@@ -156,7 +156,7 @@ impl Backend for CpuBackend {
             let y = self.conv2d_fwd(x, w, prepared, b, p, false)?;
             return self.relu_fwd(self.add(y, residual)?);
         }
-        let _p = conv_span(x, w, p, false);
+        let _p = conv_span("conv2d_fwd", x, w, p, false);
         Ok(fast::conv2d_fwd(x, w, prepared, b, p, Some(residual), true))
     }
     fn conv2d_bwd_data(
@@ -166,8 +166,49 @@ impl Backend for CpuBackend {
         in_hw: (usize, usize),
         p: &Conv2dParams,
     ) -> Result<Tensor> {
-        // The CPU's product: Wᵀ (C/g·R·S × K/g) times dy's columns, then col2im.
-        let _p = profile::span("conv2d_bwd_data", || {
+        self.conv2d_bwd_data_with(dy, w, None, in_hw, p)
+    }
+    fn conv2d_prepare_bwd(
+        &self,
+        w: &Tensor,
+        p: &Conv2dParams,
+        in_hw: (usize, usize),
+    ) -> Result<Option<BwdFilters<Tensor>>> {
+        Ok((!self.reference)
+            .then(|| fast::conv2d_prepare_bwd(w, p, in_hw))
+            .flatten())
+    }
+    fn conv2d_bwd_data_with(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        bwd: Option<&BwdFilters<Tensor>>,
+        in_hw: (usize, usize),
+        p: &Conv2dParams,
+    ) -> Result<Tensor> {
+        // A transposed conv's output is x's size whenever it applies; anything else (a
+        // caller's mix-up) takes the general path rather than a wrong shape.
+        let fits = |t: &TransposedConv<Tensor>| {
+            let (kh, kw) = (t.w.shape()[2], t.w.shape()[3]);
+            t.p.out_hw((dy.shape()[2], dy.shape()[3]), (kh, kw)) == Some(in_hw)
+        };
+        let own = match bwd {
+            _ if self.reference => None,
+            Some(BwdFilters::Transposed(t)) if fits(t) => {
+                let _p = conv_span("conv2d_bwd_data", dy, &t.w, &t.p, false);
+                let x = fast::conv2d_fwd(dy, &t.w, t.prepared.as_ref(), None, &t.p, None, false);
+                return Ok(x);
+            }
+            Some(BwdFilters::Own(packed)) => Some(packed),
+            _ => None,
+        };
+        // The product Wᵀ (C/g·R·S × K/g) times dy's columns, then col2im.
+        let stage = if self.reference {
+            "conv2d_bwd_data"
+        } else {
+            "conv2d_bwd_data_col2im"
+        };
+        let _p = profile::span(stage, || {
             let (n, k, oh, ow) = (dy.shape()[0], dy.shape()[1], dy.shape()[2], dy.shape()[3]);
             let rows = w.shape()[1] * w.shape()[2] * w.shape()[3];
             Some(profile::gemm_tag(rows, n * oh * ow, k / p.groups, p.groups))
@@ -175,7 +216,7 @@ impl Backend for CpuBackend {
         Ok(if self.reference {
             naive::conv2d_bwd_data(dy, w, in_hw, p)
         } else {
-            fast::conv2d_bwd_data(dy, w, in_hw, p)
+            fast::conv2d_bwd_data(dy, w, own, in_hw, p)
         })
     }
     fn relu_fwd(&self, x: Tensor) -> Result<Tensor> {
@@ -320,11 +361,20 @@ impl Backend for CpuBackend {
 }
 
 /// The profile's span of a forward conv, named by the path it takes, tagged with its GEMM.
-fn conv_span(x: &Tensor, w: &Tensor, p: &Conv2dParams, reference: bool) -> Option<profile::Span> {
-    let op = match (reference, winograd::applies(w, p)) {
-        (true, _) => "conv2d_fwd",
-        (false, true) => "conv2d_fwd_winograd",
-        (false, false) => "conv2d_fwd_gemm",
+fn conv_span(
+    stage: &'static str,
+    x: &Tensor,
+    w: &Tensor,
+    p: &Conv2dParams,
+    reference: bool,
+) -> Option<profile::Span> {
+    // The backward-data pass run as a transposed conv's forward pass names its path too.
+    let op = match (stage, reference, winograd::applies(w, p)) {
+        (_, true, _) => stage,
+        ("conv2d_fwd", _, true) => "conv2d_fwd_winograd",
+        ("conv2d_fwd", _, false) => "conv2d_fwd_gemm",
+        (_, _, true) => "conv2d_bwd_data_winograd",
+        (_, _, false) => "conv2d_bwd_data_gemm",
     };
     profile::span(op, || {
         let (n, k, (r, s)) = (x.shape()[0], w.shape()[0], (w.shape()[2], w.shape()[3]));
