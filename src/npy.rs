@@ -37,7 +37,7 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
-    if data.len() != shape.iter().product::<usize>() || (bytes.len() - at) % 4 != 0 {
+    if Some(bytes.len()) != data_end(&shape, at) {
         return Err(not_npy(path));
     }
     Ok((shape, data))
@@ -58,8 +58,14 @@ pub fn is_whole_f32(path: &Path) -> bool {
     head.resize(10 + hlen, 0);
     let len = f.metadata().map_or(0, |m| m.len() as usize);
     f.read_exact(&mut head[10..]).is_ok()
-        && parse_header(&head)
-            .is_some_and(|(shape, at)| len == at + 4 * shape.iter().product::<usize>())
+        && parse_header(&head).is_some_and(|(shape, at)| data_end(&shape, at) == Some(len))
+}
+
+/// Where a float32 array of `shape` starting at `at` ends; None past usize (a made-up header).
+fn data_end(shape: &[usize], at: usize) -> Option<usize> {
+    (shape.iter())
+        .try_fold(4usize, |bytes, &d| bytes.checked_mul(d))?
+        .checked_add(at)
 }
 
 fn not_npy(path: &Path) -> Error {
@@ -112,5 +118,16 @@ mod tests {
             assert!(read_f32(&p).is_err(), "{} bytes", damaged.len());
         }
         assert!(!is_whole_f32(&dir.path().join("none.npy")));
+        // A header whose shape overflows a usize is not whole either (and does not panic).
+        let huge = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, 8), }}\n",
+            usize::MAX / 2
+        );
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(huge.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(huge.as_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(!is_whole_f32(&p));
+        assert!(read_f32(&p).is_err());
     }
 }

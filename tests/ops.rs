@@ -255,10 +255,20 @@ fn conv_cases() -> Vec<ConvCase> {
     ]
 }
 
+/// Whether the CPU backend runs its AVX-512 GEMM here (it packs filters only then).
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let on = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let on = false;
+    on && std::env::var("GRADCAM_AVX512").map_or(true, |v| v.trim() != "0")
+}
+
 #[test]
 fn conv2d_fwd_and_bwd_data_fast_match_naive() {
     let (fast, reference) = (CpuBackend::fast(), CpuBackend::reference());
     let mut rng = Rng::new(1);
+    let mut other_bwd = None;
     for (i, cc) in conv_cases().into_iter().enumerate() {
         let x = rng.tensor(&[cc.n, cc.c, cc.h, cc.w], -1.0, 1.0);
         let w = rng.tensor(&[cc.k, cc.c / cc.p.groups, cc.r, cc.s], -1.0, 1.0);
@@ -301,18 +311,39 @@ fn conv2d_fwd_and_bwd_data_fast_match_naive() {
         let dx = fast.conv2d_bwd_data(&dy, &w, (cc.h, cc.w), &cc.p).unwrap();
         close(&format!("conv2d_bwd_data case {i}"), &dx, &dx_ref);
         // Through the filters prepared for the backward pass (stride 1: the transposed conv,
-        // Winograd for 3×3; strided: Wᵀ packed once), as the network runs it.
+        // Winograd for 3×3 over 16 channels; else, one group, Wᵀ packed once), as the network
+        // runs it. Without AVX-512 only the Winograd transposed convs are made.
         let bwd = fast.conv2d_prepare_bwd(&w, &cc.p, (cc.h, cc.w)).unwrap();
         let stride1 = cc.p.stride == (1, 1) && cc.p.dilation == (1, 1) && cc.p.groups == 1;
-        assert_eq!(
-            matches!(bwd, Some(BwdFilters::Transposed(_))),
-            stride1,
-            "case {i}: transposed conv"
-        );
+        let winograd = stride1 && cc.r == 3 && cc.s == 3 && cc.k >= 16;
+        let kind = match &bwd {
+            Some(BwdFilters::Transposed(_)) => "transposed",
+            Some(BwdFilters::Own { .. }) => "packed",
+            None => "none",
+        };
+        let want = match (avx512(), stride1, cc.p.groups) {
+            (_, true, _) if winograd => "transposed",
+            (true, true, _) => "transposed",
+            (true, false, 1) => "packed",
+            _ => "none",
+        };
+        assert_eq!(kind, want, "case {i}: backward filters");
         let dx = fast
             .conv2d_bwd_data_with(&dy, &w, bwd.as_ref(), (cc.h, cc.w), &cc.p)
             .unwrap();
         close(&format!("conv2d_bwd_data prepared case {i}"), &dx, &dx_ref);
+        // Another conv's backward filters (a caller's mix-up) are not used.
+        if let Some(other) = other_bwd.as_ref() {
+            let dx = fast
+                .conv2d_bwd_data_with(&dy, &w, Some(other), (cc.h, cc.w), &cc.p)
+                .unwrap();
+            close(
+                &format!("conv2d_bwd_data foreign filters case {i}"),
+                &dx,
+                &dx_ref,
+            );
+        }
+        other_bwd = bwd;
         // Adjoint: <conv(x), dy> = <x, conv_bwd(dy)>.
         let y = naive::conv2d_fwd(&x, &w, None, &cc.p);
         let (l, r) = (dot(&y, &dy), dot(&x, &dx_ref));

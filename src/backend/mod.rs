@@ -164,18 +164,19 @@ impl Overlays {
 pub enum BwdFilters<T> {
     /// The pass as another conv's forward pass ([`Conv2dParams::transposed`]).
     Transposed(TransposedConv<T>),
-    /// The backend's own backward-data pass, with the filters in a form of its own (the
-    /// CPU's Wᵀ packed for its GEMM).
-    Own(T),
+    /// The backend's own backward-data pass, with the filters (of `shape` [K, C/g, R, S]) in
+    /// a form of its own (the CPU's Wᵀ packed for its GEMM).
+    Own { shape: [usize; 4], prepared: T },
 }
 
-/// A conv's backward-data pass as another conv's forward pass: its filters, geometry and
-/// whatever the backend prepared of them for a forward pass.
+/// A conv's backward-data pass as another conv's forward pass: the transposed filters
+/// (w[k, c, R−1−r, S−1−s] at [c, k, r, s]) as the backend prepared them for a forward pass,
+/// their shape and geometry. No plain copy is kept: prepared filters are all a pass reads.
 pub struct TransposedConv<T> {
-    /// [C, K, R, S]: w[k, c, R−1−r, S−1−s] at [c, k, r, s].
-    pub w: T,
+    /// [C, K, R, S].
+    pub shape: [usize; 4],
     pub p: Conv2dParams,
-    pub prepared: Option<T>,
+    pub prepared: T,
 }
 
 pub trait Backend: Send + Sync {

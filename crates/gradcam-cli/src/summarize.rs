@@ -443,7 +443,7 @@ pub fn parse(text: &str) -> Result<Vec<Row>, String> {
             "error" => false,
             s => return Err(bad(format!("status `{s}` is neither `ok` nor `error`"))),
         };
-        // Written with six decimals by `explain`; anything outside [0, 1] was edited by hand.
+        // A softmax probability as `explain` writes it; outside [0, 1], edited by hand.
         let probability = num(prob)?;
         if let Some(p) = probability.filter(|p| !(0.0..=1.0).contains(p)) {
             return Err(bad(format!("probability {p} is outside [0, 1]")));

@@ -41,9 +41,5 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn retain_freed_memory_is_accepted() {
         assert!(super::retain_freed_memory());
-        // Memory still comes back whole and usable afterwards.
-        let mut v = vec![1.5f32; 10 << 20];
-        v[7 << 20] = 2.5;
-        assert_eq!(v.iter().filter(|&&x| x == 1.5).count(), (10 << 20) - 1);
     }
 }

@@ -189,41 +189,46 @@ pub fn conv2d_prepare(
 }
 
 /// A conv's filters for its backward-data pass, made the first time a backward pass crosses
-/// it. Stride 1: the pass as a forward conv ([`Conv2dParams::transposed`]) of the flipped,
-/// transposed filters, prepared as [`conv2d_prepare`] would for an output of `in_hw`
-/// (Winograd for 3×3, ~4× faster than the im2col GEMMs and col2im it replaces; 1×1 filters
-/// packed once instead of for each image). Else (strided, one group, AVX-512) Wᵀ packed for
-/// [`conv2d_bwd_data`]'s GEMMs, which otherwise pack it per image: most of the time on 7×7
-/// maps, where an image is 49 columns.
+/// it. Stride 1 (dilation 1, one group, padding below the kernel's size): the pass as a
+/// forward conv ([`Conv2dParams::transposed`]) of the flipped, transposed filters, kept only
+/// as [`conv2d_prepare`] prepares them for an output of `in_hw` (Winograd for 3×3 over 16
+/// channels or more: ~4× faster than the im2col GEMMs and col2im it replaces; else packed for
+/// the AVX-512 GEMM, once instead of for each image). Other convs of one group, with the
+/// AVX-512 GEMM: Wᵀ packed once for [`conv2d_bwd_data`]'s GEMMs, which otherwise pack it per
+/// image (most of the time on 7×7 maps, where an image is 49 columns). None where neither
+/// applies: [`conv2d_bwd_data`] as it is.
 pub fn conv2d_prepare_bwd(
     w: &Tensor,
     p: &Conv2dParams,
     in_hw: (usize, usize),
 ) -> Option<BwdFilters<Tensor>> {
     let (k, c, r, s) = w.dims4();
-    let Some(pt) = p.transposed((r, s)) else {
+    let transposed = p.transposed((r, s)).and_then(|pt| {
+        let mut wt = vec![0f32; w.len()];
+        for (ki, filters) in w.data().chunks_exact((c * r * s).max(1)).enumerate() {
+            for (ci, taps) in filters.chunks_exact((r * s).max(1)).enumerate() {
+                let dst = &mut wt[(ci * k + ki) * r * s..][..r * s];
+                dst.iter_mut()
+                    .zip(taps.iter().rev())
+                    .for_each(|(d, &v)| *d = v);
+            }
+        }
+        let wt = Tensor::new([c, k, r, s], wt);
+        let prepared = conv2d_prepare(&wt, &pt, Some(in_hw))?;
+        Some(BwdFilters::Transposed(TransposedConv {
+            shape: [c, k, r, s],
+            p: pt,
+            prepared,
+        }))
+    });
+    transposed.or_else(|| {
         let packed =
             (p.groups == 1).then(|| pack_a(Mat::transposed(w.data(), c * r * s), c * r * s, k));
-        return packed
-            .flatten()
-            .map(|v| BwdFilters::Own(Tensor::new([v.len()], v)));
-    };
-    let mut wt = vec![0f32; w.len()];
-    for (ki, filters) in w.data().chunks_exact(c * r * s).enumerate() {
-        for (ci, taps) in filters.chunks_exact(r * s).enumerate() {
-            let dst = &mut wt[(ci * k + ki) * r * s..][..r * s];
-            dst.iter_mut()
-                .zip(taps.iter().rev())
-                .for_each(|(d, &v)| *d = v);
-        }
-    }
-    let wt = Tensor::new([c, k, r, s], wt);
-    let prepared = conv2d_prepare(&wt, &pt, Some(in_hw));
-    Some(BwdFilters::Transposed(TransposedConv {
-        w: wt,
-        p: pt,
-        prepared,
-    }))
+        packed.flatten().map(|v| BwdFilters::Own {
+            shape: [k, c, r, s],
+            prepared: Tensor::new([v.len()], v),
+        })
+    })
 }
 
 /// v += res (when given), then max(v, 0) when `relu`: a conv's epilogue, in one pass.
@@ -249,8 +254,40 @@ pub fn conv2d_fwd(
     residual: Option<&Tensor>,
     relu: bool,
 ) -> Tensor {
+    let f = Filters {
+        dims: w.dims4(),
+        plain: Some(w),
+        prepared,
+    };
+    conv2d_fwd_with(x, f, b, p, residual, relu)
+}
+
+/// A conv's filters as [`conv2d_fwd_with`] reads them: their dims (K, C/g, R, S), and the
+/// filters themselves or what [`conv2d_prepare`] made of them, or both.
+#[derive(Clone, Copy)]
+pub struct Filters<'a> {
+    pub dims: (usize, usize, usize, usize),
+    pub plain: Option<&'a Tensor>,
+    pub prepared: Option<&'a Tensor>,
+}
+
+/// [`conv2d_fwd`] on filters that may be known only by what was prepared of them (a
+/// backward-data pass's transposed conv keeps no plain copy).
+pub fn conv2d_fwd_with(
+    x: &Tensor,
+    f: Filters,
+    b: Option<&Tensor>,
+    p: &Conv2dParams,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Tensor {
     let (n, c, h, wd) = x.dims4();
-    let (k, cg, r, s) = w.dims4();
+    let (k, cg, r, s) = f.dims;
+    let prepared = f.prepared;
+    let plain = || {
+        f.plain
+            .expect("a conv's filters or what was prepared of them")
+    };
     let (oh, ow) = p.out_hw((h, wd), (r, s)).expect("kernel larger than input");
     let epilogue = |ni: usize, yi: &mut [f32]| {
         let len = yi.len();
@@ -269,7 +306,7 @@ pub fn conv2d_fwd(
     let (kg, kk, ohw) = (k / p.groups, cg * r * s, oh * ow);
     let rows = g.rows_per_chunk();
     let mut y = Tensor::zeros([n, k, oh, ow]);
-    if winograd::applies(w, p) {
+    if winograd::applies_to(f.dims, p) {
         // The tile the filters were prepared for at load (by the map at the model's size),
         // whatever this map is; without them, the tile this map calls for, transformed here.
         let computed;
@@ -278,7 +315,7 @@ pub fn conv2d_fwd(
             Some(u) => (u, winograd::Tile::F2),
             None => {
                 let tile = winograd::Tile::for_map(oh, ow);
-                computed = winograd::transform_for(w, tile);
+                computed = winograd::transform_for(plain(), tile);
                 (&computed, tile)
             }
         };
@@ -315,7 +352,7 @@ pub fn conv2d_fwd(
         bias: b.map(Tensor::data),
         relu: relu && residual.is_none(),
     };
-    let product = |cols: usize, wg: Mat, b_mat: Mat, out: &mut [f32], par| match packed {
+    let product = |cols: usize, wg: Option<Mat>, b_mat: Mat, out: &mut [f32], par| match packed {
         Some(pk) => sgemm_packed(
             kg,
             cols,
@@ -328,7 +365,10 @@ pub fn conv2d_fwd(
             tile_epi,
             par,
         ),
-        None => sgemm(kg, cols, kk, wg, b_mat, out, ohw, b.is_some(), par),
+        None => {
+            let wg = wg.expect("plain filters where none were packed");
+            sgemm(kg, cols, kk, wg, b_mat, out, ohw, b.is_some(), par)
+        }
     };
     per_image(n, y.data_mut(), k * ohw, |ni, yi, par| {
         if let (Some(b), None) = (b, packed) {
@@ -339,7 +379,8 @@ pub fn conv2d_fwd(
         let img = &x.data()[ni * c * h * wd..(ni + 1) * c * h * wd];
         for gi in 0..p.groups {
             let xin = &img[gi * cg * h * wd..(gi + 1) * cg * h * wd];
-            let wg = Mat::row_major(&w.data()[gi * kg * kk..(gi + 1) * kg * kk], kk);
+            let wg = (packed.is_none())
+                .then(|| Mat::row_major(&plain().data()[gi * kg * kk..(gi + 1) * kg * kk], kk));
             let yg = &mut yi[gi * kg * ohw..(gi + 1) * kg * ohw];
             if g.direct() {
                 product(ohw, wg, Mat::row_major(xin, ohw), yg, par);

@@ -117,7 +117,7 @@ impl Backend for CpuBackend {
         p: &Conv2dParams,
         relu: bool,
     ) -> Result<Tensor> {
-        let _p = conv_span("conv2d_fwd", x, w, p, self.reference);
+        let _p = conv_span("conv2d_fwd", x, w.dims4(), p, self.reference);
         Ok(if self.reference {
             let y = naive::conv2d_fwd(x, w, b, p);
             if relu {
@@ -156,7 +156,7 @@ impl Backend for CpuBackend {
             let y = self.conv2d_fwd(x, w, prepared, b, p, false)?;
             return self.relu_fwd(self.add(y, residual)?);
         }
-        let _p = conv_span("conv2d_fwd", x, w, p, false);
+        let _p = conv_span("conv2d_fwd", x, w.dims4(), p, false);
         Ok(fast::conv2d_fwd(x, w, prepared, b, p, Some(residual), true))
     }
     fn conv2d_bwd_data(
@@ -186,20 +186,27 @@ impl Backend for CpuBackend {
         in_hw: (usize, usize),
         p: &Conv2dParams,
     ) -> Result<Tensor> {
-        // A transposed conv's output is x's size whenever it applies; anything else (a
-        // caller's mix-up) takes the general path rather than a wrong shape.
+        // Filters made for this conv (a caller's mix-up takes the general path rather than
+        // a wrong result): the transposed conv's output is x's size whenever it applies.
+        let dims = [w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]];
         let fits = |t: &TransposedConv<Tensor>| {
-            let (kh, kw) = (t.w.shape()[2], t.w.shape()[3]);
-            t.p.out_hw((dy.shape()[2], dy.shape()[3]), (kh, kw)) == Some(in_hw)
+            let [c, k, r, s] = t.shape;
+            [k, c, r, s] == dims
+                && t.p.out_hw((dy.shape()[2], dy.shape()[3]), (r, s)) == Some(in_hw)
         };
         let own = match bwd {
             _ if self.reference => None,
             Some(BwdFilters::Transposed(t)) if fits(t) => {
-                let _p = conv_span("conv2d_bwd_data", dy, &t.w, &t.p, false);
-                let x = fast::conv2d_fwd(dy, &t.w, t.prepared.as_ref(), None, &t.p, None, false);
-                return Ok(x);
+                let [c, k, r, s] = t.shape;
+                let _p = conv_span("conv2d_bwd_data", dy, (c, k, r, s), &t.p, false);
+                let f = fast::Filters {
+                    dims: (c, k, r, s),
+                    plain: None,
+                    prepared: Some(&t.prepared),
+                };
+                return Ok(fast::conv2d_fwd_with(dy, f, None, &t.p, None, false));
             }
-            Some(BwdFilters::Own(packed)) => Some(packed),
+            Some(BwdFilters::Own { shape, prepared }) if *shape == dims => Some(prepared),
             _ => None,
         };
         // The product Wᵀ (C/g·R·S × K/g) times dy's columns, then col2im.
@@ -360,16 +367,17 @@ impl Backend for CpuBackend {
     }
 }
 
-/// The profile's span of a forward conv, named by the path it takes, tagged with its GEMM.
+/// The profile's span of a forward conv (`stage` conv2d_fwd), or of a backward-data pass run
+/// as one, named by the path it takes, tagged with its GEMM; the filters by their dims.
 fn conv_span(
     stage: &'static str,
     x: &Tensor,
-    w: &Tensor,
+    (k, cg, r, s): (usize, usize, usize, usize),
     p: &Conv2dParams,
     reference: bool,
 ) -> Option<profile::Span> {
     // The backward-data pass run as a transposed conv's forward pass names its path too.
-    let op = match (stage, reference, winograd::applies(w, p)) {
+    let op = match (stage, reference, winograd::applies_to((k, cg, r, s), p)) {
         (_, true, _) => stage,
         ("conv2d_fwd", _, true) => "conv2d_fwd_winograd",
         ("conv2d_fwd", _, false) => "conv2d_fwd_gemm",
@@ -377,13 +385,12 @@ fn conv_span(
         (_, _, false) => "conv2d_bwd_data_gemm",
     };
     profile::span(op, || {
-        let (n, k, (r, s)) = (x.shape()[0], w.shape()[0], (w.shape()[2], w.shape()[3]));
+        let n = x.shape()[0];
         let (oh, ow) = p.out_hw((x.shape()[2], x.shape()[3]), (r, s))?;
-        let depth = w.shape()[1] * r * s;
         Some(profile::gemm_tag(
             k / p.groups,
             n * oh * ow,
-            depth,
+            cg * r * s,
             p.groups,
         ))
     })

@@ -19,7 +19,11 @@ use crate::Tensor;
 /// Whether the Winograd path applies and pays: 3×3, stride 1, no dilation, one group, and
 /// enough input channels for the GEMMs to dominate the transforms.
 pub fn applies(w: &Tensor, p: &Conv2dParams) -> bool {
-    let (_, c, r, s) = w.dims4();
+    applies_to(w.dims4(), p)
+}
+
+/// [`applies`] by the filters' dims (K, C, R, S).
+pub fn applies_to((_, c, r, s): (usize, usize, usize, usize), p: &Conv2dParams) -> bool {
     r == 3 && s == 3 && p.stride == (1, 1) && p.dilation == (1, 1) && p.groups == 1 && c >= 16
 }
 
