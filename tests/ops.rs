@@ -208,6 +208,38 @@ fn conv_cases() -> Vec<ConvCase> {
             s: 3,
             p: p(1, 0, 1, 1),
         },
+        // A stem: 7×7 stride 2 over 3 channels, odd and even widths (the stride-2 im2col
+        // reads split rows); and 1×1 stride 2 over an odd map (a downsampling conv).
+        ConvCase {
+            n: 2,
+            c: 3,
+            h: 23,
+            w: 21,
+            k: 8,
+            r: 7,
+            s: 7,
+            p: p(2, 3, 1, 1),
+        },
+        ConvCase {
+            n: 1,
+            c: 5,
+            h: 12,
+            w: 18,
+            k: 6,
+            r: 7,
+            s: 7,
+            p: p(2, 3, 1, 1),
+        },
+        ConvCase {
+            n: 2,
+            c: 24,
+            h: 9,
+            w: 11,
+            k: 40,
+            r: 1,
+            s: 1,
+            p: p(2, 0, 1, 1),
+        },
         // Backward-data passes as transposed convs with padding 2: Winograd F(4×4) (24 deep,
         // a 26×27 map) and a 5×5 GEMM.
         ConvCase {

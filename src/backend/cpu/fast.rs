@@ -93,9 +93,32 @@ impl Geom {
     fn im2col(&self, img: &[f32], (oy0, oy1): (usize, usize), col: &mut [f32]) {
         let (ow, p) = (self.ow, &self.p);
         let n = (oy1 - oy0) * ow;
+        // Stride 2 across with taps across (ResNet's stem and its strided 3×3 convs): the
+        // input rows these output rows read are split once per channel into their even and
+        // odd columns, so each tap's run of a row is one contiguous copy instead of a gather
+        // (ResNet-50 stem 130-190 → 255-270 GFLOP/s). A 1×1 kernel reads one parity of each
+        // row once: the gather is cheaper there.
+        let split = p.stride.1 == 2 && self.s > 1;
+        let half = self.w.div_ceil(2);
+        let iy_lo = (oy0 * p.stride.0).saturating_sub(p.padding.0);
+        let last = (oy1 - 1) * p.stride.0 + (self.r - 1) * p.dilation.0 + 1;
+        let iy_hi = last.saturating_sub(p.padding.0).min(self.h).max(iy_lo);
+        let mut phases = vec![0f32; if split { (iy_hi - iy_lo) * 2 * half } else { 0 }];
         let mut row = 0;
         for ci in 0..self.c {
             let plane = &img[ci * self.h * self.w..(ci + 1) * self.h * self.w];
+            if split {
+                let rows = plane[iy_lo * self.w..iy_hi * self.w].chunks_exact(self.w.max(1));
+                for (src, dst) in rows.zip(phases.chunks_exact_mut(2 * half)) {
+                    let (even, odd) = dst.split_at_mut(half);
+                    for (j, pair) in src.chunks(2).enumerate() {
+                        even[j] = pair[0];
+                        if let Some(&v) = pair.get(1) {
+                            odd[j] = v;
+                        }
+                    }
+                }
+            }
             for ry in 0..self.r {
                 let (y0, y1) =
                     valid_range(self.oh, ry * p.dilation.0, p.stride.0, p.padding.0, self.h);
@@ -117,6 +140,11 @@ impl Geom {
                         if p.stride.1 == 1 {
                             let start = x0 + base - p.padding.1;
                             d[x0..x1].copy_from_slice(&src[start..start + (x1 - x0)]);
+                        } else if split && x1 > x0 {
+                            // Column 2·ox + base − pad: one parity for the whole run.
+                            let q = 2 * x0 + base - p.padding.1;
+                            let at = (iy - iy_lo) * 2 * half + (q & 1) * half + (q >> 1);
+                            d[x0..x1].copy_from_slice(&phases[at..at + (x1 - x0)]);
                         } else {
                             for (ox, v) in d[x0..x1].iter_mut().enumerate() {
                                 *v = src[(x0 + ox) * p.stride.1 + base - p.padding.1];
