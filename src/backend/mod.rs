@@ -206,6 +206,11 @@ pub trait Backend: Send + Sync {
     fn default_batch(&self) -> usize {
         8
     }
+    /// [`Backend::default_batch`] for a model whose linear layers hold `linear_bytes` of
+    /// weights (see [`crate::model::Network::default_batch`]).
+    fn default_batch_for(&self, _linear_bytes: usize) -> usize {
+        self.default_batch()
+    }
 
     /// How far `gradcam selftest` lets this backend's results lie from the naive f32 ops,
     /// relative to (1 + max |reference|).

@@ -146,6 +146,19 @@ impl<B: Backend> Network<B> {
         &self.backend
     }
 
+    /// Images per batch when the caller names none: the backend's choice for this model,
+    /// which may depend on the bytes of its linear layers' weights (read once per batch).
+    pub fn default_batch(&self) -> usize {
+        let linear_bytes: usize = (self.graph.nodes.iter())
+            .filter_map(|node| match &node.op {
+                Op::Linear { w, .. } => Some(self.backend.shape(&self.params[*w])),
+                _ => None,
+            })
+            .map(|shape| 4 * shape.iter().product::<usize>())
+            .sum();
+        self.backend.default_batch_for(linear_bytes)
+    }
+
     /// The largest batch that fits on the device, as learned from out-of-memory errors.
     pub fn batch_cap(&self) -> usize {
         self.batch_cap.load(Ordering::Relaxed)
