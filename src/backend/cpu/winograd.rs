@@ -337,13 +337,26 @@ impl Plan<'_> {
                         line[2 * tx] = r0[tx] + r1[tx] + r2[tx] + b;
                         line[2 * tx + 1] = r1[tx] - r2[tx] - r3[tx] + b;
                     }
-                    let at = ki * oh * ow + y * ow;
-                    let res = residual.map(|res| &res[at..at + ow]);
-                    add_relu(&mut line[..ow], res, self.relu);
-                    plane[y * ow..(y + 1) * ow].copy_from_slice(&line[..ow]);
+                    self.finish_row(ki, y, &mut line[..ow], residual, plane);
                 }
             }
         }
+    }
+
+    /// Output row y of channel ki, computed (bias included) in `line`: the residual added,
+    /// the ReLU applied, then written to the channel's plane. Both tiles' last step.
+    fn finish_row(
+        &self,
+        ki: usize,
+        y: usize,
+        line: &mut [f32],
+        residual: Option<&[f32]>,
+        plane: &mut [f32],
+    ) {
+        let ow = self.ow;
+        let at = (ki * self.oh + y) * ow;
+        add_relu(line, residual.map(|res| &res[at..at + ow]), self.relu);
+        plane[y * ow..(y + 1) * ow].copy_from_slice(line);
     }
 
     /// [`Self::input_transform`] for F(4×4): 6×6 input tiles, 4 apart.
@@ -443,10 +456,7 @@ impl Plan<'_> {
                         line[4 * tx + 2] = p + 4.0 * u + b;
                         line[4 * tx + 3] = q + 8.0 * s + r5[tx] + b;
                     }
-                    let at = ki * oh * ow + y * ow;
-                    let res = residual.map(|res| &res[at..at + ow]);
-                    add_relu(&mut line[..ow], res, self.relu);
-                    plane[y * ow..(y + 1) * ow].copy_from_slice(&line[..ow]);
+                    self.finish_row(ki, y, &mut line[..ow], residual, plane);
                 }
             }
         }
