@@ -20,11 +20,12 @@ pub enum Error {
         name: String,
         hint: String,
     },
-    #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected}")]
     BadShape {
         path: PathBuf,
         name: String,
-        expected: Vec<usize>,
+        /// As written in the message: `[64, 3, 7, 7]`.
+        expected: String,
         found: Vec<usize>,
     },
     #[error(

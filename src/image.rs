@@ -37,61 +37,70 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
         }));
     }
     // The format is known from the first bytes: a large file that is no image is not read
-    // whole to find that out. The rest is read from the same handle. TGA has no signature:
-    // its extension names it.
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    let mut hint = None;
-    {
-        use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        (&mut f)
-            .take(64)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(path, e))?;
-        if !bytes.is_empty() && image::guess_format(&bytes).is_err() {
-            match image::ImageFormat::from_path(path) {
-                Ok(image::ImageFormat::Tga) => hint = Some(image::ImageFormat::Tga),
-                _ => return Err(bad("not a recognised image format".into())),
-            }
-        }
-        f.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    // whole to find that out. TGA has no signature: its extension names it.
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut head = Vec::with_capacity(64);
+    (&mut f)
+        .take(64)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(path, e))?;
+    if head.is_empty() {
+        return Err(bad("the file is empty (0 bytes)".into()));
     }
-    guarded(|| decode_unguarded(&bytes, hint)).map_err(bad)
+    let format = match image::guess_format(&head) {
+        Ok(f) => f,
+        Err(_) => match image::ImageFormat::from_path(path) {
+            Ok(image::ImageFormat::Tga) => image::ImageFormat::Tga,
+            _ => return Err(bad("not a recognised image format".into())),
+        },
+    };
+    f.rewind().map_err(|e| Error::io(path, e))?;
+    // A JPEG is read whole (its end marker is looked for: see `jpeg_truncated`); every other
+    // format is decoded from the file as it is read, so a file with a valid signature and
+    // gigabytes of anything after it fails at its first bad chunk, not after being read.
+    if format != image::ImageFormat::Jpeg {
+        let reader = std::io::BufReader::new(f);
+        return guarded(|| decode_unguarded(reader, format)).map_err(bad);
+    }
+    if meta.len() > MAX_JPEG_BYTES {
+        return Err(bad(format!(
+            "a JPEG file of {} MiB: larger than any JPEG whose pixels fit the {} MiB \
+             allowed for one image",
+            meta.len() >> 20,
+            image::Limits::default().max_alloc.unwrap_or(0) >> 20
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
+    guarded(|| decode_bytes(&bytes, Some(format))).map_err(bad)
 }
+
+/// The largest JPEG file read: twice the bytes of the largest image the default limits let
+/// a decoder make (8-bit RGB), far more than any JPEG compression of it takes.
+const MAX_JPEG_BYTES: u64 = 2 * (512 << 20);
 
 /// [`load_rgb8`] of a file's bytes (the format sniffed from them).
 pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     // A decoder bug on a malformed file must fail that file, not the whole run.
-    guarded(|| decode_unguarded(bytes, None))
+    guarded(|| decode_bytes(bytes, None))
 }
 
-fn decode_unguarded(
+/// Decodes bytes in memory; `format` where the caller knows it, else sniffed.
+fn decode_bytes(
     bytes: &[u8],
     format: Option<image::ImageFormat>,
 ) -> std::result::Result<RgbImage, String> {
     if bytes.is_empty() {
         return Err("the file is empty (0 bytes)".into());
     }
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes));
-    match format {
-        Some(f) => reader.set_format(f),
-        None => reader = reader.with_guessed_format().map_err(|e| e.to_string())?,
-    }
-    match reader.format() {
-        None => return Err("not a recognised image format".into()),
-        // (Decoding AVIF needs the dav1d library, which this build leaves out.)
-        Some(image::ImageFormat::Avif) => {
-            return Err(
-                "AVIF images cannot be decoded by this build; convert them to PNG or \
-                        JPEG"
-                    .into(),
-            )
-        }
-        Some(_) => {}
-    }
+    let format = match format {
+        Some(f) => f,
+        None => image::guess_format(bytes).map_err(|_| "not a recognised image format")?,
+    };
     // The JPEG decoder fills a file cut short with grey and says nothing: the network would
     // explain a picture that is half missing.
-    if reader.format() == Some(image::ImageFormat::Jpeg) && jpeg_truncated(bytes) {
+    if format == image::ImageFormat::Jpeg && jpeg_truncated(bytes) {
         return Err(
             "truncated JPEG: the file ends before the image's end marker (EOI), as an \
              interrupted download or copy leaves it; the decoder would fill what is missing \
@@ -99,6 +108,21 @@ fn decode_unguarded(
                 .into(),
         );
     }
+    decode_unguarded(std::io::Cursor::new(bytes), format)
+}
+
+fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
+    source: R,
+    format: image::ImageFormat,
+) -> std::result::Result<RgbImage, String> {
+    // (Decoding AVIF needs the dav1d library, which this build leaves out.)
+    if format == image::ImageFormat::Avif {
+        return Err(
+            "AVIF images cannot be decoded by this build; convert them to PNG or JPEG".into(),
+        );
+    }
+    let mut reader = image::ImageReader::new(source);
+    reader.set_format(format);
     // Decoded as `ImageReader::decode` does: the output's bytes are reserved from the default
     // limits and the decoder gets what is left for its own buffers. Unlike `decode`, the
     // decoder is kept long enough to read the EXIF orientation.
@@ -415,6 +439,40 @@ mod tests {
         jpeg[sof + 5..sof + 9].copy_from_slice(&[0xea, 0x60, 0xea, 0x60]); // 60000 x 60000
         let err = decode_rgb8(&jpeg).unwrap_err();
         assert!(err.contains("512 MiB allowed"), "{err}");
+    }
+
+    /// A file with an image's signature and a huge body is not read whole: a PNG is decoded
+    /// as it is read (64 GiB of zeros after the signature fail at the first chunk; reading
+    /// them first would exhaust memory), a JPEG larger than any the limits allow is refused by
+    /// its size. Both files are sparse: they take no disk.
+    #[test]
+    fn huge_files_are_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("huge.png");
+        std::fs::write(&png, b"\x89PNG\r\n\x1a\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&png)
+            .unwrap()
+            .set_len(64 << 30)
+            .unwrap();
+        let err = load_rgb8(&png).unwrap_err().to_string();
+        assert!(err.contains("huge.png"), "{err}");
+        let jpg = dir.path().join("huge.jpg");
+        std::fs::write(&jpg, [0xFF, 0xD8, 0xFF, 0xE0, 0, 16]).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&jpg)
+            .unwrap()
+            .set_len(8 << 30)
+            .unwrap();
+        let err = load_rgb8(&jpg).unwrap_err().to_string();
+        assert!(err.contains("a JPEG file of 8192 MiB"), "{err}");
+        // An ordinary PNG still decodes from the file as it is read.
+        let src = RgbImage::from_fn(7, 5, |x, y| image::Rgb([x as u8 * 30, y as u8 * 50, 9]));
+        let ok = dir.path().join("ok.png");
+        src.save(&ok).unwrap();
+        assert_eq!(load_rgb8(&ok).unwrap(), src);
     }
 
     /// TGA, which has no signature, is read by its extension; AVIF (no decoder in this

@@ -162,6 +162,141 @@ fn missing_or_misshaped_tensors_are_named() {
     );
 }
 
+/// A file that does not fit the torchvision layout it is read as is refused, as torch's
+/// strict `load_state_dict` refuses it, instead of running another network than the file's:
+/// fewer input channels than the layer below gives (read as groups, it would run), a missing
+/// classifier bias, tensors the model does not read (another depth under a forced `--arch`),
+/// a missing shortcut conv, the wrong block or BatchNorm kind under `--arch`, a conv weight of
+/// the wrong rank, non-finite weights.
+#[test]
+fn files_that_do_not_fit_their_layout_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |name: &str, d: &[(String, Tensor)], arch: Option<&str>| {
+        msg(model::load(write(&dir, name, d), arch)).1
+    };
+    let edit = |arch: &str, name: &str, t: Option<Tensor>| {
+        let mut d = synth::state_dict(arch, 16, 10, 3).unwrap();
+        let i = d.iter().position(|(n, _)| n == name).expect(name);
+        match t {
+            Some(t) => d[i].1 = t,
+            None => drop(d.remove(i)),
+        }
+        d
+    };
+    // (A basic block's 3x3 conv over 8 channels; VGG's second conv over 4.)
+    let s = load(
+        "half-in.st",
+        &edit(
+            "resnet18",
+            "layer2.0.conv2.weight",
+            Some(Tensor::zeros([8, 4, 3, 3])),
+        ),
+        None,
+    );
+    assert!(
+        s.contains("layer2.0.conv2.weight") && s.contains("[8, 4, 3, 3]"),
+        "{s}"
+    );
+    assert!(s.contains("expected [8, 8, 3, 3]"), "{s}");
+    let s = load(
+        "vgg-half-in.st",
+        &edit(
+            "vgg11",
+            "features.3.weight",
+            Some(Tensor::zeros([8, 2, 3, 3])),
+        ),
+        None,
+    );
+    assert!(
+        s.contains("features.3.weight") && s.contains("expected [8, 4, 3, 3]"),
+        "{s}"
+    );
+    // ResNeXt's grouped middle conv still loads.
+    let mut d = synth::state_dict("resnet50", 16, 10, 3).unwrap();
+    let i = d
+        .iter()
+        .position(|(n, _)| n == "layer1.0.conv2.weight")
+        .unwrap();
+    let k = d[i].1.shape()[0];
+    d[i].1 = Tensor::zeros([k, k / 2, 3, 3]);
+    let net = model::load(write(&dir, "resnext.st", &d), None).unwrap();
+    assert!(net
+        .nodes
+        .iter()
+        .any(|n| matches!(&n.op, model::Op::Conv { p, .. } if p.groups == 2)));
+
+    for (arch, bias) in [
+        ("resnet18", "fc.bias"),
+        ("vgg11", "classifier.6.bias"),
+        ("vgg11", "features.0.bias"),
+    ] {
+        let s = load("no-bias.st", &edit(arch, bias, None), None);
+        assert!(s.contains(&format!("`{bias}` is missing")), "{s}");
+    }
+
+    let s = load(
+        "r50.st",
+        &synth::state_dict("resnet101", 16, 10, 3).unwrap(),
+        Some("resnet50"),
+    );
+    assert!(
+        s.contains("not part of the resnet50")
+            && s.contains("`layer3.6`")
+            && s.contains("--arch resnet50"),
+        "{s}"
+    );
+    let s = load(
+        "r50b.st",
+        &synth::state_dict("resnet50", 16, 10, 3).unwrap(),
+        Some("resnet34"),
+    );
+    assert!(
+        s.contains("--arch resnet34 does not fit") && s.contains("bottleneck"),
+        "{s}"
+    );
+    let s = load(
+        "vggbn.st",
+        &synth::state_dict("vgg11_bn", 16, 10, 3).unwrap(),
+        Some("vgg11"),
+    );
+    assert!(
+        s.contains("--arch vgg11 does not fit") && s.contains("_bn"),
+        "{s}"
+    );
+    // An unknown tensor under torchvision's own module names is refused; a wrapper's is not.
+    let mut d = dict();
+    d.push(("fc.extra".into(), Tensor::zeros([2])));
+    assert!(load("extra.st", &d, None).contains("`fc.extra`"));
+
+    let s = load(
+        "no-ds.st",
+        &edit("resnet18", "layer2.0.downsample.0.weight", None),
+        None,
+    );
+    assert!(
+        s.contains("`layer2.0.downsample.0.weight` is missing") && s.contains("shortcut"),
+        "{s}"
+    );
+
+    let s = load(
+        "rank.st",
+        &edit("resnet18", "conv1.weight", Some(Tensor::zeros([4, 3, 49]))),
+        None,
+    );
+    assert!(
+        s.contains("conv1.weight") && s.contains("expected 4 dimensions, [*, *, *, *]"),
+        "{s}"
+    );
+
+    let mut t = Tensor::zeros([10]);
+    t.data_mut()[3] = f32::NAN;
+    let s = load("nan.st", &edit("resnet18", "fc.bias", Some(t)), None);
+    assert!(
+        s.contains("`fc.bias` holds NaN at flat index 3") && s.contains("corrupt"),
+        "{s}"
+    );
+}
+
 /// `d` written with `metadata` in the header's `__metadata__`.
 fn write_with_metadata(
     dir: &tempfile::TempDir,

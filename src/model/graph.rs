@@ -318,6 +318,17 @@ impl Graph {
     }
 }
 
+/// What torchvision's layout allows a conv: a bias, and groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConvKind {
+    /// VGG's convs: a bias, no groups.
+    WithBias,
+    /// ResNet's: no bias (one in the file is used), no groups.
+    Plain,
+    /// A ResNet bottleneck's middle conv: ResNeXt groups it.
+    MayBeGrouped,
+}
+
 /// Emits nodes, layers and parameters while reading tensors from the weights file.
 pub(crate) struct Builder<'w> {
     pub weights: &'w super::Weights,
@@ -365,14 +376,15 @@ impl<'w> Builder<'w> {
         });
     }
 
-    /// A conv module `name` (weight, optional bias) with padding (k-1)/2, optionally followed
-    /// by the BatchNorm module `bn`, which is folded in.
+    /// A conv module `name` (weight, and a bias as `kind` says) with padding (k-1)/2,
+    /// optionally followed by the BatchNorm module `bn`, which is folded in.
     pub fn conv(
         &mut self,
         input: usize,
         name: &str,
         stride: usize,
         bn: Option<&str>,
+        kind: ConvKind,
     ) -> Result<usize> {
         let cin = self.channels[input];
         let wname = format!("{name}.weight");
@@ -395,18 +407,28 @@ impl<'w> Builder<'w> {
                 self.weights.path().display()
             )));
         }
-        if !cin.is_multiple_of(cg) || k % (cin / cg) != 0 {
+        // Only a ResNeXt block's middle conv is grouped in torchvision: anywhere else, fewer
+        // input channels in the weight than the layer below gives is a wrong file, not groups.
+        let grouped = kind == ConvKind::MayBeGrouped && cg != cin;
+        if !cin.is_multiple_of(cg) || k % (cin / cg) != 0 || (cg != cin && !grouped) {
+            let also = match kind {
+                ConvKind::MayBeGrouped => format!(" (or [{k}, {cin}/groups, {r}, {s}])"),
+                _ => String::new(),
+            };
             return Err(Error::BadShape {
                 path: self.weights.path().to_path_buf(),
                 name: wname,
-                expected: vec![k, cin, r, s],
+                expected: format!(
+                    "[{k}, {cin}, {r}, {s}]{also}: the layer below gives {cin} channels"
+                ),
                 found: w.shape().to_vec(),
             });
         }
         let groups = cin / cg;
-        let mut b = match self.weights.contains(&format!("{name}.bias")) {
-            true => Some(self.weights.get(&format!("{name}.bias"), &[Some(k)])?),
-            false => None,
+        let bname = format!("{name}.bias");
+        let mut b = match (self.weights.contains(&bname), kind) {
+            (true, _) | (false, ConvKind::WithBias) => Some(self.weights.get(&bname, &[Some(k)])?),
+            (false, _) => None,
         };
         let own_bias = b.as_ref().map(|b| b.data().to_vec());
         let p = Conv2dParams {
@@ -520,12 +542,10 @@ impl<'w> Builder<'w> {
             .weights
             .get(&format!("{name}.weight"), &[None, Some(fin)])?;
         let fout = w.shape()[0];
-        let b = match self.weights.contains(&format!("{name}.bias")) {
-            true => Some(self.weights.get(&format!("{name}.bias"), &[Some(fout)])?),
-            false => None,
-        };
+        // torchvision's linear layers all have a bias: a file without one is damaged.
+        let b = self.weights.get(&format!("{name}.bias"), &[Some(fout)])?;
         let w = self.param(w);
-        let b = b.map(|b| self.param(b));
+        let b = Some(self.param(b));
         let node = self.push(Op::Linear { w, b }, vec![input], fout);
         self.name(name, node, View::Output, "linear");
         Ok(node)

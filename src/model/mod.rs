@@ -48,6 +48,47 @@ pub fn build(w: &Weights, arch: Option<&str>) -> Result<Graph> {
         Some(a) => build_forced(w, a)?,
         None => build_detected(w)?,
     };
+    // As torch's strict `load_state_dict`: a tensor the model does not read means the file
+    // holds another architecture (deeper, another head) or `--arch` names the wrong one; run
+    // anyway, the explanations would come from a different network than the file's.
+    let unread = w.unread();
+    if !unread.is_empty() {
+        // Named by module (`layer3.6`), in the network's order, not tensor by tensor.
+        let module = |n: &str| match n.splitn(3, '.').collect::<Vec<_>>()[..] {
+            [a, b, _] => format!("{a}.{b}"),
+            _ => n.to_string(),
+        };
+        let natural = |m: &String| {
+            m.split('.')
+                .map(|p| (p.parse::<usize>().unwrap_or(usize::MAX), p.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let mut modules: Vec<String> = unread.iter().map(|n| module(n)).collect();
+        modules.sort_by_key(natural);
+        modules.dedup();
+        let mut list = modules
+            .iter()
+            .take(8)
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>();
+        if modules.len() > 8 {
+            list.push(format!("… `{}`", modules[modules.len() - 1]));
+        }
+        let fix = match arch {
+            Some(a) => {
+                format!("--arch {a} may name the wrong architecture (leave it out to detect it)")
+            }
+            None => "the file holds layers a torchvision VGG or ResNet does not have".into(),
+        };
+        return Err(Error::Invalid(format!(
+            "{}: {} tensor(s) of {} module(s) are not part of the {} built from it: {}; {fix}",
+            w.path().display(),
+            unread.len(),
+            modules.len(),
+            g.arch,
+            list.join(", ")
+        )));
+    }
     if g.num_classes == 0 {
         return Err(Error::Invalid(format!(
             "{}: the classifier has no outputs (0 classes)",
@@ -125,7 +166,35 @@ pub fn standard(arch: &str) -> Result<Standard> {
 }
 
 fn build_forced(w: &Weights, arch: &str) -> Result<Graph> {
-    match standard(arch)? {
+    let std = standard(arch)?;
+    // The block or BatchNorm kind the file has and `arch` has not would fail later on a
+    // tensor or a width, without saying why.
+    let file_kind = match &std {
+        Standard::Vgg { bn, .. } => {
+            let has_bn = w.contains("features.1.running_var");
+            (w.contains("features.0.weight") && has_bn != *bn).then(|| match has_bn {
+                true => "VGG with BatchNorm (`features.1.running_var`): use a `_bn` --arch",
+                false => "VGG without BatchNorm (no `features.1.running_var`): drop `_bn`",
+            })
+        }
+        Standard::ResNet(spec) => {
+            let bottleneck = w.contains("layer1.0.conv3.weight");
+            let resnet = w.contains("layer1.0.conv1.weight");
+            (resnet && bottleneck != spec.bottleneck).then(|| match bottleneck {
+                true => {
+                    "ResNet of bottleneck blocks (`layer1.0.conv3.weight`): resnet50, 101 or 152"
+                }
+                false => "ResNet of basic blocks (no `layer1.0.conv3.weight`): resnet18 or 34",
+            })
+        }
+    };
+    if let Some(kind) = file_kind {
+        return Err(Error::UnknownArch(format!(
+            "{}: --arch {arch} does not fit the file, a {kind} (or leave --arch out to detect it)",
+            w.path().display()
+        )));
+    }
+    match std {
         Standard::Vgg { items, bn } => vgg::build(w, &items, bn, arch.to_string()),
         Standard::ResNet(spec) => resnet::build(w, &spec, arch.to_string()),
     }

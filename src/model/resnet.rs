@@ -2,7 +2,7 @@
 //! which timm's classic ResNets share names with. Widths come from the tensors, so narrowed,
 //! wide and grouped (ResNeXt) variants load too.
 
-use super::graph::{Builder, Graph, View};
+use super::graph::{Builder, ConvKind, Graph, View};
 use super::Weights;
 use crate::backend::Pool2dParams;
 use crate::{Error, Result};
@@ -69,7 +69,7 @@ pub fn detect(w: &Weights) -> Result<Spec> {
 
 pub fn build(w: &Weights, spec: &Spec, arch: String) -> Result<Graph> {
     let mut b = Builder::new(w, 3);
-    let mut x = b.conv(0, "conv1", 2, Some("bn1"))?;
+    let mut x = b.conv(0, "conv1", 2, Some("bn1"), ConvKind::Plain)?;
     // The weights record kernel sizes, not strides or pooling: a stem other than torchvision's
     // 7x7 (CIFAR's 3x3 at stride 1 without the max pool, most often) would run with the wrong
     // ones and give wrong maps without a sign. Refused instead.
@@ -93,6 +93,7 @@ pub fn build(w: &Weights, spec: &Spec, arch: String) -> Result<Graph> {
                 &format!("{p}.conv1"),
                 if spec.bottleneck { 1 } else { stride },
                 Some(&format!("{p}.bn1")),
+                ConvKind::Plain,
             )?;
             y = b.relu(y, None);
             y = b.conv(
@@ -100,10 +101,15 @@ pub fn build(w: &Weights, spec: &Spec, arch: String) -> Result<Graph> {
                 &format!("{p}.conv2"),
                 if spec.bottleneck { stride } else { 1 },
                 Some(&format!("{p}.bn2")),
+                match spec.bottleneck {
+                    true => ConvKind::MayBeGrouped,
+                    false => ConvKind::Plain,
+                },
             )?;
             if spec.bottleneck {
                 y = b.relu(y, None);
-                y = b.conv(y, &format!("{p}.conv3"), 1, Some(&format!("{p}.bn3")))?;
+                let bn3 = format!("{p}.bn3");
+                y = b.conv(y, &format!("{p}.conv3"), 1, Some(&bn3), ConvKind::Plain)?;
             }
             let shortcut = if w.contains(&format!("{p}.downsample.0.weight")) {
                 let s = b.conv(
@@ -111,9 +117,22 @@ pub fn build(w: &Weights, spec: &Spec, arch: String) -> Result<Graph> {
                     &format!("{p}.downsample.0"),
                     stride,
                     Some(&format!("{p}.downsample.1")),
+                    ConvKind::Plain,
                 )?;
                 b.name(format!("{p}.downsample"), s, View::Output, "sequential");
                 s
+            } else if b.channels[input] != b.channels[y] || stride != 1 {
+                return Err(Error::MissingTensor {
+                    path: w.path().to_path_buf(),
+                    name: format!("{p}.downsample.0.weight"),
+                    hint: format!(
+                        " (the block takes {} channels to {}{}, so its shortcut needs the 1x1 \
+                         conv)",
+                        b.channels[input],
+                        b.channels[y],
+                        if stride != 1 { " at stride 2" } else { "" }
+                    ),
+                });
             } else {
                 input
             };

@@ -1,7 +1,7 @@
 //! torchvision VGG (`features.N`, `avgpool`, `classifier.N`), with or without BatchNorm.
 //! Channel counts come from the tensors, so narrowed variants load too.
 
-use super::graph::{Builder, Graph, View};
+use super::graph::{Builder, ConvKind, Graph, View};
 use super::Weights;
 use crate::backend::Pool2dParams;
 use crate::{Error, Result};
@@ -81,10 +81,10 @@ pub fn build(w: &Weights, items: &[Item], bn: bool, arch: String) -> Result<Grap
                 let name = format!("features.{idx}");
                 if bn {
                     let bn_name = format!("features.{}", idx + 1);
-                    x = b.conv(x, &name, 1, Some(&bn_name))?;
+                    x = b.conv(x, &name, 1, Some(&bn_name), ConvKind::WithBias)?;
                     idx += 2;
                 } else {
-                    x = b.conv(x, &name, 1, None)?;
+                    x = b.conv(x, &name, 1, None, ConvKind::WithBias)?;
                     idx += 1;
                 }
                 let relu = format!("features.{idx}");
@@ -138,21 +138,20 @@ pub fn build(w: &Weights, items: &[Item], bn: bool, arch: String) -> Result<Grap
         .shape_of(&format!("classifier.{first}.weight"))
         .unwrap_or(&[0, 0])[1];
     let c = b.channels[x];
-    let side = (1..=64)
-        .find(|s| c * s * s == fin)
-        .ok_or_else(|| Error::BadShape {
+    let side = (1..=64).find(|s| c * s * s == fin).ok_or_else(|| {
+        let shape = w
+            .shape_of(&format!("classifier.{first}.weight"))
+            .unwrap_or(&[]);
+        Error::BadShape {
             path: w.path().to_path_buf(),
             name: format!("classifier.{first}.weight"),
-            expected: vec![
-                w.shape_of(&format!("classifier.{first}.weight"))
-                    .unwrap_or(&[0])[0],
-                c * 49,
-            ],
-            found: w
-                .shape_of(&format!("classifier.{first}.weight"))
-                .unwrap_or(&[])
-                .to_vec(),
-        })?;
+            expected: format!(
+                "[{}, {c}·h·w] (the {c} channels of the last conv, pooled to h×w)",
+                shape.first().copied().unwrap_or(0)
+            ),
+            found: shape.to_vec(),
+        }
+    })?;
     x = b.adaptive_avg_pool(x, (side, side), "avgpool");
     x = b.flatten(x, (side, side));
     for (i, &li) in linears.iter().enumerate() {

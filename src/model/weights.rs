@@ -12,6 +12,20 @@ use crate::{Error, Result, Tensor};
 /// The classifier heads of a torchvision ResNet and VGG.
 const HEADS: [&str; 2] = ["fc", "classifier.6"];
 
+/// The top-level modules of torchvision's VGG and ResNet.
+const OWN: [&str; 10] = [
+    "conv1",
+    "bn1",
+    "layer1",
+    "layer2",
+    "layer3",
+    "layer4",
+    "fc",
+    "features",
+    "avgpool",
+    "classifier",
+];
+
 /// Where a tensor sits: dtype, shape, byte range in the data part.
 type Entry = (Dtype, Vec<usize>, (usize, usize));
 
@@ -39,6 +53,8 @@ pub struct Weights {
     /// name (without any wrapper prefix such as `module.`; see `strip_wrapper_prefix`) → (dtype, shape, byte range in the data part)
     index: BTreeMap<String, Entry>,
     metadata: BTreeMap<String, String>,
+    /// The tensors [`Weights::get`] has read: a model built from the file must read them all.
+    read: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Weights {
@@ -95,6 +111,7 @@ impl Weights {
             header_len,
             index,
             metadata,
+            read: Default::default(),
         };
         w.strip_wrapper_prefix();
         w.unwrap_sequential_heads();
@@ -106,18 +123,6 @@ impl Weights {
     /// such a prefix while every tensor carries it. A torchvision model's own top-level names
     /// are never dropped: a VGG may hold `features.*` alone.
     fn strip_wrapper_prefix(&mut self) {
-        const OWN: [&str; 10] = [
-            "conv1",
-            "bn1",
-            "layer1",
-            "layer2",
-            "layer3",
-            "layer4",
-            "fc",
-            "features",
-            "avgpool",
-            "classifier",
-        ];
         // The prefix: the folders (dot-separated parts) every name shares, up to the first
         // torchvision name among them. It is dropped only if some name then starts with a
         // torchvision name, so a file of other names keeps them and errors quote them as they
@@ -205,6 +210,17 @@ impl Weights {
         self.index.contains_key(name)
     }
 
+    /// The tensors of torchvision's modules (`layer3.…`, `fc.…`) that no [`Weights::get`]
+    /// has read, BatchNorm's step counters aside (they take no part in inference). Tensors
+    /// of other modules (a training wrapper's auxiliary head) are not the model's.
+    pub fn unread(&self) -> Vec<&str> {
+        let read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        self.names()
+            .filter(|n| OWN.contains(&n.split('.').next().unwrap_or("")))
+            .filter(|n| !n.ends_with(".num_batches_tracked") && !read.contains(*n))
+            .collect()
+    }
+
     pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
         self.index.get(name).map(|(_, s, _)| s.as_slice())
     }
@@ -214,20 +230,33 @@ impl Weights {
         let Some((dtype, shape, (start, end))) = self.index.get(name) else {
             return Err(self.missing(name));
         };
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
         let fits = shape.len() == expected.len()
             && shape
                 .iter()
                 .zip(expected)
                 .all(|(s, e)| e.is_none_or(|e| e == *s));
         if !fits {
+            // Sizes the caller leaves open are shown as found, or `*` where the rank differs.
+            let same_rank = shape.len() == expected.len();
+            let dims: Vec<String> = (expected.iter().enumerate())
+                .map(|(i, e)| match (e, same_rank) {
+                    (Some(e), _) => e.to_string(),
+                    (None, true) => shape[i].to_string(),
+                    (None, false) => "*".into(),
+                })
+                .collect();
+            let mut want = format!("[{}]", dims.join(", "));
+            if !same_rank {
+                want = format!("{} dimensions, {want}", expected.len());
+            }
             return Err(Error::BadShape {
                 path: self.path.clone(),
                 name: name.to_string(),
-                expected: expected
-                    .iter()
-                    .zip(shape.iter().chain(std::iter::repeat(&0)))
-                    .map(|(e, s)| e.unwrap_or(*s))
-                    .collect(),
+                expected: want,
                 found: shape.clone(),
             });
         }
@@ -263,10 +292,12 @@ impl Weights {
             }
         };
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::BadSafetensors {
-                path: self.path.clone(),
-                reason: format!("tensor `{name}` holds a non-finite value at flat index {i}"),
-            });
+            return Err(Error::Invalid(format!(
+                "{}: tensor `{name}` holds {} at flat index {i}: the weights are corrupt (or \
+                 training diverged); no explanation can be computed from them",
+                self.path.display(),
+                data[i]
+            )));
         }
         Ok(Tensor::new(shape.clone(), data))
     }
