@@ -172,7 +172,7 @@ fn build_forced(w: &Weights, arch: &str) -> Result<Graph> {
     let file_kind = match &std {
         Standard::Vgg { bn, .. } => {
             let has_bn = w.contains("features.1.running_var");
-            (w.contains("features.0.weight") && has_bn != *bn).then(|| match has_bn {
+            (w.contains("features.0.weight") && has_bn != *bn).then_some(match has_bn {
                 true => "VGG with BatchNorm (`features.1.running_var`): use a `_bn` --arch",
                 false => "VGG without BatchNorm (no `features.1.running_var`): drop `_bn`",
             })
@@ -180,7 +180,7 @@ fn build_forced(w: &Weights, arch: &str) -> Result<Graph> {
         Standard::ResNet(spec) => {
             let bottleneck = w.contains("layer1.0.conv3.weight");
             let resnet = w.contains("layer1.0.conv1.weight");
-            (resnet && bottleneck != spec.bottleneck).then(|| match bottleneck {
+            (resnet && bottleneck != spec.bottleneck).then_some(match bottleneck {
                 true => {
                     "ResNet of bottleneck blocks (`layer1.0.conv3.weight`): resnet50, 101 or 152"
                 }
