@@ -47,9 +47,13 @@ impl Classes {
                     line.text
                 )));
             };
+            if image.trim().is_empty() {
+                return Err(bad(format!("no image before the class in `{}`", line.text)));
+            }
             let Some(c) = class_of(class).map_err(bad)? else {
-                if line.first {
-                    continue; // column names
+                // Column names; not a first line whose image is there (its class is wrong).
+                if line.first && !base.join(image).is_file() {
+                    continue;
                 }
                 return Err(bad(match labels {
                     Some(_) => {
@@ -292,6 +296,11 @@ mod tests {
             ("a.png,2\nb.png,horse\n", ":2: `horse` is neither"),
             ("a.png\n", ":1: want `image,class` (or `image class`)"),
             ("image,class\n", "lists no images"),
+            // A first line whose image is there is a row with a wrong class, not column
+            // names; an empty image field would name the file's own folder.
+            ("imgs/a.png,crss\nimgs/c.png,1\n", ":1: `crss` is neither"),
+            ("imgs/a.png,-1\nimgs/c.png,1\n", ":1: `-1` is neither"),
+            ("imgs/a.png,1\n,2\n", ":2: no image before the class in `,2`"),
             (
                 "a.png,1\n./a.png,2\n",
                 ":2: `./a.png` is listed before with class 1",

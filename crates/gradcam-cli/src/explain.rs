@@ -539,11 +539,12 @@ fn explain_all<B: Backend>(
         labels: graph.labels.as_deref(),
         outputs,
     };
-    let (host_timings, done, write_failures) = std::thread::scope(|sc| {
+    let (host_timings, done, write_failures, mut summary_failed) = std::thread::scope(|sc| {
         let writer = sc.spawn(|| {
             let mut th = Timings::default();
             let mut done = 0usize;
             let mut failed = Vec::new();
+            let mut summary_failed = false;
             for (group, out) in rx {
                 let results = finish_group(&group, out, &cfg, &mut th);
                 // PNG encoding and file writes run in parallel; reports stay in input order.
@@ -576,12 +577,12 @@ fn explain_all<B: Backend>(
                 }
                 if let Some(why) = s.flush() {
                     bar.suspend(|| eprintln!("error: {why}"));
-                    failed.push((a.out.join(summary::FILE), why));
+                    summary_failed = true;
                 }
                 drop(s);
                 bar.inc(group.len() as u64);
             }
-            (th, done, failed)
+            (th, done, failed, summary_failed)
         });
         let (files, classes) = (&files, &classes);
         sc.spawn(move || {
@@ -650,7 +651,7 @@ fn explain_all<B: Backend>(
     // whole file in input order.
     if let Some(why) = lock(&summary).finish() {
         eprintln!("error: {why}");
-        failures.push((a.out.join(summary::FILE), why));
+        summary_failed = true;
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
@@ -678,11 +679,18 @@ fn explain_all<B: Backend>(
             a.out.display()
         );
     }
-    if failures.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
+    if !failures.is_empty() {
         eprintln!("{} input(s) failed (listed above)", failures.len());
-        Ok(ExitCode::from(1))
+    }
+    if summary_failed {
+        eprintln!(
+            "{} is incomplete (the error is above)",
+            a.out.join(summary::FILE).display()
+        );
+    }
+    match failures.is_empty() && !summary_failed {
+        true => Ok(ExitCode::SUCCESS),
+        false => Ok(ExitCode::from(1)),
     }
 }
 
@@ -855,6 +863,25 @@ fn write_outputs(
     e: &Explanation,
     m: &Meta,
 ) -> anyhow::Result<()> {
+    // All or nothing: when one file cannot be written (a full disk), those written before it
+    // go too, so no image whose row says `error` leaves an overlay beside it.
+    let mut made = Vec::new();
+    let r = write_outputs_into(out, stem, job, e, m, &mut made);
+    if r.is_err() {
+        made.iter().for_each(|p| drop(std::fs::remove_file(p)));
+    }
+    r
+}
+
+/// [`write_outputs`], each file written added to `made`.
+fn write_outputs_into(
+    out: &Path,
+    stem: &str,
+    job: &Job,
+    e: &Explanation,
+    m: &Meta,
+    made: &mut Vec<PathBuf>,
+) -> anyhow::Result<()> {
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
     // The output tree mirrors the input tree (no folders for `--outputs none`).
     let any = m.outputs.overlay || m.outputs.cam || m.outputs.json || e.guided.is_some();
@@ -866,6 +893,7 @@ fn write_outputs(
         let png = out.join(format!("{stem}.overlay.png"));
         save_png(o, &png)?;
         written.insert("overlay".into(), json!(name(&png)));
+        made.push(png);
     }
     if m.outputs.cam {
         let npy = out.join(format!("{stem}.cam.npy"));
@@ -877,12 +905,14 @@ fn write_outputs(
             )?)
         })?;
         written.insert("cam".into(), json!(name(&npy)));
+        made.push(npy);
     }
     if let Some((gb, ggc)) = &e.guided {
         for (img, kind) in [(gb, "guided"), (ggc, "guided_gradcam")] {
             let p = out.join(format!("{stem}.{kind}.png"));
             save_png(img, &p)?;
             written.insert(kind.into(), json!(name(&p)));
+            made.push(p);
         }
     }
     if !m.outputs.json {

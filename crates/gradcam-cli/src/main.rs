@@ -151,6 +151,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Layer outputs of megabytes are reused instead of faulted in afresh (7-8 % on the CPU).
     gradcam::backend::cpu::retain_freed_memory();
+    // A typo (`--threads 100000`) would look like a hang: every thread is started and the
+    // work cut as finely. RAYON_NUM_THREADS, which rayon reads otherwise, is held to it too.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = (8 * cores).max(64);
+    let env = std::env::var("RAYON_NUM_THREADS").ok();
+    let asked = match (cli.threads, env.as_deref().map(str::trim)) {
+        (Some(t), _) => Some((t, "--threads")),
+        (None, Some(v)) => v.parse().ok().map(|t| (t, "RAYON_NUM_THREADS")),
+        (None, None) => None,
+    };
+    if let Some((t, what)) = asked.filter(|&(t, _)| t > most) {
+        eprintln!(
+            "error: {what} {t}: more threads than this machine's {cores} core(s) can use (at \
+             most {most}: 8 per core, or 64); leave it out to use every core"
+        );
+        return ExitCode::from(2);
+    }
     if let Some(t) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(t.max(1))

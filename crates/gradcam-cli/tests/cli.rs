@@ -1818,3 +1818,55 @@ fn dff_factorises_a_folder_together() {
     assert!(stderr(&o).contains("x.png") && stderr(&o).contains("no image could be factorised"));
     assert!(!out3.join("dff.json").exists());
 }
+
+/// An image whose outputs cannot all be written (here its map's name is taken by a folder,
+/// as a full disk would fail it) fails alone and leaves none of them: no overlay beside a
+/// row that says `error`. The other images keep theirs.
+#[test]
+fn an_image_whose_outputs_cannot_all_be_written_leaves_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    for f in ["a.png", "b.png"] {
+        std::fs::copy(fixtures().join("images").join(f), imgs.join(f)).unwrap();
+    }
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(out.join("a.cam.npy")).unwrap();
+    let o = gradcam(&[
+        "explain",
+        imgs.to_str().unwrap(),
+        "--model",
+        &model(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("1 input(s) failed"), "{err}");
+    assert!(!out.join("a.overlay.png").exists(), "{err}");
+    assert!(!out.join("a.json").exists());
+    for f in ["b.overlay.png", "b.cam.npy", "b.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert!(csv.lines().any(|l| l.contains("a.png") && l.contains("error")), "{csv}");
+}
+
+/// A thread count far above the machine's cores is refused before any work (a typo would
+/// otherwise look like a hang), from `--threads` and from RAYON_NUM_THREADS.
+#[test]
+fn absurd_thread_counts_are_refused() {
+    let o = gradcam(&["--threads", "100000", "layers"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--threads 100000: more threads than"), "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_gradcam"))
+        .args(["layers"])
+        .env("RAYON_NUM_THREADS", "5000000")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("RAYON_NUM_THREADS 5000000"), "{err}");
+    assert!(gradcam(&["--threads", "2", "layers"]).status.success());
+}
