@@ -80,6 +80,13 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
 /// a decoder make (8-bit RGB), far more than any JPEG compression of it takes.
 const MAX_JPEG_BYTES: u64 = 2 * (512 << 20);
 
+/// An image file's width and height from its header alone (no pixels decoded); None when
+/// the header cannot be read (decoding the file then says why).
+pub fn peek_dims(path: &Path) -> Option<(u32, u32)> {
+    let reader = image::ImageReader::open(path).ok()?.with_guessed_format().ok()?;
+    guarded(|| reader.into_dimensions().map_err(|e| e.to_string())).ok()
+}
+
 /// [`load_rgb8`] of a file's bytes (the format sniffed from them).
 pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     // A decoder bug on a malformed file must fail that file, not the whole run.

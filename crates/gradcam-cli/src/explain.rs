@@ -17,7 +17,7 @@ use gradcam::cam::{ClassSel, Finer, Method, Target};
 use gradcam::explain::{
     explain_batch_device, DeviceBatch, ExplainConfig, Explanation, OverlayAt, Timings,
 };
-use gradcam::image::{load_rgb8, InputSize, RgbImage};
+use gradcam::image::{load_rgb8, peek_dims, InputSize, RgbImage};
 use gradcam::model::Network;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -586,7 +586,19 @@ fn explain_all<B: Backend>(
         });
         let (files, classes) = (&files, &classes);
         sc.spawn(move || {
-            for chunk in chunks {
+            // Large photographs: a chunk is cut where its decoded pixels pass the budget
+            // (sizes read from the files' headers), as several chunks are alive at once.
+            let budget = inputs::decode_budget_bytes();
+            let parts = chunks.iter().flat_map(|chunk| {
+                let sizes: Vec<u64> = (chunk.par_iter())
+                    .map(|&i| peek_dims(&files[i]).map_or(0, |(w, h)| 3 * w as u64 * h as u64))
+                    .collect();
+                inputs::split_by_bytes(&sizes, budget)
+                    .into_iter()
+                    .map(|r| chunk[r].to_vec())
+                    .collect::<Vec<_>>()
+            });
+            for chunk in parts {
                 // Decode in parallel; undecodable files are reported (by the device stage)
                 // and dropped from the batch.
                 let decoded = chunk

@@ -82,6 +82,37 @@ pub fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// How many bytes of decoded images (8-bit RGB) one chunk of a run may hold: a 32nd of the
+/// machine's memory (a chunk's images, their maps and overlays at full size take about four
+/// times their bytes, and up to four chunks are in flight), at least 256 MiB; no limit where
+/// the memory size is unknown.
+pub fn decode_budget_bytes() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    total.map_or(u64::MAX, |t| (t / 32).max(256 << 20))
+}
+
+/// Cuts a run of files (`sizes`: their decoded bytes) into consecutive ranges of at most
+/// `budget` bytes each; a file larger than the budget is a range of its own.
+pub fn split_by_bytes(sizes: &[u64], budget: u64) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut sum) = (0, 0u64);
+    for (i, &b) in sizes.iter().enumerate() {
+        if i > start && b > 0 && sum.saturating_add(b) > budget {
+            out.push(start..i);
+            (start, sum) = (i, 0);
+        }
+        sum = sum.saturating_add(b);
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
+}
+
 /// Makes the output folder `--out` (and its parents), saying so plainly when a file has
 /// that name.
 pub fn create_out_dir(out: &Path) -> anyhow::Result<()> {
@@ -151,6 +182,19 @@ pub fn stems(files: &[PathBuf], roots: &[PathBuf], reserved: &[&str]) -> Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunks of large images are cut where their bytes pass the budget, in order; one file
+    /// over the budget stands alone; files of unknown size (0) never cut a chunk.
+    #[test]
+    fn chunks_are_cut_by_decoded_bytes() {
+        assert_eq!(split_by_bytes(&[1, 2, 3, 4], 100), vec![0..4]);
+        assert_eq!(split_by_bytes(&[60, 50, 40, 10], 100), vec![0..1, 1..4]);
+        assert_eq!(split_by_bytes(&[500, 0, 500, 20], 100), vec![0..2, 2..3, 3..4]);
+        assert_eq!(split_by_bytes(&[], 100), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(split_by_bytes(&[u64::MAX, 5], 100), vec![0..1, 1..2]);
+        assert_eq!(split_by_bytes(&[u64::MAX, 5], u64::MAX), vec![0..2]);
+        assert!(decode_budget_bytes() >= 256 << 20);
+    }
 
     /// A folder walk takes image files by extension in sorted order, skips hidden entries,
     /// and walks a folder reached again through a symbolic link only once.
