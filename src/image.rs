@@ -83,7 +83,10 @@ const MAX_JPEG_BYTES: u64 = 2 * (512 << 20);
 /// An image file's width and height from its header alone (no pixels decoded); None when
 /// the header cannot be read (decoding the file then says why).
 pub fn peek_dims(path: &Path) -> Option<(u32, u32)> {
-    let reader = image::ImageReader::open(path).ok()?.with_guessed_format().ok()?;
+    let reader = image::ImageReader::open(path)
+        .ok()?
+        .with_guessed_format()
+        .ok()?;
     guarded(|| reader.into_dimensions().map_err(|e| e.to_string())).ok()
 }
 

@@ -121,7 +121,7 @@ fn manifests_parse_and_bad_rows_name_their_line() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("m.csv");
     std::fs::write(&csv, "image,class,x0,y0,x1,y1\na.png,3,1,2,10,20\na.png,3,30,30,40,40\nb.png,1,0,0,5,5,b_mask.png\n").unwrap();
-    let e = manifest::load(&csv, None).unwrap();
+    let e = manifest::load(&csv, None, None).unwrap();
     assert_eq!(e.len(), 2);
     assert_eq!(
         e[0].boxes,
@@ -134,7 +134,7 @@ fn manifests_parse_and_bad_rows_name_their_line() {
         "{\"image\": \"a.png\", \"class\": 2, \"boxes\": [[0, 0, 3, 3]]}\n",
     )
     .unwrap();
-    assert_eq!(manifest::load(&jl, None).unwrap()[0].class, 2);
+    assert_eq!(manifest::load(&jl, None, None).unwrap()[0].class, 2);
     // A byte-order mark before the first row or JSON line is not part of the image's name.
     for (name, text) in [
         ("bom.csv", "\u{feff}a.png,3,1,2,10,20\n"),
@@ -145,7 +145,7 @@ fn manifests_parse_and_bad_rows_name_their_line() {
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
-        let e = manifest::load(&p, None).unwrap();
+        let e = manifest::load(&p, None, None).unwrap();
         assert_eq!((&e[0].image, e[0].class), (&dir.path().join("a.png"), 3));
     }
     for (name, text, needle) in [
@@ -191,7 +191,7 @@ fn manifests_parse_and_bad_rows_name_their_line() {
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
-        let msg = manifest::load(&p, None).unwrap_err().to_string();
+        let msg = manifest::load(&p, None, None).unwrap_err().to_string();
         assert!(msg.contains(needle), "{name}: {msg}");
     }
     // Columns by their header's names, in any order (ImageNet's xmin.. too); quoted fields;
@@ -213,7 +213,7 @@ fn manifests_parse_and_bad_rows_name_their_line() {
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
-        let e = manifest::load(&p, Some(&labels)).unwrap();
+        let e = manifest::load(&p, Some(&labels), None).unwrap();
         assert_eq!(
             (&e[0].image, e[0].class, &e[0].boxes[..]),
             (&dir.path().join("a.png"), 1, &[[1.0, 2.0, 10.0, 20.0]][..]),
@@ -226,7 +226,7 @@ fn manifests_parse_and_bad_rows_name_their_line() {
     let text = "image,class,x0,y0,x1,y1,mask,\n# boxes in \"pixels\na.png,1,0,0,1,1,\n\
                 b.png,0,0,0,2,2,m.png\n";
     std::fs::write(&p, text).unwrap();
-    let e = manifest::load(&p, None).unwrap();
+    let e = manifest::load(&p, None, None).unwrap();
     assert_eq!(e.len(), 2);
     assert_eq!(
         (e[0].mask.as_ref(), e[1].mask.as_ref()),
@@ -238,22 +238,44 @@ fn manifests_parse_and_bad_rows_name_their_line() {
     let line =
         |c: &str| format!("{{\"image\": \"a.png\", \"class\": {c}, \"boxes\": [[0, 0, 1, 1]]}}\n");
     std::fs::write(&p, line("0") + &line("\"dog\"")).unwrap();
-    let e = manifest::load(&p, Some(&labels)).unwrap();
+    let e = manifest::load(&p, Some(&labels), None).unwrap();
     assert_eq!((e.len(), e[0].class, e[1].class), (2, 0, 1));
     std::fs::write(&p, line("-1")).unwrap();
-    let msg = manifest::load(&p, None).unwrap_err().to_string();
+    let msg = manifest::load(&p, None, None).unwrap_err().to_string();
     assert!(msg.contains(":1: class -1: want an index"), "{msg}");
+    // With the model's class count, a class it does not have is the row's error (CSV and
+    // JSON Lines); a line that is no JSON object and a file that is no text say so.
+    std::fs::write(&p, line("9")).unwrap();
+    let msg = manifest::load(&p, None, Some(8)).unwrap_err().to_string();
+    assert!(
+        msg.contains(":1: class 9 is out of range: the model has 8 classes"),
+        "{msg}"
+    );
+    std::fs::write(&p, "[1, 2, 3]\n").unwrap();
+    let msg = manifest::load(&p, None, None).unwrap_err().to_string();
+    assert!(msg.contains(":1: want an object {\"image\""), "{msg}");
+    let csv = dir.path().join("range.csv");
+    std::fs::write(&csv, "a.png,1,0,0,1,1\nb.png,8,0,0,1,1\n").unwrap();
+    let msg = manifest::load(&csv, None, Some(8)).unwrap_err().to_string();
+    assert!(msg.contains(":2: class 8 is out of range"), "{msg}");
+    assert_eq!(manifest::load(&csv, None, Some(9)).unwrap().len(), 2);
+    let png = dir.path().join("image.csv");
+    std::fs::write(&png, b"\x89PNG\r\n\x1a\n\xff\xfe").unwrap();
+    let msg = manifest::load(&png, None, None).unwrap_err().to_string();
+    assert!(msg.contains("not a text file"), "{msg}");
     // A row's line is reported after a quoted field that spans lines.
     let p = dir.path().join("lines.csv");
     std::fs::write(&p, "\"a\nb.png\",1,0,0,1,1\nc.png,1,5,0,1,1\n").unwrap();
-    let msg = manifest::load(&p, None).unwrap_err().to_string();
+    let msg = manifest::load(&p, None, None).unwrap_err().to_string();
     assert!(msg.contains(":3: bad box"), "{msg}");
     let p = dir.path().join("unknown.csv");
     std::fs::write(&p, "a.png,bird,0,0,1,1\n").unwrap();
-    let msg = manifest::load(&p, Some(&labels)).unwrap_err().to_string();
+    let msg = manifest::load(&p, Some(&labels), None)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains(":1: class `bird` is neither"), "{msg}");
     // A missing manifest names the file and says why once.
-    let msg = manifest::load(&dir.path().join("none.csv"), None)
+    let msg = manifest::load(&dir.path().join("none.csv"), None, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -274,7 +296,7 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
     let csv = dir.path().join("m.csv");
     let img = fixtures.join("images/a.png");
     std::fs::write(&csv, format!("{},4,10,10,60,50\n", img.display())).unwrap();
-    let entries = manifest::load(&csv, None).unwrap();
+    let entries = manifest::load(&csv, None, None).unwrap();
     let cfg = EvalConfig {
         layer: None,
         size: InputSize::Native,

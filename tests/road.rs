@@ -146,6 +146,11 @@ fn road_settings_are_checked() {
         (vec![0.0], 0.0, "percentile 0"),
         (vec![50.0], -1.0, "noise -1"),
         (vec![50.0], f32::NAN, "noise NaN"),
+        (
+            vec![10.0, 20.0, 10.0],
+            0.0,
+            "percentile 10 is listed twice (at 1 and 3)",
+        ),
     ] {
         let err = RoadConfig { percentiles, noise }.check().unwrap_err();
         assert!(err.to_string().contains(what), "{err}");

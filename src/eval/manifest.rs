@@ -19,9 +19,20 @@ pub struct Entry {
     pub mask: Option<PathBuf>,
 }
 
-/// The manifest's entries; `labels` (the model's class names) let classes be given by name.
-pub fn load(path: &Path, labels: Option<&[String]>) -> Result<Vec<Entry>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+/// The manifest's entries; `labels` (the model's class names) let classes be given by name;
+/// with `num_classes`, a class the model does not have is an error naming its line.
+pub fn load(
+    path: &Path,
+    labels: Option<&[String]>,
+    num_classes: Option<usize>,
+) -> Result<Vec<Entry>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        Error::Invalid(format!(
+            "{}: not a text file (a manifest is CSV or JSON Lines; is this an image?)",
+            path.display()
+        ))
+    })?;
     // A byte-order mark (spreadsheet programs write one) is not part of the first name.
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let base = path.parent().unwrap_or(Path::new("."));
@@ -29,10 +40,14 @@ pub fn load(path: &Path, labels: Option<&[String]>) -> Result<Vec<Entry>> {
         .extension()
         .is_some_and(|e| e == "jsonl" || e == "json")
         || text.trim_start().starts_with('{');
+    let classes = Classes {
+        labels,
+        count: num_classes,
+    };
     let entries = if is_jsonl {
-        parse_jsonl(text, base, labels)
+        parse_jsonl(text, base, classes)
     } else {
-        parse_csv(text, base, labels)
+        parse_csv(text, base, classes)
     }
     .map_err(|(line, why)| Error::Invalid(format!("{}:{line}: {why}", path.display())))?;
     if entries.is_empty() {
@@ -66,16 +81,40 @@ const COLUMNS: [&[&str]; 7] = [
 ];
 const WANT: &str = "image,class,x0,y0,x1,y1[,mask]";
 
-/// A class given by index or label, as a row error when it is neither.
-fn class_of(s: &str, labels: Option<&[String]>) -> std::result::Result<usize, String> {
-    match crate::model::class_index(s, labels)? {
-        Some(c) => Ok(c),
-        None if labels.is_some() => Err(format!(
-            "class `{s}` is neither an index nor one of the model's labels"
-        )),
-        None => Err(format!(
-            "class `{s}` is not an index (the model's file has no labels to name classes by)"
-        )),
+/// What a row's class may be: an index below `count` (when known) or one of `labels`.
+#[derive(Clone, Copy)]
+struct Classes<'a> {
+    labels: Option<&'a [String]>,
+    count: Option<usize>,
+}
+
+impl Classes<'_> {
+    /// A class given by index or label, as a row error when it is neither or out of range.
+    fn of(&self, s: &str) -> std::result::Result<usize, String> {
+        let c = match crate::model::class_index(s, self.labels)? {
+            Some(c) => c,
+            None if self.labels.is_some() => {
+                return Err(format!(
+                    "class `{s}` is neither an index nor one of the model's labels"
+                ))
+            }
+            None => {
+                return Err(format!(
+                "class `{s}` is not an index (the model's file has no labels to name classes by)"
+            ))
+            }
+        };
+        self.check(c)
+    }
+
+    fn check(&self, c: usize) -> std::result::Result<usize, String> {
+        match self.count {
+            Some(n) if c >= n => Err(format!(
+                "class {c} is out of range: the model has {n} classes (0..={})",
+                n.saturating_sub(1)
+            )),
+            _ => Ok(c),
+        }
     }
 }
 
@@ -111,7 +150,7 @@ fn header_columns(names: &[String]) -> std::result::Result<[Option<usize>; 7], S
 fn parse_csv(
     text: &str,
     base: &Path,
-    labels: Option<&[String]>,
+    classes: Classes,
 ) -> std::result::Result<Vec<Entry>, LineError> {
     let mut out: Vec<Entry> = Vec::new();
     // Where each column's field is: by position until a header says otherwise.
@@ -179,7 +218,7 @@ fn parse_csv(
         if name.is_empty() {
             return Err((i + 1, "the image field is empty".into()));
         }
-        let class = class_of(get(1).expect("a required column"), labels).map_err(|e| (i + 1, e))?;
+        let class = (classes.of(get(1).expect("a required column"))).map_err(|e| (i + 1, e))?;
         let mut b = [0f32; 4];
         for (j, v) in b.iter_mut().enumerate() {
             let text = get(2 + j).expect("a required column");
@@ -234,7 +273,7 @@ fn merge(
 fn parse_jsonl(
     text: &str,
     base: &Path,
-    labels: Option<&[String]>,
+    classes: Classes,
 ) -> std::result::Result<Vec<Entry>, LineError> {
     #[derive(serde::Deserialize)]
     struct Row {
@@ -249,7 +288,13 @@ fn parse_jsonl(
         if line.trim().is_empty() {
             continue;
         }
-        let r: Row = serde_json::from_str(line).map_err(|e| (i + 1, e.to_string()))?;
+        let r: Row = serde_json::from_str(line).map_err(|e| {
+            let want = "want an object {\"image\", \"class\", \"boxes\": [[x0, y0, x1, y1], ...]}";
+            match line.trim_start().starts_with('{') {
+                true => (i + 1, format!("{e}; {want}")),
+                false => (i + 1, want.to_string()),
+            }
+        })?;
         if r.boxes.is_empty() {
             return Err((i + 1, "no boxes".into()));
         }
@@ -257,10 +302,11 @@ fn parse_jsonl(
             return Err((i + 1, "the image field is empty".into()));
         }
         let class = match &r.class {
-            serde_json::Value::Number(n) => n.as_u64().map(|c| c as usize),
-            serde_json::Value::String(s) => {
-                Some(class_of(s.trim(), labels).map_err(|e| (i + 1, e))?)
-            }
+            serde_json::Value::Number(n) => match n.as_u64() {
+                Some(c) => Some(classes.check(c as usize).map_err(|e| (i + 1, e))?),
+                None => None,
+            },
+            serde_json::Value::String(s) => Some(classes.of(s.trim()).map_err(|e| (i + 1, e))?),
             _ => None,
         }
         .ok_or_else(|| {

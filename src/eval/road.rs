@@ -278,6 +278,20 @@ impl RoadConfig {
                 "ROAD percentile {p}: must lie strictly between 0 and 100"
             )));
         }
+        // Listed twice, one percentile would count twice in the average.
+        if let Some((i, p)) =
+            (self.percentiles.iter().enumerate()).find(|(i, p)| self.percentiles[..*i].contains(p))
+        {
+            return Err(Error::Invalid(format!(
+                "ROAD percentile {p} is listed twice (at {} and {})",
+                self.percentiles[..i]
+                    .iter()
+                    .position(|q| q == p)
+                    .unwrap_or(0)
+                    + 1,
+                i + 1
+            )));
+        }
         if !(self.noise >= 0.0 && self.noise.is_finite()) {
             return Err(Error::Invalid(format!(
                 "ROAD noise {}: must be a finite value of 0 or more",

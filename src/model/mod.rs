@@ -243,6 +243,12 @@ pub fn class_index(s: &str, labels: Option<&[String]>) -> Result<Option<usize>, 
     if let Ok(c) = s.parse::<usize>() {
         return Ok(Some(c));
     }
+    // Digits too many for an index are still an index, not a label to look for.
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "`{s}` is out of range as a class index (far more than any model has)"
+        ));
+    }
     let Some(l) = labels else {
         return Ok(None);
     };

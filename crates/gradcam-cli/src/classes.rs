@@ -300,7 +300,10 @@ mod tests {
             // names; an empty image field would name the file's own folder.
             ("imgs/a.png,crss\nimgs/c.png,1\n", ":1: `crss` is neither"),
             ("imgs/a.png,-1\nimgs/c.png,1\n", ":1: `-1` is neither"),
-            ("imgs/a.png,1\n,2\n", ":2: no image before the class in `,2`"),
+            (
+                "imgs/a.png,1\n,2\n",
+                ":2: no image before the class in `,2`",
+            ),
             (
                 "a.png,1\n./a.png,2\n",
                 ":2: `./a.png` is listed before with class 1",

@@ -39,8 +39,8 @@ pub struct DffArgs {
     #[arg(long, value_parser = parse_size)]
     size: Option<InputSize>,
     /// Classes listed per concept in the report.
-    #[arg(long, default_value_t = 2)]
-    top_k: usize,
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    top_k: u32,
     /// The image's weight in the overlay (pytorch-grad-cam's run_dff_on_image uses 0.3).
     #[arg(long, default_value_t = dff::IMAGE_WEIGHT)]
     image_weight: f64,
@@ -198,7 +198,7 @@ fn dff_all<B: Backend>(
                 let p = gradcam::explain::softmax(logits);
                 let mut order: Vec<usize> = (0..nc).collect();
                 order.sort_by(|&x, &y| p[y].total_cmp(&p[x]).then(x.cmp(&y)));
-                (order.iter().take(a.top_k))
+                (order.iter().take(a.top_k as usize))
                     .map(|&c| json!({"class": c, "label": label(c), "probability": p[c]}))
                     .collect()
             })

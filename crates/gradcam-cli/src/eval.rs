@@ -85,8 +85,7 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let net = load_network(&a.model)?;
-    let entries =
-        with_network!(&net, net => manifest::load(&a.manifest, net.graph().labels.as_deref()))?;
+    let entries = with_network!(&net, net => manifest::load(&a.manifest, net.graph().labels.as_deref(), Some(net.num_classes())))?;
     with_network!(net, net => eval_on(a, &net, &entries))
 }
 

@@ -129,9 +129,9 @@ pub struct ExplainArgs {
     #[arg(long)]
     guided: bool,
     /// Score-CAM and Ablation-CAM: images per forward pass (masked inputs; ablated copies of
-    /// the layer, run on from it); SESS: windows per pass.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    score_batch: u32,
+    /// the layer, run on from it); SESS: windows per pass (default 32).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    score_batch: Option<u32>,
     /// Model input size: an integer S resizes to S×S, `native` keeps each image's size
     /// (default: the model's own input size if its file says, else 224).
     #[arg(long, value_parser = parse_size)]
@@ -304,6 +304,15 @@ fn explain_all<B: Backend>(
         );
     }
     kpca.check()?;
+    if a.score_batch.is_some()
+        && !matches!(a.method, Method::ScoreCam | Method::AblationCam)
+        && !a.sess
+    {
+        anyhow::bail!(
+            "--score-batch sets the passes of Score-CAM, Ablation-CAM and SESS; add \
+             --method scorecam, --method ablationcam or --sess"
+        );
+    }
     if a.fem_k.is_some() && a.method != Method::Fem {
         anyhow::bail!("--fem-k is FEM's setting; add --method fem");
     }
@@ -479,7 +488,7 @@ fn explain_all<B: Backend>(
         counterfactual: a.counterfactual,
         method: a.method,
         guided: a.guided,
-        score_batch: a.score_batch as usize,
+        score_batch: a.score_batch.unwrap_or(32) as usize,
         eigen_smooth: a.eigen_smooth,
         aug_smooth: a.aug_smooth,
         finer: finer.clone(),

@@ -189,8 +189,14 @@ mod tests {
     fn chunks_are_cut_by_decoded_bytes() {
         assert_eq!(split_by_bytes(&[1, 2, 3, 4], 100), vec![0..4]);
         assert_eq!(split_by_bytes(&[60, 50, 40, 10], 100), vec![0..1, 1..4]);
-        assert_eq!(split_by_bytes(&[500, 0, 500, 20], 100), vec![0..2, 2..3, 3..4]);
-        assert_eq!(split_by_bytes(&[], 100), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(
+            split_by_bytes(&[500, 0, 500, 20], 100),
+            vec![0..2, 2..3, 3..4]
+        );
+        assert_eq!(
+            split_by_bytes(&[], 100),
+            Vec::<std::ops::Range<usize>>::new()
+        );
         assert_eq!(split_by_bytes(&[u64::MAX, 5], 100), vec![0..1, 1..2]);
         assert_eq!(split_by_bytes(&[u64::MAX, 5], u64::MAX), vec![0..2]);
         assert!(decode_budget_bytes() >= 256 << 20);

@@ -85,7 +85,9 @@ fn mean_map<'r>(
             }
         };
         let [h, w] = shape[..] else {
-            skip(format!("a map has 2 dimensions, not {shape:?}"));
+            skip(format!(
+                "shape {shape:?}: a map has 2 dimensions (height, width)"
+            ));
             continue;
         };
         if h == 0 || w == 0 || h.checked_mul(w) != Some(map.len()) {

@@ -214,7 +214,8 @@ const RECORDED: &[&str] = &["outputs", "backend"];
 /// temporary name and renames it when whole, so one under its real name is whole; the checks
 /// guard against files left by other means (made or replaced by hand, copied in part, a
 /// version that wrote in place): a PNG's signature and closing IEND chunk, a map's `.npy`
-/// header and length, a JSON object; any other file, bytes.
+/// header and length, a JSON object naming its class (as every report does); any other file,
+/// bytes.
 fn whole_file(p: &Path) -> bool {
     let name = p.to_string_lossy();
     if name.ends_with(".png") {
@@ -226,7 +227,7 @@ fn whole_file(p: &Path) -> bool {
     if name.ends_with(".json") {
         return (std::fs::read(p).ok())
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .is_some_and(|v| v.is_object());
+            .is_some_and(|v| v.get("class").is_some());
     }
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0)
 }
@@ -295,7 +296,7 @@ mod tests {
         for f in ["x.png", "y.png"] {
             std::fs::write(imgs.join(f), "x").unwrap();
         }
-        std::fs::write(out.join("x.json"), "{}").unwrap();
+        std::fs::write(out.join("x.json"), r#"{"class": 1}"#).unwrap();
         let now = json!({"layer": "layer4"});
         std::fs::write(out.join(SETTINGS), now.to_string()).unwrap();
         let (y_row, z_row) = (
@@ -309,7 +310,7 @@ mod tests {
             imgs.join("x.png").display()
         );
         std::fs::write(out.join(FILE), text).unwrap();
-        std::fs::write(out.join("x-2.json"), "{}").unwrap();
+        std::fs::write(out.join("x-2.json"), r#"{"class": 1}"#).unwrap();
         let mut p = load(&out, &now).unwrap().unwrap();
         let x = imgs.join("x.png");
         assert_eq!(
@@ -413,6 +414,11 @@ mod tests {
             "json cut short"
         );
         std::fs::write(out.join("d.json"), "{}").unwrap();
+        assert!(
+            p.kept(Path::new("d.png"), "d", out, &files).is_none(),
+            "json without a class: no report"
+        );
+        std::fs::write(out.join("d.json"), "{\"class\": 0}").unwrap();
         assert!(p.kept(Path::new("d.png"), "d", out, &files).is_some());
         let png = [".overlay.png"];
         for (bytes, why) in [

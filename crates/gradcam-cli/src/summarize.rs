@@ -25,7 +25,7 @@ pub struct SummarizeArgs {
     /// Group by the groups this file gives instead: `image,group` lines (or blank-separated;
     /// images relative to the file, an optional header), e.g. a data set's subgroups by an
     /// attribute (site, device, demographic) to compare the model and its maps across them.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "by")]
     groups: Option<PathBuf>,
     /// Order of the groups: highest mean border mass first, lowest top-1 accuracy first,
     /// most images first, or by class index / folder name.
@@ -434,6 +434,10 @@ pub fn parse(text: &str) -> Result<Vec<Row>, String> {
         let mut have = true;
         for (k, &c) in stat_at.iter().enumerate() {
             match num(c)? {
+                // Positions and shares as fractions of the image, as `explain` writes them.
+                Some(v) if !(0.0..=1.0).contains(&v) => {
+                    return Err(bad(format!("{} {v} is outside [0, 1]", names[c])))
+                }
                 Some(v) => stats[k] = v,
                 None => have = false,
             }
@@ -500,6 +504,14 @@ mod tests {
         assert!(parse(&bad)
             .unwrap_err()
             .contains("record 2: probability 1.5 is outside"));
+        let bad = summary().replace("0.5,0.2,0.1,1", "0.5,-2,0.1,1");
+        assert!(parse(&bad)
+            .unwrap_err()
+            .contains("record 2: border_mass -2 is outside [0, 1]"));
+        let bad = summary().replace(",0.5,0.5,0.5,0.5,", ",5,0.5,0.5,0.5,");
+        assert!(parse(&bad)
+            .unwrap_err()
+            .contains("record 2: peak_x 5 is outside"));
         let bad = summary().replace("2.png,ok", "2.png,OK?");
         assert!(parse(&bad).unwrap_err().contains("record 3: status `OK?`"));
     }

@@ -1244,7 +1244,7 @@ fn resume_goes_on_from_what_a_stopped_run_wrote() {
     .unwrap();
     std::fs::remove_file(out.join("c.cam.npy")).unwrap();
     // (A JSON object still: garbage under a kept file's name is explained again.)
-    std::fs::write(out.join("a.json"), "{\"kept\": true}").unwrap();
+    std::fs::write(out.join("a.json"), "{\"class\": 0, \"kept\": true}").unwrap();
     let o = run(&["--resume"]);
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
@@ -1252,7 +1252,11 @@ fn resume_goes_on_from_what_a_stopped_run_wrote() {
         err.contains("1 of 4 images were done before and are kept"),
         "{err}"
     );
-    assert_eq!(read("a.json"), b"{\"kept\": true}", "a was explained again");
+    assert_eq!(
+        read("a.json"),
+        b"{\"class\": 0, \"kept\": true}",
+        "a was explained again"
+    );
     assert_eq!(read("c.cam.npy"), npy_c, "c's map redone as before");
     // The whole summary again, in input order, as the uninterrupted run wrote it.
     assert_eq!(String::from_utf8(read("summary.csv")).unwrap(), full);
@@ -1849,7 +1853,11 @@ fn an_image_whose_outputs_cannot_all_be_written_leaves_none() {
         assert!(out.join(f).is_file(), "{f}");
     }
     let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
-    assert!(csv.lines().any(|l| l.contains("a.png") && l.contains("error")), "{csv}");
+    assert!(
+        csv.lines()
+            .any(|l| l.contains("a.png") && l.contains("error")),
+        "{csv}"
+    );
 }
 
 /// A thread count far above the machine's cores is refused before any work (a typo would
