@@ -56,10 +56,10 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
         },
     };
     f.rewind().map_err(|e| Error::io(path, e))?;
-    // A JPEG is read whole (its end marker is looked for: see `jpeg_truncated`); every other
-    // format is decoded from the file as it is read, so a file with a valid signature and
+    // A JPEG is read whole (its end marker is looked for: see `jpeg_truncated`), an ICO too
+    // (see `ico_png`); every other format is decoded from the file as it is read, so a file with a valid signature and
     // gigabytes of anything after it fails at its first bad chunk, not after being read.
-    if format != image::ImageFormat::Jpeg {
+    if !matches!(format, image::ImageFormat::Jpeg | image::ImageFormat::Ico) {
         let reader = std::io::BufReader::new(f);
         return guarded(|| decode_unguarded(reader, format)).map_err(bad);
     }
@@ -118,7 +118,36 @@ fn decode_bytes(
                 .into(),
         );
     }
-    decode_unguarded(std::io::Cursor::new(bytes), format)
+    let decoded = decode_unguarded(std::io::Cursor::new(bytes), format);
+    match (decoded, format) {
+        // The `image` crate takes only RGBA PNGs inside an ICO; PIL writes RGB ones.
+        (Err(e), image::ImageFormat::Ico) => match ico_png(bytes) {
+            Some(png) => decode_unguarded(std::io::Cursor::new(png), image::ImageFormat::Png),
+            None => Err(e),
+        },
+        (r, _) => r,
+    }
+}
+
+/// The largest image of an ICO file when it is stored as a PNG: the directory's entries
+/// (6-byte header, then 16 bytes each: width and height, 0 meaning 256, ..., the data's size
+/// and offset) give where each image's bytes lie.
+fn ico_png(b: &[u8]) -> Option<&[u8]> {
+    let u16_at = |i: usize| Some(u16::from_le_bytes(b.get(i..i + 2)?.try_into().ok()?));
+    let u32_at = |i: usize| Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize);
+    let count = u16_at(4)? as usize;
+    let side = |v: u8| if v == 0 { 256 } else { v as usize };
+    (0..count)
+        .filter_map(|k| {
+            let e = 6 + 16 * k;
+            let (w, h) = (side(*b.get(e)?), side(*b.get(e + 1)?));
+            let (size, offset) = (u32_at(e + 8)?, u32_at(e + 12)?);
+            let data = b.get(offset..offset.checked_add(size)?)?;
+            data.starts_with(b"\x89PNG\r\n\x1a\n")
+                .then_some((w * h, data))
+        })
+        .max_by_key(|&(area, _)| area)
+        .map(|(_, data)| data)
 }
 
 fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
@@ -483,6 +512,36 @@ mod tests {
         let ok = dir.path().join("ok.png");
         src.save(&ok).unwrap();
         assert_eq!(load_rgb8(&ok).unwrap(), src);
+    }
+
+    /// An ICO whose images are RGB PNGs (as PIL writes them; the `image` crate's ICO reader
+    /// takes RGBA ones only) decodes to its largest image.
+    #[test]
+    fn ico_of_rgb_pngs_decodes_its_largest_image() {
+        let png = |w: u32, h: u32| {
+            let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8 * 9, y as u8 * 7, 5]));
+            let mut out = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+                .unwrap();
+            (img, out)
+        };
+        let (small, small_png) = png(8, 6);
+        let (large, large_png) = png(20, 12);
+        let mut ico = vec![0, 0, 1, 0, 2, 0];
+        let mut offset = 6 + 2 * 16;
+        for (img, data) in [(&small, &small_png), (&large, &large_png)] {
+            ico.extend_from_slice(&[img.width() as u8, img.height() as u8, 0, 0, 1, 0, 32, 0]);
+            ico.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            ico.extend_from_slice(&(offset as u32).to_le_bytes());
+            offset += data.len();
+        }
+        ico.extend_from_slice(&small_png);
+        ico.extend_from_slice(&large_png);
+        assert_eq!(decode_rgb8(&ico).unwrap(), large);
+        // The largest cut short: the largest whole one. A directory pointing past the file's
+        // end everywhere: an error, not a panic.
+        assert_eq!(decode_rgb8(&ico[..ico.len() - 10]).unwrap(), small);
+        assert!(decode_rgb8(&ico[..6 + 32 + 10]).is_err());
     }
 
     /// TGA, which has no signature, is read by its extension; AVIF (no decoder in this
