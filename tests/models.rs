@@ -523,3 +523,83 @@ fn default_batch_follows_the_linear_weights() {
         (8, 16)
     );
 }
+
+/// The CPU runs a network's leading layers image by image, the images in parallel (their
+/// activations stay in cache), and the rest over the batch: the logits, maps, weights and
+/// guided gradients are the same bits as with every layer over the batch, for target layers
+/// after the cut and before it (whose values are joined from the images), FullGrad (which
+/// keeps every bias layer's input) and guided backpropagation (values down to the input).
+/// The cut: before the first layer whose weights outweigh its output per image, at a block's
+/// end (ResNet-50 at 224: after `layer1`).
+#[test]
+fn image_by_image_layers_give_the_batchs_bits() {
+    use gradcam::cam::{explain, CamRequest, Method};
+    let image_major = CpuBackend::fast();
+    assert!(image_major.image_major());
+    let layer_major = CpuBackend {
+        layer_major: true,
+        ..CpuBackend::fast()
+    };
+    assert!(!layer_major.image_major());
+    let x = synth::Rng::new(5).tensor(&[3, 3, 64, 64], -2.0, 2.0);
+    for (arch, layers) in [
+        ("resnet18", ["layer4", "layer1"]),
+        ("resnet50", ["layer4", "layer2.0.conv1"]),
+        ("vgg11_bn", ["features.25", "features.4"]),
+    ] {
+        let d = synth::state_dict(arch, 16, 10, 2).unwrap();
+        let w = gradcam::model::Weights::from_static(
+            arch,
+            Box::leak(
+                synth::to_safetensors(&d, Dtype::F32)
+                    .unwrap()
+                    .into_boxed_slice(),
+            ),
+        )
+        .unwrap();
+        let graph = || model::build(&w, None).unwrap();
+        let a = Network::new(graph(), image_major).unwrap();
+        let b = Network::new(graph(), layer_major).unwrap();
+        let cut = a.image_major_cut(&[3, 3, 64, 64]).unwrap();
+        assert!(cut.is_some_and(|c| c > 4), "{arch}: {cut:?}");
+        let classes = ClassSel::PerImage(vec![1, 7, 3]);
+        for (layer, method, guided) in [
+            (layers[0], Method::GradCam, true),
+            (layers[1], Method::GradCam, false),
+            (layers[0], Method::FullGrad, false),
+        ] {
+            let mut req = CamRequest::grad_cam(layer, &classes);
+            (req.method, req.guided) = (method, guided);
+            let (p, q) = (
+                explain(&a, x.clone(), &req).unwrap(),
+                explain(&b, x.clone(), &req).unwrap(),
+            );
+            let what = format!("{arch} {layer} {method:?}");
+            assert_eq!(p.logits.data(), q.logits.data(), "{what}");
+            assert_eq!(p.maps.data(), q.maps.data(), "{what}");
+            assert_eq!(p.weights.data(), q.weights.data(), "{what}");
+            assert_eq!(p.guided.is_some(), guided);
+            assert_eq!(
+                p.guided.as_ref().map(Tensor::data),
+                q.guided.as_ref().map(Tensor::data),
+                "{what}"
+            );
+        }
+    }
+    let d = synth::state_dict("resnet50", 1, 1000, 2).unwrap();
+    let w = gradcam::model::Weights::from_static(
+        "resnet50",
+        Box::leak(
+            synth::to_safetensors(&d, Dtype::F32)
+                .unwrap()
+                .into_boxed_slice(),
+        ),
+    )
+    .unwrap();
+    let net = Network::new(model::build(&w, None).unwrap(), image_major).unwrap();
+    let after_layer1 = net.graph().layer("layer1").unwrap().node + 1;
+    assert_eq!(
+        net.image_major_cut(&[8, 3, 224, 224]).unwrap(),
+        Some(after_layer1)
+    );
+}

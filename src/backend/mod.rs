@@ -238,6 +238,27 @@ pub trait Backend: Send + Sync {
     }
     fn reset_device_memory_peak(&self) {}
 
+    /// Whether the network's leading layers (those whose weights are smaller than their
+    /// output per image) run image by image, the images in parallel, instead of layer by
+    /// layer over the batch: on the CPU a batch's early activations (ResNet-50's `layer1`,
+    /// 25 MB at 8 images) do not fit in cache, one image's do. Needs
+    /// [`Backend::split_batch`] and [`Backend::concat_batch`].
+    fn image_major(&self) -> bool {
+        false
+    }
+    /// The batch's images, each a batch of one.
+    fn split_batch(&self, _x: Self::Tensor) -> Result<Vec<Self::Tensor>> {
+        Err(crate::Error::Invalid(
+            "this backend does not split batches".into(),
+        ))
+    }
+    /// Batches of the same shape, in order, as one.
+    fn concat_batch(&self, _parts: Vec<Self::Tensor>) -> Result<Self::Tensor> {
+        Err(crate::Error::Invalid(
+            "this backend does not join batches".into(),
+        ))
+    }
+
     /// Moves a host tensor to the backend (for the CPU a move, no copy).
     fn upload(&self, t: Tensor) -> Result<Self::Tensor>;
     fn download(&self, t: &Self::Tensor) -> Result<Tensor>;

@@ -694,8 +694,61 @@ impl<B: Backend> Network<B> {
     }
 
     /// Runs every node; a value is dropped after its last consumer unless `keep` says so.
+    /// Where the backend asks for it, the leading nodes run image by image, the images in
+    /// parallel ([`Network::image_major_cut`]), and what they leave is joined into batches.
     fn run_forward(&self, x: B::Tensor, keep: &[bool]) -> Result<Vec<Option<B::Tensor>>> {
-        self.run_nodes(vec![Some(x)], 1, self.graph.nodes.len(), keep)
+        let be = &self.backend;
+        let n = self.graph.nodes.len();
+        let cut = match be.image_major() && be.shape(&x)[0] > 1 {
+            true => self.image_major_cut(be.shape(&x))?,
+            false => None,
+        };
+        let Some(cut) = cut else {
+            return self.run_nodes(vec![Some(x)], 1, n, keep);
+        };
+        use rayon::prelude::*;
+        let mut per: Vec<Vec<Option<B::Tensor>>> = (be.split_batch(x)?.into_par_iter())
+            .map(|xi| self.run_nodes(vec![Some(xi)], 1, cut, keep))
+            .collect::<Result<_>>()?;
+        let mut vals: Vec<Option<B::Tensor>> = (0..n).map(|_| None).collect();
+        for (j, v) in vals.iter_mut().enumerate().take(cut) {
+            if per[0][j].is_some() {
+                let parts = per
+                    .iter_mut()
+                    .map(|p| p[j].take().expect("alive for every image"));
+                *v = Some(be.concat_batch(parts.collect())?);
+            }
+        }
+        self.run_nodes(vals, cut, n, keep)
+    }
+
+    /// Where the image-by-image part of a forward pass ends: before the first layer whose
+    /// weights outweigh its output per image (then the batch's weights are better read once
+    /// for all its images), at the last point before it where one value alone is alive (a
+    /// block's end: the least to join into a batch); None when that leaves nothing before it.
+    pub fn image_major_cut(&self, input: &[usize]) -> Result<Option<usize>> {
+        let nodes = &self.graph.nodes;
+        let shapes = self.graph.shapes(input)?;
+        let per_image = |i: usize| 4 * shapes[i][1..].iter().product::<usize>();
+        let heavy = |i: usize| match &nodes[i].op {
+            Op::Conv { w, .. } => {
+                4 * self.graph.param_shapes[*w].iter().product::<usize>() > per_image(i)
+            }
+            Op::Linear { .. } | Op::Flatten | Op::AdaptiveAvgPool(_) => true,
+            _ => false,
+        };
+        let Some(end) = (1..nodes.len()).find(|&i| heavy(i)) else {
+            return Ok(None);
+        };
+        // Values alive before node c: made before it and read at or after it.
+        let mut last_use = vec![0; nodes.len()];
+        for (i, node) in nodes.iter().enumerate() {
+            node.inputs.iter().for_each(|&j| last_use[j] = i);
+        }
+        let cut = (2..=end)
+            .rev()
+            .find(|&c| (0..c).filter(|&j| last_use[j] >= c).count() == 1);
+        Ok(cut)
     }
 
     /// Runs nodes `from..to` given `vals` (the values they read from before `from`; shorter

@@ -11,13 +11,18 @@ use crate::backend::{BwdFilters, Conv2dParams, Pool2dParams, TransposedConv};
 use crate::Tensor;
 
 /// With at least as many images as threads, one image per task and single-threaded GEMMs;
-/// otherwise images in turn, each GEMM using every thread.
+/// otherwise images in turn, each GEMM using every thread. Called from a rayon task (the
+/// network's image-by-image layers, one image per task), all on that task's thread.
 fn per_image<F>(n: usize, out: &mut [f32], per: usize, f: F)
 where
     F: Fn(usize, &mut [f32], Parallelism) + Sync,
 {
     let threads = rayon::current_num_threads();
-    if n >= threads && threads > 1 {
+    if rayon::current_thread_index().is_some() {
+        out.chunks_mut(per)
+            .enumerate()
+            .for_each(|(i, o)| f(i, o, Parallelism::None));
+    } else if n >= threads && threads > 1 {
         out.par_chunks_mut(per)
             .enumerate()
             .for_each(|(i, o)| f(i, o, Parallelism::None));

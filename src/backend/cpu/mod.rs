@@ -30,14 +30,23 @@ const LARGE_LINEAR_BYTES: usize = 64 << 20;
 pub struct CpuBackend {
     /// Run the naive reference ops instead of the fast ones (tests, `selftest`).
     pub reference: bool,
+    /// Run every layer over the whole batch, never image by image
+    /// ([`Backend::image_major`]; also `GRADCAM_IMAGE_MAJOR=0`).
+    pub layer_major: bool,
 }
 
 impl CpuBackend {
     pub fn fast() -> Self {
-        CpuBackend { reference: false }
+        CpuBackend {
+            reference: false,
+            layer_major: false,
+        }
     }
     pub fn reference() -> Self {
-        CpuBackend { reference: true }
+        CpuBackend {
+            reference: true,
+            layer_major: false,
+        }
     }
 }
 
@@ -54,6 +63,40 @@ impl Backend for CpuBackend {
         } else {
             self.default_batch()
         }
+    }
+    fn image_major(&self) -> bool {
+        // `GRADCAM_IMAGE_MAJOR=0` runs every layer over the whole batch, for comparisons.
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        !self.reference
+            && !self.layer_major
+            && *ON.get_or_init(|| {
+                std::env::var("GRADCAM_IMAGE_MAJOR").map_or(true, |v| v.trim() != "0")
+            })
+    }
+    fn split_batch(&self, x: Tensor) -> Result<Vec<Tensor>> {
+        let shape = x.shape().to_vec();
+        let per: usize = shape[1..].iter().product();
+        let mut one = shape;
+        one[0] = 1;
+        Ok((x.data().chunks(per.max(1)))
+            .take(x.shape()[0])
+            .map(|d| Tensor::new(one.clone(), d.to_vec()))
+            .collect())
+    }
+    fn concat_batch(&self, parts: Vec<Tensor>) -> Result<Tensor> {
+        let Some(first) = parts.first() else {
+            return Err(crate::Error::Invalid("no batches to join".into()));
+        };
+        let mut shape = first.shape().to_vec();
+        if parts.iter().any(|p| p.shape()[1..] != shape[1..]) {
+            return Err(crate::Error::Invalid(
+                "batches of different shapes cannot be joined".into(),
+            ));
+        }
+        shape[0] = parts.iter().map(|p| p.shape()[0]).sum();
+        let mut data = Vec::with_capacity(parts.iter().map(|p| p.data().len()).sum());
+        parts.iter().for_each(|p| data.extend_from_slice(p.data()));
+        Ok(Tensor::new(shape, data))
     }
     fn upload_images<'a>(&'a self, images: &[&'a RgbImage]) -> Result<Vec<&'a RgbImage>> {
         Ok(images.to_vec())

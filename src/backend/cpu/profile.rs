@@ -47,7 +47,12 @@ pub(super) struct Span {
 
 impl Drop for Span {
     fn drop(&mut self) {
-        let d = self.start.elapsed();
+        // Ops run in a rayon task share the threads with the same op on other images (the
+        // network's image-by-image layers): a thread's share of the wall time is counted.
+        let d = match rayon::current_thread_index() {
+            Some(_) => self.start.elapsed() / rayon::current_num_threads().max(1) as u32,
+            None => self.start.elapsed(),
+        };
         let mut t = TABLE.lock().unwrap_or_else(|e| e.into_inner());
         // Profiling turned off while the op ran: its time is dropped with the table.
         if let Some(t) = t.as_mut() {
