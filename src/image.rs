@@ -57,16 +57,17 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
     };
     f.rewind().map_err(|e| Error::io(path, e))?;
     // A JPEG is read whole (its end marker is looked for: see `jpeg_truncated`), an ICO too
-    // (see `ico_png`); every other format is decoded from the file as it is read, so a file with a valid signature and
-    // gigabytes of anything after it fails at its first bad chunk, not after being read.
-    if !matches!(format, image::ImageFormat::Jpeg | image::ImageFormat::Ico) {
+    // (see `ico_png`); every other format is decoded from the file as it is read, so a file
+    // with a valid signature and gigabytes of anything after it fails at its first bad chunk,
+    // not after being read.
+    if !read_whole(format) {
         let reader = std::io::BufReader::new(f);
         return guarded(|| decode_unguarded(reader, format)).map_err(bad);
     }
-    if meta.len() > MAX_JPEG_BYTES {
+    if meta.len() > MAX_WHOLE_BYTES {
         return Err(bad(format!(
-            "a JPEG file of {} MiB: larger than any JPEG whose pixels fit the {} MiB \
-             allowed for one image",
+            "a {format:?} file of {} MiB: larger than any {format:?} whose pixels fit the {} \
+             MiB allowed for one image",
             meta.len() >> 20,
             image::Limits::default().max_alloc.unwrap_or(0) >> 20
         )));
@@ -76,18 +77,77 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
     guarded(|| decode_bytes(&bytes, Some(format))).map_err(bad)
 }
 
-/// The largest JPEG file read: twice the bytes of the largest image the default limits let
+/// The formats whose files are read whole before decoding.
+fn read_whole(format: image::ImageFormat) -> bool {
+    matches!(format, image::ImageFormat::Jpeg | image::ImageFormat::Ico)
+}
+
+/// The largest file read whole: twice the bytes of the largest image the default limits let
 /// a decoder make (8-bit RGB), far more than any JPEG compression of it takes.
-const MAX_JPEG_BYTES: u64 = 2 * (512 << 20);
+const MAX_WHOLE_BYTES: u64 = 2 * (512 << 20);
 
 /// An image file's width and height from its header alone (no pixels decoded); None when
-/// the header cannot be read (decoding the file then says why).
+/// the header cannot be read (decoding the file then says why). A JPEG's are read from its
+/// frame header (the `image` crate's JPEG decoder reads the whole file first).
 pub fn peek_dims(path: &Path) -> Option<(u32, u32)> {
     let reader = image::ImageReader::open(path)
         .ok()?
         .with_guessed_format()
         .ok()?;
-    guarded(|| reader.into_dimensions().map_err(|e| e.to_string())).ok()
+    match reader.format()? {
+        image::ImageFormat::Jpeg => {
+            jpeg_dims(std::io::BufReader::new(std::fs::File::open(path).ok()?))
+        }
+        f if read_whole(f) => None,
+        _ => guarded(|| reader.into_dimensions().map_err(|e| e.to_string())).ok(),
+    }
+}
+
+/// A JPEG's (width, height) from its first frame header (SOF0..SOF15 but DHT, JPG, DAC),
+/// the segments before it skipped by their lengths.
+fn jpeg_dims(mut r: impl std::io::Read + std::io::Seek) -> Option<(u32, u32)> {
+    let mut b = [0u8; 2];
+    r.read_exact(&mut b).ok()?;
+    if b != [0xFF, 0xD8] {
+        return None;
+    }
+    // (Segments of at most 64 KB each: the frame header comes within the first few. Garbage
+    // between segments is not looked through: the decoder then says what is wrong.)
+    for _ in 0..1024 {
+        // A marker: 0xFF, fill bytes, the code.
+        r.read_exact(&mut b[..1]).ok()?;
+        if b[0] != 0xFF {
+            return None;
+        }
+        let mut code = 0xFF;
+        for _ in 0..1024 {
+            r.read_exact(&mut b[..1]).ok()?;
+            code = b[0];
+            if code != 0xFF {
+                break;
+            }
+        }
+        if matches!(code, 0x00 | 0x01 | 0xD0..=0xD8 | 0xFF) {
+            continue;
+        }
+        r.read_exact(&mut b).ok()?;
+        let len = u16::from_be_bytes(b) as i64;
+        if len < 2 {
+            return None;
+        }
+        if matches!(code, 0xC0..=0xCF) && !matches!(code, 0xC4 | 0xC8 | 0xCC) {
+            // Precision (1), height (2), width (2).
+            let mut f = [0u8; 5];
+            r.read_exact(&mut f).ok()?;
+            let (h, w) = (
+                u16::from_be_bytes([f[1], f[2]]),
+                u16::from_be_bytes([f[3], f[4]]),
+            );
+            return Some((w as u32, h as u32));
+        }
+        r.seek(std::io::SeekFrom::Current(len - 2)).ok()?;
+    }
+    None
 }
 
 /// [`load_rgb8`] of a file's bytes (the format sniffed from them).
@@ -137,17 +197,17 @@ fn ico_png(b: &[u8]) -> Option<&[u8]> {
     let u32_at = |i: usize| Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize);
     let count = u16_at(4)? as usize;
     let side = |v: u8| if v == 0 { 256 } else { v as usize };
-    (0..count)
+    // The largest image, whatever its kind: a cut-short or BMP-coded largest one leaves
+    // the decoder's error standing rather than a smaller picture explained in its place.
+    let (_, data) = (0..count)
         .filter_map(|k| {
             let e = 6 + 16 * k;
             let (w, h) = (side(*b.get(e)?), side(*b.get(e + 1)?));
             let (size, offset) = (u32_at(e + 8)?, u32_at(e + 12)?);
-            let data = b.get(offset..offset.checked_add(size)?)?;
-            data.starts_with(b"\x89PNG\r\n\x1a\n")
-                .then_some((w * h, data))
+            Some((w * h, b.get(offset..offset.checked_add(size)?)))
         })
-        .max_by_key(|&(area, _)| area)
-        .map(|(_, data)| data)
+        .max_by_key(|&(area, _)| area)?;
+    data.filter(|d| d.starts_with(b"\x89PNG\r\n\x1a\n"))
 }
 
 fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
@@ -506,12 +566,20 @@ mod tests {
             .set_len(8 << 30)
             .unwrap();
         let err = load_rgb8(&jpg).unwrap_err().to_string();
-        assert!(err.contains("a JPEG file of 8192 MiB"), "{err}");
-        // An ordinary PNG still decodes from the file as it is read.
+        assert!(err.contains("a Jpeg file of 8192 MiB"), "{err}");
+        // Its size is not read from the whole file either (the `image` crate would).
+        assert_eq!(peek_dims(&jpg), None);
+        // An ordinary PNG still decodes from the file as it is read; its size, and an
+        // ordinary JPEG's from its frame header, are read without decoding.
         let src = RgbImage::from_fn(7, 5, |x, y| image::Rgb([x as u8 * 30, y as u8 * 50, 9]));
         let ok = dir.path().join("ok.png");
         src.save(&ok).unwrap();
         assert_eq!(load_rgb8(&ok).unwrap(), src);
+        assert_eq!(peek_dims(&ok), Some((7, 5)));
+        let jpg = dir.path().join("ok.jpg");
+        src.save(&jpg).unwrap();
+        assert_eq!(peek_dims(&jpg), Some((7, 5)));
+        assert_eq!(peek_dims(&dir.path().join("missing.png")), None);
     }
 
     /// An ICO whose images are RGB PNGs (as PIL writes them; the `image` crate's ICO reader
@@ -538,10 +606,10 @@ mod tests {
         ico.extend_from_slice(&small_png);
         ico.extend_from_slice(&large_png);
         assert_eq!(decode_rgb8(&ico).unwrap(), large);
-        // The largest cut short: the largest whole one. A directory pointing past the file's
-        // end everywhere: an error, not a panic.
-        assert_eq!(decode_rgb8(&ico[..ico.len() - 10]).unwrap(), small);
+        // The largest cut short: an error (not the smaller picture), never a panic.
+        assert!(decode_rgb8(&ico[..ico.len() - 10]).is_err());
         assert!(decode_rgb8(&ico[..6 + 32 + 10]).is_err());
+        assert_eq!(small.width(), 8);
     }
 
     /// TGA, which has no signature, is read by its extension; AVIF (no decoder in this

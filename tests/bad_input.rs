@@ -233,6 +233,9 @@ fn files_that_do_not_fit_their_layout_are_refused() {
         let s = load("no-bias.st", &edit(arch, bias, None), None);
         assert!(s.contains(&format!("`{bias}` is missing")), "{s}");
     }
+    // Before a BatchNorm a conv's bias is redundant: a VGG-BN without one loads.
+    let d = edit("vgg11_bn", "features.0.bias", None);
+    model::load(write(&dir, "bn-no-bias.st", &d), None).unwrap();
 
     let s = load(
         "r50.st",

@@ -534,17 +534,19 @@ fn default_batch_follows_the_linear_weights() {
 #[test]
 fn image_by_image_layers_give_the_batchs_bits() {
     use gradcam::cam::{explain, CamRequest, Method};
+    // (Unless GRADCAM_IMAGE_MAJOR=0 turns it off for the whole process.)
     let image_major = CpuBackend::fast();
-    assert!(image_major.image_major());
     let layer_major = CpuBackend {
         layer_major: true,
         ..CpuBackend::fast()
     };
     assert!(!layer_major.image_major());
-    let x = synth::Rng::new(5).tensor(&[3, 3, 64, 64], -2.0, 2.0);
+    // More images than threads (else every layer runs over the batch), one left over.
+    let n = rayon::current_num_threads().max(2) + 1;
+    let x = synth::Rng::new(5).tensor(&[n, 3, 64, 64], -2.0, 2.0);
     for (arch, layers) in [
         ("resnet18", ["layer4", "layer1"]),
-        ("resnet50", ["layer4", "layer2.0.conv1"]),
+        ("resnet50", ["layer4", "layer1.1"]),
         ("vgg11_bn", ["features.25", "features.4"]),
     ] {
         let d = synth::state_dict(arch, 16, 10, 2).unwrap();
@@ -560,9 +562,14 @@ fn image_by_image_layers_give_the_batchs_bits() {
         let graph = || model::build(&w, None).unwrap();
         let a = Network::new(graph(), image_major).unwrap();
         let b = Network::new(graph(), layer_major).unwrap();
-        let cut = a.image_major_cut(&[3, 3, 64, 64]).unwrap();
-        assert!(cut.is_some_and(|c| c > 4), "{arch}: {cut:?}");
-        let classes = ClassSel::PerImage(vec![1, 7, 3]);
+        let cut = a.image_major_cut(&[n, 3, 64, 64]).unwrap().expect(arch);
+        // The first target after the cut, the second before it.
+        let node = |l: &str| a.graph().layer(l).unwrap().node;
+        assert!(
+            node(layers[1]) < cut && cut <= node(layers[0]),
+            "{arch}: {cut}"
+        );
+        let classes = ClassSel::PerImage((0..n).map(|i| (1 + 3 * i) % 10).collect());
         for (layer, method, guided) in [
             (layers[0], Method::GradCam, true),
             (layers[1], Method::GradCam, false),

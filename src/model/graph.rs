@@ -426,8 +426,18 @@ impl<'w> Builder<'w> {
         }
         let groups = cin / cg;
         let bname = format!("{name}.bias");
+        // (Before a BatchNorm a bias is redundant, and custom VGG-BNs leave it out.)
         let mut b = match (self.weights.contains(&bname), kind) {
-            (true, _) | (false, ConvKind::WithBias) => Some(self.weights.get(&bname, &[Some(k)])?),
+            (true, _) => Some(self.weights.get(&bname, &[Some(k)])?),
+            (false, ConvKind::WithBias) if bn.is_none() => {
+                return Err(Error::MissingTensor {
+                    path: self.weights.path().to_path_buf(),
+                    name: bname,
+                    hint: " (a VGG conv without BatchNorm has a bias in torchvision; the file \
+                           looks damaged)"
+                        .into(),
+                })
+            }
             (false, _) => None,
         };
         let own_bias = b.as_ref().map(|b| b.data().to_vec());
@@ -543,7 +553,17 @@ impl<'w> Builder<'w> {
             .get(&format!("{name}.weight"), &[None, Some(fin)])?;
         let fout = w.shape()[0];
         // torchvision's linear layers all have a bias: a file without one is damaged.
-        let b = self.weights.get(&format!("{name}.bias"), &[Some(fout)])?;
+        let bname = format!("{name}.bias");
+        if !self.weights.contains(&bname) {
+            return Err(Error::MissingTensor {
+                path: self.weights.path().to_path_buf(),
+                name: bname,
+                hint: " (torchvision's linear layers have a bias; for a head trained with \
+                       bias=False, store zeros under this name)"
+                    .into(),
+            });
+        }
+        let b = self.weights.get(&bname, &[Some(fout)])?;
         let w = self.param(w);
         let b = Some(self.param(b));
         let node = self.push(Op::Linear { w, b }, vec![input], fout);

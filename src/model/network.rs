@@ -699,7 +699,9 @@ impl<B: Backend> Network<B> {
     fn run_forward(&self, x: B::Tensor, keep: &[bool]) -> Result<Vec<Option<B::Tensor>>> {
         let be = &self.backend;
         let n = self.graph.nodes.len();
-        let cut = match be.image_major() && be.shape(&x)[0] > 1 {
+        // (Fewer images than threads: the layers over the batch, each op on every thread.)
+        let images = be.shape(&x)[0];
+        let cut = match be.image_major() && images > 1 && images >= rayon::current_num_threads() {
             true => self.image_major_cut(be.shape(&x))?,
             false => None,
         };

@@ -78,8 +78,12 @@ impl Backend for CpuBackend {
         let per: usize = shape[1..].iter().product();
         let mut one = shape;
         one[0] = 1;
-        Ok((x.data().chunks(per.max(1)))
-            .take(x.shape()[0])
+        if per == 0 {
+            return Err(crate::Error::Invalid(
+                "an empty tensor has no images to split".into(),
+            ));
+        }
+        Ok((x.data().chunks(per))
             .map(|d| Tensor::new(one.clone(), d.to_vec()))
             .collect())
     }
