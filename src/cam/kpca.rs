@@ -99,23 +99,24 @@ impl Kpca {
 
 /// KPCA-CAM's projections of a batch `x` [N, K, h, w]: [N, h, w] before the ReLU. NaNs count
 /// as zero (as pytorch-grad-cam's). An image whose centred kernel has no eigenvalue clear of
-/// rounding (a flat layer) gets a zero map. The kernel is a dense (h·w)² matrix per image.
-pub fn kpca_projection(x: &Tensor, kpca: &Kpca) -> Tensor {
+/// rounding (a flat layer) gets a zero map. The kernel is a dense (h·w)² matrix per image;
+/// one that overflows (the polynomial kernel with a large gamma) is an error naming gamma.
+pub fn kpca_projection(x: &Tensor, kpca: &Kpca) -> Result<Tensor> {
     let (n, k, h, w) = x.dims4();
     let hw = h * w;
     if k == 0 || hw == 0 {
-        return Tensor::zeros([n, h, w]);
+        return Ok(Tensor::zeros([n, h, w]));
     }
     let per: Vec<Vec<f32>> = x
         .data()
         .par_chunks(k * hw)
         .map(|img| project_one(img, k, hw, kpca))
-        .collect();
-    Tensor::new([n, h, w], per.concat())
+        .collect::<Result<_>>()?;
+    Ok(Tensor::new([n, h, w], per.concat()))
 }
 
 /// One image: `x` is [K, hw] channel-major; returns the projection [hw].
-fn project_one(x: &[f32], k: usize, hw: usize, kpca: &Kpca) -> Vec<f32> {
+fn project_one(x: &[f32], k: usize, hw: usize, kpca: &Kpca) -> Result<Vec<f32>> {
     // Centred channels, pixel-major: m[p][ch] = x[ch][p] - mean_p x[ch][p].
     let mut m = vec![0f64; hw * k];
     for (ch, src) in x.chunks(hw).enumerate() {
@@ -160,6 +161,21 @@ fn project_one(x: &[f32], k: usize, hw: usize, kpca: &Kpca) -> Vec<f32> {
             g[q * hw + p] = v;
         }
     }
+    let overflow = || {
+        let gamma = match gamma.abs() {
+            g if (1e-4..1e6).contains(&g) => format!("{gamma}"),
+            _ => format!("{gamma:e}"),
+        };
+        Error::Invalid(format!(
+            "KPCA-CAM's {:?} kernel overflows on this layer's activations with gamma {gamma}: \
+             give a smaller --kpca-gamma (the default is 1 / channels = {})",
+            kpca.kernel,
+            1.0 / k as f64
+        ))
+    };
+    if g.iter().any(|v| !v.is_finite()) {
+        return Err(overflow());
+    }
     // Centred in feature space: G[p,q] - row mean p - column mean q + overall mean.
     let means: Vec<f64> = g
         .chunks(hw)
@@ -181,7 +197,7 @@ fn project_one(x: &[f32], k: usize, hw: usize, kpca: &Kpca) -> Vec<f32> {
     // within rounding of 0 has a noise eigenvector (scikit-learn would return that noise).
     let scale = g.iter().fold(0f64, |s, v| s.max(v.abs())) * hw as f64;
     if lambda <= 1e-12 * scale {
-        return vec![0.0; hw];
+        return Ok(vec![0.0; hw]);
     }
     // The entry of largest magnitude positive (the first one on ties, as np.argmax).
     let at = (0..hw).fold(
@@ -192,7 +208,12 @@ fn project_one(x: &[f32], k: usize, hw: usize, kpca: &Kpca) -> Vec<f32> {
         v.iter_mut().for_each(|x| *x = -*x);
     }
     let root = lambda.max(0.0).sqrt();
-    v.iter().map(|x| (x * root) as f32).collect()
+    let map: Vec<f32> = v.iter().map(|x| (x * root) as f32).collect();
+    // (Finite in f64, past f32's range.)
+    match map.iter().all(|x| x.is_finite()) {
+        true => Ok(map),
+        false => Err(overflow()),
+    }
 }
 
 #[cfg(test)]
@@ -209,7 +230,7 @@ mod tests {
         let (k, h, w) = (6, 3, 4);
         let hw = h * w;
         let x = rng.tensor(&[1, k, h, w], -1.0, 2.0);
-        let got = kpca_projection(&x, &Kpca::default());
+        let got = kpca_projection(&x, &Kpca::default()).unwrap();
         let d = x.data();
         let feat = |p: usize, ch: usize| {
             let mean = (0..hw).map(|q| d[ch * hw + q] as f64).sum::<f64>() / hw as f64;
@@ -265,7 +286,7 @@ mod tests {
     fn a_flat_layer_gives_a_zero_map() {
         let (k, hw) = (5, 20 * 20);
         let x: Vec<f32> = (0..k * hw).map(|i| 0.3 + (i / hw) as f32).collect();
-        let got = kpca_projection(&Tensor::new([1, k, 20, 20], x), &Kpca::default());
+        let got = kpca_projection(&Tensor::new([1, k, 20, 20], x), &Kpca::default()).unwrap();
         assert!(got.data().iter().all(|&v| v == 0.0));
     }
 
@@ -283,7 +304,8 @@ mod tests {
                 kernel: KpcaKernel::Linear,
                 gamma: None,
             },
-        );
+        )
+        .unwrap();
         let (eig, _) = super::super::eigen::principal_projection(&x);
         let dot: f32 = lin.data().iter().zip(eig.data()).map(|(a, b)| a * b).sum();
         let sign = dot.signum();
@@ -315,7 +337,7 @@ mod tests {
         ] {
             let kpca = Kpca { kernel, gamma };
             kpca.check().unwrap();
-            let got = kpca_projection(&x, &kpca);
+            let got = kpca_projection(&x, &kpca).unwrap();
             let gm = gamma.unwrap_or(1.0 / k as f64);
             let kern = |p: usize, q: usize| {
                 let (a, b) = (feat(p), feat(q));
@@ -348,6 +370,16 @@ mod tests {
                 );
             }
         }
+        // A kernel past f64's range: an error naming gamma, not a map of NaNs.
+        let huge = Kpca {
+            kernel: KpcaKernel::Poly,
+            gamma: Some(1e30),
+        };
+        let e = kpca_projection(&x, &huge).unwrap_err().to_string();
+        assert!(
+            e.contains("Poly kernel overflows") && e.contains("--kpca-gamma"),
+            "{e}"
+        );
         let bad = |kernel, gamma| Kpca { kernel, gamma }.check().unwrap_err().to_string();
         assert!(bad(KpcaKernel::Cosine, Some(1.0)).contains("no gamma"));
         assert!(bad(KpcaKernel::Rbf, Some(-1.0)).contains("positive"));

@@ -497,7 +497,7 @@ fn layer_map<B: Backend>(
         Method::Fem => (Some(be.fem_weights(a, req.fem_k)?), Combine::Channels),
         Method::KpcaCam => {
             // No channel weights: the component lives in the pixels' kernel space.
-            let maps = relu(kpca_projection(&be.download(a)?, &req.kpca));
+            let maps = relu(kpca_projection(&be.download(a)?, &req.kpca)?);
             return Ok((Tensor::zeros([maps.shape()[0], 0]), maps));
         }
         Method::FullGrad => unreachable!("explain_full_grad handles FullGrad"),
