@@ -529,8 +529,8 @@ fn default_batch_follows_the_linear_weights() {
 /// guided gradients are the same bits as with every layer over the batch, for target layers
 /// after the cut and before it (whose values are joined from the images), FullGrad (which
 /// keeps every bias layer's input) and guided backpropagation (values down to the input).
-/// The cut: before the first layer whose weights outweigh its output per image, at a block's
-/// end (ResNet-50 at 224: after `layer1`).
+/// The cut: before the first layer whose weights outweigh twice its output per image, at a
+/// block's end (ResNet-50 at 224: after `layer2`).
 #[test]
 fn image_by_image_layers_give_the_batchs_bits() {
     use gradcam::cam::{explain, CamRequest, Method};
@@ -562,7 +562,11 @@ fn image_by_image_layers_give_the_batchs_bits() {
         let graph = || model::build(&w, None).unwrap();
         let a = Network::new(graph(), image_major).unwrap();
         let b = Network::new(graph(), layer_major).unwrap();
-        let cut = a.image_major_cut(&[n, 3, 64, 64]).unwrap().expect(arch);
+        let none = vec![false; a.graph().nodes.len()];
+        let cut = a
+            .image_major_cut(&[n, 3, 64, 64], &none)
+            .unwrap()
+            .expect(arch);
         // The first target after the cut, the second before it.
         let node = |l: &str| a.graph().layer(l).unwrap().node;
         assert!(
@@ -604,9 +608,10 @@ fn image_by_image_layers_give_the_batchs_bits() {
     )
     .unwrap();
     let net = Network::new(model::build(&w, None).unwrap(), image_major).unwrap();
-    let after_layer1 = net.graph().layer("layer1").unwrap().node + 1;
+    let after_layer2 = net.graph().layer("layer2").unwrap().node + 1;
     assert_eq!(
-        net.image_major_cut(&[8, 3, 224, 224]).unwrap(),
-        Some(after_layer1)
+        net.image_major_cut(&[8, 3, 224, 224], &vec![false; net.graph().nodes.len()])
+            .unwrap(),
+        Some(after_layer2)
     );
 }

@@ -702,7 +702,7 @@ impl<B: Backend> Network<B> {
         // (Fewer images than threads: the layers over the batch, each op on every thread.)
         let images = be.shape(&x)[0];
         let cut = match be.image_major() && images > 1 && images >= rayon::current_num_threads() {
-            true => self.image_major_cut(be.shape(&x))?,
+            true => self.image_major_cut(be.shape(&x), keep)?,
             false => None,
         };
         let Some(cut) = cut else {
@@ -725,16 +725,19 @@ impl<B: Backend> Network<B> {
     }
 
     /// Where the image-by-image part of a forward pass ends: before the first layer whose
-    /// weights outweigh its output per image (then the batch's weights are better read once
-    /// for all its images), at the last point before it where one value alone is alive (a
-    /// block's end: the least to join into a batch); None when that leaves nothing before it.
-    pub fn image_major_cut(&self, input: &[usize]) -> Result<Option<usize>> {
+    /// weights outweigh twice its output per image (image by image, each image reads the
+    /// weights; over the batch, each image's output is written out and read back: ResNet-50's
+    /// stem, `layer1` and `layer2`, VGG16's first three blocks), at the last point before it
+    /// where one value alone is alive (a block's end: the least to join into a batch); None
+    /// when that leaves nothing before it or `keep` (the values kept for later, per node)
+    /// holds much before it.
+    pub fn image_major_cut(&self, input: &[usize], keep: &[bool]) -> Result<Option<usize>> {
         let nodes = &self.graph.nodes;
         let shapes = self.graph.shapes(input)?;
         let per_image = |i: usize| 4 * shapes[i][1..].iter().product::<usize>();
         let heavy = |i: usize| match &nodes[i].op {
             Op::Conv { w, .. } => {
-                4 * self.graph.param_shapes[*w].iter().product::<usize>() > per_image(i)
+                4 * self.graph.param_shapes[*w].iter().product::<usize>() > 2 * per_image(i)
             }
             Op::Linear { .. } | Op::Flatten | Op::AdaptiveAvgPool(_) => true,
             _ => false,
@@ -747,10 +750,21 @@ impl<B: Backend> Network<B> {
         for (i, node) in nodes.iter().enumerate() {
             node.inputs.iter().for_each(|&j| last_use[j] = i);
         }
-        let cut = (2..=end)
+        let Some(cut) = (2..=end)
             .rev()
-            .find(|&c| (0..c).filter(|&j| last_use[j] >= c).count() == 1);
-        Ok(cut)
+            .find(|&c| (0..c).filter(|&j| last_use[j] >= c).count() == 1)
+        else {
+            return Ok(None);
+        };
+        // Values kept before the cut (a target layer, what a backward pass reading down into
+        // it needs, FullGrad's every bias layer) are joined too: copies that cost more than
+        // the cache saves once they outweigh the live value threefold.
+        let live = (0..cut).find(|&j| last_use[j] >= cut).map_or(0, per_image);
+        let joined: usize = (0..cut)
+            .filter(|&j| last_use[j] >= cut || keep[j])
+            .map(per_image)
+            .sum();
+        Ok((joined <= 3 * live).then_some(cut))
     }
 
     /// Runs nodes `from..to` given `vals` (the values they read from before `from`; shorter
@@ -903,4 +917,50 @@ fn accumulate<B: Backend>(be: &B, slot: &mut Option<B::Tensor>, g: B::Tensor) ->
 
 fn alive<T>(vals: &[Option<T>], j: usize) -> &T {
     vals[j].as_ref().expect("value alive")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+    use crate::model::synth;
+
+    /// Values kept from before the cut (an inner target, what a backward pass reads) are
+    /// joined from the images into the batch's bits, each in image order; the cut is refused
+    /// when they would outweigh the live value threefold.
+    #[test]
+    fn kept_values_before_the_cut_are_joined_in_order() {
+        let d = synth::state_dict("resnet18", 16, 10, 4).unwrap();
+        let bytes = synth::to_safetensors(&d, safetensors::Dtype::F32).unwrap();
+        let w = crate::model::Weights::from_static("resnet18", Box::leak(bytes.into_boxed_slice()))
+            .unwrap();
+        let graph = || crate::model::build(&w, None).unwrap();
+        let fast = Network::new(graph(), CpuBackend::fast()).unwrap();
+        let plain = CpuBackend {
+            layer_major: true,
+            ..CpuBackend::fast()
+        };
+        let layer_major = Network::new(graph(), plain).unwrap();
+        let n = rayon::current_num_threads().max(2) + 1;
+        let shape = [n, 3, 64, 64];
+        let nodes = fast.graph().nodes.len();
+        let none = vec![false; nodes];
+        let cut = fast.image_major_cut(&shape, &none).unwrap().expect("a cut");
+        // Two values kept before the cut, small next to the live one; then every one.
+        let mut keep = none.clone();
+        let node = |l: &str| fast.graph().layer(l).unwrap().node;
+        keep[node("layer2.1.conv1")] = true;
+        keep[node("layer2.0")] = true;
+        assert_eq!(fast.image_major_cut(&shape, &keep).unwrap(), Some(cut));
+        let all = vec![true; nodes];
+        assert_eq!(fast.image_major_cut(&shape, &all).unwrap(), None);
+        let x = synth::Rng::new(8).tensor(&shape, -2.0, 2.0);
+        let a = fast.run_forward(x.clone(), &keep).unwrap();
+        let b = layer_major.run_forward(x, &keep).unwrap();
+        for j in (0..nodes).filter(|&j| keep[j] || j == nodes - 1) {
+            let (p, q) = (a[j].as_ref().unwrap(), b[j].as_ref().unwrap());
+            assert_eq!(p.shape(), q.shape(), "node {j}");
+            assert_eq!(p.data(), q.data(), "node {j}");
+        }
+    }
 }
