@@ -241,12 +241,7 @@ fn build_detected(w: &Weights) -> Result<Graph> {
 /// has two `crane`s and two `maillot`s).
 pub fn class_index(s: &str, labels: Option<&[String]>) -> Result<Option<usize>, String> {
     if let Ok(c) = s.parse::<usize>() {
-        // An index past the classes that is one of the labels (labels that are numbers,
-        // `"3"`..`"10"` for 8 classes) names that class; within range, the index wins.
-        let label = labels
-            .filter(|l| c >= l.len())
-            .and_then(|l| l.iter().position(|x| x == s));
-        return Ok(Some(label.unwrap_or(c)));
+        return Ok(Some(c));
     }
     // Digits too many for an index are still an index, not a label to look for.
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
