@@ -526,9 +526,10 @@ fn default_batch_follows_the_linear_weights() {
 
 /// The CPU runs a network's leading layers image by image, the images in parallel (their
 /// activations stay in cache), and the rest over the batch: the logits, maps, weights and
-/// guided gradients are the same bits as with every layer over the batch, for target layers
-/// after the cut and before it (whose values are joined from the images), FullGrad (which
-/// keeps every bias layer's input) and guided backpropagation (values down to the input).
+/// guided gradients are the same bits as with every layer over the batch. Grad-CAM at the last
+/// layer and at the cut's own layer (`layer2`, kept and joined) run image by image; a target
+/// deeper inside the leading layers, FullGrad and guided backpropagation keep too much there
+/// and run layer by layer (the joins of such values are tested in src/model/network.rs).
 /// The cut: before the first layer whose weights outweigh twice its output per image, at a
 /// block's end (ResNet-50 at 224: after `layer2`).
 #[test]
@@ -545,8 +546,8 @@ fn image_by_image_layers_give_the_batchs_bits() {
     let n = rayon::current_num_threads().max(2) + 1;
     let x = synth::Rng::new(5).tensor(&[n, 3, 64, 64], -2.0, 2.0);
     for (arch, layers) in [
-        ("resnet18", ["layer4", "layer1"]),
-        ("resnet50", ["layer4", "layer1.1"]),
+        ("resnet18", ["layer4", "layer2"]),
+        ("resnet50", ["layer4", "layer2"]),
         ("vgg11_bn", ["features.25", "features.4"]),
     ] {
         let d = synth::state_dict(arch, 16, 10, 2).unwrap();
@@ -575,6 +576,7 @@ fn image_by_image_layers_give_the_batchs_bits() {
         );
         let classes = ClassSel::PerImage((0..n).map(|i| (1 + 3 * i) % 10).collect());
         for (layer, method, guided) in [
+            (layers[0], Method::GradCam, false),
             (layers[0], Method::GradCam, true),
             (layers[1], Method::GradCam, false),
             (layers[0], Method::FullGrad, false),

@@ -705,9 +705,17 @@ impl<B: Backend> Network<B> {
             true => self.image_major_cut(be.shape(&x), keep)?,
             false => None,
         };
-        let Some(cut) = cut else {
-            return self.run_nodes(vec![Some(x)], 1, n, keep);
-        };
+        match cut {
+            Some(cut) => self.run_split(x, keep, cut),
+            None => self.run_nodes(vec![Some(x)], 1, n, keep),
+        }
+    }
+
+    /// [`Network::run_forward`] with nodes `1..cut` image by image, the images in parallel,
+    /// and what they leave (the values read after the cut, those `keep` marks) joined.
+    fn run_split(&self, x: B::Tensor, keep: &[bool], cut: usize) -> Result<Vec<Option<B::Tensor>>> {
+        let be = &self.backend;
+        let n = self.graph.nodes.len();
         use rayon::prelude::*;
         let mut per: Vec<Vec<Option<B::Tensor>>> = (be.split_batch(x)?.into_par_iter())
             .map(|xi| self.run_nodes(vec![Some(xi)], 1, cut, keep))
@@ -730,7 +738,7 @@ impl<B: Backend> Network<B> {
     /// stem, `layer1` and `layer2`, VGG16's first three blocks), at the last point before it
     /// where one value alone is alive (a block's end: the least to join into a batch); None
     /// when that leaves nothing before it or `keep` (the values kept for later, per node)
-    /// holds much before it.
+    /// holds much before it (see below).
     pub fn image_major_cut(&self, input: &[usize], keep: &[bool]) -> Result<Option<usize>> {
         let nodes = &self.graph.nodes;
         let shapes = self.graph.shapes(input)?;
@@ -757,8 +765,9 @@ impl<B: Backend> Network<B> {
             return Ok(None);
         };
         // Values kept before the cut (a target layer, what a backward pass reading down into
-        // it needs, FullGrad's every bias layer) are joined too: copies that cost more than
-        // the cache saves once they outweigh the live value threefold.
+        // it needs, FullGrad's every bias layer, guided backpropagation's every ReLU) are
+        // joined too: copies that cost more than the cache saves once all the joined values,
+        // the live one included, pass three times the live one.
         let live = (0..cut).find(|&j| last_use[j] >= cut).map_or(0, per_image);
         let joined: usize = (0..cut)
             .filter(|&j| last_use[j] >= cut || keep[j])
@@ -925,9 +934,10 @@ mod tests {
     use crate::backend::CpuBackend;
     use crate::model::synth;
 
-    /// Values kept from before the cut (an inner target, what a backward pass reads) are
-    /// joined from the images into the batch's bits, each in image order; the cut is refused
-    /// when they would outweigh the live value threefold.
+    /// Values kept from before the cut (an inner target, what a backward pass reads, the
+    /// input) are joined from the images into the batch's bits, each in image order, at any
+    /// cut; `image_major_cut` takes the cut while the joined values (the live one included)
+    /// stay within three times the live one, and refuses it past that.
     #[test]
     fn kept_values_before_the_cut_are_joined_in_order() {
         let d = synth::state_dict("resnet18", 16, 10, 4).unwrap();
@@ -946,7 +956,7 @@ mod tests {
         let nodes = fast.graph().nodes.len();
         let none = vec![false; nodes];
         let cut = fast.image_major_cut(&shape, &none).unwrap().expect("a cut");
-        // Two values kept before the cut, small next to the live one; then every one.
+        // Two kept values as large as the live one (`layer2`'s output): three in all, taken.
         let mut keep = none.clone();
         let node = |l: &str| fast.graph().layer(l).unwrap().node;
         keep[node("layer2.1.conv1")] = true;
@@ -955,12 +965,19 @@ mod tests {
         let all = vec![true; nodes];
         assert_eq!(fast.image_major_cut(&shape, &all).unwrap(), None);
         let x = synth::Rng::new(8).tensor(&shape, -2.0, 2.0);
-        let a = fast.run_forward(x.clone(), &keep).unwrap();
-        let b = layer_major.run_forward(x, &keep).unwrap();
-        for j in (0..nodes).filter(|&j| keep[j] || j == nodes - 1) {
-            let (p, q) = (a[j].as_ref().unwrap(), b[j].as_ref().unwrap());
-            assert_eq!(p.shape(), q.shape(), "node {j}");
-            assert_eq!(p.data(), q.data(), "node {j}");
+        // Those, then the input and every value kept, at the cut taken and at an earlier one.
+        let mut every = all.clone();
+        every[nodes - 1] = false;
+        for (keep, cut) in [(&keep, cut), (&every, cut), (&every, node("layer1") + 1)] {
+            let a = fast.run_split(x.clone(), keep, cut).unwrap();
+            let b = layer_major
+                .run_nodes(vec![Some(x.clone())], 1, nodes, keep)
+                .unwrap();
+            for j in (0..nodes).filter(|&j| keep[j] || j == nodes - 1) {
+                let (p, q) = (a[j].as_ref().unwrap(), b[j].as_ref().unwrap());
+                assert_eq!(p.shape(), q.shape(), "node {j}");
+                assert_eq!(p.data(), q.data(), "node {j} (cut {cut})");
+            }
         }
     }
 }
