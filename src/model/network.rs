@@ -754,10 +754,7 @@ impl<B: Backend> Network<B> {
             return Ok(None);
         };
         // Values alive before node c: made before it and read at or after it.
-        let mut last_use = vec![0; nodes.len()];
-        for (i, node) in nodes.iter().enumerate() {
-            node.inputs.iter().for_each(|&j| last_use[j] = i);
-        }
+        let last_use = last_reads(nodes);
         let Some(cut) = (2..=end)
             .rev()
             .find(|&c| (0..c).filter(|&j| last_use[j] >= c).count() == 1)
@@ -789,14 +786,11 @@ impl<B: Backend> Network<B> {
         let nodes = &self.graph.nodes;
         let n = nodes.len();
         vals.resize_with(n, || None);
-        let mut last_use = vec![0; n];
+        let mut last_use = last_reads(nodes);
         let mut uses = vec![0usize; n];
-        for (i, node) in nodes.iter().enumerate() {
-            node.inputs.iter().for_each(|&j| {
-                last_use[j] = i;
-                uses[j] += 1;
-            });
-        }
+        nodes
+            .iter()
+            .for_each(|node| node.inputs.iter().for_each(|&j| uses[j] += 1));
         last_use[n - 1] = n;
         // A conv whose output only feeds the next node, a ReLU, and is not kept: the conv
         // applies the ReLU itself and the ReLU node takes the value over.
@@ -898,6 +892,15 @@ impl<B: Backend> Network<B> {
         }
         Ok(vals)
     }
+}
+
+/// Per node, the last node that reads its value (0 when none does).
+fn last_reads(nodes: &[super::graph::Node]) -> Vec<usize> {
+    let mut last = vec![0; nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        node.inputs.iter().for_each(|&j| last[j] = i);
+    }
+    last
 }
 
 /// `seed(logits)`, the gradient of the score at the logits, checked to have their shape.

@@ -74,18 +74,12 @@ impl Backend for CpuBackend {
             })
     }
     fn split_batch(&self, x: Tensor) -> Result<Vec<Tensor>> {
-        let shape = x.shape().to_vec();
-        let per: usize = shape[1..].iter().product();
-        let mut one = shape;
-        one[0] = 1;
-        if per == 0 {
+        if x.shape()[1..].contains(&0) {
             return Err(crate::Error::Invalid(
                 "an empty tensor has no images to split".into(),
             ));
         }
-        Ok((x.data().chunks(per))
-            .map(|d| Tensor::new(one.clone(), d.to_vec()))
-            .collect())
+        Ok((0..x.shape()[0]).map(|i| x.slice_batch(i, i + 1)).collect())
     }
     fn concat_batch(&self, parts: Vec<Tensor>) -> Result<Tensor> {
         let Some(first) = parts.first() else {
