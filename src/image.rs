@@ -178,6 +178,17 @@ fn decode_bytes(
                 .into(),
         );
     }
+    if format == image::ImageFormat::Jpeg {
+        match decode_jpeg_libjpeg(bytes) {
+            Some(Ok(img)) => return Ok(img),
+            // What libjpeg refuses (12-bit, lossless, a header it finds damaged) the `image`
+            // crate may still read; when it cannot either, libjpeg's message says more.
+            Some(Err(e)) => {
+                return decode_unguarded(std::io::Cursor::new(bytes), format).map_err(|_| e)
+            }
+            None => {}
+        }
+    }
     let decoded = decode_unguarded(std::io::Cursor::new(bytes), format);
     match (decoded, format) {
         // The `image` crate takes only RGBA PNGs inside an ICO; PIL writes RGB ones.
@@ -187,6 +198,91 @@ fn decode_bytes(
         },
         (r, _) => r,
     }
+}
+
+/// Decodes a JPEG with libjpeg-turbo's decoder (the one inside mozjpeg, built from C by the
+/// `mozjpeg-sys` crate): its accurate integer IDCT, "fancy" (triangular) chroma upsampling and
+/// fixed-point YCbCr → RGB, which are also what `cv2.imread` (pytorch-grad-cam's examples) and
+/// PIL decode with, so a photograph gives the peer's pixels bit for bit. (The `image` crate's
+/// decoder upsamples chroma differently: up to 4 levels apart on 10-30 % of the pixels of a
+/// 4:2:0 JPEG, most photographs.) The EXIF orientation is applied as in `decode_unguarded`.
+///
+/// None for what is left to the `image` crate: a colour space other than YCbCr, grayscale,
+/// RGB, CMYK and YCCK, and images past the decoding limit (refused there, naming it).
+fn decode_jpeg_libjpeg(bytes: &[u8]) -> Option<std::result::Result<RgbImage, String>> {
+    // libjpeg reports a fatal error by unwinding with its message (`mozjpeg`'s error manager;
+    // warnings are silenced, and a truncated file was refused before).
+    let fatal = |p: Box<dyn std::any::Any + Send>| {
+        let msg = (p.downcast_ref::<String>().cloned())
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "no message".into());
+        msg.trim_start_matches("libjpeg fatal error: ").to_string()
+    };
+    let run = std::panic::catch_unwind(|| {
+        let d = match mozjpeg::Decompress::with_markers(&[mozjpeg::Marker::APP(1)]).from_mem(bytes)
+        {
+            Ok(d) => d,
+            Err(e) => return Some(Err(e)),
+        };
+        use mozjpeg::ColorSpace as Cs;
+        let cmyk = match d.color_space() {
+            Cs::JCS_YCbCr | Cs::JCS_GRAYSCALE | Cs::JCS_RGB => false,
+            Cs::JCS_CMYK | Cs::JCS_YCCK => true,
+            _ => return None,
+        };
+        let (w, h) = (d.width(), d.height());
+        let max = image::Limits::default().max_alloc.unwrap_or(u64::MAX);
+        if w == 0 || h == 0 || (w as u64 * h as u64 * 3) > max {
+            return None;
+        }
+        let orientation = d
+            .markers()
+            .find_map(|m| m.data.strip_prefix(b"Exif\0\0"))
+            .and_then(image::metadata::Orientation::from_exif_chunk)
+            .unwrap_or(image::metadata::Orientation::NoTransforms);
+        Some((|| {
+            let px = if cmyk {
+                let mut s = d.to_colorspace(Cs::JCS_CMYK)?;
+                let mut px = vec![0u8; w * h * 4];
+                s.read_scanlines_into::<u8>(&mut px)?;
+                s.finish()?;
+                cmyk_to_rgb(&px)
+            } else {
+                let mut s = d.rgb()?;
+                let mut px = vec![0u8; w * h * 3];
+                s.read_scanlines_into::<u8>(&mut px)?;
+                s.finish()?;
+                px
+            };
+            let img = RgbImage::from_raw(w as u32, h as u32, px).expect("w * h * 3 bytes");
+            Ok::<_, std::io::Error>((img, orientation))
+        })())
+    });
+    let (img, orientation) = match run {
+        Ok(None) => return None,
+        Ok(Some(Ok(r))) => r,
+        Ok(Some(Err(e))) => return Some(Err(format!("libjpeg: {e}"))),
+        Err(p) => return Some(Err(format!("libjpeg: {}", fatal(p)))),
+    };
+    let mut img = image::DynamicImage::ImageRgb8(img);
+    img.apply_orientation(orientation);
+    Some(Ok(img.into_rgb8()))
+}
+
+/// RGB from a CMYK JPEG's samples as stored (Adobe's inverted convention; YCCK comes out of
+/// libjpeg the same way) by `cv2.imread`'s integer rule, R = K − ((255 − C)·K >> 8), so a print
+/// workflow's CMYK photograph gives the peer's pixels too.
+fn cmyk_to_rgb(cmyk: &[u8]) -> Vec<u8> {
+    let mut rgb = Vec::with_capacity(cmyk.len() / 4 * 3);
+    for p in cmyk.chunks_exact(4) {
+        let k = p[3] as u32;
+        rgb.extend(
+            p[..3]
+                .iter()
+                .map(|&c| (k - (((255 - c as u32) * k) >> 8)) as u8),
+        );
+    }
+    rgb
 }
 
 /// The largest image of an ICO file when it is stored as a PNG: the directory's entries
@@ -307,6 +403,10 @@ fn why(e: image::ImageError) -> String {
              (a decompression bomb, or a picture far larger than a model needs)",
             image::Limits::default().max_alloc.unwrap_or(0) >> 20
         ),
+        // (Float or 32-bit samples, unusual colour types: the file is fine, this decoder is not.)
+        image::ImageError::Unsupported(u) => {
+            format!("{u}; convert it to an 8- or 16-bit RGB or grayscale PNG, TIFF or JPEG")
+        }
         e => e.to_string(),
     }
 }
@@ -538,6 +638,34 @@ mod tests {
         jpeg[sof + 5..sof + 9].copy_from_slice(&[0xea, 0x60, 0xea, 0x60]); // 60000 x 60000
         let err = decode_rgb8(&jpeg).unwrap_err();
         assert!(err.contains("512 MiB allowed"), "{err}");
+    }
+
+    /// libjpeg's fatal errors come back as the file's error with libjpeg's message (it
+    /// unwinds through the C code; nothing may escape `decode_rgb8`), and damaged scan data
+    /// decodes as libjpeg, and cv2, decode it: with a warning, not silenced output for others.
+    #[test]
+    fn libjpeg_errors_name_the_problem() {
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+            .encode_image(&RgbImage::from_fn(16, 16, |x, y| {
+                image::Rgb([x as u8 * 9, y as u8 * 7, 99])
+            }))
+            .unwrap();
+        // DHT: FF C4, length (2), class and id (1), 16 counts: more codes than a table holds.
+        let dht = jpeg.windows(2).position(|m| m == [0xff, 0xc4]).unwrap();
+        let mut bad = jpeg.clone();
+        bad[dht + 5..dht + 21].fill(0xff);
+        let err = decode_rgb8(&bad).unwrap_err();
+        assert!(
+            err.starts_with("libjpeg: ") && err.contains("Huffman"),
+            "{err}"
+        );
+        // A flipped byte in the scan's data: decoded, the right size.
+        let sos = jpeg.windows(2).rposition(|m| m == [0xff, 0xda]).unwrap();
+        let mut flipped = jpeg.clone();
+        flipped[sos + 16] ^= 0x5a;
+        let img = decode_rgb8(&flipped).unwrap();
+        assert_eq!(img.dimensions(), (16, 16));
     }
 
     /// A file with an image's signature and a huge body is not read whole: a PNG is decoded

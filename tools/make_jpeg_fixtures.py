@@ -1,0 +1,83 @@
+"""JPEG decoding fixtures: small JPEGs of the kinds photographs come in, each beside the pixels
+`cv2.imread` gives (libjpeg-turbo, as in pytorch-grad-cam's examples; PIL decodes the same
+bits), so tests/jpeg.rs can check that `gradcam::image::load_rgb8` gives the peer's pixels.
+
+Writes tests/fixtures/jpeg/<name>.jpg and <name>.rgb.npy (values 0-255, height x width x 3, RGB,
+upright: cv2 applies the EXIF orientation; stored as f32). The arithmetic-coded copy needs `jpegtran`
+(Debian: libjpeg-turbo-progs); without it that case is left as it is.
+
+    .venv-tools/bin/python tools/make_jpeg_fixtures.py
+"""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "jpeg"
+
+
+def picture(w: int, h: int, seed: int) -> Image.Image:
+    """Smooth colour ramps and blobs (chroma that varies, as in photographs), a hard-edged
+    block (ringing, clamping) and a little noise."""
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    planes = []
+    for _ in range(3):
+        f = rng.uniform(-1, 1) * xx / w + rng.uniform(-1, 1) * yy / h
+        for _ in range(5):
+            cx, cy, s = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.1, 0.4) * max(w, h)
+            f += rng.uniform(-1.5, 1.5) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
+        f -= f.min()
+        f /= max(f.max(), 1e-12)
+        planes.append(f)
+    arr = np.stack(planes, -1) * 230 + 12 + rng.normal(0, 4, (h, w, 3))
+    x0, y0 = w // 4, h // 3
+    arr[y0 : y0 + h // 3, x0 : x0 + w // 3] = [250, 20, 40]
+    return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    base = picture(45, 31, 1)
+    cases = {
+        # (what, PIL save options): odd sizes so the last MCU is partial.
+        "s420": (base, dict(quality=90, subsampling="4:2:0")),
+        "s422_progressive": (base, dict(quality=85, subsampling="4:2:2", progressive=True)),
+        "s444": (picture(33, 40, 2), dict(quality=95, subsampling="4:4:4")),
+        "s420_restarts": (picture(50, 37, 3), dict(quality=80, subsampling="4:2:0", restart_marker_blocks=2)),
+        "gray": (picture(29, 23, 4).convert("L"), dict(quality=90)),
+        # Print workflows' CMYK (PIL writes Adobe's inverted samples, as Photoshop does).
+        "cmyk": (picture(31, 27, 6).convert("CMYK"), dict(quality=90)),
+    }
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90° clockwise to view, as phones write portrait photos
+    cases["s420_exif6"] = (picture(38, 26, 5), dict(quality=90, subsampling="4:2:0", exif=exif))
+    for name, (img, opts) in cases.items():
+        img.save(OUT / f"{name}.jpg", **opts)
+    jpegtran = shutil.which("jpegtran")
+    if jpegtran:
+        subprocess.run(
+            [jpegtran, "-arithmetic", "-outfile", str(OUT / "s420_arithmetic.jpg"), str(OUT / "s420.jpg")],
+            check=True,
+        )
+    else:
+        print("no jpegtran: s420_arithmetic.jpg left as it is", file=sys.stderr)
+    for path in sorted(OUT.glob("*.jpg")):
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        # PIL (libjpeg-turbo too) gives the same bits before the EXIF turn.
+        pil = np.asarray(Image.open(path).convert("RGB"))
+        if "exif" not in path.stem and "cmyk" not in path.stem:  # (PIL's CMYK → RGB differs)
+            assert np.array_equal(pil, rgb), path
+        np.save(OUT / f"{path.stem}.rgb.npy", rgb.astype(np.float32))  # (the tests read f32 .npy)
+        print(f"{path.name}: {rgb.shape[1]}x{rgb.shape[0]}, {path.stat().st_size} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
