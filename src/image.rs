@@ -331,13 +331,38 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
     // how to turn them; viewers, and `cv2.imread` in pytorch-grad-cam's examples, turn them
     // upright, so the model sees the picture the user sees. (Turned once in 8-bit RGB, the
     // smallest copy.)
-    let mut img = image::DynamicImage::ImageRgb8(img.to_rgb8());
+    let rgb = match format {
+        image::ImageFormat::Png => png16_to_rgb8(&img),
+        _ => None,
+    };
+    let mut img = image::DynamicImage::ImageRgb8(rgb.unwrap_or_else(|| img.to_rgb8()));
     img.apply_orientation(orientation);
     let img = img.into_rgb8();
     if img.width() == 0 || img.height() == 0 {
         return Err("the image is empty (0 pixels)".into());
     }
     Ok(img)
+}
+
+/// A 16-bit PNG in 8 bits as `cv2.imread` reads it (libpng's `png_set_strip_16`: the high
+/// byte, v >> 8; the `image` crate rounds v / 257, one level up on a quarter of the pixels);
+/// None for 8-bit images. (cv2 rounds 16-bit TIFFs as the `image` crate does.)
+fn png16_to_rgb8(img: &image::DynamicImage) -> Option<RgbImage> {
+    use image::DynamicImage as D;
+    let (w, h) = (img.width(), img.height());
+    let high = |v: u16| (v >> 8) as u8;
+    let px: Vec<u8> = match img {
+        D::ImageLuma16(b) => b.as_raw().iter().flat_map(|&v| [high(v); 3]).collect(),
+        D::ImageLumaA16(b) => (b.as_raw().chunks_exact(2))
+            .flat_map(|p| [high(p[0]); 3])
+            .collect(),
+        D::ImageRgb16(b) => b.as_raw().iter().map(|&v| high(v)).collect(),
+        D::ImageRgba16(b) => (b.as_raw().chunks_exact(4))
+            .flat_map(|p| [high(p[0]), high(p[1]), high(p[2])])
+            .collect(),
+        _ => return None,
+    };
+    RgbImage::from_raw(w, h, px)
 }
 
 /// Whether a JPEG's main image ends before its EOI marker: its segments are walked from the

@@ -132,25 +132,27 @@ fn batched_images_match_pytorch_grad_cam() {
     }
 }
 
-/// JPEGs decode to the pixels `cv2.imread` gives (libjpeg-turbo; pytorch-grad-cam's examples
-/// read images with it), bit for bit: tolerance 0. tests/fixtures/jpeg, made by
-/// tools/make_jpeg_fixtures.py: 4:2:0 (most photographs), 4:2:2 progressive, 4:4:4, restart
-/// markers, grayscale, CMYK, arithmetic coding, an EXIF orientation; odd sizes (partial MCUs).
+/// Images decode to the pixels `cv2.imread(path, cv2.IMREAD_COLOR)` gives (pytorch-grad-cam's
+/// examples read images with it), bit for bit: tolerance 0. tests/fixtures/decode, made by
+/// tools/make_decode_fixtures.py: JPEGs (libjpeg-turbo) 4:2:0 (most photographs), 4:2:2
+/// progressive, 4:4:4, restart markers, grayscale, CMYK, arithmetic coding, an EXIF
+/// orientation, odd sizes (partial MCUs); 16-bit PNGs (libpng keeps the high byte), RGB, gray
+/// and RGBA; a lossy WebP.
 #[test]
-fn jpegs_decode_to_cv2s_pixels() {
-    let dir = fixtures().join("jpeg");
-    let mut jpegs: Vec<PathBuf> = std::fs::read_dir(&dir)
+fn images_decode_to_cv2s_pixels() {
+    let dir = fixtures().join("decode");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .filter(|p| p.extension().is_some_and(|e| e != "npy"))
         .collect();
-    jpegs.sort();
-    assert_eq!(jpegs.len(), 8, "{jpegs:?}");
-    for jpg in jpegs {
-        let img = load_rgb8(&jpg).unwrap();
-        let (shape, want) = gradcam::npy::read_f32(&jpg.with_extension("rgb.npy")).unwrap();
+    files.sort();
+    assert_eq!(files.len(), 12, "{files:?}");
+    for file in files {
+        let img = load_rgb8(&file).unwrap();
+        let (shape, want) = gradcam::npy::read_f32(&file.with_extension("rgb.npy")).unwrap();
         let (h, w) = (img.height() as usize, img.width() as usize);
-        assert_eq!(shape, [h, w, 3], "{}", jpg.display());
+        assert_eq!(shape, [h, w, 3], "{}", file.display());
         let differ = (img.as_raw().iter().zip(&want))
             .filter(|&(&a, &b)| a as f32 != b)
             .count();
@@ -158,7 +160,7 @@ fn jpegs_decode_to_cv2s_pixels() {
             differ,
             0,
             "{}: {differ} of {} bytes differ",
-            jpg.display(),
+            file.display(),
             h * w * 3
         );
     }

@@ -1,12 +1,13 @@
-"""JPEG decoding fixtures: small JPEGs of the kinds photographs come in, each beside the pixels
-`cv2.imread` gives (libjpeg-turbo, as in pytorch-grad-cam's examples; PIL decodes the same
-bits), so tests/jpeg.rs can check that `gradcam::image::load_rgb8` gives the peer's pixels.
+"""Image decoding fixtures: small files of the kinds data sets come in (JPEGs above all), each
+beside the pixels `cv2.imread(path, cv2.IMREAD_COLOR)` gives (libjpeg-turbo and libpng, as in
+pytorch-grad-cam's examples; PIL decodes the same JPEG bits), so tests/parity.rs can check that
+`gradcam::image::load_rgb8` gives the peer's pixels.
 
-Writes tests/fixtures/jpeg/<name>.jpg and <name>.rgb.npy (values 0-255, height x width x 3, RGB,
-upright: cv2 applies the EXIF orientation; stored as f32). The arithmetic-coded copy needs `jpegtran`
-(Debian: libjpeg-turbo-progs); without it that case is left as it is.
+Writes tests/fixtures/decode/<name>.<ext> and <name>.rgb.npy (values 0-255, height x width x 3,
+RGB, upright: cv2 applies the EXIF orientation; stored as f32). The arithmetic-coded copy needs
+`jpegtran` (Debian: libjpeg-turbo-progs); without it that case is left as it is.
 
-    .venv-tools/bin/python tools/make_jpeg_fixtures.py
+    .venv-tools/bin/python tools/make_decode_fixtures.py
 """
 
 import shutil
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "jpeg"
+OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "decode"
 
 
 def picture(w: int, h: int, seed: int) -> Image.Image:
@@ -59,6 +60,12 @@ def main() -> int:
     cases["s420_exif6"] = (picture(38, 26, 5), dict(quality=90, subsampling="4:2:0", exif=exif))
     for name, (img, opts) in cases.items():
         img.save(OUT / f"{name}.jpg", **opts)
+    # 16-bit PNGs (scientific and medical sets): cv2 keeps the high byte of each sample.
+    deep = np.random.RandomState(7).randint(0, 65536, (19, 23, 4)).astype(np.uint16)
+    cv2.imwrite(str(OUT / "rgb16.png"), deep[..., :3])
+    cv2.imwrite(str(OUT / "gray16.png"), deep[..., 0])
+    cv2.imwrite(str(OUT / "rgba16.png"), deep)
+    picture(27, 21, 8).save(OUT / "lossy.webp", quality=80)
     jpegtran = shutil.which("jpegtran")
     if jpegtran:
         subprocess.run(
@@ -67,13 +74,13 @@ def main() -> int:
         )
     else:
         print("no jpegtran: s420_arithmetic.jpg left as it is", file=sys.stderr)
-    for path in sorted(OUT.glob("*.jpg")):
+    for path in sorted(p for p in OUT.iterdir() if not p.name.endswith(".npy")):
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        # PIL (libjpeg-turbo too) gives the same bits before the EXIF turn.
-        pil = np.asarray(Image.open(path).convert("RGB"))
-        if "exif" not in path.stem and "cmyk" not in path.stem:  # (PIL's CMYK → RGB differs)
-            assert np.array_equal(pil, rgb), path
+        # PIL (libjpeg-turbo too) gives the same JPEG bits before the EXIF turn. (Its CMYK →
+        # RGB differs, and it clips 16-bit samples.)
+        if path.suffix == ".jpg" and "exif" not in path.stem and "cmyk" not in path.stem:
+            assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), rgb), path
         np.save(OUT / f"{path.stem}.rgb.npy", rgb.astype(np.float32))  # (the tests read f32 .npy)
         print(f"{path.name}: {rgb.shape[1]}x{rgb.shape[0]}, {path.stat().st_size} bytes")
     return 0
