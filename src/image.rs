@@ -178,7 +178,7 @@ fn decode_bytes(
                 .into(),
         );
     }
-    if format == image::ImageFormat::Jpeg {
+    if format == image::ImageFormat::Jpeg && jpeg_by_libjpeg() {
         match decode_jpeg_libjpeg(bytes) {
             Some(Ok(img)) => return Ok(img),
             // What libjpeg refuses (12-bit, lossless, a header it finds damaged) the `image`
@@ -198,6 +198,14 @@ fn decode_bytes(
         },
         (r, _) => r,
     }
+}
+
+/// Whether JPEGs go through [`decode_jpeg_libjpeg`]: yes unless `GRADCAM_JPEG_DECODER=image`
+/// (the `image` crate's decoder: SIMD, faster on large photographs, but not cv2's pixels).
+fn jpeg_by_libjpeg() -> bool {
+    static LIBJPEG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LIBJPEG
+        .get_or_init(|| std::env::var("GRADCAM_JPEG_DECODER").map_or(true, |v| v.trim() != "image"))
 }
 
 /// Decodes a JPEG with libjpeg-turbo's decoder (the one inside mozjpeg, built from C by the
