@@ -56,7 +56,7 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
         },
     };
     f.rewind().map_err(|e| Error::io(path, e))?;
-    // A JPEG is read whole (its end marker is looked for: see `jpeg_truncated`), an ICO too
+    // A JPEG is read whole (its end marker and scans are looked for: see `jpeg_scans`), an ICO too
     // (see `ico_png`); every other format is decoded from the file as it is read, so a file
     // with a valid signature and gigabytes of anything after it fails at its first bad chunk,
     // not after being read.
@@ -168,15 +168,28 @@ fn decode_bytes(
         Some(f) => f,
         None => image::guess_format(bytes).map_err(|_| "not a recognised image format")?,
     };
-    // The JPEG decoder fills a file cut short with grey and says nothing: the network would
-    // explain a picture that is half missing.
-    if format == image::ImageFormat::Jpeg && jpeg_truncated(bytes) {
-        return Err(
-            "truncated JPEG: the file ends before the image's end marker (EOI), as an \
-             interrupted download or copy leaves it; the decoder would fill what is missing \
-             with grey"
-                .into(),
-        );
+    if format == image::ImageFormat::Jpeg {
+        match jpeg_scans(bytes) {
+            // The JPEG decoders fill a file cut short with grey and say nothing: the network
+            // would explain a picture that is half missing.
+            None => {
+                return Err(
+                    "truncated JPEG: the file ends before the image's end marker (EOI), as an \
+                     interrupted download or copy leaves it; the decoder would fill what is \
+                     missing with grey"
+                        .into(),
+                )
+            }
+            // Each scan of a progressive JPEG passes over the whole image, and the decoders
+            // take repeated scans with a warning: a small file of many would take minutes.
+            Some(n) if n > MAX_JPEG_SCANS => {
+                return Err(format!(
+                    "a JPEG of {n} scans: more than the {MAX_JPEG_SCANS} decoded (a progressive \
+                     JPEG has a few dozen at most), so it is damaged or made to stall decoders"
+                ))
+            }
+            Some(_) => {}
+        }
     }
     if format == image::ImageFormat::Jpeg && jpeg_by_libjpeg() {
         match decode_jpeg_libjpeg(bytes) {
@@ -373,15 +386,20 @@ fn png16_to_rgb8(img: &image::DynamicImage) -> Option<RgbImage> {
     RgbImage::from_raw(w, h, px)
 }
 
-/// Whether a JPEG's main image ends before its EOI marker: its segments are walked from the
-/// SOI (an embedded thumbnail lies inside a segment, skipped whole), each scan's
-/// entropy-coded data read up to the next marker that is not a restart or a stuffed 0xFF.
-/// Data after the EOI (a second picture, a phone's video) is not looked at. Bytes between
-/// segments are passed over as libjpeg does.
-fn jpeg_truncated(b: &[u8]) -> bool {
+/// The most scans a JPEG may have: libjpeg-turbo's documentation advises programs that decode
+/// untrusted files to limit them; encoders write a few dozen at most.
+const MAX_JPEG_SCANS: usize = 500;
+
+/// The number of scans of a JPEG's main image, None when it ends before its EOI marker: its
+/// segments are walked from the SOI (an embedded thumbnail lies inside a segment, skipped
+/// whole), each scan's entropy-coded data read up to the next marker that is not a restart or
+/// a stuffed 0xFF. Data after the EOI (a second picture, a phone's video) is not looked at.
+/// Bytes between segments are passed over as libjpeg does.
+fn jpeg_scans(b: &[u8]) -> Option<usize> {
     if !b.starts_with(&[0xFF, 0xD8]) {
-        return false;
+        return Some(0);
     }
+    let mut scans = 0;
     let mut i = 2;
     loop {
         // The next marker: 0xFF, fill bytes, the code.
@@ -391,34 +409,30 @@ fn jpeg_truncated(b: &[u8]) -> bool {
         while i < b.len() && b[i] == 0xFF {
             i += 1;
         }
-        let Some(&m) = b.get(i) else {
-            return true;
-        };
+        let &m = b.get(i)?;
         i += 1;
         match m {
-            0xD9 => return false,
+            0xD9 => return Some(scans),
             // Markers without a length (a stray stuffed byte counts as one).
             0x00 | 0x01 | 0xD0..=0xD7 => continue,
             _ => {}
         }
-        let Some(len) = b
+        let len = b
             .get(i..i + 2)
-            .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)
-        else {
-            return true;
-        };
+            .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)?;
         i += len;
         if i > b.len() {
-            return true;
+            return None;
         }
         if m == 0xDA {
+            scans += 1;
             // The scan's data: up to a marker, past stuffed zeros and restarts.
             loop {
                 while i < b.len() && b[i] != 0xFF {
                     i += 1;
                 }
                 match b.get(i + 1) {
-                    None => return true,
+                    None => return None,
                     Some(0x00 | 0xD0..=0xD7) => i += 2,
                     Some(0xFF) => i += 1,
                     Some(_) => break,
@@ -699,6 +713,26 @@ mod tests {
         flipped[sos + 16] ^= 0x5a;
         let img = decode_rgb8(&flipped).unwrap();
         assert_eq!(img.dimensions(), (16, 16));
+    }
+
+    /// A JPEG whose scans repeat past the limit is refused before decoding (libjpeg would
+    /// decode every repeat with a warning); the file it was made from decodes.
+    #[test]
+    fn jpegs_of_too_many_scans_are_refused() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decode");
+        let jpeg = std::fs::read(dir.join("s422_progressive.jpg")).unwrap();
+        assert!(decode_rgb8(&jpeg).is_ok());
+        assert!(jpeg_scans(&jpeg).is_some_and(|n| (2..=MAX_JPEG_SCANS).contains(&n)));
+        // The last scan (its header to the EOI), repeated.
+        let last = jpeg.windows(2).rposition(|m| m == [0xff, 0xda]).unwrap();
+        let eoi = jpeg.len() - 2;
+        let mut bad = jpeg[..eoi].to_vec();
+        for _ in 0..MAX_JPEG_SCANS {
+            bad.extend_from_slice(&jpeg[last..eoi]);
+        }
+        bad.extend_from_slice(&[0xff, 0xd9]);
+        let err = decode_rgb8(&bad).unwrap_err();
+        assert!(err.contains("scans") && err.contains("stall"), "{err}");
     }
 
     /// A file with an image's signature and a huge body is not read whole: a PNG is decoded
