@@ -352,10 +352,7 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
     // how to turn them; viewers, and `cv2.imread` in pytorch-grad-cam's examples, turn them
     // upright, so the model sees the picture the user sees. (Turned once in 8-bit RGB, the
     // smallest copy.)
-    let rgb = match format {
-        image::ImageFormat::Png => png16_to_rgb8(&img),
-        _ => None,
-    };
+    let rgb = high_bytes_as_cv2(&img, format);
     let mut img = image::DynamicImage::ImageRgb8(rgb.unwrap_or_else(|| img.to_rgb8()));
     img.apply_orientation(orientation);
     let img = img.into_rgb8();
@@ -365,11 +362,17 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
     Ok(img)
 }
 
-/// A 16-bit PNG in 8 bits as `cv2.imread` reads it (libpng's `png_set_strip_16`: the high
-/// byte, v >> 8; the `image` crate rounds v / 257, one level up on a quarter of the pixels);
-/// None for 8-bit images. (cv2 rounds 16-bit TIFFs as the `image` crate does.)
-fn png16_to_rgb8(img: &image::DynamicImage) -> Option<RgbImage> {
+/// A 16-bit image in 8 bits where `cv2.imread` keeps each sample's high byte, v >> 8, rather
+/// than rounding v / 257 as the `image` crate (one level apart on a quarter of the samples):
+/// every 16-bit PNG (libpng's `png_set_strip_16`) and a grayscale 16-bit TIFF (cv2 rounds
+/// colour ones as the `image` crate does). None where the `image` crate's rounding is cv2's.
+fn high_bytes_as_cv2(img: &image::DynamicImage, format: image::ImageFormat) -> Option<RgbImage> {
     use image::DynamicImage as D;
+    match (format, img) {
+        (image::ImageFormat::Png, _) => {}
+        (image::ImageFormat::Tiff, D::ImageLuma16(_) | D::ImageLumaA16(_)) => {}
+        _ => return None,
+    }
     let (w, h) = (img.width(), img.height());
     let high = |v: u16| (v >> 8) as u8;
     let px: Vec<u8> = match img {

@@ -1,5 +1,5 @@
 """Image decoding fixtures: small files of the kinds data sets come in (JPEGs above all), each
-beside the pixels `cv2.imread(path, cv2.IMREAD_COLOR)` gives (libjpeg-turbo and libpng, as in
+beside the pixels `cv2.imread(path, cv2.IMREAD_COLOR)` gives (libjpeg-turbo, libpng, libtiff, as in
 pytorch-grad-cam's examples; PIL decodes the same JPEG bits), so tests/parity.rs can check that
 `gradcam::image::load_rgb8` gives the peer's pixels.
 
@@ -65,6 +65,9 @@ def main() -> int:
     cv2.imwrite(str(OUT / "rgb16.png"), deep[..., :3])
     cv2.imwrite(str(OUT / "gray16.png"), deep[..., 0])
     cv2.imwrite(str(OUT / "rgba16.png"), deep)
+    # 16-bit TIFFs: cv2 keeps a grayscale one's high byte but rounds a colour one's.
+    cv2.imwrite(str(OUT / "gray16_tiff.tif"), deep[..., 1])
+    cv2.imwrite(str(OUT / "rgb16_tiff.tif"), deep[..., 1:])
     picture(27, 21, 8).save(OUT / "lossy.webp", quality=80)
     jpegtran = shutil.which("jpegtran")
     if jpegtran:
