@@ -23,7 +23,7 @@ use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Images per batch (default: 64 on a GPU; 8 on the CPU, 16 for models with 64 MB of
+    /// Images per batch (default: 64 on a GPU; 8 on the CPU, 32 for models with 64 MB of
     /// linear weights or more, as VGG)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     batch: Option<u32>,

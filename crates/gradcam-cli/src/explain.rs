@@ -136,7 +136,7 @@ pub struct ExplainArgs {
     /// (default: the model's own input size if its file says, else 224).
     #[arg(long, value_parser = parse_size)]
     size: Option<InputSize>,
-    /// Images per forward/backward pass (default: 64 on a GPU; 8 on the CPU, 16 for models
+    /// Images per forward/backward pass (default: 64 on a GPU; 8 on the CPU, 32 for models
     /// with 64 MB of linear weights or more, as VGG)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     batch: Option<u32>,
