@@ -6,6 +6,9 @@
 # .venv-tools/bin/pip install -r tools/requirements.txt) and a release build.
 #
 #   scripts/bench-compare.sh [N_IMAGES] [THREADS] [REPEATS]    → bench-out/results.txt
+#   BENCH_FORMAT=jpg BENCH_SIZE=500x375 scripts/bench-compare.sh ...   photographs' format and size
+# (every tool resizes to 224x224; the peers decode with cv2, gradcam with libjpeg-turbo's C code).
+# VGG16 also runs gradcam at its own default CPU batch (32), beside batch 8 for every tool.
 # Each command runs REPEATS times (default 3) in turn with the others; the median time and the
 # largest peak RSS are reported (this shared machine's speed drifts by ±10 % between runs).
 set -euo pipefail
@@ -16,13 +19,16 @@ repeats=${3:-3}
 py=.venv-tools/bin/python
 bin=target/release/gradcam
 work=bench-out
+fmt=${BENCH_FORMAT:-png} size=${BENCH_SIZE:-224}
+images=$work/images
+[ "$fmt/$size" = png/224 ] || images=$work/images-$fmt-$size
 mkdir -p "$work"
 [ -x "$bin" ] || cargo build --release
-[ -d "$work/images" ] || $py tools/make_bench_images.py "$work/images" "$n" >/dev/null
+[ -d "$images" ] || $py tools/make_bench_images.py "$images" "$n" --format "$fmt" --size "$size" >/dev/null
 export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads RAYON_NUM_THREADS=$threads
 results=$work/results.txt
 {
-  echo "# $(date -u +%F) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $threads threads, $n images 224x224, batch 8"
+  echo "# $(date -u +%F) $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $threads threads, $n $fmt images $size resized to 224x224, batch 8"
   echo "# median of $repeats runs; tool arch seconds images_per_s peak_rss_mb"
 } >"$results"
 
@@ -44,12 +50,15 @@ for spec in resnet50:layer4 vgg16:features.29; do
   model=$work/$arch.safetensors
   [ -f "$model" ] || $py tools/export_torchvision.py "$arch" "$model" --weights NONE --seed 0 >/dev/null
   rm -rf "$work/out-"*
-  timed gradcam-rs "$arch" $bin --threads "$threads" explain "$work/images" -m "$model" --layer "$layer" --batch 8 -o "$work/out-rs"
+  timed gradcam-rs "$arch" $bin --threads "$threads" explain "$images" -m "$model" --layer "$layer" --batch 8 -o "$work/out-rs"
+  if [ "$arch" = vgg16 ]; then
+    timed gradcam-rs-b32 "$arch" $bin --threads "$threads" explain "$images" -m "$model" --layer "$layer" -o "$work/out-rs"
+  fi
   # On a CPU with AVX-512, also without gradcam's AVX-512 GEMM (the gemm crate's AVX2 kernels).
   if grep -qw avx512f /proc/cpuinfo; then
-    timed gradcam-avx2 "$arch" env GRADCAM_AVX512=0 $bin --threads "$threads" explain "$work/images" -m "$model" --layer "$layer" --batch 8 -o "$work/out-rs"
+    timed gradcam-avx2 "$arch" env GRADCAM_AVX512=0 $bin --threads "$threads" explain "$images" -m "$model" --layer "$layer" --batch 8 -o "$work/out-rs"
   fi
   for tool in gradcam torchcam forward; do
-    timed "py-$tool" "$arch" $py tools/bench_peers.py --arch "$arch" --images "$work/images" --batch 8 --out "$work/out-$tool" --tool "$tool" --threads "$threads"
+    timed "py-$tool" "$arch" $py tools/bench_peers.py --arch "$arch" --images "$images" --batch 8 --out "$work/out-$tool" --tool "$tool" --threads "$threads"
   done
 done

@@ -197,6 +197,14 @@ step bench-resnet50-tf32-sess 90 $kit/gradcam bench --device cuda --precision tf
 # time; the NMF, the concepts' classes and the overlays on the host (96 images).
 step dff-resnet50-tf32 60 bash -c "time $kit/gradcam dff assets/demo/heldout --device cuda \
   --precision tf32 -m /tmp/resnet50.safetensors --size 224 -k 16 -o $work/dff-out"
+# A data set of photographs, whole process: 1024 JPEGs of 500x375 (ImageNet's size, 4:2:0)
+# decoded on the host (libjpeg-turbo's C code, rayon over the cores; the image crate's SIMD
+# decoder beside it), explained at 224 with maps and JSON only.
+step jpeg-set 60 python3 tools/make_bench_images.py /tmp/jpegs 1024 --size 500x375 --format jpg
+for d in libjpeg image; do
+  step explain-jpegs-$d 60 bash -c "GRADCAM_JPEG_DECODER=$d $kit/gradcam explain /tmp/jpegs \
+    --device cuda --precision tf32 -m /tmp/resnet50.safetensors --outputs cam,json -o /tmp/jpeg-out-$d 2>&1 | tail -2"
+done
 # Tile sizes forced, per layer in the profile (TILES=1; what the 64/128 rule was fitted on).
 if [ "${TILES:-0}" = 1 ]; then
   for p in tf32 bf16; do for t in 64 128; do
@@ -209,4 +217,5 @@ if [ "${TILES:-0}" = 1 ]; then
 fi
 grep -H "images/s\|peak device" "$work"/bench-*.txt | sed 's|.*/bench-||; s|\.txt:| |' | tee -a "$sum"
 grep -h "tool=" "$work"/peers-*.txt 2>/dev/null | tee -a "$sum"
+grep -H "explained" "$work"/explain-jpegs-*.txt 2>/dev/null | sed 's|.*/||' | tee -a "$sum"
 tar czf "$out/logs.tgz" -C "$work" .

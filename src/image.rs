@@ -282,8 +282,15 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Option<std::result::Result<RgbImage, Str
     let (img, orientation) = match run {
         Ok(None) => return None,
         Ok(Some(Ok(r))) => r,
-        Ok(Some(Err(e))) => return Some(Err(format!("libjpeg: {e}"))),
-        Err(p) => return Some(Err(format!("libjpeg: {}", fatal(p)))),
+        Ok(Some(Err(e))) => {
+            return Some(Err(format!("damaged or unsupported JPEG (libjpeg: {e})")))
+        }
+        Err(p) => {
+            return Some(Err(format!(
+                "damaged or unsupported JPEG (libjpeg: {})",
+                fatal(p)
+            )))
+        }
     };
     let mut img = image::DynamicImage::ImageRgb8(img);
     img.apply_orientation(orientation);
@@ -707,7 +714,7 @@ mod tests {
         bad[dht + 5..dht + 21].fill(0xff);
         let err = decode_rgb8(&bad).unwrap_err();
         assert!(
-            err.starts_with("libjpeg: ") && err.contains("Huffman"),
+            err.starts_with("damaged or unsupported JPEG (libjpeg: ") && err.contains("Huffman"),
             "{err}"
         );
         // A flipped byte in the scan's data: decoded, the right size.

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Write N deterministic RGB PNGs for benchmarks.
+"""Write N deterministic RGB PNGs (or JPEGs) for benchmarks.
 
-    python tools/make_bench_images.py OUTDIR N [--size 224 | --size 320x240] [--seed 0]
+    python tools/make_bench_images.py OUTDIR N [--size 224 | --size 320x240] [--seed 0] [--format png|jpg]
 
-Files are named img_0000.png, img_0001.png, ...; image i depends only on
+Files are named img_0000.png, img_0001.png, ... (.jpg: 4:2:0 at quality 90, as cameras and
+ImageNet store photographs); image i depends only on
 (seed, i, size), so growing N keeps the earlier files identical.
 Content: smooth colour fields (upsampled low-resolution noise) with a few
 hard-edged rectangles and a little pixel noise, so neither resizing nor PNG
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=parse_size, default=(224, 224),
                         help="S or WxH (default 224)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--format", choices=["png", "jpg"], default="png")
     args = parser.parse_args(argv)
     if args.n < 0:
         parser.error("N must be >= 0")
@@ -62,8 +64,9 @@ def main(argv=None) -> int:
     width, height = args.size
     for i in range(args.n):
         rgb = make_image(args.seed, i, width, height)
-        path = args.outdir / f"img_{i:04d}.png"
-        if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        path = args.outdir / f"img_{i:04d}.{args.format}"
+        params = [cv2.IMWRITE_JPEG_QUALITY, 90] if args.format == "jpg" else []
+        if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
             print(f"error: could not write {path}", file=sys.stderr)
             return 1
     print(f"wrote {args.n} images of {width}x{height} to {args.outdir}")
