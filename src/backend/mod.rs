@@ -212,6 +212,12 @@ pub trait Backend: Send + Sync {
         self.default_batch()
     }
 
+    /// Whether activations live in host memory (the CPU), where a batch of large images must
+    /// be cut to fit it; a GPU splits a batch that does not fit its own memory itself.
+    fn host_activations(&self) -> bool {
+        false
+    }
+
     /// How far `gradcam selftest` lets this backend's results lie from the naive f32 ops,
     /// relative to (1 + max |reference|).
     fn selftest_tolerance(&self) -> f32 {

@@ -225,8 +225,20 @@ impl Graph {
         }
     }
 
-    /// Output shape of every node for an input of `input` = [N, C, H, W], or an error naming
-    /// the first layer the input is too small for.
+    /// The most bytes one layer of one image's forward pass at `hw` reads and writes (its
+    /// inputs and its output, f32): what a batch's memory on the CPU grows by per image. (A
+    /// layer's scratch space is bounded apart from the batch.)
+    pub fn largest_layer_bytes(&self, (h, w): (usize, usize)) -> Result<u64> {
+        let shapes = self.shapes(&[1, self.in_channels, h, w])?;
+        let bytes = |s: &Vec<usize>| 4 * s.iter().product::<usize>() as u64;
+        Ok((self.nodes.iter().zip(&shapes))
+            .map(|(node, out)| {
+                bytes(out) + node.inputs.iter().map(|&j| bytes(&shapes[j])).sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0))
+    }
+
     /// Multiply-adds ×2 of one image's forward pass at `hw` (convolutions and linear layers;
     /// the elementwise ops are left out): the floor benchmarks are held against. torchvision's
     /// "GFLOPS" column counts multiply-adds, half of this.
@@ -251,6 +263,8 @@ impl Graph {
             .sum())
     }
 
+    /// Output shape of every node for an input of `input` = [N, C, H, W], or an error naming
+    /// the first layer the input is too small for.
     pub fn shapes(&self, input: &[usize]) -> Result<Vec<Vec<usize>>> {
         if input.len() != 4 || input[1] != self.in_channels {
             return Err(Error::BadInput {

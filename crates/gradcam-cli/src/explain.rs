@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use serde_json::json;
 
 use crate::classes::Classes;
+use crate::pass_size::PassSizes;
 use crate::summary::{self, Summary};
 use crate::{input_size, inputs, load_network, parse_size, resume, ModelArgs};
 
@@ -526,10 +527,9 @@ fn explain_all<B: Backend>(
     let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<Job>, GroupOut)>(1);
     // A rendezvous: one chunk decoded ahead at most (full-size photographs are large).
     let (dtx, drx) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(0);
-    let chunks: Vec<Vec<usize>> = todo
-        .chunks(a.batch.map_or(net.default_batch(), |b| b as usize))
-        .map(<[usize]>::to_vec)
-        .collect();
+    let batch = a.batch.map_or(net.default_batch(), |b| b as usize);
+    let memory = inputs::memory_bytes();
+    let chunks: Vec<Vec<usize>> = todo.chunks(batch).map(<[usize]>::to_vec).collect();
     let backend = net.backend().name();
     let meta = Meta {
         backend: &backend,
@@ -634,9 +634,16 @@ fn explain_all<B: Backend>(
                 }
             }
         });
+        // On the CPU a pass's activations are in host memory: large input sizes go through
+        // fewer images at a time, and an image one pass of which would not fit is refused.
+        let mut passes = PassSizes::new(graph, net.backend().host_activations(), memory, batch);
         'chunks: for decoded in drx {
             let mut jobs = Vec::new();
             for d in decoded {
+                let d = d.and_then(|j| match passes.too_large(size.for_image(&j.image)) {
+                    Some(why) => Err((j.index, j.path, why)),
+                    None => Ok(j),
+                });
                 match d {
                     Ok(j) => jobs.push(j),
                     Err((i, path, why)) => {
@@ -656,10 +663,15 @@ fn explain_all<B: Backend>(
                     None => groups.push((hw, vec![j])),
                 }
             }
-            for (_, group) in groups {
-                let out = explain_group(net, &group, &cfg, &mut timings);
-                if tx.send((group, out)).is_err() {
-                    break 'chunks; // the writer is gone (it panicked): join reports it
+            for (hw, mut group) in groups {
+                let per_pass = passes.images_per_pass(hw);
+                while !group.is_empty() {
+                    let rest = group.split_off(per_pass.min(group.len()));
+                    let out = explain_group(net, &group, &cfg, &mut timings);
+                    if tx.send((group, out)).is_err() {
+                        break 'chunks; // the writer is gone (it panicked): join reports it
+                    }
+                    group = rest;
                 }
             }
         }

@@ -87,8 +87,18 @@ pub fn canonical(p: &Path) -> PathBuf {
 /// about four times their bytes, and up to four chunks are in flight), at least 256 MiB; no
 /// limit where that memory is unknown.
 pub fn decode_budget_bytes() -> u64 {
+    decode_budget(memory_bytes())
+}
+
+fn decode_budget(memory: Option<u64>) -> u64 {
+    memory.map_or(u64::MAX, |m| (m / 32).max(256 << 20))
+}
+
+/// This machine's memory, or its container's limit where that is lower; None where neither
+/// can be read.
+pub fn memory_bytes() -> Option<u64> {
     let read = |p: &str| std::fs::read_to_string(p).ok();
-    budget_from(
+    memory_from(
         read("/proc/meminfo").as_deref(),
         read("/sys/fs/cgroup/memory.max")
             .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
@@ -96,20 +106,19 @@ pub fn decode_budget_bytes() -> u64 {
     )
 }
 
-/// [`decode_budget_bytes`] from `/proc/meminfo` and a container's memory limit (cgroup v2's
+/// [`memory_bytes`] from `/proc/meminfo` and a container's memory limit (cgroup v2's
 /// `memory.max`, `max` when there is none, or v1's `memory.limit_in_bytes`).
-fn budget_from(meminfo: Option<&str>, cgroup: Option<&str>) -> u64 {
+fn memory_from(meminfo: Option<&str>, cgroup: Option<&str>) -> Option<u64> {
     let total = meminfo.and_then(|m| {
         let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
     });
     let limit = cgroup.and_then(|c| c.trim().parse::<u64>().ok());
-    let memory = match (total, limit) {
+    match (total, limit) {
         (Some(t), Some(l)) => Some(t.min(l)),
         (t, l) => t.or(l),
-    };
-    memory.map_or(u64::MAX, |m| (m / 32).max(256 << 20))
+    }
 }
 
 /// Cuts a run of files (`sizes`: their decoded bytes) into consecutive ranges of at most
@@ -218,14 +227,23 @@ mod tests {
         assert_eq!(split_by_bytes(&[u64::MAX, 5], u64::MAX), vec![0..2]);
         // A 32nd of the memory, the container's limit when lower, at least 256 MiB.
         let meminfo = "MemTotal:       25165824 kB\nMemFree: 1 kB\n";
-        assert_eq!(budget_from(Some(meminfo), None), (24 << 30) / 32);
-        assert_eq!(budget_from(Some(meminfo), Some("max\n")), (24 << 30) / 32);
         assert_eq!(
-            budget_from(Some(meminfo), Some("17179869184\n")),
+            decode_budget(memory_from(Some(meminfo), None)),
+            (24 << 30) / 32
+        );
+        assert_eq!(
+            decode_budget(memory_from(Some(meminfo), Some("max\n"))),
+            (24 << 30) / 32
+        );
+        assert_eq!(
+            decode_budget(memory_from(Some(meminfo), Some("17179869184\n"))),
             (16 << 30) / 32
         );
-        assert_eq!(budget_from(Some(meminfo), Some("1073741824")), 256 << 20);
-        assert_eq!(budget_from(None, None), u64::MAX);
+        assert_eq!(
+            decode_budget(memory_from(Some(meminfo), Some("1073741824"))),
+            256 << 20
+        );
+        assert_eq!(decode_budget(memory_from(None, None)), u64::MAX);
     }
 
     /// A folder walk takes image files by extension in sorted order, skips hidden entries,

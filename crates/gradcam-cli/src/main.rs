@@ -20,6 +20,7 @@ mod explain;
 mod inputs;
 mod layers;
 mod mean_maps;
+mod pass_size;
 mod resume;
 mod selftest;
 mod summarize;

@@ -66,6 +66,9 @@ impl Backend for CpuBackend {
             self.default_batch()
         }
     }
+    fn host_activations(&self) -> bool {
+        true
+    }
     fn image_major(&self) -> bool {
         // `GRADCAM_IMAGE_MAJOR=0` runs every layer over the whole batch, for comparisons.
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
