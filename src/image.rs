@@ -168,8 +168,9 @@ fn decode_bytes(
         Some(f) => f,
         None => image::guess_format(bytes).map_err(|_| "not a recognised image format")?,
     };
+    let mut scans = 0;
     if format == image::ImageFormat::Jpeg {
-        match jpeg_scans(bytes) {
+        scans = match jpeg_scans(bytes) {
             // The JPEG decoders fill a file cut short with grey and say nothing: the network
             // would explain a picture that is half missing.
             None => {
@@ -188,15 +189,16 @@ fn decode_bytes(
                      JPEG has a few dozen at most), so it is damaged or made to stall decoders"
                 ))
             }
-            Some(_) => {}
-        }
+            Some(n) => n,
+        };
     }
     if format == image::ImageFormat::Jpeg && jpeg_by_libjpeg() {
-        match decode_jpeg_libjpeg(bytes) {
+        match decode_jpeg_libjpeg(bytes, scans > 1) {
             Some(Ok(img)) => return Ok(img),
+            Some(Err(JpegError::TooLarge(e))) => return Err(e),
             // What libjpeg refuses (12-bit, lossless, a header it finds damaged) the `image`
             // crate may still read; when it cannot either, libjpeg's message says more.
-            Some(Err(e)) => {
+            Some(Err(JpegError::Libjpeg(e))) => {
                 return decode_unguarded(std::io::Cursor::new(bytes), format).map_err(|_| e)
             }
             None => {}
@@ -230,7 +232,10 @@ fn jpeg_by_libjpeg() -> bool {
 ///
 /// None for what is left to the `image` crate: a colour space other than YCbCr, grayscale,
 /// RGB, CMYK and YCCK, and images past the decoding limit (refused there, naming it).
-fn decode_jpeg_libjpeg(bytes: &[u8]) -> Option<std::result::Result<RgbImage, String>> {
+fn decode_jpeg_libjpeg(
+    bytes: &[u8],
+    multi_scan: bool,
+) -> Option<std::result::Result<RgbImage, JpegError>> {
     // libjpeg reports a fatal error by unwinding with its message (`mozjpeg`'s error manager;
     // warnings are silenced, and a truncated file was refused before).
     let fatal = |p: Box<dyn std::any::Any + Send>| {
@@ -243,7 +248,7 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Option<std::result::Result<RgbImage, Str
         let d = match mozjpeg::Decompress::with_markers(&[mozjpeg::Marker::APP(1)]).from_mem(bytes)
         {
             Ok(d) => d,
-            Err(e) => return Some(Err(e)),
+            Err(e) => return Some(Err(JpegError::Libjpeg(e.to_string()))),
         };
         use mozjpeg::ColorSpace as Cs;
         let cmyk = match d.color_space() {
@@ -256,45 +261,76 @@ fn decode_jpeg_libjpeg(bytes: &[u8]) -> Option<std::result::Result<RgbImage, Str
         if w == 0 || h == 0 || (w as u64 * h as u64 * 3) > max {
             return None;
         }
+        // Its working memory: the pixels (CMYK's four bytes before the three of RGB) and, for
+        // a progressive or multi-scan file, every block's coefficients (2 bytes a sample)
+        // held until the last scan: at most twice the pixels' allowance.
+        let pixels = w as u64 * h as u64 * if cmyk { 7 } else { 3 };
+        let coefficients: u64 = match multi_scan {
+            true => (d.components().iter())
+                .map(|c| c.width_in_blocks as u64 * c.height_in_blocks as u64 * 128)
+                .sum(),
+            false => 0,
+        };
+        if pixels + coefficients > 2 * max {
+            return Some(Err(JpegError::TooLarge(format!(
+                "decoding this {w}×{h} JPEG would take {} MiB ({} of them its progressive \
+                 scans' coefficients), more than the {} MiB allowed for one JPEG's decoding \
+                 (a decompression bomb, or a picture far larger than a model needs)",
+                (pixels + coefficients) >> 20,
+                coefficients >> 20,
+                (2 * max) >> 20
+            ))));
+        }
         let orientation = d
             .markers()
             .find_map(|m| m.data.strip_prefix(b"Exif\0\0"))
             .and_then(image::metadata::Orientation::from_exif_chunk)
             .unwrap_or(image::metadata::Orientation::NoTransforms);
-        Some((|| {
-            let px = if cmyk {
-                let mut s = d.to_colorspace(Cs::JCS_CMYK)?;
-                let mut px = vec![0u8; w * h * 4];
-                s.read_scanlines_into::<u8>(&mut px)?;
-                s.finish()?;
-                cmyk_to_rgb(&px)
-            } else {
-                let mut s = d.rgb()?;
-                let mut px = vec![0u8; w * h * 3];
-                s.read_scanlines_into::<u8>(&mut px)?;
-                s.finish()?;
-                px
-            };
-            let img = RgbImage::from_raw(w as u32, h as u32, px).expect("w * h * 3 bytes");
-            Ok::<_, std::io::Error>((img, orientation))
-        })())
+        Some(
+            (|| {
+                let px = if cmyk {
+                    let mut s = d.to_colorspace(Cs::JCS_CMYK)?;
+                    let mut px = vec![0u8; w * h * 4];
+                    s.read_scanlines_into::<u8>(&mut px)?;
+                    s.finish()?;
+                    cmyk_to_rgb(&px)
+                } else {
+                    let mut s = d.rgb()?;
+                    let mut px = vec![0u8; w * h * 3];
+                    s.read_scanlines_into::<u8>(&mut px)?;
+                    s.finish()?;
+                    px
+                };
+                let img = RgbImage::from_raw(w as u32, h as u32, px).expect("w * h * 3 bytes");
+                Ok::<_, std::io::Error>((img, orientation))
+            })()
+            .map_err(|e| JpegError::Libjpeg(e.to_string())),
+        )
     });
     let (img, orientation) = match run {
         Ok(None) => return None,
         Ok(Some(Ok(r))) => r,
-        Ok(Some(Err(e))) => {
-            return Some(Err(format!("damaged or unsupported JPEG (libjpeg: {e})")))
+        Ok(Some(Err(JpegError::Libjpeg(e)))) => {
+            let why = format!("damaged or unsupported JPEG (libjpeg: {e})");
+            return Some(Err(JpegError::Libjpeg(why)));
         }
+        Ok(Some(Err(e))) => return Some(Err(e)),
         Err(p) => {
-            return Some(Err(format!(
-                "damaged or unsupported JPEG (libjpeg: {})",
-                fatal(p)
-            )))
+            let why = format!("damaged or unsupported JPEG (libjpeg: {})", fatal(p));
+            return Some(Err(JpegError::Libjpeg(why)));
         }
     };
     let mut img = image::DynamicImage::ImageRgb8(img);
     img.apply_orientation(orientation);
     Some(Ok(img.into_rgb8()))
+}
+
+/// Why [`decode_jpeg_libjpeg`] gave no image.
+enum JpegError {
+    /// libjpeg's message: the `image` crate's decoder is tried next.
+    Libjpeg(String),
+    /// Past the memory allowed for decoding: refused outright.
+    TooLarge(String),
 }
 
 /// RGB from a CMYK JPEG's samples as stored (Adobe's inverted convention; YCCK comes out of
@@ -382,17 +418,17 @@ fn high_bytes_as_cv2(img: &image::DynamicImage, format: image::ImageFormat) -> O
     }
     let (w, h) = (img.width(), img.height());
     let high = |v: u16| (v >> 8) as u8;
-    let px: Vec<u8> = match img {
-        D::ImageLuma16(b) => b.as_raw().iter().flat_map(|&v| [high(v); 3]).collect(),
-        D::ImageLumaA16(b) => (b.as_raw().chunks_exact(2))
-            .flat_map(|p| [high(p[0]); 3])
-            .collect(),
-        D::ImageRgb16(b) => b.as_raw().iter().map(|&v| high(v)).collect(),
-        D::ImageRgba16(b) => (b.as_raw().chunks_exact(4))
-            .flat_map(|p| [high(p[0]), high(p[1]), high(p[2])])
-            .collect(),
+    // (Each sample's high byte, per pixel: gray replicated, alpha dropped.)
+    let mut px = Vec::with_capacity(w as usize * h as usize * 3);
+    match img {
+        D::ImageLuma16(b) => px.extend(b.as_raw().iter().flat_map(|&v| [high(v); 3])),
+        D::ImageLumaA16(b) => px.extend(b.as_raw().chunks_exact(2).flat_map(|p| [high(p[0]); 3])),
+        D::ImageRgb16(b) => px.extend(b.as_raw().iter().map(|&v| high(v))),
+        D::ImageRgba16(b) => px.extend(
+            (b.as_raw().chunks_exact(4)).flat_map(|p| [high(p[0]), high(p[1]), high(p[2])]),
+        ),
         _ => return None,
-    };
+    }
     RgbImage::from_raw(w, h, px)
 }
 
@@ -743,6 +779,23 @@ mod tests {
         bad.extend_from_slice(&[0xff, 0xd9]);
         let err = decode_rgb8(&bad).unwrap_err();
         assert!(err.contains("scans") && err.contains("stall"), "{err}");
+    }
+
+    /// A progressive JPEG whose pixels fit the limit but whose coefficients, held until the
+    /// last scan, take it past twice that is refused before libjpeg allocates them.
+    #[test]
+    fn progressive_jpegs_count_their_coefficients() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decode");
+        let mut jpeg = std::fs::read(dir.join("s422_progressive.jpg")).unwrap();
+        // SOF2: FF C2, length (2), precision (1), height (2), width (2): 13000 × 12500, 4:2:2,
+        // 3 bytes a pixel (487 MB) and 4 of coefficients.
+        let sof = jpeg.windows(2).position(|m| m == [0xff, 0xc2]).unwrap();
+        jpeg[sof + 5..sof + 9].copy_from_slice(&[0x30, 0xd4, 0x32, 0xc8]);
+        let err = decode_rgb8(&jpeg).unwrap_err();
+        assert!(
+            err.contains("coefficients") && err.contains("1024 MiB allowed"),
+            "{err}"
+        );
     }
 
     /// A file with an image's signature and a huge body is not read whole: a PNG is decoded

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use serde_json::json;
 
 use crate::classes::Classes;
-use crate::pass_size::PassSizes;
+use crate::pass_size::{method_copies, PassSizes};
 use crate::summary::{self, Summary};
 use crate::{input_size, inputs, load_network, parse_size, resume, ModelArgs};
 
@@ -138,7 +138,8 @@ pub struct ExplainArgs {
     #[arg(long, value_parser = parse_size)]
     size: Option<InputSize>,
     /// Images per forward/backward pass (default: 64 on a GPU; 8 on the CPU, 32 for models
-    /// with 64 MB of linear weights or more, as VGG)
+    /// with 64 MB of linear weights or more, as VGG; on the CPU fewer where large inputs
+    /// would not fit the memory)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     batch: Option<u32>,
     /// Output folder (created if missing).
@@ -636,7 +637,14 @@ fn explain_all<B: Backend>(
         });
         // On the CPU a pass's activations are in host memory: large input sizes go through
         // fewer images at a time, and an image one pass of which would not fit is refused.
-        let mut passes = PassSizes::new(graph, net.backend().host_activations(), memory, batch);
+        let score = matches!(a.method, Method::ScoreCam | Method::AblationCam) || a.sess;
+        let copies = method_copies(
+            score.then(|| a.score_batch.unwrap_or(32) as usize),
+            a.aug_smooth,
+            a.guided || a.method == Method::FullGrad,
+        );
+        let host = net.backend().host_activations();
+        let mut passes = PassSizes::new(graph, copies, host, memory, batch);
         'chunks: for decoded in drx {
             let mut jobs = Vec::new();
             for d in decoded {

@@ -29,6 +29,7 @@ pub fn images_per_pass(per_image: u64, memory: Option<u64>, threads: usize, batc
 /// memory; elsewhere every size passes a whole batch.
 pub struct PassSizes<'a> {
     graph: &'a Graph,
+    copies: Copies,
     host: bool,
     memory: Option<u64>,
     threads: usize,
@@ -37,11 +38,20 @@ pub struct PassSizes<'a> {
 }
 
 impl<'a> PassSizes<'a> {
-    pub fn new(graph: &'a Graph, host: bool, memory: Option<u64>, batch: usize) -> Self {
+    /// `copies`: how many copies of one image's activations its method holds at once
+    /// ([`method_copies`]).
+    pub fn new(
+        graph: &'a Graph,
+        copies: Copies,
+        host: bool,
+        memory: Option<u64>,
+        batch: usize,
+    ) -> Self {
         let threads = rayon::current_num_threads();
         let bytes = HashMap::new();
         PassSizes {
             graph,
+            copies,
             host,
             memory,
             threads,
@@ -50,17 +60,18 @@ impl<'a> PassSizes<'a> {
         }
     }
 
-    /// The largest layer's bytes for one image at `hw`; None off the host or where the graph
-    /// cannot take the size (the pass then says why).
+    /// The largest layer's bytes for one image at `hw`, its method's copies per image
+    /// included; None off the host or where the graph cannot take the size (the pass then
+    /// says why).
     fn per_image(&mut self, hw: (usize, usize)) -> Option<u64> {
         if !self.host {
             return None;
         }
-        let graph = self.graph;
-        *self
-            .bytes
-            .entry(hw)
-            .or_insert_with(|| graph.largest_layer_bytes(hw).ok())
+        let (graph, copies) = (self.graph, self.copies.per_image.max(1));
+        *self.bytes.entry(hw).or_insert_with(|| {
+            let one = graph.largest_layer_bytes(hw).ok()?;
+            Some(one.saturating_mul(copies))
+        })
     }
 
     pub fn images_per_pass(&mut self, hw: (usize, usize)) -> usize {
@@ -73,20 +84,50 @@ impl<'a> PassSizes<'a> {
     /// Why an image of input size `hw` cannot be explained here: one layer of its pass would
     /// take more than half the memory.
     pub fn too_large(&mut self, hw: (usize, usize)) -> Option<String> {
-        let (per, memory) = (self.per_image(hw)?, self.memory?);
+        let (one, memory) = (self.per_image(hw)?, self.memory?);
+        let copies = self.copies.per_image.max(1) * self.copies.per_pass.max(1);
+        let per = one.saturating_mul(self.copies.per_pass.max(1));
         (per > memory / 2).then(|| {
             let gb = |b: u64| b as f64 / 1e9;
             format!(
                 "at {}×{} the network's largest layer alone takes {:.1} GB (its input and \
-                 output), more than half of this machine's {:.1} GB: explain it at a fixed \
-                 size (--size 224, or a larger S)",
+                 output{}), more than half of this machine's {:.1} GB: explain it at a smaller \
+                 --size (224 by default){}",
                 hw.1,
                 hw.0,
                 gb(per),
-                gb(memory)
+                match copies {
+                    1 => String::new(),
+                    c => format!(", for the {c} copies the method holds at once"),
+                },
+                gb(memory),
+                match self.copies.per_pass {
+                    0 | 1 => "",
+                    _ => ", or with fewer copies (--score-batch)",
+                }
             )
         })
     }
+}
+
+/// Copies of one image's activations a method holds at once: (per image of the pass, per
+/// pass). Per image: aug_smooth's six transformed copies; guided backpropagation and FullGrad
+/// keep a layer's worth more per block (counted twice). Per pass, whatever its images: the
+/// masked images (Score-CAM, Ablation-CAM) or windows (SESS) run `--score-batch` at a time.
+pub fn method_copies(score_batch: Option<usize>, aug_smooth: bool, keeps_layers: bool) -> Copies {
+    let per_image = if aug_smooth { 6 } else { 1 } * if keeps_layers { 2 } else { 1 };
+    let per_pass = score_batch.unwrap_or(1).max(1) as u64;
+    Copies {
+        per_image,
+        per_pass,
+    }
+}
+
+/// See [`method_copies`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Copies {
+    pub per_image: u64,
+    pub per_pass: u64,
 }
 
 #[cfg(test)]
@@ -112,7 +153,7 @@ mod tests {
     /// VGG11 at a sixteenth of its width: its largest layer is the ReLU after the first conv
     /// (4 channels in and out at the input's size; counted as if not in place); a 4000×4000
     /// image's (512 MB) is refused with 512 MiB of memory, not with 2 GiB; off the host
-    /// nothing is cut or refused.
+    /// nothing is cut or refused; a method's copies count.
     #[test]
     fn sizes_follow_the_largest_layer() {
         let dir = tempfile::tempdir().unwrap();
@@ -125,16 +166,38 @@ mod tests {
             (4 + 4) * 100 * 100 * 4
         );
         let mib = 1u64 << 20;
-        let mut small = PassSizes::new(&graph, true, Some(512 * mib), 8);
+        let one = method_copies(None, false, false);
+        let mut small = PassSizes::new(&graph, one, true, Some(512 * mib), 8);
         assert!(small.too_large((224, 224)).is_none());
         let why = small.too_large((4000, 4000)).unwrap();
         assert!(why.contains("4000×4000") && why.contains("0.5 GB"), "{why}");
-        let mut large = PassSizes::new(&graph, true, Some(2048 * mib), 8);
+        let mut large = PassSizes::new(&graph, one, true, Some(2048 * mib), 8);
         assert!(large.too_large((4000, 4000)).is_none());
         assert_eq!(large.images_per_pass((4000, 4000)), 1);
         assert_eq!(large.images_per_pass((224, 224)), 8);
-        let mut gpu = PassSizes::new(&graph, false, Some(512 * mib), 8);
+        let mut gpu = PassSizes::new(&graph, one, false, Some(512 * mib), 8);
         assert!(gpu.too_large((4000, 4000)).is_none());
         assert_eq!(gpu.images_per_pass((4000, 4000)), 8);
+        // Score-CAM's 32 masked copies of a 1200×1200 image: 32 × 46 MB, past 1 GiB.
+        let copies = method_copies(Some(32), false, false);
+        let mut score = PassSizes::new(&graph, copies, true, Some(2048 * mib), 8);
+        let why = score.too_large((1200, 1200)).unwrap();
+        assert!(
+            why.contains("32 copies") && why.contains("--score-batch"),
+            "{why}"
+        );
+        assert!(large.too_large((1200, 1200)).is_none());
+        assert_eq!(score.images_per_pass((224, 224)), 8);
+        let both = method_copies(None, true, true);
+        assert_eq!((both.per_image, both.per_pass), (12, 1));
+        // aug_smooth with guided backpropagation: 12 × 32 MB for a 1000×1000 image.
+        let mut aug = PassSizes::new(&graph, both, true, Some(512 * mib), 8);
+        let why = aug.too_large((1000, 1000)).unwrap();
+        assert!(
+            why.contains("12 copies") && !why.contains("--score-batch"),
+            "{why}"
+        );
+        assert!(small.too_large((1000, 1000)).is_none());
+        assert_eq!(method_copies(Some(0), false, false), one);
     }
 }
