@@ -217,7 +217,7 @@ fn decode_bytes(
 
 /// Whether JPEGs go through [`decode_jpeg_libjpeg`]: yes unless `GRADCAM_JPEG_DECODER=image`
 /// (the `image` crate's decoder: SIMD, faster on large photographs, but not cv2's pixels).
-fn jpeg_by_libjpeg() -> bool {
+pub fn jpeg_by_libjpeg() -> bool {
     static LIBJPEG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *LIBJPEG
         .get_or_init(|| std::env::var("GRADCAM_JPEG_DECODER").map_or(true, |v| v.trim() != "image"))
@@ -943,17 +943,21 @@ mod tests {
             .encode_image(&src)
             .unwrap();
         // APP1 "Exif": a little-endian TIFF header and one IFD entry, Orientation (0x0112),
-        // SHORT, count 1, value 6; inserted right after the SOI marker.
-        let mut tiff = b"II\x2a\x00\x08\x00\x00\x00\x01\x00".to_vec();
-        tiff.extend_from_slice(&[0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0]);
-        let mut app1 = b"Exif\x00\x00".to_vec();
-        app1.extend_from_slice(&tiff);
-        let mut tagged = plain[..2].to_vec();
-        tagged.extend_from_slice(&[0xff, 0xe1]);
-        tagged.extend_from_slice(&(app1.len() as u16 + 2).to_be_bytes());
-        tagged.extend_from_slice(&app1);
-        tagged.extend_from_slice(&plain[2..]);
-
+        // SHORT, count 1, value `o`; inserted right after the SOI marker.
+        let app1 = |o: u8| {
+            let mut seg =
+                b"\xff\xe1\x00\x22Exif\x00\x00II\x2a\x00\x08\x00\x00\x00\x01\x00".to_vec();
+            seg.extend_from_slice(&[0x12, 0x01, 3, 0, 1, 0, 0, 0, o, 0, 0, 0, 0, 0, 0, 0]);
+            assert_eq!(seg.len(), 0x22 + 2);
+            seg
+        };
+        let tag = |segments: &[Vec<u8>]| {
+            let mut tagged = plain[..2].to_vec();
+            segments.iter().for_each(|s| tagged.extend_from_slice(s));
+            tagged.extend_from_slice(&plain[2..]);
+            tagged
+        };
+        let tagged = tag(&[app1(6)]);
         let upright = decode_rgb8(&tagged).unwrap();
         let stored = decode_rgb8(&plain).unwrap();
         assert_eq!((stored.width(), stored.height()), (w, h));
@@ -962,5 +966,10 @@ mod tests {
         // The stored top-left corner (dark, blue 40) is now the top-right one.
         let px = upright.get_pixel(h - 1, 0);
         assert!(px[0] < 30 && px[1] < 30 && px[2] < 90, "{px:?}");
+        // Two Exif segments: the first one counts, as in cv2.imread (OpenCV 4.10: 6 then 3
+        // turns the picture 90°, 3 then 6 turns it 180°).
+        assert_eq!(decode_rgb8(&tag(&[app1(6), app1(3)])).unwrap(), upright);
+        let half_turn = image::imageops::rotate180(&stored);
+        assert_eq!(decode_rgb8(&tag(&[app1(3), app1(6)])).unwrap(), half_turn);
     }
 }

@@ -17,6 +17,7 @@ use gradcam::model::synth::Rng;
 use gradcam::model::Network;
 use rayon::prelude::*;
 
+use crate::pass_size::{method_copies, PassSizes};
 use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
 
 #[derive(Args)]
@@ -111,6 +112,27 @@ fn bench_on<B: Backend>(
             anyhow::bail!("bench needs a numeric --size (batches share one input size)")
         }
     };
+    // As `explain` does on the CPU: a size whose pass would not fit is refused, and large
+    // sizes go through fewer images at a time (the batch printed is the one that ran).
+    let asked = a.batch.map_or(net.default_batch(), |b| b as usize);
+    let score = matches!(a.method, Method::ScoreCam | Method::AblationCam) || a.sess;
+    let copies = method_copies(
+        score.then_some(ExplainConfig::default().score_batch),
+        a.aug_smooth,
+        a.method == Method::FullGrad,
+    );
+    let host = net.backend().host_activations();
+    let mut passes = PassSizes::new(net.graph(), copies, host, inputs::memory_bytes(), asked);
+    if let Some(why) = passes.too_large((side, side)) {
+        anyhow::bail!("--size {side}: {why}");
+    }
+    let batch = passes.images_per_pass((side, side));
+    if batch < asked {
+        eprintln!(
+            "note: {batch} images per pass instead of {asked} at {side}×{side}, as `explain` \
+             runs them: larger passes of images this size are no faster and take more memory"
+        );
+    }
     let layer = a.layer.as_deref().map(normalised).transpose()?;
     let listed = layer.as_deref().map(target_layers).transpose()?;
     for l in listed.unwrap_or_default() {
@@ -166,7 +188,6 @@ fn bench_on<B: Backend>(
         },
         ..Default::default()
     };
-    let batch = a.batch.map_or(net.default_batch(), |b| b as usize);
     let refs: Vec<&RgbImage> = images.iter().collect();
     let mut scratch = Timings::default();
     for c in refs.chunks(batch).take(a.warmup) {

@@ -331,6 +331,24 @@ fn explain_all<B: Backend>(
             eprintln!("note: fullgrad uses every layer with a bias; --layer is ignored");
         }
     }
+    // On the CPU a pass's activations are in host memory: large input sizes go through
+    // fewer images at a time, and an image one pass of which would not fit is refused (at a
+    // fixed --size, every image would be: the run is, before any is read).
+    let batch = a.batch.map_or(net.default_batch(), |b| b as usize);
+    let memory = inputs::memory_bytes();
+    let score = matches!(a.method, Method::ScoreCam | Method::AblationCam) || a.sess;
+    let copies = method_copies(
+        score.then(|| a.score_batch.unwrap_or(32) as usize),
+        a.aug_smooth,
+        a.guided || a.method == Method::FullGrad,
+    );
+    let host = net.backend().host_activations();
+    let mut passes = PassSizes::new(graph, copies, host, memory, batch);
+    if let InputSize::Square(s) = size {
+        if let Some(why) = passes.too_large((s, s)) {
+            anyhow::bail!("--size {s}: {why}");
+        }
+    }
     let class = match a.class.as_deref() {
         None => None,
         Some(s) => match crate::classes::class_index(s.trim(), graph.labels.as_deref())
@@ -432,6 +450,11 @@ fn explain_all<B: Backend>(
             eprintln!("note: --layer-fusion combines several layers; one is given");
         }
     }
+    // A JPEG's pixels depend on its decoder (`GRADCAM_JPEG_DECODER`): recorded when not
+    // the default, so runs started before it was recorded still resume.
+    if !gradcam::image::jpeg_by_libjpeg() {
+        settings["jpeg_decoder"] = json!("image");
+    }
     let mut previous = match a.resume {
         true => resume::load(&a.out, &settings)?,
         false => None,
@@ -528,8 +551,6 @@ fn explain_all<B: Backend>(
     let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<Job>, GroupOut)>(1);
     // A rendezvous: one chunk decoded ahead at most (full-size photographs are large).
     let (dtx, drx) = std::sync::mpsc::sync_channel::<Vec<Decoded>>(0);
-    let batch = a.batch.map_or(net.default_batch(), |b| b as usize);
-    let memory = inputs::memory_bytes();
     let chunks: Vec<Vec<usize>> = todo.chunks(batch).map(<[usize]>::to_vec).collect();
     let backend = net.backend().name();
     let meta = Meta {
@@ -635,16 +656,6 @@ fn explain_all<B: Backend>(
                 }
             }
         });
-        // On the CPU a pass's activations are in host memory: large input sizes go through
-        // fewer images at a time, and an image one pass of which would not fit is refused.
-        let score = matches!(a.method, Method::ScoreCam | Method::AblationCam) || a.sess;
-        let copies = method_copies(
-            score.then(|| a.score_batch.unwrap_or(32) as usize),
-            a.aug_smooth,
-            a.guided || a.method == Method::FullGrad,
-        );
-        let host = net.backend().host_activations();
-        let mut passes = PassSizes::new(graph, copies, host, memory, batch);
         'chunks: for decoded in drx {
             let mut jobs = Vec::new();
             for d in decoded {

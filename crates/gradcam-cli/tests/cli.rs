@@ -1291,6 +1291,19 @@ fn resume_goes_on_from_what_a_stopped_run_wrote() {
         stderr(&o)
     );
     assert_eq!(String::from_utf8(read("summary.csv")).unwrap(), full);
+    // The other JPEG decoder gives other pixels: refused too.
+    let o = Command::new(env!("CARGO_BIN_EXE_gradcam"))
+        .args(["explain", imgs.to_str().unwrap(), "-m", &m, "-o"])
+        .args([out.to_str().unwrap(), "--resume"])
+        .env("GRADCAM_JPEG_DECODER", "image")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("jpeg_decoder was unset, now \"image\""),
+        "{}",
+        stderr(&o)
+    );
 
     // Fewer kinds of files: kept without the overlay, even where it is gone.
     std::fs::remove_file(out.join("d.overlay.png")).unwrap();
