@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use image::ImageDecoder;
 pub use image::RgbImage;
 
 use crate::{Error, Result, Tensor};
@@ -371,7 +370,7 @@ fn ico_png(b: &[u8]) -> Option<&[u8]> {
 }
 
 fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
-    source: R,
+    mut source: R,
     format: image::ImageFormat,
 ) -> std::result::Result<RgbImage, String> {
     // (Decoding AVIF needs the dav1d library, which this build leaves out.)
@@ -380,12 +379,39 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
             "AVIF images cannot be decoded by this build; convert them to PNG or JPEG".into(),
         );
     }
+    let start = source.stream_position().map_err(|e| e.to_string())?;
+    match decode_by_image(&mut source, format) {
+        Ok(r) => r,
+        // The `image` crate takes no gray + alpha TIFF (the `tiff` crate calls it two bands).
+        Err(e @ image::ImageError::Unsupported(_)) if format == image::ImageFormat::Tiff => {
+            source
+                .seek(std::io::SeekFrom::Start(start))
+                .map_err(|e| e.to_string())?;
+            gray_alpha_tiff(source).unwrap_or_else(|| Err(why(e)))
+        }
+        Err(e) => Err(why(e)),
+    }
+}
+
+/// The `image` crate's decoding; Err where it has no decoder for the file (its header).
+fn decode_by_image<R: std::io::BufRead + std::io::Seek>(
+    source: R,
+    format: image::ImageFormat,
+) -> std::result::Result<std::result::Result<RgbImage, String>, image::ImageError> {
     let mut reader = image::ImageReader::new(source);
     reader.set_format(format);
     // Decoded as `ImageReader::decode` does: the output's bytes are reserved from the default
     // limits and the decoder gets what is left for its own buffers. Unlike `decode`, the
     // decoder is kept long enough to read the EXIF orientation.
-    let mut decoder = reader.into_decoder().map_err(why)?;
+    let decoder = reader.into_decoder()?;
+    Ok(decode_with(decoder, format))
+}
+
+/// An opened decoder's image in 8-bit RGB, upright.
+fn decode_with(
+    mut decoder: impl image::ImageDecoder,
+    format: image::ImageFormat,
+) -> std::result::Result<RgbImage, String> {
     let orientation = decoder.orientation().map_err(why)?;
     let mut limits = image::Limits::default();
     limits.reserve(decoder.total_bytes()).map_err(why)?;
@@ -403,6 +429,49 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
         return Err("the image is empty (0 pixels)".into());
     }
     Ok(img)
+}
+
+/// A gray + alpha TIFF (8 or 16 bits, gray stored black-is-zero) as `cv2.imread` reads it:
+/// the gray replicated (a 16-bit one's high byte), the alpha dropped, the orientation tag
+/// applied. None for other TIFFs the `image` crate refused (its error then says why).
+fn gray_alpha_tiff<R: std::io::Read + std::io::Seek>(
+    source: R,
+) -> Option<std::result::Result<RgbImage, String>> {
+    use tiff::decoder::{Decoder, DecodingResult};
+    let mut limits = tiff::decoder::Limits::default();
+    limits.decoding_buffer_size = image::Limits::default().max_alloc? as usize;
+    let mut d = Decoder::new(source).ok()?.with_limits(limits);
+    match d.colortype().ok()? {
+        tiff::ColorType::Multiband {
+            bit_depth: 8 | 16,
+            num_samples: 2,
+        } => {}
+        _ => return None,
+    }
+    let tag = |d: &mut Decoder<R>, t| d.find_tag_unsigned::<u16>(t).ok().flatten();
+    if tag(&mut d, tiff::tags::Tag::PhotometricInterpretation) != Some(1) {
+        return None;
+    }
+    let orientation = tag(&mut d, tiff::tags::Tag::Orientation)
+        .and_then(|o| image::metadata::Orientation::from_exif(o.try_into().ok()?))
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let (w, h) = match d.dimensions() {
+        Ok(wh) => wh,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let gray: Vec<u8> = match d.read_image() {
+        Ok(DecodingResult::U8(v)) => v.chunks_exact(2).map(|p| p[0]).collect(),
+        Ok(DecodingResult::U16(v)) => v.chunks_exact(2).map(|p| (p[0] >> 8) as u8).collect(),
+        Ok(_) => return None,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    if w == 0 || h == 0 || gray.len() != w as usize * h as usize {
+        return Some(Err(format!("{w}×{h} gray + alpha TIFF without its pixels")));
+    }
+    let px = gray.iter().flat_map(|&g| [g; 3]).collect();
+    let mut img = image::DynamicImage::ImageRgb8(RgbImage::from_raw(w, h, px)?);
+    img.apply_orientation(orientation);
+    Some(Ok(img.into_rgb8()))
 }
 
 /// A 16-bit image in 8 bits where `cv2.imread` keeps each sample's high byte, v >> 8, rather

@@ -136,8 +136,9 @@ fn batched_images_match_pytorch_grad_cam() {
 /// examples read images with it), bit for bit: tolerance 0. tests/fixtures/decode, made by
 /// tools/make_decode_fixtures.py: JPEGs (libjpeg-turbo) 4:2:0 (most photographs), 4:2:2
 /// progressive, 4:4:4, restart markers, grayscale, CMYK, arithmetic coding, an EXIF
-/// orientation, odd sizes (partial MCUs); 16-bit PNGs (libpng keeps the high byte), RGB, gray
-/// and RGBA; 16-bit TIFFs (cv2 keeps a gray one's high byte, rounds an RGB one's); a lossy WebP.
+/// orientation, odd sizes (partial MCUs); 16-bit PNGs (libpng keeps the high byte), RGB, gray,
+/// gray + alpha and RGBA; 16-bit TIFFs (cv2 keeps a gray one's high byte, with or without
+/// alpha, and rounds an RGB one's); a lossy WebP.
 #[test]
 fn images_decode_to_cv2s_pixels() {
     let dir = fixtures().join("decode");
@@ -147,7 +148,7 @@ fn images_decode_to_cv2s_pixels() {
         .filter(|p| p.extension().is_some_and(|e| e != "npy"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 14, "{files:?}");
+    assert_eq!(files.len(), 17, "{files:?}");
     for file in files {
         let img = load_rgb8(&file).unwrap();
         let (shape, want) = gradcam::npy::read_f32(&file.with_extension("rgb.npy")).unwrap();

@@ -11,8 +11,10 @@ RGB, upright: cv2 applies the EXIF orientation; stored as f32). The arithmetic-c
 """
 
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import cv2
@@ -42,6 +44,39 @@ def picture(w: int, h: int, seed: int) -> Image.Image:
     return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
 
 
+def gray_alpha16_png(path: Path, la: np.ndarray) -> None:
+    """A 16-bit gray + alpha PNG (colour type 4), written by hand: cv2.imwrite takes 1, 3 or 4
+    channels only."""
+    h, w, _ = la.shape
+    rows = b"".join(b"\0" + la[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(png)
+
+
+def gray_alpha_tiff(path: Path, la: np.ndarray) -> None:
+    """A gray + alpha TIFF of `la`'s bits (8 or 16) (little-endian, one uncompressed strip, unassociated alpha),
+    written by hand for the same reason."""
+    h, w, _ = la.shape
+    bits = la.dtype.itemsize * 8
+    pixels = la.astype(f"<u{la.dtype.itemsize}").tobytes()
+    tags = [  # (tag, type: 3 SHORT / 4 LONG, values: each fits the entry's 4 bytes)
+        (256, 4, [w]), (257, 4, [h]), (258, 3, [bits, bits]), (259, 3, [1]), (262, 3, [1]),
+        (273, 4, [8]), (277, 3, [2]), (278, 4, [h]), (279, 4, [len(pixels)]), (284, 3, [1]),
+        (338, 3, [2]),
+    ]
+    ifd = struct.pack("<H", len(tags))
+    for tag, kind, values in tags:
+        packed = struct.pack("<" + ("H" if kind == 3 else "I") * len(values), *values).ljust(4, b"\0")
+        ifd += struct.pack("<HHI", tag, kind, len(values)) + packed
+    ifd += struct.pack("<I", 0)
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8 + len(pixels)) + pixels + ifd)
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     base = picture(45, 31, 1)
@@ -68,6 +103,10 @@ def main() -> int:
     # 16-bit TIFFs: cv2 keeps a grayscale one's high byte but rounds a colour one's.
     cv2.imwrite(str(OUT / "gray16_tiff.tif"), deep[..., 1])
     cv2.imwrite(str(OUT / "rgb16_tiff.tif"), deep[..., 1:])
+    # 16-bit gray + alpha: cv2 drops the alpha and keeps the gray's high byte, in both.
+    gray_alpha16_png(OUT / "graya16.png", deep[..., 2:])
+    gray_alpha_tiff(OUT / "graya16_tiff.tif", deep[..., 1:3])
+    gray_alpha_tiff(OUT / "graya8_tiff.tif", (deep[..., 1:3] >> 8).astype(np.uint8))
     picture(27, 21, 8).save(OUT / "lossy.webp", quality=80)
     jpegtran = shutil.which("jpegtran")
     if jpegtran:
