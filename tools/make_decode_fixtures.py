@@ -58,23 +58,32 @@ def gray_alpha16_png(path: Path, la: np.ndarray) -> None:
     path.write_bytes(png)
 
 
-def gray_alpha_tiff(path: Path, la: np.ndarray) -> None:
-    """A gray + alpha TIFF of `la`'s bits (8 or 16) (little-endian, one uncompressed strip, unassociated alpha),
-    written by hand for the same reason."""
+def gray_alpha_tiff(path: Path, la: np.ndarray, planar: bool = False) -> None:
+    """A gray + alpha TIFF of `la`'s bits (8 or 16): little-endian, uncompressed, unassociated
+    alpha, the samples interleaved in one strip or (`planar`) the gray plane's strip, then
+    the alpha's; written by hand for the same reason."""
     h, w, _ = la.shape
     bits = la.dtype.itemsize * 8
-    pixels = la.astype(f"<u{la.dtype.itemsize}").tobytes()
-    tags = [  # (tag, type: 3 SHORT / 4 LONG, values: each fits the entry's 4 bytes)
+    le = la.astype(f"<u{la.dtype.itemsize}")
+    strips = [le[..., 0].tobytes(), le[..., 1].tobytes()] if planar else [le.tobytes()]
+    offsets = [8 + sum(len(x) for x in strips[:k]) for k in range(len(strips))]
+    tags = [  # (tag, type: 3 SHORT / 4 LONG, values)
         (256, 4, [w]), (257, 4, [h]), (258, 3, [bits, bits]), (259, 3, [1]), (262, 3, [1]),
-        (273, 4, [8]), (277, 3, [2]), (278, 4, [h]), (279, 4, [len(pixels)]), (284, 3, [1]),
-        (338, 3, [2]),
+        (273, 4, offsets), (277, 3, [2]), (278, 4, [h]), (279, 4, [len(x) for x in strips]),
+        (284, 3, [2 if planar else 1]), (338, 3, [2]),
     ]
+    data = b"".join(strips)
+    ifd_at = 8 + len(data)
+    extra = b""  # values longer than an entry's 4 bytes, after the IFD
+    extra_at = ifd_at + 2 + 12 * len(tags) + 4
     ifd = struct.pack("<H", len(tags))
     for tag, kind, values in tags:
-        packed = struct.pack("<" + ("H" if kind == 3 else "I") * len(values), *values).ljust(4, b"\0")
-        ifd += struct.pack("<HHI", tag, kind, len(values)) + packed
+        packed = struct.pack("<" + ("H" if kind == 3 else "I") * len(values), *values)
+        if len(packed) > 4:
+            packed, extra = struct.pack("<I", extra_at + len(extra)), extra + packed
+        ifd += struct.pack("<HHI", tag, kind, len(values)) + packed.ljust(4, b"\0")
     ifd += struct.pack("<I", 0)
-    path.write_bytes(b"II*\0" + struct.pack("<I", 8 + len(pixels)) + pixels + ifd)
+    path.write_bytes(b"II*\0" + struct.pack("<I", ifd_at) + data + ifd + extra)
 
 
 def main() -> int:
@@ -107,6 +116,10 @@ def main() -> int:
     gray_alpha16_png(OUT / "graya16.png", deep[..., 2:])
     gray_alpha_tiff(OUT / "graya16_tiff.tif", deep[..., 1:3])
     gray_alpha_tiff(OUT / "graya8_tiff.tif", (deep[..., 1:3] >> 8).astype(np.uint8))
+    # The same samples planar (the gray plane, then the alpha): cv2 5.0 reads such a file as
+    # garbage, so it has no cv2 pixels; src/image.rs checks it decodes as the interleaved one.
+    (OUT / "planar").mkdir(exist_ok=True)
+    gray_alpha_tiff(OUT / "planar" / "graya16_tiff.tif", deep[..., 1:3], planar=True)
     picture(27, 21, 8).save(OUT / "lossy.webp", quality=80)
     jpegtran = shutil.which("jpegtran")
     if jpegtran:
@@ -116,7 +129,7 @@ def main() -> int:
         )
     else:
         print("no jpegtran: s420_arithmetic.jpg left as it is", file=sys.stderr)
-    for path in sorted(p for p in OUT.iterdir() if not p.name.endswith(".npy")):
+    for path in sorted(p for p in OUT.iterdir() if p.is_file() and not p.name.endswith(".npy")):
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])
         # PIL (libjpeg-turbo too) gives the same JPEG bits before the EXIF turn. (Its CMYK →

@@ -113,6 +113,13 @@ struct Fusion {
     best: f32,
 }
 
+/// How many of an [C, H, W] input's windows (min(H, W) square) go through the network at
+/// once: `score_batch`, fewer where they are large (at most about 128 MB of them), one at least.
+pub fn windows_per_pass(score_batch: usize, c: usize, (h, w): (usize, usize)) -> usize {
+    let win = h.min(w);
+    score_batch.clamp(1, ((1usize << 25) / (c * win * win).max(1)).max(1))
+}
+
 /// One image [C, H, W]: its SESS map [H·W] (before the final normalisation). The windows are
 /// cut one scale at a time and explained `score_batch` at a time, never all held at once.
 fn sess_one<B: Backend>(
@@ -124,9 +131,7 @@ fn sess_one<B: Backend>(
     sess: &Sess,
 ) -> Result<Vec<f32>> {
     let win = h.min(w);
-    let per = c * win * win;
-    // `score_batch` windows a pass, fewer where they are large (at most about 128 MB of them).
-    let chunk = req.score_batch.clamp(1, ((1usize << 25) / per).max(1));
+    let chunk = windows_per_pass(req.score_batch, c, (h, w));
     let scales = scaled_sizes((h, w), win, sess.num_scales);
     let &(lh, lw) = scales.last().expect("one scale at least");
     if c * lh * lw > MAX_SCALED_VALUES {
@@ -146,7 +151,7 @@ fn sess_one<B: Backend>(
         plain_count: vec![0f32; h * w],
         best: 0.0,
     };
-    let mut batch: Vec<f32> = Vec::with_capacity(chunk * per);
+    let mut batch: Vec<f32> = Vec::with_capacity(chunk * c * win * win);
     let mut cuts: Vec<Cut> = Vec::with_capacity(chunk);
     for &(sh, sw) in &scales {
         let planes: Vec<Vec<f32>> = (0..c)

@@ -228,10 +228,16 @@ impl Graph {
     /// The most bytes one layer of one image's forward pass at `hw` reads and writes (its
     /// inputs and its output, f32): what a batch's memory on the CPU grows by per image. (A
     /// layer's scratch space is bounded apart from the batch.)
-    pub fn largest_layer_bytes(&self, (h, w): (usize, usize)) -> Result<u64> {
+    pub fn largest_layer_bytes(&self, hw: (usize, usize)) -> Result<u64> {
+        self.largest_layer_bytes_from(hw, 0)
+    }
+
+    /// [`Graph::largest_layer_bytes`] over the nodes from `first` on (a pass run on from a
+    /// layer, as Ablation-CAM's).
+    pub fn largest_layer_bytes_from(&self, (h, w): (usize, usize), first: usize) -> Result<u64> {
         let shapes = self.shapes(&[1, self.in_channels, h, w])?;
         let bytes = |s: &Vec<usize>| 4 * s.iter().product::<usize>() as u64;
-        Ok((self.nodes.iter().zip(&shapes))
+        Ok((self.nodes.iter().zip(&shapes).skip(first))
             .map(|(node, out)| {
                 bytes(out) + node.inputs.iter().map(|&j| bytes(&shapes[j])).sum::<u64>()
             })

@@ -17,7 +17,7 @@ use gradcam::model::synth::Rng;
 use gradcam::model::Network;
 use rayon::prelude::*;
 
-use crate::pass_size::{method_copies, PassSizes};
+use crate::pass_size::{MethodMemory, PassSizes};
 use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
 
 #[derive(Args)]
@@ -112,17 +112,31 @@ fn bench_on<B: Backend>(
             anyhow::bail!("bench needs a numeric --size (batches share one input size)")
         }
     };
+    let layer = a.layer.as_deref().map(normalised).transpose()?;
+    let listed = layer.as_deref().map(target_layers).transpose()?;
+    for l in listed.unwrap_or_default() {
+        net.graph().target(l)?;
+    }
     // As `explain` does on the CPU: a size whose pass would not fit is refused, and large
     // sizes go through fewer images at a time (the batch printed is the one that ran).
     let asked = a.batch.map_or(net.default_batch(), |b| b as usize);
-    let score = matches!(a.method, Method::ScoreCam | Method::AblationCam) || a.sess;
-    let copies = method_copies(
-        score.then_some(ExplainConfig::default().score_batch),
-        a.aug_smooth,
-        a.method == Method::FullGrad,
-    );
+    let graph = net.graph();
+    let layers = target_layers(layer.as_deref().unwrap_or(&graph.default_layer))?;
+    let method = MethodMemory {
+        score_batch_option: false,
+        ..MethodMemory::of(
+            graph,
+            a.method,
+            a.target,
+            &layers,
+            ExplainConfig::default().score_batch,
+            a.sess,
+            a.aug_smooth,
+            a.method == Method::FullGrad,
+        )?
+    };
     let host = net.backend().host_activations();
-    let mut passes = PassSizes::new(net.graph(), copies, host, inputs::memory_bytes(), asked);
+    let mut passes = PassSizes::new(graph, method, host, inputs::memory_bytes(), asked);
     if let Some(why) = passes.too_large((side, side)) {
         anyhow::bail!("--size {side}: {why}");
     }
@@ -132,11 +146,6 @@ fn bench_on<B: Backend>(
             "note: {batch} images per pass instead of {asked} at {side}×{side}, as `explain` \
              runs them: larger passes of images this size are no faster and take more memory"
         );
-    }
-    let layer = a.layer.as_deref().map(normalised).transpose()?;
-    let listed = layer.as_deref().map(target_layers).transpose()?;
-    for l in listed.unwrap_or_default() {
-        net.graph().target(l)?;
     }
     let mut decode = Duration::ZERO;
     let mut left_out = 0;

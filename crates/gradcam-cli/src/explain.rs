@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use serde_json::json;
 
 use crate::classes::Classes;
-use crate::pass_size::{method_copies, PassSizes};
+use crate::pass_size::{MethodMemory, PassSizes};
 use crate::summary::{self, Summary};
 use crate::{input_size, inputs, load_network, parse_size, resume, ModelArgs};
 
@@ -336,14 +336,19 @@ fn explain_all<B: Backend>(
     // fixed --size, every image would be: the run is, before any is read).
     let batch = a.batch.map_or(net.default_batch(), |b| b as usize);
     let memory = inputs::memory_bytes();
-    let score = matches!(a.method, Method::ScoreCam | Method::AblationCam) || a.sess;
-    let copies = method_copies(
-        score.then(|| a.score_batch.unwrap_or(32) as usize),
+    let method = MethodMemory::of(
+        graph,
+        a.method,
+        a.target,
+        &target_layers(&layer)?,
+        a.score_batch
+            .map_or(ExplainConfig::default().score_batch, |b| b as usize),
+        a.sess,
         a.aug_smooth,
         a.guided || a.method == Method::FullGrad,
-    );
+    )?;
     let host = net.backend().host_activations();
-    let mut passes = PassSizes::new(graph, copies, host, memory, batch);
+    let mut passes = PassSizes::new(graph, method, host, memory, batch);
     if let InputSize::Square(s) = size {
         if let Some(why) = passes.too_large((s, s)) {
             anyhow::bail!("--size {s}: {why}");

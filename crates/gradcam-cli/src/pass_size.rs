@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use gradcam::cam::sess::windows_per_pass;
+use gradcam::cam::{Method, Target};
 use gradcam::model::Graph;
 
 /// The bytes of a pass's largest layer (inputs and output, all its images) worth aiming
@@ -29,20 +31,28 @@ pub fn images_per_pass(per_image: u64, memory: Option<u64>, threads: usize, batc
 /// memory; elsewhere every size passes a whole batch.
 pub struct PassSizes<'a> {
     graph: &'a Graph,
-    copies: Copies,
+    method: MethodMemory,
     host: bool,
     memory: Option<u64>,
     threads: usize,
     batch: usize,
-    bytes: HashMap<(usize, usize), Option<u64>>,
+    bytes: HashMap<(usize, usize), Option<Cost>>,
+}
+
+/// What one image of an input size costs: `per_image` bytes in each pass it shares with
+/// others (its method's copies included), `alone` at its peak (the larger of that and the
+/// copies the method runs for it by itself), and how many copies that peak holds.
+#[derive(Clone, Copy, Debug)]
+struct Cost {
+    per_image: u64,
+    alone: u64,
+    copies: u64,
 }
 
 impl<'a> PassSizes<'a> {
-    /// `copies`: how many copies of one image's activations its method holds at once
-    /// ([`method_copies`]).
     pub fn new(
         graph: &'a Graph,
-        copies: Copies,
+        method: MethodMemory,
         host: bool,
         memory: Option<u64>,
         batch: usize,
@@ -51,7 +61,7 @@ impl<'a> PassSizes<'a> {
         let bytes = HashMap::new();
         PassSizes {
             graph,
-            copies,
+            method,
             host,
             memory,
             threads,
@@ -60,23 +70,21 @@ impl<'a> PassSizes<'a> {
         }
     }
 
-    /// The largest layer's bytes for one image at `hw`, its method's copies per image
-    /// included; None off the host or where the graph cannot take the size (the pass then
-    /// says why).
-    fn per_image(&mut self, hw: (usize, usize)) -> Option<u64> {
+    /// None off the host or where the graph cannot take the size (the pass then says why).
+    fn cost(&mut self, hw: (usize, usize)) -> Option<Cost> {
         if !self.host {
             return None;
         }
-        let (graph, copies) = (self.graph, self.copies.per_image.max(1));
-        *self.bytes.entry(hw).or_insert_with(|| {
-            let one = graph.largest_layer_bytes(hw).ok()?;
-            Some(one.saturating_mul(copies))
-        })
+        let (graph, method) = (self.graph, &self.method);
+        *self
+            .bytes
+            .entry(hw)
+            .or_insert_with(|| method.cost(graph, hw).ok())
     }
 
     pub fn images_per_pass(&mut self, hw: (usize, usize)) -> usize {
-        match self.per_image(hw) {
-            Some(b) => images_per_pass(b, self.memory, self.threads, self.batch),
+        match self.cost(hw) {
+            Some(c) => images_per_pass(c.per_image, self.memory, self.threads, self.batch),
             None => self.batch,
         }
     }
@@ -84,50 +92,148 @@ impl<'a> PassSizes<'a> {
     /// Why an image of input size `hw` cannot be explained here: one layer of its pass would
     /// take more than half the memory.
     pub fn too_large(&mut self, hw: (usize, usize)) -> Option<String> {
-        let (one, memory) = (self.per_image(hw)?, self.memory?);
-        let copies = self.copies.per_image.max(1) * self.copies.per_pass.max(1);
-        let per = one.saturating_mul(self.copies.per_pass.max(1));
-        (per > memory / 2).then(|| {
+        let (cost, memory) = (self.cost(hw)?, self.memory?);
+        (cost.alone > memory / 2).then(|| {
             let gb = |b: u64| b as f64 / 1e9;
+            let copies = match cost.copies {
+                0 | 1 => String::new(),
+                c => format!(", for the {c} copies the method holds at once"),
+            };
+            let fewer = match (self.method.score_batch_option, self.method.runs_copies()) {
+                (true, true) => ", or with fewer copies at once (--score-batch)",
+                _ => "",
+            };
             format!(
                 "at {}×{} the network's largest layer alone takes {:.1} GB (its input and \
-                 output{}), more than half of this machine's {:.1} GB: explain it at a smaller \
-                 --size (224 by default){}",
+                 output{copies}), more than half of this machine's {:.1} GB: explain it at a \
+                 smaller --size{fewer}",
                 hw.1,
                 hw.0,
-                gb(per),
-                match copies {
-                    1 => String::new(),
-                    c => format!(", for the {c} copies the method holds at once"),
-                },
+                gb(cost.alone),
                 gb(memory),
-                match self.copies.per_pass {
-                    0 | 1 => "",
-                    _ => ", or with fewer copies (--score-batch)",
-                }
             )
         })
     }
 }
 
-/// Copies of one image's activations a method holds at once: (per image of the pass, per
-/// pass). Per image: aug_smooth's six transformed copies; guided backpropagation and FullGrad
-/// keep a layer's worth more per block (counted twice). Per pass, whatever its images: the
-/// masked images (Score-CAM, Ablation-CAM) or windows (SESS) run `--score-batch` at a time.
-pub fn method_copies(score_batch: Option<usize>, aug_smooth: bool, keeps_layers: bool) -> Copies {
-    let per_image = if aug_smooth { 6 } else { 1 } * if keeps_layers { 2 } else { 1 };
-    let per_pass = score_batch.unwrap_or(1).max(1) as u64;
-    Copies {
-        per_image,
-        per_pass,
-    }
+/// How a method holds an image's activations, for [`PassSizes`]: `per_image` copies in each
+/// pass (aug_smooth's six transformed copies; guided backpropagation and FullGrad keep a
+/// layer's worth more per block, counted twice), and the passes it runs for one image by
+/// itself: Score-CAM's masked images and Ablation-CAM's ablated copies (run on from the
+/// target layer; none where the logits are affine in it), at most `--score-batch` at a time,
+/// and SESS's windows (`gradcam::cam::sess::windows_per_pass`, each explained by the method).
+#[derive(Clone, Debug)]
+pub struct MethodMemory {
+    pub per_image: u64,
+    pub copies: Copies,
+    /// SESS's `--score-batch`: windows of the input explained a pass at a time.
+    pub windows: Option<usize>,
+    /// Whether the command has `--score-batch`, to name it in a refusal.
+    pub score_batch_option: bool,
 }
 
-/// See [`method_copies`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Copies {
-    pub per_image: u64,
-    pub per_pass: u64,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Copies {
+    None,
+    /// `batch` masked inputs at a time, one per channel of the target layer (`channels`).
+    Masked {
+        batch: usize,
+        channels: usize,
+    },
+    /// `batch` ablated copies of the target layer at a time, run on from its node `from`.
+    Ablated {
+        batch: usize,
+        channels: usize,
+        from: usize,
+    },
+}
+
+impl MethodMemory {
+    /// `explain`'s and `bench`'s settings: the method at its target layers (those given, FullGrad's
+    /// ignored), its `score_batch`, SESS, aug_smooth, and whether layers are kept (guided
+    /// backpropagation, FullGrad).
+    #[allow(clippy::too_many_arguments)]
+    pub fn of(
+        graph: &Graph,
+        method: Method,
+        target: Target,
+        layers: &[&str],
+        score_batch: usize,
+        sess: bool,
+        aug_smooth: bool,
+        keeps_layers: bool,
+    ) -> gradcam::Result<Self> {
+        let batch = score_batch.max(1);
+        let (channels, from, affine) =
+            (layers.iter()).try_fold((0, usize::MAX, true), |acc, l| {
+                let node = graph.layer(l)?.node;
+                let c = graph
+                    .shapes(&[1, graph.in_channels, 224, 224])
+                    .map_or(0, |s| s[node].get(1).copied().unwrap_or(0));
+                Ok::<_, gradcam::Error>((
+                    acc.0.max(c),
+                    acc.1.min(node + 1),
+                    acc.2 && graph.affine_after(l)?,
+                ))
+            })?;
+        let copies = match method {
+            Method::ScoreCam => Copies::Masked { batch, channels },
+            Method::AblationCam if !(affine && target == Target::Logit) => Copies::Ablated {
+                batch,
+                channels,
+                from,
+            },
+            _ => Copies::None,
+        };
+        Ok(MethodMemory {
+            per_image: if aug_smooth { 6 } else { 1 } * if keeps_layers { 2 } else { 1 },
+            copies,
+            windows: sess.then_some(batch),
+            score_batch_option: true,
+        })
+    }
+
+    fn runs_copies(&self) -> bool {
+        self.copies != Copies::None || self.windows.is_some()
+    }
+
+    fn cost(&self, graph: &Graph, (h, w): (usize, usize)) -> gradcam::Result<Cost> {
+        let one = graph.largest_layer_bytes((h, w))?;
+        let per_image = one.saturating_mul(self.per_image);
+        // (bytes, copies) of the passes run for one input of size hw by itself.
+        let passes = |hw: (usize, usize)| -> gradcam::Result<(u64, u64)> {
+            let (n, bytes) = match self.copies {
+                Copies::None => return Ok((0, 0)),
+                Copies::Masked { batch, channels } => {
+                    (batch.min(channels.max(1)), graph.largest_layer_bytes(hw)?)
+                }
+                Copies::Ablated {
+                    batch,
+                    channels,
+                    from,
+                } => (
+                    batch.min(channels.max(1)),
+                    graph.largest_layer_bytes_from(hw, from)?,
+                ),
+            };
+            Ok((bytes.saturating_mul(n as u64), n as u64))
+        };
+        let (extra, copies) = match self.windows {
+            Some(score_batch) => {
+                let win = h.min(w);
+                let n = windows_per_pass(score_batch, graph.in_channels, (h, w)) as u64;
+                let windows = (graph.largest_layer_bytes((win, win))?.saturating_mul(n), n);
+                windows.max(passes((win, win))?)
+            }
+            None => passes((h, w))?,
+        };
+        let (alone, copies) = (per_image, self.per_image).max((extra, copies));
+        Ok(Cost {
+            per_image,
+            alone,
+            copies,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -165,22 +271,46 @@ mod tests {
             graph.largest_layer_bytes((100, 100)).unwrap(),
             (4 + 4) * 100 * 100 * 4
         );
+        let layer = [graph.default_layer.as_str()];
+        let memory = |method, score_batch, sess, aug, keeps| {
+            MethodMemory::of(
+                &graph,
+                method,
+                Target::Logit,
+                &layer,
+                score_batch,
+                sess,
+                aug,
+                keeps,
+            )
+            .unwrap()
+        };
         let mib = 1u64 << 20;
-        let one = method_copies(None, false, false);
-        let mut small = PassSizes::new(&graph, one, true, Some(512 * mib), 8);
+        let one = memory(Method::GradCam, 32, false, false, false);
+        let mut small = PassSizes::new(&graph, one.clone(), true, Some(512 * mib), 8);
         assert!(small.too_large((224, 224)).is_none());
         let why = small.too_large((4000, 4000)).unwrap();
         assert!(why.contains("4000×4000") && why.contains("0.5 GB"), "{why}");
-        let mut large = PassSizes::new(&graph, one, true, Some(2048 * mib), 8);
+        assert!(!why.contains("copies"), "{why}");
+        let mut large = PassSizes::new(&graph, one.clone(), true, Some(2048 * mib), 8);
         assert!(large.too_large((4000, 4000)).is_none());
         assert_eq!(large.images_per_pass((4000, 4000)), 1);
         assert_eq!(large.images_per_pass((224, 224)), 8);
         let mut gpu = PassSizes::new(&graph, one, false, Some(512 * mib), 8);
         assert!(gpu.too_large((4000, 4000)).is_none());
         assert_eq!(gpu.images_per_pass((4000, 4000)), 8);
-        // Score-CAM's 32 masked copies of a 1200×1200 image: 32 × 46 MB, past 1 GiB.
-        let copies = method_copies(Some(32), false, false);
-        let mut score = PassSizes::new(&graph, copies, true, Some(2048 * mib), 8);
+
+        // Score-CAM masks the input once per channel of features.18 (32 here), 32 at a time:
+        // at 1200×1200, 32 × 46 MB, past 1 GiB; 8 at a time fit.
+        let score = memory(Method::ScoreCam, 32, false, false, false);
+        assert_eq!(
+            score.copies,
+            Copies::Masked {
+                batch: 32,
+                channels: 32
+            }
+        );
+        let mut score = PassSizes::new(&graph, score, true, Some(2048 * mib), 8);
         let why = score.too_large((1200, 1200)).unwrap();
         assert!(
             why.contains("32 copies") && why.contains("--score-batch"),
@@ -188,9 +318,27 @@ mod tests {
         );
         assert!(large.too_large((1200, 1200)).is_none());
         assert_eq!(score.images_per_pass((224, 224)), 8);
-        let both = method_copies(None, true, true);
-        assert_eq!((both.per_image, both.per_pass), (12, 1));
-        // aug_smooth with guided backpropagation: 12 × 32 MB for a 1000×1000 image.
+        let eight = memory(Method::ScoreCam, 8, false, false, false);
+        let mut eight = PassSizes::new(&graph, eight, true, Some(2048 * mib), 8);
+        assert!(eight.too_large((1200, 1200)).is_none());
+        // Ablation-CAM runs its copies on from the layer (after VGG's last ReLU: a pooling
+        // and the classifier), far smaller than the first layers.
+        let ablation = memory(Method::AblationCam, 32, false, false, false);
+        assert!(matches!(
+            ablation.copies,
+            Copies::Ablated {
+                batch: 32,
+                channels: 32,
+                ..
+            }
+        ));
+        let mut ablation = PassSizes::new(&graph, ablation, true, Some(2048 * mib), 8);
+        assert!(ablation.too_large((1200, 1200)).is_none());
+
+        // aug_smooth with guided backpropagation: 12 × 32 MB for a 1000×1000 image; no
+        // --score-batch to lower.
+        let both = memory(Method::GradCam, 32, false, true, true);
+        assert_eq!((both.per_image, &both.copies), (12, &Copies::None));
         let mut aug = PassSizes::new(&graph, both, true, Some(512 * mib), 8);
         let why = aug.too_large((1000, 1000)).unwrap();
         assert!(
@@ -198,6 +346,14 @@ mod tests {
             "{why}"
         );
         assert!(small.too_large((1000, 1000)).is_none());
-        assert_eq!(method_copies(Some(0), false, false), one);
+        // SESS: 2^25 / (3 · 1000²) = 11 windows of 1000×1000 a pass, 11 × 32 MB.
+        let sess = memory(Method::GradCam, 32, true, false, false);
+        let mut sess = PassSizes::new(&graph, sess, true, Some(512 * mib), 8);
+        let why = sess.too_large((1000, 1000)).unwrap();
+        assert!(
+            why.contains("11 copies") && why.contains("--score-batch"),
+            "{why}"
+        );
+        assert!(sess.too_large((400, 400)).is_none());
     }
 }
