@@ -236,6 +236,15 @@ fn build_detected(w: &Weights) -> Result<Graph> {
     }
 }
 
+/// Where `s`, all digits and so read as a class index, is also one of the model's labels at
+/// another index (a data set whose classes are numbers, listed in ImageFolder's sorted order:
+/// `10` is the second): that label's index, so a note can say which was taken.
+pub fn digits_label_elsewhere(s: &str, labels: Option<&[String]>) -> Option<usize> {
+    let index = s.parse::<usize>().ok()?;
+    let at = labels?.iter().position(|l| l == s)?;
+    (at != index).then_some(at)
+}
+
 /// A class given as an index or as one of the model's labels (exactly, else ignoring ASCII
 /// case): None when it is neither; an error when the label names several classes (ImageNet
 /// has two `crane`s and two `maillot`s).

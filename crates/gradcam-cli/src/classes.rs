@@ -20,6 +20,9 @@ pub struct Classes {
     listed: Vec<PathBuf>,
     /// The file's folder.
     base: PathBuf,
+    /// What the caller should tell the user (a class read as an index that is also another
+    /// class's label).
+    pub note: Option<String>,
 }
 
 impl Classes {
@@ -39,6 +42,9 @@ impl Classes {
         let class_of = |s: &str| class_index(s, labels);
         let mut by_image: HashMap<PathBuf, usize> = HashMap::new();
         let mut listed = Vec::new();
+        // (line, class, its label's index) of the first class read as an index that is also
+        // another class's label, and how many lines have one.
+        let mut ambiguous: (Option<(usize, String, usize)>, usize) = (None, 0);
         for line in lines(&text) {
             let bad = |why: String| anyhow::anyhow!("{}:{}: {why}", file.display(), line.number);
             let Some((image, class)) = line.fields else {
@@ -68,6 +74,12 @@ impl Classes {
                     num_classes - 1
                 )));
             }
+            if let Some(at) = gradcam::model::digits_label_elsewhere(class.trim(), labels) {
+                ambiguous
+                    .0
+                    .get_or_insert((line.number, class.trim().to_string(), at));
+                ambiguous.1 += 1;
+            }
             match by_image.insert(canonical(&base.join(image)), c) {
                 None => listed.push(base.join(image)),
                 Some(before) if before != c => {
@@ -81,12 +93,24 @@ impl Classes {
         if by_image.is_empty() {
             anyhow::bail!("{}: lists no images", file.display());
         }
+        let note = ambiguous.0.map(|(number, class, at)| {
+            format!(
+                "{}:{number}: class `{class}` is read as class index {class}, but it is also the \
+                 model's label of class {at}{}; to mean the label, give its index",
+                file.display(),
+                match ambiguous.1 {
+                    1 => String::new(),
+                    n => format!(" ({n} lines give such a class)"),
+                }
+            )
+        });
         Ok(Classes {
             source: file.display().to_string(),
             by_path: by_image,
             folders: false,
             listed,
             base: base.to_path_buf(),
+            note,
         })
     }
 
@@ -144,6 +168,7 @@ impl Classes {
             folders: true,
             listed: Vec::new(),
             base: PathBuf::new(),
+            note: None,
         })
     }
 
@@ -259,6 +284,26 @@ mod tests {
         std::fs::write(&file, "image,class\nimgs/a.png,\"tench, Tinca tinca\"\n").unwrap();
         let c = Classes::load(&file, 2, Some(&imagenet)).unwrap();
         assert_eq!(c.of(&d.join("imgs/a.png")), Ok(0));
+
+        // Classes that are numbers, labelled in ImageFolder's sorted order ("1", "10", "2"):
+        // digits are an index, with a note where they are another class's label.
+        let numbers: Vec<String> = ["1", "10", "2"].map(String::from).to_vec();
+        std::fs::write(&file, "imgs/a.png,2\nimgs/b,1.png,1\n").unwrap();
+        let c = Classes::load(&file, 3, Some(&numbers)).unwrap();
+        assert_eq!(c.of(&d.join("imgs/a.png")), Ok(2));
+        let note = c.note.unwrap();
+        assert!(
+            note.contains(
+                ":2: class `1` is read as class index 1, but it is also the model's \
+                           label of class 0;"
+            ),
+            "{note}"
+        );
+        std::fs::write(&file, "imgs/a.png,0\n").unwrap();
+        assert!(Classes::load(&file, 3, Some(&numbers))
+            .unwrap()
+            .note
+            .is_none());
 
         // A label shared by two classes (ImageNet's `crane`s) is refused, naming both.
         let twice: Vec<String> = ["crane", "cat", "crane", "Cat"].map(String::from).to_vec();

@@ -376,6 +376,16 @@ fn explain_all<B: Backend>(
             ),
         },
     };
+    let given = a.class.as_deref().map(str::trim);
+    if let Some(at) =
+        given.and_then(|s| gradcam::model::digits_label_elsewhere(s, graph.labels.as_deref()))
+    {
+        eprintln!(
+            "note: --class {} is read as class index {0}, but it is also the model's label of \
+             class {at}; to mean the label, give --class {at}",
+            given.unwrap_or_default()
+        );
+    }
     let class_free = matches!(a.method, Method::EigenCam | Method::KpcaCam | Method::Fem);
     if class_free && (class.is_some() || a.classes.is_some()) {
         eprintln!(
@@ -387,7 +397,13 @@ fn explain_all<B: Backend>(
     let (n, labels) = (graph.num_classes, graph.labels.as_deref());
     let classes = match a.classes.as_deref() {
         Some(f) if f == Path::new("folders") => Some(Classes::from_folders(&a.inputs, n, labels)?),
-        Some(f) => Some(Classes::load(f, n, labels)?),
+        Some(f) => {
+            let c = Classes::load(f, n, labels)?;
+            if let Some(note) = &c.note {
+                eprintln!("note: {note}");
+            }
+            Some(c)
+        }
         None => None,
     };
     // Output stems mirror the tree under the folders given (a class file's folder, for its
