@@ -204,11 +204,12 @@ fn decode_bytes(
             Some(Err(JpegError::TooLarge(e))) => return Err(e),
             // What libjpeg refuses (12-bit, lossless, a header it finds damaged) the `image`
             // crate may still read; when it cannot either, libjpeg's message says more.
-            Some(Err(JpegError::Libjpeg(e))) => {
-                return decode_unguarded(std::io::Cursor::new(bytes), format).map_err(|_| e)
-            }
+            Some(Err(JpegError::Libjpeg(e))) => return decode_jpeg_by_image(bytes).map_err(|_| e),
             None => {}
         }
+    }
+    if format == image::ImageFormat::Jpeg {
+        return decode_jpeg_by_image(bytes);
     }
     let decoded = decode_unguarded(std::io::Cursor::new(bytes), format);
     match (decoded, format) {
@@ -234,7 +235,7 @@ pub fn jpeg_by_libjpeg() -> bool {
 /// fixed-point YCbCr → RGB, which are also what `cv2.imread` (pytorch-grad-cam's examples) and
 /// PIL decode with, so a photograph gives the peer's pixels bit for bit. (The `image` crate's
 /// decoder upsamples chroma differently: up to 4 levels apart on 10-30 % of the pixels of a
-/// 4:2:0 JPEG, most photographs.) The EXIF orientation is applied as in `decode_unguarded`.
+/// 4:2:0 JPEG, most photographs.) The EXIF orientation is applied by [`jpeg_orientation`].
 ///
 /// None for what is left to the `image` crate: a colour space other than YCbCr, grayscale,
 /// RGB, CMYK and YCCK, and images past the decoding limit (refused there, naming it).
@@ -251,8 +252,7 @@ fn decode_jpeg_libjpeg(
         msg.trim_start_matches("libjpeg fatal error: ").to_string()
     };
     let run = std::panic::catch_unwind(|| {
-        let d = match mozjpeg::Decompress::with_markers(&[mozjpeg::Marker::APP(1)]).from_mem(bytes)
-        {
+        let d = match mozjpeg::Decompress::builder().from_mem(bytes) {
             Ok(d) => d,
             Err(e) => return Some(Err(JpegError::Libjpeg(e.to_string()))),
         };
@@ -287,11 +287,7 @@ fn decode_jpeg_libjpeg(
                 max.saturating_mul(2) >> 20
             ))));
         }
-        let orientation = d
-            .markers()
-            .find_map(|m| m.data.strip_prefix(b"Exif\0\0"))
-            .and_then(image::metadata::Orientation::from_exif_chunk)
-            .unwrap_or(image::metadata::Orientation::NoTransforms);
+        let orientation = jpeg_orientation(bytes);
         Some(
             (|| {
                 let px = if cmyk {
@@ -411,15 +407,62 @@ fn decode_by_image<R: std::io::BufRead + std::io::Seek>(
     // limits and the decoder gets what is left for its own buffers. Unlike `decode`, the
     // decoder is kept long enough to read the EXIF orientation.
     let decoder = reader.into_decoder()?;
-    Ok(decode_with(decoder, format))
+    Ok(decode_with(decoder, format, None))
 }
 
-/// An opened decoder's image in 8-bit RGB, upright.
+/// A JPEG by the `image` crate's decoder, turned by its first Exif segment's orientation as
+/// the libjpeg path and cv2 do (the decoder itself takes the last).
+fn decode_jpeg_by_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let decoder =
+        image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(bytes)).map_err(why)?;
+    let orientation = jpeg_orientation(bytes);
+    decode_with(decoder, image::ImageFormat::Jpeg, Some(orientation))
+}
+
+/// The orientation of a JPEG's first Exif segment (APP1 `Exif\0\0`) before its first scan, as
+/// `cv2.imread` takes it; none turns nothing.
+fn jpeg_orientation(b: &[u8]) -> image::metadata::Orientation {
+    let none = image::metadata::Orientation::NoTransforms;
+    let mut i = 2;
+    loop {
+        // The next marker (bytes between segments passed over, as in `jpeg_scans`).
+        while i < b.len() && b[i] != 0xFF {
+            i += 1;
+        }
+        while i < b.len() && b[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&m) = b.get(i) else { return none };
+        i += 1;
+        match m {
+            0xDA | 0xD9 => return none,
+            0x00 | 0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(len) = b
+            .get(i..i + 2)
+            .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)
+        else {
+            return none;
+        };
+        let data = b.get(i + 2..(i + len).min(b.len())).unwrap_or_default();
+        if let (0xE1, Some(exif)) = (m, data.strip_prefix(b"Exif\0\0")) {
+            return image::metadata::Orientation::from_exif_chunk(exif).unwrap_or(none);
+        }
+        i += len.max(2);
+    }
+}
+
+/// An opened decoder's image in 8-bit RGB, upright: by `orientation`, else the decoder's.
 fn decode_with(
     mut decoder: impl image::ImageDecoder,
     format: image::ImageFormat,
+    orientation: Option<image::metadata::Orientation>,
 ) -> std::result::Result<RgbImage, String> {
-    let orientation = decoder.orientation().map_err(why)?;
+    let orientation = match orientation {
+        Some(o) => o,
+        None => decoder.orientation().map_err(why)?,
+    };
     let mut limits = image::Limits::default();
     limits.reserve(decoder.total_bytes()).map_err(why)?;
     decoder.set_limits(limits).map_err(why)?;
@@ -1158,6 +1201,17 @@ mod tests {
         // An XMP segment (APP1 too) before the Exif one: the Exif one counts (cv2 5.0 too).
         let xmp = b"\xff\xe1\x00\x1fhttp://ns.adobe.com/xap/1.0/\x00".to_vec();
         assert_eq!(xmp.len(), 0x1f + 2);
-        assert_eq!(decode_rgb8(&tag(&[xmp, app1(6)])).unwrap(), upright);
+        assert_eq!(decode_rgb8(&tag(&[xmp.clone(), app1(6)])).unwrap(), upright);
+        // The `image` crate's decoder (GRADCAM_JPEG_DECODER=image, or where libjpeg fails)
+        // is turned by the same segment (by itself it takes the last).
+        let stored_by_image = decode_jpeg_by_image(&plain).unwrap();
+        let by_image = |segments: &[Vec<u8>]| decode_jpeg_by_image(&tag(segments)).unwrap();
+        let turned = image::imageops::rotate90(&stored_by_image);
+        assert_eq!(by_image(&[app1(6), app1(3)]), turned);
+        assert_eq!(by_image(&[xmp, app1(6)]), turned);
+        assert_eq!(
+            by_image(&[app1(3), app1(6)]),
+            image::imageops::rotate180(&stored_by_image)
+        );
     }
 }
