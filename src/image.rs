@@ -420,37 +420,18 @@ fn decode_jpeg_by_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
 }
 
 /// The orientation of a JPEG's first Exif segment (APP1 `Exif\0\0`) before its first scan, as
-/// `cv2.imread` takes it; none turns nothing.
+/// `cv2.imread` takes it ([`walk_jpeg`]); none turns nothing.
 fn jpeg_orientation(b: &[u8]) -> image::metadata::Orientation {
-    let none = image::metadata::Orientation::NoTransforms;
-    let mut i = 2;
-    loop {
-        // The next marker (bytes between segments passed over, as in `jpeg_scans`).
-        while i < b.len() && b[i] != 0xFF {
-            i += 1;
+    let mut found = None;
+    walk_jpeg(b, |m, data| match (m, data.strip_prefix(b"Exif\0\0")) {
+        (0xDA, _) => false,
+        (0xE1, Some(exif)) => {
+            found = image::metadata::Orientation::from_exif_chunk(exif);
+            false
         }
-        while i < b.len() && b[i] == 0xFF {
-            i += 1;
-        }
-        let Some(&m) = b.get(i) else { return none };
-        i += 1;
-        match m {
-            0xDA | 0xD9 => return none,
-            0x00 | 0x01 | 0xD0..=0xD7 => continue,
-            _ => {}
-        }
-        let Some(len) = b
-            .get(i..i + 2)
-            .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)
-        else {
-            return none;
-        };
-        let data = b.get(i + 2..(i + len).min(b.len())).unwrap_or_default();
-        if let (0xE1, Some(exif)) = (m, data.strip_prefix(b"Exif\0\0")) {
-            return image::metadata::Orientation::from_exif_chunk(exif).unwrap_or(none);
-        }
-        i += len.max(2);
-    }
+        _ => true,
+    });
+    found.unwrap_or(image::metadata::Orientation::NoTransforms)
 }
 
 /// An opened decoder's image in 8-bit RGB, upright: by `orientation`, else the decoder's.
@@ -579,17 +560,40 @@ struct JpegScans {
     buffered: bool,
 }
 
-/// The scans of a JPEG's main image, None when it ends before its EOI marker: its segments
-/// are walked from the SOI (an embedded thumbnail lies inside a segment, skipped whole), each
-/// scan's entropy-coded data read up to the next marker that is not a restart or a stuffed
-/// 0xFF. Data after the EOI (a second picture, a phone's video) is not looked at. Bytes
-/// between segments are passed over as libjpeg does.
+/// The scans of a JPEG's main image, None when it ends before its EOI marker ([`walk_jpeg`]:
+/// an embedded thumbnail lies inside a segment, skipped whole; data after the EOI, a second
+/// picture or a phone's video, is not looked at).
 fn jpeg_scans(b: &[u8]) -> Option<JpegScans> {
     let mut found = JpegScans::default();
-    if !b.starts_with(&[0xFF, 0xD8]) {
-        return Some(found);
-    }
     let mut components = 0;
+    walk_jpeg(b, |m, data| {
+        // A frame header's component count (after its precision, height and width) and a
+        // scan header's (its first byte).
+        match m {
+            0xC0..=0xCF if !matches!(m, 0xC4 | 0xC8 | 0xCC) => {
+                components = data.get(5).copied().unwrap_or(0);
+                found.buffered |= matches!(m, 0xC2 | 0xC6 | 0xCA | 0xCE);
+            }
+            0xDA => {
+                found.buffered |= data.first().is_some_and(|&n| n < components);
+                found.scans += 1;
+            }
+            _ => {}
+        }
+        true
+    })?;
+    Some(found)
+}
+
+/// Walks a JPEG's segments from the SOI to the EOI, calling `visit(marker, segment data after
+/// its length)` for each until it returns false; a scan's entropy-coded data is read up to the
+/// next marker that is not a restart or a stuffed 0xFF, and bytes between segments are passed
+/// over as libjpeg does. None where the file ends before its EOI marker (or a segment before
+/// its length says); bytes that are not a JPEG are not walked.
+fn walk_jpeg(b: &[u8], mut visit: impl FnMut(u8, &[u8]) -> bool) -> Option<()> {
+    if !b.starts_with(&[0xFF, 0xD8]) {
+        return Some(());
+    }
     let mut i = 2;
     loop {
         // The next marker: 0xFF, fill bytes, the code.
@@ -602,7 +606,7 @@ fn jpeg_scans(b: &[u8]) -> Option<JpegScans> {
         let &m = b.get(i)?;
         i += 1;
         match m {
-            0xD9 => return Some(found),
+            0xD9 => return Some(()),
             // Markers without a length (a stray stuffed byte counts as one).
             0x00 | 0x01 | 0xD0..=0xD7 => continue,
             _ => {}
@@ -610,22 +614,15 @@ fn jpeg_scans(b: &[u8]) -> Option<JpegScans> {
         let len = b
             .get(i..i + 2)
             .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)?;
-        // A frame header's component count (after its precision, height and width) and a
-        // scan header's (right after the length).
-        match m {
-            0xC0..=0xCF if !matches!(m, 0xC4 | 0xC8 | 0xCC) => {
-                components = b.get(i + 7).copied().unwrap_or(0);
-                found.buffered |= matches!(m, 0xC2 | 0xC6 | 0xCA | 0xCE);
-            }
-            0xDA => found.buffered |= b.get(i + 2).is_some_and(|&n| n < components),
-            _ => {}
+        let data = b.get(i + 2..(i + len).min(b.len())).unwrap_or_default();
+        if !visit(m, data) {
+            return Some(());
         }
         i += len;
         if i > b.len() {
             return None;
         }
         if m == 0xDA {
-            found.scans += 1;
             // The scan's data: up to a marker, past stuffed zeros and restarts.
             loop {
                 while i < b.len() && b[i] != 0xFF {
