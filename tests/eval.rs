@@ -274,6 +274,29 @@ fn manifests_parse_and_bad_rows_name_their_line() {
         .unwrap_err()
         .to_string();
     assert!(msg.contains(":1: class `bird` is neither"), "{msg}");
+    // Digits are an index, with a note (naming the first line, and how many) where they are
+    // another class's label: numbered classes sorted as ImageFolder sorts them. A JSON number
+    // is an index and no note; digits that are their own index's label need none either.
+    let numbered: Vec<String> = ["1", "10", "2"].map(String::from).to_vec();
+    let p = dir.path().join("numbered.csv");
+    std::fs::write(&p, "a.png,2,0,0,1,1\nb.png,1,0,0,1,1\nc.png,1,0,0,1,1\n").unwrap();
+    let (e, note) = manifest::load_noting(&p, Some(&numbered), Some(3)).unwrap();
+    assert_eq!(e.iter().map(|e| e.class).collect::<Vec<_>>(), [2, 1, 1]);
+    let note = note.expect("a note for `1`, the label of class 0");
+    assert!(
+        note.contains(
+            "numbered.csv:2: class `1` is read as class index 1, but it is also the \
+             model's label of class 0 (2 lines give such a class)"
+        ),
+        "{note}"
+    );
+    let p = dir.path().join("numbered.jsonl");
+    std::fs::write(&p, line("1") + &line("\"2\"")).unwrap();
+    let (e, note) = manifest::load_noting(&p, Some(&numbered), Some(3)).unwrap();
+    assert_eq!((e[0].class, e[1].class, note), (1, 2, None));
+    std::fs::write(&p, line("\"1\"")).unwrap();
+    let (_, note) = manifest::load_noting(&p, Some(&numbered), Some(3)).unwrap();
+    assert!(note.is_some_and(|n| n.contains("numbered.jsonl:1: class `1`")));
     // A missing manifest names the file and says why once.
     let msg = manifest::load(&dir.path().join("none.csv"), None, None)
         .unwrap_err()

@@ -26,6 +26,17 @@ pub fn load(
     labels: Option<&[String]>,
     num_classes: Option<usize>,
 ) -> Result<Vec<Entry>> {
+    load_noting(path, labels, num_classes).map(|(entries, _)| entries)
+}
+
+/// [`load`], and a note for the reader when a class given as digits (read as an index) is
+/// also the label of another class: numbered classes in ImageFolder's sorted order, where
+/// label `10` is class 1.
+pub fn load_noting(
+    path: &Path,
+    labels: Option<&[String]>,
+    num_classes: Option<usize>,
+) -> Result<(Vec<Entry>, Option<String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let text = String::from_utf8(bytes).map_err(|_| {
         Error::Invalid(format!(
@@ -43,11 +54,12 @@ pub fn load(
     let classes = Classes {
         labels,
         count: num_classes,
+        ambiguous: Default::default(),
     };
     let entries = if is_jsonl {
-        parse_jsonl(text, base, classes)
+        parse_jsonl(text, base, &classes)
     } else {
-        parse_csv(text, base, classes)
+        parse_csv(text, base, &classes)
     }
     .map_err(|(line, why)| Error::Invalid(format!("{}:{line}: {why}", path.display())))?;
     if entries.is_empty() {
@@ -56,7 +68,12 @@ pub fn load(
             path.display()
         )));
     }
-    Ok(entries)
+    let (first, lines) = classes.ambiguous.into_inner();
+    let note = first.map(|(line, class, at)| {
+        let first = format!("{}:{line}", path.display());
+        crate::model::digits_label_note(&first, &class, at, lines)
+    });
+    Ok((entries, note))
 }
 
 type LineError = (usize, String);
@@ -82,15 +99,28 @@ const COLUMNS: [&[&str]; 7] = [
 const WANT: &str = "image,class,x0,y0,x1,y1[,mask]";
 
 /// What a row's class may be: an index below `count` (when known) or one of `labels`.
-#[derive(Clone, Copy)]
 struct Classes<'a> {
     labels: Option<&'a [String]>,
     count: Option<usize>,
+    /// The first line whose class, given as digits, is also another class's label (its
+    /// line, the text, that class), and how many lines are such.
+    ambiguous: std::cell::RefCell<(Option<(usize, String, usize)>, usize)>,
 }
 
 impl Classes<'_> {
-    /// A class given by index or label, as a row error when it is neither or out of range.
-    fn of(&self, s: &str) -> std::result::Result<usize, String> {
+    /// The class of line `line` given by index or label, as a row error when it is neither
+    /// or out of range.
+    fn of(&self, s: &str, line: usize) -> std::result::Result<usize, LineError> {
+        let c = self.of_text(s).map_err(|e| (line, e))?;
+        if let Some(at) = crate::model::digits_label_elsewhere(s, self.labels) {
+            let mut a = self.ambiguous.borrow_mut();
+            a.0.get_or_insert((line, s.to_string(), at));
+            a.1 += 1;
+        }
+        Ok(c)
+    }
+
+    fn of_text(&self, s: &str) -> std::result::Result<usize, String> {
         let c = match crate::model::class_index(s, self.labels)? {
             Some(c) => c,
             None if self.labels.is_some() => {
@@ -150,7 +180,7 @@ fn header_columns(names: &[String]) -> std::result::Result<[Option<usize>; 7], S
 fn parse_csv(
     text: &str,
     base: &Path,
-    classes: Classes,
+    classes: &Classes,
 ) -> std::result::Result<Vec<Entry>, LineError> {
     let mut out: Vec<Entry> = Vec::new();
     // Where each column's field is: by position until a header says otherwise.
@@ -218,7 +248,7 @@ fn parse_csv(
         if name.is_empty() {
             return Err((i + 1, "the image field is empty".into()));
         }
-        let class = (classes.of(get(1).expect("a required column"))).map_err(|e| (i + 1, e))?;
+        let class = classes.of(get(1).expect("a required column"), i + 1)?;
         let mut b = [0f32; 4];
         for (j, v) in b.iter_mut().enumerate() {
             let text = get(2 + j).expect("a required column");
@@ -273,7 +303,7 @@ fn merge(
 fn parse_jsonl(
     text: &str,
     base: &Path,
-    classes: Classes,
+    classes: &Classes,
 ) -> std::result::Result<Vec<Entry>, LineError> {
     #[derive(serde::Deserialize)]
     struct Row {
@@ -306,7 +336,7 @@ fn parse_jsonl(
                 Some(c) => Some(classes.check(c as usize).map_err(|e| (i + 1, e))?),
                 None => None,
             },
-            serde_json::Value::String(s) => Some(classes.of(s.trim()).map_err(|e| (i + 1, e))?),
+            serde_json::Value::String(s) => Some(classes.of(s.trim(), i + 1)?),
             _ => None,
         }
         .ok_or_else(|| {

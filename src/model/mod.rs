@@ -245,6 +245,20 @@ pub fn digits_label_elsewhere(s: &str, labels: Option<&[String]>) -> Option<usiz
     (at != index).then_some(at)
 }
 
+/// The note for a file of classes (a class list, an eval manifest) whose `lines` lines give
+/// a class as digits that [`digits_label_elsewhere`] finds; `first` is the first such line
+/// (`file:line`), `class` its text, `at` the class whose label it is.
+pub fn digits_label_note(first: &str, class: &str, at: usize, lines: usize) -> String {
+    format!(
+        "{first}: class `{class}` is read as class index {class}, but it is also the model's \
+         label of class {at}{}; to mean the label, give its index",
+        match lines {
+            1 => String::new(),
+            n => format!(" ({n} lines give such a class)"),
+        }
+    )
+}
+
 /// A class given as an index or as one of the model's labels (exactly, else ignoring ASCII
 /// case): None when it is neither; an error when the label names several classes (ImageNet
 /// has two `crane`s and two `maillot`s).

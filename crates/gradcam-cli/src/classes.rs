@@ -94,15 +94,8 @@ impl Classes {
             anyhow::bail!("{}: lists no images", file.display());
         }
         let note = ambiguous.0.map(|(number, class, at)| {
-            format!(
-                "{}:{number}: class `{class}` is read as class index {class}, but it is also the \
-                 model's label of class {at}{}; to mean the label, give its index",
-                file.display(),
-                match ambiguous.1 {
-                    1 => String::new(),
-                    n => format!(" ({n} lines give such a class)"),
-                }
-            )
+            let first = format!("{}:{number}", file.display());
+            gradcam::model::digits_label_note(&first, &class, at, ambiguous.1)
         });
         Ok(Classes {
             source: file.display().to_string(),

@@ -85,7 +85,10 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let net = load_network(&a.model)?;
-    let entries = with_network!(&net, net => manifest::load(&a.manifest, net.graph().labels.as_deref(), Some(net.num_classes())))?;
+    let (entries, note) = with_network!(&net, net => manifest::load_noting(&a.manifest, net.graph().labels.as_deref(), Some(net.num_classes())))?;
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
     with_network!(net, net => eval_on(a, &net, &entries))
 }
 
