@@ -51,9 +51,7 @@ use rayon::prelude::*;
 
 use crate::backend::{Backend, Overlays};
 use crate::cam::postprocess::guided_images;
-use crate::cam::{
-    explain, overlay, upsample_normalised, CamBatch, CamRequest, ClassSel, Finer, Method,
-};
+use crate::cam::{explain, overlay, CamBatch, CamRequest, ClassSel, Finer, Method};
 use crate::image::{InputSize, RgbImage};
 use crate::model::Network;
 use crate::{Error, Result};
@@ -330,7 +328,7 @@ fn device_fitting<B: Backend>(
     check_finite(&batch, &be.name())?;
     let t2 = Instant::now();
     let overlays = if cfg.overlay == OverlayAt::Image {
-        Some(be.overlays(&staged, &batch.maps)?)
+        Some(be.overlays(&staged, &batch.maps_to_upsample())?)
     } else {
         None
     };
@@ -393,9 +391,8 @@ impl Part {
             .enumerate()
             .map(|(i, (img, overlay_img))| {
                 let logits = &batch.logits.data()[i * nc..(i + 1) * nc];
-                let map = &batch.maps.data()[i * h * w..(i + 1) * h * w];
                 let class = batch.classes[i];
-                let cam = upsample_normalised(map, (h, w), hw);
+                let cam = batch.upsampled(i, hw);
                 let overlay_img = match at {
                     OverlayAt::Image => overlay_img,
                     OverlayAt::Input => Some(overlay(&resize_rgb(img, hw), &cam)),

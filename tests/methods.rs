@@ -29,8 +29,8 @@ use gradcam::cam::multi_layer::LayerFusion;
 use gradcam::cam::postprocess::guided_images;
 use gradcam::cam::sess::Sess;
 use gradcam::cam::{
-    explain, overlay, principal_projection, upsample_normalised, CamRequest, ClassSel, Finer,
-    Method, Target,
+    explain, normalise_minmax, overlay, principal_projection, upsample_normalised, CamRequest,
+    ClassSel, Finer, Method, Target,
 };
 use gradcam::image::{load_rgb8, preprocess, InputSize};
 use gradcam::Tensor;
@@ -176,7 +176,7 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             assert_eq!(out.compared[0], theirs, "{id}: compared classes");
         }
         let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);
-        let cam = upsample_normalised(out.maps.data(), (h, w), hw);
+        let cam = out.upsampled(0, hw);
         let mut theirs_cam = exp.f32("cam");
         let mut flipped = false;
         if req.layer.contains(',') {
@@ -193,7 +193,7 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             // maps are always min-max normalised.
             seen.insert(format!("{name}+aug_smooth"));
             let mut m = theirs_cam.data().to_vec();
-            gradcam::cam::normalise_minmax(&mut m);
+            normalise_minmax(&mut m);
             theirs_cam = Tensor::new(theirs_cam.shape(), m);
         }
         if req.sess.is_some() {
@@ -238,9 +238,11 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             flipped = sign < 0.0;
             signs.insert(flipped);
             if flipped {
-                let m = relu_of(&theirs, -1.0);
-                theirs_cam =
-                    Tensor::new([1, hw.0, hw.1], upsample_normalised(m.data(), (h, w), hw));
+                // Their map from the flipped projection, as they finish a layer's map:
+                // normalised at its size, resized, normalised again.
+                let mut m = relu_of(&theirs, -1.0).data().to_vec();
+                normalise_minmax(&mut m);
+                theirs_cam = Tensor::new([1, hw.0, hw.1], upsample_normalised(&m, (h, w), hw));
             }
         }
         let err = Tensor::new([1, hw.0, hw.1], cam.clone()).max_abs_diff(&theirs_cam);

@@ -15,8 +15,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use common::{check_overlay, expected, fixtures, manifest, networks, rel_err, Expected};
-use gradcam::cam::{grad_cam, overlay, upsample_normalised, ClassSel};
+use gradcam::backend::cpu::CpuBackend;
+use gradcam::cam::{grad_cam, normalise_minmax, overlay, upsample_normalised, ClassSel};
 use gradcam::image::{load_rgb8, preprocess, InputSize};
+use gradcam::model::{Network, Op};
 use gradcam::Tensor;
 use serde_json::Value;
 
@@ -81,8 +83,7 @@ fn single_images_match_pytorch_grad_cam() {
         let err = out.weights.max_abs_diff(&alpha);
         assert!(err < 1e-4 * scale, "{}: alpha differs by {err}", c.id);
 
-        let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);
-        let cam = upsample_normalised(out.maps.data(), (h, w), hw);
+        let cam = out.upsampled(0, hw);
         let expected = c.expected.f32("cam");
         let err = Tensor::new([1, hw.0, hw.1], cam.clone()).max_abs_diff(&expected);
         assert!(err < 1e-3, "{}: cam differs by {err}", c.id);
@@ -117,18 +118,91 @@ fn batched_images_match_pytorch_grad_cam() {
         let x = preprocess(&refs, hw);
         let classes = group.iter().map(|c| c.expected.class()).collect();
         let out = grad_cam(&nets[&model], x, &layer, &ClassSel::PerImage(classes), cf).unwrap();
-        let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);
         for (i, c) in group.iter().enumerate() {
             check_logits(
                 &c.id,
                 &out.logits.slice_batch(i, i + 1),
                 &c.expected.f32("logits"),
             );
-            let map = &out.maps.data()[i * h * w..(i + 1) * h * w];
-            let cam = upsample_normalised(map, (h, w), hw);
+            let cam = out.upsampled(i, hw);
             let err = Tensor::new([1, hw.0, hw.1], cam).max_abs_diff(&c.expected.f32("cam"));
             assert!(err < 1e-3, "{} (batched): cam differs by {err}", c.id);
         }
+    }
+}
+
+/// A faint map, as random weights give (full-size VGGs: a raw range of 1e-4): pytorch-grad-cam
+/// min-max normalises a layer's map at the layer's size, `(m - min) / (max - min + 1e-7)`,
+/// resizes it, and normalises it again, and the first `+ 1e-7` then scales the map by 1e-3;
+/// normalising once (gradcam before 2026-12-01) was off by that much. The classifier's last
+/// layer scaled by s scales the logits, α and the raw map by s, not the layer's activation,
+/// so the reference is the fixture's α·s and activation through pytorch-grad-cam's steps
+/// (tools/make_fixtures.py's `reference_cam`, which reproduces its cam within 1e-4).
+/// Tolerance: 1e-4 on the map (the fixtures' map error is about 1e-6).
+#[test]
+fn faint_maps_are_normalised_as_pytorch_grad_cam_does() {
+    let cases = cases();
+    let faint: Vec<&Case> = (cases.iter())
+        .filter(|c| c.model == "vgg_bn_tiny" && c.class.is_none() && !c.counterfactual)
+        .take(3)
+        .collect();
+    assert!(!faint.is_empty(), "no plain vgg_bn_tiny case");
+    let path = fixtures().join(
+        manifest("manifest.json")["models"]["vgg_bn_tiny"]["file"]
+            .as_str()
+            .unwrap(),
+    );
+    for c in faint {
+        let (alpha, act) = (c.expected.f32("alpha"), c.expected.f32("activation"));
+        let (k, h, w) = (act.shape()[1], act.shape()[2], act.shape()[3]);
+        // relu(Σ_k α_k A_k) at the layer's size: the raw map for s = 1.
+        let mut raw = vec![0f32; h * w];
+        for ch in 0..k {
+            let a = &act.data()[ch * h * w..(ch + 1) * h * w];
+            raw.iter_mut()
+                .zip(a)
+                .for_each(|(m, v)| *m += alpha.data()[ch] * v);
+        }
+        raw.iter_mut().for_each(|m| *m = m.max(0.0));
+        let range = raw.iter().fold(0f32, |m, &v| m.max(v));
+        let s = 1e-4 / range;
+        let mut g = gradcam::model::load(&path, None).unwrap();
+        let last = (g.nodes.iter().rev())
+            .find_map(|n| match n.op {
+                Op::Linear { w, b } => Some((w, b)),
+                _ => None,
+            })
+            .unwrap();
+        for p in [Some(last.0), last.1].into_iter().flatten() {
+            g.params[p].data_mut().iter_mut().for_each(|v| *v *= s);
+        }
+        let net = Network::new(g, CpuBackend::fast()).unwrap();
+        let img = load_rgb8(&c.image).unwrap();
+        let hw = c.size.for_image(&img);
+        let out = grad_cam(
+            &net,
+            preprocess(&[&img], hw),
+            &c.layer,
+            &ClassSel::Predicted,
+            false,
+        )
+        .unwrap();
+        assert_eq!(out.classes[0], c.expected.class(), "{}: class", c.id);
+        // pytorch-grad-cam: scale_cam_image at the layer's size with its resize, then again.
+        let mut theirs: Vec<f32> = raw.iter().map(|v| v * s).collect();
+        normalise_minmax(&mut theirs);
+        let theirs = upsample_normalised(&theirs, (h, w), hw);
+        let ours = out.upsampled(0, hw);
+        let err = (ours.iter().zip(&theirs)).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 1e-4, "{}: faint map differs by {err}", c.id);
+        // Normalised once, the map is off by more than the tolerance: the test can tell.
+        let once = upsample_normalised(out.maps.data(), (h, w), hw);
+        let off = (once.iter().zip(&theirs)).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            off > 5e-4,
+            "{}: normalising once is off by only {off}",
+            c.id
+        );
     }
 }
 

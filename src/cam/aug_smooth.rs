@@ -10,7 +10,6 @@
 //! Logits, class, channel weights and the guided gradient are the unaugmented copy's.
 
 use super::methods::{explain, CamBatch, CamRequest, ClassSel};
-use super::postprocess::upsample_normalised;
 use crate::backend::Backend;
 use crate::model::Network;
 use crate::{Error, Result, Tensor};
@@ -57,13 +56,10 @@ pub(crate) fn explain_aug_smooth<B: Backend>(
     let mut mean = vec![0f32; n * h * w];
     let mut plain = None;
     let mut add = |batch: CamBatch, first: usize| {
-        let (mh, mw) = (batch.maps.shape()[1], batch.maps.shape()[2]);
         for t in 0..batch.classes.len() / n {
             let mirror = AUGMENTATIONS[first + t].0;
             for i in 0..n {
-                let at = (t * n + i) * mh * mw;
-                let m = &batch.maps.data()[at..at + mh * mw];
-                let m = upsample_normalised(m, (mh, mw), (h, w));
+                let m = batch.upsampled(t * n + i, (h, w));
                 let m = if mirror { mirrored(&m, 1, h, w) } else { m };
                 for (acc, v) in mean[i * h * w..(i + 1) * h * w].iter_mut().zip(m) {
                     *acc += v;
@@ -76,6 +72,7 @@ pub(crate) fn explain_aug_smooth<B: Backend>(
                     classes: batch.classes[t * n..(t + 1) * n].to_vec(),
                     weights: rows(&batch.weights),
                     maps: Tensor::zeros([0]),
+                    layer_map: false,
                     guided: batch.guided.as_ref().map(rows),
                     compared: batch.compared[t * n..(t + 1) * n].to_vec(),
                 });

@@ -70,6 +70,7 @@ pub(crate) fn explain_full_grad<B: Backend>(
         classes: chosen,
         weights: Tensor::zeros([n, 0]),
         maps,
+        layer_map: false,
         guided: None,
         compared,
     })

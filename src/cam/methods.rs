@@ -257,12 +257,45 @@ pub struct CamBatch {
     pub weights: Tensor,
     /// The map at the target layer's resolution, after ReLU, before normalisation: [N, h, w]
     /// (with `aug_smooth`, the mean of normalised maps at the input size; with several layers,
-    /// their fusion there, see [`super::multi_layer`]).
+    /// their fusion there, see [`super::multi_layer`]). [`CamBatch::upsampled`] finishes one.
     pub maps: Tensor,
+    /// Whether `maps` is one target layer's map, which pytorch-grad-cam min-max normalises at
+    /// the layer's resolution (its `scale_cam_image` per layer) before the upsampling and
+    /// again after it; else a map it normalises once, after (FullGrad's sum, a fusion of
+    /// several layers, aug_smooth's mean, SESS). The first normalisation is not idle: its
+    /// `+ 1e-7` scales a map whose range is small (random weights: 1e-4) by up to 0.2 %.
+    pub layer_map: bool,
     /// Guided-backprop gradient at the input, [N, C, H, W], when requested.
     pub guided: Option<Tensor>,
     /// With Finer-CAM, each image's compared classes (nearest first); else empty.
     pub compared: Vec<Vec<usize>>,
+}
+
+impl CamBatch {
+    /// The maps as the upsampling takes them: a layer's map normalised at its resolution
+    /// (see [`CamBatch::layer_map`]), any other as it is.
+    pub fn maps_to_upsample(&self) -> std::borrow::Cow<'_, Tensor> {
+        if !self.layer_map {
+            return std::borrow::Cow::Borrowed(&self.maps);
+        }
+        let mut maps = self.maps.clone();
+        let hw = (maps.shape()[1] * maps.shape()[2]).max(1);
+        maps.data_mut()
+            .chunks_mut(hw)
+            .for_each(super::postprocess::normalise_minmax);
+        std::borrow::Cow::Owned(maps)
+    }
+
+    /// Image `i`'s map finished as pytorch-grad-cam finishes it: upsampled to `hw`
+    /// (bilinear) and min-max normalised, a layer's map normalised before as well.
+    pub fn upsampled(&self, i: usize, hw: (usize, usize)) -> Vec<f32> {
+        let (h, w) = (self.maps.shape()[1], self.maps.shape()[2]);
+        let mut map = self.maps.data()[i * h * w..(i + 1) * h * w].to_vec();
+        if self.layer_map {
+            super::postprocess::normalise_minmax(&mut map);
+        }
+        super::postprocess::upsample_normalised(&map, (h, w), hw)
+    }
 }
 
 /// Grad-CAM for a batch: the common case of [`explain`].
@@ -395,6 +428,7 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
         weights.get_or_insert(w);
         maps.push(m);
     }
+    let layer_map = maps.len() == 1;
     let maps = match maps.len() {
         1 => maps.pop().expect("one"),
         _ => fuse_layers(&maps, input_hw, req.fusion),
@@ -404,6 +438,7 @@ pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> 
         classes: chosen,
         weights: weights.expect("one layer at least"),
         maps,
+        layer_map,
         guided: out.input_grad.map(|g| be.download(&g)).transpose()?,
         compared,
     })

@@ -23,7 +23,6 @@
 use rayon::prelude::*;
 
 use super::methods::{choose_classes, explain, CamBatch, CamRequest, ClassSel};
-use super::postprocess::{normalise_minmax, upsample_normalised};
 use crate::backend::Backend;
 use crate::explain::softmax;
 use crate::image::resize_bilinear;
@@ -94,6 +93,7 @@ pub(crate) fn explain_sess<B: Backend>(
         classes,
         weights: Tensor::zeros([n, 0]),
         maps: Tensor::new([n, h, w], maps),
+        layer_map: false,
         guided: None,
         compared: vec![Vec::new(); n],
     })
@@ -215,7 +215,6 @@ fn explain_windows<B: Backend>(
     let be = net.backend();
     let x = be.upload(Tensor::new([m, c, win, win], batch.to_vec()))?;
     let out = explain(net, x, &sub)?;
-    let (mh, mw) = (out.maps.shape()[1], out.maps.shape()[2]);
     let nc = out.logits.shape()[1];
     // Each window's score and map pasted back, in parallel; summed in window order.
     let placed: Vec<(f32, Vec<f32>)> = (cuts.par_iter().enumerate())
@@ -223,10 +222,8 @@ fn explain_windows<B: Backend>(
             let z = &out.logits.data()[j * nc..(j + 1) * nc];
             let p = softmax(z);
             let wt = (req.target.score(&p, class) as f32).max(0.0);
-            // The base method's output: normalised, resized to the window, normalised again.
-            let mut map = out.maps.data()[j * mh * mw..(j + 1) * mh * mw].to_vec();
-            normalise_minmax(&mut map);
-            let cam = upsample_normalised(&map, (mh, mw), (win, win));
+            // The base method's output, resized to the window.
+            let cam = out.upsampled(j, (win, win));
             let (sh, sw) = cut.scaled;
             let mut canvas = vec![0f32; sh * sw];
             for (r, row) in cam.chunks(win).enumerate() {

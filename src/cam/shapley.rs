@@ -85,5 +85,6 @@ pub(crate) fn explain_shapley_layers<B: Backend>(
     }
     let mut out = first.expect("one layer at least");
     out.maps = fuse_layers(&maps, input_hw, req.fusion);
+    out.layer_map = false;
     Ok(out)
 }

@@ -68,7 +68,7 @@ pub fn load_noting(
             path.display()
         )));
     }
-    let (first, lines) = classes.ambiguous.into_inner();
+    let Ambiguous { first, lines } = classes.ambiguous.into_inner();
     let note = first.map(|(line, class, at)| {
         let first = format!("{}:{line}", path.display());
         crate::model::digits_label_note(&first, &class, at, lines)
@@ -102,9 +102,15 @@ const WANT: &str = "image,class,x0,y0,x1,y1[,mask]";
 struct Classes<'a> {
     labels: Option<&'a [String]>,
     count: Option<usize>,
-    /// The first line whose class, given as digits, is also another class's label (its
-    /// line, the text, that class), and how many lines are such.
-    ambiguous: std::cell::RefCell<(Option<(usize, String, usize)>, usize)>,
+    ambiguous: std::cell::RefCell<Ambiguous>,
+}
+
+/// The first line whose class, given as digits, is also another class's label (its line, the
+/// text, that class), and how many lines are such.
+#[derive(Default)]
+struct Ambiguous {
+    first: Option<(usize, String, usize)>,
+    lines: usize,
 }
 
 impl Classes<'_> {
@@ -114,8 +120,8 @@ impl Classes<'_> {
         let c = self.of_text(s).map_err(|e| (line, e))?;
         if let Some(at) = crate::model::digits_label_elsewhere(s, self.labels) {
             let mut a = self.ambiguous.borrow_mut();
-            a.0.get_or_insert((line, s.to_string(), at));
-            a.1 += 1;
+            a.first.get_or_insert((line, s.to_string(), at));
+            a.lines += 1;
         }
         Ok(c)
     }

@@ -10,7 +10,7 @@ pub mod road;
 use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::cam::{argmax, explain, upsample_normalised, CamRequest, ClassSel, Method};
+use crate::cam::{argmax, explain, CamRequest, ClassSel, Method};
 use crate::explain::softmax_at;
 use crate::image::{load_rgb8, preprocess, InputSize};
 use crate::model::Network;
@@ -190,29 +190,17 @@ pub fn evaluate_image<B: Backend>(
             sess: None,
         };
         let out = explain(net, be.upload(x.clone())?, &req)?;
-        let (h, w) = (out.maps.shape()[1], out.maps.shape()[2]);
-        let at_input = upsample_normalised(out.maps.data(), (h, w), hw);
+        let at_input = out.upsampled(0, hw);
         // The method again on the input times its map; its failure costs only this measure.
         let coh = match cfg.coherency {
             true => be
                 .upload(times_map(&x, &at_input))
                 .and_then(|xm| explain(net, xm, &req))
                 .ok()
-                .map(|again| {
-                    let (ah, aw) = (again.maps.shape()[1], again.maps.shape()[2]);
-                    coherency(
-                        &at_input,
-                        &upsample_normalised(again.maps.data(), (ah, aw), hw),
-                    )
-                }),
+                .map(|again| coherency(&at_input, &again.upsampled(0, hw))),
             false => None,
         };
-        maps.push((
-            m.name().to_string(),
-            upsample_normalised(out.maps.data(), (h, w), full),
-            at_input,
-            coh,
-        ));
+        maps.push((m.name().to_string(), out.upsampled(0, full), at_input, coh));
     }
     maps.push((
         CENTRE.to_string(),

@@ -23,8 +23,12 @@ pub fn applies(w: &Tensor, p: &Conv2dParams) -> bool {
 }
 
 /// [`applies`] by the filters' dims (K, C, R, S).
+/// `GRADCAM_WINOGRAD=0` turns it off (the direct convolution then runs), for comparisons.
 pub fn applies_to((_, c, r, s): (usize, usize, usize, usize), p: &Conv2dParams) -> bool {
-    r == 3 && s == 3 && p.stride == (1, 1) && p.dilation == (1, 1) && p.groups == 1 && c >= 16
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on =
+        *ON.get_or_init(|| std::env::var("GRADCAM_WINOGRAD").map_or(true, |v| v.trim() != "0"));
+    on && r == 3 && s == 3 && p.stride == (1, 1) && p.dilation == (1, 1) && p.groups == 1 && c >= 16
 }
 
 /// The Winograd variant: F(2×2, 3×3) or F(4×4, 3×3).
