@@ -2,7 +2,7 @@
 """Check `gradcam explain` against pytorch-grad-cam on full-size torchvision models.
 
     python tools/check_torchvision.py [ARCH ...] [--gradcam target/release/gradcam]
-        [--size 224|native] [--images DIR] [--work DIR] [--method gradcam|gradcamplusplus|...]
+        [--size 224|native] [--images DIR] [--work DIR] [--method gradcam|gradcam++|...]
 
 For each ARCH (default: a spread of VGG and ResNet depths), builds torchvision's model with
 random weights, randomises every BatchNorm's statistics and affine parameters (so folding
@@ -39,14 +39,24 @@ import torchvision
 from PIL import Image, ImageDraw, ImageOps
 from safetensors.torch import save_file
 
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from pytorch_grad_cam import (AblationCAM, EigenCAM, EigenGradCAM, FullGrad, GradCAM,
+                             GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM,
+                             XGradCAM)
 
+# gradcam's --method name → pytorch-grad-cam's class (Score-CAM: one forward pass per channel
+# of the layer, 512 for VGG16: minutes per image on a CPU).
 METHODS = {
     "gradcam": GradCAM,
-    "gradcamplusplus": GradCAMPlusPlus,
+    "gradcam++": GradCAMPlusPlus,
     "xgradcam": XGradCAM,
     "hirescam": HiResCAM,
     "layercam": LayerCAM,
+    "gradcamelementwise": GradCAMElementWise,
+    "eigencam": EigenCAM,
+    "eigengradcam": EigenGradCAM,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+    "fullgrad": FullGrad,
 }
 DEFAULT_ARCHS = ["resnet18", "resnet101", "vgg11", "vgg19_bn", "resnext101_32x8d"]
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
