@@ -54,6 +54,15 @@ fn missing_and_corrupt_model_files() {
             b.extend_from_slice(b"not json");
             b
         }),
+        // torch.save's zip (PyTorch ≥ 1.6) and bare pickle, with their first bytes.
+        (
+            "model.pth",
+            b"PK\x03\x04\x00\x00\x08\x08archive/data.pkl".to_vec(),
+        ),
+        (
+            "old.pt",
+            b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.".to_vec(),
+        ),
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
@@ -66,6 +75,17 @@ fn missing_and_corrupt_model_files() {
         // Cut inside the header: said to be truncated, not "not a safetensors file".
         if name == "header-cut.safetensors" {
             assert!(s.contains("truncated file"), "{s}");
+        }
+        // Files of other kinds say which, and how to convert a PyTorch checkpoint.
+        let says = match name {
+            "model.pth" => "a zip archive, as PyTorch's torch.save writes",
+            "old.pt" => "a Python pickle (an older torch.save",
+            "png.safetensors" => "an image, not a model file",
+            _ => continue,
+        };
+        assert!(s.contains(says), "{name}: {s}");
+        if name != "png.safetensors" {
+            assert!(s.contains("safetensors.torch.save_file("), "{name}: {s}");
         }
     }
 }

@@ -342,6 +342,14 @@ impl Weights {
 fn describe(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
     use safetensors::SafeTensorError as E;
     let len = file.len();
+    if matches!(
+        e,
+        E::HeaderTooLarge | E::InvalidHeaderLength | E::HeaderTooSmall
+    ) {
+        if let Some(what) = other_format(file) {
+            return what;
+        }
+    }
     match e {
         // A header that begins as one (`{"`) but runs past the end: the file was cut short.
         E::HeaderTooLarge | E::InvalidHeaderLength
@@ -379,6 +387,36 @@ fn describe(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
         }),
         other => format!("{other:?}"),
     }
+}
+
+/// What a file that is no safetensors file is, by its first bytes, when it is one of the
+/// formats models are often handed over in (or an image given as the model by mistake).
+fn other_format(file: &[u8]) -> Option<String> {
+    const CONVERT: &str = "convert its state_dict with `safetensors.torch.save_file(torch.load(F, \
+        map_location=\"cpu\"), \"model.safetensors\")`, or export torchvision's weights with \
+        tools/export_torchvision.py";
+    let torch_zip = file.starts_with(b"PK\x03\x04");
+    // Protocols 2-5; torch.save wrote a bare pickle before PyTorch 1.6.
+    let pickle = file.len() > 2 && file[0] == 0x80 && (2..=5).contains(&file[1]);
+    let what = match () {
+        _ if torch_zip => {
+            Some("a zip archive, as PyTorch's torch.save writes (.pt, .pth), not safetensors")
+        }
+        _ if pickle => Some("a Python pickle (an older torch.save: .pt, .pth), not safetensors"),
+        _ if file.starts_with(b"\x89HDF\r\n\x1a\n") => {
+            Some("an HDF5 file (Keras?), not safetensors")
+        }
+        _ => None,
+    };
+    if let Some(what) = what {
+        return Some(format!("{what}: {CONVERT}"));
+    }
+    let image = file.starts_with(b"\x89PNG\r\n\x1a\n")
+        || file.starts_with(b"\xff\xd8\xff")
+        || file.starts_with(b"GIF8")
+        || file.starts_with(b"BM")
+        || (file.len() >= 12 && &file[..4] == b"RIFF" && &file[8..12] == b"WEBP");
+    image.then(|| "an image, not a model file (was an image given as --model?)".into())
 }
 
 /// The first tensor whose header entry cannot be right (its shape and dtype need another
