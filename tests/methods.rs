@@ -5,7 +5,8 @@
 //! - logits: relative error < 1e-4 (as tests/parity.rs)
 //! - channel weights (Grad-CAM++, XGrad-CAM, Score-CAM): relative error < 1e-3 (these divide by
 //!   sums and, for Score-CAM, go through a softmax of logits: rounding grows a little)
-//! - maps (normalised, input size): max abs < 1e-3 (several target layers included); overlays
+//! - maps (normalised, input size): max abs < 1e-4 (several target layers included; observed
+//!   at most 5.3e-6); overlays
 //!   as tests/parity.rs; with
 //!   aug_smooth, against pytorch-grad-cam's mean map min-max normalised (it leaves it as is)
 //! - Eigen-CAM's principal-component projection (Eigen-CAM, Eigen-Grad-CAM, eigen_smooth):
@@ -246,7 +247,7 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             }
         }
         let err = Tensor::new([1, hw.0, hw.1], cam.clone()).max_abs_diff(&theirs_cam);
-        assert!(err < 1e-3, "{id}: cam differs by {err}");
+        assert!(err < 1e-4, "{id}: cam differs by {err}");
 
         if guided {
             let g = out.guided.as_ref().expect("guided requested");

@@ -5,7 +5,8 @@
 //! - preprocessed input: max abs < 1e-5 (same float ops, different summation order)
 //! - logits: max |ours - theirs| / max(1, max |theirs|) < 1e-4
 //! - α: max abs < 1e-4 · max(1, max |α|)
-//! - cam (normalised, at the input size): max abs < 1e-3
+//! - cam (normalised, at the input size): max abs < 1e-4 (the foundation issue set 1e-3;
+//!   observed at most 5.3e-6 over these and tests/methods.rs's fixtures)
 //! - overlay bytes (native size, show_cam_on_image): within ±2, or ±4 at pixels where the
 //!   reference 255·cam is within 1e-2 of a truncation boundary (neighbouring JET entry)
 
@@ -86,7 +87,7 @@ fn single_images_match_pytorch_grad_cam() {
         let cam = out.upsampled(0, hw);
         let expected = c.expected.f32("cam");
         let err = Tensor::new([1, hw.0, hw.1], cam.clone()).max_abs_diff(&expected);
-        assert!(err < 1e-3, "{}: cam differs by {err}", c.id);
+        assert!(err < 1e-4, "{}: cam differs by {err}", c.id);
 
         if let Some(theirs) = c.expected.bytes("overlay") {
             check_overlay(&c.id, overlay(&img, &cam).as_raw(), theirs, expected.data());
@@ -126,7 +127,7 @@ fn batched_images_match_pytorch_grad_cam() {
             );
             let cam = out.upsampled(i, hw);
             let err = Tensor::new([1, hw.0, hw.1], cam).max_abs_diff(&c.expected.f32("cam"));
-            assert!(err < 1e-3, "{} (batched): cam differs by {err}", c.id);
+            assert!(err < 1e-4, "{} (batched): cam differs by {err}", c.id);
         }
     }
 }
