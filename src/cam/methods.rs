@@ -263,7 +263,7 @@ pub struct CamBatch {
     /// the layer's resolution (its `scale_cam_image` per layer) before the upsampling and
     /// again after it; else a map it normalises once, after (FullGrad's sum, a fusion of
     /// several layers, aug_smooth's mean, SESS). The first normalisation is not idle: its
-    /// `+ 1e-7` scales a map whose range is small (random weights: 1e-4) by up to 0.2 %.
+    /// `+ 1e-7` scales a map by 1e-7 / its range (0.1 % at the 1e-4 random weights give).
     pub layer_map: bool,
     /// Guided-backprop gradient at the input, [N, C, H, W], when requested.
     pub guided: Option<Tensor>,
