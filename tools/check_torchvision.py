@@ -22,7 +22,9 @@ shapes and noise; JPEG and PNG; one with an EXIF orientation) under --work.
 Eigen-CAM's and Eigen-Grad-CAM's maps may come out negated (a singular vector has no sign;
 LAPACK's varies with the data, see src/cam/eigen.rs), and FullGrad's pixel-wise gradients
 follow f32 rounding in max-pooling near-ties (torch's own f32 and f64 maps differ by 0.1 on
-random-weight VGG16; README, Methods): mismatches there are not parity failures by themselves.
+random-weight VGG16; README, Methods), as, less, do LayerCAM's, HiResCAM's and
+GradCAMElementWise's at a layer a max pool follows (VGG's last ReLU): mismatches there are not
+parity failures by themselves; compare with torch in float64 to tell.
 
 Not a test (it needs torch, and minutes per model on a CPU): a check to run by hand after
 changing the model loader, the graph, or the preprocessing. Last run: see BENCHMARKS.md.
