@@ -383,7 +383,11 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
         );
     }
     let start = source.stream_position().map_err(|e| e.to_string())?;
-    match decode_by_image(&mut source, format) {
+    let unassociated = format == image::ImageFormat::Tiff && unassociated_alpha(&mut source);
+    source
+        .seek(std::io::SeekFrom::Start(start))
+        .map_err(|e| e.to_string())?;
+    match decode_by_image(&mut source, format, unassociated) {
         Ok(r) => r,
         // The `image` crate takes no gray + alpha TIFF (the `tiff` crate calls it two bands).
         Err(e @ image::ImageError::Unsupported(_)) if format == image::ImageFormat::Tiff => {
@@ -396,10 +400,35 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
     }
 }
 
+/// Whether a TIFF's extra sample is unassociated alpha (ExtraSamples = 2, as PIL writes RGBA):
+/// cv2 reads an 8-bit one through libtiff's RGBA interface, which multiplies the colour by it.
+/// False where the header cannot be read (the decoder then says why).
+fn unassociated_alpha<R: std::io::Read + std::io::Seek>(source: R) -> bool {
+    tiff::decoder::Decoder::new(source)
+        .and_then(|mut d| d.get_tag_u32_vec(tiff::tags::Tag::ExtraSamples))
+        .is_ok_and(|v| v == [2])
+}
+
+/// An 8-bit RGBA image's colour multiplied by its alpha as libtiff's RGBA interface does
+/// (`(v·a + 127) / 255`), which is what `cv2.imread` gives of an RGBA TIFF with unassociated
+/// alpha; None for other images.
+fn premultiplied(img: &image::DynamicImage) -> Option<RgbImage> {
+    let image::DynamicImage::ImageRgba8(b) = img else {
+        return None;
+    };
+    let times = |v: u8, a: u8| ((v as u32 * a as u32 + 127) / 255) as u8;
+    let px = (b.as_raw().chunks_exact(4))
+        .flat_map(|p| [times(p[0], p[3]), times(p[1], p[3]), times(p[2], p[3])])
+        .collect();
+    RgbImage::from_raw(b.width(), b.height(), px)
+}
+
 /// The `image` crate's decoding; Err where it has no decoder for the file (its header).
+/// `unassociated`: an RGBA TIFF's alpha is unassociated ([`unassociated_alpha`]).
 fn decode_by_image<R: std::io::BufRead + std::io::Seek>(
     source: R,
     format: image::ImageFormat,
+    unassociated: bool,
 ) -> std::result::Result<std::result::Result<RgbImage, String>, image::ImageError> {
     let mut reader = image::ImageReader::new(source);
     reader.set_format(format);
@@ -407,7 +436,7 @@ fn decode_by_image<R: std::io::BufRead + std::io::Seek>(
     // limits and the decoder gets what is left for its own buffers. Unlike `decode`, the
     // decoder is kept long enough to read the EXIF orientation.
     let decoder = reader.into_decoder()?;
-    Ok(decode_with(decoder, format, None))
+    Ok(decode_with(decoder, format, None, unassociated))
 }
 
 /// A JPEG by the `image` crate's decoder, turned by its first Exif segment's orientation as
@@ -416,7 +445,7 @@ fn decode_jpeg_by_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     let decoder =
         image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(bytes)).map_err(why)?;
     let orientation = jpeg_orientation(bytes);
-    decode_with(decoder, image::ImageFormat::Jpeg, Some(orientation))
+    decode_with(decoder, image::ImageFormat::Jpeg, Some(orientation), false)
 }
 
 /// The orientation of a JPEG's first Exif segment (APP1 `Exif\0\0`) before its first scan, as
@@ -434,11 +463,13 @@ fn jpeg_orientation(b: &[u8]) -> image::metadata::Orientation {
     found.unwrap_or(image::metadata::Orientation::NoTransforms)
 }
 
-/// An opened decoder's image in 8-bit RGB, upright: by `orientation`, else the decoder's.
+/// An opened decoder's image in 8-bit RGB, upright: by `orientation`, else the decoder's;
+/// with `unassociated`, an 8-bit RGBA image's colour multiplied by its alpha ([`premultiplied`]).
 fn decode_with(
     mut decoder: impl image::ImageDecoder,
     format: image::ImageFormat,
     orientation: Option<image::metadata::Orientation>,
+    unassociated: bool,
 ) -> std::result::Result<RgbImage, String> {
     let orientation = match orientation {
         Some(o) => o,
@@ -452,7 +483,8 @@ fn decode_with(
     // how to turn them; viewers, and `cv2.imread` in pytorch-grad-cam's examples, turn them
     // upright, so the model sees the picture the user sees. (Turned once in 8-bit RGB, the
     // smallest copy.)
-    let rgb = high_bytes_as_cv2(&img, format);
+    let rgb = high_bytes_as_cv2(&img, format)
+        .or_else(|| unassociated.then(|| premultiplied(&img)).flatten());
     let mut img = image::DynamicImage::ImageRgb8(rgb.unwrap_or_else(|| img.to_rgb8()));
     img.apply_orientation(orientation);
     let img = img.into_rgb8();

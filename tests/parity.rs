@@ -213,7 +213,8 @@ fn faint_maps_are_normalised_as_pytorch_grad_cam_does() {
 /// progressive, 4:4:4, restart markers, grayscale, CMYK, arithmetic coding, an EXIF
 /// orientation, odd sizes (partial MCUs); 16-bit PNGs (libpng keeps the high byte), RGB, gray,
 /// gray + alpha and RGBA; 16-bit TIFFs (cv2 keeps a gray one's high byte, with or without
-/// alpha, and rounds an RGB one's); a lossy WebP.
+/// alpha, and rounds an RGB one's); an 8-bit RGBA TIFF with unassociated alpha (cv2 multiplies
+/// the colour by it, libtiff's RGBA interface); a lossy WebP.
 #[test]
 fn images_decode_to_cv2s_pixels() {
     let dir = fixtures().join("decode");
@@ -223,7 +224,7 @@ fn images_decode_to_cv2s_pixels() {
         .filter(|p| p.extension().is_some_and(|e| e != "npy"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 17, "{files:?}");
+    assert_eq!(files.len(), 18, "{files:?}");
     for file in files {
         let img = load_rgb8(&file).unwrap();
         let (shape, want) = gradcam::npy::read_f32(&file.with_extension("rgb.npy")).unwrap();

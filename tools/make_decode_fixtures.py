@@ -121,6 +121,11 @@ def main() -> int:
     (OUT / "planar").mkdir(exist_ok=True)
     gray_alpha_tiff(OUT / "planar" / "graya16_tiff.tif", deep[..., 1:3], planar=True)
     picture(27, 21, 8).save(OUT / "lossy.webp", quality=80)
+    # 8-bit RGBA TIFF with unassociated alpha (ExtraSamples 2, as PIL writes it): cv2 reads it
+    # through libtiff's RGBA interface, which multiplies the colour by the alpha.
+    rgba = picture(25, 17, 9)
+    rgba.putalpha(Image.fromarray(np.random.RandomState(10).randint(0, 256, (17, 25)).astype(np.uint8)))
+    rgba.save(OUT / "rgba8_unassoc_tiff.tif")
     jpegtran = shutil.which("jpegtran")
     if jpegtran:
         subprocess.run(
