@@ -63,6 +63,10 @@ fn missing_and_corrupt_model_files() {
             "old.pt",
             b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.".to_vec(),
         ),
+        (
+            "keras.h5",
+            b"\x89HDF\r\n\x1a\n\0\0\0\0\0\x08\x08\0".to_vec(),
+        ),
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
@@ -81,10 +85,11 @@ fn missing_and_corrupt_model_files() {
             "model.pth" => "a zip archive, as PyTorch's torch.save writes",
             "old.pt" => "a Python pickle (an older torch.save",
             "png.safetensors" => "an image, not a model file",
+            "keras.h5" => "an HDF5 file (a Keras model?)",
             _ => continue,
         };
         assert!(s.contains(says), "{name}: {s}");
-        if name != "png.safetensors" {
+        if name.ends_with(".pt") || name.ends_with(".pth") {
             assert!(s.contains("safetensors.torch.save_file("), "{name}: {s}");
         }
     }

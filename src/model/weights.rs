@@ -392,24 +392,27 @@ fn describe(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
 /// What a file that is no safetensors file is, by its first bytes, when it is one of the
 /// formats models are often handed over in (or an image given as the model by mistake).
 fn other_format(file: &[u8]) -> Option<String> {
-    const CONVERT: &str = "convert its state_dict with `safetensors.torch.save_file(torch.load(F, \
-        map_location=\"cpu\"), \"model.safetensors\")`, or export torchvision's weights with \
-        tools/export_torchvision.py";
-    let torch_zip = file.starts_with(b"PK\x03\x04");
+    const CONVERT: &str = "convert its state_dict with \
+        `safetensors.torch.save_file(torch.load(path, map_location=\"cpu\"), \
+        \"model.safetensors\")`, or export torchvision's weights with tools/export_torchvision.py";
     // Protocols 2-5; torch.save wrote a bare pickle before PyTorch 1.6.
     let pickle = file.len() > 2 && file[0] == 0x80 && (2..=5).contains(&file[1]);
-    let what = match () {
-        _ if torch_zip => {
-            Some("a zip archive, as PyTorch's torch.save writes (.pt, .pth), not safetensors")
-        }
-        _ if pickle => Some("a Python pickle (an older torch.save: .pt, .pth), not safetensors"),
-        _ if file.starts_with(b"\x89HDF\r\n\x1a\n") => {
-            Some("an HDF5 file (Keras?), not safetensors")
-        }
-        _ => None,
-    };
-    if let Some(what) = what {
-        return Some(format!("{what}: {CONVERT}"));
+    if file.starts_with(b"PK\x03\x04") {
+        return Some(format!(
+            "a zip archive, as PyTorch's torch.save writes (.pt, .pth), not safetensors: {CONVERT}"
+        ));
+    }
+    if pickle {
+        return Some(format!(
+            "a Python pickle (an older torch.save: .pt, .pth), not safetensors: {CONVERT}"
+        ));
+    }
+    if file.starts_with(b"\x89HDF\r\n\x1a\n") {
+        return Some(
+            "an HDF5 file (a Keras model?): gradcam reads torchvision VGG and ResNet weights \
+             in safetensors"
+                .into(),
+        );
     }
     let image = file.starts_with(b"\x89PNG\r\n\x1a\n")
         || file.starts_with(b"\xff\xd8\xff")
