@@ -51,15 +51,15 @@ pub fn load_noting(
         .extension()
         .is_some_and(|e| e == "jsonl" || e == "json")
         || text.trim_start().starts_with('{');
-    let classes = Classes {
+    let mut classes = Classes {
         labels,
         count: num_classes,
-        ambiguous: Default::default(),
+        digits: Default::default(),
     };
     let entries = if is_jsonl {
-        parse_jsonl(text, base, &classes)
+        parse_jsonl(text, base, &mut classes)
     } else {
-        parse_csv(text, base, &classes)
+        parse_csv(text, base, &mut classes)
     }
     .map_err(|(line, why)| Error::Invalid(format!("{}:{line}: {why}", path.display())))?;
     if entries.is_empty() {
@@ -68,11 +68,7 @@ pub fn load_noting(
             path.display()
         )));
     }
-    let Ambiguous { first, lines } = classes.ambiguous.into_inner();
-    let note = first.map(|(line, class, at)| {
-        let first = format!("{}:{line}", path.display());
-        crate::model::digits_label_note(&first, &class, at, lines)
-    });
+    let note = classes.digits.note(path);
     Ok((entries, note))
 }
 
@@ -102,27 +98,16 @@ const WANT: &str = "image,class,x0,y0,x1,y1[,mask]";
 struct Classes<'a> {
     labels: Option<&'a [String]>,
     count: Option<usize>,
-    ambiguous: std::cell::RefCell<Ambiguous>,
-}
-
-/// The first line whose class, given as digits, is also another class's label (its line, the
-/// text, that class), and how many lines are such.
-#[derive(Default)]
-struct Ambiguous {
-    first: Option<(usize, String, usize)>,
-    lines: usize,
+    /// Classes given as digits that are also another class's label, for a note.
+    digits: crate::model::DigitsLabels,
 }
 
 impl Classes<'_> {
     /// The class of line `line` given by index or label, as a row error when it is neither
     /// or out of range.
-    fn of(&self, s: &str, line: usize) -> std::result::Result<usize, LineError> {
+    fn of(&mut self, s: &str, line: usize) -> std::result::Result<usize, LineError> {
         let c = self.of_text(s).map_err(|e| (line, e))?;
-        if let Some(at) = crate::model::digits_label_elsewhere(s, self.labels) {
-            let mut a = self.ambiguous.borrow_mut();
-            a.first.get_or_insert((line, s.to_string(), at));
-            a.lines += 1;
-        }
+        self.digits.see(line, s, self.labels);
         Ok(c)
     }
 
@@ -186,7 +171,7 @@ fn header_columns(names: &[String]) -> std::result::Result<[Option<usize>; 7], S
 fn parse_csv(
     text: &str,
     base: &Path,
-    classes: &Classes,
+    classes: &mut Classes,
 ) -> std::result::Result<Vec<Entry>, LineError> {
     let mut out: Vec<Entry> = Vec::new();
     // Where each column's field is: by position until a header says otherwise.
@@ -309,7 +294,7 @@ fn merge(
 fn parse_jsonl(
     text: &str,
     base: &Path,
-    classes: &Classes,
+    classes: &mut Classes,
 ) -> std::result::Result<Vec<Entry>, LineError> {
     #[derive(serde::Deserialize)]
     struct Row {

@@ -245,18 +245,37 @@ pub fn digits_label_elsewhere(s: &str, labels: Option<&[String]>) -> Option<usiz
     (at != index).then_some(at)
 }
 
-/// The note for a file of classes (a class list, an eval manifest) whose `lines` lines give
-/// a class as digits that [`digits_label_elsewhere`] finds; `first` is the first such line
-/// (`file:line`), `class` its text, `at` the class whose label it is.
-pub fn digits_label_note(first: &str, class: &str, at: usize, lines: usize) -> String {
-    format!(
-        "{first}: class `{class}` is read as class index {class}, but it is also the model's \
-         label of class {at}{}; to mean the label, give its index",
-        match lines {
-            1 => String::new(),
-            n => format!(" ({n} lines give such a class)"),
+/// The lines of a file of classes (a class list, an eval manifest) that give a class as
+/// digits which [`digits_label_elsewhere`] finds, for one note: the first (its line number,
+/// text and the class whose label it is) and how many.
+#[derive(Debug, Default)]
+pub struct DigitsLabels {
+    first: Option<(usize, String, usize)>,
+    lines: usize,
+}
+
+impl DigitsLabels {
+    /// Counts line `line`'s class `s` when it is such a class.
+    pub fn see(&mut self, line: usize, s: &str, labels: Option<&[String]>) {
+        if let Some(at) = digits_label_elsewhere(s, labels) {
+            self.first.get_or_insert((line, s.to_string(), at));
+            self.lines += 1;
         }
-    )
+    }
+
+    /// The note for `file`, None when no line gave such a class.
+    pub fn note(&self, file: &std::path::Path) -> Option<String> {
+        let (line, class, at) = self.first.as_ref()?;
+        Some(format!(
+            "{}:{line}: class `{class}` is read as class index {class}, but it is also the \
+             model's label of class {at}{}; to mean the label, give its index",
+            file.display(),
+            match self.lines {
+                1 => String::new(),
+                n => format!(" ({n} lines give such a class)"),
+            }
+        ))
+    }
 }
 
 /// A class given as an index or as one of the model's labels (exactly, else ignoring ASCII

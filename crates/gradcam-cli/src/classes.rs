@@ -42,9 +42,7 @@ impl Classes {
         let class_of = |s: &str| class_index(s, labels);
         let mut by_image: HashMap<PathBuf, usize> = HashMap::new();
         let mut listed = Vec::new();
-        // (line, class, its label's index) of the first class read as an index that is also
-        // another class's label, and how many lines have one.
-        let mut ambiguous: (Option<(usize, String, usize)>, usize) = (None, 0);
+        let mut digits = gradcam::model::DigitsLabels::default();
         for line in lines(&text) {
             let bad = |why: String| anyhow::anyhow!("{}:{}: {why}", file.display(), line.number);
             let Some((image, class)) = line.fields else {
@@ -74,12 +72,7 @@ impl Classes {
                     num_classes - 1
                 )));
             }
-            if let Some(at) = gradcam::model::digits_label_elsewhere(class.trim(), labels) {
-                ambiguous
-                    .0
-                    .get_or_insert((line.number, class.trim().to_string(), at));
-                ambiguous.1 += 1;
-            }
+            digits.see(line.number, class.trim(), labels);
             match by_image.insert(canonical(&base.join(image)), c) {
                 None => listed.push(base.join(image)),
                 Some(before) if before != c => {
@@ -93,10 +86,7 @@ impl Classes {
         if by_image.is_empty() {
             anyhow::bail!("{}: lists no images", file.display());
         }
-        let note = ambiguous.0.map(|(number, class, at)| {
-            let first = format!("{}:{number}", file.display());
-            gradcam::model::digits_label_note(&first, &class, at, ambiguous.1)
-        });
+        let note = digits.note(file);
         Ok(Classes {
             source: file.display().to_string(),
             by_path: by_image,
