@@ -10,6 +10,8 @@ pub use image::RgbImage;
 
 use crate::{Error, Result, Tensor};
 
+mod tiff_kinds;
+
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
@@ -98,7 +100,7 @@ pub fn peek_dims(path: &Path) -> Option<(u32, u32)> {
             jpeg_dims(std::io::BufReader::new(std::fs::File::open(path).ok()?))
         }
         f if read_whole(f) => None,
-        // (A gray + alpha TIFF's from the `tiff` crate: see `gray_alpha_tiff`.)
+        // (A gray + alpha or palette TIFF's from the `tiff` crate: see `tiff_kinds`.)
         image::ImageFormat::Tiff => guarded(|| reader.into_dimensions().map_err(|e| e.to_string()))
             .ok()
             .or_else(|| {
@@ -389,12 +391,18 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
         .map_err(|e| e.to_string())?;
     match decode_by_image(&mut source, format, unassociated) {
         Ok(r) => r,
-        // The `image` crate takes no gray + alpha TIFF (the `tiff` crate calls it two bands).
+        // The `image` crate takes no gray + alpha TIFF (the `tiff` crate calls it two bands)
+        // and no palette TIFF.
         Err(e @ image::ImageError::Unsupported(_)) if format == image::ImageFormat::Tiff => {
-            source
-                .seek(std::io::SeekFrom::Start(start))
-                .map_err(|e| e.to_string())?;
-            gray_alpha_tiff(source).unwrap_or_else(|| Err(why(e)))
+            let rewind = |s: &mut R| s.seek(std::io::SeekFrom::Start(start)).is_ok();
+            let mut by_tiff = None;
+            if rewind(&mut source) {
+                by_tiff = tiff_kinds::gray_alpha_tiff(&mut source);
+            }
+            if by_tiff.is_none() && rewind(&mut source) {
+                by_tiff = tiff_kinds::palette_tiff(&mut source);
+            }
+            by_tiff.unwrap_or_else(|| Err(why(e)))
         }
         Err(e) => Err(why(e)),
     }
@@ -492,64 +500,6 @@ fn decode_with(
         return Err("the image is empty (0 pixels)".into());
     }
     Ok(img)
-}
-
-/// A gray + alpha TIFF (8 or 16 bits, gray stored black-is-zero) as `cv2.imread` reads it:
-/// the gray replicated (a 16-bit one's high byte), the alpha dropped, the orientation tag
-/// applied. None for other TIFFs the `image` crate refused (its error then says why).
-fn gray_alpha_tiff<R: std::io::Read + std::io::Seek>(
-    source: R,
-) -> Option<std::result::Result<RgbImage, String>> {
-    use tiff::decoder::{Decoder, DecodingResult};
-    let max = image::Limits::default().max_alloc? as usize;
-    let mut limits = tiff::decoder::Limits::default();
-    limits.decoding_buffer_size = max;
-    let mut d = Decoder::new(source).ok()?.with_limits(limits);
-    match d.colortype().ok()? {
-        tiff::ColorType::Multiband {
-            bit_depth: 8 | 16,
-            num_samples: 2,
-        } => {}
-        _ => return None,
-    }
-    let tag = |d: &mut Decoder<R>, t| d.find_tag_unsigned::<u16>(t).ok().flatten();
-    if tag(&mut d, tiff::tags::Tag::PhotometricInterpretation) != Some(1) {
-        return None;
-    }
-    let orientation = tag(&mut d, tiff::tags::Tag::Orientation)
-        .and_then(|o| image::metadata::Orientation::from_exif(o.try_into().ok()?))
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let (w, h) = match d.dimensions() {
-        Ok(wh) => wh,
-        Err(e) => return Some(Err(e.to_string())),
-    };
-    // Interleaved samples (gray, alpha) per pixel, or (planar configuration 2) the gray
-    // plane first: the `tiff` crate then reads only that one.
-    let planar = tag(&mut d, tiff::tags::Tag::PlanarConfiguration) == Some(2);
-    let step = if planar { 1 } else { 2 };
-    let pixels = w as usize * h as usize;
-    let gray: Vec<u8> = match d.read_image() {
-        Ok(DecodingResult::U8(v)) => v.iter().step_by(step).take(pixels).copied().collect(),
-        Ok(DecodingResult::U16(v)) => (v.iter().step_by(step).take(pixels))
-            .map(|&g| (g >> 8) as u8)
-            .collect(),
-        Ok(_) => return None,
-        Err(tiff::TiffError::LimitsExceeded) => {
-            return Some(Err(format!(
-                "a {w}×{h} TIFF: decoding it would take more than the {} MiB allowed for one \
-                 image (a decompression bomb, or a picture far larger than a model needs)",
-                max >> 20
-            )))
-        }
-        Err(e) => return Some(Err(e.to_string())),
-    };
-    if w == 0 || h == 0 || gray.len() != pixels {
-        return Some(Err(format!("{w}×{h} gray + alpha TIFF without its pixels")));
-    }
-    let px = gray.iter().flat_map(|&g| [g; 3]).collect();
-    let mut img = image::DynamicImage::ImageRgb8(RgbImage::from_raw(w, h, px)?);
-    img.apply_orientation(orientation);
-    Some(Ok(img.into_rgb8()))
 }
 
 /// A 16-bit image in 8 bits where `cv2.imread` keeps each sample's high byte, v >> 8, rather

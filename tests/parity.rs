@@ -214,7 +214,9 @@ fn faint_maps_are_normalised_as_pytorch_grad_cam_does() {
 /// orientation, odd sizes (partial MCUs); 16-bit PNGs (libpng keeps the high byte), RGB, gray,
 /// gray + alpha and RGBA; 16-bit TIFFs (cv2 keeps a gray one's high byte, with or without
 /// alpha, and rounds an RGB one's); an 8-bit RGBA TIFF with unassociated alpha (cv2 multiplies
-/// the colour by it, libtiff's RGBA interface); a lossy WebP.
+/// the colour by it, libtiff's RGBA interface); palette TIFFs of 8-bit (PIL's, LZW), 4-bit
+/// (a map of any 16-bit values: libtiff keeps their high bytes) and 1-bit indices (a map of
+/// values below 256, which libtiff takes as they are); a lossy WebP.
 #[test]
 fn images_decode_to_cv2s_pixels() {
     let dir = fixtures().join("decode");
@@ -224,7 +226,7 @@ fn images_decode_to_cv2s_pixels() {
         .filter(|p| p.extension().is_some_and(|e| e != "npy"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 18, "{files:?}");
+    assert_eq!(files.len(), 21, "{files:?}");
     for file in files {
         let img = load_rgb8(&file).unwrap();
         let (shape, want) = gradcam::npy::read_f32(&file.with_extension("rgb.npy")).unwrap();

@@ -58,6 +58,28 @@ def gray_alpha16_png(path: Path, la: np.ndarray) -> None:
     path.write_bytes(png)
 
 
+def tiff_by_hand(path: Path, tags: list, strips: list, big_endian: bool = False) -> None:
+    """A one-image TIFF: the strips after the header, then the IFD, then the values longer
+    than an entry's 4 bytes. `tags`: (tag, type: 3 SHORT / 4 LONG, values), strip offsets
+    (273) given as None and filled in."""
+    e = ">" if big_endian else "<"
+    offsets = [8 + sum(len(x) for x in strips[:k]) for k in range(len(strips))]
+    tags = sorted((t, k, offsets if v is None else v) for t, k, v in tags)
+    data = b"".join(strips)
+    ifd_at = 8 + len(data)
+    extra = b""
+    extra_at = ifd_at + 2 + 12 * len(tags) + 4
+    ifd = struct.pack(e + "H", len(tags))
+    for tag, kind, values in tags:
+        packed = struct.pack(e + ("H" if kind == 3 else "I") * len(values), *values)
+        if len(packed) > 4:
+            packed, extra = struct.pack(e + "I", extra_at + len(extra)), extra + packed
+        ifd += struct.pack(e + "HHI", tag, kind, len(values)) + packed.ljust(4, b"\0")
+    ifd += struct.pack(e + "I", 0)
+    head = b"MM\0*" if big_endian else b"II*\0"
+    path.write_bytes(head + struct.pack(e + "I", ifd_at) + data + ifd + extra)
+
+
 def gray_alpha_tiff(path: Path, la: np.ndarray, planar: bool = False) -> None:
     """A gray + alpha TIFF of `la`'s bits (8 or 16): little-endian, uncompressed, unassociated
     alpha, the samples interleaved in one strip or (`planar`) the gray plane's strip, then
@@ -66,24 +88,33 @@ def gray_alpha_tiff(path: Path, la: np.ndarray, planar: bool = False) -> None:
     bits = la.dtype.itemsize * 8
     le = la.astype(f"<u{la.dtype.itemsize}")
     strips = [le[..., 0].tobytes(), le[..., 1].tobytes()] if planar else [le.tobytes()]
-    offsets = [8 + sum(len(x) for x in strips[:k]) for k in range(len(strips))]
     tags = [  # (tag, type: 3 SHORT / 4 LONG, values)
         (256, 4, [w]), (257, 4, [h]), (258, 3, [bits, bits]), (259, 3, [1]), (262, 3, [1]),
-        (273, 4, offsets), (277, 3, [2]), (278, 4, [h]), (279, 4, [len(x) for x in strips]),
+        (273, 4, None), (277, 3, [2]), (278, 4, [h]), (279, 4, [len(x) for x in strips]),
         (284, 3, [2 if planar else 1]), (338, 3, [2]),
     ]
-    data = b"".join(strips)
-    ifd_at = 8 + len(data)
-    extra = b""  # values longer than an entry's 4 bytes, after the IFD
-    extra_at = ifd_at + 2 + 12 * len(tags) + 4
-    ifd = struct.pack("<H", len(tags))
-    for tag, kind, values in tags:
-        packed = struct.pack("<" + ("H" if kind == 3 else "I") * len(values), *values)
-        if len(packed) > 4:
-            packed, extra = struct.pack("<I", extra_at + len(extra)), extra + packed
-        ifd += struct.pack("<HHI", tag, kind, len(values)) + packed.ljust(4, b"\0")
-    ifd += struct.pack("<I", 0)
-    path.write_bytes(b"II*\0" + struct.pack("<I", ifd_at) + data + ifd + extra)
+    tiff_by_hand(path, tags, strips)
+
+
+def palette_tiff(path: Path, index: np.ndarray, bits: int, colour_map: np.ndarray) -> None:
+    """A big-endian palette TIFF (PhotometricInterpretation 3) of `bits`-bit indices, packed
+    most significant first, each row starting on a byte; `colour_map`: 3 x 2^bits values,
+    red, green, blue. PIL writes 8-bit maps only, as v * 256."""
+    h, w = index.shape
+    rows = []
+    for row in index:
+        packed = np.zeros((w * bits + 7) // 8, np.uint8)
+        for x, i in enumerate(row):
+            bit = x * bits
+            packed[bit // 8] |= int(i) << (8 - bits - bit % 8)
+        rows.append(packed.tobytes())
+    strip = b"".join(rows)
+    tags = [
+        (256, 4, [w]), (257, 4, [h]), (258, 3, [bits]), (259, 3, [1]), (262, 3, [3]),
+        (273, 4, None), (277, 3, [1]), (278, 4, [h]), (279, 4, [len(strip)]),
+        (320, 3, [int(v) for v in colour_map.reshape(-1)]),
+    ]
+    tiff_by_hand(path, tags, [strip], big_endian=True)
 
 
 def main() -> int:
@@ -126,6 +157,13 @@ def main() -> int:
     rgba = picture(25, 17, 9)
     rgba.putalpha(Image.fromarray(np.random.RandomState(10).randint(0, 256, (17, 25)).astype(np.uint8)))
     rgba.save(OUT / "rgba8_unassoc_tiff.tif")
+    # Palette TIFFs (the `image` crate reads none): PIL's (8-bit, LZW; its map is v * 256);
+    # 4-bit indices into a map of any 16-bit values, of which cv2 (libtiff) keeps the high
+    # byte; 1-bit indices into a map of values below 256, which libtiff takes as 8-bit ones.
+    picture(26, 19, 11).quantize(colors=97).save(OUT / "palette8_lzw_tiff.tif", compression="tiff_lzw")
+    rng = np.random.RandomState(12)
+    palette_tiff(OUT / "palette4_tiff.tif", rng.randint(0, 16, (15, 21)), 4, rng.randint(0, 65536, (3, 16)))
+    palette_tiff(OUT / "palette1_map8_tiff.tif", rng.randint(0, 2, (9, 19)), 1, rng.randint(0, 256, (3, 2)))
     jpegtran = shutil.which("jpegtran")
     if jpegtran:
         subprocess.run(
