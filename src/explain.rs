@@ -431,7 +431,7 @@ fn resize_rgb(img: &RgbImage, (h, w): (usize, usize)) -> RgbImage {
     RgbImage::from_raw(w as u32, h as u32, px).expect("sized above")
 }
 
-/// softmax(logits)[c], computed stably.
+/// softmax(logits)\[c\], computed stably.
 pub fn softmax_at(logits: &[f32], c: usize) -> f32 {
     let (m, z) = softmax_shift(logits);
     (((logits[c] - m) as f64).exp() / z) as f32

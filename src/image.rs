@@ -224,7 +224,7 @@ fn decode_bytes(
     }
 }
 
-/// Whether JPEGs go through [`decode_jpeg_libjpeg`]: yes unless `GRADCAM_JPEG_DECODER=image`
+/// Whether JPEGs go through `decode_jpeg_libjpeg`: yes unless `GRADCAM_JPEG_DECODER=image`
 /// (the `image` crate's decoder: SIMD, faster on large photographs, but not cv2's pixels).
 pub fn jpeg_by_libjpeg() -> bool {
     static LIBJPEG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -746,7 +746,7 @@ impl InputSize {
     }
 }
 
-/// RGB8 → [0,1] → resize to (h, w) → ImageNet normalisation, written as CHW into `out`.
+/// RGB8 → \[0,1\] → resize to (h, w) → ImageNet normalisation, written as CHW into `out`.
 pub fn preprocess_into(img: &RgbImage, (h, w): (usize, usize), out: &mut [f32]) {
     let (ih, iw) = (img.height() as usize, img.width() as usize);
     let px = img.as_raw();

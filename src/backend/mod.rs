@@ -286,7 +286,7 @@ pub trait Backend: Send + Sync {
     ) -> Result<Option<Self::Tensor>> {
         self.conv2d_prepare(w, p)
     }
-    /// `F.conv2d(x, w, b, stride, padding, dilation, groups)`; x [N,C,H,W], w [K,C/g,R,S];
+    /// `F.conv2d(x, w, b, stride, padding, dilation, groups)`; x `[N,C,H,W]`, w `[K,C/g,R,S]`;
     /// `prepared` is what [`Backend::conv2d_prepare`] made of w, if anything; `relu` applies
     /// a ReLU to the output in the same pass (for a conv whose output only feeds a ReLU).
     #[allow(clippy::too_many_arguments)]
@@ -382,7 +382,7 @@ pub trait Backend: Send + Sync {
         dy: &Self::Tensor,
         in_hw: (usize, usize),
     ) -> Result<Self::Tensor>;
-    /// `F.linear(x, w, b)`; x [N,in], w [out,in].
+    /// `F.linear(x, w, b)`; x `[N,in]`, w `[out,in]`.
     fn linear_fwd(
         &self,
         x: &Self::Tensor,
@@ -396,23 +396,23 @@ pub trait Backend: Send + Sync {
     /// `x * scale[None,:,None,None] + shift[None,:,None,None]` (host-side per-channel vectors).
     fn channel_affine(&self, x: Self::Tensor, scale: &[f32], shift: &[f32])
         -> Result<Self::Tensor>;
-    /// α[n,k] = `dA.mean(dim=(2,3))`: Grad-CAM's neuron importance weights, [N,K].
+    /// α\[n,k\] = `dA.mean(dim=(2,3))`: Grad-CAM's neuron importance weights, `[N,K]`.
     fn grad_pool(&self, grad: &Self::Tensor) -> Result<Self::Tensor>;
-    /// `F.relu((alpha[:,:,None,None] * a).sum(1))`: the raw class activation map, [N,h,w].
+    /// `F.relu((alpha[:,:,None,None] * a).sum(1))`: the raw class activation map, `[N,h,w]`.
     fn weighted_sum_relu(&self, a: &Self::Tensor, alpha: &Self::Tensor) -> Result<Self::Tensor>;
-    /// Channel weights [N,K] of a weight-based CAM method from A and ∂y/∂A.
+    /// Channel weights `[N,K]` of a weight-based CAM method from A and ∂y/∂A.
     fn cam_weights(
         &self,
         rule: WeightRule,
         a: &Self::Tensor,
         g: &Self::Tensor,
     ) -> Result<Self::Tensor>;
-    /// FEM's channel weights [N,K]: the fraction of each plane's positions above its mean
+    /// FEM's channel weights `[N,K]`: the fraction of each plane's positions above its mean
     /// plus `k_sigma` (population) standard deviations. pytorch-grad-cam's FEM:
     /// `(a > a.mean((2,3), keepdim=True) + k * a.std((2,3), keepdim=True, unbiased=False))
     /// .mean((2,3))`.
     fn fem_weights(&self, a: &Self::Tensor, k_sigma: f32) -> Result<Self::Tensor>;
-    /// ReLU(Σ_k w(g)_k ⊙ A_k), [N,h,w], for the element-wise CAM methods.
+    /// ReLU(Σ_k w(g)_k ⊙ A_k), `[N,h,w]`, for the element-wise CAM methods.
     fn elementwise_cam_relu(
         &self,
         rule: ElementRule,
@@ -433,7 +433,7 @@ pub trait Backend: Send + Sync {
     /// `torch.cat([(x.flip(3) if m else x) * f for m, f in copies])`.
     fn aug_copies(&self, x: &Self::Tensor, copies: &[(bool, f32)]) -> Result<Self::Tensor>;
     /// Ablation-CAM's ablated activations for channels k0..k1 of A [N, K, h, w]: copy j of
-    /// image i is A[i] with channel k0 + j set to zero. [(k1-k0)·N, K, h, w], copy-major. In
+    /// image i is A\[i\] with channel k0 + j set to zero. [(k1-k0)·N, K, h, w], copy-major. In
     /// torch: `torch.cat([a.index_fill(1, torch.tensor([k]), 0) for k in range(k0, k1)])`.
     fn ablate_channels(&self, a: &Self::Tensor, k: (usize, usize)) -> Result<Self::Tensor>;
     /// One FullGrad term of the gradient `g` [N, K, h, w], added to `total` [N, oh, ow] (f32;

@@ -66,7 +66,7 @@ pub enum Method {
     /// ([`CamRequest::fem_k`]; no class, no gradients).
     Fem,
     /// Cai et al. 2025 (pytorch-grad-cam's ShapleyCAM): Grad-CAM's weights from ∂f/∂A − ½ H A,
-    /// with H the score's Hessian along A (see [`super::shapley`]); Grad-CAM itself for the
+    /// with H the score's Hessian along A (see the `shapley` module); Grad-CAM itself for the
     /// logit target, where H = 0.
     ShapleyCam,
     /// Chung & Ying 2025 (pytorch-grad-cam's SegEigenCAM): Eigen-CAM of |g| ⊙ A, the sign
