@@ -607,7 +607,10 @@ fn mma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Result
 /// kd]ᵀ over one whole slice (4 k-steps, so the descriptors' advance along the swizzled rows is
 /// covered) by the instruction, by its twin, and on the CPU from the rounded inputs. Products
 /// of rounded values are exact in f32; sums of 64 (TF32: 32) of them, each below 4, may differ
-/// by the order of the additions: 1e-4.
+/// by the order of the additions: 1e-4 between the twin and the CPU (both IEEE f32 sums). The
+/// tensor cores' own sums are not IEEE ones (they align a k-step's products to the largest and
+/// round once), so the instruction gets 1e-3 against its twin: still far below what a misread
+/// layout, descriptor or swizzle gives (errors of the order of the values, 1 and more).
 fn wgmma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Result<Vec<Check>> {
     let mut rng = Rng::new(78);
     let err = max_abs_diff;
@@ -639,7 +642,7 @@ fn wgmma_checks<L: super::gpu::Launcher>(be: &super::gpu::GpuBackend<L>) -> Resu
             op: format!("{name}: instruction"),
             shape: "vs its twin, 4 k-steps".into(),
             max_err: err(&ins, &twin),
-            tolerance: 1e-4,
+            tolerance: 1e-3,
         });
         out.push(Check {
             op: format!("{name}: twin"),
