@@ -5,6 +5,8 @@
 //   add_<t>:            a += b
 //   channel_affine_<t>: x = x * scale[None,:,None,None] + shift[None,:,None,None] (f32 vectors)
 //   cast_f32_<h>, cast_<h>_f32:   out = x.to(dtype), h = bf16 or f16
+//   count_differing_u16: *count += (a != b).sum(), over 16-bit words: any dtype's bits (tuning
+//                        checks that a candidate kernel gives the first one's output)
 #include "common.cuh"
 
 #define GRID_STRIDE(i, n) \
@@ -91,4 +93,11 @@ extern "C" __global__ void cast_bf16_f32(const bf16* __restrict__ x, float* __re
 }
 extern "C" __global__ void cast_f16_f32(const f16* __restrict__ x, float* __restrict__ out, int n) {
     cast(x, out, n);
+}
+extern "C" __global__ void count_differing_u16(const unsigned short* __restrict__ a,
+                                              const unsigned short* __restrict__ b, int n,
+                                              int* __restrict__ count) {
+    int differ = 0;
+    GRID_STRIDE(i, n) differ += a[i] != b[i];
+    if (differ) atomicAdd(count, differ);
 }

@@ -180,6 +180,47 @@ fn pointwise_kernels_match_the_cpu_oracle() {
     }
 }
 
+/// `count_differing_u16` (tuning's check that a candidate gives the first one's bits) counts
+/// the differing 16-bit words, as `(a != b).sum()` over their bits: none, one at either end,
+/// every one, and signed zeros and NaNs (bits, not values), over more words than the grid's
+/// threads.
+#[test]
+fn count_differing_matches_the_cpu_count() {
+    let mut rng = Rng::new(13);
+    let a: Vec<u8> = (0..2 * 40_001).map(|_| rng.next_u64() as u8).collect();
+    let words = a.len() / 2;
+    let mut flipped_ends = a.clone();
+    flipped_ends[0] ^= 1;
+    flipped_ends[a.len() - 1] ^= 0x80;
+    let inverted: Vec<u8> = a.iter().map(|v| !v).collect();
+    let mut zeros = vec![0u8; 8];
+    zeros[1] = 0x80; // -0.0 as bf16 / f16 beside +0.0
+    for (name, x, y, want) in [
+        ("same", &a, &a, 0),
+        ("ends", &a, &flipped_ends, 2),
+        ("all", &a, &inverted, words),
+        ("signed zero", &vec![0u8; 8], &zeros, 1),
+    ] {
+        let n = x.len() / 2;
+        let mut count = 0i32.to_le_bytes();
+        run1d(
+            "count_differing_u16",
+            n,
+            &mut [
+                Arg::Bytes(x),
+                Arg::Bytes(y),
+                Arg::I32(n as i32),
+                Arg::BytesOut(&mut count),
+            ],
+        );
+        let cpu = (x.chunks_exact(2).zip(y.chunks_exact(2)))
+            .filter(|(p, q)| p != q)
+            .count();
+        assert_eq!(cpu, want, "{name}: the CPU count");
+        assert_eq!(i32::from_le_bytes(count) as usize, want, "{name}");
+    }
+}
+
 #[test]
 fn pool_kernels_match_the_cpu_oracle() {
     use gradcam::backend::Pool2dParams;

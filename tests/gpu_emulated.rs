@@ -485,6 +485,65 @@ fn conv_plans_serve_similar_shapes() {
     }
 }
 
+/// Tuning compares each candidate's output with the first choice's, bit for bit, and passes
+/// over one that differs however fast it is: here the TF32 cp.async ring, which reads its
+/// input truncated to TF32 rather than rounded (so it is never a candidate of its own), given
+/// as an extra candidate to stand for a kernel broken on a GPU. The tuned output is then the
+/// untuned kernel's, bit for bit.
+#[test]
+fn tuning_passes_over_a_candidate_that_differs() {
+    let mut rng = Rng::new(17);
+    let p = gradcam::backend::Conv2dParams::new(1, 1);
+    let x = rng.tensor(&[2, 32, 8, 8], -1.0, 1.0);
+    let w = rng.tensor(&[64, 32, 3, 3], -0.5, 0.5);
+    let run = |be: &GpuBackend<EmuLauncher>| -> Vec<u32> {
+        let wd = be.upload(w.clone()).unwrap();
+        let prep = be.conv2d_prepare(&wd, &p).unwrap();
+        let xd = be.upload(x.clone()).unwrap();
+        let y = be
+            .conv2d_fwd(&xd, &wd, prep.as_ref(), None, &p, false)
+            .unwrap();
+        be.download(&y)
+            .unwrap()
+            .data()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    let backend = || GpuBackend::with_precision(EmuLauncher::new(), Precision::Tf32);
+    let want = run(&backend().with_conv_tune(false));
+    // The premise: the ring's bits are not the others'.
+    let ring = run(&backend().with_conv_krsc(true).with_conv_async(true));
+    assert!(
+        ring != want,
+        "the TF32 ring gave the rounding kernels' bits"
+    );
+    // 3 stages of A (64 rows of 32 + 4 words) and B (32 rows of 64 + 8), as conv_choices.
+    let shared = 3 * (64 * 36 + 32 * (64 + 8)) * 4;
+    let tuned = backend().with_conv_tune(true).with_extra_conv_candidate(
+        "conv2d_fwd_tf32_async",
+        64,
+        true,
+        shared,
+    );
+    assert!(
+        run(&tuned) == want,
+        "the tuned output is not the first choice's"
+    );
+    let rejected = tuned.conv_rejected();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0].0, "conv2d_fwd_tf32_async");
+    assert!(
+        rejected[0].1.contains("differ from conv2d_fwd_tf32"),
+        "{rejected:?}"
+    );
+    let plans = tuned.conv_plans();
+    assert!(
+        plans.len() == 1 && !plans[0].1.contains("async"),
+        "{plans:?}"
+    );
+}
+
 /// Images of several sizes in one batch (runs of equal sizes share an overlay launch).
 #[test]
 fn device_preprocess_and_overlays_match_the_cpu() {

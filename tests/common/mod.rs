@@ -159,6 +159,9 @@ pub fn conv_choices_agree<L: gradcam::backend::gpu::Launcher>(
     );
     let plans = tuned.conv_plans();
     assert_eq!(plans.len(), 2 * convs, "{plans:?}");
+    // No candidate was passed over for giving other bits than the first choice.
+    let rejected = tuned.conv_rejected();
+    assert!(rejected.is_empty(), "{precision:?}: {rejected:?}");
     plans
 }
 

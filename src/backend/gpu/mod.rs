@@ -145,6 +145,11 @@ pub struct GpuBackend<L: Launcher> {
     conv_slice: Option<usize>,
     /// The tuned kernel per kind of convolution (see [`Self::conv_plans`]).
     conv_plans: Mutex<BTreeMap<String, String>>,
+    /// Kernels tuning passed over because their output differed from the first choice's
+    /// (see [`Self::conv_rejected`]).
+    conv_rejected: Mutex<BTreeMap<String, String>>,
+    /// More candidates for tuning (tests: see [`Self::with_extra_conv_candidate`]).
+    conv_extra: Vec<ConvChoice>,
     /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
     jet: OnceLock<L::Buf>,
     /// Per kernel: launches and time, while profiling is on.
@@ -239,6 +244,8 @@ impl<L: Launcher> GpuBackend<L> {
             conv_warps: None,
             conv_slice: None,
             conv_plans: Mutex::new(BTreeMap::new()),
+            conv_rejected: Mutex::new(BTreeMap::new()),
+            conv_extra: Vec::new(),
             jet: OnceLock::new(),
             profile: Mutex::new(None),
         }
@@ -656,10 +663,24 @@ impl<L: Launcher> GpuBackend<L> {
             };
         // The ring's vector copies need unshifted taps: 1x1, no padding.
         let ring_b = vec_b && (r, s) == (1, 1);
-        let choices = if op == "conv2d_fwd_nhwc" {
+        let mut choices = if op == "conv2d_fwd_nhwc" {
             self.nhwc_choices(dtype, (rows, depth), (r, s) == (1, 1), c)
         } else {
             self.conv_choices(op, dtype, (rows, depth), krsc_w.is_some(), (vec_b, ring_b))
+        };
+        if self.conv_tune {
+            let base = &choices[0].kernel;
+            let extra = self.conv_extra.iter().filter(|ch| {
+                ch.kernel.starts_with(base.as_str())
+                    && ch.kernel != *base
+                    && (!ch.krsc || krsc_w.is_some())
+            });
+            choices.extend(extra.cloned().collect::<Vec<_>>());
+        }
+        // The output (each signature's last buffer), which tuning compares between choices.
+        let out = match bufs.last() {
+            Some(KArg::Buf(b)) => (*b, rows * p.groups * cols * dtype.size()),
+            _ => unreachable!("a convolution's last buffer is its output"),
         };
         let args_for = |ch: &ConvChoice| {
             let mut args = bufs.to_vec();
@@ -707,7 +728,7 @@ impl<L: Launcher> GpuBackend<L> {
                 Some(ch) => ch,
                 None => {
                     // SAFETY: every choice takes <op>_<t>'s arguments, gridded by its tile.
-                    let ch = unsafe { self.tune(&choices, &args_for)? };
+                    let ch = unsafe { self.tune(&choices, &args_for, out)? };
                     self.conv_plans
                         .lock()
                         .expect("plans")
@@ -743,12 +764,20 @@ impl<L: Launcher> GpuBackend<L> {
     /// waits is the GPU's). A choice that fails to launch is passed over (the first error is
     /// returned only when none launches). Not in the profile.
     ///
+    /// Every choice computes the first one's output bit for bit (tests/gpu_emulated.rs and
+    /// tests/cuda.rs check it), so each one's output (`out`: the buffer and its bytes) is
+    /// compared with the first's on the device: one that differs is broken on this GPU or
+    /// driver, and is passed over with a notice (once per kernel) rather than left to give
+    /// wrong maps because it was fast. Where there is no memory for the copy of the first
+    /// output, the first choice is kept.
+    ///
     /// # Safety
     /// `args_for` gives each choice its kernel's arguments and grid, as [`Launcher::launch`].
     unsafe fn tune<'b>(
         &self,
         choices: &[ConvChoice],
         args_for: &dyn Fn(&ConvChoice) -> Launch<'b, L::Buf>,
+        (out, out_bytes): (&L::Buf, usize),
     ) -> Result<ConvChoice>
     where
         L::Buf: 'b,
@@ -756,6 +785,8 @@ impl<L: Launcher> GpuBackend<L> {
         const TUNE_RUNS: u32 = 3;
         let mut best: Option<(Duration, &ConvChoice)> = None;
         let mut first_err = None;
+        // The first choice that ran, and a copy of its output.
+        let mut first: Option<(&ConvChoice, Option<L::Buf>)> = None;
         for ch in choices {
             let (args, grid) = args_for(ch);
             let run = || -> Result<Duration> {
@@ -779,12 +810,29 @@ impl<L: Launcher> GpuBackend<L> {
                 self.l.synchronize()?;
                 Ok(t.elapsed())
             };
-            match run() {
-                Ok(t) if best.is_none_or(|(b, _)| t < b) => best = Some((t, ch)),
-                Ok(_) => {}
+            let t = match run() {
+                Ok(t) => t,
                 Err(e) => {
                     first_err.get_or_insert(e);
+                    continue;
                 }
+            };
+            let agrees = match &first {
+                None => {
+                    first = Some((ch, self.l.copy(out, out_bytes).ok()));
+                    true
+                }
+                Some((_, None)) => false,
+                Some((f, Some(want))) => {
+                    let differ = self.count_differing(want, out, out_bytes)?;
+                    if differ > 0 {
+                        self.reject(&ch.kernel, &f.kernel, differ, out_bytes / 2);
+                    }
+                    differ == 0
+                }
+            };
+            if agrees && best.is_none_or(|(b, _)| t < b) {
+                best = Some((t, ch));
             }
         }
         match (best, first_err) {
@@ -792,6 +840,78 @@ impl<L: Launcher> GpuBackend<L> {
             (None, Some(e)) => Err(e),
             (None, None) => unreachable!("tune is given at least two choices"),
         }
+    }
+
+    /// How many of the first `bytes` / 2 16-bit words of `a` and `b` differ
+    /// (`count_differing_u16`, in launches of at most 2^30 words).
+    fn count_differing(&self, a: &L::Buf, b: &L::Buf, bytes: usize) -> Result<u64> {
+        const CHUNK: usize = 1 << 30;
+        let words = bytes / 2;
+        let mut total = 0u64;
+        for at in (0..words).step_by(CHUNK) {
+            let n = CHUNK.min(words - at);
+            let count = self.l.upload(&0i32.to_le_bytes())?;
+            self.run1d(
+                "count_differing_u16",
+                n,
+                &[
+                    KArg::BufAt(a, 2 * at),
+                    KArg::BufAt(b, 2 * at),
+                    KArg::I32(n as i32),
+                    KArg::Buf(&count),
+                ],
+            )?;
+            let mut c = [0u8; 4];
+            self.l.download(&count, &mut c)?;
+            total += u32::from_le_bytes(c) as u64;
+        }
+        Ok(total)
+    }
+
+    /// Records that tuning passed over `kernel` (its output differed from `first`'s in
+    /// `differ` of `words` 16-bit words), with a notice on stderr the first time.
+    fn reject(&self, kernel: &str, first: &str, differ: u64, words: usize) {
+        let mut rejected = self.conv_rejected.lock().expect("rejected");
+        if rejected.contains_key(kernel) {
+            return;
+        }
+        let why = format!("{differ} of {words} 16-bit words of its output differ from {first}'s");
+        eprintln!(
+            "warning: GPU kernel {kernel} is not used: {why} (every candidate should give the \
+             same bits; please report this with `gradcam selftest --device cuda`'s output)"
+        );
+        rejected.insert(kernel.to_string(), why);
+    }
+
+    /// The kernels tuning passed over because they gave other bits than the first choice (a
+    /// kernel broken on this device), each with what differed.
+    pub fn conv_rejected(&self) -> Vec<(String, String)> {
+        let rejected = self.conv_rejected.lock().expect("rejected");
+        rejected
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// One more candidate for tuning to weigh wherever the first choice's kernel name is a
+    /// prefix of `kernel`'s (with `krsc`, only where the conv has KRSC weights): for tests,
+    /// which give it a kernel that computes other bits, to see it passed over. `tile`: the
+    /// output channels per block; `shared_bytes`: its dynamic shared memory.
+    #[doc(hidden)]
+    pub fn with_extra_conv_candidate(
+        mut self,
+        kernel: &str,
+        tile: usize,
+        krsc: bool,
+        shared_bytes: usize,
+    ) -> Self {
+        self.conv_extra.push(ConvChoice::new(
+            kernel.to_string(),
+            tile,
+            krsc,
+            shared_bytes,
+        ));
+        self
     }
 
     /// What tuning chose so far, per kind of convolution (see `launch_conv`): (its key, e.g.
