@@ -91,6 +91,11 @@ const MAX_WHOLE_BYTES: u64 = 2 * (512 << 20);
 /// the header cannot be read (decoding the file then says why). A JPEG's are read from its
 /// frame header (the `image` crate's JPEG decoder reads the whole file first).
 pub fn peek_dims(path: &Path) -> Option<(u32, u32)> {
+    // Opening a FIFO blocks until something writes to it: only regular files are opened
+    // (`load_rgb8` says what the rest are).
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
     let reader = image::ImageReader::open(path)
         .ok()?
         .with_guessed_format()

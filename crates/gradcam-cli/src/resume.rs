@@ -217,6 +217,10 @@ const RECORDED: &[&str] = &["outputs", "backend"];
 /// header and length, a JSON object naming its class (as every report does); any other file,
 /// bytes.
 fn whole_file(p: &Path) -> bool {
+    // (Opening a FIFO would block until something writes to it.)
+    if !std::fs::metadata(p).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let name = p.to_string_lossy();
     if name.ends_with(".png") {
         return png_whole(p).unwrap_or(false);

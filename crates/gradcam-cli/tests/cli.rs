@@ -27,6 +27,57 @@ fn model() -> String {
         .to_string()
 }
 
+/// A pipe named like an image, in a folder or given by name, fails as such and the other
+/// images are explained: nothing opens it (opening a FIFO blocks until something writes to
+/// it; `explain` once hung there, sizing the files for its batches). Killed after 120 s.
+#[cfg(unix)]
+#[test]
+fn a_pipe_among_the_images_fails_alone_and_blocks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    std::fs::copy(fixtures().join("images/a.png"), imgs.join("a.png")).unwrap();
+    let fifo = imgs.join("pipe.png");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    for (name, inputs) in [
+        ("folder", vec![imgs.clone()]),
+        ("named", vec![imgs.join("a.png"), fifo.clone()]),
+    ] {
+        let out = dir.path().join(name);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gradcam"))
+            .arg("explain")
+            .args(&inputs)
+            .args(["--model", &model(), "--out", out.to_str().unwrap()])
+            .env("RAYON_NUM_THREADS", "2")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(120) {
+                child.kill().unwrap();
+                panic!("{name}: explain still runs after 120 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("pipe.png") && err.contains("not a regular file"),
+            "{name}: {err}"
+        );
+        assert!(out.join("a.overlay.png").exists(), "{name}: {err}");
+        let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 3, "{name}: {csv}");
+    }
+}
+
 #[test]
 fn explain_writes_overlay_npy_and_json_per_image_and_survives_bad_inputs() {
     let dir = tempfile::tempdir().unwrap();
