@@ -107,16 +107,47 @@ pub fn kpca_projection(x: &Tensor, kpca: &Kpca) -> Result<Tensor> {
     if k == 0 || hw == 0 {
         return Ok(Tensor::zeros([n, h, w]));
     }
-    let per: Vec<Vec<f32>> = x
-        .data()
-        .par_chunks(k * hw)
-        .map(|img| project_one(img, k, hw, kpca))
-        .collect::<Result<_>>()?;
+    let matrix = 8 * (hw as u64).pow(2);
+    if matrix > MAX_KERNEL_BYTES {
+        return Err(Error::Invalid(format!(
+            "KPCA-CAM at a layer of {h}×{w} positions: its kernel between positions is a dense \
+             {hw}×{hw} matrix per image ({:.1} GB), more than the {:.1} GB allowed; explain at a \
+             smaller --size or at a later (smaller) layer",
+            matrix as f64 / 1e9,
+            MAX_KERNEL_BYTES as f64 / 1e9
+        )));
+    }
+    // Small kernels an image per thread; large ones an image at a time, each one's rows over
+    // the threads (so that the memory is one kernel's, not one per thread).
+    let per: Vec<Vec<f32>> = if matrix <= PER_THREAD_KERNEL_BYTES {
+        (x.data().par_chunks(k * hw))
+            .map(|img| project_one(img, k, hw, kpca, false))
+            .collect::<Result<_>>()?
+    } else {
+        (x.data().chunks(k * hw))
+            .map(|img| project_one(img, k, hw, kpca, true))
+            .collect::<Result<_>>()?
+    };
     Ok(Tensor::new([n, h, w], per.concat()))
 }
 
-/// One image: `x` is [K, hw] channel-major; returns the projection [hw].
-fn project_one(x: &[f32], k: usize, hw: usize, kpca: &Kpca) -> Result<Vec<f32>> {
+/// The largest kernel matrix KPCA-CAM builds (16384 positions, a 128×128 layer: ResNet's
+/// `conv1` at 224 has 12544); past it, memory and time (several passes over it per image)
+/// grow out of reach, as in pytorch-grad-cam (scikit-learn's dense kernel).
+const MAX_KERNEL_BYTES: u64 = 2_200_000_000;
+
+/// Kernels up to this size are built an image per thread (a 64×64 layer).
+const PER_THREAD_KERNEL_BYTES: u64 = 8 * 4096 * 4096;
+
+/// One image: `x` is [K, hw] channel-major; returns the projection [hw]. `rows_parallel`:
+/// the kernel's rows built and multiplied over the threads.
+fn project_one(
+    x: &[f32],
+    k: usize,
+    hw: usize,
+    kpca: &Kpca,
+    rows_parallel: bool,
+) -> Result<Vec<f32>> {
     // Centred channels, pixel-major: m[p][ch] = x[ch][p] - mean_p x[ch][p].
     let mut m = vec![0f64; hw * k];
     for (ch, src) in x.chunks(hw).enumerate() {
@@ -137,28 +168,41 @@ fn project_one(x: &[f32], k: usize, hw: usize, kpca: &Kpca) -> Result<Vec<f32>> 
                 .sqrt()
         })
         .collect();
+    let kern = |p: usize, q: usize| -> f64 {
+        let (mp, mq) = (&m[p * k..(p + 1) * k], &m[q * k..(q + 1) * k]);
+        let dot: f64 = mp.iter().zip(mq).map(|(a, b)| a * b).sum();
+        match kpca.kernel {
+            KpcaKernel::Sigmoid => (gamma * dot + 1.0).tanh(),
+            KpcaKernel::Poly => (gamma * dot + 1.0).powi(3),
+            // ‖x − y‖² from the norms; clamped, as rounding can take it below 0.
+            KpcaKernel::Rbf => {
+                let d2 = norms[p] * norms[p] + norms[q] * norms[q] - 2.0 * dot;
+                (-gamma * d2.max(0.0)).exp()
+            }
+            KpcaKernel::Cosine => match norms[p] * norms[q] {
+                0.0 => 0.0,
+                nn => dot / nn,
+            },
+            KpcaKernel::Linear => dot,
+        }
+    };
     let mut g = vec![0f64; hw * hw];
-    for p in 0..hw {
-        let mp = &m[p * k..(p + 1) * k];
-        for q in p..hw {
-            let mq = &m[q * k..(q + 1) * k];
-            let dot: f64 = mp.iter().zip(mq).map(|(a, b)| a * b).sum();
-            let v = match kpca.kernel {
-                KpcaKernel::Sigmoid => (gamma * dot + 1.0).tanh(),
-                KpcaKernel::Poly => (gamma * dot + 1.0).powi(3),
-                // ‖x − y‖² from the norms; clamped, as rounding can take it below 0.
-                KpcaKernel::Rbf => {
-                    let d2 = norms[p] * norms[p] + norms[q] * norms[q] - 2.0 * dot;
-                    (-gamma * d2.max(0.0)).exp()
-                }
-                KpcaKernel::Cosine => match norms[p] * norms[q] {
-                    0.0 => 0.0,
-                    nn => dot / nn,
-                },
-                KpcaKernel::Linear => dot,
-            };
-            g[p * hw + q] = v;
-            g[q * hw + p] = v;
+    if rows_parallel {
+        // Whole rows over the threads: symmetric to the bit all the same, as (p, q) and
+        // (q, p) multiply and add the same numbers in the same order.
+        (g.par_chunks_mut(hw).enumerate()).for_each(|(p, row)| {
+            row.iter_mut()
+                .enumerate()
+                .for_each(|(q, v)| *v = kern(p, q))
+        });
+    } else {
+        // The upper half, mirrored.
+        for p in 0..hw {
+            for q in p..hw {
+                let v = kern(p, q);
+                g[p * hw + q] = v;
+                g[q * hw + p] = v;
+            }
         }
     }
     let overflow = || {
@@ -188,9 +232,11 @@ fn project_one(x: &[f32], k: usize, hw: usize, kpca: &Kpca) -> Result<Vec<f32>> 
         }
     }
     let apply = |v: &[f64]| -> Vec<f64> {
-        g.chunks(hw)
-            .map(|row| row.iter().zip(v).map(|(a, b)| a * b).sum())
-            .collect()
+        let dot = |row: &[f64]| row.iter().zip(v).map(|(a, b)| a * b).sum();
+        match rows_parallel {
+            true => g.par_chunks(hw).map(dot).collect(),
+            false => g.chunks(hw).map(dot).collect(),
+        }
     };
     let (lambda, mut v) = lanczos_top(hw, apply);
     // The all-ones vector has eigenvalue 0, so the largest is ≥ 0 but for rounding; one
@@ -278,6 +324,41 @@ mod tests {
                 got.data()[p]
             );
         }
+    }
+
+    /// Large kernels are built and multiplied row-parallel an image at a time: the same bits
+    /// as the symmetric, one-thread way, for every kernel. A layer whose kernel would pass the
+    /// limit is refused, naming its size, before anything is allocated.
+    #[test]
+    fn large_kernels_row_parallel_and_the_limit() {
+        let mut rng = Rng::new(21);
+        let (k, hw) = (7, 23 * 19);
+        let x = rng.tensor(&[1, k, 23, 19], -1.0, 2.0);
+        for kernel in [
+            KpcaKernel::Sigmoid,
+            KpcaKernel::Rbf,
+            KpcaKernel::Poly,
+            KpcaKernel::Cosine,
+            KpcaKernel::Linear,
+        ] {
+            let kpca = Kpca {
+                kernel,
+                gamma: None,
+            };
+            let one = project_one(x.data(), k, hw, &kpca, false).unwrap();
+            let rows = project_one(x.data(), k, hw, &kpca, true).unwrap();
+            assert!(one == rows, "{kernel:?}");
+            assert!(one.iter().any(|&v| v != 0.0), "{kernel:?}");
+        }
+        // 130×130 positions: a 16900² f64 kernel, 2.28 GB; 128×128 (2.1 GB) would be built.
+        let big = Tensor::zeros([2, 1, 130, 130]);
+        let err = kpca_projection(&big, &Kpca::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("130×130") && err.contains("2.3 GB") && err.contains("--size"),
+            "{err}"
+        );
     }
 
     /// A layer that is the same at every pixel has a centred kernel of rounding noise: the
