@@ -76,6 +76,25 @@ impl Dict {
     }
 }
 
+/// The most weights a random classifier head is given: 2^28 (1.1 GB in f32, about three times
+/// that while being written); ImageNet-21k's 21 841 classes over ResNet-50's 2048 features
+/// take 45 M.
+const MAX_HEAD_WEIGHTS: usize = 1 << 28;
+
+/// Whether a head of `classes` outputs over `features` inputs is within [`MAX_HEAD_WEIGHTS`].
+fn head_fits(classes: usize, features: usize) -> Result<()> {
+    match classes.checked_mul(features) {
+        Some(n) if n <= MAX_HEAD_WEIGHTS => Ok(()),
+        _ => Err(Error::Invalid(format!(
+            "{classes} classes over {features} features: a head of {:.1} GB of f32 weights, more \
+             than the {} M weights random checkpoints are given (at most {} classes here)",
+            classes as f64 * features as f64 * 4.0 / 1e9,
+            MAX_HEAD_WEIGHTS >> 20,
+            MAX_HEAD_WEIGHTS / features.max(1)
+        ))),
+    }
+}
+
 /// A state dict for `arch` (one of [`super::ARCHS`]) with every width divided by `div`.
 pub fn state_dict(
     arch: &str,
@@ -113,6 +132,7 @@ pub fn state_dict(
             let hidden = (4096 / div).max(1);
             d.linear("classifier.0", hidden, cin * 49);
             d.linear("classifier.3", hidden, hidden);
+            head_fits(num_classes, hidden)?;
             d.linear("classifier.6", num_classes, hidden);
         }
         super::Standard::ResNet(spec) => {
@@ -146,6 +166,7 @@ pub fn state_dict(
                     cin = planes * exp;
                 }
             }
+            head_fits(num_classes, cin)?;
             d.linear("fc", num_classes, cin);
         }
     }
@@ -196,4 +217,22 @@ pub fn to_safetensors(tensors: &[(String, Tensor)], dtype: Dtype) -> Result<Vec<
 pub fn write(path: &Path, tensors: &[(String, Tensor)], dtype: Dtype) -> Result<()> {
     let bytes = to_safetensors(tensors, dtype)?;
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A head past 2^28 weights is refused before it is made, naming the classes and the most
+    /// that fit; ImageNet-21k's is made.
+    #[test]
+    fn huge_heads_are_refused() {
+        let err = super::state_dict("resnet18", 16, 100_000_000, 0).unwrap_err();
+        let s = err.to_string();
+        assert!(
+            s.contains("100000000 classes over 32 features") && s.contains("8388608 classes"),
+            "{s}"
+        );
+        let d = super::state_dict("resnet18", 16, 21_841, 0).unwrap();
+        let fc = d.iter().find(|(n, _)| n == "fc.weight").unwrap();
+        assert_eq!(fc.1.shape(), [21_841, 32]);
+    }
 }
