@@ -463,6 +463,74 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
     }
 }
 
+/// A method that cannot explain an image (Ablation-CAM when the class score is exactly 0, as
+/// with a zeroed head) costs only its own scores: the image is reported with the others and the
+/// failure named; the aggregate counts each method's images. Where no method can explain
+/// it, the image fails with the reason.
+#[test]
+fn a_failing_method_costs_only_its_own_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dict = gradcam::model::synth::state_dict("resnet18", 16, 10, 3).unwrap();
+    for (name, t) in dict.iter_mut() {
+        if name.starts_with("fc.") {
+            *t = gradcam::Tensor::zeros(t.shape());
+        }
+    }
+    let path = dir.path().join("zero_fc.safetensors");
+    gradcam::model::synth::write(&path, &dict, safetensors::Dtype::F32).unwrap();
+    let net = Network::new(model::load(&path, None).unwrap(), CpuBackend::fast()).unwrap();
+    let img = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images/a.png");
+    let csv = dir.path().join("m.csv");
+    std::fs::write(&csv, format!("{},4,10,10,60,50\n", img.display())).unwrap();
+    let entries = manifest::load(&csv, None, None).unwrap();
+    let cfg = EvalConfig {
+        layer: None,
+        size: InputSize::Square(64),
+        methods: vec![Method::GradCam, Method::AblationCam],
+        loc_threshold: 0.15,
+        pointing_tolerance: 0,
+        occlusion: None,
+        curve_steps: None,
+        forward_batch: 8,
+        target: gradcam::cam::Target::Logit,
+        coherency: false,
+        road: None,
+    };
+    let r = evaluate_image(&net, &entries[0], &cfg).unwrap();
+    let names: Vec<&str> = r.scores.iter().map(|s| s.method.as_str()).collect();
+    assert_eq!(names, ["gradcam", CENTRE]);
+    assert_eq!(r.failed_methods.len(), 1);
+    assert_eq!(r.failed_methods[0].method, "ablationcam");
+    assert!(
+        r.failed_methods[0]
+            .error
+            .contains("the class score is exactly 0"),
+        "{:?}",
+        r.failed_methods
+    );
+    // With an image where both ran, each method's row counts its own images.
+    let mut both = r.clone();
+    both.failed_methods.clear();
+    let mut ablation = both.scores[0].clone();
+    ablation.method = "ablationcam".into();
+    both.scores.insert(1, ablation);
+    let agg = aggregate(&[r.clone(), both]);
+    let rows: Vec<(&str, usize)> = agg.iter().map(|a| (a.method.as_str(), a.images)).collect();
+    assert_eq!(rows, [("gradcam", 2), ("ablationcam", 1), (CENTRE, 2)]);
+    // Ablation-CAM alone: nothing explains the image, which fails naming why.
+    let alone = EvalConfig {
+        methods: vec![Method::AblationCam],
+        ..cfg
+    };
+    let err = evaluate_image(&net, &entries[0], &alone)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ablationcam") && err.contains("exactly 0"),
+        "{err}"
+    );
+}
+
 /// pytorch-grad-cam's Coherency and Complexity on known maps: a map against itself, a scaled
 /// and shifted copy (ρ = 1 → 1), its negation (ρ = −1 → 0), a flat map (ρ = 0 → 0.5); the
 /// mean absolute value.

@@ -795,9 +795,13 @@ fn ablation_base_scores<T>(score: &Scores<T>) -> Result<Vec<f32>> {
         })
         .collect();
     if let Some(i) = base.iter().position(|&s| s == 0.0) {
+        let whose = match base.len() {
+            1 => "the".to_string(),
+            _ => format!("image {i}'s (of the batch)"),
+        };
         return Err(Error::Invalid(format!(
-            "Ablation-CAM: image {i}'s class score is exactly 0, so the relative drops that \
-             weigh its channels are undefined"
+            "Ablation-CAM: {whose} class score is exactly 0, so the relative drops that weigh \
+             its channels are undefined"
         )));
     }
     Ok(base)

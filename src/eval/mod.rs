@@ -87,6 +87,16 @@ pub struct ImageReport {
     pub class: usize,
     pub predicted: usize,
     pub scores: Vec<Scores>,
+    /// The methods that could not explain this image, each with why (the others are scored
+    /// all the same; the aggregate counts each method's own images).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_methods: Vec<MethodFailure>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodFailure {
+    pub method: String,
+    pub error: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -172,6 +182,7 @@ pub fn evaluate_image<B: Backend>(
 
     let classes = ClassSel::PerImage(vec![e.class]);
     let mut maps: Vec<MethodMap> = Vec::new();
+    let mut failed_methods = Vec::new();
     for &m in &cfg.methods {
         let req = CamRequest {
             layer: &layer,
@@ -189,7 +200,18 @@ pub fn evaluate_image<B: Backend>(
             kpca: crate::cam::kpca::Kpca::default(),
             sess: None,
         };
-        let out = explain(net, be.upload(x.clone())?, &req)?;
+        // A method that cannot explain this image (Ablation-CAM where the class score is 0)
+        // costs only its own scores.
+        let out = match explain(net, be.upload(x.clone())?, &req) {
+            Ok(out) => out,
+            Err(err) => {
+                failed_methods.push(MethodFailure {
+                    method: m.name().to_string(),
+                    error: err.to_string(),
+                });
+                continue;
+            }
+        };
         let at_input = out.upsampled(0, hw);
         // The method again on the input times its map; its failure costs only this measure.
         let coh = match cfg.coherency {
@@ -201,6 +223,11 @@ pub fn evaluate_image<B: Backend>(
             false => None,
         };
         maps.push((m.name().to_string(), out.upsampled(0, full), at_input, coh));
+    }
+    if maps.is_empty() {
+        // No method explained it: the image fails, with the (first) reason.
+        let first = failed_methods.swap_remove(0);
+        return Err(Error::Invalid(format!("{}: {}", first.method, first.error)));
     }
     maps.push((
         CENTRE.to_string(),
@@ -271,20 +298,30 @@ pub fn evaluate_image<B: Backend>(
         class: e.class,
         predicted,
         scores,
+        failed_methods,
     })
 }
 
-/// Per-method means over the images that were evaluated.
+/// Per-method means over the images that method explained, the methods in the order of the
+/// reports that have the most (every method, unless each image lost one), the centre prior
+/// last.
 pub fn aggregate(reports: &[ImageReport]) -> Vec<Aggregate> {
-    let Some(first) = reports.first() else {
-        return Vec::new();
-    };
-    first
-        .scores
-        .iter()
-        .enumerate()
-        .map(|(k, s)| {
-            let all: Vec<&Scores> = reports.iter().map(|r| &r.scores[k]).collect();
+    let mut fullest: Vec<&ImageReport> = reports.iter().collect();
+    fullest.sort_by_key(|r| std::cmp::Reverse(r.scores.len()));
+    let mut methods: Vec<&str> = Vec::new();
+    for s in fullest.iter().flat_map(|r| &r.scores) {
+        if !methods.contains(&s.method.as_str()) {
+            methods.push(&s.method);
+        }
+    }
+    methods.sort_by_key(|&m| m == CENTRE);
+    methods
+        .into_iter()
+        .map(|method| {
+            let all: Vec<&Scores> = (reports.iter().flat_map(|r| &r.scores))
+                .filter(|s| s.method == method)
+                .collect();
+            let s = all[0];
             let n = all.len() as f32;
             let frac = |f: &dyn Fn(&Scores) -> bool| all.iter().filter(|s| f(s)).count() as f32 / n;
             let mean_opt = |f: &dyn Fn(&Scores) -> Option<f32>| {

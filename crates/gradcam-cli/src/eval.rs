@@ -187,9 +187,19 @@ fn eval_on<B: Backend>(
     // (image, why) of each image that could not be evaluated: in the report too, so a reader
     // of the JSON knows which images its aggregate leaves out.
     let mut failed = Vec::new();
+    let mut partial = 0;
     for e in entries {
         match evaluate_image(net, e, &cfg) {
-            Ok(r) => reports.push(r),
+            Ok(r) => {
+                // A method that could not explain the image: said, and its row counts fewer
+                // images; the image's other methods are scored.
+                for f in &r.failed_methods {
+                    let path = e.image.display();
+                    bar.suspend(|| eprintln!("error: {path}: {}: {}", f.method, f.error));
+                    partial += 1;
+                }
+                reports.push(r)
+            }
             Err(err) => {
                 // Most errors name the image already.
                 let (msg, path) = (err.to_string(), e.image.display().to_string());
@@ -229,7 +239,7 @@ fn eval_on<B: Backend>(
     if reports.is_empty() {
         anyhow::bail!("no image could be evaluated");
     }
-    Ok(if !failed.is_empty() {
+    Ok(if !failed.is_empty() || partial > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
