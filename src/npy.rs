@@ -46,19 +46,21 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
 /// Whether `path` is a whole float32 `.npy` file, from its header and length alone (what
 /// `explain --resume` checks of each map it keeps, without reading a million of them).
 pub fn is_whole_f32(path: &Path) -> bool {
+    whole_f32_shape(path).is_some()
+}
+
+/// The shape of a whole float32 `.npy` file (see [`is_whole_f32`]), from its header.
+pub fn whole_f32_shape(path: &Path) -> Option<Vec<usize>> {
     use std::io::Read;
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
+    let mut f = std::fs::File::open(path).ok()?;
     let mut head = vec![0u8; 10];
-    if f.read_exact(&mut head).is_err() {
-        return false;
-    }
+    f.read_exact(&mut head).ok()?;
     let hlen = u16::from_le_bytes([head[8], head[9]]) as usize;
     head.resize(10 + hlen, 0);
     let len = f.metadata().map_or(0, |m| m.len() as usize);
-    f.read_exact(&mut head[10..]).is_ok()
-        && parse_header(&head).is_some_and(|(shape, at)| data_end(&shape, at) == Some(len))
+    f.read_exact(&mut head[10..]).ok()?;
+    let (shape, at) = parse_header(&head)?;
+    (data_end(&shape, at) == Some(len)).then_some(shape)
 }
 
 /// Where a float32 array of `shape` starting at `at` ends; None past usize (a made-up header).

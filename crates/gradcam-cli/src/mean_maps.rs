@@ -12,7 +12,7 @@ use gradcam::image::RgbImage;
 use crate::summarize::{Group, Key, Row};
 
 /// Writes `<group>.mean.npy` (the plain mean of the group's normalised maps, each resampled
-/// bilinearly to the size of the group's first map) and `<group>.mean.png` (that mean
+/// bilinearly to the size most of them have: see [`common_size`]) and `<group>.mean.png` (that mean
 /// min-max normalised, in JET) for every group with at least one `.cam.npy` beside the
 /// summary (`base`). Returns (maps written, groups without any map); fails when no group has
 /// one. A file that is not a finite 2-D map (unreadable, empty, NaN) is left out with a
@@ -61,17 +61,39 @@ pub fn write(
 /// A map's (height, width) and values, row-major.
 type Map = ((usize, usize), Vec<f32>);
 
-/// The mean of the explained rows' maps, at the first map's size; None without any map.
+/// The size a group's maps are averaged at: the one most of them have (maps of images
+/// explained at their own sizes, `--size native`, differ), on ties the larger in area, then
+/// the taller; so the mean does not depend on the order of the rows. From the headers of the
+/// whole 2-D maps (the others are left out, with a warning, when read).
+fn common_size(paths: &[std::path::PathBuf]) -> Option<(usize, usize)> {
+    let mut counts = std::collections::HashMap::<(usize, usize), usize>::new();
+    for p in paths {
+        if let Some([h, w]) = gradcam::npy::whole_f32_shape(p).as_deref() {
+            *counts.entry((*h, *w)).or_default() += 1;
+        }
+    }
+    (counts.into_iter())
+        .filter(|&((h, w), _)| h > 0 && w > 0)
+        .max_by_key(|&((h, w), n)| (n, h.saturating_mul(w), h))
+        .map(|(hw, _)| hw)
+}
+
+/// The mean of the explained rows' maps, at their [`common_size`]; None without any map.
 /// Rows whose map is not there are counted in `missing` when the group has a mean.
 fn mean_map<'r>(
     base: &Path,
     rows: impl Iterator<Item = &'r Row>,
     missing: &mut usize,
 ) -> anyhow::Result<Option<Map>> {
-    let mut sum: Vec<f64> = Vec::new();
-    let (mut hw, mut n, mut gone) = ((0, 0), 0usize, 0);
-    for r in rows.filter(|r| r.ok) {
-        let path = base.join(format!("{}.cam.npy", r.stem));
+    let rows: Vec<&Row> = rows.filter(|r| r.ok).collect();
+    let paths: Vec<std::path::PathBuf> = (rows.iter())
+        .map(|r| base.join(format!("{}.cam.npy", r.stem)))
+        .collect();
+    // (None: no whole 2-D map; each file is left out below, saying why.)
+    let hw = common_size(&paths).unwrap_or((0, 0));
+    let mut sum: Vec<f64> = vec![0.0; hw.0 * hw.1];
+    let (mut n, mut gone) = (0usize, 0);
+    for (r, path) in rows.iter().zip(paths) {
         if r.stem.is_empty() || !path.is_file() {
             gone += 1;
             continue;
@@ -97,10 +119,6 @@ fn mean_map<'r>(
         if map.iter().any(|v| !v.is_finite()) {
             skip("the map holds NaN or infinite values".into());
             continue;
-        }
-        if n == 0 {
-            hw = (h, w);
-            sum = vec![0.0; h * w];
         }
         let map = match (h, w) == hw {
             true => map,
@@ -216,6 +234,32 @@ mod tests {
         std::fs::remove_file(base.join("sub/c.cam.npy")).unwrap();
         let err = write(&out, base, &rows, &groups).unwrap_err();
         assert!(err.to_string().contains("no .cam.npy"), "{err}");
+    }
+
+    /// The size a group's maps are averaged at does not depend on the rows' order: the one
+    /// most maps have, then the larger, then the taller.
+    #[test]
+    fn the_common_size_is_the_most_frequent() {
+        let d = tempfile::tempdir().unwrap();
+        let npy = |name: &str, h: usize, w: usize| {
+            let p = d.path().join(name);
+            gradcam::npy::write_f32(&p, &[h, w], &vec![0.5; h * w]).unwrap();
+            p
+        };
+        let (big, a, b) = (npy("big", 30, 30), npy("a", 2, 2), npy("b", 2, 2));
+        let (wide, tall) = (npy("wide", 1, 4), npy("tall", 4, 1));
+        let cut = d.path().join("cut");
+        std::fs::write(&cut, &std::fs::read(&big).unwrap()[..200]).unwrap();
+        for order in [
+            vec![big.clone(), a.clone(), b.clone()],
+            vec![a.clone(), big.clone(), b.clone(), cut.clone()],
+            vec![cut.clone(), b, big.clone(), a],
+        ] {
+            assert_eq!(common_size(&order), Some((2, 2)), "{order:?}");
+        }
+        assert_eq!(common_size(&[wide.clone(), tall.clone()]), Some((4, 1)));
+        assert_eq!(common_size(&[tall, wide, big]), Some((30, 30)));
+        assert_eq!(common_size(&[cut]), None);
     }
 
     #[test]
