@@ -4,15 +4,27 @@ use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 
 const IMAGE_EXTS: &[&str] = &[
-    "png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm", "pbm", "pnm", "tga",
-    "ico", "hdr", "exr", "qoi", "avif", "dds", "ff",
+    "png", "jpg", "jpeg", "jpe", "jfif", "jif", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm",
+    "pbm", "pnm", "pam", "tga", "ico", "hdr", "exr", "qoi", "avif", "dds", "ff",
+];
+
+/// The images gradcam writes (`explain`'s overlays and guided images, `dff`'s overlays): left
+/// out of a walk inside the output folder, so a run into the folder it reads does not explain
+/// its own outputs the next time.
+const OUTPUT_SUFFIXES: &[&str] = &[
+    ".overlay.png",
+    ".guided.png",
+    ".guided_gradcam.png",
+    ".dff.png",
 ];
 
 /// Files given by name are always tried; folders contribute their image files (by
 /// extension, recursively, sorted), skipping hidden entries (`.git`, macOS's `._name.jpg`
 /// resource forks), folders already walked (a symbolic link back up the tree) and the folder
 /// `skip` (the output folder, so a second run over a tree that holds it does not explain the
-/// first run's overlays). Paths that do not exist come back as errors.
+/// first run's overlays), or, where the output folder is the one given or inside it, the
+/// images gradcam writes there ([`OUTPUT_SUFFIXES`]). Paths that do not exist come back as
+/// errors.
 pub fn collect(paths: &[PathBuf], skip: Option<&Path>) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
@@ -27,7 +39,7 @@ pub fn collect(paths: &[PathBuf], skip: Option<&Path>) -> (Vec<PathBuf>, Vec<(Pa
                 .filter(|s| Some(*s) != given.as_ref())
                 .cloned()
                 .collect();
-            walk(p, &mut found, &mut errors, &mut walked);
+            walk(p, &mut found, &mut errors, &mut walked, skip.as_deref());
             found.sort();
             if found.is_empty() {
                 errors.push((p.clone(), "the folder holds no image files".into()));
@@ -47,11 +59,14 @@ fn walk(
     out: &mut Vec<PathBuf>,
     errors: &mut Vec<(PathBuf, String)>,
     walked: &mut HashSet<PathBuf>,
+    out_dir: Option<&Path>,
 ) {
     // A folder is walked once, whatever the path it is reached by.
-    if !walked.insert(canonical(dir)) {
+    let here = canonical(dir);
+    if !walked.insert(here.clone()) {
         return;
     }
+    let in_out_dir = out_dir.is_some_and(|o| here.starts_with(o));
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -65,7 +80,12 @@ fn walk(
         }
         let p = e.path();
         if p.is_dir() {
-            walk(&p, out, errors, walked);
+            walk(&p, out, errors, walked, out_dir);
+        } else if in_out_dir && {
+            let name = e.file_name().to_string_lossy().to_ascii_lowercase();
+            OUTPUT_SUFFIXES.iter().any(|s| name.ends_with(s))
+        } {
+            continue;
         } else if p
             .extension()
             .and_then(|x| x.to_str())
@@ -257,7 +277,11 @@ mod tests {
         }
         for f in [
             "b.PNG",
+            "e.jfif",
+            "f.pam",
             "sub/a.jpg",
+            "sub/a.overlay.png",
+            "sub/a.dff.png",
             ".hidden/c.png",
             "._d.jpg",
             "notes.txt",
@@ -267,17 +291,30 @@ mod tests {
         #[cfg(unix)]
         std::os::unix::fs::symlink("..", data.join("sub/loop")).unwrap();
         let (files, errors) = collect(&[data.clone(), data.join("missing.png")], None);
-        assert_eq!(files, vec![data.join("b.PNG"), data.join("sub/a.jpg")]);
+        // (Images named like gradcam's outputs, outside the output folder, are images.)
+        let [b, e, f] = ["b.PNG", "e.jfif", "f.pam"].map(|n| data.join(n));
+        let sub = ["a.dff.png", "a.jpg", "a.overlay.png"].map(|n| data.join("sub").join(n));
+        assert_eq!(
+            files,
+            [vec![b.clone(), e.clone(), f.clone()], sub.to_vec()].concat()
+        );
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].0, data.join("missing.png"));
         // The output folder inside the tree is not walked.
         let (files, _) = collect(std::slice::from_ref(&data), Some(&data.join("sub")));
-        assert_eq!(files, vec![data.join("b.PNG")]);
-        // Unless it is the folder given; its link up to `data` leads to data's other file.
+        assert_eq!(files, [b, e, f]);
+        // Unless it is the folder given, where the images gradcam writes are left out; its
+        // link up to `data` leads to data's other files.
         let (files, _) = collect(&[data.join("sub")], Some(&data.join("sub")));
         assert_eq!(
             files,
-            vec![data.join("sub/a.jpg"), data.join("sub/loop/b.PNG")]
+            [
+                "sub/a.jpg",
+                "sub/loop/b.PNG",
+                "sub/loop/e.jfif",
+                "sub/loop/f.pam"
+            ]
+            .map(|n| data.join(n))
         );
     }
 
