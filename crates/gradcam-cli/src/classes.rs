@@ -54,6 +54,18 @@ impl Classes {
             if image.trim().is_empty() {
                 return Err(bad(format!("no image before the class in `{}`", line.text)));
             }
+            // The class is after the last comma, as image names may hold commas; a line of
+            // more fields (`a.png,3,4`, `a.png,,`) would name an image `a.png,3` and leave
+            // a.png without its class, or be taken for column names.
+            if let Some((head, _)) = image.split_once(',') {
+                let head = unquoted(head.trim());
+                if !base.join(image).exists() && base.join(head).is_file() {
+                    return Err(bad(format!(
+                        "want two fields, `image,class`, got `{}` (`{head}` is the image)",
+                        line.text
+                    )));
+                }
+            }
             let Some(c) = class_of(class).map_err(bad)? else {
                 // Column names; not a first line whose image is there (its class is wrong).
                 if line.first && !base.join(image).is_file() {
@@ -336,6 +348,14 @@ mod tests {
                 "a.png,1\n./a.png,2\n",
                 ":2: `./a.png` is listed before with class 1",
             ),
+            // More fields than two, where the first is an image: not an image `a.png,1`
+            // (nor, on the first line, column names).
+            (
+                "imgs/a.png,1,2\n",
+                ":1: want two fields, `image,class`, got `imgs/a.png,1,2` (`imgs/a.png` is the image)",
+            ),
+            ("imgs/a.png,,\n", ":1: want two fields"),
+            ("imgs/c.png,1\n\"imgs/a.png\",0,dog\n", ":2: want two fields"),
         ] {
             std::fs::write(&file, text).unwrap();
             let Err(e) = Classes::load(&file, 3, Some(&labels)) else {

@@ -45,7 +45,7 @@ use gradcam::model::{Network, MAX_INPUT_SIDE};
     about = "Grad-CAM explanations at data-set scale"
 )]
 struct Cli {
-    /// Worker threads (default: every core).
+    /// Worker threads (default, or 0: every core).
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -159,7 +159,16 @@ fn main() -> ExitCode {
     let env = std::env::var("RAYON_NUM_THREADS").ok();
     let asked = match (cli.threads, env.as_deref().map(str::trim)) {
         (Some(t), _) => Some((t, "--threads")),
-        (None, Some(v)) => v.parse().ok().map(|t| (t, "RAYON_NUM_THREADS")),
+        (None, Some(v)) => match v.parse() {
+            Ok(t) => Some((t, "RAYON_NUM_THREADS")),
+            Err(_) => {
+                // (rayon ignores it too.)
+                eprintln!(
+                    "warning: RAYON_NUM_THREADS={v} is not a number of threads; using every core"
+                );
+                None
+            }
+        },
         (None, None) => None,
     };
     if let Some((t, what)) = asked.filter(|&(t, _)| t > most) {
@@ -169,9 +178,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // (0: rayon's default, every core.)
     if let Some(t) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(t.max(1))
+            .num_threads(t)
             .build_global()
         {
             eprintln!("error: cannot set up {t} threads: {e}");
