@@ -76,7 +76,10 @@ pub fn build(w: &Weights, spec: &Spec, arch: String) -> Result<Graph> {
     if let Some(&[_, _, r, s]) = w.shape_of("conv1.weight") {
         if (r, s) != (7, 7) {
             return Err(Error::UnknownArch(format!(
-                "{}: conv1.weight is a {r}x{s} kernel; torchvision's ResNet stem is a 7x7 conv                  at stride 2 followed by a 3x3 max pool. A changed stem (e.g. CIFAR's 3x3 at                  stride 1 without the max pool) cannot be run: its stride and pooling are not                  in the weights",
+                "{}: conv1.weight is a {r}x{s} kernel; torchvision's ResNet stem is a 7x7 conv \
+                 at stride 2 followed by a 3x3 max pool. A changed stem (e.g. CIFAR's 3x3 at \
+                 stride 1 without the max pool) cannot be run: its stride and pooling are not \
+                 in the weights",
                 w.path().display()
             )));
         }
