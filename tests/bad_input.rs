@@ -142,6 +142,37 @@ fn inconsistent_header_entries_name_the_tensor() {
             ),
             "`fc.weight` (F32 [4611686018427387904, 8], data_offsets [0, 16]): its size overflows",
         ),
+        // Headers safetensors cannot read at all: what is wrong, and where.
+        (
+            "dtype.safetensors",
+            file(r#"{"fc.bias":{"dtype":"Q4","shape":[4],"data_offsets":[0,16]}}"#, 16),
+            "tensor `fc.bias`: dtype \"Q4\" is not one safetensors knows",
+        ),
+        (
+            "entry.safetensors",
+            file(r#"{"fc.bias":[1,2]}"#, 0),
+            "tensor `fc.bias`: its entry is not an object",
+        ),
+        (
+            "shape.safetensors",
+            file(r#"{"fc.bias":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}}"#, 16),
+            "tensor `fc.bias`: shape [-4] is not a list of sizes",
+        ),
+        (
+            "offsets.safetensors",
+            file(r#"{"fc.bias":{"dtype":"F32","shape":[4]}}"#, 16),
+            "tensor `fc.bias`: no data_offsets",
+        ),
+        (
+            "json.safetensors",
+            file(r#"{"fc.bias":{"dtype":"F32",}}"#, 0),
+            "the header is not valid JSON (trailing comma at line 1 column",
+        ),
+        (
+            "array.safetensors",
+            file(r#"[1]"#, 0),
+            "the header is JSON but not an object of tensors",
+        ),
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();

@@ -369,7 +369,8 @@ fn describe(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
         }
         E::HeaderTooSmall => format!("the file is {len} bytes, too short for a header"),
         E::InvalidHeaderDeserialization | E::InvalidHeader | E::InvalidHeaderStart => {
-            "the header is not valid safetensors JSON".into()
+            header_problem(file)
+                .unwrap_or_else(|| "the header is not valid safetensors JSON".into())
         }
         // safetensors says only that some tensor is wrong; name it.
         E::MetadataIncompleteBuffer
@@ -425,6 +426,66 @@ fn other_format(file: &[u8]) -> Option<String> {
 /// The first tensor whose header entry cannot be right (its shape and dtype need another
 /// byte count than its `data_offsets` give, or the offsets leave the file), described;
 /// `None` when every entry is consistent (the fault lies elsewhere, e.g. gaps between tensors).
+/// What is wrong with a header safetensors cannot read: not JSON (where), not an object, or
+/// the first entry (in the header's order) that is not a tensor's `dtype`, `shape` and
+/// `data_offsets`, named; None where none of that is found.
+fn header_problem(file: &[u8]) -> Option<String> {
+    use serde_json::Value;
+    let n = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
+    let header = file.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)?;
+    let json: Value = match serde_json::from_slice(header) {
+        Ok(v) => v,
+        Err(e) => return Some(format!("the header is not valid JSON ({e})")),
+    };
+    let Some(entries) = json.as_object() else {
+        return Some("the header is JSON but not an object of tensors".into());
+    };
+    let sizes = |v: &Value, n: Option<usize>| {
+        v.as_array()
+            .is_some_and(|a| n.is_none_or(|n| a.len() == n) && a.iter().all(|d| d.is_u64()))
+    };
+    for (name, v) in entries {
+        if name == "__metadata__" {
+            let strings = v
+                .as_object()
+                .is_some_and(|m| m.values().all(Value::is_string));
+            if !strings {
+                return Some("`__metadata__` is not a map of names to strings".into());
+            }
+            continue;
+        }
+        let tensor = format!("tensor `{name}`");
+        let Some(fields) = v.as_object() else {
+            return Some(format!("{tensor}: its entry is not an object"));
+        };
+        match fields.get("dtype") {
+            None => return Some(format!("{tensor}: no dtype")),
+            Some(d) if serde_json::from_value::<Dtype>(d.clone()).is_err() => {
+                return Some(format!(
+                    "{tensor}: dtype {d} is not one safetensors knows (F32, F16, BF16, F64, I64, \
+                     U8, ...)"
+                ))
+            }
+            _ => {}
+        }
+        match fields.get("shape") {
+            Some(s) if sizes(s, None) => {}
+            Some(s) => return Some(format!("{tensor}: shape {s} is not a list of sizes")),
+            None => return Some(format!("{tensor}: no shape")),
+        }
+        match fields.get("data_offsets") {
+            Some(o) if sizes(o, Some(2)) => {}
+            Some(o) => {
+                return Some(format!(
+                    "{tensor}: data_offsets {o} are not two byte offsets [begin, end]"
+                ))
+            }
+            None => return Some(format!("{tensor}: no data_offsets")),
+        }
+    }
+    None
+}
+
 fn bad_tensor(file: &[u8]) -> Option<String> {
     let n = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
     let header = file.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)?;
