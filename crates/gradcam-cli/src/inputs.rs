@@ -171,7 +171,16 @@ pub fn create_out_dir(out: &Path) -> anyhow::Result<()> {
 /// A text file the user wrote (class lists, groups, summaries edited by hand), without the
 /// byte-order mark spreadsheet programs put before the first line.
 pub fn read_text(file: &Path) -> std::io::Result<String> {
-    let text = std::fs::read_to_string(file)?;
+    let text = String::from_utf8(std::fs::read(file)?).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "not a text file: byte {} is not UTF-8 text (an image, or a spreadsheet saved \
+                 in its own format rather than as CSV?)",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
     Ok(match text.strip_prefix('\u{feff}') {
         Some(rest) => rest.to_string(),
         None => text,
@@ -264,6 +273,18 @@ mod tests {
             256 << 20
         );
         assert_eq!(decode_budget(memory_from(None, None)), u64::MAX);
+    }
+
+    /// Text files lose a byte-order mark; a file that is not UTF-8 text says so.
+    #[test]
+    fn text_files_and_files_that_are_not() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("t.csv");
+        std::fs::write(&p, "\u{feff}a.png,1\n").unwrap();
+        assert_eq!(read_text(&p).unwrap(), "a.png,1\n");
+        std::fs::write(&p, b"a.png,\xff\xfe").unwrap();
+        let e = read_text(&p).unwrap_err().to_string();
+        assert!(e.contains("not a text file: byte 6 is not UTF-8"), "{e}");
     }
 
     /// A folder walk takes image files by extension in sorted order, skips hidden entries,
