@@ -350,6 +350,11 @@ fn explain_all<B: Backend>(
     let host = net.backend().host_activations();
     let mut passes = PassSizes::new(graph, method, host, memory, batch);
     if let InputSize::Square(s) = size {
+        // Every image is resized to it: a size the network cannot take fails the run, not
+        // each image alike.
+        if let Err(e) = graph.shapes(&[1, graph.in_channels, s, s]) {
+            anyhow::bail!("--size {s}: {e}");
+        }
         if let Some(why) = passes.too_large((s, s)) {
             anyhow::bail!("--size {s}: {why}");
         }

@@ -454,6 +454,10 @@ fn fatal_errors_exit_2_with_a_clear_message() {
     std::fs::write(&manifest, format!("{a},0,0,0,4,4\n")).unwrap();
     let manifest = manifest.to_str().unwrap();
     let m = model();
+    let vgg = fixtures()
+        .join("vgg_bn_tiny.safetensors")
+        .display()
+        .to_string();
     let cases: &[(&[&str], &str)] = &[
         (
             &["explain", a, "-m", &m, "--class", "star"],
@@ -462,6 +466,12 @@ fn fatal_errors_exit_2_with_a_clear_message() {
         (
             &["explain", a, "-m", &m, "-o", file.to_str().unwrap()],
             "a file, not a folder",
+        ),
+        // A size every image is resized to and the network cannot take.
+        (
+            &["explain", a, "-m", &vgg, "--size", "31"],
+            "--size 31: input shape [1, 3, 31, 31] does not fit: the image is too small for \
+             features.28",
         ),
         (
             &["eval", manifest, "-m", &m, "--loc-threshold", "2"],
