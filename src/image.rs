@@ -635,6 +635,11 @@ fn why(e: image::ImageError) -> String {
             image::Limits::default().max_alloc.unwrap_or(0) >> 20
         ),
         // (Float or 32-bit samples, unusual colour types: the file is fine, this decoder is not.)
+        // (Dimensions past what the decoder can address are a damaged or made-up header, which
+        // converting would not mend.)
+        image::ImageError::Unsupported(u) if u.to_string().contains("dimensions") => {
+            format!("{u}: a damaged header, or a picture far larger than a model needs")
+        }
         image::ImageError::Unsupported(u) => {
             format!("{u}; convert it to an 8- or 16-bit RGB or grayscale PNG, TIFF or JPEG")
         }
@@ -869,6 +874,16 @@ mod tests {
         jpeg[sof + 5..sof + 9].copy_from_slice(&[0xea, 0x60, 0xea, 0x60]); // 60000 x 60000
         let err = decode_rgb8(&jpeg).unwrap_err();
         assert!(err.contains("512 MiB allowed"), "{err}");
+        // Dimensions past what a decoder addresses (farbfeld: magic, then width and height as
+        // 32-bit big-endian): said to be a bad header, not a format to convert from.
+        let mut ff = b"farbfeld".to_vec();
+        ff.extend_from_slice(&[0xff; 8]);
+        ff.extend_from_slice(&[0; 16]);
+        let err = decode_rgb8(&ff).unwrap_err();
+        assert!(
+            err.contains("a damaged header") && !err.contains("convert it"),
+            "{err}"
+        );
     }
 
     /// libjpeg's fatal errors come back as the file's error with libjpeg's message (it
