@@ -435,8 +435,9 @@ pub fn parse(text: &str) -> Result<Vec<Row>, String> {
         for (k, &c) in stat_at.iter().enumerate() {
             match num(c)? {
                 // Positions and shares as fractions of the image, as `explain` writes them.
+                // (The field as written: 1e300 is not shown as 301 digits.)
                 Some(v) if !(0.0..=1.0).contains(&v) => {
-                    return Err(bad(format!("{} {v} is outside [0, 1]", names[c])))
+                    return Err(bad(format!("{} {} is outside [0, 1]", names[c], f[c])))
                 }
                 Some(v) => stats[k] = v,
                 None => have = false,
@@ -449,8 +450,8 @@ pub fn parse(text: &str) -> Result<Vec<Row>, String> {
         };
         // A softmax probability as `explain` writes it; outside [0, 1], edited by hand.
         let probability = num(prob)?;
-        if let Some(p) = probability.filter(|p| !(0.0..=1.0).contains(p)) {
-            return Err(bad(format!("probability {p} is outside [0, 1]")));
+        if probability.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+            return Err(bad(format!("probability {} is outside [0, 1]", f[prob])));
         }
         Ok(Row {
             image: f[image].clone(),
