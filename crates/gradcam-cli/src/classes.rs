@@ -130,7 +130,15 @@ impl Classes {
                 .collect();
             subs.sort();
             let label_of = |n: &str| labels.and_then(|l| l.iter().position(|x| x == n));
-            let by_label = !subs.is_empty() && subs.iter().all(|(n, _)| label_of(n).is_some());
+            if subs.is_empty() {
+                anyhow::bail!(
+                    "--classes folders: {} holds no subfolders; it reads torchvision's \
+                     ImageFolder layout, one subfolder of images per class (give the folder \
+                     above them, or list the classes in a CSV)",
+                    root.display()
+                );
+            }
+            let by_label = subs.iter().all(|(n, _)| label_of(n).is_some());
             if !by_label && subs.len() != num_classes {
                 anyhow::bail!(
                     "--classes folders: {} holds {} class folders, but the model has {num_classes} \
@@ -387,6 +395,11 @@ mod tests {
             panic!("three folders numbered as four classes")
         };
         assert!(e.to_string().contains("holds 3 class folders"), "{e}");
+        // A folder of images without class folders: said so.
+        let Err(e) = Classes::from_folders(&[root.join("n2")], 3, None) else {
+            panic!("a flat folder read as class folders")
+        };
+        assert!(e.to_string().contains("n2 holds no subfolders"), "{e}");
         // ...unless the folders are named by the model's labels.
         let labels: Vec<String> = ["n0", "n3", "n1", "n2"].map(String::from).to_vec();
         let c = Classes::from_folders(std::slice::from_ref(&root), 4, Some(&labels)).unwrap();
