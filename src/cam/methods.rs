@@ -176,6 +176,11 @@ impl Method {
     }
 
     /// Whether the map is a principal-component projection whatever `eigen_smooth` says.
+    /// Whether the map depends on a class score at all (Eigen-CAM, KPCA-CAM and FEM do not).
+    pub fn uses_class(self) -> bool {
+        !matches!(self, Method::EigenCam | Method::KpcaCam | Method::Fem)
+    }
+
     pub fn is_eigen(self) -> bool {
         matches!(
             self,

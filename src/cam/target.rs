@@ -48,7 +48,7 @@ impl Target {
             return Ok(());
         }
         let t = self.name();
-        if matches!(method, Method::EigenCam | Method::KpcaCam | Method::Fem) {
+        if !method.uses_class() {
             return Err(Error::Invalid(format!(
                 "--target {t} changes the class score; {} uses none",
                 method.name()

@@ -1004,7 +1004,8 @@ fn write_outputs_into(
         "model": m.arch,
         "backend": m.backend,
         "method": m.method.name(),
-        "target": m.target.name(),
+        // (None for the methods without a class score.)
+        "target": m.method.uses_class().then(|| m.target.name()),
         "class": e.class,
         "logit": e.logit,
         "probability": e.probability,

@@ -149,6 +149,14 @@ pub fn parse_size(s: &str) -> Result<InputSize, String> {
 }
 
 fn main() -> ExitCode {
+    // A reader of stdout that stops early (`gradcam layers m.safetensors | head`) ends the
+    // process quietly, as it ends other command-line tools, rather than making println!
+    // panic on the broken pipe (Rust ignores SIGPIPE).
+    #[cfg(unix)]
+    // SAFETY: first thing in main, before any other thread; restores the default action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     // Layer outputs of megabytes are reused instead of faulted in afresh (7-8 % on the CPU).
     gradcam::backend::cpu::retain_freed_memory();

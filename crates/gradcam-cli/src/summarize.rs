@@ -216,24 +216,12 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
         }
         s
     };
-    let heads: Vec<String> = HEADS[1..].iter().map(|h| h.to_string()).collect();
-    println!("{}", line(HEADS[0], &heads));
-    for (name, cells) in &table {
-        println!("{}", line(name, cells));
-    }
-    println!(
-        "\n{} images, {} group(s). border_mass: the share of a map within {:.0} % of an edge \
-         (a flat map: 0.36);\npeak_at_edge: the share of maps peaking there; top1_is_class: \
-         the model's accuracy when the classes\nexplained are the ground truth \
-         (`explain --classes`), 1 by definition otherwise.",
-        all.images,
-        groups.len(),
-        gradcam::eval::metrics::BORDER * 100.0
-    );
+    // The files first: a reader of the table that stops early (`| head`) closes stdout.
+    let mut maps_line = None;
     if let Some(dir) = &a.maps {
         let base = file.parent().unwrap_or(Path::new(""));
         let (written, without) = crate::mean_maps::write(dir, base, &rows, &groups)?;
-        println!("{written} mean map(s) → {}", dir.display());
+        maps_line = Some(format!("{written} mean map(s) → {}", dir.display()));
         if without > 0 {
             eprintln!(
                 "note: {without} group(s) have no .cam.npy beside {} (explained with \
@@ -248,6 +236,23 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
             csv += &format!("{},{}\n", crate::summary::field(name), cells.join(","));
         }
         std::fs::write(out, csv).with_context(|| format!("writing {}", out.display()))?;
+    }
+    let heads: Vec<String> = HEADS[1..].iter().map(|h| h.to_string()).collect();
+    println!("{}", line(HEADS[0], &heads));
+    for (name, cells) in &table {
+        println!("{}", line(name, cells));
+    }
+    println!(
+        "\n{} images, {} group(s). border_mass: the share of a map within {:.0} % of an edge \
+         (a flat map: 0.36);\npeak_at_edge: the share of maps peaking there; top1_is_class: \
+         the model's accuracy when the classes\nexplained are the ground truth \
+         (`explain --classes`), 1 by definition otherwise.",
+        all.images,
+        groups.len(),
+        gradcam::eval::metrics::BORDER * 100.0
+    );
+    if let Some(l) = maps_line {
+        println!("{l}");
     }
     Ok(ExitCode::SUCCESS)
 }

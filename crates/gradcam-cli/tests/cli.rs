@@ -822,6 +822,8 @@ fn targets_shapley_cam_and_fem_settings() {
     assert!(o.status.success(), "{}", stderr(&o));
     // As given, not as the f32 it is stored in (0.10000000149011612).
     assert_eq!(json(&fem)["fem_k"], 0.1);
+    // FEM explains no class score: no target in its report.
+    assert!(json(&fem)["target"].is_null(), "{}", json(&fem));
     let (o, fem2) = run("fem2", &["--method", "fem"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_ne!(npy(&fem), npy(&fem2), "--fem-k changed nothing");
