@@ -78,6 +78,56 @@ fn a_pipe_among_the_images_fails_alone_and_blocks_nothing() {
     }
 }
 
+/// A reader of the table that stops early (`| head -1`) ends `summarize` by SIGPIPE, as it
+/// ends other tools (not a panic in println!), after `--out` is written. 3000 groups: 240 KB,
+/// more than a pipe holds, so the write meets the closed pipe.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_quietly_after_the_files() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from(
+        "image,status,error,class,label,probability,logit,predicted,predicted_label,peak_x,\
+         peak_y,centroid_x,centroid_y,border_mass,area_half,stem\n",
+    );
+    for i in 0..3000 {
+        csv += &format!("d{i}/a.png,ok,,1,,0.5,1,1,,0.5,0.5,0.5,0.5,0.3,0.2,d{i}/a\n");
+    }
+    std::fs::write(dir.path().join("summary.csv"), csv).unwrap();
+    let table = dir.path().join("t.csv");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gradcam"))
+        .args([
+            "summarize",
+            dir.path().to_str().unwrap(),
+            "--by",
+            "folder",
+            "--out",
+        ])
+        .arg(&table)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 5];
+    let mut out = child.stdout.take().unwrap();
+    out.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"group");
+    drop(out);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let written = std::fs::read_to_string(&table).unwrap();
+    assert_eq!(written.lines().count(), 1 + 3000 + 1);
+}
+
 #[test]
 fn explain_writes_overlay_npy_and_json_per_image_and_survives_bad_inputs() {
     let dir = tempfile::tempdir().unwrap();
