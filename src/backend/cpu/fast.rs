@@ -224,17 +224,18 @@ pub fn conv2d_prepare(
 /// A conv's filters for its backward-data pass, made the first time a backward pass crosses
 /// it. Stride 1 (dilation 1, one group, padding below the kernel's size): the pass as a
 /// forward conv ([`Conv2dParams::transposed`]) of the flipped, transposed filters, kept only
-/// as [`conv2d_prepare`] prepares them for an output of `in_hw` (Winograd for 3×3 over 16
-/// channels or more: ~4× faster than the im2col GEMMs and col2im it replaces; else packed for
-/// the AVX-512 GEMM, once instead of for each image). Other convs of one group, with the
+/// as [`conv2d_prepare`] prepares them (Winograd for 3×3 over 16 channels or more: ~4× faster
+/// than the im2col GEMMs and col2im it replaces; else packed for the AVX-512 GEMM, once
+/// instead of for each image). The Winograd tile is F(2×2) whatever the map: F(4×4) rounds
+/// ~6× worse than the direct convolution, and Grad-CAM++'s weights, 1 / (2g² + ΣA·g³),
+/// magnify that rounding in a gradient where the denominator nearly cancels (the demo model's
+/// `layer1.0.conv1` maps moved by up to 2e-2 with F(4×4) here, 4e-3 with F(2×2), as
+/// pytorch-grad-cam in f32 moves against f64). F(2×2) costs VGG16 at `features.2` ~6 %; the
+/// default layers' backward passes cross no 3×3 conv on a map large enough for F(4×4). Other convs of one group, with the
 /// AVX-512 GEMM: Wᵀ packed once for [`conv2d_bwd_data`]'s GEMMs, which otherwise pack it per
 /// image (most of the time on 7×7 maps, where an image is 49 columns). None where neither
 /// applies: [`conv2d_bwd_data`] as it is.
-pub fn conv2d_prepare_bwd(
-    w: &Tensor,
-    p: &Conv2dParams,
-    in_hw: (usize, usize),
-) -> Option<BwdFilters<Tensor>> {
+pub fn conv2d_prepare_bwd(w: &Tensor, p: &Conv2dParams) -> Option<BwdFilters<Tensor>> {
     let (k, c, r, s) = w.dims4();
     let transposed = p.transposed((r, s)).and_then(|pt| {
         let mut wt = vec![0f32; w.len()];
@@ -247,7 +248,7 @@ pub fn conv2d_prepare_bwd(
             }
         }
         let wt = Tensor::new([c, k, r, s], wt);
-        let prepared = conv2d_prepare(&wt, &pt, Some(in_hw))?;
+        let prepared = conv2d_prepare(&wt, &pt, None)?;
         Some(BwdFilters::Transposed(TransposedConv {
             shape: [c, k, r, s],
             p: pt,

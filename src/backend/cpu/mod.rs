@@ -232,10 +232,10 @@ impl Backend for CpuBackend {
         &self,
         w: &Tensor,
         p: &Conv2dParams,
-        in_hw: (usize, usize),
+        _in_hw: (usize, usize),
     ) -> Result<Option<BwdFilters<Tensor>>> {
         Ok((!self.reference)
-            .then(|| fast::conv2d_prepare_bwd(w, p, in_hw))
+            .then(|| fast::conv2d_prepare_bwd(w, p))
             .flatten())
     }
     fn conv2d_bwd_data_with(
