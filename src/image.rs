@@ -390,7 +390,8 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
         );
     }
     let start = source.stream_position().map_err(|e| e.to_string())?;
-    let unassociated = format == image::ImageFormat::Tiff && unassociated_alpha(&mut source);
+    let unassociated =
+        format == image::ImageFormat::Tiff && tiff_kinds::unassociated_alpha(&mut source);
     source
         .seek(std::io::SeekFrom::Start(start))
         .map_err(|e| e.to_string())?;
@@ -413,31 +414,8 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
     }
 }
 
-/// Whether a TIFF's extra sample is unassociated alpha (ExtraSamples = 2, as PIL writes RGBA):
-/// cv2 reads an 8-bit one through libtiff's RGBA interface, which multiplies the colour by it.
-/// False where the header cannot be read (the decoder then says why).
-fn unassociated_alpha<R: std::io::Read + std::io::Seek>(source: R) -> bool {
-    tiff::decoder::Decoder::new(source)
-        .and_then(|mut d| d.get_tag_u32_vec(tiff::tags::Tag::ExtraSamples))
-        .is_ok_and(|v| v == [2])
-}
-
-/// An 8-bit RGBA image's colour multiplied by its alpha as libtiff's RGBA interface does
-/// (`(v·a + 127) / 255`), which is what `cv2.imread` gives of an RGBA TIFF with unassociated
-/// alpha; None for other images.
-fn premultiplied(img: &image::DynamicImage) -> Option<RgbImage> {
-    let image::DynamicImage::ImageRgba8(b) = img else {
-        return None;
-    };
-    let times = |v: u8, a: u8| ((v as u32 * a as u32 + 127) / 255) as u8;
-    let px = (b.as_raw().chunks_exact(4))
-        .flat_map(|p| [times(p[0], p[3]), times(p[1], p[3]), times(p[2], p[3])])
-        .collect();
-    RgbImage::from_raw(b.width(), b.height(), px)
-}
-
 /// The `image` crate's decoding; Err where it has no decoder for the file (its header).
-/// `unassociated`: an RGBA TIFF's alpha is unassociated ([`unassociated_alpha`]).
+/// `unassociated`: an RGBA TIFF's alpha is unassociated ([`tiff_kinds::unassociated_alpha`]).
 fn decode_by_image<R: std::io::BufRead + std::io::Seek>(
     source: R,
     format: image::ImageFormat,
@@ -477,7 +455,7 @@ fn jpeg_orientation(b: &[u8]) -> image::metadata::Orientation {
 }
 
 /// An opened decoder's image in 8-bit RGB, upright: by `orientation`, else the decoder's;
-/// with `unassociated`, an 8-bit RGBA image's colour multiplied by its alpha ([`premultiplied`]).
+/// with `unassociated`, an 8-bit RGBA image's colour multiplied by its alpha ([`tiff_kinds::premultiplied`]).
 fn decode_with(
     mut decoder: impl image::ImageDecoder,
     format: image::ImageFormat,
@@ -496,8 +474,11 @@ fn decode_with(
     // how to turn them; viewers, and `cv2.imread` in pytorch-grad-cam's examples, turn them
     // upright, so the model sees the picture the user sees. (Turned once in 8-bit RGB, the
     // smallest copy.)
-    let rgb = high_bytes_as_cv2(&img, format)
-        .or_else(|| unassociated.then(|| premultiplied(&img)).flatten());
+    let rgb = high_bytes_as_cv2(&img, format).or_else(|| {
+        unassociated
+            .then(|| tiff_kinds::premultiplied(&img))
+            .flatten()
+    });
     let mut img = image::DynamicImage::ImageRgb8(rgb.unwrap_or_else(|| img.to_rgb8()));
     img.apply_orientation(orientation);
     let img = img.into_rgb8();

@@ -135,6 +135,15 @@ fn inconsistent_header_entries_name_the_tensor() {
             "`fc.weight`: its data_offsets do not start where the previous tensor's end",
         ),
         (
+            "twice.safetensors",
+            file(
+                r#"{"fc.weight":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},
+                    "fc.weight":{"dtype":"F32","shape":[4],"data_offsets":[16,32]}}"#,
+                32,
+            ),
+            "the header names tensor `fc.weight` twice",
+        ),
+        (
             "overflow.safetensors",
             file(
                 r#"{"fc.weight":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,16]}}"#,

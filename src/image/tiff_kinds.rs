@@ -1,6 +1,7 @@
 //! TIFFs the `image` crate refuses but `cv2.imread` reads: gray + alpha, and palette (colour
 //! map) images. Both are decoded by the `tiff` crate, which does the strips, tiles,
-//! compression and predictors; this file only turns its samples into cv2's RGB.
+//! compression and predictors; this file only turns its samples into cv2's RGB. Also RGBA
+//! with unassociated alpha, which the `image` crate reads but cv2 premultiplies.
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -65,6 +66,29 @@ fn upright(
     let mut img = image::DynamicImage::ImageRgb8(img);
     img.apply_orientation(turn);
     Ok(img.into_rgb8())
+}
+
+/// Whether a TIFF's extra sample is unassociated alpha (ExtraSamples = 2, as PIL writes RGBA):
+/// cv2 reads an 8-bit one through libtiff's RGBA interface, which multiplies the colour by it.
+/// False where the header cannot be read (the decoder then says why).
+pub(super) fn unassociated_alpha<R: Read + Seek>(source: R) -> bool {
+    Decoder::new(source)
+        .and_then(|mut d| d.get_tag_u32_vec(Tag::ExtraSamples))
+        .is_ok_and(|v| v == [2])
+}
+
+/// An 8-bit RGBA image's colour multiplied by its alpha as libtiff's RGBA interface does
+/// (`(v·a + 127) / 255`), which is what `cv2.imread` gives of an RGBA TIFF with unassociated
+/// alpha; None for other images.
+pub(super) fn premultiplied(img: &image::DynamicImage) -> Option<RgbImage> {
+    let image::DynamicImage::ImageRgba8(b) = img else {
+        return None;
+    };
+    let times = |v: u8, a: u8| ((v as u32 * a as u32 + 127) / 255) as u8;
+    let px = (b.as_raw().chunks_exact(4))
+        .flat_map(|p| [times(p[0], p[3]), times(p[1], p[3]), times(p[2], p[3])])
+        .collect();
+    RgbImage::from_raw(b.width(), b.height(), px)
 }
 
 /// A gray + alpha TIFF (8 or 16 bits, gray stored black-is-zero) as `cv2.imread` reads it:

@@ -423,16 +423,43 @@ fn other_format(file: &[u8]) -> Option<String> {
     image.then(|| "an image, not a model file (was an image given as --model?)".into())
 }
 
-/// The first tensor whose header entry cannot be right (its shape and dtype need another
-/// byte count than its `data_offsets` give, or the offsets leave the file), described;
-/// `None` when every entry is consistent (the fault lies elsewhere, e.g. gaps between tensors).
+/// The header's JSON bytes (after its 8-byte length), where that length fits in the file.
+fn header_bytes(file: &[u8]) -> Option<&[u8]> {
+    let n = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
+    file.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)
+}
+
+/// The first name the header's object gives twice. JSON readers keep one of the two entries
+/// (safetensors the last), so the other tensor's bytes look like a gap between tensors.
+fn duplicate_name(header: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct FirstRepeat;
+    impl<'de> Visitor<'de> for FirstRepeat {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut seen, mut repeat) = (std::collections::HashSet::new(), None);
+            while let Some(name) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if repeat.is_none() && !seen.insert(name.clone()) {
+                    repeat = Some(name);
+                }
+            }
+            Ok(repeat)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(header);
+    de.deserialize_map(FirstRepeat).ok().flatten()
+}
+
 /// What is wrong with a header safetensors cannot read: not JSON (where), not an object, or
 /// the first entry (in the header's order) that is not a tensor's `dtype`, `shape` and
 /// `data_offsets`, named; None where none of that is found.
 fn header_problem(file: &[u8]) -> Option<String> {
     use serde_json::Value;
-    let n = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
-    let header = file.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)?;
+    let header = header_bytes(file)?;
     let json: Value = match serde_json::from_slice(header) {
         Ok(v) => v,
         Err(e) => return Some(format!("the header is not valid JSON ({e})")),
@@ -486,9 +513,17 @@ fn header_problem(file: &[u8]) -> Option<String> {
     None
 }
 
+/// The first tensor whose header entry cannot be right (its shape and dtype need another
+/// byte count than its `data_offsets` give, or the offsets leave the file), or a name given
+/// twice, described; `None` when every entry is consistent (the fault lies elsewhere, e.g.
+/// gaps between tensors).
 fn bad_tensor(file: &[u8]) -> Option<String> {
-    let n = u64::from_le_bytes(file.get(..8)?.try_into().ok()?);
-    let header = file.get(8..8usize.checked_add(usize::try_from(n).ok()?)?)?;
+    let header = header_bytes(file)?;
+    if let Some(name) = duplicate_name(header) {
+        return Some(format!(
+            "the header names tensor `{name}` twice (a merged or hand-edited file?)"
+        ));
+    }
     let data_len = file.len() - 8 - header.len();
     let json: serde_json::Value = serde_json::from_slice(header).ok()?;
     let mut entries: Vec<_> = json
