@@ -630,3 +630,166 @@ fn conv2d_bwd_data_prepared_rounds_as_the_direct_conv() {
     assert!(prepared < 1e-6, "prepared backward filters: {prepared:.2e}");
     assert!(direct < 1e-6, "col2im: {direct:.2e}");
 }
+
+/// Every op refuses arguments whose shapes do not fit together with an error naming the op
+/// (for programs calling the ops directly; the network checks its own shapes), where the CPU
+/// used to panic or compute from the wrong elements and the GPU's kernels would have read
+/// outside their buffers: the CPU backends and the GPU code path on the emulator.
+#[test]
+fn ops_refuse_shapes_that_do_not_fit() {
+    use gradcam::backend::gpu::{EmuLauncher, GpuBackend};
+    refusals(&CpuBackend::fast());
+    refusals(&CpuBackend::reference());
+    refusals(&GpuBackend::new(EmuLauncher::new()));
+}
+
+fn refusals<B: Backend>(be: &B) {
+    use gradcam::backend::{ElementRule, FullGradBy, WeightRule};
+    let t = |s: &[usize]| be.upload(Tensor::new(s.to_vec(), vec![0.5; s.iter().product()]));
+    let t = |s: &[usize]| t(s).unwrap();
+    let (p, pool) = (Conv2dParams::new(1, 1), Pool2dParams::new(2, 2, 0));
+    let x = t(&[1, 3, 8, 8]);
+    let w = t(&[4, 3, 3, 3]);
+    let a = t(&[1, 4, 2, 2]);
+    let grouped = Conv2dParams { groups: 2, ..p };
+    let no_stride = Conv2dParams {
+        stride: (0, 1),
+        ..p
+    };
+    let cases: Vec<(&str, gradcam::Result<B::Tensor>)> = vec![
+        (
+            "conv2d_fwd",
+            be.conv2d_fwd(&x, &t(&[4, 5, 3, 3]), None, None, &p, false),
+        ),
+        (
+            "conv2d_fwd",
+            be.conv2d_fwd(&t(&[3, 8, 8]), &w, None, None, &p, false),
+        ),
+        (
+            "conv2d_fwd",
+            be.conv2d_fwd(&x, &w, None, Some(&t(&[5])), &p, false),
+        ),
+        (
+            "conv2d_fwd",
+            be.conv2d_fwd(&x, &t(&[4, 3, 11, 11]), None, None, &p, false),
+        ),
+        (
+            "conv2d_fwd",
+            be.conv2d_fwd(&x, &w, None, None, &grouped, false),
+        ),
+        (
+            "conv2d_fwd",
+            be.conv2d_fwd(&x, &w, None, None, &no_stride, false),
+        ),
+        (
+            "conv2d_fwd_add_relu",
+            be.conv2d_fwd_add_relu(&x, &w, None, None, &p, &a),
+        ),
+        (
+            "conv2d_bwd_data",
+            be.conv2d_bwd_data(&t(&[1, 5, 8, 8]), &w, (8, 8), &p),
+        ),
+        (
+            "conv2d_bwd_data",
+            be.conv2d_bwd_data(&t(&[1, 4, 8, 8]), &w, (16, 16), &p),
+        ),
+        ("relu_bwd", be.relu_bwd(&a, t(&[1, 4, 2, 3]), false)),
+        ("max_pool2d_fwd", be.max_pool2d_fwd(&t(&[4, 8, 8]), &pool)),
+        (
+            "max_pool2d_fwd",
+            be.max_pool2d_fwd(&t(&[1, 4, 1, 1]), &pool),
+        ),
+        (
+            "max_pool2d_fwd",
+            be.max_pool2d_fwd(&x, &Pool2dParams::new(3, 1, 2)),
+        ),
+        (
+            "max_pool2d_bwd",
+            be.max_pool2d_bwd(&x, &t(&[1, 3, 3, 3]), &pool),
+        ),
+        (
+            "max_pool2d_tangent",
+            be.max_pool2d_tangent(&x, &t(&[1, 3, 8, 7]), &pool),
+        ),
+        (
+            "adaptive_avg_pool2d_fwd",
+            be.adaptive_avg_pool2d_fwd(&x, (0, 1)),
+        ),
+        (
+            "adaptive_avg_pool2d_fwd",
+            be.adaptive_avg_pool2d_fwd(&t(&[3, 8, 8]), (1, 1)),
+        ),
+        (
+            "adaptive_avg_pool2d_bwd",
+            be.adaptive_avg_pool2d_bwd(&t(&[4, 1, 1]), (8, 8)),
+        ),
+        ("linear_fwd", be.linear_fwd(&t(&[2, 5]), &t(&[3, 4]), None)),
+        (
+            "linear_fwd",
+            be.linear_fwd(&t(&[2, 4]), &t(&[3, 4]), Some(&t(&[2]))),
+        ),
+        (
+            "linear_bwd_data",
+            be.linear_bwd_data(&t(&[2, 5]), &t(&[3, 4])),
+        ),
+        ("add", be.add(t(&[2, 5]), &t(&[2, 4]))),
+        (
+            "channel_affine",
+            be.channel_affine(t(&[1, 4, 2, 2]), &[1.0; 3], &[0.0; 4]),
+        ),
+        ("grad_pool", be.grad_pool(&t(&[4, 8]))),
+        ("weighted_sum_relu", be.weighted_sum_relu(&a, &t(&[1, 3]))),
+        (
+            "cam_weights",
+            be.cam_weights(WeightRule::XGradCam, &a, &t(&[1, 4, 2, 3])),
+        ),
+        ("fem_weights", be.fem_weights(&t(&[4, 2]), 0.0)),
+        (
+            "elementwise_cam_relu",
+            be.elementwise_cam_relu(ElementRule::LayerCam, &a, &x),
+        ),
+        ("score_cam_inputs", be.score_cam_inputs(&x, &a, (2, 9))),
+        (
+            "score_cam_inputs",
+            be.score_cam_inputs(&t(&[2, 3, 8, 8]), &a, (0, 2)),
+        ),
+        ("aug_copies", be.aug_copies(&t(&[3, 8, 8]), &[(true, 1.0)])),
+        ("ablate_channels", be.ablate_channels(&a, (3, 9))),
+        (
+            "full_grad_add",
+            be.full_grad_add(None, &a, FullGradBy::Bias(&[1.0; 3]), (8, 8)),
+        ),
+        ("reshape", be.reshape(t(&[2, 5]), &[3, 3])),
+        (
+            "preprocess",
+            be.preprocess(&be.upload_images(&[]).unwrap(), (0, 4)),
+        ),
+    ];
+    for (i, (op, r)) in cases.into_iter().enumerate() {
+        match r {
+            Ok(_) => panic!("{}: case {i} ({op}) was not refused", be.name()),
+            Err(e) => assert!(e.to_string().contains(op), "{}: case {i}: {e}", be.name()),
+        }
+    }
+    let prepared = [
+        be.conv2d_prepare(&t(&[4, 3, 3]), &p).map(|_| ()),
+        // 4 filters in 3 groups.
+        be.conv2d_prepare(&w, &Conv2dParams { groups: 3, ..p })
+            .map(|_| ()),
+    ];
+    for r in prepared {
+        assert!(r.unwrap_err().to_string().contains("conv2d_prepare"));
+    }
+    let maps = Tensor::zeros([2, 4, 4]);
+    let none = be.upload_images(&[]).unwrap();
+    let e = be
+        .overlays(&none, &maps)
+        .err()
+        .expect("2 maps for no images");
+    assert!(e.to_string().contains("overlays"), "{e}");
+    // And what fits still runs.
+    let y = be
+        .conv2d_fwd(&x, &w, None, Some(&t(&[4])), &p, true)
+        .unwrap();
+    assert_eq!(be.shape(&y), [1, 4, 8, 8]);
+}

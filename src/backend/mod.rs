@@ -13,6 +13,7 @@ pub mod module_cache;
 pub mod nvrtc;
 mod params;
 pub mod selftest;
+mod shapes;
 
 pub use cpu::CpuBackend;
 pub use params::{Conv2dParams, Pool2dParams};
@@ -94,32 +95,6 @@ impl<T: ?Sized> Clone for FullGradBy<'_, T> {
 }
 impl<T: ?Sized> Copy for FullGradBy<'_, T> {}
 
-/// [`Backend::full_grad_add`]'s arguments checked, by their shapes: `g` [N, K, h, w], x shaped
-/// like it or K bias values, a total [N, oh, ow].
-pub(crate) fn check_full_grad_shapes(
-    g: &[usize],
-    by: FullGradBy<'_, [usize]>,
-    total: Option<&[usize]>,
-    (oh, ow): (usize, usize),
-) -> Result<()> {
-    let bad = |what: String| Err(crate::Error::Invalid(format!("full_grad_add: {what}")));
-    let &[n, k, _, _] = g else {
-        return bad(format!("the gradient is {g:?}, not [N, K, h, w]"));
-    };
-    match by {
-        FullGradBy::Input(x) if x != g => return bad(format!("x is {x:?}, the gradient {g:?}")),
-        FullGradBy::Bias(b) if b.len() != k => {
-            return bad(format!("{} bias values for {k} channels", b.len()))
-        }
-        _ => {}
-    }
-    match total {
-        Some(t) if t != [n, oh, ow] => bad(format!("the total is {t:?}, not [{n}, {oh}, {ow}]")),
-        _ => Ok(()),
-    }
-}
-
-/// An error naming `op` unless two tensors have one shape.
 /// A profile table (kernel or op → calls, total time) as [`Backend::kernel_times`] gives it:
 /// slowest first.
 pub(crate) fn slowest_first(
@@ -130,15 +105,6 @@ pub(crate) fn slowest_first(
         .collect();
     v.sort_by_key(|e| std::cmp::Reverse(e.2));
     v
-}
-
-pub(crate) fn check_same_shape(op: &str, a: &[usize], b: &[usize]) -> Result<()> {
-    match a == b {
-        true => Ok(()),
-        false => Err(crate::Error::Invalid(format!(
-            "{op}: the tensors are {a:?} and {b:?}, not one shape"
-        ))),
-    }
 }
 
 /// The overlays of [`Backend::overlays`], ready or still being copied from the device (so a

@@ -87,10 +87,14 @@ impl Pool2dParams {
     }
 }
 
-/// floor((n + 2p - d(k-1) - 1) / s) + 1, or None when that is below 1.
+/// floor((n + 2p - d(k-1) - 1) / s) + 1, or None when that is below 1;
+/// none too for a zero kernel, stride or dilation, and sizes past usize.
 fn out_len(n: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> {
-    let span = d * (k - 1) + 1;
-    let padded = n + 2 * p;
+    if k == 0 || s == 0 || d == 0 {
+        return None;
+    }
+    let span = d.checked_mul(k - 1)?.checked_add(1)?;
+    let padded = n.checked_add(p.checked_mul(2)?)?;
     if padded < span {
         return None;
     }
@@ -134,5 +138,24 @@ mod tests {
             ..Conv2dParams::new(1, 1)
         };
         assert!(dilated.transposed((3, 3)).is_none());
+    }
+
+    /// PyTorch's sizes (`F.conv2d(torch.zeros(1, 1, 7, 7), torch.zeros(1, 1, 3, 3), stride=2,
+    /// padding=1).shape[2:]` is 4×4); no size, rather than a panic or a wrapped-around one,
+    /// for a zero kernel, stride or dilation and for sizes past usize.
+    #[test]
+    fn output_sizes() {
+        let p = Conv2dParams::new(2, 1);
+        assert_eq!(p.out_hw((7, 7), (3, 3)), Some((4, 4)));
+        assert_eq!(p.out_hw((1, 1), (5, 5)), None);
+        assert_eq!(p.out_hw((7, 7), (0, 3)), None);
+        assert_eq!(Conv2dParams::new(0, 1).out_hw((7, 7), (3, 3)), None);
+        let undilated = Conv2dParams {
+            dilation: (0, 1),
+            ..p
+        };
+        assert_eq!(undilated.out_hw((7, 7), (3, 3)), None);
+        assert_eq!(p.out_hw((usize::MAX, 7), (3, 3)), None);
+        assert_eq!(Pool2dParams::new(3, 0, 1).out_hw((7, 7)), None);
     }
 }

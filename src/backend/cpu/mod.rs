@@ -16,8 +16,8 @@ mod winograd;
 pub use alloc::retain_freed_memory;
 
 use super::{
-    check_full_grad_shapes, check_same_shape, Backend, BwdFilters, Conv2dParams, ElementRule,
-    FullGradBy, Overlays, Pool2dParams, TransposedConv, WeightRule,
+    shapes, Backend, BwdFilters, Conv2dParams, ElementRule, FullGradBy, Overlays, Pool2dParams,
+    TransposedConv, WeightRule,
 };
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
@@ -79,6 +79,7 @@ impl Backend for CpuBackend {
             })
     }
     fn split_batch(&self, x: Tensor) -> Result<Vec<Tensor>> {
+        shapes::batch("split_batch", x.shape())?;
         if x.shape()[1..].contains(&0) {
             return Err(crate::Error::Invalid(
                 "an empty tensor has no images to split".into(),
@@ -91,7 +92,8 @@ impl Backend for CpuBackend {
             return Err(crate::Error::Invalid("no batches to join".into()));
         };
         let mut shape = first.shape().to_vec();
-        if parts.iter().any(|p| p.shape()[1..] != shape[1..]) {
+        shapes::batch("concat_batch", &shape)?;
+        if parts.iter().any(|p| p.shape().get(1..) != shape.get(1..)) {
             return Err(crate::Error::Invalid(
                 "batches of different shapes cannot be joined".into(),
             ));
@@ -105,10 +107,12 @@ impl Backend for CpuBackend {
         Ok(images.to_vec())
     }
     fn preprocess(&self, images: &Vec<&RgbImage>, hw: (usize, usize)) -> Result<Tensor> {
+        shapes::input_size("preprocess", hw)?;
         let _p = profile::span("preprocess", || None);
         Ok(crate::image::preprocess(images, hw))
     }
     fn overlays(&self, images: &Vec<&RgbImage>, maps: &Tensor) -> Result<Overlays> {
+        shapes::maps_for("overlays", images.len(), maps.shape())?;
         let _p = profile::span("overlay", || None);
         use crate::cam::{overlay, upsample_normalised};
         use rayon::prelude::*;
@@ -152,6 +156,7 @@ impl Backend for CpuBackend {
         Ok(t.clone())
     }
     fn reshape(&self, t: Tensor, shape: &[usize]) -> Result<Tensor> {
+        shapes::reshape(t.shape(), shape)?;
         Ok(t.reshape(shape))
     }
 
@@ -164,6 +169,7 @@ impl Backend for CpuBackend {
         p: &Conv2dParams,
         out_hw: Option<(usize, usize)>,
     ) -> Result<Option<Tensor>> {
+        shapes::filters("conv2d_prepare", w.shape(), p)?;
         Ok((!self.reference)
             .then(|| fast::conv2d_prepare(w, p, out_hw))
             .flatten())
@@ -177,6 +183,7 @@ impl Backend for CpuBackend {
         p: &Conv2dParams,
         relu: bool,
     ) -> Result<Tensor> {
+        shapes::conv("conv2d_fwd", x.shape(), w.shape(), b.map(Tensor::shape), p)?;
         let _p = conv_span("conv2d_fwd", x, w.dims4(), p, self.reference);
         Ok(if self.reference {
             let y = naive::conv2d_fwd(x, w, b, p);
@@ -198,20 +205,10 @@ impl Backend for CpuBackend {
         p: &Conv2dParams,
         residual: &Tensor,
     ) -> Result<Tensor> {
+        let op = "conv2d_fwd_add_relu";
+        let (oh, ow) = shapes::conv(op, x.shape(), w.shape(), b.map(Tensor::shape), p)?;
         let (n, k) = (x.shape()[0], w.shape()[0]);
-        let Some((oh, ow)) = p.out_hw((x.shape()[2], x.shape()[3]), (w.shape()[2], w.shape()[3]))
-        else {
-            return Err(crate::Error::Invalid(format!(
-                "conv2d_fwd_add_relu: a {:?} kernel over a {:?} input leaves no output",
-                &w.shape()[2..],
-                &x.shape()[2..]
-            )));
-        };
-        check_same_shape(
-            "conv2d_fwd_add_relu residual",
-            residual.shape(),
-            &[n, k, oh, ow],
-        )?;
+        shapes::same_shape(op, residual.shape(), &[n, k, oh, ow])?;
         if self.reference {
             let y = self.conv2d_fwd(x, w, prepared, b, p, false)?;
             return self.relu_fwd(self.add(y, residual)?);
@@ -234,6 +231,7 @@ impl Backend for CpuBackend {
         p: &Conv2dParams,
         _in_hw: (usize, usize),
     ) -> Result<Option<BwdFilters<Tensor>>> {
+        shapes::filters("conv2d_prepare_bwd", w.shape(), p)?;
         Ok((!self.reference)
             .then(|| fast::conv2d_prepare_bwd(w, p))
             .flatten())
@@ -246,6 +244,7 @@ impl Backend for CpuBackend {
         in_hw: (usize, usize),
         p: &Conv2dParams,
     ) -> Result<Tensor> {
+        shapes::conv_bwd_data("conv2d_bwd_data", dy.shape(), w.shape(), in_hw, p)?;
         // Filters made for this conv (a caller's mix-up takes the general path rather than
         // a wrong result): the transposed conv's output is x's size whenever it applies.
         let dims = [w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]];
@@ -295,6 +294,7 @@ impl Backend for CpuBackend {
         })
     }
     fn relu_bwd(&self, y: &Tensor, dy: Tensor, guided: bool) -> Result<Tensor> {
+        shapes::same_shape("relu_bwd", y.shape(), dy.shape())?;
         let _p = profile::span("relu_bwd", || None);
         Ok(if self.reference {
             naive::relu_bwd(y, &dy, guided)
@@ -303,6 +303,7 @@ impl Backend for CpuBackend {
         })
     }
     fn max_pool2d_fwd(&self, x: &Tensor, p: &Pool2dParams) -> Result<Tensor> {
+        shapes::pool("max_pool2d_fwd", x.shape(), p)?;
         let _p = profile::span("max_pool2d_fwd", || None);
         // The fast pool handles dilation 1 (every torchvision model); others use the oracle.
         let fast = (!self.reference)
@@ -311,6 +312,7 @@ impl Backend for CpuBackend {
         Ok(fast.unwrap_or_else(|| naive::max_pool2d_fwd(x, p)))
     }
     fn max_pool2d_bwd(&self, x: &Tensor, dy: &Tensor, p: &Pool2dParams) -> Result<Tensor> {
+        shapes::pool_bwd("max_pool2d_bwd", x.shape(), dy.shape(), p)?;
         let _p = profile::span("max_pool2d_bwd", || None);
         let fast = (!self.reference)
             .then(|| fast::max_pool2d_bwd(x, dy, p))
@@ -319,10 +321,12 @@ impl Backend for CpuBackend {
     }
     fn max_pool2d_tangent(&self, x: &Tensor, v: &Tensor, p: &Pool2dParams) -> Result<Tensor> {
         let _p = profile::span("max_pool2d_tangent", || None);
-        crate::backend::check_same_shape("max_pool2d_tangent", x.shape(), v.shape())?;
+        shapes::pool("max_pool2d_tangent", x.shape(), p)?;
+        shapes::same_shape("max_pool2d_tangent", x.shape(), v.shape())?;
         Ok(naive::max_pool2d_tangent(x, v, p))
     }
     fn adaptive_avg_pool2d_fwd(&self, x: &Tensor, out_hw: (usize, usize)) -> Result<Tensor> {
+        shapes::adaptive_pool("adaptive_avg_pool2d_fwd", x.shape(), out_hw)?;
         let _p = profile::span("adaptive_avg_pool2d_fwd", || None);
         Ok(if self.reference {
             naive::adaptive_avg_pool2d_fwd(x, out_hw)
@@ -331,6 +335,7 @@ impl Backend for CpuBackend {
         })
     }
     fn adaptive_avg_pool2d_bwd(&self, dy: &Tensor, in_hw: (usize, usize)) -> Result<Tensor> {
+        shapes::adaptive_pool("adaptive_avg_pool2d_bwd", dy.shape(), in_hw)?;
         let _p = profile::span("adaptive_avg_pool2d_bwd", || None);
         Ok(if self.reference {
             naive::adaptive_avg_pool2d_bwd(dy, in_hw)
@@ -339,6 +344,7 @@ impl Backend for CpuBackend {
         })
     }
     fn linear_fwd(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+        shapes::linear("linear_fwd", x.shape(), w.shape(), b.map(Tensor::shape))?;
         let _p = profile::span("linear_fwd", || None);
         Ok(if self.reference {
             naive::linear_fwd(x, w, b)
@@ -347,6 +353,7 @@ impl Backend for CpuBackend {
         })
     }
     fn linear_bwd_data(&self, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+        shapes::linear_bwd("linear_bwd_data", dy.shape(), w.shape())?;
         let _p = profile::span("linear_bwd_data", || None);
         Ok(if self.reference {
             naive::linear_bwd_data(dy, w)
@@ -355,6 +362,7 @@ impl Backend for CpuBackend {
         })
     }
     fn add(&self, a: Tensor, b: &Tensor) -> Result<Tensor> {
+        shapes::same_shape("add", a.shape(), b.shape())?;
         let _p = profile::span("add", || None);
         Ok(if self.reference {
             naive::add(&a, b)
@@ -363,6 +371,7 @@ impl Backend for CpuBackend {
         })
     }
     fn channel_affine(&self, x: Tensor, scale: &[f32], shift: &[f32]) -> Result<Tensor> {
+        shapes::channel_affine("channel_affine", x.shape(), scale.len(), shift.len())?;
         let _p = profile::span("channel_affine", || None);
         Ok(if self.reference {
             naive::channel_affine(&x, scale, shift)
@@ -371,6 +380,7 @@ impl Backend for CpuBackend {
         })
     }
     fn grad_pool(&self, g: &Tensor) -> Result<Tensor> {
+        shapes::dims4("grad_pool", "the gradient", g.shape())?;
         let _p = profile::span("grad_pool", || None);
         Ok(if self.reference {
             naive::grad_pool(g)
@@ -379,6 +389,7 @@ impl Backend for CpuBackend {
         })
     }
     fn weighted_sum_relu(&self, a: &Tensor, alpha: &Tensor) -> Result<Tensor> {
+        shapes::channel_weights("weighted_sum_relu", a.shape(), alpha.shape())?;
         let _p = profile::span("weighted_sum_relu", || None);
         Ok(if self.reference {
             naive::weighted_sum_relu(a, alpha)
@@ -387,26 +398,32 @@ impl Backend for CpuBackend {
         })
     }
     fn cam_weights(&self, rule: WeightRule, a: &Tensor, g: &Tensor) -> Result<Tensor> {
+        shapes::with_gradient("cam_weights", a.shape(), g.shape())?;
         let _p = profile::span("cam_weights", || None);
         Ok(cam_ops::cam_weights(rule, a, g))
     }
     fn fem_weights(&self, a: &Tensor, k_sigma: f32) -> Result<Tensor> {
+        shapes::dims4("fem_weights", "the activations", a.shape())?;
         let _p = profile::span("fem_weights", || None);
         Ok(cam_ops::fem_weights(a, k_sigma))
     }
     fn elementwise_cam_relu(&self, rule: ElementRule, a: &Tensor, g: &Tensor) -> Result<Tensor> {
+        shapes::with_gradient("elementwise_cam_relu", a.shape(), g.shape())?;
         let _p = profile::span("elementwise_cam_relu", || None);
         Ok(cam_ops::elementwise_cam_relu(rule, a, g))
     }
     fn score_cam_inputs(&self, x: &Tensor, a: &Tensor, k: (usize, usize)) -> Result<Tensor> {
+        shapes::score_cam("score_cam_inputs", x.shape(), a.shape(), k)?;
         let _p = profile::span("score_cam_inputs", || None);
         Ok(cam_ops::score_cam_inputs(x, a, k))
     }
     fn aug_copies(&self, x: &Tensor, copies: &[(bool, f32)]) -> Result<Tensor> {
+        shapes::dims4("aug_copies", "x", x.shape())?;
         let _p = profile::span("aug_copies", || None);
         Ok(cam_ops::aug_copies(x, copies))
     }
     fn ablate_channels(&self, a: &Tensor, k: (usize, usize)) -> Result<Tensor> {
+        shapes::channel_range("ablate_channels", a.shape(), k)?;
         let _p = profile::span("ablate_channels", || None);
         Ok(cam_ops::ablate_channels(a, k))
     }
@@ -418,11 +435,11 @@ impl Backend for CpuBackend {
         out: (usize, usize),
     ) -> Result<Tensor> {
         let _p = profile::span("full_grad_add", || None);
-        let shapes = match by {
+        let by_shapes = match by {
             FullGradBy::Input(x) => FullGradBy::Input(x.shape()),
             FullGradBy::Bias(b) => FullGradBy::Bias(b),
         };
-        check_full_grad_shapes(g.shape(), shapes, total.as_ref().map(Tensor::shape), out)?;
+        shapes::full_grad(g.shape(), by_shapes, total.as_ref().map(Tensor::shape), out)?;
         Ok(cam_ops::full_grad_add(total, g, by, out))
     }
 }

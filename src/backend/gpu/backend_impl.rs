@@ -9,8 +9,7 @@ use super::{
     Precision, IMAGES_PER_LAUNCH, IMAGE_DESC,
 };
 use crate::backend::{
-    check_full_grad_shapes, Backend, Conv2dParams, ElementRule, FullGradBy, Overlays, Pool2dParams,
-    WeightRule,
+    shapes, Backend, Conv2dParams, ElementRule, FullGradBy, Overlays, Pool2dParams, WeightRule,
 };
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
@@ -29,11 +28,16 @@ impl<L: Launcher> GpuBackend<L> {
         p: &Conv2dParams,
         relu: bool,
     ) -> Result<GpuTensor<L::Buf>> {
+        let op = match residual {
+            Some(_) => "conv2d_fwd_add_relu",
+            None => "conv2d_fwd",
+        };
+        let (oh, ow) = shapes::conv(op, &x.shape, &w.shape, b.map(|b| &b.shape[..]), p)?;
         let (n, c, h, wd) = dims4(&x.shape);
         let (k, _, r, s) = dims4(&w.shape);
-        let (oh, ow) = p
-            .out_hw((h, wd), (r, s))
-            .expect("shapes checked by the network");
+        if let Some(res) = residual {
+            shapes::same_shape(op, &res.shape, &[n, k, oh, ow])?;
+        }
         // Channels-last where it applies (input, residual and output); a first conv that
         // feeds channels-last ones writes channels-last from NCHW; else everything NCHW.
         let nhwc = self.nhwc_applies(c, &w.shape, p.groups, prepared.is_some());
@@ -130,6 +134,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         images: &GpuImages<L::Buf>,
         (oh, ow): (usize, usize),
     ) -> Result<Self::Tensor> {
+        shapes::input_size("preprocess", (oh, ow))?;
         let dtype = self.precision.storage();
         let n = images.layout.len();
         let out = self.tensor(vec![n, 3, oh, ow], dtype)?;
@@ -156,6 +161,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(out)
     }
     fn overlays(&self, images: &GpuImages<L::Buf>, maps: &Tensor) -> Result<Overlays> {
+        shapes::maps_for("overlays", images.layout.len(), maps.shape())?;
         let (n, h, w) = (maps.shape()[0], maps.shape()[1], maps.shape()[2]);
         let lay = &images.layout;
         assert_eq!(n, lay.len(), "one map per image");
@@ -299,6 +305,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         })
     }
     fn reshape(&self, t: Self::Tensor, shape: &[usize]) -> Result<Self::Tensor> {
+        shapes::reshape(&t.shape, shape)?;
         let mut t = self.owned_nchw(t)?;
         t.shape = shape.to_vec();
         Ok(t)
@@ -306,7 +313,8 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     /// The KRSC copy of a tensor-core conv's weights when the conv qualifies and KRSC weights
     /// are on (or left to tuning, or the cp.async ring is on): see
     /// [`GpuBackend::with_conv_krsc`].
-    fn conv2d_prepare(&self, w: &Self::Tensor, _p: &Conv2dParams) -> Result<Option<Self::Tensor>> {
+    fn conv2d_prepare(&self, w: &Self::Tensor, p: &Conv2dParams) -> Result<Option<Self::Tensor>> {
+        shapes::filters("conv2d_prepare", &w.shape, p)?;
         if !self.krsc_applies(&w.shape) {
             return Ok(None);
         }
@@ -356,6 +364,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         (h, wd): (usize, usize),
         p: &Conv2dParams,
     ) -> Result<Self::Tensor> {
+        shapes::conv_bwd_data("conv2d_bwd_data", &dy.shape, &w.shape, (h, wd), p)?;
         let dy = &*self.nchw(dy)?;
         let (n, k, oh, ow) = dims4(&dy.shape);
         let (_, cg, r, s) = dims4(&w.shape);
@@ -383,6 +392,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(x)
     }
     fn relu_bwd(&self, y: &Self::Tensor, dy: Self::Tensor, guided: bool) -> Result<Self::Tensor> {
+        shapes::same_shape("relu_bwd", &y.shape, &dy.shape)?;
         // Element-wise: both in one layout (the gradients' NCHW).
         let dy = self.owned_nchw(dy)?;
         let y = &*self.nchw(y)?;
@@ -400,8 +410,8 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(dy)
     }
     fn max_pool2d_fwd(&self, x: &Self::Tensor, p: &Pool2dParams) -> Result<Self::Tensor> {
+        let (oh, ow) = shapes::pool("max_pool2d_fwd", &x.shape, p)?;
         let (n, c, h, w) = dims4(&x.shape);
-        let (oh, ow) = p.out_hw((h, w)).expect("shapes checked by the network");
         let mut y = self.like(vec![n, c, oh, ow], x)?;
         y.tf32_exact = x.tf32_exact; // picks values
         if x.nhwc {
@@ -424,6 +434,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         dy: &Self::Tensor,
         p: &Pool2dParams,
     ) -> Result<Self::Tensor> {
+        shapes::pool_bwd("max_pool2d_bwd", &x.shape, &dy.shape, p)?;
         let (x, dy) = (&*self.nchw(x)?, &*self.nchw(dy)?);
         let (n, c, h, w) = dims4(&x.shape);
         let (_, _, oh, ow) = dims4(&dy.shape);
@@ -440,7 +451,8 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         v: &Self::Tensor,
         p: &Pool2dParams,
     ) -> Result<Self::Tensor> {
-        crate::backend::check_same_shape("max_pool2d_tangent", &x.shape, &v.shape)?;
+        shapes::pool("max_pool2d_tangent", &x.shape, p)?;
+        shapes::same_shape("max_pool2d_tangent", &x.shape, &v.shape)?;
         let x = &*self.nchw(x)?;
         let v = self.nchw(v)?;
         let v = self.as_dtype(&v, x.dtype)?;
@@ -464,6 +476,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         x: &Self::Tensor,
         (oh, ow): (usize, usize),
     ) -> Result<Self::Tensor> {
+        shapes::adaptive_pool("adaptive_avg_pool2d_fwd", &x.shape, (oh, ow))?;
         let x = &*self.nchw(x)?;
         let (n, c, h, w) = dims4(&x.shape);
         let y = self.like(vec![n, c, oh, ow], x)?;
@@ -481,6 +494,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         dy: &Self::Tensor,
         (h, w): (usize, usize),
     ) -> Result<Self::Tensor> {
+        shapes::adaptive_pool("adaptive_avg_pool2d_bwd", &dy.shape, (h, w))?;
         let dy = &*self.nchw(dy)?;
         let (n, c, oh, ow) = dims4(&dy.shape);
         let dx = self.like(vec![n, c, h, w], dy)?;
@@ -499,6 +513,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         w: &Self::Tensor,
         b: Option<&Self::Tensor>,
     ) -> Result<Self::Tensor> {
+        shapes::linear("linear_fwd", &x.shape, &w.shape, b.map(|b| &b.shape[..]))?;
         let x = &*self.nchw(x)?;
         let (n, fin, fout) = (x.shape[0], x.shape[1], w.shape[0]);
         let y = self.like(vec![n, fout], x)?;
@@ -513,6 +528,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(y)
     }
     fn linear_bwd_data(&self, dy: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor> {
+        shapes::linear_bwd("linear_bwd_data", &dy.shape, &w.shape)?;
         let dy = &*self.nchw(dy)?;
         let (n, fout, fin) = (dy.shape[0], dy.shape[1], w.shape[1]);
         let dx = self.like(vec![n, fin], dy)?;
@@ -527,6 +543,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(dx)
     }
     fn add(&self, mut a: Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
+        shapes::same_shape("add", &a.shape, &b.shape)?;
         let b = &*self.in_layout(b, a.nhwc)?; // element-wise: b in a's layout
         a.tf32_exact = false; // a sum of TF32 values is not one
         let n = a.shape.iter().product();
@@ -543,6 +560,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         scale: &[f32],
         shift: &[f32],
     ) -> Result<Self::Tensor> {
+        shapes::channel_affine("channel_affine", &x.shape, scale.len(), shift.len())?;
         let mut x = self.owned_nchw(x)?;
         x.tf32_exact = false;
         let (_, c, h, w) = dims4(&x.shape);
@@ -554,6 +572,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(x)
     }
     fn grad_pool(&self, g: &Self::Tensor) -> Result<Self::Tensor> {
+        shapes::dims4("grad_pool", "the gradient", &g.shape)?;
         let g = &*self.nchw(g)?;
         let (n, k, h, w) = dims4(&g.shape);
         let a = self.tensor(vec![n, k], DType::F32)?;
@@ -573,6 +592,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(a)
     }
     fn weighted_sum_relu(&self, a: &Self::Tensor, alpha: &Self::Tensor) -> Result<Self::Tensor> {
+        shapes::channel_weights("weighted_sum_relu", &a.shape, &alpha.shape)?;
         let a = &*self.nchw(a)?;
         let (n, k, h, w) = dims4(&a.shape);
         let m = self.tensor(vec![n, h, w], DType::F32)?;
@@ -601,6 +621,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         a: &Self::Tensor,
         g: &Self::Tensor,
     ) -> Result<Self::Tensor> {
+        shapes::with_gradient("cam_weights", &a.shape, &g.shape)?;
         let (a, g) = (&*self.nchw(a)?, &*self.nchw(g)?);
         let (n, k, h, w) = dims4(&a.shape);
         let out = self.tensor(vec![n, k], DType::F32)?;
@@ -625,6 +646,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(out)
     }
     fn fem_weights(&self, a: &Self::Tensor, k_sigma: f32) -> Result<Self::Tensor> {
+        shapes::dims4("fem_weights", "the activations", &a.shape)?;
         let a = &*self.nchw(a)?;
         let (n, k, h, w) = dims4(&a.shape);
         if h * w == 0 || n * k == 0 {
@@ -654,6 +676,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         a: &Self::Tensor,
         g: &Self::Tensor,
     ) -> Result<Self::Tensor> {
+        shapes::with_gradient("elementwise_cam_relu", &a.shape, &g.shape)?;
         let (a, g) = (&*self.nchw(a)?, &*self.nchw(g)?);
         let (n, k, h, w) = dims4(&a.shape);
         let m = self.tensor(vec![n, h, w], DType::F32)?;
@@ -684,6 +707,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         a: &Self::Tensor,
         (k0, k1): (usize, usize),
     ) -> Result<Self::Tensor> {
+        shapes::score_cam("score_cam_inputs", &x.shape, &a.shape, (k0, k1))?;
         let (x, a) = (&*self.nchw(x)?, &*self.nchw(a)?);
         let (n, c, hh, ww) = dims4(&x.shape);
         let (_, k, h, w) = dims4(&a.shape);
@@ -721,6 +745,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(out)
     }
     fn ablate_channels(&self, a: &Self::Tensor, (k0, k1): (usize, usize)) -> Result<Self::Tensor> {
+        shapes::channel_range("ablate_channels", &a.shape, (k0, k1))?;
         let a = &*self.nchw(a)?;
         let (n, k, h, w) = dims4(&a.shape);
         let kc = k1 - k0;
@@ -749,13 +774,13 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         by: FullGradBy<'_, Self::Tensor>,
         (oh, ow): (usize, usize),
     ) -> Result<Self::Tensor> {
-        let shapes = match by {
+        let by_shapes = match by {
             FullGradBy::Input(x) => FullGradBy::Input(&x.shape[..]),
             FullGradBy::Bias(b) => FullGradBy::Bias(b),
         };
-        check_full_grad_shapes(
+        shapes::full_grad(
             &g.shape,
-            shapes,
+            by_shapes,
             total.as_ref().map(|t| &t.shape[..]),
             (oh, ow),
         )?;
@@ -863,6 +888,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         Ok(total)
     }
     fn aug_copies(&self, x: &Self::Tensor, copies: &[(bool, f32)]) -> Result<Self::Tensor> {
+        shapes::dims4("aug_copies", "x", &x.shape)?;
         let x = &*self.nchw(x)?;
         let (n, c, h, w) = dims4(&x.shape);
         let out = self.like(vec![copies.len() * n, c, h, w], x)?;
