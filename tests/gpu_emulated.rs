@@ -1146,3 +1146,25 @@ fn dff_and_road_match_the_cpu_backend() {
         "{rc:?} {rg:?}"
     );
 }
+
+/// Filters prepared (the KRSC copy) for one conv and handed to another are refused, not read
+/// past their end by the kernel.
+#[test]
+fn prepared_filters_of_another_conv_are_refused() {
+    use gradcam::backend::Conv2dParams;
+    let be = GpuBackend::with_precision(EmuLauncher::new(), Precision::Tf32).with_conv_krsc(true);
+    let mut rng = Rng::new(3);
+    let up = |s: &[usize], rng: &mut Rng| be.upload(rng.tensor(s, -1.0, 1.0)).unwrap();
+    let p = Conv2dParams::new(1, 1);
+    let (w32, w64) = (up(&[8, 32, 3, 3], &mut rng), up(&[8, 64, 3, 3], &mut rng));
+    let prepared = be.conv2d_prepare(&w32, &p).unwrap().expect("KRSC filters");
+    let x = up(&[1, 64, 4, 4], &mut rng);
+    let e = be
+        .conv2d_fwd(&x, &w64, Some(&prepared), None, &p, false)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("conv2d_fwd"), "{e}");
+    let fits = be.conv2d_prepare(&w64, &p).unwrap().expect("KRSC filters");
+    be.conv2d_fwd(&x, &w64, Some(&fits), None, &p, false)
+        .unwrap();
+}

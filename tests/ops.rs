@@ -780,6 +780,20 @@ fn refusals<B: Backend>(be: &B) {
     for r in prepared {
         assert!(r.unwrap_err().to_string().contains("conv2d_prepare"));
     }
+    // Filters prepared for one conv and given with another's (the CPU's Winograd transform
+    // of 16 channels for 32; backends that prepare nothing have nothing to refuse).
+    let w16 = t(&[8, 16, 3, 3]);
+    if let Some(pr) = be.conv2d_prepare(&w16, &p).unwrap() {
+        let (x32, w32) = (t(&[1, 32, 6, 6]), t(&[8, 32, 3, 3]));
+        let e = be.conv2d_fwd(&x32, &w32, Some(&pr), None, &p, false).err();
+        assert!(e.expect("refused").to_string().contains("prepared filters"));
+        let e = be.conv2d_fwd_add_relu(&x32, &w32, Some(&pr), None, &p, &t(&[1, 8, 6, 6]));
+        assert!(e
+            .err()
+            .expect("refused")
+            .to_string()
+            .contains("prepared filters"));
+    }
     let maps = Tensor::zeros([2, 4, 4]);
     let none = be.upload_images(&[]).unwrap();
     let e = be

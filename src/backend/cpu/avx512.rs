@@ -94,11 +94,16 @@ pub fn sgemm(
     }
 }
 
+/// The length of [`pack`]'s A: m rounded up to whole MR-row panels, times k.
+pub fn packed_len(m: usize, k: usize) -> usize {
+    m.div_ceil(MR) * MR * k
+}
+
 /// A (m×k) packed once, as [`sgemm`] packs it slice by slice, for [`sgemm_packed`]: a
 /// layer's filters, multiplied by every image's columns.
 pub fn pack(a: Mat, m: usize, k: usize) -> Vec<f32> {
     let mp = m.div_ceil(MR);
-    let mut out = vec![0f32; mp * MR * k];
+    let mut out = vec![0f32; packed_len(m, k)];
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
         pack_a(a, m, pc, kc, &mut out[mp * MR * pc..][..mp * MR * kc]);
@@ -124,7 +129,11 @@ pub fn sgemm_packed(
 ) {
     check(m, n, k, c, c_rs);
     let mp = m.div_ceil(MR);
-    assert_eq!(apacked.len(), mp * MR * k, "A packed for another shape");
+    assert_eq!(
+        apacked.len(),
+        packed_len(m, k),
+        "A packed for another shape"
+    );
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
         let a = &apacked[mp * MR * pc..][..mp * MR * kc];

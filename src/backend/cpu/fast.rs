@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{pack_a, sgemm, sgemm_packed, Epilogue, Mat, Parallelism};
+use super::gemm::{pack_a, packed_len, sgemm, sgemm_packed, Epilogue, Mat, Parallelism};
 use super::naive::adaptive_bin;
 use super::winograd;
 use crate::backend::{BwdFilters, Conv2dParams, Pool2dParams, TransposedConv};
@@ -219,6 +219,29 @@ pub fn conv2d_prepare(
         .then(|| pack_a(Mat::row_major(w.data(), c * r * s), k, c * r * s))
         .flatten()
         .map(|v| Tensor::new([v.len()], v))
+}
+
+/// Whether `prepared` has a shape [`conv2d_prepare`] gives filters of `dims` (K, C/groups,
+/// R, S) for this conv: the Winograd transform of either tile, plain or packed, or the
+/// packed matrix.
+pub fn prepared_fits(
+    prepared: &Tensor,
+    dims: (usize, usize, usize, usize),
+    p: &Conv2dParams,
+) -> bool {
+    let (k, cg, r, s) = dims;
+    if winograd::applies_to(dims, p) {
+        let points = [winograd::Tile::F2.points(), winograd::Tile::F4.points()];
+        return match *prepared.shape() {
+            [np, kk, cc] => points.contains(&np) && (kk, cc) == (k, cg),
+            [np, len] => points.contains(&np) && Some(len) == packed_len(k, cg),
+            _ => false,
+        };
+    }
+    match *prepared.shape() {
+        [len] => p.groups == 1 && Some(len) == packed_len(k, cg * r * s),
+        _ => false,
+    }
 }
 
 /// A conv's filters for its backward-data pass, made the first time a backward pass crosses

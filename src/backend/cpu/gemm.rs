@@ -111,6 +111,16 @@ fn c_fits(m: usize, n: usize, c: &[f32], c_rs: usize) -> bool {
     c_rs >= n && (m == 0 || c.len() >= (m - 1) * c_rs + n)
 }
 
+/// The length of what [`pack_a`] makes of an m×k A; None where it packs nothing.
+pub fn packed_len(m: usize, k: usize) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if m > 0 && k > 0 && super::avx512::available() {
+        return Some(super::avx512::packed_len(m, k));
+    }
+    let _ = (m, k);
+    None
+}
+
 /// A (m×k) packed for this CPU's AVX-512 kernel, to be multiplied by [`sgemm_packed`] many
 /// times (a layer's filters); None where that kernel does not run.
 pub fn pack_a(a: Mat, m: usize, k: usize) -> Option<Vec<f32>> {

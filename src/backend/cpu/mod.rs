@@ -48,6 +48,27 @@ impl CpuBackend {
             layer_major: false,
         }
     }
+
+    /// An error unless `prepared` is what `conv2d_prepare` made of filters shaped as w's for
+    /// this conv (the reference backend prepares nothing and ignores it).
+    fn check_prepared(
+        &self,
+        op: &str,
+        prepared: Option<&Tensor>,
+        w: &Tensor,
+        p: &Conv2dParams,
+    ) -> Result<()> {
+        match prepared {
+            Some(pr) if !self.reference && !fast::prepared_fits(pr, w.dims4(), p) => {
+                Err(crate::Error::Invalid(format!(
+                    "{op}: the prepared filters {:?} were not made of filters {:?} for this conv",
+                    pr.shape(),
+                    w.shape()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Backend for CpuBackend {
@@ -184,6 +205,7 @@ impl Backend for CpuBackend {
         relu: bool,
     ) -> Result<Tensor> {
         shapes::conv("conv2d_fwd", x.shape(), w.shape(), b.map(Tensor::shape), p)?;
+        self.check_prepared("conv2d_fwd", prepared, w, p)?;
         let _p = conv_span("conv2d_fwd", x, w.dims4(), p, self.reference);
         Ok(if self.reference {
             let y = naive::conv2d_fwd(x, w, b, p);
@@ -207,6 +229,7 @@ impl Backend for CpuBackend {
     ) -> Result<Tensor> {
         let op = "conv2d_fwd_add_relu";
         let (oh, ow) = shapes::conv(op, x.shape(), w.shape(), b.map(Tensor::shape), p)?;
+        self.check_prepared(op, prepared, w, p)?;
         let (n, k) = (x.shape()[0], w.shape()[0]);
         shapes::same_shape(op, residual.shape(), &[n, k, oh, ow])?;
         if self.reference {

@@ -38,6 +38,10 @@ impl<L: Launcher> GpuBackend<L> {
         if let Some(res) = residual {
             shapes::same_shape(op, &res.shape, &[n, k, oh, ow])?;
         }
+        // The KRSC copy made of w by `conv2d_prepare` (its shape is w's).
+        if let Some(pr) = prepared {
+            shapes::same_shape(op, &pr.shape, &w.shape)?;
+        }
         // Channels-last where it applies (input, residual and output); a first conv that
         // feeds channels-last ones writes channels-last from NCHW; else everything NCHW.
         let nhwc = self.nhwc_applies(c, &w.shape, p.groups, prepared.is_some());
