@@ -199,11 +199,35 @@ pub fn explain_batch_device<B: Backend>(
             )));
         }
     }
+    check_images(images, cfg.size)?;
     let mut parts = Vec::new();
     if !images.is_empty() {
         device_parts(net, images, cfg, timings, &mut parts)?;
     }
     Ok(DeviceBatch { parts })
+}
+
+/// Images with pixels, and a fixed input size the CLI would take (1 to
+/// [`crate::model::MAX_INPUT_SIDE`], so a typo'd size is an error, not a failed allocation).
+pub(crate) fn check_images(images: &[&RgbImage], size: InputSize) -> Result<()> {
+    if let Some(i) = images
+        .iter()
+        .position(|im| im.width() == 0 || im.height() == 0)
+    {
+        let im = images[i];
+        return Err(Error::Invalid(format!(
+            "image {i} is empty ({}×{} pixels)",
+            im.width(),
+            im.height()
+        )));
+    }
+    let max = crate::model::MAX_INPUT_SIDE;
+    match size {
+        InputSize::Square(s) if s == 0 || s > max => Err(Error::Invalid(format!(
+            "an input size of {s}×{s}: sides from 1 to {max} are taken"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// `cfg` for the images `at..at + len` of its batch: per-image classes are cut with them.
@@ -268,6 +292,14 @@ impl DeviceBatch {
         cfg: &ExplainConfig,
         timings: &mut Timings,
     ) -> Result<Vec<Explanation>> {
+        let queued: usize = self.parts.iter().map(|p| p.len).sum();
+        if images.len() != queued {
+            return Err(Error::Invalid(format!(
+                "finish got {} images for a batch of {queued} (give it the slice \
+                 explain_batch_device got)",
+                images.len()
+            )));
+        }
         let t0 = Instant::now();
         let mut out = Vec::with_capacity(images.len());
         let mut at = 0;

@@ -684,6 +684,10 @@ pub fn resize_with(
     if oh * ow * c == 0 {
         return Vec::new();
     }
+    // A source without pixels has nothing to sample: black (zeros) rather than a panic.
+    if h * w == 0 {
+        return vec![0.0; oh * ow * c];
+    }
     let ty = axis_table(h, oh);
     let tx = axis_table(w, ow);
     // Separable: each source row an output row reads is resized across once, then output rows
@@ -755,7 +759,8 @@ pub fn preprocess(images: &[&RgbImage], hw: (usize, usize)) -> Tensor {
     use rayon::prelude::*;
     let per = 3 * hw.0 * hw.1;
     let mut data = vec![0f32; images.len() * per];
-    data.par_chunks_mut(per)
+    // (A 0-sized input gives an empty tensor; the backends refuse it by name.)
+    data.par_chunks_mut(per.max(1))
         .zip(images.par_iter())
         .for_each(|(out, img)| preprocess_into(img, hw, out));
     Tensor::new([images.len(), 3, hw.0, hw.1], data)

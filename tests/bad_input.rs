@@ -667,3 +667,124 @@ fn grayscale_alpha_and_16_bit_images_become_rgb8() {
         "grayscale replicated"
     );
 }
+
+/// The library's entry points refuse what a caller can get wrong with an error naming it,
+/// where they used to panic or abort (found by a sweep of the public API): empty images,
+/// input sizes past the CLI's limit, an image given as [C, H, W], a class the model lacks,
+/// no methods to evaluate, a finish given another batch's images, absurd concept and scale
+/// counts, a parity fixture without its tensors. The bundled demo model.
+#[test]
+fn library_entry_points_refuse_what_a_caller_gets_wrong() {
+    use gradcam::cam::{explain, sess::Sess, CamRequest, Method};
+    use gradcam::eval::{evaluate_image, road, Entry, EvalConfig};
+    use gradcam::explain::{explain_batch, explain_batch_device, ExplainConfig, Timings};
+    use gradcam::image::{preprocess, resize_with, InputSize, RgbImage};
+    let net = Network::new(
+        model::load("assets/demo/model.safetensors", None).unwrap(),
+        CpuBackend::fast(),
+    )
+    .unwrap();
+    let path = std::path::Path::new("assets/demo/heldout/0001.png");
+    let img = load_rgb8(path).unwrap();
+    let cfg = |size| ExplainConfig {
+        size,
+        ..Default::default()
+    };
+    let t = &mut Timings::default();
+    let empty = RgbImage::new(0, 10);
+    let s = msg(explain_batch(
+        &net,
+        &[&img, &empty],
+        &cfg(InputSize::Square(128)),
+        t,
+    ))
+    .1;
+    assert!(s.contains("image 1 is empty (0×10"), "{s}");
+    for side in [0, 1 << 16, usize::MAX] {
+        let s = msg(explain_batch(
+            &net,
+            &[&img],
+            &cfg(InputSize::Square(side)),
+            t,
+        ))
+        .1;
+        assert!(s.contains("sides from 1 to 8192"), "{s}");
+    }
+    // A finish given other images than the batch was queued with.
+    let queued = explain_batch_device(&net, &[&img, &img], &cfg(InputSize::Square(128)), t);
+    let s = msg(queued
+        .unwrap()
+        .finish(&[&img], &cfg(InputSize::Square(128)), t))
+    .1;
+    assert!(s.contains("finish got 1 images for a batch of 2"), "{s}");
+    // One image as [C, H, W].
+    let x = preprocess(&[&img], (128, 128)).reshape([3, 128, 128]);
+    let req = CamRequest::grad_cam("layer4", &ClassSel::Predicted);
+    let s = msg(explain(&net, x, &req)).1;
+    assert!(s.contains("not a batch [N, 3, H, W]"), "{s}");
+    // SESS with more scales than anything could take (it listed them all first).
+    let x = preprocess(&[&img], (64, 64));
+    let sess = CamRequest {
+        sess: Some(Sess {
+            num_scales: 1 << 40,
+        }),
+        ..CamRequest::grad_cam("layer4", &ClassSel::Predicted)
+    };
+    let s = msg(explain(&net, x, &sess)).1;
+    assert!(s.contains("SESS takes 1 to 4096 scales"), "{s}");
+    // ROAD: a class the model does not have, an input of three dims.
+    let x = preprocess(&[&img], (128, 128));
+    let map = vec![0.5; 128 * 128];
+    let rc = road::RoadConfig::default();
+    let (e, _) = msg(road::road_scores(&net, &x, &map, 99, 0.5, &rc, 18));
+    assert!(matches!(e, Error::ClassOutOfRange { class: 99, .. }), "{e}");
+    let x3 = x.clone().reshape([3, 128, 128]);
+    let s = msg(road::road_scores(&net, &x3, &map, 1, 0.5, &rc, 18)).1;
+    assert!(s.contains("not [1, C, H, W]"), "{s}");
+    // eval without methods, and at a size of 0.
+    let entry = Entry {
+        image: path.into(),
+        class: 1,
+        boxes: vec![[0.0, 0.0, 10.0, 10.0]],
+        mask: None,
+    };
+    let eval_cfg = |methods: Vec<Method>, size| EvalConfig {
+        layer: None,
+        size,
+        methods,
+        loc_threshold: 0.15,
+        pointing_tolerance: 0,
+        occlusion: None,
+        curve_steps: None,
+        forward_batch: 8,
+        target: gradcam::cam::Target::Logit,
+        coherency: false,
+        road: None,
+    };
+    let no_methods = eval_cfg(vec![], InputSize::Square(128));
+    assert!(msg(evaluate_image(&net, &entry, &no_methods))
+        .1
+        .contains("no methods"));
+    let size0 = eval_cfg(vec![Method::GradCam], InputSize::Square(0));
+    assert!(msg(evaluate_image(&net, &entry, &size0))
+        .1
+        .contains("sides from 1"));
+    // DFF: more concepts than memory could hold.
+    let (act, _) =
+        gradcam::dff::activations(&net, preprocess(&[&img], (128, 128)), "layer4").unwrap();
+    let s = msg(gradcam::dff::factorize(vec![act], 1 << 40)).1;
+    assert!(s.contains("ask for fewer concepts"), "{s}");
+    // A parity fixture without its map.
+    let mut exp = gradcam::parity::Expected {
+        tensors: Default::default(),
+    };
+    exp.tensors
+        .insert("logits".into(), (vec![1], vec![0; 4], Dtype::F32));
+    exp.tensors
+        .insert("class".into(), (vec![1], vec![0; 8], Dtype::I64));
+    let s = msg(exp.check_case(std::path::Path::new("case.safetensors"))).1;
+    assert!(s.contains("case.safetensors: no F32 tensor `cam`"), "{s}");
+    // The low-level helpers do not panic on sizes of 0: an empty tensor, black pixels.
+    assert_eq!(preprocess(&[&img], (0, 0)).shape(), [1, 3, 0, 0]);
+    assert_eq!(resize_with(|_| 1.0, (0, 4, 1), (2, 2)), vec![0.0; 4]);
+}

@@ -320,7 +320,12 @@ pub fn grad_cam<B: Backend>(
 
 pub fn explain<B: Backend>(net: &Network<B>, x: B::Tensor, req: &CamRequest) -> Result<CamBatch> {
     let be = net.backend();
-    let n = be.shape(&x)[0];
+    let &[n, _, _, _] = be.shape(&x) else {
+        return Err(Error::Invalid(format!(
+            "the input is {:?}, not a batch [N, 3, H, W]",
+            be.shape(&x)
+        )));
+    };
     if n == 0 {
         return Err(Error::Invalid(
             "an empty batch: no images to explain".into(),

@@ -75,8 +75,13 @@ pub(crate) fn explain_sess<B: Backend>(
     sess: &Sess,
 ) -> Result<CamBatch> {
     check_combination(req.guided, req.aug_smooth, req.finer.is_some())?;
-    if sess.num_scales == 0 {
-        return Err(Error::Invalid("SESS needs one scale at least".into()));
+    // (The scales' sizes are listed before their size is checked: a bound on their number
+    // keeps that list small.)
+    if sess.num_scales == 0 || sess.num_scales > MAX_SCALES {
+        return Err(Error::Invalid(format!(
+            "SESS takes 1 to {MAX_SCALES} scales, not {}",
+            sess.num_scales
+        )));
     }
     let be = net.backend();
     let host = be.download(&x)?;
@@ -249,6 +254,10 @@ fn explain_windows<B: Backend>(
     }
     Ok(())
 }
+
+/// The most scales taken (pytorch-grad-cam's default is 12; the largest copy's size is
+/// checked against `MAX_SCALED_VALUES` as well).
+const MAX_SCALES: usize = 4096;
 
 /// The sizes of the rescaled copies: torchvision's resize to an int makes the shorter side
 /// that int and the longer its proportional size, truncated; the ints start at the window and

@@ -34,6 +34,10 @@ pub struct Factorization {
     pub converged: bool,
 }
 
+/// The most values [`factorize`]'s two factors may hold (1 GiB of f32) unless the
+/// activations themselves hold more.
+pub const MAX_FACTOR_VALUES: usize = 1 << 28;
+
 /// pytorch-grad-cam's `dff(activations, n_components)` over the images of `acts`, each
 /// [N, K, h, w] (NaN read as 0); the tensors may differ in N, h and w (images of their own
 /// sizes), not in K. For one tensor this is pytorch-grad-cam's batch exactly. The tensors
@@ -67,6 +71,16 @@ pub fn factorize(acts: Vec<Tensor>, k: usize) -> Result<Factorization> {
         .collect();
     // [K, Σ N·h·w]: channel-major, then image, then position.
     let cols: usize = acts.iter().map(|t| t.len() / c).sum();
+    // The factors W [K, k] and H [k, columns], no larger than the activations or
+    // MAX_FACTOR_VALUES (a k past any use would otherwise end the process on a failed
+    // allocation).
+    let limit = MAX_FACTOR_VALUES.max(c * cols);
+    if k.checked_mul(c + cols).is_none_or(|v| v > limit) {
+        return Err(Error::Invalid(format!(
+            "DFF: {k} concepts of {c} channels over {cols} positions need more than {limit} \
+             values; ask for fewer concepts"
+        )));
+    }
     let mut x = vec![0f32; c * cols];
     let mut at = 0;
     for t in acts {

@@ -131,7 +131,11 @@ pub fn evaluate_image<B: Backend>(
     cfg: &EvalConfig,
 ) -> Result<ImageReport> {
     let be = net.backend();
+    if cfg.methods.is_empty() {
+        return Err(Error::Invalid("no methods to evaluate".into()));
+    }
     let img = load_rgb8(&e.image)?;
+    crate::explain::check_images(&[&img], cfg.size)?;
     let full = (img.height() as usize, img.width() as usize);
     if e.class >= net.num_classes() {
         return Err(Error::ClassOutOfRange {

@@ -333,7 +333,18 @@ pub fn road_scores<B: Backend>(
     batch: usize,
 ) -> Result<Option<RoadScores>> {
     cfg.check()?;
-    let (n, c, h, w) = x.dims4();
+    let &[n, c, h, w] = x.shape() else {
+        return Err(Error::Invalid(format!(
+            "ROAD: the input is {:?}, not [1, C, H, W]",
+            x.shape()
+        )));
+    };
+    if class >= net.num_classes() {
+        return Err(Error::ClassOutOfRange {
+            class,
+            num_classes: net.num_classes(),
+        });
+    }
     if n != 1 || map.len() != h * w {
         return Err(Error::Invalid(format!(
             "ROAD: a map of {} values for an input of {:?}",
