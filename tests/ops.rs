@@ -576,9 +576,10 @@ fn naive_ops_match_hand_computed_values() {
 
 /// The backward-data pass as the network runs it (filters prepared for a 32×32 map, one
 /// F(4×4) would take forward) rounds as the direct convolution does: relative RMS error
-/// against an f64 transposed convolution below 1e-6 (measured: direct col2im 1.4e-7,
-/// Winograd F(2×2) 2.3e-7, F(4×4) 1.5e-6 on these values), because Grad-CAM++'s weights
-/// magnify a gradient's rounding (see `fast::conv2d_prepare_bwd`).
+/// against an f64 transposed convolution below 6e-7 (measured: direct col2im 1.4e-7,
+/// Winograd F(2×2) 2.3e-7, F(4×4) 1.0e-6 on these values, 1.5e-6 at its usual points),
+/// because Grad-CAM++'s weights magnify a gradient's rounding (see
+/// `fast::conv2d_prepare_bwd`).
 #[test]
 fn conv2d_bwd_data_prepared_rounds_as_the_direct_conv() {
     let fast = CpuBackend::fast();
@@ -627,8 +628,8 @@ fn conv2d_bwd_data_prepared_rounds_as_the_direct_conv() {
     let plain = fast.conv2d_bwd_data(&dy, &wt, (h, w), &p).unwrap();
     let (prepared, direct) = (rel_rms(&dx), rel_rms(&plain));
     eprintln!("relative RMS error: prepared {prepared:.2e}, col2im {direct:.2e}");
-    assert!(prepared < 1e-6, "prepared backward filters: {prepared:.2e}");
-    assert!(direct < 1e-6, "col2im: {direct:.2e}");
+    assert!(prepared < 6e-7, "prepared backward filters: {prepared:.2e}");
+    assert!(direct < 6e-7, "col2im: {direct:.2e}");
 }
 
 /// Every op refuses arguments whose shapes do not fit together with an error naming the op

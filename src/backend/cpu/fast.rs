@@ -250,7 +250,7 @@ pub fn prepared_fits(
 /// as [`conv2d_prepare`] prepares them (Winograd for 3×3 over 16 channels or more: ~4× faster
 /// than the im2col GEMMs and col2im it replaces; else packed for the AVX-512 GEMM, once
 /// instead of for each image). The Winograd tile is F(2×2) whatever the map: F(4×4) rounds
-/// ~6× worse than the direct convolution, and Grad-CAM++'s weights, 1 / (2g² + ΣA·g³),
+/// 4–7× worse than the direct convolution, and Grad-CAM++'s weights, 1 / (2g² + ΣA·g³),
 /// magnify that rounding in a gradient where the denominator nearly cancels (the demo model's
 /// `layer1.0.conv1` maps moved by up to 2e-2 with F(4×4) here, 4e-3 with F(2×2), as
 /// pytorch-grad-cam in f32 moves against f64). F(2×2) costs VGG16 at `features.2` ~6 %; the
