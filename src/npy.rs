@@ -5,8 +5,15 @@ use std::path::Path;
 
 use crate::{Error, Result};
 
+/// `data` as an array of `shape` (which must hold exactly its values) in `path`.
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    assert_eq!(shape.iter().product::<usize>(), data.len());
+    if shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(data.len()) {
+        return Err(Error::Invalid(format!(
+            "{}: a shape of {shape:?} for {} values",
+            path.display(),
+            data.len()
+        )));
+    }
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let tuple = if dims.len() == 1 {
         format!("({},)", dims[0])

@@ -784,6 +784,26 @@ fn library_entry_points_refuse_what_a_caller_gets_wrong() {
         .insert("class".into(), (vec![1], vec![0; 8], Dtype::I64));
     let s = msg(exp.check_case(std::path::Path::new("case.safetensors"))).1;
     assert!(s.contains("case.safetensors: no F32 tensor `cam`"), "{s}");
+    // An .npy shape that does not hold its values; a checkpoint naming a tensor twice.
+    let dir = tempfile::tempdir().unwrap();
+    let s = msg(gradcam::npy::write_f32(
+        &dir.path().join("m.npy"),
+        &[2, 3],
+        &[0.0; 5],
+    ))
+    .1;
+    assert!(s.contains("a shape of [2, 3] for 5 values"), "{s}");
+    let twice = [
+        ("a".to_string(), Tensor::zeros([1])),
+        ("a".into(), Tensor::zeros([1])),
+    ];
+    let s = msg(synth::to_safetensors(&twice, Dtype::F32)).1;
+    assert!(s.contains("tensor `a` is given twice"), "{s}");
+    // A layer's bytes at an absurd input size: too many (or an error), never a wrapped few.
+    let g = net.graph();
+    if let Ok(b) = g.largest_layer_bytes((1 << 31, 1 << 31)) {
+        assert!(b >= 1 << 62, "{b} bytes");
+    }
     // The low-level helpers do not panic on sizes of 0: an empty tensor, black pixels.
     assert_eq!(preprocess(&[&img], (0, 0)).shape(), [1, 3, 0, 0]);
     assert_eq!(resize_with(|_| 1.0, (0, 4, 1), (2, 2)), vec![0.0; 4]);

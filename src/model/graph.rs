@@ -236,10 +236,11 @@ impl Graph {
     /// layer, as Ablation-CAM's).
     pub fn largest_layer_bytes_from(&self, (h, w): (usize, usize), first: usize) -> Result<u64> {
         let shapes = self.shapes(&[1, self.in_channels, h, w])?;
-        let bytes = |s: &Vec<usize>| 4 * s.iter().product::<usize>() as u64;
+        // (Saturating: a size past u64 is simply too large, never a small wrapped one.)
+        let bytes = |s: &Vec<usize>| (s.iter()).fold(4u64, |b, &d| b.saturating_mul(d as u64));
         Ok((self.nodes.iter().zip(&shapes).skip(first))
             .map(|(node, out)| {
-                bytes(out) + node.inputs.iter().map(|&j| bytes(&shapes[j])).sum::<u64>()
+                (node.inputs.iter()).fold(bytes(out), |b, &j| b.saturating_add(bytes(&shapes[j])))
             })
             .max()
             .unwrap_or(0))

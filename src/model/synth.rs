@@ -175,6 +175,10 @@ pub fn state_dict(
 
 /// Serialises tensors as safetensors with the given float dtype (F32, F16 or BF16).
 pub fn to_safetensors(tensors: &[(String, Tensor)], dtype: Dtype) -> Result<Vec<u8>> {
+    let mut names = std::collections::HashSet::new();
+    if let Some((n, _)) = tensors.iter().find(|(n, _)| !names.insert(n)) {
+        return Err(Error::Invalid(format!("tensor `{n}` is given twice")));
+    }
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(n, t)| {
