@@ -804,6 +804,14 @@ fn library_entry_points_refuse_what_a_caller_gets_wrong() {
     if let Ok(b) = g.largest_layer_bytes((1 << 31, 1 << 31)) {
         assert!(b >= 1 << 62, "{b} bytes");
     }
+    // KPCA-CAM's projection of activations without their batch dim.
+    let kp = gradcam::cam::kpca::Kpca::default();
+    let s = msg(gradcam::cam::kpca::kpca_projection(
+        &Tensor::zeros([4, 2, 2]),
+        &kp,
+    ))
+    .1;
+    assert!(s.contains("not [N, K, h, w]"), "{s}");
     // The low-level helpers do not panic on sizes of 0: an empty tensor, black pixels.
     assert_eq!(preprocess(&[&img], (0, 0)).shape(), [1, 3, 0, 0]);
     assert_eq!(resize_with(|_| 1.0, (0, 4, 1), (2, 2)), vec![0.0; 4]);

@@ -102,7 +102,12 @@ impl Kpca {
 /// rounding (a flat layer) gets a zero map. The kernel is a dense (h·w)² matrix per image;
 /// one that overflows (the polynomial kernel with a large gamma) is an error naming gamma.
 pub fn kpca_projection(x: &Tensor, kpca: &Kpca) -> Result<Tensor> {
-    let (n, k, h, w) = x.dims4();
+    let &[n, k, h, w] = x.shape() else {
+        return Err(Error::Invalid(format!(
+            "KPCA-CAM: activations of shape {:?}, not [N, K, h, w]",
+            x.shape()
+        )));
+    };
     let hw = h * w;
     if k == 0 || hw == 0 {
         return Ok(Tensor::zeros([n, h, w]));
