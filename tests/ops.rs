@@ -582,6 +582,10 @@ fn naive_ops_match_hand_computed_values() {
 /// `fast::conv2d_prepare_bwd`).
 #[test]
 fn conv2d_bwd_data_prepared_rounds_as_the_direct_conv() {
+    // (With Winograd off there is no tile to check; without AVX-512 nothing is prepared.)
+    if std::env::var("GRADCAM_WINOGRAD").is_ok_and(|v| v.trim() == "0") {
+        return;
+    }
     let fast = CpuBackend::fast();
     let mut rng = Rng::new(5);
     let (c, k, h, w) = (48, 48, 32, 32);

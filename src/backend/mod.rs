@@ -291,9 +291,9 @@ pub trait Backend: Send + Sync {
         p: &Conv2dParams,
     ) -> Result<Self::Tensor>;
     /// What [`Backend::conv2d_bwd_data_with`] can use for a conv, made the first time a
-    /// backward pass crosses it (`in_hw`: its input's H×W then), so that passes which stop
-    /// above it pay nothing; None (the default) where the backend's own backward-data pass
-    /// serves.
+    /// backward pass crosses it (`in_hw`: its input's H×W then, for a backend that picks by
+    /// it; the CPU does not), so that passes which stop above it pay nothing; None (the
+    /// default) where the backend's own backward-data pass serves.
     fn conv2d_prepare_bwd(
         &self,
         _w: &Self::Tensor,

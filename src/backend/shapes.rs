@@ -141,7 +141,7 @@ pub(crate) fn pool(op: &str, x: &[usize], p: &Pool2dParams) -> Result<(usize, us
             format_args!("kernel, stride and dilation must be 1 or more: {p:?}"),
         );
     }
-    if 2 * p.padding.0 > p.kernel.0 || 2 * p.padding.1 > p.kernel.1 {
+    if p.padding.0 > p.kernel.0 / 2 || p.padding.1 > p.kernel.1 / 2 {
         return bad(op, format_args!("padding more than half the kernel: {p:?}"));
     }
     match p.out_hw((h, w)) {
@@ -239,8 +239,15 @@ pub(crate) fn channel_range(op: &str, a: &[usize], (k0, k1): (usize, usize)) -> 
 
 /// Score-CAM's inputs: x [N, C, H, W] and channels k0..k1 of a [N, K, h, w] (one N).
 pub(crate) fn score_cam(op: &str, x: &[usize], a: &[usize], k: (usize, usize)) -> Result<()> {
-    let (n, _, _, _) = dims4(op, "x", x)?;
+    let (n, _, hh, ww) = dims4(op, "x", x)?;
     channel_range(op, a, k)?;
+    // (Each channel is upsampled from a's h×w to x's: neither may be empty.)
+    if [hh, ww, a[2], a[3]].contains(&0) {
+        return bad(
+            op,
+            format_args!("x {x:?} and activations {a:?}: an empty map"),
+        );
+    }
     match a[0] == n {
         true => Ok(()),
         false => bad(
@@ -252,12 +259,24 @@ pub(crate) fn score_cam(op: &str, x: &[usize], a: &[usize], k: (usize, usize)) -
 
 /// A reshape keeps the element count.
 pub(crate) fn reshape(from: &[usize], to: &[usize]) -> Result<()> {
-    match from.iter().product::<usize>() == to.iter().product::<usize>() {
+    let size = |s: &[usize]| s.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    match size(from).is_some() && size(from) == size(to) {
         true => Ok(()),
         false => bad(
             "reshape",
             format_args!("{from:?} has another size than {to:?}"),
         ),
+    }
+}
+
+/// Images of at least one pixel, by their (H, W).
+pub(crate) fn images_nonempty(
+    op: &str,
+    mut dims: impl Iterator<Item = (usize, usize)>,
+) -> Result<()> {
+    match dims.position(|(h, w)| h == 0 || w == 0) {
+        Some(i) => bad(op, format_args!("image {i} is empty")),
+        None => Ok(()),
     }
 }
 
@@ -272,10 +291,10 @@ pub(crate) fn input_size(op: &str, (h, w): (usize, usize)) -> Result<()> {
 /// One map [N, h, w] for each of the `n` images.
 pub(crate) fn maps_for(op: &str, n: usize, maps: &[usize]) -> Result<()> {
     match *maps {
-        [m, _, _] if m == n => Ok(()),
+        [m, h, w] if m == n && h > 0 && w > 0 => Ok(()),
         _ => bad(
             op,
-            format_args!("maps {maps:?} for {n} images, not [{n}, h, w]"),
+            format_args!("maps {maps:?} for {n} images, not [{n}, h, w] with h, w ≥ 1"),
         ),
     }
 }

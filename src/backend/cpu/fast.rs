@@ -252,7 +252,7 @@ pub fn prepared_fits(
 /// instead of for each image). The Winograd tile is F(2×2) whatever the map: F(4×4) rounds
 /// 4–7× worse than the direct convolution, and Grad-CAM++'s weights, 1 / (2g² + ΣA·g³),
 /// magnify that rounding in a gradient where the denominator nearly cancels (the demo model's
-/// `layer1.0.conv1` maps moved by up to 2e-2 with F(4×4) here, 4e-3 with F(2×2), as
+/// `layer1.0.conv1` maps moved by up to 2e-2 with F(4×4) here, about 5e-3 with F(2×2), as
 /// pytorch-grad-cam in f32 moves against f64). F(2×2) costs VGG16 at `features.2` ~6 %; the
 /// default layers' backward passes cross no 3×3 conv on a map large enough for F(4×4). Other convs of one group, with the
 /// AVX-512 GEMM: Wᵀ packed once for [`conv2d_bwd_data`]'s GEMMs, which otherwise pack it per

@@ -129,6 +129,10 @@ impl Backend for CpuBackend {
     }
     fn preprocess(&self, images: &Vec<&RgbImage>, hw: (usize, usize)) -> Result<Tensor> {
         shapes::input_size("preprocess", hw)?;
+        let dims = images
+            .iter()
+            .map(|im| (im.height() as usize, im.width() as usize));
+        shapes::images_nonempty("preprocess", dims)?;
         let _p = profile::span("preprocess", || None);
         Ok(crate::image::preprocess(images, hw))
     }

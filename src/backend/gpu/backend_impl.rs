@@ -139,6 +139,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         (oh, ow): (usize, usize),
     ) -> Result<Self::Tensor> {
         shapes::input_size("preprocess", (oh, ow))?;
+        shapes::images_nonempty("preprocess", images.layout.iter().map(|&(_, hw)| hw))?;
         let dtype = self.precision.storage();
         let n = images.layout.len();
         let out = self.tensor(vec![n, 3, oh, ow], dtype)?;
