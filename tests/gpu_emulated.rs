@@ -1147,8 +1147,8 @@ fn dff_and_road_match_the_cpu_backend() {
     );
 }
 
-/// Filters prepared (the KRSC copy) for one conv and handed to another are refused, not read
-/// past their end by the kernel.
+/// Filters prepared (the KRSC copy) for one conv, or in another precision, and handed to
+/// another conv are refused, not read past their end or misread by the kernel.
 #[test]
 fn prepared_filters_of_another_conv_are_refused() {
     use gradcam::backend::Conv2dParams;
@@ -1164,6 +1164,18 @@ fn prepared_filters_of_another_conv_are_refused() {
         .err()
         .expect("refused");
     assert!(e.to_string().contains("conv2d_fwd"), "{e}");
+    // Filters of the right shape prepared in another precision (BF16 for TF32).
+    let bf16 = GpuBackend::with_precision(EmuLauncher::new(), Precision::Bf16).with_conv_krsc(true);
+    let w16 = bf16.upload(rng.tensor(&[8, 64, 3, 3], -1.0, 1.0)).unwrap();
+    let other = bf16
+        .conv2d_prepare(&w16, &p)
+        .unwrap()
+        .expect("KRSC filters");
+    let e = be
+        .conv2d_fwd(&x, &w64, Some(&other), None, &p, false)
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("prepared filters are Bf16"), "{e}");
     let fits = be.conv2d_prepare(&w64, &p).unwrap().expect("KRSC filters");
     be.conv2d_fwd(&x, &w64, Some(&fits), None, &p, false)
         .unwrap();

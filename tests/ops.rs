@@ -8,7 +8,9 @@
 //! (outputs are rounded to f32 before the f64 dot products).
 
 use gradcam::backend::cpu::naive;
-use gradcam::backend::{Backend, BwdFilters, Conv2dParams, CpuBackend, Pool2dParams};
+use gradcam::backend::{
+    Backend, BwdFilters, Conv2dParams, CpuBackend, Pool2dParams, TransposedConv,
+};
 use gradcam::model::synth::Rng;
 use gradcam::Tensor;
 
@@ -300,7 +302,7 @@ fn avx512() -> bool {
 fn conv2d_fwd_and_bwd_data_fast_match_naive() {
     let (fast, reference) = (CpuBackend::fast(), CpuBackend::reference());
     let mut rng = Rng::new(1);
-    let mut other_bwd = None;
+    let (mut other_bwd, mut other_dims) = (None, [0; 4]);
     for (i, cc) in conv_cases().into_iter().enumerate() {
         let x = rng.tensor(&[cc.n, cc.c, cc.h, cc.w], -1.0, 1.0);
         let w = rng.tensor(&[cc.k, cc.c / cc.p.groups, cc.r, cc.s], -1.0, 1.0);
@@ -375,7 +377,41 @@ fn conv2d_fwd_and_bwd_data_fast_match_naive() {
                 &dx_ref,
             );
         }
-        other_bwd = bwd;
+        // Hand-built backward filters of the right shape around a preparation that is not
+        // theirs (another conv's, or the forward pass's) are not used either. (Another conv
+        // of the same dims prepares tensors of the same shapes, which cannot be told apart.)
+        let dims = [cc.k, cc.c / cc.p.groups, cc.r, cc.s];
+        let other = other_bwd.take().filter(|_| other_dims != dims);
+        if let (Some(own), Some(other)) = (prepared.clone(), other) {
+            let other = match other {
+                BwdFilters::Transposed(t) => t.prepared,
+                BwdFilters::Own { prepared, .. } => prepared,
+            };
+            let [c, k, r, s] = [dims[1], dims[0], dims[2], dims[3]];
+            let pt = cc.p.transposed((r, s)).unwrap_or(cc.p);
+            let built = [
+                BwdFilters::Own {
+                    shape: dims,
+                    prepared: own,
+                },
+                BwdFilters::Own {
+                    shape: dims,
+                    prepared: other.clone(),
+                },
+                BwdFilters::Transposed(TransposedConv {
+                    shape: [c, k, r, s],
+                    p: pt,
+                    prepared: other,
+                }),
+            ];
+            for (j, bwd) in built.iter().enumerate() {
+                let dx = fast
+                    .conv2d_bwd_data_with(&dy, &w, Some(bwd), (cc.h, cc.w), &cc.p)
+                    .unwrap();
+                close(&format!("hand-built filters {j} case {i}"), &dx, &dx_ref);
+            }
+        }
+        (other_bwd, other_dims) = (bwd, dims);
         // Adjoint: <conv(x), dy> = <x, conv_bwd(dy)>.
         let y = naive::conv2d_fwd(&x, &w, None, &cc.p);
         let (l, r) = (dot(&y, &dy), dot(&x, &dx_ref));
@@ -798,6 +834,17 @@ fn refusals<B: Backend>(be: &B) {
             .expect("refused")
             .to_string()
             .contains("prepared filters"));
+    }
+    // Filters prepared for 5 outputs given with 8 (one panel of the packed GEMM's rows holds
+    // either): a 1×1 conv (the packed matrix) and a 3×3 one over 16 channels (Winograd).
+    for (r, c, h) in [(1, 4, 5), (3, 16, 6)] {
+        let p = Conv2dParams::new(1, r / 2);
+        let (w5, w8, x) = (t(&[5, c, r, r]), t(&[8, c, r, r]), t(&[1, c, h, h]));
+        if let Some(pr) = be.conv2d_prepare(&w5, &p).unwrap() {
+            let e = be.conv2d_fwd(&x, &w8, Some(&pr), None, &p, false).err();
+            let e = e.expect("5 filters' preparation refused for 8");
+            assert!(e.to_string().contains("prepared filters"), "{e}");
+        }
     }
     let maps = Tensor::zeros([2, 4, 4]);
     let none = be.upload_images(&[]).unwrap();

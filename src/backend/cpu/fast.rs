@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{pack_a, packed_len, sgemm, sgemm_packed, Epilogue, Mat, Parallelism};
+use super::gemm::{pack_a, packed_shape, sgemm, sgemm_packed, Epilogue, Mat, Parallelism};
 use super::naive::adaptive_bin;
 use super::winograd;
 use crate::backend::{BwdFilters, Conv2dParams, Pool2dParams, TransposedConv};
@@ -202,7 +202,7 @@ impl Geom {
 /// What [`conv2d_fwd`] can use of a conv's filters made once, at load: the Winograd
 /// transform where it applies (F(4×4)'s where the output map at the model's size, `out_hw`,
 /// is large enough, [`winograd::Tile::for_map`]; else F(2×2)'s), else (one group, a CPU with
-/// the AVX-512 GEMM) the filters as a [K, C·R·S] matrix packed for it, a 1-D tensor.
+/// the AVX-512 GEMM) the filters as a [K, C·R·S] matrix packed for it ([`pack_a`]: [K, L]).
 pub fn conv2d_prepare(
     w: &Tensor,
     p: &Conv2dParams,
@@ -218,12 +218,12 @@ pub fn conv2d_prepare(
     (p.groups == 1)
         .then(|| pack_a(Mat::row_major(w.data(), c * r * s), k, c * r * s))
         .flatten()
-        .map(|v| Tensor::new([v.len()], v))
 }
 
-/// Whether `prepared` has a shape [`conv2d_prepare`] gives filters of `dims` (K, C/groups,
+/// Whether `prepared` has the shape [`conv2d_prepare`] gives filters of `dims` (K, C/groups,
 /// R, S) for this conv: the Winograd transform of either tile, plain or packed, or the
-/// packed matrix.
+/// packed matrix. Every form names K and C/groups (or C/groups·R·S) in its shape
+/// ([`packed_shape`]), so filters made for another conv are told apart.
 pub fn prepared_fits(
     prepared: &Tensor,
     dims: (usize, usize, usize, usize),
@@ -233,15 +233,22 @@ pub fn prepared_fits(
     if winograd::applies_to(dims, p) {
         let points = [winograd::Tile::F2.points(), winograd::Tile::F4.points()];
         return match *prepared.shape() {
-            [np, kk, cc] => points.contains(&np) && (kk, cc) == (k, cg),
-            [np, len] => points.contains(&np) && Some(len) == packed_len(k, cg),
+            [np, kk, cc] => {
+                points.contains(&np)
+                    && kk == k
+                    && (cc == cg || packed_shape(k, cg) == Some([kk, cc]))
+            }
             _ => false,
         };
     }
-    match *prepared.shape() {
-        [len] => p.groups == 1 && Some(len) == packed_len(k, cg * r * s),
-        _ => false,
-    }
+    p.groups == 1 && packed_shape(k, cg * r * s).is_some_and(|s| prepared.shape() == s)
+}
+
+/// Whether `prepared` is what [`conv2d_prepare_bwd`] packs of filters of `dims` (K, C, R,
+/// S) for [`conv2d_bwd_data`]: Wᵀ, (C·R·S)×K.
+pub fn packed_bwd_fits(prepared: &Tensor, dims: (usize, usize, usize, usize)) -> bool {
+    let (k, c, r, s) = dims;
+    packed_shape(c * r * s, k).is_some_and(|s| prepared.shape() == s)
 }
 
 /// A conv's filters for its backward-data pass, made the first time a backward pass crosses
@@ -281,9 +288,9 @@ pub fn conv2d_prepare_bwd(w: &Tensor, p: &Conv2dParams) -> Option<BwdFilters<Ten
     transposed.or_else(|| {
         let packed =
             (p.groups == 1).then(|| pack_a(Mat::transposed(w.data(), c * r * s), c * r * s, k));
-        packed.flatten().map(|v| BwdFilters::Own {
+        packed.flatten().map(|prepared| BwdFilters::Own {
             shape: [k, c, r, s],
-            prepared: Tensor::new([v.len()], v),
+            prepared,
         })
     })
 }
@@ -400,7 +407,7 @@ pub fn conv2d_fwd_with(
         });
         return y;
     }
-    let packed = prepared.filter(|t| p.groups == 1 && t.shape().len() == 1);
+    let packed = prepared.filter(|t| p.groups == 1 && t.shape().len() == 2);
     // C = W·B. Through the packed filters (when there are some) the product adds the bias and
     // (without a residual) the ReLU as it writes each tile; else the bias goes in first and the
     // product accumulates onto it. A residual is added per image after the product (added in

@@ -5,6 +5,8 @@
 
 pub use gemm::Parallelism;
 
+use crate::tensor::Tensor;
+
 /// A strided view of an m×n matrix: element (i, j) sits at `data[i*rs + j*cs]`.
 #[derive(Clone, Copy)]
 pub struct Mat<'a> {
@@ -111,28 +113,37 @@ fn c_fits(m: usize, n: usize, c: &[f32], c_rs: usize) -> bool {
     c_rs >= n && (m == 0 || c.len() >= (m - 1) * c_rs + n)
 }
 
-/// The length of what [`pack_a`] makes of an m×k A; None where it packs nothing.
-pub fn packed_len(m: usize, k: usize) -> Option<usize> {
+/// The shape of what [`pack_a`] makes of an m×k A: [m, L], L the packed length over m
+/// rounded up, plus one. The kernel packs whole panels of rows, so the packed length alone
+/// would not tell m = 5 from m = 8; the shape names m, and L > k tells a packed matrix from a
+/// plain m×k one. None where it packs nothing.
+pub fn packed_shape(m: usize, k: usize) -> Option<[usize; 2]> {
     #[cfg(target_arch = "x86_64")]
     if m > 0 && k > 0 && super::avx512::available() {
-        return Some(super::avx512::packed_len(m, k));
+        return Some([m, super::avx512::packed_len(m, k).div_ceil(m) + 1]);
     }
     let _ = (m, k);
     None
 }
 
 /// A (m×k) packed for this CPU's AVX-512 kernel, to be multiplied by [`sgemm_packed`] many
-/// times (a layer's filters); None where that kernel does not run.
-pub fn pack_a(a: Mat, m: usize, k: usize) -> Option<Vec<f32>> {
+/// times (a layer's filters), as a tensor shaped [`packed_shape`] (zeros after the packed
+/// data); None where that kernel does not run.
+pub fn pack_a(a: Mat, m: usize, k: usize) -> Option<Tensor> {
     assert!(a.fits(m, k), "gemm operand too small");
+    let shape = packed_shape(m, k)?;
     #[cfg(target_arch = "x86_64")]
-    if m > 0 && k > 0 && super::avx512::available() {
-        return Some(super::avx512::pack(a, m, k));
+    {
+        let mut v = super::avx512::pack(a, m, k);
+        v.resize(shape[0] * shape[1], 0.0);
+        Some(Tensor::new(shape, v))
     }
-    None
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("packed_shape is None on this architecture: {shape:?}")
 }
 
-/// [`sgemm`] with A as [`pack_a`] gave it, then `epi` as C is written.
+/// [`sgemm`] with A as [`pack_a`] gave it (its data, which may run on past the packed
+/// matrix), then `epi` as C is written.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_packed(
     m: usize,
@@ -154,7 +165,13 @@ pub fn sgemm_packed(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    super::avx512::sgemm_packed(m, n, k, apacked, b, c, c_rs, accumulate, epi, threads(par));
+    {
+        // The padding after the packed matrix is not the kernel's to read; a slice too short
+        // is left for its length check.
+        let len = super::avx512::packed_len(m, k).min(apacked.len());
+        let a = &apacked[..len];
+        super::avx512::sgemm_packed(m, n, k, a, b, c, c_rs, accumulate, epi, threads(par));
+    }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (apacked, accumulate, epi, par);
@@ -238,7 +255,7 @@ mod tests {
                 if let Some(packed) = pack_a(am, m, k) {
                     for epi in [Epilogue::default(), full] {
                         let mut c = c0.clone();
-                        sgemm_packed(m, n, k, &packed, bm, &mut c, c_rs, acc, epi, par);
+                        sgemm_packed(m, n, k, packed.data(), bm, &mut c, c_rs, acc, epi, par);
                         outs.push((c, epi));
                     }
                 }

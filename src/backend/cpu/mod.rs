@@ -272,13 +272,15 @@ impl Backend for CpuBackend {
         p: &Conv2dParams,
     ) -> Result<Tensor> {
         shapes::conv_bwd_data("conv2d_bwd_data", dy.shape(), w.shape(), in_hw, p)?;
-        // Filters made for this conv (a caller's mix-up takes the general path rather than
-        // a wrong result): the transposed conv's output is x's size whenever it applies.
+        // Filters made for this conv (a caller's mix-up, or a hand-built BwdFilters, takes
+        // the general path rather than a wrong result): the transposed conv's output is x's
+        // size whenever it applies.
         let dims = [w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]];
         let fits = |t: &TransposedConv<Tensor>| {
             let [c, k, r, s] = t.shape;
             [k, c, r, s] == dims
                 && t.p.out_hw((dy.shape()[2], dy.shape()[3]), (r, s)) == Some(in_hw)
+                && fast::prepared_fits(&t.prepared, (c, k, r, s), &t.p)
         };
         let own = match bwd {
             _ if self.reference => None,
@@ -292,7 +294,11 @@ impl Backend for CpuBackend {
                 };
                 return Ok(fast::conv2d_fwd_with(dy, f, None, &t.p, None, false));
             }
-            Some(BwdFilters::Own { shape, prepared }) if *shape == dims => Some(prepared),
+            Some(BwdFilters::Own { shape, prepared })
+                if *shape == dims && fast::packed_bwd_fits(prepared, w.dims4()) =>
+            {
+                Some(prepared)
+            }
             _ => None,
         };
         // The product Wᵀ (C/g·R·S × K/g) times dy's columns, then col2im.

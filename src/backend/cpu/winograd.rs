@@ -93,21 +93,27 @@ impl Tile {
 }
 
 /// U[ξ][k][c] = (G g Gᵀ)[ξ] for every filter, as a [(m+2)², K, C] tensor; or, where the CPU
-/// runs the AVX-512 GEMM, each U[ξ] packed for it ([`pack_a`]), as a [(m+2)², len] tensor (so
-/// every image's products skip the packing, which over a 7×7 map's 16 tiles would cost more
-/// than the products). Made once at load, for the tile the layer's map at the model's size
+/// runs the AVX-512 GEMM, each U[ξ] packed for it ([`pack_a`]), as a [(m+2)², K, L] tensor,
+/// L > C ([`super::gemm::packed_shape`]), so that every image's products skip the packing,
+/// which over a 7×7 map's 16 tiles would cost more than the products. Made once at load, for the tile the layer's map at the model's size
 /// calls for; transforming F(4×4)'s 36 per call took as long as VGG16's 28×28 convs.
 pub fn transform_for(w: &Tensor, tile: Tile) -> Tensor {
     use rayon::prelude::*;
     let u = transform_plain(w, tile);
     let (np, k, c) = (tile.points(), u.shape()[1], u.shape()[2]);
     let per = k * c;
-    let packed: Option<Vec<Vec<f32>>> = (0..np)
+    let packed: Option<Vec<Tensor>> = (0..np)
         .into_par_iter()
         .map(|xi| pack_a(Mat::row_major(&u.data()[xi * per..(xi + 1) * per], c), k, c))
         .collect();
     match packed {
-        Some(p) => Tensor::new([np, p[0].len()], p.concat()),
+        Some(p) => {
+            let [k, len] = *p[0].shape() else {
+                unreachable!("pack_a gives a matrix")
+            };
+            let data = p.iter().flat_map(|t| t.data()).copied().collect();
+            Tensor::new([np, k, len], data)
+        }
         None => u,
     }
 }
@@ -200,7 +206,11 @@ impl Plan<'_> {
         let rows = (CHUNK_BYTES / per_tile / tw)
             .clamp(1, th)
             .max(64usize.div_ceil(tw).min(th));
-        assert_eq!(self.u.shape()[0], np, "U transformed for another tile");
+        assert_eq!(
+            self.u.shape()[..2],
+            [np, self.k],
+            "U transformed for another tile or filter count"
+        );
         BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             let need = np * (self.c + self.k) * rows * tw;
@@ -215,7 +225,8 @@ impl Plan<'_> {
                     Tile::F2 => self.input_transform(img, ty0, ty1, v),
                     Tile::F4 => self.input_transform4(img, ty0, ty1, v),
                 }
-                let (packed, per) = (self.u.shape().len() == 2, self.u.len() / np);
+                // A packed U's rows are longer than C (`gemm::packed_shape`).
+                let (packed, per) = (self.u.shape()[2] != self.c, self.u.len() / np);
                 for xi in 0..np {
                     let u = &self.u.data()[xi * per..(xi + 1) * per];
                     let vx = Mat::row_major(&v[xi * self.c * t..(xi + 1) * self.c * t], t);
@@ -594,7 +605,7 @@ mod tests {
             for tile in [Tile::F2, Tile::F4] {
                 forms.push((tile, transform_plain(&w, tile)));
                 let prepared = transform_for(&w, tile);
-                if prepared.shape().len() == 2 {
+                if prepared.shape()[2] != c {
                     forms.push((tile, prepared));
                 }
             }
@@ -624,8 +635,8 @@ mod tests {
                     for (i, (a, b)) in out.iter().zip(want.data()).enumerate() {
                         assert!(
                             (a - b).abs() <= 1e-4 * scale,
-                            "{tile:?}, pad {pad}, rank {}, fused {fused} at {i}: {a} vs {b}",
-                            u.shape().len()
+                            "{tile:?}, pad {pad}, U {:?}, fused {fused} at {i}: {a} vs {b}",
+                            u.shape()
                         );
                     }
                 }

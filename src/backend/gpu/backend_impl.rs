@@ -38,9 +38,15 @@ impl<L: Launcher> GpuBackend<L> {
         if let Some(res) = residual {
             shapes::same_shape(op, &res.shape, &[n, k, oh, ow])?;
         }
-        // The KRSC copy made of w by `conv2d_prepare` (its shape is w's).
+        // The KRSC copy made of w by `conv2d_prepare` (its shape and dtype are w's).
         if let Some(pr) = prepared {
             shapes::same_shape(op, &pr.shape, &w.shape)?;
+            if pr.dtype != w.dtype {
+                return Err(crate::Error::Invalid(format!(
+                    "{op}: the prepared filters are {:?}, the filters {:?}",
+                    pr.dtype, w.dtype
+                )));
+            }
         }
         // Channels-last where it applies (input, residual and output); a first conv that
         // feeds channels-last ones writes channels-last from NCHW; else everything NCHW.
