@@ -749,17 +749,13 @@ fn library_entry_points_refuse_what_a_caller_gets_wrong() {
         mask: None,
     };
     let eval_cfg = |methods: Vec<Method>, size| EvalConfig {
-        layer: None,
         size,
         methods,
-        loc_threshold: 0.15,
-        pointing_tolerance: 0,
         occlusion: None,
         curve_steps: None,
-        forward_batch: 8,
-        target: gradcam::cam::Target::Logit,
         coherency: false,
         road: None,
+        ..EvalConfig::default()
     };
     let no_methods = eval_cfg(vec![], InputSize::Square(128));
     assert!(msg(evaluate_image(&net, &entry, &no_methods))

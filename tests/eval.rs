@@ -321,17 +321,13 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
     std::fs::write(&csv, format!("{},4,10,10,60,50\n", img.display())).unwrap();
     let entries = manifest::load(&csv, None, None).unwrap();
     let cfg = EvalConfig {
-        layer: None,
         size: InputSize::Native,
         methods: vec![Method::GradCam, Method::LayerCam],
-        loc_threshold: 0.15,
         pointing_tolerance: 0,
         occlusion: Some((16, 8)),
         curve_steps: Some(4),
         forward_batch: 8,
-        target: gradcam::cam::Target::Logit,
-        coherency: true,
-        road: Some(gradcam::eval::road::RoadConfig::default()),
+        ..EvalConfig::default()
     };
     let r = evaluate_image(&net, &entries[0], &cfg).unwrap();
     let names: Vec<&str> = r.scores.iter().map(|s| s.method.as_str()).collect();
@@ -484,17 +480,15 @@ fn a_failing_method_costs_only_its_own_scores() {
     std::fs::write(&csv, format!("{},4,10,10,60,50\n", img.display())).unwrap();
     let entries = manifest::load(&csv, None, None).unwrap();
     let cfg = EvalConfig {
-        layer: None,
         size: InputSize::Square(64),
         methods: vec![Method::GradCam, Method::AblationCam],
-        loc_threshold: 0.15,
         pointing_tolerance: 0,
         occlusion: None,
         curve_steps: None,
         forward_batch: 8,
-        target: gradcam::cam::Target::Logit,
         coherency: false,
         road: None,
+        ..EvalConfig::default()
     };
     let r = evaluate_image(&net, &entries[0], &cfg).unwrap();
     let names: Vec<&str> = r.scores.iter().map(|s| s.method.as_str()).collect();

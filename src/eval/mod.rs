@@ -45,6 +45,34 @@ pub struct EvalConfig {
     pub road: Option<road::RoadConfig>,
 }
 
+/// [`EvalConfig`]'s defaults, which `gradcam eval` also uses.
+pub const LOC_THRESHOLD: f32 = 0.15;
+pub const POINTING_TOLERANCE: usize = 15;
+/// The occlusion patch at the model-input size (the stride is half of it).
+pub const OCCLUSION_PATCH: usize = 32;
+pub const CURVE_STEPS: usize = 16;
+pub const FORWARD_BATCH: usize = 32;
+
+impl Default for EvalConfig {
+    /// Every method on the class's logit at 224×224, with every measure, as `gradcam eval`
+    /// runs without options on a model file that names no input size.
+    fn default() -> Self {
+        EvalConfig {
+            layer: None,
+            size: InputSize::Square(224),
+            methods: Method::ALL.to_vec(),
+            loc_threshold: LOC_THRESHOLD,
+            pointing_tolerance: POINTING_TOLERANCE,
+            occlusion: Some((OCCLUSION_PATCH, OCCLUSION_PATCH / 2)),
+            curve_steps: Some(CURVE_STEPS),
+            forward_batch: FORWARD_BATCH,
+            target: crate::cam::Target::Logit,
+            coherency: true,
+            road: Some(road::RoadConfig::default()),
+        }
+    }
+}
+
 /// The scores of one map of one image.
 #[derive(Clone, Debug, Serialize)]
 pub struct Scores {

@@ -45,19 +45,23 @@ pub struct EvalArgs {
     #[arg(long, value_parser = parse_size)]
     size: Option<InputSize>,
     /// §4.1 threshold, as a fraction of the map's max.
-    #[arg(long, default_value_t = 0.15)]
+    #[arg(long, default_value_t = gradcam::eval::LOC_THRESHOLD)]
     loc_threshold: f32,
     /// Pointing-game tolerance in pixels.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = gradcam::eval::POINTING_TOLERANCE)]
     pointing_tolerance: usize,
     /// Occlusion patch size for faithfulness (0 skips it); stride = half the patch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = gradcam::eval::OCCLUSION_PATCH)]
     occlusion_patch: usize,
     /// Steps of the deletion / insertion curves (0 skips them).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = gradcam::eval::CURVE_STEPS)]
     curve_steps: usize,
     /// Images per forward pass for occlusion, curves, the confidence measures and Score-CAM.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(
+        long,
+        default_value_t = gradcam::eval::FORWARD_BATCH as u32,
+        value_parser = clap::value_parser!(u32).range(1..=4096)
+    )]
     forward_batch: u32,
     /// Skip Coherency (it explains every image a second time per method: twice the time of
     /// Score-CAM and Ablation-CAM).
