@@ -417,7 +417,7 @@ impl Part {
         let mut overlays = overlays.into_iter().map(Some).collect::<Vec<_>>();
         overlays.resize_with(images.len(), || None);
         let at = cfg.overlay;
-        Ok(images
+        images
             .par_iter()
             .zip(overlays.into_par_iter())
             .enumerate()
@@ -427,14 +427,16 @@ impl Part {
                 let cam = batch.upsampled(i, hw);
                 let overlay_img = match at {
                     OverlayAt::Image => overlay_img,
-                    OverlayAt::Input => Some(overlay(&resize_rgb(img, hw), &cam)),
+                    OverlayAt::Input => Some(overlay(&resize_rgb(img, hw), &cam)?),
                     OverlayAt::Off => None,
                 };
-                let guided = batch.guided.as_ref().map(|g| {
-                    let per = 3 * hw.0 * hw.1;
-                    guided_images(&g.data()[i * per..(i + 1) * per], &cam, hw)
-                });
-                Explanation {
+                let guided = (batch.guided.as_ref())
+                    .map(|g| {
+                        let per = 3 * hw.0 * hw.1;
+                        guided_images(&g.data()[i * per..(i + 1) * per], &cam, hw)
+                    })
+                    .transpose()?;
+                Ok(Explanation {
                     class,
                     logit: logits[class],
                     probability: softmax_at(logits, class),
@@ -446,9 +448,9 @@ impl Part {
                     guided,
                     overlay: overlay_img,
                     compared: batch.compared[i].clone(),
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -463,7 +465,8 @@ fn resize_rgb(img: &RgbImage, (h, w): (usize, usize)) -> RgbImage {
     RgbImage::from_raw(w as u32, h as u32, px).expect("sized above")
 }
 
-/// softmax(logits)\[c\], computed stably.
+/// softmax(logits)\[c\], computed stably. Panics if `c` is not an index of the logits, as
+/// indexing does.
 pub fn softmax_at(logits: &[f32], c: usize) -> f32 {
     let (m, z) = softmax_shift(logits);
     (((logits[c] - m) as f64).exp() / z) as f32

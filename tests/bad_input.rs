@@ -808,6 +808,38 @@ fn library_entry_points_refuse_what_a_caller_gets_wrong() {
     ))
     .1;
     assert!(s.contains("not [N, K, h, w]"), "{s}");
+    // Eigen-CAM's projection of the same; an overlay and guided pictures whose map is not the
+    // image's size; FullGrad's terms of a node the graph does not have (none).
+    let s = msg(gradcam::cam::eigen::principal_projection(&Tensor::zeros([
+        4, 2, 2,
+    ])))
+    .1;
+    assert!(
+        s.contains("principal_projection") && s.contains("not [N, K, h, w]"),
+        "{s}"
+    );
+    let s = msg(gradcam::cam::overlay(&img, &[0.5; 10])).1;
+    assert!(s.contains("overlay: a map of 10 values for a"), "{s}");
+    let s = msg(gradcam::cam::postprocess::guided_images(
+        &[0.0; 12],
+        &[0.5; 3],
+        (2, 2),
+    ))
+    .1;
+    assert!(
+        s.contains("guided_images: a gradient of 12 values and a map of 3"),
+        "{s}"
+    );
+    assert!(g.full_grad_biases(usize::MAX).is_empty());
+    // Finer-CAM's compared classes for a class the logits do not have; seeds for logits that
+    // are not [N, classes] or for another number of images.
+    let finer = gradcam::cam::Finer::default();
+    let (e, _) = msg(finer.compared(&[0.1, 0.2, 0.3], 3));
+    assert!(matches!(e, Error::ClassOutOfRange { class: 3, .. }), "{e}");
+    let s = msg(finer.seeds(&Tensor::zeros([3]), &[0])).1;
+    assert!(s.contains("not [N, classes]"), "{s}");
+    let s = msg(finer.seeds(&Tensor::zeros([2, 3]), &[0])).1;
+    assert!(s.contains("1 classes given for 2 images"), "{s}");
     // The low-level helpers do not panic on sizes of 0: an empty tensor, black pixels.
     assert_eq!(preprocess(&[&img], (0, 0)).shape(), [1, 3, 0, 0]);
     assert_eq!(resize_with(|_| 1.0, (0, 4, 1), (2, 2)), vec![0.0; 4]);

@@ -23,14 +23,20 @@ fn threshold_box_takes_the_largest_segment_above_15_percent() {
         }
     }
     m[5 * w + 7] = 2.0;
-    assert_eq!(threshold_box(&m, (h, w), 0.15), Some([2.0, 1.0, 4.0, 2.0]));
+    assert_eq!(
+        threshold_box(&m, (h, w), 0.15).unwrap(),
+        Some([2.0, 1.0, 4.0, 2.0])
+    );
     // Diagonal neighbours join a segment (8-connectivity).
     let mut d = vec![0f32; 9];
     d[0] = 1.0;
     d[4] = 1.0;
     d[8] = 1.0;
-    assert_eq!(threshold_box(&d, (3, 3), 0.15), Some([0.0, 0.0, 2.0, 2.0]));
-    assert_eq!(threshold_box(&[0.0; 4], (2, 2), 0.15), None);
+    assert_eq!(
+        threshold_box(&d, (3, 3), 0.15).unwrap(),
+        Some([0.0, 0.0, 2.0, 2.0])
+    );
+    assert_eq!(threshold_box(&[0.0; 4], (2, 2), 0.15).unwrap(), None);
 }
 
 /// The summary numbers of `explain`'s summary.csv on 10x10 maps, worked out by hand: pixel
@@ -92,15 +98,25 @@ fn iou_pointing_mass_spearman_auc() {
     assert_eq!(iou(&[0.0, 0.0, 3.0, 3.0], &[0.0, 0.0, 3.0, 3.0]), 1.0);
 
     let (h, w) = (5, 5);
-    let obj = object_mask(&[[0.0, 0.0, 1.0, 1.0]], None, (h, w));
+    let obj = object_mask(&[[0.0, 0.0, 1.0, 1.0]], None, (h, w)).unwrap();
     assert_eq!(obj.iter().filter(|&&o| o).count(), 4);
     let mut m = vec![0f32; 25];
     m[4 * w + 4] = 1.0; // max at (4,4), 3 px (diagonally) from the box corner (1,1)
-    assert!(!pointing_hit(&m, &obj, (h, w), 0));
-    assert!(!pointing_hit(&m, &obj, (h, w), 4)); // distance sqrt(18) ≈ 4.24 > 4
-    assert!(pointing_hit(&m, &obj, (h, w), 5));
+    assert!(!pointing_hit(&m, &obj, (h, w), 0).unwrap());
+    assert!(!pointing_hit(&m, &obj, (h, w), 4).unwrap()); // distance sqrt(18) ≈ 4.24 > 4
+    assert!(pointing_hit(&m, &obj, (h, w), 5).unwrap());
     m[0] = 3.0;
-    assert!(pointing_hit(&m, &obj, (h, w), 0));
+    assert!(pointing_hit(&m, &obj, (h, w), 0).unwrap());
+    // Maps and masks that are not h×w are refused, naming the measure; none is no hit.
+    assert!(threshold_box(&m, (4, 5), 0.15).is_err());
+    let e = pointing_hit(&m, &obj[..20], (h, w), 0).unwrap_err();
+    assert!(e.to_string().contains("pointing_hit"), "{e}");
+    assert!(pointing_hit(&m[..20], &obj[..20], (5, 4), 0).is_ok());
+    assert!(pointing_hit(&m, &obj, (5, 5), usize::MAX).unwrap());
+    assert_eq!(pointing_hit(&[], &[], (0, 7), 3).ok(), Some(false));
+    let e = object_mask(&[], Some(&obj[..24]), (h, w)).unwrap_err();
+    assert!(e.to_string().contains("object_mask"), "{e}");
+    assert!(object_mask(&[], None, (usize::MAX, 2)).is_err());
     // mass: 3 inside of 4 in total
     assert!((mass_inside(&m, &obj) - 0.75).abs() < 1e-6);
 

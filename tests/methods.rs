@@ -220,7 +220,7 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
                 seen.insert(format!("{name}+eigen_smooth"));
             }
             let theirs = exp.f32("projection");
-            let (ours, _) = principal_projection(&eigen_input(name, &exp));
+            let (ours, _) = principal_projection(&eigen_input(name, &exp)).unwrap();
             let dot: f32 = (ours.data().iter().zip(theirs.data()))
                 .map(|(a, b)| a * b)
                 .sum();
@@ -262,7 +262,7 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             }
             let err = rel_err(&Tensor::new(theirs.shape(), ours_hwc), &theirs);
             assert!(err < 1e-4, "{id}: guided gradient {err}");
-            let (gb, ggc) = guided_images(g.data(), &cam, hw);
+            let (gb, ggc) = guided_images(g.data(), &cam, hw).unwrap();
             bytes_close(
                 id,
                 "guided png",
@@ -284,7 +284,12 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
             assert!(err < 1e-3, "{id}: weights {err}");
         }
         if let Some(theirs) = exp.bytes("overlay").filter(|_| !flipped) {
-            check_overlay(id, overlay(&img, &cam).as_raw(), theirs, theirs_cam.data());
+            check_overlay(
+                id,
+                overlay(&img, &cam).unwrap().as_raw(),
+                theirs,
+                theirs_cam.data(),
+            );
         }
     }
     assert_eq!(

@@ -90,7 +90,12 @@ fn single_images_match_pytorch_grad_cam() {
         assert!(err < 1e-4, "{}: cam differs by {err}", c.id);
 
         if let Some(theirs) = c.expected.bytes("overlay") {
-            check_overlay(&c.id, overlay(&img, &cam).as_raw(), theirs, expected.data());
+            check_overlay(
+                &c.id,
+                overlay(&img, &cam).unwrap().as_raw(),
+                theirs,
+                expected.data(),
+            );
         }
     }
 }

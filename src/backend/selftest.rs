@@ -481,7 +481,7 @@ fn batch_io_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
             (5, 7),
             (img.height() as usize, img.width() as usize),
         );
-        let want = overlay(img, &m);
+        let want = overlay(img, &m)?;
         worst = match got.get(i) {
             Some(g) if g.dimensions() == want.dimensions() => g
                 .as_raw()

@@ -16,19 +16,25 @@
 
 use rayon::prelude::*;
 
-use crate::Tensor;
+use crate::{Error, Result, Tensor};
 
 /// Principal-component projections of a batch `x` [N, K, h, w]: (maps [N, h, w] before the
 /// ReLU, loadings v [N, K]). Non-finite inputs count as zero (pytorch-grad-cam zeroes NaN and
 /// fails on infinities).
 ///
 /// When the loadings nearly cancel (Σv ≈ 0) the orientation is fragile: a run at reduced
-/// precision may pick the other sign and give the complementary map.
-pub fn principal_projection(x: &Tensor) -> (Tensor, Tensor) {
-    let (n, k, h, w) = x.dims4();
+/// precision may pick the other sign and give the complementary map. An error for a tensor
+/// that is not 4-D.
+pub fn principal_projection(x: &Tensor) -> Result<(Tensor, Tensor)> {
+    let &[n, k, h, w] = x.shape() else {
+        return Err(Error::Invalid(format!(
+            "principal_projection: activations {:?}, not [N, K, h, w]",
+            x.shape()
+        )));
+    };
     let hw = h * w;
     if k == 0 || hw == 0 {
-        return (Tensor::zeros([n, h, w]), Tensor::zeros([n, k]));
+        return Ok((Tensor::zeros([n, h, w]), Tensor::zeros([n, k])));
     }
     let per: Vec<(Vec<f32>, Vec<f32>)> = x
         .data()
@@ -40,7 +46,7 @@ pub fn principal_projection(x: &Tensor) -> (Tensor, Tensor) {
         maps.extend(m);
         loadings.extend(v);
     }
-    (Tensor::new([n, h, w], maps), Tensor::new([n, k], loadings))
+    Ok((Tensor::new([n, h, w], maps), Tensor::new([n, k], loadings)))
 }
 
 /// One image: `x` is [K, hw] channel-major. Returns (projection [hw], loadings [K]), from the
@@ -319,7 +325,7 @@ mod tests {
                 .iter()
                 .flat_map(|g| pattern.iter().map(move |p| g * p + 10.0))
                 .collect();
-            let (maps, loadings) = principal_projection(&Tensor::new([1, k, 2, 3], x));
+            let (maps, loadings) = principal_projection(&Tensor::new([1, k, 2, 3], x)).unwrap();
             let gnorm = gains.iter().map(|g| g * g).sum::<f32>().sqrt();
             for (m, p) in maps.data().iter().zip(pattern) {
                 assert!((m - p * gnorm).abs() < 1e-4, "{m} vs {}", p * gnorm);
@@ -346,7 +352,8 @@ mod tests {
         ];
         for (k, h, w) in shapes {
             let x: Vec<f32> = (0..2 * k * h * w).map(|_| lcg(&mut seed)).collect();
-            let (maps, loadings) = principal_projection(&Tensor::new([2, k, h, w], x.clone()));
+            let (maps, loadings) =
+                principal_projection(&Tensor::new([2, k, h, w], x.clone())).unwrap();
             let hw = h * w;
             for i in 0..2 {
                 let img = &x[i * k * hw..(i + 1) * k * hw];
@@ -400,12 +407,12 @@ mod tests {
 
     #[test]
     fn constant_channels_give_a_zero_map() {
-        let (maps, loadings) = principal_projection(&Tensor::full([1, 4, 3, 3], 2.5));
+        let (maps, loadings) = principal_projection(&Tensor::full([1, 4, 3, 3], 2.5)).unwrap();
         assert!(maps.data().iter().all(|&v| v == 0.0));
         assert!(loadings.data().iter().all(|&v| v == 0.0));
         let mut x = Tensor::full([1, 2, 2, 2], 1.0);
         x.data_mut()[0] = f32::NAN;
-        let (maps, _) = principal_projection(&x);
+        let (maps, _) = principal_projection(&x).unwrap();
         assert!(maps.data().iter().all(|v| v.is_finite()));
     }
 }

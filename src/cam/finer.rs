@@ -60,8 +60,15 @@ impl Finer {
 
     /// The classes compared with `main` for one image's logits: the other classes sorted by
     /// |y_j − y_main| (ties by index), those at `ranks`; ranks past the last class are
-    /// dropped, as pytorch-grad-cam drops them. An error when none is left.
+    /// dropped, as pytorch-grad-cam drops them. An error when none is left, or `main` is not
+    /// a class of the logits.
     pub fn compared(&self, logits: &[f32], main: usize) -> Result<Vec<usize>> {
+        if main >= logits.len() {
+            return Err(Error::ClassOutOfRange {
+                class: main,
+                num_classes: logits.len(),
+            });
+        }
         let mut others: Vec<usize> = (0..logits.len()).filter(|&j| j != main).collect();
         let gap = |j: usize| (logits[j] - logits[main]).abs();
         others.sort_by(|&a, &b| gap(a).total_cmp(&gap(b)).then(a.cmp(&b)));
@@ -78,7 +85,9 @@ impl Finer {
         Ok(picked)
     }
 
-    /// f(y) for one image (see the module's doc), in f64.
+    /// f(y) for one image (see the module's doc), in f64. Panics if `main` or a compared
+    /// class is not an index of the logits, as indexing does ([`Finer::compared`] gives
+    /// classes that are).
     pub fn score(&self, logits: &[f32], main: usize, compared: &[usize]) -> f64 {
         let p = softmax(logits);
         let y = |j: usize| logits[j] as f64;
@@ -116,9 +125,21 @@ impl Finer {
     }
 
     /// The seeds [N, classes] of a batch whose explained classes are `main`, and each
-    /// image's compared classes.
+    /// image's compared classes; an error unless the logits are [N, classes] with N = the
+    /// classes given.
     pub fn seeds(&self, logits: &Tensor, main: &[usize]) -> Result<(Tensor, Vec<Vec<usize>>)> {
-        let nc = logits.shape()[1];
+        let &[n, nc] = logits.shape() else {
+            return Err(Error::Invalid(format!(
+                "Finer-CAM: logits {:?}, not [N, classes]",
+                logits.shape()
+            )));
+        };
+        if n != main.len() {
+            return Err(Error::Invalid(format!(
+                "Finer-CAM: {} classes given for {n} images",
+                main.len()
+            )));
+        }
         let mut seed = Vec::with_capacity(main.len() * nc);
         let mut compared = Vec::with_capacity(main.len());
         for (row, &m) in logits.data().chunks(nc.max(1)).zip(main) {

@@ -392,7 +392,7 @@ mod tests {
             },
         )
         .unwrap();
-        let (eig, _) = super::super::eigen::principal_projection(&x);
+        let (eig, _) = super::super::eigen::principal_projection(&x).unwrap();
         let dot: f32 = lin.data().iter().zip(eig.data()).map(|(a, b)| a * b).sum();
         let sign = dot.signum();
         for (a, b) in lin.data().iter().zip(eig.data()) {

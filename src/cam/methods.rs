@@ -292,7 +292,8 @@ impl CamBatch {
     }
 
     /// Image `i`'s map finished as pytorch-grad-cam finishes it: upsampled to `hw`
-    /// (bilinear) and min-max normalised, a layer's map normalised before as well.
+    /// (bilinear) and min-max normalised, a layer's map normalised before as well. Panics
+    /// for an `i` past the batch, as indexing does.
     pub fn upsampled(&self, i: usize, hw: (usize, usize)) -> Vec<f32> {
         let (h, w) = (self.maps.shape()[1], self.maps.shape()[2]);
         let mut map = self.maps.data()[i * h * w..(i + 1) * h * w].to_vec();
@@ -556,7 +557,7 @@ fn layer_map<B: Backend>(
         };
         let host_w = weights.as_ref().map(|w| be.download(w)).transpose()?;
         let x = combine.on_host(host_a, host_g.as_ref(), host_w.as_ref());
-        let (mut projection, mut loadings) = principal_projection(&x);
+        let (mut projection, mut loadings) = principal_projection(&x)?;
         if req.method == Method::SegEigenCam {
             larger_magnitude_positive(&mut projection, &mut loadings);
         }

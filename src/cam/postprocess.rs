@@ -4,6 +4,7 @@
 
 use super::jet::JET;
 use crate::image::{resize_bilinear, RgbImage};
+use crate::{Error, Result};
 
 /// In place: `(m - min) / (max - min + 1e-7)`; an all-zero map stays zero.
 pub fn normalise_minmax(m: &mut [f32]) {
@@ -48,11 +49,18 @@ pub fn upsample_normalised(
 }
 
 /// `show_cam_on_image(img/255, m, use_rgb=True)`: c = 0.5·jet(m)/255 + 0.5·img/255,
-/// c /= max(c), uint8(255·c). `m` has the image's size.
-pub fn overlay(img: &RgbImage, m: &[f32]) -> RgbImage {
+/// c /= max(c), uint8(255·c). `m` has the image's size (else an error).
+pub fn overlay(img: &RgbImage, m: &[f32]) -> Result<RgbImage> {
     const W: f32 = 0.5;
     let px = img.as_raw();
-    assert_eq!(px.len(), m.len() * 3, "map and image sizes differ");
+    if px.len() != m.len() * 3 {
+        return Err(Error::Invalid(format!(
+            "overlay: a map of {} values for a {}×{} image",
+            m.len(),
+            img.width(),
+            img.height()
+        )));
+    }
     let blend = |i: usize, ch: usize| {
         let heat = JET[(255.0 * m[i]) as u8 as usize];
         (1.0 - W) * (heat[ch] as f32 / 255.0) + W * (px[i * 3 + ch] as f32 / 255.0)
@@ -62,7 +70,7 @@ pub fn overlay(img: &RgbImage, m: &[f32]) -> RgbImage {
     let out = (0..px.len())
         .map(|j| (255.0 * (blend(j / 3, j % 3) / max)) as u8)
         .collect();
-    RgbImage::from_raw(img.width(), img.height(), out).expect("same size as the input")
+    Ok(RgbImage::from_raw(img.width(), img.height(), out).expect("same size as the input"))
 }
 
 /// pytorch-grad-cam's `deprocess_image` for a gradient image (HWC): standardise over all
@@ -81,9 +89,20 @@ pub fn deprocess(hwc: &[f32]) -> Vec<u8> {
 }
 
 /// The guided-backprop picture and Guided Grad-CAM (guided ⊙ map) for one image whose
-/// gradient is CHW [3, h, w] and whose normalised map `cam` is [h, w].
-pub fn guided_images(chw: &[f32], cam: &[f32], (h, w): (usize, usize)) -> (RgbImage, RgbImage) {
+/// gradient is CHW [3, h, w] and whose normalised map `cam` is [h, w] (else an error).
+pub fn guided_images(
+    chw: &[f32],
+    cam: &[f32],
+    (h, w): (usize, usize),
+) -> Result<(RgbImage, RgbImage)> {
     let hw = h * w;
+    if chw.len() != 3 * hw || cam.len() != hw || u32::try_from(h.max(w)).is_err() {
+        return Err(Error::Invalid(format!(
+            "guided_images: a gradient of {} values and a map of {} for {h}×{w} pixels",
+            chw.len(),
+            cam.len()
+        )));
+    }
     let mut hwc = vec![0f32; 3 * hw];
     for c in 0..3 {
         for i in 0..hw {
@@ -96,7 +115,7 @@ pub fn guided_images(chw: &[f32], cam: &[f32], (h, w): (usize, usize)) -> (RgbIm
         .map(|(i, &g)| g * cam[i / 3])
         .collect();
     let img = |px: Vec<u8>| RgbImage::from_raw(w as u32, h as u32, px).expect("sized above");
-    (img(deprocess(&hwc)), img(deprocess(&masked)))
+    Ok((img(deprocess(&hwc)), img(deprocess(&masked))))
 }
 
 #[cfg(test)]

@@ -62,12 +62,13 @@ impl Target {
         Ok(())
     }
 
-    /// f(z) for class `c`.
+    /// f(z) for class `c`. Panics if `c` is not an index of z, as indexing does: callers
+    /// check the class against the model first ([`crate::Error::ClassOutOfRange`]).
     pub fn score(self, z: &[f32], c: usize) -> f64 {
         self.score64(&widen(z), c)
     }
 
-    /// ∂f/∂z.
+    /// ∂f/∂z. Panics as [`Target::score`] does.
     pub fn gradient(self, z: &[f32], c: usize) -> Vec<f64> {
         self.gradient64(&widen(z), c)
     }

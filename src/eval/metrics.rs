@@ -1,15 +1,28 @@
 //! The evaluation measures as pure functions of a map, so each is tested on hand-made maps.
 
+use crate::{Error, Result};
+
 /// Inclusive pixel box [x0, y0, x1, y1].
 pub type BoxPx = [f32; 4];
 
+/// An error unless `values` holds h·w of them (a map or a mask of an h×w image).
+fn check_hw(op: &str, what: &str, values: usize, (h, w): (usize, usize)) -> Result<()> {
+    match h.checked_mul(w) == Some(values) {
+        true => Ok(()),
+        false => Err(Error::Invalid(format!(
+            "{op}: {what} of {values} values for {h}×{w} pixels"
+        ))),
+    }
+}
+
 /// The paper's §4.1 box: threshold the map at `frac` of its max, take the largest
 /// 8-connected segment above it, and return that segment's bounding box. None for an
-/// all-zero map.
-pub fn threshold_box(map: &[f32], (h, w): (usize, usize), frac: f32) -> Option<BoxPx> {
+/// all-zero map; an error for a map that is not h×w.
+pub fn threshold_box(map: &[f32], (h, w): (usize, usize), frac: f32) -> Result<Option<BoxPx>> {
+    check_hw("threshold_box", "a map", map.len(), (h, w))?;
     let max = map.iter().copied().fold(0f32, f32::max);
     if max <= 0.0 {
-        return None;
+        return Ok(None);
     }
     let thr = frac * max;
     let mut label = vec![0u32; h * w];
@@ -51,7 +64,7 @@ pub fn threshold_box(map: &[f32], (h, w): (usize, usize), frac: f32) -> Option<B
             best = Some((count, bx));
         }
     }
-    best.map(|(_, b)| b)
+    Ok(best.map(|(_, b)| b))
 }
 
 /// Intersection over union of inclusive pixel boxes.
@@ -63,12 +76,23 @@ pub fn iou(a: &BoxPx, b: &BoxPx) -> f32 {
     inter / (area(a) + area(b) - inter)
 }
 
-/// Which pixels belong to the object: the mask where given, else the union of the boxes.
-pub fn object_mask(boxes: &[BoxPx], mask: Option<&[bool]>, (h, w): (usize, usize)) -> Vec<bool> {
+/// Which pixels belong to the object: the mask where given (an error unless it is h×w),
+/// else the union of the boxes (clipped to the image).
+pub fn object_mask(
+    boxes: &[BoxPx],
+    mask: Option<&[bool]>,
+    (h, w): (usize, usize),
+) -> Result<Vec<bool>> {
     if let Some(m) = mask {
-        return m.to_vec();
+        check_hw("object_mask", "a mask", m.len(), (h, w))?;
+        return Ok(m.to_vec());
     }
-    let mut m = vec![false; h * w];
+    let Some(len) = h.checked_mul(w) else {
+        return Err(Error::Invalid(format!(
+            "object_mask: {h}×{w} pixels overflow"
+        )));
+    };
+    let mut m = vec![false; len];
     for b in boxes {
         for y in (b[1].max(0.0) as usize)..=(b[3] as usize).min(h.saturating_sub(1)) {
             for x in (b[0].max(0.0) as usize)..=(b[2] as usize).min(w.saturating_sub(1)) {
@@ -76,31 +100,37 @@ pub fn object_mask(boxes: &[BoxPx], mask: Option<&[bool]>, (h, w): (usize, usize
             }
         }
     }
-    m
+    Ok(m)
 }
 
 /// Pointing game (Zhang et al. 2016): a hit when the map's maximum lies on the object or
-/// within `tolerance` pixels of it.
+/// within `tolerance` pixels of it; an error unless the map and the object are h×w.
 pub fn pointing_hit(
     map: &[f32],
     object: &[bool],
     (h, w): (usize, usize),
     tolerance: usize,
-) -> bool {
+) -> Result<bool> {
+    check_hw("pointing_hit", "a map", map.len(), (h, w))?;
+    check_hw("pointing_hit", "an object mask", object.len(), (h, w))?;
+    if map.is_empty() {
+        return Ok(false);
+    }
     let arg = map
         .iter()
         .enumerate()
         .fold(0, |best, (i, &v)| if v > map[best] { i } else { best });
     let (py, px) = ((arg / w) as i64, (arg % w) as i64);
-    let t = tolerance as i64;
-    for y in (py - t).max(0)..=(py + t).min(h as i64 - 1) {
-        for x in (px - t).max(0)..=(px + t).min(w as i64 - 1) {
-            if (y - py).pow(2) + (x - px).pow(2) <= t * t && object[y as usize * w + x as usize] {
-                return true;
+    let t = i64::try_from(tolerance).unwrap_or(i64::MAX);
+    for y in py.saturating_sub(t).max(0)..=py.saturating_add(t).min(h as i64 - 1) {
+        for x in px.saturating_sub(t).max(0)..=px.saturating_add(t).min(w as i64 - 1) {
+            let near = (y - py).pow(2) + (x - px).pow(2) <= t.saturating_mul(t);
+            if near && object[y as usize * w + x as usize] {
+                return Ok(true);
             }
         }
     }
-    false
+    Ok(false)
 }
 
 /// Share of the map's mass on the object (the energy-based pointing game); 0 for an

@@ -190,7 +190,7 @@ pub fn evaluate_image<B: Backend>(
         )));
     }
     let mask = e.mask.as_ref().map(|m| load_mask(m, full)).transpose()?;
-    let object = object_mask(&e.boxes, mask.as_deref(), full);
+    let object = object_mask(&e.boxes, mask.as_deref(), full)?;
     let hw = cfg.size.for_image(&img);
     let x = preprocess(&[&img], hw);
     let layer = cfg
@@ -284,7 +284,7 @@ pub fn evaluate_image<B: Backend>(
 
     let mut scores = Vec::new();
     for ((name, at_full, at_input, coh), &pm) in maps.iter().zip(&p_masked) {
-        let iou_best = threshold_box(at_full, full, cfg.loc_threshold).map_or(0.0, |b| {
+        let iou_best = threshold_box(at_full, full, cfg.loc_threshold)?.map_or(0.0, |b| {
             e.boxes.iter().map(|g| iou(&b, g)).fold(0.0, f32::max)
         });
         let faithfulness = occlusion.as_ref().map(|(grid, cells)| {
@@ -311,7 +311,7 @@ pub fn evaluate_image<B: Backend>(
             iou: iou_best,
             localised: iou_best >= 0.5,
             top1_localised: iou_best >= 0.5 && predicted == e.class,
-            pointing_hit: pointing_hit(at_full, &object, full, cfg.pointing_tolerance),
+            pointing_hit: pointing_hit(at_full, &object, full, cfg.pointing_tolerance)?,
             mass_inside: mass_inside(at_full, &object),
             faithfulness,
             deletion_auc,

@@ -120,9 +120,10 @@ impl Graph {
     /// torchvision module with a bias whose output gradient is a multiple of g, the term being
     /// |m ⊙ g|. A BatchNorm (folded here): m = its effective bias β − μ·γ/√(σ² + ε); the conv
     /// before it, if it has a bias b: m = b·γ/√(σ² + ε) (its output gradient is the BN's
-    /// scaled); a conv without BN: m = b. Empty for other nodes and convs without either.
+    /// scaled); a conv without BN: m = b. Empty for other nodes (or none), and convs without
+    /// either.
     pub fn full_grad_biases(&self, node: usize) -> Vec<Vec<f32>> {
-        let Op::Conv { bn, own_bias, .. } = &self.nodes[node].op else {
+        let Some(Op::Conv { bn, own_bias, .. }) = self.nodes.get(node).map(|n| &n.op) else {
             return Vec::new();
         };
         match (bn, own_bias) {

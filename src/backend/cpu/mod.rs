@@ -152,7 +152,7 @@ impl Backend for CpuBackend {
                         upsample_normalised(&maps.data()[i * h * w..(i + 1) * h * w], (h, w), full);
                     overlay(img, &m)
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
         ))
     }
 
