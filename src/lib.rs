@@ -53,6 +53,7 @@ pub mod image;
 pub mod model;
 pub mod npy;
 pub mod parity;
+pub mod path_text;
 mod tensor;
 
 pub use error::{Error, Result};

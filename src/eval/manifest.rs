@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::path_text::path_of;
 use crate::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -248,8 +249,10 @@ fn parse_csv(
                 .map_err(|_| (i + 1, format!("box coordinate `{text}` is not a number")))?;
         }
         let b = check_box(b).map_err(|e| (i + 1, e))?;
-        let image = base.join(name);
-        let mask = get(6).filter(|m| !m.is_empty()).map(|m| base.join(m));
+        let image = path_of(&base.join(name));
+        let mask = get(6)
+            .filter(|m| !m.is_empty())
+            .map(|m| path_of(&base.join(m)));
         merge(&mut out, image, class, vec![b], mask).map_err(|e| (i + 1, format!("{name} {e}")))?;
     }
     Ok(out)
@@ -344,10 +347,10 @@ fn parse_jsonl(
             .map_err(|e| (i + 1, e))?;
         // (Each line its own entry: one image may be evaluated for several classes.)
         out.push(Entry {
-            image: base.join(&r.image),
+            image: path_of(&base.join(&r.image)),
             class,
             boxes,
-            mask: r.mask.map(|m| base.join(m)),
+            mask: r.mask.map(|m| path_of(&base.join(m))),
         });
     }
     Ok(out)

@@ -326,7 +326,7 @@ pub fn evaluate_image<B: Backend>(
         });
     }
     Ok(ImageReport {
-        image: e.image.display().to_string(),
+        image: crate::path_text::text(&e.image),
         class: e.class,
         predicted,
         scores,

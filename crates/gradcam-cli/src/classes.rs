@@ -86,7 +86,7 @@ impl Classes {
             }
             digits.see(line.number, class.trim(), labels);
             match by_image.insert(canonical(&base.join(image)), c) {
-                None => listed.push(base.join(image)),
+                None => listed.push(gradcam::path_text::path_of(&base.join(image))),
                 Some(before) if before != c => {
                     return Err(bad(format!(
                         "`{image}` is listed before with class {before}"

@@ -245,8 +245,8 @@ fn dff_all<B: Backend>(
         }
         let dominant = (0..k).fold(0, |b, c| if share[c] > share[b] { c } else { b });
         per_image.push(json!({
-            "image": path.display().to_string(),
-            "overlay": written.is_ok().then(|| out.display().to_string()),
+            "image": gradcam::path_text::text(path),
+            "overlay": written.is_ok().then(|| gradcam::path_text::text(&out)),
             "share": share,
             "dominant": dominant,
         }));
@@ -262,7 +262,7 @@ fn dff_all<B: Backend>(
             let mut order: Vec<usize> = (0..shares.len()).filter(|&n| shares[n][i] > 0.0).collect();
             order.sort_by(|&x, &y| shares[y][i].total_cmp(&shares[x][i]).then(x.cmp(&y)));
             let top: Vec<serde_json::Value> = (order.iter().take(TOP_IMAGES))
-                .map(|&n| json!({"image": kept[n].0.display().to_string(), "share": shares[n][i]}))
+                .map(|&n| json!({"image": gradcam::path_text::text(&kept[n].0), "share": shares[n][i]}))
                 .collect();
             json!({
                 "concept": i,

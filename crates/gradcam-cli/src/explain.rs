@@ -1000,7 +1000,7 @@ fn write_outputs_into(
     channels.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let label = |c: usize| m.labels.and_then(|l| l.get(c)).cloned();
     let mut report = json!({
-        "image": job.path.display().to_string(),
+        "image": gradcam::path_text::text(&job.path),
         "model": m.arch,
         "backend": m.backend,
         "method": m.method.name(),

@@ -99,7 +99,8 @@ fn walk(
 /// The same file or folder however it is named (`./a.png`, `data/../data/a.png`, a link);
 /// the path as given when it cannot be resolved.
 pub fn canonical(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+    let p = gradcam::path_text::path_of(p);
+    std::fs::canonicalize(&p).unwrap_or(p)
 }
 
 /// How many bytes of decoded images (8-bit RGB) one chunk of a run may hold: a 32nd of the

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
+use gradcam::path_text::{path_of, text};
 use serde_json::{json, Value};
 
 use crate::inputs::canonical;
@@ -27,7 +28,7 @@ pub fn file_id(p: &Path) -> Value {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_secs());
     json!({
-        "file": canonical(p).display().to_string(),
+        "file": text(&canonical(p)),
         "bytes": meta.map(|m| m.len()),
         "modified": modified,
     })
@@ -48,8 +49,8 @@ pub struct Previous {
 /// An image path as given on some command line, compared by the file it names: `./data/a.png`,
 /// `data/a.png` and the absolute path are one image (the text itself when it names none now).
 fn image_key(p: &str) -> String {
-    match std::fs::canonicalize(p) {
-        Ok(c) => c.display().to_string(),
+    match std::fs::canonicalize(path_of(Path::new(p))) {
+        Ok(c) => text(&c),
         Err(_) => p.to_string(),
     }
 }
@@ -154,7 +155,7 @@ impl Previous {
         out: &Path,
         suffixes: &[&str],
     ) -> Option<String> {
-        let now = image.display().to_string();
+        let now = text(image);
         let rows = self.by_image.get(&image_key(&now))?;
         rows.iter().for_each(|&i| self.taken[i] = true);
         // Of the file's rows, the one with this input's stem.
@@ -176,7 +177,7 @@ impl Previous {
     /// Takes the rows of an input that is no image now (missing, unreadable): this run
     /// writes its row, so [`Previous::others`] must not carry the old ones.
     pub fn forget(&mut self, image: &Path) {
-        if let Some(rows) = self.by_image.get(&image_key(&image.display().to_string())) {
+        if let Some(rows) = self.by_image.get(&image_key(&text(image))) {
             rows.iter().for_each(|&i| self.taken[i] = true);
         }
     }

@@ -316,7 +316,7 @@ fn load_groups(file: &Path) -> anyhow::Result<HashMap<PathBuf, String>> {
         else {
             return Err(bad(format!("want `image,group`, got `{}`", line.text)));
         };
-        let path = base.join(image);
+        let path = gradcam::path_text::path_of(&base.join(image));
         // More columns than two: the last comma split off the last one, and the "image" is
         // a real one with the group after it.
         if let Some((first, _)) = image.split_once(',').filter(|_| !path.is_file()) {

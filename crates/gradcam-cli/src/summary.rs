@@ -64,7 +64,7 @@ impl Summary {
         let class = class.map_or(",".into(), |(c, l)| format!("{c},{}", field(l)));
         let row = format!(
             "{},error,{},{class}{}",
-            field(&image.display().to_string()),
+            field(&gradcam::path_text::text(image)),
             field(why),
             ",".repeat(COLUMNS - 5),
         );
@@ -173,7 +173,7 @@ pub fn explained_row(
     );
     format!(
         "{},ok,,{},{},{},{},{predicted},{},{stats},{}",
-        field(&image.display().to_string()),
+        field(&gradcam::path_text::text(image)),
         e.class,
         label(e.class),
         e.probability,

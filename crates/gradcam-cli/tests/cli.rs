@@ -640,6 +640,92 @@ fn odd_names_keep_their_outputs_apart() {
     assert!(stderr(&o).contains("summary.csv"), "{}", stderr(&o));
 }
 
+/// File names that are not UTF-8 (Latin-1 `café.png`, `cafè.png`: one lossy text) are
+/// written with `\xNN` escapes in summary.csv and the JSON, so they stay apart, and are found
+/// again by `--resume`, a class list and `summarize --groups`.
+#[cfg(unix)]
+#[test]
+fn names_that_are_not_utf8_stay_apart_and_are_found_again() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/images");
+    let e = imgs.join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
+    let f = imgs.join(std::ffi::OsStr::from_bytes(b"caf\xe8.png"));
+    std::fs::copy(demo.join("star.png"), &e).unwrap();
+    std::fs::copy(demo.join("ring.png"), &f).unwrap();
+    // The class list names them as summary.csv does: relative to its folder, escaped.
+    let list = dir.path().join("classes.csv");
+    std::fs::write(&list, "imgs/caf\\xE9.png,Star\nimgs/caf\\xE8.png,Ring\n").unwrap();
+    let out = dir.path().join("out");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "explain",
+            imgs.to_str().unwrap(),
+            "--classes",
+            list.to_str().unwrap(),
+            "--outputs",
+            "cam,json",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        gradcam(&args)
+    };
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let want = |name: &str, label: &str| {
+        let image = format!("{}/{name}", imgs.display());
+        assert!(
+            (csv.lines()).any(|l| l.starts_with(&format!("{image},ok,")) && l.contains(label)),
+            "{image} {label}: {csv}"
+        );
+        image
+    };
+    let (te, tf) = (
+        want("caf\\xE9.png", ",star,"),
+        want("caf\\xE8.png", ",ring,"),
+    );
+    let mut images = Vec::new();
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") && !p.ends_with("run.json") {
+            let js: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            images.push(js["image"].as_str().unwrap().to_string());
+        }
+    }
+    images.sort();
+    let mut both = vec![te.clone(), tf.clone()];
+    both.sort();
+    assert_eq!(images, both);
+    // Both are found again by their rows.
+    let o = run(&["--resume"]);
+    assert!(
+        stderr(&o).contains("nothing left to explain: 2 images were done before"),
+        "{}",
+        stderr(&o)
+    );
+    // Groups named by the escaped paths.
+    let groups = dir.path().join("groups.csv");
+    std::fs::write(&groups, "imgs/caf\\xE9.png,one\nimgs/caf\\xE8.png,two\n").unwrap();
+    let o = gradcam(&[
+        "summarize",
+        out.to_str().unwrap(),
+        "--groups",
+        groups.to_str().unwrap(),
+    ]);
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        (table.lines()).any(|l| l.starts_with("one "))
+            && table.lines().any(|l| l.starts_with("two ")),
+        "{table}"
+    );
+}
+
 #[test]
 fn layers_lists_module_paths_with_shapes() {
     let o = gradcam(&[
