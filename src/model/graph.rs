@@ -343,7 +343,8 @@ impl Graph {
 /// What torchvision's layout allows a conv: a bias, and groups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ConvKind {
-    /// VGG's convs: a bias, no groups.
+    /// VGG's convs: a bias, no groups. (A custom VGG-BN whose convs all leave out the bias
+    /// BatchNorm makes redundant builds its convs [`ConvKind::Plain`].)
     WithBias,
     /// ResNet's: no bias (one in the file is used), no groups.
     Plain,
@@ -448,17 +449,20 @@ impl<'w> Builder<'w> {
         }
         let groups = cin / cg;
         let bname = format!("{name}.bias");
-        // (Before a BatchNorm a bias is redundant, and custom VGG-BNs leave it out.)
         let mut b = match (self.weights.contains(&bname), kind) {
             (true, _) => Some(self.weights.get(&bname, &[Some(k)])?),
-            (false, ConvKind::WithBias) if bn.is_none() => {
+            (false, ConvKind::WithBias) => {
+                let hint = match bn {
+                    None => " (a VGG conv without BatchNorm has a bias in torchvision; the file \
+                             looks damaged)",
+                    Some(_) => " (the file's other VGG convs have biases, as torchvision's \
+                                VGG-BN convs do; the file looks damaged)",
+                };
                 return Err(Error::MissingTensor {
                     path: self.weights.path().to_path_buf(),
                     name: bname,
-                    hint: " (a VGG conv without BatchNorm has a bias in torchvision; the file \
-                           looks damaged)"
-                        .into(),
-                })
+                    hint: hint.into(),
+                });
             }
             (false, _) => None,
         };

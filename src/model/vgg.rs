@@ -75,13 +75,26 @@ pub fn build(w: &Weights, items: &[Item], bn: bool, arch: String) -> Result<Grap
     let mut x = 0;
     let mut idx = 0;
     let mut last_relu = None;
+    // torchvision's VGG-BN convs have biases (before BatchNorm they are redundant, so custom
+    // VGG-BNs may leave them all out): one missing among the others is a damaged file, which
+    // would otherwise run as if its bias were 0.
+    let biased = match bn {
+        true => (w.names())
+            .filter_map(|n| n.strip_prefix("features.")?.strip_suffix(".bias"))
+            .any(|i| w.shape_of(&format!("features.{i}.weight")).map(|s| s.len()) == Some(4)),
+        false => true,
+    };
+    let kind = match biased {
+        true => ConvKind::WithBias,
+        false => ConvKind::Plain,
+    };
     for item in items {
         match item {
             Item::Conv => {
                 let name = format!("features.{idx}");
                 if bn {
                     let bn_name = format!("features.{}", idx + 1);
-                    x = b.conv(x, &name, 1, Some(&bn_name), ConvKind::WithBias)?;
+                    x = b.conv(x, &name, 1, Some(&bn_name), kind)?;
                     idx += 2;
                 } else {
                     x = b.conv(x, &name, 1, None, ConvKind::WithBias)?;
