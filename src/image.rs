@@ -681,46 +681,90 @@ pub fn resize_with(
     if (h, w) == (oh, ow) {
         return (0..h * w * c).map(at).collect();
     }
-    if oh * ow * c == 0 {
-        return Vec::new();
-    }
-    // A source without pixels has nothing to sample: black (zeros) rather than a panic.
-    if h * w == 0 {
-        return vec![0.0; oh * ow * c];
-    }
-    let ty = axis_table(h, oh);
-    let tx = axis_table(w, ow);
-    // Separable: each source row an output row reads is resized across once, then output rows
-    // blend two of those. The same arithmetic as four taps per output value, in the same
-    // order, for a fraction of the reads (an upsampled map reuses each row for many outputs).
-    let mut slot = vec![usize::MAX; h];
-    let mut rows = 0;
-    for &(y0, y1, _) in &ty {
-        for y in [y0, y1] {
-            if slot[y] == usize::MAX {
-                slot[y] = rows;
-                rows += 1;
-            }
-        }
-    }
-    let rw = ow * c;
-    let mut across = vec![0f32; rows * rw];
-    for (y, &at_slot) in slot.iter().enumerate().filter(|(_, &s)| s != usize::MAX) {
-        let dst = &mut across[at_slot * rw..(at_slot + 1) * rw];
-        let r = y * w * c;
-        for (ox, &(x0, x1, fx)) in tx.iter().enumerate() {
-            for ch in 0..c {
-                dst[ox * c + ch] = at(r + x0 * c + ch) * (1.0 - fx) + at(r + x1 * c + ch) * fx;
-            }
-        }
-    }
-    let mut out = vec![0f32; oh * rw];
-    for (row, &(y0, y1, fy)) in out.chunks_exact_mut(rw).zip(&ty) {
-        let top = &across[slot[y0] * rw..(slot[y0] + 1) * rw];
-        let bot = &across[slot[y1] * rw..(slot[y1] + 1) * rw];
-        (row.iter_mut().zip(top).zip(bot)).for_each(|((o, t), b)| *o = t * (1.0 - fy) + b * fy);
+    let rows = BilinearRows::new(at, (h, w, c), (oh, ow));
+    let mut out = vec![0f32; oh * ow * c];
+    for (oy, row) in out.chunks_exact_mut((ow * c).max(1)).enumerate() {
+        rows.row(oy, row);
     }
     out
+}
+
+/// A bilinear resize to (oh, ow) given a row at a time, with [`resize_with`]'s arithmetic:
+/// it holds only the source rows resized across, so a map upsampled to a photograph of
+/// 100 megapixels costs a few rows, not the whole image per map.
+pub struct BilinearRows {
+    /// Per output row: (source row, next source row, weight of the next).
+    ty: Vec<(usize, usize, f32)>,
+    /// Source row → its place in `across` (`usize::MAX`: no output row reads it).
+    slot: Vec<usize>,
+    /// The source rows output rows read, resized across: `ow · c` values each.
+    across: Vec<f32>,
+    /// Values per output row, `ow · c`.
+    rw: usize,
+}
+
+impl BilinearRows {
+    /// The resize of an interleaved (h, w, c) image read through `at(flat index)`. A source
+    /// without pixels has nothing to sample: its rows are black (zeros) rather than a panic.
+    pub fn new(
+        at: impl Fn(usize) -> f32,
+        (h, w, c): (usize, usize, usize),
+        (oh, ow): (usize, usize),
+    ) -> Self {
+        let rw = ow * c;
+        if h * w == 0 || oh * rw == 0 {
+            return BilinearRows {
+                ty: Vec::new(),
+                slot: Vec::new(),
+                across: Vec::new(),
+                rw,
+            };
+        }
+        let ty = axis_table(h, oh);
+        let tx = axis_table(w, ow);
+        // Separable: each source row an output row reads is resized across once, then output
+        // rows blend two of those. The same arithmetic as four taps per output value, in the
+        // same order, for a fraction of the reads (an upsampled map reuses each row for many
+        // outputs).
+        let mut slot = vec![usize::MAX; h];
+        let mut rows = 0;
+        for &(y0, y1, _) in &ty {
+            for y in [y0, y1] {
+                if slot[y] == usize::MAX {
+                    slot[y] = rows;
+                    rows += 1;
+                }
+            }
+        }
+        let mut across = vec![0f32; rows * rw];
+        for (y, &at_slot) in slot.iter().enumerate().filter(|(_, &s)| s != usize::MAX) {
+            let dst = &mut across[at_slot * rw..(at_slot + 1) * rw];
+            let r = y * w * c;
+            for (ox, &(x0, x1, fx)) in tx.iter().enumerate() {
+                for ch in 0..c {
+                    dst[ox * c + ch] = at(r + x0 * c + ch) * (1.0 - fx) + at(r + x1 * c + ch) * fx;
+                }
+            }
+        }
+        BilinearRows {
+            ty,
+            slot,
+            across,
+            rw,
+        }
+    }
+
+    /// Output row `oy` (`ow · c` values) into `out`.
+    pub fn row(&self, oy: usize, out: &mut [f32]) {
+        let Some(&(y0, y1, fy)) = self.ty.get(oy) else {
+            out.fill(0.0);
+            return;
+        };
+        let rw = self.rw;
+        let top = &self.across[self.slot[y0] * rw..(self.slot[y0] + 1) * rw];
+        let bot = &self.across[self.slot[y1] * rw..(self.slot[y1] + 1) * rw];
+        (out.iter_mut().zip(top).zip(bot)).for_each(|((o, t), b)| *o = t * (1.0 - fy) + b * fy);
+    }
 }
 
 /// Target input size of the model.

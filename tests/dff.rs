@@ -118,8 +118,9 @@ fn dff_matches_pytorch_grad_cam() {
             let img =
                 gradcam::image::load_rgb8(&fixtures().join(format!("images/{}.png", images[0])))
                     .unwrap();
-            let scaled = dff::scale_maps(f.maps[0].data(), (mh, mw), (h, w));
-            let ours = dff::overlay(&img, &scaled, k, dff::IMAGE_WEIGHT).unwrap();
+            assert_eq!(img.dimensions(), (w as u32, h as u32), "{id}");
+            let ours =
+                dff::overlay(&img, f.maps[0].data(), (mh, mw), k, dff::IMAGE_WEIGHT).unwrap();
             let off = (ours.as_raw().iter().zip(theirs))
                 .filter(|(a, b)| a != b)
                 .count();

@@ -196,16 +196,19 @@ pub fn scale_maps(maps: &[f32], (h, w): (usize, usize), (oh, ow): (usize, usize)
 pub fn concept_per_pixel(maps: &[f32], k: usize) -> Vec<usize> {
     let hw = maps.len() / k.max(1);
     (0..hw)
-        .map(|p| {
-            (0..k).fold(0, |best, c| {
-                if maps[c * hw + p] > maps[best * hw + p] {
-                    c
-                } else {
-                    best
-                }
-            })
-        })
+        .map(|p| concept_per_pixel_at(maps, hw, k, p))
         .collect()
+}
+
+/// [`concept_per_pixel`] at pixel `p` of `k` maps of `hw` values each.
+fn concept_per_pixel_at(maps: &[f32], hw: usize, k: usize, p: usize) -> usize {
+    (0..k).fold(0, |best, c| {
+        if maps[c * hw + p] > maps[best * hw + p] {
+            c
+        } else {
+            best
+        }
+    })
 }
 
 /// matplotlib's `gist_rainbow` control points (position, r, g, b).
@@ -321,13 +324,20 @@ pub fn hsv_to_rgb_path([h, s, v]: [u8; 3], scalar: bool) -> [u8; 3] {
 /// the colour of the concept whose map is highest there, at the brightness (HSV value) of
 /// that map, blended with the image: `uint8(255 · (w · img + (1 − w) · colour))` (img/255 and
 /// w in f64, colour/255 times 1 − w in f32, as NumPy mixes them). `maps` are the image's
-/// [k, H, W] maps at its size, in [0, 1].
-pub fn overlay(img: &RgbImage, maps: &[f32], k: usize, image_weight: f64) -> Result<RgbImage> {
+/// [k, h, w] maps at the layer's size, scaled as [`scale_maps`] scales them to the image's
+/// size a row at a time: the whole scaled maps, k · 4 bytes per pixel, are never held.
+pub fn overlay(
+    img: &RgbImage,
+    maps: &[f32],
+    (mh, mw): (usize, usize),
+    k: usize,
+    image_weight: f64,
+) -> Result<RgbImage> {
     let (w, h) = img.dimensions();
-    let hw = (w * h) as usize;
-    if k == 0 || maps.len() != k * hw {
+    let (w, h) = (w as usize, h as usize);
+    if k == 0 || mh * mw == 0 || maps.len() != k * mh * mw {
         return Err(Error::Invalid(format!(
-            "DFF overlay: {} map values for {k} concepts on a {w}x{h} image",
+            "DFF overlay: {} map values for {k} concepts of {mh}x{mw}",
             maps.len()
         )));
     }
@@ -344,19 +354,32 @@ pub fn overlay(img: &RgbImage, maps: &[f32], k: usize, image_weight: f64) -> Res
             })
         })
         .collect();
-    let owner = concept_per_pixel(maps, k);
+    let scaled: Vec<crate::image::BilinearRows> = maps
+        .chunks(mh * mw)
+        .map(|m| {
+            let mut m = m.to_vec();
+            normalise_minmax(&mut m);
+            crate::image::BilinearRows::new(|i| m[i], (mh, mw, 1), (h, w))
+        })
+        .collect();
     let weight = image_weight;
     let rest = (1.0 - image_weight) as f32;
-    let vector_end = (w as usize / 32) * 32;
+    let vector_end = (w / 32) * 32;
     let mut out = img.clone();
-    for (p, px) in out.pixels_mut().enumerate() {
-        let c = owner[p];
-        let v = (255.0 * maps[c * hw + p]) as u8;
-        let scalar = p % w as usize >= vector_end;
-        let colour = tables[c][scalar as usize][v as usize];
-        for (v, &col) in px.0.iter_mut().zip(&colour) {
-            let m = (col as f32 / 255.0) * rest;
-            *v = ((*v as f64 / 255.0 * weight + m as f64) * 255.0) as u8;
+    // One output row of every concept's map at a time.
+    let mut rows = vec![0f32; k * w];
+    for (y, line) in out.chunks_exact_mut((3 * w).max(1)).enumerate().take(h) {
+        for (c, r) in scaled.iter().enumerate() {
+            r.row(y, &mut rows[c * w..(c + 1) * w]);
+        }
+        for (x, px) in line.chunks_exact_mut(3).enumerate() {
+            let c = concept_per_pixel_at(&rows, w, k, x);
+            let v = (255.0 * rows[c * w + x]) as u8;
+            let colour = tables[c][(x >= vector_end) as usize][v as usize];
+            for (v, &col) in px.iter_mut().zip(&colour) {
+                let m = (col as f32 / 255.0) * rest;
+                *v = ((*v as f64 / 255.0 * weight + m as f64) * 255.0) as u8;
+            }
         }
     }
     Ok(out)

@@ -453,10 +453,14 @@ impl<'w> Builder<'w> {
             (true, _) => Some(self.weights.get(&bname, &[Some(k)])?),
             (false, ConvKind::WithBias) => {
                 let hint = match bn {
-                    None => " (a VGG conv without BatchNorm has a bias in torchvision; the file \
-                             looks damaged)",
-                    Some(_) => " (the file's other VGG convs have biases, as torchvision's \
-                                VGG-BN convs do; the file looks damaged)",
+                    None => {
+                        " (a VGG conv without BatchNorm has a bias in torchvision; the file \
+                             looks damaged)"
+                    }
+                    Some(_) => {
+                        " (the file's other VGG convs have biases, as torchvision's \
+                                VGG-BN convs do; the file looks damaged)"
+                    }
                 };
                 return Err(Error::MissingTensor {
                     path: self.weights.path().to_path_buf(),

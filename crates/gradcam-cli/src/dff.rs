@@ -92,7 +92,7 @@ fn dff_all<B: Backend>(
         ProgressStyle::with_template("{bar:40} {pos}/{len} images  {msg}").expect("valid template"),
     );
     bar.set_message("activations");
-    let mut kept: Vec<(PathBuf, (usize, usize))> = Vec::new();
+    let mut kept: Vec<PathBuf> = Vec::new();
     let mut acts: Vec<Tensor> = Vec::new();
     let mut first_hw = None;
     for chunk in files.chunks(a.batch as usize) {
@@ -145,12 +145,8 @@ fn dff_all<B: Backend>(
                 };
                 let (_, c, h, w) = act.dims4();
                 for (slot, &j) in run.iter().enumerate() {
-                    let img = &images[j].1;
                     first_hw.get_or_insert(hw);
-                    kept.push((
-                        images[j].0.clone(),
-                        (img.height() as usize, img.width() as usize),
-                    ));
+                    kept.push(images[j].0.clone());
                     let one = act.data()[slot * c * h * w..(slot + 1) * c * h * w].to_vec();
                     acts.push(Tensor::new([1, c, h, w], one));
                 }
@@ -209,16 +205,12 @@ fn dff_all<B: Backend>(
     bar.set_message("overlays");
     bar.set_length(kept.len() as u64);
     bar.set_position(0);
-    let stems = inputs::stems(
-        &kept.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>(),
-        &a.inputs,
-        &[],
-    );
+    let stems = inputs::stems(&kept, &a.inputs, &[]);
     let mut per_image = Vec::new();
     let mut shares: Vec<Vec<f32>> = Vec::new();
     let mut total = vec![0usize; k];
     let mut positions = 0usize;
-    for (((path, (ih, iw)), maps), stem) in kept.iter().zip(&f.maps).zip(&stems) {
+    for ((path, maps), stem) in kept.iter().zip(&f.maps).zip(&stems) {
         let (mh, mw) = (maps.shape()[1], maps.shape()[2]);
         // Owners as the overlay colours them: each map normalised first.
         let owner = dff::concept_per_pixel(&dff::scale_maps(maps.data(), (mh, mw), (mh, mw)), k);
@@ -232,8 +224,7 @@ fn dff_all<B: Backend>(
         let written = load_rgb8(path)
             .map_err(anyhow::Error::from)
             .and_then(|img| {
-                let scaled = dff::scale_maps(maps.data(), (mh, mw), (*ih, *iw));
-                let vis = dff::overlay(&img, &scaled, k, a.image_weight)?;
+                let vis = dff::overlay(&img, maps.data(), (mh, mw), k, a.image_weight)?;
                 if let Some(dir) = out.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
@@ -262,7 +253,7 @@ fn dff_all<B: Backend>(
             let mut order: Vec<usize> = (0..shares.len()).filter(|&n| shares[n][i] > 0.0).collect();
             order.sort_by(|&x, &y| shares[y][i].total_cmp(&shares[x][i]).then(x.cmp(&y)));
             let top: Vec<serde_json::Value> = (order.iter().take(TOP_IMAGES))
-                .map(|&n| json!({"image": gradcam::path_text::text(&kept[n].0), "share": shares[n][i]}))
+                .map(|&n| json!({"image": gradcam::path_text::text(&kept[n]), "share": shares[n][i]}))
                 .collect();
             json!({
                 "concept": i,
@@ -284,7 +275,7 @@ fn dff_all<B: Backend>(
     // group's images, so a concept that one class or source holds more than the others (a
     // watermark, a background) stands out.
     let mut groups: std::collections::BTreeMap<String, (usize, Vec<f64>)> = Default::default();
-    for ((path, _), share) in kept.iter().zip(&shares) {
+    for (path, share) in kept.iter().zip(&shares) {
         let name = group_of(path, &a.inputs);
         let g = groups.entry(name).or_insert_with(|| (0, vec![0.0; k]));
         g.0 += 1;
