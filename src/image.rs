@@ -10,6 +10,7 @@ pub use image::RgbImage;
 
 use crate::{Error, Result, Tensor};
 
+mod jpeg_warnings;
 mod tiff_kinds;
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -181,42 +182,8 @@ fn decode_bytes(
         Some(f) => f,
         None => image::guess_format(bytes).map_err(|_| "not a recognised image format")?,
     };
-    let mut buffered = false;
     if format == image::ImageFormat::Jpeg {
-        buffered = match jpeg_scans(bytes) {
-            // The JPEG decoders fill a file cut short with grey and say nothing: the network
-            // would explain a picture that is half missing.
-            None => {
-                return Err(
-                    "truncated JPEG: the file ends before the image's end marker (EOI), as an \
-                     interrupted download or copy leaves it; the decoder would fill what is \
-                     missing with grey"
-                        .into(),
-                )
-            }
-            // Each scan of a progressive JPEG passes over the whole image, and the decoders
-            // take repeated scans with a warning: a small file of many would take minutes.
-            Some(JpegScans { scans: n, .. }) if n > MAX_JPEG_SCANS => {
-                return Err(format!(
-                    "a JPEG of {n} scans: more than the {MAX_JPEG_SCANS} decoded (a progressive \
-                     JPEG has a few dozen at most), so it is damaged or made to stall decoders"
-                ))
-            }
-            Some(s) => s.buffered || s.scans > 1,
-        };
-    }
-    if format == image::ImageFormat::Jpeg && jpeg_by_libjpeg() {
-        match decode_jpeg_libjpeg(bytes, buffered) {
-            Some(Ok(img)) => return Ok(img),
-            Some(Err(JpegError::TooLarge(e))) => return Err(e),
-            // What libjpeg refuses (12-bit, lossless, a header it finds damaged) the `image`
-            // crate may still read; when it cannot either, libjpeg's message says more.
-            Some(Err(JpegError::Libjpeg(e))) => return decode_jpeg_by_image(bytes).map_err(|_| e),
-            None => {}
-        }
-    }
-    if format == image::ImageFormat::Jpeg {
-        return decode_jpeg_by_image(bytes);
+        return decode_jpeg(bytes);
     }
     let decoded = decode_unguarded(std::io::Cursor::new(bytes), format);
     match (decoded, format) {
@@ -227,6 +194,54 @@ fn decode_bytes(
         },
         (r, _) => r,
     }
+}
+
+/// The JPEG decoders fill what is missing from a file cut short, or past corrupt data, with
+/// grey and say nothing: the network would explain a picture that is half missing.
+const TRUNCATED_JPEG: &str = "truncated JPEG: the file ends before the image's end marker \
+     (EOI), as an interrupted download or copy leaves it; the decoder would fill what is \
+     missing with grey";
+
+/// A JPEG by libjpeg (unless `GRADCAM_JPEG_DECODER=image`), else by the `image` crate; a
+/// file cut short or damaged inside its image data is refused ([`TRUNCATED_JPEG`]).
+fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let scans = jpeg_scans(bytes);
+    // Each scan of a progressive JPEG passes over the whole image, and the decoders take
+    // repeated scans with a warning: a small file of many would take minutes.
+    if scans.scans > MAX_JPEG_SCANS {
+        return Err(format!(
+            "a JPEG of {} scans: more than the {MAX_JPEG_SCANS} decoded (a progressive JPEG has \
+             a few dozen at most), so it is damaged or made to stall decoders",
+            scans.scans
+        ));
+    }
+    let buffered = scans.buffered || scans.scans > 1;
+    // Without its end marker a file may still hold all of its one scan (only the marker
+    // lost, which cv2 reads whole): libjpeg says whether data was missing. A file of several
+    // scans may have lost whole scans, which no decoder notices.
+    let libjpeg = jpeg_by_libjpeg();
+    if !scans.ended && (buffered || !libjpeg) {
+        return Err(TRUNCATED_JPEG.into());
+    }
+    if libjpeg {
+        match decode_jpeg_libjpeg(bytes, buffered) {
+            Some(Ok(img)) => return Ok(img),
+            Some(Err(JpegError::TooLarge(e))) => return Err(e),
+            Some(Err(JpegError::Lost(_))) if !scans.ended => return Err(TRUNCATED_JPEG.into()),
+            Some(Err(JpegError::Lost(why))) => {
+                return Err(format!(
+                    "damaged JPEG (libjpeg: {why}): the decoder would fill the rest of the image \
+                     with grey"
+                ))
+            }
+            _ if !scans.ended => return Err(TRUNCATED_JPEG.into()),
+            // What libjpeg refuses (12-bit, lossless, a header it finds damaged) the `image`
+            // crate may still read; when it cannot either, libjpeg's message says more.
+            Some(Err(JpegError::Libjpeg(e))) => return decode_jpeg_by_image(bytes).map_err(|_| e),
+            None => {}
+        }
+    }
+    decode_jpeg_by_image(bytes)
 }
 
 /// Whether JPEGs go through `decode_jpeg_libjpeg`: yes unless `GRADCAM_JPEG_DECODER=image`
@@ -250,8 +265,8 @@ fn decode_jpeg_libjpeg(
     bytes: &[u8],
     buffered: bool,
 ) -> Option<std::result::Result<RgbImage, JpegError>> {
-    // libjpeg reports a fatal error by unwinding with its message (`mozjpeg`'s error manager;
-    // warnings are silenced, and a truncated file was refused before).
+    // libjpeg reports a fatal error by unwinding with its message, and warnings of lost data
+    // are kept ([`jpeg_warnings`]).
     let fatal = |p: Box<dyn std::any::Any + Send>| {
         let msg = (p.downcast_ref::<String>().cloned())
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
@@ -259,7 +274,8 @@ fn decode_jpeg_libjpeg(
         msg.trim_start_matches("libjpeg fatal error: ").to_string()
     };
     let run = std::panic::catch_unwind(|| {
-        let d = match mozjpeg::Decompress::builder().from_mem(bytes) {
+        let builder = mozjpeg::Decompress::builder().with_err(jpeg_warnings::error_mgr());
+        let d = match builder.from_mem(bytes) {
             Ok(d) => d,
             Err(e) => return Some(Err(JpegError::Libjpeg(e.to_string()))),
         };
@@ -316,8 +332,10 @@ fn decode_jpeg_libjpeg(
             .map_err(|e| JpegError::Libjpeg(e.to_string())),
         )
     });
+    let lost = jpeg_warnings::take_lost();
     let (img, orientation) = match run {
         Ok(None) => return None,
+        Ok(Some(Ok(_))) if lost.is_some() => return Some(Err(JpegError::Lost(lost?))),
         Ok(Some(Ok(r))) => r,
         Ok(Some(Err(JpegError::Libjpeg(e)))) => {
             let why = format!("damaged or unsupported JPEG (libjpeg: {e})");
@@ -340,6 +358,9 @@ enum JpegError {
     Libjpeg(String),
     /// Past the memory allowed for decoding: refused outright.
     TooLarge(String),
+    /// Decoded, but libjpeg's warning says part of the image data was lost (filled with
+    /// grey): refused outright.
+    Lost(String),
 }
 
 /// RGB from a CMYK JPEG's samples as stored (Adobe's inverted convention; YCCK comes out of
@@ -526,15 +547,17 @@ struct JpegScans {
     /// Whether libjpeg holds the whole image's coefficients until the last scan: a
     /// progressive frame (SOF2, 6, 10, 14) or a scan of fewer components than the frame.
     buffered: bool,
+    /// Whether the file reaches the image's end marker (EOI).
+    ended: bool,
 }
 
-/// The scans of a JPEG's main image, None when it ends before its EOI marker ([`walk_jpeg`]:
-/// an embedded thumbnail lies inside a segment, skipped whole; data after the EOI, a second
-/// picture or a phone's video, is not looked at).
-fn jpeg_scans(b: &[u8]) -> Option<JpegScans> {
+/// The scans of a JPEG's main image, as far as the file goes ([`walk_jpeg`]: an embedded
+/// thumbnail lies inside a segment, skipped whole; data after the EOI, a second picture or a
+/// phone's video, is not looked at).
+fn jpeg_scans(b: &[u8]) -> JpegScans {
     let mut found = JpegScans::default();
     let mut components = 0;
-    walk_jpeg(b, |m, data| {
+    let ended = walk_jpeg(b, |m, data| {
         // A frame header's component count (after its precision, height and width) and a
         // scan header's (its first byte).
         match m {
@@ -549,8 +572,9 @@ fn jpeg_scans(b: &[u8]) -> Option<JpegScans> {
             _ => {}
         }
         true
-    })?;
-    Some(found)
+    });
+    found.ended = ended.is_some();
+    found
 }
 
 /// Walks a JPEG's segments from the SOI to the EOI, calling `visit(marker, segment data after
@@ -917,8 +941,9 @@ mod tests {
     }
 
     /// libjpeg's fatal errors come back as the file's error with libjpeg's message (it
-    /// unwinds through the C code; nothing may escape `decode_rgb8`), and damaged scan data
-    /// decodes as libjpeg, and cv2, decode it: with a warning, not silenced output for others.
+    /// unwinds through the C code; nothing may escape `decode_rgb8`), and damaged scan data,
+    /// which libjpeg (and cv2) would decode with a warning and the rest grey, is refused
+    /// naming libjpeg's warning.
     #[test]
     fn libjpeg_errors_name_the_problem() {
         let mut jpeg = Vec::new();
@@ -936,12 +961,20 @@ mod tests {
             err.starts_with("damaged or unsupported JPEG (libjpeg: ") && err.contains("Huffman"),
             "{err}"
         );
-        // A flipped byte in the scan's data: decoded, the right size.
+        // A flipped byte in the scan's data: the Huffman codes after it are out of step and
+        // run into the end marker.
         let sos = jpeg.windows(2).rposition(|m| m == [0xff, 0xda]).unwrap();
         let mut flipped = jpeg.clone();
         flipped[sos + 16] ^= 0x5a;
-        let img = decode_rgb8(&flipped).unwrap();
-        assert_eq!(img.dimensions(), (16, 16));
+        match (jpeg_by_libjpeg(), decode_rgb8(&flipped)) {
+            (true, Err(e)) => assert!(
+                e.starts_with("damaged JPEG (libjpeg: Corrupt JPEG data"),
+                "{e}"
+            ),
+            (true, Ok(_)) => panic!("a damaged JPEG was decoded"),
+            // (The `image` crate's decoder says nothing.)
+            (false, r) => assert_eq!(r.unwrap().dimensions(), (16, 16)),
+        }
     }
 
     /// A JPEG whose scans repeat past the limit is refused before decoding (libjpeg would
@@ -951,8 +984,8 @@ mod tests {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decode");
         let jpeg = std::fs::read(dir.join("s422_progressive.jpg")).unwrap();
         assert!(decode_rgb8(&jpeg).is_ok());
-        let scans = jpeg_scans(&jpeg).unwrap();
-        assert!((2..=MAX_JPEG_SCANS).contains(&scans.scans) && scans.buffered);
+        let scans = jpeg_scans(&jpeg);
+        assert!((2..=MAX_JPEG_SCANS).contains(&scans.scans) && scans.buffered && scans.ended);
         // The last scan (its header to the EOI), repeated.
         let last = jpeg.windows(2).rposition(|m| m == [0xff, 0xda]).unwrap();
         let eoi = jpeg.len() - 2;
@@ -990,10 +1023,11 @@ mod tests {
         let mut one = jpeg[..second].to_vec();
         one.extend_from_slice(&[0xff, 0xd9]);
         assert_eq!(
-            jpeg_scans(&one).unwrap(),
+            jpeg_scans(&one),
             JpegScans {
                 scans: 1,
-                buffered: true
+                buffered: true,
+                ended: true
             }
         );
         let err = decode_rgb8(&one).unwrap_err();
@@ -1001,10 +1035,11 @@ mod tests {
         // Baseline files hold none.
         let baseline = std::fs::read(dir.join("s420.jpg")).unwrap();
         assert_eq!(
-            jpeg_scans(&baseline).unwrap(),
+            jpeg_scans(&baseline),
             JpegScans {
                 scans: 1,
-                buffered: false
+                buffered: false,
+                ended: true
             }
         );
     }
@@ -1159,11 +1194,35 @@ mod tests {
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
             .encode_image(&src)
             .unwrap();
-        assert!(decode_rgb8(&jpeg).is_ok());
-        for cut in [jpeg.len() / 2, jpeg.len() - 2, 20] {
+        let whole = decode_rgb8(&jpeg).unwrap();
+        for cut in [jpeg.len() / 2, jpeg.len() - 3, 20] {
             let err = decode_rgb8(&jpeg[..cut]).unwrap_err();
             assert!(err.contains("truncated JPEG"), "cut at {cut}: {err}");
         }
+        // Its end marker alone lost: libjpeg (and cv2) read every pixel; the `image` crate's
+        // decoder cannot tell, so there it is refused.
+        let no_eoi = decode_rgb8(&jpeg[..jpeg.len() - 2]);
+        match jpeg_by_libjpeg() {
+            true => assert_eq!(no_eoi.unwrap(), whole),
+            false => assert!(no_eoi.unwrap_err().contains("truncated JPEG")),
+        }
+        // Cut short in the middle with an end marker put back: libjpeg's "premature end of
+        // data segment" is refused (the `image` crate's decoder is silent about it).
+        let mut patched = jpeg[..jpeg.len() / 2].to_vec();
+        patched.extend_from_slice(&[0xFF, 0xD9]);
+        if jpeg_by_libjpeg() {
+            let err = decode_rgb8(&patched).unwrap_err();
+            assert!(
+                err.contains("damaged JPEG") && err.contains("premature end of data segment"),
+                "{err}"
+            );
+        }
+        // Bytes between segments (as some cameras write) lose nothing: no refusal.
+        let sos = jpeg.windows(2).position(|m| m == [0xff, 0xda]).unwrap();
+        let mut padded = jpeg[..sos].to_vec();
+        padded.extend_from_slice(&[0x00, 0x12, 0x34]);
+        padded.extend_from_slice(&jpeg[sos..]);
+        assert_eq!(decode_rgb8(&padded).unwrap(), whole);
         let mut trailer = jpeg.clone();
         trailer.extend_from_slice(&[0x00, 0xFF, 0xDA, 0x00, 0x08, 0x01, 0x02, 0xFF, 0xC4]);
         trailer.extend_from_slice(&jpeg);
