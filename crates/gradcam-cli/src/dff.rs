@@ -60,7 +60,8 @@ pub fn run(a: DffArgs) -> anyhow::Result<ExitCode> {
     if !(0.0..=1.0).contains(&a.image_weight) {
         anyhow::bail!("--image-weight {}: must lie in [0, 1]", a.image_weight);
     }
-    let (files, failures) = inputs::collect(&a.inputs, Some(&a.out));
+    let (files, failures) =
+        inputs::collect(&a.inputs, Some((&a.out, &crate::resume::Written::All)));
     for (p, why) in &failures {
         eprintln!("error: {}: {why}", p.display());
     }

@@ -25,6 +25,7 @@ use serde_json::json;
 
 use crate::classes::Classes;
 use crate::pass_size::{MethodMemory, PassSizes};
+use crate::resume::Written;
 use crate::summary::{self, Summary};
 use crate::{input_size, inputs, load_network, parse_size, resume, ModelArgs};
 
@@ -229,12 +230,13 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     if listed && a.classes.as_deref() == Some(Path::new("folders")) {
         anyhow::bail!("--classes folders: give the folders of class folders to explain");
     }
-    let (files, failures) = inputs::collect(&a.inputs, Some(&a.out));
+    let written = Written::of(&a.out);
+    let (files, failures) = inputs::collect(&a.inputs, Some((&a.out, &written)));
     if !listed {
         report_inputs(&files, &failures)?;
     }
     let net = load_network(&a.model)?;
-    with_network!(net, net => explain_all(a, &net, files, failures, started))
+    with_network!(net, net => explain_all(a, &net, files, failures, written, started))
 }
 
 /// Reports the inputs that are no image files; fails when none is left.
@@ -257,6 +259,7 @@ fn explain_all<B: Backend>(
     net: &Network<B>,
     mut files: Vec<PathBuf>,
     mut failures: Vec<(PathBuf, String)>,
+    written: Written,
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
     let graph = net.graph();
@@ -416,14 +419,34 @@ fn explain_all<B: Backend>(
     let mut roots = a.inputs.clone();
     if let (true, Some(c)) = (a.inputs.is_empty(), &classes) {
         let (listed, base) = c.listed();
-        (files, failures) = inputs::collect(listed, Some(&a.out));
+        (files, failures) = inputs::collect(listed, Some((&a.out, &written)));
         report_inputs(&files, &failures)?;
         roots = vec![base.to_path_buf()];
     }
     // Inputs that never became files (missing paths, empty folders) count in the total too.
     let unreadable = failures.len();
-    let stems = inputs::stems(&files, &roots, &[resume::SETTINGS_STEM]);
     let suffixes = outputs.suffixes(a.guided);
+    let stems = inputs::stems(&files, &roots, &[resume::SETTINGS_STEM]);
+    // Files in an output folder no run wrote (`x.json` of an annotation tool beside `x.jpg`,
+    // where the output folder is the images' own) are never written over.
+    if written == Written::Nothing && a.out.is_dir() {
+        let there: Vec<String> = (stems.iter())
+            .flat_map(|stem| suffixes.iter().map(move |s| format!("{stem}{s}")))
+            .filter(|f| a.out.join(f).symlink_metadata().is_ok())
+            .collect();
+        if let Some(first) = there.first() {
+            anyhow::bail!(
+                "--out {}: it holds files this run would write over ({first}{}), and no \
+                 gradcam run wrote them (it has no {}); give another --out",
+                a.out.display(),
+                match there.len() {
+                    1 => String::new(),
+                    n => format!(" and {} more", n - 1),
+                },
+                resume::SETTINGS
+            );
+        }
+    }
     // What decides each image's outputs: `--resume` goes on only under the same.
     let mut settings = json!({
         "model": a.model.model.as_deref().map_or_else(

@@ -3,6 +3,8 @@
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 
+use crate::resume::Written;
+
 const IMAGE_EXTS: &[&str] = &[
     "png", "jpg", "jpeg", "jpe", "jfif", "jif", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm",
     "pbm", "pnm", "pam", "tga", "ico", "hdr", "exr", "qoi", "avif", "dds", "ff",
@@ -20,15 +22,19 @@ const OUTPUT_SUFFIXES: &[&str] = &[
 
 /// Files given by name are always tried; folders contribute their image files (by
 /// extension, recursively, sorted), skipping hidden entries (`.git`, macOS's `._name.jpg`
-/// resource forks), folders already walked (a symbolic link back up the tree) and the folder
-/// `skip` (the output folder, so a second run over a tree that holds it does not explain the
-/// first run's overlays), or, where the output folder is the one given or inside it, the
-/// images gradcam writes there ([`OUTPUT_SUFFIXES`]). Paths that do not exist come back as
-/// errors.
-pub fn collect(paths: &[PathBuf], skip: Option<&Path>) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
+/// resource forks), folders already walked (a symbolic link back up the tree) and the output
+/// folder `skip` (so a second run over a tree that holds it does not explain the first run's
+/// overlays), or, where the output folder is the one given or inside it, the images a run
+/// wrote there ([`OUTPUT_SUFFIXES`] after a stem it [`Written::holds`]). Paths that do not
+/// exist come back as errors.
+pub fn collect(
+    paths: &[PathBuf],
+    skip: Option<(&Path, &Written)>,
+) -> (Vec<PathBuf>, Vec<(PathBuf, String)>) {
     let mut files = Vec::new();
     let mut errors = Vec::new();
-    let skip = skip.and_then(|s| std::fs::canonicalize(s).ok());
+    let written = skip.map(|s| s.1);
+    let skip = skip.and_then(|s| std::fs::canonicalize(s.0).ok());
     for p in paths {
         if p.is_dir() {
             let mut found = Vec::new();
@@ -39,7 +45,8 @@ pub fn collect(paths: &[PathBuf], skip: Option<&Path>) -> (Vec<PathBuf>, Vec<(Pa
                 .filter(|s| Some(*s) != given.as_ref())
                 .cloned()
                 .collect();
-            walk(p, &mut found, &mut errors, &mut walked, skip.as_deref());
+            let out = skip.as_deref().zip(written);
+            walk(p, &mut found, &mut errors, &mut walked, out);
             found.sort();
             if found.is_empty() {
                 errors.push((p.clone(), "the folder holds no image files".into()));
@@ -59,14 +66,21 @@ fn walk(
     out: &mut Vec<PathBuf>,
     errors: &mut Vec<(PathBuf, String)>,
     walked: &mut HashSet<PathBuf>,
-    out_dir: Option<&Path>,
+    out_dir: Option<(&Path, &Written)>,
 ) {
     // A folder is walked once, whatever the path it is reached by.
     let here = canonical(dir);
     if !walked.insert(here.clone()) {
         return;
     }
-    let in_out_dir = out_dir.is_some_and(|o| here.starts_with(o));
+    // Inside the output folder: this folder's path there, `a/b/` as stems spell it.
+    let in_out_dir = out_dir.and_then(|(o, written)| {
+        let rel = here.strip_prefix(o).ok()?;
+        let prefix: String = (rel.components())
+            .map(|c| c.as_os_str().to_string_lossy() + "/")
+            .collect();
+        Some((prefix, written))
+    });
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -81,10 +95,12 @@ fn walk(
         let p = e.path();
         if p.is_dir() {
             walk(&p, out, errors, walked, out_dir);
-        } else if in_out_dir && {
-            let name = e.file_name().to_string_lossy().to_ascii_lowercase();
-            OUTPUT_SUFFIXES.iter().any(|s| name.ends_with(s))
-        } {
+        } else if in_out_dir.as_ref().is_some_and(|(prefix, written)| {
+            let name = e.file_name().to_string_lossy().to_lowercase();
+            (OUTPUT_SUFFIXES.iter())
+                .filter_map(|s| name.strip_suffix(s))
+                .any(|stem| written.holds(&format!("{prefix}{stem}")))
+        }) {
             continue;
         } else if p
             .extension()
@@ -323,21 +339,28 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].0, data.join("missing.png"));
         // The output folder inside the tree is not walked.
-        let (files, _) = collect(std::slice::from_ref(&data), Some(&data.join("sub")));
+        let sub_out = data.join("sub");
+        let (files, _) = collect(
+            std::slice::from_ref(&data),
+            Some((&sub_out, &Written::Nothing)),
+        );
         assert_eq!(files, [b, e, f]);
-        // Unless it is the folder given, where the images gradcam writes are left out; its
-        // link up to `data` leads to data's other files.
-        let (files, _) = collect(&[data.join("sub")], Some(&data.join("sub")));
+        // Unless it is the folder given, where the images an earlier run wrote are left out;
+        // its link up to `data` leads to data's other files.
+        let (files, _) = collect(&[sub_out.clone()], Some((&sub_out, &Written::All)));
+        let rest = ["sub/loop/b.PNG", "sub/loop/e.jfif", "sub/loop/f.pam"].map(|n| data.join(n));
         assert_eq!(
             files,
-            [
-                "sub/a.jpg",
-                "sub/loop/b.PNG",
-                "sub/loop/e.jfif",
-                "sub/loop/f.pam"
-            ]
-            .map(|n| data.join(n))
+            [vec![data.join("sub/a.jpg")], rest.to_vec()].concat()
         );
+        // Or of the stems its summary lists.
+        let ours = Written::Stems(["a".to_string()].into());
+        let (files, _) = collect(&[sub_out.clone()], Some((&sub_out, &ours)));
+        let rest = [&[data.join("sub/a.jpg")], &rest[..]].concat();
+        assert_eq!(files, rest);
+        // Where no run wrote, images are images, whatever their names.
+        let (files, _) = collect(&[sub_out.clone()], Some((&sub_out, &Written::Nothing)));
+        assert_eq!(files, [&sub[..], &rest[1..]].concat());
     }
 
     /// Stems mirror the tree under each folder given; repeats get a number.

@@ -19,6 +19,49 @@ pub const SETTINGS: &str = "run.json";
 /// The image stem that would write over [`SETTINGS`] (`run.jpg` → `run.json`): never given.
 pub const SETTINGS_STEM: &str = "run";
 
+/// What an output folder holds of a run's outputs. Where no run wrote (no `run.json`), files
+/// named like outputs (`<stem>.overlay.png`) are somebody's: images to explain, never written
+/// over. Where one did, those of its stems are its outputs, skipped as inputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// No run wrote there.
+    Nothing,
+    /// The stems of the run's `summary.csv`, lowercase.
+    Stems(std::collections::HashSet<String>),
+    /// A run without a readable summary (or a command that keeps none, `dff`): every file
+    /// named like an output is taken for one.
+    All,
+}
+
+impl Written {
+    /// What `out` holds.
+    pub fn of(out: &Path) -> Self {
+        if !out.join(SETTINGS).is_file() {
+            return Written::Nothing;
+        }
+        let Ok(text) = crate::inputs::read_text(&out.join(FILE)) else {
+            return Written::All;
+        };
+        let mut rows = records(&text).map(fields);
+        if rows.next().and_then(|h| h.last().cloned()).as_deref() != Some("stem") {
+            return Written::All;
+        }
+        Written::Stems(
+            rows.filter_map(|r| r.last().map(|s| s.to_lowercase()))
+                .collect(),
+        )
+    }
+
+    /// Whether the files of `stem` (`<stem>.overlay.png`, ...) are a run's outputs.
+    pub fn holds(&self, stem: &str) -> bool {
+        match self {
+            Written::Nothing => false,
+            Written::Stems(s) => s.contains(&stem.to_lowercase()),
+            Written::All => true,
+        }
+    }
+}
+
 /// A file by where it is, its size and when it was last changed: a checkpoint or a class
 /// list replaced under the same name counts as another.
 pub fn file_id(p: &Path) -> Value {

@@ -640,6 +640,55 @@ fn odd_names_keep_their_outputs_apart() {
     assert!(stderr(&o).contains("summary.csv"), "{}", stderr(&o));
 }
 
+/// With the images' own folder as the output folder, files no run wrote there (a picture
+/// named `b.overlay.png`, an annotation tool's `c.json` beside `c.png`) are never written
+/// over: the run is refused before it writes anything. Where nothing is in the way, the
+/// outputs go beside the images, and the next run skips them as a run's outputs.
+#[test]
+fn outputs_never_write_over_files_no_run_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/images");
+    std::fs::copy(demo.join("star.png"), imgs.join("b.png")).unwrap();
+    std::fs::copy(demo.join("ring.png"), imgs.join("b.overlay.png")).unwrap();
+    std::fs::copy(demo.join("star.png"), imgs.join("c.png")).unwrap();
+    std::fs::write(imgs.join("c.json"), "{\"annotation\": 1}").unwrap();
+    let listing = |d: &Path| {
+        let mut v: Vec<(String, Vec<u8>)> = (std::fs::read_dir(d).unwrap())
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = listing(&imgs);
+    let dir_arg = imgs.to_str().unwrap();
+    let o = gradcam(&["explain", dir_arg, "-o", dir_arg]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("would write over (b.overlay.png and 1 more)") && err.contains("run.json"),
+        "{err}"
+    );
+    assert_eq!(listing(&imgs), before, "a refused run wrote nothing");
+
+    // Nothing in the way: outputs beside the images, and a second run explains the same
+    // three images (not the first run's overlays), b.overlay.png among them.
+    std::fs::remove_file(imgs.join("c.json")).unwrap();
+    std::fs::rename(imgs.join("b.png"), imgs.join("a.png")).unwrap();
+    for run in 0..2 {
+        let o = gradcam(&["explain", dir_arg, "-o", dir_arg, "--outputs", "overlay"]);
+        assert!(o.status.success(), "run {run}: {}", stderr(&o));
+        let csv = std::fs::read_to_string(imgs.join("summary.csv")).unwrap();
+        let mut stems: Vec<&str> = (csv.lines().skip(1))
+            .map(|l| l.rsplit(',').next().unwrap())
+            .collect();
+        stems.sort();
+        assert_eq!(stems, ["a", "b.overlay", "c"], "run {run}: {csv}");
+    }
+}
+
 /// File names that are not UTF-8 (Latin-1 `café.png`, `cafè.png`: one lossy text) are
 /// written with `\xNN` escapes in summary.csv and the JSON, so they stay apart, and are found
 /// again by `--resume`, a class list and `summarize --groups`.
@@ -2048,6 +2097,8 @@ fn an_image_whose_outputs_cannot_all_be_written_leaves_none() {
     }
     let out = dir.path().join("out");
     std::fs::create_dir_all(out.join("a.cam.npy")).unwrap();
+    // (An earlier run's folder: one that is not is refused for the folder in the way.)
+    std::fs::write(out.join("run.json"), "{}").unwrap();
     let o = gradcam(&[
         "explain",
         imgs.to_str().unwrap(),
