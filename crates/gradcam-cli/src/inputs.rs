@@ -347,7 +347,10 @@ mod tests {
         assert_eq!(files, [b, e, f]);
         // Unless it is the folder given, where the images an earlier run wrote are left out;
         // its link up to `data` leads to data's other files.
-        let (files, _) = collect(&[sub_out.clone()], Some((&sub_out, &Written::All)));
+        let (files, _) = collect(
+            std::slice::from_ref(&sub_out),
+            Some((&sub_out, &Written::All)),
+        );
         let rest = ["sub/loop/b.PNG", "sub/loop/e.jfif", "sub/loop/f.pam"].map(|n| data.join(n));
         assert_eq!(
             files,
@@ -355,11 +358,14 @@ mod tests {
         );
         // Or of the stems its summary lists.
         let ours = Written::Stems(["a".to_string()].into());
-        let (files, _) = collect(&[sub_out.clone()], Some((&sub_out, &ours)));
+        let (files, _) = collect(std::slice::from_ref(&sub_out), Some((&sub_out, &ours)));
         let rest = [&[data.join("sub/a.jpg")], &rest[..]].concat();
         assert_eq!(files, rest);
         // Where no run wrote, images are images, whatever their names.
-        let (files, _) = collect(&[sub_out.clone()], Some((&sub_out, &Written::Nothing)));
+        let (files, _) = collect(
+            std::slice::from_ref(&sub_out),
+            Some((&sub_out, &Written::Nothing)),
+        );
         assert_eq!(files, [&sub[..], &rest[1..]].concat());
     }
 
