@@ -511,12 +511,14 @@ fn decode_with(
 
 /// A 16-bit image in 8 bits where `cv2.imread` keeps each sample's high byte, v >> 8, rather
 /// than rounding v / 257 as the `image` crate (one level apart on a quarter of the samples):
-/// every 16-bit PNG (libpng's `png_set_strip_16`) and a grayscale 16-bit TIFF (cv2 rounds
-/// colour ones as the `image` crate does). None where the `image` crate's rounding is cv2's.
+/// every 16-bit PNG (libpng's `png_set_strip_16`) and PNM, and a grayscale 16-bit TIFF (cv2
+/// rounds colour ones as the `image` crate does). None where the `image` crate's rounding is
+/// cv2's. (A PNM of another maximum than 65535 is scaled to it first, which cv2 does not do:
+/// its pixels there are the raw values' high bytes, near black.)
 fn high_bytes_as_cv2(img: &image::DynamicImage, format: image::ImageFormat) -> Option<RgbImage> {
     use image::DynamicImage as D;
     match (format, img) {
-        (image::ImageFormat::Png, _) => {}
+        (image::ImageFormat::Png | image::ImageFormat::Pnm, _) => {}
         (image::ImageFormat::Tiff, D::ImageLuma16(_) | D::ImageLumaA16(_)) => {}
         _ => return None,
     }
@@ -1238,6 +1240,27 @@ mod tests {
         assert!(decode_rgb8(&with_thumb[..cut])
             .unwrap_err()
             .contains("truncated JPEG"));
+    }
+
+    /// 16-bit PNM samples become 8 bits as `cv2.imread` makes them, v >> 8 (checked with
+    /// OpenCV 5.0 on these values: not the rounded v / 257); a maximum below 65535 is scaled.
+    #[test]
+    fn sixteen_bit_pnm_keeps_the_high_bytes() {
+        let v: Vec<u16> = (0..5 * 7 * 3).map(|i| (i * 2039 + 128) as u16).collect();
+        let be: Vec<u8> = v.iter().flat_map(|x| x.to_be_bytes()).collect();
+        let ppm = [b"P6\n7 5\n65535\n".as_slice(), &be].concat();
+        let img = decode_rgb8(&ppm).unwrap();
+        let want: Vec<u8> = v.iter().map(|x| (x >> 8) as u8).collect();
+        assert_eq!(img.as_raw(), &want);
+        let gray = &be[..5 * 7 * 2];
+        let pgm = [b"P5\n7 5\n65535\n".as_slice(), gray].concat();
+        let img = decode_rgb8(&pgm).unwrap();
+        let want: Vec<u8> = v[..35].iter().flat_map(|x| [(x >> 8) as u8; 3]).collect();
+        assert_eq!(img.as_raw(), &want);
+        // A maximum of 1000: 1000 is white, 500 mid-grey.
+        let pgm = [b"P5\n2 1\n1000\n".as_slice(), &[3, 232, 1, 244]].concat();
+        let px = decode_rgb8(&pgm).unwrap().into_raw();
+        assert!(px[0] == 255 && (126..=128).contains(&px[3]), "{px:?}");
     }
 
     /// A JPEG whose EXIF orientation says "turn 90° clockwise" (6, as phones write portrait
