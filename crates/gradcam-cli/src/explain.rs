@@ -583,8 +583,12 @@ fn explain_all<B: Backend>(
     let bar = if todo.len() > 1 {
         let b = ProgressBar::new(todo.len() as u64);
         b.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}")
-                .expect("valid template"),
+            ProgressStyle::with_template("{bar:40} {pos}/{len} images  {rate}  eta {eta}")
+                .expect("valid template")
+                // (indicatif's own {per_sec} prints four decimals.)
+                .with_key("rate", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1} images/s", s.per_sec());
+                }),
         );
         b
     } else {
