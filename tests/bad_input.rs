@@ -526,6 +526,30 @@ fn unknown_architectures() {
         matches!(e, Error::UnknownArch(_)) && s.contains("encoder.block.0.weight"),
         "{s}"
     );
+    // torchvision's AlexNet, named like a VGG (features.N, classifier.N) but with a Dropout
+    // at classifier.0: refused as another network, not as a VGG missing a tensor.
+    let t = |n: &str, shape: &[usize]| (n.to_string(), Tensor::zeros(shape.to_vec()));
+    let alexnet = vec![
+        t("features.0.weight", &[8, 3, 11, 11]),
+        t("features.0.bias", &[8]),
+        t("classifier.1.weight", &[16, 8 * 36]),
+        t("classifier.1.bias", &[16]),
+        t("classifier.6.weight", &[10, 16]),
+        t("classifier.6.bias", &[10]),
+    ];
+    let p = write_with_metadata(
+        &dir,
+        "alexnet.safetensors",
+        &alexnet,
+        &[("arch", "alexnet")],
+    );
+    let (e, s) = msg(model::load(&p, None));
+    assert!(
+        matches!(e, Error::UnknownArch(_))
+            && s.contains("metadata says `alexnet`")
+            && s.contains("only VGG and ResNet"),
+        "{s}"
+    );
     let p = write(&dir, "r18.safetensors", &dict());
     let (_, s) = msg(model::load(&p, Some("alexnet")));
     assert!(s.contains("alexnet") && s.contains("resnet50"), "{s}");

@@ -126,11 +126,17 @@ pub fn build(w: &Weights, items: &[Item], bn: bool, arch: String) -> Result<Grap
     // hidden Linear (4096 → 4096 in torchvision) is cut short, not another model: its last
     // layer would be taken for thousands of classes.
     if linears.first() != Some(&0) {
-        return Err(Error::MissingTensor {
-            path: w.path().to_path_buf(),
-            name: "classifier.0.weight".into(),
-            hint: " (a VGG needs its classifier)".into(),
-        });
+        // torchvision's AlexNet (a Dropout at classifier.0) and SqueezeNet (a conv at
+        // classifier.1) are named like a VGG: say what the file is, not what it lacks.
+        let said = (w.metadata().get("arch"))
+            .filter(|a| !a.starts_with("vgg"))
+            .map_or(String::new(), |a| format!(" (its metadata says `{a}`)"));
+        return Err(Error::UnknownArch(format!(
+            "{}: named like a torchvision VGG (features.N, classifier.N) but without a VGG's \
+             classifier.0 linear layer{said}: another network, such as AlexNet or SqueezeNet; \
+             only VGG and ResNet are supported",
+            w.path().display()
+        )));
     }
     let last = *linears.last().expect("classifier.0 is there");
     let last_shape = w

@@ -586,9 +586,12 @@ fn explain_all<B: Backend>(
             ProgressStyle::with_template("{bar:40} {pos}/{len} images  {rate}  eta {eta}")
                 .expect("valid template")
                 // (indicatif's own {per_sec} prints four decimals.)
-                .with_key("rate", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                    let _ = write!(w, "{:.1} images/s", s.per_sec());
-                }),
+                .with_key(
+                    "rate",
+                    |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.1} images/s", s.per_sec());
+                    },
+                ),
         );
         b
     } else {
