@@ -52,7 +52,9 @@ pub fn collect(
                 errors.push((p.clone(), "the folder holds no image files".into()));
             }
             files.extend(found);
-        } else if p.exists() {
+        } else if p.exists() || p.symlink_metadata().is_ok() {
+            // (A link that leads nowhere or round in a loop is there: its decoding names
+            // which, as for one found in a folder.)
             files.push(p.clone());
         } else {
             errors.push((p.clone(), "no such file or folder".into()));
@@ -338,6 +340,24 @@ mod tests {
         );
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].0, data.join("missing.png"));
+        // Links given by name that lead nowhere or round a loop are inputs, whose decoding
+        // says which (not "no such file").
+        #[cfg(unix)]
+        {
+            let (gone, round) = (root.path().join("gone.png"), root.path().join("round.png"));
+            std::os::unix::fs::symlink("missing.png", &gone).unwrap();
+            std::os::unix::fs::symlink("round.png", &round).unwrap();
+            let (files, errors) = collect(&[gone.clone(), round.clone()], None);
+            assert!(errors.is_empty(), "{errors:?}");
+            assert_eq!(files, [gone.clone(), round.clone()]);
+            let why = |p: &Path| gradcam::image::load_rgb8(p).unwrap_err().to_string();
+            assert!(
+                why(&gone).contains("a symbolic link to missing.png"),
+                "{}",
+                why(&gone)
+            );
+            assert!(why(&round).contains("symbolic links"), "{}", why(&round));
+        }
         // The output folder inside the tree is not walked.
         let sub_out = data.join("sub");
         let (files, _) = collect(
