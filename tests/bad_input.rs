@@ -553,6 +553,25 @@ fn unknown_architectures() {
     let p = write(&dir, "r18.safetensors", &dict());
     let (_, s) = msg(model::load(&p, Some("alexnet")));
     assert!(s.contains("alexnet") && s.contains("resnet50"), "{s}");
+    // torchvision's wide and ResNeXt names are forced only onto files of their widths and
+    // groups (layer1.0.conv2 against the stem), and are not made up as random weights.
+    let r50 = synth::state_dict("resnet50", 16, 10, 3).unwrap();
+    let p50 = write(&dir, "r50.safetensors", &r50);
+    assert_eq!(
+        model::load(&p50, Some("resnet50")).unwrap().arch,
+        "resnet50"
+    );
+    for arch in ["wide_resnet50_2", "resnext50_32x4d"] {
+        let (e, s) = msg(model::load(&p50, Some(arch)));
+        assert!(
+            matches!(e, Error::UnknownArch(_))
+                && s.contains("layer1.0.conv2")
+                && s.contains("[4, 4, 3, 3]"),
+            "{s}"
+        );
+        let (_, s) = msg(synth::state_dict(arch, 16, 10, 3));
+        assert!(s.contains("export_torchvision.py"), "{s}");
+    }
     // Forcing the wrong depth reports the first tensor that is not there.
     let (e, s) = msg(model::load(&p, Some("resnet34")));
     assert!(

@@ -33,8 +33,29 @@ pub const ARCHS: &[&str] = &[
     "resnet152",
 ];
 
+/// torchvision's wide and grouped (ResNeXt) bottleneck ResNets, which `--arch` also accepts:
+/// (name, depth, groups, channels per group of layer1's 3×3 conv at a stem of 64). Detection
+/// reads them as the ResNet of their depth (widths and groups come from the file's shapes);
+/// forcing one checks those shapes.
+pub const RESNET_VARIANTS: &[(&str, usize, usize, usize)] = &[
+    ("wide_resnet50_2", 50, 1, 128),
+    ("wide_resnet101_2", 101, 1, 128),
+    ("resnext50_32x4d", 50, 32, 4),
+    ("resnext101_32x8d", 101, 32, 8),
+    ("resnext101_64x4d", 101, 64, 4),
+];
+
+/// Every name `--arch` accepts, for messages.
+fn arch_names() -> String {
+    (ARCHS.iter().copied())
+        .chain(RESNET_VARIANTS.iter().map(|v| v.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Loads a model, detecting its architecture from tensor names and shapes unless `arch`
-/// forces one of [`ARCHS`] (then the standard layout of that architecture is read).
+/// forces one of [`ARCHS`] or [`RESNET_VARIANTS`] (then the standard layout of that
+/// architecture is read).
 pub fn load(path: impl AsRef<Path>, arch: Option<&str>) -> Result<Graph> {
     let w = Weights::open(path)?;
     build(&w, arch)
@@ -142,7 +163,14 @@ pub enum Standard {
 
 /// Parses one of [`ARCHS`].
 pub fn standard(arch: &str) -> Result<Standard> {
-    let unknown = || Error::UnknownArch(format!("`{arch}` is not one of {}", ARCHS.join(", ")));
+    let unknown = || Error::UnknownArch(format!("`{arch}` is not one of {}", arch_names()));
+    if RESNET_VARIANTS.iter().any(|v| v.0 == arch) {
+        return Err(Error::UnknownArch(format!(
+            "`{arch}`: layouts are made up (random weights) only for {}; export the model with \
+             tools/export_torchvision.py",
+            ARCHS.join(", ")
+        )));
+    }
     if let Some(rest) = arch.strip_prefix("vgg") {
         let (depth, bn) = rest
             .strip_suffix("_bn")
@@ -166,7 +194,11 @@ pub fn standard(arch: &str) -> Result<Standard> {
 }
 
 fn build_forced(w: &Weights, arch: &str) -> Result<Graph> {
-    let std = standard(arch)?;
+    let variant = RESNET_VARIANTS.iter().find(|v| v.0 == arch);
+    let std = match variant {
+        Some(&(_, depth, ..)) => standard(&format!("resnet{depth}"))?,
+        None => standard(arch)?,
+    };
     // The block or BatchNorm kind the file has and `arch` has not would fail later on a
     // tensor or a width, without saying why.
     let file_kind = match &std {
@@ -194,10 +226,36 @@ fn build_forced(w: &Weights, arch: &str) -> Result<Graph> {
             w.path().display()
         )));
     }
+    if let Some(&(_, _, groups, per_group)) = variant {
+        check_resnet_width(w, arch, groups, per_group)?;
+    }
     match std {
         Standard::Vgg { items, bn } => vgg::build(w, &items, bn, arch.to_string()),
         Standard::ResNet(spec) => resnet::build(w, &spec, arch.to_string()),
     }
+}
+
+/// `--arch` a wide ResNet or a ResNeXt: layer1's 3×3 conv must have its groups and, against
+/// the stem's width (64 in torchvision; fewer in a narrowed file), its channels per group.
+fn check_resnet_width(w: &Weights, arch: &str, groups: usize, per_group: usize) -> Result<()> {
+    let conv2 = w.shape_of("layer1.0.conv2.weight").unwrap_or(&[]).to_vec();
+    let stem = w.shape_of("conv1.weight").and_then(|s| s.first().copied());
+    let fits = match (&conv2[..], stem) {
+        ([k, cg, ..], Some(stem)) if *cg > 0 && stem > 0 => {
+            k / cg == groups && k * 64 == groups * per_group * stem
+        }
+        _ => false,
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(Error::UnknownArch(format!(
+        "{}: --arch {arch} does not fit the file: {arch}'s layer1.0.conv2 has {groups} group(s) \
+         of {per_group} channels (at a stem of 64), the file's weight is {conv2:?} with a stem of \
+         {} (or leave --arch out to detect it)",
+        w.path().display(),
+        stem.map_or("?".to_string(), |s| s.to_string())
+    )))
 }
 
 fn build_detected(w: &Weights) -> Result<Graph> {
@@ -231,7 +289,7 @@ fn build_detected(w: &Weights) -> Result<Graph> {
              (conv1, layer1..4, fc); its tensors include {}; use --arch to force one of {}",
             w.path().display(),
             some.join(", "),
-            ARCHS.join(", ")
+            arch_names()
         )))
     }
 }
