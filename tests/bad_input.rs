@@ -554,7 +554,8 @@ fn unknown_architectures() {
     let (_, s) = msg(model::load(&p, Some("alexnet")));
     assert!(s.contains("alexnet") && s.contains("resnet50"), "{s}");
     // torchvision's wide and ResNeXt names are forced only onto files of their widths and
-    // groups (layer1.0.conv2 against the stem), and are not made up as random weights.
+    // groups (layer1.0.conv2 against the stem); a narrowing that leaves a ResNeXt's groups
+    // without whole channels is refused when random weights are made.
     let r50 = synth::state_dict("resnet50", 16, 10, 3).unwrap();
     let p50 = write(&dir, "r50.safetensors", &r50);
     assert_eq!(
@@ -569,9 +570,12 @@ fn unknown_architectures() {
                 && s.contains("[4, 4, 3, 3]"),
             "{s}"
         );
-        let (_, s) = msg(synth::state_dict(arch, 16, 10, 3));
-        assert!(s.contains("export_torchvision.py"), "{s}");
     }
+    let (_, s) = msg(synth::state_dict("resnext50_32x4d", 16, 10, 3));
+    assert!(
+        s.contains("--width-div 16") && s.contains("8 channels") && s.contains("32 groups"),
+        "{s}"
+    );
     // Forcing the wrong depth reports the first tensor that is not there.
     let (e, s) = msg(model::load(&p, Some("resnet34")));
     assert!(

@@ -88,6 +88,57 @@ fn every_architecture_is_detected_with_torchvision_names_and_shapes() {
     }
 }
 
+/// torchvision's wide and ResNeXt ResNets, made narrowed (as far as their groups allow), are
+/// detected by name with the grouped 3×3 convs torchvision gives them, load under their own
+/// `--arch` and are refused under another's.
+#[test]
+fn wide_and_grouped_resnets_are_detected_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // (arch, width divisor, layer1.0.conv2's weight shape, layer4's channels)
+    let expect: &[(&str, usize, [usize; 4], usize)] = &[
+        // torch: wide_resnet50_2().layer1[0].conv2.weight.shape == (128, 128, 3, 3)
+        ("wide_resnet50_2", 16, [8, 8, 3, 3], 128),
+        ("wide_resnet101_2", 16, [8, 8, 3, 3], 128),
+        // torch: resnext50_32x4d().layer1[0].conv2.weight.shape == (128, 4, 3, 3)
+        ("resnext50_32x4d", 4, [32, 1, 3, 3], 512),
+        // torch: resnext101_32x8d().layer1[0].conv2.weight.shape == (256, 8, 3, 3)
+        ("resnext101_32x8d", 8, [32, 1, 3, 3], 256),
+        // torch: resnext101_64x4d().layer1[0].conv2.weight.shape == (256, 4, 3, 3)
+        ("resnext101_64x4d", 4, [64, 1, 3, 3], 512),
+    ];
+    assert_eq!(expect.len(), model::RESNET_VARIANTS.len());
+    for &(arch, div, conv2, c4) in expect {
+        let path = write_synth(&dir, arch, div, Dtype::F16);
+        let w = Weights::open(&path).unwrap();
+        assert_eq!(
+            w.shape_of("layer1.0.conv2.weight").unwrap(),
+            conv2,
+            "{arch}"
+        );
+        let g = model::load(&path, None).unwrap();
+        assert_eq!(g.arch, arch, "detected architecture");
+        let shapes = g.shapes(&[1, 3, 224, 224]).unwrap();
+        assert_eq!(
+            shapes[g.layer("layer4").unwrap().node],
+            [1, c4, 7, 7],
+            "{arch}"
+        );
+        assert_eq!(model::load(&path, Some(arch)).unwrap().arch, arch);
+        let other = match arch.starts_with("wide") {
+            true => "resnext50_32x4d",
+            false => "wide_resnet50_2",
+        };
+        let Err(err) = model::load(&path, Some(other)) else {
+            panic!("{arch} loaded as {other}");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains(&format!("--arch {other} does not fit")),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn vgg16_pool5_and_relu5_3_have_the_papers_shapes() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,10 +158,13 @@ fn fast_backend_matches_reference_end_to_end() {
     for (arch, layer) in [
         ("resnet18", "layer4"),
         ("resnet50", "layer3"),
+        ("resnext50_32x4d", "layer4"),
         ("vgg11_bn", "features.27"),
         ("vgg11", "features.20"),
     ] {
-        let path = write_synth(&dir, arch, 16, Dtype::F32);
+        // A ResNeXt narrowed by 16 has fewer channels than groups.
+        let div = if arch.starts_with("resnext") { 4 } else { 16 };
+        let path = write_synth(&dir, arch, div, Dtype::F32);
         let x = rng.tensor(&[2, 3, 48, 40], -2.0, 2.0);
         let run = |be: CpuBackend| {
             let net = Network::new(model::load(&path, None).unwrap(), be).unwrap();

@@ -34,9 +34,9 @@ pub const ARCHS: &[&str] = &[
 ];
 
 /// torchvision's wide and grouped (ResNeXt) bottleneck ResNets, which `--arch` also accepts:
-/// (name, depth, groups, channels per group of layer1's 3×3 conv at a stem of 64). Detection
-/// reads them as the ResNet of their depth (widths and groups come from the file's shapes);
-/// forcing one checks those shapes.
+/// (name, depth, groups, channels per group of layer1's 3×3 conv at a stem of 64), as
+/// torchvision's `groups` and `width_per_group`. Detection names a file by them; forcing one
+/// checks the file's shapes.
 pub const RESNET_VARIANTS: &[(&str, usize, usize, usize)] = &[
     ("wide_resnet50_2", 50, 1, 128),
     ("wide_resnet101_2", 101, 1, 128),
@@ -154,22 +154,18 @@ pub fn build(w: &Weights, arch: Option<&str>) -> Result<Graph> {
     Ok(g)
 }
 
-/// A standard torchvision layout named by one of [`ARCHS`].
+/// A standard torchvision layout named by one of [`ARCHS`] or [`RESNET_VARIANTS`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Standard {
     Vgg { items: Vec<vgg::Item>, bn: bool },
     ResNet(resnet::Spec),
 }
 
-/// Parses one of [`ARCHS`].
+/// Parses one of [`ARCHS`] or [`RESNET_VARIANTS`].
 pub fn standard(arch: &str) -> Result<Standard> {
     let unknown = || Error::UnknownArch(format!("`{arch}` is not one of {}", arch_names()));
-    if RESNET_VARIANTS.iter().any(|v| v.0 == arch) {
-        return Err(Error::UnknownArch(format!(
-            "`{arch}`: layouts are made up (random weights) only for {}; export the model with \
-             tools/export_torchvision.py",
-            ARCHS.join(", ")
-        )));
+    if let Some(spec) = resnet::Spec::variant(arch) {
+        return Ok(Standard::ResNet(spec));
     }
     if let Some(rest) = arch.strip_prefix("vgg") {
         let (depth, bn) = rest
@@ -194,11 +190,7 @@ pub fn standard(arch: &str) -> Result<Standard> {
 }
 
 fn build_forced(w: &Weights, arch: &str) -> Result<Graph> {
-    let variant = RESNET_VARIANTS.iter().find(|v| v.0 == arch);
-    let std = match variant {
-        Some(&(_, depth, ..)) => standard(&format!("resnet{depth}"))?,
-        None => standard(arch)?,
-    };
+    let std = standard(arch)?;
     // The block or BatchNorm kind the file has and `arch` has not would fail later on a
     // tensor or a width, without saying why.
     let file_kind = match &std {
@@ -226,8 +218,8 @@ fn build_forced(w: &Weights, arch: &str) -> Result<Graph> {
             w.path().display()
         )));
     }
-    if let Some(&(_, _, groups, per_group)) = variant {
-        check_resnet_width(w, arch, groups, per_group)?;
+    if let Standard::ResNet(spec) = &std {
+        check_resnet_width(w, arch, spec)?;
     }
     match std {
         Standard::Vgg { items, bn } => vgg::build(w, &items, bn, arch.to_string()),
@@ -237,18 +229,17 @@ fn build_forced(w: &Weights, arch: &str) -> Result<Graph> {
 
 /// `--arch` a wide ResNet or a ResNeXt: layer1's 3×3 conv must have its groups and, against
 /// the stem's width (64 in torchvision; fewer in a narrowed file), its channels per group.
-fn check_resnet_width(w: &Weights, arch: &str, groups: usize, per_group: usize) -> Result<()> {
-    let conv2 = w.shape_of("layer1.0.conv2.weight").unwrap_or(&[]).to_vec();
-    let stem = w.shape_of("conv1.weight").and_then(|s| s.first().copied());
-    let fits = match (&conv2[..], stem) {
-        ([k, cg, ..], Some(stem)) if *cg > 0 && stem > 0 => {
-            k / cg == groups && k * 64 == groups * per_group * stem
-        }
-        _ => false,
+/// torchvision's plain names are not checked: their widths are read from the file as they are
+/// (a pruned ResNet-50 runs as `resnet50`).
+fn check_resnet_width(w: &Weights, arch: &str, spec: &resnet::Spec) -> Result<()> {
+    let Some((groups, per_group)) = spec.width.filter(|&g| g != (1, 64)) else {
+        return Ok(());
     };
-    if fits {
+    if resnet::width(w) == spec.width {
         return Ok(());
     }
+    let conv2 = w.shape_of("layer1.0.conv2.weight").unwrap_or(&[]).to_vec();
+    let stem = w.shape_of("conv1.weight").and_then(|s| s.first().copied());
     Err(Error::UnknownArch(format!(
         "{}: --arch {arch} does not fit the file: {arch}'s layer1.0.conv2 has {groups} group(s) \
          of {per_group} channels (at a stem of 64), the file's weight is {conv2:?} with a stem of \

@@ -11,7 +11,15 @@ use crate::{Error, Result};
 pub struct Spec {
     pub bottleneck: bool,
     pub blocks: [usize; 4],
+    /// A bottleneck's 3×3 conv as torchvision's `groups` and `width_per_group` give it:
+    /// (groups, channels per group at a stem of 64). (1, 64) for a ResNet, (1, 128) for a wide
+    /// one, (32, 4) for ResNeXt-50 32x4d; basic blocks are always (1, 64). None when a file's
+    /// layer1 is no whole number of channels per group at that scale (a pruned file).
+    pub width: Option<(usize, usize)>,
 }
+
+/// The ResNet depths torchvision builds.
+const DEPTHS: [usize; 5] = [18, 34, 50, 101, 152];
 
 impl Spec {
     pub fn standard(depth: usize) -> Option<Spec> {
@@ -23,22 +31,81 @@ impl Spec {
             152 => (true, [3, 8, 36, 3]),
             _ => return None,
         };
-        Some(Spec { bottleneck, blocks })
+        Some(Spec {
+            bottleneck,
+            blocks,
+            width: Some((1, 64)),
+        })
     }
 
-    /// The torchvision name of this layout, when it is one.
+    /// One of torchvision's wide or ResNeXt layouts, by its name in [`super::RESNET_VARIANTS`].
+    pub fn variant(name: &str) -> Option<Spec> {
+        let &(_, depth, groups, per_group) = super::RESNET_VARIANTS.iter().find(|v| v.0 == name)?;
+        let spec = Spec::standard(depth)?;
+        Some(Spec {
+            width: Some((groups, per_group)),
+            ..spec
+        })
+    }
+
+    /// The torchvision name of this layout, when it is one; else the depth it has the blocks
+    /// of (or the blocks) and its groups × channels per group, as ResNeXt names give them.
     pub fn name(&self) -> String {
-        for d in [18, 34, 50, 101, 152] {
-            if Spec::standard(d).as_ref() == Some(self) {
-                return format!("resnet{d}");
-            }
-        }
-        let kind = if self.bottleneck {
-            "bottleneck"
-        } else {
-            "basic"
+        let blocks = |d: &usize| {
+            Spec::standard(*d)
+                .is_some_and(|s| (s.bottleneck, s.blocks) == (self.bottleneck, self.blocks))
         };
-        format!("resnet ({kind} blocks {:?})", self.blocks)
+        let Some(depth) = DEPTHS.iter().copied().find(blocks) else {
+            let kind = match self.bottleneck {
+                true => "bottleneck",
+                false => "basic",
+            };
+            return format!(
+                "resnet ({kind} blocks {:?}{})",
+                self.blocks,
+                self.width_text(", ")
+            );
+        };
+        if self.width == Some((1, 64)) {
+            return format!("resnet{depth}");
+        }
+        let variant = super::RESNET_VARIANTS
+            .iter()
+            .find(|v| v.1 == depth && self.width == Some((v.2, v.3)));
+        match variant {
+            Some(v) => v.0.to_string(),
+            None => format!("resnet{depth} ({})", self.width_text("")),
+        }
+    }
+
+    /// The width part of a name: "" for torchvision's ResNet width.
+    fn width_text(&self, sep: &str) -> String {
+        match self.width {
+            Some((1, 64)) => String::new(),
+            Some((g, d)) => format!("{sep}{g}x{d}d"),
+            None => format!("{sep}custom widths"),
+        }
+    }
+}
+
+/// The groups and channels per group (at a stem of 64) of the file's layer1.0.conv2, a
+/// bottleneck's 3×3 conv; see [`Spec::width`]. (1, 64) for basic blocks, and where the
+/// tensors are missing (the builder names them).
+pub fn width(w: &Weights) -> Option<(usize, usize)> {
+    if !w.contains("layer1.0.conv3.weight") {
+        return Some((1, 64));
+    }
+    let conv2 = w.shape_of("layer1.0.conv2.weight");
+    let stem = w.shape_of("conv1.weight").and_then(|s| s.first().copied());
+    match (conv2, stem) {
+        (Some(&[k, cg, ..]), Some(stem)) if cg > 0 && stem > 0 && k.is_multiple_of(cg) => {
+            let groups = k / cg;
+            (k * 64)
+                .is_multiple_of(groups * stem)
+                .then(|| (groups, k * 64 / (groups * stem)))
+        }
+        (None, _) | (_, None) => Some((1, 64)),
+        _ => None,
     }
 }
 
@@ -64,7 +131,11 @@ pub fn detect(w: &Weights) -> Result<Spec> {
             )));
         }
     }
-    Ok(Spec { bottleneck, blocks })
+    Ok(Spec {
+        bottleneck,
+        blocks,
+        width: width(w),
+    })
 }
 
 pub fn build(w: &Weights, spec: &Spec, arch: String) -> Result<Graph> {
@@ -149,4 +220,40 @@ pub fn build(w: &Weights, spec: &Spec, arch: String) -> Result<Graph> {
     x = b.flatten(x, (1, 1));
     b.linear(x, "fc")?;
     Ok(b.finish(arch, "layer4".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spec;
+
+    /// torchvision's names where the layout is one; else the depth whose blocks it has and
+    /// its groups × channels per group, as ResNeXt's names put them.
+    #[test]
+    fn names() {
+        let r50 = Spec::standard(50).unwrap();
+        assert_eq!(r50.name(), "resnet50");
+        let named = |width| {
+            Spec {
+                width,
+                ..r50.clone()
+            }
+            .name()
+        };
+        assert_eq!(named(Some((1, 128))), "wide_resnet50_2");
+        assert_eq!(named(Some((32, 4))), "resnext50_32x4d");
+        // ResNeXt-101's widths on ResNet-50's blocks: no torchvision model.
+        assert_eq!(named(Some((32, 8))), "resnet50 (32x8d)");
+        assert_eq!(named(None), "resnet50 (custom widths)");
+        let odd = Spec {
+            blocks: [1, 1, 1, 1],
+            width: Some((8, 16)),
+            ..r50
+        };
+        assert_eq!(odd.name(), "resnet (bottleneck blocks [1, 1, 1, 1], 8x16d)");
+        assert_eq!(
+            Spec::variant("resnext101_64x4d").unwrap().name(),
+            "resnext101_64x4d"
+        );
+        assert_eq!(Spec::standard(18).unwrap().name(), "resnet18");
+    }
 }

@@ -95,7 +95,8 @@ fn head_fits(classes: usize, features: usize) -> Result<()> {
     }
 }
 
-/// A state dict for `arch` (one of [`super::ARCHS`]) with every width divided by `div`.
+/// A state dict for `arch` (one of [`super::ARCHS`] or [`super::RESNET_VARIANTS`]) with every
+/// width divided by `div`.
 pub fn state_dict(
     arch: &str,
     div: usize,
@@ -140,17 +141,37 @@ pub fn state_dict(
             let stem = (64 / div).max(1);
             d.conv("conv1", stem, 3, 7, false);
             d.bn("bn1", stem);
+            // A wide or grouped bottleneck's 3×3 conv: torchvision's `width_per_group` ×
+            // `groups` / 64 times the plain width, kept relative to the (narrowed) stem so that
+            // detection reads the same groups and channels per group back.
+            let (groups, per_group) = spec.width.unwrap_or((1, 64));
+            let scale = per_group * groups / 64;
+            let grouped = (groups, per_group) != (1, 64);
+            if grouped
+                && !((stem * scale).is_multiple_of(groups)
+                    && (per_group * groups).is_multiple_of(64))
+            {
+                return Err(Error::Invalid(format!(
+                    "{arch} at --width-div {div}: layer1's 3x3 conv would have {} channels, not \
+                     a multiple of its {groups} groups; use a smaller --width-div",
+                    stem * scale
+                )));
+            }
             let mut cin = stem;
             for (l, &n) in spec.blocks.iter().enumerate() {
                 let planes = ((64 << l) / div).max(1);
+                let width = match grouped {
+                    true => (stem * scale) << l,
+                    false => planes,
+                };
                 for i in 0..n {
                     let p = format!("layer{}.{i}", l + 1);
                     if spec.bottleneck {
-                        d.conv(&format!("{p}.conv1"), planes, cin, 1, false);
-                        d.bn(&format!("{p}.bn1"), planes);
-                        d.conv(&format!("{p}.conv2"), planes, planes, 3, false);
-                        d.bn(&format!("{p}.bn2"), planes);
-                        d.conv(&format!("{p}.conv3"), planes * exp, planes, 1, false);
+                        d.conv(&format!("{p}.conv1"), width, cin, 1, false);
+                        d.bn(&format!("{p}.bn1"), width);
+                        d.conv(&format!("{p}.conv2"), width, width / groups, 3, false);
+                        d.bn(&format!("{p}.bn2"), width);
+                        d.conv(&format!("{p}.conv3"), planes * exp, width, 1, false);
                         d.bn(&format!("{p}.bn3"), planes * exp);
                     } else {
                         d.conv(&format!("{p}.conv1"), planes, cin, 3, false);

@@ -10,7 +10,8 @@ use safetensors::Dtype;
 
 #[derive(Args)]
 pub struct SynthArgs {
-    /// vgg11..vgg19[_bn], resnet18..resnet152
+    /// vgg11..vgg19[_bn], resnet18..resnet152, wide_resnet50_2/101_2, resnext50_32x4d,
+    /// resnext101_32x8d/64x4d
     #[arg(long)]
     arch: String,
     #[arg(long, short)]
