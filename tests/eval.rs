@@ -452,27 +452,41 @@ fn evaluate_image_scores_every_method_and_the_centre_baseline() {
         .to_string()
         .contains("out of range"));
     // A box that misses the image (97×75) is an error for that image; one that overhangs its
-    // border is clipped.
+    // border is clipped (and counted): scored as the box cut to the image would be.
     let (w, h) = (97.0, 75.0);
-    for (b, ok) in [
-        ([w, 0.0, w + 10.0, 10.0], false),
-        ([0.0, h + 1.0, 5.0, h + 9.0], false),
-        ([-9.0, -9.0, -1.0, 5.0], false),
-        ([w - 2.0, h - 2.0, w + 40.0, h + 40.0], true),
+    let with_box = |b: [f32; 4]| manifest::Entry {
+        boxes: vec![b],
+        ..entries[0].clone()
+    };
+    for b in [
+        [w, 0.0, w + 10.0, 10.0],
+        [0.0, h + 1.0, 5.0, h + 9.0],
+        [-9.0, -9.0, -1.0, 5.0],
     ] {
-        let e = manifest::Entry {
-            boxes: vec![b],
-            ..entries[0].clone()
-        };
-        let r = evaluate_image(&net, &e, &cfg);
-        assert_eq!(r.is_ok(), ok, "{b:?}");
-        if let Err(e) = r {
-            assert!(
-                e.to_string().contains("lies outside the 97×75 image"),
-                "{e}"
-            );
-        }
+        let e = evaluate_image(&net, &with_box(b), &no_road).unwrap_err();
+        assert!(
+            e.to_string().contains("lies outside the 97×75 image"),
+            "{b:?}: {e}"
+        );
     }
+    let over = evaluate_image(&net, &with_box([-3.0, 20.0, w + 40.0, h]), &no_road).unwrap();
+    let cut = evaluate_image(&net, &with_box([0.0, 20.0, w - 1.0, h - 1.0]), &no_road).unwrap();
+    assert_eq!((over.clipped_boxes, cut.clipped_boxes), (1, 0));
+    for (a, b) in over.scores.iter().zip(&cut.scores) {
+        assert_eq!(
+            (a.iou, a.mass_inside),
+            (b.iou, b.mass_inside),
+            "{}",
+            a.method
+        );
+        assert_eq!(a.pointing_hit, b.pointing_hit);
+    }
+    // The box cut to the image covers its lower 55 rows: a mass inside below 1 would mean
+    // the overhang was counted as object.
+    assert!(over
+        .scores
+        .iter()
+        .all(|s| s.iou > 0.0 && s.mass_inside <= 1.0));
 }
 
 /// A method that cannot explain an image (Ablation-CAM when the class score is exactly 0, as

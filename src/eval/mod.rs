@@ -18,7 +18,7 @@ use crate::{Error, Result, Tensor};
 pub use manifest::Entry;
 use metrics::{
     auc, centre_prior, coherency, complexity, iou, mass_inside, object_mask, pointing_hit,
-    spearman, threshold_box,
+    spearman, threshold_box, BoxPx,
 };
 
 #[derive(Clone, Debug)]
@@ -119,6 +119,13 @@ pub struct ImageReport {
     /// all the same; the aggregate counts each method's own images).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed_methods: Vec<MethodFailure>,
+    /// How many of the image's boxes reached past its border and were clipped to it.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub clipped_boxes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -172,7 +179,9 @@ pub fn evaluate_image<B: Backend>(
         });
     }
     // A box that misses the image entirely is a manifest error (wrong image, or the boxes of
-    // another size), not an object nowhere; one that overhangs the border is clipped.
+    // another size), not an object nowhere; one that overhangs the border (1-based
+    // coordinates, or an annotation dragged past the edge) is clipped to it for every score,
+    // as no map can point outside the image, and counted for the report.
     let (h, w) = (full.0 as f32, full.1 as f32);
     let off = |b: &[f32; 4]| {
         b.iter().any(|v| !v.is_finite())
@@ -189,8 +198,10 @@ pub fn evaluate_image<B: Backend>(
             full.0
         )));
     }
+    let boxes: Vec<BoxPx> = e.boxes.iter().map(|b| clip_box(b, full)).collect();
+    let clipped_boxes = boxes.iter().zip(&e.boxes).filter(|(a, b)| a != b).count();
     let mask = e.mask.as_ref().map(|m| load_mask(m, full)).transpose()?;
-    let object = object_mask(&e.boxes, mask.as_deref(), full)?;
+    let object = object_mask(&boxes, mask.as_deref(), full)?;
     let hw = cfg.size.for_image(&img);
     let x = preprocess(&[&img], hw);
     let layer = cfg
@@ -285,7 +296,7 @@ pub fn evaluate_image<B: Backend>(
     let mut scores = Vec::new();
     for ((name, at_full, at_input, coh), &pm) in maps.iter().zip(&p_masked) {
         let iou_best = threshold_box(at_full, full, cfg.loc_threshold)?.map_or(0.0, |b| {
-            e.boxes.iter().map(|g| iou(&b, g)).fold(0.0, f32::max)
+            boxes.iter().map(|g| iou(&b, g)).fold(0.0, f32::max)
         });
         let faithfulness = occlusion.as_ref().map(|(grid, cells)| {
             let pooled: Vec<f32> = cells
@@ -331,7 +342,19 @@ pub fn evaluate_image<B: Backend>(
         predicted,
         scores,
         failed_methods,
+        clipped_boxes,
     })
+}
+
+/// An inclusive pixel box cut to an h×w image: corners below 0 to 0, past the last pixel to it.
+fn clip_box(b: &BoxPx, (h, w): (usize, usize)) -> BoxPx {
+    let (w, h) = (w as f32, h as f32);
+    [
+        b[0].max(0.0),
+        b[1].max(0.0),
+        if b[2] >= w { w - 1.0 } else { b[2] },
+        if b[3] >= h { h - 1.0 } else { b[3] },
+    ]
 }
 
 /// Per-method means over the images that method explained, the methods in the order of the

@@ -192,6 +192,8 @@ fn eval_on<B: Backend>(
     // of the JSON knows which images its aggregate leaves out.
     let mut failed = Vec::new();
     let mut partial = 0;
+    // Boxes past the image's border, clipped to it: (boxes, images, the first image).
+    let mut clipped = (0, 0, None);
     for e in entries {
         match evaluate_image(net, e, &cfg) {
             Ok(r) => {
@@ -201,6 +203,13 @@ fn eval_on<B: Backend>(
                     let path = e.image.display();
                     bar.suspend(|| eprintln!("error: {path}: {}: {}", f.method, f.error));
                     partial += 1;
+                }
+                if r.clipped_boxes > 0 {
+                    clipped.0 += r.clipped_boxes;
+                    clipped.1 += 1;
+                    clipped
+                        .2
+                        .get_or_insert_with(|| e.image.display().to_string());
                 }
                 reports.push(r)
             }
@@ -217,6 +226,13 @@ fn eval_on<B: Backend>(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let (boxes, images, Some(first)) = &clipped {
+        eprintln!(
+            "note: {boxes} box(es) of {images} image(s) reach past the image's border and were \
+             clipped to it (the first in {first}; boxes are inclusive 0-based pixels, the last \
+             column is the width - 1)"
+        );
+    }
     let agg = aggregate(&reports);
     print!("{}", table(&agg));
     if let Some(out) = &a.out {
