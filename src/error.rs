@@ -7,7 +7,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// The reason is part of the message and not also the error's `source()`, so a printer
     /// of error chains (anyhow's `{:#}`) does not print it twice.
-    #[error("{path}: {error}")]
+    #[error("{path}: {}", io_words(error))]
     Io {
         path: PathBuf,
         error: std::io::Error,
@@ -69,6 +69,25 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The common I/O failures in plain words (as the CLI's own input checks put them); the rest
+/// as the OS words them, without its error number.
+fn io_words(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => "no such file or folder".into(),
+        K::PermissionDenied => "permission denied".into(),
+        K::IsADirectory => "a folder, not a file".into(),
+        K::NotADirectory => "a part of the path is a file, not a folder".into(),
+        _ => {
+            let s = e.to_string();
+            match s.rfind(" (os error ") {
+                Some(i) if s.ends_with(')') => s[..i].to_string(),
+                _ => s,
+            }
+        }
+    }
+}
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {

@@ -318,7 +318,7 @@ fn manifests_parse_and_bad_rows_name_their_line() {
         .unwrap_err()
         .to_string();
     assert!(
-        msg.contains("none.csv") && msg.matches("No such file").count() == 1,
+        msg.contains("none.csv") && msg.matches("no such file").count() == 1,
         "{msg}"
     );
 }

@@ -489,7 +489,7 @@ fn fatal_errors_exit_2_with_a_clear_message() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("/no/such/manifest.csv") && err.matches("No such file").count() == 1,
+        err.contains("/no/such/manifest.csv") && err.matches("no such file").count() == 1,
         "{err}"
     );
     let o = gradcam(&["explain", a, "-m", &model(), "--size", "huge"]);
