@@ -237,11 +237,13 @@ fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
             _ if !scans.ended => return Err(TRUNCATED_JPEG.into()),
             // What libjpeg refuses (12-bit, lossless, a header it finds damaged) the `image`
             // crate may still read; when it cannot either, libjpeg's message says more.
-            Some(Err(JpegError::Libjpeg(e))) => return decode_jpeg_by_image(bytes).map_err(|_| e),
+            Some(Err(JpegError::Libjpeg(e))) => {
+                return decode_jpeg_by_image(bytes, buffered).map_err(|_| e)
+            }
             None => {}
         }
     }
-    decode_jpeg_by_image(bytes)
+    decode_jpeg_by_image(bytes, buffered)
 }
 
 /// Whether JPEGs go through `decode_jpeg_libjpeg`: yes unless `GRADCAM_JPEG_DECODER=image`
@@ -290,25 +292,8 @@ fn decode_jpeg_libjpeg(
         if w == 0 || h == 0 || (w as u64 * h as u64 * 3) > max {
             return None;
         }
-        // Its working memory: the pixels (CMYK's four bytes before the three of RGB) and, for
-        // a progressive or multi-scan file, every block's coefficients (2 bytes a sample)
-        // held until the last scan: at most twice the pixels' allowance.
-        let pixels = w as u64 * h as u64 * if cmyk { 7 } else { 3 };
-        let coefficients: u64 = match buffered {
-            true => (d.components().iter())
-                .map(|c| c.width_in_blocks as u64 * c.height_in_blocks as u64 * 128)
-                .sum(),
-            false => 0,
-        };
-        if pixels + coefficients > max.saturating_mul(2) {
-            return Some(Err(JpegError::TooLarge(format!(
-                "decoding this {w}×{h} JPEG would take {} MiB ({} of them its progressive \
-                 scans' coefficients), more than the {} MiB allowed for one JPEG's decoding \
-                 (a decompression bomb, or a picture far larger than a model needs)",
-                (pixels + coefficients) >> 20,
-                coefficients >> 20,
-                max.saturating_mul(2) >> 20
-            ))));
+        if let Err(e) = jpeg_memory(&d, cmyk, buffered) {
+            return Some(Err(JpegError::TooLarge(e)));
         }
         let orientation = jpeg_orientation(bytes);
         Some(
@@ -350,6 +335,57 @@ fn decode_jpeg_libjpeg(
     let mut img = image::DynamicImage::ImageRgb8(img);
     img.apply_orientation(orientation);
     Some(Ok(img.into_rgb8()))
+}
+
+/// Refuses a JPEG whose decoding would take more than twice the pixels' allowance: the
+/// pixels (CMYK's four bytes before the three of RGB) and, for a progressive or multi-scan
+/// file (`buffered`), every block's coefficients (2 bytes a sample), which a decoder holds
+/// until the last scan (libjpeg and the `image` crate's alike). A small file can declare a
+/// frame whose coefficients alone take gigabytes.
+fn jpeg_memory<R>(
+    d: &mozjpeg::Decompress<R>,
+    cmyk: bool,
+    buffered: bool,
+) -> std::result::Result<(), String> {
+    let max = image::Limits::default().max_alloc.unwrap_or(u64::MAX);
+    let (w, h) = (d.width(), d.height());
+    let pixels = w as u64 * h as u64 * if cmyk { 7 } else { 3 };
+    let coefficients: u64 = match buffered {
+        true => (d.components().iter())
+            .map(|c| c.width_in_blocks as u64 * c.height_in_blocks as u64 * 128)
+            .sum(),
+        false => 0,
+    };
+    if pixels + coefficients <= max.saturating_mul(2) {
+        return Ok(());
+    }
+    Err(format!(
+        "decoding this {w}×{h} JPEG would take {} MiB ({} of them its progressive scans' \
+         coefficients), more than the {} MiB allowed for one JPEG's decoding (a decompression \
+         bomb, or a picture far larger than a model needs)",
+        (pixels + coefficients) >> 20,
+        coefficients >> 20,
+        max.saturating_mul(2) >> 20
+    ))
+}
+
+/// [`jpeg_memory`] of a progressive or multi-scan JPEG for the `image` crate's decoder (whose
+/// own limit counts only the pixels), from libjpeg's reading of the header; Ok where libjpeg
+/// cannot read it (the decoder then says what is wrong).
+fn jpeg_memory_by_header(bytes: &[u8], buffered: bool) -> std::result::Result<(), String> {
+    if !buffered {
+        return Ok(());
+    }
+    let run = std::panic::catch_unwind(|| {
+        let builder = mozjpeg::Decompress::builder().with_err(jpeg_warnings::error_mgr());
+        let d = builder.from_mem(bytes).ok()?;
+        use mozjpeg::ColorSpace as Cs;
+        let cmyk = matches!(d.color_space(), Cs::JCS_CMYK | Cs::JCS_YCCK);
+        Some(jpeg_memory(&d, cmyk, buffered))
+    });
+    // (Warnings about the header are not about lost pixels: dropped.)
+    jpeg_warnings::take_lost();
+    run.ok().flatten().unwrap_or(Ok(()))
 }
 
 /// Why [`decode_jpeg_libjpeg`] gave no image.
@@ -429,7 +465,25 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
             if by_tiff.is_none() && rewind(&mut source) {
                 by_tiff = tiff_kinds::palette_tiff(&mut source);
             }
-            by_tiff.unwrap_or_else(|| Err(why(e)))
+            if by_tiff.is_none() && rewind(&mut source) {
+                by_tiff = tiff_kinds::gray_float_tiff(&mut source);
+            }
+            // The `image` crate's message names a colour type `Unknown(32)`: say what the
+            // samples are.
+            let kind = match by_tiff.is_none() && rewind(&mut source) {
+                true => tiff_kinds::sample_kind(&mut source),
+                false => None,
+            };
+            by_tiff.unwrap_or_else(|| {
+                Err(match kind {
+                    Some(k) => format!(
+                        "{k}, which this build does not read (it reads 1-, 8- and 16-bit \
+                         unsigned samples, and on a 0..1 scale 32-bit floating-point RGB(A) \
+                         and 32- or 64-bit floating-point gray); convert it to an 8- or 16-bit RGB or grayscale PNG, TIFF or JPEG"
+                    ),
+                    None => why(e),
+                })
+            })
         }
         Err(e) => Err(why(e)),
     }
@@ -453,7 +507,8 @@ fn decode_by_image<R: std::io::BufRead + std::io::Seek>(
 
 /// A JPEG by the `image` crate's decoder, turned by its first Exif segment's orientation as
 /// the libjpeg path and cv2 do (the decoder itself takes the last).
-fn decode_jpeg_by_image(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+fn decode_jpeg_by_image(bytes: &[u8], buffered: bool) -> std::result::Result<RgbImage, String> {
+    jpeg_memory_by_header(bytes, buffered)?;
     let decoder =
         image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(bytes)).map_err(why)?;
     let orientation = jpeg_orientation(bytes);
@@ -491,6 +546,12 @@ fn decode_with(
     limits.reserve(decoder.total_bytes()).map_err(why)?;
     decoder.set_limits(limits).map_err(why)?;
     let img = image::DynamicImage::from_decoder(decoder).map_err(why)?;
+    let tiff = format == image::ImageFormat::Tiff;
+    match &img {
+        image::DynamicImage::ImageRgb32F(b) => float_samples(b.iter().map(|&v| v as f64), tiff)?,
+        image::DynamicImage::ImageRgba32F(b) => float_samples(b.iter().map(|&v| v as f64), tiff)?,
+        _ => {}
+    }
     // Photographs from cameras and phones are often stored sideways with an EXIF tag saying
     // how to turn them; viewers, and `cv2.imread` in pytorch-grad-cam's examples, turn them
     // upright, so the model sees the picture the user sees. (Turned once in 8-bit RGB, the
@@ -507,6 +568,36 @@ fn decode_with(
         return Err("the image is empty (0 pixels)".into());
     }
     Ok(img)
+}
+
+/// Floating-point samples are read as 0 black and 1 white, clamped: refused where any is NaN
+/// or infinite (which would come out white, or black, without a word), and in a TIFF (`scaled`)
+/// where they plainly are not on that scale (a maximum past 2: 0..255 or raw sensor values,
+/// which would come out white). A high dynamic range format (HDR, OpenEXR) goes past 1 by
+/// design: its highlights clip.
+fn float_samples(v: impl Iterator<Item = f64>, scaled: bool) -> std::result::Result<(), String> {
+    let (mut n, mut bad, mut lo, mut hi) = (0usize, 0usize, f64::INFINITY, f64::NEG_INFINITY);
+    for x in v {
+        n += 1;
+        match x.is_finite() {
+            true => (lo, hi) = (lo.min(x), hi.max(x)),
+            false => bad += 1,
+        }
+    }
+    if bad > 0 {
+        return Err(format!(
+            "{bad} of its {n} floating-point samples are NaN or infinite (a damaged image, or \
+             data that is not a picture)"
+        ));
+    }
+    if scaled && hi > 2.0 {
+        return Err(format!(
+            "floating-point samples from {lo:.3} to {hi:.3}: float images are read as 0 = black and \
+             1 = white, so this one would come out clipped to white; scale it to 0..1 or \
+             convert it to an 8- or 16-bit image"
+        ));
+    }
+    Ok(())
 }
 
 /// A 16-bit image in 8 bits where `cv2.imread` keeps each sample's high byte, v >> 8, rather
@@ -959,8 +1050,11 @@ mod tests {
         let mut bad = jpeg.clone();
         bad[dht + 5..dht + 21].fill(0xff);
         let err = decode_rgb8(&bad).unwrap_err();
+        // (The `image` crate's decoder, under GRADCAM_JPEG_DECODER=image, words it its way.)
         assert!(
-            err.starts_with("damaged or unsupported JPEG (libjpeg: ") && err.contains("Huffman"),
+            !jpeg_by_libjpeg()
+                || err.starts_with("damaged or unsupported JPEG (libjpeg: ")
+                    && err.contains("Huffman"),
             "{err}"
         );
         // A flipped byte in the scan's data: the Huffman codes after it are out of step and
@@ -1001,7 +1095,8 @@ mod tests {
     }
 
     /// A progressive JPEG whose pixels fit the limit but whose coefficients, held until the
-    /// last scan, take it past twice that is refused before libjpeg allocates them.
+    /// last scan, take it past twice that is refused before either decoder allocates them
+    /// (the `image` crate's, under GRADCAM_JPEG_DECODER=image, took minutes and gigabytes).
     #[test]
     fn progressive_jpegs_count_their_coefficients() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decode");
@@ -1089,6 +1184,71 @@ mod tests {
         rgb2[photometric + 8] = 2;
         let err = decode_rgb8(&rgb2).unwrap_err();
         assert!(err.contains("convert it"), "{err}");
+    }
+
+    /// Floating-point TIFFs: gray ones (32- and 64-bit, which the `image` crate refuses)
+    /// read as the `image` crate reads a float RGB one with that gray in each channel, which
+    /// is round(255 · clamp(v, 0, 1)) (written out here); NaN or infinite samples, and samples
+    /// on another scale than 0..1, refused naming them; other sample kinds refused naming
+    /// theirs.
+    #[test]
+    fn float_tiffs_decode_or_say_why_not() {
+        use tiff::encoder::{colortype, TiffEncoder};
+        fn tiff<C: colortype::ColorType>(w: u32, h: u32, data: &[C::Inner]) -> Vec<u8>
+        where
+            [C::Inner]: tiff::encoder::TiffValue,
+        {
+            let mut out = std::io::Cursor::new(Vec::new());
+            let mut enc = TiffEncoder::new(&mut out).unwrap();
+            enc.write_image::<C>(w, h, data).unwrap();
+            out.into_inner()
+        }
+        let (w, h) = (7, 5);
+        let gray: Vec<f32> = (0..w * h).map(|i| (i as f32 * 0.037) - 0.1).collect();
+        let rgb: Vec<f32> = gray.iter().flat_map(|&g| [g; 3]).collect();
+        let want: Vec<u8> = gray
+            .iter()
+            .flat_map(|&g| [(g.clamp(0.0, 1.0) * 255.0).round() as u8; 3])
+            .collect();
+        let by_image = decode_rgb8(&tiff::<colortype::RGB32Float>(w, h, &rgb)).unwrap();
+        assert_eq!(by_image.as_raw(), &want);
+        let g32 = decode_rgb8(&tiff::<colortype::Gray32Float>(w, h, &gray)).unwrap();
+        assert_eq!(g32, by_image);
+        let g64: Vec<f64> = gray.iter().map(|&g| g as f64).collect();
+        let g64 = decode_rgb8(&tiff::<colortype::Gray64Float>(w, h, &g64)).unwrap();
+        assert_eq!(g64, by_image);
+        // Not finite, gray or RGB: refused, counting the samples.
+        let mut nan = gray.clone();
+        (nan[3], nan[9]) = (f32::NAN, f32::INFINITY);
+        let err = decode_rgb8(&tiff::<colortype::Gray32Float>(w, h, &nan)).unwrap_err();
+        assert!(
+            err.contains("2 of its 35 floating-point samples are NaN"),
+            "{err}"
+        );
+        let nan3: Vec<f32> = nan.iter().flat_map(|&g| [g; 3]).collect();
+        let err = decode_rgb8(&tiff::<colortype::RGB32Float>(w, h, &nan3)).unwrap_err();
+        assert!(err.contains("6 of its 105 floating-point"), "{err}");
+        // On a 0..255 scale: refused, naming the range.
+        let wide: Vec<f32> = gray.iter().map(|&g| g * 255.0).collect();
+        let err = decode_rgb8(&tiff::<colortype::Gray32Float>(w, h, &wide)).unwrap_err();
+        assert!(err.contains("to 295.2") && err.contains("0..1"), "{err}");
+        let wide3: Vec<f32> = wide.iter().flat_map(|&g| [g; 3]).collect();
+        let err = decode_rgb8(&tiff::<colortype::RGB32Float>(w, h, &wide3)).unwrap_err();
+        assert!(err.contains("clipped to white"), "{err}");
+        // Sample kinds read by neither decoder.
+        let i16s: Vec<i16> = (0..w as i16 * h as i16).collect();
+        let err = decode_rgb8(&tiff::<colortype::GrayI16>(w, h, &i16s)).unwrap_err();
+        assert!(
+            err.contains("16-bit signed integer samples, 1 a pixel (gray)")
+                && err.contains("convert"),
+            "{err}"
+        );
+        let f64s: Vec<f64> = rgb.iter().map(|&v| v as f64).collect();
+        let err = decode_rgb8(&tiff::<colortype::RGB64Float>(w, h, &f64s)).unwrap_err();
+        assert!(
+            err.contains("64-bit floating-point samples, 3 a pixel (RGB)"),
+            "{err}"
+        );
     }
 
     /// A file with an image's signature and a huge body is not read whole: a PNG is decoded
@@ -1315,8 +1475,8 @@ mod tests {
         assert_eq!(decode_rgb8(&tag(&[xmp.clone(), app1(6)])).unwrap(), upright);
         // The `image` crate's decoder (GRADCAM_JPEG_DECODER=image, or where libjpeg fails)
         // is turned by the same segment (by itself it takes the last).
-        let stored_by_image = decode_jpeg_by_image(&plain).unwrap();
-        let by_image = |segments: &[Vec<u8>]| decode_jpeg_by_image(&tag(segments)).unwrap();
+        let stored_by_image = decode_jpeg_by_image(&plain, false).unwrap();
+        let by_image = |segments: &[Vec<u8>]| decode_jpeg_by_image(&tag(segments), false).unwrap();
         let turned = image::imageops::rotate90(&stored_by_image);
         assert_eq!(by_image(&[app1(6), app1(3)]), turned);
         assert_eq!(by_image(&[xmp, app1(6)]), turned);

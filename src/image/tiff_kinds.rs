@@ -38,22 +38,23 @@ fn samples<R: Read + Seek>(
     (w, h): (u32, u32),
     max_mib: usize,
 ) -> Option<std::result::Result<Vec<u8>, String>> {
-    let too_large = || {
-        format!(
-            "a {w}×{h} TIFF: decoding it would take more than the {max_mib} MiB allowed for one \
-             image (a decompression bomb, or a picture far larger than a model needs)"
-        )
-    };
     if (w as u64 * h as u64 * 3) >> 20 >= max_mib as u64 {
-        return Some(Err(too_large()));
+        return Some(Err(too_large((w, h), max_mib)));
     }
     match d.read_image() {
         Ok(DecodingResult::U8(v)) => Some(Ok(v)),
         Ok(DecodingResult::U16(v)) => Some(Ok(v.iter().map(|&g| (g >> 8) as u8).collect())),
         Ok(_) => None,
-        Err(tiff::TiffError::LimitsExceeded) => Some(Err(too_large())),
+        Err(tiff::TiffError::LimitsExceeded) => Some(Err(too_large((w, h), max_mib))),
         Err(e) => Some(Err(e.to_string())),
     }
+}
+
+fn too_large((w, h): (u32, u32), max_mib: usize) -> String {
+    format!(
+        "a {w}×{h} TIFF: decoding it would take more than the {max_mib} MiB allowed for one \
+         image (a decompression bomb, or a picture far larger than a model needs)"
+    )
 }
 
 /// `px` (w·h RGB triples) as an upright image.
@@ -125,6 +126,80 @@ pub(super) fn gray_alpha_tiff<R: Read + Seek>(source: R) -> Decoded {
     }
     let px = gray.iter().flat_map(|&g| [g; 3]).collect();
     Some(upright((w, h), px, turn))
+}
+
+/// A grayscale TIFF of 32- or 64-bit floating-point samples (black is zero), which neither
+/// the `image` crate nor cv2 reads: read as the `image` crate reads float RGB, 0 black and 1
+/// white, clamped ([`super::float_samples`] refuses what is not finite or not on that scale),
+/// the gray replicated, the orientation tag applied. None for other TIFFs.
+pub(super) fn gray_float_tiff<R: Read + Seek>(source: R) -> Decoded {
+    let (mut d, max_mib) = limited(source)?;
+    if !matches!(d.colortype().ok()?, tiff::ColorType::Gray(32 | 64))
+        || tag_u16(&mut d, Tag::SampleFormat) != Some(3)
+        || tag_u16(&mut d, Tag::PhotometricInterpretation) != Some(1)
+    {
+        return None;
+    }
+    let turn = orientation(&mut d);
+    let (w, h) = match d.dimensions() {
+        Ok(wh) => wh,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    if (w as u64 * h as u64 * 3) >> 20 >= max_mib as u64 {
+        return Some(Err(too_large((w, h), max_mib)));
+    }
+    let gray: Vec<f64> = match d.read_image() {
+        Ok(DecodingResult::F32(v)) => v.into_iter().map(f64::from).collect(),
+        Ok(DecodingResult::F64(v)) => v,
+        Ok(_) => return None,
+        Err(tiff::TiffError::LimitsExceeded) => return Some(Err(too_large((w, h), max_mib))),
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let pixels = w as usize * h as usize;
+    if w == 0 || h == 0 || gray.len() < pixels {
+        return Some(Err(format!("{w}×{h} gray float TIFF without its pixels")));
+    }
+    let gray = &gray[..pixels];
+    if let Err(e) = super::float_samples(gray.iter().copied(), true) {
+        return Some(Err(e));
+    }
+    // (The `image` crate's float → 8-bit rule: clamped to 0..1, times 255, rounded.)
+    let level = |g: f64| (g.clamp(0.0, 1.0) as f32 * 255.0).round() as u8;
+    let px = gray.iter().flat_map(|&g| [level(g); 3]).collect();
+    Some(upright((w, h), px, turn))
+}
+
+/// What a TIFF's samples are, for refusing a kind that nothing here reads: "a TIFF of 16-bit
+/// signed integer samples, 1 a pixel (gray)". None where its header cannot be read.
+pub(super) fn sample_kind<R: Read + Seek>(source: R) -> Option<String> {
+    let mut d = Decoder::new(source).ok()?;
+    let first = |d: &mut Decoder<R>, t: Tag| {
+        d.find_tag_unsigned_vec::<u16>(t)
+            .ok()
+            .flatten()
+            .and_then(|v| v.first().copied())
+    };
+    // (The TIFF defaults: 1 bit, unsigned integer, 1 sample a pixel.)
+    let bits = first(&mut d, Tag::BitsPerSample).unwrap_or(1);
+    let kind = match first(&mut d, Tag::SampleFormat).unwrap_or(1) {
+        1 => "unsigned integer",
+        2 => "signed integer",
+        3 => "floating-point",
+        _ => "untyped",
+    };
+    let n = tag_u16(&mut d, Tag::SamplesPerPixel).unwrap_or(1);
+    let space = match tag_u16(&mut d, Tag::PhotometricInterpretation) {
+        Some(0 | 1) => "gray".to_string(),
+        Some(2) => "RGB".into(),
+        Some(3) => "palette".into(),
+        Some(5) => "CMYK".into(),
+        Some(6) => "YCbCr".into(),
+        Some(p) => format!("colour space {p}"),
+        None => "no colour space given".into(),
+    };
+    Some(format!(
+        "a TIFF of {bits}-bit {kind} samples, {n} a pixel ({space})"
+    ))
 }
 
 /// A palette TIFF (PhotometricInterpretation 3: one 1-, 2-, 4- or 8-bit index a pixel into
