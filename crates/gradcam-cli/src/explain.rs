@@ -234,15 +234,37 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     let (files, failures) = inputs::collect(&a.inputs, Some((&a.out, &written)));
     if !listed {
         report_inputs(&files, &failures)?;
+        if a.inputs.len() > 1 {
+            note_repeats(&files);
+        }
     }
     let net = load_network(&a.model)?;
     with_network!(net, net => explain_all(a, &net, files, failures, written, started))
 }
 
-/// Reports the inputs that are no image files; fails when none is left.
 /// What the JSON reports as the layer of FullGrad, which has none.
 const FULL_GRAD_LAYERS: &str = "every layer with a bias (fullgrad)";
 
+/// A note where inputs overlap (a folder and a file or folder inside it, two names of one
+/// file): a file is explained each time it is given, under a stem of its own, and has a row
+/// each time in summary.csv, which an audit's counts would take for two images. (One folder
+/// alone walks each of its folders once: only several inputs can overlap.)
+fn note_repeats(files: &[PathBuf]) {
+    let mut seen = std::collections::HashSet::new();
+    let repeats: Vec<&PathBuf> = (files.iter())
+        .filter(|f| !seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.to_path_buf())))
+        .collect();
+    if let Some(first) = repeats.first() {
+        eprintln!(
+            "note: {} input(s) are files already given (the first: {}): each is explained \
+             again, under a stem of its own, and has another row in summary.csv",
+            repeats.len(),
+            first.display()
+        );
+    }
+}
+
+/// Reports the inputs that are no image files; fails when none is left.
 fn report_inputs(files: &[PathBuf], failures: &[(PathBuf, String)]) -> anyhow::Result<()> {
     for (p, why) in failures {
         eprintln!("error: {}: {why}", p.display());

@@ -640,6 +640,65 @@ fn odd_names_keep_their_outputs_apart() {
     assert!(stderr(&o).contains("summary.csv"), "{}", stderr(&o));
 }
 
+/// Overlapping inputs (a folder, a folder inside it, a file inside that): a file is explained
+/// each time it is given, under its path below the first folder given that holds it, then
+/// `-2`, `-3`; a note says so, as summary.csv has a row each time. Inputs that do not
+/// overlap get no note.
+#[test]
+fn overlapping_inputs_are_explained_each_time_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, cats) = (dir.path().join("data"), dir.path().join("data/cats"));
+    std::fs::create_dir_all(&cats).unwrap();
+    let star = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/images/star.png");
+    std::fs::copy(&star, cats.join("1.png")).unwrap();
+    std::fs::copy(&star, data.join("2.png")).unwrap();
+    let out = dir.path().join("out");
+    let one = cats.join("1.png");
+    let args = [
+        data.to_str().unwrap(),
+        cats.to_str().unwrap(),
+        one.to_str().unwrap(),
+    ];
+    let o = gradcam(&[
+        "explain",
+        args[0],
+        args[1],
+        args[2],
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("note: 2 input(s) are files already given (the first: ")
+            && err.contains("1.png)"),
+        "{err}"
+    );
+    for stem in ["2", "cats/1", "cats/1-2", "cats/1-3"] {
+        assert!(out.join(format!("{stem}.json")).is_file(), "{stem}");
+    }
+    let rows = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert_eq!(
+        rows.lines().filter(|l| l.contains("1.png,ok")).count(),
+        3,
+        "{rows}"
+    );
+    // Two folders side by side: no note.
+    let dogs = dir.path().join("dogs");
+    std::fs::create_dir(&dogs).unwrap();
+    std::fs::copy(&star, dogs.join("1.png")).unwrap();
+    let out2 = dir.path().join("out2");
+    let o = gradcam(&[
+        "explain",
+        args[1],
+        dogs.to_str().unwrap(),
+        "-o",
+        out2.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("already given"), "{}", stderr(&o));
+}
+
 /// With the images' own folder as the output folder, files no run wrote there (a picture
 /// named `b.overlay.png`, an annotation tool's `c.json` beside `c.png`) are never written
 /// over: the run is refused before it writes anything. Where nothing is in the way, the
