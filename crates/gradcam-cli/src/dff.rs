@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use gradcam::backend::Backend;
 use gradcam::cam::multi_layer::{normalised, target_layers};
+use gradcam::cam::{Method, Target};
 use gradcam::dff;
 use gradcam::image::{load_rgb8, preprocess, InputSize};
 use gradcam::model::Network;
@@ -16,7 +17,19 @@ use gradcam::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::pass_size::{MethodMemory, PassSizes};
 use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
+
+/// The bytes a factorisation takes at its peak: the matrix factorised (`channels` values a
+/// position) with the NMF's factors, their transpose and the maps cut from them (`3k` more),
+/// over the `held` positions read so far and `left` images still to read, counted at the
+/// `fewest` positions any image had (exact at a fixed --size; a lower bound at `native`).
+fn memory_needed(held: usize, fewest: usize, left: usize, channels: usize, k: usize) -> u64 {
+    let positions = (left as u64)
+        .saturating_mul(fewest as u64)
+        .saturating_add(held as u64);
+    positions.saturating_mul((channels as u64 + 3 * k as u64) * 4)
+}
 
 /// Images listed per concept in dff.json.
 const TOP_IMAGES: usize = 8;
@@ -96,7 +109,29 @@ fn dff_all<B: Backend>(
     let mut kept: Vec<PathBuf> = Vec::new();
     let mut acts: Vec<Tensor> = Vec::new();
     let mut first_hw = None;
-    for chunk in files.chunks(a.batch as usize) {
+    // Positions held so far, the fewest of one image, and the layer's channels.
+    let (mut held, mut fewest, mut channels) = (0usize, usize::MAX, 0usize);
+    let memory = inputs::memory_bytes();
+    // (A forward pass to the layer: Grad-CAM's memory at it is an upper bound.)
+    let method = MethodMemory::of(
+        graph,
+        Method::GradCam,
+        Target::Logit,
+        &[layer.as_str()],
+        1,
+        false,
+        false,
+        false,
+    )?;
+    let host = net.backend().host_activations();
+    let mut passes = PassSizes::new(graph, method, host, memory, a.batch as usize);
+    if let InputSize::Square(s) = size {
+        if let Some(why) = passes.too_large((s, s)) {
+            bar.finish_and_clear();
+            anyhow::bail!("--size {s}: {why}");
+        }
+    }
+    for (i, chunk) in files.chunks(a.batch as usize).enumerate() {
         let mut images = Vec::new();
         for f in chunk {
             match load_rgb8(f) {
@@ -118,6 +153,17 @@ fn dff_all<B: Backend>(
             let group: Vec<usize> = (i..images.len())
                 .filter(|&j| !done[j] && size.for_image(&images[j].1) == hw)
                 .collect();
+            // On the CPU an image whose pass would not fit in memory is refused, and large
+            // sizes go through fewer at a time (as explain's).
+            if let Some(why) = passes.too_large(hw) {
+                for &j in &group {
+                    done[j] = true;
+                    failed += 1;
+                    bar.suspend(|| eprintln!("error: {}: {why}", images[j].0.display()));
+                }
+                continue;
+            }
+            let per_pass = passes.images_per_pass(hw);
             // A batch that fails (an image too small for the network at --size native) is
             // run again an image at a time, so only the culprit is lost.
             let activations = |idx: &[usize]| -> gradcam::Result<Tensor> {
@@ -125,35 +171,58 @@ fn dff_all<B: Backend>(
                 let x = net.backend().upload(preprocess(&refs, hw))?;
                 Ok(dff::activations(net, x, &layer)?.0)
             };
-            let runs: Vec<(Vec<usize>, gradcam::Result<Tensor>)> = match activations(&group) {
-                Ok(a) => vec![(group.clone(), Ok(a))],
-                Err(e) if group.len() == 1 => vec![(group.clone(), Err(e))],
-                Err(_) => (group.iter())
-                    .map(|&j| (vec![j], activations(&[j])))
-                    .collect(),
-            };
-            for (run, got) in runs {
-                run.iter().for_each(|&j| done[j] = true);
-                let act = match got {
-                    Ok(act) => act,
-                    Err(e) => {
-                        failed += run.len();
-                        for &j in &run {
-                            bar.suspend(|| eprintln!("error: {}: {e}", images[j].0.display()));
-                        }
-                        continue;
-                    }
+            for part in group.chunks(per_pass) {
+                let runs: Vec<(Vec<usize>, gradcam::Result<Tensor>)> = match activations(part) {
+                    Ok(a) => vec![(part.to_vec(), Ok(a))],
+                    Err(e) if part.len() == 1 => vec![(part.to_vec(), Err(e))],
+                    Err(_) => (part.iter())
+                        .map(|&j| (vec![j], activations(&[j])))
+                        .collect(),
                 };
-                let (_, c, h, w) = act.dims4();
-                for (slot, &j) in run.iter().enumerate() {
-                    first_hw.get_or_insert(hw);
-                    kept.push(images[j].0.clone());
-                    let one = act.data()[slot * c * h * w..(slot + 1) * c * h * w].to_vec();
-                    acts.push(Tensor::new([1, c, h, w], one));
+                for (run, got) in runs {
+                    run.iter().for_each(|&j| done[j] = true);
+                    let act = match got {
+                        Ok(act) => act,
+                        Err(e) => {
+                            failed += run.len();
+                            for &j in &run {
+                                bar.suspend(|| eprintln!("error: {}: {e}", images[j].0.display()));
+                            }
+                            continue;
+                        }
+                    };
+                    let (_, c, h, w) = act.dims4();
+                    for (slot, &j) in run.iter().enumerate() {
+                        first_hw.get_or_insert(hw);
+                        kept.push(images[j].0.clone());
+                        let one = act.data()[slot * c * h * w..(slot + 1) * c * h * w].to_vec();
+                        acts.push(Tensor::new([1, c, h, w], one));
+                        (held, fewest, channels) = (held + h * w, fewest.min(h * w), c);
+                    }
                 }
             }
         }
         bar.inc(chunk.len() as u64);
+        // Hours of forward passes are not spent on a factorisation that cannot fit.
+        let left = files.len() - (files.len()).min((i + 1) * a.batch as usize);
+        if let (Some(m), true) = (memory, held > 0) {
+            let need = memory_needed(held, fewest, left, channels, a.components);
+            if need > m {
+                bar.finish_and_clear();
+                anyhow::bail!(
+                    "dff of {} images at {layer} needs about {:.1} GiB ({channels} channels and \
+                     3 × {} concept values, 4 bytes each, per position: {} positions per image \
+                     or more), more than the {:.1} GiB this machine (or its container) has; \
+                     factorise fewer images, at a smaller --size or at a layer of fewer \
+                     positions",
+                    files.len(),
+                    need as f64 / (1u64 << 30) as f64,
+                    a.components,
+                    fewest,
+                    m as f64 / (1u64 << 30) as f64
+                );
+            }
+        }
     }
     let Some(hw0) = first_hw else {
         bar.finish_and_clear();
@@ -363,4 +432,28 @@ fn group_of(path: &std::path::Path, roots: &[PathBuf]) -> String {
         };
     }
     ".".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ResNet-50's `layer4` at 224² (2048 channels, 7 × 7 positions), 16 concepts: 10 000
+    /// images take 49 · (2048 + 48) · 4 bytes each, about 3.8 GiB, however many are read yet;
+    /// at `native` the images still to read count at the fewest positions seen.
+    #[test]
+    fn memory_needed_counts_every_image_to_come() {
+        let per_image = 49 * (2048 + 3 * 16) * 4;
+        for read in [1, 10, 10_000] {
+            assert_eq!(
+                memory_needed(49 * read, 49, 10_000 - read, 2048, 16),
+                10_000 * per_image as u64
+            );
+        }
+        assert_eq!(
+            memory_needed(100 + 20, 20, 3, 8, 1),
+            (120 + 60) * (8 + 3) * 4
+        );
+        assert_eq!(memory_needed(usize::MAX, 1, usize::MAX, 2048, 16), u64::MAX);
+    }
 }
