@@ -12,11 +12,13 @@ use gradcam::cam::{Method, Target};
 use gradcam::eval::manifest::Entry;
 use gradcam::eval::road::RoadConfig;
 use gradcam::eval::{aggregate, evaluate_image, manifest, Aggregate, EvalConfig};
-use gradcam::image::InputSize;
+use gradcam::image::{peek_dims, InputSize};
 use gradcam::model::Network;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::inputs::memory_bytes;
+use crate::pass_size::{MethodMemory, PassSizes};
 use crate::{input_size, load_network, parse_size, ModelArgs};
 
 #[derive(Args)]
@@ -194,7 +196,49 @@ fn eval_on<B: Backend>(
     let mut partial = 0;
     // Boxes past the image's border, clipped to it: (boxes, images, the first image).
     let mut clipped = (0, 0, None);
+    // On the CPU the copies an image's measures run (occlusion, curves, ROAD, Score-CAM) go
+    // through fewer at a time at large sizes, as explain's passes do, and an image one pass
+    // of which would not fit in memory is refused (`--size native` on photographs).
+    let graph = net.graph();
+    let at = cfg
+        .layer
+        .clone()
+        .unwrap_or_else(|| graph.default_layer.clone());
+    let first = target_layers(&at)?.first().map(|l| l.to_string());
+    let method = MethodMemory::of(
+        graph,
+        Method::GradCam,
+        Target::Logit,
+        &first.iter().map(String::as_str).collect::<Vec<_>>(),
+        1,
+        false,
+        false,
+        false,
+    )?;
+    let host = net.backend().host_activations();
+    let mut passes = PassSizes::new(graph, method, host, memory_bytes(), cfg.forward_batch);
+    if let InputSize::Square(s) = size {
+        if let Some(why) = passes.too_large((s, s)) {
+            bar.finish_and_clear();
+            anyhow::bail!("--size {s}: {why}");
+        }
+    }
     for e in entries {
+        let hw = match size {
+            InputSize::Square(s) => Some((s, s)),
+            InputSize::Native => peek_dims(&e.image).map(|(w, h)| (h as usize, w as usize)),
+        };
+        let mut cfg = cfg.clone();
+        if let Some(hw) = hw {
+            if let Some(why) = passes.too_large(hw) {
+                let path = e.image.display().to_string();
+                bar.suspend(|| eprintln!("error: {path}: {why}"));
+                failed.push(json!({"image": path, "error": why}));
+                bar.inc(1);
+                continue;
+            }
+            cfg.forward_batch = passes.images_per_pass(hw);
+        }
         match evaluate_image(net, e, &cfg) {
             Ok(r) => {
                 // A method that could not explain the image: said, and its row counts fewer
