@@ -479,7 +479,8 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
                     Some(k) => format!(
                         "{k}, which this build does not read (it reads 1-, 8- and 16-bit \
                          unsigned samples, and on a 0..1 scale 32-bit floating-point RGB(A) \
-                         and 32- or 64-bit floating-point gray); convert it to an 8- or 16-bit RGB or grayscale PNG, TIFF or JPEG"
+                         and 32- or 64-bit floating-point gray); convert it to an 8- or \
+                         16-bit RGB or grayscale PNG, TIFF or JPEG"
                     ),
                     None => why(e),
                 })

@@ -9,7 +9,6 @@ use anyhow::Context;
 use clap::Args;
 use gradcam::backend::Backend;
 use gradcam::cam::multi_layer::{normalised, target_layers};
-use gradcam::cam::{Method, Target};
 use gradcam::dff;
 use gradcam::image::{load_rgb8, preprocess, InputSize};
 use gradcam::model::Network;
@@ -17,7 +16,7 @@ use gradcam::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::pass_size::{MethodMemory, PassSizes};
+use crate::pass_size::PassSizes;
 use crate::{input_size, inputs, load_network, parse_size, ModelArgs};
 
 /// The bytes a factorisation takes at its peak: the matrix factorised (`channels` values a
@@ -98,6 +97,8 @@ fn dff_all<B: Backend>(
         anyhow::bail!("--layer {layer}: DFF factorises one layer");
     }
     graph.target(&layer)?;
+    let host = net.backend().host_activations();
+    let mut passes = PassSizes::forward_to(graph, &layer, host, size, a.batch as usize)?;
     inputs::create_out_dir(&a.out)?;
 
     // The activations of every image that decodes, `batch` images of one size per pass.
@@ -112,25 +113,6 @@ fn dff_all<B: Backend>(
     // Positions held so far, the fewest of one image, and the layer's channels.
     let (mut held, mut fewest, mut channels) = (0usize, usize::MAX, 0usize);
     let memory = inputs::memory_bytes();
-    // (A forward pass to the layer: Grad-CAM's memory at it is an upper bound.)
-    let method = MethodMemory::of(
-        graph,
-        Method::GradCam,
-        Target::Logit,
-        &[layer.as_str()],
-        1,
-        false,
-        false,
-        false,
-    )?;
-    let host = net.backend().host_activations();
-    let mut passes = PassSizes::new(graph, method, host, memory, a.batch as usize);
-    if let InputSize::Square(s) = size {
-        if let Some(why) = passes.too_large((s, s)) {
-            bar.finish_and_clear();
-            anyhow::bail!("--size {s}: {why}");
-        }
-    }
     for (i, chunk) in files.chunks(a.batch as usize).enumerate() {
         let mut images = Vec::new();
         for f in chunk {

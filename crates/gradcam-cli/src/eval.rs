@@ -17,8 +17,7 @@ use gradcam::model::Network;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::inputs::memory_bytes;
-use crate::pass_size::{MethodMemory, PassSizes};
+use crate::pass_size::PassSizes;
 use crate::{input_size, load_network, parse_size, ModelArgs};
 
 #[derive(Args)]
@@ -184,6 +183,19 @@ fn eval_on<B: Backend>(
             anyhow::bail!("--out {}: not a file in an existing folder", out.display());
         }
     }
+    // On the CPU the copies an image's measures run (occlusion, curves, ROAD, Score-CAM) go
+    // through fewer at a time at large sizes, as explain's passes do, and an image one pass
+    // of which would not fit in memory is refused (`--size native` on photographs).
+    let graph = net.graph();
+    let at = cfg
+        .layer
+        .clone()
+        .unwrap_or_else(|| graph.default_layer.clone());
+    let first = target_layers(&at)?
+        .first()
+        .map_or(at.clone(), |l| l.to_string());
+    let host = net.backend().host_activations();
+    let mut passes = PassSizes::forward_to(graph, &first, host, size, cfg.forward_batch)?;
     let bar = ProgressBar::new(entries.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} images  eta {eta}")
@@ -196,33 +208,6 @@ fn eval_on<B: Backend>(
     let mut partial = 0;
     // Boxes past the image's border, clipped to it: (boxes, images, the first image).
     let mut clipped = (0, 0, None);
-    // On the CPU the copies an image's measures run (occlusion, curves, ROAD, Score-CAM) go
-    // through fewer at a time at large sizes, as explain's passes do, and an image one pass
-    // of which would not fit in memory is refused (`--size native` on photographs).
-    let graph = net.graph();
-    let at = cfg
-        .layer
-        .clone()
-        .unwrap_or_else(|| graph.default_layer.clone());
-    let first = target_layers(&at)?.first().map(|l| l.to_string());
-    let method = MethodMemory::of(
-        graph,
-        Method::GradCam,
-        Target::Logit,
-        &first.iter().map(String::as_str).collect::<Vec<_>>(),
-        1,
-        false,
-        false,
-        false,
-    )?;
-    let host = net.backend().host_activations();
-    let mut passes = PassSizes::new(graph, method, host, memory_bytes(), cfg.forward_batch);
-    if let InputSize::Square(s) = size {
-        if let Some(why) = passes.too_large((s, s)) {
-            bar.finish_and_clear();
-            anyhow::bail!("--size {s}: {why}");
-        }
-    }
     for e in entries {
         let hw = match size {
             InputSize::Square(s) => Some((s, s)),

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use gradcam::cam::sess::windows_per_pass;
 use gradcam::cam::{Method, Target};
+use gradcam::image::InputSize;
 use gradcam::model::Graph;
 
 /// The bytes of a pass's largest layer (inputs and output, all its images) worth aiming
@@ -68,6 +69,27 @@ impl<'a> PassSizes<'a> {
             batch,
             bytes,
         }
+    }
+
+    /// For commands that run forward passes to `layer` (`dff`, `eval`'s measures), `batch`
+    /// images at most: Grad-CAM's memory at the layer, an upper bound. At a fixed --size
+    /// every image is resized to it, so one too large for a pass fails the command here.
+    pub fn forward_to(
+        graph: &'a Graph,
+        layer: &str,
+        host: bool,
+        size: InputSize,
+        batch: usize,
+    ) -> anyhow::Result<Self> {
+        let (method, target) = (Method::GradCam, Target::Logit);
+        let method = MethodMemory::of(graph, method, target, &[layer], 1, false, false, false)?;
+        let mut passes = PassSizes::new(graph, method, host, crate::inputs::memory_bytes(), batch);
+        if let InputSize::Square(s) = size {
+            if let Some(why) = passes.too_large((s, s)) {
+                anyhow::bail!("--size {s}: {why}");
+            }
+        }
+        Ok(passes)
     }
 
     /// None off the host or where the graph cannot take the size (the pass then says why).
