@@ -136,7 +136,7 @@ fn bench_on<B: Backend>(
         )?
     };
     let host = net.backend().host_activations();
-    let mut passes = PassSizes::new(graph, method, host, inputs::memory_bytes(), asked);
+    let mut passes = PassSizes::new(graph, method, host, crate::memory::bytes(), asked);
     if let Some(why) = passes.too_large((side, side)) {
         anyhow::bail!("--size {side}: {why}");
     }

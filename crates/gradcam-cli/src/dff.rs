@@ -112,7 +112,7 @@ fn dff_all<B: Backend>(
     let mut first_hw = None;
     // Positions held so far, the fewest of one image, and the layer's channels.
     let (mut held, mut fewest, mut channels) = (0usize, usize::MAX, 0usize);
-    let memory = inputs::memory_bytes();
+    let memory = crate::memory::bytes();
     for (i, chunk) in files.chunks(a.batch as usize).enumerate() {
         let mut images = Vec::new();
         for f in chunk {
@@ -192,16 +192,16 @@ fn dff_all<B: Backend>(
             if need > m {
                 bar.finish_and_clear();
                 anyhow::bail!(
-                    "dff of {} images at {layer} needs about {:.1} GiB ({channels} channels and \
+                    "dff of {} images at {layer} needs about {} ({channels} channels and \
                      3 × {} concept values, 4 bytes each, per position: {} positions per image \
-                     or more), more than the {:.1} GiB this machine (or its container) has; \
-                     factorise fewer images, at a smaller --size or at a layer of fewer \
-                     positions",
+                     or more), more than {} {} of memory; factorise fewer images, at a \
+                     smaller --size or at a layer of fewer positions",
                     files.len(),
-                    need as f64 / (1u64 << 30) as f64,
+                    crate::memory::amount(need),
                     a.components,
                     fewest,
-                    m as f64 / (1u64 << 30) as f64
+                    crate::memory::whose(),
+                    crate::memory::amount(m),
                 );
             }
         }

@@ -360,7 +360,7 @@ fn explain_all<B: Backend>(
     // fewer images at a time, and an image one pass of which would not fit is refused (at a
     // fixed --size, every image would be: the run is, before any is read).
     let batch = a.batch.map_or(net.default_batch(), |b| b as usize);
-    let memory = inputs::memory_bytes();
+    let memory = crate::memory::bytes();
     let method = MethodMemory::of(
         graph,
         a.method,

@@ -126,38 +126,11 @@ pub fn canonical(p: &Path) -> PathBuf {
 /// about four times their bytes, and up to four chunks are in flight), at least 256 MiB; no
 /// limit where that memory is unknown.
 pub fn decode_budget_bytes() -> u64 {
-    decode_budget(memory_bytes())
+    decode_budget(crate::memory::bytes())
 }
 
 fn decode_budget(memory: Option<u64>) -> u64 {
     memory.map_or(u64::MAX, |m| (m / 32).max(256 << 20))
-}
-
-/// This machine's memory, or its container's limit where that is lower; None where neither
-/// can be read.
-pub fn memory_bytes() -> Option<u64> {
-    let read = |p: &str| std::fs::read_to_string(p).ok();
-    memory_from(
-        read("/proc/meminfo").as_deref(),
-        read("/sys/fs/cgroup/memory.max")
-            .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
-            .as_deref(),
-    )
-}
-
-/// [`memory_bytes`] from `/proc/meminfo` and a container's memory limit (cgroup v2's
-/// `memory.max`, `max` when there is none, or v1's `memory.limit_in_bytes`).
-fn memory_from(meminfo: Option<&str>, cgroup: Option<&str>) -> Option<u64> {
-    let total = meminfo.and_then(|m| {
-        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
-    });
-    let limit = cgroup.and_then(|c| c.trim().parse::<u64>().ok());
-    match (total, limit) {
-        (Some(t), Some(l)) => Some(t.min(l)),
-        (t, l) => t.or(l),
-    }
 }
 
 /// Cuts a run of files (`sizes`: their decoded bytes) into consecutive ranges of at most
@@ -273,25 +246,11 @@ mod tests {
         );
         assert_eq!(split_by_bytes(&[u64::MAX, 5], 100), vec![0..1, 1..2]);
         assert_eq!(split_by_bytes(&[u64::MAX, 5], u64::MAX), vec![0..2]);
-        // A 32nd of the memory, the container's limit when lower, at least 256 MiB.
-        let meminfo = "MemTotal:       25165824 kB\nMemFree: 1 kB\n";
-        assert_eq!(
-            decode_budget(memory_from(Some(meminfo), None)),
-            (24 << 30) / 32
-        );
-        assert_eq!(
-            decode_budget(memory_from(Some(meminfo), Some("max\n"))),
-            (24 << 30) / 32
-        );
-        assert_eq!(
-            decode_budget(memory_from(Some(meminfo), Some("17179869184\n"))),
-            (16 << 30) / 32
-        );
-        assert_eq!(
-            decode_budget(memory_from(Some(meminfo), Some("1073741824"))),
-            256 << 20
-        );
-        assert_eq!(decode_budget(memory_from(None, None)), u64::MAX);
+        // A 32nd of the memory, at least 256 MiB.
+        assert_eq!(decode_budget(Some(24 << 30)), (24 << 30) / 32);
+        assert_eq!(decode_budget(Some(16 << 30)), (16 << 30) / 32);
+        assert_eq!(decode_budget(Some(1 << 30)), 256 << 20);
+        assert_eq!(decode_budget(None), u64::MAX);
     }
 
     /// Text files lose a byte-order mark; a file that is not UTF-8 text says so.

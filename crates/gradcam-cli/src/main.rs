@@ -20,6 +20,7 @@ mod explain;
 mod inputs;
 mod layers;
 mod mean_maps;
+mod memory;
 mod pass_size;
 mod resume;
 mod selftest;
@@ -195,6 +196,10 @@ fn main() -> ExitCode {
             eprintln!("error: cannot set up {t} threads: {e}");
             return ExitCode::from(2);
         }
+    }
+    if let Err(e) = memory::check_env() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
     }
     let result = match cli.cmd {
         Cmd::Explain(a) => explain::run(a),

@@ -83,7 +83,7 @@ impl<'a> PassSizes<'a> {
     ) -> anyhow::Result<Self> {
         let (method, target) = (Method::GradCam, Target::Logit);
         let method = MethodMemory::of(graph, method, target, &[layer], 1, false, false, false)?;
-        let mut passes = PassSizes::new(graph, method, host, crate::inputs::memory_bytes(), batch);
+        let mut passes = PassSizes::new(graph, method, host, crate::memory::bytes(), batch);
         if let InputSize::Square(s) = size {
             if let Some(why) = passes.too_large((s, s)) {
                 anyhow::bail!("--size {s}: {why}");
@@ -116,7 +116,7 @@ impl<'a> PassSizes<'a> {
     pub fn too_large(&mut self, hw: (usize, usize)) -> Option<String> {
         let (cost, memory) = (self.cost(hw)?, self.memory?);
         (cost.alone > memory / 2).then(|| {
-            let gb = |b: u64| b as f64 / 1e9;
+            let amount = crate::memory::amount;
             let copies = match cost.copies {
                 0 | 1 => String::new(),
                 c => format!(", for the {c} copies the method holds at once"),
@@ -126,13 +126,14 @@ impl<'a> PassSizes<'a> {
                 _ => "",
             };
             format!(
-                "at {}×{} the network's largest layer alone takes {:.1} GB (its input and \
-                 output{copies}), more than half of this machine's {:.1} GB: explain it at a \
+                "at {}×{} the network's largest layer alone takes {} (its input and \
+                 output{copies}), more than half of {} {} of memory: explain it at a \
                  smaller --size{fewer}",
                 hw.1,
                 hw.0,
-                gb(cost.alone),
-                gb(memory),
+                amount(cost.alone),
+                crate::memory::whose(),
+                amount(memory),
             )
         })
     }
@@ -312,7 +313,10 @@ mod tests {
         let mut small = PassSizes::new(&graph, one.clone(), true, Some(512 * mib), 8);
         assert!(small.too_large((224, 224)).is_none());
         let why = small.too_large((4000, 4000)).unwrap();
-        assert!(why.contains("4000×4000") && why.contains("0.5 GB"), "{why}");
+        assert!(
+            why.contains("4000×4000") && why.contains("488 MiB"),
+            "{why}"
+        );
         assert!(!why.contains("copies"), "{why}");
         let mut large = PassSizes::new(&graph, one.clone(), true, Some(2048 * mib), 8);
         assert!(large.too_large((4000, 4000)).is_none());

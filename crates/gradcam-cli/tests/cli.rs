@@ -2200,3 +2200,202 @@ fn absurd_thread_counts_are_refused() {
     assert!(err.contains("RAYON_NUM_THREADS 5000000"), "{err}");
     assert!(gradcam(&["--threads", "2", "layers"]).status.success());
 }
+
+/// `gradcam` run with `GRADCAM_MEMORY=cap` (two threads, as [`gradcam`]).
+fn gradcam_with_memory(cap: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gradcam"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .env("GRADCAM_MEMORY", cap)
+        .output()
+        .expect("the binary runs")
+}
+
+/// `GRADCAM_MEMORY` caps the memory a run plans for, so what a small machine would do is
+/// seen here: a malformed cap is refused before anything runs; passes cut to one image (or
+/// copy) at a time give the same numbers as whole ones; an image one pass of which cannot
+/// fit is left out naming the cap and the rest are explained; a fixed --size too large is
+/// refused outright; dff refuses a factorisation that cannot fit after its first batch.
+/// resnet_tiny's largest layer is about 20 bytes a pixel of input (2.3 MiB at 400×300).
+#[test]
+fn a_memory_cap_cuts_passes_and_refuses_what_cannot_fit() {
+    for (cap, why) in [
+        ("lots", "GRADCAM_MEMORY=lots: not an amount of memory"),
+        ("8P", "unknown unit `p`"),
+        ("0", "at least one byte"),
+    ] {
+        let o = gradcam_with_memory(cap, &["layers", &model()]);
+        assert_eq!(o.status.code(), Some(2), "{cap}");
+        assert!(stderr(&o).contains(why), "{cap}: {}", stderr(&o));
+    }
+    let o = gradcam_with_memory("", &["layers", &model()]);
+    assert!(o.status.success(), "empty is unset: {}", stderr(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    for n in ["a", "b"] {
+        let from = fixtures().join(format!("images/{n}.png"));
+        std::fs::copy(from, imgs.join(format!("{n}.png"))).unwrap();
+    }
+    let a = image::open(fixtures().join("images/a.png"))
+        .unwrap()
+        .to_rgb8();
+    let big = image::imageops::resize(&a, 400, 300, image::imageops::FilterType::Triangle);
+    big.save(imgs.join("big.png")).unwrap();
+    image::imageops::flip_horizontal(&big)
+        .save(imgs.join("big2.png"))
+        .unwrap();
+    let (m, im) = (model(), imgs.to_str().unwrap().to_string());
+
+    // explain --size native: the two 400×300 images in one pass, or one a pass (12 MiB: a
+    // quarter holds one), and left out (4 MiB: its one layer is over half). A pass's images
+    // are summed in other orders than an image's alone: maps agree to 1e-5 of their peak.
+    let explain = |cap: &str, out: &str| {
+        let out = dir.path().join(out);
+        let args = ["explain", &im, "-m", &m, "--size", "native", "--batch", "4"];
+        let o = gradcam_with_memory(cap, &[&args[..], &["-o", out.to_str().unwrap()]].concat());
+        (o, out)
+    };
+    let (o, whole) = explain("1G", "whole");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (o, cut) = explain("12M", "cut");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for stem in ["a", "b", "big", "big2"] {
+        let read = |d: &Path| gradcam::npy::read_f32(&d.join(format!("{stem}.cam.npy"))).unwrap();
+        let ((shape, w), (cut_shape, c)) = (read(&whole), read(&cut));
+        assert_eq!(shape, cut_shape, "{stem}");
+        let peak = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let off = w
+            .iter()
+            .zip(&c)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(off <= 1e-5 * peak, "{stem}: {off} of {peak}");
+    }
+    let (o, small) = explain("4M", "small");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("big.png: at 400×300 the network's largest layer alone takes 2 MiB")
+            && err.contains("more than half of the GRADCAM_MEMORY cap's 4 MiB"),
+        "{err}"
+    );
+    assert!(small.join("a.json").is_file() && small.join("b.json").is_file());
+    assert!(!small.join("big.json").exists() && !small.join("big2.json").exists());
+    // A fixed --size every image would be refused at: the run is, before any is read.
+    let o = gradcam_with_memory("64M", &["explain", &im, "-m", &m, "--size", "2000"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--size 2000: at 2000×2000") && err.contains("GRADCAM_MEMORY cap's 64 MiB"),
+        "{err}"
+    );
+
+    // eval: an image's copies (deletion / insertion curves, occlusion) one at a time give
+    // the same numbers, to 1e-5 (a pass's sums in another order); big.png left out under
+    // 4 MiB, the others evaluated.
+    let manifest = imgs.join("m.csv");
+    std::fs::write(
+        &manifest,
+        "image,class,x0,y0,x1,y1\na.png,1,10,10,60,60\nbig.png,2,100,100,300,250\n\
+         b.png,3,0,0,50,50\n",
+    )
+    .unwrap();
+    let eval = |cap: &str, out: &str| {
+        let out = dir.path().join(out);
+        let args = [
+            "eval",
+            manifest.to_str().unwrap(),
+            "-m",
+            &m,
+            "--size",
+            "native",
+            "--methods",
+            "gradcam",
+            "--no-road",
+            "--curve-steps",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        let o = gradcam_with_memory(cap, &args);
+        let json = std::fs::read_to_string(&out).unwrap_or_default();
+        (o, json)
+    };
+    let (o, whole) = eval("1G", "whole.json");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let (o, cut) = eval("12M", "cut.json");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(whole.contains("\"images\": 3"), "{whole}");
+    let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+    assert_json_close(&parse(&whole), &parse(&cut), 1e-5, "eval");
+    let (o, small) = eval("4M", "small.json");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("big.png: at 400×300") && err.contains("GRADCAM_MEMORY"));
+    assert!(small.contains("\"images\": 2"), "{small}");
+
+    // dff of ten 1024×1024 inputs at layer1 (16 channels, 256² positions, k = 4: 7 MiB an
+    // image, 70 MiB in all): refused under 64 MiB after the first batch of 8.
+    let many = dir.path().join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..10 {
+        std::fs::copy(
+            fixtures().join("images/a.png"),
+            many.join(format!("{i}.png")),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("dff");
+    let args = [
+        "dff",
+        many.to_str().unwrap(),
+        "-m",
+        &m,
+        "--layer",
+        "layer1",
+        "--size",
+        "1024",
+        "-k",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = gradcam_with_memory("64M", &args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("dff of 10 images at layer1 needs about 70 MiB")
+            && err.contains("more than the GRADCAM_MEMORY cap's 64 MiB"),
+        "{err}"
+    );
+}
+
+/// `a` and `b` alike but for numbers within `tol` of each other (absolute; eval's scores are
+/// fractions and areas under curves in 0..1).
+fn assert_json_close(a: &serde_json::Value, b: &serde_json::Value, tol: f64, at: &str) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= tol, "{at}: {x} vs {y}");
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}");
+            for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                assert_json_close(x, y, tol, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(
+                x.keys().collect::<Vec<_>>(),
+                y.keys().collect::<Vec<_>>(),
+                "{at}"
+            );
+            for (k, x) in x {
+                assert_json_close(x, &y[k], tol, &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
