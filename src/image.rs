@@ -454,37 +454,12 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
         .map_err(|e| e.to_string())?;
     match decode_by_image(&mut source, format, unassociated) {
         Ok(r) => r,
-        // The `image` crate takes no gray + alpha TIFF (the `tiff` crate calls it two bands)
-        // and no palette TIFF.
+        // The `image` crate takes no gray + alpha, palette or gray float TIFF, and its
+        // message for other kinds names a colour type `Unknown(32)`.
         Err(e @ image::ImageError::Unsupported(_)) if format == image::ImageFormat::Tiff => {
-            let rewind = |s: &mut R| s.seek(std::io::SeekFrom::Start(start)).is_ok();
-            let mut by_tiff = None;
-            if rewind(&mut source) {
-                by_tiff = tiff_kinds::gray_alpha_tiff(&mut source);
-            }
-            if by_tiff.is_none() && rewind(&mut source) {
-                by_tiff = tiff_kinds::palette_tiff(&mut source);
-            }
-            if by_tiff.is_none() && rewind(&mut source) {
-                by_tiff = tiff_kinds::gray_float_tiff(&mut source);
-            }
-            // The `image` crate's message names a colour type `Unknown(32)`: say what the
-            // samples are.
-            let kind = match by_tiff.is_none() && rewind(&mut source) {
-                true => tiff_kinds::sample_kind(&mut source),
-                false => None,
-            };
-            by_tiff.unwrap_or_else(|| {
-                Err(match kind {
-                    Some(k) => format!(
-                        "{k}, which this build does not read (it reads 1-, 8- and 16-bit \
-                         unsigned samples, and on a 0..1 scale 32-bit floating-point RGB(A) \
-                         and 32- or 64-bit floating-point gray); convert it to an 8- or \
-                         16-bit RGB or grayscale PNG, TIFF or JPEG"
-                    ),
-                    None => why(e),
-                })
-            })
+            let by_tiff = (source.seek(std::io::SeekFrom::Start(start)).ok())
+                .and_then(|_| tiff_kinds::unsupported(&mut source));
+            by_tiff.unwrap_or_else(|| Err(why(e)))
         }
         Err(e) => Err(why(e)),
     }

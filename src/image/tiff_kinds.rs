@@ -1,7 +1,9 @@
-//! TIFFs the `image` crate refuses but `cv2.imread` reads: gray + alpha, and palette (colour
-//! map) images. Both are decoded by the `tiff` crate, which does the strips, tiles,
-//! compression and predictors; this file only turns its samples into cv2's RGB. Also RGBA
-//! with unassociated alpha, which the `image` crate reads but cv2 premultiplies.
+//! TIFFs the `image` crate refuses: gray + alpha and palette (colour map) images, read as
+//! `cv2.imread` reads them, and gray floating-point ones, read as the `image` crate reads
+//! float RGB; other kinds are refused naming their samples. They are decoded by the `tiff`
+//! crate, which does the strips, tiles, compression and predictors; this file only turns its
+//! samples into RGB. Also RGBA with unassociated alpha, which the `image` crate reads but cv2
+//! premultiplies.
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -92,21 +94,49 @@ pub(super) fn premultiplied(img: &image::DynamicImage) -> Option<RgbImage> {
     RgbImage::from_raw(b.width(), b.height(), px)
 }
 
+/// A TIFF the `image` crate has no decoder for, its header read once: gray + alpha and
+/// palette ones as `cv2.imread` reads them, gray floating-point ones as the `image` crate
+/// reads float RGB, any other refused naming its kind of samples. None where not even its
+/// header can be read (the `image` crate's error then stands).
+pub(super) fn unsupported<R: Read + Seek>(mut source: R) -> Decoded {
+    let start = source.stream_position().ok()?;
+    let palette = |mut source: R| {
+        source.seek(SeekFrom::Start(start)).ok()?;
+        palette_tiff(source)
+    };
+    let Some((mut d, max_mib)) = limited(&mut source) else {
+        // (The `tiff` crate may balk at a palette TIFF's header, which is read patched.)
+        return palette(source);
+    };
+    let photometric = tag_u16(&mut d, Tag::PhotometricInterpretation);
+    let float = tag_u16(&mut d, Tag::SampleFormat) == Some(3);
+    match (d.colortype(), photometric) {
+        (_, Some(3)) => {
+            drop(d);
+            palette(source)
+        }
+        (
+            Ok(tiff::ColorType::Multiband {
+                bit_depth: 8 | 16,
+                num_samples: 2,
+            }),
+            Some(1),
+        ) => gray_alpha(d, max_mib),
+        (Ok(tiff::ColorType::Gray(32 | 64)), Some(1)) if float => gray_float(d, max_mib),
+        _ => Some(Err(format!(
+            "{}, which this build does not read (it reads 1-, 8- and 16-bit unsigned samples, \
+             and on a 0..1 scale 32-bit floating-point RGB(A) and 32- or 64-bit \
+             floating-point gray); convert it to an 8- or 16-bit RGB or grayscale PNG, TIFF \
+             or JPEG",
+            sample_kind(&mut d)
+        ))),
+    }
+}
+
 /// A gray + alpha TIFF (8 or 16 bits, gray stored black-is-zero) as `cv2.imread` reads it:
 /// the gray replicated (a 16-bit one's high byte), the alpha dropped, the orientation tag
-/// applied. None for other TIFFs.
-pub(super) fn gray_alpha_tiff<R: Read + Seek>(source: R) -> Decoded {
-    let (mut d, max_mib) = limited(source)?;
-    match d.colortype().ok()? {
-        tiff::ColorType::Multiband {
-            bit_depth: 8 | 16,
-            num_samples: 2,
-        } => {}
-        _ => return None,
-    }
-    if tag_u16(&mut d, Tag::PhotometricInterpretation) != Some(1) {
-        return None;
-    }
+/// applied.
+fn gray_alpha<R: Read + Seek>(mut d: Decoder<R>, max_mib: usize) -> Decoded {
     let turn = orientation(&mut d);
     let (w, h) = match d.dimensions() {
         Ok(wh) => wh,
@@ -131,15 +161,8 @@ pub(super) fn gray_alpha_tiff<R: Read + Seek>(source: R) -> Decoded {
 /// A grayscale TIFF of 32- or 64-bit floating-point samples (black is zero), which neither
 /// the `image` crate nor cv2 reads: read as the `image` crate reads float RGB, 0 black and 1
 /// white, clamped ([`super::float_samples`] refuses what is not finite or not on that scale),
-/// the gray replicated, the orientation tag applied. None for other TIFFs.
-pub(super) fn gray_float_tiff<R: Read + Seek>(source: R) -> Decoded {
-    let (mut d, max_mib) = limited(source)?;
-    if !matches!(d.colortype().ok()?, tiff::ColorType::Gray(32 | 64))
-        || tag_u16(&mut d, Tag::SampleFormat) != Some(3)
-        || tag_u16(&mut d, Tag::PhotometricInterpretation) != Some(1)
-    {
-        return None;
-    }
+/// the gray replicated, the orientation tag applied.
+fn gray_float<R: Read + Seek>(mut d: Decoder<R>, max_mib: usize) -> Decoded {
     let turn = orientation(&mut d);
     let (w, h) = match d.dimensions() {
         Ok(wh) => wh,
@@ -170,9 +193,8 @@ pub(super) fn gray_float_tiff<R: Read + Seek>(source: R) -> Decoded {
 }
 
 /// What a TIFF's samples are, for refusing a kind that nothing here reads: "a TIFF of 16-bit
-/// signed integer samples, 1 a pixel (gray)". None where its header cannot be read.
-pub(super) fn sample_kind<R: Read + Seek>(source: R) -> Option<String> {
-    let mut d = Decoder::new(source).ok()?;
+/// signed integer samples, 1 a pixel (gray)".
+fn sample_kind<R: Read + Seek>(d: &mut Decoder<R>) -> String {
     let first = |d: &mut Decoder<R>, t: Tag| {
         d.find_tag_unsigned_vec::<u16>(t)
             .ok()
@@ -180,15 +202,15 @@ pub(super) fn sample_kind<R: Read + Seek>(source: R) -> Option<String> {
             .and_then(|v| v.first().copied())
     };
     // (The TIFF defaults: 1 bit, unsigned integer, 1 sample a pixel.)
-    let bits = first(&mut d, Tag::BitsPerSample).unwrap_or(1);
-    let kind = match first(&mut d, Tag::SampleFormat).unwrap_or(1) {
+    let bits = first(d, Tag::BitsPerSample).unwrap_or(1);
+    let kind = match first(d, Tag::SampleFormat).unwrap_or(1) {
         1 => "unsigned integer",
         2 => "signed integer",
         3 => "floating-point",
         _ => "untyped",
     };
-    let n = tag_u16(&mut d, Tag::SamplesPerPixel).unwrap_or(1);
-    let space = match tag_u16(&mut d, Tag::PhotometricInterpretation) {
+    let n = tag_u16(d, Tag::SamplesPerPixel).unwrap_or(1);
+    let space = match tag_u16(d, Tag::PhotometricInterpretation) {
         Some(0 | 1) => "gray".to_string(),
         Some(2) => "RGB".into(),
         Some(3) => "palette".into(),
@@ -197,9 +219,7 @@ pub(super) fn sample_kind<R: Read + Seek>(source: R) -> Option<String> {
         Some(p) => format!("colour space {p}"),
         None => "no colour space given".into(),
     };
-    Some(format!(
-        "a TIFF of {bits}-bit {kind} samples, {n} a pixel ({space})"
-    ))
+    format!("a TIFF of {bits}-bit {kind} samples, {n} a pixel ({space})")
 }
 
 /// A palette TIFF (PhotometricInterpretation 3: one 1-, 2-, 4- or 8-bit index a pixel into
@@ -211,7 +231,7 @@ pub(super) fn sample_kind<R: Read + Seek>(source: R) -> Option<String> {
 /// The `tiff` crate has no colour type for palettes, so the file is read with its
 /// interpretation said to be gray (black is zero): the indices come out as gray samples,
 /// through whatever compression, predictor, strips or tiles the file uses.
-pub(super) fn palette_tiff<R: Read + Seek>(mut source: R) -> Decoded {
+fn palette_tiff<R: Read + Seek>(mut source: R) -> Decoded {
     let start = source.stream_position().ok()?;
     let (at, gray) = photometric_patch(&mut source, 3, 1)?;
     source.seek(SeekFrom::Start(start)).ok()?;
