@@ -11,6 +11,7 @@ pub use image::RgbImage;
 use crate::{Error, Result, Tensor};
 
 mod jpeg_warnings;
+mod tiff_jpeg;
 mod tiff_kinds;
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -447,6 +448,16 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
         );
     }
     let start = source.stream_position().map_err(|e| e.to_string())?;
+    // A JPEG-compressed TIFF's strips go through libjpeg, as cv2's libtiff decodes them (or
+    // the `image` crate's JPEG decoder where GRADCAM_JPEG_DECODER chose it).
+    if format == image::ImageFormat::Tiff {
+        if let Some(r) = tiff_jpeg::jpeg_tiff(&mut source) {
+            return r;
+        }
+        source
+            .seek(std::io::SeekFrom::Start(start))
+            .map_err(|e| e.to_string())?;
+    }
     let unassociated =
         format == image::ImageFormat::Tiff && tiff_kinds::unassociated_alpha(&mut source);
     source

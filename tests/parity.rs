@@ -221,7 +221,10 @@ fn faint_maps_are_normalised_as_pytorch_grad_cam_does() {
 /// alpha, and rounds an RGB one's); an 8-bit RGBA TIFF with unassociated alpha (cv2 multiplies
 /// the colour by it, libtiff's RGBA interface); palette TIFFs of 8-bit (PIL's, LZW), 4-bit
 /// (a map of any 16-bit values: libtiff keeps their high bytes) and 1-bit indices (a map of
-/// values below 256, which libtiff takes as they are); a lossy WebP.
+/// values below 256, which libtiff takes as they are); JPEG-compressed TIFFs (libtiff's RGB,
+/// in one strip and in several, and gray, their tables in JPEGTables; YCbCr 4:2:0 in strips
+/// and in tiles, each a whole JPEG), whose strips gradcam decodes with libjpeg as libtiff
+/// does; a lossy WebP.
 #[test]
 fn images_decode_to_cv2s_pixels() {
     let dir = fixtures().join("decode");
@@ -231,7 +234,7 @@ fn images_decode_to_cv2s_pixels() {
         .filter(|p| p.extension().is_some_and(|e| e != "npy"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 21, "{files:?}");
+    assert_eq!(files.len(), 26, "{files:?}");
     for file in files {
         let img = load_rgb8(&file).unwrap();
         let (shape, want) = gradcam::npy::read_f32(&file.with_extension("rgb.npy")).unwrap();

@@ -60,8 +60,8 @@ def gray_alpha16_png(path: Path, la: np.ndarray) -> None:
 
 def tiff_by_hand(path: Path, tags: list, strips: list, big_endian: bool = False) -> None:
     """A one-image TIFF: the strips after the header, then the IFD, then the values longer
-    than an entry's 4 bytes. `tags`: (tag, type: 3 SHORT / 4 LONG, values), strip offsets
-    (273) given as None and filled in."""
+    than an entry's 4 bytes. `tags`: (tag, type: 3 SHORT / 4 LONG / 7 UNDEFINED bytes,
+    values), strip or tile offsets (273, 324) given as None and filled in."""
     e = ">" if big_endian else "<"
     offsets = [8 + sum(len(x) for x in strips[:k]) for k in range(len(strips))]
     tags = sorted((t, k, offsets if v is None else v) for t, k, v in tags)
@@ -71,7 +71,7 @@ def tiff_by_hand(path: Path, tags: list, strips: list, big_endian: bool = False)
     extra_at = ifd_at + 2 + 12 * len(tags) + 4
     ifd = struct.pack(e + "H", len(tags))
     for tag, kind, values in tags:
-        packed = struct.pack(e + ("H" if kind == 3 else "I") * len(values), *values)
+        packed = struct.pack(e + {3: "H", 4: "I", 7: "B"}[kind] * len(values), *values)
         if len(packed) > 4:
             packed, extra = struct.pack(e + "I", extra_at + len(extra)), extra + packed
         ifd += struct.pack(e + "HHI", tag, kind, len(values)) + packed.ljust(4, b"\0")
@@ -115,6 +115,44 @@ def palette_tiff(path: Path, index: np.ndarray, bits: int, colour_map: np.ndarra
         (320, 3, [int(v) for v in colour_map.reshape(-1)]),
     ]
     tiff_by_hand(path, tags, [strip], big_endian=True)
+
+
+def jpeg_tiff(path: Path, img: Image.Image, chunk: tuple, tiled: bool) -> None:
+    """A JPEG-compressed (7) YCbCr TIFF, 4:2:0, of strips `chunk[1]` rows high or tiles of
+    `chunk` (the edge tiles padded by repeating the last row and column): each strip or tile
+    a whole JPEG of its own by PIL (with its tables and a JFIF marker), as some writers make
+    them; libtiff writes the tables once in JPEGTables (PIL's and cv2's files)."""
+    w, h = img.size
+    cw, ch = (chunk[0], chunk[1]) if tiled else (w, chunk[1])
+    arr = np.asarray(img)
+    parts = []
+    for y in range(0, h, ch):
+        for x in range(0, w, cw):
+            part = arr[y : y + ch, x : x + cw]
+            if tiled:
+                part = np.pad(part, ((0, ch - part.shape[0]), (0, cw - part.shape[1]), (0, 0)), mode="edge")
+            out = __import__("io").BytesIO()
+            Image.fromarray(part).save(out, "JPEG", quality=85, subsampling="4:2:0")
+            parts.append(out.getvalue())
+    where = [(322, 4, [cw]), (323, 4, [ch]), (324, 4, None), (325, 4, [len(x) for x in parts])] if tiled else [
+        (273, 4, None), (278, 4, [ch]), (279, 4, [len(x) for x in parts])]
+    tags = [
+        (256, 4, [w]), (257, 4, [h]), (258, 3, [8, 8, 8]), (259, 3, [7]), (262, 3, [6]),
+        (277, 3, [3]), (284, 3, [1]), (530, 3, [2, 2]),
+    ] + where
+    tiff_by_hand(path, tags, parts)
+
+
+def jpeg_tiffs() -> None:
+    """JPEG-compressed TIFFs: gradcam decodes their strips with libjpeg, as libtiff does."""
+    # libtiff's (through PIL): RGB and gray, tables in JPEGTables; RGB in strips of 16 rows.
+    picture(53, 37, 13).save(OUT / "rgb_jpeg_tiff.tif", compression="jpeg", quality=80)
+    picture(41, 30, 14).convert("L").save(OUT / "gray_jpeg_tiff.tif", compression="jpeg", quality=85)
+    picture(45, 70, 15).save(OUT / "rgb_strips_jpeg_tiff.tif", compression="jpeg", quality=90, strip_size=45 * 3 * 16)
+    # YCbCr 4:2:0: strips of 16 rows (the last of 5), and tiles of 16 x 16 (the last column
+    # and row padded). (cv2 5.0 reads no TIFF with an orientation tag other than 1.)
+    jpeg_tiff(OUT / "ycbcr_strips_jpeg_tiff.tif", picture(45, 37, 16), (45, 16), tiled=False)
+    jpeg_tiff(OUT / "ycbcr_tiles_jpeg_tiff.tif", picture(40, 30, 17), (16, 16), tiled=True)
 
 
 def main() -> int:
@@ -164,6 +202,7 @@ def main() -> int:
     rng = np.random.RandomState(12)
     palette_tiff(OUT / "palette4_tiff.tif", rng.randint(0, 16, (15, 21)), 4, rng.randint(0, 65536, (3, 16)))
     palette_tiff(OUT / "palette1_map8_tiff.tif", rng.randint(0, 2, (9, 19)), 1, rng.randint(0, 256, (3, 2)))
+    jpeg_tiffs()
     jpegtran = shutil.which("jpegtran")
     if jpegtran:
         subprocess.run(

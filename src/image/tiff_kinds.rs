@@ -11,23 +11,23 @@ use image::RgbImage;
 use tiff::decoder::{Decoder, DecodingResult};
 use tiff::tags::Tag;
 
-type Decoded = Option<std::result::Result<RgbImage, String>>;
+pub(super) type Decoded = Option<std::result::Result<RgbImage, String>>;
 
 /// The `tiff` crate's decoder over `source`, its buffers held to the `image` crate's default
 /// limit for one image (its size in MiB returned beside it, for messages).
-fn limited<R: Read + Seek>(source: R) -> Option<(Decoder<R>, usize)> {
+pub(super) fn limited<R: Read + Seek>(source: R) -> Option<(Decoder<R>, usize)> {
     let max = image::Limits::default().max_alloc? as usize;
     let mut limits = tiff::decoder::Limits::default();
     limits.decoding_buffer_size = max;
     Some((Decoder::new(source).ok()?.with_limits(limits), max >> 20))
 }
 
-fn tag_u16<R: Read + Seek>(d: &mut Decoder<R>, t: Tag) -> Option<u16> {
+pub(super) fn tag_u16<R: Read + Seek>(d: &mut Decoder<R>, t: Tag) -> Option<u16> {
     d.find_tag_unsigned::<u16>(t).ok().flatten()
 }
 
 /// The image's orientation tag (none: upright).
-fn orientation<R: Read + Seek>(d: &mut Decoder<R>) -> image::metadata::Orientation {
+pub(super) fn orientation<R: Read + Seek>(d: &mut Decoder<R>) -> image::metadata::Orientation {
     tag_u16(d, Tag::Orientation)
         .and_then(|o| image::metadata::Orientation::from_exif(o.try_into().ok()?))
         .unwrap_or(image::metadata::Orientation::NoTransforms)
@@ -52,7 +52,7 @@ fn samples<R: Read + Seek>(
     }
 }
 
-fn too_large((w, h): (u32, u32), max_mib: usize) -> String {
+pub(super) fn too_large((w, h): (u32, u32), max_mib: usize) -> String {
     format!(
         "a {w}×{h} TIFF: decoding it would take more than the {max_mib} MiB allowed for one \
          image (a decompression bomb, or a picture far larger than a model needs)"
@@ -60,7 +60,7 @@ fn too_large((w, h): (u32, u32), max_mib: usize) -> String {
 }
 
 /// `px` (w·h RGB triples) as an upright image.
-fn upright(
+pub(super) fn upright(
     (w, h): (u32, u32),
     px: Vec<u8>,
     turn: image::metadata::Orientation,
