@@ -714,6 +714,12 @@ fn walk_jpeg(b: &[u8], mut visit: impl FnMut(u8, &[u8]) -> bool) -> Option<()> {
 /// The decoder's error, with the limit named when the image is too large to decode.
 fn why(e: image::ImageError) -> String {
     match e {
+        // (Its own words: "failed to fill whole buffer".)
+        image::ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the file ends before its image data does: cut short, as an interrupted download or \
+             copy leaves it, or damaged"
+                .into()
+        }
         image::ImageError::Limits(l) => format!(
             "{l}: decoding it would take more than the {} MiB allowed for one image \
              (a decompression bomb, or a picture far larger than a model needs)",
@@ -1242,6 +1248,21 @@ mod tests {
     /// as it is read (64 GiB of zeros after the signature fail at the first chunk; reading
     /// them first would exhaust memory), a JPEG larger than any the limits allow is refused by
     /// its size. Both files are sparse: they take no disk.
+    /// Files cut short say so, in words, whatever their format's decoder says.
+    #[test]
+    fn files_cut_short_say_so() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decode");
+        for name in [
+            "rgb16_tiff.tif",
+            "rgba8_unassoc_tiff.tif",
+            "rgb_jpeg_tiff.tif",
+        ] {
+            let whole = std::fs::read(dir.join(name)).unwrap();
+            let err = decode_rgb8(&whole[..whole.len() * 2 / 3]).unwrap_err();
+            assert!(err.contains("cut short"), "{name}: {err}");
+        }
+    }
+
     #[test]
     fn huge_files_are_not_read_whole() {
         let dir = tempfile::tempdir().unwrap();
