@@ -714,8 +714,12 @@ fn walk_jpeg(b: &[u8], mut visit: impl FnMut(u8, &[u8]) -> bool) -> Option<()> {
 /// The decoder's error, with the limit named when the image is too large to decode.
 fn why(e: image::ImageError) -> String {
     match e {
-        // (Its own words: "failed to fill whole buffer".)
-        image::ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+        // (Its own words, there or inside a format's error (QOI's): "failed to fill whole
+        // buffer".)
+        e if matches!(&e, image::ImageError::IoError(io)
+            if io.kind() == std::io::ErrorKind::UnexpectedEof)
+            || e.to_string().contains("failed to fill whole buffer") =>
+        {
             "the file ends before its image data does: cut short, as an interrupted download or \
              copy leaves it, or damaged"
                 .into()
@@ -1261,6 +1265,13 @@ mod tests {
             let err = decode_rgb8(&whole[..whole.len() * 2 / 3]).unwrap_err();
             assert!(err.contains("cut short"), "{name}: {err}");
         }
+        // QOI's decoder says it inside its own error.
+        let mut qoi = std::io::Cursor::new(Vec::new());
+        let img = RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 77]));
+        img.write_to(&mut qoi, image::ImageFormat::Qoi).unwrap();
+        let qoi = qoi.into_inner();
+        let err = decode_rgb8(&qoi[..qoi.len() / 2]).unwrap_err();
+        assert!(err.contains("cut short"), "qoi: {err}");
     }
 
     #[test]
