@@ -55,7 +55,7 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
         Ok(f) => f,
         Err(_) => match image::ImageFormat::from_path(path) {
             Ok(image::ImageFormat::Tga) => image::ImageFormat::Tga,
-            _ => return Err(bad("not a recognised image format".into())),
+            _ => return Err(bad(unrecognised(&head))),
         },
     };
     f.rewind().map_err(|e| Error::io(path, e))?;
@@ -78,6 +78,41 @@ pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     f.read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;
     guarded(|| decode_bytes(&bytes, Some(format))).map_err(bad)
+}
+
+/// Why a file whose first bytes no decoder here knows is refused: the format named where
+/// they are one's that this build does not decode (HEIC photographs from phones, JPEG XL,
+/// JPEG 2000, Photoshop, PDF, SVG), so the message says what to convert.
+fn unrecognised(head: &[u8]) -> String {
+    let ftyp = |brands: &[&[u8; 4]]| {
+        head.get(4..8) == Some(b"ftyp") && brands.iter().any(|b| head.get(8..12) == Some(&b[..]))
+    };
+    let text = String::from_utf8_lossy(&head[..head.len().min(64)]);
+    let text = text.trim_start_matches('\u{feff}').trim_start();
+    let avif = head.get(4..8) == Some(b"ftyp")
+        && (head[8..].chunks(4)).any(|b| b == b"avif" || b == b"avis");
+    let kind = if avif {
+        "an AVIF image"
+    } else if ftyp(&[
+        b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1",
+    ]) {
+        "a HEIF image (HEIC, as phones save photographs)"
+    } else if head.starts_with(&[0xFF, 0x0A]) || head.starts_with(b"\0\0\0\x0CJXL \r\n\x87\n") {
+        "a JPEG XL image"
+    } else if head.starts_with(b"\0\0\0\x0CjP  \r\n\x87\n")
+        || head.starts_with(&[0xFF, 0x4F, 0xFF, 0x51])
+    {
+        "a JPEG 2000 image"
+    } else if head.starts_with(b"8BPS") {
+        "a Photoshop document"
+    } else if head.starts_with(b"%PDF") {
+        "a PDF document"
+    } else if text.starts_with("<svg") || (text.starts_with("<?xml") && text.contains("<svg")) {
+        "an SVG drawing"
+    } else {
+        return "not a recognised image format".into();
+    };
+    format!("{kind}, which this build does not decode; convert it to JPEG or PNG")
 }
 
 /// The formats whose files are read whole before decoding.
@@ -181,7 +216,7 @@ fn decode_bytes(
     }
     let format = match format {
         Some(f) => f,
-        None => image::guess_format(bytes).map_err(|_| "not a recognised image format")?,
+        None => image::guess_format(bytes).map_err(|_| unrecognised(bytes))?,
     };
     if format == image::ImageFormat::Jpeg {
         return decode_jpeg(bytes);
@@ -1361,6 +1396,36 @@ mod tests {
         avif.extend_from_slice(b"ftypavif\0\0\0\0avifmif1miaf");
         avif.resize(64, 0);
         assert!(decode_rgb8(&avif).unwrap_err().contains("AVIF"));
+        // Formats named by their first bytes; other bytes are just not recognised.
+        let named = |head: &[u8], kind: &str| {
+            let err = decode_rgb8(head).unwrap_err();
+            assert!(
+                err.starts_with(kind) && err.contains("convert it"),
+                "{kind}: {err}"
+            );
+        };
+        named(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", "a HEIF image (HEIC");
+        named(b"\0\0\0\x18ftypmif1\0\0\0\0mif1heic", "a HEIF image");
+        named(b"\0\0\0\x18ftypmif1\0\0\0\0mif1avif", "an AVIF image");
+        named(&[0xFF, 0x0A, 0xFA, 0x7F], "a JPEG XL image");
+        named(
+            b"\0\0\0\x0CJXL \r\n\x87\n\0\0\0\x14ftypjxl ",
+            "a JPEG XL image",
+        );
+        named(
+            b"\0\0\0\x0CjP  \r\n\x87\n\0\0\0\x14ftypjp2 ",
+            "a JPEG 2000 image",
+        );
+        named(&[0xFF, 0x4F, 0xFF, 0x51, 0, 0x2F], "a JPEG 2000 image");
+        named(b"8BPS\0\x01\0\0", "a Photoshop document");
+        named(b"%PDF-1.7\n", "a PDF document");
+        named(b"\xEF\xBB\xBF <svg xmlns=", "an SVG drawing");
+        named(
+            b"<?xml version=\"1.0\"?>\n<svg width=\"10\"",
+            "an SVG drawing",
+        );
+        let err = decode_rgb8(b"<?xml version=\"1.0\"?>\n<html>").unwrap_err();
+        assert_eq!(err, "not a recognised image format");
     }
 
     /// A JPEG cut short is refused (its decoder would fill the rest with grey); whole ones

@@ -2399,3 +2399,41 @@ fn assert_json_close(a: &serde_json::Value, b: &serde_json::Value, tol: f64, at:
         _ => assert_eq!(a, b, "{at}"),
     }
 }
+
+/// A folder of photographs in formats this build does not decode (an iPhone's HEIC beside
+/// JPEGs): each is reported by name, with what to convert it to, and counted in summary.csv;
+/// the rest are explained; files that are no images (notes.txt) are not walked.
+#[test]
+fn photographs_in_formats_not_decoded_are_reported_not_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    std::fs::copy(fixtures().join("images/a.png"), imgs.join("a.png")).unwrap();
+    std::fs::write(
+        imgs.join("IMG_0001.HEIC"),
+        b"\0\0\0\x18ftypheic\0\0\0\0mif1heic",
+    )
+    .unwrap();
+    std::fs::write(imgs.join("notes.txt"), b"taken in May").unwrap();
+    let out = dir.path().join("out");
+    let o = gradcam(&[
+        "explain",
+        imgs.to_str().unwrap(),
+        "-m",
+        &model(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("IMG_0001.HEIC: cannot decode image: a HEIF image (HEIC")
+            && err.contains("convert it to JPEG or PNG"),
+        "{err}"
+    );
+    assert!(!err.contains("notes.txt"), "{err}");
+    assert!(out.join("a.json").is_file());
+    let rows = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let heic = rows.lines().find(|l| l.contains("IMG_0001.HEIC")).unwrap();
+    assert!(!heic.contains(",ok,"), "{rows}");
+}
