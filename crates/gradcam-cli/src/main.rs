@@ -39,11 +39,25 @@ use gradcam::backend::CpuBackend;
 use gradcam::image::InputSize;
 use gradcam::model::{Network, MAX_INPUT_SIDE};
 
+/// The environment variables a user may set (the README says more; the `GRADCAM_CONV_*`
+/// tuning switches are for comparisons and left out).
+const ENVIRONMENT: &str = "\
+Environment:
+  GRADCAM_MEMORY        Cap on the host memory a run plans for (8G, 512M, bytes): images per
+                        pass, chunks, and which images are refused as too large
+  GRADCAM_JPEG_DECODER  `image`: the image crate's faster JPEG decoder instead of libjpeg's
+                        (whose pixels are cv2's)
+  GRADCAM_NVRTC         The libnvrtc to compile the CUDA kernels with (a file)
+  GRADCAM_CACHE_DIR     Where compiled kernels are kept (default ~/.cache/gradcam/kernels;
+                        `off`: none)
+  RAYON_NUM_THREADS     Worker threads, where --threads is not given";
+
 #[derive(Parser)]
 #[command(
     name = "gradcam",
     version,
-    about = "Grad-CAM explanations at data-set scale"
+    about = "Grad-CAM explanations at data-set scale",
+    after_help = ENVIRONMENT
 )]
 struct Cli {
     /// Worker threads (default, or 0: every core).

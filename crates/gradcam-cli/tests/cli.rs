@@ -2437,3 +2437,20 @@ fn photographs_in_formats_not_decoded_are_reported_not_left_out() {
     let heic = rows.lines().find(|l| l.contains("IMG_0001.HEIC")).unwrap();
     assert!(!heic.contains(",ok,"), "{rows}");
 }
+
+/// `gradcam --help` lists the environment variables a user may set.
+#[test]
+fn help_lists_the_environment() {
+    let o = gradcam(&["--help"]);
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    for var in [
+        "GRADCAM_MEMORY",
+        "GRADCAM_JPEG_DECODER",
+        "GRADCAM_NVRTC",
+        "GRADCAM_CACHE_DIR",
+        "RAYON_NUM_THREADS",
+    ] {
+        assert!(help.contains(&format!("\n  {var} ")), "{var}: {help}");
+    }
+}
