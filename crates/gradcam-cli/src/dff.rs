@@ -145,7 +145,7 @@ fn dff_all<B: Backend>(
                 }
                 continue;
             }
-            let per_pass = passes.images_per_pass(hw);
+            let per_pass = passes.pass_of(hw, group.len());
             // A batch that fails (an image too small for the network at --size native) is
             // run again an image at a time, so only the culprit is lost.
             let activations = |idx: &[usize]| -> gradcam::Result<Tensor> {
@@ -216,6 +216,9 @@ fn dff_all<B: Backend>(
     if k > channels {
         bar.finish_and_clear();
         anyhow::bail!("--components {k}: more concepts than the {channels} channels of {layer}");
+    }
+    if let Some(note) = passes.cut_note("large images", "--batch") {
+        bar.suspend(|| eprintln!("note: {note}"));
     }
     bar.set_message(format!("factorising into {k} concepts"));
     let f = dff::factorize(acts, k)?;

@@ -222,7 +222,7 @@ fn eval_on<B: Backend>(
                 bar.inc(1);
                 continue;
             }
-            cfg.forward_batch = passes.images_per_pass(hw);
+            cfg.forward_batch = passes.pass_of(hw, cfg.forward_batch);
         }
         match evaluate_image(net, e, &cfg) {
             Ok(r) => {
@@ -261,6 +261,9 @@ fn eval_on<B: Backend>(
              clipped to it (the first in {first}; boxes are inclusive 0-based pixels, the last \
              column is the width - 1)"
         );
+    }
+    if let Some(note) = passes.cut_note("large images' copies", "--forward-batch") {
+        eprintln!("note: {note}");
     }
     let agg = aggregate(&reports);
     print!("{}", table(&agg));

@@ -761,7 +761,7 @@ fn explain_all<B: Backend>(
                 }
             }
             for (hw, mut group) in groups {
-                let per_pass = passes.images_per_pass(hw);
+                let per_pass = passes.pass_of(hw, group.len());
                 while !group.is_empty() {
                     let rest = group.split_off(per_pass.min(group.len()));
                     let out = explain_group(net, &group, &cfg, &mut timings);
@@ -808,6 +808,9 @@ fn explain_all<B: Backend>(
             timings.postprocess.as_secs_f64(),
             a.out.display()
         );
+    }
+    if let Some(note) = passes.cut_note("large images", "--batch") {
+        eprintln!("note: {note}");
     }
     if !failures.is_empty() {
         eprintln!("{} input(s) failed (listed above)", failures.len());

@@ -38,6 +38,8 @@ pub struct PassSizes<'a> {
     threads: usize,
     batch: usize,
     bytes: HashMap<(usize, usize), Option<Cost>>,
+    /// The fewest a pass held where more were waiting, and at which size: for [`Self::cut_note`].
+    cut: Option<(usize, (usize, usize))>,
 }
 
 /// What one image of an input size costs: `per_image` bytes in each pass it shares with
@@ -68,6 +70,7 @@ impl<'a> PassSizes<'a> {
             threads,
             batch,
             bytes,
+            cut: None,
         }
     }
 
@@ -109,6 +112,30 @@ impl<'a> PassSizes<'a> {
             Some(c) => images_per_pass(c.per_image, self.memory, self.threads, self.batch),
             None => self.batch,
         }
+    }
+
+    /// [`Self::images_per_pass`] for `waiting` inputs of size `hw`, remembering where that
+    /// cuts them to fewer than the batch, for [`Self::cut_note`].
+    pub fn pass_of(&mut self, hw: (usize, usize), waiting: usize) -> usize {
+        let n = self.images_per_pass(hw);
+        // (A group larger than the batch is cut by it, as asked: no note.)
+        if waiting > n && n < self.batch && self.cut.is_none_or(|(fewest, _)| n < fewest) {
+            self.cut = Some((n, hw));
+        }
+        n
+    }
+
+    /// A line for the end of a run whose passes were cut to fit the memory (a run slower per
+    /// image than its batch size promises): `what` went through fewer at a time than `option`.
+    pub fn cut_note(&self, what: &str, option: &str) -> Option<String> {
+        let (n, (h, w)) = self.cut?;
+        Some(format!(
+            "{what} went through fewer at a time than {option} {} to fit in {} {} of memory \
+             (as few as {n} a pass, at {w}×{h})",
+            self.batch,
+            crate::memory::whose(),
+            crate::memory::amount(self.memory.unwrap_or(0)),
+        ))
     }
 
     /// Why an image of input size `hw` cannot be explained here: one layer of its pass would
@@ -322,6 +349,16 @@ mod tests {
         assert!(large.too_large((4000, 4000)).is_none());
         assert_eq!(large.images_per_pass((4000, 4000)), 1);
         assert_eq!(large.images_per_pass((224, 224)), 8);
+        // A note only where a pass was cut: one 4000×4000 image alone is not.
+        assert_eq!(large.pass_of((4000, 4000), 1), 1);
+        assert_eq!(large.pass_of((224, 224), 20), 8);
+        assert!(large.cut_note("images", "--batch").is_none());
+        assert_eq!(large.pass_of((4000, 4000), 3), 1);
+        let note = large.cut_note("images", "--batch").unwrap();
+        assert!(
+            note.contains("than --batch 8") && note.contains("as few as 1 a pass, at 4000×4000"),
+            "{note}"
+        );
         let mut gpu = PassSizes::new(&graph, one, false, Some(512 * mib), 8);
         assert!(gpu.too_large((4000, 4000)).is_none());
         assert_eq!(gpu.images_per_pass((4000, 4000)), 8);

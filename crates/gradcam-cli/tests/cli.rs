@@ -2259,8 +2259,17 @@ fn a_memory_cap_cuts_passes_and_refuses_what_cannot_fit() {
     };
     let (o, whole) = explain("1G", "whole");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("fewer at a time"), "{}", stderr(&o));
     let (o, cut) = explain("12M", "cut");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "note: large images went through fewer at a time than --batch 4 to fit in the \
+             GRADCAM_MEMORY cap's 12 MiB of memory (as few as 1 a pass, at 400×300)"
+        ),
+        "{}",
+        stderr(&o)
+    );
     for stem in ["a", "b", "big", "big2"] {
         let read = |d: &Path| gradcam::npy::read_f32(&d.join(format!("{stem}.cam.npy"))).unwrap();
         let ((shape, w), (cut_shape, c)) = (read(&whole), read(&cut));
@@ -2324,8 +2333,15 @@ fn a_memory_cap_cuts_passes_and_refuses_what_cannot_fit() {
     };
     let (o, whole) = eval("1G", "whole.json");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("fewer at a time"), "{}", stderr(&o));
     let (o, cut) = eval("12M", "cut.json");
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("large images' copies went through fewer at a time than --forward-batch 32"),
+        "{}",
+        stderr(&o)
+    );
     assert!(whole.contains("\"images\": 3"), "{whole}");
     let parse = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
     assert_json_close(&parse(&whole), &parse(&cut), 1e-5, "eval");
