@@ -89,8 +89,15 @@ fn unrecognised(head: &[u8]) -> String {
     };
     let text = String::from_utf8_lossy(&head[..head.len().min(64)]);
     let text = text.trim_start_matches('\u{feff}').trim_start();
-    let avif = head.get(4..8) == Some(b"ftyp")
-        && (head[8..].chunks(4)).any(|b| b == b"avif" || b == b"avis");
+    // (The ftyp box: its size, `ftyp`, the major brand, a version, the compatible brands.)
+    let ftyp_end = head
+        .get(..4)
+        .map_or(0, |n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]));
+    let brands = head
+        .get(8..(ftyp_end as usize).min(head.len()))
+        .unwrap_or_default();
+    let avif =
+        head.get(4..8) == Some(b"ftyp") && (brands.chunks(4)).any(|b| b == b"avif" || b == b"avis");
     let kind = if avif {
         "an AVIF image"
     } else if ftyp(&[
@@ -1407,6 +1414,8 @@ mod tests {
         named(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", "a HEIF image (HEIC");
         named(b"\0\0\0\x18ftypmif1\0\0\0\0mif1heic", "a HEIF image");
         named(b"\0\0\0\x18ftypmif1\0\0\0\0mif1avif", "an AVIF image");
+        // ("avif" past the ftyp box is no brand.)
+        named(b"\0\0\0\x14ftypmif1\0\0\0\0mif1heicavif", "a HEIF image");
         named(&[0xFF, 0x0A, 0xFA, 0x7F], "a JPEG XL image");
         named(
             b"\0\0\0\x0CJXL \r\n\x87\n\0\0\0\x14ftypjxl ",
