@@ -490,28 +490,30 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
         );
     }
     let start = source.stream_position().map_err(|e| e.to_string())?;
+    let tiff = match format == image::ImageFormat::Tiff {
+        true => tiff_kinds::header(&mut source),
+        false => tiff_kinds::Header::default(),
+    };
+    let rewind = |s: &mut R| {
+        s.seek(std::io::SeekFrom::Start(start))
+            .map_err(|e| e.to_string())
+    };
+    rewind(&mut source)?;
     // A JPEG-compressed TIFF's strips go through libjpeg, as cv2's libtiff decodes them (or
     // the `image` crate's JPEG decoder where GRADCAM_JPEG_DECODER chose it).
-    if format == image::ImageFormat::Tiff {
+    if tiff.jpeg {
         if let Some(r) = tiff_jpeg::jpeg_tiff(&mut source) {
             return r;
         }
-        source
-            .seek(std::io::SeekFrom::Start(start))
-            .map_err(|e| e.to_string())?;
+        rewind(&mut source)?;
     }
-    let unassociated =
-        format == image::ImageFormat::Tiff && tiff_kinds::unassociated_alpha(&mut source);
-    source
-        .seek(std::io::SeekFrom::Start(start))
-        .map_err(|e| e.to_string())?;
-    match decode_by_image(&mut source, format, unassociated) {
+    match decode_by_image(&mut source, format, tiff.unassociated) {
         Ok(r) => r,
         // The `image` crate takes no gray + alpha, palette or gray float TIFF, and its
         // message for other kinds names a colour type `Unknown(32)`.
         Err(e @ image::ImageError::Unsupported(_)) if format == image::ImageFormat::Tiff => {
-            let by_tiff = (source.seek(std::io::SeekFrom::Start(start)).ok())
-                .and_then(|_| tiff_kinds::unsupported(&mut source));
+            let by_tiff =
+                (rewind(&mut source).ok()).and_then(|_| tiff_kinds::unsupported(&mut source));
             by_tiff.unwrap_or_else(|| Err(why(e)))
         }
         Err(e) => Err(why(e)),
@@ -519,7 +521,7 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
 }
 
 /// The `image` crate's decoding; Err where it has no decoder for the file (its header).
-/// `unassociated`: an RGBA TIFF's alpha is unassociated ([`tiff_kinds::unassociated_alpha`]).
+/// `unassociated`: an RGBA TIFF's alpha is unassociated ([`tiff_kinds::Header`]).
 fn decode_by_image<R: std::io::BufRead + std::io::Seek>(
     source: R,
     format: image::ImageFormat,

@@ -71,13 +71,26 @@ pub(super) fn upright(
     Ok(img.into_rgb8())
 }
 
-/// Whether a TIFF's extra sample is unassociated alpha (ExtraSamples = 2, as PIL writes RGBA):
-/// cv2 reads an 8-bit one through libtiff's RGBA interface, which multiplies the colour by it.
-/// False where the header cannot be read (the decoder then says why).
-pub(super) fn unassociated_alpha<R: Read + Seek>(source: R) -> bool {
-    Decoder::new(source)
-        .and_then(|mut d| d.get_tag_u32_vec(Tag::ExtraSamples))
-        .is_ok_and(|v| v == [2])
+/// What a TIFF's first header says about how to read it, read once for every TIFF.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Header {
+    /// JPEG-compressed (compression 7): its strips go through [`super::tiff_jpeg`].
+    pub jpeg: bool,
+    /// The extra sample is unassociated alpha (ExtraSamples = 2, as PIL writes RGBA): cv2
+    /// reads an 8-bit one through libtiff's RGBA interface, which multiplies the colour by it.
+    pub unassociated: bool,
+}
+
+/// [`Header`] of a TIFF; all false where the header cannot be read (the decoder then says
+/// why).
+pub(super) fn header<R: Read + Seek>(source: R) -> Header {
+    let Ok(mut d) = Decoder::new(source) else {
+        return Header::default();
+    };
+    Header {
+        jpeg: tag_u16(&mut d, Tag::Compression) == Some(7),
+        unassociated: d.get_tag_u32_vec(Tag::ExtraSamples).is_ok_and(|v| v == [2]),
+    }
 }
 
 /// An 8-bit RGBA image's colour multiplied by its alpha as libtiff's RGBA interface does

@@ -112,7 +112,7 @@ fn dff_all<B: Backend>(
     let mut first_hw = None;
     // Positions held so far, the fewest of one image, and the layer's channels.
     let (mut held, mut fewest, mut channels) = (0usize, usize::MAX, 0usize);
-    let memory = crate::memory::bytes();
+    let memory = passes.memory();
     for (i, chunk) in files.chunks(a.batch as usize).enumerate() {
         let mut images = Vec::new();
         for f in chunk {

@@ -114,6 +114,11 @@ impl<'a> PassSizes<'a> {
         }
     }
 
+    /// The memory these passes are planned for (None: unknown).
+    pub fn memory(&self) -> Option<u64> {
+        self.memory
+    }
+
     /// [`Self::images_per_pass`] for `waiting` inputs of size `hw`, remembering where that
     /// cuts them to fewer than the batch, for [`Self::cut_note`].
     pub fn pass_of(&mut self, hw: (usize, usize), waiting: usize) -> usize {
