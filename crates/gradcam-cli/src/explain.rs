@@ -230,7 +230,9 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
     if listed && a.classes.as_deref() == Some(Path::new("folders")) {
         anyhow::bail!("--classes folders: give the folders of class folders to explain");
     }
-    let written = Written::of(&a.out);
+    let (written, summary_text) = Written::read(&a.out);
+    // Kept for --resume only: a million rows need not stay in memory otherwise.
+    let summary_text = summary_text.filter(|_| a.resume);
     let (files, failures) = inputs::collect(&a.inputs, Some((&a.out, &written)));
     if !listed {
         report_inputs(&files, &failures)?;
@@ -239,7 +241,7 @@ pub fn run(a: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let net = load_network(&a.model)?;
-    with_network!(net, net => explain_all(a, &net, files, failures, written, started))
+    with_network!(net, net => explain_all(a, &net, files, failures, (written, summary_text), started))
 }
 
 /// What the JSON reports as the layer of FullGrad, which has none.
@@ -281,7 +283,7 @@ fn explain_all<B: Backend>(
     net: &Network<B>,
     mut files: Vec<PathBuf>,
     mut failures: Vec<(PathBuf, String)>,
-    written: Written,
+    (written, summary_text): (Written, Option<std::io::Result<String>>),
     started: Instant,
 ) -> anyhow::Result<ExitCode> {
     let graph = net.graph();
@@ -527,7 +529,11 @@ fn explain_all<B: Backend>(
         settings["jpeg_decoder"] = json!("image");
     }
     let mut previous = match a.resume {
-        true => resume::load(&a.out, &settings)?,
+        true => {
+            let text =
+                summary_text.unwrap_or_else(|| inputs::read_text(&a.out.join(summary::FILE)));
+            resume::load_from(&a.out, &settings, text)?
+        }
         false => None,
     };
     // Positions in summary.csv: the inputs that never became files first, then the files.

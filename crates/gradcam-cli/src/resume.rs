@@ -34,22 +34,26 @@ pub enum Written {
 }
 
 impl Written {
-    /// What `out` holds.
-    pub fn of(out: &Path) -> Self {
+    /// What `out` holds, and the text of its `summary.csv` where a run wrote there, for
+    /// [`load_from`]: a summary of a million rows is read once, not twice.
+    pub fn read(out: &Path) -> (Self, Option<std::io::Result<String>>) {
         if !out.join(SETTINGS).is_file() {
-            return Written::Nothing;
+            return (Written::Nothing, None);
         }
-        let Ok(text) = crate::inputs::read_text(&out.join(FILE)) else {
-            return Written::All;
+        let summary = crate::inputs::read_text(&out.join(FILE));
+        let written = match &summary {
+            Ok(text) => {
+                let mut rows = records(text).map(fields);
+                match rows.next().and_then(|h| h.last().cloned()).as_deref() {
+                    Some("stem") => Written::Stems(
+                        (rows.filter_map(|r| r.last().map(|s| s.to_lowercase()))).collect(),
+                    ),
+                    _ => Written::All,
+                }
+            }
+            Err(_) => Written::All,
         };
-        let mut rows = records(&text).map(fields);
-        if rows.next().and_then(|h| h.last().cloned()).as_deref() != Some("stem") {
-            return Written::All;
-        }
-        Written::Stems(
-            rows.filter_map(|r| r.last().map(|s| s.to_lowercase()))
-                .collect(),
-        )
+        (written, Some(summary))
     }
 
     /// Whether the files of `stem` (`<stem>.overlay.png`, ...) are a run's outputs.
@@ -101,8 +105,13 @@ fn image_key(p: &str) -> String {
 /// The previous run in `out`, if there is one to go on from (none when the folder holds no
 /// `run.json` or no `summary.csv`, or when its run wrote fewer kinds of files than `now`
 /// asks for: everything is then explained). Fails when the previous run's settings differ
-/// from `now`, naming each difference.
-pub fn load(out: &Path, now: &Value) -> anyhow::Result<Option<Previous>> {
+/// from `now`, naming each difference. `summary_text` is `out`'s `summary.csv` as read
+/// ([`Written::read`]).
+pub fn load_from(
+    out: &Path,
+    now: &Value,
+    summary_text: std::io::Result<String>,
+) -> anyhow::Result<Option<Previous>> {
     let settings = out.join(SETTINGS);
     let text = match std::fs::read_to_string(&settings) {
         Ok(text) => text,
@@ -139,7 +148,7 @@ pub fn load(out: &Path, now: &Value) -> anyhow::Result<Option<Previous>> {
         return Ok(None);
     }
     let summary = out.join(FILE);
-    if !summary.exists() {
+    if (summary_text.as_ref()).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
         return Ok(None); // stopped before its first row
     }
     // A summary that cannot be read would otherwise mean every image is explained again,
@@ -151,7 +160,7 @@ pub fn load(out: &Path, now: &Value) -> anyhow::Result<Option<Previous>> {
             summary.display()
         )
     };
-    let text = crate::inputs::read_text(&summary).map_err(|e| unusable(&e.to_string()))?;
+    let text = summary_text.map_err(|e| unusable(&e.to_string()))?;
     let header = records(&text).next().map(fields).unwrap_or_default();
     if header.len() < 3
         || header[0] != "image"
@@ -318,6 +327,11 @@ fn differences(then: &Value, now: &Value) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// [`load_from`] reading the summary itself.
+    fn load(out: &Path, now: &Value) -> anyhow::Result<Option<Previous>> {
+        load_from(out, now, crate::inputs::read_text(&out.join(FILE)))
+    }
+
     #[test]
     fn differing_settings_are_named() {
         let then = json!({"layer": "layer3", "method": "gradcam", "class": null, "outputs": [1]});
@@ -359,7 +373,12 @@ mod tests {
         );
         std::fs::write(out.join(FILE), text).unwrap();
         std::fs::write(out.join("x-2.json"), r#"{"class": 1}"#).unwrap();
-        let mut p = load(&out, &now).unwrap().unwrap();
+        // The summary is read once: for the stems the run wrote, then for what it did.
+        let (written, summary_text) = Written::read(&out);
+        assert!(written.holds("X-2") && written.holds("y") && !written.holds("z"));
+        let mut p = load_from(&out, &now, summary_text.unwrap())
+            .unwrap()
+            .unwrap();
         let x = imgs.join("x.png");
         assert_eq!(
             p.kept(&x, "x", &out, &[".json"]),
