@@ -9,6 +9,9 @@ before any normalisation (the map each library's own post-processing starts from
     torchcam 0.5.0   GradCAM, XGradCAM, LayerCAM  (extractor(class, scores, normalized=False))
     captum 0.9.0     LayerGradCam.attribute(x, target=class, relu_attributions=True)
 
+Captum's GuidedBackprop is checked equal to pytorch-grad-cam's GuidedBackpropReLUModel (whose
+outputs tests/methods.rs' guided fixtures hold) and not stored again.
+
 Cases: every manifest.json case that is not counterfactual (neither peer has one), its input
 read back from the committed expected file (so the maps come from exactly the values the Rust
 test loads), its class the given one or the argmax.
@@ -31,6 +34,7 @@ for the README's Parity section:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -41,9 +45,10 @@ from safetensors.torch import load_file
 
 import captum
 import torchcam
-from captum.attr import LayerGradCam
+from captum.attr import GuidedBackprop, LayerGradCam
 from pytorch_grad_cam import GradCAM as PgcGradCAM
 from pytorch_grad_cam import GradCAMPlusPlus as PgcGradCAMPlusPlus
+from pytorch_grad_cam import GuidedBackpropReLUModel
 from pytorch_grad_cam import ScoreCAM as PgcScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torchcam.methods import GradCAM, GradCAMpp, LayerCAM, ScoreCAM, XGradCAM
@@ -68,6 +73,17 @@ def captum_map(model, layer: str, x: torch.Tensor, k: int) -> np.ndarray:
     attr = LayerGradCam(model, model.get_submodule(layer))
     a = attr.attribute(x, target=k, relu_attributions=True)
     return a[0, 0].detach().numpy().astype(np.float32)
+
+
+def guided_agrees(model, x: torch.Tensor, k: int) -> float:
+    """Captum's GuidedBackprop against pytorch-grad-cam's GuidedBackpropReLUModel (whose
+    output tests/methods.rs' guided fixtures hold): the largest difference, relative."""
+    ours = GuidedBackprop(model).attribute(x.clone().requires_grad_(True), target=k)
+    # pytorch-grad-cam swaps the model's ReLU modules (and does not put back their names):
+    # a copy.
+    model = copy.deepcopy(model)
+    theirs = GuidedBackpropReLUModel(model, device="cpu")(x.clone(), target_category=k)
+    return rel(ours[0].detach().numpy().transpose(1, 2, 0), theirs)
 
 
 def activation_and_gradient(model, layer: str, x: torch.Tensor, k: int):
@@ -146,6 +162,8 @@ def main() -> int:
         maps["captum_gradcam"] = captum_map(model, layer, x, k)
         # The two libraries agree with each other on Grad-CAM (a check on this script).
         assert rel(maps["captum_gradcam"], maps["torchcam_gradcam"]) < 1e-4, c["id"]
+        guided = guided_agrees(model, x, k)
+        assert guided < 1e-6, (c["id"], guided)
         d = differing(model, layer, x, k)
         far = {m: max(v, d[m]) for m, v in far.items()}
         h, w = maps["captum_gradcam"].shape
@@ -176,6 +194,10 @@ def main() -> int:
             "captum_gradcam": "LayerGradCam(model, layer).attribute(x, target=class, "
                               "relu_attributions=True)[0, 0]",
             "class": "the manifest case's class, else the argmax of the logits",
+            "captum_guided_backprop": "GuidedBackprop(model).attribute(x, target=class) "
+                                      "equals pytorch-grad-cam's GuidedBackpropReLUModel on "
+                                      "every case (checked, < 1e-6): tests/methods.rs' guided "
+                                      "fixtures stand for both",
         },
         "not_stored": {
             "torchcam_gradcampp": "TorchCAM 0.5.0's weights are sum_ij g^2 relu(g) "
