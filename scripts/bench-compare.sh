@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side CPU benchmark: `gradcam explain` against pytorch-grad-cam 1.5.7, TorchCAM 0.5
-# and torch's bare forward pass, same images, same weights, same thread count, one run.
+# Side-by-side CPU benchmark: `gradcam explain` against pytorch-grad-cam 1.5.7, TorchCAM 0.5,
+# Captum 0.9 and torch's bare forward pass, same images, same weights, same thread count, one run.
 # Whole process timed from outside (start-up and model load included): 64 image files in,
 # 64 overlay PNGs out, batch 8. Needs the tools venv (python -m venv .venv-tools &&
 # .venv-tools/bin/pip install -r tools/requirements.txt) and a release build.
@@ -58,7 +58,7 @@ for spec in resnet50:layer4 vgg16:features.29; do
   if grep -qw avx512f /proc/cpuinfo; then
     timed gradcam-avx2 "$arch" env GRADCAM_AVX512=0 $bin --threads "$threads" explain "$images" -m "$model" --layer "$layer" --batch 8 -o "$work/out-rs"
   fi
-  for tool in gradcam torchcam forward; do
+  for tool in gradcam torchcam captum forward; do
     timed "py-$tool" "$arch" $py tools/bench_peers.py --arch "$arch" --images "$images" --batch 8 --out "$work/out-$tool" --tool "$tool" --threads "$threads"
   done
 done

@@ -2,7 +2,7 @@
 """Peer implementations for the gradcam benchmarks.
 
     python tools/bench_peers.py --arch resnet50|vgg16 --images DIR --batch 8 --out OUTDIR \
-        --tool gradcam|torchcam|forward [--threads N]
+        --tool gradcam|torchcam|captum|forward [--threads N]
 
 Every tool: torchvision model with random weights (weights=None, seed 0),
 each image read with OpenCV and converted to RGB float32 in [0, 1], resized
@@ -15,6 +15,9 @@ batches of --batch.
   torchcam  the same with torchcam's GradCAM; its layer-resolution map is
             resized and normalised like pytorch-grad-cam's and blended with
             the same show_cam_on_image, so the overlays are equivalent
+  captum    the same with Captum's LayerGradCam (relu_attributions=True); Captum
+            needs the class up front, so each batch runs a forward pass for the
+            argmax first (under inference_mode), as a user of it would
   forward   torch's bare forward pass under torch.inference_mode (no output)
 
 Prints one summary line (key=value) with images/s measured from the first
@@ -49,7 +52,7 @@ def parse_args(argv):
     p.add_argument("--images", required=True, type=Path, help="directory of input images")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", required=True, type=Path, help="directory for <stem>.overlay.png")
-    p.add_argument("--tool", required=True, choices=["gradcam", "torchcam", "forward"])
+    p.add_argument("--tool", required=True, choices=["gradcam", "torchcam", "captum", "forward"])
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = p.parse_args(argv)
     if args.batch < 1:
@@ -118,6 +121,10 @@ def main(argv=None) -> int:
         from pytorch_grad_cam.utils.image import show_cam_on_image
         from torchcam.methods import GradCAM as TorchCamGradCAM
         extractor = TorchCamGradCAM(model, target_layer=layer_name)
+    elif args.tool == "captum":
+        from captum.attr import LayerGradCam
+        from pytorch_grad_cam.utils.image import show_cam_on_image
+        extractor = LayerGradCam(model, model.get_submodule(layer_name))
 
     t_load = t_model = t_write = 0.0
     start = time.perf_counter()
@@ -133,6 +140,11 @@ def main(argv=None) -> int:
             cams = None
         elif args.tool == "gradcam":
             cams = extractor(input_tensor=x, targets=None)  # [B,224,224], argmax class
+        elif args.tool == "captum":
+            with torch.inference_mode():
+                classes = model(x).argmax(1).tolist()
+            small = extractor.attribute(x, target=classes, relu_attributions=True)[:, 0]
+            cams = [normalise_and_resize(c) for c in small.detach().cpu().numpy()]
         else:
             scores = model(x)
             small = extractor(scores.argmax(1).tolist(), scores)[0]  # [B,h,w], normalised
