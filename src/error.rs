@@ -3,8 +3,12 @@
 
 use std::path::PathBuf;
 
+/// Every failure the library reports. Its message is meant to be shown as it is: it names
+/// the file, tensor, layer or class concerned and, where there is one, what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A file could not be read or written.
+    ///
     /// The reason is part of the message and not also the error's `source()`, so a printer
     /// of error chains (anyhow's `{:#}`) does not print it twice.
     #[error("{path}: {}", io_words(error))]
@@ -12,14 +16,18 @@ pub enum Error {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// A model file that is not a readable safetensors file (a pickle, a truncated download).
     #[error("{path}: not a valid safetensors file: {reason}")]
     BadSafetensors { path: PathBuf, reason: String },
+    /// A tensor the architecture needs is not in the model file; `hint` suggests the
+    /// likely cause (another architecture, a prefix such as `module.`).
     #[error("{path}: tensor `{name}` is missing{hint}")]
     MissingTensor {
         path: PathBuf,
         name: String,
         hint: String,
     },
+    /// A tensor whose shape does not fit the architecture read from the others.
     #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected}")]
     BadShape {
         path: PathBuf,
@@ -28,6 +36,7 @@ pub enum Error {
         expected: String,
         found: Vec<usize>,
     },
+    /// A weight stored in a type other than a float (quantised checkpoints).
     #[error(
         "{path}: tensor `{name}` has dtype {dtype}; only F32, F64, F16 and BF16 are supported"
     )]
@@ -36,16 +45,22 @@ pub enum Error {
         name: String,
         dtype: String,
     },
+    /// The tensors match no supported architecture (VGG, ResNet and their variants).
     #[error("cannot recognise the architecture: {0}")]
     UnknownArch(String),
+    /// A layer name the model does not have; `valid` lists those it has.
     #[error("unknown layer `{name}`; valid layers: {valid}")]
     UnknownLayer { name: String, valid: String },
+    /// A layer that exists but cannot be explained (no spatial map, as `fc`).
     #[error("layer `{name}` cannot be a Grad-CAM target: {reason}")]
     BadTarget { name: String, reason: String },
+    /// A class index past the model's head.
     #[error("class {class} is out of range: the model has {num_classes} classes (0..={max})", max = num_classes.saturating_sub(1))]
     ClassOutOfRange { class: usize, num_classes: usize },
+    /// A file that is not an image this library decodes, or a damaged one.
     #[error("{path}: cannot decode image: {reason}")]
     BadImage { path: PathBuf, reason: String },
+    /// An input tensor of the wrong rank, channels or size for the network.
     #[error("input shape {found:?} does not fit: {reason}")]
     BadInput { found: Vec<usize>, reason: String },
     /// The device ran out of memory; a batch that hits this is split and retried.
@@ -54,6 +69,7 @@ pub enum Error {
     /// No usable GPU: what is missing and where we looked.
     #[error("{0}")]
     NoDevice(String),
+    /// A CUDA driver, NVRTC or kernel failure other than running out of memory.
     #[error("CUDA: {0}")]
     Cuda(String),
     /// Infinities or NaNs in a network's results: an overflow (f16 tops out at 65504) or a
@@ -64,10 +80,12 @@ pub enum Error {
          corrupt model"
     )]
     NonFinite { what: String, backend: String },
+    /// Arguments that do not go together or are out of range; the message says which.
     #[error("{0}")]
     Invalid(String),
 }
 
+/// The library's result, [`Error`] by default.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The common I/O failures in plain words (as the CLI's own input checks put them); the rest

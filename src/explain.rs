@@ -56,13 +56,18 @@ use crate::image::{InputSize, RgbImage};
 use crate::model::Network;
 use crate::{Error, Result};
 
+/// What [`explain_batch`] computes; `Default` is Grad-CAM of the predicted class at the model's
+/// default layer, at 224×224, with the overlay drawn on the original image.
 #[derive(Clone, Debug)]
 pub struct ExplainConfig {
     /// Target layer (torchvision module path), or several separated by commas (the mean of
     /// their normalised maps); None = the model's default.
     pub layer: Option<String>,
+    /// The class explained for each image.
     pub classes: ClassSel,
+    /// The paper's counterfactual map: what speaks against the class (the negated score).
     pub counterfactual: bool,
+    /// The CAM method.
     pub method: Method,
     /// Also produce guided backpropagation and Guided Grad-CAM images.
     pub guided: bool,
@@ -87,6 +92,7 @@ pub struct ExplainConfig {
     pub kpca: crate::cam::kpca::Kpca,
     /// SESS over the method ([`CamRequest::sess`]).
     pub sess: Option<crate::cam::sess::Sess>,
+    /// The size the network sees: a square, or each image's own.
     pub size: InputSize,
     /// Where the overlay is drawn, if at all.
     pub overlay: OverlayAt,
@@ -130,8 +136,11 @@ impl Default for ExplainConfig {
 
 /// Everything we report for one image.
 pub struct Explanation {
+    /// The class explained (the predicted one unless the config named one).
     pub class: usize,
+    /// That class's logit.
     pub logit: f32,
+    /// That class's softmax probability.
     pub probability: f32,
     /// (class, logit), best first.
     pub top5: Vec<(usize, f32)>,
@@ -142,6 +151,7 @@ pub struct Explanation {
     pub map_hw: (usize, usize),
     /// The normalised map at the model-input size, row-major, values in [0, 1].
     pub cam: Vec<f32>,
+    /// The model-input size (h, w) the image was resized to.
     pub input_hw: (usize, usize),
     /// The map blended with the image (JET), as `ExplainConfig::overlay` says; None when off.
     pub overlay: Option<RgbImage>,
@@ -154,12 +164,16 @@ pub struct Explanation {
 /// Wall time per stage, summed over batches.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Timings {
+    /// Resizing and normalising the images.
     pub preprocess: Duration,
+    /// The network: forward pass, backward pass, the method's weights and maps.
     pub cam: Duration,
+    /// Upsampling, normalising and drawing the overlays.
     pub postprocess: Duration,
 }
 
 impl Timings {
+    /// Adds another batch's times.
     pub fn add(&mut self, o: &Timings) {
         self.preprocess += o.preprocess;
         self.cam += o.cam;

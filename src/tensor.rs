@@ -1,5 +1,6 @@
 //! A host tensor: a shape and a contiguous row-major `Vec<f32>`. Activations are NCHW.
 
+/// A host tensor: inputs, logits, channel weights and maps come back as these.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
@@ -19,6 +20,7 @@ impl Tensor {
         Tensor { shape, data }
     }
 
+    /// A tensor of zeros.
     pub fn zeros(shape: impl Into<Vec<usize>>) -> Self {
         let shape = shape.into();
         let n = shape.iter().product();
@@ -28,32 +30,39 @@ impl Tensor {
         }
     }
 
+    /// A tensor with every value `v`.
     pub fn full(shape: impl Into<Vec<usize>>, v: f32) -> Self {
         let mut t = Self::zeros(shape);
         t.data.fill(v);
         t
     }
 
+    /// The dimensions, outermost first (NCHW for activations).
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// The values, row-major.
     pub fn data(&self) -> &[f32] {
         &self.data
     }
 
+    /// The values, row-major, to change in place.
     pub fn data_mut(&mut self) -> &mut [f32] {
         &mut self.data
     }
 
+    /// The values, without a copy.
     pub fn into_data(self) -> Vec<f32> {
         self.data
     }
 
+    /// The number of values (the product of the shape).
     pub fn len(&self) -> usize {
         self.data.len()
     }
 
+    /// Whether some dimension is zero.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }

@@ -29,6 +29,8 @@ pub enum ClassSel {
     PerImage(Vec<usize>),
 }
 
+/// A CAM method: pytorch-grad-cam's, under the names its command-line flag takes
+/// ([`Method::name`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     /// α = mean ∂y/∂A; map = ReLU(Σ α A).
@@ -75,6 +77,7 @@ pub enum Method {
 }
 
 impl Method {
+    /// Every method.
     pub const ALL: [Method; 15] = [
         Method::GradCam,
         Method::GradCamPlusPlus,
@@ -93,6 +96,7 @@ impl Method {
         Method::SegEigenCam,
     ];
 
+    /// The name `--method` takes (`gradcam`, `gradcam++`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Method::GradCam => "gradcam",
@@ -113,6 +117,8 @@ impl Method {
         }
     }
 
+    /// A method by its name, in any case, with or without `-` and `_` (`GradCAM++`,
+    /// `grad_cam_pp`); an unknown name is an error listing the known ones.
     pub fn parse(s: &str) -> Result<Method> {
         let key = s.to_ascii_lowercase().replace(['-', '_'], "");
         let key = if key == "gradcampp" || key == "gradcamplusplus" {
@@ -132,6 +138,7 @@ impl Method {
             })
     }
 
+    /// Whether the method runs a backward pass.
     pub fn uses_gradients(self) -> bool {
         !matches!(
             self,
@@ -195,8 +202,11 @@ pub struct CamRequest<'a> {
     /// The target layer's torchvision module path, or several separated by commas (their
     /// normalised maps are averaged; see [`super::multi_layer`]).
     pub layer: &'a str,
+    /// The class explained for each image.
     pub classes: &'a ClassSel,
+    /// The CAM method.
     pub method: Method,
+    /// Explain the negated score: what speaks against the class.
     pub counterfactual: bool,
     /// Also run guided backpropagation to the input.
     pub guided: bool,
@@ -255,6 +265,7 @@ pub const FEM_K: f32 = 2.0;
 pub struct CamBatch {
     /// [N, classes]
     pub logits: Tensor,
+    /// The class explained for each image.
     pub classes: Vec<usize>,
     /// [N, K]: the method's channel weights (Grad-CAM's α, the paper's neuron importance;
     /// for the element-wise methods, α as well; for Eigen-CAM and Eigen-Grad-CAM, the first
