@@ -19,8 +19,9 @@ pub enum Error {
     /// A model file that is not a readable safetensors file (a pickle, a truncated download).
     #[error("{path}: not a valid safetensors file: {reason}")]
     BadSafetensors { path: PathBuf, reason: String },
-    /// A tensor the architecture needs is not in the model file; `hint` suggests the
-    /// likely cause (another architecture, a prefix such as `module.`).
+    /// A tensor the architecture needs is not in the model file; `hint` names tensors
+    /// of similar names or the likely cause (a head saved inside a Sequential, a missing
+    /// downsample or bias).
     #[error("{path}: tensor `{name}` is missing{hint}")]
     MissingTensor {
         path: PathBuf,
@@ -36,7 +37,8 @@ pub enum Error {
         expected: String,
         found: Vec<usize>,
     },
-    /// A weight stored in a type other than a float (quantised checkpoints).
+    /// A weight stored in a type other than F32, F64, F16 or BF16 (integer or 8-bit
+    /// quantised checkpoints).
     #[error(
         "{path}: tensor `{name}` has dtype {dtype}; only F32, F64, F16 and BF16 are supported"
     )]
@@ -45,7 +47,8 @@ pub enum Error {
         name: String,
         dtype: String,
     },
-    /// The tensors match no supported architecture (VGG, ResNet and their variants).
+    /// The tensors match no supported architecture (VGG, ResNet and their variants), or
+    /// an `--arch` that is unknown or does not fit the file.
     #[error("cannot recognise the architecture: {0}")]
     UnknownArch(String),
     /// A layer name the model does not have; `valid` lists those it has.

@@ -25,7 +25,8 @@ for the README's Parity section:
       pytorch-grad-cam: 2 g^2 + (sum_ab A) g^3), but the division acts on a copy made by
       boolean indexing and is lost: its weights are sum_ij g^2 relu(g) (checked).
     TorchCAM's Score-CAM normalises each channel at the layer's resolution, before the
-      upsampling (pytorch-grad-cam after it); its baseline score is a constant under the
+      upsampling, and upsamples with half-pixel centres (pytorch-grad-cam upsamples first,
+      with align_corners=True, then normalises); its baseline score is a constant under the
       softmax over channels.
 
     .venv-tools/bin/python tools/make_peer_fixtures.py [--out tests/fixtures]
@@ -203,9 +204,11 @@ def main() -> int:
             "torchcam_gradcampp": "TorchCAM 0.5.0's weights are sum_ij g^2 relu(g) "
                                   "(checked): finished as pytorch-grad-cam's, its maps are "
                                   f"up to {far['gradcampp']:.3g} from pytorch-grad-cam's",
-            "torchcam_scorecam": "normalises each channel at the layer's resolution, before "
-                                 "upsampling it (pytorch-grad-cam: after): finished maps up "
-                                 f"to {far['scorecam']:.3g} from pytorch-grad-cam's",
+            "torchcam_scorecam": "normalises each channel at the layer's resolution, then "
+                                 "upsamples it with align_corners=False (pytorch-grad-cam: "
+                                 "upsamples with align_corners=True, then normalises): "
+                                 f"finished maps up to {far['scorecam']:.3g} from "
+                                 "pytorch-grad-cam's",
         },
         "cases": cases,
     }

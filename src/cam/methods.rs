@@ -29,7 +29,7 @@ pub enum ClassSel {
     PerImage(Vec<usize>),
 }
 
-/// A CAM method: pytorch-grad-cam's, under the names its command-line flag takes
+/// A CAM method (pytorch-grad-cam's), under the names `gradcam --method` takes
 /// ([`Method::name`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -138,7 +138,8 @@ impl Method {
             })
     }
 
-    /// Whether the method runs a backward pass.
+    /// Whether the method's weights come from gradients (Ablation-CAM may still run a
+    /// backward pass, where the head after the layer is affine).
     pub fn uses_gradients(self) -> bool {
         !matches!(
             self,

@@ -530,8 +530,9 @@ fn explain_all<B: Backend>(
     }
     let mut previous = match a.resume {
         true => {
-            let text =
-                summary_text.unwrap_or_else(|| inputs::read_text(&a.out.join(summary::FILE)));
+            // None: the folder held no run.json when it was read, so nothing to go on from.
+            let none = || Err(std::io::ErrorKind::NotFound.into());
+            let text = summary_text.unwrap_or_else(none);
             resume::load_from(&a.out, &settings, text)?
         }
         false => None,
