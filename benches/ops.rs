@@ -1,5 +1,6 @@
 //! Criterion benches of the heavy CPU ops on the shapes that dominate ResNet-50 and VGG16
-//! at 224×224, batch 8: `cargo bench --bench ops`. Throughput is in multiply-adds (bytes of
+//! at 224×224, batch 8: `cargo bench --bench ops` (the convs also in bf16 where the CPU has
+//! AMX). Throughput is in multiply-adds (bytes of
 //! weights for the linear layers, images for the principal component); ROAD's imputation is
 //! timed per solve.
 
@@ -99,6 +100,24 @@ fn conv(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("conv2d_bwd_data", s.name), |b| {
             b.iter(|| be.conv2d_bwd_data(&dy, &w, (s.hw, s.hw), &p).unwrap())
         });
+        // `--precision bf16` (AMX tiles), where this CPU has them.
+        if CpuBackend::bf16_available() {
+            let bf = CpuBackend::fast_bf16();
+            let prepared = bf.conv2d_prepare(&w, &p).unwrap();
+            let bwd = bf.conv2d_prepare_bwd(&w, &p, (s.hw, s.hw)).unwrap();
+            group.bench_function(BenchmarkId::new("conv2d_fwd_bf16", s.name), |b| {
+                b.iter(|| {
+                    bf.conv2d_fwd(&x, &w, prepared.as_ref(), None, &p, false)
+                        .unwrap()
+                })
+            });
+            group.bench_function(BenchmarkId::new("conv2d_bwd_data_bf16", s.name), |b| {
+                b.iter(|| {
+                    bf.conv2d_bwd_data_with(&dy, &w, bwd.as_ref(), (s.hw, s.hw), &p)
+                        .unwrap()
+                })
+            });
+        }
         // A ResNet block's end (its last conv is 1x1 in ResNet-50): bias, skip, ReLU fused.
         if s.r == 1 {
             let (bias, res) = (rng.tensor(&[s.k], -0.1, 0.1), dy.clone());

@@ -422,6 +422,82 @@ fn conv2d_fwd_and_bwd_data_fast_match_naive() {
     }
 }
 
+/// `--precision bf16` on the CPU (AMX): every conv of one group, forward and backward-data,
+/// against the naive conv of the operands rounded to bf16 (`round_bf16`, as torch's
+/// `.to(torch.bfloat16)`), within `close`'s 1e-4 of the output's scale: the f32 accumulation
+/// is all that differs. The unrounded product is ~2e-3 of the scale away (bf16 keeps 8
+/// bits), so filters that ran in f32 would fail. Grouped convs stay f32: against the plain
+/// naive conv. On a CPU without AMX-BF16 the backend prepares what `fast` does (said).
+#[test]
+fn conv2d_bf16_matches_naive_on_rounded_operands() {
+    use gradcam::backend::cpu::round_bf16;
+    let (bf, reference) = (CpuBackend::fast_bf16(), CpuBackend::reference());
+    let round = |t: &Tensor| {
+        Tensor::new(
+            t.shape().to_vec(),
+            t.data().iter().map(|&v| round_bf16(v)).collect(),
+        )
+    };
+    let mut rng = Rng::new(11);
+    for (i, cc) in conv_cases().into_iter().enumerate() {
+        let x = rng.tensor(&[cc.n, cc.c, cc.h, cc.w], -1.0, 1.0);
+        let w = rng.tensor(&[cc.k, cc.c / cc.p.groups, cc.r, cc.s], -1.0, 1.0);
+        let b = rng.tensor(&[cc.k], -1.0, 1.0);
+        let (oh, ow) = cc.p.out_hw((cc.h, cc.w), (cc.r, cc.s)).unwrap();
+        let dy = rng.tensor(&[cc.n, cc.k, oh, ow], -1.0, 1.0);
+        let prepared = bf.conv2d_prepare_for(&w, &cc.p, Some((oh, ow))).unwrap();
+        let bwd = bf.conv2d_prepare_bwd(&w, &cc.p, (cc.h, cc.w)).unwrap();
+        if !CpuBackend::bf16_available() {
+            let fast = CpuBackend::fast();
+            let want = fast.conv2d_prepare_for(&w, &cc.p, Some((oh, ow))).unwrap();
+            assert_eq!(
+                prepared.map(|t| t.shape().to_vec()),
+                want.map(|t| t.shape().to_vec())
+            );
+            if i == 0 {
+                eprintln!("note: no AMX-BF16 on this CPU: bf16 convs run as f32 ones here");
+            }
+            continue;
+        }
+        let grouped = cc.p.groups > 1;
+        let (xr, wr, dyr) = match grouped {
+            true => (x.clone(), w.clone(), dy.clone()),
+            false => (round(&x), round(&w), round(&dy)),
+        };
+        let packed = prepared
+            .as_ref()
+            .map(|t| t.shape().len() == 4 && t.shape()[2] == 1);
+        assert_eq!(packed, (!grouped).then_some(true), "case {i}: bf16 filters");
+        for (bias, relu) in [(None, false), (Some(&b), true)] {
+            let y_ref = reference
+                .conv2d_fwd(&xr, &wr, None, bias, &cc.p, relu)
+                .unwrap();
+            let y = bf.conv2d_fwd(&x, &w, prepared.as_ref(), bias, &cc.p, relu);
+            close(
+                &format!("bf16 conv2d_fwd case {i} relu {relu}"),
+                &y.unwrap(),
+                &y_ref,
+            );
+        }
+        let res = rng.tensor(&[cc.n, cc.k, oh, ow], -1.0, 1.0);
+        let y_ref = reference.conv2d_fwd(&xr, &wr, None, Some(&b), &cc.p, false);
+        let y_ref = naive::relu_fwd(&naive::add(&y_ref.unwrap(), &res));
+        let y = bf.conv2d_fwd_add_relu(&x, &w, prepared.as_ref(), Some(&b), &cc.p, &res);
+        close(
+            &format!("bf16 conv2d_fwd_add_relu case {i}"),
+            &y.unwrap(),
+            &y_ref,
+        );
+        let dx_ref = reference
+            .conv2d_bwd_data(&dyr, &wr, (cc.h, cc.w), &cc.p)
+            .unwrap();
+        let dx = bf
+            .conv2d_bwd_data_with(&dy, &w, bwd.as_ref(), (cc.h, cc.w), &cc.p)
+            .unwrap();
+        close(&format!("bf16 conv2d_bwd_data case {i}"), &dx, &dx_ref);
+    }
+}
+
 #[test]
 fn pools_fast_match_naive_and_are_adjoint() {
     let (fast, reference) = (CpuBackend::fast(), CpuBackend::reference());

@@ -252,3 +252,32 @@ fn images_decode_to_cv2s_pixels() {
         );
     }
 }
+
+/// `--precision bf16` on the CPU (convolutions on AMX tiles, their operands rounded to bf16,
+/// everything stored in f32) end to end against pytorch-grad-cam's f32 results, at
+/// `ParityTol::CPU_BF16`: logits 3e-2 relative, cam 1e-1 (observed 1.3e-2 and 5.0e-2, on the
+/// nearly flat maps of the tiny random-weight fixtures, where min-max normalisation
+/// magnifies small differences). Where the CPU has no AMX-BF16 the backend is the f32 one:
+/// then at f32's tolerance.
+#[test]
+fn parity_fixtures_with_bf16_convolutions_on_the_cpu() {
+    let on = CpuBackend::bf16_available();
+    let tol = match on {
+        true => gradcam::parity::ParityTol::CPU_BF16,
+        false => common::F32_TOL,
+    };
+    let open = |g| Network::new(g, CpuBackend::fast_bf16());
+    let results = gradcam::parity::run_fixtures(&common::fixtures(), open, |_| true).unwrap();
+    for r in &results {
+        assert!(tol.passes(r), "{}: {r:?} outside {tol:?}", r.id);
+    }
+    let worst =
+        |f: fn(&gradcam::parity::CaseResult) -> f32| results.iter().map(f).fold(0f32, f32::max);
+    eprintln!(
+        "bf16 on the CPU (AMX {on}): {} cases, largest cam error {:.2e}, logits {:.2e}",
+        results.len(),
+        worst(|r| r.cam_err),
+        worst(|r| r.logits_err)
+    );
+    assert!(results.len() >= 20, "fixture manifest lost cases");
+}

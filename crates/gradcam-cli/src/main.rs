@@ -109,7 +109,9 @@ pub struct ModelArgs {
     device: Device,
     /// Arithmetic on a GPU: `tf32` (default; tensor-core convolutions, PyTorch's default for
     /// cuDNN), `f32` (exact, as on the CPU), `bf16` or `f16` (16-bit tensors and tensor cores,
-    /// f32 accumulation; f16 is finer, bf16 has f32's range). The CPU always computes in f32.
+    /// f32 accumulation; f16 is finer, bf16 has f32's range). The CPU computes in f32, or with
+    /// `bf16` its convolutions in bf16 on AMX tiles where it has them (Xeon since Sapphire
+    /// Rapids).
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
 }
@@ -286,10 +288,27 @@ pub fn load_network(m: &ModelArgs) -> anyhow::Result<AnyNetwork> {
         Ok(AnyNetwork::Cuda(Network::new(graph, be)?))
     };
     let cpu = |graph| -> anyhow::Result<AnyNetwork> {
-        if m.precision.is_some_and(|p| p != PrecisionArg::F32) {
-            eprintln!("note: --precision applies on a GPU; the CPU computes in f32");
-        }
-        Ok(AnyNetwork::Cpu(Network::new(graph, CpuBackend::fast())?))
+        let be = match m.precision {
+            Some(PrecisionArg::Bf16) if CpuBackend::bf16_available() => CpuBackend::fast_bf16(),
+            Some(PrecisionArg::Bf16) => {
+                eprintln!(
+                    "note: --precision bf16 runs on the CPU only with AMX-BF16 (Intel Xeon since \
+                     Sapphire Rapids, Linux), which this one lacks: computing in f32"
+                );
+                CpuBackend::fast()
+            }
+            Some(p @ (PrecisionArg::Tf32 | PrecisionArg::F16)) => {
+                let p = if p == PrecisionArg::Tf32 {
+                    "tf32"
+                } else {
+                    "f16"
+                };
+                eprintln!("note: --precision {p} applies on a GPU; the CPU computes in f32");
+                CpuBackend::fast()
+            }
+            _ => CpuBackend::fast(),
+        };
+        Ok(AnyNetwork::Cpu(Network::new(graph, be)?))
     };
     Ok(match m.device {
         Device::Cpu => cpu(graph)?,

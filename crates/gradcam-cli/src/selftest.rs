@@ -28,7 +28,8 @@ pub enum SelftestDevice {
 pub struct SelftestArgs {
     #[arg(long, value_enum, default_value_t = SelftestDevice::Cpu)]
     device: SelftestDevice,
-    /// Convolution arithmetic of the GPU kernels (emu, cuda).
+    /// Convolution arithmetic of the GPU kernels (emu, cuda); on the CPU, `bf16` checks its
+    /// bf16 convolutions (AMX), any other value its f32 ones.
     #[arg(long, value_enum, default_value_t = PrecisionArg::Tf32)]
     precision: PrecisionArg,
     /// The parity fixtures to run end to end (manifest.json and pytorch-grad-cam's outputs;
@@ -102,11 +103,22 @@ pub fn run(a: SelftestArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let precision: Precision = a.precision.into();
+    let cpu = match a.precision {
+        PrecisionArg::Bf16 if CpuBackend::bf16_available() => CpuBackend::fast_bf16(),
+        PrecisionArg::Bf16 => {
+            eprintln!("note: this CPU has no AMX-BF16: checking its f32 convolutions");
+            CpuBackend::fast()
+        }
+        _ => CpuBackend::fast(),
+    };
     let (name, mut checks, tol) = match a.device {
         SelftestDevice::Cpu => (
-            "cpu (fast)".to_string(),
-            selftest::run(&CpuBackend::fast())?,
-            ParityTol::F32,
+            cpu.name(),
+            selftest::run(&cpu)?,
+            match cpu.bf16 {
+                true => ParityTol::CPU_BF16,
+                false => ParityTol::F32,
+            },
         ),
         SelftestDevice::Emu => {
             let be = GpuBackend::with_precision(EmuLauncher::new(), precision);
@@ -127,7 +139,7 @@ pub fn run(a: SelftestArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(dir) = &fixtures {
         let rows = match a.device {
-            SelftestDevice::Cpu => parity_checks(dir, tol, || Ok(CpuBackend::fast()))?,
+            SelftestDevice::Cpu => parity_checks(dir, tol, || Ok(cpu))?,
             SelftestDevice::Emu => parity_checks(dir, tol, || {
                 Ok(GpuBackend::with_precision(EmuLauncher::new(), precision))
             })?,

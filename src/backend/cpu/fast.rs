@@ -4,7 +4,10 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{pack_a, packed_shape, sgemm, sgemm_packed, Epilogue, Mat, Parallelism};
+use super::gemm::{
+    bf16_packed_dims, pack_a, pack_a_bf16, packed_shape, sgemm, sgemm_prepacked, Epilogue, Mat,
+    Parallelism,
+};
 use super::naive::adaptive_bin;
 use super::winograd;
 use crate::backend::{BwdFilters, Conv2dParams, Pool2dParams, TransposedConv};
@@ -203,18 +206,28 @@ impl Geom {
 /// transform where it applies (F(4×4)'s where the output map at the model's size, `out_hw`,
 /// is large enough, [`winograd::Tile::for_map`]; else F(2×2)'s), else (one group, a CPU with
 /// the AVX-512 GEMM) the filters as a [K, C·R·S] matrix packed for it ([`pack_a`]: [K, L]).
+/// With `bf16` (`--precision bf16`, a CPU with AMX-BF16) every conv of one group is a GEMM on
+/// the filters rounded to bf16 and packed for the tiles ([`pack_a_bf16`]), Winograd's
+/// included: its transforms would round again on top of bf16's 8 bits, and the tiles'
+/// 16× the multiply-adds of an AVX-512 FMA outrun the 2.25–4× fewer that Winograd does.
 pub fn conv2d_prepare(
     w: &Tensor,
     p: &Conv2dParams,
     out_hw: Option<(usize, usize)>,
+    bf16: bool,
 ) -> Option<Tensor> {
+    let (k, c, r, s) = w.dims4();
+    if bf16 && p.groups == 1 {
+        if let Some(t) = pack_a_bf16(Mat::row_major(w.data(), c * r * s), k, c * r * s) {
+            return Some(t);
+        }
+    }
     if winograd::applies(w, p) {
         let tile = out_hw.map_or(winograd::Tile::F2, |(oh, ow)| {
             winograd::Tile::for_map(oh, ow)
         });
         return Some(winograd::transform_for(w, tile));
     }
-    let (k, c, r, s) = w.dims4();
     (p.groups == 1)
         .then(|| pack_a(Mat::row_major(w.data(), c * r * s), k, c * r * s))
         .flatten()
@@ -222,14 +235,18 @@ pub fn conv2d_prepare(
 
 /// Whether `prepared` has the shape [`conv2d_prepare`] gives filters of `dims` (K, C/groups,
 /// R, S) for this conv: the Winograd transform of either tile, plain or packed, or the
-/// packed matrix. Every form names K and C/groups (or C/groups·R·S) in its shape
-/// ([`packed_shape`]), so filters made for another conv are told apart.
+/// packed matrix, f32 or bf16. Every form names K and C/groups (or C/groups·R·S) in its
+/// shape ([`packed_shape`], [`bf16_packed_dims`]), so filters made for another conv are told
+/// apart.
 pub fn prepared_fits(
     prepared: &Tensor,
     dims: (usize, usize, usize, usize),
     p: &Conv2dParams,
 ) -> bool {
     let (k, cg, r, s) = dims;
+    if let Some(mk) = bf16_packed_dims(prepared) {
+        return p.groups == 1 && mk == (k, cg * r * s);
+    }
     if winograd::applies_to(dims, p) {
         let points = [winograd::Tile::F2.points(), winograd::Tile::F4.points()];
         return match *prepared.shape() {
@@ -248,6 +265,9 @@ pub fn prepared_fits(
 /// S) for [`conv2d_bwd_data`]: Wᵀ, (C·R·S)×K.
 pub fn packed_bwd_fits(prepared: &Tensor, dims: (usize, usize, usize, usize)) -> bool {
     let (k, c, r, s) = dims;
+    if let Some(mk) = bf16_packed_dims(prepared) {
+        return mk == (c * r * s, k);
+    }
     packed_shape(c * r * s, k).is_some_and(|s| prepared.shape() == s)
 }
 
@@ -264,8 +284,8 @@ pub fn packed_bwd_fits(prepared: &Tensor, dims: (usize, usize, usize, usize)) ->
 /// default layers' backward passes cross no 3×3 conv on a map large enough for F(4×4). Other convs of one group, with the
 /// AVX-512 GEMM: Wᵀ packed once for [`conv2d_bwd_data`]'s GEMMs, which otherwise pack it per
 /// image (most of the time on 7×7 maps, where an image is 49 columns). None where neither
-/// applies: [`conv2d_bwd_data`] as it is.
-pub fn conv2d_prepare_bwd(w: &Tensor, p: &Conv2dParams) -> Option<BwdFilters<Tensor>> {
+/// applies: [`conv2d_bwd_data`] as it is. `bf16`: as for [`conv2d_prepare`].
+pub fn conv2d_prepare_bwd(w: &Tensor, p: &Conv2dParams, bf16: bool) -> Option<BwdFilters<Tensor>> {
     let (k, c, r, s) = w.dims4();
     let transposed = p.transposed((r, s)).and_then(|pt| {
         let mut wt = vec![0f32; w.len()];
@@ -278,7 +298,7 @@ pub fn conv2d_prepare_bwd(w: &Tensor, p: &Conv2dParams) -> Option<BwdFilters<Ten
             }
         }
         let wt = Tensor::new([c, k, r, s], wt);
-        let prepared = conv2d_prepare(&wt, &pt, None)?;
+        let prepared = conv2d_prepare(&wt, &pt, None, bf16)?;
         Some(BwdFilters::Transposed(TransposedConv {
             shape: [c, k, r, s],
             p: pt,
@@ -286,8 +306,11 @@ pub fn conv2d_prepare_bwd(w: &Tensor, p: &Conv2dParams) -> Option<BwdFilters<Ten
         }))
     });
     transposed.or_else(|| {
-        let packed =
-            (p.groups == 1).then(|| pack_a(Mat::transposed(w.data(), c * r * s), c * r * s, k));
+        let wt = Mat::transposed(w.data(), c * r * s);
+        let packed = (p.groups == 1).then(|| match bf16 {
+            true => pack_a_bf16(wt, c * r * s, k).or_else(|| pack_a(wt, c * r * s, k)),
+            false => pack_a(wt, c * r * s, k),
+        });
         packed.flatten().map(|prepared| BwdFilters::Own {
             shape: [k, c, r, s],
             prepared,
@@ -370,7 +393,9 @@ pub fn conv2d_fwd_with(
     let (kg, kk, ohw) = (k / p.groups, cg * r * s, oh * ow);
     let rows = g.rows_per_chunk();
     let mut y = Tensor::zeros([n, k, oh, ow]);
-    if winograd::applies_to(f.dims, p) {
+    // Filters packed in bf16 (`--precision bf16`) are a GEMM's, whatever the conv.
+    let bf16 = prepared.is_some_and(|t| bf16_packed_dims(t).is_some());
+    if !bf16 && winograd::applies_to(f.dims, p) {
         // The tile the filters were prepared for at load (by the map at the model's size),
         // whatever this map is; without them, the tile this map calls for, transformed here.
         let computed;
@@ -407,7 +432,7 @@ pub fn conv2d_fwd_with(
         });
         return y;
     }
-    let packed = prepared.filter(|t| p.groups == 1 && t.shape().len() == 2);
+    let packed = prepared.filter(|t| p.groups == 1 && (bf16 || t.shape().len() == 2));
     // C = W·B. Through the packed filters (when there are some) the product adds the bias and
     // (without a residual) the ReLU as it writes each tile; else the bias goes in first and the
     // product accumulates onto it. A residual is added per image after the product (added in
@@ -417,18 +442,7 @@ pub fn conv2d_fwd_with(
         relu: relu && residual.is_none(),
     };
     let product = |cols: usize, wg: Option<Mat>, b_mat: Mat, out: &mut [f32], par| match packed {
-        Some(pk) => sgemm_packed(
-            kg,
-            cols,
-            kk,
-            pk.data(),
-            b_mat,
-            out,
-            ohw,
-            false,
-            tile_epi,
-            par,
-        ),
+        Some(pk) => sgemm_prepacked(kg, cols, kk, pk, b_mat, out, ohw, false, tile_epi, par),
         None => {
             let wg = wg.expect("plain filters where none were packed");
             sgemm(kg, cols, kk, wg, b_mat, out, ohw, b.is_some(), par)
@@ -494,11 +508,11 @@ pub fn conv2d_bwd_data(
     let packed = packed.filter(|_| p.groups == 1);
     let product =
         |cols: usize, wg: Mat, b_mat: Mat, out: &mut [f32], out_rs: usize, par| match packed {
-            Some(pk) => sgemm_packed(
+            Some(pk) => sgemm_prepacked(
                 kk,
                 cols,
                 kg,
-                pk.data(),
+                pk,
                 b_mat,
                 out,
                 out_rs,

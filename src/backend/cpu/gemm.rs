@@ -179,6 +179,103 @@ pub fn sgemm_packed(
     }
 }
 
+/// f32 → bf16 bits, rounded to nearest, ties to even (as torch's `.to(torch.bfloat16)`); a
+/// NaN stays a NaN.
+pub fn bf16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// `x` rounded to the nearest bf16, as an f32: what the bf16 products multiply (tests
+/// compare them with f32 products of rounded operands).
+pub fn round_bf16(x: f32) -> f32 {
+    f32::from_bits((bf16_bits(x) as u32) << 16)
+}
+
+/// Whether this CPU runs the bf16 products of `--precision bf16` (AMX-BF16, [`super::amx`]).
+pub fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::amx::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// A (m×k) rounded to bf16 and packed for the AMX kernel, to be multiplied by
+/// [`sgemm_prepacked`] many times (a layer's filters); None where that kernel does not run.
+/// The tensor holds pairs of bf16 in the bits of each f32 (it is never computed on, only
+/// handed back here), shaped [m, k, 1, q] (q·m·k ≥ the packed length; the 1 tells it from
+/// every f32 form a conv's filters take: [`bf16_packed_dims`]).
+pub fn pack_a_bf16(a: Mat, m: usize, k: usize) -> Option<Tensor> {
+    assert!(a.fits(m, k), "gemm operand too small");
+    if m == 0 || k == 0 || !bf16_available() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let words = super::amx::pack(a, m, k);
+        let q = words.len().div_ceil(m * k);
+        let mut v: Vec<f32> = words.into_iter().map(f32::from_bits).collect();
+        v.resize(m * k * q, 0.0);
+        Some(Tensor::new([m, k, 1, q], v))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("bf16_available is false on this architecture")
+}
+
+/// (m, k) of an A that [`pack_a_bf16`] packed, else None.
+pub fn bf16_packed_dims(t: &Tensor) -> Option<(usize, usize)> {
+    match *t.shape() {
+        [m, k, 1, _] if m > 0 && k > 0 => Some((m, k)),
+        _ => None,
+    }
+}
+
+/// [`sgemm_packed`] for an A from [`pack_a`] or [`pack_a_bf16`], whichever `packed` is.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_prepacked(
+    m: usize,
+    n: usize,
+    k: usize,
+    packed: &Tensor,
+    b: Mat,
+    c: &mut [f32],
+    c_rs: usize,
+    accumulate: bool,
+    epi: Epilogue,
+    par: Parallelism,
+) {
+    let Some(dims) = bf16_packed_dims(packed) else {
+        return sgemm_packed(m, n, k, packed.data(), b, c, c_rs, accumulate, epi, par);
+    };
+    assert!(
+        dims == (m, k)
+            && b.fits(k, n)
+            && c_fits(m, n, c, c_rs)
+            && epi.bias.is_none_or(|v| v.len() >= m),
+        "gemm operands too small, or A packed for another shape"
+    );
+    if n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let data = packed.data();
+        let len = super::amx::packed_words(m, k).min(data.len());
+        // SAFETY: f32 and u32 have one size and alignment, and every bit pattern is a u32:
+        // the words `pack_a_bf16` stored as f32 bits, read back as they were.
+        let words = unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u32>(), len) };
+        super::amx::sgemm_packed(m, n, k, words, b, c, c_rs, accumulate, epi, threads(par));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (accumulate, epi, par);
+        unreachable!("pack_a_bf16 packs nothing on this architecture");
+    }
+}
+
 /// Threads for a product, as the `gemm` crate counts them.
 #[cfg(target_arch = "x86_64")]
 fn threads(par: Parallelism) -> usize {
@@ -293,5 +390,116 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The bf16 products of `--precision bf16` (AMX): `sgemm_prepacked` on A from
+    /// `pack_a_bf16` against a plain f64 sum of the bf16-rounded terms, for shapes that
+    /// leave partial blocks of 32 rows, columns and k, a transposed B (the gathered pack), a
+    /// strided C, accumulation, the epilogue and several threads. Each entry within 1e-5 of
+    /// the sum of its terms' magnitudes (the f32 accumulation's rounding). On a CPU without
+    /// AMX-BF16 the packing refuses (None) and nothing else can run: said, not failed.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sgemm_bf16_matches_a_plain_sum_of_rounded_terms() {
+        let mut seed = 0x9e37_79b9u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        };
+        if !bf16_available() {
+            let a = [1.0f32; 4];
+            assert!(pack_a_bf16(Mat::row_major(&a, 2), 2, 2).is_none());
+            eprintln!("note: no AMX-BF16 on this CPU: its bf16 products are not tested here");
+            return;
+        }
+        let shapes = [
+            (32, 32, 32),
+            (1, 1, 1),
+            (33, 65, 31),
+            (64, 49, 576),
+            (100, 200, 147),
+            (512, 7, 1024),
+            (17, 300, 64),
+        ];
+        for (si, &(m, n, k)) in shapes.iter().enumerate() {
+            for variant in 0..4 {
+                let (b_t, acc) = (variant & 2 == 2, (si + variant) % 2 == 1);
+                let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+                let b: Vec<f32> = (0..k * n).map(|_| rnd() * 3.0).collect();
+                let c_rs = n + 5;
+                let c0: Vec<f32> = (0..m * c_rs).map(|_| rnd()).collect();
+                let am = Mat::row_major(&a, k);
+                let bm = match b_t {
+                    false => Mat::row_major(&b, n),
+                    true => Mat::transposed(&b, k),
+                };
+                let par = match variant {
+                    1 | 3 => Parallelism::Rayon(2),
+                    _ => Parallelism::None,
+                };
+                let packed = pack_a_bf16(am, m, k).expect("AMX is available");
+                assert_eq!(bf16_packed_dims(&packed), Some((m, k)));
+                let bias: Vec<f32> = (0..m).map(|_| rnd()).collect();
+                let epi = match variant {
+                    0 | 3 => Epilogue::default(),
+                    _ => Epilogue {
+                        bias: Some(&bias),
+                        relu: true,
+                    },
+                };
+                let mut c = c0.clone();
+                sgemm_prepacked(m, n, k, &packed, bm, &mut c, c_rs, acc, epi, par);
+                for i in 0..m {
+                    for j in 0..c_rs {
+                        let got = c[i * c_rs + j];
+                        if j >= n {
+                            assert_eq!(got, c0[i * c_rs + j], "padding column {j} written");
+                            continue;
+                        }
+                        let (mut want, mut mag) = (0f64, 0f64);
+                        for p in 0..k {
+                            let x = round_bf16(a[i * k + p]) as f64;
+                            let y = bm.data[p * bm.rs + j * bm.cs];
+                            let y = round_bf16(y) as f64;
+                            want += x * y;
+                            mag += (x * y).abs();
+                        }
+                        if acc {
+                            want += c0[i * c_rs + j] as f64;
+                        }
+                        if let Some(b) = epi.bias {
+                            want += b[i] as f64;
+                            mag += b[i].abs() as f64;
+                        }
+                        if epi.relu {
+                            want = want.max(0.0);
+                        }
+                        assert!(
+                            (got as f64 - want).abs() <= 1e-5 * mag + 1e-6,
+                            "{m}x{n}x{k} variant {variant} ({i}, {j}): {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rounding to bf16 is to nearest, ties to even, as torch's `.to(torch.bfloat16)`.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn round_bf16_is_to_nearest_even() {
+        use round_bf16;
+        // torch.tensor(0.1).bfloat16().item() == 0.10009765625; 1.1 → 1.1015625
+        assert_eq!(round_bf16(0.1), f32::from_bits(0x3dcd_0000));
+        assert_eq!(round_bf16(1.1), 1.101_562_5);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1);
+        // 1 + 3·2^-8 between 1 + 2^-7 and 1 + 2^-6: to 1 + 2^-6.
+        assert_eq!(round_bf16(1.0 + 1.0 / 256.0), 1.0);
+        assert_eq!(round_bf16(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+        assert_eq!(round_bf16(-2.5), -2.5);
+        assert!(round_bf16(f32::NAN).is_nan());
+        assert_eq!(round_bf16(f32::INFINITY), f32::INFINITY);
     }
 }

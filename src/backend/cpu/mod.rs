@@ -3,6 +3,8 @@
 
 mod alloc;
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 mod cam_ops;
 mod fast;
@@ -14,6 +16,7 @@ mod profile;
 mod winograd;
 
 pub use alloc::retain_freed_memory;
+pub use gemm::round_bf16;
 
 use super::{
     shapes, Backend, BwdFilters, Conv2dParams, ElementRule, FullGradBy, Overlays, Pool2dParams,
@@ -33,6 +36,10 @@ pub struct CpuBackend {
     /// Run every layer over the whole batch, never image by image
     /// ([`Backend::image_major`]; also `GRADCAM_IMAGE_MAJOR=0`).
     pub layer_major: bool,
+    /// Convolutions in bf16 on AMX tiles, accumulating in f32 (`--precision bf16`), where the
+    /// CPU has AMX-BF16 ([`CpuBackend::bf16_available`]); elsewhere, and for grouped convs,
+    /// f32 as without it. Everything else stays f32.
+    pub bf16: bool,
 }
 
 impl CpuBackend {
@@ -40,13 +47,28 @@ impl CpuBackend {
         CpuBackend {
             reference: false,
             layer_major: false,
+            bf16: false,
         }
     }
     pub fn reference() -> Self {
         CpuBackend {
             reference: true,
             layer_major: false,
+            bf16: false,
         }
+    }
+    /// The fast backend with its convolutions in bf16 on AMX ([`CpuBackend::bf16`]), where
+    /// [`CpuBackend::bf16_available`].
+    pub fn fast_bf16() -> Self {
+        CpuBackend {
+            bf16: true,
+            ..Self::fast()
+        }
+    }
+    /// Whether this CPU runs bf16 convolutions: AMX-BF16 (Intel Xeon since Sapphire Rapids)
+    /// granted by the OS (Linux), and `GRADCAM_AMX` not 0.
+    pub fn bf16_available() -> bool {
+        gemm::bf16_available()
     }
 
     /// An error unless `prepared` is what `conv2d_prepare` made of filters shaped as w's for
@@ -67,6 +89,17 @@ impl CpuBackend {
                 )))
             }
             _ => Ok(()),
+        }
+    }
+}
+
+impl CpuBackend {
+    /// How a conv with these prepared filters runs.
+    fn path(&self, prepared: Option<&Tensor>) -> ConvPath {
+        match prepared {
+            _ if self.reference => ConvPath::Reference,
+            Some(t) if gemm::bf16_packed_dims(t).is_some() => ConvPath::Bf16,
+            _ => ConvPath::F32,
         }
     }
 }
@@ -156,6 +189,14 @@ impl Backend for CpuBackend {
         ))
     }
 
+    fn selftest_tolerance(&self) -> f32 {
+        match self.bf16 && Self::bf16_available() && !self.reference {
+            // The convolutions' operands rounded to bf16 (relative 2^-9), as the GPU's bf16.
+            true => 1e-2,
+            false => 1e-3,
+        }
+    }
+
     fn set_kernel_profiling(&self, on: bool) {
         profile::set(on)
     }
@@ -164,7 +205,11 @@ impl Backend for CpuBackend {
     }
 
     fn name(&self) -> String {
-        let kind = if self.reference { "reference" } else { "fast" };
+        let kind = match self.reference {
+            true => "reference",
+            false if self.bf16 && Self::bf16_available() => "fast, bf16 convolutions on AMX",
+            false => "fast",
+        };
         format!("cpu ({kind}, {} threads)", rayon::current_num_threads())
     }
 
@@ -196,7 +241,7 @@ impl Backend for CpuBackend {
     ) -> Result<Option<Tensor>> {
         shapes::filters("conv2d_prepare", w.shape(), p)?;
         Ok((!self.reference)
-            .then(|| fast::conv2d_prepare(w, p, out_hw))
+            .then(|| fast::conv2d_prepare(w, p, out_hw, self.bf16))
             .flatten())
     }
     fn conv2d_fwd(
@@ -210,7 +255,7 @@ impl Backend for CpuBackend {
     ) -> Result<Tensor> {
         shapes::conv("conv2d_fwd", x.shape(), w.shape(), b.map(Tensor::shape), p)?;
         self.check_prepared("conv2d_fwd", prepared, w, p)?;
-        let _p = conv_span("conv2d_fwd", x, w.dims4(), p, self.reference);
+        let _p = conv_span("conv2d_fwd", x, w.dims4(), p, self.path(prepared));
         Ok(if self.reference {
             let y = naive::conv2d_fwd(x, w, b, p);
             if relu {
@@ -240,7 +285,7 @@ impl Backend for CpuBackend {
             let y = self.conv2d_fwd(x, w, prepared, b, p, false)?;
             return self.relu_fwd(self.add(y, residual)?);
         }
-        let _p = conv_span("conv2d_fwd", x, w.dims4(), p, false);
+        let _p = conv_span("conv2d_fwd", x, w.dims4(), p, self.path(prepared));
         Ok(fast::conv2d_fwd(x, w, prepared, b, p, Some(residual), true))
     }
     fn conv2d_bwd_data(
@@ -260,7 +305,7 @@ impl Backend for CpuBackend {
     ) -> Result<Option<BwdFilters<Tensor>>> {
         shapes::filters("conv2d_prepare_bwd", w.shape(), p)?;
         Ok((!self.reference)
-            .then(|| fast::conv2d_prepare_bwd(w, p))
+            .then(|| fast::conv2d_prepare_bwd(w, p, self.bf16))
             .flatten())
     }
     fn conv2d_bwd_data_with(
@@ -286,7 +331,8 @@ impl Backend for CpuBackend {
             _ if self.reference => None,
             Some(BwdFilters::Transposed(t)) if fits(t) => {
                 let [c, k, r, s] = t.shape;
-                let _p = conv_span("conv2d_bwd_data", dy, (c, k, r, s), &t.p, false);
+                let path = self.path(Some(&t.prepared));
+                let _p = conv_span("conv2d_bwd_data", dy, (c, k, r, s), &t.p, path);
                 let f = fast::Filters {
                     dims: (c, k, r, s),
                     plain: None,
@@ -479,20 +525,33 @@ impl Backend for CpuBackend {
 
 /// The profile's span of a forward conv (`stage` conv2d_fwd), or of a backward-data pass run
 /// as one, named by the path it takes, tagged with its GEMM; the filters by their dims.
+/// How a conv runs, for its profile line.
+#[derive(Clone, Copy, PartialEq)]
+enum ConvPath {
+    Reference,
+    /// Winograd where it applies, else f32 GEMMs.
+    F32,
+    /// GEMMs on filters packed in bf16 ([`CpuBackend::bf16`]).
+    Bf16,
+}
+
 fn conv_span(
     stage: &'static str,
     x: &Tensor,
     (k, cg, r, s): (usize, usize, usize, usize),
     p: &Conv2dParams,
-    reference: bool,
+    path: ConvPath,
 ) -> Option<profile::Span> {
     // The backward-data pass run as a transposed conv's forward pass names its path too.
-    let op = match (stage, reference, winograd::applies_to((k, cg, r, s), p)) {
-        (_, true, _) => stage,
-        ("conv2d_fwd", _, true) => "conv2d_fwd_winograd",
-        ("conv2d_fwd", _, false) => "conv2d_fwd_gemm",
-        (_, _, true) => "conv2d_bwd_data_winograd",
-        (_, _, false) => "conv2d_bwd_data_gemm",
+    let winograd = winograd::applies_to((k, cg, r, s), p);
+    let op = match (stage, path) {
+        (_, ConvPath::Reference) => stage,
+        ("conv2d_fwd", ConvPath::Bf16) => "conv2d_fwd_gemm_bf16",
+        ("conv2d_fwd", _) if winograd => "conv2d_fwd_winograd",
+        ("conv2d_fwd", _) => "conv2d_fwd_gemm",
+        (_, ConvPath::Bf16) => "conv2d_bwd_data_gemm_bf16",
+        _ if winograd => "conv2d_bwd_data_winograd",
+        _ => "conv2d_bwd_data_gemm",
     };
     profile::span(op, || {
         let n = x.shape()[0];
