@@ -1393,6 +1393,26 @@ fn device_choice_and_fallback() {
     assert_eq!(a["class"], c["class"]);
     let pc = c["probability"].as_f64().unwrap();
     assert!((pa - pc).abs() < 1e-2, "{pa} vs f16 {pc}");
+    // The CPU's bf16 convolutions (AMX), where it has them, else f32 with a note saying why:
+    // the same class, the probability within 1e-2. TF32 is a GPU's: a note, f32.
+    let (o, bf16) = run_at("cpu", "bf16");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = json(&bf16);
+    let backend = d["backend"].as_str().unwrap_or_default();
+    match gradcam::backend::CpuBackend::bf16_available() {
+        true => assert!(backend.contains("bf16 convolutions on AMX"), "{backend}"),
+        false => assert!(stderr(&o).contains("AMX-BF16"), "{}", stderr(&o)),
+    }
+    assert_eq!(a["class"], d["class"]);
+    let pd = d["probability"].as_f64().unwrap();
+    assert!((pa - pd).abs() < 1e-2, "{pa} vs cpu bf16 {pd}");
+    let (o, _) = run_at("cpu", "tf32");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--precision tf32 applies on a GPU"),
+        "{}",
+        stderr(&o)
+    );
     // Without overlays the device draws none; the map and the report are the same.
     let bare = dir.path().join("emu-bare");
     let o = gradcam(&[

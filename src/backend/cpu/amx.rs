@@ -33,7 +33,7 @@ pub const KB: usize = 32;
 /// 32-bit words (bf16 pairs) in one tile: 16 rows of 64 bytes.
 const TILE_WORDS: usize = 256;
 
-/// Whether the CPU has AMX-TILE, AMX-BF16 and AVX512-BF16, the kernel grants the tile state,
+/// Whether the CPU has AMX-TILE, AMX-BF16 and AVX-512 (F, BW, BF16), the kernel grants the tile state,
 /// and `GRADCAM_AMX` does not say 0.
 pub fn available() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
@@ -41,6 +41,7 @@ pub fn available() -> bool {
         std::env::var("GRADCAM_AMX").map_or(true, |v| v.trim() != "0")
             && cpu_has_amx_bf16()
             && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512bf16")
             && request_tile_state()
     })
@@ -185,7 +186,7 @@ pub fn sgemm_packed(
     let panel = |buf: &mut Vec<u32>, jp: usize| {
         let (j0, nr) = (jp * NB, NB.min(n - jp * NB));
         buf.resize(kp * 2 * TILE_WORDS, 0);
-        // SAFETY: avx512f and avx512bf16 are present (`available`); the panel holds kp
+        // SAFETY: AVX-512 F, BW and BF16 are present (`available`); the panel holds kp
         // steps of two tiles.
         unsafe { pack_b(b, k, j0, nr, buf) };
         let mut out = Block([0.0; MB * NB]);
@@ -266,8 +267,8 @@ unsafe fn store(
 /// pair (B[2p][j], B[2p+1][j]). Zero past k and nr.
 ///
 /// # Safety
-/// AVX-512F and AVX512-BF16; `out` holds k.div_ceil(32)·512 words; B's view fits k×(j0+nr).
-#[target_feature(enable = "avx512f,avx512bf16")]
+/// AVX-512F, -BW and -BF16; `out` holds k.div_ceil(32)·512 words; B's view fits k×(j0+nr).
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn pack_b(b: Mat, k: usize, j0: usize, nr: usize, out: &mut [u32]) {
     let kp = k.div_ceil(KB);
     if b.cs != 1 {
@@ -283,6 +284,11 @@ unsafe fn pack_b(b: Mat, k: usize, j0: usize, nr: usize, out: &mut [u32]) {
         return;
     }
     let zero = _mm512_setzero_ps();
+    // 16-bit lane 2j takes lane j (the lower row), 2j+1 takes lane 16+j (the upper row).
+    let interleave = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
     // The lanes of each 16-column half that exist.
     let masks = [0, 16].map(|lo| match nr.saturating_sub(lo).min(16) {
         16 => 0xffff,
@@ -299,13 +305,13 @@ unsafe fn pack_b(b: Mat, k: usize, j0: usize, nr: usize, out: &mut [u32]) {
                     }
                     false => zero,
                 };
-                let lo = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
-                    _mm512_cvtneps_pbh(row(r0)),
-                ));
-                let hi = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
-                    _mm512_cvtneps_pbh(row(r0 + 1)),
-                ));
-                let pair = _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi));
+                // Both rows in one conversion (r0's 16 values low, r0+1's high), then
+                // interleaved: word j = (B[r0][j], B[r0+1][j]).
+                let both = _mm512_cvtne2ps_pbh(row(r0 + 1), row(r0));
+                let pair = _mm512_permutexvar_epi16(
+                    interleave,
+                    std::mem::transmute::<__m512bh, __m512i>(both),
+                );
                 _mm512_storeu_si512(tile.add(p * 16) as *mut _, pair);
             }
         }
