@@ -7,6 +7,9 @@
 #
 #   scripts/bench-compare.sh [N_IMAGES] [THREADS] [REPEATS]    → bench-out/results.txt
 #   BENCH_FORMAT=jpg BENCH_SIZE=500x375 scripts/bench-compare.sh ...   photographs' format and size
+#   BENCH_BF16=1 scripts/bench-compare.sh ...   also in bf16: gradcam --precision bf16 (AMX
+#                                               convolutions) and every peer under torch's CPU
+#                                               bf16 autocast (tools/bench_peers.py --bf16)
 # (every tool resizes to 224x224; the peers decode with cv2, gradcam with libjpeg-turbo's C code).
 # VGG16 also runs gradcam at its own default CPU batch (32), beside batch 8 for every tool.
 # Each command runs REPEATS times (default 3) in turn with the others; the median time and the
@@ -61,4 +64,10 @@ for spec in resnet50:layer4 vgg16:features.29; do
   for tool in gradcam torchcam captum forward; do
     timed "py-$tool" "$arch" $py tools/bench_peers.py --arch "$arch" --images "$images" --batch 8 --out "$work/out-$tool" --tool "$tool" --threads "$threads"
   done
+  if [ "${BENCH_BF16:-0}" = 1 ]; then
+    timed gradcam-rs-bf16 "$arch" $bin --threads "$threads" explain "$images" -m "$model" --layer "$layer" --batch 8 --precision bf16 -o "$work/out-rs"
+    for tool in gradcam torchcam captum forward; do
+      timed "py-$tool-bf16" "$arch" $py tools/bench_peers.py --arch "$arch" --images "$images" --batch 8 --out "$work/out-$tool" --tool "$tool" --threads "$threads" --bf16
+    done
+  fi
 done

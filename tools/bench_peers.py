@@ -2,7 +2,7 @@
 """Peer implementations for the gradcam benchmarks.
 
     python tools/bench_peers.py --arch resnet50|vgg16 --images DIR --batch 8 --out OUTDIR \
-        --tool gradcam|torchcam|captum|forward [--threads N]
+        --tool gradcam|torchcam|captum|forward [--threads N] [--bf16]
 
 Every tool: torchvision model with random weights (weights=None, seed 0),
 each image read with OpenCV and converted to RGB float32 in [0, 1], resized
@@ -20,6 +20,12 @@ batches of --batch.
             argmax first (under inference_mode), as a user of it would
   forward   torch's bare forward pass under torch.inference_mode (no output)
 
+--bf16 runs the model under torch.autocast("cpu", dtype=torch.bfloat16) (oneDNN's bf16
+kernels: AMX where the CPU has it), the CAM's backward pass too; the target layer's output
+and the logits are cast back to float32 by forward hooks registered before the tool's own
+(numpy, which the tools hand the scores, activations and gradients to, has no bfloat16), as
+a user would.
+
 Prints one summary line (key=value) with images/s measured from the first
 image read to the last PNG written (or last forward for `forward`), a
 per-stage time breakdown, and the peak RSS (getrusage ru_maxrss).
@@ -28,6 +34,7 @@ per-stage time breakdown, and the peak RSS (getrusage ru_maxrss).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import sys
 import time
@@ -54,6 +61,7 @@ def parse_args(argv):
     p.add_argument("--out", required=True, type=Path, help="directory for <stem>.overlay.png")
     p.add_argument("--tool", required=True, choices=["gradcam", "torchcam", "captum", "forward"])
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--bf16", action="store_true", help="run under CPU bf16 autocast")
     args = p.parse_args(argv)
     if args.batch < 1:
         p.error("--batch must be >= 1")
@@ -110,6 +118,11 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     model = torchvision.models.get_model(args.arch, weights=None).eval()
     layer_name = TARGET_LAYERS[args.arch]
+    precision = contextlib.nullcontext
+    if args.bf16:
+        for module in (model.get_submodule(layer_name), model):
+            module.register_forward_hook(lambda m, i, o: o.float())
+        precision = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
 
     extractor = None
     show_cam_on_image = None
@@ -135,20 +148,23 @@ def main(argv=None) -> int:
         x = to_batch(rgbs)
         t1 = time.perf_counter()
         if args.tool == "forward":
-            with torch.inference_mode():
+            with torch.inference_mode(), precision():
                 model(x)
             cams = None
         elif args.tool == "gradcam":
-            cams = extractor(input_tensor=x, targets=None)  # [B,224,224], argmax class
+            with precision():
+                cams = extractor(input_tensor=x, targets=None)  # [B,224,224], argmax class
         elif args.tool == "captum":
-            with torch.inference_mode():
+            with torch.inference_mode(), precision():
                 classes = model(x).argmax(1).tolist()
-            small = extractor.attribute(x, target=classes, relu_attributions=True)[:, 0]
-            cams = [normalise_and_resize(c) for c in small.detach().cpu().numpy()]
+            with precision():
+                small = extractor.attribute(x, target=classes, relu_attributions=True)[:, 0]
+            cams = [normalise_and_resize(c) for c in small.detach().float().cpu().numpy()]
         else:
-            scores = model(x)
-            small = extractor(scores.argmax(1).tolist(), scores)[0]  # [B,h,w], normalised
-            cams = [normalise_and_resize(c) for c in small.detach().cpu().numpy()]
+            with precision():
+                scores = model(x)
+                small = extractor(scores.argmax(1).tolist(), scores)[0]  # [B,h,w], normalised
+            cams = [normalise_and_resize(c) for c in small.detach().float().cpu().numpy()]
         t2 = time.perf_counter()
         if cams is not None:
             for path, rgb, cam in zip(chunk, rgbs, cams):
@@ -163,7 +179,7 @@ def main(argv=None) -> int:
         extractor.remove_hooks()
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
     n = len(files)
-    print(f"tool={args.tool} arch={args.arch} images={n} batch={args.batch} "
+    print(f"tool={args.tool} arch={args.arch} images={n} batch={args.batch} bf16={args.bf16} "
           f"threads={torch.get_num_threads()} seconds={elapsed:.3f} images_per_s={n / elapsed:.2f} "
           f"load_s={t_load:.3f} model_s={t_model:.3f} write_s={t_write:.3f} "
           f"peak_rss_mb={peak_mb:.1f} torch={torch.__version__} torchvision={torchvision.__version__}")
