@@ -464,10 +464,12 @@ fn conv2d_bf16_matches_naive_on_rounded_operands() {
             true => (x.clone(), w.clone(), dy.clone()),
             false => (round(&x), round(&w), round(&dy)),
         };
-        let packed = prepared
-            .as_ref()
-            .map(|t| t.shape().len() == 4 && t.shape()[2] == 1);
+        let packed = prepared.as_ref().map(|t| t.shape().len() == 5);
         assert_eq!(packed, (!grouped).then_some(true), "case {i}: bf16 filters");
+        // The plain filters handed over as if prepared (a 1×1 conv's are [K, C, 1, 1]) are
+        // refused with an error, never read as packed bf16.
+        let plain = bf.conv2d_fwd(&x, &w, Some(&w), None, &cc.p, false);
+        assert!(plain.is_err(), "case {i}: plain filters taken as prepared");
         for (bias, relu) in [(None, false), (Some(&b), true)] {
             let y_ref = reference
                 .conv2d_fwd(&xr, &wr, None, bias, &cc.p, relu)

@@ -206,8 +206,8 @@ pub fn bf16_available() -> bool {
 /// A (m×k) rounded to bf16 and packed for the AMX kernel, to be multiplied by
 /// [`sgemm_prepacked`] many times (a layer's filters); None where that kernel does not run.
 /// The tensor holds pairs of bf16 in the bits of each f32 (it is never computed on, only
-/// handed back here), shaped [m, k, 1, q] (q·m·k ≥ the packed length; the 1 tells it from
-/// every f32 form a conv's filters take: [`bf16_packed_dims`]).
+/// handed back here), shaped [m, k, 1, 1, q] (q·m·k ≥ the packed length): five dims, which
+/// no f32 form of a conv's filters has, plain or prepared ([`bf16_packed_dims`]).
 pub fn pack_a_bf16(a: Mat, m: usize, k: usize) -> Option<Tensor> {
     assert!(a.fits(m, k), "gemm operand too small");
     if m == 0 || k == 0 || !bf16_available() {
@@ -219,16 +219,20 @@ pub fn pack_a_bf16(a: Mat, m: usize, k: usize) -> Option<Tensor> {
         let q = words.len().div_ceil(m * k);
         let mut v: Vec<f32> = words.into_iter().map(f32::from_bits).collect();
         v.resize(m * k * q, 0.0);
-        Some(Tensor::new([m, k, 1, q], v))
+        Some(Tensor::new([m, k, 1, 1, q], v))
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("bf16_available is false on this architecture")
 }
 
-/// (m, k) of an A that [`pack_a_bf16`] packed, else None.
+/// (m, k) of an A that [`pack_a_bf16`] packed, else None (also for a tensor of that shape
+/// too short to hold the packing, which a caller may have built by hand).
 pub fn bf16_packed_dims(t: &Tensor) -> Option<(usize, usize)> {
     match *t.shape() {
-        [m, k, 1, _] if m > 0 && k > 0 => Some((m, k)),
+        #[cfg(target_arch = "x86_64")]
+        [m, k, 1, 1, _] if m > 0 && k > 0 && t.len() >= super::amx::packed_words(m, k) => {
+            Some((m, k))
+        }
         _ => None,
     }
 }
