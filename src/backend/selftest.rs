@@ -3,7 +3,8 @@
 //! `gradcam selftest` runs on the CPU, on the emulated kernels, and (next) on a real GPU.
 //! Tolerance: max abs diff ≤ tol · (1 + max |reference|), tol = the backend's
 //! [`Backend::selftest_tolerance`] (1e-3 for f32 arithmetic, 2e-3 for TF32 tensor cores, 1e-2
-//! for BF16, 5e-3 for F16).
+//! for BF16, 5e-3 for F16). Inputs are bf16-exact, so the CPU's bf16 convolutions (which
+//! round only their operands, to bf16) are held to f32's 1e-3.
 
 use super::{Backend, Conv2dParams, CpuBackend, ElementRule, FullGradBy, Pool2dParams, WeightRule};
 use crate::model::synth::Rng;
@@ -172,13 +173,20 @@ pub fn conv_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
         out.push(check(be, "conv2d_fwd_add_relu", &shape, &y, &want_res)?);
         let dy = bf16_exact(rng.tensor(want.shape(), -1.0, 1.0));
         let dx = be.conv2d_bwd_data(&up(&dy)?, &wd, (xs[2], xs[3]), &p)?;
-        out.push(check(
-            be,
-            "conv2d_bwd_data",
-            &shape,
-            &dx,
-            &oracle.conv2d_bwd_data(&dy, &w, (xs[2], xs[3]), &p)?,
-        )?);
+        let want_dx = oracle.conv2d_bwd_data(&dy, &w, (xs[2], xs[3]), &p)?;
+        out.push(check(be, "conv2d_bwd_data", &shape, &dx, &want_dx)?);
+        // Through the filters the network prepares for a backward pass, where the backend
+        // makes some (the CPU: a transposed conv, or Wᵀ packed; in bf16 on AMX).
+        if let Some(bwd) = be.conv2d_prepare_bwd(&wd, &p, (xs[2], xs[3]))? {
+            let dx = be.conv2d_bwd_data_with(&up(&dy)?, &wd, Some(&bwd), (xs[2], xs[3]), &p)?;
+            out.push(check(
+                be,
+                "conv2d_bwd_data (prepared)",
+                &shape,
+                &dx,
+                &want_dx,
+            )?);
+        }
     }
     Ok(out)
 }

@@ -289,14 +289,13 @@ pub fn load_network(m: &ModelArgs) -> anyhow::Result<AnyNetwork> {
     };
     let cpu = |graph| -> anyhow::Result<AnyNetwork> {
         let be = match m.precision {
-            Some(PrecisionArg::Bf16) if CpuBackend::bf16_available() => CpuBackend::fast_bf16(),
-            Some(PrecisionArg::Bf16) => {
-                eprintln!(
-                    "note: --precision bf16 runs on the CPU only with AMX-BF16 (Intel Xeon since \
-                     Sapphire Rapids, Linux), which this one lacks: computing in f32"
-                );
-                CpuBackend::fast()
-            }
+            Some(PrecisionArg::Bf16) => match CpuBackend::bf16_unavailable() {
+                None => CpuBackend::fast_bf16(),
+                Some(why) => {
+                    eprintln!("note: no bf16 convolutions on the CPU: {why}; computing in f32");
+                    CpuBackend::fast()
+                }
+            },
             Some(p @ (PrecisionArg::Tf32 | PrecisionArg::F16)) => {
                 let p = if p == PrecisionArg::Tf32 {
                     "tf32"

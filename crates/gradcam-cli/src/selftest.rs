@@ -104,11 +104,13 @@ pub fn run(a: SelftestArgs) -> anyhow::Result<ExitCode> {
     }
     let precision: Precision = a.precision.into();
     let cpu = match a.precision {
-        PrecisionArg::Bf16 if CpuBackend::bf16_available() => CpuBackend::fast_bf16(),
-        PrecisionArg::Bf16 => {
-            eprintln!("note: this CPU has no AMX-BF16: checking its f32 convolutions");
-            CpuBackend::fast()
-        }
+        PrecisionArg::Bf16 => match CpuBackend::bf16_unavailable() {
+            None => CpuBackend::fast_bf16(),
+            Some(why) => {
+                eprintln!("note: no bf16 convolutions on the CPU: {why}; checking the f32 ones");
+                CpuBackend::fast()
+            }
+        },
         _ => CpuBackend::fast(),
     };
     let (name, mut checks, tol) = match a.device {

@@ -33,17 +33,31 @@ pub const KB: usize = 32;
 /// 32-bit words (bf16 pairs) in one tile: 16 rows of 64 bytes.
 const TILE_WORDS: usize = 256;
 
-/// Whether the CPU has AMX-TILE, AMX-BF16 and AVX-512 (F, BW, BF16), the kernel grants the tile state,
-/// and `GRADCAM_AMX` does not say 0.
+/// Whether the bf16 products run here: see [`unavailable`].
 pub fn available() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        std::env::var("GRADCAM_AMX").map_or(true, |v| v.trim() != "0")
-            && cpu_has_amx_bf16()
-            && std::arch::is_x86_feature_detected!("avx512f")
+    unavailable().is_none()
+}
+
+/// Why the bf16 products do not run here, or None where they do: the CPU has AMX-TILE,
+/// AMX-BF16 and AVX-512 (F, BW, BF16), the kernel grants the tile state, and neither
+/// `GRADCAM_AMX` nor `GRADCAM_AVX512` says 0 (their packing and epilogue are AVX-512 code).
+pub fn unavailable() -> Option<&'static str> {
+    static WHY: OnceLock<Option<&'static str>> = OnceLock::new();
+    *WHY.get_or_init(|| {
+        if std::env::var("GRADCAM_AMX").is_ok_and(|v| v.trim() == "0") {
+            Some("GRADCAM_AMX=0 turns it off")
+        } else if !super::avx512::available() {
+            Some("it needs AVX-512 (GRADCAM_AVX512=0 turns that off)")
+        } else if !(cpu_has_amx_bf16()
             && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
-            && request_tile_state()
+            && std::arch::is_x86_feature_detected!("avx512bf16"))
+        {
+            Some("this CPU has no AMX-BF16 (Intel Xeon since Sapphire Rapids)")
+        } else if !request_tile_state() {
+            Some("the operating system did not grant the AMX tile state (Linux 5.16 or later)")
+        } else {
+            None
+        }
     })
 }
 
@@ -153,6 +167,10 @@ impl CPtr {
 #[repr(C, align(64))]
 struct Block([f32; MB * NB]);
 
+/// The bias of a block's 32 rows, each 16 times: what its C tiles start from.
+#[repr(C, align(64))]
+struct BiasRows([f32; MB * 16]);
+
 thread_local! {
     /// Each worker's packed B panel, kept between calls.
     static PANEL: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -190,26 +208,35 @@ pub fn sgemm_packed(
         // steps of two tiles.
         unsafe { pack_b(b, k, j0, nr, buf) };
         let mut out = Block([0.0; MB * NB]);
+        let mut init = BiasRows([0.0; MB * 16]);
         // SAFETY: AMX is usable (`available`); CONFIG names the eight tiles `block` uses.
         unsafe { asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly)) };
         for ib in 0..mp {
             let mr = MB.min(m - ib * MB);
-            // SAFETY: A's block ib holds kp steps of two tiles, as does the B panel; `out`
-            // is 32×32 f32.
-            unsafe {
-                block(
-                    apacked[ib * kp * 2 * TILE_WORDS..].as_ptr(),
-                    buf.as_ptr(),
-                    kp,
-                    &mut out,
-                );
+            if let Some(bias) = epi.bias {
+                for (r, row) in init.0.chunks_exact_mut(16).enumerate() {
+                    row.fill(if r < mr { bias[ib * MB + r] } else { 0.0 });
+                }
             }
-            let bias = epi.bias.map(|v| &v[ib * MB..ib * MB + mr]);
-            // SAFETY: rows ib·32.. + mr < m and columns j0.. + nr ≤ n lie inside c (checked
-            // above); only this panel's thread writes these columns; AVX-512F is present.
+            // A whole block with nothing to do to it but the bias (a ResNet block's last conv,
+            // before its residual) goes straight from the tiles to C; else through `out`.
+            let direct = mr == MB && nr == NB && !accumulate && !epi.relu;
+            // SAFETY: A's block ib holds kp steps of two tiles, as does the B panel; `out`
+            // is 32×32 f32, and a direct block's rows ib·32.. + 32 and columns j0.. + 32 lie
+            // inside c (checked above), written only by this panel's thread.
             unsafe {
-                let c = cp.ptr().add(ib * MB * c_rs + j0);
-                store(&out, c, c_rs, (mr, nr), bias, accumulate, epi.relu);
+                let a = apacked[ib * kp * 2 * TILE_WORDS..].as_ptr();
+                match direct {
+                    true => {
+                        let c = cp.ptr().add(ib * MB * c_rs + j0);
+                        block(a, buf.as_ptr(), kp, &init, c, c_rs * 4);
+                    }
+                    false => {
+                        block(a, buf.as_ptr(), kp, &init, out.0.as_mut_ptr(), NB * 4);
+                        let c = cp.ptr().add(ib * MB * c_rs + j0);
+                        store(&out, c, c_rs, (mr, nr), accumulate, epi.relu);
+                    }
+                }
             }
         }
         // SAFETY: returns the tile state to its initial state (smaller context switches).
@@ -224,20 +251,18 @@ pub fn sgemm_packed(
 }
 
 /// Copies the block's first `mr` rows and `nr` columns to C (rows `c_rs` apart), adding C's
-/// own values when `accumulate`, then the row's bias, then max(·, 0) when `relu`: the
-/// epilogue of [`super::avx512`]'s tiles, at 16 lanes (a scalar loop here took longer than
-/// the tile products themselves on shallow convs).
+/// own values when `accumulate`, then max(·, 0) when `relu` (the bias is in the block
+/// already): the epilogue of [`super::avx512`]'s tiles, at 16 lanes (a scalar loop here took
+/// longer than the tile products themselves on shallow convs).
 ///
 /// # Safety
-/// AVX-512F; `c` has `mr` rows of `nr` ≤ 32 writable values, `c_rs` apart; `bias` (if any)
-/// holds `mr` values.
+/// AVX-512F; `c` has `mr` rows of `nr` ≤ 32 writable values, `c_rs` apart.
 #[target_feature(enable = "avx512f")]
 unsafe fn store(
     out: &Block,
     c: *mut f32,
     c_rs: usize,
     (mr, nr): (usize, usize),
-    bias: Option<&[f32]>,
     accumulate: bool,
     relu: bool,
 ) {
@@ -247,10 +272,9 @@ unsafe fn store(
     });
     let zero = _mm512_setzero_ps();
     for r in 0..mr {
-        let add = _mm512_set1_ps(bias.map_or(0.0, |v| v[r]));
         for (h, &mask) in masks.iter().enumerate().filter(|(_, &m)| m != 0) {
             let dst = c.add(r * c_rs + 16 * h);
-            let mut v = _mm512_add_ps(_mm512_load_ps(out.0.as_ptr().add(r * NB + 16 * h)), add);
+            let mut v = _mm512_load_ps(out.0.as_ptr().add(r * NB + 16 * h));
             if accumulate {
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, dst));
             }
@@ -318,17 +342,26 @@ unsafe fn pack_b(b: Mat, k: usize, j0: usize, nr: usize, out: &mut [u32]) {
     }
 }
 
-/// One 32×32 block of C = A's block × the B panel over `kp` steps of 32 k, into `out`
-/// (row-major, 32 f32 a row). The tile configuration is loaded.
+/// One 32×32 block of C = init + A's block × the B panel over `kp` steps of 32 k, written
+/// to `c` (rows `c_rs` bytes apart). `init` holds 32 rows of 16 f32 (each row's bias, 16
+/// times: both column tiles of a row start from it). The tile configuration is loaded.
 ///
 /// # Safety
-/// AMX-BF16 usable and configured ([`CONFIG`]); `a` and `b` hold kp steps of two 1 KiB tiles.
-unsafe fn block(a: *const u32, b: *const u32, kp: usize, out: &mut Block) {
+/// AMX-BF16 usable and configured ([`CONFIG`]); `a` and `b` hold kp steps of two 1 KiB tiles;
+/// `init` 512 f32; `c` 32 rows of 32 writable f32, `c_rs` bytes apart.
+unsafe fn block(
+    a: *const u32,
+    b: *const u32,
+    kp: usize,
+    init: &BiasRows,
+    c: *mut f32,
+    c_rs: usize,
+) {
     asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
+        "tileloadd tmm0, [{i} + {s}*1]",
+        "tileloadd tmm1, [{i} + {s}*1]",
+        "tileloadd tmm2, [{i} + {s}*1 + 1024]",
+        "tileloadd tmm3, [{i} + {s}*1 + 1024]",
         "2:",
         "tileloadd tmm4, [{a} + {s}*1]",
         "tileloadd tmm6, [{b} + {s}*1]",
@@ -344,14 +377,16 @@ unsafe fn block(a: *const u32, b: *const u32, kp: usize, out: &mut Block) {
         "jnz 2b",
         "tilestored [{c} + {cs}*1], tmm0",
         "tilestored [{c} + {cs}*1 + 64], tmm1",
-        "tilestored [{c} + {cs}*1 + 2048], tmm2",
-        "tilestored [{c} + {cs}*1 + 2112], tmm3",
+        "tilestored [{c2} + {cs}*1], tmm2",
+        "tilestored [{c2} + {cs}*1 + 64], tmm3",
         a = inout(reg) a => _,
         b = inout(reg) b => _,
         n = inout(reg) kp => _,
+        i = in(reg) init.0.as_ptr(),
         s = in(reg) 64usize,
-        c = in(reg) out.0.as_mut_ptr(),
-        cs = in(reg) 128usize,
+        c = in(reg) c,
+        c2 = in(reg) c.byte_add(16 * c_rs),
+        cs = in(reg) c_rs,
         options(nostack),
     );
 }

@@ -197,10 +197,15 @@ pub fn round_bf16(x: f32) -> f32 {
 
 /// Whether this CPU runs the bf16 products of `--precision bf16` (AMX-BF16, [`super::amx`]).
 pub fn bf16_available() -> bool {
+    bf16_unavailable().is_none()
+}
+
+/// Why this CPU does not run the bf16 products, or None where it does.
+pub fn bf16_unavailable() -> Option<&'static str> {
     #[cfg(target_arch = "x86_64")]
-    return super::amx::available();
+    return super::amx::unavailable();
     #[cfg(not(target_arch = "x86_64"))]
-    false
+    Some("it needs an x86-64 CPU with AMX-BF16 (Intel Xeon since Sapphire Rapids)")
 }
 
 /// A (m×k) rounded to bf16 and packed for the AMX kernel, to be multiplied by
@@ -226,11 +231,14 @@ pub fn pack_a_bf16(a: Mat, m: usize, k: usize) -> Option<Tensor> {
 }
 
 /// (m, k) of an A that [`pack_a_bf16`] packed, else None (also for a tensor of that shape
-/// too short to hold the packing, which a caller may have built by hand).
+/// too short to hold the packing, which a caller may have built by hand, and wherever the
+/// bf16 products do not run, so such a tensor is refused as filters, never multiplied).
 pub fn bf16_packed_dims(t: &Tensor) -> Option<(usize, usize)> {
     match *t.shape() {
         #[cfg(target_arch = "x86_64")]
-        [m, k, 1, 1, _] if m > 0 && k > 0 && t.len() >= super::amx::packed_words(m, k) => {
+        [m, k, 1, 1, _]
+            if m > 0 && k > 0 && t.len() >= super::amx::packed_words(m, k) && bf16_available() =>
+        {
             Some((m, k))
         }
         _ => None,
@@ -446,11 +454,13 @@ mod tests {
                 let packed = pack_a_bf16(am, m, k).expect("AMX is available");
                 assert_eq!(bf16_packed_dims(&packed), Some((m, k)));
                 let bias: Vec<f32> = (0..m).map(|_| rnd()).collect();
+                // Whole 32×32 blocks without a ReLU or accumulation go from the tiles to C
+                // directly (with and without a bias), the rest through the block buffer.
                 let epi = match variant {
                     0 | 3 => Epilogue::default(),
-                    _ => Epilogue {
+                    v => Epilogue {
                         bias: Some(&bias),
-                        relu: true,
+                        relu: v == 1,
                     },
                 };
                 let mut c = c0.clone();

@@ -66,9 +66,13 @@ impl CpuBackend {
         }
     }
     /// Whether this CPU runs bf16 convolutions: AMX-BF16 (Intel Xeon since Sapphire Rapids)
-    /// granted by the OS (Linux), and `GRADCAM_AMX` not 0.
+    /// granted by the OS (Linux), and neither `GRADCAM_AMX` nor `GRADCAM_AVX512` 0.
     pub fn bf16_available() -> bool {
         gemm::bf16_available()
+    }
+    /// Why [`CpuBackend::bf16_available`] is false, in a few words; None where it is true.
+    pub fn bf16_unavailable() -> Option<&'static str> {
+        gemm::bf16_unavailable()
     }
 
     /// An error unless `prepared` is what `conv2d_prepare` made of filters shaped as w's for
@@ -187,14 +191,6 @@ impl Backend for CpuBackend {
                 })
                 .collect::<Result<_>>()?,
         ))
-    }
-
-    fn selftest_tolerance(&self) -> f32 {
-        match self.bf16 && Self::bf16_available() && !self.reference {
-            // The convolutions' operands rounded to bf16 (relative 2^-9), as the GPU's bf16.
-            true => 1e-2,
-            false => 1e-3,
-        }
     }
 
     fn set_kernel_profiling(&self, on: bool) {
@@ -348,10 +344,10 @@ impl Backend for CpuBackend {
             _ => None,
         };
         // The product Wᵀ (C/g·R·S × K/g) times dy's columns, then col2im.
-        let stage = if self.reference {
-            "conv2d_bwd_data"
-        } else {
-            "conv2d_bwd_data_col2im"
+        let stage = match own {
+            _ if self.reference => "conv2d_bwd_data",
+            Some(t) if gemm::bf16_packed_dims(t).is_some() => "conv2d_bwd_data_col2im_bf16",
+            _ => "conv2d_bwd_data_col2im",
         };
         let _p = profile::span(stage, || {
             let (n, k, oh, ow) = (dy.shape()[0], dy.shape()[1], dy.shape()[2], dy.shape()[3]);
