@@ -209,8 +209,9 @@ impl Geom {
 /// With `bf16` (`--precision bf16`, a CPU with AMX-BF16) every conv of one group is a GEMM on
 /// the filters rounded to bf16 and packed for the tiles ([`pack_a_bf16`]), Winograd's
 /// included: its transforms would round again on top of bf16's 8 bits. (Over 64 output
-/// channels on a 224² map, VGG16's `features.2`, f32 Winograd F(4×4) is as fast: packing the
-/// columns costs as much as the tile products there; elsewhere the tiles are 1.3–2.9× faster.)
+/// channels f32 Winograd F(4×4) is about as fast, 0.94–1.06× on ResNet-50's and VGG16's first
+/// 3×3 layers: packing the columns costs as much as the tile products there; on 512 channels
+/// the tiles are 1.9× faster: BENCHMARKS.md.)
 pub fn conv2d_prepare(
     w: &Tensor,
     p: &Conv2dParams,
