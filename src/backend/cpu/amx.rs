@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::gemm::{bf16_bits, Epilogue, Mat};
+use super::gemm::{bf16_bits, CPtr, Epilogue, Mat};
 
 /// Rows of C (and A) per block: two tiles of 16.
 pub const MB: usize = 32;
@@ -148,20 +148,6 @@ static CONFIG: TileConfig = TileConfig {
     colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
     rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
 };
-
-/// C's base pointer, shared by the threads that write its disjoint column panels.
-#[derive(Clone, Copy)]
-struct CPtr(*mut f32);
-// SAFETY: each thread writes only the columns of its own panels.
-unsafe impl Send for CPtr {}
-unsafe impl Sync for CPtr {}
-
-impl CPtr {
-    /// (A method, so closures capture the whole `CPtr`, which is Sync, not its raw field.)
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// One 32×32 block of C as the tiles leave it, 64-byte aligned for `tilestored`.
 #[repr(C, align(64))]

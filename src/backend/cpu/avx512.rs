@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::gemm::{Epilogue, Mat};
+use super::gemm::{CPtr, Epilogue, Mat};
 
 /// Rows of A per panel and of a C tile.
 pub const MR: usize = 8;
@@ -42,20 +42,6 @@ pub fn available() -> bool {
 /// A packed KC×NR panel of B, rows of NR contiguous values, 64-byte aligned for vector loads.
 #[repr(C, align(64))]
 struct Panel([f32; KC * NR]);
-
-/// C's base pointer, shared by the threads that write its disjoint column panels.
-#[derive(Clone, Copy)]
-struct CPtr(*mut f32);
-// SAFETY: each thread writes only the columns of its own panels.
-unsafe impl Send for CPtr {}
-unsafe impl Sync for CPtr {}
-
-impl CPtr {
-    /// (A method, so closures capture the whole `CPtr`, which is Sync, not its raw field.)
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// c (m×n, rows `c_rs` apart) = a·b, or c += a·b when `accumulate`; B's panels shared among
 /// `threads`. The caller has checked that the views fit their slices ([`super::gemm::sgemm`])

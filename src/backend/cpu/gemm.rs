@@ -108,6 +108,25 @@ pub fn sgemm(
     }
 }
 
+/// C's base pointer, shared by the threads of a product that write its disjoint column
+/// panels (the AVX-512 and AMX kernels).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(super) struct CPtr(pub(super) *mut f32);
+// SAFETY: each thread writes only the columns of its own panels.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for CPtr {}
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for CPtr {}
+
+#[cfg(target_arch = "x86_64")]
+impl CPtr {
+    /// (A method, so closures capture the whole `CPtr`, which is Sync, not its raw field.)
+    pub(super) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Whether C (m×n, rows `c_rs` apart) fits in `c`.
 fn c_fits(m: usize, n: usize, c: &[f32], c_rs: usize) -> bool {
     c_rs >= n && (m == 0 || c.len() >= (m - 1) * c_rs + n)
@@ -302,6 +321,52 @@ fn threads(par: Parallelism) -> usize {
 mod tests {
     use super::*;
 
+    /// Asserts C (m×n, rows `c_rs` apart) = A·B (+ C0 when `acc`) + bias, ReLU'd, against an
+    /// f64 sum of the terms `a(i, p)`·`b(p, j)`: within 1e-5 of the sum of their magnitudes
+    /// (f32 rounding), and C0 untouched past column n.
+    #[allow(clippy::too_many_arguments)]
+    fn assert_product(
+        (m, n, k): (usize, usize, usize),
+        c: &[f32],
+        c0: &[f32],
+        c_rs: usize,
+        a: impl Fn(usize, usize) -> f64,
+        b: impl Fn(usize, usize) -> f64,
+        acc: bool,
+        epi: Epilogue,
+        what: &str,
+    ) {
+        for i in 0..m {
+            for j in 0..c_rs {
+                let got = c[i * c_rs + j];
+                if j >= n {
+                    assert_eq!(got, c0[i * c_rs + j], "{what}: padding column {j} written");
+                    continue;
+                }
+                let (mut want, mut mag) = (0f64, 0f64);
+                for p in 0..k {
+                    let t = a(i, p) * b(p, j);
+                    want += t;
+                    mag += t.abs();
+                }
+                if acc {
+                    want += c0[i * c_rs + j] as f64;
+                }
+                if let Some(bias) = epi.bias {
+                    want += bias[i] as f64;
+                    mag += bias[i].abs() as f64;
+                }
+                if epi.relu {
+                    want = want.max(0.0);
+                }
+                assert!(
+                    (got as f64 - want).abs() <= 1e-5 * mag + 1e-6,
+                    "{what} {m}x{n}x{k} ({i}, {j}): {got} vs {want}"
+                );
+            }
+        }
+    }
+
     /// `sgemm` (whichever kernels this CPU runs: on one with AVX-512 the products of at least
     /// 32×96×16 with B's rows contiguous go to `avx512`, their last panel 16, 32 or 48 wide),
     /// and there `sgemm_packed` for every shape, with and without its epilogue, against a
@@ -369,36 +434,10 @@ mod tests {
                     }
                 }
                 for (c, epi) in outs {
-                    for i in 0..m {
-                        for j in 0..c_rs {
-                            let got = c[i * c_rs + j];
-                            if j >= n {
-                                assert_eq!(got, c0[i * c_rs + j], "padding column {j} written");
-                                continue;
-                            }
-                            let (mut want, mut mag) = (0f64, 0f64);
-                            for p in 0..k {
-                                let x = am.data[i * am.rs + p * am.cs] as f64;
-                                let y = bm.data[p * bm.rs + j * bm.cs] as f64;
-                                want += x * y;
-                                mag += (x * y).abs();
-                            }
-                            if acc {
-                                want += c0[i * c_rs + j] as f64;
-                            }
-                            if let Some(b) = epi.bias {
-                                want += b[i] as f64;
-                                mag += b[i].abs() as f64;
-                            }
-                            if epi.relu {
-                                want = want.max(0.0);
-                            }
-                            assert!(
-                                (got as f64 - want).abs() <= 1e-5 * mag + 1e-6,
-                                "{m}x{n}x{k} variant {variant} ({i}, {j}): {got} vs {want}"
-                            );
-                        }
-                    }
+                    let a = |i: usize, p: usize| am.data[i * am.rs + p * am.cs] as f64;
+                    let b = |p: usize, j: usize| bm.data[p * bm.rs + j * bm.cs] as f64;
+                    let what = format!("variant {variant}");
+                    assert_product((m, n, k), &c, &c0, c_rs, a, b, acc, epi, &what);
                 }
             }
         }
@@ -465,46 +504,17 @@ mod tests {
                 };
                 let mut c = c0.clone();
                 sgemm_prepacked(m, n, k, &packed, bm, &mut c, c_rs, acc, epi, par);
-                for i in 0..m {
-                    for j in 0..c_rs {
-                        let got = c[i * c_rs + j];
-                        if j >= n {
-                            assert_eq!(got, c0[i * c_rs + j], "padding column {j} written");
-                            continue;
-                        }
-                        let (mut want, mut mag) = (0f64, 0f64);
-                        for p in 0..k {
-                            let x = round_bf16(a[i * k + p]) as f64;
-                            let y = bm.data[p * bm.rs + j * bm.cs];
-                            let y = round_bf16(y) as f64;
-                            want += x * y;
-                            mag += (x * y).abs();
-                        }
-                        if acc {
-                            want += c0[i * c_rs + j] as f64;
-                        }
-                        if let Some(b) = epi.bias {
-                            want += b[i] as f64;
-                            mag += b[i].abs() as f64;
-                        }
-                        if epi.relu {
-                            want = want.max(0.0);
-                        }
-                        assert!(
-                            (got as f64 - want).abs() <= 1e-5 * mag + 1e-6,
-                            "{m}x{n}x{k} variant {variant} ({i}, {j}): {got} vs {want}"
-                        );
-                    }
-                }
+                let a = |i: usize, p: usize| round_bf16(a[i * k + p]) as f64;
+                let b = |p: usize, j: usize| round_bf16(bm.data[p * bm.rs + j * bm.cs]) as f64;
+                let what = format!("bf16 variant {variant}");
+                assert_product((m, n, k), &c, &c0, c_rs, a, b, acc, epi, &what);
             }
         }
     }
 
     /// Rounding to bf16 is to nearest, ties to even, as torch's `.to(torch.bfloat16)`.
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn round_bf16_is_to_nearest_even() {
-        use round_bf16;
         // torch.tensor(0.1).bfloat16().item() == 0.10009765625; 1.1 → 1.1015625
         assert_eq!(round_bf16(0.1), f32::from_bits(0x3dcd_0000));
         assert_eq!(round_bf16(1.1), 1.101_562_5);
