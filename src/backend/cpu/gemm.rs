@@ -321,6 +321,16 @@ fn threads(par: Parallelism) -> usize {
 mod tests {
     use super::*;
 
+    /// Uniform values in [-1, 1) from a 64-bit LCG.
+    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        }
+    }
+
     /// Asserts C (m×n, rows `c_rs` apart) = A·B (+ C0 when `acc`) + bias, ReLU'd, against an
     /// f64 sum of the terms `a(i, p)`·`b(p, j)`: within 1e-5 of the sum of their magnitudes
     /// (f32 rounding), and C0 untouched past column n.
@@ -375,13 +385,7 @@ mod tests {
     /// terms' magnitudes (f32 rounding).
     #[test]
     fn sgemm_matches_a_plain_sum() {
-        let mut seed = 0x1234_5678u64;
-        let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        };
+        let mut rnd = uniform(0x1234_5678u64);
         // (Entries at odd positions accumulate; those of k > 192 span several slices.)
         let shapes = [
             (16, 32, 16),
@@ -452,13 +456,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn sgemm_bf16_matches_a_plain_sum_of_rounded_terms() {
-        let mut seed = 0x9e37_79b9u64;
-        let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        };
+        let mut rnd = uniform(0x9e37_79b9u64);
         if !bf16_available() {
             let a = [1.0f32; 4];
             assert!(pack_a_bf16(Mat::row_major(&a, 2), 2, 2).is_none());
