@@ -271,6 +271,18 @@ fn open_cuda() -> gradcam::Result<CudaLauncher> {
     Ok(l)
 }
 
+/// The CPU backend with bf16 convolutions where this CPU runs them, else the f32 one with a
+/// note naming why (ending with `fallback`, what is done instead).
+pub fn cpu_bf16(fallback: &str) -> CpuBackend {
+    match CpuBackend::bf16_unavailable() {
+        None => CpuBackend::fast_bf16(),
+        Some(why) => {
+            eprintln!("note: no bf16 convolutions on the CPU: {why}; {fallback}");
+            CpuBackend::fast()
+        }
+    }
+}
+
 pub fn load_network(m: &ModelArgs) -> anyhow::Result<AnyNetwork> {
     if m.model.is_none() {
         eprintln!("note: no --model given: using the bundled demo model (8 synthetic shapes)");
@@ -289,13 +301,7 @@ pub fn load_network(m: &ModelArgs) -> anyhow::Result<AnyNetwork> {
     };
     let cpu = |graph| -> anyhow::Result<AnyNetwork> {
         let be = match m.precision {
-            Some(PrecisionArg::Bf16) => match CpuBackend::bf16_unavailable() {
-                None => CpuBackend::fast_bf16(),
-                Some(why) => {
-                    eprintln!("note: no bf16 convolutions on the CPU: {why}; computing in f32");
-                    CpuBackend::fast()
-                }
-            },
+            Some(PrecisionArg::Bf16) => cpu_bf16("computing in f32"),
             Some(p @ (PrecisionArg::Tf32 | PrecisionArg::F16)) => {
                 let p = if p == PrecisionArg::Tf32 {
                     "tf32"

@@ -104,13 +104,7 @@ pub fn run(a: SelftestArgs) -> anyhow::Result<ExitCode> {
     }
     let precision: Precision = a.precision.into();
     let cpu = match a.precision {
-        PrecisionArg::Bf16 => match CpuBackend::bf16_unavailable() {
-            None => CpuBackend::fast_bf16(),
-            Some(why) => {
-                eprintln!("note: no bf16 convolutions on the CPU: {why}; checking the f32 ones");
-                CpuBackend::fast()
-            }
-        },
+        PrecisionArg::Bf16 => crate::cpu_bf16("checking the f32 ones"),
         _ => CpuBackend::fast(),
     };
     let (name, mut checks, tol) = match a.device {

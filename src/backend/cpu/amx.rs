@@ -7,9 +7,10 @@
 //! Tiles (palette 1, every one 16 rows of 64 bytes): tmm0–3 hold a 32×32 block of C, tmm4–5
 //! 32 rows of A by 32 k, tmm6–7 32 k by 32 columns of B, in the pair layout `tdpbf16ps` reads
 //! (row p of a B tile holds, for each column j, B[2p][j] and B[2p+1][j] side by side).
-//! Edges are zero-padded in the packs (rows of A to 32, k to 32, columns of B to 32), and each
-//! block of C goes through a 32×32 buffer, so the bias, ReLU, accumulation and the partial
-//! rows and columns are applied as it is copied out.
+//! Edges are zero-padded in the packs (rows of A to 32, k to 32, columns of B to 32). The C
+//! tiles start from the rows' bias; a whole block with no ReLU or accumulation is stored from
+//! them straight to C, any other goes through a 32×32 buffer, and the ReLU, accumulation and
+//! partial rows and columns are applied as it is copied out.
 //!
 //! Linux only: a process must ask the kernel for the tile state (`arch_prctl`) before its
 //! first tile instruction. `GRADCAM_AMX=0` turns it off (the f32 kernels then run).
@@ -195,6 +196,7 @@ pub fn sgemm_packed(
         unsafe { pack_b(b, k, j0, nr, buf) };
         let mut out = Block([0.0; MB * NB]);
         let mut init = BiasRows([0.0; MB * 16]);
+        let masks = half_masks(nr);
         // SAFETY: AMX is usable (`available`); CONFIG names the eight tiles `block` uses.
         unsafe { asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly)) };
         for ib in 0..mp {
@@ -212,16 +214,12 @@ pub fn sgemm_packed(
             // inside c (checked above), written only by this panel's thread.
             unsafe {
                 let a = apacked[ib * kp * 2 * TILE_WORDS..].as_ptr();
-                match direct {
-                    true => {
-                        let c = cp.ptr().add(ib * MB * c_rs + j0);
-                        block(a, buf.as_ptr(), kp, &init, c, c_rs * 4);
-                    }
-                    false => {
-                        block(a, buf.as_ptr(), kp, &init, out.0.as_mut_ptr(), NB * 4);
-                        let c = cp.ptr().add(ib * MB * c_rs + j0);
-                        store(&out, c, c_rs, (mr, nr), accumulate, epi.relu);
-                    }
+                let c = cp.ptr().add(ib * MB * c_rs + j0);
+                if direct {
+                    block(a, buf.as_ptr(), kp, &init, c, c_rs * 4);
+                } else {
+                    block(a, buf.as_ptr(), kp, &init, out.0.as_mut_ptr(), NB * 4);
+                    store(&out, c, c_rs, mr, masks, accumulate, epi.relu);
                 }
             }
         }
@@ -236,26 +234,32 @@ pub fn sgemm_packed(
     }
 }
 
-/// Copies the block's first `mr` rows and `nr` columns to C (rows `c_rs` apart), adding C's
+/// The lanes of each 16-column half of a 32-column panel that exist, for `nr` columns.
+fn half_masks(nr: usize) -> [__mmask16; 2] {
+    [0, 16].map(|lo| match nr.saturating_sub(lo).min(16) {
+        16 => 0xffff,
+        cols => ((1u32 << cols) - 1) as __mmask16,
+    })
+}
+
+/// Copies the block's first `mr` rows and the columns of `masks` ([`half_masks`]) to C (rows
+/// `c_rs` apart), adding C's
 /// own values when `accumulate`, then max(·, 0) when `relu` (the bias is in the block
 /// already): the epilogue of [`super::avx512`]'s tiles, at 16 lanes (a scalar loop here took
 /// longer than the tile products themselves on shallow convs).
 ///
 /// # Safety
-/// AVX-512F; `c` has `mr` rows of `nr` ≤ 32 writable values, `c_rs` apart.
+/// AVX-512F; `c` has `mr` rows of the masks' columns writable, `c_rs` apart.
 #[target_feature(enable = "avx512f")]
 unsafe fn store(
     out: &Block,
     c: *mut f32,
     c_rs: usize,
-    (mr, nr): (usize, usize),
+    mr: usize,
+    masks: [__mmask16; 2],
     accumulate: bool,
     relu: bool,
 ) {
-    let masks = [0, 16].map(|lo| match nr.saturating_sub(lo).min(16) {
-        16 => 0xffff,
-        cols => ((1u32 << cols) - 1) as __mmask16,
-    });
     let zero = _mm512_setzero_ps();
     for r in 0..mr {
         for (h, &mask) in masks.iter().enumerate().filter(|(_, &m)| m != 0) {
@@ -299,13 +303,8 @@ unsafe fn pack_b(b: Mat, k: usize, j0: usize, nr: usize, out: &mut [u32]) {
         31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
         19, 3, 18, 2, 17, 1, 16, 0,
     );
-    // The lanes of each 16-column half that exist.
-    let masks = [0, 16].map(|lo| match nr.saturating_sub(lo).min(16) {
-        16 => 0xffff,
-        cols => ((1u32 << cols) - 1) as __mmask16,
-    });
     for ks in 0..kp {
-        for (h, &mask) in masks.iter().enumerate() {
+        for (h, &mask) in half_masks(nr).iter().enumerate() {
             let tile = out.as_mut_ptr().add((ks * 2 + h) * TILE_WORDS);
             for p in 0..16 {
                 let r0 = ks * KB + 2 * p;

@@ -75,6 +75,15 @@ impl CpuBackend {
         gemm::bf16_unavailable()
     }
 
+    /// How a conv with these prepared filters runs.
+    fn path(&self, prepared: Option<&Tensor>) -> ConvPath {
+        match prepared {
+            _ if self.reference => ConvPath::Reference,
+            Some(t) if gemm::bf16_packed_dims(t).is_some() => ConvPath::Bf16,
+            _ => ConvPath::F32,
+        }
+    }
+
     /// An error unless `prepared` is what `conv2d_prepare` made of filters shaped as w's for
     /// this conv (the reference backend prepares nothing and ignores it).
     fn check_prepared(
@@ -93,17 +102,6 @@ impl CpuBackend {
                 )))
             }
             _ => Ok(()),
-        }
-    }
-}
-
-impl CpuBackend {
-    /// How a conv with these prepared filters runs.
-    fn path(&self, prepared: Option<&Tensor>) -> ConvPath {
-        match prepared {
-            _ if self.reference => ConvPath::Reference,
-            Some(t) if gemm::bf16_packed_dims(t).is_some() => ConvPath::Bf16,
-            _ => ConvPath::F32,
         }
     }
 }
