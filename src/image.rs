@@ -293,8 +293,27 @@ fn decode_jpeg(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
 /// (the `image` crate's decoder: SIMD, faster on large photographs, but not cv2's pixels).
 pub fn jpeg_by_libjpeg() -> bool {
     static LIBJPEG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *LIBJPEG
-        .get_or_init(|| std::env::var("GRADCAM_JPEG_DECODER").map_or(true, |v| v.trim() != "image"))
+    *LIBJPEG.get_or_init(|| jpeg_decoder_env() != Ok(Some(false)))
+}
+
+/// `GRADCAM_JPEG_DECODER` read: Some(true) for `libjpeg`, Some(false) for `image`, None
+/// where unset or empty; Err naming a value that is neither (a typo would otherwise pass
+/// silently as the default; the CLI refuses it before any command runs).
+pub fn jpeg_decoder_env() -> std::result::Result<Option<bool>, String> {
+    const ENV: &str = "GRADCAM_JPEG_DECODER";
+    let v = match std::env::var(ENV) {
+        Ok(v) => v,
+        Err(std::env::VarError::NotPresent) => return Ok(None),
+        Err(std::env::VarError::NotUnicode(v)) => v.to_string_lossy().into_owned(),
+    };
+    match v.trim() {
+        "" => Ok(None),
+        "libjpeg" => Ok(Some(true)),
+        "image" => Ok(Some(false)),
+        _ => Err(format!(
+            "{ENV}={v}: not a JPEG decoder (`libjpeg`, the default, or `image`)"
+        )),
+    }
 }
 
 /// Decodes a JPEG with libjpeg-turbo's decoder (the one inside mozjpeg, built from C by the
@@ -777,13 +796,31 @@ fn why(e: image::ImageError) -> String {
         // (Dimensions past what the decoder can address are a damaged or made-up header, which
         // converting would not mend.)
         image::ImageError::Unsupported(u) if u.to_string().contains("dimensions") => {
-            format!("{u}: a damaged header, or a picture far larger than a model needs")
+            match zero_dimensions(&u.to_string()) {
+                // (The decoder says "too large" of a 0-pixel side too.)
+                Some((w, h)) => format!("its header gives it {w}×{h} pixels: a damaged header"),
+                None => {
+                    format!("{u}: a damaged header, or a picture far larger than a model needs")
+                }
+            }
         }
         image::ImageError::Unsupported(u) => {
             format!("{u}; convert it to an 8- or 16-bit RGB or grayscale PNG, TIFF or JPEG")
         }
         e => e.to_string(),
     }
+}
+
+/// The (width, height) in the `image` crate's "Image dimensions (W x H ..." text where one is 0.
+fn zero_dimensions(text: &str) -> Option<(u64, u64)> {
+    let dims = text
+        .split("dimensions (")
+        .nth(1)?
+        .split([' ', ')'])
+        .next()?;
+    let (w, h) = dims.split_once('x')?;
+    let (w, h) = (w.parse().ok()?, h.parse().ok()?);
+    (w == 0 || h == 0).then_some((w, h))
 }
 
 /// Runs `f`, turning a panic inside it into an error that carries the panic's message.
@@ -1072,6 +1109,27 @@ mod tests {
             err.contains("a damaged header") && !err.contains("convert it"),
             "{err}"
         );
+    }
+
+    /// A header giving a side of 0 pixels is called damaged, not "too large" (the decoder's
+    /// own word for it).
+    #[test]
+    fn a_header_without_pixels_is_called_damaged() {
+        let mut bmp = Vec::new();
+        RgbImage::new(8, 5)
+            .write_to(&mut std::io::Cursor::new(&mut bmp), image::ImageFormat::Bmp)
+            .unwrap();
+        bmp[18..22].copy_from_slice(&0i32.to_le_bytes()); // BITMAPINFOHEADER's width
+        let err = decode_rgb8(&bmp).unwrap_err();
+        assert!(
+            err.contains("0×5 pixels: a damaged header") && !err.contains("too large"),
+            "{err}"
+        );
+        assert_eq!(
+            zero_dimensions("Image dimensions (12x0 w/3 channels)"),
+            Some((12, 0))
+        );
+        assert_eq!(zero_dimensions("Image dimensions (9x7 w/3 channels)"), None);
     }
 
     /// libjpeg's fatal errors come back as the file's error with libjpeg's message (it

@@ -414,7 +414,10 @@ fn impossible_models_are_refused_at_load() {
         }
     }
     let (_, s) = msg(model::load(write(&dir, "no-classes.safetensors", &d), None));
-    assert!(s.contains("0 classes"), "{s}");
+    assert!(
+        s.contains("fc.weight") && s.contains("[0, 32]") && s.contains("at least one"),
+        "{s}"
+    );
 
     let mut d = dict();
     let var = d.iter_mut().find(|(n, _)| n == "bn1.running_var").unwrap();
@@ -498,6 +501,54 @@ fn impossible_models_are_refused_at_load() {
         s.contains("features.0.weight") && s.contains("at least one"),
         "{s}"
     );
+
+    // A VGG head whose first weight is not a matrix (it used to panic: no second dim).
+    let mut vgg1 = synth::state_dict("vgg11", 16, 10, 3).unwrap();
+    let w = vgg1
+        .iter_mut()
+        .find(|(n, _)| n == "classifier.0.weight")
+        .unwrap();
+    w.1 = Tensor::zeros([w.1.shape()[0]]);
+    let (e, s) = msg(model::load(write(&dir, "vgg1.safetensors", &vgg1), None));
+    assert!(
+        matches!(e, Error::BadShape { .. }) && s.contains("classifier.0.weight"),
+        "{s}"
+    );
+    // A hidden linear layer with no outputs (it used to load, then panic in the forward pass).
+    let vgg_empty: Vec<_> = synth::state_dict("vgg11", 16, 10, 3)
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| match n.as_str() {
+            "classifier.0.weight" => {
+                let fin = t.shape()[1];
+                (n, Tensor::zeros([0, fin]))
+            }
+            "classifier.0.bias" => (n, Tensor::zeros([0])),
+            "classifier.3.weight" => {
+                let fout = t.shape()[0];
+                (n, Tensor::zeros([fout, 0]))
+            }
+            _ => (n, t),
+        })
+        .collect();
+    let (_, s) = msg(model::load(
+        write(&dir, "vgg-empty.safetensors", &vgg_empty),
+        None,
+    ));
+    assert!(
+        s.contains("classifier.0.weight") && s.contains("at least one"),
+        "{s}"
+    );
+    // A bottleneck ResNet whose layer1.0.conv2 has no output channels: detecting its width
+    // (groups, channels per group) used to divide by zero.
+    let mut r50 = synth::state_dict("resnet50", 16, 10, 3).unwrap();
+    let w = r50
+        .iter_mut()
+        .find(|(n, _)| n == "layer1.0.conv2.weight")
+        .unwrap();
+    w.1 = Tensor::zeros([0, w.1.shape()[1], 3, 3]);
+    let (_, s) = msg(model::load(write(&dir, "r50-zero.safetensors", &r50), None));
+    assert!(s.contains("layer1.0.conv2.weight"), "{s}");
 
     let p = write_with_metadata(
         &dir,

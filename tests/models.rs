@@ -493,6 +493,29 @@ fn wrapper_prefixes_and_sequential_heads_load_as_the_plain_model() {
         }
     }
 
+    // A training checkpoint with the model twice, plain and under `ema.` (with other values):
+    // the plain weights are used, and the copy is found for a note (`Weights::other_copies`);
+    // a plain file and a wrapper's single auxiliary tensor have none.
+    let plain = synth::state_dict("resnet18", 16, 10, 1).unwrap();
+    let mut dict = plain.clone();
+    let ema = synth::state_dict("resnet18", 16, 10, 2).unwrap();
+    dict.extend(ema.into_iter().map(|(n, t)| (format!("ema.{n}"), t)));
+    dict.push(("aux.weight".into(), Tensor::zeros([2, 2])));
+    let path = dir.path().join("ema.safetensors");
+    synth::write(&path, &dict, Dtype::F32).unwrap();
+    let w = model::Weights::open(&path).unwrap();
+    model::build(&w, None).unwrap();
+    assert_eq!(w.other_copies(), [("ema.".to_string(), plain.len())]);
+    let want = {
+        let path = dir.path().join("plain.safetensors");
+        synth::write(&path, &plain, Dtype::F32).unwrap();
+        let w = model::Weights::open(&path).unwrap();
+        model::build(&w, None).unwrap();
+        assert_eq!(w.other_copies(), []);
+        cam(&path, "layer4")
+    };
+    assert_eq!(cam(&path, "layer4").logits.data(), want.logits.data());
+
     // Two linear layers in the head: the activation between them is not in the file, so the
     // head is not guessed at; the error names the tensor the plain model needs.
     let mut dict = synth::state_dict("resnet18", 16, 10, 1).unwrap();

@@ -5,6 +5,7 @@
 //! or one of the model's labels. A CSV's first line may name the columns, in any order (then
 //! every name must be known: a header read by position would swap coordinates silently).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::path_text::path_of;
@@ -175,6 +176,9 @@ fn parse_csv(
     classes: &mut Classes,
 ) -> std::result::Result<Vec<Entry>, LineError> {
     let mut out: Vec<Entry> = Vec::new();
+    // Each image's entry in `out`: a data set's manifest has a row per box (ImageNet's
+    // validation set, 50 000 images), which a scan per row made quadratic.
+    let mut index: HashMap<PathBuf, usize> = HashMap::new();
     // Where each column's field is: by position until a header says otherwise.
     let mut at: Option<[Option<usize>; 7]> = None;
     let mut first = true;
@@ -253,7 +257,8 @@ fn parse_csv(
         let mask = get(6)
             .filter(|m| !m.is_empty())
             .map(|m| path_of(&base.join(m)));
-        merge(&mut out, image, class, vec![b], mask).map_err(|e| (i + 1, format!("{name} {e}")))?;
+        merge(&mut out, &mut index, image, class, vec![b], mask)
+            .map_err(|e| (i + 1, format!("{name} {e}")))?;
     }
     Ok(out)
 }
@@ -262,12 +267,14 @@ fn parse_csv(
 /// listed with two classes or two masks is an error.
 fn merge(
     out: &mut Vec<Entry>,
+    index: &mut HashMap<PathBuf, usize>,
     image: PathBuf,
     class: usize,
     boxes: Vec<[f32; 4]>,
     mask: Option<PathBuf>,
 ) -> std::result::Result<(), String> {
-    let Some(e) = out.iter_mut().find(|e| e.image == image) else {
+    let Some(e) = index.get(&image).map(|&i| &mut out[i]) else {
+        index.insert(image.clone(), out.len());
         out.push(Entry {
             image,
             class,

@@ -301,7 +301,7 @@ fn palette_tiff<R: Read + Seek>(mut source: R) -> Decoded {
     let shift = if map.iter().all(|&v| v < 256) { 0 } else { 8 };
     let colour = |i: usize| [0, 1, 2].map(|c| (map[c * colours + i] >> shift) as u8);
     let bits = bits as usize;
-    let mask = (1u16 << bits) as u8 - 1;
+    let mask = ((1u16 << bits) - 1) as u8;
     let px = (packed.chunks_exact(row_bytes).take(h as usize))
         .flat_map(|row| {
             (0..w as usize).flat_map(move |x| {

@@ -582,6 +582,14 @@ impl<'w> Builder<'w> {
             .weights
             .get(&format!("{name}.weight"), &[None, Some(fin)])?;
         let fout = w.shape()[0];
+        if fout == 0 || fin == 0 {
+            return Err(Error::Invalid(format!(
+                "{}: tensor `{name}.weight` has shape {:?}: a linear layer needs at least one \
+                 input and one output",
+                self.weights.path().display(),
+                w.shape()
+            )));
+        }
         // torchvision's linear layers all have a bias: a file without one is damaged.
         let bname = format!("{name}.bias");
         if !self.weights.contains(&bname) {

@@ -110,12 +110,6 @@ pub fn build(w: &Weights, arch: Option<&str>) -> Result<Graph> {
             list.join(", ")
         )));
     }
-    if g.num_classes == 0 {
-        return Err(Error::Invalid(format!(
-            "{}: the classifier has no outputs (0 classes)",
-            w.path().display()
-        )));
-    }
     let meta = w.metadata();
     if let Some(l) = meta.get("labels") {
         let labels: Vec<String> = serde_json::from_str(l).map_err(|e| {

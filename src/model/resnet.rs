@@ -98,11 +98,11 @@ pub fn width(w: &Weights) -> Option<(usize, usize)> {
     let conv2 = w.shape_of("layer1.0.conv2.weight");
     let stem = w.shape_of("conv1.weight").and_then(|s| s.first().copied());
     match (conv2, stem) {
-        (Some(&[k, cg, ..]), Some(stem)) if cg > 0 && stem > 0 && k.is_multiple_of(cg) => {
+        // (A zero or absurd dimension is no width: None, and the builder names the tensor.)
+        (Some(&[k, cg, ..]), Some(stem)) if k > 0 && cg > 0 && k.is_multiple_of(cg) => {
             let groups = k / cg;
-            (k * 64)
-                .is_multiple_of(groups * stem)
-                .then(|| (groups, k * 64 / (groups * stem)))
+            let (per, div) = (k.checked_mul(64)?, groups.checked_mul(stem)?);
+            (div > 0 && per.is_multiple_of(div)).then(|| (groups, per / div))
         }
         (None, _) | (_, None) => Some((1, 64)),
         _ => None,

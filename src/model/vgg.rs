@@ -153,9 +153,11 @@ pub fn build(w: &Weights, items: &[Item], bn: bool, arch: String) -> Result<Grap
         });
     }
     let first = linears[0];
-    let fin = w
-        .shape_of(&format!("classifier.{first}.weight"))
-        .unwrap_or(&[0, 0])[1];
+    // (A weight that is not a matrix has no input width: 0 matches no side, so the error below.)
+    let fin = match w.shape_of(&format!("classifier.{first}.weight")) {
+        Some(&[_, fin]) => fin,
+        _ => 0,
+    };
     let c = b.channels[x];
     let side = (1..=64).find(|s| c * s * s == fin).ok_or_else(|| {
         let shape = w

@@ -221,6 +221,30 @@ impl Weights {
             .collect()
     }
 
+    /// Second copies of the model the file holds besides the weights read (an EMA's
+    /// `ema.layer1.…`, a wrapper's `module.…` beside the plain names): each prefix with the
+    /// number of tensors under it that name a tensor read, where that is most of them. Such
+    /// copies are not used; a caller may say so.
+    pub fn other_copies(&self) -> Vec<(String, usize)> {
+        let read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_prefix: BTreeMap<String, usize> = BTreeMap::new();
+        for n in self.names() {
+            if OWN.contains(&n.split('.').next().unwrap_or("")) {
+                continue;
+            }
+            // The prefix ends where a torchvision name begins: `ema.` in `ema.layer1.0.…`.
+            let at = (n.match_indices('.'))
+                .map(|(i, _)| i + 1)
+                .find(|&i| read.contains(&n[i..]));
+            if let Some(i) = at {
+                *by_prefix.entry(n[..i].to_string()).or_default() += 1;
+            }
+        }
+        (by_prefix.into_iter())
+            .filter(|&(_, count)| 2 * count > read.len())
+            .collect()
+    }
+
     pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
         self.index.get(name).map(|(_, s, _)| s.as_slice())
     }

@@ -28,7 +28,8 @@ pub struct BenchArgs {
     /// linear weights or more, as VGG)
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
     batch: Option<u32>,
-    /// Number of synthetic images (ignored with --images-dir).
+    /// Number of synthetic images, a batch of distinct ones repeated (ignored with
+    /// --images-dir).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     images: u32,
     /// Benchmark on these image files instead (decoding is then timed too).
@@ -179,7 +180,9 @@ fn bench_on<B: Backend>(
             }
             imgs
         }
-        None => synthetic(a.images as usize, side as u32),
+        // A pass's worth of distinct pictures, cycled: --images of a large --size would
+        // otherwise all sit in memory at once, past what the pass sizes planned for.
+        None => synthetic((a.images as usize).min(batch), side as u32),
     };
     let cfg = ExplainConfig {
         layer,
@@ -197,7 +200,10 @@ fn bench_on<B: Backend>(
         },
         ..Default::default()
     };
-    let refs: Vec<&RgbImage> = images.iter().collect();
+    let refs: Vec<&RgbImage> = match &a.images_dir {
+        Some(_) => images.iter().collect(),
+        None => images.iter().cycle().take(a.images as usize).collect(),
+    };
     let mut scratch = Timings::default();
     for c in refs.chunks(batch).take(a.warmup) {
         explain_batch(net, c, &cfg, &mut scratch)?;
@@ -237,7 +243,7 @@ fn bench_on<B: Backend>(
     })?;
     t.add(&host);
     let total = start.elapsed();
-    let n = images.len() as f64;
+    let n = refs.len() as f64;
     let ms = |d: Duration| d.as_secs_f64() * 1e3 / n;
     let mut smoothing = match (cfg.eigen_smooth, cfg.aug_smooth) {
         (false, false) => String::new(),
@@ -257,7 +263,7 @@ fn bench_on<B: Backend>(
         cfg.layer.as_deref().unwrap_or(&net.graph().default_layer),
         cfg.method.name(),
         gradcam::backend::Backend::name(net.backend()),
-        images.len(),
+        refs.len(),
         side,
         side,
         if a.no_overlay { " | no overlays" } else { "" },

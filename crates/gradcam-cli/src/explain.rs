@@ -450,7 +450,12 @@ fn explain_all<B: Backend>(
     // Inputs that never became files (missing paths, empty folders) count in the total too.
     let unreadable = failures.len();
     let suffixes = outputs.suffixes(a.guided);
-    let stems = inputs::stems(&files, &roots, &[resume::SETTINGS_STEM]);
+    // (An image in the output folder named like another's output keeps its name.)
+    let over = inputs::stems_over_inputs(&files, &a.out, &suffixes);
+    let reserved: Vec<&str> = std::iter::once(resume::SETTINGS_STEM)
+        .chain(over.iter().map(String::as_str))
+        .collect();
+    let stems = inputs::stems(&files, &roots, &reserved);
     // Files in an output folder no run wrote (`x.json` of an annotation tool beside `x.jpg`,
     // where the output folder is the images' own) are never written over.
     if written == Written::Nothing && a.out.is_dir() {

@@ -229,6 +229,39 @@ pub fn stems(files: &[PathBuf], roots: &[PathBuf], reserved: &[&str]) -> Vec<Str
         .collect()
 }
 
+/// The stems whose outputs would write over one of the inputs: images in the output folder
+/// named like an output (`a.overlay.png`, copied in after a run wrote there, so no summary
+/// lists it as one), each as the stem it belongs to (`a`), for [`stems`] to keep from the
+/// images (`a.png` then writes `a-2.*`). Compared without case, as [`stems`] does.
+pub fn stems_over_inputs(files: &[PathBuf], out: &Path, suffixes: &[&str]) -> Vec<String> {
+    // Resolved once, and only where a file is named like an output: a data set's million
+    // files cost a name check each.
+    let mut out_at: Option<Option<PathBuf>> = None;
+    files
+        .iter()
+        .filter_map(|f| {
+            let name = f.file_name()?.to_string_lossy().to_lowercase();
+            let suffix = suffixes.iter().find(|s| name.ends_with(*s))?;
+            let out_at = out_at
+                .get_or_insert_with(|| out.canonicalize().ok())
+                .as_ref()?;
+            // The folder resolved, not the file: a link named like an output is itself in
+            // the way.
+            let dir = match f.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(p) => p.canonicalize().ok()?,
+                None => std::env::current_dir().ok()?.canonicalize().ok()?,
+            };
+            let rel = dir.join(f.file_name()?);
+            let rel = rel.strip_prefix(out_at).ok()?;
+            let path: Vec<String> = (rel.components())
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            let path = path.join("/");
+            Some(path.get(..path.len() - suffix.len())?.to_string())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,8 +45,8 @@ const ENVIRONMENT: &str = "\
 Environment:
   GRADCAM_MEMORY        Cap on the host memory a run plans for (8G, 512M, bytes): images per
                         pass, chunks, and which images are refused as too large
-  GRADCAM_JPEG_DECODER  `image`: the image crate's faster JPEG decoder instead of libjpeg's
-                        (whose pixels are cv2's)
+  GRADCAM_JPEG_DECODER  `image`: the image crate's faster JPEG decoder instead of `libjpeg`
+                        (the default, whose pixels are cv2's)
   GRADCAM_NVRTC         The libnvrtc to compile the CUDA kernels with (a file)
   GRADCAM_CACHE_DIR     Where compiled kernels are kept (default ~/.cache/gradcam/kernels;
                         `off`: none)
@@ -213,7 +213,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    if let Err(e) = memory::check_env() {
+    if let Err(e) = memory::check_env().and(gradcam::image::jpeg_decoder_env()) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
@@ -248,7 +248,15 @@ pub fn load_graph(
         Some(p) => gradcam::model::Weights::open(p)?,
         None => gradcam::model::Weights::from_static("<bundled demo model>", DEMO_MODEL)?,
     };
-    Ok(gradcam::model::build(&weights, arch)?)
+    let graph = gradcam::model::build(&weights, arch)?;
+    for (prefix, n) in weights.other_copies() {
+        eprintln!(
+            "note: {} also holds a copy of the model under `{prefix}` ({n} tensors, an EMA's or \
+             a wrapper's); it is not used: the weights without the prefix are",
+            weights.path().display()
+        );
+    }
+    Ok(graph)
 }
 
 /// `--size` if given, else the model's own input size (metadata), else 224.

@@ -699,10 +699,11 @@ fn overlapping_inputs_are_explained_each_time_with_a_note() {
     assert!(!stderr(&o).contains("already given"), "{}", stderr(&o));
 }
 
-/// With the images' own folder as the output folder, files no run wrote there (a picture
-/// named `b.overlay.png`, an annotation tool's `c.json` beside `c.png`) are never written
-/// over: the run is refused before it writes anything. Where nothing is in the way, the
-/// outputs go beside the images, and the next run skips them as a run's outputs.
+/// With the images' own folder as the output folder, files no run wrote there are never
+/// written over: a picture named `b.overlay.png` is an input, so `b.png` writes `b-2.*`; an
+/// annotation tool's `c.json` beside `c.png` refuses the run before it writes anything.
+/// Where nothing is in the way, the outputs go beside the images, and the next run skips
+/// them as a run's outputs.
 #[test]
 fn outputs_never_write_over_files_no_run_wrote() {
     let dir = tempfile::tempdir().unwrap();
@@ -727,7 +728,7 @@ fn outputs_never_write_over_files_no_run_wrote() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("would write over (b.overlay.png and 1 more)") && err.contains("run.json"),
+        err.contains("would write over (c.json)") && err.contains("run.json"),
         "{err}"
     );
     assert_eq!(listing(&imgs), before, "a refused run wrote nothing");
@@ -745,6 +746,31 @@ fn outputs_never_write_over_files_no_run_wrote() {
             .collect();
         stems.sort();
         assert_eq!(stems, ["a", "b.overlay", "c"], "run {run}: {csv}");
+    }
+    // Once a run has written there, a picture added under an output's name (`d.overlay.png`
+    // beside a new `d.png`; no summary lists `d`) is an input, and `d.png` writes `d-2.*`
+    // rather than over it (it used to).
+    std::fs::copy(demo.join("star.png"), imgs.join("d.png")).unwrap();
+    std::fs::copy(demo.join("ring.png"), imgs.join("d.overlay.png")).unwrap();
+    for run in 0..2 {
+        let o = gradcam(&["explain", dir_arg, "-o", dir_arg, "--outputs", "overlay"]);
+        assert!(o.status.success(), "run {run}: {}", stderr(&o));
+        assert_eq!(
+            std::fs::read(imgs.join("d.overlay.png")).unwrap(),
+            std::fs::read(demo.join("ring.png")).unwrap(),
+            "run {run}"
+        );
+        let csv = std::fs::read_to_string(imgs.join("summary.csv")).unwrap();
+        let mut stems: Vec<&str> = (csv.lines().skip(1))
+            .map(|l| l.rsplit(',').next().unwrap())
+            .collect();
+        stems.sort();
+        assert_eq!(
+            stems,
+            ["a", "b.overlay", "c", "d-2", "d.overlay"],
+            "run {run}: {csv}"
+        );
+        assert!(imgs.join("d-2.overlay.png").is_file(), "run {run}");
     }
 }
 
@@ -2254,6 +2280,21 @@ fn a_memory_cap_cuts_passes_and_refuses_what_cannot_fit() {
     }
     let o = gradcam_with_memory("", &["layers", &model()]);
     assert!(o.status.success(), "empty is unset: {}", stderr(&o));
+    // (A JPEG decoder's name with a typo is refused as well, rather than read as the default.)
+    for (decoder, ok) in [("Image", false), ("libjpeg", true), ("image", true)] {
+        let o = Command::new(env!("CARGO_BIN_EXE_gradcam"))
+            .args(["layers", &model()])
+            .env("GRADCAM_JPEG_DECODER", decoder)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.success(), ok, "{decoder}: {}", stderr(&o));
+        assert_eq!(
+            stderr(&o).contains("GRADCAM_JPEG_DECODER=Image: not a JPEG decoder"),
+            !ok,
+            "{decoder}: {}",
+            stderr(&o)
+        );
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let imgs = dir.path().join("imgs");
@@ -2493,4 +2534,45 @@ fn help_lists_the_environment() {
     ] {
         assert!(help.contains(&format!("\n  {var} ")), "{var}: {help}");
     }
+}
+
+/// `random-weights` writes a checkpoint the other commands load, writes over its own kind
+/// of file, and refuses to write over anything else (an image given as `-o` by mistake).
+#[test]
+fn random_weights_write_checkpoints_only_over_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("r18.safetensors");
+    let make = |out: &Path| {
+        gradcam(&[
+            "random-weights",
+            "--arch",
+            "resnet18",
+            "--width-div",
+            "16",
+            "--classes",
+            "3",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    for run in 0..2 {
+        let o = make(&ckpt);
+        assert!(o.status.success(), "run {run}: {}", stderr(&o));
+    }
+    let o = gradcam(&["layers", ckpt.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let png = dir.path().join("picture.png");
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/images");
+    std::fs::copy(demo.join("star.png"), &png).unwrap();
+    let o = make(&png);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("picture.png: it exists and is not a safetensors file"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(&png).unwrap(),
+        std::fs::read(demo.join("star.png")).unwrap()
+    );
 }
