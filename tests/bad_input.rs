@@ -374,6 +374,21 @@ fn files_that_do_not_fit_their_layout_are_refused() {
         s.contains("`fc.bias` holds NaN at flat index 3") && s.contains("corrupt"),
         "{s}"
     );
+    // A float64 past f32's range is named as it is, not as the infinity it rounds to.
+    let mut f64_file = br#"{"fc.bias":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}}"#.to_vec();
+    f64_file.splice(0..0, (f64_file.len() as u64).to_le_bytes());
+    for v in [0.5f64, -1e300] {
+        f64_file.extend_from_slice(&v.to_le_bytes());
+    }
+    let p = std::env::temp_dir().join(format!("gradcam-f64-{}.safetensors", std::process::id()));
+    std::fs::write(&p, &f64_file).unwrap();
+    let w = model::Weights::open(&p).unwrap();
+    let (_, s) = msg(w.get("fc.bias", &[None]));
+    std::fs::remove_file(&p).unwrap();
+    assert!(
+        s.contains("`fc.bias` holds -1e300, beyond f32's range, at flat index 1"),
+        "{s}"
+    );
 }
 
 /// `d` written with `metadata` in the header's `__metadata__`.

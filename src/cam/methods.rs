@@ -598,7 +598,12 @@ pub fn check_fem_k(k: f32) -> Result<()> {
     match k.is_finite() {
         true => Ok(()),
         false => Err(Error::Invalid(format!(
-            "--fem-k must be a finite number of standard deviations, not {k}"
+            "--fem-k must be a finite number of standard deviations, not {}",
+            match k.is_nan() {
+                true => "NaN".to_string(),
+                // (A value past f32's range reads as infinite.)
+                false => format!("{k} (or past ±3.4e38)"),
+            }
         ))),
     }
 }

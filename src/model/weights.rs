@@ -316,11 +316,18 @@ impl Weights {
             }
         };
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            // A finite f64 past f32's range became ±inf in the rounding: said as it is.
+            let wide = (*dtype == Dtype::F64)
+                .then(|| f64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes")))
+                .filter(|v| v.is_finite());
+            let value = match wide {
+                Some(v) => format!("{v:e}, beyond f32's range,"),
+                None => data[i].to_string(),
+            };
             return Err(Error::Invalid(format!(
-                "{}: tensor `{name}` holds {} at flat index {i}: the weights are corrupt (or \
-                 training diverged); no explanation can be computed from them",
+                "{}: tensor `{name}` holds {value} at flat index {i}: the weights are corrupt \
+                 (or training diverged); no explanation can be computed from them",
                 self.path.display(),
-                data[i]
             )));
         }
         Ok(Tensor::new(shape.clone(), data))
