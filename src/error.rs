@@ -19,6 +19,9 @@ pub enum Error {
     /// A model file that is not a readable safetensors file (a pickle, a truncated download).
     #[error("{path}: not a valid safetensors file: {reason}")]
     BadSafetensors { path: PathBuf, reason: String },
+    /// A PyTorch `torch.save` file (.pth, .pt) whose state_dict cannot be read.
+    #[error("{path}: not a readable PyTorch state_dict: {reason}")]
+    BadPth { path: PathBuf, reason: String },
     /// A tensor the architecture needs is not in the model file; `hint` names tensors
     /// of similar names or the likely cause (a head saved inside a Sequential, a missing
     /// downsample or bias).

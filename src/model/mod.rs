@@ -3,6 +3,7 @@
 
 mod graph;
 mod network;
+mod pth;
 pub mod resnet;
 pub mod synth;
 pub mod vgg;

@@ -1,5 +1,6 @@
-//! Memory-mapped safetensors: tensors are converted to f32 one at a time as the network is
-//! built, so the file is never copied whole into memory.
+//! Memory-mapped safetensors, or PyTorch's own `torch.save` files ([`super::pth`]): tensors
+//! are converted to f32 one at a time as the network is built, so the file is never copied
+//! whole into memory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,8 +27,9 @@ const OWN: [&str; 10] = [
     "classifier",
 ];
 
-/// Where a tensor sits: dtype, shape, byte range in the data part.
-type Entry = (Dtype, Vec<usize>, (usize, usize));
+/// Where a tensor sits: dtype, shape, byte range in the data part, and its strides in
+/// elements where it is not contiguous (a view saved by torch.save).
+type Entry = (Dtype, Vec<usize>, (usize, usize), Option<Vec<usize>>);
 
 /// Where the file's bytes live: a read-only map of a file, or bytes compiled into the
 /// program (the bundled demo model).
@@ -49,7 +51,11 @@ impl std::ops::Deref for Bytes {
 pub struct Weights {
     path: PathBuf,
     mmap: Bytes,
-    header_len: usize,
+    /// Where the data part starts: after a safetensors header; 0 for a PyTorch file, whose
+    /// entries give their place in the file.
+    data_start: usize,
+    /// Where in a PyTorch checkpoint the state_dict was (`state_dict`), when not at its top.
+    found_under: Option<String>,
     /// name (without any wrapper prefix such as `module.`; see `strip_wrapper_prefix`) → (dtype, shape, byte range in the data part)
     index: BTreeMap<String, Entry>,
     metadata: BTreeMap<String, String>,
@@ -86,6 +92,9 @@ impl Weights {
     }
 
     fn parse(path: PathBuf, mmap: Bytes) -> Result<Self> {
+        if super::pth::is_pth(&mmap) {
+            return Self::parse_pth(path, mmap);
+        }
         let bad = |reason: String| Error::BadSafetensors {
             path: path.clone(),
             reason,
@@ -94,7 +103,10 @@ impl Weights {
             SafeTensors::read_metadata(&mmap).map_err(|e| bad(describe(&e, &mmap)))?;
         let mut index = BTreeMap::new();
         for (name, info) in meta.tensors() {
-            index.insert(name, (info.dtype, info.shape.clone(), info.data_offsets));
+            index.insert(
+                name,
+                (info.dtype, info.shape.clone(), info.data_offsets, None),
+            );
         }
         if index.is_empty() {
             return Err(bad("it holds no tensors".into()));
@@ -108,7 +120,8 @@ impl Weights {
         let mut w = Weights {
             path,
             mmap,
-            header_len,
+            data_start: 8 + header_len,
+            found_under: None,
             index,
             metadata,
             read: Default::default(),
@@ -116,6 +129,39 @@ impl Weights {
         w.strip_wrapper_prefix();
         w.unwrap_sequential_heads();
         Ok(w)
+    }
+
+    /// A `torch.save` file's state_dict ([`super::pth`]).
+    fn parse_pth(path: PathBuf, mmap: Bytes) -> Result<Self> {
+        let bad = |reason: String| Error::BadPth {
+            path: path.clone(),
+            reason,
+        };
+        let sd = super::pth::read(&mmap).map_err(bad)?;
+        let index: BTreeMap<String, Entry> = (sd.tensors.into_iter())
+            .map(|(k, t)| (k, (t.dtype, t.shape, t.range, t.strides)))
+            .collect();
+        if index.is_empty() {
+            return Err(bad("its state_dict holds no tensors".into()));
+        }
+        let mut w = Weights {
+            path,
+            mmap,
+            data_start: 0,
+            found_under: sd.found_under,
+            index,
+            metadata: BTreeMap::new(),
+            read: Default::default(),
+        };
+        w.strip_wrapper_prefix();
+        w.unwrap_sequential_heads();
+        Ok(w)
+    }
+
+    /// Where in a PyTorch checkpoint its state_dict was found (`state_dict` of a training
+    /// script's dict), when not at its top level.
+    pub fn found_under(&self) -> Option<&str> {
+        self.found_under.as_deref()
     }
 
     /// Checkpoints saved from `nn.DataParallel` or from a wrapper module prefix every name with
@@ -246,12 +292,12 @@ impl Weights {
     }
 
     pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
-        self.index.get(name).map(|(_, s, _)| s.as_slice())
+        self.index.get(name).map(|(_, s, _, _)| s.as_slice())
     }
 
     /// A tensor as f32, with its shape checked against `expected` (None = any size).
     pub fn get(&self, name: &str, expected: &[Option<usize>]) -> Result<Tensor> {
-        let Some((dtype, shape, (start, end))) = self.index.get(name) else {
+        let Some((dtype, shape, (start, end), strides)) = self.index.get(name) else {
             return Err(self.missing(name));
         };
         self.read
@@ -284,7 +330,7 @@ impl Weights {
                 found: shape.clone(),
             });
         }
-        let bytes = &self.mmap[8 + self.header_len + start..8 + self.header_len + end];
+        let bytes = &self.mmap[self.data_start + start..self.data_start + end];
         let data: Vec<f32> = match dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
@@ -315,9 +361,14 @@ impl Weights {
                 })
             }
         };
+        // A view saved as it was (a transposed weight): its elements in row-major order.
+        let data = match strides {
+            Some(st) => gather(&data, shape, st),
+            None => data,
+        };
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
             // A finite f64 past f32's range became ±inf in the rounding: said as it is.
-            let wide = (*dtype == Dtype::F64)
+            let wide = (*dtype == Dtype::F64 && strides.is_none())
                 .then(|| f64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes")))
                 .filter(|v| v.is_finite());
             let value = match wide {
@@ -421,24 +472,30 @@ fn describe(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
     }
 }
 
+/// A strided view's elements in row-major order; `span` holds the elements from its first
+/// to its last (`pth::place` checked that the strides stay inside it).
+fn gather(span: &[f32], shape: &[usize], strides: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    let mut idx = vec![0usize; shape.len()];
+    for _ in 0..n {
+        out.push(span[idx.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>()]);
+        // The next index, last dimension fastest.
+        for d in (0..shape.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
 /// What a file that is no safetensors file is, by its first bytes, when it is one of the
 /// formats models are often handed over in (or an image given as the model by mistake).
+/// (PyTorch's own files are read: [`super::pth`].)
 fn other_format(file: &[u8]) -> Option<String> {
-    const CONVERT: &str = "convert its state_dict with \
-        `safetensors.torch.save_file(torch.load(path, map_location=\"cpu\"), \
-        \"model.safetensors\")`, or export torchvision's weights with tools/export_torchvision.py";
-    // Protocols 2-5; torch.save wrote a bare pickle before PyTorch 1.6.
-    let pickle = file.len() > 2 && file[0] == 0x80 && (2..=5).contains(&file[1]);
-    if file.starts_with(b"PK\x03\x04") {
-        return Some(format!(
-            "a zip archive, as PyTorch's torch.save writes (.pt, .pth), not safetensors: {CONVERT}"
-        ));
-    }
-    if pickle {
-        return Some(format!(
-            "a Python pickle (an older torch.save: .pt, .pth), not safetensors: {CONVERT}"
-        ));
-    }
     if file.starts_with(b"\x89HDF\r\n\x1a\n") {
         return Some(
             "an HDF5 file (a Keras model?): gradcam reads torchvision VGG and ResNet weights \

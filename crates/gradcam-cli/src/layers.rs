@@ -9,7 +9,8 @@ use crate::{input_size, load_graph, parse_size};
 
 #[derive(Args)]
 pub struct LayersArgs {
-    /// Weights in safetensors with torchvision's state_dict names (default: the demo model).
+    /// Weights with torchvision's state_dict names: safetensors, or a torch.save .pth/.pt
+    /// (default: the demo model).
     model: Option<std::path::PathBuf>,
     /// Force the architecture instead of detecting it.
     #[arg(long)]

@@ -97,8 +97,9 @@ enum Cmd {
 /// Options shared by every command that loads a model.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Weights in safetensors with torchvision's state_dict names (default: the bundled demo
-    /// model, a small ResNet trained on synthetic shapes; see assets/demo).
+    /// Weights with torchvision's state_dict names: safetensors, or a torch.save .pth/.pt
+    /// (default: the bundled demo model, a small ResNet trained on synthetic shapes; see
+    /// assets/demo).
     #[arg(long, short)]
     model: Option<PathBuf>,
     /// Force the architecture instead of detecting it (vgg11..vgg19[_bn], resnet18..resnet152).
@@ -249,6 +250,13 @@ pub fn load_graph(
         None => gradcam::model::Weights::from_static("<bundled demo model>", DEMO_MODEL)?,
     };
     let graph = gradcam::model::build(&weights, arch)?;
+    if let Some(key) = weights.found_under() {
+        eprintln!(
+            "note: {}: a checkpoint holding more than the model; its `{key}` is the model's \
+             weights",
+            weights.path().display()
+        );
+    }
     for (prefix, n) in weights.other_copies() {
         eprintln!(
             "note: {} also holds a copy of the model under `{prefix}` ({n} tensors, an EMA's or \

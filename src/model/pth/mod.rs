@@ -1,0 +1,257 @@
+//! PyTorch's own checkpoint files (`torch.save`: .pth, .pt), read without Python: the zip
+//! format of PyTorch 1.6 and later (a pickle, `data.pkl`, whose tensors point at stored,
+//! uncompressed entries `data/<key>`) and the legacy format before it (five pickles in a row,
+//! then each storage's element count and bytes), which torchvision's older downloads use.
+//!
+//! Only what a state_dict needs is understood: the pickle opcodes of protocols 2 to 5 that
+//! build data (dicts, lists, tuples, numbers, strings), `OrderedDict`, and torch's tensor
+//! and parameter rebuilders. Any other class stays an opaque value and is never called, so
+//! unlike `torch.load` (before `weights_only`) a file can run no code. The tensors become
+//! entries of the file's bytes, mapped as safetensors' are: nothing is copied at load.
+
+mod pickle;
+mod zip;
+
+use std::collections::{BTreeMap, HashMap};
+
+use safetensors::Dtype;
+
+use pickle::{size_of, Pickle, TensorRef, V};
+
+/// A tensor in the file: dtype, shape, byte range of the elements it spans, and its strides
+/// (elements) where it is not contiguous.
+pub struct PthTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub range: (usize, usize),
+    pub strides: Option<Vec<usize>>,
+}
+
+/// The state_dict a file holds, and where in the file it was found when that was not the
+/// top level (`state_dict` of a training checkpoint).
+pub struct StateDict {
+    pub tensors: BTreeMap<String, PthTensor>,
+    pub found_under: Option<String>,
+}
+
+/// Whether the bytes start as a PyTorch file: a zip archive, or a pickle (protocol 2-5).
+pub fn is_pth(file: &[u8]) -> bool {
+    file.starts_with(b"PK\x03\x04")
+        || (file.len() > 2 && file[0] == 0x80 && (2..=5).contains(&file[1]))
+}
+
+/// The state_dict of a `torch.save` file; Err says what is wrong with it.
+pub fn read(file: &[u8]) -> Result<StateDict, String> {
+    let (top, mut p, storages) = match file.starts_with(b"PK\x03\x04") {
+        true => read_zip(file)?,
+        false => read_legacy(file)?,
+    };
+    let (dict, found_under) = state_dict_of(&p, &top)?;
+    let mut tensors = BTreeMap::new();
+    for (k, v) in std::mem::take(&mut p.dicts[dict]) {
+        let (V::Str(name), V::Tensor(t)) = (k, v) else {
+            continue;
+        };
+        let at = storages.get(&t.key).ok_or_else(|| {
+            format!(
+                "tensor `{name}`: its storage `{}` is not in the file",
+                t.key
+            )
+        })?;
+        tensors.insert(name.clone(), place(&name, &t, *at)?);
+    }
+    Ok(StateDict {
+        tensors,
+        found_under,
+    })
+}
+
+/// A tensor's byte range within its storage's bytes `(start, len)`, checked.
+fn place(name: &str, t: &TensorRef, (start, len): (usize, usize)) -> Result<PthTensor, String> {
+    let es = size_of(t.dtype);
+    let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    // The last element reached: Σ (size − 1) · stride, past the offset.
+    let span = t
+        .shape
+        .iter()
+        .zip(&t.stride)
+        .try_fold(0usize, |a, (&d, &s)| {
+            a.checked_add(d.saturating_sub(1).checked_mul(s)?)
+        });
+    let (Some(numel), Some(span)) = (numel, span) else {
+        return Err(format!("tensor `{name}`: its size overflows"));
+    };
+    let elems = if numel == 0 { 0 } else { span + 1 };
+    let begin = (t.offset.checked_mul(es)).filter(|&b| b <= len);
+    let end = begin
+        .and_then(|b| b.checked_add(elems.checked_mul(es)?))
+        .filter(|&e| e <= len);
+    let (Some(begin), Some(end)) = (begin, end) else {
+        return Err(format!(
+            "tensor `{name}` (shape {:?}, offset {}) reaches past its storage of {} bytes",
+            t.shape, t.offset, len
+        ));
+    };
+    let mut contiguous = vec![1usize; t.shape.len()];
+    for i in (0..t.shape.len().saturating_sub(1)).rev() {
+        contiguous[i] = contiguous[i + 1] * t.shape[i + 1];
+    }
+    // (A dimension of size 1 may have any stride.)
+    let plain =
+        (t.shape.iter().zip(&t.stride).zip(&contiguous)).all(|((&d, &s), &c)| d <= 1 || s == c);
+    Ok(PthTensor {
+        dtype: t.dtype,
+        shape: t.shape.clone(),
+        range: (start + begin, start + end),
+        strides: (!plain && numel > 0).then(|| t.stride.clone()),
+    })
+}
+
+/// The dict of tensors: the top level, or the one entry of a checkpoint that is such a dict
+/// (by name first: `state_dict`, `model_state_dict`, `model`, ...).
+fn state_dict_of(p: &Pickle, top: &V) -> Result<(usize, Option<String>), String> {
+    let has_tensors = |v: &V| match v {
+        V::Dict(d) => p.dicts[*d].iter().any(|(_, v)| matches!(v, V::Tensor(_))),
+        _ => false,
+    };
+    let V::Dict(d) = top else {
+        return Err(match top {
+            V::Object(class) => format!(
+                "it holds a pickled `{class}` object, not a state_dict (torch.save(model) \
+                 rather than torch.save(model.state_dict())); re-save its state_dict"
+            ),
+            _ => "it holds no dict of tensors (a state_dict)".into(),
+        });
+    };
+    if has_tensors(top) {
+        return Ok((*d, None));
+    }
+    let inner: Vec<(&str, usize)> = (p.dicts[*d].iter())
+        .filter(|(_, v)| has_tensors(v))
+        .filter_map(|(k, v)| match (k, v) {
+            (V::Str(k), V::Dict(i)) => Some((k.as_str(), *i)),
+            _ => None,
+        })
+        .collect();
+    const NAMES: [&str; 6] = [
+        "state_dict",
+        "model_state_dict",
+        "model",
+        "net",
+        "network",
+        "module",
+    ];
+    let chosen = (NAMES.iter())
+        .find_map(|n| inner.iter().find(|(k, _)| k == n))
+        .or(match inner.len() {
+            1 => inner.first(),
+            _ => None,
+        });
+    match chosen {
+        Some(&(k, i)) => Ok((i, Some(k.to_string()))),
+        None if inner.is_empty() => {
+            let keys: Vec<String> = (p.dicts[*d].iter())
+                .take(12)
+                .map(|(k, _)| match k {
+                    V::Str(s) => format!("`{s}`"),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            Err(format!(
+                "it holds a dict without tensors (keys {}), not a state_dict",
+                keys.join(", ")
+            ))
+        }
+        None => {
+            Err(format!(
+            "it holds several dicts of tensors ({}) and none is named `state_dict` or `model`; \
+             save the one to explain on its own",
+            (inner.iter().map(|(k, _)| format!("`{k}`"))).collect::<Vec<_>>().join(", ")
+        ))
+        }
+    }
+}
+
+/// Storage key → (start, length) of its bytes in the file.
+type Storages = HashMap<String, (usize, usize)>;
+
+fn read_zip(file: &[u8]) -> Result<(V, Pickle, Storages), String> {
+    let entries = zip::stored_entries(file)?;
+    let pkl = (entries.keys())
+        .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
+        .ok_or("a zip archive without data.pkl: not a file torch.save wrote")?
+        .clone();
+    let archive = &pkl[..pkl.len() - "data.pkl".len()];
+    if let Some(&(at, len)) = entries.get(&format!("{archive}byteorder")) {
+        if &file[at..at + len] != b"little" {
+            return Err(
+                "its tensors are stored big-endian; re-save it on a little-endian machine".into(),
+            );
+        }
+    }
+    let (at, len) = entries[&pkl];
+    let mut p = Pickle::default();
+    let (top, _) = p.run(&file[at..at + len])?;
+    let data = format!("{archive}data/");
+    let storages = (entries.iter())
+        .filter_map(|(n, &e)| Some((n.strip_prefix(&data)?.to_string(), e)))
+        .collect();
+    Ok((top, p, storages))
+}
+
+/// torch's legacy format: pickles of a magic number, a protocol version and the system's
+/// sizes, then the object, then the list of storage keys; then, per key in that order, its
+/// element count (8 bytes, little-endian) and its bytes.
+fn read_legacy(file: &[u8]) -> Result<(V, Pickle, Storages), String> {
+    let mut p = Pickle::default();
+    let mut at = 0;
+    let mut next = |p: &mut Pickle| -> Result<V, String> {
+        let (v, n) = p.run(&file[at..])?;
+        at += n;
+        Ok(v)
+    };
+    // (The magic number, 0x1950a86a20f9469cfc6c, is past i64: LONG1 of 10 bytes.)
+    match next(&mut p)? {
+        V::BigInt(b) if b == [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19] => {}
+        _ => return Err("a pickle that is not a torch.save file (no PyTorch magic number)".into()),
+    }
+    let _version = next(&mut p)?;
+    let _sys = next(&mut p)?;
+    let top = next(&mut p)?;
+    let keys = match next(&mut p)? {
+        V::List(l) => p.lists[l].clone(),
+        _ => return Err("the list of storages after the object is missing".into()),
+    };
+    let mut storages = HashMap::new();
+    for k in keys {
+        let V::Str(k) = k else {
+            return Err("a storage key that is not a string".into());
+        };
+        let dtype = *p
+            .storage_dtypes
+            .get(&k)
+            .ok_or_else(|| format!("storage `{k}` is listed but no tensor names it"))?;
+        let count = file
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .ok_or("the file ends before its storages: cut short")?;
+        let len = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(size_of(dtype)))
+            .filter(|&l| l <= file.len() - at - 8)
+            .ok_or_else(|| {
+                format!("storage `{k}`: {count} elements run past the end of the file (cut short?)")
+            })?;
+        storages.insert(k, (at + 8, len));
+        at += 8 + len;
+    }
+    // Views of a storage (legacy files of old tensors) start inside their root's bytes.
+    for (view, (root, offset)) in std::mem::take(&mut p.views) {
+        if let Some(&(s, len)) = storages.get(&root) {
+            let dtype = p.storage_dtypes.get(&view).copied().unwrap_or(Dtype::F32);
+            let skip = offset.saturating_mul(size_of(dtype)).min(len);
+            storages.insert(view, (s + skip, len - skip));
+        }
+    }
+    Ok((top, p, storages))
+}

@@ -1,0 +1,151 @@
+//! PyTorch's own checkpoint files (`torch.save`), read without Python: each fixture
+//! (tests/fixtures/pth, written by torch 2.11 from resnet_tiny.safetensors with
+//! tools/make_pth_fixtures.py) must give the safetensors file's tensors bit for bit, and a
+//! damaged file an error, never a panic.
+
+use std::path::{Path, PathBuf};
+
+use gradcam::backend::CpuBackend;
+use gradcam::cam::{grad_cam, ClassSel};
+use gradcam::model::{self, synth, Network, Weights};
+use gradcam::Error;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Every tensor of `file`, by name, as f32 (shape, values).
+fn tensors(w: &Weights) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let names: Vec<String> = w.names().map(str::to_string).collect();
+    names
+        .into_iter()
+        .filter(|n| !n.ends_with("num_batches_tracked"))
+        .map(|n| {
+            let shape = w.shape_of(&n).unwrap().to_vec();
+            let any: Vec<Option<usize>> = shape.iter().map(|_| None).collect();
+            let t = w.get(&n, &any).unwrap();
+            (n, shape, t.data().to_vec())
+        })
+        .collect()
+}
+
+/// The zip format, the legacy format, a training checkpoint (`module.` names under
+/// `state_dict`, beside an optimizer's tensors), f16 storage, and views (a transposed
+/// weight, a bias sliced from a larger tensor): the same tensors as the safetensors file.
+#[test]
+fn torch_save_files_give_the_safetensors_tensors() {
+    let want = tensors(&Weights::open(fixtures().join("resnet_tiny.safetensors")).unwrap());
+    assert!(want.len() > 50);
+    for (file, under) in [
+        ("resnet_tiny.pth", None),
+        ("resnet_tiny_legacy.pth", None),
+        ("resnet_tiny_checkpoint.pth", Some("state_dict")),
+        ("resnet_tiny_f16.pth", None),
+        ("resnet_tiny_shared.pth", None),
+    ] {
+        let w = Weights::open(fixtures().join("pth").join(file)).unwrap();
+        assert_eq!(w.found_under(), under, "{file}");
+        let got = tensors(&w);
+        assert_eq!(got.len(), want.len(), "{file}");
+        for ((n, s, v), (wn, ws, wv)) in got.iter().zip(&want) {
+            assert_eq!((n, s), (wn, ws), "{file}");
+            // (f16 storage: the values rounded to f16, as `.half()` did.)
+            let wv: Vec<f32> = match file.contains("f16") {
+                true => (wv.iter().map(|&x| half::f16::from_f32(x).to_f32())).collect(),
+                false => wv.clone(),
+            };
+            assert_eq!(v, &wv, "{file}: {n}");
+        }
+    }
+}
+
+/// End to end: the same logits and maps from the .pth as from the safetensors file.
+#[test]
+fn a_pth_model_explains_as_its_safetensors() {
+    let x = synth::Rng::new(5).tensor(&[2, 3, 48, 40], -2.0, 2.0);
+    let cam = |path: PathBuf| {
+        let net = Network::new(model::load(path, None).unwrap(), CpuBackend::fast()).unwrap();
+        grad_cam(
+            &net,
+            x.clone(),
+            "layer4",
+            &ClassSel::PerImage(vec![1, 7]),
+            false,
+        )
+        .unwrap()
+    };
+    let want = cam(fixtures().join("resnet_tiny.safetensors"));
+    for file in ["resnet_tiny_legacy.pth", "resnet_tiny_checkpoint.pth"] {
+        let got = cam(fixtures().join("pth").join(file));
+        assert_eq!(got.logits.data(), want.logits.data(), "{file}");
+        assert_eq!(got.maps.data(), want.maps.data(), "{file}");
+    }
+}
+
+fn error_of(path: &Path) -> String {
+    match model::load(path, None) {
+        Ok(_) => panic!("{}: loaded", path.display()),
+        Err(e) => {
+            assert!(matches!(e, Error::BadPth { .. }), "{e}");
+            e.to_string()
+        }
+    }
+}
+
+/// A whole pickled module, a file cut short, and a zip re-compressed: each refused with
+/// what is wrong. And no damage to the pickle or the zip directory makes the reader panic
+/// (every byte of the legacy file's pickles, and the zip's directory, flipped in turn).
+#[test]
+fn damaged_or_unsupported_pth_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = error_of(&fixtures().join("pth/whole_module.pth"));
+    assert!(
+        s.contains("pickled `torch.nn.modules.linear.Linear` object, not a state_dict"),
+        "{s}"
+    );
+
+    let zip = std::fs::read(fixtures().join("pth/resnet_tiny.pth")).unwrap();
+    let legacy = std::fs::read(fixtures().join("pth/resnet_tiny_legacy.pth")).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let s = error_of(&write("cut.pth", &zip[..zip.len() / 2]));
+    assert!(s.contains("cut short or damaged"), "{s}");
+    let s = error_of(&write("cut-legacy.pth", &legacy[..legacy.len() - 100]));
+    assert!(s.contains("cut short"), "{s}");
+    let s = error_of(&write("cut-pickle.pth", &legacy[..200]));
+    assert!(s.contains("the pickle ends before its STOP"), "{s}");
+
+    // The central directory's first entry marked deflated (method 8).
+    let mut deflated = zip.clone();
+    let cd = (0..deflated.len() - 4)
+        .rev()
+        .find(|&i| deflated[i..i + 4] == *b"PK\x01\x02")
+        .unwrap();
+    deflated[cd + 10] = 8;
+    let s = error_of(&write("deflated.pth", &deflated));
+    assert!(s.contains("is compressed (method 8)"), "{s}");
+
+    // Flips: Ok or Err, never a panic (a tensor's bytes may change without harm).
+    let eocd = zip.len() - 22;
+    let first_cd = (0..zip.len() - 4)
+        .find(|&i| zip[i..i + 4] == *b"PK\x01\x02")
+        .unwrap();
+    let mut tried = 0;
+    for (name, bytes, range) in [
+        ("legacy", &legacy, 0..19_000.min(legacy.len())),
+        ("zip", &zip, first_cd..eocd + 22),
+    ] {
+        for i in range.step_by(7) {
+            let mut b = bytes.clone();
+            b[i] ^= 0x5a;
+            let p = write(&format!("flip-{name}.pth"), &b);
+            let _ = std::panic::catch_unwind(|| model::load(&p, None))
+                .unwrap_or_else(|_| panic!("{name}: byte {i} flipped: a panic"));
+            tried += 1;
+        }
+    }
+    assert!(tried > 2000, "{tried}");
+}

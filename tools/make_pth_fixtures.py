@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""PyTorch checkpoint fixtures for tests/pth.rs: resnet_tiny's weights as torch.save writes
+them, so the reader of .pth files is tested against torch's own writer.
+
+    python tools/make_pth_fixtures.py      # writes tests/fixtures/pth/*.pth
+
+- resnet_tiny.pth: `torch.save(model.state_dict())` (the zip format, PyTorch >= 1.6);
+- resnet_tiny_legacy.pth: the same with `_use_new_zipfile_serialization=False` (the format
+  of torchvision's older downloads, e.g. resnet50-19c8e357.pth);
+- resnet_tiny_checkpoint.pth: a training script's checkpoint: epoch, an `nn.DataParallel`
+  state_dict (`module.` names) under `state_dict`, the optimizer's state (momentum buffers),
+  an argparse.Namespace and a float;
+- resnet_tiny_f16.pth: `model.half().state_dict()`;
+- resnet_tiny_shared.pth: fc.weight saved as a transposed view (not contiguous) and
+  fc.bias as a slice of a larger tensor (an offset into its storage);
+- whole_module.pth: `torch.save(module)` of a module, not its state_dict (refused).
+"""
+
+import argparse
+import collections
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+root = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+out = root / "pth"
+out.mkdir(exist_ok=True)
+sd = collections.OrderedDict(sorted(load_file(root / "resnet_tiny.safetensors").items()))
+
+torch.save(sd, out / "resnet_tiny.pth")
+torch.save(sd, out / "resnet_tiny_legacy.pth", _use_new_zipfile_serialization=False)
+
+params = [torch.nn.Parameter(t.clone()) for k, t in sd.items() if t.is_floating_point()]
+opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+sum((p * p).sum() for p in params).backward()
+opt.step()
+torch.save(
+    {
+        "epoch": 3,
+        "state_dict": collections.OrderedDict((f"module.{k}", v) for k, v in sd.items()),
+        "optimizer": opt.state_dict(),
+        "args": argparse.Namespace(lr=0.1, arch="resnet_tiny"),
+        "best_acc1": 0.25,
+    },
+    out / "resnet_tiny_checkpoint.pth",
+)
+
+torch.save(
+    collections.OrderedDict((k, v.half() if v.is_floating_point() else v) for k, v in sd.items()),
+    out / "resnet_tiny_f16.pth",
+)
+
+shared = collections.OrderedDict(sd)
+shared["fc.weight"] = sd["fc.weight"].t().contiguous().t()
+assert not shared["fc.weight"].is_contiguous()
+bias = sd["fc.bias"]
+shared["fc.bias"] = torch.cat([torch.zeros(5), bias])[5:]
+torch.save(shared, out / "resnet_tiny_shared.pth")
+torch.manual_seed(0)
+torch.save(torch.nn.Linear(2, 2), out / "whole_module.pth")
+for f in sorted(out.glob("*.pth")):
+    print(f.name, f.stat().st_size)
