@@ -854,6 +854,9 @@ fn axis_table(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
 }
 
 /// Bilinear resize of an interleaved (H, W, C) f32 image to (oh, ow).
+///
+/// # Panics
+/// If `src` does not hold h·w·c values.
 pub fn resize_bilinear(
     src: &[f32],
     h: usize,
@@ -981,6 +984,9 @@ impl InputSize {
 }
 
 /// RGB8 → \[0,1\] → resize to (h, w) → ImageNet normalisation, written as CHW into `out`.
+///
+/// # Panics
+/// If `out` holds fewer than 3·h·w values.
 pub fn preprocess_into(img: &RgbImage, (h, w): (usize, usize), out: &mut [f32]) {
     let (ih, iw) = (img.height() as usize, img.width() as usize);
     let px = img.as_raw();

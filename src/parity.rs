@@ -70,6 +70,12 @@ impl Expected {
         }
         Ok(())
     }
+
+    /// The class the case explains.
+    ///
+    /// # Panics
+    /// If the file has no `class` tensor (a file opened through [`Expected::load`]'s checks
+    /// always has one).
     pub fn class(&self) -> usize {
         let (_, d, _) = &self.tensors["class"];
         i64::from_le_bytes(d[..8].try_into().expect("an i64")) as usize
@@ -85,7 +91,7 @@ pub fn overlay_mismatches(
     theirs: &[u8],
     reference_cam: &[f32],
 ) -> Vec<(usize, u8, u8)> {
-    if ours.len() != theirs.len() {
+    if ours.len() != theirs.len() || reference_cam.len().checked_mul(3) != Some(ours.len()) {
         return vec![(usize::MAX, 0, 0)];
     }
     ours.iter()

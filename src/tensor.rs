@@ -68,6 +68,9 @@ impl Tensor {
     }
 
     /// Same data, new shape with the same number of elements.
+    ///
+    /// # Panics
+    /// If the element counts differ (a backend's `reshape` checks and returns an error).
     pub fn reshape(mut self, shape: impl Into<Vec<usize>>) -> Self {
         let shape = shape.into();
         assert_eq!(shape.iter().product::<usize>(), self.data.len());
@@ -84,6 +87,9 @@ impl Tensor {
     }
 
     /// Images `start..end` along the first axis.
+    ///
+    /// # Panics
+    /// If `start..end` is not within the first axis, or the tensor has no dims.
     pub fn slice_batch(&self, start: usize, end: usize) -> Tensor {
         let per: usize = self.shape[1..].iter().product();
         let mut shape = self.shape.clone();
@@ -92,6 +98,9 @@ impl Tensor {
     }
 
     /// Largest absolute difference; NaN anywhere counts as infinitely different.
+    ///
+    /// # Panics
+    /// If the two tensors differ in shape.
     pub fn max_abs_diff(&self, other: &Tensor) -> f32 {
         assert_eq!(self.shape, other.shape, "shapes differ");
         self.data

@@ -117,6 +117,19 @@ fn iou_pointing_mass_spearman_auc() {
     let e = object_mask(&[], Some(&obj[..24]), (h, w)).unwrap_err();
     assert!(e.to_string().contains("object_mask"), "{e}");
     assert!(object_mask(&[], None, (usize::MAX, 2)).is_err());
+    // An empty image has no object pixels (it used to index past its mask), and a box
+    // wholly above or left of the image covers none (it used to clamp onto pixel (0, 0)).
+    for hw in [(0, 5), (5, 0)] {
+        assert!(object_mask(&[[0.0, 0.0, 1.0, 1.0]], None, hw)
+            .unwrap()
+            .is_empty());
+    }
+    let outside = object_mask(
+        &[[-9.0, -9.0, -2.0, 3.0], [1.0, -5.0, 2.0, -1.0]],
+        None,
+        (4, 4),
+    );
+    assert!(outside.unwrap().iter().all(|&o| !o));
     // mass: 3 inside of 4 in total
     assert!((mass_inside(&m, &obj) - 0.75).abs() < 1e-6);
 

@@ -879,6 +879,49 @@ fn refusals<B: Backend>(be: &B) {
             be.full_grad_add(None, &a, FullGradBy::Bias(&[1.0; 3]), (8, 8)),
         ),
         ("reshape", be.reshape(t(&[2, 5]), &[3, 3])),
+        // Empty planes, channel lists and layers (the CPU's loops went a plane at a time:
+        // chunks of 0 panicked).
+        ("grad_pool", be.grad_pool(&t(&[1, 1, 0, 0]))),
+        (
+            "weighted_sum_relu",
+            be.weighted_sum_relu(&t(&[1, 1, 0, 0]), &t(&[1, 1])),
+        ),
+        (
+            "channel_affine",
+            be.channel_affine(t(&[1, 1, 0, 0]), &[1.0], &[0.0]),
+        ),
+        (
+            "cam_weights",
+            be.cam_weights(WeightRule::XGradCam, &t(&[1, 1, 0, 0]), &t(&[1, 1, 0, 0])),
+        ),
+        (
+            "elementwise_cam_relu",
+            be.elementwise_cam_relu(ElementRule::LayerCam, &t(&[1, 1, 0, 2]), &t(&[1, 1, 0, 2])),
+        ),
+        (
+            "score_cam_inputs",
+            be.score_cam_inputs(&t(&[1, 0, 4, 4]), &t(&[1, 2, 2, 2]), (0, 1)),
+        ),
+        (
+            "max_pool2d_fwd",
+            be.max_pool2d_fwd(&t(&[1, 1, 0, 0]), &Pool2dParams::new(2, 1, 1)),
+        ),
+        (
+            "conv2d_fwd",
+            be.conv2d_fwd(&x, &t(&[0, 3, 3, 3]), None, None, &p, false),
+        ),
+        (
+            "conv2d_bwd_data",
+            be.conv2d_bwd_data(&t(&[1, 4, 8, 8]), &t(&[4, 0, 3, 3]), (8, 8), &p),
+        ),
+        (
+            "linear_fwd",
+            be.linear_fwd(&t(&[2, 3]), &t(&[0, 3]), Some(&t(&[0]))),
+        ),
+        (
+            "linear_bwd_data",
+            be.linear_bwd_data(&t(&[2, 0]), &t(&[0, 3])),
+        ),
         (
             "preprocess",
             be.preprocess(&be.upload_images(&[]).unwrap(), (0, 4)),

@@ -11,9 +11,15 @@ fn bad<T>(op: &str, what: impl std::fmt::Display) -> Result<T> {
     Err(Error::Invalid(format!("{op}: {what}")))
 }
 
-/// `t`'s four dims; else an error calling it `name`.
+/// `t`'s four dims; else an error calling it `name`. Only the first (the batch, or a
+/// conv's output channels) may be 0 and only for a batch: an empty plane or channel list
+/// is refused (the CPU's loops go a plane or a channel at a time).
 pub(crate) fn dims4(op: &str, name: &str, t: &[usize]) -> Result<(usize, usize, usize, usize)> {
     match *t {
+        [_, c, h, w] if [c, h, w].contains(&0) => bad(
+            op,
+            format_args!("{name} is {t:?}: its channels, height and width must be 1 or more"),
+        ),
         [n, c, h, w] => Ok((n, c, h, w)),
         _ => bad(op, format_args!("{name} is {t:?}, not [N, C, H, W]")),
     }
@@ -51,6 +57,9 @@ fn filters_fit(
     p: &Conv2dParams,
 ) -> Result<()> {
     let (k, cg, _, _) = dims4(op, "the filters", w)?;
+    if k == 0 {
+        return bad(op, format_args!("the filters {w:?} have no output channel"));
+    }
     conv_geometry(op, p)?;
     if cg.checked_mul(p.groups) != Some(c) || k % p.groups != 0 {
         return bad(
@@ -179,10 +188,15 @@ pub(crate) fn adaptive_pool(op: &str, t: &[usize], hw: (usize, usize)) -> Result
 /// `F.linear(x, w, b)`'s arguments: x [N, in], w [out, in], b [out].
 pub(crate) fn linear(op: &str, x: &[usize], w: &[usize], b: Option<&[usize]>) -> Result<()> {
     match (x, w, b) {
-        ([_, i], [o, wi], b) if i == wi && b.is_none_or(|b| b == [*o]) => Ok(()),
+        ([_, i], [o, wi], b) if i == wi && *i > 0 && *o > 0 && b.is_none_or(|b| b == [*o]) => {
+            Ok(())
+        }
         _ => bad(
             op,
-            format_args!("x {x:?}, weights {w:?} and bias {b:?} are not [N, in], [out, in], [out]"),
+            format_args!(
+                "x {x:?}, weights {w:?} and bias {b:?} are not [N, in], [out, in], [out] \
+                 (in and out 1 or more)"
+            ),
         ),
     }
 }
@@ -190,7 +204,7 @@ pub(crate) fn linear(op: &str, x: &[usize], w: &[usize], b: Option<&[usize]>) ->
 /// `dy @ w`'s arguments: dy [N, out], w [out, in].
 pub(crate) fn linear_bwd(op: &str, dy: &[usize], w: &[usize]) -> Result<()> {
     match (dy, w) {
-        ([_, o], [wo, _]) if o == wo => Ok(()),
+        ([_, o], [wo, i]) if o == wo && *o > 0 && *i > 0 => Ok(()),
         _ => bad(
             op,
             format_args!("dy {dy:?} and weights {w:?} are not [N, out], [out, in]"),

@@ -104,6 +104,9 @@ impl Finer {
     /// d_j = y_m − α y_j and ∂p_j/∂y_i = p_j (δ_ij − p_i):
     ///   ∂N/∂y_i = [i ∈ J] p_i (d_i − α) − p_i N + δ_im P,   ∂P/∂y_i = [i ∈ J] p_i − p_i P,
     ///   ∂f/∂y_i = (∂N/∂y_i · D − N · ∂P/∂y_i) / D²,  D = P + 1e-9.
+    ///
+    /// # Panics
+    /// If `main` or a class in `compared` is not an index into `logits`.
     pub fn seed_row(&self, logits: &[f32], main: usize, compared: &[usize]) -> Vec<f32> {
         let p = softmax(logits);
         let alpha = self.alpha as f64;

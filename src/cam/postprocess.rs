@@ -38,6 +38,9 @@ pub fn min_max(v: &[f32]) -> (f32, f32) {
 }
 
 /// Upsamples an (h, w) map to (oh, ow) and min-max normalises it to [0, 1).
+///
+/// # Panics
+/// If `map` does not hold h·w values.
 pub fn upsample_normalised(
     map: &[f32],
     (h, w): (usize, usize),

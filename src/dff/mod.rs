@@ -178,6 +178,9 @@ pub fn concept_scores<B: Backend>(
 /// pytorch-grad-cam's `scale_cam_image(maps, size)` for one image's [k, h, w] maps: each
 /// min-max normalised at the layer's size, then resized bilinearly to `size` (not normalised
 /// again), [k, H, W].
+///
+/// # Panics
+/// If `maps` is not a whole number of h×w maps.
 pub fn scale_maps(maps: &[f32], (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
     if h * w == 0 {
         return Vec::new();

@@ -94,6 +94,11 @@ pub fn object_mask(
     };
     let mut m = vec![false; len];
     for b in boxes {
+        // (A box wholly left of or above the image, or of NaN corners, covers nothing; a
+        // cast would clamp it onto the first column or row.)
+        if len == 0 || !(b[2] >= 0.0 && b[3] >= 0.0) {
+            continue;
+        }
         for y in (b[1].max(0.0) as usize)..=(b[3] as usize).min(h.saturating_sub(1)) {
             for x in (b[0].max(0.0) as usize)..=(b[2] as usize).min(w.saturating_sub(1)) {
                 m[y * w + x] = true;
