@@ -13,7 +13,12 @@ them, so the reader of .pth files is tested against torch's own writer.
 - resnet_tiny_f16.pth: `model.half().state_dict()`;
 - resnet_tiny_shared.pth: fc.weight saved as a transposed view (not contiguous) and
   fc.bias as a slice of a larger tensor (an offset into its storage);
-- whole_module.pth: `torch.save(module)` of a module, not its state_dict (refused).
+- resnet_tiny_module.pth: `torch.save(model)`, the whole module pickled (a tree of plain
+  nn.Modules holding the parameters and buffers under resnet_tiny's names, nested as
+  torchvision nests them), inside a checkpoint dict's `model` entry;
+- resnet_tiny_module_legacy.pth: that module alone, in the legacy format (its classes are
+  persistent ids there, with their source);
+- whole_module.pth: `torch.save(nn.Linear(2, 2))`, a whole module at the top level.
 """
 
 import argparse
@@ -57,6 +62,29 @@ assert not shared["fc.weight"].is_contiguous()
 bias = sd["fc.bias"]
 shared["fc.bias"] = torch.cat([torch.zeros(5), bias])[5:]
 torch.save(shared, out / "resnet_tiny_shared.pth")
+
+def module_tree(state):
+    """nn.Modules nested by the names' dots, parameters as Parameters (floats) and buffers
+    (running statistics, step counters) as buffers."""
+    root = torch.nn.Module()
+    for name, t in state.items():
+        *path, leaf = name.split(".")
+        m = root
+        for part in path:
+            if part not in m._modules:
+                m.add_module(part, torch.nn.Module())
+            m = m._modules[part]
+        if leaf.startswith("running_") or leaf == "num_batches_tracked":
+            m.register_buffer(leaf, t.clone())
+        else:
+            m.register_parameter(leaf, torch.nn.Parameter(t.clone(), requires_grad=False))
+    return root
+
+
+torch.save({"model": module_tree(sd), "epoch": 1}, out / "resnet_tiny_module.pth")
+torch.save(
+    module_tree(sd), out / "resnet_tiny_module_legacy.pth", _use_new_zipfile_serialization=False
+)
 torch.manual_seed(0)
 torch.save(torch.nn.Linear(2, 2), out / "whole_module.pth")
 for f in sorted(out.glob("*.pth")):

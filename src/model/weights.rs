@@ -54,7 +54,7 @@ pub struct Weights {
     /// Where the data part starts: after a safetensors header; 0 for a PyTorch file, whose
     /// entries give their place in the file.
     data_start: usize,
-    /// Where in a PyTorch checkpoint the state_dict was (`state_dict`), when not at its top.
+    /// Where in a PyTorch file the state_dict was, in words, when not at its top level.
     found_under: Option<String>,
     /// name (without any wrapper prefix such as `module.`; see `strip_wrapper_prefix`) → (dtype, shape, byte range in the data part)
     index: BTreeMap<String, Entry>,
@@ -158,8 +158,9 @@ impl Weights {
         Ok(w)
     }
 
-    /// Where in a PyTorch checkpoint its state_dict was found (`state_dict` of a training
-    /// script's dict), when not at its top level.
+    /// Where in a PyTorch file its state_dict was found, in words, when not at its top level
+    /// as a plain dict: "its `state_dict` entry" (a training script's checkpoint), "a pickled
+    /// `torchvision.models.resnet.ResNet` module" (`torch.save(model)`).
     pub fn found_under(&self) -> Option<&str> {
         self.found_under.as_deref()
     }

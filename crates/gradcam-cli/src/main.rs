@@ -250,10 +250,9 @@ pub fn load_graph(
         None => gradcam::model::Weights::from_static("<bundled demo model>", DEMO_MODEL)?,
     };
     let graph = gradcam::model::build(&weights, arch)?;
-    if let Some(key) = weights.found_under() {
+    if let Some(place) = weights.found_under() {
         eprintln!(
-            "note: {}: a checkpoint holding more than the model; its `{key}` is the model's \
-             weights",
+            "note: {}: the model's weights are those of {place}",
             weights.path().display()
         );
     }

@@ -5,8 +5,10 @@
 //!
 //! Only what a state_dict needs is understood: the pickle opcodes of protocols 2 to 5 that
 //! build data (dicts, lists, tuples, numbers, strings), `OrderedDict`, and torch's tensor
-//! and parameter rebuilders. Any other class stays an opaque value and is never called, so
-//! unlike `torch.load` (before `weights_only`) a file can run no code. The tensors become
+//! and parameter rebuilders. Any other class stays an opaque value with the state its pickle
+//! recorded (a pickled `nn.Module`'s `_parameters`, `_buffers` and `_modules`, from which
+//! its state_dict is rebuilt) and is never called, so unlike `torch.load` (before
+//! `weights_only`) a file can run no code. The tensors become
 //! entries of the file's bytes, mapped as safetensors' are: nothing is copied at load.
 
 mod pickle;
@@ -27,8 +29,8 @@ pub struct PthTensor {
     pub strides: Option<Vec<usize>>,
 }
 
-/// The state_dict a file holds, and where in the file it was found when that was not the
-/// top level (`state_dict` of a training checkpoint).
+/// The state_dict a file holds, and where in the file it was found, in words, when that was
+/// not its top level (`its `state_dict` entry`, `a pickled `…ResNet` module`).
 pub struct StateDict {
     pub tensors: BTreeMap<String, PthTensor>,
     pub found_under: Option<String>,
@@ -46,7 +48,7 @@ pub fn read(file: &[u8]) -> Result<StateDict, String> {
         true => read_zip(file)?,
         false => read_legacy(file)?,
     };
-    let (dict, found_under) = state_dict_of(&p, &top)?;
+    let (dict, found_under) = state_dict_of(&mut p, &top)?;
     let mut tensors = BTreeMap::new();
     for (k, v) in std::mem::take(&mut p.dicts[dict]) {
         let (V::Str(name), V::Tensor(t)) = (k, v) else {
@@ -108,31 +110,35 @@ fn place(name: &str, t: &TensorRef, (start, len): (usize, usize)) -> Result<PthT
 }
 
 /// The dict of tensors: the top level, or the one entry of a checkpoint that is such a dict
-/// (by name first: `state_dict`, `model_state_dict`, `model`, ...).
-fn state_dict_of(p: &Pickle, top: &V) -> Result<(usize, Option<String>), String> {
-    let has_tensors = |v: &V| match v {
-        V::Dict(d) => p.dicts[*d].iter().any(|(_, v)| matches!(v, V::Tensor(_))),
-        _ => false,
+/// (by name first: `state_dict`, `model_state_dict`, `model`, ...); a pickled module
+/// (`torch.save(model)`) stands for its state_dict. With it, where it was found, in words,
+/// when not at the top level as a plain dict.
+fn state_dict_of(p: &mut Pickle, top: &V) -> Result<(usize, Option<String>), String> {
+    let module = |p: &Pickle, v: &V| match v {
+        V::Object(o) => Some(format!("a pickled `{}` module", p.objects[*o].0)),
+        _ => None,
     };
+    if let Some(d) = tensors_in(p, top) {
+        return Ok((d, module(p, top)));
+    }
     let V::Dict(d) = top else {
         return Err(match top {
-            V::Object(class) => format!(
-                "it holds a pickled `{class}` object, not a state_dict (torch.save(model) \
-                 rather than torch.save(model.state_dict())); re-save its state_dict"
+            V::Object(o) => format!(
+                "it holds a pickled `{}` object without tensors, not a state_dict",
+                p.objects[*o].0
             ),
             _ => "it holds no dict of tensors (a state_dict)".into(),
         });
     };
-    if has_tensors(top) {
-        return Ok((*d, None));
+    let entries = p.dicts[*d].clone();
+    let mut inner: Vec<(String, usize, Option<String>)> = Vec::new();
+    for (k, v) in &entries {
+        if let V::Str(k) = k {
+            if let Some(i) = tensors_in(p, v) {
+                inner.push((k.clone(), i, module(p, v)));
+            }
+        }
     }
-    let inner: Vec<(&str, usize)> = (p.dicts[*d].iter())
-        .filter(|(_, v)| has_tensors(v))
-        .filter_map(|(k, v)| match (k, v) {
-            (V::Str(k), V::Dict(i)) => Some((k.as_str(), *i)),
-            _ => None,
-        })
-        .collect();
     const NAMES: [&str; 6] = [
         "state_dict",
         "model_state_dict",
@@ -142,15 +148,21 @@ fn state_dict_of(p: &Pickle, top: &V) -> Result<(usize, Option<String>), String>
         "module",
     ];
     let chosen = (NAMES.iter())
-        .find_map(|n| inner.iter().find(|(k, _)| k == n))
+        .find_map(|n| inner.iter().find(|(k, _, _)| k == n))
         .or(match inner.len() {
             1 => inner.first(),
             _ => None,
         });
     match chosen {
-        Some(&(k, i)) => Ok((i, Some(k.to_string()))),
+        Some((k, i, m)) => Ok((
+            *i,
+            Some(match m {
+                Some(m) => format!("its `{k}` entry, {m}"),
+                None => format!("its `{k}` entry"),
+            }),
+        )),
         None if inner.is_empty() => {
-            let keys: Vec<String> = (p.dicts[*d].iter())
+            let keys: Vec<String> = (entries.iter())
                 .take(12)
                 .map(|(k, _)| match k {
                     V::Str(s) => format!("`{s}`"),
@@ -162,12 +174,61 @@ fn state_dict_of(p: &Pickle, top: &V) -> Result<(usize, Option<String>), String>
                 keys.join(", ")
             ))
         }
-        None => {
-            Err(format!(
-            "it holds several dicts of tensors ({}) and none is named `state_dict` or `model`; \
-             save the one to explain on its own",
-            (inner.iter().map(|(k, _)| format!("`{k}`"))).collect::<Vec<_>>().join(", ")
-        ))
+        None => Err(format!(
+            "it holds several dicts of tensors ({}) and none is named `state_dict` or \
+             `model`; save the one to explain on its own",
+            (inner.iter().map(|(k, _, _)| format!("`{k}`")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// The dict of tensors `v` is (a dict holding a tensor), or makes (a pickled module: its
+/// parameters and buffers under their state_dict names, as a new dict).
+fn tensors_in(p: &mut Pickle, v: &V) -> Option<usize> {
+    match v {
+        V::Dict(d) if p.dicts[*d].iter().any(|(_, v)| matches!(v, V::Tensor(_))) => Some(*d),
+        V::Object(o) => {
+            let mut out = Vec::new();
+            // (A budget of visits: a crafted pickle could make a module its own child.)
+            module_tensors(p, *o, "", &mut out, &mut 100_000);
+            if out.is_empty() {
+                return None;
+            }
+            p.dicts.push(out);
+            Some(p.dicts.len() - 1)
+        }
+        _ => None,
+    }
+}
+
+/// An `nn.Module`'s tensors from the state its pickle built: `_parameters` and `_buffers`
+/// under `prefix`, then each of `_modules` under `prefix` + its name + `.`, as
+/// `state_dict()` names them (`layer1.0.conv1.weight`). A parameter that is None (no bias)
+/// is left out.
+fn module_tensors(p: &Pickle, o: usize, prefix: &str, out: &mut Vec<(V, V)>, budget: &mut usize) {
+    let Some(V::Dict(state)) = &p.objects[o].1 else {
+        return;
+    };
+    if *budget == 0 {
+        return;
+    }
+    *budget -= 1;
+    for (k, v) in &p.dicts[*state] {
+        let (V::Str(k), V::Dict(members)) = (k, v) else {
+            continue;
+        };
+        for (name, m) in &p.dicts[*members] {
+            match (k.as_str(), name, m) {
+                ("_parameters" | "_buffers", V::Str(n), V::Tensor(_)) => {
+                    out.push((V::Str(format!("{prefix}{n}")), m.clone()))
+                }
+                ("_modules", V::Str(n), V::Object(c)) => {
+                    module_tensors(p, *c, &format!("{prefix}{n}."), out, budget)
+                }
+                _ => {}
+            }
         }
     }
 }

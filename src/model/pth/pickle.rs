@@ -46,8 +46,9 @@ pub enum V {
     Global(String, String),
     Storage(String, Dtype),
     Tensor(TensorRef),
-    /// An instance of a class this reader does not rebuild, by the class's name.
-    Object(String),
+    /// An instance of a class this reader does not rebuild: its index in [`Pickle`]'s
+    /// objects (class name, and the state BUILD gave it: a module's `_parameters`, ...).
+    Object(usize),
     Mark,
 }
 
@@ -59,6 +60,8 @@ pub struct Pickle {
     pub storage_dtypes: HashMap<String, Dtype>,
     /// Legacy views: key → (root key, offset in elements).
     pub views: Vec<(String, (String, usize))>,
+    /// Opaque objects: class name, and the state BUILD gave it.
+    pub objects: Vec<(String, Option<V>)>,
 }
 
 impl Pickle {
@@ -247,10 +250,15 @@ impl Pickle {
                 0x81 => {
                     let _args = pop(&mut stack)?;
                     let cls = pop(&mut stack)?;
-                    stack.push(V::Object(name_of(&cls)));
+                    let v = self.object(&cls);
+                    stack.push(v);
                 }
                 b'b' => {
-                    let _state = pop(&mut stack)?;
+                    let state = pop(&mut stack)?;
+                    // (Kept for objects: a pickled module's parameters are in its state.)
+                    if let Some(V::Object(o)) = stack.last() {
+                        self.objects[*o].1 = Some(state);
+                    }
                 }
                 b'Q' => {
                     let pid = pop(&mut stack)?;
@@ -298,10 +306,10 @@ impl Pickle {
     /// opaque object (nothing is run).
     fn call(&mut self, f: V, args: V) -> Result<V, String> {
         let V::Tuple(args) = args else {
-            return Ok(V::Object(name_of(&f)));
+            return Ok(self.object(&f));
         };
         let V::Global(module, name) = &f else {
-            return Ok(V::Object(name_of(&f)));
+            return Ok(self.object(&f));
         };
         Ok(match (module.as_str(), name.as_str()) {
             ("collections", "OrderedDict") | ("builtins" | "__builtin__", "dict") => {
@@ -345,15 +353,22 @@ impl Pickle {
             ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
                 args.into_iter().next().unwrap_or(V::None)
             }
-            _ => V::Object(format!("{module}.{name}")),
+            _ => self.object(&f),
         })
     }
 
-    /// A persistent id: `('storage', torch.FloatStorage, key, location, numel[, view])`.
+    /// A persistent id: `('storage', torch.FloatStorage, key, location, numel[, view])`, or
+    /// in the legacy format a pickled module's class, `('module', class, file, source)` (the
+    /// class, as a GLOBAL would give it; its source is not read).
     fn persistent(&mut self, pid: V) -> Result<V, String> {
         let V::Tuple(t) = pid else {
             return Err("a persistent id that is not a tuple".into());
         };
+        if let (Some(V::Str(kind)), Some(class @ V::Global(..))) = (t.first(), t.get(1)) {
+            if kind == "module" {
+                return Ok(class.clone());
+            }
+        }
         let (Some(V::Str(kind)), Some(V::Global(_, ty)), Some(V::Str(key))) =
             (t.first(), t.get(1), t.get(2))
         else {
@@ -397,10 +412,15 @@ impl Pickle {
     }
 }
 
-fn name_of(v: &V) -> String {
-    match v {
-        V::Global(m, n) => format!("{m}.{n}"),
-        V::Object(n) => n.clone(),
-        other => format!("{other:?}"),
+impl Pickle {
+    /// A new opaque object of the class `cls` names.
+    fn object(&mut self, cls: &V) -> V {
+        let name = match cls {
+            V::Global(m, n) => format!("{m}.{n}"),
+            V::Object(o) => self.objects[*o].0.clone(),
+            _ => "an unnamed class".to_string(),
+        };
+        self.objects.push((name, None));
+        V::Object(self.objects.len() - 1)
     }
 }
