@@ -126,6 +126,31 @@ fn damaged_or_unsupported_pth_files_are_refused() {
     let s = error_of(&write("cut-pickle.pth", &legacy[..200]));
     assert!(s.contains("the pickle ends before its STOP"), "{s}");
 
+    // A safetensors header of 640 bytes starts as a pickle does (`80 02`): still read as
+    // safetensors; a pickle of another program is named as one.
+    let mut header = br#"{"fc.bias":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#.to_vec();
+    header.resize(640, b' ');
+    let mut st = (header.len() as u64).to_le_bytes().to_vec();
+    assert_eq!(st[..2], [0x80, 0x02]);
+    st.extend_from_slice(&header);
+    st.extend_from_slice(&[0; 16]);
+    let w = Weights::open(write("header640.safetensors", &st)).unwrap();
+    assert_eq!(w.names().collect::<Vec<_>>(), ["fc.bias"]);
+    let other = write(
+        "other.pkl",
+        b"\x80\x04\x95\x08\x00\x00\x00\x00\x00\x00\x00K\x07.",
+    );
+    match model::load(&other, None) {
+        Err(e @ Error::BadSafetensors { .. }) => {
+            assert!(
+                e.to_string()
+                    .contains("a Python pickle, not one torch.save wrote"),
+                "{e}"
+            )
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+
     // The central directory's first entry marked deflated (method 8).
     let mut deflated = zip.clone();
     let cd = (0..deflated.len() - 4)

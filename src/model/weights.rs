@@ -497,6 +497,15 @@ fn gather(span: &[f32], shape: &[usize], strides: &[usize]) -> Vec<f32> {
 /// formats models are often handed over in (or an image given as the model by mistake).
 /// (PyTorch's own files are read: [`super::pth`].)
 fn other_format(file: &[u8]) -> Option<String> {
+    // (torch.save's own pickles are read: this is another program's.)
+    if file.len() > 2 && file[0] == 0x80 && (2..=5).contains(&file[1]) && file.get(8) != Some(&b'{')
+    {
+        return Some(
+            "a Python pickle, not one torch.save wrote (no PyTorch magic number); gradcam \
+             reads safetensors and torch.save files of torchvision VGG and ResNet weights"
+                .into(),
+        );
+    }
     if file.starts_with(b"\x89HDF\r\n\x1a\n") {
         return Some(
             "an HDF5 file (a Keras model?): gradcam reads torchvision VGG and ResNet weights \

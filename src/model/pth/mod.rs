@@ -36,10 +36,17 @@ pub struct StateDict {
     pub found_under: Option<String>,
 }
 
-/// Whether the bytes start as a PyTorch file: a zip archive, or a pickle (protocol 2-5).
+/// The legacy format's first pickle after its PROTO opcode: LONG1 of 10 bytes, torch's
+/// magic number 0x1950a86a20f9469cfc6c.
+const LEGACY_MAGIC: [u8; 12] = [
+    0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+];
+
+/// Whether the bytes start as a PyTorch file: a zip archive, or the legacy format's magic
+/// number. (Not any pickle: a safetensors header of 640 bytes starts `80 02` too.)
 pub fn is_pth(file: &[u8]) -> bool {
     file.starts_with(b"PK\x03\x04")
-        || (file.len() > 2 && file[0] == 0x80 && (2..=5).contains(&file[1]))
+        || (file.len() > 14 && file[0] == 0x80 && file[2..14] == LEGACY_MAGIC)
 }
 
 /// The state_dict of a `torch.save` file; Err says what is wrong with it.
@@ -271,9 +278,9 @@ fn read_legacy(file: &[u8]) -> Result<(V, Pickle, Storages), String> {
         at += n;
         Ok(v)
     };
-    // (The magic number, 0x1950a86a20f9469cfc6c, is past i64: LONG1 of 10 bytes.)
+    // (The magic number is past i64: the pickle gives its bytes.)
     match next(&mut p)? {
-        V::BigInt(b) if b == [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19] => {}
+        V::BigInt(b) if b == LEGACY_MAGIC[2..] => {}
         _ => return Err("a pickle that is not a torch.save file (no PyTorch magic number)".into()),
     }
     let _version = next(&mut p)?;
