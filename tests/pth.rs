@@ -151,6 +151,34 @@ fn damaged_or_unsupported_pth_files_are_refused() {
         other => panic!("{:?}", other.map(|_| ())),
     }
 
+    // A pickle whose memo doubles a tuple 64 times (2^64 leaves if copied) and a module
+    // that is its own child 64 times over: refused or read at once, not built out.
+    let legacy_of = |object: &[u8]| {
+        let mut b = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
+        b.extend_from_slice(b"\x80\x02M\xe9\x03.\x80\x02}.");
+        b.extend_from_slice(object);
+        b.extend_from_slice(b"\x80\x02].");
+        b
+    };
+    let mut bomb = b"\x80\x02)q\x00".to_vec();
+    for _ in 0..64 {
+        bomb.extend_from_slice(b"h\x00h\x00\x86q\x00");
+    }
+    bomb.push(b'.');
+    let s = error_of(&write("bomb.pth", &legacy_of(&bomb)));
+    assert!(s.contains("no dict of tensors"), "{s}");
+    // (Tuples nested a million deep: a recursive drop would overflow the stack.)
+    let mut deep = b"\x80\x02)".to_vec();
+    deep.resize(deep.len() + 1_000_000, 0x85);
+    deep.push(b'.');
+    let s = error_of(&write("deep.pth", &legacy_of(&deep)));
+    assert!(s.contains("no dict of tensors"), "{s}");
+    // (A module: `c` GLOBAL, NEWOBJ, memo 0; its state {'_modules': {'a': it, 'b': it}}.)
+    let mut cycle = b"\x80\x02ctorch.nn\nModule\n)\x81q\x00}(X\x08\x00\x00\x00_modules}(".to_vec();
+    cycle.extend_from_slice(b"X\x01\x00\x00\x00ah\x00X\x01\x00\x00\x00bh\x00uub.");
+    let s = error_of(&write("cycle.pth", &legacy_of(&cycle)));
+    assert!(s.contains("without tensors"), "{s}");
+
     // The central directory's first entry marked deflated (method 8).
     let mut deflated = zip.clone();
     let cd = (0..deflated.len() - 4)

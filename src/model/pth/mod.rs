@@ -67,7 +67,7 @@ pub fn read(file: &[u8]) -> Result<StateDict, String> {
                 t.key
             )
         })?;
-        tensors.insert(name.clone(), place(&name, &t, *at)?);
+        tensors.insert(name.to_string(), place(&name, &t, *at)?);
     }
     Ok(StateDict {
         tensors,
@@ -122,7 +122,7 @@ fn place(name: &str, t: &TensorRef, (start, len): (usize, usize)) -> Result<PthT
 /// when not at the top level as a plain dict.
 fn state_dict_of(p: &mut Pickle, top: &V) -> Result<(usize, Option<String>), String> {
     let module = |p: &Pickle, v: &V| match v {
-        V::Object(o) => Some(format!("a pickled `{}` module", p.objects[*o].0)),
+        V::Object(o) => Some(format!("a pickled `{}` module", p.class_of(*o))),
         _ => None,
     };
     if let Some(d) = tensors_in(p, top) {
@@ -132,7 +132,7 @@ fn state_dict_of(p: &mut Pickle, top: &V) -> Result<(usize, Option<String>), Str
         return Err(match top {
             V::Object(o) => format!(
                 "it holds a pickled `{}` object without tensors, not a state_dict",
-                p.objects[*o].0
+                p.class_of(*o)
             ),
             _ => "it holds no dict of tensors (a state_dict)".into(),
         });
@@ -142,7 +142,7 @@ fn state_dict_of(p: &mut Pickle, top: &V) -> Result<(usize, Option<String>), Str
     for (k, v) in &entries {
         if let V::Str(k) = k {
             if let Some(i) = tensors_in(p, v) {
-                inner.push((k.clone(), i, module(p, v)));
+                inner.push((k.to_string(), i, module(p, v)));
             }
         }
     }
@@ -173,7 +173,7 @@ fn state_dict_of(p: &mut Pickle, top: &V) -> Result<(usize, Option<String>), Str
                 .take(12)
                 .map(|(k, _)| match k {
                     V::Str(s) => format!("`{s}`"),
-                    other => format!("{other:?}"),
+                    _ => "a key that is not a string".to_string(),
                 })
                 .collect();
             Err(format!(
@@ -198,8 +198,9 @@ fn tensors_in(p: &mut Pickle, v: &V) -> Option<usize> {
         V::Dict(d) if p.dicts[*d].iter().any(|(_, v)| matches!(v, V::Tensor(_))) => Some(*d),
         V::Object(o) => {
             let mut out = Vec::new();
-            // (A budget of visits: a crafted pickle could make a module its own child.)
-            module_tensors(p, *o, "", &mut out, &mut 100_000);
+            // (A budget of modules and tensors: a crafted pickle could make a module its own
+            // child, or a child many times over.)
+            module_tensors(p, *o, "", &mut out, &mut 1_000_000);
             if out.is_empty() {
                 return None;
             }
@@ -218,7 +219,9 @@ fn module_tensors(p: &Pickle, o: usize, prefix: &str, out: &mut Vec<(V, V)>, bud
     let Some(V::Dict(state)) = &p.objects[o].1 else {
         return;
     };
-    if *budget == 0 {
+    // (torchvision's deepest module path is 4 deep; 64 keeps a self-nesting module's
+    // recursion off the end of the stack.)
+    if *budget == 0 || prefix.matches('.').count() > 64 {
         return;
     }
     *budget -= 1;
@@ -227,9 +230,10 @@ fn module_tensors(p: &Pickle, o: usize, prefix: &str, out: &mut Vec<(V, V)>, bud
             continue;
         };
         for (name, m) in &p.dicts[*members] {
-            match (k.as_str(), name, m) {
-                ("_parameters" | "_buffers", V::Str(n), V::Tensor(_)) => {
-                    out.push((V::Str(format!("{prefix}{n}")), m.clone()))
+            match (&**k, name, m) {
+                ("_parameters" | "_buffers", V::Str(n), V::Tensor(_)) if *budget > 0 => {
+                    *budget -= 1;
+                    out.push((V::Str(format!("{prefix}{n}").into()), m.clone()))
                 }
                 ("_modules", V::Str(n), V::Object(c)) => {
                     module_tensors(p, *c, &format!("{prefix}{n}."), out, budget)
@@ -280,7 +284,7 @@ fn read_legacy(file: &[u8]) -> Result<(V, Pickle, Storages), String> {
     };
     // (The magic number is past i64: the pickle gives its bytes.)
     match next(&mut p)? {
-        V::BigInt(b) if b == LEGACY_MAGIC[2..] => {}
+        V::BigInt(b) if *b == LEGACY_MAGIC[2..] => {}
         _ => return Err("a pickle that is not a torch.save file (no PyTorch magic number)".into()),
     }
     let _version = next(&mut p)?;
@@ -297,7 +301,7 @@ fn read_legacy(file: &[u8]) -> Result<(V, Pickle, Storages), String> {
         };
         let dtype = *p
             .storage_dtypes
-            .get(&k)
+            .get(&*k)
             .ok_or_else(|| format!("storage `{k}` is listed but no tensor names it"))?;
         let count = file
             .get(at..at + 8)
@@ -310,7 +314,7 @@ fn read_legacy(file: &[u8]) -> Result<(V, Pickle, Storages), String> {
             .ok_or_else(|| {
                 format!("storage `{k}`: {count} elements run past the end of the file (cut short?)")
             })?;
-        storages.insert(k, (at + 8, len));
+        storages.insert(k.to_string(), (at + 8, len));
         at += 8 + len;
     }
     // Views of a storage (legacy files of old tensors) start inside their root's bytes.

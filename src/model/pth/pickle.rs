@@ -4,6 +4,7 @@
 //! [`V::Object`]; nothing it names is ever called.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use safetensors::Dtype;
 
@@ -35,22 +36,27 @@ pub enum V {
     Bool,
     Int(i64),
     /// A LONG past i64, as its little-endian bytes.
-    BigInt(Vec<u8>),
+    BigInt(Rc<[u8]>),
     Float,
-    Str(String),
+    Str(Rc<str>),
     Bytes,
-    Tuple(Vec<V>),
+    /// Its index in [`Pickle`]'s tuples (an arena, as lists and dicts: nested tuples then
+    /// drop and clone flat, however deep a crafted pickle nests them).
+    Tuple(usize),
     List(usize),
     Dict(usize),
     /// `module.name`.
-    Global(String, String),
+    Global(Rc<str>, Rc<str>),
     Storage(String, Dtype),
-    Tensor(TensorRef),
+    Tensor(Rc<TensorRef>),
     /// An instance of a class this reader does not rebuild: its index in [`Pickle`]'s
     /// objects (class name, and the state BUILD gave it: a module's `_parameters`, ...).
     Object(usize),
     Mark,
 }
+
+/// A class as a GLOBAL names it: module, name.
+pub type Class = (Rc<str>, Rc<str>);
 
 #[derive(Default)]
 pub struct Pickle {
@@ -60,8 +66,10 @@ pub struct Pickle {
     pub storage_dtypes: HashMap<String, Dtype>,
     /// Legacy views: key → (root key, offset in elements).
     pub views: Vec<(String, (String, usize))>,
-    /// Opaque objects: class name, and the state BUILD gave it.
-    pub objects: Vec<(String, Option<V>)>,
+    /// Opaque objects: their class (module and name, shared with the GLOBAL that gave it),
+    /// and the state BUILD gave them.
+    pub objects: Vec<(Option<Class>, Option<V>)>,
+    pub tuples: Vec<Vec<V>>,
 }
 
 impl Pickle {
@@ -108,10 +116,14 @@ impl Pickle {
                     self.lists.push(Vec::new());
                     stack.push(V::List(self.lists.len() - 1));
                 }
-                b')' => stack.push(V::Tuple(Vec::new())),
+                b')' => {
+                    let v = self.tuple(Vec::new());
+                    stack.push(v);
+                }
                 b't' => {
                     let items = since_mark(&mut stack)?;
-                    stack.push(V::Tuple(items));
+                    let v = self.tuple(items);
+                    stack.push(v);
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -120,7 +132,8 @@ impl Pickle {
                         .checked_sub(n)
                         .ok_or("the pickle pops an empty stack")?;
                     let items = stack.split_off(at);
-                    stack.push(V::Tuple(items));
+                    let v = self.tuple(items);
+                    stack.push(v);
                 }
                 b'l' => {
                     let items = since_mark(&mut stack)?;
@@ -198,7 +211,7 @@ impl Pickle {
                             w[..n].copy_from_slice(bytes);
                             V::Int(i64::from_le_bytes(w))
                         }
-                        _ => V::BigInt(bytes.to_vec()),
+                        _ => V::BigInt(Rc::from(bytes)),
                     });
                 }
                 b'G' => {
@@ -218,7 +231,7 @@ impl Pickle {
                     };
                     let s = take!(n);
                     stack.push(match op {
-                        b'X' | 0x8c | 0x8d => V::Str(String::from_utf8_lossy(s).into_owned()),
+                        b'X' | 0x8c | 0x8d => V::Str(Rc::from(String::from_utf8_lossy(s).as_ref())),
                         _ => V::Bytes,
                     });
                 }
@@ -231,7 +244,7 @@ impl Pickle {
                     };
                     let module = line(&mut i)?;
                     let name = line(&mut i)?;
-                    stack.push(V::Global(module, name));
+                    stack.push(V::Global(module.into(), name.into()));
                 }
                 0x93 => {
                     let name = pop(&mut stack)?;
@@ -308,18 +321,21 @@ impl Pickle {
         let V::Tuple(args) = args else {
             return Ok(self.object(&f));
         };
+        // (The few arguments understood; a crafted tuple may be long.)
+        let args: Vec<V> = self.tuples[args].iter().take(8).cloned().collect();
         let V::Global(module, name) = &f else {
             return Ok(self.object(&f));
         };
-        Ok(match (module.as_str(), name.as_str()) {
+        Ok(match (&**module, &**name) {
             ("collections", "OrderedDict") | ("builtins" | "__builtin__", "dict") => {
                 self.dicts.push(Vec::new());
                 V::Dict(self.dicts.len() - 1)
             }
             ("torch._utils", "_rebuild_tensor" | "_rebuild_tensor_v2") => {
+                let tuples = &self.tuples;
                 let ints = |v: Option<&V>| -> Option<Vec<usize>> {
                     match v? {
-                        V::Tuple(t) => t
+                        V::Tuple(t) => tuples[*t]
                             .iter()
                             .map(|x| match x {
                                 V::Int(n) => usize::try_from(*n).ok(),
@@ -340,18 +356,20 @@ impl Pickle {
                         Some(V::Int(offset)),
                         Some(shape),
                         Some(stride),
-                    ) if shape.len() == stride.len() && *offset >= 0 => V::Tensor(TensorRef {
-                        key: key.clone(),
-                        dtype: *dtype,
-                        offset: *offset as usize,
-                        shape,
-                        stride,
-                    }),
+                    ) if shape.len() == stride.len() && *offset >= 0 => {
+                        V::Tensor(Rc::new(TensorRef {
+                            key: key.clone(),
+                            dtype: *dtype,
+                            offset: *offset as usize,
+                            shape,
+                            stride,
+                        }))
+                    }
                     _ => return Err(format!("torch.{name} with arguments it does not take")),
                 }
             }
             ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
-                args.into_iter().next().unwrap_or(V::None)
+                args.first().cloned().unwrap_or(V::None)
             }
             _ => self.object(&f),
         })
@@ -364,8 +382,9 @@ impl Pickle {
         let V::Tuple(t) = pid else {
             return Err("a persistent id that is not a tuple".into());
         };
+        let t: Vec<V> = self.tuples[t].iter().take(6).cloned().collect();
         if let (Some(V::Str(kind)), Some(class @ V::Global(..))) = (t.first(), t.get(1)) {
-            if kind == "module" {
+            if &**kind == "module" {
                 return Ok(class.clone());
             }
         }
@@ -374,10 +393,10 @@ impl Pickle {
         else {
             return Err("a persistent id that is not a storage".into());
         };
-        if kind != "storage" {
+        if &**kind != "storage" {
             return Err(format!("a persistent id of kind `{kind}`, not a storage"));
         }
-        let dtype = match ty.as_str() {
+        let dtype = match &**ty {
             "FloatStorage" => Dtype::F32,
             "DoubleStorage" => Dtype::F64,
             "HalfStorage" => Dtype::F16,
@@ -394,14 +413,18 @@ impl Pickle {
                 ))
             }
         };
+        let key = key.to_string();
         self.storage_dtypes.insert(key.clone(), dtype);
         // Legacy view metadata: (view key, offset, size) into the root storage `key`.
         let key = match t.get(5) {
-            Some(V::Tuple(v)) => match (v.first(), v.get(1)) {
-                (Some(V::Str(view)), Some(V::Int(off))) if *off >= 0 => {
+            Some(V::Tuple(v)) => match (
+                self.tuples[*v].first().cloned(),
+                self.tuples[*v].get(1).cloned(),
+            ) {
+                (Some(V::Str(view)), Some(V::Int(off))) if off >= 0 => {
                     self.views
-                        .push((view.clone(), (key.clone(), *off as usize)));
-                    view.clone()
+                        .push((view.to_string(), (key.clone(), off as usize)));
+                    view.to_string()
                 }
                 _ => key.clone(),
             },
@@ -413,14 +436,27 @@ impl Pickle {
 }
 
 impl Pickle {
+    fn tuple(&mut self, items: Vec<V>) -> V {
+        self.tuples.push(items);
+        V::Tuple(self.tuples.len() - 1)
+    }
+
     /// A new opaque object of the class `cls` names.
     fn object(&mut self, cls: &V) -> V {
-        let name = match cls {
-            V::Global(m, n) => format!("{m}.{n}"),
+        let class = match cls {
+            V::Global(m, n) => Some((m.clone(), n.clone())),
             V::Object(o) => self.objects[*o].0.clone(),
-            _ => "an unnamed class".to_string(),
+            _ => None,
         };
-        self.objects.push((name, None));
+        self.objects.push((class, None));
         V::Object(self.objects.len() - 1)
+    }
+
+    /// The class of object `o`, as `module.Name`.
+    pub fn class_of(&self, o: usize) -> String {
+        match &self.objects[o].0 {
+            Some((m, n)) => format!("{m}.{n}"),
+            None => "an unnamed class".into(),
+        }
     }
 }
