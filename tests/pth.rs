@@ -40,6 +40,7 @@ fn torch_save_files_give_the_safetensors_tensors() {
     for (file, under) in [
         ("resnet_tiny.pth", None),
         ("resnet_tiny_legacy.pth", None),
+        ("resnet_tiny_legacy_p4.pth", None),
         ("resnet_tiny_checkpoint.pth", Some("its `state_dict` entry")),
         ("resnet_tiny_f16.pth", None),
         ("resnet_tiny_shared.pth", None),
@@ -119,6 +120,11 @@ fn damaged_or_unsupported_pth_files_are_refused() {
         std::fs::write(&p, bytes).unwrap();
         p
     };
+    let s = error_of(&fixtures().join("pth/expanded.pth"));
+    assert!(
+        s.contains("repeats 1 stored elements 100000000 times"),
+        "{s}"
+    );
     let s = error_of(&write("cut.pth", &zip[..zip.len() / 2]));
     assert!(s.contains("cut short or damaged"), "{s}");
     let s = error_of(&write("cut-legacy.pth", &legacy[..legacy.len() - 100]));
@@ -166,13 +172,13 @@ fn damaged_or_unsupported_pth_files_are_refused() {
     }
     bomb.push(b'.');
     let s = error_of(&write("bomb.pth", &legacy_of(&bomb)));
-    assert!(s.contains("no dict of tensors"), "{s}");
+    assert!(s.contains("not a dict of tensors"), "{s}");
     // (Tuples nested a million deep: a recursive drop would overflow the stack.)
     let mut deep = b"\x80\x02)".to_vec();
     deep.resize(deep.len() + 1_000_000, 0x85);
     deep.push(b'.');
     let s = error_of(&write("deep.pth", &legacy_of(&deep)));
-    assert!(s.contains("no dict of tensors"), "{s}");
+    assert!(s.contains("not a dict of tensors"), "{s}");
     // (A module: `c` GLOBAL, NEWOBJ, memo 0; its state {'_modules': {'a': it, 'b': it}}.)
     let mut cycle = b"\x80\x02ctorch.nn\nModule\n)\x81q\x00}(X\x08\x00\x00\x00_modules}(".to_vec();
     cycle.extend_from_slice(b"X\x01\x00\x00\x00ah\x00X\x01\x00\x00\x00bh\x00uub.");

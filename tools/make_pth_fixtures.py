@@ -18,7 +18,10 @@ them, so the reader of .pth files is tested against torch's own writer.
   torchvision nests them), inside a checkpoint dict's `model` entry;
 - resnet_tiny_module_legacy.pth: that module alone, in the legacy format (its classes are
   persistent ids there, with their source);
-- whole_module.pth: `torch.save(nn.Linear(2, 2))`, a whole module at the top level.
+- whole_module.pth: `torch.save(nn.Linear(2, 2))`, a whole module at the top level;
+- expanded.pth: one stored element expanded to 10^8 (refused, not read out);
+- resnet_tiny_legacy_p4.pth: the legacy format at pickle protocol 4 (a FRAME before the
+  magic number). The checkpoint's `best_acc1` is a tensor, as pytorch/examples saves it.
 """
 
 import argparse
@@ -35,6 +38,9 @@ sd = collections.OrderedDict(sorted(load_file(root / "resnet_tiny.safetensors").
 
 torch.save(sd, out / "resnet_tiny.pth")
 torch.save(sd, out / "resnet_tiny_legacy.pth", _use_new_zipfile_serialization=False)
+torch.save(
+    sd, out / "resnet_tiny_legacy_p4.pth", pickle_protocol=4, _use_new_zipfile_serialization=False
+)
 
 params = [torch.nn.Parameter(t.clone()) for k, t in sd.items() if t.is_floating_point()]
 opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
@@ -46,7 +52,7 @@ torch.save(
         "state_dict": collections.OrderedDict((f"module.{k}", v) for k, v in sd.items()),
         "optimizer": opt.state_dict(),
         "args": argparse.Namespace(lr=0.1, arch="resnet_tiny"),
-        "best_acc1": 0.25,
+        "best_acc1": torch.tensor(0.25),
     },
     out / "resnet_tiny_checkpoint.pth",
 )
@@ -87,5 +93,6 @@ torch.save(
 )
 torch.manual_seed(0)
 torch.save(torch.nn.Linear(2, 2), out / "whole_module.pth")
+torch.save({"fc.bias": torch.zeros(1).expand(100_000_000)}, out / "expanded.pth")
 for f in sorted(out.glob("*.pth")):
     print(f.name, f.stat().st_size)

@@ -70,7 +70,7 @@ impl Weights {
         let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
         if !meta.is_file() {
             return Err(Error::Invalid(format!(
-                "{}: {}, not a .safetensors file",
+                "{}: {}, not a model file (.safetensors, .pth)",
                 path.display(),
                 if meta.is_dir() {
                     "a folder"

@@ -44,9 +44,13 @@ const LEGACY_MAGIC: [u8; 12] = [
 
 /// Whether the bytes start as a PyTorch file: a zip archive, or the legacy format's magic
 /// number. (Not any pickle: a safetensors header of 640 bytes starts `80 02` too.)
+/// (A zip's byte 8 is its first entry's compression method, never the `{` that opens a
+/// safetensors header; protocols 4 and 5 put a FRAME before the magic number.)
 pub fn is_pth(file: &[u8]) -> bool {
-    file.starts_with(b"PK\x03\x04")
-        || (file.len() > 14 && file[0] == 0x80 && file[2..14] == LEGACY_MAGIC)
+    let magic_at = |i: usize| file.get(i..i + 12) == Some(&LEGACY_MAGIC[..]);
+    (file.starts_with(b"PK\x03\x04") && file.get(8) != Some(&b'{'))
+        || (file.first() == Some(&0x80)
+            && (magic_at(2) || (file.get(2) == Some(&0x95) && magic_at(11))))
 }
 
 /// The state_dict of a `torch.save` file; Err says what is wrong with it.
@@ -58,6 +62,16 @@ pub fn read(file: &[u8]) -> Result<StateDict, String> {
     let (dict, found_under) = state_dict_of(&mut p, &top)?;
     let mut tensors = BTreeMap::new();
     for (k, v) in std::mem::take(&mut p.dicts[dict]) {
+        if let (V::Str(name), V::Object(o)) = (&k, &v) {
+            let class = p.class_of(*o);
+            if let Some(how) = class.strip_prefix("torch._utils._rebuild_") {
+                return Err(format!(
+                    "tensor `{name}` is rebuilt by torch's `_rebuild_{how}` (a sparse, \
+                     quantized, meta or subclass tensor), which this reader does not read; \
+                     save it as a plain dense tensor"
+                ));
+            }
+        }
         let (V::Str(name), V::Tensor(t)) = (k, v) else {
             continue;
         };
@@ -91,6 +105,15 @@ fn place(name: &str, t: &TensorRef, (start, len): (usize, usize)) -> Result<PthT
         return Err(format!("tensor `{name}`: its size overflows"));
     };
     let elems = if numel == 0 { 0 } else { span + 1 };
+    // An expanded view (stride 0) repeats stored elements: a few bytes could stand for more
+    // than memory holds. Up to 16 times what is stored is read; more is refused.
+    if numel > 16 * elems + (1 << 20) {
+        return Err(format!(
+            "tensor `{name}` (shape {:?}) repeats {elems} stored elements {numel} times over \
+             (an expanded view); save it with .contiguous()",
+            t.shape
+        ));
+    }
     let begin = (t.offset.checked_mul(es)).filter(|&b| b <= len);
     let end = begin
         .and_then(|b| b.checked_add(elems.checked_mul(es)?))
@@ -117,35 +140,61 @@ fn place(name: &str, t: &TensorRef, (start, len): (usize, usize)) -> Result<PthT
 }
 
 /// The dict of tensors: the top level, or the one entry of a checkpoint that is such a dict
-/// (by name first: `state_dict`, `model_state_dict`, `model`, ...); a pickled module
-/// (`torch.save(model)`) stands for its state_dict. With it, where it was found, in words,
-/// when not at the top level as a plain dict.
+/// (by name first: `state_dict`, `model_state_dict`, `model`, ...; else the top level where
+/// it holds tensors itself, as many as any entry); a pickled module (`torch.save(model)`)
+/// stands for its state_dict. With it, where it was found, in words, when not at the top
+/// level as a plain dict.
 fn state_dict_of(p: &mut Pickle, top: &V) -> Result<(usize, Option<String>), String> {
     let module = |p: &Pickle, v: &V| match v {
         V::Object(o) => Some(format!("a pickled `{}` module", p.class_of(*o))),
         _ => None,
     };
-    if let Some(d) = tensors_in(p, top) {
-        return Ok((d, module(p, top)));
-    }
+    // (One budget for every module walked: a crafted pickle could list one module, or a
+    // module holding itself, many times over.)
+    let mut budget = 64usize << 20;
     let V::Dict(d) = top else {
+        if let Some(d) = tensors_in(p, top, &mut budget) {
+            return Ok((d, module(p, top)));
+        }
         return Err(match top {
             V::Object(o) => format!(
                 "it holds a pickled `{}` object without tensors, not a state_dict",
                 p.class_of(*o)
             ),
+            V::List(_) | V::Tuple(_) => {
+                "it holds a list or tuple, not a dict of tensors (a state_dict)".into()
+            }
             _ => "it holds no dict of tensors (a state_dict)".into(),
         });
     };
     let entries = p.dicts[*d].clone();
+    let own = entries
+        .iter()
+        .filter(|(_, v)| matches!(v, V::Tensor(_)))
+        .count();
     let mut inner: Vec<(String, usize, Option<String>)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (k, v) in &entries {
+        // (Each dict or module once: many entries may name the same one.)
+        let id = match v {
+            V::Dict(i) => (0, *i),
+            V::Object(i) => (1, *i),
+            _ => continue,
+        };
         if let V::Str(k) = k {
-            if let Some(i) = tensors_in(p, v) {
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Some(i) = tensors_in(p, v, &mut budget) {
                 inner.push((k.to_string(), i, module(p, v)));
             }
         }
     }
+    let most = inner
+        .iter()
+        .map(|(_, i, _)| p.dicts[*i].len())
+        .max()
+        .unwrap_or(0);
     const NAMES: [&str; 6] = [
         "state_dict",
         "model_state_dict",
@@ -154,12 +203,14 @@ fn state_dict_of(p: &mut Pickle, top: &V) -> Result<(usize, Option<String>), Str
         "network",
         "module",
     ];
-    let chosen = (NAMES.iter())
-        .find_map(|n| inner.iter().find(|(k, _, _)| k == n))
-        .or(match inner.len() {
-            1 => inner.first(),
-            _ => None,
-        });
+    let named = (NAMES.iter()).find_map(|n| inner.iter().find(|(k, _, _)| k == n));
+    if named.is_none() && own > 0 && own >= most {
+        return Ok((*d, None));
+    }
+    let chosen = named.or(match inner.len() {
+        1 => inner.first(),
+        _ => None,
+    });
     match chosen {
         Some((k, i, m)) => Ok((
             *i,
@@ -193,14 +244,12 @@ fn state_dict_of(p: &mut Pickle, top: &V) -> Result<(usize, Option<String>), Str
 
 /// The dict of tensors `v` is (a dict holding a tensor), or makes (a pickled module: its
 /// parameters and buffers under their state_dict names, as a new dict).
-fn tensors_in(p: &mut Pickle, v: &V) -> Option<usize> {
+fn tensors_in(p: &mut Pickle, v: &V, budget: &mut usize) -> Option<usize> {
     match v {
         V::Dict(d) if p.dicts[*d].iter().any(|(_, v)| matches!(v, V::Tensor(_))) => Some(*d),
         V::Object(o) => {
             let mut out = Vec::new();
-            // (A budget of modules and tensors: a crafted pickle could make a module its own
-            // child, or a child many times over.)
-            module_tensors(p, *o, "", &mut out, &mut 1_000_000);
+            module_tensors(p, *o, "", &mut out, budget);
             if out.is_empty() {
                 return None;
             }
@@ -214,25 +263,31 @@ fn tensors_in(p: &mut Pickle, v: &V) -> Option<usize> {
 /// An `nn.Module`'s tensors from the state its pickle built: `_parameters` and `_buffers`
 /// under `prefix`, then each of `_modules` under `prefix` + its name + `.`, as
 /// `state_dict()` names them (`layer1.0.conv1.weight`). A parameter that is None (no bias)
-/// is left out.
+/// is left out. Each module and tensor costs the budget its name's length.
 fn module_tensors(p: &Pickle, o: usize, prefix: &str, out: &mut Vec<(V, V)>, budget: &mut usize) {
     let Some(V::Dict(state)) = &p.objects[o].1 else {
         return;
     };
     // (torchvision's deepest module path is 4 deep; 64 keeps a self-nesting module's
     // recursion off the end of the stack.)
-    if *budget == 0 || prefix.matches('.').count() > 64 {
+    if *budget <= prefix.len() || prefix.matches('.').count() > 64 {
+        *budget = 0;
         return;
     }
-    *budget -= 1;
+    *budget -= 1 + prefix.len();
     for (k, v) in &p.dicts[*state] {
         let (V::Str(k), V::Dict(members)) = (k, v) else {
             continue;
         };
         for (name, m) in &p.dicts[*members] {
             match (&**k, name, m) {
-                ("_parameters" | "_buffers", V::Str(n), V::Tensor(_)) if *budget > 0 => {
-                    *budget -= 1;
+                ("_parameters" | "_buffers", V::Str(n), V::Tensor(_)) => {
+                    let cost = 1 + prefix.len() + n.len();
+                    if *budget < cost {
+                        *budget = 0;
+                        return;
+                    }
+                    *budget -= cost;
                     out.push((V::Str(format!("{prefix}{n}").into()), m.clone()))
                 }
                 ("_modules", V::Str(n), V::Object(c)) => {
@@ -249,10 +304,19 @@ type Storages = HashMap<String, (usize, usize)>;
 
 fn read_zip(file: &[u8]) -> Result<(V, Pickle, Storages), String> {
     let entries = zip::stored_entries(file)?;
-    let pkl = (entries.keys())
-        .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
-        .ok_or("a zip archive without data.pkl: not a file torch.save wrote")?
-        .clone();
+    let pkls: Vec<&String> = (entries.keys())
+        .filter(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1 || *n == "data.pkl")
+        .collect();
+    let pkl = match pkls[..] {
+        [one] => one.clone(),
+        [] => return Err("a zip archive without data.pkl: not a file torch.save wrote".into()),
+        _ => {
+            return Err(format!(
+                "a zip archive of {} saves (data.pkl files), not one",
+                pkls.len()
+            ))
+        }
+    };
     let archive = &pkl[..pkl.len() - "data.pkl".len()];
     if let Some(&(at, len)) = entries.get(&format!("{archive}byteorder")) {
         if &file[at..at + len] != b"little" {

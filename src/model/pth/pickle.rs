@@ -135,6 +135,20 @@ impl Pickle {
                     let v = self.tuple(items);
                     stack.push(v);
                 }
+                // Sets (a module's `_non_persistent_buffers_set`) as lists.
+                0x8f => {
+                    self.lists.push(Vec::new());
+                    stack.push(V::List(self.lists.len() - 1));
+                }
+                0x90 => {
+                    let items = since_mark(&mut stack)?;
+                    self.append(stack.last(), items);
+                }
+                0x91 => {
+                    let items = since_mark(&mut stack)?;
+                    self.lists.push(items);
+                    stack.push(V::List(self.lists.len() - 1));
+                }
                 b'l' => {
                     let items = since_mark(&mut stack)?;
                     self.lists.push(items);

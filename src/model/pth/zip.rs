@@ -89,6 +89,13 @@ pub fn stored_entries(file: &[u8]) -> Result<HashMap<String, (usize, usize)>, St
             x += 4 + len;
         }
         at = extra_end + c;
+        if name.contains("/code/__torch__") || name.ends_with("/constants.pkl") {
+            return Err(
+                "a TorchScript archive (torch.jit.save), not a torch.save file: save \
+                 the model's state_dict with torch.save"
+                    .into(),
+            );
+        }
         if method != 0 {
             return Err(format!(
                 "entry `{name}` of the zip archive is compressed (method {method}); torch.save \
