@@ -56,7 +56,7 @@ pub struct Weights {
     data_start: usize,
     /// Where in a PyTorch file the state_dict was, in words, when not at its top level.
     found_under: Option<String>,
-    /// name (without any wrapper prefix such as `module.`; see `strip_wrapper_prefix`) → (dtype, shape, byte range in the data part)
+    /// name (without any wrapper prefix such as `module.`; see `strip_wrapper_prefix`) → [`Entry`]
     index: BTreeMap<String, Entry>,
     metadata: BTreeMap<String, String>,
     /// The tensors [`Weights::get`] has read: a model built from the file must read them all.
@@ -117,18 +117,14 @@ impl Weights {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let mut w = Weights {
+        Ok(Self::with_index(
             path,
             mmap,
-            data_start: 8 + header_len,
-            found_under: None,
+            8 + header_len,
+            None,
             index,
             metadata,
-            read: Default::default(),
-        };
-        w.strip_wrapper_prefix();
-        w.unwrap_sequential_heads();
-        Ok(w)
+        ))
     }
 
     /// A `torch.save` file's state_dict ([`super::pth`]).
@@ -144,18 +140,38 @@ impl Weights {
         if index.is_empty() {
             return Err(bad("its state_dict holds no tensors".into()));
         }
+        Ok(Self::with_index(
+            path,
+            mmap,
+            0,
+            sd.found_under,
+            index,
+            BTreeMap::new(),
+        ))
+    }
+
+    /// The weights of either kind of file, named as torchvision names them (wrapper prefixes
+    /// dropped, single-layer Sequential heads unwrapped).
+    fn with_index(
+        path: PathBuf,
+        mmap: Bytes,
+        data_start: usize,
+        found_under: Option<String>,
+        index: BTreeMap<String, Entry>,
+        metadata: BTreeMap<String, String>,
+    ) -> Self {
         let mut w = Weights {
             path,
             mmap,
-            data_start: 0,
-            found_under: sd.found_under,
+            data_start,
+            found_under,
             index,
-            metadata: BTreeMap::new(),
+            metadata,
             read: Default::default(),
         };
         w.strip_wrapper_prefix();
         w.unwrap_sequential_heads();
-        Ok(w)
+        w
     }
 
     /// Where in a PyTorch file its state_dict was found, in words, when not at its top level

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use safetensors::Dtype;
 
-use pickle::{size_of, Pickle, TensorRef, V};
+use pickle::{Pickle, TensorRef, V};
 
 /// A tensor in the file: dtype, shape, byte range of the elements it spans, and its strides
 /// (elements) where it is not contiguous.
@@ -91,7 +91,7 @@ pub fn read(file: &[u8]) -> Result<StateDict, String> {
 
 /// A tensor's byte range within its storage's bytes `(start, len)`, checked.
 fn place(name: &str, t: &TensorRef, (start, len): (usize, usize)) -> Result<PthTensor, String> {
-    let es = size_of(t.dtype);
+    let es = t.dtype.size();
     let numel = t.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     // The last element reached: Σ (size − 1) · stride, past the offset.
     let span = t
@@ -373,7 +373,7 @@ fn read_legacy(file: &[u8]) -> Result<(V, Pickle, Storages), String> {
             .ok_or("the file ends before its storages: cut short")?;
         let len = usize::try_from(count)
             .ok()
-            .and_then(|c| c.checked_mul(size_of(dtype)))
+            .and_then(|c| c.checked_mul(dtype.size()))
             .filter(|&l| l <= file.len() - at - 8)
             .ok_or_else(|| {
                 format!("storage `{k}`: {count} elements run past the end of the file (cut short?)")
@@ -385,7 +385,7 @@ fn read_legacy(file: &[u8]) -> Result<(V, Pickle, Storages), String> {
     for (view, (root, offset)) in std::mem::take(&mut p.views) {
         if let Some(&(s, len)) = storages.get(&root) {
             let dtype = p.storage_dtypes.get(&view).copied().unwrap_or(Dtype::F32);
-            let skip = offset.saturating_mul(size_of(dtype)).min(len);
+            let skip = offset.saturating_mul(dtype.size()).min(len);
             storages.insert(view, (s + skip, len - skip));
         }
     }

@@ -8,16 +8,6 @@ use std::rc::Rc;
 
 use safetensors::Dtype;
 
-/// Element size in bytes.
-pub fn size_of(d: Dtype) -> usize {
-    match d {
-        Dtype::F64 | Dtype::I64 | Dtype::U64 => 8,
-        Dtype::F32 | Dtype::I32 | Dtype::U32 => 4,
-        Dtype::F16 | Dtype::BF16 | Dtype::I16 | Dtype::U16 => 2,
-        _ => 1,
-    }
-}
-
 /// A tensor as a pickle rebuilds it: its storage, offset, shape and strides (elements).
 #[derive(Clone, Debug)]
 pub struct TensorRef {
