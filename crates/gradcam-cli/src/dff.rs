@@ -260,7 +260,11 @@ fn dff_all<B: Backend>(
     bar.set_message("overlays");
     bar.set_length(kept.len() as u64);
     bar.set_position(0);
-    let stems = inputs::stems(&kept, &a.inputs, &[]);
+    // (An image in the output folder named like another's overlay keeps its name: `a.png`
+    // beside `a.dff.png` writes `a-2.dff.png`.)
+    let over = inputs::stems_over_inputs(&kept, &a.out, &[".dff.png"]);
+    let reserved: Vec<&str> = over.iter().map(String::as_str).collect();
+    let stems = inputs::stems(&kept, &a.inputs, &reserved);
     let mut per_image = Vec::new();
     let mut shares: Vec<Vec<f32>> = Vec::new();
     let mut total = vec![0usize; k];

@@ -548,7 +548,7 @@ fn explain_all<B: Backend>(
     let mut kept: Vec<(usize, String)> = Vec::new();
     let mut todo = Vec::new();
     for (i, f) in files.iter().enumerate() {
-        let row = (previous.as_mut()).and_then(|p| p.kept(f, &stems[i], &a.out, &suffixes));
+        let row = (previous.as_mut()).and_then(|p| p.kept(f, &stems[i], &a.out, &suffixes, size));
         match row {
             Some(row) => kept.push((at(i), row)),
             None => todo.push(i),

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
+use gradcam::image::InputSize;
 use gradcam::path_text::{path_of, text};
 use serde_json::{json, Value};
 
@@ -198,14 +199,16 @@ pub fn load_from(
 
 impl Previous {
     /// The row of `image` to keep: it was explained (`ok`) with the same output stem, and
-    /// every file `suffixes` names (`<stem><suffix>`) is in `out`; its image field then reads
-    /// as `image` is given now. Either way its row is taken: [`Previous::others`] leaves it out.
+    /// every file `suffixes` names (`<stem><suffix>`) is in `out` (a map of the shape `size`
+    /// gives the image); its image field then reads as `image` is given now. Either way its
+    /// row is taken: [`Previous::others`] leaves it out.
     pub fn kept(
         &mut self,
         image: &Path,
         stem: &str,
         out: &Path,
         suffixes: &[&str],
+        size: InputSize,
     ) -> Option<String> {
         let now = text(image);
         let rows = self.by_image.get(&image_key(&now))?;
@@ -218,7 +221,9 @@ impl Previous {
         let done = self.whole(row)
             && f.get(1).is_some_and(|s| s == "ok")
             && f.last().is_some_and(|s| s == stem)
-            && (suffixes.iter()).all(|s| whole_file(&out.join(format!("{stem}{s}"))));
+            && (suffixes.iter()).all(|s| whole_file(&out.join(format!("{stem}{s}"))))
+            && (!suffixes.contains(&MAP)
+                || map_fits(&out.join(format!("{stem}{MAP}")), image, size));
         if !done {
             return None;
         }
@@ -289,6 +294,31 @@ fn whole_file(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0)
 }
 
+/// The suffix of an image's map, `<stem>.cam.npy`.
+const MAP: &str = ".cam.npy";
+
+/// Whether a whole map's shape is the one this run gives `image`: \[S, S\] for `--size S`;
+/// for `--size native` the image's own size, either way round (its EXIF orientation may turn
+/// it; not decoded to tell). A map copied from another image, or made or edited by hand to
+/// another size, is explained again rather than kept beside a report that contradicts it.
+fn map_fits(map: &Path, image: &Path, size: InputSize) -> bool {
+    let Some(shape) = gradcam::npy::whole_f32_shape(map) else {
+        return false;
+    };
+    match (size, &shape[..]) {
+        (InputSize::Square(s), &[h, w]) => (h, w) == (s, s),
+        (InputSize::Native, &[h, w]) => match gradcam::image::peek_dims(image) {
+            Some((iw, ih)) => {
+                let (iw, ih) = (iw as usize, ih as usize);
+                (h, w) == (ih, iw) || (h, w) == (iw, ih)
+            }
+            // (Formats read whole to tell their size: a 2-D map of any size.)
+            None => h > 0 && w > 0,
+        },
+        _ => false,
+    }
+}
+
 /// PNG's 8-byte signature at the start and its empty IEND chunk at the end.
 fn png_whole(p: &Path) -> std::io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom};
@@ -327,6 +357,9 @@ fn differences(then: &Value, now: &Value) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// The tests' images are no files: any 2-D map fits them.
+    const NATIVE: InputSize = InputSize::Native;
+
     /// [`load_from`] reading the summary itself.
     fn load(out: &Path, now: &Value) -> anyhow::Result<Option<Previous>> {
         load_from(out, now, crate::inputs::read_text(&out.join(FILE)))
@@ -345,6 +378,28 @@ mod tests {
             ]
         );
         assert!(differences(&now, &now.clone()).is_empty());
+    }
+
+    /// A kept map has the shape this run gives its image: \[S, S\], or the image's own size
+    /// (either way round) with `--size native`.
+    #[test]
+    fn kept_maps_have_this_runs_shape() {
+        let d = tempfile::tempdir().unwrap();
+        let (img, map) = (d.path().join("i.png"), d.path().join("i.cam.npy"));
+        image::RgbImage::new(5, 3).save(&img).unwrap();
+        let with = |shape: &[usize], size| {
+            let n = shape.iter().product();
+            gradcam::npy::write_f32(&map, shape, &vec![0.0; n]).unwrap();
+            map_fits(&map, &img, size)
+        };
+        assert!(with(&[4, 4], InputSize::Square(4)));
+        assert!(!with(&[4, 4], InputSize::Square(5)));
+        assert!(!with(&[1, 4, 4], InputSize::Square(4)));
+        assert!(with(&[3, 5], InputSize::Native));
+        assert!(with(&[5, 3], InputSize::Native));
+        assert!(!with(&[4, 4], InputSize::Native));
+        std::fs::write(&map, b"\x93NUMPY cut").unwrap();
+        assert!(!map_fits(&map, &img, InputSize::Square(4)));
     }
 
     /// An image given another way (`./`, absolute) is the same image; rows of images not
@@ -381,12 +436,12 @@ mod tests {
             .unwrap();
         let x = imgs.join("x.png");
         assert_eq!(
-            p.kept(&x, "x", &out, &[".json"]),
+            p.kept(&x, "x", &out, &[".json"], NATIVE),
             Some(format!("{},ok,,x", x.display())),
             "the row reads as the image is given now"
         );
         assert_eq!(
-            p.kept(Path::new(&dotted), "x-2", &out, &[".json"]),
+            p.kept(Path::new(&dotted), "x-2", &out, &[".json"], NATIVE),
             Some(format!("{dotted},ok,,x-2")),
             "each name of one file keeps its own row"
         );
@@ -443,25 +498,31 @@ mod tests {
         let mut p = load(out, &now).unwrap().unwrap();
         let files = [".cam.npy", ".json"];
         assert_eq!(
-            p.kept(Path::new("a.png"), "a", out, &files).as_deref(),
+            p.kept(Path::new("a.png"), "a", out, &files, NATIVE)
+                .as_deref(),
             Some("a.png,ok,,a")
         );
-        assert!(p.kept(Path::new("b,1.png"), "b,1", out, &files).is_some());
+        assert!(p
+            .kept(Path::new("b,1.png"), "b,1", out, &files, NATIVE)
+            .is_some());
         assert!(
-            p.kept(Path::new("a.png"), "a-2", out, &files).is_none(),
+            p.kept(Path::new("a.png"), "a-2", out, &files, NATIVE)
+                .is_none(),
             "stem"
         );
         assert!(
-            p.kept(Path::new("c.png"), "c", out, &[]).is_none(),
+            p.kept(Path::new("c.png"), "c", out, &[], NATIVE).is_none(),
             "failed"
         );
         assert!(
-            p.kept(Path::new("d.png"), "d", out, &files).is_none(),
+            p.kept(Path::new("d.png"), "d", out, &files, NATIVE)
+                .is_none(),
             "npy gone"
         );
         std::fs::write(out.join("d.cam.npy"), "").unwrap();
         assert!(
-            p.kept(Path::new("d.png"), "d", out, &files).is_none(),
+            p.kept(Path::new("d.png"), "d", out, &files, NATIVE)
+                .is_none(),
             "npy cut at its creation (0 bytes)"
         );
         // Files there but not whole: a map or a JSON cut short, garbage under a PNG's name.
@@ -471,22 +532,27 @@ mod tests {
         )
         .unwrap();
         assert!(
-            p.kept(Path::new("d.png"), "d", out, &files).is_none(),
+            p.kept(Path::new("d.png"), "d", out, &files, NATIVE)
+                .is_none(),
             "npy cut short"
         );
         std::fs::copy(out.join("a.cam.npy"), out.join("d.cam.npy")).unwrap();
         std::fs::write(out.join("d.json"), "{\"class\": ").unwrap();
         assert!(
-            p.kept(Path::new("d.png"), "d", out, &files).is_none(),
+            p.kept(Path::new("d.png"), "d", out, &files, NATIVE)
+                .is_none(),
             "json cut short"
         );
         std::fs::write(out.join("d.json"), "{}").unwrap();
         assert!(
-            p.kept(Path::new("d.png"), "d", out, &files).is_none(),
+            p.kept(Path::new("d.png"), "d", out, &files, NATIVE)
+                .is_none(),
             "json without a class: no report"
         );
         std::fs::write(out.join("d.json"), "{\"class\": 0}").unwrap();
-        assert!(p.kept(Path::new("d.png"), "d", out, &files).is_some());
+        assert!(p
+            .kept(Path::new("d.png"), "d", out, &files, NATIVE)
+            .is_some());
         let png = [".overlay.png"];
         for (bytes, why) in [
             (&b"not a png at all, but long enough"[..], "garbage"),
@@ -495,17 +561,17 @@ mod tests {
         ] {
             std::fs::write(out.join("a.overlay.png"), bytes).unwrap();
             assert_eq!(
-                p.kept(Path::new("a.png"), "a", out, &png).is_some(),
+                p.kept(Path::new("a.png"), "a", out, &png, NATIVE).is_some(),
                 why == "whole",
                 "png {why}"
             );
         }
         assert!(
-            p.kept(Path::new("e.png"), "e", out, &[]).is_none(),
+            p.kept(Path::new("e.png"), "e", out, &[], NATIVE).is_none(),
             "cut short"
         );
         assert!(
-            p.kept(Path::new("f.png"), "f", out, &[]).is_none(),
+            p.kept(Path::new("f.png"), "f", out, &[], NATIVE).is_none(),
             "not listed"
         );
         // Cut short at the end of the file: a whole row without its line break, a row cut
@@ -517,12 +583,15 @@ mod tests {
         ] {
             std::fs::write(out.join(FILE), format!("image,status,error,stem\n{tail}")).unwrap();
             let mut p = load(out, &now).unwrap().unwrap();
-            assert!(p.kept(Path::new(image), stem, out, &[]).is_none(), "{tail}");
+            assert!(
+                p.kept(Path::new(image), stem, out, &[], NATIVE).is_none(),
+                "{tail}"
+            );
             std::fs::write(out.join(FILE), format!("image,status,error,stem\n{tail}\n")).unwrap();
             let mut p = load(out, &now).unwrap().unwrap();
             let whole = tail.matches('"').count() % 2 == 0;
             assert_eq!(
-                p.kept(Path::new(image), stem, out, &[]).is_some(),
+                p.kept(Path::new(image), stem, out, &[], NATIVE).is_some(),
                 whole,
                 "{tail}"
             );

@@ -1638,6 +1638,16 @@ fn resume_goes_on_from_what_a_stopped_run_wrote() {
     );
     assert_eq!(read("b.overlay.png"), overlay_b);
     assert_eq!(String::from_utf8(read("summary.csv")).unwrap(), full);
+    // A whole map of another size (copied from a run at another --size, or edited by hand):
+    // redone at this run's size, not kept beside a report that contradicts it.
+    gradcam::npy::write_f32(&out.join("c.cam.npy"), &[7, 7], &[0.5; 49]).unwrap();
+    let o = run(&["--resume"]);
+    assert!(
+        stderr(&o).contains("3 of 4 images were done before and are kept"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(read("c.cam.npy"), npy_c);
 
     // Other settings: refused before anything is touched.
     let o = run(&["--resume", "--layer", "layer3"]);
@@ -1976,6 +1986,37 @@ fn a_class_file_alone_lists_the_images() {
     assert!(stderr(&o).contains("give the folders"), "{}", stderr(&o));
     let o = gradcam(&["explain", "-m", &model()]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// `dff` with its output folder the images' own: an image named like another's overlay
+/// (`a.dff.png` beside `a.png`), given by name, is read as it is, never written over.
+#[test]
+fn dff_never_writes_over_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let heldout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/heldout");
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    std::fs::copy(heldout.join("0001.png"), imgs.join("a.png")).unwrap();
+    std::fs::copy(heldout.join("0002.png"), imgs.join("a.dff.png")).unwrap();
+    let before = std::fs::read(imgs.join("a.dff.png")).unwrap();
+    let (a, a_dff) = (imgs.join("a.png"), imgs.join("a.dff.png"));
+    let o = gradcam(&[
+        "dff",
+        a.to_str().unwrap(),
+        a_dff.to_str().unwrap(),
+        "-k",
+        "2",
+        "-o",
+        imgs.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(&a_dff).unwrap(),
+        before,
+        "an input was written over"
+    );
+    assert!(imgs.join("a-2.dff.png").is_file());
+    assert!(imgs.join("a.dff.dff.png").is_file());
 }
 
 #[test]
