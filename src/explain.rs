@@ -51,7 +51,9 @@ use rayon::prelude::*;
 
 use crate::backend::{Backend, Overlays};
 use crate::cam::postprocess::guided_images;
-use crate::cam::{explain, overlay, CamBatch, CamRequest, ClassSel, Finer, Method};
+use crate::cam::{
+    explain, overlay_with, CamBatch, CamRequest, ClassSel, Finer, Method, OverlayStyle,
+};
 use crate::image::{InputSize, RgbImage};
 use crate::model::Network;
 use crate::{Error, Result};
@@ -96,6 +98,8 @@ pub struct ExplainConfig {
     pub size: InputSize,
     /// Where the overlay is drawn, if at all.
     pub overlay: OverlayAt,
+    /// The overlay's colormap and image weight (JET and 0.5, pytorch-grad-cam's defaults).
+    pub overlay_style: OverlayStyle,
 }
 
 /// Where [`Explanation::overlay`] is drawn.
@@ -130,6 +134,7 @@ impl Default for ExplainConfig {
             sess: None,
             size: InputSize::Square(224),
             overlay: OverlayAt::Image,
+            overlay_style: OverlayStyle::default(),
         }
     }
 }
@@ -153,7 +158,8 @@ pub struct Explanation {
     pub cam: Vec<f32>,
     /// The model-input size (h, w) the image was resized to.
     pub input_hw: (usize, usize),
-    /// The map blended with the image (JET), as `ExplainConfig::overlay` says; None when off.
+    /// The map blended with the image (`ExplainConfig::overlay_style`), as
+    /// `ExplainConfig::overlay` says; None when off.
     pub overlay: Option<RgbImage>,
     /// Guided backpropagation and Guided Grad-CAM at the input size, when asked for.
     pub guided: Option<(RgbImage, RgbImage)>,
@@ -204,6 +210,8 @@ pub fn explain_batch_device<B: Backend>(
     cfg: &ExplainConfig,
     timings: &mut Timings,
 ) -> Result<DeviceBatch> {
+    // (Refused before the network runs, not after.)
+    cfg.overlay_style.check()?;
     if let ClassSel::PerImage(c) = &cfg.classes {
         if c.len() != images.len() {
             return Err(Error::Invalid(format!(
@@ -374,7 +382,7 @@ fn device_fitting<B: Backend>(
     check_finite(&batch, &be.name())?;
     let t2 = Instant::now();
     let overlays = if cfg.overlay == OverlayAt::Image {
-        Some(be.overlays(&staged, &batch.maps_to_upsample())?)
+        Some(be.overlays(&staged, &batch.maps_to_upsample(), &cfg.overlay_style)?)
     } else {
         None
     };
@@ -441,7 +449,11 @@ impl Part {
                 let cam = batch.upsampled(i, hw);
                 let overlay_img = match at {
                     OverlayAt::Image => overlay_img,
-                    OverlayAt::Input => Some(overlay(&resize_rgb(img, hw), &cam)?),
+                    OverlayAt::Input => Some(overlay_with(
+                        &resize_rgb(img, hw),
+                        &cam,
+                        &cfg.overlay_style,
+                    )?),
                     OverlayAt::Off => None,
                 };
                 let guided = (batch.guided.as_ref())

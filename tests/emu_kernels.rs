@@ -546,16 +546,26 @@ fn table_bytes(t: &[u64]) -> &[u8] {
 
 #[test]
 fn overlay_kernels_match_the_cpu_post_processing() {
-    use gradcam::cam::{jet::JET, overlay, upsample_normalised};
+    use gradcam::cam::{overlay_with, upsample_normalised, Colormap, OverlayStyle};
     let mut rng = Rng::new(16);
-    let jet: Vec<u8> = JET.iter().flatten().copied().collect();
     // Each batch is one launch per kernel; the last mixes sizes (and a size smaller than the
-    // others, whose surplus blocks must write nothing).
-    for ((h, w), sizes) in [
-        ((7usize, 7usize), vec![(224usize, 224usize), (224, 224)]),
-        ((3, 4), vec![(75, 97)]),
-        ((14, 14), vec![(33, 517), (2, 3), (300, 41)]),
+    // others, whose surplus blocks must write nothing). Styles: pytorch-grad-cam's default,
+    // another colormap and weight, the image alone.
+    let style = |name, w| OverlayStyle::new(Colormap::by_name(name).unwrap(), w).unwrap();
+    for ((h, w), sizes, style) in [
+        (
+            (7usize, 7usize),
+            vec![(224usize, 224usize), (224, 224)],
+            style("jet", 0.5),
+        ),
+        ((3, 4), vec![(75, 97)], style("viridis", 0.3)),
+        (
+            (14, 14),
+            vec![(33, 517), (2, 3), (300, 41)],
+            style("turbo", 1.0),
+        ),
     ] {
+        let lut: Vec<u8> = style.colormap.table().iter().flatten().copied().collect();
         let n = sizes.len();
         let maps = rng.tensor(&[n, h, w], 0.0, 3.0);
         let imgs: Vec<gradcam::image::RgbImage> = sizes
@@ -589,10 +599,12 @@ fn overlay_kernels_match_the_cpu_post_processing() {
             Arg::In(&mm),
             Arg::Bytes(&pixels),
             Arg::Bytes(desc),
-            Arg::Bytes(&jet),
+            Arg::Bytes(&lut),
             Arg::Out(&mut cmax),
         ];
         args.extend([h, w].map(|v| Arg::I32(v as i32)));
+        let (wh, wi) = style.weights();
+        args.extend([Arg::F32(wh), Arg::F32(wi)]);
         unsafe {
             emu::launch(
                 "overlay_max_f32",
@@ -611,11 +623,13 @@ fn overlay_kernels_match_the_cpu_post_processing() {
             Arg::In(&mm),
             Arg::Bytes(&pixels),
             Arg::Bytes(desc),
-            Arg::Bytes(&jet),
+            Arg::Bytes(&lut),
             Arg::In(&cmax),
             Arg::BytesOut(&mut out),
         ];
         args.extend([h, w].map(|v| Arg::I32(v as i32)));
+        let (wh, wi) = style.weights();
+        args.extend([Arg::F32(wh), Arg::F32(wi)]);
         unsafe {
             emu::launch(
                 "overlay_rgb8",
@@ -630,11 +644,12 @@ fn overlay_kernels_match_the_cpu_post_processing() {
         for (i, img) in imgs.iter().enumerate() {
             let (oh, ow) = sizes[i];
             let m = upsample_normalised(&maps.data()[i * h * w..(i + 1) * h * w], (h, w), (oh, ow));
-            let want = overlay(img, &m).unwrap();
+            let want = overlay_with(img, &m, &style).unwrap();
             let got = &out[at..at + oh * ow * 3];
             at += oh * ow * 3;
             // Same float operations in the same order: identical bytes but for the rare pixel on
-            // a truncation boundary (a neighbouring JET entry), as in tests/parity.rs.
+            // a truncation boundary (a neighbouring colormap entry, 3 levels at most apart in
+            // VIRIDIS and 5 in JET, times 1 − w, rescaled), as in tests/parity.rs.
             let worst = got
                 .iter()
                 .zip(want.as_raw())

@@ -7,7 +7,7 @@ mod common;
 use common::{fixtures, rel_err};
 use gradcam::backend::gpu::{ConvTile, EmuLauncher, GpuBackend, Launcher, Precision};
 use gradcam::backend::{Backend, CpuBackend};
-use gradcam::cam::{explain, CamRequest, ClassSel, Method, Target};
+use gradcam::cam::{explain, CamRequest, ClassSel, Colormap, Method, OverlayStyle, Target};
 use gradcam::explain::{explain_batch, ExplainConfig, Timings};
 use gradcam::image::{load_rgb8, preprocess, InputSize, RgbImage};
 use gradcam::model::synth::Rng;
@@ -580,12 +580,56 @@ fn device_preprocess_and_overlays_match_the_cpu() {
             .map(|_| rng.uniform(0.0, 2.0))
             .collect::<Vec<f32>>(),
     );
+    // pytorch-grad-cam's default style, and another colormap and image weight.
+    let viridis = Colormap::by_name("viridis").unwrap();
+    for style in [
+        OverlayStyle::default(),
+        OverlayStyle::new(viridis, 0.3).unwrap(),
+    ] {
+        overlays_agree(&gpu, &cpu, &refs, &maps, &style);
+    }
+    // A black image under a colormap that starts at black, image weight 0, a flat map: every
+    // blended value is 0, and the overlay black, not 0/0.
+    let black = RgbImage::new(9, 4);
+    let flat = Tensor::new([1, 2, 2], vec![1.0f32; 4]);
+    let bone = OverlayStyle::new(Colormap::by_name("bone").unwrap(), 0.0).unwrap();
+    for (name, got) in [
+        (
+            "gpu",
+            gpu.overlays(&gpu.upload_images(&[&black]).unwrap(), &flat, &bone),
+        ),
+        (
+            "cpu",
+            cpu.overlays(&cpu.upload_images(&[&black]).unwrap(), &flat, &bone),
+        ),
+    ] {
+        let got = got.and_then(|o| o.wait()).unwrap();
+        assert!(got[0].as_raw().iter().all(|&b| b == 0), "{name}");
+    }
+    // An image weight outside [0, 1] is refused by both, as show_cam_on_image does.
+    let bad = OverlayStyle {
+        image_weight: 1.5,
+        ..Default::default()
+    };
+    let e = gpu.overlays(&gpu.upload_images(&refs).unwrap(), &maps, &bad);
+    assert!(e.err().unwrap().to_string().contains("[0, 1]"));
+    let e = cpu.overlays(&cpu.upload_images(&refs).unwrap(), &maps, &bad);
+    assert!(e.err().unwrap().to_string().contains("[0, 1]"));
+}
+
+fn overlays_agree(
+    gpu: &GpuBackend<EmuLauncher>,
+    cpu: &CpuBackend,
+    refs: &[&RgbImage],
+    maps: &Tensor,
+    style: &OverlayStyle,
+) {
     let ours = gpu
-        .overlays(&gpu.upload_images(&refs).unwrap(), &maps)
+        .overlays(&gpu.upload_images(refs).unwrap(), maps, style)
         .and_then(|o| o.wait())
         .unwrap();
     let want = cpu
-        .overlays(&cpu.upload_images(&refs).unwrap(), &maps)
+        .overlays(&cpu.upload_images(refs).unwrap(), maps, style)
         .and_then(|o| o.wait())
         .unwrap();
     for (i, (a, b)) in ours.iter().zip(&want).enumerate() {

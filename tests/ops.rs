@@ -970,7 +970,7 @@ fn refusals<B: Backend>(be: &B) {
     let maps = Tensor::zeros([2, 4, 4]);
     let none = be.upload_images(&[]).unwrap();
     let e = be
-        .overlays(&none, &maps)
+        .overlays(&none, &maps, &Default::default())
         .err()
         .expect("2 maps for no images");
     assert!(e.to_string().contains("overlays"), "{e}");

@@ -281,3 +281,38 @@ fn parity_fixtures_with_bf16_convolutions_on_the_cpu() {
     );
     assert!(results.len() >= 20, "fixture manifest lost cases");
 }
+
+/// `overlay_with` against pytorch-grad-cam's `show_cam_on_image(img, mask, use_rgb=True,
+/// colormap, image_weight)` itself, for six of OpenCV's colormaps and image weights from 0
+/// to 1 (tests/fixtures/overlay, made by tools/make_overlay_fixtures.py), on the very map the
+/// peer was given: the same float32 operations in the same order (1 − w rounded from f64 as
+/// numpy does), so the bytes must be equal (tolerance 0).
+#[test]
+fn overlay_styles_match_show_cam_on_image() {
+    use gradcam::cam::{overlay_with, Colormap, OverlayStyle};
+    let dir = fixtures().join("overlay");
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let img = load_rgb8(&fixtures().join(m["image"].as_str().unwrap())).unwrap();
+    let (shape, map) = gradcam::npy::read_f32(&dir.join(m["map"].as_str().unwrap())).unwrap();
+    assert_eq!(shape, [img.height() as usize, img.width() as usize]);
+    let cases = m["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 6, "fixture cases lost");
+    for c in cases {
+        let name = c["colormap"].as_str().unwrap();
+        let w = c["image_weight"].as_f64().unwrap();
+        let style = OverlayStyle::new(Colormap::by_name(name).unwrap(), w).unwrap();
+        let ours = overlay_with(&img, &map, &style).unwrap();
+        let theirs = load_rgb8(&dir.join(c["overlay"].as_str().unwrap())).unwrap();
+        assert_eq!(ours.dimensions(), theirs.dimensions(), "{name} {w}");
+        let worst = (ours.as_raw().iter())
+            .zip(theirs.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(
+            worst == 0,
+            "{name} at image weight {w}: bytes {worst} apart"
+        );
+    }
+}

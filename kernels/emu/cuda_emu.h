@@ -259,6 +259,11 @@ inline unsigned __umulhi(unsigned a, unsigned b) {
     return (unsigned)(((unsigned long long)a * b) >> 32);
 }
 
+// Round-to-nearest products and sums that the compiler may not fuse into an FMA (C++17 in
+// ISO mode does not contract on the host anyway).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+
 inline unsigned __float_as_uint(float x) {
     unsigned u;
     memcpy(&u, &x, 4);

@@ -163,9 +163,15 @@ pub trait Backend: Send + Sync {
     /// normalisation: [N, 3, h, w].
     fn preprocess(&self, images: &Self::Images<'_>, hw: (usize, usize)) -> Result<Self::Tensor>;
     /// Each image's overlay at its own size from its raw map (maps [N, h, w], host-side):
-    /// bilinear upsample, min-max, JET, `show_cam_on_image`'s blend (see cam::postprocess).
-    /// On a GPU they may still be on their way back when this returns: [`Overlays::wait`].
-    fn overlays(&self, images: &Self::Images<'_>, maps: &Tensor) -> Result<Overlays>;
+    /// bilinear upsample, min-max, the style's colormap and `show_cam_on_image`'s blend (see
+    /// [`crate::cam::overlay_with`]). On a GPU they may still be on their way back when this
+    /// returns: [`Overlays::wait`].
+    fn overlays(
+        &self,
+        images: &Self::Images<'_>,
+        maps: &Tensor,
+        style: &crate::cam::OverlayStyle,
+    ) -> Result<Overlays>;
 
     /// Images per batch when the caller names none: enough to keep this backend busy without
     /// holding much memory (the CPU gains nothing from more than a few).

@@ -452,10 +452,10 @@ pub fn device_checks<L: super::gpu::Launcher>(
 /// A batch of images of four sizes, 1.6 MB in all (so a GPU's copies go through its
 /// page-locked staging memory, see `PINNED_MIN`), up, preprocessed and overlaid on the
 /// device, one launch per stage, against the CPU's preprocessing and overlays: the
-/// normalised input within the selftest tolerance, the overlays' bytes within 4 (the JET
-/// lookup's truncation, as tests/parity.rs).
+/// normalised input within the selftest tolerance, the overlays' bytes within 4 (the colormap
+/// lookup's truncation, as tests/parity.rs), in pytorch-grad-cam's default style and another.
 fn batch_io_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
-    use crate::cam::{overlay, upsample_normalised};
+    use crate::cam::{overlay_with, upsample_normalised, Colormap, OverlayStyle};
     use crate::image::RgbImage;
     let sizes = [(480u32, 640u32), (333, 517), (224, 224), (17, 1000)];
     let imgs: Vec<RgbImage> = sizes
@@ -481,31 +481,37 @@ fn batch_io_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
     )?];
     let mut rng = Rng::new(31);
     let maps = rng.tensor(&[imgs.len(), 5, 7], 0.0, 2.0);
-    let got = be.overlays(&staged, &maps)?.wait()?;
-    let mut worst = 0u8;
-    for (i, img) in imgs.iter().enumerate() {
-        let m = upsample_normalised(
-            &maps.data()[i * 35..(i + 1) * 35],
-            (5, 7),
-            (img.height() as usize, img.width() as usize),
-        );
-        let want = overlay(img, &m)?;
-        worst = match got.get(i) {
-            Some(g) if g.dimensions() == want.dimensions() => g
-                .as_raw()
-                .iter()
-                .zip(want.as_raw())
-                .map(|(a, b)| a.abs_diff(*b))
-                .fold(worst, u8::max),
-            _ => u8::MAX,
-        };
+    let viridis = Colormap::by_name("viridis")?;
+    for (style, what) in [
+        (OverlayStyle::default(), ""),
+        (OverlayStyle::new(viridis, 0.3)?, ", viridis 0.3"),
+    ] {
+        let got = be.overlays(&staged, &maps, &style)?.wait()?;
+        let mut worst = 0u8;
+        for (i, img) in imgs.iter().enumerate() {
+            let m = upsample_normalised(
+                &maps.data()[i * 35..(i + 1) * 35],
+                (5, 7),
+                (img.height() as usize, img.width() as usize),
+            );
+            let want = overlay_with(img, &m, &style)?;
+            worst = match got.get(i) {
+                Some(g) if g.dimensions() == want.dimensions() => g
+                    .as_raw()
+                    .iter()
+                    .zip(want.as_raw())
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .fold(worst, u8::max),
+                _ => u8::MAX,
+            };
+        }
+        out.push(Check {
+            op: "overlays".into(),
+            shape: format!("4 sizes, 1.6 MB, bytes{what}"),
+            max_err: worst as f32,
+            tolerance: 4.0,
+        });
     }
-    out.push(Check {
-        op: "overlays".into(),
-        shape: "4 sizes, 1.6 MB, bytes".into(),
-        max_err: worst as f32,
-        tolerance: 4.0,
-    });
     Ok(out)
 }
 

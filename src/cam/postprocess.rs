@@ -1,8 +1,9 @@
 //! From the raw map to pictures, with pytorch-grad-cam's conventions: bilinear upsampling
-//! (half-pixel centres), per-image min-max `(m - min) / (max - min + 1e-7)`, OpenCV's JET on
-//! `uint8(255·m)`, and `show_cam_on_image`'s blend with image weight 0.5.
+//! (half-pixel centres), per-image min-max `(m - min) / (max - min + 1e-7)`, an OpenCV
+//! colormap (JET by default) on `uint8(255·m)`, and `show_cam_on_image`'s blend (image weight
+//! 0.5 by default).
 
-use super::jet::JET;
+use super::colormap::OverlayStyle;
 use crate::image::{resize_bilinear, RgbImage};
 use crate::{Error, Result};
 
@@ -51,10 +52,20 @@ pub fn upsample_normalised(
     m
 }
 
-/// `show_cam_on_image(img/255, m, use_rgb=True)`: c = 0.5·jet(m)/255 + 0.5·img/255,
-/// c /= max(c), uint8(255·c). `m` has the image's size (else an error).
+/// `show_cam_on_image(img/255, m, use_rgb=True)` with its defaults (JET, image weight 0.5):
+/// see [`overlay_with`].
 pub fn overlay(img: &RgbImage, m: &[f32]) -> Result<RgbImage> {
-    const W: f32 = 0.5;
+    overlay_with(img, m, &OverlayStyle::default())
+}
+
+/// `show_cam_on_image(img/255, m, use_rgb=True, colormap, image_weight=w)`:
+/// c = (1 − w)·colormap(uint8(255·m))/255 + w·img/255, c /= max(c), uint8(255·c); a c that is
+/// 0 everywhere (a black image under a colormap starting at black) stays black, where numpy
+/// would divide 0 by 0. `m` has the image's size and `style` an image weight in [0, 1] (else
+/// an error).
+pub fn overlay_with(img: &RgbImage, m: &[f32], style: &OverlayStyle) -> Result<RgbImage> {
+    style.check()?;
+    let (table, (wh, wi)) = (style.colormap.table(), style.weights());
     let px = img.as_raw();
     if px.len() != m.len() * 3 {
         return Err(Error::Invalid(format!(
@@ -65,13 +76,17 @@ pub fn overlay(img: &RgbImage, m: &[f32]) -> Result<RgbImage> {
         )));
     }
     let blend = |i: usize, ch: usize| {
-        let heat = JET[(255.0 * m[i]) as u8 as usize];
-        (1.0 - W) * (heat[ch] as f32 / 255.0) + W * (px[i * 3 + ch] as f32 / 255.0)
+        let heat = table[(255.0 * m[i]) as u8 as usize];
+        wh * (heat[ch] as f32 / 255.0) + wi * (px[i * 3 + ch] as f32 / 255.0)
     };
     // Two passes (max, then bytes) instead of a full-size f32 buffer: photographs are large.
     let max = (0..px.len()).fold(0f32, |mx, j| mx.max(blend(j / 3, j % 3)));
+    // (255·(c / max), in numpy's order: 255/max first rounds otherwise.)
     let out = (0..px.len())
-        .map(|j| (255.0 * (blend(j / 3, j % 3) / max)) as u8)
+        .map(|j| match max > 0.0 {
+            true => (255.0 * (blend(j / 3, j % 3) / max)) as u8,
+            false => 0,
+        })
         .collect();
     Ok(RgbImage::from_raw(img.width(), img.height(), out).expect("same size as the input"))
 }

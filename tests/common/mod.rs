@@ -291,7 +291,8 @@ pub fn batches_in_flight_keep_their_own_results<L: gradcam::backend::gpu::Launch
 
     let piped = open();
     let mut t = Timings::default();
-    // One batch first: the weights and what the backend keeps once made (the JET table).
+    // One batch first: the weights and what the backend keeps once made (the colormap's
+    // table).
     explain_batch(&piped, &batches[1], &cfg, &mut t).unwrap();
     let memory = || piped.backend().launcher().memory().in_use();
     let before = memory();

@@ -13,7 +13,7 @@ use gradcam::cam::finer::check_combination;
 use gradcam::cam::kpca::{Kpca, KpcaKernel};
 use gradcam::cam::multi_layer::{normalised, target_layers, LayerFusion};
 use gradcam::cam::sess::Sess;
-use gradcam::cam::{ClassSel, Finer, Method, Target};
+use gradcam::cam::{ClassSel, Colormap, Finer, Method, OverlayStyle, Target};
 use gradcam::explain::{
     explain_batch_device, DeviceBatch, ExplainConfig, Explanation, OverlayAt, Timings,
 };
@@ -157,6 +157,14 @@ pub struct ExplainArgs {
         default_value = "overlay,cam,json"
     )]
     outputs: Vec<Output>,
+    /// The overlay's colormap: any of OpenCV's, as pytorch-grad-cam's show_cam_on_image takes
+    /// them (jet, turbo, viridis, inferno, magma, plasma, cividis, parula, hot, bone, ...).
+    #[arg(long, default_value = "jet", value_parser = parse_colormap)]
+    colormap: Colormap,
+    /// The image's share of the overlay, in [0, 1] (show_cam_on_image's image_weight): 0 shows
+    /// the colormap alone, 1 the image alone.
+    #[arg(long, default_value_t = gradcam::cam::colormap::IMAGE_WEIGHT, value_parser = parse_image_weight)]
+    image_weight: f64,
     /// Go on with a run that stopped: images that `--out`'s summary.csv lists as done, with
     /// all the files asked for there, are kept; the rest are explained (rows of images not
     /// given this time stay in summary.csv). The run must have the same settings (model file,
@@ -528,6 +536,22 @@ fn explain_all<B: Backend>(
             eprintln!("note: --layer-fusion combines several layers; one is given");
         }
     }
+    // The overlays' look: recorded where overlays are written and it is not
+    // pytorch-grad-cam's default, as the flags above.
+    let overlay_style = OverlayStyle::new(a.colormap, a.image_weight)?;
+    if overlay_style != OverlayStyle::default() {
+        match outputs.overlay {
+            true => {
+                settings["overlay_style"] = json!({
+                    "colormap": a.colormap.name(),
+                    "image_weight": a.image_weight,
+                })
+            }
+            false => eprintln!(
+                "note: --colormap and --image-weight style the overlays; --outputs writes none"
+            ),
+        }
+    }
     // A JPEG's pixels depend on its decoder (`GRADCAM_JPEG_DECODER`): recorded when not
     // the default, so runs started before it was recorded still resume.
     if !gradcam::image::jpeg_by_libjpeg() {
@@ -613,6 +637,7 @@ fn explain_all<B: Backend>(
         } else {
             OverlayAt::Off
         },
+        overlay_style,
     };
     let bar = if todo.len() > 1 {
         let b = ProgressBar::new(todo.len() as u64);
@@ -928,6 +953,19 @@ fn kpca_json(k: &Kpca) -> serde_json::Value {
 /// An f32 setting as the decimal it was given (0.1, not 0.10000000149011612) for the JSON.
 fn decimal(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
+}
+
+fn parse_colormap(s: &str) -> Result<Colormap, String> {
+    Colormap::by_name(s).map_err(|e| e.to_string())
+}
+
+fn parse_image_weight(s: &str) -> Result<f64, String> {
+    let w: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is no number"))?;
+    OverlayStyle::new(Colormap::JET, w).map_err(|e| e.to_string())?;
+    Ok(w)
 }
 
 fn parse_fusion(s: &str) -> Result<LayerFusion, String> {

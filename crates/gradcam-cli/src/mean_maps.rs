@@ -6,14 +6,14 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::Context;
-use gradcam::cam::jet::JET;
+use gradcam::cam::Colormap;
 use gradcam::image::RgbImage;
 
 use crate::summarize::{Group, Key, Row};
 
 /// Writes `<group>.mean.npy` (the plain mean of the group's normalised maps, each resampled
 /// bilinearly to the size most of them have: see [`common_size`]) and `<group>.mean.png` (that mean
-/// min-max normalised, in JET) for every group with at least one `.cam.npy` beside the
+/// min-max normalised, in `colormap`) for every group with at least one `.cam.npy` beside the
 /// summary (`base`). Returns (maps written, groups without any map); fails when no group has
 /// one. A file that is not a finite 2-D map (unreadable, empty, NaN) is left out with a
 /// warning naming it, so one bad file does not stop the rest.
@@ -22,6 +22,7 @@ pub fn write(
     base: &Path,
     rows: &[Row],
     groups: &[(Key, Group)],
+    colormap: Colormap,
 ) -> anyhow::Result<(usize, usize)> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut names = HashSet::new();
@@ -36,7 +37,7 @@ pub fn write(
         let npy = dir.join(format!("{name}.mean.npy"));
         gradcam::npy::write_f32(&npy, &[hw.0, hw.1], &mean)?;
         let png = dir.join(format!("{name}.mean.png"));
-        heatmap(&mean, hw)
+        heatmap(&mean, hw, colormap)
             .save(&png)
             .with_context(|| format!("writing {}", png.display()))?;
         written += 1;
@@ -134,14 +135,15 @@ fn mean_map<'r>(
     Ok((n > 0).then(|| (hw, sum.iter().map(|s| (s / n as f64) as f32).collect())))
 }
 
-/// JET of the map min-max normalised (a flat map: all blue).
-fn heatmap(m: &[f32], (h, w): (usize, usize)) -> RgbImage {
+/// The map min-max normalised, in `colormap` (a flat map: its first colour, JET's blue).
+fn heatmap(m: &[f32], (h, w): (usize, usize), colormap: Colormap) -> RgbImage {
+    let table = colormap.table();
     let lo = m.iter().copied().fold(f32::INFINITY, f32::min);
     let hi = m.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let span = (hi - lo).max(1e-7);
     RgbImage::from_fn(w as u32, h as u32, |x, y| {
         let v = (m[y as usize * w + x as usize] - lo) / span;
-        image::Rgb(JET[(255.0 * v).clamp(0.0, 255.0) as usize])
+        image::Rgb(table[(255.0 * v).clamp(0.0, 255.0) as usize])
     })
 }
 
@@ -175,6 +177,7 @@ fn unique(taken: &mut HashSet<String>, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gradcam::cam::colormap::JET;
 
     #[test]
     fn group_names_become_file_names() {
@@ -213,10 +216,10 @@ mod tests {
         // group has none.
         npy("e", &[0, 0], &[]);
         let out = base.join("maps");
-        let (written, without) = write(&out, base, &rows, &groups).unwrap();
+        let (written, without) = write(&out, base, &rows, &groups, Colormap::JET).unwrap();
         assert_eq!((written, without), (1, 2));
         npy("e", &[1, 2], &[f32::NAN, 1.0]);
-        let (written, without) = write(&out, base, &rows, &groups).unwrap();
+        let (written, without) = write(&out, base, &rows, &groups, Colormap::JET).unwrap();
         assert_eq!((written, without), (1, 2));
         let (shape, mean) = gradcam::npy::read_f32(&out.join("1.mean.npy")).unwrap();
         assert_eq!(shape, [2, 2]);
@@ -232,7 +235,7 @@ mod tests {
         std::fs::remove_file(base.join("a.cam.npy")).unwrap();
         std::fs::remove_file(base.join("b.cam.npy")).unwrap();
         std::fs::remove_file(base.join("sub/c.cam.npy")).unwrap();
-        let err = write(&out, base, &rows, &groups).unwrap_err();
+        let err = write(&out, base, &rows, &groups, Colormap::JET).unwrap_err();
         assert!(err.to_string().contains("no .cam.npy"), "{err}");
     }
 
@@ -264,9 +267,12 @@ mod tests {
 
     #[test]
     fn heatmaps_span_the_colormap() {
-        let img = heatmap(&[0.2, 0.6, 1.0, 0.2], (2, 2));
+        let img = heatmap(&[0.2, 0.6, 1.0, 0.2], (2, 2), Colormap::JET);
         assert_eq!(img.get_pixel(0, 0).0, JET[0]);
         assert_eq!(img.get_pixel(0, 1).0, JET[255]);
         assert_eq!(img.get_pixel(1, 0).0, JET[127]);
+        let turbo = Colormap::by_name("turbo").unwrap();
+        let img = heatmap(&[0.2, 0.6, 1.0, 0.2], (2, 2), turbo);
+        assert_eq!(img.get_pixel(0, 1).0, turbo.table()[255]);
     }
 }

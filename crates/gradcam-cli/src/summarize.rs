@@ -34,10 +34,17 @@ pub struct SummarizeArgs {
     /// Also write the table as CSV.
     #[arg(long, short)]
     out: Option<PathBuf>,
-    /// Also write each group's mean map into this folder (`<group>.mean.png` in JET and
+    /// Also write each group's mean map into this folder (`<group>.mean.png` in --colormap and
     /// `<group>.mean.npy`): where the model looks on average, from the run's .cam.npy files.
     #[arg(long)]
     maps: Option<PathBuf>,
+    /// The mean maps' colormap: any of OpenCV's (jet, turbo, viridis, ...), as `explain`'s.
+    #[arg(long, default_value = "jet", requires = "maps", value_parser = parse_colormap)]
+    colormap: gradcam::cam::Colormap,
+}
+
+fn parse_colormap(s: &str) -> Result<gradcam::cam::Colormap, String> {
+    gradcam::cam::Colormap::by_name(s).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -220,7 +227,7 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
     let mut maps_line = None;
     if let Some(dir) = &a.maps {
         let base = file.parent().unwrap_or(Path::new(""));
-        let (written, without) = crate::mean_maps::write(dir, base, &rows, &groups)?;
+        let (written, without) = crate::mean_maps::write(dir, base, &rows, &groups, a.colormap)?;
         maps_line = Some(format!("{written} mean map(s) → {}", dir.display()));
         if without > 0 {
             eprintln!(

@@ -1716,6 +1716,69 @@ fn resume_goes_on_from_what_a_stopped_run_wrote() {
     assert_eq!(rows, [header, &b_now, &row("a"), &row("c"), &row("d")]);
 }
 
+/// `--colormap` and `--image-weight` reach the overlays (the library's `explain_batch` with
+/// the same style gives the same bytes; tests/parity.rs checks that style against
+/// pytorch-grad-cam's show_cam_on_image), are recorded for `--resume`, and bad values are
+/// refused by name.
+#[test]
+fn overlay_style_flags() {
+    use gradcam::cam::{Colormap, OverlayStyle};
+    let dir = tempfile::tempdir().unwrap();
+    let img_path = fixtures().join("images/b.png");
+    let out = dir.path().join("out");
+    let m = model();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["explain", img_path.to_str().unwrap(), "-m", &m, "-o"];
+        args.extend([out.to_str().unwrap(), "--outputs", "overlay"]);
+        args.extend_from_slice(extra);
+        gradcam(&args)
+    };
+    let o = run(&["--colormap", "Turbo", "--image-weight", "0.3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours = gradcam::image::load_rgb8(&out.join("b.overlay.png")).unwrap();
+    let net = gradcam::model::Network::new(
+        gradcam::model::load(&m, None).unwrap(),
+        gradcam::backend::CpuBackend::fast(),
+    )
+    .unwrap();
+    let img = gradcam::image::load_rgb8(&img_path).unwrap();
+    let cfg = gradcam::explain::ExplainConfig {
+        overlay_style: OverlayStyle::new(Colormap::by_name("turbo").unwrap(), 0.3).unwrap(),
+        ..Default::default()
+    };
+    let mut t = gradcam::explain::Timings::default();
+    let want = gradcam::explain::explain_batch(&net, &[&img], &cfg, &mut t).unwrap();
+    assert_eq!(ours, *want[0].overlay.as_ref().unwrap());
+    let default = gradcam::explain::explain_batch(&net, &[&img], &Default::default(), &mut t);
+    assert_ne!(ours, *default.unwrap()[0].overlay.as_ref().unwrap());
+
+    let run_json = std::fs::read_to_string(out.join("run.json")).unwrap();
+    assert!(run_json.contains("\"colormap\": \"turbo\""), "{run_json}");
+    let o = run(&["--resume"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("overlay_style was"), "{}", stderr(&o));
+    let o = run(&["--resume", "--colormap", "turbo", "--image-weight", "0.3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nothing left to explain"),
+        "{}",
+        stderr(&o)
+    );
+
+    for (flags, says) in [
+        (
+            ["--colormap", "jett"],
+            "unknown colormap \"jett\": one of autumn",
+        ),
+        (["--image-weight", "1.5"], "must lie in [0, 1]"),
+        (["--image-weight", "half"], "\"half\" is no number"),
+    ] {
+        let o = run(&flags);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}");
+        assert!(stderr(&o).contains(says), "{flags:?}: {}", stderr(&o));
+    }
+}
+
 #[test]
 fn outputs_choose_the_files_per_image() {
     let dir = tempfile::tempdir().unwrap();

@@ -171,10 +171,16 @@ impl Backend for CpuBackend {
         let _p = profile::span("preprocess", || None);
         Ok(crate::image::preprocess(images, hw))
     }
-    fn overlays(&self, images: &Vec<&RgbImage>, maps: &Tensor) -> Result<Overlays> {
+    fn overlays(
+        &self,
+        images: &Vec<&RgbImage>,
+        maps: &Tensor,
+        style: &crate::cam::OverlayStyle,
+    ) -> Result<Overlays> {
         shapes::maps_for("overlays", images.len(), maps.shape())?;
+        style.check()?;
         let _p = profile::span("overlay", || None);
-        use crate::cam::{overlay, upsample_normalised};
+        use crate::cam::{overlay_with, upsample_normalised};
         use rayon::prelude::*;
         let (h, w) = (maps.shape()[1], maps.shape()[2]);
         Ok(Overlays::ready(
@@ -185,7 +191,7 @@ impl Backend for CpuBackend {
                     let full = (img.height() as usize, img.width() as usize);
                     let m =
                         upsample_normalised(&maps.data()[i * h * w..(i + 1) * h * w], (h, w), full);
-                    overlay(img, &m)
+                    overlay_with(img, &m, style)
                 })
                 .collect::<Result<_>>()?,
         ))

@@ -11,6 +11,7 @@ use super::{
 use crate::backend::{
     shapes, Backend, Conv2dParams, ElementRule, FullGradBy, Overlays, Pool2dParams, WeightRule,
 };
+use crate::cam::OverlayStyle;
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
 
@@ -171,13 +172,19 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         }
         Ok(out)
     }
-    fn overlays(&self, images: &GpuImages<L::Buf>, maps: &Tensor) -> Result<Overlays> {
+    fn overlays(
+        &self,
+        images: &GpuImages<L::Buf>,
+        maps: &Tensor,
+        style: &OverlayStyle,
+    ) -> Result<Overlays> {
         shapes::maps_for("overlays", images.layout.len(), maps.shape())?;
+        style.check()?;
         let (n, h, w) = (maps.shape()[0], maps.shape()[1], maps.shape()[2]);
         let lay = &images.layout;
         assert_eq!(n, lay.len(), "one map per image");
         let m = self.upload_f32(maps.data())?;
-        let jet = self.jet()?;
+        let lut = self.colormap(style.colormap)?;
         let mm = self.l.alloc(n * 2 * 4)?;
         let cmax = self.l.alloc(n * 4)?;
         let out = self.l.alloc(images.bytes)?;
@@ -185,17 +192,18 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             let j = (i + IMAGES_PER_LAUNCH).min(n);
             let blocks = lay[i..j].iter().map(|&(_, (oh, ow))| oh * ow).max();
             let blocks = blocks.unwrap_or(0).div_ceil(256) as u32;
-            let dims = ints(&[h, w]);
+            let (wh, wi) = style.weights();
+            let dims = [ints(&[h, w]), vec![KArg::F32(wh), KArg::F32(wi)]].concat();
             let map_i = KArg::BufAt(&m, i * h * w * 4);
             let desc_i = KArg::BufAt(&images.buf, images.table + i * IMAGE_DESC);
             let mm_i = KArg::BufAt(&mm, i * 8);
             let pixels = KArg::Buf(&images.buf);
             let cmax_i = KArg::BufAt(&cmax, i * 4);
-            let jet = KArg::Buf(jet);
-            let a1 = [&[map_i, desc_i, mm_i][..], &dims].concat();
-            let a2 = [&[map_i, mm_i, pixels, desc_i, jet, cmax_i][..], &dims].concat();
+            let lut = KArg::Buf(lut);
+            let a1 = [&[map_i, desc_i, mm_i][..], &dims[..2]].concat();
+            let a2 = [&[map_i, mm_i, pixels, desc_i, lut, cmax_i][..], &dims].concat();
             let a3 = [
-                &[map_i, mm_i, pixels, desc_i, jet, cmax_i, KArg::Buf(&out)][..],
+                &[map_i, mm_i, pixels, desc_i, lut, cmax_i, KArg::Buf(&out)][..],
                 &dims,
             ]
             .concat();

@@ -150,8 +150,8 @@ pub struct GpuBackend<L: Launcher> {
     conv_rejected: Mutex<BTreeMap<String, String>>,
     /// More candidates for tuning (tests: see [`Self::with_extra_conv_candidate`]).
     conv_extra: Vec<ConvChoice>,
-    /// OpenCV's JET table (256 RGB entries) on the device, uploaded on first use.
-    jet: OnceLock<L::Buf>,
+    /// Each OpenCV colormap's table (256 RGB entries) on the device, uploaded on first use.
+    colormaps: [OnceLock<L::Buf>; crate::cam::colormap::ALL.len()],
     /// Per kernel: launches and time, while profiling is on.
     profile: Mutex<Option<BTreeMap<String, (usize, Duration)>>>,
 }
@@ -246,7 +246,7 @@ impl<L: Launcher> GpuBackend<L> {
             conv_plans: Mutex::new(BTreeMap::new()),
             conv_rejected: Mutex::new(BTreeMap::new()),
             conv_extra: Vec::new(),
-            jet: OnceLock::new(),
+            colormaps: std::array::from_fn(|_| OnceLock::new()),
             profile: Mutex::new(None),
         }
     }
@@ -1186,13 +1186,14 @@ impl<L: Launcher> GpuBackend<L> {
         self.l.upload(f32_bytes(v))
     }
 
-    fn jet(&self) -> Result<&L::Buf> {
-        if let Some(j) = self.jet.get() {
-            return Ok(j);
+    fn colormap(&self, c: crate::cam::Colormap) -> Result<&L::Buf> {
+        let slot = &self.colormaps[c.number()];
+        if let Some(t) = slot.get() {
+            return Ok(t);
         }
-        let table: Vec<u8> = crate::cam::jet::JET.iter().flatten().copied().collect();
+        let table: Vec<u8> = c.table().iter().flatten().copied().collect();
         let buf = self.l.upload(&table)?;
-        Ok(self.jet.get_or_init(|| buf))
+        Ok(slot.get_or_init(|| buf))
     }
 
     /// linear_fwd / linear_bwd_data (`op`) into `y`, whose GEMM is `rows` outputs per image
