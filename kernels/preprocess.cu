@@ -1,5 +1,6 @@
 // Images go up as bytes: RGB8 (HWC) → bilinear resize (half-pixel centres, edges clamped, as
-// cv2.resize INTER_LINEAR on float data) → ImageNet normalisation → CHW float. One launch per
+// cv2.resize INTER_LINEAR on float data) → the model's normalisation (x - mean) / std, ImageNet's
+// unless its metadata says otherwise (m0..m2, s0..s2) → CHW float. One launch per
 // batch whatever the images' sizes: blockIdx.y picks the image, whose offset and size come from
 // the ImageDesc table uploaded with the pixels.
 //   preprocess_rgb8_<t>: grid (ceil(oh·ow / 256), N), block 256, one thread per output pixel;
@@ -16,9 +17,10 @@
 template <class T>
 __device__ __forceinline__ void preprocess_rgb8(const unsigned char* __restrict__ pixels,
                                                 const ImageDesc* __restrict__ desc,
-                                                T* __restrict__ out, int oh, int ow) {
-    const float mean[3] = {0.485f, 0.456f, 0.406f};
-    const float std_[3] = {0.229f, 0.224f, 0.225f};
+                                                T* __restrict__ out, int oh, int ow, float m0,
+                                                float m1, float m2, float s0, float s1, float s2) {
+    const float mean[3] = {m0, m1, m2};
+    const float std_[3] = {s0, s1, s2};
     const int p = blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= oh * ow) return;
     const ImageDesc d = desc[blockIdx.y];
@@ -53,18 +55,21 @@ __device__ __forceinline__ void aug_copy(const T* __restrict__ x, T* __restrict_
 
 extern "C" __global__ void preprocess_rgb8_f32(const unsigned char* __restrict__ pixels,
                                                const ImageDesc* __restrict__ desc,
-                                               float* __restrict__ out, int oh, int ow) {
-    preprocess_rgb8(pixels, desc, out, oh, ow);
+                                               float* __restrict__ out, int oh, int ow, float m0,
+                                               float m1, float m2, float s0, float s1, float s2) {
+    preprocess_rgb8(pixels, desc, out, oh, ow, m0, m1, m2, s0, s1, s2);
 }
 extern "C" __global__ void preprocess_rgb8_bf16(const unsigned char* __restrict__ pixels,
                                                 const ImageDesc* __restrict__ desc,
-                                                bf16* __restrict__ out, int oh, int ow) {
-    preprocess_rgb8(pixels, desc, out, oh, ow);
+                                                bf16* __restrict__ out, int oh, int ow, float m0,
+                                                float m1, float m2, float s0, float s1, float s2) {
+    preprocess_rgb8(pixels, desc, out, oh, ow, m0, m1, m2, s0, s1, s2);
 }
 extern "C" __global__ void preprocess_rgb8_f16(const unsigned char* __restrict__ pixels,
                                                const ImageDesc* __restrict__ desc,
-                                               f16* __restrict__ out, int oh, int ow) {
-    preprocess_rgb8(pixels, desc, out, oh, ow);
+                                               f16* __restrict__ out, int oh, int ow, float m0,
+                                               float m1, float m2, float s0, float s1, float s2) {
+    preprocess_rgb8(pixels, desc, out, oh, ow, m0, m1, m2, s0, s1, s2);
 }
 #define AUG_ARGS int nc, int h, int w, int t0, int copies, int mirror, int factor_bits
 extern "C" __global__ void aug_copy_f32(const float* __restrict__ x, float* __restrict__ out, AUG_ARGS) {

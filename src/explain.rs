@@ -360,7 +360,7 @@ fn device_fitting<B: Backend>(
     let t0 = Instant::now();
     // Bytes go up once; the resize and normalisation run where the network runs.
     let staged = be.upload_images(images)?;
-    let x = be.preprocess(&staged, hw)?;
+    let x = be.preprocess(&staged, hw, &net.graph().normalization)?;
     let t1 = Instant::now();
     let req = CamRequest {
         layer: &layer,

@@ -17,6 +17,69 @@ mod tiff_kinds;
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// The per-channel normalisation a model was trained with, on RGB in \[0, 1\]:
+/// `(x - mean) / std` (torchvision's `transforms.Normalize(mean, std)`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalization {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// ImageNet's, which every torchvision classification weight uses.
+    pub const IMAGENET: Normalization = Normalization {
+        mean: IMAGENET_MEAN,
+        std: IMAGENET_STD,
+    };
+
+    /// A normalisation whose values are finite and whose std is positive (else an error
+    /// naming the value).
+    pub fn new(mean: [f32; 3], std: [f32; 3]) -> Result<Self> {
+        let n = Normalization { mean, std };
+        n.check()?;
+        Ok(n)
+    }
+
+    /// Finite means and positive stds (the fields are public: checked where they are used).
+    pub fn check(&self) -> Result<()> {
+        let Normalization { mean, std } = self;
+        if let Some(m) = mean.iter().find(|m| !m.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "normalisation mean {m}: not a number"
+            )));
+        }
+        if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(Error::Invalid(format!(
+                "normalisation std {s}: must be a positive number"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Three comma-separated numbers (`0.5,0.5,0.5`) or a JSON list of three (`[0.5, 0.5,
+    /// 0.5]`), for `what` (`mean`, `std`) in errors.
+    pub fn triple(text: &str, what: &str) -> Result<[f32; 3]> {
+        let t = text.trim();
+        let inner = t
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(t);
+        let v: Vec<f32> = (inner.split(','))
+            .map(|x| x.trim().parse::<f32>())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::Invalid(format!("{what} `{text}`: not three numbers")))?;
+        v.try_into().map_err(|v: Vec<f32>| {
+            Error::Invalid(format!("{what} `{text}`: {} numbers, not 3", v.len()))
+        })
+    }
+}
+
+impl Default for Normalization {
+    fn default() -> Self {
+        Normalization::IMAGENET
+    }
+}
+
 /// Decodes any format the `image` crate reads (sniffed from the bytes, not the extension) to
 /// 8-bit RGB: grayscale is replicated, alpha dropped, 16-bit and float scaled to 8 bits, and
 /// the EXIF orientation (JPEG, PNG, TIFF, WebP) applied, so the image is upright.
@@ -987,28 +1050,78 @@ impl InputSize {
 ///
 /// # Panics
 /// If `out` holds fewer than 3·h·w values.
-pub fn preprocess_into(img: &RgbImage, (h, w): (usize, usize), out: &mut [f32]) {
+pub fn preprocess_into(img: &RgbImage, hw: (usize, usize), out: &mut [f32]) {
+    preprocess_into_with(img, hw, &Normalization::IMAGENET, out)
+}
+
+/// [`preprocess_into`] with a model's own normalisation.
+///
+/// # Panics
+/// If `out` holds fewer than 3·h·w values.
+pub fn preprocess_into_with(
+    img: &RgbImage,
+    (h, w): (usize, usize),
+    norm: &Normalization,
+    out: &mut [f32],
+) {
     let (ih, iw) = (img.height() as usize, img.width() as usize);
     let px = img.as_raw();
     let hwc = resize_with(|i| px[i] as f32 / 255.0, (ih, iw, 3), (h, w));
     for c in 0..3 {
         let plane = &mut out[c * h * w..(c + 1) * h * w];
         for (i, v) in plane.iter_mut().enumerate() {
-            *v = (hwc[i * 3 + c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+            *v = (hwc[i * 3 + c] - norm.mean[c]) / norm.std[c];
         }
     }
 }
 
-/// A batch of images, all brought to the same (h, w), as an NCHW tensor.
+/// A batch of images, all brought to the same (h, w), as an NCHW tensor (ImageNet's
+/// normalisation).
 pub fn preprocess(images: &[&RgbImage], hw: (usize, usize)) -> Tensor {
+    preprocess_with(images, hw, &Normalization::IMAGENET)
+}
+
+/// [`preprocess`] with a model's own normalisation ([`crate::model::Graph::normalization`]).
+pub fn preprocess_with(images: &[&RgbImage], hw: (usize, usize), norm: &Normalization) -> Tensor {
     use rayon::prelude::*;
     let per = 3 * hw.0 * hw.1;
     let mut data = vec![0f32; images.len() * per];
     // (A 0-sized input gives an empty tensor; the backends refuse it by name.)
     data.par_chunks_mut(per.max(1))
         .zip(images.par_iter())
-        .for_each(|(out, img)| preprocess_into(img, hw, out));
+        .for_each(|(out, img)| preprocess_into_with(img, hw, norm, out));
     Tensor::new([images.len(), 3, hw.0, hw.1], data)
+}
+
+#[cfg(test)]
+mod normalization_tests {
+    use super::*;
+
+    /// A model's own normalisation against ImageNet's, undone and redone by hand:
+    /// x_own = (x_imagenet·std_in + mean_in − mean) / std, within 1e-5 (f32 rounding).
+    #[test]
+    fn own_normalisation_is_imagenets_redone() {
+        let img = RgbImage::from_fn(13, 7, |x, y| {
+            image::Rgb([(x * 19) as u8, (y * 31) as u8, 200])
+        });
+        let own = Normalization::new([0.5, 0.4, 0.3], [0.2, 0.25, 0.5]).unwrap();
+        let (a, b) = (
+            preprocess(&[&img], (5, 9)),
+            preprocess_with(&[&img], (5, 9), &own),
+        );
+        for (i, (x, y)) in a.data().iter().zip(b.data()).enumerate() {
+            let c = i / 45;
+            let raw = x * IMAGENET_STD[c] + IMAGENET_MEAN[c];
+            let want = (raw - own.mean[c]) / own.std[c];
+            assert!((y - want).abs() < 1e-5, "{i}: {y} vs {want}");
+        }
+        assert_eq!(
+            Normalization::triple(" [1, 2,3] ", "mean").unwrap(),
+            [1.0, 2.0, 3.0]
+        );
+        assert!(Normalization::triple("1,2", "mean").is_err());
+        assert!(Normalization::triple("", "mean").is_err());
+    }
 }
 
 #[cfg(test)]

@@ -583,6 +583,48 @@ fn impossible_models_are_refused_at_load() {
     let p = write_with_metadata(&dir, "ok.safetensors", &dict(), &[("input_size", "96")]);
     let g = model::load(p, None).unwrap();
     assert_eq!(g.input_size, Some(gradcam::image::InputSize::Square(96)));
+    assert_eq!(g.normalization, gradcam::image::Normalization::IMAGENET);
+
+    // A model's own input normalisation (metadata `mean` and `std`), and bad ones named.
+    let norm = |mean: &str, std: &str| {
+        let meta = [("mean", mean), ("std", std)];
+        model::load(
+            write_with_metadata(&dir, "n.safetensors", &dict(), &meta),
+            None,
+        )
+    };
+    let g = norm("[0.5, 0.5, 0.5]", "0.25,0.5, 1").unwrap();
+    assert_eq!(g.normalization.mean, [0.5; 3]);
+    assert_eq!(g.normalization.std, [0.25, 0.5, 1.0]);
+    for (mean, std, says) in [
+        (
+            "[0.5, 0.5]",
+            "[1, 1, 1]",
+            "`mean` `[0.5, 0.5]`: 2 numbers, not 3",
+        ),
+        ("[0.5, 0.5, x]", "[1, 1, 1]", "not three numbers"),
+        (
+            "[0.5, 0.5, 0.5]",
+            "[1, 0, 1]",
+            "std 0: must be a positive number",
+        ),
+        ("[0.5, 0.5, 0.5]", "[1, NaN, 1]", "std NaN"),
+        ("[inf, 0.5, 0.5]", "[1, 1, 1]", "mean inf"),
+    ] {
+        let (_, s) = msg(norm(mean, std));
+        assert!(
+            s.contains(says) && s.contains("n.safetensors"),
+            "{mean} {std}: {s}"
+        );
+    }
+    let p = write_with_metadata(
+        &dir,
+        "m.safetensors",
+        &dict(),
+        &[("mean", "[0.5, 0.5, 0.5]")],
+    );
+    let (_, s) = msg(model::load(p, None));
+    assert!(s.contains("without the other"), "{s}");
 }
 
 #[test]

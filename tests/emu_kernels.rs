@@ -502,15 +502,30 @@ fn linear_and_preprocess_kernels_match_the_cpu_oracle() {
         .collect();
     let (pixels, table) = packed(&imgs);
     let refs: Vec<&gradcam::image::RgbImage> = imgs.iter().collect();
-    for (oh, ow) in [(224usize, 224usize), (50, 40), (64, 48)] {
-        let want = gradcam::image::preprocess(&refs, (oh, ow));
+    // ImageNet's normalisation, and a model's own.
+    use gradcam::image::Normalization;
+    let own = Normalization::new([0.5, 0.4, 0.3], [0.2, 0.25, 0.5]).unwrap();
+    for ((oh, ow), norm) in [
+        ((224usize, 224usize), Normalization::IMAGENET),
+        ((50, 40), own),
+        ((64, 48), Normalization::IMAGENET),
+    ] {
+        let want = gradcam::image::preprocess_with(&refs, (oh, ow), &norm);
         let mut out = vec![f32::NAN; imgs.len() * 3 * oh * ow];
+        let [m0, m1, m2] = norm.mean.map(Arg::F32);
+        let [s0, s1, s2] = norm.std.map(Arg::F32);
         let mut args = [
             Arg::Bytes(&pixels),
             Arg::Bytes(table_bytes(&table)),
             Arg::Out(&mut out),
             Arg::I32(oh as i32),
             Arg::I32(ow as i32),
+            m0,
+            m1,
+            m2,
+            s0,
+            s1,
+            s2,
         ];
         unsafe {
             emu::launch(

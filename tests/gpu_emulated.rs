@@ -560,15 +560,17 @@ fn device_preprocess_and_overlays_match_the_cpu() {
         })
         .collect();
     let refs: Vec<&RgbImage> = imgs.iter().collect();
-    for hw in [(32, 32), (41, 29)] {
+    // ImageNet's normalisation, and a model's own (metadata `mean`/`std`, --mean/--std).
+    let own = gradcam::image::Normalization::new([0.5; 3], [0.5, 0.25, 0.125]).unwrap();
+    for (hw, norm) in [((32, 32), Default::default()), ((41, 29), own)] {
         let ours = gpu
             .download(
-                &gpu.preprocess(&gpu.upload_images(&refs).unwrap(), hw)
+                &gpu.preprocess(&gpu.upload_images(&refs).unwrap(), hw, &norm)
                     .unwrap(),
             )
             .unwrap();
         let want = cpu
-            .preprocess(&cpu.upload_images(&refs).unwrap(), hw)
+            .preprocess(&cpu.upload_images(&refs).unwrap(), hw, &norm)
             .unwrap();
         // Same float operations; only the order of the bilinear sums may differ.
         assert!(ours.max_abs_diff(&want) < 1e-5, "preprocess {hw:?}");

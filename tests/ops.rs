@@ -924,7 +924,7 @@ fn refusals<B: Backend>(be: &B) {
         ),
         (
             "preprocess",
-            be.preprocess(&be.upload_images(&[]).unwrap(), (0, 4)),
+            be.preprocess(&be.upload_images(&[]).unwrap(), (0, 4), &Default::default()),
         ),
     ];
     for (i, (op, r)) in cases.into_iter().enumerate() {

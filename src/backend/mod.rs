@@ -159,9 +159,14 @@ pub trait Backend: Send + Sync {
 
     /// Hands a batch of images (any sizes) to the backend: one host→device copy on a GPU.
     fn upload_images<'a>(&'a self, images: &[&'a RgbImage]) -> Result<Self::Images<'a>>;
-    /// RGB8 → bilinear resize to `hw` (half-pixel centres, as cv2.resize) → ImageNet
-    /// normalisation: [N, 3, h, w].
-    fn preprocess(&self, images: &Self::Images<'_>, hw: (usize, usize)) -> Result<Self::Tensor>;
+    /// RGB8 → bilinear resize to `hw` (half-pixel centres, as cv2.resize) → `norm` (the
+    /// model's, ImageNet's for torchvision weights): [N, 3, h, w].
+    fn preprocess(
+        &self,
+        images: &Self::Images<'_>,
+        hw: (usize, usize),
+        norm: &crate::image::Normalization,
+    ) -> Result<Self::Tensor>;
     /// Each image's overlay at its own size from its raw map (maps [N, h, w], host-side):
     /// bilinear upsample, min-max, the style's colormap and `show_cam_on_image`'s blend (see
     /// [`crate::cam::overlay_with`]). On a GPU they may still be on their way back when this

@@ -470,7 +470,7 @@ fn batch_io_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
     let refs: Vec<&RgbImage> = imgs.iter().collect();
     let staged = be.upload_images(&refs)?;
     let hw = (61, 47);
-    let x = be.preprocess(&staged, hw)?;
+    let x = be.preprocess(&staged, hw, &crate::image::Normalization::IMAGENET)?;
     let want = crate::image::preprocess(&refs, hw);
     let mut out = vec![check(
         be,

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::backend::Backend;
 use crate::cam::{argmax, explain, CamRequest, ClassSel, Method};
 use crate::explain::softmax_at;
-use crate::image::{load_rgb8, preprocess, InputSize};
+use crate::image::{load_rgb8, preprocess_with, InputSize};
 use crate::model::Network;
 use crate::{Error, Result, Tensor};
 pub use manifest::Entry;
@@ -203,7 +203,7 @@ pub fn evaluate_image<B: Backend>(
     let mask = e.mask.as_ref().map(|m| load_mask(m, full)).transpose()?;
     let object = object_mask(&boxes, mask.as_deref(), full)?;
     let hw = cfg.size.for_image(&img);
-    let x = preprocess(&[&img], hw);
+    let x = preprocess_with(&[&img], hw, &net.graph().normalization);
     let layer = cfg
         .layer
         .clone()

@@ -113,6 +113,9 @@ pub struct Graph {
     /// The model's own input size, from the metadata key `input_size` (`native` or an
     /// integer), when present.
     pub input_size: Option<crate::image::InputSize>,
+    /// The input normalisation the model was trained with: ImageNet's unless the metadata
+    /// keys `mean` and `std` give others.
+    pub normalization: crate::image::Normalization,
 }
 
 impl Graph {
@@ -636,6 +639,7 @@ impl<'w> Builder<'w> {
             in_channels: self.channels[0],
             labels: None,
             input_size: None,
+            normalization: crate::image::Normalization::IMAGENET,
         }
     }
 }

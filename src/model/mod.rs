@@ -129,6 +129,23 @@ pub fn build(w: &Weights, arch: Option<&str>) -> Result<Graph> {
         }
         g.labels = Some(labels);
     }
+    match (meta.get("mean"), meta.get("std")) {
+        (None, None) => {}
+        (Some(m), Some(s)) => {
+            let bad = |e: Error| Error::Invalid(format!("{}: metadata {e}", w.path().display()));
+            let (mean, std) = (
+                crate::image::Normalization::triple(m, "`mean`").map_err(bad)?,
+                crate::image::Normalization::triple(s, "`std`").map_err(bad)?,
+            );
+            g.normalization = crate::image::Normalization::new(mean, std).map_err(bad)?;
+        }
+        _ => {
+            return Err(Error::Invalid(format!(
+                "{}: metadata gives one of `mean` and `std` without the other",
+                w.path().display()
+            )))
+        }
+    }
     if let Some(s) = meta.get("input_size") {
         g.input_size = Some(match s.trim() {
             "native" => crate::image::InputSize::Native,

@@ -10,7 +10,7 @@ use clap::Args;
 use gradcam::backend::Backend;
 use gradcam::cam::multi_layer::{normalised, target_layers};
 use gradcam::dff;
-use gradcam::image::{load_rgb8, preprocess, InputSize};
+use gradcam::image::{load_rgb8, preprocess_with, InputSize};
 use gradcam::model::Network;
 use gradcam::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -150,7 +150,8 @@ fn dff_all<B: Backend>(
             // run again an image at a time, so only the culprit is lost.
             let activations = |idx: &[usize]| -> gradcam::Result<Tensor> {
                 let refs: Vec<_> = idx.iter().map(|&j| &images[j].1).collect();
-                let x = net.backend().upload(preprocess(&refs, hw))?;
+                let norm = &net.graph().normalization;
+                let x = net.backend().upload(preprocess_with(&refs, hw, norm))?;
                 Ok(dff::activations(net, x, &layer)?.0)
             };
             for part in group.chunks(per_pass) {

@@ -536,6 +536,14 @@ fn explain_all<B: Backend>(
             eprintln!("note: --layer-fusion combines several layers; one is given");
         }
     }
+    // The model's input normalisation, when not ImageNet's (its metadata or --mean/--std).
+    let norm = graph.normalization;
+    if norm != gradcam::image::Normalization::IMAGENET {
+        settings["normalization"] = json!({
+            "mean": norm.mean.map(decimal),
+            "std": norm.std.map(decimal),
+        });
+    }
     // The overlays' look: recorded where overlays are written and it is not
     // pytorch-grad-cam's default, as the flags above.
     let overlay_style = OverlayStyle::new(a.colormap, a.image_weight)?;

@@ -115,6 +115,27 @@ pub struct ModelArgs {
     /// Rapids).
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
+    /// The input normalisation the model was trained with, per RGB channel on [0, 1]
+    /// (torchvision's `transforms.Normalize(mean, std)`), e.g. `--mean 0.5,0.5,0.5 --std
+    /// 0.5,0.5,0.5`: default the model file's metadata `mean` and `std`, else ImageNet's
+    /// (0.485,0.456,0.406 and 0.229,0.224,0.225, every torchvision weight's).
+    #[arg(long, requires = "std", value_parser = parse_mean)]
+    mean: Option<[f32; 3]>,
+    /// With --mean: the normalisation's standard deviations, each positive.
+    #[arg(long, requires = "mean", value_parser = parse_std)]
+    std: Option<[f32; 3]>,
+}
+
+fn parse_mean(s: &str) -> Result<[f32; 3], String> {
+    let m = gradcam::image::Normalization::triple(s, "--mean").map_err(|e| e.to_string())?;
+    gradcam::image::Normalization::new(m, [1.0; 3]).map_err(|e| e.to_string())?;
+    Ok(m)
+}
+
+fn parse_std(s: &str) -> Result<[f32; 3], String> {
+    let v = gradcam::image::Normalization::triple(s, "--std").map_err(|e| e.to_string())?;
+    gradcam::image::Normalization::new([0.0; 3], v).map_err(|e| e.to_string())?;
+    Ok(v)
 }
 
 impl ModelArgs {
@@ -302,7 +323,10 @@ pub fn load_network(m: &ModelArgs) -> anyhow::Result<AnyNetwork> {
     if m.model.is_none() {
         eprintln!("note: no --model given: using the bundled demo model (8 synthetic shapes)");
     }
-    let graph = load_graph(m.model.as_deref(), m.arch.as_deref())?;
+    let mut graph = load_graph(m.model.as_deref(), m.arch.as_deref())?;
+    if let (Some(mean), Some(std)) = (m.mean, m.std) {
+        graph.normalization = gradcam::image::Normalization::new(mean, std)?;
+    }
     let cpu_note = || {
         format!(
             "running on the CPU ({} threads)",

@@ -1779,6 +1779,78 @@ fn overlay_style_flags() {
     }
 }
 
+/// `--mean`/`--std`: the model's own input normalisation reaches the network (the library
+/// with the same normalisation gives the same class scores), is recorded for `--resume`, and
+/// bad values are refused by name.
+#[test]
+fn normalisation_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let img_path = fixtures().join("images/a.png");
+    let m = model();
+    let run = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec!["explain", img_path.to_str().unwrap(), "-m", &m, "-o"];
+        args.extend([out.to_str().unwrap(), "--outputs", "json"]);
+        args.extend_from_slice(extra);
+        (gradcam(&args), out)
+    };
+    let report = |out: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join("a.json")).unwrap()).unwrap()
+    };
+    let half = "0.5,0.5,0.5";
+    let (o, own) = run("own", &["--mean", half, "--std", half]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (o, imagenet) = run("imagenet", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut graph = gradcam::model::load(&m, None).unwrap();
+    graph.normalization = gradcam::image::Normalization::new([0.5; 3], [0.5; 3]).unwrap();
+    let net = gradcam::model::Network::new(graph, gradcam::backend::CpuBackend::fast()).unwrap();
+    let img = gradcam::image::load_rgb8(&img_path).unwrap();
+    let mut t = gradcam::explain::Timings::default();
+    let want = gradcam::explain::explain_batch(&net, &[&img], &Default::default(), &mut t);
+    let want = &want.unwrap()[0];
+    let logit = |out: &Path| report(out)["logit"].as_f64().unwrap() as f32;
+    assert!(
+        (logit(&own) - want.logit).abs() < 1e-5,
+        "{} vs {}",
+        logit(&own),
+        want.logit
+    );
+    assert!(
+        (logit(&own) - logit(&imagenet)).abs() > 1e-3,
+        "the normalisation was ignored"
+    );
+    let settings = std::fs::read_to_string(own.join("run.json")).unwrap();
+    assert!(settings.contains("\"normalization\""), "{settings}");
+    let settings = std::fs::read_to_string(imagenet.join("run.json")).unwrap();
+    assert!(!settings.contains("normalization"), "{settings}");
+    // ImageNet's, given by hand: the default run's numbers.
+    let (o, same) = run(
+        "same",
+        &[
+            "--mean",
+            "0.485,0.456,0.406",
+            "--std",
+            "[0.229, 0.224, 0.225]",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(report(&same)["logit"], report(&imagenet)["logit"]);
+
+    for (flags, says) in [
+        (vec!["--mean", "0.5,0.5", "--std", half], "2 numbers, not 3"),
+        (
+            vec!["--mean", half, "--std", "0.5,0,0.5"],
+            "must be a positive number",
+        ),
+        (vec!["--mean", half], "--std"),
+    ] {
+        let (o, _) = run("bad", &flags);
+        assert_eq!(o.status.code(), Some(2), "{flags:?}");
+        assert!(stderr(&o).contains(says), "{flags:?}: {}", stderr(&o));
+    }
+}
+
 #[test]
 fn outputs_choose_the_files_per_image() {
     let dir = tempfile::tempdir().unwrap();

@@ -162,14 +162,20 @@ impl Backend for CpuBackend {
     fn upload_images<'a>(&'a self, images: &[&'a RgbImage]) -> Result<Vec<&'a RgbImage>> {
         Ok(images.to_vec())
     }
-    fn preprocess(&self, images: &Vec<&RgbImage>, hw: (usize, usize)) -> Result<Tensor> {
+    fn preprocess(
+        &self,
+        images: &Vec<&RgbImage>,
+        hw: (usize, usize),
+        norm: &crate::image::Normalization,
+    ) -> Result<Tensor> {
         shapes::input_size("preprocess", hw)?;
+        norm.check()?;
         let dims = images
             .iter()
             .map(|im| (im.height() as usize, im.width() as usize));
         shapes::images_nonempty("preprocess", dims)?;
         let _p = profile::span("preprocess", || None);
-        Ok(crate::image::preprocess(images, hw))
+        Ok(crate::image::preprocess_with(images, hw, norm))
     }
     fn overlays(
         &self,

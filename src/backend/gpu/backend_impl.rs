@@ -12,7 +12,7 @@ use crate::backend::{
     shapes, Backend, Conv2dParams, ElementRule, FullGradBy, Overlays, Pool2dParams, WeightRule,
 };
 use crate::cam::OverlayStyle;
-use crate::image::RgbImage;
+use crate::image::{Normalization, RgbImage};
 use crate::{Result, Tensor};
 
 impl<L: Launcher> GpuBackend<L> {
@@ -144,9 +144,11 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         &self,
         images: &GpuImages<L::Buf>,
         (oh, ow): (usize, usize),
+        norm: &Normalization,
     ) -> Result<Self::Tensor> {
         shapes::input_size("preprocess", (oh, ow))?;
         shapes::images_nonempty("preprocess", images.layout.iter().map(|&(_, hw)| hw))?;
+        norm.check()?;
         let dtype = self.precision.storage();
         let n = images.layout.len();
         let out = self.tensor(vec![n, 3, oh, ow], dtype)?;
@@ -159,6 +161,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
                 KArg::BufAt(&out.buf, i * 3 * oh * ow * dtype.size()),
             ];
             args.extend(ints(&[oh, ow]));
+            args.extend(norm.mean.iter().chain(&norm.std).map(|&v| KArg::F32(v)));
             // SAFETY: preprocess_rgb8_<t> over images i..i+count: their descriptors (offsets
             // into the pixels, sizes) from the table, their outputs from slot i.
             unsafe {
