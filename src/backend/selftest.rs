@@ -470,15 +470,16 @@ fn batch_io_checks<B: Backend>(be: &B) -> Result<Vec<Check>> {
     let refs: Vec<&RgbImage> = imgs.iter().collect();
     let staged = be.upload_images(&refs)?;
     let hw = (61, 47);
-    let x = be.preprocess(&staged, hw, &crate::image::Normalization::IMAGENET)?;
-    let want = crate::image::preprocess(&refs, hw);
-    let mut out = vec![check(
-        be,
-        "preprocess",
-        "4 sizes, 1.6 MB, to 61x47",
-        &x,
-        &want,
-    )?];
+    // ImageNet's normalisation, and a model's own (metadata `mean`/`std`).
+    use crate::image::Normalization;
+    let own = Normalization::new([0.5, 0.4, 0.3], [0.2, 0.25, 0.5])?;
+    let mut out = Vec::new();
+    for (norm, what) in [(Normalization::IMAGENET, ""), (own, ", own mean/std")] {
+        let x = be.preprocess(&staged, hw, &norm)?;
+        let want = crate::image::preprocess_with(&refs, hw, &norm);
+        let shape = format!("4 sizes, 1.6 MB, to 61x47{what}");
+        out.push(check(be, "preprocess", &shape, &x, &want)?);
+    }
     let mut rng = Rng::new(31);
     let maps = rng.tensor(&[imgs.len(), 5, 7], 0.0, 2.0);
     let viridis = Colormap::by_name("viridis")?;
