@@ -159,7 +159,7 @@ pub struct ExplainArgs {
     outputs: Vec<Output>,
     /// The overlay's colormap: any of OpenCV's, as pytorch-grad-cam's show_cam_on_image takes
     /// them (jet, turbo, viridis, inferno, magma, plasma, cividis, parula, hot, bone, ...).
-    #[arg(long, default_value = "jet", value_parser = parse_colormap)]
+    #[arg(long, default_value = "jet")]
     colormap: Colormap,
     /// The image's share of the overlay, in [0, 1] (show_cam_on_image's image_weight): 0 shows
     /// the colormap alone, 1 the image alone.
@@ -961,10 +961,6 @@ fn kpca_json(k: &Kpca) -> serde_json::Value {
 /// An f32 setting as the decimal it was given (0.1, not 0.10000000149011612) for the JSON.
 fn decimal(v: f32) -> f64 {
     v.to_string().parse().unwrap_or(v as f64)
-}
-
-fn parse_colormap(s: &str) -> Result<Colormap, String> {
-    Colormap::by_name(s).map_err(|e| e.to_string())
 }
 
 fn parse_image_weight(s: &str) -> Result<f64, String> {

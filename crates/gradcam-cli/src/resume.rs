@@ -221,9 +221,14 @@ impl Previous {
         let done = self.whole(row)
             && f.get(1).is_some_and(|s| s == "ok")
             && f.last().is_some_and(|s| s == stem)
-            && (suffixes.iter()).all(|s| whole_file(&out.join(format!("{stem}{s}"))))
-            && (!suffixes.contains(&MAP)
-                || map_fits(&out.join(format!("{stem}{MAP}")), image, size));
+            && (suffixes.iter()).all(|s| {
+                let file = out.join(format!("{stem}{s}"));
+                // (A map's shape tells that it is whole too: its header is read once.)
+                match *s == MAP {
+                    true => map_fits(&file, image, size),
+                    false => whole_file(&file),
+                }
+            });
         if !done {
             return None;
         }
@@ -302,6 +307,10 @@ const MAP: &str = ".cam.npy";
 /// it; not decoded to tell). A map copied from another image, or made or edited by hand to
 /// another size, is explained again rather than kept beside a report that contradicts it.
 fn map_fits(map: &Path, image: &Path, size: InputSize) -> bool {
+    // (Opening a FIFO would block until something writes to it.)
+    if !std::fs::metadata(map).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let Some(shape) = gradcam::npy::whole_f32_shape(map) else {
         return false;
     };

@@ -39,12 +39,8 @@ pub struct SummarizeArgs {
     #[arg(long)]
     maps: Option<PathBuf>,
     /// The mean maps' colormap: any of OpenCV's (jet, turbo, viridis, ...), as `explain`'s.
-    #[arg(long, default_value = "jet", requires = "maps", value_parser = parse_colormap)]
+    #[arg(long, default_value = "jet", requires = "maps")]
     colormap: gradcam::cam::Colormap,
-}
-
-fn parse_colormap(s: &str) -> Result<gradcam::cam::Colormap, String> {
-    gradcam::cam::Colormap::by_name(s).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
