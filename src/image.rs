@@ -48,9 +48,23 @@ impl Normalization {
                 "normalisation mean {m}: not a number"
             )));
         }
+        // (Pixels are scaled to [0, 1] first, as torchvision's ToTensor does: a mean on the
+        // 0-255 scale would turn every input into a large constant.)
+        if let Some(m) = mean.iter().find(|m| !(0.0..=1.0).contains(*m)) {
+            return Err(Error::Invalid(format!(
+                "normalisation mean {m}: outside [0, 1]; the mean and std are those of pixels \
+                 scaled to [0, 1] (divide 0-255 values by 255)"
+            )));
+        }
         if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return Err(Error::Invalid(format!(
                 "normalisation std {s}: must be a positive number"
+            )));
+        }
+        // (1/std multiplies pixels in [0, 1]: so small a std would give infinite inputs.)
+        if let Some(s) = std.iter().find(|s| !(1.0 / **s).is_finite()) {
+            return Err(Error::Invalid(format!(
+                "normalisation std {s}: too small (the normalised inputs would not be finite)"
             )));
         }
         Ok(())

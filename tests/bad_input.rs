@@ -447,6 +447,20 @@ fn impossible_models_are_refused_at_load() {
         s.contains("bn1.running_var[1]") && s.contains("negative"),
         "{s}"
     );
+    // A γ of 3e38 over a variance of 0: finite in the file, infinite once folded.
+    let mut d = dict();
+    for (n, t) in d.iter_mut() {
+        match n.as_str() {
+            "layer1.0.bn1.weight" => t.data_mut()[3] = 3e38,
+            "layer1.0.bn1.running_var" => t.data_mut()[3] = 0.0,
+            _ => {}
+        }
+    }
+    let (_, s) = msg(model::load(write(&dir, "gamma.safetensors", &d), None));
+    assert!(
+        s.contains("layer1.0.conv1 with layer1.0.bn1 folded in is not finite in output channel 3"),
+        "{s}"
+    );
 
     let vgg: Vec<_> = synth::state_dict("vgg11", 16, 10, 3)
         .unwrap()
@@ -610,6 +624,14 @@ fn impossible_models_are_refused_at_load() {
         ),
         ("[0.5, 0.5, 0.5]", "[1, NaN, 1]", "std NaN"),
         ("[inf, 0.5, 0.5]", "[1, 1, 1]", "mean inf"),
+        // (0-255 values where torchvision's Normalize takes [0, 1]'s, and a std whose
+        // reciprocal is infinite.)
+        (
+            "[123.7, 116.3, 103.5]",
+            "[58.4, 57.1, 57.4]",
+            "mean 123.7: outside [0, 1]",
+        ),
+        ("[0.5, 0.5, 0.5]", "[1e-45, 0.5, 0.5]", "too small"),
     ] {
         let (_, s) = msg(norm(mean, std));
         assert!(
@@ -1014,4 +1036,26 @@ fn library_entry_points_refuse_what_a_caller_gets_wrong() {
     // The low-level helpers do not panic on sizes of 0: an empty tensor, black pixels.
     assert_eq!(preprocess(&[&img], (0, 0)).shape(), [1, 3, 0, 0]);
     assert_eq!(resize_with(|_| 1.0, (0, 4, 1), (2, 2)), vec![0.0; 4]);
+}
+
+/// A header may declare tensors of any size; `Weights::limit_memory` refuses, by name, the
+/// tensor that would take the f32 copies past the limit, before allocating it.
+#[test]
+fn tensors_past_the_memory_limit_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dict();
+    let p = write(&dir, "m.safetensors", &d);
+    let f32_bytes: usize = d.iter().map(|(_, t)| 4 * t.data().len()).sum();
+    let mut w = model::Weights::open(&p).unwrap();
+    w.limit_memory(f32_bytes as u64 - 1);
+    let (e, s) = msg(model::build(&w, None));
+    assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+    assert!(
+        s.contains("m.safetensors: tensor `") && s.contains("of memory allowed"),
+        "{s}"
+    );
+    // Exactly the model's f32 size is enough.
+    let mut w = model::Weights::open(&p).unwrap();
+    w.limit_memory(f32_bytes as u64);
+    model::build(&w, None).unwrap();
 }

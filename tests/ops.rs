@@ -114,6 +114,26 @@ fn conv_cases() -> Vec<ConvCase> {
         ConvCase {
             n: 2,
             c: 3,
+            h: 4,
+            w: 3,
+            k: 5,
+            r: 11,
+            s: 11,
+            p: p(1, 5, 1, 1),
+        }, // padding wider than the map: some taps read only zeros in a whole row / column
+        ConvCase {
+            n: 1,
+            c: 4,
+            h: 2,
+            w: 3,
+            k: 3,
+            r: 7,
+            s: 7,
+            p: p(2, 3, 1, 1),
+        }, // the same at stride 2 (a ResNet stem on a 2×3 image)
+        ConvCase {
+            n: 2,
+            c: 3,
             h: 5,
             w: 6,
             k: 2,

@@ -521,6 +521,26 @@ impl<'w> Builder<'w> {
                         *f += bv * s;
                     }
                 }
+                // A huge γ over a tiny variance folds to ±inf (torch's output would be inf or
+                // NaN from there on): the file is broken, as one with non-finite weights is.
+                let finite = |ki: usize| {
+                    scale[ki].is_finite()
+                        && folded.data()[ki].is_finite()
+                        && w.data()[ki * per..(ki + 1) * per]
+                            .iter()
+                            .all(|v| v.is_finite())
+                };
+                if let Some(i) = (0..k).find(|&ki| !finite(ki)) {
+                    return Err(Error::Invalid(format!(
+                        "{}: {name} with {bn} folded in is not finite in output channel {i} \
+                         ({bn}.weight[{i}] = {:e}, running_var[{i}] = {:e}, running_mean[{i}] \
+                         = {:e}): the weights are corrupt (or training diverged)",
+                        self.weights.path().display(),
+                        gamma.data()[i],
+                        var.data()[i],
+                        mean.data()[i],
+                    )));
+                }
                 b = Some(folded);
                 Some(BnAffine { scale, shift })
             }

@@ -61,6 +61,10 @@ pub struct Weights {
     metadata: BTreeMap<String, String>,
     /// The tensors [`Weights::get`] has read: a model built from the file must read them all.
     read: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The bytes of f32 tensors [`Weights::get`] may make in all ([`Weights::limit_memory`]),
+    /// and how many it has made.
+    memory_limit: Option<u64>,
+    converted: std::sync::atomic::AtomicU64,
 }
 
 impl Weights {
@@ -168,6 +172,8 @@ impl Weights {
             index,
             metadata,
             read: Default::default(),
+            memory_limit: None,
+            converted: Default::default(),
         };
         w.strip_wrapper_prefix();
         w.unwrap_sequential_heads();
@@ -308,6 +314,14 @@ impl Weights {
             .collect()
     }
 
+    /// Refuse to read more than `bytes` of tensors as f32 in all: a header may declare a
+    /// tensor of any size (a sparse file, or a few bytes of a strided view), and the memory
+    /// would be taken before the model's shapes could refuse it. Without a limit, a tensor
+    /// the allocator cannot give is still refused, not an abort.
+    pub fn limit_memory(&mut self, bytes: u64) {
+        self.memory_limit = Some(bytes);
+    }
+
     pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
         self.index.get(name).map(|(_, s, _, _)| s.as_slice())
     }
@@ -348,39 +362,60 @@ impl Weights {
             });
         }
         let bytes = &self.mmap[self.data_start + start..self.data_start + end];
-        let data: Vec<f32> = match dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+        if !matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64) {
+            return Err(Error::BadDtype {
+                path: self.path.clone(),
+                name: name.to_string(),
+                dtype: format!("{dtype:?}"),
+            });
+        }
+        // (The element count was checked against the file's bytes when it was opened.)
+        let numel: usize = shape.iter().product();
+        let need = 4 * numel as u64;
+        let before = (self.converted).fetch_add(need, std::sync::atomic::Ordering::Relaxed);
+        let too_big = |limit: String| {
+            Error::Invalid(format!(
+                "{}: tensor `{name}` (shape {shape:?}) takes {} as f32, which with the {} read \
+                 before it is more than {limit}",
+                self.path.display(),
+                amount(need),
+                amount(before),
+            ))
+        };
+        if let Some(limit) = self
+            .memory_limit
+            .filter(|&l| before.saturating_add(need) > l)
+        {
+            return Err(too_big(format!("the {} of memory allowed", amount(limit))));
+        }
+        let mut data: Vec<f32> = Vec::new();
+        let stored = bytes.len() / dtype.size();
+        if data.try_reserve_exact(stored).is_err() {
+            return Err(too_big("this machine can give".into()));
+        }
+        match dtype {
+            Dtype::F32 => data.extend(
+                (bytes.chunks_exact(4)).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            ),
+            Dtype::F16 => data.extend(
+                (bytes.chunks_exact(2)).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
+            Dtype::BF16 => data.extend(
+                (bytes.chunks_exact(2)).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+            ),
             // Checkpoints saved after `model.double()`: rounded to f32, as `.float()` would.
-            Dtype::F64 => bytes
-                .chunks_exact(8)
-                .map(|b| {
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(b);
-                    f64::from_le_bytes(a) as f32
-                })
-                .collect(),
-            other => {
-                return Err(Error::BadDtype {
-                    path: self.path.clone(),
-                    name: name.to_string(),
-                    dtype: format!("{other:?}"),
-                })
-            }
+            Dtype::F64 => data.extend(bytes.chunks_exact(8).map(|b| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                f64::from_le_bytes(a) as f32
+            })),
+            _ => {} // (refused above)
         };
         // A view saved as it was (a transposed weight): its elements in row-major order.
         let data = match strides {
-            Some(st) => gather(&data, shape, st),
+            Some(st) => {
+                gather(&data, shape, st).ok_or_else(|| too_big("this machine can give".into()))?
+            }
             None => data,
         };
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
@@ -491,9 +526,20 @@ fn describe(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
 
 /// A strided view's elements in row-major order; `span` holds the elements from its first
 /// to its last (`pth::place` checked that the strides stay inside it).
-fn gather(span: &[f32], shape: &[usize], strides: &[usize]) -> Vec<f32> {
+/// An amount of memory for messages: `1.5 GiB`, `400 MiB`, `12 KiB`.
+fn amount(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.0} KiB", b as f64 / 1024.0),
+    }
+}
+
+/// None where the allocator cannot give the result.
+fn gather(span: &[f32], shape: &[usize], strides: &[usize]) -> Option<Vec<f32>> {
     let n: usize = shape.iter().product();
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).ok()?;
     let mut idx = vec![0usize; shape.len()];
     for _ in 0..n {
         out.push(span[idx.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>()]);
@@ -506,7 +552,7 @@ fn gather(span: &[f32], shape: &[usize], strides: &[usize]) -> Vec<f32> {
             idx[d] = 0;
         }
     }
-    out
+    Some(out)
 }
 
 /// What a file that is no safetensors file is, by its first bytes, when it is one of the

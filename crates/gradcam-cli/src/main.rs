@@ -266,10 +266,14 @@ pub fn load_graph(
     model: Option<&std::path::Path>,
     arch: Option<&str>,
 ) -> anyhow::Result<gradcam::model::Graph> {
-    let weights = match model {
+    let mut weights = match model {
         Some(p) => gradcam::model::Weights::open(p)?,
         None => gradcam::model::Weights::from_static("<bundled demo model>", DEMO_MODEL)?,
     };
+    // (A header may declare tensors of any size: refused by name before they take it all.)
+    if let Some(bytes) = crate::memory::bytes() {
+        weights.limit_memory(bytes);
+    }
     let graph = gradcam::model::build(&weights, arch)?;
     if let Some(place) = weights.found_under() {
         eprintln!(

@@ -145,10 +145,13 @@ impl Geom {
                         d[x1..].fill(0.0);
                         let src = &plane[iy * self.w..(iy + 1) * self.w];
                         let base = sx * p.dilation.1;
-                        if p.stride.1 == 1 {
+                        if x1 == x0 {
+                            // Every column of this tap is padding (padding wider than the
+                            // map): `start` below would be negative.
+                        } else if p.stride.1 == 1 {
                             let start = x0 + base - p.padding.1;
                             d[x0..x1].copy_from_slice(&src[start..start + (x1 - x0)]);
-                        } else if split && x1 > x0 {
+                        } else if split {
                             // Column 2·ox + base − pad: one parity for the whole run.
                             let q = 2 * x0 + base - p.padding.1;
                             let at = (iy - iy_lo) * 2 * half + (q & 1) * half + (q >> 1);
@@ -186,7 +189,9 @@ impl Geom {
                         let dst = &mut plane[iy * self.w..(iy + 1) * self.w];
                         let base = sx * p.dilation.1;
                         let s = &src[(oy - oy0) * ow..(oy - oy0 + 1) * ow];
-                        if p.stride.1 == 1 {
+                        if x1 == x0 {
+                            // Nothing of this tap lands inside the row (as in `im2col`).
+                        } else if p.stride.1 == 1 {
                             let start = x0 + base - p.padding.1;
                             let d = &mut dst[start..start + (x1 - x0)];
                             d.iter_mut().zip(&s[x0..x1]).for_each(|(d, v)| *d += v);

@@ -101,19 +101,16 @@ fn place(name: &str, t: &TensorRef, (start, len): (usize, usize)) -> Result<PthT
         .try_fold(0usize, |a, (&d, &s)| {
             a.checked_add(d.saturating_sub(1).checked_mul(s)?)
         });
-    let (Some(numel), Some(span)) = (numel, span) else {
+    let elems = match (numel, span) {
+        (Some(0), Some(_)) => Some(0),
+        (Some(_), Some(span)) => span.checked_add(1),
+        _ => None,
+    };
+    // (The products below stay far from overflow once the bytes fit in the storage, which
+    // is checked before the repeat limit.)
+    let (Some(numel), Some(elems)) = (numel, elems) else {
         return Err(format!("tensor `{name}`: its size overflows"));
     };
-    let elems = if numel == 0 { 0 } else { span + 1 };
-    // An expanded view (stride 0) repeats stored elements: a few bytes could stand for more
-    // than memory holds. Up to 16 times what is stored is read; more is refused.
-    if numel > 16 * elems + (1 << 20) {
-        return Err(format!(
-            "tensor `{name}` (shape {:?}) repeats {elems} stored elements {numel} times over \
-             (an expanded view); save it with .contiguous()",
-            t.shape
-        ));
-    }
     let begin = (t.offset.checked_mul(es)).filter(|&b| b <= len);
     let end = begin
         .and_then(|b| b.checked_add(elems.checked_mul(es)?))
@@ -124,9 +121,20 @@ fn place(name: &str, t: &TensorRef, (start, len): (usize, usize)) -> Result<PthT
             t.shape, t.offset, len
         ));
     };
+    // An expanded view (stride 0) repeats stored elements: a few bytes could stand for more
+    // than memory holds. Up to 16 times what is stored is read; more is refused.
+    if numel > 16 * elems + (1 << 20) {
+        return Err(format!(
+            "tensor `{name}` (shape {:?}) repeats {elems} stored elements {numel} times over \
+             (an expanded view); save it with .contiguous()",
+            t.shape
+        ));
+    }
+    // (numel fits, and with no zero dimension so does every suffix product; with one,
+    // the wrapping products belong to an empty tensor whose strides are never used.)
     let mut contiguous = vec![1usize; t.shape.len()];
     for i in (0..t.shape.len().saturating_sub(1)).rev() {
-        contiguous[i] = contiguous[i + 1] * t.shape[i + 1];
+        contiguous[i] = contiguous[i + 1].wrapping_mul(t.shape[i + 1]);
     }
     // (A dimension of size 1 may have any stride.)
     let plain =
@@ -150,8 +158,9 @@ fn state_dict_of(p: &mut Pickle, top: &V) -> Result<(usize, Option<String>), Str
         _ => None,
     };
     // (One budget for every module walked: a crafted pickle could list one module, or a
-    // module holding itself, many times over.)
-    let mut budget = 64usize << 20;
+    // module holding itself, many times over. 16 MB of names at 64 bytes' overhead each is
+    // at most 256 Ki tensors, about 50 MB; ResNet-152's state_dict costs 0.1 MB.)
+    let mut budget = 16usize << 20;
     let V::Dict(d) = top else {
         if let Some(d) = tensors_in(p, top, &mut budget) {
             return Ok((d, module(p, top)));
@@ -263,18 +272,22 @@ fn tensors_in(p: &mut Pickle, v: &V, budget: &mut usize) -> Option<usize> {
 /// An `nn.Module`'s tensors from the state its pickle built: `_parameters` and `_buffers`
 /// under `prefix`, then each of `_modules` under `prefix` + its name + `.`, as
 /// `state_dict()` names them (`layer1.0.conv1.weight`). A parameter that is None (no bias)
-/// is left out. Each module and tensor costs the budget its name's length.
+/// is left out. Each module and tensor costs the budget its name's length and [`ENTRY`].
+/// What one module or tensor costs [`module_tensors`]' budget besides its name: about the
+/// bytes an entry of its dict takes, so the budget bounds memory, not only names.
+const ENTRY: usize = 64;
+
 fn module_tensors(p: &Pickle, o: usize, prefix: &str, out: &mut Vec<(V, V)>, budget: &mut usize) {
     let Some(V::Dict(state)) = &p.objects[o].1 else {
         return;
     };
     // (torchvision's deepest module path is 4 deep; 64 keeps a self-nesting module's
     // recursion off the end of the stack.)
-    if *budget <= prefix.len() || prefix.matches('.').count() > 64 {
+    if *budget <= ENTRY + prefix.len() || prefix.matches('.').count() > 64 {
         *budget = 0;
         return;
     }
-    *budget -= 1 + prefix.len();
+    *budget -= ENTRY + prefix.len();
     for (k, v) in &p.dicts[*state] {
         let (V::Str(k), V::Dict(members)) = (k, v) else {
             continue;
@@ -282,7 +295,7 @@ fn module_tensors(p: &Pickle, o: usize, prefix: &str, out: &mut Vec<(V, V)>, bud
         for (name, m) in &p.dicts[*members] {
             match (&**k, name, m) {
                 ("_parameters" | "_buffers", V::Str(n), V::Tensor(_)) => {
-                    let cost = 1 + prefix.len() + n.len();
+                    let cost = ENTRY + prefix.len() + n.len();
                     if *budget < cost {
                         *budget = 0;
                         return;
@@ -390,4 +403,51 @@ fn read_legacy(file: &[u8]) -> Result<(V, Pickle, Storages), String> {
         }
     }
     Ok((top, p, storages))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(offset: usize, shape: &[usize], stride: &[usize]) -> TensorRef {
+        TensorRef {
+            key: "0".into(),
+            dtype: Dtype::F32,
+            offset,
+            shape: shape.to_vec(),
+            stride: stride.to_vec(),
+        }
+    }
+
+    /// Sizes, strides and offsets a crafted file may give, however large: a checked range or
+    /// an error naming the tensor, never a wrapped one.
+    #[test]
+    fn place_checks_every_size() {
+        let err = |t: &TensorRef| match place("fc.weight", t, (64, 4096)) {
+            Ok(_) => panic!("placed: {:?}", t.shape),
+            Err(e) => e,
+        };
+        // 8 rows, the last one 2^64 − 128 elements on: the span is exactly usize::MAX.
+        let e = err(&tensor(0, &[8, 128], &[(usize::MAX - 127) / 7, 1]));
+        assert!(e.contains("`fc.weight`: its size overflows"), "{e}");
+        let e = err(&tensor(0, &[1 << 40, 1 << 40], &[1 << 40, 1]));
+        assert!(e.contains("its size overflows"), "{e}");
+        let e = err(&tensor(usize::MAX / 2, &[4], &[1]));
+        assert!(e.contains("reaches past its storage of 4096 bytes"), "{e}");
+        let e = err(&tensor(0, &[33, 32], &[32, 1]));
+        assert!(e.contains("reaches past"), "{e}");
+        // An empty tensor whose other dimensions multiply past usize::MAX.
+        let t = place(
+            "x",
+            &tensor(0, &[0, 1 << 40, 1 << 40], &[1, 1, 1]),
+            (64, 4096),
+        )
+        .unwrap();
+        assert_eq!(t.range, (64, 64));
+        // Contiguous, and transposed (strides kept).
+        let t = place("x", &tensor(2, &[4, 8], &[8, 1]), (64, 4096)).unwrap();
+        assert_eq!((t.range, t.strides), ((72, 200), None));
+        let t = place("x", &tensor(0, &[8, 4], &[1, 8]), (64, 4096)).unwrap();
+        assert_eq!((t.range, t.strides), ((64, 192), Some(vec![1, 8])));
+    }
 }
