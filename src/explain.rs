@@ -355,6 +355,10 @@ fn device_fitting<B: Backend>(
         .layer
         .clone()
         .unwrap_or_else(|| net.graph().default_layer.clone());
+    if cfg.method != Method::FullGrad {
+        net.graph()
+            .check_map_size(&crate::cam::multi_layer::target_layers(&layer)?, hw)?;
+    }
     let be = net.backend();
 
     let t0 = Instant::now();

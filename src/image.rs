@@ -616,6 +616,9 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
     }
 }
 
+/// The most a PNG's ancillary chunks may inflate to (ICC profile, text).
+const PNG_CHUNK_BYTES: u64 = 32 << 20;
+
 /// The `image` crate's decoding; Err where it has no decoder for the file (its header).
 /// `unassociated`: an RGBA TIFF's alpha is unassociated ([`tiff_kinds::Header`]).
 fn decode_by_image<R: std::io::BufRead + std::io::Seek>(
@@ -623,13 +626,32 @@ fn decode_by_image<R: std::io::BufRead + std::io::Seek>(
     format: image::ImageFormat,
     unassociated: bool,
 ) -> std::result::Result<std::result::Result<RgbImage, String>, image::ImageError> {
-    let mut reader = image::ImageReader::new(source);
-    reader.set_format(format);
+    let reader = reader_for(source, format);
     // Decoded as `ImageReader::decode` does: the output's bytes are reserved from the default
     // limits and the decoder gets what is left for its own buffers. Unlike `decode`, the
     // decoder is kept long enough to read the EXIF orientation.
     let decoder = reader.into_decoder()?;
     Ok(decode_with(decoder, format, None, unassociated))
+}
+
+/// The `image` crate's reader of `format`, with [`PNG_CHUNK_BYTES`] for PNGs.
+fn reader_for<R: std::io::BufRead + std::io::Seek>(
+    source: R,
+    format: image::ImageFormat,
+) -> image::ImageReader<R> {
+    let mut reader = image::ImageReader::new(source);
+    reader.set_format(format);
+    if format == image::ImageFormat::Png {
+        // The png decoder inflates an ICC profile (iCCP) or a text chunk up to its memory
+        // limit, which the `image` crate sets to a whole image's 512 MiB: a 4 MB file would
+        // take that much before a pixel is read, on every thread. Its pixels are not counted
+        // in this limit (the output buffer is reserved from the default limits below);
+        // profiles are kilobytes to a few megabytes, unused here, and one past it is dropped.
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(PNG_CHUNK_BYTES);
+        reader.limits(limits);
+    }
+    reader
 }
 
 /// A JPEG by the `image` crate's decoder, turned by its first Exif segment's orientation as
@@ -1575,6 +1597,75 @@ mod tests {
         assert!(decode_rgb8(&ico[..ico.len() - 10]).is_err());
         assert!(decode_rgb8(&ico[..6 + 32 + 10]).is_err());
         assert_eq!(small.width(), 8);
+    }
+
+    /// A PNG whose ICC profile (iCCP) inflates past [`PNG_CHUNK_BYTES`] decodes to its
+    /// pixels with the profile dropped, not inflated (the `image` crate would take up to
+    /// 512 MiB for it); a profile of ordinary size is still read.
+    #[test]
+    fn png_profiles_are_inflated_only_so_far() {
+        use image::ImageDecoder;
+        let png_of = |img: &image::GrayImage| {
+            let mut out = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+                .unwrap();
+            out
+        };
+        // A zlib stream of 40 MiB of zeros: the IDAT of a black image that size.
+        let zeros = png_of(&image::GrayImage::new(4096, 10240));
+        let mut zlib = Vec::new();
+        let mut at = 8;
+        while at + 8 <= zeros.len() {
+            let len = u32::from_be_bytes(zeros[at..at + 4].try_into().unwrap()) as usize;
+            if &zeros[at + 4..at + 8] == b"IDAT" {
+                zlib.extend_from_slice(&zeros[at + 8..at + 8 + len]);
+            }
+            at += 12 + len;
+        }
+        let small = image::GrayImage::from_fn(7, 5, |x, y| image::Luma([(x * 30 + y) as u8]));
+        let plain = png_of(&small);
+        let with_profile = |zlib: &[u8]| {
+            let mut data = b"icc\0\0".to_vec();
+            data.extend_from_slice(zlib);
+            let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+            chunk.extend_from_slice(b"iCCP");
+            chunk.extend_from_slice(&data);
+            let crc = crc32(&chunk[4..]);
+            chunk.extend_from_slice(&crc.to_be_bytes());
+            // (After the signature and IHDR: 8 + 25 bytes.)
+            [&plain[..33], &chunk, &plain[33..]].concat()
+        };
+        let profile = |png: &[u8]| {
+            let r = reader_for(std::io::Cursor::new(png), image::ImageFormat::Png);
+            r.into_decoder().unwrap().icc_profile().unwrap()
+        };
+        let bomb = with_profile(&zlib);
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        assert_eq!(profile(&bomb), None);
+        let want = image::DynamicImage::ImageLuma8(small).to_rgb8();
+        assert_eq!(decode_rgb8(&bomb).unwrap(), want);
+        // A profile of 3 bytes, stored (zlib header, one stored block, Adler-32).
+        let stored = [
+            0x78, 0x01, 0x01, 0x03, 0x00, 0xfc, 0xff, 1, 2, 3, 0x00, 0x0d, 0x00, 0x07,
+        ];
+        assert_eq!(profile(&with_profile(&stored)), Some(vec![1, 2, 3]));
+        assert_eq!(decode_rgb8(&with_profile(&stored)).unwrap(), want);
+    }
+
+    /// CRC-32 (ISO-HDLC, as PNG's chunks use it), bit by bit.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    (c >> 1) ^ 0xEDB8_8320
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
     }
 
     /// TGA, which has no signature, is read by its extension; AVIF (no decoder in this

@@ -78,7 +78,10 @@ fn data_end(shape: &[usize], at: usize) -> Option<usize> {
 }
 
 fn not_npy(path: &Path) -> Error {
-    Error::Invalid(format!("{}: not a float32 .npy file", path.display()))
+    Error::Invalid(format!(
+        "{}: not a float32 .npy file in row-major (C) order",
+        path.display()
+    ))
 }
 
 /// The shape and where the data start, from a float32 `.npy` file's first bytes.
@@ -88,7 +91,9 @@ fn parse_header(bytes: &[u8]) -> Option<(Vec<usize>, usize)> {
     }
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(bytes.get(10..10 + hlen)?).ok()?;
-    if !header.contains("'<f4'") {
+    // (numpy writes `'fortran_order': True` for a transposed array saved as it lies: its
+    // elements in another order, which the readers here would take for row-major.)
+    if !header.contains("'<f4'") || !header.contains("'fortran_order': False") {
         return None;
     }
     let inner = header.split("'shape': (").nth(1)?.split(')').next()?;
@@ -121,6 +126,13 @@ mod tests {
             [bytes.as_slice(), &[0; 4]].concat(),
             bytes[..9].to_vec(),
             b"\x89PNG\r\n\x1a\n and more".to_vec(),
+            // (The same bytes said to be column-major: another array.)
+            {
+                let mut b = bytes.clone();
+                let at = (b.windows(5).position(|w| w == b"False")).unwrap();
+                b[at..at + 5].copy_from_slice(b"True ");
+                b
+            },
         ] {
             std::fs::write(&p, &damaged).unwrap();
             assert!(!is_whole_f32(&p), "{} bytes", damaged.len());

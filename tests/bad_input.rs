@@ -68,6 +68,10 @@ fn missing_and_corrupt_model_files() {
             "keras.h5",
             b"\x89HDF\r\n\x1a\n\0\0\0\0\0\x08\x08\0".to_vec(),
         ),
+        (
+            "gz.safetensors",
+            b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03\x03\x00\x00\x00".to_vec(),
+        ),
     ] {
         let p = dir.path().join(name);
         std::fs::write(&p, bytes).unwrap();
@@ -94,6 +98,7 @@ fn missing_and_corrupt_model_files() {
             "old.pt" => "the pickle ends before its STOP",
             "png.safetensors" => "an image, not a model file",
             "keras.h5" => "an HDF5 file (a Keras model?)",
+            "gz.safetensors" => "a gzip-compressed file",
             _ => continue,
         };
         assert!(s.contains(says), "{name}: {s}");
@@ -925,6 +930,17 @@ fn library_entry_points_refuse_what_a_caller_gets_wrong() {
     };
     let s = msg(explain(&net, x, &sess)).1;
     assert!(s.contains("SESS takes 1 to 4096 scales"), "{s}");
+    // SESS on a thin input: a window per few pixels along it at every scale, refused by count.
+    let x = preprocess(&[&img], (4, 4000));
+    let sess = CamRequest {
+        sess: Some(Sess { num_scales: 10 }),
+        ..CamRequest::grad_cam("layer4", &ClassSel::Predicted)
+    };
+    let s = msg(explain(&net, x, &sess)).1;
+    assert!(
+        s.contains("windows of 4x4") && s.contains("too thin for SESS"),
+        "{s}"
+    );
     // ROAD: a class the model does not have, an input of three dims.
     let x = preprocess(&[&img], (128, 128));
     let map = vec![0.5; 128 * 128];

@@ -189,6 +189,11 @@ fn manifests_parse_and_bad_rows_name_their_line() {
         // A lone first field is a short row, not a header.
         ("lone.csv", "a.png\n", ":1: want image,class"),
         ("bad.jsonl", "{\"image\": \"a.png\"}\n", ":1:"),
+        (
+            "typo.jsonl",
+            "{\"image\": \"a.png\", \"class\": 1, \"boxes\": [[0, 0, 1, 1]], \"msk\": \"m.png\"}\n",
+            ":1: unknown field `msk`",
+        ),
         ("empty.csv", "image,class,x0,y0,x1,y1\n", "no images"),
         // A header is read by its names, so one it cannot read is refused, not taken by
         // position (which would swap coordinates without a sign).

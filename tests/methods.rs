@@ -162,6 +162,19 @@ fn cam_family_and_guided_backprop_match_pytorch_grad_cam() {
                 num_scales: s["scales"].as_u64().unwrap() as usize,
             }),
         };
+        // FullGrad takes the gradients' magnitudes: --counterfactual is refused as changing
+        // nothing, and pytorch-grad-cam's counterfactual map is the plain one.
+        let req = match req.method == Method::FullGrad && req.counterfactual {
+            true => {
+                let e = explain(net, x.clone(), &req).err().unwrap().to_string();
+                assert!(e.contains("only their magnitude"), "{id}: {e}");
+                CamRequest {
+                    counterfactual: false,
+                    ..req
+                }
+            }
+            false => req,
+        };
         let out = explain(net, x, &req).unwrap();
         let err = rel_err(&out.logits, &exp.f32("logits"));
         assert!(err < 1e-4, "{id}: logits {err}");

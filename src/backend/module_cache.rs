@@ -76,8 +76,12 @@ impl ModuleCache {
 }
 
 fn default_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("GRADCAM_CACHE_DIR") {
-        return (d != "off").then(|| PathBuf::from(d));
+    // (Empty is unset, as `GRADCAM_CACHE_DIR= gradcam ...` means, not the working folder.)
+    if let Some(d) = std::env::var_os("GRADCAM_CACHE_DIR").filter(|d| !d.is_empty()) {
+        let off = d
+            .to_str()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("off"));
+        return (!off).then(|| PathBuf::from(d));
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)

@@ -32,14 +32,21 @@ impl Default for Finer {
 }
 
 impl Finer {
-    /// The settings checked for a model with `num_classes` classes: ranks from 1 on, one at
-    /// least below the class count, a finite alpha.
+    /// The settings checked for a model with `num_classes` classes: ranks from 1 on, each
+    /// once, one at least below the class count, a finite alpha.
     pub fn check(&self, num_classes: usize) -> Result<()> {
         if self.ranks.is_empty() || self.ranks.contains(&0) {
             return Err(Error::Invalid(format!(
                 "Finer-CAM comparison ranks {:?}: give one or more, from 1 (the class whose \
                  logit is nearest the explained one's)",
                 self.ranks
+            )));
+        }
+        if let Some(r) = (1..self.ranks.len()).find(|&i| self.ranks[..i].contains(&self.ranks[i])) {
+            return Err(Error::Invalid(format!(
+                "Finer-CAM comparison ranks {:?}: rank {} is given twice (its class would be \
+                 compared, and weighed, twice)",
+                self.ranks, self.ranks[r]
             )));
         }
         if !self.ranks.iter().any(|&r| r < num_classes) {
@@ -245,5 +252,7 @@ mod tests {
         assert!(checked(vec![6, 7]).is_err());
         assert!(checked(vec![]).is_err());
         assert!(checked(vec![5, 9]).is_ok());
+        let e = checked(vec![1, 2, 1]).unwrap_err().to_string();
+        assert!(e.contains("rank 1 is given twice"), "{e}");
     }
 }

@@ -162,12 +162,13 @@ impl Method {
                 self.name()
             )));
         }
-        if counterfactual && self == Method::SegEigenCam {
-            return Err(Error::Invalid(
-                "--counterfactual negates gradients; segeigencam uses only their magnitude, so \
-                 its map would not change"
-                    .into(),
-            ));
+        // (FullGrad sums |gradient × bias| and |gradient × input|.)
+        if counterfactual && matches!(self, Method::SegEigenCam | Method::FullGrad) {
+            return Err(Error::Invalid(format!(
+                "--counterfactual negates gradients; {} uses only their magnitude, so its map \
+                 would not change",
+                self.name()
+            )));
         }
         let refuse = |why: &str| {
             Err(Error::Invalid(format!(

@@ -108,6 +108,10 @@ pub(crate) fn explain_sess<B: Backend>(
 /// photograph's copies reach 4.1 times its shorter side (about 2.5 GB at 3000×4000).
 const MAX_SCALED_VALUES: usize = 1 << 27;
 
+/// The most windows SESS explains for one image: 45 times a square image's at 10 scales
+/// (an aspect ratio of about 45:1).
+const MAX_WINDOWS: usize = 4096;
+
 /// What one image's SESS sums so far: the maps times their scores, and plain (pytorch-grad-cam
 /// weighs every map 1 when all scores are 0), each with its count of positive values.
 struct Fusion {
@@ -142,7 +146,18 @@ fn sess_one<B: Backend>(
     if c * lh * lw > MAX_SCALED_VALUES {
         return Err(Error::Invalid(format!(
             "SESS: a {h}x{w} input is rescaled up to {lh}x{lw}, too large to explain window \
-             by window; give a smaller --size (224 is the default) or fewer --sess-scales"
+             by window; give a smaller --size or fewer --sess-scales"
+        )));
+    }
+    // A thin image (2×65000) has a window per pixel pair along its length at every scale.
+    let windows: usize = (scales.iter())
+        .map(|&(sh, sw)| window_starts(sh, win, win).len() * window_starts(sw, win, win).len())
+        .sum();
+    if windows > MAX_WINDOWS {
+        return Err(Error::Invalid(format!(
+            "SESS: a {h}x{w} input makes {windows} windows of {win}x{win} over its scales, one \
+             network pass each (at most {MAX_WINDOWS}; a square input makes about 90): too \
+             thin for SESS; crop it, or give a fixed --size"
         )));
     }
     // Each window's map times its score, pasted and resized back; the positive values summed

@@ -306,7 +306,10 @@ fn parse_jsonl(
     base: &Path,
     classes: &mut Classes,
 ) -> std::result::Result<Vec<Entry>, LineError> {
+    // (Unknown keys are refused, as unknown CSV columns are: a misspelt `mask` would leave
+    // the boxes alone to score against.)
     #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Row {
         image: String,
         /// An index or a label.

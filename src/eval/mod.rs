@@ -30,7 +30,8 @@ pub struct EvalConfig {
     pub loc_threshold: f32,
     /// Pointing game tolerance in pixels (15 in Zhang et al.).
     pub pointing_tolerance: usize,
-    /// Occlusion patch and stride at the model-input size; None skips faithfulness.
+    /// Occlusion patch and stride at the model-input size; None skips faithfulness (as does a
+    /// patch as large as an image's shorter side).
     pub occlusion: Option<(usize, usize)>,
     /// Steps of the deletion / insertion curves; None skips them.
     pub curve_steps: Option<usize>,
@@ -212,6 +213,9 @@ pub fn evaluate_image<B: Backend>(
     let logits = net.forward(be.upload(x.clone())?)?;
     let predicted = argmax(logits.data());
     let occlusion = match cfg.occlusion {
+        // (A patch covering the whole input, as `--size native` may give a small image, is
+        // one occlusion cell: no ranking to compare with, so no faithfulness for the image.)
+        Some((patch, _)) if patch >= hw.0.min(hw.1) => None,
         Some((patch, stride)) => Some(occlusion_map(
             net,
             &x,

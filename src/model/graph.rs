@@ -209,6 +209,27 @@ impl Graph {
         Ok(layer)
     }
 
+    /// Refuses target layers whose activation is one position at an `hw` input: a map of
+    /// one value shows nowhere (scaled to [0, 1], as pytorch-grad-cam scales it, it is all
+    /// zeros). Sizes the network cannot take are refused as [`Graph::shapes`] refuses them.
+    pub fn check_map_size(&self, layers: &[&str], (h, w): (usize, usize)) -> Result<()> {
+        let shapes = self.shapes(&[1, self.in_channels, h, w])?;
+        for &name in layers {
+            let s = &shapes[self.layer(name)?.node];
+            if s.len() == 4 && s[2] * s[3] == 1 {
+                return Err(Error::BadTarget {
+                    name: name.into(),
+                    reason: format!(
+                        "its activation is 1×1 at a {h}×{w} input: a map of one position \
+                         shows nowhere (scaled to [0, 1] it is all zeros); choose an earlier \
+                         layer or a larger input"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn layer_names_summary(&self) -> String {
         let names: Vec<&str> = self.layers.iter().map(|l| l.name.as_str()).collect();
         // Long ResNets have hundreds of layers; show the module-level ones in full and say

@@ -568,6 +568,16 @@ fn other_format(file: &[u8]) -> Option<String> {
                 .into(),
         );
     }
+    if file.starts_with(b"\x1f\x8b") {
+        return Some(
+            "a gzip-compressed file: decompress it first (`gunzip`), then give the \
+             .safetensors or .pth inside"
+                .into(),
+        );
+    }
+    if file.starts_with(b"PK\x05\x06") {
+        return Some("an empty zip archive, not a model file".into());
+    }
     if file.starts_with(b"\x89HDF\r\n\x1a\n") {
         return Some(
             "an HDF5 file (a Keras model?): gradcam reads torchvision VGG and ResNet weights \

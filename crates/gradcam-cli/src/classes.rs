@@ -111,15 +111,21 @@ impl Classes {
 
     /// torchvision's `ImageFolder` layout: each input folder holds one subfolder per class
     /// and an image's class is the subfolder it lies in. Subfolders named by the model's
-    /// labels map by name; otherwise they are ImageFolder's classes, numbered in sorted order
-    /// (ImageNet's sorted WordNet ids are its class indices), which is only right when there is
-    /// one subfolder per class of the model, so any other count is refused.
+    /// labels map by name (case aside, as `--class` reads a label); otherwise they are
+    /// ImageFolder's classes, numbered in sorted order (ImageNet's sorted WordNet ids are its
+    /// class indices), which is only right when there is one subfolder per class of the
+    /// model, so any other count is refused, as is a mix of folders named by labels and
+    /// folders not (a misspelt label would renumber every folder). Folders gradcam wrote
+    /// (`out`, or any holding a run's `run.json` and `summary.csv`) are no classes.
     pub fn from_folders(
         inputs: &[PathBuf],
         num_classes: usize,
         labels: Option<&[String]>,
+        out: &Path,
     ) -> anyhow::Result<Self> {
+        let out = canonical(out);
         let mut by_path = HashMap::new();
+        let mut outputs = Vec::new();
         for root in inputs.iter().filter(|p| p.is_dir()) {
             let mut subs: Vec<(String, PathBuf)> = std::fs::read_dir(root)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", root.display()))?
@@ -128,17 +134,62 @@ impl Classes {
                 .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
                 .filter(|(n, _)| !n.starts_with('.'))
                 .collect();
+            subs.retain(|(_, p)| {
+                let written = canonical(p) == out || crate::resume::holds_a_run(p);
+                if written {
+                    outputs.push(p.clone());
+                }
+                !written
+            });
             subs.sort();
-            let label_of = |n: &str| labels.and_then(|l| l.iter().position(|x| x == n));
             if subs.is_empty() {
                 anyhow::bail!(
-                    "--classes folders: {} holds no subfolders; it reads torchvision's \
+                    "--classes folders: {} holds no subfolders{}; it reads torchvision's \
                      ImageFolder layout, one subfolder of images per class (give the folder \
                      above them, or list the classes in a CSV)",
-                    root.display()
+                    root.display(),
+                    if outputs.is_empty() {
+                        ""
+                    } else {
+                        " but gradcam's output folders"
+                    },
                 );
             }
-            let by_label = subs.iter().all(|(n, _)| label_of(n).is_some());
+            let label_of = |n: &str| {
+                let l = labels?;
+                let exact: Vec<usize> = (0..l.len()).filter(|&i| l[i] == n).collect();
+                let found: Vec<usize> = match exact.is_empty() {
+                    true => (0..l.len())
+                        .filter(|&i| l[i].eq_ignore_ascii_case(n))
+                        .collect(),
+                    false => exact,
+                };
+                // (A label several classes share names none of them.)
+                (found.len() == 1).then(|| found[0])
+            };
+            let others: Vec<&str> = (subs.iter())
+                .filter(|(n, _)| label_of(n).is_none())
+                .map(|(n, _)| n.as_str())
+                .collect();
+            let by_label = others.is_empty();
+            if !by_label && others.len() < subs.len() {
+                let mut list: Vec<String> =
+                    others.iter().take(5).map(|n| format!("`{n}`")).collect();
+                if others.len() > 5 {
+                    list.push(format!("and {} more", others.len() - 5));
+                }
+                anyhow::bail!(
+                    "--classes folders: in {}, {} of the {} class folders are named by the \
+                     model's labels but {} {} not (a misspelling?); name every folder by a label, \
+                     or none (then they are numbered in sorted order, one per class), or list \
+                     the classes in a CSV",
+                    root.display(),
+                    subs.len() - others.len(),
+                    subs.len(),
+                    list.join(", "),
+                    if others.len() == 1 { "is" } else { "are" },
+                );
+            }
             if !by_label && subs.len() != num_classes {
                 anyhow::bail!(
                     "--classes folders: {} holds {} class folders, but the model has {num_classes} \
@@ -147,31 +198,33 @@ impl Classes {
                     root.display(),
                     subs.len(),
                     if labels.is_some() {
-                        " and not all of the folder names are its labels"
+                        " and none of the folder names is one of its labels"
                     } else {
                         ""
                     }
                 );
             }
             for (i, (name, path)) in subs.iter().enumerate() {
-                let class = if by_label {
-                    label_of(name).unwrap_or(i)
-                } else {
-                    i
-                };
-                by_path.insert(canonical(path), class);
+                by_path.insert(canonical(path), label_of(name).unwrap_or(i));
             }
         }
         if by_path.is_empty() {
             anyhow::bail!("--classes folders: none of the inputs is a folder of class folders");
         }
+        let note = (!outputs.is_empty()).then(|| {
+            let names: Vec<String> = outputs.iter().map(|p| p.display().to_string()).collect();
+            format!(
+                "--classes folders: {} left out of the classes: gradcam's output folder",
+                names.join(", ")
+            )
+        });
         Ok(Classes {
             source: "the class folders".into(),
             by_path,
             folders: true,
             listed: Vec::new(),
             base: PathBuf::new(),
-            note: None,
+            note,
         })
     }
 
@@ -385,25 +438,53 @@ mod tests {
             std::fs::write(&p, b"x").unwrap();
         }
         std::fs::write(root.join("loose.png"), b"x").unwrap();
-        let c = Classes::from_folders(std::slice::from_ref(&root), 3, None).unwrap();
+        let out = dir.path().join("out");
+        let c = Classes::from_folders(std::slice::from_ref(&root), 3, None, &out).unwrap();
         assert_eq!(c.of(&root.join("n1/deep/y.png")), Ok(0));
         assert_eq!(c.of(&root.join("n2/x.png")), Ok(1));
         assert_eq!(c.of(&root.join("n3/z.png")), Ok(2));
         assert!(c.of(&root.join("loose.png")).is_err());
         // Four classes, three folders: the sorted numbering would be wrong, so it is refused...
-        let Err(e) = Classes::from_folders(std::slice::from_ref(&root), 4, None) else {
+        let Err(e) = Classes::from_folders(std::slice::from_ref(&root), 4, None, &out) else {
             panic!("three folders numbered as four classes")
         };
         assert!(e.to_string().contains("holds 3 class folders"), "{e}");
         // A folder of images without class folders: said so.
-        let Err(e) = Classes::from_folders(&[root.join("n2")], 3, None) else {
+        let Err(e) = Classes::from_folders(&[root.join("n2")], 3, None, &out) else {
             panic!("a flat folder read as class folders")
         };
         assert!(e.to_string().contains("n2 holds no subfolders"), "{e}");
         // ...unless the folders are named by the model's labels.
         let labels: Vec<String> = ["n0", "n3", "n1", "n2"].map(String::from).to_vec();
-        let c = Classes::from_folders(std::slice::from_ref(&root), 4, Some(&labels)).unwrap();
+        let c = Classes::from_folders(std::slice::from_ref(&root), 4, Some(&labels), &out).unwrap();
         assert_eq!(c.of(&root.join("n1/deep/y.png")), Ok(2));
         assert_eq!(c.of(&root.join("n3/z.png")), Ok(1));
+        // Labels match case aside; a mix of label and other names is refused, naming the
+        // others (sorted numbering would give every folder a wrong class).
+        let upper: Vec<String> = ["N0", "N3", "N1", "N2"].map(String::from).to_vec();
+        let c = Classes::from_folders(std::slice::from_ref(&root), 4, Some(&upper), &out).unwrap();
+        assert_eq!(c.of(&root.join("n3/z.png")), Ok(1));
+        let typo: Vec<String> = ["n1", "n2", "n4"].map(String::from).to_vec();
+        let Err(e) = Classes::from_folders(std::slice::from_ref(&root), 3, Some(&typo), &out)
+        else {
+            panic!("a folder that is no label numbered in sorted order")
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("2 of the 3 class folders") && e.contains("but `n3` is not"),
+            "{e}"
+        );
+        // gradcam's output folders are no classes: the --out folder, or one with a run.json
+        // (an earlier run's), with a note.
+        for o in ["out", "old-run"] {
+            std::fs::create_dir_all(root.join(o)).unwrap();
+        }
+        std::fs::write(root.join("old-run/run.json"), b"{}").unwrap();
+        std::fs::write(root.join("old-run/summary.csv"), b"image\n").unwrap();
+        let c =
+            Classes::from_folders(std::slice::from_ref(&root), 3, None, &root.join("out")).unwrap();
+        assert_eq!(c.of(&root.join("n3/z.png")), Ok(2));
+        let note = c.note.unwrap();
+        assert!(note.contains("old-run") && note.contains("out"), "{note}");
     }
 }

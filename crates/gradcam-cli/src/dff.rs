@@ -2,7 +2,7 @@
 //! k concepts shared by every image, each named by the classes the network gives it, and per
 //! image an overlay colouring each pixel by its concept.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -28,6 +28,28 @@ fn memory_needed(held: usize, fewest: usize, left: usize, channels: usize, k: us
         .saturating_mul(fewest as u64)
         .saturating_add(held as u64);
     positions.saturating_mul((channels as u64 + 3 * k as u64) * 4)
+}
+
+/// The run-wide files `dff` writes, over an earlier `dff` run's only (its dff.json is
+/// there): a file of the same name somebody else put in `--out` is refused, not replaced.
+fn refuse_foreign_reports(out: &Path) -> anyhow::Result<()> {
+    let report = out.join("dff.json");
+    let earlier = (std::fs::read(&report).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v.get("concepts").is_some() && v.get("nmf_iterations").is_some());
+    if earlier {
+        return Ok(());
+    }
+    for name in ["dff.json", "concepts.npy", "concepts_by_group.csv"] {
+        if out.join(name).exists() {
+            anyhow::bail!(
+                "--out {}: holds a {name} that no `gradcam dff` run wrote (none's dff.json is \
+                 there); choose another --out, or move it",
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Images listed per concept in dff.json.
@@ -100,6 +122,7 @@ fn dff_all<B: Backend>(
     let host = net.backend().host_activations();
     let mut passes = PassSizes::forward_to(graph, &layer, host, size, a.batch as usize)?;
     inputs::create_out_dir(&a.out)?;
+    refuse_foreign_reports(&a.out)?;
 
     // The activations of every image that decodes, `batch` images of one size per pass.
     let bar = ProgressBar::new(files.len() as u64);
@@ -217,6 +240,16 @@ fn dff_all<B: Backend>(
     if k > channels {
         bar.finish_and_clear();
         anyhow::bail!("--components {k}: more concepts than the {channels} channels of {layer}");
+    }
+    // (Each position of each image is a row of the factorised matrix: more concepts than
+    // rows leave some holding nothing.)
+    if k > held {
+        bar.finish_and_clear();
+        anyhow::bail!(
+            "--components {k}: more concepts than the {held} positions of {layer} over the \
+             images ({}); give fewer, or more images",
+            kept.len()
+        );
     }
     if let Some(note) = passes.cut_note("large images", "--batch") {
         bar.suspend(|| eprintln!("note: {note}"));

@@ -81,7 +81,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = gradcam::eval::road::NOISE)]
     road_noise: f32,
     /// Skip ROAD (it runs the network twice per percentile per map).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["road_percentiles", "road_noise"])]
     no_road: bool,
     /// Write the per-image and aggregate results here as JSON.
     #[arg(long, short)]
@@ -156,6 +156,14 @@ fn eval_on<B: Backend>(
             net.graph().target(l)?;
         }
     }
+    if let (InputSize::Square(s), true) = (size, methods.iter().any(|&m| m != Method::FullGrad)) {
+        let at = layer
+            .clone()
+            .unwrap_or_else(|| net.graph().default_layer.clone());
+        if let Err(e) = net.graph().check_map_size(&target_layers(&at)?, (s, s)) {
+            anyhow::bail!("{}: {e}", crate::size_said(a.size, net.graph(), s));
+        }
+    }
     let cfg = EvalConfig {
         layer: layer.clone(),
         size,
@@ -182,6 +190,7 @@ fn eval_on<B: Backend>(
         if out.is_dir() || dir.is_some_and(|d| !d.is_dir()) {
             anyhow::bail!("--out {}: not a file in an existing folder", out.display());
         }
+        crate::inputs::check_report_out("--out", out, &[a.manifest.as_path()])?;
     }
     // On the CPU the copies an image's measures run (occlusion, curves, ROAD, Score-CAM) go
     // through fewer at a time at large sizes, as explain's passes do, and an image one pass

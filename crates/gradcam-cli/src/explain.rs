@@ -387,11 +387,17 @@ fn explain_all<B: Backend>(
     if let InputSize::Square(s) = size {
         // Every image is resized to it: a size the network cannot take fails the run, not
         // each image alike.
+        let said = crate::size_said(a.size, graph, s);
         if let Err(e) = graph.shapes(&[1, graph.in_channels, s, s]) {
-            anyhow::bail!("--size {s}: {e}");
+            anyhow::bail!("{said}: {e}");
+        }
+        if a.method != Method::FullGrad {
+            if let Err(e) = graph.check_map_size(&target_layers(&layer)?, (s, s)) {
+                anyhow::bail!("{said}: {e}");
+            }
         }
         if let Some(why) = passes.too_large((s, s)) {
-            anyhow::bail!("--size {s}: {why}");
+            anyhow::bail!("{said}: {why}");
         }
     }
     let class = match a.class.as_deref() {
@@ -436,9 +442,11 @@ fn explain_all<B: Backend>(
     }
     let (n, labels) = (graph.num_classes, graph.labels.as_deref());
     let classes = match a.classes.as_deref() {
-        Some(f) if f == Path::new("folders") => Some(Classes::from_folders(&a.inputs, n, labels)?),
         Some(f) => {
-            let c = Classes::load(f, n, labels)?;
+            let c = match f == Path::new("folders") {
+                true => Classes::from_folders(&a.inputs, n, labels, &a.out)?,
+                false => Classes::load(f, n, labels)?,
+            };
             if let Some(note) = &c.note {
                 eprintln!("note: {note}");
             }

@@ -27,9 +27,10 @@ const OUTPUT_SUFFIXES: &[&str] = &[
 /// extension, recursively, sorted), skipping hidden entries (`.git`, macOS's `._name.jpg`
 /// resource forks), folders already walked (a symbolic link back up the tree) and the output
 /// folder `skip` (so a second run over a tree that holds it does not explain the first run's
-/// overlays), or, where the output folder is the one given or inside it, the images a run
-/// wrote there ([`OUTPUT_SUFFIXES`] after a stem it [`Written::holds`]). Paths that do not
-/// exist come back as errors.
+/// overlays) and any other run's output folder below a folder given (with a note), or, where
+/// the output folder is the one given or inside it, the images a run wrote there
+/// ([`OUTPUT_SUFFIXES`] after a stem it [`Written::holds`]). Paths that do not exist come
+/// back as errors.
 pub fn collect(
     paths: &[PathBuf],
     skip: Option<(&Path, &Written)>,
@@ -98,7 +99,20 @@ fn walk(
             continue;
         }
         let p = e.path();
-        if p.is_dir() {
+        // A folder whose path the system cannot follow (longer than PATH_MAX, 4096 bytes on
+        // Linux) is said, not passed over as if it were no folder.
+        if let (Err(why), Ok(true)) = (std::fs::metadata(&p), e.file_type().map(|t| t.is_dir())) {
+            errors.push((p, format!("cannot be read as a folder: {why}")));
+            continue;
+        }
+        if p.is_dir() && crate::resume::holds_a_run(&p) && !walked.contains(&canonical(&p)) {
+            // An earlier run's output folder inside the data: its overlays are no data.
+            eprintln!(
+                "note: {}: left out, it holds the outputs of a gradcam run (run.json, \
+                 summary.csv); name it to explain its images",
+                p.display()
+            );
+        } else if p.is_dir() {
             walk(&p, out, errors, walked, out_dir);
         } else if in_out_dir.as_ref().is_some_and(|(prefix, written)| {
             let name = e.file_name().to_string_lossy().to_lowercase();
@@ -115,6 +129,33 @@ fn walk(
             out.push(p);
         }
     }
+}
+
+/// Refuses a report file `out` (`flag` names it) that would write over one of the command's
+/// own `inputs`, and one that cannot be written, before the work: a new file is made and
+/// removed again, an existing one opened without being changed.
+pub fn check_report_out(flag: &str, out: &Path, inputs: &[&Path]) -> anyhow::Result<()> {
+    let target = canonical(out);
+    if let Some(i) = inputs.iter().find(|i| canonical(i) == target) {
+        anyhow::bail!(
+            "{flag} {}: that is the input {}; the report would write over it",
+            out.display(),
+            i.display()
+        );
+    }
+    if out.is_dir() {
+        anyhow::bail!("{flag} {}: a folder, not a file", out.display());
+    }
+    let existed = out.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(out)
+        .map_err(|e| anyhow::anyhow!("{flag} {}: cannot be written: {e}", out.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(out);
+    }
+    Ok(())
 }
 
 /// The same file or folder however it is named (`./a.png`, `data/../data/a.png`, a link);
@@ -382,6 +423,14 @@ mod tests {
             Some((&sub_out, &Written::Nothing)),
         );
         assert_eq!(files, [&sub[..], &rest[1..]].concat());
+        // Another run's output folder below a folder given is left out (not when given).
+        for f in ["run.json", "summary.csv"] {
+            std::fs::write(data.join("sub").join(f), b"x").unwrap();
+        }
+        let (files, _) = collect(std::slice::from_ref(&data), None);
+        assert_eq!(files, ["b.PNG", "e.jfif", "f.pam"].map(|n| data.join(n)));
+        let (files, _) = collect(std::slice::from_ref(&sub_out), None);
+        assert_eq!(files[..3], sub);
     }
 
     /// Stems mirror the tree under each folder given; repeats get a number.

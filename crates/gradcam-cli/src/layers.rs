@@ -12,6 +12,14 @@ pub struct LayersArgs {
     /// Weights with torchvision's state_dict names: safetensors, or a torch.save .pth/.pt
     /// (default: the demo model).
     model: Option<std::path::PathBuf>,
+    /// The same, as the other commands take it.
+    #[arg(
+        long = "model",
+        short = 'm',
+        value_name = "MODEL",
+        conflicts_with = "model"
+    )]
+    model_flag: Option<std::path::PathBuf>,
     /// Force the architecture instead of detecting it.
     #[arg(long)]
     arch: Option<String>,
@@ -21,7 +29,7 @@ pub struct LayersArgs {
 }
 
 pub fn run(a: LayersArgs) -> anyhow::Result<ExitCode> {
-    let g = load_graph(a.model.as_deref(), a.arch.as_deref())?;
+    let g = load_graph(a.model.or(a.model_flag).as_deref(), a.arch.as_deref())?;
     let hw = match input_size(a.size, &g) {
         InputSize::Square(s) => s,
         InputSize::Native => anyhow::bail!("`layers` needs a numeric --size"),

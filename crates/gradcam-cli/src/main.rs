@@ -169,6 +169,7 @@ pub enum Device {
     Auto,
     Cpu,
     /// The first NVIDIA GPU; an error naming what is missing when there is none.
+    #[value(alias = "gpu")]
     Cuda,
     /// The CUDA kernels on the CPU emulator (very slow; for testing the GPU code path).
     Emu,
@@ -225,8 +226,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    // (0: rayon's default, every core.)
-    if let Some(t) = cli.threads {
+    // (0: rayon's default, every core. The count is given to rayon whichever way it came:
+    // rayon reads RAYON_NUM_THREADS untrimmed, and ` 1 ` would be every core.)
+    if let Some((t, _)) = asked {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(t)
             .build_global()
@@ -289,6 +291,16 @@ pub fn load_graph(
         );
     }
     Ok(graph)
+}
+
+/// The input size `s` as a message names it: `--size S` where given, else where it came
+/// from (the model file's metadata, or the default).
+pub fn size_said(given: Option<InputSize>, g: &gradcam::model::Graph, s: usize) -> String {
+    match (given, g.input_size) {
+        (Some(_), _) => format!("--size {s}"),
+        (None, Some(_)) => format!("the model's input size {s} (its metadata; --size changes it)"),
+        (None, None) => format!("the default --size {s}"),
+    }
 }
 
 /// `--size` if given, else the model's own input size (metadata), else 224.

@@ -28,6 +28,10 @@ pub fn write(
     let mut names = HashSet::new();
     let (mut written, mut without, mut missing) = (0, 0, 0);
     for (key, g) in groups {
+        // (A group of failed images, `(failed)`, has no maps to miss.)
+        if g.members.iter().all(|&i| !rows[i].ok) {
+            continue;
+        }
         let members = g.members.iter().map(|&i| &rows[i]);
         let Some((hw, mean)) = mean_map(base, members, &mut missing)? else {
             without += 1;
@@ -41,6 +45,12 @@ pub fn write(
             .save(&png)
             .with_context(|| format!("writing {}", png.display()))?;
         written += 1;
+    }
+    if written == 0 && !rows.iter().any(|r| r.ok) {
+        anyhow::bail!(
+            "--maps: every image in the summary in {} failed: there are no maps to average",
+            base.display()
+        );
     }
     if written == 0 {
         anyhow::bail!(
@@ -213,14 +223,14 @@ mod tests {
         npy("b", &[2, 2], &[0.0, 1.0, 0.0, 0.5]);
         npy("sub/c", &[3, 3], &[0.25; 9]);
         // Class 2 (e) has only maps that are no maps (empty, NaN): left out; the failed
-        // group has none.
+        // group has none to miss (not counted).
         npy("e", &[0, 0], &[]);
         let out = base.join("maps");
         let (written, without) = write(&out, base, &rows, &groups, Colormap::JET).unwrap();
-        assert_eq!((written, without), (1, 2));
+        assert_eq!((written, without), (1, 1));
         npy("e", &[1, 2], &[f32::NAN, 1.0]);
         let (written, without) = write(&out, base, &rows, &groups, Colormap::JET).unwrap();
-        assert_eq!((written, without), (1, 2));
+        assert_eq!((written, without), (1, 1));
         let (shape, mean) = gradcam::npy::read_f32(&out.join("1.mean.npy")).unwrap();
         assert_eq!(shape, [2, 2]);
         let want = [1.25 / 3.0, 1.25 / 3.0, 0.25 / 3.0, 0.75 / 3.0];

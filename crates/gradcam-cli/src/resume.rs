@@ -20,6 +20,12 @@ pub const SETTINGS: &str = "run.json";
 /// The image stem that would write over [`SETTINGS`] (`run.jpg` → `run.json`): never given.
 pub const SETTINGS_STEM: &str = "run";
 
+/// Whether `dir` is an output folder of an `explain` run (it holds a [`SETTINGS`] and a
+/// `summary.csv`): no data set's folder, so neither walked for images nor a class.
+pub fn holds_a_run(dir: &Path) -> bool {
+    dir.join(SETTINGS).is_file() && dir.join(FILE).is_file()
+}
+
 /// What an output folder holds of a run's outputs. Where no run wrote (no `run.json`), files
 /// named like outputs (`<stem>.overlay.png`) are somebody's: images to explain, never written
 /// over. Where one did, those of its stems are its outputs, skipped as inputs.

@@ -105,6 +105,10 @@ pub fn run(a: SelftestArgs) -> anyhow::Result<ExitCode> {
     let precision: Precision = a.precision.into();
     let cpu = match a.precision {
         PrecisionArg::Bf16 => crate::cpu_bf16("checking the f32 ones"),
+        PrecisionArg::F16 if matches!(a.device, SelftestDevice::Cpu) => {
+            eprintln!("note: the CPU has no f16 convolutions; checking the f32 ones");
+            CpuBackend::fast()
+        }
         _ => CpuBackend::fast(),
     };
     let (name, mut checks, tol) = match a.device {

@@ -165,6 +165,17 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
         false => a.summary.clone(),
     };
     let text = crate::inputs::read_text(&file).with_context(|| format!("{}", file.display()))?;
+    if let Some(out) = &a.out {
+        let inputs = [Some(file.as_path()), a.groups.as_deref()];
+        crate::inputs::check_report_out(
+            "--out",
+            out,
+            &inputs.into_iter().flatten().collect::<Vec<_>>(),
+        )?;
+    }
+    if let Some(maps) = a.maps.as_ref().filter(|m| m.exists() && !m.is_dir()) {
+        anyhow::bail!("--maps {}: a file, not a folder", maps.display());
+    }
     let rows = parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     if rows.is_empty() {
         anyhow::bail!("{}: no rows under the header", file.display());
@@ -177,7 +188,8 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
                     .get(&canonical(Path::new(&r.image)))
                     .map_or(Key::Unlisted, |g| Key::Name(g.clone()))
             });
-            if grouped.iter().all(|(k, _)| matches!(k, Key::Unlisted)) {
+            // (Rows of failed images may be grouped apart: whether any row is named decides.)
+            if !(rows.iter()).any(|r| named.contains_key(&canonical(Path::new(&r.image)))) {
                 eprintln!(
                     "warning: {} names none of the {} images in {} (its paths are read \
                      relative to its own folder)",
@@ -299,10 +311,12 @@ pub fn by_column(r: &Row, by: By) -> Key {
     match by {
         By::Class => class(&r.class),
         By::Predicted => class(&r.predicted),
+        // (An image given from the working folder, `a.png`, lies in `.`, not in ``.)
         By::Folder => Key::Name(
-            Path::new(&r.image)
-                .parent()
-                .map_or(String::new(), |p| p.display().to_string()),
+            (Path::new(&r.image).parent())
+                .map(|p| p.display().to_string())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| ".".into()),
         ),
     }
 }

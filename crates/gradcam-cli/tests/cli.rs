@@ -567,6 +567,15 @@ fn fatal_errors_exit_2_with_a_clear_message() {
             &["dff", a, "-m", &m, "--batch", "0"],
             "0 is not in 1..=4096",
         ),
+        (
+            &["eval", manifest, "-m", &m, "--no-road", "--road-noise", "5"],
+            "cannot be used with",
+        ),
+        // A report over its own manifest.
+        (
+            &["eval", manifest, "-m", &m, "-o", manifest],
+            "that is the input",
+        ),
     ];
     for (args, needle) in cases {
         let o = gradcam(args);
@@ -882,6 +891,11 @@ fn layers_lists_module_paths_with_shapes() {
             .any(|l| l.starts_with("features.28 ") && l.contains("[32, 7, 7]")),
         "{text}"
     );
+    // `--model`, as every other command takes it, lists the same.
+    let vgg = fixtures().join("vgg_bn_tiny.safetensors");
+    let flag = gradcam(&["layers", "--model", vgg.to_str().unwrap()]);
+    assert!(flag.status.success(), "{}", stderr(&flag));
+    assert_eq!(flag.stdout, o.stdout);
 }
 
 #[test]
@@ -1143,6 +1157,10 @@ fn targets_shapley_cam_and_fem_settings() {
         (
             &["--method", "segeigencam", "--counterfactual"][..],
             "magnitude",
+        ),
+        (
+            &["--method", "fullgrad", "--counterfactual"][..],
+            "fullgrad uses only their magnitude",
         ),
         (&["--kpca-kernel", "rbf"][..], "--method kpcacam"),
         (
@@ -2007,6 +2025,30 @@ fn summarize_groups_a_runs_rows() {
     let o = gradcam(&["summarize", list.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a summary.csv"), "{}", stderr(&o));
+    // The table is never written over the run's own summary.csv.
+    let summary = out.join("summary.csv");
+    let before = std::fs::read(&summary).unwrap();
+    let o = gradcam(&[
+        "summarize",
+        out.to_str().unwrap(),
+        "--out",
+        summary.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("that is the input"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&summary).unwrap(), before);
+    // A groups file naming none of the run's images (paths relative to it) is said, though
+    // the failed image is grouped apart.
+    let stray = dir.path().join("stray.csv");
+    std::fs::write(&stray, "x/a.png,g\nx/b.png,g\n").unwrap();
+    let o = gradcam(&[
+        "summarize",
+        out.to_str().unwrap(),
+        "--groups",
+        stray.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("names none of the"), "{}", stderr(&o));
 
     // Mean maps need the maps: none were written above.
     let maps = dir.path().join("maps");
@@ -2152,6 +2194,33 @@ fn dff_never_writes_over_an_input() {
     );
     assert!(imgs.join("a-2.dff.png").is_file());
     assert!(imgs.join("a.dff.dff.png").is_file());
+    // A second run goes over the first's reports; not over somebody's file of that name.
+    let again = |out: &Path| {
+        gradcam(&[
+            "dff",
+            a.to_str().unwrap(),
+            "-k",
+            "2",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    let o = again(&imgs);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("concepts_by_group.csv"), b"mine\n").unwrap();
+    let o = again(&other);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no `gradcam dff` run wrote"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(other.join("concepts_by_group.csv")).unwrap(),
+        b"mine\n"
+    );
 }
 
 #[test]
@@ -2348,6 +2417,8 @@ fn dff_factorises_a_folder_together() {
     for (args, what) in [
         (vec!["-k", "0"], "--components"),
         (vec!["-k", "500"], "more concepts than the 128 channels"),
+        // (After the activations: 4×4 positions for each of the five images at layer4.)
+        (vec!["-k", "100"], "more concepts than the 80 positions"),
         (vec!["--layer", "layer9"], "layer9"),
         (vec!["--layer", "layer3,layer4"], "one layer"),
         (vec!["--image-weight", "2"], "--image-weight"),
