@@ -233,7 +233,12 @@ pub fn peek_dims(path: &Path) -> Option<(u32, u32)> {
                 let file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
                 tiff::decoder::Decoder::new(file).ok()?.dimensions().ok()
             }),
-        _ => guarded(|| reader.into_dimensions().map_err(|e| e.to_string())).ok(),
+        // (A PNG's header is read up to its pixels, ICC profile included: limited as when
+        // it is decoded.)
+        f => {
+            let file = std::io::BufReader::new(std::fs::File::open(path).ok()?);
+            guarded(|| (reader_for(file, f).into_dimensions()).map_err(|e| e.to_string())).ok()
+        }
     }
 }
 
