@@ -102,6 +102,13 @@ pub fn run(a: DffArgs) -> anyhow::Result<ExitCode> {
     if files.is_empty() {
         anyhow::bail!("no images to factorise");
     }
+    if let Some((n, first)) = inputs::repeats(&files) {
+        eprintln!(
+            "note: {n} input(s) are files already given (the first: {}): each is factorised \
+             again, its positions counted once more, and has an overlay of its own",
+            first.display()
+        );
+    }
     let net = load_network(&a.model)?;
     with_network!(net, net => dff_all(a, &net, files, failures.len()))
 }

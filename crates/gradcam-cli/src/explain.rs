@@ -260,15 +260,10 @@ const FULL_GRAD_LAYERS: &str = "every layer with a bias (fullgrad)";
 /// each time in summary.csv, which an audit's counts would take for two images. (One folder
 /// alone walks each of its folders once: only several inputs can overlap.)
 fn note_repeats(files: &[PathBuf]) {
-    let mut seen = std::collections::HashSet::new();
-    let repeats: Vec<&PathBuf> = (files.iter())
-        .filter(|f| !seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.to_path_buf())))
-        .collect();
-    if let Some(first) = repeats.first() {
+    if let Some((n, first)) = inputs::repeats(files) {
         eprintln!(
-            "note: {} input(s) are files already given (the first: {}): each is explained \
+            "note: {n} input(s) are files already given (the first: {}): each is explained \
              again, under a stem of its own, and has another row in summary.csv",
-            repeats.len(),
             first.display()
         );
     }

@@ -131,6 +131,16 @@ fn walk(
     }
 }
 
+/// How many of `files` name a file given before them (a folder and a file inside it, two
+/// names of one file), and the first such.
+pub fn repeats(files: &[PathBuf]) -> Option<(usize, &PathBuf)> {
+    let mut seen = HashSet::new();
+    let again: Vec<&PathBuf> = (files.iter())
+        .filter(|f| !seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.to_path_buf())))
+        .collect();
+    again.first().map(|&f| (again.len(), f))
+}
+
 /// Refuses a report file `out` (`flag` names it) that would write over one of the command's
 /// own `inputs`, and one that cannot be written, before the work: a new file is made and
 /// removed again, an existing one opened without being changed.

@@ -2207,6 +2207,23 @@ fn dff_never_writes_over_an_input() {
     };
     let o = again(&imgs);
     assert!(o.status.success(), "{}", stderr(&o));
+    // A file given twice is factorised twice, with a note.
+    let twice = dir.path().join("twice");
+    let o = gradcam(&[
+        "dff",
+        a.to_str().unwrap(),
+        a.to_str().unwrap(),
+        "-k",
+        "2",
+        "-o",
+        twice.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1 input(s) are files already given"),
+        "{}",
+        stderr(&o)
+    );
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
     std::fs::write(other.join("concepts_by_group.csv"), b"mine\n").unwrap();
