@@ -621,8 +621,9 @@ fn decode_unguarded<R: std::io::BufRead + std::io::Seek>(
     }
 }
 
-/// The most a PNG's ancillary chunks may inflate to (ICC profile, text).
-const PNG_CHUNK_BYTES: u64 = 32 << 20;
+/// The most a PNG's ancillary chunks may take in all (ICC profile, text, XMP, EXIF), an
+/// eighth of a whole image's limit.
+const PNG_CHUNK_BYTES: u64 = 64 << 20;
 
 /// The `image` crate's decoding; Err where it has no decoder for the file (its header).
 /// `unassociated`: an RGBA TIFF's alpha is unassociated ([`tiff_kinds::Header`]).
@@ -635,7 +636,15 @@ fn decode_by_image<R: std::io::BufRead + std::io::Seek>(
     // Decoded as `ImageReader::decode` does: the output's bytes are reserved from the default
     // limits and the decoder gets what is left for its own buffers. Unlike `decode`, the
     // decoder is kept long enough to read the EXIF orientation.
-    let decoder = reader.into_decoder()?;
+    let decoder = match reader.into_decoder() {
+        Err(image::ImageError::Limits(_)) if format == image::ImageFormat::Png => {
+            return Ok(Err(format!(
+                "its metadata chunks (text, XMP, EXIF) take more than the {} MiB allowed",
+                PNG_CHUNK_BYTES >> 20
+            )))
+        }
+        r => r?,
+    };
     Ok(decode_with(decoder, format, None, unassociated))
 }
 
@@ -650,8 +659,8 @@ fn reader_for<R: std::io::BufRead + std::io::Seek>(
         // The png decoder inflates an ICC profile (iCCP) or a text chunk up to its memory
         // limit, which the `image` crate sets to a whole image's 512 MiB: a 4 MB file would
         // take that much before a pixel is read, on every thread. Its pixels are not counted
-        // in this limit (the output buffer is reserved from the default limits below);
-        // profiles are kilobytes to a few megabytes, unused here, and one past it is dropped.
+        // in this limit (the output buffer is reserved from the default limits below). A
+        // profile past it is dropped (it is unused here); text past it fails the file.
         let mut limits = image::Limits::default();
         limits.max_alloc = Some(PNG_CHUNK_BYTES);
         reader.limits(limits);
@@ -1616,8 +1625,8 @@ mod tests {
                 .unwrap();
             out
         };
-        // A zlib stream of 40 MiB of zeros: the IDAT of a black image that size.
-        let zeros = png_of(&image::GrayImage::new(4096, 10240));
+        // A zlib stream of 80 MiB of zeros: the IDAT of a black image that size.
+        let zeros = png_of(&image::GrayImage::new(8192, 10240));
         let mut zlib = Vec::new();
         let mut at = 8;
         while at + 8 <= zeros.len() {

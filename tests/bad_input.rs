@@ -644,6 +644,19 @@ fn impossible_models_are_refused_at_load() {
             "{mean} {std}: {s}"
         );
     }
+    // A caller's normalisation (--mean/--std) replaces the metadata's, unread: a file whose
+    // metadata is wrong still loads with one given.
+    let meta = [
+        ("mean", "[123.7, 116.3, 103.5]"),
+        ("std", "[58.4, 57.1, 57.4]"),
+    ];
+    let p = write_with_metadata(&dir, "n255.safetensors", &dict(), &meta);
+    let (_, s) = msg(model::load(&p, None));
+    assert!(s.contains("--mean/--std override it"), "{s}");
+    let mut w = model::Weights::open(&p).unwrap();
+    let half = gradcam::image::Normalization::new([0.5; 3], [0.5; 3]).unwrap();
+    w.set_normalization(half);
+    assert_eq!(model::build(&w, None).unwrap().normalization, half);
     let p = write_with_metadata(
         &dir,
         "m.safetensors",
@@ -908,6 +921,10 @@ fn library_entry_points_refuse_what_a_caller_gets_wrong() {
         .1;
         assert!(s.contains("sides from 1 to 8192"), "{s}");
     }
+    // At the image's own size, an image so small the layer is one position fails alone.
+    let tiny = RgbImage::new(8, 8);
+    let s = msg(explain_batch(&net, &[&tiny], &cfg(InputSize::Native), t)).1;
+    assert!(s.contains("its activation is 1×1 at a 8×8 input"), "{s}");
     // A finish given other images than the batch was queued with.
     let queued = explain_batch_device(&net, &[&img, &img], &cfg(InputSize::Square(128)), t);
     let s = msg(queued
@@ -1063,15 +1080,15 @@ fn tensors_past_the_memory_limit_are_refused_by_name() {
     let p = write(&dir, "m.safetensors", &d);
     let f32_bytes: usize = d.iter().map(|(_, t)| 4 * t.data().len()).sum();
     let mut w = model::Weights::open(&p).unwrap();
-    w.limit_memory(f32_bytes as u64 - 1);
+    w.limit_memory(f32_bytes as u64 - 1, "the test's");
     let (e, s) = msg(model::build(&w, None));
     assert!(matches!(e, Error::Invalid(_)), "{e:?}");
     assert!(
-        s.contains("m.safetensors: tensor `") && s.contains("of memory allowed"),
+        s.contains("m.safetensors: tensor `") && s.contains("more than the test's"),
         "{s}"
     );
     // Exactly the model's f32 size is enough.
     let mut w = model::Weights::open(&p).unwrap();
-    w.limit_memory(f32_bytes as u64);
+    w.limit_memory(f32_bytes as u64, "the test's");
     model::build(&w, None).unwrap();
 }

@@ -160,7 +160,8 @@ fn manifests_parse_and_bad_rows_name_their_line() {
     let jl = dir.path().join("m.jsonl");
     std::fs::write(
         &jl,
-        "{\"image\": \"a.png\", \"class\": 2, \"boxes\": [[0, 0, 3, 3]]}\n",
+        // (Keys of the data set's own, an id, are passed over.)
+        "{\"image\": \"a.png\", \"class\": 2, \"boxes\": [[0, 0, 3, 3]], \"id\": 7}\n",
     )
     .unwrap();
     assert_eq!(manifest::load(&jl, None, None).unwrap()[0].class, 2);
@@ -192,7 +193,7 @@ fn manifests_parse_and_bad_rows_name_their_line() {
         (
             "typo.jsonl",
             "{\"image\": \"a.png\", \"class\": 1, \"boxes\": [[0, 0, 1, 1]], \"msk\": \"m.png\"}\n",
-            ":1: unknown field `msk`",
+            ":1: unknown key `msk` (`mask`?)",
         ),
         ("empty.csv", "image,class,x0,y0,x1,y1\n", "no images"),
         // A header is read by its names, so one it cannot read is refused, not taken by

@@ -108,9 +108,9 @@ pub(crate) fn explain_sess<B: Backend>(
 /// photograph's copies reach 4.1 times its shorter side (about 2.5 GB at 3000×4000).
 const MAX_SCALED_VALUES: usize = 1 << 27;
 
-/// The most windows SESS explains for one image: 45 times a square image's at 10 scales
-/// (an aspect ratio of about 45:1).
-const MAX_WINDOWS: usize = 4096;
+/// The most windows SESS explains for one image, as a multiple of a square input's at as many
+/// scales: an aspect ratio of about 35:1 (a 10:1 panorama makes about 9 times a square's).
+const MAX_THINNESS: usize = 32;
 
 /// What one image's SESS sums so far: the maps times their scores, and plain (pytorch-grad-cam
 /// weighs every map 1 when all scores are 0), each with its count of positive values.
@@ -149,15 +149,24 @@ fn sess_one<B: Backend>(
              by window; give a smaller --size or fewer --sess-scales"
         )));
     }
-    // A thin image (2×65000) has a window per pixel pair along its length at every scale.
-    let windows: usize = (scales.iter())
-        .map(|&(sh, sw)| window_starts(sh, win, win).len() * window_starts(sw, win, win).len())
-        .sum();
-    if windows > MAX_WINDOWS {
+    // A thin image (2×65000) has a window per pixel pair along its length at every scale:
+    // refused past MAX_THINNESS times a square input's windows at as many scales.
+    let count = |scales: &[(usize, usize)]| -> usize {
+        (scales.iter())
+            .map(|&(sh, sw)| window_starts(sh, win, win).len() * window_starts(sw, win, win).len())
+            .sum()
+    };
+    let (windows, square) = (
+        count(&scales),
+        count(&scaled_sizes((win, win), win, sess.num_scales)),
+    );
+    if windows > MAX_THINNESS * square {
         return Err(Error::Invalid(format!(
-            "SESS: a {h}x{w} input makes {windows} windows of {win}x{win} over its scales, one \
-             network pass each (at most {MAX_WINDOWS}; a square input makes about 90): too \
-             thin for SESS; crop it, or give a fixed --size"
+            "SESS: a {h}x{w} input makes {windows} windows of {win}x{win} over its {} scales, \
+             each explained by the network (a square input makes {square}; at most \
+             {MAX_THINNESS} times that are taken): too thin for SESS; crop it, or give a fixed \
+             --size",
+            sess.num_scales
         )));
     }
     // Each window's map times its score, pasted and resized back; the positive values summed

@@ -301,15 +301,28 @@ fn merge(
     Ok(())
 }
 
+/// Levenshtein distance, by characters (keys are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let here = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(here + 1);
+            prev = here;
+        }
+    }
+    row[b.len()]
+}
+
 fn parse_jsonl(
     text: &str,
     base: &Path,
     classes: &mut Classes,
 ) -> std::result::Result<Vec<Entry>, LineError> {
-    // (Unknown keys are refused, as unknown CSV columns are: a misspelt `mask` would leave
-    // the boxes alone to score against.)
     #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
     struct Row {
         image: String,
         /// An index or a label.
@@ -329,6 +342,16 @@ fn parse_jsonl(
                 false => (i + 1, want.to_string()),
             }
         })?;
+        // Other keys (an id, a split) are the data set's own; one a letter or two from a key
+        // read here is a misspelling (`msk` would leave the boxes alone to score against).
+        if let Ok(serde_json::Value::Object(keys)) = serde_json::from_str(line) {
+            const KEYS: [&str; 4] = ["image", "class", "boxes", "mask"];
+            for k in keys.keys().filter(|k| !KEYS.contains(&k.as_str())) {
+                if let Some(near) = KEYS.iter().find(|&&w| edit_distance(k, w) <= 2) {
+                    return Err((i + 1, format!("unknown key `{k}` (`{near}`?)")));
+                }
+            }
+        }
         if r.boxes.is_empty() {
             return Err((i + 1, "no boxes".into()));
         }

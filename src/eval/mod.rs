@@ -31,7 +31,7 @@ pub struct EvalConfig {
     /// Pointing game tolerance in pixels (15 in Zhang et al.).
     pub pointing_tolerance: usize,
     /// Occlusion patch and stride at the model-input size; None skips faithfulness (as does a
-    /// patch as large as an image's shorter side).
+    /// patch that leaves an image one occlusion cell).
     pub occlusion: Option<(usize, usize)>,
     /// Steps of the deletion / insertion curves; None skips them.
     pub curve_steps: Option<usize>,
@@ -215,7 +215,6 @@ pub fn evaluate_image<B: Backend>(
     let occlusion = match cfg.occlusion {
         // (A patch covering the whole input, as `--size native` may give a small image, is
         // one occlusion cell: no ranking to compare with, so no faithfulness for the image.)
-        Some((patch, _)) if patch >= hw.0.min(hw.1) => None,
         Some((patch, stride)) => Some(occlusion_map(
             net,
             &x,
@@ -223,7 +222,8 @@ pub fn evaluate_image<B: Backend>(
             patch,
             stride,
             cfg.forward_batch,
-        )?),
+        )?)
+        .filter(|(grid, _)| grid.len() > 1),
         None => None,
     };
 

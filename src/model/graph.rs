@@ -209,25 +209,31 @@ impl Graph {
         Ok(layer)
     }
 
-    /// Refuses target layers whose activation is one position at an `hw` input: a map of
-    /// one value shows nowhere (scaled to [0, 1], as pytorch-grad-cam scales it, it is all
-    /// zeros). Sizes the network cannot take are refused as [`Graph::shapes`] refuses them.
+    /// Refuses target layers whose activations are all one position at an `hw` input: a map
+    /// of one value shows nowhere (scaled to [0, 1], as pytorch-grad-cam scales it, it is all
+    /// zeros; among several layers, one such adds zeros to the others' mean). Sizes the
+    /// network cannot take are refused as [`Graph::shapes`] refuses them.
     pub fn check_map_size(&self, layers: &[&str], (h, w): (usize, usize)) -> Result<()> {
         let shapes = self.shapes(&[1, self.in_channels, h, w])?;
+        let mut one = None;
         for &name in layers {
             let s = &shapes[self.layer(name)?.node];
-            if s.len() == 4 && s[2] * s[3] == 1 {
-                return Err(Error::BadTarget {
-                    name: name.into(),
-                    reason: format!(
-                        "its activation is 1×1 at a {h}×{w} input: a map of one position \
-                         shows nowhere (scaled to [0, 1] it is all zeros); choose an earlier \
-                         layer or a larger input"
-                    ),
-                });
+            match s.len() == 4 && s[2] * s[3] == 1 {
+                true => one = one.or(Some(name)),
+                false => return Ok(()),
             }
         }
-        Ok(())
+        match one {
+            Some(name) => Err(Error::BadTarget {
+                name: name.into(),
+                reason: format!(
+                    "its activation is 1×1 at a {h}×{w} input: a map of one position shows \
+                     nowhere (scaled to [0, 1] it is all zeros); choose an earlier layer (or a \
+                     larger input, where the layer's size follows it)"
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn layer_names_summary(&self) -> String {

@@ -130,6 +130,10 @@ pub fn build(w: &Weights, arch: Option<&str>) -> Result<Graph> {
         g.labels = Some(labels);
     }
     match (meta.get("mean"), meta.get("std")) {
+        // (Given by the caller: the metadata's, perhaps wrong, is not read.)
+        _ if w.normalization().is_some() => {
+            g.normalization = w.normalization().expect("checked");
+        }
         (None, None) => {}
         (Some(m), Some(s)) => {
             let bad = |e: Error| Error::Invalid(format!("{}: metadata {e}", w.path().display()));
@@ -137,7 +141,8 @@ pub fn build(w: &Weights, arch: Option<&str>) -> Result<Graph> {
                 crate::image::Normalization::triple(m, "`mean`").map_err(bad)?,
                 crate::image::Normalization::triple(s, "`std`").map_err(bad)?,
             );
-            g.normalization = crate::image::Normalization::new(mean, std).map_err(bad)?;
+            g.normalization = crate::image::Normalization::new(mean, std)
+                .map_err(|e| Error::Invalid(format!("{}; --mean/--std override it", bad(e))))?;
         }
         _ => {
             return Err(Error::Invalid(format!(

@@ -63,8 +63,10 @@ pub struct Weights {
     read: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// The bytes of f32 tensors [`Weights::get`] may make in all ([`Weights::limit_memory`]),
     /// and how many it has made.
-    memory_limit: Option<u64>,
+    memory_limit: Option<(u64, String)>,
     converted: std::sync::atomic::AtomicU64,
+    /// The input normalisation the caller gives over the file's metadata (`--mean/--std`).
+    normalization: Option<crate::image::Normalization>,
 }
 
 impl Weights {
@@ -174,6 +176,7 @@ impl Weights {
             read: Default::default(),
             memory_limit: None,
             converted: Default::default(),
+            normalization: None,
         };
         w.strip_wrapper_prefix();
         w.unwrap_sequential_heads();
@@ -317,9 +320,21 @@ impl Weights {
     /// Refuse to read more than `bytes` of tensors as f32 in all: a header may declare a
     /// tensor of any size (a sparse file, or a few bytes of a strided view), and the memory
     /// would be taken before the model's shapes could refuse it. Without a limit, a tensor
-    /// the allocator cannot give is still refused, not an abort.
-    pub fn limit_memory(&mut self, bytes: u64) {
-        self.memory_limit = Some(bytes);
+    /// the allocator cannot give is still refused, not an abort. `whose` names the limit in
+    /// messages (`this machine's`).
+    pub fn limit_memory(&mut self, bytes: u64, whose: impl Into<String>) {
+        self.memory_limit = Some((bytes, whose.into()));
+    }
+
+    /// The input normalisation of a model built from these weights: `n`, over the file's
+    /// `mean` / `std` metadata, which is then not read (a command line's `--mean/--std`).
+    pub fn set_normalization(&mut self, n: crate::image::Normalization) {
+        self.normalization = Some(n);
+    }
+
+    /// What [`Weights::set_normalization`] gave.
+    pub fn normalization(&self) -> Option<crate::image::Normalization> {
+        self.normalization
     }
 
     pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
@@ -374,19 +389,20 @@ impl Weights {
         let need = 4 * numel as u64;
         let before = (self.converted).fetch_add(need, std::sync::atomic::Ordering::Relaxed);
         let too_big = |limit: String| {
+            let with = match before {
+                0 => String::new(),
+                b => format!(", with the {} of tensors read before it,", amount(b)),
+            };
             Error::Invalid(format!(
-                "{}: tensor `{name}` (shape {shape:?}) takes {} as f32, which with the {} read \
-                 before it is more than {limit}",
+                "{}: tensor `{name}` (shape {shape:?}) takes {} as f32{with} more than {limit}",
                 self.path.display(),
                 amount(need),
-                amount(before),
             ))
         };
-        if let Some(limit) = self
-            .memory_limit
-            .filter(|&l| before.saturating_add(need) > l)
+        if let Some((limit, whose)) =
+            (self.memory_limit.as_ref()).filter(|(l, _)| before.saturating_add(need) > *l)
         {
-            return Err(too_big(format!("the {} of memory allowed", amount(limit))));
+            return Err(too_big(format!("{whose} {} of memory", amount(*limit))));
         }
         let mut data: Vec<f32> = Vec::new();
         let stored = bytes.len() / dtype.size();

@@ -125,8 +125,9 @@ impl Classes {
     ) -> anyhow::Result<Self> {
         let out = canonical(out);
         let mut by_path = HashMap::new();
-        let mut outputs = Vec::new();
+        let mut left_out = Vec::new();
         for root in inputs.iter().filter(|p| p.is_dir()) {
+            let mut outputs = Vec::new();
             let mut subs: Vec<(String, PathBuf)> = std::fs::read_dir(root)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", root.display()))?
                 .flatten()
@@ -134,39 +135,63 @@ impl Classes {
                 .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
                 .filter(|(n, _)| !n.starts_with('.'))
                 .collect();
+            // (A run written into a class folder, beside its images, leaves it a class.)
             subs.retain(|(_, p)| {
                 let written = canonical(p) == out || crate::resume::holds_a_run(p);
-                if written {
-                    outputs.push(p.clone());
+                let only_outputs = written && {
+                    let (w, _) = crate::resume::Written::read(p);
+                    let (images, _) =
+                        crate::inputs::collect(std::slice::from_ref(p), Some((p, &w)));
+                    images.is_empty()
+                };
+                if only_outputs {
+                    outputs.push(p.display().to_string());
                 }
-                !written
+                !only_outputs
             });
             subs.sort();
+            // Said with any refusal, and as a note otherwise.
+            let skipped = match outputs.is_empty() {
+                true => String::new(),
+                false => format!(
+                    " ({} left out: gradcam's output folder)",
+                    outputs.join(", ")
+                ),
+            };
+            left_out.extend(outputs);
             if subs.is_empty() {
                 anyhow::bail!(
-                    "--classes folders: {} holds no subfolders{}; it reads torchvision's \
+                    "--classes folders: {} holds no subfolders{skipped}; it reads torchvision's \
                      ImageFolder layout, one subfolder of images per class (give the folder \
                      above them, or list the classes in a CSV)",
                     root.display(),
-                    if outputs.is_empty() {
-                        ""
-                    } else {
-                        " but gradcam's output folders"
-                    },
                 );
             }
-            let label_of = |n: &str| {
-                let l = labels?;
+            // The classes a folder's name is the label of: exactly, else case aside.
+            let matches = |n: &str| -> Vec<usize> {
+                let Some(l) = labels else {
+                    return Vec::new();
+                };
                 let exact: Vec<usize> = (0..l.len()).filter(|&i| l[i] == n).collect();
-                let found: Vec<usize> = match exact.is_empty() {
+                match exact.is_empty() {
                     true => (0..l.len())
                         .filter(|&i| l[i].eq_ignore_ascii_case(n))
                         .collect(),
                     false => exact,
-                };
-                // (A label several classes share names none of them.)
-                (found.len() == 1).then(|| found[0])
+                }
             };
+            if let Some((n, several)) = (subs.iter())
+                .map(|(n, _)| (n, matches(n)))
+                .find(|(_, m)| m.len() > 1)
+            {
+                anyhow::bail!(
+                    "--classes folders: in {}, the folder `{n}` is the label of classes \
+                     {several:?} (the model's labels repeat it); list the classes in a CSV, by \
+                     index",
+                    root.display()
+                );
+            }
+            let label_of = |n: &str| matches(n).first().copied();
             let others: Vec<&str> = (subs.iter())
                 .filter(|(n, _)| label_of(n).is_none())
                 .map(|(n, _)| n.as_str())
@@ -179,10 +204,10 @@ impl Classes {
                     list.push(format!("and {} more", others.len() - 5));
                 }
                 anyhow::bail!(
-                    "--classes folders: in {}, {} of the {} class folders are named by the \
-                     model's labels but {} {} not (a misspelling?); name every folder by a label, \
-                     or none (then they are numbered in sorted order, one per class), or list \
-                     the classes in a CSV",
+                    "--classes folders: in {}{skipped}, {} of the {} class folders are named by \
+                     the model's labels but {} {} not (a misspelling?); name every folder by a \
+                     label, or none (then they are numbered in sorted order, one per class), or \
+                     list the classes in a CSV",
                     root.display(),
                     subs.len() - others.len(),
                     subs.len(),
@@ -192,9 +217,9 @@ impl Classes {
             }
             if !by_label && subs.len() != num_classes {
                 anyhow::bail!(
-                    "--classes folders: {} holds {} class folders, but the model has {num_classes} \
-                     classes{}; with another number of folders, name them by the model's labels \
-                     or list the classes in a CSV",
+                    "--classes folders: {} holds {} class folders{skipped}, but the model has \
+                     {num_classes} classes{}; with another number of folders, name them by the \
+                     model's labels or list the classes in a CSV",
                     root.display(),
                     subs.len(),
                     if labels.is_some() {
@@ -211,11 +236,10 @@ impl Classes {
         if by_path.is_empty() {
             anyhow::bail!("--classes folders: none of the inputs is a folder of class folders");
         }
-        let note = (!outputs.is_empty()).then(|| {
-            let names: Vec<String> = outputs.iter().map(|p| p.display().to_string()).collect();
+        let note = (!left_out.is_empty()).then(|| {
             format!(
                 "--classes folders: {} left out of the classes: gradcam's output folder",
-                names.join(", ")
+                left_out.join(", ")
             )
         });
         Ok(Classes {
@@ -486,5 +510,22 @@ mod tests {
         assert_eq!(c.of(&root.join("n3/z.png")), Ok(2));
         let note = c.note.unwrap();
         assert!(note.contains("old-run") && note.contains("out"), "{note}");
+        // A run written into a class folder, beside its images, leaves it a class.
+        std::fs::write(root.join("n1/run.json"), b"{}").unwrap();
+        std::fs::write(root.join("n1/summary.csv"), b"image,stem\nx.png,x\n").unwrap();
+        let c =
+            Classes::from_folders(std::slice::from_ref(&root), 3, None, &root.join("out")).unwrap();
+        assert_eq!(c.of(&root.join("n1/deep/y.png")), Ok(0));
+        // A folder named by a label two classes share is refused, naming both.
+        let twice: Vec<String> = ["n1", "n2", "n3", "n2"].map(String::from).to_vec();
+        let Err(e) = Classes::from_folders(std::slice::from_ref(&root), 4, Some(&twice), &out)
+        else {
+            panic!("a label of two classes taken for one")
+        };
+        assert!(
+            e.to_string()
+                .contains("`n2` is the label of classes [1, 3]"),
+            "{e}"
+        );
     }
 }

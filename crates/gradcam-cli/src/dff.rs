@@ -31,20 +31,23 @@ fn memory_needed(held: usize, fewest: usize, left: usize, channels: usize, k: us
 }
 
 /// The run-wide files `dff` writes, over an earlier `dff` run's only (its dff.json is
-/// there): a file of the same name somebody else put in `--out` is refused, not replaced.
+/// there, or, from a run stopped before writing it, its `.dff.png` overlays): a file of the
+/// same name somebody else put in `--out` is refused, not replaced.
 fn refuse_foreign_reports(out: &Path) -> anyhow::Result<()> {
     let report = out.join("dff.json");
     let earlier = (std::fs::read(&report).ok())
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .is_some_and(|v| v.get("concepts").is_some() && v.get("nmf_iterations").is_some());
-    if earlier {
+    let overlays = (std::fs::read_dir(out).into_iter().flatten().flatten())
+        .any(|e| e.file_name().to_string_lossy().ends_with(".dff.png"));
+    if earlier || overlays {
         return Ok(());
     }
     for name in ["dff.json", "concepts.npy", "concepts_by_group.csv"] {
         if out.join(name).exists() {
             anyhow::bail!(
-                "--out {}: holds a {name} that no `gradcam dff` run wrote (none's dff.json is \
-                 there); choose another --out, or move it",
+                "--out {}: holds a {name} that no `gradcam dff` run wrote (there is no dff.json \
+                 or .dff.png of one); choose another --out, or move it",
                 out.display()
             );
         }

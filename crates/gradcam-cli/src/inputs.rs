@@ -106,12 +106,15 @@ fn walk(
             continue;
         }
         if p.is_dir() && crate::resume::holds_a_run(&p) && !walked.contains(&canonical(&p)) {
-            // An earlier run's output folder inside the data: its overlays are no data.
+            // An earlier run's output folder inside the data (its --out, or the images' own
+            // folder): its outputs are no data, its other files are.
             eprintln!(
-                "note: {}: left out, it holds the outputs of a gradcam run (run.json, \
-                 summary.csv); name it to explain its images",
+                "note: {}: holds a gradcam run's outputs (run.json, summary.csv): they are left \
+                 out, its other images are not",
                 p.display()
             );
+            let (written, _) = Written::read(&p);
+            walk(&p, out, errors, walked, Some((&canonical(&p), &written)));
         } else if p.is_dir() {
             walk(&p, out, errors, walked, out_dir);
         } else if in_out_dir.as_ref().is_some_and(|(prefix, written)| {
@@ -156,7 +159,13 @@ pub fn check_report_out(flag: &str, out: &Path, inputs: &[&Path]) -> anyhow::Res
     if out.is_dir() {
         anyhow::bail!("{flag} {}: a folder, not a file", out.display());
     }
-    let existed = out.exists();
+    // (A pipe or a device, `/dev/stdout`, is written as it is; opening one to try it could
+    // block, or end what reads it. A link is there even where what it names is not.)
+    let there = std::fs::symlink_metadata(out).ok();
+    if std::fs::metadata(out).is_ok_and(|m| !m.is_file()) {
+        return Ok(());
+    }
+    let existed = there.is_some();
     std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -433,12 +442,14 @@ mod tests {
             Some((&sub_out, &Written::Nothing)),
         );
         assert_eq!(files, [&sub[..], &rest[1..]].concat());
-        // Another run's output folder below a folder given is left out (not when given).
+        // Another run's output folder below a folder given: its outputs are left out, its
+        // other images not (given by name, it is walked whole).
         for f in ["run.json", "summary.csv"] {
             std::fs::write(data.join("sub").join(f), b"x").unwrap();
         }
         let (files, _) = collect(std::slice::from_ref(&data), None);
-        assert_eq!(files, ["b.PNG", "e.jfif", "f.pam"].map(|n| data.join(n)));
+        let top = ["b.PNG", "e.jfif", "f.pam"].map(|n| data.join(n));
+        assert_eq!(files, [&top[..], &[data.join("sub/a.jpg")]].concat());
         let (files, _) = collect(std::slice::from_ref(&sub_out), None);
         assert_eq!(files[..3], sub);
     }

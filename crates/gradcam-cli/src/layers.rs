@@ -29,7 +29,7 @@ pub struct LayersArgs {
 }
 
 pub fn run(a: LayersArgs) -> anyhow::Result<ExitCode> {
-    let g = load_graph(a.model.or(a.model_flag).as_deref(), a.arch.as_deref())?;
+    let g = load_graph(a.model.or(a.model_flag).as_deref(), a.arch.as_deref(), None)?;
     let hw = match input_size(a.size, &g) {
         InputSize::Square(s) => s,
         InputSize::Native => anyhow::bail!("`layers` needs a numeric --size"),

@@ -267,6 +267,7 @@ static DEMO_MODEL: &[u8] = include_bytes!("../../../assets/demo/model.safetensor
 pub fn load_graph(
     model: Option<&std::path::Path>,
     arch: Option<&str>,
+    normalization: Option<gradcam::image::Normalization>,
 ) -> anyhow::Result<gradcam::model::Graph> {
     let mut weights = match model {
         Some(p) => gradcam::model::Weights::open(p)?,
@@ -274,7 +275,10 @@ pub fn load_graph(
     };
     // (A header may declare tensors of any size: refused by name before they take it all.)
     if let Some(bytes) = crate::memory::bytes() {
-        weights.limit_memory(bytes);
+        weights.limit_memory(bytes, crate::memory::whose());
+    }
+    if let Some(n) = normalization {
+        weights.set_normalization(n);
     }
     let graph = gradcam::model::build(&weights, arch)?;
     if let Some(place) = weights.found_under() {
@@ -339,10 +343,11 @@ pub fn load_network(m: &ModelArgs) -> anyhow::Result<AnyNetwork> {
     if m.model.is_none() {
         eprintln!("note: no --model given: using the bundled demo model (8 synthetic shapes)");
     }
-    let mut graph = load_graph(m.model.as_deref(), m.arch.as_deref())?;
-    if let (Some(mean), Some(std)) = (m.mean, m.std) {
-        graph.normalization = gradcam::image::Normalization::new(mean, std)?;
-    }
+    let norm = match (m.mean, m.std) {
+        (Some(mean), Some(std)) => Some(gradcam::image::Normalization::new(mean, std)?),
+        _ => None,
+    };
+    let graph = load_graph(m.model.as_deref(), m.arch.as_deref(), norm)?;
     let cpu_note = || {
         format!(
             "running on the CPU ({} threads)",

@@ -571,6 +571,15 @@ fn fatal_errors_exit_2_with_a_clear_message() {
             &["eval", manifest, "-m", &m, "--no-road", "--road-noise", "5"],
             "cannot be used with",
         ),
+        // A target layer of one position (ResNet's avgpool), alone: all-zero maps.
+        (
+            &["explain", a, "--layer", "avgpool"],
+            "its activation is 1×1 at a 128×128 input",
+        ),
+        (
+            &["eval", manifest, "--layer", "avgpool"],
+            "its activation is 1×1",
+        ),
         // A report over its own manifest.
         (
             &["eval", manifest, "-m", &m, "-o", manifest],

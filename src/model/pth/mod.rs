@@ -269,14 +269,14 @@ fn tensors_in(p: &mut Pickle, v: &V, budget: &mut usize) -> Option<usize> {
     }
 }
 
-/// An `nn.Module`'s tensors from the state its pickle built: `_parameters` and `_buffers`
-/// under `prefix`, then each of `_modules` under `prefix` + its name + `.`, as
-/// `state_dict()` names them (`layer1.0.conv1.weight`). A parameter that is None (no bias)
-/// is left out. Each module and tensor costs the budget its name's length and [`ENTRY`].
 /// What one module or tensor costs [`module_tensors`]' budget besides its name: about the
 /// bytes an entry of its dict takes, so the budget bounds memory, not only names.
 const ENTRY: usize = 64;
 
+/// An `nn.Module`'s tensors from the state its pickle built: `_parameters` and `_buffers`
+/// under `prefix`, then each of `_modules` under `prefix` + its name + `.`, as
+/// `state_dict()` names them (`layer1.0.conv1.weight`). A parameter that is None (no bias)
+/// is left out. Each module and tensor costs the budget its name's length and [`ENTRY`].
 fn module_tensors(p: &Pickle, o: usize, prefix: &str, out: &mut Vec<(V, V)>, budget: &mut usize) {
     let Some(V::Dict(state)) = &p.objects[o].1 else {
         return;
