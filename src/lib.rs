@@ -58,3 +58,18 @@ mod tensor;
 
 pub use error::{Error, Result};
 pub use tensor::Tensor;
+
+/// An amount of memory for messages, in powers of 1024 (as `GRADCAM_MEMORY` takes them):
+/// `23.5 GiB`, `488 MiB`, `12 KiB`, `100 bytes`.
+pub fn memory_amount(bytes: u64) -> String {
+    let b = bytes as f64;
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", b / (1u64 << 30) as f64)
+    } else if bytes >= 1 << 20 {
+        format!("{:.0} MiB", b / (1u64 << 20) as f64)
+    } else if bytes >= 1 << 10 {
+        format!("{:.0} KiB", b / 1024.0)
+    } else {
+        format!("{bytes} bytes")
+    }
+}

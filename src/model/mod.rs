@@ -344,6 +344,18 @@ impl DigitsLabels {
     }
 }
 
+/// The classes whose label is `s`: exactly, else with ASCII case aside (`Circle` for
+/// `circle`); several where the labels repeat it.
+pub fn label_classes(s: &str, labels: &[String]) -> Vec<usize> {
+    let exact: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == s).collect();
+    match exact.is_empty() {
+        true => (0..labels.len())
+            .filter(|&i| labels[i].eq_ignore_ascii_case(s))
+            .collect(),
+        false => exact,
+    }
+}
+
 /// A class given as an index or as one of the model's labels (exactly, else ignoring ASCII
 /// case): None when it is neither; an error when the label names several classes (ImageNet
 /// has two `crane`s and two `maillot`s).
@@ -360,14 +372,7 @@ pub fn class_index(s: &str, labels: Option<&[String]>) -> Result<Option<usize>, 
     let Some(l) = labels else {
         return Ok(None);
     };
-    let exact: Vec<usize> = (0..l.len()).filter(|&i| l[i] == s).collect();
-    let found = match exact.is_empty() {
-        true => (0..l.len())
-            .filter(|&i| l[i].eq_ignore_ascii_case(s))
-            .collect(),
-        false => exact,
-    };
-    match found[..] {
+    match label_classes(s, l)[..] {
         [] => Ok(None),
         [c] => Ok(Some(c)),
         ref several => Err(format!(

@@ -391,18 +391,24 @@ impl Weights {
         let too_big = |limit: String| {
             let with = match before {
                 0 => String::new(),
-                b => format!(", with the {} of tensors read before it,", amount(b)),
+                b => format!(
+                    ", with the {} of tensors read before it,",
+                    crate::memory_amount(b)
+                ),
             };
             Error::Invalid(format!(
                 "{}: tensor `{name}` (shape {shape:?}) takes {} as f32{with} more than {limit}",
                 self.path.display(),
-                amount(need),
+                crate::memory_amount(need),
             ))
         };
         if let Some((limit, whose)) =
             (self.memory_limit.as_ref()).filter(|(l, _)| before.saturating_add(need) > *l)
         {
-            return Err(too_big(format!("{whose} {} of memory", amount(*limit))));
+            return Err(too_big(format!(
+                "{whose} {} of memory",
+                crate::memory_amount(*limit)
+            )));
         }
         let mut data: Vec<f32> = Vec::new();
         let stored = bytes.len() / dtype.size();
@@ -542,15 +548,6 @@ fn describe(e: &safetensors::SafeTensorError, file: &[u8]) -> String {
 
 /// A strided view's elements in row-major order; `span` holds the elements from its first
 /// to its last (`pth::place` checked that the strides stay inside it).
-/// An amount of memory for messages: `1.5 GiB`, `400 MiB`, `12 KiB`.
-fn amount(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64),
-        b => format!("{:.0} KiB", b as f64 / 1024.0),
-    }
-}
-
 /// None where the allocator cannot give the result.
 fn gather(span: &[f32], shape: &[usize], strides: &[usize]) -> Option<Vec<f32>> {
     let n: usize = shape.iter().product();

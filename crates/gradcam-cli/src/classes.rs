@@ -167,19 +167,9 @@ impl Classes {
                     root.display(),
                 );
             }
-            // The classes a folder's name is the label of: exactly, else case aside.
-            let matches = |n: &str| -> Vec<usize> {
-                let Some(l) = labels else {
-                    return Vec::new();
-                };
-                let exact: Vec<usize> = (0..l.len()).filter(|&i| l[i] == n).collect();
-                match exact.is_empty() {
-                    true => (0..l.len())
-                        .filter(|&i| l[i].eq_ignore_ascii_case(n))
-                        .collect(),
-                    false => exact,
-                }
-            };
+            // The classes a folder's name is the label of, as `--class` reads a label.
+            let matches =
+                |n: &str| labels.map_or(Vec::new(), |l| gradcam::model::label_classes(n, l));
             if let Some((n, several)) = (subs.iter())
                 .map(|(n, _)| (n, matches(n)))
                 .find(|(_, m)| m.len() > 1)

@@ -29,18 +29,7 @@ pub fn whose() -> &'static str {
 
 /// An amount of memory for messages, in the powers of 1024 `GRADCAM_MEMORY` takes:
 /// `23.5 GiB`, `488 MiB`, `12 KiB`.
-pub fn amount(bytes: u64) -> String {
-    let b = bytes as f64;
-    if bytes >= 1 << 30 {
-        format!("{:.1} GiB", b / (1u64 << 30) as f64)
-    } else if bytes >= 1 << 20 {
-        format!("{:.0} MiB", b / (1u64 << 20) as f64)
-    } else if bytes >= 1 << 10 {
-        format!("{:.0} KiB", b / 1024.0)
-    } else {
-        format!("{bytes} bytes")
-    }
-}
+pub use gradcam::memory_amount as amount;
 
 /// `GRADCAM_MEMORY` read: Ok(None) where it is not set or empty.
 pub fn check_env() -> Result<Option<u64>, String> {
