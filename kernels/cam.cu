@@ -27,7 +27,7 @@ __device__ __forceinline__ void weighted_sum_relu(const T* __restrict__ a,
     const T* an = a + (size_t)n * k * hw;
     float s = 0.0f;
     for (int c = 0; c < k; ++c) s += alpha[n * k + c] * ld(an, (size_t)c * hw + p);
-    map[(size_t)n * hw + p] = fmaxf(s, 0.0f);
+    map[(size_t)n * hw + p] = nan_relu(s);
 }
 
 // The rest of the CAM family (pytorch-grad-cam 1.5.7 formulas; see src/backend/cpu/cam_ops.rs).
@@ -62,7 +62,7 @@ __device__ __forceinline__ void cam_weights(const T* __restrict__ a, const T* __
         if (rule == 0) {
             if (gv != 0.0f) {
                 const float g2 = gv * gv;
-                acc += fmaxf(gv, 0.0f) * (g2 / (2.0f * g2 + sum_a * (g2 * gv) + 1e-6f));
+                acc += nan_relu(gv) * (g2 / (2.0f * g2 + sum_a * (g2 * gv) + 1e-6f));
             }
         } else if (rule == 1) {
             acc += gv * ld(ap, i) / (sum_a + 1e-7f);
@@ -118,9 +118,9 @@ __device__ __forceinline__ void elementwise_cam_relu(const T* __restrict__ a, co
     for (int c = 0; c < k; ++c) {
         const size_t i = ((size_t)n * k + c) * hw + p;
         const float gv = ld(g, i), av = ld(a, i);
-        s += rule == 0 ? gv * av : rule == 1 ? fmaxf(gv, 0.0f) * av : fmaxf(gv * av, 0.0f);
+        s += rule == 0 ? gv * av : rule == 1 ? nan_relu(gv) * av : nan_relu(gv * av);
     }
-    map[(size_t)n * hw + p] = fmaxf(s, 0.0f);
+    map[(size_t)n * hw + p] = nan_relu(s);
 }
 
 // Score-CAM's masked inputs (see Backend::score_cam_inputs): each channel k0..k1 of A

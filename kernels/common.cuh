@@ -30,6 +30,10 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     return v;
 }
 
+// max(v, 0) that keeps NaN, as torch's F.relu (fmaxf drops it): activations that overflowed
+// reach the logits as NaN, where the host's check names them, instead of vanishing.
+__device__ __forceinline__ float nan_relu(float v) { return v < 0.0f ? 0.0f : v; }
+
 __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;

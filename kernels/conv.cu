@@ -271,7 +271,7 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
                                     : ((size_t)ni * k + ko) * ohw + per_image.mod(col, ni);
             if (bias) v += ld(bias, ko);
             if (residual) v += ld(residual, at);
-            if (relu) v = fmaxf(v, 0.0f);
+            if (relu) v = nan_relu(v);
             if (ONHWC && T == 1) v = __uint_as_float(tf32_bits(v));
             st(y, at, v);
         };
@@ -307,7 +307,7 @@ __device__ __forceinline__ void conv2d_fwd(const S* __restrict__ x, const S* __r
             auto finish = [&](float u, float res) {  // the element epilogue's order
                 if (bias) u += b;
                 if (residual) u += res;
-                return relu ? fmaxf(u, 0.0f) : u;
+                return relu ? nan_relu(u) : u;
             };
             int ni = per_image.div(col), p = per_image.mod(col, ni);
             #pragma unroll

@@ -89,7 +89,7 @@ __device__ __forceinline__ void nhwc_epilogue(const float (&acc)[MT][NT][4], int
         for (int e = 0; e < 8; ++e) {
             if (bias) u[e] += ld(bias, r0 + m0 + e);
             if (residual) u[e] += res[e];
-            if (relu) u[e] = fmaxf(u[e], 0.0f);
+            if (relu) u[e] = nan_relu(u[e]);
             if (TF32) u[e] = __uint_as_float(tf32_bits(u[e]));  // what the next conv reads
         }
         store8(y + at, u);

@@ -14,7 +14,7 @@
 
 template <class T>
 __device__ __forceinline__ void relu_fwd(T* __restrict__ x, int n) {
-    GRID_STRIDE(i, n) st(x, i, fmaxf(ld(x, i), 0.0f));
+    GRID_STRIDE(i, n) st(x, i, nan_relu(ld(x, i)));
 }
 
 template <class T>

@@ -81,11 +81,16 @@ pub enum Error {
     /// Infinities or NaNs in a network's results: an overflow (f16 tops out at 65504) or a
     /// corrupt model.
     #[error(
-        "the network produced infinities or NaNs in the {what} on {backend}: an overflow \
-         (at --precision f16 any value beyond ±65504; bf16 and tf32 have f32's range) or a \
-         corrupt model"
+        "the network produced infinities or NaNs in the {what} on {backend}{first}: an \
+         overflow (at --precision f16 any value beyond ±65504; bf16 and tf32 have f32's range) \
+         or a corrupt model"
     )]
-    NonFinite { what: String, backend: String },
+    NonFinite {
+        what: String,
+        backend: String,
+        /// Empty, or where the forward pass first went wrong (", first in the output of …").
+        first: String,
+    },
     /// Arguments that do not go together or are out of range; the message says which.
     #[error("{0}")]
     Invalid(String),

@@ -383,7 +383,21 @@ fn device_fitting<B: Backend>(
         sess: cfg.sess,
     };
     let batch = explain(net, x, &req)?;
-    check_finite(&batch, &be.name())?;
+    let bad = [
+        ("logits", &batch.logits),
+        ("maps", &batch.maps),
+        ("channel weights", &batch.weights),
+    ]
+    .into_iter()
+    .filter(|(_, t)| !all_finite(t))
+    .map(|(name, _)| name)
+    .collect::<Vec<_>>();
+    if !bad.is_empty() {
+        // (The CLI then retries the batch's images one by one, so only the culprit fails.)
+        let one = images.len() == 1 && bad[0] == "logits";
+        let x = || be.preprocess(&staged, hw, &net.graph().normalization);
+        return Err(non_finite(net, &bad, one.then_some(x)));
+    }
     let t2 = Instant::now();
     let overlays = if cfg.overlay == OverlayAt::Image {
         Some(be.overlays(&staged, &batch.maps_to_upsample(), &cfg.overlay_style)?)
@@ -403,26 +417,33 @@ fn device_fitting<B: Backend>(
     })
 }
 
-/// Infinities or NaNs in the logits, the maps or the channel weights fail the batch with a
-/// clear error (the CLI then retries its images one by one, so only the culprit fails) rather
-/// than writing blank maps.
-fn check_finite(batch: &CamBatch, backend: &str) -> Result<()> {
-    let bad = [
-        ("logits", &batch.logits),
-        ("maps", &batch.maps),
-        ("channel weights", &batch.weights),
-    ]
-    .into_iter()
-    .filter(|(_, t)| t.data().iter().any(|v| !v.is_finite()))
-    .map(|(name, _)| name)
-    .collect::<Vec<_>>();
-    if bad.is_empty() {
-        return Ok(());
+/// Whether a tensor holds no infinity and no NaN.
+pub(crate) fn all_finite(t: &crate::Tensor) -> bool {
+    t.data().iter().all(|v| v.is_finite())
+}
+
+/// The error for results of a network (`what`: the logits, maps, activations at a layer)
+/// holding infinities or NaNs, rather than blank maps written as fine. Given the input of one
+/// image (`x`), its forward pass runs again keeping every value, to say which layer first
+/// went wrong ([`Network::first_non_finite`]); a diagnosis that fails itself (out of memory,
+/// say) leaves the error without it.
+pub(crate) fn non_finite<B: Backend>(
+    net: &Network<B>,
+    what: &[&str],
+    x: Option<impl FnOnce() -> Result<B::Tensor>>,
+) -> Error {
+    let what = match what {
+        [.., last] if what.len() > 1 => format!("{} and {last}", what[..what.len() - 1].join(", ")),
+        _ => what.join(""),
+    };
+    let first = x
+        .and_then(|x| net.first_non_finite(x().ok()?).ok().flatten())
+        .map_or(String::new(), |at| format!(", first in the output of {at}"));
+    Error::NonFinite {
+        what,
+        backend: net.backend().name(),
+        first,
     }
-    Err(Error::NonFinite {
-        what: bad.join(", "),
-        backend: backend.to_string(),
-    })
 }
 
 impl Part {

@@ -1092,3 +1092,66 @@ fn tensors_past_the_memory_limit_are_refused_by_name() {
     w.limit_memory(f32_bytes as u64, "the test's");
     model::build(&w, None).unwrap();
 }
+
+/// Finite weights whose activations overflow (each conv's filters ×1e4, folded with their
+/// BatchNorm: 1e4 per layer, past f32's 3.4e38 by the tenth) fail the image with the
+/// non-finite error naming the logits, on each CPU path. With a ReLU that turned NaN into 0
+/// (`f32::max`), the infinities' sums (inf − inf) vanished at the next ReLU and the logits
+/// were the classifier's bias alone: a blank map reported as fine. torch's ReLU keeps NaN, so
+/// pytorch-grad-cam's logits are NaN too. The error names the layer whose output first
+/// holds a value that is not finite (`Network::first_non_finite`). The unscaled model
+/// explains the image.
+#[test]
+fn activations_that_overflow_fail_the_image() {
+    use gradcam::explain::{explain_batch, ExplainConfig, Timings};
+    use gradcam::image::InputSize;
+    let dir = tempfile::tempdir().unwrap();
+    let img = load_rgb8(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/images/a.png"
+    )))
+    .unwrap();
+    let cfg = ExplainConfig {
+        size: InputSize::Square(64),
+        ..ExplainConfig::default()
+    };
+    let mut d = dict();
+    let run = |d: &[(String, Tensor)], name: &str, be: CpuBackend| {
+        let g = model::load(write(&dir, name, d), None).unwrap();
+        let net = Network::new(g, be).unwrap();
+        explain_batch(&net, &[&img], &cfg, &mut Timings::default())
+    };
+    for be in [
+        CpuBackend::fast(),
+        CpuBackend::fast_bf16(),
+        CpuBackend::reference(),
+    ] {
+        let e = run(&d, "plain.safetensors", be).unwrap();
+        assert!(e[0].top5[0].1.is_finite());
+    }
+    for (name, t) in d.iter_mut() {
+        if name.contains("conv") || name.ends_with("downsample.0.weight") {
+            let v = t.data().iter().map(|x| x * 1e4).collect();
+            *t = Tensor::new(t.shape().to_vec(), v);
+        }
+    }
+    for (what, be) in [
+        ("fast", CpuBackend::fast()),
+        ("fast bf16", CpuBackend::fast_bf16()),
+        ("reference", CpuBackend::reference()),
+    ] {
+        let r = run(&d, "loud.safetensors", be).map(|e| e[0].top5.clone());
+        match r {
+            Err(e @ Error::NonFinite { .. }) => {
+                let s = e.to_string();
+                // The first value past f32's range: the tenth conv's (1e4¹⁰ = 1e40).
+                let first = "first in the output of `layer3.0.conv1`, `layer3.0.bn1` (conv)";
+                assert!(
+                    s.contains("logits") && s.contains(first) && s.contains("corrupt model"),
+                    "{what}: {s}"
+                );
+            }
+            other => panic!("{what}: {:?}", other.map_err(|e| e.to_string())),
+        }
+    }
+}

@@ -1088,6 +1088,68 @@ fn finer_cam_matches_the_cpu_backend() {
     }
 }
 
+/// ReLU keeps NaN (as torch's) in every kernel with one: `relu_fwd`, the conv epilogues of
+/// each precision, NCHW, channels-last and wgmma, and the CAM kernels (see
+/// `common::relu_keeps_nan`).
+#[test]
+fn relu_keeps_nan_in_the_kernels() {
+    for precision in [
+        Precision::F32,
+        Precision::Tf32,
+        Precision::Bf16,
+        Precision::F16,
+    ] {
+        let be = GpuBackend::with_precision(EmuLauncher::new(), precision);
+        common::relu_keeps_nan(&be, &format!("{precision:?}"));
+        if precision != Precision::F32 {
+            let be = GpuBackend::with_precision(EmuLauncher::new(), precision).with_conv_nhwc(true);
+            common::relu_keeps_nan(&be, &format!("{precision:?} channels-last"));
+        }
+    }
+    for precision in [Precision::Tf32, Precision::Bf16] {
+        let be = GpuBackend::with_precision(EmuLauncher::new(), precision).with_conv_wgmma(true);
+        common::relu_keeps_nan(&be, &format!("{precision:?} wgmma"));
+    }
+}
+
+/// Activations that overflow (each conv's filters ×1e4, past f32's range at the tenth conv)
+/// fail the image through the kernels as on the CPU (tests/bad_input.rs), the error naming
+/// the layer that first went wrong: at F32, and at BF16 (f32's range, bf16 storage).
+#[test]
+fn activations_that_overflow_fail_the_image_through_the_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("loud.safetensors");
+    let mut d = model::synth::state_dict("resnet18", 16, 10, 3).unwrap();
+    for (name, t) in d.iter_mut() {
+        if name.contains("conv") || name.ends_with("downsample.0.weight") {
+            let v = t.data().iter().map(|x| x * 1e4).collect();
+            *t = Tensor::new(t.shape().to_vec(), v);
+        }
+    }
+    model::synth::write(&path, &d, safetensors::Dtype::F32).unwrap();
+    let img = load_rgb8(&fixtures().join("images/a.png")).unwrap();
+    let cfg = ExplainConfig {
+        size: InputSize::Square(64),
+        ..ExplainConfig::default()
+    };
+    for precision in [Precision::F32, Precision::Bf16] {
+        let g = model::load(&path, None).unwrap();
+        let be = GpuBackend::with_precision(EmuLauncher::new(), precision);
+        let net = Network::new(g, be).unwrap();
+        match explain_batch(&net, &[&img], &cfg, &mut Timings::default()) {
+            Err(e @ gradcam::Error::NonFinite { .. }) => {
+                let msg = e.to_string();
+                let first = "first in the output of `layer3.0.conv1`, `layer3.0.bn1` (conv)";
+                assert!(
+                    msg.contains("logits") && msg.contains(first),
+                    "{precision:?}: {msg}"
+                );
+            }
+            other => panic!("{precision:?}: {:?}", other.map(|e| e[0].top5.clone())),
+        }
+    }
+}
+
 /// Logits beyond f16's range (±65504) fail the batch with an error naming the overflow, not a
 /// blank map; the same model at TF32 (f32's range) explains the image. The fully connected
 /// layer is scaled so the largest logit is 1e6 in exact arithmetic.

@@ -7,6 +7,8 @@
 //! accumulation over at most a few thousand terms); adjoint identity, 1e-4 · (1 + |lhs|)
 //! (outputs are rounded to f32 before the f64 dot products).
 
+mod common;
+
 use gradcam::backend::cpu::naive;
 use gradcam::backend::{
     Backend, BwdFilters, Conv2dParams, CpuBackend, Pool2dParams, TransposedConv,
@@ -440,6 +442,16 @@ fn conv2d_fwd_and_bwd_data_fast_match_naive() {
             "conv adjoint case {i}: {l} vs {r}"
         );
     }
+}
+
+/// ReLU keeps NaN (as torch's) in the plain op, every fused conv epilogue (Winograd, the
+/// AVX-512 and AMX GEMMs where this CPU has them, im2col) and the CAM ops: see
+/// `common::relu_keeps_nan`.
+#[test]
+fn relu_keeps_nan_on_every_cpu_path() {
+    common::relu_keeps_nan(&CpuBackend::fast(), "fast");
+    common::relu_keeps_nan(&CpuBackend::fast_bf16(), "fast bf16");
+    common::relu_keeps_nan(&CpuBackend::reference(), "reference");
 }
 
 /// `--precision bf16` on the CPU (AMX): every conv of one group, forward and backward-data,

@@ -21,6 +21,17 @@ pub use params::{Conv2dParams, Pool2dParams};
 use crate::image::RgbImage;
 use crate::{Result, Tensor};
 
+/// max(v, 0), as torch's `F.relu` and numpy's `maximum(v, 0)`: a NaN stays NaN. (`f32::max`
+/// drops it, so a network whose activations overflowed would run on to finite logits from its
+/// biases alone, a blank map reported as fine; the NaN has to reach the logits' check.)
+#[inline(always)]
+pub fn relu(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
 /// Channel weights of the weight-based CAM methods beyond Grad-CAM (whose weights are
 /// [`Backend::grad_pool`]), as pytorch-grad-cam 1.5.7 computes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,8 +73,8 @@ impl ElementRule {
     pub fn term(self, g: f32, a: f32) -> f32 {
         match self {
             ElementRule::HiResCam => g * a,
-            ElementRule::LayerCam => g.max(0.0) * a,
-            ElementRule::GradCamElementWise => (g * a).max(0.0),
+            ElementRule::LayerCam => relu(g) * a,
+            ElementRule::GradCamElementWise => relu(g * a),
         }
     }
 

@@ -677,7 +677,9 @@ fn larger_magnitude_positive(projection: &mut Tensor, loadings: &mut Tensor) {
 }
 
 fn relu(mut t: Tensor) -> Tensor {
-    t.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
+    t.data_mut()
+        .iter_mut()
+        .for_each(|v| *v = crate::backend::relu(*v));
     t
 }
 

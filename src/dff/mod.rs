@@ -125,15 +125,30 @@ pub fn factorize(acts: Vec<Tensor>, k: usize) -> Result<Factorization> {
     })
 }
 
-/// The activations at `layer` for a batch: [N, K, h, w] and the logits [N, classes].
+/// The activations at `layer` for a batch: [N, K, h, w] and the logits [N, classes]. A
+/// batch whose activations or logits hold infinities or NaNs (a forward pass that
+/// overflowed) fails with [`Error::NonFinite`], naming the layer that first went wrong for one
+/// image, rather than being factorised as zeros.
 pub fn activations<B: Backend>(
     net: &Network<B>,
     x: B::Tensor,
     layer: &str,
 ) -> Result<(Tensor, Tensor)> {
     let be = net.backend();
+    let one = be.shape(&x)[0] == 1;
+    let again = one.then(|| be.duplicate(&x)).transpose()?;
     let out = net.run(x, &[layer], Backward::None, |l| Ok(l.clone()))?;
     let act = be.download(&out.layers[0].activation)?;
+    let at = format!("activations at `{layer}`");
+    let bad: Vec<&str> = [(at.as_str(), &act), ("the logits", &out.logits)]
+        .into_iter()
+        .filter(|(_, t)| !crate::explain::all_finite(t))
+        .map(|(what, _)| what)
+        .collect();
+    if !bad.is_empty() {
+        let x = again.map(|x| move || Ok(x));
+        return Err(crate::explain::non_finite(net, &bad, x));
+    }
     Ok((act, out.logits))
 }
 

@@ -211,6 +211,10 @@ pub fn evaluate_image<B: Backend>(
         .unwrap_or_else(|| net.graph().default_layer.clone());
 
     let logits = net.forward(be.upload(x.clone())?)?;
+    if !crate::explain::all_finite(&logits) {
+        let x = || be.upload(x.clone());
+        return Err(crate::explain::non_finite(net, &["logits"], Some(x)));
+    }
     let predicted = argmax(logits.data());
     let occlusion = match cfg.occlusion {
         // (A patch covering the whole input, as `--size native` may give a small image, is

@@ -680,6 +680,44 @@ impl<B: Backend> Network<B> {
         be.download(&out)
     }
 
+    /// Where a forward pass first goes wrong: the first node whose output holds an infinity
+    /// or a NaN, named by its layers (`layer2.0.conv1`, `layer2.0.bn1`, folded), or where no
+    /// layer names the node (a residual add, the ReLU a torchvision block shares) by the
+    /// first layer after it. None when every value is finite. Keeps every value of the pass,
+    /// so it is a diagnosis for a batch of one image whose logits were found not finite, not
+    /// part of a run.
+    pub fn first_non_finite(&self, x: B::Tensor) -> Result<Option<String>> {
+        self.graph.shapes(self.backend.shape(&x))?;
+        let keep = vec![true; self.graph.nodes.len()];
+        let vals = self.run_forward(x, &keep)?;
+        let layers = &self.graph.layers;
+        for (j, v) in vals.iter().enumerate() {
+            let Some(v) = v else { continue };
+            if self
+                .backend
+                .download(v)?
+                .data()
+                .iter()
+                .all(|x| x.is_finite())
+            {
+                continue;
+            }
+            let named: Vec<_> = layers.iter().filter(|l| l.node == j).collect();
+            let said = |named: &[&super::graph::Layer]| {
+                let names: Vec<_> = named.iter().map(|l| format!("`{}`", l.name)).collect();
+                format!("{} ({})", names.join(", "), named[0].kind)
+            };
+            return Ok(Some(match named.is_empty() {
+                false => said(&named),
+                true => match layers.iter().filter(|l| l.node > j).min_by_key(|l| l.node) {
+                    Some(l) => format!("inside {}", said(&[l])),
+                    None => "the logits".into(),
+                },
+            }));
+        }
+        Ok(None)
+    }
+
     /// The forward pass keeping what `keep` marks, and the logits on the host (the output's
     /// value dropped).
     fn forward_keeping(

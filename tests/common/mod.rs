@@ -326,3 +326,112 @@ pub fn batches_in_flight_keep_their_own_results<L: gradcam::backend::gpu::Launch
     }
     assert_eq!(memory(), before, "device memory left held after collecting");
 }
+
+/// ReLU keeps NaN on every path of a backend, as torch's `F.relu` and numpy's `maximum(x, 0)`
+/// do: the plain op, a conv's fused bias + ReLU and bias + residual + ReLU epilogues (through
+/// the filters prepared as the network prepares them, and not), and the CAM ops' ReLUs. A NaN
+/// born inside the network (activations that overflowed) must reach the logits' check rather
+/// than turn into zeros. Where the NaNs are is checked exactly; the other outputs only for
+/// being finite (their values are checked against the naive ops elsewhere).
+pub fn relu_keeps_nan<B: gradcam::backend::Backend>(be: &B, what: &str) {
+    use gradcam::backend::{Conv2dParams, ElementRule};
+    let nan = f32::NAN;
+    let up = |t: Tensor| be.upload(t).unwrap();
+    let down = |t: &B::Tensor| be.download(t).unwrap();
+    // F.relu(torch.tensor([nan, -inf, inf, -1., 2., 0.])) → [nan, 0, inf, 0, 2, 0]
+    let x = Tensor::new(
+        [1, 1, 2, 3],
+        vec![nan, f32::NEG_INFINITY, f32::INFINITY, -1.0, 2.0, 0.0],
+    );
+    let y = down(&be.relu_fwd(up(x)).unwrap());
+    let d = y.data();
+    assert!(
+        d[0].is_nan() && d[1..] == [0.0, f32::INFINITY, 0.0, 2.0, 0.0],
+        "{what}: relu_fwd gave {d:?}"
+    );
+    // Every output must be NaN exactly where `nan_at` says.
+    let pattern = |name: &str, t: &Tensor, nan_at: &dyn Fn(&[usize]) -> bool| {
+        let s = t.shape().to_vec();
+        for (i, v) in t.data().iter().enumerate() {
+            let mut idx = vec![0; s.len()];
+            let mut r = i;
+            for (d, len) in idx.iter_mut().zip(&s).rev() {
+                *d = r % len;
+                r /= len;
+            }
+            let want = nan_at(&idx);
+            assert!(
+                v.is_nan() == want && (want || v.is_finite()),
+                "{what}: {name} at {idx:?} is {v} ({})",
+                if want {
+                    "want NaN"
+                } else {
+                    "want a finite value"
+                }
+            );
+        }
+    };
+    let mut rng = gradcam::model::synth::Rng::new(11);
+    // (n, c, h, w, k, kernel, stride, padding): a 3×3 conv (Winograd on the CPU, at the
+    // network's map size), a 1×1 one (a GEMM) and a 7×7/2 stem (im2col).
+    let cases = [
+        (2, 16, 12, 12, 32, 3, 1, 1),
+        (2, 64, 7, 7, 64, 1, 1, 0),
+        (1, 3, 16, 16, 16, 7, 2, 3),
+    ];
+    for (n, c, h, w, k, r, s, pd) in cases {
+        let p = Conv2dParams::new(s, pd);
+        let (oh, ow) = p.out_hw((h, w), (r, r)).unwrap();
+        let x = up(rng.tensor(&[n, c, h, w], -1.0, 1.0));
+        let wt = up(rng.tensor(&[k, c, r, r], -1.0, 1.0));
+        // Bias NaN in output channel 1: that whole channel is NaN after the ReLU.
+        let mut b = rng.tensor(&[k], -1.0, 1.0);
+        b.data_mut()[1] = nan;
+        let b = up(b);
+        // The residual NaN at one element of channel 2: that output alone.
+        let mut res = rng.tensor(&[n, k, oh, ow], -1.0, 1.0);
+        let hole = [n - 1, 2, oh / 2, ow - 1];
+        res.data_mut()[((hole[0] * k + hole[1]) * oh + hole[2]) * ow + hole[3]] = nan;
+        let res = up(res);
+        let preps = [
+            be.conv2d_prepare_for(&wt, &p, Some((oh, ow))).unwrap(),
+            be.conv2d_prepare(&wt, &p).unwrap(),
+            None,
+        ];
+        for (j, prep) in preps.iter().enumerate() {
+            let case = format!("{r}x{r}/{s} conv, preparation {j}");
+            let y = be.conv2d_fwd(&x, &wt, prep.as_ref(), Some(&b), &p, true);
+            pattern(&format!("{case}, bias + ReLU"), &down(&y.unwrap()), &|i| {
+                i[1] == 1
+            });
+            let z = be.conv2d_fwd_add_relu(&x, &wt, prep.as_ref(), Some(&b), &p, &res);
+            pattern(
+                &format!("{case}, bias + residual + ReLU"),
+                &down(&z.unwrap()),
+                &|i| i[1] == 1 || i == hole,
+            );
+        }
+    }
+    // The CAM ops: a NaN channel weight of image 0 makes its whole map NaN
+    // (np.maximum((w[:, :, None, None] * a).sum(1), 0)); a NaN gradient at one position of
+    // image 1 makes that position's map NaN, for each element-wise rule.
+    let (n, k, h, w) = (2, 5, 4, 3);
+    let a = up(rng.tensor(&[n, k, h, w], -1.0, 1.0));
+    let mut alpha = rng.tensor(&[n, k], -1.0, 1.0);
+    alpha.data_mut()[3] = nan;
+    let m = be.weighted_sum_relu(&a, &up(alpha)).unwrap();
+    pattern("weighted_sum_relu", &down(&m), &|i| i[0] == 0);
+    let mut g = rng.tensor(&[n, k, h, w], -1.0, 1.0);
+    g.data_mut()[((k + 4) * h + 2) * w + 1] = nan;
+    let g = up(g);
+    for rule in [
+        ElementRule::HiResCam,
+        ElementRule::LayerCam,
+        ElementRule::GradCamElementWise,
+    ] {
+        let m = be.elementwise_cam_relu(rule, &a, &g).unwrap();
+        pattern(&format!("elementwise_cam_relu {rule:?}"), &down(&m), &|i| {
+            i == [1, 2, 1]
+        });
+    }
+}

@@ -2849,3 +2849,64 @@ fn random_weights_write_checkpoints_only_over_checkpoints() {
         std::fs::read(demo.join("star.png")).unwrap()
     );
 }
+
+/// A model whose activations overflow (finite weights, each conv's filters ×1e4: past f32's
+/// range at the tenth conv, `layer3.0.conv1`) fails each image in explain, dff and eval with
+/// the error naming the layer whose output first holds infinities or NaNs, and the run exits
+/// non-zero; before ReLU kept NaN, all three reported the classifier's bias as the logits.
+#[test]
+fn activations_that_overflow_fail_each_image_naming_the_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = gradcam::model::synth::state_dict("resnet18", 16, 10, 3).unwrap();
+    for (name, t) in d.iter_mut() {
+        if name.contains("conv") || name.ends_with("downsample.0.weight") {
+            let v = t.data().iter().map(|x| x * 1e4).collect();
+            *t = gradcam::Tensor::new(t.shape().to_vec(), v);
+        }
+    }
+    let m = dir.path().join("loud.safetensors");
+    gradcam::model::synth::write(&m, &d, safetensors::Dtype::F32).unwrap();
+    let m = m.to_str().unwrap();
+    let (a, b) = (
+        fixtures().join("images/a.png"),
+        fixtures().join("images/b.png"),
+    );
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let first = "first in the output of `layer3.0.conv1`, `layer3.0.bn1` (conv)";
+    let says = |o: &Output, what: &str| {
+        let e = stderr(o);
+        assert!(!o.status.success(), "{e}");
+        for img in [a, b] {
+            assert!(
+                e.lines()
+                    .any(|l| l.contains(img) && l.contains(what) && l.contains(first)),
+                "{img}: {e}"
+            );
+        }
+    };
+    let out = dir.path().join("out");
+    let o = gradcam(&["explain", "-m", m, "--out", out.to_str().unwrap(), a, b]);
+    says(&o, "infinities or NaNs in the logits");
+    let summary = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert_eq!(
+        summary
+            .lines()
+            .filter(|l| l.split(',').nth(1) == Some("error"))
+            .count(),
+        2
+    );
+    let o = gradcam(&[
+        "dff",
+        "-m",
+        m,
+        "--out",
+        dir.path().join("dff").to_str().unwrap(),
+        a,
+        b,
+    ]);
+    says(&o, "in the activations at `layer4` and the logits");
+    let manifest = dir.path().join("m.csv");
+    std::fs::write(&manifest, format!("{a},1,0,0,9,9\n{b},2,0,0,9,9\n")).unwrap();
+    let o = gradcam(&["eval", "-m", m, manifest.to_str().unwrap()]);
+    says(&o, "infinities or NaNs in the logits");
+}

@@ -269,7 +269,7 @@ unsafe fn store(
                 v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, dst));
             }
             if relu {
-                v = _mm512_max_ps(v, zero);
+                v = _mm512_max_ps(zero, v); // the second operand when NaN: kept, as torch
             }
             _mm512_mask_storeu_ps(dst, mask, v);
         }

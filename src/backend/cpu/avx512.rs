@@ -300,7 +300,8 @@ unsafe fn tile<const NV: usize>(
                     x = _mm512_add_ps(x, _mm512_set1_ps(bias[i]));
                 }
                 if epi.relu {
-                    x = _mm512_max_ps(x, _mm512_setzero_ps());
+                    // max(0, x) returns its second operand when one is NaN: torch's NaN-keeping ReLU.
+                    x = _mm512_max_ps(_mm512_setzero_ps(), x);
                 }
                 _mm512_mask_storeu_ps(at, mask, x);
             }

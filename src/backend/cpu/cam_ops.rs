@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::{ElementRule, FullGradBy, WeightRule};
+use crate::backend::{relu, ElementRule, FullGradBy, WeightRule};
 use crate::cam::postprocess::min_max;
 use crate::image::resize_bilinear;
 use crate::Tensor;
@@ -28,7 +28,7 @@ pub fn cam_weights(rule: WeightRule, a: &Tensor, g: &Tensor) -> Tensor {
                         }
                         let g2 = g * g;
                         let aij = g2 / (2.0 * g2 + sum_a * (g2 * g) + 1e-6);
-                        g.max(0.0) * aij
+                        relu(g) * aij
                     })
                     .sum::<f32>(),
                 WeightRule::XGradCam => {
@@ -83,7 +83,7 @@ pub fn elementwise_cam_relu(rule: ElementRule, a: &Tensor, g: &Tensor) -> Tensor
                     *o += rule.term(g, a);
                 }
             }
-            out.iter_mut().for_each(|v| *v = v.max(0.0));
+            out.iter_mut().for_each(|v| *v = relu(*v));
         });
     m
 }

@@ -10,7 +10,7 @@ use super::gemm::{
 };
 use super::naive::adaptive_bin;
 use super::winograd;
-use crate::backend::{BwdFilters, Conv2dParams, Pool2dParams, TransposedConv};
+use crate::backend::{self, BwdFilters, Conv2dParams, Pool2dParams, TransposedConv};
 use crate::Tensor;
 
 /// With at least as many images as threads, one image per task and single-threaded GEMMs;
@@ -325,12 +325,12 @@ pub fn conv2d_prepare_bwd(w: &Tensor, p: &Conv2dParams, bf16: bool) -> Option<Bw
     })
 }
 
-/// v += res (when given), then max(v, 0) when `relu`: a conv's epilogue, in one pass.
+/// v += res (when given), then max(v, 0) when `relu` (NaN kept: [`backend::relu`]): a conv's epilogue, in one pass.
 pub(super) fn add_relu(v: &mut [f32], res: Option<&[f32]>, relu: bool) {
     match (res, relu) {
-        (Some(res), true) => (v.iter_mut().zip(res)).for_each(|(v, a)| *v = (*v + a).max(0.0)),
+        (Some(res), true) => (v.iter_mut().zip(res)).for_each(|(v, a)| *v = backend::relu(*v + a)),
         (Some(res), false) => v.iter_mut().zip(res).for_each(|(v, a)| *v += a),
-        (None, true) => v.iter_mut().for_each(|v| *v = v.max(0.0)),
+        (None, true) => v.iter_mut().for_each(|v| *v = backend::relu(*v)),
         (None, false) => {}
     }
 }
@@ -561,7 +561,7 @@ pub fn conv2d_bwd_data(
 pub fn relu_fwd(mut x: Tensor) -> Tensor {
     x.data_mut()
         .par_chunks_mut(1 << 14)
-        .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
+        .for_each(|c| c.iter_mut().for_each(|v| *v = backend::relu(*v)));
     x
 }
 
@@ -831,7 +831,7 @@ pub fn weighted_sum_relu(a: &Tensor, alpha: &Tensor) -> Tensor {
             let al = Mat::row_major(&alpha.data()[ni * k..(ni + 1) * k], k);
             let act = Mat::row_major(&a.data()[ni * k * h * w..(ni + 1) * k * h * w], h * w);
             sgemm(1, h * w, k, al, act, out, h * w, false, Parallelism::None);
-            out.iter_mut().for_each(|v| *v = v.max(0.0));
+            out.iter_mut().for_each(|v| *v = backend::relu(*v));
         });
     m
 }

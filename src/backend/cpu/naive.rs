@@ -2,7 +2,7 @@
 //! its PyTorch definition. Slow on purpose; the fast ops and the CUDA kernels are tested
 //! against these.
 
-use crate::backend::{Conv2dParams, Pool2dParams};
+use crate::backend::{relu, Conv2dParams, Pool2dParams};
 use crate::Tensor;
 
 /// Input coordinate for output index `o`, kernel tap `k`; None when it falls in the padding.
@@ -93,7 +93,7 @@ pub fn conv2d_bwd_data(dy: &Tensor, w: &Tensor, in_hw: (usize, usize), p: &Conv2
 }
 
 pub fn relu_fwd(x: &Tensor) -> Tensor {
-    let data = x.data().iter().map(|&v| v.max(0.0)).collect();
+    let data = x.data().iter().map(|&v| relu(v)).collect();
     Tensor::new(x.shape(), data)
 }
 
@@ -307,7 +307,7 @@ pub fn weighted_sum_relu(a: &Tensor, alpha: &Tensor) -> Tensor {
                 acc +=
                     alpha.data()[ni * k + ki] as f64 * a.data()[(ni * k + ki) * h * w + i] as f64;
             }
-            m.data_mut()[ni * h * w + i] = (acc as f32).max(0.0);
+            m.data_mut()[ni * h * w + i] = relu(acc as f32);
         }
     }
     m
