@@ -438,7 +438,7 @@ pub(crate) fn non_finite<B: Backend>(
     };
     let first = x
         .and_then(|x| net.first_non_finite(x().ok()?).ok().flatten())
-        .map_or(String::new(), |at| format!(", first in the output of {at}"));
+        .map_or(String::new(), |at| format!(", first in {at}"));
     Error::NonFinite {
         what,
         backend: net.backend().name(),

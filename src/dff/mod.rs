@@ -136,11 +136,12 @@ pub fn activations<B: Backend>(
 ) -> Result<(Tensor, Tensor)> {
     let be = net.backend();
     let one = be.shape(&x)[0] == 1;
-    let again = one.then(|| be.duplicate(&x)).transpose()?;
+    // (A copy refused, at the edge of the device's memory, only costs the diagnosis.)
+    let again = one.then(|| be.duplicate(&x).ok()).flatten();
     let out = net.run(x, &[layer], Backward::None, |l| Ok(l.clone()))?;
     let act = be.download(&out.layers[0].activation)?;
     let at = format!("activations at `{layer}`");
-    let bad: Vec<&str> = [(at.as_str(), &act), ("the logits", &out.logits)]
+    let bad: Vec<&str> = [(at.as_str(), &act), ("logits", &out.logits)]
         .into_iter()
         .filter(|(_, t)| !crate::explain::all_finite(t))
         .map(|(what, _)| what)

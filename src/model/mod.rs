@@ -10,7 +10,7 @@ pub mod vgg;
 mod weights;
 
 pub use graph::{BnAffine, Graph, Layer, Node, Op, View};
-pub use network::{Backward, FromLayer, LayerOutput, Network, Pass, RunOutput};
+pub use network::{Backward, FromLayer, LayerOutput, Network, Pass, RunOutput, DIAGNOSIS_BYTES};
 pub use weights::Weights;
 
 use std::path::Path;

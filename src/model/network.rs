@@ -10,6 +10,9 @@ use super::graph::{Graph, Op, View};
 use crate::backend::{Backend, BwdFilters, Conv2dParams};
 use crate::{Error, Result, Tensor};
 
+/// The most [`Network::first_non_finite`] keeps of one image's forward pass.
+pub const DIAGNOSIS_BYTES: usize = 2 << 30;
+
 pub struct Network<B: Backend> {
     graph: Graph,
     params: Vec<B::Tensor>,
@@ -681,13 +684,19 @@ impl<B: Backend> Network<B> {
     }
 
     /// Where a forward pass first goes wrong: the first node whose output holds an infinity
-    /// or a NaN, named by its layers (`layer2.0.conv1`, `layer2.0.bn1`, folded), or where no
-    /// layer names the node (a residual add, the ReLU a torchvision block shares) by the
-    /// first layer after it. None when every value is finite. Keeps every value of the pass,
-    /// so it is a diagnosis for a batch of one image whose logits were found not finite, not
-    /// part of a run.
+    /// or a NaN, as a phrase: "the output of `layer2.0.conv1`, `layer2.0.bn1` (conv)" (a conv
+    /// with its BatchNorm folded), "a value inside `layer2.0` (block)" where no layer names
+    /// the node (a residual add, the ReLU a torchvision block shares), "the normalised input".
+    /// None when every value is finite, or when keeping every value of the pass would take
+    /// more than [`DIAGNOSIS_BYTES`] (a 224² ResNet-50 image keeps about 0.2 GB; a
+    /// photograph at `--size native`, many times that). A diagnosis for one image whose logits
+    /// were found not finite, not part of a run.
     pub fn first_non_finite(&self, x: B::Tensor) -> Result<Option<String>> {
-        self.graph.shapes(self.backend.shape(&x))?;
+        let shapes = self.graph.shapes(self.backend.shape(&x))?;
+        let values: usize = shapes.iter().map(|s| s.iter().product::<usize>()).sum();
+        if values.saturating_mul(4) > DIAGNOSIS_BYTES {
+            return Ok(None);
+        }
         let keep = vec![true; self.graph.nodes.len()];
         let vals = self.run_forward(x, &keep)?;
         let layers = &self.graph.layers;
@@ -702,17 +711,17 @@ impl<B: Backend> Network<B> {
             {
                 continue;
             }
-            let named: Vec<_> = layers.iter().filter(|l| l.node == j).collect();
             let said = |named: &[&super::graph::Layer]| {
                 let names: Vec<_> = named.iter().map(|l| format!("`{}`", l.name)).collect();
                 format!("{} ({})", names.join(", "), named[0].kind)
             };
-            return Ok(Some(match named.is_empty() {
-                false => said(&named),
-                true => match layers.iter().filter(|l| l.node > j).min_by_key(|l| l.node) {
-                    Some(l) => format!("inside {}", said(&[l])),
-                    None => "the logits".into(),
-                },
+            let named: Vec<_> = layers.iter().filter(|l| l.node == j).collect();
+            let next = layers.iter().filter(|l| l.node > j).min_by_key(|l| l.node);
+            return Ok(Some(match (j, named.is_empty(), next) {
+                (0, ..) => "the normalised input".into(),
+                (_, false, _) => format!("the output of {}", said(&named)),
+                (_, true, Some(l)) => format!("a value inside {}", said(&[l])),
+                (_, true, None) => "the logits".into(),
             }));
         }
         Ok(None)
@@ -979,6 +988,45 @@ mod tests {
     /// input) are joined from the images into the batch's bits, each in image order, at any
     /// cut; `image_major_cut` takes the cut while the joined values (the live one included)
     /// stay within three times the live one, and refuses it past that.
+    /// `first_non_finite` finds nothing in a finite pass, says "the normalised input" when
+    /// the input itself is not finite (no layer's output), names a conv (folded with its
+    /// BatchNorm) whose sums overflow, and does not run a pass that would keep more than
+    /// DIAGNOSIS_BYTES.
+    #[test]
+    fn first_non_finite_names_where_and_keeps_to_its_budget() {
+        let net = |d: &[(String, Tensor)]| {
+            let bytes = synth::to_safetensors(d, safetensors::Dtype::F32).unwrap();
+            let w =
+                crate::model::Weights::from_static("resnet18", Box::leak(bytes.into_boxed_slice()))
+                    .unwrap();
+            Network::new(crate::model::build(&w, None).unwrap(), CpuBackend::fast()).unwrap()
+        };
+        let mut d = synth::state_dict("resnet18", 16, 10, 4).unwrap();
+        let fine = net(&d);
+        let x = synth::Rng::new(5).tensor(&[1, 3, 32, 32], -1.0, 1.0);
+        assert_eq!(fine.first_non_finite(x.clone()).unwrap(), None);
+        let mut bad = x.clone();
+        bad.data_mut()[7] = f32::INFINITY;
+        let said = fine.first_non_finite(bad).unwrap();
+        assert_eq!(said.as_deref(), Some("the normalised input"));
+        // 3·H·W values past the budget on their own: not run (a pass would take far more).
+        let side = ((DIAGNOSIS_BYTES / 4 / 3) as f64).sqrt() as usize + 1;
+        let huge = Tensor::zeros([1, 3, side, side]);
+        assert_eq!(fine.first_non_finite(huge).unwrap(), None);
+        // layer2.0.conv1's filters ×1e38 (finite, and finite folded with its BatchNorm): its
+        // sums overflow, and its output is the first that is not finite.
+        for (name, t) in d.iter_mut() {
+            if name == "layer2.0.conv1.weight" {
+                t.data_mut().iter_mut().for_each(|v| *v *= 1e38);
+            }
+        }
+        let said = net(&d).first_non_finite(x).unwrap();
+        assert_eq!(
+            said.as_deref(),
+            Some("the output of `layer2.0.conv1`, `layer2.0.bn1` (conv)")
+        );
+    }
+
     #[test]
     fn kept_values_before_the_cut_are_joined_in_order() {
         let d = synth::state_dict("resnet18", 16, 10, 4).unwrap();

@@ -2904,7 +2904,7 @@ fn activations_that_overflow_fail_each_image_naming_the_layer() {
         a,
         b,
     ]);
-    says(&o, "in the activations at `layer4` and the logits");
+    says(&o, "in the activations at `layer4` and logits");
     let manifest = dir.path().join("m.csv");
     std::fs::write(&manifest, format!("{a},1,0,0,9,9\n{b},2,0,0,9,9\n")).unwrap();
     let o = gradcam(&["eval", "-m", m, manifest.to_str().unwrap()]);
