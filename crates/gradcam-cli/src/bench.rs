@@ -271,11 +271,19 @@ fn bench_on<B: Backend>(
     println!("images/s      {:.2}", n / total.as_secs_f64());
     let flops = net.graph().forward_flops((side, side))?;
     println!("per image     {:.2} ms", ms(total));
-    println!(
-        "  preprocess  {:.2} ms (on a GPU the host's packing of the bytes; their copy and the \
-         resize kernels run behind it, in the grad-cam time)",
-        ms(t.preprocess)
-    );
+    // (Where the stages run differs: on a GPU the host only packs the bytes.)
+    let gpu = !net.backend().host_activations();
+    match gpu {
+        true => println!(
+            "  preprocess  {:.2} ms (the host's packing of the bytes; their copy and the resize \
+             kernels run behind it, in the grad-cam time)",
+            ms(t.preprocess)
+        ),
+        false => println!(
+            "  preprocess  {:.2} ms (resize, normalise)",
+            ms(t.preprocess)
+        ),
+    }
     // The rate counts one forward pass per image; these options run more (several layers
     // share one; Ablation-CAM needs none more where the logits are affine in the layer).
     let layers = cfg.layer.as_deref().unwrap_or(&net.graph().default_layer);
@@ -296,11 +304,18 @@ fn bench_on<B: Backend>(
         flops / 1e9
     );
     println!(
-        "  postprocess {:.2} ms (upsample, normalise, overlay)",
-        ms(t.postprocess)
+        "  postprocess {:.2} ms (upsample, normalise{})",
+        ms(t.postprocess),
+        if a.no_overlay { "" } else { ", overlay" }
     );
-    println!("  png encode  {:.2} ms", ms(encode));
-    println!("  (postprocess and png encode of one batch overlap the next batch's device work)");
+    if !a.no_overlay {
+        println!("  png encode  {:.2} ms", ms(encode));
+    }
+    if gpu {
+        println!(
+            "  (postprocess and png encode of one batch overlap the next batch's device work)"
+        );
+    }
     if a.images_dir.is_some() {
         println!(
             "decode        {:.2} ms per image (before the timed loop)",

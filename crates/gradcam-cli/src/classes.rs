@@ -30,7 +30,9 @@ impl Classes {
     /// relative to the file's folder (or absolute), the class an index or one of the model's
     /// labels; a first line of column names and lines starting with `#` are skipped. The
     /// class is the text after the last comma (else, in a line without commas, after the last
-    /// blank), so image names may hold commas (or, in blank-separated lines, blanks).
+    /// blank), so image names may hold commas (or, in blank-separated lines, blanks); but a
+    /// first line naming `image` and `class` among more columns (an `eval` manifest) picks
+    /// those columns ([`named_lines`]).
     pub fn load(
         file: &Path,
         num_classes: usize,
@@ -43,7 +45,7 @@ impl Classes {
         let mut by_image: HashMap<PathBuf, usize> = HashMap::new();
         let mut listed = Vec::new();
         let mut digits = gradcam::model::DigitsLabels::default();
-        for line in lines(&text) {
+        for line in named_lines(&text, "class") {
             let bad = |why: String| anyhow::anyhow!("{}:{}: {why}", file.display(), line.number);
             let Some((image, class)) = line.fields else {
                 return Err(bad(format!(
@@ -139,7 +141,8 @@ impl Classes {
             subs.retain(|(_, p)| {
                 let written = canonical(p) == out || crate::resume::holds_a_run(p);
                 let only_outputs = written && {
-                    let (w, _) = crate::resume::Written::read(p);
+                    let w = crate::resume::run_outputs(p)
+                        .unwrap_or_else(|| crate::resume::Written::read(p).0);
                     let (images, _) =
                         crate::inputs::collect(std::slice::from_ref(p), Some((p, &w)));
                     images.is_empty()
@@ -288,6 +291,48 @@ pub fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
         })
 }
 
+/// [`lines`] of a file whose first line may name its columns: where it names `image` and
+/// `value` among three or more (an `eval` manifest, `image,class,x0,y0,x1,y1,mask`), each
+/// line's fields are those two columns (quotes kept out of them; a line without them has
+/// none). Otherwise the lines as [`lines`] gives them.
+pub fn named_lines<'t>(text: &'t str, value: &str) -> Vec<Line<'t>> {
+    let all: Vec<Line> = lines(text).collect();
+    let Some(first) = all.first() else {
+        return all;
+    };
+    let names: Vec<String> = (fields_outside_quotes(first.text).iter())
+        .map(|f| unquoted(f.trim()).to_ascii_lowercase())
+        .collect();
+    let at = |name: &str| names.iter().position(|n| n == name);
+    let (Some(i), Some(v), true) = (at("image"), at(value), names.len() >= 3) else {
+        return all;
+    };
+    (all.into_iter())
+        .map(|mut l| {
+            let f = fields_outside_quotes(l.text);
+            l.fields = (f.len() > i.max(v)).then(|| (unquoted(f[i].trim()), unquoted(f[v].trim())));
+            l
+        })
+        .collect()
+}
+
+/// A line's comma-separated fields, a comma inside double quotes being no separator.
+fn fields_outside_quotes(line: &str) -> Vec<&str> {
+    let (mut quoted, mut start, mut out) = (false, 0, Vec::new());
+    for (i, ch) in line.char_indices() {
+        match ch {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&line[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&line[start..]);
+    out
+}
+
 /// The byte offset of the line's last comma that is not inside double quotes: the class is
 /// after it (a quoted ImageNet label may hold commas), the image before it (an unquoted path
 /// may hold commas too).
@@ -405,6 +450,17 @@ mod tests {
         assert_eq!(c.of(&d.join("imgs/a.png")), Ok(2));
         assert_eq!(c.of(&d.join("imgs/c.png")), Ok(2));
         assert_eq!(c.of(&d.join("imgs/my cat.png")), Ok(0));
+
+        // An `eval` manifest: its image and class columns, wherever they are.
+        for text in [
+            "image,class,x0,y0,x1,y1\nimgs/a.png,2,0,0,5,5\n\"imgs/b,1.png\",dog,1,1,2,2,m.png\n",
+            "x0,Class,y0,x1,y1,Image\n0,2,0,5,5,imgs/a.png\n1,dog,1,2,2,\"imgs/b,1.png\"\n",
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let c = Classes::load(&file, 3, Some(&labels)).unwrap();
+            assert_eq!(c.of(&d.join("imgs/a.png")), Ok(2), "{text}");
+            assert_eq!(c.of(&d.join("imgs/b,1.png")), Ok(1), "{text}");
+        }
 
         for (text, says) in [
             ("a.png,7\n", ":1: class 7 is out of range"),

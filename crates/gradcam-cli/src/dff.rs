@@ -55,6 +55,29 @@ fn refuse_foreign_reports(out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The overlays an earlier run's dff.json in `out` lists (relative to `out`, as written now:
+/// a report of an older version, with other paths, lists none) that are there now.
+fn earlier_overlays(out: &Path) -> Vec<PathBuf> {
+    let report = (std::fs::read(out.join(crate::resume::DFF_REPORT)).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let Some(images) = report.as_ref().and_then(|r| r["images"].as_array()) else {
+        return Vec::new();
+    };
+    (images.iter())
+        .filter_map(|im| im["overlay"].as_str())
+        .map(Path::new)
+        // Only a file name below `out` that a dff run writes (no `..`, no absolute path).
+        .filter(|p| {
+            p.is_relative()
+                && p.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+                && p.to_string_lossy().ends_with(".dff.png")
+        })
+        .map(|p| out.join(p))
+        .filter(|p| p.is_file())
+        .collect()
+}
+
 /// Images listed per concept in dff.json.
 const TOP_IMAGES: usize = 8;
 
@@ -133,6 +156,7 @@ fn dff_all<B: Backend>(
     let mut passes = PassSizes::forward_to(graph, &layer, host, size, a.batch as usize)?;
     inputs::create_out_dir(&a.out)?;
     refuse_foreign_reports(&a.out)?;
+    let earlier = earlier_overlays(&a.out);
 
     // The activations of every image that decodes, `batch` images of one size per pass.
     let bar = ProgressBar::new(files.len() as u64);
@@ -249,14 +273,14 @@ fn dff_all<B: Backend>(
     let channels = acts[0].dims4().1;
     if k > channels {
         bar.finish_and_clear();
-        anyhow::bail!("--components {k}: more concepts than the {channels} channels of {layer}");
+        anyhow::bail!("-k/--components {k}: more concepts than the {channels} channels of {layer}");
     }
     // (Each position of each image is a row of the factorised matrix: more concepts than
     // rows leave some holding nothing.)
     if k > held {
         bar.finish_and_clear();
         anyhow::bail!(
-            "--components {k}: more concepts than the {held} positions of {layer} over the \
+            "-k/--components {k}: more concepts than the {held} positions of {layer} over the \
              images ({}); give fewer, or more images",
             kept.len()
         );
@@ -340,7 +364,8 @@ fn dff_all<B: Backend>(
         let dominant = (0..k).fold(0, |b, c| if share[c] > share[b] { c } else { b });
         per_image.push(json!({
             "image": gradcam::path_text::text(path),
-            "overlay": written.is_ok().then(|| gradcam::path_text::text(&out)),
+            // (Relative to dff.json's folder, as explain's reports name their files.)
+            "overlay": written.is_ok().then(|| format!("{stem}.dff.png")),
             "share": share,
             "dominant": dominant,
         }));
@@ -410,9 +435,31 @@ fn dff_all<B: Backend>(
         "concepts": concepts,
         "groups": group_json,
     });
-    let path = a.out.join("dff.json");
+    let path = a.out.join(crate::resume::DFF_REPORT);
     std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
+    // The overlays an earlier run into this folder listed and this one did not rewrite are
+    // of its concepts, not these: gone, rather than left beside this run's.
+    let now: std::collections::HashSet<PathBuf> = stems
+        .iter()
+        .map(|s| a.out.join(format!("{s}.dff.png")))
+        .collect();
+    let stale: Vec<&PathBuf> = earlier.iter().filter(|p| !now.contains(*p)).collect();
+    for p in &stale {
+        if let Err(e) = std::fs::remove_file(p) {
+            eprintln!(
+                "warning: {}: an earlier run's overlay left: {e}",
+                p.display()
+            );
+        }
+    }
+    if !stale.is_empty() {
+        eprintln!(
+            "note: removed {} overlays of the earlier dff run in {} (of other images)",
+            stale.len(),
+            a.out.display()
+        );
+    }
     // The concepts on the terminal, largest first.
     let mut order: Vec<usize> = (0..k).collect();
     order.sort_by(|&x, &y| total[y].cmp(&total[x]));

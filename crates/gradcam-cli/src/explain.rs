@@ -87,7 +87,8 @@ pub struct ExplainArgs {
     /// The class score explained: `logit` (default), `softmax` (the class's probability) or
     /// `rest` (the logit plus the log-probability, proposed with ShapleyCAM), as
     /// pytorch-grad-cam's ClassifierOutputTarget, ClassifierOutputSoftmaxTarget and
-    /// ClassifierOutputReST. The gradient methods, Score-CAM and Ablation-CAM.
+    /// ClassifierOutputReST. Every method that explains a class reads it; Eigen-CAM, KPCA-CAM
+    /// and FEM, which explain none, do not.
     #[arg(long, default_value = "logit", value_parser = parse_target)]
     target: Target,
     /// KPCA-CAM's kernel between pixels' activation vectors: sigmoid (default), rbf, poly
@@ -588,6 +589,23 @@ fn explain_all<B: Backend>(
             Some(row) => kept.push((at(i), row)),
             None => todo.push(i),
         }
+    }
+    if let Some(p) = previous.as_ref() {
+        // Going on with fewer kinds of files records the previous run's too (its images keep
+        // theirs); an image explained again here loses its older files of the kinds this run
+        // does not write, which would otherwise stand beside its newer row.
+        let recorded = p.outputs(&suffixes);
+        for &i in &todo {
+            for s in recorded.iter().filter(|s| !suffixes.contains(&s.as_str())) {
+                let f = a.out.join(format!("{}{s}", stems[i]));
+                if let Err(e) = std::fs::remove_file(&f) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        anyhow::bail!("--resume: removing the older {}: {e}", f.display());
+                    }
+                }
+            }
+        }
+        settings["outputs"] = json!(recorded);
     }
     // Rows of images this run was not given stay, after its own.
     if let Some(p) = previous.as_mut() {

@@ -27,10 +27,10 @@ const OUTPUT_SUFFIXES: &[&str] = &[
 /// extension, recursively, sorted), skipping hidden entries (`.git`, macOS's `._name.jpg`
 /// resource forks), folders already walked (a symbolic link back up the tree) and the output
 /// folder `skip` (so a second run over a tree that holds it does not explain the first run's
-/// overlays) and any other run's output folder below a folder given (with a note), or, where
-/// the output folder is the one given or inside it, the images a run wrote there
-/// ([`OUTPUT_SUFFIXES`] after a stem it [`Written::holds`]). Paths that do not exist come
-/// back as errors.
+/// overlays), and, where the output folder is the one given or inside it, the images a run
+/// wrote there ([`OUTPUT_SUFFIXES`] after a stem it [`Written::holds`]); so too in any other
+/// run's output folder ([`crate::resume::holds_a_run`]: explain's or dff's), given or below a
+/// folder given (with a note). Paths that do not exist come back as errors.
 pub fn collect(
     paths: &[PathBuf],
     skip: Option<(&Path, &Written)>,
@@ -49,7 +49,20 @@ pub fn collect(
                 .filter(|s| Some(*s) != given.as_ref())
                 .cloned()
                 .collect();
-            let out = skip.as_deref().zip(written);
+            let own;
+            let out = match (
+                given.as_ref() == skip.as_ref(),
+                crate::resume::run_outputs(p),
+            ) {
+                // An earlier run's output folder given (a data folder it wrote into, or its
+                // `--out`), not this run's: its outputs are no data, its other images are.
+                (false, Some(w)) => {
+                    note_run_outputs(p);
+                    own = (given.clone().unwrap_or_else(|| canonical(p)), w);
+                    Some((own.0.as_path(), &own.1))
+                }
+                _ => skip.as_deref().zip(written),
+            };
             walk(p, &mut found, &mut errors, &mut walked, out);
             found.sort();
             if found.is_empty() {
@@ -105,15 +118,13 @@ fn walk(
             errors.push((p, format!("cannot be read as a folder: {why}")));
             continue;
         }
-        if p.is_dir() && crate::resume::holds_a_run(&p) && !walked.contains(&canonical(&p)) {
+        let run = (p.is_dir() && !walked.contains(&canonical(&p)))
+            .then(|| crate::resume::run_outputs(&p))
+            .flatten();
+        if let Some(written) = run {
             // An earlier run's output folder inside the data (its --out, or the images' own
             // folder): its outputs are no data, its other files are.
-            eprintln!(
-                "note: {}: holds a gradcam run's outputs (run.json, summary.csv): they are left \
-                 out, its other images are not",
-                p.display()
-            );
-            let (written, _) = Written::read(&p);
+            note_run_outputs(&p);
             walk(&p, out, errors, walked, Some((&canonical(&p), &written)));
         } else if p.is_dir() {
             walk(&p, out, errors, walked, out_dir);
@@ -132,6 +143,15 @@ fn walk(
             out.push(p);
         }
     }
+}
+
+/// Said for each earlier run's output folder a walk meets.
+fn note_run_outputs(dir: &Path) {
+    eprintln!(
+        "note: {}: holds a gradcam run's outputs (run.json and summary.csv, or dff.json): they \
+         are left out, its other images are not",
+        dir.display()
+    );
 }
 
 /// How many of `files` name a file given before them (a folder and a file inside it, two
@@ -442,16 +462,34 @@ mod tests {
             Some((&sub_out, &Written::Nothing)),
         );
         assert_eq!(files, [&sub[..], &rest[1..]].concat());
-        // Another run's output folder below a folder given: its outputs are left out, its
-        // other images not (given by name, it is walked whole).
+        // Another run's output folder below a folder given, or given itself: its outputs are
+        // left out, its other images not.
         for f in ["run.json", "summary.csv"] {
             std::fs::write(data.join("sub").join(f), b"x").unwrap();
         }
         let (files, _) = collect(std::slice::from_ref(&data), None);
         let top = ["b.PNG", "e.jfif", "f.pam"].map(|n| data.join(n));
         assert_eq!(files, [&top[..], &[data.join("sub/a.jpg")]].concat());
+        // (Given, `sub` is walked with its link up to `data`: data's images under `loop/`.)
+        let (files, _) = collect(std::slice::from_ref(&sub_out), None);
+        let rest = [
+            "sub/a.jpg",
+            "sub/loop/b.PNG",
+            "sub/loop/e.jfif",
+            "sub/loop/f.pam",
+        ];
+        assert_eq!(files, rest.map(|n| data.join(n)));
+        // A dff run's folder (dff.json, no summary): every file named like an output is one.
+        for f in ["run.json", "summary.csv"] {
+            std::fs::remove_file(data.join("sub").join(f)).unwrap();
+        }
         let (files, _) = collect(std::slice::from_ref(&sub_out), None);
         assert_eq!(files[..3], sub);
+        std::fs::write(data.join("sub/dff.json"), b"{}").unwrap();
+        let (files, _) = collect(std::slice::from_ref(&data), None);
+        assert_eq!(files, [&top[..], &[data.join("sub/a.jpg")]].concat());
+        let (files, _) = collect(std::slice::from_ref(&sub_out), None);
+        assert_eq!(files, rest.map(|n| data.join(n)));
     }
 
     /// Stems mirror the tree under each folder given; repeats get a number.

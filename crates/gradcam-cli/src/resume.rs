@@ -20,10 +20,24 @@ pub const SETTINGS: &str = "run.json";
 /// The image stem that would write over [`SETTINGS`] (`run.jpg` → `run.json`): never given.
 pub const SETTINGS_STEM: &str = "run";
 
+/// The report a `dff` run writes into its output folder.
+pub const DFF_REPORT: &str = "dff.json";
+
 /// Whether `dir` is an output folder of an `explain` run (it holds a [`SETTINGS`] and a
-/// `summary.csv`): no data set's folder, so neither walked for images nor a class.
+/// `summary.csv`) or of a `dff` run (a [`DFF_REPORT`]): its outputs are no data set's images,
+/// so they are not walked for images, and a folder of nothing else is no class.
 pub fn holds_a_run(dir: &Path) -> bool {
-    dir.join(SETTINGS).is_file() && dir.join(FILE).is_file()
+    (dir.join(SETTINGS).is_file() && dir.join(FILE).is_file()) || dir.join(DFF_REPORT).is_file()
+}
+
+/// What a folder that [`holds_a_run`] holds of its run's outputs, for a walk for images: the
+/// stems of an `explain` run's summary, or (a `dff` run keeps no summary) every file named
+/// like an output. None for a folder that holds no run.
+pub fn run_outputs(dir: &Path) -> Option<Written> {
+    holds_a_run(dir).then(|| match Written::read(dir).0 {
+        Written::Nothing => Written::All,
+        w => w,
+    })
 }
 
 /// What an output folder holds of a run's outputs. Where no run wrote (no `run.json`), files
@@ -98,6 +112,8 @@ pub struct Previous {
     taken: Vec<bool>,
     /// The header's field count: a row cut short by a stop in mid-write has fewer.
     columns: usize,
+    /// The kinds of files per image (suffixes) the previous run recorded in its run.json.
+    wrote: Vec<String>,
 }
 
 /// An image path as given on some command line, compared by the file it names: `./data/a.png`,
@@ -200,6 +216,7 @@ pub fn load_from(
         by_image,
         taken,
         columns,
+        wrote: had,
     }))
 }
 
@@ -240,6 +257,21 @@ impl Previous {
         }
         let rest: Vec<String> = f[1..].iter().map(|v| field(v)).collect();
         Some(format!("{},{}", field(&now), rest.join(",")))
+    }
+
+    /// The kinds of files per image to record in this run's run.json, which asks for `now`:
+    /// the previous run's as well, as its images keep theirs (the settings are the same, or
+    /// the run would have been refused). A run that goes on with fewer `--outputs` would
+    /// otherwise make the next `--resume` with them all explain every image again; an image
+    /// this run explains without some kind has no such file, which [`Previous::kept`] sees.
+    pub fn outputs(&self, now: &[&str]) -> Vec<String> {
+        let mut all = self.wrote.clone();
+        all.extend(
+            now.iter()
+                .map(|s| s.to_string())
+                .filter(|s| !self.wrote.contains(s)),
+        );
+        all
     }
 
     /// Takes the rows of an input that is no image now (missing, unreadable): this run

@@ -164,6 +164,18 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
         true => a.summary.join(FILE),
         false => a.summary.clone(),
     };
+    if !a.summary.exists() {
+        anyhow::bail!(
+            "{}: no such file or folder (give a run's output folder or its summary.csv)",
+            a.summary.display()
+        );
+    }
+    if a.summary.is_dir() && !file.exists() {
+        anyhow::bail!(
+            "{}: holds no summary.csv (give an output folder of `gradcam explain`)",
+            a.summary.display()
+        );
+    }
     let text = crate::inputs::read_text(&file).with_context(|| format!("{}", file.display()))?;
     if let Some(out) = &a.out {
         let inputs = [Some(file.as_path()), a.groups.as_deref()];
@@ -327,7 +339,7 @@ fn load_groups(file: &Path) -> anyhow::Result<HashMap<PathBuf, String>> {
         crate::inputs::read_text(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let base = file.parent().unwrap_or(Path::new(""));
     let mut out = HashMap::new();
-    for line in crate::classes::lines(&text) {
+    for line in crate::classes::named_lines(&text, "group") {
         let bad = |why: String| anyhow::anyhow!("{}:{}: {why}", file.display(), line.number);
         let Some((image, group)) = line.fields.filter(|(i, g)| !i.is_empty() && !g.is_empty())
         else {
@@ -622,7 +634,7 @@ mod tests {
             ("a.png\n", ":1: want `image,group`"),
             ("image,group\n", "lists no images"),
             (
-                "image,group,site\na.png,north,x\n",
+                "a.png,north\na.png,north,x\n",
                 ":2: want `image,group`, got 3 fields",
             ),
         ] {
@@ -630,5 +642,9 @@ mod tests {
             let e = load_groups(&file).unwrap_err().to_string();
             assert!(e.contains(says), "{text:?}: {e}");
         }
+        // Columns named on the first line: `image` and `group` among others.
+        std::fs::write(&file, "site,group,image\nx,north,a.png\n").unwrap();
+        let g = load_groups(&file).unwrap();
+        assert_eq!(g.values().collect::<Vec<_>>(), ["north"]);
     }
 }

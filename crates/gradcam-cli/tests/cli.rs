@@ -1699,17 +1699,33 @@ fn resume_goes_on_from_what_a_stopped_run_wrote() {
         stderr(&o)
     );
 
-    // Fewer kinds of files: kept without the overlay, even where it is gone.
+    // Fewer kinds of files: kept without the overlay, even where it is gone; an image
+    // explained again (c, its map gone) loses its older overlay, which would otherwise stand
+    // beside a newer row.
     std::fs::remove_file(out.join("d.overlay.png")).unwrap();
+    std::fs::remove_file(out.join("c.cam.npy")).unwrap();
     let o = run(&["--resume", "--outputs", "cam,json"]);
     assert!(
-        stderr(&o).contains("4 of 4 images were done"),
+        stderr(&o).contains("3 of 4 images were done"),
         "{}",
         stderr(&o)
     );
-    assert!(!out.join("d.overlay.png").exists());
-    // Then more kinds than that run wrote: the overlays there may be older runs', so every
-    // image is explained again (a's report too).
+    assert!(!out.join("d.overlay.png").exists() && !out.join("c.overlay.png").exists());
+    // Then every kind again: run.json still records the overlays, so only the images without
+    // one (c and d) are explained.
+    let o = run(&["--resume"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("2 of 4 images were done before and are kept"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(out.join("d.overlay.png").exists() && out.join("c.overlay.png").exists());
+    assert_eq!(String::from_utf8(read("summary.csv")).unwrap(), full);
+    // A fresh run (no --resume) of fewer kinds records only those: the overlays there may be
+    // an older run's, of other settings, so the next --resume explains every image again.
+    let o = run(&["--outputs", "cam,json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
     let o = run(&["--resume"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
@@ -1717,8 +1733,6 @@ fn resume_goes_on_from_what_a_stopped_run_wrote() {
         "{}",
         stderr(&o)
     );
-    assert!(out.join("d.overlay.png").exists());
-    assert_ne!(read("a.json"), b"{\"kept\": true}");
     assert_eq!(String::from_utf8(read("summary.csv")).unwrap(), full);
 
     // One of the images, named another way (`./`): it is the same image, so it is kept, and
@@ -1930,6 +1944,22 @@ fn outputs_choose_the_files_per_image() {
 #[test]
 fn summarize_groups_a_runs_rows() {
     let dir = tempfile::tempdir().unwrap();
+    // Nothing there, or a folder that holds no run: said so, not the system's error text.
+    let gone = dir.path().join("gone");
+    let o = gradcam(&["summarize", gone.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("gone: no such file or folder"),
+        "{}",
+        stderr(&o)
+    );
+    let o = gradcam(&["summarize", dir.path().to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("holds no summary.csv"),
+        "{}",
+        stderr(&o)
+    );
     let imgs = dir.path().join("imgs");
     for (f, sub) in [
         ("a.png", "x"),
@@ -2174,6 +2204,60 @@ fn a_class_file_alone_lists_the_images() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
+/// A `dff` run into an earlier one's folder removes the overlays that run's dff.json lists
+/// and this run does not write; a folder holding a dff run's outputs, given to `explain` or
+/// below one given, is walked without them (with a note).
+#[test]
+fn dff_reruns_leave_one_runs_overlays_and_are_no_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let heldout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo/heldout");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for n in ["0001.png", "0002.png", "0003.png"] {
+        std::fs::copy(heldout.join(n), data.join(n)).unwrap();
+    }
+    let out = data.join("dff");
+    let dff = |imgs: &[&str]| {
+        let mut args = vec!["dff", "-k", "2", "--out", out.to_str().unwrap()];
+        let paths: Vec<String> = imgs
+            .iter()
+            .map(|n| data.join(n).display().to_string())
+            .collect();
+        args.extend(paths.iter().map(String::as_str));
+        gradcam(&args)
+    };
+    let o = dff(&["0001.png", "0002.png"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("0001.dff.png").is_file() && out.join("0002.dff.png").is_file());
+    let o = dff(&["0002.png", "0003.png"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("removed 1 overlays of the earlier dff run"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.join("0001.dff.png").exists());
+    assert!(out.join("0002.dff.png").is_file() && out.join("0003.dff.png").is_file());
+    // The data folder, and the dff folder itself: its overlays are no images.
+    for (given, images) in [(&data, 3), (&out, 0)] {
+        let o = gradcam(&[
+            "explain",
+            given.to_str().unwrap(),
+            "-o",
+            dir.path().join("x").to_str().unwrap(),
+        ]);
+        let err = stderr(&o);
+        assert!(err.contains("holds a gradcam run's outputs"), "{err}");
+        match images {
+            0 => assert!(err.contains("holds no image files"), "{err}"),
+            n => assert!(
+                err.contains(&format!("explained {n} of {n} images")),
+                "{err}"
+            ),
+        }
+    }
+}
+
 /// `dff` with its output folder the images' own: an image named like another's overlay
 /// (`a.dff.png` beside `a.png`), given by name, is read as it is, never written over.
 #[test]
@@ -2293,7 +2377,8 @@ fn dff_factorises_a_folder_together() {
             .map(|v| v.as_f64().unwrap())
             .sum();
         assert!((share - 1.0).abs() < 1e-5, "{im}");
-        assert!(Path::new(im["overlay"].as_str().unwrap()).is_file(), "{im}");
+        // (Named relative to dff.json's folder.)
+        assert!(out.join(im["overlay"].as_str().unwrap()).is_file(), "{im}");
     }
     // The output tree mirrors the input's.
     assert!(out.join("sub/0004.dff.png").is_file());
