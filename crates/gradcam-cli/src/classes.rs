@@ -361,6 +361,9 @@ fn unquoted(f: &str) -> &str {
 mod tests {
     use super::*;
 
+    /// What an explain run's run.json names at least ([`crate::resume::holds_a_run`]).
+    const RUN_JSON: &[u8] = br#"{"method": "gradcam", "outputs": [".overlay.png"]}"#;
+
     #[test]
     fn classes_by_index_or_label_with_paths_relative_to_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -549,7 +552,7 @@ mod tests {
         for o in ["out", "old-run"] {
             std::fs::create_dir_all(root.join(o)).unwrap();
         }
-        std::fs::write(root.join("old-run/run.json"), b"{}").unwrap();
+        std::fs::write(root.join("old-run/run.json"), RUN_JSON).unwrap();
         std::fs::write(root.join("old-run/summary.csv"), b"image\n").unwrap();
         let c =
             Classes::from_folders(std::slice::from_ref(&root), 3, None, &root.join("out")).unwrap();
@@ -557,7 +560,7 @@ mod tests {
         let note = c.note.unwrap();
         assert!(note.contains("old-run") && note.contains("out"), "{note}");
         // A run written into a class folder, beside its images, leaves it a class.
-        std::fs::write(root.join("n1/run.json"), b"{}").unwrap();
+        std::fs::write(root.join("n1/run.json"), RUN_JSON).unwrap();
         std::fs::write(root.join("n1/summary.csv"), b"image,stem\nx.png,x\n").unwrap();
         let c =
             Classes::from_folders(std::slice::from_ref(&root), 3, None, &root.join("out")).unwrap();

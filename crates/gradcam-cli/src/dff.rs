@@ -440,11 +440,13 @@ fn dff_all<B: Backend>(
         .with_context(|| format!("writing {}", path.display()))?;
     // The overlays an earlier run into this folder listed and this one did not rewrite are
     // of its concepts, not these: gone, rather than left beside this run's.
-    let now: std::collections::HashSet<PathBuf> = stems
-        .iter()
-        .map(|s| a.out.join(format!("{s}.dff.png")))
+    // (Compared case aside, as a macOS disk names files, and never an input read now.)
+    let key = |p: &Path| inputs::canonical(p).to_string_lossy().to_lowercase();
+    let now: std::collections::HashSet<String> = (stems.iter())
+        .map(|s| key(&a.out.join(format!("{s}.dff.png"))))
+        .chain(kept.iter().map(|p| key(p)))
         .collect();
-    let stale: Vec<&PathBuf> = earlier.iter().filter(|p| !now.contains(*p)).collect();
+    let stale: Vec<&PathBuf> = earlier.iter().filter(|p| !now.contains(&key(p))).collect();
     for p in &stale {
         if let Err(e) = std::fs::remove_file(p) {
             eprintln!(

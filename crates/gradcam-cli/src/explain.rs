@@ -2,6 +2,7 @@
 //! stopping the others.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -594,10 +595,22 @@ fn explain_all<B: Backend>(
         // Going on with fewer kinds of files records the previous run's too (its images keep
         // theirs); an image explained again here loses its older files of the kinds this run
         // does not write, which would otherwise stand beside its newer row.
-        let recorded = p.outputs(&suffixes);
-        for &i in &todo {
+        // (Only the kinds gradcam writes, only for stems the previous run had, never an
+        // input: a file there of another origin stays.)
+        let all = Outputs {
+            overlay: true,
+            cam: true,
+            json: true,
+        }
+        .suffixes(true);
+        let recorded = p.outputs(&suffixes, &all);
+        let inputs: HashSet<PathBuf> = files.iter().map(|f| inputs::canonical(f)).collect();
+        for &i in todo.iter().filter(|&&i| p.had_stem(&stems[i])) {
             for s in recorded.iter().filter(|s| !suffixes.contains(&s.as_str())) {
                 let f = a.out.join(format!("{}{s}", stems[i]));
+                if inputs.contains(&inputs::canonical(&f)) {
+                    continue;
+                }
                 if let Err(e) = std::fs::remove_file(&f) {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         anyhow::bail!("--resume: removing the older {}: {e}", f.display());

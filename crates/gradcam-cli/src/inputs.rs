@@ -50,18 +50,19 @@ pub fn collect(
                 .cloned()
                 .collect();
             let own;
-            let out = match (
-                given.as_ref() == skip.as_ref(),
-                crate::resume::run_outputs(p),
-            ) {
+            // (This run's own `--out`'s summary was read once already: `written`.)
+            let earlier = (given.as_ref() != skip.as_ref())
+                .then(|| crate::resume::run_outputs(p))
+                .flatten();
+            let out = match earlier {
                 // An earlier run's output folder given (a data folder it wrote into, or its
                 // `--out`), not this run's: its outputs are no data, its other images are.
-                (false, Some(w)) => {
+                Some(w) => {
                     note_run_outputs(p);
                     own = (given.clone().unwrap_or_else(|| canonical(p)), w);
                     Some((own.0.as_path(), &own.1))
                 }
-                _ => skip.as_deref().zip(written),
+                None => skip.as_deref().zip(written),
             };
             walk(p, &mut found, &mut errors, &mut walked, out);
             found.sort();
@@ -92,6 +93,9 @@ fn walk(
     if !walked.insert(here.clone()) {
         return;
     }
+    // Inside a folder a dff run wrote into: every `.dff.png` there is one of its overlays,
+    // whatever an explain run's summary beside it lists.
+    let dff_run = out_dir.is_some_and(|(o, _)| crate::resume::holds_a_dff_run(o));
     // Inside the output folder: this folder's path there, `a/b/` as stems spell it.
     let in_out_dir = out_dir.and_then(|(o, written)| {
         let rel = here.strip_prefix(o).ok()?;
@@ -128,6 +132,13 @@ fn walk(
             walk(&p, out, errors, walked, Some((&canonical(&p), &written)));
         } else if p.is_dir() {
             walk(&p, out, errors, walked, out_dir);
+        } else if dff_run
+            && e.file_name()
+                .to_string_lossy()
+                .to_lowercase()
+                .ends_with(".dff.png")
+        {
+            continue;
         } else if in_out_dir.as_ref().is_some_and(|(prefix, written)| {
             let name = e.file_name().to_string_lossy().to_lowercase();
             (OUTPUT_SUFFIXES.iter())
@@ -464,9 +475,10 @@ mod tests {
         assert_eq!(files, [&sub[..], &rest[1..]].concat());
         // Another run's output folder below a folder given, or given itself: its outputs are
         // left out, its other images not.
-        for f in ["run.json", "summary.csv"] {
-            std::fs::write(data.join("sub").join(f), b"x").unwrap();
-        }
+        // (A summary without stems: every file named like an output is the run's.)
+        let run = br#"{"method": "gradcam", "outputs": [".overlay.png"]}"#;
+        std::fs::write(data.join("sub/run.json"), run).unwrap();
+        std::fs::write(data.join("sub/summary.csv"), b"x").unwrap();
         let (files, _) = collect(std::slice::from_ref(&data), None);
         let top = ["b.PNG", "e.jfif", "f.pam"].map(|n| data.join(n));
         assert_eq!(files, [&top[..], &[data.join("sub/a.jpg")]].concat());
@@ -485,7 +497,12 @@ mod tests {
         }
         let (files, _) = collect(std::slice::from_ref(&sub_out), None);
         assert_eq!(files[..3], sub);
+        // A dff.json of another program is none of gradcam's; a dff run's is.
         std::fs::write(data.join("sub/dff.json"), b"{}").unwrap();
+        let (files, _) = collect(std::slice::from_ref(&data), None);
+        assert!(files.contains(&data.join("sub/a.dff.png")), "{files:?}");
+        let report = br#"{"concepts": [], "nmf_iterations": 3}"#;
+        std::fs::write(data.join("sub/dff.json"), report).unwrap();
         let (files, _) = collect(std::slice::from_ref(&data), None);
         assert_eq!(files, [&top[..], &[data.join("sub/a.jpg")]].concat());
         let (files, _) = collect(std::slice::from_ref(&sub_out), None);

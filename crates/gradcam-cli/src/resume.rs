@@ -23,11 +23,27 @@ pub const SETTINGS_STEM: &str = "run";
 /// The report a `dff` run writes into its output folder.
 pub const DFF_REPORT: &str = "dff.json";
 
-/// Whether `dir` is an output folder of an `explain` run (it holds a [`SETTINGS`] and a
-/// `summary.csv`) or of a `dff` run (a [`DFF_REPORT`]): its outputs are no data set's images,
-/// so they are not walked for images, and a folder of nothing else is no class.
+/// Whether `dir` is an output folder of an `explain` run (it holds a [`SETTINGS`] naming the
+/// run's method and outputs, and a `summary.csv`) or of a `dff` run
+/// ([`holds_a_dff_run`]): its outputs are no data set's images, so they are not walked for
+/// images, and a folder of nothing else is no class. (Files of those names that another
+/// program wrote, as ML folders often hold a `run.json`, do not count.)
 pub fn holds_a_run(dir: &Path) -> bool {
-    (dir.join(SETTINGS).is_file() && dir.join(FILE).is_file()) || dir.join(DFF_REPORT).is_file()
+    let explain = dir.join(FILE).is_file()
+        && (std::fs::read(dir.join(SETTINGS)).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|v| v.get("method").is_some() && v["outputs"].is_array());
+    explain || holds_a_dff_run(dir)
+}
+
+/// Whether `dir` holds a `gradcam dff` report ([`DFF_REPORT`] naming its concepts and NMF
+/// iterations).
+pub fn holds_a_dff_run(dir: &Path) -> bool {
+    let report = dir.join(DFF_REPORT);
+    report.is_file()
+        && (std::fs::read(&report).ok())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|v| v.get("concepts").is_some() && v.get("nmf_iterations").is_some())
 }
 
 /// What a folder that [`holds_a_run`] holds of its run's outputs, for a walk for images: the
@@ -260,18 +276,28 @@ impl Previous {
     }
 
     /// The kinds of files per image to record in this run's run.json, which asks for `now`:
-    /// the previous run's as well, as its images keep theirs (the settings are the same, or
-    /// the run would have been refused). A run that goes on with fewer `--outputs` would
-    /// otherwise make the next `--resume` with them all explain every image again; an image
-    /// this run explains without some kind has no such file, which [`Previous::kept`] sees.
-    pub fn outputs(&self, now: &[&str]) -> Vec<String> {
-        let mut all = self.wrote.clone();
-        all.extend(
-            now.iter()
-                .map(|s| s.to_string())
-                .filter(|s| !self.wrote.contains(s)),
-        );
+    /// the previous run's as well (those of `known`, the kinds gradcam writes), as its images
+    /// keep theirs (the settings are the same, or the run would have been refused). A run
+    /// that goes on with fewer `--outputs` would otherwise make the next `--resume` with them
+    /// all explain every image again; an image this run explains without some kind has no
+    /// such file, which [`Previous::kept`] sees.
+    pub fn outputs(&self, now: &[&str], known: &[&str]) -> Vec<String> {
+        let mut all: Vec<String> = (self.wrote.iter())
+            .filter(|s| known.contains(&s.as_str()))
+            .cloned()
+            .collect();
+        for s in now {
+            if !all.iter().any(|a| a == s) {
+                all.push(s.to_string());
+            }
+        }
         all
+    }
+
+    /// Whether the previous run wrote a row with output stem `stem` (so files `<stem>...`
+    /// of the kinds it recorded are its own, not somebody else's).
+    pub fn had_stem(&self, stem: &str) -> bool {
+        (self.rows.iter()).any(|r| fields(r).last().is_some_and(|s| s == stem))
     }
 
     /// Takes the rows of an input that is no image now (missing, unreadable): this run

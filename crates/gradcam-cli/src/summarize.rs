@@ -164,7 +164,7 @@ pub fn run(a: SummarizeArgs) -> anyhow::Result<ExitCode> {
         true => a.summary.join(FILE),
         false => a.summary.clone(),
     };
-    if !a.summary.exists() {
+    if std::fs::metadata(&a.summary).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
         anyhow::bail!(
             "{}: no such file or folder (give a run's output folder or its summary.csv)",
             a.summary.display()

@@ -1757,6 +1757,58 @@ fn resume_goes_on_from_what_a_stopped_run_wrote() {
     assert_eq!(rows, [header, &b_now, &row("a"), &row("c"), &row("d")]);
 }
 
+/// `--resume` with fewer `--outputs` removes, of the kinds it skips, only the older files of
+/// images the previous run had (b, explained again), never a file of an image new to the run
+/// (c's, somebody's), nor one of a kind gradcam does not write that a run.json names.
+#[test]
+fn resume_with_fewer_outputs_removes_only_its_own_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    for f in ["a.png", "b.png"] {
+        std::fs::copy(fixtures().join("images").join(f), imgs.join(f)).unwrap();
+    }
+    let out = dir.path().join("out");
+    let m = model();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["explain", imgs.to_str().unwrap(), "-m", &m, "-o"];
+        args.push(out.to_str().unwrap());
+        args.extend_from_slice(extra);
+        gradcam(&args)
+    };
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::copy(fixtures().join("images/c.png"), imgs.join("c.png")).unwrap();
+    std::fs::write(out.join("c.overlay.png"), "somebody's").unwrap();
+    std::fs::write(out.join("b.png"), "somebody's").unwrap();
+    std::fs::remove_file(out.join("b.cam.npy")).unwrap();
+    // A run.json naming a kind gradcam never writes (edited by hand, another version).
+    let settings = out.join("run.json");
+    let text = std::fs::read_to_string(&settings).unwrap();
+    let text = text.replacen("\".overlay.png\"", "\".overlay.png\", \".png\"", 1);
+    std::fs::write(&settings, text).unwrap();
+    let o = run(&["--resume", "--outputs", "cam,json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1 of 3 images were done"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(out.join("a.overlay.png").is_file());
+    assert!(
+        !out.join("b.overlay.png").exists(),
+        "b's older overlay stayed"
+    );
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    assert_eq!(read("c.overlay.png"), "somebody's");
+    assert_eq!(read("b.png"), "somebody's");
+    let recorded = read("run.json");
+    assert!(
+        recorded.contains("\".overlay.png\"") && !recorded.contains("\".png\""),
+        "{recorded}"
+    );
+}
+
 /// `--colormap` and `--image-weight` reach the overlays (the library's `explain_batch` with
 /// the same style gives the same bytes; tests/parity.rs checks that style against
 /// pytorch-grad-cam's show_cam_on_image), are recorded for `--resume`, and bad values are
@@ -2238,6 +2290,10 @@ fn dff_reruns_leave_one_runs_overlays_and_are_no_data() {
     );
     assert!(!out.join("0001.dff.png").exists());
     assert!(out.join("0002.dff.png").is_file() && out.join("0003.dff.png").is_file());
+    // An earlier overlay given as an input is read, never removed.
+    let o = dff(&["0001.png", "dff/0002.dff.png"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("0002.dff.png").is_file() && !out.join("0003.dff.png").exists());
     // The data folder, and the dff folder itself: its overlays are no images.
     for (given, images) in [(&data, 3), (&out, 0)] {
         let o = gradcam(&[
