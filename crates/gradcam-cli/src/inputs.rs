@@ -132,18 +132,12 @@ fn walk(
             walk(&p, out, errors, walked, Some((&canonical(&p), &written)));
         } else if p.is_dir() {
             walk(&p, out, errors, walked, out_dir);
-        } else if dff_run
-            && e.file_name()
-                .to_string_lossy()
-                .to_lowercase()
-                .ends_with(".dff.png")
-        {
-            continue;
         } else if in_out_dir.as_ref().is_some_and(|(prefix, written)| {
             let name = e.file_name().to_string_lossy().to_lowercase();
-            (OUTPUT_SUFFIXES.iter())
-                .filter_map(|s| name.strip_suffix(s))
-                .any(|stem| written.holds(&format!("{prefix}{stem}")))
+            (dff_run && name.ends_with(".dff.png"))
+                || (OUTPUT_SUFFIXES.iter())
+                    .filter_map(|s| name.strip_suffix(s))
+                    .any(|stem| written.holds(&format!("{prefix}{stem}")))
         }) {
             continue;
         } else if p
