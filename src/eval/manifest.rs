@@ -85,9 +85,14 @@ fn check_box(b: [f32; 4]) -> std::result::Result<[f32; 4], String> {
 
 /// The CSV columns: the names a header may give each (any case), in the order rows without
 /// a header follow.
+/// The names a header may give the image column (also read by the CLI's class files).
+pub const IMAGE_COLUMN: &[&str] = &["image", "path", "file", "filename"];
+/// The names a header may give the class column.
+pub const CLASS_COLUMN: &[&str] = &["class", "label", "target"];
+
 const COLUMNS: [&[&str]; 7] = [
-    &["image", "path", "file", "filename"],
-    &["class", "label", "target"],
+    IMAGE_COLUMN,
+    CLASS_COLUMN,
     &["x0", "xmin"],
     &["y0", "ymin"],
     &["x1", "xmax"],

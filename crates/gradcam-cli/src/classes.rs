@@ -45,7 +45,7 @@ impl Classes {
         let mut by_image: HashMap<PathBuf, usize> = HashMap::new();
         let mut listed = Vec::new();
         let mut digits = gradcam::model::DigitsLabels::default();
-        for line in named_lines(&text, "class") {
+        for line in named_lines(&text, gradcam::eval::manifest::CLASS_COLUMN) {
             let bad = |why: String| anyhow::anyhow!("{}:{}: {why}", file.display(), line.number);
             let Some((image, class)) = line.fields else {
                 return Err(bad(format!(
@@ -291,11 +291,12 @@ pub fn lines(text: &str) -> impl Iterator<Item = Line<'_>> {
         })
 }
 
-/// [`lines`] of a file whose first line may name its columns: where it names `image` and
-/// `value` among three or more (an `eval` manifest, `image,class,x0,y0,x1,y1,mask`), each
-/// line's fields are those two columns (quotes kept out of them; a line without them has
-/// none). Otherwise the lines as [`lines`] gives them.
-pub fn named_lines<'t>(text: &'t str, value: &str) -> Vec<Line<'t>> {
+/// [`lines`] of a file whose first line may name its columns: where it names the image
+/// (`image`, or `path`, `file`, `filename`, as `eval` reads them) and the value (one of
+/// `value`'s names) among three or more (an `eval` manifest,
+/// `image,class,x0,y0,x1,y1,mask`), each line's fields are those two columns (quotes kept
+/// out of them; a line without them has none). Otherwise the lines as [`lines`] gives them.
+pub fn named_lines<'t>(text: &'t str, value: &[&str]) -> Vec<Line<'t>> {
     let all: Vec<Line> = lines(text).collect();
     let Some(first) = all.first() else {
         return all;
@@ -303,8 +304,9 @@ pub fn named_lines<'t>(text: &'t str, value: &str) -> Vec<Line<'t>> {
     let names: Vec<String> = (fields_outside_quotes(first.text).iter())
         .map(|f| unquoted(f.trim()).to_ascii_lowercase())
         .collect();
-    let at = |name: &str| names.iter().position(|n| n == name);
-    let (Some(i), Some(v), true) = (at("image"), at(value), names.len() >= 3) else {
+    let at = |any: &[&str]| names.iter().position(|n| any.contains(&n.as_str()));
+    let image = gradcam::eval::manifest::IMAGE_COLUMN;
+    let (Some(i), Some(v), true) = (at(image), at(value), names.len() >= 3) else {
         return all;
     };
     (all.into_iter())
@@ -457,7 +459,7 @@ mod tests {
         // An `eval` manifest: its image and class columns, wherever they are.
         for text in [
             "image,class,x0,y0,x1,y1\nimgs/a.png,2,0,0,5,5\n\"imgs/b,1.png\",dog,1,1,2,2,m.png\n",
-            "x0,Class,y0,x1,y1,Image\n0,2,0,5,5,imgs/a.png\n1,dog,1,2,2,\"imgs/b,1.png\"\n",
+            "x0,Label,y0,x1,y1,Path\n0,2,0,5,5,imgs/a.png\n1,dog,1,2,2,\"imgs/b,1.png\"\n",
         ] {
             std::fs::write(&file, text).unwrap();
             let c = Classes::load(&file, 3, Some(&labels)).unwrap();

@@ -339,7 +339,7 @@ fn load_groups(file: &Path) -> anyhow::Result<HashMap<PathBuf, String>> {
         crate::inputs::read_text(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let base = file.parent().unwrap_or(Path::new(""));
     let mut out = HashMap::new();
-    for line in crate::classes::named_lines(&text, "group") {
+    for line in crate::classes::named_lines(&text, &["group"]) {
         let bad = |why: String| anyhow::anyhow!("{}:{}: {why}", file.display(), line.number);
         let Some((image, group)) = line.fields.filter(|(i, g)| !i.is_empty() && !g.is_empty())
         else {
