@@ -4,7 +4,7 @@
 //! ones, and keeps the images whose `summary.csv` row says `ok` and whose files (those asked
 //! for now) are all there.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
@@ -294,10 +294,12 @@ impl Previous {
         all
     }
 
-    /// Whether the previous run wrote a row with output stem `stem` (so files `<stem>...`
-    /// of the kinds it recorded are its own, not somebody else's).
-    pub fn had_stem(&self, stem: &str) -> bool {
-        (self.rows.iter()).any(|r| fields(r).last().is_some_and(|s| s == stem))
+    /// The output stems of the previous run's rows (files `<stem>...` of the kinds it
+    /// recorded are its own, not somebody else's).
+    pub fn stems(&self) -> HashSet<String> {
+        (self.rows.iter())
+            .filter_map(|r| fields(r).last().cloned())
+            .collect()
     }
 
     /// Takes the rows of an input that is no image now (missing, unreadable): this run
